@@ -1,0 +1,242 @@
+//! The `[kafka]` table every service has, and the librdkafka settings each client role gets.
+//!
+//! Defaults carry the delivery guarantees (acks=all and idempotence for producers, read_committed
+//! for consumers); user properties pass through unchanged for TLS, SASL and tuning, but a property
+//! that would silently break a guarantee is rejected at config check time, not discovered in an
+//! incident.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+/// Connection to one Kafka cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap: String,
+    /// librdkafka properties passed through unchanged (`security.protocol`, `sasl.*`, `ssl.*`,
+    /// tuning). Values may be strings, numbers or booleans.
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+/// A librdkafka property value as written in TOML.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for PropertyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropertyValue::String(s) => f.write_str(s),
+            PropertyValue::Integer(i) => write!(f, "{i}"),
+            PropertyValue::Float(x) => write!(f, "{x}"),
+            PropertyValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// What a client is for; decides its defaults and which overrides are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// At-least-once producer: acks=all, idempotent, never gives up on a record by timeout
+    /// (a gap inside a partition would break replay removal downstream).
+    Producer,
+    /// Exactly-once producer with a stable transactional id.
+    TransactionalProducer { transactional_id: String },
+    /// Consumer in a group that sees only committed records and commits offsets itself (or in
+    /// a transaction), never automatically.
+    Consumer { group_id: String },
+    /// Administrative and metadata client.
+    Admin,
+}
+
+/// Property names whose override would break a guarantee, with the value that role requires.
+fn required(role: &Role) -> &'static [(&'static str, &'static [&'static str])] {
+    match role {
+        Role::Producer | Role::TransactionalProducer { .. } => &[
+            ("acks", &["all", "-1"]),
+            ("enable.idempotence", &["true"]),
+            ("enable.gapless.guarantee", &["true"]),
+        ],
+        Role::Consumer { .. } => &[("isolation.level", &["read_committed"]), ("enable.auto.commit", &["false"])],
+        Role::Admin => &[],
+    }
+}
+
+/// Properties set from other config keys; setting them under `properties` would be ambiguous.
+const OWNED: &[&str] = &["bootstrap.servers", "metadata.broker.list", "group.id", "transactional.id"];
+
+impl KafkaConfig {
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        KafkaConfig { bootstrap: bootstrap.into(), properties: BTreeMap::new() }
+    }
+
+    /// Checks the table for a role: a bootstrap list, no property that another key owns, and no
+    /// override that breaks the role's guarantee.
+    pub fn validate(&self, role: &Role) -> Result<(), String> {
+        if self.bootstrap.split(',').map(str::trim).any(|s| s.is_empty() || !s.contains(':')) {
+            return Err(format!("kafka.bootstrap {:?} must be a comma-separated list of host:port", self.bootstrap));
+        }
+        for (name, value) in &self.properties {
+            if OWNED.contains(&name.as_str()) {
+                return Err(format!("kafka.properties.\"{name}\" is set by logpipe; use kafka.bootstrap and the service's own keys"));
+            }
+            if let Some((_, allowed)) = required(role).iter().find(|(n, _)| n == name) {
+                let value = value.to_string();
+                if !allowed.contains(&value.as_str()) {
+                    return Err(format!(
+                        "kafka.properties.\"{name}\" = {value:?} would break logpipe's delivery guarantee; it must be {}",
+                        allowed.join(" or ")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The librdkafka config for a role: logpipe's defaults, then the user's properties.
+    pub fn client_config(&self, role: &Role, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap).set("client.id", client_id);
+        for (name, value) in defaults(role) {
+            config.set(*name, *value);
+        }
+        match role {
+            Role::TransactionalProducer { transactional_id } => {
+                config.set("transactional.id", transactional_id);
+            }
+            Role::Consumer { group_id } => {
+                config.set("group.id", group_id);
+            }
+            Role::Producer | Role::Admin => {}
+        }
+        for (name, value) in &self.properties {
+            config.set(name, value.to_string());
+        }
+        config
+    }
+}
+
+fn defaults(role: &Role) -> &'static [(&'static str, &'static str)] {
+    match role {
+        Role::Producer => &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("enable.gapless.guarantee", "true"),
+            ("message.timeout.ms", "0"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "20"),
+            ("batch.size", "1048576"),
+        ],
+        Role::TransactionalProducer { .. } => &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "10"),
+            ("batch.size", "1048576"),
+            ("transaction.timeout.ms", "60000"),
+        ],
+        Role::Consumer { .. } => &[
+            ("isolation.level", "read_committed"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+        ],
+        Role::Admin => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(props: &[(&str, PropertyValue)]) -> KafkaConfig {
+        let mut config = KafkaConfig::new("127.0.0.1:9092,127.0.0.1:9093");
+        config.properties = props.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        config
+    }
+
+    #[test]
+    fn producer_defaults_are_safe() {
+        let config = KafkaConfig::new("k:9092").client_config(&Role::Producer, "agent");
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("message.timeout.ms"), Some("0"));
+        assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
+        assert_eq!(config.get("client.id"), Some("agent"));
+    }
+
+    #[test]
+    fn transactional_producer_gets_its_id() {
+        let role = Role::TransactionalProducer { transactional_id: "mirror-0".into() };
+        let config = KafkaConfig::new("k:9092").client_config(&role, "mirror");
+        assert_eq!(config.get("transactional.id"), Some("mirror-0"));
+        assert_eq!(config.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn consumer_defaults_are_read_committed_without_auto_commit() {
+        let config = KafkaConfig::new("k:9092").client_config(&Role::Consumer { group_id: "g".into() }, "v");
+        assert_eq!(config.get("isolation.level"), Some("read_committed"));
+        assert_eq!(config.get("enable.auto.commit"), Some("false"));
+        assert_eq!(config.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn user_properties_pass_through_and_win_over_tuning_defaults() {
+        let config = with(&[
+            ("compression.type", PropertyValue::String("zstd".into())),
+            ("linger.ms", PropertyValue::Integer(50)),
+            ("enable.ssl.certificate.verification", PropertyValue::Bool(false)),
+        ]);
+        config.validate(&Role::Producer).unwrap();
+        let client = config.client_config(&Role::Producer, "agent");
+        assert_eq!(client.get("compression.type"), Some("zstd"));
+        assert_eq!(client.get("linger.ms"), Some("50"));
+        assert_eq!(client.get("enable.ssl.certificate.verification"), Some("false"));
+    }
+
+    #[test]
+    fn guarantee_breaking_overrides_are_rejected() {
+        let err = with(&[("acks", PropertyValue::Integer(1))]).validate(&Role::Producer).unwrap_err();
+        assert!(err.contains("acks") && err.contains("all"), "{err}");
+        assert!(with(&[("acks", PropertyValue::Integer(-1))]).validate(&Role::Producer).is_ok());
+        let err = with(&[("isolation.level", PropertyValue::String("read_uncommitted".into()))])
+            .validate(&Role::Consumer { group_id: "g".into() })
+            .unwrap_err();
+        assert!(err.contains("isolation.level"), "{err}");
+        // The same property is fine where no guarantee depends on it.
+        assert!(with(&[("acks", PropertyValue::Integer(1))]).validate(&Role::Admin).is_ok());
+    }
+
+    #[test]
+    fn owned_properties_and_bad_bootstrap_are_rejected() {
+        let err = with(&[("bootstrap.servers", PropertyValue::String("x:1".into()))]).validate(&Role::Admin).unwrap_err();
+        assert!(err.contains("bootstrap.servers"), "{err}");
+        assert!(KafkaConfig::new("kafka-1").validate(&Role::Admin).unwrap_err().contains("host:port"));
+        assert!(KafkaConfig::new("a:1,,b:2").validate(&Role::Admin).is_err());
+    }
+
+    #[test]
+    fn reads_from_toml_with_mixed_value_types() {
+        let config: KafkaConfig = toml::from_str(
+            "bootstrap = \"k:9092\"\n[properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"queue.buffering.max.kbytes\" = 65536\n\"socket.keepalive.enable\" = true\n",
+        )
+        .unwrap();
+        let client = config.client_config(&Role::Admin, "x");
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("queue.buffering.max.kbytes"), Some("65536"));
+        assert_eq!(client.get("socket.keepalive.enable"), Some("true"));
+        assert!(toml::from_str::<KafkaConfig>("bootstrap = \"k:1\"\nbootstrapp = 1\n").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! What every logpipe service shares.
+//!
+//! - [`record`]: the record contract (headers, unique id, keys, topic names);
+//! - [`config`]: TOML loading with unknown keys rejected and `${ENV}` secrets;
+//! - [`kafka`]: the `[kafka]` table and librdkafka settings per client role;
+//! - [`telemetry`]: `/metrics`, `/health`, `/ready`;
+//! - [`logging`]: `tracing` output, human or JSON;
+//! - [`shutdown`]: signals as a shutdown token and a reload counter;
+//! - [`service`]: the `run`/`check` binary around a service.
+
+pub mod config;
+pub mod kafka;
+pub mod logging;
+pub mod record;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;

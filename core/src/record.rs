@@ -1,0 +1,425 @@
+//! The record contract: header names, the record's unique id, key building and topic naming.
+//!
+//! Every component that writes or reads `lp.*` headers or derives a topic name goes through this
+//! module, so the contract in ARCHITECTURE.md has exactly one spelling in code.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Header names the agent puts on every raw record; they survive the mirror and the validator.
+pub mod header {
+    /// Host name of the agent that read the line.
+    pub const HOST: &str = "lp.host";
+    /// Absolute path of the file when the line was read.
+    pub const PATH: &str = "lp.path";
+    /// File identity, lower-case hex; changes when a file is replaced or truncated.
+    pub const FILE: &str = "lp.file";
+    /// Byte offset of the line's first byte within that file identity, decimal.
+    pub const OFFSET: &str = "lp.offset";
+    /// Present only on lines cut at the size limit: the original length, decimal.
+    pub const TRUNCATED: &str = "lp.truncated";
+}
+
+/// Header names the validator adds to dead letters, next to the original headers.
+pub mod error_header {
+    /// Which step failed; one of [`super::ErrorStage`]'s names.
+    pub const STAGE: &str = "lp.error.stage";
+    /// Human-readable reason.
+    pub const REASON: &str = "lp.error.reason";
+    /// JSON Pointer of the failing field, when there is one.
+    pub const PATH: &str = "lp.error.path";
+    /// Subject the record was checked against.
+    pub const SUBJECT: &str = "lp.error.subject";
+    /// Schema id the record was checked against.
+    pub const SCHEMA_ID: &str = "lp.error.schema_id";
+    /// Where the record was read on the read cluster: topic, partition and offset.
+    pub const TOPIC: &str = "lp.error.topic";
+    pub const PARTITION: &str = "lp.error.partition";
+    pub const OFFSET: &str = "lp.error.offset";
+}
+
+/// The step of validation at which a record was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorStage {
+    /// The value is not JSON (or not UTF-8).
+    Parse,
+    /// No route or subject could be chosen for the record.
+    Route,
+    /// The schema could not be found or used.
+    Schema,
+    /// The record does not match its schema.
+    Validate,
+    /// The record matched but could not be encoded.
+    Encode,
+}
+
+impl ErrorStage {
+    pub const ALL: [ErrorStage; 5] = [
+        ErrorStage::Parse,
+        ErrorStage::Route,
+        ErrorStage::Schema,
+        ErrorStage::Validate,
+        ErrorStage::Encode,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorStage::Parse => "parse",
+            ErrorStage::Route => "route",
+            ErrorStage::Schema => "schema",
+            ErrorStage::Validate => "validate",
+            ErrorStage::Encode => "encode",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorStage> {
+        ErrorStage::ALL.into_iter().find(|stage| stage.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of one file's contents, as the agent sees it: changes when the file is replaced or
+/// truncated. Rendered as 16 lower-case hex digits in the `lp.file` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FileId(pub u64);
+
+impl FileId {
+    pub fn to_hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    /// Parses the header form; accepts only lower-case hex, as the contract says.
+    pub fn from_hex(s: &str) -> Option<FileId> {
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok().map(FileId)
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The unique id of a raw record: (`lp.host`, `lp.file`, `lp.offset`). End-to-end tests count
+/// these; the validator removes agent replays with them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId {
+    pub host: String,
+    pub file: FileId,
+    pub offset: u64,
+}
+
+/// Why a record's `lp.*` headers do not form a [`RecordId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordIdError {
+    #[error("header {0} is missing")]
+    Missing(&'static str),
+    #[error("header {name} is not valid: {value:?}")]
+    Invalid { name: &'static str, value: String },
+}
+
+impl RecordId {
+    /// The headers this id is written as, in contract order.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            (header::HOST, self.host.clone()),
+            (header::FILE, self.file.to_hex()),
+            (header::OFFSET, self.offset.to_string()),
+        ]
+    }
+
+    /// Reads the id from a record's headers, given as (name, value) pairs in any order.
+    /// Returns `Ok(None)` when the record carries none of the id headers (produced by another
+    /// tool), and an error when it carries some but not all, or malformed ones.
+    pub fn from_headers<'a, I>(headers: I) -> Result<Option<RecordId>, RecordIdError>
+    where
+        I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    {
+        let (mut host, mut file, mut offset) = (None, None, None);
+        for (name, value) in headers {
+            let slot = match name {
+                header::HOST => &mut host,
+                header::FILE => &mut file,
+                header::OFFSET => &mut offset,
+                _ => continue,
+            };
+            *slot = Some(value.unwrap_or_default());
+        }
+        if host.is_none() && file.is_none() && offset.is_none() {
+            return Ok(None);
+        }
+        let text = |name: &'static str, value: Option<&[u8]>| -> Result<String, RecordIdError> {
+            let value = value.ok_or(RecordIdError::Missing(name))?;
+            String::from_utf8(value.to_vec()).map_err(|e| RecordIdError::Invalid {
+                name,
+                value: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            })
+        };
+        let host = text(header::HOST, host)?;
+        let file_text = text(header::FILE, file)?;
+        let offset_text = text(header::OFFSET, offset)?;
+        let file = FileId::from_hex(&file_text).ok_or(RecordIdError::Invalid {
+            name: header::FILE,
+            value: file_text.clone(),
+        })?;
+        let offset = offset_text.parse().map_err(|_| RecordIdError::Invalid {
+            name: header::OFFSET,
+            value: offset_text.clone(),
+        })?;
+        Ok(Some(RecordId { host, file, offset }))
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.host, self.file, self.offset)
+    }
+}
+
+/// How the agent builds a raw record's key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyStrategy {
+    /// `<host>|<path>`: keeps one file's lines in one partition, in order (the default, and what
+    /// replay removal downstream relies on).
+    #[default]
+    HostPath,
+    /// No key: records spread over partitions.
+    None,
+    /// The value of a top-level JSON field of the line; lines where the field is missing or the
+    /// line is not JSON fall back to `<host>|<path>`.
+    Field(String),
+    /// The same fixed key for every record.
+    Fixed(String),
+}
+
+impl KeyStrategy {
+    /// Builds the key for one line read from `path` on `host`.
+    pub fn key(&self, host: &str, path: &str, line: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            KeyStrategy::HostPath => Some(host_path_key(host, path)),
+            KeyStrategy::None => None,
+            KeyStrategy::Fixed(key) => Some(key.as_bytes().to_vec()),
+            KeyStrategy::Field(field) => {
+                Some(json_field_key(line, field).unwrap_or_else(|| host_path_key(host, path)))
+            }
+        }
+    }
+}
+
+fn host_path_key(host: &str, path: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(host.len() + 1 + path.len());
+    key.extend_from_slice(host.as_bytes());
+    key.push(b'|');
+    key.extend_from_slice(path.as_bytes());
+    key
+}
+
+/// A scalar top-level field rendered as key bytes: strings as they are, numbers and booleans in
+/// their JSON form.
+fn json_field_key(line: &[u8], field: &str) -> Option<Vec<u8>> {
+    let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
+    match value.get(field)? {
+        serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
+        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// Prefix of raw topics: `raw.<stream>`.
+pub const RAW_PREFIX: &str = "raw.";
+/// Prefix of logpipe's internal topics on either cluster.
+pub const INTERNAL_PREFIX: &str = "_lp.";
+/// Default template of the clean topic for a raw topic.
+pub const DEFAULT_CLEAN_TEMPLATE: &str = "clean.{stream}";
+/// Default template of the dead-letter topic for a raw topic.
+pub const DEFAULT_DLQ_TEMPLATE: &str = "dlq.{stream}";
+
+/// The stream name of a topic: `raw.game` => `game`; a topic without the `raw.` prefix is its own
+/// stream, so templates still give distinct names for topics produced by other tools.
+pub fn stream_of(topic: &str) -> &str {
+    topic.strip_prefix(RAW_PREFIX).unwrap_or(topic)
+}
+
+/// The raw topic of a stream: `game` => `raw.game`.
+pub fn raw_topic(stream: &str) -> String {
+    format!("{RAW_PREFIX}{stream}")
+}
+
+/// A topic name template with `{stream}` (the raw topic without `raw.`) and `{topic}` (the whole
+/// source topic name) placeholders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicTemplate(String);
+
+impl TopicTemplate {
+    pub fn clean_default() -> Self {
+        TopicTemplate(DEFAULT_CLEAN_TEMPLATE.to_owned())
+    }
+
+    pub fn dlq_default() -> Self {
+        TopicTemplate(DEFAULT_DLQ_TEMPLATE.to_owned())
+    }
+
+    /// The template's output for a source topic.
+    pub fn render(&self, topic: &str) -> String {
+        self.0.replace("{stream}", stream_of(topic)).replace("{topic}", topic)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TopicTemplate {
+    type Error = String;
+
+    fn try_from(template: String) -> Result<Self, Self::Error> {
+        let rendered = TopicTemplate(template.clone()).render("raw.x");
+        if !template.contains("{stream}") && !template.contains("{topic}") {
+            return Err(format!(
+                "topic template {template:?} has neither {{stream}} nor {{topic}}: every raw topic would map to one topic"
+            ));
+        }
+        if let Err(reason) = check_topic_name(&rendered) {
+            return Err(format!("topic template {template:?} does not give a valid topic name: {reason}"));
+        }
+        Ok(TopicTemplate(template))
+    }
+}
+
+impl From<TopicTemplate> for String {
+    fn from(template: TopicTemplate) -> String {
+        template.0
+    }
+}
+
+/// Checks a topic name against Kafka's rules (at most 249 of `[a-zA-Z0-9._-]`, not `.` or `..`).
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name is {} characters long; Kafka allows 249", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name {name:?} has {c:?}; Kafka allows only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
+        pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect()
+    }
+
+    #[test]
+    fn record_id_round_trips_through_headers() {
+        let id = RecordId { host: "game-7".into(), file: FileId(0xdead_beef), offset: 4096 };
+        let written = id.headers();
+        assert_eq!(written[1].1, "00000000deadbeef");
+        let pairs: Vec<(&str, &str)> = written.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut with_other = headers(&pairs);
+        with_other.insert(0, ("other", Some(b"x".as_slice())));
+        assert_eq!(RecordId::from_headers(with_other).unwrap(), Some(id));
+    }
+
+    #[test]
+    fn record_without_lp_headers_has_no_id() {
+        assert_eq!(RecordId::from_headers(headers(&[("trace", "1")])).unwrap(), None);
+    }
+
+    #[test]
+    fn partial_or_malformed_id_headers_are_errors() {
+        let partial = headers(&[(header::HOST, "h"), (header::OFFSET, "1")]);
+        assert_eq!(RecordId::from_headers(partial), Err(RecordIdError::Missing(header::FILE)));
+        let upper = headers(&[(header::HOST, "h"), (header::FILE, "ABC"), (header::OFFSET, "1")]);
+        assert!(matches!(RecordId::from_headers(upper), Err(RecordIdError::Invalid { name: header::FILE, .. })));
+        let neg = headers(&[(header::HOST, "h"), (header::FILE, "ab"), (header::OFFSET, "-1")]);
+        assert!(matches!(RecordId::from_headers(neg), Err(RecordIdError::Invalid { name: header::OFFSET, .. })));
+    }
+
+    #[test]
+    fn keys_follow_the_strategy() {
+        let line = br#"{"player_id":"p-1","level":3}"#;
+        assert_eq!(KeyStrategy::default().key("h", "/var/log/a.log", line), Some(b"h|/var/log/a.log".to_vec()));
+        assert_eq!(KeyStrategy::None.key("h", "/a", line), None);
+        assert_eq!(KeyStrategy::Fixed("k".into()).key("h", "/a", line), Some(b"k".to_vec()));
+        assert_eq!(KeyStrategy::Field("player_id".into()).key("h", "/a", line), Some(b"p-1".to_vec()));
+        assert_eq!(KeyStrategy::Field("level".into()).key("h", "/a", line), Some(b"3".to_vec()));
+        // A line that is not JSON, or lacks the field, keeps its file's partition.
+        assert_eq!(KeyStrategy::Field("player_id".into()).key("h", "/a", b"oops"), Some(b"h|/a".to_vec()));
+        assert_eq!(KeyStrategy::Field("nope".into()).key("h", "/a", line), Some(b"h|/a".to_vec()));
+    }
+
+    #[test]
+    fn key_strategy_reads_from_toml() {
+        #[derive(Deserialize)]
+        struct Input {
+            key: KeyStrategy,
+        }
+        let parse = |s: &str| toml::from_str::<Input>(s).map(|i| i.key);
+        assert_eq!(parse(r#"key = "host_path""#).unwrap(), KeyStrategy::HostPath);
+        assert_eq!(parse(r#"key = "none""#).unwrap(), KeyStrategy::None);
+        assert_eq!(parse(r#"key = { field = "player_id" }"#).unwrap(), KeyStrategy::Field("player_id".into()));
+        assert_eq!(parse(r#"key = { fixed = "k" }"#).unwrap(), KeyStrategy::Fixed("k".into()));
+        assert!(parse(r#"key = "hostpath""#).is_err());
+    }
+
+    #[test]
+    fn default_topic_names() {
+        assert_eq!(TopicTemplate::clean_default().render("raw.game"), "clean.game");
+        assert_eq!(TopicTemplate::dlq_default().render("raw.game"), "dlq.game");
+        assert_eq!(TopicTemplate::clean_default().render("events"), "clean.events");
+        assert_eq!(TopicTemplate::try_from("{topic}.ok".to_owned()).unwrap().render("raw.x"), "raw.x.ok");
+        assert_eq!(stream_of("raw.game"), "game");
+        assert_eq!(raw_topic("game"), "raw.game");
+    }
+
+    #[test]
+    fn bad_templates_are_rejected() {
+        assert!(TopicTemplate::try_from("clean".to_owned()).unwrap_err().contains("neither"));
+        assert!(TopicTemplate::try_from("clean/{stream}".to_owned()).unwrap_err().contains("'/'"));
+    }
+
+    #[test]
+    fn topic_name_rules() {
+        assert!(check_topic_name("raw.game_1-x").is_ok());
+        assert!(check_topic_name("").is_err());
+        assert!(check_topic_name("..").is_err());
+        assert!(check_topic_name(&"a".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn error_stage_names() {
+        for stage in ErrorStage::ALL {
+            assert_eq!(ErrorStage::parse(stage.as_str()), Some(stage));
+        }
+        assert_eq!(ErrorStage::parse("nope"), None);
+    }
+
+    #[test]
+    fn file_id_hex_is_strict() {
+        assert_eq!(FileId::from_hex("00000000000000ff"), Some(FileId(255)));
+        assert_eq!(FileId::from_hex("ff"), Some(FileId(255)));
+        assert_eq!(FileId::from_hex(""), None);
+        assert_eq!(FileId::from_hex("0x1"), None);
+        assert_eq!(FileId::from_hex("00000000000000001"), None);
+    }
+}

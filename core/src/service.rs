@@ -1,0 +1,182 @@
+//! What every service binary does around its own work: parse `run`/`check`, load and validate the
+//! config, set up logs, serve telemetry, turn signals into a shutdown token and bound the drain.
+//! A service's `main.rs` is one call: `logpipe_core::service::main::<MyService>()`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError};
+use crate::logging::{self, LogFormat};
+use crate::shutdown;
+use crate::telemetry::{Readiness, TelemetryConfig, TelemetryServer};
+
+/// Exit status for an invalid config in `run` (sysexits EX_CONFIG), so a unit can stop
+/// restarting a service whose config will never load (`RestartPreventExitStatus=78`).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A service's config: deserialized with unknown keys rejected, then checked as a whole.
+pub trait ServiceConfig: DeserializeOwned + Send + Sync + 'static {
+    /// Checks that need more than one key or outside knowledge (regexes compile, paths are
+    /// absolute, templates render). Errors name the key.
+    fn validate(&self) -> anyhow::Result<()>;
+
+    /// What the service would do with this config, printed by `check`.
+    fn describe(&self) -> String;
+
+    fn telemetry(&self) -> &TelemetryConfig;
+
+    /// How long a shutdown may spend draining before the process gives up and exits non-zero.
+    fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// A running service.
+pub trait Service {
+    /// Binary name, e.g. `logpipe-agent`.
+    const NAME: &'static str;
+    /// Config path used when `--config` is not given.
+    const DEFAULT_CONFIG: &'static str;
+    type Config: ServiceConfig;
+
+    /// Runs until `ctx.shutdown` is cancelled, then drains and returns.
+    fn run(config: Self::Config, ctx: Context) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// What the runner hands a service.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Cancelled on SIGTERM/SIGINT; the service drains and returns.
+    pub shutdown: CancellationToken,
+    /// Bumped on SIGHUP, for services that reload.
+    pub reload: watch::Receiver<u64>,
+    /// The service's readiness checks, served on `/ready`.
+    pub readiness: Readiness,
+    /// The config file, for reloading.
+    pub config_path: PathBuf,
+}
+
+impl Context {
+    /// Loads and validates the config file again (for SIGHUP); on error the service keeps the
+    /// config it runs with.
+    pub fn reload_config<C: ServiceConfig>(&self) -> anyhow::Result<C> {
+        load_config(&self.config_path)
+    }
+}
+
+/// Loads a service config and validates it; errors name the file.
+pub fn load_config<C: ServiceConfig>(path: &Path) -> anyhow::Result<C> {
+    let config: C = config::load(path)?;
+    config.validate().map_err(|e| ConfigError::new(path, format!("{e:#}")))?;
+    Ok(config)
+}
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (TOML).
+    #[arg(long, short, global = true, env = "LOGPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Format of the service's own logs.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "LOGPIPE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Validate the config, print what the service would do, and exit 0 (valid) or 1.
+    Check,
+}
+
+/// The whole `main` of a service binary.
+pub fn main<S: Service>() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(S::DEFAULT_CONFIG));
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check::<S>(&path),
+        Command::Run => {
+            logging::init(cli.log_format);
+            let config = match load_config::<S::Config>(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run::<S>(config, path)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{}: {e:#}", S::NAME);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check<S: Service>(path: &Path) -> ExitCode {
+    match load_config::<S::Config>(path) {
+        Ok(config) => {
+            println!("{}: config {} is valid", S::NAME, path.display());
+            println!("{}", config.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e:#}", S::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a loaded service with signals, telemetry and a bounded drain. Public so that tools can
+/// run a service in-process.
+pub async fn run<S: Service>(config: S::Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let signals = shutdown::listen()?;
+    let readiness = Readiness::new();
+    let telemetry = TelemetryServer::bind(config.telemetry(), readiness.clone()).await?;
+    tracing::info!(telemetry = %telemetry.local_addr(), config = %config_path.display(), "{} starting", S::NAME);
+    let telemetry_stop = CancellationToken::new();
+    let telemetry_task = tokio::spawn(telemetry.run(telemetry_stop.clone()));
+    let drain_timeout = config.drain_timeout();
+    let ctx = Context {
+        shutdown: signals.shutdown.clone(),
+        reload: signals.reload,
+        readiness,
+        config_path,
+    };
+    let service = S::run(config, ctx);
+    tokio::pin!(service);
+    let result = tokio::select! {
+        result = &mut service => result,
+        _ = signals.shutdown.cancelled() => {
+            match tokio::time::timeout(drain_timeout, &mut service).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("drain did not finish within {drain_timeout:?}")),
+            }
+        }
+    };
+    // Telemetry stays up through the drain so its progress can be watched.
+    telemetry_stop.cancel();
+    let _ = telemetry_task.await;
+    if result.is_ok() {
+        tracing::info!("{} stopped", S::NAME);
+    }
+    result
+}

@@ -1,0 +1,208 @@
+//! The telemetry endpoint every service serves: `/metrics` (Prometheus text from the `metrics`
+//! facade), `/health` (the process is alive and serving) and `/ready` (every readiness check of
+//! the service is passing: connected and working).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The `[telemetry]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the `/metrics`, `/health`, `/ready` server. Loopback by default: metrics can
+    /// reveal topology, so exposing them is a deliberate choice.
+    pub listen: SocketAddr,
+}
+
+impl TelemetryConfig {
+    pub fn on_port(port: u16) -> Self {
+        TelemetryConfig { listen: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Services and in-process tests
+/// all render the same registry.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed by an embedding program; ours still renders what
+            // was recorded through it, so that is not fatal.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a global metrics recorder was already installed; /metrics may be incomplete");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Named readiness checks: the service is ready when every registered check passes. Cheap to
+/// clone and share between tasks.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    checks: Arc<Mutex<BTreeMap<String, Check>>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Check {
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+/// The `/ready` body: overall state and each check.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadinessReport {
+    pub ready: bool,
+    checks: BTreeMap<String, Check>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Readiness::default()
+    }
+
+    /// Registers a check as not ready yet; a service registers each check at start-up so that
+    /// `/ready` is false until every part has reported.
+    pub fn register(&self, name: &str) {
+        self.set(name, false, Some("starting".into()));
+    }
+
+    pub fn ready(&self, name: &str) {
+        self.set(name, true, None);
+    }
+
+    pub fn not_ready(&self, name: &str, why: impl Into<String>) {
+        self.set(name, false, Some(why.into()));
+    }
+
+    fn set(&self, name: &str, ready: bool, detail: Option<String>) {
+        let mut checks = self.checks.lock().expect("readiness lock");
+        checks.insert(name.to_owned(), Check { ready, detail });
+    }
+
+    /// True when at least one check is registered and all pass.
+    pub fn is_ready(&self) -> bool {
+        self.report().ready
+    }
+
+    pub fn report(&self) -> ReadinessReport {
+        let checks = self.checks.lock().expect("readiness lock").clone();
+        ReadinessReport { ready: !checks.is_empty() && checks.values().all(|c| c.ready), checks }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: PrometheusHandle,
+    readiness: Readiness,
+}
+
+/// The telemetry routes, for services that want to merge them into their own router.
+pub fn router(readiness: Readiness) -> Router {
+    let state = AppState { metrics: prometheus(), readiness };
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .with_state(state)
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let report = state.readiness.report();
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(report))
+}
+
+/// A bound telemetry server; `run` serves until `shutdown` is cancelled.
+pub struct TelemetryServer {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl TelemetryServer {
+    /// Binds the address now, so a port conflict fails start-up with a clear error.
+    pub async fn bind(config: &TelemetryConfig, readiness: Readiness) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for telemetry on {}: {e}", config.listen))?;
+        Ok(TelemetryServer { listener, router: router(readiness) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let readiness = Readiness::new();
+        let server = TelemetryServer::bind(&TelemetryConfig::on_port(0), readiness.clone()).await.unwrap();
+        let base = format!("http://{}", server.local_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+
+        prometheus();
+        metrics::counter!("logpipe_test_widgets_total", "kind" => "blue").increment(3);
+        let client = reqwest::Client::new();
+        let body = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(body.contains("logpipe_test_widgets_total{kind=\"blue\"} 3"), "{body}");
+
+        assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 200);
+
+        // Nothing registered: not ready.
+        assert_eq!(client.get(format!("{base}/ready")).send().await.unwrap().status(), 503);
+        readiness.register("kafka");
+        readiness.ready("store");
+        let response = client.get(format!("{base}/ready")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let report: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(report["checks"]["kafka"]["ready"], false);
+        assert_eq!(report["checks"]["store"]["ready"], true);
+        readiness.ready("kafka");
+        assert_eq!(client.get(format!("{base}/ready")).send().await.unwrap().status(), 200);
+        readiness.not_ready("kafka", "all brokers down");
+        let report: serde_json::Value = client.get(format!("{base}/ready")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(report["checks"]["kafka"]["detail"], "all brokers down");
+
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn port_conflict_is_a_clear_error() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = TelemetryConfig { listen: held.local_addr().unwrap() };
+        let err = TelemetryServer::bind(&config, Readiness::new()).await.err().unwrap().to_string();
+        assert!(err.contains("cannot listen for telemetry"), "{err}");
+    }
+}
