@@ -1,1 +1,3 @@
-fn main(){}
+fn main() -> std::process::ExitCode {
+    logpipe_core::service::main::<logpipe_agent::AgentService>()
+}

@@ -1,0 +1,416 @@
+//! Test support: start dev clusters and service processes on loopback, wait for readiness by
+//! polling, read topics back, dump a process's logs when a test fails, and always clean up.
+//!
+//! Binaries are taken from the same target directory as the running test (`cargo build
+//! --workspace --bins` first; `scripts/test` does), or from `LOGPIPE_BIN_DIR`.
+//!
+//! Tests can run against real Kafka clusters instead of dev clusters: set
+//! `LOGPIPE_TEST_BOOTSTRAP` (or `LOGPIPE_TEST_WRITE_BOOTSTRAP` / `LOGPIPE_TEST_READ_BOOTSTRAP` for
+//! the two sides). Topics are then created through the admin API, and fault injection is refused.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tempfile::TempDir;
+
+/// The path of a workspace binary built next to the running executable.
+pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("LOGPIPE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/<test> => target/<profile>
+            let exe = std::env::current_exe()?;
+            let mut dir = exe.parent().context("test executable has no directory")?.to_owned();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build the binaries first (`cargo build --workspace --bins`, or run scripts/test), or set LOGPIPE_BIN_DIR",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the service to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A loopback address with a free port.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Polls `condition` every 50 ms until it is true, failing after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process whose output goes to files in a temporary directory. Killed when dropped;
+/// its output is printed if the test is panicking, so failures explain themselves.
+pub struct Process {
+    name: String,
+    child: Child,
+    logs: TempDir,
+}
+
+impl Process {
+    /// Starts a workspace binary with arguments.
+    pub fn start(bin: &str, args: &[&str]) -> anyhow::Result<Process> {
+        Process::start_with_env(bin, args, &[])
+    }
+
+    /// Starts a workspace binary with arguments and extra environment variables.
+    pub fn start_with_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Process> {
+        let mut command = Command::new(bin_path(bin)?);
+        command.args(args).envs(env.iter().copied());
+        Process::spawn(bin, command)
+    }
+
+    /// Starts any command (for example a reference tool in a benchmark).
+    pub fn spawn(name: &str, mut command: Command) -> anyhow::Result<Process> {
+        let logs = tempfile::Builder::new().prefix("logpipe-proc-").tempdir()?;
+        let stdout = File::create(logs.path().join("stdout"))?;
+        let stderr = File::create(logs.path().join("stderr"))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process { name: name.to_owned(), child, logs })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Both outputs, labelled.
+    pub fn logs(&self) -> String {
+        format!("--- {} stdout ---\n{}--- {} stderr ---\n{}", self.name, self.stdout(), self.name, self.stderr())
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Fails with the logs if the process has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match self.try_status() {
+            None => Ok(()),
+            Some(status) => bail!("{} exited with {status}\n{}", self.name, self.logs()),
+        }
+    }
+
+    /// Waits until `GET http://addr/ready` answers 200, failing early if the process exits.
+    pub async fn wait_ready(&mut self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+        let url = format!("http://{addr}/ready");
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.ensure_running()?;
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("{} not ready at {url} within {timeout:?}\n{}", self.name, self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the process's stdout has at least `n` complete lines and returns them.
+    pub async fn stdout_lines(&mut self, n: usize, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.stdout();
+            let lines: Vec<String> = out.split_inclusive('\n').filter(|l| l.ends_with('\n')).map(|l| l.trim_end().to_owned()).collect();
+            if lines.len() >= n {
+                return Ok(lines);
+            }
+            self.ensure_running()?;
+            if Instant::now() >= deadline {
+                bail!("{} printed {} of {n} lines within {timeout:?}\n{}", self.name, lines.len(), self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").args([signal, &self.pid().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill {signal} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: the crash case. Waits for the process to be gone.
+    pub fn kill9(&mut self) -> anyhow::Result<ExitStatus> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// SIGHUP.
+    pub fn hangup(&self) -> anyhow::Result<()> {
+        self.signal("-HUP")
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; kills and fails past it.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.try_status() {
+            return Ok(status);
+        }
+        self.signal("-TERM")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.child.kill()?;
+                bail!("{} did not exit within {timeout:?} of SIGTERM\n{}", self.name, self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// A Kafka cluster for a test: a `logpipe-dev cluster` process, or a real cluster named by an
+/// environment variable.
+pub struct DevCluster {
+    bootstrap: String,
+    /// The control API and its process, for dev clusters.
+    control: Option<(String, Process)>,
+    http: reqwest::Client,
+}
+
+impl DevCluster {
+    /// A cluster with `brokers` brokers and the given topics (name, partitions). Uses
+    /// `LOGPIPE_TEST_BOOTSTRAP` instead when it is set.
+    pub async fn start(brokers: i32, topics: &[(&str, i32)]) -> anyhow::Result<DevCluster> {
+        DevCluster::start_as("", brokers, topics).await
+    }
+
+    /// The same for one side: `role` "write" reads `LOGPIPE_TEST_WRITE_BOOTSTRAP`, "read" reads
+    /// `LOGPIPE_TEST_READ_BOOTSTRAP`.
+    pub async fn start_as(role: &str, brokers: i32, topics: &[(&str, i32)]) -> anyhow::Result<DevCluster> {
+        let var = if role.is_empty() {
+            "LOGPIPE_TEST_BOOTSTRAP".to_owned()
+        } else {
+            format!("LOGPIPE_TEST_{}_BOOTSTRAP", role.to_uppercase())
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let cluster = match std::env::var(&var) {
+            Ok(bootstrap) if !bootstrap.is_empty() => DevCluster { bootstrap, control: None, http },
+            _ => {
+                let brokers = brokers.to_string();
+                let mut args = vec!["cluster", "--brokers", &brokers];
+                let specs: Vec<String> = topics.iter().map(|(name, n)| format!("{name}:{n}")).collect();
+                for spec in &specs {
+                    args.extend(["--topic", spec]);
+                }
+                let mut process = Process::start("logpipe-dev", &args)?;
+                let lines = process.stdout_lines(2, Duration::from_secs(30)).await?;
+                let bootstrap = lines[0].strip_prefix("bootstrap=").context("first line is bootstrap=")?.to_owned();
+                let control = lines[1].strip_prefix("control=").context("second line is control=")?.to_owned();
+                return Ok(DevCluster { bootstrap, control: Some((control, process)), http });
+            }
+        };
+        for (name, partitions) in topics {
+            cluster.create_topic(name, *partitions).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Whether faults can be injected (a dev cluster, not a real one).
+    pub fn is_dev(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// The dev cluster's process, for its logs.
+    pub fn process(&mut self) -> Option<&mut Process> {
+        self.control.as_mut().map(|(_, p)| p)
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        let (control, _) = self.control.as_ref().ok_or_else(|| {
+            anyhow!("fault injection needs a dev cluster; this test runs against the real cluster {}", self.bootstrap)
+        })?;
+        let response = self.http.post(format!("{control}{path}")).json(&body).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("dev cluster {path}: {status}: {}", response.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Creates a topic (through the control API, or the admin API on a real cluster).
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        if self.is_dev() {
+            return self.post("/topics", serde_json::json!({ "name": name, "partitions": partitions })).await;
+        }
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create()?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
+        for result in admin.create_topics([&topic], &AdminOptions::new()).await? {
+            match result {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, e)) => bail!("creating topic {topic}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn broker_down(&self, broker: i32) -> anyhow::Result<()> {
+        self.post(&format!("/brokers/{broker}/down"), serde_json::json!({})).await
+    }
+
+    pub async fn broker_up(&self, broker: i32) -> anyhow::Result<()> {
+        self.post(&format!("/brokers/{broker}/up"), serde_json::json!({})).await
+    }
+
+    /// Adds a round-trip delay to every request to a broker.
+    pub async fn set_rtt(&self, broker: i32, rtt: Duration) -> anyhow::Result<()> {
+        self.post(&format!("/brokers/{broker}/rtt"), serde_json::json!({ "ms": rtt.as_millis() as u64 })).await
+    }
+
+    /// Makes the next requests of a kind fail with these errors, one each, in order.
+    pub async fn request_errors(&self, api: &str, errors: &[&str]) -> anyhow::Result<()> {
+        self.post("/errors", serde_json::json!({ "api": api, "errors": errors })).await
+    }
+
+    /// Moves a partition's leadership to a broker.
+    pub async fn set_leader(&self, topic: &str, partition: i32, broker: i32) -> anyhow::Result<()> {
+        self.post("/partitions/leader", serde_json::json!({ "topic": topic, "partition": partition, "broker": broker }))
+            .await
+    }
+
+    /// Everything committed in a topic now; see [`read_topic`].
+    pub async fn read_topic(&self, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+        read_topic(&self.bootstrap, topic, timeout).await
+    }
+}
+
+/// Reads every committed record of a topic, from the beginning of each partition to its end as
+/// a read_committed consumer sees it (without a consumer group), in partition order.
+pub async fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_topic_blocking(&bootstrap, &topic, timeout)).await?
+}
+
+fn read_topic_blocking(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "logpipe-test-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let deadline = Instant::now() + timeout;
+    let partitions = loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let found = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        if found > 0 {
+            break found;
+        }
+        if Instant::now() >= deadline {
+            bail!("topic {topic} has no partitions within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut at_end = vec![false; partitions];
+    let mut records = Vec::new();
+    while !at_end.iter().all(|e| *e) {
+        if Instant::now() >= deadline {
+            bail!("reading {topic}: not at the end of every partition within {timeout:?} ({} records so far)", records.len());
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(message)) => {
+                at_end[message.partition() as usize] = false;
+                records.push(message.detach());
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+        }
+    }
+    records.sort_by_key(|m| (m.partition(), m.offset()));
+    Ok(records)
+}
+
+/// Writes a file (a config for a process under test) into `dir` and returns its path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
