@@ -184,6 +184,7 @@ impl ControlState {
 }
 
 /// A control API error: 400 with `{"error": "..."}`.
+#[derive(Debug)]
 struct ControlError(String);
 
 impl IntoResponse for ControlError {

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use logpipe_core::logging::{self, LogFormat};
-use logpipe_devkit::cluster;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use logpipe_devkit::{cluster, loadgen};
 
 #[derive(Parser)]
 #[command(name = "logpipe-dev", about = "Local development tools for logpipe")]
@@ -20,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run a Kafka cluster (librdkafka's mock cluster) on loopback until SIGTERM.
     Cluster(cluster::ClusterArgs),
+    /// Write JSON-lines game logs (valid and invalid, with rotation) and report what was written.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Cluster(args) => cluster::run(args).await,
+            Command::Loadgen(args) => run_loadgen(args).await,
         }
     });
     match result {
@@ -38,4 +44,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the generator on a blocking thread; SIGINT/SIGTERM stop it and it still reports.
+async fn run_loadgen(args: loadgen::LoadgenArgs) -> anyhow::Result<()> {
+    let signals = logpipe_core::shutdown::listen()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        signals.shutdown.cancelled().await;
+        flag.store(true, Ordering::Relaxed);
+    });
+    let report = tokio::task::spawn_blocking(move || loadgen::run(&args, &stop)).await??;
+    println!("{}", report.summary());
+    Ok(())
 }
