@@ -1,0 +1,191 @@
+//! The dev cluster as the other tests use it: a `logpipe-dev cluster` process, real clients.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use logpipe_devkit::harness::{read_topic, DevCluster};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message};
+
+fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config.create().expect("producer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_records_round_trip_through_a_consumer_group() {
+    const N: usize = 100_000;
+    let cluster = DevCluster::start(3, &[("raw.roundtrip", 4)]).await.unwrap();
+    let producer = producer(cluster.bootstrap(), &[]);
+    let sends: Vec<_> = (0..N)
+        .map(|i| {
+            let key = format!("k{}", i % 97);
+            let value = format!("value-{i}");
+            producer.send_result(FutureRecord::to("raw.roundtrip").key(&key).payload(&value)).expect("queue has room")
+        })
+        .collect();
+    for send in sends {
+        send.await.unwrap().expect("delivered");
+    }
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "roundtrip")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["raw.roundtrip"]).unwrap();
+    let mut seen = HashSet::new();
+    let mut partitions = HashSet::new();
+    while seen.len() < N {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {N} records consumed", seen.len()))
+            .unwrap();
+        let value = std::str::from_utf8(message.payload().unwrap()).unwrap();
+        let i: usize = value.strip_prefix("value-").unwrap().parse().unwrap();
+        assert_eq!(message.key(), Some(format!("k{}", i % 97).as_bytes()), "key travels with its value");
+        assert!(seen.insert(i), "record {i} consumed twice");
+        partitions.insert(message.partition());
+    }
+    assert_eq!(partitions.len(), 4, "keys spread over every partition");
+    // Nothing beyond the N records.
+    assert_eq!(read_topic(cluster.bootstrap(), "raw.roundtrip", Duration::from_secs(60)).await.unwrap().len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_sees_committed_transactions_only() {
+    let cluster = DevCluster::start(3, &[("raw.txn", 2)]).await.unwrap();
+    let producer = producer(cluster.bootstrap(), &[("transactional.id", "devcluster-test")]);
+    let timeout = Timeout::After(Duration::from_secs(30));
+    producer.init_transactions(timeout).unwrap();
+    let mut send_batch = |label: &'static str, n: usize| {
+        let producer = producer.clone();
+        async move {
+            for i in 0..n {
+                let value = format!("{label}-{i}");
+                producer
+                    .send(FutureRecord::<(), _>::to("raw.txn").payload(&value).partition((i % 2) as i32), Duration::from_secs(30))
+                    .await
+                    .expect("delivered");
+            }
+        }
+    };
+    producer.begin_transaction().unwrap();
+    send_batch("committed", 100).await;
+    producer.commit_transaction(timeout).unwrap();
+    producer.begin_transaction().unwrap();
+    send_batch("aborted", 50).await;
+    producer.abort_transaction(timeout).unwrap();
+    producer.begin_transaction().unwrap();
+    send_batch("later", 10).await;
+    producer.commit_transaction(timeout).unwrap();
+
+    let records = read_topic(cluster.bootstrap(), "raw.txn", Duration::from_secs(60)).await.unwrap();
+    let values: Vec<String> = records.iter().map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap()).collect();
+    assert_eq!(values.iter().filter(|v| v.starts_with("committed-")).count(), 100);
+    assert_eq!(values.iter().filter(|v| v.starts_with("later-")).count(), 10);
+    assert!(!values.iter().any(|v| v.starts_with("aborted-")), "aborted records are invisible: {values:?}");
+    assert_eq!(values.len(), 110);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_wait_for_a_downed_leader_and_arrive_once() {
+    let cluster = DevCluster::start(3, &[("raw.fault", 1)]).await.unwrap();
+    let producer = producer(cluster.bootstrap(), &[("message.timeout.ms", "0")]);
+    // Make broker 2 the leader, then take it down.
+    cluster.set_leader("raw.fault", 0, 2).await.unwrap();
+    producer
+        .send(FutureRecord::<(), _>::to("raw.fault").payload("before"), Duration::from_secs(30))
+        .await
+        .expect("delivered while the leader is up");
+    cluster.broker_down(2).await.unwrap();
+    let sends: Vec<_> = (0..200)
+        .map(|i| {
+            let value = format!("during-{i}");
+            producer.send_result(FutureRecord::<(), _>::to("raw.fault").payload(&value)).expect("queued")
+        })
+        .collect();
+    // While the leader is down nothing is acknowledged.
+    let waiting = unacknowledged_after_a_moment(&producer).await;
+    assert!(waiting > 0, "records should be waiting for the leader");
+    cluster.broker_up(2).await.unwrap();
+    for send in sends {
+        send.await.unwrap().expect("delivered after the leader came back");
+    }
+    let records = read_topic(cluster.bootstrap(), "raw.fault", Duration::from_secs(60)).await.unwrap();
+    let values: Vec<String> = records.iter().map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap()).collect();
+    let mut expected = vec!["before".to_owned()];
+    expected.extend((0..200).map(|i| format!("during-{i}")));
+    assert_eq!(values, expected, "every record once, in order");
+}
+
+/// Records still in the producer's queue a moment after sending to a downed leader.
+async fn unacknowledged_after_a_moment(producer: &FutureProducer) -> i32 {
+    let _ = producer.flush(Timeout::After(Duration::from_millis(500)));
+    producer.in_flight_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_errors_are_injected_and_retried() {
+    let cluster = DevCluster::start(1, &[("raw.errors", 1)]).await.unwrap();
+    let producer = producer(cluster.bootstrap(), &[("message.timeout.ms", "0")]);
+    cluster.request_errors("Produce", &["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT", "_TRANSPORT"]).await.unwrap();
+    for i in 0..20 {
+        producer
+            .send(FutureRecord::<(), _>::to("raw.errors").payload(&format!("v{i}")), Duration::from_secs(30))
+            .await
+            .expect("delivered despite the injected errors");
+    }
+    let records = read_topic(cluster.bootstrap(), "raw.errors", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(records.len(), 20, "idempotent retries add no duplicates");
+    assert!(cluster.request_errors("Produce", &["NO_SUCH_ERROR"]).await.is_err());
+    assert!(cluster.broker_down(7).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_produces_and_consumes_through_the_dev_cluster() {
+    let cluster = DevCluster::start(1, &[("raw.kcat", 1)]).await.unwrap();
+    let kcat = which_kcat();
+    let mut produce = std::process::Command::new(&kcat)
+        .args(["-b", cluster.bootstrap(), "-t", "raw.kcat", "-P"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    produce.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
+    assert!(produce.wait().unwrap().success());
+    let output = std::process::Command::new(&kcat)
+        .args(["-b", cluster.bootstrap(), "-t", "raw.kcat", "-C", "-e", "-q", "-o", "beginning"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "one\ntwo\nthree\n");
+}
+
+fn which_kcat() -> String {
+    for name in ["kcat", "kafkacat"] {
+        if std::process::Command::new(name).arg("-V").output().is_ok() {
+            return name.to_owned();
+        }
+    }
+    panic!("kcat is not installed: scripts/test installs it (apt-get install kcat)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_exits_cleanly_on_sigterm() {
+    let mut cluster = DevCluster::start(1, &[]).await.unwrap();
+    let process = cluster.process().expect("a dev cluster process");
+    let status = process.terminate(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
