@@ -69,7 +69,7 @@ async fn read_committed_sees_committed_transactions_only() {
     let producer = producer(cluster.bootstrap(), &[("transactional.id", "devcluster-test")]);
     let timeout = Timeout::After(Duration::from_secs(30));
     producer.init_transactions(timeout).unwrap();
-    let mut send_batch = |label: &'static str, n: usize| {
+    let send_batch = |label: &'static str, n: usize| {
         let producer = producer.clone();
         async move {
             for i in 0..n {

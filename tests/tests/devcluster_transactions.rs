@@ -1,0 +1,130 @@
+//! The dev cluster's transaction semantics (the patched mock cluster): each behaviour that the
+//! exactly-once components rely on, checked with real clients against a `logpipe-dev cluster`.
+
+use std::time::Duration;
+
+use logpipe_devkit::harness::{read_topic, wait_until, DevCluster};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const T: Timeout = Timeout::After(Duration::from_secs(30));
+
+fn transactional(bootstrap: &str, id: &str, timeout_ms: u32) -> FutureProducer {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", id)
+        .set("transaction.timeout.ms", timeout_ms.to_string())
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    producer.init_transactions(T).expect("init_transactions");
+    producer
+}
+
+async fn send(producer: &FutureProducer, topic: &str, values: &[&str]) {
+    for value in values {
+        producer
+            .send(FutureRecord::<(), _>::to(topic).payload(*value).partition(0), Duration::from_secs(30))
+            .await
+            .expect("delivered");
+    }
+}
+
+async fn values(bootstrap: &str, topic: &str) -> Vec<String> {
+    read_topic(bootstrap, topic, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_transactions_stay_hidden_until_committed() {
+    let cluster = DevCluster::start(1, &[("raw.open", 1)]).await.unwrap();
+    let plain: FutureProducer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+    send(&plain, "raw.open", &["before"]).await;
+    let producer = transactional(cluster.bootstrap(), "open", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "raw.open", &["in-flight-1", "in-flight-2"]).await;
+    // Written after the open transaction began: above the last stable offset, so hidden too.
+    send(&plain, "raw.open", &["after"]).await;
+    assert_eq!(values(cluster.bootstrap(), "raw.open").await, ["before"]);
+    producer.commit_transaction(T).unwrap();
+    assert_eq!(values(cluster.bootstrap(), "raw.open").await, ["before", "in-flight-1", "in-flight-2", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_producer_fences_the_old_one_and_aborts_its_transaction() {
+    let cluster = DevCluster::start(3, &[("raw.fence", 1)]).await.unwrap();
+    let zombie = transactional(cluster.bootstrap(), "shard-0", 60_000);
+    zombie.begin_transaction().unwrap();
+    send(&zombie, "raw.fence", &["zombie-1", "zombie-2"]).await;
+
+    let successor = transactional(cluster.bootstrap(), "shard-0", 60_000);
+    successor.begin_transaction().unwrap();
+    send(&successor, "raw.fence", &["successor"]).await;
+    successor.commit_transaction(T).unwrap();
+
+    let err = zombie.commit_transaction(T).expect_err("the fenced producer cannot commit");
+    assert!(matches!(err, KafkaError::Transaction(_)), "{err:?}");
+    assert_eq!(values(cluster.bootstrap(), "raw.fence").await, ["successor"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_offsets_apply_only_on_commit() {
+    let cluster = DevCluster::start(1, &[("raw.offsets", 1), ("clean.offsets", 1)]).await.unwrap();
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "validator")
+        .create()
+        .unwrap();
+    let metadata = group.group_metadata().expect("group metadata");
+    let producer = transactional(cluster.bootstrap(), "offsets", 60_000);
+    let offsets = |offset: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("raw.offsets", 0, Offset::Offset(offset)).unwrap();
+        tpl
+    };
+    let committed = || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("raw.offsets", 0);
+        group.committed_offsets(tpl, T).unwrap().find_partition("raw.offsets", 0).unwrap().offset()
+    };
+
+    producer.begin_transaction().unwrap();
+    send(&producer, "clean.offsets", &["a"]).await;
+    producer.send_offsets_to_transaction(&offsets(10), &metadata, T).unwrap();
+    producer.abort_transaction(T).unwrap();
+    assert_eq!(committed(), Offset::Invalid, "aborted offsets are not committed");
+
+    producer.begin_transaction().unwrap();
+    send(&producer, "clean.offsets", &["b"]).await;
+    producer.send_offsets_to_transaction(&offsets(20), &metadata, T).unwrap();
+    producer.commit_transaction(T).unwrap();
+    assert_eq!(committed(), Offset::Offset(20));
+    assert_eq!(values(cluster.bootstrap(), "clean.offsets").await, ["b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_transactions_are_aborted_after_their_timeout() {
+    let cluster = DevCluster::start(1, &[("raw.timeout", 1)]).await.unwrap();
+    let abandoned = transactional(cluster.bootstrap(), "abandoned", 2_000);
+    abandoned.begin_transaction().unwrap();
+    send(&abandoned, "raw.timeout", &["lost-1"]).await;
+    let plain: FutureProducer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+    send(&plain, "raw.timeout", &["later"]).await;
+    // Until the cluster aborts the transaction, it holds the stable end of the partition back.
+    assert_eq!(values(cluster.bootstrap(), "raw.timeout").await, Vec::<String>::new());
+    let bootstrap = cluster.bootstrap().to_owned();
+    wait_until(Duration::from_secs(30), || {
+        let bootstrap = bootstrap.clone();
+        async move { values(&bootstrap, "raw.timeout").await == ["later"] }
+    })
+    .await
+    .expect("the abandoned transaction is aborted after its 2 s timeout");
+    assert!(abandoned.commit_transaction(T).is_err(), "the timed-out producer is fenced");
+}
