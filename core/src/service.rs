@@ -180,3 +180,115 @@ pub async fn run<S: Service>(config: S::Config, config_path: PathBuf) -> anyhow:
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::shutdown::tests::SIGNALS;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TestConfig {
+        telemetry: TelemetryConfig,
+        #[serde(default)]
+        ignore_shutdown: bool,
+        #[serde(default)]
+        reject: bool,
+    }
+
+    impl ServiceConfig for TestConfig {
+        fn validate(&self) -> anyhow::Result<()> {
+            anyhow::ensure!(!self.reject, "reject: the test asked for it");
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "a test service".into()
+        }
+
+        fn telemetry(&self) -> &TelemetryConfig {
+            &self.telemetry
+        }
+
+        fn drain_timeout(&self) -> Duration {
+            Duration::from_millis(300)
+        }
+    }
+
+    struct TestService;
+
+    impl Service for TestService {
+        const NAME: &'static str = "logpipe-test";
+        const DEFAULT_CONFIG: &'static str = "/nonexistent/test.toml";
+        type Config = TestConfig;
+
+        async fn run(config: TestConfig, ctx: Context) -> anyhow::Result<()> {
+            ctx.readiness.ready("work");
+            ctx.shutdown.cancelled().await;
+            if config.ignore_shutdown {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("service.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn check_exits_zero_for_a_valid_config_and_one_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "[telemetry]\nlisten = \"127.0.0.1:0\"\n");
+        assert_eq!(check::<TestService>(&ok), ExitCode::SUCCESS);
+        let unknown = write(dir.path(), "[telemetry]\nlisten = \"127.0.0.1:0\"\nextra = 1\n");
+        assert_eq!(check::<TestService>(&unknown), ExitCode::FAILURE);
+        let rejected = write(dir.path(), "reject = true\n[telemetry]\nlisten = \"127.0.0.1:0\"\n");
+        let err = load_config::<TestConfig>(&rejected).unwrap_err().to_string();
+        assert!(err.contains("service.toml") && err.contains("reject: the test asked"), "{err}");
+        assert_eq!(check::<TestService>(&dir.path().join("missing.toml")), ExitCode::FAILURE);
+    }
+
+    fn kill(signal: &str) {
+        let pid = std::process::id().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    async fn run_until_sigterm(ignore_shutdown: bool) -> anyhow::Result<()> {
+        let config = TestConfig { telemetry: TelemetryConfig::on_port(crate::telemetry::tests::free_port()), ignore_shutdown, reject: false };
+        let url = format!("http://{}/ready", config.telemetry.listen);
+        let task = tokio::spawn(run::<TestService>(config, PathBuf::from("test.toml")));
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status() == 200 {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "service never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kill("-TERM");
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("run returns").unwrap()
+    }
+
+    #[tokio::test]
+    async fn run_serves_readiness_and_drains_on_sigterm() {
+        let _guard = SIGNALS.lock().await;
+        run_until_sigterm(false).await.expect("a clean drain");
+    }
+
+    #[tokio::test]
+    async fn a_drain_past_its_timeout_is_an_error() {
+        let _guard = SIGNALS.lock().await;
+        let err = run_until_sigterm(true).await.unwrap_err().to_string();
+        assert!(err.contains("drain did not finish"), "{err}");
+    }
+}

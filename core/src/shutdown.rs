@@ -47,10 +47,13 @@ pub fn listen() -> std::io::Result<Signals> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// Tests that signal this process take turns: every listener sees every signal.
+    pub(crate) static SIGNALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     fn send(signal: &str) {
         let status = std::process::Command::new("kill")
@@ -62,6 +65,7 @@ mod tests {
 
     #[tokio::test]
     async fn sighup_reloads_and_sigterm_cancels() {
+        let _guard = SIGNALS.lock().await;
         let mut signals = listen().unwrap();
         send("-HUP");
         tokio::time::timeout(Duration::from_secs(10), signals.reload.changed()).await.unwrap().unwrap();

@@ -160,8 +160,12 @@ impl TelemetryServer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
 
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
