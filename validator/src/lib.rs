@@ -1,6 +1,9 @@
 //! `logpipe-validator`: a shell until issue 5 lands. It loads and checks its config, so `check`
 //! and the deployment checks work, but `run` refuses to start rather than pretend to work.
 
+pub mod avro;
+pub mod schema;
+
 use logpipe_core::service::{Context, Service, ServiceConfig};
 use logpipe_core::telemetry::TelemetryConfig;
 use serde::Deserialize;

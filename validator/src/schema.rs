@@ -1,0 +1,146 @@
+//! A schema from the store, compiled once per id into what checks and encodes records:
+//! an [`AvroPlan`] for AVRO schemas, a JSON Schema validator for JSON schemas. Output is the
+//! Confluent wire format, so any Confluent-compatible deserializer reads clean records.
+
+use serde_json::Value;
+
+use crate::avro::{AvroPlan, ConvertError, Converted, ExtraFields};
+
+/// Confluent wire format: this byte, then the schema id as 4 bytes big-endian, then the payload.
+pub const MAGIC: u8 = 0;
+
+/// The schema types the validator can enforce (`schemaType` in the Confluent API; absent means
+/// AVRO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaType {
+    Avro,
+    Json,
+}
+
+impl SchemaType {
+    /// Reads the API's `schemaType`; PROTOBUF and unknown types are refused.
+    pub fn from_api(name: Option<&str>) -> Result<SchemaType, String> {
+        match name.unwrap_or("AVRO") {
+            "AVRO" => Ok(SchemaType::Avro),
+            "JSON" => Ok(SchemaType::Json),
+            other => Err(format!("schema type {other} is not supported (AVRO and JSON are)")),
+        }
+    }
+}
+
+/// A schema ready to check and encode records.
+pub struct CompiledSchema {
+    pub id: u32,
+    checker: Checker,
+}
+
+enum Checker {
+    Avro(AvroPlan),
+    Json(jsonschema::Validator),
+}
+
+impl std::fmt::Debug for CompiledSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.checker {
+            Checker::Avro(_) => "AVRO",
+            Checker::Json(_) => "JSON",
+        };
+        write!(f, "CompiledSchema {{ id: {}, type: {kind} }}", self.id)
+    }
+}
+
+impl CompiledSchema {
+    /// Compiles a schema's text; the error says why the schema cannot be used.
+    pub fn compile(id: u32, schema_type: SchemaType, text: &str) -> Result<CompiledSchema, String> {
+        let checker = match schema_type {
+            SchemaType::Avro => Checker::Avro(AvroPlan::parse(text).map_err(|e| e.to_string())?),
+            SchemaType::Json => {
+                let schema: Value = serde_json::from_str(text).map_err(|e| format!("JSON schema is not JSON: {e}"))?;
+                Checker::Json(jsonschema::validator_for(&schema).map_err(|e| format!("not a valid JSON Schema: {e}"))?)
+            }
+        };
+        Ok(CompiledSchema { id, checker })
+    }
+
+    /// Checks a parsed record and appends its clean value (wire format) to `out`. `raw` is the
+    /// record's original bytes, the payload for JSON schemas. The extra-fields policy applies to
+    /// Avro records; a JSON Schema says itself whether extra properties are allowed.
+    pub fn write(&self, value: &Value, raw: &[u8], extra: ExtraFields, out: &mut Vec<u8>) -> Result<Converted, ConvertError> {
+        let start = out.len();
+        out.push(MAGIC);
+        out.extend_from_slice(&self.id.to_be_bytes());
+        let result = match &self.checker {
+            Checker::Avro(plan) => plan.encode(value, extra, out),
+            Checker::Json(validator) => match validator.validate(value) {
+                Ok(()) => {
+                    out.extend_from_slice(raw);
+                    Ok(Converted::default())
+                }
+                Err(e) => Err(ConvertError { pointer: e.instance_path().to_string(), reason: e.to_string() }),
+            },
+        };
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn avro_output_is_confluent_wire_format() {
+        let schema = CompiledSchema::compile(
+            0x0102_0304,
+            SchemaType::Avro,
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        schema.write(&json!({"a": 1}), b"{\"a\":1}", ExtraFields::Drop, &mut out).unwrap();
+        assert_eq!(out, [0, 1, 2, 3, 4, 2]);
+        let err = schema.write(&json!({"a": "x"}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        assert_eq!(err.pointer, "/a");
+        assert_eq!(out.len(), 6, "a failed write leaves the buffer as it was");
+    }
+
+    #[test]
+    fn json_schema_validates_and_keeps_the_original_bytes() {
+        let text = r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer","minimum":0},"tags":{"type":"array","items":{"type":"string"}}}}"#;
+        let schema = CompiledSchema::compile(9, SchemaType::Json, text).unwrap();
+        let raw = br#"{"n": 3,  "tags":["a"]}"#;
+        let mut out = Vec::new();
+        schema.write(&serde_json::from_slice(raw).unwrap(), raw, ExtraFields::Reject, &mut out).unwrap();
+        assert_eq!(&out[..5], &[0, 0, 0, 0, 9]);
+        assert_eq!(&out[5..], raw);
+        let err = schema.write(&json!({"n": 1, "tags": ["a", 2]}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        assert_eq!(err.pointer, "/tags/1");
+        let err = schema.write(&json!({"n": -1}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        assert_eq!(err.pointer, "/n");
+        let err = schema.write(&json!({}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        assert_eq!(err.pointer, "");
+    }
+
+    #[test]
+    fn unusable_schemas_are_errors() {
+        assert!(CompiledSchema::compile(1, SchemaType::Avro, r#"{"type":"recrd"}"#).is_err());
+        assert!(CompiledSchema::compile(1, SchemaType::Json, r#"{"type": 5}"#).is_err());
+        assert!(CompiledSchema::compile(1, SchemaType::Json, "not json").is_err());
+        assert_eq!(SchemaType::from_api(None), Ok(SchemaType::Avro));
+        assert_eq!(SchemaType::from_api(Some("JSON")), Ok(SchemaType::Json));
+        assert!(SchemaType::from_api(Some("PROTOBUF")).is_err());
+    }
+
+    #[test]
+    fn the_game_schemas_compile() {
+        for name in ["login", "level_up", "purchase", "pvp_win", "reward"] {
+            let path = format!("{}/../devkit/schemas/game.{name}.avsc", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            CompiledSchema::compile(1, SchemaType::Avro, &text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    }
+}
