@@ -1,54 +1,32 @@
-//! `logpipe-agent`: a shell until issue 3 lands. It loads and checks its config, so `check`
-//! and the deployment checks work, but `run` refuses to start rather than pretend to work.
+//! `logpipe-agent`: tails log files and ships every line to the write-side Kafka cluster,
+//! at least once, with crash-safe checkpoints (see README.md for the guarantees and config).
+//!
+//! - [`config`]: the TOML config and its validation;
+//! - [`discovery`]: globs, directory watches, polling fall-back;
+//! - [`identity`]: which file's contents a position belongs to;
+//! - [`lines`]: splitting bytes into lines with offsets;
+//! - [`tailer`]: one open file and its acknowledgement tracking;
+//! - [`delivery`]: the producer and its delivery reports;
+//! - [`checkpoint`]: durable positions;
+//! - [`agent`]: the loop that ties them together;
+//! - [`metrics`], [`systemd`]: what the agent reports to the outside.
 
-use logpipe_core::service::{Context, Service, ServiceConfig};
-use logpipe_core::telemetry::TelemetryConfig;
-use serde::Deserialize;
-use std::path::PathBuf;
+pub mod agent;
+pub mod checkpoint;
+pub mod config;
+pub mod delivery;
+pub mod discovery;
+pub mod identity;
+pub mod lines;
+pub mod metrics;
+pub mod systemd;
+pub mod tailer;
 
-use logpipe_core::kafka::{KafkaConfig, Role};
-use logpipe_core::record::check_topic_name;
+use logpipe_core::service::{Context, Service};
 
-/// `logpipe-agent`'s config (see ARCHITECTURE.md, "Config shapes").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// Where checkpoints live.
-    pub state_dir: PathBuf,
-    /// The write-side cluster.
-    pub kafka: KafkaConfig,
-    pub telemetry: TelemetryConfig,
-    /// What to tail and where to ship it.
-    #[serde(default)]
-    pub inputs: Vec<InputConfig>,
-}
+pub use config::{AgentConfig, InputConfig};
 
-/// One `[[inputs]]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputConfig {
-    pub paths: Vec<String>,
-    pub topic: String,
-}
-
-impl ServiceConfig for AgentConfig {
-    fn validate(&self) -> anyhow::Result<()> {
-        self.kafka.validate(&Role::Producer).map_err(anyhow::Error::msg)?;
-        for (i, input) in self.inputs.iter().enumerate() {
-            check_topic_name(&input.topic).map_err(|e| anyhow::anyhow!("inputs[{i}].topic: {e}"))?;
-        }
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        let inputs: Vec<String> = self.inputs.iter().map(|i| format!("  {:?} -> {}", i.paths, i.topic)).collect();
-        format!("ship to {} with checkpoints in {}:\n{}", self.kafka.bootstrap, self.state_dir.display(), inputs.join("\n"))
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-}
+use crate::agent::{Agent, Event};
 
 /// The service, for `logpipe_core::service::main`.
 pub struct AgentService;
@@ -58,7 +36,36 @@ impl Service for AgentService {
     const DEFAULT_CONFIG: &'static str = "/etc/logpipe/agent.toml";
     type Config = AgentConfig;
 
-    async fn run(_config: AgentConfig, _ctx: Context) -> anyhow::Result<()> {
-        anyhow::bail!("logpipe-agent is not implemented yet")
+    async fn run(config: AgentConfig, ctx: Context) -> anyhow::Result<()> {
+        metrics::describe();
+        let (events_tx, events) = std::sync::mpsc::channel();
+        let forward = events_tx.clone();
+        let readiness = ctx.readiness.clone();
+        // The loop does blocking file I/O: it gets its own thread.
+        let mut agent = tokio::task::spawn_blocking(move || Agent::new(config, events_tx, events, readiness)?.run());
+        let mut reload = ctx.reload.clone();
+        loop {
+            tokio::select! {
+                result = &mut agent => return result?,
+                _ = ctx.shutdown.cancelled() => {
+                    let _ = forward.send(Event::Shutdown);
+                    return agent.await?;
+                }
+                changed = reload.changed() => {
+                    if changed.is_err() {
+                        // No more reloads can come: wait for the end alone.
+                        ctx.shutdown.cancelled().await;
+                        let _ = forward.send(Event::Shutdown);
+                        return agent.await?;
+                    }
+                    match ctx.reload_config::<AgentConfig>() {
+                        Ok(config) => {
+                            let _ = forward.send(Event::Reload(Box::new(config)));
+                        }
+                        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,849 @@
+//! The tailing loop: one thread owns every open file, the producer and the checkpoint, and reacts
+//! to events (delivery reports, file system notifications, reload, shutdown) and timers.
+//!
+//! One owner means no locks and one obvious order of effects: a new file's id is checkpointed
+//! before its first record is sent, a checkpoint only ever contains acknowledged offsets, and a
+//! producer rebuild rewinds every file at once.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use logpipe_core::telemetry::Readiness;
+use metrics::{gauge, Histogram};
+use notify::event::{EventKind, ModifyKind};
+use rdkafka::error::KafkaError;
+
+use crate::checkpoint::{self, Checkpoint, FileState, Loaded};
+use crate::config::{AgentConfig, StartAt, WatchMode};
+use crate::delivery::{Delivery, Token, RECORD_OVERHEAD};
+use crate::discovery::{self, Discovery};
+use crate::identity::{self, Resume};
+use crate::metrics::*;
+use crate::systemd;
+use crate::tailer::{AckTracker, Change, Opening, ReadError, Sink, Tailer};
+
+/// Everything the loop reacts to.
+pub enum Event {
+    /// A delivery report.
+    Ack { token: Token, error: Option<KafkaError> },
+    /// librdkafka reported a fatal error: the producer must be replaced.
+    ProducerFatal(String),
+    BrokersDown,
+    /// The readiness probe of producer `epoch` reached the cluster.
+    Reachable(u8),
+    Fs(notify::Result<notify::Event>),
+    /// SIGHUP with a config that loaded and validated.
+    Reload(Box<AgentConfig>),
+    Shutdown,
+}
+
+const READINESS: &str = "kafka";
+/// Bytes read from one file in one go; also bounds how far a read may overshoot the budget.
+const READ_CHUNK: usize = 1 << 20;
+/// Stat sweep of open files while notifications work (a safety net for missed events).
+const WATCHED_SWEEP: Duration = Duration::from_secs(1);
+/// Shortest time between two re-globs triggered by notifications.
+const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
+/// Shortest time between two producer rebuilds, so a permanent error does not spin.
+const MIN_REBUILD_GAP: Duration = Duration::from_secs(1);
+
+/// An input with its metrics handles.
+struct Input {
+    config: crate::config::InputConfig,
+    metrics: InputMetrics,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    host: String,
+    inputs: Vec<Input>,
+    discovery: Discovery,
+    delivery: Delivery,
+    epoch: Arc<AtomicU8>,
+    tailers: HashMap<u32, Tailer>,
+    /// Where each open file is now (the path it was last seen under) => slot.
+    locations: HashMap<PathBuf, u32>,
+    /// Current location of each tailer.
+    location_of: HashMap<u32, PathBuf>,
+    by_inode: HashMap<(u64, u64), u32>,
+    /// Trackers of contents that were truncated away, waiting for their last reports.
+    retired: HashMap<u32, (usize, AckTracker)>,
+    /// Checkpoint entries without an open file (not found yet, or no longer matched).
+    saved: HashMap<(u64, u64), FileState>,
+    /// Paths that could not be opened, with the error, so it is logged once.
+    failed: HashMap<PathBuf, String>,
+    next_slot: u32,
+    inflight_bytes: u64,
+    inflight_records: usize,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+    readiness: Readiness,
+    ready: bool,
+    first_start: bool,
+    scan_needed: bool,
+    sweep_needed: bool,
+    checkpoint_urgent: bool,
+    rebuild: Option<String>,
+    last_rebuild: Instant,
+    last_scan: Instant,
+    last_sweep: Instant,
+    last_checkpoint: Instant,
+    last_checkpoint_ok: Instant,
+    latency: Histogram,
+    buf: Vec<u8>,
+}
+
+impl Agent {
+    /// Loads the checkpoint, builds the producer and discovery; nothing is read yet.
+    pub fn new(config: AgentConfig, events_tx: Sender<Event>, events: Receiver<Event>, readiness: Readiness) -> anyhow::Result<Agent> {
+        fs::create_dir_all(&config.state_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+        let (saved, first_start) = match checkpoint::load(&config.state_dir) {
+            Loaded::Found(c) => (c.files.into_iter().map(|f| ((f.dev, f.ino), f)).collect(), false),
+            Loaded::Missing => (HashMap::new(), true),
+            Loaded::Corrupt(reason) => {
+                tracing::error!("{reason}; starting as on a first start (start_at applies)");
+                metrics::counter!(CHECKPOINT_ERRORS, "kind" => "corrupt").increment(1);
+                (HashMap::new(), true)
+            }
+        };
+        readiness.register(READINESS);
+        let epoch = Arc::new(AtomicU8::new(0));
+        let delivery = new_delivery(&config, &events_tx, 0)?;
+        let discovery = Discovery::new(&config.inputs, config.watch == WatchMode::Poll, events_tx.clone())?;
+        let now = Instant::now();
+        let agent = Agent {
+            host: config.host_name(),
+            inputs: inputs(&config),
+            config,
+            discovery,
+            delivery,
+            epoch,
+            tailers: HashMap::new(),
+            locations: HashMap::new(),
+            location_of: HashMap::new(),
+            by_inode: HashMap::new(),
+            retired: HashMap::new(),
+            saved,
+            failed: HashMap::new(),
+            next_slot: 0,
+            inflight_bytes: 0,
+            inflight_records: 0,
+            events_tx,
+            events,
+            readiness,
+            ready: false,
+            first_start,
+            scan_needed: true,
+            sweep_needed: true,
+            checkpoint_urgent: true,
+            rebuild: None,
+            last_rebuild: now,
+            last_scan: now,
+            last_sweep: now,
+            last_checkpoint: now,
+            last_checkpoint_ok: now,
+            latency: metrics::histogram!(DELIVERY_LATENCY),
+            buf: vec![0; READ_CHUNK],
+        };
+        agent.probe();
+        Ok(agent)
+    }
+
+    /// Runs until a shutdown event, then drains and writes the final checkpoint.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        self.discovery.ensure_watches();
+        self.scan(true);
+        self.resume_rotated_while_stopped();
+        self.first_start = false;
+        self.write_checkpoint();
+        systemd::ready();
+        let watchdog = systemd::watchdog_interval();
+        let mut last_watchdog = Instant::now();
+        loop {
+            let more = self.read_pass();
+            let wait = if more { Duration::ZERO } else { self.until_next_timer() };
+            match self.events.recv_timeout(wait) {
+                Ok(Event::Shutdown) => break,
+                Ok(event) => self.handle(event)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => anyhow::bail!("event channel closed"),
+            }
+            // Take everything queued before doing timed work, so acknowledgements are batched.
+            while let Ok(event) = self.events.try_recv() {
+                if matches!(event, Event::Shutdown) {
+                    return self.drain();
+                }
+                self.handle(event)?;
+            }
+            self.timers()?;
+            if let Some(interval) = watchdog {
+                if last_watchdog.elapsed() >= interval {
+                    systemd::watchdog();
+                    last_watchdog = Instant::now();
+                }
+            }
+        }
+        self.drain()
+    }
+
+    fn handle(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::Ack { token, error } => self.ack(token, error),
+            Event::ProducerFatal(reason) => {
+                metrics::counter!(PRODUCER_ERRORS, "error" => "fatal").increment(1);
+                tracing::error!("kafka producer fatal error: {reason}");
+                self.request_rebuild(format!("fatal producer error: {reason}"));
+            }
+            Event::BrokersDown => self.set_ready(false, "all brokers are down"),
+            Event::Reachable(epoch) if epoch == self.epoch() => self.set_ready(true, ""),
+            Event::Reachable(_) => {}
+            Event::Fs(result) => self.fs_event(result),
+            Event::Reload(config) => self.reload(*config)?,
+            Event::Shutdown => {}
+        }
+        Ok(())
+    }
+
+    fn epoch(&self) -> u8 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn set_ready(&mut self, ready: bool, why: &str) {
+        if ready != self.ready {
+            self.ready = ready;
+            if ready {
+                self.readiness.ready(READINESS);
+            } else {
+                self.readiness.not_ready(READINESS, why);
+            }
+        }
+    }
+
+    fn ack(&mut self, token: Token, error: Option<KafkaError>) {
+        if token.epoch != self.epoch() {
+            return; // a report from a producer already replaced; its records were rewound
+        }
+        if let Some(error) = error {
+            let code = error.rdkafka_error_code().map(|c| format!("{c:?}")).unwrap_or_else(|| "other".into());
+            metrics::counter!(PRODUCER_ERRORS, "error" => code).increment(1);
+            let path = self.tailers.get(&token.slot).map(|t| t.path.display().to_string()).unwrap_or_default();
+            self.request_rebuild(format!("delivery of a record from {path} failed: {error}"));
+            return;
+        }
+        let (input, acked) = if let Some(tailer) = self.tailers.get_mut(&token.slot) {
+            (tailer.input, tailer.acks.ack(token.seq))
+        } else if let Some((input, tracker)) = self.retired.get_mut(&token.slot) {
+            let acked = tracker.ack(token.seq);
+            let input = *input;
+            if !tracker.waiting() {
+                self.retired.remove(&token.slot);
+            }
+            (input, acked)
+        } else {
+            return; // a closed file's record; its budget was released on close
+        };
+        let Some(acked) = acked else { return };
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(acked.cost);
+        self.inflight_records = self.inflight_records.saturating_sub(1);
+        if let Some(sent) = acked.sent {
+            self.latency.record(sent.elapsed().as_secs_f64());
+        }
+        if let Some(input) = self.inputs.get(input) {
+            input.metrics.lines_acked.increment(1);
+            input.metrics.bytes_acked.increment(acked.cost.saturating_sub(RECORD_OVERHEAD));
+        }
+        if !self.ready {
+            self.set_ready(true, "");
+        }
+    }
+
+    fn fs_event(&mut self, result: notify::Result<notify::Event>) {
+        let event = match result {
+            Ok(event) => event,
+            Err(e) => {
+                if discovery::is_limit(&e) && self.discovery.watching() {
+                    self.discovery.fall_back(&e.to_string());
+                } else {
+                    tracing::debug!("file system notification error: {e}");
+                }
+                self.scan_needed = true;
+                return;
+            }
+        };
+        if event.need_rescan() {
+            self.scan_needed = true;
+            self.sweep_needed = true;
+            return;
+        }
+        match event.kind {
+            EventKind::Access(_) => {}
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_) | ModifyKind::Any) => {
+                for path in &event.paths {
+                    match self.locations.get(path) {
+                        Some(&slot) => self.check(slot),
+                        None if self.discovery.input_for(path).is_some() => self.scan_needed = true,
+                        None => {}
+                    }
+                }
+            }
+            _ => {
+                self.scan_needed = true;
+                self.sweep_needed = true;
+            }
+        }
+    }
+
+    /// Re-reads a tailer's size; handles a truncation.
+    fn check(&mut self, slot: u32) {
+        let Some(tailer) = self.tailers.get_mut(&slot) else { return };
+        match tailer.check() {
+            Ok(Change::Truncated) => self.truncated(slot),
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!(FILE_ERRORS, "kind" => "stat").increment(1);
+                tracing::warn!("cannot stat {}: {e}", tailer.path.display());
+            }
+        }
+    }
+
+    fn truncated(&mut self, slot: u32) {
+        let new_slot = self.alloc_slot();
+        let Some(mut tailer) = self.tailers.remove(&slot) else { return };
+        let position = tailer.position();
+        match tailer.restart(new_slot) {
+            Ok(old) => {
+                metrics::counter!(TRUNCATIONS).increment(1);
+                tracing::info!(
+                    "{} was truncated (read up to {position}); reading it from the start as file id {}",
+                    tailer.path.display(),
+                    tailer.id
+                );
+                if old.waiting() {
+                    self.retired.insert(slot, (tailer.input, old));
+                }
+                self.checkpoint_urgent = true;
+            }
+            Err(e) => {
+                metrics::counter!(FILE_ERRORS, "kind" => "read").increment(1);
+                tracing::warn!("cannot re-identify truncated {}: {e}", tailer.path.display());
+            }
+        }
+        let slot_now = tailer.slot;
+        if let Some(location) = self.location_of.remove(&slot) {
+            self.locations.insert(location.clone(), slot_now);
+            self.location_of.insert(slot_now, location);
+        }
+        self.by_inode.insert((tailer.dev, tailer.ino), slot_now);
+        self.tailers.insert(slot_now, tailer);
+    }
+
+    fn alloc_slot(&mut self) -> u32 {
+        loop {
+            let slot = self.next_slot;
+            self.next_slot = (self.next_slot + 1) & Token::MAX_SLOT;
+            if !self.tailers.contains_key(&slot) && !self.retired.contains_key(&slot) {
+                return slot;
+            }
+        }
+    }
+
+    /// Globs every input and opens the files not open yet.
+    fn scan(&mut self, initial: bool) {
+        self.last_scan = Instant::now();
+        self.scan_needed = false;
+        self.discovery.ensure_watches();
+        for (path, input) in self.discovery.scan() {
+            if self.locations.contains_key(&path) {
+                continue;
+            }
+            self.open(path, input, initial);
+        }
+    }
+
+    /// Opens a file found at `path` unless it is open already (then it was renamed, and is
+    /// now known under `path`).
+    fn open(&mut self, path: PathBuf, input: usize, initial: bool) -> Option<u32> {
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                let text = e.to_string();
+                if self.failed.get(&path) != Some(&text) {
+                    metrics::counter!(FILE_ERRORS, "kind" => "open").increment(1);
+                    tracing::warn!("cannot open {}: {text}; other files go on, retrying at the next scan", path.display());
+                    self.failed.insert(path, text);
+                }
+                return None;
+            }
+        };
+        self.failed.remove(&path);
+        let meta = file.metadata().ok().filter(|m| m.is_file())?;
+        let key = (meta.dev(), meta.ino());
+        if let Some(&slot) = self.by_inode.get(&key) {
+            self.relocate(slot, path);
+            return Some(slot);
+        }
+        let size = meta.len();
+        let saved = self.saved.remove(&key).or_else(|| self.saved_by_path(&path, key.1));
+        let resumed = match &saved {
+            Some(s) => match identity::check(&file, size, s.fingerprint, s.offset, s.guard) {
+                Ok(Resume::Continue) => Some((s.file, s.fingerprint, s.offset)),
+                Ok(Resume::Truncated) => {
+                    metrics::counter!(TRUNCATIONS).increment(1);
+                    tracing::info!("{} was truncated or rewritten since offset {}: reading it from the start", path.display(), s.offset);
+                    None
+                }
+                Ok(Resume::Replaced) => {
+                    metrics::counter!(IDENTITY_CHANGES).increment(1);
+                    tracing::info!("{} is a new file at a reused inode: reading it from the start", path.display());
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read {}: {e}", path.display());
+                    self.saved.insert(key, s.clone());
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let (id, fingerprint, offset) = match resumed {
+            Some(resumed) => resumed,
+            None => {
+                let fingerprint = identity::fingerprint(&file, size).ok()?;
+                let start_at_end = initial && self.first_start && self.inputs[input].config.start_at == StartAt::End;
+                let offset = if start_at_end && saved.is_none() { last_line_end(&file, size) } else { 0 };
+                self.checkpoint_urgent = true;
+                (identity::new_file_id(key.0, key.1, fingerprint), fingerprint, offset)
+            }
+        };
+        let slot = self.alloc_slot();
+        let opening = Opening {
+            slot,
+            input,
+            path: path.clone(),
+            file,
+            dev: key.0,
+            ino: key.1,
+            id,
+            fingerprint,
+            offset,
+            max_line_bytes: self.inputs[input].config.max_line_bytes,
+        };
+        tracing::debug!("tailing {} from offset {offset} as file id {id}", path.display());
+        let tailer = Tailer::new(opening, &self.host, &self.inputs[input].config.key);
+        self.tailers.insert(slot, tailer);
+        self.by_inode.insert(key, slot);
+        self.locations.insert(path.clone(), slot);
+        self.location_of.insert(slot, path);
+        self.check(slot);
+        Some(slot)
+    }
+
+    /// A saved entry for the same path and inode on another device number (the device id can
+    /// change across a remount, beats#13314): the contents checks decide.
+    fn saved_by_path(&mut self, path: &Path, ino: u64) -> Option<FileState> {
+        let key = self.saved.iter().find(|(_, s)| s.path == path && s.ino == ino).map(|(k, _)| *k)?;
+        self.saved.remove(&key)
+    }
+
+    fn relocate(&mut self, slot: u32, path: PathBuf) {
+        if let Some(old) = self.location_of.insert(slot, path.clone()) {
+            self.locations.remove(&old);
+        }
+        self.locations.insert(path, slot);
+        if let Some(tailer) = self.tailers.get_mut(&slot) {
+            tailer.detached = None;
+        }
+    }
+
+    /// After a start: saved files that no pattern matched any more may have been rotated while
+    /// the agent was stopped. Look for their inode next to where they were, and finish them.
+    fn resume_rotated_while_stopped(&mut self) {
+        let mut by_dir: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
+        for (key, state) in &self.saved {
+            if let Some(dir) = state.path.parent() {
+                by_dir.entry(dir.to_owned()).or_default().push(*key);
+            }
+        }
+        for (dir, keys) in by_dir {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let wanted: HashSet<(u64, u64)> = keys.into_iter().collect();
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let key = (meta.dev(), meta.ino());
+                if !meta.is_file() || !wanted.contains(&key) {
+                    continue;
+                }
+                let Some(state) = self.saved.get(&key) else { continue };
+                if meta.len() <= state.offset {
+                    continue; // nothing left to read; the entry is kept while the file is there
+                }
+                let input = self.discovery.input_for(&state.path).unwrap_or(0);
+                let path = entry.path();
+                tracing::info!(
+                    "{} was rotated to {} while the agent was stopped: finishing it from offset {}",
+                    state.path.display(),
+                    path.display(),
+                    state.offset
+                );
+                metrics::counter!(ROTATIONS).increment(1);
+                if let Some(slot) = self.open(path, input, false) {
+                    if let Some(tailer) = self.tailers.get_mut(&slot) {
+                        tailer.detached = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        // Entries whose file is gone (or is now another file) are forgotten.
+        self.saved.retain(|key, state| {
+            fs::metadata(&state.path).map(|m| (m.dev(), m.ino()) == *key).unwrap_or(false)
+        });
+    }
+
+    /// Reads from every file that has unread bytes while the budget allows; true when there is
+    /// more to read right away.
+    fn read_pass(&mut self) -> bool {
+        if self.rebuild.is_some() {
+            return false;
+        }
+        let budget = self.config.inflight_bytes;
+        let slots: Vec<u32> = self.tailers.iter().filter(|(_, t)| !t.at_eof()).map(|(s, _)| *s).collect();
+        let mut more = false;
+        for slot in slots {
+            if self.inflight_bytes >= budget {
+                return false; // the delivery reports will wake the loop
+            }
+            let Some(tailer) = self.tailers.get_mut(&slot) else { continue };
+            let input = &self.inputs[tailer.input];
+            let sink = Sink {
+                delivery: &self.delivery,
+                host: &self.host,
+                topic: &input.config.topic,
+                key: &input.config.key,
+                metrics: &input.metrics,
+            };
+            match tailer.read(&mut self.buf, &sink, self.delivery.epoch) {
+                Ok(progress) => {
+                    self.inflight_bytes += progress.cost;
+                    self.inflight_records += progress.records;
+                    more |= progress.more;
+                }
+                Err(ReadError::Io(e)) => {
+                    metrics::counter!(FILE_ERRORS, "kind" => "read").increment(1);
+                    tracing::warn!("cannot read {}: {e}", tailer.path.display());
+                }
+                Err(ReadError::Kafka(e)) => {
+                    metrics::counter!(PRODUCER_ERRORS, "error" => "produce").increment(1);
+                    self.request_rebuild(format!("cannot queue a record: {e}"));
+                    return false;
+                }
+            }
+        }
+        self.update_gauges();
+        more
+    }
+
+    fn update_gauges(&self) {
+        gauge!(INFLIGHT_BYTES).set(self.inflight_bytes as f64);
+        gauge!(INFLIGHT_RECORDS).set(self.inflight_records as f64);
+        gauge!(OPEN_FILES).set(self.tailers.len() as f64);
+        gauge!(DETACHED_FILES).set(self.tailers.values().filter(|t| t.detached.is_some()).count() as f64);
+    }
+
+    fn sweep_interval(&self) -> Duration {
+        if self.discovery.watching() {
+            WATCHED_SWEEP
+        } else {
+            self.config.poll_interval()
+        }
+    }
+
+    fn rescan_interval(&self) -> Duration {
+        if self.discovery.watching() {
+            self.config.rescan_interval()
+        } else {
+            self.config.poll_interval()
+        }
+    }
+
+    fn until_next_timer(&self) -> Duration {
+        let now = Instant::now();
+        let due = |last: Instant, every: Duration| (last + every).saturating_duration_since(now);
+        let mut wait = due(self.last_sweep, self.sweep_interval())
+            .min(due(self.last_scan, self.rescan_interval()))
+            .min(due(self.last_checkpoint, self.config.checkpoint_interval()));
+        if self.scan_needed || self.sweep_needed {
+            wait = wait.min(due(self.last_scan, MIN_SCAN_GAP));
+        }
+        if self.rebuild.is_some() {
+            wait = wait.min(due(self.last_rebuild, MIN_REBUILD_GAP));
+        }
+        wait.min(Duration::from_secs(1))
+    }
+
+    fn timers(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if self.rebuild.is_some() && now >= self.last_rebuild + MIN_REBUILD_GAP {
+            self.rebuild_producer()?;
+        }
+        let scan_due = now >= self.last_scan + self.rescan_interval();
+        if scan_due || (self.scan_needed && now >= self.last_scan + MIN_SCAN_GAP) {
+            self.scan(false);
+            self.sweep_needed = true;
+        }
+        if self.sweep_needed || now >= self.last_sweep + self.sweep_interval() {
+            self.sweep();
+        }
+        if self.checkpoint_urgent || now >= self.last_checkpoint + self.config.checkpoint_interval() {
+            self.write_checkpoint();
+        }
+        Ok(())
+    }
+
+    /// Stats every open file: growth, truncation, rotation away; finishes detached files.
+    fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        self.sweep_needed = false;
+        let slots: Vec<u32> = self.tailers.keys().copied().collect();
+        for slot in slots {
+            self.check(slot);
+            let Some(location) = self.location_of.get(&slot).cloned() else { continue };
+            let Some(tailer) = self.tailers.get(&slot) else { continue };
+            if tailer.detached.is_none() {
+                let here = fs::metadata(&location).map(|m| (m.dev(), m.ino())).ok();
+                let wanted = self.discovery.input_for(&location).is_some();
+                if here != Some((tailer.dev, tailer.ino)) || !wanted {
+                    let why = match (here, wanted) {
+                        (None, _) => "deleted or renamed away",
+                        (Some(_), true) => "replaced by another file (rotated)",
+                        (Some(_), false) => "no longer matched by the inputs",
+                    };
+                    tracing::info!("{} was {why}: reading it to its end before closing it", location.display());
+                    metrics::counter!(ROTATIONS).increment(1);
+                    self.locations.remove(&location);
+                    if let Some(tailer) = self.tailers.get_mut(&slot) {
+                        tailer.detached = Some(Instant::now());
+                    }
+                    // A file created in its place is picked up at once.
+                    self.scan_needed = true;
+                }
+            }
+            self.finish_detached(slot);
+        }
+        self.evict_detached();
+        gauge!(CHECKPOINT_AGE).set(self.last_checkpoint_ok.elapsed().as_secs_f64());
+        self.update_gauges();
+    }
+
+    /// A detached file that stopped growing gets its last line shipped, and is closed once
+    /// everything is acknowledged.
+    fn finish_detached(&mut self, slot: u32) {
+        let idle = self.config.detached_idle();
+        let Some(tailer) = self.tailers.get_mut(&slot) else { return };
+        if tailer.detached.is_none() || !tailer.at_eof() || tailer.last_growth.elapsed() < idle || self.rebuild.is_some() {
+            return;
+        }
+        let input = &self.inputs[tailer.input];
+        let sink = Sink { delivery: &self.delivery, host: &self.host, topic: &input.config.topic, key: &input.config.key, metrics: &input.metrics };
+        match tailer.flush_partial(&sink, self.delivery.epoch) {
+            Ok(progress) => {
+                self.inflight_bytes += progress.cost;
+                self.inflight_records += progress.records;
+            }
+            Err(e) => {
+                self.request_rebuild(format!("cannot queue a record: {e}"));
+                return;
+            }
+        }
+        if tailer.finished() {
+            tracing::debug!("closing {}: read to its end and acknowledged", tailer.path.display());
+            self.close(slot);
+        }
+    }
+
+    /// Keeps at most `max_detached_files` detached handles: the oldest beyond are closed
+    /// unfinished, which is a counted and logged loss.
+    fn evict_detached(&mut self) {
+        let mut detached: Vec<(Instant, u32)> =
+            self.tailers.iter().filter_map(|(s, t)| t.detached.map(|at| (at, *s))).collect();
+        if detached.len() <= self.config.max_detached_files {
+            return;
+        }
+        detached.sort();
+        let excess = detached.len() - self.config.max_detached_files;
+        for (_, slot) in detached.into_iter().take(excess) {
+            if let Some(tailer) = self.tailers.get(&slot) {
+                metrics::counter!(DETACHED_EVICTED).increment(1);
+                tracing::error!(
+                    "closing rotated-away {} unfinished at offset {} (max_detached_files = {} reached): its remaining lines are dropped",
+                    tailer.path.display(),
+                    tailer.acks.committed(),
+                    self.config.max_detached_files
+                );
+            }
+            self.close(slot);
+        }
+    }
+
+    /// Closes a tailer. If its file is still where it was found (an input no longer matches
+    /// it), its position is kept so a later reload that matches it again resumes there.
+    fn close(&mut self, slot: u32) {
+        let Some(mut tailer) = self.tailers.remove(&slot) else { return };
+        let (cost, records) = tailer.rewind();
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(cost);
+        self.inflight_records = self.inflight_records.saturating_sub(records);
+        self.by_inode.remove(&(tailer.dev, tailer.ino));
+        if let Some(location) = self.location_of.remove(&slot) {
+            if self.locations.get(&location) == Some(&slot) {
+                self.locations.remove(&location);
+            }
+            let still_there = fs::metadata(&location).map(|m| (m.dev(), m.ino()) == (tailer.dev, tailer.ino)).unwrap_or(false);
+            if still_there {
+                if let Ok(state) = tailer.state() {
+                    self.saved.insert((tailer.dev, tailer.ino), state);
+                }
+            }
+        }
+        tailer.close();
+    }
+
+    fn write_checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        let mut files: Vec<FileState> = self.saved.values().cloned().collect();
+        for tailer in self.tailers.values_mut() {
+            match tailer.state() {
+                Ok(state) => files.push(state),
+                Err(e) => tracing::warn!("cannot checkpoint {}: {e}", tailer.path.display()),
+            }
+        }
+        match checkpoint::store(&self.config.state_dir, &Checkpoint::new(files)) {
+            Ok(()) => {
+                self.checkpoint_urgent = false;
+                self.last_checkpoint_ok = Instant::now();
+            }
+            Err(e) => {
+                metrics::counter!(CHECKPOINT_ERRORS, "kind" => "write").increment(1);
+                tracing::error!("cannot write the checkpoint in {}: {e}", self.config.state_dir.display());
+            }
+        }
+    }
+
+    fn request_rebuild(&mut self, why: String) {
+        if self.rebuild.is_none() {
+            tracing::error!("{why}; rebuilding the producer and resending from the last acknowledged offsets");
+            self.set_ready(false, &why);
+            self.rebuild = Some(why);
+        }
+    }
+
+    /// Replaces the producer and rewinds every file to its committed offset.
+    fn rebuild_producer(&mut self) -> anyhow::Result<()> {
+        self.rebuild = None;
+        self.last_rebuild = Instant::now();
+        metrics::counter!(PRODUCER_REBUILDS).increment(1);
+        let epoch = self.epoch().wrapping_add(1);
+        // The new epoch first: the old producer's purge reports are ignored from here on.
+        self.epoch.store(epoch, Ordering::Relaxed);
+        let delivery = new_delivery(&self.config, &self.events_tx, epoch)?;
+        drop(std::mem::replace(&mut self.delivery, delivery));
+        for tailer in self.tailers.values_mut() {
+            tailer.rewind();
+        }
+        self.retired.clear();
+        self.inflight_bytes = 0;
+        self.inflight_records = 0;
+        self.probe();
+        Ok(())
+    }
+
+    /// Starts a thread that marks the agent ready once the current producer reaches the cluster.
+    fn probe(&self) {
+        let delivery = self.delivery.share();
+        let epoch = Arc::clone(&self.epoch);
+        let events = self.events_tx.clone();
+        std::thread::spawn(move || {
+            while epoch.load(Ordering::Relaxed) == delivery.epoch {
+                if delivery.reachable(Duration::from_secs(2)) {
+                    let _ = events.send(Event::Reachable(delivery.epoch));
+                    return;
+                }
+            }
+        });
+    }
+
+    fn reload(&mut self, config: AgentConfig) -> anyhow::Result<()> {
+        let mut config = config;
+        if config.state_dir != self.config.state_dir {
+            tracing::warn!("reload: state_dir cannot change while running; keeping {}", self.config.state_dir.display());
+            config.state_dir = self.config.state_dir.clone();
+        }
+        let rebuild = config.kafka != self.config.kafka || config.inflight_bytes != self.config.inflight_bytes;
+        self.discovery = Discovery::new(&config.inputs, config.watch == WatchMode::Poll, self.events_tx.clone())?;
+        self.host = config.host_name();
+        self.inputs = inputs(&config);
+        self.config = config;
+        for (slot, tailer) in self.tailers.iter_mut() {
+            let location = self.location_of.get(slot).unwrap_or(&tailer.path);
+            // A file no input matches any more is finished and closed by the next sweep.
+            tailer.input = self.discovery.input_for(location).unwrap_or(tailer.input.min(self.inputs.len() - 1));
+        }
+        self.retired.values_mut().for_each(|(input, _)| *input = (*input).min(self.inputs.len() - 1));
+        if rebuild {
+            self.request_rebuild("the [kafka] settings changed".into());
+        }
+        self.scan_needed = true;
+        self.sweep_needed = true;
+        tracing::info!("configuration reloaded: {} inputs", self.inputs.len());
+        Ok(())
+    }
+
+    /// Stops reading, waits (bounded) for Kafka to acknowledge what is in flight, writes the
+    /// final checkpoint.
+    fn drain(mut self) -> anyhow::Result<()> {
+        systemd::stopping();
+        let deadline = Instant::now() + self.config.drain();
+        tracing::info!("draining {} records in flight", self.inflight_records);
+        while self.inflight_records > 0 && self.rebuild.is_none() && Instant::now() < deadline {
+            match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))) {
+                Ok(Event::Ack { token, error }) => self.ack(token, error),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.write_checkpoint();
+        if self.inflight_records > 0 {
+            tracing::warn!(
+                "stopping with {} records unacknowledged: they are read and sent again at the next start",
+                self.inflight_records
+            );
+        }
+        Ok(())
+    }
+}
+
+fn inputs(config: &AgentConfig) -> Vec<Input> {
+    config.inputs.iter().map(|c| Input { metrics: InputMetrics::new(c.label()), config: c.clone() }).collect()
+}
+
+fn new_delivery(config: &AgentConfig, events: &Sender<Event>, epoch: u8) -> anyhow::Result<Delivery> {
+    let longest = config.inputs.iter().map(|i| i.max_line_bytes).max().unwrap_or(0);
+    Delivery::new(&config.kafka, config.inflight_bytes, longest, events.clone(), epoch)
+}
+
+/// Where the last complete line of a file ends: with `start_at = "end"` the agent starts there
+/// rather than in the middle of a line being written.
+fn last_line_end(file: &File, size: u64) -> u64 {
+    const LOOK_BACK: u64 = 64 * 1024;
+    let start = size.saturating_sub(LOOK_BACK);
+    let mut buf = vec![0; (size - start) as usize];
+    match file.read_exact_at(&mut buf, start) {
+        Ok(()) => memchr::memrchr(b'\n', &buf).map(|i| start + i as u64 + 1).unwrap_or(size),
+        Err(_) => size,
+    }
+}

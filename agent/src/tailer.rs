@@ -1,0 +1,450 @@
+//! One open file: reading new bytes into records, tracking which of them Kafka acknowledged,
+//! and noticing truncation.
+//!
+//! The file is read with positional reads from the splitter's position, so rewinding (after a
+//! producer rebuild) is just resetting two numbers. Offsets only ever become durable through
+//! [`AckTracker::committed`]: the end of the longest prefix of records that are all acknowledged.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use logpipe_core::record::{header, FileId, KeyStrategy};
+use metrics::Gauge;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::checkpoint::FileState;
+use crate::delivery::{Delivery, Outgoing, Token, RECORD_OVERHEAD};
+use crate::identity::{self, Digest, FINGERPRINT_MAX};
+use crate::lines::{LineSplitter, Piece};
+use crate::metrics::{InputMetrics, FILE_LAG};
+
+/// A record queued and not yet acknowledged (or bytes that need no record).
+#[derive(Debug)]
+struct Pending {
+    end: u64,
+    cost: u64,
+    sent: Option<Instant>,
+    acked: bool,
+}
+
+/// Contiguous acknowledgement tracking for one file's records, in the order they were sent.
+#[derive(Debug)]
+pub struct AckTracker {
+    queue: VecDeque<Pending>,
+    /// Sequence number of `queue[0]`.
+    base_seq: u32,
+    committed: u64,
+}
+
+/// What an acknowledgement released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    pub cost: u64,
+    pub sent: Option<Instant>,
+}
+
+impl AckTracker {
+    pub fn new(offset: u64) -> Self {
+        AckTracker { queue: VecDeque::new(), base_seq: 0, committed: offset }
+    }
+
+    /// Registers a record ending at `end`; returns its sequence number.
+    pub fn push(&mut self, end: u64, cost: u64, sent: Instant) -> u32 {
+        let seq = self.base_seq.wrapping_add(self.queue.len() as u32);
+        self.queue.push_back(Pending { end, cost, sent: Some(sent), acked: false });
+        seq
+    }
+
+    /// Bytes up to `end` that produce no record (empty lines).
+    pub fn skip(&mut self, end: u64) {
+        match self.queue.back_mut() {
+            None => self.committed = end,
+            Some(last) if last.acked && last.sent.is_none() => last.end = end,
+            Some(_) => self.queue.push_back(Pending { end, cost: 0, sent: None, acked: true }),
+        }
+    }
+
+    /// Marks a record acknowledged and advances the committed offset over the acknowledged
+    /// prefix. `None` for a sequence number this tracker does not hold.
+    pub fn ack(&mut self, seq: u32) -> Option<Acked> {
+        let index = seq.wrapping_sub(self.base_seq) as usize;
+        let pending = self.queue.get_mut(index).filter(|p| !p.acked && p.sent.is_some())?;
+        pending.acked = true;
+        let acked = Acked { cost: pending.cost, sent: pending.sent };
+        while self.queue.front().is_some_and(|p| p.acked) {
+            let done = self.queue.pop_front().expect("front exists");
+            self.committed = done.end;
+            self.base_seq = self.base_seq.wrapping_add(1);
+        }
+        Some(acked)
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Records still waiting for their acknowledgement.
+    pub fn waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Forgets every record after the committed offset (they will be read and sent again);
+    /// returns the budget they held.
+    pub fn rewind(&mut self) -> (u64, usize) {
+        let cost = self.queue.iter().filter(|p| !p.acked).map(|p| p.cost).sum();
+        let records = self.queue.iter().filter(|p| !p.acked && p.sent.is_some()).count();
+        self.base_seq = self.base_seq.wrapping_add(self.queue.len() as u32);
+        self.queue.clear();
+        (cost, records)
+    }
+}
+
+/// Where to send an input's records.
+pub struct Sink<'a> {
+    pub delivery: &'a Delivery,
+    pub host: &'a str,
+    pub topic: &'a str,
+    pub key: &'a KeyStrategy,
+    pub metrics: &'a InputMetrics,
+}
+
+/// What one read did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    /// Budget charged by the records queued.
+    pub cost: u64,
+    pub records: usize,
+    /// The buffer was filled: there is probably more to read.
+    pub more: bool,
+}
+
+/// Why a file cannot be read on.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    Kafka(KafkaError),
+}
+
+/// What a size check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Unchanged,
+    Grew,
+    Truncated,
+}
+
+/// An open file being tailed.
+pub struct Tailer {
+    pub slot: u32,
+    pub input: usize,
+    pub path: PathBuf,
+    path_text: String,
+    file: File,
+    pub dev: u64,
+    pub ino: u64,
+    pub id: FileId,
+    id_hex: String,
+    fingerprint: Digest,
+    splitter: LineSplitter,
+    pub acks: AckTracker,
+    /// Size at the last check.
+    size: u64,
+    /// The bytes before the position when the end was reached, to catch a truncation that was
+    /// refilled past the position before the next check.
+    eof_guard: Option<Digest>,
+    /// The key for strategies that do not look into lines.
+    key: Option<Vec<u8>>,
+    /// When the file was found renamed away or deleted.
+    pub detached: Option<Instant>,
+    pub last_growth: Instant,
+    /// Guard of the committed offset at the last checkpoint (saved with it).
+    saved_guard: Option<(u64, Option<Digest>)>,
+    lag: Gauge,
+}
+
+/// What is needed to open a tailer.
+pub struct Opening {
+    pub slot: u32,
+    pub input: usize,
+    pub path: PathBuf,
+    pub file: File,
+    pub dev: u64,
+    pub ino: u64,
+    pub id: FileId,
+    pub fingerprint: Digest,
+    pub offset: u64,
+    pub max_line_bytes: usize,
+}
+
+impl Tailer {
+    pub fn new(open: Opening, host: &str, key: &KeyStrategy) -> Tailer {
+        let path_text = open.path.to_string_lossy().into_owned();
+        let key = match key {
+            KeyStrategy::Field(_) => None,
+            other => other.key(host, &path_text, b""),
+        };
+        let lag = metrics::gauge!(FILE_LAG, "path" => path_text.clone());
+        Tailer {
+            slot: open.slot,
+            input: open.input,
+            path_text,
+            path: open.path,
+            file: open.file,
+            dev: open.dev,
+            ino: open.ino,
+            id: open.id,
+            id_hex: open.id.to_hex(),
+            fingerprint: open.fingerprint,
+            splitter: LineSplitter::new(open.max_line_bytes, open.offset),
+            acks: AckTracker::new(open.offset),
+            size: open.offset,
+            eof_guard: None,
+            key,
+            detached: None,
+            last_growth: Instant::now(),
+            saved_guard: None,
+            lag,
+        }
+    }
+
+    /// Offset of the next byte to read.
+    pub fn position(&self) -> u64 {
+        self.splitter.position()
+    }
+
+    /// Everything read is sent, and the file has not grown since.
+    pub fn at_eof(&self) -> bool {
+        self.size <= self.position()
+    }
+
+    /// Nothing left: at the end, no unterminated line, every record acknowledged.
+    pub fn finished(&self) -> bool {
+        self.at_eof() && !self.splitter.has_partial() && !self.acks.waiting()
+    }
+
+    /// Checks the file's size against the read position.
+    pub fn check(&mut self) -> io::Result<Change> {
+        let size = self.file.metadata()?.len();
+        let position = self.position();
+        if size < position {
+            return Ok(Change::Truncated);
+        }
+        if size <= self.size {
+            return Ok(Change::Unchanged);
+        }
+        if let Some(guard) = self.eof_guard {
+            if identity::digest_at(&self.file, position - guard.len, guard.len)? != Some(guard) {
+                return Ok(Change::Truncated);
+            }
+        }
+        self.size = size;
+        self.last_growth = Instant::now();
+        self.update_lag();
+        Ok(Change::Grew)
+    }
+
+    /// Reads once into `buf` from the position and queues the complete lines.
+    pub fn read(&mut self, buf: &mut [u8], sink: &Sink<'_>, epoch: u8) -> Result<Progress, ReadError> {
+        let position = self.position();
+        let n = loop {
+            match self.file.read_at(buf, position) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        };
+        if n == 0 {
+            self.size = self.size.max(position);
+            self.eof_guard = identity::guard(&self.file, position).map_err(ReadError::Io)?;
+            return Ok(Progress::default());
+        }
+        self.eof_guard = None;
+        self.size = self.size.max(position + n as u64);
+        let mut splitter = std::mem::replace(&mut self.splitter, LineSplitter::new(0, 0));
+        let mut progress = Progress { more: n == buf.len(), ..Progress::default() };
+        let mut failed = None;
+        splitter.feed(&buf[..n], |piece| {
+            if failed.is_none() {
+                if let Err(e) = self.emit(piece, sink, epoch, &mut progress) {
+                    failed = Some(e);
+                }
+            }
+        });
+        self.splitter = splitter;
+        match failed {
+            Some(e) => Err(ReadError::Kafka(e)),
+            None => Ok(progress),
+        }
+    }
+
+    /// Ships the unterminated last line: the file is gone for good and has stopped growing.
+    pub fn flush_partial(&mut self, sink: &Sink<'_>, epoch: u8) -> Result<Progress, KafkaError> {
+        let mut splitter = std::mem::replace(&mut self.splitter, LineSplitter::new(0, 0));
+        let mut progress = Progress::default();
+        let mut result = Ok(());
+        splitter.flush(|piece| result = self.emit(piece, sink, epoch, &mut progress));
+        self.splitter = splitter;
+        result.map(|()| progress)
+    }
+
+    fn emit(&mut self, piece: Piece<'_>, sink: &Sink<'_>, epoch: u8, progress: &mut Progress) -> Result<(), KafkaError> {
+        let line = match piece {
+            Piece::Empty { end } => {
+                sink.metrics.empty.increment(1);
+                self.acks.skip(end);
+                return Ok(());
+            }
+            Piece::Line(line) => line,
+        };
+        let offset = line.offset.to_string();
+        let mut headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header { key: header::HOST, value: Some(sink.host) })
+            .insert(Header { key: header::PATH, value: Some(&self.path_text) })
+            .insert(Header { key: header::FILE, value: Some(&self.id_hex) })
+            .insert(Header { key: header::OFFSET, value: Some(&offset) });
+        if let Some(length) = line.truncated_from {
+            sink.metrics.oversized.increment(1);
+            headers = headers.insert(Header { key: header::TRUNCATED, value: Some(&length.to_string()) });
+        }
+        let field_key;
+        let key = match sink.key {
+            KeyStrategy::Field(_) => {
+                field_key = sink.key.key(sink.host, &self.path_text, line.bytes);
+                field_key.as_deref()
+            }
+            _ => self.key.as_deref(),
+        };
+        let cost = line.bytes.len() as u64 + RECORD_OVERHEAD;
+        let now = Instant::now();
+        let seq = self.acks.push(line.end, cost, now);
+        sink.delivery.send(Outgoing {
+            topic: sink.topic,
+            key,
+            value: line.bytes,
+            headers,
+            timestamp_ms: now_ms(),
+            token: Token { epoch, slot: self.slot, seq },
+        })?;
+        sink.metrics.lines_read.increment(1);
+        sink.metrics.bytes_read.increment(line.bytes.len() as u64);
+        progress.cost += cost;
+        progress.records += 1;
+        Ok(())
+    }
+
+    /// Drops everything read past the committed offset, to read it again (after a producer
+    /// rebuild); returns the budget and records released.
+    pub fn rewind(&mut self) -> (u64, usize) {
+        let released = self.acks.rewind();
+        self.splitter.reset(self.acks.committed());
+        self.eof_guard = None;
+        released
+    }
+
+    /// Starts over at offset 0 under a new id after a truncation. The old contents' records
+    /// still in flight stay with the returned tracker.
+    pub fn restart(&mut self, slot: u32) -> io::Result<AckTracker> {
+        let size = self.file.metadata()?.len();
+        self.fingerprint = identity::fingerprint(&self.file, size)?;
+        self.id = identity::new_file_id(self.dev, self.ino, self.fingerprint);
+        self.id_hex = self.id.to_hex();
+        self.slot = slot;
+        self.splitter.reset(0);
+        self.size = 0;
+        self.eof_guard = None;
+        self.saved_guard = None;
+        Ok(std::mem::replace(&mut self.acks, AckTracker::new(0)))
+    }
+
+    /// The checkpoint entry: the committed offset with what identifies the contents. Reads the
+    /// guard bytes (and a longer fingerprint while the file is small) only when they changed.
+    pub fn state(&mut self) -> io::Result<FileState> {
+        let offset = self.acks.committed();
+        if self.fingerprint.len < FINGERPRINT_MAX && self.size > self.fingerprint.len {
+            self.fingerprint = identity::fingerprint(&self.file, self.size)?;
+        }
+        let guard = match self.saved_guard {
+            Some((at, guard)) if at == offset => guard,
+            _ => {
+                let guard = identity::guard(&self.file, offset)?;
+                self.saved_guard = Some((offset, guard));
+                guard
+            }
+        };
+        self.update_lag();
+        Ok(FileState {
+            path: self.path.clone(),
+            dev: self.dev,
+            ino: self.ino,
+            file: self.id,
+            fingerprint: self.fingerprint,
+            offset,
+            guard,
+        })
+    }
+
+    fn update_lag(&self) {
+        self.lag.set(self.size.saturating_sub(self.acks.committed()) as f64);
+    }
+
+    /// Called when the tailer is closed: its lag no longer exists.
+    pub fn close(&self) {
+        self.lag.set(0.0);
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_offset_moves_only_over_a_contiguous_acknowledged_prefix() {
+        let now = Instant::now();
+        let mut acks = AckTracker::new(0);
+        let a = acks.push(10, 1, now);
+        let b = acks.push(20, 1, now);
+        acks.skip(21); // an empty line after b
+        acks.skip(22);
+        let c = acks.push(30, 1, now);
+        // A later acknowledgement does not move past an earlier outstanding record.
+        assert!(acks.ack(c).is_some());
+        assert_eq!(acks.committed(), 0);
+        assert!(acks.ack(a).is_some());
+        assert_eq!(acks.committed(), 10);
+        // Duplicate and unknown acknowledgements are ignored.
+        assert!(acks.ack(a).is_none());
+        assert!(acks.ack(b.wrapping_add(100)).is_none());
+        assert!(acks.ack(b).is_some());
+        assert_eq!(acks.committed(), 30);
+        assert!(!acks.waiting());
+        // Empty lines with nothing in flight commit at once.
+        acks.skip(31);
+        assert_eq!(acks.committed(), 31);
+    }
+
+    #[test]
+    fn rewind_releases_the_budget_and_ignores_stale_acknowledgements() {
+        let now = Instant::now();
+        let mut acks = AckTracker::new(5);
+        let a = acks.push(10, 100, now);
+        let b = acks.push(20, 50, now);
+        assert!(acks.ack(a).is_some());
+        assert_eq!(acks.rewind(), (50, 1));
+        assert_eq!(acks.committed(), 10);
+        // The old producer's late report for b must not count for the record sent anew.
+        assert!(acks.ack(b).is_none());
+        let b2 = acks.push(20, 50, now);
+        assert_ne!(b2, b);
+        assert!(acks.ack(b2).is_some());
+        assert_eq!(acks.committed(), 20);
+    }
+}
