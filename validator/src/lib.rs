@@ -1,45 +1,188 @@
-//! `logpipe-validator`: a shell until issue 5 lands. It loads and checks its config, so `check`
-//! and the deployment checks work, but `run` refuses to start rather than pretend to work.
+//! `logpipe-validator`: checks every raw record on the read cluster against its schema and
+//! writes it, exactly once, to its clean topic (Confluent wire format) or its dead-letter topic
+//! (original bytes plus `lp.error.*` headers), removing the agents' replays on the way.
+//!
+//! Modules: [`avro`] (JSON -> Avro encoder plans), [`schema`] (compiled schemas, wire format),
+//! [`registry`] (the Confluent REST client and the schema cache), [`route`] (routes and subject
+//! strategies), [`verdict`] (one record's check), [`replay_filter`] (agent replay removal),
+//! [`pipeline`] (the exactly-once loop), [`replay`] (the DLQ replay command).
 
 pub mod avro;
+pub mod pipeline;
+pub mod registry;
+pub mod replay;
+pub mod replay_filter;
+pub mod route;
 pub mod schema;
+pub mod verdict;
 
+use std::time::Duration;
+
+use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::record::INTERNAL_PREFIX;
 use logpipe_core::service::{Context, Service, ServiceConfig};
 use logpipe_core::telemetry::TelemetryConfig;
 use serde::Deserialize;
-use logpipe_core::kafka::{KafkaConfig, Role};
 
-/// `logpipe-validator`'s config (see ARCHITECTURE.md, "Config shapes").
+use crate::pipeline::{Mode, Pipeline, Settings};
+use crate::registry::{SchemaCache, StoreClient};
+use crate::replay_filter::ReplayFilter;
+use crate::route::{RouteConfig, Routes};
+use crate::verdict::Checker;
+
+/// `logpipe-validator`'s config (see the README for every key).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidatorConfig {
-    /// Base URL of the schema store.
+    /// Base URL of the Confluent-compatible schema store.
     pub schema_store: String,
+    /// HTTP basic auth for the schema store (`${ENV}` references work).
+    #[serde(default)]
+    pub schema_store_auth: Option<BasicAuth>,
+    /// How long a `latest` subject lookup is trusted before it is asked again.
+    #[serde(default = "default_schema_refresh_ms")]
+    pub schema_refresh_ms: u64,
+    /// Timeout of one schema store request.
+    #[serde(default = "default_schema_timeout_ms")]
+    pub schema_timeout_ms: u64,
+    /// Consumer group shared by the instances.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Transactional id; stable per instance, so that a restarted instance fences its zombie.
+    /// Default `<group_id>-<host name>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// Compacted topic holding the replay-removal state. Default `_lp.validator.<group_id>.replay-state`.
+    #[serde(default)]
+    pub replay_state_topic: Option<String>,
+    /// Replay-removal entries of a file not seen for this long are expired.
+    #[serde(default = "default_replay_state_ttl_hours")]
+    pub replay_state_ttl_hours: u64,
+    /// At most this many records per transaction.
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+    /// At most this long gathering one batch.
+    #[serde(default = "default_batch_ms")]
+    pub batch_ms: u64,
+    /// How often the topic list is read to find new raw topics.
+    #[serde(default = "default_topic_refresh_ms")]
+    pub topic_refresh_ms: u64,
     /// The read-side cluster.
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
-    #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
 
-/// One `[[routes]]` table.
+/// HTTP basic auth credentials.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Regex over raw topic names.
-    pub topics: String,
-    /// Subject strategy.
-    pub subject: toml::Value,
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+fn default_schema_refresh_ms() -> u64 {
+    2_000
+}
+fn default_schema_timeout_ms() -> u64 {
+    5_000
+}
+fn default_group_id() -> String {
+    "logpipe-validator".into()
+}
+fn default_replay_state_ttl_hours() -> u64 {
+    7 * 24
+}
+fn default_batch_records() -> usize {
+    5_000
+}
+fn default_batch_ms() -> u64 {
+    100
+}
+fn default_topic_refresh_ms() -> u64 {
+    10_000
+}
+
+impl ValidatorConfig {
+    pub fn transactional_id(&self) -> String {
+        self.transactional_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{}-{host}", self.group_id)
+        })
+    }
+
+    pub fn replay_state_topic(&self) -> String {
+        self.replay_state_topic.clone().unwrap_or_else(|| format!("{INTERNAL_PREFIX}validator.{}.replay-state", self.group_id))
+    }
+
+    /// The schema checker for these routes and this store.
+    pub fn checker(&self) -> anyhow::Result<Checker> {
+        let routes = Routes::new(&self.routes)?;
+        let credentials = self.schema_store_auth.as_ref().map(|a| (a.username.clone(), a.password.clone()));
+        let client = StoreClient::new(&self.schema_store, credentials, Duration::from_millis(self.schema_timeout_ms))?;
+        Ok(Checker::new(routes, SchemaCache::new(client, Duration::from_millis(self.schema_refresh_ms))))
+    }
+
+    /// The loop's settings; `group_suffix` separates the replay command's group from the service's.
+    pub fn settings(&self, group_suffix: &str) -> Settings {
+        Settings {
+            kafka: self.kafka.clone(),
+            group_id: format!("{}{group_suffix}", self.group_id),
+            transactional_id: format!("{}{group_suffix}", self.transactional_id()),
+            batch_records: self.batch_records,
+            batch_time: Duration::from_millis(self.batch_ms),
+            topic_refresh: Duration::from_millis(self.topic_refresh_ms),
+        }
+    }
 }
 
 impl ServiceConfig for ValidatorConfig {
     fn validate(&self) -> anyhow::Result<()> {
-        self.kafka.validate(&Role::Consumer { group_id: String::new() }).map_err(anyhow::Error::msg)?;
+        self.kafka.validate(&Role::Consumer { group_id: self.group_id.clone() }).map_err(anyhow::Error::msg)?;
+        self.kafka
+            .validate(&Role::TransactionalProducer { transactional_id: self.transactional_id() })
+            .map_err(anyhow::Error::msg)?;
+        self.checker()?;
+        logpipe_core::record::check_topic_name(&self.replay_state_topic()).map_err(|e| anyhow::anyhow!("replay_state_topic: {e}"))?;
+        if self.group_id.is_empty() {
+            anyhow::bail!("group_id is empty");
+        }
+        if self.batch_records == 0 || self.batch_ms == 0 {
+            anyhow::bail!("batch_records and batch_ms must be positive");
+        }
+        if self.schema_refresh_ms > 5_000 {
+            tracing::warn!("schema_refresh_ms = {}: new schema versions take that long to be used", self.schema_refresh_ms);
+        }
         Ok(())
     }
 
     fn describe(&self) -> String {
-        format!("validate {} route(s) on {} against {}", self.routes.len(), self.kafka.bootstrap, self.schema_store)
+        let mut text = format!(
+            "read {} as group {} (transactional id {}), schemas from {} (refresh {} ms), replay state in {}\n",
+            self.kafka.bootstrap,
+            self.group_id,
+            self.transactional_id(),
+            self.schema_store,
+            self.schema_refresh_ms,
+            self.replay_state_topic()
+        );
+        for (i, r) in self.routes.iter().enumerate() {
+            text.push_str(&format!(
+                "route {}: topics /{}/ subject {:?} version {} extra fields {:?} -> clean {} / dlq {}\n",
+                i + 1,
+                r.topics,
+                r.subject,
+                r.version.0,
+                r.extra_fields,
+                r.clean.as_str(),
+                r.dlq.as_str()
+            ));
+        }
+        text
     }
 
     fn telemetry(&self) -> &TelemetryConfig {
@@ -55,7 +198,55 @@ impl Service for ValidatorService {
     const DEFAULT_CONFIG: &'static str = "/etc/logpipe/validator.toml";
     type Config = ValidatorConfig;
 
-    async fn run(_config: ValidatorConfig, _ctx: Context) -> anyhow::Result<()> {
-        anyhow::bail!("logpipe-validator is not implemented yet")
+    async fn run(config: ValidatorConfig, ctx: Context) -> anyhow::Result<()> {
+        let mode = Mode::Live {
+            filter: ReplayFilter::new(Duration::from_secs(config.replay_state_ttl_hours * 3600)),
+            state_topic: config.replay_state_topic(),
+        };
+        let pipeline = Pipeline::connect(config.settings(""), mode, config.checker()?, ctx.readiness, ctx.shutdown).await?;
+        if let Some(pipeline) = pipeline {
+            pipeline.run().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<ValidatorConfig> {
+        let config: ValidatorConfig = logpipe_core::config::parse(Path::new("v.toml"), text, |_| None)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    const BASE: &str = "schema_store = \"http://127.0.0.1:8081\"\n[kafka]\nbootstrap = \"127.0.0.1:9092\"\n[telemetry]\nlisten = \"127.0.0.1:0\"\n";
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let config = parse(&format!("{BASE}[[routes]]\ntopics = \"raw\\\\..*\"\nsubject = \"topic\"\n")).unwrap();
+        assert_eq!(config.group_id, "logpipe-validator");
+        assert_eq!(config.replay_state_topic(), "_lp.validator.logpipe-validator.replay-state");
+        assert!(config.transactional_id().starts_with("logpipe-validator-"));
+        assert_eq!(config.settings(".replay").group_id, "logpipe-validator.replay");
+        assert!(config.describe().contains("route 1: topics /raw\\..*/"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let err = parse(&format!("{BASE}[[routes]]\ntopics = \"raw\"\nsubject = \"topic\"\nclen = \"x\"\n")).unwrap_err().to_string();
+        assert!(err.contains("clen"), "{err}");
+        let err = parse(BASE).unwrap_err().to_string();
+        assert!(err.contains("routes"), "{err}");
+        let err = parse(&format!("routes = []\n{BASE}")).unwrap_err().to_string();
+        assert!(err.contains("no [[routes]]"), "{err}");
+        let bad_url = BASE.replace("http://127.0.0.1:8081", "127.0.0.1:8081");
+        assert!(parse(&format!("{bad_url}[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\n")).is_err());
+        let unsafe_kafka = format!("{BASE}[kafka.properties]\n\"isolation.level\" = \"read_uncommitted\"\n[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\n");
+        // [kafka.properties] after [telemetry] is still the kafka table.
+        assert!(parse(&unsafe_kafka).unwrap_err().to_string().contains("isolation.level"));
     }
 }

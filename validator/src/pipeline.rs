@@ -1,0 +1,670 @@
+//! The exactly-once consume-check-produce loop on the read cluster.
+//!
+//! One consumer in the group, one transactional producer. Records are taken in batches; a batch
+//! is first checked entirely (schema lookups may pause here while the store is unreachable: no
+//! transaction is open, so nothing times out), then written in one transaction: clean records,
+//! dead letters, the replay-state changes and the consumer offsets
+//! (`send_offsets_to_transaction` with the group's metadata, so a zombie from an older group
+//! generation is fenced). Rebalance callbacks only run inside the consumer's poll, which never
+//! happens while a transaction is open; a batch gathered across a rebalance is discarded and
+//! re-read from the committed offsets. An abortable transaction error aborts, rewinds the
+//! consumer to the batch's first offsets and drops the batch's replay-state changes.
+//!
+//! The same loop replays a dead-letter topic (`logpipe-validator replay`): input is the DLQ,
+//! records are restored to their original form and routed by their original topic, replay
+//! removal is off, and the loop ends at the DLQ's end offsets taken at start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::record::{error_header, ErrorStage, RecordId};
+use logpipe_core::telemetry::Readiness;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::LookupError;
+use crate::replay_filter::{PartitionKey, ReplayFilter};
+use crate::verdict::{Checker, DeadLetter, Verdict};
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_KAFKA: &str = "kafka";
+const READY_STORE: &str = "schema_store";
+
+/// What the loop reads and how it ends.
+pub enum Mode {
+    /// The service: every raw topic a route covers, replay removal on, until shutdown.
+    Live { filter: ReplayFilter, state_topic: String },
+    /// `replay`: one DLQ topic up to its end offsets at start, records chosen by `select`.
+    Replay { topic: String, select: Box<dyn Fn(&OwnedMessage) -> bool + Send> },
+}
+
+/// The loop's settings.
+pub struct Settings {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    pub transactional_id: String,
+    pub batch_records: usize,
+    pub batch_time: Duration,
+    pub topic_refresh: Duration,
+}
+
+/// Counts of a finished replay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub clean: u64,
+    pub dead: u64,
+    pub replays_dropped: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug)]
+enum GroupEvent {
+    Assigned(Vec<PartitionKey>),
+    Revoked(Vec<PartitionKey>),
+}
+
+/// Records the group's rebalances for the loop to act on between batches.
+#[derive(Default)]
+struct GroupContext {
+    events: Mutex<Vec<GroupEvent>>,
+}
+
+impl ClientContext for GroupContext {}
+
+fn partitions(list: &TopicPartitionList) -> Vec<PartitionKey> {
+    list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(list) => GroupEvent::Assigned(partitions(list)),
+            Rebalance::Revoke(list) => GroupEvent::Revoked(partitions(list)),
+            Rebalance::Error(e) => {
+                tracing::warn!("rebalance error: {e}");
+                return;
+            }
+        };
+        tracing::info!(?event, "consumer group rebalance");
+        self.events.lock().expect("events lock").push(event);
+    }
+}
+
+/// One record on its way out.
+struct Output {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: OwnedHeaders,
+    timestamp: Option<i64>,
+}
+
+/// Per-batch counts, published to metrics only once the batch is committed.
+#[derive(Default)]
+struct BatchCounts {
+    valid: HashMap<(String, String), u64>,
+    invalid: HashMap<(String, ErrorStage), u64>,
+    dropped_fields: HashMap<String, u64>,
+    replays: HashMap<String, u64>,
+    skipped: u64,
+}
+
+impl BatchCounts {
+    fn publish(self, totals: &mut Totals) {
+        for ((topic, subject), n) in self.valid {
+            metrics::counter!("logpipe_validator_records_valid_total", "topic" => topic, "subject" => subject).increment(n);
+            totals.clean += n;
+        }
+        for ((topic, stage), n) in self.invalid {
+            metrics::counter!("logpipe_validator_records_invalid_total", "topic" => topic, "stage" => stage.as_str()).increment(n);
+            totals.dead += n;
+        }
+        for (topic, n) in self.dropped_fields {
+            metrics::counter!("logpipe_validator_extra_fields_dropped_total", "topic" => topic).increment(n);
+        }
+        for (topic, n) in self.replays {
+            metrics::counter!("logpipe_validator_replays_dropped_total", "topic" => topic).increment(n);
+            totals.replays_dropped += n;
+        }
+        totals.skipped += self.skipped;
+    }
+}
+
+/// The loop.
+pub struct Pipeline {
+    settings: Settings,
+    mode: Mode,
+    checker: Checker,
+    consumer: StreamConsumer<GroupContext>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    subscribed: Vec<String>,
+    /// Replay mode: end offsets per partition at start; a partition is done at its end.
+    ends: BTreeMap<i32, i64>,
+    totals: Totals,
+}
+
+impl Pipeline {
+    /// Connects: creates the clients and fences older transactions of the same id (retrying
+    /// while Kafka is unreachable, until shutdown).
+    pub async fn connect(
+        settings: Settings,
+        mode: Mode,
+        checker: Checker,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Option<Pipeline>> {
+        readiness.register(READY_KAFKA);
+        readiness.ready(READY_STORE);
+        let consumer_role = Role::Consumer { group_id: settings.group_id.clone() };
+        let mut consumer_config = settings.kafka.client_config(&consumer_role, "logpipe-validator");
+        if let Mode::Replay { .. } = mode {
+            // A replay ends at the DLQ's end, also for partitions whose group offset is there.
+            consumer_config.set("enable.partition.eof", "true");
+        }
+        let consumer: StreamConsumer<GroupContext> = consumer_config
+            .create_with_context(GroupContext::default())
+            .context("creating the consumer")?;
+        let producer_role = Role::TransactionalProducer { transactional_id: settings.transactional_id.clone() };
+        let producer: ThreadedProducer<DefaultProducerContext> = settings
+            .kafka
+            .client_config(&producer_role, "logpipe-validator")
+            .create()
+            .context("creating the transactional producer")?;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match tokio::task::block_in_place(|| producer.init_transactions(KAFKA_TIMEOUT)) {
+                Ok(()) => break,
+                Err(e) if is_fatal(&e) => return Err(e).context("initialising transactions"),
+                Err(e) => {
+                    tracing::warn!("initialising transactions: {e}; retrying");
+                    readiness.not_ready(READY_KAFKA, format!("initialising transactions: {e}"));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let mut pipeline = Pipeline {
+            settings,
+            mode,
+            checker,
+            consumer,
+            producer,
+            readiness,
+            shutdown,
+            subscribed: Vec::new(),
+            ends: BTreeMap::new(),
+            totals: Totals::default(),
+        };
+        pipeline.prepare()?;
+        Ok(Some(pipeline))
+    }
+
+    /// Checks the changelog topic (live) or takes the end offsets (replay).
+    fn prepare(&mut self) -> anyhow::Result<()> {
+        let topic = match &self.mode {
+            Mode::Live { state_topic, .. } => state_topic.clone(),
+            Mode::Replay { topic, .. } => topic.clone(),
+        };
+        let metadata = tokio::task::block_in_place(|| self.consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT))
+            .with_context(|| format!("reading metadata of {topic}"))?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none() && !t.partitions().is_empty());
+        let Some(found) = found else {
+            bail!("topic {topic} does not exist on {}: create it first (see the validator README)", self.settings.kafka.bootstrap);
+        };
+        if let Mode::Replay { topic, .. } = &self.mode {
+            for p in found.partitions() {
+                let (low, high) = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT))?;
+                if high > low {
+                    self.ends.insert(p.id(), high);
+                }
+            }
+            tracing::info!(topic, ends = ?self.ends, "replaying up to these end offsets");
+        }
+        Ok(())
+    }
+
+    /// Runs until shutdown (live) or the end of the DLQ (replay).
+    pub async fn run(mut self) -> anyhow::Result<Totals> {
+        let mut last_refresh: Option<Instant> = None;
+        let mut progress = Instant::now();
+        loop {
+            if self.shutdown.is_cancelled() || self.replay_done() {
+                break;
+            }
+            if last_refresh.is_none_or(|t| t.elapsed() >= self.settings.topic_refresh) {
+                self.refresh_subscription()?;
+                last_refresh = Some(Instant::now());
+            }
+            let Some(batch) = self.gather().await? else { continue };
+            if batch.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let Some((outputs, counts)) = self.check_batch(&batch).await? else { break };
+            if self.commit(&batch, outputs)? {
+                counts.publish(&mut self.totals);
+                metrics::histogram!("logpipe_validator_batch_seconds").record(started.elapsed().as_secs_f64());
+                if let Mode::Live { filter, .. } = &self.mode {
+                    metrics::gauge!("logpipe_validator_replay_state_files").set(filter.len() as f64);
+                }
+            }
+            if matches!(self.mode, Mode::Replay { .. }) && progress.elapsed() >= Duration::from_secs(1) {
+                eprintln!("replay: {} clean, {} failed again, {} skipped", self.totals.clean, self.totals.dead, self.totals.skipped);
+                progress = Instant::now();
+            }
+        }
+        tracing::info!(totals = ?self.totals, "stopping");
+        Ok(self.totals)
+    }
+
+    fn replay_done(&self) -> bool {
+        matches!(self.mode, Mode::Replay { .. }) && self.ends.is_empty()
+    }
+
+    /// Subscribes to the topics the routes cover (live) or to the DLQ (replay).
+    fn refresh_subscription(&mut self) -> anyhow::Result<()> {
+        let wanted: Vec<String> = match &self.mode {
+            Mode::Replay { topic, .. } => vec![topic.clone()],
+            Mode::Live { .. } => {
+                let metadata = match tokio::task::block_in_place(|| self.consumer.fetch_metadata(None, KAFKA_TIMEOUT)) {
+                    Ok(metadata) => metadata,
+                    Err(e) => {
+                        self.readiness.not_ready(READY_KAFKA, format!("metadata: {e}"));
+                        tracing::warn!("reading the topic list: {e}");
+                        return Ok(());
+                    }
+                };
+                let all: Vec<String> = metadata.topics().iter().map(|t| t.name().to_owned()).collect();
+                let mut wanted: Vec<String> = all.iter().filter(|t| self.checker.routes().reads(t, &all)).cloned().collect();
+                wanted.sort();
+                wanted
+            }
+        };
+        if wanted != self.subscribed && !wanted.is_empty() {
+            tracing::info!(topics = ?wanted, "subscribing");
+            let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            self.consumer.subscribe(&names).context("subscribing")?;
+            self.subscribed = wanted;
+        }
+        if self.subscribed.is_empty() {
+            self.readiness.not_ready(READY_KAFKA, "no topic matches a route yet");
+        } else {
+            self.readiness.ready(READY_KAFKA);
+        }
+        self.report_lag();
+        Ok(())
+    }
+
+    fn report_lag(&self) {
+        let (Ok(assignment), Ok(positions)) = (self.consumer.assignment(), self.consumer.position()) else { return };
+        for element in assignment.elements() {
+            let position = positions
+                .find_partition(element.topic(), element.partition())
+                .and_then(|p| p.offset().to_raw())
+                .filter(|o| *o >= 0);
+            let watermarks = tokio::task::block_in_place(|| {
+                self.consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+            });
+            if let (Some(position), Ok((_, high))) = (position, watermarks) {
+                metrics::gauge!("logpipe_validator_consumer_lag_records", "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
+                    .set((high - position).max(0) as f64);
+            }
+        }
+    }
+
+    /// Takes up to `batch_records` records, waiting at most `batch_time` after the first one.
+    /// `None` when a rebalance happened: the records gathered are dropped (they are read again
+    /// from the committed offsets).
+    async fn gather(&mut self) -> anyhow::Result<Option<Vec<OwnedMessage>>> {
+        let mut batch = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.settings.batch_time;
+        while batch.len() < self.settings.batch_records {
+            let wait = if batch.is_empty() { self.settings.batch_time * 5 } else { deadline - tokio::time::Instant::now() };
+            let received = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(Some(Vec::new())),
+                r = tokio::time::timeout(wait, self.consumer.recv()) => r.map(|r| r.map(|m| m.detach())),
+            };
+            if self.handle_group_events()? {
+                return Ok(None);
+            }
+            match received {
+                Err(_elapsed) => break,
+                Ok(Ok(message)) => {
+                    if let Some(message) = self.take(message) {
+                        batch.push(message);
+                    }
+                }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.ends.remove(&partition);
+                    if self.replay_done() {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("consumer: {e}");
+                    self.readiness.not_ready(READY_KAFKA, format!("consumer: {e}"));
+                    break;
+                }
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    /// In replay, only records below the end offsets at start are taken (records this replay
+    /// dead-letters again land after them).
+    fn take(&mut self, message: OwnedMessage) -> Option<OwnedMessage> {
+        if let Mode::Replay { .. } = self.mode {
+            let end = *self.ends.get(&message.partition())?;
+            if message.offset() + 1 >= end {
+                self.ends.remove(&message.partition());
+            }
+            if message.offset() >= end {
+                return None;
+            }
+        }
+        self.readiness.ready(READY_KAFKA);
+        Some(message)
+    }
+
+    /// Acts on rebalances; true when there was one.
+    fn handle_group_events(&mut self) -> anyhow::Result<bool> {
+        let events: Vec<GroupEvent> = std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
+        if events.is_empty() {
+            return Ok(false);
+        }
+        for event in events {
+            match (event, &mut self.mode) {
+                (GroupEvent::Revoked(list), Mode::Live { filter, .. }) => {
+                    for partition in &list {
+                        filter.revoke(partition);
+                    }
+                }
+                (GroupEvent::Assigned(list), Mode::Live { filter, state_topic }) => {
+                    let started = Instant::now();
+                    let restored = tokio::task::block_in_place(|| {
+                        restore_state(&self.settings, state_topic, &list, filter, &self.shutdown)
+                    })?;
+                    tracing::info!(partitions = list.len(), records = restored, elapsed = ?started.elapsed(), "replay state restored");
+                }
+                (_, Mode::Replay { .. }) => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// Checks every record of a batch. `None` when shutdown came during a pause.
+    async fn check_batch(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<Option<(Vec<Output>, BatchCounts)>> {
+        let mut outputs = Vec::with_capacity(batch.len());
+        let mut counts = BatchCounts::default();
+        let now_ms = now_ms();
+        if let Mode::Live { filter, .. } = &mut self.mode {
+            filter.expire(now_ms);
+        }
+        for message in batch {
+            // In replay, the original record without the previous verdict, from its own topic.
+            let (source_topic, headers) = match &self.mode {
+                Mode::Replay { select, .. } => {
+                    if !select(message) {
+                        counts.skipped += 1;
+                        continue;
+                    }
+                    let original = header_text(message, error_header::TOPIC).unwrap_or_else(|| message.topic().to_owned());
+                    (original, original_headers(message))
+                }
+                Mode::Live { .. } => (message.topic().to_owned(), message.headers().cloned()),
+            };
+            if let Mode::Live { filter, .. } = &mut self.mode {
+                let pairs = message.headers().into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
+                match RecordId::from_headers(pairs) {
+                    Ok(Some(id)) => {
+                        if !filter.pass(&(message.topic().to_owned(), message.partition()), &id, now_ms) {
+                            *counts.replays.entry(message.topic().to_owned()).or_default() += 1;
+                            continue;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(topic = message.topic(), offset = message.offset(), "no replay check: {e}"),
+                }
+            }
+            let raw = message.payload().unwrap_or_default();
+            let mut value = Vec::with_capacity(raw.len() / 2 + 8);
+            let verdict = loop {
+                match self.checker.check(&source_topic, raw, &mut value).await {
+                    Ok(verdict) => break verdict,
+                    Err(unavailable) => {
+                        if !self.pause(&unavailable).await {
+                            return Ok(None);
+                        }
+                    }
+                }
+            };
+            if self.checker.store_reachable() {
+                self.readiness.ready(READY_STORE);
+            } else {
+                self.readiness.not_ready(READY_STORE, "schema store unreachable; using cached schemas");
+            }
+            let key = message.key().map(<[u8]>::to_vec);
+            let timestamp = message.timestamp().to_millis();
+            let output = match verdict {
+                Verdict::Clean { topic, subject, dropped_fields, .. } => {
+                    *counts.valid.entry((source_topic.clone(), subject)).or_default() += 1;
+                    if dropped_fields > 0 {
+                        *counts.dropped_fields.entry(source_topic.clone()).or_default() += dropped_fields as u64;
+                    }
+                    Output { topic, key, value, headers: headers.unwrap_or_default(), timestamp }
+                }
+                Verdict::Dead(dead) => {
+                    *counts.invalid.entry((source_topic.clone(), dead.stage)).or_default() += 1;
+                    let topic = dead
+                        .topic
+                        .clone()
+                        .unwrap_or_else(|| logpipe_core::record::TopicTemplate::dlq_default().render(&source_topic));
+                    let headers = dead_letter_headers(headers.unwrap_or_default(), &dead, message, &source_topic);
+                    Output { topic, key, value: raw.to_vec(), headers, timestamp }
+                }
+            };
+            outputs.push(output);
+        }
+        Ok(Some((outputs, counts)))
+    }
+
+    /// Waits while the schema store is unavailable; false on shutdown.
+    async fn pause(&mut self, why: &LookupError) -> bool {
+        tracing::warn!("{why}; pausing");
+        metrics::counter!("logpipe_validator_store_pauses_total").increment(1);
+        self.readiness.not_ready(READY_STORE, why.to_string());
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => true,
+        }
+    }
+
+    /// Writes one batch in one transaction. True when committed; false when aborted (the
+    /// consumer is rewound and the batch will be read again).
+    fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
+        let mut offsets: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+        for m in batch {
+            let entry = offsets.entry((m.topic().to_owned(), m.partition())).or_insert((m.offset(), m.offset()));
+            entry.0 = entry.0.min(m.offset());
+            entry.1 = entry.1.max(m.offset());
+        }
+        let result = tokio::task::block_in_place(|| self.transaction(&offsets, outputs));
+        match result {
+            Ok(()) => {
+                if let Mode::Live { filter, .. } = &mut self.mode {
+                    filter.commit();
+                }
+                Ok(true)
+            }
+            Err(e) if is_fatal(&e) => Err(e).context("transaction failed fatally (fenced by a newer instance?)"),
+            Err(e) => {
+                tracing::warn!("transaction failed: {e}; aborting and reading the batch again");
+                metrics::counter!("logpipe_validator_transactions_aborted_total").increment(1);
+                if let Mode::Live { filter, .. } = &mut self.mode {
+                    filter.rollback();
+                }
+                tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
+                    .context("aborting the transaction")?;
+                for ((topic, partition), (first, _)) in offsets {
+                    if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(first), KAFKA_TIMEOUT) {
+                        tracing::warn!(topic, partition, "rewinding: {e}");
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn transaction(&self, offsets: &BTreeMap<(String, i32), (i64, i64)>, outputs: Vec<Output>) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        for output in &outputs {
+            let mut record = BaseRecord::<[u8], [u8]>::to(&output.topic).payload(&output.value).headers(output.headers.clone());
+            if let Some(key) = &output.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(ts) = output.timestamp {
+                record = record.timestamp(ts);
+            }
+            self.send(record)?;
+        }
+        if let Mode::Live { filter, state_topic } = &self.mode {
+            for (key, value) in filter.changes() {
+                let mut record = BaseRecord::<[u8], [u8]>::to(state_topic).key(&key);
+                if let Some(value) = &value {
+                    record = record.payload(value);
+                }
+                self.send(record)?;
+            }
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), (_, last)) in offsets {
+            list.add_partition_offset(topic, *partition, Offset::Offset(last + 1))?;
+        }
+        // No group metadata means the consumer is not in the group (any more): abort and re-read.
+        let group = self.consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownMemberId))?;
+        self.producer.send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
+        self.producer.commit_transaction(KAFKA_TIMEOUT)
+    }
+
+    /// Enqueues a record, waiting while the producer's queue is full.
+    fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if Instant::now() < deadline => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable()),
+        _ => false,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A dead letter's headers without the `lp.error.*` ones: the record as it was first read.
+fn original_headers(message: &OwnedMessage) -> Option<OwnedHeaders> {
+    let headers = message.headers()?;
+    let mut out = OwnedHeaders::new_with_capacity(headers.count());
+    for h in headers.iter().filter(|h| !h.key.starts_with("lp.error.")) {
+        out = out.insert(Header { key: h.key, value: h.value });
+    }
+    Some(out)
+}
+
+fn dead_letter_headers(headers: OwnedHeaders, dead: &DeadLetter, message: &OwnedMessage, source_topic: &str) -> OwnedHeaders {
+    let add = |headers: OwnedHeaders, key: &str, value: &str| headers.insert(Header { key, value: Some(value.as_bytes()) });
+    let mut h = add(headers, error_header::STAGE, dead.stage.as_str());
+    h = add(h, error_header::REASON, &dead.reason);
+    if let Some(pointer) = &dead.pointer {
+        h = add(h, error_header::PATH, pointer);
+    }
+    if let Some(subject) = &dead.subject {
+        h = add(h, error_header::SUBJECT, subject);
+    }
+    if let Some(id) = dead.schema_id {
+        h = add(h, error_header::SCHEMA_ID, &id.to_string());
+    }
+    // Where the record was read: in a replay, where it was first read.
+    let (partition, offset) = match (header_text(message, error_header::PARTITION), header_text(message, error_header::OFFSET)) {
+        (Some(p), Some(o)) if message.topic() != source_topic => (p, o),
+        _ => (message.partition().to_string(), message.offset().to_string()),
+    };
+    h = add(h, error_header::TOPIC, source_topic);
+    h = add(h, error_header::PARTITION, &partition);
+    add(h, error_header::OFFSET, &offset)
+}
+
+/// Reads the changelog from the start to its end and keeps the entries of `owned`. Returns the
+/// number of changelog records read.
+fn restore_state(
+    settings: &Settings,
+    state_topic: &str,
+    owned: &[PartitionKey],
+    filter: &mut ReplayFilter,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<usize> {
+    let mut config = settings.kafka.client_config(&Role::Consumer { group_id: format!("{}.restore", settings.group_id) }, "logpipe-validator-restore");
+    config.set("enable.partition.eof", "true");
+    let reader: BaseConsumer = config.create().context("creating the replay-state reader")?;
+    let metadata = reader.fetch_metadata(Some(state_topic), KAFKA_TIMEOUT)?;
+    let count = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut list = TopicPartitionList::new();
+    for p in 0..count as i32 {
+        list.add_partition_offset(state_topic, p, Offset::Beginning)?;
+    }
+    reader.assign(&list)?;
+    let mut at_end = vec![false; count];
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !at_end.iter().all(|e| *e) {
+        if shutdown.is_cancelled() {
+            bail!("shutdown while restoring the replay state");
+        }
+        if Instant::now() > deadline {
+            bail!("restoring the replay state from {state_topic} took over 120 s");
+        }
+        match reader.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                read += 1;
+                at_end[m.partition() as usize] = false;
+                if let Some(key) = m.key() {
+                    filter.restore(owned, key, m.payload());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
+            Some(Err(e)) => bail!("reading {state_topic}: {e}"),
+        }
+    }
+    Ok(read)
+}

@@ -1,0 +1,168 @@
+//! One record's way through validation, without Kafka: parse, route, choose the subject, fetch
+//! the schema, check and encode. The result is a clean value for the clean topic or a dead
+//! letter's reason; only an unavailable schema store is an error (the caller pauses and retries).
+
+use logpipe_core::record::ErrorStage;
+use serde_json::Value;
+
+use crate::registry::{LookupError, SchemaCache};
+use crate::route::Routes;
+
+/// Where a record goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its wire-format value is in the caller's buffer.
+    Clean { topic: String, subject: String, schema_id: u32, dropped_fields: usize },
+    Dead(DeadLetter),
+}
+
+/// Why a record is dead-lettered, and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The DLQ topic; `None` when no route covers the source topic (the caller's fallback).
+    pub topic: Option<String>,
+    pub stage: ErrorStage,
+    pub reason: String,
+    pub pointer: Option<String>,
+    pub subject: Option<String>,
+    pub schema_id: Option<u32>,
+}
+
+/// Checks records against their routes and schemas.
+pub struct Checker {
+    routes: Routes,
+    cache: SchemaCache,
+}
+
+impl Checker {
+    pub fn new(routes: Routes, cache: SchemaCache) -> Checker {
+        Checker { routes, cache }
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Whether the schema store answered the last request.
+    pub fn store_reachable(&self) -> bool {
+        self.cache.reachable()
+    }
+
+    /// Checks a record read from `topic`. On [`Verdict::Clean`] the wire-format value has been
+    /// appended to `out`; otherwise `out` is unchanged.
+    pub async fn check(&mut self, topic: &str, raw: &[u8], out: &mut Vec<u8>) -> Result<Verdict, LookupError> {
+        let dead = |topic: Option<String>, stage, reason: String| DeadLetter {
+            topic,
+            stage,
+            reason,
+            pointer: None,
+            subject: None,
+            schema_id: None,
+        };
+        let Some(route) = self.routes.find(topic) else {
+            return Ok(Verdict::Dead(dead(None, ErrorStage::Route, format!("no route covers topic {topic}"))));
+        };
+        let dlq = Some(route.dlq.render(topic));
+        let value: Value = match serde_json::from_slice(raw) {
+            Ok(value) => value,
+            Err(e) => return Ok(Verdict::Dead(dead(dlq, ErrorStage::Parse, format!("not JSON: {e}")))),
+        };
+        let subject = match route.subject.subject(topic, &value) {
+            Ok(subject) => subject,
+            Err(no) => {
+                return Ok(Verdict::Dead(DeadLetter { pointer: no.pointer, ..dead(dlq, ErrorStage::Route, no.reason) }))
+            }
+        };
+        let schema = match self.cache.subject(&subject, route.version).await {
+            Ok(schema) => schema,
+            Err(LookupError::Problem(reason)) => {
+                return Ok(Verdict::Dead(DeadLetter { subject: Some(subject), ..dead(dlq, ErrorStage::Schema, reason) }))
+            }
+            Err(unavailable) => return Err(unavailable),
+        };
+        match schema.write(&value, raw, route.extra_fields, out) {
+            Ok(converted) => Ok(Verdict::Clean {
+                topic: route.clean.render(topic),
+                subject,
+                schema_id: schema.id,
+                dropped_fields: converted.dropped_fields,
+            }),
+            Err(e) => Ok(Verdict::Dead(DeadLetter {
+                topic: dlq,
+                stage: ErrorStage::Validate,
+                reason: e.reason,
+                pointer: Some(e.pointer),
+                subject: Some(subject),
+                schema_id: Some(schema.id),
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::registry::tests::{serve, Canned};
+    use crate::registry::StoreClient;
+    use crate::route::RouteConfig;
+
+    async fn checker(base: &str) -> Checker {
+        #[derive(serde::Deserialize)]
+        struct File {
+            routes: Vec<RouteConfig>,
+        }
+        let file: File = toml::from_str(
+            "[[routes]]\ntopics = \"raw\\\\.ev\"\nsubject = { field = \"kind\" }\n[[routes]]\ntopics = \"raw\\\\.s\"\nsubject = { fixed = \"s\" }\n",
+        )
+        .unwrap();
+        let cache = SchemaCache::new(StoreClient::new(base, None, Duration::from_secs(2)).unwrap(), Duration::from_secs(5));
+        Checker::new(Routes::new(&file.routes).unwrap(), cache)
+    }
+
+    #[tokio::test]
+    async fn each_stage_is_reported() {
+        let canned = Canned::default();
+        *canned.latest.lock().unwrap() = 1;
+        let mut checker = checker(&serve(canned).await).await;
+        let mut out = Vec::new();
+
+        let clean = checker.check("raw.s", br#"{"a": 1, "x": 2}"#, &mut out).await.unwrap();
+        assert_eq!(
+            clean,
+            Verdict::Clean { topic: "clean.s".into(), subject: "s".into(), schema_id: 10, dropped_fields: 1 }
+        );
+        assert_eq!(out, [0, 0, 0, 0, 10, 2]);
+
+        let stage = |v: Verdict| match v {
+            Verdict::Dead(d) => (d.stage, d.pointer, d.topic),
+            other => panic!("expected a dead letter, got {other:?}"),
+        };
+        let dlq = Some("dlq.s".to_owned());
+        assert_eq!(stage(checker.check("raw.s", b"{\"a\":", &mut out).await.unwrap()), (ErrorStage::Parse, None, dlq.clone()));
+        assert_eq!(
+            stage(checker.check("raw.s", br#"{"a": "1"}"#, &mut out).await.unwrap()),
+            (ErrorStage::Validate, Some("/a".into()), dlq.clone())
+        );
+        assert_eq!(
+            stage(checker.check("raw.ev", br#"{"a": 1}"#, &mut out).await.unwrap()),
+            (ErrorStage::Route, Some("/kind".into()), Some("dlq.ev".into()))
+        );
+        assert_eq!(
+            stage(checker.check("raw.ev", br#"{"kind": "unknown"}"#, &mut out).await.unwrap()),
+            (ErrorStage::Schema, None, Some("dlq.ev".into()))
+        );
+        assert_eq!(stage(checker.check("raw.none", b"{}", &mut out).await.unwrap()), (ErrorStage::Route, None, None));
+        assert_eq!(out.len(), 6, "dead letters add nothing to the clean buffer");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_an_error_not_a_dead_letter() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut checker = checker(&format!("http://127.0.0.1:{port}")).await;
+        let result = checker.check("raw.s", br#"{"a": 1}"#, &mut Vec::new()).await;
+        assert!(matches!(result, Err(LookupError::Unavailable(_))), "{result:?}");
+        assert!(!checker.store_reachable());
+    }
+}
