@@ -19,6 +19,9 @@ pub mod header {
     pub const OFFSET: &str = "lp.offset";
     /// Present only on lines cut at the size limit: the original length, decimal.
     pub const TRUNCATED: &str = "lp.truncated";
+    /// Id of the cluster a record was first produced to; added by the mirror's optional loop
+    /// guard so that mirrors in both directions do not copy records back where they came from.
+    pub const ORIGIN: &str = "lp.origin";
 }
 
 /// Header names the validator adds to dead letters, next to the original headers.

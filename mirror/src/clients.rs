@@ -1,0 +1,119 @@
+//! The mirror's Kafka clients, built from `logpipe_core::kafka` roles plus the few settings the
+//! mirror needs on top, each with the reason it is there.
+
+use std::ffi::CString;
+
+use logpipe_core::kafka::{KafkaConfig, Role};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::producer::{BaseProducer, ProducerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext};
+
+use crate::config::MirrorConfig;
+
+/// Group id given to assign-mode consumers: librdkafka wants one, but they never join, fetch
+/// offsets or commit with it, so nothing is written to either cluster through it.
+const UNUSED_GROUP: &str = "logpipe-mirror.assign-only";
+
+/// Never let a metadata request create a topic: auto-creation would use the broker's default
+/// partition count instead of the source's.
+fn no_auto_create(config: &mut ClientConfig) -> &mut ClientConfig {
+    config.set("allow.auto.create.topics", "false")
+}
+
+/// Per-shard share of the buffer budget, in bytes. Half goes to the source fetch queue, half to
+/// the producer queue; dividing by the shard count (not by the shards this instance owns) keeps
+/// the process within budget whatever it ends up owning.
+fn shard_budget(config: &MirrorConfig, shards: i32) -> u64 {
+    config.max_buffer_bytes / shards.max(1) as u64 / 2
+}
+
+/// The consumer that reads a shard's source partitions: read_committed, assign mode (positions
+/// come from the target, never from a source group), and an error instead of a silent jump when
+/// a position has been deleted by retention.
+pub fn source_consumer(config: &MirrorConfig, shard: i32, shards: i32) -> anyhow::Result<BaseConsumer> {
+    let budget = shard_budget(config, shards);
+    let kbytes = (budget / 1024).max(1024);
+    let fetch = budget.clamp(1024 * 1024, 50 * 1024 * 1024);
+    let mut client = config.source.client_config(&Role::Consumer { group_id: UNUSED_GROUP.into() }, &format!("logpipe-mirror-{shard}"));
+    no_auto_create(&mut client)
+        .set("auto.offset.reset", "error")
+        .set("queued.max.messages.kbytes", kbytes.to_string())
+        .set("fetch.max.bytes", fetch.to_string())
+        .set("max.partition.fetch.bytes", (fetch / 4).max(1024 * 1024).min(fetch).to_string());
+    Ok(client.create()?)
+}
+
+/// Context of [`target_reader`]: end-of-partition is how a drain knows it is done, not an
+/// error worth logging (librdkafka also reports it as a client error).
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!("target reader: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// A read_committed reader of the target.
+pub type TargetReader = BaseConsumer<ReaderContext>;
+
+/// A read_committed assign-mode reader of the target (state topic, partition tails) that
+/// reports the end of each partition.
+pub fn target_reader(config: &MirrorConfig, shard: i32) -> anyhow::Result<TargetReader> {
+    let mut client = config.target.client_config(&Role::Consumer { group_id: UNUSED_GROUP.into() }, &format!("logpipe-mirror-{shard}"));
+    no_auto_create(&mut client).set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
+    Ok(client.create_with_context(ReaderContext)?)
+}
+
+/// The shard's transactional producer on the target.
+pub fn shard_producer<C: ProducerContext>(config: &MirrorConfig, shard: i32, shards: i32, context: C) -> anyhow::Result<BaseProducer<C>> {
+    let kbytes = (shard_budget(config, shards) / 1024).max(1024);
+    let role = Role::TransactionalProducer { transactional_id: config.transactional_id(shard) };
+    let mut client = config.target.client_config(&role, &format!("logpipe-mirror-{shard}"));
+    no_auto_create(&mut client)
+        .set("queue.buffering.max.kbytes", kbytes.to_string())
+        .set("queue.buffering.max.messages", "2000000");
+    Ok(client.create_with_context(context)?)
+}
+
+/// The member of the assignment group on the target: it subscribes to the state topic only to
+/// receive shards (state partitions) and never reads or commits.
+pub fn membership<C: ConsumerContext>(config: &MirrorConfig, context: C) -> anyhow::Result<BaseConsumer<C>> {
+    let mut client = config.target.client_config(&Role::Consumer { group_id: config.group_id() }, "logpipe-mirror");
+    no_auto_create(&mut client)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (config.session_timeout_ms / 5).to_string());
+    Ok(client.create_with_context(context)?)
+}
+
+/// A client for metadata reads of one side.
+pub fn metadata_client(kafka: &KafkaConfig, side: &str) -> anyhow::Result<BaseConsumer> {
+    let mut client = kafka.client_config(&Role::Admin, &format!("logpipe-mirror-{side}"));
+    Ok(no_auto_create(&mut client).create()?)
+}
+
+/// The target's admin client, for creating topics and partitions.
+pub fn admin(kafka: &KafkaConfig) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    Ok(kafka.client_config(&Role::Admin, "logpipe-mirror-admin").create()?)
+}
+
+/// The low and high watermarks librdkafka last saw for a partition, without a request (so it is
+/// cheap enough for per-second lag metrics and does not block during an outage); `None` until a
+/// fetch response has been seen.
+pub fn cached_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Option<(i64, i64)> {
+    let topic = CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, the topic is a valid C
+    // string for the call, and the outputs are plain i64s.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
+}

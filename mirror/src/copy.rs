@@ -1,0 +1,128 @@
+//! What a mirrored record is: the source record's key (null stays null), value (a tombstone
+//! stays a tombstone), every header in order (repeated names and null values included) and
+//! timestamp, unchanged, plus the loop guard's provenance header when one is configured.
+//!
+//! The same function decides what to write and what to expect on the target when a shard
+//! verifies records written by a crashed predecessor, so the two cannot drift apart.
+
+use logpipe_core::record::header;
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::Message;
+
+use crate::config::LoopGuard;
+
+/// The record to write to the target for one source record.
+pub struct Copy<'a> {
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Option<OwnedHeaders>,
+    /// CreateTime in ms. Producers cannot set LogAppendTime (the broker does), so a source
+    /// record with LogAppendTime keeps its value and arrives as CreateTime.
+    pub timestamp: Option<i64>,
+}
+
+impl Copy<'_> {
+    /// Bytes the record carries (key, value, header names and values), for rate metrics.
+    pub fn size(&self) -> usize {
+        let headers = self.headers.as_ref().map_or(0, |h| h.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum());
+        self.key.map_or(0, <[u8]>::len) + self.payload.map_or(0, <[u8]>::len) + headers
+    }
+
+    /// Whether a record read from the target is exactly this copy.
+    pub fn matches(&self, target: &OwnedMessage) -> bool {
+        let headers_equal = match (&self.headers, target.headers()) {
+            (None, None) => true,
+            (Some(a), None) => a.count() == 0,
+            (None, Some(b)) => b.count() == 0,
+            (Some(a), Some(b)) => a.count() == b.count() && a.iter().zip(b.iter()).all(|(x, y)| x.key == y.key && x.value == y.value),
+        };
+        self.key == target.key() && self.payload == target.payload() && self.timestamp == target.timestamp().to_millis() && headers_equal
+    }
+}
+
+/// The copy of `message`, or `None` when the loop guard says it came from the target cluster.
+pub fn copy_of<'a, M: Message>(message: &'a M, guard: Option<&LoopGuard>) -> Option<Copy<'a>> {
+    let mut headers = message.headers().map(|h| {
+        h.iter().fold(OwnedHeaders::new_with_capacity(h.count()), |owned, header| owned.insert(Header { key: header.key, value: header.value }))
+    });
+    if let Some(guard) = guard {
+        let origin = headers.as_ref().and_then(|h| h.iter().find(|h| h.key == header::ORIGIN).map(|h| h.value));
+        match origin {
+            Some(Some(origin)) if origin == guard.target_id.as_bytes() => return None,
+            // Already stamped by the cluster it was first produced to: keep that provenance.
+            Some(_) => {}
+            None => {
+                let stamped = headers
+                    .take()
+                    .unwrap_or_default()
+                    .insert(Header { key: header::ORIGIN, value: Some(guard.source_id.as_bytes()) });
+                headers = Some(stamped);
+            }
+        }
+    }
+    Some(Copy { key: message.key(), payload: message.payload(), headers, timestamp: message.timestamp().to_millis() })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Timestamp;
+
+    use super::*;
+
+    fn message(key: Option<&[u8]>, payload: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> OwnedMessage {
+        let mut owned = OwnedHeaders::new();
+        for (k, v) in headers {
+            owned = owned.insert(Header { key: k, value: *v });
+        }
+        let headers = if headers.is_empty() { None } else { Some(owned) };
+        OwnedMessage::new(payload.map(<[u8]>::to_vec), key.map(<[u8]>::to_vec), "t".into(), Timestamp::CreateTime(1_700_000_000_123), 2, 7, headers)
+    }
+
+    fn guard() -> LoopGuard {
+        LoopGuard { source_id: "west".into(), target_id: "east".into() }
+    }
+
+    #[test]
+    fn copies_everything_unchanged() {
+        let source = message(None, Some(b"\x00\xffbin"), &[("a", Some(b"1")), ("a", Some(b"2")), ("n", None)]);
+        let copy = copy_of(&source, None).unwrap();
+        assert_eq!(copy.key, None);
+        assert_eq!(copy.timestamp, Some(1_700_000_000_123));
+        let headers: Vec<_> = copy.headers.as_ref().unwrap().iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect();
+        assert_eq!(headers, vec![("a".into(), Some(b"1".to_vec())), ("a".into(), Some(b"2".to_vec())), ("n".into(), None)]);
+        assert!(copy.matches(&source));
+        assert_eq!(copy.size(), 5 + 2 + 2 + 1);
+    }
+
+    #[test]
+    fn tombstone_and_empty_value_differ() {
+        let tombstone = message(Some(b"k"), None, &[]);
+        let empty = message(Some(b"k"), Some(b""), &[]);
+        assert!(copy_of(&tombstone, None).unwrap().matches(&tombstone));
+        assert!(!copy_of(&tombstone, None).unwrap().matches(&empty));
+        assert!(!copy_of(&message(None, Some(b""), &[]), None).unwrap().matches(&empty), "null key is not an empty key");
+    }
+
+    #[test]
+    fn header_order_matters() {
+        let ab = message(None, Some(b"v"), &[("a", Some(b"1")), ("b", Some(b"2"))]);
+        let ba = message(None, Some(b"v"), &[("b", Some(b"2")), ("a", Some(b"1"))]);
+        assert!(!copy_of(&ab, None).unwrap().matches(&ba));
+    }
+
+    #[test]
+    fn loop_guard_stamps_skips_and_keeps_foreign_origin() {
+        let native = message(None, Some(b"v"), &[("x", Some(b"1"))]);
+        let copy = copy_of(&native, Some(&guard())).unwrap();
+        let last = copy.headers.as_ref().unwrap().iter().last().unwrap();
+        assert_eq!((last.key, last.value), (header::ORIGIN, Some(b"west".as_slice())));
+        assert!(!copy.matches(&native));
+
+        let from_target = message(None, Some(b"v"), &[(header::ORIGIN, Some(b"east"))]);
+        assert!(copy_of(&from_target, Some(&guard())).is_none());
+
+        let third = message(None, Some(b"v"), &[(header::ORIGIN, Some(b"north"))]);
+        let copy = copy_of(&third, Some(&guard())).unwrap();
+        assert!(copy.matches(&third), "an existing provenance is kept as it is");
+    }
+}

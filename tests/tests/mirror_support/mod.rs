@@ -1,0 +1,130 @@
+//! Shared setup of the mirror's end-to-end tests: a write and a read dev cluster, the mirror's
+//! config, producing records with unique ids, and reading the mirror's metrics.
+
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
+
+/// The mirror's state topic for the default name.
+pub const STATE_TOPIC: &str = "_lp.mirror.default.state";
+
+/// A write-side and a read-side cluster with `topics` on both and the state topic on the read
+/// side, with `shards` partitions.
+pub async fn clusters(topics: &[(&str, i32)], shards: i32) -> anyhow::Result<(DevCluster, DevCluster)> {
+    let write = DevCluster::start_as("write", 3, topics).await?;
+    let mut read_topics = topics.to_vec();
+    read_topics.push((STATE_TOPIC, shards));
+    let read = DevCluster::start_as("read", 3, &read_topics).await?;
+    Ok((write, read))
+}
+
+/// Writes a mirror config into `dir` and returns its path and telemetry address.
+pub fn mirror_config(dir: &Path, name: &str, write: &DevCluster, read: &DevCluster, extra: &str) -> anyhow::Result<(PathBuf, SocketAddr)> {
+    let addr = free_addr();
+    let text = format!(
+        "commit_interval_ms = 100\nsession_timeout_ms = 3000\n{extra}\n\
+         [source]\nbootstrap = \"{}\"\n[target]\nbootstrap = \"{}\"\n\
+         [topics]\ninclude = [\"raw\\\\..*\"]\nrefresh_interval_ms = 1000\n\
+         [telemetry]\nlisten = \"{addr}\"\n",
+        write.bootstrap(),
+        read.bootstrap()
+    );
+    Ok((write_file(dir, name, &text)?, addr))
+}
+
+/// Starts a mirror and waits until it is ready.
+pub async fn start_mirror(config: &Path, addr: SocketAddr) -> anyhow::Result<Process> {
+    let mut mirror = Process::start("logpipe-mirror", &["run", "--config", config.to_str().unwrap()])?;
+    mirror.wait_ready(addr, Duration::from_secs(60)).await?;
+    Ok(mirror)
+}
+
+/// An idempotent producer to a dev cluster (what the agent uses).
+pub fn producer(bootstrap: &str) -> anyhow::Result<BaseProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "0")
+        .create()?)
+}
+
+/// Produces records `ids` (value `id-<n>`, key `k-<n % 7>`) round-robin over `partitions`
+/// partitions and waits for every acknowledgement.
+pub fn produce_ids(producer: &BaseProducer, topic: &str, partitions: i32, ids: std::ops::Range<u64>) -> anyhow::Result<()> {
+    for id in ids {
+        let value = format!("id-{id:09}");
+        let key = format!("k-{}", id % 7);
+        let mut record = BaseRecord::to(topic).partition((id % partitions as u64) as i32).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// Values of a topic's records, per partition, in offset order.
+pub fn values_by_partition(records: &[OwnedMessage]) -> BTreeMap<i32, Vec<Vec<u8>>> {
+    let mut map: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+    for record in records {
+        map.entry(record.partition()).or_default().push(record.payload().unwrap_or_default().to_vec());
+    }
+    map
+}
+
+/// Asserts that every id in `0..count` appears exactly once in `records`.
+pub fn assert_exactly_once(records: &[OwnedMessage], count: u64) {
+    let mut seen = vec![0u32; count as usize];
+    for record in records {
+        let value = std::str::from_utf8(record.payload().expect("a value")).expect("utf-8");
+        let id: usize = value.strip_prefix("id-").and_then(|n| n.parse().ok()).expect("an id-<n> value");
+        seen[id] += 1;
+    }
+    let missing = seen.iter().filter(|n| **n == 0).count();
+    let duplicated = seen.iter().filter(|n| **n > 1).count();
+    assert_eq!((missing, duplicated), (0, 0), "{missing} ids missing and {duplicated} duplicated out of {count}");
+    assert_eq!(records.len() as u64, count);
+}
+
+/// Sum of a metric's samples whose line contains every `filter` (e.g. `topic="raw.a"`), read
+/// from the mirror's /metrics; `None` if the mirror does not answer or has no such sample.
+pub async fn metric(addr: SocketAddr, name: &str, filters: &[&str]) -> Option<f64> {
+    let body = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
+    let mut total = None;
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) || !filters.iter().all(|f| rest.contains(f)) {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        *total.get_or_insert(0.0) += value;
+    }
+    total
+}
+
+/// Number of committed records of a topic on a cluster (sum of high watermarks minus low).
+pub fn record_count(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let mut total = 0;
+    for p in 0..partitions {
+        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(&consumer, topic, p, Duration::from_secs(10))?;
+        total += high - low;
+    }
+    Ok(total)
+}
