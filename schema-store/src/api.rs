@@ -1,0 +1,528 @@
+//! The HTTP API: Confluent Schema Registry's REST surface.
+//!
+//! Every route is declared once in [`routes`], with its handler, the role it needs and what the
+//! OpenAPI document says about it, so the served document, the authorization rules and the
+//! router cannot drift apart.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::{Auth, Role};
+use crate::compat::Level;
+use crate::error::ApiError;
+use crate::log::Mode;
+use crate::registry::{validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector};
+use crate::schema::{Reference, SchemaType};
+
+/// The content type of every JSON response, as Confluent sends it.
+pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Request and response media types Confluent accepts.
+const JSON_TYPES: [&str; 3] = ["application/vnd.schemaregistry.v1+json", "application/vnd.schemaregistry+json", "application/json"];
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Auth>,
+}
+
+/// One route of the API: method, path (axum syntax), required role, handler, and its OpenAPI
+/// description.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub role: Role,
+    pub summary: &'static str,
+    /// Query parameters: (name, description).
+    pub query: &'static [(&'static str, &'static str)],
+    /// Request body component in the OpenAPI document, if any.
+    pub body: Option<&'static str>,
+    /// Success response component.
+    pub response: &'static str,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    role: Role,
+    summary: &'static str,
+    query: &'static [(&'static str, &'static str)],
+    body: Option<&'static str>,
+    response: &'static str,
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route { method, path, role, summary, query, body, response, handler }
+}
+
+const DELETED: (&str, &str) = ("deleted", "include soft-deleted entries");
+const PERMANENT: (&str, &str) = ("permanent", "hard delete (only after a soft delete)");
+const VERBOSE: (&str, &str) = ("verbose", "return the reasons for incompatibility");
+const DEFAULT_TO_GLOBAL: (&str, &str) = ("defaultToGlobal", "fall back to the global setting instead of 404");
+
+/// The whole API surface.
+pub fn routes() -> Vec<Route> {
+    use Method as M;
+    use Role::*;
+    vec![
+        route(M::GET, "/", Read, "Server root (empty object)", &[], None, "Empty", on(MethodFilter::GET, root)),
+        route(M::GET, "/schemas/types", Read, "Supported schema types", &[], None, "StringList", on(MethodFilter::GET, schema_types)),
+        route(M::GET, "/schemas/ids/{id}", Read, "Schema by global id", &[("subject", "ignored"), ("format", "ignored")], None, "SchemaById", on(MethodFilter::GET, schema_by_id)),
+        route(M::GET, "/schemas/ids/{id}/schema", Read, "Raw schema by global id", &[], None, "RawSchema", on(MethodFilter::GET, raw_schema_by_id)),
+        route(M::GET, "/schemas/ids/{id}/subjects", Read, "Subjects using a schema id", &[DELETED], None, "StringList", on(MethodFilter::GET, subjects_of_id)),
+        route(M::GET, "/schemas/ids/{id}/versions", Read, "Subject versions using a schema id", &[DELETED], None, "SubjectVersionList", on(MethodFilter::GET, versions_of_id)),
+        route(M::GET, "/subjects", Read, "List subjects", &[DELETED, ("subjectPrefix", "only subjects starting with this")], None, "StringList", on(MethodFilter::GET, list_subjects)),
+        route(M::POST, "/subjects/{subject}", Read, "Look up a schema under a subject", &[DELETED, ("normalize", "ignored")], Some("RegisterRequest"), "SubjectVersion", on(MethodFilter::POST, lookup)),
+        route(M::DELETE, "/subjects/{subject}", Write, "Delete a subject (soft, or permanent after soft)", &[PERMANENT], None, "IntList", on(MethodFilter::DELETE, delete_subject)),
+        route(M::GET, "/subjects/{subject}/versions", Read, "List versions of a subject", &[DELETED], None, "IntList", on(MethodFilter::GET, list_versions)),
+        route(M::POST, "/subjects/{subject}/versions", Write, "Register a schema under a subject", &[("normalize", "ignored")], Some("RegisterRequest"), "RegisterResponse", on(MethodFilter::POST, register)),
+        route(M::GET, "/subjects/{subject}/versions/{version}", Read, "Get a version (number, latest or -1)", &[DELETED], None, "SubjectVersion", on(MethodFilter::GET, get_version)),
+        route(M::DELETE, "/subjects/{subject}/versions/{version}", Write, "Delete a version (soft, or permanent after soft)", &[PERMANENT], None, "Int", on(MethodFilter::DELETE, delete_version)),
+        route(M::GET, "/subjects/{subject}/versions/{version}/schema", Read, "Raw schema of a version", &[DELETED], None, "RawSchema", on(MethodFilter::GET, raw_version)),
+        route(M::GET, "/subjects/{subject}/versions/{version}/referencedby", Read, "Ids of schemas referencing a version", &[], None, "IntList", on(MethodFilter::GET, referenced_by)),
+        route(M::POST, "/compatibility/subjects/{subject}/versions/{version}", Read, "Test compatibility against one version", &[VERBOSE], Some("RegisterRequest"), "CompatibilityResponse", on(MethodFilter::POST, compatibility_version)),
+        route(M::POST, "/compatibility/subjects/{subject}/versions", Read, "Test compatibility against the versions the level selects", &[VERBOSE], Some("RegisterRequest"), "CompatibilityResponse", on(MethodFilter::POST, compatibility_all)),
+        route(M::GET, "/config", Read, "Global compatibility level", &[], None, "ConfigResponse", on(MethodFilter::GET, get_global_config)),
+        route(M::PUT, "/config", Admin, "Set the global compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_global_config)),
+        route(M::DELETE, "/config", Admin, "Reset the global compatibility level to BACKWARD", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_global_config)),
+        route(M::GET, "/config/{subject}", Read, "Subject compatibility level (40408 when unset)", &[DEFAULT_TO_GLOBAL], None, "ConfigResponse", on(MethodFilter::GET, get_subject_config)),
+        route(M::PUT, "/config/{subject}", Admin, "Set a subject's compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_subject_config)),
+        route(M::DELETE, "/config/{subject}", Admin, "Remove a subject's compatibility level", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_subject_config)),
+        route(M::GET, "/mode", Read, "Global mode", &[], None, "Mode", on(MethodFilter::GET, get_global_mode)),
+        route(M::PUT, "/mode", Admin, "Set the global mode", &[("force", "allow IMPORT with existing subjects")], Some("Mode"), "Mode", on(MethodFilter::PUT, put_global_mode)),
+        route(M::DELETE, "/mode", Admin, "Reset the global mode to READWRITE", &[], None, "Mode", on(MethodFilter::DELETE, delete_global_mode)),
+        route(M::GET, "/mode/{subject}", Read, "Subject mode (40409 when unset)", &[DEFAULT_TO_GLOBAL], None, "Mode", on(MethodFilter::GET, get_subject_mode)),
+        route(M::PUT, "/mode/{subject}", Admin, "Set a subject's mode", &[], Some("Mode"), "Mode", on(MethodFilter::PUT, put_subject_mode)),
+        route(M::DELETE, "/mode/{subject}", Admin, "Remove a subject's mode", &[], None, "Mode", on(MethodFilter::DELETE, delete_subject_mode)),
+        route(M::GET, "/openapi.json", Read, "This document", &[], None, "OpenApi", on(MethodFilter::GET, openapi)),
+    ]
+}
+
+/// The API router with content negotiation, authorization and the body size limit.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let mut router = Router::new();
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for r in routes() {
+        let role = r.role;
+        let handler = r.handler.layer(middleware::from_fn_with_state((state.clone(), role), authorize));
+        match by_path.iter_mut().find(|(p, _)| *p == r.path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
+            None => by_path.push((r.path, handler)),
+        }
+    }
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(|| async { ApiError::http(StatusCode::NOT_FOUND, "HTTP 404 Not Found") })
+        .layer(middleware::from_fn(negotiate))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn authorize(State((state, role)): State<(AppState, Role)>, request: Request, next: Next) -> Response {
+    // Permanent deletes destroy data: they need the admin role, soft deletes only write.
+    let role = if request.method() == Method::DELETE && request.uri().query().is_some_and(|q| q.contains("permanent=true")) { Role::Admin } else { role };
+    match state.auth.authorize(request.headers(), role) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => denied.into_response(),
+    }
+}
+
+fn media_type(value: &str) -> String {
+    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// 406 when `Accept` names nothing we produce; 415 when a body has another content type.
+async fn negotiate(request: Request, next: Next) -> Response {
+    if let Some(accept) = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        let acceptable = accept.split(',').map(media_type).any(|m| m.is_empty() || m == "*/*" || m == "application/*" || JSON_TYPES.contains(&m.as_str()));
+        if !acceptable {
+            metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "not_acceptable").increment(1);
+            return ApiError::http(StatusCode::NOT_ACCEPTABLE, "HTTP 406 Not Acceptable").into_response();
+        }
+    }
+    if matches!(*request.method(), Method::POST | Method::PUT) {
+        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+            if !JSON_TYPES.contains(&media_type(content_type).as_str()) {
+                metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "unsupported_media_type").increment(1);
+                return ApiError::http(StatusCode::UNSUPPORTED_MEDIA_TYPE, "HTTP 415 Unsupported Media Type").into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// A JSON response with Confluent's content type.
+fn reply<T: Serialize>(value: &T) -> Response {
+    let body = serde_json::to_vec(value).expect("responses serialize");
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+}
+
+/// A JSON request body: size-limited, with invalid JSON answered 400 and the parser's message.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "too_large").increment(1);
+                ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, "Request body is larger than the configured limit (max_body_bytes)")
+            } else {
+                ApiError::http(StatusCode::BAD_REQUEST, format!("Cannot read the request body: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "bad_json").increment(1);
+            ApiError::http(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}"))
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+/// Query parameters; unknown ones are ignored, as in Confluent.
+struct Flags {
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    permanent: bool,
+    #[serde(default)]
+    verbose: bool,
+    #[serde(default)]
+    default_to_global: bool,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    subject_prefix: Option<String>,
+}
+
+/// `POST /subjects/{s}/versions` and friends. Unknown fields (metadata, ruleSet...) are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SchemaRequest {
+    schema: Option<String>,
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Option<Vec<Reference>>,
+    id: Option<i64>,
+    version: Option<i64>,
+}
+
+impl SchemaRequest {
+    fn into_new(self) -> Result<NewSchema, ApiError> {
+        let schema = self.schema.filter(|s| !s.trim().is_empty()).ok_or_else(|| ApiError::invalid_schema("Empty schema"))?;
+        let schema_type = SchemaType::from_request(self.schema_type.as_deref()).map_err(ApiError::invalid_schema)?;
+        let id = self.id.filter(|i| *i > 0).map(|i| u32::try_from(i).map_err(|_| ApiError::invalid_schema(format!("Invalid id {i}")))).transpose()?;
+        let version = match self.version.filter(|v| *v > 0) {
+            Some(v) => match VersionSelector::parse(&v.to_string())? {
+                VersionSelector::Number(n) => Some(n),
+                VersionSelector::Latest => None,
+            },
+            None => None,
+        };
+        Ok(NewSchema { schema, schema_type, references: self.references.unwrap_or_default(), id, version })
+    }
+}
+
+fn parse_id(text: &str) -> Result<u32, ApiError> {
+    text.parse().map_err(|_| ApiError::schema_not_found())
+}
+
+fn subject_path(subject: &str) -> Result<&str, ApiError> {
+    validate_subject(subject)?;
+    Ok(subject)
+}
+
+async fn root() -> Response {
+    reply(&json!({}))
+}
+
+async fn schema_types() -> Response {
+    reply(&SchemaType::ALL.map(|t| t.as_str()))
+}
+
+async fn schema_by_id(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let registry = state.registry.read();
+    let schema = registry.schema_by_id(id)?;
+    let mut body = serde_json::Map::new();
+    if !schema.schema_type.is_avro() {
+        body.insert("schemaType".into(), json!(schema.schema_type));
+    }
+    if !schema.references.is_empty() {
+        body.insert("references".into(), json!(schema.references));
+    }
+    body.insert("schema".into(), json!(schema.schema));
+    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "id").increment(1);
+    Ok(reply(&body))
+}
+
+async fn raw_schema_by_id(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let schema = state.registry.read().schema_by_id(id)?.schema.clone();
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], schema).into_response())
+}
+
+async fn subjects_of_id(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let registry = state.registry.read();
+    registry.schema_by_id(id)?;
+    let mut subjects: Vec<String> = registry.usages(id, query.deleted).into_iter().map(|(s, _)| s).collect();
+    subjects.dedup();
+    Ok(reply(&subjects))
+}
+
+async fn versions_of_id(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let registry = state.registry.read();
+    registry.schema_by_id(id)?;
+    let usages: Vec<_> = registry.usages(id, query.deleted).into_iter().map(|(subject, version)| json!({"subject": subject, "version": version})).collect();
+    Ok(reply(&usages))
+}
+
+async fn list_subjects(State(state): State<AppState>, Query(query): Query<Flags>) -> Response {
+    let flags = query;
+    reply(&state.registry.read().subjects(flags.subject_prefix.as_deref().unwrap_or(""), flags.deleted))
+}
+
+async fn list_versions(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    Ok(reply(&state.registry.read().versions(subject_path(&subject)?, query.deleted)?))
+}
+
+async fn get_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    let selector = VersionSelector::parse(&version)?;
+    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "version").increment(1);
+    Ok(reply(&state.registry.read().subject_version(subject_path(&subject)?, selector, query.deleted)?))
+}
+
+async fn raw_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    let selector = VersionSelector::parse(&version)?;
+    let found = state.registry.read().subject_version(subject_path(&subject)?, selector, query.deleted)?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], found.schema).into_response())
+}
+
+async fn referenced_by(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let selector = VersionSelector::parse(&version)?;
+    let registry = state.registry.read();
+    let (version, _) = registry.version(subject_path(&subject)?, selector, true)?;
+    Ok(reply(&registry.referenced_by(&subject, version)))
+}
+
+async fn register(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(request): JsonBody<SchemaRequest>) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let new = request.into_new()?;
+    let result = state.registry.write(|registry| registry.register(&subject, &new)).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.code == 40901 => "incompatible",
+        Err(_) => "error",
+    };
+    metrics::counter!("logpipe_schema_store_registrations_total", "outcome" => outcome).increment(1);
+    Ok(reply(&json!({"id": result?})))
+}
+
+async fn lookup(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    Query(query): Query<Flags>,
+    JsonBody(request): JsonBody<SchemaRequest>,
+) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let new = request.into_new()?;
+    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "schema").increment(1);
+    Ok(reply(&state.registry.read().lookup(&subject, new.schema_type, &new.schema, &new.references, query.deleted)?))
+}
+
+async fn delete_subject(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let permanent = query.permanent;
+    Ok(reply(&state.registry.write(|registry| registry.delete_subject(&subject, permanent)).await?))
+}
+
+async fn delete_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let selector = VersionSelector::parse(&version)?;
+    let permanent = query.permanent;
+    Ok(reply(&state.registry.write(|registry| registry.delete_version(&subject, selector, permanent)).await?))
+}
+
+fn compatibility_reply(registry: &RegistryState, subject: &str, selector: Option<VersionSelector>, request: SchemaRequest, verbose: bool) -> Result<Response, ApiError> {
+    let new = request.into_new()?;
+    if selector.is_some() {
+        registry.version(subject, selector.expect("checked"), false)?;
+    }
+    let (_, _, parsed) = registry.prepare(new.schema_type, &new.schema, &new.references)?;
+    let messages = registry.compatibility(subject, selector, &parsed)?;
+    let mut body = json!({"is_compatible": messages.is_empty()});
+    if verbose {
+        body["messages"] = json!(messages);
+    }
+    Ok(reply(&body))
+}
+
+async fn compatibility_version(
+    State(state): State<AppState>,
+    Path((subject, version)): Path<(String, String)>,
+    Query(query): Query<Flags>,
+    JsonBody(request): JsonBody<SchemaRequest>,
+) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let selector = VersionSelector::parse(&version)?;
+    compatibility_reply(&state.registry.read(), &subject, Some(selector), request, query.verbose)
+}
+
+async fn compatibility_all(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    Query(query): Query<Flags>,
+    JsonBody(request): JsonBody<SchemaRequest>,
+) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    compatibility_reply(&state.registry.read(), &subject, None, request, query.verbose)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigRequest {
+    compatibility: Option<String>,
+    compatibility_level: Option<String>,
+}
+
+impl ConfigRequest {
+    fn level(&self) -> Result<Level, ApiError> {
+        let text = self.compatibility.as_deref().or(self.compatibility_level.as_deref()).ok_or_else(ApiError::invalid_compatibility_level)?;
+        text.parse().map_err(|_| ApiError::invalid_compatibility_level())
+    }
+}
+
+fn level_reply(level: Level) -> Response {
+    reply(&json!({"compatibilityLevel": level}))
+}
+
+async fn get_global_config(State(state): State<AppState>) -> Response {
+    level_reply(state.registry.read().global_level())
+}
+
+async fn put_global_config(State(state): State<AppState>, JsonBody(request): JsonBody<ConfigRequest>) -> Result<Response, ApiError> {
+    let level = request.level()?;
+    state.registry.write(|_| Ok(((), vec![RegistryState::config_record(None, Some(level))]))).await?;
+    Ok(reply(&json!({"compatibility": level})))
+}
+
+async fn delete_global_config(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let previous = state.registry.write(|r| Ok((r.global_level(), vec![RegistryState::config_record(None, None)]))).await?;
+    Ok(level_reply(previous))
+}
+
+async fn get_subject_config(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    let registry = state.registry.read();
+    let subject = subject_path(&subject)?;
+    match (registry.subject_level(subject), query.default_to_global) {
+        (Some(level), _) => Ok(level_reply(level)),
+        (None, true) => Ok(level_reply(registry.global_level())),
+        (None, false) => Err(ApiError::subject_compatibility_not_configured(subject)),
+    }
+}
+
+async fn put_subject_config(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(request): JsonBody<ConfigRequest>) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let level = request.level()?;
+    state.registry.write(|_| Ok(((), vec![RegistryState::config_record(Some(&subject), Some(level))]))).await?;
+    Ok(reply(&json!({"compatibility": level})))
+}
+
+async fn delete_subject_config(State(state): State<AppState>, Path(subject): Path<String>) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let previous = state
+        .registry
+        .write(|r| match r.subject_level(&subject) {
+            Some(level) => Ok((level, vec![RegistryState::config_record(Some(&subject), None)])),
+            None => Err(ApiError::subject_not_found(&subject)),
+        })
+        .await?;
+    Ok(level_reply(previous))
+}
+
+#[derive(Debug, Deserialize)]
+struct ModeRequest {
+    mode: String,
+}
+
+fn mode_reply(mode: Mode) -> Response {
+    reply(&json!({"mode": mode}))
+}
+
+fn parse_mode(request: &ModeRequest) -> Result<Mode, ApiError> {
+    Mode::parse(&request.mode).ok_or_else(|| ApiError::invalid_mode(&request.mode))
+}
+
+async fn get_global_mode(State(state): State<AppState>) -> Response {
+    mode_reply(state.registry.read().global_mode())
+}
+
+async fn put_global_mode(State(state): State<AppState>, Query(query): Query<Flags>, JsonBody(request): JsonBody<ModeRequest>) -> Result<Response, ApiError> {
+    let mode = parse_mode(&request)?;
+    let force = query.force;
+    state
+        .registry
+        .write(|r| {
+            if mode == Mode::Import && r.has_subjects() && !force {
+                return Err(ApiError::not_permitted("Cannot import since found existing subjects (use force=true)"));
+            }
+            Ok(((), vec![RegistryState::mode_record(None, Some(mode))]))
+        })
+        .await?;
+    Ok(mode_reply(mode))
+}
+
+async fn delete_global_mode(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let previous = state.registry.write(|r| Ok((r.global_mode(), vec![RegistryState::mode_record(None, None)]))).await?;
+    Ok(mode_reply(previous))
+}
+
+async fn get_subject_mode(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+    let registry = state.registry.read();
+    let subject = subject_path(&subject)?;
+    match (registry.subject_mode(subject), query.default_to_global) {
+        (Some(mode), _) => Ok(mode_reply(mode)),
+        (None, true) => Ok(mode_reply(registry.global_mode())),
+        (None, false) => Err(ApiError::subject_mode_not_configured(subject)),
+    }
+}
+
+async fn put_subject_mode(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(request): JsonBody<ModeRequest>) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let mode = parse_mode(&request)?;
+    state.registry.write(|_| Ok(((), vec![RegistryState::mode_record(Some(&subject), Some(mode))]))).await?;
+    Ok(mode_reply(mode))
+}
+
+async fn delete_subject_mode(State(state): State<AppState>, Path(subject): Path<String>) -> Result<Response, ApiError> {
+    validate_subject(&subject)?;
+    let previous = state
+        .registry
+        .write(|r| match r.subject_mode(&subject) {
+            Some(mode) => Ok((mode, vec![RegistryState::mode_record(Some(&subject), None)])),
+            None => Err(ApiError::subject_not_found(&subject)),
+        })
+        .await?;
+    Ok(mode_reply(previous))
+}
+
+async fn openapi() -> Response {
+    reply(crate::openapi::document())
+}

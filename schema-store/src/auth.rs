@@ -1,0 +1,216 @@
+//! HTTP basic authentication with roles.
+//!
+//! Users and their roles come from the `[auth]` config table; passwords are stored as Argon2 PHC
+//! strings (`logpipe-schema-store hash-password` prints one). Roles are ordered: `read` reads,
+//! looks up and tests compatibility; `write` also registers and soft-deletes; `admin` also changes
+//! config and modes and deletes permanently. Without an `[auth]` table the API is open.
+//!
+//! Argon2 is deliberately slow, so a verified `Authorization` header is remembered (bounded)
+//! and later requests with it cost a hash-map lookup; a changed password needs a restart anyway.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// What a user may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether requests without credentials may read.
+    #[serde(default)]
+    pub anonymous_read: bool,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// An Argon2 PHC string, e.g. `$argon2id$v=19$m=19456,t=2,p=1$...`.
+    pub password_hash: String,
+    pub role: Role,
+}
+
+impl AuthConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            if user.name.is_empty() || user.name.contains(':') {
+                anyhow::bail!("auth.users[{i}].name must be non-empty and contain no ':'");
+            }
+            if !seen.insert(&user.name) {
+                anyhow::bail!("auth.users[{i}]: user {:?} is listed twice", user.name);
+            }
+            PasswordHash::new(&user.password_hash)
+                .map_err(|e| anyhow::anyhow!("auth.users[{i}].password_hash is not a PHC password hash ({e}); make one with `logpipe-schema-store hash-password`"))?;
+        }
+        if self.users.is_empty() && !self.anonymous_read {
+            anyhow::bail!("[auth] has no users and anonymous_read = false: nobody could use the store");
+        }
+        Ok(())
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug)]
+pub struct Denied(ApiError);
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        let unauthorized = self.0.status == StatusCode::UNAUTHORIZED;
+        let mut response = self.0.into_response();
+        if unauthorized {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"logpipe-schema-store\""));
+        }
+        response
+    }
+}
+
+const CACHE_LIMIT: usize = 1024;
+
+/// The authorizer built from config.
+#[derive(Debug, Default)]
+pub struct Auth {
+    config: Option<AuthConfig>,
+    verified: Mutex<HashMap<String, (String, Role)>>,
+}
+
+impl Auth {
+    pub fn new(config: Option<AuthConfig>) -> Auth {
+        Auth { config, verified: Mutex::new(HashMap::new()) }
+    }
+
+    /// Ok when the request's credentials (or anonymity) carry `needed`.
+    pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<(), Denied> {
+        let Some(config) = &self.config else { return Ok(()) };
+        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            if config.anonymous_read && needed == Role::Read {
+                return Ok(());
+            }
+            return Err(unauthorized());
+        };
+        let (user, role) = self.verify(config, value)?;
+        if role >= needed {
+            Ok(())
+        } else {
+            metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "forbidden").increment(1);
+            Err(Denied(ApiError::http(StatusCode::FORBIDDEN, format!("User '{user}' is not allowed to do this: it needs the {needed:?} role").to_lowercase())))
+        }
+    }
+
+    fn verify(&self, config: &AuthConfig, header_value: &str) -> Result<(String, Role), Denied> {
+        if let Some(known) = self.verified.lock().expect("auth cache lock").get(header_value) {
+            return Ok(known.clone());
+        }
+        let encoded = header_value.strip_prefix("Basic ").ok_or_else(unauthorized)?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| unauthorized())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| unauthorized())?;
+        let (name, password) = decoded.split_once(':').ok_or_else(unauthorized)?;
+        let user = config.users.iter().find(|u| u.name == name).ok_or_else(unauthorized)?;
+        let hash = PasswordHash::new(&user.password_hash).map_err(|_| unauthorized())?;
+        Argon2::default().verify_password(password.as_bytes(), &hash).map_err(|_| unauthorized())?;
+        let known = (user.name.clone(), user.role);
+        let mut cache = self.verified.lock().expect("auth cache lock");
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(header_value.to_owned(), known.clone());
+        Ok(known)
+    }
+}
+
+fn unauthorized() -> Denied {
+    metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "unauthorized").increment(1);
+    Denied(ApiError::http(StatusCode::UNAUTHORIZED, "Unauthorized: valid HTTP basic credentials are required"))
+}
+
+/// An Argon2id PHC string for `password`, for the `password_hash` config key.
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16 bytes make a valid salt");
+    Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 hashes any password").to_string()
+}
+
+/// `logpipe-schema-store hash-password`: reads a password from the first line of stdin and prints
+/// its hash, so the password never appears in the process list or shell history.
+pub fn hash_password_command() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("usage: echo -n 'PASSWORD' | logpipe-schema-store hash-password  (the password is read from stdin)");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", hash_password(password));
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(user: &str, password: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    fn auth(anonymous_read: bool) -> Auth {
+        Auth::new(Some(AuthConfig {
+            anonymous_read,
+            users: vec![
+                UserConfig { name: "reader".into(), password_hash: hash_password("r-pass"), role: Role::Read },
+                UserConfig { name: "ops".into(), password_hash: hash_password("o-pass"), role: Role::Admin },
+            ],
+        }))
+    }
+
+    #[test]
+    fn roles_are_ordered_and_checked() {
+        let auth = auth(false);
+        assert!(auth.authorize(&basic("reader", "r-pass"), Role::Read).is_ok());
+        let denied = auth.authorize(&basic("reader", "r-pass"), Role::Write).unwrap_err();
+        assert_eq!(denied.0.status, StatusCode::FORBIDDEN);
+        assert!(auth.authorize(&basic("ops", "o-pass"), Role::Admin).is_ok());
+        assert_eq!(auth.authorize(&basic("ops", "wrong"), Role::Read).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(auth.authorize(&basic("nobody", "x"), Role::Read).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(auth.authorize(&HeaderMap::new(), Role::Read).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn anonymous_read_only_reads() {
+        let auth = auth(true);
+        assert!(auth.authorize(&HeaderMap::new(), Role::Read).is_ok());
+        assert_eq!(auth.authorize(&HeaderMap::new(), Role::Write).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn config_rejects_plain_passwords() {
+        let config = AuthConfig { anonymous_read: false, users: vec![UserConfig { name: "a".into(), password_hash: "secret".into(), role: Role::Read }] };
+        assert!(config.validate().unwrap_err().to_string().contains("hash-password"));
+    }
+}

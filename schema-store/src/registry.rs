@@ -1,0 +1,591 @@
+//! The registry: subjects, versions, global schema ids, compatibility configs and modes, built by
+//! applying log records, and the operations that produce new records.
+//!
+//! Reads take a shared lock on the in-memory state. Writes are serialized: a writer computes its
+//! records from the current state, makes them durable in the log, and only then applies them, so
+//! a client never sees (or is acknowledged) a write that a crash could lose, and every write is
+//! checked against the state it will change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+
+use serde::Serialize;
+
+use crate::compat::{self, Level};
+use crate::error::ApiError;
+use crate::log::{ConfigValue, DeleteSubjectValue, Key, LocalLog, Mode, ModeValue, Record, SchemaValue};
+use crate::schema::{self, Parsed, Reference, SchemaType};
+
+/// A schema known by its global id.
+#[derive(Debug)]
+pub struct StoredSchema {
+    pub id: u32,
+    pub schema_type: SchemaType,
+    pub schema: String,
+    pub references: Vec<Reference>,
+    parsed: OnceLock<Result<Parsed, String>>,
+}
+
+impl StoredSchema {
+    fn new(id: u32, schema_type: SchemaType, schema: String, references: Vec<Reference>) -> Self {
+        StoredSchema { id, schema_type, schema, references, parsed: OnceLock::new() }
+    }
+
+    /// Parsed on first use (compatibility checks), so start-up replays only strings.
+    fn parsed(&self, state: &State) -> Result<&Parsed, ApiError> {
+        self.parsed
+            .get_or_init(|| {
+                let referenced = state.referenced_texts(&self.references)?;
+                schema::parse(self.schema_type, &self.schema, &referenced).map(|(_, parsed)| parsed)
+            })
+            .as_ref()
+            .map_err(|e| ApiError::store(format!("stored schema {} no longer parses: {e}", self.id)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionEntry {
+    pub id: u32,
+    pub deleted: bool,
+}
+
+type ContentKey = (SchemaType, String, Vec<Reference>);
+
+/// What the log says, indexed for the API.
+#[derive(Debug, Default)]
+pub struct State {
+    schemas: HashMap<u32, Arc<StoredSchema>>,
+    by_content: HashMap<ContentKey, u32>,
+    subjects: BTreeMap<String, BTreeMap<u32, VersionEntry>>,
+    /// Highest id ever assigned, including permanently deleted ones: ids are never reused.
+    max_id: u32,
+    global_level: Option<Level>,
+    levels: HashMap<String, Level>,
+    global_mode: Option<Mode>,
+    modes: HashMap<String, Mode>,
+}
+
+/// A version selector from a URL: a number or `latest` / `-1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSelector {
+    Latest,
+    Number(u32),
+}
+
+impl VersionSelector {
+    pub fn parse(text: &str) -> Result<VersionSelector, ApiError> {
+        if text.eq_ignore_ascii_case("latest") || text == "-1" {
+            return Ok(VersionSelector::Latest);
+        }
+        match text.parse::<i64>() {
+            Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => Ok(VersionSelector::Number(n as u32)),
+            _ => Err(ApiError::invalid_version(text)),
+        }
+    }
+}
+
+/// A subject version as the API returns it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectVersion {
+    pub subject: String,
+    pub version: u32,
+    pub id: u32,
+    #[serde(skip_serializing_if = "SchemaType::is_avro")]
+    pub schema_type: SchemaType,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<Reference>,
+    pub schema: String,
+}
+
+/// A registration request after body parsing.
+#[derive(Debug, Clone)]
+pub struct NewSchema {
+    pub schema: String,
+    pub schema_type: SchemaType,
+    pub references: Vec<Reference>,
+    /// Explicit id and version, accepted in IMPORT mode only.
+    pub id: Option<u32>,
+    pub version: Option<u32>,
+}
+
+/// Subjects must be non-empty and free of control characters (42208).
+pub fn validate_subject(subject: &str) -> Result<(), ApiError> {
+    if subject.is_empty() || subject.chars().any(char::is_control) {
+        return Err(ApiError::invalid_subject(subject));
+    }
+    Ok(())
+}
+
+impl State {
+    /// Applies one record; used for replay and for live writes alike.
+    pub fn apply(&mut self, record: &Record) -> anyhow::Result<()> {
+        match (&record.key, &record.value) {
+            (Key::Schema { .. }, Some(value)) => {
+                let value: SchemaValue = serde_json::from_value(value.clone())?;
+                self.max_id = self.max_id.max(value.id);
+                let content = (value.schema_type, value.schema.clone(), value.references.clone());
+                self.schemas
+                    .entry(value.id)
+                    .or_insert_with(|| Arc::new(StoredSchema::new(value.id, value.schema_type, value.schema, value.references)));
+                self.by_content.entry(content).or_insert(value.id);
+                let versions = self.subjects.entry(value.subject).or_default();
+                versions.insert(value.version, VersionEntry { id: value.id, deleted: value.deleted });
+            }
+            (Key::Schema { subject, version, .. }, None) => {
+                if let Some(versions) = self.subjects.get_mut(subject) {
+                    if let Some(entry) = versions.remove(version) {
+                        if versions.is_empty() {
+                            self.subjects.remove(subject);
+                        }
+                        self.forget_if_unused(entry.id);
+                    }
+                }
+            }
+            (Key::Config { subject, .. }, value) => {
+                let level = value.as_ref().map(|v| serde_json::from_value::<ConfigValue>(v.clone())).transpose()?.map(|c| c.compatibility_level);
+                match (subject, level) {
+                    (None, level) => self.global_level = level,
+                    (Some(s), Some(level)) => {
+                        self.levels.insert(s.clone(), level);
+                    }
+                    (Some(s), None) => {
+                        self.levels.remove(s);
+                    }
+                }
+            }
+            (Key::Mode { subject, .. }, value) => {
+                let mode = value.as_ref().map(|v| serde_json::from_value::<ModeValue>(v.clone())).transpose()?.map(|m| m.mode);
+                match (subject, mode) {
+                    (None, mode) => self.global_mode = mode,
+                    (Some(s), Some(mode)) => {
+                        self.modes.insert(s.clone(), mode);
+                    }
+                    (Some(s), None) => {
+                        self.modes.remove(s);
+                    }
+                }
+            }
+            (Key::DeleteSubject { .. }, Some(value)) => {
+                let value: DeleteSubjectValue = serde_json::from_value(value.clone())?;
+                if let Some(versions) = self.subjects.get_mut(&value.subject) {
+                    versions.range_mut(..=value.version).for_each(|(_, e)| e.deleted = true);
+                }
+            }
+            (Key::DeleteSubject { .. }, None) | (Key::Noop { .. }, _) | (Key::ClearSubject { .. }, _) => {}
+        }
+        Ok(())
+    }
+
+    /// A permanently deleted version's schema is dropped when no version uses it any more. Its
+    /// id stays burnt (`max_id`).
+    fn forget_if_unused(&mut self, id: u32) {
+        let used = self.subjects.values().any(|versions| versions.values().any(|e| e.id == id));
+        if !used {
+            if let Some(schema) = self.schemas.remove(&id) {
+                self.by_content.remove(&(schema.schema_type, schema.schema.clone(), schema.references.clone()));
+            }
+        }
+    }
+
+    pub fn schema_by_id(&self, id: u32) -> Result<&Arc<StoredSchema>, ApiError> {
+        self.schemas.get(&id).ok_or_else(|| ApiError::schema_id_not_found(id))
+    }
+
+    /// Subjects with a visible version (or any version with `deleted`), optionally by prefix.
+    pub fn subjects(&self, prefix: &str, deleted: bool) -> Vec<String> {
+        self.subjects
+            .range(prefix.to_owned()..)
+            .take_while(|(s, _)| s.starts_with(prefix))
+            .filter(|(_, versions)| deleted || versions.values().any(|e| !e.deleted))
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    fn versions_of(&self, subject: &str) -> Result<&BTreeMap<u32, VersionEntry>, ApiError> {
+        self.subjects.get(subject).ok_or_else(|| ApiError::subject_not_found(subject))
+    }
+
+    /// Version numbers of a subject; 40401 when it has none visible.
+    pub fn versions(&self, subject: &str, deleted: bool) -> Result<Vec<u32>, ApiError> {
+        let versions: Vec<u32> = self.versions_of(subject)?.iter().filter(|(_, e)| deleted || !e.deleted).map(|(v, _)| *v).collect();
+        if versions.is_empty() {
+            return Err(ApiError::subject_not_found(subject));
+        }
+        Ok(versions)
+    }
+
+    /// Resolves a selector to a version number and its entry.
+    pub fn version(&self, subject: &str, selector: VersionSelector, deleted: bool) -> Result<(u32, VersionEntry), ApiError> {
+        let versions = self.versions_of(subject)?;
+        if !deleted && versions.values().all(|e| e.deleted) {
+            return Err(ApiError::subject_not_found(subject));
+        }
+        let found = match selector {
+            VersionSelector::Latest => versions.iter().rev().find(|(_, e)| deleted || !e.deleted),
+            VersionSelector::Number(n) => versions.get_key_value(&n).filter(|(_, e)| deleted || !e.deleted),
+        };
+        match (found, selector) {
+            (Some((v, e)), _) => Ok((*v, *e)),
+            (None, VersionSelector::Number(n)) => Err(ApiError::version_not_found(n)),
+            (None, VersionSelector::Latest) => Err(ApiError::version_not_found("latest")),
+        }
+    }
+
+    pub fn subject_version(&self, subject: &str, selector: VersionSelector, deleted: bool) -> Result<SubjectVersion, ApiError> {
+        let (version, entry) = self.version(subject, selector, deleted)?;
+        let schema = self.schema_by_id(entry.id)?;
+        Ok(SubjectVersion {
+            subject: subject.to_owned(),
+            version,
+            id: schema.id,
+            schema_type: schema.schema_type,
+            references: schema.references.clone(),
+            schema: schema.schema.clone(),
+        })
+    }
+
+    /// Subjects (and versions) that use schema `id`.
+    pub fn usages(&self, id: u32, deleted: bool) -> Vec<(String, u32)> {
+        self.subjects
+            .iter()
+            .flat_map(|(s, versions)| versions.iter().filter(move |(_, e)| e.id == id && (deleted || !e.deleted)).map(move |(v, _)| (s.clone(), *v)))
+            .collect()
+    }
+
+    /// Ids of stored schemas that reference `subject` version `version`.
+    pub fn referenced_by(&self, subject: &str, version: u32) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .schemas
+            .values()
+            .filter(|s| s.references.iter().any(|r| r.subject == subject && r.version == version as i32))
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The stored texts a reference list brings in, transitively, dependencies first.
+    fn referenced_texts(&self, references: &[Reference]) -> Result<Vec<String>, String> {
+        let mut texts = Vec::new();
+        self.collect_referenced(references, &mut texts, 0)?;
+        Ok(texts)
+    }
+
+    fn collect_referenced(&self, references: &[Reference], texts: &mut Vec<String>, depth: usize) -> Result<(), String> {
+        if depth > 32 {
+            return Err("references are nested more than 32 deep".into());
+        }
+        for reference in references {
+            let selector = if reference.version == -1 { VersionSelector::Latest } else { VersionSelector::Number(reference.version.max(0) as u32) };
+            let (_, entry) = self
+                .version(&reference.subject, selector, true)
+                .map_err(|_| format!("reference {:?} to subject '{}' version {} not found", reference.name, reference.subject, reference.version))?;
+            let schema = self.schemas.get(&entry.id).ok_or_else(|| format!("referenced schema {} is missing", entry.id))?;
+            self.collect_referenced(&schema.references, texts, depth + 1)?;
+            if !texts.contains(&schema.schema) {
+                texts.push(schema.schema.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// References with `-1` pinned to the version it means now, so a stored schema keeps its
+    /// meaning when the referenced subject moves on.
+    fn pin_references(&self, references: &[Reference]) -> Result<Vec<Reference>, ApiError> {
+        references
+            .iter()
+            .map(|r| {
+                let selector = if r.version == -1 { VersionSelector::Latest } else { VersionSelector::parse(&r.version.to_string())? };
+                let (version, _) = self
+                    .version(&r.subject, selector, false)
+                    .map_err(|_| ApiError::invalid_schema(format!("Invalid schema: reference {:?} to subject '{}' version {} not found", r.name, r.subject, r.version)))?;
+                Ok(Reference { name: r.name.clone(), subject: r.subject.clone(), version: version as i32 })
+            })
+            .collect()
+    }
+
+    pub fn global_level(&self) -> Level {
+        self.global_level.unwrap_or(Level::DEFAULT)
+    }
+
+    pub fn subject_level(&self, subject: &str) -> Option<Level> {
+        self.levels.get(subject).copied()
+    }
+
+    pub fn effective_level(&self, subject: &str) -> Level {
+        self.subject_level(subject).unwrap_or_else(|| self.global_level())
+    }
+
+    pub fn global_mode(&self) -> Mode {
+        self.global_mode.unwrap_or(Mode::Readwrite)
+    }
+
+    pub fn subject_mode(&self, subject: &str) -> Option<Mode> {
+        self.modes.get(subject).copied()
+    }
+
+    pub fn effective_mode(&self, subject: &str) -> Mode {
+        self.subject_mode(subject).unwrap_or_else(|| self.global_mode())
+    }
+
+    fn writable(&self, subject: &str) -> Result<Mode, ApiError> {
+        match self.effective_mode(subject) {
+            Mode::Readonly => Err(ApiError::not_permitted(format!("Subject {subject} is in read-only mode"))),
+            mode => Ok(mode),
+        }
+    }
+
+    pub fn has_subjects(&self) -> bool {
+        !self.subjects.is_empty()
+    }
+
+    /// Parses a schema as it would be stored, with its references pinned and resolved.
+    pub fn prepare(&self, schema_type: SchemaType, text: &str, references: &[Reference]) -> Result<(String, Vec<Reference>, Parsed), ApiError> {
+        let references = self.pin_references(references)?;
+        let referenced = self.referenced_texts(&references).map_err(|e| ApiError::invalid_schema(format!("Invalid schema: {e}")))?;
+        let (canonical, parsed) = schema::parse(schema_type, text, &referenced).map_err(ApiError::invalid_schema)?;
+        Ok((canonical, references, parsed))
+    }
+
+    /// `POST /subjects/{s}`: the version of `subject` holding this schema.
+    pub fn lookup(&self, subject: &str, schema_type: SchemaType, text: &str, references: &[Reference], deleted: bool) -> Result<SubjectVersion, ApiError> {
+        let versions = self.versions_of(subject)?;
+        if !deleted && versions.values().all(|e| e.deleted) {
+            return Err(ApiError::subject_not_found(subject));
+        }
+        let (canonical, references, _) = self.prepare(schema_type, text, references)?;
+        let id = self.by_content.get(&(schema_type, canonical, references)).ok_or_else(ApiError::schema_not_found)?;
+        let version = versions
+            .iter()
+            .rev()
+            .find(|(_, e)| e.id == *id && (deleted || !e.deleted))
+            .map(|(v, _)| *v)
+            .ok_or_else(ApiError::schema_not_found)?;
+        self.subject_version(subject, VersionSelector::Number(version), deleted)
+    }
+
+    /// Previous parsed schemas of a subject, newest first, for compatibility checks.
+    fn previous(&self, subject: &str, selector: Option<VersionSelector>) -> Result<Vec<&Parsed>, ApiError> {
+        let Some(versions) = self.subjects.get(subject) else { return Ok(Vec::new()) };
+        let ids: Vec<u32> = match selector {
+            None => versions.values().rev().filter(|e| !e.deleted).map(|e| e.id).collect(),
+            Some(selector) => vec![self.version(subject, selector, false)?.1.id],
+        };
+        ids.iter().map(|id| self.schema_by_id(*id)?.parsed(self)).collect()
+    }
+
+    /// Compatibility messages of a candidate against a subject (all versions per the level, or
+    /// one version against which the level's direction is checked).
+    pub fn compatibility(&self, subject: &str, selector: Option<VersionSelector>, parsed: &Parsed) -> Result<Vec<String>, ApiError> {
+        let previous = self.previous(subject, selector)?;
+        let level = self.effective_level(subject);
+        Ok(match selector {
+            // One named version: the level's direction, against that version only.
+            Some(_) => compat::check(without_transitivity(level), parsed, &previous),
+            None => compat::check(level, parsed, &previous),
+        })
+    }
+
+    /// `POST /subjects/{s}/versions`: the records registering `new` (none when it is already
+    /// there) and the id.
+    pub fn register(&self, subject: &str, new: &NewSchema) -> Result<(u32, Vec<Record>), ApiError> {
+        validate_subject(subject)?;
+        let mode = self.writable(subject)?;
+        if (new.id.is_some() || new.version.is_some()) && mode != Mode::Import {
+            return Err(ApiError::not_permitted(format!("Subject {subject} is not in import mode: an explicit id or version is not allowed")));
+        }
+        let (canonical, references, parsed) = self.prepare(new.schema_type, &new.schema, &new.references)?;
+        let content = (new.schema_type, canonical, references);
+        let existing_id = self.by_content.get(&content).copied();
+        let versions = self.subjects.get(subject);
+        if let (Some(id), Some(versions)) = (existing_id, versions) {
+            let live = versions.iter().find(|(_, e)| e.id == id && !e.deleted);
+            if let Some((version, _)) = live {
+                if new.version.is_none_or(|v| v == *version) && new.id.is_none_or(|i| i == id) {
+                    return Ok((id, Vec::new()));
+                }
+            }
+        }
+        if mode != Mode::Import {
+            let messages = self.compatibility(subject, None, &parsed)?;
+            if !messages.is_empty() {
+                return Err(ApiError::incompatible(subject, &messages));
+            }
+        }
+        let id = match (new.id, existing_id) {
+            (Some(id), Some(existing)) if id != existing => {
+                return Err(ApiError::id_does_not_match(format!("Schema already registered with id {existing} instead of input id {id}")));
+            }
+            (Some(id), None) if self.schemas.contains_key(&id) => {
+                return Err(ApiError::id_does_not_match(format!("Overwrite new schema with id {id} is not permitted: the id holds another schema")));
+            }
+            (Some(id), _) => id,
+            (None, Some(existing)) => existing,
+            (None, None) => self.max_id.checked_add(1).ok_or_else(|| ApiError::store("schema ids are exhausted"))?,
+        };
+        let next_version = versions.and_then(|v| v.keys().next_back()).map_or(1, |v| v + 1);
+        let version = match new.version {
+            Some(v) if versions.is_some_and(|vs| vs.contains_key(&v)) => {
+                return Err(ApiError::not_permitted(format!("Version {v} of subject {subject} already exists")));
+            }
+            Some(v) => v,
+            None => next_version,
+        };
+        let (schema_type, schema, references) = content;
+        let record = Record::schema(SchemaValue { subject: subject.to_owned(), version, id, schema_type, references, schema, deleted: false });
+        Ok((id, vec![record]))
+    }
+
+    fn check_not_referenced(&self, subject: &str, version: u32) -> Result<(), ApiError> {
+        let by = self.referenced_by(subject, version);
+        if by.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::reference_exists(subject, version, &by))
+        }
+    }
+
+    fn deleted_record(&self, subject: &str, version: u32, entry: VersionEntry) -> Result<Record, ApiError> {
+        let schema = self.schema_by_id(entry.id)?;
+        Ok(Record::schema(SchemaValue {
+            subject: subject.to_owned(),
+            version,
+            id: entry.id,
+            schema_type: schema.schema_type,
+            references: schema.references.clone(),
+            schema: schema.schema.clone(),
+            deleted: true,
+        }))
+    }
+
+    /// `DELETE /subjects/{s}`: soft (all live versions marked deleted) or permanent (only after
+    /// soft). Returns the versions deleted.
+    pub fn delete_subject(&self, subject: &str, permanent: bool) -> Result<(Vec<u32>, Vec<Record>), ApiError> {
+        self.writable(subject)?;
+        let versions = self.versions_of(subject)?;
+        let live: Vec<u32> = versions.iter().filter(|(_, e)| !e.deleted).map(|(v, _)| *v).collect();
+        for version in versions.keys() {
+            self.check_not_referenced(subject, *version)?;
+        }
+        if permanent {
+            if !live.is_empty() {
+                return Err(ApiError::subject_not_soft_deleted(subject));
+            }
+            let all: Vec<u32> = versions.keys().copied().collect();
+            let mut records: Vec<Record> =
+                all.iter().map(|v| Record::tombstone(Key::Schema { subject: subject.to_owned(), version: *v, magic: 1 })).collect();
+            if self.levels.contains_key(subject) {
+                records.push(Record::tombstone(Key::Config { subject: Some(subject.to_owned()), magic: 0 }));
+            }
+            if self.modes.contains_key(subject) {
+                records.push(Record::tombstone(Key::Mode { subject: Some(subject.to_owned()), magic: 0 }));
+            }
+            return Ok((all, records));
+        }
+        if live.is_empty() {
+            return Err(ApiError::subject_soft_deleted(subject));
+        }
+        let records = live.iter().map(|v| self.deleted_record(subject, *v, versions[v])).collect::<Result<_, _>>()?;
+        Ok((live, records))
+    }
+
+    /// `DELETE /subjects/{s}/versions/{v}`.
+    pub fn delete_version(&self, subject: &str, selector: VersionSelector, permanent: bool) -> Result<(u32, Vec<Record>), ApiError> {
+        self.writable(subject)?;
+        let versions = self.versions_of(subject)?;
+        let (version, entry) = match selector {
+            VersionSelector::Number(n) => versions.get(&n).map(|e| (n, *e)).ok_or_else(|| ApiError::version_not_found(n))?,
+            VersionSelector::Latest => {
+                let found = if permanent { versions.iter().next_back() } else { versions.iter().rev().find(|(_, e)| !e.deleted) };
+                found.map(|(v, e)| (*v, *e)).ok_or_else(|| ApiError::version_not_found("latest"))?
+            }
+        };
+        self.check_not_referenced(subject, version)?;
+        match (permanent, entry.deleted) {
+            (false, true) => Err(ApiError::version_soft_deleted(subject, version)),
+            (true, false) => Err(ApiError::version_not_soft_deleted(subject, version)),
+            (false, false) => Ok((version, vec![self.deleted_record(subject, version, entry)?])),
+            (true, true) => Ok((version, vec![Record::tombstone(Key::Schema { subject: subject.to_owned(), version, magic: 1 })])),
+        }
+    }
+
+    pub fn config_record(subject: Option<&str>, level: Option<Level>) -> Record {
+        Record {
+            key: Key::Config { subject: subject.map(str::to_owned), magic: 0 },
+            value: level.map(|l| serde_json::to_value(ConfigValue { compatibility_level: l }).expect("config serializes")),
+        }
+    }
+
+    pub fn mode_record(subject: Option<&str>, mode: Option<Mode>) -> Record {
+        Record {
+            key: Key::Mode { subject: subject.map(str::to_owned), magic: 0 },
+            value: mode.map(|m| serde_json::to_value(ModeValue { mode: m }).expect("mode serializes")),
+        }
+    }
+}
+
+/// For a check against one named version, transitivity has nothing to add.
+fn without_transitivity(level: Level) -> Level {
+    match level {
+        Level::BackwardTransitive => Level::Backward,
+        Level::ForwardTransitive => Level::Forward,
+        Level::FullTransitive => Level::Full,
+        other => other,
+    }
+}
+
+/// The registry: state plus the durable log it is rebuilt from.
+#[derive(Debug)]
+pub struct Registry {
+    state: RwLock<State>,
+    log: Arc<Mutex<LocalLog>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Opens the local log in `dir` and replays it.
+    pub fn open(dir: &Path) -> anyhow::Result<Registry> {
+        let started = std::time::Instant::now();
+        let (log, records) = LocalLog::open(dir)?;
+        let mut state = State::default();
+        for (i, record) in records.iter().enumerate() {
+            state.apply(record).map_err(|e| anyhow::anyhow!("{} record {}: {e}", log.path().display(), i + 1))?;
+        }
+        tracing::info!(records = records.len(), schemas = state.schemas.len(), subjects = state.subjects.len(), elapsed = ?started.elapsed(), "replayed the schema log");
+        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        Ok(Registry { state: RwLock::new(state), log: Arc::new(Mutex::new(log)), writer: tokio::sync::Mutex::new(()) })
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().expect("registry state lock")
+    }
+
+    /// Runs a write: `plan` computes records from the current state; they are made durable,
+    /// then applied. Writers run one at a time so the plan stays valid until applied.
+    pub async fn write<T: Send>(&self, plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), ApiError>) -> Result<T, ApiError> {
+        let _writer = self.writer.lock().await;
+        let (result, records) = plan(&self.read())?;
+        if records.is_empty() {
+            return Ok(result);
+        }
+        let log = Arc::clone(&self.log);
+        let to_write = records.clone();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || log.lock().expect("log lock").append(&to_write))
+            .await
+            .map_err(|e| ApiError::store(format!("log writer failed: {e}")))?
+            .map_err(|e| {
+                metrics::counter!("logpipe_schema_store_log_errors_total").increment(1);
+                ApiError::store(format!("Error while writing to the schema log: {e}"))
+            })?;
+        metrics::histogram!("logpipe_schema_store_log_append_seconds").record(started.elapsed().as_secs_f64());
+        let mut state = self.state.write().expect("registry state lock");
+        for record in &records {
+            state.apply(record).map_err(|e| ApiError::store(format!("cannot apply a record just written: {e}")))?;
+        }
+        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        Ok(result)
+    }
+}
