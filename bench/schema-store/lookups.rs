@@ -4,10 +4,12 @@
 //! `BENCH_SCHEMAS` (default 1000), `BENCH_CONNECTIONS` (100), `BENCH_SECONDS` (5 per phase).
 //!
 //! Phases, each with the same number of concurrent keep-alive connections:
-//! 1. registrations of `BENCH_SCHEMAS` distinct Avro schemas (local storage, fsync per write);
+//! 1. registrations of `BENCH_SCHEMAS` distinct Avro schemas (local storage, fsync per
+//!    write);
 //! 2. ceiling: a trivial axum handler on the same HTTP stack returning a fixed body;
 //! 3. `GET /schemas/ids/{id}` over all ids;
 //! 4. `POST /subjects/{s}` lookups.
+//!
 //! Client and server share the machine, so the ceiling carries the client's cost too: the
 //! ratios, not the absolute numbers, are what this measures.
 

@@ -15,12 +15,12 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::auth::{Auth, Role};
 use crate::compat::Level;
 use crate::error::ApiError;
-use crate::log::Mode;
+use crate::log::{Mode, Record};
 use crate::registry::{validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector};
 use crate::schema::{Reference, SchemaType};
 
@@ -53,6 +53,8 @@ pub struct Route {
     pub handler: MethodRouter<AppState>,
 }
 
+// A row of the route table: positional arguments keep each route on one line.
+#[allow(clippy::too_many_arguments)]
 fn route(
     method: Method,
     path: &'static str,
@@ -93,18 +95,18 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/subjects/{subject}/versions/{version}/referencedby", Read, "Ids of schemas referencing a version", &[], None, "IntList", on(MethodFilter::GET, referenced_by)),
         route(M::POST, "/compatibility/subjects/{subject}/versions/{version}", Read, "Test compatibility against one version", &[VERBOSE], Some("RegisterRequest"), "CompatibilityResponse", on(MethodFilter::POST, compatibility_version)),
         route(M::POST, "/compatibility/subjects/{subject}/versions", Read, "Test compatibility against the versions the level selects", &[VERBOSE], Some("RegisterRequest"), "CompatibilityResponse", on(MethodFilter::POST, compatibility_all)),
-        route(M::GET, "/config", Read, "Global compatibility level", &[], None, "ConfigResponse", on(MethodFilter::GET, get_global_config)),
-        route(M::PUT, "/config", Admin, "Set the global compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_global_config)),
-        route(M::DELETE, "/config", Admin, "Reset the global compatibility level to BACKWARD", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_global_config)),
-        route(M::GET, "/config/{subject}", Read, "Subject compatibility level (40408 when unset)", &[DEFAULT_TO_GLOBAL], None, "ConfigResponse", on(MethodFilter::GET, get_subject_config)),
-        route(M::PUT, "/config/{subject}", Admin, "Set a subject's compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_subject_config)),
-        route(M::DELETE, "/config/{subject}", Admin, "Remove a subject's compatibility level", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_subject_config)),
-        route(M::GET, "/mode", Read, "Global mode", &[], None, "Mode", on(MethodFilter::GET, get_global_mode)),
-        route(M::PUT, "/mode", Admin, "Set the global mode", &[("force", "allow IMPORT with existing subjects")], Some("Mode"), "Mode", on(MethodFilter::PUT, put_global_mode)),
-        route(M::DELETE, "/mode", Admin, "Reset the global mode to READWRITE", &[], None, "Mode", on(MethodFilter::DELETE, delete_global_mode)),
-        route(M::GET, "/mode/{subject}", Read, "Subject mode (40409 when unset)", &[DEFAULT_TO_GLOBAL], None, "Mode", on(MethodFilter::GET, get_subject_mode)),
-        route(M::PUT, "/mode/{subject}", Admin, "Set a subject's mode", &[], Some("Mode"), "Mode", on(MethodFilter::PUT, put_subject_mode)),
-        route(M::DELETE, "/mode/{subject}", Admin, "Remove a subject's mode", &[], None, "Mode", on(MethodFilter::DELETE, delete_subject_mode)),
+        route(M::GET, "/config", Read, "Global compatibility level", &[], None, "ConfigResponse", on(MethodFilter::GET, get_global::<Level>)),
+        route(M::PUT, "/config", Admin, "Set the global compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_global::<Level>)),
+        route(M::DELETE, "/config", Admin, "Reset the global compatibility level to BACKWARD", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_global::<Level>)),
+        route(M::GET, "/config/{subject}", Read, "Subject compatibility level (40408 when unset)", &[DEFAULT_TO_GLOBAL], None, "ConfigResponse", on(MethodFilter::GET, get_subject_setting::<Level>)),
+        route(M::PUT, "/config/{subject}", Admin, "Set a subject's compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_subject_setting::<Level>)),
+        route(M::DELETE, "/config/{subject}", Admin, "Remove a subject's compatibility level", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_subject_setting::<Level>)),
+        route(M::GET, "/mode", Read, "Global mode", &[], None, "Mode", on(MethodFilter::GET, get_global::<Mode>)),
+        route(M::PUT, "/mode", Admin, "Set the global mode", &[("force", "allow IMPORT with existing subjects")], Some("Mode"), "Mode", on(MethodFilter::PUT, put_global::<Mode>)),
+        route(M::DELETE, "/mode", Admin, "Reset the global mode to READWRITE", &[], None, "Mode", on(MethodFilter::DELETE, delete_global::<Mode>)),
+        route(M::GET, "/mode/{subject}", Read, "Subject mode (40409 when unset)", &[DEFAULT_TO_GLOBAL], None, "Mode", on(MethodFilter::GET, get_subject_setting::<Mode>)),
+        route(M::PUT, "/mode/{subject}", Admin, "Set a subject's mode", &[], Some("Mode"), "Mode", on(MethodFilter::PUT, put_subject_setting::<Mode>)),
+        route(M::DELETE, "/mode/{subject}", Admin, "Remove a subject's mode", &[], None, "Mode", on(MethodFilter::DELETE, delete_subject_setting::<Mode>)),
         route(M::GET, "/openapi.json", Read, "This document", &[], None, "OpenApi", on(MethodFilter::GET, openapi)),
     ]
 }
@@ -362,8 +364,8 @@ async fn delete_version(State(state): State<AppState>, Path((subject, version)):
 
 fn compatibility_reply(registry: &RegistryState, subject: &str, selector: Option<VersionSelector>, request: SchemaRequest, verbose: bool) -> Result<Response, ApiError> {
     let new = request.into_new()?;
-    if selector.is_some() {
-        registry.version(subject, selector.expect("checked"), false)?;
+    if let Some(selector) = selector {
+        registry.version(subject, selector, false)?;
     }
     let (_, _, parsed) = registry.prepare(new.schema_type, &new.schema, &new.references)?;
     let messages = registry.compatibility(subject, selector, &parsed)?;
@@ -395,132 +397,121 @@ async fn compatibility_all(
     compatibility_reply(&state.registry.read(), &subject, None, request, query.verbose)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConfigRequest {
-    compatibility: Option<String>,
-    compatibility_level: Option<String>,
+/// Compatibility levels and modes have the same shape: a global value with a default and
+/// optional per-subject values, read, set and removed the same way.
+trait Setting: Copy + Serialize + Send + Sync + 'static {
+    /// The field of GET and DELETE replies (`compatibilityLevel`, `mode`).
+    const FIELD: &'static str;
+    /// The field of PUT requests and replies (`compatibility`, `mode`).
+    const PUT_FIELD: &'static str;
+    fn global(state: &RegistryState) -> Self;
+    fn subject(state: &RegistryState, subject: &str) -> Option<Self>;
+    fn record(subject: Option<&str>, value: Option<Self>) -> Record;
+    fn not_configured(subject: &str) -> ApiError;
+    fn parse(body: &Value) -> Result<Self, ApiError>;
+    /// Refuses a new global value the state does not allow.
+    fn check_global(_state: &RegistryState, _value: Self, _force: bool) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
-impl ConfigRequest {
-    fn level(&self) -> Result<Level, ApiError> {
-        let text = self.compatibility.as_deref().or(self.compatibility_level.as_deref()).ok_or_else(ApiError::invalid_compatibility_level)?;
+impl Setting for Level {
+    const FIELD: &'static str = "compatibilityLevel";
+    const PUT_FIELD: &'static str = "compatibility";
+    fn global(state: &RegistryState) -> Level {
+        state.global_level()
+    }
+    fn subject(state: &RegistryState, subject: &str) -> Option<Level> {
+        state.subject_level(subject)
+    }
+    fn record(subject: Option<&str>, value: Option<Level>) -> Record {
+        RegistryState::config_record(subject, value)
+    }
+    fn not_configured(subject: &str) -> ApiError {
+        ApiError::subject_compatibility_not_configured(subject)
+    }
+    fn parse(body: &Value) -> Result<Level, ApiError> {
+        // Confluent accepts the PUT field and, from some clients, the GET field.
+        let text = body["compatibility"].as_str().or(body["compatibilityLevel"].as_str()).ok_or_else(ApiError::invalid_compatibility_level)?;
         text.parse().map_err(|_| ApiError::invalid_compatibility_level())
     }
 }
 
-fn level_reply(level: Level) -> Response {
-    reply(&json!({"compatibilityLevel": level}))
-}
-
-async fn get_global_config(State(state): State<AppState>) -> Response {
-    level_reply(state.registry.read().global_level())
-}
-
-async fn put_global_config(State(state): State<AppState>, JsonBody(request): JsonBody<ConfigRequest>) -> Result<Response, ApiError> {
-    let level = request.level()?;
-    state.registry.write(|_| Ok(((), vec![RegistryState::config_record(None, Some(level))]))).await?;
-    Ok(reply(&json!({"compatibility": level})))
-}
-
-async fn delete_global_config(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let previous = state.registry.write(|r| Ok((r.global_level(), vec![RegistryState::config_record(None, None)]))).await?;
-    Ok(level_reply(previous))
-}
-
-async fn get_subject_config(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
-    let registry = state.registry.read();
-    let subject = subject_path(&subject)?;
-    match (registry.subject_level(subject), query.default_to_global) {
-        (Some(level), _) => Ok(level_reply(level)),
-        (None, true) => Ok(level_reply(registry.global_level())),
-        (None, false) => Err(ApiError::subject_compatibility_not_configured(subject)),
+impl Setting for Mode {
+    const FIELD: &'static str = "mode";
+    const PUT_FIELD: &'static str = "mode";
+    fn global(state: &RegistryState) -> Mode {
+        state.global_mode()
+    }
+    fn subject(state: &RegistryState, subject: &str) -> Option<Mode> {
+        state.subject_mode(subject)
+    }
+    fn record(subject: Option<&str>, value: Option<Mode>) -> Record {
+        RegistryState::mode_record(subject, value)
+    }
+    fn not_configured(subject: &str) -> ApiError {
+        ApiError::subject_mode_not_configured(subject)
+    }
+    fn parse(body: &Value) -> Result<Mode, ApiError> {
+        let text = body["mode"].as_str().unwrap_or_default();
+        Mode::parse(text).ok_or_else(|| ApiError::invalid_mode(text))
+    }
+    fn check_global(state: &RegistryState, mode: Mode, force: bool) -> Result<(), ApiError> {
+        if mode == Mode::Import && state.has_subjects() && !force {
+            return Err(ApiError::not_permitted("Cannot import since found existing subjects (use force=true)"));
+        }
+        Ok(())
     }
 }
 
-async fn put_subject_config(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(request): JsonBody<ConfigRequest>) -> Result<Response, ApiError> {
-    validate_subject(&subject)?;
-    let level = request.level()?;
-    state.registry.write(|_| Ok(((), vec![RegistryState::config_record(Some(&subject), Some(level))]))).await?;
-    Ok(reply(&json!({"compatibility": level})))
+fn setting_reply<S: Setting>(field: &str, value: S) -> Response {
+    let mut body = serde_json::Map::new();
+    body.insert(field.to_owned(), json!(value));
+    reply(&body)
 }
 
-async fn delete_subject_config(State(state): State<AppState>, Path(subject): Path<String>) -> Result<Response, ApiError> {
-    validate_subject(&subject)?;
-    let previous = state
-        .registry
-        .write(|r| match r.subject_level(&subject) {
-            Some(level) => Ok((level, vec![RegistryState::config_record(Some(&subject), None)])),
-            None => Err(ApiError::subject_not_found(&subject)),
-        })
-        .await?;
-    Ok(level_reply(previous))
+async fn get_global<S: Setting>(State(state): State<AppState>) -> Response {
+    setting_reply(S::FIELD, S::global(&state.registry.read()))
 }
 
-#[derive(Debug, Deserialize)]
-struct ModeRequest {
-    mode: String,
+async fn put_global<S: Setting>(State(state): State<AppState>, Query(query): Query<Flags>, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
+    let value = S::parse(&body)?;
+    state.registry.write(|r| S::check_global(r, value, query.force).map(|()| ((), vec![S::record(None, Some(value))]))).await?;
+    Ok(setting_reply(S::PUT_FIELD, value))
 }
 
-fn mode_reply(mode: Mode) -> Response {
-    reply(&json!({"mode": mode}))
+async fn delete_global<S: Setting>(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let previous = state.registry.write(|r| Ok((S::global(r), vec![S::record(None, None)]))).await?;
+    Ok(setting_reply(S::FIELD, previous))
 }
 
-fn parse_mode(request: &ModeRequest) -> Result<Mode, ApiError> {
-    Mode::parse(&request.mode).ok_or_else(|| ApiError::invalid_mode(&request.mode))
-}
-
-async fn get_global_mode(State(state): State<AppState>) -> Response {
-    mode_reply(state.registry.read().global_mode())
-}
-
-async fn put_global_mode(State(state): State<AppState>, Query(query): Query<Flags>, JsonBody(request): JsonBody<ModeRequest>) -> Result<Response, ApiError> {
-    let mode = parse_mode(&request)?;
-    let force = query.force;
-    state
-        .registry
-        .write(|r| {
-            if mode == Mode::Import && r.has_subjects() && !force {
-                return Err(ApiError::not_permitted("Cannot import since found existing subjects (use force=true)"));
-            }
-            Ok(((), vec![RegistryState::mode_record(None, Some(mode))]))
-        })
-        .await?;
-    Ok(mode_reply(mode))
-}
-
-async fn delete_global_mode(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let previous = state.registry.write(|r| Ok((r.global_mode(), vec![RegistryState::mode_record(None, None)]))).await?;
-    Ok(mode_reply(previous))
-}
-
-async fn get_subject_mode(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn get_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
     let registry = state.registry.read();
     let subject = subject_path(&subject)?;
-    match (registry.subject_mode(subject), query.default_to_global) {
-        (Some(mode), _) => Ok(mode_reply(mode)),
-        (None, true) => Ok(mode_reply(registry.global_mode())),
-        (None, false) => Err(ApiError::subject_mode_not_configured(subject)),
+    match (S::subject(&registry, subject), query.default_to_global) {
+        (Some(value), _) => Ok(setting_reply(S::FIELD, value)),
+        (None, true) => Ok(setting_reply(S::FIELD, S::global(&registry))),
+        (None, false) => Err(S::not_configured(subject)),
     }
 }
 
-async fn put_subject_mode(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(request): JsonBody<ModeRequest>) -> Result<Response, ApiError> {
+async fn put_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
-    let mode = parse_mode(&request)?;
-    state.registry.write(|_| Ok(((), vec![RegistryState::mode_record(Some(&subject), Some(mode))]))).await?;
-    Ok(mode_reply(mode))
+    let value = S::parse(&body)?;
+    state.registry.write(|_| Ok(((), vec![S::record(Some(&subject), Some(value))]))).await?;
+    Ok(setting_reply(S::PUT_FIELD, value))
 }
 
-async fn delete_subject_mode(State(state): State<AppState>, Path(subject): Path<String>) -> Result<Response, ApiError> {
+async fn delete_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let previous = state
         .registry
-        .write(|r| match r.subject_mode(&subject) {
-            Some(mode) => Ok((mode, vec![RegistryState::mode_record(Some(&subject), None)])),
+        .write(|r| match S::subject(r, &subject) {
+            Some(value) => Ok((value, vec![S::record(Some(&subject), None)])),
             None => Err(ApiError::subject_not_found(&subject)),
         })
         .await?;
-    Ok(mode_reply(previous))
+    Ok(setting_reply(S::FIELD, previous))
 }
 
 async fn openapi() -> Response {

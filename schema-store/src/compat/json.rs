@@ -98,7 +98,8 @@ fn check(writer: &Value, reader: &Value, path: &str, errors: &mut Vec<String>) {
             None => errors.push(format!("{at}: the reader requires type {rt:?} where the writer allowed any type")),
             Some(wt) => {
                 for t in wt {
-                    if !rt.contains(&t) && !(t == "integer" && rt.contains(&"number")) {
+                    let widened = t == "integer" && rt.contains(&"number");
+                    if !rt.contains(&t) && !widened {
                         errors.push(format!("{at}: type {t} is no longer accepted (reader types {rt:?})"));
                     }
                 }
