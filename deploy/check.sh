@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Runs every infrastructure check of the deployment files, offline, on a Debian 12 machine that
+# has the Rust toolchain, Python 3.11 and git. Installs what it needs itself, idempotently:
+#   - `systemd` (for systemd-analyze) with apt-get, only when systemd-analyze is missing;
+#   - the pinned Python tools of deploy/requirements.txt into a venv (default .cache/deploy-venv
+#     in the repository, or $LOGPIPE_DEPLOY_VENV), only when the pins changed since the last run.
+# Builds the service binaries (cargo build --bins) unless $LOGPIPE_BIN_DIR points at built ones.
+#
+# Usage: deploy/check.sh [CHECK...]   CHECK is one of: systemd compose compose-configs ansible
+#        terraform (default: all). Exit status 0 only if every check passed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEPLOY="$REPO/deploy"
+VENV=${LOGPIPE_DEPLOY_VENV:-$REPO/.cache/deploy-venv}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-deploy-check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+SERVICES=(agent mirror validator schema-store)
+ALL_CHECKS=(systemd)
+
+passed=0
+failed=0
+failures=()
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Runs one named check and records its outcome without stopping the others.
+run_check() {
+    local name=$1 start=$SECONDS
+    shift
+    log "check $name"
+    if "$@"; then
+        passed=$((passed + 1))
+        log "check $name: ok ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        log "check $name: FAILED ($((SECONDS - start)) s)"
+    fi
+}
+
+ensure_systemd_analyze() {
+    command -v systemd-analyze >/dev/null && return
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    log "installing systemd (for systemd-analyze)"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+}
+
+# The venv is reused while requirements.txt and constraints.txt are unchanged (their hash is kept
+# in the venv), so a warm run costs nothing here.
+ensure_venv() {
+    [[ ":$PATH:" != *":$VENV/bin:"* ]] || return 0
+    local want have=""
+    want=$(cat "$DEPLOY/requirements.txt" "$DEPLOY/constraints.txt" | sha256sum | cut -d' ' -f1)
+    [[ -f "$VENV/.deploy-pins" ]] && have=$(cat "$VENV/.deploy-pins")
+    if [[ "$want" != "$have" ]]; then
+        log "installing the deploy tools into $VENV (pinned, once)"
+        [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+        # Never committed: the venv ignores itself wherever it lives.
+        echo '*' >"$VENV/.gitignore"
+        "$VENV/bin/pip" install -q --disable-pip-version-check \
+            -r "$DEPLOY/requirements.txt" -c "$DEPLOY/constraints.txt"
+        echo "$want" >"$VENV/.deploy-pins"
+    fi
+    export PATH="$VENV/bin:$PATH"
+    # The tools must not find settings of the machine they run on.
+    export ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg"
+}
+
+BIN_DIR=""
+ensure_binaries() {
+    [[ -z "$BIN_DIR" ]] || return 0
+    if [[ -n "${LOGPIPE_BIN_DIR:-}" ]]; then
+        BIN_DIR=$LOGPIPE_BIN_DIR
+    else
+        local target=${CARGO_TARGET_DIR:-$REPO/target}
+        log "building the service binaries"
+        (cd "$REPO" && cargo build -q --bins -p logpipe-agent -p logpipe-mirror \
+            -p logpipe-validator -p logpipe-schema-store -p logpipe-devkit)
+        BIN_DIR=$target/debug
+    fi
+    local name
+    for name in "${SERVICES[@]}"; do
+        [[ -x "$BIN_DIR/logpipe-$name" ]] || { echo "missing binary $BIN_DIR/logpipe-$name" >&2; return 1; }
+    done
+}
+
+# A root directory with the built binaries where the units expect them, the host's own system
+# units (for sysinit.target and friends) and the given units and drop-ins.
+stage_root() {
+    local root=$1 name
+    shift
+    mkdir -p "$root/usr/local/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
+    ln -sfn /lib/systemd/system "$root/usr/lib/systemd/system"
+    for name in "${SERVICES[@]}"; do
+        ln -f "$BIN_DIR/logpipe-$name" "$root/usr/local/bin/" 2>/dev/null ||
+            cp -f "$BIN_DIR/logpipe-$name" "$root/usr/local/bin/"
+    done
+    cp -r "$@" "$root/etc/systemd/system/"
+}
+
+# `systemd-analyze verify` must print nothing at all (unknown keys are only warnings there), and
+# `security` must score each unit, with the shared hardening drop-in, below 3.0.
+verify_units() {
+    local root=$1 out ok=0 unit
+    shift
+    for unit in "$@"; do
+        out=$(systemd-analyze verify --root="$root" "$unit" 2>&1) || ok=1
+        if [[ -n "$out" ]]; then
+            printf '%s: systemd-analyze verify:\n%s\n' "$unit" "$out" >&2
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+check_systemd() {
+    local root="$WORK/systemd-root" ok=0 unit out exposure
+    stage_root "$root" "$DEPLOY"/systemd/*
+    local units=()
+    for unit in "${SERVICES[@]}"; do units+=("logpipe-$unit.service"); done
+    verify_units "$root" "${units[@]}" || ok=1
+    for unit in "${units[@]}"; do
+        out=$(systemd-analyze security --offline=true --root="$root" --no-pager "$unit" 2>&1) || true
+        exposure=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$out")
+        if [[ -z "$exposure" ]]; then
+            printf '%s: no exposure score:\n%s\n' "$unit" "$out" >&2
+            ok=1
+        elif awk -v e="$exposure" 'BEGIN { exit !(e < 3.0) }'; then
+            echo "$unit: exposure $exposure"
+        else
+            printf '%s: exposure %s is not below 3.0:\n%s\n' "$unit" "$exposure" "$(grep '✗' <<<"$out")" >&2
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+main() {
+    local checks=("$@")
+    [[ ${#checks[@]} -gt 0 ]] || checks=("${ALL_CHECKS[@]}")
+    local start=$SECONDS check
+    for check in "${checks[@]}"; do
+        case $check in
+            systemd) ensure_systemd_analyze; ensure_binaries; run_check systemd check_systemd ;;
+            *) echo "unknown check $check (one of: ${ALL_CHECKS[*]})" >&2; exit 2 ;;
+        esac
+    done
+    log "deploy checks took $((SECONDS - start)) s"
+    ((failed == 0)) || log "failed: ${failures[*]}"
+    echo "deploy: $passed passed, $failed failed"
+    ((failed == 0))
+}
+
+main "$@"
