@@ -314,14 +314,18 @@ impl Agent {
     }
 
     fn truncated(&mut self, slot: u32) {
+        if self.follow_copy(slot) {
+            return;
+        }
         let new_slot = self.alloc_slot();
         let Some(mut tailer) = self.tailers.remove(&slot) else { return };
         let position = tailer.position();
         match tailer.restart(new_slot) {
             Ok(old) => {
                 metrics::counter!(TRUNCATIONS).increment(1);
-                tracing::info!(
-                    "{} was truncated (read up to {position}); reading it from the start as file id {}",
+                tracing::warn!(
+                    "{} was truncated (read up to {position}) and no copy of it was found: bytes written after {position} \
+                     before the truncation are lost; reading it from the start as file id {}",
                     tailer.path.display(),
                     tailer.id
                 );
@@ -344,6 +348,45 @@ impl Agent {
         self.tailers.insert(slot_now, tailer);
     }
 
+    /// After a copytruncate, the copy (a new file next to the truncated one) holds the bytes
+    /// not read yet: the tailer moves to it and finishes it as a rotated file, and the
+    /// truncated file is opened anew. True when a copy was found.
+    fn follow_copy(&mut self, slot: u32) -> bool {
+        let Some(location) = self.location_of.get(&slot).cloned() else { return false };
+        let Some(tailer) = self.tailers.get(&slot) else { return false };
+        let Some(dir) = location.parent() else { return false };
+        let Ok(entries) = fs::read_dir(dir) else { return false };
+        let position = tailer.position();
+        let copy = entries.flatten().find_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            let key = (meta.dev(), meta.ino());
+            if !meta.is_file() || meta.len() < position || self.by_inode.contains_key(&key) {
+                return None;
+            }
+            let file = File::open(entry.path()).ok()?;
+            tailer.is_copy(&file).ok()?.then(|| (entry.path(), file, key))
+        });
+        let Some((copy_path, file, key)) = copy else { return false };
+        metrics::counter!(TRUNCATIONS).increment(1);
+        tracing::info!(
+            "{} was copied to {} and truncated: finishing the copy from offset {position}, then reading the file from the start",
+            location.display(),
+            copy_path.display()
+        );
+        let input = tailer.input;
+        let tailer = self.tailers.get_mut(&slot).expect("checked above");
+        self.by_inode.remove(&(tailer.dev, tailer.ino));
+        tailer.adopt(file, key.0, key.1);
+        tailer.detached = Some(Instant::now());
+        self.by_inode.insert(key, slot);
+        self.locations.remove(&location);
+        self.locations.insert(copy_path.clone(), slot);
+        self.location_of.insert(slot, copy_path);
+        self.check(slot);
+        self.open(location, input, false);
+        true
+    }
+
     fn alloc_slot(&mut self) -> u32 {
         loop {
             let slot = self.next_slot;
@@ -358,6 +401,9 @@ impl Agent {
     fn scan(&mut self, initial: bool) {
         self.last_scan = Instant::now();
         self.scan_needed = false;
+        if !initial {
+            self.forget_gone();
+        }
         self.discovery.ensure_watches();
         for (path, input) in self.discovery.scan() {
             if self.locations.contains_key(&path) {
@@ -501,9 +547,12 @@ impl Agent {
             }
         }
         // Entries whose file is gone (or is now another file) are forgotten.
-        self.saved.retain(|key, state| {
-            fs::metadata(&state.path).map(|m| (m.dev(), m.ino()) == *key).unwrap_or(false)
-        });
+        self.forget_gone();
+    }
+
+    /// Saved entries whose file is gone (or is now another file) are forgotten.
+    fn forget_gone(&mut self) {
+        self.saved.retain(|key, state| holds(&state.path, *key));
     }
 
     /// Reads from every file that has unread bytes while the budget allows; true when there is
@@ -703,8 +752,8 @@ impl Agent {
             if self.locations.get(&location) == Some(&slot) {
                 self.locations.remove(&location);
             }
-            let still_there = fs::metadata(&location).map(|m| (m.dev(), m.ino()) == (tailer.dev, tailer.ino)).unwrap_or(false);
-            if still_there {
+            // Only a file still at the path it was found under (not a rotated one) is kept.
+            if location == tailer.path && holds(&location, (tailer.dev, tailer.ino)) {
                 if let Ok(state) = tailer.state() {
                     self.saved.insert((tailer.dev, tailer.ino), state);
                 }
@@ -825,6 +874,11 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Whether `path` is the file with this (dev, inode).
+fn holds(path: &Path, key: (u64, u64)) -> bool {
+    fs::metadata(path).map(|m| (m.dev(), m.ino()) == key).unwrap_or(false)
 }
 
 fn inputs(config: &AgentConfig) -> Vec<Input> {

@@ -60,6 +60,8 @@ impl ClientContext for Context {
                 tracing::warn!("kafka: all brokers are down; reading pauses at the in-flight budget: {reason}");
                 let _ = self.events.send(Event::BrokersDown);
             }
+            // librdkafka logs connection failures itself.
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => tracing::debug!("kafka: {error}: {reason}"),
             _ => tracing::warn!("kafka: {error}: {reason}"),
         }
     }

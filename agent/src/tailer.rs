@@ -19,7 +19,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::checkpoint::FileState;
 use crate::delivery::{Delivery, Outgoing, Token, RECORD_OVERHEAD};
-use crate::identity::{self, Digest, FINGERPRINT_MAX};
+use crate::identity::{self, Digest, FINGERPRINT_MAX, GUARD_MAX};
 use crate::lines::{LineSplitter, Piece};
 use crate::metrics::{InputMetrics, FILE_LAG};
 
@@ -157,6 +157,9 @@ pub struct Tailer {
     /// The bytes before the position when the end was reached, to catch a truncation that was
     /// refilled past the position before the next check.
     eof_guard: Option<Digest>,
+    /// The last bytes before the position (at most `GUARD_MAX`), to recognise a copy of this
+    /// file's contents after a copytruncate.
+    recent: Vec<u8>,
     /// The key for strategies that do not look into lines.
     key: Option<Vec<u8>>,
     /// When the file was found renamed away or deleted.
@@ -204,6 +207,7 @@ impl Tailer {
             acks: AckTracker::new(open.offset),
             size: open.offset,
             eof_guard: None,
+            recent: Vec::new(),
             key,
             detached: None,
             last_growth: Instant::now(),
@@ -265,6 +269,15 @@ impl Tailer {
         }
         self.eof_guard = None;
         self.size = self.size.max(position + n as u64);
+        let keep = GUARD_MAX as usize;
+        if n >= keep {
+            self.recent.clear();
+            self.recent.extend_from_slice(&buf[n - keep..n]);
+        } else {
+            self.recent.extend_from_slice(&buf[..n]);
+            let excess = self.recent.len().saturating_sub(keep);
+            self.recent.drain(..excess);
+        }
         let mut splitter = std::mem::replace(&mut self.splitter, LineSplitter::new(0, 0));
         let mut progress = Progress { more: n == buf.len(), ..Progress::default() };
         let mut failed = None;
@@ -341,8 +354,14 @@ impl Tailer {
     /// rebuild); returns the budget and records released.
     pub fn rewind(&mut self) -> (u64, usize) {
         let released = self.acks.rewind();
-        self.splitter.reset(self.acks.committed());
+        let committed = self.acks.committed();
+        self.splitter.reset(committed);
         self.eof_guard = None;
+        let len = committed.min(GUARD_MAX);
+        self.recent = vec![0; len as usize];
+        if self.file.read_exact_at(&mut self.recent, committed - len).is_err() {
+            self.recent.clear();
+        }
         released
     }
 
@@ -357,8 +376,34 @@ impl Tailer {
         self.splitter.reset(0);
         self.size = 0;
         self.eof_guard = None;
+        self.recent.clear();
         self.saved_guard = None;
         Ok(std::mem::replace(&mut self.acks, AckTracker::new(0)))
+    }
+
+    /// Whether `file` holds this tailer's contents up to the read position: the same first
+    /// bytes and the same bytes just before the position (a copytruncate's copy does).
+    pub fn is_copy(&self, file: &File) -> io::Result<bool> {
+        let position = self.position();
+        if identity::digest_at(file, 0, self.fingerprint.len)? != Some(self.fingerprint) {
+            return Ok(false);
+        }
+        let len = self.recent.len() as u64;
+        if len < position.min(GUARD_MAX) {
+            return Ok(false); // nothing to compare with: do not guess
+        }
+        let expected = Digest { len, hash: xxhash_rust::xxh3::xxh3_64(&self.recent) };
+        Ok(identity::digest_at(file, position - len, len)? == Some(expected))
+    }
+
+    /// Goes on reading the same contents from another file (the copy made by a copytruncate),
+    /// keeping id, offsets, the unterminated line and the records in flight.
+    pub fn adopt(&mut self, file: File, dev: u64, ino: u64) {
+        self.file = file;
+        self.dev = dev;
+        self.ino = ino;
+        self.eof_guard = None;
+        self.saved_guard = None;
     }
 
     /// The checkpoint entry: the committed offset with what identifies the contents. Reads the
