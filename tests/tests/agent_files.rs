@@ -179,3 +179,35 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
     collector.check_ids_are_stable()?;
     Ok(())
 }
+
+/// SIGHUP with a new input: its files are tailed, the old input's positions and in-flight
+/// records are kept (nothing resent, nothing lost).
+#[tokio::test]
+async fn reload_adds_an_input_without_resending_or_losing() -> anyhow::Result<()> {
+    let setup = Setup::new(1, "", "").await?;
+    let agent = setup.start().await?;
+    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let before = lines("before-reload", 2000);
+    append(&setup.log("a.log"), &before);
+    collector.wait_for_values(&as_set(&before), WAIT).await?;
+
+    let other = setup.dir.path().join("other");
+    std::fs::create_dir(&other)?;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o777))?;
+    let text = std::fs::read_to_string(&setup.config)?
+        + &format!("[[inputs]]\npaths = [\"{}/*.txt\"]\ntopic = \"raw.game\"\nname = \"other\"\n", other.display());
+    std::fs::write(&setup.config, text)?;
+    agent.hangup()?;
+    let during = lines("during-reload", 2000);
+    append(&setup.log("a.log"), &during);
+    let added = lines("added-input", 10);
+    append(&other.join("b.txt"), &added);
+    let mut expected = as_set(&before);
+    expected.extend(as_set(&during));
+    expected.extend(as_set(&added));
+    collector.wait_for_values(&expected, WAIT).await?;
+    wait_until(WAIT, || async { setup.metric("logpipe_agent_lines_acked_total").await >= 4010.0 }).await?;
+    assert_eq!(collector.duplicates().1, 0, "a reload resends nothing");
+    assert_eq!(collector.count(), 4010);
+    Ok(())
+}
