@@ -16,7 +16,7 @@ VENV=${LOGPIPE_DEPLOY_VENV:-$REPO/.cache/deploy-venv}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 SERVICES=(agent mirror validator schema-store)
-ALL_CHECKS=(systemd compose compose-configs)
+ALL_CHECKS=(systemd compose compose-configs ansible)
 
 passed=0
 failed=0
@@ -138,6 +138,31 @@ check_systemd() {
     return $ok
 }
 
+# Syntax, lint at the production profile, and the logpipe_agent role applied twice to a staging
+# root with `-c local` (the second run must change nothing), its unit verified there.
+check_ansible() {
+    local root="$WORK/ansible-root" ok=0 run out changed
+    (cd "$REPO/ansible" &&
+        ansible-playbook --syntax-check site.yml agents.yml >/dev/null &&
+        ansible-lint --offline --profile production --nocolor site.yml agents.yml tests/agent-staging.yml) || ok=1
+    mkdir -p "$root"
+    for run in 1 2; do
+        out=$(cd "$REPO/ansible" && ansible-playbook -c local -i localhost, tests/agent-staging.yml \
+            -e logpipe_root="$root" -e logpipe_binary_dir="$BIN_DIR" 2>&1) || { echo "$out" >&2; return 1; }
+        changed=$(sed -n 's/^localhost *:.* changed=\([0-9]*\).*/\1/p' <<<"$out")
+        echo "logpipe_agent role, run $run into a staging root: changed=$changed"
+    done
+    if [[ "$changed" != 0 ]]; then
+        echo "the second run changed something: the role is not idempotent" >&2
+        echo "$out" >&2
+        ok=1
+    fi
+    mkdir -p "$root/usr/lib/systemd"
+    ln -sfn /lib/systemd/system "$root/usr/lib/systemd/system"
+    verify_units "$root" logpipe-agent.service && echo "staged logpipe-agent.service: systemd-analyze verify clean" || ok=1
+    return $ok
+}
+
 # Schema and references of the compose file (no Docker engine needed).
 check_compose() {
     docker-compose -f "$REPO/docker-compose.yml" config -q
@@ -156,6 +181,7 @@ main() {
         case $check in
             systemd) ensure_systemd_analyze; ensure_binaries; run_check systemd check_systemd ;;
             compose) ensure_venv; run_check compose check_compose ;;
+            ansible) ensure_systemd_analyze; ensure_venv; ensure_binaries; run_check ansible check_ansible ;;
             compose-configs) ensure_venv; ensure_binaries; run_check compose-configs check_compose_configs ;;
             *) echo "unknown check $check (one of: ${ALL_CHECKS[*]})" >&2; exit 2 ;;
         esac
