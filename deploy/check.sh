@@ -138,19 +138,20 @@ check_systemd() {
     return $ok
 }
 
-# Syntax, lint at the production profile, and the logpipe_agent role applied twice to a staging
-# root with `-c local` (the second run must change nothing), its unit verified there.
+# Syntax, lint at the production profile, and the logpipe_* roles (the agent's among them) applied
+# twice to a staging root with `-c local` (the second run must change nothing; the configs they
+# render pass the real binaries' `check`), their units verified there.
 check_ansible() {
     local root="$WORK/ansible-root" ok=0 run out changed
     (cd "$REPO/ansible" &&
         ansible-playbook --syntax-check site.yml agents.yml >/dev/null &&
-        ansible-lint --offline --profile production --nocolor site.yml agents.yml tests/agent-staging.yml) || ok=1
+        ansible-lint --offline --profile production --nocolor site.yml agents.yml tests/staging.yml) || ok=1
     mkdir -p "$root"
     for run in 1 2; do
-        out=$(cd "$REPO/ansible" && ansible-playbook -c local -i localhost, tests/agent-staging.yml \
+        out=$(cd "$REPO/ansible" && ansible-playbook -c local -i localhost, tests/staging.yml \
             -e logpipe_root="$root" -e logpipe_binary_dir="$BIN_DIR" 2>&1) || { echo "$out" >&2; return 1; }
         changed=$(sed -n 's/^localhost *:.* changed=\([0-9]*\).*/\1/p' <<<"$out")
-        echo "logpipe_agent role, run $run into a staging root: changed=$changed"
+        echo "logpipe_* roles, run $run into a staging root: changed=$changed"
     done
     if [[ "$changed" != 0 ]]; then
         echo "the second run changed something: the role is not idempotent" >&2
@@ -159,7 +160,9 @@ check_ansible() {
     fi
     mkdir -p "$root/usr/lib/systemd"
     ln -sfn /lib/systemd/system "$root/usr/lib/systemd/system"
-    verify_units "$root" logpipe-agent.service && echo "staged logpipe-agent.service: systemd-analyze verify clean" || ok=1
+    local units=() name
+    for name in "${SERVICES[@]}"; do units+=("logpipe-$name.service"); done
+    verify_units "$root" "${units[@]}" && echo "staged units: systemd-analyze verify clean" || ok=1
     return $ok
 }
 
