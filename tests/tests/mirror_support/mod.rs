@@ -128,3 +128,54 @@ pub fn record_count(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Re
     }
     Ok(total)
 }
+
+/// Produces ids `0..count` to `topic` in the background, in chunks with pauses, so that records
+/// keep flowing while a test kills things.
+pub fn background_load(bootstrap: &str, topic: &str, partitions: i32, count: u64, chunk: u64, pause: Duration) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let producer = producer(&bootstrap)?;
+        let mut next = 0;
+        while next < count {
+            let end = (next + chunk).min(count);
+            produce_ids(&producer, &topic, partitions, next..end)?;
+            next = end;
+            std::thread::sleep(pause);
+        }
+        Ok(())
+    })
+}
+
+/// Waits until the mirror at `addr` has committed source positions summing to `count` (every
+/// record of a topic that started empty).
+pub async fn wait_committed(addr: SocketAddr, topic: &str, count: u64, timeout: Duration) -> anyhow::Result<()> {
+    let filter = format!("topic=\"{topic}\"");
+    let filters = [filter.as_str()];
+    let committed = || metric(addr, "logpipe_mirror_committed_offset", &filters);
+    if logpipe_devkit::harness::wait_until(timeout, || async { committed().await == Some(count as f64) }).await.is_err() {
+        anyhow::bail!("the mirror committed {:?} of {count} records within {timeout:?}", committed().await);
+    }
+    Ok(())
+}
+
+/// The exactly-once check: the target topic holds every id once, and each target partition
+/// holds exactly the source partition's records in the source's order.
+pub async fn assert_mirrored(write: &DevCluster, read: &DevCluster, topic: &str, count: u64) -> anyhow::Result<()> {
+    let target = read.read_topic(topic, Duration::from_secs(60)).await?;
+    assert_exactly_once(&target, count);
+    let source = write.read_topic(topic, Duration::from_secs(60)).await?;
+    assert_eq!(values_by_partition(&source), values_by_partition(&target), "every partition holds the source's records in order");
+    Ok(())
+}
+
+/// Adds a process's logs to an error, so a failed wait explains itself.
+pub trait WithLogs<T> {
+    fn logs_of(self, process: &Process) -> anyhow::Result<T>;
+}
+
+impl<T> WithLogs<T> for anyhow::Result<T> {
+    fn logs_of(self, process: &Process) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::anyhow!("{e:#}\n{}", process.logs()))
+    }
+}
