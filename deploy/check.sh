@@ -16,7 +16,7 @@ VENV=${LOGPIPE_DEPLOY_VENV:-$REPO/.cache/deploy-venv}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 SERVICES=(agent mirror validator schema-store)
-ALL_CHECKS=(systemd compose compose-configs ansible)
+ALL_CHECKS=(systemd compose compose-configs ansible terraform)
 
 passed=0
 failed=0
@@ -166,6 +166,17 @@ check_ansible() {
     return $ok
 }
 
+# Formatting (Terraform 1.0.3, so nothing newer than 1.0 syntax), every file parsed and the
+# module wiring checked (python-hcl2), and checkov with no failed check (skips carry their
+# reason next to the resource).
+check_terraform() {
+    local ok=0
+    terraform -chdir="$REPO/terraform" fmt -check -recursive -diff || ok=1
+    python "$DEPLOY/checks/terraform_modules.py" "$REPO/terraform" || return 1
+    checkov -d "$REPO/terraform" --framework terraform --skip-download --quiet --compact || ok=1
+    return $ok
+}
+
 # Schema and references of the compose file (no Docker engine needed).
 check_compose() {
     docker-compose -f "$REPO/docker-compose.yml" config -q
@@ -183,6 +194,7 @@ main() {
     for check in "${checks[@]}"; do
         case $check in
             systemd) ensure_systemd_analyze; ensure_binaries; run_check systemd check_systemd ;;
+            terraform) ensure_venv; run_check terraform check_terraform ;;
             compose) ensure_venv; run_check compose check_compose ;;
             ansible) ensure_systemd_analyze; ensure_venv; ensure_binaries; run_check ansible check_ansible ;;
             compose-configs) ensure_venv; ensure_binaries; run_check compose-configs check_compose_configs ;;

@@ -1,0 +1,87 @@
+# An example environment: one VPC, a write-side and a read-side Kafka cluster, and the services.
+data "aws_caller_identity" "current" {}
+
+# One key for every volume and log group of the environment, rotated yearly.
+data "aws_iam_policy_document" "kms" {
+  # checkov:skip=CKV_AWS_109:A key policy must name its own key as "*"; access is limited to this account's principals
+  # checkov:skip=CKV_AWS_111:A key policy must name its own key as "*"; access is limited to this account's principals
+  # checkov:skip=CKV_AWS_356:A key policy must name its own key as "*"; access is limited to this account's principals
+  statement {
+    sid       = "AccountAdministers"
+    actions   = ["kms:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+  statement {
+    sid       = "CloudWatchLogsEncrypt"
+    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_kms_key" "this" {
+  description             = "${var.name}: EBS volumes and log groups"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.kms.json
+}
+
+resource "aws_kms_alias" "this" {
+  name          = "alias/${var.name}"
+  target_key_id = aws_kms_key.this.key_id
+}
+
+module "network" {
+  source             = "../../modules/network"
+  name               = var.name
+  availability_zones = ["${var.region}a", "${var.region}b", "${var.region}c"]
+  kms_key_arn        = aws_kms_key.this.arn
+}
+
+module "kafka_write" {
+  source       = "../../modules/kafka_cluster"
+  name         = "${var.name}-write"
+  vpc_id       = module.network.vpc_id
+  vpc_cidr     = module.network.vpc_cidr
+  subnet_ids   = module.network.private_subnet_ids
+  cluster_id   = "bG9ncGlwZS13cml0ZS0wMQ"
+  ami_id       = var.ami_id
+  kafka_sha512 = var.kafka_sha512
+  kms_key_arn  = aws_kms_key.this.arn
+}
+
+# Readers (batch jobs, replays) get bigger brokers than the write side.
+module "kafka_read" {
+  source        = "../../modules/kafka_cluster"
+  name          = "${var.name}-read"
+  vpc_id        = module.network.vpc_id
+  vpc_cidr      = module.network.vpc_cidr
+  subnet_ids    = module.network.private_subnet_ids
+  cluster_id    = "bG9ncGlwZS1yZWFkLS0wMQ"
+  ami_id        = var.ami_id
+  instance_type = "m6i.2xlarge"
+  kafka_sha512  = var.kafka_sha512
+  kms_key_arn   = aws_kms_key.this.arn
+}
+
+module "services" {
+  source                           = "../../modules/services"
+  name                             = var.name
+  vpc_id                           = module.network.vpc_id
+  vpc_cidr                         = module.network.vpc_cidr
+  subnet_ids                       = module.network.private_subnet_ids
+  ami_id                           = var.ami_id
+  write_bootstrap                  = module.kafka_write.bootstrap
+  read_bootstrap                   = module.kafka_read.bootstrap
+  logpipe_release_url              = var.logpipe_release_url
+  logpipe_release_sha256           = var.logpipe_release_sha256
+  schema_store_admin_password_hash = var.schema_store_admin_password_hash
+  kms_key_arn                      = aws_kms_key.this.arn
+}

@@ -1,0 +1,14 @@
+output "write_bootstrap" {
+  description = "Bootstrap servers of the write-side cluster (agents' [kafka] bootstrap)."
+  value       = module.kafka_write.bootstrap
+}
+
+output "read_bootstrap" {
+  description = "Bootstrap servers of the read-side cluster (consumers of clean.* and dlq.*)."
+  value       = module.kafka_read.bootstrap
+}
+
+output "schema_store_url" {
+  description = "URL of the schema store."
+  value       = module.services.schema_store_url
+}

@@ -1,0 +1,237 @@
+# The schema store behind an internal network load balancer, and the mirror and validator
+# groups. Every instance installs the release binaries, its config and the hardened systemd unit
+# from deploy/systemd (the same files the Ansible roles install).
+locals {
+  schema_store_port = 8081
+  schema_store_url  = "http://${aws_lb.schema_store.dns_name}:${local.schema_store_port}"
+  systemd_dir       = "${path.module}/../../../deploy/systemd"
+
+  # The local store is single-instance: one schema store, whose data volume follows it.
+  services = {
+    "schema-store" = {
+      count   = 1
+      subnets = [var.subnet_ids[0]]
+      config = templatefile("${path.module}/configs/schema-store.toml.tftpl", {
+        port          = local.schema_store_port
+        password_hash = var.schema_store_admin_password_hash
+      })
+    }
+    mirror = {
+      count   = var.mirror_count
+      subnets = var.subnet_ids
+      config = templatefile("${path.module}/configs/mirror.toml.tftpl", {
+        name   = var.name
+        source = var.write_bootstrap
+        target = var.read_bootstrap
+      })
+    }
+    validator = {
+      count   = var.validator_count
+      subnets = var.subnet_ids
+      config = templatefile("${path.module}/configs/validator.toml.tftpl", {
+        schema_store = local.schema_store_url
+        bootstrap    = var.read_bootstrap
+      })
+    }
+  }
+}
+
+data "aws_subnet" "schema_store" {
+  id = var.subnet_ids[0]
+}
+
+resource "aws_security_group" "services" {
+  name        = "${var.name}-logpipe-services"
+  description = "logpipe services: schema store API and telemetry from inside the VPC only"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+
+  ingress {
+    description = "Schema store API (clients and the load balancer's health checks)"
+    from_port   = local.schema_store_port
+    to_port     = local.schema_store_port
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
+  }
+
+  ingress {
+    description = "Telemetry: /metrics, /health, /ready"
+    from_port   = 9301
+    to_port     = 9304
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
+  }
+
+  egress {
+    description = "Kafka brokers and the schema store"
+    from_port   = 8081
+    to_port     = 9093
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
+  }
+
+  egress {
+    description = "Release downloads through the NAT gateways, AWS APIs"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+}
+
+resource "aws_ebs_volume" "schema_store" {
+  availability_zone = data.aws_subnet.schema_store.availability_zone
+  size              = 20
+  type              = "gp3"
+  encrypted         = true
+  kms_key_id        = var.kms_key_arn
+  tags              = merge(var.tags, { Name = "${var.name}-schema-store-data", LogpipeService = "schema-store" })
+}
+
+data "aws_iam_policy_document" "assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+# Only the schema store's own data volume may be attached.
+data "aws_iam_policy_document" "attach" {
+  statement {
+    actions   = ["ec2:AttachVolume"]
+    resources = [aws_ebs_volume.schema_store.arn, "arn:aws:ec2:*:*:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/LogpipeService"
+      values   = ["schema-store"]
+    }
+  }
+}
+
+resource "aws_iam_role" "services" {
+  name               = "${var.name}-logpipe-services"
+  assume_role_policy = data.aws_iam_policy_document.assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy" "attach" {
+  name   = "attach-schema-store-volume"
+  role   = aws_iam_role.services.id
+  policy = data.aws_iam_policy_document.attach.json
+}
+
+resource "aws_iam_instance_profile" "services" {
+  name = "${var.name}-logpipe-services"
+  role = aws_iam_role.services.name
+}
+
+resource "aws_launch_template" "service" {
+  for_each               = local.services
+  name_prefix            = "${var.name}-${each.key}-"
+  image_id               = var.ami_id
+  instance_type          = var.instance_type
+  ebs_optimized          = true
+  vpc_security_group_ids = [aws_security_group.services.id]
+  user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
+    service        = each.key
+    config         = each.value.config
+    unit           = file("${local.systemd_dir}/logpipe-${each.key}.service")
+    hardening      = file("${local.systemd_dir}/logpipe-.service.d/10-hardening.conf")
+    release_url    = var.logpipe_release_url
+    release_sha256 = var.logpipe_release_sha256
+    data_volume_id = each.key == "schema-store" ? aws_ebs_volume.schema_store.id : ""
+  }))
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.services.arn
+  }
+
+  # IMDSv2 only.
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  monitoring {
+    enabled = true
+  }
+
+  block_device_mappings {
+    device_name = "/dev/xvda"
+    ebs {
+      volume_size           = 20
+      volume_type           = "gp3"
+      encrypted             = true
+      kms_key_id            = var.kms_key_arn
+      delete_on_termination = true
+    }
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(var.tags, { Name = "${var.name}-${each.key}", LogpipeService = each.key })
+  }
+}
+
+resource "aws_autoscaling_group" "service" {
+  for_each            = local.services
+  name                = "${var.name}-${each.key}"
+  min_size            = each.value.count
+  max_size            = each.value.count
+  desired_capacity    = each.value.count
+  vpc_zone_identifier = each.value.subnets
+  target_group_arns   = each.key == "schema-store" ? [aws_lb_target_group.schema_store.arn] : []
+  health_check_type   = each.key == "schema-store" ? "ELB" : "EC2"
+
+  launch_template {
+    id      = aws_launch_template.service[each.key].id
+    version = aws_launch_template.service[each.key].latest_version
+  }
+
+  tag {
+    key                 = "LogpipeService"
+    value               = each.key
+    propagate_at_launch = true
+  }
+}
+
+resource "aws_lb" "schema_store" {
+  name                             = "${var.name}-schema-store"
+  internal                         = true
+  load_balancer_type               = "network"
+  subnets                          = var.subnet_ids
+  enable_cross_zone_load_balancing = true
+  enable_deletion_protection       = true
+  tags                             = var.tags
+  #checkov:skip=CKV_AWS_91:NLB access logs exist only for TLS listeners; this one is plain TCP inside the VPC and the VPC flow logs record its connections
+}
+
+resource "aws_lb_target_group" "schema_store" {
+  name     = "${var.name}-schema-store"
+  port     = local.schema_store_port
+  protocol = "TCP"
+  vpc_id   = var.vpc_id
+  tags     = var.tags
+
+  health_check {
+    protocol = "HTTP"
+    port     = "9304"
+    path     = "/ready"
+  }
+}
+
+resource "aws_lb_listener" "schema_store" {
+  load_balancer_arn = aws_lb.schema_store.arn
+  port              = local.schema_store_port
+  protocol          = "TCP"
+  tags              = var.tags
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.schema_store.arn
+  }
+}
