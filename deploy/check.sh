@@ -168,12 +168,13 @@ check_ansible() {
 
 # Formatting (Terraform 1.0.3, so nothing newer than 1.0 syntax), every file parsed and the
 # module wiring checked (python-hcl2), and checkov with no failed check (skips carry their
-# reason next to the resource).
+# reason next to the resource), and the service configs the instances get pass the real `check`.
 check_terraform() {
     local ok=0
     terraform -chdir="$REPO/terraform" fmt -check -recursive -diff || ok=1
     python "$DEPLOY/checks/terraform_modules.py" "$REPO/terraform" || return 1
     checkov -d "$REPO/terraform" --framework terraform --skip-download --quiet --compact || ok=1
+    python "$DEPLOY/checks/terraform_configs.py" "$REPO/terraform/modules/services/configs" "$BIN_DIR" || ok=1
     return $ok
 }
 
@@ -194,7 +195,7 @@ main() {
     for check in "${checks[@]}"; do
         case $check in
             systemd) ensure_systemd_analyze; ensure_binaries; run_check systemd check_systemd ;;
-            terraform) ensure_venv; run_check terraform check_terraform ;;
+            terraform) ensure_venv; ensure_binaries; run_check terraform check_terraform ;;
             compose) ensure_venv; run_check compose check_compose ;;
             ansible) ensure_systemd_analyze; ensure_venv; ensure_binaries; run_check ansible check_ansible ;;
             compose-configs) ensure_venv; ensure_binaries; run_check compose-configs check_compose_configs ;;
@@ -207,4 +208,5 @@ main() {
     ((failed == 0))
 }
 
-main "$@"
+# On one line, so that bash has read the whole script before running it (safe to edit meanwhile).
+main "$@"; exit $?
