@@ -56,7 +56,8 @@
 //! `logpipe_mirror_time_lag_seconds`, `logpipe_mirror_records_total`,
 //! `logpipe_mirror_bytes_total` (use `rate()` for per-second values),
 //! `logpipe_mirror_last_commit_age_seconds`, `logpipe_mirror_committed_offset`,
-//! `logpipe_mirror_data_loss_records`, `logpipe_mirror_data_loss_events_total`; per shard
+//! `logpipe_mirror_data_loss_records`, `logpipe_mirror_data_loss_events_total`,
+//! `logpipe_mirror_verified_records_total`; per shard
 //! `logpipe_mirror_commit_latency_seconds`, `logpipe_mirror_shard_owned`,
 //! `logpipe_mirror_shard_errors_total`; and `logpipe_mirror_shards_owned`,
 //! `logpipe_mirror_target_topics_missing`, `logpipe_mirror_loop_skipped_total`. `/ready` is true

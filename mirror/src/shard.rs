@@ -120,6 +120,8 @@ struct PartitionMetrics {
     time_lag: Gauge,
     commit_age: Gauge,
     committed: Gauge,
+    /// Records a previous owner wrote without committing, found and verified on the target.
+    verified: Counter,
 }
 
 impl PartitionMetrics {
@@ -132,6 +134,7 @@ impl PartitionMetrics {
             time_lag: gauge!("logpipe_mirror_time_lag_seconds", &labels),
             commit_age: gauge!("logpipe_mirror_last_commit_age_seconds", &labels),
             committed: gauge!("logpipe_mirror_committed_offset", &labels),
+            verified: counter!("logpipe_mirror_verified_records_total", &labels),
         }
     }
 }
@@ -248,33 +251,26 @@ impl<'a> Session<'a> {
             let lost = source_low - committed.source;
             gauge!("logpipe_mirror_data_loss_records", &labels).set(lost as f64);
             counter!("logpipe_mirror_data_loss_events_total", &labels).increment(1);
-            match config.on_data_loss {
+            let action = match config.on_data_loss {
                 DataLossPolicy::Stop => {
-                    tracing::error!(
-                        topic,
-                        partition,
-                        committed = committed.source,
-                        log_start = source_low,
-                        lost,
-                        "DATA LOSS: source retention deleted {lost} records the mirror had not copied; \
-                         this partition is stopped (on_data_loss = \"stop\"); set on_data_loss = \"resume-from-earliest\" to accept the loss and continue"
-                    );
-                    self.stopped.push((topic.to_owned(), partition));
-                    return Ok(());
+                    "this partition is stopped (on_data_loss = \"stop\"); set on_data_loss = \"resume-from-earliest\" to accept the loss and continue"
                 }
-                DataLossPolicy::ResumeFromEarliest => {
-                    tracing::error!(
-                        topic,
-                        partition,
-                        committed = committed.source,
-                        log_start = source_low,
-                        lost,
-                        "DATA LOSS: source retention deleted {lost} records the mirror had not copied; resuming from the earliest retained record"
-                    );
-                    committed.source = source_low;
-                    moved = true;
-                }
+                DataLossPolicy::ResumeFromEarliest => "resuming from the earliest retained record",
+            };
+            tracing::error!(
+                topic,
+                partition,
+                committed = committed.source,
+                log_start = source_low,
+                lost,
+                "DATA LOSS: source retention deleted {lost} records the mirror had not copied; {action}"
+            );
+            if config.on_data_loss == DataLossPolicy::Stop {
+                self.stopped.push((topic.to_owned(), partition));
+                return Ok(());
             }
+            committed.source = source_low;
+            moved = true;
         } else {
             gauge!("logpipe_mirror_data_loss_records", &labels).set(0.0);
         }
@@ -314,7 +310,9 @@ impl<'a> Session<'a> {
             by_topic.entry(run.target_topic.clone()).or_default().push((run.partition, run.committed.target));
         }
         for (topic, from) in by_topic {
-            for record in state::drain(reader, &topic, &from, CALL_TIMEOUT)? {
+            // Bounded by the shard's buffer share: an unfinished transaction is never larger.
+            let limit = (self.shared.config.max_buffer_bytes / self.topology.shards.max(1) as u64) as usize;
+            for record in state::drain(reader, &topic, &from, CALL_TIMEOUT, limit)? {
                 let source_topic = self.runs.iter().find(|r| r.target_topic == topic).map(|r| r.topic.clone()).unwrap_or_default();
                 let index = self.index[&source_topic][&record.partition()];
                 self.runs[index].unverified.push_back(record);
@@ -408,6 +406,7 @@ impl<'a> Session<'a> {
                 );
             }
             run.verified_target = expected.offset() + 1;
+            run.metrics.verified.increment(1);
             return Ok(());
         }
         if !self.in_transaction {

@@ -59,7 +59,7 @@ pub fn read_positions(
 ) -> anyhow::Result<HashMap<(String, i32), Position>> {
     let from: Vec<(i32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
     let mut positions: HashMap<(String, i32), Position> = HashMap::new();
-    for record in drain(reader, state_topic, &from, timeout)? {
+    for record in drain(reader, state_topic, &from, timeout, usize::MAX)? {
         let Some((key, position)) = record.key().zip(record.payload()).and_then(|(k, v)| decode(k, v)) else {
             tracing::warn!(partition = record.partition(), offset = record.offset(), "skipping an unreadable record in the state topic");
             continue;
@@ -78,8 +78,14 @@ pub fn read_positions(
 /// Reads every committed record of `topic`'s partitions from the given offsets to their end, as
 /// a read_committed consumer sees it now, in order per partition. `reader` must have
 /// `enable.partition.eof=true`. One topic at a time: end-of-partition events name only the
-/// partition.
-pub fn drain(reader: &TargetReader, topic: &str, from: &[(i32, i64)], timeout: Duration) -> anyhow::Result<VecDeque<OwnedMessage>> {
+/// partition. Fails rather than hold more than `max_bytes` of keys and values.
+pub fn drain(
+    reader: &TargetReader,
+    topic: &str,
+    from: &[(i32, i64)],
+    timeout: Duration,
+    max_bytes: usize,
+) -> anyhow::Result<VecDeque<OwnedMessage>> {
     let mut records = VecDeque::new();
     if from.is_empty() {
         return Ok(records);
@@ -91,6 +97,7 @@ pub fn drain(reader: &TargetReader, topic: &str, from: &[(i32, i64)], timeout: D
     reader.assign(&assignment).context("assigning the reader")?;
     let mut open: Vec<i32> = from.iter().map(|(p, _)| *p).collect();
     let deadline = Instant::now() + timeout;
+    let mut bytes = 0usize;
     let result = loop {
         if open.is_empty() {
             break Ok(());
@@ -100,7 +107,15 @@ pub fn drain(reader: &TargetReader, topic: &str, from: &[(i32, i64)], timeout: D
         }
         match reader.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Ok(message)) => records.push_back(message.detach()),
+            Some(Ok(message)) => {
+                bytes += message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len);
+                if bytes > max_bytes {
+                    break Err(anyhow::anyhow!(
+                        "{topic} partitions {open:?} hold more than {max_bytes} bytes after the positions read; refusing to buffer them"
+                    ));
+                }
+                records.push_back(message.detach());
+            }
             Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|open| *open != p),
             Some(Err(e)) => break Err(anyhow::Error::from(e).context(format!("reading {topic}"))),
         }
