@@ -180,11 +180,7 @@ fn walk(dir: &Path, depth: Option<usize>, visit: &mut dyn FnMut(&Path)) {
         let Ok(kind) = entry.file_type() else { continue };
         let is_dir = if kind.is_symlink() { depth.is_some() && path.is_dir() } else { kind.is_dir() };
         match depth {
-            Some(1) | None if !is_dir => {
-                if kind.is_file() || (kind.is_symlink() && path.is_file()) {
-                    visit(&path);
-                }
-            }
+            Some(1) | None if !is_dir && (kind.is_file() || (kind.is_symlink() && path.is_file())) => visit(&path),
             Some(n) if n > 1 && is_dir => walk(&path, Some(n - 1), visit),
             None if is_dir => walk(&path, None, visit),
             _ => {}

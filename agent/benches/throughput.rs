@@ -1,0 +1,282 @@
+//! Throughput benchmark of the agent against a ceiling: a plain rdkafka producer sending the same
+//! lines from memory with the same producer settings, to the same dev cluster, in the same run.
+//! Prints a Markdown table (MB/s, lines/s, CPU seconds per GB, peak RSS, ratio to the ceiling)
+//! and an idle measurement with 1,000 watched files. Not a test: no assertion on speed.
+//!
+//! ```sh
+//! cargo build --release -p logpipe-devkit --bins
+//! cargo bench -p logpipe-agent --bench throughput [-- OUTPUT.md]
+//! ```
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use logpipe_agent::delivery::client_config;
+use logpipe_core::kafka::KafkaConfig;
+use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
+use logpipe_devkit::loadgen::{self, LoadgenArgs};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::DefaultProducerContext;
+
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU seconds (user + system) used so far by a process.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based, whole line).
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / CLOCK_TICKS
+}
+
+fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+struct Row {
+    name: String,
+    bytes: u64,
+    lines: u64,
+    seconds: f64,
+    cpu: f64,
+    peak_rss_mib: f64,
+}
+
+impl Row {
+    fn mb_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds
+    }
+    fn render(&self, ceiling: f64) -> String {
+        format!(
+            "| {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} |",
+            self.name,
+            self.mb_s(),
+            self.lines as f64 / self.seconds,
+            self.cpu / (self.bytes as f64 / 1e9),
+            self.peak_rss_mib,
+            self.mb_s() / ceiling
+        )
+    }
+}
+
+fn read_lines(dir: &Path) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let data = std::fs::read(&path).unwrap();
+        lines.extend(data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+    }
+    lines
+}
+
+/// (a) the ceiling: every line from memory through one producer with the agent's settings.
+fn ceiling(bootstrap: &str, topic: &str, lines: &[Vec<u8>]) -> Row {
+    let config = client_config(&KafkaConfig::new(bootstrap), 64 << 20, 1 << 20);
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
+    let before = cpu_seconds("self");
+    let started = Instant::now();
+    for line in lines {
+        let mut record = BaseRecord::<(), [u8]>::to(topic).payload(line.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(600)).expect("flush");
+    Row {
+        name: "rdkafka producer from memory (ceiling)".into(),
+        bytes: lines.iter().map(|l| l.len() as u64 + 1).sum(),
+        lines: lines.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: cpu_seconds("self") - before,
+        peak_rss_mib: f64::NAN,
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn agent_metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(response) => metric(&response.text().await.unwrap_or_default(), name),
+        Err(_) => 0.0,
+    }
+}
+
+fn start_agent(work: &Path, bootstrap: &str, glob: &str, topic: &str) -> (Process, std::net::SocketAddr) {
+    let state = work.join(format!("state-{topic}"));
+    let addr = free_addr();
+    let text = format!(
+        "state_dir = \"{}\"\n[kafka]\nbootstrap = \"{bootstrap}\"\n[telemetry]\nlisten = \"{addr}\"\n\
+         [[inputs]]\npaths = [\"{glob}\"]\ntopic = \"{topic}\"\n",
+        state.display()
+    );
+    let config = write_file(work, &format!("agent-{topic}.toml"), &text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_logpipe-agent"));
+    command.args(["run", "--config", config.to_str().unwrap()]);
+    (Process::spawn("logpipe-agent", command).unwrap(), addr)
+}
+
+/// (d) the agent: from its start until Kafka acknowledged every line.
+async fn agent(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u64, bytes: u64) -> Row {
+    let started = Instant::now();
+    let (agent, addr) = start_agent(work, bootstrap, &format!("{}/*.log", dir.display()), topic);
+    let pid = agent.pid().to_string();
+    wait_until(Duration::from_secs(900), || async { agent_metric(addr, "logpipe_agent_lines_acked_total").await >= lines as f64 })
+        .await
+        .expect("agent shipped every line");
+    let seconds = started.elapsed().as_secs_f64();
+    Row {
+        name: "logpipe-agent".into(),
+        bytes,
+        lines,
+        seconds,
+        cpu: cpu_seconds(&pid),
+        peak_rss_mib: status_kib(&pid, "VmHWM:") as f64 / 1024.0,
+    }
+}
+
+/// Records in a topic now (sum of the partitions' high watermarks).
+fn topic_records(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
+    (0..4).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, high)| high).unwrap_or(0)).sum()
+}
+
+/// (b) rsyslog: imfile (inotify) + omkafka with the same producer settings, if installed.
+async fn rsyslog(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u64, bytes: u64) -> Option<Row> {
+    let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"].into_iter().find(|p| Path::new(p).exists())?;
+    let state = work.join(format!("rsyslog-{topic}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let conf = format!(
+        "global(workDirectory=\"{state}\" maxMessageSize=\"64k\")\n\
+         module(load=\"imfile\" mode=\"inotify\")\n\
+         module(load=\"omkafka\")\n\
+         template(name=\"line\" type=\"string\" string=\"%msg%\")\n\
+         input(type=\"imfile\" file=\"{dir}/*.log\" tag=\"game\" ruleset=\"kafka\" freshStartTail=\"off\")\n\
+         ruleset(name=\"kafka\") {{ action(type=\"omkafka\" broker=[\"{bootstrap}\"] topic=\"{topic}\" template=\"line\" \
+         confParam=[\"acks=all\", \"enable.idempotence=true\", \"compression.codec=lz4\", \"linger.ms=20\", \"batch.size=1048576\"]) }}\n",
+        state = state.display(),
+        dir = dir.display(),
+    );
+    let conf_path = write_file(work, &format!("rsyslog-{topic}.conf"), &conf).unwrap();
+    let started = Instant::now();
+    let mut command = Command::new(rsyslogd);
+    command.args(["-n", "-f", conf_path.to_str().unwrap(), "-i", state.join("pid").to_str().unwrap()]);
+    let process = Process::spawn("rsyslogd", command).ok()?;
+    let pid = process.pid().to_string();
+    let bootstrap = bootstrap.to_owned();
+    let topic_name = topic.to_owned();
+    let done = wait_until(Duration::from_secs(600), || {
+        let (bootstrap, topic) = (bootstrap.clone(), topic_name.clone());
+        async move { tokio::task::spawn_blocking(move || topic_records(&bootstrap, &topic)).await.unwrap_or(0) >= lines as i64 }
+    })
+    .await;
+    if done.is_err() {
+        eprintln!("rsyslog did not ship every line within 600 s:\n{}", process.logs());
+        return None;
+    }
+    Some(Row {
+        name: "rsyslog imfile + omkafka".into(),
+        bytes,
+        lines,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: cpu_seconds(&pid),
+        peak_rss_mib: status_kib(&pid, "VmHWM:") as f64 / 1024.0,
+    })
+}
+
+/// Idle cost: 1,000 watched files, all read, nothing written for 10 s.
+async fn idle(work: &Path, bootstrap: &str) -> String {
+    let dir = work.join("idle");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..1000 {
+        std::fs::write(dir.join(format!("f{i}.log")), format!("line {i}\n")).unwrap();
+    }
+    let (agent, addr) = start_agent(work, bootstrap, &format!("{}/*.log", dir.display()), "bench.idle");
+    let pid = agent.pid().to_string();
+    wait_until(Duration::from_secs(120), || async { agent_metric(addr, "logpipe_agent_lines_acked_total").await >= 1000.0 })
+        .await
+        .expect("idle files read");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cpu_seconds(&pid);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let core = (cpu_seconds(&pid) - before) / 10.0 * 100.0;
+    let rss = status_kib(&pid, "VmRSS:") as f64 / 1024.0;
+    format!("Idle with 1,000 watched files: {core:.2}% of a core, RSS {rss:.1} MiB (targets: < 2%, <= 20 MiB).")
+}
+
+#[tokio::main]
+async fn main() {
+    let output = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let work = tempfile::Builder::new().prefix("logpipe-agent-bench-").tempdir().unwrap();
+    let sizes: [(usize, u64); 2] = [(250, 400_000), (1000, 100_000)];
+    let topics: Vec<(String, i32)> =
+        sizes.iter().flat_map(|(s, _)| [(format!("bench.ceiling.{s}"), 4), (format!("raw.bench{s}"), 4), (format!("bench.rsyslog.{s}"), 4)]).chain([("bench.idle".to_owned(), 4)]).collect();
+    let topic_refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    let cluster = DevCluster::start(1, &topic_refs).await.expect("dev cluster (cargo build --release -p logpipe-devkit --bins)");
+    let mut report = String::from(
+        "# logpipe-agent throughput\n\nSame generated files, same dev cluster (librdkafka mock, 1 broker, 4 partitions), \
+         same producer settings (acks=all, idempotence, lz4, linger 20 ms). CPU s/GB = CPU seconds of the sending process \
+         per GB of lines.\n",
+    );
+    for (size, lines) in sizes {
+        let dir = work.path().join(format!("lines-{size}"));
+        let mut args = LoadgenArgs::new(&dir);
+        args.files = 4;
+        args.lines = lines;
+        args.line_size = size.to_string().parse().unwrap();
+        args.seed = size as u64;
+        let written = loadgen::run(&args, &AtomicBool::new(false)).unwrap();
+        let in_memory = read_lines(&dir);
+        assert_eq!(in_memory.len() as u64, written.lines);
+        let distinct: HashSet<&Vec<u8>> = in_memory.iter().collect();
+        assert_eq!(distinct.len(), in_memory.len(), "generated lines are unique");
+        let ceiling = ceiling(cluster.bootstrap(), &format!("bench.ceiling.{size}"), &in_memory);
+        let agent = agent(work.path(), cluster.bootstrap(), &dir, &format!("raw.bench{size}"), written.lines, written.bytes).await;
+        let rsyslog = rsyslog(work.path(), cluster.bootstrap(), &dir, &format!("bench.rsyslog.{size}"), written.lines, written.bytes).await;
+        report.push_str(&format!(
+            "\n## ~{size} B lines ({} lines, {:.0} MB)\n\n| sender | MB/s | lines/s | CPU s/GB | peak RSS MiB | ratio to ceiling |\n|---|---|---|---|---|---|\n{}\n{}\n",
+            written.lines,
+            written.bytes as f64 / 1e6,
+            ceiling.render(ceiling.mb_s()),
+            agent.render(ceiling.mb_s()),
+        ));
+        match rsyslog {
+            Some(row) => report.push_str(&format!(
+                "{}\n\nlogpipe-agent / rsyslog: {:.2}x\n",
+                row.render(ceiling.mb_s()),
+                agent.mb_s() / row.mb_s()
+            )),
+            None => report.push_str("\nrsyslog: not installed (Debian `rsyslog-kafka`) or did not finish.\n"),
+        }
+        println!("{report}");
+    }
+    report.push_str(&format!("\n{}\n", idle(work.path(), cluster.bootstrap()).await));
+    report.push_str(
+        "\nNot measured: syslog-ng's kafka destination (`syslog-ng-mod-rdkafka` was not installable next to this \
+         machine's packages).\n",
+    );
+    println!("{report}");
+    if let Some(path) = output {
+        std::fs::write(&path, &report).unwrap();
+        eprintln!("written to {path}");
+    }
+}
