@@ -6,9 +6,10 @@
 //! dead letters, the replay-state changes and the consumer offsets
 //! (`send_offsets_to_transaction` with the group's metadata, so a zombie from an older group
 //! generation is fenced). Rebalance callbacks only run inside the consumer's poll, which never
-//! happens while a transaction is open; a batch gathered across a rebalance is discarded and
-//! re-read from the committed offsets. An abortable transaction error aborts, rewinds the
-//! consumer to the batch's first offsets and drops the batch's replay-state changes.
+//! happens while a transaction is open; records gathered from a partition that is revoked are
+//! dropped from the batch, and its next owner reads them from the committed offset. An
+//! abortable transaction error aborts, rewinds the consumer to the batch's first offsets and
+//! drops the batch's replay-state changes.
 //!
 //! The same loop replays a dead-letter topic (`logpipe-validator replay`): input is the DLQ,
 //! records are restored to their original form and routed by their original topic, replay
@@ -248,7 +249,7 @@ impl Pipeline {
                 self.refresh_subscription()?;
                 last_refresh = Some(Instant::now());
             }
-            let Some(batch) = self.gather().await? else { continue };
+            let batch = self.gather().await?;
             if batch.is_empty() {
                 continue;
             }
@@ -326,19 +327,21 @@ impl Pipeline {
     }
 
     /// Takes up to `batch_records` records, waiting at most `batch_time` after the first one.
-    /// `None` when a rebalance happened: the records gathered are dropped (they are read again
-    /// from the committed offsets).
-    async fn gather(&mut self) -> anyhow::Result<Option<Vec<OwnedMessage>>> {
-        let mut batch = Vec::new();
+    async fn gather(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
+        let mut batch: Vec<OwnedMessage> = Vec::new();
         let deadline = tokio::time::Instant::now() + self.settings.batch_time;
         while batch.len() < self.settings.batch_records {
             let wait = if batch.is_empty() { self.settings.batch_time * 5 } else { deadline - tokio::time::Instant::now() };
             let received = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(Some(Vec::new())),
+                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
                 r = tokio::time::timeout(wait, self.consumer.recv()) => r.map(|r| r.map(|m| m.detach())),
             };
-            if self.handle_group_events()? {
-                return Ok(None);
+            // Records gathered from a revoked partition are dropped: the partition's next owner
+            // (perhaps this instance again) fetches it from its committed offset. The record this
+            // poll returned came after the rebalance.
+            let revoked = self.handle_group_events()?;
+            if !revoked.is_empty() {
+                batch.retain(|m| !revoked.iter().any(|(t, p)| t == m.topic() && *p == m.partition()));
             }
             match received {
                 Err(_elapsed) => break,
@@ -360,7 +363,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(Some(batch))
+        Ok(batch)
     }
 
     /// In replay, only records below the end offsets at start are taken (records this replay
@@ -379,18 +382,19 @@ impl Pipeline {
         Some(message)
     }
 
-    /// Acts on rebalances; true when there was one.
-    fn handle_group_events(&mut self) -> anyhow::Result<bool> {
+    /// Acts on rebalances; returns the partitions revoked.
+    fn handle_group_events(&mut self) -> anyhow::Result<Vec<PartitionKey>> {
         let events: Vec<GroupEvent> = std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
-        if events.is_empty() {
-            return Ok(false);
-        }
+        let mut revoked = Vec::new();
         for event in events {
             match (event, &mut self.mode) {
-                (GroupEvent::Revoked(list), Mode::Live { filter, .. }) => {
-                    for partition in &list {
-                        filter.revoke(partition);
+                (GroupEvent::Revoked(list), mode) => {
+                    if let Mode::Live { filter, .. } = mode {
+                        for partition in &list {
+                            filter.revoke(partition);
+                        }
                     }
+                    revoked.extend(list);
                 }
                 (GroupEvent::Assigned(list), Mode::Live { filter, state_topic }) => {
                     let started = Instant::now();
@@ -399,10 +403,10 @@ impl Pipeline {
                     })?;
                     tracing::info!(partitions = list.len(), records = restored, elapsed = ?started.elapsed(), "replay state restored");
                 }
-                (_, Mode::Replay { .. }) => {}
+                (GroupEvent::Assigned(_), Mode::Replay { .. }) => {}
             }
         }
-        Ok(true)
+        Ok(revoked)
     }
 
     /// Checks every record of a batch. `None` when shutdown came during a pause.
@@ -555,6 +559,7 @@ impl Pipeline {
         }
         // No group metadata means the consumer is not in the group (any more): abort and re-read.
         let group = self.consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownMemberId))?;
+        tracing::debug!(offsets = ?list, records = outputs.len(), "committing a batch");
         self.producer.send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
         self.producer.commit_transaction(KAFKA_TIMEOUT)
     }
