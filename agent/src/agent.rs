@@ -96,6 +96,8 @@ pub struct Agent {
     last_checkpoint: Instant,
     last_checkpoint_ok: Instant,
     latency: Histogram,
+    /// Lines and bytes acknowledged per input since the counters were last updated.
+    acked: Vec<(u64, u64)>,
     buf: Vec<u8>,
 }
 
@@ -150,6 +152,7 @@ impl Agent {
             last_checkpoint: now,
             last_checkpoint_ok: now,
             latency: metrics::histogram!(DELIVERY_LATENCY),
+            acked: Vec::new(),
             buf: vec![0; READ_CHUNK],
         };
         agent.probe();
@@ -255,10 +258,11 @@ impl Agent {
         if let Some(sent) = acked.sent {
             self.latency.record(sent.elapsed().as_secs_f64());
         }
-        if let Some(input) = self.inputs.get(input) {
-            input.metrics.lines_acked.increment(1);
-            input.metrics.bytes_acked.increment(acked.cost.saturating_sub(RECORD_OVERHEAD));
+        if self.acked.len() <= input {
+            self.acked.resize(input + 1, (0, 0));
         }
+        self.acked[input].0 += 1;
+        self.acked[input].1 += acked.cost.saturating_sub(RECORD_OVERHEAD);
         if !self.ready {
             self.set_ready(true, "");
         }
@@ -598,9 +602,21 @@ impl Agent {
         more
     }
 
-    fn update_gauges(&self) {
+    /// Publishes the acknowledgement counters and the in-flight gauges (cheap, every pass).
+    fn update_gauges(&mut self) {
+        for (input, (lines, bytes)) in self.acked.iter_mut().enumerate() {
+            if let Some(input) = self.inputs.get(input) {
+                input.metrics.lines_acked.increment(*lines);
+                input.metrics.bytes_acked.increment(*bytes);
+            }
+            (*lines, *bytes) = (0, 0);
+        }
         gauge!(INFLIGHT_BYTES).set(self.inflight_bytes as f64);
         gauge!(INFLIGHT_RECORDS).set(self.inflight_records as f64);
+    }
+
+    /// Publishes the per-file gauges (walks every tailer: once per sweep).
+    fn update_file_gauges(&self) {
         gauge!(OPEN_FILES).set(self.tailers.len() as f64);
         gauge!(DETACHED_FILES).set(self.tailers.values().filter(|t| t.detached.is_some()).count() as f64);
     }
@@ -688,6 +704,7 @@ impl Agent {
         self.evict_detached();
         gauge!(CHECKPOINT_AGE).set(self.last_checkpoint_ok.elapsed().as_secs_f64());
         self.update_gauges();
+        self.update_file_gauges();
     }
 
     /// A detached file that stopped growing gets its last line shipped, and is closed once
@@ -834,6 +851,7 @@ impl Agent {
         }
         let rebuild = config.kafka != self.config.kafka || config.inflight_bytes != self.config.inflight_bytes;
         self.discovery = Discovery::new(&config.inputs, config.watch == WatchMode::Poll, self.events_tx.clone())?;
+        self.update_gauges(); // count acknowledgements under the inputs they were read for
         self.host = config.host_name();
         self.inputs = inputs(&config);
         self.config = config;
@@ -866,6 +884,7 @@ impl Agent {
             }
         }
         self.write_checkpoint();
+        self.update_gauges();
         if self.inflight_records > 0 {
             tracing::warn!(
                 "stopping with {} records unacknowledged: they are read and sent again at the next start",

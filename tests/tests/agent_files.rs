@@ -70,7 +70,10 @@ async fn awkward_lines_and_files_arrive_exactly_as_the_contract_says() -> anyhow
     // A file deleted while being read: everything written before the delete arrives, and its
     // unterminated last line is shipped once the file is gone and idle.
     let doomed = lines("doomed", 2000);
-    append(&setup.log("doomed.log"), &doomed);
+    append(&setup.log("doomed.log"), &doomed[..1]);
+    // Once the agent has the file open, the rest is written and the file deleted at once.
+    collector.wait_for_values(&as_set(&doomed[..1]), WAIT).await?;
+    append(&setup.log("doomed.log"), &doomed[1..]);
     std::fs::OpenOptions::new().append(true).open(setup.log("doomed.log"))?.write_all(b"no newline")?;
     std::fs::remove_file(setup.log("doomed.log"))?;
     let mut expected = as_set(&doomed);
