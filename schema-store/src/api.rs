@@ -116,8 +116,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new();
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in routes() {
-        let role = r.role;
-        let handler = r.handler.layer(middleware::from_fn_with_state((state.clone(), role), authorize));
+        let handler = r.handler.layer(middleware::from_fn_with_state((state.clone(), r.role, r.path), authorize));
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
             None => by_path.push((r.path, handler)),
@@ -133,13 +132,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-async fn authorize(State((state, role)): State<(AppState, Role)>, request: Request, next: Next) -> Response {
+/// Per route: checks the caller's role, then counts and times the request by route.
+async fn authorize(State((state, role, route)): State<(AppState, Role, &'static str)>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
     // Permanent deletes destroy data: they need the admin role, soft deletes only write.
-    let role = if request.method() == Method::DELETE && request.uri().query().is_some_and(|q| q.contains("permanent=true")) { Role::Admin } else { role };
-    match state.auth.authorize(request.headers(), role) {
+    let role = if method == Method::DELETE && request.uri().query().is_some_and(|q| q.contains("permanent=true")) { Role::Admin } else { role };
+    let response = match state.auth.authorize(request.headers(), role) {
         Ok(()) => next.run(request).await,
         Err(denied) => denied.into_response(),
-    }
+    };
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("logpipe_schema_store_http_requests_total", "method" => method.to_string(), "route" => route, "status" => status).increment(1);
+    metrics::histogram!("logpipe_schema_store_http_request_seconds", "method" => method.to_string(), "route" => route).record(started.elapsed().as_secs_f64());
+    response
 }
 
 fn media_type(value: &str) -> String {
@@ -327,7 +333,7 @@ async fn referenced_by(State(state): State<AppState>, Path((subject, version)): 
 async fn register(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(request): JsonBody<SchemaRequest>) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let new = request.into_new()?;
-    let result = state.registry.write(|registry| registry.register(&subject, &new)).await;
+    let result = state.registry.write(move |registry| registry.register(&subject, &new)).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.code == 40901 => "incompatible",
@@ -352,14 +358,14 @@ async fn lookup(
 async fn delete_subject(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let permanent = query.permanent;
-    Ok(reply(&state.registry.write(|registry| registry.delete_subject(&subject, permanent)).await?))
+    Ok(reply(&state.registry.write(move |registry| registry.delete_subject(&subject, permanent)).await?))
 }
 
 async fn delete_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let selector = VersionSelector::parse(&version)?;
     let permanent = query.permanent;
-    Ok(reply(&state.registry.write(|registry| registry.delete_version(&subject, selector, permanent)).await?))
+    Ok(reply(&state.registry.write(move |registry| registry.delete_version(&subject, selector, permanent)).await?))
 }
 
 fn compatibility_reply(registry: &RegistryState, subject: &str, selector: Option<VersionSelector>, request: SchemaRequest, verbose: bool) -> Result<Response, ApiError> {
@@ -476,12 +482,12 @@ async fn get_global<S: Setting>(State(state): State<AppState>) -> Response {
 
 async fn put_global<S: Setting>(State(state): State<AppState>, Query(query): Query<Flags>, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
     let value = S::parse(&body)?;
-    state.registry.write(|r| S::check_global(r, value, query.force).map(|()| ((), vec![S::record(None, Some(value))]))).await?;
+    state.registry.write(move |r| S::check_global(r, value, query.force).map(|()| ((), vec![S::record(None, Some(value))]))).await?;
     Ok(setting_reply(S::PUT_FIELD, value))
 }
 
 async fn delete_global<S: Setting>(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let previous = state.registry.write(|r| Ok((S::global(r), vec![S::record(None, None)]))).await?;
+    let previous = state.registry.write(move |r| Ok((S::global(r), vec![S::record(None, None)]))).await?;
     Ok(setting_reply(S::FIELD, previous))
 }
 
@@ -498,7 +504,7 @@ async fn get_subject_setting<S: Setting>(State(state): State<AppState>, Path(sub
 async fn put_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let value = S::parse(&body)?;
-    state.registry.write(|_| Ok(((), vec![S::record(Some(&subject), Some(value))]))).await?;
+    state.registry.write(move |_| Ok(((), vec![S::record(Some(&subject), Some(value))]))).await?;
     Ok(setting_reply(S::PUT_FIELD, value))
 }
 
@@ -506,7 +512,7 @@ async fn delete_subject_setting<S: Setting>(State(state): State<AppState>, Path(
     validate_subject(&subject)?;
     let previous = state
         .registry
-        .write(|r| match S::subject(r, &subject) {
+        .write(move |r| match S::subject(r, &subject) {
             Some(value) => Ok((value, vec![S::record(Some(&subject), None)])),
             None => Err(ApiError::subject_not_found(&subject)),
         })

@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::any::Any;
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::compat::{self, Level};
 use crate::error::ApiError;
@@ -53,7 +55,7 @@ pub struct VersionEntry {
 type ContentKey = (SchemaType, String, Vec<Reference>);
 
 /// What the log says, indexed for the API.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct State {
     schemas: HashMap<u32, Arc<StoredSchema>>,
     by_content: HashMap<ContentKey, u32>,
@@ -536,16 +538,28 @@ fn without_transitivity(level: Level) -> Level {
     }
 }
 
+/// A write waiting for the writer thread: its plan and where to send the outcome.
+type Plan = Box<dyn FnOnce(&State) -> Result<(Box<dyn Any + Send>, Vec<Record>), ApiError> + Send>;
+type Job = (Plan, oneshot::Sender<Result<Box<dyn Any + Send>, ApiError>>);
+
+/// Writes per batch at most: bounds the latency one fsync adds to the first write of a batch.
+const MAX_BATCH: usize = 256;
+
 /// The registry: state plus the durable log it is rebuilt from.
+///
+/// Writes go through one writer thread doing group commit: it plans each queued write against
+/// a staging copy of the state (so later writes of a batch see earlier ones), writes the whole
+/// batch with one `fdatasync`, and only then applies it to the state readers see and answers the
+/// writers. Nothing is visible or acknowledged before it is durable, and concurrent writers share
+/// the cost of an fsync instead of queueing for one each.
 #[derive(Debug)]
 pub struct Registry {
-    state: RwLock<State>,
-    log: Arc<Mutex<LocalLog>>,
-    writer: tokio::sync::Mutex<()>,
+    state: Arc<RwLock<State>>,
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl Registry {
-    /// Opens the local log in `dir` and replays it.
+    /// Opens the local log in `dir`, replays it and starts the writer thread.
     pub fn open(dir: &Path) -> anyhow::Result<Registry> {
         let started = std::time::Instant::now();
         let (log, records) = LocalLog::open(dir)?;
@@ -555,37 +569,89 @@ impl Registry {
         }
         tracing::info!(records = records.len(), schemas = state.schemas.len(), subjects = state.subjects.len(), elapsed = ?started.elapsed(), "replayed the schema log");
         metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
-        Ok(Registry { state: RwLock::new(state), log: Arc::new(Mutex::new(log)), writer: tokio::sync::Mutex::new(()) })
+        let staging = state.clone();
+        let state = Arc::new(RwLock::new(state));
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let public = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("schema-log-writer".into())
+            .spawn(move || write_batches(queue, log, staging, public))
+            .map_err(|e| anyhow::anyhow!("cannot start the log writer thread: {e}"))?;
+        Ok(Registry { state, jobs })
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().expect("registry state lock")
     }
 
-    /// Runs a write: `plan` computes records from the current state; they are made durable,
-    /// then applied. Writers run one at a time so the plan stays valid until applied.
-    pub async fn write<T: Send>(&self, plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), ApiError>) -> Result<T, ApiError> {
-        let _writer = self.writer.lock().await;
-        let (result, records) = plan(&self.read())?;
+    /// Runs a write: `plan` computes records from the state as of all earlier writes; the
+    /// records are made durable, then applied, then the result is returned.
+    pub async fn write<T: Send + 'static>(&self, plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), ApiError> + Send + 'static) -> Result<T, ApiError> {
+        let plan: Plan = Box::new(move |state| plan(state).map(|(t, records)| (Box::new(t) as Box<dyn Any + Send>, records)));
+        let (reply, outcome) = oneshot::channel();
+        self.jobs.send((plan, reply)).map_err(|_| ApiError::store("the log writer has stopped"))?;
+        let result = outcome.await.map_err(|_| ApiError::store("the log writer has stopped"))??;
+        Ok(*result.downcast::<T>().expect("a plan's result has the plan's type"))
+    }
+}
+
+/// The writer thread: group commit until every `Registry` handle is gone.
+fn write_batches(mut queue: mpsc::UnboundedReceiver<Job>, mut log: LocalLog, mut staging: State, public: Arc<RwLock<State>>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut records = Vec::new();
+        let mut waiting = Vec::new();
+        for (plan, reply) in batch {
+            match plan(&staging) {
+                Ok((result, planned)) if planned.is_empty() => {
+                    let _ = reply.send(Ok(result));
+                }
+                Ok((result, planned)) => match planned.iter().try_for_each(|r| staging.apply(r)) {
+                    Ok(()) => {
+                        records.extend(planned);
+                        waiting.push((reply, result));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ApiError::store(format!("cannot apply a planned record: {e}"))));
+                    }
+                },
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
         if records.is_empty() {
-            return Ok(result);
+            continue;
         }
-        let log = Arc::clone(&self.log);
-        let to_write = records.clone();
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || log.lock().expect("log lock").append(&to_write))
-            .await
-            .map_err(|e| ApiError::store(format!("log writer failed: {e}")))?
-            .map_err(|e| {
-                metrics::counter!("logpipe_schema_store_log_errors_total").increment(1);
-                ApiError::store(format!("Error while writing to the schema log: {e}"))
-            })?;
-        metrics::histogram!("logpipe_schema_store_log_append_seconds").record(started.elapsed().as_secs_f64());
-        let mut state = self.state.write().expect("registry state lock");
-        for record in &records {
-            state.apply(record).map_err(|e| ApiError::store(format!("cannot apply a record just written: {e}")))?;
+        if let Err(e) = log.append(&records) {
+            metrics::counter!("logpipe_schema_store_log_errors_total").increment(1);
+            tracing::error!("cannot write the schema log: {e}");
+            // The batch is not durable: forget it and answer every writer with the error.
+            staging = public.read().expect("registry state lock").clone();
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(ApiError::store(format!("Error while writing to the schema log: {e}"))));
+            }
+            continue;
         }
-        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
-        Ok(result)
+        metrics::histogram!("logpipe_schema_store_log_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
+        {
+            let mut state = public.write().expect("registry state lock");
+            for record in &records {
+                // Already applied to staging without error: it applies here the same way.
+                let _ = state.apply(record);
+            }
+            metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        }
+        for (reply, result) in waiting {
+            let _ = reply.send(Ok(result));
+        }
     }
 }

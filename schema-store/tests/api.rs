@@ -13,6 +13,7 @@ fn avro(schema: &str) -> Value {
 
 #[tokio::test]
 async fn register_lookup_and_read_back() {
+    let metrics = logpipe_core::telemetry::prometheus();
     let store = Store::start().await;
     let v1 = avro_record("Event", r#"{"name":"id","type":"long"}"#);
     // Unknown body fields (metadata, ruleSet) are accepted and ignored.
@@ -63,6 +64,15 @@ async fn register_lookup_and_read_back() {
 
     assert_eq!(store.get("/subjects").await, (200, json!(["events-value", "other-value"])));
     assert_eq!(store.get("/subjects?subjectPrefix=oth").await, (200, json!(["other-value"])));
+
+    let rendered = metrics.render();
+    for expected in [
+        r#"logpipe_schema_store_http_requests_total{method="GET",route="/schemas/ids/{id}",status="404"}"#,
+        r#"logpipe_schema_store_registrations_total{outcome="ok"}"#,
+        "logpipe_schema_store_log_append_seconds",
+    ] {
+        assert!(rendered.contains(expected), "{expected} missing from\n{rendered}");
+    }
 }
 
 #[tokio::test]
@@ -374,4 +384,32 @@ async fn state_survives_a_restart() {
     assert_eq!(store.get("/subjects/s/versions/1").await.1["id"], 1);
     // The permanently deleted id 2 stays burnt after the restart.
     assert_eq!(store.register("s3", avro(&b)).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_in_one_batch_see_each_other() {
+    let store = Store::start().await;
+    let same = avro(&avro_record("Same", r#"{"name":"x","type":"int"}"#));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let (client, base, same) = (store.client.clone(), store.base.clone(), same.clone());
+        tasks.spawn(async move {
+            // Half register one schema in one subject, half register distinct schemas.
+            let (subject, body) = if i % 2 == 0 { ("same".to_owned(), same) } else { (format!("other-{i}"), avro(&avro_record(&format!("O{i}"), ""))) };
+            let r = client.post(format!("{base}/subjects/{subject}/versions")).header("content-type", CT).body(body.to_string()).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            (subject, r.json::<Value>().await.unwrap()["id"].as_u64().unwrap())
+        });
+    }
+    let mut same_ids = std::collections::HashSet::new();
+    let mut other_ids = std::collections::HashSet::new();
+    while let Some(result) = tasks.join_next().await {
+        let (subject, id) = result.unwrap();
+        if subject == "same" { same_ids.insert(id) } else { other_ids.insert(id) };
+    }
+    // One schema: one id and one version however the writes were batched; others all distinct.
+    assert_eq!(same_ids.len(), 1);
+    assert_eq!(store.get("/subjects/same/versions").await.1, json!([1]));
+    assert_eq!(other_ids.len(), 16);
+    assert!(other_ids.is_disjoint(&same_ids));
 }
