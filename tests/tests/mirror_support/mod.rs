@@ -26,11 +26,13 @@ pub async fn clusters(topics: &[(&str, i32)], shards: i32) -> anyhow::Result<(De
     Ok((write, read))
 }
 
-/// Writes a mirror config into `dir` and returns its path and telemetry address.
+/// Writes a mirror config into `dir` and returns its path and telemetry address; `extra` holds
+/// top-level keys (a `commit_interval_ms` there replaces the tests' default of 100).
 pub fn mirror_config(dir: &Path, name: &str, write: &DevCluster, read: &DevCluster, extra: &str) -> anyhow::Result<(PathBuf, SocketAddr)> {
     let addr = free_addr();
+    let commit = if extra.contains("commit_interval_ms") { "" } else { "commit_interval_ms = 100\n" };
     let text = format!(
-        "commit_interval_ms = 100\nsession_timeout_ms = 3000\n{extra}\n\
+        "{commit}session_timeout_ms = 3000\n{extra}\n\
          [source]\nbootstrap = \"{}\"\n[target]\nbootstrap = \"{}\"\n\
          [topics]\ninclude = [\"raw\\\\..*\"]\nrefresh_interval_ms = 1000\n\
          [telemetry]\nlisten = \"{addr}\"\n",
