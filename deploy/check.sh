@@ -77,8 +77,8 @@ ensure_binaries() {
     else
         local target=${CARGO_TARGET_DIR:-$REPO/target}
         log "building the service binaries"
-        (cd "$REPO" && cargo build -q --bins -p logpipe-agent -p logpipe-mirror \
-            -p logpipe-validator -p logpipe-schema-store -p logpipe-devkit)
+        # The same command as the test script's, so that after it this is a no-op.
+        (cd "$REPO" && cargo build -q --workspace --bins)
         BIN_DIR=$target/debug
     fi
     local name
@@ -101,8 +101,7 @@ stage_root() {
     cp -r "$@" "$root/etc/systemd/system/"
 }
 
-# `systemd-analyze verify` must print nothing at all (unknown keys are only warnings there), and
-# `security` must score each unit, with the shared hardening drop-in, below 3.0.
+# `systemd-analyze verify` must print nothing at all (unknown keys are only warnings there).
 verify_units() {
     local root=$1 out ok=0 unit
     shift
@@ -116,6 +115,8 @@ verify_units() {
     return $ok
 }
 
+# The units of deploy/systemd verify cleanly against the built binaries, and `security` scores
+# each, with the shared hardening drop-in, below 3.0.
 check_systemd() {
     local root="$WORK/systemd-root" ok=0 unit out exposure
     stage_root "$root" "$DEPLOY"/systemd/*
