@@ -114,77 +114,32 @@ resource "aws_iam_instance_profile" "broker" {
   role = aws_iam_role.broker.name
 }
 
-resource "aws_launch_template" "broker" {
-  count                  = var.broker_count
-  name_prefix            = "${var.name}-kafka-${count.index + 1}-"
-  image_id               = var.ami_id
-  instance_type          = var.instance_type
-  ebs_optimized          = true
-  vpc_security_group_ids = [aws_security_group.broker.id]
-  user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
+module "broker" {
+  source               = "../instance_group"
+  count                = var.broker_count
+  name                 = "${var.name}-kafka-${count.index + 1}"
+  size                 = 1
+  subnet_ids           = [data.aws_subnet.broker[count.index].id]
+  ami_id               = var.ami_id
+  instance_type        = var.instance_type
+  security_group_ids   = [aws_security_group.broker.id]
+  instance_profile_arn = aws_iam_instance_profile.broker.arn
+  root_volume_size_gb  = 30
+  kms_key_arn          = var.kms_key_arn
+  tags                 = merge(var.tags, { KafkaCluster = var.name })
+  user_data = templatefile("${path.module}/user_data.sh.tftpl", {
     node_id         = count.index + 1
     cluster_id      = var.cluster_id
     voters          = local.voters
     advertised_host = aws_network_interface.broker[count.index].private_ip
     eni_id          = aws_network_interface.broker[count.index].id
     volume_id       = aws_ebs_volume.data[count.index].id
+    attach_volume   = file("${path.module}/../instance_group/attach-volume.sh")
     kafka_version   = var.kafka_version
     kafka_sha512    = var.kafka_sha512
     port            = local.port
     controller_port = local.controller_port
     replication     = min(3, var.broker_count)
     min_insync      = max(1, min(3, var.broker_count) - 1)
-  }))
-
-  iam_instance_profile {
-    arn = aws_iam_instance_profile.broker.arn
-  }
-
-  # IMDSv2 only.
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  block_device_mappings {
-    device_name = "/dev/xvda"
-    ebs {
-      volume_size           = 30
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.kms_key_arn
-      delete_on_termination = true
-    }
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(var.tags, { Name = "${var.name}-kafka-${count.index + 1}", KafkaCluster = var.name })
-  }
-}
-
-resource "aws_autoscaling_group" "broker" {
-  count               = var.broker_count
-  name                = "${var.name}-kafka-${count.index + 1}"
-  min_size            = 1
-  max_size            = 1
-  desired_capacity    = 1
-  vpc_zone_identifier = [data.aws_subnet.broker[count.index].id]
-  health_check_type   = "EC2"
-
-  launch_template {
-    id      = aws_launch_template.broker[count.index].id
-    version = aws_launch_template.broker[count.index].latest_version
-  }
-
-  tag {
-    key                 = "KafkaCluster"
-    value               = var.name
-    propagate_at_launch = true
-  }
+  })
 }

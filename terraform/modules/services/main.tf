@@ -41,6 +41,7 @@ data "aws_subnet" "schema_store" {
 }
 
 resource "aws_security_group" "services" {
+  #checkov:skip=CKV2_AWS_5:Attached to every instance through module.service (instance_group's launch template); checkov does not follow a for_each module's arguments
   name        = "${var.name}-logpipe-services"
   description = "logpipe services: schema store API and telemetry from inside the VPC only"
   vpc_id      = var.vpc_id
@@ -128,14 +129,21 @@ resource "aws_iam_instance_profile" "services" {
   role = aws_iam_role.services.name
 }
 
-resource "aws_launch_template" "service" {
-  for_each               = local.services
-  name_prefix            = "${var.name}-${each.key}-"
-  image_id               = var.ami_id
-  instance_type          = var.instance_type
-  ebs_optimized          = true
-  vpc_security_group_ids = [aws_security_group.services.id]
-  user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
+module "service" {
+  source               = "../instance_group"
+  for_each             = local.services
+  name                 = "${var.name}-${each.key}"
+  size                 = each.value.count
+  subnet_ids           = each.value.subnets
+  ami_id               = var.ami_id
+  instance_type        = var.instance_type
+  security_group_ids   = [aws_security_group.services.id]
+  instance_profile_arn = aws_iam_instance_profile.services.arn
+  kms_key_arn          = var.kms_key_arn
+  target_group_arns    = each.key == "schema-store" ? [aws_lb_target_group.schema_store.arn] : []
+  health_check_type    = each.key == "schema-store" ? "ELB" : "EC2"
+  tags                 = merge(var.tags, { LogpipeService = each.key })
+  user_data = templatefile("${path.module}/user_data.sh.tftpl", {
     service        = each.key
     config         = each.value.config
     unit           = file("${local.systemd_dir}/logpipe-${each.key}.service")
@@ -143,60 +151,8 @@ resource "aws_launch_template" "service" {
     release_url    = var.logpipe_release_url
     release_sha256 = var.logpipe_release_sha256
     data_volume_id = each.key == "schema-store" ? aws_ebs_volume.schema_store.id : ""
-  }))
-
-  iam_instance_profile {
-    arn = aws_iam_instance_profile.services.arn
-  }
-
-  # IMDSv2 only.
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  block_device_mappings {
-    device_name = "/dev/xvda"
-    ebs {
-      volume_size           = 20
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.kms_key_arn
-      delete_on_termination = true
-    }
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(var.tags, { Name = "${var.name}-${each.key}", LogpipeService = each.key })
-  }
-}
-
-resource "aws_autoscaling_group" "service" {
-  for_each            = local.services
-  name                = "${var.name}-${each.key}"
-  min_size            = each.value.count
-  max_size            = each.value.count
-  desired_capacity    = each.value.count
-  vpc_zone_identifier = each.value.subnets
-  target_group_arns   = each.key == "schema-store" ? [aws_lb_target_group.schema_store.arn] : []
-  health_check_type   = each.key == "schema-store" ? "ELB" : "EC2"
-
-  launch_template {
-    id      = aws_launch_template.service[each.key].id
-    version = aws_launch_template.service[each.key].latest_version
-  }
-
-  tag {
-    key                 = "LogpipeService"
-    value               = each.key
-    propagate_at_launch = true
-  }
+    attach_volume  = file("${path.module}/../instance_group/attach-volume.sh")
+  })
 }
 
 resource "aws_lb" "schema_store" {
