@@ -169,13 +169,15 @@ check_ansible() {
 
 # Formatting (Terraform 1.0.3, so nothing newer than 1.0 syntax), every file parsed and the
 # module wiring checked (python-hcl2), and checkov with no failed check (skips carry their
-# reason next to the resource), and the service configs the instances get pass the real `check`.
+# reason next to the resource); the service configs the instances get pass the real `check`, and
+# the user data templates render (with Terraform) to bash scripts that parse.
 check_terraform() {
     local ok=0
     terraform -chdir="$REPO/terraform" fmt -check -recursive -diff || ok=1
     python "$DEPLOY/checks/terraform_modules.py" "$REPO/terraform" || return 1
     checkov -d "$REPO/terraform" --framework terraform --skip-download --quiet --compact || ok=1
     python "$DEPLOY/checks/terraform_configs.py" "$REPO/terraform/modules/services/configs" "$BIN_DIR" || ok=1
+    python "$DEPLOY/checks/terraform_user_data.py" "$REPO/terraform/modules" || ok=1
     return $ok
 }
 

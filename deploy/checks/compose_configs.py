@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from service_check import check_config
+
 
 def main(compose_file: str, bin_dir: str) -> int:
     resolved = subprocess.run(
@@ -34,16 +36,9 @@ def main(compose_file: str, bin_dir: str) -> int:
             print(f"{name}: {args[2]} is not bind-mounted from the repository")
             failures += 1
             continue
-        result = subprocess.run(
-            [str(Path(bin_dir) / binary), "check", "--config", source], capture_output=True, text=True
-        )
         checked += 1
         shown = Path(source).relative_to(Path(compose_file).resolve().parent)
-        if result.returncode == 0:
-            print(f"{name}: {binary} check --config {shown}: ok")
-        else:
-            print(f"{name}: {binary} check --config {shown}: FAILED (exit {result.returncode})")
-            print(result.stdout + result.stderr, end="")
+        if not check_config(bin_dir, binary, source, f"compose service {name} ({shown})"):
             failures += 1
     if checked == 0:
         print("no logpipe service config found in the compose file")

@@ -6,10 +6,11 @@ Usage: terraform_configs.py TEMPLATE_DIR BIN_DIR
 """
 
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from service_check import check_config
 
 # Example values for the template variables, shaped like what the module passes.
 EXAMPLES = {
@@ -39,16 +40,8 @@ def main(template_dir: str, bin_dir: str) -> int:
         with tempfile.NamedTemporaryFile("w", suffix=".toml") as config:
             config.write(rendered)
             config.flush()
-            result = subprocess.run(
-                [str(Path(bin_dir) / f"logpipe-{service}"), "check", "--config", config.name],
-                capture_output=True, text=True,
-            )
-        if result.returncode == 0:
-            print(f"terraform {template.name}: logpipe-{service} check: ok")
-        else:
-            print(f"terraform {template.name}: logpipe-{service} check: FAILED (exit {result.returncode})")
-            print(result.stdout + result.stderr, end="")
-            failures += 1
+            if not check_config(bin_dir, f"logpipe-{service}", config.name, f"terraform {template.name}"):
+                failures += 1
     if not templates:
         print(f"no *.toml.tftpl in {template_dir}")
         failures += 1
