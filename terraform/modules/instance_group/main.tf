@@ -1,5 +1,35 @@
 # An auto-scaling group of identical instances with the settings every logpipe host shares:
-# IMDSv2 only, encrypted root volume, detailed monitoring, no public address.
+# IMDSv2 only, encrypted root volume, detailed monitoring, no public address, and an IAM role of
+# its own with nothing but the given policy.
+data "aws_iam_policy_document" "assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "this" {
+  name               = var.name
+  assume_role_policy = data.aws_iam_policy_document.assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy" "this" {
+  count  = var.attach_iam_policy ? 1 : 0
+  name   = var.name
+  role   = aws_iam_role.this.id
+  policy = var.iam_policy_json
+}
+
+resource "aws_iam_instance_profile" "this" {
+  name = var.name
+  role = aws_iam_role.this.name
+  tags = var.tags
+}
+
 resource "aws_launch_template" "this" {
   name_prefix            = "${var.name}-"
   image_id               = var.ami_id
@@ -10,7 +40,7 @@ resource "aws_launch_template" "this" {
   tags                   = var.tags
 
   iam_instance_profile {
-    arn = var.instance_profile_arn
+    arn = aws_iam_instance_profile.this.arn
   }
 
   metadata_options {

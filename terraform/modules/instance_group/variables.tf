@@ -28,9 +28,16 @@ variable "security_group_ids" {
   type        = list(string)
 }
 
-variable "instance_profile_arn" {
-  description = "IAM instance profile of the instances."
+variable "iam_policy_json" {
+  description = "Inline IAM policy of the instances' role (used when attach_iam_policy is true)."
   type        = string
+  default     = ""
+}
+
+variable "attach_iam_policy" {
+  description = "Whether the instances' role gets iam_policy_json (a plan-time flag: the policy itself is often known only after apply)."
+  type        = bool
+  default     = false
 }
 
 variable "user_data" {

@@ -71,16 +71,6 @@ resource "aws_ebs_volume" "data" {
 }
 
 # The brokers may attach only this cluster's interfaces and volumes.
-data "aws_iam_policy_document" "assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
-    }
-  }
-}
-
 data "aws_iam_policy_document" "attach" {
   statement {
     actions   = ["ec2:AttachNetworkInterface", "ec2:AttachVolume"]
@@ -97,36 +87,20 @@ data "aws_iam_policy_document" "attach" {
   }
 }
 
-resource "aws_iam_role" "broker" {
-  name               = "${var.name}-kafka-broker"
-  assume_role_policy = data.aws_iam_policy_document.assume.json
-  tags               = var.tags
-}
-
-resource "aws_iam_role_policy" "attach" {
-  name   = "attach-own-interface-and-volume"
-  role   = aws_iam_role.broker.id
-  policy = data.aws_iam_policy_document.attach.json
-}
-
-resource "aws_iam_instance_profile" "broker" {
-  name = "${var.name}-kafka-broker"
-  role = aws_iam_role.broker.name
-}
-
 module "broker" {
-  source               = "../instance_group"
-  count                = var.broker_count
-  name                 = "${var.name}-kafka-${count.index + 1}"
-  size                 = 1
-  subnet_ids           = [data.aws_subnet.broker[count.index].id]
-  ami_id               = var.ami_id
-  instance_type        = var.instance_type
-  security_group_ids   = [aws_security_group.broker.id]
-  instance_profile_arn = aws_iam_instance_profile.broker.arn
-  root_volume_size_gb  = 30
-  kms_key_arn          = var.kms_key_arn
-  tags                 = merge(var.tags, { KafkaCluster = var.name })
+  source              = "../instance_group"
+  count               = var.broker_count
+  name                = "${var.name}-kafka-${count.index + 1}"
+  size                = 1
+  subnet_ids          = [data.aws_subnet.broker[count.index].id]
+  ami_id              = var.ami_id
+  instance_type       = var.instance_type
+  security_group_ids  = [aws_security_group.broker.id]
+  attach_iam_policy   = true
+  iam_policy_json     = data.aws_iam_policy_document.attach.json
+  root_volume_size_gb = 30
+  kms_key_arn         = var.kms_key_arn
+  tags                = merge(var.tags, { KafkaCluster = var.name })
   user_data = templatefile("${path.module}/user_data.sh.tftpl", {
     node_id         = count.index + 1
     cluster_id      = var.cluster_id

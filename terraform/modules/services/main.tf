@@ -89,17 +89,7 @@ resource "aws_ebs_volume" "schema_store" {
   tags              = merge(var.tags, { Name = "${var.name}-schema-store-data", LogpipeService = "schema-store" })
 }
 
-data "aws_iam_policy_document" "assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["ec2.amazonaws.com"]
-    }
-  }
-}
-
-# Only the schema store's own data volume may be attached.
+# Only the schema store may attach a volume, and only its own data volume.
 data "aws_iam_policy_document" "attach" {
   statement {
     actions   = ["ec2:AttachVolume"]
@@ -112,37 +102,21 @@ data "aws_iam_policy_document" "attach" {
   }
 }
 
-resource "aws_iam_role" "services" {
-  name               = "${var.name}-logpipe-services"
-  assume_role_policy = data.aws_iam_policy_document.assume.json
-  tags               = var.tags
-}
-
-resource "aws_iam_role_policy" "attach" {
-  name   = "attach-schema-store-volume"
-  role   = aws_iam_role.services.id
-  policy = data.aws_iam_policy_document.attach.json
-}
-
-resource "aws_iam_instance_profile" "services" {
-  name = "${var.name}-logpipe-services"
-  role = aws_iam_role.services.name
-}
-
 module "service" {
-  source               = "../instance_group"
-  for_each             = local.services
-  name                 = "${var.name}-${each.key}"
-  size                 = each.value.count
-  subnet_ids           = each.value.subnets
-  ami_id               = var.ami_id
-  instance_type        = var.instance_type
-  security_group_ids   = [aws_security_group.services.id]
-  instance_profile_arn = aws_iam_instance_profile.services.arn
-  kms_key_arn          = var.kms_key_arn
-  target_group_arns    = each.key == "schema-store" ? [aws_lb_target_group.schema_store.arn] : []
-  health_check_type    = each.key == "schema-store" ? "ELB" : "EC2"
-  tags                 = merge(var.tags, { LogpipeService = each.key })
+  source             = "../instance_group"
+  for_each           = local.services
+  name               = "${var.name}-${each.key}"
+  size               = each.value.count
+  subnet_ids         = each.value.subnets
+  ami_id             = var.ami_id
+  instance_type      = var.instance_type
+  security_group_ids = [aws_security_group.services.id]
+  attach_iam_policy  = each.key == "schema-store"
+  iam_policy_json    = data.aws_iam_policy_document.attach.json
+  kms_key_arn        = var.kms_key_arn
+  target_group_arns  = each.key == "schema-store" ? [aws_lb_target_group.schema_store.arn] : []
+  health_check_type  = each.key == "schema-store" ? "ELB" : "EC2"
+  tags               = merge(var.tags, { LogpipeService = each.key })
   user_data = templatefile("${path.module}/user_data.sh.tftpl", {
     service        = each.key
     config         = each.value.config
