@@ -198,3 +198,25 @@ async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::R
     assert!(agent.terminate(Duration::from_secs(30)).await?.success());
     Ok(())
 }
+
+/// A delivery that fails for good (the broker rejects a batch) makes the agent rebuild its
+/// producer and resend from the acknowledged offsets: nothing is skipped.
+#[tokio::test]
+async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Result<()> {
+    let setup = Setup::new(1, "", "").await?;
+    let mut agent = setup.start().await?;
+    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let first = agent_support::lines("before-errors", 500);
+    agent_support::append(&setup.log("a.log"), &first);
+    collector.wait_for_values(&agent_support::as_set(&first), Duration::from_secs(30)).await?;
+    setup.cluster.request_errors("Produce", &["INVALID_RECORD", "INVALID_RECORD", "INVALID_RECORD"]).await?;
+    let second = agent_support::lines("during-errors", 2000);
+    agent_support::append(&setup.log("a.log"), &second);
+    let mut expected = agent_support::as_set(&first);
+    expected.extend(agent_support::as_set(&second));
+    collector.wait_for_values(&expected, Duration::from_secs(60)).await?;
+    assert!(setup.metric("logpipe_agent_producer_rebuilds_total").await >= 1.0, "{}", setup.metrics().await?);
+    collector.check_ids_are_stable()?;
+    agent.ensure_running()?;
+    Ok(())
+}
