@@ -133,9 +133,11 @@ fn piece(offset: u64, end: u64, stored: &[u8], raw_len: u64, ends_with_cr: bool,
 mod tests {
     use super::*;
 
-    /// Feeds `chunks` one after another and returns what came out, as (offset, end, text,
-    /// truncated_from) with empty lines as ("", end).
-    fn split(max: usize, chunks: &[&[u8]], flush: bool) -> (Vec<(u64, u64, String, Option<u64>)>, u64) {
+    /// (offset, end, text, truncated_from); empty lines as (u64::MAX, end, "", None).
+    type Out = (u64, u64, String, Option<u64>);
+
+    /// Feeds `chunks` one after another and returns what came out and the final position.
+    fn split(max: usize, chunks: &[&[u8]], flush: bool) -> (Vec<Out>, u64) {
         let mut splitter = LineSplitter::new(max, 0);
         let mut out = Vec::new();
         let mut record = |p: Piece<'_>| match p {
