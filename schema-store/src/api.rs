@@ -116,7 +116,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new();
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in routes() {
-        let handler = r.handler.layer(middleware::from_fn_with_state((state.clone(), r.role, r.path), authorize));
+        // The latency histogram doubles as the request count; its handle is made once per
+        // route so the hot path does no metric lookups.
+        let timing = metrics::histogram!("logpipe_schema_store_http_request_seconds", "method" => r.method.to_string(), "route" => r.path);
+        let guard = RouteGuard { state: state.clone(), role: r.role, route: r.path, timing };
+        let handler = r.handler.layer(middleware::from_fn_with_state(guard, authorize));
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
             None => by_path.push((r.path, handler)),
@@ -127,24 +131,36 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     }
     router
         .fallback(|| async { ApiError::http(StatusCode::NOT_FOUND, "HTTP 404 Not Found") })
+        .method_not_allowed_fallback(|| async { ApiError::http(StatusCode::METHOD_NOT_ALLOWED, "HTTP 405 Method Not Allowed") })
         .layer(middleware::from_fn(negotiate))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
-/// Per route: checks the caller's role, then counts and times the request by route.
-async fn authorize(State((state, role, route)): State<(AppState, Role, &'static str)>, request: Request, next: Next) -> Response {
+/// What each route's middleware knows about its route.
+#[derive(Clone)]
+struct RouteGuard {
+    state: AppState,
+    role: Role,
+    route: &'static str,
+    timing: metrics::Histogram,
+}
+
+/// Per route: checks the caller's role, then times the request and counts error responses.
+async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let method = request.method().clone();
     // Permanent deletes destroy data: they need the admin role, soft deletes only write.
-    let role = if method == Method::DELETE && request.uri().query().is_some_and(|q| q.contains("permanent=true")) { Role::Admin } else { role };
-    let response = match state.auth.authorize(request.headers(), role) {
+    let permanent = request.method() == Method::DELETE && request.uri().query().is_some_and(|q| q.contains("permanent=true"));
+    let role = if permanent { Role::Admin } else { guard.role };
+    let response = match guard.state.auth.authorize(request.headers(), role) {
         Ok(()) => next.run(request).await,
         Err(denied) => denied.into_response(),
     };
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("logpipe_schema_store_http_requests_total", "method" => method.to_string(), "route" => route, "status" => status).increment(1);
-    metrics::histogram!("logpipe_schema_store_http_request_seconds", "method" => method.to_string(), "route" => route).record(started.elapsed().as_secs_f64());
+    guard.timing.record(started.elapsed().as_secs_f64());
+    if !response.status().is_success() {
+        let status = response.status().as_u16().to_string();
+        metrics::counter!("logpipe_schema_store_http_errors_total", "route" => guard.route, "status" => status).increment(1);
+    }
     response
 }
 

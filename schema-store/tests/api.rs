@@ -67,7 +67,8 @@ async fn register_lookup_and_read_back() {
 
     let rendered = metrics.render();
     for expected in [
-        r#"logpipe_schema_store_http_requests_total{method="GET",route="/schemas/ids/{id}",status="404"}"#,
+        r#"logpipe_schema_store_http_errors_total{route="/schemas/ids/{id}",status="404"}"#,
+        r#"logpipe_schema_store_http_request_seconds_count{method="POST",route="/subjects/{subject}/versions"}"#,
         r#"logpipe_schema_store_registrations_total{outcome="ok"}"#,
         "logpipe_schema_store_log_append_seconds",
     ] {
@@ -302,6 +303,7 @@ async fn bad_input_changes_nothing() {
     assert_eq!(store.get("/subjects/s/versions").await.1, json!([1]));
     // Unknown routes answer in Confluent's error shape.
     assert_error(&store.get("/nothing/here").await, 404, 404);
+    assert_error(&common::response(store.client.patch(store.url("/subjects")).send().await.unwrap()).await, 405, 405);
 }
 
 #[tokio::test]
