@@ -127,10 +127,11 @@ impl MirrorConfig {
     /// Transactional id of a shard: stable, so whoever owns the shard next fences the previous
     /// owner.
     pub fn transactional_id(&self, shard: i32) -> String {
-        format!("logpipe-mirror.{}.{shard}", self.name)
+        format!("{}.{shard}", self.group_id())
     }
 
-    /// Group on the target cluster used only to split shards between instances.
+    /// Group on the target cluster used only to split shards between instances; also the
+    /// prefix of the transactional ids.
     pub fn group_id(&self) -> String {
         format!("logpipe-mirror.{}", self.name)
     }
@@ -218,7 +219,7 @@ impl logpipe_core::service::ServiceConfig for MirrorConfig {
         );
         text.push_str(&format!(
             "exactly once: transactional ids {}, positions in {}, shard group {}; commit every {} ms; buffer <= {} bytes; on data loss: {:?}",
-            self.transactional_id(0).trim_end_matches('0').to_owned() + "<shard>",
+            format!("{}.<shard>", self.group_id()),
             self.state_topic(),
             self.group_id(),
             self.commit_interval_ms,
