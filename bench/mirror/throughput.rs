@@ -68,9 +68,10 @@ fn fill(bootstrap: &str, topic: &str, records: usize, size: usize) -> anyhow::Re
         .set("batch.size", "1048576")
         .set("compression.type", "lz4")
         .create()?;
+    // Values are made before the clock starts: the ceiling is the producer's, not the generator's.
+    let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
     let started = Instant::now();
-    for i in 0..records {
-        let v = value(i, size);
+    for v in &values {
         let mut record = BaseRecord::<(), [u8]>::to(topic).payload(&v[..]);
         loop {
             match producer.send(record) {
