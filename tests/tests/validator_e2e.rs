@@ -34,7 +34,7 @@ async fn assert_exactly_once(stack: &Stack, report: &logpipe_devkit::loadgen::Re
         assert_eq!(seen.headers[error_header::STAGE], invalid.stage.as_str(), "{}", invalid.event_id);
         assert_eq!(seen.headers.get(error_header::PATH), invalid.pointer.as_ref(), "{}", invalid.event_id);
         assert_eq!(seen.headers[error_header::TOPIC], RAW);
-        assert!(seen.headers.contains_key(error_header::OFFSET) && seen.headers.contains_key("lp.offset"));
+        assert!(seen.headers.contains_key(error_header::OFFSET) && seen.headers.contains_key(logpipe_core::record::header::OFFSET));
     }
     Ok(())
 }

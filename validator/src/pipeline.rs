@@ -600,7 +600,17 @@ fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
 fn original_headers(message: &OwnedMessage) -> Option<OwnedHeaders> {
     let headers = message.headers()?;
     let mut out = OwnedHeaders::new_with_capacity(headers.count());
-    for h in headers.iter().filter(|h| !h.key.starts_with("lp.error.")) {
+    const VERDICT: [&str; 8] = [
+        error_header::STAGE,
+        error_header::REASON,
+        error_header::PATH,
+        error_header::SUBJECT,
+        error_header::SCHEMA_ID,
+        error_header::TOPIC,
+        error_header::PARTITION,
+        error_header::OFFSET,
+    ];
+    for h in headers.iter().filter(|h| !VERDICT.contains(&h.key)) {
         out = out.insert(Header { key: h.key, value: h.value });
     }
     Some(out)
@@ -629,6 +639,20 @@ fn dead_letter_headers(headers: OwnedHeaders, dead: &DeadLetter, message: &Owned
     add(h, error_header::OFFSET, &offset)
 }
 
+/// The restore reader waits for end-of-partition events; librdkafka also reports them as client
+/// errors, which would be logged as such.
+struct EndIsNotAnError;
+
+impl ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!("replay-state reader: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNotAnError {}
+
 /// Reads the changelog from the start to its end and keeps the entries of `owned`. Returns the
 /// number of changelog records read.
 fn restore_state(
@@ -640,7 +664,8 @@ fn restore_state(
 ) -> anyhow::Result<usize> {
     let mut config = settings.kafka.client_config(&Role::Consumer { group_id: format!("{}.restore", settings.group_id) }, "logpipe-validator-restore");
     config.set("enable.partition.eof", "true");
-    let reader: BaseConsumer = config.create().context("creating the replay-state reader")?;
+    let reader: BaseConsumer<EndIsNotAnError> =
+        config.create_with_context(EndIsNotAnError).context("creating the replay-state reader")?;
     let metadata = reader.fetch_metadata(Some(state_topic), KAFKA_TIMEOUT)?;
     let count = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
     let mut list = TopicPartitionList::new();
