@@ -218,8 +218,8 @@ impl logpipe_core::service::ServiceConfig for MirrorConfig {
             },
         );
         text.push_str(&format!(
-            "exactly once: transactional ids {}, positions in {}, shard group {}; commit every {} ms; buffer <= {} bytes; on data loss: {:?}",
-            format!("{}.<shard>", self.group_id()),
+            "exactly once: transactional ids {}.<shard>, positions in {}, shard group {}; commit every {} ms; buffer <= {} bytes; on data loss: {:?}",
+            self.group_id(),
             self.state_topic(),
             self.group_id(),
             self.commit_interval_ms,
