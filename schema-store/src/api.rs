@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -234,6 +235,17 @@ struct Flags {
     subject_prefix: Option<String>,
 }
 
+impl<S: Send + Sync> FromRequestParts<S> for Flags {
+    type Rejection = ApiError;
+
+    /// A malformed query (`?deleted=maybe`) is a 400 in Confluent's error shape.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Flags, ApiError> {
+        Query::<Flags>::try_from_uri(&parts.uri)
+            .map(|Query(flags)| flags)
+            .map_err(|e| ApiError::http(StatusCode::BAD_REQUEST, format!("Invalid query parameters: {}", e.body_text())))
+    }
+}
+
 /// `POST /subjects/{s}/versions` and friends. Unknown fields (metadata, ruleSet...) are ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -301,7 +313,7 @@ async fn raw_schema_by_id(State(state): State<AppState>, Path(id): Path<String>)
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], schema).into_response())
 }
 
-async fn subjects_of_id(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn subjects_of_id(State(state): State<AppState>, Path(id): Path<String>, query: Flags) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let registry = state.registry.read();
     registry.schema_by_id(id)?;
@@ -310,7 +322,7 @@ async fn subjects_of_id(State(state): State<AppState>, Path(id): Path<String>, Q
     Ok(reply(&subjects))
 }
 
-async fn versions_of_id(State(state): State<AppState>, Path(id): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn versions_of_id(State(state): State<AppState>, Path(id): Path<String>, query: Flags) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let registry = state.registry.read();
     registry.schema_by_id(id)?;
@@ -318,22 +330,22 @@ async fn versions_of_id(State(state): State<AppState>, Path(id): Path<String>, Q
     Ok(reply(&usages))
 }
 
-async fn list_subjects(State(state): State<AppState>, Query(query): Query<Flags>) -> Response {
+async fn list_subjects(State(state): State<AppState>, query: Flags) -> Response {
     let flags = query;
     reply(&state.registry.read().subjects(flags.subject_prefix.as_deref().unwrap_or(""), flags.deleted))
 }
 
-async fn list_versions(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn list_versions(State(state): State<AppState>, Path(subject): Path<String>, query: Flags) -> Result<Response, ApiError> {
     Ok(reply(&state.registry.read().versions(subject_path(&subject)?, query.deleted)?))
 }
 
-async fn get_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn get_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, query: Flags) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
     metrics::counter!("logpipe_schema_store_lookups_total", "by" => "version").increment(1);
     Ok(reply(&state.registry.read().subject_version(subject_path(&subject)?, selector, query.deleted)?))
 }
 
-async fn raw_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn raw_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, query: Flags) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
     let found = state.registry.read().subject_version(subject_path(&subject)?, selector, query.deleted)?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], found.schema).into_response())
@@ -362,7 +374,7 @@ async fn register(State(state): State<AppState>, Path(subject): Path<String>, Js
 async fn lookup(
     State(state): State<AppState>,
     Path(subject): Path<String>,
-    Query(query): Query<Flags>,
+    query: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
@@ -371,13 +383,13 @@ async fn lookup(
     Ok(reply(&state.registry.read().lookup(&subject, new.schema_type, &new.schema, &new.references, query.deleted)?))
 }
 
-async fn delete_subject(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn delete_subject(State(state): State<AppState>, Path(subject): Path<String>, query: Flags) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let permanent = query.permanent;
     Ok(reply(&state.registry.write(move |registry| registry.delete_subject(&subject, permanent)).await?))
 }
 
-async fn delete_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn delete_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, query: Flags) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let selector = VersionSelector::parse(&version)?;
     let permanent = query.permanent;
@@ -401,7 +413,7 @@ fn compatibility_reply(registry: &RegistryState, subject: &str, selector: Option
 async fn compatibility_version(
     State(state): State<AppState>,
     Path((subject, version)): Path<(String, String)>,
-    Query(query): Query<Flags>,
+    query: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
@@ -412,7 +424,7 @@ async fn compatibility_version(
 async fn compatibility_all(
     State(state): State<AppState>,
     Path(subject): Path<String>,
-    Query(query): Query<Flags>,
+    query: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
@@ -496,7 +508,7 @@ async fn get_global<S: Setting>(State(state): State<AppState>) -> Response {
     setting_reply(S::FIELD, S::global(&state.registry.read()))
 }
 
-async fn put_global<S: Setting>(State(state): State<AppState>, Query(query): Query<Flags>, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
+async fn put_global<S: Setting>(State(state): State<AppState>, query: Flags, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
     let value = S::parse(&body)?;
     state.registry.write(move |r| S::check_global(r, value, query.force).map(|()| ((), vec![S::record(None, Some(value))]))).await?;
     Ok(setting_reply(S::PUT_FIELD, value))
@@ -507,7 +519,7 @@ async fn delete_global<S: Setting>(State(state): State<AppState>) -> Result<Resp
     Ok(setting_reply(S::FIELD, previous))
 }
 
-async fn get_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>, Query(query): Query<Flags>) -> Result<Response, ApiError> {
+async fn get_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>, query: Flags) -> Result<Response, ApiError> {
     let registry = state.registry.read();
     let subject = subject_path(&subject)?;
     match (S::subject(&registry, subject), query.default_to_global) {

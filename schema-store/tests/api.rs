@@ -280,6 +280,7 @@ async fn bad_input_changes_nothing() {
     // Control characters in subjects.
     assert_error(&store.post("/subjects/bad%0Asubject/versions", &avro(&a)).await, 422, 42208);
     assert_error(&store.get("/subjects/bad%01/versions").await, 422, 42208);
+    assert_error(&store.get("/subjects?deleted=maybe").await, 400, 400);
     // A body over the limit.
     let huge = json!({"schema": format!("\"{}\"", "x".repeat(128 * 1024))});
     let r = common::response(store.client.post(store.url("/subjects/s/versions")).header("content-type", CT).body(huge.to_string()).send().await.unwrap()).await;
