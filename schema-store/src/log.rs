@@ -68,14 +68,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Mode::Readwrite => "READWRITE",
-            Mode::Readonly => "READONLY",
-            Mode::Import => "IMPORT",
-        }
-    }
-
+    /// Case-insensitive, like compatibility levels.
     pub fn parse(text: &str) -> Option<Mode> {
         serde_json::from_value(serde_json::Value::String(text.to_ascii_uppercase())).ok()
     }
