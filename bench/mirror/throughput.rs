@@ -2,7 +2,9 @@
 //!
 //! Run: `cargo build --release --bins && cargo bench -p logpipe-mirror --bench throughput`
 //! (needs `kcat` on PATH). Environment: `BENCH_PARTITIONS` (default 16), `BENCH_MB` (total
-//! megabytes per record size, default 40: the dev cluster keeps at most 5 MiB per partition).
+//! megabytes per record size, default 40). The dev cluster keeps at most 5 MiB per partition and
+//! unkeyed records spread unevenly (sticky partitioner), so keep `BENCH_MB / BENCH_PARTITIONS`
+//! at 2.5 or below, or retention eats records and the consumer phase stalls.
 //!
 //! For each record size (200 B, 1 KB), on two dev clusters (write and read side, one broker each):
 //! 1. plain producer: an idempotent rdkafka producer fills the source topic (ceiling 1);
