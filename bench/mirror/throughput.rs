@@ -2,9 +2,9 @@
 //!
 //! Run: `cargo build --release --bins && cargo bench -p logpipe-mirror --bench throughput`
 //! (needs `kcat` on PATH). Environment: `BENCH_PARTITIONS` (default 16), `BENCH_MB` (total
-//! megabytes per record size, default 40). The dev cluster keeps at most 5 MiB per partition and
-//! unkeyed records spread unevenly (sticky partitioner), so keep `BENCH_MB / BENCH_PARTITIONS`
-//! at 2.5 or below, or retention eats records and the consumer phase stalls.
+//! megabytes per record size, default 40). The dev cluster keeps at most 5 MiB per partition, so
+//! keep `BENCH_MB / BENCH_PARTITIONS` at 3 or below, or retention eats records and the consumer
+//! phase stalls.
 //!
 //! For each record size (200 B, 1 KB), on two dev clusters (write and read side, one broker each):
 //! 1. plain producer: an idempotent rdkafka producer fills the source topic (ceiling 1);
@@ -62,7 +62,7 @@ fn value(i: usize, size: usize) -> Vec<u8> {
     v
 }
 
-fn fill(bootstrap: &str, topic: &str, records: usize, size: usize) -> anyhow::Result<Rate> {
+fn fill(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usize) -> anyhow::Result<Rate> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -73,8 +73,10 @@ fn fill(bootstrap: &str, topic: &str, records: usize, size: usize) -> anyhow::Re
     // Values are made before the clock starts: the ceiling is the producer's, not the generator's.
     let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
     let started = Instant::now();
-    for v in &values {
-        let mut record = BaseRecord::<(), [u8]>::to(topic).payload(&v[..]);
+    for (i, v) in values.iter().enumerate() {
+        // Round-robin: every partition gets the same share and stays under the dev cluster's
+        // 5 MiB per partition.
+        let mut record = BaseRecord::<(), [u8]>::to(topic).partition(i as i32 % partitions).payload(&v[..]);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -184,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         let write = DevCluster::start_as("write", 1, &[(SOURCE, partitions)]).await?;
         let read = DevCluster::start_as("read", 1, &[(SOURCE, partitions), (KCAT_TARGET, partitions), (STATE_TOPIC, SHARDS)]).await?;
         let (w, r) = (write.bootstrap().to_owned(), read.bootstrap().to_owned());
-        let produced = tokio::task::spawn_blocking(move || fill(&w, SOURCE, records, size)).await??;
+        let produced = tokio::task::spawn_blocking(move || fill(&w, SOURCE, partitions, records, size)).await??;
         let w = write.bootstrap().to_owned();
         let consumed = tokio::task::spawn_blocking(move || drain(&w, SOURCE, partitions, records, size)).await??;
         let w = write.bootstrap().to_owned();
