@@ -14,7 +14,7 @@ use logpipe_core::service::ServiceConfig;
 use logpipe_core::telemetry::TelemetryConfig;
 use serde::Deserialize;
 
-/// `logpipe-agent`'s config (see ARCHITECTURE.md, "Config shapes", and the crate README).
+/// `logpipe-agent`'s config (every key is described in the crate README).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {

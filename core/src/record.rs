@@ -1,7 +1,8 @@
 //! The record contract: header names, the record's unique id, key building and topic naming.
 //!
 //! Every component that writes or reads `lp.*` headers or derives a topic name goes through this
-//! module, so the contract in ARCHITECTURE.md has exactly one spelling in code.
+//! module, so the record contract (the README's "The record contract") has exactly one spelling in
+//! code.
 
 use std::fmt;
 
