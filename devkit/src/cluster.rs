@@ -106,7 +106,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the control API on {}", args.control))?;
     let control = listener.local_addr()?;
     if let Some(path) = &args.bootstrap_file {
-        write_atomically(path, &format!("bootstrap={bootstrap}\n"))?;
+        crate::write_atomically(path, format!("bootstrap={bootstrap}\n").as_bytes())?;
     }
     // The contract with scripts and the test harness: these two lines, first, in this order.
     println!("bootstrap={bootstrap}");
@@ -151,13 +151,6 @@ fn own_cluster(
         };
         let _ = reply.send(result.map_err(|e| e.to_string()));
     }
-}
-
-fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }
 
 #[derive(Clone)]

@@ -8,3 +8,14 @@
 pub mod cluster;
 pub mod harness;
 pub mod loadgen;
+
+use anyhow::Context as _;
+
+/// Writes a file that another process may be polling (a bootstrap file, a load report) so that
+/// it is seen either whole or not at all: write a temporary file beside it, then rename.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

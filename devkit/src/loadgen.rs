@@ -393,9 +393,7 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
     report.elapsed_secs = started.elapsed().as_secs_f64();
     report.files = files.into_iter().map(|f| f.report).collect();
     if let Some(path) = &args.report {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing report {}", path.display()))?;
+        crate::write_atomically(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(report)
 }
