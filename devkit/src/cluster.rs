@@ -63,6 +63,21 @@ pub struct ClusterArgs {
     /// Address of the control API (loopback; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub control: SocketAddr,
+    /// Bytes each partition keeps in memory; the oldest batches beyond it are deleted, as
+    /// size-based retention does. Raise it for long runs that read from the beginning.
+    #[arg(long, default_value_t = 5 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_bytes: u64,
+}
+
+impl ClusterArgs {
+    /// Passes the retention to the (patched) mock cluster, which reads it from the environment
+    /// when it is created. Call before any other thread starts: the environment is process-wide.
+    pub fn export_retention(&self) {
+        std::env::set_var("LOGPIPE_MOCK_RETENTION_BYTES", self.retention_bytes.to_string());
+        // Batches are bounded by bytes alone; upstream's cap of 100k batches would bind first
+        // for small, unbatched records.
+        std::env::set_var("LOGPIPE_MOCK_RETENTION_MSGSETS", u32::MAX.to_string());
+    }
 }
 
 /// A command for the thread that owns the mock cluster.

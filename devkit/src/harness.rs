@@ -254,6 +254,17 @@ impl DevCluster {
     /// The same for one side: `role` "write" reads `LOGPIPE_TEST_WRITE_BOOTSTRAP`, "read" reads
     /// `LOGPIPE_TEST_READ_BOOTSTRAP`.
     pub async fn start_as(role: &str, brokers: i32, topics: &[(&str, i32)]) -> anyhow::Result<DevCluster> {
+        DevCluster::start_retaining(role, brokers, topics, None).await
+    }
+
+    /// `start_as` with the dev cluster keeping `retention_bytes` per partition (default 5 MiB),
+    /// for runs whose topics are read from the beginning after more than that was written.
+    pub async fn start_retaining(
+        role: &str,
+        brokers: i32,
+        topics: &[(&str, i32)],
+        retention_bytes: Option<u64>,
+    ) -> anyhow::Result<DevCluster> {
         let var = if role.is_empty() {
             "LOGPIPE_TEST_BOOTSTRAP".to_owned()
         } else {
@@ -268,6 +279,10 @@ impl DevCluster {
                 let specs: Vec<String> = topics.iter().map(|(name, n)| format!("{name}:{n}")).collect();
                 for spec in &specs {
                     args.extend(["--topic", spec]);
+                }
+                let retention = retention_bytes.map(|bytes| bytes.to_string());
+                if let Some(bytes) = &retention {
+                    args.extend(["--retention-bytes", bytes]);
                 }
                 let mut process = Process::start("logpipe-dev", &args)?;
                 let lines = process.stdout_lines(2, Duration::from_secs(30)).await?;

@@ -189,3 +189,27 @@ async fn cluster_exits_cleanly_on_sigterm() {
     let status = process.terminate(Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// `--retention-bytes` decides how much a partition keeps: 8 MiB written to one partition is all
+/// still there with 64 MiB of retention, and the oldest batches are gone with the 5 MiB default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_is_set_per_cluster() {
+    async fn log_start_after_8_mib(retention: Option<u64>) -> i64 {
+        let cluster = DevCluster::start_retaining("", 1, &[("retained", 1)], retention).await.unwrap();
+        let producer = producer(cluster.bootstrap(), &[("linger.ms", "0")]);
+        let payload = vec![b'x'; 512 * 1024];
+        for i in 0..16 {
+            // One batch per record, awaited, so every batch is its own message set.
+            producer
+                .send(FutureRecord::<str, _>::to("retained").partition(0).payload(&payload), Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|(e, _)| panic!("record {i}: {e}"));
+        }
+        let consumer: StreamConsumer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+        let (low, high) = consumer.fetch_watermarks("retained", 0, Duration::from_secs(10)).unwrap();
+        assert_eq!(high, 16);
+        low
+    }
+    assert_eq!(log_start_after_8_mib(Some(64 * 1024 * 1024)).await, 0);
+    assert!(log_start_after_8_mib(None).await > 0);
+}

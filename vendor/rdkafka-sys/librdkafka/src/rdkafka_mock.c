@@ -637,8 +637,9 @@ static void rd_kafka_mock_partition_init(rd_kafka_mock_topic_t *mtopic,
 
         TAILQ_INIT(&mpart->msgsets);
 
-        mpart->max_size = 1024 * 1024 * 5;
-        mpart->max_cnt  = 100000;
+        /* logpipe patch: retention configurable per cluster. */
+        mpart->max_size = mtopic->cluster->retention_bytes;
+        mpart->max_cnt  = mtopic->cluster->retention_msgsets;
 
         mpart->update_follower_start_offset = rd_true;
         mpart->update_follower_end_offset   = rd_true;
@@ -2818,6 +2819,19 @@ void rd_kafka_mock_cluster_destroy(rd_kafka_mock_cluster_t *mcluster) {
 
 
 
+/** logpipe patch: a positive size from the environment, or \p def. */
+static size_t rd_kafka_mock_env_size(const char *name, size_t def) {
+        const char *v = getenv(name);
+        char *end;
+        unsigned long long n;
+        if (!v || !*v)
+                return def;
+        n = strtoull(v, &end, 10);
+        if (*end || n == 0)
+                return def;
+        return (size_t)n;
+}
+
 rd_kafka_mock_cluster_t *rd_kafka_mock_cluster_new(rd_kafka_t *rk,
                                                    int broker_cnt) {
         rd_kafka_mock_cluster_t *mcluster;
@@ -2867,6 +2881,13 @@ rd_kafka_mock_cluster_t *rd_kafka_mock_cluster_new(rd_kafka_t *rk,
 
         TAILQ_INIT(&mcluster->txns);
         TAILQ_INIT(&mcluster->aborted_txns);
+
+        /* logpipe patch: retention from the environment, upstream's
+         * defaults otherwise. */
+        mcluster->retention_bytes = rd_kafka_mock_env_size(
+            "LOGPIPE_MOCK_RETENTION_BYTES", 1024 * 1024 * 5);
+        mcluster->retention_msgsets =
+            rd_kafka_mock_env_size("LOGPIPE_MOCK_RETENTION_MSGSETS", 100000);
 
         TAILQ_INIT(&mcluster->errstacks);
 

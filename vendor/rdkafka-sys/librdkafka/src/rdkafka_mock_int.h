@@ -480,6 +480,12 @@ struct rd_kafka_mock_cluster_s {
         /** logpipe patch: aborted transactions, for Fetch responses. */
         TAILQ_HEAD(, rd_kafka_mock_aborted_txn_s) aborted_txns;
 
+        /** logpipe patch: per-partition retention applied to partitions
+         *  created from now on (upstream hard-codes 5 MiB / 100k message sets).
+         *  Read from LOGPIPE_MOCK_RETENTION_BYTES / _MSGSETS at creation. */
+        size_t retention_bytes;
+        size_t retention_msgsets;
+
         char *bootstraps; /**< bootstrap.servers */
 
         thrd_t thread; /**< Mock thread */
