@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,10 @@ pub trait Service {
     /// Config path used when `--config` is not given.
     const DEFAULT_CONFIG: &'static str;
     type Config: ServiceConfig;
+    /// Commands the binary's `main` handles itself before calling [`main`] (name, one-line
+    /// description): listed in `--help` so they can be found, though the runner does not parse
+    /// them.
+    const EXTRA_COMMANDS: &'static [(&'static str, &'static str)] = &[];
 
     /// Runs until `ctx.shutdown` is cancelled, then drains and returns.
     fn run(config: Self::Config, ctx: Context) -> impl Future<Output = anyhow::Result<()>> + Send;
@@ -100,7 +104,7 @@ enum Command {
 
 /// The whole `main` of a service binary.
 pub fn main<S: Service>() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&cli_command::<S>().get_matches()).unwrap_or_else(|e| e.exit());
     let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(S::DEFAULT_CONFIG));
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check::<S>(&path),
@@ -129,6 +133,19 @@ pub fn main<S: Service>() -> ExitCode {
             }
         }
     }
+}
+
+/// The runner's command line, with the service's own commands listed after the help text.
+fn cli_command<S: Service>() -> clap::Command {
+    let command = Cli::command().name(S::NAME);
+    if S::EXTRA_COMMANDS.is_empty() {
+        return command;
+    }
+    let mut text = String::from("Other commands (see `<command> --help`):");
+    for (name, about) in S::EXTRA_COMMANDS {
+        text.push_str(&format!("\n  {name:<8} {about}"));
+    }
+    command.after_help(text)
 }
 
 fn check<S: Service>(path: &Path) -> ExitCode {
@@ -234,6 +251,33 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    struct WithExtra;
+
+    impl Service for WithExtra {
+        const NAME: &'static str = "logpipe-extra";
+        const DEFAULT_CONFIG: &'static str = "/nonexistent/test.toml";
+        const EXTRA_COMMANDS: &'static [(&'static str, &'static str)] = &[("replay", "Do it again")];
+        type Config = TestConfig;
+
+        async fn run(config: TestConfig, ctx: Context) -> anyhow::Result<()> {
+            TestService::run(config, ctx).await
+        }
+    }
+
+    #[test]
+    fn help_lists_the_extra_commands_and_run_check_still_parse() {
+        let help = cli_command::<WithExtra>().render_long_help().to_string();
+        assert!(help.contains("replay") && help.contains("Do it again"), "{help}");
+        assert!(help.contains("check"), "{help}");
+        let plain = cli_command::<TestService>().render_long_help().to_string();
+        assert!(!plain.contains("Other commands"), "{plain}");
+        let matches = cli_command::<WithExtra>().try_get_matches_from(["logpipe-extra", "check", "--config", "x.toml"]).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        assert!(matches!(cli.command, Some(Command::Check)));
+        assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
+        assert!(cli_command::<WithExtra>().try_get_matches_from(["logpipe-extra", "replay"]).is_err(), "the runner does not parse extras");
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {

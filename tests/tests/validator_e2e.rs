@@ -168,6 +168,17 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     validator.wait_ready(telemetry, Duration::from_secs(30)).await?;
     wait_for(&stack, report.lines as usize, Duration::from_secs(60)).await.unwrap();
     assert_exactly_once(&stack, &report).await?;
+    // One validator saw every game record: its dead-letter counts by reason are the generator's
+    // invalid kinds (the loadgen names its kinds as the validator's reason labels).
+    for (kind, n) in &report.invalid_by_kind {
+        let reason = serde_json::to_value(kind)?;
+        let labels = [("topic", RAW), ("stage", kind.stage().as_str()), ("reason", reason.as_str().unwrap())];
+        wait_until(Duration::from_secs(10), || async {
+            stack.metric_with(telemetry, "logpipe_validator_records_invalid_total", &labels).await == *n as f64
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{kind:?}: expected {n} dead letters counted under {labels:?}"));
+    }
     let dlq = stack.cluster.read_topic("dlq.chat", Duration::from_secs(30)).await?;
     assert!(dlq.is_empty(), "the outage dead-lettered {} chat records", dlq.len());
     wait_until(Duration::from_secs(30), || async {

@@ -29,6 +29,8 @@ use apache_avro::schema::{Name, RecordSchema, Schema};
 use bigdecimal::BigDecimal;
 use serde_json::{Map, Value};
 
+use crate::reason::Reason;
+
 /// What to do with JSON fields the record schema does not have.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +49,8 @@ pub enum ExtraFields {
 pub struct ConvertError {
     /// JSON Pointer (RFC 6901) of the failing field; empty for the whole document.
     pub pointer: String,
+    /// The failure's kind (the metric label).
+    pub kind: Reason,
     pub reason: String,
 }
 
@@ -326,6 +330,7 @@ fn branch_names(schema: &Schema) -> Vec<String> {
 #[derive(Debug)]
 struct Fail {
     reversed_path: Vec<Segment>,
+    kind: Reason,
     reason: String,
 }
 
@@ -336,8 +341,8 @@ enum Segment {
 }
 
 impl Fail {
-    fn new(reason: impl Into<String>) -> Fail {
-        Fail { reversed_path: Vec::new(), reason: reason.into() }
+    fn new(kind: Reason, reason: impl Into<String>) -> Fail {
+        Fail { reversed_path: Vec::new(), kind, reason: reason.into() }
     }
 
     fn at_key(mut self, key: &str) -> Fail {
@@ -359,7 +364,7 @@ impl Fail {
                 Segment::Index(i) => pointer.push_str(&i.to_string()),
             }
         }
-        ConvertError { pointer, reason: self.reason }
+        ConvertError { pointer, kind: self.kind, reason: self.reason }
     }
 }
 
@@ -375,7 +380,7 @@ fn kind(value: &Value) -> &'static str {
 }
 
 fn expected(what: &str, value: &Value) -> Fail {
-    Fail::new(format!("expected {what}, got {}", kind(value)))
+    Fail::new(Reason::WrongType, format!("expected {what}, got {}", kind(value)))
 }
 
 struct Encoder<'p> {
@@ -410,7 +415,7 @@ impl Encoder<'_> {
                 let f = number(value, "float")?;
                 let narrowed = f as f32;
                 if narrowed.is_infinite() {
-                    return Err(Fail::new(format!("{f} is out of range for float")));
+                    return Err(Fail::new(Reason::OutOfRange, format!("{f} is out of range for float")));
                 }
                 out.extend_from_slice(&narrowed.to_le_bytes());
                 Ok(())
@@ -430,7 +435,7 @@ impl Encoder<'_> {
             Node::Fixed(size) => {
                 let bytes = latin1(value)?;
                 if bytes.len() != *size {
-                    return Err(Fail::new(format!("expected {size} bytes, got {}", bytes.len())));
+                    return Err(Fail::new(Reason::WrongSize, format!("expected {size} bytes, got {}", bytes.len())));
                 }
                 out.extend_from_slice(&bytes);
                 Ok(())
@@ -442,7 +447,7 @@ impl Encoder<'_> {
                         write_long(out, i as i64);
                         Ok(())
                     }
-                    None => Err(Fail::new(format!(
+                    None => Err(Fail::new(Reason::UnknownSymbol, format!(
                         "{symbol:?} is not a symbol of enum {} ({})",
                         e.name,
                         e.symbols.join(", ")
@@ -503,7 +508,7 @@ impl Encoder<'_> {
             }
             Node::Uuid => {
                 let s = string(value, "a UUID string")?;
-                uuid::Uuid::try_parse(s).map_err(|e| Fail::new(format!("{s:?} is not a UUID: {e}")))?;
+                uuid::Uuid::try_parse(s).map_err(|e| Fail::new(Reason::BadFormat, format!("{s:?} is not a UUID: {e}")))?;
                 write_bytes(out, s.as_bytes());
                 Ok(())
             }
@@ -513,7 +518,7 @@ impl Encoder<'_> {
                     None => write_bytes(out, &bytes),
                     Some(size) => {
                         if bytes.len() > *size {
-                            return Err(Fail::new(format!("decimal needs {} bytes; the fixed type has {size}", bytes.len())));
+                            return Err(Fail::new(Reason::WrongSize, format!("decimal needs {} bytes; the fixed type has {size}", bytes.len())));
                         }
                         let fill = if bytes[0] & 0x80 != 0 { 0xff } else { 0 };
                         out.extend(std::iter::repeat_n(fill, size - bytes.len()));
@@ -535,7 +540,7 @@ impl Encoder<'_> {
                 }
                 None => match &field.default {
                     Some(default) => out.extend_from_slice(default),
-                    None => return Err(Fail::new("required field is missing").at_key(&field.name)),
+                    None => return Err(Fail::new(Reason::MissingField, "required field is missing").at_key(&field.name)),
                 },
             }
         }
@@ -546,7 +551,7 @@ impl Encoder<'_> {
                     .keys()
                     .find(|k| !record.fields.iter().any(|f| &f.name == *k))
                     .expect("an extra key exists");
-                return Err(Fail::new(format!("field is not in record {} (extra fields are rejected)", record.name)).at_key(key));
+                return Err(Fail::new(Reason::ExtraField, format!("field is not in record {} (extra fields are rejected)", record.name)).at_key(key));
             }
             self.dropped += extra;
         }
@@ -585,7 +590,7 @@ impl Encoder<'_> {
         }
         Err(best.unwrap_or_else(|| {
             let names: Vec<&str> = branches.iter().filter_map(|b| b.names.first().map(String::as_str)).collect();
-            Fail::new(format!("{} does not match any branch of union [{}]", kind(value), names.join(", ")))
+            Fail::new(Reason::NoUnionBranch, format!("{} does not match any branch of union [{}]", kind(value), names.join(", ")))
         }))
     }
 }
@@ -609,8 +614,8 @@ fn integer(value: &Value, what: &str) -> Result<i64, Fail> {
     match value {
         Value::Number(n) => match n.as_i64() {
             Some(i) => Ok(i),
-            None if n.is_u64() => Err(Fail::new(format!("{n} is out of range for {what}"))),
-            None => Err(Fail::new(format!("expected an integer ({what}), got {n}"))),
+            None if n.is_u64() => Err(Fail::new(Reason::OutOfRange, format!("{n} is out of range for {what}"))),
+            None => Err(Fail::new(Reason::WrongType, format!("expected an integer ({what}), got {n}"))),
         },
         _ => Err(expected(&format!("an integer ({what})"), value)),
     }
@@ -619,7 +624,7 @@ fn integer(value: &Value, what: &str) -> Result<i64, Fail> {
 fn int_in(value: &Value, min: i64, max: i64, what: &str) -> Result<i64, Fail> {
     let i = integer(value, what)?;
     if i < min || i > max {
-        return Err(Fail::new(format!("{i} is out of range for {what} ({min}..={max})")));
+        return Err(Fail::new(Reason::OutOfRange, format!("{i} is out of range for {what} ({min}..={max})")));
     }
     Ok(i)
 }
@@ -636,7 +641,7 @@ fn string<'v>(value: &'v Value, what: &str) -> Result<&'v str, Fail> {
 fn latin1(value: &Value) -> Result<Vec<u8>, Fail> {
     let s = string(value, "a string of bytes")?;
     s.chars()
-        .map(|c| u8::try_from(c as u32).map_err(|_| Fail::new(format!("character {c:?} is not a byte (U+0000..U+00FF)"))))
+        .map(|c| u8::try_from(c as u32).map_err(|_| Fail::new(Reason::BadFormat, format!("character {c:?} is not a byte (U+0000..U+00FF)"))))
         .collect()
 }
 
@@ -644,17 +649,17 @@ fn latin1(value: &Value) -> Result<Vec<u8>, Fail> {
 fn date_days(s: &str) -> Result<i64, Fail> {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!("[year]-[month]-[day]");
     const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
-    let date = time::Date::parse(s, FORMAT).map_err(|e| Fail::new(format!("{s:?} is not a YYYY-MM-DD date: {e}")))?;
+    let date = time::Date::parse(s, FORMAT).map_err(|e| Fail::new(Reason::BadFormat, format!("{s:?} is not a YYYY-MM-DD date: {e}")))?;
     Ok(date.to_julian_day() as i64 - UNIX_EPOCH_JULIAN_DAY)
 }
 
 /// An RFC 3339 timestamp in units of `1 / per_second` seconds since the epoch, rounded down.
 fn timestamp(s: &str, per_second: i64) -> Result<i64, Fail> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| Fail::new(format!("{s:?} is not an RFC 3339 timestamp: {e}")))?;
+        .map_err(|e| Fail::new(Reason::BadFormat, format!("{s:?} is not an RFC 3339 timestamp: {e}")))?;
     let nanos_per_unit = 1_000_000_000 / per_second as i128;
     i64::try_from(t.unix_timestamp_nanos().div_euclid(nanos_per_unit))
-        .map_err(|_| Fail::new(format!("{s:?} is out of range for the timestamp")))
+        .map_err(|_| Fail::new(Reason::OutOfRange, format!("{s:?} is out of range for the timestamp")))
 }
 
 /// A decimal's unscaled value as big-endian two's complement bytes (minimal length).
@@ -664,13 +669,13 @@ fn decimal(value: &Value, precision: u64, scale: i64) -> Result<Vec<u8>, Fail> {
         Value::Number(n) => n.to_string(),
         _ => return Err(expected("a decimal (string or number)", value)),
     };
-    let d = BigDecimal::from_str(&text).map_err(|e| Fail::new(format!("{text:?} is not a decimal number: {e}")))?;
+    let d = BigDecimal::from_str(&text).map_err(|e| Fail::new(Reason::BadFormat, format!("{text:?} is not a decimal number: {e}")))?;
     if d.normalized().fractional_digit_count() > scale {
-        return Err(Fail::new(format!("{text} has more than {scale} digits after the point")));
+        return Err(Fail::new(Reason::WrongSize, format!("{text} has more than {scale} digits after the point")));
     }
     let scaled = d.with_scale(scale);
     if scaled.digits() > precision {
-        return Err(Fail::new(format!("{text} has more than {precision} digits (precision {precision}, scale {scale})")));
+        return Err(Fail::new(Reason::WrongSize, format!("{text} has more than {precision} digits (precision {precision}, scale {scale})")));
     }
     let (unscaled, _) = scaled.into_bigint_and_scale();
     Ok(unscaled.to_signed_bytes_be())
@@ -1021,6 +1026,29 @@ mod tests {
         );
         let err = round_trip(schema, &json!({"v": "X", "k2": "X", "next": {"v": "Z", "k2": "X"}}), ExtraFields::Reject).unwrap_err();
         assert_eq!(err.pointer, "/next/v");
+    }
+
+    #[test]
+    fn failures_carry_their_kind() {
+        let cases: [(&str, Value, Reason); 12] = [
+            (r#""int""#, json!("1"), Reason::WrongType),
+            (r#""int""#, json!(1.5), Reason::WrongType),
+            (r#""int""#, json!(1u64 << 40), Reason::OutOfRange),
+            (r#""float""#, json!(1e300), Reason::OutOfRange),
+            (r#"{"type":"fixed","name":"F","size":2}"#, json!("abc"), Reason::WrongSize),
+            (r#"{"type":"enum","name":"E","symbols":["A"]}"#, json!("B"), Reason::UnknownSymbol),
+            (r#"{"type":"string","logicalType":"uuid"}"#, json!("nope"), Reason::BadFormat),
+            (r#"{"type":"int","logicalType":"date"}"#, json!("2023-02-29"), Reason::BadFormat),
+            (r#"{"type":"bytes","logicalType":"decimal","precision":3,"scale":1}"#, json!("1.25"), Reason::WrongSize),
+            (r#"["null","int"]"#, json!("x"), Reason::NoUnionBranch),
+            (r#"{"type":"record","name":"In","fields":[{"name":"a","type":"int"}]}"#, json!({}), Reason::MissingField),
+            (r#"{"type":"record","name":"In","fields":[]}"#, json!({"b": 1}), Reason::ExtraField),
+        ];
+        for (schema, input, kind) in cases {
+            let schema = format!(r#"{{"type":"record","name":"T","fields":[{{"name":"f","type":{schema}}}]}}"#);
+            let err = AvroPlan::parse(&schema).unwrap().encode(&json!({ "f": input }), ExtraFields::Reject, &mut Vec::new()).unwrap_err();
+            assert_eq!(err.kind, kind, "{schema} with {input}: {err}");
+        }
     }
 
     #[test]

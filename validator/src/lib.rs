@@ -4,11 +4,13 @@
 //!
 //! Modules: [`avro`] (JSON -> Avro encoder plans), [`schema`] (compiled schemas, wire format),
 //! [`registry`] (the Confluent REST client and the schema cache), [`route`] (routes and subject
-//! strategies), [`verdict`] (one record's check), [`replay_filter`] (agent replay removal),
+//! strategies), [`reason`] (the bounded kinds of dead-letter reasons), [`verdict`] (one
+//! record's check), [`replay_filter`] (agent replay removal),
 //! [`pipeline`] (the exactly-once loop), [`replay`] (the DLQ replay command).
 
 pub mod avro;
 pub mod pipeline;
+pub mod reason;
 pub mod registry;
 pub mod replay;
 pub mod replay_filter;
@@ -196,6 +198,7 @@ pub struct ValidatorService;
 impl Service for ValidatorService {
     const NAME: &'static str = "logpipe-validator";
     const DEFAULT_CONFIG: &'static str = "/etc/logpipe/validator.toml";
+    const EXTRA_COMMANDS: &'static [(&'static str, &'static str)] = &[("replay", replay::ABOUT)];
     type Config = ValidatorConfig;
 
     async fn run(config: ValidatorConfig, ctx: Context) -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{KafkaConfig, Role};
-use logpipe_core::record::{error_header, ErrorStage, RecordId};
+use logpipe_core::record::{error_header, header, ErrorStage, RecordId};
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -31,6 +31,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::reason::Reason;
 use crate::registry::LookupError;
 use crate::replay_filter::{PartitionKey, ReplayFilter};
 use crate::verdict::{Checker, DeadLetter, Verdict};
@@ -112,7 +113,7 @@ struct Output {
 #[derive(Default)]
 struct BatchCounts {
     valid: HashMap<(String, String), u64>,
-    invalid: HashMap<(String, ErrorStage), u64>,
+    invalid: HashMap<(String, ErrorStage, Reason), u64>,
     dropped_fields: HashMap<String, u64>,
     replays: HashMap<String, u64>,
     skipped: u64,
@@ -124,8 +125,9 @@ impl BatchCounts {
             metrics::counter!("logpipe_validator_records_valid_total", "topic" => topic, "subject" => subject).increment(n);
             totals.clean += n;
         }
-        for ((topic, stage), n) in self.invalid {
-            metrics::counter!("logpipe_validator_records_invalid_total", "topic" => topic, "stage" => stage.as_str()).increment(n);
+        for ((topic, stage, reason), n) in self.invalid {
+            metrics::counter!("logpipe_validator_records_invalid_total", "topic" => topic, "stage" => stage.as_str(), "reason" => reason.as_str())
+                .increment(n);
             totals.dead += n;
         }
         for (topic, n) in self.dropped_fields {
@@ -470,8 +472,14 @@ impl Pipeline {
                     }
                     Output { topic, key, value, headers: headers.unwrap_or_default(), timestamp }
                 }
-                Verdict::Dead(dead) => {
-                    *counts.invalid.entry((source_topic.clone(), dead.stage)).or_default() += 1;
+                Verdict::Dead(mut dead) => {
+                    if dead.stage == ErrorStage::Parse {
+                        if let Some(length) = header_text(message, header::TRUNCATED) {
+                            dead.kind = Reason::TooLarge;
+                            dead.reason = format!("{} (the agent cut this line of {length} bytes at its size limit)", dead.reason);
+                        }
+                    }
+                    *counts.invalid.entry((source_topic.clone(), dead.stage, dead.kind)).or_default() += 1;
                     let topic = dead
                         .topic
                         .clone()

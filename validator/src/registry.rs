@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::reason::Reason;
 use crate::schema::{CompiledSchema, SchemaType};
 
 /// Why a schema could not be had.
@@ -25,9 +26,10 @@ pub enum LookupError {
     /// The store could not answer; retry later, never dead-letter for this.
     #[error("schema store unavailable: {0}")]
     Unavailable(String),
-    /// The store answered: the subject or version does not exist, or its schema is unusable.
-    #[error("{0}")]
-    Problem(String),
+    /// The store answered: the subject or version does not exist
+    /// ([`Reason::UnknownSubject`]), or its schema is unusable ([`Reason::UnusableSchema`]).
+    #[error("{1}")]
+    Problem(Reason, String),
 }
 
 /// Which version of a subject a route uses.
@@ -88,7 +90,7 @@ impl StoreClient {
     /// `GET /subjects/{subject}/versions/{version|latest}`: (id, type, schema).
     pub async fn subject_version(&self, subject: &str, version: Version) -> Result<(u32, SchemaType, String), LookupError> {
         let found: SubjectVersion = self.get(&["subjects", subject, "versions", &version.to_string()]).await?;
-        let schema_type = SchemaType::from_api(found.schema_type.as_deref()).map_err(LookupError::Problem)?;
+        let schema_type = SchemaType::from_api(found.schema_type.as_deref()).map_err(|e| LookupError::Problem(Reason::UnusableSchema, e))?;
         Ok((found.id, schema_type, found.schema))
     }
 
@@ -114,7 +116,7 @@ impl StoreClient {
         // Only "this does not exist" is an answer about the record; anything else (auth, server
         // errors, a proxy's page) is the store's or the config's problem.
         if status == reqwest::StatusCode::NOT_FOUND && error.is_some() {
-            Err(LookupError::Problem(format!("GET {url}: {message}")))
+            Err(LookupError::Problem(Reason::UnknownSubject, format!("GET {url}: {message}")))
         } else {
             Err(LookupError::Unavailable(format!("GET {url}: {status}: {message}")))
         }
@@ -122,7 +124,7 @@ impl StoreClient {
 }
 
 struct SubjectEntry {
-    found: Result<Arc<CompiledSchema>, String>,
+    found: Result<Arc<CompiledSchema>, (Reason, String)>,
     fetched: Instant,
 }
 
@@ -154,7 +156,7 @@ impl SchemaCache {
                 let fresh = entry.fetched.elapsed() < self.refresh || (version != Version::Latest && entry.found.is_ok());
                 if fresh {
                     metrics::counter!("logpipe_validator_schema_cache_hits_total", "subject" => subject.to_owned()).increment(1);
-                    return entry.found.clone().map_err(LookupError::Problem);
+                    return entry.found.clone().map_err(|(kind, reason)| LookupError::Problem(kind, reason));
                 }
                 entry.found.clone().ok()
             }
@@ -163,7 +165,7 @@ impl SchemaCache {
         metrics::counter!("logpipe_validator_schema_cache_misses_total", "subject" => subject.to_owned()).increment(1);
         let found = match self.client.subject_version(subject, version).await {
             Ok((id, schema_type, text)) => Ok(self.compiled(id, schema_type, &text)),
-            Err(LookupError::Problem(reason)) => Err(reason),
+            Err(LookupError::Problem(kind, reason)) => Err((kind, reason)),
             Err(unavailable @ LookupError::Unavailable(_)) => {
                 self.reachable = false;
                 // Keep working with what we had; the refresh is retried on the next record.
@@ -178,15 +180,16 @@ impl SchemaCache {
             }
         }
         self.by_subject.insert(key, SubjectEntry { found: found.clone(), fetched: Instant::now() });
-        found.map_err(LookupError::Problem)
+        found.map_err(|(kind, reason)| LookupError::Problem(kind, reason))
     }
 
-    fn compiled(&mut self, id: u32, schema_type: SchemaType, text: &str) -> Result<Arc<CompiledSchema>, String> {
+    fn compiled(&mut self, id: u32, schema_type: SchemaType, text: &str) -> Result<Arc<CompiledSchema>, (Reason, String)> {
         if let Some(found) = self.by_id.get(&id) {
             return Ok(found.clone());
         }
         let compiled = Arc::new(
-            CompiledSchema::compile(id, schema_type, text).map_err(|e| format!("schema id {id} cannot be used: {e}"))?,
+            CompiledSchema::compile(id, schema_type, text)
+                .map_err(|e| (Reason::UnusableSchema, format!("schema id {id} cannot be used: {e}")))?,
         );
         self.by_id.insert(id, compiled.clone());
         Ok(compiled)
@@ -275,8 +278,8 @@ pub(crate) mod tests {
         let canned = Canned::default();
         let mut cache = cache(&serve(canned.clone()).await, Duration::from_secs(60));
         let err = cache.subject("nope", Version::Latest).await.unwrap_err();
-        assert!(matches!(&err, LookupError::Problem(m) if m.contains("40401")), "{err:?}");
-        assert!(matches!(cache.subject("s", Version::Pinned(7)).await, Err(LookupError::Problem(_))));
+        assert!(matches!(&err, LookupError::Problem(Reason::UnknownSubject, m) if m.contains("40401")), "{err:?}");
+        assert!(matches!(cache.subject("s", Version::Pinned(7)).await, Err(LookupError::Problem(Reason::UnknownSubject, _))));
         cache.subject("nope", Version::Latest).await.unwrap_err();
         assert_eq!(canned.requests.load(Ordering::SeqCst), 2);
         assert!(cache.reachable());

@@ -11,7 +11,8 @@
 //! this one committed.
 //!
 //! The service runner in `logpipe-core` knows `run` and `check`; `main.rs` sends `replay` here
-//! before handing every other command line to the runner.
+//! before handing every other command line to the runner, which lists `replay` in its help
+//! ([`logpipe_core::service::Service::EXTRA_COMMANDS`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,9 +28,12 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::{Mode, Pipeline, Totals};
 use crate::ValidatorConfig;
 
+/// The command's one-line description, also listed in `logpipe-validator --help`.
+pub const ABOUT: &str = "Re-validate dead letters after a schema fix, exactly once";
+
 /// `logpipe-validator replay`.
 #[derive(Debug, Parser)]
-#[command(name = "logpipe-validator replay", about = "Re-validate dead letters after a schema fix, exactly once")]
+#[command(name = "logpipe-validator replay", about = ABOUT)]
 pub struct ReplayArgs {
     /// The validator's config file (routes, schema store, read cluster).
     #[arg(long, short, env = "LOGPIPE_CONFIG", default_value = "/etc/logpipe/validator.toml")]

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::avro::{AvroPlan, ConvertError, Converted, ExtraFields};
+use crate::reason::Reason;
 
 /// Confluent wire format: this byte, then the schema id as 4 bytes big-endian, then the payload.
 pub const MAGIC: u8 = 0;
@@ -76,7 +77,11 @@ impl CompiledSchema {
                     out.extend_from_slice(raw);
                     Ok(Converted::default())
                 }
-                Err(e) => Err(ConvertError { pointer: e.instance_path().to_string(), reason: e.to_string() }),
+                Err(e) => Err(ConvertError {
+                    pointer: e.instance_path().to_string(),
+                    kind: Reason::of_json_schema(e.kind()),
+                    reason: e.to_string(),
+                }),
             },
         };
         if result.is_err() {

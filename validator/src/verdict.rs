@@ -5,6 +5,7 @@
 use logpipe_core::record::ErrorStage;
 use serde_json::Value;
 
+use crate::reason::Reason;
 use crate::registry::{LookupError, SchemaCache};
 use crate::route::Routes;
 
@@ -22,6 +23,9 @@ pub struct DeadLetter {
     /// The DLQ topic; `None` when no route covers the source topic (the caller's fallback).
     pub topic: Option<String>,
     pub stage: ErrorStage,
+    /// The failure's kind: the bounded metric label.
+    pub kind: Reason,
+    /// Human-readable; the `lp.error.reason` header.
     pub reason: String,
     pub pointer: Option<String>,
     pub subject: Option<String>,
@@ -51,32 +55,33 @@ impl Checker {
     /// Checks a record read from `topic`. On [`Verdict::Clean`] the wire-format value has been
     /// appended to `out`; otherwise `out` is unchanged.
     pub async fn check(&mut self, topic: &str, raw: &[u8], out: &mut Vec<u8>) -> Result<Verdict, LookupError> {
-        let dead = |topic: Option<String>, stage, reason: String| DeadLetter {
+        let dead = |topic: Option<String>, stage, kind, reason: String| DeadLetter {
             topic,
             stage,
+            kind,
             reason,
             pointer: None,
             subject: None,
             schema_id: None,
         };
         let Some(route) = self.routes.find(topic) else {
-            return Ok(Verdict::Dead(dead(None, ErrorStage::Route, format!("no route covers topic {topic}"))));
+            return Ok(Verdict::Dead(dead(None, ErrorStage::Route, Reason::NoRoute, format!("no route covers topic {topic}"))));
         };
         let dlq = Some(route.dlq.render(topic));
         let value: Value = match serde_json::from_slice(raw) {
             Ok(value) => value,
-            Err(e) => return Ok(Verdict::Dead(dead(dlq, ErrorStage::Parse, format!("not JSON: {e}")))),
+            Err(e) => return Ok(Verdict::Dead(dead(dlq, ErrorStage::Parse, Reason::MalformedJson, format!("not JSON: {e}")))),
         };
         let subject = match route.subject.subject(topic, &value) {
             Ok(subject) => subject,
             Err(no) => {
-                return Ok(Verdict::Dead(DeadLetter { pointer: no.pointer, ..dead(dlq, ErrorStage::Route, no.reason) }))
+                return Ok(Verdict::Dead(DeadLetter { pointer: no.pointer, ..dead(dlq, ErrorStage::Route, Reason::NoSubject, no.reason) }))
             }
         };
         let schema = match self.cache.subject(&subject, route.version).await {
             Ok(schema) => schema,
-            Err(LookupError::Problem(reason)) => {
-                return Ok(Verdict::Dead(DeadLetter { subject: Some(subject), ..dead(dlq, ErrorStage::Schema, reason) }))
+            Err(LookupError::Problem(kind, reason)) => {
+                return Ok(Verdict::Dead(DeadLetter { subject: Some(subject), ..dead(dlq, ErrorStage::Schema, kind, reason) }))
             }
             Err(unavailable) => return Err(unavailable),
         };
@@ -90,6 +95,7 @@ impl Checker {
             Err(e) => Ok(Verdict::Dead(DeadLetter {
                 topic: dlq,
                 stage: ErrorStage::Validate,
+                kind: e.kind,
                 reason: e.reason,
                 pointer: Some(e.pointer),
                 subject: Some(subject),
@@ -136,24 +142,34 @@ mod tests {
         assert_eq!(out, [0, 0, 0, 0, 10, 2]);
 
         let stage = |v: Verdict| match v {
-            Verdict::Dead(d) => (d.stage, d.pointer, d.topic),
+            Verdict::Dead(d) => (d.stage, d.kind, d.pointer, d.topic),
             other => panic!("expected a dead letter, got {other:?}"),
         };
         let dlq = Some("dlq.s".to_owned());
-        assert_eq!(stage(checker.check("raw.s", b"{\"a\":", &mut out).await.unwrap()), (ErrorStage::Parse, None, dlq.clone()));
+        assert_eq!(
+            stage(checker.check("raw.s", b"{\"a\":", &mut out).await.unwrap()),
+            (ErrorStage::Parse, Reason::MalformedJson, None, dlq.clone())
+        );
         assert_eq!(
             stage(checker.check("raw.s", br#"{"a": "1"}"#, &mut out).await.unwrap()),
-            (ErrorStage::Validate, Some("/a".into()), dlq.clone())
+            (ErrorStage::Validate, Reason::WrongType, Some("/a".into()), dlq.clone())
+        );
+        assert_eq!(
+            stage(checker.check("raw.s", br#"{"x": 1}"#, &mut out).await.unwrap()),
+            (ErrorStage::Validate, Reason::MissingField, Some("/a".into()), dlq.clone())
         );
         assert_eq!(
             stage(checker.check("raw.ev", br#"{"a": 1}"#, &mut out).await.unwrap()),
-            (ErrorStage::Route, Some("/kind".into()), Some("dlq.ev".into()))
+            (ErrorStage::Route, Reason::NoSubject, Some("/kind".into()), Some("dlq.ev".into()))
         );
         assert_eq!(
             stage(checker.check("raw.ev", br#"{"kind": "unknown"}"#, &mut out).await.unwrap()),
-            (ErrorStage::Schema, None, Some("dlq.ev".into()))
+            (ErrorStage::Schema, Reason::UnknownSubject, None, Some("dlq.ev".into()))
         );
-        assert_eq!(stage(checker.check("raw.none", b"{}", &mut out).await.unwrap()), (ErrorStage::Route, None, None));
+        assert_eq!(
+            stage(checker.check("raw.none", b"{}", &mut out).await.unwrap()),
+            (ErrorStage::Route, Reason::NoRoute, None, None)
+        );
         assert_eq!(out.len(), 6, "dead letters add nothing to the clean buffer");
     }
 
