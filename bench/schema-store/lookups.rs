@@ -137,7 +137,8 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let config = SchemaStoreConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        storage: StorageConfig { kind: StorageKind::Local, path: Some(dir.path().to_owned()) },
+        storage: StorageConfig { kind: StorageKind::Local, path: Some(dir.path().to_owned()), ..StorageConfig::default() },
+        kafka: None,
         telemetry: TelemetryConfig::on_port(0),
         auth: None,
         max_body_bytes: 4 << 20,

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::auth::{Auth, Role};
 use crate::compat::Level;
 use crate::error::ApiError;
+use crate::forward::Forwarder;
 use crate::log::{Mode, Record};
 use crate::registry::{validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector};
 use crate::schema::{Reference, SchemaType};
@@ -36,6 +37,8 @@ const JSON_TYPES: [&str; 3] = ["application/vnd.schemaregistry.v1+json", "applic
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
+    /// With Kafka storage: runs writes at the leader.
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 /// One route of the API: method, path (axum syntax), required role, handler, and its OpenAPI
@@ -153,9 +156,10 @@ async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next
     // Permanent deletes destroy data: they need the admin role, soft deletes only write.
     let permanent = request.method() == Method::DELETE && request.uri().query().is_some_and(|q| q.contains("permanent=true"));
     let role = if permanent { Role::Admin } else { guard.role };
-    let response = match guard.state.auth.authorize(request.headers(), role) {
-        Ok(()) => next.run(request).await,
-        Err(denied) => denied.into_response(),
+    let response = match (guard.state.auth.authorize(request.headers(), role), &guard.state.forwarder) {
+        (Ok(()), Some(forwarder)) if role >= Role::Write => forwarder.write(request, next).await,
+        (Ok(()), _) => next.run(request).await,
+        (Err(denied), _) => denied.into_response(),
     };
     guard.timing.record(started.elapsed().as_secs_f64());
     if !response.status().is_success() {

@@ -102,6 +102,14 @@ impl ApiError {
     pub fn invalid_subject(subject: &str) -> Self {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42208, format!("The specified subject {subject:?} is not valid: it is empty or contains control characters"))
     }
+    /// Confluent's "unknown leader": this instance may not write and knows no leader to ask.
+    pub fn not_leader() -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 50004, "This instance is not the schema store leader and no leader is known; retry")
+    }
+    /// Confluent's "request forwarding failed".
+    pub fn forwarding_failed(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 50003, message)
+    }
     pub fn store(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 50001, message)
     }

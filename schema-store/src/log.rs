@@ -4,6 +4,10 @@
 //! `{"keytype":"SCHEMA","subject":"s","version":1,"magic":1}`, a `null` value is a tombstone), so
 //! the local log and a `_schemas` topic hold the same thing and one replay applies either.
 //!
+//! In a `_schemas` topic a record is exactly that key and value as compact JSON bytes
+//! ([`Record::to_kafka`], [`Record::from_kafka`]); key bytes matter, because compaction keeps the
+//! last record per byte-identical key, so keys keep Confluent's field order.
+//!
 //! The local log is one append-only file of JSON lines `{"key":...,"value":...}`. A write is
 //! acknowledged only after its lines are written and `fdatasync`ed, so an acknowledged write
 //! survives kill -9 and power loss. A crash can leave only a partial last line (appends are
@@ -51,11 +55,13 @@ fn avro() -> SchemaType {
     SchemaType::Avro
 }
 
-/// The value of a CONFIG key.
+/// The value of a CONFIG key. Confluent may write one without a level (when only its other
+/// settings, which this store ignores, are set): that means "no level here".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigValue {
-    pub compatibility_level: Level,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility_level: Option<Level>,
 }
 
 /// Registry modes.
@@ -102,6 +108,31 @@ impl Record {
 
     pub fn tombstone(key: Key) -> Record {
         Record { key, value: None }
+    }
+
+    /// The record as Confluent writes it to `_schemas`: compact JSON key bytes and JSON value
+    /// bytes, or no value for a tombstone.
+    pub fn to_kafka(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        let key = serde_json::to_vec(&self.key).expect("keys serialize");
+        let value = self.value.as_ref().map(|v| serde_json::to_vec(v).expect("values serialize"));
+        (key, value)
+    }
+
+    /// Reads a `_schemas` record written by this store, Confluent or Karapace. `Ok(None)` for a
+    /// key type this store has no use for (Confluent's `CONTEXT`, newer types): it is skipped,
+    /// as Confluent skips what it does not know, instead of stopping the replay.
+    pub fn from_kafka(key: &[u8], value: Option<&[u8]>) -> Result<Option<Record>, String> {
+        let key: serde_json::Value = serde_json::from_slice(key).map_err(|e| format!("key is not JSON: {e}"))?;
+        let known = ["SCHEMA", "CONFIG", "MODE", "NOOP", "DELETE_SUBJECT", "CLEAR_SUBJECT"];
+        if !key["keytype"].as_str().is_some_and(|t| known.contains(&t)) {
+            return Ok(None);
+        }
+        let key: Key = serde_json::from_value(key).map_err(|e| format!("bad key: {e}"))?;
+        let value = match value {
+            None => None,
+            Some(bytes) => Some(serde_json::from_slice(bytes).map_err(|e| format!("value of {key:?} is not JSON: {e}"))?),
+        };
+        Ok(Some(Record { key, value }))
     }
 }
 
@@ -175,7 +206,7 @@ mod tests {
     use super::*;
 
     fn config(level: Level) -> Record {
-        Record { key: Key::Config { subject: None, magic: 0 }, value: Some(serde_json::to_value(ConfigValue { compatibility_level: level }).unwrap()) }
+        Record { key: Key::Config { subject: None, magic: 0 }, value: Some(serde_json::to_value(ConfigValue { compatibility_level: Some(level) }).unwrap()) }
     }
 
     #[test]
@@ -184,7 +215,67 @@ mod tests {
         assert_eq!(serde_json::to_string(&key).unwrap(), r#"{"keytype":"SCHEMA","subject":"s","version":1,"magic":1}"#);
         let key = Key::Config { subject: None, magic: 0 };
         assert_eq!(serde_json::to_string(&key).unwrap(), r#"{"keytype":"CONFIG","subject":null,"magic":0}"#);
-        assert_eq!(serde_json::to_string(&ConfigValue { compatibility_level: Level::Full }).unwrap(), r#"{"compatibilityLevel":"FULL"}"#);
+        assert_eq!(serde_json::to_string(&ConfigValue { compatibility_level: Some(Level::Full) }).unwrap(), r#"{"compatibilityLevel":"FULL"}"#);
+    }
+
+    fn kafka_key(record: &Record) -> String {
+        String::from_utf8(record.to_kafka().0).unwrap()
+    }
+
+    #[test]
+    fn kafka_keys_are_byte_identical_to_confluents() {
+        // Compaction keeps the last record per byte-identical key, so a tombstone this store
+        // writes must match the key Confluent wrote, byte for byte.
+        let cases = [
+            (Key::Schema { subject: "s".into(), version: 3, magic: 1 }, r#"{"keytype":"SCHEMA","subject":"s","version":3,"magic":1}"#),
+            (Key::Config { subject: None, magic: 0 }, r#"{"keytype":"CONFIG","subject":null,"magic":0}"#),
+            (Key::Config { subject: Some("s".into()), magic: 0 }, r#"{"keytype":"CONFIG","subject":"s","magic":0}"#),
+            (Key::Mode { subject: None, magic: 0 }, r#"{"keytype":"MODE","subject":null,"magic":0}"#),
+            (Key::Noop { magic: 0 }, r#"{"keytype":"NOOP","magic":0}"#),
+            (Key::DeleteSubject { subject: "s".into(), magic: 0 }, r#"{"keytype":"DELETE_SUBJECT","subject":"s","magic":0}"#),
+            (Key::ClearSubject { subject: "s".into(), magic: 0 }, r#"{"keytype":"CLEAR_SUBJECT","subject":"s","magic":0}"#),
+        ];
+        for (key, bytes) in cases {
+            let record = Record::tombstone(key);
+            assert_eq!(kafka_key(&record), bytes);
+            assert_eq!(record.to_kafka().1, None, "a tombstone has no value");
+            assert_eq!(Record::from_kafka(bytes.as_bytes(), None).unwrap(), Some(record));
+        }
+    }
+
+    #[test]
+    fn kafka_values_round_trip_and_read_confluents_extra_fields() {
+        let value = SchemaValue {
+            subject: "orders-value".into(),
+            version: 2,
+            id: 7,
+            schema_type: SchemaType::Json,
+            references: vec![Reference { name: "a.json".into(), subject: "a".into(), version: 1 }],
+            schema: r#"{"type":"object"}"#.into(),
+            deleted: false,
+        };
+        let record = Record::schema(value.clone());
+        let (key, bytes) = record.to_kafka();
+        let back = Record::from_kafka(&key, bytes.as_deref()).unwrap().unwrap();
+        assert_eq!(back, record);
+        // A value as a recent Confluent writes it: AVRO without schemaType, plus fields this
+        // store does not use (md5, metadata, ruleSet), all ignored.
+        let confluent = br#"{"subject":"t-value","version":1,"id":1,"md5":"abc","metadata":null,"ruleSet":null,"schema":"\"string\"","deleted":false}"#;
+        let record = Record::from_kafka(br#"{"keytype":"SCHEMA","subject":"t-value","version":1,"magic":1}"#, Some(confluent)).unwrap().unwrap();
+        let parsed: SchemaValue = serde_json::from_value(record.value.unwrap()).unwrap();
+        assert_eq!((parsed.id, parsed.version, parsed.schema_type, parsed.schema.as_str()), (1, 1, SchemaType::Avro, r#""string""#));
+        // A config record with only settings this store ignores has no level.
+        let config = Record::from_kafka(br#"{"keytype":"CONFIG","subject":"x","magic":0}"#, Some(br#"{"normalize":true}"#)).unwrap().unwrap();
+        let parsed: ConfigValue = serde_json::from_value(config.value.unwrap()).unwrap();
+        assert_eq!(parsed.compatibility_level, None);
+    }
+
+    #[test]
+    fn unknown_kafka_key_types_are_skipped_and_garbage_is_an_error() {
+        assert_eq!(Record::from_kafka(br#"{"keytype":"CONTEXT","tenant":"t","context":".","magic":0}"#, Some(b"{}")).unwrap(), None);
+        assert!(Record::from_kafka(b"not json", None).is_err());
+        assert!(Record::from_kafka(br#"{"keytype":"SCHEMA","subject":"s","magic":1}"#, None).is_err(), "a SCHEMA key needs a version");
+        assert!(Record::from_kafka(br#"{"keytype":"NOOP","magic":0}"#, Some(b"{oops")).is_err());
     }
 
     #[test]

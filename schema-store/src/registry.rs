@@ -146,7 +146,7 @@ impl State {
                 }
             }
             (Key::Config { subject, .. }, value) => {
-                let level = value.as_ref().map(|v| serde_json::from_value::<ConfigValue>(v.clone())).transpose()?.map(|c| c.compatibility_level);
+                let level = value.as_ref().map(|v| serde_json::from_value::<ConfigValue>(v.clone())).transpose()?.and_then(|c| c.compatibility_level);
                 match (subject, level) {
                     (None, level) => self.global_level = level,
                     (Some(s), Some(level)) => {
@@ -189,6 +189,16 @@ impl State {
                 self.by_content.remove(&(schema.schema_type, schema.schema.clone(), schema.references.clone()));
             }
         }
+    }
+
+    /// Keeps `id` from ever being assigned again: for a record whose id is known but whose
+    /// content this store cannot hold (a PROTOBUF schema in an adopted topic).
+    pub fn burn_id(&mut self, id: u32) {
+        self.max_id = self.max_id.max(id);
+    }
+
+    pub fn schema_count(&self) -> usize {
+        self.schemas.len()
     }
 
     pub fn schema_by_id(&self, id: u32) -> Result<&Arc<StoredSchema>, ApiError> {
@@ -516,7 +526,7 @@ impl State {
     pub fn config_record(subject: Option<&str>, level: Option<Level>) -> Record {
         Record {
             key: Key::Config { subject: subject.map(str::to_owned), magic: 0 },
-            value: level.map(|l| serde_json::to_value(ConfigValue { compatibility_level: l }).expect("config serializes")),
+            value: level.map(|l| serde_json::to_value(ConfigValue { compatibility_level: Some(l) }).expect("config serializes")),
         }
     }
 
@@ -545,13 +555,47 @@ type Job = (Plan, oneshot::Sender<Result<Box<dyn Any + Send>, ApiError>>);
 /// Writes per batch at most: bounds the latency one fsync adds to the first write of a batch.
 const MAX_BATCH: usize = 256;
 
-/// The registry: state plus the durable log it is rebuilt from.
+/// Where the writer puts a planned batch before acknowledging it: the local fsynced log, or
+/// the `_schemas` topic (see [`crate::kafka_storage`]).
+pub trait Journal: Send + 'static {
+    /// Makes `records` durable and visible in `public`; on success readers see them. On error
+    /// nothing was made visible and the writer answers every write of the batch with it.
+    fn commit(&mut self, records: &[Record], public: &RwLock<State>) -> Result<(), ApiError>;
+
+    /// True when `public` may hold records the writer did not plan (another instance wrote
+    /// before this one became the writer): the writer then plans from a fresh copy.
+    fn staging_is_stale(&mut self) -> bool {
+        false
+    }
+}
+
+impl Journal for LocalLog {
+    fn commit(&mut self, records: &[Record], public: &RwLock<State>) -> Result<(), ApiError> {
+        let started = std::time::Instant::now();
+        self.append(records).map_err(|e| {
+            metrics::counter!("logpipe_schema_store_log_errors_total").increment(1);
+            tracing::error!("cannot write the schema log: {e}");
+            ApiError::store(format!("Error while writing to the schema log: {e}"))
+        })?;
+        metrics::histogram!("logpipe_schema_store_log_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
+        let mut state = public.write().expect("registry state lock");
+        for record in records {
+            // Already applied to the writer's staging copy without error: it applies here the same way.
+            let _ = state.apply(record);
+        }
+        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        Ok(())
+    }
+}
+
+/// The registry: state plus the journal it is rebuilt from.
 ///
 /// Writes go through one writer thread doing group commit: it plans each queued write against
-/// a staging copy of the state (so later writes of a batch see earlier ones), writes the whole
-/// batch with one `fdatasync`, and only then applies it to the state readers see and answers the
-/// writers. Nothing is visible or acknowledged before it is durable, and concurrent writers share
-/// the cost of an fsync instead of queueing for one each.
+/// a staging copy of the state (so later writes of a batch see earlier ones), commits the whole
+/// batch to the journal at once (one `fdatasync`, or one Kafka transaction), and only then
+/// answers the writers. Nothing is visible or acknowledged before it is durable, and concurrent
+/// writers share the cost of a commit instead of queueing for one each.
 #[derive(Debug)]
 pub struct Registry {
     state: Arc<RwLock<State>>,
@@ -569,14 +613,18 @@ impl Registry {
         }
         tracing::info!(records = records.len(), schemas = state.schemas.len(), subjects = state.subjects.len(), elapsed = ?started.elapsed(), "replayed the schema log");
         metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
-        let staging = state.clone();
-        let state = Arc::new(RwLock::new(state));
+        Registry::start(Arc::new(RwLock::new(state)), log)
+    }
+
+    /// Starts the writer thread over a state that `journal` keeps up to date.
+    pub fn start(state: Arc<RwLock<State>>, journal: impl Journal) -> anyhow::Result<Registry> {
+        let staging = state.read().expect("registry state lock").clone();
         let (jobs, queue) = mpsc::unbounded_channel();
         let public = Arc::clone(&state);
         std::thread::Builder::new()
-            .name("schema-log-writer".into())
-            .spawn(move || write_batches(queue, log, staging, public))
-            .map_err(|e| anyhow::anyhow!("cannot start the log writer thread: {e}"))?;
+            .name("schema-writer".into())
+            .spawn(move || write_batches(queue, journal, staging, public))
+            .map_err(|e| anyhow::anyhow!("cannot start the writer thread: {e}"))?;
         Ok(Registry { state, jobs })
     }
 
@@ -589,14 +637,14 @@ impl Registry {
     pub async fn write<T: Send + 'static>(&self, plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), ApiError> + Send + 'static) -> Result<T, ApiError> {
         let plan: Plan = Box::new(move |state| plan(state).map(|(t, records)| (Box::new(t) as Box<dyn Any + Send>, records)));
         let (reply, outcome) = oneshot::channel();
-        self.jobs.send((plan, reply)).map_err(|_| ApiError::store("the log writer has stopped"))?;
-        let result = outcome.await.map_err(|_| ApiError::store("the log writer has stopped"))??;
+        self.jobs.send((plan, reply)).map_err(|_| ApiError::store("the writer has stopped"))?;
+        let result = outcome.await.map_err(|_| ApiError::store("the writer has stopped"))??;
         Ok(*result.downcast::<T>().expect("a plan's result has the plan's type"))
     }
 }
 
 /// The writer thread: group commit until every `Registry` handle is gone.
-fn write_batches(mut queue: mpsc::UnboundedReceiver<Job>, mut log: LocalLog, mut staging: State, public: Arc<RwLock<State>>) {
+fn write_batches(mut queue: mpsc::UnboundedReceiver<Job>, mut journal: impl Journal, mut staging: State, public: Arc<RwLock<State>>) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -604,6 +652,9 @@ fn write_batches(mut queue: mpsc::UnboundedReceiver<Job>, mut log: LocalLog, mut
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        if journal.staging_is_stale() {
+            staging = public.read().expect("registry state lock").clone();
         }
         let mut records = Vec::new();
         let mut waiting = Vec::new();
@@ -629,26 +680,13 @@ fn write_batches(mut queue: mpsc::UnboundedReceiver<Job>, mut log: LocalLog, mut
         if records.is_empty() {
             continue;
         }
-        let started = std::time::Instant::now();
-        if let Err(e) = log.append(&records) {
-            metrics::counter!("logpipe_schema_store_log_errors_total").increment(1);
-            tracing::error!("cannot write the schema log: {e}");
+        if let Err(e) = journal.commit(&records, &public) {
             // The batch is not durable: forget it and answer every writer with the error.
             staging = public.read().expect("registry state lock").clone();
             for (reply, _) in waiting {
-                let _ = reply.send(Err(ApiError::store(format!("Error while writing to the schema log: {e}"))));
+                let _ = reply.send(Err(e.clone()));
             }
             continue;
-        }
-        metrics::histogram!("logpipe_schema_store_log_append_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
-        {
-            let mut state = public.write().expect("registry state lock");
-            for record in &records {
-                // Already applied to staging without error: it applies here the same way.
-                let _ = state.apply(record);
-            }
-            metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
         }
         for (reply, result) in waiting {
             let _ = reply.send(Ok(result));

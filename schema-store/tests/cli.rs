@@ -25,7 +25,7 @@ fn hash_password_reads_stdin_and_prints_a_verifiable_hash() {
 }
 
 #[test]
-fn check_accepts_local_storage_and_rejects_kafka() {
+fn check_accepts_both_storages_and_names_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let check = |storage: &str| {
         let path = dir.path().join("store.toml");
@@ -35,7 +35,10 @@ fn check_accepts_local_storage_and_rejects_kafka() {
     let ok = check("kind = \"local\"\npath = \"/var/lib/logpipe-schema-store\"");
     assert!(ok.status.success(), "{ok:?}");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("auth: none"));
+    let kafka = check("kind = \"kafka\"\n[kafka]\nbootstrap = \"k1:9092\"");
+    assert!(kafka.status.success(), "{kafka:?}");
+    assert!(String::from_utf8_lossy(&kafka.stdout).contains("one writer elected through group _lp.schema-store.default.election"), "{kafka:?}");
     let kafka = check("kind = \"kafka\"");
     assert_eq!(kafka.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&kafka.stderr).contains("not available"), "{kafka:?}");
+    assert!(String::from_utf8_lossy(&kafka.stderr).contains("[kafka]"), "{kafka:?}");
 }

@@ -23,7 +23,8 @@ pub struct Store {
 pub fn config(dir: &std::path::Path, auth: Option<AuthConfig>, max_body_bytes: usize) -> SchemaStoreConfig {
     SchemaStoreConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        storage: StorageConfig { kind: StorageKind::Local, path: Some(dir.to_owned()) },
+        storage: StorageConfig { kind: StorageKind::Local, path: Some(dir.to_owned()), ..StorageConfig::default() },
+        kafka: None,
         telemetry: TelemetryConfig::on_port(0),
         auth,
         max_body_bytes,
