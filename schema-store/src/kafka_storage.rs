@@ -100,6 +100,9 @@ pub struct Cluster {
     /// until the group has taken the partition away (else two instances could fence each other
     /// in turn while the group moves the partition).
     fenced: AtomicBool,
+    /// Leadership terms this instance has begun; a new term makes the writer re-plan from the
+    /// replayed state.
+    terms: AtomicU64,
     stop: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -169,6 +172,7 @@ pub async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluste
         position,
         caught_up,
         fenced: AtomicBool::new(false),
+        terms: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         threads: Mutex::new(Vec::new()),
     });
@@ -251,13 +255,12 @@ fn read(consumer: Arc<BaseConsumer>, cluster: Arc<Cluster>, state: Arc<RwLock<St
                 position.send_replace(message.offset() + 1);
                 metrics::gauge!("logpipe_schema_store_kafka_replay_offset").set((message.offset() + 1) as f64);
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                if !*caught_up.borrow() {
-                    let state = state.read().expect("registry state lock");
-                    tracing::info!(offset = *position.borrow(), schemas = state.schema_count(), elapsed = ?started.elapsed(), "replayed the schemas topic to its end");
-                    caught_up.send_replace(true);
-                }
+            Some(Err(KafkaError::PartitionEOF(_))) if !*caught_up.borrow() => {
+                let state = state.read().expect("registry state lock");
+                tracing::info!(offset = *position.borrow(), schemas = state.schema_count(), elapsed = ?started.elapsed(), "replayed the schemas topic to its end");
+                caught_up.send_replace(true);
             }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "reader").increment(1);
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -295,8 +298,6 @@ struct Term {
     producer: FutureProducer,
     epoch: u64,
 }
-
-static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// The election thread: holds group membership, takes over when assigned the partition, steps
 /// down when it loses it, and keeps the leader's address fresh while following.
@@ -373,7 +374,7 @@ fn take_over(consumer: &BaseConsumer, cluster: &Cluster, runtime: &Handle) -> an
         element.set_metadata(&storage.advertised_url);
     }
     consumer.commit(&published, CommitMode::Sync)?;
-    Ok(Term { producer, epoch: EPOCH.fetch_add(1, Ordering::Relaxed) + 1 })
+    Ok(Term { producer, epoch: cluster.terms.fetch_add(1, Ordering::Relaxed) + 1 })
 }
 
 /// Reads the address the current leader published.

@@ -22,12 +22,21 @@ struct Instance {
     telemetry: SocketAddr,
 }
 
+/// Writers must authenticate (anonymous reads are allowed), so a forwarded write only succeeds
+/// when the follower passes the caller's credentials on to the leader.
+const USER: &str = "ci";
+const PASSWORD: &str = "ci-password";
+
 async fn start(dir: &std::path::Path, bootstrap: &str) -> Instance {
     let (api, telemetry) = (free_addr(), free_addr());
     let config = dir.join(format!("store-{}.toml", api.port()));
+    let hash = logpipe_schema_store::auth::hash_password(PASSWORD);
     std::fs::write(
         &config,
-        format!("listen = \"{api}\"\n[storage]\nkind = \"kafka\"\n[kafka]\nbootstrap = \"{bootstrap}\"\n[telemetry]\nlisten = \"{telemetry}\"\n"),
+        format!(
+            "listen = \"{api}\"\n[storage]\nkind = \"kafka\"\n[kafka]\nbootstrap = \"{bootstrap}\"\n[telemetry]\nlisten = \"{telemetry}\"\n\
+             [auth]\nanonymous_read = true\n[[auth.users]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\nrole = \"write\"\n"
+        ),
     )
     .unwrap();
     let mut process = Process::start("logpipe-schema-store", &["run", "--config", config.to_str().unwrap()]).unwrap();
@@ -46,7 +55,7 @@ async fn get(base: &str, path: &str) -> (u16, Value) {
 
 async fn register(base: &str, subject: &str, schema: &Value) -> (u16, Value) {
     let body = json!({"schema": schema.to_string()}).to_string();
-    let response = client().post(format!("{base}/subjects/{subject}/versions")).header("content-type", CT).body(body).send().await;
+    let response = client().post(format!("{base}/subjects/{subject}/versions")).basic_auth(USER, Some(PASSWORD)).header("content-type", CT).body(body).send().await;
     match response {
         Ok(response) => (response.status().as_u16(), response.json().await.unwrap_or(Value::Null)),
         Err(e) => (0, Value::String(e.to_string())),
@@ -99,6 +108,10 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
         }
     }
 
+    // Without credentials a write is refused where it arrives.
+    let anonymous = client().post(format!("{}/subjects/anon-value/versions", instances[1].base)).header("content-type", CT).body(json!({"schema": "\"int\""}).to_string());
+    assert_eq!(anonymous.send().await.unwrap().status().as_u16(), 401);
+
     // The follower forwarded the writes it took (none failed).
     let mut forwarded = 0;
     for instance in &instances {
@@ -130,8 +143,10 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
         let (_, read) = get(&survivor.base, &format!("/subjects/{subject}/versions/1")).await;
         assert_eq!(read["id"].as_u64(), Some(*id), "{subject} after takeover: {read}");
     }
-    let metrics = client().get(format!("http://{}/metrics", survivor.telemetry)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("logpipe_schema_store_kafka_replay_offset"), "{metrics}");
+    assert!(metric(&survivor, "logpipe_schema_store_kafka_replay_offset ").await.is_some_and(|p| p >= 10.0));
+    let mut survivor = survivor;
+    let status = survivor.process.terminate(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 /// Records exactly as Confluent Schema Registry writes them to `_schemas` (key and value bytes),
