@@ -5,8 +5,8 @@
 //! Modules: [`avro`] (JSON -> Avro encoder plans), [`schema`] (compiled schemas, wire format),
 //! [`registry`] (the Confluent REST client and the schema cache), [`route`] (routes and subject
 //! strategies), [`reason`] (the bounded kinds of dead-letter reasons), [`verdict`] (one
-//! record's check), [`replay_filter`] (agent replay removal),
-//! [`pipeline`] (the exactly-once loop), [`replay`] (the DLQ replay command).
+//! record's check), [`replay_filter`] (agent replay removal), [`topics`] (creating the topics it
+//! writes to), [`pipeline`] (the exactly-once loop), [`replay`] (the DLQ replay command).
 
 pub mod avro;
 pub mod pipeline;
@@ -16,6 +16,7 @@ pub mod replay;
 pub mod replay_filter;
 pub mod route;
 pub mod schema;
+pub mod topics;
 pub mod verdict;
 
 use std::time::Duration;
@@ -69,6 +70,10 @@ pub struct ValidatorConfig {
     /// How often the topic list is read to find new raw topics.
     #[serde(default = "default_topic_refresh_ms")]
     pub topic_refresh_ms: u64,
+    /// Create missing clean, DLQ and replay-state topics through the admin API (see
+    /// [`topics`] for why this is the default).
+    #[serde(default = "default_create_topics")]
+    pub create_topics: bool,
     /// The read-side cluster.
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
@@ -104,6 +109,9 @@ fn default_batch_ms() -> u64 {
 fn default_topic_refresh_ms() -> u64 {
     10_000
 }
+fn default_create_topics() -> bool {
+    true
+}
 
 impl ValidatorConfig {
     pub fn transactional_id(&self) -> String {
@@ -138,6 +146,7 @@ impl ValidatorConfig {
             batch_records: self.batch_records,
             batch_time: Duration::from_millis(self.batch_ms),
             topic_refresh: Duration::from_millis(self.topic_refresh_ms),
+            create_topics: self.create_topics,
         }
     }
 }
@@ -164,13 +173,14 @@ impl ServiceConfig for ValidatorConfig {
 
     fn describe(&self) -> String {
         let mut text = format!(
-            "read {} as group {} (transactional id {}), schemas from {} (refresh {} ms), replay state in {}\n",
+            "read {} as group {} (transactional id {}), schemas from {} (refresh {} ms), replay state in {}; {}\n",
             self.kafka.bootstrap,
             self.group_id,
             self.transactional_id(),
             self.schema_store,
             self.schema_refresh_ms,
-            self.replay_state_topic()
+            self.replay_state_topic(),
+            if self.create_topics { "missing clean/DLQ/replay-state topics are created" } else { "topics are not created (create_topics = false)" }
         );
         for (i, r) in self.routes.iter().enumerate() {
             text.push_str(&format!(

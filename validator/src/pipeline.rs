@@ -15,7 +15,7 @@
 //! records are restored to their original form and routed by their original topic, replay
 //! removal is off, and the loop ends at the DLQ's end offsets taken at start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,19 +33,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reason::Reason;
 use crate::registry::LookupError;
+use crate::topics::{Needed, TopicMaker};
 use crate::replay_filter::{PartitionKey, ReplayFilter};
 use crate::verdict::{Checker, DeadLetter, Verdict};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_KAFKA: &str = "kafka";
 const READY_STORE: &str = "schema_store";
+const READY_TOPICS: &str = "topics";
 
 /// What the loop reads and how it ends.
 pub enum Mode {
     /// The service: every raw topic a route covers, replay removal on, until shutdown.
     Live { filter: ReplayFilter, state_topic: String },
     /// `replay`: one DLQ topic up to its end offsets at start, records chosen by `select`.
-    Replay { topic: String, select: Box<dyn Fn(&OwnedMessage) -> bool + Send> },
+    Replay { topic: String, select: Box<dyn Fn(&OwnedMessage) -> bool + Send + Sync> },
 }
 
 /// The loop's settings.
@@ -56,6 +58,8 @@ pub struct Settings {
     pub batch_records: usize,
     pub batch_time: Duration,
     pub topic_refresh: Duration,
+    /// Create missing output and changelog topics ([`crate::topics`]).
+    pub create_topics: bool,
 }
 
 /// Counts of a finished replay.
@@ -148,6 +152,7 @@ pub struct Pipeline {
     checker: Checker,
     consumer: StreamConsumer<GroupContext>,
     producer: ThreadedProducer<DefaultProducerContext>,
+    topics: TopicMaker,
     readiness: Readiness,
     shutdown: CancellationToken,
     subscribed: Vec<String>,
@@ -168,6 +173,8 @@ impl Pipeline {
     ) -> anyhow::Result<Option<Pipeline>> {
         readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
+        readiness.ready(READY_TOPICS);
+        let topics = TopicMaker::new(&settings.kafka, settings.create_topics).context("creating the admin client")?;
         let consumer_role = Role::Consumer { group_id: settings.group_id.clone() };
         let mut consumer_config = settings.kafka.client_config(&consumer_role, "logpipe-validator");
         if let Mode::Replay { .. } = mode {
@@ -205,37 +212,70 @@ impl Pipeline {
             checker,
             consumer,
             producer,
+            topics,
             readiness,
             shutdown,
             subscribed: Vec::new(),
             ends: BTreeMap::new(),
             totals: Totals::default(),
         };
-        pipeline.prepare()?;
+        pipeline.prepare().await?;
         Ok(Some(pipeline))
     }
 
-    /// Checks the changelog topic (live) or takes the end offsets (replay).
-    fn prepare(&mut self) -> anyhow::Result<()> {
-        let topic = match &self.mode {
-            Mode::Live { state_topic, .. } => state_topic.clone(),
-            Mode::Replay { topic, .. } => topic.clone(),
-        };
-        let metadata = tokio::task::block_in_place(|| self.consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT))
+    /// Makes sure the changelog topic exists (live) or takes the DLQ's end offsets (replay).
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        match &self.mode {
+            Mode::Live { state_topic, .. } => {
+                if !self.exists(state_topic, false) {
+                    let needed = Needed { name: state_topic.clone(), partitions: 1, compacted: true };
+                    if let Some((_, sentence)) = self.ensure(&[needed]).await.pop() {
+                        bail!("{sentence}");
+                    }
+                }
+                Ok(())
+            }
+            Mode::Replay { topic, .. } => {
+                let topic = topic.clone();
+                self.take_ends(&topic)
+            }
+        }
+    }
+
+    /// Whether a topic exists with partitions; `may_create` asks through the producer, whose
+    /// metadata request lets a broker auto-create the topic.
+    fn exists(&self, topic: &str, may_create: bool) -> bool {
+        let metadata = tokio::task::block_in_place(|| {
+            if may_create {
+                self.producer.client().fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            } else {
+                self.consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            }
+        });
+        metadata.is_ok_and(|m| m.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+    }
+
+    /// [`TopicMaker::ensure`] with this pipeline's clients; returns what is still missing.
+    async fn ensure(&self, needed: &[Needed]) -> Vec<(Needed, String)> {
+        let may_create = self.topics.creates();
+        self.topics.ensure(needed, |t| self.exists(t, may_create)).await
+    }
+
+    /// Replay: the DLQ's end offsets now; the replay stops there.
+    fn take_ends(&mut self, topic: &str) -> anyhow::Result<()> {
+        let metadata = tokio::task::block_in_place(|| self.consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT))
             .with_context(|| format!("reading metadata of {topic}"))?;
         let found = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none() && !t.partitions().is_empty());
         let Some(found) = found else {
-            bail!("topic {topic} does not exist on {}: create it first (see the validator README)", self.settings.kafka.bootstrap);
+            bail!("topic {topic} does not exist on {}", self.settings.kafka.bootstrap);
         };
-        if let Mode::Replay { topic, .. } = &self.mode {
-            for p in found.partitions() {
-                let (low, high) = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT))?;
-                if high > low {
-                    self.ends.insert(p.id(), high);
-                }
+        for p in found.partitions() {
+            let (low, high) = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT))?;
+            if high > low {
+                self.ends.insert(p.id(), high);
             }
-            tracing::info!(topic, ends = ?self.ends, "replaying up to these end offsets");
         }
+        tracing::info!(topic, ends = ?self.ends, "replaying up to these end offsets");
         Ok(())
     }
 
@@ -248,7 +288,7 @@ impl Pipeline {
                 break;
             }
             if last_refresh.is_none_or(|t| t.elapsed() >= self.settings.topic_refresh) {
-                self.refresh_subscription()?;
+                self.refresh_subscription().await?;
                 last_refresh = Some(Instant::now());
             }
             let batch = self.gather().await?;
@@ -277,8 +317,9 @@ impl Pipeline {
         matches!(self.mode, Mode::Replay { .. }) && self.ends.is_empty()
     }
 
-    /// Subscribes to the topics the routes cover (live) or to the DLQ (replay).
-    fn refresh_subscription(&mut self) -> anyhow::Result<()> {
+    /// Subscribes to the topics the routes cover (live) or to the DLQ (replay). A raw topic
+    /// whose clean or DLQ topic is missing (and cannot be created) is left out until it exists.
+    async fn refresh_subscription(&mut self) -> anyhow::Result<()> {
         let wanted: Vec<String> = match &self.mode {
             Mode::Replay { topic, .. } => vec![topic.clone()],
             Mode::Live { .. } => {
@@ -290,9 +331,20 @@ impl Pipeline {
                         return Ok(());
                     }
                 };
-                let all: Vec<String> = metadata.topics().iter().map(|t| t.name().to_owned()).collect();
+                let partitions: BTreeMap<String, i32> =
+                    metadata.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len() as i32)).collect();
+                let all: Vec<String> = partitions.keys().cloned().collect();
                 let mut wanted: Vec<String> = all.iter().filter(|t| self.checker.routes().reads(t, &all)).cloned().collect();
-                wanted.sort();
+                let outputs = self.outputs(&wanted, &partitions);
+                let needed: BTreeSet<Needed> = outputs.iter().flat_map(|(_, o)| o).filter(|n| !partitions.contains_key(&n.name)).cloned().collect();
+                let missing = self.ensure(&needed.into_iter().collect::<Vec<_>>()).await;
+                if missing.is_empty() {
+                    self.readiness.ready(READY_TOPICS);
+                } else {
+                    let sentences: Vec<&str> = missing.iter().map(|(_, s)| s.as_str()).collect();
+                    self.readiness.not_ready(READY_TOPICS, sentences.join("; "));
+                    wanted.retain(|raw| !outputs[raw].iter().any(|o| missing.iter().any(|(m, _)| m.name == o.name)));
+                }
                 wanted
             }
         };
@@ -309,6 +361,19 @@ impl Pipeline {
         }
         self.report_lag();
         Ok(())
+    }
+
+    /// The clean and DLQ topics of each raw topic, with the raw topic's partition count.
+    fn outputs(&self, raw_topics: &[String], partitions: &BTreeMap<String, i32>) -> BTreeMap<String, [Needed; 2]> {
+        raw_topics
+            .iter()
+            .filter_map(|raw| {
+                let route = self.checker.routes().find(raw)?;
+                let n = partitions.get(raw).copied().unwrap_or(1).max(1);
+                let need = |name: String| Needed { name, partitions: n, compacted: false };
+                Some((raw.clone(), [need(route.clean.render(raw)), need(route.dlq.render(raw))]))
+            })
+            .collect()
     }
 
     fn report_lag(&self) {

@@ -1,0 +1,85 @@
+//! The topics the validator writes to: created when missing (the dev cluster refuses CreateTopics,
+//! so this exercises the fallback: the cluster auto-creates them on the producer's metadata
+//! request), or, with `create_topics = false`, reported on `/ready` with the topic named while
+//! the raw topic is left unread, until an operator creates them.
+
+mod validator_support;
+
+use std::time::Duration;
+
+use logpipe_core::record::FileId;
+use logpipe_devkit::harness::{wait_until, Process};
+use validator_support::*;
+
+const LOOT: &str = r#"{"type":"record","name":"Loot","fields":[{"name":"event_id","type":"string"},{"name":"n","type":"int"}]}"#;
+
+/// `count` records of `{"event_id": "<prefix>-i", "n": i}`, every fifth one invalid.
+fn loot(prefix: &str, count: u64) -> Lines {
+    let lines = (0..count)
+        .map(|i| {
+            let n = if i % 5 == 0 { format!("\"{i}\"") } else { i.to_string() };
+            (i * 100, format!(r#"{{"event_id":"{prefix}-{i}","n":{n}}}"#).into_bytes())
+        })
+        .collect();
+    Lines { host: prefix.into(), path: format!("/var/log/{prefix}.log"), file: FileId(3), lines }
+}
+
+fn route(stream: &str) -> String {
+    format!("[[routes]]\ntopics = \"raw\\\\.{stream}\"\nsubject = {{ fixed = \"loot\" }}\n")
+}
+
+/// Waits until clean + DLQ of `stream` hold every record of `lines` exactly once.
+async fn all_there(stack: &Stack, stream: &str, lines: &Lines) {
+    let n = lines.lines.len();
+    wait_until(Duration::from_secs(60), || async {
+        let clean = read_clean(stack, &format!("clean.{stream}")).await.unwrap_or_default();
+        let dlq = read_dlq(stack, &format!("dlq.{stream}")).await.unwrap_or_default();
+        let seen = counts(clean.iter().chain(dlq.iter()));
+        seen.len() == n && seen.values().all(|c| *c == 1) && dlq.len() == n / 5
+    })
+    .await
+    .unwrap_or_else(|_| panic!("clean.{stream} + dlq.{stream} do not hold the {n} records exactly once"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
+    let stack = Stack::start(&[("raw.loot", 2), ("raw.gems", 2)]).await?;
+    stack.register("loot", "AVRO", LOOT).await?;
+    let http = reqwest::Client::new();
+
+    // create_topics = false: clean.loot and dlq.loot are missing, so raw.loot is not read and
+    // /ready says which topic to create.
+    let (config, telemetry) = stack.validator_config("manual", "create_topics = false", &route("loot"))?;
+    let mut manual = Process::start("logpipe-validator", &["run", "--config", config.to_str().unwrap()])?;
+    let lines = loot("manual", 200);
+    produce(stack.cluster.bootstrap(), "raw.loot", std::slice::from_ref(&lines), 0..200).await?;
+    let ready = || async { http.get(format!("http://{telemetry}/ready")).send().await.ok()?.json::<serde_json::Value>().await.ok() };
+    wait_until(Duration::from_secs(30), || async {
+        ready().await.is_some_and(|r| {
+            let detail = r["checks"]["topics"]["detail"].as_str().unwrap_or_default().to_owned();
+            r["ready"] == false && detail.contains("clean.loot") && detail.contains("create_topics = false")
+        })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("/ready does not name the missing topic\n{}", manual.logs()));
+    assert_eq!(stack.metric(telemetry, "logpipe_validator_records_valid_total").await, 0.0, "raw.loot was read");
+    stack.cluster.create_topic("clean.loot", 2).await?;
+    stack.cluster.create_topic("dlq.loot", 2).await?;
+    manual.wait_ready(telemetry, Duration::from_secs(30)).await?;
+    all_there(&stack, "loot", &lines).await;
+    assert!(manual.terminate(Duration::from_secs(30)).await?.success());
+
+    // The default: the replay-state, clean and DLQ topics of raw.gems do not exist. CreateTopics
+    // is refused by the dev cluster; the validator goes on with the topics the cluster creates on
+    // first use.
+    let state = "_lp.validator.auto.replay-state";
+    let (config, telemetry) =
+        stack.validator_config("auto", &format!("replay_state_topic = \"{state}\""), &route("gems"))?;
+    let mut auto = stack.validator(&config, telemetry).await?;
+    let lines = loot("auto", 200);
+    produce(stack.cluster.bootstrap(), "raw.gems", std::slice::from_ref(&lines), 0..200).await?;
+    all_there(&stack, "gems", &lines).await;
+    assert!(auto.terminate(Duration::from_secs(30)).await?.success());
+    assert!(auto.stderr().contains(state), "the state topic's creation is not logged:\n{}", auto.stderr());
+    Ok(())
+}
