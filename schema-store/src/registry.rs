@@ -278,14 +278,15 @@ impl State {
         ids
     }
 
-    /// The stored texts a reference list brings in, transitively, dependencies first.
-    fn referenced_texts(&self, references: &[Reference]) -> Result<Vec<String>, String> {
+    /// The schemas a reference list brings in, transitively, dependencies first: each as the
+    /// name its referrer uses for it and its stored text.
+    fn referenced_texts(&self, references: &[Reference]) -> Result<Vec<schema::Referenced>, String> {
         let mut texts = Vec::new();
         self.collect_referenced(references, &mut texts, 0)?;
         Ok(texts)
     }
 
-    fn collect_referenced(&self, references: &[Reference], texts: &mut Vec<String>, depth: usize) -> Result<(), String> {
+    fn collect_referenced(&self, references: &[Reference], texts: &mut Vec<schema::Referenced>, depth: usize) -> Result<(), String> {
         if depth > 32 {
             return Err("references are nested more than 32 deep".into());
         }
@@ -296,8 +297,8 @@ impl State {
                 .map_err(|_| format!("reference {:?} to subject '{}' version {} not found", reference.name, reference.subject, reference.version))?;
             let schema = self.schemas.get(&entry.id).ok_or_else(|| format!("referenced schema {} is missing", entry.id))?;
             self.collect_referenced(&schema.references, texts, depth + 1)?;
-            if !texts.contains(&schema.schema) {
-                texts.push(schema.schema.clone());
+            if !texts.iter().any(|r| r.name == reference.name && r.text == schema.schema) {
+                texts.push(schema::Referenced { name: reference.name.clone(), text: schema.schema.clone() });
             }
         }
         Ok(())

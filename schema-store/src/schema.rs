@@ -75,17 +75,27 @@ pub struct AvroParsed {
     pub referenced: Vec<apache_avro::Schema>,
 }
 
-/// Parses `text` as `schema_type`, with `referenced` the stored texts of everything it references
-/// (transitively, dependencies first). Returns the stored form and the parsed schema; the error
-/// is the parser's message, for a 42201.
-pub fn parse(schema_type: SchemaType, text: &str, referenced: &[String]) -> Result<(String, Parsed), String> {
+/// A schema that another references: the reference's name and the stored text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referenced {
+    /// For Avro the referenced type's full name; for JSON Schema the URI (often relative, like
+    /// `address.json`) that the referring schema's `$ref` uses.
+    pub name: String,
+    pub text: String,
+}
+
+/// Parses `text` as `schema_type`, with `referenced` everything it references (transitively,
+/// dependencies first). Returns the stored form and the parsed schema; the error is the
+/// parser's message, for a 42201.
+pub fn parse(schema_type: SchemaType, text: &str, referenced: &[Referenced]) -> Result<(String, Parsed), String> {
     match schema_type {
         SchemaType::Avro => {
-            let (schema, referenced_schemas) = apache_avro::Schema::parse_str_with_list(text, referenced)
+            let texts: Vec<&str> = referenced.iter().map(|r| r.text.as_str()).collect();
+            let (schema, referenced_schemas) = apache_avro::Schema::parse_str_with_list(text, &texts)
                 .map_err(|e| format!("Invalid schema: {}", error_chain(&e)))?;
             let tree = Json::parse(text).map_err(|e| format!("Invalid schema: {e}"))?;
             let mut known = HashSet::new();
-            for r in referenced {
+            for r in &texts {
                 let tree = Json::parse(r).map_err(|e| format!("Invalid referenced schema: {e}"))?;
                 collect_names(&tree, None, &mut known);
             }
@@ -93,18 +103,40 @@ pub fn parse(schema_type: SchemaType, text: &str, referenced: &[String]) -> Resu
             Ok((canonical, Parsed::Avro(AvroParsed { schema, referenced: referenced_schemas })))
         }
         SchemaType::Json => {
-            if !referenced.is_empty() {
-                return Err("Invalid schema: references are supported for AVRO schemas only".into());
-            }
             let tree = Json::parse(text).map_err(|e| format!("Invalid schema: {e}"))?;
             let value = tree.to_value();
             if !matches!(value, serde_json::Value::Object(_) | serde_json::Value::Bool(_)) {
                 return Err("Invalid schema: a JSON Schema is an object or a boolean".into());
             }
             jsonschema::meta::validate(&value).map_err(|e| format!("Invalid schema: {e}"))?;
-            jsonschema::validator_for(&value).map_err(|e| format!("Invalid schema: {e}"))?;
+            let references = JsonReferences::new(referenced)?;
+            jsonschema::options().with_retriever(references).build(&value).map_err(|e| format!("Invalid schema: {e}"))?;
             Ok((tree.to_compact(), Parsed::Json(value)))
         }
+    }
+}
+
+/// JSON Schema references, served to the validator builder by URI. As in Confluent, a
+/// reference's name is the URI a `$ref` resolves to; a relative name (`address.json`) resolves
+/// against the default base URI, as a `$ref` in a schema without `$id` does. Nothing is ever
+/// fetched from the network: a `$ref` to anything else makes the schema invalid.
+struct JsonReferences(std::collections::HashMap<String, serde_json::Value>);
+
+impl JsonReferences {
+    fn new(referenced: &[Referenced]) -> Result<JsonReferences, String> {
+        let mut by_uri = std::collections::HashMap::new();
+        for r in referenced {
+            let uri = jsonschema::uri::from_str(&r.name).map_err(|e| format!("Invalid schema: reference name {:?} is not a URI: {e}", r.name))?;
+            let value: serde_json::Value = serde_json::from_str(&r.text).map_err(|e| format!("Invalid referenced schema {:?}: {e}", r.name))?;
+            by_uri.insert(uri.as_str().to_owned(), value);
+        }
+        Ok(JsonReferences(by_uri))
+    }
+}
+
+impl jsonschema::Retrieve for JsonReferences {
+    fn retrieve(&self, uri: &jsonschema::Uri<String>) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+        self.0.get(uri.as_str()).cloned().ok_or_else(|| format!("{} is not among the schema's references", uri.as_str()).into())
     }
 }
 
@@ -379,7 +411,8 @@ mod tests {
 
     #[test]
     fn references_are_written_as_names() {
-        let referenced = vec![r#"{"type":"record","name":"Address","namespace":"com.example","fields":[{"name":"city","type":"string"}]}"#.to_owned()];
+        let text = r#"{"type":"record","name":"Address","namespace":"com.example","fields":[{"name":"city","type":"string"}]}"#;
+        let referenced = vec![Referenced { name: "com.example.Address".into(), text: text.into() }];
         let (text, _) = parse(
             SchemaType::Avro,
             r#"{"type":"record","name":"User","namespace":"com.example","fields":[{"name":"home","type":"Address"}]}"#,
@@ -405,6 +438,19 @@ mod tests {
     fn json_schemas_are_stored_compact_in_document_order() {
         let (text, _) = parse(SchemaType::Json, "{ \"type\": \"object\",\n \"properties\": { \"b\": {\"type\": \"string\"}, \"a\": {} } }", &[]).unwrap();
         assert_eq!(text, r#"{"type":"object","properties":{"b":{"type":"string"},"a":{}}}"#);
+    }
+
+    #[test]
+    fn json_schema_references_resolve_by_name_and_nothing_else_is_fetched() {
+        let address = Referenced { name: "address.json".into(), text: r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into() };
+        let customer = r#"{"type":"object","properties":{"home":{"$ref":"address.json"}}}"#;
+        assert!(parse(SchemaType::Json, customer, &[]).unwrap_err().contains("address.json"), "an unresolved $ref is invalid");
+        let (text, _) = parse(SchemaType::Json, customer, std::slice::from_ref(&address)).unwrap();
+        assert_eq!(text, customer);
+        let absolute = Referenced { name: "https://example.com/address.json".into(), ..address };
+        let remote = r#"{"properties":{"home":{"$ref":"https://example.com/address.json"}}}"#;
+        assert!(parse(SchemaType::Json, remote, &[absolute]).is_ok());
+        assert!(parse(SchemaType::Json, r#"{"$ref":"https://example.org/elsewhere.json"}"#, &[]).is_err(), "never fetched");
     }
 
     #[test]

@@ -230,6 +230,27 @@ async fn references_and_referencedby() {
 }
 
 #[tokio::test]
+async fn json_schema_references() {
+    let store = Store::start().await;
+    let address = r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#;
+    let address_id = store.register("address-json", json!({"schemaType": "JSON", "schema": address})).await;
+    let customer = r#"{"type":"object","properties":{"home":{"$ref":"address.json"}}}"#;
+    let refs = json!([{"name": "address.json", "subject": "address-json", "version": 1}]);
+    // The $ref resolves only through the reference named like it.
+    assert_error(&store.post("/subjects/customer-json/versions", &json!({"schemaType": "JSON", "schema": customer})).await, 422, 42201);
+    let customer_id = store.register("customer-json", json!({"schemaType": "JSON", "schema": customer, "references": refs})).await;
+    assert_ne!(customer_id, address_id);
+    let (_, by_id) = store.get(&format!("/schemas/ids/{customer_id}")).await;
+    assert_eq!((by_id["schemaType"].as_str(), &by_id["references"]), (Some("JSON"), &refs));
+    assert_eq!(store.get("/subjects/address-json/versions/1/referencedby").await, (200, json!([customer_id])));
+    assert_eq!(store.post("/subjects/customer-json", &json!({"schemaType": "JSON", "schema": customer, "references": refs})).await.1["id"], customer_id);
+    assert_error(&store.delete("/subjects/address-json/versions/1").await, 422, 42206);
+    // A new version with the same references is checked for compatibility like any other.
+    let (status, _) = store.post("/compatibility/subjects/customer-json/versions/latest", &json!({"schemaType": "JSON", "schema": customer, "references": refs})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn modes() {
     let store = Store::start().await;
     let a = avro_record("A", r#"{"name":"x","type":"int"}"#);

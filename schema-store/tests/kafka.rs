@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use logpipe_devkit::harness::{free_addr, wait_until, DevCluster, Process};
@@ -124,8 +125,33 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
     wait_until(Duration::from_secs(30), || async { is_leader(&instances[0]).await || is_leader(&instances[1]).await }).await.unwrap();
     let leader = if is_leader(&instances[0]).await { 0 } else { 1 };
     assert!(!is_leader(&instances[1 - leader]).await, "two leaders at once");
+    // Writes keep arriving at the follower while the leader dies: every acknowledged one must
+    // survive the takeover with its id.
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let writer = {
+        let (base, acked) = (instances[1 - leader].base.clone(), Arc::clone(&acked));
+        tokio::spawn(async move {
+            for n in 0..40 {
+                let subject = format!("during-{n}-value");
+                let (status, reply) = register(&base, &subject, &record(&format!("During{n}"))).await;
+                if status == 200 {
+                    acked.lock().unwrap().insert(subject, reply["id"].as_u64().unwrap());
+                }
+            }
+        })
+    };
+    wait_until(Duration::from_secs(30), || async { acked.lock().unwrap().len() >= 3 }).await.unwrap();
     instances[leader].process.kill9().unwrap();
     let survivor = instances.remove(1 - leader);
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    for (subject, id) in &acked {
+        let (_, read) = get(&survivor.base, &format!("/subjects/{subject}/versions/1")).await;
+        assert_eq!(read["id"].as_u64(), Some(*id), "{subject}, acknowledged around the kill: {read}");
+    }
+    ids.extend(acked);
+    let distinct: std::collections::BTreeSet<u64> = ids.values().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "ids are unique across the takeover: {ids:?}");
 
     // The survivor takes over and accepts writes; its ids continue above every earlier one.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -371,10 +371,11 @@ mod tests {
 
     #[test]
     fn referenced_types_are_resolved() {
-        let address = r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"city","type":"string"}]}"#.to_owned();
-        let address2 = r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"zip","type":"string"}]}"#.to_owned();
+        let reference = |text: &str| crate::schema::Referenced { name: "a.Address".into(), text: text.into() };
+        let address = reference(r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"city","type":"string"}]}"#);
+        let address2 = reference(r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"zip","type":"string"}]}"#);
         let user = r#"{"type":"record","name":"User","namespace":"a","fields":[{"name":"home","type":"Address"}]}"#;
-        let with = |r: &String| match parse(SchemaType::Avro, user, std::slice::from_ref(r)).unwrap().1 {
+        let with = |r: &crate::schema::Referenced| match parse(SchemaType::Avro, user, std::slice::from_ref(r)).unwrap().1 {
             Parsed::Avro(a) => a,
             Parsed::Json(_) => unreachable!(),
         };
