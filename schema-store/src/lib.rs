@@ -130,8 +130,10 @@ impl ServiceConfig for SchemaStoreConfig {
                 if storage.topic.is_empty() || storage.cluster.is_empty() {
                     anyhow::bail!("storage.topic and storage.cluster must not be empty");
                 }
-                if !storage.advertised_url.starts_with("http://") && !storage.advertised_url.starts_with("https://") {
-                    anyhow::bail!("storage.advertised_url must be an http:// or https:// URL, got {:?}", storage.advertised_url);
+                // The API is plain HTTP and so is forwarding between instances (TLS, if any, is
+                // terminated in front of them).
+                if !storage.advertised_url.starts_with("http://") {
+                    anyhow::bail!("storage.advertised_url must be an http:// URL (the API this instance serves), got {:?}", storage.advertised_url);
                 }
                 if !(storage.replication_factor == -1 || storage.replication_factor >= 1) {
                     anyhow::bail!("storage.replication_factor must be -1 (broker default) or at least 1");

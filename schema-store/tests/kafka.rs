@@ -177,7 +177,8 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
 
 /// Records exactly as Confluent Schema Registry writes them to `_schemas` (key and value bytes),
 /// including kinds this store must skip or honour: a NOOP tombstone, a soft-deleted version, a
-/// permanently deleted (tombstoned) schema whose id must stay burnt, and a key type it does not use.
+/// permanently deleted (tombstoned) schema whose id must stay burnt, a key type it does not use
+/// and a PROTOBUF schema (skipped, its id burnt too).
 fn confluent_records() -> Vec<(&'static str, Option<String>)> {
     let order_v1 = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}"#;
     let order_v2 = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"note","type":"string","default":""}]}"#;
@@ -196,6 +197,7 @@ fn confluent_records() -> Vec<(&'static str, Option<String>)> {
         (r#"{"keytype":"SCHEMA","subject":"gone-value","version":1,"magic":1}"#, None),
         (r#"{"keytype":"CONFIG","subject":"orders-value","magic":0}"#, Some(r#"{"compatibilityLevel":"NONE"}"#.to_owned())),
         (r#"{"keytype":"CONTEXT","tenant":"default","context":".","magic":0}"#, Some("{}".to_owned())),
+        (r#"{"keytype":"SCHEMA","subject":"proto-value","version":1,"magic":1}"#, value("proto-value", 1, 9, "syntax = \"proto3\"; message M {}", r#""schemaType":"PROTOBUF","#, false)),
         (r#"{"keytype":"NOOP","magic":0}"#, None),
     ]
 }
@@ -229,9 +231,10 @@ async fn adopts_a_confluent_schemas_topic_in_place() {
     assert_eq!(get(base, "/config").await.1["compatibilityLevel"], "FULL");
     assert_eq!(get(base, "/config/orders-value").await.1["compatibilityLevel"], "NONE");
 
-    // New ids continue above every id the topic ever held, including the deleted one.
+    assert_eq!(get(base, "/schemas/ids/9").await.0, 404, "PROTOBUF is not served");
+    // New ids continue above every id the topic ever held, including the deleted and skipped ones.
     let (status, reply) = register(base, "new-value", &record("Fresh")).await;
-    assert_eq!((status, reply["id"].as_u64()), (200, Some(8)), "{reply}");
+    assert_eq!((status, reply["id"].as_u64()), (200, Some(10)), "{reply}");
     // ... and the new record is in Confluent's format, so Confluent could adopt it back.
     let messages = cluster.read_topic("_schemas", Duration::from_secs(10)).await.unwrap();
     let written = messages
@@ -239,5 +242,5 @@ async fn adopts_a_confluent_schemas_topic_in_place() {
         .find(|m| m.key() == Some(br#"{"keytype":"SCHEMA","subject":"new-value","version":1,"magic":1}"#.as_slice()))
         .expect("the registration is in the topic under Confluent's key");
     let value: Value = serde_json::from_slice(written.payload().unwrap()).unwrap();
-    assert_eq!((value["subject"].as_str(), value["version"].as_u64(), value["id"].as_u64(), value["deleted"].as_bool()), (Some("new-value"), Some(1), Some(8), Some(false)));
+    assert_eq!((value["subject"].as_str(), value["version"].as_u64(), value["id"].as_u64(), value["deleted"].as_bool()), (Some("new-value"), Some(1), Some(10), Some(false)));
 }
