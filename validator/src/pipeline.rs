@@ -291,15 +291,24 @@ impl Pipeline {
                 self.refresh_subscription().await?;
                 last_refresh = Some(Instant::now());
             }
+            let gathering = Instant::now();
             let batch = self.gather().await?;
             if batch.is_empty() {
                 continue;
             }
+            // Where a batch's time goes (gather: waiting for and copying records; check: parse,
+            // validate, encode; commit: produce and the transaction), for tuning.
             let started = Instant::now();
+            let gathered = started - gathering;
             let Some((outputs, counts)) = self.check_batch(&batch).await? else { break };
+            let checked = started.elapsed();
             if self.commit(&batch, outputs)? {
                 counts.publish(&mut self.totals);
-                metrics::histogram!("logpipe_validator_batch_seconds").record(started.elapsed().as_secs_f64());
+                let total = started.elapsed();
+                metrics::histogram!("logpipe_validator_batch_seconds").record(total.as_secs_f64());
+                metrics::histogram!("logpipe_validator_gather_seconds").record(gathered.as_secs_f64());
+                metrics::histogram!("logpipe_validator_check_seconds").record(checked.as_secs_f64());
+                metrics::histogram!("logpipe_validator_commit_seconds").record((total - checked).as_secs_f64());
                 if let Mode::Live { filter, .. } = &self.mode {
                     metrics::gauge!("logpipe_validator_replay_state_files").set(filter.len() as f64);
                 }

@@ -1,0 +1,357 @@
+//! The validator end to end on a dev cluster, next to a pass-through consumer -> transactional
+//! producer with the same settings, in the same run.
+//!
+//! Run: `cargo build --release --bins && cargo bench -p logpipe-validator --bench end_to_end`.
+//! Environment: `BENCH_RECORDS` (default 200,000), `BENCH_PARTITIONS` (default 4). With
+//! `LOGPIPE_BENCH_JSON` set, the rows are also emitted through `logpipe_devkit::benchreport`.
+//!
+//! One dev cluster (one broker) holds `raw.game`, pre-filled with ~500 B game records from the
+//! load generator (5% invalid, as in the issue's tests), with the agent's key and `lp.*` headers,
+//! one generated file per partition. Then, reading the same records:
+//! 1. reference: a pass-through loop in this process: a consumer and a transactional producer
+//!    made from the validator's own config (`KafkaConfig::client_config` with the same roles, so
+//!    read_committed and every librdkafka setting are the same), batches of the same size and
+//!    time bound (`batch_records`, `batch_ms`), each batch copied unchanged to `pass.game` and
+//!    committed with its offsets (`send_offsets_to_transaction`) in one transaction;
+//! 2. `logpipe-validator` (release build, a process, defaults) with the game route, writing
+//!    `clean.game` / `dlq.game`, schemas from a `logpipe-schema-store` process.
+//!
+//! Both are timed from their first commit to their last (group join and schema fetches before
+//! the first commit are not counted; the records of the first commit are not counted either).
+//! The validator's commits are seen through its metrics, polled every 10 ms. Its timing counters
+//! (`logpipe_validator_{gather,check,commit}_seconds`) are printed as the share of its time each
+//! part of a batch took. Everything shares two cores with the dev cluster (and, on a loaded
+//! machine, with other work): read the ratio, not the absolute numbers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use logpipe_core::kafka::Role;
+use logpipe_core::record::{header, FileId, RecordId};
+use logpipe_devkit::benchreport::Row;
+use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
+use logpipe_devkit::loadgen::{self, LoadgenArgs};
+use logpipe_validator::ValidatorConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const RAW: &str = "raw.game";
+const PASS: &str = "pass.game";
+const CLEAN: &str = "clean.game";
+const DLQ: &str = "dlq.game";
+const GROUP: &str = "bench";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Records moved between a first and a last commit.
+struct Timed {
+    records: usize,
+    bytes: usize,
+    elapsed: Duration,
+}
+
+impl Timed {
+    fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The generated lines, one file per partition: (partition, host|path key, record id, line).
+struct Input {
+    records: Vec<(i32, String, RecordId, Vec<u8>)>,
+    bytes: usize,
+}
+
+fn generate(dir: &Path, records: u64, partitions: i32) -> anyhow::Result<Input> {
+    let mut args = LoadgenArgs::new(dir);
+    args.files = partitions as usize;
+    args.lines = records;
+    args.line_size = "500".parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    args.invalid = 0.05;
+    let report = loadgen::run(&args, &std::sync::atomic::AtomicBool::new(false))?;
+    let mut input = Input { records: Vec::new(), bytes: 0 };
+    for (i, file) in report.files.iter().enumerate() {
+        let text = std::fs::read(&file.path)?;
+        let path = file.path.display().to_string();
+        let mut offset = 0u64;
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            let value = line.strip_suffix(b"\n").unwrap_or(line);
+            if !value.is_empty() {
+                let id = RecordId { host: "bench-host".into(), file: FileId(i as u64 + 1), offset };
+                input.bytes += value.len();
+                input.records.push((i as i32 % partitions, format!("bench-host|{path}"), id, value.to_vec()));
+            }
+            offset += line.len() as u64;
+        }
+    }
+    Ok(input)
+}
+
+/// Fills `raw.game` as the agent would: key, `lp.*` headers, one file per partition.
+fn fill(bootstrap: &str, input: &Input) -> anyhow::Result<()> {
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .set("batch.size", "1048576")
+        .set("compression.type", "lz4")
+        .create()?;
+    for (partition, key, id, value) in &input.records {
+        let path = key.split_once('|').map_or("", |(_, p)| p);
+        let mut headers = OwnedHeaders::new().insert(Header { key: header::PATH, value: Some(path.as_bytes()) });
+        for (name, v) in id.headers() {
+            headers = headers.insert(Header { key: name, value: Some(v.as_bytes()) });
+        }
+        let mut record = BaseRecord::<[u8], [u8]>::to(RAW).partition(*partition).key(key.as_bytes()).payload(value).headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300))?;
+    Ok(())
+}
+
+/// The reference: consume, copy unchanged, commit output and offsets in one transaction per
+/// batch, with the validator's clients and batch bounds.
+fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64) -> anyhow::Result<Timed> {
+    let settings = config.settings(".pass");
+    let consumer: BaseConsumer =
+        settings.kafka.client_config(&Role::Consumer { group_id: settings.group_id.clone() }, "bench-pass").create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> = settings
+        .kafka
+        .client_config(&Role::TransactionalProducer { transactional_id: settings.transactional_id.clone() }, "bench-pass")
+        .create()?;
+    producer.init_transactions(TIMEOUT)?;
+    consumer.subscribe(&[RAW])?;
+    let mut done = 0;
+    let mut first: Option<(Instant, usize)> = None;
+    let stall = Instant::now() + Duration::from_secs(600);
+    while done < records {
+        anyhow::ensure!(Instant::now() < stall, "pass-through stalled at {done} of {records}");
+        let mut batch = Vec::with_capacity(settings.batch_records);
+        let mut deadline = None;
+        while batch.len() < settings.batch_records {
+            let wait = deadline.map_or(settings.batch_time * 5, |d: Instant| d.saturating_duration_since(Instant::now()));
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    batch.push(m.detach());
+                    deadline.get_or_insert_with(|| Instant::now() + settings.batch_time);
+                }
+                Some(Err(e)) => anyhow::bail!("pass-through consumer: {e}"),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin_transaction()?;
+        let mut offsets = TopicPartitionList::new();
+        for m in &batch {
+            let mut record = BaseRecord::<[u8], [u8]>::to(PASS).payload(m.payload().unwrap_or_default());
+            if let Some(key) = m.key() {
+                record = record.key(key);
+            }
+            if let Some(headers) = m.headers() {
+                record = record.headers(headers.clone());
+            }
+            if let Some(ts) = m.timestamp().to_millis() {
+                record = record.timestamp(ts);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+            offsets.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
+        }
+        let group = consumer.group_metadata().context("group metadata")?;
+        producer.send_offsets_to_transaction(&offsets, &group, TIMEOUT)?;
+        producer.commit_transaction(TIMEOUT)?;
+        done += batch.len();
+        first.get_or_insert((Instant::now(), done));
+    }
+    let (started, before) = first.context("nothing committed")?;
+    let moved = records - before;
+    Ok(Timed { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed: started.elapsed() })
+}
+
+/// Sums a metric's samples from a `/metrics` page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter_map(|l| l.strip_prefix(name).filter(|r| r.starts_with('{') || r.starts_with(' ')))
+        .filter_map(|r| r.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn page(http: &reqwest::Client, addr: SocketAddr) -> String {
+    match http.get(format!("http://{addr}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn processed(page: &str) -> usize {
+    (metric(page, "logpipe_validator_records_valid_total")
+        + metric(page, "logpipe_validator_records_invalid_total")
+        + metric(page, "logpipe_validator_replays_dropped_total")) as usize
+}
+
+/// What the validator run measured.
+struct Validated {
+    timed: Timed,
+    /// Share of the timed span spent gathering, checking and committing batches.
+    shares: [f64; 3],
+    batches: f64,
+}
+
+async fn validator(config: &Path, telemetry: SocketAddr, records: usize, bytes_per_record: f64) -> anyhow::Result<Validated> {
+    let http = reqwest::Client::new();
+    let mut process = Process::start("logpipe-validator", &["run", "--config", config.to_str().unwrap()])?;
+    process.wait_ready(telemetry, Duration::from_secs(60)).await?;
+    let parts = ["gather", "check", "commit"].map(|p| format!("logpipe_validator_{p}_seconds_sum"));
+    let (started, before, sums_before) = loop {
+        let text = page(&http, telemetry).await;
+        let n = processed(&text);
+        if n > 0 {
+            break (Instant::now(), n, parts.clone().map(|p| metric(&text, &p)));
+        }
+        anyhow::ensure!(process.try_status().is_none(), "the validator exited:\n{}", process.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stall = Instant::now() + Duration::from_secs(600);
+    let text = loop {
+        let text = page(&http, telemetry).await;
+        if processed(&text) >= records {
+            break text;
+        }
+        anyhow::ensure!(Instant::now() < stall, "the validator stalled at {} of {records}", processed(&text));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let elapsed = started.elapsed();
+    let batches = metric(&text, "logpipe_validator_batch_seconds_count");
+    let mut shares = [0.0; 3];
+    for (i, p) in parts.iter().enumerate() {
+        shares[i] = (metric(&text, p) - sums_before[i]) / elapsed.as_secs_f64();
+    }
+    process.terminate(Duration::from_secs(30)).await?;
+    let moved = records - before.min(records);
+    Ok(Validated { timed: Timed { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed }, shares, batches })
+}
+
+async fn schema_store(dir: &Path) -> anyhow::Result<(Process, String)> {
+    let (listen, telemetry) = (free_addr(), free_addr());
+    let config = write_file(
+        dir,
+        "store.toml",
+        &format!(
+            "listen = \"{listen}\"\n[storage]\nkind = \"local\"\npath = \"{}\"\n[telemetry]\nlisten = \"{telemetry}\"\n",
+            dir.join("store").display()
+        ),
+    )?;
+    let mut store = Process::start("logpipe-schema-store", &["run", "--config", config.to_str().unwrap()])?;
+    store.wait_ready(telemetry, Duration::from_secs(30)).await?;
+    let url = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    for (subject, schema) in loadgen::schemas() {
+        http.post(format!("{url}/subjects/{subject}/versions"))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "schema": schema }))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok((store, url))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let records = env("BENCH_RECORDS", 200_000);
+    let partitions = env("BENCH_PARTITIONS", 4) as i32;
+    let dir = tempfile::tempdir()?;
+    let input = generate(dir.path(), records as u64, partitions)?;
+    let records = input.records.len();
+    let bytes_per_record = input.bytes as f64 / records as f64;
+    // Each partition keeps its share of the input (compressed or not) with room to spare, in
+    // each of raw, pass and clean/dlq.
+    let retention = (2 * input.bytes / partitions as usize + 16 * 1024 * 1024) as u64;
+    let state = format!("_lp.validator.{GROUP}.replay-state");
+    let topics = [(RAW, partitions), (PASS, partitions), (CLEAN, partitions), (DLQ, partitions), (state.as_str(), 1)];
+    let cluster = DevCluster::start_retaining("read", 1, &topics, Some(retention)).await?;
+    let bootstrap = cluster.bootstrap().to_owned();
+    let (mut store, store_url) = schema_store(dir.path()).await?;
+
+    let filled = Instant::now();
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || fill(&b, &input)).await??;
+    println!(
+        "# logpipe-validator end to end vs a pass-through consume -> transactional produce\n\n\
+         {records} game records of {bytes_per_record:.0} B on average (5% invalid), {partitions} partitions, one dev broker; \
+         raw topic filled in {:.1} s\n",
+        filled.elapsed().as_secs_f64()
+    );
+
+    let telemetry = free_addr();
+    let config_text = format!(
+        "schema_store = \"{store_url}\"\ngroup_id = \"{GROUP}\"\ntransactional_id = \"{GROUP}-1\"\n\
+         [kafka]\nbootstrap = \"{bootstrap}\"\n[telemetry]\nlisten = \"{telemetry}\"\n\
+         [[routes]]\ntopics = \"raw\\\\.game\"\nsubject = {{ field = \"event\", prefix = \"game.\" }}\n"
+    );
+    let config_path = write_file(dir.path(), "validator.toml", &config_text)?;
+    let config: ValidatorConfig = logpipe_core::service::load_config(&config_path)?;
+
+    let reference = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || pass_through(&config, records, bytes_per_record)).await??
+    };
+    let validated = validator(&config_path, telemetry, records, bytes_per_record).await?;
+    store.terminate(Duration::from_secs(20)).await?;
+
+    let ratio = validated.timed.records_per_s() / reference.records_per_s();
+    let cell = |t: &Timed| format!("{:.0} rec/s, {:.1} MB/s ({} records in {:.2} s)", t.records_per_s(), t.mb_per_s(), t.records, t.elapsed.as_secs_f64());
+    println!("| | throughput, first to last commit | ratio |");
+    println!("|---|---|---|");
+    println!("| pass-through (reference) | {} | 1.00x |", cell(&reference));
+    println!("| logpipe-validator | {} | **{ratio:.2}x** (target >= 0.7x) |", cell(&validated.timed));
+    let [gather, check, commit] = validated.shares;
+    println!(
+        "\nvalidator time by part of a batch ({:.0} batches, batch_records = {}, batch_ms = {}): \
+         gather {:.0}%, check (parse + validate + encode) {:.0}%, commit (produce + transaction) {:.0}%",
+        validated.batches,
+        config.batch_records,
+        config.batch_ms,
+        gather * 100.0,
+        check * 100.0,
+        commit * 100.0
+    );
+
+    Row::new("validator", "end to end, ~500 B game records, exactly once", "logpipe-validator", validated.timed.records_per_s(), "rec/s")
+        .against("pass-through consume -> transactional produce", reference.records_per_s())
+        .target(0.7)
+        .extra("mb_per_s", validated.timed.mb_per_s())
+        .extra("reference_mb_per_s", reference.mb_per_s())
+        .emit()?;
+    Ok(())
+}
