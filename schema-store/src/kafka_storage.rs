@@ -84,6 +84,9 @@ const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
 const LEADER_REFRESH: Duration = Duration::from_secs(1);
 /// The election group's session timeout: how long a killed leader keeps the partition.
 const SESSION_TIMEOUT_MS: &str = "6000";
+/// How long a fenced instance that still holds the partition waits before leading again: twice
+/// the session timeout, by when the group has moved the partition if another instance has it.
+const FENCED_GRACE: Duration = Duration::from_secs(12);
 
 /// What the reader, the election and the API share.
 #[derive(Debug)]
@@ -304,6 +307,7 @@ struct Term {
 fn elect(consumer: BaseConsumer, cluster: Arc<Cluster>, term: Arc<Mutex<Option<Term>>>, runtime: Handle) {
     let mut last_refresh: Option<Instant> = None;
     let mut last_failure: Option<Instant> = None;
+    let mut fenced_since: Option<Instant> = None;
     while !cluster.stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
             metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "election").increment(1);
@@ -312,10 +316,15 @@ fn elect(consumer: BaseConsumer, cluster: Arc<Cluster>, term: Arc<Mutex<Option<T
         let assignment = consumer.assignment().unwrap_or_default();
         let assigned = assignment.count() > 0;
         let holding = term.lock().expect("term lock").is_some();
-        if !assigned {
+        // Fenced while still holding the partition for longer than the group needs to move it:
+        // nobody else took over (the transaction coordinator fenced a stalled transaction), so
+        // this instance must lead again or the registry would stay without a writer.
+        let fenced_long = fenced_since.is_some_and(|t: Instant| t.elapsed() > FENCED_GRACE);
+        if !assigned || fenced_long {
             cluster.fenced.store(false, Ordering::Release);
         }
         let fenced = cluster.fenced.load(Ordering::Acquire);
+        fenced_since = if fenced { fenced_since.or(Some(Instant::now())) } else { None };
         if assigned && !holding && !fenced && last_failure.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
             // Held, never consumed through the group: the reader reads the topic.
             let _ = consumer.pause(&assignment);
