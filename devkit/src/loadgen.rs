@@ -11,7 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -125,6 +126,9 @@ pub struct LoadgenArgs {
     /// Write the report (JSON) here as well as a summary on stdout.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Lines written so far, updated as the run goes, for a caller showing progress live.
+    #[arg(skip)]
+    pub progress: Arc<AtomicU64>,
 }
 
 impl LoadgenArgs {
@@ -144,6 +148,7 @@ impl LoadgenArgs {
             seed: 1,
             run_id: None,
             report: None,
+            progress: Arc::default(),
         }
     }
 
@@ -382,6 +387,7 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
         }
         report.bytes += line.len() as u64 + 1;
         seq += 1;
+        args.progress.store(seq, Ordering::Relaxed);
         if args.rate > 0.0 {
             pace(&mut files, started, seq, args.rate)?;
         }
