@@ -234,7 +234,7 @@ async fn ensure_topic(storage: &KafkaStorage, reader: Arc<BaseConsumer>) -> anyh
                     storage.topic
                 )
             };
-            let results = admin.create_topics([&new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await.map_err(|e| cannot(e.to_string()))?;
+            let results = admin.create_topics([&new], &AdminOptions::new().request_timeout(Some(Duration::from_secs(15))).operation_timeout(Some(Duration::from_secs(10)))).await.map_err(|e| cannot(e.to_string()))?;
             for result in results {
                 match result {
                     Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}

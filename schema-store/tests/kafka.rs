@@ -28,21 +28,27 @@ struct Instance {
 const USER: &str = "ci";
 const PASSWORD: &str = "ci-password";
 
-async fn start(dir: &std::path::Path, bootstrap: &str) -> Instance {
+/// Starts an instance on `topic` without waiting for it.
+fn spawn(dir: &std::path::Path, bootstrap: &str, topic: &str) -> Instance {
     let (api, telemetry) = (free_addr(), free_addr());
     let config = dir.join(format!("store-{}.toml", api.port()));
     let hash = logpipe_schema_store::auth::hash_password(PASSWORD);
     std::fs::write(
         &config,
         format!(
-            "listen = \"{api}\"\n[storage]\nkind = \"kafka\"\n[kafka]\nbootstrap = \"{bootstrap}\"\n[telemetry]\nlisten = \"{telemetry}\"\n\
+            "listen = \"{api}\"\n[storage]\nkind = \"kafka\"\ntopic = \"{topic}\"\n[kafka]\nbootstrap = \"{bootstrap}\"\n[telemetry]\nlisten = \"{telemetry}\"\n\
              [auth]\nanonymous_read = true\n[[auth.users]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\nrole = \"write\"\n"
         ),
     )
     .unwrap();
-    let mut process = Process::start("logpipe-schema-store", &["run", "--config", config.to_str().unwrap()]).unwrap();
-    process.wait_ready(telemetry, Duration::from_secs(60)).await.unwrap();
+    let process = Process::start("logpipe-schema-store", &["run", "--config", config.to_str().unwrap()]).unwrap();
     Instance { process, base: format!("http://{api}"), telemetry }
+}
+
+async fn start(dir: &std::path::Path, bootstrap: &str) -> Instance {
+    let mut instance = spawn(dir, bootstrap, "_schemas");
+    instance.process.wait_ready(instance.telemetry, Duration::from_secs(60)).await.unwrap();
+    instance
 }
 
 fn client() -> reqwest::Client {
@@ -243,4 +249,24 @@ async fn adopts_a_confluent_schemas_topic_in_place() {
         .expect("the registration is in the topic under Confluent's key");
     let value: Value = serde_json::from_slice(written.payload().unwrap()).unwrap();
     assert_eq!((value["subject"].as_str(), value["version"].as_u64(), value["id"].as_u64(), value["deleted"].as_bool()), (Some("new-value"), Some(1), Some(10), Some(false)));
+}
+
+/// A topic the store cannot use, or cannot create, stops it with a message saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_topic_stops_start_up_with_a_clear_error() {
+    let cluster = DevCluster::start(1, &[("_schemas.wide", 2)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The dev cluster serves no CreateTopics, like a cluster where the store lacks the ACL.
+    for (topic, expected) in [("_schemas.wide", "has 2 partitions"), ("_schemas.absent", "does not exist and the store cannot create it")] {
+        let mut instance = spawn(dir.path(), cluster.bootstrap(), topic);
+        wait_until(Duration::from_secs(60), || {
+            let exited = instance.process.try_status().is_some();
+            async move { exited }
+        })
+        .await
+        .unwrap();
+        let status = instance.process.try_status().unwrap();
+        assert!(!status.success(), "{topic}: {status:?}");
+        assert!(instance.process.stderr().contains(expected) || instance.process.stdout().contains(expected), "{topic}: {}", instance.process.logs());
+    }
 }
