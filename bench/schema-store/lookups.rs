@@ -8,7 +8,9 @@
 //!    write);
 //! 2. ceiling: a trivial axum handler on the same HTTP stack returning a fixed body;
 //! 3. `GET /schemas/ids/{id}` over all ids;
-//! 4. `POST /subjects/{s}` lookups.
+//! 4. `POST /subjects/{s}` lookups;
+//! 5. registrations with Kafka storage (a one-broker dev cluster, the store elected writer), when
+//!    `logpipe-dev` is built next to the benchmark (`bench/run` builds it); skipped otherwise.
 //!
 //! Client and server share the machine, so the ceiling carries the client's cost too: the
 //! ratios, not the absolute numbers, are what this measures. Each phase is also emitted as a
@@ -20,8 +22,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use logpipe_core::kafka::KafkaConfig;
 use logpipe_core::telemetry::TelemetryConfig;
 use logpipe_devkit::benchreport::Row;
+use logpipe_devkit::harness::{bin_path, free_addr, DevCluster};
 use logpipe_schema_store::{SchemaStoreConfig, Server, StorageConfig, StorageKind};
 use tokio_util::sync::CancellationToken;
 
@@ -132,6 +136,39 @@ async fn serve_ceiling() -> (SocketAddr, CancellationToken) {
     (addr, stop)
 }
 
+/// Phase 5: registrations through an instance with Kafka storage. `None` when the dev cluster
+/// binary is not built.
+async fn kafka_registrations(schemas: usize, connections: usize) -> Option<Outcome> {
+    if let Err(e) = bin_path("logpipe-dev") {
+        println!("(Kafka storage phase skipped: {e})");
+        return None;
+    }
+    let cluster = DevCluster::start(1, &[("_schemas", 1)]).await.expect("starting the dev cluster");
+    let config = SchemaStoreConfig {
+        listen: free_addr(),
+        storage: StorageConfig { kind: StorageKind::Kafka, ..StorageConfig::default() },
+        kafka: Some(KafkaConfig::new(cluster.bootstrap())),
+        telemetry: TelemetryConfig::on_port(0),
+        auth: None,
+        max_body_bytes: 4 << 20,
+    };
+    let server = Server::bind(&config).await.expect("starting the Kafka-backed store");
+    let base = format!("http://{}", server.local_addr());
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.run(stop.clone()));
+    // The first write waits until this instance has won the election.
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let warm_up = client.post(format!("{base}/subjects/warm-up/versions")).header("content-type", CT).body(serde_json::json!({"schema": schema(usize::MAX)}).to_string());
+    assert!(warm_up.send().await.is_ok_and(|r| r.status().is_success()), "the Kafka-backed store accepts no writes");
+    let outcome = load(connections, None, Some(schemas), move |c, i| {
+        c.post(format!("{base}/subjects/bench-{i}/versions")).header("content-type", CT).body(serde_json::json!({"schema": schema(i)}).to_string())
+    })
+    .await;
+    stop.cancel();
+    let _ = serving.await;
+    Some(outcome)
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(run());
@@ -182,6 +219,9 @@ async fn run() {
     row("GET /schemas/ids/{id}", &by_id, Some(&ceiling));
     row("POST /subjects/{s} (lookup)", &lookups, Some(&ceiling));
     row("POST /subjects/{s}/versions (fsync)", &registrations, Some(&ceiling));
+    if let Some(kafka) = kafka_registrations(schemas, connections).await {
+        row("POST /subjects/{s}/versions (kafka)", &kafka, Some(&ceiling));
+    }
     println!();
     println!("targets: >= 20,000 id lookups/s with p99 < 5 ms; >= 1,000 registrations/s (local storage)");
     // The targets are absolute: rows without a reference.

@@ -80,6 +80,8 @@ impl KafkaStorage {
 
 /// How long a write waits for its own records to be consumed back before it fails.
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The reader's longest fetch wait (librdkafka's default is 500 ms).
+const READER_FETCH_WAIT_MS: &str = "10";
 /// How often a follower re-reads the leader's address.
 const LEADER_REFRESH: Duration = Duration::from_secs(1);
 /// The election group's session timeout: how long a killed leader keeps the partition.
@@ -157,6 +159,9 @@ impl Cluster {
 pub async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluster>)> {
     let reader: BaseConsumer = consumer_config(&storage, &storage.reader_group(), "reader")
         .set("enable.partition.eof", "true")
+        // A write is answered only once read back, so the reader's fetch wait is part of every
+        // write's latency; the topic is small, and frequent empty fetches cost little.
+        .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS)
         .create()
         .map_err(|e| anyhow::anyhow!("cannot create the {} reader: {e}", storage.topic))?;
     let reader = Arc::new(reader);
@@ -370,7 +375,12 @@ fn step_down(cluster: &Cluster, term: &Mutex<Option<Term>>, why: &str) {
 fn take_over(consumer: &BaseConsumer, cluster: &Cluster, runtime: &Handle) -> anyhow::Result<Term> {
     let storage = &cluster.storage;
     let role = Role::TransactionalProducer { transactional_id: storage.transactional_id() };
-    let producer: FutureProducer = storage.kafka.client_config(&role, "logpipe-schema-store-writer").create()?;
+    let mut config = storage.kafka.client_config(&role, "logpipe-schema-store-writer");
+    if !storage.kafka.properties.contains_key("linger.ms") {
+        // The writer batches by itself (group commit); waiting to batch again only adds latency.
+        config.set("linger.ms", "0");
+    }
+    let producer: FutureProducer = config.create()?;
     producer.init_transactions(Duration::from_secs(30))?;
     let noop = Record::tombstone(Key::Noop { magic: 0 });
     let offset = produce(&producer, &storage.topic, &[noop], runtime).map_err(anyhow::Error::msg)?;
@@ -411,24 +421,32 @@ fn produce(producer: &FutureProducer, topic: &str, records: &[Record], runtime: 
         }
         match producer.send_result(message) {
             Ok(delivery) => deliveries.push(delivery),
-            Err((e, _)) => {
-                let _ = producer.abort_transaction(Duration::from_secs(10));
-                return Err(format!("cannot queue a record: {e}"));
-            }
+            Err((e, _)) => return abort(producer, format!("cannot queue a record: {e}")),
+        }
+    }
+    // Acknowledged before the commit: rdkafka's commit flushes first, and its flush sleeps in
+    // 100 ms steps while anything is in flight, which made every write cost 100 ms.
+    let mut last = None;
+    for delivery in deliveries {
+        match runtime.block_on(delivery) {
+            Ok(Ok(delivered)) => last = Some(delivered.offset),
+            Ok(Err((e, _))) => return abort(producer, format!("a record was not delivered: {e}")),
+            Err(_) => return abort(producer, "the producer went away".into()),
         }
     }
     if let Err(e) = producer.commit_transaction(Timeout::After(Duration::from_secs(30))) {
-        if producer.client().fatal_error().is_none() {
-            let _ = producer.abort_transaction(Duration::from_secs(10));
-        }
-        return Err(format!("cannot commit the transaction: {e}"));
+        return abort(producer, format!("cannot commit the transaction: {e}"));
     }
-    let last = deliveries.pop().expect("at least one record");
-    match runtime.block_on(last) {
-        Ok(Ok(delivery)) => Ok(delivery.offset),
-        Ok(Err((e, _))) => Err(format!("a record was not delivered: {e}")),
-        Err(_) => Err("the producer went away".into()),
+    last.ok_or_else(|| "no record was produced".to_owned())
+}
+
+/// Aborts the open transaction (unless the producer is fatally failed, when nothing can be
+/// done with it any more) and returns `message` as the error.
+fn abort<T>(producer: &FutureProducer, message: String) -> Result<T, String> {
+    if producer.client().fatal_error().is_none() {
+        let _ = producer.abort_transaction(Duration::from_secs(10));
     }
+    Err(message)
 }
 
 /// The leader's side of the writer: one transaction per batch, acknowledged once the reader
