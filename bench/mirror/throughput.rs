@@ -2,9 +2,14 @@
 //!
 //! Run: `cargo build --release --bins && cargo bench -p logpipe-mirror --bench throughput`
 //! (needs `kcat` on PATH). Environment: `BENCH_PARTITIONS` (default 16), `BENCH_MB` (total
-//! megabytes per record size, default 40). The dev cluster keeps at most 5 MiB per partition, so
-//! keep `BENCH_MB / BENCH_PARTITIONS` at 3 or below, or retention eats records and the consumer
-//! phase stalls.
+//! megabytes per record size, default 320). Both dev clusters are started retaining twice a
+//! partition's share of the data set (plus slack), so nothing is deleted before it is read and
+//! the data set can be large enough for steady state to dominate start-up. The clusters hold
+//! everything in memory: the read side holds two copies (kcat's and the mirror's).
+//! `BENCH_SIZES` (record sizes, default `200,1024`), `BENCH_SHARDS` (default 4) and
+//! `BENCH_MIRROR_CONFIG` (top-level TOML lines added to the mirror's config, e.g.
+//! `commit_interval_ms = 1000`) are for tuning runs. With `LOGPIPE_BENCH_JSON` set, each row is
+//! also emitted through `logpipe_devkit::benchreport`.
 //!
 //! For each record size (200 B, 1 KB), on two dev clusters (write and read side, one broker each):
 //! 1. plain producer: an idempotent rdkafka producer fills the source topic (ceiling 1);
@@ -12,7 +17,7 @@
 //! 3. `kcat -C | kcat -P`: the naive pipe copies the source topic to another target topic;
 //! 4. the mirror (release build, exactly once, default commit interval and buffer) copies the
 //!    source topic; measured from its first committed record to its last, so start-up (group
-//!    join) is not counted; peak RSS read from `/proc`.
+//!    join) is not counted; peak RSS read from `/proc`, mean commit latency from its metrics.
 //!
 //! Producer, consumer, kcat and mirror share two cores with the clusters, so the ratios, not
 //! the absolute numbers, are what this measures.
@@ -20,6 +25,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -28,7 +35,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const SOURCE: &str = "raw.bench";
 const KCAT_TARGET: &str = "kcat.bench";
 const STATE_TOPIC: &str = "_lp.mirror.default.state";
-const SHARDS: i32 = 4;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -74,8 +80,8 @@ fn fill(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usi
     let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
     let started = Instant::now();
     for (i, v) in values.iter().enumerate() {
-        // Round-robin: every partition gets the same share and stays under the dev cluster's
-        // 5 MiB per partition.
+        // Round-robin: every partition gets the same share, which the clusters' retention is
+        // sized for.
         let mut record = BaseRecord::<(), [u8]>::to(topic).partition(i as i32 % partitions).payload(&v[..]);
         loop {
             match producer.send(record) {
@@ -139,6 +145,50 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
         .sum()
 }
 
+/// CPU seconds (user + system) a process used so far; for this process, including its waited-for
+/// children (the kcat pair). Ticks are USER_HZ, 100 on Linux.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or("/proc/self/stat".to_owned(), |pid| format!("/proc/{pid}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14,
+    // stime 15, cutime 16, cstime 17.
+    let fields: Vec<f64> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| {
+        rest.split_whitespace().skip(11).take(4).filter_map(|f| f.parse().ok()).collect()
+    });
+    let ticks: f64 = if pid.is_some() { fields.iter().take(2).sum() } else { fields.iter().sum() };
+    ticks / 100.0
+}
+
+/// CPU used by each process of a phase: this process (plain producer, plain consumer, kcat), the
+/// two dev clusters, and the mirror.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    bench: f64,
+    write: f64,
+    read: f64,
+    mirror: f64,
+}
+
+impl Cpu {
+    fn now(write: &mut DevCluster, read: &mut DevCluster) -> Cpu {
+        let pid = |cluster: &mut DevCluster| cluster.process().map(|p| p.pid());
+        Cpu {
+            bench: cpu_seconds(None),
+            write: pid(write).map_or(0.0, |pid| cpu_seconds(Some(pid))),
+            read: pid(read).map_or(0.0, |pid| cpu_seconds(Some(pid))),
+            mirror: 0.0,
+        }
+    }
+
+    fn since(self, start: Cpu) -> Cpu {
+        Cpu { bench: self.bench - start.bench, write: self.write - start.write, read: self.read - start.read, mirror: self.mirror - start.mirror }
+    }
+
+    fn total(&self) -> f64 {
+        self.bench + self.write + self.read + self.mirror
+    }
+}
+
 fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -148,14 +198,26 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn mirror(write: &DevCluster, read: &DevCluster, records: usize, size: usize) -> anyhow::Result<(Rate, f64)> {
+/// What the mirror phase measured.
+struct Mirrored {
+    rate: Rate,
+    peak_rss_mib: f64,
+    /// Mean of `logpipe_mirror_commit_latency_seconds` over the run, in ms.
+    commit_ms: f64,
+    commits: f64,
+    /// CPU of every process while the mirror was timed.
+    cpu: Cpu,
+}
+
+async fn mirror(write: &mut DevCluster, read: &mut DevCluster, records: usize, size: usize) -> anyhow::Result<Mirrored> {
     let dir = tempfile::tempdir()?;
     let addr = free_addr();
     let config = write_file(
         dir.path(),
         "mirror.toml",
         &format!(
-            "[source]\nbootstrap = \"{}\"\n[target]\nbootstrap = \"{}\"\n[topics]\ninclude = [\"raw\\\\..*\"]\n[telemetry]\nlisten = \"{addr}\"\n",
+            "{}\n[source]\nbootstrap = \"{}\"\n[target]\nbootstrap = \"{}\"\n[topics]\ninclude = [\"raw\\\\..*\"]\n[telemetry]\nlisten = \"{addr}\"\n",
+            std::env::var("BENCH_MIRROR_CONFIG").unwrap_or_default(),
             write.bootstrap(),
             read.bootstrap()
         ),
@@ -164,45 +226,128 @@ async fn mirror(write: &DevCluster, read: &DevCluster, records: usize, size: usi
     process.wait_ready(addr, Duration::from_secs(60)).await?;
     wait_until(Duration::from_secs(120), || async { metric(addr, "logpipe_mirror_records_total").await > 0.0 }).await?;
     let started = Instant::now();
+    let cpu_start = Cpu { mirror: cpu_seconds(Some(process.pid())), ..Cpu::now(write, read) };
     // Records of the first commit were copied before `started`: count only those after it.
     let before = metric(addr, "logpipe_mirror_records_total").await as usize;
     wait_until(Duration::from_secs(600), || async { metric(addr, "logpipe_mirror_records_total").await >= records as f64 }).await?;
     let elapsed = started.elapsed();
-    let rss = peak_rss_mb(process.pid());
+    let cpu = Cpu { mirror: cpu_seconds(Some(process.pid())), ..Cpu::now(write, read) }.since(cpu_start);
+    let peak_rss_mib = peak_rss_mb(process.pid());
+    let commits = metric(addr, "logpipe_mirror_commit_latency_seconds_count").await;
+    let commit_ms = metric(addr, "logpipe_mirror_commit_latency_seconds_sum").await * 1000.0 / commits.max(1.0);
     process.terminate(Duration::from_secs(30)).await?;
     let copied = records - before.min(records);
-    Ok((Rate { records: copied, bytes: copied * size, elapsed }, rss))
+    Ok(Mirrored { rate: Rate { records: copied, bytes: copied * size, elapsed }, peak_rss_mib, commit_ms, commits, cpu })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let partitions = env("BENCH_PARTITIONS", 16) as i32;
-    let megabytes = env("BENCH_MB", 40);
-    println!("# logpipe-mirror throughput (exactly once) vs ceilings, {partitions} partitions, {megabytes} MB per size\n");
-    println!("| record | plain producer | plain consumer | kcat -C \\| kcat -P | mirror | mirror / min(ceilings) | mirror / kcat | mirror peak RSS |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for size in [200usize, 1024] {
+    let megabytes = env("BENCH_MB", 320);
+    // Twice a partition's share (compression and batching overheads differ per writer) plus
+    // slack, so retention never deletes what a phase has still to read.
+    let retention = (2 * megabytes * 1_000_000 / partitions as usize + 16 * 1024 * 1024) as u64;
+    println!(
+        "# logpipe-mirror throughput (exactly once) vs ceilings, {partitions} partitions, {megabytes} MB per size, \
+         retention {} MiB per partition\n",
+        retention / (1024 * 1024)
+    );
+    println!(
+        "| record | plain producer | plain consumer | kcat -C \\| kcat -P | mirror | mirror / min(ceilings) | mirror / kcat | \
+         mirror peak RSS | mirror commits (mean latency) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut cpu_rows = Vec::new();
+    let shards = env("BENCH_SHARDS", 4) as i32;
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "200,1024".into())
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("BENCH_SIZES is a comma-separated list of record sizes in bytes")?;
+    for size in sizes {
         let records = megabytes * 1_000_000 / size;
-        let write = DevCluster::start_as("write", 1, &[(SOURCE, partitions)]).await?;
-        let read = DevCluster::start_as("read", 1, &[(SOURCE, partitions), (KCAT_TARGET, partitions), (STATE_TOPIC, SHARDS)]).await?;
+        let mut write = DevCluster::start_retaining("write", 1, &[(SOURCE, partitions)], Some(retention)).await?;
+        let read_topics = [(SOURCE, partitions), (KCAT_TARGET, partitions), (STATE_TOPIC, shards)];
+        let mut read = DevCluster::start_retaining("read", 1, &read_topics, Some(retention)).await?;
         let (w, r) = (write.bootstrap().to_owned(), read.bootstrap().to_owned());
+        let mut cpu = Cpu::now(&mut write, &mut read);
+        let mut phase_cpu = |write: &mut DevCluster, read: &mut DevCluster| {
+            let now = Cpu::now(write, read);
+            let used = now.since(cpu);
+            cpu = now;
+            used
+        };
         let produced = tokio::task::spawn_blocking(move || fill(&w, SOURCE, partitions, records, size)).await??;
+        let produced_cpu = phase_cpu(&mut write, &mut read);
         let w = write.bootstrap().to_owned();
         let consumed = tokio::task::spawn_blocking(move || drain(&w, SOURCE, partitions, records, size)).await??;
+        let consumed_cpu = phase_cpu(&mut write, &mut read);
         let w = write.bootstrap().to_owned();
         let piped = tokio::task::spawn_blocking(move || kcat_pipe(&w, &r, records, size)).await??;
-        let (mirrored, rss) = mirror(&write, &read, records, size).await?;
+        let piped_cpu = phase_cpu(&mut write, &mut read);
+        let mirrored = mirror(&mut write, &mut read, records, size).await?;
         let ceiling = produced.records_per_s().min(consumed.records_per_s());
         let cell = |r: &Rate| format!("{:.0} rec/s, {:.1} MB/s", r.records_per_s(), r.mb_per_s());
+        let rate = &mirrored.rate;
         println!(
-            "| {size} B x {records} | {} | {} | {} | {} | {:.2}x | {:.2}x | {rss:.0} MiB (budget 256 MiB) |",
+            "| {size} B x {records} | {} | {} | {} | {} | {:.2}x | {:.2}x | {:.0} MiB (budget 256 MiB) | {:.0} ({:.0} ms) |",
             cell(&produced),
             cell(&consumed),
             cell(&piped),
-            cell(&mirrored),
-            mirrored.records_per_s() / ceiling,
-            mirrored.records_per_s() / piped.records_per_s(),
+            cell(rate),
+            rate.records_per_s() / ceiling,
+            rate.records_per_s() / piped.records_per_s(),
+            mirrored.peak_rss_mib,
+            mirrored.commits,
+            mirrored.commit_ms,
         );
+        for (phase, rate, cpu) in [
+            ("plain producer", &produced, produced_cpu),
+            ("plain consumer", &consumed, consumed_cpu),
+            ("kcat -C \\| kcat -P", &piped, piped_cpu),
+            ("mirror", &mirrored.rate, mirrored.cpu),
+        ] {
+            // CPU seconds per 100 MB of record bytes moved.
+            let per = |seconds: f64| seconds * 100e6 / rate.bytes.max(1) as f64;
+            cpu_rows.push(format!(
+                "| {size} B | {phase} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                per(cpu.bench),
+                per(cpu.write),
+                per(cpu.read),
+                per(cpu.mirror),
+                per(cpu.total())
+            ));
+        }
+        report(size, &produced, &consumed, &piped, &mirrored)?;
+    }
+    println!("\nCPU seconds per 100 MB moved, by process (the machine has 2 cores; other load is not counted):\n");
+    println!("| record | phase | bench process (producer, consumer, kcat) | write cluster | read cluster | mirror | total |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in cpu_rows {
+        println!("{row}");
     }
     Ok(())
+}
+
+/// Emits the rows of one record size for the combined benchmark report.
+fn report(size: usize, produced: &Rate, consumed: &Rate, piped: &Rate, mirrored: &Mirrored) -> anyhow::Result<()> {
+    let case = format!("{size} B records, exactly once");
+    let (ceiling_name, ceiling) = if produced.records_per_s() <= consumed.records_per_s() {
+        ("plain producer (smaller ceiling)", produced.records_per_s())
+    } else {
+        ("plain consumer (smaller ceiling)", consumed.records_per_s())
+    };
+    let rate = mirrored.rate.records_per_s();
+    let mirror = |reference: &str, value: f64, target: f64| {
+        Row::new("mirror", &case, "logpipe-mirror", rate, "rec/s")
+            .against(reference, value)
+            .target(target)
+            .extra("mb_per_s", mirrored.rate.mb_per_s())
+            .extra("commit_ms", mirrored.commit_ms)
+            .emit()
+    };
+    mirror(ceiling_name, ceiling, 0.7)?;
+    mirror("kcat -C | kcat -P", piped.records_per_s(), 3.0)?;
+    Row::new("mirror", &case, "logpipe-mirror peak RSS", mirrored.peak_rss_mib, "MiB").target_at_most(256.0).emit()
 }
