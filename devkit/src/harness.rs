@@ -12,7 +12,9 @@ use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -79,12 +81,57 @@ where
     }
 }
 
-/// A child process whose output goes to files in a temporary directory. Killed when dropped;
-/// its output is printed if the test is panicking, so failures explain themselves.
+static OWN_PROCESS_GROUPS: AtomicBool = AtomicBool::new(false);
+
+/// From now on, start every [`Process`] in a process group of its own. An interactive program
+/// (`logpipe-dev up`) calls this so that Ctrl-C in its terminal, which signals the whole
+/// foreground process group, reaches only the program, which then stops its children in order.
+/// Tests leave it off: there Ctrl-C should reach the children too, or they would outlive the run.
+pub fn own_process_groups() {
+    OWN_PROCESS_GROUPS.store(true, Ordering::Relaxed);
+}
+
+fn apply_process_group(command: &mut Command) {
+    if OWN_PROCESS_GROUPS.load(Ordering::Relaxed) {
+        command.process_group(0);
+    }
+}
+
+/// A child process whose output goes to files in a temporary directory (or to one log file the
+/// caller names, see [`Process::spawn_logging_to`]). Killed when dropped; its output is printed
+/// if the test is panicking, so failures explain themselves.
 pub struct Process {
     name: String,
     child: Child,
-    logs: TempDir,
+    output: Output,
+}
+
+/// Where a process's output goes.
+enum Output {
+    /// `stdout` and `stderr` files in a directory removed with the process.
+    Temp(TempDir),
+    /// Both streams appended to one file that outlives the process (long runs, restarts).
+    File(PathBuf),
+}
+
+/// How much of a log file [`Process::logs`] shows: the end, where a failure's cause usually is.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `max` bytes of a file (from a line start when cut), or "" if it cannot be read.
+fn file_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = File::open(path) else { return String::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).and_then(|_| file.read_to_end(&mut bytes)).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    match (start > 0, text.find('\n')) {
+        (true, Some(newline)) => format!("[... {} earlier bytes in {}]\n{}", start, path.display(), &text[newline + 1..]),
+        _ => text.into_owned(),
+    }
 }
 
 impl Process {
@@ -105,13 +152,31 @@ impl Process {
         let logs = tempfile::Builder::new().prefix("logpipe-proc-").tempdir()?;
         let stdout = File::create(logs.path().join("stdout"))?;
         let stderr = File::create(logs.path().join("stderr"))?;
+        apply_process_group(&mut command);
         let child = command
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Process { name: name.to_owned(), child, logs })
+        Ok(Process { name: name.to_owned(), child, output: Output::Temp(logs) })
+    }
+
+    /// Starts a command whose stdout and stderr are both appended to `log` (created if missing),
+    /// for processes that run for hours or are restarted: the output is on disk, not in a
+    /// temporary directory, and one file holds every run of the service in order.
+    pub fn spawn_logging_to(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Process> {
+        let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
+        let stdout = open().with_context(|| format!("opening {}", log.display()))?;
+        let stderr = stdout.try_clone()?;
+        apply_process_group(&mut command);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process { name: name.to_owned(), child, output: Output::File(log.to_owned()) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,17 +187,31 @@ impl Process {
         &self.name
     }
 
+    /// Its stdout (for a process logging to a file: the whole file, both streams).
     pub fn stdout(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
+        let path = match &self.output {
+            Output::Temp(dir) => dir.path().join("stdout"),
+            Output::File(path) => path.clone(),
+        };
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
+    /// Its stderr (empty for a process logging to a file: it is in [`Process::stdout`]).
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+        match &self.output {
+            Output::Temp(dir) => std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default(),
+            Output::File(_) => String::new(),
+        }
     }
 
-    /// Both outputs, labelled.
+    /// Both outputs, labelled (of a log file, its last 64 KiB).
     pub fn logs(&self) -> String {
-        format!("--- {} stdout ---\n{}--- {} stderr ---\n{}", self.name, self.stdout(), self.name, self.stderr())
+        match &self.output {
+            Output::Temp(_) => {
+                format!("--- {} stdout ---\n{}--- {} stderr ---\n{}", self.name, self.stdout(), self.name, self.stderr())
+            }
+            Output::File(path) => format!("--- {} output ---\n{}", self.name, file_tail(path, LOG_TAIL_BYTES)),
+        }
     }
 
     /// The exit status if the process has ended.
@@ -301,6 +380,11 @@ impl DevCluster {
         &self.bootstrap
     }
 
+    /// The control API's base URL (`http://127.0.0.1:PORT`), for dev clusters.
+    pub fn control_url(&self) -> Option<&str> {
+        self.control.as_ref().map(|(url, _)| url.as_str())
+    }
+
     /// Whether faults can be injected (a dev cluster, not a real one).
     pub fn is_dev(&self) -> bool {
         self.control.is_some()
@@ -379,6 +463,24 @@ pub async fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> anyh
 }
 
 fn read_topic_blocking(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+    let mut records = Vec::new();
+    scan_topic(bootstrap, topic, timeout, |message| {
+        records.push(message.detach());
+        Ok(())
+    })?;
+    records.sort_by_key(|m| (m.partition(), m.offset()));
+    Ok(records)
+}
+
+/// Calls `each` on every committed record of a topic, from the beginning of each partition to
+/// its end as a read_committed consumer sees it (without a consumer group), without keeping the
+/// records: for topics too large to hold. Blocking; order is per partition only.
+pub fn scan_topic(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "logpipe-test-reader")
@@ -404,23 +506,23 @@ fn read_topic_blocking(bootstrap: &str, topic: &str, timeout: Duration) -> anyho
     }
     consumer.assign(&assignment)?;
     let mut at_end = vec![false; partitions];
-    let mut records = Vec::new();
+    let mut count = 0u64;
     while !at_end.iter().all(|e| *e) {
         if Instant::now() >= deadline {
-            bail!("reading {topic}: not at the end of every partition within {timeout:?} ({} records so far)", records.len());
+            bail!("reading {topic}: not at the end of every partition within {timeout:?} ({count} records so far)");
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Ok(message)) => {
                 at_end[message.partition() as usize] = false;
-                records.push(message.detach());
+                count += 1;
+                each(&message)?;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
             Some(Err(e)) => bail!("reading {topic}: {e}"),
         }
     }
-    records.sort_by_key(|m| (m.partition(), m.offset()));
-    Ok(records)
+    Ok(count)
 }
 
 /// Writes a file (a config for a process under test) into `dir` and returns its path.

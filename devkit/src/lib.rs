@@ -10,6 +10,8 @@ pub mod benchreport;
 pub mod cluster;
 pub mod harness;
 pub mod loadgen;
+pub mod pipeline;
+pub mod reconcile;
 
 use anyhow::Context as _;
 

@@ -1,0 +1,449 @@
+//! The whole pipeline on one machine: a write and a read dev cluster, the schema store with the
+//! game schemas, the mirror, the validator and an agent tailing a log directory, each service a
+//! real process with its own config and log file under one state directory.
+//!
+//! This is what `logpipe-dev up`, the end-to-end fault suite and the end-to-end benchmark share,
+//! so that all three exercise the same wiring. Services can be killed, terminated and restarted
+//! with the same config (same ports, same state), which is what crash tests need.
+//!
+//! Layout of `state_dir`:
+//! - `logs/`: the agent's input directory (`logs/*.log`), where the load generator writes;
+//! - `<service>.toml`: each service's config; `<service>.log`: its output, every run appended;
+//! - `agent/`: the agent's checkpoints; `schema-store/`: the store's data.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use logpipe_core::record::{self, TopicTemplate, INTERNAL_PREFIX};
+
+use crate::harness::{bin_path, free_addr, DevCluster, Process};
+use crate::loadgen;
+
+/// The stream every pipeline carries: `raw.game` -> `clean.game` / `dlq.game`.
+const STREAM: &str = "game";
+/// The mirror's name (its state topic, transactional ids and group derive from it).
+const MIRROR_NAME: &str = "pipeline";
+/// The validator's consumer group (its replay-state topic derives from it).
+const VALIDATOR_GROUP: &str = "logpipe-validator";
+/// How long a service may take to answer `/ready` after a start.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What to start. `state_dir` has no sensible default and must be set by the caller.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Everything lives here (see the module documentation); created if missing.
+    pub state_dir: PathBuf,
+    /// Brokers per dev cluster.
+    pub brokers: i32,
+    /// Partitions of `raw.game` (on both clusters; also of `clean.game`, `dlq.game` and the
+    /// mirror's state topic, i.e. its shards).
+    pub partitions: i32,
+    /// Bytes kept per partition on both dev clusters; large, so that nothing a run writes is
+    /// deleted before it is reconciled.
+    pub retention_bytes: u64,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions { state_dir: PathBuf::new(), brokers: 3, partitions: 4, retention_bytes: 1 << 30 }
+    }
+}
+
+/// One of the pipeline's services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Component {
+    Agent,
+    Mirror,
+    Validator,
+    SchemaStore,
+}
+
+impl Component {
+    /// In pipeline order (the order `stop` terminates them in).
+    pub const ALL: [Component; 4] = [Component::Agent, Component::Mirror, Component::Validator, Component::SchemaStore];
+
+    /// Short name: `agent`, `mirror`, `validator`, `schema-store` (also its config and log file names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Agent => "agent",
+            Component::Mirror => "mirror",
+            Component::Validator => "validator",
+            Component::SchemaStore => "schema-store",
+        }
+    }
+
+    /// The service's binary.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Component::Agent => "logpipe-agent",
+            Component::Mirror => "logpipe-mirror",
+            Component::Validator => "logpipe-validator",
+            Component::SchemaStore => "logpipe-schema-store",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One service: its config, telemetry address and, while started, its process.
+struct Service {
+    component: Component,
+    config: PathBuf,
+    telemetry: SocketAddr,
+    log: PathBuf,
+    /// The last process started (possibly exited, kept for its status).
+    process: Option<Process>,
+    starts: u32,
+}
+
+impl Service {
+    fn running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| p.try_status().is_none())
+    }
+
+    /// Starts the service (appending a marker to its log) and waits until it is ready.
+    async fn start(&mut self) -> anyhow::Result<()> {
+        if self.running() {
+            bail!("{} is already running", self.component);
+        }
+        self.starts += 1;
+        let marker = format!("=== logpipe-dev: start {} of {} ===\n", self.starts, self.component.binary());
+        append(&self.log, &marker)?;
+        let mut command = Command::new(bin_path(self.component.binary())?);
+        command.arg("run").arg("--config").arg(&self.config);
+        let mut process = Process::spawn_logging_to(self.component.binary(), command, &self.log)?;
+        let ready = process.wait_ready(self.telemetry, READY_TIMEOUT).await;
+        self.process = Some(process);
+        ready
+    }
+}
+
+fn append(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A TOML basic string (JSON's string escapes are valid TOML).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+fn toml_path(path: &Path) -> String {
+    toml_str(&path.to_string_lossy())
+}
+
+/// The running pipeline. Every process is killed when it is dropped; [`Pipeline::stop`] stops
+/// them gracefully instead.
+pub struct Pipeline {
+    options: PipelineOptions,
+    write: DevCluster,
+    read: DevCluster,
+    store_api: SocketAddr,
+    raw: String,
+    clean: String,
+    dlq: String,
+    /// Indexed by [`Component::index`].
+    services: Vec<Service>,
+    http: reqwest::Client,
+}
+
+impl Pipeline {
+    /// Starts write + read dev clusters, the schema store with the game schemas registered
+    /// (subjects `game.<event>`), the validator, the mirror (write -> read) and the agent tailing
+    /// `<state_dir>/logs/*.log` into `raw.game` on the write cluster; returns once every service
+    /// answers `/ready`.
+    pub async fn start(options: PipelineOptions) -> anyhow::Result<Pipeline> {
+        anyhow::ensure!(!options.state_dir.as_os_str().is_empty(), "PipelineOptions::state_dir must be set");
+        anyhow::ensure!(options.brokers >= 1, "at least one broker per cluster");
+        anyhow::ensure!(options.partitions >= 1, "at least one partition");
+        let state = options.state_dir.clone();
+        for dir in [state.clone(), state.join("logs"), state.join("agent"), state.join("schema-store")] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let raw = record::raw_topic(STREAM);
+        let clean = TopicTemplate::clean_default().render(&raw);
+        let dlq = TopicTemplate::dlq_default().render(&raw);
+        let mirror_state = format!("{INTERNAL_PREFIX}mirror.{MIRROR_NAME}.state");
+        let replay_state = format!("{INTERNAL_PREFIX}validator.{VALIDATOR_GROUP}.replay-state");
+        let n = options.partitions;
+        let retention = Some(options.retention_bytes);
+        let write = DevCluster::start_retaining("write", options.brokers, &[(&raw, n)], retention).await?;
+        let read_topics = [(raw.as_str(), n), (mirror_state.as_str(), n), (clean.as_str(), n), (dlq.as_str(), n), (replay_state.as_str(), 1)];
+        let read = DevCluster::start_retaining("read", options.brokers, &read_topics, retention).await?;
+
+        let store_api = free_addr();
+        let configs = ServiceConfigs { state: &state, write: write.bootstrap(), read: read.bootstrap(), store_api, raw: &raw, replay_state: &replay_state };
+        let mut services = Vec::new();
+        for component in Component::ALL {
+            let telemetry = free_addr();
+            let config = state.join(format!("{}.toml", component.name()));
+            std::fs::write(&config, configs.render(component, telemetry)).with_context(|| format!("writing {}", config.display()))?;
+            let log = state.join(format!("{}.log", component.name()));
+            services.push(Service { component, config, telemetry, log, process: None, starts: 0 });
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut pipeline = Pipeline { options, write, read, store_api, raw, clean, dlq, services, http };
+        pipeline.service(Component::SchemaStore).start().await?;
+        pipeline.register_schemas().await?;
+        for component in [Component::Validator, Component::Mirror, Component::Agent] {
+            pipeline.service(component).start().await?;
+        }
+        Ok(pipeline)
+    }
+
+    fn service(&mut self, c: Component) -> &mut Service {
+        &mut self.services[c.index()]
+    }
+
+    /// Registers the load generator's Avro schemas (idempotent: the same schema gets its id back).
+    async fn register_schemas(&self) -> anyhow::Result<()> {
+        for (subject, schema) in loadgen::schemas() {
+            let response = self
+                .http
+                .post(format!("{}/subjects/{subject}/versions", self.schema_store_url()))
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .json(&serde_json::json!({ "schema": schema, "schemaType": "AVRO" }))
+                .send()
+                .await
+                .with_context(|| format!("registering {subject}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!("registering {subject}: {status}: {}", response.text().await.unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn options(&self) -> &PipelineOptions {
+        &self.options
+    }
+
+    /// The agent's input directory: write `*.log` files here.
+    pub fn log_dir(&self) -> PathBuf {
+        self.options.state_dir.join("logs")
+    }
+
+    /// A service's output file (every run appended, with a marker line per start).
+    pub fn log_file(&self, c: Component) -> PathBuf {
+        self.services[c.index()].log.clone()
+    }
+
+    /// A service's config file.
+    pub fn config_file(&self, c: Component) -> PathBuf {
+        self.services[c.index()].config.clone()
+    }
+
+    pub fn write_cluster(&self) -> &DevCluster {
+        &self.write
+    }
+
+    pub fn read_cluster(&self) -> &DevCluster {
+        &self.read
+    }
+
+    /// A service's telemetry address (`/metrics`, `/health`, `/ready`).
+    pub fn telemetry(&self, c: Component) -> SocketAddr {
+        self.services[c.index()].telemetry
+    }
+
+    /// The schema store's API (Confluent Schema Registry REST).
+    pub fn schema_store_url(&self) -> String {
+        format!("http://{}", self.store_api)
+    }
+
+    pub fn raw_topic(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn clean_topics(&self) -> Vec<String> {
+        vec![self.clean.clone()]
+    }
+
+    pub fn dlq_topics(&self) -> Vec<String> {
+        vec![self.dlq.clone()]
+    }
+
+    /// How many times a service has been started (1 after [`Pipeline::start`]).
+    pub fn starts(&self, c: Component) -> u32 {
+        self.services[c.index()].starts
+    }
+
+    /// Whether the service's process is alive.
+    pub fn is_running(&mut self, c: Component) -> bool {
+        self.service(c).running()
+    }
+
+    /// SIGKILL: the crash case. Returns once the process is gone.
+    pub fn kill9(&mut self, c: Component) -> anyhow::Result<()> {
+        let process = self.service(c).process.as_mut().with_context(|| format!("{c} was never started"))?;
+        process.kill9()?;
+        Ok(())
+    }
+
+    /// Starts a stopped (killed or terminated) service again with the same config and waits
+    /// until it is ready.
+    pub async fn restart(&mut self, c: Component) -> anyhow::Result<()> {
+        self.service(c).start().await
+    }
+
+    /// SIGTERM, then waits up to `timeout` for a clean exit; fails if the exit is not clean.
+    pub async fn terminate(&mut self, c: Component, timeout: Duration) -> anyhow::Result<()> {
+        let process = self.service(c).process.as_mut().with_context(|| format!("{c} was never started"))?;
+        let status = process.terminate(timeout).await?;
+        if !status.success() {
+            bail!("{c} exited with {status} after SIGTERM\n{}", process.logs());
+        }
+        Ok(())
+    }
+
+    /// The last output of a service's log file, for error messages.
+    pub fn logs(&self, c: Component) -> String {
+        self.services[c.index()].process.as_ref().map(Process::logs).unwrap_or_default()
+    }
+
+    /// A service's `/metrics` text.
+    pub async fn metrics(&self, c: Component) -> anyhow::Result<String> {
+        let url = format!("http://{}/metrics", self.telemetry(c));
+        Ok(self.http.get(&url).send().await?.error_for_status()?.text().await?)
+    }
+
+    /// Stops everything gracefully: SIGTERM to the services in pipeline order (agent, mirror,
+    /// validator, store, each waited for up to `timeout`), then the clusters. Every process is
+    /// stopped even when one fails; the first failure is returned.
+    pub async fn stop(mut self, timeout: Duration) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for c in Component::ALL {
+            if self.is_running(c) {
+                if let Err(e) = self.terminate(c, timeout).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        for cluster in [&mut self.write, &mut self.read] {
+            if let Some(process) = cluster.process() {
+                if let Err(e) = process.terminate(timeout).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Sum of a metric's samples (over all label sets containing every `filter`, e.g.
+/// `topic="raw.game"`) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter(|rest| rest.starts_with(['{', ' ']) && filters.iter().all(|f| rest.contains(f)))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A regex matching exactly one topic name (the services match regexes against whole names).
+fn exact_regex(topic: &str) -> String {
+    topic.replace('.', "\\.")
+}
+
+/// Everything the service configs are made of.
+struct ServiceConfigs<'a> {
+    state: &'a Path,
+    write: &'a str,
+    read: &'a str,
+    store_api: SocketAddr,
+    raw: &'a str,
+    replay_state: &'a str,
+}
+
+impl ServiceConfigs<'_> {
+    fn render(&self, component: Component, telemetry: SocketAddr) -> String {
+        let telemetry = format!("[telemetry]\nlisten = \"{telemetry}\"\n");
+        match component {
+            // Checkpoints every 500 ms: a crash replays less (the validator drops replays anyway).
+            Component::Agent => format!(
+                "state_dir = {}\ncheckpoint_interval_ms = 500\n[kafka]\nbootstrap = {}\n{telemetry}\
+                 [[inputs]]\npaths = [{}]\ntopic = {}\n",
+                toml_path(&self.state.join("agent")),
+                toml_str(self.write),
+                toml_path(&self.state.join("logs").join("*.log")),
+                toml_str(self.raw),
+            ),
+            // The dev clusters do not serve CreateTopics, so the state topic is made by `start`.
+            // A short session lets a restarted mirror take its shards back quickly after a crash.
+            Component::Mirror => format!(
+                "name = {}\ncommit_interval_ms = 200\ncreate_topics = false\nsession_timeout_ms = 6000\n\
+                 [source]\nbootstrap = {}\n[target]\nbootstrap = {}\n\
+                 [topics]\ninclude = [{}]\nrefresh_interval_ms = 1000\n{telemetry}",
+                toml_str(MIRROR_NAME),
+                toml_str(self.write),
+                toml_str(self.read),
+                toml_str(&exact_regex(self.raw)),
+            ),
+            Component::Validator => format!(
+                "schema_store = {}\ngroup_id = {}\ntransactional_id = {}\nreplay_state_topic = {}\n\
+                 topic_refresh_ms = 1000\n\
+                 [kafka]\nbootstrap = {}\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
+                 {telemetry}\
+                 [[routes]]\ntopics = {}\nsubject = {{ field = \"event\", prefix = \"game.\" }}\n",
+                toml_str(&format!("http://{}", self.store_api)),
+                toml_str(VALIDATOR_GROUP),
+                toml_str(&format!("{VALIDATOR_GROUP}-pipeline")),
+                toml_str(self.replay_state),
+                toml_str(self.read),
+                toml_str(&exact_regex(self.raw)),
+            ),
+            Component::SchemaStore => format!(
+                "listen = \"{}\"\n[storage]\nkind = \"local\"\npath = {}\n{telemetry}",
+                self.store_api,
+                toml_path(&self.state.join("schema-store")),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_matching_samples_only() {
+        let text = "# HELP x\nlogpipe_a_total{topic=\"raw.game\",p=\"0\"} 3\nlogpipe_a_total{topic=\"raw.game\",p=\"1\"} 4\n\
+                    logpipe_a_total{topic=\"raw.x\"} 100\nlogpipe_a_total_more 7\nlogpipe_b 1\n";
+        assert_eq!(metric_sum(text, "logpipe_a_total", &["topic=\"raw.game\""]), 7.0);
+        assert_eq!(metric_sum(text, "logpipe_a_total", &[]), 107.0);
+        assert_eq!(metric_sum(text, "logpipe_b", &[]), 1.0);
+    }
+
+    #[test]
+    fn configs_name_the_shared_topics_and_quote_paths() {
+        let configs = ServiceConfigs {
+            state: Path::new("/tmp/a \"b\""),
+            write: "127.0.0.1:1",
+            read: "127.0.0.1:2",
+            store_api: "127.0.0.1:3".parse().unwrap(),
+            raw: "raw.game",
+            replay_state: "_lp.validator.logpipe-validator.replay-state",
+        };
+        let telemetry: SocketAddr = "127.0.0.1:4".parse().unwrap();
+        let agent = configs.render(Component::Agent, telemetry);
+        assert!(agent.contains(r#"paths = ["/tmp/a \"b\"/logs/*.log"]"#), "{agent}");
+        assert!(agent.contains("bootstrap = \"127.0.0.1:1\""));
+        let mirror = configs.render(Component::Mirror, telemetry);
+        assert!(mirror.contains(r#"include = ["raw\\.game"]"#), "{mirror}");
+        let validator = configs.render(Component::Validator, telemetry);
+        assert!(validator.contains("schema_store = \"http://127.0.0.1:3\""), "{validator}");
+        assert!(validator.contains("bootstrap = \"127.0.0.1:2\""));
+    }
+}
