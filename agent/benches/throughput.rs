@@ -1,7 +1,8 @@
 //! Throughput benchmark of the agent against a ceiling: a plain rdkafka producer sending the same
 //! lines from memory with the same producer settings, to the same dev cluster, in the same run.
 //! Prints a Markdown table (MB/s, lines/s, CPU seconds per GB, peak RSS, ratio to the ceiling)
-//! and an idle measurement with 1,000 watched files. Not a test: no assertion on speed.
+//! and an idle measurement with 1,000 watched files, and emits the same numbers as
+//! `logpipe_devkit::benchreport` rows (for `bench/run`). Not a test: no assertion on speed.
 //!
 //! ```sh
 //! cargo build --release -p logpipe-devkit --bins
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use logpipe_agent::delivery::client_config;
 use logpipe_core::kafka::KafkaConfig;
+use logpipe_devkit::benchreport::Row as ReportRow;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -62,6 +64,15 @@ impl Row {
             self.peak_rss_mib,
             self.mb_s() / ceiling
         )
+    }
+
+    /// The benchreport row of this sender against `reference` (MB/s), with extra measurements.
+    fn report_row(&self, case: &str, reference: &Row) -> ReportRow {
+        ReportRow::new("agent", case, &self.name, self.mb_s(), "MB/s")
+            .against(&reference.name, reference.mb_s())
+            .extra("lines_per_s", (self.lines as f64 / self.seconds).round())
+            .extra("cpu_s_per_gb", self.cpu / (self.bytes as f64 / 1e9))
+            .extra("peak_rss_mib", self.peak_rss_mib)
     }
 }
 
@@ -220,6 +231,9 @@ async fn idle(work: &Path, bootstrap: &str) -> String {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let core = (cpu_seconds(&pid) - before) / 10.0 * 100.0;
     let rss = status_kib(&pid, "VmRSS:") as f64 / 1024.0;
+    let case = "idle, 1,000 watched files";
+    ReportRow::new("agent", case, "logpipe-agent CPU", core, "% of a core").target_at_most(2.0).emit().expect("benchreport row");
+    ReportRow::new("agent", case, "logpipe-agent RSS", rss, "MiB").target_at_most(20.0).emit().expect("benchreport row");
     format!("Idle with 1,000 watched files: {core:.2}% of a core, RSS {rss:.1} MiB (targets: < 2%, <= 20 MiB).")
 }
 
@@ -264,6 +278,16 @@ async fn main() {
             ceiling.render(ceiling.mb_s()),
             agent.render(ceiling.mb_s()),
         ));
+        let case = format!("~{size} B lines");
+        agent.report_row(&case, &ceiling).target(0.8).emit().expect("benchreport row");
+        ReportRow::new("agent", &case, "logpipe-agent peak RSS", agent.peak_rss_mib, "MiB")
+            .target_at_most(64.0)
+            .emit()
+            .expect("benchreport row");
+        if let Some(row) = &rsyslog {
+            agent.report_row(&case, row).target(2.0).emit().expect("benchreport row");
+            row.report_row(&case, &ceiling).emit().expect("benchreport row");
+        }
         match rsyslog {
             Some(row) => report.push_str(&format!(
                 "{}\n\nlogpipe-agent / rsyslog: {:.2}x\n",

@@ -21,7 +21,7 @@ use rdkafka::error::KafkaError;
 
 use crate::checkpoint::{self, Checkpoint, FileState, Loaded};
 use crate::config::{AgentConfig, StartAt, WatchMode};
-use crate::delivery::{Delivery, Token, RECORD_OVERHEAD};
+use crate::delivery::{Delivery, Token};
 use crate::discovery::{self, Discovery};
 use crate::identity::{self, Resume};
 use crate::metrics::*;
@@ -262,7 +262,7 @@ impl Agent {
             self.acked.resize(input + 1, (0, 0));
         }
         self.acked[input].0 += 1;
-        self.acked[input].1 += acked.cost.saturating_sub(RECORD_OVERHEAD);
+        self.acked[input].1 += acked.bytes;
         if !self.ready {
             self.set_ready(true, "");
         }

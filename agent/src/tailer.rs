@@ -28,6 +28,8 @@ use crate::metrics::{InputMetrics, FILE_LAG};
 struct Pending {
     end: u64,
     cost: u64,
+    /// Line bytes (the metrics' acknowledged bytes).
+    bytes: u64,
     sent: Option<Instant>,
     acked: bool,
 }
@@ -45,6 +47,7 @@ pub struct AckTracker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Acked {
     pub cost: u64,
+    pub bytes: u64,
     pub sent: Option<Instant>,
 }
 
@@ -53,10 +56,11 @@ impl AckTracker {
         AckTracker { queue: VecDeque::new(), base_seq: 0, committed: offset }
     }
 
-    /// Registers a record ending at `end`; returns its sequence number.
-    pub fn push(&mut self, end: u64, cost: u64, sent: Instant) -> u32 {
+    /// Registers a record of `bytes` line bytes ending at `end`, charged `cost` to the
+    /// budget; returns its sequence number.
+    pub fn push(&mut self, end: u64, bytes: u64, cost: u64, sent: Instant) -> u32 {
         let seq = self.base_seq.wrapping_add(self.queue.len() as u32);
-        self.queue.push_back(Pending { end, cost, sent: Some(sent), acked: false });
+        self.queue.push_back(Pending { end, cost, bytes, sent: Some(sent), acked: false });
         seq
     }
 
@@ -65,7 +69,7 @@ impl AckTracker {
         match self.queue.back_mut() {
             None => self.committed = end,
             Some(last) if last.acked && last.sent.is_none() => last.end = end,
-            Some(_) => self.queue.push_back(Pending { end, cost: 0, sent: None, acked: true }),
+            Some(_) => self.queue.push_back(Pending { end, cost: 0, bytes: 0, sent: None, acked: true }),
         }
     }
 
@@ -75,7 +79,7 @@ impl AckTracker {
         let index = seq.wrapping_sub(self.base_seq) as usize;
         let pending = self.queue.get_mut(index).filter(|p| !p.acked && p.sent.is_some())?;
         pending.acked = true;
-        let acked = Acked { cost: pending.cost, sent: pending.sent };
+        let acked = Acked { cost: pending.cost, bytes: pending.bytes, sent: pending.sent };
         while self.queue.front().is_some_and(|p| p.acked) {
             let done = self.queue.pop_front().expect("front exists");
             self.committed = done.end;
@@ -164,6 +168,8 @@ pub struct Tailer {
     recent: Vec<u8>,
     /// The key for strategies that do not look into lines.
     key: Option<Vec<u8>>,
+    /// What each record costs the in-flight budget beyond its line (and a per-line key).
+    record_cost: u64,
     /// When the file was found renamed away or deleted.
     pub detached: Option<Instant>,
     pub last_growth: Instant,
@@ -194,6 +200,7 @@ impl Tailer {
             other => other.key(host, &path_text, b""),
         };
         let lag = metrics::gauge!(FILE_LAG, "path" => path_text.clone());
+        let record_cost = record_cost(host, &path_text, key.as_deref());
         Tailer {
             slot: open.slot,
             input: open.input,
@@ -211,6 +218,7 @@ impl Tailer {
             eof_guard: None,
             recent: Vec::new(),
             key,
+            record_cost,
             detached: None,
             last_growth: Instant::now(),
             saved_guard: None,
@@ -319,26 +327,25 @@ impl Tailer {
             }
             Piece::Line(line) => line,
         };
-        let offset = line.offset.to_string();
+        let mut offset = itoa::Buffer::new();
+        let offset = offset.format(line.offset);
         let mut headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: header::HOST, value: Some(sink.host) })
             .insert(Header { key: header::PATH, value: Some(&self.path_text) })
             .insert(Header { key: header::FILE, value: Some(&self.id_hex) })
-            .insert(Header { key: header::OFFSET, value: Some(&offset) });
+            .insert(Header { key: header::OFFSET, value: Some(offset) });
         if let Some(length) = line.truncated_from {
             sink.metrics.oversized.increment(1);
             headers = headers.insert(Header { key: header::TRUNCATED, value: Some(&length.to_string()) });
         }
-        let field_key;
-        let key = match sink.key {
-            KeyStrategy::Field(_) => {
-                field_key = sink.key.key(sink.host, &self.path_text, line.bytes);
-                field_key.as_deref()
-            }
-            _ => self.key.as_deref(),
+        let field_key = match sink.key {
+            KeyStrategy::Field(_) => sink.key.key(sink.host, &self.path_text, line.bytes),
+            _ => None,
         };
-        let cost = line.bytes.len() as u64 + RECORD_OVERHEAD;
-        let seq = self.acks.push(line.end, cost, clock.instant);
+        let key = field_key.as_deref().or(self.key.as_deref());
+        let bytes = line.bytes.len() as u64;
+        let cost = bytes + self.record_cost + field_key.as_ref().map_or(0, |k| k.len() as u64);
+        let seq = self.acks.push(line.end, bytes, cost, clock.instant);
         sink.delivery.send(Outgoing {
             topic: sink.topic,
             key,
@@ -347,7 +354,7 @@ impl Tailer {
             timestamp_ms: clock.timestamp_ms,
             token: Token { epoch, slot: self.slot, seq },
         })?;
-        progress.bytes += line.bytes.len() as u64;
+        progress.bytes += bytes;
         progress.cost += cost;
         progress.records += 1;
         Ok(())
@@ -446,6 +453,14 @@ impl Tailer {
     }
 }
 
+/// The in-flight charge of one record beyond its line: librdkafka holds a copy of the key and
+/// of each header (name and value; the offset takes at most 20 digits) next to its message.
+fn record_cost(host: &str, path: &str, key: Option<&[u8]>) -> u64 {
+    let names: usize = [header::HOST, header::PATH, header::FILE, header::OFFSET].iter().map(|n| n.len()).sum();
+    let values = host.len() + path.len() + 16 + 20;
+    (names + values + key.map_or(0, <[u8]>::len)) as u64 + RECORD_OVERHEAD
+}
+
 impl Progress {
     /// Adds this read's lines to the input's counters (once per read, not per line).
     fn count(&self, sink: &Sink<'_>) {
@@ -477,11 +492,11 @@ mod tests {
     fn committed_offset_moves_only_over_a_contiguous_acknowledged_prefix() {
         let now = Instant::now();
         let mut acks = AckTracker::new(0);
-        let a = acks.push(10, 1, now);
-        let b = acks.push(20, 1, now);
+        let a = acks.push(10, 1, 1, now);
+        let b = acks.push(20, 1, 1, now);
         acks.skip(21); // an empty line after b
         acks.skip(22);
-        let c = acks.push(30, 1, now);
+        let c = acks.push(30, 1, 1, now);
         // A later acknowledgement does not move past an earlier outstanding record.
         assert!(acks.ack(c).is_some());
         assert_eq!(acks.committed(), 0);
@@ -502,14 +517,14 @@ mod tests {
     fn rewind_releases_the_budget_and_ignores_stale_acknowledgements() {
         let now = Instant::now();
         let mut acks = AckTracker::new(5);
-        let a = acks.push(10, 100, now);
-        let b = acks.push(20, 50, now);
+        let a = acks.push(10, 100, 100, now);
+        let b = acks.push(20, 50, 50, now);
         assert!(acks.ack(a).is_some());
         assert_eq!(acks.rewind(), (50, 1));
         assert_eq!(acks.committed(), 10);
         // The old producer's late report for b must not count for the record sent anew.
         assert!(acks.ack(b).is_none());
-        let b2 = acks.push(20, 50, now);
+        let b2 = acks.push(20, 50, 50, now);
         assert_ne!(b2, b);
         assert!(acks.ack(b2).is_some());
         assert_eq!(acks.committed(), 20);
