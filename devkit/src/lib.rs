@@ -12,6 +12,7 @@ pub mod harness;
 pub mod loadgen;
 pub mod pipeline;
 pub mod reconcile;
+pub mod up;
 
 use anyhow::Context as _;
 

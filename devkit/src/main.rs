@@ -7,7 +7,8 @@ use logpipe_core::logging::{self, LogFormat};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use logpipe_devkit::{cluster, loadgen};
+use logpipe_devkit::benchreport;
+use logpipe_devkit::{cluster, loadgen, up};
 
 #[derive(Parser)]
 #[command(name = "logpipe-dev", about = "Local development tools for logpipe")]
@@ -23,12 +24,20 @@ struct Cli {
 enum Command {
     /// Run a Kafka cluster (librdkafka's mock cluster) on loopback until SIGTERM.
     Cluster(cluster::ClusterArgs),
+    /// Render bench/results/REPORT.md and ratios.svg from the runs `bench/run` keeps.
+    BenchReport(benchreport::ReportArgs),
     /// Write JSON-lines game logs (valid and invalid, with rotation) and report what was written.
     Loadgen(loadgen::LoadgenArgs),
+    /// Run the whole pipeline locally on generated game logs, with a live view; Ctrl-C drains,
+    /// reconciles every line and stops.
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Up(_) = &cli.command {
+        up::quiet_kafka_client_logs();
+    }
     logging::init(cli.log_format);
     if let Command::Cluster(args) = &cli.command {
         args.export_retention();
@@ -37,7 +46,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Cluster(args) => cluster::run(args).await,
+            Command::BenchReport(args) => benchreport::write_report(&args).map(|path| println!("written {}", path.display())),
             Command::Loadgen(args) => run_loadgen(args).await,
+            Command::Up(args) => up::run(args).await,
         }
     });
     match result {
