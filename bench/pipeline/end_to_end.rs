@@ -1,0 +1,332 @@
+//! End-to-end benchmark of the whole pipeline: log files -> agent -> write cluster -> mirror ->
+//! read cluster -> validator -> clean topic, every service a release process on dev clusters
+//! (`logpipe_devkit::pipeline`, the same wiring as `logpipe-dev up` and the fault suite).
+//!
+//! Run: `cargo build --release --workspace --bins && cargo bench -p logpipe-tests --bench pipeline`
+//! (or `bench/run pipeline`). Environment: `BENCH_LINES` (backlog lines, default 200000),
+//! `BENCH_LINE_SIZE` (bytes, default 250), `BENCH_PARTITIONS` (4), `BENCH_LATENCY_RATE`
+//! (lines/s of the latency phase, default 1000), `BENCH_LATENCY_SECONDS` (20).
+//!
+//! Three phases, in one run, on the same dev clusters:
+//! 1. Reference: a plain rdkafka producer (the shared producer settings every agent starts
+//!    from: acks=all, idempotence, lz4, linger 20 ms) sends the same lines from memory to a
+//!    topic of the write cluster that nothing mirrors. It is the ceiling of the first hop alone;
+//!    the pipeline's three hops (two of them transactional) can only be slower.
+//! 2. Throughput: the lines are written to files outside the agent's directory, then moved in
+//!    (rename) at once, so the agent sees a backlog and the generator's own CPU is not in the
+//!    measurement. A read_committed consumer counts clean records as they become visible; the
+//!    steady-state rate is the count between 10 % and 90 % of the lines over the time between
+//!    (start-up and the tail excluded). All lines are valid, so every line ends in `clean.game`.
+//! 3. Latency: the generator writes at a fixed rate (well under the throughput) for a while; for
+//!    each clean record the consumer decodes its `event_time` (set by the generator just before
+//!    it writes and flushes the line, ms precision) and takes the time the record became visible
+//!    to it minus that. So the latency covers file -> agent (inotify) -> write cluster -> mirror
+//!    (transaction commit) -> read cluster -> validator (transaction commit) -> consumer. The
+//!    record's own timestamp (the agent's read time, kept through every hop) splits it into the
+//!    agent's pick-up and the rest. The first 2 s are warm-up and not counted.
+//!
+//! Everything shares the machine's cores, so compare the ratio and latencies between runs on the
+//! same machine, not absolute numbers across machines.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use apache_avro::types::Value;
+use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_devkit::benchreport::Row;
+use logpipe_devkit::loadgen::{self, LoadgenArgs};
+use logpipe_devkit::pipeline::{Pipeline, PipelineOptions};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const CEILING_TOPIC: &str = "bench.ceiling";
+/// Latency-phase lines whose event time falls in this first stretch are warm-up.
+const WARM_UP: Duration = Duration::from_secs(2);
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The lines of every `*.log` file of a directory, without their terminators.
+fn read_lines(dir: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let data = std::fs::read(entry?.path())?;
+        lines.extend(data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+    }
+    Ok(lines)
+}
+
+/// Phase 1: lines/s of a plain producer sending `lines` from memory until all are acknowledged.
+fn ceiling(bootstrap: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<f64> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        KafkaConfig::new(bootstrap).client_config(&Role::Producer, "bench-ceiling").create()?;
+    let started = Instant::now();
+    for (i, line) in lines.iter().enumerate() {
+        let mut record = BaseRecord::<(), [u8]>::to(CEILING_TOPIC).partition(i as i32 % partitions).payload(line.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300))?;
+    Ok(lines.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What the consumer thread reports.
+enum Seen {
+    /// The throughput phase: a count of records reached (every 1 % of the backlog), and when.
+    Progress(u64, Instant),
+    /// The latency phase: (line written -> visible, agent read -> visible) in ms, for one record.
+    Latency(i64, i64),
+}
+
+/// The clean topic's reader.
+struct CleanReader {
+    bootstrap: String,
+    topic: String,
+    partitions: i32,
+    schema_store: String,
+    /// Records of the throughput phase, only counted.
+    backlog: u64,
+}
+
+impl CleanReader {
+    /// Reads the topic from the beginning as a read_committed consumer: counts the first
+    /// `backlog` records (reporting progress), then decodes every later record's event time. Runs
+    /// until `stop` is set or the channel is closed.
+    fn run(&self, stop: &AtomicBool, out: &mpsc::Sender<Seen>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
+        let CleanReader { bootstrap, topic, partitions, schema_store, backlog } = self;
+        let (partitions, backlog) = (*partitions, *backlog);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "bench-pipeline")
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
+        let step = (backlog / 100).max(1);
+        let mut count = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let message = match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(message) => message.with_context(|| format!("reading {topic}"))?,
+            };
+            let visible = now_ms();
+            count += 1;
+            if count <= backlog {
+                if count % step == 0 || count == backlog {
+                    let _ = out.send(Seen::Progress(count, Instant::now()));
+                }
+                continue;
+            }
+            let event_time = event_time(message.payload().unwrap_or_default(), &mut schemas, |id| {
+                runtime.block_on(fetch_schema(&http, schema_store, id))
+            })?;
+            let read_time = match message.timestamp() {
+                Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => ms,
+                Timestamp::NotAvailable => bail!("clean record without a timestamp"),
+            };
+            if out.send(Seen::Latency(visible - event_time, visible - read_time)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `event_time` (ms since the epoch) of a clean record: Confluent wire format, Avro datum
+/// decoded with the writer schema fetched from the store by id, as any consumer would.
+fn event_time(
+    value: &[u8],
+    schemas: &mut HashMap<u32, apache_avro::Schema>,
+    fetch: impl FnOnce(u32) -> anyhow::Result<apache_avro::Schema>,
+) -> anyhow::Result<i64> {
+    anyhow::ensure!(value.len() > 5 && value[0] == 0, "clean record not in the Confluent wire format");
+    let id = u32::from_be_bytes(value[1..5].try_into()?);
+    if !schemas.contains_key(&id) {
+        schemas.insert(id, fetch(id)?);
+    }
+    let Value::Record(fields) = apache_avro::from_avro_datum(&schemas[&id], &mut &value[5..], None)? else {
+        bail!("schema {id} is not a record");
+    };
+    match fields.into_iter().find(|(name, _)| name == "event_time") {
+        Some((_, Value::TimestampMillis(ms))) | Some((_, Value::Long(ms))) => Ok(ms),
+        other => bail!("no event_time in a clean record: {other:?}"),
+    }
+}
+
+/// The writer schema of an id, from the schema store's Confluent API.
+async fn fetch_schema(http: &reqwest::Client, store: &str, id: u32) -> anyhow::Result<apache_avro::Schema> {
+    let body: serde_json::Value = http.get(format!("{store}/schemas/ids/{id}")).send().await?.error_for_status()?.json().await?;
+    let text = body["schema"].as_str().with_context(|| format!("schema {id}: {body}"))?;
+    Ok(apache_avro::Schema::parse_str(text)?)
+}
+
+/// The `q` quantile (0..=1) of sorted values.
+fn quantile(sorted: &[i64], q: f64) -> f64 {
+    sorted.get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize).map_or(f64::NAN, |v| *v as f64)
+}
+
+/// Generated lines, as `loadgen` writes them, into `dir`.
+fn generate(
+    dir: &std::path::Path,
+    run_id: &str,
+    lines: u64,
+    size: usize,
+    rate: f64,
+    duration: Option<f64>,
+) -> anyhow::Result<loadgen::Report> {
+    let mut args = LoadgenArgs::new(dir);
+    args.files = 4;
+    args.lines = lines;
+    args.line_size = size.to_string().parse().map_err(anyhow::Error::msg)?;
+    args.rate = rate;
+    args.duration = duration;
+    args.run_id = Some(run_id.to_owned());
+    loadgen::run(&args, &AtomicBool::new(false))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not: a benchmark is not a test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("pipeline: a benchmark; run it with `cargo bench -p logpipe-tests --bench pipeline`");
+        return Ok(());
+    }
+    let lines: u64 = env("BENCH_LINES", 200_000);
+    let size: usize = env("BENCH_LINE_SIZE", 250);
+    let partitions: i32 = env("BENCH_PARTITIONS", 4);
+    let latency_rate: f64 = env("BENCH_LATENCY_RATE", 1000.0);
+    let latency_seconds: f64 = env("BENCH_LATENCY_SECONDS", 20.0);
+    let work = tempfile::Builder::new().prefix("logpipe-pipeline-bench-").tempdir()?;
+    let options =
+        PipelineOptions { state_dir: work.path().join("pipeline"), brokers: 1, partitions, ..PipelineOptions::default() };
+    let pipeline =
+        Pipeline::start(options).await.context("starting the pipeline (cargo build --release --workspace --bins first)")?;
+    pipeline.write_cluster().create_topic(CEILING_TOPIC, partitions).await?;
+
+    // The backlog is written beside the agent's directory first.
+    let staging = work.path().join("staging");
+    let written = tokio::task::spawn_blocking({
+        let staging = staging.clone();
+        move || generate(&staging, "tput", lines, size, 0.0, None)
+    })
+    .await??;
+    let in_memory = read_lines(&staging)?;
+    anyhow::ensure!(in_memory.len() as u64 == written.lines, "read back {} of {} lines", in_memory.len(), written.lines);
+
+    // Phase 1: the reference, while the pipeline is idle.
+    let bootstrap = pipeline.write_cluster().bootstrap().to_owned();
+    let reference = tokio::task::spawn_blocking(move || ceiling(&bootstrap, partitions, &in_memory)).await??;
+    println!("reference: plain producer from memory: {reference:.0} lines/s");
+
+    // The consumer reads the clean topic for both phases.
+    let (tx, rx) = mpsc::channel();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let reader = CleanReader {
+        bootstrap: pipeline.read_cluster().bootstrap().to_owned(),
+        topic: pipeline.clean_topics()[0].clone(),
+        partitions,
+        schema_store: pipeline.schema_store_url(),
+        backlog: lines,
+    };
+    let consumer = std::thread::spawn({
+        let (stop, runtime) = (stop.clone(), tokio::runtime::Handle::current());
+        move || reader.run(&stop, &tx, &runtime)
+    });
+
+    // Phase 2: the backlog moves into the agent's directory at once.
+    let moved = Instant::now();
+    for file in &written.files {
+        std::fs::rename(&file.path, pipeline.log_dir().join(file.path.file_name().context("file name")?))?;
+    }
+    let deadline = moved + Duration::from_secs(900);
+    let mut progress: Vec<(u64, Instant)> = Vec::new();
+    while progress.last().is_none_or(|(count, _)| *count < lines) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Seen::Progress(count, at)) => progress.push((count, at)),
+            Ok(Seen::Latency(..)) => bail!("a record beyond the backlog before its end"),
+            Err(_) => bail!("the clean topic got {} of {lines} lines within 900 s", progress.last().map_or(0, |p| p.0)),
+        }
+    }
+    let at = |fraction: f64| {
+        progress.iter().find(|(count, _)| *count as f64 >= lines as f64 * fraction).copied().expect("progress reaches the end")
+    };
+    let ((low, t_low), (high, t_high)) = (at(0.1), at(0.9));
+    let steady = (high - low) as f64 / (t_high - t_low).as_secs_f64();
+    let overall = lines as f64 / (progress.last().expect("progress").1 - moved).as_secs_f64();
+    println!(
+        "throughput: {steady:.0} lines/s at steady state (10-90 %), {overall:.0} lines/s from the move to the last clean record"
+    );
+
+    // Phase 3: latency at a fixed rate.
+    let log_dir = pipeline.log_dir();
+    let latency_run =
+        tokio::task::spawn_blocking(move || generate(&log_dir, "lat", 0, size, latency_rate, Some(latency_seconds))).await??;
+    let mut total = Vec::new();
+    let mut after_read = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let warm_up_records = (latency_rate * WARM_UP.as_secs_f64()) as u64;
+    let mut seen = 0u64;
+    while seen < latency_run.lines {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Seen::Latency(line_ms, read_ms)) => {
+                seen += 1;
+                if seen > warm_up_records {
+                    total.push(line_ms);
+                    after_read.push(read_ms);
+                }
+            }
+            Ok(Seen::Progress(..)) => {}
+            Err(_) => bail!("the latency phase got {seen} of {} lines within 300 s", latency_run.lines),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(rx);
+    consumer.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+    total.sort_unstable();
+    after_read.sort_unstable();
+    let (p50, p99, max) = (quantile(&total, 0.5), quantile(&total, 0.99), quantile(&total, 1.0));
+    let pickup_p50 = p50 - quantile(&after_read, 0.5);
+    println!(
+        "latency at {latency_rate:.0} lines/s: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms over {} lines \
+         (agent pick-up p50 ~{pickup_p50:.0} ms)",
+        total.len()
+    );
+    pipeline.stop(Duration::from_secs(30)).await?;
+
+    let case = format!("~{size} B lines, {lines} backlog, {partitions} partitions");
+    Row::new("pipeline", &case, "file -> clean topic, steady state", steady, "lines/s")
+        .against("plain producer from memory (first hop only)", reference)
+        .extra("from_move_to_last_lines_per_s", overall.round())
+        .emit()?;
+    let case = format!("~{size} B lines at {latency_rate:.0} lines/s");
+    Row::new("pipeline", &case, "line written -> clean record visible, p50", p50, "ms")
+        .extra("samples", total.len() as u64)
+        .extra("agent_pickup_p50_ms", pickup_p50)
+        .emit()?;
+    Row::new("pipeline", &case, "line written -> clean record visible, p99", p99, "ms").extra("max_ms", max).emit()?;
+    Ok(())
+}
