@@ -23,24 +23,46 @@ fn no_auto_create(config: &mut ClientConfig) -> &mut ClientConfig {
     config.set("allow.auto.create.topics", "false")
 }
 
-/// Per-shard share of the buffer budget, in bytes. Half goes to the source fetch queue, half to
-/// the producer queue; dividing by the shard count (not by the shards this instance owns) keeps
-/// the process within budget whatever it ends up owning.
-fn shard_budget(config: &MirrorConfig, shards: i32) -> u64 {
-    config.max_buffer_bytes / shards.max(1) as u64 / 2
+/// The buffer budget of one shard. Dividing by the shard count (not by the shards this
+/// instance owns) keeps the process within budget whatever it ends up owning.
+///
+/// librdkafka's byte limits count only keys and values, and a fetch response is held in
+/// memory next to the queue it fills, so the share is split to leave room for both: half for
+/// the producer queue, a quarter for the fetch queue and a quarter for the fetch in flight.
+struct ShardBudget {
+    producer_bytes: u64,
+    fetch_queue_bytes: u64,
+    fetch_bytes: u64,
+}
+
+/// Bookkeeping librdkafka keeps per queued record on top of its key and value (its message
+/// struct, header list and allocator overhead), assumed when turning bytes into a record
+/// count limit: small records must not exceed the budget by their overhead alone.
+const RECORD_OVERHEAD: u64 = 512;
+
+fn shard_budget(max_buffer_bytes: u64, shards: i32) -> ShardBudget {
+    let share = max_buffer_bytes / shards.max(1) as u64;
+    ShardBudget { producer_bytes: share / 2, fetch_queue_bytes: share / 4, fetch_bytes: share / 4 }
 }
 
 /// The consumer that reads a shard's source partitions: read_committed, assign mode (positions
 /// come from the target, never from a source group), and an error instead of a silent jump when
 /// a position has been deleted by retention.
 pub fn source_consumer(config: &MirrorConfig, shard: i32, shards: i32) -> anyhow::Result<BaseConsumer> {
-    let budget = shard_budget(config, shards);
-    let kbytes = (budget / 1024).max(1024);
-    let fetch = budget.clamp(1024 * 1024, 50 * 1024 * 1024);
+    let budget = shard_budget(config.max_buffer_bytes, shards);
+    let kbytes = (budget.fetch_queue_bytes / 1024).max(1024);
+    let fetch = budget.fetch_bytes.clamp(1024 * 1024, 50 * 1024 * 1024);
+    // librdkafka's count target is per partition (default 100,000, which for small records is
+    // far more bookkeeping than the byte limit suggests); assume a few partitions per shard.
+    let messages = (budget.fetch_queue_bytes / RECORD_OVERHEAD / 4).max(1000);
     let mut client = config.source.client_config(&Role::Consumer { group_id: UNUSED_GROUP.into() }, &format!("logpipe-mirror-{shard}"));
     no_auto_create(&mut client)
         .set("auto.offset.reset", "error")
         .set("queued.max.messages.kbytes", kbytes.to_string())
+        .set("queued.min.messages", messages.to_string())
+        // A full queue stops fetching for this long (default 1 s): with queues sized to the
+        // budget they fill often, and a second without fetching starves the producer.
+        .set("fetch.queue.backoff.ms", "10")
         .set("fetch.max.bytes", fetch.to_string())
         .set("max.partition.fetch.bytes", (fetch / 4).max(1024 * 1024).min(fetch).to_string());
     Ok(client.create()?)
@@ -73,12 +95,14 @@ pub fn target_reader(config: &MirrorConfig, shard: i32) -> anyhow::Result<Target
 
 /// The shard's transactional producer on the target.
 pub fn shard_producer<C: ProducerContext>(config: &MirrorConfig, shard: i32, shards: i32, context: C) -> anyhow::Result<BaseProducer<C>> {
-    let kbytes = (shard_budget(config, shards) / 1024).max(1024);
+    let bytes = shard_budget(config.max_buffer_bytes, shards).producer_bytes;
+    let kbytes = (bytes / 1024).max(1024);
+    let messages = (bytes / RECORD_OVERHEAD).max(10_000);
     let role = Role::TransactionalProducer { transactional_id: config.transactional_id(shard) };
     let mut client = config.target.client_config(&role, &format!("logpipe-mirror-{shard}"));
     no_auto_create(&mut client)
         .set("queue.buffering.max.kbytes", kbytes.to_string())
-        .set("queue.buffering.max.messages", "2000000");
+        .set("queue.buffering.max.messages", messages.to_string());
     Ok(client.create_with_context(context)?)
 }
 
@@ -116,4 +140,19 @@ pub fn cached_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: 
         rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_budgets_add_up_to_at_most_the_process_budget() {
+        for (budget, shards) in [(256 * 1024 * 1024, 8), (16 * 1024 * 1024, 4), (1 << 30, 3), (256 * 1024 * 1024, 0)] {
+            let share = shard_budget(budget, shards);
+            let per_shard = share.producer_bytes + share.fetch_queue_bytes + share.fetch_bytes;
+            assert!(per_shard * shards.max(1) as u64 <= budget, "{budget} over {shards} shards");
+            assert!(share.producer_bytes > 0 && share.fetch_queue_bytes > 0 && share.fetch_bytes > 0);
+        }
+    }
 }

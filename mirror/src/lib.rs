@@ -49,7 +49,7 @@
 //! CreateTime: only a broker can stamp LogAppendTime.
 //!
 //! **Memory.** `max_buffer_bytes` (default 256 MiB) is split between shards, and within a shard
-//! between librdkafka's fetch queue and producer queue. When the producer queue is full the
+//! between librdkafka's producer queue (half), fetch queue and fetch in flight (a quarter each). When the producer queue is full the
 //! shard stops reading the source until the target catches up (back-pressure, not growth).
 //!
 //! **Metrics** (per source topic and partition): `logpipe_mirror_offset_lag_records`,
