@@ -96,6 +96,9 @@ pub struct Agent {
     last_checkpoint: Instant,
     last_checkpoint_ok: Instant,
     latency: Histogram,
+    /// When the loop last woke up for events: the acknowledgement time of every report handled
+    /// in that wake-up (one clock read per batch of reports instead of one per record).
+    woke: Instant,
     /// Lines and bytes acknowledged per input since the counters were last updated.
     acked: Vec<(u64, u64)>,
     buf: Vec<u8>,
@@ -152,6 +155,7 @@ impl Agent {
             last_checkpoint: now,
             last_checkpoint_ok: now,
             latency: metrics::histogram!(DELIVERY_LATENCY),
+            woke: now,
             acked: Vec::new(),
             buf: vec![0; READ_CHUNK],
         };
@@ -172,7 +176,9 @@ impl Agent {
         loop {
             let more = self.read_pass();
             let wait = if more { Duration::ZERO } else { self.until_next_timer() };
-            match self.events.recv_timeout(wait) {
+            let received = self.events.recv_timeout(wait);
+            self.woke = Instant::now();
+            match received {
                 Ok(Event::Shutdown) => break,
                 Ok(event) => self.handle(event)?,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -256,7 +262,7 @@ impl Agent {
         self.inflight_bytes = self.inflight_bytes.saturating_sub(acked.cost);
         self.inflight_records = self.inflight_records.saturating_sub(1);
         if let Some(sent) = acked.sent {
-            self.latency.record(sent.elapsed().as_secs_f64());
+            self.latency.record(self.woke.saturating_duration_since(sent).as_secs_f64());
         }
         if self.acked.len() <= input {
             self.acked.resize(input + 1, (0, 0));
@@ -462,6 +468,14 @@ impl Agent {
             },
             None => None,
         };
+        // A resumed file keeps the path it was first found under (in `lp.path` and the default
+        // key) even when it is now found under its rotated name: the lines after its checkpoint
+        // are sent again, and the validator only recognises them as replays within the
+        // partition (chosen by the key) their first copies went to.
+        let named = match (&saved, &resumed) {
+            (Some(s), Some(_)) => s.path.clone(),
+            _ => path.clone(),
+        };
         let (id, fingerprint, offset) = match resumed {
             Some(resumed) => resumed,
             None => {
@@ -476,7 +490,7 @@ impl Agent {
         let opening = Opening {
             slot,
             input,
-            path: path.clone(),
+            path: named,
             file,
             dev: key.0,
             ino: key.1,
@@ -878,7 +892,10 @@ impl Agent {
         tracing::info!("draining {} records in flight", self.inflight_records);
         while self.inflight_records > 0 && self.rebuild.is_none() && Instant::now() < deadline {
             match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))) {
-                Ok(Event::Ack { token, error }) => self.ack(token, error),
+                Ok(Event::Ack { token, error }) => {
+                    self.woke = Instant::now();
+                    self.ack(token, error);
+                }
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
