@@ -598,16 +598,17 @@ impl Encoder<'_> {
 /// Whether the JSON kind of `value` can be a value of `node` at all; spares trying branches that
 /// cannot match.
 fn could_fit(node: &Node, value: &Value) -> bool {
-    match (node, value) {
-        (Node::Null, Value::Null) | (Node::Boolean, Value::Bool(_)) => true,
-        (Node::Int | Node::Long | Node::Float | Node::Double | Node::TimeMillis | Node::TimeMicros, Value::Number(_)) => true,
-        (Node::Date | Node::Timestamp(_) | Node::Decimal { .. }, Value::Number(_) | Value::String(_)) => true,
-        (Node::String | Node::Bytes | Node::Fixed(_) | Node::Enum(_) | Node::Uuid, Value::String(_)) => true,
-        (Node::Array(_), Value::Array(_)) => true,
-        (Node::Map(_) | Node::Record(_), Value::Object(_)) => true,
-        (Node::Union(_), _) => true,
-        _ => false,
-    }
+    matches!(
+        (node, value),
+        (Node::Null, Value::Null)
+            | (Node::Boolean, Value::Bool(_))
+            | (Node::Int | Node::Long | Node::Float | Node::Double | Node::TimeMillis | Node::TimeMicros, Value::Number(_))
+            | (Node::Date | Node::Timestamp(_) | Node::Decimal { .. }, Value::Number(_) | Value::String(_))
+            | (Node::String | Node::Bytes | Node::Fixed(_) | Node::Enum(_) | Node::Uuid, Value::String(_))
+            | (Node::Array(_), Value::Array(_))
+            | (Node::Map(_) | Node::Record(_), Value::Object(_))
+            | (Node::Union(_), _)
+    )
 }
 
 fn integer(value: &Value, what: &str) -> Result<i64, Fail> {

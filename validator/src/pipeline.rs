@@ -345,7 +345,7 @@ impl Pipeline {
                 let all: Vec<String> = partitions.keys().cloned().collect();
                 let mut wanted: Vec<String> = all.iter().filter(|t| self.checker.routes().reads(t, &all)).cloned().collect();
                 let outputs = self.outputs(&wanted, &partitions);
-                let needed: BTreeSet<Needed> = outputs.iter().flat_map(|(_, o)| o).filter(|n| !partitions.contains_key(&n.name)).cloned().collect();
+                let needed: BTreeSet<Needed> = outputs.values().flatten().filter(|n| !partitions.contains_key(&n.name)).cloned().collect();
                 let missing = self.ensure(&needed.into_iter().collect::<Vec<_>>()).await;
                 if missing.is_empty() {
                     self.readiness.ready(READY_TOPICS);

@@ -261,8 +261,8 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
             bail!("clean record is not in wire format: {value:?}");
         }
         let id = u32::from_be_bytes(value[1..5].try_into().unwrap());
-        if !schemas.contains_key(&id) {
-            schemas.insert(id, stack.avro_schema(id).await?);
+        if let std::collections::hash_map::Entry::Vacant(entry) = schemas.entry(id) {
+            entry.insert(stack.avro_schema(id).await?);
         }
         let mut payload = &value[5..];
         let decoded = apache_avro::from_avro_datum(&schemas[&id], &mut payload, None)?;
