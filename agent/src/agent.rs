@@ -453,11 +453,13 @@ impl Agent {
                 Ok(Resume::Truncated) => {
                     metrics::counter!(TRUNCATIONS).increment(1);
                     tracing::info!("{} was truncated or rewritten since offset {}: reading it from the start", path.display(), s.offset);
+                    self.resume_copy(s, input, key);
                     None
                 }
                 Ok(Resume::Replaced) => {
                     metrics::counter!(IDENTITY_CHANGES).increment(1);
                     tracing::info!("{} is a new file at a reused inode: reading it from the start", path.display());
+                    self.resume_copy(s, input, key);
                     None
                 }
                 Err(e) => {
@@ -507,6 +509,40 @@ impl Agent {
         self.location_of.insert(slot, path);
         self.check(slot);
         Some(slot)
+    }
+
+    /// A saved file found truncated or refilled at a start may have been copied first (a
+    /// copytruncate while the agent was stopped): the copy next to it (same first bytes, same
+    /// bytes before the saved offset) holds the lines not sent yet. They are finished from the
+    /// copy under the saved id and path, as [`Agent::follow_copy`] does while running.
+    fn resume_copy(&mut self, state: &FileState, input: usize, truncated: (u64, u64)) {
+        let Some(dir) = state.path.parent() else { return };
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let key = (meta.dev(), meta.ino());
+            if !meta.is_file() || key == truncated || meta.len() <= state.offset || self.by_inode.contains_key(&key) {
+                continue;
+            }
+            let Ok(file) = File::open(entry.path()) else { continue };
+            if !matches!(identity::check(&file, meta.len(), state.fingerprint, state.offset, state.guard), Ok(Resume::Continue)) {
+                continue;
+            }
+            tracing::info!(
+                "{} was copied to {} and truncated while the agent was stopped: finishing the copy from offset {}",
+                state.path.display(),
+                entry.path().display(),
+                state.offset
+            );
+            metrics::counter!(ROTATIONS).increment(1);
+            self.saved.insert(key, FileState { dev: key.0, ino: key.1, ..state.clone() });
+            if let Some(slot) = self.open(entry.path(), input, false) {
+                if let Some(tailer) = self.tailers.get_mut(&slot) {
+                    tailer.detached = Some(Instant::now());
+                }
+            }
+            return;
+        }
     }
 
     /// A saved entry for the same path and inode on another device number (the device id can
