@@ -1,7 +1,8 @@
 //! The whole pipeline under faults, proven by unique ids: while the load generator writes game
 //! logs (valid and 5% invalid) and rotates them (first by rename, then by copytruncate), the
 //! agent, the mirror and the validator are each killed with SIGKILL several times at random
-//! points, a broker of each cluster is taken down and brought back, and the schema store is
+//! points (each at least once during each rotation style; the agent stays down until a file
+//! was rotated, so it must find the rest of it after restarting), a broker of each cluster is taken down and brought back, and the schema store is
 //! crashed and restarted. Then the generator stops, the pipeline drains, and the clean and DLQ
 //! topics (read_committed) must hold every written line exactly once, valid lines in clean and
 //! invalid ones in the DLQ: lost = duplicated = misrouted = 0.
@@ -40,6 +41,8 @@ const KILLS_PER_SERVICE: usize = 3;
 /// How long a restarted service may take to show progress (a group rejoin waits for the
 /// killed member's 6 s session to expire).
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Rotations come every ~1.3 s (3 files of 64 KB at ~17 KB/s each).
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(20);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,39 +82,59 @@ async fn every_line_exactly_once_across_crashes_outages_and_rotations() {
     eprintln!("pipeline fault suite: LOGPIPE_FAULT_SEED={seed} passed in {:.0?}", started.elapsed());
 }
 
+/// Runs the suite in a fresh state directory, which is kept (with every service's log) when the
+/// run fails.
 async fn run(seed: u64) -> anyhow::Result<()> {
-    let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::Builder::new().prefix("logpipe-pipeline-faults-").tempdir()?;
-    let options = PipelineOptions { state_dir: dir.path().to_owned(), ..PipelineOptions::default() };
+    let result = faults(seed, dir.path()).await;
+    result.map_err(|e| {
+        let kept = dir.keep();
+        e.context(format!("state directory and service logs kept in {}", kept.display()))
+    })
+}
+
+async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let options = PipelineOptions { state_dir: dir.to_owned(), ..PipelineOptions::default() };
     let brokers = options.brokers;
     let mut pipeline = Pipeline::start(options).await.context("starting the pipeline")?;
 
-    let mut schedule = vec![Fault::BrokerOutage(Side::Write), Fault::BrokerOutage(Side::Read), Fault::Kill(Component::SchemaStore)];
+    // Each service is killed at least once during each rotation style; the remaining faults
+    // fall into either, in random order within each.
+    let mut phases: [Vec<Fault>; 2] = [Vec::new(), Vec::new()];
     for c in [Component::Agent, Component::Mirror, Component::Validator] {
-        schedule.extend([Fault::Kill(c)].repeat(KILLS_PER_SERVICE));
+        phases[0].push(Fault::Kill(c));
+        phases[1].push(Fault::Kill(c));
+        for _ in 2..KILLS_PER_SERVICE {
+            phases[rng.random_range(0..2)].push(Fault::Kill(c));
+        }
     }
-    schedule.shuffle(&mut rng);
-    let schedule_text: Vec<String> = schedule.iter().map(Fault::to_string).collect();
-    eprintln!("schedule: {}", schedule_text.join(", "));
-
-    // Rename rotation for the first half of the faults, copytruncate for the second.
+    for fault in [Fault::BrokerOutage(Side::Write), Fault::BrokerOutage(Side::Read), Fault::Kill(Component::SchemaStore)] {
+        phases[rng.random_range(0..2)].push(fault);
+    }
+    for phase in &mut phases {
+        phase.shuffle(&mut rng);
+    }
+    let total = phases[0].len() + phases[1].len();
     let mut reports = Vec::new();
-    let mut generator = Generator::start(pipeline.log_dir(), format!("ren{seed}"), Rotation::Rename, rng.random());
-    let half = schedule.len() / 2;
-    for (i, fault) in schedule.iter().enumerate() {
-        if i == half {
-            reports.push(generator.finish().await?);
-            generator = Generator::start(pipeline.log_dir(), format!("ct{seed}"), Rotation::Copytruncate, rng.random());
+    let mut n = 0;
+    for (phase, rotation) in phases.iter().zip([Rotation::Rename, Rotation::Copytruncate]) {
+        let faults: Vec<String> = phase.iter().map(Fault::to_string).collect();
+        eprintln!("{rotation:?} rotation: {}", faults.join(", "));
+        let run_id = format!("{}{seed}", if rotation == Rotation::Rename { "ren" } else { "ct" });
+        let generator = Generator::start(pipeline.log_dir(), run_id, rotation, rng.random());
+        for fault in phase {
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_500))).await;
+            let at = Instant::now();
+            inject(&mut pipeline, *fault, &mut rng, brokers).await.with_context(|| format!("fault {n} of {total} ({fault})"))?;
+            eprintln!("fault {n}/{total}: {fault}: done in {:.1?}", at.elapsed());
+            for c in Component::ALL {
+                ensure!(pipeline.is_running(c), "{c} died after fault {n} ({fault})\n{}", pipeline.logs(c));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_500))).await;
-        let at = Instant::now();
-        inject(&mut pipeline, *fault, &mut rng, brokers).await.with_context(|| format!("fault {} of {} ({fault})", i + 1, schedule.len()))?;
-        eprintln!("fault {}/{}: {fault}: done in {:.1?}", i + 1, schedule.len(), at.elapsed());
-        for c in Component::ALL {
-            ensure!(pipeline.is_running(c), "{c} died after fault {} ({fault})\n{}", i + 1, pipeline.logs(c));
-        }
+        reports.push(generator.finish().await?);
     }
-    reports.push(generator.finish().await?);
     for report in &reports {
         eprintln!("{}", report.summary());
         ensure!(report.rotations > 0 && !report.invalid_lines.is_empty(), "the generator rotated and wrote invalid lines: {}", report.summary());
@@ -140,9 +163,21 @@ async fn inject(pipeline: &mut Pipeline, fault: Fault, rng: &mut StdRng, brokers
     match fault {
         Fault::Kill(c) => {
             let starts = pipeline.starts(c);
+            let rotated = rotated_files(&pipeline.log_dir())?;
             pipeline.kill9(c)?;
             ensure!(!pipeline.is_running(c), "{c} still runs after SIGKILL");
-            tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_000))).await;
+            if c == Component::Agent {
+                // A file rotates while nobody reads it: the agent must find the rest of it after
+                // its restart (renamed away, or in the copy of a copytruncate). Only one
+                // rotation: a file created and rotated away again while the agent is down is
+                // never seen by it (nor by any tailer).
+                let log_dir = pipeline.log_dir();
+                wait_until(ROTATION_TIMEOUT, || async { rotated_files(&log_dir).is_ok_and(|n| n > rotated) })
+                    .await
+                    .context("no rotation while the agent was down")?;
+            } else {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_000))).await;
+            }
             pipeline.restart(c).await?;
             ensure!(pipeline.starts(c) == starts + 1, "{c} was restarted");
             // Counters start at zero in the new process: any count is its own progress.
@@ -178,6 +213,17 @@ fn progress_metrics(c: Component) -> (&'static [&'static str], f64) {
     }
 }
 
+/// Rotated log files (`game-<n>.log.<k>`) in the log directory: grows with every rotation.
+fn rotated_files(dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        if !entry?.file_name().to_string_lossy().ends_with(".log") {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 async fn metric(pipeline: &Pipeline, c: Component, names: &[&str]) -> f64 {
     match pipeline.metrics(c).await {
         Ok(text) => names.iter().map(|name| metric_sum(&text, name, &[])).sum(),
@@ -198,6 +244,13 @@ struct Generator {
     thread: tokio::task::JoinHandle<anyhow::Result<Report>>,
 }
 
+/// A failed run must not leave the generator writing (the runtime waits for it at exit).
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Generator {
     fn start(dir: PathBuf, run_id: String, rotation: Rotation, seed: u64) -> Generator {
         let mut args = LoadgenArgs::new(dir);
@@ -215,8 +268,8 @@ impl Generator {
         Generator { stop, thread }
     }
 
-    async fn finish(self) -> anyhow::Result<Report> {
+    async fn finish(mut self) -> anyhow::Result<Report> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.await?
+        (&mut self.thread).await?
     }
 }
