@@ -148,27 +148,26 @@ impl Process {
     }
 
     /// Starts any command (for example a reference tool in a benchmark).
-    pub fn spawn(name: &str, mut command: Command) -> anyhow::Result<Process> {
+    pub fn spawn(name: &str, command: Command) -> anyhow::Result<Process> {
         let logs = tempfile::Builder::new().prefix("logpipe-proc-").tempdir()?;
         let stdout = File::create(logs.path().join("stdout"))?;
         let stderr = File::create(logs.path().join("stderr"))?;
-        apply_process_group(&mut command);
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Process { name: name.to_owned(), child, output: Output::Temp(logs) })
+        Process::spawn_with_output(name, command, stdout, stderr, Output::Temp(logs))
     }
 
     /// Starts a command whose stdout and stderr are both appended to `log` (created if missing),
     /// for processes that run for hours or are restarted: the output is on disk, not in a
     /// temporary directory, and one file holds every run of the service in order.
-    pub fn spawn_logging_to(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Process> {
+    pub fn spawn_logging_to(name: &str, command: Command, log: &Path) -> anyhow::Result<Process> {
         let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
         let stdout = open().with_context(|| format!("opening {}", log.display()))?;
         let stderr = stdout.try_clone()?;
+        Process::spawn_with_output(name, command, stdout, stderr, Output::File(log.to_owned()))
+    }
+
+    /// Starts `command` in its own process group with no stdin and the given stdout and stderr,
+    /// which `output` says how to read back.
+    fn spawn_with_output(name: &str, mut command: Command, stdout: File, stderr: File, output: Output) -> anyhow::Result<Process> {
         apply_process_group(&mut command);
         let child = command
             .stdin(Stdio::null())
@@ -176,7 +175,7 @@ impl Process {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Process { name: name.to_owned(), child, output: Output::File(log.to_owned()) })
+        Ok(Process { name: name.to_owned(), child, output })
     }
 
     pub fn pid(&self) -> u32 {

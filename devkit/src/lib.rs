@@ -4,13 +4,17 @@
 //!   with a control API for faults;
 //! - [`loadgen`]: `logpipe-dev loadgen`, generated game logs with a reconcilable report;
 //! - [`harness`]: what tests use to start clusters and services and read topics back;
-//! - [`benchreport`]: the machine-readable rows every benchmark emits for `bench/run`.
+//! - [`benchreport`]: the machine-readable rows every benchmark emits for `bench/run`;
+//! - [`measure`]: what the benchmarks measure with (rates, CPU and memory from `/proc`, sizing);
+//! - [`prometheus`]: reading a service's `/metrics` page.
 
 pub mod benchreport;
 pub mod cluster;
 pub mod harness;
 pub mod loadgen;
+pub mod measure;
 pub mod pipeline;
+pub mod prometheus;
 pub mod reconcile;
 pub mod up;
 

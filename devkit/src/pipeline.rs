@@ -20,6 +20,7 @@ use anyhow::{bail, Context as _};
 use logpipe_core::record::{self, TopicTemplate, INTERNAL_PREFIX};
 
 use crate::harness::{bin_path, free_addr, DevCluster, Process};
+use crate::prometheus;
 use crate::loadgen;
 
 /// The stream every pipeline carries: `raw.game` -> `clean.game` / `dlq.game`.
@@ -343,13 +344,14 @@ impl Pipeline {
 }
 
 /// Sum of a metric's samples (over all label sets containing every `filter`, e.g.
-/// `topic="raw.game"`) in Prometheus text.
+/// `topic="raw.game"`) in Prometheus text, 0 when there is none; parsed by [`prometheus`].
+/// A filter that is not `label="value"` matches nothing.
 pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter(|rest| rest.starts_with(['{', ' ']) && filters.iter().all(|f| rest.contains(f)))
-        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let pairs: Option<Vec<(&str, &str)>> = filters
+        .iter()
+        .map(|f| f.split_once('=').and_then(|(label, value)| Some((label, value.strip_prefix('"')?.strip_suffix('"')?))))
+        .collect();
+    pairs.and_then(|pairs| prometheus::sum(&prometheus::parse(text), name, &pairs)).unwrap_or(0.0)
 }
 
 /// A regex matching exactly one topic name (the services match regexes against whole names).

@@ -10,7 +10,6 @@
 //! second Ctrl-C kills everything and exits at once.
 
 mod binaries;
-mod prometheus;
 mod sampler;
 mod view;
 

@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
-use super::prometheus::{self, Sample};
+use crate::prometheus::{self, Sample};
 use crate::pipeline::Component;
 
 /// How long one probe (an HTTP request, a watermark query) may take.

@@ -304,7 +304,7 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::up::prometheus;
+    use crate::prometheus;
     use crate::up::sampler::ServiceScrape;
 
     fn scrape(at: Instant, generated: u64, validator: &str, validator_up: bool) -> Scrape {

@@ -1,7 +1,9 @@
 //! Reading the services' `/metrics` pages: the Prometheus text exposition format, as much of it
 //! as `metrics-exporter-prometheus` writes (samples `name{label="value",...} number`, comments,
 //! no timestamps needed). Parsing it here is a few dozen lines; a crate would add more than it
-//! saves.
+//! saves. This is the one parser of those pages: `logpipe-dev up`, [`crate::pipeline`], the
+//! end-to-end tests and the benchmarks all read services' counters through it, so a change in
+//! the exposition (a new label, an escaped value) is handled once.
 
 /// One sample: a metric name (with a `_count`/`_sum` suffix for summaries), its labels, its value.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +87,21 @@ pub fn sum(samples: &[Sample], name: &str, filter: &[(&str, &str)]) -> Option<f6
     found
 }
 
+/// The sum of every sample named `name` in a page's text, 0 when there is none: a counter not
+/// written yet counts as zero, which is what a caller waiting for it to grow wants.
+pub fn total(text: &str, name: &str) -> f64 {
+    sum(&parse(text), name, &[]).unwrap_or(0.0)
+}
+
+/// The text of a service's `GET /metrics` page at its telemetry address, or an empty page when it
+/// cannot be read (not listening yet, or gone): pollers treat that as "nothing counted yet".
+pub async fn scrape(http: &reqwest::Client, addr: std::net::SocketAddr) -> String {
+    match http.get(format!("http://{addr}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +140,13 @@ not a sample line
         assert_eq!(sum(&samples, "logpipe_validator_records_invalid_total", &[("stage", "route")]), None);
         assert_eq!(sum(&samples, "logpipe_schema_store_http_request_seconds_count", &[]), Some(7.0));
         assert_eq!(sum(&samples, "missing", &[]), None);
+    }
+
+    #[test]
+    fn total_is_zero_for_an_absent_metric_and_does_not_match_prefixes() {
+        assert_eq!(total(PAGE, "logpipe_validator_records_invalid_total"), 42.0);
+        assert_eq!(total(PAGE, "logpipe_schema_store_http_request_seconds"), 0.0001);
+        assert_eq!(total(PAGE, "logpipe_mirror_records"), 0.0);
+        assert_eq!(total("", "logpipe_mirror_records_total"), 0.0);
     }
 }

@@ -1,0 +1,174 @@
+//! What the benchmarks in `bench/` and `agent/benches` measure with: their sizing from the
+//! environment, a records/bytes/time rate, the generated lines read back, and a process's CPU time
+//! and memory from `/proc`. Each benchmark used to carry its own copy of these; one copy means
+//! every benchmark counts CPU ticks and peak RSS the same way, so their rows compare.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::message::ToBytes;
+
+/// A benchmark size from the environment variable `name`, or `default` when it is unset or does
+/// not parse: benchmarks run with defaults under `cargo bench` and are resized by `bench/run` or
+/// by hand without editing code.
+pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Records (and their bytes) moved in a span of time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub records: usize,
+    pub bytes: usize,
+    pub elapsed: Duration,
+}
+
+impl Rate {
+    pub fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Megabytes (10^6 bytes) per second.
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The lines of every file of a directory (the load generator's `*.log` files), without their
+/// terminators, files in name order: the reference senders send the same lines from memory that
+/// the service under test reads from the files.
+pub fn read_lines(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        paths.push(entry?.path());
+    }
+    paths.sort();
+    let mut lines = Vec::new();
+    for path in paths {
+        let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        lines.extend(data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+    }
+    Ok(lines)
+}
+
+/// Sends one record through a threaded producer, waiting while its queue is full: a reference
+/// sender measures how fast the client drains, so a full queue is back-pressure, not an error.
+pub fn send_waiting<C, K, P>(producer: &ThreadedProducer<C>, mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
+where
+    C: ProducerContext + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU seconds (user + system) of a process so far, `None` for this process; 0 when it cannot be
+/// read (the process is gone).
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    stat_seconds(pid).map_or(0.0, |[user, system, _, _]| user + system)
+}
+
+/// CPU seconds (user + system) of this process's children that it waited for (a `kcat` pair run
+/// to completion): the kernel adds them to the parent only once they are reaped.
+pub fn waited_children_cpu_seconds() -> f64 {
+    stat_seconds(None).map_or(0.0, |[_, _, user, system]| user + system)
+}
+
+fn stat_seconds(pid: Option<u32>) -> Option<[f64; 4]> {
+    parse_stat(&std::fs::read_to_string(proc_path(pid, "stat")).ok()?)
+}
+
+/// utime, stime, cutime, cstime of a `/proc/<pid>/stat` line, in seconds.
+fn parse_stat(stat: &str) -> Option<[f64; 4]> {
+    // After the command name (which may contain spaces and parentheses): state is field 3,
+    // utime 14, stime 15, cutime 16, cstime 17 (1-based, whole line).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11).map(|f| f.parse::<f64>().map(|t| t / CLOCK_TICKS));
+    let mut next = || fields.next()?.ok();
+    Some([next()?, next()?, next()?, next()?])
+}
+
+/// Peak resident memory (`VmHWM`) of a process in MiB, 0 when it cannot be read.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident memory now (`VmRSS`) of a process in MiB, 0 when it cannot be read.
+pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(proc_path(Some(pid), "status")).unwrap_or_default();
+    status_kib(&status, field).map_or(0.0, |kib| kib as f64 / 1024.0)
+}
+
+/// A `kB` field (`VmHWM:`, `VmRSS:`) of a `/proc/<pid>/status` text.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
+}
+
+fn proc_path(pid: Option<u32>, file: &str) -> String {
+    pid.map_or_else(|| format!("/proc/self/{file}"), |pid| format!("/proc/{pid}/{file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_times_are_read_after_a_command_name_with_spaces() {
+        let stat = "4242 (tokio (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 30 20 20 0 1 0 100";
+        assert_eq!(parse_stat(stat), Some([2.5, 0.5, 0.3, 0.2]));
+        assert_eq!(parse_stat("4242 (short) S 1 2"), None);
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu_and_memory() {
+        let spin: u64 = (0..2_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
+        assert!(spin > 0);
+        assert!(cpu_seconds(None) > 0.0);
+        let pid = std::process::id();
+        assert!(peak_rss_mib(pid) >= rss_mib(pid) && rss_mib(pid) > 0.0);
+        assert_eq!(peak_rss_mib(u32::MAX), 0.0);
+    }
+
+    #[test]
+    fn status_fields_are_read_in_kib() {
+        let status = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(status_kib(status, "VmHWM:"), Some(2048));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(1024));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn rates_divide_by_the_elapsed_time() {
+        let rate = Rate { records: 1000, bytes: 2_000_000, elapsed: Duration::from_millis(500) };
+        assert_eq!(rate.records_per_s(), 2000.0);
+        assert_eq!(rate.mb_per_s(), 4.0);
+    }
+
+    #[test]
+    fn lines_are_read_in_file_name_order_without_empty_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.log"), "3\n\n4\n").unwrap();
+        std::fs::write(dir.path().join("a.log"), "1\n2").unwrap();
+        assert_eq!(read_lines(dir.path()).unwrap(), vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec(), b"4".to_vec()]);
+    }
+}
