@@ -28,31 +28,31 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
+use logpipe_devkit::measure::{cpu_seconds, env, peak_rss_mib, waited_children_cpu_seconds, Rate};
+use logpipe_devkit::prometheus;
+use logpipe_mirror::MirrorConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const SOURCE: &str = "raw.bench";
 const KCAT_TARGET: &str = "kcat.bench";
-const STATE_TOPIC: &str = "_lp.mirror.default.state";
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+/// The mirror's config: `BENCH_MIRROR_CONFIG`'s lines, then both clusters and the telemetry
+/// address.
+fn mirror_config(source: &str, target: &str, telemetry: std::net::SocketAddr) -> String {
+    format!(
+        "{}\n[source]\nbootstrap = \"{source}\"\n[target]\nbootstrap = \"{target}\"\n[topics]\ninclude = [\"raw\\\\..*\"]\n[telemetry]\nlisten = \"{telemetry}\"\n",
+        std::env::var("BENCH_MIRROR_CONFIG").unwrap_or_default(),
+    )
 }
 
-struct Rate {
-    records: usize,
-    bytes: usize,
-    elapsed: Duration,
-}
-
-impl Rate {
-    fn records_per_s(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64()
-    }
-    fn mb_per_s(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
-    }
+/// The state topic the mirror will use (created with the read cluster, which does not serve
+/// CreateTopics), named by the mirror's own config (`name` may be set in `BENCH_MIRROR_CONFIG`).
+fn state_topic() -> anyhow::Result<String> {
+    let config: MirrorConfig = toml::from_str(&mirror_config("unused:1", "unused:1", free_addr()))
+        .context("the mirror config (BENCH_MIRROR_CONFIG)")?;
+    Ok(config.state_topic())
 }
 
 /// Printable values (kcat's pipe is line-based), distinct per record.
@@ -137,26 +137,7 @@ fn kcat_pipe(source: &str, target: &str, records: usize, size: usize) -> anyhow:
 }
 
 async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else { return 0.0 };
-    let body = response.text().await.unwrap_or_default();
-    body.lines()
-        .filter_map(|l| l.strip_prefix(name).filter(|r| r.starts_with('{') || r.starts_with(' ')))
-        .filter_map(|r| r.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// CPU seconds (user + system) a process used so far; for this process, including its waited-for
-/// children (the kcat pair). Ticks are USER_HZ, 100 on Linux.
-fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or("/proc/self/stat".to_owned(), |pid| format!("/proc/{pid}/stat"));
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): state is field 3, utime 14,
-    // stime 15, cutime 16, cstime 17.
-    let fields: Vec<f64> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| {
-        rest.split_whitespace().skip(11).take(4).filter_map(|f| f.parse().ok()).collect()
-    });
-    let ticks: f64 = if pid.is_some() { fields.iter().take(2).sum() } else { fields.iter().sum() };
-    ticks / 100.0
+    prometheus::total(&prometheus::scrape(&reqwest::Client::new(), addr).await, name)
 }
 
 /// CPU used by each process of a phase: this process (plain producer, plain consumer, kcat), the
@@ -173,7 +154,8 @@ impl Cpu {
     fn now(write: &mut DevCluster, read: &mut DevCluster) -> Cpu {
         let pid = |cluster: &mut DevCluster| cluster.process().map(|p| p.pid());
         Cpu {
-            bench: cpu_seconds(None),
+            // This process, with the kcat pair it waited for.
+            bench: cpu_seconds(None) + waited_children_cpu_seconds(),
             write: pid(write).map_or(0.0, |pid| cpu_seconds(Some(pid))),
             read: pid(read).map_or(0.0, |pid| cpu_seconds(Some(pid))),
             mirror: 0.0,
@@ -187,15 +169,6 @@ impl Cpu {
     fn total(&self) -> f64 {
         self.bench + self.write + self.read + self.mirror
     }
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// What the mirror phase measured.
@@ -212,16 +185,7 @@ struct Mirrored {
 async fn mirror(write: &mut DevCluster, read: &mut DevCluster, records: usize, size: usize) -> anyhow::Result<Mirrored> {
     let dir = tempfile::tempdir()?;
     let addr = free_addr();
-    let config = write_file(
-        dir.path(),
-        "mirror.toml",
-        &format!(
-            "{}\n[source]\nbootstrap = \"{}\"\n[target]\nbootstrap = \"{}\"\n[topics]\ninclude = [\"raw\\\\..*\"]\n[telemetry]\nlisten = \"{addr}\"\n",
-            std::env::var("BENCH_MIRROR_CONFIG").unwrap_or_default(),
-            write.bootstrap(),
-            read.bootstrap()
-        ),
-    )?;
+    let config = write_file(dir.path(), "mirror.toml", &mirror_config(write.bootstrap(), read.bootstrap(), addr))?;
     let mut process = Process::start("logpipe-mirror", &["run", "--config", config.to_str().unwrap()])?;
     process.wait_ready(addr, Duration::from_secs(60)).await?;
     wait_until(Duration::from_secs(120), || async { metric(addr, "logpipe_mirror_records_total").await > 0.0 }).await?;
@@ -232,7 +196,7 @@ async fn mirror(write: &mut DevCluster, read: &mut DevCluster, records: usize, s
     wait_until(Duration::from_secs(600), || async { metric(addr, "logpipe_mirror_records_total").await >= records as f64 }).await?;
     let elapsed = started.elapsed();
     let cpu = Cpu { mirror: cpu_seconds(Some(process.pid())), ..Cpu::now(write, read) }.since(cpu_start);
-    let peak_rss_mib = peak_rss_mb(process.pid());
+    let peak_rss_mib = peak_rss_mib(process.pid());
     let commits = metric(addr, "logpipe_mirror_commit_latency_seconds_count").await;
     let commit_ms = metric(addr, "logpipe_mirror_commit_latency_seconds_sum").await * 1000.0 / commits.max(1.0);
     process.terminate(Duration::from_secs(30)).await?;
@@ -242,8 +206,8 @@ async fn mirror(write: &mut DevCluster, read: &mut DevCluster, records: usize, s
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let partitions = env("BENCH_PARTITIONS", 16) as i32;
-    let megabytes = env("BENCH_MB", 320);
+    let partitions: i32 = env("BENCH_PARTITIONS", 16);
+    let megabytes: usize = env("BENCH_MB", 320);
     // Twice a partition's share (compression and batching overheads differ per writer) plus
     // slack, so retention never deletes what a phase has still to read.
     let retention = (2 * megabytes * 1_000_000 / partitions as usize + 16 * 1024 * 1024) as u64;
@@ -258,17 +222,18 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut cpu_rows = Vec::new();
-    let shards = env("BENCH_SHARDS", 4) as i32;
+    let shards: i32 = env("BENCH_SHARDS", 4);
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "200,1024".into())
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .context("BENCH_SIZES is a comma-separated list of record sizes in bytes")?;
+    let state_topic = state_topic()?;
     for size in sizes {
         let records = megabytes * 1_000_000 / size;
         let mut write = DevCluster::start_retaining("write", 1, &[(SOURCE, partitions)], Some(retention)).await?;
-        let read_topics = [(SOURCE, partitions), (KCAT_TARGET, partitions), (STATE_TOPIC, shards)];
+        let read_topics = [(SOURCE, partitions), (KCAT_TARGET, partitions), (state_topic.as_str(), shards)];
         let mut read = DevCluster::start_retaining("read", 1, &read_topics, Some(retention)).await?;
         let (w, r) = (write.bootstrap().to_owned(), read.bootstrap().to_owned());
         let mut cpu = Cpu::now(&mut write, &mut read);

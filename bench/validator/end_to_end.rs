@@ -36,6 +36,8 @@ use logpipe_core::record::{header, FileId, RecordId};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
+use logpipe_devkit::measure::{env, Rate};
+use logpipe_devkit::prometheus;
 use logpipe_validator::ValidatorConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -50,26 +52,6 @@ const CLEAN: &str = "clean.game";
 const DLQ: &str = "dlq.game";
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Records moved between a first and a last commit.
-struct Timed {
-    records: usize,
-    bytes: usize,
-    elapsed: Duration,
-}
-
-impl Timed {
-    fn records_per_s(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64()
-    }
-    fn mb_per_s(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
-    }
-}
 
 /// The generated lines, one file per partition: (partition, host|path key, record id, line).
 struct Input {
@@ -134,7 +116,7 @@ fn fill(bootstrap: &str, input: &Input) -> anyhow::Result<()> {
 
 /// The reference: consume, copy unchanged, commit output and offsets in one transaction per
 /// batch, with the validator's clients and batch bounds.
-fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64) -> anyhow::Result<Timed> {
+fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64) -> anyhow::Result<Rate> {
     let settings = config.settings(".pass");
     let consumer: BaseConsumer =
         settings.kafka.client_config(&Role::Consumer { group_id: settings.group_id.clone() }, "bench-pass").create()?;
@@ -198,33 +180,18 @@ fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64)
     }
     let (started, before) = first.context("nothing committed")?;
     let moved = records - before;
-    Ok(Timed { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed: started.elapsed() })
-}
-
-/// Sums a metric's samples from a `/metrics` page.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter_map(|l| l.strip_prefix(name).filter(|r| r.starts_with('{') || r.starts_with(' ')))
-        .filter_map(|r| r.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn page(http: &reqwest::Client, addr: SocketAddr) -> String {
-    match http.get(format!("http://{addr}/metrics")).send().await {
-        Ok(response) => response.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
+    Ok(Rate { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed: started.elapsed() })
 }
 
 fn processed(page: &str) -> usize {
-    (metric(page, "logpipe_validator_records_valid_total")
-        + metric(page, "logpipe_validator_records_invalid_total")
-        + metric(page, "logpipe_validator_replays_dropped_total")) as usize
+    (prometheus::total(page, "logpipe_validator_records_valid_total")
+        + prometheus::total(page, "logpipe_validator_records_invalid_total")
+        + prometheus::total(page, "logpipe_validator_replays_dropped_total")) as usize
 }
 
 /// What the validator run measured.
 struct Validated {
-    timed: Timed,
+    timed: Rate,
     /// Share of the timed span spent gathering, checking and committing batches.
     shares: [f64; 3],
     batches: f64,
@@ -236,17 +203,17 @@ async fn validator(config: &Path, telemetry: SocketAddr, records: usize, bytes_p
     process.wait_ready(telemetry, Duration::from_secs(60)).await?;
     let parts = ["gather", "check", "commit"].map(|p| format!("logpipe_validator_{p}_seconds_sum"));
     let (started, before, sums_before) = loop {
-        let text = page(&http, telemetry).await;
+        let text = prometheus::scrape(&http, telemetry).await;
         let n = processed(&text);
         if n > 0 {
-            break (Instant::now(), n, parts.clone().map(|p| metric(&text, &p)));
+            break (Instant::now(), n, parts.clone().map(|p| prometheus::total(&text, &p)));
         }
         anyhow::ensure!(process.try_status().is_none(), "the validator exited:\n{}", process.logs());
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let stall = Instant::now() + Duration::from_secs(600);
     let text = loop {
-        let text = page(&http, telemetry).await;
+        let text = prometheus::scrape(&http, telemetry).await;
         if processed(&text) >= records {
             break text;
         }
@@ -254,14 +221,14 @@ async fn validator(config: &Path, telemetry: SocketAddr, records: usize, bytes_p
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let elapsed = started.elapsed();
-    let batches = metric(&text, "logpipe_validator_batch_seconds_count");
+    let batches = prometheus::total(&text, "logpipe_validator_batch_seconds_count");
     let mut shares = [0.0; 3];
     for (i, p) in parts.iter().enumerate() {
-        shares[i] = (metric(&text, p) - sums_before[i]) / elapsed.as_secs_f64();
+        shares[i] = (prometheus::total(&text, p) - sums_before[i]) / elapsed.as_secs_f64();
     }
     process.terminate(Duration::from_secs(30)).await?;
     let moved = records - before.min(records);
-    Ok(Validated { timed: Timed { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed }, shares, batches })
+    Ok(Validated { timed: Rate { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed }, shares, batches })
 }
 
 async fn schema_store(dir: &Path) -> anyhow::Result<(Process, String)> {
@@ -291,9 +258,9 @@ async fn schema_store(dir: &Path) -> anyhow::Result<(Process, String)> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let records = env("BENCH_RECORDS", 200_000);
-    let partitions = env("BENCH_PARTITIONS", 4) as i32;
-    let rounds = env("BENCH_ROUNDS", 2).max(1);
+    let records: usize = env("BENCH_RECORDS", 200_000);
+    let partitions: i32 = env("BENCH_PARTITIONS", 4);
+    let rounds: usize = env("BENCH_ROUNDS", 2).max(1);
     let dir = tempfile::tempdir()?;
     let input = generate(dir.path(), records as u64, partitions)?;
     let records = input.records.len();
@@ -320,8 +287,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| round | pass-through (reference), first to last commit | logpipe-validator, first to last commit | ratio | validator time: gather / check / commit |");
     println!("|---|---|---|---|---|");
-    let cell = |t: &Timed| format!("{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)", t.records_per_s(), t.mb_per_s(), t.records, t.elapsed.as_secs_f64());
-    let mut best: Option<(Timed, Validated)> = None;
+    let cell = |t: &Rate| format!("{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)", t.records_per_s(), t.mb_per_s(), t.records, t.elapsed.as_secs_f64());
+    let mut best: Option<(Rate, Validated)> = None;
     let mut batch_bounds = (0, 0);
     for (round, group) in groups.iter().enumerate() {
         let telemetry = free_addr();
