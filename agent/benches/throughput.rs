@@ -20,26 +20,10 @@ use logpipe_core::kafka::KafkaConfig;
 use logpipe_devkit::benchreport::Row as ReportRow;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
+use logpipe_devkit::measure::{cpu_seconds, peak_rss_mib, read_lines, rss_mib, send_waiting};
+use logpipe_devkit::prometheus;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::producer::DefaultProducerContext;
-
-const CLOCK_TICKS: f64 = 100.0;
-
-/// CPU seconds (user + system) used so far by a process.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    // After the command name: state is field 3, utime 14 and stime 15 (1-based, whole line).
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(14) + ticks(15)) / CLOCK_TICKS
-}
-
-fn status_kib(pid: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
 
 struct Row {
     name: String,
@@ -76,34 +60,14 @@ impl Row {
     }
 }
 
-fn read_lines(dir: &Path) -> Vec<Vec<u8>> {
-    let mut lines = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for path in paths {
-        let data = std::fs::read(&path).unwrap();
-        lines.extend(data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
-    }
-    lines
-}
-
 /// (a) the ceiling: every line from memory through one producer with the agent's settings.
 fn ceiling(bootstrap: &str, topic: &str, lines: &[Vec<u8>]) -> Row {
     let config = client_config(&KafkaConfig::new(bootstrap), 64 << 20, 1 << 20);
     let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
-    let before = cpu_seconds("self");
+    let before = cpu_seconds(None);
     let started = Instant::now();
     for line in lines {
-        let mut record = BaseRecord::<(), [u8]>::to(topic).payload(line.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        send_waiting(&producer, BaseRecord::<(), [u8]>::to(topic).payload(line.as_slice())).expect("ceiling producer");
     }
     producer.flush(Duration::from_secs(600)).expect("flush");
     Row {
@@ -111,23 +75,13 @@ fn ceiling(bootstrap: &str, topic: &str, lines: &[Vec<u8>]) -> Row {
         bytes: lines.iter().map(|l| l.len() as u64 + 1).sum(),
         lines: lines.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
-        cpu: cpu_seconds("self") - before,
+        cpu: cpu_seconds(None) - before,
         peak_rss_mib: f64::NAN,
     }
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn agent_metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    match reqwest::get(format!("http://{addr}/metrics")).await {
-        Ok(response) => metric(&response.text().await.unwrap_or_default(), name),
-        Err(_) => 0.0,
-    }
+    prometheus::total(&prometheus::scrape(&reqwest::Client::new(), addr).await, name)
 }
 
 fn start_agent(work: &Path, bootstrap: &str, glob: &str, topic: &str) -> (Process, std::net::SocketAddr) {
@@ -148,7 +102,7 @@ fn start_agent(work: &Path, bootstrap: &str, glob: &str, topic: &str) -> (Proces
 async fn agent(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u64, bytes: u64) -> Row {
     let started = Instant::now();
     let (agent, addr) = start_agent(work, bootstrap, &format!("{}/*.log", dir.display()), topic);
-    let pid = agent.pid().to_string();
+    let pid = agent.pid();
     wait_until(Duration::from_secs(900), || async { agent_metric(addr, "logpipe_agent_lines_acked_total").await >= lines as f64 })
         .await
         .expect("agent shipped every line");
@@ -158,8 +112,8 @@ async fn agent(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u64
         bytes,
         lines,
         seconds,
-        cpu: cpu_seconds(&pid),
-        peak_rss_mib: status_kib(&pid, "VmHWM:") as f64 / 1024.0,
+        cpu: cpu_seconds(Some(pid)),
+        peak_rss_mib: peak_rss_mib(pid),
     }
 }
 
@@ -192,7 +146,7 @@ async fn rsyslog(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u
     let mut command = Command::new(rsyslogd);
     command.args(["-n", "-f", conf_path.to_str().unwrap(), "-i", state.join("pid").to_str().unwrap()]);
     let process = Process::spawn("rsyslogd", command).ok()?;
-    let pid = process.pid().to_string();
+    let pid = process.pid();
     let bootstrap = bootstrap.to_owned();
     let topic_name = topic.to_owned();
     let done = wait_until(Duration::from_secs(600), || {
@@ -209,8 +163,8 @@ async fn rsyslog(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u
         bytes,
         lines,
         seconds: started.elapsed().as_secs_f64(),
-        cpu: cpu_seconds(&pid),
-        peak_rss_mib: status_kib(&pid, "VmHWM:") as f64 / 1024.0,
+        cpu: cpu_seconds(Some(pid)),
+        peak_rss_mib: peak_rss_mib(pid),
     })
 }
 
@@ -222,15 +176,15 @@ async fn idle(work: &Path, bootstrap: &str) -> String {
         std::fs::write(dir.join(format!("f{i}.log")), format!("line {i}\n")).unwrap();
     }
     let (agent, addr) = start_agent(work, bootstrap, &format!("{}/*.log", dir.display()), "bench.idle");
-    let pid = agent.pid().to_string();
+    let pid = agent.pid();
     wait_until(Duration::from_secs(120), || async { agent_metric(addr, "logpipe_agent_lines_acked_total").await >= 1000.0 })
         .await
         .expect("idle files read");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = cpu_seconds(&pid);
+    let before = cpu_seconds(Some(pid));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let core = (cpu_seconds(&pid) - before) / 10.0 * 100.0;
-    let rss = status_kib(&pid, "VmRSS:") as f64 / 1024.0;
+    let core = (cpu_seconds(Some(pid)) - before) / 10.0 * 100.0;
+    let rss = rss_mib(pid);
     let case = "idle, 1,000 watched files";
     ReportRow::new("agent", case, "logpipe-agent CPU", core, "% of a core").target_at_most(2.0).emit().expect("benchreport row");
     ReportRow::new("agent", case, "logpipe-agent RSS", rss, "MiB").target_at_most(20.0).emit().expect("benchreport row");
@@ -264,7 +218,7 @@ async fn main() {
         args.line_size = size.to_string().parse().unwrap();
         args.seed = size as u64;
         let written = loadgen::run(&args, &AtomicBool::new(false)).unwrap();
-        let in_memory = read_lines(&dir);
+        let in_memory = read_lines(&dir).expect("reading the generated lines");
         assert_eq!(in_memory.len() as u64, written.lines);
         let distinct: HashSet<&Vec<u8>> = in_memory.iter().collect();
         assert_eq!(distinct.len(), in_memory.len(), "generated lines are unique");

@@ -38,6 +38,7 @@ use apache_avro::types::Value;
 use logpipe_core::kafka::{KafkaConfig, Role};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
+use logpipe_devkit::measure::{env, read_lines, send_waiting};
 use logpipe_devkit::pipeline::{Pipeline, PipelineOptions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, Timestamp};
@@ -48,22 +49,8 @@ const CEILING_TOPIC: &str = "bench.ceiling";
 /// Latency-phase lines whose event time falls in this first stretch are warm-up.
 const WARM_UP: Duration = Duration::from_secs(2);
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The lines of every `*.log` file of a directory, without their terminators.
-fn read_lines(dir: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let data = std::fs::read(entry?.path())?;
-        lines.extend(data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
-    }
-    Ok(lines)
 }
 
 /// Phase 1: lines/s of a plain producer sending `lines` from memory until all are acknowledged.
@@ -72,16 +59,7 @@ fn ceiling(bootstrap: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Resul
         KafkaConfig::new(bootstrap).client_config(&Role::Producer, "bench-ceiling").create()?;
     let started = Instant::now();
     for (i, line) in lines.iter().enumerate() {
-        let mut record = BaseRecord::<(), [u8]>::to(CEILING_TOPIC).partition(i as i32 % partitions).payload(line.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        send_waiting(&producer, BaseRecord::<(), [u8]>::to(CEILING_TOPIC).partition(i as i32 % partitions).payload(line.as_slice()))?;
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(lines.len() as f64 / started.elapsed().as_secs_f64())

@@ -26,16 +26,13 @@ use logpipe_core::kafka::KafkaConfig;
 use logpipe_core::telemetry::TelemetryConfig;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{bin_path, free_addr, DevCluster};
+use logpipe_devkit::measure::env;
 use logpipe_schema_store::{SchemaStoreConfig, Server, StorageConfig, StorageKind};
 use tokio_util::sync::CancellationToken;
 
 const CT: &str = "application/vnd.schemaregistry.v1+json";
 const BENCH: &str = "schema-store";
 const SUBJECT: &str = "logpipe-schema-store";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn schema(i: usize) -> String {
     serde_json::json!({"type": "record", "name": format!("Event{i}"), "namespace": "bench",
@@ -175,9 +172,9 @@ fn main() {
 }
 
 async fn run() {
-    let schemas = env("BENCH_SCHEMAS", 1000);
-    let connections = env("BENCH_CONNECTIONS", 100);
-    let seconds = Duration::from_secs(env("BENCH_SECONDS", 5) as u64);
+    let schemas: usize = env("BENCH_SCHEMAS", 1000);
+    let connections: usize = env("BENCH_CONNECTIONS", 100);
+    let seconds = Duration::from_secs(env("BENCH_SECONDS", 5));
     let dir = tempfile::tempdir().unwrap();
     let config = SchemaStoreConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
