@@ -28,11 +28,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
-use logpipe_devkit::measure::{cpu_seconds, env, peak_rss_mib, waited_children_cpu_seconds, Rate};
+use logpipe_devkit::measure::{
+    cpu_seconds, env, filling_producer, peak_rss_mib, send_polling, waited_children_cpu_seconds, Rate,
+};
 use logpipe_devkit::prometheus;
 use logpipe_mirror::MirrorConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const SOURCE: &str = "raw.bench";
@@ -69,29 +71,14 @@ fn value(i: usize, size: usize) -> Vec<u8> {
 }
 
 fn fill(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usize) -> anyhow::Result<Rate> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "10")
-        .set("batch.size", "1048576")
-        .set("compression.type", "lz4")
-        .create()?;
+    let producer = filling_producer(bootstrap)?;
     // Values are made before the clock starts: the ceiling is the producer's, not the generator's.
     let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
     let started = Instant::now();
     for (i, v) in values.iter().enumerate() {
         // Round-robin: every partition gets the same share, which the clusters' retention is
         // sized for.
-        let mut record = BaseRecord::<(), [u8]>::to(topic).partition(i as i32 % partitions).payload(&v[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_polling(&producer, BaseRecord::<(), [u8]>::to(topic).partition(i as i32 % partitions).payload(&v[..]))?;
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(Rate { records, bytes: records * size, elapsed: started.elapsed() })

@@ -36,13 +36,13 @@ use logpipe_core::record::{header, FileId, RecordId};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
-use logpipe_devkit::measure::{env, Rate};
+use logpipe_devkit::measure::{env, filling_producer, send_polling, Rate};
 use logpipe_devkit::prometheus;
 use logpipe_validator::ValidatorConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -86,29 +86,14 @@ fn generate(dir: &Path, records: u64, partitions: i32) -> anyhow::Result<Input> 
 
 /// Fills `raw.game` as the agent would: key, `lp.*` headers, one file per partition.
 fn fill(bootstrap: &str, input: &Input) -> anyhow::Result<()> {
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "10")
-        .set("batch.size", "1048576")
-        .set("compression.type", "lz4")
-        .create()?;
+    let producer = filling_producer(bootstrap)?;
     for (partition, key, id, value) in &input.records {
         let path = key.split_once('|').map_or("", |(_, p)| p);
         let mut headers = OwnedHeaders::new().insert(Header { key: header::PATH, value: Some(path.as_bytes()) });
         for (name, v) in id.headers() {
             headers = headers.insert(Header { key: name, value: Some(v.as_bytes()) });
         }
-        let mut record = BaseRecord::<[u8], [u8]>::to(RAW).partition(*partition).key(key.as_bytes()).payload(value).headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_polling(&producer, BaseRecord::<[u8], [u8]>::to(RAW).partition(*partition).key(key.as_bytes()).payload(value).headers(headers))?;
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(())
