@@ -29,13 +29,11 @@ use anyhow::Context as _;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::measure::{
-    cpu_seconds, env, filling_producer, peak_rss_mib, send_polling, waited_children_cpu_seconds, Rate,
+    cpu_seconds, env, filling_producer, peak_rss_mib, reader, send_polling, waited_children_cpu_seconds, Rate,
 };
 use logpipe_devkit::prometheus;
 use logpipe_mirror::MirrorConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const SOURCE: &str = "raw.bench";
 const KCAT_TARGET: &str = "kcat.bench";
@@ -85,17 +83,7 @@ fn fill(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usi
 }
 
 fn drain(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usize) -> anyhow::Result<Rate> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "bench")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
+    let consumer = reader(bootstrap, "bench", topic, partitions, &[])?;
     let started = Instant::now();
     let mut seen = 0;
     while seen < records {

@@ -38,12 +38,10 @@ use apache_avro::types::Value;
 use logpipe_core::kafka::{KafkaConfig, Role};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
-use logpipe_devkit::measure::{env, read_lines, send_waiting};
+use logpipe_devkit::measure::{env, read_lines, reader, send_waiting};
 use logpipe_devkit::pipeline::{Pipeline, PipelineOptions};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const CEILING_TOPIC: &str = "bench.ceiling";
 /// Latency-phase lines whose event time falls in this first stretch are warm-up.
@@ -90,18 +88,7 @@ impl CleanReader {
     fn run(&self, stop: &AtomicBool, out: &mpsc::Sender<Seen>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
         let CleanReader { bootstrap, topic, partitions, schema_store, backlog } = self;
         let (partitions, backlog) = (*partitions, *backlog);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "bench-pipeline")
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
-            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
+        let consumer = reader(bootstrap, "bench-pipeline", topic, partitions, &[("fetch.wait.max.ms", "10")])?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
         let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
         let step = (backlog / 100).max(1);

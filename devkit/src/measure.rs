@@ -7,9 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use rdkafka::message::ToBytes;
 
 /// A benchmark size from the environment variable `name`, or `default` when it is unset or does
@@ -57,22 +59,15 @@ pub fn read_lines(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Sends one record through a threaded producer, waiting while its queue is full: a reference
 /// sender measures how fast the client drains, so a full queue is back-pressure, not an error.
-pub fn send_waiting<C, K, P>(producer: &ThreadedProducer<C>, mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
+// rdkafka's `send` hands the record back in its `Err` (so it can be retried): large by design.
+#[allow(clippy::result_large_err)]
+pub fn send_waiting<C, K, P>(producer: &ThreadedProducer<C>, record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
 where
     C: ProducerContext + 'static,
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
+    retry_while_full(record, |r| producer.send(r), || std::thread::sleep(Duration::from_millis(1)))
 }
 
 /// The producer benchmarks fill their input topics with before the clock starts (idempotent,
@@ -90,22 +85,55 @@ pub fn filling_producer(bootstrap: &str) -> anyhow::Result<BaseProducer> {
 
 /// [`send_waiting`] for a [`BaseProducer`], which has no thread of its own: while the queue is
 /// full it serves delivery reports (`poll`) so that the queue drains.
-pub fn send_polling<C, K, P>(producer: &BaseProducer<C>, mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
+// rdkafka's `send` hands the record back in its `Err` (so it can be retried): large by design.
+#[allow(clippy::result_large_err)]
+pub fn send_polling<C, K, P>(producer: &BaseProducer<C>, record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
 where
     C: ProducerContext,
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
+    retry_while_full(record, |r| producer.send(r), || producer.poll(Duration::from_millis(5)))
+}
+
+/// Calls `send` until it takes the record, calling `wait` whenever the queue is full.
+fn retry_while_full<R>(
+    mut record: R,
+    mut send: impl FnMut(R) -> Result<(), (KafkaError, R)>,
+    mut wait: impl FnMut(),
+) -> anyhow::Result<()> {
     loop {
-        match producer.send(record) {
+        match send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(5));
+                wait();
             }
             Err((e, _)) => return Err(e.into()),
         }
     }
+}
+
+/// A read_committed consumer assigned every partition of `topic` from the beginning, with no
+/// commits, plus `settings`: how a benchmark counts what became visible downstream without
+/// joining a group (no rebalance pause in the measurement).
+pub fn reader(bootstrap: &str, group: &str, topic: &str, partitions: i32, settings: &[(&str, &str)]) -> anyhow::Result<BaseConsumer> {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
