@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use rdkafka::message::ToBytes;
 
 /// A benchmark size from the environment variable `name`, or `default` when it is unset or does
 /// not parse: benchmarks run with defaults under `cargo bench` and are resized by `bench/run` or
