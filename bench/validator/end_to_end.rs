@@ -254,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
     // Each partition keeps what every round writes to it (uncompressed), with room to spare.
     let retention = ((rounds + 1) * input_bytes / partitions as usize + 16 * 1024 * 1024) as u64;
     let groups: Vec<String> = (1..=rounds).map(|r| format!("bench{r}")).collect();
-    let states: Vec<String> = groups.iter().map(|g| format!("_lp.validator.{g}.replay-state")).collect();
+    let states: Vec<String> = groups.iter().map(|g| logpipe_core::record::replay_state_topic(g)).collect();
     let mut topics = vec![(RAW, partitions), (PASS, partitions), (CLEAN, partitions), (DLQ, partitions)];
     topics.extend(states.iter().map(|s| (s.as_str(), 1)));
     let cluster = DevCluster::start_retaining("read", 1, &topics, Some(retention)).await?;

@@ -255,6 +255,18 @@ pub fn stream_of(topic: &str) -> &str {
     topic.strip_prefix(RAW_PREFIX).unwrap_or(topic)
 }
 
+/// `_lp.mirror.<name>.state`: where the mirror instance group `name` keeps each source
+/// partition's committed position, on the target cluster.
+pub fn mirror_state_topic(name: &str) -> String {
+    format!("{INTERNAL_PREFIX}mirror.{name}.state")
+}
+
+/// `_lp.validator.<group>.replay-state`: the validator's default replay-removal changelog for
+/// its consumer group `group`.
+pub fn replay_state_topic(group: &str) -> String {
+    format!("{INTERNAL_PREFIX}validator.{group}.replay-state")
+}
+
 /// The raw topic of a stream: `game` => `raw.game`.
 pub fn raw_topic(stream: &str) -> String {
     format!("{RAW_PREFIX}{stream}")
@@ -394,6 +406,8 @@ mod tests {
         assert_eq!(TopicTemplate::try_from("{topic}.ok".to_owned()).unwrap().render("raw.x"), "raw.x.ok");
         assert_eq!(stream_of("raw.game"), "game");
         assert_eq!(raw_topic("game"), "raw.game");
+        assert_eq!(mirror_state_topic("default"), "_lp.mirror.default.state");
+        assert_eq!(replay_state_topic("logpipe-validator"), "_lp.validator.logpipe-validator.replay-state");
     }
 
     #[test]

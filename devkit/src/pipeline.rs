@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use logpipe_core::record::{self, TopicTemplate, INTERNAL_PREFIX};
+use logpipe_core::record::{self, TopicTemplate};
 
 use crate::harness::{bin_path, free_addr, DevCluster, Process};
 use crate::prometheus;
@@ -176,8 +176,8 @@ impl Pipeline {
         let raw = record::raw_topic(STREAM);
         let clean = TopicTemplate::clean_default().render(&raw);
         let dlq = TopicTemplate::dlq_default().render(&raw);
-        let mirror_state = format!("{INTERNAL_PREFIX}mirror.{MIRROR_NAME}.state");
-        let replay_state = format!("{INTERNAL_PREFIX}validator.{VALIDATOR_GROUP}.replay-state");
+        let mirror_state = record::mirror_state_topic(MIRROR_NAME);
+        let replay_state = record::replay_state_topic(VALIDATOR_GROUP);
         let n = options.partitions;
         let retention = Some(options.retention_bytes);
         let write = DevCluster::start_retaining("write", options.brokers, &[(&raw, n)], retention).await?;

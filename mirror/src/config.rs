@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use logpipe_core::kafka::{KafkaConfig, Role};
-use logpipe_core::record::{check_topic_name, TopicTemplate, INTERNAL_PREFIX};
+use logpipe_core::record::{check_topic_name, mirror_state_topic, TopicTemplate};
 use logpipe_core::telemetry::TelemetryConfig;
 use regex::RegexSet;
 use serde::Deserialize;
@@ -138,7 +138,7 @@ impl MirrorConfig {
 
     /// Compacted topic on the target holding each source partition's committed position.
     pub fn state_topic(&self) -> String {
-        format!("{INTERNAL_PREFIX}mirror.{}.state", self.name)
+        mirror_state_topic(&self.name)
     }
 
     pub fn commit_interval(&self) -> Duration {

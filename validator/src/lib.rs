@@ -22,7 +22,6 @@ pub mod verdict;
 use std::time::Duration;
 
 use logpipe_core::kafka::{KafkaConfig, Role};
-use logpipe_core::record::INTERNAL_PREFIX;
 use logpipe_core::service::{Context, Service, ServiceConfig};
 use logpipe_core::telemetry::TelemetryConfig;
 use serde::Deserialize;
@@ -126,7 +125,7 @@ impl ValidatorConfig {
     }
 
     pub fn replay_state_topic(&self) -> String {
-        self.replay_state_topic.clone().unwrap_or_else(|| format!("{INTERNAL_PREFIX}validator.{}.replay-state", self.group_id))
+        self.replay_state_topic.clone().unwrap_or_else(|| logpipe_core::record::replay_state_topic(&self.group_id))
     }
 
     /// The schema checker for these routes and this store.
