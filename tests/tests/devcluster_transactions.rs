@@ -128,3 +128,44 @@ async fn abandoned_transactions_are_aborted_after_their_timeout() {
     .expect("the abandoned transaction is aborted after its 2 s timeout");
     assert!(abandoned.commit_transaction(T).is_err(), "the timed-out producer is fenced");
 }
+
+/// The client half of the vendored patch: upstream librdkafka drops a group-coordinator lookup
+/// whose retries are used up and then waits for it forever, so `send_offsets_to_transaction`
+/// never returns, whatever its timeout (librdkafka issue 5456; seen as a validator hung for good
+/// after a read-cluster broker outage). Patched, the lookup is repeated every second and the
+/// request fails at its timeout at the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_offsets_outlives_a_failing_coordinator_lookup() {
+    let cluster = DevCluster::start(1, &[("raw.lookup", 1), ("clean.lookup", 1)]).await.unwrap();
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "lookup")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("raw.lookup", 0);
+    // The consumer finds its coordinator now, so the injected errors below reach the producer.
+    group.committed_offsets(tpl, T).expect("group coordinator found");
+    let metadata = group.group_metadata().expect("group metadata");
+    let producer = transactional(cluster.bootstrap(), "lookup", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "clean.lookup", &["x"]).await;
+    // Exactly one more failure than FindCoordinator's two retries: a fourth would disturb the
+    // transaction coordinator too, whose state change re-runs the lookup even unpatched.
+    cluster.request_errors("FindCoordinator", &["COORDINATOR_NOT_AVAILABLE"; 3]).await.unwrap();
+
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut offsets = TopicPartitionList::new();
+        offsets.add_partition_offset("raw.lookup", 0, Offset::Offset(7)).unwrap();
+        let sent = producer.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(20));
+        let _ = done.send(sent.and_then(|()| producer.commit_transaction(T)));
+    });
+    // A hung call never answers; the thread is left behind and ends with the test process.
+    let outcome = result.recv_timeout(Duration::from_secs(60)).expect("send_offsets_to_transaction returned");
+    outcome.expect("offsets sent and committed once the lookup succeeds");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("raw.lookup", 0);
+    let committed = group.committed_offsets(tpl, T).unwrap();
+    assert_eq!(committed.find_partition("raw.lookup", 0).unwrap().offset(), Offset::Offset(7));
+}

@@ -206,6 +206,50 @@ static void rd_kafka_coord_req_tmr_cb(rd_kafka_timers_t *rkts, void *arg) {
 }
 
 
+static void rd_kafka_coord_req_fail(rd_kafka_t *rk,
+                                    rd_kafka_coord_req_t *creq,
+                                    rd_kafka_resp_err_t err);
+
+/**
+ * @brief logpipe patch: watchdog for a pending coord request.
+ *
+ * Upstream, a pending request only moves on a broker state broadcast or a
+ * FindCoordinator response, and creq_ts_timeout is never checked. When the
+ * coordinator's broker goes down and the broadcasts are over before a
+ * FindCoordinator succeeds, the request waits forever, and with it an
+ * infinite-timeout caller such as send_offsets_to_transaction()
+ * (upstream issue 5456). This timer fails the request with __TIMED_OUT
+ * once its timeout has passed (the caller's handler then retries or fails
+ * the API call) and otherwise re-runs the fsm every second while no
+ * FindCoordinator is in flight.
+ *
+ * The timer is a oneshot re-armed here, so the timer loop never touches it
+ * after this callback, which may free the creq.
+ */
+static void rd_kafka_coord_req_watch_tmr_cb(rd_kafka_timers_t *rkts,
+                                            void *arg) {
+        rd_kafka_coord_req_t *creq = arg;
+        rd_kafka_t *rk             = rkts->rkts_rk;
+
+        if (creq->creq_done)
+                return;
+
+        if (rd_timeout_expired(rd_timeout_remains(creq->creq_ts_timeout))) {
+                rd_kafka_coord_req_fail(rk, creq, RD_KAFKA_RESP_ERR__TIMED_OUT);
+                return;
+        }
+
+        rd_kafka_timer_start_oneshot(&rk->rk_timers, &creq->creq_watch_tmr,
+                                     rd_true, 1000 * 1000,
+                                     rd_kafka_coord_req_watch_tmr_cb, creq);
+
+        /* A reference besides the list's own is a FindCoordinator in
+         * flight, whose response runs the fsm. */
+        if (creq->creq_refcnt == 1)
+                rd_kafka_coord_req_fsm(rk, creq);
+}
+
+
 /**
  * @brief Look up coordinator for \p coordtype and \p coordkey
  *        (either from cache or by FindCoordinator), make sure there is
@@ -251,6 +295,12 @@ void rd_kafka_coord_req(rd_kafka_t *rk,
 
         TAILQ_INSERT_TAIL(&rk->rk_coord_reqs, creq, creq_link);
 
+        /* logpipe patch: see rd_kafka_coord_req_watch_tmr_cb(). */
+        if (timeout_ms != RD_POLL_INFINITE)
+                rd_kafka_timer_start_oneshot(
+                    &rk->rk_timers, &creq->creq_watch_tmr, rd_true,
+                    1000 * 1000, rd_kafka_coord_req_watch_tmr_cb, creq);
+
         if (delay_ms)
                 rd_kafka_timer_start_oneshot(&rk->rk_timers, &creq->creq_tmr,
                                              rd_true, (rd_ts_t)delay_ms * 1000,
@@ -283,6 +333,9 @@ static rd_bool_t rd_kafka_coord_req_destroy(rd_kafka_t *rk,
                 creq->creq_done = rd_true;
 
                 rd_kafka_timer_stop(&rk->rk_timers, &creq->creq_tmr,
+                                    RD_DO_LOCK);
+                /* logpipe patch */
+                rd_kafka_timer_stop(&rk->rk_timers, &creq->creq_watch_tmr,
                                     RD_DO_LOCK);
         }
 
@@ -431,11 +484,15 @@ err:
                 return;
 
         } else if (actions & RD_KAFKA_ERR_ACTION_RETRY) {
-                rd_kafka_buf_retry(rkb, request);
-                return; /* Keep refcnt from req_fsm() and retry */
+                /* logpipe patch: upstream ignored a refused retry (retries
+                 * used up), which left the creq waiting for a response that
+                 * never comes. */
+                if (rd_kafka_buf_retry(rkb, request))
+                        return; /* Keep refcnt from req_fsm() and retry */
         }
 
-        /* Rely on state broadcast to trigger retry */
+        /* Rely on state broadcast (or, logpipe patch, the watch timer) to
+         * trigger retry */
 
         /* Drop refcount from req_fsm() */
         rd_kafka_coord_req_destroy(rk, creq, rd_false /*!done*/);

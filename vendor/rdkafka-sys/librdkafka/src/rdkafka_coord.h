@@ -83,6 +83,10 @@ typedef struct rd_kafka_coord_req_s {
                                          *   provided to creq_send_req_cb
                                          *   (optional). */
         rd_kafka_timer_t creq_tmr;      /**< Delay timer. */
+        rd_kafka_timer_t creq_watch_tmr; /**< logpipe patch: re-runs the
+                                          *   fsm every second and fails
+                                          *   the request at
+                                          *   creq_ts_timeout. */
         rd_ts_t creq_ts_timeout;        /**< Absolute timeout.
                                          *   Will fail with an error
                                          *   code pertaining to the
