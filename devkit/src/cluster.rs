@@ -3,7 +3,8 @@
 //! control API to create topics and inject faults.
 //!
 //! The mock cluster speaks the real Kafka protocol (produce, fetch, consumer groups,
-//! idempotence, transactions) but does not serve CreateTopics, so topics are created here.
+//! idempotence, transactions, and with the vendored patch CreateTopics, CreatePartitions and
+//! DescribeConfigs); topics given at start or posted here are created without configs.
 //! Its handle is not thread-safe: one thread owns it and executes commands sent over a channel.
 
 use std::collections::HashMap;
@@ -332,6 +333,9 @@ const API_KEYS: &[RDKafkaApiKey] = &[
     RDKafkaApiKey::AddOffsetsToTxn,
     RDKafkaApiKey::EndTxn,
     RDKafkaApiKey::TxnOffsetCommit,
+    RDKafkaApiKey::CreateTopics,
+    RDKafkaApiKey::CreatePartitions,
+    RDKafkaApiKey::DescribeConfigs,
 ];
 
 fn api_key(name: &str) -> Result<RDKafkaApiKey, ControlError> {

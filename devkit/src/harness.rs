@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tempfile::TempDir;
 
@@ -416,11 +417,55 @@ impl DevCluster {
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
         for result in admin.create_topics([&topic], &AdminOptions::new()).await? {
             match result {
-                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, e)) => bail!("creating topic {topic}: {e}"),
             }
         }
         Ok(())
+    }
+
+    fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+        Ok(ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create()?)
+    }
+
+    /// Creates a topic with topic configs through the admin API (CreateTopics, which the dev
+    /// cluster serves too); `replication` -1 takes the cluster's default.
+    pub async fn create_topic_with_configs(&self, name: &str, partitions: i32, replication: i32, configs: &[(&str, &str)]) -> anyhow::Result<()> {
+        let topic = configs
+            .iter()
+            .fold(NewTopic::new(name, partitions, TopicReplication::Fixed(replication)), |topic, (key, value)| topic.set(key, value));
+        for result in self.admin()?.create_topics([&topic], &AdminOptions::new()).await? {
+            result.map_err(|(topic, e)| anyhow!("creating topic {topic}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Grows a topic to `total` partitions (CreatePartitions).
+    pub async fn add_partitions(&self, topic: &str, total: usize) -> anyhow::Result<()> {
+        for result in self.admin()?.create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new()).await? {
+            result.map_err(|(topic, e)| anyhow!("adding partitions to {topic}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The configs set on a topic itself (DescribeConfigs entries whose source is the topic),
+    /// by name.
+    pub async fn topic_configs(&self, topic: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let mut configs = std::collections::BTreeMap::new();
+        for result in self.admin()?.describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()).await? {
+            let resource = result.map_err(|e| anyhow!("describing topic {topic}: {e}"))?;
+            // rdkafka drops a resource's error code (an unknown topic, say) and returns it with
+            // no entries; an existing topic always has entries (defaults included).
+            if resource.entries.is_empty() {
+                bail!("describing topic {topic}: no configs returned (does it exist?)");
+            }
+            for entry in resource.entries {
+                if entry.source == ConfigSource::DynamicTopic {
+                    configs.insert(entry.name, entry.value.unwrap_or_default());
+                }
+            }
+        }
+        Ok(configs)
     }
 
     pub async fn broker_down(&self, broker: i32) -> anyhow::Result<()> {
@@ -478,51 +523,116 @@ pub fn scan_topic(
     bootstrap: &str,
     topic: &str,
     timeout: Duration,
-    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+    each: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "logpipe-test-reader")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .create()?;
     let deadline = Instant::now() + timeout;
-    let partitions = loop {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let found = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-        if found > 0 {
-            break found;
-        }
-        if Instant::now() >= deadline {
-            bail!("topic {topic} has no partitions within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut at_end = vec![false; partitions];
-    let mut count = 0u64;
-    while !at_end.iter().all(|e| *e) {
-        if Instant::now() >= deadline {
-            bail!("reading {topic}: not at the end of every partition within {timeout:?} ({count} records so far)");
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(message)) => {
-                at_end[message.partition() as usize] = false;
-                count += 1;
-                each(&message)?;
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
-            Some(Err(e)) => bail!("reading {topic}: {e}"),
-        }
-    }
-    Ok(count)
+    let mut reader = TopicReader::new(bootstrap, topic, timeout)?;
+    reader.read_new(deadline.saturating_duration_since(Instant::now()), each)
 }
+
+/// The settings of a consumer that reads committed records only and never commits: how tests and
+/// benchmarks read a topic back without joining a group's rebalances.
+pub fn read_committed_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false");
+    config
+}
+
+/// A reader of every partition of a topic that remembers where it stopped: each
+/// [`TopicReader::read_new`] reads what was committed since the previous call, up to the end of
+/// each partition as it is then. Polling a topic that grows (waiting for a pipeline to drain)
+/// thus costs the new records, not the whole topic again.
+pub struct TopicReader {
+    topic: String,
+    consumer: BaseConsumer<EndIsNotAnError>,
+    /// Per partition, the offset after the last record read (`Beginning` before any).
+    next: Vec<Offset>,
+}
+
+impl TopicReader {
+    /// Waits up to `timeout` for the topic to have partitions; reads nothing yet.
+    pub fn new(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<TopicReader> {
+        let consumer: BaseConsumer<EndIsNotAnError> = read_committed_config(bootstrap, "logpipe-test-reader")
+            .set("enable.partition.eof", "true")
+            .create_with_context(EndIsNotAnError)?;
+        let deadline = Instant::now() + timeout;
+        let partitions = loop {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            let found = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+            if found > 0 {
+                break found;
+            }
+            if Instant::now() >= deadline {
+                bail!("topic {topic} has no partitions within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ok(TopicReader { topic: topic.to_owned(), consumer, next: vec![Offset::Beginning; partitions] })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Calls `each` on every record committed after the ones read before, until every partition
+    /// is at its end (the last stable offset), failing past `timeout`. Returns how many were read.
+    /// Blocking; order is per partition only.
+    pub fn read_new(
+        &mut self,
+        timeout: Duration,
+        mut each: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let topic = &self.topic;
+        // Assigning again starts a new fetch at the positions kept, and librdkafka reports each
+        // partition's end anew for it, also where nothing was added since the last call.
+        let mut assignment = TopicPartitionList::new();
+        for (p, offset) in self.next.iter().enumerate() {
+            assignment.add_partition_offset(topic, p as i32, *offset)?;
+        }
+        self.consumer.assign(&assignment)?;
+        let deadline = Instant::now() + timeout;
+        let mut at_end = vec![false; self.next.len()];
+        let mut count = 0u64;
+        while !at_end.iter().all(|e| *e) {
+            if Instant::now() >= deadline {
+                bail!("reading {topic}: not at the end of every partition within {timeout:?} ({count} records so far)");
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let p = message.partition() as usize;
+                    at_end[p] = false;
+                    self.next[p] = Offset::Offset(message.offset() + 1);
+                    count += 1;
+                    each(&message)?;
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
+                Some(Err(e)) => bail!("reading {topic}: {e}"),
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// A consumer context for readers that wait for partition ends: librdkafka reports reaching an
+/// end both as the `PartitionEOF` poll result they wait for and as a client error event, which
+/// the default context logs at ERROR level (noise in every test's output).
+pub struct EndIsNotAnError;
+
+impl ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)) {
+            // Target `librdkafka`, so that a filter silencing the client (`up` does) silences this too.
+            tracing::error!(target: "librdkafka", "{error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNotAnError {}
 
 /// Writes a file (a config for a process under test) into `dir` and returns its path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {

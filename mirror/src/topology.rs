@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigEntry, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::metadata::Metadata;
@@ -62,6 +62,43 @@ pub fn shard_of(topic: &str, partition: i32, shards: i32) -> i32 {
     (hash.wrapping_add(partition as u32) % shards as u32) as i32
 }
 
+/// The topic configs copied from a source topic to the target topic the mirror creates, when the
+/// source sets them (DescribeConfigs source other than Kafka's built-in default, so a value set
+/// on the source topic or by the source brokers' settings is kept, and a default stays the
+/// target cluster's own default). Each is here because the target topic must behave like the
+/// source topic for its readers:
+/// - `cleanup.policy`, `delete.retention.ms`, `min.compaction.lag.ms`, `max.compaction.lag.ms`,
+///   `min.cleanable.dirty.ratio`: a compacted topic must stay compacted, with the same tombstone
+///   and compaction timing (a consumer that relies on "latest value per key" sees the same).
+/// - `retention.ms`, `retention.bytes`: readers of the read side can replay as far back as on
+///   the write side (the partition counts are equal, so per-partition bytes mean the same).
+/// - `max.message.bytes`: the largest record the source accepted must fit on the target, or
+///   the mirror would stop on a record-too-large error.
+/// - `compression.type`: the topic owner's choice of stored compression.
+/// - `min.insync.replicas`: the durability asked of writes, capped at the target topic's
+///   replication factor (a larger value would refuse every write on a smaller target).
+///
+/// Left out on purpose: `message.timestamp.type` (LogAppendTime on the target would replace the
+/// copied timestamps with the mirror's write time), the `message.timestamp.*.max.ms` windows
+/// (they are checked against the time of the write, so a mirror catching up on old records
+/// would be refused), settings naming source brokers (`*.replication.throttled.replicas`),
+/// tiered-storage settings (`remote.storage.enable`, `local.retention.*`: the target may have no
+/// remote storage), and the storage layout the target's operators own (`segment.*`, `flush.*`,
+/// `index.interval.bytes`, `preallocate`, `unclean.leader.election.enable`,
+/// `message.format.version`). Configs are copied when the target topic is created, not re-synced.
+pub const COPIED_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "compression.type",
+    "delete.retention.ms",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "min.insync.replicas",
+    "retention.bytes",
+    "retention.ms",
+];
+
 /// A topic the target lacks (entirely, or some partitions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Missing {
@@ -69,21 +106,42 @@ pub struct Missing {
     pub partitions: i32,
     /// Partitions the target has now (0: the topic does not exist).
     pub existing: i32,
-    pub compacted: bool,
+    /// The replication factor to create it with: min(source replication, target brokers).
+    pub replication: i32,
+    /// Topic configs to create it with (name, value), in [`COPIED_CONFIGS`] order.
+    pub configs: Vec<(String, String)>,
+    /// The source topic (None for the mirror's state topic), whose configs are read.
+    pub source: Option<String>,
 }
 
 impl std::fmt::Display for Missing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.existing == 0 {
-            write!(f, "topic {} with {} partitions", self.topic, self.partitions)?;
-            if self.compacted {
-                f.write_str(" and cleanup.policy=compact")?;
-            }
-            Ok(())
-        } else {
-            write!(f, "topic {}: add partitions to reach {} (it has {})", self.topic, self.partitions, self.existing)
+        if self.existing > 0 {
+            return write!(f, "topic {}: add partitions to reach {} (it has {})", self.topic, self.partitions, self.existing);
         }
+        write!(f, "topic {} with {} partitions, replication factor {}", self.topic, self.partitions, self.replication)?;
+        for (i, (name, value)) in self.configs.iter().enumerate() {
+            write!(f, "{}{name}={value}", if i == 0 { " and " } else { ", " })?;
+        }
+        Ok(())
     }
+}
+
+/// The configs of a source topic to give its target topic: the [`COPIED_CONFIGS`] the source
+/// sets (anything but Kafka's built-in default), `min.insync.replicas` capped at `replication`.
+pub fn copied_configs(entries: &[ConfigEntry], replication: i32) -> Vec<(String, String)> {
+    COPIED_CONFIGS
+        .iter()
+        .filter_map(|name| {
+            let entry = entries.iter().find(|e| e.name == *name && e.source != ConfigSource::Default)?;
+            let value = entry.value.clone()?;
+            let value = match (*name, value.parse::<i32>()) {
+                ("min.insync.replicas", Ok(n)) if n > replication => replication.to_string(),
+                _ => value,
+            };
+            Some(((*name).to_owned(), value))
+        })
+        .collect()
 }
 
 /// One metadata read of both clusters.
@@ -99,6 +157,8 @@ pub struct Scanner {
     selection: Selection,
     source: BaseConsumer,
     target: BaseConsumer,
+    /// Reads source topic configs (DescribeConfigs only: nothing is written to the source).
+    source_admin: AdminClient<DefaultClientContext>,
     admin: Option<AdminClient<DefaultClientContext>>,
 }
 
@@ -117,8 +177,9 @@ impl Scanner {
         let selection = config.selection()?;
         let source = crate::clients::metadata_client(&config.source, "source")?;
         let target = crate::clients::metadata_client(&config.target, "target")?;
+        let source_admin = crate::clients::admin(&config.source)?;
         let admin = if config.create_topics { Some(crate::clients::admin(&config.target)?) } else { None };
-        Ok(Scanner { config, selection, source, target, admin })
+        Ok(Scanner { config, selection, source, target, source_admin, admin })
     }
 
     /// Reads both sides; creates missing target topics and partitions when allowed.
@@ -126,15 +187,30 @@ impl Scanner {
         let source = self.source.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| ScanError::Source(e.into()))?;
         let target = self.target.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| ScanError::Target(e.into()))?;
         let (mut topology, mut missing) = self.plan(&source, &target);
-        if missing.is_empty() || self.admin.is_none() {
+        if missing.is_empty() {
             return Ok(Scan { topology, missing });
         }
-        if let Err(e) = self.create(&missing) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return Err(ScanError::Target(e.into())),
+        };
+        runtime.block_on(self.read_source_configs(&mut missing));
+        if self.admin.is_none() {
+            return Ok(Scan { topology, missing });
+        }
+        if let Err(e) = runtime.block_on(self.create(&missing)) {
             tracing::warn!("the target did not create the missing topics: {e:#}");
         }
         // Read again: whatever the admin API managed to create is now mirrorable.
         let target = self.target.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| ScanError::Target(e.into()))?;
+        let configs: Vec<(String, Vec<(String, String)>)> = missing.into_iter().map(|m| (m.topic, m.configs)).collect();
         (topology, missing) = self.plan(&source, &target);
+        // Keep the configs read above for the error message (no second DescribeConfigs).
+        for m in &mut missing {
+            if let Some((_, read)) = configs.iter().find(|(topic, _)| *topic == m.topic) {
+                m.configs.clone_from(read);
+            }
+        }
         Ok(Scan { topology, missing })
     }
 
@@ -142,11 +218,20 @@ impl Scanner {
         let target_partitions = |name: &str| {
             target.topics().iter().find(|t| t.name() == name && t.error().is_none()).map_or(0, |t| t.partitions().len() as i32)
         };
+        let brokers = target.brokers().len().max(1) as i32;
         let mut missing = Vec::new();
         let state_topic = self.config.state_topic();
         let shards = target_partitions(&state_topic);
         if shards == 0 {
-            missing.push(Missing { topic: state_topic, partitions: self.config.shards, existing: 0, compacted: true });
+            missing.push(Missing {
+                topic: state_topic,
+                partitions: self.config.shards,
+                existing: 0,
+                // The state topic has no source: the usual production minimum of 3 replicas.
+                replication: brokers.min(3),
+                configs: vec![("cleanup.policy".into(), "compact".into())],
+                source: None,
+            });
         }
         let mut topics = BTreeMap::new();
         for topic in source.topics() {
@@ -157,7 +242,15 @@ impl Scanner {
             let name = self.config.target_topic(topic.name());
             let existing = target_partitions(&name);
             if existing < wanted {
-                missing.push(Missing { topic: name.clone(), partitions: wanted, existing, compacted: false });
+                let source_replication = topic.partitions().iter().map(|p| p.replicas().len()).max().unwrap_or(0) as i32;
+                missing.push(Missing {
+                    topic: name.clone(),
+                    partitions: wanted,
+                    existing,
+                    replication: source_replication.clamp(1, brokers),
+                    configs: Vec::new(),
+                    source: Some(topic.name().to_owned()),
+                });
             }
             if existing > 0 {
                 topics.insert(topic.name().to_owned(), TopicPlan { target: name, partitions: existing.min(wanted) });
@@ -166,47 +259,69 @@ impl Scanner {
         (Topology { shards: shards.max(1), topics }, missing)
     }
 
-    fn create(&self, missing: &[Missing]) -> anyhow::Result<()> {
+    /// Fills in the configs of the source topics whose target topics are to be created. A topic
+    /// whose configs cannot be read keeps `source` set and is not created this round: creating
+    /// it without them would, say, turn a compacted topic into a deleting one for good.
+    async fn read_source_configs(&self, missing: &mut [Missing]) {
+        let sources: Vec<String> = missing.iter().filter(|m| m.existing == 0).filter_map(|m| m.source.clone()).collect();
+        if sources.is_empty() {
+            return;
+        }
+        let resources: Vec<ResourceSpecifier<'_>> = sources.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let described = match self.source_admin.describe_configs(&resources, &options).await {
+            Ok(described) => described,
+            Err(e) => {
+                tracing::warn!("could not read the source topics' configs (DescribeConfigs): {e}; retrying at the next refresh");
+                return;
+            }
+        };
+        for (topic, result) in sources.iter().zip(described) {
+            // rdkafka returns a resource's error as an empty entry list: an existing topic always
+            // has entries (defaults included).
+            let Some(resource) = result.ok().filter(|r| !r.entries.is_empty()) else {
+                tracing::warn!(topic, "could not read the source topic's configs; its target topic waits for the next refresh");
+                continue;
+            };
+            if let Some(m) = missing.iter_mut().find(|m| m.source.as_deref() == Some(topic.as_str())) {
+                m.configs = copied_configs(&resource.entries, m.replication);
+                m.source = None;
+            }
+        }
+    }
+
+    async fn create(&self, missing: &[Missing]) -> anyhow::Result<()> {
         let Some(admin) = &self.admin else { return Ok(()) };
-        let brokers = self.target.fetch_metadata(None, METADATA_TIMEOUT)?.brokers().len().max(1) as i32;
-        // Replication factor: the target's broker count capped at 3 (the source's factor is not
-        // reliably visible through metadata on every cluster).
-        let replication = brokers.min(3);
         let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT)).operation_timeout(Some(ADMIN_TIMEOUT));
+        // `source` still set: the source configs are unknown, so the topic is not created yet.
         let new: Vec<NewTopic<'_>> = missing
             .iter()
-            .filter(|m| m.existing == 0)
+            .filter(|m| m.existing == 0 && m.source.is_none())
             .map(|m| {
-                let topic = NewTopic::new(&m.topic, m.partitions, TopicReplication::Fixed(replication));
-                if m.compacted {
-                    topic.set("cleanup.policy", "compact")
-                } else {
-                    topic
-                }
+                m.configs.iter().fold(NewTopic::new(&m.topic, m.partitions, TopicReplication::Fixed(m.replication)), |topic, (name, value)| {
+                    topic.set(name, value)
+                })
             })
             .collect();
         let grow: Vec<NewPartitions<'_>> =
             missing.iter().filter(|m| m.existing > 0).map(|m| NewPartitions::new(&m.topic, m.partitions as usize)).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(async {
-            if !new.is_empty() {
-                for result in admin.create_topics(&new, &options).await.context("CreateTopics")? {
-                    match result {
-                        Ok(topic) => tracing::info!(topic, "created the target topic"),
-                        Err((topic, e)) => tracing::warn!(topic, "could not create the target topic: {e}"),
-                    }
+        if !new.is_empty() {
+            for result in admin.create_topics(&new, &options).await.context("CreateTopics")? {
+                match result {
+                    Ok(topic) => tracing::info!(topic, "created the target topic"),
+                    Err((topic, e)) => tracing::warn!(topic, "could not create the target topic: {e}"),
                 }
             }
-            if !grow.is_empty() {
-                for result in admin.create_partitions(&grow, &options).await.context("CreatePartitions")? {
-                    match result {
-                        Ok(topic) => tracing::info!(topic, "added partitions to the target topic"),
-                        Err((topic, e)) => tracing::warn!(topic, "could not add partitions to the target topic: {e}"),
-                    }
+        }
+        if !grow.is_empty() {
+            for result in admin.create_partitions(&grow, &options).await.context("CreatePartitions")? {
+                match result {
+                    Ok(topic) => tracing::info!(topic, "added partitions to the target topic"),
+                    Err((topic, e)) => tracing::warn!(topic, "could not add partitions to the target topic: {e}"),
                 }
             }
-            anyhow::Ok(())
-        })
+        }
+        Ok(())
     }
 }
 
@@ -250,14 +365,54 @@ mod tests {
 
     #[test]
     fn missing_topics_are_named_exactly() {
+        let missing = |topic: &str, partitions, existing, replication, configs: &[(&str, &str)]| Missing {
+            topic: topic.into(),
+            partitions,
+            existing,
+            replication,
+            configs: configs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            source: None,
+        };
         let missing = vec![
-            Missing { topic: "raw.a".into(), partitions: 4, existing: 0, compacted: false },
-            Missing { topic: "raw.b".into(), partitions: 6, existing: 2, compacted: false },
-            Missing { topic: "_lp.mirror.default.state".into(), partitions: 8, existing: 0, compacted: true },
+            missing("raw.a", 4, 0, 2, &[]),
+            missing("raw.b", 6, 2, 3, &[]),
+            missing("_lp.mirror.default.state", 8, 0, 3, &[("cleanup.policy", "compact")]),
+            missing("raw.c", 1, 0, 1, &[("cleanup.policy", "compact"), ("retention.ms", "1000")]),
         ];
         let text = missing_message(&missing, "r:9092");
-        assert!(text.contains("topic raw.a with 4 partitions"), "{text}");
+        assert!(text.contains("topic raw.a with 4 partitions, replication factor 2;"), "{text}");
         assert!(text.contains("raw.b: add partitions to reach 6 (it has 2)"), "{text}");
-        assert!(text.contains("_lp.mirror.default.state with 8 partitions and cleanup.policy=compact"), "{text}");
+        assert!(text.contains("_lp.mirror.default.state with 8 partitions, replication factor 3 and cleanup.policy=compact"), "{text}");
+        assert!(text.ends_with("raw.c with 1 partitions, replication factor 1 and cleanup.policy=compact, retention.ms=1000"), "{text}");
+    }
+
+    #[test]
+    fn configs_set_on_the_source_are_copied_and_defaults_are_not() {
+        let entry = |name: &str, value: &str, source: ConfigSource| ConfigEntry {
+            name: name.into(),
+            value: Some(value.into()),
+            is_default: source == ConfigSource::Default,
+            source,
+            is_read_only: false,
+            is_sensitive: false,
+        };
+        let entries = vec![
+            entry("cleanup.policy", "compact", ConfigSource::DynamicTopic),
+            entry("retention.ms", "604800000", ConfigSource::Default),
+            entry("max.message.bytes", "5000000", ConfigSource::StaticBroker),
+            entry("message.timestamp.type", "LogAppendTime", ConfigSource::DynamicTopic),
+            entry("segment.bytes", "1000000", ConfigSource::DynamicTopic),
+            entry("min.insync.replicas", "2", ConfigSource::DynamicTopic),
+        ];
+        let copied = copied_configs(&entries, 3);
+        let expected = |min_isr: &str| -> Vec<(String, String)> {
+            [("cleanup.policy", "compact"), ("max.message.bytes", "5000000"), ("min.insync.replicas", min_isr)]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(copied, expected("2"));
+        // On a single-broker target, min.insync.replicas=2 would refuse every write.
+        assert_eq!(copied_configs(&entries, 1), expected("1"));
     }
 }

@@ -256,7 +256,8 @@ async fn adopts_a_confluent_schemas_topic_in_place() {
 async fn an_unusable_topic_stops_start_up_with_a_clear_error() {
     let cluster = DevCluster::start(1, &[("_schemas.wide", 2)]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // The dev cluster serves no CreateTopics, like a cluster where the store lacks the ACL.
+    // CreateTopics is refused, as on a cluster where the store lacks the ACL.
+    cluster.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"]).await.unwrap();
     for (topic, expected) in [("_schemas.wide", "has 2 partitions"), ("_schemas.absent", "does not exist and the store cannot create it")] {
         let mut instance = spawn(dir.path(), cluster.bootstrap(), topic);
         wait_until(Duration::from_secs(60), || {

@@ -213,3 +213,142 @@ async fn retention_is_set_per_cluster() {
     assert_eq!(log_start_after_8_mib(Some(64 * 1024 * 1024)).await, 0);
     assert!(log_start_after_8_mib(None).await > 0);
 }
+
+/// The topic administration the dev cluster serves (patched mock): CreateTopics with a partition
+/// count, a replication factor and configs; DescribeConfigs returning them; CreatePartitions
+/// growing a topic that already holds data, with the old records intact and the new partitions
+/// usable by producers and consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_described_and_grown_through_the_admin_api() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let cluster = DevCluster::start(3, &[("raw.control", 1)]).await.unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+    let options = |validate_only: bool| AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))).validate_only(validate_only);
+    let create = |topic: NewTopic<'static>, validate_only: bool| {
+        let (admin, options) = (&admin, options(validate_only));
+        async move { admin.create_topics([&topic], &options).await.unwrap().remove(0).map_err(|(_, code)| code) }
+    };
+    let grow = |total: usize, validate_only: bool| {
+        let (admin, options) = (&admin, options(validate_only));
+        async move {
+            admin.create_partitions([&NewPartitions::new("raw.admin", total)], &options).await.unwrap().remove(0).map_err(|(_, code)| code)
+        }
+    };
+    let partitions = |topic: &'static str| {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let topic = &metadata.topics()[0];
+        if topic.error().is_some() {
+            return Vec::new();
+        }
+        topic.partitions().iter().map(|p| p.replicas().len()).collect::<Vec<_>>()
+    };
+
+    let topic = NewTopic::new("raw.admin", 3, TopicReplication::Fixed(2))
+        .set("cleanup.policy", "compact")
+        .set("retention.ms", "3600000");
+    assert_eq!(create(topic, false).await, Ok("raw.admin".to_owned()));
+    assert_eq!(partitions("raw.admin"), vec![2, 2, 2], "3 partitions of 2 replicas");
+    assert_eq!(create(NewTopic::new("raw.admin", 1, TopicReplication::Fixed(1)), false).await, Err(RDKafkaErrorCode::TopicAlreadyExists));
+    assert_eq!(create(NewTopic::new("raw.wide", 1, TopicReplication::Fixed(4)), false).await, Err(RDKafkaErrorCode::InvalidReplicationFactor), "4 replicas on 3 brokers");
+    let unknown = NewTopic::new("raw.odd", 1, TopicReplication::Fixed(1)).set("no.such.config", "1");
+    assert_eq!(create(unknown, false).await, Err(RDKafkaErrorCode::InvalidConfig));
+    assert_eq!(create(NewTopic::new("raw.dry", 2, TopicReplication::Fixed(1)), true).await, Ok("raw.dry".to_owned()));
+    assert_eq!(create(NewTopic::new("bad name!", 1, TopicReplication::Fixed(1)), false).await, Err(RDKafkaErrorCode::InvalidTopic));
+    // Refused and validate-only requests create nothing (not even by the metadata request).
+    for absent in ["raw.wide", "raw.odd", "raw.dry"] {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .unwrap();
+        let metadata = consumer.fetch_metadata(Some(absent), Duration::from_secs(10)).unwrap();
+        assert!(metadata.topics()[0].error().is_some(), "{absent} must not exist");
+    }
+
+    let described = admin.describe_configs([&ResourceSpecifier::Topic("raw.admin")], &options(false)).await.unwrap().remove(0).unwrap();
+    let entry = |name: &str| described.get(name).unwrap_or_else(|| panic!("{name} described"));
+    assert_eq!((entry("cleanup.policy").value.as_deref(), &entry("cleanup.policy").source), (Some("compact"), &ConfigSource::DynamicTopic));
+    assert_eq!((entry("retention.ms").value.as_deref(), &entry("retention.ms").source), (Some("3600000"), &ConfigSource::DynamicTopic));
+    assert_eq!((entry("max.message.bytes").value.as_deref(), &entry("max.message.bytes").source), (Some("1048588"), &ConfigSource::Default));
+    assert!(entry("max.message.bytes").is_default);
+    assert_eq!(
+        cluster.topic_configs("raw.admin").await.unwrap(),
+        [("cleanup.policy".to_owned(), "compact".to_owned()), ("retention.ms".to_owned(), "3600000".to_owned())].into()
+    );
+    assert!(cluster.topic_configs("raw.control").await.unwrap().is_empty(), "a topic made by the control API sets nothing");
+    assert!(cluster.topic_configs("raw.none").await.is_err(), "an unknown topic is an error");
+
+    // Data in the old partitions, then grow the topic from 3 to 5 partitions.
+    let send = |producer: &FutureProducer, partition: i32, value: String| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(FutureRecord::<(), _>::to("raw.admin").payload(&value).partition(partition), Duration::from_secs(30))
+                .await
+                .expect("delivered")
+        }
+    };
+    let before = producer(cluster.bootstrap(), &[]);
+    for i in 0..30 {
+        send(&before, i % 3, format!("before-{i}")).await;
+    }
+    assert_eq!(grow(2, false).await, Err(RDKafkaErrorCode::InvalidPartitions), "shrinking is refused");
+    assert_eq!(grow(3, false).await, Err(RDKafkaErrorCode::InvalidPartitions), "the same count is refused");
+    assert_eq!(grow(7, true).await, Ok("raw.admin".to_owned()));
+    assert_eq!(partitions("raw.admin").len(), 3, "validate_only adds nothing");
+    assert_eq!(grow(5, false).await, Ok("raw.admin".to_owned()));
+    assert_eq!(partitions("raw.admin"), vec![2; 5], "new partitions keep the topic's replication");
+    cluster.add_partitions("raw.admin", 6).await.unwrap();
+    assert_eq!(partitions("raw.admin").len(), 6);
+
+    // Old and new partitions take records (from a new producer: a running one learns the new
+    // partitions at its next metadata refresh).
+    let after = producer(cluster.bootstrap(), &[]);
+    for i in 0..60 {
+        send(&after, i % 6, format!("after-{i}")).await;
+    }
+    let records = read_topic(cluster.bootstrap(), "raw.admin", Duration::from_secs(60)).await.unwrap();
+    let mut by_partition: Vec<Vec<String>> = vec![Vec::new(); 6];
+    for record in &records {
+        by_partition[record.partition() as usize].push(String::from_utf8(record.payload().unwrap().to_vec()).unwrap());
+    }
+    for (partition, values) in by_partition.iter().enumerate() {
+        let mut expected: Vec<String> = (0..30).filter(|i| i % 3 == partition as i32).map(|i| format!("before-{i}")).collect();
+        expected.extend((0..60).filter(|i| i % 6 == partition as i32).map(|i| format!("after-{i}")));
+        assert_eq!(values, &expected, "partition {partition}: old records intact, new ones appended");
+    }
+
+    // A consumer group is assigned the new partitions too.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "grown")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["raw.admin"]).unwrap();
+    let mut seen = HashSet::new();
+    while seen.len() < 90 {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 90 records consumed", seen.len()))
+            .unwrap();
+        assert!(seen.insert((message.partition(), message.offset())), "consumed twice");
+    }
+    assert_eq!(seen.iter().map(|(p, _)| *p).collect::<HashSet<_>>().len(), 6);
+}
+
+/// Requests to the admin APIs take injected errors like any other request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_take_injected_errors() {
+    let cluster = DevCluster::start(1, &[]).await.unwrap();
+    cluster.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"]).await.unwrap();
+    let refused = cluster.create_topic_with_configs("raw.denied", 1, -1, &[]).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("uthoriz"), "{refused:#}");
+    cluster.create_topic_with_configs("raw.denied", 1, -1, &[]).await.expect("the next request is served");
+}

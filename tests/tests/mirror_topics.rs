@@ -1,50 +1,99 @@
-//! Topic discovery and target topics: a topic created on the write side while the mirror runs is
-//! mirrored within 10 s of its target topic existing (the dev cluster cannot add partitions to
-//! an existing topic, so added partitions are covered by unit tests of the topology only), and a
-//! target that cannot create topics makes the mirror fail naming exactly what to create.
+//! Target topics: a topic created on the write side while the mirror runs is created on the read
+//! side with the same partition count, the copied configs and min(source replication, target
+//! brokers) replicas, and mirrored within 10 s; partitions added on the source are added on the
+//! target and their records mirrored within 10 s, at the same partition numbers, exactly once; a
+//! target that refuses to create topics makes the mirror fail naming exactly what to create, and
+//! with `create_topics = false` a later topic waits for the operator.
 
 mod mirror_support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use logpipe_devkit::harness::{wait_until, Process};
+use logpipe_devkit::harness::{wait_until, DevCluster, Process};
 use mirror_support::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+/// The replica count of each partition of a topic, as metadata reports it.
+fn replicas(cluster: &DevCluster, topic: &str) -> anyhow::Result<Vec<usize>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).set("allow.auto.create.topics", "false").create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let topic = &metadata.topics()[0];
+    anyhow::ensure!(topic.error().is_none(), "topic {} does not exist", topic.name());
+    Ok(topic.partitions().iter().map(|p| p.replicas().len()).collect())
+}
+
+/// The time left of a 10 s budget started at `since`.
+fn left_of_ten_seconds(since: Instant) -> Duration {
+    Duration::from_secs(10).saturating_sub(since.elapsed())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_topic_is_mirrored_within_ten_seconds() -> anyhow::Result<()> {
+async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() -> anyhow::Result<()> {
     let (write, read) = clusters(&[("raw.first", 2)], 2).await?;
     let dir = tempfile::tempdir()?;
     let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
-    let mut mirror = start_mirror(&config, addr).await?;
+    let mirror = start_mirror(&config, addr).await?;
 
-    // The source gets a topic the target lacks: the mirror reports it missing (the dev cluster
-    // refuses CreateTopics) and keeps running.
-    write.create_topic("raw.late", 3).await?;
-    produce_ids(&producer(write.bootstrap())?, "raw.late", 3, 0..300)?;
-    wait_until(Duration::from_secs(30), || async { metric(addr, "logpipe_mirror_target_topics_missing", &[]).await == Some(1.0) }).await?;
-    mirror.ensure_running()?;
-
-    read.create_topic("raw.late", 3).await?;
+    // Two replicas on the write side (3 brokers) and configs of which the mirror copies some.
+    let configs = [
+        ("cleanup.policy", "compact"),
+        ("retention.ms", "3600000"),
+        ("max.message.bytes", "2000000"),
+        ("min.compaction.lag.ms", "60000"),
+        ("segment.bytes", "10485760"),
+        ("message.timestamp.type", "CreateTime"),
+    ];
+    write.create_topic_with_configs("raw.late", 3, 2, &configs).await?;
     let created = Instant::now();
-    wait_committed(addr, "raw.late", 300, Duration::from_secs(10)).await?;
-    let took = created.elapsed();
-    assert!(took <= Duration::from_secs(10), "took {took:?}");
-    let target = read.read_topic("raw.late", Duration::from_secs(30)).await?;
-    assert_exactly_once(&target, 300);
+    produce_ids(&producer(write.bootstrap())?, "raw.late", 3, 0..300)?;
+    wait_committed(addr, "raw.late", 300, left_of_ten_seconds(created)).await.logs_of(&mirror)?;
 
-    // And a topic that appears on both sides at once.
-    read.create_topic("raw.later", 1).await?;
-    write.create_topic("raw.later", 1).await?;
-    produce_ids(&producer(write.bootstrap())?, "raw.later", 1, 0..50)?;
-    wait_committed(addr, "raw.later", 50, Duration::from_secs(10)).await?;
-    assert!(mirror.stderr().contains("raw.late with 3 partitions"), "the log names what to create:\n{}", mirror.stderr());
+    assert_eq!(replicas(&read, "raw.late")?, vec![2, 2, 2], "the source's partition count and replication");
+    let expected: BTreeMap<String, String> = [
+        ("cleanup.policy", "compact"),
+        ("max.message.bytes", "2000000"),
+        ("min.compaction.lag.ms", "60000"),
+        ("retention.ms", "3600000"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    assert_eq!(read.topic_configs("raw.late").await?, expected, "segment.bytes and the timestamp type are not copied");
+    assert_mirrored(&write, &read, "raw.late", 300).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_target_topics_at_start_fail_with_what_to_create() -> anyhow::Result<()> {
-    let write = logpipe_devkit::harness::DevCluster::start_as("write", 1, &[("raw.a", 4), ("raw.b", 2)]).await?;
-    let read = logpipe_devkit::harness::DevCluster::start_as("read", 1, &[("raw.b", 2)]).await?;
+async fn added_partitions_are_mirrored_within_ten_seconds_at_the_same_numbers() -> anyhow::Result<()> {
+    let (write, read) = clusters(&[("raw.grow", 2)], 2).await?;
+    let dir = tempfile::tempdir()?;
+    let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
+    let mirror = start_mirror(&config, addr).await?;
+    produce_ids(&producer(write.bootstrap())?, "raw.grow", 2, 0..100)?;
+    wait_committed(addr, "raw.grow", 100, Duration::from_secs(30)).await.logs_of(&mirror)?;
+
+    write.add_partitions("raw.grow", 4).await?;
+    let grown = Instant::now();
+    // A new producer sees the 4 partitions at once; ids 100.. go round-robin over all four.
+    produce_ids(&producer(write.bootstrap())?, "raw.grow", 4, 100..400)?;
+    wait_committed(addr, "raw.grow", 400, left_of_ten_seconds(grown)).await.logs_of(&mirror)?;
+
+    assert_eq!(replicas(&read, "raw.grow")?.len(), 4, "the target topic grew too");
+    // Each target partition holds exactly its source partition's records, in order, once.
+    assert_mirrored(&write, &read, "raw.grow", 400).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_refuses_topics_fails_the_start_naming_what_to_create() -> anyhow::Result<()> {
+    let write = DevCluster::start_as("write", 1, &[("raw.b", 2)]).await?;
+    write.create_topic_with_configs("raw.a", 4, 1, &[("cleanup.policy", "compact"), ("retention.ms", "1000")]).await?;
+    let read = DevCluster::start_as("read", 1, &[("raw.b", 2)]).await?;
+    // Like a cluster where the mirror lacks the ACL.
+    read.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"; 4]).await?;
     let dir = tempfile::tempdir()?;
     let (config, _) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
     let mut mirror = Process::start("logpipe-mirror", &["run", "--config", config.to_str().unwrap()])?;
@@ -55,10 +104,32 @@ async fn missing_target_topics_at_start_fail_with_what_to_create() -> anyhow::Re
     .await?;
     assert!(!mirror.try_status().unwrap().success());
     let stderr = mirror.stderr();
-    assert!(stderr.contains("topic raw.a with 4 partitions"), "{stderr}");
-    assert!(stderr.contains(&format!("topic {STATE_TOPIC} with 8 partitions and cleanup.policy=compact")), "{stderr}");
+    assert!(stderr.contains("topic raw.a with 4 partitions, replication factor 1 and cleanup.policy=compact, retention.ms=1000"), "{stderr}");
+    assert!(stderr.contains(&format!("topic {STATE_TOPIC} with 8 partitions, replication factor 1 and cleanup.policy=compact")), "{stderr}");
     assert!(!stderr.contains("topic raw.b"), "raw.b exists on the target: {stderr}");
     // Nothing was auto-created on the target by asking for it.
-    assert!(read.read_topic("raw.a", Duration::from_secs(2)).await.is_err(), "raw.a must not exist on the target");
+    assert!(replicas(&read, "raw.a").is_err(), "raw.a must not exist on the target");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_create_topics_a_new_topic_waits_for_the_operator() -> anyhow::Result<()> {
+    let (write, read) = clusters(&[("raw.first", 2)], 2).await?;
+    let dir = tempfile::tempdir()?;
+    let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "create_topics = false")?;
+    let mut mirror = start_mirror(&config, addr).await?;
+
+    // The source gets a topic the target lacks: the mirror reports it missing and keeps running.
+    write.create_topic("raw.late", 3).await?;
+    produce_ids(&producer(write.bootstrap())?, "raw.late", 3, 0..300)?;
+    wait_until(Duration::from_secs(30), || async { metric(addr, "logpipe_mirror_target_topics_missing", &[]).await == Some(1.0) }).await?;
+    mirror.ensure_running()?;
+    assert!(replicas(&read, "raw.late").is_err(), "the mirror must not create it");
+
+    read.create_topic("raw.late", 3).await?;
+    let created = Instant::now();
+    wait_committed(addr, "raw.late", 300, left_of_ten_seconds(created)).await.logs_of(&mirror)?;
+    assert_mirrored(&write, &read, "raw.late", 300).await?;
+    assert!(mirror.stderr().contains("topic raw.late with 3 partitions"), "the log names what to create:\n{}", mirror.stderr());
     Ok(())
 }

@@ -658,32 +658,63 @@ rd_kafka_mock_partition_find(const rd_kafka_mock_topic_t *mtopic,
         if (!mtopic || partition < 0 || partition >= mtopic->partition_cnt)
                 return NULL;
 
-        return (rd_kafka_mock_partition_t *)&mtopic->partitions[partition];
+        /* logpipe patch: partitions are allocated one by one. */
+        return mtopic->partitions[partition];
 }
 
 
 static void rd_kafka_mock_topic_destroy(rd_kafka_mock_topic_t *mtopic) {
         int i;
 
-        for (i = 0; i < mtopic->partition_cnt; i++)
-                rd_kafka_mock_partition_destroy(&mtopic->partitions[i]);
+        /* logpipe patch: partitions are allocated one by one. */
+        for (i = 0; i < mtopic->partition_cnt; i++) {
+                rd_kafka_mock_partition_destroy(mtopic->partitions[i]);
+                rd_free(mtopic->partitions[i]);
+        }
 
         TAILQ_REMOVE(&mtopic->cluster->topics, mtopic, link);
         mtopic->cluster->topic_cnt--;
 
+        rd_list_destroy(&mtopic->configs); /* logpipe patch */
         rd_free(mtopic->partitions);
         rd_free(mtopic->name);
         rd_free(mtopic);
 }
 
 
-static rd_kafka_mock_topic_t *
+/**
+ * @brief logpipe patch: grows \p mtopic to \p partition_cnt partitions
+ *        (CreatePartitions). Existing partitions, their logs, offsets and
+ *        transaction state are untouched: only the array of pointers to them
+ *        is reallocated. Runs on the mock cluster thread, as every handler.
+ */
+void rd_kafka_mock_topic_add_partitions(rd_kafka_mock_topic_t *mtopic,
+                                        int partition_cnt,
+                                        int replication_factor) {
+        int i;
+
+        rd_assert(partition_cnt >= mtopic->partition_cnt);
+        mtopic->partitions = rd_realloc(
+            mtopic->partitions, sizeof(*mtopic->partitions) * partition_cnt);
+        for (i = mtopic->partition_cnt; i < partition_cnt; i++) {
+                mtopic->partitions[i] =
+                    rd_calloc(1, sizeof(*mtopic->partitions[i]));
+                rd_kafka_mock_partition_init(mtopic, mtopic->partitions[i], i,
+                                             replication_factor);
+        }
+        /* Published last: the new partitions are complete when readers
+         * (all on this thread) see the new count. */
+        mtopic->partition_cnt = partition_cnt;
+}
+
+
+/* logpipe patch: not static, CreateTopics creates topics. */
+rd_kafka_mock_topic_t *
 rd_kafka_mock_topic_new(rd_kafka_mock_cluster_t *mcluster,
                         const char *topic,
                         int partition_cnt,
                         int replication_factor) {
         rd_kafka_mock_topic_t *mtopic;
-        int i;
 
         mtopic = rd_calloc(1, sizeof(*mtopic));
         /* Assign random topic id */
@@ -691,13 +722,15 @@ rd_kafka_mock_topic_new(rd_kafka_mock_cluster_t *mcluster,
         mtopic->name    = rd_strdup(topic);
         mtopic->cluster = mcluster;
 
-        mtopic->partition_cnt = partition_cnt;
-        mtopic->partitions =
-            rd_calloc(partition_cnt, sizeof(*mtopic->partitions));
-
-        for (i = 0; i < partition_cnt; i++)
-                rd_kafka_mock_partition_init(mtopic, &mtopic->partitions[i], i,
-                                             replication_factor);
+        /* logpipe patch: per-topic configs (CreateTopics, DescribeConfigs),
+         * and partitions allocated one by one so that CreatePartitions can
+         * grow the array without moving a partition (transactions, fetches
+         * and offsets hold pointers to them). */
+        rd_list_init(&mtopic->configs, 0, rd_strtup_free);
+        mtopic->partition_cnt = 0;
+        mtopic->partitions    = NULL;
+        rd_kafka_mock_topic_add_partitions(mtopic, partition_cnt,
+                                           replication_factor);
 
         TAILQ_INSERT_TAIL(&mcluster->topics, mtopic, link);
         mcluster->topic_cnt++;
@@ -825,7 +858,7 @@ rd_kafka_mock_partition_get(rd_kafka_mock_cluster_t *mcluster,
         if (partition >= mtopic->partition_cnt)
                 return NULL;
 
-        return &mtopic->partitions[partition];
+        return mtopic->partitions[partition]; /* logpipe patch */
 }
 
 
@@ -958,7 +991,7 @@ rd_kafka_mock_cluster_reassign_partitions(rd_kafka_mock_cluster_t *mcluster) {
                 int i;
                 for (i = 0; i < mtopic->partition_cnt; i++) {
                         rd_kafka_mock_partition_t *mpart =
-                            &mtopic->partitions[i];
+                            mtopic->partitions[i]; /* logpipe patch */
                         rd_kafka_mock_partition_assign_replicas(
                             mpart, mpart->replica_cnt);
                 }

@@ -1239,7 +1239,8 @@ rd_kafka_mock_buf_write_Metadata_Topic(rd_kafka_mock_cluster_t *mcluster,
 
         for (i = 0; mtopic && i < partition_cnt; i++) {
                 rd_kafka_mock_partition_leader_t *mpart_leader;
-                rd_kafka_mock_partition_t *mpart = &mtopic->partitions[i];
+                rd_kafka_mock_partition_t *mpart =
+                    mtopic->partitions[i]; /* logpipe patch */
                 int r;
 
                 /* Response: ..Partitions.ErrorCode */
@@ -1358,8 +1359,19 @@ static int rd_kafka_mock_handle_Metadata(rd_kafka_mock_connection_t *mconn,
         }
 
         if (rkbuf->rkbuf_reqhdr.ApiVersion >= 1) {
-                /* Response: ControllerId */
-                rd_kafka_buf_write_i32(resp, mcluster->controller_id);
+                /* Response: ControllerId.
+                 * logpipe patch: upstream never sets controller_id (0 is no
+                 * broker), so admin requests, which go to the controller,
+                 * found no target. The controller is now the first live
+                 * broker, moving when it goes down, as in Kafka. */
+                int32_t controller_id = -1;
+                TAILQ_FOREACH(mrkb, &mcluster->brokers, link) {
+                        if (mrkb->up) {
+                                controller_id = mrkb->id;
+                                break;
+                        }
+                }
+                rd_kafka_buf_write_i32(resp, controller_id);
         }
 
         /* #Topics */
@@ -3055,6 +3067,639 @@ err_parse:
         return -1;
 }
 
+/* logpipe patch: CreateTopics, CreatePartitions and DescribeConfigs (see
+ * LOGPIPE-PATCH.md). Like every handler they run on the mock cluster's own
+ * thread, which owns the topics, so they take no lock (mcluster->lock only
+ * guards the error stacks and request tracking, which the control API
+ * touches from other threads). Versions served are the non-flexible ones
+ * librdkafka's admin client negotiates: CreateTopics 0-4,
+ * CreatePartitions 0-1, DescribeConfigs 0-2. */
+
+/** Kafka's topic configs and their defaults: the names CreateTopics accepts,
+ *  and what DescribeConfigs reports for a config a topic does not set.
+ *  Values are stored and reported, not enforced (retention.bytes excepted:
+ *  its default is reported as the mock's own per-partition limit). */
+static const char *rd_kafka_mock_topic_config_defaults[][2] = {
+    {"cleanup.policy", "delete"},
+    {"compression.type", "producer"},
+    {"compression.gzip.level", "-1"},
+    {"compression.lz4.level", "9"},
+    {"compression.zstd.level", "3"},
+    {"delete.retention.ms", "86400000"},
+    {"file.delete.delay.ms", "60000"},
+    {"flush.messages", "9223372036854775807"},
+    {"flush.ms", "9223372036854775807"},
+    {"follower.replication.throttled.replicas", ""},
+    {"index.interval.bytes", "4096"},
+    {"leader.replication.throttled.replicas", ""},
+    {"local.retention.bytes", "-2"},
+    {"local.retention.ms", "-2"},
+    {"max.compaction.lag.ms", "9223372036854775807"},
+    {"max.message.bytes", "1048588"},
+    {"message.downconversion.enable", "true"},
+    {"message.format.version", "3.0-IV1"},
+    {"message.timestamp.after.max.ms", "9223372036854775807"},
+    {"message.timestamp.before.max.ms", "9223372036854775807"},
+    {"message.timestamp.difference.max.ms", "9223372036854775807"},
+    {"message.timestamp.type", "CreateTime"},
+    {"min.cleanable.dirty.ratio", "0.5"},
+    {"min.compaction.lag.ms", "0"},
+    {"min.insync.replicas", "1"},
+    {"preallocate", "false"},
+    {"remote.storage.enable", "false"},
+    {"retention.bytes", "-1"},
+    {"retention.ms", "604800000"},
+    {"segment.bytes", "1073741824"},
+    {"segment.index.bytes", "10485760"},
+    {"segment.jitter.ms", "0"},
+    {"segment.ms", "604800000"},
+    {"unclean.leader.election.enable", "false"},
+};
+
+/** @returns the index of topic config \p name, or -1 if Kafka has none. */
+static int rd_kafka_mock_topic_config_index(const char *name) {
+        size_t i;
+        for (i = 0; i < RD_ARRAYSIZE(rd_kafka_mock_topic_config_defaults);
+             i++)
+                if (!strcmp(rd_kafka_mock_topic_config_defaults[i][0], name))
+                        return (int)i;
+        return -1;
+}
+
+/** @returns the value \p mtopic was created with for \p name, or NULL. */
+static const char *
+rd_kafka_mock_topic_config_get(const rd_kafka_mock_topic_t *mtopic,
+                               const char *name) {
+        const rd_strtup_t *strtup;
+        int i;
+        RD_LIST_FOREACH(strtup, &mtopic->configs, i) {
+                if (!strcmp(strtup->name, name))
+                        return strtup->value;
+        }
+        return NULL;
+}
+
+/** @returns true if \p name is a legal Kafka topic name. */
+static rd_bool_t rd_kafka_mock_topic_name_valid(const char *name) {
+        size_t len = strlen(name), i;
+        if (len == 0 || len > 249 || !strcmp(name, ".") || !strcmp(name, ".."))
+                return rd_false;
+        for (i = 0; i < len; i++) {
+                char c = name[i];
+                if (!(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z') &&
+                    !(c >= '0' && c <= '9') && c != '.' && c != '_' &&
+                    c != '-')
+                        return rd_false;
+        }
+        return rd_true;
+}
+
+static int rd_kafka_mock_brokers_up(const rd_kafka_mock_cluster_t *mcluster) {
+        const rd_kafka_mock_broker_t *mrkb;
+        int cnt = 0;
+        TAILQ_FOREACH(mrkb, &mcluster->brokers, link) {
+                if (mrkb->up)
+                        cnt++;
+        }
+        return cnt;
+}
+
+/** One topic of a CreateTopics or CreatePartitions request, parsed first:
+ *  the request's trailing ValidateOnly flag and repeated names decide what
+ *  is applied. */
+typedef struct rd_kafka_mock_topic_req_s {
+        char *name;
+        int32_t partition_cnt;      /**< Requested (total) count */
+        int16_t replication_factor; /**< CreateTopics only */
+        rd_bool_t has_assignments;  /**< Explicit replica assignment */
+        rd_list_t configs;          /**< rd_strtup_t*, CreateTopics only */
+        rd_kafka_resp_err_t err;    /**< Found while parsing */
+        char errstr[256];
+} rd_kafka_mock_topic_req_t;
+
+static void rd_kafka_mock_topic_reqs_destroy(rd_kafka_mock_topic_req_t *reqs,
+                                             int cnt) {
+        int i;
+        for (i = 0; i < cnt; i++) {
+                rd_free(reqs[i].name);
+                rd_list_destroy(&reqs[i].configs);
+        }
+        rd_free(reqs);
+}
+
+/** Parses a topic name into \p req and prepares \p req for the rest. */
+static void rd_kafka_mock_topic_req_init(rd_kafka_mock_topic_req_t *req,
+                                         const rd_kafkap_str_t *Name) {
+        req->name = RD_KAFKAP_STR_IS_NULL(Name) ? rd_strdup("")
+                                                : RD_KAFKAP_STR_DUP(Name);
+        rd_list_init(&req->configs, 0, rd_strtup_free);
+}
+
+/** Skips a replica assignment array: [PartitionIndex?] [BrokerIds]. */
+#define rd_kafka_mock_skip_assignments(rkbuf, Cnt, WithIndex)                 \
+        do {                                                                   \
+                int32_t _a, _cnt;                                              \
+                for (_a = 0; _a < (Cnt); _a++) {                               \
+                        if (WithIndex)                                         \
+                                rd_kafka_buf_skip(rkbuf, 4);                   \
+                        rd_kafka_buf_read_arraycnt(rkbuf, &_cnt, 10000);       \
+                        rd_kafka_buf_skip(rkbuf, RD_MAX(_cnt, 0) * 4);         \
+                }                                                              \
+        } while (0)
+
+/** Applies the checks CreateTopics and CreatePartitions share; returns the
+ *  first failure with Kafka's message in \p req->errstr. */
+static rd_kafka_resp_err_t
+rd_kafka_mock_topic_req_check(rd_kafka_mock_topic_req_t *reqs,
+                              int cnt,
+                              int i,
+                              rd_kafka_resp_err_t injected) {
+        rd_kafka_mock_topic_req_t *req = &reqs[i];
+        int j;
+        if (req->err)
+                return req->err;
+        if (injected) {
+                req->errstr[0] = '\0';
+                return injected;
+        }
+        for (j = 0; j < cnt; j++) {
+                if (j != i && !strcmp(reqs[j].name, req->name)) {
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "The request contains multiple entries "
+                                    "for topic %s",
+                                    req->name);
+                        return RD_KAFKA_RESP_ERR_INVALID_REQUEST;
+                }
+        }
+        if (req->has_assignments) {
+                rd_snprintf(req->errstr, sizeof(req->errstr),
+                            "The dev cluster does not take replica "
+                            "assignments: give counts only");
+                return RD_KAFKA_RESP_ERR_INVALID_REQUEST;
+        }
+        if (req->partition_cnt > RD_KAFKAP_PARTITIONS_MAX) {
+                rd_snprintf(req->errstr, sizeof(req->errstr),
+                            "Number of partitions %" PRId32
+                            " is above the dev cluster's limit of %d",
+                            req->partition_cnt, RD_KAFKAP_PARTITIONS_MAX);
+                return RD_KAFKA_RESP_ERR_INVALID_PARTITIONS;
+        }
+        return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/** Writes one topic result of CreateTopics or CreatePartitions. */
+static void rd_kafka_mock_topic_result_write(rd_kafka_buf_t *resp,
+                                             const rd_kafka_mock_topic_req_t *req,
+                                             rd_kafka_resp_err_t err,
+                                             rd_bool_t with_message) {
+        rd_kafka_buf_write_str(resp, req->name, -1);
+        rd_kafka_buf_write_i16(resp, err);
+        if (with_message)
+                rd_kafka_buf_write_str(
+                    resp, err && req->errstr[0] ? req->errstr : NULL, -1);
+}
+
+/**
+ * @brief Handle CreateTopicsRequest (v0-4): topics with a partition count,
+ *        a replication factor (at most the live brokers, as Kafka checks)
+ *        and configs, stored on the topic for DescribeConfigs.
+ */
+static int rd_kafka_mock_handle_CreateTopics(rd_kafka_mock_connection_t *mconn,
+                                             rd_kafka_buf_t *rkbuf) {
+        const rd_bool_t log_decode_errors = rd_true;
+        rd_kafka_mock_cluster_t *mcluster = mconn->broker->cluster;
+        rd_kafka_buf_t *resp = rd_kafka_mock_buf_new_response(rkbuf);
+        const int16_t ApiVersion = rkbuf->rkbuf_reqhdr.ApiVersion;
+        rd_kafka_mock_topic_req_t *reqs = NULL;
+        int32_t TopicsCnt, TimeoutMs, i, j;
+        int parsed             = 0;
+        rd_bool_t ValidateOnly = rd_false;
+        rd_kafka_resp_err_t injected;
+        int brokers;
+
+        rd_kafka_buf_read_arraycnt(rkbuf, &TopicsCnt, RD_KAFKAP_TOPICS_MAX);
+        TopicsCnt = RD_MAX(TopicsCnt, 0);
+        reqs      = rd_calloc(RD_MAX(TopicsCnt, 1), sizeof(*reqs));
+
+        for (i = 0; i < TopicsCnt; i++) {
+                rd_kafka_mock_topic_req_t *req = &reqs[i];
+                rd_kafkap_str_t Name;
+                int32_t AssignmentsCnt, ConfigsCnt;
+
+                rd_kafka_buf_read_str(rkbuf, &Name);
+                rd_kafka_mock_topic_req_init(req, &Name);
+                parsed++;
+                rd_kafka_buf_read_i32(rkbuf, &req->partition_cnt);
+                rd_kafka_buf_read_i16(rkbuf, &req->replication_factor);
+                rd_kafka_buf_read_arraycnt(rkbuf, &AssignmentsCnt,
+                                           RD_KAFKAP_PARTITIONS_MAX);
+                req->has_assignments = AssignmentsCnt > 0;
+                rd_kafka_mock_skip_assignments(rkbuf, AssignmentsCnt, 1);
+
+                rd_kafka_buf_read_arraycnt(rkbuf, &ConfigsCnt, 10000);
+                for (j = 0; j < ConfigsCnt; j++) {
+                        rd_kafkap_str_t CName, CValue;
+                        char *name;
+                        rd_kafka_buf_read_str(rkbuf, &CName);
+                        rd_kafka_buf_read_str(rkbuf, &CValue);
+                        if (req->err)
+                                continue;
+                        name = RD_KAFKAP_STR_IS_NULL(&CName)
+                                   ? rd_strdup("")
+                                   : RD_KAFKAP_STR_DUP(&CName);
+                        if (RD_KAFKAP_STR_IS_NULL(&CValue)) {
+                                req->err = RD_KAFKA_RESP_ERR_INVALID_REQUEST;
+                                rd_snprintf(req->errstr, sizeof(req->errstr),
+                                            "Null value not supported for "
+                                            "topic configs: %s",
+                                            name);
+                        } else if (rd_kafka_mock_topic_config_index(name) ==
+                                   -1) {
+                                req->err = RD_KAFKA_RESP_ERR_INVALID_CONFIG;
+                                rd_snprintf(req->errstr, sizeof(req->errstr),
+                                            "Unknown topic config name: %s",
+                                            name);
+                        } else {
+                                rd_list_add(&req->configs,
+                                            rd_strtup_new0(
+                                                name, -1, CValue.str,
+                                                RD_KAFKAP_STR_LEN(&CValue)));
+                        }
+                        rd_free(name);
+                }
+        }
+
+        rd_kafka_buf_read_i32(rkbuf, &TimeoutMs);
+        if (ApiVersion >= 1)
+                rd_kafka_buf_read_bool(rkbuf, &ValidateOnly);
+
+        if (ApiVersion >= 2) {
+                /* Response: ThrottleTimeMs */
+                rd_kafka_buf_write_i32(resp, 0);
+        }
+        /* Response: #Topics */
+        rd_kafka_buf_write_arraycnt(resp, TopicsCnt);
+
+        injected = rd_kafka_mock_next_request_error(mconn, resp);
+        brokers  = rd_kafka_mock_brokers_up(mcluster);
+
+        for (i = 0; i < TopicsCnt; i++) {
+                rd_kafka_mock_topic_req_t *req = &reqs[i];
+                int32_t partitions = req->partition_cnt == -1
+                                         ? mcluster->defaults.partition_cnt
+                                         : req->partition_cnt;
+                int replication    = req->replication_factor == -1
+                                         ? mcluster->defaults.replication_factor
+                                         : req->replication_factor;
+                rd_kafka_resp_err_t err =
+                    rd_kafka_mock_topic_req_check(reqs, TopicsCnt, i, injected);
+
+                if (!err && !rd_kafka_mock_topic_name_valid(req->name)) {
+                        err = RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "Topic name \"%s\" is illegal: it must "
+                                    "be 1-249 of ASCII alphanumerics, '.', "
+                                    "'_' and '-'",
+                                    req->name);
+                } else if (!err &&
+                           rd_kafka_mock_topic_find(mcluster, req->name)) {
+                        err = RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "Topic '%s' already exists.", req->name);
+                } else if (!err && partitions <= 0) {
+                        err = RD_KAFKA_RESP_ERR_INVALID_PARTITIONS;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "Number of partitions was set to an "
+                                    "invalid non-positive value.");
+                } else if (!err && replication <= 0) {
+                        err = RD_KAFKA_RESP_ERR_INVALID_REPLICATION_FACTOR;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "Replication factor must be larger than "
+                                    "0, or -1 to use the default value.");
+                } else if (!err && replication > brokers) {
+                        err = RD_KAFKA_RESP_ERR_INVALID_REPLICATION_FACTOR;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "Unable to replicate the partition %d "
+                                    "time(s): The target replication factor "
+                                    "of %d cannot be reached because only %d "
+                                    "broker(s) are registered.",
+                                    replication, replication, brokers);
+                }
+
+                if (!err && !ValidateOnly) {
+                        rd_kafka_mock_topic_t *mtopic = rd_kafka_mock_topic_new(
+                            mcluster, req->name, partitions, replication);
+                        rd_list_copy_to(&mtopic->configs, &req->configs,
+                                        rd_strtup_list_copy, NULL);
+                }
+
+                rd_kafka_dbg(mcluster->rk, MOCK, "MOCK",
+                             "CreateTopics %s (%" PRId32
+                             " partitions, replication %d, %d configs%s): %s",
+                             req->name, partitions, replication,
+                             rd_list_cnt(&req->configs),
+                             ValidateOnly ? ", validate only" : "",
+                             rd_kafka_err2name(err));
+
+                rd_kafka_mock_topic_result_write(resp, req, err,
+                                                 ApiVersion >= 1);
+        }
+
+        rd_kafka_mock_topic_reqs_destroy(reqs, parsed);
+        rd_kafka_mock_connection_send_response(mconn, resp);
+        return 0;
+
+err_parse:
+        if (reqs)
+                rd_kafka_mock_topic_reqs_destroy(reqs, parsed);
+        rd_kafka_buf_destroy(resp);
+        return -1;
+}
+
+/**
+ * @brief Handle CreatePartitionsRequest (v0-1): grows topics to a new total
+ *        count; the existing partitions and their logs stay as they are.
+ */
+static int
+rd_kafka_mock_handle_CreatePartitions(rd_kafka_mock_connection_t *mconn,
+                                      rd_kafka_buf_t *rkbuf) {
+        const rd_bool_t log_decode_errors = rd_true;
+        rd_kafka_mock_cluster_t *mcluster = mconn->broker->cluster;
+        rd_kafka_buf_t *resp = rd_kafka_mock_buf_new_response(rkbuf);
+        rd_kafka_mock_topic_req_t *reqs = NULL;
+        int32_t TopicsCnt, TimeoutMs, i;
+        int parsed             = 0;
+        rd_bool_t ValidateOnly = rd_false;
+        rd_kafka_resp_err_t injected;
+
+        rd_kafka_buf_read_arraycnt(rkbuf, &TopicsCnt, RD_KAFKAP_TOPICS_MAX);
+        TopicsCnt = RD_MAX(TopicsCnt, 0);
+        reqs      = rd_calloc(RD_MAX(TopicsCnt, 1), sizeof(*reqs));
+
+        for (i = 0; i < TopicsCnt; i++) {
+                rd_kafka_mock_topic_req_t *req = &reqs[i];
+                rd_kafkap_str_t Name;
+                int32_t AssignmentsCnt;
+
+                rd_kafka_buf_read_str(rkbuf, &Name);
+                rd_kafka_mock_topic_req_init(req, &Name);
+                parsed++;
+                rd_kafka_buf_read_i32(rkbuf, &req->partition_cnt);
+                /* Nullable: -1 when the client leaves placement to us. */
+                rd_kafka_buf_read_arraycnt(rkbuf, &AssignmentsCnt,
+                                           RD_KAFKAP_PARTITIONS_MAX);
+                req->has_assignments = AssignmentsCnt > 0;
+                rd_kafka_mock_skip_assignments(rkbuf, AssignmentsCnt, 0);
+        }
+
+        rd_kafka_buf_read_i32(rkbuf, &TimeoutMs);
+        rd_kafka_buf_read_bool(rkbuf, &ValidateOnly);
+
+        /* Response: ThrottleTimeMs */
+        rd_kafka_buf_write_i32(resp, 0);
+        /* Response: #Results */
+        rd_kafka_buf_write_arraycnt(resp, TopicsCnt);
+
+        injected = rd_kafka_mock_next_request_error(mconn, resp);
+
+        for (i = 0; i < TopicsCnt; i++) {
+                rd_kafka_mock_topic_req_t *req = &reqs[i];
+                rd_kafka_mock_topic_t *mtopic =
+                    rd_kafka_mock_topic_find(mcluster, req->name);
+                rd_kafka_resp_err_t err =
+                    rd_kafka_mock_topic_req_check(reqs, TopicsCnt, i, injected);
+
+                if (!err && !mtopic) {
+                        err = RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "The topic '%s' does not exist.",
+                                    req->name);
+                } else if (!err &&
+                           req->partition_cnt < mtopic->partition_cnt) {
+                        err = RD_KAFKA_RESP_ERR_INVALID_PARTITIONS;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "Topic currently has %d partitions, "
+                                    "which is higher than the requested "
+                                    "%" PRId32 ".",
+                                    mtopic->partition_cnt, req->partition_cnt);
+                } else if (!err &&
+                           req->partition_cnt == mtopic->partition_cnt) {
+                        err = RD_KAFKA_RESP_ERR_INVALID_PARTITIONS;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "Topic already has %d partitions.",
+                                    mtopic->partition_cnt);
+                }
+
+                if (!err && !ValidateOnly) {
+                        /* New partitions get the topic's replication. */
+                        int replication =
+                            mtopic->partition_cnt > 0
+                                ? mtopic->partitions[0]->replica_cnt
+                                : mcluster->defaults.replication_factor;
+                        rd_kafka_mock_topic_add_partitions(
+                            mtopic, req->partition_cnt, replication);
+                }
+
+                rd_kafka_dbg(mcluster->rk, MOCK, "MOCK",
+                             "CreatePartitions %s to %" PRId32 "%s: %s",
+                             req->name, req->partition_cnt,
+                             ValidateOnly ? " (validate only)" : "",
+                             rd_kafka_err2name(err));
+
+                rd_kafka_mock_topic_result_write(resp, req, err, rd_true);
+        }
+
+        rd_kafka_mock_topic_reqs_destroy(reqs, parsed);
+        rd_kafka_mock_connection_send_response(mconn, resp);
+        return 0;
+
+err_parse:
+        if (reqs)
+                rd_kafka_mock_topic_reqs_destroy(reqs, parsed);
+        rd_kafka_buf_destroy(resp);
+        return -1;
+}
+
+/** Writes one DescribeConfigs entry: a topic's own value (source
+ *  DYNAMIC_TOPIC_CONFIG) or Kafka's default (DEFAULT_CONFIG). */
+static void rd_kafka_mock_config_entry_write(rd_kafka_buf_t *resp,
+                                             int16_t ApiVersion,
+                                             rd_bool_t IncludeSynonyms,
+                                             const char *name,
+                                             const char *value,
+                                             rd_bool_t is_default) {
+        int8_t source = is_default
+                            ? RD_KAFKA_CONFIG_SOURCE_DEFAULT_CONFIG
+                            : RD_KAFKA_CONFIG_SOURCE_DYNAMIC_TOPIC_CONFIG;
+        rd_kafka_buf_write_str(resp, name, -1);
+        rd_kafka_buf_write_str(resp, value, -1);
+        rd_kafka_buf_write_bool(resp, rd_false); /* ReadOnly */
+        if (ApiVersion == 0)
+                rd_kafka_buf_write_bool(resp, is_default);
+        else
+                rd_kafka_buf_write_i8(resp, source);
+        rd_kafka_buf_write_bool(resp, rd_false); /* IsSensitive */
+        if (ApiVersion >= 1) {
+                /* Synonyms: the entry itself, as Kafka lists first. */
+                rd_kafka_buf_write_i32(resp, IncludeSynonyms ? 1 : 0);
+                if (IncludeSynonyms) {
+                        rd_kafka_buf_write_str(resp, name, -1);
+                        rd_kafka_buf_write_str(resp, value, -1);
+                        rd_kafka_buf_write_i8(resp, source);
+                }
+        }
+}
+
+/** Writes the configs of \p mtopic named in \p names (all if NULL). */
+static int32_t rd_kafka_mock_topic_configs_write(rd_kafka_buf_t *resp,
+                                                 int16_t ApiVersion,
+                                                 rd_bool_t IncludeSynonyms,
+                                                 const rd_kafka_mock_topic_t *mtopic,
+                                                 const rd_list_t *names) {
+        int32_t cnt = 0;
+        size_t i;
+        char retention[32];
+
+        rd_snprintf(retention, sizeof(retention), "%" PRIusz,
+                    mtopic->cluster->retention_bytes);
+        for (i = 0; i < RD_ARRAYSIZE(rd_kafka_mock_topic_config_defaults);
+             i++) {
+                const char *name = rd_kafka_mock_topic_config_defaults[i][0];
+                const char *value =
+                    rd_kafka_mock_topic_config_get(mtopic, name);
+                rd_bool_t is_default = !value;
+                if (names && !rd_list_find(names, name, rd_list_cmp_str))
+                        continue;
+                if (is_default)
+                        value = strcmp(name, "retention.bytes")
+                                    ? rd_kafka_mock_topic_config_defaults[i][1]
+                                    : retention;
+                rd_kafka_mock_config_entry_write(resp, ApiVersion,
+                                                 IncludeSynonyms, name, value,
+                                                 is_default);
+                cnt++;
+        }
+        return cnt;
+}
+
+/** One resource of a DescribeConfigs request. */
+typedef struct rd_kafka_mock_config_req_s {
+        int8_t type;
+        char *name;
+        rd_list_t *names; /**< char *, NULL for all configs */
+} rd_kafka_mock_config_req_t;
+
+static void rd_kafka_mock_config_reqs_destroy(rd_kafka_mock_config_req_t *reqs,
+                                              int cnt) {
+        int i;
+        for (i = 0; i < cnt; i++) {
+                rd_free(reqs[i].name);
+                if (reqs[i].names)
+                        rd_list_destroy(reqs[i].names);
+        }
+        rd_free(reqs);
+}
+
+/**
+ * @brief Handle DescribeConfigsRequest (v0-2) for TOPIC resources: the
+ *        configs the topic was created with, and defaults for the rest.
+ */
+static int
+rd_kafka_mock_handle_DescribeConfigs(rd_kafka_mock_connection_t *mconn,
+                                     rd_kafka_buf_t *rkbuf) {
+        const rd_bool_t log_decode_errors = rd_true;
+        rd_kafka_mock_cluster_t *mcluster = mconn->broker->cluster;
+        rd_kafka_buf_t *resp = rd_kafka_mock_buf_new_response(rkbuf);
+        const int16_t ApiVersion = rkbuf->rkbuf_reqhdr.ApiVersion;
+        rd_kafka_mock_config_req_t *reqs = NULL;
+        int32_t ResourcesCnt, i, j;
+        int parsed                = 0;
+        rd_bool_t IncludeSynonyms = rd_false;
+        rd_kafka_resp_err_t injected;
+
+        rd_kafka_buf_read_arraycnt(rkbuf, &ResourcesCnt, 10000);
+        ResourcesCnt = RD_MAX(ResourcesCnt, 0);
+        reqs         = rd_calloc(RD_MAX(ResourcesCnt, 1), sizeof(*reqs));
+
+        for (i = 0; i < ResourcesCnt; i++) {
+                rd_kafka_mock_config_req_t *req = &reqs[i];
+                rd_kafkap_str_t Name;
+                int32_t NamesCnt;
+
+                rd_kafka_buf_read_i8(rkbuf, &req->type);
+                rd_kafka_buf_read_str(rkbuf, &Name);
+                req->name = RD_KAFKAP_STR_IS_NULL(&Name)
+                                ? rd_strdup("")
+                                : RD_KAFKAP_STR_DUP(&Name);
+                parsed++;
+                /* Nullable: -1 asks for every config. */
+                rd_kafka_buf_read_arraycnt(rkbuf, &NamesCnt, 10000);
+                if (NamesCnt >= 0)
+                        req->names = rd_list_new(NamesCnt, rd_free);
+                for (j = 0; j < NamesCnt; j++) {
+                        rd_kafkap_str_t CName;
+                        rd_kafka_buf_read_str(rkbuf, &CName);
+                        rd_list_add(req->names,
+                                    RD_KAFKAP_STR_IS_NULL(&CName)
+                                        ? rd_strdup("")
+                                        : RD_KAFKAP_STR_DUP(&CName));
+                }
+        }
+        if (ApiVersion >= 1)
+                rd_kafka_buf_read_bool(rkbuf, &IncludeSynonyms);
+
+        /* Response: ThrottleTimeMs */
+        rd_kafka_buf_write_i32(resp, 0);
+        /* Response: #Results */
+        rd_kafka_buf_write_arraycnt(resp, ResourcesCnt);
+
+        injected = rd_kafka_mock_next_request_error(mconn, resp);
+
+        for (i = 0; i < ResourcesCnt; i++) {
+                rd_kafka_mock_config_req_t *req = &reqs[i];
+                const rd_kafka_mock_topic_t *mtopic = NULL;
+                rd_kafka_resp_err_t err             = injected;
+                char errstr[256]                    = "";
+                size_t of_cnt;
+
+                if (!err && req->type != 2 /* ConfigResourceType TOPIC */) {
+                        err = RD_KAFKA_RESP_ERR_INVALID_REQUEST;
+                        rd_snprintf(errstr, sizeof(errstr),
+                                    "The dev cluster describes topic "
+                                    "configs only (resource type %d)",
+                                    (int)req->type);
+                } else if (!err && !(mtopic = rd_kafka_mock_topic_find(
+                                         mcluster, req->name))) {
+                        err = RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+                        rd_snprintf(errstr, sizeof(errstr),
+                                    "The topic '%s' does not exist.",
+                                    req->name);
+                }
+
+                rd_kafka_buf_write_i16(resp, err);
+                rd_kafka_buf_write_str(resp, errstr[0] ? errstr : NULL, -1);
+                rd_kafka_buf_write_i8(resp, req->type);
+                rd_kafka_buf_write_str(resp, req->name, -1);
+                of_cnt = rd_kafka_buf_write_arraycnt_pos(resp);
+                rd_kafka_buf_finalize_arraycnt(
+                    resp, of_cnt,
+                    err ? 0
+                        : rd_kafka_mock_topic_configs_write(
+                              resp, ApiVersion, IncludeSynonyms, mtopic,
+                              req->names));
+        }
+
+        rd_kafka_mock_config_reqs_destroy(reqs, parsed);
+        rd_kafka_mock_connection_send_response(mconn, resp);
+        return 0;
+
+err_parse:
+        if (reqs)
+                rd_kafka_mock_config_reqs_destroy(reqs, parsed);
+        rd_kafka_buf_destroy(resp);
+        return -1;
+}
+
 /**
  * @brief Default request handlers
  */
@@ -3091,6 +3736,13 @@ const struct rd_kafka_mock_api_handler
             {0, 0, 0, rd_kafka_mock_handle_GetTelemetrySubscriptions},
         [RD_KAFKAP_PushTelemetry] = {0, 0, 0,
                                      rd_kafka_mock_handle_PushTelemetry},
+        /* logpipe patch: topic administration (see LOGPIPE-PATCH.md). */
+        [RD_KAFKAP_CreateTopics] = {0, 4, -1,
+                                    rd_kafka_mock_handle_CreateTopics},
+        [RD_KAFKAP_CreatePartitions] =
+            {0, 1, -1, rd_kafka_mock_handle_CreatePartitions},
+        [RD_KAFKAP_DescribeConfigs] =
+            {0, 2, -1, rd_kafka_mock_handle_DescribeConfigs},
 };
 
 

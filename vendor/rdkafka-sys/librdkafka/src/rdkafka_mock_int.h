@@ -405,8 +405,14 @@ typedef struct rd_kafka_mock_topic_s {
         char *name;
         rd_kafka_Uuid_t id;
 
-        rd_kafka_mock_partition_t *partitions;
+        /** logpipe patch: one allocation per partition, so that
+         *  CreatePartitions grows this array without moving a partition. */
+        rd_kafka_mock_partition_t **partitions;
         int partition_cnt;
+
+        /** logpipe patch: topic configs set by CreateTopics, in request
+         *  order (rd_strtup_t *), returned by DescribeConfigs. */
+        rd_list_t configs;
 
         rd_kafka_resp_err_t err; /**< Error to return in protocol requests
                                   *   for this topic. */
@@ -575,6 +581,16 @@ void rd_kafka_mock_connection_set_blocking(rd_kafka_mock_connection_t *mconn,
 rd_kafka_mock_partition_t *
 rd_kafka_mock_partition_find(const rd_kafka_mock_topic_t *mtopic,
                              int32_t partition);
+/* logpipe patch: CreateTopics and CreatePartitions. */
+rd_kafka_mock_topic_t *
+rd_kafka_mock_topic_new(rd_kafka_mock_cluster_t *mcluster,
+                        const char *topic,
+                        int partition_cnt,
+                        int replication_factor);
+void rd_kafka_mock_topic_add_partitions(rd_kafka_mock_topic_t *mtopic,
+                                        int partition_cnt,
+                                        int replication_factor);
+
 rd_kafka_mock_topic_t *
 rd_kafka_mock_topic_auto_create(rd_kafka_mock_cluster_t *mcluster,
                                 const char *topic,
