@@ -43,6 +43,63 @@ pub mod error_header {
     pub const OFFSET: &str = "lp.error.offset";
 }
 
+/// Header names `logpipe-validator replay` adds to every record it writes, to the clean topic or
+/// to the DLQ again: where the dead letter it replayed was (topic, partition, offset on the read
+/// cluster). They tell a replayed line from one the validator wrote twice, which an end-to-end
+/// count by id must (a replay leaves the original dead letter in place).
+pub mod replay_header {
+    pub const TOPIC: &str = "lp.replay.topic";
+    pub const PARTITION: &str = "lp.replay.partition";
+    pub const OFFSET: &str = "lp.replay.offset";
+}
+
+/// The dead letter a replayed record comes from, as its [`replay_header`]s say.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplayedFrom {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl ReplayedFrom {
+    /// The headers a replay writes, in contract order.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            (replay_header::TOPIC, self.topic.clone()),
+            (replay_header::PARTITION, self.partition.to_string()),
+            (replay_header::OFFSET, self.offset.to_string()),
+        ]
+    }
+
+    /// Reads the replay headers of a record, given as (name, value) pairs in any order:
+    /// `Ok(None)` for a record no replay wrote, an error when only some are there or one is
+    /// malformed (the same errors as [`RecordId::from_headers`]).
+    pub fn from_headers<'a, I>(headers: I) -> Result<Option<ReplayedFrom>, RecordIdError>
+    where
+        I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    {
+        let names = [replay_header::TOPIC, replay_header::PARTITION, replay_header::OFFSET];
+        let Some([topic, partition, offset]) = find_headers(headers, names) else {
+            return Ok(None);
+        };
+        fn number<T: std::str::FromStr>(name: &'static str, value: Option<&[u8]>) -> Result<T, RecordIdError> {
+            let value = String::from_utf8_lossy(value.ok_or(RecordIdError::Missing(name))?);
+            value.parse().map_err(|_| RecordIdError::Invalid { name, value: value.into_owned() })
+        }
+        Ok(Some(ReplayedFrom {
+            topic: topic.filter(|t| !t.is_empty()).map(|t| String::from_utf8_lossy(t).into_owned()).ok_or(RecordIdError::Missing(replay_header::TOPIC))?,
+            partition: number(replay_header::PARTITION, partition)?,
+            offset: number(replay_header::OFFSET, offset)?,
+        }))
+    }
+}
+
+impl fmt::Display for ReplayedFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+}
+
 /// The step of validation at which a record was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -149,19 +206,9 @@ impl RecordId {
     where
         I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     {
-        let (mut host, mut file, mut offset) = (None, None, None);
-        for (name, value) in headers {
-            let slot = match name {
-                header::HOST => &mut host,
-                header::FILE => &mut file,
-                header::OFFSET => &mut offset,
-                _ => continue,
-            };
-            *slot = Some(value.unwrap_or_default());
-        }
-        if host.is_none() && file.is_none() && offset.is_none() {
+        let Some([host, file, offset]) = find_headers(headers, [header::HOST, header::FILE, header::OFFSET]) else {
             return Ok(None);
-        }
+        };
         let text = |name: &'static str, value: Option<&[u8]>| -> Result<String, RecordIdError> {
             let value = value.ok_or(RecordIdError::Missing(name))?;
             String::from_utf8(value.to_vec()).map_err(|e| RecordIdError::Invalid {
@@ -188,6 +235,22 @@ impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.host, self.file, self.offset)
     }
+}
+
+/// The values of the headers `names` among `headers`, in the order of `names`: `None` for a
+/// header that is not there, empty for one present without a value (the last of a repeated
+/// name wins); `None` when none of them is there.
+fn find_headers<'a, const N: usize, I>(headers: I, names: [&str; N]) -> Option<[Option<&'a [u8]>; N]>
+where
+    I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+{
+    let mut found = [None; N];
+    for (name, value) in headers {
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            found[i] = Some(value.unwrap_or_default());
+        }
+    }
+    found.iter().any(Option::is_some).then_some(found)
 }
 
 /// How the agent builds a raw record's key.
@@ -408,6 +471,27 @@ mod tests {
         assert_eq!(raw_topic("game"), "raw.game");
         assert_eq!(mirror_state_topic("default"), "_lp.mirror.default.state");
         assert_eq!(replay_state_topic("logpipe-validator"), "_lp.validator.logpipe-validator.replay-state");
+    }
+
+    #[test]
+    fn replay_headers_round_trip() {
+        let from = ReplayedFrom { topic: "dlq.game".into(), partition: 2, offset: 41 };
+        let headers = from.headers();
+        let pairs = |hs: &[(&'static str, String)]| -> Vec<(&'static str, Option<Vec<u8>>)> {
+            hs.iter().map(|(k, v)| (*k, Some(v.as_bytes().to_vec()))).collect()
+        };
+        let mut all = pairs(&headers);
+        all.insert(0, (header::HOST, Some(b"h".to_vec())));
+        let read = |p: &[(&'static str, Option<Vec<u8>>)]| ReplayedFrom::from_headers(p.iter().map(|(k, v)| (*k, v.as_deref())));
+        assert_eq!(read(&all), Ok(Some(from.clone())));
+        assert_eq!(from.to_string(), "dlq.game/2/41");
+        // A record no replay wrote; one with a header missing; one malformed.
+        assert_eq!(read(&all[..1]), Ok(None));
+        assert_eq!(read(&all[..3]), Err(RecordIdError::Missing(replay_header::OFFSET)));
+        all[2].1 = Some(b"two".to_vec());
+        assert!(matches!(read(&all), Err(RecordIdError::Invalid { name: replay_header::PARTITION, .. })));
+        // Distinct from the error headers a dead letter carries and a replay removes.
+        assert!(headers.iter().all(|(k, _)| k.starts_with("lp.replay.") && !k.starts_with("lp.error.")));
     }
 
     #[test]

@@ -118,12 +118,7 @@ fn retry_while_full<R>(
 /// commits, plus `settings`: how a benchmark counts what became visible downstream without
 /// joining a group (no rebalance pause in the measurement).
 pub fn reader(bootstrap: &str, group: &str, topic: &str, partitions: i32, settings: &[(&str, &str)]) -> anyhow::Result<BaseConsumer> {
-    let mut config = rdkafka::ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false");
+    let mut config = crate::harness::read_committed_config(bootstrap, group);
     for (key, value) in settings {
         config.set(*key, *value);
     }
