@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use logpipe_core::record::{header, RecordId};
 use logpipe_devkit::harness::{bin_path, free_addr, wait_until, write_file, DevCluster, Process};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tempfile::TempDir;
 
 pub const TOPIC: &str = "raw.game";
@@ -129,16 +128,7 @@ pub struct Collector {
 
 impl Collector {
     pub fn start(bootstrap: &str) -> anyhow::Result<Collector> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "agent-test-collector")
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            assignment.add_partition_offset(TOPIC, p, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
+        let consumer = logpipe_devkit::measure::reader(bootstrap, "agent-test-collector", TOPIC, PARTITIONS, &[])?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
