@@ -38,10 +38,13 @@
 //! **Topics.** Include/exclude regexes over whole names (exclude wins; `_`-prefixed topics are
 //! excluded unless `exclude_internal = false`); identity names, or `topics.rename` with
 //! `{topic}`. Both clusters' metadata is read every `refresh_interval_ms` (default 2 s), so new
-//! topics and partitions are mirrored within seconds. Missing target topics and partitions are
-//! created with the admin API with the source's partition count; if the target refuses, the
-//! mirror fails at start (or, for topics appearing later, logs an error every refresh) naming
-//! exactly what to create. Records of a partition are mirrored only once the target has it.
+//! topics and partitions are mirrored within seconds. Missing target topics are created with
+//! the admin API with the source's partition count, min(source replication, target brokers)
+//! replicas and the source's values of a documented subset of topic configs
+//! ([`topology::COPIED_CONFIGS`], read with DescribeConfigs); partitions added on the source are
+//! added on the target. If the target refuses, the mirror fails at start (or, for topics
+//! appearing later, logs an error every 30 s) naming exactly what to create. Records of a
+//! partition are mirrored only once the target has it, at the same partition number.
 //!
 //! **Fidelity.** Key (null stays null), value (tombstones stay tombstones), all headers in order
 //! (repeated names, null values), timestamp and partition number are copied unchanged

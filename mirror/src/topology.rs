@@ -4,8 +4,10 @@
 //!
 //! Target topics are never created by producing to them (the mirror's clients have
 //! `allow.auto.create.topics=false`, since auto-creation would pick the broker's default
-//! partition count). Missing topics and partitions are created with the admin API; when the
-//! target refuses, the mirror names exactly what an operator must create.
+//! partition count). Missing topics are created with the admin API like their source topics
+//! (partition count, replication capped at the target's brokers, [`COPIED_CONFIGS`]), missing
+//! partitions are added; when the target refuses, the mirror names exactly what an operator
+//! must create.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
