@@ -246,6 +246,21 @@ impl Process {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself (a command that ends), failing
+    /// with its logs past that.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not exit within {timeout:?}\n{}", self.name, self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the process's stdout has at least `n` complete lines and returns them.
     pub async fn stdout_lines(&mut self, n: usize, timeout: Duration) -> anyhow::Result<Vec<String>> {
         let deadline = Instant::now() + timeout;

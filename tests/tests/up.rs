@@ -2,7 +2,6 @@
 //! plain line per interval (`--no-tui`), and ending, after `--duration` or on SIGINT, with a
 //! reconciliation by event id that must be exact (and exit 0).
 
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -10,19 +9,6 @@ use logpipe_devkit::harness::Process;
 
 /// Starting the pipeline takes a while in a debug build; the runs themselves are short.
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
-
-async fn wait_exit(process: &mut Process, timeout: Duration) -> anyhow::Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = process.try_status() {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            bail!("logpipe-dev up did not exit within {timeout:?}\n{}", process.logs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The value of `key=` in a `--no-tui` line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -34,13 +20,14 @@ fn periodic(stdout: &str) -> Vec<&str> {
     stdout.lines().filter(|l| l.starts_with("t=")).collect()
 }
 
-/// The numbers of the final `reconciliation: written N (I invalid), clean C, dead letters D:
-/// lost L, duplicated U, misrouted M` line.
+/// The numbers of the final `reconciliation: written N (I invalid), clean C, dead letters D,
+/// replayed R: lost L, duplicated U, misrouted M` line.
 #[derive(Debug, PartialEq)]
 struct Outcome {
     written: u64,
     clean: u64,
     dead_letters: u64,
+    replayed: u64,
     lost: u64,
     duplicated: u64,
     misrouted: u64,
@@ -57,6 +44,7 @@ fn outcome(stdout: &str) -> anyhow::Result<Outcome> {
         written: number_after("written")?,
         clean: number_after("clean")?,
         dead_letters: number_after("dead letters")?,
+        replayed: number_after("replayed")?,
         lost: number_after("lost")?,
         duplicated: number_after("duplicated")?,
         misrouted: number_after("misrouted")?,
@@ -65,7 +53,7 @@ fn outcome(stdout: &str) -> anyhow::Result<Outcome> {
 
 fn check_exact(stdout: &str) -> anyhow::Result<Outcome> {
     let outcome = outcome(stdout)?;
-    assert_eq!((outcome.lost, outcome.duplicated, outcome.misrouted), (0, 0, 0), "{stdout}");
+    assert_eq!((outcome.lost, outcome.duplicated, outcome.misrouted, outcome.replayed), (0, 0, 0, 0), "{stdout}");
     assert_eq!(outcome.clean + outcome.dead_letters, outcome.written, "{stdout}");
     assert!(outcome.dead_letters > 0, "invalid lines were written, so some dead letters are expected: {stdout}");
     assert!(stdout.contains("\nexact: "), "{stdout}");
@@ -78,7 +66,7 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
         "logpipe-dev",
         &["up", "--no-tui", "--duration", "20s", "--rate", "300", "--invalid", "0.1", "--rotate-bytes", "200000", "--interval", "1s"],
     )?;
-    let status = wait_exit(&mut up, RUN_TIMEOUT).await?;
+    let status = up.wait_exit(RUN_TIMEOUT).await?;
     let stdout = up.stdout();
     assert!(status.success(), "exit {status}\n{}", up.logs());
     let exact = check_exact(&stdout)?;
@@ -128,7 +116,7 @@ async fn sigint_mid_run_drains_and_reconciles_exactly() -> anyhow::Result<()> {
     }
     let status = std::process::Command::new("kill").args(["-INT", &up.pid().to_string()]).status()?;
     assert!(status.success());
-    let status = wait_exit(&mut up, RUN_TIMEOUT).await?;
+    let status = up.wait_exit(RUN_TIMEOUT).await?;
     let stdout = up.stdout();
     assert!(status.success(), "exit {status}\n{}", up.logs());
     let exact = check_exact(&stdout)?;
@@ -139,9 +127,9 @@ async fn sigint_mid_run_drains_and_reconciles_exactly() -> anyhow::Result<()> {
 
 #[test]
 fn the_reconciliation_line_is_read_back() {
-    let out = "t=1s generated=5\nreconciliation: written 10 (2 invalid), clean 8, dead letters 2: lost 0, duplicated 1, misrouted 0\n";
+    let out = "t=1s generated=5\nreconciliation: written 10 (2 invalid), clean 8, dead letters 2, replayed 3: lost 0, duplicated 1, misrouted 0\n";
     let parsed = outcome(out).unwrap();
-    assert_eq!(parsed, Outcome { written: 10, clean: 8, dead_letters: 2, lost: 0, duplicated: 1, misrouted: 0 });
+    assert_eq!(parsed, Outcome { written: 10, clean: 8, dead_letters: 2, replayed: 3, lost: 0, duplicated: 1, misrouted: 0 });
     assert_eq!(field("t=1s generated=5 lag=1/2", "lag"), Some("1/2"));
     assert_eq!(periodic(out), ["t=1s generated=5"]);
 }
