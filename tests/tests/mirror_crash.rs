@@ -1,7 +1,7 @@
 //! kill -9 the mirror repeatedly while records flow: a read_committed consumer of the target
 //! sees every record exactly once, in the source's order. Scaled from the 1,000,000
-//! records to 200,000 so that the test fits the CI budget (the dev cluster also keeps at most
-//! 5 MiB per partition, which bounds how much one partition can hold).
+//! records to 200,000 so that the test fits the CI budget; `LOGPIPE_MIRROR_CRASH_RECORDS=1000000`
+//! runs it at full size (the dev clusters then keep enough per partition to hold every record).
 
 mod mirror_support;
 
@@ -12,16 +12,23 @@ use mirror_support::*;
 
 const TOPIC: &str = "raw.crash";
 const PARTITIONS: i32 = 4;
-const COUNT: u64 = 200_000;
 const KILLS: usize = 5;
+
+/// Records to mirror: 200,000 unless `LOGPIPE_MIRROR_CRASH_RECORDS` says otherwise.
+fn count() -> u64 {
+    std::env::var("LOGPIPE_MIRROR_CRASH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_five_times_while_records_flow_loses_and_duplicates_nothing() -> anyhow::Result<()> {
-    let (write, read) = clusters(&[(TOPIC, PARTITIONS)], 4).await?;
+    let count = count();
+    // Above the default size, every partition keeps 200 B per record, twice what one takes.
+    let retention = (count > 200_000).then_some(count * 200 / PARTITIONS as u64);
+    let (write, read) = clusters_retaining(&[(TOPIC, PARTITIONS)], 4, retention).await?;
     let dir = tempfile::tempdir()?;
     let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
-    // About 4,000 records/s for about 50 s: records flow through every kill.
-    let load = background_load(write.bootstrap(), TOPIC, PARTITIONS, COUNT, 1_000, Duration::from_millis(250));
+    // About 4,000 records/s (50 s at the default size): records flow through every kill.
+    let load = background_load(write.bootstrap(), TOPIC, PARTITIONS, count, 1_000, Duration::from_millis(250));
     for kill in 0..KILLS {
         let mut mirror = start_mirror(&config, addr).await?;
         // Kill only once this incarnation copies records, at a different point each time.
@@ -35,8 +42,8 @@ async fn kill_9_five_times_while_records_flow_loses_and_duplicates_nothing() -> 
     }
     let mut mirror = start_mirror(&config, addr).await?;
     load.await??;
-    wait_committed(addr, TOPIC, COUNT, Duration::from_secs(120)).await.logs_of(&mirror)?;
+    wait_committed(addr, TOPIC, count, Duration::from_secs(120)).await.logs_of(&mirror)?;
     mirror.ensure_running()?;
-    assert_mirrored(&write, &read, TOPIC, COUNT).await?;
+    assert_mirrored(&write, &read, TOPIC, count).await?;
     Ok(())
 }

@@ -19,10 +19,19 @@ pub const STATE_TOPIC: &str = "_lp.mirror.default.state";
 /// A write-side and a read-side cluster with `topics` on both and the state topic on the read
 /// side, with `shards` partitions.
 pub async fn clusters(topics: &[(&str, i32)], shards: i32) -> anyhow::Result<(DevCluster, DevCluster)> {
-    let write = DevCluster::start_as("write", 3, topics).await?;
+    clusters_retaining(topics, shards, None).await
+}
+
+/// [`clusters`], keeping `retention_bytes` per partition instead of the dev cluster's default.
+pub async fn clusters_retaining(
+    topics: &[(&str, i32)],
+    shards: i32,
+    retention_bytes: Option<u64>,
+) -> anyhow::Result<(DevCluster, DevCluster)> {
+    let write = DevCluster::start_retaining("write", 3, topics, retention_bytes).await?;
     let mut read_topics = topics.to_vec();
     read_topics.push((STATE_TOPIC, shards));
-    let read = DevCluster::start_as("read", 3, &read_topics).await?;
+    let read = DevCluster::start_retaining("read", 3, &read_topics, retention_bytes).await?;
     Ok((write, read))
 }
 
