@@ -22,6 +22,18 @@ fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
     config.create().expect("producer")
 }
 
+/// A consumer in `group` subscribed to `topic`, reading from the beginning.
+fn group_member(bootstrap: &str, group: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_records_round_trip_through_a_consumer_group() {
     const N: usize = 100_000;
@@ -38,13 +50,7 @@ async fn hundred_thousand_records_round_trip_through_a_consumer_group() {
         send.await.unwrap().expect("delivered");
     }
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "roundtrip")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["raw.roundtrip"]).unwrap();
+    let consumer = group_member(cluster.bootstrap(), "roundtrip", "raw.roundtrip");
     let mut seen = HashSet::new();
     let mut partitions = HashSet::new();
     while seen.len() < N {
@@ -325,13 +331,7 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
     }
 
     // A consumer group is assigned the new partitions too.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "grown")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["raw.admin"]).unwrap();
+    let consumer = group_member(cluster.bootstrap(), "grown", "raw.admin");
     let mut seen = HashSet::new();
     while seen.len() < 90 {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
