@@ -154,6 +154,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         bail!("the reconciliation is not exact (lost, duplicated or misrouted lines above)");
     }
     println!("exact: every line written is in its clean or dead-letter topic exactly once");
+    if reconciliation.replayed + reconciliation.replayed_dead > 0 {
+        println!(
+            "  of which {} replayed to clean and {} replayed but failed again: each replay counts in place of its dead letter, which stays in the DLQ",
+            reconciliation.replayed, reconciliation.replayed_dead
+        );
+    }
     Ok(())
 }
 
