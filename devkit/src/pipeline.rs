@@ -382,7 +382,7 @@ impl ServiceConfigs<'_> {
                 toml_path(&self.state.join("logs").join("*.log")),
                 toml_str(self.raw),
             ),
-            // The dev clusters do not serve CreateTopics, so the state topic is made by `start`.
+            // `start` makes every read-side topic before the services run, so the mirror creates none.
             // A short session lets a restarted mirror take its shards back quickly after a crash.
             Component::Mirror => format!(
                 "name = {}\ncommit_interval_ms = 200\ncreate_topics = false\nsession_timeout_ms = 6000\n\

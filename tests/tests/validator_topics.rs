@@ -1,7 +1,9 @@
-//! The topics the validator writes to: created when missing (the dev cluster refuses CreateTopics,
-//! so this exercises the fallback: the cluster auto-creates them on the producer's metadata
-//! request), or, with `create_topics = false`, reported on `/ready` with the topic named while
-//! the raw topic is left unread, until an operator creates them.
+//! The topics the validator writes to: created through CreateTopics when missing (outputs with
+//! the raw topic's partition count, the replay-state changelog compacted); when the cluster
+//! refuses CreateTopics, left to the cluster's auto-creation on the producer's metadata request,
+//! with a warning that the changelog must be made compacted; or, with `create_topics = false`,
+//! reported on `/ready` with the topic named while the raw topic is left unread, until an
+//! operator creates them.
 
 mod validator_support;
 
@@ -9,6 +11,8 @@ use std::time::Duration;
 
 use logpipe_core::record::FileId;
 use logpipe_devkit::harness::{wait_until, Process};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
 use validator_support::*;
 
 const LOOT: &str = r#"{"type":"record","name":"Loot","fields":[{"name":"event_id","type":"string"},{"name":"n","type":"int"}]}"#;
@@ -41,9 +45,16 @@ async fn all_there(stack: &Stack, stream: &str, lines: &Lines) {
     .unwrap_or_else(|_| panic!("clean.{stream} + dlq.{stream} do not hold the {n} records exactly once"));
 }
 
+/// How many partitions `topic` has.
+fn partitions(stack: &Stack, topic: &str) -> anyhow::Result<usize> {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", stack.cluster.bootstrap()).create()?;
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
-    let stack = Stack::start(&[("raw.loot", 2), ("raw.gems", 2)]).await?;
+    let stack = Stack::start(&[("raw.loot", 2), ("raw.gems", 3), ("raw.coins", 2)]).await?;
     stack.register("loot", "AVRO", LOOT).await?;
     let http = reqwest::Client::new();
 
@@ -69,9 +80,8 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     all_there(&stack, "loot", &lines).await;
     assert!(manual.terminate(Duration::from_secs(30)).await?.success());
 
-    // The default: the replay-state, clean and DLQ topics of raw.gems do not exist. CreateTopics
-    // is refused by the dev cluster; the validator goes on with the topics the cluster creates on
-    // first use.
+    // The default: the replay-state, clean and DLQ topics of raw.gems do not exist; the
+    // validator creates them.
     let state = "_lp.validator.auto.replay-state";
     let (config, telemetry) =
         stack.validator_config("auto", &format!("replay_state_topic = \"{state}\""), &route("gems"))?;
@@ -81,5 +91,26 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     all_there(&stack, "gems", &lines).await;
     assert!(auto.terminate(Duration::from_secs(30)).await?.success());
     assert!(auto.stderr().contains(state), "the state topic's creation is not logged:\n{}", auto.stderr());
+    assert_eq!(stack.cluster.topic_configs(state).await?.get("cleanup.policy").map(String::as_str), Some("compact"));
+    assert_eq!(partitions(&stack, state)?, 1);
+    assert_eq!(partitions(&stack, "clean.gems")?, 3, "clean topics take the raw topic's partition count");
+    assert_eq!(partitions(&stack, "dlq.gems")?, 3, "DLQ topics take the raw topic's partition count");
+
+    // CreateTopics refused (ACLs on a real cluster): the validator goes on with the topics the
+    // cluster creates on first use, and says the auto-created changelog must be made compacted.
+    stack.cluster.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"; 3]).await?;
+    let state = "_lp.validator.refused.replay-state";
+    let (config, telemetry) =
+        stack.validator_config("refused", &format!("replay_state_topic = \"{state}\""), &route("coins"))?;
+    let mut refused = stack.validator(&config, telemetry).await?;
+    let lines = loot("refused", 200);
+    produce(stack.cluster.bootstrap(), "raw.coins", std::slice::from_ref(&lines), 0..200).await?;
+    all_there(&stack, "coins", &lines).await;
+    assert!(refused.terminate(Duration::from_secs(30)).await?.success());
+    let stderr = refused.stderr();
+    assert!(
+        stderr.contains("could not create the topic") && stderr.contains("--add-config cleanup.policy=compact"),
+        "the refusal and the changelog's fix are not logged:\n{stderr}"
+    );
     Ok(())
 }

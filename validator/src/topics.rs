@@ -11,7 +11,7 @@
 //! defaults (CreateTopics with replication factor -1: Kafka 2.4 or later). Operators who manage
 //! topics themselves set `create_topics = false`.
 //!
-//! A cluster may refuse CreateTopics (ACLs; the dev cluster does not serve it). That is logged
+//! A cluster may refuse CreateTopics (ACLs) or not serve it. That is logged
 //! with the command an operator would run, and the topic is then looked up with a producer's
 //! metadata request, which lets a broker with `auto.create.topics.enable` create it: if it
 //! exists after that, the validator goes on (warning that a changelog created that way must be
@@ -51,9 +51,9 @@ impl Needed {
 pub struct TopicMaker {
     admin: Option<AdminClient<DefaultClientContext>>,
     bootstrap: String,
-    /// Set when the cluster did not answer a CreateTopics request at all (not served, as on the
-    /// dev cluster): later topics go straight to the auto-creation lookup instead of waiting
-    /// for the request to time out again.
+    /// Set when the cluster did not answer a CreateTopics request at all (not served): later
+    /// topics go straight to the auto-creation lookup instead of waiting for the request to
+    /// time out again.
     not_served: AtomicBool,
 }
 
