@@ -1,6 +1,8 @@
 //! The shared pipeline launcher end to end, without faults: generated lines (valid and invalid,
 //! with rotation) go file -> agent -> write cluster -> mirror -> read cluster -> validator, and
-//! every one is found exactly once in clean or DLQ; then a graceful stop exits every service 0.
+//! every one is found exactly once in clean or DLQ; after a schema fix, a replay of the dead
+//! letters keeps the count exact, each replay counted as such; then a graceful stop exits every
+//! service 0.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -9,9 +11,9 @@ mod pipeline_support;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use logpipe_devkit::loadgen::{self, LoadgenArgs, Rotation};
+use logpipe_devkit::loadgen::{self, InvalidKind, LoadgenArgs, Rotation};
 use logpipe_devkit::pipeline::{metric_sum, Component, Pipeline, PipelineOptions};
-use logpipe_devkit::reconcile::wait_drained;
+use logpipe_devkit::reconcile::{reconcile, wait_drained};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()> {
@@ -48,6 +50,20 @@ async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()>
     assert_eq!(metric_sum(&agent, "logpipe_agent_lines_acked_total", &[]), 3_000.0);
     let validator = pipeline.metrics(Component::Validator).await?;
     assert_eq!(metric_sum(&validator, "logpipe_validator_records_valid_total", &[]), r.clean as f64);
+
+    // The README tour's "fix a schema" and "replay": with player_id optional, the dead letters
+    // of the validate stage are replayed; missing-field lines go to clean, wrong-type lines fail
+    // again. Every line is still found once, each replay in place of its dead letter.
+    pipeline_support::make_player_id_optional(&store).await?;
+    let kinds = &written[0].invalid_by_kind;
+    let missing = kinds.get(&InvalidKind::MissingField).copied().unwrap_or(0);
+    let wrong_type = kinds.get(&InvalidKind::WrongType).copied().unwrap_or(0);
+    assert!(missing > 0 && wrong_type > 0, "{}", written[0].summary());
+    assert_eq!(pipeline_support::replay(&pipeline, &dlq[0], &["--stage", "validate"]).await?, (missing, wrong_type));
+    let replayed = reconcile(&read, &store, &clean, &dlq, &written).await?;
+    assert!(replayed.is_exact(), "{replayed}");
+    assert_eq!((replayed.replayed, replayed.replayed_dead), (missing, wrong_type), "{replayed}");
+    assert_eq!(replayed.clean + replayed.dead_letters, 3_000 + missing + wrong_type, "{replayed}");
 
     // Logs are on disk, one file per service.
     for c in Component::ALL {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{KafkaConfig, Role};
-use logpipe_core::record::{error_header, header, ErrorStage, RecordId};
+use logpipe_core::record::{error_header, header, replay_header, ErrorStage, RecordId, ReplayedFrom};
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -502,7 +502,7 @@ impl Pipeline {
                         continue;
                     }
                     let original = header_text(message, error_header::TOPIC).unwrap_or_else(|| message.topic().to_owned());
-                    (original, original_headers(message))
+                    (original, Some(replayed_headers(message)))
                 }
                 Mode::Live { .. } => (message.topic().to_owned(), message.headers().cloned()),
             };
@@ -678,11 +678,13 @@ fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
     headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// A dead letter's headers without the `lp.error.*` ones: the record as it was first read.
-fn original_headers(message: &OwnedMessage) -> Option<OwnedHeaders> {
-    let headers = message.headers()?;
-    let mut out = OwnedHeaders::new_with_capacity(headers.count());
-    const VERDICT: [&str; 8] = [
+/// A dead letter's headers as a replay writes them: without the `lp.error.*` ones and an earlier
+/// replay's `lp.replay.*` ones (the record as it was first read), plus `lp.replay.*` naming this
+/// dead letter, so that an end-to-end count tells the replayed line from a duplicate.
+fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
+    let count = message.headers().map_or(0, |h| h.count());
+    let mut out = OwnedHeaders::new_with_capacity(count + 3);
+    const VERDICT: [&str; 11] = [
         error_header::STAGE,
         error_header::REASON,
         error_header::PATH,
@@ -691,11 +693,18 @@ fn original_headers(message: &OwnedMessage) -> Option<OwnedHeaders> {
         error_header::TOPIC,
         error_header::PARTITION,
         error_header::OFFSET,
+        replay_header::TOPIC,
+        replay_header::PARTITION,
+        replay_header::OFFSET,
     ];
-    for h in headers.iter().filter(|h| !VERDICT.contains(&h.key)) {
+    for h in message.headers().into_iter().flat_map(|h| h.iter()).filter(|h| !VERDICT.contains(&h.key)) {
         out = out.insert(Header { key: h.key, value: h.value });
     }
-    Some(out)
+    let from = ReplayedFrom { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+    for (key, value) in from.headers() {
+        out = out.insert(Header { key, value: Some(value.as_bytes()) });
+    }
+    out
 }
 
 fn dead_letter_headers(headers: OwnedHeaders, dead: &DeadLetter, message: &OwnedMessage, source_topic: &str) -> OwnedHeaders {
@@ -727,7 +736,8 @@ struct EndIsNotAnError;
 
 impl ClientContext for EndIsNotAnError {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // librdkafka reports the end as a global error event (`Global(PartitionEOF)`).
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)) {
             tracing::error!("replay-state reader: {error}: {reason}");
         }
     }

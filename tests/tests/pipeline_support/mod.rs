@@ -1,11 +1,12 @@
 //! What the pipeline suites share: where written lines went missing, hop by hop, when a
-//! reconciliation is not exact.
+//! reconciliation is not exact; the README tour's schema fix and dead-letter replay.
 #![allow(dead_code)] // each test file uses a different part of this module
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use logpipe_devkit::harness::scan_topic;
+use anyhow::{ensure, Context as _};
+use logpipe_devkit::harness::{scan_topic, Process};
 use logpipe_devkit::loadgen::{self, Report};
 use logpipe_devkit::pipeline::{Component, Pipeline};
 use rdkafka::Message as _;
@@ -73,4 +74,46 @@ pub async fn raw_copies(pipeline: &Pipeline, ids: &[String]) -> String {
         Ok(Err(e)) => format!("{e:#}"),
         Err(e) => e.to_string(),
     }
+}
+
+/// Registers a new version of every game subject with `player_id` optional (the README tour's
+/// "fix a schema"): lines the generator wrote without it become valid.
+pub async fn make_player_id_optional(store: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    for (subject, schema) in loadgen::schemas() {
+        let mut fixed: serde_json::Value = serde_json::from_str(schema)?;
+        let fields = fixed["fields"].as_array_mut().with_context(|| format!("{subject}: no fields"))?;
+        let player = fields.iter_mut().find(|f| f["name"] == "player_id").with_context(|| format!("{subject}: no player_id"))?;
+        player["type"] = serde_json::json!(["null", "string"]);
+        player["default"] = serde_json::Value::Null;
+        let response = http
+            .post(format!("{store}/subjects/{subject}/versions"))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "schema": fixed.to_string() }))
+            .send()
+            .await?;
+        let status = response.status();
+        ensure!(status.is_success(), "registering the fixed {subject}: {status}: {}", response.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Runs `logpipe-validator replay` on `topic` with the pipeline's validator config and `filters`,
+/// and returns what it says it did: (records written to clean, records that failed again).
+pub async fn replay(pipeline: &Pipeline, topic: &str, filters: &[&str]) -> anyhow::Result<(u64, u64)> {
+    let config = pipeline.config_file(Component::Validator);
+    let mut args = vec!["replay", "--config", config.to_str().context("config path")?, "--topic", topic];
+    args.extend(filters);
+    let mut process = Process::start("logpipe-validator", &args)?;
+    let status = process.wait_exit(Duration::from_secs(120)).await?;
+    ensure!(status.success(), "replay exited with {status}\n{}", process.logs());
+    // `replayed dlq.game: N clean, M failed again, K not selected`
+    let stdout = process.stdout();
+    let prefix = format!("replayed {topic}: ");
+    let line = stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str())).with_context(|| format!("no summary line\n{}", process.logs()))?;
+    let number = |label: &str| -> anyhow::Result<u64> {
+        let before = line.split(label).next().filter(|_| line.contains(label)).with_context(|| format!("no {label:?} in {line:?}"))?;
+        Ok(before.trim_end().rsplit([' ', ',']).next().unwrap_or_default().parse()?)
+    };
+    Ok((number(" clean")?, number(" failed again")?))
 }
