@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 
 /// Connection to one Kafka cluster.
@@ -156,9 +159,37 @@ fn defaults(role: &Role) -> &'static [(&'static str, &'static str)] {
     }
 }
 
+/// Whether a client error event only reports a partition's end. With `enable.partition.eof`,
+/// librdkafka reports an end both as the poll result a reader waits for and as a client error
+/// event, which rdkafka's default context logs at ERROR level: noise, not an error.
+pub fn is_partition_end(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_))
+}
+
+/// The context of a consumer that reads to partition ends: client errors are logged as rdkafka's
+/// default context logs them (target `librdkafka`), except a partition's end.
+pub struct EndIsNotAnError;
+
+impl ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_partition_end(&error) {
+            tracing::error!(target: "librdkafka", "{error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNotAnError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_end_is_told_from_errors() {
+        assert!(is_partition_end(&KafkaError::Global(RDKafkaErrorCode::PartitionEOF)));
+        assert!(is_partition_end(&KafkaError::PartitionEOF(3)));
+        assert!(!is_partition_end(&KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure)));
+    }
 
     fn with(props: &[(&str, PropertyValue)]) -> KafkaConfig {
         let mut config = KafkaConfig::new("127.0.0.1:9092,127.0.0.1:9093");

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use logpipe_core::kafka::EndIsNotAnError;
 use tempfile::TempDir;
 
 /// The path of a workspace binary built next to the running executable.
@@ -632,22 +633,6 @@ impl TopicReader {
         Ok(count)
     }
 }
-
-/// A consumer context for readers that wait for partition ends: librdkafka reports reaching an
-/// end both as the `PartitionEOF` poll result they wait for and as a client error event, which
-/// the default context logs at ERROR level (noise in every test's output).
-pub struct EndIsNotAnError;
-
-impl ClientContext for EndIsNotAnError {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)) {
-            // Target `librdkafka`, so that a filter silencing the client (`up` does) silences this too.
-            tracing::error!(target: "librdkafka", "{error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for EndIsNotAnError {}
 
 /// Writes a file (a config for a process under test) into `dir` and returns its path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {

@@ -3,13 +3,12 @@
 
 use std::ffi::CString;
 
-use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::kafka::{EndIsNotAnError, KafkaConfig, Role};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::producer::{BaseProducer, ProducerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientConfig;
 
 use crate::config::MirrorConfig;
 
@@ -26,6 +25,10 @@ fn no_auto_create(config: &mut ClientConfig) -> &mut ClientConfig {
 /// The buffer budget of one shard. Dividing by the shard count (not by the shards this
 /// instance owns) keeps the process within budget whatever it ends up owning.
 ///
+/// The process needs memory besides buffered records (code, thread stacks, librdkafka's
+/// per-broker buffers, the allocator's slack), so 32 MiB, at most a quarter of the budget, is
+/// kept out of the split: the budget bounds the process's RSS, not only its buffers.
+///
 /// librdkafka's byte limits count only keys and values, and a fetch response is held in
 /// memory next to the queue it fills, so the share is split to leave room for both: half for
 /// the producer queue, a quarter for the fetch queue and a quarter for the fetch in flight.
@@ -40,8 +43,12 @@ struct ShardBudget {
 /// count limit: small records must not exceed the budget by their overhead alone.
 const RECORD_OVERHEAD: u64 = 512;
 
+/// See [`ShardBudget`].
+const PROCESS_RESERVE: u64 = 32 * 1024 * 1024;
+
 fn shard_budget(max_buffer_bytes: u64, shards: i32) -> ShardBudget {
-    let share = max_buffer_bytes / shards.max(1) as u64;
+    let buffers = max_buffer_bytes - PROCESS_RESERVE.min(max_buffer_bytes / 4);
+    let share = buffers / shards.max(1) as u64;
     ShardBudget { producer_bytes: share / 2, fetch_queue_bytes: share / 4, fetch_bytes: share / 4 }
 }
 
@@ -68,29 +75,15 @@ pub fn source_consumer(config: &MirrorConfig, shard: i32, shards: i32) -> anyhow
     Ok(client.create()?)
 }
 
-/// Context of [`target_reader`]: end-of-partition is how a drain knows it is done, not an
-/// error worth logging (librdkafka also reports it as a client error).
-pub struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
-            tracing::error!("target reader: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
-
 /// A read_committed reader of the target.
-pub type TargetReader = BaseConsumer<ReaderContext>;
+pub type TargetReader = BaseConsumer<EndIsNotAnError>;
 
 /// A read_committed assign-mode reader of the target (state topic, partition tails) that
 /// reports the end of each partition.
 pub fn target_reader(config: &MirrorConfig, shard: i32) -> anyhow::Result<TargetReader> {
     let mut client = config.target.client_config(&Role::Consumer { group_id: UNUSED_GROUP.into() }, &format!("logpipe-mirror-{shard}"));
     no_auto_create(&mut client).set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
-    Ok(client.create_with_context(ReaderContext)?)
+    Ok(client.create_with_context(EndIsNotAnError)?)
 }
 
 /// The shard's transactional producer on the target.
@@ -147,11 +140,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shard_budgets_add_up_to_at_most_the_process_budget() {
+    fn shard_budgets_add_up_to_at_most_the_process_budget_less_its_reserve() {
         for (budget, shards) in [(256 * 1024 * 1024, 8), (16 * 1024 * 1024, 4), (1 << 30, 3), (256 * 1024 * 1024, 0)] {
             let share = shard_budget(budget, shards);
             let per_shard = share.producer_bytes + share.fetch_queue_bytes + share.fetch_bytes;
-            assert!(per_shard * shards.max(1) as u64 <= budget, "{budget} over {shards} shards");
+            let reserve = PROCESS_RESERVE.min(budget / 4);
+            assert!(per_shard * shards.max(1) as u64 <= budget - reserve, "{budget} over {shards} shards");
             assert!(share.producer_bytes > 0 && share.fetch_queue_bytes > 0 && share.fetch_bytes > 0);
         }
     }

@@ -51,7 +51,8 @@
 //! ([`copy`]). A source record with LogAppendTime keeps its timestamp value but arrives as
 //! CreateTime: only a broker can stamp LogAppendTime.
 //!
-//! **Memory.** `max_buffer_bytes` (default 256 MiB) is split between shards, and within a shard
+//! **Memory.** `max_buffer_bytes` (default 256 MiB) bounds the process: 32 MiB (at most a quarter)
+//! is kept for the process itself, the rest is split between shards, and within a shard
 //! between librdkafka's producer queue (half), fetch queue and fetch in flight (a quarter each). When the producer queue is full the
 //! shard stops reading the source until the target catches up (back-pressure, not growth).
 //!

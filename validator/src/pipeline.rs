@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::kafka::{is_partition_end, EndIsNotAnError, KafkaConfig, Role};
 use logpipe_core::record::{error_header, header, replay_header, ErrorStage, RecordId, ReplayedFrom};
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -83,7 +83,14 @@ struct GroupContext {
     events: Mutex<Vec<GroupEvent>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// A replay reads to the DLQ's end, which librdkafka also reports as a client error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_partition_end(&error) {
+            tracing::error!(target: "librdkafka", "{error}: {reason}");
+        }
+    }
+}
 
 fn partitions(list: &TopicPartitionList) -> Vec<PartitionKey> {
     list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
@@ -729,21 +736,6 @@ fn dead_letter_headers(headers: OwnedHeaders, dead: &DeadLetter, message: &Owned
     h = add(h, error_header::PARTITION, &partition);
     add(h, error_header::OFFSET, &offset)
 }
-
-/// The restore reader waits for end-of-partition events; librdkafka also reports them as client
-/// errors, which would be logged as such.
-struct EndIsNotAnError;
-
-impl ClientContext for EndIsNotAnError {
-    fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka reports the end as a global error event (`Global(PartitionEOF)`).
-        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)) {
-            tracing::error!("replay-state reader: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for EndIsNotAnError {}
 
 /// Reads the changelog from the start to its end and keeps the entries of `owned`. Returns the
 /// number of changelog records read.
