@@ -24,6 +24,11 @@ fn transactional(bootstrap: &str, id: &str, timeout_ms: u32) -> FutureProducer {
     producer
 }
 
+/// A consumer in group `group` that never subscribes: its group metadata and committed offsets.
+fn group_member(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer")
+}
+
 async fn send(producer: &FutureProducer, topic: &str, values: &[&str]) {
     for value in values {
         producer
@@ -77,11 +82,7 @@ async fn a_new_producer_fences_the_old_one_and_aborts_its_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_offsets_apply_only_on_commit() {
     let cluster = DevCluster::start(1, &[("raw.offsets", 1), ("clean.offsets", 1)]).await.unwrap();
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "validator")
-        .create()
-        .unwrap();
+    let group = group_member(cluster.bootstrap(), "validator");
     let metadata = group.group_metadata().expect("group metadata");
     let producer = transactional(cluster.bootstrap(), "offsets", 60_000);
     let offsets = |offset: i64| {
@@ -137,11 +138,7 @@ async fn abandoned_transactions_are_aborted_after_their_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_offsets_outlives_a_failing_coordinator_lookup() {
     let cluster = DevCluster::start(1, &[("raw.lookup", 1), ("clean.lookup", 1)]).await.unwrap();
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap())
-        .set("group.id", "lookup")
-        .create()
-        .unwrap();
+    let group = group_member(cluster.bootstrap(), "lookup");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("raw.lookup", 0);
     // The consumer finds its coordinator now, so the injected errors below reach the producer.

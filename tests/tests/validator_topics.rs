@@ -52,6 +52,20 @@ fn partitions(stack: &Stack, topic: &str) -> anyhow::Result<usize> {
     Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
 }
 
+/// Runs a validator `name` (replay-state topic `_lp.validator.<name>.replay-state`) on
+/// `raw.<stream>`, writes 200 records there, waits until clean + DLQ hold them all, stops it
+/// and returns its stderr.
+async fn validate_all(stack: &Stack, name: &str, stream: &str) -> anyhow::Result<String> {
+    let settings = format!("replay_state_topic = \"_lp.validator.{name}.replay-state\"");
+    let (config, telemetry) = stack.validator_config(name, &settings, &route(stream))?;
+    let mut validator = stack.validator(&config, telemetry).await?;
+    let lines = loot(name, 200);
+    produce(stack.cluster.bootstrap(), &format!("raw.{stream}"), std::slice::from_ref(&lines), 0..200).await?;
+    all_there(stack, stream, &lines).await;
+    assert!(validator.terminate(Duration::from_secs(30)).await?.success());
+    Ok(validator.stderr())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     let stack = Stack::start(&[("raw.loot", 2), ("raw.gems", 3), ("raw.coins", 2)]).await?;
@@ -83,14 +97,8 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     // The default: the replay-state, clean and DLQ topics of raw.gems do not exist; the
     // validator creates them.
     let state = "_lp.validator.auto.replay-state";
-    let (config, telemetry) =
-        stack.validator_config("auto", &format!("replay_state_topic = \"{state}\""), &route("gems"))?;
-    let mut auto = stack.validator(&config, telemetry).await?;
-    let lines = loot("auto", 200);
-    produce(stack.cluster.bootstrap(), "raw.gems", std::slice::from_ref(&lines), 0..200).await?;
-    all_there(&stack, "gems", &lines).await;
-    assert!(auto.terminate(Duration::from_secs(30)).await?.success());
-    assert!(auto.stderr().contains(state), "the state topic's creation is not logged:\n{}", auto.stderr());
+    let stderr = validate_all(&stack, "auto", "gems").await?;
+    assert!(stderr.contains(state), "the state topic's creation is not logged:\n{stderr}");
     assert_eq!(stack.cluster.topic_configs(state).await?.get("cleanup.policy").map(String::as_str), Some("compact"));
     assert_eq!(partitions(&stack, state)?, 1);
     assert_eq!(partitions(&stack, "clean.gems")?, 3, "clean topics take the raw topic's partition count");
@@ -99,15 +107,7 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     // CreateTopics refused (ACLs on a real cluster): the validator goes on with the topics the
     // cluster creates on first use, and says the auto-created changelog must be made compacted.
     stack.cluster.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"; 3]).await?;
-    let state = "_lp.validator.refused.replay-state";
-    let (config, telemetry) =
-        stack.validator_config("refused", &format!("replay_state_topic = \"{state}\""), &route("coins"))?;
-    let mut refused = stack.validator(&config, telemetry).await?;
-    let lines = loot("refused", 200);
-    produce(stack.cluster.bootstrap(), "raw.coins", std::slice::from_ref(&lines), 0..200).await?;
-    all_there(&stack, "coins", &lines).await;
-    assert!(refused.terminate(Duration::from_secs(30)).await?.success());
-    let stderr = refused.stderr();
+    let stderr = validate_all(&stack, "refused", "coins").await?;
     assert!(
         stderr.contains("could not create the topic") && stderr.contains("--add-config cleanup.policy=compact"),
         "the refusal and the changelog's fix are not logged:\n{stderr}"
