@@ -428,10 +428,8 @@ impl DevCluster {
         if self.is_dev() {
             return self.post("/topics", serde_json::json!({ "name": name, "partitions": partitions })).await;
         }
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create()?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
-        for result in admin.create_topics([&topic], &AdminOptions::new()).await? {
+        for result in self.admin()?.create_topics([&topic], &AdminOptions::new()).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, e)) => bail!("creating topic {topic}: {e}"),
