@@ -22,8 +22,8 @@ use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Pro
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
 use logpipe_devkit::measure::{cpu_seconds, peak_rss_mib, read_lines, rss_mib, send_waiting};
 use logpipe_devkit::prometheus;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 struct Row {
     name: String,
@@ -67,7 +67,11 @@ fn ceiling(bootstrap: &str, topic: &str, lines: &[Vec<u8>]) -> Row {
     let before = cpu_seconds(None);
     let started = Instant::now();
     for line in lines {
-        send_waiting(&producer, BaseRecord::<(), [u8]>::to(topic).payload(line.as_slice())).expect("ceiling producer");
+        send_waiting(
+            &producer,
+            BaseRecord::<(), [u8]>::to(topic).payload(line.as_slice()),
+        )
+        .expect("ceiling producer");
     }
     producer.flush(Duration::from_secs(600)).expect("flush");
     Row {
@@ -81,10 +85,18 @@ fn ceiling(bootstrap: &str, topic: &str, lines: &[Vec<u8>]) -> Row {
 }
 
 async fn agent_metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    prometheus::total(&prometheus::scrape(&reqwest::Client::new(), addr).await, name)
+    prometheus::total(
+        &prometheus::scrape(&reqwest::Client::new(), addr).await,
+        name,
+    )
 }
 
-fn start_agent(work: &Path, bootstrap: &str, glob: &str, topic: &str) -> (Process, std::net::SocketAddr) {
+fn start_agent(
+    work: &Path,
+    bootstrap: &str,
+    glob: &str,
+    topic: &str,
+) -> (Process, std::net::SocketAddr) {
     let state = work.join(format!("state-{topic}"));
     let addr = free_addr();
     let text = format!(
@@ -99,13 +111,22 @@ fn start_agent(work: &Path, bootstrap: &str, glob: &str, topic: &str) -> (Proces
 }
 
 /// (d) the agent: from its start until Kafka acknowledged every line.
-async fn agent(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u64, bytes: u64) -> Row {
+async fn agent(
+    work: &Path,
+    bootstrap: &str,
+    dir: &Path,
+    topic: &str,
+    lines: u64,
+    bytes: u64,
+) -> Row {
     let started = Instant::now();
     let (agent, addr) = start_agent(work, bootstrap, &format!("{}/*.log", dir.display()), topic);
     let pid = agent.pid();
-    wait_until(Duration::from_secs(900), || async { agent_metric(addr, "logpipe_agent_lines_acked_total").await >= lines as f64 })
-        .await
-        .expect("agent shipped every line");
+    wait_until(Duration::from_secs(900), || async {
+        agent_metric(addr, "logpipe_agent_lines_acked_total").await >= lines as f64
+    })
+    .await
+    .expect("agent shipped every line");
     let seconds = started.elapsed().as_secs_f64();
     Row {
         name: "logpipe-agent".into(),
@@ -120,14 +141,32 @@ async fn agent(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u64
 /// Records in a topic now (sum of the partitions' high watermarks).
 fn topic_records(bootstrap: &str, topic: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("consumer");
-    (0..4).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, high)| high).unwrap_or(0)).sum()
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    (0..4)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map(|(_, high)| high)
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// (b) rsyslog: imfile (inotify) + omkafka with the same producer settings, if installed.
-async fn rsyslog(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u64, bytes: u64) -> Option<Row> {
-    let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"].into_iter().find(|p| Path::new(p).exists())?;
+async fn rsyslog(
+    work: &Path,
+    bootstrap: &str,
+    dir: &Path,
+    topic: &str,
+    lines: u64,
+    bytes: u64,
+) -> Option<Row> {
+    let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
     let state = work.join(format!("rsyslog-{topic}"));
     std::fs::create_dir_all(&state).unwrap();
     let conf = format!(
@@ -144,18 +183,32 @@ async fn rsyslog(work: &Path, bootstrap: &str, dir: &Path, topic: &str, lines: u
     let conf_path = write_file(work, &format!("rsyslog-{topic}.conf"), &conf).unwrap();
     let started = Instant::now();
     let mut command = Command::new(rsyslogd);
-    command.args(["-n", "-f", conf_path.to_str().unwrap(), "-i", state.join("pid").to_str().unwrap()]);
+    command.args([
+        "-n",
+        "-f",
+        conf_path.to_str().unwrap(),
+        "-i",
+        state.join("pid").to_str().unwrap(),
+    ]);
     let process = Process::spawn("rsyslogd", command).ok()?;
     let pid = process.pid();
     let bootstrap = bootstrap.to_owned();
     let topic_name = topic.to_owned();
     let done = wait_until(Duration::from_secs(600), || {
         let (bootstrap, topic) = (bootstrap.clone(), topic_name.clone());
-        async move { tokio::task::spawn_blocking(move || topic_records(&bootstrap, &topic)).await.unwrap_or(0) >= lines as i64 }
+        async move {
+            tokio::task::spawn_blocking(move || topic_records(&bootstrap, &topic))
+                .await
+                .unwrap_or(0)
+                >= lines as i64
+        }
     })
     .await;
     if done.is_err() {
-        eprintln!("rsyslog did not ship every line within 600 s:\n{}", process.logs());
+        eprintln!(
+            "rsyslog did not ship every line within 600 s:\n{}",
+            process.logs()
+        );
         return None;
     }
     Some(Row {
@@ -175,19 +228,32 @@ async fn idle(work: &Path, bootstrap: &str) -> String {
     for i in 0..1000 {
         std::fs::write(dir.join(format!("f{i}.log")), format!("line {i}\n")).unwrap();
     }
-    let (agent, addr) = start_agent(work, bootstrap, &format!("{}/*.log", dir.display()), "bench.idle");
+    let (agent, addr) = start_agent(
+        work,
+        bootstrap,
+        &format!("{}/*.log", dir.display()),
+        "bench.idle",
+    );
     let pid = agent.pid();
-    wait_until(Duration::from_secs(120), || async { agent_metric(addr, "logpipe_agent_lines_acked_total").await >= 1000.0 })
-        .await
-        .expect("idle files read");
+    wait_until(Duration::from_secs(120), || async {
+        agent_metric(addr, "logpipe_agent_lines_acked_total").await >= 1000.0
+    })
+    .await
+    .expect("idle files read");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = cpu_seconds(Some(pid));
     tokio::time::sleep(Duration::from_secs(10)).await;
     let core = (cpu_seconds(Some(pid)) - before) / 10.0 * 100.0;
     let rss = rss_mib(pid);
     let case = "idle, 1,000 watched files";
-    ReportRow::new("agent", case, "logpipe-agent CPU", core, "% of a core").target_at_most(2.0).emit().expect("benchreport row");
-    ReportRow::new("agent", case, "logpipe-agent RSS", rss, "MiB").target_at_most(20.0).emit().expect("benchreport row");
+    ReportRow::new("agent", case, "logpipe-agent CPU", core, "% of a core")
+        .target_at_most(2.0)
+        .emit()
+        .expect("benchreport row");
+    ReportRow::new("agent", case, "logpipe-agent RSS", rss, "MiB")
+        .target_at_most(20.0)
+        .emit()
+        .expect("benchreport row");
     format!("Idle with 1,000 watched files: {core:.2}% of a core, RSS {rss:.1} MiB (targets: < 2%, <= 20 MiB).")
 }
 
@@ -199,12 +265,26 @@ async fn main() {
         return;
     }
     let output = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let work = tempfile::Builder::new().prefix("logpipe-agent-bench-").tempdir().unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("logpipe-agent-bench-")
+        .tempdir()
+        .unwrap();
     let sizes: [(usize, u64); 2] = [(250, 400_000), (1000, 100_000)];
-    let topics: Vec<(String, i32)> =
-        sizes.iter().flat_map(|(s, _)| [(format!("bench.ceiling.{s}"), 4), (format!("raw.bench{s}"), 4), (format!("bench.rsyslog.{s}"), 4)]).chain([("bench.idle".to_owned(), 4)]).collect();
+    let topics: Vec<(String, i32)> = sizes
+        .iter()
+        .flat_map(|(s, _)| {
+            [
+                (format!("bench.ceiling.{s}"), 4),
+                (format!("raw.bench{s}"), 4),
+                (format!("bench.rsyslog.{s}"), 4),
+            ]
+        })
+        .chain([("bench.idle".to_owned(), 4)])
+        .collect();
     let topic_refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    let cluster = DevCluster::start(1, &topic_refs).await.expect("dev cluster (cargo build --release -p logpipe-devkit --bins)");
+    let cluster = DevCluster::start(1, &topic_refs)
+        .await
+        .expect("dev cluster (cargo build --release -p logpipe-devkit --bins)");
     let mut report = String::from(
         "# logpipe-agent throughput\n\nSame generated files, same dev cluster (librdkafka mock, 1 broker, 4 partitions), \
          same producer settings (acks=all, idempotence, lz4, linger 20 ms). CPU s/GB = CPU seconds of the sending process \
@@ -221,10 +301,34 @@ async fn main() {
         let in_memory = read_lines(&dir).expect("reading the generated lines");
         assert_eq!(in_memory.len() as u64, written.lines);
         let distinct: HashSet<&Vec<u8>> = in_memory.iter().collect();
-        assert_eq!(distinct.len(), in_memory.len(), "generated lines are unique");
-        let ceiling = ceiling(cluster.bootstrap(), &format!("bench.ceiling.{size}"), &in_memory);
-        let agent = agent(work.path(), cluster.bootstrap(), &dir, &format!("raw.bench{size}"), written.lines, written.bytes).await;
-        let rsyslog = rsyslog(work.path(), cluster.bootstrap(), &dir, &format!("bench.rsyslog.{size}"), written.lines, written.bytes).await;
+        assert_eq!(
+            distinct.len(),
+            in_memory.len(),
+            "generated lines are unique"
+        );
+        let ceiling = ceiling(
+            cluster.bootstrap(),
+            &format!("bench.ceiling.{size}"),
+            &in_memory,
+        );
+        let agent = agent(
+            work.path(),
+            cluster.bootstrap(),
+            &dir,
+            &format!("raw.bench{size}"),
+            written.lines,
+            written.bytes,
+        )
+        .await;
+        let rsyslog = rsyslog(
+            work.path(),
+            cluster.bootstrap(),
+            &dir,
+            &format!("bench.rsyslog.{size}"),
+            written.lines,
+            written.bytes,
+        )
+        .await;
         report.push_str(&format!(
             "\n## ~{size} B lines ({} lines, {:.0} MB)\n\n| sender | MB/s | lines/s | CPU s/GB | peak RSS MiB | ratio to ceiling |\n|---|---|---|---|---|---|\n{}\n{}\n",
             written.lines,
@@ -233,14 +337,30 @@ async fn main() {
             agent.render(ceiling.mb_s()),
         ));
         let case = format!("~{size} B lines");
-        agent.report_row(&case, &ceiling).target(0.8).emit().expect("benchreport row");
-        ReportRow::new("agent", &case, "logpipe-agent peak RSS", agent.peak_rss_mib, "MiB")
-            .target_at_most(64.0)
+        agent
+            .report_row(&case, &ceiling)
+            .target(0.8)
             .emit()
             .expect("benchreport row");
+        ReportRow::new(
+            "agent",
+            &case,
+            "logpipe-agent peak RSS",
+            agent.peak_rss_mib,
+            "MiB",
+        )
+        .target_at_most(64.0)
+        .emit()
+        .expect("benchreport row");
         if let Some(row) = &rsyslog {
-            agent.report_row(&case, row).target(2.0).emit().expect("benchreport row");
-            row.report_row(&case, &ceiling).emit().expect("benchreport row");
+            agent
+                .report_row(&case, row)
+                .target(2.0)
+                .emit()
+                .expect("benchreport row");
+            row.report_row(&case, &ceiling)
+                .emit()
+                .expect("benchreport row");
         }
         match rsyslog {
             Some(row) => report.push_str(&format!(
@@ -248,11 +368,15 @@ async fn main() {
                 row.render(ceiling.mb_s()),
                 agent.mb_s() / row.mb_s()
             )),
-            None => report.push_str("\nrsyslog: not installed (Debian `rsyslog-kafka`) or did not finish.\n"),
+            None => report
+                .push_str("\nrsyslog: not installed (Debian `rsyslog-kafka`) or did not finish.\n"),
         }
         println!("{report}");
     }
-    report.push_str(&format!("\n{}\n", idle(work.path(), cluster.bootstrap()).await));
+    report.push_str(&format!(
+        "\n{}\n",
+        idle(work.path(), cluster.bootstrap()).await
+    ));
     report.push_str(
         "\nNot measured: syslog-ng's kafka destination (`syslog-ng-mod-rdkafka` was not installable next to this \
          machine's packages).\n",

@@ -31,7 +31,10 @@ use crate::tailer::{AckTracker, Change, Opening, ReadError, Sink, Tailer};
 /// Everything the loop reacts to.
 pub enum Event {
     /// A delivery report.
-    Ack { token: Token, error: Option<KafkaError> },
+    Ack {
+        token: Token,
+        error: Option<KafkaError>,
+    },
     /// librdkafka reported a fatal error: the producer must be replaced.
     ProducerFatal(String),
     BrokersDown,
@@ -106,11 +109,23 @@ pub struct Agent {
 
 impl Agent {
     /// Loads the checkpoint, builds the producer and discovery; nothing is read yet.
-    pub fn new(config: AgentConfig, events_tx: Sender<Event>, events: Receiver<Event>, readiness: Readiness) -> anyhow::Result<Agent> {
-        fs::create_dir_all(&config.state_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+    pub fn new(
+        config: AgentConfig,
+        events_tx: Sender<Event>,
+        events: Receiver<Event>,
+        readiness: Readiness,
+    ) -> anyhow::Result<Agent> {
+        fs::create_dir_all(&config.state_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create state_dir {}: {e}",
+                config.state_dir.display()
+            )
+        })?;
         let (saved, first_start) = match checkpoint::load(&config.state_dir) {
-            Loaded::Found(c) => (c.files.into_iter().map(|f| ((f.dev, f.ino), f)).collect(), false),
+            Loaded::Found(c) => (
+                c.files.into_iter().map(|f| ((f.dev, f.ino), f)).collect(),
+                false,
+            ),
             Loaded::Missing => (HashMap::new(), true),
             Loaded::Corrupt(reason) => {
                 tracing::error!("{reason}; starting as on a first start (start_at applies)");
@@ -121,7 +136,11 @@ impl Agent {
         readiness.register(READINESS);
         let epoch = Arc::new(AtomicU8::new(0));
         let delivery = new_delivery(&config, &events_tx, 0)?;
-        let discovery = Discovery::new(&config.inputs, config.watch == WatchMode::Poll, events_tx.clone())?;
+        let discovery = Discovery::new(
+            &config.inputs,
+            config.watch == WatchMode::Poll,
+            events_tx.clone(),
+        )?;
         let now = Instant::now();
         let agent = Agent {
             host: config.host_name(),
@@ -175,7 +194,11 @@ impl Agent {
         let mut last_watchdog = Instant::now();
         loop {
             let more = self.read_pass();
-            let wait = if more { Duration::ZERO } else { self.until_next_timer() };
+            let wait = if more {
+                Duration::ZERO
+            } else {
+                self.until_next_timer()
+            };
             let received = self.events.recv_timeout(wait);
             self.woke = Instant::now();
             match received {
@@ -240,9 +263,16 @@ impl Agent {
             return; // a report from a producer already replaced; its records were rewound
         }
         if let Some(error) = error {
-            let code = error.rdkafka_error_code().map(|c| format!("{c:?}")).unwrap_or_else(|| "other".into());
+            let code = error
+                .rdkafka_error_code()
+                .map(|c| format!("{c:?}"))
+                .unwrap_or_else(|| "other".into());
             metrics::counter!(PRODUCER_ERRORS, "error" => code).increment(1);
-            let path = self.tailers.get(&token.slot).map(|t| t.path.display().to_string()).unwrap_or_default();
+            let path = self
+                .tailers
+                .get(&token.slot)
+                .map(|t| t.path.display().to_string())
+                .unwrap_or_default();
             self.request_rebuild(format!("delivery of a record from {path} failed: {error}"));
             return;
         }
@@ -262,7 +292,8 @@ impl Agent {
         self.inflight_bytes = self.inflight_bytes.saturating_sub(acked.cost);
         self.inflight_records = self.inflight_records.saturating_sub(1);
         if let Some(sent) = acked.sent {
-            self.latency.record(self.woke.saturating_duration_since(sent).as_secs_f64());
+            self.latency
+                .record(self.woke.saturating_duration_since(sent).as_secs_f64());
         }
         if self.acked.len() <= input {
             self.acked.resize(input + 1, (0, 0));
@@ -312,7 +343,9 @@ impl Agent {
 
     /// Re-reads a tailer's size; handles a truncation.
     fn check(&mut self, slot: u32) {
-        let Some(tailer) = self.tailers.get_mut(&slot) else { return };
+        let Some(tailer) = self.tailers.get_mut(&slot) else {
+            return;
+        };
         match tailer.check() {
             Ok(Change::Truncated) => self.truncated(slot),
             Ok(_) => {}
@@ -328,7 +361,9 @@ impl Agent {
             return;
         }
         let new_slot = self.alloc_slot();
-        let Some(mut tailer) = self.tailers.remove(&slot) else { return };
+        let Some(mut tailer) = self.tailers.remove(&slot) else {
+            return;
+        };
         let position = tailer.position();
         match tailer.restart(new_slot) {
             Ok(old) => {
@@ -346,7 +381,10 @@ impl Agent {
             }
             Err(e) => {
                 metrics::counter!(FILE_ERRORS, "kind" => "read").increment(1);
-                tracing::warn!("cannot re-identify truncated {}: {e}", tailer.path.display());
+                tracing::warn!(
+                    "cannot re-identify truncated {}: {e}",
+                    tailer.path.display()
+                );
             }
         }
         let slot_now = tailer.slot;
@@ -362,10 +400,18 @@ impl Agent {
     /// not read yet: the tailer moves to it and finishes it as a rotated file, and the
     /// truncated file is opened anew. True when a copy was found.
     fn follow_copy(&mut self, slot: u32) -> bool {
-        let Some(location) = self.location_of.get(&slot).cloned() else { return false };
-        let Some(tailer) = self.tailers.get(&slot) else { return false };
-        let Some(dir) = location.parent() else { return false };
-        let Ok(entries) = fs::read_dir(dir) else { return false };
+        let Some(location) = self.location_of.get(&slot).cloned() else {
+            return false;
+        };
+        let Some(tailer) = self.tailers.get(&slot) else {
+            return false;
+        };
+        let Some(dir) = location.parent() else {
+            return false;
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return false;
+        };
         let position = tailer.position();
         let copy = entries.flatten().find_map(|entry| {
             let meta = entry.metadata().ok()?;
@@ -374,9 +420,14 @@ impl Agent {
                 return None;
             }
             let file = File::open(entry.path()).ok()?;
-            tailer.is_copy(&file).ok()?.then(|| (entry.path(), file, key))
+            tailer
+                .is_copy(&file)
+                .ok()?
+                .then(|| (entry.path(), file, key))
         });
-        let Some((copy_path, file, key)) = copy else { return false };
+        let Some((copy_path, file, key)) = copy else {
+            return false;
+        };
         metrics::counter!(TRUNCATIONS).increment(1);
         tracing::info!(
             "{} was copied to {} and truncated: finishing the copy from offset {position}, then reading the file from the start",
@@ -432,7 +483,10 @@ impl Agent {
                 let text = e.to_string();
                 if self.failed.get(&path) != Some(&text) {
                     metrics::counter!(FILE_ERRORS, "kind" => "open").increment(1);
-                    tracing::warn!("cannot open {}: {text}; other files go on, retrying at the next scan", path.display());
+                    tracing::warn!(
+                        "cannot open {}: {text}; other files go on, retrying at the next scan",
+                        path.display()
+                    );
                     self.failed.insert(path, text);
                 }
                 return None;
@@ -446,28 +500,36 @@ impl Agent {
             return Some(slot);
         }
         let size = meta.len();
-        let saved = self.saved.remove(&key).or_else(|| self.saved_by_path(&path, key.1));
+        let saved = self
+            .saved
+            .remove(&key)
+            .or_else(|| self.saved_by_path(&path, key.1));
         let resumed = match &saved {
-            Some(s) => match identity::check(&file, size, s.fingerprint, s.offset, s.guard) {
-                Ok(Resume::Continue) => Some((s.file, s.fingerprint, s.offset)),
-                Ok(Resume::Truncated) => {
-                    metrics::counter!(TRUNCATIONS).increment(1);
-                    tracing::info!("{} was truncated or rewritten since offset {}: reading it from the start", path.display(), s.offset);
-                    self.resume_copy(s, input, key);
-                    None
+            Some(s) => {
+                match identity::check(&file, size, s.fingerprint, s.offset, s.guard) {
+                    Ok(Resume::Continue) => Some((s.file, s.fingerprint, s.offset)),
+                    Ok(Resume::Truncated) => {
+                        metrics::counter!(TRUNCATIONS).increment(1);
+                        tracing::info!("{} was truncated or rewritten since offset {}: reading it from the start", path.display(), s.offset);
+                        self.resume_copy(s, input, key);
+                        None
+                    }
+                    Ok(Resume::Replaced) => {
+                        metrics::counter!(IDENTITY_CHANGES).increment(1);
+                        tracing::info!(
+                            "{} is a new file at a reused inode: reading it from the start",
+                            path.display()
+                        );
+                        self.resume_copy(s, input, key);
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot read {}: {e}", path.display());
+                        self.saved.insert(key, s.clone());
+                        return None;
+                    }
                 }
-                Ok(Resume::Replaced) => {
-                    metrics::counter!(IDENTITY_CHANGES).increment(1);
-                    tracing::info!("{} is a new file at a reused inode: reading it from the start", path.display());
-                    self.resume_copy(s, input, key);
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!("cannot read {}: {e}", path.display());
-                    self.saved.insert(key, s.clone());
-                    return None;
-                }
-            },
+            }
             None => None,
         };
         // A resumed file keeps the path it was first found under (in `lp.path` and the default
@@ -482,10 +544,20 @@ impl Agent {
             Some(resumed) => resumed,
             None => {
                 let fingerprint = identity::fingerprint(&file, size).ok()?;
-                let start_at_end = initial && self.first_start && self.inputs[input].config.start_at == StartAt::End;
-                let offset = if start_at_end && saved.is_none() { last_line_end(&file, size) } else { 0 };
+                let start_at_end = initial
+                    && self.first_start
+                    && self.inputs[input].config.start_at == StartAt::End;
+                let offset = if start_at_end && saved.is_none() {
+                    last_line_end(&file, size)
+                } else {
+                    0
+                };
                 self.checkpoint_urgent = true;
-                (identity::new_file_id(key.0, key.1, fingerprint), fingerprint, offset)
+                (
+                    identity::new_file_id(key.0, key.1, fingerprint),
+                    fingerprint,
+                    offset,
+                )
             }
         };
         let slot = self.alloc_slot();
@@ -501,7 +573,10 @@ impl Agent {
             offset,
             max_line_bytes: self.inputs[input].config.max_line_bytes,
         };
-        tracing::debug!("tailing {} from offset {offset} as file id {id}", path.display());
+        tracing::debug!(
+            "tailing {} from offset {offset} as file id {id}",
+            path.display()
+        );
         let tailer = Tailer::new(opening, &self.host, &self.inputs[input].config.key);
         self.tailers.insert(slot, tailer);
         self.by_inode.insert(key, slot);
@@ -516,16 +591,35 @@ impl Agent {
     /// bytes before the saved offset) holds the lines not sent yet. They are finished from the
     /// copy under the saved id and path, as [`Agent::follow_copy`] does while running.
     fn resume_copy(&mut self, state: &FileState, input: usize, truncated: (u64, u64)) {
-        let Some(dir) = state.path.parent() else { return };
-        let Ok(entries) = fs::read_dir(dir) else { return };
+        let Some(dir) = state.path.parent() else {
+            return;
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             let key = (meta.dev(), meta.ino());
-            if !meta.is_file() || key == truncated || meta.len() <= state.offset || self.by_inode.contains_key(&key) {
+            if !meta.is_file()
+                || key == truncated
+                || meta.len() <= state.offset
+                || self.by_inode.contains_key(&key)
+            {
                 continue;
             }
-            let Ok(file) = File::open(entry.path()) else { continue };
-            if !matches!(identity::check(&file, meta.len(), state.fingerprint, state.offset, state.guard), Ok(Resume::Continue)) {
+            let Ok(file) = File::open(entry.path()) else {
+                continue;
+            };
+            if !matches!(
+                identity::check(
+                    &file,
+                    meta.len(),
+                    state.fingerprint,
+                    state.offset,
+                    state.guard
+                ),
+                Ok(Resume::Continue)
+            ) {
                 continue;
             }
             tracing::info!(
@@ -535,7 +629,14 @@ impl Agent {
                 state.offset
             );
             metrics::counter!(ROTATIONS).increment(1);
-            self.saved.insert(key, FileState { dev: key.0, ino: key.1, ..state.clone() });
+            self.saved.insert(
+                key,
+                FileState {
+                    dev: key.0,
+                    ino: key.1,
+                    ..state.clone()
+                },
+            );
             if let Some(slot) = self.open(entry.path(), input, false) {
                 if let Some(tailer) = self.tailers.get_mut(&slot) {
                     tailer.detached = Some(Instant::now());
@@ -548,7 +649,11 @@ impl Agent {
     /// A saved entry for the same path and inode on another device number (the device id can
     /// change across a remount, beats#13314): the contents checks decide.
     fn saved_by_path(&mut self, path: &Path, ino: u64) -> Option<FileState> {
-        let key = self.saved.iter().find(|(_, s)| s.path == path && s.ino == ino).map(|(k, _)| *k)?;
+        let key = self
+            .saved
+            .iter()
+            .find(|(_, s)| s.path == path && s.ino == ino)
+            .map(|(k, _)| *k)?;
         self.saved.remove(&key)
     }
 
@@ -572,7 +677,9 @@ impl Agent {
             }
         }
         for (dir, keys) in by_dir {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             let wanted: HashSet<(u64, u64)> = keys.into_iter().collect();
             for entry in entries.flatten() {
                 let Ok(meta) = entry.metadata() else { continue };
@@ -580,7 +687,9 @@ impl Agent {
                 if !meta.is_file() || !wanted.contains(&key) {
                     continue;
                 }
-                let Some(state) = self.saved.get(&key) else { continue };
+                let Some(state) = self.saved.get(&key) else {
+                    continue;
+                };
                 if meta.len() <= state.offset {
                     continue; // nothing left to read; the entry is kept while the file is there
                 }
@@ -616,13 +725,20 @@ impl Agent {
             return false;
         }
         let budget = self.config.inflight_bytes;
-        let slots: Vec<u32> = self.tailers.iter().filter(|(_, t)| !t.at_eof()).map(|(s, _)| *s).collect();
+        let slots: Vec<u32> = self
+            .tailers
+            .iter()
+            .filter(|(_, t)| !t.at_eof())
+            .map(|(s, _)| *s)
+            .collect();
         let mut more = false;
         for slot in slots {
             if self.inflight_bytes >= budget {
                 return false; // the delivery reports will wake the loop
             }
-            let Some(tailer) = self.tailers.get_mut(&slot) else { continue };
+            let Some(tailer) = self.tailers.get_mut(&slot) else {
+                continue;
+            };
             let input = &self.inputs[tailer.input];
             let sink = Sink {
                 delivery: &self.delivery,
@@ -668,7 +784,12 @@ impl Agent {
     /// Publishes the per-file gauges (walks every tailer: once per sweep).
     fn update_file_gauges(&self) {
         gauge!(OPEN_FILES).set(self.tailers.len() as f64);
-        gauge!(DETACHED_FILES).set(self.tailers.values().filter(|t| t.detached.is_some()).count() as f64);
+        gauge!(DETACHED_FILES).set(
+            self.tailers
+                .values()
+                .filter(|t| t.detached.is_some())
+                .count() as f64,
+        );
     }
 
     fn sweep_interval(&self) -> Duration {
@@ -715,7 +836,8 @@ impl Agent {
         if self.sweep_needed || now >= self.last_sweep + self.sweep_interval() {
             self.sweep();
         }
-        if self.checkpoint_urgent || now >= self.last_checkpoint + self.config.checkpoint_interval() {
+        if self.checkpoint_urgent || now >= self.last_checkpoint + self.config.checkpoint_interval()
+        {
             self.write_checkpoint();
         }
         Ok(())
@@ -728,8 +850,12 @@ impl Agent {
         let slots: Vec<u32> = self.tailers.keys().copied().collect();
         for slot in slots {
             self.check(slot);
-            let Some(location) = self.location_of.get(&slot).cloned() else { continue };
-            let Some(tailer) = self.tailers.get(&slot) else { continue };
+            let Some(location) = self.location_of.get(&slot).cloned() else {
+                continue;
+            };
+            let Some(tailer) = self.tailers.get(&slot) else {
+                continue;
+            };
             if tailer.detached.is_none() {
                 let here = fs::metadata(&location).map(|m| (m.dev(), m.ino())).ok();
                 let wanted = self.discovery.input_for(&location).is_some();
@@ -739,7 +865,10 @@ impl Agent {
                         (Some(_), true) => "replaced by another file (rotated)",
                         (Some(_), false) => "no longer matched by the inputs",
                     };
-                    tracing::info!("{} was {why}: reading it to its end before closing it", location.display());
+                    tracing::info!(
+                        "{} was {why}: reading it to its end before closing it",
+                        location.display()
+                    );
                     metrics::counter!(ROTATIONS).increment(1);
                     self.locations.remove(&location);
                     if let Some(tailer) = self.tailers.get_mut(&slot) {
@@ -761,12 +890,24 @@ impl Agent {
     /// everything is acknowledged.
     fn finish_detached(&mut self, slot: u32) {
         let idle = self.config.detached_idle();
-        let Some(tailer) = self.tailers.get_mut(&slot) else { return };
-        if tailer.detached.is_none() || !tailer.at_eof() || tailer.last_growth.elapsed() < idle || self.rebuild.is_some() {
+        let Some(tailer) = self.tailers.get_mut(&slot) else {
+            return;
+        };
+        if tailer.detached.is_none()
+            || !tailer.at_eof()
+            || tailer.last_growth.elapsed() < idle
+            || self.rebuild.is_some()
+        {
             return;
         }
         let input = &self.inputs[tailer.input];
-        let sink = Sink { delivery: &self.delivery, host: &self.host, topic: &input.config.topic, key: &input.config.key, metrics: &input.metrics };
+        let sink = Sink {
+            delivery: &self.delivery,
+            host: &self.host,
+            topic: &input.config.topic,
+            key: &input.config.key,
+            metrics: &input.metrics,
+        };
         match tailer.flush_partial(&sink, self.delivery.epoch) {
             Ok(progress) => {
                 self.inflight_bytes += progress.cost;
@@ -778,7 +919,10 @@ impl Agent {
             }
         }
         if tailer.finished() {
-            tracing::debug!("closing {}: read to its end and acknowledged", tailer.path.display());
+            tracing::debug!(
+                "closing {}: read to its end and acknowledged",
+                tailer.path.display()
+            );
             self.close(slot);
         }
     }
@@ -786,8 +930,11 @@ impl Agent {
     /// Keeps at most `max_detached_files` detached handles: the oldest beyond are closed
     /// unfinished, which is a counted and logged loss.
     fn evict_detached(&mut self) {
-        let mut detached: Vec<(Instant, u32)> =
-            self.tailers.iter().filter_map(|(s, t)| t.detached.map(|at| (at, *s))).collect();
+        let mut detached: Vec<(Instant, u32)> = self
+            .tailers
+            .iter()
+            .filter_map(|(s, t)| t.detached.map(|at| (at, *s)))
+            .collect();
         if detached.len() <= self.config.max_detached_files {
             return;
         }
@@ -810,7 +957,9 @@ impl Agent {
     /// Closes a tailer. If its file is still where it was found (an input no longer matches
     /// it), its position is kept so a later reload that matches it again resumes there.
     fn close(&mut self, slot: u32) {
-        let Some(mut tailer) = self.tailers.remove(&slot) else { return };
+        let Some(mut tailer) = self.tailers.remove(&slot) else {
+            return;
+        };
         let (cost, records) = tailer.rewind();
         self.inflight_bytes = self.inflight_bytes.saturating_sub(cost);
         self.inflight_records = self.inflight_records.saturating_sub(records);
@@ -845,14 +994,19 @@ impl Agent {
             }
             Err(e) => {
                 metrics::counter!(CHECKPOINT_ERRORS, "kind" => "write").increment(1);
-                tracing::error!("cannot write the checkpoint in {}: {e}", self.config.state_dir.display());
+                tracing::error!(
+                    "cannot write the checkpoint in {}: {e}",
+                    self.config.state_dir.display()
+                );
             }
         }
     }
 
     fn request_rebuild(&mut self, why: String) {
         if self.rebuild.is_none() {
-            tracing::error!("{why}; rebuilding the producer and resending from the last acknowledged offsets");
+            tracing::error!(
+                "{why}; rebuilding the producer and resending from the last acknowledged offsets"
+            );
             self.set_ready(false, &why);
             self.rebuild = Some(why);
         }
@@ -896,11 +1050,19 @@ impl Agent {
     fn reload(&mut self, config: AgentConfig) -> anyhow::Result<()> {
         let mut config = config;
         if config.state_dir != self.config.state_dir {
-            tracing::warn!("reload: state_dir cannot change while running; keeping {}", self.config.state_dir.display());
+            tracing::warn!(
+                "reload: state_dir cannot change while running; keeping {}",
+                self.config.state_dir.display()
+            );
             config.state_dir = self.config.state_dir.clone();
         }
-        let rebuild = config.kafka != self.config.kafka || config.inflight_bytes != self.config.inflight_bytes;
-        self.discovery = Discovery::new(&config.inputs, config.watch == WatchMode::Poll, self.events_tx.clone())?;
+        let rebuild = config.kafka != self.config.kafka
+            || config.inflight_bytes != self.config.inflight_bytes;
+        self.discovery = Discovery::new(
+            &config.inputs,
+            config.watch == WatchMode::Poll,
+            self.events_tx.clone(),
+        )?;
         self.update_gauges(); // count acknowledgements under the inputs they were read for
         self.host = config.host_name();
         self.inputs = inputs(&config);
@@ -908,9 +1070,14 @@ impl Agent {
         for (slot, tailer) in self.tailers.iter_mut() {
             let location = self.location_of.get(slot).unwrap_or(&tailer.path);
             // A file no input matches any more is finished and closed by the next sweep.
-            tailer.input = self.discovery.input_for(location).unwrap_or(tailer.input.min(self.inputs.len() - 1));
+            tailer.input = self
+                .discovery
+                .input_for(location)
+                .unwrap_or(tailer.input.min(self.inputs.len() - 1));
         }
-        self.retired.values_mut().for_each(|(input, _)| *input = (*input).min(self.inputs.len() - 1));
+        self.retired
+            .values_mut()
+            .for_each(|(input, _)| *input = (*input).min(self.inputs.len() - 1));
         if rebuild {
             self.request_rebuild("the [kafka] settings changed".into());
         }
@@ -927,7 +1094,11 @@ impl Agent {
         let deadline = Instant::now() + self.config.drain();
         tracing::info!("draining {} records in flight", self.inflight_records);
         while self.inflight_records > 0 && self.rebuild.is_none() && Instant::now() < deadline {
-            match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100))) {
+            match self.events.recv_timeout(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+            ) {
                 Ok(Event::Ack { token, error }) => {
                     self.woke = Instant::now();
                     self.ack(token, error);
@@ -950,16 +1121,40 @@ impl Agent {
 
 /// Whether `path` is the file with this (dev, inode).
 fn holds(path: &Path, key: (u64, u64)) -> bool {
-    fs::metadata(path).map(|m| (m.dev(), m.ino()) == key).unwrap_or(false)
+    fs::metadata(path)
+        .map(|m| (m.dev(), m.ino()) == key)
+        .unwrap_or(false)
 }
 
 fn inputs(config: &AgentConfig) -> Vec<Input> {
-    config.inputs.iter().map(|c| Input { metrics: InputMetrics::new(c.label()), config: c.clone() }).collect()
+    config
+        .inputs
+        .iter()
+        .map(|c| Input {
+            metrics: InputMetrics::new(c.label()),
+            config: c.clone(),
+        })
+        .collect()
 }
 
-fn new_delivery(config: &AgentConfig, events: &Sender<Event>, epoch: u8) -> anyhow::Result<Delivery> {
-    let longest = config.inputs.iter().map(|i| i.max_line_bytes).max().unwrap_or(0);
-    Delivery::new(&config.kafka, config.inflight_bytes, longest, events.clone(), epoch)
+fn new_delivery(
+    config: &AgentConfig,
+    events: &Sender<Event>,
+    epoch: u8,
+) -> anyhow::Result<Delivery> {
+    let longest = config
+        .inputs
+        .iter()
+        .map(|i| i.max_line_bytes)
+        .max()
+        .unwrap_or(0);
+    Delivery::new(
+        &config.kafka,
+        config.inflight_bytes,
+        longest,
+        events.clone(),
+        epoch,
+    )
 }
 
 /// Where the last complete line of a file ends: with `start_at = "end"` the agent starts there
@@ -969,7 +1164,9 @@ fn last_line_end(file: &File, size: u64) -> u64 {
     let start = size.saturating_sub(LOOK_BACK);
     let mut buf = vec![0; (size - start) as usize];
     match file.read_exact_at(&mut buf, start) {
-        Ok(()) => memchr::memrchr(b'\n', &buf).map(|i| start + i as u64 + 1).unwrap_or(size),
+        Ok(()) => memchr::memrchr(b'\n', &buf)
+            .map(|i| start + i as u64 + 1)
+            .unwrap_or(size),
         Err(_) => size,
     }
 }

@@ -65,14 +65,21 @@ pub fn load(dir: &Path) -> Loaded {
     };
     match serde_json::from_slice::<Checkpoint>(&bytes) {
         Ok(checkpoint) if checkpoint.version == VERSION => Loaded::Found(checkpoint),
-        Ok(checkpoint) => Loaded::Corrupt(format!("{} has unknown version {}", path.display(), checkpoint.version)),
+        Ok(checkpoint) => Loaded::Corrupt(format!(
+            "{} has unknown version {}",
+            path.display(),
+            checkpoint.version
+        )),
         Err(e) => {
             let aside = dir.join(CORRUPT_NAME);
             let moved = match fs::rename(&path, &aside) {
                 Ok(()) => format!("moved to {}", aside.display()),
                 Err(e) => format!("could not be moved aside: {e}"),
             };
-            Loaded::Corrupt(format!("{} is not a valid checkpoint ({e}); {moved}", path.display()))
+            Loaded::Corrupt(format!(
+                "{} is not a valid checkpoint ({e}); {moved}",
+                path.display()
+            ))
         }
     }
 }
@@ -91,7 +98,10 @@ pub fn store(dir: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
 
 impl Checkpoint {
     pub fn new(files: Vec<FileState>) -> Self {
-        Checkpoint { version: VERSION, files }
+        Checkpoint {
+            version: VERSION,
+            files,
+        }
     }
 }
 
@@ -105,7 +115,8 @@ mod hex_id {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FileId, D::Error> {
         let text = String::deserialize(d)?;
-        FileId::from_hex(&text).ok_or_else(|| serde::de::Error::custom(format!("invalid file id {text:?}")))
+        FileId::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid file id {text:?}")))
     }
 }
 
@@ -142,9 +153,15 @@ mod tests {
     #[test]
     fn corrupt_file_is_reported_and_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(FILE_NAME), b"{\"version\":1,\"files\":[{\"pa").unwrap();
+        fs::write(
+            dir.path().join(FILE_NAME),
+            b"{\"version\":1,\"files\":[{\"pa",
+        )
+        .unwrap();
         match load(dir.path()) {
-            Loaded::Corrupt(reason) => assert!(reason.contains("not a valid checkpoint"), "{reason}"),
+            Loaded::Corrupt(reason) => {
+                assert!(reason.contains("not a valid checkpoint"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(dir.path().join(CORRUPT_NAME).exists());

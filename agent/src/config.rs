@@ -148,12 +148,19 @@ impl InputConfig {
 
     /// Compiles `paths` and `exclude` into matchers.
     pub fn compile(&self) -> anyhow::Result<CompiledInput> {
-        let matchers = self.paths.iter().map(|p| glob(p).map(|g| g.compile_matcher())).collect::<Result<_, _>>()?;
+        let matchers = self
+            .paths
+            .iter()
+            .map(|p| glob(p).map(|g| g.compile_matcher()))
+            .collect::<Result<_, _>>()?;
         let mut exclude = GlobSetBuilder::new();
         for pattern in &self.exclude {
             exclude.add(glob(pattern)?);
         }
-        Ok(CompiledInput { include: matchers, exclude: exclude.build()? })
+        Ok(CompiledInput {
+            include: matchers,
+            exclude: exclude.build()?,
+        })
     }
 }
 
@@ -196,18 +203,28 @@ impl AgentConfig {
 
     /// The host name records carry.
     pub fn host_name(&self) -> String {
-        self.host.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+        self.host
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 }
 
 impl ServiceConfig for AgentConfig {
     fn validate(&self) -> anyhow::Result<()> {
-        self.kafka.validate(&Role::Producer).map_err(anyhow::Error::msg)?;
+        self.kafka
+            .validate(&Role::Producer)
+            .map_err(anyhow::Error::msg)?;
         if !self.state_dir.is_absolute() {
             anyhow::bail!("state_dir {:?} must be an absolute path", self.state_dir);
         }
-        if self.host.as_deref().is_some_and(|h| h.is_empty() || h.contains('|')) {
-            anyhow::bail!("host must be non-empty and must not contain '|' (it is part of the record key)");
+        if self
+            .host
+            .as_deref()
+            .is_some_and(|h| h.is_empty() || h.contains('|'))
+        {
+            anyhow::bail!(
+                "host must be non-empty and must not contain '|' (it is part of the record key)"
+            );
         }
         for (key, value) in [
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
@@ -220,10 +237,15 @@ impl ServiceConfig for AgentConfig {
             }
         }
         if self.inflight_bytes < 1 << 20 {
-            anyhow::bail!("inflight_bytes = {} is below 1 MiB; the agent could not batch", self.inflight_bytes);
+            anyhow::bail!(
+                "inflight_bytes = {} is below 1 MiB; the agent could not batch",
+                self.inflight_bytes
+            );
         }
         if self.max_detached_files == 0 {
-            anyhow::bail!("max_detached_files must be at least 1, or rotated files could not be finished");
+            anyhow::bail!(
+                "max_detached_files must be at least 1, or rotated files could not be finished"
+            );
         }
         if self.inputs.is_empty() {
             anyhow::bail!("no [[inputs]]: nothing to tail");
@@ -240,7 +262,9 @@ impl ServiceConfig for AgentConfig {
                 }
             }
             if input.max_line_bytes == 0 || input.max_line_bytes > MAX_LINE_LIMIT {
-                return Err(at(format!("max_line_bytes must be between 1 and {MAX_LINE_LIMIT}")));
+                return Err(at(format!(
+                    "max_line_bytes must be between 1 and {MAX_LINE_LIMIT}"
+                )));
             }
             input.compile().map_err(|e| at(format!("paths: {e:#}")))?;
         }
@@ -259,7 +283,12 @@ impl ServiceConfig for AgentConfig {
         for input in &self.inputs {
             out.push_str(&format!(
                 "\n  {:?} (exclude {:?}) -> {} key {:?}, start at {:?}, lines cut at {} bytes",
-                input.paths, input.exclude, input.topic, input.key, input.start_at, input.max_line_bytes
+                input.paths,
+                input.exclude,
+                input.topic,
+                input.key,
+                input.start_at,
+                input.max_line_bytes
             ));
         }
         out
@@ -282,7 +311,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> anyhow::Result<AgentConfig> {
-        let config: AgentConfig = logpipe_core::config::parse(Path::new("/etc/agent.toml"), text, |_| None)?;
+        let config: AgentConfig =
+            logpipe_core::config::parse(Path::new("/etc/agent.toml"), text, |_| None)?;
         config.validate()?;
         Ok(config)
     }
@@ -291,7 +321,10 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_safe_defaults() {
-        let config = parse(&format!("{BASE}[[inputs]]\npaths = [\"/var/log/game/*.log\"]\ntopic = \"raw.game\"\n")).unwrap();
+        let config = parse(&format!(
+            "{BASE}[[inputs]]\npaths = [\"/var/log/game/*.log\"]\ntopic = \"raw.game\"\n"
+        ))
+        .unwrap();
         assert_eq!(config.inflight_bytes, 32 << 20);
         assert_eq!(config.checkpoint_interval_ms, 1000);
         let input = &config.inputs[0];
@@ -303,15 +336,30 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err = parse(&format!("{BASE}[[inputs]]\npaths = [\"var/log/*.log\"]\ntopic = \"raw.game\"\n")).unwrap_err();
+        let err = parse(&format!(
+            "{BASE}[[inputs]]\npaths = [\"var/log/*.log\"]\ntopic = \"raw.game\"\n"
+        ))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("inputs[0].paths"), "{err:#}");
-        let err = parse(&format!("{BASE}[[inputs]]\npaths = [\"/a/*.log\"]\ntopic = \"raw game\"\n")).unwrap_err();
+        let err = parse(&format!(
+            "{BASE}[[inputs]]\npaths = [\"/a/*.log\"]\ntopic = \"raw game\"\n"
+        ))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("inputs[0].topic"), "{err:#}");
-        let err = parse(&format!("{BASE}[[inputs]]\npaths = [\"/a/[.log\"]\ntopic = \"raw.g\"\n")).unwrap_err();
+        let err = parse(&format!(
+            "{BASE}[[inputs]]\npaths = [\"/a/[.log\"]\ntopic = \"raw.g\"\n"
+        ))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("glob"), "{err:#}");
-        let err = parse(&format!("{BASE}[[inputs]]\npaths = [\"/a/*.log\"]\ntopic = \"raw.g\"\nstart = \"end\"\n")).unwrap_err();
+        let err = parse(&format!(
+            "{BASE}[[inputs]]\npaths = [\"/a/*.log\"]\ntopic = \"raw.g\"\nstart = \"end\"\n"
+        ))
+        .unwrap_err();
         assert!(format!("{err:#}").contains("start"), "{err:#}");
-        assert!(parse(BASE).unwrap_err().to_string().contains("no [[inputs]]"));
+        assert!(parse(BASE)
+            .unwrap_err()
+            .to_string()
+            .contains("no [[inputs]]"));
     }
 
     #[test]

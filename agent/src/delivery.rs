@@ -39,11 +39,17 @@ impl Token {
     pub const MAX_SLOT: u32 = (1 << 24) - 1;
 
     fn pack(self) -> usize {
-        ((self.epoch as usize) << 56) | (((self.slot & Self::MAX_SLOT) as usize) << 32) | self.seq as usize
+        ((self.epoch as usize) << 56)
+            | (((self.slot & Self::MAX_SLOT) as usize) << 32)
+            | self.seq as usize
     }
 
     fn unpack(opaque: usize) -> Token {
-        Token { epoch: (opaque >> 56) as u8, slot: ((opaque >> 32) as u32) & Self::MAX_SLOT, seq: opaque as u32 }
+        Token {
+            epoch: (opaque >> 56) as u8,
+            slot: ((opaque >> 32) as u32) & Self::MAX_SLOT,
+            seq: opaque as u32,
+        }
     }
 }
 
@@ -59,11 +65,15 @@ impl ClientContext for Context {
                 let _ = self.events.send(Event::ProducerFatal(reason.to_owned()));
             }
             Some(RDKafkaErrorCode::AllBrokersDown) => {
-                tracing::warn!("kafka: all brokers are down; reading pauses at the in-flight budget: {reason}");
+                tracing::warn!(
+                    "kafka: all brokers are down; reading pauses at the in-flight budget: {reason}"
+                );
                 let _ = self.events.send(Event::BrokersDown);
             }
             // librdkafka logs connection failures itself.
-            Some(RDKafkaErrorCode::BrokerTransportFailure) => tracing::debug!("kafka: {error}: {reason}"),
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+                tracing::debug!("kafka: {error}: {reason}")
+            }
             _ => tracing::warn!("kafka: {error}: {reason}"),
         }
     }
@@ -74,7 +84,10 @@ impl ProducerContext for Context {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let error = result.as_ref().err().map(|(e, _)| e.clone());
-        let _ = self.events.send(Event::Ack { token: Token::unpack(opaque), error });
+        let _ = self.events.send(Event::Ack {
+            token: Token::unpack(opaque),
+            error,
+        });
     }
 }
 
@@ -96,7 +109,13 @@ pub struct Outgoing<'a> {
 
 impl Delivery {
     /// Builds a producer. `max_record_bytes` is the largest value it will be handed.
-    pub fn new(kafka: &KafkaConfig, inflight_bytes: u64, max_record_bytes: usize, events: Sender<Event>, epoch: u8) -> anyhow::Result<Delivery> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        inflight_bytes: u64,
+        max_record_bytes: usize,
+        events: Sender<Event>,
+        epoch: u8,
+    ) -> anyhow::Result<Delivery> {
         let config = client_config(kafka, inflight_bytes, max_record_bytes);
         let producer: ThreadedProducer<Context> = config
             .create_with_context(Context { events })
@@ -129,7 +148,9 @@ impl Delivery {
 
     /// Waits until every queued record has a delivery report, at most until `deadline`.
     pub fn flush(&self, deadline: Instant) -> bool {
-        self.producer.flush(deadline.saturating_duration_since(Instant::now())).is_ok()
+        self.producer
+            .flush(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// Reports whether the cluster answers a metadata request within `timeout`; blocking.
@@ -139,7 +160,10 @@ impl Delivery {
 
     /// A handle to the same producer for a helper thread (readiness probe).
     pub fn share(&self) -> Delivery {
-        Delivery { producer: self.producer.clone(), epoch: self.epoch }
+        Delivery {
+            producer: self.producer.clone(),
+            epoch: self.epoch,
+        }
     }
 }
 
@@ -147,7 +171,11 @@ impl Delivery {
 /// message timeout, gapless, lz4, linger 20 ms, 1 MiB batches), queue limits above the agent's
 /// own budget, and a message size that fits the longest line plus headers. The operator's
 /// `[kafka.properties]` still win for tuning keys.
-pub fn client_config(kafka: &KafkaConfig, inflight_bytes: u64, max_record_bytes: usize) -> ClientConfig {
+pub fn client_config(
+    kafka: &KafkaConfig,
+    inflight_bytes: u64,
+    max_record_bytes: usize,
+) -> ClientConfig {
     let mut config = kafka.client_config(&Role::Producer, "logpipe-agent");
     // The agent's budget is the limit; librdkafka's own limits only need to stay out of its way
     // (every record costs at least RECORD_OVERHEAD, and a read may overshoot by one chunk).
@@ -174,9 +202,17 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        let token = Token { epoch: 255, slot: Token::MAX_SLOT, seq: u32::MAX };
+        let token = Token {
+            epoch: 255,
+            slot: Token::MAX_SLOT,
+            seq: u32::MAX,
+        };
         assert_eq!(Token::unpack(token.pack()), token);
-        let token = Token { epoch: 3, slot: 77, seq: 12 };
+        let token = Token {
+            epoch: 3,
+            slot: 77,
+            seq: 12,
+        };
         assert_eq!(Token::unpack(token.pack()), token);
     }
 
@@ -186,9 +222,22 @@ mod tests {
         let config = client_config(&kafka, 64 << 20, 1 << 20);
         assert_eq!(config.get("acks"), Some("all"));
         assert_eq!(config.get("message.timeout.ms"), Some("0"));
-        assert!(config.get("queue.buffering.max.kbytes").unwrap().parse::<u64>().unwrap() > (64 << 20) / 1024);
-        assert_eq!(config.get("message.max.bytes"), Some(((1u64 << 20) + 65536).to_string().as_str()));
-        kafka.properties.insert("queue.buffering.max.messages".into(), PropertyValue::Integer(1000));
+        assert!(
+            config
+                .get("queue.buffering.max.kbytes")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > (64 << 20) / 1024
+        );
+        assert_eq!(
+            config.get("message.max.bytes"),
+            Some(((1u64 << 20) + 65536).to_string().as_str())
+        );
+        kafka.properties.insert(
+            "queue.buffering.max.messages".into(),
+            PropertyValue::Integer(1000),
+        );
         let config = client_config(&kafka, 64 << 20, 1 << 20);
         assert_eq!(config.get("queue.buffering.max.messages"), Some("1000"));
     }

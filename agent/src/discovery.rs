@@ -44,9 +44,15 @@ fn root(pattern: &str) -> Root {
     if !globbing {
         // A literal file path: its directory is the base, the file one level below.
         let file = base.clone();
-        return Root { base: file.parent().map(Path::to_owned).unwrap_or(file), depth: Some(1) };
+        return Root {
+            base: file.parent().map(Path::to_owned).unwrap_or(file),
+            depth: Some(1),
+        };
     }
-    Root { base, depth: if recursive { None } else { Some(rest) } }
+    Root {
+        base,
+        depth: if recursive { None } else { Some(rest) },
+    }
 }
 
 /// The inputs' patterns and the watches on their directories.
@@ -61,13 +67,27 @@ pub struct Discovery {
 
 impl Discovery {
     /// `poll` forces polling. Patterns were validated with the config.
-    pub fn new(inputs: &[InputConfig], poll: bool, events: Sender<Event>) -> anyhow::Result<Discovery> {
-        let compiled = inputs.iter().map(InputConfig::compile).collect::<anyhow::Result<_>>()?;
-        let roots: BTreeSet<(PathBuf, Option<usize>)> =
-            inputs.iter().flat_map(|i| &i.paths).map(|p| root(p)).map(|r| (r.base, r.depth)).collect();
+    pub fn new(
+        inputs: &[InputConfig],
+        poll: bool,
+        events: Sender<Event>,
+    ) -> anyhow::Result<Discovery> {
+        let compiled = inputs
+            .iter()
+            .map(InputConfig::compile)
+            .collect::<anyhow::Result<_>>()?;
+        let roots: BTreeSet<(PathBuf, Option<usize>)> = inputs
+            .iter()
+            .flat_map(|i| &i.paths)
+            .map(|p| root(p))
+            .map(|r| (r.base, r.depth))
+            .collect();
         let mut discovery = Discovery {
             inputs: compiled,
-            roots: roots.into_iter().map(|(base, depth)| Root { base, depth }).collect(),
+            roots: roots
+                .into_iter()
+                .map(|(base, depth)| Root { base, depth })
+                .collect(),
             watcher: None,
             watched: HashSet::new(),
             events,
@@ -100,7 +120,9 @@ impl Discovery {
     /// Makes sure every base directory is watched; a missing one is watched through its
     /// nearest existing ancestor, so its creation is noticed.
     pub fn ensure_watches(&mut self) {
-        let Some(watcher) = self.watcher.as_mut() else { return };
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
         let mut failure = None;
         for root in &self.roots {
             let (dir, recursive) = match nearest_existing(&root.base) {
@@ -111,7 +133,11 @@ impl Discovery {
             if self.watched.contains(&(dir.clone(), recursive)) {
                 continue;
             }
-            let mode = if recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            let mode = if recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
             match watcher.watch(&dir, mode) {
                 Ok(()) => {
                     self.watched.insert((dir, recursive));
@@ -154,7 +180,10 @@ impl Discovery {
 pub fn is_limit(error: &notify::Error) -> bool {
     match &error.kind {
         notify::ErrorKind::MaxFilesWatch => true,
-        notify::ErrorKind::Io(e) => matches!(e.raw_os_error(), Some(28 /* ENOSPC */) | Some(24 /* EMFILE */)),
+        notify::ErrorKind::Io(e) => matches!(
+            e.raw_os_error(),
+            Some(28 /* ENOSPC */) | Some(24 /* EMFILE */)
+        ),
         _ => false,
     }
 }
@@ -177,10 +206,20 @@ fn walk(dir: &Path, depth: Option<usize>, visit: &mut dyn FnMut(&Path)) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
-        let is_dir = if kind.is_symlink() { depth.is_some() && path.is_dir() } else { kind.is_dir() };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let is_dir = if kind.is_symlink() {
+            depth.is_some() && path.is_dir()
+        } else {
+            kind.is_dir()
+        };
         match depth {
-            Some(1) | None if !is_dir && (kind.is_file() || (kind.is_symlink() && path.is_file())) => visit(&path),
+            Some(1) | None
+                if !is_dir && (kind.is_file() || (kind.is_symlink() && path.is_file())) =>
+            {
+                visit(&path)
+            }
             Some(n) if n > 1 && is_dir => walk(&path, Some(n - 1), visit),
             None if is_dir => walk(&path, None, visit),
             _ => {}
@@ -194,10 +233,34 @@ mod tests {
 
     #[test]
     fn roots_split_literal_base_from_glob() {
-        assert_eq!(root("/var/log/game/*.log"), Root { base: "/var/log/game".into(), depth: Some(1) });
-        assert_eq!(root("/var/log/*/app.log"), Root { base: "/var/log".into(), depth: Some(2) });
-        assert_eq!(root("/var/log/**/*.log"), Root { base: "/var/log".into(), depth: None });
-        assert_eq!(root("/var/log/app.log"), Root { base: "/var/log".into(), depth: Some(1) });
+        assert_eq!(
+            root("/var/log/game/*.log"),
+            Root {
+                base: "/var/log/game".into(),
+                depth: Some(1)
+            }
+        );
+        assert_eq!(
+            root("/var/log/*/app.log"),
+            Root {
+                base: "/var/log".into(),
+                depth: Some(2)
+            }
+        );
+        assert_eq!(
+            root("/var/log/**/*.log"),
+            Root {
+                base: "/var/log".into(),
+                depth: None
+            }
+        );
+        assert_eq!(
+            root("/var/log/app.log"),
+            Root {
+                base: "/var/log".into(),
+                depth: Some(1)
+            }
+        );
     }
 
     #[test]
@@ -219,12 +282,17 @@ mod tests {
             name: None,
         };
         let b = base.display();
-        let inputs =
-            vec![input(vec![format!("{b}/*.log")], vec![format!("{b}/skip.log")]), input(vec![format!("{b}/**/*.log")], vec![])];
+        let inputs = vec![
+            input(vec![format!("{b}/*.log")], vec![format!("{b}/skip.log")]),
+            input(vec![format!("{b}/**/*.log")], vec![]),
+        ];
         let (tx, _rx) = std::sync::mpsc::channel();
         let discovery = Discovery::new(&inputs, true, tx).unwrap();
-        let mut found: Vec<(String, usize)> =
-            discovery.scan().into_iter().map(|(p, i)| (p.strip_prefix(base).unwrap().display().to_string(), i)).collect();
+        let mut found: Vec<(String, usize)> = discovery
+            .scan()
+            .into_iter()
+            .map(|(p, i)| (p.strip_prefix(base).unwrap().display().to_string(), i))
+            .collect();
         found.sort();
         assert_eq!(
             found,

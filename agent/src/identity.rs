@@ -48,7 +48,10 @@ pub fn digest_at(file: &File, start: u64, len: u64) -> io::Result<Option<Digest>
             Err(e) => return Err(e),
         }
     }
-    Ok(Some(Digest { len, hash: xxh3_64(&buf) }))
+    Ok(Some(Digest {
+        len,
+        hash: xxh3_64(&buf),
+    }))
 }
 
 /// The fingerprint of a file of `size` bytes (or shorter, if it shrank meanwhile).
@@ -71,9 +74,19 @@ pub fn guard(file: &File, offset: u64) -> io::Result<Option<Digest>> {
 
 /// A new `lp.file` id for contents first seen now.
 pub fn new_file_id(dev: u64, ino: u64, fingerprint: Digest) -> FileId {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
     let mut hasher = Xxh3::new();
-    for part in [dev, ino, fingerprint.len, fingerprint.hash, nanos as u64, (nanos >> 64) as u64] {
+    for part in [
+        dev,
+        ino,
+        fingerprint.len,
+        fingerprint.hash,
+        nanos as u64,
+        (nanos >> 64) as u64,
+    ] {
         hasher.update(&part.to_le_bytes());
     }
     FileId(hasher.digest())
@@ -92,7 +105,13 @@ pub enum Resume {
 }
 
 /// Compares a file (now `size` bytes) with what was saved about it.
-pub fn check(file: &File, size: u64, fingerprint: Digest, offset: u64, guard: Option<Digest>) -> io::Result<Resume> {
+pub fn check(
+    file: &File,
+    size: u64,
+    fingerprint: Digest,
+    offset: u64,
+    guard: Option<Digest>,
+) -> io::Result<Resume> {
     if digest_at(file, 0, fingerprint.len)? != Some(fingerprint) {
         return Ok(Resume::Replaced);
     }
@@ -129,7 +148,10 @@ mod tests {
         let grown = fingerprint(&handle, 2006).unwrap();
         assert_eq!(grown.len, FINGERPRINT_MAX);
         // The short fingerprint still matches the grown file's start.
-        assert_eq!(check(&handle, 2006, small, 6, guard(&handle, 6).unwrap()).unwrap(), Resume::Continue);
+        assert_eq!(
+            check(&handle, 2006, small, 6, guard(&handle, 6).unwrap()).unwrap(),
+            Resume::Continue
+        );
     }
 
     #[test]

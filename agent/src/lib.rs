@@ -42,7 +42,9 @@ impl Service for AgentService {
         let forward = events_tx.clone();
         let readiness = ctx.readiness.clone();
         // The loop does blocking file I/O: it gets its own thread.
-        let mut agent = tokio::task::spawn_blocking(move || Agent::new(config, events_tx, events, readiness)?.run());
+        let mut agent = tokio::task::spawn_blocking(move || {
+            Agent::new(config, events_tx, events, readiness)?.run()
+        });
         let mut reload = ctx.reload.clone();
         loop {
             tokio::select! {

@@ -25,7 +25,9 @@ pub struct Line<'a> {
 pub enum Piece<'a> {
     Line(Line<'a>),
     /// An empty line (or a lone `\r`), ending at `end`.
-    Empty { end: u64 },
+    Empty {
+        end: u64,
+    },
 }
 
 /// Incremental line splitter for one file.
@@ -45,7 +47,13 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max: usize, offset: u64) -> Self {
-        LineSplitter { max, partial: Vec::new(), line_start: offset, line_len: 0, last: 0 }
+        LineSplitter {
+            max,
+            partial: Vec::new(),
+            line_start: offset,
+            line_len: 0,
+            last: 0,
+        }
     }
 
     /// Offset of the next byte to feed.
@@ -80,11 +88,25 @@ impl LineSplitter {
             let offset = self.line_start;
             if self.line_len == 0 {
                 let cr = segment.last() == Some(&b'\r');
-                emit(piece(offset, end, segment, segment.len() as u64, cr, self.max));
+                emit(piece(
+                    offset,
+                    end,
+                    segment,
+                    segment.len() as u64,
+                    cr,
+                    self.max,
+                ));
             } else {
                 self.append(segment);
                 let cr = self.last == b'\r';
-                emit(piece(offset, end, &self.partial, self.line_len, cr, self.max));
+                emit(piece(
+                    offset,
+                    end,
+                    &self.partial,
+                    self.line_len,
+                    cr,
+                    self.max,
+                ));
                 self.partial.clear();
             }
             self.line_start = end;
@@ -101,13 +123,21 @@ impl LineSplitter {
             return;
         }
         let end = self.position();
-        emit(piece(self.line_start, end, &self.partial, self.line_len, self.last == b'\r', self.max));
+        emit(piece(
+            self.line_start,
+            end,
+            &self.partial,
+            self.line_len,
+            self.last == b'\r',
+            self.max,
+        ));
         self.reset(end);
     }
 
     fn append(&mut self, bytes: &[u8]) {
         let room = (self.max + 1).saturating_sub(self.partial.len());
-        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
         self.line_len += bytes.len() as u64;
         if let Some(&b) = bytes.last() {
             self.last = b;
@@ -117,15 +147,32 @@ impl LineSplitter {
 
 /// Builds the piece for a line whose raw bytes (terminator `\n` excluded) are `raw_len` long,
 /// of which `stored` holds at least the first `min(raw_len, max + 1)`.
-fn piece(offset: u64, end: u64, stored: &[u8], raw_len: u64, ends_with_cr: bool, max: usize) -> Piece<'_> {
+fn piece(
+    offset: u64,
+    end: u64,
+    stored: &[u8],
+    raw_len: u64,
+    ends_with_cr: bool,
+    max: usize,
+) -> Piece<'_> {
     let len = raw_len - (ends_with_cr && raw_len > 0) as u64;
     if len == 0 {
         return Piece::Empty { end };
     }
     if len > max as u64 {
-        Piece::Line(Line { offset, end, bytes: &stored[..max], truncated_from: Some(len) })
+        Piece::Line(Line {
+            offset,
+            end,
+            bytes: &stored[..max],
+            truncated_from: Some(len),
+        })
     } else {
-        Piece::Line(Line { offset, end, bytes: &stored[..len as usize], truncated_from: None })
+        Piece::Line(Line {
+            offset,
+            end,
+            bytes: &stored[..len as usize],
+            truncated_from: None,
+        })
     }
 }
 
@@ -141,7 +188,12 @@ mod tests {
         let mut splitter = LineSplitter::new(max, 0);
         let mut out = Vec::new();
         let mut record = |p: Piece<'_>| match p {
-            Piece::Line(l) => out.push((l.offset, l.end, String::from_utf8_lossy(l.bytes).into_owned(), l.truncated_from)),
+            Piece::Line(l) => out.push((
+                l.offset,
+                l.end,
+                String::from_utf8_lossy(l.bytes).into_owned(),
+                l.truncated_from,
+            )),
             Piece::Empty { end } => out.push((u64::MAX, end, String::new(), None)),
         };
         for chunk in chunks {
@@ -183,7 +235,10 @@ mod tests {
     fn oversized_lines_are_cut_and_report_their_length() {
         // In one chunk, across chunks, with CRLF exactly at the limit, and flushed.
         let (out, _) = split(4, &[b"abcdefgh\nxy\n"], false);
-        assert_eq!(out, vec![(0, 9, "abcd".into(), Some(8)), (9, 12, "xy".into(), None)]);
+        assert_eq!(
+            out,
+            vec![(0, 9, "abcd".into(), Some(8)), (9, 12, "xy".into(), None)]
+        );
         let (out, _) = split(4, &[b"abc", b"defg", b"h\n"], false);
         assert_eq!(out, vec![(0, 9, "abcd".into(), Some(8))]);
         let (out, _) = split(4, &[b"ab", b"cd\r", b"\n"], false);

@@ -30,26 +30,74 @@ pub const PRODUCER_REBUILDS: &str = "logpipe_agent_producer_rebuilds_total";
 pub fn describe() {
     describe_counter!(LINES_READ, "Lines read and queued for Kafka, per input.");
     describe_counter!(BYTES_READ, "Bytes of lines queued for Kafka, per input.");
-    describe_counter!(LINES_ACKED, "Lines acknowledged by Kafka (acks=all), per input.");
-    describe_counter!(BYTES_ACKED, "Bytes of lines acknowledged by Kafka, per input.");
-    describe_counter!(LINES_OVERSIZED, "Lines cut at max_line_bytes and shipped with lp.truncated.");
+    describe_counter!(
+        LINES_ACKED,
+        "Lines acknowledged by Kafka (acks=all), per input."
+    );
+    describe_counter!(
+        BYTES_ACKED,
+        "Bytes of lines acknowledged by Kafka, per input."
+    );
+    describe_counter!(
+        LINES_OVERSIZED,
+        "Lines cut at max_line_bytes and shipped with lp.truncated."
+    );
     describe_counter!(LINES_EMPTY, "Empty lines skipped.");
     describe_gauge!(FILE_LAG, "Per file: size minus the acknowledged offset.");
-    describe_gauge!(CHECKPOINT_AGE, "Seconds since the last successful checkpoint write.");
-    describe_counter!(CHECKPOINT_ERRORS, "Checkpoint writes that failed, and corrupt checkpoints found at start.");
-    describe_histogram!(DELIVERY_LATENCY, "Seconds from queueing a record to its acknowledgement.");
-    describe_gauge!(INFLIGHT_BYTES, "Bytes charged to the in-flight budget (lines plus per-record overhead).");
+    describe_gauge!(
+        CHECKPOINT_AGE,
+        "Seconds since the last successful checkpoint write."
+    );
+    describe_counter!(
+        CHECKPOINT_ERRORS,
+        "Checkpoint writes that failed, and corrupt checkpoints found at start."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        "Seconds from queueing a record to its acknowledgement."
+    );
+    describe_gauge!(
+        INFLIGHT_BYTES,
+        "Bytes charged to the in-flight budget (lines plus per-record overhead)."
+    );
     describe_gauge!(INFLIGHT_RECORDS, "Records queued and not yet acknowledged.");
-    describe_counter!(ROTATIONS, "Files rotated away (renamed or deleted) while tailed.");
-    describe_counter!(TRUNCATIONS, "Files truncated (copytruncate or rewrite); read again from 0 under a new id.");
-    describe_counter!(IDENTITY_CHANGES, "Files found at a saved inode with other contents (inode reuse).");
+    describe_counter!(
+        ROTATIONS,
+        "Files rotated away (renamed or deleted) while tailed."
+    );
+    describe_counter!(
+        TRUNCATIONS,
+        "Files truncated (copytruncate or rewrite); read again from 0 under a new id."
+    );
+    describe_counter!(
+        IDENTITY_CHANGES,
+        "Files found at a saved inode with other contents (inode reuse)."
+    );
     describe_gauge!(OPEN_FILES, "Open file handles, rotated-away ones included.");
-    describe_gauge!(DETACHED_FILES, "Open handles of files rotated away or deleted, kept until read and acknowledged.");
-    describe_counter!(DETACHED_EVICTED, "Rotated-away files closed unfinished because max_detached_files was reached.");
-    describe_counter!(WATCH_FALLBACKS, "Switches from file system notifications to polling.");
-    describe_counter!(FILE_ERRORS, "Files that could not be opened or read, by kind.");
-    describe_counter!(PRODUCER_ERRORS, "Failed deliveries and producer errors, by error.");
-    describe_counter!(PRODUCER_REBUILDS, "Producers rebuilt after a fatal error or failed delivery.");
+    describe_gauge!(
+        DETACHED_FILES,
+        "Open handles of files rotated away or deleted, kept until read and acknowledged."
+    );
+    describe_counter!(
+        DETACHED_EVICTED,
+        "Rotated-away files closed unfinished because max_detached_files was reached."
+    );
+    describe_counter!(
+        WATCH_FALLBACKS,
+        "Switches from file system notifications to polling."
+    );
+    describe_counter!(
+        FILE_ERRORS,
+        "Files that could not be opened or read, by kind."
+    );
+    describe_counter!(
+        PRODUCER_ERRORS,
+        "Failed deliveries and producer errors, by error."
+    );
+    describe_counter!(
+        PRODUCER_REBUILDS,
+        "Producers rebuilt after a fatal error or failed delivery."
+    );
 }
 
 /// Counters of one input.

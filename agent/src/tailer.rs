@@ -53,14 +53,24 @@ pub struct Acked {
 
 impl AckTracker {
     pub fn new(offset: u64) -> Self {
-        AckTracker { queue: VecDeque::new(), base_seq: 0, committed: offset }
+        AckTracker {
+            queue: VecDeque::new(),
+            base_seq: 0,
+            committed: offset,
+        }
     }
 
     /// Registers a record of `bytes` line bytes ending at `end`, charged `cost` to the
     /// budget; returns its sequence number.
     pub fn push(&mut self, end: u64, bytes: u64, cost: u64, sent: Instant) -> u32 {
         let seq = self.base_seq.wrapping_add(self.queue.len() as u32);
-        self.queue.push_back(Pending { end, cost, bytes, sent: Some(sent), acked: false });
+        self.queue.push_back(Pending {
+            end,
+            cost,
+            bytes,
+            sent: Some(sent),
+            acked: false,
+        });
         seq
     }
 
@@ -69,7 +79,13 @@ impl AckTracker {
         match self.queue.back_mut() {
             None => self.committed = end,
             Some(last) if last.acked && last.sent.is_none() => last.end = end,
-            Some(_) => self.queue.push_back(Pending { end, cost: 0, bytes: 0, sent: None, acked: true }),
+            Some(_) => self.queue.push_back(Pending {
+                end,
+                cost: 0,
+                bytes: 0,
+                sent: None,
+                acked: true,
+            }),
         }
     }
 
@@ -77,9 +93,16 @@ impl AckTracker {
     /// prefix. `None` for a sequence number this tracker does not hold.
     pub fn ack(&mut self, seq: u32) -> Option<Acked> {
         let index = seq.wrapping_sub(self.base_seq) as usize;
-        let pending = self.queue.get_mut(index).filter(|p| !p.acked && p.sent.is_some())?;
+        let pending = self
+            .queue
+            .get_mut(index)
+            .filter(|p| !p.acked && p.sent.is_some())?;
         pending.acked = true;
-        let acked = Acked { cost: pending.cost, bytes: pending.bytes, sent: pending.sent };
+        let acked = Acked {
+            cost: pending.cost,
+            bytes: pending.bytes,
+            sent: pending.sent,
+        };
         while self.queue.front().is_some_and(|p| p.acked) {
             let done = self.queue.pop_front().expect("front exists");
             self.committed = done.end;
@@ -101,7 +124,11 @@ impl AckTracker {
     /// returns the budget they held.
     pub fn rewind(&mut self) -> (u64, usize) {
         let cost = self.queue.iter().filter(|p| !p.acked).map(|p| p.cost).sum();
-        let records = self.queue.iter().filter(|p| !p.acked && p.sent.is_some()).count();
+        let records = self
+            .queue
+            .iter()
+            .filter(|p| !p.acked && p.sent.is_some())
+            .count();
         self.base_seq = self.base_seq.wrapping_add(self.queue.len() as u32);
         self.queue.clear();
         (cost, records)
@@ -263,7 +290,12 @@ impl Tailer {
     }
 
     /// Reads once into `buf` from the position and queues the complete lines.
-    pub fn read(&mut self, buf: &mut [u8], sink: &Sink<'_>, epoch: u8) -> Result<Progress, ReadError> {
+    pub fn read(
+        &mut self,
+        buf: &mut [u8],
+        sink: &Sink<'_>,
+        epoch: u8,
+    ) -> Result<Progress, ReadError> {
         let position = self.position();
         let n = loop {
             match self.file.read_at(buf, position) {
@@ -289,7 +321,10 @@ impl Tailer {
             self.recent.drain(..excess);
         }
         let mut splitter = std::mem::replace(&mut self.splitter, LineSplitter::new(0, 0));
-        let mut progress = Progress { more: n == buf.len(), ..Progress::default() };
+        let mut progress = Progress {
+            more: n == buf.len(),
+            ..Progress::default()
+        };
         let mut failed = None;
         let clock = Clock::now();
         splitter.feed(&buf[..n], |piece| {
@@ -318,7 +353,14 @@ impl Tailer {
         result.map(|()| progress)
     }
 
-    fn emit(&mut self, piece: Piece<'_>, sink: &Sink<'_>, epoch: u8, clock: Clock, progress: &mut Progress) -> Result<(), KafkaError> {
+    fn emit(
+        &mut self,
+        piece: Piece<'_>,
+        sink: &Sink<'_>,
+        epoch: u8,
+        clock: Clock,
+        progress: &mut Progress,
+    ) -> Result<(), KafkaError> {
         let line = match piece {
             Piece::Empty { end } => {
                 sink.metrics.empty.increment(1);
@@ -330,13 +372,28 @@ impl Tailer {
         let mut offset = itoa::Buffer::new();
         let offset = offset.format(line.offset);
         let mut headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header { key: header::HOST, value: Some(sink.host) })
-            .insert(Header { key: header::PATH, value: Some(&self.path_text) })
-            .insert(Header { key: header::FILE, value: Some(&self.id_hex) })
-            .insert(Header { key: header::OFFSET, value: Some(offset) });
+            .insert(Header {
+                key: header::HOST,
+                value: Some(sink.host),
+            })
+            .insert(Header {
+                key: header::PATH,
+                value: Some(&self.path_text),
+            })
+            .insert(Header {
+                key: header::FILE,
+                value: Some(&self.id_hex),
+            })
+            .insert(Header {
+                key: header::OFFSET,
+                value: Some(offset),
+            });
         if let Some(length) = line.truncated_from {
             sink.metrics.oversized.increment(1);
-            headers = headers.insert(Header { key: header::TRUNCATED, value: Some(&length.to_string()) });
+            headers = headers.insert(Header {
+                key: header::TRUNCATED,
+                value: Some(&length.to_string()),
+            });
         }
         let field_key = match sink.key {
             KeyStrategy::Field(_) => sink.key.key(sink.host, &self.path_text, line.bytes),
@@ -352,7 +409,11 @@ impl Tailer {
             value: line.bytes,
             headers,
             timestamp_ms: clock.timestamp_ms,
-            token: Token { epoch, slot: self.slot, seq },
+            token: Token {
+                epoch,
+                slot: self.slot,
+                seq,
+            },
         })?;
         progress.bytes += bytes;
         progress.cost += cost;
@@ -369,7 +430,11 @@ impl Tailer {
         self.eof_guard = None;
         let len = committed.min(GUARD_MAX);
         self.recent = vec![0; len as usize];
-        if self.file.read_exact_at(&mut self.recent, committed - len).is_err() {
+        if self
+            .file
+            .read_exact_at(&mut self.recent, committed - len)
+            .is_err()
+        {
             self.recent.clear();
         }
         released
@@ -402,7 +467,10 @@ impl Tailer {
         if len < position.min(GUARD_MAX) {
             return Ok(false); // nothing to compare with: do not guess
         }
-        let expected = Digest { len, hash: xxhash_rust::xxh3::xxh3_64(&self.recent) };
+        let expected = Digest {
+            len,
+            hash: xxhash_rust::xxh3::xxh3_64(&self.recent),
+        };
         Ok(identity::digest_at(file, position - len, len)? == Some(expected))
     }
 
@@ -444,7 +512,8 @@ impl Tailer {
     }
 
     fn update_lag(&self) {
-        self.lag.set(self.size.saturating_sub(self.acks.committed()) as f64);
+        self.lag
+            .set(self.size.saturating_sub(self.acks.committed()) as f64);
     }
 
     /// Called when the tailer is closed: its lag no longer exists.
@@ -456,7 +525,10 @@ impl Tailer {
 /// The in-flight charge of one record beyond its line: librdkafka holds a copy of the key and
 /// of each header (name and value; the offset takes at most 20 digits) next to its message.
 fn record_cost(host: &str, path: &str, key: Option<&[u8]>) -> u64 {
-    let names: usize = [header::HOST, header::PATH, header::FILE, header::OFFSET].iter().map(|n| n.len()).sum();
+    let names: usize = [header::HOST, header::PATH, header::FILE, header::OFFSET]
+        .iter()
+        .map(|n| n.len())
+        .sum();
     let values = host.len() + path.len() + 16 + 20;
     (names + values + key.map_or(0, <[u8]>::len)) as u64 + RECORD_OVERHEAD
 }
@@ -479,8 +551,14 @@ struct Clock {
 
 impl Clock {
     fn now() -> Clock {
-        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
-        Clock { instant: Instant::now(), timestamp_ms }
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        Clock {
+            instant: Instant::now(),
+            timestamp_ms,
+        }
     }
 }
 

@@ -29,7 +29,8 @@ use anyhow::Context as _;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::measure::{
-    cpu_seconds, env, filling_producer, peak_rss_mib, reader, send_polling, waited_children_cpu_seconds, Rate,
+    cpu_seconds, env, filling_producer, peak_rss_mib, reader, send_polling,
+    waited_children_cpu_seconds, Rate,
 };
 use logpipe_devkit::prometheus;
 use logpipe_mirror::MirrorConfig;
@@ -68,7 +69,13 @@ fn value(i: usize, size: usize) -> Vec<u8> {
     v
 }
 
-fn fill(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usize) -> anyhow::Result<Rate> {
+fn fill(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    records: usize,
+    size: usize,
+) -> anyhow::Result<Rate> {
     let producer = filling_producer(bootstrap)?;
     // Values are made before the clock starts: the ceiling is the producer's, not the generator's.
     let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
@@ -76,13 +83,28 @@ fn fill(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usi
     for (i, v) in values.iter().enumerate() {
         // Round-robin: every partition gets the same share, which the clusters' retention is
         // sized for.
-        send_polling(&producer, BaseRecord::<(), [u8]>::to(topic).partition(i as i32 % partitions).payload(&v[..]))?;
+        send_polling(
+            &producer,
+            BaseRecord::<(), [u8]>::to(topic)
+                .partition(i as i32 % partitions)
+                .payload(&v[..]),
+        )?;
     }
     producer.flush(Duration::from_secs(120))?;
-    Ok(Rate { records, bytes: records * size, elapsed: started.elapsed() })
+    Ok(Rate {
+        records,
+        bytes: records * size,
+        elapsed: started.elapsed(),
+    })
 }
 
-fn drain(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: usize) -> anyhow::Result<Rate> {
+fn drain(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    records: usize,
+    size: usize,
+) -> anyhow::Result<Rate> {
     let consumer = reader(bootstrap, "bench", topic, partitions, &[])?;
     let started = Instant::now();
     let mut seen = 0;
@@ -93,26 +115,59 @@ fn drain(bootstrap: &str, topic: &str, partitions: i32, records: usize, size: us
             None => anyhow::bail!("plain consumer stalled at {seen} of {records}"),
         }
     }
-    Ok(Rate { records, bytes: records * size, elapsed: started.elapsed() })
+    Ok(Rate {
+        records,
+        bytes: records * size,
+        elapsed: started.elapsed(),
+    })
 }
 
 fn kcat_pipe(source: &str, target: &str, records: usize, size: usize) -> anyhow::Result<Rate> {
     let started = Instant::now();
     let mut consumer = Command::new("kcat")
-        .args(["-C", "-b", source, "-t", SOURCE, "-e", "-q", "-o", "beginning", "-X", "isolation.level=read_committed"])
+        .args([
+            "-C",
+            "-b",
+            source,
+            "-t",
+            SOURCE,
+            "-e",
+            "-q",
+            "-o",
+            "beginning",
+            "-X",
+            "isolation.level=read_committed",
+        ])
         .stdout(Stdio::piped())
         .spawn()?;
     let status = Command::new("kcat")
-        .args(["-P", "-b", target, "-t", KCAT_TARGET, "-X", "enable.idempotence=true", "-X", "linger.ms=10"])
+        .args([
+            "-P",
+            "-b",
+            target,
+            "-t",
+            KCAT_TARGET,
+            "-X",
+            "enable.idempotence=true",
+            "-X",
+            "linger.ms=10",
+        ])
         .stdin(consumer.stdout.take().expect("piped stdout"))
         .status()?;
     consumer.wait()?;
     anyhow::ensure!(status.success(), "kcat -P failed: {status}");
-    Ok(Rate { records, bytes: records * size, elapsed: started.elapsed() })
+    Ok(Rate {
+        records,
+        bytes: records * size,
+        elapsed: started.elapsed(),
+    })
 }
 
 async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    prometheus::total(&prometheus::scrape(&reqwest::Client::new(), addr).await, name)
+    prometheus::total(
+        &prometheus::scrape(&reqwest::Client::new(), addr).await,
+        name,
+    )
 }
 
 /// CPU used by each process of a phase: this process (plain producer, plain consumer, kcat), the
@@ -138,7 +193,12 @@ impl Cpu {
     }
 
     fn since(self, start: Cpu) -> Cpu {
-        Cpu { bench: self.bench - start.bench, write: self.write - start.write, read: self.read - start.read, mirror: self.mirror - start.mirror }
+        Cpu {
+            bench: self.bench - start.bench,
+            write: self.write - start.write,
+            read: self.read - start.read,
+            mirror: self.mirror - start.mirror,
+        }
     }
 
     fn total(&self) -> f64 {
@@ -157,26 +217,62 @@ struct Mirrored {
     cpu: Cpu,
 }
 
-async fn mirror(write: &mut DevCluster, read: &mut DevCluster, records: usize, size: usize) -> anyhow::Result<Mirrored> {
+async fn mirror(
+    write: &mut DevCluster,
+    read: &mut DevCluster,
+    records: usize,
+    size: usize,
+) -> anyhow::Result<Mirrored> {
     let dir = tempfile::tempdir()?;
     let addr = free_addr();
-    let config = write_file(dir.path(), "mirror.toml", &mirror_config(write.bootstrap(), read.bootstrap(), addr))?;
-    let mut process = Process::start("logpipe-mirror", &["run", "--config", config.to_str().unwrap()])?;
+    let config = write_file(
+        dir.path(),
+        "mirror.toml",
+        &mirror_config(write.bootstrap(), read.bootstrap(), addr),
+    )?;
+    let mut process = Process::start(
+        "logpipe-mirror",
+        &["run", "--config", config.to_str().unwrap()],
+    )?;
     process.wait_ready(addr, Duration::from_secs(60)).await?;
-    wait_until(Duration::from_secs(120), || async { metric(addr, "logpipe_mirror_records_total").await > 0.0 }).await?;
+    wait_until(Duration::from_secs(120), || async {
+        metric(addr, "logpipe_mirror_records_total").await > 0.0
+    })
+    .await?;
     let started = Instant::now();
-    let cpu_start = Cpu { mirror: cpu_seconds(Some(process.pid())), ..Cpu::now(write, read) };
+    let cpu_start = Cpu {
+        mirror: cpu_seconds(Some(process.pid())),
+        ..Cpu::now(write, read)
+    };
     // Records of the first commit were copied before `started`: count only those after it.
     let before = metric(addr, "logpipe_mirror_records_total").await as usize;
-    wait_until(Duration::from_secs(600), || async { metric(addr, "logpipe_mirror_records_total").await >= records as f64 }).await?;
+    wait_until(Duration::from_secs(600), || async {
+        metric(addr, "logpipe_mirror_records_total").await >= records as f64
+    })
+    .await?;
     let elapsed = started.elapsed();
-    let cpu = Cpu { mirror: cpu_seconds(Some(process.pid())), ..Cpu::now(write, read) }.since(cpu_start);
+    let cpu = Cpu {
+        mirror: cpu_seconds(Some(process.pid())),
+        ..Cpu::now(write, read)
+    }
+    .since(cpu_start);
     let peak_rss_mib = peak_rss_mib(process.pid());
     let commits = metric(addr, "logpipe_mirror_commit_latency_seconds_count").await;
-    let commit_ms = metric(addr, "logpipe_mirror_commit_latency_seconds_sum").await * 1000.0 / commits.max(1.0);
+    let commit_ms =
+        metric(addr, "logpipe_mirror_commit_latency_seconds_sum").await * 1000.0 / commits.max(1.0);
     process.terminate(Duration::from_secs(30)).await?;
     let copied = records - before.min(records);
-    Ok(Mirrored { rate: Rate { records: copied, bytes: copied * size, elapsed }, peak_rss_mib, commit_ms, commits, cpu })
+    Ok(Mirrored {
+        rate: Rate {
+            records: copied,
+            bytes: copied * size,
+            elapsed,
+        },
+        peak_rss_mib,
+        commit_ms,
+        commits,
+        cpu,
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -207,9 +303,16 @@ async fn main() -> anyhow::Result<()> {
     let state_topic = state_topic()?;
     for size in sizes {
         let records = megabytes * 1_000_000 / size;
-        let mut write = DevCluster::start_retaining("write", 1, &[(SOURCE, partitions)], Some(retention)).await?;
-        let read_topics = [(SOURCE, partitions), (KCAT_TARGET, partitions), (state_topic.as_str(), shards)];
-        let mut read = DevCluster::start_retaining("read", 1, &read_topics, Some(retention)).await?;
+        let mut write =
+            DevCluster::start_retaining("write", 1, &[(SOURCE, partitions)], Some(retention))
+                .await?;
+        let read_topics = [
+            (SOURCE, partitions),
+            (KCAT_TARGET, partitions),
+            (state_topic.as_str(), shards),
+        ];
+        let mut read =
+            DevCluster::start_retaining("read", 1, &read_topics, Some(retention)).await?;
         let (w, r) = (write.bootstrap().to_owned(), read.bootstrap().to_owned());
         let mut cpu = Cpu::now(&mut write, &mut read);
         let mut phase_cpu = |write: &mut DevCluster, read: &mut DevCluster| {
@@ -218,10 +321,14 @@ async fn main() -> anyhow::Result<()> {
             cpu = now;
             used
         };
-        let produced = tokio::task::spawn_blocking(move || fill(&w, SOURCE, partitions, records, size)).await??;
+        let produced =
+            tokio::task::spawn_blocking(move || fill(&w, SOURCE, partitions, records, size))
+                .await??;
         let produced_cpu = phase_cpu(&mut write, &mut read);
         let w = write.bootstrap().to_owned();
-        let consumed = tokio::task::spawn_blocking(move || drain(&w, SOURCE, partitions, records, size)).await??;
+        let consumed =
+            tokio::task::spawn_blocking(move || drain(&w, SOURCE, partitions, records, size))
+                .await??;
         let consumed_cpu = phase_cpu(&mut write, &mut read);
         let w = write.bootstrap().to_owned();
         let piped = tokio::task::spawn_blocking(move || kcat_pipe(&w, &r, records, size)).await??;
@@ -271,7 +378,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Emits the rows of one record size for the combined benchmark report.
-fn report(size: usize, produced: &Rate, consumed: &Rate, piped: &Rate, mirrored: &Mirrored) -> anyhow::Result<()> {
+fn report(
+    size: usize,
+    produced: &Rate,
+    consumed: &Rate,
+    piped: &Rate,
+    mirrored: &Mirrored,
+) -> anyhow::Result<()> {
     let case = format!("{size} B records, exactly once");
     let (ceiling_name, ceiling) = if produced.records_per_s() <= consumed.records_per_s() {
         ("plain producer (smaller ceiling)", produced.records_per_s())
@@ -289,5 +402,13 @@ fn report(size: usize, produced: &Rate, consumed: &Rate, piped: &Rate, mirrored:
     };
     mirror(ceiling_name, ceiling, 0.7)?;
     mirror("kcat -C | kcat -P", piped.records_per_s(), 3.0)?;
-    Row::new("mirror", &case, "logpipe-mirror peak RSS", mirrored.peak_rss_mib, "MiB").target_at_most(256.0).emit()
+    Row::new(
+        "mirror",
+        &case,
+        "logpipe-mirror peak RSS",
+        mirrored.peak_rss_mib,
+        "MiB",
+    )
+    .target_at_most(256.0)
+    .emit()
 }

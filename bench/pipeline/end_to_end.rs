@@ -48,16 +48,24 @@ const CEILING_TOPIC: &str = "bench.ceiling";
 const WARM_UP: Duration = Duration::from_secs(2);
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Phase 1: lines/s of a plain producer sending `lines` from memory until all are acknowledged.
 fn ceiling(bootstrap: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<f64> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        KafkaConfig::new(bootstrap).client_config(&Role::Producer, "bench-ceiling").create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> = KafkaConfig::new(bootstrap)
+        .client_config(&Role::Producer, "bench-ceiling")
+        .create()?;
     let started = Instant::now();
     for (i, line) in lines.iter().enumerate() {
-        send_waiting(&producer, BaseRecord::<(), [u8]>::to(CEILING_TOPIC).partition(i as i32 % partitions).payload(line.as_slice()))?;
+        send_waiting(
+            &producer,
+            BaseRecord::<(), [u8]>::to(CEILING_TOPIC)
+                .partition(i as i32 % partitions)
+                .payload(line.as_slice()),
+        )?;
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(lines.len() as f64 / started.elapsed().as_secs_f64())
@@ -85,11 +93,30 @@ impl CleanReader {
     /// Reads the topic from the beginning as a read_committed consumer: counts the first
     /// `backlog` records (reporting progress), then decodes every later record's event time. Runs
     /// until `stop` is set or the channel is closed.
-    fn run(&self, stop: &AtomicBool, out: &mpsc::Sender<Seen>, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
-        let CleanReader { bootstrap, topic, partitions, schema_store, backlog } = self;
+    fn run(
+        &self,
+        stop: &AtomicBool,
+        out: &mpsc::Sender<Seen>,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<()> {
+        let CleanReader {
+            bootstrap,
+            topic,
+            partitions,
+            schema_store,
+            backlog,
+        } = self;
         let (partitions, backlog) = (*partitions, *backlog);
-        let consumer = reader(bootstrap, "bench-pipeline", topic, partitions, &[("fetch.wait.max.ms", "10")])?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let consumer = reader(
+            bootstrap,
+            "bench-pipeline",
+            topic,
+            partitions,
+            &[("fetch.wait.max.ms", "10")],
+        )?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
         let step = (backlog / 100).max(1);
         let mut count = 0u64;
@@ -108,14 +135,18 @@ impl CleanReader {
                 }
                 continue;
             }
-            let event_time = event_time(message.payload().unwrap_or_default(), &mut schemas, |id| {
-                runtime.block_on(fetch_schema(&http, schema_store, id))
-            })?;
+            let event_time =
+                event_time(message.payload().unwrap_or_default(), &mut schemas, |id| {
+                    runtime.block_on(fetch_schema(&http, schema_store, id))
+                })?;
             let read_time = match message.timestamp() {
                 Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => ms,
                 Timestamp::NotAvailable => bail!("clean record without a timestamp"),
             };
-            if out.send(Seen::Latency(visible - event_time, visible - read_time)).is_err() {
+            if out
+                .send(Seen::Latency(visible - event_time, visible - read_time))
+                .is_err()
+            {
                 break;
             }
         }
@@ -130,13 +161,17 @@ fn event_time(
     schemas: &mut HashMap<u32, apache_avro::Schema>,
     fetch: impl FnOnce(u32) -> anyhow::Result<apache_avro::Schema>,
 ) -> anyhow::Result<i64> {
-    anyhow::ensure!(value.len() > 5 && value[0] == 0, "clean record not in the Confluent wire format");
+    anyhow::ensure!(
+        value.len() > 5 && value[0] == 0,
+        "clean record not in the Confluent wire format"
+    );
     let id = u32::from_be_bytes(value[1..5].try_into()?);
     let schema = match schemas.entry(id) {
         std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
         std::collections::hash_map::Entry::Vacant(new) => new.insert(fetch(id)?),
     };
-    let Value::Record(fields) = apache_avro::from_avro_datum(schema, &mut &value[5..], None)? else {
+    let Value::Record(fields) = apache_avro::from_avro_datum(schema, &mut &value[5..], None)?
+    else {
         bail!("schema {id} is not a record");
     };
     match fields.into_iter().find(|(name, _)| name == "event_time") {
@@ -146,15 +181,29 @@ fn event_time(
 }
 
 /// The writer schema of an id, from the schema store's Confluent API.
-async fn fetch_schema(http: &reqwest::Client, store: &str, id: u32) -> anyhow::Result<apache_avro::Schema> {
-    let body: serde_json::Value = http.get(format!("{store}/schemas/ids/{id}")).send().await?.error_for_status()?.json().await?;
-    let text = body["schema"].as_str().with_context(|| format!("schema {id}: {body}"))?;
+async fn fetch_schema(
+    http: &reqwest::Client,
+    store: &str,
+    id: u32,
+) -> anyhow::Result<apache_avro::Schema> {
+    let body: serde_json::Value = http
+        .get(format!("{store}/schemas/ids/{id}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let text = body["schema"]
+        .as_str()
+        .with_context(|| format!("schema {id}: {body}"))?;
     Ok(apache_avro::Schema::parse_str(text)?)
 }
 
 /// The `q` quantile (0..=1) of sorted values.
 fn quantile(sorted: &[i64], q: f64) -> f64 {
-    sorted.get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize).map_or(f64::NAN, |v| *v as f64)
+    sorted
+        .get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize)
+        .map_or(f64::NAN, |v| *v as f64)
 }
 
 /// Generated lines, as `loadgen` writes them, into `dir`.
@@ -180,7 +229,9 @@ fn generate(
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; `cargo test --all-targets` does not: a benchmark is not a test.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("pipeline: a benchmark; run it with `cargo bench -p logpipe-tests --bench pipeline`");
+        println!(
+            "pipeline: a benchmark; run it with `cargo bench -p logpipe-tests --bench pipeline`"
+        );
         return Ok(());
     }
     let lines: u64 = env("BENCH_LINES", 200_000);
@@ -188,12 +239,22 @@ async fn main() -> anyhow::Result<()> {
     let partitions: i32 = env("BENCH_PARTITIONS", 4);
     let latency_rate: f64 = env("BENCH_LATENCY_RATE", 1000.0);
     let latency_seconds: f64 = env("BENCH_LATENCY_SECONDS", 20.0);
-    let work = tempfile::Builder::new().prefix("logpipe-pipeline-bench-").tempdir()?;
-    let options =
-        PipelineOptions { state_dir: work.path().join("pipeline"), brokers: 1, partitions, ..PipelineOptions::default() };
-    let pipeline =
-        Pipeline::start(options).await.context("starting the pipeline (cargo build --release --workspace --bins first)")?;
-    pipeline.write_cluster().create_topic(CEILING_TOPIC, partitions).await?;
+    let work = tempfile::Builder::new()
+        .prefix("logpipe-pipeline-bench-")
+        .tempdir()?;
+    let options = PipelineOptions {
+        state_dir: work.path().join("pipeline"),
+        brokers: 1,
+        partitions,
+        ..PipelineOptions::default()
+    };
+    let pipeline = Pipeline::start(options)
+        .await
+        .context("starting the pipeline (cargo build --release --workspace --bins first)")?;
+    pipeline
+        .write_cluster()
+        .create_topic(CEILING_TOPIC, partitions)
+        .await?;
 
     // The backlog is written beside the agent's directory first.
     let staging = work.path().join("staging");
@@ -203,11 +264,17 @@ async fn main() -> anyhow::Result<()> {
     })
     .await??;
     let in_memory = read_lines(&staging)?;
-    anyhow::ensure!(in_memory.len() as u64 == written.lines, "read back {} of {} lines", in_memory.len(), written.lines);
+    anyhow::ensure!(
+        in_memory.len() as u64 == written.lines,
+        "read back {} of {} lines",
+        in_memory.len(),
+        written.lines
+    );
 
     // Phase 1: the reference, while the pipeline is idle.
     let bootstrap = pipeline.write_cluster().bootstrap().to_owned();
-    let reference = tokio::task::spawn_blocking(move || ceiling(&bootstrap, partitions, &in_memory)).await??;
+    let reference =
+        tokio::task::spawn_blocking(move || ceiling(&bootstrap, partitions, &in_memory)).await??;
     println!("reference: plain producer from memory: {reference:.0} lines/s");
 
     // The consumer reads the clean topic for both phases.
@@ -228,7 +295,12 @@ async fn main() -> anyhow::Result<()> {
     // Phase 2: the backlog moves into the agent's directory at once.
     let moved = Instant::now();
     for file in &written.files {
-        std::fs::rename(&file.path, pipeline.log_dir().join(file.path.file_name().context("file name")?))?;
+        std::fs::rename(
+            &file.path,
+            pipeline
+                .log_dir()
+                .join(file.path.file_name().context("file name")?),
+        )?;
     }
     let deadline = moved + Duration::from_secs(900);
     let mut progress: Vec<(u64, Instant)> = Vec::new();
@@ -236,11 +308,18 @@ async fn main() -> anyhow::Result<()> {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Seen::Progress(count, at)) => progress.push((count, at)),
             Ok(Seen::Latency(..)) => bail!("a record beyond the backlog before its end"),
-            Err(_) => bail!("the clean topic got {} of {lines} lines within 900 s", progress.last().map_or(0, |p| p.0)),
+            Err(_) => bail!(
+                "the clean topic got {} of {lines} lines within 900 s",
+                progress.last().map_or(0, |p| p.0)
+            ),
         }
     }
     let at = |fraction: f64| {
-        progress.iter().find(|(count, _)| *count as f64 >= lines as f64 * fraction).copied().expect("progress reaches the end")
+        progress
+            .iter()
+            .find(|(count, _)| *count as f64 >= lines as f64 * fraction)
+            .copied()
+            .expect("progress reaches the end")
     };
     let ((low, t_low), (high, t_high)) = (at(0.1), at(0.9));
     let steady = (high - low) as f64 / (t_high - t_low).as_secs_f64();
@@ -251,8 +330,17 @@ async fn main() -> anyhow::Result<()> {
 
     // Phase 3: latency at a fixed rate.
     let log_dir = pipeline.log_dir();
-    let latency_run =
-        tokio::task::spawn_blocking(move || generate(&log_dir, "lat", 0, size, latency_rate, Some(latency_seconds))).await??;
+    let latency_run = tokio::task::spawn_blocking(move || {
+        generate(
+            &log_dir,
+            "lat",
+            0,
+            size,
+            latency_rate,
+            Some(latency_seconds),
+        )
+    })
+    .await??;
     let mut total = Vec::new();
     let mut pickup = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -268,15 +356,24 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Ok(Seen::Progress(..)) => {}
-            Err(_) => bail!("the latency phase got {seen} of {} lines within 300 s", latency_run.lines),
+            Err(_) => bail!(
+                "the latency phase got {seen} of {} lines within 300 s",
+                latency_run.lines
+            ),
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(rx);
-    consumer.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+    consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
     total.sort_unstable();
     pickup.sort_unstable();
-    let (p50, p99, max) = (quantile(&total, 0.5), quantile(&total, 0.99), quantile(&total, 1.0));
+    let (p50, p99, max) = (
+        quantile(&total, 0.5),
+        quantile(&total, 0.99),
+        quantile(&total, 1.0),
+    );
     let pickup_p50 = quantile(&pickup, 0.5);
     println!(
         "latency at {latency_rate:.0} lines/s: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms over {} lines \
@@ -285,16 +382,36 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let case = format!("~{size} B lines, {lines} backlog, {partitions} partitions");
-    Row::new("pipeline", &case, "file -> clean topic, steady state", steady, "lines/s")
-        .against("plain producer from memory (first hop only)", reference)
-        .extra("from_move_to_last_lines_per_s", overall.round())
-        .emit()?;
+    Row::new(
+        "pipeline",
+        &case,
+        "file -> clean topic, steady state",
+        steady,
+        "lines/s",
+    )
+    .against("plain producer from memory (first hop only)", reference)
+    .extra("from_move_to_last_lines_per_s", overall.round())
+    .emit()?;
     let case = format!("~{size} B lines at {latency_rate:.0} lines/s");
-    Row::new("pipeline", &case, "line written -> clean record visible, p50", p50, "ms")
-        .extra("samples", total.len() as u64)
-        .extra("agent_pickup_p50_ms", pickup_p50)
-        .emit()?;
-    Row::new("pipeline", &case, "line written -> clean record visible, p99", p99, "ms").extra("max_ms", max).emit()?;
+    Row::new(
+        "pipeline",
+        &case,
+        "line written -> clean record visible, p50",
+        p50,
+        "ms",
+    )
+    .extra("samples", total.len() as u64)
+    .extra("agent_pickup_p50_ms", pickup_p50)
+    .emit()?;
+    Row::new(
+        "pipeline",
+        &case,
+        "line written -> clean record visible, p99",
+        p99,
+        "ms",
+    )
+    .extra("max_ms", max)
+    .emit()?;
     // Rows first: a service that exits badly on SIGTERM must not cost the measurements.
     pipeline.stop(Duration::from_secs(30)).await?;
     Ok(())

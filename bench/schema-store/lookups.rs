@@ -61,7 +61,12 @@ impl Outcome {
 
 /// Runs `make(i)` requests from `connections` keep-alive connections, either until `count`
 /// requests are done or for `duration`.
-async fn load<F>(connections: usize, duration: Option<Duration>, count: Option<usize>, make: F) -> Outcome
+async fn load<F>(
+    connections: usize,
+    duration: Option<Duration>,
+    count: Option<usize>,
+    make: F,
+) -> Outcome
 where
     F: Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
 {
@@ -73,7 +78,10 @@ where
     for _ in 0..connections {
         let (make, next) = (Arc::clone(&make), Arc::clone(&next));
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
             let (mut latencies, mut errors) = (Vec::new(), 0);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -100,16 +108,37 @@ where
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    Outcome { requests: latencies.len(), elapsed, latencies, errors }
+    Outcome {
+        requests: latencies.len(),
+        elapsed,
+        latencies,
+        errors,
+    }
 }
 
 /// Prints a phase's table line and emits its report row (against the ceiling when given).
 fn row(name: &str, outcome: &Outcome, ceiling: Option<&Outcome>) {
-    let ratio = ceiling.map_or("-".to_owned(), |c| format!("{:.2}", outcome.per_second() / c.per_second()));
-    let (p50, p99) = (outcome.percentile(0.5).as_secs_f64() * 1e3, outcome.percentile(0.99).as_secs_f64() * 1e3);
-    println!("| {name:<34} | {:>10.0} | {p50:>8.2} | {p99:>8.2} | {:>6} | {ratio:>9} |", outcome.per_second(), outcome.errors);
-    let subject = if ceiling.is_some() { SUBJECT } else { "fixed-body handler" };
-    let mut report = Row::new(BENCH, name, subject, outcome.per_second(), "req/s").extra("p50_ms", p50).extra("p99_ms", p99).extra("errors", outcome.errors);
+    let ratio = ceiling.map_or("-".to_owned(), |c| {
+        format!("{:.2}", outcome.per_second() / c.per_second())
+    });
+    let (p50, p99) = (
+        outcome.percentile(0.5).as_secs_f64() * 1e3,
+        outcome.percentile(0.99).as_secs_f64() * 1e3,
+    );
+    println!(
+        "| {name:<34} | {:>10.0} | {p50:>8.2} | {p99:>8.2} | {:>6} | {ratio:>9} |",
+        outcome.per_second(),
+        outcome.errors
+    );
+    let subject = if ceiling.is_some() {
+        SUBJECT
+    } else {
+        "fixed-body handler"
+    };
+    let mut report = Row::new(BENCH, name, subject, outcome.per_second(), "req/s")
+        .extra("p50_ms", p50)
+        .extra("p99_ms", p99)
+        .extra("errors", outcome.errors);
     if let Some(ceiling) = ceiling {
         report = report.against("fixed-body handler, same HTTP stack", ceiling.per_second());
     }
@@ -119,7 +148,10 @@ fn row(name: &str, outcome: &Outcome, ceiling: Option<&Outcome>) {
 async fn serve_ceiling() -> (SocketAddr, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let body = format!("{{\"schema\":{}}}", serde_json::to_string(&schema(0)).unwrap());
+    let body = format!(
+        "{{\"schema\":{}}}",
+        serde_json::to_string(&schema(0)).unwrap()
+    );
     let router = axum::Router::new().route(
         "/fixed",
         axum::routing::get(move || {
@@ -129,7 +161,11 @@ async fn serve_ceiling() -> (SocketAddr, CancellationToken) {
     );
     let stop = CancellationToken::new();
     let token = stop.clone();
-    tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(async move { token.cancelled().await }).await });
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
     (addr, stop)
 }
 
@@ -140,25 +176,43 @@ async fn kafka_registrations(schemas: usize, connections: usize) -> Option<Outco
         println!("(Kafka storage phase skipped: {e})");
         return None;
     }
-    let cluster = DevCluster::start(1, &[("_schemas", 1)]).await.expect("starting the dev cluster");
+    let cluster = DevCluster::start(1, &[("_schemas", 1)])
+        .await
+        .expect("starting the dev cluster");
     let config = SchemaStoreConfig {
         listen: free_addr(),
-        storage: StorageConfig { kind: StorageKind::Kafka, ..StorageConfig::default() },
+        storage: StorageConfig {
+            kind: StorageKind::Kafka,
+            ..StorageConfig::default()
+        },
         kafka: Some(KafkaConfig::new(cluster.bootstrap())),
         telemetry: TelemetryConfig::on_port(0),
         auth: None,
         max_body_bytes: 4 << 20,
     };
-    let server = Server::bind(&config).await.expect("starting the Kafka-backed store");
+    let server = Server::bind(&config)
+        .await
+        .expect("starting the Kafka-backed store");
     let base = format!("http://{}", server.local_addr());
     let stop = CancellationToken::new();
     let serving = tokio::spawn(server.run(stop.clone()));
     // The first write waits until this instance has won the election.
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-    let warm_up = client.post(format!("{base}/subjects/warm-up/versions")).header("content-type", CT).body(serde_json::json!({"schema": schema(usize::MAX)}).to_string());
-    assert!(warm_up.send().await.is_ok_and(|r| r.status().is_success()), "the Kafka-backed store accepts no writes");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let warm_up = client
+        .post(format!("{base}/subjects/warm-up/versions"))
+        .header("content-type", CT)
+        .body(serde_json::json!({"schema": schema(usize::MAX)}).to_string());
+    assert!(
+        warm_up.send().await.is_ok_and(|r| r.status().is_success()),
+        "the Kafka-backed store accepts no writes"
+    );
     let outcome = load(connections, None, Some(schemas), move |c, i| {
-        c.post(format!("{base}/subjects/bench-{i}/versions")).header("content-type", CT).body(serde_json::json!({"schema": schema(i)}).to_string())
+        c.post(format!("{base}/subjects/bench-{i}/versions"))
+            .header("content-type", CT)
+            .body(serde_json::json!({"schema": schema(i)}).to_string())
     })
     .await;
     stop.cancel();
@@ -167,7 +221,10 @@ async fn kafka_registrations(schemas: usize, connections: usize) -> Option<Outco
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(run());
 }
 
@@ -178,7 +235,11 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let config = SchemaStoreConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        storage: StorageConfig { kind: StorageKind::Local, path: Some(dir.path().to_owned()), ..StorageConfig::default() },
+        storage: StorageConfig {
+            kind: StorageKind::Local,
+            path: Some(dir.path().to_owned()),
+            ..StorageConfig::default()
+        },
         kafka: None,
         telemetry: TelemetryConfig::on_port(0),
         auth: None,
@@ -191,41 +252,92 @@ async fn run() {
 
     println!("schema store benchmark: {schemas} Avro schemas, {connections} connections, {}s per phase, loopback, {} cores", seconds.as_secs(), std::thread::available_parallelism().map_or(0, |n| n.get()));
     println!();
-    println!("| {:<34} | {:>10} | {:>8} | {:>8} | {:>6} | {:>9} |", "phase", "req/s", "p50 ms", "p99 ms", "errors", "x ceiling");
-    println!("|{:-<36}|{:->12}|{:->10}|{:->10}|{:->8}|{:->11}|", "", "", "", "", "", "");
+    println!(
+        "| {:<34} | {:>10} | {:>8} | {:>8} | {:>6} | {:>9} |",
+        "phase", "req/s", "p50 ms", "p99 ms", "errors", "x ceiling"
+    );
+    println!(
+        "|{:-<36}|{:->12}|{:->10}|{:->10}|{:->8}|{:->11}|",
+        "", "", "", "", "", ""
+    );
 
     let b = base.clone();
     let registrations = load(connections, None, Some(schemas), move |c, i| {
-        c.post(format!("{b}/subjects/bench-{i}/versions")).header("content-type", CT).body(serde_json::json!({"schema": schema(i)}).to_string())
+        c.post(format!("{b}/subjects/bench-{i}/versions"))
+            .header("content-type", CT)
+            .body(serde_json::json!({"schema": schema(i)}).to_string())
     })
     .await;
-    assert_eq!(registrations.requests, schemas, "every registration must succeed ({} errors)", registrations.errors);
+    assert_eq!(
+        registrations.requests, schemas,
+        "every registration must succeed ({} errors)",
+        registrations.errors
+    );
 
     let (ceiling_addr, ceiling_stop) = serve_ceiling().await;
-    let ceiling = load(connections, Some(seconds), None, move |c, _| c.get(format!("http://{ceiling_addr}/fixed"))).await;
+    let ceiling = load(connections, Some(seconds), None, move |c, _| {
+        c.get(format!("http://{ceiling_addr}/fixed"))
+    })
+    .await;
     let b = base.clone();
-    let by_id = load(connections, Some(seconds), None, move |c, i| c.get(format!("{b}/schemas/ids/{}", i % schemas + 1))).await;
+    let by_id = load(connections, Some(seconds), None, move |c, i| {
+        c.get(format!("{b}/schemas/ids/{}", i % schemas + 1))
+    })
+    .await;
     let b = base.clone();
     let lookups = load(connections, Some(seconds), None, move |c, i| {
         let i = i % schemas;
-        c.post(format!("{b}/subjects/bench-{i}")).header("content-type", CT).body(serde_json::json!({"schema": schema(i)}).to_string())
+        c.post(format!("{b}/subjects/bench-{i}"))
+            .header("content-type", CT)
+            .body(serde_json::json!({"schema": schema(i)}).to_string())
     })
     .await;
 
     row("ceiling: fixed body (same stack)", &ceiling, None);
     row("GET /schemas/ids/{id}", &by_id, Some(&ceiling));
     row("POST /subjects/{s} (lookup)", &lookups, Some(&ceiling));
-    row("POST /subjects/{s}/versions (fsync)", &registrations, Some(&ceiling));
+    row(
+        "POST /subjects/{s}/versions (fsync)",
+        &registrations,
+        Some(&ceiling),
+    );
     if let Some(kafka) = kafka_registrations(schemas, connections).await {
-        row("POST /subjects/{s}/versions (kafka)", &kafka, Some(&ceiling));
+        row(
+            "POST /subjects/{s}/versions (kafka)",
+            &kafka,
+            Some(&ceiling),
+        );
     }
     println!();
-    println!("targets: >= 20,000 id lookups/s with p99 < 5 ms; >= 1,000 registrations/s (local storage)");
+    println!(
+        "targets: >= 20,000 id lookups/s with p99 < 5 ms; >= 1,000 registrations/s (local storage)"
+    );
     // The targets are absolute: rows without a reference.
     let absolute = [
-        Row::new(BENCH, "GET /schemas/ids/{id}", "id lookups/s (absolute)", by_id.per_second(), "req/s").target(20_000.0),
-        Row::new(BENCH, "GET /schemas/ids/{id}", "id lookup p99", by_id.percentile(0.99).as_secs_f64() * 1e3, "ms").target_at_most(5.0),
-        Row::new(BENCH, "POST /subjects/{s}/versions (fsync)", "registrations/s (absolute)", registrations.per_second(), "req/s").target(1_000.0),
+        Row::new(
+            BENCH,
+            "GET /schemas/ids/{id}",
+            "id lookups/s (absolute)",
+            by_id.per_second(),
+            "req/s",
+        )
+        .target(20_000.0),
+        Row::new(
+            BENCH,
+            "GET /schemas/ids/{id}",
+            "id lookup p99",
+            by_id.percentile(0.99).as_secs_f64() * 1e3,
+            "ms",
+        )
+        .target_at_most(5.0),
+        Row::new(
+            BENCH,
+            "POST /subjects/{s}/versions (fsync)",
+            "registrations/s (absolute)",
+            registrations.per_second(),
+            "req/s",
+        )
+        .target(1_000.0),
     ];
     for report in absolute {
         report.emit().expect("writing the benchmark row");

@@ -33,7 +33,10 @@ fn records() -> Vec<Vec<u8>> {
     args.line_size = "500".parse().expect("size");
     let report = loadgen::run(&args, &std::sync::atomic::AtomicBool::new(false)).expect("loadgen");
     let text = std::fs::read(&report.files[0].path).expect("log");
-    text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+    text.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 struct Validator {
@@ -48,18 +51,31 @@ impl Validator {
             .into_iter()
             .enumerate()
             .map(|(i, (subject, text))| {
-                (subject.to_owned(), CompiledSchema::compile(i as u32 + 1, SchemaType::Avro, text).expect("schema"))
+                (
+                    subject.to_owned(),
+                    CompiledSchema::compile(i as u32 + 1, SchemaType::Avro, text).expect("schema"),
+                )
             })
             .collect();
-        let strategy = SubjectStrategy::Field { field: "event".into(), prefix: "game.".into(), suffix: String::new() };
-        Validator { strategy, schemas, out: Vec::with_capacity(1024) }
+        let strategy = SubjectStrategy::Field {
+            field: "event".into(),
+            prefix: "game.".into(),
+            suffix: String::new(),
+        };
+        Validator {
+            strategy,
+            schemas,
+            out: Vec::with_capacity(1024),
+        }
     }
 
     fn validate(&mut self, line: &[u8]) -> usize {
         let value: Value = serde_json::from_slice(line).expect("valid JSON");
         let subject = self.strategy.subject("raw.game", &value).expect("subject");
         self.out.clear();
-        self.schemas[&subject].write(&value, line, ExtraFields::Drop, &mut self.out).expect("valid record");
+        self.schemas[&subject]
+            .write(&value, line, ExtraFields::Drop, &mut self.out)
+            .expect("valid record");
         self.out.len()
     }
 }
@@ -88,11 +104,17 @@ fn main() {
     let mut validator = Validator::new();
     let encoded: usize = records.iter().map(|r| validator.validate(r)).sum();
 
-    let mut criterion = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(5));
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .measurement_time(Duration::from_secs(5));
     let mut group = criterion.benchmark_group("game-records");
     group.throughput(Throughput::Elements(records.len() as u64));
-    group.bench_function("serde_json parse (ceiling)", |b| b.iter(|| records.iter().map(|r| parse(r)).sum::<usize>()));
-    group.bench_function("validate + encode", |b| b.iter(|| records.iter().map(|r| validator.validate(r)).sum::<usize>()));
+    group.bench_function("serde_json parse (ceiling)", |b| {
+        b.iter(|| records.iter().map(|r| parse(r)).sum::<usize>())
+    });
+    group.bench_function("validate + encode", |b| {
+        b.iter(|| records.iter().map(|r| validator.validate(r)).sum::<usize>())
+    });
     group.finish();
     criterion.final_summary();
 
@@ -100,18 +122,49 @@ fn main() {
     let validate_secs = best_pass(&records, |r| validator.validate(r));
     let n = records.len() as f64;
     println!();
-    println!("records: {} of {:.0} B on average; wire format {:.0} B on average", records.len(), bytes as f64 / n, encoded as f64 / n);
-    println!("serde_json parse:   {:>10.0} records/s ({:.0} MB/s)", n / parse_secs, bytes as f64 / parse_secs / 1e6);
-    println!("validate + encode:  {:>10.0} records/s ({:.0} MB/s)", n / validate_secs, bytes as f64 / validate_secs / 1e6);
-    println!("ratio validate+encode / parse: {:.2}x (target >= 0.5x; >= 300,000 records/s per core)", parse_secs / validate_secs);
+    println!(
+        "records: {} of {:.0} B on average; wire format {:.0} B on average",
+        records.len(),
+        bytes as f64 / n,
+        encoded as f64 / n
+    );
+    println!(
+        "serde_json parse:   {:>10.0} records/s ({:.0} MB/s)",
+        n / parse_secs,
+        bytes as f64 / parse_secs / 1e6
+    );
+    println!(
+        "validate + encode:  {:>10.0} records/s ({:.0} MB/s)",
+        n / validate_secs,
+        bytes as f64 / validate_secs / 1e6
+    );
+    println!(
+        "ratio validate+encode / parse: {:.2}x (target >= 0.5x; >= 300,000 records/s per core)",
+        parse_secs / validate_secs
+    );
 
     // For the combined report (only when LOGPIPE_BENCH_JSON is set).
     let case = "validate + encode, ~500 B game records, one core";
     let (validate_rate, parse_rate) = (n / validate_secs, n / parse_secs);
-    Row::new("validator", case, "validate + encode", validate_rate, "rec/s")
-        .against("serde_json parse (ceiling)", parse_rate)
-        .target(0.5)
-        .emit()
-        .expect("writing the benchmark row");
-    Row::new("validator", case, "validate + encode per core", validate_rate, "rec/s").target(300_000.0).emit().expect("writing the benchmark row");
+    Row::new(
+        "validator",
+        case,
+        "validate + encode",
+        validate_rate,
+        "rec/s",
+    )
+    .against("serde_json parse (ceiling)", parse_rate)
+    .target(0.5)
+    .emit()
+    .expect("writing the benchmark row");
+    Row::new(
+        "validator",
+        case,
+        "validate + encode per core",
+        validate_rate,
+        "rec/s",
+    )
+    .target(300_000.0)
+    .emit()
+    .expect("writing the benchmark row");
 }

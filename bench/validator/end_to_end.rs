@@ -66,7 +66,10 @@ fn generate(dir: &Path, records: u64, partitions: i32) -> anyhow::Result<Input> 
     args.line_size = "500".parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     args.invalid = 0.05;
     let report = loadgen::run(&args, &std::sync::atomic::AtomicBool::new(false))?;
-    let mut input = Input { records: Vec::new(), bytes: 0 };
+    let mut input = Input {
+        records: Vec::new(),
+        bytes: 0,
+    };
     for (i, file) in report.files.iter().enumerate() {
         let text = std::fs::read(&file.path)?;
         let path = file.path.display().to_string();
@@ -74,9 +77,18 @@ fn generate(dir: &Path, records: u64, partitions: i32) -> anyhow::Result<Input> 
         for line in text.split_inclusive(|b| *b == b'\n') {
             let value = line.strip_suffix(b"\n").unwrap_or(line);
             if !value.is_empty() {
-                let id = RecordId { host: "bench-host".into(), file: FileId(i as u64 + 1), offset };
+                let id = RecordId {
+                    host: "bench-host".into(),
+                    file: FileId(i as u64 + 1),
+                    offset,
+                };
                 input.bytes += value.len();
-                input.records.push((i as i32 % partitions, format!("bench-host|{path}"), id, value.to_vec()));
+                input.records.push((
+                    i as i32 % partitions,
+                    format!("bench-host|{path}"),
+                    id,
+                    value.to_vec(),
+                ));
             }
             offset += line.len() as u64;
         }
@@ -89,11 +101,24 @@ fn fill(bootstrap: &str, input: &Input) -> anyhow::Result<()> {
     let producer = filling_producer(bootstrap)?;
     for (partition, key, id, value) in &input.records {
         let path = key.split_once('|').map_or("", |(_, p)| p);
-        let mut headers = OwnedHeaders::new().insert(Header { key: header::PATH, value: Some(path.as_bytes()) });
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: header::PATH,
+            value: Some(path.as_bytes()),
+        });
         for (name, v) in id.headers() {
-            headers = headers.insert(Header { key: name, value: Some(v.as_bytes()) });
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(v.as_bytes()),
+            });
         }
-        send_polling(&producer, BaseRecord::<[u8], [u8]>::to(RAW).partition(*partition).key(key.as_bytes()).payload(value).headers(headers))?;
+        send_polling(
+            &producer,
+            BaseRecord::<[u8], [u8]>::to(RAW)
+                .partition(*partition)
+                .key(key.as_bytes())
+                .payload(value)
+                .headers(headers),
+        )?;
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(())
@@ -101,13 +126,29 @@ fn fill(bootstrap: &str, input: &Input) -> anyhow::Result<()> {
 
 /// The reference: consume, copy unchanged, commit output and offsets in one transaction per
 /// batch, with the validator's clients and batch bounds.
-fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64) -> anyhow::Result<Rate> {
+fn pass_through(
+    config: &ValidatorConfig,
+    records: usize,
+    bytes_per_record: f64,
+) -> anyhow::Result<Rate> {
     let settings = config.settings(".pass");
-    let consumer: BaseConsumer =
-        settings.kafka.client_config(&Role::Consumer { group_id: settings.group_id.clone() }, "bench-pass").create()?;
+    let consumer: BaseConsumer = settings
+        .kafka
+        .client_config(
+            &Role::Consumer {
+                group_id: settings.group_id.clone(),
+            },
+            "bench-pass",
+        )
+        .create()?;
     let producer: ThreadedProducer<DefaultProducerContext> = settings
         .kafka
-        .client_config(&Role::TransactionalProducer { transactional_id: settings.transactional_id.clone() }, "bench-pass")
+        .client_config(
+            &Role::TransactionalProducer {
+                transactional_id: settings.transactional_id.clone(),
+            },
+            "bench-pass",
+        )
         .create()?;
     producer.init_transactions(TIMEOUT)?;
     consumer.subscribe(&[RAW])?;
@@ -115,11 +156,16 @@ fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64)
     let mut first: Option<(Instant, usize)> = None;
     let stall = Instant::now() + Duration::from_secs(600);
     while done < records {
-        anyhow::ensure!(Instant::now() < stall, "pass-through stalled at {done} of {records}");
+        anyhow::ensure!(
+            Instant::now() < stall,
+            "pass-through stalled at {done} of {records}"
+        );
         let mut batch = Vec::with_capacity(settings.batch_records);
         let mut deadline = None;
         while batch.len() < settings.batch_records {
-            let wait = deadline.map_or(settings.batch_time * 5, |d: Instant| d.saturating_duration_since(Instant::now()));
+            let wait = deadline.map_or(settings.batch_time * 5, |d: Instant| {
+                d.saturating_duration_since(Instant::now())
+            });
             match consumer.poll(wait) {
                 Some(Ok(m)) => {
                     batch.push(m.detach());
@@ -135,7 +181,8 @@ fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64)
         producer.begin_transaction()?;
         let mut offsets = TopicPartitionList::new();
         for m in &batch {
-            let mut record = BaseRecord::<[u8], [u8]>::to(PASS).payload(m.payload().unwrap_or_default());
+            let mut record =
+                BaseRecord::<[u8], [u8]>::to(PASS).payload(m.payload().unwrap_or_default());
             if let Some(key) = m.key() {
                 record = record.key(key);
             }
@@ -155,7 +202,11 @@ fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64)
                     Err((e, _)) => return Err(e.into()),
                 }
             }
-            offsets.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
+            offsets.add_partition_offset(
+                m.topic(),
+                m.partition(),
+                Offset::Offset(m.offset() + 1),
+            )?;
         }
         let group = consumer.group_metadata().context("group metadata")?;
         producer.send_offsets_to_transaction(&offsets, &group, TIMEOUT)?;
@@ -165,7 +216,11 @@ fn pass_through(config: &ValidatorConfig, records: usize, bytes_per_record: f64)
     }
     let (started, before) = first.context("nothing committed")?;
     let moved = records - before;
-    Ok(Rate { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed: started.elapsed() })
+    Ok(Rate {
+        records: moved,
+        bytes: (moved as f64 * bytes_per_record) as usize,
+        elapsed: started.elapsed(),
+    })
 }
 
 fn processed(page: &str) -> usize {
@@ -182,18 +237,36 @@ struct Validated {
     batches: f64,
 }
 
-async fn validator(config: &Path, telemetry: SocketAddr, records: usize, bytes_per_record: f64) -> anyhow::Result<Validated> {
+async fn validator(
+    config: &Path,
+    telemetry: SocketAddr,
+    records: usize,
+    bytes_per_record: f64,
+) -> anyhow::Result<Validated> {
     let http = reqwest::Client::new();
-    let mut process = Process::start("logpipe-validator", &["run", "--config", config.to_str().unwrap()])?;
-    process.wait_ready(telemetry, Duration::from_secs(60)).await?;
+    let mut process = Process::start(
+        "logpipe-validator",
+        &["run", "--config", config.to_str().unwrap()],
+    )?;
+    process
+        .wait_ready(telemetry, Duration::from_secs(60))
+        .await?;
     let parts = ["gather", "check", "commit"].map(|p| format!("logpipe_validator_{p}_seconds_sum"));
     let (started, before, sums_before) = loop {
         let text = prometheus::scrape(&http, telemetry).await;
         let n = processed(&text);
         if n > 0 {
-            break (Instant::now(), n, parts.clone().map(|p| prometheus::total(&text, &p)));
+            break (
+                Instant::now(),
+                n,
+                parts.clone().map(|p| prometheus::total(&text, &p)),
+            );
         }
-        anyhow::ensure!(process.try_status().is_none(), "the validator exited:\n{}", process.logs());
+        anyhow::ensure!(
+            process.try_status().is_none(),
+            "the validator exited:\n{}",
+            process.logs()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let stall = Instant::now() + Duration::from_secs(600);
@@ -202,7 +275,11 @@ async fn validator(config: &Path, telemetry: SocketAddr, records: usize, bytes_p
         if processed(&text) >= records {
             break text;
         }
-        anyhow::ensure!(Instant::now() < stall, "the validator stalled at {} of {records}", processed(&text));
+        anyhow::ensure!(
+            Instant::now() < stall,
+            "the validator stalled at {} of {records}",
+            processed(&text)
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let elapsed = started.elapsed();
@@ -213,7 +290,15 @@ async fn validator(config: &Path, telemetry: SocketAddr, records: usize, bytes_p
     }
     process.terminate(Duration::from_secs(30)).await?;
     let moved = records - before.min(records);
-    Ok(Validated { timed: Rate { records: moved, bytes: (moved as f64 * bytes_per_record) as usize, elapsed }, shares, batches })
+    Ok(Validated {
+        timed: Rate {
+            records: moved,
+            bytes: (moved as f64 * bytes_per_record) as usize,
+            elapsed,
+        },
+        shares,
+        batches,
+    })
 }
 
 async fn schema_store(dir: &Path) -> anyhow::Result<(Process, String)> {
@@ -226,7 +311,10 @@ async fn schema_store(dir: &Path) -> anyhow::Result<(Process, String)> {
             dir.join("store").display()
         ),
     )?;
-    let mut store = Process::start("logpipe-schema-store", &["run", "--config", config.to_str().unwrap()])?;
+    let mut store = Process::start(
+        "logpipe-schema-store",
+        &["run", "--config", config.to_str().unwrap()],
+    )?;
     store.wait_ready(telemetry, Duration::from_secs(30)).await?;
     let url = format!("http://{listen}");
     let http = reqwest::Client::new();
@@ -254,8 +342,16 @@ async fn main() -> anyhow::Result<()> {
     // Each partition keeps what every round writes to it (uncompressed), with room to spare.
     let retention = ((rounds + 1) * input_bytes / partitions as usize + 16 * 1024 * 1024) as u64;
     let groups: Vec<String> = (1..=rounds).map(|r| format!("bench{r}")).collect();
-    let states: Vec<String> = groups.iter().map(|g| logpipe_core::record::replay_state_topic(g)).collect();
-    let mut topics = vec![(RAW, partitions), (PASS, partitions), (CLEAN, partitions), (DLQ, partitions)];
+    let states: Vec<String> = groups
+        .iter()
+        .map(|g| logpipe_core::record::replay_state_topic(g))
+        .collect();
+    let mut topics = vec![
+        (RAW, partitions),
+        (PASS, partitions),
+        (CLEAN, partitions),
+        (DLQ, partitions),
+    ];
     topics.extend(states.iter().map(|s| (s.as_str(), 1)));
     let cluster = DevCluster::start_retaining("read", 1, &topics, Some(retention)).await?;
     let bootstrap = cluster.bootstrap().to_owned();
@@ -272,7 +368,15 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| round | pass-through (reference), first to last commit | logpipe-validator, first to last commit | ratio | validator time: gather / check / commit |");
     println!("|---|---|---|---|---|");
-    let cell = |t: &Rate| format!("{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)", t.records_per_s(), t.mb_per_s(), t.records, t.elapsed.as_secs_f64());
+    let cell = |t: &Rate| {
+        format!(
+            "{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)",
+            t.records_per_s(),
+            t.mb_per_s(),
+            t.records,
+            t.elapsed.as_secs_f64()
+        )
+    };
     let mut best: Option<(Rate, Validated)> = None;
     let mut batch_bounds = (0, 0);
     for (round, group) in groups.iter().enumerate() {
@@ -285,7 +389,9 @@ async fn main() -> anyhow::Result<()> {
         let config_path = write_file(dir.path(), &format!("validator-{group}.toml"), &config_text)?;
         let config: ValidatorConfig = logpipe_core::service::load_config(&config_path)?;
         batch_bounds = (config.batch_records, config.batch_ms);
-        let reference = tokio::task::spawn_blocking(move || pass_through(&config, records, bytes_per_record)).await??;
+        let reference =
+            tokio::task::spawn_blocking(move || pass_through(&config, records, bytes_per_record))
+                .await??;
         let validated = validator(&config_path, telemetry, records, bytes_per_record).await?;
         let [gather, check, commit] = validated.shares.map(|s| s * 100.0);
         println!(
@@ -299,8 +405,16 @@ async fn main() -> anyhow::Result<()> {
         best = Some(match best {
             None => (reference, validated),
             Some((r, v)) => (
-                if reference.records_per_s() > r.records_per_s() { reference } else { r },
-                if validated.timed.records_per_s() > v.timed.records_per_s() { validated } else { v },
+                if reference.records_per_s() > r.records_per_s() {
+                    reference
+                } else {
+                    r
+                },
+                if validated.timed.records_per_s() > v.timed.records_per_s() {
+                    validated
+                } else {
+                    v
+                },
             ),
         });
     }
@@ -317,11 +431,20 @@ async fn main() -> anyhow::Result<()> {
         batch_bounds.0,
         batch_bounds.1
     );
-    Row::new("validator", "end to end, ~500 B game records, exactly once", "logpipe-validator", validated.timed.records_per_s(), "rec/s")
-        .against("pass-through consume -> transactional produce", reference.records_per_s())
-        .target(0.7)
-        .extra("mb_per_s", validated.timed.mb_per_s())
-        .extra("reference_mb_per_s", reference.mb_per_s())
-        .emit()?;
+    Row::new(
+        "validator",
+        "end to end, ~500 B game records, exactly once",
+        "logpipe-validator",
+        validated.timed.records_per_s(),
+        "rec/s",
+    )
+    .against(
+        "pass-through consume -> transactional produce",
+        reference.records_per_s(),
+    )
+    .target(0.7)
+    .extra("mb_per_s", validated.timed.mb_per_s())
+    .extra("reference_mb_per_s", reference.mb_per_s())
+    .emit()?;
     Ok(())
 }

@@ -19,13 +19,17 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: &Path, message: impl Into<String>) -> Self {
-        ConfigError { path: path.to_owned(), message: message.into() }
+        ConfigError {
+            path: path.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
 /// Reads and deserializes a config file with the process environment for `${VAR}` references.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
     parse(path, &text, |name| std::env::var(name).ok())
 }
 
@@ -35,20 +39,27 @@ where
     T: DeserializeOwned,
     F: Fn(&str) -> Option<String>,
 {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::new(path, e.message().to_owned() + &location(text, e.span())))?;
+    let mut table: toml::Table = toml::from_str(text)
+        .map_err(|e| ConfigError::new(path, e.message().to_owned() + &location(text, e.span())))?;
     for (key, value) in table.iter_mut() {
         substitute_value(value, key, &lookup).map_err(|m| ConfigError::new(path, m))?;
     }
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let at = e.path().to_string();
         let message = e.into_inner().to_string();
-        let message = if at == "." { message } else { format!("at `{at}`: {message}") };
+        let message = if at == "." {
+            message
+        } else {
+            format!("at `{at}`: {message}")
+        };
         ConfigError::new(path, message)
     })
 }
 
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else { return String::new() };
+    let Some(span) = span else {
+        return String::new();
+    };
     let before = &text[..span.start.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -94,14 +105,18 @@ where
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| format!("unterminated `${{` in {text:?}"))?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in {text:?}"))?;
             let reference = &body[..end];
             let (name, default) = match reference.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
                 None => (reference, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{reference}}}` is not a valid variable reference"));
+                return Err(format!(
+                    "`${{{reference}}}` is not a valid variable reference"
+                ));
             }
             match (lookup(name), default) {
                 (Some(value), _) => out.push_str(&value),
@@ -159,7 +174,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_naming_key_and_file() {
-        let err = parse_sample("name = \"a\"\n[nested]\npasword = \"x\"\n").unwrap_err().to_string();
+        let err = parse_sample("name = \"a\"\n[nested]\npasword = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/logpipe/sample.toml"), "{err}");
         assert!(err.contains("pasword"), "{err}");
         assert!(err.contains("nested"), "{err}");
@@ -167,7 +184,9 @@ mod tests {
 
     #[test]
     fn unknown_top_level_key_is_rejected() {
-        let err = parse_sample("name = \"a\"\nstate_dri = \"/x\"\n").unwrap_err().to_string();
+        let err = parse_sample("name = \"a\"\nstate_dri = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `state_dri`"), "{err}");
     }
 
@@ -179,7 +198,9 @@ mod tests {
 
     #[test]
     fn syntax_errors_give_a_line() {
-        let err = parse_sample("name = \"a\"\nlist = [\n").unwrap_err().to_string();
+        let err = parse_sample("name = \"a\"\nlist = [\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") || err.contains("line 3"), "{err}");
     }
 
@@ -198,7 +219,9 @@ mod tests {
 
     #[test]
     fn unset_variable_is_an_error_naming_variable_and_key() {
-        let err = parse_sample("name = \"a\"\n[nested]\npassword = \"${NOPE}\"\n").unwrap_err().to_string();
+        let err = parse_sample("name = \"a\"\n[nested]\npassword = \"${NOPE}\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("NOPE is not set"), "{err}");
         assert!(err.contains("nested.password"), "{err}");
     }
@@ -211,7 +234,9 @@ mod tests {
     #[test]
     fn bad_references() {
         assert!(substitute("${", &env).unwrap_err().contains("unterminated"));
-        assert!(substitute("${a b}", &env).unwrap_err().contains("not a valid"));
+        assert!(substitute("${a b}", &env)
+            .unwrap_err()
+            .contains("not a valid"));
         assert_eq!(substitute("cost $5", &env).unwrap(), "cost $5");
     }
 
@@ -221,7 +246,12 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "name = \"x\"\n").unwrap();
         assert_eq!(load::<Sample>(&path).unwrap().name, "x");
-        let err = load::<Sample>(&dir.path().join("missing.toml")).unwrap_err().to_string();
-        assert!(err.contains("missing.toml") && err.contains("cannot read"), "{err}");
+        let err = load::<Sample>(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing.toml") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 }

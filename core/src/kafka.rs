@@ -70,24 +70,43 @@ fn required(role: &Role) -> &'static [(&'static str, &'static [&'static str])] {
             ("enable.idempotence", &["true"]),
             ("enable.gapless.guarantee", &["true"]),
         ],
-        Role::Consumer { .. } => &[("isolation.level", &["read_committed"]), ("enable.auto.commit", &["false"])],
+        Role::Consumer { .. } => &[
+            ("isolation.level", &["read_committed"]),
+            ("enable.auto.commit", &["false"]),
+        ],
         Role::Admin => &[],
     }
 }
 
 /// Properties set from other config keys; setting them under `properties` would be ambiguous.
-const OWNED: &[&str] = &["bootstrap.servers", "metadata.broker.list", "group.id", "transactional.id"];
+const OWNED: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "transactional.id",
+];
 
 impl KafkaConfig {
     pub fn new(bootstrap: impl Into<String>) -> Self {
-        KafkaConfig { bootstrap: bootstrap.into(), properties: BTreeMap::new() }
+        KafkaConfig {
+            bootstrap: bootstrap.into(),
+            properties: BTreeMap::new(),
+        }
     }
 
     /// Checks the table for a role: a bootstrap list, no property that another key owns, and no
     /// override that breaks the role's guarantee.
     pub fn validate(&self, role: &Role) -> Result<(), String> {
-        if self.bootstrap.split(',').map(str::trim).any(|s| s.is_empty() || !s.contains(':')) {
-            return Err(format!("kafka.bootstrap {:?} must be a comma-separated list of host:port", self.bootstrap));
+        if self
+            .bootstrap
+            .split(',')
+            .map(str::trim)
+            .any(|s| s.is_empty() || !s.contains(':'))
+        {
+            return Err(format!(
+                "kafka.bootstrap {:?} must be a comma-separated list of host:port",
+                self.bootstrap
+            ));
         }
         for (name, value) in &self.properties {
             if OWNED.contains(&name.as_str()) {
@@ -109,7 +128,9 @@ impl KafkaConfig {
     /// The librdkafka config for a role: logpipe's defaults, then the user's properties.
     pub fn client_config(&self, role: &Role, client_id: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap).set("client.id", client_id);
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", client_id);
         for (name, value) in defaults(role) {
             config.set(*name, *value);
         }
@@ -163,7 +184,10 @@ fn defaults(role: &Role) -> &'static [(&'static str, &'static str)] {
 /// librdkafka reports an end both as the poll result a reader waits for and as a client error
 /// event, which rdkafka's default context logs at ERROR level: noise, not an error.
 pub fn is_partition_end(error: &KafkaError) -> bool {
-    matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_))
+    matches!(
+        error,
+        KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
+    )
 }
 
 /// The context of a consumer that reads to partition ends: client errors are logged as rdkafka's
@@ -186,14 +210,21 @@ mod tests {
 
     #[test]
     fn a_partition_end_is_told_from_errors() {
-        assert!(is_partition_end(&KafkaError::Global(RDKafkaErrorCode::PartitionEOF)));
+        assert!(is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
         assert!(is_partition_end(&KafkaError::PartitionEOF(3)));
-        assert!(!is_partition_end(&KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure)));
+        assert!(!is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
     }
 
     fn with(props: &[(&str, PropertyValue)]) -> KafkaConfig {
         let mut config = KafkaConfig::new("127.0.0.1:9092,127.0.0.1:9093");
-        config.properties = props.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        config.properties = props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         config
     }
 
@@ -209,7 +240,9 @@ mod tests {
 
     #[test]
     fn transactional_producer_gets_its_id() {
-        let role = Role::TransactionalProducer { transactional_id: "mirror-0".into() };
+        let role = Role::TransactionalProducer {
+            transactional_id: "mirror-0".into(),
+        };
         let config = KafkaConfig::new("k:9092").client_config(&role, "mirror");
         assert_eq!(config.get("transactional.id"), Some("mirror-0"));
         assert_eq!(config.get("acks"), Some("all"));
@@ -217,7 +250,12 @@ mod tests {
 
     #[test]
     fn consumer_defaults_are_read_committed_without_auto_commit() {
-        let config = KafkaConfig::new("k:9092").client_config(&Role::Consumer { group_id: "g".into() }, "v");
+        let config = KafkaConfig::new("k:9092").client_config(
+            &Role::Consumer {
+                group_id: "g".into(),
+            },
+            "v",
+        );
         assert_eq!(config.get("isolation.level"), Some("read_committed"));
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
         assert_eq!(config.get("group.id"), Some("g"));
@@ -228,33 +266,55 @@ mod tests {
         let config = with(&[
             ("compression.type", PropertyValue::String("zstd".into())),
             ("linger.ms", PropertyValue::Integer(50)),
-            ("enable.ssl.certificate.verification", PropertyValue::Bool(false)),
+            (
+                "enable.ssl.certificate.verification",
+                PropertyValue::Bool(false),
+            ),
         ]);
         config.validate(&Role::Producer).unwrap();
         let client = config.client_config(&Role::Producer, "agent");
         assert_eq!(client.get("compression.type"), Some("zstd"));
         assert_eq!(client.get("linger.ms"), Some("50"));
-        assert_eq!(client.get("enable.ssl.certificate.verification"), Some("false"));
+        assert_eq!(
+            client.get("enable.ssl.certificate.verification"),
+            Some("false")
+        );
     }
 
     #[test]
     fn guarantee_breaking_overrides_are_rejected() {
-        let err = with(&[("acks", PropertyValue::Integer(1))]).validate(&Role::Producer).unwrap_err();
-        assert!(err.contains("acks") && err.contains("all"), "{err}");
-        assert!(with(&[("acks", PropertyValue::Integer(-1))]).validate(&Role::Producer).is_ok());
-        let err = with(&[("isolation.level", PropertyValue::String("read_uncommitted".into()))])
-            .validate(&Role::Consumer { group_id: "g".into() })
+        let err = with(&[("acks", PropertyValue::Integer(1))])
+            .validate(&Role::Producer)
             .unwrap_err();
+        assert!(err.contains("acks") && err.contains("all"), "{err}");
+        assert!(with(&[("acks", PropertyValue::Integer(-1))])
+            .validate(&Role::Producer)
+            .is_ok());
+        let err = with(&[(
+            "isolation.level",
+            PropertyValue::String("read_uncommitted".into()),
+        )])
+        .validate(&Role::Consumer {
+            group_id: "g".into(),
+        })
+        .unwrap_err();
         assert!(err.contains("isolation.level"), "{err}");
         // The same property is fine where no guarantee depends on it.
-        assert!(with(&[("acks", PropertyValue::Integer(1))]).validate(&Role::Admin).is_ok());
+        assert!(with(&[("acks", PropertyValue::Integer(1))])
+            .validate(&Role::Admin)
+            .is_ok());
     }
 
     #[test]
     fn owned_properties_and_bad_bootstrap_are_rejected() {
-        let err = with(&[("bootstrap.servers", PropertyValue::String("x:1".into()))]).validate(&Role::Admin).unwrap_err();
+        let err = with(&[("bootstrap.servers", PropertyValue::String("x:1".into()))])
+            .validate(&Role::Admin)
+            .unwrap_err();
         assert!(err.contains("bootstrap.servers"), "{err}");
-        assert!(KafkaConfig::new("kafka-1").validate(&Role::Admin).unwrap_err().contains("host:port"));
+        assert!(KafkaConfig::new("kafka-1")
+            .validate(&Role::Admin)
+            .unwrap_err()
+            .contains("host:port"));
         assert!(KafkaConfig::new("a:1,,b:2").validate(&Role::Admin).is_err());
     }
 

@@ -78,16 +78,29 @@ impl ReplayedFrom {
     where
         I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     {
-        let names = [replay_header::TOPIC, replay_header::PARTITION, replay_header::OFFSET];
+        let names = [
+            replay_header::TOPIC,
+            replay_header::PARTITION,
+            replay_header::OFFSET,
+        ];
         let Some([topic, partition, offset]) = find_headers(headers, names) else {
             return Ok(None);
         };
-        fn number<T: std::str::FromStr>(name: &'static str, value: Option<&[u8]>) -> Result<T, RecordIdError> {
+        fn number<T: std::str::FromStr>(
+            name: &'static str,
+            value: Option<&[u8]>,
+        ) -> Result<T, RecordIdError> {
             let value = String::from_utf8_lossy(value.ok_or(RecordIdError::Missing(name))?);
-            value.parse().map_err(|_| RecordIdError::Invalid { name, value: value.into_owned() })
+            value.parse().map_err(|_| RecordIdError::Invalid {
+                name,
+                value: value.into_owned(),
+            })
         }
         Ok(Some(ReplayedFrom {
-            topic: topic.filter(|t| !t.is_empty()).map(|t| String::from_utf8_lossy(t).into_owned()).ok_or(RecordIdError::Missing(replay_header::TOPIC))?,
+            topic: topic
+                .filter(|t| !t.is_empty())
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .ok_or(RecordIdError::Missing(replay_header::TOPIC))?,
             partition: number(replay_header::PARTITION, partition)?,
             offset: number(replay_header::OFFSET, offset)?,
         }))
@@ -136,7 +149,9 @@ impl ErrorStage {
     }
 
     pub fn parse(s: &str) -> Option<ErrorStage> {
-        ErrorStage::ALL.into_iter().find(|stage| stage.as_str() == s)
+        ErrorStage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == s)
     }
 }
 
@@ -158,7 +173,10 @@ impl FileId {
 
     /// Parses the header form; accepts only lower-case hex, as the contract says.
     pub fn from_hex(s: &str) -> Option<FileId> {
-        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if s.is_empty()
+            || s.len() > 16
+            || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return None;
         }
         u64::from_str_radix(s, 16).ok().map(FileId)
@@ -206,7 +224,9 @@ impl RecordId {
     where
         I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     {
-        let Some([host, file, offset]) = find_headers(headers, [header::HOST, header::FILE, header::OFFSET]) else {
+        let Some([host, file, offset]) =
+            find_headers(headers, [header::HOST, header::FILE, header::OFFSET])
+        else {
             return Ok(None);
         };
         let text = |name: &'static str, value: Option<&[u8]>| -> Result<String, RecordIdError> {
@@ -240,7 +260,10 @@ impl fmt::Display for RecordId {
 /// The values of the headers `names` among `headers`, in the order of `names`: `None` for a
 /// header that is not there, empty for one present without a value (the last of a repeated
 /// name wins); `None` when none of them is there.
-fn find_headers<'a, const N: usize, I>(headers: I, names: [&str; N]) -> Option<[Option<&'a [u8]>; N]>
+fn find_headers<'a, const N: usize, I>(
+    headers: I,
+    names: [&str; N],
+) -> Option<[Option<&'a [u8]>; N]>
 where
     I: IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
 {
@@ -298,7 +321,9 @@ fn json_field_key(line: &[u8], field: &str) -> Option<Vec<u8>> {
     let value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line).ok()?;
     match value.get(field)? {
         serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
-        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(v.to_string().into_bytes()),
+        v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => {
+            Some(v.to_string().into_bytes())
+        }
         _ => None,
     }
 }
@@ -352,7 +377,9 @@ impl TopicTemplate {
 
     /// The template's output for a source topic.
     pub fn render(&self, topic: &str) -> String {
-        self.0.replace("{stream}", stream_of(topic)).replace("{topic}", topic)
+        self.0
+            .replace("{stream}", stream_of(topic))
+            .replace("{topic}", topic)
     }
 
     pub fn as_str(&self) -> &str {
@@ -371,7 +398,9 @@ impl TryFrom<String> for TopicTemplate {
             ));
         }
         if let Err(reason) = check_topic_name(&rendered) {
-            return Err(format!("topic template {template:?} does not give a valid topic name: {reason}"));
+            return Err(format!(
+                "topic template {template:?} does not give a valid topic name: {reason}"
+            ));
         }
         Ok(TopicTemplate(template))
     }
@@ -392,10 +421,18 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("topic name {name:?} is not allowed"));
     }
     if name.len() > 249 {
-        return Err(format!("topic name is {} characters long; Kafka allows 249", name.len()));
+        return Err(format!(
+            "topic name is {} characters long; Kafka allows 249",
+            name.len()
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("topic name {name:?} has {c:?}; Kafka allows only letters, digits, '.', '_' and '-'"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} has {c:?}; Kafka allows only letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -405,12 +442,19 @@ mod tests {
     use super::*;
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
-        pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (*k, Some(v.as_bytes())))
+            .collect()
     }
 
     #[test]
     fn record_id_round_trips_through_headers() {
-        let id = RecordId { host: "game-7".into(), file: FileId(0xdead_beef), offset: 4096 };
+        let id = RecordId {
+            host: "game-7".into(),
+            file: FileId(0xdead_beef),
+            offset: 4096,
+        };
         let written = id.headers();
         assert_eq!(written[1].1, "00000000deadbeef");
         let pairs: Vec<(&str, &str)> = written.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -421,30 +465,74 @@ mod tests {
 
     #[test]
     fn record_without_lp_headers_has_no_id() {
-        assert_eq!(RecordId::from_headers(headers(&[("trace", "1")])).unwrap(), None);
+        assert_eq!(
+            RecordId::from_headers(headers(&[("trace", "1")])).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn partial_or_malformed_id_headers_are_errors() {
         let partial = headers(&[(header::HOST, "h"), (header::OFFSET, "1")]);
-        assert_eq!(RecordId::from_headers(partial), Err(RecordIdError::Missing(header::FILE)));
-        let upper = headers(&[(header::HOST, "h"), (header::FILE, "ABC"), (header::OFFSET, "1")]);
-        assert!(matches!(RecordId::from_headers(upper), Err(RecordIdError::Invalid { name: header::FILE, .. })));
-        let neg = headers(&[(header::HOST, "h"), (header::FILE, "ab"), (header::OFFSET, "-1")]);
-        assert!(matches!(RecordId::from_headers(neg), Err(RecordIdError::Invalid { name: header::OFFSET, .. })));
+        assert_eq!(
+            RecordId::from_headers(partial),
+            Err(RecordIdError::Missing(header::FILE))
+        );
+        let upper = headers(&[
+            (header::HOST, "h"),
+            (header::FILE, "ABC"),
+            (header::OFFSET, "1"),
+        ]);
+        assert!(matches!(
+            RecordId::from_headers(upper),
+            Err(RecordIdError::Invalid {
+                name: header::FILE,
+                ..
+            })
+        ));
+        let neg = headers(&[
+            (header::HOST, "h"),
+            (header::FILE, "ab"),
+            (header::OFFSET, "-1"),
+        ]);
+        assert!(matches!(
+            RecordId::from_headers(neg),
+            Err(RecordIdError::Invalid {
+                name: header::OFFSET,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn keys_follow_the_strategy() {
         let line = br#"{"player_id":"p-1","level":3}"#;
-        assert_eq!(KeyStrategy::default().key("h", "/var/log/a.log", line), Some(b"h|/var/log/a.log".to_vec()));
+        assert_eq!(
+            KeyStrategy::default().key("h", "/var/log/a.log", line),
+            Some(b"h|/var/log/a.log".to_vec())
+        );
         assert_eq!(KeyStrategy::None.key("h", "/a", line), None);
-        assert_eq!(KeyStrategy::Fixed("k".into()).key("h", "/a", line), Some(b"k".to_vec()));
-        assert_eq!(KeyStrategy::Field("player_id".into()).key("h", "/a", line), Some(b"p-1".to_vec()));
-        assert_eq!(KeyStrategy::Field("level".into()).key("h", "/a", line), Some(b"3".to_vec()));
+        assert_eq!(
+            KeyStrategy::Fixed("k".into()).key("h", "/a", line),
+            Some(b"k".to_vec())
+        );
+        assert_eq!(
+            KeyStrategy::Field("player_id".into()).key("h", "/a", line),
+            Some(b"p-1".to_vec())
+        );
+        assert_eq!(
+            KeyStrategy::Field("level".into()).key("h", "/a", line),
+            Some(b"3".to_vec())
+        );
         // A line that is not JSON, or lacks the field, keeps its file's partition.
-        assert_eq!(KeyStrategy::Field("player_id".into()).key("h", "/a", b"oops"), Some(b"h|/a".to_vec()));
-        assert_eq!(KeyStrategy::Field("nope".into()).key("h", "/a", line), Some(b"h|/a".to_vec()));
+        assert_eq!(
+            KeyStrategy::Field("player_id".into()).key("h", "/a", b"oops"),
+            Some(b"h|/a".to_vec())
+        );
+        assert_eq!(
+            KeyStrategy::Field("nope".into()).key("h", "/a", line),
+            Some(b"h|/a".to_vec())
+        );
     }
 
     #[test]
@@ -454,50 +542,96 @@ mod tests {
             key: KeyStrategy,
         }
         let parse = |s: &str| toml::from_str::<Input>(s).map(|i| i.key);
-        assert_eq!(parse(r#"key = "host_path""#).unwrap(), KeyStrategy::HostPath);
+        assert_eq!(
+            parse(r#"key = "host_path""#).unwrap(),
+            KeyStrategy::HostPath
+        );
         assert_eq!(parse(r#"key = "none""#).unwrap(), KeyStrategy::None);
-        assert_eq!(parse(r#"key = { field = "player_id" }"#).unwrap(), KeyStrategy::Field("player_id".into()));
-        assert_eq!(parse(r#"key = { fixed = "k" }"#).unwrap(), KeyStrategy::Fixed("k".into()));
+        assert_eq!(
+            parse(r#"key = { field = "player_id" }"#).unwrap(),
+            KeyStrategy::Field("player_id".into())
+        );
+        assert_eq!(
+            parse(r#"key = { fixed = "k" }"#).unwrap(),
+            KeyStrategy::Fixed("k".into())
+        );
         assert!(parse(r#"key = "hostpath""#).is_err());
     }
 
     #[test]
     fn default_topic_names() {
-        assert_eq!(TopicTemplate::clean_default().render("raw.game"), "clean.game");
+        assert_eq!(
+            TopicTemplate::clean_default().render("raw.game"),
+            "clean.game"
+        );
         assert_eq!(TopicTemplate::dlq_default().render("raw.game"), "dlq.game");
-        assert_eq!(TopicTemplate::clean_default().render("events"), "clean.events");
-        assert_eq!(TopicTemplate::try_from("{topic}.ok".to_owned()).unwrap().render("raw.x"), "raw.x.ok");
+        assert_eq!(
+            TopicTemplate::clean_default().render("events"),
+            "clean.events"
+        );
+        assert_eq!(
+            TopicTemplate::try_from("{topic}.ok".to_owned())
+                .unwrap()
+                .render("raw.x"),
+            "raw.x.ok"
+        );
         assert_eq!(stream_of("raw.game"), "game");
         assert_eq!(raw_topic("game"), "raw.game");
         assert_eq!(mirror_state_topic("default"), "_lp.mirror.default.state");
-        assert_eq!(replay_state_topic("logpipe-validator"), "_lp.validator.logpipe-validator.replay-state");
+        assert_eq!(
+            replay_state_topic("logpipe-validator"),
+            "_lp.validator.logpipe-validator.replay-state"
+        );
     }
 
     #[test]
     fn replay_headers_round_trip() {
-        let from = ReplayedFrom { topic: "dlq.game".into(), partition: 2, offset: 41 };
+        let from = ReplayedFrom {
+            topic: "dlq.game".into(),
+            partition: 2,
+            offset: 41,
+        };
         let headers = from.headers();
         let pairs = |hs: &[(&'static str, String)]| -> Vec<(&'static str, Option<Vec<u8>>)> {
-            hs.iter().map(|(k, v)| (*k, Some(v.as_bytes().to_vec()))).collect()
+            hs.iter()
+                .map(|(k, v)| (*k, Some(v.as_bytes().to_vec())))
+                .collect()
         };
         let mut all = pairs(&headers);
         all.insert(0, (header::HOST, Some(b"h".to_vec())));
-        let read = |p: &[(&'static str, Option<Vec<u8>>)]| ReplayedFrom::from_headers(p.iter().map(|(k, v)| (*k, v.as_deref())));
+        let read = |p: &[(&'static str, Option<Vec<u8>>)]| {
+            ReplayedFrom::from_headers(p.iter().map(|(k, v)| (*k, v.as_deref())))
+        };
         assert_eq!(read(&all), Ok(Some(from.clone())));
         assert_eq!(from.to_string(), "dlq.game/2/41");
         // A record no replay wrote; one with a header missing; one malformed.
         assert_eq!(read(&all[..1]), Ok(None));
-        assert_eq!(read(&all[..3]), Err(RecordIdError::Missing(replay_header::OFFSET)));
+        assert_eq!(
+            read(&all[..3]),
+            Err(RecordIdError::Missing(replay_header::OFFSET))
+        );
         all[2].1 = Some(b"two".to_vec());
-        assert!(matches!(read(&all), Err(RecordIdError::Invalid { name: replay_header::PARTITION, .. })));
+        assert!(matches!(
+            read(&all),
+            Err(RecordIdError::Invalid {
+                name: replay_header::PARTITION,
+                ..
+            })
+        ));
         // Distinct from the error headers a dead letter carries and a replay removes.
-        assert!(headers.iter().all(|(k, _)| k.starts_with("lp.replay.") && !k.starts_with("lp.error.")));
+        assert!(headers
+            .iter()
+            .all(|(k, _)| k.starts_with("lp.replay.") && !k.starts_with("lp.error.")));
     }
 
     #[test]
     fn bad_templates_are_rejected() {
-        assert!(TopicTemplate::try_from("clean".to_owned()).unwrap_err().contains("neither"));
-        assert!(TopicTemplate::try_from("clean/{stream}".to_owned()).unwrap_err().contains("'/'"));
+        assert!(TopicTemplate::try_from("clean".to_owned())
+            .unwrap_err()
+            .contains("neither"));
+        assert!(TopicTemplate::try_from("clean/{stream}".to_owned())
+            .unwrap_err()
+            .contains("'/'"));
     }
 
     #[test]

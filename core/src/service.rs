@@ -78,7 +78,9 @@ impl Context {
 /// Loads a service config and validates it; errors name the file.
 pub fn load_config<C: ServiceConfig>(path: &Path) -> anyhow::Result<C> {
     let config: C = config::load(path)?;
-    config.validate().map_err(|e| ConfigError::new(path, format!("{e:#}")))?;
+    config
+        .validate()
+        .map_err(|e| ConfigError::new(path, format!("{e:#}")))?;
     Ok(config)
 }
 
@@ -105,7 +107,10 @@ enum Command {
 /// The whole `main` of a service binary.
 pub fn main<S: Service>() -> ExitCode {
     let cli = Cli::from_arg_matches(&cli_command::<S>().get_matches()).unwrap_or_else(|e| e.exit());
-    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(S::DEFAULT_CONFIG));
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(S::DEFAULT_CONFIG));
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check::<S>(&path),
         Command::Run => {
@@ -258,7 +263,8 @@ mod tests {
     impl Service for WithExtra {
         const NAME: &'static str = "logpipe-extra";
         const DEFAULT_CONFIG: &'static str = "/nonexistent/test.toml";
-        const EXTRA_COMMANDS: &'static [(&'static str, &'static str)] = &[("replay", "Do it again")];
+        const EXTRA_COMMANDS: &'static [(&'static str, &'static str)] =
+            &[("replay", "Do it again")];
         type Config = TestConfig;
 
         async fn run(config: TestConfig, ctx: Context) -> anyhow::Result<()> {
@@ -269,15 +275,25 @@ mod tests {
     #[test]
     fn help_lists_the_extra_commands_and_run_check_still_parse() {
         let help = cli_command::<WithExtra>().render_long_help().to_string();
-        assert!(help.contains("replay") && help.contains("Do it again"), "{help}");
+        assert!(
+            help.contains("replay") && help.contains("Do it again"),
+            "{help}"
+        );
         assert!(help.contains("check"), "{help}");
         let plain = cli_command::<TestService>().render_long_help().to_string();
         assert!(!plain.contains("Other commands"), "{plain}");
-        let matches = cli_command::<WithExtra>().try_get_matches_from(["logpipe-extra", "check", "--config", "x.toml"]).unwrap();
+        let matches = cli_command::<WithExtra>()
+            .try_get_matches_from(["logpipe-extra", "check", "--config", "x.toml"])
+            .unwrap();
         let cli = Cli::from_arg_matches(&matches).unwrap();
         assert!(matches!(cli.command, Some(Command::Check)));
         assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
-        assert!(cli_command::<WithExtra>().try_get_matches_from(["logpipe-extra", "replay"]).is_err(), "the runner does not parse extras");
+        assert!(
+            cli_command::<WithExtra>()
+                .try_get_matches_from(["logpipe-extra", "replay"])
+                .is_err(),
+            "the runner does not parse extras"
+        );
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
@@ -291,21 +307,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ok = write(dir.path(), "[telemetry]\nlisten = \"127.0.0.1:0\"\n");
         assert_eq!(check::<TestService>(&ok), ExitCode::SUCCESS);
-        let unknown = write(dir.path(), "[telemetry]\nlisten = \"127.0.0.1:0\"\nextra = 1\n");
+        let unknown = write(
+            dir.path(),
+            "[telemetry]\nlisten = \"127.0.0.1:0\"\nextra = 1\n",
+        );
         assert_eq!(check::<TestService>(&unknown), ExitCode::FAILURE);
-        let rejected = write(dir.path(), "reject = true\n[telemetry]\nlisten = \"127.0.0.1:0\"\n");
-        let err = load_config::<TestConfig>(&rejected).unwrap_err().to_string();
-        assert!(err.contains("service.toml") && err.contains("reject: the test asked"), "{err}");
-        assert_eq!(check::<TestService>(&dir.path().join("missing.toml")), ExitCode::FAILURE);
+        let rejected = write(
+            dir.path(),
+            "reject = true\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+        );
+        let err = load_config::<TestConfig>(&rejected)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("service.toml") && err.contains("reject: the test asked"),
+            "{err}"
+        );
+        assert_eq!(
+            check::<TestService>(&dir.path().join("missing.toml")),
+            ExitCode::FAILURE
+        );
     }
 
     fn kill(signal: &str) {
         let pid = std::process::id().to_string();
-        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        assert!(std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
     }
 
     async fn run_until_sigterm(ignore_shutdown: bool) -> anyhow::Result<()> {
-        let config = TestConfig { telemetry: TelemetryConfig::on_port(crate::telemetry::tests::free_port()), ignore_shutdown, reject: false };
+        let config = TestConfig {
+            telemetry: TelemetryConfig::on_port(crate::telemetry::tests::free_port()),
+            ignore_shutdown,
+            reject: false,
+        };
         let url = format!("http://{}/ready", config.telemetry.listen);
         let task = tokio::spawn(run::<TestService>(config, PathBuf::from("test.toml")));
         let client = reqwest::Client::new();
@@ -316,11 +354,17 @@ mod tests {
                     break;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "service never became ready");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "service never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         kill("-TERM");
-        tokio::time::timeout(Duration::from_secs(10), task).await.expect("run returns").unwrap()
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("run returns")
+            .unwrap()
     }
 
     #[tokio::test]

@@ -68,10 +68,15 @@ pub(crate) mod tests {
         let _guard = SIGNALS.lock().await;
         let mut signals = listen().unwrap();
         send("-HUP");
-        tokio::time::timeout(Duration::from_secs(10), signals.reload.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), signals.reload.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(*signals.reload.borrow(), 1);
         assert!(!signals.shutdown.is_cancelled());
         send("-TERM");
-        tokio::time::timeout(Duration::from_secs(10), signals.shutdown.cancelled()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), signals.shutdown.cancelled())
+            .await
+            .unwrap();
     }
 }

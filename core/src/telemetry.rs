@@ -27,7 +27,9 @@ pub struct TelemetryConfig {
 
 impl TelemetryConfig {
     pub fn on_port(port: u16) -> Self {
-        TelemetryConfig { listen: SocketAddr::from(([127, 0, 0, 1], port)) }
+        TelemetryConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
     }
 }
 
@@ -42,7 +44,9 @@ pub fn prometheus() -> PrometheusHandle {
             // Another recorder may be installed by an embedding program; ours still renders what
             // was recorded through it, so that is not fatal.
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a global metrics recorder was already installed; /metrics may be incomplete");
+                tracing::warn!(
+                    "a global metrics recorder was already installed; /metrics may be incomplete"
+                );
             }
             handle
         })
@@ -101,7 +105,10 @@ impl Readiness {
 
     pub fn report(&self) -> ReadinessReport {
         let checks = self.checks.lock().expect("readiness lock").clone();
-        ReadinessReport { ready: !checks.is_empty() && checks.values().all(|c| c.ready), checks }
+        ReadinessReport {
+            ready: !checks.is_empty() && checks.values().all(|c| c.ready),
+            checks,
+        }
     }
 }
 
@@ -113,7 +120,10 @@ struct AppState {
 
 /// The telemetry routes, for services that want to merge them into their own router.
 pub fn router(readiness: Readiness) -> Router {
-    let state = AppState { metrics: prometheus(), readiness };
+    let state = AppState {
+        metrics: prometheus(),
+        readiness,
+    };
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/health", get(|| async { "ok\n" }))
@@ -123,12 +133,19 @@ pub fn router(readiness: Readiness) -> Router {
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     state.metrics.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let report = state.readiness.report();
-    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(report))
 }
 
@@ -141,14 +158,19 @@ pub struct TelemetryServer {
 impl TelemetryServer {
     /// Binds the address now, so a port conflict fails start-up with a clear error.
     pub async fn bind(config: &TelemetryConfig, readiness: Readiness) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for telemetry on {}: {e}", config.listen))?;
-        Ok(TelemetryServer { listener, router: router(readiness) })
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen for telemetry on {}: {e}", config.listen)
+        })?;
+        Ok(TelemetryServer {
+            listener,
+            router: router(readiness),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -164,13 +186,19 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
         let readiness = Readiness::new();
-        let server = TelemetryServer::bind(&TelemetryConfig::on_port(0), readiness.clone()).await.unwrap();
+        let server = TelemetryServer::bind(&TelemetryConfig::on_port(0), readiness.clone())
+            .await
+            .unwrap();
         let base = format!("http://{}", server.local_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
@@ -178,13 +206,39 @@ pub(crate) mod tests {
         prometheus();
         metrics::counter!("logpipe_test_widgets_total", "kind" => "blue").increment(3);
         let client = reqwest::Client::new();
-        let body = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-        assert!(body.contains("logpipe_test_widgets_total{kind=\"blue\"} 3"), "{body}");
+        let body = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            body.contains("logpipe_test_widgets_total{kind=\"blue\"} 3"),
+            "{body}"
+        );
 
-        assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
 
         // Nothing registered: not ready.
-        assert_eq!(client.get(format!("{base}/ready")).send().await.unwrap().status(), 503);
+        assert_eq!(
+            client
+                .get(format!("{base}/ready"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            503
+        );
         readiness.register("kafka");
         readiness.ready("store");
         let response = client.get(format!("{base}/ready")).send().await.unwrap();
@@ -193,9 +247,24 @@ pub(crate) mod tests {
         assert_eq!(report["checks"]["kafka"]["ready"], false);
         assert_eq!(report["checks"]["store"]["ready"], true);
         readiness.ready("kafka");
-        assert_eq!(client.get(format!("{base}/ready")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(format!("{base}/ready"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
         readiness.not_ready("kafka", "all brokers down");
-        let report: serde_json::Value = client.get(format!("{base}/ready")).send().await.unwrap().json().await.unwrap();
+        let report: serde_json::Value = client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(report["checks"]["kafka"]["detail"], "all brokers down");
 
         shutdown.cancel();
@@ -205,8 +274,14 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn port_conflict_is_a_clear_error() {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let config = TelemetryConfig { listen: held.local_addr().unwrap() };
-        let err = TelemetryServer::bind(&config, Readiness::new()).await.err().unwrap().to_string();
+        let config = TelemetryConfig {
+            listen: held.local_addr().unwrap(),
+        };
+        let err = TelemetryServer::bind(&config, Readiness::new())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("cannot listen for telemetry"), "{err}");
     }
 }

@@ -127,12 +127,21 @@ impl Row {
         if !measure.is_finite() {
             return None;
         }
-        Some(if self.lower_is_better { measure <= target } else { measure >= target })
+        Some(if self.lower_is_better {
+            measure <= target
+        } else {
+            measure >= target
+        })
     }
 
     /// Rows of different runs that measure the same thing have the same key.
     pub fn key(&self) -> (&str, &str, &str, Option<&str>) {
-        (&self.bench, &self.case, &self.subject, self.reference.as_deref())
+        (
+            &self.bench,
+            &self.case,
+            &self.subject,
+            self.reference.as_deref(),
+        )
     }
 
     /// Appends this row to the file named by `LOGPIPE_BENCH_JSON`, if set: see [`emit`].
@@ -161,17 +170,22 @@ pub fn append(path: &Path, row: &Row) -> anyhow::Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {} ({ENV})", path.display()))?;
-    file.write_all(&line).with_context(|| format!("appending to {}", path.display()))
+    file.write_all(&line)
+        .with_context(|| format!("appending to {}", path.display()))
 }
 
 /// Reads the rows of a JSON-lines file written by [`emit`]; blank lines are skipped, and a
 /// malformed line is an error naming its line number.
 pub fn read(path: &Path) -> anyhow::Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}: not a benchmark row", path.display(), i + 1)))
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a benchmark row", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -189,15 +203,27 @@ impl Run {
     /// Reads `<dir>/<name>.jsonl` and, if present, `<dir>/<name>.txt` (the conditions).
     pub fn load(dir: &Path, name: &str) -> anyhow::Result<Run> {
         let rows = read(&dir.join(format!("{name}.jsonl")))?;
-        let conditions = std::fs::read_to_string(dir.join(format!("{name}.txt"))).unwrap_or_default();
-        Ok(Run { name: name.to_owned(), rows, conditions })
+        let conditions =
+            std::fs::read_to_string(dir.join(format!("{name}.txt"))).unwrap_or_default();
+        Ok(Run {
+            name: name.to_owned(),
+            rows,
+            conditions,
+        })
     }
 
     /// The names of the runs kept in a history directory, oldest first.
     pub fn names(dir: &Path) -> anyhow::Result<Vec<String>> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(str::to_owned))
+            .filter_map(|entry| {
+                entry
+                    .ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".jsonl")
+                    .map(str::to_owned)
+            })
             .collect();
         names.sort();
         Ok(names)
@@ -224,17 +250,24 @@ pub fn write_report(args: &ReportArgs) -> anyhow::Result<std::path::PathBuf> {
     let names = Run::names(&args.history)?;
     let name = match &args.run {
         Some(name) => name.clone(),
-        None => names.last().cloned().with_context(|| format!("no runs (*.jsonl) in {}", args.history.display()))?,
+        None => names
+            .last()
+            .cloned()
+            .with_context(|| format!("no runs (*.jsonl) in {}", args.history.display()))?,
     };
     let current = Run::load(&args.history, &name)?;
     let previous = match names.iter().rev().find(|n| **n < name) {
         Some(previous) => Some(Run::load(&args.history, previous)?),
         None => None,
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     crate::write_atomically(&args.out.join(CHART), render_svg(&current.rows).as_bytes())?;
     let report = args.out.join("REPORT.md");
-    crate::write_atomically(&report, render_markdown(&current, previous.as_ref()).as_bytes())?;
+    crate::write_atomically(
+        &report,
+        render_markdown(&current, previous.as_ref()).as_bytes(),
+    )?;
     Ok(report)
 }
 
@@ -273,7 +306,9 @@ fn cell(text: &str) -> String {
 
 impl Row {
     fn target_text(&self) -> String {
-        let Some(target) = self.target else { return "-".to_owned() };
+        let Some(target) = self.target else {
+            return "-".to_owned();
+        };
         let op = if self.lower_is_better { "<=" } else { ">=" };
         match self.ratio {
             Some(_) => format!("{op} {}x", number(target)),
@@ -318,7 +353,9 @@ pub fn render_markdown(current: &Run, previous: Option<&Run>) -> String {
             benches.push(&row.bench);
         }
     }
-    let previous_label = previous.map_or("previous".to_owned(), |p| format!("previous (`{}`)", p.name));
+    let previous_label = previous.map_or("previous".to_owned(), |p| {
+        format!("previous (`{}`)", p.name)
+    });
     for bench in benches {
         let _ = writeln!(out, "## {bench}\n");
         let _ = writeln!(out, "| case | subject | value | reference | ratio | target | met | {previous_label} | details |");
@@ -337,7 +374,11 @@ pub fn render_markdown(current: &Run, previous: Option<&Run>) -> String {
             let before = previous.and_then(|p| p.rows.iter().find(|r| r.key() == row.key()));
             let compared = match before {
                 Some(before) if before.measure().is_finite() && before.measure() != 0.0 => {
-                    format!("{} ({:+.0}%)", before.measure_text(), (row.measure() / before.measure() - 1.0) * 100.0)
+                    format!(
+                        "{} ({:+.0}%)",
+                        before.measure_text(),
+                        (row.measure() / before.measure() - 1.0) * 100.0
+                    )
                 }
                 Some(before) => before.measure_text(),
                 None => "-".to_owned(),
@@ -347,7 +388,12 @@ pub fn render_markdown(current: &Run, previous: Option<&Run>) -> String {
                 .iter()
                 .map(|(name, value)| match value.as_f64() {
                     Some(v) => format!("{name} {}", number(v)),
-                    None => format!("{name} {}", value.as_str().map_or_else(|| value.to_string(), str::to_owned)),
+                    None => format!(
+                        "{name} {}",
+                        value
+                            .as_str()
+                            .map_or_else(|| value.to_string(), str::to_owned)
+                    ),
                 })
                 .collect();
             let _ = writeln!(
@@ -358,7 +404,8 @@ pub fn render_markdown(current: &Run, previous: Option<&Run>) -> String {
                 number(row.value),
                 cell(&row.unit),
                 cell(&reference),
-                row.ratio.map_or("-".to_owned(), |r| format!("{}x", number(r))),
+                row.ratio
+                    .map_or("-".to_owned(), |r| format!("{}x", number(r))),
                 cell(&row.target_text()),
                 cell(&compared),
                 cell(&details.join(", ")),
@@ -371,10 +418,23 @@ pub fn render_markdown(current: &Run, previous: Option<&Run>) -> String {
             .rows
             .iter()
             .filter(|p| !current.rows.iter().any(|r| r.key() == p.key()))
-            .map(|p| format!("- {}: {}, {} ({})", p.bench, p.case, p.subject, p.measure_text()))
+            .map(|p| {
+                format!(
+                    "- {}: {}, {} ({})",
+                    p.bench,
+                    p.case,
+                    p.subject,
+                    p.measure_text()
+                )
+            })
             .collect();
         if !gone.is_empty() {
-            let _ = writeln!(out, "## Measured in `{}` but not in this run\n\n{}\n", previous.name, gone.join("\n"));
+            let _ = writeln!(
+                out,
+                "## Measured in `{}` but not in this run\n\n{}\n",
+                previous.name,
+                gone.join("\n")
+            );
         }
     }
     out
@@ -382,7 +442,10 @@ pub fn render_markdown(current: &Run, previous: Option<&Run>) -> String {
 
 /// Escapes text for SVG.
 fn xml(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A horizontal bar chart of every row that has a ratio, with its target as a tick; written as
@@ -393,8 +456,16 @@ pub fn render_svg(rows: &[Row]) -> String {
     const BARS: f64 = 400.0;
     const ROW: f64 = 22.0;
     const TOP: f64 = 30.0;
-    let rows: Vec<&Row> = rows.iter().filter(|r| r.ratio.is_some_and(f64::is_finite)).collect();
-    let scale_max = rows.iter().flat_map(|r| [r.ratio, r.target]).flatten().filter(|v| v.is_finite()).fold(1.0_f64, f64::max);
+    let rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.ratio.is_some_and(f64::is_finite))
+        .collect();
+    let scale_max = rows
+        .iter()
+        .flat_map(|r| [r.ratio, r.target])
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold(1.0_f64, f64::max);
     let scale_max = (scale_max * 1.05).ceil();
     let x = |v: f64| LABEL + (v.clamp(0.0, scale_max) / scale_max) * BARS;
     let width = LABEL + BARS + 90.0;
@@ -405,7 +476,10 @@ pub fn render_svg(rows: &[Row]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{LABEL}" y="16" font-weight="bold">ratio to the reference (tick: target)</text>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LABEL}" y="16" font-weight="bold">ratio to the reference (tick: target)</text>"#
+    );
     let bottom = TOP + ROW * rows.len() as f64;
     let step = if scale_max > 4.0 { 1.0 } else { 0.5 };
     let mut tick = 0.0;
@@ -432,11 +506,23 @@ pub fn render_svg(rows: &[Row]) -> String {
             Some(false) => "#c62828",
             None => "#9e9e9e",
         };
-        let mut label = format!("{}: {}, {} / {}", row.bench, row.case, row.subject, row.reference.as_deref().unwrap_or("-"));
+        let mut label = format!(
+            "{}: {}, {} / {}",
+            row.bench,
+            row.case,
+            row.subject,
+            row.reference.as_deref().unwrap_or("-")
+        );
         if label.chars().count() > 75 {
             label = label.chars().take(74).collect::<String>() + "…";
         }
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LABEL - 6.0, y + 15.0, xml(&label));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LABEL - 6.0,
+            y + 15.0,
+            xml(&label)
+        );
         let _ = writeln!(
             svg,
             r#"<rect x="{LABEL}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,
@@ -459,7 +545,8 @@ pub fn render_svg(rows: &[Row]) -> String {
             x(ratio.max(row.target.unwrap_or(0.0))) + 6.0,
             y + 15.0,
             number(ratio),
-            row.target.map_or(String::new(), |t| format!(" / {}x", number(t)))
+            row.target
+                .map_or(String::new(), |t| format!(" / {}x", number(t)))
         );
     }
     svg.push_str("</svg>\n");
@@ -488,13 +575,26 @@ mod tests {
         assert_eq!(row.met(), Some(true));
         assert_eq!(row.clone().against("kcat", 101.0).met(), Some(false));
         // An absolute upper bound without a reference: checked against the value.
-        let rss = Row::new("agent", "idle, 1,000 files", "logpipe-agent RSS", 13.4, "MiB").target_at_most(20.0);
+        let rss = Row::new(
+            "agent",
+            "idle, 1,000 files",
+            "logpipe-agent RSS",
+            13.4,
+            "MiB",
+        )
+        .target_at_most(20.0);
         assert_eq!(rss.measure(), 13.4);
         assert_eq!(rss.met(), Some(true));
         assert_eq!(Row { value: 20.5, ..rss }.met(), Some(false));
         // No target, or nothing measurable: no verdict.
         assert_eq!(Row::new("b", "c", "s", 1.0, "x").met(), None);
-        assert_eq!(Row::new("b", "c", "s", 1.0, "x").against("r", 0.0).target(1.0).met(), None);
+        assert_eq!(
+            Row::new("b", "c", "s", 1.0, "x")
+                .against("r", 0.0)
+                .target(1.0)
+                .met(),
+            None
+        );
         assert_eq!(mirror_row().ratio(0.5).met(), Some(false));
     }
 
@@ -502,16 +602,26 @@ mod tests {
     fn rows_round_trip_through_the_file_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rows.jsonl");
-        let rows = vec![mirror_row(), Row::new("pipeline", "p99", "latency", 120.0, "ms").target_at_most(500.0)];
+        let rows = vec![
+            mirror_row(),
+            Row::new("pipeline", "p99", "latency", 120.0, "ms").target_at_most(500.0),
+        ];
         for row in &rows {
             append(&path, row).unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2, "one line per row: {text}");
-        assert!(!text.lines().next().unwrap().contains("lower_is_better"), "defaults are left out: {text}");
+        assert!(
+            !text.lines().next().unwrap().contains("lower_is_better"),
+            "defaults are left out: {text}"
+        );
         assert_eq!(read(&path).unwrap(), rows);
         // A failed measurement (NaN) survives as NaN, and its ratio as none.
-        append(&path, &Row::new("b", "c", "s", f64::NAN, "x").against("r", 1.0)).unwrap();
+        append(
+            &path,
+            &Row::new("b", "c", "s", f64::NAN, "x").against("r", 1.0),
+        )
+        .unwrap();
         let failed = read(&path).unwrap().pop().unwrap();
         assert!(failed.value.is_nan());
         assert_eq!((failed.ratio, failed.met()), (None, None));
@@ -522,34 +632,82 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rows.jsonl");
         append(&path, &mirror_row()).unwrap();
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"\n{\"bench\":1}\n").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"\n{\"bench\":1}\n")
+            .unwrap();
         let error = format!("{:#}", read(&path).unwrap_err());
         assert!(error.contains("rows.jsonl:3"), "{error}");
     }
 
     fn run(name: &str, rows: Vec<Row>) -> Run {
-        Run { name: name.to_owned(), rows, conditions: "load average 3.1".to_owned() }
+        Run {
+            name: name.to_owned(),
+            rows,
+            conditions: "load average 3.1".to_owned(),
+        }
     }
 
     #[test]
     fn markdown_tables_verdicts_and_comparison() {
         let rss = Row::new("mirror", "200 B", "peak RSS", 84.0, "MiB").target_at_most(256.0);
-        let slow = Row::new("pipeline", "250 B", "file -> clean", 50.0, "lines/s").against("producer", 100.0).target(0.7);
-        let previous = run("20261122T050000Z", vec![mirror_row().against("kcat -C | kcat -P", 150.0), slow.clone()]);
-        let current = run("20261122T060000Z", vec![mirror_row(), rss, Row { subject: "new".into(), ..slow }]);
+        let slow = Row::new("pipeline", "250 B", "file -> clean", 50.0, "lines/s")
+            .against("producer", 100.0)
+            .target(0.7);
+        let previous = run(
+            "20261122T050000Z",
+            vec![
+                mirror_row().against("kcat -C | kcat -P", 150.0),
+                slow.clone(),
+            ],
+        );
+        let current = run(
+            "20261122T060000Z",
+            vec![
+                mirror_row(),
+                rss,
+                Row {
+                    subject: "new".into(),
+                    ..slow
+                },
+            ],
+        );
         let text = render_markdown(&current, Some(&previous));
         assert!(text.contains("Targets met: **2 of 3**"), "{text}");
         assert!(text.contains("load average 3.1"), "{text}");
         assert!(text.contains("![ratios](ratios.svg)"), "{text}");
-        assert!(text.contains("## mirror\n") && text.contains("## pipeline\n"), "{text}");
-        let mirror_line = text.lines().find(|l| l.starts_with("| 200 B | logpipe-mirror")).expect("mirror row");
+        assert!(
+            text.contains("## mirror\n") && text.contains("## pipeline\n"),
+            "{text}"
+        );
+        let mirror_line = text
+            .lines()
+            .find(|l| l.starts_with("| 200 B | logpipe-mirror"))
+            .expect("mirror row");
         // The ratio 3.00x against the previous 2.00x: +50%; the pipe in the reference is escaped.
-        assert!(mirror_line.contains("| 3.00x | >= 3.00x | yes | 2.00x (+50%) |"), "{mirror_line}");
-        assert!(mirror_line.contains("kcat -C \\| kcat -P: 100 rec/s"), "{mirror_line}");
+        assert!(
+            mirror_line.contains("| 3.00x | >= 3.00x | yes | 2.00x (+50%) |"),
+            "{mirror_line}"
+        );
+        assert!(
+            mirror_line.contains("kcat -C \\| kcat -P: 100 rec/s"),
+            "{mirror_line}"
+        );
         assert!(mirror_line.contains("peak_rss_mib 84.5"), "{mirror_line}");
-        let rss_line = text.lines().find(|l| l.contains("peak RSS")).expect("rss row");
-        assert!(rss_line.contains("| 84.0 MiB | - | - | <= 256 MiB | yes | - |"), "{rss_line}");
-        let new_line = text.lines().find(|l| l.contains("| new |")).expect("new row");
+        let rss_line = text
+            .lines()
+            .find(|l| l.contains("peak RSS"))
+            .expect("rss row");
+        assert!(
+            rss_line.contains("| 84.0 MiB | - | - | <= 256 MiB | yes | - |"),
+            "{rss_line}"
+        );
+        let new_line = text
+            .lines()
+            .find(|l| l.contains("| new |"))
+            .expect("new row");
         assert!(new_line.contains("| **no** | - |"), "{new_line}");
         // The previous run's row that this run lacks is listed, not silently dropped.
         assert!(
@@ -563,22 +721,38 @@ mod tests {
     fn chart_has_a_bar_per_ratio_and_escapes_labels() {
         let rows = vec![
             mirror_row(),
-            Row::new("schema-store", "GET <id>", "store & co", 0.5, "req/s").against("fixed", 1.0).target(0.8),
+            Row::new("schema-store", "GET <id>", "store & co", 0.5, "req/s")
+                .against("fixed", 1.0)
+                .target(0.8),
             Row::new("agent", "idle", "RSS", 13.0, "MiB").target_at_most(20.0),
             Row::new("pipeline", "250 B", "lines", 2.0, "lines/s").against("producer", 4.0),
         ];
         let svg = render_svg(&rows);
-        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"), "{svg}");
+        assert!(
+            svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
         // Background plus one bar per row with a ratio (the absolute RSS row has none).
         assert_eq!(svg.matches("<rect").count(), 4, "{svg}");
         assert_eq!(svg.matches("#2e7d32").count(), 1, "one met: {svg}");
         assert_eq!(svg.matches("#c62828").count(), 1, "one missed: {svg}");
-        assert_eq!(svg.matches("#9e9e9e").count(), 1, "one without target: {svg}");
-        assert_eq!(svg.matches(r#"stroke="black""#).count(), 2, "a tick per target: {svg}");
+        assert_eq!(
+            svg.matches("#9e9e9e").count(),
+            1,
+            "one without target: {svg}"
+        );
+        assert_eq!(
+            svg.matches(r#"stroke="black""#).count(),
+            2,
+            "a tick per target: {svg}"
+        );
         assert!(svg.contains("GET &lt;id&gt;, store &amp; co"), "{svg}");
         assert!(!svg.contains("RSS /"), "{svg}");
         // The scale reaches the largest ratio or target (3x here), so no bar runs off it.
-        assert!(svg.contains(">4x</text>") && !svg.contains(">4.5x</text>"), "{svg}");
+        assert!(
+            svg.contains(">4x</text>") && !svg.contains(">4.5x</text>"),
+            "{svg}"
+        );
     }
 
     #[test]
@@ -586,21 +760,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let history = dir.path().join("history");
         std::fs::create_dir_all(&history).unwrap();
-        for (name, ratio_base) in [("20261122T040000Z", 300.0), ("20261122T050000Z", 150.0), ("20261122T060000Z", 100.0)] {
-            append(&history.join(format!("{name}.jsonl")), &mirror_row().against("kcat -C | kcat -P", ratio_base)).unwrap();
+        for (name, ratio_base) in [
+            ("20261122T040000Z", 300.0),
+            ("20261122T050000Z", 150.0),
+            ("20261122T060000Z", 100.0),
+        ] {
+            append(
+                &history.join(format!("{name}.jsonl")),
+                &mirror_row().against("kcat -C | kcat -P", ratio_base),
+            )
+            .unwrap();
         }
         std::fs::write(history.join("20261122T060000Z.txt"), "commit abc1234").unwrap();
-        let args = ReportArgs { history: history.clone(), out: dir.path().to_owned(), run: None };
+        let args = ReportArgs {
+            history: history.clone(),
+            out: dir.path().to_owned(),
+            run: None,
+        };
         let report = write_report(&args).unwrap();
         let text = std::fs::read_to_string(&report).unwrap();
-        assert!(text.contains("Run `20261122T060000Z`") && text.contains("commit abc1234"), "{text}");
-        assert!(text.contains("previous (`20261122T050000Z`)") && text.contains("2.00x (+50%)"), "{text}");
+        assert!(
+            text.contains("Run `20261122T060000Z`") && text.contains("commit abc1234"),
+            "{text}"
+        );
+        assert!(
+            text.contains("previous (`20261122T050000Z`)") && text.contains("2.00x (+50%)"),
+            "{text}"
+        );
         assert!(dir.path().join(CHART).exists());
         // An older run is compared with the one before it, not with the latest.
-        let text =
-            std::fs::read_to_string(write_report(&ReportArgs { run: Some("20261122T050000Z".into()), ..args }).unwrap()).unwrap();
-        assert!(text.contains("previous (`20261122T040000Z`)") && text.contains("1.00x (+100%)"), "{text}");
-        let empty = ReportArgs { history: dir.path().join("none"), out: dir.path().to_owned(), run: None };
+        let text = std::fs::read_to_string(
+            write_report(&ReportArgs {
+                run: Some("20261122T050000Z".into()),
+                ..args
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("previous (`20261122T040000Z`)") && text.contains("1.00x (+100%)"),
+            "{text}"
+        );
+        let empty = ReportArgs {
+            history: dir.path().join("none"),
+            out: dir.path().to_owned(),
+            run: None,
+        };
         assert!(write_report(&empty).is_err());
     }
 
@@ -616,7 +821,10 @@ mod tests {
         mirror_row().emit().unwrap();
         emit(&mirror_row()).unwrap();
         std::env::set_var(ENV, dir.path().join("missing-dir").join("x.jsonl"));
-        assert!(mirror_row().emit().is_err(), "an unwritable file is an error");
+        assert!(
+            mirror_row().emit().is_err(),
+            "an unwritable file is an error"
+        );
         std::env::remove_var(ENV);
         assert_eq!(read(&path).unwrap(), vec![mirror_row(), mirror_row()]);
     }

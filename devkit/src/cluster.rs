@@ -38,14 +38,21 @@ impl FromStr for TopicSpec {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (name, partitions) = match s.rsplit_once(':') {
-            Some((name, n)) => (name, n.parse().map_err(|_| format!("{s:?}: partitions must be a number"))?),
+            Some((name, n)) => (
+                name,
+                n.parse()
+                    .map_err(|_| format!("{s:?}: partitions must be a number"))?,
+            ),
             None => (s, 1),
         };
         logpipe_core::record::check_topic_name(name)?;
         if partitions < 1 {
             return Err(format!("{s:?}: a topic needs at least one partition"));
         }
-        Ok(TopicSpec { name: name.to_owned(), partitions })
+        Ok(TopicSpec {
+            name: name.to_owned(),
+            partitions,
+        })
     }
 }
 
@@ -74,7 +81,10 @@ impl ClusterArgs {
     /// Passes the retention to the (patched) mock cluster, which reads it from the environment
     /// when it is created. Call before any other thread starts: the environment is process-wide.
     pub fn export_retention(&self) {
-        std::env::set_var("LOGPIPE_MOCK_RETENTION_BYTES", self.retention_bytes.to_string());
+        std::env::set_var(
+            "LOGPIPE_MOCK_RETENTION_BYTES",
+            self.retention_bytes.to_string(),
+        );
         // Batches are bounded by bytes alone; upstream's cap of 100k batches would bind first
         // for small, unbatched records.
         std::env::set_var("LOGPIPE_MOCK_RETENTION_MSGSETS", u32::MAX.to_string());
@@ -83,12 +93,20 @@ impl ClusterArgs {
 
 /// A command for the thread that owns the mock cluster.
 enum Command {
-    CreateTopic { name: String, partitions: i32, replication: i32 },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        replication: i32,
+    },
     BrokerDown(i32),
     BrokerUp(i32),
     RoundTripTime(i32, Duration),
     RequestErrors(RDKafkaApiKey, Vec<RDKafkaRespErr>),
-    PartitionLeader { topic: String, partition: i32, broker: i32 },
+    PartitionLeader {
+        topic: String,
+        partition: i32,
+        broker: i32,
+    },
 }
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -106,7 +124,11 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         .spawn(move || own_cluster(args.brokers, receiver, started))?;
     let bootstrap = bootstrap.await.context("mock cluster thread ended")??;
 
-    let state = ControlState { commands, bootstrap: bootstrap.clone(), brokers: args.brokers };
+    let state = ControlState {
+        commands,
+        bootstrap: bootstrap.clone(),
+        brokers: args.brokers,
+    };
     for topic in &args.topics {
         state
             .execute(Command::CreateTopic {
@@ -135,7 +157,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         .await?;
     // Dropping the router dropped the last command sender: the owner thread ends and destroys
     // the cluster.
-    owner.join().map_err(|_| anyhow::anyhow!("mock cluster thread panicked"))?;
+    owner
+        .join()
+        .map_err(|_| anyhow::anyhow!("mock cluster thread panicked"))?;
     tracing::info!("dev cluster stopped");
     Ok(())
 }
@@ -155,7 +179,11 @@ fn own_cluster(
     let _ = started.send(Ok(cluster.bootstrap_servers()));
     for (command, reply) in commands {
         let result = match command {
-            Command::CreateTopic { name, partitions, replication } => cluster.create_topic(&name, partitions, replication),
+            Command::CreateTopic {
+                name,
+                partitions,
+                replication,
+            } => cluster.create_topic(&name, partitions, replication),
             Command::BrokerDown(id) => cluster.broker_down(id),
             Command::BrokerUp(id) => cluster.broker_up(id),
             Command::RoundTripTime(id, rtt) => cluster.broker_round_trip_time(id, rtt),
@@ -163,7 +191,11 @@ fn own_cluster(
                 cluster.request_errors(api, &errors);
                 Ok(())
             }
-            Command::PartitionLeader { topic, partition, broker } => cluster.partition_leader(&topic, partition, Some(broker)),
+            Command::PartitionLeader {
+                topic,
+                partition,
+                broker,
+            } => cluster.partition_leader(&topic, partition, Some(broker)),
         };
         let _ = reply.send(result.map_err(|e| e.to_string()));
     }
@@ -179,15 +211,22 @@ struct ControlState {
 impl ControlState {
     async fn execute(&self, command: Command) -> Result<(), String> {
         let (reply, result) = oneshot::channel();
-        self.commands.send((command, reply)).map_err(|_| "mock cluster is gone".to_owned())?;
-        result.await.map_err(|_| "mock cluster is gone".to_owned())?
+        self.commands
+            .send((command, reply))
+            .map_err(|_| "mock cluster is gone".to_owned())?;
+        result
+            .await
+            .map_err(|_| "mock cluster is gone".to_owned())?
     }
 
     fn broker(&self, id: i32) -> Result<i32, ControlError> {
         if (1..=self.brokers).contains(&id) {
             Ok(id)
         } else {
-            Err(ControlError(format!("no broker {id}: brokers are 1..={}", self.brokers)))
+            Err(ControlError(format!(
+                "no broker {id}: brokers are 1..={}",
+                self.brokers
+            )))
         }
     }
 }
@@ -198,7 +237,11 @@ struct ControlError(String);
 
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
-        (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": self.0 }))).into_response()
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": self.0 })),
+        )
+            .into_response()
     }
 }
 
@@ -234,7 +277,10 @@ struct Info {
 }
 
 async fn info(State(state): State<ControlState>) -> Json<Info> {
-    Json(Info { bootstrap: state.bootstrap.clone(), brokers: state.brokers })
+    Json(Info {
+        bootstrap: state.bootstrap.clone(),
+        brokers: state.brokers,
+    })
 }
 
 #[derive(Deserialize)]
@@ -250,21 +296,35 @@ fn one() -> i32 {
     1
 }
 
-async fn create_topic(State(state): State<ControlState>, Json(body): Json<CreateTopic>) -> ControlResult {
+async fn create_topic(
+    State(state): State<ControlState>,
+    Json(body): Json<CreateTopic>,
+) -> ControlResult {
     logpipe_core::record::check_topic_name(&body.name)?;
     if body.partitions < 1 {
         return Err(ControlError("partitions must be at least 1".into()));
     }
     let replication = body.replication_factor.unwrap_or(state.brokers.min(3));
     if !(1..=state.brokers).contains(&replication) {
-        return Err(ControlError(format!("replication_factor must be 1..={}", state.brokers)));
+        return Err(ControlError(format!(
+            "replication_factor must be 1..={}",
+            state.brokers
+        )));
     }
-    state.execute(Command::CreateTopic { name: body.name, partitions: body.partitions, replication }).await?;
+    state
+        .execute(Command::CreateTopic {
+            name: body.name,
+            partitions: body.partitions,
+            replication,
+        })
+        .await?;
     done()
 }
 
 async fn broker_down(State(state): State<ControlState>, Path(id): Path<i32>) -> ControlResult {
-    state.execute(Command::BrokerDown(state.broker(id)?)).await?;
+    state
+        .execute(Command::BrokerDown(state.broker(id)?))
+        .await?;
     done()
 }
 
@@ -279,8 +339,17 @@ struct Rtt {
     ms: u64,
 }
 
-async fn broker_rtt(State(state): State<ControlState>, Path(id): Path<i32>, Json(body): Json<Rtt>) -> ControlResult {
-    state.execute(Command::RoundTripTime(state.broker(id)?, Duration::from_millis(body.ms))).await?;
+async fn broker_rtt(
+    State(state): State<ControlState>,
+    Path(id): Path<i32>,
+    Json(body): Json<Rtt>,
+) -> ControlResult {
+    state
+        .execute(Command::RoundTripTime(
+            state.broker(id)?,
+            Duration::from_millis(body.ms),
+        ))
+        .await?;
     done()
 }
 
@@ -293,9 +362,16 @@ struct RequestErrors {
     errors: Vec<serde_json::Value>,
 }
 
-async fn request_errors(State(state): State<ControlState>, Json(body): Json<RequestErrors>) -> ControlResult {
+async fn request_errors(
+    State(state): State<ControlState>,
+    Json(body): Json<RequestErrors>,
+) -> ControlResult {
     let api = api_key(&body.api)?;
-    let errors = body.errors.iter().map(error_code).collect::<Result<Vec<_>, _>>()?;
+    let errors = body
+        .errors
+        .iter()
+        .map(error_code)
+        .collect::<Result<Vec<_>, _>>()?;
     state.execute(Command::RequestErrors(api, errors)).await?;
     done()
 }
@@ -308,9 +384,18 @@ struct PartitionLeader {
     broker: i32,
 }
 
-async fn partition_leader(State(state): State<ControlState>, Json(body): Json<PartitionLeader>) -> ControlResult {
+async fn partition_leader(
+    State(state): State<ControlState>,
+    Json(body): Json<PartitionLeader>,
+) -> ControlResult {
     let broker = state.broker(body.broker)?;
-    state.execute(Command::PartitionLeader { topic: body.topic, partition: body.partition, broker }).await?;
+    state
+        .execute(Command::PartitionLeader {
+            topic: body.topic,
+            partition: body.partition,
+            broker,
+        })
+        .await?;
     done()
 }
 
@@ -339,10 +424,14 @@ const API_KEYS: &[RDKafkaApiKey] = &[
 ];
 
 fn api_key(name: &str) -> Result<RDKafkaApiKey, ControlError> {
-    API_KEYS.iter().copied().find(|key| format!("{key:?}") == name).ok_or_else(|| {
-        let known: Vec<String> = API_KEYS.iter().map(|k| format!("{k:?}")).collect();
-        ControlError(format!("unknown api {name:?}; one of {}", known.join(", ")))
-    })
+    API_KEYS
+        .iter()
+        .copied()
+        .find(|key| format!("{key:?}") == name)
+        .ok_or_else(|| {
+            let known: Vec<String> = API_KEYS.iter().map(|k| format!("{k:?}")).collect();
+            ControlError(format!("unknown api {name:?}; one of {}", known.join(", ")))
+        })
 }
 
 /// librdkafka's own table of error codes and names, so any error it knows can be injected.
@@ -359,7 +448,9 @@ fn error_table() -> &'static HashMap<String, RDKafkaRespErr> {
         let mut table = HashMap::new();
         for desc in descs.iter().filter(|d| !d.name.is_null()) {
             // SAFETY: non-null names in the table are static NUL-terminated strings.
-            let name = unsafe { CStr::from_ptr(desc.name) }.to_string_lossy().into_owned();
+            let name = unsafe { CStr::from_ptr(desc.name) }
+                .to_string_lossy()
+                .into_owned();
             table.insert((desc.code as i32).to_string(), desc.code);
             table.insert(name, desc.code);
         }
@@ -375,9 +466,16 @@ fn error_code(value: &serde_json::Value) -> Result<RDKafkaRespErr, ControlError>
     let key = match value {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Number(n) => n.to_string(),
-        other => return Err(ControlError(format!("error {other} must be a name or a code"))),
+        other => {
+            return Err(ControlError(format!(
+                "error {other} must be a name or a code"
+            )))
+        }
     };
-    error_table().get(&key).copied().ok_or_else(|| ControlError(format!("unknown Kafka error {key}")))
+    error_table()
+        .get(&key)
+        .copied()
+        .ok_or_else(|| ControlError(format!("unknown Kafka error {key}")))
 }
 
 #[cfg(test)]
@@ -386,7 +484,13 @@ mod tests {
 
     #[test]
     fn topic_specs() {
-        assert_eq!("raw.game:4".parse::<TopicSpec>().unwrap(), TopicSpec { name: "raw.game".into(), partitions: 4 });
+        assert_eq!(
+            "raw.game:4".parse::<TopicSpec>().unwrap(),
+            TopicSpec {
+                name: "raw.game".into(),
+                partitions: 4
+            }
+        );
         assert_eq!("raw.game".parse::<TopicSpec>().unwrap().partitions, 1);
         assert!("raw.game:0".parse::<TopicSpec>().is_err());
         assert!("raw game:2".parse::<TopicSpec>().is_err());
@@ -396,8 +500,14 @@ mod tests {
     #[test]
     fn error_names_and_codes_come_from_librdkafka() {
         let by_name = error_code(&serde_json::json!("NOT_LEADER_FOR_PARTITION")).unwrap();
-        assert_eq!(by_name, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION);
-        assert_eq!(error_code(&serde_json::json!("NOT_LEADER_OR_FOLLOWER")).unwrap(), by_name);
+        assert_eq!(
+            by_name,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION
+        );
+        assert_eq!(
+            error_code(&serde_json::json!("NOT_LEADER_OR_FOLLOWER")).unwrap(),
+            by_name
+        );
         assert_eq!(error_code(&serde_json::json!(6)).unwrap(), by_name);
         assert_eq!(
             error_code(&serde_json::json!("_TRANSPORT")).unwrap(),

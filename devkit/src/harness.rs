@@ -11,21 +11,24 @@
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use logpipe_core::kafka::EndIsNotAnError;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use logpipe_core::kafka::EndIsNotAnError;
 use tempfile::TempDir;
 
 /// The path of a workspace binary built next to the running executable.
@@ -35,7 +38,10 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
         None => {
             // target/<profile>/deps/<test> => target/<profile>
             let exe = std::env::current_exe()?;
-            let mut dir = exe.parent().context("test executable has no directory")?.to_owned();
+            let mut dir = exe
+                .parent()
+                .context("test executable has no directory")?
+                .to_owned();
             if dir.ends_with("deps") {
                 dir.pop();
             }
@@ -122,16 +128,27 @@ const LOG_TAIL_BYTES: u64 = 64 * 1024;
 /// The last `max` bytes of a file (from a line start when cut), or "" if it cannot be read.
 fn file_tail(path: &Path, max: u64) -> String {
     use std::io::{Read as _, Seek as _, SeekFrom};
-    let Ok(mut file) = File::open(path) else { return String::new() };
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(max);
     let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(start)).and_then(|_| file.read_to_end(&mut bytes)).is_err() {
+    if file
+        .seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .is_err()
+    {
         return String::new();
     }
     let text = String::from_utf8_lossy(&bytes);
     match (start > 0, text.find('\n')) {
-        (true, Some(newline)) => format!("[... {} earlier bytes in {}]\n{}", start, path.display(), &text[newline + 1..]),
+        (true, Some(newline)) => format!(
+            "[... {} earlier bytes in {}]\n{}",
+            start,
+            path.display(),
+            &text[newline + 1..]
+        ),
         _ => text.into_owned(),
     }
 }
@@ -143,7 +160,11 @@ impl Process {
     }
 
     /// Starts a workspace binary with arguments and extra environment variables.
-    pub fn start_with_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Process> {
+    pub fn start_with_env(
+        bin: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
         let mut command = Command::new(bin_path(bin)?);
         command.args(args).envs(env.iter().copied());
         Process::spawn(bin, command)
@@ -161,7 +182,12 @@ impl Process {
     /// for processes that run for hours or are restarted: the output is on disk, not in a
     /// temporary directory, and one file holds every run of the service in order.
     pub fn spawn_logging_to(name: &str, command: Command, log: &Path) -> anyhow::Result<Process> {
-        let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+        };
         let stdout = open().with_context(|| format!("opening {}", log.display()))?;
         let stderr = stdout.try_clone()?;
         Process::spawn_with_output(name, command, stdout, stderr, Output::File(log.to_owned()))
@@ -169,7 +195,13 @@ impl Process {
 
     /// Starts `command` in its own process group with no stdin and the given stdout and stderr,
     /// which `output` says how to read back.
-    fn spawn_with_output(name: &str, mut command: Command, stdout: File, stderr: File, output: Output) -> anyhow::Result<Process> {
+    fn spawn_with_output(
+        name: &str,
+        mut command: Command,
+        stdout: File,
+        stderr: File,
+        output: Output,
+    ) -> anyhow::Result<Process> {
         apply_process_group(&mut command);
         let child = command
             .stdin(Stdio::null())
@@ -177,7 +209,11 @@ impl Process {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Process { name: name.to_owned(), child, output })
+        Ok(Process {
+            name: name.to_owned(),
+            child,
+            output,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -200,7 +236,9 @@ impl Process {
     /// Its stderr (empty for a process logging to a file: it is in [`Process::stdout`]).
     pub fn stderr(&self) -> String {
         match &self.output {
-            Output::Temp(dir) => std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default(),
+            Output::Temp(dir) => {
+                std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+            }
             Output::File(_) => String::new(),
         }
     }
@@ -209,9 +247,19 @@ impl Process {
     pub fn logs(&self) -> String {
         match &self.output {
             Output::Temp(_) => {
-                format!("--- {} stdout ---\n{}--- {} stderr ---\n{}", self.name, self.stdout(), self.name, self.stderr())
+                format!(
+                    "--- {} stdout ---\n{}--- {} stderr ---\n{}",
+                    self.name,
+                    self.stdout(),
+                    self.name,
+                    self.stderr()
+                )
             }
-            Output::File(path) => format!("--- {} output ---\n{}", self.name, file_tail(path, LOG_TAIL_BYTES)),
+            Output::File(path) => format!(
+                "--- {} output ---\n{}",
+                self.name,
+                file_tail(path, LOG_TAIL_BYTES)
+            ),
         }
     }
 
@@ -231,7 +279,9 @@ impl Process {
     /// Waits until `GET http://addr/ready` answers 200, failing early if the process exits.
     pub async fn wait_ready(&mut self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
         let url = format!("http://{addr}/ready");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         let deadline = Instant::now() + timeout;
         loop {
             self.ensure_running()?;
@@ -241,7 +291,11 @@ impl Process {
                 }
             }
             if Instant::now() >= deadline {
-                bail!("{} not ready at {url} within {timeout:?}\n{}", self.name, self.logs());
+                bail!(
+                    "{} not ready at {url} within {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -256,31 +310,50 @@ impl Process {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                bail!("{} did not exit within {timeout:?}\n{}", self.name, self.logs());
+                bail!(
+                    "{} did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Waits until the process's stdout has at least `n` complete lines and returns them.
-    pub async fn stdout_lines(&mut self, n: usize, timeout: Duration) -> anyhow::Result<Vec<String>> {
+    pub async fn stdout_lines(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<String>> {
         let deadline = Instant::now() + timeout;
         loop {
             let out = self.stdout();
-            let lines: Vec<String> = out.split_inclusive('\n').filter(|l| l.ends_with('\n')).map(|l| l.trim_end().to_owned()).collect();
+            let lines: Vec<String> = out
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .map(|l| l.trim_end().to_owned())
+                .collect();
             if lines.len() >= n {
                 return Ok(lines);
             }
             self.ensure_running()?;
             if Instant::now() >= deadline {
-                bail!("{} printed {} of {n} lines within {timeout:?}\n{}", self.name, lines.len(), self.logs());
+                bail!(
+                    "{} printed {} of {n} lines within {timeout:?}\n{}",
+                    self.name,
+                    lines.len(),
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill").args([signal, &self.pid().to_string()]).status()?;
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()?;
         if !status.success() {
             bail!("kill {signal} {} failed", self.pid());
         }
@@ -311,7 +384,11 @@ impl Process {
             }
             if Instant::now() >= deadline {
                 self.child.kill()?;
-                bail!("{} did not exit within {timeout:?} of SIGTERM\n{}", self.name, self.logs());
+                bail!(
+                    "{} did not exit within {timeout:?} of SIGTERM\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -348,7 +425,11 @@ impl DevCluster {
 
     /// The same for one side: `role` "write" reads `LOGPIPE_TEST_WRITE_BOOTSTRAP`, "read" reads
     /// `LOGPIPE_TEST_READ_BOOTSTRAP`.
-    pub async fn start_as(role: &str, brokers: i32, topics: &[(&str, i32)]) -> anyhow::Result<DevCluster> {
+    pub async fn start_as(
+        role: &str,
+        brokers: i32,
+        topics: &[(&str, i32)],
+    ) -> anyhow::Result<DevCluster> {
         DevCluster::start_retaining(role, brokers, topics, None).await
     }
 
@@ -365,13 +446,22 @@ impl DevCluster {
         } else {
             format!("LOGPIPE_TEST_{}_BOOTSTRAP", role.to_uppercase())
         };
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let cluster = match std::env::var(&var) {
-            Ok(bootstrap) if !bootstrap.is_empty() => DevCluster { bootstrap, control: None, http },
+            Ok(bootstrap) if !bootstrap.is_empty() => DevCluster {
+                bootstrap,
+                control: None,
+                http,
+            },
             _ => {
                 let brokers = brokers.to_string();
                 let mut args = vec!["cluster", "--brokers", &brokers];
-                let specs: Vec<String> = topics.iter().map(|(name, n)| format!("{name}:{n}")).collect();
+                let specs: Vec<String> = topics
+                    .iter()
+                    .map(|(name, n)| format!("{name}:{n}"))
+                    .collect();
                 for spec in &specs {
                     args.extend(["--topic", spec]);
                 }
@@ -381,9 +471,19 @@ impl DevCluster {
                 }
                 let mut process = Process::start("logpipe-dev", &args)?;
                 let lines = process.stdout_lines(2, Duration::from_secs(30)).await?;
-                let bootstrap = lines[0].strip_prefix("bootstrap=").context("first line is bootstrap=")?.to_owned();
-                let control = lines[1].strip_prefix("control=").context("second line is control=")?.to_owned();
-                return Ok(DevCluster { bootstrap, control: Some((control, process)), http });
+                let bootstrap = lines[0]
+                    .strip_prefix("bootstrap=")
+                    .context("first line is bootstrap=")?
+                    .to_owned();
+                let control = lines[1]
+                    .strip_prefix("control=")
+                    .context("second line is control=")?
+                    .to_owned();
+                return Ok(DevCluster {
+                    bootstrap,
+                    control: Some((control, process)),
+                    http,
+                });
             }
         };
         for (name, partitions) in topics {
@@ -413,12 +513,23 @@ impl DevCluster {
 
     async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
         let (control, _) = self.control.as_ref().ok_or_else(|| {
-            anyhow!("fault injection needs a dev cluster; this test runs against the real cluster {}", self.bootstrap)
+            anyhow!(
+                "fault injection needs a dev cluster; this test runs against the real cluster {}",
+                self.bootstrap
+            )
         })?;
-        let response = self.http.post(format!("{control}{path}")).json(&body).send().await?;
+        let response = self
+            .http
+            .post(format!("{control}{path}"))
+            .json(&body)
+            .send()
+            .await?;
         let status = response.status();
         if !status.is_success() {
-            bail!("dev cluster {path}: {status}: {}", response.text().await.unwrap_or_default());
+            bail!(
+                "dev cluster {path}: {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -426,10 +537,19 @@ impl DevCluster {
     /// Creates a topic (through the control API, or the admin API on a real cluster).
     pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
         if self.is_dev() {
-            return self.post("/topics", serde_json::json!({ "name": name, "partitions": partitions })).await;
+            return self
+                .post(
+                    "/topics",
+                    serde_json::json!({ "name": name, "partitions": partitions }),
+                )
+                .await;
         }
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
-        for result in self.admin()?.create_topics([&topic], &AdminOptions::new()).await? {
+        for result in self
+            .admin()?
+            .create_topics([&topic], &AdminOptions::new())
+            .await?
+        {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, e)) => bail!("creating topic {topic}: {e}"),
@@ -439,16 +559,29 @@ impl DevCluster {
     }
 
     fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-        Ok(ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create()?)
+        Ok(ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?)
     }
 
     /// Creates a topic with topic configs through the admin API (CreateTopics, which the dev
     /// cluster serves too); `replication` -1 takes the cluster's default.
-    pub async fn create_topic_with_configs(&self, name: &str, partitions: i32, replication: i32, configs: &[(&str, &str)]) -> anyhow::Result<()> {
-        let topic = configs
-            .iter()
-            .fold(NewTopic::new(name, partitions, TopicReplication::Fixed(replication)), |topic, (key, value)| topic.set(key, value));
-        for result in self.admin()?.create_topics([&topic], &AdminOptions::new()).await? {
+    pub async fn create_topic_with_configs(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i32,
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let topic = configs.iter().fold(
+            NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
+            |topic, (key, value)| topic.set(key, value),
+        );
+        for result in self
+            .admin()?
+            .create_topics([&topic], &AdminOptions::new())
+            .await?
+        {
             result.map_err(|(topic, e)| anyhow!("creating topic {topic}: {e}"))?;
         }
         Ok(())
@@ -456,7 +589,11 @@ impl DevCluster {
 
     /// Grows a topic to `total` partitions (CreatePartitions).
     pub async fn add_partitions(&self, topic: &str, total: usize) -> anyhow::Result<()> {
-        for result in self.admin()?.create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new()).await? {
+        for result in self
+            .admin()?
+            .create_partitions([&NewPartitions::new(topic, total)], &AdminOptions::new())
+            .await?
+        {
             result.map_err(|(topic, e)| anyhow!("adding partitions to {topic}: {e}"))?;
         }
         Ok(())
@@ -464,9 +601,16 @@ impl DevCluster {
 
     /// The configs set on a topic itself (DescribeConfigs entries whose source is the topic),
     /// by name.
-    pub async fn topic_configs(&self, topic: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    pub async fn topic_configs(
+        &self,
+        topic: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
         let mut configs = std::collections::BTreeMap::new();
-        for result in self.admin()?.describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()).await? {
+        for result in self
+            .admin()?
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await?
+        {
             let resource = result.map_err(|e| anyhow!("describing topic {topic}: {e}"))?;
             // rdkafka drops a resource's error code (an unknown topic, say) and returns it with
             // no entries; an existing topic always has entries (defaults included).
@@ -483,44 +627,69 @@ impl DevCluster {
     }
 
     pub async fn broker_down(&self, broker: i32) -> anyhow::Result<()> {
-        self.post(&format!("/brokers/{broker}/down"), serde_json::json!({})).await
+        self.post(&format!("/brokers/{broker}/down"), serde_json::json!({}))
+            .await
     }
 
     pub async fn broker_up(&self, broker: i32) -> anyhow::Result<()> {
-        self.post(&format!("/brokers/{broker}/up"), serde_json::json!({})).await
+        self.post(&format!("/brokers/{broker}/up"), serde_json::json!({}))
+            .await
     }
 
     /// Adds a round-trip delay to every request to a broker.
     pub async fn set_rtt(&self, broker: i32, rtt: Duration) -> anyhow::Result<()> {
-        self.post(&format!("/brokers/{broker}/rtt"), serde_json::json!({ "ms": rtt.as_millis() as u64 })).await
+        self.post(
+            &format!("/brokers/{broker}/rtt"),
+            serde_json::json!({ "ms": rtt.as_millis() as u64 }),
+        )
+        .await
     }
 
     /// Makes the next requests of a kind fail with these errors, one each, in order.
     pub async fn request_errors(&self, api: &str, errors: &[&str]) -> anyhow::Result<()> {
-        self.post("/errors", serde_json::json!({ "api": api, "errors": errors })).await
+        self.post(
+            "/errors",
+            serde_json::json!({ "api": api, "errors": errors }),
+        )
+        .await
     }
 
     /// Moves a partition's leadership to a broker.
     pub async fn set_leader(&self, topic: &str, partition: i32, broker: i32) -> anyhow::Result<()> {
-        self.post("/partitions/leader", serde_json::json!({ "topic": topic, "partition": partition, "broker": broker }))
-            .await
+        self.post(
+            "/partitions/leader",
+            serde_json::json!({ "topic": topic, "partition": partition, "broker": broker }),
+        )
+        .await
     }
 
     /// Everything committed in a topic now; see [`read_topic`].
-    pub async fn read_topic(&self, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+    pub async fn read_topic(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<OwnedMessage>> {
         read_topic(&self.bootstrap, topic, timeout).await
     }
 }
 
 /// Reads every committed record of a topic, from the beginning of each partition to its end as
 /// a read_committed consumer sees it (without a consumer group), in partition order.
-pub async fn read_topic(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let bootstrap = bootstrap.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || read_topic_blocking(&bootstrap, &topic, timeout)).await?
 }
 
-fn read_topic_blocking(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
+fn read_topic_blocking(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let mut records = Vec::new();
     scan_topic(bootstrap, topic, timeout, |message| {
         records.push(message.detach());
@@ -570,13 +739,18 @@ pub struct TopicReader {
 impl TopicReader {
     /// Waits up to `timeout` for the topic to have partitions; reads nothing yet.
     pub fn new(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<TopicReader> {
-        let consumer: BaseConsumer<EndIsNotAnError> = read_committed_config(bootstrap, "logpipe-test-reader")
-            .set("enable.partition.eof", "true")
-            .create_with_context(EndIsNotAnError)?;
+        let consumer: BaseConsumer<EndIsNotAnError> =
+            read_committed_config(bootstrap, "logpipe-test-reader")
+                .set("enable.partition.eof", "true")
+                .create_with_context(EndIsNotAnError)?;
         let deadline = Instant::now() + timeout;
         let partitions = loop {
             let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-            let found = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+            let found = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
             if found > 0 {
                 break found;
             }
@@ -585,7 +759,11 @@ impl TopicReader {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        Ok(TopicReader { topic: topic.to_owned(), consumer, next: vec![Offset::Beginning; partitions] })
+        Ok(TopicReader {
+            topic: topic.to_owned(),
+            consumer,
+            next: vec![Offset::Beginning; partitions],
+        })
     }
 
     pub fn topic(&self) -> &str {

@@ -28,8 +28,14 @@ pub const EVENTS: [&str; 5] = ["login", "level_up", "purchase", "pvp_win", "rewa
 pub fn schemas() -> [(&'static str, &'static str); 5] {
     [
         ("game.login", include_str!("../schemas/game.login.avsc")),
-        ("game.level_up", include_str!("../schemas/game.level_up.avsc")),
-        ("game.purchase", include_str!("../schemas/game.purchase.avsc")),
+        (
+            "game.level_up",
+            include_str!("../schemas/game.level_up.avsc"),
+        ),
+        (
+            "game.purchase",
+            include_str!("../schemas/game.purchase.avsc"),
+        ),
         ("game.pvp_win", include_str!("../schemas/game.pvp_win.avsc")),
         ("game.reward", include_str!("../schemas/game.reward.avsc")),
     ]
@@ -57,10 +63,18 @@ impl FromStr for SizeMix {
         let mut mix = Vec::new();
         for part in s.split(',') {
             let (size, weight) = match part.split_once(':') {
-                Some((size, weight)) => (size, weight.parse().map_err(|_| format!("bad weight in {part:?}"))?),
+                Some((size, weight)) => (
+                    size,
+                    weight
+                        .parse()
+                        .map_err(|_| format!("bad weight in {part:?}"))?,
+                ),
                 None => (part, 1),
             };
-            let size: usize = size.trim().parse().map_err(|_| format!("bad size in {part:?}"))?;
+            let size: usize = size
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad size in {part:?}"))?;
             if size == 0 || weight == 0 {
                 return Err(format!("{part:?}: sizes and weights must be positive"));
             }
@@ -154,7 +168,10 @@ impl LoadgenArgs {
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.files >= 1, "--files must be at least 1");
-        anyhow::ensure!((0.0..=1.0).contains(&self.invalid), "--invalid must be a fraction between 0 and 1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.invalid),
+            "--invalid must be a fraction between 0 and 1"
+        );
         anyhow::ensure!(self.rate >= 0.0, "--rate must not be negative");
         anyhow::ensure!(self.rotate_bytes > 0, "--rotate-bytes must be positive");
         anyhow::ensure!(
@@ -178,13 +195,19 @@ pub enum InvalidKind {
 }
 
 impl InvalidKind {
-    const ALL: [InvalidKind; 3] = [InvalidKind::MalformedJson, InvalidKind::MissingField, InvalidKind::WrongType];
+    const ALL: [InvalidKind; 3] = [
+        InvalidKind::MalformedJson,
+        InvalidKind::MissingField,
+        InvalidKind::WrongType,
+    ];
 
     /// The validator's error stage for this kind (`lp.error.stage`).
     pub fn stage(self) -> logpipe_core::record::ErrorStage {
         match self {
             InvalidKind::MalformedJson => logpipe_core::record::ErrorStage::Parse,
-            InvalidKind::MissingField | InvalidKind::WrongType => logpipe_core::record::ErrorStage::Validate,
+            InvalidKind::MissingField | InvalidKind::WrongType => {
+                logpipe_core::record::ErrorStage::Validate
+            }
         }
     }
 
@@ -241,13 +264,21 @@ impl Report {
 
     /// A one-line summary.
     pub fn summary(&self) -> String {
-        let invalid: Vec<String> = self.invalid_by_kind.iter().map(|(k, n)| format!("{k:?}={n}")).collect();
+        let invalid: Vec<String> = self
+            .invalid_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k:?}={n}"))
+            .collect();
         format!(
             "loadgen {}: {} lines ({} valid, invalid: {}), {} bytes, {} rotations in {:.1}s",
             self.run_id,
             self.lines,
             self.valid,
-            if invalid.is_empty() { "none".into() } else { invalid.join(" ") },
+            if invalid.is_empty() {
+                "none".into()
+            } else {
+                invalid.join(" ")
+            },
             self.bytes,
             self.rotations,
             self.elapsed_secs
@@ -274,7 +305,15 @@ impl LogFile {
     fn open(path: PathBuf) -> anyhow::Result<LogFile> {
         let file = open_append(&path)?;
         let size = file.metadata()?.len();
-        Ok(LogFile { report: FileReport { path: path.clone(), ..FileReport::default() }, path, writer: BufWriter::with_capacity(64 * 1024, file), size })
+        Ok(LogFile {
+            report: FileReport {
+                path: path.clone(),
+                ..FileReport::default()
+            },
+            path,
+            writer: BufWriter::with_capacity(64 * 1024, file),
+            size,
+        })
     }
 
     fn write_line(&mut self, line: &[u8]) -> anyhow::Result<()> {
@@ -326,14 +365,22 @@ impl LogFile {
 }
 
 fn open_append(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 /// Writes lines until the count or duration is reached or `stop` is set, then reports.
 pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
     args.validate()?;
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    let run_id = args.run_id.clone().unwrap_or_else(|| format!("r{}", args.seed));
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("r{}", args.seed));
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut files = (0..args.files)
         .map(|i| LogFile::open(args.dir.join(format!("game-{i}.log"))))
@@ -362,7 +409,8 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
         }
         let event = EVENTS[rng.random_range(0..EVENTS.len())];
         let id = format!("{run_id}-{seq}");
-        let invalid = (rng.random::<f64>() < args.invalid).then(|| InvalidKind::ALL[rng.random_range(0..3)]);
+        let invalid =
+            (rng.random::<f64>() < args.invalid).then(|| InvalidKind::ALL[rng.random_range(0..3)]);
         line.clear();
         let target = args.line_size.pick(&mut rng);
         render(&mut line, &mut rng, &id, event, target, invalid);
@@ -424,21 +472,60 @@ const REWARDS: [&str; 4] = ["gold", "gem", "item", "xp"];
 const COUNTRIES: [&str; 8] = ["KR", "JP", "US", "DE", "FR", "BR", "GB", "TW"];
 
 /// Renders one line into `out`: `{"event_id":"...",` then the other fields.
-fn render(out: &mut Vec<u8>, rng: &mut StdRng, id: &str, event: &str, target: usize, invalid: Option<InvalidKind>) {
+fn render(
+    out: &mut Vec<u8>,
+    rng: &mut StdRng,
+    id: &str,
+    event: &str,
+    target: usize,
+    invalid: Option<InvalidKind>,
+) {
     let mut fields = Map::new();
     fields.insert("event".into(), json!(event));
-    fields.insert("event_time".into(), json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()));
-    fields.insert("player_id".into(), json!(format!("p-{:06}", rng.random_range(0..200_000))));
-    fields.insert("game_id".into(), json!(format!("g-{:03}", rng.random_range(0..50))));
-    fields.insert("server".into(), json!(format!("{}-{}", ["eu", "us", "ap"][rng.random_range(0..3)], rng.random_range(1..9))));
+    fields.insert(
+        "event_time".into(),
+        json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+    );
+    fields.insert(
+        "player_id".into(),
+        json!(format!("p-{:06}", rng.random_range(0..200_000))),
+    );
+    fields.insert(
+        "game_id".into(),
+        json!(format!("g-{:03}", rng.random_range(0..50))),
+    );
+    fields.insert(
+        "server".into(),
+        json!(format!(
+            "{}-{}",
+            ["eu", "us", "ap"][rng.random_range(0..3)],
+            rng.random_range(1..9)
+        )),
+    );
     if rng.random_bool(0.7) {
-        fields.insert("session_id".into(), json!(format!("s-{:x}", rng.random::<u64>())));
+        fields.insert(
+            "session_id".into(),
+            json!(format!("s-{:x}", rng.random::<u64>())),
+        );
     }
     match event {
         "login" => {
-            fields.insert("platform".into(), json!(PLATFORMS[rng.random_range(0..PLATFORMS.len())]));
-            fields.insert("client_version".into(), json!(format!("1.{}.{}", rng.random_range(0..20), rng.random_range(0..100))));
-            fields.insert("country".into(), json!(COUNTRIES[rng.random_range(0..COUNTRIES.len())]));
+            fields.insert(
+                "platform".into(),
+                json!(PLATFORMS[rng.random_range(0..PLATFORMS.len())]),
+            );
+            fields.insert(
+                "client_version".into(),
+                json!(format!(
+                    "1.{}.{}",
+                    rng.random_range(0..20),
+                    rng.random_range(0..100)
+                )),
+            );
+            fields.insert(
+                "country".into(),
+                json!(COUNTRIES[rng.random_range(0..COUNTRIES.len())]),
+            );
         }
         "level_up" => {
             let level: i32 = rng.random_range(2..100);
@@ -447,25 +534,53 @@ fn render(out: &mut Vec<u8>, rng: &mut StdRng, id: &str, event: &str, target: us
             fields.insert("xp".into(), json!(rng.random_range(0..10_000_000i64)));
         }
         "purchase" => {
-            fields.insert("item_id".into(), json!(format!("item-{}", rng.random_range(0..5000))));
+            fields.insert(
+                "item_id".into(),
+                json!(format!("item-{}", rng.random_range(0..5000))),
+            );
             fields.insert("quantity".into(), json!(rng.random_range(1..10)));
             let cents: u32 = rng.random_range(99..20_000);
-            fields.insert("price".into(), json!(format!("{}.{:02}", cents / 100, cents % 100)));
-            fields.insert("currency".into(), json!(CURRENCIES[rng.random_range(0..CURRENCIES.len())]));
+            fields.insert(
+                "price".into(),
+                json!(format!("{}.{:02}", cents / 100, cents % 100)),
+            );
+            fields.insert(
+                "currency".into(),
+                json!(CURRENCIES[rng.random_range(0..CURRENCIES.len())]),
+            );
         }
         "pvp_win" => {
             let uuid: u128 = rng.random();
             let hex = format!("{uuid:032x}");
-            let uuid = format!("{}-{}-4{}-a{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32]);
+            let uuid = format!(
+                "{}-{}-4{}-a{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[13..16],
+                &hex[17..20],
+                &hex[20..32]
+            );
             fields.insert("match_id".into(), json!(uuid));
-            fields.insert("opponent_id".into(), json!(format!("p-{:06}", rng.random_range(0..200_000))));
+            fields.insert(
+                "opponent_id".into(),
+                json!(format!("p-{:06}", rng.random_range(0..200_000))),
+            );
             fields.insert("rating_delta".into(), json!(rng.random_range(1..40)));
-            fields.insert("duration_ms".into(), json!(rng.random_range(30_000..1_800_000i64)));
+            fields.insert(
+                "duration_ms".into(),
+                json!(rng.random_range(30_000..1_800_000i64)),
+            );
         }
         _ => {
-            fields.insert("reward_type".into(), json!(REWARDS[rng.random_range(0..REWARDS.len())]));
+            fields.insert(
+                "reward_type".into(),
+                json!(REWARDS[rng.random_range(0..REWARDS.len())]),
+            );
             fields.insert("amount".into(), json!(rng.random_range(1..100_000i64)));
-            fields.insert("source".into(), json!(["quest", "daily", "pvp", "shop"][rng.random_range(0..4)]));
+            fields.insert(
+                "source".into(),
+                json!(["quest", "daily", "pvp", "shop"][rng.random_range(0..4)]),
+            );
         }
     }
     match invalid {
@@ -482,7 +597,9 @@ fn render(out: &mut Vec<u8>, rng: &mut StdRng, id: &str, event: &str, target: us
     let overhead = r#","context":{"note":""}"#.len();
     if out.len() + overhead < target {
         let pad = target - out.len() - overhead;
-        let note: String = (0..pad).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect();
+        let note: String = (0..pad)
+            .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+            .collect();
         fields.insert("context".into(), json!({ "note": note }));
         out.clear();
         write_line(out, id, &fields);
@@ -519,7 +636,12 @@ mod tests {
         let mut lines = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            lines.extend(bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+            lines.extend(
+                bytes
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(<[u8]>::to_vec),
+            );
         }
         lines
     }
@@ -530,16 +652,29 @@ mod tests {
         let report = generate(dir.path(), 3000, 0.1);
         let lines = read_lines(dir.path());
         assert_eq!(lines.len() as u64, report.lines);
-        assert_eq!(report.files.iter().map(|f| f.lines).sum::<u64>(), report.lines);
+        assert_eq!(
+            report.files.iter().map(|f| f.lines).sum::<u64>(),
+            report.lines
+        );
         let on_disk: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
         assert_eq!(on_disk, report.bytes);
-        let mut ids: Vec<&str> = lines.iter().map(|l| event_id(l).expect("every line has an id")).collect();
+        let mut ids: Vec<&str> = lines
+            .iter()
+            .map(|l| event_id(l).expect("every line has an id"))
+            .collect();
         ids.sort_unstable();
         let mut expected: Vec<String> = report.event_ids().collect();
         expected.sort_unstable();
         assert_eq!(ids, expected.iter().map(String::as_str).collect::<Vec<_>>());
-        assert_eq!(report.valid + report.invalid_lines.len() as u64, report.lines);
-        assert!(report.invalid_by_kind.len() == 3, "all three kinds at 10%: {:?}", report.invalid_by_kind);
+        assert_eq!(
+            report.valid + report.invalid_lines.len() as u64,
+            report.lines
+        );
+        assert!(
+            report.invalid_by_kind.len() == 3,
+            "all three kinds at 10%: {:?}",
+            report.invalid_by_kind
+        );
         assert_eq!(report.events.values().sum::<u64>(), report.lines);
     }
 
@@ -547,22 +682,40 @@ mod tests {
     fn valid_lines_are_json_with_schema_fields_and_invalid_ones_are_as_reported() {
         let dir = tempfile::tempdir().unwrap();
         let report = generate(dir.path(), 2000, 0.2);
-        let invalid: BTreeMap<&str, InvalidKind> =
-            report.invalid_lines.iter().map(|l| (l.event_id.as_str(), l.kind)).collect();
+        let invalid: BTreeMap<&str, InvalidKind> = report
+            .invalid_lines
+            .iter()
+            .map(|l| (l.event_id.as_str(), l.kind))
+            .collect();
         for line in read_lines(dir.path()) {
             let id = event_id(&line).unwrap();
             let parsed: Result<Map<String, Value>, _> = serde_json::from_slice(&line);
             match invalid.get(id) {
                 None => {
                     let fields = parsed.expect("valid lines are JSON objects");
-                    for key in ["event_id", "event", "event_time", "player_id", "game_id", "server"] {
-                        assert!(fields.contains_key(key), "{key} missing in {}", String::from_utf8_lossy(&line));
+                    for key in [
+                        "event_id",
+                        "event",
+                        "event_time",
+                        "player_id",
+                        "game_id",
+                        "server",
+                    ] {
+                        assert!(
+                            fields.contains_key(key),
+                            "{key} missing in {}",
+                            String::from_utf8_lossy(&line)
+                        );
                     }
                     assert!(fields["event_time"].as_str().unwrap().ends_with('Z'));
                 }
                 Some(InvalidKind::MalformedJson) => assert!(parsed.is_err()),
-                Some(InvalidKind::MissingField) => assert!(!parsed.unwrap().contains_key("player_id")),
-                Some(InvalidKind::WrongType) => assert_eq!(parsed.unwrap()["event_time"], json!(true)),
+                Some(InvalidKind::MissingField) => {
+                    assert!(!parsed.unwrap().contains_key("player_id"))
+                }
+                Some(InvalidKind::WrongType) => {
+                    assert_eq!(parsed.unwrap()["event_time"], json!(true))
+                }
             }
         }
     }
@@ -573,7 +726,10 @@ mod tests {
         generate(dir.path(), 2000, 0.0);
         let lines = read_lines(dir.path());
         let big = lines.iter().filter(|l| l.len() >= 900).count() as f64 / lines.len() as f64;
-        assert!((0.15..0.35).contains(&big), "a quarter should be ~1000 B, got {big}");
+        assert!(
+            (0.15..0.35).contains(&big),
+            "a quarter should be ~1000 B, got {big}"
+        );
         assert!(lines.iter().all(|l| l.len() <= 1000));
     }
 
@@ -582,7 +738,10 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (ra, rb) = (generate(a.path(), 500, 0.1), generate(b.path(), 500, 0.1));
         assert_eq!(ra.invalid_lines, rb.invalid_lines);
-        assert_eq!(ra.files.iter().map(|f| f.lines).collect::<Vec<_>>(), rb.files.iter().map(|f| f.lines).collect::<Vec<_>>());
+        assert_eq!(
+            ra.files.iter().map(|f| f.lines).collect::<Vec<_>>(),
+            rb.files.iter().map(|f| f.lines).collect::<Vec<_>>()
+        );
     }
 
     fn rotate(how: Rotation) -> (tempfile::TempDir, Report) {
@@ -609,7 +768,12 @@ mod tests {
         let (dir, report) = rotate(Rotation::Copytruncate);
         assert!(report.rotations >= 4);
         assert_eq!(read_lines(dir.path()).len() as u64, report.lines);
-        assert!(std::fs::metadata(dir.path().join("game-0.log")).unwrap().len() < 50_000);
+        assert!(
+            std::fs::metadata(dir.path().join("game-0.log"))
+                .unwrap()
+                .len()
+                < 50_000
+        );
     }
 
     #[test]
@@ -640,7 +804,10 @@ mod tests {
     fn bad_options_are_rejected() {
         let mut args = LoadgenArgs::new("/nonexistent-dir-for-test");
         args.invalid = 1.5;
-        assert!(run(&args, &AtomicBool::new(false)).unwrap_err().to_string().contains("--invalid"));
+        assert!(run(&args, &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string()
+            .contains("--invalid"));
         assert!("0".parse::<SizeMix>().is_err());
         assert!("200:x".parse::<SizeMix>().is_err());
     }

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Cluster(args) => cluster::run(args).await,
-            Command::BenchReport(args) => benchreport::write_report(&args).map(|path| println!("written {}", path.display())),
+            Command::BenchReport(args) => {
+                benchreport::write_report(&args).map(|path| println!("written {}", path.display()))
+            }
             Command::Loadgen(args) => run_loadgen(args).await,
             Command::Up(args) => up::run(args).await,
         }

@@ -18,7 +18,10 @@ use rdkafka::{Offset, TopicPartitionList};
 /// not parse: benchmarks run with defaults under `cargo bench` and are resized by `bench/run` or
 /// by hand without editing code.
 pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Records (and their bytes) moved in a span of time.
@@ -52,7 +55,11 @@ pub fn read_lines(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut lines = Vec::new();
     for path in paths {
         let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        lines.extend(data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+        lines.extend(
+            data.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
     }
     Ok(lines)
 }
@@ -61,13 +68,20 @@ pub fn read_lines(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 /// sender measures how fast the client drains, so a full queue is back-pressure, not an error.
 // rdkafka's `send` hands the record back in its `Err` (so it can be retried): large by design.
 #[allow(clippy::result_large_err)]
-pub fn send_waiting<C, K, P>(producer: &ThreadedProducer<C>, record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
+pub fn send_waiting<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> anyhow::Result<()>
 where
     C: ProducerContext + 'static,
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
-    retry_while_full(record, |r| producer.send(r), || std::thread::sleep(Duration::from_millis(1)))
+    retry_while_full(
+        record,
+        |r| producer.send(r),
+        || std::thread::sleep(Duration::from_millis(1)),
+    )
 }
 
 /// The producer benchmarks fill their input topics with before the clock starts (idempotent,
@@ -87,13 +101,20 @@ pub fn filling_producer(bootstrap: &str) -> anyhow::Result<BaseProducer> {
 /// full it serves delivery reports (`poll`) so that the queue drains.
 // rdkafka's `send` hands the record back in its `Err` (so it can be retried): large by design.
 #[allow(clippy::result_large_err)]
-pub fn send_polling<C, K, P>(producer: &BaseProducer<C>, record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
+pub fn send_polling<C, K, P>(
+    producer: &BaseProducer<C>,
+    record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> anyhow::Result<()>
 where
     C: ProducerContext,
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
-    retry_while_full(record, |r| producer.send(r), || producer.poll(Duration::from_millis(5)))
+    retry_while_full(
+        record,
+        |r| producer.send(r),
+        || producer.poll(Duration::from_millis(5)),
+    )
 }
 
 /// Calls `send` until it takes the record, calling `wait` whenever the queue is full.
@@ -117,7 +138,13 @@ fn retry_while_full<R>(
 /// A read_committed consumer assigned every partition of `topic` from the beginning, with no
 /// commits, plus `settings`: how a benchmark counts what became visible downstream without
 /// joining a group (no rebalance pause in the measurement).
-pub fn reader(bootstrap: &str, group: &str, topic: &str, partitions: i32, settings: &[(&str, &str)]) -> anyhow::Result<BaseConsumer> {
+pub fn reader(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<BaseConsumer> {
     let mut config = crate::harness::read_committed_config(bootstrap, group);
     for (key, value) in settings {
         config.set(*key, *value);
@@ -155,7 +182,10 @@ fn parse_stat(stat: &str) -> Option<[f64; 4]> {
     // After the command name (which may contain spaces and parentheses): state is field 3,
     // utime 14, stime 15, cutime 16, cstime 17 (1-based, whole line).
     let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace().skip(11).map(|f| f.parse::<f64>().map(|t| t / CLOCK_TICKS));
+    let mut fields = rest
+        .split_whitespace()
+        .skip(11)
+        .map(|f| f.parse::<f64>().map(|t| t / CLOCK_TICKS));
     let mut next = || fields.next()?.ok();
     Some([next()?, next()?, next()?, next()?])
 }
@@ -177,11 +207,20 @@ fn status_mib(pid: u32, field: &str) -> f64 {
 
 /// A `kB` field (`VmHWM:`, `VmRSS:`) of a `/proc/<pid>/status` text.
 fn status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn proc_path(pid: Option<u32>, file: &str) -> String {
-    pid.map_or_else(|| format!("/proc/self/{file}"), |pid| format!("/proc/{pid}/{file}"))
+    pid.map_or_else(
+        || format!("/proc/self/{file}"),
+        |pid| format!("/proc/{pid}/{file}"),
+    )
 }
 
 #[cfg(test)]
@@ -215,7 +254,11 @@ mod tests {
 
     #[test]
     fn rates_divide_by_the_elapsed_time() {
-        let rate = Rate { records: 1000, bytes: 2_000_000, elapsed: Duration::from_millis(500) };
+        let rate = Rate {
+            records: 1000,
+            bytes: 2_000_000,
+            elapsed: Duration::from_millis(500),
+        };
         assert_eq!(rate.records_per_s(), 2000.0);
         assert_eq!(rate.mb_per_s(), 4.0);
     }
@@ -225,6 +268,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("b.log"), "3\n\n4\n").unwrap();
         std::fs::write(dir.path().join("a.log"), "1\n2").unwrap();
-        assert_eq!(read_lines(dir.path()).unwrap(), vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec(), b"4".to_vec()]);
+        assert_eq!(
+            read_lines(dir.path()).unwrap(),
+            vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec(), b"4".to_vec()]
+        );
     }
 }

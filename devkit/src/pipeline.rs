@@ -20,8 +20,8 @@ use anyhow::{bail, Context as _};
 use logpipe_core::record::{self, TopicTemplate};
 
 use crate::harness::{bin_path, free_addr, DevCluster, Process};
-use crate::prometheus;
 use crate::loadgen;
+use crate::prometheus;
 
 /// The stream every pipeline carries: `raw.game` -> `clean.game` / `dlq.game`.
 const STREAM: &str = "game";
@@ -49,7 +49,12 @@ pub struct PipelineOptions {
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        PipelineOptions { state_dir: PathBuf::new(), brokers: 3, partitions: 4, retention_bytes: 1 << 30 }
+        PipelineOptions {
+            state_dir: PathBuf::new(),
+            brokers: 3,
+            partitions: 4,
+            retention_bytes: 1 << 30,
+        }
     }
 }
 
@@ -64,7 +69,12 @@ pub enum Component {
 
 impl Component {
     /// In pipeline order (the order `stop` terminates them in).
-    pub const ALL: [Component; 4] = [Component::Agent, Component::Mirror, Component::Validator, Component::SchemaStore];
+    pub const ALL: [Component; 4] = [
+        Component::Agent,
+        Component::Mirror,
+        Component::Validator,
+        Component::SchemaStore,
+    ];
 
     /// Short name: `agent`, `mirror`, `validator`, `schema-store` (also its config and log file names).
     pub fn name(self) -> &'static str {
@@ -110,7 +120,9 @@ struct Service {
 
 impl Service {
     fn running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(|p| p.try_status().is_none())
+        self.process
+            .as_mut()
+            .is_some_and(|p| p.try_status().is_none())
     }
 
     /// Starts the service (appending a marker to its log) and waits until it is ready.
@@ -119,7 +131,11 @@ impl Service {
             bail!("{} is already running", self.component);
         }
         self.starts += 1;
-        let marker = format!("=== logpipe-dev: start {} of {} ===\n", self.starts, self.component.binary());
+        let marker = format!(
+            "=== logpipe-dev: start {} of {} ===\n",
+            self.starts,
+            self.component.binary()
+        );
         append(&self.log, &marker)?;
         let mut command = Command::new(bin_path(self.component.binary())?);
         command.arg("run").arg("--config").arg(&self.config);
@@ -132,8 +148,12 @@ impl Service {
 
 fn append(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A TOML basic string (JSON's string escapes are valid TOML).
@@ -166,11 +186,19 @@ impl Pipeline {
     /// `<state_dir>/logs/*.log` into `raw.game` on the write cluster; returns once every service
     /// answers `/ready`.
     pub async fn start(options: PipelineOptions) -> anyhow::Result<Pipeline> {
-        anyhow::ensure!(!options.state_dir.as_os_str().is_empty(), "PipelineOptions::state_dir must be set");
+        anyhow::ensure!(
+            !options.state_dir.as_os_str().is_empty(),
+            "PipelineOptions::state_dir must be set"
+        );
         anyhow::ensure!(options.brokers >= 1, "at least one broker per cluster");
         anyhow::ensure!(options.partitions >= 1, "at least one partition");
         let state = options.state_dir.clone();
-        for dir in [state.clone(), state.join("logs"), state.join("agent"), state.join("schema-store")] {
+        for dir in [
+            state.clone(),
+            state.join("logs"),
+            state.join("agent"),
+            state.join("schema-store"),
+        ] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let raw = record::raw_topic(STREAM);
@@ -180,22 +208,57 @@ impl Pipeline {
         let replay_state = record::replay_state_topic(VALIDATOR_GROUP);
         let n = options.partitions;
         let retention = Some(options.retention_bytes);
-        let write = DevCluster::start_retaining("write", options.brokers, &[(&raw, n)], retention).await?;
-        let read_topics = [(raw.as_str(), n), (mirror_state.as_str(), n), (clean.as_str(), n), (dlq.as_str(), n), (replay_state.as_str(), 1)];
-        let read = DevCluster::start_retaining("read", options.brokers, &read_topics, retention).await?;
+        let write =
+            DevCluster::start_retaining("write", options.brokers, &[(&raw, n)], retention).await?;
+        let read_topics = [
+            (raw.as_str(), n),
+            (mirror_state.as_str(), n),
+            (clean.as_str(), n),
+            (dlq.as_str(), n),
+            (replay_state.as_str(), 1),
+        ];
+        let read =
+            DevCluster::start_retaining("read", options.brokers, &read_topics, retention).await?;
 
         let store_api = free_addr();
-        let configs = ServiceConfigs { state: &state, write: write.bootstrap(), read: read.bootstrap(), store_api, raw: &raw, replay_state: &replay_state };
+        let configs = ServiceConfigs {
+            state: &state,
+            write: write.bootstrap(),
+            read: read.bootstrap(),
+            store_api,
+            raw: &raw,
+            replay_state: &replay_state,
+        };
         let mut services = Vec::new();
         for component in Component::ALL {
             let telemetry = free_addr();
             let config = state.join(format!("{}.toml", component.name()));
-            std::fs::write(&config, configs.render(component, telemetry)).with_context(|| format!("writing {}", config.display()))?;
+            std::fs::write(&config, configs.render(component, telemetry))
+                .with_context(|| format!("writing {}", config.display()))?;
             let log = state.join(format!("{}.log", component.name()));
-            services.push(Service { component, config, telemetry, log, process: None, starts: 0 });
+            services.push(Service {
+                component,
+                config,
+                telemetry,
+                log,
+                process: None,
+                starts: 0,
+            });
         }
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut pipeline = Pipeline { options, write, read, store_api, raw, clean, dlq, services, http };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut pipeline = Pipeline {
+            options,
+            write,
+            read,
+            store_api,
+            raw,
+            clean,
+            dlq,
+            services,
+            http,
+        };
         pipeline.service(Component::SchemaStore).start().await?;
         pipeline.register_schemas().await?;
         for component in [Component::Validator, Component::Mirror, Component::Agent] {
@@ -213,7 +276,10 @@ impl Pipeline {
         for (subject, schema) in loadgen::schemas() {
             let response = self
                 .http
-                .post(format!("{}/subjects/{subject}/versions", self.schema_store_url()))
+                .post(format!(
+                    "{}/subjects/{subject}/versions",
+                    self.schema_store_url()
+                ))
                 .header("Content-Type", "application/vnd.schemaregistry.v1+json")
                 .json(&serde_json::json!({ "schema": schema, "schemaType": "AVRO" }))
                 .send()
@@ -221,7 +287,10 @@ impl Pipeline {
                 .with_context(|| format!("registering {subject}"))?;
             let status = response.status();
             if !status.is_success() {
-                bail!("registering {subject}: {status}: {}", response.text().await.unwrap_or_default());
+                bail!(
+                    "registering {subject}: {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
             }
         }
         Ok(())
@@ -288,7 +357,11 @@ impl Pipeline {
 
     /// SIGKILL: the crash case. Returns once the process is gone.
     pub fn kill9(&mut self, c: Component) -> anyhow::Result<()> {
-        let process = self.service(c).process.as_mut().with_context(|| format!("{c} was never started"))?;
+        let process = self
+            .service(c)
+            .process
+            .as_mut()
+            .with_context(|| format!("{c} was never started"))?;
         process.kill9()?;
         Ok(())
     }
@@ -301,7 +374,11 @@ impl Pipeline {
 
     /// SIGTERM, then waits up to `timeout` for a clean exit; fails if the exit is not clean.
     pub async fn terminate(&mut self, c: Component, timeout: Duration) -> anyhow::Result<()> {
-        let process = self.service(c).process.as_mut().with_context(|| format!("{c} was never started"))?;
+        let process = self
+            .service(c)
+            .process
+            .as_mut()
+            .with_context(|| format!("{c} was never started"))?;
         let status = process.terminate(timeout).await?;
         if !status.success() {
             bail!("{c} exited with {status} after SIGTERM\n{}", process.logs());
@@ -311,13 +388,24 @@ impl Pipeline {
 
     /// The last output of a service's log file, for error messages.
     pub fn logs(&self, c: Component) -> String {
-        self.services[c.index()].process.as_ref().map(Process::logs).unwrap_or_default()
+        self.services[c.index()]
+            .process
+            .as_ref()
+            .map(Process::logs)
+            .unwrap_or_default()
     }
 
     /// A service's `/metrics` text.
     pub async fn metrics(&self, c: Component) -> anyhow::Result<String> {
         let url = format!("http://{}/metrics", self.telemetry(c));
-        Ok(self.http.get(&url).send().await?.error_for_status()?.text().await?)
+        Ok(self
+            .http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// Stops everything gracefully: SIGTERM to the services in pipeline order (agent, mirror,
@@ -349,9 +437,15 @@ impl Pipeline {
 pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
     let pairs: Option<Vec<(&str, &str)>> = filters
         .iter()
-        .map(|f| f.split_once('=').and_then(|(label, value)| Some((label, value.strip_prefix('"')?.strip_suffix('"')?))))
+        .map(|f| {
+            f.split_once('=').and_then(|(label, value)| {
+                Some((label, value.strip_prefix('"')?.strip_suffix('"')?))
+            })
+        })
         .collect();
-    pairs.and_then(|pairs| prometheus::sum(&prometheus::parse(text), name, &pairs)).unwrap_or(0.0)
+    pairs
+        .and_then(|pairs| prometheus::sum(&prometheus::parse(text), name, &pairs))
+        .unwrap_or(0.0)
 }
 
 /// A regex matching exactly one topic name (the services match regexes against whole names).
@@ -423,7 +517,10 @@ mod tests {
     fn metric_sum_adds_matching_samples_only() {
         let text = "# HELP x\nlogpipe_a_total{topic=\"raw.game\",p=\"0\"} 3\nlogpipe_a_total{topic=\"raw.game\",p=\"1\"} 4\n\
                     logpipe_a_total{topic=\"raw.x\"} 100\nlogpipe_a_total_more 7\nlogpipe_b 1\n";
-        assert_eq!(metric_sum(text, "logpipe_a_total", &["topic=\"raw.game\""]), 7.0);
+        assert_eq!(
+            metric_sum(text, "logpipe_a_total", &["topic=\"raw.game\""]),
+            7.0
+        );
         assert_eq!(metric_sum(text, "logpipe_a_total", &[]), 107.0);
         assert_eq!(metric_sum(text, "logpipe_b", &[]), 1.0);
     }
@@ -440,12 +537,18 @@ mod tests {
         };
         let telemetry: SocketAddr = "127.0.0.1:4".parse().unwrap();
         let agent = configs.render(Component::Agent, telemetry);
-        assert!(agent.contains(r#"paths = ["/tmp/a \"b\"/logs/*.log"]"#), "{agent}");
+        assert!(
+            agent.contains(r#"paths = ["/tmp/a \"b\"/logs/*.log"]"#),
+            "{agent}"
+        );
         assert!(agent.contains("bootstrap = \"127.0.0.1:1\""));
         let mirror = configs.render(Component::Mirror, telemetry);
         assert!(mirror.contains(r#"include = ["raw\\.game"]"#), "{mirror}");
         let validator = configs.render(Component::Validator, telemetry);
-        assert!(validator.contains("schema_store = \"http://127.0.0.1:3\""), "{validator}");
+        assert!(
+            validator.contains("schema_store = \"http://127.0.0.1:3\""),
+            "{validator}"
+        );
         assert!(validator.contains("bootstrap = \"127.0.0.1:2\""));
     }
 }

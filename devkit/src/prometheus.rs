@@ -16,14 +16,19 @@ pub struct Sample {
 impl Sample {
     /// The value of a label, if the sample has it.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Every sample of a page, in order. Lines that do not parse (which a conforming exporter does
 /// not write) are skipped rather than failing the whole page: one odd line must not blank a view.
 pub fn parse(text: &str) -> Vec<Sample> {
-    text.lines().filter_map(|line| parse_line(line.trim())).collect()
+    text.lines()
+        .filter_map(|line| parse_line(line.trim()))
+        .collect()
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
@@ -44,7 +49,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         other => other.parse().ok()?,
     };
-    Some(Sample { name: name.to_owned(), labels, value })
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
 }
 
 /// Parses `a="x",b="y\"z"}` into `labels` and returns what follows the closing brace.
@@ -56,7 +65,10 @@ fn parse_labels<'a>(mut rest: &'a str, labels: &mut Vec<(String, String)>) -> Op
         }
         let eq = rest.find('=')?;
         let name = rest[..eq].trim().to_owned();
-        let mut chars = rest[eq + 1..].trim_start().strip_prefix('"')?.char_indices();
+        let mut chars = rest[eq + 1..]
+            .trim_start()
+            .strip_prefix('"')?
+            .char_indices();
         let mut value = String::new();
         let end = loop {
             let (i, c) = chars.next()?;
@@ -80,7 +92,10 @@ fn parse_labels<'a>(mut rest: &'a str, labels: &mut Vec<(String, String)>) -> Op
 pub fn sum(samples: &[Sample], name: &str, filter: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for sample in samples.iter().filter(|s| s.name == name) {
-        if filter.iter().all(|(label, value)| sample.label(label) == Some(value)) {
+        if filter
+            .iter()
+            .all(|(label, value)| sample.label(label) == Some(value))
+        {
             *found.get_or_insert(0.0) += sample.value;
         }
     }
@@ -135,17 +150,44 @@ not a sample line
     #[test]
     fn sums_with_label_filters() {
         let samples = parse(PAGE);
-        assert_eq!(sum(&samples, "logpipe_validator_records_invalid_total", &[]), Some(42.0));
-        assert_eq!(sum(&samples, "logpipe_validator_records_invalid_total", &[("stage", "validate")]), Some(30.0));
-        assert_eq!(sum(&samples, "logpipe_validator_records_invalid_total", &[("stage", "route")]), None);
-        assert_eq!(sum(&samples, "logpipe_schema_store_http_request_seconds_count", &[]), Some(7.0));
+        assert_eq!(
+            sum(&samples, "logpipe_validator_records_invalid_total", &[]),
+            Some(42.0)
+        );
+        assert_eq!(
+            sum(
+                &samples,
+                "logpipe_validator_records_invalid_total",
+                &[("stage", "validate")]
+            ),
+            Some(30.0)
+        );
+        assert_eq!(
+            sum(
+                &samples,
+                "logpipe_validator_records_invalid_total",
+                &[("stage", "route")]
+            ),
+            None
+        );
+        assert_eq!(
+            sum(
+                &samples,
+                "logpipe_schema_store_http_request_seconds_count",
+                &[]
+            ),
+            Some(7.0)
+        );
         assert_eq!(sum(&samples, "missing", &[]), None);
     }
 
     #[test]
     fn total_is_zero_for_an_absent_metric_and_does_not_match_prefixes() {
         assert_eq!(total(PAGE, "logpipe_validator_records_invalid_total"), 42.0);
-        assert_eq!(total(PAGE, "logpipe_schema_store_http_request_seconds"), 0.0001);
+        assert_eq!(
+            total(PAGE, "logpipe_schema_store_http_request_seconds"),
+            0.0001
+        );
         assert_eq!(total(PAGE, "logpipe_mirror_records"), 0.0);
         assert_eq!(total("", "logpipe_mirror_records_total"), 0.0);
     }

@@ -93,18 +93,34 @@ impl fmt::Display for Reconciliation {
             self.misrouted.len()
         )?;
         if self.replayed_dead > 0 {
-            write!(f, " ({} replayed dead letters failed again)", self.replayed_dead)?;
+            write!(
+                f,
+                " ({} replayed dead letters failed again)",
+                self.replayed_dead
+            )?;
         }
         if self.accepted_by_changed_schema > 0 {
-            write!(f, " ({} invalid lines accepted by a changed schema)", self.accepted_by_changed_schema)?;
+            write!(
+                f,
+                " ({} invalid lines accepted by a changed schema)",
+                self.accepted_by_changed_schema
+            )?;
         }
         if self.foreign > 0 {
             write!(f, " ({} records of other runs ignored)", self.foreign)?;
         }
-        for (what, ids) in [("lost", &self.lost), ("duplicated", &self.duplicated), ("misrouted", &self.misrouted)] {
+        for (what, ids) in [
+            ("lost", &self.lost),
+            ("duplicated", &self.duplicated),
+            ("misrouted", &self.misrouted),
+        ] {
             if !ids.is_empty() {
                 let shown: Vec<&str> = ids.iter().take(SHOWN_IDS).map(String::as_str).collect();
-                let more = if ids.len() > SHOWN_IDS { format!(" and {} more", ids.len() - SHOWN_IDS) } else { String::new() };
+                let more = if ids.len() > SHOWN_IDS {
+                    format!(" and {} more", ids.len() - SHOWN_IDS)
+                } else {
+                    String::new()
+                };
                 write!(f, "; {what}: {}{more}", shown.join(" "))?;
             }
         }
@@ -198,8 +214,15 @@ struct Tally {
 impl Tally {
     fn new(reports: &[Report]) -> Tally {
         let mut tally = Tally {
-            runs: reports.iter().enumerate().map(|(i, r)| (r.run_id.clone(), i)).collect(),
-            seen: reports.iter().map(|r| vec![Counts::default(); r.lines as usize]).collect(),
+            runs: reports
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.run_id.clone(), i))
+                .collect(),
+            seen: reports
+                .iter()
+                .map(|r| vec![Counts::default(); r.lines as usize])
+                .collect(),
             invalid: vec![HashSet::new(); reports.len()],
             reports: reports.to_vec(),
             dead_letters_at: HashMap::new(),
@@ -237,7 +260,12 @@ impl Tally {
             }
         }
         match found.replayed_from {
-            Some(from) => self.replays.push(Replay { line, place: found.place, from, changed_schema: found.changed_schema }),
+            Some(from) => self.replays.push(Replay {
+                line,
+                place: found.place,
+                from,
+                changed_schema: found.changed_schema,
+            }),
             None => self.seen[line.0][line.1].add(found.place, found.changed_schema),
         }
     }
@@ -275,11 +303,20 @@ impl Tally {
             ..Reconciliation::default()
         };
         let replays = self.replays(&mut r);
-        for (index, ((report, seen), invalid_seqs)) in self.reports.iter().zip(&self.seen).zip(&self.invalid).enumerate() {
+        for (index, ((report, seen), invalid_seqs)) in self
+            .reports
+            .iter()
+            .zip(&self.seen)
+            .zip(&self.invalid)
+            .enumerate()
+        {
             for (seq, &own) in seen.iter().enumerate() {
                 let invalid = invalid_seqs.contains(&seq);
                 let line_replays = replays.get(&(index, seq));
-                if line_replays.is_none() && own.clean + own.dead == 1 && (own.clean == 1) != invalid {
+                if line_replays.is_none()
+                    && own.clean + own.dead == 1
+                    && (own.clean == 1) != invalid
+                {
                     continue; // the common case: once, where it belongs
                 }
                 let mut counts = own;
@@ -300,7 +337,9 @@ impl Tally {
                 } else if found.saturating_sub(superseded) > 1 {
                     r.duplicated.push(id());
                 }
-                if (invalid && counts.clean > counts.changed_schema) || (!invalid && counts.dead > 0) {
+                if (invalid && counts.clean > counts.changed_schema)
+                    || (!invalid && counts.dead > 0)
+                {
                     r.misrouted.push(id());
                 }
             }
@@ -357,18 +396,38 @@ struct Reader {
 }
 
 impl Reader {
-    async fn open(bootstrap: &str, store_url: &str, clean: &[String], dlq: &[String], written: &[Report]) -> anyhow::Result<Reader> {
+    async fn open(
+        bootstrap: &str,
+        store_url: &str,
+        clean: &[String],
+        dlq: &[String],
+        written: &[Report],
+    ) -> anyhow::Result<Reader> {
         let store = SchemaFetcher::new(store_url)?;
         let tally = Tally::new(written);
         let runtime = tokio::runtime::Handle::current();
         let bootstrap = bootstrap.to_owned();
-        let wanted: Vec<(Place, String)> =
-            clean.iter().map(|t| (Place::Clean, t.clone())).chain(dlq.iter().map(|t| (Place::DeadLetter, t.clone()))).collect();
+        let wanted: Vec<(Place, String)> = clean
+            .iter()
+            .map(|t| (Place::Clean, t.clone()))
+            .chain(dlq.iter().map(|t| (Place::DeadLetter, t.clone())))
+            .collect();
         let topics = tokio::task::spawn_blocking(move || {
-            wanted.into_iter().map(|(place, topic)| Ok((place, TopicReader::new(&bootstrap, &topic, READ_TIMEOUT)?))).collect::<anyhow::Result<Vec<_>>>()
+            wanted
+                .into_iter()
+                .map(|(place, topic)| {
+                    Ok((place, TopicReader::new(&bootstrap, &topic, READ_TIMEOUT)?))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
         })
         .await??;
-        Ok(Reader { topics, tally, schemas: HashMap::new(), store, runtime })
+        Ok(Reader {
+            topics,
+            tally,
+            schemas: HashMap::new(),
+            store,
+            runtime,
+        })
     }
 
     /// Reads what was committed since the last read and judges everything read so far.
@@ -383,22 +442,45 @@ impl Reader {
     }
 
     fn read_new_blocking(&mut self) -> anyhow::Result<()> {
-        let Reader { topics, tally, schemas, store, runtime } = self;
+        let Reader {
+            topics,
+            tally,
+            schemas,
+            store,
+            runtime,
+        } = self;
         for (place, reader) in topics {
             reader.read_new(READ_TIMEOUT, |message| {
                 let payload = message.payload().unwrap_or_default();
                 let (id, changed_schema) = match place {
                     Place::Clean => {
-                        let (id, writer) = clean_event_id(payload, schemas, |id| runtime.block_on(store.fetch(id)).map(WriterSchema::new))
-                            .with_context(|| at(message))?;
+                        let (id, writer) = clean_event_id(payload, schemas, |id| {
+                            runtime.block_on(store.fetch(id)).map(WriterSchema::new)
+                        })
+                        .with_context(|| at(message))?;
                         (Some(id), !writer.generator)
                     }
                     Place::DeadLetter => (loadgen::event_id(payload).map(str::to_owned), false),
                 };
-                let headers = message.headers().into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
-                let replayed_from = ReplayedFrom::from_headers(headers).with_context(|| at(message))?;
-                let position = ReplayedFrom { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
-                tally.add(Found { place: *place, id: id.as_deref(), at: position, replayed_from, changed_schema });
+                let headers = message
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key, h.value));
+                let replayed_from =
+                    ReplayedFrom::from_headers(headers).with_context(|| at(message))?;
+                let position = ReplayedFrom {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                };
+                tally.add(Found {
+                    place: *place,
+                    id: id.as_deref(),
+                    at: position,
+                    replayed_from,
+                    changed_schema,
+                });
                 Ok(())
             })?;
         }
@@ -408,7 +490,12 @@ impl Reader {
 
 /// Where a record is, for error messages.
 fn at(message: &BorrowedMessage<'_>) -> String {
-    format!("{} partition {} offset {}", message.topic(), message.partition(), message.offset())
+    format!(
+        "{} partition {} offset {}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    )
 }
 
 /// A writer schema, and whether it is one of the generator's own (any other was registered by
@@ -424,10 +511,17 @@ impl WriterSchema {
         let generator = GENERATOR.get_or_init(|| {
             loadgen::schemas()
                 .iter()
-                .map(|(subject, text)| apache_avro::Schema::parse_str(text).unwrap_or_else(|e| panic!("the generator's {subject} schema: {e}")).canonical_form())
+                .map(|(subject, text)| {
+                    apache_avro::Schema::parse_str(text)
+                        .unwrap_or_else(|e| panic!("the generator's {subject} schema: {e}"))
+                        .canonical_form()
+                })
                 .collect()
         });
-        WriterSchema { generator: generator.contains(&schema.canonical_form()), schema }
+        WriterSchema {
+            generator: generator.contains(&schema.canonical_form()),
+            schema,
+        }
     }
 }
 
@@ -439,14 +533,28 @@ struct SchemaFetcher {
 
 impl SchemaFetcher {
     fn new(base: &str) -> anyhow::Result<SchemaFetcher> {
-        Ok(SchemaFetcher { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()? })
+        Ok(SchemaFetcher {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
     }
 
     async fn fetch(&self, id: u32) -> anyhow::Result<apache_avro::Schema> {
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let body: serde_json::Value =
-            self.http.get(&url).send().await?.error_for_status().with_context(|| format!("GET {url}"))?.json().await?;
-        let text = body["schema"].as_str().with_context(|| format!("GET {url}: no schema in {body}"))?;
+        let body: serde_json::Value = self
+            .http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()
+            .with_context(|| format!("GET {url}"))?
+            .json()
+            .await?;
+        let text = body["schema"]
+            .as_str()
+            .with_context(|| format!("GET {url}: no schema in {body}"))?;
         apache_avro::Schema::parse_str(text).with_context(|| format!("schema {id} is not Avro"))
     }
 }
@@ -460,7 +568,10 @@ fn clean_event_id<'s>(
     fetch: impl FnOnce(u32) -> anyhow::Result<WriterSchema>,
 ) -> anyhow::Result<(String, &'s WriterSchema)> {
     if value.len() < 5 || value[0] != 0 {
-        bail!("clean record is not in the Confluent wire format ({} bytes)", value.len());
+        bail!(
+            "clean record is not in the Confluent wire format ({} bytes)",
+            value.len()
+        );
     }
     let schema_id = u32::from_be_bytes(value[1..5].try_into().expect("4 bytes"));
     let writer = match schemas.entry(schema_id) {
@@ -468,12 +579,17 @@ fn clean_event_id<'s>(
         std::collections::hash_map::Entry::Vacant(e) => e.insert(fetch(schema_id)?),
     };
     let mut datum = &value[5..];
-    let decoded =
-        apache_avro::from_avro_datum(&writer.schema, &mut datum, None).with_context(|| format!("decoding with schema {schema_id}"))?;
+    let decoded = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)
+        .with_context(|| format!("decoding with schema {schema_id}"))?;
     if !datum.is_empty() {
-        bail!("{} bytes left after the Avro datum (schema {schema_id})", datum.len());
+        bail!(
+            "{} bytes left after the Avro datum (schema {schema_id})",
+            datum.len()
+        );
     }
-    let Value::Record(fields) = decoded else { bail!("schema {schema_id} is not a record") };
+    let Value::Record(fields) = decoded else {
+        bail!("schema {schema_id} is not a record")
+    };
     match fields.into_iter().find(|(name, _)| name == "event_id") {
         Some((_, Value::String(id))) => Ok((id, writer)),
         other => bail!("clean record without a string event_id: {other:?}"),
@@ -511,22 +627,41 @@ mod tests {
     }
 
     fn position(topic: &str, offset: i64) -> ReplayedFrom {
-        ReplayedFrom { topic: topic.into(), partition: 0, offset }
+        ReplayedFrom {
+            topic: topic.into(),
+            partition: 0,
+            offset,
+        }
     }
 
     /// A record the validator wrote to the clean topic (where in it does not matter).
     fn clean(id: &str) -> Found<'_> {
-        Found { place: Place::Clean, id: Some(id), at: position("clean.a", 0), replayed_from: None, changed_schema: false }
+        Found {
+            place: Place::Clean,
+            id: Some(id),
+            at: position("clean.a", 0),
+            replayed_from: None,
+            changed_schema: false,
+        }
     }
 
     /// A dead letter at `offset` of `dlq.a`.
     fn dead(id: &str, offset: i64) -> Found<'_> {
-        Found { place: Place::DeadLetter, id: Some(id), at: position("dlq.a", offset), replayed_from: None, changed_schema: false }
+        Found {
+            place: Place::DeadLetter,
+            id: Some(id),
+            at: position("dlq.a", offset),
+            replayed_from: None,
+            changed_schema: false,
+        }
     }
 
     /// `found`, written by a replay of the dead letter at `of` in `dlq.a`.
     fn replay(found: Found<'_>, of: i64) -> Found<'_> {
-        Found { replayed_from: Some(position("dlq.a", of)), ..found }
+        Found {
+            replayed_from: Some(position("dlq.a", of)),
+            ..found
+        }
     }
 
     #[test]
@@ -539,7 +674,17 @@ mod tests {
         t.add(dead("a-2", 0));
         let r = t.judge();
         assert!(r.is_exact(), "{r}");
-        assert_eq!((r.written, r.written_invalid, r.clean, r.dead_letters, r.foreign, r.replayed), (6, 1, 5, 1, 0, 0));
+        assert_eq!(
+            (
+                r.written,
+                r.written_invalid,
+                r.clean,
+                r.dead_letters,
+                r.foreign,
+                r.replayed
+            ),
+            (6, 1, 5, 1, 0, 0)
+        );
     }
 
     #[test]
@@ -550,7 +695,7 @@ mod tests {
         t.add(clean("a-1"));
         t.add(clean("a-1")); // duplicate in clean
         t.add(dead("a-2", 0)); // valid line dead-lettered
-        // a-3: lost
+                               // a-3: lost
         t.add(clean("a-4")); // invalid line in clean
         t.add(dead("a-5", 1));
         t.add(clean("a-5")); // in both: duplicated and misrouted
@@ -561,7 +706,11 @@ mod tests {
         assert_eq!((r.clean, r.dead_letters), (5, 2));
         assert!(!r.is_exact());
         let text = r.to_string();
-        assert!(text.contains("replayed 0: lost 1, duplicated 2, misrouted 3") && text.contains("lost: a-3"), "{text}");
+        assert!(
+            text.contains("replayed 0: lost 1, duplicated 2, misrouted 3")
+                && text.contains("lost: a-3"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -573,7 +722,10 @@ mod tests {
         for id in ["z-0", "a-2", "a-x", "a"] {
             t.add(dead(id, 0));
         }
-        t.add(Found { id: None, ..dead("", 1) });
+        t.add(Found {
+            id: None,
+            ..dead("", 1)
+        });
         let r = t.judge();
         assert!(r.is_exact(), "{r}");
         assert_eq!((r.foreign, r.dead_letters), (5, 0));
@@ -592,15 +744,25 @@ mod tests {
         t.add(replay(clean("a-2"), 8));
         let r = t.judge();
         assert!(r.is_exact(), "{r}");
-        assert_eq!((r.replayed, r.replayed_dead, r.clean, r.dead_letters), (2, 0, 3, 2));
-        assert!(r.to_string().contains("replayed 2: lost 0, duplicated 0, misrouted 0"), "{r}");
+        assert_eq!(
+            (r.replayed, r.replayed_dead, r.clean, r.dead_letters),
+            (2, 0, 3, 2)
+        );
+        assert!(
+            r.to_string()
+                .contains("replayed 2: lost 0, duplicated 0, misrouted 0"),
+            "{r}"
+        );
         // A valid line replayed from a dead letter was still misrouted the first time.
         let reports = [report("b", 1, &[])];
         let mut t = Tally::new(&reports);
         t.add(dead("b-0", 0));
         t.add(replay(clean("b-0"), 0));
         let r = t.judge();
-        assert_eq!((r.misrouted.as_slice(), r.duplicated.len(), r.replayed), (["b-0".to_owned()].as_slice(), 0, 1));
+        assert_eq!(
+            (r.misrouted.as_slice(), r.duplicated.len(), r.replayed),
+            (["b-0".to_owned()].as_slice(), 0, 1)
+        );
     }
 
     #[test]
@@ -611,7 +773,10 @@ mod tests {
         t.add(replay(clean("a-0"), 3));
         t.add(replay(clean("a-0"), 3));
         let r = t.judge();
-        assert_eq!((r.duplicated.as_slice(), r.misrouted.len(), r.replayed), (["a-0".to_owned()].as_slice(), 0, 2));
+        assert_eq!(
+            (r.duplicated.as_slice(), r.misrouted.len(), r.replayed),
+            (["a-0".to_owned()].as_slice(), 0, 2)
+        );
     }
 
     #[test]
@@ -657,20 +822,34 @@ mod tests {
         let r = t.judge();
         assert!(r.is_exact(), "{r}");
         assert_eq!((r.replayed, r.replayed_dead, r.dead_letters), (1, 1, 2));
-        assert!(r.to_string().contains("(1 replayed dead letters failed again)"), "{r}");
+        assert!(
+            r.to_string()
+                .contains("(1 replayed dead letters failed again)"),
+            "{r}"
+        );
     }
 
     #[test]
     fn invalid_lines_accepted_by_a_changed_schema_are_not_misrouted() {
         let reports = [report("a", 3, &[0, 1])];
         let mut t = Tally::new(&reports);
-        t.add(Found { changed_schema: true, ..clean("a-0") }); // after the user's fix
+        t.add(Found {
+            changed_schema: true,
+            ..clean("a-0")
+        }); // after the user's fix
         t.add(clean("a-1")); // with the generator's own schema: the validator's mistake
-        t.add(Found { changed_schema: true, ..clean("a-2") });
+        t.add(Found {
+            changed_schema: true,
+            ..clean("a-2")
+        });
         let r = t.judge();
         assert_eq!(r.misrouted, ["a-1"]);
         assert_eq!(r.accepted_by_changed_schema, 1);
-        assert!(r.to_string().contains("(1 invalid lines accepted by a changed schema)"), "{r}");
+        assert!(
+            r.to_string()
+                .contains("(1 invalid lines accepted by a changed schema)"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -683,7 +862,10 @@ mod tests {
         let (_, login) = loadgen::schemas()[0];
         let mut json: serde_json::Value = serde_json::from_str(login).unwrap();
         let fields = json["fields"].as_array_mut().unwrap();
-        let player = fields.iter_mut().find(|f| f["name"] == "player_id").expect("login has player_id");
+        let player = fields
+            .iter_mut()
+            .find(|f| f["name"] == "player_id")
+            .expect("login has player_id");
         player["type"] = serde_json::json!(["null", "string"]);
         player["default"] = serde_json::Value::Null;
         let fixed = apache_avro::Schema::parse_str(&json.to_string()).unwrap();
@@ -696,7 +878,10 @@ mod tests {
             r#"{"type":"record","name":"e","fields":[{"name":"n","type":"long"},{"name":"event_id","type":"string"}]}"#,
         )
         .unwrap();
-        let record = Value::Record(vec![("n".into(), Value::Long(7)), ("event_id".into(), Value::String("r-9".into()))]);
+        let record = Value::Record(vec![
+            ("n".into(), Value::Long(7)),
+            ("event_id".into(), Value::String("r-9".into())),
+        ]);
         let mut value = vec![0, 0, 0, 0, 42];
         value.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
         let mut cache = HashMap::new();
@@ -709,7 +894,12 @@ mod tests {
         assert_eq!(id, "r-9");
         assert!(!writer.generator);
         // Cached: a second record does not ask the store again.
-        assert_eq!(clean_event_id(&value, &mut cache, |_| bail!("asked twice")).unwrap().0, "r-9");
+        assert_eq!(
+            clean_event_id(&value, &mut cache, |_| bail!("asked twice"))
+                .unwrap()
+                .0,
+            "r-9"
+        );
         assert_eq!(asked, [42]);
         assert!(clean_event_id(b"{\"event_id\":\"r-1\"}", &mut cache, |_| bail!("no")).is_err());
         let mut trailing = value.clone();

@@ -164,10 +164,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 fn check(args: &UpArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.rate > 0.0, "--rate must be positive (lines per second)");
-    anyhow::ensure!(args.interval >= Duration::from_millis(100), "--interval must be at least 100ms");
+    anyhow::ensure!(
+        args.rate > 0.0,
+        "--rate must be positive (lines per second)"
+    );
+    anyhow::ensure!(
+        args.interval >= Duration::from_millis(100),
+        "--interval must be at least 100ms"
+    );
     anyhow::ensure!(args.files >= 1, "--files must be at least 1");
-    anyhow::ensure!((0.0..=1.0).contains(&args.invalid), "--invalid must be a fraction between 0 and 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.invalid),
+        "--invalid must be a fraction between 0 and 1"
+    );
     anyhow::ensure!((1..=16).contains(&args.brokers), "--brokers must be 1..=16");
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
     Ok(())
@@ -190,7 +199,11 @@ fn state_dir(asked: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::
 
 /// Start, watch, drain, reconcile, stop.
 /// Returns the reconciliation and the last screen drawn (to show again on the normal screen).
-async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow::Result<(Reconciliation, Option<String>)> {
+async fn session(
+    args: &UpArgs,
+    state: &Path,
+    stop: CancellationToken,
+) -> anyhow::Result<(Reconciliation, Option<String>)> {
     eprintln!("logpipe-dev up: starting two dev clusters, the schema store, the validator, the mirror and the agent...");
     let options = PipelineOptions {
         state_dir: state.to_owned(),
@@ -218,14 +231,20 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
     generator.rotate = args.rotate;
     generator.rotate_bytes = args.rotate_bytes;
     generator.seed = args.seed;
-    let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     generator.run_id = Some(format!("up{unix}"));
     let progress = generator.progress.clone();
     let generator_stop = Arc::new(AtomicBool::new(false));
     let flag = generator_stop.clone();
     let mut writing = tokio::task::spawn_blocking(move || loadgen::run(&generator, &flag));
 
-    let services: Vec<_> = Component::ALL.iter().map(|&c| (c, pipeline.telemetry(c))).collect();
+    let services: Vec<_> = Component::ALL
+        .iter()
+        .map(|&c| (c, pipeline.telemetry(c)))
+        .collect();
     let sampler = Sampler::new(
         services,
         pipeline.write_cluster().bootstrap(),
@@ -253,7 +272,9 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
             if !pipeline.is_running(c) {
                 events.note(format!("{c} exited; starting it again"));
                 match pipeline.restart(c).await {
-                    Ok(()) => events.note(format!("{c} ready again (start {})", pipeline.starts(c))),
+                    Ok(()) => {
+                        events.note(format!("{c} ready again (start {})", pipeline.starts(c)))
+                    }
                     Err(e) => events.note(format!("{c} failed to start again: {e:#}")),
                 }
             }
@@ -302,7 +323,10 @@ fn supervision_of(pipeline: &Pipeline) -> Supervision {
     Component::ALL
         .iter()
         .map(|&c| {
-            let pid = pids.iter().find(|(exe, _)| exe == c.binary()).map(|(_, pid)| *pid);
+            let pid = pids
+                .iter()
+                .find(|(exe, _)| exe == c.binary())
+                .map(|(_, pid)| *pid);
             (c, pid, pipeline.starts(c))
         })
         .collect()
@@ -311,9 +335,16 @@ fn supervision_of(pipeline: &Pipeline) -> Supervision {
 /// What a user needs to find things (printed at start, kept at the top of the screen).
 fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
     let state = &pipeline.options().state_dir;
-    let kept = if args.state_dir.is_some() { "kept after exit" } else { "removed at exit; --state-dir DIR keeps it" };
+    let kept = if args.state_dir.is_some() {
+        "kept after exit"
+    } else {
+        "removed at exit; --state-dir DIR keeps it"
+    };
     let control = |c: &harness::DevCluster| c.control_url().unwrap_or("-").to_owned();
-    let telemetry: Vec<String> = Component::ALL.iter().map(|&c| format!("{c} http://{}", pipeline.telemetry(c))).collect();
+    let telemetry: Vec<String> = Component::ALL
+        .iter()
+        .map(|&c| format!("{c} http://{}", pipeline.telemetry(c)))
+        .collect();
     format!(
         "logpipe-dev up: state {} ({kept})\n\
          \x20 logs written    {}/game-*.log   service output {}/<service>.log, configs <service>.toml\n\
@@ -341,23 +372,58 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
 
 /// `<state>/up.env`: the same as shell variables, for commands in another terminal
 /// (`. <state>/up.env; kcat -b $READ_BOOTSTRAP ...`). Rewritten when a pid changes.
-fn write_env_file(pipeline: &Pipeline, supervision: &[(Component, Option<u32>, u32)]) -> anyhow::Result<()> {
+fn write_env_file(
+    pipeline: &Pipeline,
+    supervision: &[(Component, Option<u32>, u32)],
+) -> anyhow::Result<()> {
     let state = &pipeline.options().state_dir;
     let mut vars = vec![
         ("STATE".to_owned(), state.display().to_string()),
-        ("WRITE_BOOTSTRAP".into(), pipeline.write_cluster().bootstrap().to_owned()),
-        ("WRITE_CONTROL".into(), pipeline.write_cluster().control_url().unwrap_or_default().to_owned()),
-        ("READ_BOOTSTRAP".into(), pipeline.read_cluster().bootstrap().to_owned()),
-        ("READ_CONTROL".into(), pipeline.read_cluster().control_url().unwrap_or_default().to_owned()),
+        (
+            "WRITE_BOOTSTRAP".into(),
+            pipeline.write_cluster().bootstrap().to_owned(),
+        ),
+        (
+            "WRITE_CONTROL".into(),
+            pipeline
+                .write_cluster()
+                .control_url()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        (
+            "READ_BOOTSTRAP".into(),
+            pipeline.read_cluster().bootstrap().to_owned(),
+        ),
+        (
+            "READ_CONTROL".into(),
+            pipeline
+                .read_cluster()
+                .control_url()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
         ("STORE".into(), pipeline.schema_store_url()),
     ];
     for &(c, pid, _) in supervision {
         let name = c.name().to_uppercase().replace('-', "_");
-        vars.push((format!("{name}_PID"), pid.map(|p| p.to_string()).unwrap_or_default()));
-        vars.push((format!("{name}_CONFIG"), pipeline.config_file(c).display().to_string()));
-        vars.push((format!("{name}_TELEMETRY"), format!("http://{}", pipeline.telemetry(c))));
+        vars.push((
+            format!("{name}_PID"),
+            pid.map(|p| p.to_string()).unwrap_or_default(),
+        ));
+        vars.push((
+            format!("{name}_CONFIG"),
+            pipeline.config_file(c).display().to_string(),
+        ));
+        vars.push((
+            format!("{name}_TELEMETRY"),
+            format!("http://{}", pipeline.telemetry(c)),
+        ));
     }
-    let text: String = vars.iter().map(|(k, v)| format!("{k}='{}'\n", v.replace('\'', r"'\''"))).collect();
+    let text: String = vars
+        .iter()
+        .map(|(k, v)| format!("{k}='{}'\n", v.replace('\'', r"'\''")))
+        .collect();
     crate::write_atomically(&state.join("up.env"), text.as_bytes())
 }
 
@@ -393,12 +459,25 @@ struct Display {
 
 impl Display {
     fn new(args: &UpArgs, header: String) -> Display {
-        let events = Events { plain: args.no_tui, recent: Arc::default() };
-        Display { plain: args.no_tui, interval: args.interval, header, events }
+        let events = Events {
+            plain: args.no_tui,
+            recent: Arc::default(),
+        };
+        Display {
+            plain: args.no_tui,
+            interval: args.interval,
+            header,
+            events,
+        }
     }
 
     /// Draws until `done`; returns the last screen (none with `--no-tui`).
-    async fn run(self, sampler: Sampler, supervised: watch::Receiver<Supervision>, done: CancellationToken) -> Option<String> {
+    async fn run(
+        self,
+        sampler: Sampler,
+        supervised: watch::Receiver<Supervision>,
+        done: CancellationToken,
+    ) -> Option<String> {
         let mut tracker = Tracker::new(Instant::now());
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

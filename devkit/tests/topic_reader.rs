@@ -20,7 +20,13 @@ fn transaction(producer: &BaseProducer, values: std::ops::Range<u32>, commit: bo
     producer.begin_transaction().unwrap();
     for v in values {
         let value = v.to_string();
-        producer.send(BaseRecord::<(), _>::to(TOPIC).payload(&value).partition((v % 2) as i32)).unwrap();
+        producer
+            .send(
+                BaseRecord::<(), _>::to(TOPIC)
+                    .payload(&value)
+                    .partition((v % 2) as i32),
+            )
+            .unwrap();
     }
     producer.flush(T).unwrap();
     if commit {
@@ -45,7 +51,11 @@ fn logged<R>(f: impl FnOnce() -> R) -> (R, String) {
     }
     let buffer = Buffer::default();
     let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_ansi(false).with_writer(move || writer.clone()).finish();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
     let result = tracing::subscriber::with_default(subscriber, f);
     let text = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
     (result, text)
@@ -69,12 +79,20 @@ async fn each_read_takes_what_was_committed_since_the_last() -> anyhow::Result<(
             let (count, log) = logged(|| {
                 reader
                     .read_new(T, |m| {
-                        values.push(std::str::from_utf8(m.payload().unwrap()).unwrap().parse::<u32>().unwrap());
+                        values.push(
+                            std::str::from_utf8(m.payload().unwrap())
+                                .unwrap()
+                                .parse::<u32>()
+                                .unwrap(),
+                        );
                         Ok(())
                     })
                     .unwrap()
             });
-            assert!(!log.contains("EOF") && !log.contains("ERROR"), "a partition's end is not an error: {log}");
+            assert!(
+                !log.contains("EOF") && !log.contains("ERROR"),
+                "a partition's end is not an error: {log}"
+            );
             assert_eq!(count as usize, values.len());
             values.sort();
             values
@@ -88,7 +106,11 @@ async fn each_read_takes_what_was_committed_since_the_last() -> anyhow::Result<(
         assert_eq!(read(&mut reader), Vec::<u32>::new());
         transaction(&producer, 10..20, false);
         transaction(&producer, 20..25, true);
-        assert_eq!(read(&mut reader), (20..25).collect::<Vec<_>>(), "only the new committed records");
+        assert_eq!(
+            read(&mut reader),
+            (20..25).collect::<Vec<_>>(),
+            "only the new committed records"
+        );
         assert_eq!(read(&mut reader), Vec::<u32>::new());
         // A fresh reader reads everything committed, from the beginning.
         let mut fresh = TopicReader::new(&bootstrap, TOPIC, T).unwrap();

@@ -49,20 +49,33 @@ const PROCESS_RESERVE: u64 = 32 * 1024 * 1024;
 fn shard_budget(max_buffer_bytes: u64, shards: i32) -> ShardBudget {
     let buffers = max_buffer_bytes - PROCESS_RESERVE.min(max_buffer_bytes / 4);
     let share = buffers / shards.max(1) as u64;
-    ShardBudget { producer_bytes: share / 2, fetch_queue_bytes: share / 4, fetch_bytes: share / 4 }
+    ShardBudget {
+        producer_bytes: share / 2,
+        fetch_queue_bytes: share / 4,
+        fetch_bytes: share / 4,
+    }
 }
 
 /// The consumer that reads a shard's source partitions: read_committed, assign mode (positions
 /// come from the target, never from a source group), and an error instead of a silent jump when
 /// a position has been deleted by retention.
-pub fn source_consumer(config: &MirrorConfig, shard: i32, shards: i32) -> anyhow::Result<BaseConsumer> {
+pub fn source_consumer(
+    config: &MirrorConfig,
+    shard: i32,
+    shards: i32,
+) -> anyhow::Result<BaseConsumer> {
     let budget = shard_budget(config.max_buffer_bytes, shards);
     let kbytes = (budget.fetch_queue_bytes / 1024).max(1024);
     let fetch = budget.fetch_bytes.clamp(1024 * 1024, 50 * 1024 * 1024);
     // librdkafka's count target is per partition (default 100,000, which for small records is
     // far more bookkeeping than the byte limit suggests); assume a few partitions per shard.
     let messages = (budget.fetch_queue_bytes / RECORD_OVERHEAD / 4).max(1000);
-    let mut client = config.source.client_config(&Role::Consumer { group_id: UNUSED_GROUP.into() }, &format!("logpipe-mirror-{shard}"));
+    let mut client = config.source.client_config(
+        &Role::Consumer {
+            group_id: UNUSED_GROUP.into(),
+        },
+        &format!("logpipe-mirror-{shard}"),
+    );
     no_auto_create(&mut client)
         .set("auto.offset.reset", "error")
         .set("queued.max.messages.kbytes", kbytes.to_string())
@@ -71,7 +84,10 @@ pub fn source_consumer(config: &MirrorConfig, shard: i32, shards: i32) -> anyhow
         // budget they fill often, and a second without fetching starves the producer.
         .set("fetch.queue.backoff.ms", "10")
         .set("fetch.max.bytes", fetch.to_string())
-        .set("max.partition.fetch.bytes", (fetch / 4).max(1024 * 1024).min(fetch).to_string());
+        .set(
+            "max.partition.fetch.bytes",
+            (fetch / 4).max(1024 * 1024).min(fetch).to_string(),
+        );
     Ok(client.create()?)
 }
 
@@ -81,18 +97,34 @@ pub type TargetReader = BaseConsumer<EndIsNotAnError>;
 /// A read_committed assign-mode reader of the target (state topic, partition tails) that
 /// reports the end of each partition.
 pub fn target_reader(config: &MirrorConfig, shard: i32) -> anyhow::Result<TargetReader> {
-    let mut client = config.target.client_config(&Role::Consumer { group_id: UNUSED_GROUP.into() }, &format!("logpipe-mirror-{shard}"));
-    no_auto_create(&mut client).set("enable.partition.eof", "true").set("auto.offset.reset", "earliest");
+    let mut client = config.target.client_config(
+        &Role::Consumer {
+            group_id: UNUSED_GROUP.into(),
+        },
+        &format!("logpipe-mirror-{shard}"),
+    );
+    no_auto_create(&mut client)
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
     Ok(client.create_with_context(EndIsNotAnError)?)
 }
 
 /// The shard's transactional producer on the target.
-pub fn shard_producer<C: ProducerContext>(config: &MirrorConfig, shard: i32, shards: i32, context: C) -> anyhow::Result<BaseProducer<C>> {
+pub fn shard_producer<C: ProducerContext>(
+    config: &MirrorConfig,
+    shard: i32,
+    shards: i32,
+    context: C,
+) -> anyhow::Result<BaseProducer<C>> {
     let bytes = shard_budget(config.max_buffer_bytes, shards).producer_bytes;
     let kbytes = (bytes / 1024).max(1024);
     let messages = (bytes / RECORD_OVERHEAD).max(10_000);
-    let role = Role::TransactionalProducer { transactional_id: config.transactional_id(shard) };
-    let mut client = config.target.client_config(&role, &format!("logpipe-mirror-{shard}"));
+    let role = Role::TransactionalProducer {
+        transactional_id: config.transactional_id(shard),
+    };
+    let mut client = config
+        .target
+        .client_config(&role, &format!("logpipe-mirror-{shard}"));
     no_auto_create(&mut client)
         .set("queue.buffering.max.kbytes", kbytes.to_string())
         .set("queue.buffering.max.messages", messages.to_string());
@@ -101,12 +133,23 @@ pub fn shard_producer<C: ProducerContext>(config: &MirrorConfig, shard: i32, sha
 
 /// The member of the assignment group on the target: it subscribes to the state topic only to
 /// receive shards (state partitions) and never reads or commits.
-pub fn membership<C: ConsumerContext>(config: &MirrorConfig, context: C) -> anyhow::Result<BaseConsumer<C>> {
-    let mut client = config.target.client_config(&Role::Consumer { group_id: config.group_id() }, "logpipe-mirror");
+pub fn membership<C: ConsumerContext>(
+    config: &MirrorConfig,
+    context: C,
+) -> anyhow::Result<BaseConsumer<C>> {
+    let mut client = config.target.client_config(
+        &Role::Consumer {
+            group_id: config.group_id(),
+        },
+        "logpipe-mirror",
+    );
     no_auto_create(&mut client)
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
-        .set("heartbeat.interval.ms", (config.session_timeout_ms / 5).to_string());
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout_ms / 5).to_string(),
+        );
     Ok(client.create_with_context(context)?)
 }
 
@@ -118,21 +161,34 @@ pub fn metadata_client(kafka: &KafkaConfig, side: &str) -> anyhow::Result<BaseCo
 
 /// The target's admin client, for creating topics and partitions.
 pub fn admin(kafka: &KafkaConfig) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    Ok(kafka.client_config(&Role::Admin, "logpipe-mirror-admin").create()?)
+    Ok(kafka
+        .client_config(&Role::Admin, "logpipe-mirror-admin")
+        .create()?)
 }
 
 /// The low and high watermarks librdkafka last saw for a partition, without a request (so it is
 /// cheap enough for per-second lag metrics and does not block during an outage); `None` until a
 /// fetch response has been seen.
-pub fn cached_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Option<(i64, i64)> {
+pub fn cached_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
     let topic = CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid for the consumer's lifetime, the topic is a valid C
     // string for the call, and the outputs are plain i64s.
     let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high)
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
     };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low, high))
 }
 
 #[cfg(test)]
@@ -141,12 +197,22 @@ mod tests {
 
     #[test]
     fn shard_budgets_add_up_to_at_most_the_process_budget_less_its_reserve() {
-        for (budget, shards) in [(256 * 1024 * 1024, 8), (16 * 1024 * 1024, 4), (1 << 30, 3), (256 * 1024 * 1024, 0)] {
+        for (budget, shards) in [
+            (256 * 1024 * 1024, 8),
+            (16 * 1024 * 1024, 4),
+            (1 << 30, 3),
+            (256 * 1024 * 1024, 0),
+        ] {
             let share = shard_budget(budget, shards);
             let per_shard = share.producer_bytes + share.fetch_queue_bytes + share.fetch_bytes;
             let reserve = PROCESS_RESERVE.min(budget / 4);
-            assert!(per_shard * shards.max(1) as u64 <= budget - reserve, "{budget} over {shards} shards");
-            assert!(share.producer_bytes > 0 && share.fetch_queue_bytes > 0 && share.fetch_bytes > 0);
+            assert!(
+                per_shard * shards.max(1) as u64 <= budget - reserve,
+                "{budget} over {shards} shards"
+            );
+            assert!(
+                share.producer_bytes > 0 && share.fetch_queue_bytes > 0 && share.fetch_bytes > 0
+            );
         }
     }
 }

@@ -166,11 +166,18 @@ impl MirrorConfig {
 impl logpipe_core::service::ServiceConfig for MirrorConfig {
     fn validate(&self) -> anyhow::Result<()> {
         use anyhow::{bail, Context};
-        self.source.validate(&Role::Consumer { group_id: String::new() }).map_err(|e| anyhow::anyhow!("source: {e}"))?;
+        self.source
+            .validate(&Role::Consumer {
+                group_id: String::new(),
+            })
+            .map_err(|e| anyhow::anyhow!("source: {e}"))?;
         self.target
-            .validate(&Role::TransactionalProducer { transactional_id: String::new() })
+            .validate(&Role::TransactionalProducer {
+                transactional_id: String::new(),
+            })
             .map_err(|e| anyhow::anyhow!("target: {e}"))?;
-        check_topic_name(&self.state_topic()).map_err(|e| anyhow::anyhow!("name {:?}: {e}", self.name))?;
+        check_topic_name(&self.state_topic())
+            .map_err(|e| anyhow::anyhow!("name {:?}: {e}", self.name))?;
         self.selection().context("topics")?;
         if let Some(template) = &self.topics.rename {
             if !template.as_str().contains("{topic}") {
@@ -187,7 +194,10 @@ impl logpipe_core::service::ServiceConfig for MirrorConfig {
             bail!("commit_interval_ms and topics.refresh_interval_ms must be positive");
         }
         if self.max_buffer_bytes < MIN_BUFFER_BYTES {
-            bail!("max_buffer_bytes = {} is below the minimum of {MIN_BUFFER_BYTES}", self.max_buffer_bytes);
+            bail!(
+                "max_buffer_bytes = {} is below the minimum of {MIN_BUFFER_BYTES}",
+                self.max_buffer_bytes
+            );
         }
         if !(1..=1024).contains(&self.shards) {
             bail!("shards = {} must be 1..=1024", self.shards);
@@ -196,8 +206,13 @@ impl logpipe_core::service::ServiceConfig for MirrorConfig {
             bail!("session_timeout_ms = {} is below 3000: instances would lose their shards on every pause", self.session_timeout_ms);
         }
         if let Some(guard) = &self.loop_guard {
-            if guard.source_id.is_empty() || guard.target_id.is_empty() || guard.source_id == guard.target_id {
-                bail!("loop_guard.source_id and loop_guard.target_id must be non-empty and different");
+            if guard.source_id.is_empty()
+                || guard.target_id.is_empty()
+                || guard.source_id == guard.target_id
+            {
+                bail!(
+                    "loop_guard.source_id and loop_guard.target_id must be non-empty and different"
+                );
             }
         }
         Ok(())
@@ -209,7 +224,11 @@ impl logpipe_core::service::ServiceConfig for MirrorConfig {
             self.name,
             self.topics.include,
             self.topics.exclude,
-            if self.topics.exclude_internal { " and internal `_` topics" } else { "" },
+            if self.topics.exclude_internal {
+                " and internal `_` topics"
+            } else {
+                ""
+            },
             self.source.bootstrap,
             self.target.bootstrap,
             match &self.topics.rename {
@@ -248,9 +267,11 @@ impl Selection {
         // Anchored so that `raw\..*` does not also select `xraw.y`: regexes name whole topics.
         let anchored = |patterns: &[String], key: &str| {
             for pattern in patterns {
-                regex::Regex::new(pattern).map_err(|e| anyhow::anyhow!("{key}: {pattern:?} is not a valid regex: {e}"))?;
+                regex::Regex::new(pattern)
+                    .map_err(|e| anyhow::anyhow!("{key}: {pattern:?} is not a valid regex: {e}"))?;
             }
-            RegexSet::new(patterns.iter().map(|p| format!("^(?:{p})$"))).map_err(anyhow::Error::from)
+            RegexSet::new(patterns.iter().map(|p| format!("^(?:{p})$")))
+                .map_err(anyhow::Error::from)
         };
         if topics.include.is_empty() {
             anyhow::bail!("include is empty: nothing would be mirrored");
@@ -263,7 +284,9 @@ impl Selection {
     }
 
     pub fn selects(&self, topic: &str) -> bool {
-        !(self.exclude_internal && topic.starts_with('_')) && self.include.is_match(topic) && !self.exclude.is_match(topic)
+        !(self.exclude_internal && topic.starts_with('_'))
+            && self.include.is_match(topic)
+            && !self.exclude.is_match(topic)
     }
 }
 
@@ -287,9 +310,15 @@ mod tests {
         let config = parse("").unwrap();
         let selection = config.selection().unwrap();
         assert!(selection.selects("raw.game"));
-        assert!(!selection.selects("raw.secret.keys"), "exclude wins over include");
+        assert!(
+            !selection.selects("raw.secret.keys"),
+            "exclude wins over include"
+        );
         assert!(!selection.selects("xraw.game"), "regexes match whole names");
-        assert!(!selection.selects("_lp.x"), "internal topics are excluded by default");
+        assert!(
+            !selection.selects("_lp.x"),
+            "internal topics are excluded by default"
+        );
         assert!(!selection.selects("clean.game"));
     }
 
@@ -320,14 +349,21 @@ mod tests {
         assert_eq!(config.target_topic("raw.game"), "dc1.raw.game");
         config.validate().unwrap();
         config.topics.rename = Some(TopicTemplate::try_from("dc1.{stream}".to_owned()).unwrap());
-        assert!(config.validate().unwrap_err().to_string().contains("{topic}"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("{topic}"));
     }
 
     #[test]
     fn bad_values_are_named() {
         let err = |extra: &str| parse(extra).unwrap_err().to_string();
         assert!(err("max_buffer_bytes = 1000").contains("max_buffer_bytes"));
-        assert!(err("on_data_loss = \"ignore\"").contains("on_data_loss") || err("on_data_loss = \"ignore\"").contains("unknown variant"));
+        assert!(
+            err("on_data_loss = \"ignore\"").contains("on_data_loss")
+                || err("on_data_loss = \"ignore\"").contains("unknown variant")
+        );
         assert!(err("shards = 0").contains("shards"));
         assert!(err("nope = 1").contains("nope"));
         assert!(err("[loop_guard]\nsource_id = \"a\"\ntarget_id = \"a\"").contains("loop_guard"));

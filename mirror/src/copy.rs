@@ -24,7 +24,11 @@ pub struct Copy<'a> {
 impl Copy<'_> {
     /// Bytes the record carries (key, value, header names and values), for rate metrics.
     pub fn size(&self) -> usize {
-        let headers = self.headers.as_ref().map_or(0, |h| h.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum());
+        let headers = self.headers.as_ref().map_or(0, |h| {
+            h.iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum()
+        });
         self.key.map_or(0, <[u8]>::len) + self.payload.map_or(0, <[u8]>::len) + headers
     }
 
@@ -34,33 +38,56 @@ impl Copy<'_> {
             (None, None) => true,
             (Some(a), None) => a.count() == 0,
             (None, Some(b)) => b.count() == 0,
-            (Some(a), Some(b)) => a.count() == b.count() && a.iter().zip(b.iter()).all(|(x, y)| x.key == y.key && x.value == y.value),
+            (Some(a), Some(b)) => {
+                a.count() == b.count()
+                    && a.iter()
+                        .zip(b.iter())
+                        .all(|(x, y)| x.key == y.key && x.value == y.value)
+            }
         };
-        self.key == target.key() && self.payload == target.payload() && self.timestamp == target.timestamp().to_millis() && headers_equal
+        self.key == target.key()
+            && self.payload == target.payload()
+            && self.timestamp == target.timestamp().to_millis()
+            && headers_equal
     }
 }
 
 /// The copy of `message`, or `None` when the loop guard says it came from the target cluster.
 pub fn copy_of<'a, M: Message>(message: &'a M, guard: Option<&LoopGuard>) -> Option<Copy<'a>> {
     let mut headers = message.headers().map(|h| {
-        h.iter().fold(OwnedHeaders::new_with_capacity(h.count()), |owned, header| owned.insert(Header { key: header.key, value: header.value }))
+        h.iter().fold(
+            OwnedHeaders::new_with_capacity(h.count()),
+            |owned, header| {
+                owned.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                })
+            },
+        )
     });
     if let Some(guard) = guard {
-        let origin = headers.as_ref().and_then(|h| h.iter().find(|h| h.key == header::ORIGIN).map(|h| h.value));
+        let origin = headers
+            .as_ref()
+            .and_then(|h| h.iter().find(|h| h.key == header::ORIGIN).map(|h| h.value));
         match origin {
             Some(Some(origin)) if origin == guard.target_id.as_bytes() => return None,
             // Already stamped by the cluster it was first produced to: keep that provenance.
             Some(_) => {}
             None => {
-                let stamped = headers
-                    .take()
-                    .unwrap_or_default()
-                    .insert(Header { key: header::ORIGIN, value: Some(guard.source_id.as_bytes()) });
+                let stamped = headers.take().unwrap_or_default().insert(Header {
+                    key: header::ORIGIN,
+                    value: Some(guard.source_id.as_bytes()),
+                });
                 headers = Some(stamped);
             }
         }
     }
-    Some(Copy { key: message.key(), payload: message.payload(), headers, timestamp: message.timestamp().to_millis() })
+    Some(Copy {
+        key: message.key(),
+        payload: message.payload(),
+        headers,
+        timestamp: message.timestamp().to_millis(),
+    })
 }
 
 #[cfg(test)]
@@ -69,27 +96,63 @@ mod tests {
 
     use super::*;
 
-    fn message(key: Option<&[u8]>, payload: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> OwnedMessage {
+    fn message(
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> OwnedMessage {
         let mut owned = OwnedHeaders::new();
         for (k, v) in headers {
             owned = owned.insert(Header { key: k, value: *v });
         }
-        let headers = if headers.is_empty() { None } else { Some(owned) };
-        OwnedMessage::new(payload.map(<[u8]>::to_vec), key.map(<[u8]>::to_vec), "t".into(), Timestamp::CreateTime(1_700_000_000_123), 2, 7, headers)
+        let headers = if headers.is_empty() {
+            None
+        } else {
+            Some(owned)
+        };
+        OwnedMessage::new(
+            payload.map(<[u8]>::to_vec),
+            key.map(<[u8]>::to_vec),
+            "t".into(),
+            Timestamp::CreateTime(1_700_000_000_123),
+            2,
+            7,
+            headers,
+        )
     }
 
     fn guard() -> LoopGuard {
-        LoopGuard { source_id: "west".into(), target_id: "east".into() }
+        LoopGuard {
+            source_id: "west".into(),
+            target_id: "east".into(),
+        }
     }
 
     #[test]
     fn copies_everything_unchanged() {
-        let source = message(None, Some(b"\x00\xffbin"), &[("a", Some(b"1")), ("a", Some(b"2")), ("n", None)]);
+        let source = message(
+            None,
+            Some(b"\x00\xffbin"),
+            &[("a", Some(b"1")), ("a", Some(b"2")), ("n", None)],
+        );
         let copy = copy_of(&source, None).unwrap();
         assert_eq!(copy.key, None);
         assert_eq!(copy.timestamp, Some(1_700_000_000_123));
-        let headers: Vec<_> = copy.headers.as_ref().unwrap().iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect();
-        assert_eq!(headers, vec![("a".into(), Some(b"1".to_vec())), ("a".into(), Some(b"2".to_vec())), ("n".into(), None)]);
+        let headers: Vec<_> = copy
+            .headers
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("a".into(), Some(b"1".to_vec())),
+                ("a".into(), Some(b"2".to_vec())),
+                ("n".into(), None)
+            ]
+        );
         assert!(copy.matches(&source));
         assert_eq!(copy.size(), 5 + 2 + 2 + 1);
     }
@@ -100,7 +163,12 @@ mod tests {
         let empty = message(Some(b"k"), Some(b""), &[]);
         assert!(copy_of(&tombstone, None).unwrap().matches(&tombstone));
         assert!(!copy_of(&tombstone, None).unwrap().matches(&empty));
-        assert!(!copy_of(&message(None, Some(b""), &[]), None).unwrap().matches(&empty), "null key is not an empty key");
+        assert!(
+            !copy_of(&message(None, Some(b""), &[]), None)
+                .unwrap()
+                .matches(&empty),
+            "null key is not an empty key"
+        );
     }
 
     #[test]
@@ -115,7 +183,10 @@ mod tests {
         let native = message(None, Some(b"v"), &[("x", Some(b"1"))]);
         let copy = copy_of(&native, Some(&guard())).unwrap();
         let last = copy.headers.as_ref().unwrap().iter().last().unwrap();
-        assert_eq!((last.key, last.value), (header::ORIGIN, Some(b"west".as_slice())));
+        assert_eq!(
+            (last.key, last.value),
+            (header::ORIGIN, Some(b"west".as_slice()))
+        );
         assert!(!copy.matches(&native));
 
         let from_target = message(None, Some(b"v"), &[(header::ORIGIN, Some(b"east"))]);
@@ -123,6 +194,9 @@ mod tests {
 
         let third = message(None, Some(b"v"), &[(header::ORIGIN, Some(b"north"))]);
         let copy = copy_of(&third, Some(&guard())).unwrap();
-        assert!(copy.matches(&third), "an existing provenance is kept as it is");
+        assert!(
+            copy.matches(&third),
+            "an existing provenance is kept as it is"
+        );
     }
 }

@@ -111,18 +111,39 @@ async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
     };
     let first = match first {
         Ok(scan) => scan,
-        Err(ScanError::Source(e)) => return Err(e.context(format!("reading the source cluster {}", config.source.bootstrap))),
-        Err(ScanError::Target(e)) => return Err(e.context(format!("reading the target cluster {}", config.target.bootstrap))),
+        Err(ScanError::Source(e)) => {
+            return Err(e.context(format!(
+                "reading the source cluster {}",
+                config.source.bootstrap
+            )))
+        }
+        Err(ScanError::Target(e)) => {
+            return Err(e.context(format!(
+                "reading the target cluster {}",
+                config.target.bootstrap
+            )))
+        }
     };
     ctx.readiness.ready("source");
     ctx.readiness.ready("target");
     if !first.missing.is_empty() {
-        anyhow::bail!("{}", missing_message(&first.missing, &config.target.bootstrap));
+        anyhow::bail!(
+            "{}",
+            missing_message(&first.missing, &config.target.bootstrap)
+        );
     }
     let shards = first.topology.shards;
-    tracing::info!(shards, topics = first.topology.topics.len(), "mirroring {:?}", first.topology.topics.keys().collect::<Vec<_>>());
+    tracing::info!(
+        shards,
+        topics = first.topology.topics.len(),
+        "mirroring {:?}",
+        first.topology.topics.keys().collect::<Vec<_>>()
+    );
     let (topology_tx, topology) = watch::channel(Arc::new(first.topology));
-    let shared = Arc::new(Shared { config: config.clone(), topology });
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        topology,
+    });
 
     let stop = ctx.shutdown.child_token();
     let member = {
@@ -175,8 +196,16 @@ async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
         }
         missing_gauge.set(scan.missing.len() as f64);
         let names: Vec<String> = scan.missing.iter().map(ToString::to_string).collect();
-        if !names.is_empty() && (names != last_missing.0 || last_missing.1.is_none_or(|at| at.elapsed() >= MISSING_REPEAT)) {
-            tracing::error!("{}; their records wait until then", missing_message(&scan.missing, &config.target.bootstrap));
+        if !names.is_empty()
+            && (names != last_missing.0
+                || last_missing
+                    .1
+                    .is_none_or(|at| at.elapsed() >= MISSING_REPEAT))
+        {
+            tracing::error!(
+                "{}; their records wait until then",
+                missing_message(&scan.missing, &config.target.bootstrap)
+            );
             last_missing = (names, Some(Instant::now()));
         } else if names.is_empty() {
             last_missing = (names, None);

@@ -55,7 +55,10 @@ impl Shards {
     fn stop(&self, shards: &[i32]) {
         let stopping: Vec<(i32, Worker)> = {
             let mut workers = self.workers.lock().expect("workers lock");
-            shards.iter().filter_map(|s| workers.remove(s).map(|w| (*s, w))).collect()
+            shards
+                .iter()
+                .filter_map(|s| workers.remove(s).map(|w| (*s, w)))
+                .collect()
         };
         for (_, worker) in &stopping {
             worker.stop.cancel();
@@ -68,7 +71,12 @@ impl Shards {
     }
 
     fn owned(&self) -> Vec<i32> {
-        self.workers.lock().expect("workers lock").keys().copied().collect()
+        self.workers
+            .lock()
+            .expect("workers lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     fn shards_in(&self, rebalance: &Rebalance<'_>) -> Vec<i32> {
@@ -76,7 +84,10 @@ impl Shards {
             Rebalance::Assign(list) | Rebalance::Revoke(list) => list,
             Rebalance::Error(_) => return Vec::new(),
         };
-        list.elements_for_topic(&self.state_topic).iter().map(|e| e.partition()).collect()
+        list.elements_for_topic(&self.state_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
     }
 }
 
@@ -114,9 +125,15 @@ impl ConsumerContext for Shards {
 pub fn run(shared: Arc<Shared>, stop: CancellationToken) -> anyhow::Result<()> {
     let config = shared.config.clone();
     let state_topic = config.state_topic();
-    let context = Shards { shared, state_topic: state_topic.clone(), workers: Mutex::new(BTreeMap::new()) };
+    let context = Shards {
+        shared,
+        state_topic: state_topic.clone(),
+        workers: Mutex::new(BTreeMap::new()),
+    };
     let member: BaseConsumer<Shards> = clients::membership(&config, context)?;
-    member.subscribe(&[&state_topic]).context("joining the shard assignment group")?;
+    member
+        .subscribe(&[&state_topic])
+        .context("joining the shard assignment group")?;
     let owned_gauge = metrics::gauge!("logpipe_mirror_shards_owned");
     while !stop.is_cancelled() {
         if let Some(Err(e)) = member.poll(Duration::from_millis(100)) {

@@ -60,8 +60,12 @@ pub fn run(shared: &Shared, shard: i32, stop: &CancellationToken) {
             Ok(Outcome::Stopped) => break,
             Ok(Outcome::Reopen) => backoff = Duration::from_millis(500),
             Err(e) => {
-                counter!("logpipe_mirror_shard_errors_total", "shard" => shard.to_string()).increment(1);
-                tracing::error!(shard, "shard session failed: {e:#}; starting it again in {backoff:?}");
+                counter!("logpipe_mirror_shard_errors_total", "shard" => shard.to_string())
+                    .increment(1);
+                tracing::error!(
+                    shard,
+                    "shard session failed: {e:#}; starting it again in {backoff:?}"
+                );
                 let until = Instant::now() + backoff;
                 while Instant::now() < until && !stop.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(50));
@@ -106,7 +110,13 @@ impl ProducerContext for Deliveries {
             Ok(_) => {}
             Err((e, message)) => {
                 let mut failure = self.failure.lock().expect("deliveries lock");
-                failure.get_or_insert_with(|| format!("delivery to {} [{}] failed: {e}", message.topic(), message.partition()));
+                failure.get_or_insert_with(|| {
+                    format!(
+                        "delivery to {} [{}] failed: {e}",
+                        message.topic(),
+                        message.partition()
+                    )
+                });
             }
         }
     }
@@ -126,7 +136,10 @@ struct PartitionMetrics {
 
 impl PartitionMetrics {
     fn new(topic: &str, partition: i32) -> Self {
-        let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
+        let labels = [
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ];
         PartitionMetrics {
             records: counter!("logpipe_mirror_records_total", &labels),
             bytes: counter!("logpipe_mirror_bytes_total", &labels),
@@ -183,11 +196,18 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn open(shared: &'a Shared, shard: i32, stop: &CancellationToken) -> anyhow::Result<Session<'a>> {
+    fn open(
+        shared: &'a Shared,
+        shard: i32,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Session<'a>> {
         let config = &shared.config;
         let topology = shared.topology.borrow().clone();
-        let producer = clients::shard_producer(config, shard, topology.shards, Deliveries::default())?;
-        producer.init_transactions(CALL_TIMEOUT).context("init_transactions (fencing the previous owner)")?;
+        let producer =
+            clients::shard_producer(config, shard, topology.shards, Deliveries::default())?;
+        producer
+            .init_transactions(CALL_TIMEOUT)
+            .context("init_transactions (fencing the previous owner)")?;
         let source = Arc::new(clients::source_consumer(config, shard, topology.shards)?);
         let reader = clients::target_reader(config, shard)?;
         let owned = topology.partitions_of(shard);
@@ -217,14 +237,26 @@ impl<'a> Session<'a> {
             if stop.is_cancelled() {
                 break;
             }
-            session.prepare(&reader, &topic, partition, positions.get(&(topic.clone(), partition)).copied())?;
+            session.prepare(
+                &reader,
+                &topic,
+                partition,
+                positions.get(&(topic.clone(), partition)).copied(),
+            )?;
         }
         session.load_unverified(&reader)?;
         let mut assignment = TopicPartitionList::new();
         for run in &session.runs {
-            assignment.add_partition_offset(&run.topic, run.partition, Offset::Offset(run.next_source))?;
+            assignment.add_partition_offset(
+                &run.topic,
+                run.partition,
+                Offset::Offset(run.next_source),
+            )?;
         }
-        session.source.assign(&assignment).context("assigning source partitions")?;
+        session
+            .source
+            .assign(&assignment)
+            .context("assigning source partitions")?;
         tracing::info!(
             shard,
             partitions = session.runs.len(),
@@ -236,16 +268,30 @@ impl<'a> Session<'a> {
 
     /// Decides where a partition resumes: its committed position, checked against the source
     /// log-start offset.
-    fn prepare(&mut self, reader: &TargetReader, topic: &str, partition: i32, position: Option<Position>) -> anyhow::Result<()> {
+    fn prepare(
+        &mut self,
+        reader: &TargetReader,
+        topic: &str,
+        partition: i32,
+        position: Option<Position>,
+    ) -> anyhow::Result<()> {
         let config = &self.shared.config;
         let plan = &self.topology.topics[topic];
-        let (source_low, source_high) =
-            self.source.fetch_watermarks(topic, partition, CALL_TIMEOUT).with_context(|| format!("watermarks of source {topic} [{partition}]"))?;
+        let (source_low, source_high) = self
+            .source
+            .fetch_watermarks(topic, partition, CALL_TIMEOUT)
+            .with_context(|| format!("watermarks of source {topic} [{partition}]"))?;
         let (target_low, _) = reader
             .fetch_watermarks(&plan.target, partition, CALL_TIMEOUT)
             .with_context(|| format!("watermarks of target {} [{partition}]", plan.target))?;
-        let labels = [("topic", topic.to_owned()), ("partition", partition.to_string())];
-        let mut committed = position.unwrap_or(Position { source: source_low, target: target_low });
+        let labels = [
+            ("topic", topic.to_owned()),
+            ("partition", partition.to_string()),
+        ];
+        let mut committed = position.unwrap_or(Position {
+            source: source_low,
+            target: target_low,
+        });
         let mut moved = false;
         if committed.source < source_low {
             let lost = source_low - committed.source;
@@ -283,12 +329,18 @@ impl<'a> Session<'a> {
         let metrics = PartitionMetrics::new(topic, partition);
         metrics.committed.set(committed.source as f64);
         let index = self.runs.len();
-        self.index.entry(topic.to_owned()).or_default().insert(partition, index);
+        self.index
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, index);
         self.runs.push(PartitionRun {
             topic: topic.to_owned(),
             target_topic: plan.target.clone(),
             partition,
-            committed: Position { source: committed.source, target: committed.target.max(target_low) },
+            committed: Position {
+                source: committed.source,
+                target: committed.target.max(target_low),
+            },
             next_source: committed.source,
             unverified: VecDeque::new(),
             verified_target: committed.target.max(target_low),
@@ -307,13 +359,22 @@ impl<'a> Session<'a> {
     fn load_unverified(&mut self, reader: &TargetReader) -> anyhow::Result<()> {
         let mut by_topic: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
         for run in &self.runs {
-            by_topic.entry(run.target_topic.clone()).or_default().push((run.partition, run.committed.target));
+            by_topic
+                .entry(run.target_topic.clone())
+                .or_default()
+                .push((run.partition, run.committed.target));
         }
         for (topic, from) in by_topic {
             // Bounded by the shard's buffer share: an unfinished transaction is never larger.
-            let limit = (self.shared.config.max_buffer_bytes / self.topology.shards.max(1) as u64) as usize;
+            let limit =
+                (self.shared.config.max_buffer_bytes / self.topology.shards.max(1) as u64) as usize;
             for record in state::drain(reader, &topic, &from, CALL_TIMEOUT, limit)? {
-                let source_topic = self.runs.iter().find(|r| r.target_topic == topic).map(|r| r.topic.clone()).unwrap_or_default();
+                let source_topic = self
+                    .runs
+                    .iter()
+                    .find(|r| r.target_topic == topic)
+                    .map(|r| r.topic.clone())
+                    .unwrap_or_default();
                 let index = self.index[&source_topic][&record.partition()];
                 self.runs[index].unverified.push_back(record);
             }
@@ -343,8 +404,13 @@ impl<'a> Session<'a> {
             }
             if topology.has_changed().unwrap_or(false) {
                 let next = topology.borrow_and_update().clone();
-                if next.partitions_of(self.shard) != self.topology.partitions_of(self.shard) || next.shards != self.topology.shards {
-                    tracing::info!(shard = self.shard, "the shard's partitions changed; starting a new session");
+                if next.partitions_of(self.shard) != self.topology.partitions_of(self.shard)
+                    || next.shards != self.topology.shards
+                {
+                    tracing::info!(
+                        shard = self.shard,
+                        "the shard's partitions changed; starting a new session"
+                    );
                     self.commit()?;
                     return Ok(Outcome::Reopen);
                 }
@@ -356,7 +422,9 @@ impl<'a> Session<'a> {
                 match source.poll(wait) {
                     None => break,
                     Some(Ok(message)) => self.copy(&message, stop)?,
-                    Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    Some(Err(KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::AutoOffsetReset,
+                    ))) => {
                         // A position fell below the log start while copying: commit what is
                         // done, then the next session applies the data-loss policy.
                         self.commit()?;
@@ -377,8 +445,16 @@ impl<'a> Session<'a> {
     }
 
     /// Copies (or verifies) one source record.
-    fn copy(&mut self, message: &BorrowedMessage<'_>, stop: &CancellationToken) -> anyhow::Result<()> {
-        let Some(&index) = self.index.get(message.topic()).and_then(|p| p.get(&message.partition())) else {
+    fn copy(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Some(&index) = self
+            .index
+            .get(message.topic())
+            .and_then(|p| p.get(&message.partition()))
+        else {
             return Ok(());
         };
         let run = &mut self.runs[index];
@@ -389,7 +465,8 @@ impl<'a> Session<'a> {
         run.next_source = message.offset() + 1;
         run.moved = true;
         let Some(copy) = copy else {
-            counter!("logpipe_mirror_loop_skipped_total", "topic" => run.topic.clone()).increment(1);
+            counter!("logpipe_mirror_loop_skipped_total", "topic" => run.topic.clone())
+                .increment(1);
             return Ok(());
         };
         if let Some(expected) = run.unverified.pop_front() {
@@ -410,14 +487,17 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         if !self.in_transaction {
-            self.producer.begin_transaction().context("begin_transaction")?;
+            self.producer
+                .begin_transaction()
+                .context("begin_transaction")?;
             self.in_transaction = true;
         }
         let size = copy.size() as u64;
         run.pending_records += 1;
         run.pending_bytes += size;
         run.pending_timestamp = copy.timestamp.or(run.pending_timestamp);
-        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&run.target_topic, index).partition(run.partition);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&run.target_topic, index).partition(run.partition);
         record.key = copy.key;
         record.payload = copy.payload;
         record.headers = copy.headers;
@@ -435,7 +515,9 @@ impl<'a> Session<'a> {
                     record = returned;
                     self.producer.poll(Duration::from_millis(50));
                 }
-                Err((e, _)) => return Err(anyhow::Error::from(e).context("producing to the target")),
+                Err((e, _)) => {
+                    return Err(anyhow::Error::from(e).context("producing to the target"))
+                }
             }
         }
     }
@@ -448,10 +530,13 @@ impl<'a> Session<'a> {
         }
         let started = Instant::now();
         if !self.in_transaction {
-            self.producer.begin_transaction().context("begin_transaction")?;
+            self.producer
+                .begin_transaction()
+                .context("begin_transaction")?;
             self.in_transaction = true;
         }
-        self.await_acknowledgements().context("flushing records before the commit")?;
+        self.await_acknowledgements()
+            .context("flushing records before the commit")?;
         let context = self.producer.context();
         if let Some(failure) = context.failure.lock().expect("deliveries lock").take() {
             bail!("{failure}");
@@ -460,20 +545,32 @@ impl<'a> Session<'a> {
         let mut positions = Vec::new();
         for (index, run) in self.runs.iter().enumerate().filter(|(_, r)| r.moved) {
             let delivered = ends.get(index).copied().unwrap_or(-1);
-            let position = Position { source: run.next_source, target: run.committed.target.max(run.verified_target).max(delivered) };
+            let position = Position {
+                source: run.next_source,
+                target: run.committed.target.max(run.verified_target).max(delivered),
+            };
             let (key, value) = state::encode(&run.topic, run.partition, position);
-            let record = BaseRecord::with_opaque_to(&self.state_topic, STATE_RECORD).partition(self.shard).key(&key).payload(&value);
-            self.producer.send(record).map_err(|(e, _)| e).context("writing the position to the state topic")?;
+            let record = BaseRecord::with_opaque_to(&self.state_topic, STATE_RECORD)
+                .partition(self.shard)
+                .key(&key)
+                .payload(&value);
+            self.producer
+                .send(record)
+                .map_err(|(e, _)| e)
+                .context("writing the position to the state topic")?;
             positions.push((index, position));
         }
         self.await_acknowledgements().context("writing positions")?;
-        self.producer.commit_transaction(CALL_TIMEOUT).context("commit_transaction")?;
+        self.producer
+            .commit_transaction(CALL_TIMEOUT)
+            .context("commit_transaction")?;
         self.in_transaction = false;
         // The interval runs from the end of a commit: a slow commit must not shrink the next
         // transaction to a single record.
         self.last_commit = Instant::now();
         let seconds = started.elapsed().as_secs_f64();
-        histogram!("logpipe_mirror_commit_latency_seconds", "shard" => self.shard.to_string()).record(seconds);
+        histogram!("logpipe_mirror_commit_latency_seconds", "shard" => self.shard.to_string())
+            .record(seconds);
         let now = Instant::now();
         for (index, position) in positions {
             let run = &mut self.runs[index];
@@ -505,7 +602,10 @@ impl<'a> Session<'a> {
         let native = self.producer.client().native_ptr();
         while self.producer.in_flight_count() > 0 {
             if Instant::now() >= deadline {
-                bail!("the target did not acknowledge {} records within {CALL_TIMEOUT:?}", self.producer.in_flight_count());
+                bail!(
+                    "the target did not acknowledge {} records within {CALL_TIMEOUT:?}",
+                    self.producer.in_flight_count()
+                );
             }
             // SAFETY: the handle is valid while `self.producer` lives; the call is thread safe.
             unsafe { rdkafka::bindings::rd_kafka_flush(native, 1) };
@@ -518,18 +618,28 @@ impl<'a> Session<'a> {
     /// source consumer last saw.
     fn update_lag(&mut self) {
         self.last_metrics = Instant::now();
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         for run in &self.runs {
-            let Some((_, high)) = clients::cached_watermarks(&self.source, &run.topic, run.partition) else { continue };
+            let Some((_, high)) =
+                clients::cached_watermarks(&self.source, &run.topic, run.partition)
+            else {
+                continue;
+            };
             let lag = (high - run.committed.source).max(0);
             run.metrics.offset_lag.set(lag as f64);
             if lag == 0 {
                 run.metrics.time_lag.set(0.0);
                 run.metrics.commit_age.set(0.0);
             } else {
-                let time_lag = run.committed_timestamp.map_or(0.0, |ts| (now_ms - ts).max(0) as f64 / 1000.0);
+                let time_lag = run
+                    .committed_timestamp
+                    .map_or(0.0, |ts| (now_ms - ts).max(0) as f64 / 1000.0);
                 run.metrics.time_lag.set(time_lag);
-                run.metrics.commit_age.set(run.last_commit.elapsed().as_secs_f64());
+                run.metrics
+                    .commit_age
+                    .set(run.last_commit.elapsed().as_secs_f64());
             }
         }
     }

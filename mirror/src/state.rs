@@ -60,8 +60,16 @@ pub fn read_positions(
     let from: Vec<(i32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
     let mut positions: HashMap<(String, i32), Position> = HashMap::new();
     for record in drain(reader, state_topic, &from, timeout, usize::MAX)? {
-        let Some((key, position)) = record.key().zip(record.payload()).and_then(|(k, v)| decode(k, v)) else {
-            tracing::warn!(partition = record.partition(), offset = record.offset(), "skipping an unreadable record in the state topic");
+        let Some((key, position)) = record
+            .key()
+            .zip(record.payload())
+            .and_then(|(k, v)| decode(k, v))
+        else {
+            tracing::warn!(
+                partition = record.partition(),
+                offset = record.offset(),
+                "skipping an unreadable record in the state topic"
+            );
             continue;
         };
         if !wanted(&key.0, key.1) {
@@ -103,12 +111,15 @@ pub fn drain(
             break Ok(());
         }
         if Instant::now() >= deadline {
-            break Err(anyhow::anyhow!("reading {topic} partitions {open:?} did not reach their end within {timeout:?}"));
+            break Err(anyhow::anyhow!(
+                "reading {topic} partitions {open:?} did not reach their end within {timeout:?}"
+            ));
         }
         match reader.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
-                bytes += message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len);
+                bytes +=
+                    message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len);
                 if bytes > max_bytes {
                     break Err(anyhow::anyhow!(
                         "{topic} partitions {open:?} hold more than {max_bytes} bytes after the positions read; refusing to buffer them"

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::admin::{AdminClient, AdminOptions, ConfigEntry, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::metadata::Metadata;
@@ -119,9 +122,17 @@ pub struct Missing {
 impl std::fmt::Display for Missing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.existing > 0 {
-            return write!(f, "topic {}: add partitions to reach {} (it has {})", self.topic, self.partitions, self.existing);
+            return write!(
+                f,
+                "topic {}: add partitions to reach {} (it has {})",
+                self.topic, self.partitions, self.existing
+            );
         }
-        write!(f, "topic {} with {} partitions, replication factor {}", self.topic, self.partitions, self.replication)?;
+        write!(
+            f,
+            "topic {} with {} partitions, replication factor {}",
+            self.topic, self.partitions, self.replication
+        )?;
         for (i, (name, value)) in self.configs.iter().enumerate() {
             write!(f, "{}{name}={value}", if i == 0 { " and " } else { ", " })?;
         }
@@ -135,7 +146,9 @@ pub fn copied_configs(entries: &[ConfigEntry], replication: i32) -> Vec<(String,
     COPIED_CONFIGS
         .iter()
         .filter_map(|name| {
-            let entry = entries.iter().find(|e| e.name == *name && e.source != ConfigSource::Default)?;
+            let entry = entries
+                .iter()
+                .find(|e| e.name == *name && e.source != ConfigSource::Default)?;
             let value = entry.value.clone()?;
             let value = match (*name, value.parse::<i32>()) {
                 ("min.insync.replicas", Ok(n)) if n > replication => replication.to_string(),
@@ -180,19 +193,39 @@ impl Scanner {
         let source = crate::clients::metadata_client(&config.source, "source")?;
         let target = crate::clients::metadata_client(&config.target, "target")?;
         let source_admin = crate::clients::admin(&config.source)?;
-        let admin = if config.create_topics { Some(crate::clients::admin(&config.target)?) } else { None };
-        Ok(Scanner { config, selection, source, target, source_admin, admin })
+        let admin = if config.create_topics {
+            Some(crate::clients::admin(&config.target)?)
+        } else {
+            None
+        };
+        Ok(Scanner {
+            config,
+            selection,
+            source,
+            target,
+            source_admin,
+            admin,
+        })
     }
 
     /// Reads both sides; creates missing target topics and partitions when allowed.
     pub fn scan(&self) -> Result<Scan, ScanError> {
-        let source = self.source.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| ScanError::Source(e.into()))?;
-        let target = self.target.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| ScanError::Target(e.into()))?;
+        let source = self
+            .source
+            .fetch_metadata(None, METADATA_TIMEOUT)
+            .map_err(|e| ScanError::Source(e.into()))?;
+        let target = self
+            .target
+            .fetch_metadata(None, METADATA_TIMEOUT)
+            .map_err(|e| ScanError::Target(e.into()))?;
         let (mut topology, mut missing) = self.plan(&source, &target);
         if missing.is_empty() {
             return Ok(Scan { topology, missing });
         }
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(e) => return Err(ScanError::Target(e.into())),
         };
@@ -204,8 +237,12 @@ impl Scanner {
             tracing::warn!("the target did not create the missing topics: {e:#}");
         }
         // Read again: whatever the admin API managed to create is now mirrorable.
-        let target = self.target.fetch_metadata(None, METADATA_TIMEOUT).map_err(|e| ScanError::Target(e.into()))?;
-        let configs: Vec<(String, Vec<(String, String)>)> = missing.into_iter().map(|m| (m.topic, m.configs)).collect();
+        let target = self
+            .target
+            .fetch_metadata(None, METADATA_TIMEOUT)
+            .map_err(|e| ScanError::Target(e.into()))?;
+        let configs: Vec<(String, Vec<(String, String)>)> =
+            missing.into_iter().map(|m| (m.topic, m.configs)).collect();
         (topology, missing) = self.plan(&source, &target);
         // Keep the configs read above for the error message (no second DescribeConfigs).
         for m in &mut missing {
@@ -218,7 +255,11 @@ impl Scanner {
 
     fn plan(&self, source: &Metadata, target: &Metadata) -> (Topology, Vec<Missing>) {
         let target_partitions = |name: &str| {
-            target.topics().iter().find(|t| t.name() == name && t.error().is_none()).map_or(0, |t| t.partitions().len() as i32)
+            target
+                .topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none())
+                .map_or(0, |t| t.partitions().len() as i32)
         };
         let brokers = target.brokers().len().max(1) as i32;
         let mut missing = Vec::new();
@@ -237,14 +278,22 @@ impl Scanner {
         }
         let mut topics = BTreeMap::new();
         for topic in source.topics() {
-            if topic.error().is_some() || topic.partitions().is_empty() || !self.selection.selects(topic.name()) {
+            if topic.error().is_some()
+                || topic.partitions().is_empty()
+                || !self.selection.selects(topic.name())
+            {
                 continue;
             }
             let wanted = topic.partitions().len() as i32;
             let name = self.config.target_topic(topic.name());
             let existing = target_partitions(&name);
             if existing < wanted {
-                let source_replication = topic.partitions().iter().map(|p| p.replicas().len()).max().unwrap_or(0) as i32;
+                let source_replication = topic
+                    .partitions()
+                    .iter()
+                    .map(|p| p.replicas().len())
+                    .max()
+                    .unwrap_or(0) as i32;
                 missing.push(Missing {
                     topic: name.clone(),
                     partitions: wanted,
@@ -255,23 +304,46 @@ impl Scanner {
                 });
             }
             if existing > 0 {
-                topics.insert(topic.name().to_owned(), TopicPlan { target: name, partitions: existing.min(wanted) });
+                topics.insert(
+                    topic.name().to_owned(),
+                    TopicPlan {
+                        target: name,
+                        partitions: existing.min(wanted),
+                    },
+                );
             }
         }
-        (Topology { shards: shards.max(1), topics }, missing)
+        (
+            Topology {
+                shards: shards.max(1),
+                topics,
+            },
+            missing,
+        )
     }
 
     /// Fills in the configs of the source topics whose target topics are to be created. A topic
     /// whose configs cannot be read keeps `source` set and is not created this round: creating
     /// it without them would, say, turn a compacted topic into a deleting one for good.
     async fn read_source_configs(&self, missing: &mut [Missing]) {
-        let sources: Vec<String> = missing.iter().filter(|m| m.existing == 0).filter_map(|m| m.source.clone()).collect();
+        let sources: Vec<String> = missing
+            .iter()
+            .filter(|m| m.existing == 0)
+            .filter_map(|m| m.source.clone())
+            .collect();
         if sources.is_empty() {
             return;
         }
-        let resources: Vec<ResourceSpecifier<'_>> = sources.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let resources: Vec<ResourceSpecifier<'_>> = sources
+            .iter()
+            .map(|t| ResourceSpecifier::Topic(t))
+            .collect();
         let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
-        let described = match self.source_admin.describe_configs(&resources, &options).await {
+        let described = match self
+            .source_admin
+            .describe_configs(&resources, &options)
+            .await
+        {
             Ok(described) => described,
             Err(e) => {
                 tracing::warn!("could not read the source topics' configs (DescribeConfigs): {e}; retrying at the next refresh");
@@ -285,7 +357,10 @@ impl Scanner {
                 tracing::warn!(topic, "could not read the source topic's configs; its target topic waits for the next refresh");
                 continue;
             };
-            if let Some(m) = missing.iter_mut().find(|m| m.source.as_deref() == Some(topic.as_str())) {
+            if let Some(m) = missing
+                .iter_mut()
+                .find(|m| m.source.as_deref() == Some(topic.as_str()))
+            {
                 m.configs = copied_configs(&resource.entries, m.replication);
                 m.source = None;
             }
@@ -293,33 +368,57 @@ impl Scanner {
     }
 
     async fn create(&self, missing: &[Missing]) -> anyhow::Result<()> {
-        let Some(admin) = &self.admin else { return Ok(()) };
-        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT)).operation_timeout(Some(ADMIN_TIMEOUT));
+        let Some(admin) = &self.admin else {
+            return Ok(());
+        };
+        let options = AdminOptions::new()
+            .request_timeout(Some(ADMIN_TIMEOUT))
+            .operation_timeout(Some(ADMIN_TIMEOUT));
         // `source` still set: the source configs are unknown, so the topic is not created yet.
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .filter(|m| m.existing == 0 && m.source.is_none())
             .map(|m| {
-                m.configs.iter().fold(NewTopic::new(&m.topic, m.partitions, TopicReplication::Fixed(m.replication)), |topic, (name, value)| {
-                    topic.set(name, value)
-                })
+                m.configs.iter().fold(
+                    NewTopic::new(
+                        &m.topic,
+                        m.partitions,
+                        TopicReplication::Fixed(m.replication),
+                    ),
+                    |topic, (name, value)| topic.set(name, value),
+                )
             })
             .collect();
-        let grow: Vec<NewPartitions<'_>> =
-            missing.iter().filter(|m| m.existing > 0).map(|m| NewPartitions::new(&m.topic, m.partitions as usize)).collect();
+        let grow: Vec<NewPartitions<'_>> = missing
+            .iter()
+            .filter(|m| m.existing > 0)
+            .map(|m| NewPartitions::new(&m.topic, m.partitions as usize))
+            .collect();
         if !new.is_empty() {
-            for result in admin.create_topics(&new, &options).await.context("CreateTopics")? {
+            for result in admin
+                .create_topics(&new, &options)
+                .await
+                .context("CreateTopics")?
+            {
                 match result {
                     Ok(topic) => tracing::info!(topic, "created the target topic"),
-                    Err((topic, e)) => tracing::warn!(topic, "could not create the target topic: {e}"),
+                    Err((topic, e)) => {
+                        tracing::warn!(topic, "could not create the target topic: {e}")
+                    }
                 }
             }
         }
         if !grow.is_empty() {
-            for result in admin.create_partitions(&grow, &options).await.context("CreatePartitions")? {
+            for result in admin
+                .create_partitions(&grow, &options)
+                .await
+                .context("CreatePartitions")?
+            {
                 match result {
                     Ok(topic) => tracing::info!(topic, "added partitions to the target topic"),
-                    Err((topic, e)) => tracing::warn!(topic, "could not add partitions to the target topic: {e}"),
+                    Err((topic, e)) => {
+                        tracing::warn!(topic, "could not add partitions to the target topic: {e}")
+                    }
                 }
             }
         }
@@ -340,13 +439,24 @@ mod tests {
     #[test]
     fn shards_are_stable_and_spread() {
         assert_eq!(shard_of("raw.game", 0, 8), shard_of("raw.game", 0, 8));
-        let shards: std::collections::BTreeSet<i32> = (0..8).map(|p| shard_of("raw.game", p, 8)).collect();
-        assert_eq!(shards.len(), 8, "consecutive partitions land on distinct shards");
+        let shards: std::collections::BTreeSet<i32> =
+            (0..8).map(|p| shard_of("raw.game", p, 8)).collect();
+        assert_eq!(
+            shards.len(),
+            8,
+            "consecutive partitions land on distinct shards"
+        );
         assert!((0..100).all(|p| (0..4).contains(&shard_of("x", p, 4))));
         // Pinned to the FNV-1a test vector ("a" => 0xe40c292c): instances of different versions
         // must agree on every shard.
-        assert_eq!(shard_of("a", 0, 1_000_003), (0xe40c_292c_u32 % 1_000_003) as i32);
-        assert_eq!(shard_of("a", 1, 1_000_003), (0xe40c_292c_u32 % 1_000_003) as i32 + 1);
+        assert_eq!(
+            shard_of("a", 0, 1_000_003),
+            (0xe40c_292c_u32 % 1_000_003) as i32
+        );
+        assert_eq!(
+            shard_of("a", 1, 1_000_003),
+            (0xe40c_292c_u32 % 1_000_003) as i32 + 1
+        );
     }
 
     #[test]
@@ -354,8 +464,20 @@ mod tests {
         let topology = Topology {
             shards: 3,
             topics: BTreeMap::from([
-                ("a".to_owned(), TopicPlan { target: "a".into(), partitions: 5 }),
-                ("b".to_owned(), TopicPlan { target: "x.b".into(), partitions: 2 }),
+                (
+                    "a".to_owned(),
+                    TopicPlan {
+                        target: "a".into(),
+                        partitions: 5,
+                    },
+                ),
+                (
+                    "b".to_owned(),
+                    TopicPlan {
+                        target: "x.b".into(),
+                        partitions: 2,
+                    },
+                ),
             ]),
         };
         let mut all: Vec<(String, i32)> = (0..3).flat_map(|s| topology.partitions_of(s)).collect();
@@ -367,23 +489,45 @@ mod tests {
 
     #[test]
     fn missing_topics_are_named_exactly() {
-        let missing = |topic: &str, partitions, existing, replication, configs: &[(&str, &str)]| Missing {
-            topic: topic.into(),
-            partitions,
-            existing,
-            replication,
-            configs: configs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-            source: None,
-        };
+        let missing =
+            |topic: &str, partitions, existing, replication, configs: &[(&str, &str)]| Missing {
+                topic: topic.into(),
+                partitions,
+                existing,
+                replication,
+                configs: configs
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+                source: None,
+            };
         let missing = vec![
             missing("raw.a", 4, 0, 2, &[]),
             missing("raw.b", 6, 2, 3, &[]),
-            missing("_lp.mirror.default.state", 8, 0, 3, &[("cleanup.policy", "compact")]),
-            missing("raw.c", 1, 0, 1, &[("cleanup.policy", "compact"), ("retention.ms", "1000")]),
+            missing(
+                "_lp.mirror.default.state",
+                8,
+                0,
+                3,
+                &[("cleanup.policy", "compact")],
+            ),
+            missing(
+                "raw.c",
+                1,
+                0,
+                1,
+                &[("cleanup.policy", "compact"), ("retention.ms", "1000")],
+            ),
         ];
         let text = missing_message(&missing, "r:9092");
-        assert!(text.contains("topic raw.a with 4 partitions, replication factor 2;"), "{text}");
-        assert!(text.contains("raw.b: add partitions to reach 6 (it has 2)"), "{text}");
+        assert!(
+            text.contains("topic raw.a with 4 partitions, replication factor 2;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("raw.b: add partitions to reach 6 (it has 2)"),
+            "{text}"
+        );
         assert!(text.contains("_lp.mirror.default.state with 8 partitions, replication factor 3 and cleanup.policy=compact"), "{text}");
         assert!(text.ends_with("raw.c with 1 partitions, replication factor 1 and cleanup.policy=compact, retention.ms=1000"), "{text}");
     }
@@ -402,16 +546,24 @@ mod tests {
             entry("cleanup.policy", "compact", ConfigSource::DynamicTopic),
             entry("retention.ms", "604800000", ConfigSource::Default),
             entry("max.message.bytes", "5000000", ConfigSource::StaticBroker),
-            entry("message.timestamp.type", "LogAppendTime", ConfigSource::DynamicTopic),
+            entry(
+                "message.timestamp.type",
+                "LogAppendTime",
+                ConfigSource::DynamicTopic,
+            ),
             entry("segment.bytes", "1000000", ConfigSource::DynamicTopic),
             entry("min.insync.replicas", "2", ConfigSource::DynamicTopic),
         ];
         let copied = copied_configs(&entries, 3);
         let expected = |min_isr: &str| -> Vec<(String, String)> {
-            [("cleanup.policy", "compact"), ("max.message.bytes", "5000000"), ("min.insync.replicas", min_isr)]
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
+            [
+                ("cleanup.policy", "compact"),
+                ("max.message.bytes", "5000000"),
+                ("min.insync.replicas", min_isr),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
         };
         assert_eq!(copied, expected("2"));
         // On a single-broker target, min.insync.replicas=2 would refuse every write.

@@ -23,14 +23,20 @@ use crate::compat::Level;
 use crate::error::ApiError;
 use crate::forward::Forwarder;
 use crate::log::{Mode, Record};
-use crate::registry::{validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector};
+use crate::registry::{
+    validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector,
+};
 use crate::schema::{Reference, SchemaType};
 
 /// The content type of every JSON response, as Confluent sends it.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Request and response media types Confluent accepts.
-const JSON_TYPES: [&str; 3] = ["application/vnd.schemaregistry.v1+json", "application/vnd.schemaregistry+json", "application/json"];
+const JSON_TYPES: [&str; 3] = [
+    "application/vnd.schemaregistry.v1+json",
+    "application/vnd.schemaregistry+json",
+    "application/json",
+];
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -69,49 +75,334 @@ fn route(
     response: &'static str,
     handler: MethodRouter<AppState>,
 ) -> Route {
-    Route { method, path, role, summary, query, body, response, handler }
+    Route {
+        method,
+        path,
+        role,
+        summary,
+        query,
+        body,
+        response,
+        handler,
+    }
 }
 
 const DELETED: (&str, &str) = ("deleted", "include soft-deleted entries");
 const PERMANENT: (&str, &str) = ("permanent", "hard delete (only after a soft delete)");
 const VERBOSE: (&str, &str) = ("verbose", "return the reasons for incompatibility");
-const DEFAULT_TO_GLOBAL: (&str, &str) = ("defaultToGlobal", "fall back to the global setting instead of 404");
+const DEFAULT_TO_GLOBAL: (&str, &str) = (
+    "defaultToGlobal",
+    "fall back to the global setting instead of 404",
+);
 
 /// The whole API surface.
 pub fn routes() -> Vec<Route> {
     use Method as M;
     use Role::*;
     vec![
-        route(M::GET, "/", Read, "Server root (empty object)", &[], None, "Empty", on(MethodFilter::GET, root)),
-        route(M::GET, "/schemas/types", Read, "Supported schema types", &[], None, "StringList", on(MethodFilter::GET, schema_types)),
-        route(M::GET, "/schemas/ids/{id}", Read, "Schema by global id", &[("subject", "ignored"), ("format", "ignored")], None, "SchemaById", on(MethodFilter::GET, schema_by_id)),
-        route(M::GET, "/schemas/ids/{id}/schema", Read, "Raw schema by global id", &[], None, "RawSchema", on(MethodFilter::GET, raw_schema_by_id)),
-        route(M::GET, "/schemas/ids/{id}/subjects", Read, "Subjects using a schema id", &[DELETED], None, "StringList", on(MethodFilter::GET, subjects_of_id)),
-        route(M::GET, "/schemas/ids/{id}/versions", Read, "Subject versions using a schema id", &[DELETED], None, "SubjectVersionList", on(MethodFilter::GET, versions_of_id)),
-        route(M::GET, "/subjects", Read, "List subjects", &[DELETED, ("subjectPrefix", "only subjects starting with this")], None, "StringList", on(MethodFilter::GET, list_subjects)),
-        route(M::POST, "/subjects/{subject}", Read, "Look up a schema under a subject", &[DELETED, ("normalize", "ignored")], Some("RegisterRequest"), "SubjectVersion", on(MethodFilter::POST, lookup)),
-        route(M::DELETE, "/subjects/{subject}", Write, "Delete a subject (soft, or permanent after soft)", &[PERMANENT], None, "IntList", on(MethodFilter::DELETE, delete_subject)),
-        route(M::GET, "/subjects/{subject}/versions", Read, "List versions of a subject", &[DELETED], None, "IntList", on(MethodFilter::GET, list_versions)),
-        route(M::POST, "/subjects/{subject}/versions", Write, "Register a schema under a subject", &[("normalize", "ignored")], Some("RegisterRequest"), "RegisterResponse", on(MethodFilter::POST, register)),
-        route(M::GET, "/subjects/{subject}/versions/{version}", Read, "Get a version (number, latest or -1)", &[DELETED], None, "SubjectVersion", on(MethodFilter::GET, get_version)),
-        route(M::DELETE, "/subjects/{subject}/versions/{version}", Write, "Delete a version (soft, or permanent after soft)", &[PERMANENT], None, "Int", on(MethodFilter::DELETE, delete_version)),
-        route(M::GET, "/subjects/{subject}/versions/{version}/schema", Read, "Raw schema of a version", &[DELETED], None, "RawSchema", on(MethodFilter::GET, raw_version)),
-        route(M::GET, "/subjects/{subject}/versions/{version}/referencedby", Read, "Ids of schemas referencing a version", &[], None, "IntList", on(MethodFilter::GET, referenced_by)),
-        route(M::POST, "/compatibility/subjects/{subject}/versions/{version}", Read, "Test compatibility against one version", &[VERBOSE], Some("RegisterRequest"), "CompatibilityResponse", on(MethodFilter::POST, compatibility_version)),
-        route(M::POST, "/compatibility/subjects/{subject}/versions", Read, "Test compatibility against the versions the level selects", &[VERBOSE], Some("RegisterRequest"), "CompatibilityResponse", on(MethodFilter::POST, compatibility_all)),
-        route(M::GET, "/config", Read, "Global compatibility level", &[], None, "ConfigResponse", on(MethodFilter::GET, get_global::<Level>)),
-        route(M::PUT, "/config", Admin, "Set the global compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_global::<Level>)),
-        route(M::DELETE, "/config", Admin, "Reset the global compatibility level to BACKWARD", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_global::<Level>)),
-        route(M::GET, "/config/{subject}", Read, "Subject compatibility level (40408 when unset)", &[DEFAULT_TO_GLOBAL], None, "ConfigResponse", on(MethodFilter::GET, get_subject_setting::<Level>)),
-        route(M::PUT, "/config/{subject}", Admin, "Set a subject's compatibility level", &[], Some("ConfigRequest"), "ConfigRequest", on(MethodFilter::PUT, put_subject_setting::<Level>)),
-        route(M::DELETE, "/config/{subject}", Admin, "Remove a subject's compatibility level", &[], None, "ConfigResponse", on(MethodFilter::DELETE, delete_subject_setting::<Level>)),
-        route(M::GET, "/mode", Read, "Global mode", &[], None, "Mode", on(MethodFilter::GET, get_global::<Mode>)),
-        route(M::PUT, "/mode", Admin, "Set the global mode", &[("force", "allow IMPORT with existing subjects")], Some("Mode"), "Mode", on(MethodFilter::PUT, put_global::<Mode>)),
-        route(M::DELETE, "/mode", Admin, "Reset the global mode to READWRITE", &[], None, "Mode", on(MethodFilter::DELETE, delete_global::<Mode>)),
-        route(M::GET, "/mode/{subject}", Read, "Subject mode (40409 when unset)", &[DEFAULT_TO_GLOBAL], None, "Mode", on(MethodFilter::GET, get_subject_setting::<Mode>)),
-        route(M::PUT, "/mode/{subject}", Admin, "Set a subject's mode", &[], Some("Mode"), "Mode", on(MethodFilter::PUT, put_subject_setting::<Mode>)),
-        route(M::DELETE, "/mode/{subject}", Admin, "Remove a subject's mode", &[], None, "Mode", on(MethodFilter::DELETE, delete_subject_setting::<Mode>)),
-        route(M::GET, "/openapi.json", Read, "This document", &[], None, "OpenApi", on(MethodFilter::GET, openapi)),
+        route(
+            M::GET,
+            "/",
+            Read,
+            "Server root (empty object)",
+            &[],
+            None,
+            "Empty",
+            on(MethodFilter::GET, root),
+        ),
+        route(
+            M::GET,
+            "/schemas/types",
+            Read,
+            "Supported schema types",
+            &[],
+            None,
+            "StringList",
+            on(MethodFilter::GET, schema_types),
+        ),
+        route(
+            M::GET,
+            "/schemas/ids/{id}",
+            Read,
+            "Schema by global id",
+            &[("subject", "ignored"), ("format", "ignored")],
+            None,
+            "SchemaById",
+            on(MethodFilter::GET, schema_by_id),
+        ),
+        route(
+            M::GET,
+            "/schemas/ids/{id}/schema",
+            Read,
+            "Raw schema by global id",
+            &[],
+            None,
+            "RawSchema",
+            on(MethodFilter::GET, raw_schema_by_id),
+        ),
+        route(
+            M::GET,
+            "/schemas/ids/{id}/subjects",
+            Read,
+            "Subjects using a schema id",
+            &[DELETED],
+            None,
+            "StringList",
+            on(MethodFilter::GET, subjects_of_id),
+        ),
+        route(
+            M::GET,
+            "/schemas/ids/{id}/versions",
+            Read,
+            "Subject versions using a schema id",
+            &[DELETED],
+            None,
+            "SubjectVersionList",
+            on(MethodFilter::GET, versions_of_id),
+        ),
+        route(
+            M::GET,
+            "/subjects",
+            Read,
+            "List subjects",
+            &[
+                DELETED,
+                ("subjectPrefix", "only subjects starting with this"),
+            ],
+            None,
+            "StringList",
+            on(MethodFilter::GET, list_subjects),
+        ),
+        route(
+            M::POST,
+            "/subjects/{subject}",
+            Read,
+            "Look up a schema under a subject",
+            &[DELETED, ("normalize", "ignored")],
+            Some("RegisterRequest"),
+            "SubjectVersion",
+            on(MethodFilter::POST, lookup),
+        ),
+        route(
+            M::DELETE,
+            "/subjects/{subject}",
+            Write,
+            "Delete a subject (soft, or permanent after soft)",
+            &[PERMANENT],
+            None,
+            "IntList",
+            on(MethodFilter::DELETE, delete_subject),
+        ),
+        route(
+            M::GET,
+            "/subjects/{subject}/versions",
+            Read,
+            "List versions of a subject",
+            &[DELETED],
+            None,
+            "IntList",
+            on(MethodFilter::GET, list_versions),
+        ),
+        route(
+            M::POST,
+            "/subjects/{subject}/versions",
+            Write,
+            "Register a schema under a subject",
+            &[("normalize", "ignored")],
+            Some("RegisterRequest"),
+            "RegisterResponse",
+            on(MethodFilter::POST, register),
+        ),
+        route(
+            M::GET,
+            "/subjects/{subject}/versions/{version}",
+            Read,
+            "Get a version (number, latest or -1)",
+            &[DELETED],
+            None,
+            "SubjectVersion",
+            on(MethodFilter::GET, get_version),
+        ),
+        route(
+            M::DELETE,
+            "/subjects/{subject}/versions/{version}",
+            Write,
+            "Delete a version (soft, or permanent after soft)",
+            &[PERMANENT],
+            None,
+            "Int",
+            on(MethodFilter::DELETE, delete_version),
+        ),
+        route(
+            M::GET,
+            "/subjects/{subject}/versions/{version}/schema",
+            Read,
+            "Raw schema of a version",
+            &[DELETED],
+            None,
+            "RawSchema",
+            on(MethodFilter::GET, raw_version),
+        ),
+        route(
+            M::GET,
+            "/subjects/{subject}/versions/{version}/referencedby",
+            Read,
+            "Ids of schemas referencing a version",
+            &[],
+            None,
+            "IntList",
+            on(MethodFilter::GET, referenced_by),
+        ),
+        route(
+            M::POST,
+            "/compatibility/subjects/{subject}/versions/{version}",
+            Read,
+            "Test compatibility against one version",
+            &[VERBOSE],
+            Some("RegisterRequest"),
+            "CompatibilityResponse",
+            on(MethodFilter::POST, compatibility_version),
+        ),
+        route(
+            M::POST,
+            "/compatibility/subjects/{subject}/versions",
+            Read,
+            "Test compatibility against the versions the level selects",
+            &[VERBOSE],
+            Some("RegisterRequest"),
+            "CompatibilityResponse",
+            on(MethodFilter::POST, compatibility_all),
+        ),
+        route(
+            M::GET,
+            "/config",
+            Read,
+            "Global compatibility level",
+            &[],
+            None,
+            "ConfigResponse",
+            on(MethodFilter::GET, get_global::<Level>),
+        ),
+        route(
+            M::PUT,
+            "/config",
+            Admin,
+            "Set the global compatibility level",
+            &[],
+            Some("ConfigRequest"),
+            "ConfigRequest",
+            on(MethodFilter::PUT, put_global::<Level>),
+        ),
+        route(
+            M::DELETE,
+            "/config",
+            Admin,
+            "Reset the global compatibility level to BACKWARD",
+            &[],
+            None,
+            "ConfigResponse",
+            on(MethodFilter::DELETE, delete_global::<Level>),
+        ),
+        route(
+            M::GET,
+            "/config/{subject}",
+            Read,
+            "Subject compatibility level (40408 when unset)",
+            &[DEFAULT_TO_GLOBAL],
+            None,
+            "ConfigResponse",
+            on(MethodFilter::GET, get_subject_setting::<Level>),
+        ),
+        route(
+            M::PUT,
+            "/config/{subject}",
+            Admin,
+            "Set a subject's compatibility level",
+            &[],
+            Some("ConfigRequest"),
+            "ConfigRequest",
+            on(MethodFilter::PUT, put_subject_setting::<Level>),
+        ),
+        route(
+            M::DELETE,
+            "/config/{subject}",
+            Admin,
+            "Remove a subject's compatibility level",
+            &[],
+            None,
+            "ConfigResponse",
+            on(MethodFilter::DELETE, delete_subject_setting::<Level>),
+        ),
+        route(
+            M::GET,
+            "/mode",
+            Read,
+            "Global mode",
+            &[],
+            None,
+            "Mode",
+            on(MethodFilter::GET, get_global::<Mode>),
+        ),
+        route(
+            M::PUT,
+            "/mode",
+            Admin,
+            "Set the global mode",
+            &[("force", "allow IMPORT with existing subjects")],
+            Some("Mode"),
+            "Mode",
+            on(MethodFilter::PUT, put_global::<Mode>),
+        ),
+        route(
+            M::DELETE,
+            "/mode",
+            Admin,
+            "Reset the global mode to READWRITE",
+            &[],
+            None,
+            "Mode",
+            on(MethodFilter::DELETE, delete_global::<Mode>),
+        ),
+        route(
+            M::GET,
+            "/mode/{subject}",
+            Read,
+            "Subject mode (40409 when unset)",
+            &[DEFAULT_TO_GLOBAL],
+            None,
+            "Mode",
+            on(MethodFilter::GET, get_subject_setting::<Mode>),
+        ),
+        route(
+            M::PUT,
+            "/mode/{subject}",
+            Admin,
+            "Set a subject's mode",
+            &[],
+            Some("Mode"),
+            "Mode",
+            on(MethodFilter::PUT, put_subject_setting::<Mode>),
+        ),
+        route(
+            M::DELETE,
+            "/mode/{subject}",
+            Admin,
+            "Remove a subject's mode",
+            &[],
+            None,
+            "Mode",
+            on(MethodFilter::DELETE, delete_subject_setting::<Mode>),
+        ),
+        route(
+            M::GET,
+            "/openapi.json",
+            Read,
+            "This document",
+            &[],
+            None,
+            "OpenApi",
+            on(MethodFilter::GET, openapi),
+        ),
     ]
 }
 
@@ -123,8 +414,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         // The latency histogram doubles as the request count; its handle is made once per
         // route so the hot path does no metric lookups.
         let timing = metrics::histogram!("logpipe_schema_store_http_request_seconds", "method" => r.method.to_string(), "route" => r.path);
-        let guard = RouteGuard { state: state.clone(), role: r.role, route: r.path, timing };
-        let handler = r.handler.layer(middleware::from_fn_with_state(guard, authorize));
+        let guard = RouteGuard {
+            state: state.clone(),
+            role: r.role,
+            route: r.path,
+            timing,
+        };
+        let handler = r
+            .handler
+            .layer(middleware::from_fn_with_state(guard, authorize));
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
             None => by_path.push((r.path, handler)),
@@ -135,7 +433,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     }
     router
         .fallback(|| async { ApiError::http(StatusCode::NOT_FOUND, "HTTP 404 Not Found") })
-        .method_not_allowed_fallback(|| async { ApiError::http(StatusCode::METHOD_NOT_ALLOWED, "HTTP 405 Method Not Allowed") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::http(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "HTTP 405 Method Not Allowed",
+            )
+        })
         .layer(middleware::from_fn(negotiate))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -154,9 +457,16 @@ struct RouteGuard {
 async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     // Permanent deletes destroy data: they need the admin role, soft deletes only write.
-    let permanent = request.method() == Method::DELETE && request.uri().query().is_some_and(|q| q.contains("permanent=true"));
+    let permanent = request.method() == Method::DELETE
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("permanent=true"));
     let role = if permanent { Role::Admin } else { guard.role };
-    let response = match (guard.state.auth.authorize(request.headers(), role), &guard.state.forwarder) {
+    let response = match (
+        guard.state.auth.authorize(request.headers(), role),
+        &guard.state.forwarder,
+    ) {
         (Ok(()), Some(forwarder)) if role >= Role::Write => forwarder.write(request, next).await,
         (Ok(()), _) => next.run(request).await,
         (Err(denied), _) => denied.into_response(),
@@ -170,23 +480,43 @@ async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next
 }
 
 fn media_type(value: &str) -> String {
-    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// 406 when `Accept` names nothing we produce; 415 when a body has another content type.
 async fn negotiate(request: Request, next: Next) -> Response {
-    if let Some(accept) = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
-        let acceptable = accept.split(',').map(media_type).any(|m| m.is_empty() || m == "*/*" || m == "application/*" || JSON_TYPES.contains(&m.as_str()));
+    if let Some(accept) = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    {
+        let acceptable = accept.split(',').map(media_type).any(|m| {
+            m.is_empty() || m == "*/*" || m == "application/*" || JSON_TYPES.contains(&m.as_str())
+        });
         if !acceptable {
             metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "not_acceptable").increment(1);
-            return ApiError::http(StatusCode::NOT_ACCEPTABLE, "HTTP 406 Not Acceptable").into_response();
+            return ApiError::http(StatusCode::NOT_ACCEPTABLE, "HTTP 406 Not Acceptable")
+                .into_response();
         }
     }
     if matches!(*request.method(), Method::POST | Method::PUT) {
-        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        if let Some(content_type) = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
             if !JSON_TYPES.contains(&media_type(content_type).as_str()) {
                 metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "unsupported_media_type").increment(1);
-                return ApiError::http(StatusCode::UNSUPPORTED_MEDIA_TYPE, "HTTP 415 Unsupported Media Type").into_response();
+                return ApiError::http(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "HTTP 415 Unsupported Media Type",
+                )
+                .into_response();
             }
         }
     }
@@ -196,7 +526,11 @@ async fn negotiate(request: Request, next: Next) -> Response {
 /// A JSON response with Confluent's content type.
 fn reply<T: Serialize>(value: &T) -> Response {
     let body = serde_json::to_vec(value).expect("responses serialize");
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        body,
+    )
+        .into_response()
 }
 
 /// A JSON request body: size-limited, with invalid JSON answered 400 and the parser's message.
@@ -246,7 +580,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Flags {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Flags, ApiError> {
         Query::<Flags>::try_from_uri(&parts.uri)
             .map(|Query(flags)| flags)
-            .map_err(|e| ApiError::http(StatusCode::BAD_REQUEST, format!("Invalid query parameters: {}", e.body_text())))
+            .map_err(|e| {
+                ApiError::http(
+                    StatusCode::BAD_REQUEST,
+                    format!("Invalid query parameters: {}", e.body_text()),
+                )
+            })
     }
 }
 
@@ -264,9 +603,19 @@ struct SchemaRequest {
 
 impl SchemaRequest {
     fn into_new(self) -> Result<NewSchema, ApiError> {
-        let schema = self.schema.filter(|s| !s.trim().is_empty()).ok_or_else(|| ApiError::invalid_schema("Empty schema"))?;
-        let schema_type = SchemaType::from_request(self.schema_type.as_deref()).map_err(ApiError::invalid_schema)?;
-        let id = self.id.filter(|i| *i > 0).map(|i| u32::try_from(i).map_err(|_| ApiError::invalid_schema(format!("Invalid id {i}")))).transpose()?;
+        let schema = self
+            .schema
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ApiError::invalid_schema("Empty schema"))?;
+        let schema_type = SchemaType::from_request(self.schema_type.as_deref())
+            .map_err(ApiError::invalid_schema)?;
+        let id = self
+            .id
+            .filter(|i| *i > 0)
+            .map(|i| {
+                u32::try_from(i).map_err(|_| ApiError::invalid_schema(format!("Invalid id {i}")))
+            })
+            .transpose()?;
         let version = match self.version.filter(|v| *v > 0) {
             Some(v) => match VersionSelector::parse(&v.to_string())? {
                 VersionSelector::Number(n) => Some(n),
@@ -274,7 +623,13 @@ impl SchemaRequest {
             },
             None => None,
         };
-        Ok(NewSchema { schema, schema_type, references: self.references.unwrap_or_default(), id, version })
+        Ok(NewSchema {
+            schema,
+            schema_type,
+            references: self.references.unwrap_or_default(),
+            id,
+            version,
+        })
     }
 }
 
@@ -295,7 +650,10 @@ async fn schema_types() -> Response {
     reply(&SchemaType::ALL.map(|t| t.as_str()))
 }
 
-async fn schema_by_id(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn schema_by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let registry = state.registry.read();
     let schema = registry.schema_by_id(id)?;
@@ -311,67 +669,135 @@ async fn schema_by_id(State(state): State<AppState>, Path(id): Path<String>) -> 
     Ok(reply(&body))
 }
 
-async fn raw_schema_by_id(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn raw_schema_by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let schema = state.registry.read().schema_by_id(id)?.schema.clone();
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], schema).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        schema,
+    )
+        .into_response())
 }
 
-async fn subjects_of_id(State(state): State<AppState>, Path(id): Path<String>, query: Flags) -> Result<Response, ApiError> {
+async fn subjects_of_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Flags,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let registry = state.registry.read();
     registry.schema_by_id(id)?;
-    let mut subjects: Vec<String> = registry.usages(id, query.deleted).into_iter().map(|(s, _)| s).collect();
+    let mut subjects: Vec<String> = registry
+        .usages(id, query.deleted)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     subjects.dedup();
     Ok(reply(&subjects))
 }
 
-async fn versions_of_id(State(state): State<AppState>, Path(id): Path<String>, query: Flags) -> Result<Response, ApiError> {
+async fn versions_of_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Flags,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let registry = state.registry.read();
     registry.schema_by_id(id)?;
-    let usages: Vec<_> = registry.usages(id, query.deleted).into_iter().map(|(subject, version)| json!({"subject": subject, "version": version})).collect();
+    let usages: Vec<_> = registry
+        .usages(id, query.deleted)
+        .into_iter()
+        .map(|(subject, version)| json!({"subject": subject, "version": version}))
+        .collect();
     Ok(reply(&usages))
 }
 
 async fn list_subjects(State(state): State<AppState>, query: Flags) -> Response {
     let flags = query;
-    reply(&state.registry.read().subjects(flags.subject_prefix.as_deref().unwrap_or(""), flags.deleted))
+    reply(
+        &state
+            .registry
+            .read()
+            .subjects(flags.subject_prefix.as_deref().unwrap_or(""), flags.deleted),
+    )
 }
 
-async fn list_versions(State(state): State<AppState>, Path(subject): Path<String>, query: Flags) -> Result<Response, ApiError> {
-    Ok(reply(&state.registry.read().versions(subject_path(&subject)?, query.deleted)?))
+async fn list_versions(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    query: Flags,
+) -> Result<Response, ApiError> {
+    Ok(reply(
+        &state
+            .registry
+            .read()
+            .versions(subject_path(&subject)?, query.deleted)?,
+    ))
 }
 
-async fn get_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, query: Flags) -> Result<Response, ApiError> {
+async fn get_version(
+    State(state): State<AppState>,
+    Path((subject, version)): Path<(String, String)>,
+    query: Flags,
+) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
     metrics::counter!("logpipe_schema_store_lookups_total", "by" => "version").increment(1);
-    Ok(reply(&state.registry.read().subject_version(subject_path(&subject)?, selector, query.deleted)?))
+    Ok(reply(&state.registry.read().subject_version(
+        subject_path(&subject)?,
+        selector,
+        query.deleted,
+    )?))
 }
 
-async fn raw_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, query: Flags) -> Result<Response, ApiError> {
+async fn raw_version(
+    State(state): State<AppState>,
+    Path((subject, version)): Path<(String, String)>,
+    query: Flags,
+) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
-    let found = state.registry.read().subject_version(subject_path(&subject)?, selector, query.deleted)?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], found.schema).into_response())
+    let found =
+        state
+            .registry
+            .read()
+            .subject_version(subject_path(&subject)?, selector, query.deleted)?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        found.schema,
+    )
+        .into_response())
 }
 
-async fn referenced_by(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn referenced_by(
+    State(state): State<AppState>,
+    Path((subject, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
     let registry = state.registry.read();
     let (version, _) = registry.version(subject_path(&subject)?, selector, true)?;
     Ok(reply(&registry.referenced_by(&subject, version)))
 }
 
-async fn register(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(request): JsonBody<SchemaRequest>) -> Result<Response, ApiError> {
+async fn register(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    JsonBody(request): JsonBody<SchemaRequest>,
+) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let new = request.into_new()?;
-    let result = state.registry.write(move |registry| registry.register(&subject, &new)).await;
+    let result = state
+        .registry
+        .write(move |registry| registry.register(&subject, &new))
+        .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) if e.code == 40901 => "incompatible",
         Err(_) => "error",
     };
-    metrics::counter!("logpipe_schema_store_registrations_total", "outcome" => outcome).increment(1);
+    metrics::counter!("logpipe_schema_store_registrations_total", "outcome" => outcome)
+        .increment(1);
     Ok(reply(&json!({"id": result?})))
 }
 
@@ -384,23 +810,53 @@ async fn lookup(
     validate_subject(&subject)?;
     let new = request.into_new()?;
     metrics::counter!("logpipe_schema_store_lookups_total", "by" => "schema").increment(1);
-    Ok(reply(&state.registry.read().lookup(&subject, new.schema_type, &new.schema, &new.references, query.deleted)?))
+    Ok(reply(&state.registry.read().lookup(
+        &subject,
+        new.schema_type,
+        &new.schema,
+        &new.references,
+        query.deleted,
+    )?))
 }
 
-async fn delete_subject(State(state): State<AppState>, Path(subject): Path<String>, query: Flags) -> Result<Response, ApiError> {
+async fn delete_subject(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    query: Flags,
+) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let permanent = query.permanent;
-    Ok(reply(&state.registry.write(move |registry| registry.delete_subject(&subject, permanent)).await?))
+    Ok(reply(
+        &state
+            .registry
+            .write(move |registry| registry.delete_subject(&subject, permanent))
+            .await?,
+    ))
 }
 
-async fn delete_version(State(state): State<AppState>, Path((subject, version)): Path<(String, String)>, query: Flags) -> Result<Response, ApiError> {
+async fn delete_version(
+    State(state): State<AppState>,
+    Path((subject, version)): Path<(String, String)>,
+    query: Flags,
+) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let selector = VersionSelector::parse(&version)?;
     let permanent = query.permanent;
-    Ok(reply(&state.registry.write(move |registry| registry.delete_version(&subject, selector, permanent)).await?))
+    Ok(reply(
+        &state
+            .registry
+            .write(move |registry| registry.delete_version(&subject, selector, permanent))
+            .await?,
+    ))
 }
 
-fn compatibility_reply(registry: &RegistryState, subject: &str, selector: Option<VersionSelector>, request: SchemaRequest, verbose: bool) -> Result<Response, ApiError> {
+fn compatibility_reply(
+    registry: &RegistryState,
+    subject: &str,
+    selector: Option<VersionSelector>,
+    request: SchemaRequest,
+    verbose: bool,
+) -> Result<Response, ApiError> {
     let new = request.into_new()?;
     if let Some(selector) = selector {
         registry.version(subject, selector, false)?;
@@ -422,7 +878,13 @@ async fn compatibility_version(
 ) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let selector = VersionSelector::parse(&version)?;
-    compatibility_reply(&state.registry.read(), &subject, Some(selector), request, query.verbose)
+    compatibility_reply(
+        &state.registry.read(),
+        &subject,
+        Some(selector),
+        request,
+        query.verbose,
+    )
 }
 
 async fn compatibility_all(
@@ -432,7 +894,13 @@ async fn compatibility_all(
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
-    compatibility_reply(&state.registry.read(), &subject, None, request, query.verbose)
+    compatibility_reply(
+        &state.registry.read(),
+        &subject,
+        None,
+        request,
+        query.verbose,
+    )
 }
 
 /// Compatibility levels and modes have the same shape: a global value with a default and
@@ -470,8 +938,12 @@ impl Setting for Level {
     }
     fn parse(body: &Value) -> Result<Level, ApiError> {
         // Confluent accepts the PUT field and, from some clients, the GET field.
-        let text = body["compatibility"].as_str().or(body["compatibilityLevel"].as_str()).ok_or_else(ApiError::invalid_compatibility_level)?;
-        text.parse().map_err(|_| ApiError::invalid_compatibility_level())
+        let text = body["compatibility"]
+            .as_str()
+            .or(body["compatibilityLevel"].as_str())
+            .ok_or_else(ApiError::invalid_compatibility_level)?;
+        text.parse()
+            .map_err(|_| ApiError::invalid_compatibility_level())
     }
 }
 
@@ -496,7 +968,9 @@ impl Setting for Mode {
     }
     fn check_global(state: &RegistryState, mode: Mode, force: bool) -> Result<(), ApiError> {
         if mode == Mode::Import && state.has_subjects() && !force {
-            return Err(ApiError::not_permitted("Cannot import since found existing subjects (use force=true)"));
+            return Err(ApiError::not_permitted(
+                "Cannot import since found existing subjects (use force=true)",
+            ));
         }
         Ok(())
     }
@@ -512,18 +986,35 @@ async fn get_global<S: Setting>(State(state): State<AppState>) -> Response {
     setting_reply(S::FIELD, S::global(&state.registry.read()))
 }
 
-async fn put_global<S: Setting>(State(state): State<AppState>, query: Flags, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
+async fn put_global<S: Setting>(
+    State(state): State<AppState>,
+    query: Flags,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
     let value = S::parse(&body)?;
-    state.registry.write(move |r| S::check_global(r, value, query.force).map(|()| ((), vec![S::record(None, Some(value))]))).await?;
+    state
+        .registry
+        .write(move |r| {
+            S::check_global(r, value, query.force)
+                .map(|()| ((), vec![S::record(None, Some(value))]))
+        })
+        .await?;
     Ok(setting_reply(S::PUT_FIELD, value))
 }
 
 async fn delete_global<S: Setting>(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let previous = state.registry.write(move |r| Ok((S::global(r), vec![S::record(None, None)]))).await?;
+    let previous = state
+        .registry
+        .write(move |r| Ok((S::global(r), vec![S::record(None, None)])))
+        .await?;
     Ok(setting_reply(S::FIELD, previous))
 }
 
-async fn get_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>, query: Flags) -> Result<Response, ApiError> {
+async fn get_subject_setting<S: Setting>(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    query: Flags,
+) -> Result<Response, ApiError> {
     let registry = state.registry.read();
     let subject = subject_path(&subject)?;
     match (S::subject(&registry, subject), query.default_to_global) {
@@ -533,14 +1024,24 @@ async fn get_subject_setting<S: Setting>(State(state): State<AppState>, Path(sub
     }
 }
 
-async fn put_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>, JsonBody(body): JsonBody<Value>) -> Result<Response, ApiError> {
+async fn put_subject_setting<S: Setting>(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let value = S::parse(&body)?;
-    state.registry.write(move |_| Ok(((), vec![S::record(Some(&subject), Some(value))]))).await?;
+    state
+        .registry
+        .write(move |_| Ok(((), vec![S::record(Some(&subject), Some(value))])))
+        .await?;
     Ok(setting_reply(S::PUT_FIELD, value))
 }
 
-async fn delete_subject_setting<S: Setting>(State(state): State<AppState>, Path(subject): Path<String>) -> Result<Response, ApiError> {
+async fn delete_subject_setting<S: Setting>(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let previous = state
         .registry

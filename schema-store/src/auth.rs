@@ -66,7 +66,9 @@ impl AuthConfig {
                 .map_err(|e| anyhow::anyhow!("auth.users[{i}].password_hash is not a PHC password hash ({e}); make one with `logpipe-schema-store hash-password`"))?;
         }
         if self.users.is_empty() && !self.anonymous_read {
-            anyhow::bail!("[auth] has no users and anonymous_read = false: nobody could use the store");
+            anyhow::bail!(
+                "[auth] has no users and anonymous_read = false: nobody could use the store"
+            );
         }
         Ok(())
     }
@@ -81,7 +83,10 @@ impl IntoResponse for Denied {
         let unauthorized = self.0.status == StatusCode::UNAUTHORIZED;
         let mut response = self.0.into_response();
         if unauthorized {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"logpipe-schema-store\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"logpipe-schema-store\""),
+            );
         }
         response
     }
@@ -98,13 +103,21 @@ pub struct Auth {
 
 impl Auth {
     pub fn new(config: Option<AuthConfig>) -> Auth {
-        Auth { config, verified: Mutex::new(HashMap::new()) }
+        Auth {
+            config,
+            verified: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Ok when the request's credentials (or anonymity) carry `needed`.
     pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<(), Denied> {
-        let Some(config) = &self.config else { return Ok(()) };
-        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        let Some(value) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             if config.anonymous_read && needed == Role::Read {
                 return Ok(());
             }
@@ -114,22 +127,42 @@ impl Auth {
         if role >= needed {
             Ok(())
         } else {
-            metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "forbidden").increment(1);
-            Err(Denied(ApiError::http(StatusCode::FORBIDDEN, format!("User '{user}' is not allowed to do this: it needs the {needed:?} role").to_lowercase())))
+            metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "forbidden")
+                .increment(1);
+            Err(Denied(ApiError::http(
+                StatusCode::FORBIDDEN,
+                format!("User '{user}' is not allowed to do this: it needs the {needed:?} role")
+                    .to_lowercase(),
+            )))
         }
     }
 
     fn verify(&self, config: &AuthConfig, header_value: &str) -> Result<(String, Role), Denied> {
-        if let Some(known) = self.verified.lock().expect("auth cache lock").get(header_value) {
+        if let Some(known) = self
+            .verified
+            .lock()
+            .expect("auth cache lock")
+            .get(header_value)
+        {
             return Ok(known.clone());
         }
-        let encoded = header_value.strip_prefix("Basic ").ok_or_else(unauthorized)?;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| unauthorized())?;
+        let encoded = header_value
+            .strip_prefix("Basic ")
+            .ok_or_else(unauthorized)?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| unauthorized())?;
         let decoded = String::from_utf8(decoded).map_err(|_| unauthorized())?;
         let (name, password) = decoded.split_once(':').ok_or_else(unauthorized)?;
-        let user = config.users.iter().find(|u| u.name == name).ok_or_else(unauthorized)?;
+        let user = config
+            .users
+            .iter()
+            .find(|u| u.name == name)
+            .ok_or_else(unauthorized)?;
         let hash = PasswordHash::new(&user.password_hash).map_err(|_| unauthorized())?;
-        Argon2::default().verify_password(password.as_bytes(), &hash).map_err(|_| unauthorized())?;
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .map_err(|_| unauthorized())?;
         let known = (user.name.clone(), user.role);
         let mut cache = self.verified.lock().expect("auth cache lock");
         if cache.len() >= CACHE_LIMIT {
@@ -141,14 +174,22 @@ impl Auth {
 }
 
 fn unauthorized() -> Denied {
-    metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "unauthorized").increment(1);
-    Denied(ApiError::http(StatusCode::UNAUTHORIZED, "Unauthorized: valid HTTP basic credentials are required"))
+    metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "unauthorized")
+        .increment(1);
+    Denied(ApiError::http(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized: valid HTTP basic credentials are required",
+    ))
 }
 
 /// An Argon2id PHC string for `password`, for the `password_hash` config key.
 pub fn hash_password(password: &str) -> String {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16 bytes make a valid salt");
-    Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 hashes any password").to_string()
+    let salt =
+        SaltString::encode_b64(&rand::random::<[u8; 16]>()).expect("16 bytes make a valid salt");
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 hashes any password")
+        .to_string()
 }
 
 /// `logpipe-schema-store hash-password`: reads a password from the first line of stdin and prints
@@ -174,7 +215,10 @@ mod tests {
 
     fn basic(user: &str, password: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        let value = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
         headers.insert(header::AUTHORIZATION, value.parse().unwrap());
         headers
     }
@@ -183,8 +227,16 @@ mod tests {
         Auth::new(Some(AuthConfig {
             anonymous_read,
             users: vec![
-                UserConfig { name: "reader".into(), password_hash: hash_password("r-pass"), role: Role::Read },
-                UserConfig { name: "ops".into(), password_hash: hash_password("o-pass"), role: Role::Admin },
+                UserConfig {
+                    name: "reader".into(),
+                    password_hash: hash_password("r-pass"),
+                    role: Role::Read,
+                },
+                UserConfig {
+                    name: "ops".into(),
+                    password_hash: hash_password("o-pass"),
+                    role: Role::Admin,
+                },
             ],
         }))
     }
@@ -192,25 +244,64 @@ mod tests {
     #[test]
     fn roles_are_ordered_and_checked() {
         let auth = auth(false);
-        assert!(auth.authorize(&basic("reader", "r-pass"), Role::Read).is_ok());
-        let denied = auth.authorize(&basic("reader", "r-pass"), Role::Write).unwrap_err();
+        assert!(auth
+            .authorize(&basic("reader", "r-pass"), Role::Read)
+            .is_ok());
+        let denied = auth
+            .authorize(&basic("reader", "r-pass"), Role::Write)
+            .unwrap_err();
         assert_eq!(denied.0.status, StatusCode::FORBIDDEN);
         assert!(auth.authorize(&basic("ops", "o-pass"), Role::Admin).is_ok());
-        assert_eq!(auth.authorize(&basic("ops", "wrong"), Role::Read).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(auth.authorize(&basic("nobody", "x"), Role::Read).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(auth.authorize(&HeaderMap::new(), Role::Read).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            auth.authorize(&basic("ops", "wrong"), Role::Read)
+                .unwrap_err()
+                .0
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            auth.authorize(&basic("nobody", "x"), Role::Read)
+                .unwrap_err()
+                .0
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            auth.authorize(&HeaderMap::new(), Role::Read)
+                .unwrap_err()
+                .0
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]
     fn anonymous_read_only_reads() {
         let auth = auth(true);
         assert!(auth.authorize(&HeaderMap::new(), Role::Read).is_ok());
-        assert_eq!(auth.authorize(&HeaderMap::new(), Role::Write).unwrap_err().0.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            auth.authorize(&HeaderMap::new(), Role::Write)
+                .unwrap_err()
+                .0
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]
     fn config_rejects_plain_passwords() {
-        let config = AuthConfig { anonymous_read: false, users: vec![UserConfig { name: "a".into(), password_hash: "secret".into(), role: Role::Read }] };
-        assert!(config.validate().unwrap_err().to_string().contains("hash-password"));
+        let config = AuthConfig {
+            anonymous_read: false,
+            users: vec![UserConfig {
+                name: "a".into(),
+                password_hash: "secret".into(),
+                role: Role::Read,
+            }],
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("hash-password"));
     }
 }

@@ -17,7 +17,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// A plain HTTP error whose code is its status, as Confluent's REST layer reports them.
@@ -26,22 +30,44 @@ impl ApiError {
     }
 
     pub fn subject_not_found(subject: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, 40401, format!("Subject '{subject}' not found."))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            40401,
+            format!("Subject '{subject}' not found."),
+        )
     }
     pub fn version_not_found(version: impl std::fmt::Display) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, 40402, format!("Version {version} not found."))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            40402,
+            format!("Version {version} not found."),
+        )
     }
     pub fn schema_not_found() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, 40403, "Schema not found")
     }
     pub fn schema_id_not_found(id: u32) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, 40403, format!("Schema {id} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            40403,
+            format!("Schema {id} not found"),
+        )
     }
     pub fn subject_soft_deleted(subject: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, 40404, format!("Subject '{subject}' was soft deleted.Set permanent=true to delete permanently"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            40404,
+            format!(
+                "Subject '{subject}' was soft deleted.Set permanent=true to delete permanently"
+            ),
+        )
     }
     pub fn subject_not_soft_deleted(subject: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, 40405, format!("Subject '{subject}' was not deleted first before being permanently deleted"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            40405,
+            format!("Subject '{subject}' was not deleted first before being permanently deleted"),
+        )
     }
     pub fn version_soft_deleted(subject: &str, version: u32) -> Self {
         ApiError::new(
@@ -54,10 +80,18 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, 40407, format!("Subject '{subject}' Version {version} was not deleted first before being permanently deleted"))
     }
     pub fn subject_compatibility_not_configured(subject: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, 40408, format!("Subject '{subject}' does not have subject-level compatibility configured"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            40408,
+            format!("Subject '{subject}' does not have subject-level compatibility configured"),
+        )
     }
     pub fn subject_mode_not_configured(subject: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, 40409, format!("Subject '{subject}' does not have subject-level mode configured"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            40409,
+            format!("Subject '{subject}' does not have subject-level mode configured"),
+        )
     }
     pub fn incompatible(subject: &str, messages: &[String]) -> Self {
         ApiError::new(
@@ -84,7 +118,11 @@ impl ApiError {
         )
     }
     pub fn invalid_mode(mode: &str) -> Self {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42204, format!("Invalid mode {mode}. Valid values are READWRITE, READONLY and IMPORT"))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42204,
+            format!("Invalid mode {mode}. Valid values are READWRITE, READONLY and IMPORT"),
+        )
     }
     pub fn not_permitted(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, 42205, message)
@@ -104,7 +142,11 @@ impl ApiError {
     }
     /// Confluent's "unknown leader": this instance may not write and knows no leader to ask.
     pub fn not_leader() -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, 50004, "This instance is not the schema store leader and no leader is known; retry")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50004,
+            "This instance is not the schema store leader and no leader is known; retry",
+        )
     }
     /// Confluent's "request forwarding failed".
     pub fn forwarding_failed(message: impl Into<String>) -> Self {
@@ -117,9 +159,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error_code": self.code, "message": self.message}).to_string();
+        let body =
+            serde_json::json!({"error_code": self.code, "message": self.message}).to_string();
         let mut response = (self.status, body).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         response
     }
 }

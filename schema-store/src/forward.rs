@@ -35,8 +35,14 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(cluster: Arc<Cluster>, max_body_bytes: usize) -> anyhow::Result<Forwarder> {
-        let client = reqwest::Client::builder().timeout(FORWARD_TIMEOUT).build()?;
-        Ok(Forwarder { cluster, client, max_body_bytes })
+        let client = reqwest::Client::builder()
+            .timeout(FORWARD_TIMEOUT)
+            .build()?;
+        Ok(Forwarder {
+            cluster,
+            client,
+            max_body_bytes,
+        })
     }
 
     /// A write request: handled here (its response carries [`POSITION`]) when this instance is
@@ -44,7 +50,9 @@ impl Forwarder {
     pub async fn write(&self, request: Request, next: Next) -> Response {
         if self.cluster.is_leader() {
             let mut response = next.run(request).await;
-            response.headers_mut().insert(POSITION, HeaderValue::from(self.cluster.position()));
+            response
+                .headers_mut()
+                .insert(POSITION, HeaderValue::from(self.cluster.position()));
             return response;
         }
         if request.headers().contains_key(FORWARDED) {
@@ -52,7 +60,8 @@ impl Forwarder {
         }
         let response = self.forward(request).await;
         let outcome = if response.is_ok() { "ok" } else { "failed" };
-        metrics::counter!("logpipe_schema_store_kafka_forwarded_total", "outcome" => outcome).increment(1);
+        metrics::counter!("logpipe_schema_store_kafka_forwarded_total", "outcome" => outcome)
+            .increment(1);
         response.unwrap_or_else(IntoResponse::into_response)
     }
 
@@ -60,7 +69,12 @@ impl Forwarder {
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.max_body_bytes)
             .await
-            .map_err(|_| ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, "Request body is larger than the configured limit (max_body_bytes)"))?;
+            .map_err(|_| {
+                ApiError::http(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request body is larger than the configured limit (max_body_bytes)",
+                )
+            })?;
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let deadline = Instant::now() + FORWARD_TIMEOUT;
         let mut last_error = "no leader is known".to_owned();
@@ -68,7 +82,14 @@ impl Forwarder {
             // Our own URL when this instance has become the leader meanwhile: the request then
             // comes back to it and runs locally.
             if let Some(url) = self.cluster.leader_url() {
-                let mut outgoing = self.client.request(parts.method.clone(), format!("{}{path}", url.trim_end_matches('/'))).header(FORWARDED, "1").body(body.clone());
+                let mut outgoing = self
+                    .client
+                    .request(
+                        parts.method.clone(),
+                        format!("{}{path}", url.trim_end_matches('/')),
+                    )
+                    .header(FORWARDED, "1")
+                    .body(body.clone());
                 for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
                     if let Some(value) = parts.headers.get(&name) {
                         outgoing = outgoing.header(name, value);
@@ -81,7 +102,9 @@ impl Forwarder {
             }
             if Instant::now() >= deadline {
                 tracing::warn!("cannot forward a write to the leader: {last_error}");
-                return Err(ApiError::forwarding_failed(format!("Error while forwarding the request to the leader: {last_error}")));
+                return Err(ApiError::forwarding_failed(format!(
+                    "Error while forwarding the request to the leader: {last_error}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -92,20 +115,36 @@ impl Forwarder {
     async fn relay(&self, sent: reqwest::Result<reqwest::Response>) -> Result<Response, String> {
         let response = sent.map_err(|e| e.to_string())?;
         let status = response.status();
-        let position = response.headers().get(POSITION).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
+        let position = response
+            .headers()
+            .get(POSITION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         let body = response.bytes().await.map_err(|e| e.to_string())?;
-        if status == StatusCode::INTERNAL_SERVER_ERROR && serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|b| b["error_code"] == 50004) {
+        if status == StatusCode::INTERNAL_SERVER_ERROR
+            && serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|b| b["error_code"] == 50004)
+        {
             return Err("not the leader".into());
         }
         if let Some(position) = position {
-            if !self.cluster.wait_for_position(position, CATCH_UP_TIMEOUT).await {
-                tracing::warn!(position, "answering a forwarded write before this instance has read it back");
+            if !self
+                .cluster
+                .wait_for_position(position, CATCH_UP_TIMEOUT)
+                .await
+            {
+                tracing::warn!(
+                    position,
+                    "answering a forwarded write before this instance has read it back"
+                );
             }
         }
         let mut relayed = (status, body).into_response();
         if let Some(content_type) = content_type {
-            relayed.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            relayed
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
         }
         Ok(relayed)
     }

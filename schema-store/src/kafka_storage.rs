@@ -133,7 +133,9 @@ impl Cluster {
     /// Waits until this instance has applied every record before `position`.
     pub async fn wait_for_position(&self, position: i64, timeout: Duration) -> bool {
         let mut rx = self.position.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until the initial replay reached the end of the topic.
@@ -187,7 +189,9 @@ pub async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluste
     let term: Arc<Mutex<Option<Term>>> = Arc::default();
     let reading = {
         let (cluster, state) = (Arc::clone(&cluster), Arc::clone(&state));
-        std::thread::Builder::new().name("schemas-reader".into()).spawn(move || read(reader, cluster, state, position_tx, caught_up_tx))?
+        std::thread::Builder::new()
+            .name("schemas-reader".into())
+            .spawn(move || read(reader, cluster, state, position_tx, caught_up_tx))?
     };
     let election: BaseConsumer = consumer_config(&storage, &storage.election_group(), "election")
         .set("session.timeout.ms", SESSION_TIMEOUT_MS)
@@ -198,15 +202,31 @@ pub async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluste
     let electing = {
         let (cluster, term) = (Arc::clone(&cluster), Arc::clone(&term));
         let runtime = Handle::current();
-        std::thread::Builder::new().name("schemas-election".into()).spawn(move || elect(election, cluster, term, runtime))?
+        std::thread::Builder::new()
+            .name("schemas-election".into())
+            .spawn(move || elect(election, cluster, term, runtime))?
     };
-    cluster.threads.lock().expect("threads lock").extend([electing, reading]);
-    let journal = KafkaJournal { cluster: Arc::clone(&cluster), term, seen_epoch: 0, runtime: Handle::current() };
+    cluster
+        .threads
+        .lock()
+        .expect("threads lock")
+        .extend([electing, reading]);
+    let journal = KafkaJournal {
+        cluster: Arc::clone(&cluster),
+        term,
+        seen_epoch: 0,
+        runtime: Handle::current(),
+    };
     Ok((Registry::start(state, journal)?, cluster))
 }
 
 fn consumer_config(storage: &KafkaStorage, group: &str, purpose: &str) -> ClientConfig {
-    let mut config = storage.kafka.client_config(&Role::Consumer { group_id: group.to_owned() }, &format!("logpipe-schema-store-{purpose}"));
+    let mut config = storage.kafka.client_config(
+        &Role::Consumer {
+            group_id: group.to_owned(),
+        },
+        &format!("logpipe-schema-store-{purpose}"),
+    );
     // Never let a metadata request create the topic with the broker's defaults (several
     // partitions, no compaction): the store creates it itself, or says why it cannot.
     config.set("allow.auto.create.topics", "false");
@@ -220,7 +240,11 @@ async fn ensure_topic(storage: &KafkaStorage, reader: Arc<BaseConsumer>) -> anyh
         let metadata = reader
             .fetch_metadata(Some(&topic), Duration::from_secs(30))
             .map_err(|e| anyhow::anyhow!("cannot read the metadata of topic {topic}: {e}"))?;
-        Ok(metadata.topics().first().filter(|t| t.error().is_none()).map(|t| t.partitions().len()))
+        Ok(metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len()))
     })
     .await??;
     match partitions {
@@ -252,7 +276,13 @@ async fn ensure_topic(storage: &KafkaStorage, reader: Arc<BaseConsumer>) -> anyh
 }
 
 /// The reader thread: applies every record of the topic, in order, to the state.
-fn read(consumer: Arc<BaseConsumer>, cluster: Arc<Cluster>, state: Arc<RwLock<State>>, position: watch::Sender<i64>, caught_up: watch::Sender<bool>) {
+fn read(
+    consumer: Arc<BaseConsumer>,
+    cluster: Arc<Cluster>,
+    state: Arc<RwLock<State>>,
+    position: watch::Sender<i64>,
+    caught_up: watch::Sender<bool>,
+) {
     let started = Instant::now();
     let mut last_warning: Option<Instant> = None;
     while !cluster.stop.load(Ordering::Acquire) {
@@ -261,7 +291,8 @@ fn read(consumer: Arc<BaseConsumer>, cluster: Arc<Cluster>, state: Arc<RwLock<St
             Some(Ok(message)) => {
                 apply(&state, message.key(), message.payload(), message.offset());
                 position.send_replace(message.offset() + 1);
-                metrics::gauge!("logpipe_schema_store_kafka_replay_offset").set((message.offset() + 1) as f64);
+                metrics::gauge!("logpipe_schema_store_kafka_replay_offset")
+                    .set((message.offset() + 1) as f64);
             }
             Some(Err(KafkaError::PartitionEOF(_))) if !*caught_up.borrow() => {
                 let state = state.read().expect("registry state lock");
@@ -270,7 +301,8 @@ fn read(consumer: Arc<BaseConsumer>, cluster: Arc<Cluster>, state: Arc<RwLock<St
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
-                metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "reader").increment(1);
+                metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "reader")
+                    .increment(1);
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!("reading the schemas topic: {e}");
                     last_warning = Some(Instant::now());
@@ -288,12 +320,19 @@ fn apply(state: &RwLock<State>, key: Option<&[u8]>, value: Option<&[u8]>, offset
         None => Err("the record has no key".to_owned()),
         Some(Err(e)) => Err(e),
         Some(Ok(None)) => Ok(()),
-        Some(Ok(Some(record))) => state.apply(&record).map_err(|e| format!("{e} in {:?}", record.key)),
+        Some(Ok(Some(record))) => state
+            .apply(&record)
+            .map_err(|e| format!("{e} in {:?}", record.key)),
     };
     if let Err(e) = outcome {
         metrics::counter!("logpipe_schema_store_kafka_records_skipped_total").increment(1);
-        tracing::warn!(offset, "skipping a schemas record this store cannot use: {e}");
-        let id = value.and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok()).and_then(|v| v["id"].as_u64());
+        tracing::warn!(
+            offset,
+            "skipping a schemas record this store cannot use: {e}"
+        );
+        let id = value
+            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+            .and_then(|v| v["id"].as_u64());
         if let Some(id) = id.and_then(|id| u32::try_from(id).ok()) {
             state.burn_id(id);
         }
@@ -309,13 +348,19 @@ struct Term {
 
 /// The election thread: holds group membership, takes over when assigned the partition, steps
 /// down when it loses it, and keeps the leader's address fresh while following.
-fn elect(consumer: BaseConsumer, cluster: Arc<Cluster>, term: Arc<Mutex<Option<Term>>>, runtime: Handle) {
+fn elect(
+    consumer: BaseConsumer,
+    cluster: Arc<Cluster>,
+    term: Arc<Mutex<Option<Term>>>,
+    runtime: Handle,
+) {
     let mut last_refresh: Option<Instant> = None;
     let mut last_failure: Option<Instant> = None;
     let mut fenced_since: Option<Instant> = None;
     while !cluster.stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
-            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "election").increment(1);
+            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "election")
+                .increment(1);
             tracing::warn!("election group: {e}");
         }
         let assignment = consumer.assignment().unwrap_or_default();
@@ -329,15 +374,24 @@ fn elect(consumer: BaseConsumer, cluster: Arc<Cluster>, term: Arc<Mutex<Option<T
             cluster.fenced.store(false, Ordering::Release);
         }
         let fenced = cluster.fenced.load(Ordering::Acquire);
-        fenced_since = if fenced { fenced_since.or(Some(Instant::now())) } else { None };
-        if assigned && !holding && !fenced && last_failure.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+        fenced_since = if fenced {
+            fenced_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        if assigned
+            && !holding
+            && !fenced
+            && last_failure.is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
             // Held, never consumed through the group: the reader reads the topic.
             let _ = consumer.pause(&assignment);
             match take_over(&consumer, &cluster, &runtime) {
                 Ok(new) => {
                     tracing::info!(url = %cluster.storage.advertised_url, "this instance is now the schema store leader");
                     *term.lock().expect("term lock") = Some(new);
-                    *cluster.leader_url.lock().expect("leader url lock") = Some(cluster.storage.advertised_url.clone());
+                    *cluster.leader_url.lock().expect("leader url lock") =
+                        Some(cluster.storage.advertised_url.clone());
                     cluster.leader.store(true, Ordering::Release);
                     metrics::gauge!("logpipe_schema_store_kafka_leader").set(1.0);
                     metrics::counter!("logpipe_schema_store_kafka_elections_total").increment(1);
@@ -349,7 +403,15 @@ fn elect(consumer: BaseConsumer, cluster: Arc<Cluster>, term: Arc<Mutex<Option<T
                 }
             }
         } else if (!assigned || fenced) && holding {
-            step_down(&cluster, &term, if fenced { "fenced by a newer leader" } else { "lost the election partition" });
+            step_down(
+                &cluster,
+                &term,
+                if fenced {
+                    "fenced by a newer leader"
+                } else {
+                    "lost the election partition"
+                },
+            );
         }
         if !cluster.is_leader() && last_refresh.is_none_or(|t| t.elapsed() > LEADER_REFRESH) {
             refresh_leader_url(&consumer, &cluster);
@@ -374,8 +436,12 @@ fn step_down(cluster: &Cluster, term: &Mutex<Option<Term>>, why: &str) {
 /// state then holds every committed write), then publishes this instance's URL.
 fn take_over(consumer: &BaseConsumer, cluster: &Cluster, runtime: &Handle) -> anyhow::Result<Term> {
     let storage = &cluster.storage;
-    let role = Role::TransactionalProducer { transactional_id: storage.transactional_id() };
-    let mut config = storage.kafka.client_config(&role, "logpipe-schema-store-writer");
+    let role = Role::TransactionalProducer {
+        transactional_id: storage.transactional_id(),
+    };
+    let mut config = storage
+        .kafka
+        .client_config(&role, "logpipe-schema-store-writer");
     if !storage.kafka.properties.contains_key("linger.ms") {
         // The writer batches by itself (group commit); waiting to batch again only adds latency.
         config.set("linger.ms", "0");
@@ -383,7 +449,8 @@ fn take_over(consumer: &BaseConsumer, cluster: &Cluster, runtime: &Handle) -> an
     let producer: FutureProducer = config.create()?;
     producer.init_transactions(Duration::from_secs(30))?;
     let noop = Record::tombstone(Key::Noop { magic: 0 });
-    let offset = produce(&producer, &storage.topic, &[noop], runtime).map_err(anyhow::Error::msg)?;
+    let offset =
+        produce(&producer, &storage.topic, &[noop], runtime).map_err(anyhow::Error::msg)?;
     if !runtime.block_on(cluster.wait_for_position(offset + 1, Duration::from_secs(120))) {
         anyhow::bail!("the reader did not reach the takeover NOOP at offset {offset}");
     }
@@ -393,7 +460,10 @@ fn take_over(consumer: &BaseConsumer, cluster: &Cluster, runtime: &Handle) -> an
         element.set_metadata(&storage.advertised_url);
     }
     consumer.commit(&published, CommitMode::Sync)?;
-    Ok(Term { producer, epoch: cluster.terms.fetch_add(1, Ordering::Relaxed) + 1 })
+    Ok(Term {
+        producer,
+        epoch: cluster.terms.fetch_add(1, Ordering::Relaxed) + 1,
+    })
 }
 
 /// Reads the address the current leader published.
@@ -402,7 +472,11 @@ fn refresh_leader_url(consumer: &BaseConsumer, cluster: &Cluster) {
     wanted.add_partition(&cluster.storage.topic, 0);
     match consumer.committed_offsets(wanted, Duration::from_secs(2)) {
         Ok(committed) => {
-            let url = committed.elements().first().map(|e| e.metadata().to_owned()).filter(|m| !m.is_empty());
+            let url = committed
+                .elements()
+                .first()
+                .map(|e| e.metadata().to_owned())
+                .filter(|m| !m.is_empty());
             *cluster.leader_url.lock().expect("leader url lock") = url;
         }
         Err(e) => tracing::debug!("cannot read the leader's address: {e}"),
@@ -410,8 +484,15 @@ fn refresh_leader_url(consumer: &BaseConsumer, cluster: &Cluster) {
 }
 
 /// Produces records in one transaction and returns the offset of the last one.
-fn produce(producer: &FutureProducer, topic: &str, records: &[Record], runtime: &Handle) -> Result<i64, String> {
-    producer.begin_transaction().map_err(|e| format!("cannot begin a transaction: {e}"))?;
+fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[Record],
+    runtime: &Handle,
+) -> Result<i64, String> {
+    producer
+        .begin_transaction()
+        .map_err(|e| format!("cannot begin a transaction: {e}"))?;
     let mut deliveries = Vec::with_capacity(records.len());
     for record in records {
         let (key, value) = record.to_kafka();
@@ -462,34 +543,55 @@ impl Journal for KafkaJournal {
     fn commit(&mut self, records: &[Record], _public: &RwLock<State>) -> Result<(), ApiError> {
         let started = Instant::now();
         let term = self.term.lock().expect("term lock");
-        let Some(current) = term.as_ref() else { return Err(ApiError::not_leader()) };
+        let Some(current) = term.as_ref() else {
+            return Err(ApiError::not_leader());
+        };
         if current.epoch != self.seen_epoch {
             // Planned against a state from before this term: plan again.
             return Err(ApiError::not_leader());
         }
-        let written = produce(&current.producer, &self.cluster.storage.topic, records, &self.runtime);
+        let written = produce(
+            &current.producer,
+            &self.cluster.storage.topic,
+            records,
+            &self.runtime,
+        );
         if let Some((code, reason)) = current.producer.client().fatal_error() {
             // Fenced (or otherwise dead): another instance is the writer now.
-            tracing::warn!("the schemas producer failed fatally ({code:?}: {reason}); stepping down");
+            tracing::warn!(
+                "the schemas producer failed fatally ({code:?}: {reason}); stepping down"
+            );
             self.cluster.fenced.store(true, Ordering::Release);
             self.cluster.leader.store(false, Ordering::Release);
         }
         let offset = written.map_err(|e| {
-            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "writer").increment(1);
+            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "writer")
+                .increment(1);
             tracing::error!("cannot write to the schemas topic: {e}");
             ApiError::store(format!("Error while writing to the schemas topic: {e}"))
         })?;
         drop(term);
-        if !self.runtime.block_on(self.cluster.wait_for_position(offset + 1, READ_BACK_TIMEOUT)) {
-            return Err(ApiError::store(format!("the write at offset {offset} was not read back within {READ_BACK_TIMEOUT:?}")));
+        if !self.runtime.block_on(
+            self.cluster
+                .wait_for_position(offset + 1, READ_BACK_TIMEOUT),
+        ) {
+            return Err(ApiError::store(format!(
+                "the write at offset {offset} was not read back within {READ_BACK_TIMEOUT:?}"
+            )));
         }
-        metrics::histogram!("logpipe_schema_store_kafka_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("logpipe_schema_store_kafka_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
         Ok(())
     }
 
     fn staging_is_stale(&mut self) -> bool {
-        let epoch = self.term.lock().expect("term lock").as_ref().map_or(0, |t| t.epoch);
+        let epoch = self
+            .term
+            .lock()
+            .expect("term lock")
+            .as_ref()
+            .map_or(0, |t| t.epoch);
         let stale = epoch != self.seen_epoch;
         self.seen_epoch = epoch;
         stale

@@ -98,7 +98,11 @@ pub struct StorageConfig {
 impl SchemaStoreConfig {
     /// The Kafka storage settings with their defaults (kind = "kafka" only).
     pub fn kafka_storage(&self) -> anyhow::Result<KafkaStorage> {
-        let kafka = self.kafka.clone().ok_or_else(|| anyhow::anyhow!("storage.kind = \"kafka\" needs a [kafka] table (bootstrap, properties)"))?;
+        let kafka = self.kafka.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "storage.kind = \"kafka\" needs a [kafka] table (bootstrap, properties)"
+            )
+        })?;
         let advertised_url = match &self.storage.advertised_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None if self.listen.ip().is_unspecified() => {
@@ -108,8 +112,16 @@ impl SchemaStoreConfig {
         };
         Ok(KafkaStorage {
             kafka,
-            topic: self.storage.topic.clone().unwrap_or_else(|| "_schemas".to_owned()),
-            cluster: self.storage.cluster.clone().unwrap_or_else(|| "default".to_owned()),
+            topic: self
+                .storage
+                .topic
+                .clone()
+                .unwrap_or_else(|| "_schemas".to_owned()),
+            cluster: self
+                .storage
+                .cluster
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
             advertised_url,
             replication_factor: self.storage.replication_factor.unwrap_or(-1),
         })
@@ -124,7 +136,14 @@ impl ServiceConfig for SchemaStoreConfig {
                     anyhow::bail!("storage.path is for kind = \"local\"; kind = \"kafka\" keeps everything in the topic");
                 }
                 let storage = self.kafka_storage()?;
-                for role in [KafkaRole::Consumer { group_id: storage.election_group() }, KafkaRole::TransactionalProducer { transactional_id: storage.transactional_id() }] {
+                for role in [
+                    KafkaRole::Consumer {
+                        group_id: storage.election_group(),
+                    },
+                    KafkaRole::TransactionalProducer {
+                        transactional_id: storage.transactional_id(),
+                    },
+                ] {
                     storage.kafka.validate(&role).map_err(anyhow::Error::msg)?;
                 }
                 if storage.topic.is_empty() || storage.cluster.is_empty() {
@@ -136,26 +155,41 @@ impl ServiceConfig for SchemaStoreConfig {
                     anyhow::bail!("storage.advertised_url must be an http:// URL (the API this instance serves), got {:?}", storage.advertised_url);
                 }
                 if !(storage.replication_factor == -1 || storage.replication_factor >= 1) {
-                    anyhow::bail!("storage.replication_factor must be -1 (broker default) or at least 1");
+                    anyhow::bail!(
+                        "storage.replication_factor must be -1 (broker default) or at least 1"
+                    );
                 }
             }
             StorageKind::Local => {
                 match &self.storage.path {
                     None => anyhow::bail!("storage.path is required for kind = \"local\""),
-                    Some(path) if !path.is_absolute() => anyhow::bail!("storage.path must be absolute, got {}", path.display()),
+                    Some(path) if !path.is_absolute() => {
+                        anyhow::bail!("storage.path must be absolute, got {}", path.display())
+                    }
                     Some(_) => {}
                 }
                 let s = &self.storage;
-                if self.kafka.is_some() || s.topic.is_some() || s.cluster.is_some() || s.advertised_url.is_some() || s.replication_factor.is_some() {
+                if self.kafka.is_some()
+                    || s.topic.is_some()
+                    || s.cluster.is_some()
+                    || s.advertised_url.is_some()
+                    || s.replication_factor.is_some()
+                {
                     anyhow::bail!("[kafka] and storage.topic/cluster/advertised_url/replication_factor are for kind = \"kafka\"; this config has kind = \"local\"");
                 }
             }
         }
         if self.max_body_bytes < 1024 {
-            anyhow::bail!("max_body_bytes must be at least 1024, got {}", self.max_body_bytes);
+            anyhow::bail!(
+                "max_body_bytes must be at least 1024, got {}",
+                self.max_body_bytes
+            );
         }
         if self.listen == self.telemetry.listen && self.listen.port() != 0 {
-            anyhow::bail!("listen and telemetry.listen must differ (both are {})", self.listen);
+            anyhow::bail!(
+                "listen and telemetry.listen must differ (both are {})",
+                self.listen
+            );
         }
         if let Some(auth) = &self.auth {
             auth.validate()?;
@@ -166,7 +200,15 @@ impl ServiceConfig for SchemaStoreConfig {
     fn describe(&self) -> String {
         let auth = match &self.auth {
             None => "auth: none (anyone who can connect may read and write)".to_owned(),
-            Some(a) => format!("auth: {} user(s), anonymous read {}", a.users.len(), if a.anonymous_read { "allowed" } else { "denied" }),
+            Some(a) => format!(
+                "auth: {} user(s), anonymous read {}",
+                a.users.len(),
+                if a.anonymous_read {
+                    "allowed"
+                } else {
+                    "denied"
+                }
+            ),
         };
         let storage = match self.kafka_storage() {
             Ok(k) if self.storage.kind == StorageKind::Kafka => format!(
@@ -203,8 +245,15 @@ impl Server {
     pub async fn bind(config: &SchemaStoreConfig) -> anyhow::Result<Server> {
         let (registry, cluster) = match config.storage.kind {
             StorageKind::Local => {
-                let path = config.storage.path.clone().ok_or_else(|| anyhow::anyhow!("storage.path is required"))?;
-                (tokio::task::spawn_blocking(move || Registry::open(&path)).await??, None)
+                let path = config
+                    .storage
+                    .path
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("storage.path is required"))?;
+                (
+                    tokio::task::spawn_blocking(move || Registry::open(&path)).await??,
+                    None,
+                )
             }
             StorageKind::Kafka => {
                 let (registry, cluster) = kafka_storage::open(config.kafka_storage()?).await?;
@@ -212,20 +261,38 @@ impl Server {
                 (registry, Some(cluster))
             }
         };
-        let forwarder = cluster.as_ref().map(|c| Forwarder::new(Arc::clone(c), config.max_body_bytes)).transpose()?.map(Arc::new);
-        let state = AppState { registry: Arc::new(registry), auth: Arc::new(Auth::new(config.auth.clone())), forwarder };
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        Ok(Server { listener, router: api::router(state, config.max_body_bytes), cluster })
+        let forwarder = cluster
+            .as_ref()
+            .map(|c| Forwarder::new(Arc::clone(c), config.max_body_bytes))
+            .transpose()?
+            .map(Arc::new);
+        let state = AppState {
+            registry: Arc::new(registry),
+            auth: Arc::new(Auth::new(config.auth.clone())),
+            forwarder,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        Ok(Server {
+            listener,
+            router: api::router(state, config.max_body_bytes),
+            cluster,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown`, then finishes in-flight requests and, with Kafka storage, leaves
     /// the election group so another instance takes over at once.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
         if let Some(cluster) = self.cluster {
             tokio::task::spawn_blocking(move || cluster.shutdown()).await?;
         }
@@ -272,7 +339,10 @@ mod tests {
 
     #[test]
     fn local_storage_config_loads() {
-        let config = load(&format!("{BASE}[storage]\nkind = \"local\"\npath = \"/var/lib/logpipe-schema-store\"\n")).unwrap();
+        let config = load(&format!(
+            "{BASE}[storage]\nkind = \"local\"\npath = \"/var/lib/logpipe-schema-store\"\n"
+        ))
+        .unwrap();
         assert_eq!(config.storage.kind, StorageKind::Local);
         assert_eq!(config.max_body_bytes, default_max_body_bytes());
         assert!(config.describe().contains("auth: none"));
@@ -280,30 +350,66 @@ mod tests {
 
     #[test]
     fn kafka_storage_config_loads_with_defaults_and_names_missing_keys() {
-        let config = load(&format!("{BASE}[storage]\nkind = \"kafka\"\n[kafka]\nbootstrap = \"k1:9092,k2:9092\"\n")).unwrap();
+        let config = load(&format!(
+            "{BASE}[storage]\nkind = \"kafka\"\n[kafka]\nbootstrap = \"k1:9092,k2:9092\"\n"
+        ))
+        .unwrap();
         let storage = config.kafka_storage().unwrap();
-        assert_eq!((storage.topic.as_str(), storage.advertised_url.as_str()), ("_schemas", "http://127.0.0.1:8081"));
-        assert_eq!(storage.election_group(), "_lp.schema-store.default.election");
-        assert!(config.describe().contains("topic _schemas on k1:9092,k2:9092"), "{}", config.describe());
-        let err = load(&format!("{BASE}[storage]\nkind = \"kafka\"\n")).unwrap_err().to_string();
+        assert_eq!(
+            (storage.topic.as_str(), storage.advertised_url.as_str()),
+            ("_schemas", "http://127.0.0.1:8081")
+        );
+        assert_eq!(
+            storage.election_group(),
+            "_lp.schema-store.default.election"
+        );
+        assert!(
+            config
+                .describe()
+                .contains("topic _schemas on k1:9092,k2:9092"),
+            "{}",
+            config.describe()
+        );
+        let err = load(&format!("{BASE}[storage]\nkind = \"kafka\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[kafka]"), "{err}");
         let wildcard = "listen = \"0.0.0.0:8081\"\n[telemetry]\nlisten = \"127.0.0.1:9304\"\n[storage]\nkind = \"kafka\"\n[kafka]\nbootstrap = \"k:1\"\n";
-        assert!(load(wildcard).unwrap_err().to_string().contains("advertised_url"));
-        let err = load(&format!("{BASE}[storage]\nkind = \"kafka\"\npath = \"/x\"\n[kafka]\nbootstrap = \"k:1\"\n")).unwrap_err().to_string();
+        assert!(load(wildcard)
+            .unwrap_err()
+            .to_string()
+            .contains("advertised_url"));
+        let err = load(&format!(
+            "{BASE}[storage]\nkind = \"kafka\"\npath = \"/x\"\n[kafka]\nbootstrap = \"k:1\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("storage.path"), "{err}");
         let err = load(&format!("{BASE}[storage]\nkind = \"kafka\"\n[kafka]\nbootstrap = \"k:1\"\n[kafka.properties]\n\"isolation.level\" = \"read_uncommitted\"\n"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("isolation.level"), "{err}");
-        let err = load(&format!("{BASE}[storage]\nkind = \"local\"\npath = \"/x\"\ntopic = \"_schemas\"\n")).unwrap_err().to_string();
+        let err = load(&format!(
+            "{BASE}[storage]\nkind = \"local\"\npath = \"/x\"\ntopic = \"_schemas\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("kind = \"kafka\""), "{err}");
     }
 
     #[test]
     fn bad_configs_name_the_key() {
-        let err = load(&format!("{BASE}[storage]\nkind = \"local\"\npath = \"relative\"\n")).unwrap_err().to_string();
+        let err = load(&format!(
+            "{BASE}[storage]\nkind = \"local\"\npath = \"relative\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("storage.path must be absolute"), "{err}");
-        let err = load(&format!("{BASE}[storage]\nkind = \"local\"\npath = \"/x\"\nfsync = false\n")).unwrap_err().to_string();
+        let err = load(&format!(
+            "{BASE}[storage]\nkind = \"local\"\npath = \"/x\"\nfsync = false\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("fsync"), "{err}");
         let err = load(&format!("{BASE}[storage]\nkind = \"local\"\npath = \"/x\"\n[auth]\n[[auth.users]]\nname = \"a\"\npassword_hash = \"plain\"\nrole = \"read\"\n"))
             .unwrap_err()

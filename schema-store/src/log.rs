@@ -27,12 +27,30 @@ use crate::schema::{Reference, SchemaType};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "keytype", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Key {
-    Schema { subject: String, version: u32, magic: u8 },
-    Config { subject: Option<String>, magic: u8 },
-    Mode { subject: Option<String>, magic: u8 },
-    Noop { magic: u8 },
-    DeleteSubject { subject: String, magic: u8 },
-    ClearSubject { subject: String, magic: u8 },
+    Schema {
+        subject: String,
+        version: u32,
+        magic: u8,
+    },
+    Config {
+        subject: Option<String>,
+        magic: u8,
+    },
+    Mode {
+        subject: Option<String>,
+        magic: u8,
+    },
+    Noop {
+        magic: u8,
+    },
+    DeleteSubject {
+        subject: String,
+        magic: u8,
+    },
+    ClearSubject {
+        subject: String,
+        magic: u8,
+    },
 }
 
 /// The value of a SCHEMA key.
@@ -102,8 +120,15 @@ pub struct Record {
 
 impl Record {
     pub fn schema(value: SchemaValue) -> Record {
-        let key = Key::Schema { subject: value.subject.clone(), version: value.version, magic: 1 };
-        Record { key, value: Some(serde_json::to_value(value).expect("schema value serializes")) }
+        let key = Key::Schema {
+            subject: value.subject.clone(),
+            version: value.version,
+            magic: 1,
+        };
+        Record {
+            key,
+            value: Some(serde_json::to_value(value).expect("schema value serializes")),
+        }
     }
 
     pub fn tombstone(key: Key) -> Record {
@@ -114,7 +139,10 @@ impl Record {
     /// bytes, or no value for a tombstone.
     pub fn to_kafka(&self) -> (Vec<u8>, Option<Vec<u8>>) {
         let key = serde_json::to_vec(&self.key).expect("keys serialize");
-        let value = self.value.as_ref().map(|v| serde_json::to_vec(v).expect("values serialize"));
+        let value = self
+            .value
+            .as_ref()
+            .map(|v| serde_json::to_vec(v).expect("values serialize"));
         (key, value)
     }
 
@@ -122,15 +150,26 @@ impl Record {
     /// key type this store has no use for (Confluent's `CONTEXT`, newer types): it is skipped,
     /// as Confluent skips what it does not know, instead of stopping the replay.
     pub fn from_kafka(key: &[u8], value: Option<&[u8]>) -> Result<Option<Record>, String> {
-        let key: serde_json::Value = serde_json::from_slice(key).map_err(|e| format!("key is not JSON: {e}"))?;
-        let known = ["SCHEMA", "CONFIG", "MODE", "NOOP", "DELETE_SUBJECT", "CLEAR_SUBJECT"];
+        let key: serde_json::Value =
+            serde_json::from_slice(key).map_err(|e| format!("key is not JSON: {e}"))?;
+        let known = [
+            "SCHEMA",
+            "CONFIG",
+            "MODE",
+            "NOOP",
+            "DELETE_SUBJECT",
+            "CLEAR_SUBJECT",
+        ];
         if !key["keytype"].as_str().is_some_and(|t| known.contains(&t)) {
             return Ok(None);
         }
         let key: Key = serde_json::from_value(key).map_err(|e| format!("bad key: {e}"))?;
         let value = match value {
             None => None,
-            Some(bytes) => Some(serde_json::from_slice(bytes).map_err(|e| format!("value of {key:?} is not JSON: {e}"))?),
+            Some(bytes) => Some(
+                serde_json::from_slice(bytes)
+                    .map_err(|e| format!("value of {key:?} is not JSON: {e}"))?,
+            ),
         };
         Ok(Some(Record { key, value }))
     }
@@ -150,7 +189,9 @@ impl LocalLog {
     /// Opens (creating if needed) the log in `dir` and returns it with every record in it, in
     /// order. A partial last line from a crash is truncated away.
     pub fn open(dir: &Path) -> anyhow::Result<(LocalLog, Vec<Record>)> {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create storage directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!("cannot create storage directory {}: {e}", dir.display())
+        })?;
         let path = dir.join(LOG_FILE);
         let existed = path.exists();
         let mut file = OpenOptions::new()
@@ -162,10 +203,13 @@ impl LocalLog {
         if !existed {
             // The new file's directory entry must be durable too, or a power loss can lose the
             // whole log after a write was acknowledged.
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", dir.display()))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", dir.display()))?;
         }
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        file.read_to_end(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if complete < bytes.len() {
             tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "dropping a partial last record left by a crash");
@@ -178,8 +222,13 @@ impl LocalLog {
             if line.is_empty() {
                 continue;
             }
-            let record: Record = serde_json::from_slice(line)
-                .map_err(|e| anyhow::anyhow!("{} line {} is corrupt ({e}); refusing to start with a damaged registry", path.display(), n + 1))?;
+            let record: Record = serde_json::from_slice(line).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} line {} is corrupt ({e}); refusing to start with a damaged registry",
+                    path.display(),
+                    n + 1
+                )
+            })?;
             records.push(record);
         }
         Ok((LocalLog { file, path }, records))
@@ -206,16 +255,46 @@ mod tests {
     use super::*;
 
     fn config(level: Level) -> Record {
-        Record { key: Key::Config { subject: None, magic: 0 }, value: Some(serde_json::to_value(ConfigValue { compatibility_level: Some(level) }).unwrap()) }
+        Record {
+            key: Key::Config {
+                subject: None,
+                magic: 0,
+            },
+            value: Some(
+                serde_json::to_value(ConfigValue {
+                    compatibility_level: Some(level),
+                })
+                .unwrap(),
+            ),
+        }
     }
 
     #[test]
     fn keys_use_confluent_field_order() {
-        let key = Key::Schema { subject: "s".into(), version: 1, magic: 1 };
-        assert_eq!(serde_json::to_string(&key).unwrap(), r#"{"keytype":"SCHEMA","subject":"s","version":1,"magic":1}"#);
-        let key = Key::Config { subject: None, magic: 0 };
-        assert_eq!(serde_json::to_string(&key).unwrap(), r#"{"keytype":"CONFIG","subject":null,"magic":0}"#);
-        assert_eq!(serde_json::to_string(&ConfigValue { compatibility_level: Some(Level::Full) }).unwrap(), r#"{"compatibilityLevel":"FULL"}"#);
+        let key = Key::Schema {
+            subject: "s".into(),
+            version: 1,
+            magic: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&key).unwrap(),
+            r#"{"keytype":"SCHEMA","subject":"s","version":1,"magic":1}"#
+        );
+        let key = Key::Config {
+            subject: None,
+            magic: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&key).unwrap(),
+            r#"{"keytype":"CONFIG","subject":null,"magic":0}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ConfigValue {
+                compatibility_level: Some(Level::Full)
+            })
+            .unwrap(),
+            r#"{"compatibilityLevel":"FULL"}"#
+        );
     }
 
     fn kafka_key(record: &Record) -> String {
@@ -227,19 +306,59 @@ mod tests {
         // Compaction keeps the last record per byte-identical key, so a tombstone this store
         // writes must match the key Confluent wrote, byte for byte.
         let cases = [
-            (Key::Schema { subject: "s".into(), version: 3, magic: 1 }, r#"{"keytype":"SCHEMA","subject":"s","version":3,"magic":1}"#),
-            (Key::Config { subject: None, magic: 0 }, r#"{"keytype":"CONFIG","subject":null,"magic":0}"#),
-            (Key::Config { subject: Some("s".into()), magic: 0 }, r#"{"keytype":"CONFIG","subject":"s","magic":0}"#),
-            (Key::Mode { subject: None, magic: 0 }, r#"{"keytype":"MODE","subject":null,"magic":0}"#),
+            (
+                Key::Schema {
+                    subject: "s".into(),
+                    version: 3,
+                    magic: 1,
+                },
+                r#"{"keytype":"SCHEMA","subject":"s","version":3,"magic":1}"#,
+            ),
+            (
+                Key::Config {
+                    subject: None,
+                    magic: 0,
+                },
+                r#"{"keytype":"CONFIG","subject":null,"magic":0}"#,
+            ),
+            (
+                Key::Config {
+                    subject: Some("s".into()),
+                    magic: 0,
+                },
+                r#"{"keytype":"CONFIG","subject":"s","magic":0}"#,
+            ),
+            (
+                Key::Mode {
+                    subject: None,
+                    magic: 0,
+                },
+                r#"{"keytype":"MODE","subject":null,"magic":0}"#,
+            ),
             (Key::Noop { magic: 0 }, r#"{"keytype":"NOOP","magic":0}"#),
-            (Key::DeleteSubject { subject: "s".into(), magic: 0 }, r#"{"keytype":"DELETE_SUBJECT","subject":"s","magic":0}"#),
-            (Key::ClearSubject { subject: "s".into(), magic: 0 }, r#"{"keytype":"CLEAR_SUBJECT","subject":"s","magic":0}"#),
+            (
+                Key::DeleteSubject {
+                    subject: "s".into(),
+                    magic: 0,
+                },
+                r#"{"keytype":"DELETE_SUBJECT","subject":"s","magic":0}"#,
+            ),
+            (
+                Key::ClearSubject {
+                    subject: "s".into(),
+                    magic: 0,
+                },
+                r#"{"keytype":"CLEAR_SUBJECT","subject":"s","magic":0}"#,
+            ),
         ];
         for (key, bytes) in cases {
             let record = Record::tombstone(key);
             assert_eq!(kafka_key(&record), bytes);
             assert_eq!(record.to_kafka().1, None, "a tombstone has no value");
-            assert_eq!(Record::from_kafka(bytes.as_bytes(), None).unwrap(), Some(record));
+            assert_eq!(
+                Record::from_kafka(bytes.as_bytes(), None).unwrap(),
+                Some(record)
+            );
         }
     }
 
@@ -250,7 +369,11 @@ mod tests {
             version: 2,
             id: 7,
             schema_type: SchemaType::Json,
-            references: vec![Reference { name: "a.json".into(), subject: "a".into(), version: 1 }],
+            references: vec![Reference {
+                name: "a.json".into(),
+                subject: "a".into(),
+                version: 1,
+            }],
             schema: r#"{"type":"object"}"#.into(),
             deleted: false,
         };
@@ -261,20 +384,48 @@ mod tests {
         // A value as a recent Confluent writes it: AVRO without schemaType, plus fields this
         // store does not use (md5, metadata, ruleSet), all ignored.
         let confluent = br#"{"subject":"t-value","version":1,"id":1,"md5":"abc","metadata":null,"ruleSet":null,"schema":"\"string\"","deleted":false}"#;
-        let record = Record::from_kafka(br#"{"keytype":"SCHEMA","subject":"t-value","version":1,"magic":1}"#, Some(confluent)).unwrap().unwrap();
+        let record = Record::from_kafka(
+            br#"{"keytype":"SCHEMA","subject":"t-value","version":1,"magic":1}"#,
+            Some(confluent),
+        )
+        .unwrap()
+        .unwrap();
         let parsed: SchemaValue = serde_json::from_value(record.value.unwrap()).unwrap();
-        assert_eq!((parsed.id, parsed.version, parsed.schema_type, parsed.schema.as_str()), (1, 1, SchemaType::Avro, r#""string""#));
+        assert_eq!(
+            (
+                parsed.id,
+                parsed.version,
+                parsed.schema_type,
+                parsed.schema.as_str()
+            ),
+            (1, 1, SchemaType::Avro, r#""string""#)
+        );
         // A config record with only settings this store ignores has no level.
-        let config = Record::from_kafka(br#"{"keytype":"CONFIG","subject":"x","magic":0}"#, Some(br#"{"normalize":true}"#)).unwrap().unwrap();
+        let config = Record::from_kafka(
+            br#"{"keytype":"CONFIG","subject":"x","magic":0}"#,
+            Some(br#"{"normalize":true}"#),
+        )
+        .unwrap()
+        .unwrap();
         let parsed: ConfigValue = serde_json::from_value(config.value.unwrap()).unwrap();
         assert_eq!(parsed.compatibility_level, None);
     }
 
     #[test]
     fn unknown_kafka_key_types_are_skipped_and_garbage_is_an_error() {
-        assert_eq!(Record::from_kafka(br#"{"keytype":"CONTEXT","tenant":"t","context":".","magic":0}"#, Some(b"{}")).unwrap(), None);
+        assert_eq!(
+            Record::from_kafka(
+                br#"{"keytype":"CONTEXT","tenant":"t","context":".","magic":0}"#,
+                Some(b"{}")
+            )
+            .unwrap(),
+            None
+        );
         assert!(Record::from_kafka(b"not json", None).is_err());
-        assert!(Record::from_kafka(br#"{"keytype":"SCHEMA","subject":"s","magic":1}"#, None).is_err(), "a SCHEMA key needs a version");
+        assert!(
+            Record::from_kafka(br#"{"keytype":"SCHEMA","subject":"s","magic":1}"#, None).is_err(),
+            "a SCHEMA key needs a version"
+        );
         assert!(Record::from_kafka(br#"{"keytype":"NOOP","magic":0}"#, Some(b"{oops")).is_err());
     }
 
@@ -283,7 +434,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, records) = LocalLog::open(dir.path()).unwrap();
         assert!(records.is_empty());
-        log.append(&[config(Level::Full), config(Level::None)]).unwrap();
+        log.append(&[config(Level::Full), config(Level::None)])
+            .unwrap();
         drop(log);
         // A crash in the middle of a write leaves a partial line.
         let path = dir.path().join(LOG_FILE);

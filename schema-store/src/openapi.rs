@@ -33,7 +33,9 @@ fn build() -> Value {
         if let Some(body) = route.body {
             operation["requestBody"] = json!({"required": true, "content": {crate::api::CONTENT_TYPE: {"schema": {"$ref": format!("#/components/schemas/{body}")}}}});
         }
-        let item = paths.entry(route.path.to_owned()).or_insert_with(|| json!({}));
+        let item = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
         item[route.method.as_str().to_ascii_lowercase()] = operation;
     }
     json!({
@@ -54,7 +56,8 @@ fn build() -> Value {
 
 /// `{name}` segments of a path.
 pub fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+    path.split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
 }
 
 fn components() -> Value {
@@ -107,10 +110,18 @@ mod tests {
             documented += item.as_object().unwrap().len();
             for (_, operation) in item.as_object().unwrap() {
                 // Every $ref resolves.
-                for reference in [&operation["responses"]["200"]["content"][crate::api::CONTENT_TYPE]["schema"]["$ref"], &operation["requestBody"]["content"][crate::api::CONTENT_TYPE]["schema"]["$ref"]] {
+                for reference in [
+                    &operation["responses"]["200"]["content"][crate::api::CONTENT_TYPE]["schema"]
+                        ["$ref"],
+                    &operation["requestBody"]["content"][crate::api::CONTENT_TYPE]["schema"]
+                        ["$ref"],
+                ] {
                     if let Some(r) = reference.as_str() {
                         let name = r.trim_start_matches("#/components/schemas/");
-                        assert!(document["components"]["schemas"].get(name).is_some(), "{path}: dangling {r}");
+                        assert!(
+                            document["components"]["schemas"].get(name).is_some(),
+                            "{path}: dangling {r}"
+                        );
                     }
                 }
             }
@@ -119,8 +130,19 @@ mod tests {
         assert_eq!(documented, routes.len());
         for route in &routes {
             let operation = &paths[route.path][route.method.as_str().to_ascii_lowercase()];
-            assert!(operation.is_object(), "{} {} is not documented", route.method, route.path);
-            let params: Vec<&str> = operation["parameters"].as_array().unwrap().iter().filter(|p| p["in"] == "path").map(|p| p["name"].as_str().unwrap()).collect();
+            assert!(
+                operation.is_object(),
+                "{} {} is not documented",
+                route.method,
+                route.path
+            );
+            let params: Vec<&str> = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
             assert_eq!(params, path_parameters(route.path).collect::<Vec<_>>());
         }
     }

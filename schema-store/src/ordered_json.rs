@@ -52,8 +52,15 @@ impl Json {
             Json::Bool(b) => serde_json::Value::Bool(*b),
             Json::Number(n) => serde_json::Value::Number(n.clone()),
             Json::String(s) => serde_json::Value::String(s.clone()),
-            Json::Array(items) => serde_json::Value::Array(items.iter().map(Json::to_value).collect()),
-            Json::Object(entries) => serde_json::Value::Object(entries.iter().map(|(k, v)| (k.clone(), v.to_value())).collect()),
+            Json::Array(items) => {
+                serde_json::Value::Array(items.iter().map(Json::to_value).collect())
+            }
+            Json::Object(entries) => serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_value()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -113,7 +120,9 @@ impl<'de> Visitor<'de> for JsonVisitor {
         Ok(Json::Number(v.into()))
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json, E> {
-        serde_json::Number::from_f64(v).map(Json::Number).ok_or_else(|| E::custom("non-finite number"))
+        serde_json::Number::from_f64(v)
+            .map(Json::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
     }
     fn visit_str<E>(self, v: &str) -> Result<Json, E> {
         Ok(Json::String(v.to_owned()))
@@ -146,8 +155,12 @@ mod tests {
 
     #[test]
     fn keeps_key_order_and_compacts() {
-        let json = Json::parse(r#"{ "z": 1, "a": [true, null, 1.5, "x"], "m": {"b": 2, "a": 1} }"#).unwrap();
-        assert_eq!(json.to_compact(), r#"{"z":1,"a":[true,null,1.5,"x"],"m":{"b":2,"a":1}}"#);
+        let json = Json::parse(r#"{ "z": 1, "a": [true, null, 1.5, "x"], "m": {"b": 2, "a": 1} }"#)
+            .unwrap();
+        assert_eq!(
+            json.to_compact(),
+            r#"{"z":1,"a":[true,null,1.5,"x"],"m":{"b":2,"a":1}}"#
+        );
         assert_eq!(json.get("z"), Some(&Json::Number(1.into())));
     }
 

@@ -6,9 +6,9 @@
 //! a client never sees (or is acknowledged) a write that a crash could lose, and every write is
 //! checked against the state it will change.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::any::Any;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use serde::Serialize;
@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::compat::{self, Level};
 use crate::error::ApiError;
-use crate::log::{ConfigValue, DeleteSubjectValue, Key, LocalLog, Mode, ModeValue, Record, SchemaValue};
+use crate::log::{
+    ConfigValue, DeleteSubjectValue, Key, LocalLog, Mode, ModeValue, Record, SchemaValue,
+};
 use crate::schema::{self, Parsed, Reference, SchemaType};
 
 /// A schema known by its global id.
@@ -31,7 +33,13 @@ pub struct StoredSchema {
 
 impl StoredSchema {
     fn new(id: u32, schema_type: SchemaType, schema: String, references: Vec<Reference>) -> Self {
-        StoredSchema { id, schema_type, schema, references, parsed: OnceLock::new() }
+        StoredSchema {
+            id,
+            schema_type,
+            schema,
+            references,
+            parsed: OnceLock::new(),
+        }
     }
 
     /// Parsed on first use (compatibility checks), so start-up replays only strings.
@@ -42,7 +50,9 @@ impl StoredSchema {
                 schema::parse(self.schema_type, &self.schema, &referenced).map(|(_, parsed)| parsed)
             })
             .as_ref()
-            .map_err(|e| ApiError::store(format!("stored schema {} no longer parses: {e}", self.id)))
+            .map_err(|e| {
+                ApiError::store(format!("stored schema {} no longer parses: {e}", self.id))
+            })
     }
 }
 
@@ -81,7 +91,9 @@ impl VersionSelector {
             return Ok(VersionSelector::Latest);
         }
         match text.parse::<i64>() {
-            Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => Ok(VersionSelector::Number(n as u32)),
+            Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => {
+                Ok(VersionSelector::Number(n as u32))
+            }
             _ => Err(ApiError::invalid_version(text)),
         }
     }
@@ -127,15 +139,35 @@ impl State {
             (Key::Schema { .. }, Some(value)) => {
                 let value: SchemaValue = serde_json::from_value(value.clone())?;
                 self.max_id = self.max_id.max(value.id);
-                let content = (value.schema_type, value.schema.clone(), value.references.clone());
-                self.schemas
-                    .entry(value.id)
-                    .or_insert_with(|| Arc::new(StoredSchema::new(value.id, value.schema_type, value.schema, value.references)));
+                let content = (
+                    value.schema_type,
+                    value.schema.clone(),
+                    value.references.clone(),
+                );
+                self.schemas.entry(value.id).or_insert_with(|| {
+                    Arc::new(StoredSchema::new(
+                        value.id,
+                        value.schema_type,
+                        value.schema,
+                        value.references,
+                    ))
+                });
                 self.by_content.entry(content).or_insert(value.id);
                 let versions = self.subjects.entry(value.subject).or_default();
-                versions.insert(value.version, VersionEntry { id: value.id, deleted: value.deleted });
+                versions.insert(
+                    value.version,
+                    VersionEntry {
+                        id: value.id,
+                        deleted: value.deleted,
+                    },
+                );
             }
-            (Key::Schema { subject, version, .. }, None) => {
+            (
+                Key::Schema {
+                    subject, version, ..
+                },
+                None,
+            ) => {
                 if let Some(versions) = self.subjects.get_mut(subject) {
                     if let Some(entry) = versions.remove(version) {
                         if versions.is_empty() {
@@ -146,7 +178,11 @@ impl State {
                 }
             }
             (Key::Config { subject, .. }, value) => {
-                let level = value.as_ref().map(|v| serde_json::from_value::<ConfigValue>(v.clone())).transpose()?.and_then(|c| c.compatibility_level);
+                let level = value
+                    .as_ref()
+                    .map(|v| serde_json::from_value::<ConfigValue>(v.clone()))
+                    .transpose()?
+                    .and_then(|c| c.compatibility_level);
                 match (subject, level) {
                     (None, level) => self.global_level = level,
                     (Some(s), Some(level)) => {
@@ -158,7 +194,11 @@ impl State {
                 }
             }
             (Key::Mode { subject, .. }, value) => {
-                let mode = value.as_ref().map(|v| serde_json::from_value::<ModeValue>(v.clone())).transpose()?.map(|m| m.mode);
+                let mode = value
+                    .as_ref()
+                    .map(|v| serde_json::from_value::<ModeValue>(v.clone()))
+                    .transpose()?
+                    .map(|m| m.mode);
                 match (subject, mode) {
                     (None, mode) => self.global_mode = mode,
                     (Some(s), Some(mode)) => {
@@ -172,10 +212,14 @@ impl State {
             (Key::DeleteSubject { .. }, Some(value)) => {
                 let value: DeleteSubjectValue = serde_json::from_value(value.clone())?;
                 if let Some(versions) = self.subjects.get_mut(&value.subject) {
-                    versions.range_mut(..=value.version).for_each(|(_, e)| e.deleted = true);
+                    versions
+                        .range_mut(..=value.version)
+                        .for_each(|(_, e)| e.deleted = true);
                 }
             }
-            (Key::DeleteSubject { .. }, None) | (Key::Noop { .. }, _) | (Key::ClearSubject { .. }, _) => {}
+            (Key::DeleteSubject { .. }, None)
+            | (Key::Noop { .. }, _)
+            | (Key::ClearSubject { .. }, _) => {}
         }
         Ok(())
     }
@@ -183,10 +227,17 @@ impl State {
     /// A permanently deleted version's schema is dropped when no version uses it any more. Its
     /// id stays burnt (`max_id`).
     fn forget_if_unused(&mut self, id: u32) {
-        let used = self.subjects.values().any(|versions| versions.values().any(|e| e.id == id));
+        let used = self
+            .subjects
+            .values()
+            .any(|versions| versions.values().any(|e| e.id == id));
         if !used {
             if let Some(schema) = self.schemas.remove(&id) {
-                self.by_content.remove(&(schema.schema_type, schema.schema.clone(), schema.references.clone()));
+                self.by_content.remove(&(
+                    schema.schema_type,
+                    schema.schema.clone(),
+                    schema.references.clone(),
+                ));
             }
         }
     }
@@ -202,7 +253,9 @@ impl State {
     }
 
     pub fn schema_by_id(&self, id: u32) -> Result<&Arc<StoredSchema>, ApiError> {
-        self.schemas.get(&id).ok_or_else(|| ApiError::schema_id_not_found(id))
+        self.schemas
+            .get(&id)
+            .ok_or_else(|| ApiError::schema_id_not_found(id))
     }
 
     /// Subjects with a visible version (or any version with `deleted`), optionally by prefix.
@@ -216,12 +269,19 @@ impl State {
     }
 
     fn versions_of(&self, subject: &str) -> Result<&BTreeMap<u32, VersionEntry>, ApiError> {
-        self.subjects.get(subject).ok_or_else(|| ApiError::subject_not_found(subject))
+        self.subjects
+            .get(subject)
+            .ok_or_else(|| ApiError::subject_not_found(subject))
     }
 
     /// Version numbers of a subject; 40401 when it has none visible.
     pub fn versions(&self, subject: &str, deleted: bool) -> Result<Vec<u32>, ApiError> {
-        let versions: Vec<u32> = self.versions_of(subject)?.iter().filter(|(_, e)| deleted || !e.deleted).map(|(v, _)| *v).collect();
+        let versions: Vec<u32> = self
+            .versions_of(subject)?
+            .iter()
+            .filter(|(_, e)| deleted || !e.deleted)
+            .map(|(v, _)| *v)
+            .collect();
         if versions.is_empty() {
             return Err(ApiError::subject_not_found(subject));
         }
@@ -229,14 +289,21 @@ impl State {
     }
 
     /// Resolves a selector to a version number and its entry.
-    pub fn version(&self, subject: &str, selector: VersionSelector, deleted: bool) -> Result<(u32, VersionEntry), ApiError> {
+    pub fn version(
+        &self,
+        subject: &str,
+        selector: VersionSelector,
+        deleted: bool,
+    ) -> Result<(u32, VersionEntry), ApiError> {
         let versions = self.versions_of(subject)?;
         if !deleted && versions.values().all(|e| e.deleted) {
             return Err(ApiError::subject_not_found(subject));
         }
         let found = match selector {
             VersionSelector::Latest => versions.iter().rev().find(|(_, e)| deleted || !e.deleted),
-            VersionSelector::Number(n) => versions.get_key_value(&n).filter(|(_, e)| deleted || !e.deleted),
+            VersionSelector::Number(n) => versions
+                .get_key_value(&n)
+                .filter(|(_, e)| deleted || !e.deleted),
         };
         match (found, selector) {
             (Some((v, e)), _) => Ok((*v, *e)),
@@ -245,7 +312,12 @@ impl State {
         }
     }
 
-    pub fn subject_version(&self, subject: &str, selector: VersionSelector, deleted: bool) -> Result<SubjectVersion, ApiError> {
+    pub fn subject_version(
+        &self,
+        subject: &str,
+        selector: VersionSelector,
+        deleted: bool,
+    ) -> Result<SubjectVersion, ApiError> {
         let (version, entry) = self.version(subject, selector, deleted)?;
         let schema = self.schema_by_id(entry.id)?;
         Ok(SubjectVersion {
@@ -262,7 +334,12 @@ impl State {
     pub fn usages(&self, id: u32, deleted: bool) -> Vec<(String, u32)> {
         self.subjects
             .iter()
-            .flat_map(|(s, versions)| versions.iter().filter(move |(_, e)| e.id == id && (deleted || !e.deleted)).map(move |(v, _)| (s.clone(), *v)))
+            .flat_map(|(s, versions)| {
+                versions
+                    .iter()
+                    .filter(move |(_, e)| e.id == id && (deleted || !e.deleted))
+                    .map(move |(v, _)| (s.clone(), *v))
+            })
             .collect()
     }
 
@@ -271,7 +348,11 @@ impl State {
         let mut ids: Vec<u32> = self
             .schemas
             .values()
-            .filter(|s| s.references.iter().any(|r| r.subject == subject && r.version == version as i32))
+            .filter(|s| {
+                s.references
+                    .iter()
+                    .any(|r| r.subject == subject && r.version == version as i32)
+            })
             .map(|s| s.id)
             .collect();
         ids.sort_unstable();
@@ -280,25 +361,51 @@ impl State {
 
     /// The schemas a reference list brings in, transitively, dependencies first: each as the
     /// name its referrer uses for it and its stored text.
-    fn referenced_texts(&self, references: &[Reference]) -> Result<Vec<schema::Referenced>, String> {
+    fn referenced_texts(
+        &self,
+        references: &[Reference],
+    ) -> Result<Vec<schema::Referenced>, String> {
         let mut texts = Vec::new();
         self.collect_referenced(references, &mut texts, 0)?;
         Ok(texts)
     }
 
-    fn collect_referenced(&self, references: &[Reference], texts: &mut Vec<schema::Referenced>, depth: usize) -> Result<(), String> {
+    fn collect_referenced(
+        &self,
+        references: &[Reference],
+        texts: &mut Vec<schema::Referenced>,
+        depth: usize,
+    ) -> Result<(), String> {
         if depth > 32 {
             return Err("references are nested more than 32 deep".into());
         }
         for reference in references {
-            let selector = if reference.version == -1 { VersionSelector::Latest } else { VersionSelector::Number(reference.version.max(0) as u32) };
+            let selector = if reference.version == -1 {
+                VersionSelector::Latest
+            } else {
+                VersionSelector::Number(reference.version.max(0) as u32)
+            };
             let (_, entry) = self
                 .version(&reference.subject, selector, true)
-                .map_err(|_| format!("reference {:?} to subject '{}' version {} not found", reference.name, reference.subject, reference.version))?;
-            let schema = self.schemas.get(&entry.id).ok_or_else(|| format!("referenced schema {} is missing", entry.id))?;
+                .map_err(|_| {
+                    format!(
+                        "reference {:?} to subject '{}' version {} not found",
+                        reference.name, reference.subject, reference.version
+                    )
+                })?;
+            let schema = self
+                .schemas
+                .get(&entry.id)
+                .ok_or_else(|| format!("referenced schema {} is missing", entry.id))?;
             self.collect_referenced(&schema.references, texts, depth + 1)?;
-            if !texts.iter().any(|r| r.name == reference.name && r.text == schema.schema) {
-                texts.push(schema::Referenced { name: reference.name.clone(), text: schema.schema.clone() });
+            if !texts
+                .iter()
+                .any(|r| r.name == reference.name && r.text == schema.schema)
+            {
+                texts.push(schema::Referenced {
+                    name: reference.name.clone(),
+                    text: schema.schema.clone(),
+                });
             }
         }
         Ok(())
@@ -310,11 +417,22 @@ impl State {
         references
             .iter()
             .map(|r| {
-                let selector = if r.version == -1 { VersionSelector::Latest } else { VersionSelector::parse(&r.version.to_string())? };
-                let (version, _) = self
-                    .version(&r.subject, selector, false)
-                    .map_err(|_| ApiError::invalid_schema(format!("Invalid schema: reference {:?} to subject '{}' version {} not found", r.name, r.subject, r.version)))?;
-                Ok(Reference { name: r.name.clone(), subject: r.subject.clone(), version: version as i32 })
+                let selector = if r.version == -1 {
+                    VersionSelector::Latest
+                } else {
+                    VersionSelector::parse(&r.version.to_string())?
+                };
+                let (version, _) = self.version(&r.subject, selector, false).map_err(|_| {
+                    ApiError::invalid_schema(format!(
+                        "Invalid schema: reference {:?} to subject '{}' version {} not found",
+                        r.name, r.subject, r.version
+                    ))
+                })?;
+                Ok(Reference {
+                    name: r.name.clone(),
+                    subject: r.subject.clone(),
+                    version: version as i32,
+                })
             })
             .collect()
     }
@@ -328,7 +446,8 @@ impl State {
     }
 
     pub fn effective_level(&self, subject: &str) -> Level {
-        self.subject_level(subject).unwrap_or_else(|| self.global_level())
+        self.subject_level(subject)
+            .unwrap_or_else(|| self.global_level())
     }
 
     pub fn global_mode(&self) -> Mode {
@@ -340,12 +459,15 @@ impl State {
     }
 
     pub fn effective_mode(&self, subject: &str) -> Mode {
-        self.subject_mode(subject).unwrap_or_else(|| self.global_mode())
+        self.subject_mode(subject)
+            .unwrap_or_else(|| self.global_mode())
     }
 
     fn writable(&self, subject: &str) -> Result<Mode, ApiError> {
         match self.effective_mode(subject) {
-            Mode::Readonly => Err(ApiError::not_permitted(format!("Subject {subject} is in read-only mode"))),
+            Mode::Readonly => Err(ApiError::not_permitted(format!(
+                "Subject {subject} is in read-only mode"
+            ))),
             mode => Ok(mode),
         }
     }
@@ -355,21 +477,39 @@ impl State {
     }
 
     /// Parses a schema as it would be stored, with its references pinned and resolved.
-    pub fn prepare(&self, schema_type: SchemaType, text: &str, references: &[Reference]) -> Result<(String, Vec<Reference>, Parsed), ApiError> {
+    pub fn prepare(
+        &self,
+        schema_type: SchemaType,
+        text: &str,
+        references: &[Reference],
+    ) -> Result<(String, Vec<Reference>, Parsed), ApiError> {
         let references = self.pin_references(references)?;
-        let referenced = self.referenced_texts(&references).map_err(|e| ApiError::invalid_schema(format!("Invalid schema: {e}")))?;
-        let (canonical, parsed) = schema::parse(schema_type, text, &referenced).map_err(ApiError::invalid_schema)?;
+        let referenced = self
+            .referenced_texts(&references)
+            .map_err(|e| ApiError::invalid_schema(format!("Invalid schema: {e}")))?;
+        let (canonical, parsed) =
+            schema::parse(schema_type, text, &referenced).map_err(ApiError::invalid_schema)?;
         Ok((canonical, references, parsed))
     }
 
     /// `POST /subjects/{s}`: the version of `subject` holding this schema.
-    pub fn lookup(&self, subject: &str, schema_type: SchemaType, text: &str, references: &[Reference], deleted: bool) -> Result<SubjectVersion, ApiError> {
+    pub fn lookup(
+        &self,
+        subject: &str,
+        schema_type: SchemaType,
+        text: &str,
+        references: &[Reference],
+        deleted: bool,
+    ) -> Result<SubjectVersion, ApiError> {
         let versions = self.versions_of(subject)?;
         if !deleted && versions.values().all(|e| e.deleted) {
             return Err(ApiError::subject_not_found(subject));
         }
         let (canonical, references, _) = self.prepare(schema_type, text, references)?;
-        let id = self.by_content.get(&(schema_type, canonical, references)).ok_or_else(ApiError::schema_not_found)?;
+        let id = self
+            .by_content
+            .get(&(schema_type, canonical, references))
+            .ok_or_else(ApiError::schema_not_found)?;
         let version = versions
             .iter()
             .rev()
@@ -380,18 +520,36 @@ impl State {
     }
 
     /// Previous parsed schemas of a subject, newest first, for compatibility checks.
-    fn previous(&self, subject: &str, selector: Option<VersionSelector>) -> Result<Vec<&Parsed>, ApiError> {
-        let Some(versions) = self.subjects.get(subject) else { return Ok(Vec::new()) };
+    fn previous(
+        &self,
+        subject: &str,
+        selector: Option<VersionSelector>,
+    ) -> Result<Vec<&Parsed>, ApiError> {
+        let Some(versions) = self.subjects.get(subject) else {
+            return Ok(Vec::new());
+        };
         let ids: Vec<u32> = match selector {
-            None => versions.values().rev().filter(|e| !e.deleted).map(|e| e.id).collect(),
+            None => versions
+                .values()
+                .rev()
+                .filter(|e| !e.deleted)
+                .map(|e| e.id)
+                .collect(),
             Some(selector) => vec![self.version(subject, selector, false)?.1.id],
         };
-        ids.iter().map(|id| self.schema_by_id(*id)?.parsed(self)).collect()
+        ids.iter()
+            .map(|id| self.schema_by_id(*id)?.parsed(self))
+            .collect()
     }
 
     /// Compatibility messages of a candidate against a subject (all versions per the level, or
     /// one version against which the level's direction is checked).
-    pub fn compatibility(&self, subject: &str, selector: Option<VersionSelector>, parsed: &Parsed) -> Result<Vec<String>, ApiError> {
+    pub fn compatibility(
+        &self,
+        subject: &str,
+        selector: Option<VersionSelector>,
+        parsed: &Parsed,
+    ) -> Result<Vec<String>, ApiError> {
         let previous = self.previous(subject, selector)?;
         let level = self.effective_level(subject);
         Ok(match selector {
@@ -407,9 +565,12 @@ impl State {
         validate_subject(subject)?;
         let mode = self.writable(subject)?;
         if (new.id.is_some() || new.version.is_some()) && mode != Mode::Import {
-            return Err(ApiError::not_permitted(format!("Subject {subject} is not in import mode: an explicit id or version is not allowed")));
+            return Err(ApiError::not_permitted(format!(
+                "Subject {subject} is not in import mode: an explicit id or version is not allowed"
+            )));
         }
-        let (canonical, references, parsed) = self.prepare(new.schema_type, &new.schema, &new.references)?;
+        let (canonical, references, parsed) =
+            self.prepare(new.schema_type, &new.schema, &new.references)?;
         let content = (new.schema_type, canonical, references);
         let existing_id = self.by_content.get(&content).copied();
         let versions = self.subjects.get(subject);
@@ -429,25 +590,42 @@ impl State {
         }
         let id = match (new.id, existing_id) {
             (Some(id), Some(existing)) if id != existing => {
-                return Err(ApiError::id_does_not_match(format!("Schema already registered with id {existing} instead of input id {id}")));
+                return Err(ApiError::id_does_not_match(format!(
+                    "Schema already registered with id {existing} instead of input id {id}"
+                )));
             }
             (Some(id), None) if self.schemas.contains_key(&id) => {
                 return Err(ApiError::id_does_not_match(format!("Overwrite new schema with id {id} is not permitted: the id holds another schema")));
             }
             (Some(id), _) => id,
             (None, Some(existing)) => existing,
-            (None, None) => self.max_id.checked_add(1).ok_or_else(|| ApiError::store("schema ids are exhausted"))?,
+            (None, None) => self
+                .max_id
+                .checked_add(1)
+                .ok_or_else(|| ApiError::store("schema ids are exhausted"))?,
         };
-        let next_version = versions.and_then(|v| v.keys().next_back()).map_or(1, |v| v + 1);
+        let next_version = versions
+            .and_then(|v| v.keys().next_back())
+            .map_or(1, |v| v + 1);
         let version = match new.version {
             Some(v) if versions.is_some_and(|vs| vs.contains_key(&v)) => {
-                return Err(ApiError::not_permitted(format!("Version {v} of subject {subject} already exists")));
+                return Err(ApiError::not_permitted(format!(
+                    "Version {v} of subject {subject} already exists"
+                )));
             }
             Some(v) => v,
             None => next_version,
         };
         let (schema_type, schema, references) = content;
-        let record = Record::schema(SchemaValue { subject: subject.to_owned(), version, id, schema_type, references, schema, deleted: false });
+        let record = Record::schema(SchemaValue {
+            subject: subject.to_owned(),
+            version,
+            id,
+            schema_type,
+            references,
+            schema,
+            deleted: false,
+        });
         Ok((id, vec![record]))
     }
 
@@ -460,7 +638,12 @@ impl State {
         }
     }
 
-    fn deleted_record(&self, subject: &str, version: u32, entry: VersionEntry) -> Result<Record, ApiError> {
+    fn deleted_record(
+        &self,
+        subject: &str,
+        version: u32,
+        entry: VersionEntry,
+    ) -> Result<Record, ApiError> {
         let schema = self.schema_by_id(entry.id)?;
         Ok(Record::schema(SchemaValue {
             subject: subject.to_owned(),
@@ -475,10 +658,18 @@ impl State {
 
     /// `DELETE /subjects/{s}`: soft (all live versions marked deleted) or permanent (only after
     /// soft). Returns the versions deleted.
-    pub fn delete_subject(&self, subject: &str, permanent: bool) -> Result<(Vec<u32>, Vec<Record>), ApiError> {
+    pub fn delete_subject(
+        &self,
+        subject: &str,
+        permanent: bool,
+    ) -> Result<(Vec<u32>, Vec<Record>), ApiError> {
         self.writable(subject)?;
         let versions = self.versions_of(subject)?;
-        let live: Vec<u32> = versions.iter().filter(|(_, e)| !e.deleted).map(|(v, _)| *v).collect();
+        let live: Vec<u32> = versions
+            .iter()
+            .filter(|(_, e)| !e.deleted)
+            .map(|(v, _)| *v)
+            .collect();
         for version in versions.keys() {
             self.check_not_referenced(subject, *version)?;
         }
@@ -487,32 +678,63 @@ impl State {
                 return Err(ApiError::subject_not_soft_deleted(subject));
             }
             let all: Vec<u32> = versions.keys().copied().collect();
-            let mut records: Vec<Record> =
-                all.iter().map(|v| Record::tombstone(Key::Schema { subject: subject.to_owned(), version: *v, magic: 1 })).collect();
+            let mut records: Vec<Record> = all
+                .iter()
+                .map(|v| {
+                    Record::tombstone(Key::Schema {
+                        subject: subject.to_owned(),
+                        version: *v,
+                        magic: 1,
+                    })
+                })
+                .collect();
             if self.levels.contains_key(subject) {
-                records.push(Record::tombstone(Key::Config { subject: Some(subject.to_owned()), magic: 0 }));
+                records.push(Record::tombstone(Key::Config {
+                    subject: Some(subject.to_owned()),
+                    magic: 0,
+                }));
             }
             if self.modes.contains_key(subject) {
-                records.push(Record::tombstone(Key::Mode { subject: Some(subject.to_owned()), magic: 0 }));
+                records.push(Record::tombstone(Key::Mode {
+                    subject: Some(subject.to_owned()),
+                    magic: 0,
+                }));
             }
             return Ok((all, records));
         }
         if live.is_empty() {
             return Err(ApiError::subject_soft_deleted(subject));
         }
-        let records = live.iter().map(|v| self.deleted_record(subject, *v, versions[v])).collect::<Result<_, _>>()?;
+        let records = live
+            .iter()
+            .map(|v| self.deleted_record(subject, *v, versions[v]))
+            .collect::<Result<_, _>>()?;
         Ok((live, records))
     }
 
     /// `DELETE /subjects/{s}/versions/{v}`.
-    pub fn delete_version(&self, subject: &str, selector: VersionSelector, permanent: bool) -> Result<(u32, Vec<Record>), ApiError> {
+    pub fn delete_version(
+        &self,
+        subject: &str,
+        selector: VersionSelector,
+        permanent: bool,
+    ) -> Result<(u32, Vec<Record>), ApiError> {
         self.writable(subject)?;
         let versions = self.versions_of(subject)?;
         let (version, entry) = match selector {
-            VersionSelector::Number(n) => versions.get(&n).map(|e| (n, *e)).ok_or_else(|| ApiError::version_not_found(n))?,
+            VersionSelector::Number(n) => versions
+                .get(&n)
+                .map(|e| (n, *e))
+                .ok_or_else(|| ApiError::version_not_found(n))?,
             VersionSelector::Latest => {
-                let found = if permanent { versions.iter().next_back() } else { versions.iter().rev().find(|(_, e)| !e.deleted) };
-                found.map(|(v, e)| (*v, *e)).ok_or_else(|| ApiError::version_not_found("latest"))?
+                let found = if permanent {
+                    versions.iter().next_back()
+                } else {
+                    versions.iter().rev().find(|(_, e)| !e.deleted)
+                };
+                found
+                    .map(|(v, e)| (*v, *e))
+                    .ok_or_else(|| ApiError::version_not_found("latest"))?
             }
         };
         self.check_not_referenced(subject, version)?;
@@ -520,21 +742,40 @@ impl State {
             (false, true) => Err(ApiError::version_soft_deleted(subject, version)),
             (true, false) => Err(ApiError::version_not_soft_deleted(subject, version)),
             (false, false) => Ok((version, vec![self.deleted_record(subject, version, entry)?])),
-            (true, true) => Ok((version, vec![Record::tombstone(Key::Schema { subject: subject.to_owned(), version, magic: 1 })])),
+            (true, true) => Ok((
+                version,
+                vec![Record::tombstone(Key::Schema {
+                    subject: subject.to_owned(),
+                    version,
+                    magic: 1,
+                })],
+            )),
         }
     }
 
     pub fn config_record(subject: Option<&str>, level: Option<Level>) -> Record {
         Record {
-            key: Key::Config { subject: subject.map(str::to_owned), magic: 0 },
-            value: level.map(|l| serde_json::to_value(ConfigValue { compatibility_level: Some(l) }).expect("config serializes")),
+            key: Key::Config {
+                subject: subject.map(str::to_owned),
+                magic: 0,
+            },
+            value: level.map(|l| {
+                serde_json::to_value(ConfigValue {
+                    compatibility_level: Some(l),
+                })
+                .expect("config serializes")
+            }),
         }
     }
 
     pub fn mode_record(subject: Option<&str>, mode: Option<Mode>) -> Record {
         Record {
-            key: Key::Mode { subject: subject.map(str::to_owned), magic: 0 },
-            value: mode.map(|m| serde_json::to_value(ModeValue { mode: m }).expect("mode serializes")),
+            key: Key::Mode {
+                subject: subject.map(str::to_owned),
+                magic: 0,
+            },
+            value: mode
+                .map(|m| serde_json::to_value(ModeValue { mode: m }).expect("mode serializes")),
         }
     }
 }
@@ -578,7 +819,8 @@ impl Journal for LocalLog {
             tracing::error!("cannot write the schema log: {e}");
             ApiError::store(format!("Error while writing to the schema log: {e}"))
         })?;
-        metrics::histogram!("logpipe_schema_store_log_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("logpipe_schema_store_log_append_seconds")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
         let mut state = public.write().expect("registry state lock");
         for record in records {
@@ -610,7 +852,9 @@ impl Registry {
         let (log, records) = LocalLog::open(dir)?;
         let mut state = State::default();
         for (i, record) in records.iter().enumerate() {
-            state.apply(record).map_err(|e| anyhow::anyhow!("{} record {}: {e}", log.path().display(), i + 1))?;
+            state
+                .apply(record)
+                .map_err(|e| anyhow::anyhow!("{} record {}: {e}", log.path().display(), i + 1))?;
         }
         tracing::info!(records = records.len(), schemas = state.schemas.len(), subjects = state.subjects.len(), elapsed = ?started.elapsed(), "replayed the schema log");
         metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
@@ -635,17 +879,33 @@ impl Registry {
 
     /// Runs a write: `plan` computes records from the state as of all earlier writes; the
     /// records are made durable, then applied, then the result is returned.
-    pub async fn write<T: Send + 'static>(&self, plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), ApiError> + Send + 'static) -> Result<T, ApiError> {
-        let plan: Plan = Box::new(move |state| plan(state).map(|(t, records)| (Box::new(t) as Box<dyn Any + Send>, records)));
+    pub async fn write<T: Send + 'static>(
+        &self,
+        plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let plan: Plan = Box::new(move |state| {
+            plan(state).map(|(t, records)| (Box::new(t) as Box<dyn Any + Send>, records))
+        });
         let (reply, outcome) = oneshot::channel();
-        self.jobs.send((plan, reply)).map_err(|_| ApiError::store("the writer has stopped"))?;
-        let result = outcome.await.map_err(|_| ApiError::store("the writer has stopped"))??;
-        Ok(*result.downcast::<T>().expect("a plan's result has the plan's type"))
+        self.jobs
+            .send((plan, reply))
+            .map_err(|_| ApiError::store("the writer has stopped"))?;
+        let result = outcome
+            .await
+            .map_err(|_| ApiError::store("the writer has stopped"))??;
+        Ok(*result
+            .downcast::<T>()
+            .expect("a plan's result has the plan's type"))
     }
 }
 
 /// The writer thread: group commit until every `Registry` handle is gone.
-fn write_batches(mut queue: mpsc::UnboundedReceiver<Job>, mut journal: impl Journal, mut staging: State, public: Arc<RwLock<State>>) {
+fn write_batches(
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    mut journal: impl Journal,
+    mut staging: State,
+    public: Arc<RwLock<State>>,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -670,7 +930,9 @@ fn write_batches(mut queue: mpsc::UnboundedReceiver<Job>, mut journal: impl Jour
                         waiting.push((reply, result));
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(ApiError::store(format!("cannot apply a planned record: {e}"))));
+                        let _ = reply.send(Err(ApiError::store(format!(
+                            "cannot apply a planned record: {e}"
+                        ))));
                     }
                 },
                 Err(e) => {

@@ -30,7 +30,9 @@ impl SchemaType {
         match value.map(str::to_ascii_uppercase).as_deref() {
             None | Some("AVRO") => Ok(SchemaType::Avro),
             Some("JSON") => Ok(SchemaType::Json),
-            Some(other) => Err(format!("Invalid schema type {other}: this store supports AVRO and JSON")),
+            Some(other) => Err(format!(
+                "Invalid schema type {other}: this store supports AVRO and JSON"
+            )),
         }
     }
 
@@ -87,12 +89,17 @@ pub struct Referenced {
 /// Parses `text` as `schema_type`, with `referenced` everything it references (transitively,
 /// dependencies first). Returns the stored form and the parsed schema; the error is the
 /// parser's message, for a 42201.
-pub fn parse(schema_type: SchemaType, text: &str, referenced: &[Referenced]) -> Result<(String, Parsed), String> {
+pub fn parse(
+    schema_type: SchemaType,
+    text: &str,
+    referenced: &[Referenced],
+) -> Result<(String, Parsed), String> {
     match schema_type {
         SchemaType::Avro => {
             let texts: Vec<&str> = referenced.iter().map(|r| r.text.as_str()).collect();
-            let (schema, referenced_schemas) = apache_avro::Schema::parse_str_with_list(text, &texts)
-                .map_err(|e| format!("Invalid schema: {}", error_chain(&e)))?;
+            let (schema, referenced_schemas) =
+                apache_avro::Schema::parse_str_with_list(text, &texts)
+                    .map_err(|e| format!("Invalid schema: {}", error_chain(&e)))?;
             let tree = Json::parse(text).map_err(|e| format!("Invalid schema: {e}"))?;
             let mut known = HashSet::new();
             for r in &texts {
@@ -100,17 +107,29 @@ pub fn parse(schema_type: SchemaType, text: &str, referenced: &[Referenced]) -> 
                 collect_names(&tree, None, &mut known);
             }
             let canonical = AvroCanonical { known }.schema(&tree, None).to_compact();
-            Ok((canonical, Parsed::Avro(AvroParsed { schema, referenced: referenced_schemas })))
+            Ok((
+                canonical,
+                Parsed::Avro(AvroParsed {
+                    schema,
+                    referenced: referenced_schemas,
+                }),
+            ))
         }
         SchemaType::Json => {
             let tree = Json::parse(text).map_err(|e| format!("Invalid schema: {e}"))?;
             let value = tree.to_value();
-            if !matches!(value, serde_json::Value::Object(_) | serde_json::Value::Bool(_)) {
+            if !matches!(
+                value,
+                serde_json::Value::Object(_) | serde_json::Value::Bool(_)
+            ) {
                 return Err("Invalid schema: a JSON Schema is an object or a boolean".into());
             }
             jsonschema::meta::validate(&value).map_err(|e| format!("Invalid schema: {e}"))?;
             let references = JsonReferences::new(referenced)?;
-            jsonschema::options().with_retriever(references).build(&value).map_err(|e| format!("Invalid schema: {e}"))?;
+            jsonschema::options()
+                .with_retriever(references)
+                .build(&value)
+                .map_err(|e| format!("Invalid schema: {e}"))?;
             Ok((tree.to_compact(), Parsed::Json(value)))
         }
     }
@@ -126,8 +145,14 @@ impl JsonReferences {
     fn new(referenced: &[Referenced]) -> Result<JsonReferences, String> {
         let mut by_uri = std::collections::HashMap::new();
         for r in referenced {
-            let uri = jsonschema::uri::from_str(&r.name).map_err(|e| format!("Invalid schema: reference name {:?} is not a URI: {e}", r.name))?;
-            let value: serde_json::Value = serde_json::from_str(&r.text).map_err(|e| format!("Invalid referenced schema {:?}: {e}", r.name))?;
+            let uri = jsonschema::uri::from_str(&r.name).map_err(|e| {
+                format!(
+                    "Invalid schema: reference name {:?} is not a URI: {e}",
+                    r.name
+                )
+            })?;
+            let value: serde_json::Value = serde_json::from_str(&r.text)
+                .map_err(|e| format!("Invalid referenced schema {:?}: {e}", r.name))?;
             by_uri.insert(uri.as_str().to_owned(), value);
         }
         Ok(JsonReferences(by_uri))
@@ -135,8 +160,14 @@ impl JsonReferences {
 }
 
 impl jsonschema::Retrieve for JsonReferences {
-    fn retrieve(&self, uri: &jsonschema::Uri<String>) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
-        self.0.get(uri.as_str()).cloned().ok_or_else(|| format!("{} is not among the schema's references", uri.as_str()).into())
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+        self.0
+            .get(uri.as_str())
+            .cloned()
+            .ok_or_else(|| format!("{} is not among the schema's references", uri.as_str()).into())
     }
 }
 
@@ -151,8 +182,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     message
 }
 
-const PRIMITIVES: [&str; 8] = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
-const SCHEMA_RESERVED: [&str; 10] = ["doc", "fields", "items", "name", "namespace", "size", "symbols", "values", "type", "aliases"];
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+const SCHEMA_RESERVED: [&str; 10] = [
+    "doc",
+    "fields",
+    "items",
+    "name",
+    "namespace",
+    "size",
+    "symbols",
+    "values",
+    "type",
+    "aliases",
+];
 const FIELD_RESERVED: [&str; 6] = ["default", "doc", "name", "order", "type", "aliases"];
 
 /// A full Avro name split as Java's `Schema.Name` does.
@@ -166,10 +210,19 @@ impl Name {
     /// enclosing namespace applies.
     fn new(name: &str, namespace: Option<&str>, enclosing: Option<&str>) -> Name {
         match name.rsplit_once('.') {
-            Some((space, simple)) => Name { name: simple.to_owned(), space: Some(space.to_owned()) },
+            Some((space, simple)) => Name {
+                name: simple.to_owned(),
+                space: Some(space.to_owned()),
+            },
             None => {
-                let space = namespace.or(enclosing).filter(|s| !s.is_empty()).map(str::to_owned);
-                Name { name: name.to_owned(), space }
+                let space = namespace
+                    .or(enclosing)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned);
+                Name {
+                    name: name.to_owned(),
+                    space,
+                }
             }
         }
     }
@@ -193,13 +246,19 @@ impl Name {
 
 fn named(tree: &Json, enclosing: Option<&str>) -> Option<Name> {
     let name = tree.get("name")?.as_str()?;
-    Some(Name::new(name, tree.get("namespace").and_then(Json::as_str), enclosing))
+    Some(Name::new(
+        name,
+        tree.get("namespace").and_then(Json::as_str),
+        enclosing,
+    ))
 }
 
 /// Collects the full names a schema defines, so that names referring to them can be qualified.
 fn collect_names(tree: &Json, enclosing: Option<&str>, known: &mut HashSet<String>) {
     match tree {
-        Json::Array(items) => items.iter().for_each(|i| collect_names(i, enclosing, known)),
+        Json::Array(items) => items
+            .iter()
+            .for_each(|i| collect_names(i, enclosing, known)),
         Json::Object(_) => {
             let mut space = enclosing.map(str::to_owned);
             if let Some(name) = named(tree, enclosing) {
@@ -232,7 +291,9 @@ impl AvroCanonical {
     fn schema(&mut self, tree: &Json, space: Option<&str>) -> Json {
         match tree {
             Json::String(name) => Json::String(self.reference(name, space)),
-            Json::Array(branches) => Json::Array(branches.iter().map(|b| self.schema(b, space)).collect()),
+            Json::Array(branches) => {
+                Json::Array(branches.iter().map(|b| self.schema(b, space)).collect())
+            }
             Json::Object(entries) => match tree.get("type") {
                 Some(Json::String(t)) if PRIMITIVES.contains(&t.as_str()) => {
                     let props = props(entries, &SCHEMA_RESERVED);
@@ -245,7 +306,9 @@ impl AvroCanonical {
                     }
                 }
                 Some(Json::String(t)) => match t.as_str() {
-                    "record" | "error" | "enum" | "fixed" => self.named_type(t, tree, entries, space),
+                    "record" | "error" | "enum" | "fixed" => {
+                        self.named_type(t, tree, entries, space)
+                    }
                     "array" | "map" => {
                         let key = if t == "array" { "items" } else { "values" };
                         let mut out = vec![("type".to_owned(), Json::String(t.clone()))];
@@ -264,13 +327,24 @@ impl AvroCanonical {
         }
     }
 
-    fn named_type(&mut self, kind: &str, tree: &Json, entries: &[(String, Json)], enclosing: Option<&str>) -> Json {
-        let name = named(tree, enclosing).unwrap_or(Name { name: String::new(), space: None });
+    fn named_type(
+        &mut self,
+        kind: &str,
+        tree: &Json,
+        entries: &[(String, Json)],
+        enclosing: Option<&str>,
+    ) -> Json {
+        let name = named(tree, enclosing).unwrap_or(Name {
+            name: String::new(),
+            space: None,
+        });
         self.known.insert(name.full());
         let mut out = vec![("type".to_owned(), Json::String(kind.to_owned()))];
         out.push(("name".to_owned(), Json::String(name.name.clone())));
         match (&name.space, enclosing) {
-            (Some(space), _) if Some(space.as_str()) != enclosing => out.push(("namespace".to_owned(), Json::String(space.clone()))),
+            (Some(space), _) if Some(space.as_str()) != enclosing => {
+                out.push(("namespace".to_owned(), Json::String(space.clone())))
+            }
             (None, Some(_)) => out.push(("namespace".to_owned(), Json::String(String::new()))),
             _ => {}
         }
@@ -296,7 +370,9 @@ impl AvroCanonical {
             }
             _ => {
                 let fields = match tree.get("fields") {
-                    Some(Json::Array(fields)) => fields.iter().map(|f| self.field(f, space)).collect(),
+                    Some(Json::Array(fields)) => {
+                        fields.iter().map(|f| self.field(f, space)).collect()
+                    }
                     _ => Vec::new(),
                 };
                 out.push(("fields".to_owned(), Json::Array(fields)));
@@ -317,7 +393,9 @@ impl AvroCanonical {
     }
 
     fn field(&mut self, field: &Json, space: Option<&str>) -> Json {
-        let Json::Object(entries) = field else { return field.clone() };
+        let Json::Object(entries) = field else {
+            return field.clone();
+        };
         let mut out = Vec::new();
         if let Some(name) = field.get("name") {
             out.push(("name".to_owned(), name.clone()));
@@ -332,7 +410,9 @@ impl AvroCanonical {
             out.push(("default".to_owned(), default.clone()));
         }
         match field.get("order").and_then(Json::as_str) {
-            Some(order) if !order.eq_ignore_ascii_case("ascending") => out.push(("order".to_owned(), Json::String(order.to_ascii_lowercase()))),
+            Some(order) if !order.eq_ignore_ascii_case("ascending") => {
+                out.push(("order".to_owned(), Json::String(order.to_ascii_lowercase())))
+            }
             _ => {}
         }
         if let Some(Json::Array(aliases)) = field.get("aliases") {
@@ -358,7 +438,11 @@ impl AvroCanonical {
 }
 
 fn props(entries: &[(String, Json)], reserved: &[&str]) -> Vec<(String, Json)> {
-    entries.iter().filter(|(k, _)| !reserved.contains(&k.as_str())).cloned().collect()
+    entries
+        .iter()
+        .filter(|(k, _)| !reserved.contains(&k.as_str()))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -373,7 +457,10 @@ mod tests {
     fn primitive_objects_collapse_to_names() {
         assert_eq!(stored(r#"{"type": "string"}"#), r#""string""#);
         assert_eq!(stored(r#" "int" "#), r#""int""#);
-        assert_eq!(stored(r#"{"type":"string","logicalType":"uuid"}"#), r#"{"type":"string","logicalType":"uuid"}"#);
+        assert_eq!(
+            stored(r#"{"type":"string","logicalType":"uuid"}"#),
+            r#"{"type":"string","logicalType":"uuid"}"#
+        );
     }
 
     #[test]
@@ -412,15 +499,26 @@ mod tests {
     #[test]
     fn references_are_written_as_names() {
         let text = r#"{"type":"record","name":"Address","namespace":"com.example","fields":[{"name":"city","type":"string"}]}"#;
-        let referenced = vec![Referenced { name: "com.example.Address".into(), text: text.into() }];
+        let referenced = vec![Referenced {
+            name: "com.example.Address".into(),
+            text: text.into(),
+        }];
         let (text, _) = parse(
             SchemaType::Avro,
             r#"{"type":"record","name":"User","namespace":"com.example","fields":[{"name":"home","type":"Address"}]}"#,
             &referenced,
         )
         .unwrap();
-        assert_eq!(text, r#"{"type":"record","name":"User","namespace":"com.example","fields":[{"name":"home","type":"Address"}]}"#);
-        let err = parse(SchemaType::Avro, r#"{"type":"record","name":"U","fields":[{"name":"h","type":"Address"}]}"#, &[]).unwrap_err();
+        assert_eq!(
+            text,
+            r#"{"type":"record","name":"User","namespace":"com.example","fields":[{"name":"home","type":"Address"}]}"#
+        );
+        let err = parse(
+            SchemaType::Avro,
+            r#"{"type":"record","name":"U","fields":[{"name":"h","type":"Address"}]}"#,
+            &[],
+        )
+        .unwrap_err();
         assert!(err.starts_with("Invalid schema"), "{err}");
     }
 
@@ -437,26 +535,53 @@ mod tests {
     #[test]
     fn json_schemas_are_stored_compact_in_document_order() {
         let (text, _) = parse(SchemaType::Json, "{ \"type\": \"object\",\n \"properties\": { \"b\": {\"type\": \"string\"}, \"a\": {} } }", &[]).unwrap();
-        assert_eq!(text, r#"{"type":"object","properties":{"b":{"type":"string"},"a":{}}}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"object","properties":{"b":{"type":"string"},"a":{}}}"#
+        );
     }
 
     #[test]
     fn json_schema_references_resolve_by_name_and_nothing_else_is_fetched() {
-        let address = Referenced { name: "address.json".into(), text: r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into() };
+        let address = Referenced {
+            name: "address.json".into(),
+            text: r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into(),
+        };
         let customer = r#"{"type":"object","properties":{"home":{"$ref":"address.json"}}}"#;
-        assert!(parse(SchemaType::Json, customer, &[]).unwrap_err().contains("address.json"), "an unresolved $ref is invalid");
+        assert!(
+            parse(SchemaType::Json, customer, &[])
+                .unwrap_err()
+                .contains("address.json"),
+            "an unresolved $ref is invalid"
+        );
         let (text, _) = parse(SchemaType::Json, customer, std::slice::from_ref(&address)).unwrap();
         assert_eq!(text, customer);
-        let absolute = Referenced { name: "https://example.com/address.json".into(), ..address };
+        let absolute = Referenced {
+            name: "https://example.com/address.json".into(),
+            ..address
+        };
         let remote = r#"{"properties":{"home":{"$ref":"https://example.com/address.json"}}}"#;
         assert!(parse(SchemaType::Json, remote, &[absolute]).is_ok());
-        assert!(parse(SchemaType::Json, r#"{"$ref":"https://example.org/elsewhere.json"}"#, &[]).is_err(), "never fetched");
+        assert!(
+            parse(
+                SchemaType::Json,
+                r#"{"$ref":"https://example.org/elsewhere.json"}"#,
+                &[]
+            )
+            .is_err(),
+            "never fetched"
+        );
     }
 
     #[test]
     fn schema_type_names() {
         assert_eq!(SchemaType::from_request(None).unwrap(), SchemaType::Avro);
-        assert_eq!(SchemaType::from_request(Some("json")).unwrap(), SchemaType::Json);
-        assert!(SchemaType::from_request(Some("PROTOBUF")).unwrap_err().contains("PROTOBUF"));
+        assert_eq!(
+            SchemaType::from_request(Some("json")).unwrap(),
+            SchemaType::Json
+        );
+        assert!(SchemaType::from_request(Some("PROTOBUF"))
+            .unwrap_err()
+            .contains("PROTOBUF"));
     }
 }

@@ -17,53 +17,123 @@ async fn register_lookup_and_read_back() {
     let store = Store::start().await;
     let v1 = avro_record("Event", r#"{"name":"id","type":"long"}"#);
     // Unknown body fields (metadata, ruleSet) are accepted and ignored.
-    let id = store.register("events-value", json!({"schema": v1, "metadata": {"properties": {"a": "b"}}, "ruleSet": null})).await;
+    let id = store
+        .register(
+            "events-value",
+            json!({"schema": v1, "metadata": {"properties": {"a": "b"}}, "ruleSet": null}),
+        )
+        .await;
     assert_eq!(id, 1);
     // Same schema again (differently spaced): same id, no new version.
     let spaced = "{ \"type\": \"record\", \"name\": \"Event\",\n  \"fields\": [ {\"name\": \"id\", \"type\": {\"type\": \"long\"}} ] }";
     assert_eq!(store.register("events-value", avro(spaced)).await, 1);
-    assert_eq!(store.get("/subjects/events-value/versions").await, (200, json!([1])));
+    assert_eq!(
+        store.get("/subjects/events-value/versions").await,
+        (200, json!([1]))
+    );
     // The same canonical schema under another subject shares the id.
     assert_eq!(store.register("other-value", avro(spaced)).await, 1);
 
     let stored = r#"{"type":"record","name":"Event","fields":[{"name":"id","type":"long"}]}"#;
-    assert_eq!(store.get("/schemas/ids/1").await, (200, json!({"schema": stored})));
-    assert_eq!(store.get_text("/schemas/ids/1/schema").await, (200, stored.to_owned()));
-    assert_eq!(store.get("/schemas/ids/1/subjects").await, (200, json!(["events-value", "other-value"])));
+    assert_eq!(
+        store.get("/schemas/ids/1").await,
+        (200, json!({"schema": stored}))
+    );
+    assert_eq!(
+        store.get_text("/schemas/ids/1/schema").await,
+        (200, stored.to_owned())
+    );
+    assert_eq!(
+        store.get("/schemas/ids/1/subjects").await,
+        (200, json!(["events-value", "other-value"]))
+    );
     assert_eq!(
         store.get("/schemas/ids/1/versions").await,
-        (200, json!([{"subject": "events-value", "version": 1}, {"subject": "other-value", "version": 1}]))
+        (
+            200,
+            json!([{"subject": "events-value", "version": 1}, {"subject": "other-value", "version": 1}])
+        )
     );
     assert_error(&store.get("/schemas/ids/99").await, 404, 40403);
     assert_error(&store.get("/schemas/ids/abc").await, 404, 40403);
-    assert_eq!(store.get("/schemas/types").await, (200, json!(["AVRO", "JSON"])));
+    assert_eq!(
+        store.get("/schemas/types").await,
+        (200, json!(["AVRO", "JSON"]))
+    );
     assert_eq!(store.get("/").await, (200, json!({})));
 
     // A compatible v2 (new field with a default).
-    let v2 = avro_record("Event", r#"{"name":"id","type":"long"},{"name":"host","type":"string","default":""}"#);
+    let v2 = avro_record(
+        "Event",
+        r#"{"name":"id","type":"long"},{"name":"host","type":"string","default":""}"#,
+    );
     assert_eq!(store.register("events-value", avro(&v2)).await, 2);
     let expected = json!({"subject": "events-value", "version": 2, "id": 2, "schema": store.get_text("/schemas/ids/2/schema").await.1});
     for v in ["2", "latest", "-1"] {
-        assert_eq!(store.get(&format!("/subjects/events-value/versions/{v}")).await, (200, expected.clone()), "version {v}");
+        assert_eq!(
+            store
+                .get(&format!("/subjects/events-value/versions/{v}"))
+                .await,
+            (200, expected.clone()),
+            "version {v}"
+        );
     }
-    assert_eq!(store.get("/subjects/events-value/versions/1").await.1["id"], 1);
-    assert_eq!(store.get_text("/subjects/events-value/versions/latest/schema").await.1, store.get_text("/schemas/ids/2/schema").await.1);
-    assert_error(&store.get("/subjects/events-value/versions/3").await, 404, 40402);
+    assert_eq!(
+        store.get("/subjects/events-value/versions/1").await.1["id"],
+        1
+    );
+    assert_eq!(
+        store
+            .get_text("/subjects/events-value/versions/latest/schema")
+            .await
+            .1,
+        store.get_text("/schemas/ids/2/schema").await.1
+    );
+    assert_error(
+        &store.get("/subjects/events-value/versions/3").await,
+        404,
+        40402,
+    );
     assert_error(&store.get("/subjects/nope/versions/1").await, 404, 40401);
     assert_error(&store.get("/subjects/nope/versions").await, 404, 40401);
     for bad in ["abc", "0", "-2", "2147483648"] {
-        assert_error(&store.get(&format!("/subjects/events-value/versions/{bad}")).await, 422, 42202);
+        assert_error(
+            &store
+                .get(&format!("/subjects/events-value/versions/{bad}"))
+                .await,
+            422,
+            42202,
+        );
     }
 
     // Lookup.
     let (status, found) = store.post("/subjects/events-value", &avro(spaced)).await;
     assert_eq!(status, 200, "{found}");
-    assert_eq!(found, json!({"subject": "events-value", "version": 1, "id": 1, "schema": stored}));
-    assert_error(&store.post("/subjects/nope", &avro(spaced)).await, 404, 40401);
-    assert_error(&store.post("/subjects/events-value", &avro(&avro_record("Other", ""))).await, 404, 40403);
+    assert_eq!(
+        found,
+        json!({"subject": "events-value", "version": 1, "id": 1, "schema": stored})
+    );
+    assert_error(
+        &store.post("/subjects/nope", &avro(spaced)).await,
+        404,
+        40401,
+    );
+    assert_error(
+        &store
+            .post("/subjects/events-value", &avro(&avro_record("Other", "")))
+            .await,
+        404,
+        40403,
+    );
 
-    assert_eq!(store.get("/subjects").await, (200, json!(["events-value", "other-value"])));
-    assert_eq!(store.get("/subjects?subjectPrefix=oth").await, (200, json!(["other-value"])));
+    assert_eq!(
+        store.get("/subjects").await,
+        (200, json!(["events-value", "other-value"]))
+    );
+    assert_eq!(
+        store.get("/subjects?subjectPrefix=oth").await,
+        (200, json!(["other-value"]))
+    );
 
     let rendered = metrics.render();
     for expected in [
@@ -72,7 +142,10 @@ async fn register_lookup_and_read_back() {
         r#"logpipe_schema_store_registrations_total{outcome="ok"}"#,
         "logpipe_schema_store_log_append_seconds",
     ] {
-        assert!(rendered.contains(expected), "{expected} missing from\n{rendered}");
+        assert!(
+            rendered.contains(expected),
+            "{expected} missing from\n{rendered}"
+        );
     }
 }
 
@@ -80,75 +153,219 @@ async fn register_lookup_and_read_back() {
 async fn json_schemas_register_and_check_compatibility() {
     let store = Store::start().await;
     let v1 = json!({"type": "object", "properties": {"level": {"type": "string"}}, "required": ["level"]});
-    let id = store.register("logs-value", json!({"schemaType": "JSON", "schema": v1.to_string()})).await;
+    let id = store
+        .register(
+            "logs-value",
+            json!({"schemaType": "JSON", "schema": v1.to_string()}),
+        )
+        .await;
     let (_, by_id) = store.get(&format!("/schemas/ids/{id}")).await;
     assert_eq!(by_id["schemaType"], "JSON");
-    assert_eq!(store.get("/subjects/logs-value/versions/latest").await.1["schemaType"], "JSON");
+    assert_eq!(
+        store.get("/subjects/logs-value/versions/latest").await.1["schemaType"],
+        "JSON"
+    );
     // Making a new property required is not backward compatible.
     let v2 = json!({"type": "object", "properties": {"level": {"type": "string"}, "msg": {"type": "string"}}, "required": ["level", "msg"]});
-    let reply = store.post("/subjects/logs-value/versions", &json!({"schemaType": "JSON", "schema": v2.to_string()})).await;
+    let reply = store
+        .post(
+            "/subjects/logs-value/versions",
+            &json!({"schemaType": "JSON", "schema": v2.to_string()}),
+        )
+        .await;
     assert_error(&reply, 409, 40901);
     // The same JSON text as AVRO is an invalid Avro schema; AVRO and JSON ids never mix.
-    assert_error(&store.post("/subjects/x/versions", &json!({"schema": v1.to_string()})).await, 422, 42201);
-    assert_error(&store.post("/subjects/x/versions", &json!({"schemaType": "PROTOBUF", "schema": "syntax = \"proto3\";"})).await, 422, 42201);
-    assert_error(&store.post("/subjects/x/versions", &json!({"schemaType": "JSON", "schema": "{\"type\": 5}"})).await, 422, 42201);
+    assert_error(
+        &store
+            .post("/subjects/x/versions", &json!({"schema": v1.to_string()}))
+            .await,
+        422,
+        42201,
+    );
+    assert_error(
+        &store
+            .post(
+                "/subjects/x/versions",
+                &json!({"schemaType": "PROTOBUF", "schema": "syntax = \"proto3\";"}),
+            )
+            .await,
+        422,
+        42201,
+    );
+    assert_error(
+        &store
+            .post(
+                "/subjects/x/versions",
+                &json!({"schemaType": "JSON", "schema": "{\"type\": 5}"}),
+            )
+            .await,
+        422,
+        42201,
+    );
 }
 
 #[tokio::test]
 async fn compatibility_levels_and_checks() {
     let store = Store::start().await;
     let v1 = avro_record("R", r#"{"name":"a","type":"int"}"#);
-    let no_default = avro_record("R", r#"{"name":"a","type":"int"},{"name":"b","type":"string"}"#);
+    let no_default = avro_record(
+        "R",
+        r#"{"name":"a","type":"int"},{"name":"b","type":"string"}"#,
+    );
     store.register("c-value", avro(&v1)).await;
 
     // Default level BACKWARD: a field without default is rejected with details.
-    let (status, reply) = store.post("/subjects/c-value/versions", &avro(&no_default)).await;
-    assert_eq!((status, reply["error_code"].as_u64()), (409, Some(40901)), "{reply}");
-    assert!(reply["message"].as_str().unwrap().contains("/fields/b"), "{reply}");
+    let (status, reply) = store
+        .post("/subjects/c-value/versions", &avro(&no_default))
+        .await;
+    assert_eq!(
+        (status, reply["error_code"].as_u64()),
+        (409, Some(40901)),
+        "{reply}"
+    );
+    assert!(
+        reply["message"].as_str().unwrap().contains("/fields/b"),
+        "{reply}"
+    );
 
-    let (status, reply) = store.post("/compatibility/subjects/c-value/versions/latest?verbose=true", &avro(&no_default)).await;
+    let (status, reply) = store
+        .post(
+            "/compatibility/subjects/c-value/versions/latest?verbose=true",
+            &avro(&no_default),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(reply["is_compatible"], false);
     assert!(!reply["messages"].as_array().unwrap().is_empty());
-    let (_, reply) = store.post("/compatibility/subjects/c-value/versions", &avro(&v1)).await;
+    let (_, reply) = store
+        .post("/compatibility/subjects/c-value/versions", &avro(&v1))
+        .await;
     assert_eq!(reply, json!({"is_compatible": true}));
     // A subject with no versions: anything is compatible; a missing version is 40402.
-    assert_eq!(store.post("/compatibility/subjects/new-value/versions", &avro(&v1)).await, (200, json!({"is_compatible": true})));
-    assert_error(&store.post("/compatibility/subjects/c-value/versions/7", &avro(&v1)).await, 404, 40402);
-    assert_error(&store.post("/compatibility/subjects/nope/versions/1", &avro(&v1)).await, 404, 40401);
-    assert_error(&store.post("/compatibility/subjects/c-value/versions/x", &avro(&v1)).await, 422, 42202);
+    assert_eq!(
+        store
+            .post("/compatibility/subjects/new-value/versions", &avro(&v1))
+            .await,
+        (200, json!({"is_compatible": true}))
+    );
+    assert_error(
+        &store
+            .post("/compatibility/subjects/c-value/versions/7", &avro(&v1))
+            .await,
+        404,
+        40402,
+    );
+    assert_error(
+        &store
+            .post("/compatibility/subjects/nope/versions/1", &avro(&v1))
+            .await,
+        404,
+        40401,
+    );
+    assert_error(
+        &store
+            .post("/compatibility/subjects/c-value/versions/x", &avro(&v1))
+            .await,
+        422,
+        42202,
+    );
 
     // Config: global, per subject, 40408 and defaultToGlobal, invalid levels.
-    assert_eq!(store.get("/config").await, (200, json!({"compatibilityLevel": "BACKWARD"})));
+    assert_eq!(
+        store.get("/config").await,
+        (200, json!({"compatibilityLevel": "BACKWARD"}))
+    );
     assert_error(&store.get("/config/c-value").await, 404, 40408);
-    assert_eq!(store.get("/config/c-value?defaultToGlobal=true").await, (200, json!({"compatibilityLevel": "BACKWARD"})));
-    assert_eq!(store.put("/config/c-value", &json!({"compatibility": "forward"})).await, (200, json!({"compatibility": "FORWARD"})));
-    assert_eq!(store.get("/config/c-value").await, (200, json!({"compatibilityLevel": "FORWARD"})));
+    assert_eq!(
+        store.get("/config/c-value?defaultToGlobal=true").await,
+        (200, json!({"compatibilityLevel": "BACKWARD"}))
+    );
+    assert_eq!(
+        store
+            .put("/config/c-value", &json!({"compatibility": "forward"}))
+            .await,
+        (200, json!({"compatibility": "FORWARD"}))
+    );
+    assert_eq!(
+        store.get("/config/c-value").await,
+        (200, json!({"compatibilityLevel": "FORWARD"}))
+    );
     // Under FORWARD the new field without default is fine.
     assert_eq!(store.register("c-value", avro(&no_default)).await, 2);
-    assert_error(&store.put("/config/c-value", &json!({"compatibility": "SIDEWAYS"})).await, 422, 42203);
-    assert_error(&store.put("/config", &json!({"compatibility": "x"})).await, 422, 42203);
+    assert_error(
+        &store
+            .put("/config/c-value", &json!({"compatibility": "SIDEWAYS"}))
+            .await,
+        422,
+        42203,
+    );
+    assert_error(
+        &store.put("/config", &json!({"compatibility": "x"})).await,
+        422,
+        42203,
+    );
     assert_error(&store.put("/config", &json!({})).await, 422, 42203);
-    assert_eq!(store.delete("/config/c-value").await, (200, json!({"compatibilityLevel": "FORWARD"})));
+    assert_eq!(
+        store.delete("/config/c-value").await,
+        (200, json!({"compatibilityLevel": "FORWARD"}))
+    );
     assert_error(&store.delete("/config/c-value").await, 404, 40401);
-    assert_eq!(store.put("/config", &json!({"compatibility": "NONE"})).await, (200, json!({"compatibility": "NONE"})));
-    assert_eq!(store.register("c-value", avro(&avro_record("R", r#"{"name":"z","type":"bytes"}"#))).await, 3);
-    assert_eq!(store.delete("/config").await, (200, json!({"compatibilityLevel": "NONE"})));
-    assert_eq!(store.get("/config").await.1, json!({"compatibilityLevel": "BACKWARD"}));
+    assert_eq!(
+        store
+            .put("/config", &json!({"compatibility": "NONE"}))
+            .await,
+        (200, json!({"compatibility": "NONE"}))
+    );
+    assert_eq!(
+        store
+            .register(
+                "c-value",
+                avro(&avro_record("R", r#"{"name":"z","type":"bytes"}"#))
+            )
+            .await,
+        3
+    );
+    assert_eq!(
+        store.delete("/config").await,
+        (200, json!({"compatibilityLevel": "NONE"}))
+    );
+    assert_eq!(
+        store.get("/config").await.1,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
 
     // Transitive: v4 is backward compatible with v3 but not with v1/v2.
-    store.put("/config/c-value", &json!({"compatibility": "BACKWARD_TRANSITIVE"})).await;
-    let v4 = avro_record("R", r#"{"name":"z","type":"bytes"},{"name":"a","type":"int"}"#);
-    assert_error(&store.post("/subjects/c-value/versions", &avro(&v4)).await, 409, 40901);
-    store.put("/config/c-value", &json!({"compatibility": "BACKWARD"})).await;
-    let v4 = avro_record("R", r#"{"name":"z","type":"bytes"},{"name":"a","type":"int","default":0}"#);
+    store
+        .put(
+            "/config/c-value",
+            &json!({"compatibility": "BACKWARD_TRANSITIVE"}),
+        )
+        .await;
+    let v4 = avro_record(
+        "R",
+        r#"{"name":"z","type":"bytes"},{"name":"a","type":"int"}"#,
+    );
+    assert_error(
+        &store.post("/subjects/c-value/versions", &avro(&v4)).await,
+        409,
+        40901,
+    );
+    store
+        .put("/config/c-value", &json!({"compatibility": "BACKWARD"}))
+        .await;
+    let v4 = avro_record(
+        "R",
+        r#"{"name":"z","type":"bytes"},{"name":"a","type":"int","default":0}"#,
+    );
     assert_eq!(store.register("c-value", avro(&v4)).await, 4);
 }
 
 #[tokio::test]
 async fn deletes_follow_confluent_ordering() {
     let store = Store::start().await;
-    store.put("/config", &json!({"compatibility": "NONE"})).await;
+    store
+        .put("/config", &json!({"compatibility": "NONE"}))
+        .await;
     let a = avro_record("A", r#"{"name":"x","type":"int"}"#);
     let b = avro_record("B", r#"{"name":"y","type":"int"}"#);
     let c = avro_record("C", r#"{"name":"z","type":"int"}"#);
@@ -156,19 +373,42 @@ async fn deletes_follow_confluent_ordering() {
     assert_eq!(store.register("d", avro(&b)).await, 2);
 
     // Version deletes: permanent first is refused, soft then permanent works.
-    assert_error(&store.delete("/subjects/d/versions/1?permanent=true").await, 404, 40407);
-    assert_eq!(store.delete("/subjects/d/versions/1").await, (200, json!(1)));
+    assert_error(
+        &store.delete("/subjects/d/versions/1?permanent=true").await,
+        404,
+        40407,
+    );
+    assert_eq!(
+        store.delete("/subjects/d/versions/1").await,
+        (200, json!(1))
+    );
     assert_error(&store.delete("/subjects/d/versions/1").await, 404, 40406);
     assert_error(&store.get("/subjects/d/versions/1").await, 404, 40402);
-    assert_eq!(store.get("/subjects/d/versions/1?deleted=true").await.1["id"], 1);
+    assert_eq!(
+        store.get("/subjects/d/versions/1?deleted=true").await.1["id"],
+        1
+    );
     assert_eq!(store.get("/subjects/d/versions").await.1, json!([2]));
-    assert_eq!(store.get("/subjects/d/versions?deleted=true").await.1, json!([1, 2]));
+    assert_eq!(
+        store.get("/subjects/d/versions?deleted=true").await.1,
+        json!([1, 2])
+    );
     // A soft-deleted schema stays readable by id.
     assert_eq!(store.get("/schemas/ids/1").await.0, 200);
     assert_eq!(store.get("/schemas/ids/1/subjects").await.1, json!([]));
-    assert_eq!(store.get("/schemas/ids/1/subjects?deleted=true").await.1, json!(["d"]));
-    assert_eq!(store.delete("/subjects/d/versions/1?permanent=true").await, (200, json!(1)));
-    assert_error(&store.get("/subjects/d/versions/1?deleted=true").await, 404, 40402);
+    assert_eq!(
+        store.get("/schemas/ids/1/subjects?deleted=true").await.1,
+        json!(["d"])
+    );
+    assert_eq!(
+        store.delete("/subjects/d/versions/1?permanent=true").await,
+        (200, json!(1))
+    );
+    assert_error(
+        &store.get("/subjects/d/versions/1?deleted=true").await,
+        404,
+        40402,
+    );
     assert_error(&store.get("/schemas/ids/1").await, 404, 40403);
     assert_error(&store.delete("/subjects/d/versions/9").await, 404, 40402);
     assert_error(&store.delete("/subjects/d/versions/x").await, 422, 42202);
@@ -179,7 +419,11 @@ async fn deletes_follow_confluent_ordering() {
     assert_eq!(store.get("/subjects/d/versions").await.1, json!([2, 3]));
 
     // Subject deletes.
-    assert_error(&store.delete("/subjects/d?permanent=true").await, 404, 40405);
+    assert_error(
+        &store.delete("/subjects/d?permanent=true").await,
+        404,
+        40405,
+    );
     assert_eq!(store.delete("/subjects/d").await, (200, json!([2, 3])));
     assert_error(&store.delete("/subjects/d").await, 404, 40404);
     assert_error(&store.get("/subjects/d/versions").await, 404, 40401);
@@ -188,9 +432,15 @@ async fn deletes_follow_confluent_ordering() {
     assert_eq!(store.get("/subjects?deleted=true").await.1, json!(["d"]));
     // Registering again after a soft delete continues the version numbers.
     assert_eq!(store.register("d", avro(&c)).await, 4);
-    assert_eq!(store.get("/subjects/d/versions/latest").await.1["version"], 4);
+    assert_eq!(
+        store.get("/subjects/d/versions/latest").await.1["version"],
+        4
+    );
     assert_eq!(store.delete("/subjects/d").await.1, json!([4]));
-    assert_eq!(store.delete("/subjects/d?permanent=true").await, (200, json!([2, 3, 4])));
+    assert_eq!(
+        store.delete("/subjects/d?permanent=true").await,
+        (200, json!([2, 3, 4]))
+    );
     assert_error(&store.delete("/subjects/d").await, 404, 40401);
     assert_eq!(store.get("/subjects?deleted=true").await.1, json!([]));
     // After a permanent delete the versions start again at 1, the ids still do not repeat.
@@ -205,48 +455,140 @@ async fn references_and_referencedby() {
     let address_id = store.register("address", avro(address)).await;
     let user = r#"{"type":"record","name":"User","namespace":"com.acme","fields":[{"name":"home","type":"com.acme.Address"}]}"#;
     let refs = json!([{"name": "com.acme.Address", "subject": "address", "version": 1}]);
-    let user_id = store.register("user-value", json!({"schema": user, "references": refs})).await;
+    let user_id = store
+        .register("user-value", json!({"schema": user, "references": refs}))
+        .await;
     assert_ne!(user_id, address_id);
     let (_, by_id) = store.get(&format!("/schemas/ids/{user_id}")).await;
     assert_eq!(by_id["references"], refs);
-    assert_eq!(by_id["schema"], r#"{"type":"record","name":"User","namespace":"com.acme","fields":[{"name":"home","type":"Address"}]}"#);
-    assert_eq!(store.get("/subjects/user-value/versions/1").await.1["references"], refs);
-    assert_eq!(store.get("/subjects/address/versions/1/referencedby").await, (200, json!([user_id])));
+    assert_eq!(
+        by_id["schema"],
+        r#"{"type":"record","name":"User","namespace":"com.acme","fields":[{"name":"home","type":"Address"}]}"#
+    );
+    assert_eq!(
+        store.get("/subjects/user-value/versions/1").await.1["references"],
+        refs
+    );
+    assert_eq!(
+        store.get("/subjects/address/versions/1/referencedby").await,
+        (200, json!([user_id]))
+    );
     // Lookup with the references finds it.
-    assert_eq!(store.post("/subjects/user-value", &json!({"schema": user, "references": refs})).await.1["id"], user_id);
+    assert_eq!(
+        store
+            .post(
+                "/subjects/user-value",
+                &json!({"schema": user, "references": refs})
+            )
+            .await
+            .1["id"],
+        user_id
+    );
     // Without its references the schema does not parse.
-    assert_error(&store.post("/subjects/u2/versions", &avro(user)).await, 422, 42201);
+    assert_error(
+        &store.post("/subjects/u2/versions", &avro(user)).await,
+        422,
+        42201,
+    );
     // A reference to a missing version is an invalid schema.
     let missing = json!([{"name": "com.acme.Address", "subject": "address", "version": 5}]);
-    assert_error(&store.post("/subjects/u2/versions", &json!({"schema": user, "references": missing})).await, 422, 42201);
+    assert_error(
+        &store
+            .post(
+                "/subjects/u2/versions",
+                &json!({"schema": user, "references": missing}),
+            )
+            .await,
+        422,
+        42201,
+    );
     // A referenced version cannot be deleted.
-    assert_error(&store.delete("/subjects/address/versions/1").await, 422, 42206);
+    assert_error(
+        &store.delete("/subjects/address/versions/1").await,
+        422,
+        42206,
+    );
     assert_error(&store.delete("/subjects/address").await, 422, 42206);
     // Once the referrer is gone for good, it can.
     store.delete("/subjects/user-value").await;
     store.delete("/subjects/user-value?permanent=true").await;
-    assert_eq!(store.get("/subjects/address/versions/1/referencedby").await.1, json!([]));
-    assert_eq!(store.delete("/subjects/address/versions/1").await, (200, json!(1)));
+    assert_eq!(
+        store
+            .get("/subjects/address/versions/1/referencedby")
+            .await
+            .1,
+        json!([])
+    );
+    assert_eq!(
+        store.delete("/subjects/address/versions/1").await,
+        (200, json!(1))
+    );
 }
 
 #[tokio::test]
 async fn json_schema_references() {
     let store = Store::start().await;
-    let address = r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#;
-    let address_id = store.register("address-json", json!({"schemaType": "JSON", "schema": address})).await;
+    let address =
+        r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#;
+    let address_id = store
+        .register(
+            "address-json",
+            json!({"schemaType": "JSON", "schema": address}),
+        )
+        .await;
     let customer = r#"{"type":"object","properties":{"home":{"$ref":"address.json"}}}"#;
     let refs = json!([{"name": "address.json", "subject": "address-json", "version": 1}]);
     // The $ref resolves only through the reference named like it.
-    assert_error(&store.post("/subjects/customer-json/versions", &json!({"schemaType": "JSON", "schema": customer})).await, 422, 42201);
-    let customer_id = store.register("customer-json", json!({"schemaType": "JSON", "schema": customer, "references": refs})).await;
+    assert_error(
+        &store
+            .post(
+                "/subjects/customer-json/versions",
+                &json!({"schemaType": "JSON", "schema": customer}),
+            )
+            .await,
+        422,
+        42201,
+    );
+    let customer_id = store
+        .register(
+            "customer-json",
+            json!({"schemaType": "JSON", "schema": customer, "references": refs}),
+        )
+        .await;
     assert_ne!(customer_id, address_id);
     let (_, by_id) = store.get(&format!("/schemas/ids/{customer_id}")).await;
-    assert_eq!((by_id["schemaType"].as_str(), &by_id["references"]), (Some("JSON"), &refs));
-    assert_eq!(store.get("/subjects/address-json/versions/1/referencedby").await, (200, json!([customer_id])));
-    assert_eq!(store.post("/subjects/customer-json", &json!({"schemaType": "JSON", "schema": customer, "references": refs})).await.1["id"], customer_id);
-    assert_error(&store.delete("/subjects/address-json/versions/1").await, 422, 42206);
+    assert_eq!(
+        (by_id["schemaType"].as_str(), &by_id["references"]),
+        (Some("JSON"), &refs)
+    );
+    assert_eq!(
+        store
+            .get("/subjects/address-json/versions/1/referencedby")
+            .await,
+        (200, json!([customer_id]))
+    );
+    assert_eq!(
+        store
+            .post(
+                "/subjects/customer-json",
+                &json!({"schemaType": "JSON", "schema": customer, "references": refs})
+            )
+            .await
+            .1["id"],
+        customer_id
+    );
+    assert_error(
+        &store.delete("/subjects/address-json/versions/1").await,
+        422,
+        42206,
+    );
     // A new version with the same references is checked for compatibility like any other.
-    let (status, _) = store.post("/compatibility/subjects/customer-json/versions/latest", &json!({"schemaType": "JSON", "schema": customer, "references": refs})).await;
+    let (status, _) = store
+        .post(
+            "/compatibility/subjects/customer-json/versions/latest",
+            &json!({"schemaType": "JSON", "schema": customer, "references": refs}),
+        )
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -254,35 +596,95 @@ async fn json_schema_references() {
 async fn modes() {
     let store = Store::start().await;
     let a = avro_record("A", r#"{"name":"x","type":"int"}"#);
-    assert_eq!(store.get("/mode").await, (200, json!({"mode": "READWRITE"})));
-    assert_error(&store.put("/mode", &json!({"mode": "SLEEPY"})).await, 422, 42204);
-    assert_eq!(store.put("/mode/m", &json!({"mode": "READONLY"})).await, (200, json!({"mode": "READONLY"})));
-    assert_eq!(store.get("/mode/m").await, (200, json!({"mode": "READONLY"})));
-    assert_error(&store.post("/subjects/m/versions", &avro(&a)).await, 422, 42205);
+    assert_eq!(
+        store.get("/mode").await,
+        (200, json!({"mode": "READWRITE"}))
+    );
+    assert_error(
+        &store.put("/mode", &json!({"mode": "SLEEPY"})).await,
+        422,
+        42204,
+    );
+    assert_eq!(
+        store.put("/mode/m", &json!({"mode": "READONLY"})).await,
+        (200, json!({"mode": "READONLY"}))
+    );
+    assert_eq!(
+        store.get("/mode/m").await,
+        (200, json!({"mode": "READONLY"}))
+    );
+    assert_error(
+        &store.post("/subjects/m/versions", &avro(&a)).await,
+        422,
+        42205,
+    );
     assert_error(&store.delete("/subjects/m").await, 422, 42205);
-    assert_eq!(store.delete("/mode/m").await, (200, json!({"mode": "READONLY"})));
+    assert_eq!(
+        store.delete("/mode/m").await,
+        (200, json!({"mode": "READONLY"}))
+    );
     assert_error(&store.get("/mode/m").await, 404, 40409);
-    assert_eq!(store.get("/mode/m?defaultToGlobal=true").await, (200, json!({"mode": "READWRITE"})));
+    assert_eq!(
+        store.get("/mode/m?defaultToGlobal=true").await,
+        (200, json!({"mode": "READWRITE"}))
+    );
     assert_error(&store.delete("/mode/m").await, 404, 40401);
     store.register("m", avro(&a)).await;
     // An explicit id needs IMPORT mode.
     let b = avro_record("B", r#"{"name":"y","type":"int"}"#);
-    assert_error(&store.post("/subjects/m/versions", &json!({"schema": b, "id": 100, "version": 7})).await, 422, 42205);
+    assert_error(
+        &store
+            .post(
+                "/subjects/m/versions",
+                &json!({"schema": b, "id": 100, "version": 7}),
+            )
+            .await,
+        422,
+        42205,
+    );
     // Global IMPORT with subjects present needs force.
-    assert_error(&store.put("/mode", &json!({"mode": "IMPORT"})).await, 422, 42205);
-    assert_eq!(store.put("/mode?force=true", &json!({"mode": "IMPORT"})).await.0, 200);
+    assert_error(
+        &store.put("/mode", &json!({"mode": "IMPORT"})).await,
+        422,
+        42205,
+    );
+    assert_eq!(
+        store
+            .put("/mode?force=true", &json!({"mode": "IMPORT"}))
+            .await
+            .0,
+        200
+    );
     // IMPORT: explicit id and version, compatibility skipped.
-    assert_eq!(store.register("m", json!({"schema": b, "id": 100, "version": 7})).await, 100);
+    assert_eq!(
+        store
+            .register("m", json!({"schema": b, "id": 100, "version": 7}))
+            .await,
+        100
+    );
     assert_eq!(store.get("/subjects/m/versions/7").await.1["id"], 100);
     // The id is taken by another schema.
     let c = avro_record("C", r#"{"name":"z","type":"int"}"#);
-    assert_error(&store.post("/subjects/m/versions", &json!({"schema": c, "id": 100})).await, 422, 42207);
-    assert_eq!(store.delete("/mode").await, (200, json!({"mode": "IMPORT"})));
+    assert_error(
+        &store
+            .post("/subjects/m/versions", &json!({"schema": c, "id": 100}))
+            .await,
+        422,
+        42207,
+    );
+    assert_eq!(
+        store.delete("/mode").await,
+        (200, json!({"mode": "IMPORT"}))
+    );
     // New ids continue above the imported one.
     assert_eq!(store.register("m2", avro(&c)).await, 101);
     // Global READONLY blocks writes everywhere.
     store.put("/mode", &json!({"mode": "READONLY"})).await;
-    assert_error(&store.post("/subjects/m3/versions", &avro(&c)).await, 422, 42205);
+    assert_error(
+        &store.post("/subjects/m3/versions", &avro(&c)).await,
+        422,
+        42205,
+    );
     assert_eq!(store.get("/subjects/m2/versions").await.0, 200);
 }
 
@@ -291,33 +693,113 @@ async fn bad_input_changes_nothing() {
     let store = Store::start().await;
     let a = avro_record("A", r#"{"name":"x","type":"int"}"#);
     // Invalid JSON body.
-    let r = common::response(store.client.post(store.url("/subjects/s/versions")).header("content-type", CT).body("{nope").send().await.unwrap()).await;
+    let r = common::response(
+        store
+            .client
+            .post(store.url("/subjects/s/versions"))
+            .header("content-type", CT)
+            .body("{nope")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_error(&r, 400, 400);
     // Missing or empty schema, invalid Avro with the parser's message.
-    assert_error(&store.post("/subjects/s/versions", &json!({})).await, 422, 42201);
-    let r = store.post("/subjects/s/versions", &avro(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nosuch"}]}"#)).await;
+    assert_error(
+        &store.post("/subjects/s/versions", &json!({})).await,
+        422,
+        42201,
+    );
+    let r = store
+        .post(
+            "/subjects/s/versions",
+            &avro(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nosuch"}]}"#),
+        )
+        .await;
     assert_error(&r, 422, 42201);
-    assert!(r.1["message"].as_str().unwrap().contains("Invalid schema"), "{}", r.1);
+    assert!(
+        r.1["message"].as_str().unwrap().contains("Invalid schema"),
+        "{}",
+        r.1
+    );
     // Control characters in subjects.
-    assert_error(&store.post("/subjects/bad%0Asubject/versions", &avro(&a)).await, 422, 42208);
+    assert_error(
+        &store
+            .post("/subjects/bad%0Asubject/versions", &avro(&a))
+            .await,
+        422,
+        42208,
+    );
     assert_error(&store.get("/subjects/bad%01/versions").await, 422, 42208);
     assert_error(&store.get("/subjects?deleted=maybe").await, 400, 400);
     // A body over the limit.
     let huge = json!({"schema": format!("\"{}\"", "x".repeat(128 * 1024))});
-    let r = common::response(store.client.post(store.url("/subjects/s/versions")).header("content-type", CT).body(huge.to_string()).send().await.unwrap()).await;
+    let r = common::response(
+        store
+            .client
+            .post(store.url("/subjects/s/versions"))
+            .header("content-type", CT)
+            .body(huge.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_error(&r, 413, 413);
     // Content negotiation.
-    let r = common::response(store.client.get(store.url("/subjects")).header("accept", "text/html").send().await.unwrap()).await;
+    let r = common::response(
+        store
+            .client
+            .get(store.url("/subjects"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_error(&r, 406, 406);
-    for accept in ["application/vnd.schemaregistry.v1+json", "application/vnd.schemaregistry+json", "application/json", "*/*", "text/html, application/json;q=0.9"] {
-        let r = store.client.get(store.url("/subjects")).header("accept", accept).send().await.unwrap();
+    for accept in [
+        "application/vnd.schemaregistry.v1+json",
+        "application/vnd.schemaregistry+json",
+        "application/json",
+        "*/*",
+        "text/html, application/json;q=0.9",
+    ] {
+        let r = store
+            .client
+            .get(store.url("/subjects"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{accept}");
         assert_eq!(r.headers()["content-type"], CT);
     }
-    let r = common::response(store.client.post(store.url("/subjects/s/versions")).header("content-type", "text/plain").body(avro(&a).to_string()).send().await.unwrap()).await;
+    let r = common::response(
+        store
+            .client
+            .post(store.url("/subjects/s/versions"))
+            .header("content-type", "text/plain")
+            .body(avro(&a).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_error(&r, 415, 415);
-    for ct in ["application/json", "application/vnd.schemaregistry+json; charset=utf-8"] {
-        let r = store.client.post(store.url("/subjects/s/versions")).header("content-type", ct).body(avro(&a).to_string()).send().await.unwrap();
+    for ct in [
+        "application/json",
+        "application/vnd.schemaregistry+json; charset=utf-8",
+    ] {
+        let r = store
+            .client
+            .post(store.url("/subjects/s/versions"))
+            .header("content-type", ct)
+            .body(avro(&a).to_string())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{ct}");
     }
     // Nothing but the last registration changed the registry.
@@ -325,7 +807,19 @@ async fn bad_input_changes_nothing() {
     assert_eq!(store.get("/subjects/s/versions").await.1, json!([1]));
     // Unknown routes answer in Confluent's error shape.
     assert_error(&store.get("/nothing/here").await, 404, 404);
-    assert_error(&common::response(store.client.patch(store.url("/subjects")).send().await.unwrap()).await, 405, 405);
+    assert_error(
+        &common::response(
+            store
+                .client
+                .patch(store.url("/subjects"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+        405,
+        405,
+    );
 }
 
 #[tokio::test]
@@ -337,13 +831,27 @@ async fn every_documented_route_is_served() {
     let mut checked = 0;
     for (path, item) in document["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
-            let concrete = path.replace("{id}", "1").replace("{subject}", "s").replace("{version}", "1");
-            let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
-            let r = store.client.request(method.clone(), store.url(&concrete)).header("content-type", CT).body("{}").send().await.unwrap();
+            let concrete = path
+                .replace("{id}", "1")
+                .replace("{subject}", "s")
+                .replace("{version}", "1");
+            let method =
+                reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let r = store
+                .client
+                .request(method.clone(), store.url(&concrete))
+                .header("content-type", CT)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
             // Served routes answer with their own result or error, never the router's fallback.
-            assert!(!(status == 404 && body["error_code"] == 404) && status != 405, "{method} {concrete}: {status} {body}");
+            assert!(
+                !(status == 404 && body["error_code"] == 404) && status != 405,
+                "{method} {concrete}: {status} {body}"
+            );
             checked += 1;
         }
     }
@@ -355,14 +863,26 @@ async fn basic_auth_roles() {
     let auth = AuthConfig {
         anonymous_read: true,
         users: vec![
-            UserConfig { name: "app".into(), password_hash: hash_password("app-pw"), role: Role::Write },
-            UserConfig { name: "ops".into(), password_hash: hash_password("ops-pw"), role: Role::Admin },
+            UserConfig {
+                name: "app".into(),
+                password_hash: hash_password("app-pw"),
+                role: Role::Write,
+            },
+            UserConfig {
+                name: "ops".into(),
+                password_hash: hash_password("ops-pw"),
+                role: Role::Admin,
+            },
         ],
     };
     let store = Store::start_with(Some(auth), 64 * 1024, tempfile::tempdir().unwrap()).await;
     let a = avro(&avro_record("A", r#"{"name":"x","type":"int"}"#));
     let post = |user: Option<(&str, &str)>, path: &str, body: &Value| {
-        let mut request = store.client.post(store.url(path)).header("content-type", CT).body(body.to_string());
+        let mut request = store
+            .client
+            .post(store.url(path))
+            .header("content-type", CT)
+            .body(body.to_string());
         if let Some((u, p)) = user {
             request = request.basic_auth(u, Some(p));
         }
@@ -371,19 +891,76 @@ async fn basic_auth_roles() {
     // Anonymous may read, not write.
     assert_eq!(store.get("/subjects").await.0, 200);
     let r = post(None, "/subjects/s/versions", &a).await.unwrap();
-    assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"logpipe-schema-store\"");
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"logpipe-schema-store\""
+    );
     assert_error(&common::response(r).await, 401, 401);
-    assert_error(&common::response(post(Some(("app", "wrong")), "/subjects/s/versions", &a).await.unwrap()).await, 401, 401);
-    assert_eq!(post(Some(("app", "app-pw")), "/subjects/s/versions", &a).await.unwrap().status(), 200);
+    assert_error(
+        &common::response(
+            post(Some(("app", "wrong")), "/subjects/s/versions", &a)
+                .await
+                .unwrap(),
+        )
+        .await,
+        401,
+        401,
+    );
+    assert_eq!(
+        post(Some(("app", "app-pw")), "/subjects/s/versions", &a)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Config changes need admin.
-    let put = |user: (&str, &str)| store.client.put(store.url("/config")).basic_auth(user.0, Some(user.1)).header("content-type", CT).body(r#"{"compatibility":"NONE"}"#).send();
-    assert_error(&common::response(put(("app", "app-pw")).await.unwrap()).await, 403, 403);
+    let put = |user: (&str, &str)| {
+        store
+            .client
+            .put(store.url("/config"))
+            .basic_auth(user.0, Some(user.1))
+            .header("content-type", CT)
+            .body(r#"{"compatibility":"NONE"}"#)
+            .send()
+    };
+    assert_error(
+        &common::response(put(("app", "app-pw")).await.unwrap()).await,
+        403,
+        403,
+    );
     assert_eq!(put(("ops", "ops-pw")).await.unwrap().status(), 200);
     // Soft delete is write, permanent delete is admin.
-    let delete = |user: (&str, &str), path: &str| store.client.delete(store.url(path)).basic_auth(user.0, Some(user.1)).send();
-    assert_eq!(delete(("app", "app-pw"), "/subjects/s").await.unwrap().status(), 200);
-    assert_error(&common::response(delete(("app", "app-pw"), "/subjects/s?permanent=true").await.unwrap()).await, 403, 403);
-    assert_eq!(delete(("ops", "ops-pw"), "/subjects/s?permanent=true").await.unwrap().status(), 200);
+    let delete = |user: (&str, &str), path: &str| {
+        store
+            .client
+            .delete(store.url(path))
+            .basic_auth(user.0, Some(user.1))
+            .send()
+    };
+    assert_eq!(
+        delete(("app", "app-pw"), "/subjects/s")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_error(
+        &common::response(
+            delete(("app", "app-pw"), "/subjects/s?permanent=true")
+                .await
+                .unwrap(),
+        )
+        .await,
+        403,
+        403,
+    );
+    assert_eq!(
+        delete(("ops", "ops-pw"), "/subjects/s?permanent=true")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -391,8 +968,12 @@ async fn state_survives_a_restart() {
     let store = Store::start().await;
     let a = avro_record("A", r#"{"name":"x","type":"int"}"#);
     let b = avro_record("B", r#"{"name":"y","type":"int"}"#);
-    store.put("/config", &json!({"compatibility": "NONE"})).await;
-    store.put("/config/s", &json!({"compatibility": "FULL"})).await;
+    store
+        .put("/config", &json!({"compatibility": "NONE"}))
+        .await;
+    store
+        .put("/config/s", &json!({"compatibility": "FULL"}))
+        .await;
     store.put("/mode/t", &json!({"mode": "READONLY"})).await;
     assert_eq!(store.register("s", avro(&a)).await, 1);
     assert_eq!(store.register("s2", avro(&b)).await, 2);
@@ -401,8 +982,14 @@ async fn state_survives_a_restart() {
     let dir = store.stop().await;
 
     let store = Store::start_with(None, 64 * 1024, dir).await;
-    assert_eq!(store.get("/config").await.1, json!({"compatibilityLevel": "NONE"}));
-    assert_eq!(store.get("/config/s").await.1, json!({"compatibilityLevel": "FULL"}));
+    assert_eq!(
+        store.get("/config").await.1,
+        json!({"compatibilityLevel": "NONE"})
+    );
+    assert_eq!(
+        store.get("/config/s").await.1,
+        json!({"compatibilityLevel": "FULL"})
+    );
     assert_eq!(store.get("/mode/t").await.1, json!({"mode": "READONLY"}));
     assert_eq!(store.get("/subjects").await.1, json!(["s"]));
     assert_eq!(store.get("/subjects/s/versions/1").await.1["id"], 1);
@@ -419,17 +1006,37 @@ async fn concurrent_writes_in_one_batch_see_each_other() {
         let (client, base, same) = (store.client.clone(), store.base.clone(), same.clone());
         tasks.spawn(async move {
             // Half register one schema in one subject, half register distinct schemas.
-            let (subject, body) = if i % 2 == 0 { ("same".to_owned(), same) } else { (format!("other-{i}"), avro(&avro_record(&format!("O{i}"), ""))) };
-            let r = client.post(format!("{base}/subjects/{subject}/versions")).header("content-type", CT).body(body.to_string()).send().await.unwrap();
+            let (subject, body) = if i % 2 == 0 {
+                ("same".to_owned(), same)
+            } else {
+                (
+                    format!("other-{i}"),
+                    avro(&avro_record(&format!("O{i}"), "")),
+                )
+            };
+            let r = client
+                .post(format!("{base}/subjects/{subject}/versions"))
+                .header("content-type", CT)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
-            (subject, r.json::<Value>().await.unwrap()["id"].as_u64().unwrap())
+            (
+                subject,
+                r.json::<Value>().await.unwrap()["id"].as_u64().unwrap(),
+            )
         });
     }
     let mut same_ids = std::collections::HashSet::new();
     let mut other_ids = std::collections::HashSet::new();
     while let Some(result) = tasks.join_next().await {
         let (subject, id) = result.unwrap();
-        if subject == "same" { same_ids.insert(id) } else { other_ids.insert(id) };
+        if subject == "same" {
+            same_ids.insert(id)
+        } else {
+            other_ids.insert(id)
+        };
     }
     // One schema: one id and one version however the writes were batched; others all distinct.
     assert_eq!(same_ids.len(), 1);

@@ -24,7 +24,11 @@ fn start(dir: &std::path::Path) -> (Process, SocketAddr, SocketAddr) {
         format!("listen = \"{api}\"\n[storage]\nkind = \"local\"\npath = \"{}\"\n[telemetry]\nlisten = \"{telemetry}\"\n", data.display()),
     )
     .unwrap();
-    let process = Process::start("logpipe-schema-store", &["run", "--config", config.to_str().unwrap()]).unwrap();
+    let process = Process::start(
+        "logpipe-schema-store",
+        &["run", "--config", config.to_str().unwrap()],
+    )
+    .unwrap();
     (process, api, telemetry)
 }
 
@@ -36,9 +40,15 @@ fn schema(writer: usize, n: usize) -> String {
 async fn acknowledged_registrations_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let (mut process, api, telemetry) = start(dir.path());
-    process.wait_ready(telemetry, Duration::from_secs(30)).await.unwrap();
+    process
+        .wait_ready(telemetry, Duration::from_secs(30))
+        .await
+        .unwrap();
     let base = format!("http://{api}");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
 
     let mut writers = Vec::new();
@@ -47,13 +57,23 @@ async fn acknowledged_registrations_survive_kill_9() {
         writers.push(tokio::spawn(async move {
             for n in 0..PER_WRITER {
                 let subject = format!("dur-{w}-{n}");
-                let request = client.post(format!("{base}/subjects/{subject}/versions")).header("content-type", CT).body(json!({"schema": schema(w, n)}).to_string());
-                let Ok(response) = request.send().await else { return };
+                let request = client
+                    .post(format!("{base}/subjects/{subject}/versions"))
+                    .header("content-type", CT)
+                    .body(json!({"schema": schema(w, n)}).to_string());
+                let Ok(response) = request.send().await else {
+                    return;
+                };
                 if response.status() != 200 {
                     return;
                 }
-                let Ok(body) = response.json::<Value>().await else { return };
-                acked.lock().unwrap().insert(subject, body["id"].as_u64().unwrap());
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
+                acked
+                    .lock()
+                    .unwrap()
+                    .insert(subject, body["id"].as_u64().unwrap());
             }
         }));
     }
@@ -70,17 +90,38 @@ async fn acknowledged_registrations_survive_kill_9() {
         writer.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 200 && acked.len() < WRITERS * PER_WRITER, "the kill should land mid-stream: {} acknowledged", acked.len());
+    assert!(
+        acked.len() >= 200 && acked.len() < WRITERS * PER_WRITER,
+        "the kill should land mid-stream: {} acknowledged",
+        acked.len()
+    );
     let ids: HashSet<u64> = acked.values().copied().collect();
     assert_eq!(ids.len(), acked.len(), "ids must be unique");
 
     let (mut process, api, telemetry) = start(dir.path());
-    process.wait_ready(telemetry, Duration::from_secs(30)).await.unwrap();
+    process
+        .wait_ready(telemetry, Duration::from_secs(30))
+        .await
+        .unwrap();
     let base = format!("http://{api}");
     for (subject, id) in &acked {
-        let body: Value = client.get(format!("{base}/subjects/{subject}/versions/1")).send().await.unwrap().json().await.unwrap();
+        let body: Value = client
+            .get(format!("{base}/subjects/{subject}/versions/1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(body["id"].as_u64(), Some(*id), "{subject}: {body}");
-        let by_id: Value = client.get(format!("{base}/schemas/ids/{id}")).send().await.unwrap().json().await.unwrap();
+        let by_id: Value = client
+            .get(format!("{base}/schemas/ids/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert!(by_id["schema"].as_str().is_some(), "{id}: {by_id}");
     }
     // New ids continue above everything acknowledged before the crash.
@@ -94,7 +135,10 @@ async fn acknowledged_registrations_survive_kill_9() {
         .json()
         .await
         .unwrap();
-    assert!(fresh["id"].as_u64().unwrap() > *ids.iter().max().unwrap(), "{fresh}");
+    assert!(
+        fresh["id"].as_u64().unwrap() > *ids.iter().max().unwrap(),
+        "{fresh}"
+    );
     let status = process.terminate(Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "{status:?}");
 }

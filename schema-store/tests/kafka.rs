@@ -41,30 +41,57 @@ fn spawn(dir: &std::path::Path, bootstrap: &str, topic: &str) -> Instance {
         ),
     )
     .unwrap();
-    let process = Process::start("logpipe-schema-store", &["run", "--config", config.to_str().unwrap()]).unwrap();
-    Instance { process, base: format!("http://{api}"), telemetry }
+    let process = Process::start(
+        "logpipe-schema-store",
+        &["run", "--config", config.to_str().unwrap()],
+    )
+    .unwrap();
+    Instance {
+        process,
+        base: format!("http://{api}"),
+        telemetry,
+    }
 }
 
 async fn start(dir: &std::path::Path, bootstrap: &str) -> Instance {
     let mut instance = spawn(dir, bootstrap, "_schemas");
-    instance.process.wait_ready(instance.telemetry, Duration::from_secs(60)).await.unwrap();
+    instance
+        .process
+        .wait_ready(instance.telemetry, Duration::from_secs(60))
+        .await
+        .unwrap();
     instance
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 async fn get(base: &str, path: &str) -> (u16, Value) {
     let response = client().get(format!("{base}{path}")).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 async fn register(base: &str, subject: &str, schema: &Value) -> (u16, Value) {
     let body = json!({"schema": schema.to_string()}).to_string();
-    let response = client().post(format!("{base}/subjects/{subject}/versions")).basic_auth(USER, Some(PASSWORD)).header("content-type", CT).body(body).send().await;
+    let response = client()
+        .post(format!("{base}/subjects/{subject}/versions"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("content-type", CT)
+        .body(body)
+        .send()
+        .await;
     match response {
-        Ok(response) => (response.status().as_u16(), response.json().await.unwrap_or(Value::Null)),
+        Ok(response) => (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        ),
         Err(e) => (0, Value::String(e.to_string())),
     }
 }
@@ -75,8 +102,16 @@ fn record(name: &str) -> Value {
 
 /// A metric's value from the instance's /metrics, if it has been recorded.
 async fn metric(instance: &Instance, name: &str) -> Option<f64> {
-    let text = client().get(format!("http://{}/metrics", instance.telemetry)).send().await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    let text = client()
+        .get(format!("http://{}/metrics", instance.telemetry))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
 async fn is_leader(instance: &Instance) -> bool {
@@ -87,7 +122,10 @@ async fn is_leader(instance: &Instance) -> bool {
 async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
     let cluster = DevCluster::start(1, &[("_schemas", 1)]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut instances = vec![start(dir.path(), cluster.bootstrap()).await, start(dir.path(), cluster.bootstrap()).await];
+    let mut instances = vec![
+        start(dir.path(), cluster.bootstrap()).await,
+        start(dir.path(), cluster.bootstrap()).await,
+    ];
 
     // Registrations through either instance; each is readable at once from the instance that
     // took it (read-your-writes, also when it was forwarded) and then from the other.
@@ -99,38 +137,87 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
         assert_eq!(status, 200, "{subject}: {reply}");
         let id = reply["id"].as_u64().unwrap();
         let (status, read) = get(&via.base, &format!("/subjects/{subject}/versions/1")).await;
-        assert_eq!((status, read["id"].as_u64()), (200, Some(id)), "read-your-writes on the instance written to: {read}");
-        wait_until(Duration::from_secs(10), || async { get(&other.base, &format!("/schemas/ids/{id}")).await.0 == 200 }).await.unwrap();
+        assert_eq!(
+            (status, read["id"].as_u64()),
+            (200, Some(id)),
+            "read-your-writes on the instance written to: {read}"
+        );
+        wait_until(Duration::from_secs(10), || async {
+            get(&other.base, &format!("/schemas/ids/{id}")).await.0 == 200
+        })
+        .await
+        .unwrap();
         ids.insert(subject, id);
     }
     // The same schema under another subject, through the other instance, shares the id.
     let (status, reply) = register(&instances[1].base, "copy-value", &record("R0")).await;
-    assert_eq!((status, reply["id"].as_u64()), (200, Some(ids["s0-value"])), "{reply}");
+    assert_eq!(
+        (status, reply["id"].as_u64()),
+        (200, Some(ids["s0-value"])),
+        "{reply}"
+    );
     let distinct: std::collections::BTreeSet<u64> = ids.values().copied().collect();
     assert_eq!(distinct.len(), ids.len(), "ids are unique: {ids:?}");
     for instance in &instances {
         for (subject, id) in &ids {
-            let (_, read) = get(&instance.base, &format!("/subjects/{subject}/versions/latest")).await;
-            assert_eq!(read["id"].as_u64(), Some(*id), "{subject} via {}: {read}", instance.base);
+            let (_, read) = get(
+                &instance.base,
+                &format!("/subjects/{subject}/versions/latest"),
+            )
+            .await;
+            assert_eq!(
+                read["id"].as_u64(),
+                Some(*id),
+                "{subject} via {}: {read}",
+                instance.base
+            );
         }
     }
 
     // Without credentials a write is refused where it arrives.
-    let anonymous = client().post(format!("{}/subjects/anon-value/versions", instances[1].base)).header("content-type", CT).body(json!({"schema": "\"int\""}).to_string());
+    let anonymous = client()
+        .post(format!(
+            "{}/subjects/anon-value/versions",
+            instances[1].base
+        ))
+        .header("content-type", CT)
+        .body(json!({"schema": "\"int\""}).to_string());
     assert_eq!(anonymous.send().await.unwrap().status().as_u16(), 401);
 
     // The follower forwarded the writes it took (none failed).
     let mut forwarded = 0;
     for instance in &instances {
-        forwarded += metric(instance, "logpipe_schema_store_kafka_forwarded_total{outcome=\"ok\"}").await.unwrap_or(0.0) as u64;
-        assert_eq!(metric(instance, "logpipe_schema_store_kafka_forwarded_total{outcome=\"failed\"}").await, None);
+        forwarded += metric(
+            instance,
+            "logpipe_schema_store_kafka_forwarded_total{outcome=\"ok\"}",
+        )
+        .await
+        .unwrap_or(0.0) as u64;
+        assert_eq!(
+            metric(
+                instance,
+                "logpipe_schema_store_kafka_forwarded_total{outcome=\"failed\"}"
+            )
+            .await,
+            None
+        );
     }
-    assert!(forwarded >= 4, "writes through the follower are forwarded: {forwarded}");
+    assert!(
+        forwarded >= 4,
+        "writes through the follower are forwarded: {forwarded}"
+    );
 
     // Exactly one leader; kill it with SIGKILL.
-    wait_until(Duration::from_secs(30), || async { is_leader(&instances[0]).await || is_leader(&instances[1]).await }).await.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        is_leader(&instances[0]).await || is_leader(&instances[1]).await
+    })
+    .await
+    .unwrap();
     let leader = if is_leader(&instances[0]).await { 0 } else { 1 };
-    assert!(!is_leader(&instances[1 - leader]).await, "two leaders at once");
+    assert!(
+        !is_leader(&instances[1 - leader]).await,
+        "two leaders at once"
+    );
     // Writes keep arriving at the follower while the leader dies: every acknowledged one must
     // survive the takeover with its id.
     let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -139,45 +226,80 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
         tokio::spawn(async move {
             for n in 0..40 {
                 let subject = format!("during-{n}-value");
-                let (status, reply) = register(&base, &subject, &record(&format!("During{n}"))).await;
+                let (status, reply) =
+                    register(&base, &subject, &record(&format!("During{n}"))).await;
                 if status == 200 {
-                    acked.lock().unwrap().insert(subject, reply["id"].as_u64().unwrap());
+                    acked
+                        .lock()
+                        .unwrap()
+                        .insert(subject, reply["id"].as_u64().unwrap());
                 }
             }
         })
     };
-    wait_until(Duration::from_secs(30), || async { acked.lock().unwrap().len() >= 3 }).await.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        acked.lock().unwrap().len() >= 3
+    })
+    .await
+    .unwrap();
     instances[leader].process.kill9().unwrap();
     let survivor = instances.remove(1 - leader);
     writer.await.unwrap();
     let acked = acked.lock().unwrap().clone();
     for (subject, id) in &acked {
         let (_, read) = get(&survivor.base, &format!("/subjects/{subject}/versions/1")).await;
-        assert_eq!(read["id"].as_u64(), Some(*id), "{subject}, acknowledged around the kill: {read}");
+        assert_eq!(
+            read["id"].as_u64(),
+            Some(*id),
+            "{subject}, acknowledged around the kill: {read}"
+        );
     }
     ids.extend(acked);
     let distinct: std::collections::BTreeSet<u64> = ids.values().copied().collect();
-    assert_eq!(distinct.len(), ids.len(), "ids are unique across the takeover: {ids:?}");
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "ids are unique across the takeover: {ids:?}"
+    );
 
     // The survivor takes over and accepts writes; its ids continue above every earlier one.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let after = loop {
-        let (status, reply) = register(&survivor.base, "after-takeover-value", &record("After")).await;
+        let (status, reply) =
+            register(&survivor.base, "after-takeover-value", &record("After")).await;
         if status == 200 {
             break reply["id"].as_u64().unwrap();
         }
-        assert!(std::time::Instant::now() < deadline, "the survivor accepts no writes: {status} {reply}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the survivor accepts no writes: {status} {reply}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(after > *distinct.last().unwrap(), "id {after} reused or below earlier ids {distinct:?}");
+    assert!(
+        after > *distinct.last().unwrap(),
+        "id {after} reused or below earlier ids {distinct:?}"
+    );
     assert!(is_leader(&survivor).await);
     for (subject, id) in &ids {
         let (_, read) = get(&survivor.base, &format!("/subjects/{subject}/versions/1")).await;
-        assert_eq!(read["id"].as_u64(), Some(*id), "{subject} after takeover: {read}");
+        assert_eq!(
+            read["id"].as_u64(),
+            Some(*id),
+            "{subject} after takeover: {read}"
+        );
     }
-    assert!(metric(&survivor, "logpipe_schema_store_kafka_replay_offset ").await.is_some_and(|p| p >= 10.0));
+    assert!(
+        metric(&survivor, "logpipe_schema_store_kafka_replay_offset ")
+            .await
+            .is_some_and(|p| p >= 10.0)
+    );
     let mut survivor = survivor;
-    let status = survivor.process.terminate(Duration::from_secs(20)).await.unwrap();
+    let status = survivor
+        .process
+        .terminate(Duration::from_secs(20))
+        .await
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -190,20 +312,67 @@ fn confluent_records() -> Vec<(&'static str, Option<String>)> {
     let order_v2 = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"note","type":"string","default":""}]}"#;
     let payment = r#"{"type":"object","properties":{"amount":{"type":"number"}}}"#;
     let value = |subject: &str, version: u32, id: u32, schema: &str, extra: &str, deleted: bool| {
-        Some(format!(r#"{{"subject":"{subject}","version":{version},"id":{id},{extra}"schema":{},"deleted":{deleted}}}"#, json!(schema)))
+        Some(format!(
+            r#"{{"subject":"{subject}","version":{version},"id":{id},{extra}"schema":{},"deleted":{deleted}}}"#,
+            json!(schema)
+        ))
     };
     vec![
         (r#"{"keytype":"NOOP","magic":0}"#, None),
-        (r#"{"keytype":"CONFIG","subject":null,"magic":0}"#, Some(r#"{"compatibilityLevel":"FULL"}"#.to_owned())),
-        (r#"{"keytype":"SCHEMA","subject":"orders-value","version":1,"magic":1}"#, value("orders-value", 1, 1, order_v1, "", false)),
-        (r#"{"keytype":"SCHEMA","subject":"payments-value","version":1,"magic":1}"#, value("payments-value", 1, 2, payment, r#""schemaType":"JSON","#, false)),
-        (r#"{"keytype":"SCHEMA","subject":"orders-value","version":2,"magic":1}"#, value("orders-value", 2, 3, order_v2, "", false)),
-        (r#"{"keytype":"SCHEMA","subject":"old-value","version":1,"magic":1}"#, value("old-value", 1, 4, r#""string""#, "", true)),
-        (r#"{"keytype":"SCHEMA","subject":"gone-value","version":1,"magic":1}"#, value("gone-value", 1, 7, r#""long""#, "", true)),
-        (r#"{"keytype":"SCHEMA","subject":"gone-value","version":1,"magic":1}"#, None),
-        (r#"{"keytype":"CONFIG","subject":"orders-value","magic":0}"#, Some(r#"{"compatibilityLevel":"NONE"}"#.to_owned())),
-        (r#"{"keytype":"CONTEXT","tenant":"default","context":".","magic":0}"#, Some("{}".to_owned())),
-        (r#"{"keytype":"SCHEMA","subject":"proto-value","version":1,"magic":1}"#, value("proto-value", 1, 9, "syntax = \"proto3\"; message M {}", r#""schemaType":"PROTOBUF","#, false)),
+        (
+            r#"{"keytype":"CONFIG","subject":null,"magic":0}"#,
+            Some(r#"{"compatibilityLevel":"FULL"}"#.to_owned()),
+        ),
+        (
+            r#"{"keytype":"SCHEMA","subject":"orders-value","version":1,"magic":1}"#,
+            value("orders-value", 1, 1, order_v1, "", false),
+        ),
+        (
+            r#"{"keytype":"SCHEMA","subject":"payments-value","version":1,"magic":1}"#,
+            value(
+                "payments-value",
+                1,
+                2,
+                payment,
+                r#""schemaType":"JSON","#,
+                false,
+            ),
+        ),
+        (
+            r#"{"keytype":"SCHEMA","subject":"orders-value","version":2,"magic":1}"#,
+            value("orders-value", 2, 3, order_v2, "", false),
+        ),
+        (
+            r#"{"keytype":"SCHEMA","subject":"old-value","version":1,"magic":1}"#,
+            value("old-value", 1, 4, r#""string""#, "", true),
+        ),
+        (
+            r#"{"keytype":"SCHEMA","subject":"gone-value","version":1,"magic":1}"#,
+            value("gone-value", 1, 7, r#""long""#, "", true),
+        ),
+        (
+            r#"{"keytype":"SCHEMA","subject":"gone-value","version":1,"magic":1}"#,
+            None,
+        ),
+        (
+            r#"{"keytype":"CONFIG","subject":"orders-value","magic":0}"#,
+            Some(r#"{"compatibilityLevel":"NONE"}"#.to_owned()),
+        ),
+        (
+            r#"{"keytype":"CONTEXT","tenant":"default","context":".","magic":0}"#,
+            Some("{}".to_owned()),
+        ),
+        (
+            r#"{"keytype":"SCHEMA","subject":"proto-value","version":1,"magic":1}"#,
+            value(
+                "proto-value",
+                1,
+                9,
+                "syntax = \"proto3\"; message M {}",
+                r#""schemaType":"PROTOBUF","#,
+                false,
+            ),
+        ),
         (r#"{"keytype":"NOOP","magic":0}"#, None),
     ]
 }
@@ -212,13 +381,20 @@ fn confluent_records() -> Vec<(&'static str, Option<String>)> {
 async fn adopts_a_confluent_schemas_topic_in_place() {
     let cluster = DevCluster::start(1, &[]).await.unwrap();
     cluster.create_topic("_schemas", 1).await.unwrap();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .unwrap();
     for (key, value) in confluent_records() {
         let mut record = FutureRecord::to("_schemas").partition(0).key(key);
         if let Some(value) = &value {
             record = record.payload(value.as_str());
         }
-        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let store = start(dir.path(), cluster.bootstrap()).await;
@@ -227,28 +403,67 @@ async fn adopts_a_confluent_schemas_topic_in_place() {
     let (_, subjects) = get(base, "/subjects").await;
     assert_eq!(subjects, json!(["orders-value", "payments-value"]));
     let (_, v2) = get(base, "/subjects/orders-value/versions/latest").await;
-    assert_eq!((v2["version"].as_u64(), v2["id"].as_u64()), (Some(2), Some(3)), "{v2}");
+    assert_eq!(
+        (v2["version"].as_u64(), v2["id"].as_u64()),
+        (Some(2), Some(3)),
+        "{v2}"
+    );
     let (_, payment) = get(base, "/schemas/ids/2").await;
     assert_eq!(payment["schemaType"], "JSON", "{payment}");
     let (_, order) = get(base, "/schemas/ids/1").await;
-    assert_eq!(order["schema"], r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}"#);
-    assert_eq!(get(base, "/schemas/ids/4").await.0, 200, "a soft-deleted version stays readable by id");
-    assert_eq!(get(base, "/schemas/ids/7").await.0, 404, "a permanently deleted schema is gone");
+    assert_eq!(
+        order["schema"],
+        r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}"#
+    );
+    assert_eq!(
+        get(base, "/schemas/ids/4").await.0,
+        200,
+        "a soft-deleted version stays readable by id"
+    );
+    assert_eq!(
+        get(base, "/schemas/ids/7").await.0,
+        404,
+        "a permanently deleted schema is gone"
+    );
     assert_eq!(get(base, "/config").await.1["compatibilityLevel"], "FULL");
-    assert_eq!(get(base, "/config/orders-value").await.1["compatibilityLevel"], "NONE");
+    assert_eq!(
+        get(base, "/config/orders-value").await.1["compatibilityLevel"],
+        "NONE"
+    );
 
-    assert_eq!(get(base, "/schemas/ids/9").await.0, 404, "PROTOBUF is not served");
+    assert_eq!(
+        get(base, "/schemas/ids/9").await.0,
+        404,
+        "PROTOBUF is not served"
+    );
     // New ids continue above every id the topic ever held, including the deleted and skipped ones.
     let (status, reply) = register(base, "new-value", &record("Fresh")).await;
     assert_eq!((status, reply["id"].as_u64()), (200, Some(10)), "{reply}");
     // ... and the new record is in Confluent's format, so Confluent could adopt it back.
-    let messages = cluster.read_topic("_schemas", Duration::from_secs(10)).await.unwrap();
+    let messages = cluster
+        .read_topic("_schemas", Duration::from_secs(10))
+        .await
+        .unwrap();
     let written = messages
         .iter()
-        .find(|m| m.key() == Some(br#"{"keytype":"SCHEMA","subject":"new-value","version":1,"magic":1}"#.as_slice()))
+        .find(|m| {
+            m.key()
+                == Some(
+                    br#"{"keytype":"SCHEMA","subject":"new-value","version":1,"magic":1}"#
+                        .as_slice(),
+                )
+        })
         .expect("the registration is in the topic under Confluent's key");
     let value: Value = serde_json::from_slice(written.payload().unwrap()).unwrap();
-    assert_eq!((value["subject"].as_str(), value["version"].as_u64(), value["id"].as_u64(), value["deleted"].as_bool()), (Some("new-value"), Some(1), Some(10), Some(false)));
+    assert_eq!(
+        (
+            value["subject"].as_str(),
+            value["version"].as_u64(),
+            value["id"].as_u64(),
+            value["deleted"].as_bool()
+        ),
+        (Some("new-value"), Some(1), Some(10), Some(false))
+    );
 }
 
 /// A topic the store cannot use, or cannot create, stops it with a message saying what to do.
@@ -257,8 +472,17 @@ async fn an_unusable_topic_stops_start_up_with_a_clear_error() {
     let cluster = DevCluster::start(1, &[("_schemas.wide", 2)]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // CreateTopics is refused, as on a cluster where the store lacks the ACL.
-    cluster.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"]).await.unwrap();
-    for (topic, expected) in [("_schemas.wide", "has 2 partitions"), ("_schemas.absent", "does not exist and the store cannot create it")] {
+    cluster
+        .request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"])
+        .await
+        .unwrap();
+    for (topic, expected) in [
+        ("_schemas.wide", "has 2 partitions"),
+        (
+            "_schemas.absent",
+            "does not exist and the store cannot create it",
+        ),
+    ] {
         let mut instance = spawn(dir.path(), cluster.bootstrap(), topic);
         wait_until(Duration::from_secs(60), || {
             let exited = instance.process.try_status().is_some();
@@ -268,6 +492,11 @@ async fn an_unusable_topic_stops_start_up_with_a_clear_error() {
         .unwrap();
         let status = instance.process.try_status().unwrap();
         assert!(!status.success(), "{topic}: {status:?}");
-        assert!(instance.process.stderr().contains(expected) || instance.process.stdout().contains(expected), "{topic}: {}", instance.process.logs());
+        assert!(
+            instance.process.stderr().contains(expected)
+                || instance.process.stdout().contains(expected),
+            "{topic}: {}",
+            instance.process.logs()
+        );
     }
 }

@@ -17,7 +17,14 @@ use logpipe_devkit::harness::wait_until;
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report, Rotation};
 
 /// Writes generated logs in a blocking task.
-fn loadgen(dir: &Path, run_id: &str, lines: u64, rate: f64, files: usize, rotate: Rotation) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
+fn loadgen(
+    dir: &Path,
+    run_id: &str,
+    lines: u64,
+    rate: f64,
+    files: usize,
+    rotate: Rotation,
+) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
     let mut args = LoadgenArgs::new(dir);
     args.files = files;
     args.lines = lines;
@@ -42,7 +49,9 @@ fn reconcile(collector: &Collector, written: &HashSet<String>) -> Reconciled {
     let mut ids: HashMap<String, HashSet<RecordId>> = HashMap::new();
     let records = collector.records();
     for record in &records {
-        let event = loadgen::event_id(&record.value).expect("generated lines carry event ids").to_owned();
+        let event = loadgen::event_id(&record.value)
+            .expect("generated lines carry event ids")
+            .to_owned();
         ids.entry(event).or_default().insert(record.id.clone());
     }
     Reconciled {
@@ -52,15 +61,28 @@ fn reconcile(collector: &Collector, written: &HashSet<String>) -> Reconciled {
     }
 }
 
-async fn wait_for_all(collector: &Collector, written: &HashSet<String>, timeout: Duration) -> Reconciled {
-    let _ = wait_until(timeout, || async { reconcile(collector, written).lost == 0 }).await;
+async fn wait_for_all(
+    collector: &Collector,
+    written: &HashSet<String>,
+    timeout: Duration,
+) -> Reconciled {
+    let _ = wait_until(timeout, || async {
+        reconcile(collector, written).lost == 0
+    })
+    .await;
     reconcile(collector, written)
 }
 
 fn lost_with_prefix(collector: &Collector, written: &HashSet<String>, prefix: &str) -> usize {
-    let seen: HashSet<String> =
-        collector.records().iter().filter_map(|r| loadgen::event_id(&r.value).map(str::to_owned)).collect();
-    written.iter().filter(|e| e.starts_with(prefix) && !seen.contains(*e)).count()
+    let seen: HashSet<String> = collector
+        .records()
+        .iter()
+        .filter_map(|r| loadgen::event_id(&r.value).map(str::to_owned))
+        .collect();
+    written
+        .iter()
+        .filter(|e| e.starts_with(prefix) && !seen.contains(*e))
+        .count()
 }
 
 fn written(reports: &[&Report]) -> HashSet<String> {
@@ -82,10 +104,29 @@ async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
     subdirectories(&setup)?;
     let mut agent = setup.start().await?;
     let collector = Collector::start(setup.cluster.bootstrap())?;
-    let rename = loadgen(&setup.logs.join("rename"), "rn", 50_000, 10_000.0, 5, Rotation::Rename);
-    let copy = loadgen(&setup.logs.join("copy"), "ct", 50_000, 10_000.0, 5, Rotation::Copytruncate);
+    let rename = loadgen(
+        &setup.logs.join("rename"),
+        "rn",
+        50_000,
+        10_000.0,
+        5,
+        Rotation::Rename,
+    );
+    let copy = loadgen(
+        &setup.logs.join("copy"),
+        "ct",
+        50_000,
+        10_000.0,
+        5,
+        Rotation::Copytruncate,
+    );
     let (rename, copy) = (rename.await??, copy.await??);
-    assert!(rename.rotations >= 5 && copy.rotations >= 5, "{} {}", rename.summary(), copy.summary());
+    assert!(
+        rename.rotations >= 5 && copy.rotations >= 5,
+        "{} {}",
+        rename.summary(),
+        copy.summary()
+    );
     let written = written(&[&rename, &copy]);
     let result = wait_for_all(&collector, &written, Duration::from_secs(60)).await;
     eprintln!(
@@ -116,11 +157,20 @@ async fn kill9_repeatedly_loses_nothing_and_replays_keep_their_ids() -> anyhow::
     subdirectories(&setup)?;
     let mut agent = setup.start().await?;
     let collector = Collector::start(setup.cluster.bootstrap())?;
-    let writer = loadgen(&setup.logs.join("game"), "k9", 64_000, RATE, 4, Rotation::Rename);
+    let writer = loadgen(
+        &setup.logs.join("game"),
+        "k9",
+        64_000,
+        RATE,
+        4,
+        Rotation::Rename,
+    );
     let mut seed = 0x9e37_79b9_u64;
     let kills = 5;
     for _ in 0..kills {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         tokio::time::sleep(Duration::from_millis(600 + (seed >> 33) % 700)).await;
         agent.kill9()?;
         agent = setup.start().await?;
@@ -136,10 +186,17 @@ async fn kill9_repeatedly_loses_nothing_and_replays_keep_their_ids() -> anyhow::
         result.unstable
     );
     assert_eq!(result.lost, 0);
-    assert_eq!(result.unstable, 0, "a replayed line must keep its (host, file, offset) id");
+    assert_eq!(
+        result.unstable, 0,
+        "a replayed line must keep its (host, file, offset) id"
+    );
     // One checkpoint interval (1 s) plus what was in flight, per kill.
     let bound = kills * (2.0 * RATE) as usize;
-    assert!(result.duplicates <= bound, "{} duplicates > {bound}", result.duplicates);
+    assert!(
+        result.duplicates <= bound,
+        "{} duplicates > {bound}",
+        result.duplicates
+    );
     collector.check_ids_are_stable()?;
     Ok(())
 }
@@ -147,7 +204,11 @@ async fn kill9_repeatedly_loses_nothing_and_replays_keep_their_ids() -> anyhow::
 fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .unwrap_or(0)
         * 1024
 }
@@ -163,13 +224,26 @@ async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::R
     let collector = Collector::start(setup.cluster.bootstrap())?;
     let warm_up = loadgen(&setup.logs.join("a"), "up", 2_000, 0.0, 2, Rotation::None).await??;
     let mut written = written(&[&warm_up]);
-    assert_eq!(wait_for_all(&collector, &written, Duration::from_secs(30)).await.lost, 0);
+    assert_eq!(
+        wait_for_all(&collector, &written, Duration::from_secs(30))
+            .await
+            .lost,
+        0
+    );
     let baseline = rss_bytes(agent.pid());
 
     for broker in 1..=3 {
         setup.cluster.broker_down(broker).await?;
     }
-    let outage = loadgen(&setup.logs.join("b"), "down", 48_000, 0.0, 4, Rotation::None).await??;
+    let outage = loadgen(
+        &setup.logs.join("b"),
+        "down",
+        48_000,
+        0.0,
+        4,
+        Rotation::None,
+    )
+    .await??;
     written.extend(outage.event_ids());
     let mut peak_rss = 0;
     let mut peak_inflight: f64 = 0.0;
@@ -191,10 +265,19 @@ async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::R
         outage.bytes, baseline, peak_rss, result.lost, result.duplicates
     );
     assert_eq!(result.lost, 0);
-    assert!(outage.bytes > 2 * BUDGET, "the outage must outgrow the budget to test it");
+    assert!(
+        outage.bytes > 2 * BUDGET,
+        "the outage must outgrow the budget to test it"
+    );
     // The budget plus one read chunk and a record's overhead rounding.
-    assert!(peak_inflight <= (BUDGET + (2 << 20)) as f64, "in flight {peak_inflight} over budget");
-    assert!(peak_rss < baseline + 3 * BUDGET + (16 << 20), "rss {peak_rss} grew past the budget (baseline {baseline})");
+    assert!(
+        peak_inflight <= (BUDGET + (2 << 20)) as f64,
+        "in flight {peak_inflight} over budget"
+    );
+    assert!(
+        peak_rss < baseline + 3 * BUDGET + (16 << 20),
+        "rss {peak_rss} grew past the budget (baseline {baseline})"
+    );
     assert!(agent.terminate(Duration::from_secs(30)).await?.success());
     Ok(())
 }
@@ -208,14 +291,28 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
     let collector = Collector::start(setup.cluster.bootstrap())?;
     let first = agent_support::lines("before-errors", 500);
     agent_support::append(&setup.log("a.log"), &first);
-    collector.wait_for_values(&agent_support::as_set(&first), Duration::from_secs(30)).await?;
-    setup.cluster.request_errors("Produce", &["INVALID_RECORD", "INVALID_RECORD", "INVALID_RECORD"]).await?;
+    collector
+        .wait_for_values(&agent_support::as_set(&first), Duration::from_secs(30))
+        .await?;
+    setup
+        .cluster
+        .request_errors(
+            "Produce",
+            &["INVALID_RECORD", "INVALID_RECORD", "INVALID_RECORD"],
+        )
+        .await?;
     let second = agent_support::lines("during-errors", 2000);
     agent_support::append(&setup.log("a.log"), &second);
     let mut expected = agent_support::as_set(&first);
     expected.extend(agent_support::as_set(&second));
-    collector.wait_for_values(&expected, Duration::from_secs(60)).await?;
-    assert!(setup.metric("logpipe_agent_producer_rebuilds_total").await >= 1.0, "{}", setup.metrics().await?);
+    collector
+        .wait_for_values(&expected, Duration::from_secs(60))
+        .await?;
+    assert!(
+        setup.metric("logpipe_agent_producer_rebuilds_total").await >= 1.0,
+        "{}",
+        setup.metrics().await?
+    );
     collector.check_ids_are_stable()?;
     agent.ensure_running()?;
     Ok(())

@@ -42,12 +42,19 @@ async fn awkward_lines_and_files_arrive_exactly_as_the_contract_says() -> anyhow
     assert!(!collector.distinct_values().contains(b"half".as_slice()));
     mixed.write_all(b" done\n")?;
     mixed.flush()?;
-    collector.wait_for_values(&as_set(&["half done".to_owned()]), WAIT).await?;
+    collector
+        .wait_for_values(&as_set(&["half done".to_owned()]), WAIT)
+        .await?;
 
     let records = collector.records();
-    let mixed_records: Vec<_> = records.iter().filter(|r| r.path.ends_with("mixed.log")).collect();
-    let got: Vec<(u64, Vec<u8>, Option<u64>)> =
-        mixed_records.iter().map(|r| (r.id.offset, r.value.clone(), r.truncated)).collect();
+    let mixed_records: Vec<_> = records
+        .iter()
+        .filter(|r| r.path.ends_with("mixed.log"))
+        .collect();
+    let got: Vec<(u64, Vec<u8>, Option<u64>)> = mixed_records
+        .iter()
+        .map(|r| (r.id.offset, r.value.clone(), r.truncated))
+        .collect();
     let mut expected_long = long.clone().into_bytes();
     expected_long.truncate(100);
     assert_eq!(
@@ -60,43 +67,79 @@ async fn awkward_lines_and_files_arrive_exactly_as_the_contract_says() -> anyhow
         ],
         "offsets are of each line's first byte; CRLF stripped; empty lines skipped"
     );
-    let twins: HashSet<_> = records.iter().filter(|r| r.path.contains("twin")).map(|r| r.id.file).collect();
-    assert_eq!(twins.len(), 2, "identical first lines must not merge two files");
-    assert_eq!(records.iter().filter(|r| r.value == b"same header").count(), 2);
-    assert!(records.iter().any(|r| r.value == b"was empty" && r.id.offset == 0));
+    let twins: HashSet<_> = records
+        .iter()
+        .filter(|r| r.path.contains("twin"))
+        .map(|r| r.id.file)
+        .collect();
+    assert_eq!(
+        twins.len(),
+        2,
+        "identical first lines must not merge two files"
+    );
+    assert_eq!(
+        records.iter().filter(|r| r.value == b"same header").count(),
+        2
+    );
+    assert!(records
+        .iter()
+        .any(|r| r.value == b"was empty" && r.id.offset == 0));
     assert_eq!(setup.metric("logpipe_agent_lines_empty_total").await, 2.0);
-    assert_eq!(setup.metric("logpipe_agent_lines_oversized_total").await, 1.0);
+    assert_eq!(
+        setup.metric("logpipe_agent_lines_oversized_total").await,
+        1.0
+    );
 
     // A file deleted while being read: everything written before the delete arrives, and its
     // unterminated last line is shipped once the file is gone and idle.
     let doomed = lines("doomed", 2000);
     append(&setup.log("doomed.log"), &doomed[..1]);
     // Once the agent has the file open, the rest is written and the file deleted at once.
-    collector.wait_for_values(&as_set(&doomed[..1]), WAIT).await?;
+    collector
+        .wait_for_values(&as_set(&doomed[..1]), WAIT)
+        .await?;
     append(&setup.log("doomed.log"), &doomed[1..]);
-    std::fs::OpenOptions::new().append(true).open(setup.log("doomed.log"))?.write_all(b"no newline")?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(setup.log("doomed.log"))?
+        .write_all(b"no newline")?;
     std::fs::remove_file(setup.log("doomed.log"))?;
     let mut expected = as_set(&doomed);
     expected.insert(b"no newline".to_vec());
     collector.wait_for_values(&expected, WAIT).await?;
-    wait_until(WAIT, || async { setup.metric("logpipe_agent_detached_files").await == 0.0 }).await?;
+    wait_until(WAIT, || async {
+        setup.metric("logpipe_agent_detached_files").await == 0.0
+    })
+    .await?;
 
     // A symlinked file: read through the link (its target lives outside the watched
     // directory, so the periodic stat of open files sees it grow).
     let target = setup.dir.path().join("real.txt");
     append(&target, &["through the link 1".to_owned()]);
     std::os::unix::fs::symlink(&target, setup.log("link.log"))?;
-    collector.wait_for_values(&as_set(&["through the link 1".to_owned()]), WAIT).await?;
+    collector
+        .wait_for_values(&as_set(&["through the link 1".to_owned()]), WAIT)
+        .await?;
     append(&target, &["through the link 2".to_owned()]);
-    collector.wait_for_values(&as_set(&["through the link 2".to_owned()]), WAIT).await?;
-    assert!(collector.records().iter().any(|r| r.value == b"through the link 2" && r.path.ends_with("link.log")));
+    collector
+        .wait_for_values(&as_set(&["through the link 2".to_owned()]), WAIT)
+        .await?;
+    assert!(collector
+        .records()
+        .iter()
+        .any(|r| r.value == b"through the link 2" && r.path.ends_with("link.log")));
 
     // A file in a subdirectory is not matched by `logs/*.log`.
     std::fs::create_dir(setup.logs.join("sub"))?;
     append(&setup.logs.join("sub/x.log"), &lines("nested", 1));
     append(&setup.log("marker.log"), &["marker".to_owned()]);
-    collector.wait_for_values(&as_set(&["marker".to_owned()]), WAIT).await?;
-    assert!(!collector.distinct_values().iter().any(|v| v.starts_with(b"{\"event_id\":\"nested")));
+    collector
+        .wait_for_values(&as_set(&["marker".to_owned()]), WAIT)
+        .await?;
+    assert!(!collector
+        .distinct_values()
+        .iter()
+        .any(|v| v.starts_with(b"{\"event_id\":\"nested")));
     agent.ensure_running()?;
 
     let (_, extra) = collector.duplicates();
@@ -119,7 +162,9 @@ async fn directory_created_after_start_is_watched() -> anyhow::Result<()> {
     let written = lines("app", 5);
     append(&setup.logs.join("app/a.log"), &written);
     // Rescans are a minute apart here: only the watch on the parent can find it this fast.
-    collector.wait_for_values(&as_set(&written), Duration::from_secs(10)).await?;
+    collector
+        .wait_for_values(&as_set(&written), Duration::from_secs(10))
+        .await?;
     Ok(())
 }
 
@@ -161,7 +206,10 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
     eprintln!("inode reused: {reused}");
     // An unreadable file: logged and counted, the others go on.
     append(&setup.log("secret.log"), &lines("secret", 3));
-    std::fs::set_permissions(setup.log("secret.log"), std::fs::Permissions::from_mode(0o000))?;
+    std::fs::set_permissions(
+        setup.log("secret.log"),
+        std::fs::Permissions::from_mode(0o000),
+    )?;
 
     let before = collector.count();
     let mut agent = setup.start().await?;
@@ -169,15 +217,29 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
         expected.extend(as_set(batch));
     }
     collector.wait_for_values(&expected, WAIT).await?;
-    wait_until(WAIT, || async { setup.metric("logpipe_agent_file_errors_total").await >= 1.0 }).await?;
+    wait_until(WAIT, || async {
+        setup.metric("logpipe_agent_file_errors_total").await >= 1.0
+    })
+    .await?;
     // trunc.log (rewritten) and, when its inode was reused, reuse.log (replaced) were
     // recognised as new contents.
-    let renewed = setup.metric("logpipe_agent_truncations_total").await + setup.metric("logpipe_agent_identity_changes_total").await;
+    let renewed = setup.metric("logpipe_agent_truncations_total").await
+        + setup.metric("logpipe_agent_identity_changes_total").await;
     assert!(renewed >= 1.0 + f64::from(u8::from(reused)), "{renewed}");
     // Exactly the new lines were sent: 200 + 100 + 401 + 50, no replays (clean stop).
-    wait_until(Duration::from_secs(5), || async { collector.count() >= before + 751 }).await?;
-    assert_eq!(collector.count() - before, 751, "only new lines after a clean restart");
-    assert!(!collector.distinct_values().iter().any(|v| v.starts_with(b"{\"event_id\":\"secret")));
+    wait_until(Duration::from_secs(5), || async {
+        collector.count() >= before + 751
+    })
+    .await?;
+    assert_eq!(
+        collector.count() - before,
+        751,
+        "only new lines after a clean restart"
+    );
+    assert!(!collector
+        .distinct_values()
+        .iter()
+        .any(|v| v.starts_with(b"{\"event_id\":\"secret")));
     agent.ensure_running()?;
     assert!(agent.terminate(WAIT).await?.success());
 
@@ -210,7 +272,10 @@ async fn reload_adds_an_input_without_resending_or_losing() -> anyhow::Result<()
     std::fs::create_dir(&other)?;
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o777))?;
     let text = std::fs::read_to_string(&setup.config)?
-        + &format!("[[inputs]]\npaths = [\"{}/*.txt\"]\ntopic = \"raw.game\"\nname = \"other\"\n", other.display());
+        + &format!(
+            "[[inputs]]\npaths = [\"{}/*.txt\"]\ntopic = \"raw.game\"\nname = \"other\"\n",
+            other.display()
+        );
     std::fs::write(&setup.config, text)?;
     agent.hangup()?;
     let during = lines("during-reload", 2000);
@@ -221,7 +286,10 @@ async fn reload_adds_an_input_without_resending_or_losing() -> anyhow::Result<()
     expected.extend(as_set(&during));
     expected.extend(as_set(&added));
     collector.wait_for_values(&expected, WAIT).await?;
-    wait_until(WAIT, || async { setup.metric("logpipe_agent_lines_acked_total").await >= 4010.0 }).await?;
+    wait_until(WAIT, || async {
+        setup.metric("logpipe_agent_lines_acked_total").await >= 4010.0
+    })
+    .await?;
     assert_eq!(collector.duplicates().1, 0, "a reload resends nothing");
     assert_eq!(collector.count(), 4010);
     Ok(())

@@ -43,7 +43,9 @@ async fn hundred_thousand_records_round_trip_through_a_consumer_group() {
         .map(|i| {
             let key = format!("k{}", i % 97);
             let value = format!("value-{i}");
-            producer.send_result(FutureRecord::to("raw.roundtrip").key(&key).payload(&value)).expect("queue has room")
+            producer
+                .send_result(FutureRecord::to("raw.roundtrip").key(&key).payload(&value))
+                .expect("queue has room")
         })
         .collect();
     for send in sends {
@@ -60,19 +62,36 @@ async fn hundred_thousand_records_round_trip_through_a_consumer_group() {
             .unwrap();
         let value = std::str::from_utf8(message.payload().unwrap()).unwrap();
         let i: usize = value.strip_prefix("value-").unwrap().parse().unwrap();
-        assert_eq!(message.key(), Some(format!("k{}", i % 97).as_bytes()), "key travels with its value");
+        assert_eq!(
+            message.key(),
+            Some(format!("k{}", i % 97).as_bytes()),
+            "key travels with its value"
+        );
         assert!(seen.insert(i), "record {i} consumed twice");
         partitions.insert(message.partition());
     }
     assert_eq!(partitions.len(), 4, "keys spread over every partition");
     // Nothing beyond the N records.
-    assert_eq!(read_topic(cluster.bootstrap(), "raw.roundtrip", Duration::from_secs(60)).await.unwrap().len(), N);
+    assert_eq!(
+        read_topic(
+            cluster.bootstrap(),
+            "raw.roundtrip",
+            Duration::from_secs(60)
+        )
+        .await
+        .unwrap()
+        .len(),
+        N
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_committed_sees_committed_transactions_only() {
     let cluster = DevCluster::start(3, &[("raw.txn", 2)]).await.unwrap();
-    let producer = producer(cluster.bootstrap(), &[("transactional.id", "devcluster-test")]);
+    let producer = producer(
+        cluster.bootstrap(),
+        &[("transactional.id", "devcluster-test")],
+    );
     let timeout = Timeout::After(Duration::from_secs(30));
     producer.init_transactions(timeout).unwrap();
     let send_batch = |label: &'static str, n: usize| {
@@ -81,7 +100,12 @@ async fn read_committed_sees_committed_transactions_only() {
             for i in 0..n {
                 let value = format!("{label}-{i}");
                 producer
-                    .send(FutureRecord::<(), _>::to("raw.txn").payload(&value).partition((i % 2) as i32), Duration::from_secs(30))
+                    .send(
+                        FutureRecord::<(), _>::to("raw.txn")
+                            .payload(&value)
+                            .partition((i % 2) as i32),
+                        Duration::from_secs(30),
+                    )
                     .await
                     .expect("delivered");
             }
@@ -97,11 +121,28 @@ async fn read_committed_sees_committed_transactions_only() {
     send_batch("later", 10).await;
     producer.commit_transaction(timeout).unwrap();
 
-    let records = read_topic(cluster.bootstrap(), "raw.txn", Duration::from_secs(60)).await.unwrap();
-    let values: Vec<String> = records.iter().map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap()).collect();
-    assert_eq!(values.iter().filter(|v| v.starts_with("committed-")).count(), 100);
-    assert_eq!(values.iter().filter(|v| v.starts_with("later-")).count(), 10);
-    assert!(!values.iter().any(|v| v.starts_with("aborted-")), "aborted records are invisible: {values:?}");
+    let records = read_topic(cluster.bootstrap(), "raw.txn", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let values: Vec<String> = records
+        .iter()
+        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| v.starts_with("committed-"))
+            .count(),
+        100
+    );
+    assert_eq!(
+        values.iter().filter(|v| v.starts_with("later-")).count(),
+        10
+    );
+    assert!(
+        !values.iter().any(|v| v.starts_with("aborted-")),
+        "aborted records are invisible: {values:?}"
+    );
     assert_eq!(values.len(), 110);
 }
 
@@ -112,14 +153,19 @@ async fn records_wait_for_a_downed_leader_and_arrive_once() {
     // Make broker 2 the leader, then take it down.
     cluster.set_leader("raw.fault", 0, 2).await.unwrap();
     producer
-        .send(FutureRecord::<(), _>::to("raw.fault").payload("before"), Duration::from_secs(30))
+        .send(
+            FutureRecord::<(), _>::to("raw.fault").payload("before"),
+            Duration::from_secs(30),
+        )
         .await
         .expect("delivered while the leader is up");
     cluster.broker_down(2).await.unwrap();
     let sends: Vec<_> = (0..200)
         .map(|i| {
             let value = format!("during-{i}");
-            producer.send_result(FutureRecord::<(), _>::to("raw.fault").payload(&value)).expect("queued")
+            producer
+                .send_result(FutureRecord::<(), _>::to("raw.fault").payload(&value))
+                .expect("queued")
         })
         .collect();
     // While the leader is down nothing is acknowledged.
@@ -127,10 +173,17 @@ async fn records_wait_for_a_downed_leader_and_arrive_once() {
     assert!(waiting > 0, "records should be waiting for the leader");
     cluster.broker_up(2).await.unwrap();
     for send in sends {
-        send.await.unwrap().expect("delivered after the leader came back");
+        send.await
+            .unwrap()
+            .expect("delivered after the leader came back");
     }
-    let records = read_topic(cluster.bootstrap(), "raw.fault", Duration::from_secs(60)).await.unwrap();
-    let values: Vec<String> = records.iter().map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap()).collect();
+    let records = read_topic(cluster.bootstrap(), "raw.fault", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let values: Vec<String> = records
+        .iter()
+        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+        .collect();
     let mut expected = vec!["before".to_owned()];
     expected.extend((0..200).map(|i| format!("during-{i}")));
     assert_eq!(values, expected, "every record once, in order");
@@ -146,16 +199,30 @@ async fn unacknowledged_after_a_moment(producer: &FutureProducer) -> i32 {
 async fn request_errors_are_injected_and_retried() {
     let cluster = DevCluster::start(1, &[("raw.errors", 1)]).await.unwrap();
     let producer = producer(cluster.bootstrap(), &[("message.timeout.ms", "0")]);
-    cluster.request_errors("Produce", &["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT", "_TRANSPORT"]).await.unwrap();
+    cluster
+        .request_errors(
+            "Produce",
+            &["NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT", "_TRANSPORT"],
+        )
+        .await
+        .unwrap();
     for i in 0..20 {
         producer
-            .send(FutureRecord::<(), _>::to("raw.errors").payload(&format!("v{i}")), Duration::from_secs(30))
+            .send(
+                FutureRecord::<(), _>::to("raw.errors").payload(&format!("v{i}")),
+                Duration::from_secs(30),
+            )
             .await
             .expect("delivered despite the injected errors");
     }
-    let records = read_topic(cluster.bootstrap(), "raw.errors", Duration::from_secs(60)).await.unwrap();
+    let records = read_topic(cluster.bootstrap(), "raw.errors", Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(records.len(), 20, "idempotent retries add no duplicates");
-    assert!(cluster.request_errors("Produce", &["NO_SUCH_ERROR"]).await.is_err());
+    assert!(cluster
+        .request_errors("Produce", &["NO_SUCH_ERROR"])
+        .await
+        .is_err());
     assert!(cluster.broker_down(7).await.is_err());
 }
 
@@ -169,13 +236,32 @@ async fn kcat_produces_and_consumes_through_the_dev_cluster() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    produce.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
+    produce
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\nthree\n")
+        .unwrap();
     assert!(produce.wait().unwrap().success());
     let output = std::process::Command::new(&kcat)
-        .args(["-b", cluster.bootstrap(), "-t", "raw.kcat", "-C", "-e", "-q", "-o", "beginning"])
+        .args([
+            "-b",
+            cluster.bootstrap(),
+            "-t",
+            "raw.kcat",
+            "-C",
+            "-e",
+            "-q",
+            "-o",
+            "beginning",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "one\ntwo\nthree\n");
 }
 
@@ -201,18 +287,30 @@ async fn cluster_exits_cleanly_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_is_set_per_cluster() {
     async fn log_start_after_8_mib(retention: Option<u64>) -> i64 {
-        let cluster = DevCluster::start_retaining("", 1, &[("retained", 1)], retention).await.unwrap();
+        let cluster = DevCluster::start_retaining("", 1, &[("retained", 1)], retention)
+            .await
+            .unwrap();
         let producer = producer(cluster.bootstrap(), &[("linger.ms", "0")]);
         let payload = vec![b'x'; 512 * 1024];
         for i in 0..16 {
             // One batch per record, awaited, so every batch is its own message set.
             producer
-                .send(FutureRecord::<str, _>::to("retained").partition(0).payload(&payload), Duration::from_secs(30))
+                .send(
+                    FutureRecord::<str, _>::to("retained")
+                        .partition(0)
+                        .payload(&payload),
+                    Duration::from_secs(30),
+                )
                 .await
                 .unwrap_or_else(|(e, _)| panic!("record {i}: {e}"));
         }
-        let consumer: StreamConsumer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
-        let (low, high) = consumer.fetch_watermarks("retained", 0, Duration::from_secs(10)).unwrap();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .create()
+            .unwrap();
+        let (low, high) = consumer
+            .fetch_watermarks("retained", 0, Duration::from_secs(10))
+            .unwrap();
         assert_eq!(high, 16);
         low
     }
@@ -226,46 +324,112 @@ async fn retention_is_set_per_cluster() {
 /// usable by producers and consumers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_are_created_described_and_grown_through_the_admin_api() {
-    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
+        TopicReplication,
+    };
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
 
     let cluster = DevCluster::start(3, &[("raw.control", 1)]).await.unwrap();
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
-    let options = |validate_only: bool| AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))).validate_only(validate_only);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .unwrap();
+    let options = |validate_only: bool| {
+        AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .validate_only(validate_only)
+    };
     let create = |topic: NewTopic<'static>, validate_only: bool| {
         let (admin, options) = (&admin, options(validate_only));
-        async move { admin.create_topics([&topic], &options).await.unwrap().remove(0).map_err(|(_, code)| code) }
+        async move {
+            admin
+                .create_topics([&topic], &options)
+                .await
+                .unwrap()
+                .remove(0)
+                .map_err(|(_, code)| code)
+        }
     };
     let grow = |total: usize, validate_only: bool| {
         let (admin, options) = (&admin, options(validate_only));
         async move {
-            admin.create_partitions([&NewPartitions::new("raw.admin", total)], &options).await.unwrap().remove(0).map_err(|(_, code)| code)
+            admin
+                .create_partitions([&NewPartitions::new("raw.admin", total)], &options)
+                .await
+                .unwrap()
+                .remove(0)
+                .map_err(|(_, code)| code)
         }
     };
     let partitions = |topic: &'static str| {
-        let consumer: rdkafka::consumer::BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
         let topic = &metadata.topics()[0];
         if topic.error().is_some() {
             return Vec::new();
         }
-        topic.partitions().iter().map(|p| p.replicas().len()).collect::<Vec<_>>()
+        topic
+            .partitions()
+            .iter()
+            .map(|p| p.replicas().len())
+            .collect::<Vec<_>>()
     };
 
     let topic = NewTopic::new("raw.admin", 3, TopicReplication::Fixed(2))
         .set("cleanup.policy", "compact")
         .set("retention.ms", "3600000");
     assert_eq!(create(topic, false).await, Ok("raw.admin".to_owned()));
-    assert_eq!(partitions("raw.admin"), vec![2, 2, 2], "3 partitions of 2 replicas");
-    assert_eq!(create(NewTopic::new("raw.admin", 1, TopicReplication::Fixed(1)), false).await, Err(RDKafkaErrorCode::TopicAlreadyExists));
-    assert_eq!(create(NewTopic::new("raw.wide", 1, TopicReplication::Fixed(4)), false).await, Err(RDKafkaErrorCode::InvalidReplicationFactor), "4 replicas on 3 brokers");
-    let unknown = NewTopic::new("raw.odd", 1, TopicReplication::Fixed(1)).set("no.such.config", "1");
-    assert_eq!(create(unknown, false).await, Err(RDKafkaErrorCode::InvalidConfig));
-    assert_eq!(create(NewTopic::new("raw.dry", 2, TopicReplication::Fixed(1)), true).await, Ok("raw.dry".to_owned()));
-    assert_eq!(create(NewTopic::new("bad name!", 1, TopicReplication::Fixed(1)), false).await, Err(RDKafkaErrorCode::InvalidTopic));
+    assert_eq!(
+        partitions("raw.admin"),
+        vec![2, 2, 2],
+        "3 partitions of 2 replicas"
+    );
+    assert_eq!(
+        create(
+            NewTopic::new("raw.admin", 1, TopicReplication::Fixed(1)),
+            false
+        )
+        .await,
+        Err(RDKafkaErrorCode::TopicAlreadyExists)
+    );
+    assert_eq!(
+        create(
+            NewTopic::new("raw.wide", 1, TopicReplication::Fixed(4)),
+            false
+        )
+        .await,
+        Err(RDKafkaErrorCode::InvalidReplicationFactor),
+        "4 replicas on 3 brokers"
+    );
+    let unknown =
+        NewTopic::new("raw.odd", 1, TopicReplication::Fixed(1)).set("no.such.config", "1");
+    assert_eq!(
+        create(unknown, false).await,
+        Err(RDKafkaErrorCode::InvalidConfig)
+    );
+    assert_eq!(
+        create(
+            NewTopic::new("raw.dry", 2, TopicReplication::Fixed(1)),
+            true
+        )
+        .await,
+        Ok("raw.dry".to_owned())
+    );
+    assert_eq!(
+        create(
+            NewTopic::new("bad name!", 1, TopicReplication::Fixed(1)),
+            false
+        )
+        .await,
+        Err(RDKafkaErrorCode::InvalidTopic)
+    );
     // Refused and validate-only requests create nothing (not even by the metadata request).
     for absent in ["raw.wide", "raw.odd", "raw.dry"] {
         let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
@@ -273,29 +437,80 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
             .set("allow.auto.create.topics", "false")
             .create()
             .unwrap();
-        let metadata = consumer.fetch_metadata(Some(absent), Duration::from_secs(10)).unwrap();
-        assert!(metadata.topics()[0].error().is_some(), "{absent} must not exist");
+        let metadata = consumer
+            .fetch_metadata(Some(absent), Duration::from_secs(10))
+            .unwrap();
+        assert!(
+            metadata.topics()[0].error().is_some(),
+            "{absent} must not exist"
+        );
     }
 
-    let described = admin.describe_configs([&ResourceSpecifier::Topic("raw.admin")], &options(false)).await.unwrap().remove(0).unwrap();
-    let entry = |name: &str| described.get(name).unwrap_or_else(|| panic!("{name} described"));
-    assert_eq!((entry("cleanup.policy").value.as_deref(), &entry("cleanup.policy").source), (Some("compact"), &ConfigSource::DynamicTopic));
-    assert_eq!((entry("retention.ms").value.as_deref(), &entry("retention.ms").source), (Some("3600000"), &ConfigSource::DynamicTopic));
-    assert_eq!((entry("max.message.bytes").value.as_deref(), &entry("max.message.bytes").source), (Some("1048588"), &ConfigSource::Default));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic("raw.admin")], &options(false))
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let entry = |name: &str| {
+        described
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} described"))
+    };
+    assert_eq!(
+        (
+            entry("cleanup.policy").value.as_deref(),
+            &entry("cleanup.policy").source
+        ),
+        (Some("compact"), &ConfigSource::DynamicTopic)
+    );
+    assert_eq!(
+        (
+            entry("retention.ms").value.as_deref(),
+            &entry("retention.ms").source
+        ),
+        (Some("3600000"), &ConfigSource::DynamicTopic)
+    );
+    assert_eq!(
+        (
+            entry("max.message.bytes").value.as_deref(),
+            &entry("max.message.bytes").source
+        ),
+        (Some("1048588"), &ConfigSource::Default)
+    );
     assert!(entry("max.message.bytes").is_default);
     assert_eq!(
         cluster.topic_configs("raw.admin").await.unwrap(),
-        [("cleanup.policy".to_owned(), "compact".to_owned()), ("retention.ms".to_owned(), "3600000".to_owned())].into()
+        [
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            ("retention.ms".to_owned(), "3600000".to_owned())
+        ]
+        .into()
     );
-    assert!(cluster.topic_configs("raw.control").await.unwrap().is_empty(), "a topic made by the control API sets nothing");
-    assert!(cluster.topic_configs("raw.none").await.is_err(), "an unknown topic is an error");
+    assert!(
+        cluster
+            .topic_configs("raw.control")
+            .await
+            .unwrap()
+            .is_empty(),
+        "a topic made by the control API sets nothing"
+    );
+    assert!(
+        cluster.topic_configs("raw.none").await.is_err(),
+        "an unknown topic is an error"
+    );
 
     // Data in the old partitions, then grow the topic from 3 to 5 partitions.
     let send = |producer: &FutureProducer, partition: i32, value: String| {
         let producer = producer.clone();
         async move {
             producer
-                .send(FutureRecord::<(), _>::to("raw.admin").payload(&value).partition(partition), Duration::from_secs(30))
+                .send(
+                    FutureRecord::<(), _>::to("raw.admin")
+                        .payload(&value)
+                        .partition(partition),
+                    Duration::from_secs(30),
+                )
                 .await
                 .expect("delivered")
         }
@@ -304,12 +519,28 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
     for i in 0..30 {
         send(&before, i % 3, format!("before-{i}")).await;
     }
-    assert_eq!(grow(2, false).await, Err(RDKafkaErrorCode::InvalidPartitions), "shrinking is refused");
-    assert_eq!(grow(3, false).await, Err(RDKafkaErrorCode::InvalidPartitions), "the same count is refused");
+    assert_eq!(
+        grow(2, false).await,
+        Err(RDKafkaErrorCode::InvalidPartitions),
+        "shrinking is refused"
+    );
+    assert_eq!(
+        grow(3, false).await,
+        Err(RDKafkaErrorCode::InvalidPartitions),
+        "the same count is refused"
+    );
     assert_eq!(grow(7, true).await, Ok("raw.admin".to_owned()));
-    assert_eq!(partitions("raw.admin").len(), 3, "validate_only adds nothing");
+    assert_eq!(
+        partitions("raw.admin").len(),
+        3,
+        "validate_only adds nothing"
+    );
     assert_eq!(grow(5, false).await, Ok("raw.admin".to_owned()));
-    assert_eq!(partitions("raw.admin"), vec![2; 5], "new partitions keep the topic's replication");
+    assert_eq!(
+        partitions("raw.admin"),
+        vec![2; 5],
+        "new partitions keep the topic's replication"
+    );
     cluster.add_partitions("raw.admin", 6).await.unwrap();
     assert_eq!(partitions("raw.admin").len(), 6);
 
@@ -319,15 +550,28 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
     for i in 0..60 {
         send(&after, i % 6, format!("after-{i}")).await;
     }
-    let records = read_topic(cluster.bootstrap(), "raw.admin", Duration::from_secs(60)).await.unwrap();
+    let records = read_topic(cluster.bootstrap(), "raw.admin", Duration::from_secs(60))
+        .await
+        .unwrap();
     let mut by_partition: Vec<Vec<String>> = vec![Vec::new(); 6];
     for record in &records {
-        by_partition[record.partition() as usize].push(String::from_utf8(record.payload().unwrap().to_vec()).unwrap());
+        by_partition[record.partition() as usize]
+            .push(String::from_utf8(record.payload().unwrap().to_vec()).unwrap());
     }
     for (partition, values) in by_partition.iter().enumerate() {
-        let mut expected: Vec<String> = (0..30).filter(|i| i % 3 == partition as i32).map(|i| format!("before-{i}")).collect();
-        expected.extend((0..60).filter(|i| i % 6 == partition as i32).map(|i| format!("after-{i}")));
-        assert_eq!(values, &expected, "partition {partition}: old records intact, new ones appended");
+        let mut expected: Vec<String> = (0..30)
+            .filter(|i| i % 3 == partition as i32)
+            .map(|i| format!("before-{i}"))
+            .collect();
+        expected.extend(
+            (0..60)
+                .filter(|i| i % 6 == partition as i32)
+                .map(|i| format!("after-{i}")),
+        );
+        assert_eq!(
+            values, &expected,
+            "partition {partition}: old records intact, new ones appended"
+        );
     }
 
     // A consumer group is assigned the new partitions too.
@@ -338,17 +582,32 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
             .await
             .unwrap_or_else(|_| panic!("only {} of 90 records consumed", seen.len()))
             .unwrap();
-        assert!(seen.insert((message.partition(), message.offset())), "consumed twice");
+        assert!(
+            seen.insert((message.partition(), message.offset())),
+            "consumed twice"
+        );
     }
-    assert_eq!(seen.iter().map(|(p, _)| *p).collect::<HashSet<_>>().len(), 6);
+    assert_eq!(
+        seen.iter().map(|(p, _)| *p).collect::<HashSet<_>>().len(),
+        6
+    );
 }
 
 /// Requests to the admin APIs take injected errors like any other request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_requests_take_injected_errors() {
     let cluster = DevCluster::start(1, &[]).await.unwrap();
-    cluster.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"]).await.unwrap();
-    let refused = cluster.create_topic_with_configs("raw.denied", 1, -1, &[]).await.unwrap_err();
+    cluster
+        .request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"])
+        .await
+        .unwrap();
+    let refused = cluster
+        .create_topic_with_configs("raw.denied", 1, -1, &[])
+        .await
+        .unwrap_err();
     assert!(format!("{refused:#}").contains("uthoriz"), "{refused:#}");
-    cluster.create_topic_with_configs("raw.denied", 1, -1, &[]).await.expect("the next request is served");
+    cluster
+        .create_topic_with_configs("raw.denied", 1, -1, &[])
+        .await
+        .expect("the next request is served");
 }

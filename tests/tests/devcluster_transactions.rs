@@ -26,13 +26,22 @@ fn transactional(bootstrap: &str, id: &str, timeout_ms: u32) -> FutureProducer {
 
 /// A consumer in group `group` that never subscribes: its group metadata and committed offsets.
 fn group_member(bootstrap: &str, group: &str) -> BaseConsumer {
-    ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer")
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer")
 }
 
 async fn send(producer: &FutureProducer, topic: &str, values: &[&str]) {
     for value in values {
         producer
-            .send(FutureRecord::<(), _>::to(topic).payload(*value).partition(0), Duration::from_secs(30))
+            .send(
+                FutureRecord::<(), _>::to(topic)
+                    .payload(*value)
+                    .partition(0),
+                Duration::from_secs(30),
+            )
             .await
             .expect("delivered");
     }
@@ -50,7 +59,10 @@ async fn values(bootstrap: &str, topic: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_transactions_stay_hidden_until_committed() {
     let cluster = DevCluster::start(1, &[("raw.open", 1)]).await.unwrap();
-    let plain: FutureProducer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+    let plain: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .unwrap();
     send(&plain, "raw.open", &["before"]).await;
     let producer = transactional(cluster.bootstrap(), "open", 60_000);
     producer.begin_transaction().unwrap();
@@ -59,7 +71,10 @@ async fn open_transactions_stay_hidden_until_committed() {
     send(&plain, "raw.open", &["after"]).await;
     assert_eq!(values(cluster.bootstrap(), "raw.open").await, ["before"]);
     producer.commit_transaction(T).unwrap();
-    assert_eq!(values(cluster.bootstrap(), "raw.open").await, ["before", "in-flight-1", "in-flight-2", "after"]);
+    assert_eq!(
+        values(cluster.bootstrap(), "raw.open").await,
+        ["before", "in-flight-1", "in-flight-2", "after"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,37 +89,58 @@ async fn a_new_producer_fences_the_old_one_and_aborts_its_transaction() {
     send(&successor, "raw.fence", &["successor"]).await;
     successor.commit_transaction(T).unwrap();
 
-    let err = zombie.commit_transaction(T).expect_err("the fenced producer cannot commit");
+    let err = zombie
+        .commit_transaction(T)
+        .expect_err("the fenced producer cannot commit");
     assert!(matches!(err, KafkaError::Transaction(_)), "{err:?}");
-    assert_eq!(values(cluster.bootstrap(), "raw.fence").await, ["successor"]);
+    assert_eq!(
+        values(cluster.bootstrap(), "raw.fence").await,
+        ["successor"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_offsets_apply_only_on_commit() {
-    let cluster = DevCluster::start(1, &[("raw.offsets", 1), ("clean.offsets", 1)]).await.unwrap();
+    let cluster = DevCluster::start(1, &[("raw.offsets", 1), ("clean.offsets", 1)])
+        .await
+        .unwrap();
     let group = group_member(cluster.bootstrap(), "validator");
     let metadata = group.group_metadata().expect("group metadata");
     let producer = transactional(cluster.bootstrap(), "offsets", 60_000);
     let offsets = |offset: i64| {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("raw.offsets", 0, Offset::Offset(offset)).unwrap();
+        tpl.add_partition_offset("raw.offsets", 0, Offset::Offset(offset))
+            .unwrap();
         tpl
     };
     let committed = || {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("raw.offsets", 0);
-        group.committed_offsets(tpl, T).unwrap().find_partition("raw.offsets", 0).unwrap().offset()
+        group
+            .committed_offsets(tpl, T)
+            .unwrap()
+            .find_partition("raw.offsets", 0)
+            .unwrap()
+            .offset()
     };
 
     producer.begin_transaction().unwrap();
     send(&producer, "clean.offsets", &["a"]).await;
-    producer.send_offsets_to_transaction(&offsets(10), &metadata, T).unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets(10), &metadata, T)
+        .unwrap();
     producer.abort_transaction(T).unwrap();
-    assert_eq!(committed(), Offset::Invalid, "aborted offsets are not committed");
+    assert_eq!(
+        committed(),
+        Offset::Invalid,
+        "aborted offsets are not committed"
+    );
 
     producer.begin_transaction().unwrap();
     send(&producer, "clean.offsets", &["b"]).await;
-    producer.send_offsets_to_transaction(&offsets(20), &metadata, T).unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets(20), &metadata, T)
+        .unwrap();
     producer.commit_transaction(T).unwrap();
     assert_eq!(committed(), Offset::Offset(20));
     assert_eq!(values(cluster.bootstrap(), "clean.offsets").await, ["b"]);
@@ -116,10 +152,16 @@ async fn abandoned_transactions_are_aborted_after_their_timeout() {
     let abandoned = transactional(cluster.bootstrap(), "abandoned", 2_000);
     abandoned.begin_transaction().unwrap();
     send(&abandoned, "raw.timeout", &["lost-1"]).await;
-    let plain: FutureProducer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).create().unwrap();
+    let plain: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .unwrap();
     send(&plain, "raw.timeout", &["later"]).await;
     // Until the cluster aborts the transaction, it holds the stable end of the partition back.
-    assert_eq!(values(cluster.bootstrap(), "raw.timeout").await, Vec::<String>::new());
+    assert_eq!(
+        values(cluster.bootstrap(), "raw.timeout").await,
+        Vec::<String>::new()
+    );
     let bootstrap = cluster.bootstrap().to_owned();
     wait_until(Duration::from_secs(30), || {
         let bootstrap = bootstrap.clone();
@@ -127,7 +169,10 @@ async fn abandoned_transactions_are_aborted_after_their_timeout() {
     })
     .await
     .expect("the abandoned transaction is aborted after its 2 s timeout");
-    assert!(abandoned.commit_transaction(T).is_err(), "the timed-out producer is fenced");
+    assert!(
+        abandoned.commit_transaction(T).is_err(),
+        "the timed-out producer is fenced"
+    );
 }
 
 /// The client half of the vendored patch: upstream librdkafka drops a group-coordinator lookup
@@ -137,32 +182,47 @@ async fn abandoned_transactions_are_aborted_after_their_timeout() {
 /// request fails at its timeout at the latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_offsets_outlives_a_failing_coordinator_lookup() {
-    let cluster = DevCluster::start(1, &[("raw.lookup", 1), ("clean.lookup", 1)]).await.unwrap();
+    let cluster = DevCluster::start(1, &[("raw.lookup", 1), ("clean.lookup", 1)])
+        .await
+        .unwrap();
     let group = group_member(cluster.bootstrap(), "lookup");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("raw.lookup", 0);
     // The consumer finds its coordinator now, so the injected errors below reach the producer.
-    group.committed_offsets(tpl, T).expect("group coordinator found");
+    group
+        .committed_offsets(tpl, T)
+        .expect("group coordinator found");
     let metadata = group.group_metadata().expect("group metadata");
     let producer = transactional(cluster.bootstrap(), "lookup", 60_000);
     producer.begin_transaction().unwrap();
     send(&producer, "clean.lookup", &["x"]).await;
     // Exactly one more failure than FindCoordinator's two retries: a fourth would disturb the
     // transaction coordinator too, whose state change re-runs the lookup even unpatched.
-    cluster.request_errors("FindCoordinator", &["COORDINATOR_NOT_AVAILABLE"; 3]).await.unwrap();
+    cluster
+        .request_errors("FindCoordinator", &["COORDINATOR_NOT_AVAILABLE"; 3])
+        .await
+        .unwrap();
 
     let (done, result) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut offsets = TopicPartitionList::new();
-        offsets.add_partition_offset("raw.lookup", 0, Offset::Offset(7)).unwrap();
-        let sent = producer.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(20));
+        offsets
+            .add_partition_offset("raw.lookup", 0, Offset::Offset(7))
+            .unwrap();
+        let sent =
+            producer.send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(20));
         let _ = done.send(sent.and_then(|()| producer.commit_transaction(T)));
     });
     // A hung call never answers; the thread is left behind and ends with the test process.
-    let outcome = result.recv_timeout(Duration::from_secs(60)).expect("send_offsets_to_transaction returned");
+    let outcome = result
+        .recv_timeout(Duration::from_secs(60))
+        .expect("send_offsets_to_transaction returned");
     outcome.expect("offsets sent and committed once the lookup succeeds");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("raw.lookup", 0);
     let committed = group.committed_offsets(tpl, T).unwrap();
-    assert_eq!(committed.find_partition("raw.lookup", 0).unwrap().offset(), Offset::Offset(7));
+    assert_eq!(
+        committed.find_partition("raw.lookup", 0).unwrap().offset(),
+        Offset::Offset(7)
+    );
 }

@@ -16,7 +16,10 @@ const KILLS: usize = 5;
 
 /// Records to mirror: 200,000 unless `LOGPIPE_MIRROR_CRASH_RECORDS` says otherwise.
 fn count() -> u64 {
-    std::env::var("LOGPIPE_MIRROR_CRASH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+    std::env::var("LOGPIPE_MIRROR_CRASH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,21 +31,40 @@ async fn kill_9_five_times_while_records_flow_loses_and_duplicates_nothing() -> 
     let dir = tempfile::tempdir()?;
     let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
     // About 4,000 records/s (50 s at the default size): records flow through every kill.
-    let load = background_load(write.bootstrap(), TOPIC, PARTITIONS, count, 1_000, Duration::from_millis(250));
+    let load = background_load(
+        write.bootstrap(),
+        TOPIC,
+        PARTITIONS,
+        count,
+        1_000,
+        Duration::from_millis(250),
+    );
     for kill in 0..KILLS {
         let mut mirror = start_mirror(&config, addr).await?;
         // Kill only once this incarnation copies records, at a different point each time.
-        wait_until(Duration::from_secs(60), || async { metric(addr, "logpipe_mirror_records_total", &[]).await.unwrap_or(0.0) > 0.0 })
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}; source has {:?} records", record_count(write.bootstrap(), TOPIC, PARTITIONS)))
-            .logs_of(&mirror)?;
+        wait_until(Duration::from_secs(60), || async {
+            metric(addr, "logpipe_mirror_records_total", &[])
+                .await
+                .unwrap_or(0.0)
+                > 0.0
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; source has {:?} records",
+                record_count(write.bootstrap(), TOPIC, PARTITIONS)
+            )
+        })
+        .logs_of(&mirror)?;
         tokio::time::sleep(Duration::from_millis(150 + 250 * kill as u64)).await;
         mirror.ensure_running()?;
         mirror.kill9()?;
     }
     let mut mirror = start_mirror(&config, addr).await?;
     load.await??;
-    wait_committed(addr, TOPIC, count, Duration::from_secs(120)).await.logs_of(&mirror)?;
+    wait_committed(addr, TOPIC, count, Duration::from_secs(120))
+        .await
+        .logs_of(&mirror)?;
     mirror.ensure_running()?;
     assert_mirrored(&write, &read, TOPIC, count).await?;
     Ok(())

@@ -21,16 +21,41 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
     let (config_b, addr_b) = mirror_config(dir.path(), "b.toml", &write, &read, "")?;
     let mut a = start_mirror(&config_a, addr_a).await?;
     let mut b = start_mirror(&config_b, addr_b).await?;
-    let owned = |addr| async move { metric(addr, "logpipe_mirror_shards_owned", &[]).await.unwrap_or(0.0) };
-    wait_until(Duration::from_secs(60), || async { owned(addr_a).await >= 1.0 && owned(addr_b).await >= 1.0 && owned(addr_a).await + owned(addr_b).await == SHARDS as f64 })
-        .await?;
+    let owned = |addr| async move {
+        metric(addr, "logpipe_mirror_shards_owned", &[])
+            .await
+            .unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(60), || async {
+        owned(addr_a).await >= 1.0
+            && owned(addr_b).await >= 1.0
+            && owned(addr_a).await + owned(addr_b).await == SHARDS as f64
+    })
+    .await?;
 
-    let load = background_load(write.bootstrap(), TOPIC, PARTITIONS, COUNT, 1_000, Duration::from_millis(200));
+    let load = background_load(
+        write.bootstrap(),
+        TOPIC,
+        PARTITIONS,
+        COUNT,
+        1_000,
+        Duration::from_millis(200),
+    );
     // Both copy before one dies.
-    let copied = |addr| async move { metric(addr, "logpipe_mirror_records_total", &[]).await.unwrap_or(0.0) };
-    wait_until(Duration::from_secs(60), || async { copied(addr_a).await > 0.0 && copied(addr_b).await > 0.0 }).await?;
+    let copied = |addr| async move {
+        metric(addr, "logpipe_mirror_records_total", &[])
+            .await
+            .unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(60), || async {
+        copied(addr_a).await > 0.0 && copied(addr_b).await > 0.0
+    })
+    .await?;
     a.kill9()?;
-    wait_until(Duration::from_secs(30), || async { owned(addr_b).await == SHARDS as f64 }).await?;
+    wait_until(Duration::from_secs(30), || async {
+        owned(addr_b).await == SHARDS as f64
+    })
+    .await?;
     load.await??;
     wait_committed(addr_b, TOPIC, COUNT, Duration::from_secs(120)).await?;
     b.ensure_running()?;

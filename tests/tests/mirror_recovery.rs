@@ -47,8 +47,13 @@ async fn leftovers_of_a_crashed_owner_are_verified_not_copied_again() -> anyhow:
     leave_on_target(read.bootstrap(), &all[100..130])?;
 
     let mirror = start_mirror(&config, addr).await?;
-    wait_committed(addr, TOPIC, 150, Duration::from_secs(30)).await.logs_of(&mirror)?;
-    assert_eq!(metric(addr, "logpipe_mirror_verified_records_total", &[]).await, Some(30.0));
+    wait_committed(addr, TOPIC, 150, Duration::from_secs(30))
+        .await
+        .logs_of(&mirror)?;
+    assert_eq!(
+        metric(addr, "logpipe_mirror_verified_records_total", &[]).await,
+        Some(30.0)
+    );
     assert_mirrored(&write, &read, TOPIC, 150).await?;
     Ok(())
 }
@@ -61,16 +66,37 @@ async fn a_foreign_record_on_the_target_stops_the_shard() -> anyhow::Result<()> 
     produce_ids(&producer(write.bootstrap())?, TOPIC, 1, 0..10)?;
     // Someone else wrote to the target partition first.
     let foreign = producer(read.bootstrap())?;
-    foreign.send(BaseRecord::<str, str>::to(TOPIC).partition(0).payload("not a copy")).map_err(|(e, _)| e)?;
+    foreign
+        .send(
+            BaseRecord::<str, str>::to(TOPIC)
+                .partition(0)
+                .payload("not a copy"),
+        )
+        .map_err(|(e, _)| e)?;
     foreign.flush(Duration::from_secs(30))?;
 
     let mut mirror: Process = start_mirror(&config, addr).await?;
-    wait_until(Duration::from_secs(30), || async { metric(addr, "logpipe_mirror_shard_errors_total", &[]).await.unwrap_or(0.0) >= 1.0 })
-        .await
-        .logs_of(&mirror)?;
+    wait_until(Duration::from_secs(30), || async {
+        metric(addr, "logpipe_mirror_shard_errors_total", &[])
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await
+    .logs_of(&mirror)?;
     mirror.ensure_running()?;
-    assert!(mirror.stderr().contains("another producer writes to the target partition"), "{}", mirror.stderr());
+    assert!(
+        mirror
+            .stderr()
+            .contains("another producer writes to the target partition"),
+        "{}",
+        mirror.stderr()
+    );
     let target = read.read_topic(TOPIC, Duration::from_secs(30)).await?;
-    assert_eq!(target.len(), 1, "the mirror added nothing after the foreign record");
+    assert_eq!(
+        target.len(),
+        1,
+        "the mirror added nothing after the foreign record"
+    );
     Ok(())
 }

@@ -30,39 +30,72 @@ async fn data_loss_is_detected_and_the_policy_followed() -> anyhow::Result<()> {
     assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
 
     // Phase 2, mirror stopped: 12 records of 600 KB push the first batches out of the source.
-    let big: Vec<u8> = (0..600 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..600 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     for i in 0..12 {
         let key = format!("big-{i}");
-        producer.send(BaseRecord::to(TOPIC).partition(0).key(&key).payload(&big)).map_err(|(e, _)| e)?;
+        producer
+            .send(BaseRecord::to(TOPIC).partition(0).key(&key).payload(&big))
+            .map_err(|(e, _)| e)?;
         producer.flush(Duration::from_secs(30))?;
     }
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", write.bootstrap()).create()?;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", write.bootstrap())
+        .create()?;
     let (log_start, end) = consumer.fetch_watermarks(TOPIC, 0, Duration::from_secs(10))?;
-    assert!(log_start > 100, "retention deleted the records after position 100 (log start {log_start})");
+    assert!(
+        log_start > 100,
+        "retention deleted the records after position 100 (log start {log_start})"
+    );
     assert_eq!(end, 112);
 
     // Policy stop: alarm, error log, and nothing more copied for the partition.
     let mut mirror = start_mirror(&stop_config, addr).await?;
     let filter = format!("topic=\"{TOPIC}\"");
-    wait_until(Duration::from_secs(30), || async { metric(addr, "logpipe_mirror_data_loss_records", &[&filter]).await == Some((log_start - 100) as f64) })
-        .await?;
+    wait_until(Duration::from_secs(30), || async {
+        metric(addr, "logpipe_mirror_data_loss_records", &[&filter]).await
+            == Some((log_start - 100) as f64)
+    })
+    .await?;
     // A few commit intervals pass: still only the 100 records on the target.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(read.read_topic(TOPIC, Duration::from_secs(30)).await?.len(), 100);
+    assert_eq!(
+        read.read_topic(TOPIC, Duration::from_secs(30)).await?.len(),
+        100
+    );
     assert!(mirror.stderr().contains("DATA LOSS"), "{}", mirror.stderr());
     assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
 
     // Policy resume-from-earliest: continues from the log start, the alarm stays visible.
-    let (resume_config, addr) = mirror_config(dir.path(), "resume.toml", &write, &read, "on_data_loss = \"resume-from-earliest\"")?;
+    let (resume_config, addr) = mirror_config(
+        dir.path(),
+        "resume.toml",
+        &write,
+        &read,
+        "on_data_loss = \"resume-from-earliest\"",
+    )?;
     let mirror = start_mirror(&resume_config, addr).await?;
     wait_committed(addr, TOPIC, 112, Duration::from_secs(30)).await?;
-    assert_eq!(metric(addr, "logpipe_mirror_data_loss_events_total", &[&filter]).await, Some(1.0));
+    assert_eq!(
+        metric(addr, "logpipe_mirror_data_loss_events_total", &[&filter]).await,
+        Some(1.0)
+    );
     let target = read.read_topic(TOPIC, Duration::from_secs(30)).await?;
     let retained = write.read_topic(TOPIC, Duration::from_secs(30)).await?;
     assert_eq!(target.len(), 100 + retained.len());
-    let copied: Vec<_> = target[100..].iter().map(|m| (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec))).collect();
-    let expected: Vec<_> = retained.iter().map(|m| (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec))).collect();
-    assert!(copied == expected, "the target continues with exactly the retained source records");
+    let copied: Vec<_> = target[100..]
+        .iter()
+        .map(|m| (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)))
+        .collect();
+    let expected: Vec<_> = retained
+        .iter()
+        .map(|m| (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)))
+        .collect();
+    assert!(
+        copied == expected,
+        "the target continues with exactly the retained source records"
+    );
     drop(mirror);
     Ok(())
 }

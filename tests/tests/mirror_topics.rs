@@ -17,12 +17,22 @@ use rdkafka::ClientConfig;
 
 /// The replica count of each partition of a topic, as metadata reports it.
 fn replicas(cluster: &DevCluster, topic: &str) -> anyhow::Result<Vec<usize>> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", cluster.bootstrap()).set("allow.auto.create.topics", "false").create()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("allow.auto.create.topics", "false")
+        .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let topic = &metadata.topics()[0];
-    anyhow::ensure!(topic.error().is_none(), "topic {} does not exist", topic.name());
-    Ok(topic.partitions().iter().map(|p| p.replicas().len()).collect())
+    anyhow::ensure!(
+        topic.error().is_none(),
+        "topic {} does not exist",
+        topic.name()
+    );
+    Ok(topic
+        .partitions()
+        .iter()
+        .map(|p| p.replicas().len())
+        .collect())
 }
 
 /// The time left of a 10 s budget started at `since`.
@@ -31,7 +41,8 @@ fn left_of_ten_seconds(since: Instant) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() -> anyhow::Result<()> {
+async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() -> anyhow::Result<()>
+{
     let (write, read) = clusters(&[("raw.first", 2)], 2).await?;
     let dir = tempfile::tempdir()?;
     let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
@@ -46,12 +57,20 @@ async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() 
         ("segment.bytes", "10485760"),
         ("message.timestamp.type", "CreateTime"),
     ];
-    write.create_topic_with_configs("raw.late", 3, 2, &configs).await?;
+    write
+        .create_topic_with_configs("raw.late", 3, 2, &configs)
+        .await?;
     let created = Instant::now();
     produce_ids(&producer(write.bootstrap())?, "raw.late", 3, 0..300)?;
-    wait_committed(addr, "raw.late", 300, left_of_ten_seconds(created)).await.logs_of(&mirror)?;
+    wait_committed(addr, "raw.late", 300, left_of_ten_seconds(created))
+        .await
+        .logs_of(&mirror)?;
 
-    assert_eq!(replicas(&read, "raw.late")?, vec![2, 2, 2], "the source's partition count and replication");
+    assert_eq!(
+        replicas(&read, "raw.late")?,
+        vec![2, 2, 2],
+        "the source's partition count and replication"
+    );
     let expected: BTreeMap<String, String> = [
         ("cleanup.policy", "compact"),
         ("max.message.bytes", "2000000"),
@@ -61,42 +80,67 @@ async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() 
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    assert_eq!(read.topic_configs("raw.late").await?, expected, "segment.bytes and the timestamp type are not copied");
+    assert_eq!(
+        read.topic_configs("raw.late").await?,
+        expected,
+        "segment.bytes and the timestamp type are not copied"
+    );
     assert_mirrored(&write, &read, "raw.late", 300).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn added_partitions_are_mirrored_within_ten_seconds_at_the_same_numbers() -> anyhow::Result<()> {
+async fn added_partitions_are_mirrored_within_ten_seconds_at_the_same_numbers() -> anyhow::Result<()>
+{
     let (write, read) = clusters(&[("raw.grow", 2)], 2).await?;
     let dir = tempfile::tempdir()?;
     let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
     let mirror = start_mirror(&config, addr).await?;
     produce_ids(&producer(write.bootstrap())?, "raw.grow", 2, 0..100)?;
-    wait_committed(addr, "raw.grow", 100, Duration::from_secs(30)).await.logs_of(&mirror)?;
+    wait_committed(addr, "raw.grow", 100, Duration::from_secs(30))
+        .await
+        .logs_of(&mirror)?;
 
     write.add_partitions("raw.grow", 4).await?;
     let grown = Instant::now();
     // A new producer sees the 4 partitions at once; ids 100.. go round-robin over all four.
     produce_ids(&producer(write.bootstrap())?, "raw.grow", 4, 100..400)?;
-    wait_committed(addr, "raw.grow", 400, left_of_ten_seconds(grown)).await.logs_of(&mirror)?;
+    wait_committed(addr, "raw.grow", 400, left_of_ten_seconds(grown))
+        .await
+        .logs_of(&mirror)?;
 
-    assert_eq!(replicas(&read, "raw.grow")?.len(), 4, "the target topic grew too");
+    assert_eq!(
+        replicas(&read, "raw.grow")?.len(),
+        4,
+        "the target topic grew too"
+    );
     // Each target partition holds exactly its source partition's records, in order, once.
     assert_mirrored(&write, &read, "raw.grow", 400).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_target_that_refuses_topics_fails_the_start_naming_what_to_create() -> anyhow::Result<()> {
+async fn a_target_that_refuses_topics_fails_the_start_naming_what_to_create() -> anyhow::Result<()>
+{
     let write = DevCluster::start_as("write", 1, &[("raw.b", 2)]).await?;
-    write.create_topic_with_configs("raw.a", 4, 1, &[("cleanup.policy", "compact"), ("retention.ms", "1000")]).await?;
+    write
+        .create_topic_with_configs(
+            "raw.a",
+            4,
+            1,
+            &[("cleanup.policy", "compact"), ("retention.ms", "1000")],
+        )
+        .await?;
     let read = DevCluster::start_as("read", 1, &[("raw.b", 2)]).await?;
     // Like a cluster where the mirror lacks the ACL.
-    read.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"; 4]).await?;
+    read.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"; 4])
+        .await?;
     let dir = tempfile::tempdir()?;
     let (config, _) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
-    let mut mirror = Process::start("logpipe-mirror", &["run", "--config", config.to_str().unwrap()])?;
+    let mut mirror = Process::start(
+        "logpipe-mirror",
+        &["run", "--config", config.to_str().unwrap()],
+    )?;
     wait_until(Duration::from_secs(60), || {
         let exited = mirror.try_status().is_some();
         async move { exited }
@@ -106,9 +150,15 @@ async fn a_target_that_refuses_topics_fails_the_start_naming_what_to_create() ->
     let stderr = mirror.stderr();
     assert!(stderr.contains("topic raw.a with 4 partitions, replication factor 1 and cleanup.policy=compact, retention.ms=1000"), "{stderr}");
     assert!(stderr.contains(&format!("topic {STATE_TOPIC} with 8 partitions, replication factor 1 and cleanup.policy=compact")), "{stderr}");
-    assert!(!stderr.contains("topic raw.b"), "raw.b exists on the target: {stderr}");
+    assert!(
+        !stderr.contains("topic raw.b"),
+        "raw.b exists on the target: {stderr}"
+    );
     // Nothing was auto-created on the target by asking for it.
-    assert!(replicas(&read, "raw.a").is_err(), "raw.a must not exist on the target");
+    assert!(
+        replicas(&read, "raw.a").is_err(),
+        "raw.a must not exist on the target"
+    );
     Ok(())
 }
 
@@ -116,20 +166,38 @@ async fn a_target_that_refuses_topics_fails_the_start_naming_what_to_create() ->
 async fn without_create_topics_a_new_topic_waits_for_the_operator() -> anyhow::Result<()> {
     let (write, read) = clusters(&[("raw.first", 2)], 2).await?;
     let dir = tempfile::tempdir()?;
-    let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "create_topics = false")?;
+    let (config, addr) = mirror_config(
+        dir.path(),
+        "mirror.toml",
+        &write,
+        &read,
+        "create_topics = false",
+    )?;
     let mut mirror = start_mirror(&config, addr).await?;
 
     // The source gets a topic the target lacks: the mirror reports it missing and keeps running.
     write.create_topic("raw.late", 3).await?;
     produce_ids(&producer(write.bootstrap())?, "raw.late", 3, 0..300)?;
-    wait_until(Duration::from_secs(30), || async { metric(addr, "logpipe_mirror_target_topics_missing", &[]).await == Some(1.0) }).await?;
+    wait_until(Duration::from_secs(30), || async {
+        metric(addr, "logpipe_mirror_target_topics_missing", &[]).await == Some(1.0)
+    })
+    .await?;
     mirror.ensure_running()?;
-    assert!(replicas(&read, "raw.late").is_err(), "the mirror must not create it");
+    assert!(
+        replicas(&read, "raw.late").is_err(),
+        "the mirror must not create it"
+    );
 
     read.create_topic("raw.late", 3).await?;
     let created = Instant::now();
-    wait_committed(addr, "raw.late", 300, left_of_ten_seconds(created)).await.logs_of(&mirror)?;
+    wait_committed(addr, "raw.late", 300, left_of_ten_seconds(created))
+        .await
+        .logs_of(&mirror)?;
     assert_mirrored(&write, &read, "raw.late", 300).await?;
-    assert!(mirror.stderr().contains("topic raw.late with 3 partitions"), "the log names what to create:\n{}", mirror.stderr());
+    assert!(
+        mirror.stderr().contains("topic raw.late with 3 partitions"),
+        "the log names what to create:\n{}",
+        mirror.stderr()
+    );
     Ok(())
 }

@@ -79,25 +79,38 @@ async fn every_line_exactly_once_across_crashes_outages_and_rotations() {
     if let Err(e) = run(seed).await {
         panic!("pipeline fault suite failed (replay with LOGPIPE_FAULT_SEED={seed}): {e:#}");
     }
-    eprintln!("pipeline fault suite: LOGPIPE_FAULT_SEED={seed} passed in {:.0?}", started.elapsed());
+    eprintln!(
+        "pipeline fault suite: LOGPIPE_FAULT_SEED={seed} passed in {:.0?}",
+        started.elapsed()
+    );
 }
 
 /// Runs the suite in a fresh state directory, which is kept (with every service's log) when the
 /// run fails.
 async fn run(seed: u64) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("logpipe-pipeline-faults-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("logpipe-pipeline-faults-")
+        .tempdir()?;
     let result = faults(seed, dir.path()).await;
     result.map_err(|e| {
         let kept = dir.keep();
-        e.context(format!("state directory and service logs kept in {}", kept.display()))
+        e.context(format!(
+            "state directory and service logs kept in {}",
+            kept.display()
+        ))
     })
 }
 
 async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let options = PipelineOptions { state_dir: dir.to_owned(), ..PipelineOptions::default() };
+    let options = PipelineOptions {
+        state_dir: dir.to_owned(),
+        ..PipelineOptions::default()
+    };
     let brokers = options.brokers;
-    let mut pipeline = Pipeline::start(options).await.context("starting the pipeline")?;
+    let mut pipeline = Pipeline::start(options)
+        .await
+        .context("starting the pipeline")?;
 
     // Each service is killed at least once during each rotation style; the remaining faults
     // fall into either, in random order within each.
@@ -109,7 +122,11 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
             phases[rng.random_range(0..2)].push(Fault::Kill(c));
         }
     }
-    for fault in [Fault::BrokerOutage(Side::Write), Fault::BrokerOutage(Side::Read), Fault::Kill(Component::SchemaStore)] {
+    for fault in [
+        Fault::BrokerOutage(Side::Write),
+        Fault::BrokerOutage(Side::Read),
+        Fault::Kill(Component::SchemaStore),
+    ] {
         phases[rng.random_range(0..2)].push(fault);
     }
     for phase in &mut phases {
@@ -118,35 +135,64 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
     let total = phases[0].len() + phases[1].len();
     let mut reports = Vec::new();
     let mut n = 0;
-    for (phase, rotation) in phases.iter().zip([Rotation::Rename, Rotation::Copytruncate]) {
+    for (phase, rotation) in phases
+        .iter()
+        .zip([Rotation::Rename, Rotation::Copytruncate])
+    {
         let faults: Vec<String> = phase.iter().map(Fault::to_string).collect();
         eprintln!("{rotation:?} rotation: {}", faults.join(", "));
-        let run_id = format!("{}{seed}", if rotation == Rotation::Rename { "ren" } else { "ct" });
+        let run_id = format!(
+            "{}{seed}",
+            if rotation == Rotation::Rename {
+                "ren"
+            } else {
+                "ct"
+            }
+        );
         let generator = Generator::start(pipeline.log_dir(), run_id, rotation, rng.random());
         for fault in phase {
             n += 1;
             tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_500))).await;
             let at = Instant::now();
-            inject(&mut pipeline, *fault, &mut rng, brokers).await.with_context(|| format!("fault {n} of {total} ({fault})"))?;
+            inject(&mut pipeline, *fault, &mut rng, brokers)
+                .await
+                .with_context(|| format!("fault {n} of {total} ({fault})"))?;
             eprintln!("fault {n}/{total}: {fault}: done in {:.1?}", at.elapsed());
             for c in Component::ALL {
-                ensure!(pipeline.is_running(c), "{c} died after fault {n} ({fault})\n{}", pipeline.logs(c));
+                ensure!(
+                    pipeline.is_running(c),
+                    "{c} died after fault {n} ({fault})\n{}",
+                    pipeline.logs(c)
+                );
             }
         }
         reports.push(generator.finish().await?);
     }
     for report in &reports {
         eprintln!("{}", report.summary());
-        ensure!(report.rotations > 0 && !report.invalid_lines.is_empty(), "the generator rotated and wrote invalid lines: {}", report.summary());
+        ensure!(
+            report.rotations > 0 && !report.invalid_lines.is_empty(),
+            "the generator rotated and wrote invalid lines: {}",
+            report.summary()
+        );
     }
 
-    let (store, read) = (pipeline.schema_store_url(), pipeline.read_cluster().bootstrap().to_owned());
+    let (store, read) = (
+        pipeline.schema_store_url(),
+        pipeline.read_cluster().bootstrap().to_owned(),
+    );
     let (clean, dlq) = (pipeline.clean_topics(), pipeline.dlq_topics());
     let drain = Instant::now();
     let r = wait_drained(&read, &store, &clean, &dlq, &reports, DRAIN_TIMEOUT).await?;
     eprintln!("drained in {:.1?}: {r}", drain.elapsed());
     if !r.is_exact() {
-        let examples: Vec<String> = r.duplicated.iter().chain(&r.lost).take(6).cloned().collect();
+        let examples: Vec<String> = r
+            .duplicated
+            .iter()
+            .chain(&r.lost)
+            .take(6)
+            .cloned()
+            .collect();
         bail!(
             "{r}\n{}\ncopies in the write cluster:\n{}",
             pipeline_support::hops(&pipeline, &reports).await,
@@ -155,11 +201,19 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
     }
     // Late duplicates (a replay still in flight when the last id arrived) would show now.
     let again = logpipe_devkit::reconcile::reconcile(&read, &store, &clean, &dlq, &reports).await?;
-    ensure!(again.is_exact() && again == r, "changed after the drain: {again}");
+    ensure!(
+        again.is_exact() && again == r,
+        "changed after the drain: {again}"
+    );
     pipeline.stop(Duration::from_secs(30)).await
 }
 
-async fn inject(pipeline: &mut Pipeline, fault: Fault, rng: &mut StdRng, brokers: i32) -> anyhow::Result<()> {
+async fn inject(
+    pipeline: &mut Pipeline,
+    fault: Fault,
+    rng: &mut StdRng,
+    brokers: i32,
+) -> anyhow::Result<()> {
     match fault {
         Fault::Kill(c) => {
             let starts = pipeline.starts(c);
@@ -172,9 +226,11 @@ async fn inject(pipeline: &mut Pipeline, fault: Fault, rng: &mut StdRng, brokers
                 // rotation: a file created and rotated away again while the agent is down is
                 // never seen by it (nor by any tailer).
                 let log_dir = pipeline.log_dir();
-                wait_until(ROTATION_TIMEOUT, || async { rotated_files(&log_dir).is_ok_and(|n| n > rotated) })
-                    .await
-                    .context("no rotation while the agent was down")?;
+                wait_until(ROTATION_TIMEOUT, || async {
+                    rotated_files(&log_dir).is_ok_and(|n| n > rotated)
+                })
+                .await
+                .context("no rotation while the agent was down")?;
             } else {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_000))).await;
             }
@@ -193,7 +249,10 @@ async fn inject(pipeline: &mut Pipeline, fault: Fault, rng: &mut StdRng, brokers
             cluster.broker_down(broker).await?;
             let outage = Duration::from_millis(rng.random_range(1_000..4_000));
             tokio::time::sleep(outage).await;
-            cluster.broker_up(broker).await.with_context(|| format!("bringing broker {broker} back"))?;
+            cluster
+                .broker_up(broker)
+                .await
+                .with_context(|| format!("bringing broker {broker} back"))?;
             // Records flow through that cluster again after the outage.
             let (metrics, _) = progress_metrics(watched);
             let before = metric(pipeline, watched, metrics).await;
@@ -207,7 +266,13 @@ fn progress_metrics(c: Component) -> (&'static [&'static str], f64) {
     match c {
         Component::Agent => (&["logpipe_agent_lines_acked_total"], 1.0),
         Component::Mirror => (&["logpipe_mirror_records_total"], 1.0),
-        Component::Validator => (&["logpipe_validator_records_valid_total", "logpipe_validator_records_invalid_total"], 1.0),
+        Component::Validator => (
+            &[
+                "logpipe_validator_records_valid_total",
+                "logpipe_validator_records_invalid_total",
+            ],
+            1.0,
+        ),
         // The store must have its five schemas back from its log (its gauge), and serve.
         Component::SchemaStore => (&["logpipe_schema_store_schemas"], 5.0),
     }
@@ -231,9 +296,23 @@ async fn metric(pipeline: &Pipeline, c: Component, names: &[&str]) -> f64 {
     }
 }
 
-async fn wait_for(pipeline: &Pipeline, c: Component, names: &[&str], at_least: f64) -> anyhow::Result<()> {
-    if wait_until(PROGRESS_TIMEOUT, || async { metric(pipeline, c, names).await >= at_least }).await.is_err() {
-        bail!("{c}: {names:?} = {} < {at_least} within {PROGRESS_TIMEOUT:?}\n{}", metric(pipeline, c, names).await, pipeline.logs(c));
+async fn wait_for(
+    pipeline: &Pipeline,
+    c: Component,
+    names: &[&str],
+    at_least: f64,
+) -> anyhow::Result<()> {
+    if wait_until(PROGRESS_TIMEOUT, || async {
+        metric(pipeline, c, names).await >= at_least
+    })
+    .await
+    .is_err()
+    {
+        bail!(
+            "{c}: {names:?} = {} < {at_least} within {PROGRESS_TIMEOUT:?}\n{}",
+            metric(pipeline, c, names).await,
+            pipeline.logs(c)
+        );
     }
     Ok(())
 }

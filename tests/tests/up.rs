@@ -12,7 +12,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The value of `key=` in a `--no-tui` line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split(' ').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+    line.split(' ')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The periodic lines of the output.
@@ -34,11 +35,23 @@ struct Outcome {
 }
 
 fn outcome(stdout: &str) -> anyhow::Result<Outcome> {
-    let line = stdout.lines().find_map(|l| l.strip_prefix("reconciliation: ")).context("no reconciliation line")?;
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("reconciliation: "))
+        .context("no reconciliation line")?;
     let number_after = |label: &str| -> anyhow::Result<u64> {
-        let rest = &line[line.find(label).with_context(|| format!("no {label:?} in {line:?}"))? + label.len()..];
-        let digits: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().with_context(|| format!("no number after {label:?} in {line:?}"))
+        let rest = &line[line
+            .find(label)
+            .with_context(|| format!("no {label:?} in {line:?}"))?
+            + label.len()..];
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .with_context(|| format!("no number after {label:?} in {line:?}"))
     };
     Ok(Outcome {
         written: number_after("written")?,
@@ -53,9 +66,25 @@ fn outcome(stdout: &str) -> anyhow::Result<Outcome> {
 
 fn check_exact(stdout: &str) -> anyhow::Result<Outcome> {
     let outcome = outcome(stdout)?;
-    assert_eq!((outcome.lost, outcome.duplicated, outcome.misrouted, outcome.replayed), (0, 0, 0, 0), "{stdout}");
-    assert_eq!(outcome.clean + outcome.dead_letters, outcome.written, "{stdout}");
-    assert!(outcome.dead_letters > 0, "invalid lines were written, so some dead letters are expected: {stdout}");
+    assert_eq!(
+        (
+            outcome.lost,
+            outcome.duplicated,
+            outcome.misrouted,
+            outcome.replayed
+        ),
+        (0, 0, 0, 0),
+        "{stdout}"
+    );
+    assert_eq!(
+        outcome.clean + outcome.dead_letters,
+        outcome.written,
+        "{stdout}"
+    );
+    assert!(
+        outcome.dead_letters > 0,
+        "invalid lines were written, so some dead letters are expected: {stdout}"
+    );
     assert!(stdout.contains("\nexact: "), "{stdout}");
     Ok(outcome)
 }
@@ -64,7 +93,20 @@ fn check_exact(stdout: &str) -> anyhow::Result<Outcome> {
 async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()> {
     let mut up = Process::start(
         "logpipe-dev",
-        &["up", "--no-tui", "--duration", "20s", "--rate", "300", "--invalid", "0.1", "--rotate-bytes", "200000", "--interval", "1s"],
+        &[
+            "up",
+            "--no-tui",
+            "--duration",
+            "20s",
+            "--rate",
+            "300",
+            "--invalid",
+            "0.1",
+            "--rotate-bytes",
+            "200000",
+            "--interval",
+            "1s",
+        ],
     )?;
     let status = up.wait_exit(RUN_TIMEOUT).await?;
     let stdout = up.stdout();
@@ -75,7 +117,17 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
     let lines = periodic(&stdout);
     assert!(lines.len() >= 15, "one line per second expected:\n{stdout}");
     for line in &lines {
-        for key in ["generated", "write", "mirrored", "clean", "dlq", "agent_lag_bytes", "mirror_lag", "validator_lag", "health"] {
+        for key in [
+            "generated",
+            "write",
+            "mirrored",
+            "clean",
+            "dlq",
+            "agent_lag_bytes",
+            "mirror_lag",
+            "validator_lag",
+            "health",
+        ] {
             assert!(field(line, key).is_some(), "{key} missing in {line}");
         }
     }
@@ -88,11 +140,27 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
         "{running}"
     );
     let last = lines.last().expect("lines");
-    assert_eq!(field(last, "generated"), Some(exact.written.to_string().as_str()), "{last}");
-    assert_eq!(field(last, "clean"), Some(exact.clean.to_string().as_str()), "{last}");
-    assert_eq!(field(last, "dlq"), Some(exact.dead_letters.to_string().as_str()), "{last}");
+    assert_eq!(
+        field(last, "generated"),
+        Some(exact.written.to_string().as_str()),
+        "{last}"
+    );
+    assert_eq!(
+        field(last, "clean"),
+        Some(exact.clean.to_string().as_str()),
+        "{last}"
+    );
+    assert_eq!(
+        field(last, "dlq"),
+        Some(exact.dead_letters.to_string().as_str()),
+        "{last}"
+    );
     // Where things are is printed at start, for the tour to refer to.
-    for what in ["write cluster   bootstrap 127.0.0.1:", "control http://127.0.0.1:", "schema store    http://127.0.0.1:"] {
+    for what in [
+        "write cluster   bootstrap 127.0.0.1:",
+        "control http://127.0.0.1:",
+        "schema store    http://127.0.0.1:",
+    ] {
         assert!(stdout.contains(what), "{what:?} missing:\n{stdout}");
     }
     Ok(())
@@ -100,13 +168,28 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn sigint_mid_run_drains_and_reconciles_exactly() -> anyhow::Result<()> {
-    let mut up = Process::start("logpipe-dev", &["up", "--no-tui", "--rate", "300", "--invalid", "0.1", "--interval", "1s"])?;
+    let mut up = Process::start(
+        "logpipe-dev",
+        &[
+            "up",
+            "--no-tui",
+            "--rate",
+            "300",
+            "--invalid",
+            "0.1",
+            "--interval",
+            "1s",
+        ],
+    )?;
     // Interrupt once records come out of the validator.
     let deadline = Instant::now() + RUN_TIMEOUT;
     loop {
         up.ensure_running()?;
         let stdout = up.stdout();
-        if periodic(&stdout).iter().any(|l| field(l, "clean").is_some_and(|n| n != "0")) {
+        if periodic(&stdout)
+            .iter()
+            .any(|l| field(l, "clean").is_some_and(|n| n != "0"))
+        {
             break;
         }
         if Instant::now() >= deadline {
@@ -114,7 +197,9 @@ async fn sigint_mid_run_drains_and_reconciles_exactly() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let status = std::process::Command::new("kill").args(["-INT", &up.pid().to_string()]).status()?;
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &up.pid().to_string()])
+        .status()?;
     assert!(status.success());
     let status = up.wait_exit(RUN_TIMEOUT).await?;
     let stdout = up.stdout();
@@ -129,7 +214,18 @@ async fn sigint_mid_run_drains_and_reconciles_exactly() -> anyhow::Result<()> {
 fn the_reconciliation_line_is_read_back() {
     let out = "t=1s generated=5\nreconciliation: written 10 (2 invalid), clean 8, dead letters 2, replayed 3: lost 0, duplicated 1, misrouted 0\n";
     let parsed = outcome(out).unwrap();
-    assert_eq!(parsed, Outcome { written: 10, clean: 8, dead_letters: 2, replayed: 3, lost: 0, duplicated: 1, misrouted: 0 });
+    assert_eq!(
+        parsed,
+        Outcome {
+            written: 10,
+            clean: 8,
+            dead_letters: 2,
+            replayed: 3,
+            lost: 0,
+            duplicated: 1,
+            misrouted: 0
+        }
+    );
     assert_eq!(field("t=1s generated=5 lag=1/2", "lag"), Some("1/2"));
     assert_eq!(periodic(out), ["t=1s generated=5"]);
 }

@@ -18,23 +18,55 @@ use validator_support::*;
 
 /// Every generated id exactly once across clean + DLQ, and every invalid one in the DLQ with
 /// the stage and pointer the generator expects.
-async fn assert_exactly_once(stack: &Stack, report: &logpipe_devkit::loadgen::Report) -> anyhow::Result<()> {
+async fn assert_exactly_once(
+    stack: &Stack,
+    report: &logpipe_devkit::loadgen::Report,
+) -> anyhow::Result<()> {
     let clean = read_clean(stack, CLEAN).await?;
     let dlq = read_dlq(stack, DLQ).await?;
     let all = counts(clean.iter().chain(dlq.iter()));
     let written: HashSet<String> = report.event_ids().collect();
-    let missing = written.iter().filter(|id| !all.contains_key(id.as_str())).count();
+    let missing = written
+        .iter()
+        .filter(|id| !all.contains_key(id.as_str()))
+        .count();
     let duplicated = all.values().filter(|n| **n > 1).count();
     let unknown = all.keys().filter(|id| !written.contains(**id)).count();
-    assert_eq!((missing, duplicated, unknown), (0, 0, 0), "missing, duplicated and unknown ids");
-    assert_eq!(dlq.len() as u64, report.lines - report.valid, "dead letters are exactly the invalid lines");
-    let by_id: std::collections::HashMap<&str, &Seen> = dlq.iter().map(|s| (s.event_id.as_str(), s)).collect();
+    assert_eq!(
+        (missing, duplicated, unknown),
+        (0, 0, 0),
+        "missing, duplicated and unknown ids"
+    );
+    assert_eq!(
+        dlq.len() as u64,
+        report.lines - report.valid,
+        "dead letters are exactly the invalid lines"
+    );
+    let by_id: std::collections::HashMap<&str, &Seen> =
+        dlq.iter().map(|s| (s.event_id.as_str(), s)).collect();
     for invalid in &report.invalid_lines {
-        let seen = by_id.get(invalid.event_id.as_str()).unwrap_or_else(|| panic!("{} is not in the DLQ", invalid.event_id));
-        assert_eq!(seen.headers[error_header::STAGE], invalid.stage.as_str(), "{}", invalid.event_id);
-        assert_eq!(seen.headers.get(error_header::PATH), invalid.pointer.as_ref(), "{}", invalid.event_id);
+        let seen = by_id
+            .get(invalid.event_id.as_str())
+            .unwrap_or_else(|| panic!("{} is not in the DLQ", invalid.event_id));
+        assert_eq!(
+            seen.headers[error_header::STAGE],
+            invalid.stage.as_str(),
+            "{}",
+            invalid.event_id
+        );
+        assert_eq!(
+            seen.headers.get(error_header::PATH),
+            invalid.pointer.as_ref(),
+            "{}",
+            invalid.event_id
+        );
         assert_eq!(seen.headers[error_header::TOPIC], RAW);
-        assert!(seen.headers.contains_key(error_header::OFFSET) && seen.headers.contains_key(logpipe_core::record::header::OFFSET));
+        assert!(
+            seen.headers.contains_key(error_header::OFFSET)
+                && seen
+                    .headers
+                    .contains_key(logpipe_core::record::header::OFFSET)
+        );
     }
     Ok(())
 }
@@ -43,20 +75,35 @@ async fn assert_exactly_once(stack: &Stack, report: &logpipe_devkit::loadgen::Re
 async fn wait_for(stack: &Stack, n: usize, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let have = stack.cluster.read_topic(CLEAN, Duration::from_secs(60)).await?.len()
-            + stack.cluster.read_topic(DLQ, Duration::from_secs(60)).await?.len();
+        let have = stack
+            .cluster
+            .read_topic(CLEAN, Duration::from_secs(60))
+            .await?
+            .len()
+            + stack
+                .cluster
+                .read_topic(DLQ, Duration::from_secs(60))
+                .await?
+                .len();
         if have >= n {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{have} of {n} records in clean + DLQ within {timeout:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{have} of {n} records in clean + DLQ within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 /// Processed records (valid + invalid) according to a validator's own metrics.
 async fn processed(stack: &Stack, telemetry: std::net::SocketAddr) -> f64 {
-    stack.metric(telemetry, "logpipe_validator_records_valid_total").await
-        + stack.metric(telemetry, "logpipe_validator_records_invalid_total").await
+    stack
+        .metric(telemetry, "logpipe_validator_records_valid_total")
+        .await
+        + stack
+            .metric(telemetry, "logpipe_validator_records_invalid_total")
+            .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,27 +115,49 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
     let (config, telemetry) = stack.validator_config("a", "batch_records = 500", GAME_ROUTE)?;
 
     // Records arrive in three parts while the validator is killed three times.
-    let parts = [0..per_file / 3, per_file / 3..2 * per_file / 3, 2 * per_file / 3..per_file];
+    let parts = [
+        0..per_file / 3,
+        per_file / 3..2 * per_file / 3,
+        2 * per_file / 3..per_file,
+    ];
     for part in parts {
         produce(stack.cluster.bootstrap(), RAW, &files, part).await?;
         let mut validator = stack.validator(&config, telemetry).await?;
-        wait_until(Duration::from_secs(60), || async { processed(&stack, telemetry).await >= 1_000.0 }).await.unwrap();
+        wait_until(Duration::from_secs(60), || async {
+            processed(&stack, telemetry).await >= 1_000.0
+        })
+        .await
+        .unwrap();
         validator.kill9()?;
     }
     let mut validator = stack.validator(&config, telemetry).await?;
-    wait_for(&stack, report.lines as usize, Duration::from_secs(120)).await.unwrap();
+    wait_for(&stack, report.lines as usize, Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_exactly_once(&stack, &report).await?;
 
     // The agent replays the first 500 lines of every file (same lp.file / lp.offset): all are
     // dropped and counted, by a process that restored its state from the changelog.
     let replayed = produce(stack.cluster.bootstrap(), RAW, &files, 0..500).await?;
     wait_until(Duration::from_secs(60), || async {
-        stack.metric(telemetry, "logpipe_validator_replays_dropped_total").await >= replayed as f64
+        stack
+            .metric(telemetry, "logpipe_validator_replays_dropped_total")
+            .await
+            >= replayed as f64
     })
-    .await.unwrap();
-    assert_eq!(stack.metric(telemetry, "logpipe_validator_replays_dropped_total").await, replayed as f64);
+    .await
+    .unwrap();
+    assert_eq!(
+        stack
+            .metric(telemetry, "logpipe_validator_replays_dropped_total")
+            .await,
+        replayed as f64
+    );
     assert_exactly_once(&stack, &report).await?;
-    assert!(validator.terminate(Duration::from_secs(30)).await?.success());
+    assert!(validator
+        .terminate(Duration::from_secs(30))
+        .await?
+        .success());
     Ok(())
 }
 
@@ -107,10 +176,19 @@ async fn two_instances_share_the_work_and_survive_one_kill9() -> anyhow::Result<
     wait_until(Duration::from_secs(60), || async {
         processed(&stack, telemetry_a).await > 0.0 && processed(&stack, telemetry_b).await > 0.0
     })
-    .await.unwrap();
+    .await
+    .unwrap();
     a.kill9()?;
-    produce(stack.cluster.bootstrap(), RAW, &files, per_file / 2..per_file).await?;
-    wait_for(&stack, report.lines as usize, Duration::from_secs(120)).await.unwrap();
+    produce(
+        stack.cluster.bootstrap(),
+        RAW,
+        &files,
+        per_file / 2..per_file,
+    )
+    .await?;
+    wait_for(&stack, report.lines as usize, Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_exactly_once(&stack, &report).await?;
     assert!(b.terminate(Duration::from_secs(30)).await?.success());
     Ok(())
@@ -130,12 +208,19 @@ fn chat_lines(prefix: &str, n: usize, with_channel: bool) -> Lines {
             (i as u64 * 1000, line.into_bytes())
         })
         .collect();
-    let file = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), prefix);
-    Lines { host: "chat-host".into(), path: format!("/var/log/{prefix}.log"), file: logpipe_core::record::FileId(file), lines }
+    let file =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), prefix);
+    Lines {
+        host: "chat-host".into(),
+        path: format!("/var/log/{prefix}.log"),
+        file: logpipe_core::record::FileId(file),
+        lines,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() -> anyhow::Result<()> {
+async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() -> anyhow::Result<()>
+{
     let mut stack = Stack::start(&[("raw.chat", 1), ("clean.chat", 1), ("dlq.chat", 1)]).await?;
     stack.register_game_schemas().await?;
     let chat_v1 = stack.register("chat", "AVRO", CHAT_V1).await?;
@@ -146,45 +231,91 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     let (report, files) = generate(stack.dir.path(), "out", 4_000, 2)?;
     let per_file = files.iter().map(|f| f.lines.len()).max().unwrap();
     let first_half = produce(stack.cluster.bootstrap(), RAW, &files, 0..per_file / 2).await?;
-    wait_for(&stack, first_half, Duration::from_secs(60)).await.unwrap();
+    wait_for(&stack, first_half, Duration::from_secs(60))
+        .await
+        .unwrap();
 
     // The store goes away; game records keep flowing on cached schemas, the first chat record
     // (an uncached subject) makes the validator pause and report not ready.
     stack.stop_store().await?;
     let outage = Instant::now();
-    produce(stack.cluster.bootstrap(), RAW, &files, per_file / 2..per_file).await?;
+    produce(
+        stack.cluster.bootstrap(),
+        RAW,
+        &files,
+        per_file / 2..per_file,
+    )
+    .await?;
     let chat = chat_lines("chat", 100, false);
-    produce(stack.cluster.bootstrap(), "raw.chat", std::slice::from_ref(&chat), 0..100).await?;
+    produce(
+        stack.cluster.bootstrap(),
+        "raw.chat",
+        std::slice::from_ref(&chat),
+        0..100,
+    )
+    .await?;
     let http = reqwest::Client::new();
     wait_until(Duration::from_secs(20), || async {
-        stack.metric(telemetry, "logpipe_validator_store_pauses_total").await >= 1.0
-            && http.get(format!("http://{telemetry}/ready")).send().await.is_ok_and(|r| r.status() == 503)
+        stack
+            .metric(telemetry, "logpipe_validator_store_pauses_total")
+            .await
+            >= 1.0
+            && http
+                .get(format!("http://{telemetry}/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 503)
     })
     .await
     .unwrap();
     // Keep it down for 8 s in all.
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(outage.elapsed())).await;
     stack.start_store().await?;
-    validator.wait_ready(telemetry, Duration::from_secs(30)).await?;
-    wait_for(&stack, report.lines as usize, Duration::from_secs(60)).await.unwrap();
+    validator
+        .wait_ready(telemetry, Duration::from_secs(30))
+        .await?;
+    wait_for(&stack, report.lines as usize, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_exactly_once(&stack, &report).await?;
     // One validator saw every game record: its dead-letter counts by reason are the generator's
     // invalid kinds (the loadgen names its kinds as the validator's reason labels).
     for (kind, n) in &report.invalid_by_kind {
         let reason = serde_json::to_value(kind)?;
-        let labels = [("topic", RAW), ("stage", kind.stage().as_str()), ("reason", reason.as_str().unwrap())];
+        let labels = [
+            ("topic", RAW),
+            ("stage", kind.stage().as_str()),
+            ("reason", reason.as_str().unwrap()),
+        ];
         wait_until(Duration::from_secs(10), || async {
-            stack.metric_with(telemetry, "logpipe_validator_records_invalid_total", &labels).await == *n as f64
+            stack
+                .metric_with(
+                    telemetry,
+                    "logpipe_validator_records_invalid_total",
+                    &labels,
+                )
+                .await
+                == *n as f64
         })
         .await
         .unwrap_or_else(|_| panic!("{kind:?}: expected {n} dead letters counted under {labels:?}"));
     }
-    let dlq = stack.cluster.read_topic("dlq.chat", Duration::from_secs(30)).await?;
-    assert!(dlq.is_empty(), "the outage dead-lettered {} chat records", dlq.len());
+    let dlq = stack
+        .cluster
+        .read_topic("dlq.chat", Duration::from_secs(30))
+        .await?;
+    assert!(
+        dlq.is_empty(),
+        "the outage dead-lettered {} chat records",
+        dlq.len()
+    );
     wait_until(Duration::from_secs(30), || async {
-        read_clean(&stack, "clean.chat").await.is_ok_and(|c| c.len() == 100)
+        read_clean(&stack, "clean.chat")
+            .await
+            .is_ok_and(|c| c.len() == 100)
     })
-    .await.unwrap();
+    .await
+    .unwrap();
 
     // Evolution: v2 adds an optional field. Records using it are rejected under v1 (extra fields
     // are rejected on this route) and pass once the validator has picked up v2.
@@ -194,38 +325,76 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     let mut probes = 0;
     let mut first_v2 = None;
     while first_v2.is_none() {
-        assert!(registered.elapsed() < Duration::from_secs(10), "v2 not used within 10 s of registration");
+        assert!(
+            registered.elapsed() < Duration::from_secs(10),
+            "v2 not used within 10 s of registration"
+        );
         let probe = chat_lines(&format!("probe{probes}"), 1, true);
-        produce(stack.cluster.bootstrap(), "raw.chat", std::slice::from_ref(&probe), 0..1).await?;
+        produce(
+            stack.cluster.bootstrap(),
+            "raw.chat",
+            std::slice::from_ref(&probe),
+            0..1,
+        )
+        .await?;
         probes += 1;
         let clean = read_clean(&stack, "clean.chat").await?;
-        first_v2 = clean.iter().find(|s| s.decoded.as_ref().is_some_and(|(id, _)| *id == chat_v2)).map(|s| s.event_id.clone());
+        first_v2 = clean
+            .iter()
+            .find(|s| s.decoded.as_ref().is_some_and(|(id, _)| *id == chat_v2))
+            .map(|s| s.event_id.clone());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let picked_up = registered.elapsed();
     let with_channel = chat_lines("chat2", 200, true);
-    produce(stack.cluster.bootstrap(), "raw.chat", std::slice::from_ref(&with_channel), 0..200).await?;
+    produce(
+        stack.cluster.bootstrap(),
+        "raw.chat",
+        std::slice::from_ref(&with_channel),
+        0..200,
+    )
+    .await?;
     wait_until(Duration::from_secs(30), || async {
-        read_clean(&stack, "clean.chat").await.is_ok_and(|c| c.iter().filter(|s| s.event_id.starts_with("chat2-")).count() == 200)
+        read_clean(&stack, "clean.chat").await.is_ok_and(|c| {
+            c.iter()
+                .filter(|s| s.event_id.starts_with("chat2-"))
+                .count()
+                == 200
+        })
     })
-    .await.unwrap();
+    .await
+    .unwrap();
     let clean = read_clean(&stack, "clean.chat").await?;
     let dlq = read_dlq(&stack, "dlq.chat").await?;
     let all = counts(clean.iter().chain(dlq.iter()));
     assert!(all.values().all(|n| *n == 1), "a chat record twice");
     assert_eq!(all.len(), 100 + probes + 200);
-    assert!(dlq.iter().all(|s| s.event_id.starts_with("probe")), "only probes sent before the refresh may be rejected");
+    assert!(
+        dlq.iter().all(|s| s.event_id.starts_with("probe")),
+        "only probes sent before the refresh may be rejected"
+    );
     for s in clean.iter().filter(|s| s.event_id.starts_with("chat2-")) {
         let (id, value) = s.decoded.as_ref().unwrap();
         assert_eq!(*id, chat_v2);
-        let apache_avro::types::Value::Record(fields) = value else { panic!("not a record") };
+        let apache_avro::types::Value::Record(fields) = value else {
+            panic!("not a record")
+        };
         assert_eq!(
             fields[2],
-            ("channel".to_owned(), apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::String("guild".into()))))
+            (
+                "channel".to_owned(),
+                apache_avro::types::Value::Union(
+                    1,
+                    Box::new(apache_avro::types::Value::String("guild".into()))
+                )
+            )
         );
     }
     eprintln!("v2 used {picked_up:?} after registration ({probes} probes)");
-    assert!(validator.terminate(Duration::from_secs(30)).await?.success());
+    assert!(validator
+        .terminate(Duration::from_secs(30))
+        .await?
+        .success());
     Ok(())
 }
 
@@ -250,42 +419,93 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
         };
         lines.push((i * 100, line.into_bytes()));
     }
-    let file = Lines { host: "shop".into(), path: "/var/log/shop.log".into(), file: logpipe_core::record::FileId(7), lines };
-    produce(stack.cluster.bootstrap(), "raw.shop", std::slice::from_ref(&file), 0..320).await?;
+    let file = Lines {
+        host: "shop".into(),
+        path: "/var/log/shop.log".into(),
+        file: logpipe_core::record::FileId(7),
+        lines,
+    };
+    produce(
+        stack.cluster.bootstrap(),
+        "raw.shop",
+        std::slice::from_ref(&file),
+        0..320,
+    )
+    .await?;
     wait_until(Duration::from_secs(60), || async {
-        stack.cluster.read_topic("dlq.shop", Duration::from_secs(30)).await.is_ok_and(|d| d.len() == 220)
+        stack
+            .cluster
+            .read_topic("dlq.shop", Duration::from_secs(30))
+            .await
+            .is_ok_and(|d| d.len() == 220)
     })
-    .await.unwrap();
+    .await
+    .unwrap();
 
     // The fix: amounts may be strings. Then replay the DLQ.
     stack.compatibility("shop", "NONE").await?;
     stack.register("shop", "AVRO", SHOP_V2).await?;
     let replay = |config: &std::path::Path| {
-        Process::start("logpipe-validator", &["replay", "--config", config.to_str().unwrap(), "--topic", "dlq.shop"])
+        Process::start(
+            "logpipe-validator",
+            &[
+                "replay",
+                "--config",
+                config.to_str().unwrap(),
+                "--topic",
+                "dlq.shop",
+            ],
+        )
     };
     let mut first = replay(&config)?;
     let status = wait_exit(&mut first, Duration::from_secs(120)).await?;
     assert!(status.success(), "{}", first.logs());
-    assert!(first.stdout().contains("200 clean, 20 failed again"), "{}", first.stdout());
+    assert!(
+        first.stdout().contains("200 clean, 20 failed again"),
+        "{}",
+        first.stdout()
+    );
 
     let clean = read_clean(&stack, "clean.shop").await?;
     let dlq = read_dlq(&stack, "dlq.shop").await?;
     let clean_counts = counts(&clean);
     assert_eq!(clean_counts.len(), 300);
-    assert!(clean_counts.values().all(|n| *n == 1), "a fixed record landed twice");
+    assert!(
+        clean_counts.values().all(|n| *n == 1),
+        "a fixed record landed twice"
+    );
     // The cut lines are in the DLQ twice: the first verdict and the replay's.
     assert_eq!(dlq.len(), 240);
     let dlq_counts = counts(&dlq);
-    let replayed_again: Vec<&Seen> = dlq.iter().filter(|s| dlq_counts[s.event_id.as_str()] == 2).collect();
+    let replayed_again: Vec<&Seen> = dlq
+        .iter()
+        .filter(|s| dlq_counts[s.event_id.as_str()] == 2)
+        .collect();
     assert_eq!(replayed_again.len(), 40);
-    assert!(replayed_again.iter().all(|s| s.headers[error_header::STAGE] == "parse" && s.headers[error_header::TOPIC] == "raw.shop"));
+    assert!(replayed_again
+        .iter()
+        .all(|s| s.headers[error_header::STAGE] == "parse"
+            && s.headers[error_header::TOPIC] == "raw.shop"));
 
     // A second replay starts where the first committed: only the 20 new dead letters.
     let mut second = replay(&config)?;
-    assert!(wait_exit(&mut second, Duration::from_secs(120)).await?.success(), "{}", second.logs());
-    assert!(second.stdout().contains("0 clean, 20 failed again"), "{}", second.stdout());
+    assert!(
+        wait_exit(&mut second, Duration::from_secs(120))
+            .await?
+            .success(),
+        "{}",
+        second.logs()
+    );
+    assert!(
+        second.stdout().contains("0 clean, 20 failed again"),
+        "{}",
+        second.stdout()
+    );
     assert_eq!(counts(&read_clean(&stack, "clean.shop").await?).len(), 300);
-    assert!(validator.terminate(Duration::from_secs(30)).await?.success());
+    assert!(validator
+        .terminate(Duration::from_secs(30))
+        .await?
+        .success());
     Ok(())
 }
 
@@ -295,7 +515,12 @@ async fn wait_exit(p: &mut Process, timeout: Duration) -> anyhow::Result<std::pr
         if let Some(status) = p.try_status() {
             return Ok(status);
         }
-        anyhow::ensure!(Instant::now() < deadline, "{} did not finish within {timeout:?}\n{}", p.name(), p.logs());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} did not finish within {timeout:?}\n{}",
+            p.name(),
+            p.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

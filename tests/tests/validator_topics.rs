@@ -21,11 +21,23 @@ const LOOT: &str = r#"{"type":"record","name":"Loot","fields":[{"name":"event_id
 fn loot(prefix: &str, count: u64) -> Lines {
     let lines = (0..count)
         .map(|i| {
-            let n = if i % 5 == 0 { format!("\"{i}\"") } else { i.to_string() };
-            (i * 100, format!(r#"{{"event_id":"{prefix}-{i}","n":{n}}}"#).into_bytes())
+            let n = if i % 5 == 0 {
+                format!("\"{i}\"")
+            } else {
+                i.to_string()
+            };
+            (
+                i * 100,
+                format!(r#"{{"event_id":"{prefix}-{i}","n":{n}}}"#).into_bytes(),
+            )
         })
         .collect();
-    Lines { host: prefix.into(), path: format!("/var/log/{prefix}.log"), file: FileId(3), lines }
+    Lines {
+        host: prefix.into(),
+        path: format!("/var/log/{prefix}.log"),
+        file: FileId(3),
+        lines,
+    }
 }
 
 fn route(stream: &str) -> String {
@@ -36,20 +48,31 @@ fn route(stream: &str) -> String {
 async fn all_there(stack: &Stack, stream: &str, lines: &Lines) {
     let n = lines.lines.len();
     wait_until(Duration::from_secs(60), || async {
-        let clean = read_clean(stack, &format!("clean.{stream}")).await.unwrap_or_default();
-        let dlq = read_dlq(stack, &format!("dlq.{stream}")).await.unwrap_or_default();
+        let clean = read_clean(stack, &format!("clean.{stream}"))
+            .await
+            .unwrap_or_default();
+        let dlq = read_dlq(stack, &format!("dlq.{stream}"))
+            .await
+            .unwrap_or_default();
         let seen = counts(clean.iter().chain(dlq.iter()));
         seen.len() == n && seen.values().all(|c| *c == 1) && dlq.len() == n / 5
     })
     .await
-    .unwrap_or_else(|_| panic!("clean.{stream} + dlq.{stream} do not hold the {n} records exactly once"));
+    .unwrap_or_else(|_| {
+        panic!("clean.{stream} + dlq.{stream} do not hold the {n} records exactly once")
+    });
 }
 
 /// How many partitions `topic` has.
 fn partitions(stack: &Stack, topic: &str) -> anyhow::Result<usize> {
-    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", stack.cluster.bootstrap()).create()?;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack.cluster.bootstrap())
+        .create()?;
     let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
+    Ok(metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()))
 }
 
 /// Runs a validator `name` (replay-state topic `_lp.validator.<name>.replay-state`) on
@@ -60,9 +83,18 @@ async fn validate_all(stack: &Stack, name: &str, stream: &str) -> anyhow::Result
     let (config, telemetry) = stack.validator_config(name, &settings, &route(stream))?;
     let mut validator = stack.validator(&config, telemetry).await?;
     let lines = loot(name, 200);
-    produce(stack.cluster.bootstrap(), &format!("raw.{stream}"), std::slice::from_ref(&lines), 0..200).await?;
+    produce(
+        stack.cluster.bootstrap(),
+        &format!("raw.{stream}"),
+        std::slice::from_ref(&lines),
+        0..200,
+    )
+    .await?;
     all_there(stack, stream, &lines).await;
-    assert!(validator.terminate(Duration::from_secs(30)).await?.success());
+    assert!(validator
+        .terminate(Duration::from_secs(30))
+        .await?
+        .success());
     Ok(validator.stderr())
 }
 
@@ -74,23 +106,54 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
 
     // create_topics = false: clean.loot and dlq.loot are missing, so raw.loot is not read and
     // /ready says which topic to create.
-    let (config, telemetry) = stack.validator_config("manual", "create_topics = false", &route("loot"))?;
-    let mut manual = Process::start("logpipe-validator", &["run", "--config", config.to_str().unwrap()])?;
+    let (config, telemetry) =
+        stack.validator_config("manual", "create_topics = false", &route("loot"))?;
+    let mut manual = Process::start(
+        "logpipe-validator",
+        &["run", "--config", config.to_str().unwrap()],
+    )?;
     let lines = loot("manual", 200);
-    produce(stack.cluster.bootstrap(), "raw.loot", std::slice::from_ref(&lines), 0..200).await?;
-    let ready = || async { http.get(format!("http://{telemetry}/ready")).send().await.ok()?.json::<serde_json::Value>().await.ok() };
+    produce(
+        stack.cluster.bootstrap(),
+        "raw.loot",
+        std::slice::from_ref(&lines),
+        0..200,
+    )
+    .await?;
+    let ready = || async {
+        http.get(format!("http://{telemetry}/ready"))
+            .send()
+            .await
+            .ok()?
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+    };
     wait_until(Duration::from_secs(30), || async {
         ready().await.is_some_and(|r| {
-            let detail = r["checks"]["topics"]["detail"].as_str().unwrap_or_default().to_owned();
-            r["ready"] == false && detail.contains("clean.loot") && detail.contains("create_topics = false")
+            let detail = r["checks"]["topics"]["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            r["ready"] == false
+                && detail.contains("clean.loot")
+                && detail.contains("create_topics = false")
         })
     })
     .await
     .unwrap_or_else(|_| panic!("/ready does not name the missing topic\n{}", manual.logs()));
-    assert_eq!(stack.metric(telemetry, "logpipe_validator_records_valid_total").await, 0.0, "raw.loot was read");
+    assert_eq!(
+        stack
+            .metric(telemetry, "logpipe_validator_records_valid_total")
+            .await,
+        0.0,
+        "raw.loot was read"
+    );
     stack.cluster.create_topic("clean.loot", 2).await?;
     stack.cluster.create_topic("dlq.loot", 2).await?;
-    manual.wait_ready(telemetry, Duration::from_secs(30)).await?;
+    manual
+        .wait_ready(telemetry, Duration::from_secs(30))
+        .await?;
     all_there(&stack, "loot", &lines).await;
     assert!(manual.terminate(Duration::from_secs(30)).await?.success());
 
@@ -98,18 +161,41 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     // validator creates them.
     let state = "_lp.validator.auto.replay-state";
     let stderr = validate_all(&stack, "auto", "gems").await?;
-    assert!(stderr.contains(state), "the state topic's creation is not logged:\n{stderr}");
-    assert_eq!(stack.cluster.topic_configs(state).await?.get("cleanup.policy").map(String::as_str), Some("compact"));
+    assert!(
+        stderr.contains(state),
+        "the state topic's creation is not logged:\n{stderr}"
+    );
+    assert_eq!(
+        stack
+            .cluster
+            .topic_configs(state)
+            .await?
+            .get("cleanup.policy")
+            .map(String::as_str),
+        Some("compact")
+    );
     assert_eq!(partitions(&stack, state)?, 1);
-    assert_eq!(partitions(&stack, "clean.gems")?, 3, "clean topics take the raw topic's partition count");
-    assert_eq!(partitions(&stack, "dlq.gems")?, 3, "DLQ topics take the raw topic's partition count");
+    assert_eq!(
+        partitions(&stack, "clean.gems")?,
+        3,
+        "clean topics take the raw topic's partition count"
+    );
+    assert_eq!(
+        partitions(&stack, "dlq.gems")?,
+        3,
+        "DLQ topics take the raw topic's partition count"
+    );
 
     // CreateTopics refused (ACLs on a real cluster): the validator goes on with the topics the
     // cluster creates on first use, and says the auto-created changelog must be made compacted.
-    stack.cluster.request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"; 3]).await?;
+    stack
+        .cluster
+        .request_errors("CreateTopics", &["TOPIC_AUTHORIZATION_FAILED"; 3])
+        .await?;
     let stderr = validate_all(&stack, "refused", "coins").await?;
     assert!(
-        stderr.contains("could not create the topic") && stderr.contains("--add-config cleanup.policy=compact"),
+        stderr.contains("could not create the topic")
+            && stderr.contains("--add-config cleanup.policy=compact"),
         "the refusal and the changelog's fix are not logged:\n{stderr}"
     );
     Ok(())

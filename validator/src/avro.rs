@@ -93,7 +93,11 @@ enum Node {
     /// Timestamps: units per second (1_000, 1_000_000 or 1_000_000_000).
     Timestamp(i64),
     Uuid,
-    Decimal { precision: u64, scale: i64, fixed: Option<usize> },
+    Decimal {
+        precision: u64,
+        scale: i64,
+        fixed: Option<usize>,
+    },
 }
 
 #[derive(Debug)]
@@ -141,7 +145,10 @@ impl AvroPlan {
     pub fn compile(schema: &Schema) -> Result<AvroPlan, CompileError> {
         let mut compiler = Compiler::default();
         let root = compiler.node(schema)?;
-        let mut plan = AvroPlan { root, records: Vec::with_capacity(compiler.records.len()) };
+        let mut plan = AvroPlan {
+            root,
+            records: Vec::with_capacity(compiler.records.len()),
+        };
         let mut pending_defaults = Vec::new();
         for (index, record) in compiler.records.into_iter().enumerate() {
             let record = record.expect("every reserved record is compiled");
@@ -150,9 +157,16 @@ impl AvroPlan {
                 if let Some(default) = default {
                     pending_defaults.push((index, field_index, default));
                 }
-                fields.push(FieldPlan { name, node, default: None });
+                fields.push(FieldPlan {
+                    name,
+                    node,
+                    default: None,
+                });
             }
-            plan.records.push(RecordPlan { name: record.name, fields });
+            plan.records.push(RecordPlan {
+                name: record.name,
+                fields,
+            });
         }
         // Defaults are encoded once every record exists, so a default may use any record type.
         for (record, field, default) in pending_defaults {
@@ -166,7 +180,11 @@ impl AvroPlan {
                 }
                 node => node,
             };
-            let mut encoder = Encoder { plan: &plan, extra: ExtraFields::Reject, dropped: 0 };
+            let mut encoder = Encoder {
+                plan: &plan,
+                extra: ExtraFields::Reject,
+                dropped: 0,
+            };
             encoder.encode(node, &default, &mut out).map_err(|f| {
                 let e = f.finish();
                 CompileError::Unsupported(format!(
@@ -181,11 +199,22 @@ impl AvroPlan {
 
     /// Encodes a JSON document as Avro binary, appending to `out`. On error `out` is left as it
     /// was.
-    pub fn encode(&self, value: &Value, extra: ExtraFields, out: &mut Vec<u8>) -> Result<Converted, ConvertError> {
+    pub fn encode(
+        &self,
+        value: &Value,
+        extra: ExtraFields,
+        out: &mut Vec<u8>,
+    ) -> Result<Converted, ConvertError> {
         let start = out.len();
-        let mut encoder = Encoder { plan: self, extra, dropped: 0 };
+        let mut encoder = Encoder {
+            plan: self,
+            extra,
+            dropped: 0,
+        };
         match encoder.encode(&self.root, value, out) {
-            Ok(()) => Ok(Converted { dropped_fields: encoder.dropped }),
+            Ok(()) => Ok(Converted {
+                dropped_fields: encoder.dropped,
+            }),
             Err(fail) => {
                 out.truncate(start);
                 Err(fail.finish())
@@ -226,7 +255,10 @@ impl Compiler {
             Schema::Duration => Node::Fixed(12),
             Schema::Enum(e) => self.define(
                 &e.name,
-                Node::Enum(std::sync::Arc::new(EnumPlan { name: fullname(&e.name), symbols: e.symbols.clone() })),
+                Node::Enum(std::sync::Arc::new(EnumPlan {
+                    name: fullname(&e.name),
+                    symbols: e.symbols.clone(),
+                })),
             ),
             Schema::Array(array) => Node::Array(Box::new(self.node(&array.items)?)),
             Schema::Map(map) => Node::Map(Box::new(self.node(&map.types)?)),
@@ -234,7 +266,10 @@ impl Compiler {
             Schema::Union(union) => {
                 let mut branches = Vec::with_capacity(union.variants().len());
                 for variant in union.variants() {
-                    branches.push(Branch { names: branch_names(variant), node: self.node(variant)? });
+                    branches.push(Branch {
+                        names: branch_names(variant),
+                        node: self.node(variant)?,
+                    });
                 }
                 Node::Union(branches.into_boxed_slice())
             }
@@ -253,16 +288,20 @@ impl Compiler {
                     }
                     _ => None,
                 };
-                Node::Decimal { precision: decimal.precision as u64, scale: decimal.scale as i64, fixed }
+                Node::Decimal {
+                    precision: decimal.precision as u64,
+                    scale: decimal.scale as i64,
+                    fixed,
+                }
             }
             Schema::BigDecimal => {
-                return Err(CompileError::Unsupported("the big-decimal logical type is not supported".into()))
+                return Err(CompileError::Unsupported(
+                    "the big-decimal logical type is not supported".into(),
+                ))
             }
-            Schema::Ref { name } => self
-                .named
-                .get(&fullname(name))
-                .cloned()
-                .ok_or_else(|| CompileError::Unsupported(format!("reference to undefined type {}", fullname(name))))?,
+            Schema::Ref { name } => self.named.get(&fullname(name)).cloned().ok_or_else(|| {
+                CompileError::Unsupported(format!("reference to undefined type {}", fullname(name)))
+            })?,
         })
     }
 
@@ -278,9 +317,16 @@ impl Compiler {
         let node = self.define(&record.name, Node::Record(index));
         let mut fields = Vec::with_capacity(record.fields.len());
         for field in &record.fields {
-            fields.push((field.name.clone(), self.node(&field.schema)?, field.default.clone()));
+            fields.push((
+                field.name.clone(),
+                self.node(&field.schema)?,
+                field.default.clone(),
+            ));
         }
-        self.records[index] = Some(PendingRecord { name: fullname(&record.name), fields });
+        self.records[index] = Some(PendingRecord {
+            name: fullname(&record.name),
+            fields,
+        });
         Ok(node)
     }
 }
@@ -342,7 +388,11 @@ enum Segment {
 
 impl Fail {
     fn new(kind: Reason, reason: impl Into<String>) -> Fail {
-        Fail { reversed_path: Vec::new(), kind, reason: reason.into() }
+        Fail {
+            reversed_path: Vec::new(),
+            kind,
+            reason: reason.into(),
+        }
     }
 
     fn at_key(mut self, key: &str) -> Fail {
@@ -364,7 +414,11 @@ impl Fail {
                 Segment::Index(i) => pointer.push_str(&i.to_string()),
             }
         }
-        ConvertError { pointer, kind: self.kind, reason: self.reason }
+        ConvertError {
+            pointer,
+            kind: self.kind,
+            reason: self.reason,
+        }
     }
 }
 
@@ -380,7 +434,10 @@ fn kind(value: &Value) -> &'static str {
 }
 
 fn expected(what: &str, value: &Value) -> Fail {
-    Fail::new(Reason::WrongType, format!("expected {what}, got {}", kind(value)))
+    Fail::new(
+        Reason::WrongType,
+        format!("expected {what}, got {}", kind(value)),
+    )
 }
 
 struct Encoder<'p> {
@@ -415,7 +472,10 @@ impl Encoder<'_> {
                 let f = number(value, "float")?;
                 let narrowed = f as f32;
                 if narrowed.is_infinite() {
-                    return Err(Fail::new(Reason::OutOfRange, format!("{f} is out of range for float")));
+                    return Err(Fail::new(
+                        Reason::OutOfRange,
+                        format!("{f} is out of range for float"),
+                    ));
                 }
                 out.extend_from_slice(&narrowed.to_le_bytes());
                 Ok(())
@@ -435,7 +495,10 @@ impl Encoder<'_> {
             Node::Fixed(size) => {
                 let bytes = latin1(value)?;
                 if bytes.len() != *size {
-                    return Err(Fail::new(Reason::WrongSize, format!("expected {size} bytes, got {}", bytes.len())));
+                    return Err(Fail::new(
+                        Reason::WrongSize,
+                        format!("expected {size} bytes, got {}", bytes.len()),
+                    ));
                 }
                 out.extend_from_slice(&bytes);
                 Ok(())
@@ -447,15 +510,20 @@ impl Encoder<'_> {
                         write_long(out, i as i64);
                         Ok(())
                     }
-                    None => Err(Fail::new(Reason::UnknownSymbol, format!(
-                        "{symbol:?} is not a symbol of enum {} ({})",
-                        e.name,
-                        e.symbols.join(", ")
-                    ))),
+                    None => Err(Fail::new(
+                        Reason::UnknownSymbol,
+                        format!(
+                            "{symbol:?} is not a symbol of enum {} ({})",
+                            e.name,
+                            e.symbols.join(", ")
+                        ),
+                    )),
                 }
             }
             Node::Array(items) => {
-                let Value::Array(array) = value else { return Err(expected("an array", value)) };
+                let Value::Array(array) = value else {
+                    return Err(expected("an array", value));
+                };
                 if !array.is_empty() {
                     write_long(out, array.len() as i64);
                     for (i, item) in array.iter().enumerate() {
@@ -466,7 +534,9 @@ impl Encoder<'_> {
                 Ok(())
             }
             Node::Map(values) => {
-                let Value::Object(map) = value else { return Err(expected("an object (map)", value)) };
+                let Value::Object(map) = value else {
+                    return Err(expected("an object (map)", value));
+                };
                 if !map.is_empty() {
                     write_long(out, map.len() as i64);
                     for (key, item) in map {
@@ -478,14 +548,21 @@ impl Encoder<'_> {
                 Ok(())
             }
             Node::Record(index) => {
-                let Value::Object(object) = value else { return Err(expected("an object (record)", value)) };
+                let Value::Object(object) = value else {
+                    return Err(expected("an object (record)", value));
+                };
                 self.record(&self.plan.records[*index], object, out)
             }
             Node::Union(branches) => self.union(branches, value, out),
             Node::Date => {
                 let days = match value {
                     Value::String(s) => date_days(s)?,
-                    _ => int_in(value, i32::MIN as i64, i32::MAX as i64, "a date (YYYY-MM-DD or days since 1970-01-01)")?,
+                    _ => int_in(
+                        value,
+                        i32::MIN as i64,
+                        i32::MAX as i64,
+                        "a date (YYYY-MM-DD or days since 1970-01-01)",
+                    )?,
                 };
                 write_long(out, days);
                 Ok(())
@@ -508,17 +585,29 @@ impl Encoder<'_> {
             }
             Node::Uuid => {
                 let s = string(value, "a UUID string")?;
-                uuid::Uuid::try_parse(s).map_err(|e| Fail::new(Reason::BadFormat, format!("{s:?} is not a UUID: {e}")))?;
+                uuid::Uuid::try_parse(s).map_err(|e| {
+                    Fail::new(Reason::BadFormat, format!("{s:?} is not a UUID: {e}"))
+                })?;
                 write_bytes(out, s.as_bytes());
                 Ok(())
             }
-            Node::Decimal { precision, scale, fixed } => {
+            Node::Decimal {
+                precision,
+                scale,
+                fixed,
+            } => {
                 let bytes = decimal(value, *precision, *scale)?;
                 match fixed {
                     None => write_bytes(out, &bytes),
                     Some(size) => {
                         if bytes.len() > *size {
-                            return Err(Fail::new(Reason::WrongSize, format!("decimal needs {} bytes; the fixed type has {size}", bytes.len())));
+                            return Err(Fail::new(
+                                Reason::WrongSize,
+                                format!(
+                                    "decimal needs {} bytes; the fixed type has {size}",
+                                    bytes.len()
+                                ),
+                            ));
                         }
                         let fill = if bytes[0] & 0x80 != 0 { 0xff } else { 0 };
                         out.extend(std::iter::repeat_n(fill, size - bytes.len()));
@@ -530,17 +619,26 @@ impl Encoder<'_> {
         }
     }
 
-    fn record(&mut self, record: &RecordPlan, object: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), Fail> {
+    fn record(
+        &mut self,
+        record: &RecordPlan,
+        object: &Map<String, Value>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
         let mut present = 0;
         for field in &record.fields {
             match object.get(&field.name) {
                 Some(value) => {
                     present += 1;
-                    self.encode(&field.node, value, out).map_err(|f| f.at_key(&field.name))?;
+                    self.encode(&field.node, value, out)
+                        .map_err(|f| f.at_key(&field.name))?;
                 }
                 None => match &field.default {
                     Some(default) => out.extend_from_slice(default),
-                    None => return Err(Fail::new(Reason::MissingField, "required field is missing").at_key(&field.name)),
+                    None => {
+                        return Err(Fail::new(Reason::MissingField, "required field is missing")
+                            .at_key(&field.name))
+                    }
                 },
             }
         }
@@ -551,7 +649,14 @@ impl Encoder<'_> {
                     .keys()
                     .find(|k| !record.fields.iter().any(|f| &f.name == *k))
                     .expect("an extra key exists");
-                return Err(Fail::new(Reason::ExtraField, format!("field is not in record {} (extra fields are rejected)", record.name)).at_key(key));
+                return Err(Fail::new(
+                    Reason::ExtraField,
+                    format!(
+                        "field is not in record {} (extra fields are rejected)",
+                        record.name
+                    ),
+                )
+                .at_key(key));
             }
             self.dropped += extra;
         }
@@ -563,9 +668,14 @@ impl Encoder<'_> {
         if let Value::Object(object) = value {
             if object.len() == 1 {
                 let (name, inner) = object.iter().next().expect("one entry");
-                if let Some(i) = branches.iter().position(|b| b.names.iter().any(|n| n == name)) {
+                if let Some(i) = branches
+                    .iter()
+                    .position(|b| b.names.iter().any(|n| n == name))
+                {
                     write_long(out, i as i64);
-                    return self.encode(&branches[i].node, inner, out).map_err(|f| f.at_key(name));
+                    return self
+                        .encode(&branches[i].node, inner, out)
+                        .map_err(|f| f.at_key(name));
                 }
             }
         }
@@ -582,15 +692,28 @@ impl Encoder<'_> {
                 Ok(()) => return Ok(()),
                 Err(fail) => {
                     out.truncate(start);
-                    if best.as_ref().is_none_or(|b| fail.reversed_path.len() > b.reversed_path.len()) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| fail.reversed_path.len() > b.reversed_path.len())
+                    {
                         best = Some(fail);
                     }
                 }
             }
         }
         Err(best.unwrap_or_else(|| {
-            let names: Vec<&str> = branches.iter().filter_map(|b| b.names.first().map(String::as_str)).collect();
-            Fail::new(Reason::NoUnionBranch, format!("{} does not match any branch of union [{}]", kind(value), names.join(", ")))
+            let names: Vec<&str> = branches
+                .iter()
+                .filter_map(|b| b.names.first().map(String::as_str))
+                .collect();
+            Fail::new(
+                Reason::NoUnionBranch,
+                format!(
+                    "{} does not match any branch of union [{}]",
+                    kind(value),
+                    names.join(", ")
+                ),
+            )
         }))
     }
 }
@@ -602,9 +725,23 @@ fn could_fit(node: &Node, value: &Value) -> bool {
         (node, value),
         (Node::Null, Value::Null)
             | (Node::Boolean, Value::Bool(_))
-            | (Node::Int | Node::Long | Node::Float | Node::Double | Node::TimeMillis | Node::TimeMicros, Value::Number(_))
-            | (Node::Date | Node::Timestamp(_) | Node::Decimal { .. }, Value::Number(_) | Value::String(_))
-            | (Node::String | Node::Bytes | Node::Fixed(_) | Node::Enum(_) | Node::Uuid, Value::String(_))
+            | (
+                Node::Int
+                    | Node::Long
+                    | Node::Float
+                    | Node::Double
+                    | Node::TimeMillis
+                    | Node::TimeMicros,
+                Value::Number(_)
+            )
+            | (
+                Node::Date | Node::Timestamp(_) | Node::Decimal { .. },
+                Value::Number(_) | Value::String(_)
+            )
+            | (
+                Node::String | Node::Bytes | Node::Fixed(_) | Node::Enum(_) | Node::Uuid,
+                Value::String(_)
+            )
             | (Node::Array(_), Value::Array(_))
             | (Node::Map(_) | Node::Record(_), Value::Object(_))
             | (Node::Union(_), _)
@@ -615,8 +752,14 @@ fn integer(value: &Value, what: &str) -> Result<i64, Fail> {
     match value {
         Value::Number(n) => match n.as_i64() {
             Some(i) => Ok(i),
-            None if n.is_u64() => Err(Fail::new(Reason::OutOfRange, format!("{n} is out of range for {what}"))),
-            None => Err(Fail::new(Reason::WrongType, format!("expected an integer ({what}), got {n}"))),
+            None if n.is_u64() => Err(Fail::new(
+                Reason::OutOfRange,
+                format!("{n} is out of range for {what}"),
+            )),
+            None => Err(Fail::new(
+                Reason::WrongType,
+                format!("expected an integer ({what}), got {n}"),
+            )),
         },
         _ => Err(expected(&format!("an integer ({what})"), value)),
     }
@@ -625,13 +768,18 @@ fn integer(value: &Value, what: &str) -> Result<i64, Fail> {
 fn int_in(value: &Value, min: i64, max: i64, what: &str) -> Result<i64, Fail> {
     let i = integer(value, what)?;
     if i < min || i > max {
-        return Err(Fail::new(Reason::OutOfRange, format!("{i} is out of range for {what} ({min}..={max})")));
+        return Err(Fail::new(
+            Reason::OutOfRange,
+            format!("{i} is out of range for {what} ({min}..={max})"),
+        ));
     }
     Ok(i)
 }
 
 fn number(value: &Value, what: &str) -> Result<f64, Fail> {
-    value.as_f64().ok_or_else(|| expected(&format!("a number ({what})"), value))
+    value
+        .as_f64()
+        .ok_or_else(|| expected(&format!("a number ({what})"), value))
 }
 
 fn string<'v>(value: &'v Value, what: &str) -> Result<&'v str, Fail> {
@@ -642,25 +790,47 @@ fn string<'v>(value: &'v Value, what: &str) -> Result<&'v str, Fail> {
 fn latin1(value: &Value) -> Result<Vec<u8>, Fail> {
     let s = string(value, "a string of bytes")?;
     s.chars()
-        .map(|c| u8::try_from(c as u32).map_err(|_| Fail::new(Reason::BadFormat, format!("character {c:?} is not a byte (U+0000..U+00FF)"))))
+        .map(|c| {
+            u8::try_from(c as u32).map_err(|_| {
+                Fail::new(
+                    Reason::BadFormat,
+                    format!("character {c:?} is not a byte (U+0000..U+00FF)"),
+                )
+            })
+        })
         .collect()
 }
 
 /// Days from 1970-01-01 to a `YYYY-MM-DD` date.
 fn date_days(s: &str) -> Result<i64, Fail> {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!("[year]-[month]-[day]");
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]");
     const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
-    let date = time::Date::parse(s, FORMAT).map_err(|e| Fail::new(Reason::BadFormat, format!("{s:?} is not a YYYY-MM-DD date: {e}")))?;
+    let date = time::Date::parse(s, FORMAT).map_err(|e| {
+        Fail::new(
+            Reason::BadFormat,
+            format!("{s:?} is not a YYYY-MM-DD date: {e}"),
+        )
+    })?;
     Ok(date.to_julian_day() as i64 - UNIX_EPOCH_JULIAN_DAY)
 }
 
 /// An RFC 3339 timestamp in units of `1 / per_second` seconds since the epoch, rounded down.
 fn timestamp(s: &str, per_second: i64) -> Result<i64, Fail> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| Fail::new(Reason::BadFormat, format!("{s:?} is not an RFC 3339 timestamp: {e}")))?;
+        .map_err(|e| {
+            Fail::new(
+                Reason::BadFormat,
+                format!("{s:?} is not an RFC 3339 timestamp: {e}"),
+            )
+        })?;
     let nanos_per_unit = 1_000_000_000 / per_second as i128;
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(nanos_per_unit))
-        .map_err(|_| Fail::new(Reason::OutOfRange, format!("{s:?} is out of range for the timestamp")))
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(nanos_per_unit)).map_err(|_| {
+        Fail::new(
+            Reason::OutOfRange,
+            format!("{s:?} is out of range for the timestamp"),
+        )
+    })
 }
 
 /// A decimal's unscaled value as big-endian two's complement bytes (minimal length).
@@ -670,13 +840,26 @@ fn decimal(value: &Value, precision: u64, scale: i64) -> Result<Vec<u8>, Fail> {
         Value::Number(n) => n.to_string(),
         _ => return Err(expected("a decimal (string or number)", value)),
     };
-    let d = BigDecimal::from_str(&text).map_err(|e| Fail::new(Reason::BadFormat, format!("{text:?} is not a decimal number: {e}")))?;
+    let d = BigDecimal::from_str(&text).map_err(|e| {
+        Fail::new(
+            Reason::BadFormat,
+            format!("{text:?} is not a decimal number: {e}"),
+        )
+    })?;
     if d.normalized().fractional_digit_count() > scale {
-        return Err(Fail::new(Reason::WrongSize, format!("{text} has more than {scale} digits after the point")));
+        return Err(Fail::new(
+            Reason::WrongSize,
+            format!("{text} has more than {scale} digits after the point"),
+        ));
     }
     let scaled = d.with_scale(scale);
     if scaled.digits() > precision {
-        return Err(Fail::new(Reason::WrongSize, format!("{text} has more than {precision} digits (precision {precision}, scale {scale})")));
+        return Err(Fail::new(
+            Reason::WrongSize,
+            format!(
+                "{text} has more than {precision} digits (precision {precision}, scale {scale})"
+            ),
+        ));
     }
     let (unscaled, _) = scaled.into_bigint_and_scale();
     Ok(unscaled.to_signed_bytes_be())
@@ -705,7 +888,11 @@ mod tests {
     use super::*;
 
     /// Encodes `input` with `schema`, decodes the output with apache-avro and returns it.
-    fn round_trip(schema: &str, input: &Value, extra: ExtraFields) -> Result<(Avro, Converted), ConvertError> {
+    fn round_trip(
+        schema: &str,
+        input: &Value,
+        extra: ExtraFields,
+    ) -> Result<(Avro, Converted), ConvertError> {
         let plan = AvroPlan::parse(schema).unwrap_or_else(|e| panic!("schema {schema}: {e}"));
         let mut out = vec![0xAA]; // existing content must stay
         let converted = plan.encode(input, extra, &mut out)?;
@@ -730,12 +917,20 @@ mod tests {
     fn check(rules: Vec<Rule>) {
         for rule in rules {
             // Wrap in a record so that pointers are non-trivial.
-            let schema = format!(r#"{{"type":"record","name":"T","fields":[{{"name":"f","type":{}}}]}}"#, rule.schema);
+            let schema = format!(
+                r#"{{"type":"record","name":"T","fields":[{{"name":"f","type":{}}}]}}"#,
+                rule.schema
+            );
             for (input, want) in rule.valid {
                 let doc = json!({ "f": input });
                 let (got, _) = round_trip(&schema, &doc, ExtraFields::Reject)
                     .unwrap_or_else(|e| panic!("rule {}: {input} should be valid: {e}", rule.name));
-                assert_eq!(got, Avro::Record(vec![("f".into(), want)]), "rule {}: {input}", rule.name);
+                assert_eq!(
+                    got,
+                    Avro::Record(vec![("f".into(), want)]),
+                    "rule {}: {input}",
+                    rule.name
+                );
             }
             for (input, pointer) in rule.invalid {
                 let doc = json!({ "f": input });
@@ -751,11 +946,19 @@ mod tests {
     #[test]
     fn primitives() {
         check(vec![
-            Rule { name: "null", schema: r#""null""#, valid: vec![(json!(null), Avro::Null)], invalid: vec![(json!(0), "/f")] },
+            Rule {
+                name: "null",
+                schema: r#""null""#,
+                valid: vec![(json!(null), Avro::Null)],
+                invalid: vec![(json!(0), "/f")],
+            },
             Rule {
                 name: "boolean",
                 schema: r#""boolean""#,
-                valid: vec![(json!(true), Avro::Boolean(true)), (json!(false), Avro::Boolean(false))],
+                valid: vec![
+                    (json!(true), Avro::Boolean(true)),
+                    (json!(false), Avro::Boolean(false)),
+                ],
                 invalid: vec![(json!("true"), "/f"), (json!(1), "/f")],
             },
             Rule {
@@ -777,8 +980,15 @@ mod tests {
             Rule {
                 name: "long",
                 schema: r#""long""#,
-                valid: vec![(json!(i64::MAX), Avro::Long(i64::MAX)), (json!(i64::MIN), Avro::Long(i64::MIN))],
-                invalid: vec![(json!(u64::MAX), "/f"), (json!(0.5), "/f"), (json!(null), "/f")],
+                valid: vec![
+                    (json!(i64::MAX), Avro::Long(i64::MAX)),
+                    (json!(i64::MIN), Avro::Long(i64::MIN)),
+                ],
+                invalid: vec![
+                    (json!(u64::MAX), "/f"),
+                    (json!(0.5), "/f"),
+                    (json!(null), "/f"),
+                ],
             },
             Rule {
                 name: "float",
@@ -789,13 +999,19 @@ mod tests {
             Rule {
                 name: "double",
                 schema: r#""double""#,
-                valid: vec![(json!(1e300), Avro::Double(1e300)), (json!(-2), Avro::Double(-2.0))],
+                valid: vec![
+                    (json!(1e300), Avro::Double(1e300)),
+                    (json!(-2), Avro::Double(-2.0)),
+                ],
                 invalid: vec![(json!(true), "/f")],
             },
             Rule {
                 name: "string",
                 schema: r#""string""#,
-                valid: vec![(json!(""), Avro::String("".into())), (json!("héllo ✓"), Avro::String("héllo ✓".into()))],
+                valid: vec![
+                    (json!(""), Avro::String("".into())),
+                    (json!("héllo ✓"), Avro::String("héllo ✓".into())),
+                ],
                 invalid: vec![(json!(1), "/f"), (json!(["a"]), "/f")],
             },
         ]);
@@ -807,7 +1023,10 @@ mod tests {
             Rule {
                 name: "bytes",
                 schema: r#""bytes""#,
-                valid: vec![(json!("a\u{00ff}\u{0000}"), Avro::Bytes(vec![b'a', 0xff, 0])), (json!(""), Avro::Bytes(vec![]))],
+                valid: vec![
+                    (json!("a\u{00ff}\u{0000}"), Avro::Bytes(vec![b'a', 0xff, 0])),
+                    (json!(""), Avro::Bytes(vec![])),
+                ],
                 invalid: vec![(json!("\u{0100}"), "/f"), (json!(1), "/f")],
             },
             Rule {
@@ -819,20 +1038,33 @@ mod tests {
             Rule {
                 name: "enum",
                 schema: r#"{"type":"enum","name":"Color","symbols":["RED","GREEN"]}"#,
-                valid: vec![(json!("GREEN"), Avro::Enum(1, "GREEN".into())), (json!("RED"), Avro::Enum(0, "RED".into()))],
-                invalid: vec![(json!("BLUE"), "/f"), (json!("red"), "/f"), (json!(0), "/f")],
+                valid: vec![
+                    (json!("GREEN"), Avro::Enum(1, "GREEN".into())),
+                    (json!("RED"), Avro::Enum(0, "RED".into())),
+                ],
+                invalid: vec![
+                    (json!("BLUE"), "/f"),
+                    (json!("red"), "/f"),
+                    (json!(0), "/f"),
+                ],
             },
         ]);
     }
 
     #[test]
     fn arrays_maps_and_nested_records() {
-        let inner = Avro::Record(vec![("x".into(), Avro::Int(1)), ("tags".into(), Avro::Array(vec![]))]);
+        let inner = Avro::Record(vec![
+            ("x".into(), Avro::Int(1)),
+            ("tags".into(), Avro::Array(vec![])),
+        ]);
         check(vec![
             Rule {
                 name: "array",
                 schema: r#"{"type":"array","items":"int"}"#,
-                valid: vec![(json!([]), Avro::Array(vec![])), (json!([1, 2]), Avro::Array(vec![Avro::Int(1), Avro::Int(2)]))],
+                valid: vec![
+                    (json!([]), Avro::Array(vec![])),
+                    (json!([1, 2]), Avro::Array(vec![Avro::Int(1), Avro::Int(2)])),
+                ],
                 invalid: vec![(json!([1, "2"]), "/f/1"), (json!({}), "/f")],
             },
             Rule {
@@ -840,16 +1072,28 @@ mod tests {
                 schema: r#"{"type":"map","values":"long"}"#,
                 valid: vec![
                     (json!({}), Avro::Map(Default::default())),
-                    (json!({"a/b": 1}), Avro::Map([("a/b".to_owned(), Avro::Long(1))].into_iter().collect())),
+                    (
+                        json!({"a/b": 1}),
+                        Avro::Map([("a/b".to_owned(), Avro::Long(1))].into_iter().collect()),
+                    ),
                 ],
                 // Pointer escaping: "/" is "~1", "~" is "~0".
-                invalid: vec![(json!({"a/b": "x"}), "/f/a~1b"), (json!({"~": null}), "/f/~0"), (json!([]), "/f")],
+                invalid: vec![
+                    (json!({"a/b": "x"}), "/f/a~1b"),
+                    (json!({"~": null}), "/f/~0"),
+                    (json!([]), "/f"),
+                ],
             },
             Rule {
                 name: "nested record",
                 schema: r#"{"type":"record","name":"In","fields":[{"name":"x","type":"int"},{"name":"tags","type":{"type":"array","items":"string"},"default":[]}]}"#,
                 valid: vec![(json!({"x": 1}), inner)],
-                invalid: vec![(json!({"x": "1"}), "/f/x"), (json!({}), "/f/x"), (json!({"x": 1, "tags": [1]}), "/f/tags/0"), (json!("r"), "/f")],
+                invalid: vec![
+                    (json!({"x": "1"}), "/f/x"),
+                    (json!({}), "/f/x"),
+                    (json!({"x": 1, "tags": [1]}), "/f/tags/0"),
+                    (json!("r"), "/f"),
+                ],
             },
         ]);
     }
@@ -874,16 +1118,25 @@ mod tests {
             ])
         );
         let err = round_trip(schema, &json!({"n": 1}), ExtraFields::Reject).unwrap_err();
-        assert_eq!((err.pointer.as_str(), err.reason.as_str()), ("/id", "required field is missing"));
+        assert_eq!(
+            (err.pointer.as_str(), err.reason.as_str()),
+            ("/id", "required field is missing")
+        );
         // A default that does not fit its type is a schema error, found when compiling.
-        let bad = r#"{"type":"record","name":"R","fields":[{"name":"n","type":"int","default":"x"}]}"#;
-        assert!(matches!(AvroPlan::parse(bad), Err(CompileError::Parse(_) | CompileError::Unsupported(_))));
+        let bad =
+            r#"{"type":"record","name":"R","fields":[{"name":"n","type":"int","default":"x"}]}"#;
+        assert!(matches!(
+            AvroPlan::parse(bad),
+            Err(CompileError::Parse(_) | CompileError::Unsupported(_))
+        ));
     }
 
     #[test]
     fn unions() {
-        let rec = r#"{"type":"record","name":"P","namespace":"ns","fields":[{"name":"x","type":"int"}]}"#;
-        let schema: &'static str = Box::leak(format!(r#"["null","int","string",{rec}]"#).into_boxed_str());
+        let rec =
+            r#"{"type":"record","name":"P","namespace":"ns","fields":[{"name":"x","type":"int"}]}"#;
+        let schema: &'static str =
+            Box::leak(format!(r#"["null","int","string",{rec}]"#).into_boxed_str());
         let p = |x| Avro::Record(vec![("x".into(), Avro::Int(x))]);
         check(vec![
             Rule {
@@ -892,10 +1145,16 @@ mod tests {
                 valid: vec![
                     (json!(null), Avro::Union(0, Box::new(Avro::Null))),
                     (json!(5), Avro::Union(1, Box::new(Avro::Int(5)))),
-                    (json!("s"), Avro::Union(2, Box::new(Avro::String("s".into())))),
+                    (
+                        json!("s"),
+                        Avro::Union(2, Box::new(Avro::String("s".into()))),
+                    ),
                     (json!({"x": 2}), Avro::Union(3, Box::new(p(2)))),
                     // Avro's JSON encoding: {"<branch>": value}, by type name, full name or simple name.
-                    (json!({"string": "t"}), Avro::Union(2, Box::new(Avro::String("t".into())))),
+                    (
+                        json!({"string": "t"}),
+                        Avro::Union(2, Box::new(Avro::String("t".into()))),
+                    ),
                     (json!({"int": 3}), Avro::Union(1, Box::new(Avro::Int(3)))),
                     (json!({"ns.P": {"x": 4}}), Avro::Union(3, Box::new(p(4)))),
                     (json!({"P": {"x": 5}}), Avro::Union(3, Box::new(p(5)))),
@@ -911,7 +1170,10 @@ mod tests {
             Rule {
                 name: "union, first matching branch",
                 schema: r#"["long","double"]"#,
-                valid: vec![(json!(1), Avro::Union(0, Box::new(Avro::Long(1)))), (json!(1.5), Avro::Union(1, Box::new(Avro::Double(1.5))))],
+                valid: vec![
+                    (json!(1), Avro::Union(0, Box::new(Avro::Long(1)))),
+                    (json!(1.5), Avro::Union(1, Box::new(Avro::Double(1.5)))),
+                ],
                 invalid: vec![(json!("1"), "/f")],
             },
         ]);
@@ -924,18 +1186,34 @@ mod tests {
                 name: "timestamp-millis",
                 schema: r#"{"type":"long","logicalType":"timestamp-millis"}"#,
                 valid: vec![
-                    (json!(1_700_000_000_123i64), Avro::TimestampMillis(1_700_000_000_123)),
-                    (json!("2023-11-14T22:13:20.123Z"), Avro::TimestampMillis(1_700_000_000_123)),
-                    (json!("2023-11-15T00:13:20.123+02:00"), Avro::TimestampMillis(1_700_000_000_123)),
+                    (
+                        json!(1_700_000_000_123i64),
+                        Avro::TimestampMillis(1_700_000_000_123),
+                    ),
+                    (
+                        json!("2023-11-14T22:13:20.123Z"),
+                        Avro::TimestampMillis(1_700_000_000_123),
+                    ),
+                    (
+                        json!("2023-11-15T00:13:20.123+02:00"),
+                        Avro::TimestampMillis(1_700_000_000_123),
+                    ),
                     (json!("1969-12-31T23:59:59.999Z"), Avro::TimestampMillis(-1)),
                 ],
-                invalid: vec![(json!("2023-11-14 22:13:20"), "/f"), (json!("yesterday"), "/f"), (json!(1.5), "/f")],
+                invalid: vec![
+                    (json!("2023-11-14 22:13:20"), "/f"),
+                    (json!("yesterday"), "/f"),
+                    (json!(1.5), "/f"),
+                ],
             },
             Rule {
                 name: "timestamp-micros",
                 schema: r#"{"type":"long","logicalType":"timestamp-micros"}"#,
                 valid: vec![
-                    (json!("2023-11-14T22:13:20.123456Z"), Avro::TimestampMicros(1_700_000_000_123_456)),
+                    (
+                        json!("2023-11-14T22:13:20.123456Z"),
+                        Avro::TimestampMicros(1_700_000_000_123_456),
+                    ),
                     (json!(5), Avro::TimestampMicros(5)),
                 ],
                 invalid: vec![(json!(true), "/f")],
@@ -949,7 +1227,11 @@ mod tests {
                     (json!("2024-02-29"), Avro::Date(19_782)),
                     (json!(42), Avro::Date(42)),
                 ],
-                invalid: vec![(json!("2023-02-29"), "/f"), (json!("2024/01/01"), "/f"), (json!(1i64 << 40), "/f")],
+                invalid: vec![
+                    (json!("2023-02-29"), "/f"),
+                    (json!("2024/01/01"), "/f"),
+                    (json!(1i64 << 40), "/f"),
+                ],
             },
             Rule {
                 name: "time-millis",
@@ -962,7 +1244,9 @@ mod tests {
                 schema: r#"{"type":"string","logicalType":"uuid"}"#,
                 valid: vec![(
                     json!("550e8400-e29b-41d4-a716-446655440000"),
-                    Avro::Uuid(uuid::Uuid::parse_str("550e8400-e29b-41d4-a716-446655440000").unwrap()),
+                    Avro::Uuid(
+                        uuid::Uuid::parse_str("550e8400-e29b-41d4-a716-446655440000").unwrap(),
+                    ),
                 )],
                 invalid: vec![(json!("550e8400-e29b-41d4-a716"), "/f"), (json!(1), "/f")],
             },
@@ -976,19 +1260,35 @@ mod tests {
                     (json!(0.25), decimal_value(25, 5)),
                     (json!("1.200"), decimal_value(120, 5)),
                 ],
-                invalid: vec![(json!("1.234"), "/f"), (json!("1234.5"), "/f"), (json!("abc"), "/f"), (json!(true), "/f")],
+                invalid: vec![
+                    (json!("1.234"), "/f"),
+                    (json!("1234.5"), "/f"),
+                    (json!("abc"), "/f"),
+                    (json!(true), "/f"),
+                ],
             },
             Rule {
                 name: "decimal (fixed)",
                 schema: r#"{"type":"fixed","name":"D","size":2,"logicalType":"decimal","precision":4,"scale":1}"#,
-                valid: vec![(json!("-0.1"), Avro::Decimal(apache_avro::Decimal::from(vec![0xff, 0xff]))), (json!("999.9"), Avro::Decimal(apache_avro::Decimal::from(vec![0x27, 0x0f])))],
+                valid: vec![
+                    (
+                        json!("-0.1"),
+                        Avro::Decimal(apache_avro::Decimal::from(vec![0xff, 0xff])),
+                    ),
+                    (
+                        json!("999.9"),
+                        Avro::Decimal(apache_avro::Decimal::from(vec![0x27, 0x0f])),
+                    ),
+                ],
                 invalid: vec![(json!("1000.0"), "/f")],
             },
         ]);
     }
 
     fn decimal_value(unscaled: i64, _precision: u64) -> Avro {
-        Avro::Decimal(apache_avro::Decimal::from(bigdecimal::num_bigint::BigInt::from(unscaled).to_signed_bytes_be()))
+        Avro::Decimal(apache_avro::Decimal::from(
+            bigdecimal::num_bigint::BigInt::from(unscaled).to_signed_bytes_be(),
+        ))
     }
 
     #[test]
@@ -996,11 +1296,27 @@ mod tests {
         let schema = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"in","type":{"type":"record","name":"I","fields":[]}}]}"#;
         let doc = json!({"a": 1, "b": 2, "in": {"c": 3}});
         let (got, converted) = round_trip(schema, &doc, ExtraFields::Drop).unwrap();
-        assert_eq!(got, Avro::Record(vec![("a".into(), Avro::Int(1)), ("in".into(), Avro::Record(vec![]))]));
+        assert_eq!(
+            got,
+            Avro::Record(vec![
+                ("a".into(), Avro::Int(1)),
+                ("in".into(), Avro::Record(vec![]))
+            ])
+        );
         assert_eq!(converted.dropped_fields, 2);
-        let err = round_trip(schema, &json!({"a": 1, "in": {"c": 3}}), ExtraFields::Reject).unwrap_err();
+        let err = round_trip(
+            schema,
+            &json!({"a": 1, "in": {"c": 3}}),
+            ExtraFields::Reject,
+        )
+        .unwrap_err();
         assert_eq!(err.pointer, "/in/c");
-        let err = round_trip(schema, &json!({"a": 1, "b": 2, "in": {}}), ExtraFields::Reject).unwrap_err();
+        let err = round_trip(
+            schema,
+            &json!({"a": 1, "b": 2, "in": {}}),
+            ExtraFields::Reject,
+        )
+        .unwrap_err();
         assert_eq!(err.pointer, "/b");
     }
 
@@ -1025,7 +1341,12 @@ mod tests {
                 ("next".into(), Avro::Union(1, Box::new(leaf))),
             ])
         );
-        let err = round_trip(schema, &json!({"v": "X", "k2": "X", "next": {"v": "Z", "k2": "X"}}), ExtraFields::Reject).unwrap_err();
+        let err = round_trip(
+            schema,
+            &json!({"v": "X", "k2": "X", "next": {"v": "Z", "k2": "X"}}),
+            ExtraFields::Reject,
+        )
+        .unwrap_err();
         assert_eq!(err.pointer, "/next/v");
     }
 
@@ -1036,29 +1357,69 @@ mod tests {
             (r#""int""#, json!(1.5), Reason::WrongType),
             (r#""int""#, json!(1u64 << 40), Reason::OutOfRange),
             (r#""float""#, json!(1e300), Reason::OutOfRange),
-            (r#"{"type":"fixed","name":"F","size":2}"#, json!("abc"), Reason::WrongSize),
-            (r#"{"type":"enum","name":"E","symbols":["A"]}"#, json!("B"), Reason::UnknownSymbol),
-            (r#"{"type":"string","logicalType":"uuid"}"#, json!("nope"), Reason::BadFormat),
-            (r#"{"type":"int","logicalType":"date"}"#, json!("2023-02-29"), Reason::BadFormat),
-            (r#"{"type":"bytes","logicalType":"decimal","precision":3,"scale":1}"#, json!("1.25"), Reason::WrongSize),
+            (
+                r#"{"type":"fixed","name":"F","size":2}"#,
+                json!("abc"),
+                Reason::WrongSize,
+            ),
+            (
+                r#"{"type":"enum","name":"E","symbols":["A"]}"#,
+                json!("B"),
+                Reason::UnknownSymbol,
+            ),
+            (
+                r#"{"type":"string","logicalType":"uuid"}"#,
+                json!("nope"),
+                Reason::BadFormat,
+            ),
+            (
+                r#"{"type":"int","logicalType":"date"}"#,
+                json!("2023-02-29"),
+                Reason::BadFormat,
+            ),
+            (
+                r#"{"type":"bytes","logicalType":"decimal","precision":3,"scale":1}"#,
+                json!("1.25"),
+                Reason::WrongSize,
+            ),
             (r#"["null","int"]"#, json!("x"), Reason::NoUnionBranch),
-            (r#"{"type":"record","name":"In","fields":[{"name":"a","type":"int"}]}"#, json!({}), Reason::MissingField),
-            (r#"{"type":"record","name":"In","fields":[]}"#, json!({"b": 1}), Reason::ExtraField),
+            (
+                r#"{"type":"record","name":"In","fields":[{"name":"a","type":"int"}]}"#,
+                json!({}),
+                Reason::MissingField,
+            ),
+            (
+                r#"{"type":"record","name":"In","fields":[]}"#,
+                json!({"b": 1}),
+                Reason::ExtraField,
+            ),
         ];
         for (schema, input, kind) in cases {
-            let schema = format!(r#"{{"type":"record","name":"T","fields":[{{"name":"f","type":{schema}}}]}}"#);
-            let err = AvroPlan::parse(&schema).unwrap().encode(&json!({ "f": input }), ExtraFields::Reject, &mut Vec::new()).unwrap_err();
+            let schema = format!(
+                r#"{{"type":"record","name":"T","fields":[{{"name":"f","type":{schema}}}]}}"#
+            );
+            let err = AvroPlan::parse(&schema)
+                .unwrap()
+                .encode(&json!({ "f": input }), ExtraFields::Reject, &mut Vec::new())
+                .unwrap_err();
             assert_eq!(err.kind, kind, "{schema} with {input}: {err}");
         }
     }
 
     #[test]
     fn root_must_be_an_object_and_failed_encodes_leave_the_buffer() {
-        let plan = AvroPlan::parse(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#).unwrap();
+        let plan = AvroPlan::parse(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#,
+        )
+        .unwrap();
         let mut out = b"keep".to_vec();
-        let err = plan.encode(&json!([1]), ExtraFields::Drop, &mut out).unwrap_err();
+        let err = plan
+            .encode(&json!([1]), ExtraFields::Drop, &mut out)
+            .unwrap_err();
         assert_eq!(err.pointer, "");
-        let err = plan.encode(&json!({"a": 5}), ExtraFields::Drop, &mut out).unwrap_err();
+        let err = plan
+            .encode(&json!({"a": 5}), ExtraFields::Drop, &mut out)
+            .unwrap_err();
         assert_eq!(err.pointer, "/a");
         assert_eq!(out, b"keep");
     }

@@ -125,15 +125,27 @@ impl ValidatorConfig {
     }
 
     pub fn replay_state_topic(&self) -> String {
-        self.replay_state_topic.clone().unwrap_or_else(|| logpipe_core::record::replay_state_topic(&self.group_id))
+        self.replay_state_topic
+            .clone()
+            .unwrap_or_else(|| logpipe_core::record::replay_state_topic(&self.group_id))
     }
 
     /// The schema checker for these routes and this store.
     pub fn checker(&self) -> anyhow::Result<Checker> {
         let routes = Routes::new(&self.routes)?;
-        let credentials = self.schema_store_auth.as_ref().map(|a| (a.username.clone(), a.password.clone()));
-        let client = StoreClient::new(&self.schema_store, credentials, Duration::from_millis(self.schema_timeout_ms))?;
-        Ok(Checker::new(routes, SchemaCache::new(client, Duration::from_millis(self.schema_refresh_ms))))
+        let credentials = self
+            .schema_store_auth
+            .as_ref()
+            .map(|a| (a.username.clone(), a.password.clone()));
+        let client = StoreClient::new(
+            &self.schema_store,
+            credentials,
+            Duration::from_millis(self.schema_timeout_ms),
+        )?;
+        Ok(Checker::new(
+            routes,
+            SchemaCache::new(client, Duration::from_millis(self.schema_refresh_ms)),
+        ))
     }
 
     /// The loop's settings; `group_suffix` separates the replay command's group from the service's.
@@ -152,12 +164,19 @@ impl ValidatorConfig {
 
 impl ServiceConfig for ValidatorConfig {
     fn validate(&self) -> anyhow::Result<()> {
-        self.kafka.validate(&Role::Consumer { group_id: self.group_id.clone() }).map_err(anyhow::Error::msg)?;
         self.kafka
-            .validate(&Role::TransactionalProducer { transactional_id: self.transactional_id() })
+            .validate(&Role::Consumer {
+                group_id: self.group_id.clone(),
+            })
+            .map_err(anyhow::Error::msg)?;
+        self.kafka
+            .validate(&Role::TransactionalProducer {
+                transactional_id: self.transactional_id(),
+            })
             .map_err(anyhow::Error::msg)?;
         self.checker()?;
-        logpipe_core::record::check_topic_name(&self.replay_state_topic()).map_err(|e| anyhow::anyhow!("replay_state_topic: {e}"))?;
+        logpipe_core::record::check_topic_name(&self.replay_state_topic())
+            .map_err(|e| anyhow::anyhow!("replay_state_topic: {e}"))?;
         if self.group_id.is_empty() {
             anyhow::bail!("group_id is empty");
         }
@@ -165,7 +184,10 @@ impl ServiceConfig for ValidatorConfig {
             anyhow::bail!("batch_records and batch_ms must be positive");
         }
         if self.schema_refresh_ms > 5_000 {
-            tracing::warn!("schema_refresh_ms = {}: new schema versions take that long to be used", self.schema_refresh_ms);
+            tracing::warn!(
+                "schema_refresh_ms = {}: new schema versions take that long to be used",
+                self.schema_refresh_ms
+            );
         }
         Ok(())
     }
@@ -215,7 +237,14 @@ impl Service for ValidatorService {
             filter: ReplayFilter::new(Duration::from_secs(config.replay_state_ttl_hours * 3600)),
             state_topic: config.replay_state_topic(),
         };
-        let pipeline = Pipeline::connect(config.settings(""), mode, config.checker()?, ctx.readiness, ctx.shutdown).await?;
+        let pipeline = Pipeline::connect(
+            config.settings(""),
+            mode,
+            config.checker()?,
+            ctx.readiness,
+            ctx.shutdown,
+        )
+        .await?;
         if let Some(pipeline) = pipeline {
             pipeline.run().await?;
         }
@@ -230,7 +259,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> anyhow::Result<ValidatorConfig> {
-        let config: ValidatorConfig = logpipe_core::config::parse(Path::new("v.toml"), text, |_| None)?;
+        let config: ValidatorConfig =
+            logpipe_core::config::parse(Path::new("v.toml"), text, |_| None)?;
         config.validate()?;
         Ok(config)
     }
@@ -239,26 +269,47 @@ mod tests {
 
     #[test]
     fn a_minimal_config_gets_defaults() {
-        let config = parse(&format!("{BASE}[[routes]]\ntopics = \"raw\\\\..*\"\nsubject = \"topic\"\n")).unwrap();
+        let config = parse(&format!(
+            "{BASE}[[routes]]\ntopics = \"raw\\\\..*\"\nsubject = \"topic\"\n"
+        ))
+        .unwrap();
         assert_eq!(config.group_id, "logpipe-validator");
-        assert_eq!(config.replay_state_topic(), "_lp.validator.logpipe-validator.replay-state");
+        assert_eq!(
+            config.replay_state_topic(),
+            "_lp.validator.logpipe-validator.replay-state"
+        );
         assert!(config.transactional_id().starts_with("logpipe-validator-"));
-        assert_eq!(config.settings(".replay").group_id, "logpipe-validator.replay");
+        assert_eq!(
+            config.settings(".replay").group_id,
+            "logpipe-validator.replay"
+        );
         assert!(config.describe().contains("route 1: topics /raw\\..*/"));
     }
 
     #[test]
     fn bad_configs_name_the_problem() {
-        let err = parse(&format!("{BASE}[[routes]]\ntopics = \"raw\"\nsubject = \"topic\"\nclen = \"x\"\n")).unwrap_err().to_string();
+        let err = parse(&format!(
+            "{BASE}[[routes]]\ntopics = \"raw\"\nsubject = \"topic\"\nclen = \"x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("clen"), "{err}");
         let err = parse(BASE).unwrap_err().to_string();
         assert!(err.contains("routes"), "{err}");
-        let err = parse(&format!("routes = []\n{BASE}")).unwrap_err().to_string();
+        let err = parse(&format!("routes = []\n{BASE}"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no [[routes]]"), "{err}");
         let bad_url = BASE.replace("http://127.0.0.1:8081", "127.0.0.1:8081");
-        assert!(parse(&format!("{bad_url}[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\n")).is_err());
+        assert!(parse(&format!(
+            "{bad_url}[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\n"
+        ))
+        .is_err());
         let unsafe_kafka = format!("{BASE}[kafka.properties]\n\"isolation.level\" = \"read_uncommitted\"\n[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\n");
         // [kafka.properties] after [telemetry] is still the kafka table.
-        assert!(parse(&unsafe_kafka).unwrap_err().to_string().contains("isolation.level"));
+        assert!(parse(&unsafe_kafka)
+            .unwrap_err()
+            .to_string()
+            .contains("isolation.level"));
     }
 }

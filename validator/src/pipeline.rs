@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{is_partition_end, EndIsNotAnError, KafkaConfig, Role};
-use logpipe_core::record::{error_header, header, replay_header, ErrorStage, RecordId, ReplayedFrom};
+use logpipe_core::record::{
+    error_header, header, replay_header, ErrorStage, RecordId, ReplayedFrom,
+};
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -33,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reason::Reason;
 use crate::registry::LookupError;
-use crate::topics::{Needed, TopicMaker};
 use crate::replay_filter::{PartitionKey, ReplayFilter};
+use crate::topics::{Needed, TopicMaker};
 use crate::verdict::{Checker, DeadLetter, Verdict};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,9 +47,15 @@ const READY_TOPICS: &str = "topics";
 /// What the loop reads and how it ends.
 pub enum Mode {
     /// The service: every raw topic a route covers, replay removal on, until shutdown.
-    Live { filter: ReplayFilter, state_topic: String },
+    Live {
+        filter: ReplayFilter,
+        state_topic: String,
+    },
     /// `replay`: one DLQ topic up to its end offsets at start, records chosen by `select`.
-    Replay { topic: String, select: Box<dyn Fn(&OwnedMessage) -> bool + Send + Sync> },
+    Replay {
+        topic: String,
+        select: Box<dyn Fn(&OwnedMessage) -> bool + Send + Sync>,
+    },
 }
 
 /// The loop's settings.
@@ -93,7 +101,10 @@ impl ClientContext for GroupContext {
 }
 
 fn partitions(list: &TopicPartitionList) -> Vec<PartitionKey> {
-    list.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 impl ConsumerContext for GroupContext {
@@ -142,10 +153,12 @@ impl BatchCounts {
             totals.dead += n;
         }
         for (topic, n) in self.dropped_fields {
-            metrics::counter!("logpipe_validator_extra_fields_dropped_total", "topic" => topic).increment(n);
+            metrics::counter!("logpipe_validator_extra_fields_dropped_total", "topic" => topic)
+                .increment(n);
         }
         for (topic, n) in self.replays {
-            metrics::counter!("logpipe_validator_replays_dropped_total", "topic" => topic).increment(n);
+            metrics::counter!("logpipe_validator_replays_dropped_total", "topic" => topic)
+                .increment(n);
             totals.replays_dropped += n;
         }
         totals.skipped += self.skipped;
@@ -181,9 +194,14 @@ impl Pipeline {
         readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
         readiness.ready(READY_TOPICS);
-        let topics = TopicMaker::new(&settings.kafka, settings.create_topics).context("creating the admin client")?;
-        let consumer_role = Role::Consumer { group_id: settings.group_id.clone() };
-        let mut consumer_config = settings.kafka.client_config(&consumer_role, "logpipe-validator");
+        let topics = TopicMaker::new(&settings.kafka, settings.create_topics)
+            .context("creating the admin client")?;
+        let consumer_role = Role::Consumer {
+            group_id: settings.group_id.clone(),
+        };
+        let mut consumer_config = settings
+            .kafka
+            .client_config(&consumer_role, "logpipe-validator");
         if let Mode::Replay { .. } = mode {
             // A replay ends at the DLQ's end, also for partitions whose group offset is there.
             consumer_config.set("enable.partition.eof", "true");
@@ -191,7 +209,9 @@ impl Pipeline {
         let consumer: StreamConsumer<GroupContext> = consumer_config
             .create_with_context(GroupContext::default())
             .context("creating the consumer")?;
-        let producer_role = Role::TransactionalProducer { transactional_id: settings.transactional_id.clone() };
+        let producer_role = Role::TransactionalProducer {
+            transactional_id: settings.transactional_id.clone(),
+        };
         let producer: ThreadedProducer<DefaultProducerContext> = settings
             .kafka
             .client_config(&producer_role, "logpipe-validator")
@@ -235,7 +255,11 @@ impl Pipeline {
         match &self.mode {
             Mode::Live { state_topic, .. } => {
                 if !self.exists(state_topic, false) {
-                    let needed = Needed { name: state_topic.clone(), partitions: 1, compacted: true };
+                    let needed = Needed {
+                        name: state_topic.clone(),
+                        partitions: 1,
+                        compacted: true,
+                    };
                     if let Some((_, sentence)) = self.ensure(&[needed]).await.pop() {
                         bail!("{sentence}");
                     }
@@ -254,30 +278,49 @@ impl Pipeline {
     fn exists(&self, topic: &str, may_create: bool) -> bool {
         let metadata = tokio::task::block_in_place(|| {
             if may_create {
-                self.producer.client().fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+                self.producer
+                    .client()
+                    .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
             } else {
                 self.consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)
             }
         });
-        metadata.is_ok_and(|m| m.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+        metadata.is_ok_and(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        })
     }
 
     /// [`TopicMaker::ensure`] with this pipeline's clients; returns what is still missing.
     async fn ensure(&self, needed: &[Needed]) -> Vec<(Needed, String)> {
         let may_create = self.topics.creates();
-        self.topics.ensure(needed, |t| self.exists(t, may_create)).await
+        self.topics
+            .ensure(needed, |t| self.exists(t, may_create))
+            .await
     }
 
     /// Replay: the DLQ's end offsets now; the replay stops there.
     fn take_ends(&mut self, topic: &str) -> anyhow::Result<()> {
-        let metadata = tokio::task::block_in_place(|| self.consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT))
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        let found = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none() && !t.partitions().is_empty());
+        let metadata = tokio::task::block_in_place(|| {
+            self.consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        })
+        .with_context(|| format!("reading metadata of {topic}"))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty());
         let Some(found) = found else {
-            bail!("topic {topic} does not exist on {}", self.settings.kafka.bootstrap);
+            bail!(
+                "topic {topic} does not exist on {}",
+                self.settings.kafka.bootstrap
+            );
         };
         for p in found.partitions() {
-            let (low, high) = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT))?;
+            let (low, high) = tokio::task::block_in_place(|| {
+                self.consumer.fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT)
+            })?;
             if high > low {
                 self.ends.insert(p.id(), high);
             }
@@ -307,21 +350,32 @@ impl Pipeline {
             // validate, encode; commit: produce and the transaction), for tuning.
             let started = Instant::now();
             let gathered = started - gathering;
-            let Some((outputs, counts)) = self.check_batch(&batch).await? else { break };
+            let Some((outputs, counts)) = self.check_batch(&batch).await? else {
+                break;
+            };
             let checked = started.elapsed();
             if self.commit(&batch, outputs)? {
                 counts.publish(&mut self.totals);
                 let total = started.elapsed();
                 metrics::histogram!("logpipe_validator_batch_seconds").record(total.as_secs_f64());
-                metrics::histogram!("logpipe_validator_gather_seconds").record(gathered.as_secs_f64());
-                metrics::histogram!("logpipe_validator_check_seconds").record(checked.as_secs_f64());
-                metrics::histogram!("logpipe_validator_commit_seconds").record((total - checked).as_secs_f64());
+                metrics::histogram!("logpipe_validator_gather_seconds")
+                    .record(gathered.as_secs_f64());
+                metrics::histogram!("logpipe_validator_check_seconds")
+                    .record(checked.as_secs_f64());
+                metrics::histogram!("logpipe_validator_commit_seconds")
+                    .record((total - checked).as_secs_f64());
                 if let Mode::Live { filter, .. } = &self.mode {
-                    metrics::gauge!("logpipe_validator_replay_state_files").set(filter.len() as f64);
+                    metrics::gauge!("logpipe_validator_replay_state_files")
+                        .set(filter.len() as f64);
                 }
             }
-            if matches!(self.mode, Mode::Replay { .. }) && progress.elapsed() >= Duration::from_secs(1) {
-                eprintln!("replay: {} clean, {} failed again, {} skipped", self.totals.clean, self.totals.dead, self.totals.skipped);
+            if matches!(self.mode, Mode::Replay { .. })
+                && progress.elapsed() >= Duration::from_secs(1)
+            {
+                eprintln!(
+                    "replay: {} clean, {} failed again, {} skipped",
+                    self.totals.clean, self.totals.dead, self.totals.skipped
+                );
                 progress = Instant::now();
             }
         }
@@ -339,27 +393,46 @@ impl Pipeline {
         let wanted: Vec<String> = match &self.mode {
             Mode::Replay { topic, .. } => vec![topic.clone()],
             Mode::Live { .. } => {
-                let metadata = match tokio::task::block_in_place(|| self.consumer.fetch_metadata(None, KAFKA_TIMEOUT)) {
+                let metadata = match tokio::task::block_in_place(|| {
+                    self.consumer.fetch_metadata(None, KAFKA_TIMEOUT)
+                }) {
                     Ok(metadata) => metadata,
                     Err(e) => {
-                        self.readiness.not_ready(READY_KAFKA, format!("metadata: {e}"));
+                        self.readiness
+                            .not_ready(READY_KAFKA, format!("metadata: {e}"));
                         tracing::warn!("reading the topic list: {e}");
                         return Ok(());
                     }
                 };
-                let partitions: BTreeMap<String, i32> =
-                    metadata.topics().iter().map(|t| (t.name().to_owned(), t.partitions().len() as i32)).collect();
+                let partitions: BTreeMap<String, i32> = metadata
+                    .topics()
+                    .iter()
+                    .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                    .collect();
                 let all: Vec<String> = partitions.keys().cloned().collect();
-                let mut wanted: Vec<String> = all.iter().filter(|t| self.checker.routes().reads(t, &all)).cloned().collect();
+                let mut wanted: Vec<String> = all
+                    .iter()
+                    .filter(|t| self.checker.routes().reads(t, &all))
+                    .cloned()
+                    .collect();
                 let outputs = self.outputs(&wanted, &partitions);
-                let needed: BTreeSet<Needed> = outputs.values().flatten().filter(|n| !partitions.contains_key(&n.name)).cloned().collect();
+                let needed: BTreeSet<Needed> = outputs
+                    .values()
+                    .flatten()
+                    .filter(|n| !partitions.contains_key(&n.name))
+                    .cloned()
+                    .collect();
                 let missing = self.ensure(&needed.into_iter().collect::<Vec<_>>()).await;
                 if missing.is_empty() {
                     self.readiness.ready(READY_TOPICS);
                 } else {
                     let sentences: Vec<&str> = missing.iter().map(|(_, s)| s.as_str()).collect();
                     self.readiness.not_ready(READY_TOPICS, sentences.join("; "));
-                    wanted.retain(|raw| !outputs[raw].iter().any(|o| missing.iter().any(|(m, _)| m.name == o.name)));
+                    wanted.retain(|raw| {
+                        !outputs[raw]
+                            .iter()
+                            .any(|o| missing.iter().any(|(m, _)| m.name == o.name))
+                    });
                 }
                 wanted
             }
@@ -371,7 +444,8 @@ impl Pipeline {
             self.subscribed = wanted;
         }
         if self.subscribed.is_empty() {
-            self.readiness.not_ready(READY_KAFKA, "no topic matches a route yet");
+            self.readiness
+                .not_ready(READY_KAFKA, "no topic matches a route yet");
         } else {
             self.readiness.ready(READY_KAFKA);
         }
@@ -380,27 +454,46 @@ impl Pipeline {
     }
 
     /// The clean and DLQ topics of each raw topic, with the raw topic's partition count.
-    fn outputs(&self, raw_topics: &[String], partitions: &BTreeMap<String, i32>) -> BTreeMap<String, [Needed; 2]> {
+    fn outputs(
+        &self,
+        raw_topics: &[String],
+        partitions: &BTreeMap<String, i32>,
+    ) -> BTreeMap<String, [Needed; 2]> {
         raw_topics
             .iter()
             .filter_map(|raw| {
                 let route = self.checker.routes().find(raw)?;
                 let n = partitions.get(raw).copied().unwrap_or(1).max(1);
-                let need = |name: String| Needed { name, partitions: n, compacted: false };
-                Some((raw.clone(), [need(route.clean.render(raw)), need(route.dlq.render(raw))]))
+                let need = |name: String| Needed {
+                    name,
+                    partitions: n,
+                    compacted: false,
+                };
+                Some((
+                    raw.clone(),
+                    [need(route.clean.render(raw)), need(route.dlq.render(raw))],
+                ))
             })
             .collect()
     }
 
     fn report_lag(&self) {
-        let (Ok(assignment), Ok(positions)) = (self.consumer.assignment(), self.consumer.position()) else { return };
+        let (Ok(assignment), Ok(positions)) =
+            (self.consumer.assignment(), self.consumer.position())
+        else {
+            return;
+        };
         for element in assignment.elements() {
             let position = positions
                 .find_partition(element.topic(), element.partition())
                 .and_then(|p| p.offset().to_raw())
                 .filter(|o| *o >= 0);
             let watermarks = tokio::task::block_in_place(|| {
-                self.consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+                self.consumer.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    Duration::from_secs(2),
+                )
             });
             if let (Some(position), Ok((_, high))) = (position, watermarks) {
                 metrics::gauge!("logpipe_validator_consumer_lag_records", "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
@@ -414,7 +507,11 @@ impl Pipeline {
         let mut batch: Vec<OwnedMessage> = Vec::new();
         let deadline = tokio::time::Instant::now() + self.settings.batch_time;
         while batch.len() < self.settings.batch_records {
-            let wait = if batch.is_empty() { self.settings.batch_time * 5 } else { deadline - tokio::time::Instant::now() };
+            let wait = if batch.is_empty() {
+                self.settings.batch_time * 5
+            } else {
+                deadline - tokio::time::Instant::now()
+            };
             let received = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(Vec::new()),
                 r = tokio::time::timeout(wait, self.consumer.recv()) => r.map(|r| r.map(|m| m.detach())),
@@ -424,7 +521,11 @@ impl Pipeline {
             // poll returned came after the rebalance.
             let revoked = self.handle_group_events()?;
             if !revoked.is_empty() {
-                batch.retain(|m| !revoked.iter().any(|(t, p)| t == m.topic() && *p == m.partition()));
+                batch.retain(|m| {
+                    !revoked
+                        .iter()
+                        .any(|(t, p)| t == m.topic() && *p == m.partition())
+                });
             }
             match received {
                 Err(_elapsed) => break,
@@ -441,7 +542,8 @@ impl Pipeline {
                 }
                 Ok(Err(e)) => {
                     tracing::warn!("consumer: {e}");
-                    self.readiness.not_ready(READY_KAFKA, format!("consumer: {e}"));
+                    self.readiness
+                        .not_ready(READY_KAFKA, format!("consumer: {e}"));
                     break;
                 }
             }
@@ -467,7 +569,8 @@ impl Pipeline {
 
     /// Acts on rebalances; returns the partitions revoked.
     fn handle_group_events(&mut self) -> anyhow::Result<Vec<PartitionKey>> {
-        let events: Vec<GroupEvent> = std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
+        let events: Vec<GroupEvent> =
+            std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
         let mut revoked = Vec::new();
         for event in events {
             match (event, &mut self.mode) {
@@ -479,7 +582,13 @@ impl Pipeline {
                     }
                     revoked.extend(list);
                 }
-                (GroupEvent::Assigned(list), Mode::Live { filter, state_topic }) => {
+                (
+                    GroupEvent::Assigned(list),
+                    Mode::Live {
+                        filter,
+                        state_topic,
+                    },
+                ) => {
                     let started = Instant::now();
                     let restored = tokio::task::block_in_place(|| {
                         restore_state(&self.settings, state_topic, &list, filter, &self.shutdown)
@@ -493,7 +602,10 @@ impl Pipeline {
     }
 
     /// Checks every record of a batch. `None` when shutdown came during a pause.
-    async fn check_batch(&mut self, batch: &[OwnedMessage]) -> anyhow::Result<Option<(Vec<Output>, BatchCounts)>> {
+    async fn check_batch(
+        &mut self,
+        batch: &[OwnedMessage],
+    ) -> anyhow::Result<Option<(Vec<Output>, BatchCounts)>> {
         let mut outputs = Vec::with_capacity(batch.len());
         let mut counts = BatchCounts::default();
         let now_ms = now_ms();
@@ -508,22 +620,38 @@ impl Pipeline {
                         counts.skipped += 1;
                         continue;
                     }
-                    let original = header_text(message, error_header::TOPIC).unwrap_or_else(|| message.topic().to_owned());
+                    let original = header_text(message, error_header::TOPIC)
+                        .unwrap_or_else(|| message.topic().to_owned());
                     (original, Some(replayed_headers(message)))
                 }
                 Mode::Live { .. } => (message.topic().to_owned(), message.headers().cloned()),
             };
             if let Mode::Live { filter, .. } = &mut self.mode {
-                let pairs = message.headers().into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
+                let pairs = message
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key, h.value));
                 match RecordId::from_headers(pairs) {
                     Ok(Some(id)) => {
-                        if !filter.pass(&(message.topic().to_owned(), message.partition()), &id, now_ms) {
-                            *counts.replays.entry(message.topic().to_owned()).or_default() += 1;
+                        if !filter.pass(
+                            &(message.topic().to_owned(), message.partition()),
+                            &id,
+                            now_ms,
+                        ) {
+                            *counts
+                                .replays
+                                .entry(message.topic().to_owned())
+                                .or_default() += 1;
                             continue;
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::debug!(topic = message.topic(), offset = message.offset(), "no replay check: {e}"),
+                    Err(e) => tracing::debug!(
+                        topic = message.topic(),
+                        offset = message.offset(),
+                        "no replay check: {e}"
+                    ),
                 }
             }
             let raw = message.payload().unwrap_or_default();
@@ -541,32 +669,68 @@ impl Pipeline {
             if self.checker.store_reachable() {
                 self.readiness.ready(READY_STORE);
             } else {
-                self.readiness.not_ready(READY_STORE, "schema store unreachable; using cached schemas");
+                self.readiness.not_ready(
+                    READY_STORE,
+                    "schema store unreachable; using cached schemas",
+                );
             }
             let key = message.key().map(<[u8]>::to_vec);
             let timestamp = message.timestamp().to_millis();
             let output = match verdict {
-                Verdict::Clean { topic, subject, dropped_fields, .. } => {
-                    *counts.valid.entry((source_topic.clone(), subject)).or_default() += 1;
+                Verdict::Clean {
+                    topic,
+                    subject,
+                    dropped_fields,
+                    ..
+                } => {
+                    *counts
+                        .valid
+                        .entry((source_topic.clone(), subject))
+                        .or_default() += 1;
                     if dropped_fields > 0 {
-                        *counts.dropped_fields.entry(source_topic.clone()).or_default() += dropped_fields as u64;
+                        *counts
+                            .dropped_fields
+                            .entry(source_topic.clone())
+                            .or_default() += dropped_fields as u64;
                     }
-                    Output { topic, key, value, headers: headers.unwrap_or_default(), timestamp }
+                    Output {
+                        topic,
+                        key,
+                        value,
+                        headers: headers.unwrap_or_default(),
+                        timestamp,
+                    }
                 }
                 Verdict::Dead(mut dead) => {
                     if dead.stage == ErrorStage::Parse {
                         if let Some(length) = header_text(message, header::TRUNCATED) {
                             dead.kind = Reason::TooLarge;
-                            dead.reason = format!("{} (the agent cut this line of {length} bytes at its size limit)", dead.reason);
+                            dead.reason = format!(
+                                "{} (the agent cut this line of {length} bytes at its size limit)",
+                                dead.reason
+                            );
                         }
                     }
-                    *counts.invalid.entry((source_topic.clone(), dead.stage, dead.kind)).or_default() += 1;
-                    let topic = dead
-                        .topic
-                        .clone()
-                        .unwrap_or_else(|| logpipe_core::record::TopicTemplate::dlq_default().render(&source_topic));
-                    let headers = dead_letter_headers(headers.unwrap_or_default(), &dead, message, &source_topic);
-                    Output { topic, key, value: raw.to_vec(), headers, timestamp }
+                    *counts
+                        .invalid
+                        .entry((source_topic.clone(), dead.stage, dead.kind))
+                        .or_default() += 1;
+                    let topic = dead.topic.clone().unwrap_or_else(|| {
+                        logpipe_core::record::TopicTemplate::dlq_default().render(&source_topic)
+                    });
+                    let headers = dead_letter_headers(
+                        headers.unwrap_or_default(),
+                        &dead,
+                        message,
+                        &source_topic,
+                    );
+                    Output {
+                        topic,
+                        key,
+                        value: raw.to_vec(),
+                        headers,
+                        timestamp,
+                    }
                 }
             };
             outputs.push(output);
@@ -590,7 +754,9 @@ impl Pipeline {
     fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
         let mut offsets: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
         for m in batch {
-            let entry = offsets.entry((m.topic().to_owned(), m.partition())).or_insert((m.offset(), m.offset()));
+            let entry = offsets
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert((m.offset(), m.offset()));
             entry.0 = entry.0.min(m.offset());
             entry.1 = entry.1.max(m.offset());
         }
@@ -602,7 +768,9 @@ impl Pipeline {
                 }
                 Ok(true)
             }
-            Err(e) if is_fatal(&e) => Err(e).context("transaction failed fatally (fenced by a newer instance?)"),
+            Err(e) if is_fatal(&e) => {
+                Err(e).context("transaction failed fatally (fenced by a newer instance?)")
+            }
             Err(e) => {
                 tracing::warn!("transaction failed: {e}; aborting and reading the batch again");
                 metrics::counter!("logpipe_validator_transactions_aborted_total").increment(1);
@@ -612,7 +780,10 @@ impl Pipeline {
                 tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
                     .context("aborting the transaction")?;
                 for ((topic, partition), (first, _)) in offsets {
-                    if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(first), KAFKA_TIMEOUT) {
+                    if let Err(e) =
+                        self.consumer
+                            .seek(&topic, partition, Offset::Offset(first), KAFKA_TIMEOUT)
+                    {
                         tracing::warn!(topic, partition, "rewinding: {e}");
                     }
                 }
@@ -621,10 +792,16 @@ impl Pipeline {
         }
     }
 
-    fn transaction(&self, offsets: &BTreeMap<(String, i32), (i64, i64)>, outputs: Vec<Output>) -> Result<(), KafkaError> {
+    fn transaction(
+        &self,
+        offsets: &BTreeMap<(String, i32), (i64, i64)>,
+        outputs: Vec<Output>,
+    ) -> Result<(), KafkaError> {
         self.producer.begin_transaction()?;
         for output in &outputs {
-            let mut record = BaseRecord::<[u8], [u8]>::to(&output.topic).payload(&output.value).headers(output.headers.clone());
+            let mut record = BaseRecord::<[u8], [u8]>::to(&output.topic)
+                .payload(&output.value)
+                .headers(output.headers.clone());
             if let Some(key) = &output.key {
                 record = record.key(key.as_slice());
             }
@@ -633,7 +810,11 @@ impl Pipeline {
             }
             self.send(record)?;
         }
-        if let Mode::Live { filter, state_topic } = &self.mode {
+        if let Mode::Live {
+            filter,
+            state_topic,
+        } = &self.mode
+        {
             for (key, value) in filter.changes() {
                 let mut record = BaseRecord::<[u8], [u8]>::to(state_topic).key(&key);
                 if let Some(value) = &value {
@@ -647,9 +828,15 @@ impl Pipeline {
             list.add_partition_offset(topic, *partition, Offset::Offset(last + 1))?;
         }
         // No group metadata means the consumer is not in the group (any more): abort and re-read.
-        let group = self.consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownMemberId))?;
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::UnknownMemberId,
+            ))?;
         tracing::debug!(offsets = ?list, records = outputs.len(), "committing a batch");
-        self.producer.send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
+        self.producer
+            .send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
         self.producer.commit_transaction(KAFKA_TIMEOUT)
     }
 
@@ -659,7 +846,9 @@ impl Pipeline {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if Instant::now() < deadline => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -671,18 +860,27 @@ impl Pipeline {
 
 fn is_fatal(e: &KafkaError) -> bool {
     match e {
-        KafkaError::Transaction(t) => t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable()),
+        KafkaError::Transaction(t) => {
+            t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable())
+        }
         _ => false,
     }
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
     let headers = message.headers()?;
-    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// A dead letter's headers as a replay writes them: without the `lp.error.*` ones and an earlier
@@ -704,18 +902,43 @@ fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
         replay_header::PARTITION,
         replay_header::OFFSET,
     ];
-    for h in message.headers().into_iter().flat_map(|h| h.iter()).filter(|h| !VERDICT.contains(&h.key)) {
-        out = out.insert(Header { key: h.key, value: h.value });
+    for h in message
+        .headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .filter(|h| !VERDICT.contains(&h.key))
+    {
+        out = out.insert(Header {
+            key: h.key,
+            value: h.value,
+        });
     }
-    let from = ReplayedFrom { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+    let from = ReplayedFrom {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
     for (key, value) in from.headers() {
-        out = out.insert(Header { key, value: Some(value.as_bytes()) });
+        out = out.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
     }
     out
 }
 
-fn dead_letter_headers(headers: OwnedHeaders, dead: &DeadLetter, message: &OwnedMessage, source_topic: &str) -> OwnedHeaders {
-    let add = |headers: OwnedHeaders, key: &str, value: &str| headers.insert(Header { key, value: Some(value.as_bytes()) });
+fn dead_letter_headers(
+    headers: OwnedHeaders,
+    dead: &DeadLetter,
+    message: &OwnedMessage,
+    source_topic: &str,
+) -> OwnedHeaders {
+    let add = |headers: OwnedHeaders, key: &str, value: &str| {
+        headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        })
+    };
     let mut h = add(headers, error_header::STAGE, dead.stage.as_str());
     h = add(h, error_header::REASON, &dead.reason);
     if let Some(pointer) = &dead.pointer {
@@ -728,9 +951,15 @@ fn dead_letter_headers(headers: OwnedHeaders, dead: &DeadLetter, message: &Owned
         h = add(h, error_header::SCHEMA_ID, &id.to_string());
     }
     // Where the record was read: in a replay, where it was first read.
-    let (partition, offset) = match (header_text(message, error_header::PARTITION), header_text(message, error_header::OFFSET)) {
+    let (partition, offset) = match (
+        header_text(message, error_header::PARTITION),
+        header_text(message, error_header::OFFSET),
+    ) {
         (Some(p), Some(o)) if message.topic() != source_topic => (p, o),
-        _ => (message.partition().to_string(), message.offset().to_string()),
+        _ => (
+            message.partition().to_string(),
+            message.offset().to_string(),
+        ),
     };
     h = add(h, error_header::TOPIC, source_topic);
     h = add(h, error_header::PARTITION, &partition);
@@ -746,12 +975,22 @@ fn restore_state(
     filter: &mut ReplayFilter,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<usize> {
-    let mut config = settings.kafka.client_config(&Role::Consumer { group_id: format!("{}.restore", settings.group_id) }, "logpipe-validator-restore");
+    let mut config = settings.kafka.client_config(
+        &Role::Consumer {
+            group_id: format!("{}.restore", settings.group_id),
+        },
+        "logpipe-validator-restore",
+    );
     config.set("enable.partition.eof", "true");
-    let reader: BaseConsumer<EndIsNotAnError> =
-        config.create_with_context(EndIsNotAnError).context("creating the replay-state reader")?;
+    let reader: BaseConsumer<EndIsNotAnError> = config
+        .create_with_context(EndIsNotAnError)
+        .context("creating the replay-state reader")?;
     let metadata = reader.fetch_metadata(Some(state_topic), KAFKA_TIMEOUT)?;
-    let count = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let count = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
     let mut list = TopicPartitionList::new();
     for p in 0..count as i32 {
         list.add_partition_offset(state_topic, p, Offset::Beginning)?;

@@ -93,18 +93,29 @@ impl Reason {
         match kind {
             K::Required { .. } => Reason::MissingField,
             K::Type { .. } => Reason::WrongType,
-            K::Minimum { .. } | K::Maximum { .. } | K::ExclusiveMinimum { .. } | K::ExclusiveMaximum { .. } | K::MultipleOf { .. } => {
-                Reason::OutOfRange
-            }
-            K::Format { .. } | K::Pattern { .. } | K::ContentEncoding { .. } | K::ContentMediaType { .. } => Reason::BadFormat,
+            K::Minimum { .. }
+            | K::Maximum { .. }
+            | K::ExclusiveMinimum { .. }
+            | K::ExclusiveMaximum { .. }
+            | K::MultipleOf { .. } => Reason::OutOfRange,
+            K::Format { .. }
+            | K::Pattern { .. }
+            | K::ContentEncoding { .. }
+            | K::ContentMediaType { .. } => Reason::BadFormat,
             K::Enum { .. } | K::Constant { .. } => Reason::UnknownSymbol,
-            K::AnyOf { .. } | K::OneOfNotValid { .. } | K::OneOfMultipleValid { .. } => Reason::NoUnionBranch,
-            K::AdditionalProperties { .. } | K::AdditionalItems { .. } | K::UnevaluatedProperties { .. } | K::UnevaluatedItems { .. } => {
-                Reason::ExtraField
+            K::AnyOf { .. } | K::OneOfNotValid { .. } | K::OneOfMultipleValid { .. } => {
+                Reason::NoUnionBranch
             }
-            K::MinLength { .. } | K::MaxLength { .. } | K::MinItems { .. } | K::MaxItems { .. } | K::MinProperties { .. } | K::MaxProperties { .. } => {
-                Reason::WrongSize
-            }
+            K::AdditionalProperties { .. }
+            | K::AdditionalItems { .. }
+            | K::UnevaluatedProperties { .. }
+            | K::UnevaluatedItems { .. } => Reason::ExtraField,
+            K::MinLength { .. }
+            | K::MaxLength { .. }
+            | K::MinItems { .. }
+            | K::MaxItems { .. }
+            | K::MinProperties { .. }
+            | K::MaxProperties { .. } => Reason::WrongSize,
             _ => Reason::Constraint,
         }
     }
@@ -122,9 +133,12 @@ mod tests {
 
     #[test]
     fn labels_are_distinct_snake_case() {
-        let labels: std::collections::BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        let labels: std::collections::BTreeSet<&str> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), Reason::ALL.len());
-        assert!(labels.iter().all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(labels
+            .iter()
+            .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
     }
 
     #[test]
@@ -136,12 +150,23 @@ mod tests {
             "additionalProperties": false
         });
         let validator = jsonschema::validator_for(&schema).unwrap();
-        let kind = |value: serde_json::Value| Reason::of_json_schema(validator.validate(&value).unwrap_err().kind());
+        let kind = |value: serde_json::Value| {
+            Reason::of_json_schema(validator.validate(&value).unwrap_err().kind())
+        };
         assert_eq!(kind(serde_json::json!({})), Reason::MissingField);
         assert_eq!(kind(serde_json::json!({"id": "1"})), Reason::WrongType);
         assert_eq!(kind(serde_json::json!({"id": -1})), Reason::OutOfRange);
-        assert_eq!(kind(serde_json::json!({"id": 1, "tag": "c"})), Reason::UnknownSymbol);
-        assert_eq!(kind(serde_json::json!({"id": 1, "name": "abc"})), Reason::WrongSize);
-        assert_eq!(kind(serde_json::json!({"id": 1, "x": 1})), Reason::ExtraField);
+        assert_eq!(
+            kind(serde_json::json!({"id": 1, "tag": "c"})),
+            Reason::UnknownSymbol
+        );
+        assert_eq!(
+            kind(serde_json::json!({"id": 1, "name": "abc"})),
+            Reason::WrongSize
+        );
+        assert_eq!(
+            kind(serde_json::json!({"id": 1, "x": 1})),
+            Reason::ExtraField
+        );
     }
 }

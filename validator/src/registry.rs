@@ -57,7 +57,8 @@ pub struct StoreClient {
     credentials: Option<(String, String)>,
 }
 
-const ACCEPT: &str = "application/vnd.schemaregistry.v1+json, application/vnd.schemaregistry+json, application/json";
+const ACCEPT: &str =
+    "application/vnd.schemaregistry.v1+json, application/vnd.schemaregistry+json, application/json";
 
 #[derive(Deserialize)]
 struct SubjectVersion {
@@ -74,8 +75,13 @@ struct ApiError {
 }
 
 impl StoreClient {
-    pub fn new(base: &str, credentials: Option<(String, String)>, timeout: Duration) -> anyhow::Result<StoreClient> {
-        let mut base = reqwest::Url::parse(base).map_err(|e| anyhow::anyhow!("schema_store {base:?} is not a URL: {e}"))?;
+    pub fn new(
+        base: &str,
+        credentials: Option<(String, String)>,
+        timeout: Duration,
+    ) -> anyhow::Result<StoreClient> {
+        let mut base = reqwest::Url::parse(base)
+            .map_err(|e| anyhow::anyhow!("schema_store {base:?} is not a URL: {e}"))?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
             anyhow::bail!("schema_store {base} must be an http or https URL");
         }
@@ -83,42 +89,83 @@ impl StoreClient {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).build()?;
-        Ok(StoreClient { base, http, credentials })
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()?;
+        Ok(StoreClient {
+            base,
+            http,
+            credentials,
+        })
     }
 
     /// `GET /subjects/{subject}/versions/{version|latest}`: (id, type, schema).
-    pub async fn subject_version(&self, subject: &str, version: Version) -> Result<(u32, SchemaType, String), LookupError> {
-        let found: SubjectVersion = self.get(&["subjects", subject, "versions", &version.to_string()]).await?;
-        let schema_type = SchemaType::from_api(found.schema_type.as_deref()).map_err(|e| LookupError::Problem(Reason::UnusableSchema, e))?;
+    pub async fn subject_version(
+        &self,
+        subject: &str,
+        version: Version,
+    ) -> Result<(u32, SchemaType, String), LookupError> {
+        let found: SubjectVersion = self
+            .get(&["subjects", subject, "versions", &version.to_string()])
+            .await?;
+        let schema_type = SchemaType::from_api(found.schema_type.as_deref())
+            .map_err(|e| LookupError::Problem(Reason::UnusableSchema, e))?;
         Ok((found.id, schema_type, found.schema))
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, segments: &[&str]) -> Result<T, LookupError> {
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+    ) -> Result<T, LookupError> {
         let mut url = self.base.clone();
-        url.path_segments_mut().expect("checked to be a base").pop_if_empty().extend(segments);
-        let mut request = self.http.get(url.clone()).header(reqwest::header::ACCEPT, ACCEPT);
+        url.path_segments_mut()
+            .expect("checked to be a base")
+            .pop_if_empty()
+            .extend(segments);
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, ACCEPT);
         if let Some((user, password)) = &self.credentials {
             request = request.basic_auth(user, Some(password));
         }
-        let response = request.send().await.map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}")))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}")))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}")))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}")))?;
         if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map_err(|e| LookupError::Unavailable(format!("GET {url}: unexpected answer: {e}")));
+            return serde_json::from_slice(&body).map_err(|e| {
+                LookupError::Unavailable(format!("GET {url}: unexpected answer: {e}"))
+            });
         }
         let error: Option<ApiError> = serde_json::from_slice(&body).ok();
         let message = error
             .as_ref()
-            .map(|e| format!("{} (error {})", e.message.as_deref().unwrap_or(""), e.error_code.unwrap_or(0)))
+            .map(|e| {
+                format!(
+                    "{} (error {})",
+                    e.message.as_deref().unwrap_or(""),
+                    e.error_code.unwrap_or(0)
+                )
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
         // Only "this does not exist" is an answer about the record; anything else (auth, server
         // errors, a proxy's page) is the store's or the config's problem.
         if status == reqwest::StatusCode::NOT_FOUND && error.is_some() {
-            Err(LookupError::Problem(Reason::UnknownSubject, format!("GET {url}: {message}")))
+            Err(LookupError::Problem(
+                Reason::UnknownSubject,
+                format!("GET {url}: {message}"),
+            ))
         } else {
-            Err(LookupError::Unavailable(format!("GET {url}: {status}: {message}")))
+            Err(LookupError::Unavailable(format!(
+                "GET {url}: {status}: {message}"
+            )))
         }
     }
 }
@@ -140,7 +187,13 @@ pub struct SchemaCache {
 
 impl SchemaCache {
     pub fn new(client: StoreClient, refresh: Duration) -> SchemaCache {
-        SchemaCache { client, refresh, by_id: HashMap::new(), by_subject: HashMap::new(), reachable: true }
+        SchemaCache {
+            client,
+            refresh,
+            by_id: HashMap::new(),
+            by_subject: HashMap::new(),
+            reachable: true,
+        }
     }
 
     /// Whether the store answered the last request made to it.
@@ -149,14 +202,22 @@ impl SchemaCache {
     }
 
     /// The schema a subject's records are checked against.
-    pub async fn subject(&mut self, subject: &str, version: Version) -> Result<Arc<CompiledSchema>, LookupError> {
+    pub async fn subject(
+        &mut self,
+        subject: &str,
+        version: Version,
+    ) -> Result<Arc<CompiledSchema>, LookupError> {
         let key = (subject.to_owned(), version);
         let stale = match self.by_subject.get(&key) {
             Some(entry) => {
-                let fresh = entry.fetched.elapsed() < self.refresh || (version != Version::Latest && entry.found.is_ok());
+                let fresh = entry.fetched.elapsed() < self.refresh
+                    || (version != Version::Latest && entry.found.is_ok());
                 if fresh {
                     metrics::counter!("logpipe_validator_schema_cache_hits_total", "subject" => subject.to_owned()).increment(1);
-                    return entry.found.clone().map_err(|(kind, reason)| LookupError::Problem(kind, reason));
+                    return entry
+                        .found
+                        .clone()
+                        .map_err(|(kind, reason)| LookupError::Problem(kind, reason));
                 }
                 entry.found.clone().ok()
             }
@@ -176,21 +237,39 @@ impl SchemaCache {
         let found = found.and_then(|compiled| compiled);
         if let (Some(old), Ok(new)) = (&stale, &found) {
             if old.id != new.id {
-                tracing::info!(subject, old = old.id, new = new.id, "subject has a new schema version");
+                tracing::info!(
+                    subject,
+                    old = old.id,
+                    new = new.id,
+                    "subject has a new schema version"
+                );
             }
         }
-        self.by_subject.insert(key, SubjectEntry { found: found.clone(), fetched: Instant::now() });
+        self.by_subject.insert(
+            key,
+            SubjectEntry {
+                found: found.clone(),
+                fetched: Instant::now(),
+            },
+        );
         found.map_err(|(kind, reason)| LookupError::Problem(kind, reason))
     }
 
-    fn compiled(&mut self, id: u32, schema_type: SchemaType, text: &str) -> Result<Arc<CompiledSchema>, (Reason, String)> {
+    fn compiled(
+        &mut self,
+        id: u32,
+        schema_type: SchemaType,
+        text: &str,
+    ) -> Result<Arc<CompiledSchema>, (Reason, String)> {
         if let Some(found) = self.by_id.get(&id) {
             return Ok(found.clone());
         }
-        let compiled = Arc::new(
-            CompiledSchema::compile(id, schema_type, text)
-                .map_err(|e| (Reason::UnusableSchema, format!("schema id {id} cannot be used: {e}")))?,
-        );
+        let compiled = Arc::new(CompiledSchema::compile(id, schema_type, text).map_err(|e| {
+            (
+                Reason::UnusableSchema,
+                format!("schema id {id} cannot be used: {e}"),
+            )
+        })?);
         self.by_id.insert(id, compiled.clone());
         Ok(compiled)
     }
@@ -217,20 +296,45 @@ pub(crate) mod tests {
         pub fail: Arc<std::sync::atomic::AtomicBool>,
     }
 
-    pub(crate) const V1: &str = r#"{"type":"record","name":"E","fields":[{"name":"a","type":"int"}]}"#;
+    pub(crate) const V1: &str =
+        r#"{"type":"record","name":"E","fields":[{"name":"a","type":"int"}]}"#;
     pub(crate) const V2: &str = r#"{"type":"record","name":"E","fields":[{"name":"a","type":"int"},{"name":"b","type":["null","string"],"default":null}]}"#;
 
-    async fn version(State(c): State<Canned>, Path((subject, v)): Path<(String, String)>) -> (StatusCode, Json<Value>) {
+    async fn version(
+        State(c): State<Canned>,
+        Path((subject, v)): Path<(String, String)>,
+    ) -> (StatusCode, Json<Value>) {
         c.requests.fetch_add(1, Ordering::SeqCst);
         if c.fail.load(Ordering::SeqCst) {
-            return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error_code": 50001, "message": "store error"})));
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error_code": 50001, "message": "store error"})),
+            );
         }
-        let v = if v == "latest" { *c.latest.lock().unwrap() } else { v.parse().unwrap_or(0) };
+        let v = if v == "latest" {
+            *c.latest.lock().unwrap()
+        } else {
+            v.parse().unwrap_or(0)
+        };
         match (subject.as_str(), v) {
-            ("s", 1) => (StatusCode::OK, Json(json!({"subject": "s", "version": 1, "id": 10, "schema": V1}))),
-            ("s", 2) => (StatusCode::OK, Json(json!({"subject": "s", "version": 2, "id": 11, "schema": V2, "schemaType": "AVRO"}))),
-            ("s", _) => (StatusCode::NOT_FOUND, Json(json!({"error_code": 40402, "message": "Version not found."}))),
-            _ => (StatusCode::NOT_FOUND, Json(json!({"error_code": 40401, "message": "Subject not found."}))),
+            ("s", 1) => (
+                StatusCode::OK,
+                Json(json!({"subject": "s", "version": 1, "id": 10, "schema": V1})),
+            ),
+            ("s", 2) => (
+                StatusCode::OK,
+                Json(
+                    json!({"subject": "s", "version": 2, "id": 11, "schema": V2, "schemaType": "AVRO"}),
+                ),
+            ),
+            ("s", _) => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error_code": 40402, "message": "Version not found."})),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error_code": 40401, "message": "Subject not found."})),
+            ),
         }
     }
 
@@ -246,7 +350,10 @@ pub(crate) mod tests {
     }
 
     fn cache(base: &str, refresh: Duration) -> SchemaCache {
-        SchemaCache::new(StoreClient::new(base, None, Duration::from_secs(2)).unwrap(), refresh)
+        SchemaCache::new(
+            StoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            refresh,
+        )
     }
 
     #[tokio::test]
@@ -256,7 +363,11 @@ pub(crate) mod tests {
         let mut cache = cache(&serve(canned.clone()).await, Duration::from_millis(300));
         assert_eq!(cache.subject("s", Version::Latest).await.unwrap().id, 10);
         assert_eq!(cache.subject("s", Version::Latest).await.unwrap().id, 10);
-        assert_eq!(canned.requests.load(Ordering::SeqCst), 1, "the second lookup is a cache hit");
+        assert_eq!(
+            canned.requests.load(Ordering::SeqCst),
+            1,
+            "the second lookup is a cache hit"
+        );
         *canned.latest.lock().unwrap() = 2;
         // Bounded wait for the refresh interval to pass.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -278,8 +389,14 @@ pub(crate) mod tests {
         let canned = Canned::default();
         let mut cache = cache(&serve(canned.clone()).await, Duration::from_secs(60));
         let err = cache.subject("nope", Version::Latest).await.unwrap_err();
-        assert!(matches!(&err, LookupError::Problem(Reason::UnknownSubject, m) if m.contains("40401")), "{err:?}");
-        assert!(matches!(cache.subject("s", Version::Pinned(7)).await, Err(LookupError::Problem(Reason::UnknownSubject, _))));
+        assert!(
+            matches!(&err, LookupError::Problem(Reason::UnknownSubject, m) if m.contains("40401")),
+            "{err:?}"
+        );
+        assert!(matches!(
+            cache.subject("s", Version::Pinned(7)).await,
+            Err(LookupError::Problem(Reason::UnknownSubject, _))
+        ));
         cache.subject("nope", Version::Latest).await.unwrap_err();
         assert_eq!(canned.requests.load(Ordering::SeqCst), 2);
         assert!(cache.reachable());
@@ -288,9 +405,19 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn an_unreachable_store_is_unavailable_never_a_problem() {
         // Nothing listens on this port.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut cache = cache(&format!("http://127.0.0.1:{port}"), Duration::from_millis(1));
-        assert!(matches!(cache.subject("s", Version::Latest).await, Err(LookupError::Unavailable(_))));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cache = cache(
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_millis(1),
+        );
+        assert!(matches!(
+            cache.subject("s", Version::Latest).await,
+            Err(LookupError::Unavailable(_))
+        ));
         assert!(!cache.reachable());
 
         // A store answering 5xx is unavailable too; a stale answer is used meanwhile.
@@ -302,7 +429,10 @@ pub(crate) mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(cache.subject("s", Version::Latest).await.unwrap().id, 10);
         assert!(!cache.reachable());
-        assert!(matches!(cache.subject("other", Version::Latest).await, Err(LookupError::Unavailable(_))));
+        assert!(matches!(
+            cache.subject("other", Version::Latest).await,
+            Err(LookupError::Unavailable(_))
+        ));
         canned.fail.store(false, Ordering::SeqCst);
         cache.subject("s", Version::Latest).await.unwrap();
         assert!(cache.reachable());

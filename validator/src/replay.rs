@@ -36,7 +36,12 @@ pub const ABOUT: &str = "Re-validate dead letters after a schema fix, exactly on
 #[command(name = "logpipe-validator replay", about = ABOUT)]
 pub struct ReplayArgs {
     /// The validator's config file (routes, schema store, read cluster).
-    #[arg(long, short, env = "LOGPIPE_CONFIG", default_value = "/etc/logpipe/validator.toml")]
+    #[arg(
+        long,
+        short,
+        env = "LOGPIPE_CONFIG",
+        default_value = "/etc/logpipe/validator.toml"
+    )]
     pub config: PathBuf,
     /// The dead-letter topic to replay.
     #[arg(long)]
@@ -58,11 +63,13 @@ pub struct ReplayArgs {
 }
 
 fn parse_stage(s: &str) -> Result<ErrorStage, String> {
-    ErrorStage::parse(s).ok_or_else(|| format!("{s:?} is not a stage (parse, route, schema, validate, encode)"))
+    ErrorStage::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a stage (parse, route, schema, validate, encode)"))
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| format!("{s:?}: {e}"))?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?}: {e}"))?;
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
@@ -78,7 +85,10 @@ pub struct Selection {
 impl Selection {
     pub fn matches(&self, message: &OwnedMessage) -> bool {
         let header = |name: &str| {
-            message.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value)).map(String::from_utf8_lossy)
+            message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+                .map(String::from_utf8_lossy)
         };
         if let Some(stage) = self.stage {
             if header(error_header::STAGE).as_deref() != Some(stage.as_str()) {
@@ -91,10 +101,16 @@ impl Selection {
             }
         }
         let ts = message.timestamp().to_millis();
-        if self.since_ms.is_some_and(|since| ts.is_none_or(|t| t < since)) {
+        if self
+            .since_ms
+            .is_some_and(|since| ts.is_none_or(|t| t < since))
+        {
             return false;
         }
-        if self.until_ms.is_some_and(|until| ts.is_none_or(|t| t >= until)) {
+        if self
+            .until_ms
+            .is_some_and(|until| ts.is_none_or(|t| t >= until))
+        {
             return false;
         }
         true
@@ -102,9 +118,24 @@ impl Selection {
 }
 
 /// Replays `topic` and returns the counts.
-pub async fn replay(config: &ValidatorConfig, topic: &str, selection: Selection, shutdown: CancellationToken) -> anyhow::Result<Totals> {
-    let mode = Mode::Replay { topic: topic.to_owned(), select: Box::new(move |m| selection.matches(m)) };
-    let pipeline = Pipeline::connect(config.settings(".replay"), mode, config.checker()?, Readiness::new(), shutdown).await?;
+pub async fn replay(
+    config: &ValidatorConfig,
+    topic: &str,
+    selection: Selection,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Totals> {
+    let mode = Mode::Replay {
+        topic: topic.to_owned(),
+        select: Box::new(move |m| selection.matches(m)),
+    };
+    let pipeline = Pipeline::connect(
+        config.settings(".replay"),
+        mode,
+        config.checker()?,
+        Readiness::new(),
+        shutdown,
+    )
+    .await?;
     match pipeline {
         Some(pipeline) => pipeline.run().await,
         None => Ok(Totals::default()),
@@ -122,7 +153,12 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(logpipe_core::service::EXIT_CONFIG);
         }
     };
-    let selection = Selection { stage: args.stage, reason: args.reason, since_ms: args.since, until_ms: args.until };
+    let selection = Selection {
+        stage: args.stage,
+        reason: args.reason,
+        since_ms: args.since,
+        until_ms: args.until,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -158,22 +194,65 @@ mod tests {
 
     fn dead_letter(stage: &str, reason: &str, ts: i64) -> OwnedMessage {
         let headers = OwnedHeaders::new()
-            .insert(Header { key: error_header::STAGE, value: Some(stage.as_bytes()) })
-            .insert(Header { key: error_header::REASON, value: Some(reason.as_bytes()) });
-        OwnedMessage::new(Some(b"{}".to_vec()), None, "dlq.a".into(), Timestamp::CreateTime(ts), 0, 0, Some(headers))
+            .insert(Header {
+                key: error_header::STAGE,
+                value: Some(stage.as_bytes()),
+            })
+            .insert(Header {
+                key: error_header::REASON,
+                value: Some(reason.as_bytes()),
+            });
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "dlq.a".into(),
+            Timestamp::CreateTime(ts),
+            0,
+            0,
+            Some(headers),
+        )
     }
 
     #[test]
     fn selection_filters_by_stage_reason_and_time() {
         let m = dead_letter("validate", "expected int, got string", 1_000);
         assert!(Selection::default().matches(&m));
-        assert!(Selection { stage: Some(ErrorStage::Validate), ..Default::default() }.matches(&m));
-        assert!(!Selection { stage: Some(ErrorStage::Parse), ..Default::default() }.matches(&m));
-        assert!(Selection { reason: Some("got string".into()), ..Default::default() }.matches(&m));
-        assert!(!Selection { reason: Some("missing".into()), ..Default::default() }.matches(&m));
-        assert!(Selection { since_ms: Some(1_000), until_ms: Some(1_001), ..Default::default() }.matches(&m));
-        assert!(!Selection { since_ms: Some(1_001), ..Default::default() }.matches(&m));
-        assert!(!Selection { until_ms: Some(1_000), ..Default::default() }.matches(&m));
+        assert!(Selection {
+            stage: Some(ErrorStage::Validate),
+            ..Default::default()
+        }
+        .matches(&m));
+        assert!(!Selection {
+            stage: Some(ErrorStage::Parse),
+            ..Default::default()
+        }
+        .matches(&m));
+        assert!(Selection {
+            reason: Some("got string".into()),
+            ..Default::default()
+        }
+        .matches(&m));
+        assert!(!Selection {
+            reason: Some("missing".into()),
+            ..Default::default()
+        }
+        .matches(&m));
+        assert!(Selection {
+            since_ms: Some(1_000),
+            until_ms: Some(1_001),
+            ..Default::default()
+        }
+        .matches(&m));
+        assert!(!Selection {
+            since_ms: Some(1_001),
+            ..Default::default()
+        }
+        .matches(&m));
+        assert!(!Selection {
+            until_ms: Some(1_000),
+            ..Default::default()
+        }
+        .matches(&m));
         assert_eq!(parse_time("1970-01-01T00:00:01Z"), Ok(1_000));
         assert!(parse_stage("nope").is_err());
     }

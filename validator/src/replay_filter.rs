@@ -38,7 +38,10 @@ pub struct ReplayFilter {
 
 impl ReplayFilter {
     pub fn new(ttl: std::time::Duration) -> ReplayFilter {
-        ReplayFilter { ttl_ms: ttl.as_millis() as i64, ..Default::default() }
+        ReplayFilter {
+            ttl_ms: ttl.as_millis() as i64,
+            ..Default::default()
+        }
     }
 
     /// Whether a record passes (true) or is a replay (false). A passing record's offset becomes
@@ -48,12 +51,22 @@ impl ReplayFilter {
         let key = (partition.clone(), file);
         let current = match self.pending.get(&key) {
             Some(pending) => *pending,
-            None => self.state.get(partition).and_then(|files| files.get(&key.1)).copied(),
+            None => self
+                .state
+                .get(partition)
+                .and_then(|files| files.get(&key.1))
+                .copied(),
         };
         if current.is_some_and(|e| id.offset <= e.offset) {
             return false;
         }
-        self.pending.insert(key, Some(Entry { offset: id.offset, seen_ms: now_ms }));
+        self.pending.insert(
+            key,
+            Some(Entry {
+                offset: id.offset,
+                seen_ms: now_ms,
+            }),
+        );
         true
     }
 
@@ -76,7 +89,10 @@ impl ReplayFilter {
             .map(|(((topic, partition), (host, file)), entry)| {
                 let key = StateKey(topic.clone(), *partition, host.clone(), file.to_hex());
                 let key = serde_json::to_vec(&key).expect("serializable");
-                (key, entry.map(|e| serde_json::to_vec(&e).expect("serializable")))
+                (
+                    key,
+                    entry.map(|e| serde_json::to_vec(&e).expect("serializable")),
+                )
             })
             .collect()
     }
@@ -110,8 +126,12 @@ impl ReplayFilter {
 
     /// Applies one changelog record (in log order) if it belongs to one of `owned`.
     pub fn restore(&mut self, owned: &[PartitionKey], key: &[u8], value: Option<&[u8]>) {
-        let Ok(StateKey(topic, partition, host, file)) = serde_json::from_slice(key) else { return };
-        let Some(file) = FileId::from_hex(&file) else { return };
+        let Ok(StateKey(topic, partition, host, file)) = serde_json::from_slice(key) else {
+            return;
+        };
+        let Some(file) = FileId::from_hex(&file) else {
+            return;
+        };
         let partition_key = (topic, partition);
         if !owned.contains(&partition_key) {
             return;
@@ -144,7 +164,11 @@ mod tests {
     use super::*;
 
     fn id(file: u64, offset: u64) -> RecordId {
-        RecordId { host: "h".into(), file: FileId(file), offset }
+        RecordId {
+            host: "h".into(),
+            file: FileId(file),
+            offset,
+        }
     }
 
     #[test]
@@ -154,15 +178,27 @@ mod tests {
         let p1 = ("raw.a".to_owned(), 1);
         assert!(f.pass(&p0, &id(1, 0), 0));
         assert!(f.pass(&p0, &id(1, 10), 0));
-        assert!(!f.pass(&p0, &id(1, 10), 0), "same offset again in the same batch");
+        assert!(
+            !f.pass(&p0, &id(1, 10), 0),
+            "same offset again in the same batch"
+        );
         assert!(!f.pass(&p0, &id(1, 0), 0));
-        assert!(f.pass(&p0, &id(2, 0), 0), "another file identity is independent");
-        assert!(f.pass(&p1, &id(1, 0), 0), "another partition is independent");
+        assert!(
+            f.pass(&p0, &id(2, 0), 0),
+            "another file identity is independent"
+        );
+        assert!(
+            f.pass(&p1, &id(1, 0), 0),
+            "another partition is independent"
+        );
         f.commit();
         assert!(!f.pass(&p0, &id(1, 5), 0), "committed state is remembered");
         assert!(f.pass(&p0, &id(1, 20), 0));
         f.rollback();
-        assert!(f.pass(&p0, &id(1, 20), 0), "an aborted batch leaves no trace");
+        assert!(
+            f.pass(&p0, &id(1, 20), 0),
+            "an aborted batch leaves no trace"
+        );
         assert_eq!(f.len(), 3);
     }
 
@@ -182,7 +218,10 @@ mod tests {
         }
         assert_eq!(restored.len(), 1);
         assert!(!restored.pass(&p0, &id(1, 100), 0));
-        assert!(restored.pass(&p1, &id(1, 7), 0), "partition 1 was not restored");
+        assert!(
+            restored.pass(&p1, &id(1, 7), 0),
+            "partition 1 was not restored"
+        );
         restored.revoke(&p0);
         assert!(restored.pass(&p0, &id(1, 100), 0));
     }
@@ -202,7 +241,11 @@ mod tests {
         assert_eq!(f.len(), 1);
         // A tombstone read back removes the entry.
         let mut restored = ReplayFilter::new(Duration::from_secs(1));
-        restored.restore(std::slice::from_ref(&p0), &changes[0].0, Some(br#"{"offset":5,"seen_ms":0}"#));
+        restored.restore(
+            std::slice::from_ref(&p0),
+            &changes[0].0,
+            Some(br#"{"offset":5,"seen_ms":0}"#),
+        );
         restored.restore(std::slice::from_ref(&p0), &changes[0].0, None);
         assert!(restored.is_empty());
     }

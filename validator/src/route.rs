@@ -43,8 +43,12 @@ impl TryFrom<toml::Value> for VersionConfig {
     fn try_from(value: toml::Value) -> Result<Self, Self::Error> {
         match value {
             toml::Value::String(s) if s == "latest" => Ok(VersionConfig(Version::Latest)),
-            toml::Value::Integer(v) if v >= 1 && v <= i64::from(u32::MAX) => Ok(VersionConfig(Version::Pinned(v as u32))),
-            other => Err(format!("version must be \"latest\" or a version number >= 1, not {other}")),
+            toml::Value::Integer(v) if v >= 1 && v <= i64::from(u32::MAX) => {
+                Ok(VersionConfig(Version::Pinned(v as u32)))
+            }
+            other => Err(format!(
+                "version must be \"latest\" or a version number >= 1, not {other}"
+            )),
         }
     }
 }
@@ -56,7 +60,11 @@ pub enum SubjectStrategy {
     /// Confluent's TopicNameStrategy: `<topic>-value`.
     TopicName,
     /// `<prefix><value of a top-level string field><suffix>`, e.g. `game.` + `event`.
-    Field { field: String, prefix: String, suffix: String },
+    Field {
+        field: String,
+        prefix: String,
+        suffix: String,
+    },
     /// The same subject for every record.
     Fixed(String),
 }
@@ -152,8 +160,13 @@ impl Routes {
         }
         let mut routes = Vec::with_capacity(configs.len());
         for (i, c) in configs.iter().enumerate() {
-            let topics = Regex::new(&format!("^(?:{})$", c.topics))
-                .map_err(|e| anyhow::anyhow!("routes[{}].topics {:?} is not a valid regex: {e}", i + 1, c.topics))?;
+            let topics = Regex::new(&format!("^(?:{})$", c.topics)).map_err(|e| {
+                anyhow::anyhow!(
+                    "routes[{}].topics {:?} is not a valid regex: {e}",
+                    i + 1,
+                    c.topics
+                )
+            })?;
             routes.push(Route {
                 topics,
                 subject: c.subject.clone(),
@@ -174,12 +187,17 @@ impl Routes {
     /// Whether the validator should read `topic`: a route covers it, and it is neither internal
     /// nor an output of a route (a broad regex must not feed the validator its own output).
     pub fn reads(&self, topic: &str, all_topics: &[String]) -> bool {
-        if topic.starts_with(logpipe_core::record::INTERNAL_PREFIX) || topic.starts_with('_') || self.find(topic).is_none() {
+        if topic.starts_with(logpipe_core::record::INTERNAL_PREFIX)
+            || topic.starts_with('_')
+            || self.find(topic).is_none()
+        {
             return false;
         }
         !all_topics.iter().any(|source| {
             source != topic
-                && self.find(source).is_some_and(|r| r.clean.render(source) == topic || r.dlq.render(source) == topic)
+                && self.find(source).is_some_and(|r| {
+                    r.clean.render(source) == topic || r.dlq.render(source) == topic
+                })
         })
     }
 
@@ -228,16 +246,37 @@ mod tests {
         assert_eq!(game.version, Version::Pinned(3));
         assert_eq!(game.extra_fields, ExtraFields::Reject);
         assert_eq!(game.clean.render("raw.game"), "clean.game");
-        assert_eq!(game.subject.subject("raw.game", &json!({"event": "login"})).unwrap(), "game.login");
-        let err = game.subject.subject("raw.game", &json!({"event": 5})).unwrap_err();
+        assert_eq!(
+            game.subject
+                .subject("raw.game", &json!({"event": "login"}))
+                .unwrap(),
+            "game.login"
+        );
+        let err = game
+            .subject
+            .subject("raw.game", &json!({"event": 5}))
+            .unwrap_err();
         assert_eq!(err.pointer.as_deref(), Some("/event"));
         assert!(game.subject.subject("raw.game", &json!({})).is_err());
 
         let other = r.find("raw.gamex").unwrap();
         assert_eq!(other.version, Version::Latest);
-        assert_eq!(other.subject.subject("raw.gamex", &json!({})).unwrap(), "raw.gamex-value");
-        assert_eq!((other.clean.render("raw.web"), other.dlq.render("raw.web")), ("valid.web".into(), "bad.raw.web".into()));
-        assert_eq!(r.find("orders").unwrap().subject.subject("orders", &json!(1)).unwrap(), "orders-v");
+        assert_eq!(
+            other.subject.subject("raw.gamex", &json!({})).unwrap(),
+            "raw.gamex-value"
+        );
+        assert_eq!(
+            (other.clean.render("raw.web"), other.dlq.render("raw.web")),
+            ("valid.web".into(), "bad.raw.web".into())
+        );
+        assert_eq!(
+            r.find("orders")
+                .unwrap()
+                .subject
+                .subject("orders", &json!(1))
+                .unwrap(),
+            "orders-v"
+        );
         // Regexes match whole names.
         assert!(r.find("xraw.game").is_none() && r.find("orders2").is_none());
     }
@@ -245,20 +284,38 @@ mod tests {
     #[test]
     fn outputs_and_internal_topics_are_never_read() {
         let r = routes("[[routes]]\ntopics = \".*\"\nsubject = \"topic\"\n").unwrap();
-        let all: Vec<String> = ["raw.a", "clean.a", "dlq.a", "_lp.x", "__consumer_offsets", "other"].map(String::from).to_vec();
+        let all: Vec<String> = [
+            "raw.a",
+            "clean.a",
+            "dlq.a",
+            "_lp.x",
+            "__consumer_offsets",
+            "other",
+        ]
+        .map(String::from)
+        .to_vec();
         let read: Vec<&String> = all.iter().filter(|t| r.reads(t, &all)).collect();
         assert_eq!(read, ["raw.a", "other"]);
     }
 
     #[test]
     fn bad_routes_are_refused_with_a_reason() {
-        let err = routes("[[routes]]\ntopics = \"(\"\nsubject = \"topic\"\n").unwrap_err().to_string();
+        let err = routes("[[routes]]\ntopics = \"(\"\nsubject = \"topic\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("routes[1].topics"), "{err}");
-        let err = routes("[[routes]]\ntopics = \"a\"\nsubject = \"orders\"\n").unwrap_err().to_string();
+        let err = routes("[[routes]]\ntopics = \"a\"\nsubject = \"orders\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("fixed"), "{err}");
         assert!(routes("[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\nversion = 0\n").is_err());
-        assert!(routes("[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\nclean = \"fixed\"\n").is_err());
-        assert!(routes("[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\nextra_fields = \"keep\"\n").is_err());
+        assert!(
+            routes("[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\nclean = \"fixed\"\n").is_err()
+        );
+        assert!(routes(
+            "[[routes]]\ntopics = \"a\"\nsubject = \"topic\"\nextra_fields = \"keep\"\n"
+        )
+        .is_err());
         assert!(routes("routes = []\n").is_err());
     }
 }

@@ -24,7 +24,9 @@ impl SchemaType {
         match name.unwrap_or("AVRO") {
             "AVRO" => Ok(SchemaType::Avro),
             "JSON" => Ok(SchemaType::Json),
-            other => Err(format!("schema type {other} is not supported (AVRO and JSON are)")),
+            other => Err(format!(
+                "schema type {other} is not supported (AVRO and JSON are)"
+            )),
         }
     }
 }
@@ -56,8 +58,12 @@ impl CompiledSchema {
         let checker = match schema_type {
             SchemaType::Avro => Checker::Avro(AvroPlan::parse(text).map_err(|e| e.to_string())?),
             SchemaType::Json => {
-                let schema: Value = serde_json::from_str(text).map_err(|e| format!("JSON schema is not JSON: {e}"))?;
-                Checker::Json(jsonschema::validator_for(&schema).map_err(|e| format!("not a valid JSON Schema: {e}"))?)
+                let schema: Value = serde_json::from_str(text)
+                    .map_err(|e| format!("JSON schema is not JSON: {e}"))?;
+                Checker::Json(
+                    jsonschema::validator_for(&schema)
+                        .map_err(|e| format!("not a valid JSON Schema: {e}"))?,
+                )
             }
         };
         Ok(CompiledSchema { id, checker })
@@ -66,7 +72,13 @@ impl CompiledSchema {
     /// Checks a parsed record and appends its clean value (wire format) to `out`. `raw` is the
     /// record's original bytes, the payload for JSON schemas. The extra-fields policy applies to
     /// Avro records; a JSON Schema says itself whether extra properties are allowed.
-    pub fn write(&self, value: &Value, raw: &[u8], extra: ExtraFields, out: &mut Vec<u8>) -> Result<Converted, ConvertError> {
+    pub fn write(
+        &self,
+        value: &Value,
+        raw: &[u8],
+        extra: ExtraFields,
+        out: &mut Vec<u8>,
+    ) -> Result<Converted, ConvertError> {
         let start = out.len();
         out.push(MAGIC);
         out.extend_from_slice(&self.id.to_be_bytes());
@@ -106,9 +118,13 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        schema.write(&json!({"a": 1}), b"{\"a\":1}", ExtraFields::Drop, &mut out).unwrap();
+        schema
+            .write(&json!({"a": 1}), b"{\"a\":1}", ExtraFields::Drop, &mut out)
+            .unwrap();
         assert_eq!(out, [0, 1, 2, 3, 4, 2]);
-        let err = schema.write(&json!({"a": "x"}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        let err = schema
+            .write(&json!({"a": "x"}), b"", ExtraFields::Drop, &mut out)
+            .unwrap_err();
         assert_eq!(err.pointer, "/a");
         assert_eq!(out.len(), 6, "a failed write leaves the buffer as it was");
     }
@@ -119,14 +135,32 @@ mod tests {
         let schema = CompiledSchema::compile(9, SchemaType::Json, text).unwrap();
         let raw = br#"{"n": 3,  "tags":["a"]}"#;
         let mut out = Vec::new();
-        schema.write(&serde_json::from_slice(raw).unwrap(), raw, ExtraFields::Reject, &mut out).unwrap();
+        schema
+            .write(
+                &serde_json::from_slice(raw).unwrap(),
+                raw,
+                ExtraFields::Reject,
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(&out[..5], &[0, 0, 0, 0, 9]);
         assert_eq!(&out[5..], raw);
-        let err = schema.write(&json!({"n": 1, "tags": ["a", 2]}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        let err = schema
+            .write(
+                &json!({"n": 1, "tags": ["a", 2]}),
+                b"",
+                ExtraFields::Drop,
+                &mut out,
+            )
+            .unwrap_err();
         assert_eq!(err.pointer, "/tags/1");
-        let err = schema.write(&json!({"n": -1}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        let err = schema
+            .write(&json!({"n": -1}), b"", ExtraFields::Drop, &mut out)
+            .unwrap_err();
         assert_eq!(err.pointer, "/n");
-        let err = schema.write(&json!({}), b"", ExtraFields::Drop, &mut out).unwrap_err();
+        let err = schema
+            .write(&json!({}), b"", ExtraFields::Drop, &mut out)
+            .unwrap_err();
         assert_eq!(err.pointer, "");
     }
 
@@ -143,9 +177,13 @@ mod tests {
     #[test]
     fn the_game_schemas_compile() {
         for name in ["login", "level_up", "purchase", "pvp_win", "reward"] {
-            let path = format!("{}/../devkit/schemas/game.{name}.avsc", env!("CARGO_MANIFEST_DIR"));
+            let path = format!(
+                "{}/../devkit/schemas/game.{name}.avsc",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let text = std::fs::read_to_string(&path).unwrap();
-            CompiledSchema::compile(1, SchemaType::Avro, &text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            CompiledSchema::compile(1, SchemaType::Avro, &text)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }
 }

@@ -42,7 +42,11 @@ pub struct Needed {
 impl Needed {
     /// The command that creates it, for operators (Apache Kafka's CLI).
     pub fn command(&self, bootstrap: &str) -> String {
-        let config = if self.compacted { " --config cleanup.policy=compact" } else { "" };
+        let config = if self.compacted {
+            " --config cleanup.policy=compact"
+        } else {
+            ""
+        };
         format!("kafka-topics --bootstrap-server {bootstrap} --create --topic {} --partitions {}{config}", self.name, self.partitions)
     }
 }
@@ -60,8 +64,20 @@ pub struct TopicMaker {
 impl TopicMaker {
     /// `create = false`: never create, only report.
     pub fn new(kafka: &KafkaConfig, create: bool) -> anyhow::Result<TopicMaker> {
-        let admin = if create { Some(kafka.client_config(&Role::Admin, "logpipe-validator-admin").create()?) } else { None };
-        Ok(TopicMaker { admin, bootstrap: kafka.bootstrap.clone(), not_served: AtomicBool::new(false) })
+        let admin = if create {
+            Some(
+                kafka
+                    .client_config(&Role::Admin, "logpipe-validator-admin")
+                    .create()?,
+            )
+        } else {
+            None
+        };
+        Ok(TopicMaker {
+            admin,
+            bootstrap: kafka.bootstrap.clone(),
+            not_served: AtomicBool::new(false),
+        })
     }
 
     /// Whether missing topics are created (and looked up with auto-creation allowed).
@@ -72,13 +88,22 @@ impl TopicMaker {
     /// Makes `needed` exist where it can. `exists` answers whether a topic exists now (the
     /// caller's metadata lookup, which may let the broker auto-create it). Returns the topics
     /// still missing, each with an operator-facing sentence.
-    pub async fn ensure(&self, needed: &[Needed], exists: impl Fn(&str) -> bool) -> Vec<(Needed, String)> {
+    pub async fn ensure(
+        &self,
+        needed: &[Needed],
+        exists: impl Fn(&str) -> bool,
+    ) -> Vec<(Needed, String)> {
         if needed.is_empty() {
             return Vec::new();
         }
         let refused = self.create(needed).await;
         // A topic just created (or auto-created by the lookup) may take a moment to show.
-        let deadline = Instant::now() + if self.creates() { PROPAGATION } else { Duration::ZERO };
+        let deadline = Instant::now()
+            + if self.creates() {
+                PROPAGATION
+            } else {
+                Duration::ZERO
+            };
         let mut found: Vec<bool> = needed.iter().map(|t| exists(&t.name)).collect();
         while found.contains(&false) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -124,9 +149,19 @@ impl TopicMaker {
 
     /// CreateTopics for all of `needed`; returns why each refused one was refused.
     async fn create(&self, needed: &[Needed]) -> BTreeMap<String, String> {
-        let Some(admin) = &self.admin else { return BTreeMap::new() };
+        let Some(admin) = &self.admin else {
+            return BTreeMap::new();
+        };
         if self.not_served.load(Ordering::Relaxed) {
-            return needed.iter().map(|t| (t.name.clone(), "the cluster does not serve CreateTopics".to_owned())).collect();
+            return needed
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        "the cluster does not serve CreateTopics".to_owned(),
+                    )
+                })
+                .collect();
         }
         let new: Vec<NewTopic<'_>> = needed
             .iter()
@@ -139,7 +174,9 @@ impl TopicMaker {
                 }
             })
             .collect();
-        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT)).operation_timeout(Some(ADMIN_TIMEOUT));
+        let options = AdminOptions::new()
+            .request_timeout(Some(ADMIN_TIMEOUT))
+            .operation_timeout(Some(ADMIN_TIMEOUT));
         match admin.create_topics(&new, &options).await {
             Ok(results) => results
                 .into_iter()
@@ -154,7 +191,10 @@ impl TopicMaker {
                     self.bootstrap
                 );
                 self.not_served.store(true, Ordering::Relaxed);
-                needed.iter().map(|t| (t.name.clone(), format!("CreateTopics: {e}"))).collect()
+                needed
+                    .iter()
+                    .map(|t| (t.name.clone(), format!("CreateTopics: {e}")))
+                    .collect()
             }
         }
     }
@@ -166,25 +206,48 @@ mod tests {
 
     #[test]
     fn the_command_says_what_to_create() {
-        let state = Needed { name: "_lp.validator.v.replay-state".into(), partitions: 1, compacted: true };
+        let state = Needed {
+            name: "_lp.validator.v.replay-state".into(),
+            partitions: 1,
+            compacted: true,
+        };
         assert_eq!(
             state.command("k:9092"),
             "kafka-topics --bootstrap-server k:9092 --create --topic _lp.validator.v.replay-state --partitions 1 --config cleanup.policy=compact"
         );
-        let clean = Needed { name: "clean.game".into(), partitions: 4, compacted: false };
-        assert!(clean.command("k:9092").ends_with("--topic clean.game --partitions 4"));
+        let clean = Needed {
+            name: "clean.game".into(),
+            partitions: 4,
+            compacted: false,
+        };
+        assert!(clean
+            .command("k:9092")
+            .ends_with("--topic clean.game --partitions 4"));
     }
 
     #[tokio::test]
     async fn without_creation_missing_topics_are_reported_with_the_command() {
         let maker = TopicMaker::new(&KafkaConfig::new("127.0.0.1:9"), false).unwrap();
         let needed = [
-            Needed { name: "clean.a".into(), partitions: 2, compacted: false },
-            Needed { name: "dlq.a".into(), partitions: 2, compacted: false },
+            Needed {
+                name: "clean.a".into(),
+                partitions: 2,
+                compacted: false,
+            },
+            Needed {
+                name: "dlq.a".into(),
+                partitions: 2,
+                compacted: false,
+            },
         ];
         let missing = maker.ensure(&needed, |t| t == "dlq.a").await;
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].0.name, "clean.a");
-        assert!(missing[0].1.contains("create_topics = false") && missing[0].1.contains("--topic clean.a --partitions 2"), "{}", missing[0].1);
+        assert!(
+            missing[0].1.contains("create_topics = false")
+                && missing[0].1.contains("--topic clean.a --partitions 2"),
+            "{}",
+            missing[0].1
+        );
     }
 }

@@ -13,7 +13,12 @@ use crate::route::Routes;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Its wire-format value is in the caller's buffer.
-    Clean { topic: String, subject: String, schema_id: u32, dropped_fields: usize },
+    Clean {
+        topic: String,
+        subject: String,
+        schema_id: u32,
+        dropped_fields: usize,
+    },
     Dead(DeadLetter),
 }
 
@@ -54,7 +59,12 @@ impl Checker {
 
     /// Checks a record read from `topic`. On [`Verdict::Clean`] the wire-format value has been
     /// appended to `out`; otherwise `out` is unchanged.
-    pub async fn check(&mut self, topic: &str, raw: &[u8], out: &mut Vec<u8>) -> Result<Verdict, LookupError> {
+    pub async fn check(
+        &mut self,
+        topic: &str,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Verdict, LookupError> {
         let dead = |topic: Option<String>, stage, kind, reason: String| DeadLetter {
             topic,
             stage,
@@ -65,23 +75,41 @@ impl Checker {
             schema_id: None,
         };
         let Some(route) = self.routes.find(topic) else {
-            return Ok(Verdict::Dead(dead(None, ErrorStage::Route, Reason::NoRoute, format!("no route covers topic {topic}"))));
+            return Ok(Verdict::Dead(dead(
+                None,
+                ErrorStage::Route,
+                Reason::NoRoute,
+                format!("no route covers topic {topic}"),
+            )));
         };
         let dlq = Some(route.dlq.render(topic));
         let value: Value = match serde_json::from_slice(raw) {
             Ok(value) => value,
-            Err(e) => return Ok(Verdict::Dead(dead(dlq, ErrorStage::Parse, Reason::MalformedJson, format!("not JSON: {e}")))),
+            Err(e) => {
+                return Ok(Verdict::Dead(dead(
+                    dlq,
+                    ErrorStage::Parse,
+                    Reason::MalformedJson,
+                    format!("not JSON: {e}"),
+                )))
+            }
         };
         let subject = match route.subject.subject(topic, &value) {
             Ok(subject) => subject,
             Err(no) => {
-                return Ok(Verdict::Dead(DeadLetter { pointer: no.pointer, ..dead(dlq, ErrorStage::Route, Reason::NoSubject, no.reason) }))
+                return Ok(Verdict::Dead(DeadLetter {
+                    pointer: no.pointer,
+                    ..dead(dlq, ErrorStage::Route, Reason::NoSubject, no.reason)
+                }))
             }
         };
         let schema = match self.cache.subject(&subject, route.version).await {
             Ok(schema) => schema,
             Err(LookupError::Problem(kind, reason)) => {
-                return Ok(Verdict::Dead(DeadLetter { subject: Some(subject), ..dead(dlq, ErrorStage::Schema, kind, reason) }))
+                return Ok(Verdict::Dead(DeadLetter {
+                    subject: Some(subject),
+                    ..dead(dlq, ErrorStage::Schema, kind, reason)
+                }))
             }
             Err(unavailable) => return Err(unavailable),
         };
@@ -123,7 +151,10 @@ mod tests {
             "[[routes]]\ntopics = \"raw\\\\.ev\"\nsubject = { field = \"kind\" }\n[[routes]]\ntopics = \"raw\\\\.s\"\nsubject = { fixed = \"s\" }\n",
         )
         .unwrap();
-        let cache = SchemaCache::new(StoreClient::new(base, None, Duration::from_secs(2)).unwrap(), Duration::from_secs(5));
+        let cache = SchemaCache::new(
+            StoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            Duration::from_secs(5),
+        );
         Checker::new(Routes::new(&file.routes).unwrap(), cache)
     }
 
@@ -134,10 +165,18 @@ mod tests {
         let mut checker = checker(&serve(canned).await).await;
         let mut out = Vec::new();
 
-        let clean = checker.check("raw.s", br#"{"a": 1, "x": 2}"#, &mut out).await.unwrap();
+        let clean = checker
+            .check("raw.s", br#"{"a": 1, "x": 2}"#, &mut out)
+            .await
+            .unwrap();
         assert_eq!(
             clean,
-            Verdict::Clean { topic: "clean.s".into(), subject: "s".into(), schema_id: 10, dropped_fields: 1 }
+            Verdict::Clean {
+                topic: "clean.s".into(),
+                subject: "s".into(),
+                schema_id: 10,
+                dropped_fields: 1
+            }
         );
         assert_eq!(out, [0, 0, 0, 0, 10, 2]);
 
@@ -151,20 +190,60 @@ mod tests {
             (ErrorStage::Parse, Reason::MalformedJson, None, dlq.clone())
         );
         assert_eq!(
-            stage(checker.check("raw.s", br#"{"a": "1"}"#, &mut out).await.unwrap()),
-            (ErrorStage::Validate, Reason::WrongType, Some("/a".into()), dlq.clone())
+            stage(
+                checker
+                    .check("raw.s", br#"{"a": "1"}"#, &mut out)
+                    .await
+                    .unwrap()
+            ),
+            (
+                ErrorStage::Validate,
+                Reason::WrongType,
+                Some("/a".into()),
+                dlq.clone()
+            )
         );
         assert_eq!(
-            stage(checker.check("raw.s", br#"{"x": 1}"#, &mut out).await.unwrap()),
-            (ErrorStage::Validate, Reason::MissingField, Some("/a".into()), dlq.clone())
+            stage(
+                checker
+                    .check("raw.s", br#"{"x": 1}"#, &mut out)
+                    .await
+                    .unwrap()
+            ),
+            (
+                ErrorStage::Validate,
+                Reason::MissingField,
+                Some("/a".into()),
+                dlq.clone()
+            )
         );
         assert_eq!(
-            stage(checker.check("raw.ev", br#"{"a": 1}"#, &mut out).await.unwrap()),
-            (ErrorStage::Route, Reason::NoSubject, Some("/kind".into()), Some("dlq.ev".into()))
+            stage(
+                checker
+                    .check("raw.ev", br#"{"a": 1}"#, &mut out)
+                    .await
+                    .unwrap()
+            ),
+            (
+                ErrorStage::Route,
+                Reason::NoSubject,
+                Some("/kind".into()),
+                Some("dlq.ev".into())
+            )
         );
         assert_eq!(
-            stage(checker.check("raw.ev", br#"{"kind": "unknown"}"#, &mut out).await.unwrap()),
-            (ErrorStage::Schema, Reason::UnknownSubject, None, Some("dlq.ev".into()))
+            stage(
+                checker
+                    .check("raw.ev", br#"{"kind": "unknown"}"#, &mut out)
+                    .await
+                    .unwrap()
+            ),
+            (
+                ErrorStage::Schema,
+                Reason::UnknownSubject,
+                None,
+                Some("dlq.ev".into())
+            )
         );
         assert_eq!(
             stage(checker.check("raw.none", b"{}", &mut out).await.unwrap()),
@@ -175,10 +254,19 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_store_is_an_error_not_a_dead_letter() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut checker = checker(&format!("http://127.0.0.1:{port}")).await;
-        let result = checker.check("raw.s", br#"{"a": 1}"#, &mut Vec::new()).await;
-        assert!(matches!(result, Err(LookupError::Unavailable(_))), "{result:?}");
+        let result = checker
+            .check("raw.s", br#"{"a": 1}"#, &mut Vec::new())
+            .await;
+        assert!(
+            matches!(result, Err(LookupError::Unavailable(_))),
+            "{result:?}"
+        );
         assert!(!checker.store_reachable());
     }
 }

@@ -4,11 +4,19 @@
 use std::process::{Command, Output};
 
 fn validator(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_logpipe-validator")).args(args).env_remove("LOGPIPE_CONFIG").output().expect("starting logpipe-validator")
+    Command::new(env!("CARGO_BIN_EXE_logpipe-validator"))
+        .args(args)
+        .env_remove("LOGPIPE_CONFIG")
+        .output()
+        .expect("starting logpipe-validator")
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 #[test]
@@ -18,7 +26,10 @@ fn help_lists_replay_next_to_run_and_check() {
         let help = text(&output);
         assert!(output.status.success(), "{flag}: {help}");
         for wanted in ["run", "check", "replay", logpipe_validator::replay::ABOUT] {
-            assert!(help.contains(wanted), "{flag} does not mention {wanted:?}:\n{help}");
+            assert!(
+                help.contains(wanted),
+                "{flag} does not mention {wanted:?}:\n{help}"
+            );
         }
     }
 }
@@ -29,10 +40,18 @@ fn replay_has_its_own_arguments() {
     let help = text(&output);
     assert!(output.status.success(), "{help}");
     for wanted in ["--topic", "--stage", "--reason", "--since", "--until"] {
-        assert!(help.contains(wanted), "replay --help does not mention {wanted}:\n{help}");
+        assert!(
+            help.contains(wanted),
+            "replay --help does not mention {wanted}:\n{help}"
+        );
     }
     let output = validator(&["replay", "--config", "/nonexistent/validator.toml"]);
-    assert_eq!(output.status.code(), Some(2), "a missing --topic is a usage error: {}", text(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a missing --topic is a usage error: {}",
+        text(&output)
+    );
     assert!(text(&output).contains("--topic"), "{}", text(&output));
 }
 
@@ -48,9 +67,18 @@ fn check_still_goes_through_the_runner() {
     .unwrap();
     let output = validator(&["check", "--config", path.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output));
-    assert!(text(&output).contains("route 1: topics /raw\\..*/"), "{}", text(&output));
+    assert!(
+        text(&output).contains("route 1: topics /raw\\..*/"),
+        "{}",
+        text(&output)
+    );
     let output = validator(&["check", "--config", "/nonexistent/validator.toml"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let output = validator(&["replya"]);
-    assert_eq!(output.status.code(), Some(2), "an unknown command is a usage error: {}", text(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown command is a usage error: {}",
+        text(&output)
+    );
 }

@@ -13,7 +13,10 @@ use crate::pipeline::Component;
 /// The directory `up`'s own executable is in (`target/<profile>`).
 fn own_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating logpipe-dev's own executable")?;
-    Ok(exe.parent().context("logpipe-dev's executable has no directory")?.to_owned())
+    Ok(exe
+        .parent()
+        .context("logpipe-dev's executable has no directory")?
+        .to_owned())
 }
 
 /// Whether this process was started by `cargo run` for this package: cargo then sets `CARGO`
@@ -37,7 +40,11 @@ pub fn prepare() -> anyhow::Result<()> {
         build(&cargo, &workspace, &dir)?;
     }
     let binaries = Component::ALL.map(Component::binary);
-    let missing: Vec<&str> = binaries.iter().copied().filter(|b| !dir.join(b).is_file()).collect();
+    let missing: Vec<&str> = binaries
+        .iter()
+        .copied()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
     if !missing.is_empty() {
         bail!(
             "{} not found in {}: build the service binaries first with `cargo build --release --bins` \
@@ -62,10 +69,15 @@ fn build(cargo: &Path, workspace: &Path, dir: &Path) -> anyhow::Result<()> {
         args.extend(["-p".into(), c.binary().to_owned()]);
     }
     args.push("--bins".into());
-    eprintln!("logpipe-dev up: building the service binaries: cargo {}", args.join(" "));
+    eprintln!(
+        "logpipe-dev up: building the service binaries: cargo {}",
+        args.join(" ")
+    );
     let mut command = Command::new(cargo);
     command.current_dir(workspace).args(&args).arg("--quiet");
-    let status = command.status().with_context(|| format!("running {}", cargo.display()))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running {}", cargo.display()))?;
     if !status.success() {
         bail!("building the service binaries failed ({status}); see cargo's output above");
     }
@@ -77,13 +89,25 @@ fn build(cargo: &Path, workspace: &Path, dir: &Path) -> anyhow::Result<()> {
 /// pipeline recover). Empty where `/proc` is not available.
 pub fn child_pids() -> Vec<(String, u32)> {
     let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so split after the last ')'.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
         if ppid != Some(me) {
             continue;
         }

@@ -13,8 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
-use crate::prometheus::{self, Sample};
 use crate::pipeline::Component;
+use crate::prometheus::{self, Sample};
 
 /// How long one probe (an HTTP request, a watermark query) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
@@ -73,7 +73,10 @@ pub struct Scrape {
 
 impl Scrape {
     pub fn service(&self, c: Component) -> &ServiceScrape {
-        self.services.iter().find(|s| s.component == c).expect("every component is probed")
+        self.services
+            .iter()
+            .find(|s| s.component == c)
+            .expect("every component is probed")
     }
 }
 
@@ -119,10 +122,15 @@ impl Sampler {
         let topic = self.raw_topic.clone();
         let watermarks = tokio::task::spawn_blocking(move || records_in(&write, &topic));
         let read = self.read.clone();
-        let read_up = tokio::task::spawn_blocking(move || read.fetch_metadata(None, PROBE_TIMEOUT).is_ok());
+        let read_up =
+            tokio::task::spawn_blocking(move || read.fetch_metadata(None, PROBE_TIMEOUT).is_ok());
         let mut services = Vec::with_capacity(probes.len());
         for (probe, &(component, _)) in probes.into_iter().zip(&self.services) {
-            services.push(probe.await.unwrap_or(ServiceScrape { component, health: Health::Down, samples: Vec::new() }));
+            services.push(probe.await.unwrap_or(ServiceScrape {
+                component,
+                health: Health::Down,
+                samples: Vec::new(),
+            }));
         }
         Scrape {
             at: Instant::now(),
@@ -150,7 +158,9 @@ fn records_in(client: &BaseConsumer, topic: &str) -> Option<u64> {
     let partitions = metadata.topics().first()?.partitions().len() as i32;
     let mut total = 0u64;
     for partition in 0..partitions {
-        let (_, high) = client.fetch_watermarks(topic, partition, PROBE_TIMEOUT).ok()?;
+        let (_, high) = client
+            .fetch_watermarks(topic, partition, PROBE_TIMEOUT)
+            .ok()?;
         total += high.max(0) as u64;
     }
     Some(total)
@@ -167,7 +177,11 @@ struct ReadyCheck {
     ready: bool,
 }
 
-async fn probe_service(http: &reqwest::Client, component: Component, addr: SocketAddr) -> ServiceScrape {
+async fn probe_service(
+    http: &reqwest::Client,
+    component: Component,
+    addr: SocketAddr,
+) -> ServiceScrape {
     let health = match http.get(format!("http://{addr}/ready")).send().await {
         Err(_) => Health::Down,
         Ok(response) if response.status().is_success() => Health::Ready,
@@ -175,7 +189,13 @@ async fn probe_service(http: &reqwest::Client, component: Component, addr: Socke
             let failing = response
                 .json::<ReadyBody>()
                 .await
-                .map(|body| body.checks.into_iter().filter(|(_, c)| !c.ready).map(|(name, _)| name).collect())
+                .map(|body| {
+                    body.checks
+                        .into_iter()
+                        .filter(|(_, c)| !c.ready)
+                        .map(|(name, _)| name)
+                        .collect()
+                })
                 .unwrap_or_default();
             Health::NotReady(failing)
         }
@@ -183,9 +203,17 @@ async fn probe_service(http: &reqwest::Client, component: Component, addr: Socke
     let samples = match health {
         Health::Down => Vec::new(),
         _ => match http.get(format!("http://{addr}/metrics")).send().await {
-            Ok(response) => response.text().await.map(|text| prometheus::parse(&text)).unwrap_or_default(),
+            Ok(response) => response
+                .text()
+                .await
+                .map(|text| prometheus::parse(&text))
+                .unwrap_or_default(),
             Err(_) => Vec::new(),
         },
     };
-    ServiceScrape { component, health, samples }
+    ServiceScrape {
+        component,
+        health,
+        samples,
+    }
 }

@@ -36,7 +36,11 @@ impl Accumulated {
         };
         self.total += increase;
         // At first sight the increase spans the whole life of the counter, not `dt`.
-        self.rate = if dt > 0.0 && self.last.is_some() { increase / dt } else { 0.0 };
+        self.rate = if dt > 0.0 && self.last.is_some() {
+            increase / dt
+        } else {
+            0.0
+        };
         self.last = Some(value);
     }
 }
@@ -124,7 +128,11 @@ const STORE_REQUESTS: &str = "logpipe_schema_store_http_request_seconds_count";
 
 impl Tracker {
     pub fn new(started: Instant) -> Tracker {
-        Tracker { started, previous: Some(started), counters: BTreeMap::new() }
+        Tracker {
+            started,
+            previous: Some(started),
+            counters: BTreeMap::new(),
+        }
     }
 
     fn observe(&mut self, key: &str, value: Option<f64>, dt: f64) -> Accumulated {
@@ -136,7 +144,9 @@ impl Tracker {
     /// Folds a scrape in and returns what to show. `services` gives each component's pid and
     /// number of starts, which the supervisor knows.
     pub fn frame(&mut self, scrape: &Scrape, services: &[(Component, Option<u32>, u32)]) -> Frame {
-        let dt = self.previous.map_or(0.0, |p| scrape.at.saturating_duration_since(p).as_secs_f64());
+        let dt = self.previous.map_or(0.0, |p| {
+            scrape.at.saturating_duration_since(p).as_secs_f64()
+        });
         self.previous = Some(scrape.at);
         let agent = scrape.service(Component::Agent);
         let mirror = scrape.service(Component::Mirror);
@@ -185,14 +195,49 @@ impl Tracker {
         let requests = self.observe(STORE_REQUESTS, store.sum(STORE_REQUESTS, &[]), dt);
 
         let validator_lag = Lag::Records(validator.sum(VALIDATOR_LAG, &[]));
-        let dead = Accumulated { last: None, total: dlq_total, rate: dlq_rate };
-        let hop = |name, key, counter: Accumulated, lag| Hop { name, key, rate: counter.rate, total: counter.total.round() as u64, lag };
+        let dead = Accumulated {
+            last: None,
+            total: dlq_total,
+            rate: dlq_rate,
+        };
+        let hop = |name, key, counter: Accumulated, lag| Hop {
+            name,
+            key,
+            rate: counter.rate,
+            total: counter.total.round() as u64,
+            lag,
+        };
         let hops = vec![
-            hop("generator -> files", "generated", generated, Lag::NotApplicable),
-            hop("files -> write cluster (agent)", "write", written, Lag::Bytes(agent.sum(AGENT_LAG, &[]))),
-            hop("write -> read cluster (mirror)", "mirrored", mirrored, Lag::Records(mirror.sum(MIRROR_LAG, &[]))),
-            hop("read cluster -> clean (validator)", "clean", clean, validator_lag),
-            hop("read cluster -> DLQ (validator)", "dlq", dead, validator_lag),
+            hop(
+                "generator -> files",
+                "generated",
+                generated,
+                Lag::NotApplicable,
+            ),
+            hop(
+                "files -> write cluster (agent)",
+                "write",
+                written,
+                Lag::Bytes(agent.sum(AGENT_LAG, &[])),
+            ),
+            hop(
+                "write -> read cluster (mirror)",
+                "mirrored",
+                mirrored,
+                Lag::Records(mirror.sum(MIRROR_LAG, &[])),
+            ),
+            hop(
+                "read cluster -> clean (validator)",
+                "clean",
+                clean,
+                validator_lag,
+            ),
+            hop(
+                "read cluster -> DLQ (validator)",
+                "dlq",
+                dead,
+                validator_lag,
+            ),
         ];
         let services = services
             .iter()
@@ -242,21 +287,53 @@ impl Frame {
     pub fn line(&self) -> String {
         let mut line = format!("t={}s", self.elapsed.as_secs());
         for hop in &self.hops {
-            let _ = write!(line, " {}={} {}_per_s={:.0}", hop.key, hop.total, hop.key, hop.rate);
+            let _ = write!(
+                line,
+                " {}={} {}_per_s={:.0}",
+                hop.key, hop.total, hop.key, hop.rate
+            );
         }
         // One lag per service: the DLQ hop shares the validator's.
-        for (key, hop) in ["agent_lag_bytes", "mirror_lag", "validator_lag"].iter().zip(&self.hops[1..4]) {
-            let value = hop.lag.value().map_or_else(|| "?".to_owned(), |v| v.to_string());
+        for (key, hop) in ["agent_lag_bytes", "mirror_lag", "validator_lag"]
+            .iter()
+            .zip(&self.hops[1..4])
+        {
+            let value = hop
+                .lag
+                .value()
+                .map_or_else(|| "?".to_owned(), |v| v.to_string());
             let _ = write!(line, " {key}={value}");
         }
         let dlq: Vec<String> = self
             .dead_letters
             .iter()
-            .map(|((stage, reason), n)| if reason.is_empty() { format!("{stage}:{n}") } else { format!("{stage}/{reason}:{n}") })
+            .map(|((stage, reason), n)| {
+                if reason.is_empty() {
+                    format!("{stage}:{n}")
+                } else {
+                    format!("{stage}/{reason}:{n}")
+                }
+            })
             .collect();
-        let _ = write!(line, " dlq_by_reason={}", if dlq.is_empty() { "-".into() } else { dlq.join(",") });
-        let _ = write!(line, " replays_dropped={} store_req_per_s={:.1}", self.replays_dropped, self.store_rate);
-        let health: Vec<String> = self.services.iter().map(|s| format!("{}:{}", s.name, s.health.label())).collect();
+        let _ = write!(
+            line,
+            " dlq_by_reason={}",
+            if dlq.is_empty() {
+                "-".into()
+            } else {
+                dlq.join(",")
+            }
+        );
+        let _ = write!(
+            line,
+            " replays_dropped={} store_req_per_s={:.1}",
+            self.replays_dropped, self.store_rate
+        );
+        let health: Vec<String> = self
+            .services
+            .iter()
+            .map(|s| format!("{}:{}", s.name, s.health.label()))
+            .collect();
         let _ = write!(
             line,
             " health={} clusters=write:{},read:{}",
@@ -273,7 +350,14 @@ impl Frame {
         let _ = writeln!(s, "running {}s\n", self.elapsed.as_secs());
         let _ = writeln!(s, "{:<36} {:>10} {:>12}  lag", "hop", "records/s", "total");
         for hop in &self.hops {
-            let _ = writeln!(s, "{:<36} {:>10.0} {:>12}  {}", hop.name, hop.rate, hop.total, hop.lag.describe());
+            let _ = writeln!(
+                s,
+                "{:<36} {:>10.0} {:>12}  {}",
+                hop.name,
+                hop.rate,
+                hop.total,
+                hop.lag.describe()
+            );
         }
         let _ = writeln!(s, "\ndead letters by stage / reason");
         if self.dead_letters.is_empty() {
@@ -282,12 +366,33 @@ impl Frame {
         for ((stage, reason), n) in &self.dead_letters {
             let _ = writeln!(s, "  {:<10} {:<24} {:>10}", stage, reason, n);
         }
-        let _ = writeln!(s, "agent replays dropped by the validator: {}", self.replays_dropped);
-        let _ = writeln!(s, "schema store: {:.1} requests/s ({} total)\n", self.store_rate, self.store_total);
-        let _ = writeln!(s, "{:<14} {:<28} {:>8} {:>7}", "service", "health", "pid", "starts");
+        let _ = writeln!(
+            s,
+            "agent replays dropped by the validator: {}",
+            self.replays_dropped
+        );
+        let _ = writeln!(
+            s,
+            "schema store: {:.1} requests/s ({} total)\n",
+            self.store_rate, self.store_total
+        );
+        let _ = writeln!(
+            s,
+            "{:<14} {:<28} {:>8} {:>7}",
+            "service", "health", "pid", "starts"
+        );
         for service in &self.services {
-            let pid = service.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
-            let _ = writeln!(s, "{:<14} {:<28} {:>8} {:>7}", service.name, service.health.label(), pid, service.starts);
+            let pid = service
+                .pid
+                .map_or_else(|| "-".to_owned(), |p| p.to_string());
+            let _ = writeln!(
+                s,
+                "{:<14} {:<28} {:>8} {:>7}",
+                service.name,
+                service.health.label(),
+                pid,
+                service.starts
+            );
         }
         let _ = writeln!(
             s,
@@ -316,10 +421,20 @@ mod tests {
                     Component::Validator => (Health::Ready, prometheus::parse(validator)),
                     _ => (Health::Ready, Vec::new()),
                 };
-                ServiceScrape { component, health, samples }
+                ServiceScrape {
+                    component,
+                    health,
+                    samples,
+                }
             })
             .collect();
-        Scrape { at, generated, services, write_records: Some(generated), read_cluster_up: true }
+        Scrape {
+            at,
+            generated,
+            services,
+            write_records: Some(generated),
+            read_cluster_up: true,
+        }
     }
 
     #[test]
@@ -333,29 +448,47 @@ mod tests {
                  logpipe_validator_records_invalid_total{{topic=\"raw.game\",stage=\"parse\",reason=\"malformed_json\"}} {parse}\n"
             )
         };
-        let f1 = tracker.frame(&scrape(t0 + Duration::from_secs(1), 100, &page(90, 10), true), &pids);
+        let f1 = tracker.frame(
+            &scrape(t0 + Duration::from_secs(1), 100, &page(90, 10), true),
+            &pids,
+        );
         assert_eq!(f1.hops[3].total, 90);
         assert_eq!(f1.hops[3].rate, 0.0, "no rate from a single sight");
-        assert_eq!(f1.dead_letters[&("parse".into(), "malformed_json".into())], 10);
+        assert_eq!(
+            f1.dead_letters[&("parse".into(), "malformed_json".into())],
+            10
+        );
         // The validator is down for a scrape, then back with its counters reset.
         let f2 = tracker.frame(&scrape(t0 + Duration::from_secs(2), 200, "", false), &pids);
         assert_eq!(f2.hops[3].total, 90);
         assert_eq!(f2.hops[3].rate, 0.0);
         assert_eq!(f2.hops[3].lag, Lag::Records(None));
         assert_eq!(f2.services[0].health, Health::Down);
-        let f3 = tracker.frame(&scrape(t0 + Duration::from_secs(4), 300, &page(50, 4), true), &pids);
+        let f3 = tracker.frame(
+            &scrape(t0 + Duration::from_secs(4), 300, &page(50, 4), true),
+            &pids,
+        );
         assert_eq!(f3.hops[3].total, 140);
         assert_eq!(f3.hops[3].rate, 25.0);
         assert_eq!(f3.hops[4].total, 14);
         assert_eq!(f3.hops[0].total, 300);
         assert_eq!(f3.hops[0].rate, 50.0);
         let line = f3.line();
-        assert!(line.starts_with("t=4s generated=300 generated_per_s=50"), "{line}");
+        assert!(
+            line.starts_with("t=4s generated=300 generated_per_s=50"),
+            "{line}"
+        );
         assert!(line.contains(" clean=140 clean_per_s=25"), "{line}");
         assert!(line.contains(" dlq=14 "), "{line}");
-        assert!(line.contains(" dlq_by_reason=parse/malformed_json:14 "), "{line}");
+        assert!(
+            line.contains(" dlq_by_reason=parse/malformed_json:14 "),
+            "{line}"
+        );
         assert!(line.contains("validator:ready"), "{line}");
-        assert!(line.contains(" agent_lag_bytes=? mirror_lag=? validator_lag=? "), "{line}");
+        assert!(
+            line.contains(" agent_lag_bytes=? mirror_lag=? validator_lag=? "),
+            "{line}"
+        );
         assert!(f2.line().contains(" validator_lag=? "), "{}", f2.line());
         let screen = f3.screen();
         assert!(screen.contains("malformed_json"), "{screen}");

@@ -24,7 +24,11 @@ use crate::schema::AvroParsed;
 
 /// The reasons a reader of `reader` cannot read data written with `writer`; empty when it can.
 pub fn can_read(writer: &AvroParsed, reader: &AvroParsed) -> Vec<String> {
-    let mut resolver = Resolver { writer_names: names(writer), reader_names: names(reader), in_progress: HashSet::new() };
+    let mut resolver = Resolver {
+        writer_names: names(writer),
+        reader_names: names(reader),
+        in_progress: HashSet::new(),
+    };
     let mut errors = Vec::new();
     resolver.check(&writer.schema, &reader.schema, "", &mut errors);
     errors
@@ -89,7 +93,10 @@ impl View<'_> {
             View::Primitive(p) => format!("{p:?}").to_ascii_lowercase(),
             View::Record(r) => format!("record {}", r.name.fullname(None)),
             View::Enum(e) => format!("enum {}", e.name.fullname(None)),
-            View::Fixed { name: Some(n), size } => format!("fixed {} (size {size})", n.fullname(None)),
+            View::Fixed {
+                name: Some(n),
+                size,
+            } => format!("fixed {} (size {size})", n.fullname(None)),
             View::Fixed { name: None, size } => format!("fixed (size {size})"),
             View::Array(_) => "array".to_owned(),
             View::Map(_) => "map".to_owned(),
@@ -118,10 +125,16 @@ fn view<'a>(schema: &'a Schema, names: &HashMap<String, &'a Schema>) -> View<'a>
         Schema::Bytes | Schema::BigDecimal => View::Primitive(P::Bytes),
         Schema::String | Schema::Uuid => View::Primitive(P::String),
         Schema::Decimal(d) => view(&d.inner, names),
-        Schema::Duration => View::Fixed { name: None, size: 12 },
+        Schema::Duration => View::Fixed {
+            name: None,
+            size: 12,
+        },
         Schema::Record(r) => View::Record(r),
         Schema::Enum(e) => View::Enum(e),
-        Schema::Fixed(FixedSchema { name, size, .. }) => View::Fixed { name: Some(name), size: *size },
+        Schema::Fixed(FixedSchema { name, size, .. }) => View::Fixed {
+            name: Some(name),
+            size: *size,
+        },
         Schema::Array(a) => View::Array(&a.items),
         Schema::Map(m) => View::Map(&m.types),
         Schema::Union(u) => View::Union(u.variants()),
@@ -138,15 +151,29 @@ fn promotes(writer: Primitive, reader: Primitive) -> bool {
     writer == reader
         || matches!(
             (writer, reader),
-            (Int, Long) | (Int, Float) | (Int, Double) | (Long, Float) | (Long, Double) | (Float, Double) | (String, Bytes) | (Bytes, String)
+            (Int, Long)
+                | (Int, Float)
+                | (Int, Double)
+                | (Long, Float)
+                | (Long, Double)
+                | (Float, Double)
+                | (String, Bytes)
+                | (Bytes, String)
         )
 }
 
 /// Spec rule for named types: unqualified names equal, or the writer's name is a reader alias.
-fn names_match(writer: &Name, reader: &Name, reader_aliases: Option<&Vec<apache_avro::schema::Alias>>) -> bool {
+fn names_match(
+    writer: &Name,
+    reader: &Name,
+    reader_aliases: Option<&Vec<apache_avro::schema::Alias>>,
+) -> bool {
     writer.name == reader.name
         || reader_aliases.is_some_and(|aliases| {
-            aliases.iter().any(|a| a.name() == writer.name || a.fullname(reader.namespace.clone()) == writer.fullname(None))
+            aliases.iter().any(|a| {
+                a.name() == writer.name
+                    || a.fullname(reader.namespace.clone()) == writer.fullname(None)
+            })
         })
 }
 
@@ -157,13 +184,23 @@ struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    fn check(&mut self, writer: &'a Schema, reader: &'a Schema, path: &str, errors: &mut Vec<String>) {
+    fn check(
+        &mut self,
+        writer: &'a Schema,
+        reader: &'a Schema,
+        path: &str,
+        errors: &mut Vec<String>,
+    ) {
         let w = view(writer, &self.writer_names);
         let r = view(reader, &self.reader_names);
         let at = if path.is_empty() { "/" } else { path };
         match (&w, &r) {
             (View::Unresolved(_), _) | (_, View::Unresolved(_)) => {
-                errors.push(format!("{at}: cannot resolve {} against {}", w.describe(), r.describe()));
+                errors.push(format!(
+                    "{at}: cannot resolve {} against {}",
+                    w.describe(),
+                    r.describe()
+                ));
             }
             (View::Union(branches), _) => {
                 for (i, branch) in branches.iter().enumerate() {
@@ -183,20 +220,36 @@ impl<'a> Resolver<'a> {
                     scratch.is_empty()
                 });
                 if !readable {
-                    errors.push(format!("{at}: the reader's union has no branch that reads the writer's {}", w.describe()));
+                    errors.push(format!(
+                        "{at}: the reader's union has no branch that reads the writer's {}",
+                        w.describe()
+                    ));
                 }
             }
             (View::Primitive(wp), View::Primitive(rp)) => {
                 if !promotes(*wp, *rp) {
-                    errors.push(format!("{at}: writer type {} cannot be read as {}", w.describe(), r.describe()));
+                    errors.push(format!(
+                        "{at}: writer type {} cannot be read as {}",
+                        w.describe(),
+                        r.describe()
+                    ));
                 }
             }
             (View::Record(wr), View::Record(rr)) => self.records(wr, rr, path, errors),
             (View::Enum(we), View::Enum(re)) => {
                 if !names_match(&we.name, &re.name, re.aliases.as_ref()) {
-                    errors.push(format!("{at}: enum name {} does not match the reader's {}", we.name.fullname(None), re.name.fullname(None)));
+                    errors.push(format!(
+                        "{at}: enum name {} does not match the reader's {}",
+                        we.name.fullname(None),
+                        re.name.fullname(None)
+                    ));
                 } else if re.default.is_none() {
-                    let missing: Vec<&str> = we.symbols.iter().filter(|s| !re.symbols.contains(s)).map(String::as_str).collect();
+                    let missing: Vec<&str> = we
+                        .symbols
+                        .iter()
+                        .filter(|s| !re.symbols.contains(s))
+                        .map(String::as_str)
+                        .collect();
                     if !missing.is_empty() {
                         errors.push(format!("{at}: the reader's enum {} lacks writer symbols [{}] and has no default", re.name.fullname(None), missing.join(", ")));
                     }
@@ -204,26 +257,50 @@ impl<'a> Resolver<'a> {
             }
             (View::Fixed { name: wn, size: ws }, View::Fixed { name: rn, size: rs }) => {
                 let named_alike = match (wn, rn, &reader) {
-                    (Some(wn), Some(rn), Schema::Fixed(f)) => names_match(wn, rn, f.aliases.as_ref()),
+                    (Some(wn), Some(rn), Schema::Fixed(f)) => {
+                        names_match(wn, rn, f.aliases.as_ref())
+                    }
                     (Some(wn), Some(rn), _) => wn.name == rn.name,
                     _ => true,
                 };
                 if !named_alike {
-                    errors.push(format!("{at}: {} does not match the reader's {} by name", w.describe(), r.describe()));
+                    errors.push(format!(
+                        "{at}: {} does not match the reader's {} by name",
+                        w.describe(),
+                        r.describe()
+                    ));
                 } else if ws != rs {
-                    errors.push(format!("{at}: fixed size {ws} differs from the reader's size {rs}"));
+                    errors.push(format!(
+                        "{at}: fixed size {ws} differs from the reader's size {rs}"
+                    ));
                 }
             }
-            (View::Array(wi), View::Array(ri)) => self.check(wi, ri, &format!("{path}/items"), errors),
+            (View::Array(wi), View::Array(ri)) => {
+                self.check(wi, ri, &format!("{path}/items"), errors)
+            }
             (View::Map(wv), View::Map(rv)) => self.check(wv, rv, &format!("{path}/values"), errors),
-            _ => errors.push(format!("{at}: writer type {} cannot be read as {}", w.describe(), r.describe())),
+            _ => errors.push(format!(
+                "{at}: writer type {} cannot be read as {}",
+                w.describe(),
+                r.describe()
+            )),
         }
     }
 
-    fn records(&mut self, writer: &'a RecordSchema, reader: &'a RecordSchema, path: &str, errors: &mut Vec<String>) {
+    fn records(
+        &mut self,
+        writer: &'a RecordSchema,
+        reader: &'a RecordSchema,
+        path: &str,
+        errors: &mut Vec<String>,
+    ) {
         let at = if path.is_empty() { "/" } else { path };
         if !names_match(&writer.name, &reader.name, reader.aliases.as_ref()) {
-            errors.push(format!("{at}: record name {} does not match the reader's {}", writer.name.fullname(None), reader.name.fullname(None)));
+            errors.push(format!(
+                "{at}: record name {} does not match the reader's {}",
+                writer.name.fullname(None),
+                reader.name.fullname(None)
+            ));
             return;
         }
         let pair = (writer.name.fullname(None), reader.name.fullname(None));
@@ -233,12 +310,19 @@ impl<'a> Resolver<'a> {
         for field in &reader.fields {
             let field_path = format!("{path}/fields/{}", field.name);
             let found = writer.fields.iter().find(|w| {
-                w.name == field.name || field.aliases.as_ref().is_some_and(|aliases| aliases.contains(&w.name))
+                w.name == field.name
+                    || field
+                        .aliases
+                        .as_ref()
+                        .is_some_and(|aliases| aliases.contains(&w.name))
             });
             match found {
                 Some(w) => self.check(&w.schema, &field.schema, &field_path, errors),
                 None if field.default.is_some() => {}
-                None => errors.push(format!("{field_path}: reader field '{}' is missing from the writer and has no default", field.name)),
+                None => errors.push(format!(
+                    "{field_path}: reader field '{}' is missing from the writer and has no default",
+                    field.name
+                )),
             }
         }
         self.in_progress.remove(&pair);
@@ -251,7 +335,10 @@ mod tests {
     use crate::schema::{parse, Parsed, SchemaType};
 
     fn avro(text: &str) -> AvroParsed {
-        match parse(SchemaType::Avro, text, &[]).unwrap_or_else(|e| panic!("{text}: {e}")).1 {
+        match parse(SchemaType::Avro, text, &[])
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .1
+        {
             Parsed::Avro(a) => a,
             Parsed::Json(_) => unreachable!(),
         }
@@ -266,8 +353,19 @@ mod tests {
         let p = |s: &str| format!(r#""{s}""#);
         let mut rows: Vec<(String, String, bool)> = Vec::new();
         // Primitives and promotions: every pair of the eight primitives.
-        let prims = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"];
-        let promoted = [("int", "long"), ("int", "float"), ("int", "double"), ("long", "float"), ("long", "double"), ("float", "double"), ("string", "bytes"), ("bytes", "string")];
+        let prims = [
+            "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+        ];
+        let promoted = [
+            ("int", "long"),
+            ("int", "float"),
+            ("int", "double"),
+            ("long", "float"),
+            ("long", "double"),
+            ("float", "double"),
+            ("string", "bytes"),
+            ("bytes", "string"),
+        ];
         for w in prims {
             for r in prims {
                 let ok = w == r || promoted.contains(&(w, r));
@@ -356,31 +454,64 @@ mod tests {
         for (writer, reader, expected) in &rows {
             let errors = can_read(&avro(writer), &avro(reader));
             if errors.is_empty() != *expected {
-                failures.push(format!("writer {writer} reader {reader}: expected {expected}, got {errors:?}"));
+                failures.push(format!(
+                    "writer {writer} reader {reader}: expected {expected}, got {errors:?}"
+                ));
             }
         }
-        assert!(failures.is_empty(), "{} of {} rows wrong:\n{}", failures.len(), rows.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {} rows wrong:\n{}",
+            failures.len(),
+            rows.len(),
+            failures.join("\n")
+        );
     }
 
     #[test]
     fn messages_name_the_failing_field() {
-        let errors = can_read(&avro(&record(r#"{"name":"a","type":"int"}"#)), &avro(&record(r#"{"name":"a","type":"int"},{"name":"b","type":"string"}"#)));
+        let errors = can_read(
+            &avro(&record(r#"{"name":"a","type":"int"}"#)),
+            &avro(&record(
+                r#"{"name":"a","type":"int"},{"name":"b","type":"string"}"#,
+            )),
+        );
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("/fields/b") && errors[0].contains("no default"), "{errors:?}");
+        assert!(
+            errors[0].contains("/fields/b") && errors[0].contains("no default"),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn referenced_types_are_resolved() {
-        let reference = |text: &str| crate::schema::Referenced { name: "a.Address".into(), text: text.into() };
-        let address = reference(r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"city","type":"string"}]}"#);
-        let address2 = reference(r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"zip","type":"string"}]}"#);
+        let reference = |text: &str| crate::schema::Referenced {
+            name: "a.Address".into(),
+            text: text.into(),
+        };
+        let address = reference(
+            r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"city","type":"string"}]}"#,
+        );
+        let address2 = reference(
+            r#"{"type":"record","name":"Address","namespace":"a","fields":[{"name":"zip","type":"string"}]}"#,
+        );
         let user = r#"{"type":"record","name":"User","namespace":"a","fields":[{"name":"home","type":"Address"}]}"#;
-        let with = |r: &crate::schema::Referenced| match parse(SchemaType::Avro, user, std::slice::from_ref(r)).unwrap().1 {
+        let with = |r: &crate::schema::Referenced| match parse(
+            SchemaType::Avro,
+            user,
+            std::slice::from_ref(r),
+        )
+        .unwrap()
+        .1
+        {
             Parsed::Avro(a) => a,
             Parsed::Json(_) => unreachable!(),
         };
         assert!(can_read(&with(&address), &with(&address)).is_empty());
         let errors = can_read(&with(&address), &with(&address2));
-        assert!(errors.iter().any(|e| e.contains("/fields/home/fields/zip")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("/fields/home/fields/zip")),
+            "{errors:?}"
+        );
     }
 }

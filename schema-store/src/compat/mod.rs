@@ -46,15 +46,24 @@ impl Level {
     }
 
     pub fn is_transitive(&self) -> bool {
-        matches!(self, Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive)
+        matches!(
+            self,
+            Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive
+        )
     }
 
     fn backward(&self) -> bool {
-        matches!(self, Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive)
+        matches!(
+            self,
+            Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive
+        )
     }
 
     fn forward(&self) -> bool {
-        matches!(self, Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive)
+        matches!(
+            self,
+            Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive
+        )
     }
 }
 
@@ -77,14 +86,26 @@ impl FromStr for Level {
 /// can. Only the newest is checked unless the level is transitive. Schemas of another type than
 /// `new` are reported as incompatible: a subject does not change type.
 pub fn check(level: Level, new: &Parsed, previous: &[&Parsed]) -> Vec<String> {
-    let against = if level.is_transitive() { previous } else { &previous[..previous.len().min(1)] };
+    let against = if level.is_transitive() {
+        previous
+    } else {
+        &previous[..previous.len().min(1)]
+    };
     let mut messages = Vec::new();
     for old in against {
         if level.backward() {
-            messages.extend(can_read(old, new).into_iter().map(|m| format!("BACKWARD: {m}")));
+            messages.extend(
+                can_read(old, new)
+                    .into_iter()
+                    .map(|m| format!("BACKWARD: {m}")),
+            );
         }
         if level.forward() {
-            messages.extend(can_read(new, old).into_iter().map(|m| format!("FORWARD: {m}")));
+            messages.extend(
+                can_read(new, old)
+                    .into_iter()
+                    .map(|m| format!("FORWARD: {m}")),
+            );
         }
     }
     messages
@@ -110,7 +131,10 @@ mod tests {
 
     #[test]
     fn levels_parse_case_insensitively() {
-        assert_eq!("full_transitive".parse::<Level>(), Ok(Level::FullTransitive));
+        assert_eq!(
+            "full_transitive".parse::<Level>(),
+            Ok(Level::FullTransitive)
+        );
         assert_eq!("BACKWARD".parse::<Level>(), Ok(Level::Backward));
         assert!("sideways".parse::<Level>().is_err());
     }
@@ -120,19 +144,27 @@ mod tests {
         let v1 = avro(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#);
         // v2 adds a field without default: a reader of v2 cannot read v1 data (not backward),
         // but a reader of v1 can read v2 data (forward).
-        let v2 = avro(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"int"}]}"#);
+        let v2 = avro(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"int"}]}"#,
+        );
         // v3 keeps b but gives it a default: compatible both ways with v2, only forward with v1.
-        let v3 = avro(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"int","default":0}]}"#);
+        let v3 = avro(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"int","default":0}]}"#,
+        );
         assert!(!check(Level::Backward, &v2, &[&v1]).is_empty());
         assert!(check(Level::Forward, &v2, &[&v1]).is_empty());
         assert!(!check(Level::Full, &v2, &[&v1]).is_empty());
         assert!(check(Level::None, &v2, &[&v1]).is_empty());
-        let v4 = avro(r#"{"type":"record","name":"R","fields":[{"name":"b","type":"int","default":0}]}"#);
+        let v4 = avro(
+            r#"{"type":"record","name":"R","fields":[{"name":"b","type":"int","default":0}]}"#,
+        );
         // v4 drops `a`: fine for a v4 reader of v3 data (backward), fine against v1 too.
         assert!(check(Level::Backward, &v4, &[&v3, &v2, &v1]).is_empty());
         // Forward: v3 readers need `a`, which v4 does not write.
         assert!(!check(Level::Forward, &v4, &[&v3]).is_empty());
-        let v5 = avro(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1},{"name":"c","type":"string"}]}"#);
+        let v5 = avro(
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":1},{"name":"c","type":"string"}]}"#,
+        );
         // Against the latest (v4) only: v5 reader reads v4 data? `c` has no default: not backward.
         assert!(!check(Level::Backward, &v5, &[&v4]).is_empty());
         let v6 = avro(r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"}]}"#);

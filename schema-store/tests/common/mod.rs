@@ -20,10 +20,18 @@ pub struct Store {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-pub fn config(dir: &std::path::Path, auth: Option<AuthConfig>, max_body_bytes: usize) -> SchemaStoreConfig {
+pub fn config(
+    dir: &std::path::Path,
+    auth: Option<AuthConfig>,
+    max_body_bytes: usize,
+) -> SchemaStoreConfig {
     SchemaStoreConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        storage: StorageConfig { kind: StorageKind::Local, path: Some(dir.to_owned()), ..StorageConfig::default() },
+        storage: StorageConfig {
+            kind: StorageKind::Local,
+            path: Some(dir.to_owned()),
+            ..StorageConfig::default()
+        },
         kafka: None,
         telemetry: TelemetryConfig::on_port(0),
         auth,
@@ -36,12 +44,24 @@ impl Store {
         Store::start_with(None, 64 * 1024, tempfile::tempdir().unwrap()).await
     }
 
-    pub async fn start_with(auth: Option<AuthConfig>, max_body_bytes: usize, dir: tempfile::TempDir) -> Store {
-        let server = Server::bind(&config(dir.path(), auth, max_body_bytes)).await.unwrap();
+    pub async fn start_with(
+        auth: Option<AuthConfig>,
+        max_body_bytes: usize,
+        dir: tempfile::TempDir,
+    ) -> Store {
+        let server = Server::bind(&config(dir.path(), auth, max_body_bytes))
+            .await
+            .unwrap();
         let base = format!("http://{}", server.local_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        Store { base, client: reqwest::Client::new(), dir, shutdown, task }
+        Store {
+            base,
+            client: reqwest::Client::new(),
+            dir,
+            shutdown,
+            task,
+        }
     }
 
     /// Stops the server and returns its storage directory, for a restart.
@@ -65,11 +85,29 @@ impl Store {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        response(self.client.post(self.url(path)).header("content-type", CT).body(body.to_string()).send().await.unwrap()).await
+        response(
+            self.client
+                .post(self.url(path))
+                .header("content-type", CT)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        response(self.client.put(self.url(path)).header("content-type", CT).body(body.to_string()).send().await.unwrap()).await
+        response(
+            self.client
+                .put(self.url(path))
+                .header("content-type", CT)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
@@ -78,7 +116,9 @@ impl Store {
 
     /// Registers and returns the id, panicking with the body on failure.
     pub async fn register(&self, subject: &str, body: Value) -> u64 {
-        let (status, reply) = self.post(&format!("/subjects/{subject}/versions"), &body).await;
+        let (status, reply) = self
+            .post(&format!("/subjects/{subject}/versions"), &body)
+            .await;
         assert_eq!(status, 200, "register {subject}: {reply}");
         reply["id"].as_u64().unwrap()
     }
@@ -96,7 +136,11 @@ pub async fn response(r: reqwest::Response) -> (u16, Value) {
 pub fn assert_error(reply: &(u16, Value), status: u16, code: u64) {
     assert_eq!(reply.0, status, "{}", reply.1);
     assert_eq!(reply.1["error_code"].as_u64(), Some(code), "{}", reply.1);
-    assert!(reply.1["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", reply.1);
+    assert!(
+        reply.1["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.1
+    );
 }
 
 pub fn avro_record(name: &str, fields: &str) -> String {

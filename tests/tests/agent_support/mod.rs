@@ -37,7 +37,9 @@ impl Setup {
     /// `<logs>/*.log` (plus `extra` top-level keys and `input_extra` input keys).
     pub async fn new(brokers: i32, extra: &str, input_extra: &str) -> anyhow::Result<Setup> {
         let cluster = DevCluster::start(brokers, &[(TOPIC, PARTITIONS)]).await?;
-        let dir = tempfile::Builder::new().prefix("logpipe-agent-test-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("logpipe-agent-test-")
+            .tempdir()?;
         // The agent may run as an unprivileged user (see `start`): let it in.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
         let logs = dir.path().join("logs");
@@ -57,7 +59,14 @@ impl Setup {
         );
         let config = write_file(dir.path(), "agent.toml", &text)?;
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
-        Ok(Setup { dir, logs, state, config, telemetry, cluster })
+        Ok(Setup {
+            dir,
+            logs,
+            state,
+            config,
+            telemetry,
+            cluster,
+        })
     }
 
     /// Starts the agent and waits until it is ready. When the tests run as root, the agent
@@ -69,7 +78,9 @@ impl Setup {
             command.uid(65534).gid(65534);
         }
         let mut agent = Process::spawn("logpipe-agent", command)?;
-        agent.wait_ready(self.telemetry, Duration::from_secs(60)).await?;
+        agent
+            .wait_ready(self.telemetry, Duration::from_secs(60))
+            .await?;
         Ok(agent)
     }
 
@@ -79,19 +90,26 @@ impl Setup {
 
     /// The agent's metrics text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("http://{}/metrics", self.telemetry)).await?.text().await?)
+        Ok(reqwest::get(format!("http://{}/metrics", self.telemetry))
+            .await?
+            .text()
+            .await?)
     }
 
     /// The sum of a metric's samples (all label sets) in the agent's metrics.
     pub async fn metric(&self, name: &str) -> f64 {
-        let Ok(text) = self.metrics().await else { return 0.0 };
+        let Ok(text) = self.metrics().await else {
+            return 0.0;
+        };
         metric_sum(&text, name)
     }
 }
 
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -99,7 +117,11 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -128,22 +150,43 @@ pub struct Collector {
 
 impl Collector {
     pub fn start(bootstrap: &str) -> anyhow::Result<Collector> {
-        let consumer = logpipe_devkit::measure::reader(bootstrap, "agent-test-collector", TOPIC, PARTITIONS, &[])?;
+        let consumer = logpipe_devkit::measure::reader(
+            bootstrap,
+            "agent-test-collector",
+            TOPIC,
+            PARTITIONS,
+            &[],
+        )?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else { continue };
+                    let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
                     let headers: Vec<(String, Vec<u8>)> = message
                         .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
                         .unwrap_or_default();
-                    let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-                    let id = RecordId::from_headers(headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice()))))
-                        .expect("well-formed id headers")
-                        .expect("agent records carry ids");
+                    let find = |name: &str| {
+                        headers
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    };
+                    let id = RecordId::from_headers(
+                        headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+                    )
+                    .expect("well-formed id headers")
+                    .expect("agent records carry ids");
                     seen.lock().unwrap().push(Seen {
                         id,
                         value: message.payload().unwrap_or_default().to_vec(),
@@ -154,7 +197,11 @@ impl Collector {
                 }
             })
         };
-        Ok(Collector { seen, stop, thread: Some(thread) })
+        Ok(Collector {
+            seen,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn records(&self) -> Vec<Seen> {
@@ -167,16 +214,36 @@ impl Collector {
 
     /// Distinct values seen (one line's text each).
     pub fn distinct_values(&self) -> HashSet<Vec<u8>> {
-        self.seen.lock().unwrap().iter().map(|s| s.value.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.value.clone())
+            .collect()
     }
 
     /// Waits until every value in `expected` was seen.
-    pub async fn wait_for_values(&self, expected: &HashSet<Vec<u8>>, timeout: Duration) -> anyhow::Result<()> {
-        let result = wait_until(timeout, || async { expected.is_subset(&self.distinct_values()) }).await;
+    pub async fn wait_for_values(
+        &self,
+        expected: &HashSet<Vec<u8>>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let result = wait_until(timeout, || async {
+            expected.is_subset(&self.distinct_values())
+        })
+        .await;
         if result.is_err() {
             let seen = self.distinct_values();
-            let missing: Vec<String> = expected.difference(&seen).take(5).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
-            anyhow::bail!("{} of {} lines never arrived, e.g. {missing:?}", expected.difference(&seen).count(), expected.len());
+            let missing: Vec<String> = expected
+                .difference(&seen)
+                .take(5)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            anyhow::bail!(
+                "{} of {} lines never arrived, e.g. {missing:?}",
+                expected.difference(&seen).count(),
+                expected.len()
+            );
         }
         Ok(())
     }
@@ -196,7 +263,11 @@ impl Collector {
         let mut by_id: BTreeMap<RecordId, Vec<u8>> = BTreeMap::new();
         for s in self.seen.lock().unwrap().iter() {
             if let Some(previous) = by_id.insert(s.id.clone(), s.value.clone()) {
-                anyhow::ensure!(previous == s.value, "id {} carried two different lines", s.id);
+                anyhow::ensure!(
+                    previous == s.value,
+                    "id {} carried two different lines",
+                    s.id
+                );
             }
         }
         Ok(())
@@ -215,7 +286,11 @@ impl Drop for Collector {
 /// Appends lines (each followed by `\n`) to a file, creating it.
 pub fn append(path: &Path, lines: &[String]) {
     use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     let mut text = String::new();
     for line in lines {
         text.push_str(line);
@@ -226,7 +301,14 @@ pub fn append(path: &Path, lines: &[String]) {
 
 /// `n` distinct JSON lines tagged with `tag`.
 pub fn lines(tag: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{{\"event_id\":\"{tag}-{i}\",\"event\":\"login\",\"pad\":\"{}\"}}", "x".repeat(i % 50))).collect()
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"event_id\":\"{tag}-{i}\",\"event\":\"login\",\"pad\":\"{}\"}}",
+                "x".repeat(i % 50)
+            )
+        })
+        .collect()
 }
 
 pub fn as_set(lines: &[String]) -> HashSet<Vec<u8>> {

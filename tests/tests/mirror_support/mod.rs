@@ -18,7 +18,10 @@ pub const STATE_TOPIC: &str = "_lp.mirror.default.state";
 
 /// A write-side and a read-side cluster with `topics` on both and the state topic on the read
 /// side, with `shards` partitions.
-pub async fn clusters(topics: &[(&str, i32)], shards: i32) -> anyhow::Result<(DevCluster, DevCluster)> {
+pub async fn clusters(
+    topics: &[(&str, i32)],
+    shards: i32,
+) -> anyhow::Result<(DevCluster, DevCluster)> {
     clusters_retaining(topics, shards, None).await
 }
 
@@ -37,9 +40,19 @@ pub async fn clusters_retaining(
 
 /// Writes a mirror config into `dir` and returns its path and telemetry address; `extra` holds
 /// top-level keys (a `commit_interval_ms` there replaces the tests' default of 100).
-pub fn mirror_config(dir: &Path, name: &str, write: &DevCluster, read: &DevCluster, extra: &str) -> anyhow::Result<(PathBuf, SocketAddr)> {
+pub fn mirror_config(
+    dir: &Path,
+    name: &str,
+    write: &DevCluster,
+    read: &DevCluster,
+    extra: &str,
+) -> anyhow::Result<(PathBuf, SocketAddr)> {
     let addr = free_addr();
-    let commit = if extra.contains("commit_interval_ms") { "" } else { "commit_interval_ms = 100\n" };
+    let commit = if extra.contains("commit_interval_ms") {
+        ""
+    } else {
+        "commit_interval_ms = 100\n"
+    };
     let text = format!(
         "{commit}session_timeout_ms = 3000\n{extra}\n\
          [source]\nbootstrap = \"{}\"\n[target]\nbootstrap = \"{}\"\n\
@@ -53,7 +66,10 @@ pub fn mirror_config(dir: &Path, name: &str, write: &DevCluster, read: &DevClust
 
 /// Starts a mirror and waits until it is ready.
 pub async fn start_mirror(config: &Path, addr: SocketAddr) -> anyhow::Result<Process> {
-    let mut mirror = Process::start("logpipe-mirror", &["run", "--config", config.to_str().unwrap()])?;
+    let mut mirror = Process::start(
+        "logpipe-mirror",
+        &["run", "--config", config.to_str().unwrap()],
+    )?;
     mirror.wait_ready(addr, Duration::from_secs(60)).await?;
     Ok(mirror)
 }
@@ -70,11 +86,19 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<BaseProducer> {
 
 /// Produces records `ids` (value `id-<n>`, key `k-<n % 7>`) round-robin over `partitions`
 /// partitions and waits for every acknowledgement.
-pub fn produce_ids(producer: &BaseProducer, topic: &str, partitions: i32, ids: std::ops::Range<u64>) -> anyhow::Result<()> {
+pub fn produce_ids(
+    producer: &BaseProducer,
+    topic: &str,
+    partitions: i32,
+    ids: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
     for id in ids {
         let value = format!("id-{id:09}");
         let key = format!("k-{}", id % 7);
-        let mut record = BaseRecord::to(topic).partition((id % partitions as u64) as i32).key(&key).payload(&value);
+        let mut record = BaseRecord::to(topic)
+            .partition((id % partitions as u64) as i32)
+            .key(&key)
+            .payload(&value);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -94,7 +118,9 @@ pub fn produce_ids(producer: &BaseProducer, topic: &str, partitions: i32, ids: s
 pub fn values_by_partition(records: &[OwnedMessage]) -> BTreeMap<i32, Vec<Vec<u8>>> {
     let mut map: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
     for record in records {
-        map.entry(record.partition()).or_default().push(record.payload().unwrap_or_default().to_vec());
+        map.entry(record.partition())
+            .or_default()
+            .push(record.payload().unwrap_or_default().to_vec());
     }
     map
 }
@@ -104,23 +130,39 @@ pub fn assert_exactly_once(records: &[OwnedMessage], count: u64) {
     let mut seen = vec![0u32; count as usize];
     for record in records {
         let value = std::str::from_utf8(record.payload().expect("a value")).expect("utf-8");
-        let id: usize = value.strip_prefix("id-").and_then(|n| n.parse().ok()).expect("an id-<n> value");
+        let id: usize = value
+            .strip_prefix("id-")
+            .and_then(|n| n.parse().ok())
+            .expect("an id-<n> value");
         seen[id] += 1;
     }
     let missing = seen.iter().filter(|n| **n == 0).count();
     let duplicated = seen.iter().filter(|n| **n > 1).count();
-    assert_eq!((missing, duplicated), (0, 0), "{missing} ids missing and {duplicated} duplicated out of {count}");
+    assert_eq!(
+        (missing, duplicated),
+        (0, 0),
+        "{missing} ids missing and {duplicated} duplicated out of {count}"
+    );
     assert_eq!(records.len() as u64, count);
 }
 
 /// Sum of a metric's samples whose line contains every `filter` (e.g. `topic="raw.a"`), read
 /// from the mirror's /metrics; `None` if the mirror does not answer or has no such sample.
 pub async fn metric(addr: SocketAddr, name: &str, filters: &[&str]) -> Option<f64> {
-    let body = reqwest::get(format!("http://{addr}/metrics")).await.ok()?.text().await.ok()?;
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     let mut total = None;
     for line in body.lines() {
-        let Some(rest) = line.strip_prefix(name) else { continue };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) || !filters.iter().all(|f| rest.contains(f)) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' '))
+            || !filters.iter().all(|f| rest.contains(f))
+        {
             continue;
         }
         let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
@@ -131,10 +173,17 @@ pub async fn metric(addr: SocketAddr, name: &str, filters: &[&str]) -> Option<f6
 
 /// Number of committed records of a topic on a cluster (sum of high watermarks minus low).
 pub fn record_count(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
-    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     let mut total = 0;
     for p in 0..partitions {
-        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(&consumer, topic, p, Duration::from_secs(10))?;
+        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            topic,
+            p,
+            Duration::from_secs(10),
+        )?;
         total += high - low;
     }
     Ok(total)
@@ -142,7 +191,14 @@ pub fn record_count(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Re
 
 /// Produces ids `0..count` to `topic` in the background, in chunks with pauses, so that records
 /// keep flowing while a test kills things.
-pub fn background_load(bootstrap: &str, topic: &str, partitions: i32, count: u64, chunk: u64, pause: Duration) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+pub fn background_load(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    count: u64,
+    chunk: u64,
+    pause: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let bootstrap = bootstrap.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -160,23 +216,45 @@ pub fn background_load(bootstrap: &str, topic: &str, partitions: i32, count: u64
 
 /// Waits until the mirror at `addr` has committed source positions summing to `count` (every
 /// record of a topic that started empty).
-pub async fn wait_committed(addr: SocketAddr, topic: &str, count: u64, timeout: Duration) -> anyhow::Result<()> {
+pub async fn wait_committed(
+    addr: SocketAddr,
+    topic: &str,
+    count: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let filter = format!("topic=\"{topic}\"");
     let filters = [filter.as_str()];
     let committed = || metric(addr, "logpipe_mirror_committed_offset", &filters);
-    if logpipe_devkit::harness::wait_until(timeout, || async { committed().await == Some(count as f64) }).await.is_err() {
-        anyhow::bail!("the mirror committed {:?} of {count} records within {timeout:?}", committed().await);
+    if logpipe_devkit::harness::wait_until(timeout, || async {
+        committed().await == Some(count as f64)
+    })
+    .await
+    .is_err()
+    {
+        anyhow::bail!(
+            "the mirror committed {:?} of {count} records within {timeout:?}",
+            committed().await
+        );
     }
     Ok(())
 }
 
 /// The exactly-once check: the target topic holds every id once, and each target partition
 /// holds exactly the source partition's records in the source's order.
-pub async fn assert_mirrored(write: &DevCluster, read: &DevCluster, topic: &str, count: u64) -> anyhow::Result<()> {
+pub async fn assert_mirrored(
+    write: &DevCluster,
+    read: &DevCluster,
+    topic: &str,
+    count: u64,
+) -> anyhow::Result<()> {
     let target = read.read_topic(topic, Duration::from_secs(60)).await?;
     assert_exactly_once(&target, count);
     let source = write.read_topic(topic, Duration::from_secs(60)).await?;
-    assert_eq!(values_by_partition(&source), values_by_partition(&target), "every partition holds the source's records in order");
+    assert_eq!(
+        values_by_partition(&source),
+        values_by_partition(&target),
+        "every partition holds the source's records in order"
+    );
     Ok(())
 }
 

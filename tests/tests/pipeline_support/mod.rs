@@ -16,13 +16,22 @@ use rdkafka::Message as _;
 pub async fn hops(pipeline: &Pipeline, written: &[Report]) -> String {
     let expected: HashSet<String> = written.iter().flat_map(|r| r.event_ids()).collect();
     let mut text = format!("written {} ids", expected.len());
-    for (side, bootstrap) in [("write", pipeline.write_cluster().bootstrap()), ("read", pipeline.read_cluster().bootstrap())] {
-        let (bootstrap, topic, expected) = (bootstrap.to_owned(), pipeline.raw_topic().to_owned(), expected.clone());
+    for (side, bootstrap) in [
+        ("write", pipeline.write_cluster().bootstrap()),
+        ("read", pipeline.read_cluster().bootstrap()),
+    ] {
+        let (bootstrap, topic, expected) = (
+            bootstrap.to_owned(),
+            pipeline.raw_topic().to_owned(),
+            expected.clone(),
+        );
         let counted = tokio::task::spawn_blocking(move || {
             let mut unique = HashSet::new();
             let mut total = 0u64;
             scan_topic(&bootstrap, &topic, Duration::from_secs(120), |m| {
-                if let Some(id) = loadgen::event_id(m.payload().unwrap_or_default()).filter(|id| expected.contains(*id)) {
+                if let Some(id) = loadgen::event_id(m.payload().unwrap_or_default())
+                    .filter(|id| expected.contains(*id))
+                {
                     total += 1;
                     unique.insert(id.to_owned());
                 }
@@ -32,14 +41,24 @@ pub async fn hops(pipeline: &Pipeline, written: &[Report]) -> String {
         })
         .await;
         match counted {
-            Ok(Ok((unique, total))) => text += &format!("; {side} cluster raw: {unique} unique, {total} in all"),
+            Ok(Ok((unique, total))) => {
+                text += &format!("; {side} cluster raw: {unique} unique, {total} in all")
+            }
             Ok(Err(e)) => text += &format!("; {side} cluster raw: {e:#}"),
             Err(e) => text += &format!("; {side} cluster raw: {e}"),
         }
     }
     if let Ok(metrics) = pipeline.metrics(Component::Agent).await {
-        for name in ["logpipe_agent_lines_read_total", "logpipe_agent_lines_acked_total", "logpipe_agent_rotations_total", "logpipe_agent_truncations_total"] {
-            text += &format!("; {name} {}", logpipe_devkit::pipeline::metric_sum(&metrics, name, &[]));
+        for name in [
+            "logpipe_agent_lines_read_total",
+            "logpipe_agent_lines_acked_total",
+            "logpipe_agent_rotations_total",
+            "logpipe_agent_truncations_total",
+        ] {
+            text += &format!(
+                "; {name} {}",
+                logpipe_devkit::pipeline::metric_sum(&metrics, name, &[])
+            );
         }
     }
     text
@@ -49,19 +68,37 @@ pub async fn hops(pipeline: &Pipeline, written: &[Report]) -> String {
 /// tells an agent replay (same file and offset) from a line sent under two identities.
 pub async fn raw_copies(pipeline: &Pipeline, ids: &[String]) -> String {
     let wanted: HashSet<String> = ids.iter().cloned().collect();
-    let (bootstrap, topic) = (pipeline.write_cluster().bootstrap().to_owned(), pipeline.raw_topic().to_owned());
+    let (bootstrap, topic) = (
+        pipeline.write_cluster().bootstrap().to_owned(),
+        pipeline.raw_topic().to_owned(),
+    );
     let found = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
         scan_topic(&bootstrap, &topic, Duration::from_secs(120), |m| {
-            if let Some(id) = loadgen::event_id(m.payload().unwrap_or_default()).filter(|id| wanted.contains(*id)) {
+            if let Some(id) =
+                loadgen::event_id(m.payload().unwrap_or_default()).filter(|id| wanted.contains(*id))
+            {
                 let headers: Vec<String> = m
                     .headers()
                     .map(|hs| {
                         use rdkafka::message::Headers as _;
-                        hs.iter().map(|h| format!("{}={}", h.key, String::from_utf8_lossy(h.value.unwrap_or_default()))).collect()
+                        hs.iter()
+                            .map(|h| {
+                                format!(
+                                    "{}={}",
+                                    h.key,
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                )
+                            })
+                            .collect()
                     })
                     .unwrap_or_default();
-                lines.push(format!("{id} at {}/{}: {}", m.partition(), m.offset(), headers.join(" ")));
+                lines.push(format!(
+                    "{id} at {}/{}: {}",
+                    m.partition(),
+                    m.offset(),
+                    headers.join(" ")
+                ));
             }
             Ok(())
         })?;
@@ -79,11 +116,18 @@ pub async fn raw_copies(pipeline: &Pipeline, ids: &[String]) -> String {
 /// Registers a new version of every game subject with `player_id` optional (the README tour's
 /// "fix a schema"): lines the generator wrote without it become valid.
 pub async fn make_player_id_optional(store: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     for (subject, schema) in loadgen::schemas() {
         let mut fixed: serde_json::Value = serde_json::from_str(schema)?;
-        let fields = fixed["fields"].as_array_mut().with_context(|| format!("{subject}: no fields"))?;
-        let player = fields.iter_mut().find(|f| f["name"] == "player_id").with_context(|| format!("{subject}: no player_id"))?;
+        let fields = fixed["fields"]
+            .as_array_mut()
+            .with_context(|| format!("{subject}: no fields"))?;
+        let player = fields
+            .iter_mut()
+            .find(|f| f["name"] == "player_id")
+            .with_context(|| format!("{subject}: no player_id"))?;
         player["type"] = serde_json::json!(["null", "string"]);
         player["default"] = serde_json::Value::Null;
         let response = http
@@ -93,27 +137,57 @@ pub async fn make_player_id_optional(store: &str) -> anyhow::Result<()> {
             .send()
             .await?;
         let status = response.status();
-        ensure!(status.is_success(), "registering the fixed {subject}: {status}: {}", response.text().await.unwrap_or_default());
+        ensure!(
+            status.is_success(),
+            "registering the fixed {subject}: {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
     Ok(())
 }
 
 /// Runs `logpipe-validator replay` on `topic` with the pipeline's validator config and `filters`,
 /// and returns what it says it did: (records written to clean, records that failed again).
-pub async fn replay(pipeline: &Pipeline, topic: &str, filters: &[&str]) -> anyhow::Result<(u64, u64)> {
+pub async fn replay(
+    pipeline: &Pipeline,
+    topic: &str,
+    filters: &[&str],
+) -> anyhow::Result<(u64, u64)> {
     let config = pipeline.config_file(Component::Validator);
-    let mut args = vec!["replay", "--config", config.to_str().context("config path")?, "--topic", topic];
+    let mut args = vec![
+        "replay",
+        "--config",
+        config.to_str().context("config path")?,
+        "--topic",
+        topic,
+    ];
     args.extend(filters);
     let mut process = Process::start("logpipe-validator", &args)?;
     let status = process.wait_exit(Duration::from_secs(120)).await?;
-    ensure!(status.success(), "replay exited with {status}\n{}", process.logs());
+    ensure!(
+        status.success(),
+        "replay exited with {status}\n{}",
+        process.logs()
+    );
     // `replayed dlq.game: N clean, M failed again, K not selected`
     let stdout = process.stdout();
     let prefix = format!("replayed {topic}: ");
-    let line = stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str())).with_context(|| format!("no summary line\n{}", process.logs()))?;
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .with_context(|| format!("no summary line\n{}", process.logs()))?;
     let number = |label: &str| -> anyhow::Result<u64> {
-        let before = line.split(label).next().filter(|_| line.contains(label)).with_context(|| format!("no {label:?} in {line:?}"))?;
-        Ok(before.trim_end().rsplit([' ', ',']).next().unwrap_or_default().parse()?)
+        let before = line
+            .split(label)
+            .next()
+            .filter(|_| line.contains(label))
+            .with_context(|| format!("no {label:?} in {line:?}"))?;
+        Ok(before
+            .trim_end()
+            .rsplit([' ', ','])
+            .next()
+            .unwrap_or_default()
+            .parse()?)
     };
     Ok((number(" clean")?, number(" failed again")?))
 }

@@ -51,15 +51,30 @@ impl Stack {
                 dir.path().join("store").display()
             ),
         )?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut stack = Stack { dir, cluster, store: None, store_addr, store_config, store_telemetry, http };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut stack = Stack {
+            dir,
+            cluster,
+            store: None,
+            store_addr,
+            store_config,
+            store_telemetry,
+            http,
+        };
         stack.start_store().await?;
         Ok(stack)
     }
 
     pub async fn start_store(&mut self) -> anyhow::Result<()> {
-        let mut store = Process::start("logpipe-schema-store", &["run", "--config", self.store_config.to_str().unwrap()])?;
-        store.wait_ready(self.store_telemetry, Duration::from_secs(30)).await?;
+        let mut store = Process::start(
+            "logpipe-schema-store",
+            &["run", "--config", self.store_config.to_str().unwrap()],
+        )?;
+        store
+            .wait_ready(self.store_telemetry, Duration::from_secs(30))
+            .await?;
         self.store = Some(store);
         Ok(())
     }
@@ -76,7 +91,12 @@ impl Stack {
     }
 
     /// Registers a schema; returns its id.
-    pub async fn register(&self, subject: &str, schema_type: &str, schema: &str) -> anyhow::Result<u32> {
+    pub async fn register(
+        &self,
+        subject: &str,
+        schema_type: &str,
+        schema: &str,
+    ) -> anyhow::Result<u32> {
         let response = self
             .http
             .post(format!("{}/subjects/{subject}/versions", self.store_url()))
@@ -117,13 +137,26 @@ impl Stack {
 
     /// The schema of an id, parsed for decoding (as a Confluent deserializer would fetch it).
     pub async fn avro_schema(&self, id: u32) -> anyhow::Result<apache_avro::Schema> {
-        let body: serde_json::Value =
-            self.http.get(format!("{}/schemas/ids/{id}", self.store_url())).send().await?.error_for_status()?.json().await?;
-        Ok(apache_avro::Schema::parse_str(body["schema"].as_str().context("schema")?)?)
+        let body: serde_json::Value = self
+            .http
+            .get(format!("{}/schemas/ids/{id}", self.store_url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(apache_avro::Schema::parse_str(
+            body["schema"].as_str().context("schema")?,
+        )?)
     }
 
     /// Writes a validator config for the game route (plus `extra` TOML at the top level).
-    pub fn validator_config(&self, name: &str, extra: &str, routes: &str) -> anyhow::Result<(PathBuf, SocketAddr)> {
+    pub fn validator_config(
+        &self,
+        name: &str,
+        extra: &str,
+        routes: &str,
+    ) -> anyhow::Result<(PathBuf, SocketAddr)> {
         let telemetry = free_addr();
         let text = format!(
             "schema_store = \"{}\"\ngroup_id = \"v\"\ntransactional_id = \"v-{name}\"\nbatch_ms = 50\ntopic_refresh_ms = 1000\nschema_refresh_ms = 1000\n{extra}\n\
@@ -132,12 +165,18 @@ impl Stack {
             self.store_url(),
             self.cluster.bootstrap()
         );
-        Ok((write_file(self.dir.path(), &format!("validator-{name}.toml"), &text)?, telemetry))
+        Ok((
+            write_file(self.dir.path(), &format!("validator-{name}.toml"), &text)?,
+            telemetry,
+        ))
     }
 
     /// Starts a validator and waits until it is ready.
     pub async fn validator(&self, config: &Path, telemetry: SocketAddr) -> anyhow::Result<Process> {
-        let mut p = Process::start("logpipe-validator", &["run", "--config", config.to_str().unwrap()])?;
+        let mut p = Process::start(
+            "logpipe-validator",
+            &["run", "--config", config.to_str().unwrap()],
+        )?;
         p.wait_ready(telemetry, Duration::from_secs(60)).await?;
         Ok(p)
     }
@@ -148,18 +187,35 @@ impl Stack {
     }
 
     /// A counter's value summed over the samples that carry every `label="value"` given.
-    pub async fn metric_with(&self, telemetry: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let Ok(response) = self.http.get(format!("http://{telemetry}/metrics")).send().await else { return 0.0 };
+    pub async fn metric_with(
+        &self,
+        telemetry: SocketAddr,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> f64 {
+        let Ok(response) = self
+            .http
+            .get(format!("http://{telemetry}/metrics"))
+            .send()
+            .await
+        else {
+            return 0.0;
+        };
         let text = response.text().await.unwrap_or_default();
         text.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
 }
 
-pub const GAME_ROUTE: &str = "[[routes]]\ntopics = \"raw\\\\.game\"\nsubject = { field = \"event\", prefix = \"game.\" }\n";
+pub const GAME_ROUTE: &str =
+    "[[routes]]\ntopics = \"raw\\\\.game\"\nsubject = { field = \"event\", prefix = \"game.\" }\n";
 
 /// Lines as the agent would send them: one file identity per `file`, byte offsets as ids.
 pub struct Lines {
@@ -179,11 +235,21 @@ pub fn read_log(host: &str, path: &Path, file: u64) -> anyhow::Result<Lines> {
         lines.push((offset, body.to_vec()));
         offset += line.len() as u64;
     }
-    Ok(Lines { host: host.into(), path: path.display().to_string(), file: FileId(file), lines })
+    Ok(Lines {
+        host: host.into(),
+        path: path.display().to_string(),
+        file: FileId(file),
+        lines,
+    })
 }
 
 /// Generates `lines` game lines (5% invalid) in `files` files and returns them agent-style.
-pub fn generate(dir: &Path, run_id: &str, lines: u64, files: usize) -> anyhow::Result<(loadgen::Report, Vec<Lines>)> {
+pub fn generate(
+    dir: &Path,
+    run_id: &str,
+    lines: u64,
+    files: usize,
+) -> anyhow::Result<(loadgen::Report, Vec<Lines>)> {
     let mut args = loadgen::LoadgenArgs::new(dir.join(run_id));
     args.files = files;
     args.lines = lines;
@@ -193,14 +259,22 @@ pub fn generate(dir: &Path, run_id: &str, lines: u64, files: usize) -> anyhow::R
     let mut all = Vec::new();
     for (i, file) in report.files.iter().enumerate() {
         // A file identity per generated file, distinct across runs.
-        let identity = std::hash::BuildHasher::hash_one(&std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(), (run_id, i));
+        let identity = std::hash::BuildHasher::hash_one(
+            &std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(),
+            (run_id, i),
+        );
         all.push(read_log("host-a", &file.path, identity)?);
     }
     Ok((report, all))
 }
 
 /// Produces lines to a topic with the agent's key and `lp.*` headers, `range` of each file.
-pub async fn produce(bootstrap: &str, topic: &str, files: &[Lines], range: std::ops::Range<usize>) -> anyhow::Result<usize> {
+pub async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    files: &[Lines],
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<usize> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -208,17 +282,35 @@ pub async fn produce(bootstrap: &str, topic: &str, files: &[Lines], range: std::
         .create()?;
     // Files are spread over the partitions explicitly (one file, one partition, as the agent's
     // key does), so that every partition has work and none outgrows the dev cluster's 5 MB log.
-    let metadata = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), Duration::from_secs(10)))?;
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+    let metadata = tokio::task::block_in_place(|| {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+    })?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0) as i32;
     anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
     let mut pending = Vec::new();
     for (i, file) in files.iter().enumerate() {
         let key = format!("{}|{}", file.host, file.path);
         for (offset, line) in file.lines.iter().take(range.end).skip(range.start) {
-            let id = RecordId { host: file.host.clone(), file: file.file, offset: *offset };
-            let mut headers = OwnedHeaders::new().insert(Header { key: header::PATH, value: Some(file.path.as_bytes()) });
+            let id = RecordId {
+                host: file.host.clone(),
+                file: file.file,
+                offset: *offset,
+            };
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: header::PATH,
+                value: Some(file.path.as_bytes()),
+            });
             for (name, value) in id.headers() {
-                headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                });
             }
             let record = FutureRecord::to(topic)
                 .key(key.as_bytes())
@@ -247,7 +339,16 @@ pub struct Seen {
 
 pub fn headers_of(m: &OwnedMessage) -> HashMap<String, String> {
     m.headers()
-        .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -255,7 +356,11 @@ pub fn headers_of(m: &OwnedMessage) -> HashMap<String, String> {
 pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
     let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
     let mut seen = Vec::new();
-    for m in stack.cluster.read_topic(topic, Duration::from_secs(60)).await? {
+    for m in stack
+        .cluster
+        .read_topic(topic, Duration::from_secs(60))
+        .await?
+    {
         let value = m.payload().context("clean record without value")?;
         if value.len() < 5 || value[0] != 0 {
             bail!("clean record is not in wire format: {value:?}");
@@ -270,13 +375,19 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
             bail!("trailing bytes after a clean record");
         }
         let event_id = match &decoded {
-            apache_avro::types::Value::Record(fields) => match fields.iter().find(|(n, _)| n == "event_id") {
-                Some((_, apache_avro::types::Value::String(s))) => s.clone(),
-                other => bail!("clean record has no event_id: {other:?}"),
-            },
+            apache_avro::types::Value::Record(fields) => {
+                match fields.iter().find(|(n, _)| n == "event_id") {
+                    Some((_, apache_avro::types::Value::String(s))) => s.clone(),
+                    other => bail!("clean record has no event_id: {other:?}"),
+                }
+            }
             other => bail!("clean record is not a record: {other:?}"),
         };
-        seen.push(Seen { event_id, headers: headers_of(&m), decoded: Some((id, decoded)) });
+        seen.push(Seen {
+            event_id,
+            headers: headers_of(&m),
+            decoded: Some((id, decoded)),
+        });
     }
     Ok(seen)
 }
@@ -284,14 +395,24 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
 /// Reads a dead-letter topic (read_committed).
 pub async fn read_dlq(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
     let mut seen = Vec::new();
-    for m in stack.cluster.read_topic(topic, Duration::from_secs(60)).await? {
+    for m in stack
+        .cluster
+        .read_topic(topic, Duration::from_secs(60))
+        .await?
+    {
         let value = m.payload().unwrap_or_default();
-        let event_id = loadgen::event_id(value).context("dead letter without event id")?.to_owned();
+        let event_id = loadgen::event_id(value)
+            .context("dead letter without event id")?
+            .to_owned();
         let headers = headers_of(&m);
         if !headers.contains_key(error_header::STAGE) {
             bail!("dead letter {event_id} without {}", error_header::STAGE);
         }
-        seen.push(Seen { event_id, headers, decoded: None });
+        seen.push(Seen {
+            event_id,
+            headers,
+            decoded: None,
+        });
     }
     Ok(seen)
 }
