@@ -4,6 +4,7 @@
 //! - [`config`]: TOML loading with unknown keys rejected and `${ENV}` secrets;
 //! - [`kafka`]: the `[kafka]` table and librdkafka settings per client role;
 //! - [`telemetry`]: `/metrics`, `/health`, `/ready`;
+//! - [`metric_names`]: every service's metric names, the contract its readers share;
 //! - [`logging`]: `tracing` output, human or JSON;
 //! - [`shutdown`]: signals as a shutdown token and a reload counter;
 //! - [`service`]: the `run`/`check` binary around a service.
@@ -11,6 +12,7 @@
 pub mod config;
 pub mod kafka;
 pub mod logging;
+pub mod metric_names;
 pub mod record;
 pub mod service;
 pub mod shutdown;
