@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use logpipe_core::telemetry::Readiness;
 use metrics::{gauge, Histogram};
-use notify::event::{EventKind, ModifyKind};
 use rdkafka::error::KafkaError;
 
 use crate::checkpoint::{self, Checkpoint, FileState, Loaded};
 use crate::config::{AgentConfig, StartAt, WatchMode};
-use crate::delivery::{Delivery, Token};
-use crate::discovery::{self, Discovery};
+use crate::delivery::{Delivery, Report, Token};
+use crate::discovery::{self, Discovery, Notice};
 use crate::identity::{self, Resume};
 use crate::metrics::*;
 use crate::systemd;
@@ -30,17 +29,12 @@ use crate::tailer::{AckTracker, Change, Opening, ReadError, Sink, Tailer};
 
 /// Everything the loop reacts to.
 pub enum Event {
-    /// A delivery report.
-    Ack {
-        token: Token,
-        error: Option<KafkaError>,
-    },
-    /// librdkafka reported a fatal error: the producer must be replaced.
-    ProducerFatal(String),
-    BrokersDown,
+    /// What the producer reported.
+    Delivery(Report),
     /// The readiness probe of producer `epoch` reached the cluster.
     Reachable(u8),
-    Fs(notify::Result<notify::Event>),
+    /// What discovery's watches saw.
+    Fs(Notice),
     /// SIGHUP with a config that loaded and validated.
     Reload(Box<AgentConfig>),
     Shutdown,
@@ -136,11 +130,7 @@ impl Agent {
         readiness.register(READINESS);
         let epoch = Arc::new(AtomicU8::new(0));
         let delivery = new_delivery(&config, &events_tx, 0)?;
-        let discovery = Discovery::new(
-            &config.inputs,
-            config.watch == WatchMode::Poll,
-            events_tx.clone(),
-        )?;
+        let discovery = new_discovery(&config, &events_tx)?;
         let now = Instant::now();
         let agent = Agent {
             host: config.host_name(),
@@ -227,16 +217,16 @@ impl Agent {
 
     fn handle(&mut self, event: Event) -> anyhow::Result<()> {
         match event {
-            Event::Ack { token, error } => self.ack(token, error),
-            Event::ProducerFatal(reason) => {
+            Event::Delivery(Report::Ack { token, error }) => self.ack(token, error),
+            Event::Delivery(Report::Fatal(reason)) => {
                 metrics::counter!(PRODUCER_ERRORS, "error" => "fatal").increment(1);
                 tracing::error!("kafka producer fatal error: {reason}");
                 self.request_rebuild(format!("fatal producer error: {reason}"));
             }
-            Event::BrokersDown => self.set_ready(false, "all brokers are down"),
+            Event::Delivery(Report::BrokersDown) => self.set_ready(false, "all brokers are down"),
             Event::Reachable(epoch) if epoch == self.epoch() => self.set_ready(true, ""),
             Event::Reachable(_) => {}
-            Event::Fs(result) => self.fs_event(result),
+            Event::Fs(notice) => self.fs_notice(notice),
             Event::Reload(config) => self.reload(*config)?,
             Event::Shutdown => {}
         }
@@ -305,38 +295,28 @@ impl Agent {
         }
     }
 
-    fn fs_event(&mut self, result: notify::Result<notify::Event>) {
-        let event = match result {
-            Ok(event) => event,
-            Err(e) => {
+    fn fs_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Failed(e) => {
                 if discovery::is_limit(&e) && self.discovery.watching() {
                     self.discovery.fall_back(&e.to_string());
                 } else {
                     tracing::debug!("file system notification error: {e}");
                 }
                 self.scan_needed = true;
-                return;
             }
-        };
-        if event.need_rescan() {
-            self.scan_needed = true;
-            self.sweep_needed = true;
-            return;
-        }
-        match event.kind {
-            EventKind::Access(_) => {}
-            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_) | ModifyKind::Any) => {
-                for path in &event.paths {
+            Notice::Changed => {
+                self.scan_needed = true;
+                self.sweep_needed = true;
+            }
+            Notice::Written(paths) => {
+                for path in &paths {
                     match self.locations.get(path) {
                         Some(&slot) => self.check(slot),
                         None if self.discovery.input_for(path).is_some() => self.scan_needed = true,
                         None => {}
                     }
                 }
-            }
-            _ => {
-                self.scan_needed = true;
-                self.sweep_needed = true;
             }
         }
     }
@@ -1058,11 +1038,7 @@ impl Agent {
         }
         let rebuild = config.kafka != self.config.kafka
             || config.inflight_bytes != self.config.inflight_bytes;
-        self.discovery = Discovery::new(
-            &config.inputs,
-            config.watch == WatchMode::Poll,
-            self.events_tx.clone(),
-        )?;
+        self.discovery = new_discovery(&config, &self.events_tx)?;
         self.update_gauges(); // count acknowledgements under the inputs they were read for
         self.host = config.host_name();
         self.inputs = inputs(&config);
@@ -1099,7 +1075,7 @@ impl Agent {
                     .saturating_duration_since(Instant::now())
                     .min(Duration::from_millis(100)),
             ) {
-                Ok(Event::Ack { token, error }) => {
+                Ok(Event::Delivery(Report::Ack { token, error })) => {
                     self.woke = Instant::now();
                     self.ack(token, error);
                 }
@@ -1148,12 +1124,27 @@ fn new_delivery(
         .map(|i| i.max_line_bytes)
         .max()
         .unwrap_or(0);
+    let events = events.clone();
+    let reports = Box::new(move |report| {
+        let _ = events.send(Event::Delivery(report));
+    });
     Delivery::new(
         &config.kafka,
         config.inflight_bytes,
         longest,
-        events.clone(),
+        reports,
         epoch,
+    )
+}
+
+fn new_discovery(config: &AgentConfig, events: &Sender<Event>) -> anyhow::Result<Discovery> {
+    let events = events.clone();
+    Discovery::new(
+        &config.inputs,
+        config.watch == WatchMode::Poll,
+        move |notice| {
+            let _ = events.send(Event::Fs(notice));
+        },
     )
 }
 

@@ -6,7 +6,6 @@
 //! delivery makes the loop drop this producer and build a new one, then re-read every file from
 //! its last acknowledged offset: records are never skipped and a partition never gets a gap.
 
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use logpipe_core::kafka::{KafkaConfig, Role};
@@ -15,8 +14,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
-
-use crate::agent::Event;
 
 /// Memory a queued record costs beyond its line, key and header bytes: librdkafka's message
 /// (~300 B) and its five header allocations, allocator rounding, our tracking entry. Measured:
@@ -53,22 +50,37 @@ impl Token {
     }
 }
 
-/// Hands delivery reports and client errors to the loop.
+/// What the producer tells its owner, from librdkafka's threads.
+#[derive(Debug)]
+pub enum Report {
+    /// The delivery report of one record: acknowledged, or failed with `error`.
+    Ack {
+        token: Token,
+        error: Option<KafkaError>,
+    },
+    /// librdkafka reported a fatal error: the producer must be replaced.
+    Fatal(String),
+    /// Every broker is unreachable: nothing is being delivered.
+    BrokersDown,
+}
+
+/// Where the reports go; called on librdkafka's threads, so it only forwards.
+pub type Reports = Box<dyn Fn(Report) + Send + Sync>;
+
+/// Hands delivery reports and client errors to the owner.
 pub struct Context {
-    events: Sender<Event>,
+    reports: Reports,
 }
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Fatal) => {
-                let _ = self.events.send(Event::ProducerFatal(reason.to_owned()));
-            }
+            Some(RDKafkaErrorCode::Fatal) => (self.reports)(Report::Fatal(reason.to_owned())),
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 tracing::warn!(
                     "kafka: all brokers are down; reading pauses at the in-flight budget: {reason}"
                 );
-                let _ = self.events.send(Event::BrokersDown);
+                (self.reports)(Report::BrokersDown);
             }
             // librdkafka logs connection failures itself.
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {
@@ -84,7 +96,7 @@ impl ProducerContext for Context {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let error = result.as_ref().err().map(|(e, _)| e.clone());
-        let _ = self.events.send(Event::Ack {
+        (self.reports)(Report::Ack {
             token: Token::unpack(opaque),
             error,
         });
@@ -113,13 +125,14 @@ impl Delivery {
         kafka: &KafkaConfig,
         inflight_bytes: u64,
         max_record_bytes: usize,
-        events: Sender<Event>,
+        reports: Reports,
         epoch: u8,
     ) -> anyhow::Result<Delivery> {
         let config = client_config(kafka, inflight_bytes, max_record_bytes);
-        let producer: ThreadedProducer<Context> = config
-            .create_with_context(Context { events })
-            .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?;
+        let producer: ThreadedProducer<Context> =
+            config
+                .create_with_context(Context { reports })
+                .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?;
         Ok(Delivery { producer, epoch })
     }
 

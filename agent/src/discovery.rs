@@ -6,15 +6,13 @@
 //! a file system without notifications), discovery switches to polling for good, with a log line
 //! and a metric, instead of silently missing files (fluent-bit#1777).
 
+use notify::event::{EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-
-use crate::agent::Event;
 use crate::config::{CompiledInput, InputConfig};
 use crate::metrics::WATCH_FALLBACKS;
 
@@ -55,6 +53,37 @@ fn root(pattern: &str) -> Root {
     }
 }
 
+/// What a file system notification means to the tailing loop (reads are not reported).
+#[derive(Debug)]
+pub enum Notice {
+    /// These files were written to (or their metadata changed): open ones are stat'ed.
+    Written(Vec<PathBuf>),
+    /// Files appeared, moved or went away, or events were lost: re-glob and stat everything.
+    Changed,
+    /// The watcher failed; see [`is_limit`] for the failures that mean "poll from now on".
+    Failed(notify::Error),
+}
+
+impl Notice {
+    /// Reads say nothing about new lines: they are dropped (`None`) before reaching the loop.
+    fn of(result: notify::Result<notify::Event>) -> Option<Notice> {
+        let event = match result {
+            Ok(event) => event,
+            Err(e) => return Some(Notice::Failed(e)),
+        };
+        if event.need_rescan() {
+            return Some(Notice::Changed);
+        }
+        match event.kind {
+            EventKind::Access(_) => None,
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_) | ModifyKind::Any) => {
+                Some(Notice::Written(event.paths))
+            }
+            _ => Some(Notice::Changed),
+        }
+    }
+}
+
 /// The inputs' patterns and the watches on their directories.
 pub struct Discovery {
     inputs: Vec<CompiledInput>,
@@ -62,15 +91,15 @@ pub struct Discovery {
     watcher: Option<RecommendedWatcher>,
     /// Directories watched, with the mode they are watched in.
     watched: HashSet<(PathBuf, bool)>,
-    events: Sender<Event>,
 }
 
 impl Discovery {
-    /// `poll` forces polling. Patterns were validated with the config.
+    /// `poll` forces polling; otherwise `notices` receives what the watches see, on the
+    /// watcher's thread. Patterns were validated with the config.
     pub fn new(
         inputs: &[InputConfig],
         poll: bool,
-        events: Sender<Event>,
+        notices: impl Fn(Notice) + Send + 'static,
     ) -> anyhow::Result<Discovery> {
         let compiled = inputs
             .iter()
@@ -90,12 +119,12 @@ impl Discovery {
                 .collect(),
             watcher: None,
             watched: HashSet::new(),
-            events,
         };
         if !poll {
-            let sender = discovery.events.clone();
-            match notify::recommended_watcher(move |event| {
-                let _ = sender.send(Event::Fs(event));
+            match notify::recommended_watcher(move |result| {
+                if let Some(notice) = Notice::of(result) {
+                    notices(notice);
+                }
             }) {
                 Ok(watcher) => discovery.watcher = Some(watcher),
                 Err(e) => discovery.fall_back(&e.to_string()),
@@ -286,8 +315,7 @@ mod tests {
             input(vec![format!("{b}/*.log")], vec![format!("{b}/skip.log")]),
             input(vec![format!("{b}/**/*.log")], vec![]),
         ];
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let discovery = Discovery::new(&inputs, true, tx).unwrap();
+        let discovery = Discovery::new(&inputs, true, |_| {}).unwrap();
         let mut found: Vec<(String, usize)> = discovery
             .scan()
             .into_iter()
