@@ -14,6 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use logpipe_core::metric_names::agent::*;
 use logpipe_core::telemetry::Readiness;
 use metrics::{gauge, Histogram};
 use rdkafka::error::KafkaError;
@@ -23,7 +24,7 @@ use crate::config::{AgentConfig, StartAt, WatchMode};
 use crate::delivery::{Delivery, Report, Token};
 use crate::discovery::{self, Discovery, Notice};
 use crate::identity::{self, Resume};
-use crate::metrics::*;
+use crate::metrics::InputMetrics;
 use crate::systemd;
 use crate::tailer::{AckTracker, Change, Opening, ReadError, Sink, Tailer};
 

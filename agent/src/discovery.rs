@@ -6,15 +6,16 @@
 //! a file system without notifications), discovery switches to polling for good, with a log line
 //! and a metric, instead of silently missing files (fluent-bit#1777).
 
-use notify::event::{EventKind, ModifyKind};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use logpipe_core::metric_names::agent::WATCH_FALLBACKS;
+use notify::event::{EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
 use crate::config::{CompiledInput, InputConfig};
-use crate::metrics::WATCH_FALLBACKS;
 
 /// A pattern split into the directory to start from and how deep to look under it.
 #[derive(Debug, Clone, PartialEq, Eq)]

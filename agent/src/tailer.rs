@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use logpipe_core::metric_names::agent::FILE_LAG;
 use logpipe_core::record::{header, FileId, KeyStrategy};
 use metrics::Gauge;
 use rdkafka::error::KafkaError;
@@ -21,7 +22,7 @@ use crate::checkpoint::FileState;
 use crate::delivery::{Delivery, Outgoing, Token, RECORD_OVERHEAD};
 use crate::identity::{self, Digest, FINGERPRINT_MAX, GUARD_MAX};
 use crate::lines::{LineSplitter, Piece};
-use crate::metrics::{InputMetrics, FILE_LAG};
+use crate::metrics::InputMetrics;
 
 /// A record queued and not yet acknowledged (or bytes that need no record).
 #[derive(Debug)]
