@@ -515,7 +515,7 @@ impl Agent {
         };
         // A resumed file keeps the path it was first found under (in `lp.path` and the default
         // key) even when it is now found under its rotated name: the lines after its checkpoint
-        // are sent again, and the validator only recognises them as replays within the
+        // are sent again, and the validator only recognises them as resends within the
         // partition (chosen by the key) their first copies went to.
         let named = match (&saved, &resumed) {
             (Some(s), Some(_)) => s.path.clone(),

@@ -32,7 +32,7 @@ pub struct AgentConfig {
     /// (`delivery::RECORD_OVERHEAD`). Reading stops at the budget: the files are the buffer.
     #[serde(default = "defaults::inflight_bytes")]
     pub inflight_bytes: u64,
-    /// How often acknowledged offsets are written to `state_dir` (at most this much is replayed
+    /// How often acknowledged offsets are written to `state_dir` (at most this much is resent
     /// after a crash).
     #[serde(default = "defaults::checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,

@@ -12,7 +12,7 @@
 //!
 //! The `lp.file` id of a file's contents is drawn when the agent first sees them and is saved in
 //! the checkpoint before any record carries it. It mixes in the time it was drawn, so a new file
-//! that reuses an inode, or a truncated file, never repeats an id downstream replay removal
+//! that reuses an inode, or a truncated file, never repeats an id downstream resend removal
 //! has already seen.
 
 use std::fs::File;
