@@ -16,9 +16,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod delivery;
 pub mod discovery;
+mod files;
 pub mod identity;
 pub mod lines;
 pub mod metrics;
+mod rotation;
 pub mod systemd;
 pub mod tailer;
 
