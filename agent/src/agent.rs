@@ -30,7 +30,7 @@ use crate::systemd;
 use crate::tailer::{Change, Opening, ReadError, Sink, Tailer};
 
 /// Everything the loop reacts to.
-pub enum Event {
+pub(crate) enum Event {
     /// What the producer reported.
     Delivery(Report),
     /// The readiness probe of producer `epoch` reached the cluster.
@@ -71,7 +71,7 @@ impl Input {
     }
 }
 
-pub struct Agent {
+pub(crate) struct Agent {
     config: AgentConfig,
     host: String,
     inputs: Vec<Input>,
@@ -106,7 +106,7 @@ pub struct Agent {
 
 impl Agent {
     /// Loads the checkpoint, builds the producer and discovery; nothing is read yet.
-    pub fn new(
+    pub(crate) fn new(
         config: AgentConfig,
         events_tx: Sender<Event>,
         events: Receiver<Event>,
@@ -166,7 +166,7 @@ impl Agent {
     }
 
     /// Runs until a shutdown event, then drains and writes the final checkpoint.
-    pub fn run(mut self) -> anyhow::Result<()> {
+    pub(crate) fn run(mut self) -> anyhow::Result<()> {
         self.discovery.ensure_watches();
         self.scan(true);
         self.resume_rotated_while_stopped();

@@ -6,7 +6,7 @@
 //! delivery makes the loop drop this producer and build a new one, then re-read every file from
 //! its last acknowledged offset: records are never skipped and a partition never gets a gap.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use logpipe_core::kafka::{KafkaConfig, Role};
 use rdkafka::client::ClientContext;
@@ -19,21 +19,21 @@ use rdkafka::ClientConfig;
 /// (~300 B) and its five header allocations, allocator rounding, our tracking entry. Measured:
 /// the agent's RSS grows by ~1.1 KiB per 250 B record in flight. Charged to the in-flight
 /// budget so that the budget bounds memory, whatever the line size.
-pub const RECORD_OVERHEAD: u64 = 768;
+pub(crate) const RECORD_OVERHEAD: u64 = 768;
 
 /// Identifies a produced record in its delivery report: producer generation, tailer slot and
 /// the record's sequence number in that tailer, packed in the report's `usize` opaque.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Token {
-    pub epoch: u8,
-    pub slot: u32,
-    pub seq: u32,
+pub(crate) struct Token {
+    pub(crate) epoch: u8,
+    pub(crate) slot: u32,
+    pub(crate) seq: u32,
 }
 
 const _: () = assert!(usize::BITS == 64, "tokens are packed into 64-bit opaques");
 
 impl Token {
-    pub const MAX_SLOT: u32 = (1 << 24) - 1;
+    pub(crate) const MAX_SLOT: u32 = (1 << 24) - 1;
 
     fn pack(self) -> usize {
         ((self.epoch as usize) << 56)
@@ -52,7 +52,7 @@ impl Token {
 
 /// What the producer tells its owner, from librdkafka's threads.
 #[derive(Debug)]
-pub enum Report {
+pub(crate) enum Report {
     /// The delivery report of one record: acknowledged, or failed with `error`.
     Ack {
         token: Token,
@@ -65,10 +65,10 @@ pub enum Report {
 }
 
 /// Where the reports go; called on librdkafka's threads, so it only forwards.
-pub type Reports = Box<dyn Fn(Report) + Send + Sync>;
+pub(crate) type Reports = Box<dyn Fn(Report) + Send + Sync>;
 
 /// Hands delivery reports and client errors to the owner.
-pub struct Context {
+pub(crate) struct Context {
     reports: Reports,
 }
 
@@ -104,24 +104,24 @@ impl ProducerContext for Context {
 }
 
 /// One producer generation.
-pub struct Delivery {
+pub(crate) struct Delivery {
     producer: ThreadedProducer<Context>,
-    pub epoch: u8,
+    pub(crate) epoch: u8,
 }
 
 /// A record ready to send.
-pub struct Outgoing<'a> {
-    pub topic: &'a str,
-    pub key: Option<&'a [u8]>,
-    pub value: &'a [u8],
-    pub headers: OwnedHeaders,
-    pub timestamp_ms: i64,
-    pub token: Token,
+pub(crate) struct Outgoing<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: &'a [u8],
+    pub(crate) headers: OwnedHeaders,
+    pub(crate) timestamp_ms: i64,
+    pub(crate) token: Token,
 }
 
 impl Delivery {
     /// Builds a producer. `max_record_bytes` is the largest value it will be handed.
-    pub fn new(
+    pub(crate) fn new(
         kafka: &KafkaConfig,
         inflight_bytes: u64,
         max_record_bytes: usize,
@@ -139,7 +139,7 @@ impl Delivery {
     /// Queues a record. The queue limits are set above the in-flight budget, so a full queue
     /// only happens when the operator lowered them: then this waits for room (the delivery
     /// thread keeps draining it) rather than fail the record.
-    pub fn send(&self, record: Outgoing<'_>) -> Result<(), KafkaError> {
+    pub(crate) fn send(&self, record: Outgoing<'_>) -> Result<(), KafkaError> {
         let mut base = BaseRecord::with_opaque_to(record.topic, record.token.pack())
             .payload(record.value)
             .headers(record.headers)
@@ -159,20 +159,13 @@ impl Delivery {
         }
     }
 
-    /// Waits until every queued record has a delivery report, at most until `deadline`.
-    pub fn flush(&self, deadline: Instant) -> bool {
-        self.producer
-            .flush(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
-    }
-
     /// Reports whether the cluster answers a metadata request within `timeout`; blocking.
-    pub fn reachable(&self, timeout: Duration) -> bool {
+    pub(crate) fn reachable(&self, timeout: Duration) -> bool {
         self.producer.client().fetch_metadata(None, timeout).is_ok()
     }
 
     /// A handle to the same producer for a helper thread (readiness probe).
-    pub fn share(&self) -> Delivery {
+    pub(crate) fn share(&self) -> Delivery {
         Delivery {
             producer: self.producer.clone(),
             epoch: self.epoch,

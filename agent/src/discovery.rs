@@ -56,7 +56,7 @@ fn root(pattern: &str) -> Root {
 
 /// What a file system notification means to the tailing loop (reads are not reported).
 #[derive(Debug)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// These files were written to (or their metadata changed): open ones are stat'ed.
     Written(Vec<PathBuf>),
     /// Files appeared, moved or went away, or events were lost: re-glob and stat everything.
@@ -86,7 +86,7 @@ impl Notice {
 }
 
 /// The inputs' patterns and the watches on their directories.
-pub struct Discovery {
+pub(crate) struct Discovery {
     inputs: Vec<CompiledInput>,
     roots: Vec<Root>,
     watcher: Option<RecommendedWatcher>,
@@ -97,7 +97,7 @@ pub struct Discovery {
 impl Discovery {
     /// `poll` forces polling; otherwise `notices` receives what the watches see, on the
     /// watcher's thread. Patterns were validated with the config.
-    pub fn new(
+    pub(crate) fn new(
         inputs: &[InputConfig],
         poll: bool,
         notices: impl Fn(Notice) + Send + 'static,
@@ -135,12 +135,12 @@ impl Discovery {
     }
 
     /// Whether notifications are in use.
-    pub fn watching(&self) -> bool {
+    pub(crate) fn watching(&self) -> bool {
         self.watcher.is_some()
     }
 
     /// Gives up on notifications: from now on the loop polls.
-    pub fn fall_back(&mut self, why: &str) {
+    pub(crate) fn fall_back(&mut self, why: &str) {
         tracing::warn!("file system notifications unavailable ({why}); polling instead");
         metrics::counter!(WATCH_FALLBACKS).increment(1);
         self.watcher = None;
@@ -149,7 +149,7 @@ impl Discovery {
 
     /// Makes sure every base directory is watched; a missing one is watched through its
     /// nearest existing ancestor, so its creation is noticed.
-    pub fn ensure_watches(&mut self) {
+    pub(crate) fn ensure_watches(&mut self) {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
@@ -185,7 +185,7 @@ impl Discovery {
     }
 
     /// Every file the inputs match now, with the first input that matches it.
-    pub fn scan(&self) -> Vec<(PathBuf, usize)> {
+    pub(crate) fn scan(&self) -> Vec<(PathBuf, usize)> {
         let mut seen = HashSet::new();
         let mut found = Vec::new();
         for root in &self.roots {
@@ -201,13 +201,13 @@ impl Discovery {
     }
 
     /// The first input whose patterns match `path`.
-    pub fn input_for(&self, path: &Path) -> Option<usize> {
+    pub(crate) fn input_for(&self, path: &Path) -> Option<usize> {
         self.inputs.iter().position(|i| i.matches(path))
     }
 }
 
 /// Whether a watch error means "no more watches": then polling is the only way.
-pub fn is_limit(error: &notify::Error) -> bool {
+pub(crate) fn is_limit(error: &notify::Error) -> bool {
     match &error.kind {
         notify::ErrorKind::MaxFilesWatch => true,
         notify::ErrorKind::Io(e) => matches!(

@@ -123,7 +123,7 @@ const DESCRIPTIONS: &[(Kind, &str, &str)] = &[
 ];
 
 /// Registers every description once.
-pub fn describe() {
+pub(crate) fn describe() {
     for &(kind, name, description) in DESCRIPTIONS {
         match kind {
             Kind::Counter => describe_counter!(name, description),
@@ -135,17 +135,17 @@ pub fn describe() {
 
 /// Counters of one input.
 #[derive(Clone)]
-pub struct InputMetrics {
-    pub lines_read: Counter,
-    pub bytes_read: Counter,
-    pub lines_acked: Counter,
-    pub bytes_acked: Counter,
-    pub oversized: Counter,
-    pub empty: Counter,
+pub(crate) struct InputMetrics {
+    pub(crate) lines_read: Counter,
+    pub(crate) bytes_read: Counter,
+    pub(crate) lines_acked: Counter,
+    pub(crate) bytes_acked: Counter,
+    pub(crate) oversized: Counter,
+    pub(crate) empty: Counter,
 }
 
 impl InputMetrics {
-    pub fn new(label: &str) -> Self {
+    pub(crate) fn new(label: &str) -> Self {
         let c = |name: &'static str| counter!(name, "input" => label.to_owned());
         InputMetrics {
             lines_read: c(LINES_READ),

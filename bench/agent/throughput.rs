@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use logpipe_agent::delivery::client_config;
+use logpipe_agent::client_config;
 use logpipe_core::kafka::KafkaConfig;
 use logpipe_core::metric_names::agent::LINES_ACKED;
 use logpipe_devkit::benchreport::Row as ReportRow;
