@@ -511,12 +511,6 @@ impl Agent {
         let Some((path, key)) = rotation::find_saved_copy(state, truncated, is_open) else {
             return;
         };
-        tracing::info!(
-            "{} was copied to {} and truncated while the agent was stopped: finishing the copy from offset {}",
-            state.path.display(),
-            path.display(),
-            state.offset
-        );
         let (dev, ino) = key;
         self.files.save(
             key,
@@ -526,11 +520,18 @@ impl Agent {
                 ..state.clone()
             },
         );
-        self.finish_rotated(path, input);
+        self.finish_rotated(state, "copied and truncated", path, input);
     }
 
-    /// Opens a rotated file found at a start, detached: it is read to its end and closed.
-    fn finish_rotated(&mut self, path: PathBuf, input: usize) {
+    /// Opens a file found at a start as what became of the saved file `state` (`how`), detached:
+    /// it is read to its end and closed.
+    fn finish_rotated(&mut self, state: &FileState, how: &str, path: PathBuf, input: usize) {
+        tracing::info!(
+            "{} was {how} while the agent was stopped: finishing {} from offset {}",
+            state.path.display(),
+            path.display(),
+            state.offset
+        );
         metrics::counter!(ROTATIONS).increment(1);
         if let Some(slot) = self.open(path, input, false) {
             if let Some(tailer) = self.files.get_mut(slot) {
@@ -550,13 +551,8 @@ impl Agent {
                 continue; // nothing left to read; the entry is kept while the file is there
             }
             let input = self.discovery.input_for(&state.path).unwrap_or(0);
-            tracing::info!(
-                "{} was rotated to {} while the agent was stopped: finishing it from offset {}",
-                state.path.display(),
-                path.display(),
-                state.offset
-            );
-            self.finish_rotated(path, input);
+            let state = state.clone();
+            self.finish_rotated(&state, "rotated", path, input);
         }
         // Entries whose file is gone (or is now another file) are forgotten.
         self.files.forget_gone();
@@ -625,16 +621,17 @@ impl Agent {
     }
 
     fn sweep_interval(&self) -> Duration {
-        if self.discovery.watching() {
-            WATCHED_SWEEP
-        } else {
-            self.config.poll_interval()
-        }
+        self.unless_polling(WATCHED_SWEEP)
     }
 
     fn rescan_interval(&self) -> Duration {
+        self.unless_polling(self.config.rescan_interval())
+    }
+
+    /// `watched` while notifications work; when polling, the poll interval paces everything.
+    fn unless_polling(&self, watched: Duration) -> Duration {
         if self.discovery.watching() {
-            self.config.rescan_interval()
+            watched
         } else {
             self.config.poll_interval()
         }

@@ -304,46 +304,22 @@ pub(crate) fn holds(path: &Path, key: Key) -> bool {
 
 /// The key of the file at `path`.
 #[cfg(test)]
-fn key_of(path: &Path) -> Key {
+pub(crate) fn key_of(path: &Path) -> Key {
     let meta = fs::metadata(path).unwrap();
     (meta.dev(), meta.ino())
 }
 
 #[cfg(test)]
 mod tests {
-    use logpipe_core::record::KeyStrategy;
-
     use super::*;
-    use crate::identity;
-    use crate::tailer::Opening;
-
-    /// Opens `path` as a tailer in `slot`, from offset 0, for input 0.
-    fn tailer(slot: u32, path: &Path) -> Tailer {
-        let file = fs::File::open(path).unwrap();
-        let size = file.metadata().unwrap().len();
-        let (dev, ino) = key_of(path);
-        let fingerprint = identity::fingerprint(&file, size).unwrap();
-        let opening = Opening {
-            slot,
-            input: 0,
-            path: path.to_owned(),
-            file,
-            dev,
-            ino,
-            id: identity::new_file_id(dev, ino, fingerprint),
-            fingerprint,
-            offset: 0,
-            max_line_bytes: 1024,
-        };
-        Tailer::new(opening, "host", &KeyStrategy::default())
-    }
+    use crate::tailer::open_for_test;
 
     /// A table with `a.log` open; returns its slot.
     fn open_one(dir: &Path, table: &mut FileTable) -> (PathBuf, u32) {
         let path = dir.join("a.log");
         fs::write(&path, b"one\ntwo\n").unwrap();
         let slot = table.alloc_slot();
-        table.insert(tailer(slot, &path), path.clone());
+        table.insert(open_for_test(slot, &path), path.clone());
         (path, slot)
     }
 

@@ -102,15 +102,9 @@ fn files_in(dir: &Path) -> impl Iterator<Item = (PathBuf, Metadata, Key)> {
 
 #[cfg(test)]
 mod tests {
-    use logpipe_core::record::KeyStrategy;
-
     use super::*;
-    use crate::tailer::Opening;
-
-    fn key_of(path: &Path) -> Key {
-        let meta = fs::metadata(path).unwrap();
-        (meta.dev(), meta.ino())
-    }
+    use crate::files::key_of;
+    use crate::tailer::open_for_test;
 
     fn state_of(path: &Path, offset: u64) -> FileState {
         let file = File::open(path).unwrap();
@@ -154,22 +148,8 @@ mod tests {
         let path = dir.path().join("a.log");
         fs::write(&path, b"one\ntwo\n").unwrap();
         fs::write(dir.path().join("other.log"), b"something else\n").unwrap();
-        let file = File::open(&path).unwrap();
         let (dev, ino) = key_of(&path);
-        let fingerprint = identity::fingerprint(&file, 8).unwrap();
-        let opening = Opening {
-            slot: 0,
-            input: 0,
-            path: path.clone(),
-            file,
-            dev,
-            ino,
-            id: identity::new_file_id(dev, ino, fingerprint),
-            fingerprint,
-            offset: 0,
-            max_line_bytes: 1024,
-        };
-        let tailer = Tailer::new(opening, "host", &KeyStrategy::default());
+        let tailer = open_for_test(0, &path);
         let copy = dir.path().join("a.log.1");
         fs::copy(&path, &copy).unwrap();
         fs::write(&path, b"").unwrap();

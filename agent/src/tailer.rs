@@ -567,6 +567,30 @@ impl Clock {
     }
 }
 
+/// A tailer of the whole file at `path`, in `slot`, for input 0 (for other modules' tests).
+#[cfg(test)]
+pub(crate) fn open_for_test(slot: u32, path: &std::path::Path) -> Tailer {
+    use std::os::unix::fs::MetadataExt;
+
+    let file = File::open(path).unwrap();
+    let meta = file.metadata().unwrap();
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let fingerprint = identity::fingerprint(&file, meta.len()).unwrap();
+    let opening = Opening {
+        slot,
+        input: 0,
+        path: path.to_owned(),
+        file,
+        dev,
+        ino,
+        id: identity::new_file_id(dev, ino, fingerprint),
+        fingerprint,
+        offset: 0,
+        max_line_bytes: 1024,
+    };
+    Tailer::new(opening, "host", &KeyStrategy::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
