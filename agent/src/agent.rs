@@ -52,6 +52,29 @@ const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
 /// Shortest time between two producer rebuilds, so a permanent error does not spin.
 const MIN_REBUILD_GAP: Duration = Duration::from_secs(1);
 
+/// The flow control's account: what is queued for Kafka and not acknowledged yet. Reading
+/// stops while `bytes` is at the `inflight_bytes` budget; the delivery reports release it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct InFlight {
+    /// Line bytes plus each record's overhead (see `delivery::RECORD_OVERHEAD`).
+    bytes: u64,
+    records: usize,
+}
+
+impl InFlight {
+    fn charge(&mut self, cost: u64, records: usize) {
+        self.bytes += cost;
+        self.records += records;
+    }
+
+    /// Saturating: a report of a record already released (its file was closed, or its
+    /// producer replaced) cannot make the account negative.
+    fn release(&mut self, cost: u64, records: usize) {
+        self.bytes = self.bytes.saturating_sub(cost);
+        self.records = self.records.saturating_sub(records);
+    }
+}
+
 /// An input with its metrics handles.
 struct Input {
     config: crate::config::InputConfig,
@@ -79,8 +102,7 @@ pub(crate) struct Agent {
     delivery: Delivery,
     epoch: Arc<AtomicU8>,
     files: FileTable,
-    inflight_bytes: u64,
-    inflight_records: usize,
+    inflight: InFlight,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
     readiness: Readiness,
@@ -140,8 +162,7 @@ impl Agent {
             delivery,
             epoch,
             files: FileTable::new(saved),
-            inflight_bytes: 0,
-            inflight_records: 0,
+            inflight: InFlight::default(),
             events_tx,
             events,
             readiness,
@@ -263,8 +284,7 @@ impl Agent {
             return; // a closed file's record; its budget was released on close
         };
         let Some(acked) = acked else { return };
-        self.inflight_bytes = self.inflight_bytes.saturating_sub(acked.cost);
-        self.inflight_records = self.inflight_records.saturating_sub(1);
+        self.inflight.release(acked.cost, 1);
         if let Some(sent) = acked.sent {
             self.latency
                 .record(self.woke.saturating_duration_since(sent).as_secs_f64());
@@ -573,7 +593,7 @@ impl Agent {
             .collect();
         let mut more = false;
         for slot in slots {
-            if self.inflight_bytes >= budget {
+            if self.inflight.bytes >= budget {
                 return false; // the delivery reports will wake the loop
             }
             let Some(tailer) = self.files.get_mut(slot) else {
@@ -582,8 +602,7 @@ impl Agent {
             let sink = self.inputs[tailer.input].sink(&self.delivery, &self.host);
             match tailer.read(&mut self.buf, &sink, self.delivery.epoch) {
                 Ok(progress) => {
-                    self.inflight_bytes += progress.cost;
-                    self.inflight_records += progress.records;
+                    self.inflight.charge(progress.cost, progress.records);
                     more |= progress.more;
                 }
                 Err(ReadError::Io(e)) => {
@@ -610,8 +629,8 @@ impl Agent {
             }
             (*lines, *bytes) = (0, 0);
         }
-        gauge!(INFLIGHT_BYTES).set(self.inflight_bytes as f64);
-        gauge!(INFLIGHT_RECORDS).set(self.inflight_records as f64);
+        gauge!(INFLIGHT_BYTES).set(self.inflight.bytes as f64);
+        gauge!(INFLIGHT_RECORDS).set(self.inflight.records as f64);
     }
 
     /// Publishes the per-file gauges (walks every tailer: once per sweep).
@@ -723,8 +742,7 @@ impl Agent {
         let sink = self.inputs[tailer.input].sink(&self.delivery, &self.host);
         match tailer.flush_partial(&sink, self.delivery.epoch) {
             Ok(progress) => {
-                self.inflight_bytes += progress.cost;
-                self.inflight_records += progress.records;
+                self.inflight.charge(progress.cost, progress.records);
             }
             Err(e) => {
                 self.request_rebuild(format!("cannot queue a record: {e}"));
@@ -765,8 +783,7 @@ impl Agent {
     /// Closes a tailer and releases the budget its records held.
     fn close(&mut self, slot: u32) {
         if let Some((cost, records)) = self.files.close(slot) {
-            self.inflight_bytes = self.inflight_bytes.saturating_sub(cost);
-            self.inflight_records = self.inflight_records.saturating_sub(records);
+            self.inflight.release(cost, records);
         }
     }
 
@@ -809,8 +826,7 @@ impl Agent {
         let delivery = new_delivery(&self.config, &self.events_tx, epoch)?;
         drop(std::mem::replace(&mut self.delivery, delivery));
         self.files.rewind_all();
-        self.inflight_bytes = 0;
-        self.inflight_records = 0;
+        self.inflight = InFlight::default();
         self.probe();
         Ok(())
     }
@@ -863,8 +879,8 @@ impl Agent {
     fn drain(mut self) -> anyhow::Result<()> {
         systemd::stopping();
         let deadline = Instant::now() + self.config.drain();
-        tracing::info!("draining {} records in flight", self.inflight_records);
-        while self.inflight_records > 0 && self.rebuild.is_none() && Instant::now() < deadline {
+        tracing::info!("draining {} records in flight", self.inflight.records);
+        while self.inflight.records > 0 && self.rebuild.is_none() && Instant::now() < deadline {
             match self.events.recv_timeout(
                 deadline
                     .saturating_duration_since(Instant::now())
@@ -880,10 +896,10 @@ impl Agent {
         }
         self.write_checkpoint();
         self.update_gauges();
-        if self.inflight_records > 0 {
+        if self.inflight.records > 0 {
             tracing::warn!(
                 "stopping with {} records unacknowledged: they are read and sent again at the next start",
-                self.inflight_records
+                self.inflight.records
             );
         }
         Ok(())
@@ -947,5 +963,37 @@ fn last_line_end(file: &File, size: u64) -> u64 {
             .map(|i| start + i as u64 + 1)
             .unwrap_or(size),
         Err(_) => size,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_flight_account_never_goes_negative() {
+        let mut inflight = InFlight::default();
+        inflight.charge(300, 2);
+        inflight.release(100, 1);
+        assert_eq!(
+            inflight,
+            InFlight {
+                bytes: 200,
+                records: 1
+            }
+        );
+        inflight.release(500, 3);
+        assert_eq!(inflight, InFlight::default());
+    }
+
+    #[test]
+    fn a_start_at_end_begins_after_the_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        fs::write(&path, b"one\ntwo\nthr").unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(last_line_end(&file, 11), 8);
+        fs::write(&path, b"no newline yet").unwrap();
+        assert_eq!(last_line_end(&file, 14), 14);
     }
 }
