@@ -5,42 +5,38 @@
 //! before its first record is sent, a checkpoint only ever contains acknowledged offsets, and a
 //! producer rebuild rewinds every file at once.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use logpipe_core::metric_names::agent::*;
 use logpipe_core::telemetry::Readiness;
 use metrics::{gauge, Histogram};
-use notify::event::{EventKind, ModifyKind};
 use rdkafka::error::KafkaError;
 
 use crate::checkpoint::{self, Checkpoint, FileState, Loaded};
 use crate::config::{AgentConfig, StartAt, WatchMode};
-use crate::delivery::{Delivery, Token};
-use crate::discovery::{self, Discovery};
+use crate::delivery::{Delivery, Report, Token};
+use crate::discovery::{self, Discovery, Notice};
+use crate::files::{FileTable, Key};
 use crate::identity::{self, Resume};
-use crate::metrics::*;
+use crate::metrics::InputMetrics;
+use crate::rotation;
 use crate::systemd;
-use crate::tailer::{AckTracker, Change, Opening, ReadError, Sink, Tailer};
+use crate::tailer::{Change, Opening, ReadError, Sink, Tailer};
 
 /// Everything the loop reacts to.
-pub enum Event {
-    /// A delivery report.
-    Ack {
-        token: Token,
-        error: Option<KafkaError>,
-    },
-    /// librdkafka reported a fatal error: the producer must be replaced.
-    ProducerFatal(String),
-    BrokersDown,
+pub(crate) enum Event {
+    /// What the producer reported.
+    Delivery(Report),
     /// The readiness probe of producer `epoch` reached the cluster.
     Reachable(u8),
-    Fs(notify::Result<notify::Event>),
+    /// What discovery's watches saw.
+    Fs(Notice),
     /// SIGHUP with a config that loaded and validated.
     Reload(Box<AgentConfig>),
     Shutdown,
@@ -56,34 +52,57 @@ const MIN_SCAN_GAP: Duration = Duration::from_millis(100);
 /// Shortest time between two producer rebuilds, so a permanent error does not spin.
 const MIN_REBUILD_GAP: Duration = Duration::from_secs(1);
 
+/// The flow control's account: what is queued for Kafka and not acknowledged yet. Reading
+/// stops while `bytes` is at the `inflight_bytes` budget; the delivery reports release it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct InFlight {
+    /// Line bytes plus each record's overhead (see `delivery::RECORD_OVERHEAD`).
+    bytes: u64,
+    records: usize,
+}
+
+impl InFlight {
+    fn charge(&mut self, cost: u64, records: usize) {
+        self.bytes += cost;
+        self.records += records;
+    }
+
+    /// Saturating: a report of a record already released (its file was closed, or its
+    /// producer replaced) cannot make the account negative.
+    fn release(&mut self, cost: u64, records: usize) {
+        self.bytes = self.bytes.saturating_sub(cost);
+        self.records = self.records.saturating_sub(records);
+    }
+}
+
 /// An input with its metrics handles.
 struct Input {
     config: crate::config::InputConfig,
     metrics: InputMetrics,
 }
 
-pub struct Agent {
+impl Input {
+    /// Where this input's lines go, through the current producer.
+    fn sink<'a>(&'a self, delivery: &'a Delivery, host: &'a str) -> Sink<'a> {
+        Sink {
+            delivery,
+            host,
+            topic: &self.config.topic,
+            key: &self.config.key,
+            metrics: &self.metrics,
+        }
+    }
+}
+
+pub(crate) struct Agent {
     config: AgentConfig,
     host: String,
     inputs: Vec<Input>,
     discovery: Discovery,
     delivery: Delivery,
     epoch: Arc<AtomicU8>,
-    tailers: HashMap<u32, Tailer>,
-    /// Where each open file is now (the path it was last seen under) => slot.
-    locations: HashMap<PathBuf, u32>,
-    /// Current location of each tailer.
-    location_of: HashMap<u32, PathBuf>,
-    by_inode: HashMap<(u64, u64), u32>,
-    /// Trackers of contents that were truncated away, waiting for their last reports.
-    retired: HashMap<u32, (usize, AckTracker)>,
-    /// Checkpoint entries without an open file (not found yet, or no longer matched).
-    saved: HashMap<(u64, u64), FileState>,
-    /// Paths that could not be opened, with the error, so it is logged once.
-    failed: HashMap<PathBuf, String>,
-    next_slot: u32,
-    inflight_bytes: u64,
-    inflight_records: usize,
+    files: FileTable,
+    inflight: InFlight,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
     readiness: Readiness,
@@ -109,7 +128,7 @@ pub struct Agent {
 
 impl Agent {
     /// Loads the checkpoint, builds the producer and discovery; nothing is read yet.
-    pub fn new(
+    pub(crate) fn new(
         config: AgentConfig,
         events_tx: Sender<Event>,
         events: Receiver<Event>,
@@ -122,25 +141,18 @@ impl Agent {
             )
         })?;
         let (saved, first_start) = match checkpoint::load(&config.state_dir) {
-            Loaded::Found(c) => (
-                c.files.into_iter().map(|f| ((f.dev, f.ino), f)).collect(),
-                false,
-            ),
-            Loaded::Missing => (HashMap::new(), true),
+            Loaded::Found(c) => (c.files, false),
+            Loaded::Missing => (Vec::new(), true),
             Loaded::Corrupt(reason) => {
                 tracing::error!("{reason}; starting as on a first start (start_at applies)");
                 metrics::counter!(CHECKPOINT_ERRORS, "kind" => "corrupt").increment(1);
-                (HashMap::new(), true)
+                (Vec::new(), true)
             }
         };
         readiness.register(READINESS);
         let epoch = Arc::new(AtomicU8::new(0));
         let delivery = new_delivery(&config, &events_tx, 0)?;
-        let discovery = Discovery::new(
-            &config.inputs,
-            config.watch == WatchMode::Poll,
-            events_tx.clone(),
-        )?;
+        let discovery = new_discovery(&config, &events_tx)?;
         let now = Instant::now();
         let agent = Agent {
             host: config.host_name(),
@@ -149,16 +161,8 @@ impl Agent {
             discovery,
             delivery,
             epoch,
-            tailers: HashMap::new(),
-            locations: HashMap::new(),
-            location_of: HashMap::new(),
-            by_inode: HashMap::new(),
-            retired: HashMap::new(),
-            saved,
-            failed: HashMap::new(),
-            next_slot: 0,
-            inflight_bytes: 0,
-            inflight_records: 0,
+            files: FileTable::new(saved),
+            inflight: InFlight::default(),
             events_tx,
             events,
             readiness,
@@ -183,7 +187,7 @@ impl Agent {
     }
 
     /// Runs until a shutdown event, then drains and writes the final checkpoint.
-    pub fn run(mut self) -> anyhow::Result<()> {
+    pub(crate) fn run(mut self) -> anyhow::Result<()> {
         self.discovery.ensure_watches();
         self.scan(true);
         self.resume_rotated_while_stopped();
@@ -227,16 +231,16 @@ impl Agent {
 
     fn handle(&mut self, event: Event) -> anyhow::Result<()> {
         match event {
-            Event::Ack { token, error } => self.ack(token, error),
-            Event::ProducerFatal(reason) => {
+            Event::Delivery(Report::Ack { token, error }) => self.ack(token, error),
+            Event::Delivery(Report::Fatal(reason)) => {
                 metrics::counter!(PRODUCER_ERRORS, "error" => "fatal").increment(1);
                 tracing::error!("kafka producer fatal error: {reason}");
                 self.request_rebuild(format!("fatal producer error: {reason}"));
             }
-            Event::BrokersDown => self.set_ready(false, "all brokers are down"),
+            Event::Delivery(Report::BrokersDown) => self.set_ready(false, "all brokers are down"),
             Event::Reachable(epoch) if epoch == self.epoch() => self.set_ready(true, ""),
             Event::Reachable(_) => {}
-            Event::Fs(result) => self.fs_event(result),
+            Event::Fs(notice) => self.fs_notice(notice),
             Event::Reload(config) => self.reload(*config)?,
             Event::Shutdown => {}
         }
@@ -269,28 +273,18 @@ impl Agent {
                 .unwrap_or_else(|| "other".into());
             metrics::counter!(PRODUCER_ERRORS, "error" => code).increment(1);
             let path = self
-                .tailers
-                .get(&token.slot)
+                .files
+                .get(token.slot)
                 .map(|t| t.path.display().to_string())
                 .unwrap_or_default();
             self.request_rebuild(format!("delivery of a record from {path} failed: {error}"));
             return;
         }
-        let (input, acked) = if let Some(tailer) = self.tailers.get_mut(&token.slot) {
-            (tailer.input, tailer.acks.ack(token.seq))
-        } else if let Some((input, tracker)) = self.retired.get_mut(&token.slot) {
-            let acked = tracker.ack(token.seq);
-            let input = *input;
-            if !tracker.waiting() {
-                self.retired.remove(&token.slot);
-            }
-            (input, acked)
-        } else {
+        let Some((input, acked)) = self.files.ack(token.slot, token.seq) else {
             return; // a closed file's record; its budget was released on close
         };
         let Some(acked) = acked else { return };
-        self.inflight_bytes = self.inflight_bytes.saturating_sub(acked.cost);
-        self.inflight_records = self.inflight_records.saturating_sub(1);
+        self.inflight.release(acked.cost, 1);
         if let Some(sent) = acked.sent {
             self.latency
                 .record(self.woke.saturating_duration_since(sent).as_secs_f64());
@@ -305,45 +299,35 @@ impl Agent {
         }
     }
 
-    fn fs_event(&mut self, result: notify::Result<notify::Event>) {
-        let event = match result {
-            Ok(event) => event,
-            Err(e) => {
+    fn fs_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Failed(e) => {
                 if discovery::is_limit(&e) && self.discovery.watching() {
                     self.discovery.fall_back(&e.to_string());
                 } else {
                     tracing::debug!("file system notification error: {e}");
                 }
                 self.scan_needed = true;
-                return;
             }
-        };
-        if event.need_rescan() {
-            self.scan_needed = true;
-            self.sweep_needed = true;
-            return;
-        }
-        match event.kind {
-            EventKind::Access(_) => {}
-            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_) | ModifyKind::Any) => {
-                for path in &event.paths {
-                    match self.locations.get(path) {
-                        Some(&slot) => self.check(slot),
+            Notice::Changed => {
+                self.scan_needed = true;
+                self.sweep_needed = true;
+            }
+            Notice::Written(paths) => {
+                for path in &paths {
+                    match self.files.at(path) {
+                        Some(slot) => self.check(slot),
                         None if self.discovery.input_for(path).is_some() => self.scan_needed = true,
                         None => {}
                     }
                 }
-            }
-            _ => {
-                self.scan_needed = true;
-                self.sweep_needed = true;
             }
         }
     }
 
     /// Re-reads a tailer's size; handles a truncation.
     fn check(&mut self, slot: u32) {
-        let Some(tailer) = self.tailers.get_mut(&slot) else {
+        let Some(tailer) = self.files.get_mut(slot) else {
             return;
         };
         match tailer.check() {
@@ -360,13 +344,14 @@ impl Agent {
         if self.follow_copy(slot) {
             return;
         }
-        let new_slot = self.alloc_slot();
-        let Some(mut tailer) = self.tailers.remove(&slot) else {
+        let Some(position) = self.files.get(slot).map(Tailer::position) else {
             return;
         };
-        let position = tailer.position();
-        match tailer.restart(new_slot) {
-            Ok(old) => {
+        let Some((result, tailer)) = self.files.restart(slot) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
                 metrics::counter!(TRUNCATIONS).increment(1);
                 tracing::warn!(
                     "{} was truncated (read up to {position}) and no copy of it was found: bytes written after {position} \
@@ -374,9 +359,6 @@ impl Agent {
                     tailer.path.display(),
                     tailer.id
                 );
-                if old.waiting() {
-                    self.retired.insert(slot, (tailer.input, old));
-                }
                 self.checkpoint_urgent = true;
             }
             Err(e) => {
@@ -387,75 +369,35 @@ impl Agent {
                 );
             }
         }
-        let slot_now = tailer.slot;
-        if let Some(location) = self.location_of.remove(&slot) {
-            self.locations.insert(location.clone(), slot_now);
-            self.location_of.insert(slot_now, location);
-        }
-        self.by_inode.insert((tailer.dev, tailer.ino), slot_now);
-        self.tailers.insert(slot_now, tailer);
     }
 
     /// After a copytruncate, the copy (a new file next to the truncated one) holds the bytes
     /// not read yet: the tailer moves to it and finishes it as a rotated file, and the
     /// truncated file is opened anew. True when a copy was found.
     fn follow_copy(&mut self, slot: u32) -> bool {
-        let Some(location) = self.location_of.get(&slot).cloned() else {
+        let Some(location) = self.files.location(slot).map(PathBuf::from) else {
             return false;
         };
-        let Some(tailer) = self.tailers.get(&slot) else {
+        let Some(tailer) = self.files.get(slot) else {
             return false;
         };
-        let Some(dir) = location.parent() else {
-            return false;
-        };
-        let Ok(entries) = fs::read_dir(dir) else {
-            return false;
-        };
-        let position = tailer.position();
-        let copy = entries.flatten().find_map(|entry| {
-            let meta = entry.metadata().ok()?;
-            let key = (meta.dev(), meta.ino());
-            if !meta.is_file() || meta.len() < position || self.by_inode.contains_key(&key) {
-                return None;
-            }
-            let file = File::open(entry.path()).ok()?;
-            tailer
-                .is_copy(&file)
-                .ok()?
-                .then(|| (entry.path(), file, key))
-        });
-        let Some((copy_path, file, key)) = copy else {
+        let files = &self.files;
+        let is_open = |key: Key| files.by_key(key).is_some();
+        let Some((copy_path, file, key)) = rotation::find_copy(&location, tailer, is_open) else {
             return false;
         };
         metrics::counter!(TRUNCATIONS).increment(1);
         tracing::info!(
-            "{} was copied to {} and truncated: finishing the copy from offset {position}, then reading the file from the start",
+            "{} was copied to {} and truncated: finishing the copy from offset {}, then reading the file from the start",
             location.display(),
-            copy_path.display()
+            copy_path.display(),
+            tailer.position()
         );
         let input = tailer.input;
-        let tailer = self.tailers.get_mut(&slot).expect("checked above");
-        self.by_inode.remove(&(tailer.dev, tailer.ino));
-        tailer.adopt(file, key.0, key.1);
-        tailer.detached = Some(Instant::now());
-        self.by_inode.insert(key, slot);
-        self.locations.remove(&location);
-        self.locations.insert(copy_path.clone(), slot);
-        self.location_of.insert(slot, copy_path);
+        self.files.move_to_copy(slot, copy_path, file, key);
         self.check(slot);
         self.open(location, input, false);
         true
-    }
-
-    fn alloc_slot(&mut self) -> u32 {
-        loop {
-            let slot = self.next_slot;
-            self.next_slot = (self.next_slot + 1) & Token::MAX_SLOT;
-            if !self.tailers.contains_key(&slot) && !self.retired.contains_key(&slot) {
-                return slot;
-            }
-        }
     }
 
     /// Globs every input and opens the files not open yet.
@@ -463,11 +405,11 @@ impl Agent {
         self.last_scan = Instant::now();
         self.scan_needed = false;
         if !initial {
-            self.forget_gone();
+            self.files.forget_gone();
         }
         self.discovery.ensure_watches();
         for (path, input) in self.discovery.scan() {
-            if self.locations.contains_key(&path) {
+            if self.files.at(&path).is_some() {
                 continue;
             }
             self.open(path, input, initial);
@@ -481,29 +423,25 @@ impl Agent {
             Ok(file) => file,
             Err(e) => {
                 let text = e.to_string();
-                if self.failed.get(&path) != Some(&text) {
+                if self.files.open_failed(path.clone(), text.clone()) {
                     metrics::counter!(FILE_ERRORS, "kind" => "open").increment(1);
                     tracing::warn!(
                         "cannot open {}: {text}; other files go on, retrying at the next scan",
                         path.display()
                     );
-                    self.failed.insert(path, text);
                 }
                 return None;
             }
         };
-        self.failed.remove(&path);
+        self.files.opened(&path);
         let meta = file.metadata().ok().filter(|m| m.is_file())?;
         let key = (meta.dev(), meta.ino());
-        if let Some(&slot) = self.by_inode.get(&key) {
-            self.relocate(slot, path);
+        if let Some(slot) = self.files.by_key(key) {
+            self.files.relocate(slot, path);
             return Some(slot);
         }
         let size = meta.len();
-        let saved = self
-            .saved
-            .remove(&key)
-            .or_else(|| self.saved_by_path(&path, key.1));
+        let saved = self.files.take_saved(&path, key);
         let resumed = match &saved {
             Some(s) => {
                 match identity::check(&file, size, s.fingerprint, s.offset, s.guard) {
@@ -525,7 +463,7 @@ impl Agent {
                     }
                     Err(e) => {
                         tracing::warn!("cannot read {}: {e}", path.display());
-                        self.saved.insert(key, s.clone());
+                        self.files.save(key, s.clone());
                         return None;
                     }
                 }
@@ -534,7 +472,7 @@ impl Agent {
         };
         // A resumed file keeps the path it was first found under (in `lp.path` and the default
         // key) even when it is now found under its rotated name: the lines after its checkpoint
-        // are sent again, and the validator only recognises them as replays within the
+        // are sent again, and the validator only recognises them as resends within the
         // partition (chosen by the key) their first copies went to.
         let named = match (&saved, &resumed) {
             (Some(s), Some(_)) => s.path.clone(),
@@ -560,7 +498,7 @@ impl Agent {
                 )
             }
         };
-        let slot = self.alloc_slot();
+        let slot = self.files.alloc_slot();
         let opening = Opening {
             slot,
             input,
@@ -578,10 +516,7 @@ impl Agent {
             path.display()
         );
         let tailer = Tailer::new(opening, &self.host, &self.inputs[input].config.key);
-        self.tailers.insert(slot, tailer);
-        self.by_inode.insert(key, slot);
-        self.locations.insert(path.clone(), slot);
-        self.location_of.insert(slot, path);
+        self.files.insert(tailer, path);
         self.check(slot);
         Some(slot)
     }
@@ -590,132 +525,57 @@ impl Agent {
     /// copytruncate while the agent was stopped): the copy next to it (same first bytes, same
     /// bytes before the saved offset) holds the lines not sent yet. They are finished from the
     /// copy under the saved id and path, as [`Agent::follow_copy`] does while running.
-    fn resume_copy(&mut self, state: &FileState, input: usize, truncated: (u64, u64)) {
-        let Some(dir) = state.path.parent() else {
+    fn resume_copy(&mut self, state: &FileState, input: usize, truncated: Key) {
+        let files = &self.files;
+        let is_open = |key: Key| files.by_key(key).is_some();
+        let Some((path, key)) = rotation::find_saved_copy(state, truncated, is_open) else {
             return;
         };
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            let key = (meta.dev(), meta.ino());
-            if !meta.is_file()
-                || key == truncated
-                || meta.len() <= state.offset
-                || self.by_inode.contains_key(&key)
-            {
-                continue;
-            }
-            let Ok(file) = File::open(entry.path()) else {
-                continue;
-            };
-            if !matches!(
-                identity::check(
-                    &file,
-                    meta.len(),
-                    state.fingerprint,
-                    state.offset,
-                    state.guard
-                ),
-                Ok(Resume::Continue)
-            ) {
-                continue;
-            }
-            tracing::info!(
-                "{} was copied to {} and truncated while the agent was stopped: finishing the copy from offset {}",
-                state.path.display(),
-                entry.path().display(),
-                state.offset
-            );
-            metrics::counter!(ROTATIONS).increment(1);
-            self.saved.insert(
-                key,
-                FileState {
-                    dev: key.0,
-                    ino: key.1,
-                    ..state.clone()
-                },
-            );
-            if let Some(slot) = self.open(entry.path(), input, false) {
-                if let Some(tailer) = self.tailers.get_mut(&slot) {
-                    tailer.detached = Some(Instant::now());
-                }
-            }
-            return;
-        }
+        let (dev, ino) = key;
+        self.files.save(
+            key,
+            FileState {
+                dev,
+                ino,
+                ..state.clone()
+            },
+        );
+        self.finish_rotated(state, "copied and truncated", path, input);
     }
 
-    /// A saved entry for the same path and inode on another device number (the device id can
-    /// change across a remount, beats#13314): the contents checks decide.
-    fn saved_by_path(&mut self, path: &Path, ino: u64) -> Option<FileState> {
-        let key = self
-            .saved
-            .iter()
-            .find(|(_, s)| s.path == path && s.ino == ino)
-            .map(|(k, _)| *k)?;
-        self.saved.remove(&key)
-    }
-
-    fn relocate(&mut self, slot: u32, path: PathBuf) {
-        if let Some(old) = self.location_of.insert(slot, path.clone()) {
-            self.locations.remove(&old);
-        }
-        self.locations.insert(path, slot);
-        if let Some(tailer) = self.tailers.get_mut(&slot) {
-            tailer.detached = None;
+    /// Opens a file found at a start as what became of the saved file `state` (`how`), detached:
+    /// it is read to its end and closed.
+    fn finish_rotated(&mut self, state: &FileState, how: &str, path: PathBuf, input: usize) {
+        tracing::info!(
+            "{} was {how} while the agent was stopped: finishing {} from offset {}",
+            state.path.display(),
+            path.display(),
+            state.offset
+        );
+        metrics::counter!(ROTATIONS).increment(1);
+        if let Some(slot) = self.open(path, input, false) {
+            if let Some(tailer) = self.files.get_mut(slot) {
+                tailer.detached = Some(Instant::now());
+            }
         }
     }
 
     /// After a start: saved files that no pattern matched any more may have been rotated while
     /// the agent was stopped. Look for their inode next to where they were, and finish them.
     fn resume_rotated_while_stopped(&mut self) {
-        let mut by_dir: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
-        for (key, state) in &self.saved {
-            if let Some(dir) = state.path.parent() {
-                by_dir.entry(dir.to_owned()).or_default().push(*key);
-            }
-        }
-        for (dir, keys) in by_dir {
-            let Ok(entries) = fs::read_dir(&dir) else {
+        for (path, key, len) in rotation::rotated_while_stopped(self.files.saved_entries()) {
+            let Some(state) = self.files.saved(key) else {
                 continue;
             };
-            let wanted: HashSet<(u64, u64)> = keys.into_iter().collect();
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                let key = (meta.dev(), meta.ino());
-                if !meta.is_file() || !wanted.contains(&key) {
-                    continue;
-                }
-                let Some(state) = self.saved.get(&key) else {
-                    continue;
-                };
-                if meta.len() <= state.offset {
-                    continue; // nothing left to read; the entry is kept while the file is there
-                }
-                let input = self.discovery.input_for(&state.path).unwrap_or(0);
-                let path = entry.path();
-                tracing::info!(
-                    "{} was rotated to {} while the agent was stopped: finishing it from offset {}",
-                    state.path.display(),
-                    path.display(),
-                    state.offset
-                );
-                metrics::counter!(ROTATIONS).increment(1);
-                if let Some(slot) = self.open(path, input, false) {
-                    if let Some(tailer) = self.tailers.get_mut(&slot) {
-                        tailer.detached = Some(Instant::now());
-                    }
-                }
+            if len <= state.offset {
+                continue; // nothing left to read; the entry is kept while the file is there
             }
+            let input = self.discovery.input_for(&state.path).unwrap_or(0);
+            let state = state.clone();
+            self.finish_rotated(&state, "rotated", path, input);
         }
         // Entries whose file is gone (or is now another file) are forgotten.
-        self.forget_gone();
-    }
-
-    /// Saved entries whose file is gone (or is now another file) are forgotten.
-    fn forget_gone(&mut self) {
-        self.saved.retain(|key, state| holds(&state.path, *key));
+        self.files.forget_gone();
     }
 
     /// Reads from every file that has unread bytes while the budget allows; true when there is
@@ -726,31 +586,23 @@ impl Agent {
         }
         let budget = self.config.inflight_bytes;
         let slots: Vec<u32> = self
-            .tailers
+            .files
             .iter()
             .filter(|(_, t)| !t.at_eof())
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
             .collect();
         let mut more = false;
         for slot in slots {
-            if self.inflight_bytes >= budget {
+            if self.inflight.bytes >= budget {
                 return false; // the delivery reports will wake the loop
             }
-            let Some(tailer) = self.tailers.get_mut(&slot) else {
+            let Some(tailer) = self.files.get_mut(slot) else {
                 continue;
             };
-            let input = &self.inputs[tailer.input];
-            let sink = Sink {
-                delivery: &self.delivery,
-                host: &self.host,
-                topic: &input.config.topic,
-                key: &input.config.key,
-                metrics: &input.metrics,
-            };
+            let sink = self.inputs[tailer.input].sink(&self.delivery, &self.host);
             match tailer.read(&mut self.buf, &sink, self.delivery.epoch) {
                 Ok(progress) => {
-                    self.inflight_bytes += progress.cost;
-                    self.inflight_records += progress.records;
+                    self.inflight.charge(progress.cost, progress.records);
                     more |= progress.more;
                 }
                 Err(ReadError::Io(e)) => {
@@ -777,32 +629,28 @@ impl Agent {
             }
             (*lines, *bytes) = (0, 0);
         }
-        gauge!(INFLIGHT_BYTES).set(self.inflight_bytes as f64);
-        gauge!(INFLIGHT_RECORDS).set(self.inflight_records as f64);
+        gauge!(INFLIGHT_BYTES).set(self.inflight.bytes as f64);
+        gauge!(INFLIGHT_RECORDS).set(self.inflight.records as f64);
     }
 
     /// Publishes the per-file gauges (walks every tailer: once per sweep).
     fn update_file_gauges(&self) {
-        gauge!(OPEN_FILES).set(self.tailers.len() as f64);
-        gauge!(DETACHED_FILES).set(
-            self.tailers
-                .values()
-                .filter(|t| t.detached.is_some())
-                .count() as f64,
-        );
+        gauge!(OPEN_FILES).set(self.files.len() as f64);
+        gauge!(DETACHED_FILES).set(self.files.detached().len() as f64);
     }
 
     fn sweep_interval(&self) -> Duration {
-        if self.discovery.watching() {
-            WATCHED_SWEEP
-        } else {
-            self.config.poll_interval()
-        }
+        self.unless_polling(WATCHED_SWEEP)
     }
 
     fn rescan_interval(&self) -> Duration {
+        self.unless_polling(self.config.rescan_interval())
+    }
+
+    /// `watched` while notifications work; when polling, the poll interval paces everything.
+    fn unless_polling(&self, watched: Duration) -> Duration {
         if self.discovery.watching() {
-            self.config.rescan_interval()
+            watched
         } else {
             self.config.poll_interval()
         }
@@ -847,33 +695,24 @@ impl Agent {
     fn sweep(&mut self) {
         self.last_sweep = Instant::now();
         self.sweep_needed = false;
-        let slots: Vec<u32> = self.tailers.keys().copied().collect();
-        for slot in slots {
+        for slot in self.files.slots() {
             self.check(slot);
-            let Some(location) = self.location_of.get(&slot).cloned() else {
+            let Some(location) = self.files.location(slot).map(PathBuf::from) else {
                 continue;
             };
-            let Some(tailer) = self.tailers.get(&slot) else {
+            let Some(tailer) = self.files.get(slot) else {
                 continue;
             };
             if tailer.detached.is_none() {
-                let here = fs::metadata(&location).map(|m| (m.dev(), m.ino())).ok();
                 let wanted = self.discovery.input_for(&location).is_some();
-                if here != Some((tailer.dev, tailer.ino)) || !wanted {
-                    let why = match (here, wanted) {
-                        (None, _) => "deleted or renamed away",
-                        (Some(_), true) => "replaced by another file (rotated)",
-                        (Some(_), false) => "no longer matched by the inputs",
-                    };
+                if let Some(why) = rotation::departure(&location, (tailer.dev, tailer.ino), wanted)
+                {
                     tracing::info!(
                         "{} was {why}: reading it to its end before closing it",
                         location.display()
                     );
                     metrics::counter!(ROTATIONS).increment(1);
-                    self.locations.remove(&location);
-                    if let Some(tailer) = self.tailers.get_mut(&slot) {
-                        tailer.detached = Some(Instant::now());
-                    }
+                    self.files.detach(slot);
                     // A file created in its place is picked up at once.
                     self.scan_needed = true;
                 }
@@ -890,7 +729,7 @@ impl Agent {
     /// everything is acknowledged.
     fn finish_detached(&mut self, slot: u32) {
         let idle = self.config.detached_idle();
-        let Some(tailer) = self.tailers.get_mut(&slot) else {
+        let Some(tailer) = self.files.get_mut(slot) else {
             return;
         };
         if tailer.detached.is_none()
@@ -900,18 +739,10 @@ impl Agent {
         {
             return;
         }
-        let input = &self.inputs[tailer.input];
-        let sink = Sink {
-            delivery: &self.delivery,
-            host: &self.host,
-            topic: &input.config.topic,
-            key: &input.config.key,
-            metrics: &input.metrics,
-        };
+        let sink = self.inputs[tailer.input].sink(&self.delivery, &self.host);
         match tailer.flush_partial(&sink, self.delivery.epoch) {
             Ok(progress) => {
-                self.inflight_bytes += progress.cost;
-                self.inflight_records += progress.records;
+                self.inflight.charge(progress.cost, progress.records);
             }
             Err(e) => {
                 self.request_rebuild(format!("cannot queue a record: {e}"));
@@ -930,18 +761,13 @@ impl Agent {
     /// Keeps at most `max_detached_files` detached handles: the oldest beyond are closed
     /// unfinished, which is a counted and logged loss.
     fn evict_detached(&mut self) {
-        let mut detached: Vec<(Instant, u32)> = self
-            .tailers
-            .iter()
-            .filter_map(|(s, t)| t.detached.map(|at| (at, *s)))
-            .collect();
+        let detached = self.files.detached();
         if detached.len() <= self.config.max_detached_files {
             return;
         }
-        detached.sort();
         let excess = detached.len() - self.config.max_detached_files;
         for (_, slot) in detached.into_iter().take(excess) {
-            if let Some(tailer) = self.tailers.get(&slot) {
+            if let Some(tailer) = self.files.get(slot) {
                 metrics::counter!(DETACHED_EVICTED).increment(1);
                 tracing::error!(
                     "closing rotated-away {} unfinished at offset {} (max_detached_files = {} reached): its remaining lines are dropped",
@@ -954,39 +780,16 @@ impl Agent {
         }
     }
 
-    /// Closes a tailer. If its file is still where it was found (an input no longer matches
-    /// it), its position is kept so a later reload that matches it again resumes there.
+    /// Closes a tailer and releases the budget its records held.
     fn close(&mut self, slot: u32) {
-        let Some(mut tailer) = self.tailers.remove(&slot) else {
-            return;
-        };
-        let (cost, records) = tailer.rewind();
-        self.inflight_bytes = self.inflight_bytes.saturating_sub(cost);
-        self.inflight_records = self.inflight_records.saturating_sub(records);
-        self.by_inode.remove(&(tailer.dev, tailer.ino));
-        if let Some(location) = self.location_of.remove(&slot) {
-            if self.locations.get(&location) == Some(&slot) {
-                self.locations.remove(&location);
-            }
-            // Only a file still at the path it was found under (not a rotated one) is kept.
-            if location == tailer.path && holds(&location, (tailer.dev, tailer.ino)) {
-                if let Ok(state) = tailer.state() {
-                    self.saved.insert((tailer.dev, tailer.ino), state);
-                }
-            }
+        if let Some((cost, records)) = self.files.close(slot) {
+            self.inflight.release(cost, records);
         }
-        tailer.close();
     }
 
     fn write_checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
-        let mut files: Vec<FileState> = self.saved.values().cloned().collect();
-        for tailer in self.tailers.values_mut() {
-            match tailer.state() {
-                Ok(state) => files.push(state),
-                Err(e) => tracing::warn!("cannot checkpoint {}: {e}", tailer.path.display()),
-            }
-        }
+        let files = self.files.states();
         match checkpoint::store(&self.config.state_dir, &Checkpoint::new(files)) {
             Ok(()) => {
                 self.checkpoint_urgent = false;
@@ -1022,12 +825,8 @@ impl Agent {
         self.epoch.store(epoch, Ordering::Relaxed);
         let delivery = new_delivery(&self.config, &self.events_tx, epoch)?;
         drop(std::mem::replace(&mut self.delivery, delivery));
-        for tailer in self.tailers.values_mut() {
-            tailer.rewind();
-        }
-        self.retired.clear();
-        self.inflight_bytes = 0;
-        self.inflight_records = 0;
+        self.files.rewind_all();
+        self.inflight = InFlight::default();
         self.probe();
         Ok(())
     }
@@ -1058,26 +857,14 @@ impl Agent {
         }
         let rebuild = config.kafka != self.config.kafka
             || config.inflight_bytes != self.config.inflight_bytes;
-        self.discovery = Discovery::new(
-            &config.inputs,
-            config.watch == WatchMode::Poll,
-            self.events_tx.clone(),
-        )?;
+        self.discovery = new_discovery(&config, &self.events_tx)?;
         self.update_gauges(); // count acknowledgements under the inputs they were read for
         self.host = config.host_name();
         self.inputs = inputs(&config);
         self.config = config;
-        for (slot, tailer) in self.tailers.iter_mut() {
-            let location = self.location_of.get(slot).unwrap_or(&tailer.path);
-            // A file no input matches any more is finished and closed by the next sweep.
-            tailer.input = self
-                .discovery
-                .input_for(location)
-                .unwrap_or(tailer.input.min(self.inputs.len() - 1));
-        }
-        self.retired
-            .values_mut()
-            .for_each(|(input, _)| *input = (*input).min(self.inputs.len() - 1));
+        let discovery = &self.discovery;
+        self.files
+            .reassign_inputs(|path| discovery.input_for(path), self.inputs.len());
         if rebuild {
             self.request_rebuild("the [kafka] settings changed".into());
         }
@@ -1092,14 +879,14 @@ impl Agent {
     fn drain(mut self) -> anyhow::Result<()> {
         systemd::stopping();
         let deadline = Instant::now() + self.config.drain();
-        tracing::info!("draining {} records in flight", self.inflight_records);
-        while self.inflight_records > 0 && self.rebuild.is_none() && Instant::now() < deadline {
+        tracing::info!("draining {} records in flight", self.inflight.records);
+        while self.inflight.records > 0 && self.rebuild.is_none() && Instant::now() < deadline {
             match self.events.recv_timeout(
                 deadline
                     .saturating_duration_since(Instant::now())
                     .min(Duration::from_millis(100)),
             ) {
-                Ok(Event::Ack { token, error }) => {
+                Ok(Event::Delivery(Report::Ack { token, error })) => {
                     self.woke = Instant::now();
                     self.ack(token, error);
                 }
@@ -1109,21 +896,14 @@ impl Agent {
         }
         self.write_checkpoint();
         self.update_gauges();
-        if self.inflight_records > 0 {
+        if self.inflight.records > 0 {
             tracing::warn!(
                 "stopping with {} records unacknowledged: they are read and sent again at the next start",
-                self.inflight_records
+                self.inflight.records
             );
         }
         Ok(())
     }
-}
-
-/// Whether `path` is the file with this (dev, inode).
-fn holds(path: &Path, key: (u64, u64)) -> bool {
-    fs::metadata(path)
-        .map(|m| (m.dev(), m.ino()) == key)
-        .unwrap_or(false)
 }
 
 fn inputs(config: &AgentConfig) -> Vec<Input> {
@@ -1148,12 +928,27 @@ fn new_delivery(
         .map(|i| i.max_line_bytes)
         .max()
         .unwrap_or(0);
+    let events = events.clone();
+    let reports = Box::new(move |report| {
+        let _ = events.send(Event::Delivery(report));
+    });
     Delivery::new(
         &config.kafka,
         config.inflight_bytes,
         longest,
-        events.clone(),
+        reports,
         epoch,
+    )
+}
+
+fn new_discovery(config: &AgentConfig, events: &Sender<Event>) -> anyhow::Result<Discovery> {
+    let events = events.clone();
+    Discovery::new(
+        &config.inputs,
+        config.watch == WatchMode::Poll,
+        move |notice| {
+            let _ = events.send(Event::Fs(notice));
+        },
     )
 }
 
@@ -1168,5 +963,37 @@ fn last_line_end(file: &File, size: u64) -> u64 {
             .map(|i| start + i as u64 + 1)
             .unwrap_or(size),
         Err(_) => size,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_flight_account_never_goes_negative() {
+        let mut inflight = InFlight::default();
+        inflight.charge(300, 2);
+        inflight.release(100, 1);
+        assert_eq!(
+            inflight,
+            InFlight {
+                bytes: 200,
+                records: 1
+            }
+        );
+        inflight.release(500, 3);
+        assert_eq!(inflight, InFlight::default());
+    }
+
+    #[test]
+    fn a_start_at_end_begins_after_the_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        fs::write(&path, b"one\ntwo\nthr").unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(last_line_end(&file, 11), 8);
+        fs::write(&path, b"no newline yet").unwrap();
+        assert_eq!(last_line_end(&file, 14), 14);
     }
 }

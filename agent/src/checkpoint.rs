@@ -22,32 +22,32 @@ const VERSION: u32 = 1;
 
 /// What the agent knows about one file's contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileState {
+pub(crate) struct FileState {
     /// The path the file was found under.
-    pub path: PathBuf,
-    pub dev: u64,
-    pub ino: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
     /// The `lp.file` id, as in the header.
     #[serde(with = "hex_id")]
-    pub file: FileId,
-    pub fingerprint: Digest,
+    pub(crate) file: FileId,
+    pub(crate) fingerprint: Digest,
     /// Every line before this offset is acknowledged by Kafka.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// The bytes just before `offset`.
-    pub guard: Option<Digest>,
+    pub(crate) guard: Option<Digest>,
 }
 
 /// The whole checkpoint file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Checkpoint {
-    pub version: u32,
-    pub files: Vec<FileState>,
+pub(crate) struct Checkpoint {
+    pub(crate) version: u32,
+    pub(crate) files: Vec<FileState>,
 }
 
 /// Result of reading the checkpoint at start-up.
 #[derive(Debug)]
-pub enum Loaded {
+pub(crate) enum Loaded {
     /// No checkpoint: the first start (`start_at` applies).
     Missing,
     /// Unreadable or corrupt: moved aside, the agent starts as on a first start.
@@ -56,7 +56,7 @@ pub enum Loaded {
 }
 
 /// Reads `dir/checkpoints.json`.
-pub fn load(dir: &Path) -> Loaded {
+pub(crate) fn load(dir: &Path) -> Loaded {
     let path = dir.join(FILE_NAME);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -85,7 +85,7 @@ pub fn load(dir: &Path) -> Loaded {
 }
 
 /// Writes the checkpoint atomically and durably.
-pub fn store(dir: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
+pub(crate) fn store(dir: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
     let temp = dir.join(TEMP_NAME);
     let bytes = serde_json::to_vec(checkpoint).map_err(io::Error::other)?;
     let mut file = File::create(&temp)?;
@@ -97,7 +97,7 @@ pub fn store(dir: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
 }
 
 impl Checkpoint {
-    pub fn new(files: Vec<FileState>) -> Self {
+    pub(crate) fn new(files: Vec<FileState>) -> Self {
         Checkpoint {
             version: VERSION,
             files,
@@ -109,11 +109,11 @@ mod hex_id {
     use logpipe_core::record::FileId;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(id: &FileId, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(id: &FileId, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&id.to_hex())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FileId, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FileId, D::Error> {
         let text = String::deserialize(d)?;
         FileId::from_hex(&text)
             .ok_or_else(|| serde::de::Error::custom(format!("invalid file id {text:?}")))

@@ -32,7 +32,7 @@ pub struct AgentConfig {
     /// (`delivery::RECORD_OVERHEAD`). Reading stops at the budget: the files are the buffer.
     #[serde(default = "defaults::inflight_bytes")]
     pub inflight_bytes: u64,
-    /// How often acknowledged offsets are written to `state_dir` (at most this much is replayed
+    /// How often acknowledged offsets are written to `state_dir` (at most this much is resent
     /// after a crash).
     #[serde(default = "defaults::checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
@@ -110,28 +110,28 @@ pub struct InputConfig {
 mod defaults {
     /// 32 MiB keeps the agent's peak RSS under 64 MiB at full speed, and is still ~5x what
     /// linger plus acknowledgement latency need at 100 MB/s (README, "Memory and CPU").
-    pub fn inflight_bytes() -> u64 {
+    pub(crate) fn inflight_bytes() -> u64 {
         32 << 20
     }
-    pub fn checkpoint_interval_ms() -> u64 {
+    pub(crate) fn checkpoint_interval_ms() -> u64 {
         1000
     }
-    pub fn rescan_interval_ms() -> u64 {
+    pub(crate) fn rescan_interval_ms() -> u64 {
         10_000
     }
-    pub fn poll_interval_ms() -> u64 {
+    pub(crate) fn poll_interval_ms() -> u64 {
         250
     }
-    pub fn detached_idle_ms() -> u64 {
+    pub(crate) fn detached_idle_ms() -> u64 {
         2000
     }
-    pub fn max_detached_files() -> usize {
+    pub(crate) fn max_detached_files() -> usize {
         256
     }
-    pub fn drain_timeout_ms() -> u64 {
+    pub(crate) fn drain_timeout_ms() -> u64 {
         20_000
     }
-    pub fn max_line_bytes() -> usize {
+    pub(crate) fn max_line_bytes() -> usize {
         1 << 20
     }
 }
@@ -142,12 +142,12 @@ const MAX_LINE_LIMIT: usize = 512 << 20;
 
 impl InputConfig {
     /// The metrics label of this input.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.topic)
     }
 
     /// Compiles `paths` and `exclude` into matchers.
-    pub fn compile(&self) -> anyhow::Result<CompiledInput> {
+    pub(crate) fn compile(&self) -> anyhow::Result<CompiledInput> {
         let matchers = self
             .paths
             .iter()
@@ -166,13 +166,13 @@ impl InputConfig {
 
 /// An input's patterns, ready to match paths.
 #[derive(Debug, Clone)]
-pub struct CompiledInput {
+pub(crate) struct CompiledInput {
     include: Vec<GlobMatcher>,
     exclude: GlobSet,
 }
 
 impl CompiledInput {
-    pub fn matches(&self, path: &std::path::Path) -> bool {
+    pub(crate) fn matches(&self, path: &std::path::Path) -> bool {
         self.include.iter().any(|m| m.is_match(path)) && !self.exclude.is_match(path)
     }
 }
@@ -185,24 +185,24 @@ fn glob(pattern: &str) -> anyhow::Result<Glob> {
 }
 
 impl AgentConfig {
-    pub fn checkpoint_interval(&self) -> Duration {
+    pub(crate) fn checkpoint_interval(&self) -> Duration {
         Duration::from_millis(self.checkpoint_interval_ms)
     }
-    pub fn rescan_interval(&self) -> Duration {
+    pub(crate) fn rescan_interval(&self) -> Duration {
         Duration::from_millis(self.rescan_interval_ms)
     }
-    pub fn poll_interval(&self) -> Duration {
+    pub(crate) fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
     }
-    pub fn detached_idle(&self) -> Duration {
+    pub(crate) fn detached_idle(&self) -> Duration {
         Duration::from_millis(self.detached_idle_ms)
     }
-    pub fn drain(&self) -> Duration {
+    pub(crate) fn drain(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
     /// The host name records carry.
-    pub fn host_name(&self) -> String {
+    pub(crate) fn host_name(&self) -> String {
         self.host
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())

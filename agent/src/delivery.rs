@@ -6,8 +6,7 @@
 //! delivery makes the loop drop this producer and build a new one, then re-read every file from
 //! its last acknowledged offset: records are never skipped and a partition never gets a gap.
 
-use std::sync::mpsc::Sender;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use logpipe_core::kafka::{KafkaConfig, Role};
 use rdkafka::client::ClientContext;
@@ -16,27 +15,25 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
-use crate::agent::Event;
-
 /// Memory a queued record costs beyond its line, key and header bytes: librdkafka's message
 /// (~300 B) and its five header allocations, allocator rounding, our tracking entry. Measured:
 /// the agent's RSS grows by ~1.1 KiB per 250 B record in flight. Charged to the in-flight
 /// budget so that the budget bounds memory, whatever the line size.
-pub const RECORD_OVERHEAD: u64 = 768;
+pub(crate) const RECORD_OVERHEAD: u64 = 768;
 
 /// Identifies a produced record in its delivery report: producer generation, tailer slot and
 /// the record's sequence number in that tailer, packed in the report's `usize` opaque.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Token {
-    pub epoch: u8,
-    pub slot: u32,
-    pub seq: u32,
+pub(crate) struct Token {
+    pub(crate) epoch: u8,
+    pub(crate) slot: u32,
+    pub(crate) seq: u32,
 }
 
 const _: () = assert!(usize::BITS == 64, "tokens are packed into 64-bit opaques");
 
 impl Token {
-    pub const MAX_SLOT: u32 = (1 << 24) - 1;
+    pub(crate) const MAX_SLOT: u32 = (1 << 24) - 1;
 
     fn pack(self) -> usize {
         ((self.epoch as usize) << 56)
@@ -53,22 +50,37 @@ impl Token {
     }
 }
 
-/// Hands delivery reports and client errors to the loop.
-pub struct Context {
-    events: Sender<Event>,
+/// What the producer tells its owner, from librdkafka's threads.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// The delivery report of one record: acknowledged, or failed with `error`.
+    Ack {
+        token: Token,
+        error: Option<KafkaError>,
+    },
+    /// librdkafka reported a fatal error: the producer must be replaced.
+    Fatal(String),
+    /// Every broker is unreachable: nothing is being delivered.
+    BrokersDown,
+}
+
+/// Where the reports go; called on librdkafka's threads, so it only forwards.
+pub(crate) type Reports = Box<dyn Fn(Report) + Send + Sync>;
+
+/// Hands delivery reports and client errors to the owner.
+pub(crate) struct Context {
+    reports: Reports,
 }
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::Fatal) => {
-                let _ = self.events.send(Event::ProducerFatal(reason.to_owned()));
-            }
+            Some(RDKafkaErrorCode::Fatal) => (self.reports)(Report::Fatal(reason.to_owned())),
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 tracing::warn!(
                     "kafka: all brokers are down; reading pauses at the in-flight budget: {reason}"
                 );
-                let _ = self.events.send(Event::BrokersDown);
+                (self.reports)(Report::BrokersDown);
             }
             // librdkafka logs connection failures itself.
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {
@@ -84,7 +96,7 @@ impl ProducerContext for Context {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let error = result.as_ref().err().map(|(e, _)| e.clone());
-        let _ = self.events.send(Event::Ack {
+        (self.reports)(Report::Ack {
             token: Token::unpack(opaque),
             error,
         });
@@ -92,41 +104,42 @@ impl ProducerContext for Context {
 }
 
 /// One producer generation.
-pub struct Delivery {
+pub(crate) struct Delivery {
     producer: ThreadedProducer<Context>,
-    pub epoch: u8,
+    pub(crate) epoch: u8,
 }
 
 /// A record ready to send.
-pub struct Outgoing<'a> {
-    pub topic: &'a str,
-    pub key: Option<&'a [u8]>,
-    pub value: &'a [u8],
-    pub headers: OwnedHeaders,
-    pub timestamp_ms: i64,
-    pub token: Token,
+pub(crate) struct Outgoing<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) value: &'a [u8],
+    pub(crate) headers: OwnedHeaders,
+    pub(crate) timestamp_ms: i64,
+    pub(crate) token: Token,
 }
 
 impl Delivery {
     /// Builds a producer. `max_record_bytes` is the largest value it will be handed.
-    pub fn new(
+    pub(crate) fn new(
         kafka: &KafkaConfig,
         inflight_bytes: u64,
         max_record_bytes: usize,
-        events: Sender<Event>,
+        reports: Reports,
         epoch: u8,
     ) -> anyhow::Result<Delivery> {
         let config = client_config(kafka, inflight_bytes, max_record_bytes);
-        let producer: ThreadedProducer<Context> = config
-            .create_with_context(Context { events })
-            .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?;
+        let producer: ThreadedProducer<Context> =
+            config
+                .create_with_context(Context { reports })
+                .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))?;
         Ok(Delivery { producer, epoch })
     }
 
     /// Queues a record. The queue limits are set above the in-flight budget, so a full queue
     /// only happens when the operator lowered them: then this waits for room (the delivery
     /// thread keeps draining it) rather than fail the record.
-    pub fn send(&self, record: Outgoing<'_>) -> Result<(), KafkaError> {
+    pub(crate) fn send(&self, record: Outgoing<'_>) -> Result<(), KafkaError> {
         let mut base = BaseRecord::with_opaque_to(record.topic, record.token.pack())
             .payload(record.value)
             .headers(record.headers)
@@ -146,20 +159,13 @@ impl Delivery {
         }
     }
 
-    /// Waits until every queued record has a delivery report, at most until `deadline`.
-    pub fn flush(&self, deadline: Instant) -> bool {
-        self.producer
-            .flush(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
-    }
-
     /// Reports whether the cluster answers a metadata request within `timeout`; blocking.
-    pub fn reachable(&self, timeout: Duration) -> bool {
+    pub(crate) fn reachable(&self, timeout: Duration) -> bool {
         self.producer.client().fetch_metadata(None, timeout).is_ok()
     }
 
     /// A handle to the same producer for a helper thread (readiness probe).
-    pub fn share(&self) -> Delivery {
+    pub(crate) fn share(&self) -> Delivery {
         Delivery {
             producer: self.producer.clone(),
             epoch: self.epoch,

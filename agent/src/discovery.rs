@@ -10,13 +10,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 
+use logpipe_core::metric_names::agent::WATCH_FALLBACKS;
+use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::agent::Event;
 use crate::config::{CompiledInput, InputConfig};
-use crate::metrics::WATCH_FALLBACKS;
 
 /// A pattern split into the directory to start from and how deep to look under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,22 +54,53 @@ fn root(pattern: &str) -> Root {
     }
 }
 
+/// What a file system notification means to the tailing loop (reads are not reported).
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// These files were written to (or their metadata changed): open ones are stat'ed.
+    Written(Vec<PathBuf>),
+    /// Files appeared, moved or went away, or events were lost: re-glob and stat everything.
+    Changed,
+    /// The watcher failed; see [`is_limit`] for the failures that mean "poll from now on".
+    Failed(notify::Error),
+}
+
+impl Notice {
+    /// Reads say nothing about new lines: they are dropped (`None`) before reaching the loop.
+    fn of(result: notify::Result<notify::Event>) -> Option<Notice> {
+        let event = match result {
+            Ok(event) => event,
+            Err(e) => return Some(Notice::Failed(e)),
+        };
+        if event.need_rescan() {
+            return Some(Notice::Changed);
+        }
+        match event.kind {
+            EventKind::Access(_) => None,
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_) | ModifyKind::Any) => {
+                Some(Notice::Written(event.paths))
+            }
+            _ => Some(Notice::Changed),
+        }
+    }
+}
+
 /// The inputs' patterns and the watches on their directories.
-pub struct Discovery {
+pub(crate) struct Discovery {
     inputs: Vec<CompiledInput>,
     roots: Vec<Root>,
     watcher: Option<RecommendedWatcher>,
     /// Directories watched, with the mode they are watched in.
     watched: HashSet<(PathBuf, bool)>,
-    events: Sender<Event>,
 }
 
 impl Discovery {
-    /// `poll` forces polling. Patterns were validated with the config.
-    pub fn new(
+    /// `poll` forces polling; otherwise `notices` receives what the watches see, on the
+    /// watcher's thread. Patterns were validated with the config.
+    pub(crate) fn new(
         inputs: &[InputConfig],
         poll: bool,
-        events: Sender<Event>,
+        notices: impl Fn(Notice) + Send + 'static,
     ) -> anyhow::Result<Discovery> {
         let compiled = inputs
             .iter()
@@ -90,12 +120,12 @@ impl Discovery {
                 .collect(),
             watcher: None,
             watched: HashSet::new(),
-            events,
         };
         if !poll {
-            let sender = discovery.events.clone();
-            match notify::recommended_watcher(move |event| {
-                let _ = sender.send(Event::Fs(event));
+            match notify::recommended_watcher(move |result| {
+                if let Some(notice) = Notice::of(result) {
+                    notices(notice);
+                }
             }) {
                 Ok(watcher) => discovery.watcher = Some(watcher),
                 Err(e) => discovery.fall_back(&e.to_string()),
@@ -105,12 +135,12 @@ impl Discovery {
     }
 
     /// Whether notifications are in use.
-    pub fn watching(&self) -> bool {
+    pub(crate) fn watching(&self) -> bool {
         self.watcher.is_some()
     }
 
     /// Gives up on notifications: from now on the loop polls.
-    pub fn fall_back(&mut self, why: &str) {
+    pub(crate) fn fall_back(&mut self, why: &str) {
         tracing::warn!("file system notifications unavailable ({why}); polling instead");
         metrics::counter!(WATCH_FALLBACKS).increment(1);
         self.watcher = None;
@@ -119,7 +149,7 @@ impl Discovery {
 
     /// Makes sure every base directory is watched; a missing one is watched through its
     /// nearest existing ancestor, so its creation is noticed.
-    pub fn ensure_watches(&mut self) {
+    pub(crate) fn ensure_watches(&mut self) {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
@@ -155,7 +185,7 @@ impl Discovery {
     }
 
     /// Every file the inputs match now, with the first input that matches it.
-    pub fn scan(&self) -> Vec<(PathBuf, usize)> {
+    pub(crate) fn scan(&self) -> Vec<(PathBuf, usize)> {
         let mut seen = HashSet::new();
         let mut found = Vec::new();
         for root in &self.roots {
@@ -171,13 +201,13 @@ impl Discovery {
     }
 
     /// The first input whose patterns match `path`.
-    pub fn input_for(&self, path: &Path) -> Option<usize> {
+    pub(crate) fn input_for(&self, path: &Path) -> Option<usize> {
         self.inputs.iter().position(|i| i.matches(path))
     }
 }
 
 /// Whether a watch error means "no more watches": then polling is the only way.
-pub fn is_limit(error: &notify::Error) -> bool {
+pub(crate) fn is_limit(error: &notify::Error) -> bool {
     match &error.kind {
         notify::ErrorKind::MaxFilesWatch => true,
         notify::ErrorKind::Io(e) => matches!(
@@ -286,8 +316,7 @@ mod tests {
             input(vec![format!("{b}/*.log")], vec![format!("{b}/skip.log")]),
             input(vec![format!("{b}/**/*.log")], vec![]),
         ];
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let discovery = Discovery::new(&inputs, true, tx).unwrap();
+        let discovery = Discovery::new(&inputs, true, |_| {}).unwrap();
         let mut found: Vec<(String, usize)> = discovery
             .scan()
             .into_iter()

@@ -12,7 +12,7 @@
 //!
 //! The `lp.file` id of a file's contents is drawn when the agent first sees them and is saved in
 //! the checkpoint before any record carries it. It mixes in the time it was drawn, so a new file
-//! that reuses an inode, or a truncated file, never repeats an id downstream replay removal
+//! that reuses an inode, or a truncated file, never repeats an id downstream resend removal
 //! has already seen.
 
 use std::fs::File;
@@ -25,19 +25,19 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// Bytes at the start of a file that identify it.
-pub const FINGERPRINT_MAX: u64 = 1024;
+pub(crate) const FINGERPRINT_MAX: u64 = 1024;
 /// Bytes before a saved offset that are checked on resume.
-pub const GUARD_MAX: u64 = 64;
+pub(crate) const GUARD_MAX: u64 = 64;
 
 /// Hash of a range of a file, with the range's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Digest {
-    pub len: u64,
-    pub hash: u64,
+pub(crate) struct Digest {
+    pub(crate) len: u64,
+    pub(crate) hash: u64,
 }
 
 /// Hashes `len` bytes at `start`; `None` when the file is shorter than that now.
-pub fn digest_at(file: &File, start: u64, len: u64) -> io::Result<Option<Digest>> {
+pub(crate) fn digest_at(file: &File, start: u64, len: u64) -> io::Result<Option<Digest>> {
     let mut buf = vec![0u8; len as usize];
     let mut filled = 0;
     while filled < buf.len() {
@@ -55,7 +55,7 @@ pub fn digest_at(file: &File, start: u64, len: u64) -> io::Result<Option<Digest>
 }
 
 /// The fingerprint of a file of `size` bytes (or shorter, if it shrank meanwhile).
-pub fn fingerprint(file: &File, size: u64) -> io::Result<Digest> {
+pub(crate) fn fingerprint(file: &File, size: u64) -> io::Result<Digest> {
     let mut len = size.min(FINGERPRINT_MAX);
     loop {
         if let Some(digest) = digest_at(file, 0, len)? {
@@ -67,13 +67,13 @@ pub fn fingerprint(file: &File, size: u64) -> io::Result<Digest> {
 }
 
 /// The guard for a saved `offset`: the bytes just before it.
-pub fn guard(file: &File, offset: u64) -> io::Result<Option<Digest>> {
+pub(crate) fn guard(file: &File, offset: u64) -> io::Result<Option<Digest>> {
     let len = offset.min(GUARD_MAX);
     digest_at(file, offset - len, len)
 }
 
 /// A new `lp.file` id for contents first seen now.
-pub fn new_file_id(dev: u64, ino: u64, fingerprint: Digest) -> FileId {
+pub(crate) fn new_file_id(dev: u64, ino: u64, fingerprint: Digest) -> FileId {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -94,7 +94,7 @@ pub fn new_file_id(dev: u64, ino: u64, fingerprint: Digest) -> FileId {
 
 /// What a saved position means for the file found at the same (dev, inode) now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resume {
+pub(crate) enum Resume {
     /// Same contents: continue at the saved offset.
     Continue,
     /// Same start, but the file is shorter than the offset or the bytes before it changed: it
@@ -105,7 +105,7 @@ pub enum Resume {
 }
 
 /// Compares a file (now `size` bytes) with what was saved about it.
-pub fn check(
+pub(crate) fn check(
     file: &File,
     size: u64,
     fingerprint: Digest,

@@ -1,30 +1,39 @@
 //! `logpipe-agent`: tails log files and ships every line to the write-side Kafka cluster,
 //! at least once, with crash-safe checkpoints (see README.md for the guarantees and config).
 //!
-//! - [`config`]: the TOML config and its validation;
-//! - [`discovery`]: globs, directory watches, polling fall-back;
-//! - [`identity`]: which file's contents a position belongs to;
-//! - [`lines`]: splitting bytes into lines with offsets;
-//! - [`tailer`]: one open file and its acknowledgement tracking;
-//! - [`delivery`]: the producer and its delivery reports;
-//! - [`checkpoint`]: durable positions;
-//! - [`agent`]: the loop that ties them together;
-//! - [`metrics`], [`systemd`]: what the agent reports to the outside.
+//! The API is the service ([`AgentService`], run by `main.rs`), its configuration
+//! ([`AgentConfig`]), and the producer settings ([`client_config`]) the benchmark reuses for
+//! its plain-producer ceiling. Inside:
+//!
+//! - `config`: the TOML config and its validation;
+//! - `discovery`: globs, directory watches, polling fall-back;
+//! - `identity`: which file's contents a position belongs to;
+//! - `lines`: splitting bytes into lines with offsets;
+//! - `tailer`: one open file and its acknowledgement tracking;
+//! - `files`: the table of open files and remembered positions;
+//! - `rotation`: recognising rotated, truncated and copied files;
+//! - `delivery`: the producer and its delivery reports;
+//! - `checkpoint`: durable positions;
+//! - `agent`: the loop that ties them together, and its flow control;
+//! - `metrics`, `systemd`: what the agent reports to the outside.
 
-pub mod agent;
-pub mod checkpoint;
-pub mod config;
-pub mod delivery;
-pub mod discovery;
-pub mod identity;
-pub mod lines;
-pub mod metrics;
-pub mod systemd;
-pub mod tailer;
+mod agent;
+mod checkpoint;
+mod config;
+mod delivery;
+mod discovery;
+mod files;
+mod identity;
+mod lines;
+mod metrics;
+mod rotation;
+mod systemd;
+mod tailer;
 
 use logpipe_core::service::{Context, Service};
 
-pub use config::{AgentConfig, InputConfig};
+pub use config::{AgentConfig, InputConfig, StartAt, WatchMode};
+pub use delivery::client_config;
 
 use crate::agent::{Agent, Event};
 

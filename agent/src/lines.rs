@@ -9,20 +9,20 @@
 
 /// A complete line.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     /// Offset of the line's first byte in the file.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// Offset just past the line's terminator: where the next line starts.
-    pub end: u64,
+    pub(crate) end: u64,
     /// The line without its terminator, cut to the limit.
-    pub bytes: &'a [u8],
+    pub(crate) bytes: &'a [u8],
     /// The line's length without terminator, when it was cut.
-    pub truncated_from: Option<u64>,
+    pub(crate) truncated_from: Option<u64>,
 }
 
 /// What the splitter hands out.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Piece<'a> {
+pub(crate) enum Piece<'a> {
     Line(Line<'a>),
     /// An empty line (or a lone `\r`), ending at `end`.
     Empty {
@@ -32,7 +32,7 @@ pub enum Piece<'a> {
 
 /// Incremental line splitter for one file.
 #[derive(Debug)]
-pub struct LineSplitter {
+pub(crate) struct LineSplitter {
     max: usize,
     /// The first bytes of the unterminated line: at most `max + 1`, so a `\r` right after a line
     /// of exactly `max` bytes is still seen.
@@ -46,7 +46,7 @@ pub struct LineSplitter {
 }
 
 impl LineSplitter {
-    pub fn new(max: usize, offset: u64) -> Self {
+    pub(crate) fn new(max: usize, offset: u64) -> Self {
         LineSplitter {
             max,
             partial: Vec::new(),
@@ -57,21 +57,16 @@ impl LineSplitter {
     }
 
     /// Offset of the next byte to feed.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.line_start + self.line_len
     }
 
-    /// Offset of the first byte of the line being assembled (= position when there is none).
-    pub fn line_start(&self) -> u64 {
-        self.line_start
-    }
-
-    pub fn has_partial(&self) -> bool {
+    pub(crate) fn has_partial(&self) -> bool {
         self.line_len > 0
     }
 
     /// Forgets any unterminated line and continues at `offset` (rewind or truncation).
-    pub fn reset(&mut self, offset: u64) {
+    pub(crate) fn reset(&mut self, offset: u64) {
         self.partial = Vec::new();
         self.line_start = offset;
         self.line_len = 0;
@@ -79,7 +74,7 @@ impl LineSplitter {
 
     /// Feeds the bytes that follow [`position`](Self::position); `emit` gets every line they
     /// complete, in order.
-    pub fn feed(&mut self, data: &[u8], mut emit: impl FnMut(Piece<'_>)) {
+    pub(crate) fn feed(&mut self, data: &[u8], mut emit: impl FnMut(Piece<'_>)) {
         let mut rest = data;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             let (segment, after) = (&rest[..nl], &rest[nl + 1..]);
@@ -118,7 +113,7 @@ impl LineSplitter {
     }
 
     /// Emits the unterminated line, if any, as a complete one: the file will not grow any more.
-    pub fn flush(&mut self, emit: impl FnOnce(Piece<'_>)) {
+    pub(crate) fn flush(&mut self, emit: impl FnOnce(Piece<'_>)) {
         if self.line_len == 0 {
             return;
         }

@@ -13,20 +13,20 @@ fn notify(state: NotifyState<'_>) {
     }
 }
 
-pub fn ready() {
+pub(crate) fn ready() {
     notify(NotifyState::Ready);
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify(NotifyState::Stopping);
 }
 
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     notify(NotifyState::Watchdog);
 }
 
 /// How often to send WATCHDOG=1: half of `WatchdogSec`, or `None` when no watchdog is set.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
 }

@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use logpipe_core::metric_names::agent::FILE_LAG;
 use logpipe_core::record::{header, FileId, KeyStrategy};
 use metrics::Gauge;
 use rdkafka::error::KafkaError;
@@ -21,7 +22,7 @@ use crate::checkpoint::FileState;
 use crate::delivery::{Delivery, Outgoing, Token, RECORD_OVERHEAD};
 use crate::identity::{self, Digest, FINGERPRINT_MAX, GUARD_MAX};
 use crate::lines::{LineSplitter, Piece};
-use crate::metrics::{InputMetrics, FILE_LAG};
+use crate::metrics::InputMetrics;
 
 /// A record queued and not yet acknowledged (or bytes that need no record).
 #[derive(Debug)]
@@ -36,7 +37,7 @@ struct Pending {
 
 /// Contiguous acknowledgement tracking for one file's records, in the order they were sent.
 #[derive(Debug)]
-pub struct AckTracker {
+pub(crate) struct AckTracker {
     queue: VecDeque<Pending>,
     /// Sequence number of `queue[0]`.
     base_seq: u32,
@@ -45,14 +46,14 @@ pub struct AckTracker {
 
 /// What an acknowledgement released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Acked {
-    pub cost: u64,
-    pub bytes: u64,
-    pub sent: Option<Instant>,
+pub(crate) struct Acked {
+    pub(crate) cost: u64,
+    pub(crate) bytes: u64,
+    pub(crate) sent: Option<Instant>,
 }
 
 impl AckTracker {
-    pub fn new(offset: u64) -> Self {
+    pub(crate) fn new(offset: u64) -> Self {
         AckTracker {
             queue: VecDeque::new(),
             base_seq: 0,
@@ -62,7 +63,7 @@ impl AckTracker {
 
     /// Registers a record of `bytes` line bytes ending at `end`, charged `cost` to the
     /// budget; returns its sequence number.
-    pub fn push(&mut self, end: u64, bytes: u64, cost: u64, sent: Instant) -> u32 {
+    pub(crate) fn push(&mut self, end: u64, bytes: u64, cost: u64, sent: Instant) -> u32 {
         let seq = self.base_seq.wrapping_add(self.queue.len() as u32);
         self.queue.push_back(Pending {
             end,
@@ -75,7 +76,7 @@ impl AckTracker {
     }
 
     /// Bytes up to `end` that produce no record (empty lines).
-    pub fn skip(&mut self, end: u64) {
+    pub(crate) fn skip(&mut self, end: u64) {
         match self.queue.back_mut() {
             None => self.committed = end,
             Some(last) if last.acked && last.sent.is_none() => last.end = end,
@@ -91,7 +92,7 @@ impl AckTracker {
 
     /// Marks a record acknowledged and advances the committed offset over the acknowledged
     /// prefix. `None` for a sequence number this tracker does not hold.
-    pub fn ack(&mut self, seq: u32) -> Option<Acked> {
+    pub(crate) fn ack(&mut self, seq: u32) -> Option<Acked> {
         let index = seq.wrapping_sub(self.base_seq) as usize;
         let pending = self
             .queue
@@ -111,18 +112,18 @@ impl AckTracker {
         Some(acked)
     }
 
-    pub fn committed(&self) -> u64 {
+    pub(crate) fn committed(&self) -> u64 {
         self.committed
     }
 
     /// Records still waiting for their acknowledgement.
-    pub fn waiting(&self) -> bool {
+    pub(crate) fn waiting(&self) -> bool {
         !self.queue.is_empty()
     }
 
     /// Forgets every record after the committed offset (they will be read and sent again);
     /// returns the budget they held.
-    pub fn rewind(&mut self) -> (u64, usize) {
+    pub(crate) fn rewind(&mut self) -> (u64, usize) {
         let cost = self.queue.iter().filter(|p| !p.acked).map(|p| p.cost).sum();
         let records = self
             .queue
@@ -136,55 +137,55 @@ impl AckTracker {
 }
 
 /// Where to send an input's records.
-pub struct Sink<'a> {
-    pub delivery: &'a Delivery,
-    pub host: &'a str,
-    pub topic: &'a str,
-    pub key: &'a KeyStrategy,
-    pub metrics: &'a InputMetrics,
+pub(crate) struct Sink<'a> {
+    pub(crate) delivery: &'a Delivery,
+    pub(crate) host: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) key: &'a KeyStrategy,
+    pub(crate) metrics: &'a InputMetrics,
 }
 
 /// What one read did.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Budget charged by the records queued.
-    pub cost: u64,
-    pub records: usize,
+    pub(crate) cost: u64,
+    pub(crate) records: usize,
     /// Line bytes queued.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// The buffer was filled: there is probably more to read.
-    pub more: bool,
+    pub(crate) more: bool,
 }
 
 /// Why a file cannot be read on.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     Io(io::Error),
     Kafka(KafkaError),
 }
 
 /// What a size check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Unchanged,
     Grew,
     Truncated,
 }
 
 /// An open file being tailed.
-pub struct Tailer {
-    pub slot: u32,
-    pub input: usize,
-    pub path: PathBuf,
+pub(crate) struct Tailer {
+    pub(crate) slot: u32,
+    pub(crate) input: usize,
+    pub(crate) path: PathBuf,
     path_text: String,
     file: File,
-    pub dev: u64,
-    pub ino: u64,
-    pub id: FileId,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) id: FileId,
     id_hex: String,
     fingerprint: Digest,
     splitter: LineSplitter,
-    pub acks: AckTracker,
+    pub(crate) acks: AckTracker,
     /// Size at the last check.
     size: u64,
     /// The bytes before the position when the end was reached, to catch a truncation that was
@@ -198,29 +199,29 @@ pub struct Tailer {
     /// What each record costs the in-flight budget beyond its line (and a per-line key).
     record_cost: u64,
     /// When the file was found renamed away or deleted.
-    pub detached: Option<Instant>,
-    pub last_growth: Instant,
+    pub(crate) detached: Option<Instant>,
+    pub(crate) last_growth: Instant,
     /// Guard of the committed offset at the last checkpoint (saved with it).
     saved_guard: Option<(u64, Option<Digest>)>,
     lag: Gauge,
 }
 
 /// What is needed to open a tailer.
-pub struct Opening {
-    pub slot: u32,
-    pub input: usize,
-    pub path: PathBuf,
-    pub file: File,
-    pub dev: u64,
-    pub ino: u64,
-    pub id: FileId,
-    pub fingerprint: Digest,
-    pub offset: u64,
-    pub max_line_bytes: usize,
+pub(crate) struct Opening {
+    pub(crate) slot: u32,
+    pub(crate) input: usize,
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) id: FileId,
+    pub(crate) fingerprint: Digest,
+    pub(crate) offset: u64,
+    pub(crate) max_line_bytes: usize,
 }
 
 impl Tailer {
-    pub fn new(open: Opening, host: &str, key: &KeyStrategy) -> Tailer {
+    pub(crate) fn new(open: Opening, host: &str, key: &KeyStrategy) -> Tailer {
         let path_text = open.path.to_string_lossy().into_owned();
         let key = match key {
             KeyStrategy::Field(_) => None,
@@ -254,22 +255,22 @@ impl Tailer {
     }
 
     /// Offset of the next byte to read.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.splitter.position()
     }
 
     /// Everything read is sent, and the file has not grown since.
-    pub fn at_eof(&self) -> bool {
+    pub(crate) fn at_eof(&self) -> bool {
         self.size <= self.position()
     }
 
     /// Nothing left: at the end, no unterminated line, every record acknowledged.
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.at_eof() && !self.splitter.has_partial() && !self.acks.waiting()
     }
 
     /// Checks the file's size against the read position.
-    pub fn check(&mut self) -> io::Result<Change> {
+    pub(crate) fn check(&mut self) -> io::Result<Change> {
         let size = self.file.metadata()?.len();
         let position = self.position();
         if size < position {
@@ -290,7 +291,7 @@ impl Tailer {
     }
 
     /// Reads once into `buf` from the position and queues the complete lines.
-    pub fn read(
+    pub(crate) fn read(
         &mut self,
         buf: &mut [u8],
         sink: &Sink<'_>,
@@ -343,7 +344,11 @@ impl Tailer {
     }
 
     /// Ships the unterminated last line: the file is gone for good and has stopped growing.
-    pub fn flush_partial(&mut self, sink: &Sink<'_>, epoch: u8) -> Result<Progress, KafkaError> {
+    pub(crate) fn flush_partial(
+        &mut self,
+        sink: &Sink<'_>,
+        epoch: u8,
+    ) -> Result<Progress, KafkaError> {
         let mut splitter = std::mem::replace(&mut self.splitter, LineSplitter::new(0, 0));
         let mut progress = Progress::default();
         let mut result = Ok(());
@@ -423,7 +428,7 @@ impl Tailer {
 
     /// Drops everything read past the committed offset, to read it again (after a producer
     /// rebuild); returns the budget and records released.
-    pub fn rewind(&mut self) -> (u64, usize) {
+    pub(crate) fn rewind(&mut self) -> (u64, usize) {
         let released = self.acks.rewind();
         let committed = self.acks.committed();
         self.splitter.reset(committed);
@@ -442,7 +447,7 @@ impl Tailer {
 
     /// Starts over at offset 0 under a new id after a truncation. The old contents' records
     /// still in flight stay with the returned tracker.
-    pub fn restart(&mut self, slot: u32) -> io::Result<AckTracker> {
+    pub(crate) fn restart(&mut self, slot: u32) -> io::Result<AckTracker> {
         let size = self.file.metadata()?.len();
         self.fingerprint = identity::fingerprint(&self.file, size)?;
         self.id = identity::new_file_id(self.dev, self.ino, self.fingerprint);
@@ -458,7 +463,7 @@ impl Tailer {
 
     /// Whether `file` holds this tailer's contents up to the read position: the same first
     /// bytes and the same bytes just before the position (a copytruncate's copy does).
-    pub fn is_copy(&self, file: &File) -> io::Result<bool> {
+    pub(crate) fn is_copy(&self, file: &File) -> io::Result<bool> {
         let position = self.position();
         if identity::digest_at(file, 0, self.fingerprint.len)? != Some(self.fingerprint) {
             return Ok(false);
@@ -476,7 +481,7 @@ impl Tailer {
 
     /// Goes on reading the same contents from another file (the copy made by a copytruncate),
     /// keeping id, offsets, the unterminated line and the records in flight.
-    pub fn adopt(&mut self, file: File, dev: u64, ino: u64) {
+    pub(crate) fn adopt(&mut self, file: File, dev: u64, ino: u64) {
         self.file = file;
         self.dev = dev;
         self.ino = ino;
@@ -486,7 +491,7 @@ impl Tailer {
 
     /// The checkpoint entry: the committed offset with what identifies the contents. Reads the
     /// guard bytes (and a longer fingerprint while the file is small) only when they changed.
-    pub fn state(&mut self) -> io::Result<FileState> {
+    pub(crate) fn state(&mut self) -> io::Result<FileState> {
         let offset = self.acks.committed();
         if self.fingerprint.len < FINGERPRINT_MAX && self.size > self.fingerprint.len {
             self.fingerprint = identity::fingerprint(&self.file, self.size)?;
@@ -517,7 +522,7 @@ impl Tailer {
     }
 
     /// Called when the tailer is closed: its lag no longer exists.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lag.set(0.0);
     }
 }
@@ -560,6 +565,30 @@ impl Clock {
             timestamp_ms,
         }
     }
+}
+
+/// A tailer of the whole file at `path`, in `slot`, for input 0 (for other modules' tests).
+#[cfg(test)]
+pub(crate) fn open_for_test(slot: u32, path: &std::path::Path) -> Tailer {
+    use std::os::unix::fs::MetadataExt;
+
+    let file = File::open(path).unwrap();
+    let meta = file.metadata().unwrap();
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let fingerprint = identity::fingerprint(&file, meta.len()).unwrap();
+    let opening = Opening {
+        slot,
+        input: 0,
+        path: path.to_owned(),
+        file,
+        dev,
+        ino,
+        id: identity::new_file_id(dev, ino, fingerprint),
+        fingerprint,
+        offset: 0,
+        max_line_bytes: 1024,
+    };
+    Tailer::new(opening, "host", &KeyStrategy::default())
 }
 
 #[cfg(test)]

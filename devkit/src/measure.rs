@@ -1,4 +1,4 @@
-//! What the benchmarks in `bench/` and `agent/benches` measure with: their sizing from the
+//! What the benchmarks in `bench/` measure with: their sizing from the
 //! environment, a records/bytes/time rate, the generated lines read back, and a process's CPU time
 //! and memory from `/proc`. Each benchmark used to carry its own copy of these; one copy means
 //! every benchmark counts CPU ticks and peak RSS the same way, so their rows compare.

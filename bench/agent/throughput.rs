@@ -15,8 +15,9 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use logpipe_agent::delivery::client_config;
+use logpipe_agent::client_config;
 use logpipe_core::kafka::KafkaConfig;
+use logpipe_core::metric_names::agent::LINES_ACKED;
 use logpipe_devkit::benchreport::Row as ReportRow;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
@@ -123,7 +124,7 @@ async fn agent(
     let (agent, addr) = start_agent(work, bootstrap, &format!("{}/*.log", dir.display()), topic);
     let pid = agent.pid();
     wait_until(Duration::from_secs(900), || async {
-        agent_metric(addr, "logpipe_agent_lines_acked_total").await >= lines as f64
+        agent_metric(addr, LINES_ACKED).await >= lines as f64
     })
     .await
     .expect("agent shipped every line");
@@ -236,7 +237,7 @@ async fn idle(work: &Path, bootstrap: &str) -> String {
     );
     let pid = agent.pid();
     wait_until(Duration::from_secs(120), || async {
-        agent_metric(addr, "logpipe_agent_lines_acked_total").await >= 1000.0
+        agent_metric(addr, LINES_ACKED).await >= 1000.0
     })
     .await
     .expect("idle files read");
