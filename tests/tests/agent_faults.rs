@@ -4,17 +4,15 @@
 //!
 //! Sizes are scaled to fit the CI budget on two cores with debug builds (see the agent's README).
 
-mod agent_support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use agent_support::{Collector, Setup};
 use logpipe_core::record::RecordId;
 use logpipe_devkit::harness::wait_until;
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report, Rotation};
+use logpipe_tests::agent::{Collector, Setup};
 
 /// Writes generated logs in a blocking task.
 fn loadgen(
@@ -289,10 +287,13 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
     let setup = Setup::new(1, "", "").await?;
     let mut agent = setup.start().await?;
     let collector = Collector::start(setup.cluster.bootstrap())?;
-    let first = agent_support::lines("before-errors", 500);
-    agent_support::append(&setup.log("a.log"), &first);
+    let first = logpipe_tests::agent::lines("before-errors", 500);
+    logpipe_tests::agent::append(&setup.log("a.log"), &first);
     collector
-        .wait_for_values(&agent_support::as_set(&first), Duration::from_secs(30))
+        .wait_for_values(
+            &logpipe_tests::agent::as_set(&first),
+            Duration::from_secs(30),
+        )
         .await?;
     setup
         .cluster
@@ -301,10 +302,10 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
             &["INVALID_RECORD", "INVALID_RECORD", "INVALID_RECORD"],
         )
         .await?;
-    let second = agent_support::lines("during-errors", 2000);
-    agent_support::append(&setup.log("a.log"), &second);
-    let mut expected = agent_support::as_set(&first);
-    expected.extend(agent_support::as_set(&second));
+    let second = logpipe_tests::agent::lines("during-errors", 2000);
+    logpipe_tests::agent::append(&setup.log("a.log"), &second);
+    let mut expected = logpipe_tests::agent::as_set(&first);
+    expected.extend(logpipe_tests::agent::as_set(&second));
     collector
         .wait_for_values(&expected, Duration::from_secs(60))
         .await?;

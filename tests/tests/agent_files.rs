@@ -1,15 +1,13 @@
 //! The agent end to end on awkward files: every test runs a dev cluster and an agent process,
 //! and checks what a consumer reads by unique id (`lp.host`, `lp.file`, `lp.offset`).
 
-mod agent_support;
-
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use agent_support::{append, as_set, lines, Collector, Setup};
 use logpipe_devkit::harness::wait_until;
+use logpipe_tests::agent::{append, as_set, lines, Collector, Setup};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -3,12 +3,10 @@
 //! records to 200,000 so that the test fits the CI budget; `LOGPIPE_MIRROR_CRASH_RECORDS=1000000`
 //! runs it at full size (the dev clusters then keep enough per partition to hold every record).
 
-mod mirror_support;
-
 use std::time::Duration;
 
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.crash";
 const PARTITIONS: i32 = 4;

@@ -2,12 +2,10 @@
 //! null headers, explicit timestamps, every partition, same order; it leaves internal and
 //! excluded topics alone and writes nothing to the source cluster.
 
-mod mirror_support;
-
 use std::time::Duration;
 
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::mirror::*;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;

@@ -1,12 +1,10 @@
 //! Two mirror instances split the shards; one is killed mid-stream and the survivor takes over
 //! its shards; the target still holds every record exactly once.
 
-mod mirror_support;
-
 use std::time::Duration;
 
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.pair";
 const PARTITIONS: i32 = 4;

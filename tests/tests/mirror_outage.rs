@@ -1,12 +1,10 @@
 //! A broker outage on the source, then on the target, while records flow: the mirror resumes by
 //! itself, losing and duplicating nothing.
 
-mod mirror_support;
-
 use std::time::Duration;
 
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.outage";
 const PARTITIONS: i32 = 3;

@@ -4,12 +4,10 @@
 //! by hand: the restarted mirror must verify them against the source instead of writing them
 //! again, and must refuse a target partition holding records that are not its copies.
 
-mod mirror_support;
-
 use std::time::Duration;
 
 use logpipe_devkit::harness::{wait_until, Process};
-use mirror_support::*;
+use logpipe_tests::mirror::*;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;

@@ -4,12 +4,10 @@
 //! alarm and follows the policy: `stop` copies nothing more of that partition,
 //! `resume-from-earliest` continues from the earliest retained record.
 
-mod mirror_support;
-
 use std::time::Duration;
 
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::mirror::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;

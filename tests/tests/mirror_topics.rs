@@ -5,13 +5,11 @@
 //! target that refuses to create topics makes the mirror fail naming exactly what to create, and
 //! with `create_topics = false` a later topic waits for the operator.
 
-mod mirror_support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use logpipe_devkit::harness::{wait_until, DevCluster, Process};
-use mirror_support::*;
+use logpipe_tests::mirror::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 

@@ -16,8 +16,6 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
-mod pipeline_support;
-
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,8 +193,8 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
             .collect();
         bail!(
             "{r}\n{}\ncopies in the write cluster:\n{}",
-            pipeline_support::hops(&pipeline, &reports).await,
-            pipeline_support::raw_copies(&pipeline, &examples).await
+            logpipe_tests::pipeline::hops(&pipeline, &reports).await,
+            logpipe_tests::pipeline::raw_copies(&pipeline, &examples).await
         );
     }
     // Late duplicates (a replay still in flight when the last id arrived) would show now.

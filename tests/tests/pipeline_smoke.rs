@@ -6,8 +6,6 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
-mod pipeline_support;
-
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -63,7 +61,7 @@ async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()>
     assert!(
         r.is_exact(),
         "{r}\n{}",
-        pipeline_support::hops(&pipeline, &written).await
+        logpipe_tests::pipeline::hops(&pipeline, &written).await
     );
     assert_eq!(
         (r.clean + r.dead_letters, r.written_invalid),
@@ -86,13 +84,13 @@ async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()>
     // The README tour's "fix a schema" and "replay": with player_id optional, the dead letters
     // of the validate stage are replayed; missing-field lines go to clean, wrong-type lines fail
     // again. Every line is still found once, each replay in place of its dead letter.
-    pipeline_support::make_player_id_optional(&store).await?;
+    logpipe_tests::pipeline::make_player_id_optional(&store).await?;
     let kinds = &written[0].invalid_by_kind;
     let missing = kinds.get(&InvalidKind::MissingField).copied().unwrap_or(0);
     let wrong_type = kinds.get(&InvalidKind::WrongType).copied().unwrap_or(0);
     assert!(missing > 0 && wrong_type > 0, "{}", written[0].summary());
     assert_eq!(
-        pipeline_support::replay(&pipeline, &dlq[0], &["--stage", "validate"]).await?,
+        logpipe_tests::pipeline::replay(&pipeline, &dlq[0], &["--stage", "validate"]).await?,
         (missing, wrong_type)
     );
     let replayed = reconcile(&read, &store, &clean, &dlq, &written).await?;

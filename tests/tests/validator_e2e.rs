@@ -7,14 +7,12 @@
 //! keeps at most 5 MB per partition: 12,000 records through three kill -9s instead of the
 //! issue's 1,000,000, an 8 s schema store outage instead of 20 s.
 
-mod validator_support;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use logpipe_core::record::error_header;
 use logpipe_devkit::harness::{wait_until, Process};
-use validator_support::*;
+use logpipe_tests::validator::*;
 
 /// Every generated id exactly once across clean + DLQ, and every invalid one in the DLQ with
 /// the stage and pointer the generator expects.

@@ -5,15 +5,13 @@
 //! reported on `/ready` with the topic named while the raw topic is left unread, until an
 //! operator creates them.
 
-mod validator_support;
-
 use std::time::Duration;
 
 use logpipe_core::record::FileId;
 use logpipe_devkit::harness::{wait_until, Process};
+use logpipe_tests::validator::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
-use validator_support::*;
 
 const LOOT: &str = r#"{"type":"record","name":"Loot","fields":[{"name":"event_id","type":"string"},{"name":"n","type":"int"}]}"#;
 

@@ -2,8 +2,6 @@
 //! schemas, validator processes, agent-style raw records, and reading clean and dead-letter
 //! topics back by event id.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,6 @@
 //! Shared setup of the agent's end-to-end tests: a dev cluster, a log directory, an agent
 //! process with its config, and a consumer that collects every record with its unique id.
 
-#![allow(dead_code)] // each test file uses a different part of this module
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,5 @@
 //! What the pipeline suites share: where written lines went missing, hop by hop, when a
 //! reconciliation is not exact; the README tour's schema fix and dead-letter replay.
-#![allow(dead_code)] // each test file uses a different part of this module
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,8 +1,6 @@
 //! Shared setup of the mirror's end-to-end tests: a write and a read dev cluster, the mirror's
 //! config, producing records with unique ids, and reading the mirror's metrics.
 
-#![allow(dead_code)] // each test file uses a different part of this module
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
