@@ -94,22 +94,10 @@ impl Setup {
             .await?)
     }
 
-    /// The sum of a metric's samples (all label sets) in the agent's metrics.
+    /// The sum of a metric's samples (all label sets) in the agent's metrics, 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
-        let Ok(text) = self.metrics().await else {
-            return 0.0;
-        };
-        metric_sum(&text, name)
+        crate::metrics::total(self.telemetry, name).await
     }
-}
-
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn is_root() -> bool {

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
+use logpipe_core::metric_names::agent;
 use logpipe_devkit::harness::{scan_topic, Process};
 use logpipe_devkit::loadgen::{self, Report};
 use logpipe_devkit::pipeline::{Component, Pipeline};
@@ -49,14 +50,14 @@ pub async fn hops(pipeline: &Pipeline, written: &[Report]) -> String {
     }
     if let Ok(metrics) = pipeline.metrics(Component::Agent).await {
         for name in [
-            "logpipe_agent_lines_read_total",
-            "logpipe_agent_lines_acked_total",
-            "logpipe_agent_rotations_total",
-            "logpipe_agent_truncations_total",
+            agent::LINES_READ,
+            agent::LINES_ACKED,
+            agent::ROTATIONS,
+            agent::TRUNCATIONS,
         ] {
             text += &format!(
                 "; {name} {}",
-                logpipe_devkit::pipeline::metric_sum(&metrics, name, &[])
+                logpipe_devkit::prometheus::total(&metrics, name)
             );
         }
     }

@@ -178,38 +178,6 @@ impl Stack {
         p.wait_ready(telemetry, Duration::from_secs(60)).await?;
         Ok(p)
     }
-
-    /// A counter's value summed over labels, from a validator's `/metrics`.
-    pub async fn metric(&self, telemetry: SocketAddr, name: &str) -> f64 {
-        self.metric_with(telemetry, name, &[]).await
-    }
-
-    /// A counter's value summed over the samples that carry every `label="value"` given.
-    pub async fn metric_with(
-        &self,
-        telemetry: SocketAddr,
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> f64 {
-        let Ok(response) = self
-            .http
-            .get(format!("http://{telemetry}/metrics"))
-            .send()
-            .await
-        else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
 }
 
 pub const GAME_ROUTE: &str =

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use logpipe_core::metric_names::agent;
 use logpipe_core::record::RecordId;
 use logpipe_devkit::harness::wait_until;
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report, Rotation};
@@ -138,8 +139,8 @@ async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
     );
     assert_eq!(result.lost, 0);
     assert_eq!(result.duplicates, 0, "no restart: nothing is sent twice");
-    assert!(setup.metric("logpipe_agent_rotations_total").await >= 5.0);
-    assert!(setup.metric("logpipe_agent_truncations_total").await >= 5.0);
+    assert!(setup.metric(agent::ROTATIONS).await >= 5.0);
+    assert!(setup.metric(agent::TRUNCATIONS).await >= 5.0);
     agent.ensure_running()?;
     assert!(agent.terminate(Duration::from_secs(30)).await?.success());
     Ok(())
@@ -248,7 +249,7 @@ async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::R
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         peak_rss = peak_rss.max(rss_bytes(agent.pid()));
-        peak_inflight = peak_inflight.max(setup.metric("logpipe_agent_inflight_bytes").await);
+        peak_inflight = peak_inflight.max(setup.metric(agent::INFLIGHT_BYTES).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     agent.ensure_running()?;
@@ -310,7 +311,7 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
         .wait_for_values(&expected, Duration::from_secs(60))
         .await?;
     assert!(
-        setup.metric("logpipe_agent_producer_rebuilds_total").await >= 1.0,
+        setup.metric(agent::PRODUCER_REBUILDS).await >= 1.0,
         "{}",
         setup.metrics().await?
     );

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
+use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.crash";
@@ -41,7 +43,7 @@ async fn kill_9_five_times_while_records_flow_loses_and_duplicates_nothing() -> 
         let mut mirror = start_mirror(&config, addr).await?;
         // Kill only once this incarnation copies records, at a different point each time.
         wait_until(Duration::from_secs(60), || async {
-            metric(addr, "logpipe_mirror_records_total", &[])
+            metrics::sum(addr, mirror::RECORDS, &[])
                 .await
                 .unwrap_or(0.0)
                 > 0.0

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
+use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -66,7 +68,7 @@ async fn records_arrive_byte_identical_in_the_same_partitions_and_order() -> any
     let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
     let mut mirror = start_mirror(&config, addr).await?;
     wait_until(Duration::from_secs(30), || async {
-        metric(addr, "logpipe_mirror_committed_offset", &[]).await == Some(count as f64)
+        metrics::sum(addr, mirror::COMMITTED_OFFSET, &[]).await == Some(count as f64)
     })
     .await?;
     mirror.ensure_running()?;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
+use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.pair";
@@ -20,7 +22,7 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
     let mut a = start_mirror(&config_a, addr_a).await?;
     let mut b = start_mirror(&config_b, addr_b).await?;
     let owned = |addr| async move {
-        metric(addr, "logpipe_mirror_shards_owned", &[])
+        metrics::sum(addr, mirror::SHARDS_OWNED, &[])
             .await
             .unwrap_or(0.0)
     };
@@ -41,7 +43,7 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
     );
     // Both copy before one dies.
     let copied = |addr| async move {
-        metric(addr, "logpipe_mirror_records_total", &[])
+        metrics::sum(addr, mirror::RECORDS, &[])
             .await
             .unwrap_or(0.0)
     };

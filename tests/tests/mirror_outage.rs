@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
+use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.outage";
@@ -25,7 +27,7 @@ async fn broker_outages_on_each_side_lose_and_duplicate_nothing() -> anyhow::Res
         Duration::from_millis(200),
     );
     let copied = || async {
-        metric(addr, "logpipe_mirror_records_total", &[])
+        metrics::sum(addr, mirror::RECORDS, &[])
             .await
             .unwrap_or(0.0)
     };

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::{wait_until, Process};
+use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -49,7 +51,7 @@ async fn leftovers_of_a_crashed_owner_are_verified_not_copied_again() -> anyhow:
         .await
         .logs_of(&mirror)?;
     assert_eq!(
-        metric(addr, "logpipe_mirror_verified_records_total", &[]).await,
+        metrics::sum(addr, mirror::VERIFIED_RECORDS, &[]).await,
         Some(30.0)
     );
     assert_mirrored(&write, &read, TOPIC, 150).await?;
@@ -75,7 +77,7 @@ async fn a_foreign_record_on_the_target_stops_the_shard() -> anyhow::Result<()> 
 
     let mut mirror: Process = start_mirror(&config, addr).await?;
     wait_until(Duration::from_secs(30), || async {
-        metric(addr, "logpipe_mirror_shard_errors_total", &[])
+        metrics::sum(addr, mirror::SHARD_ERRORS, &[])
             .await
             .unwrap_or(0.0)
             >= 1.0

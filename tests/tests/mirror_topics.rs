@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::{wait_until, DevCluster, Process};
+use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -177,7 +179,7 @@ async fn without_create_topics_a_new_topic_waits_for_the_operator() -> anyhow::R
     write.create_topic("raw.late", 3).await?;
     produce_ids(&producer(write.bootstrap())?, "raw.late", 3, 0..300)?;
     wait_until(Duration::from_secs(30), || async {
-        metric(addr, "logpipe_mirror_target_topics_missing", &[]).await == Some(1.0)
+        metrics::sum(addr, mirror::TARGET_TOPICS_MISSING, &[]).await == Some(1.0)
     })
     .await?;
     mirror.ensure_running()?;

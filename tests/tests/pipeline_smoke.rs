@@ -9,8 +9,10 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use logpipe_core::metric_names::{agent, validator};
 use logpipe_devkit::loadgen::{self, InvalidKind, LoadgenArgs, Rotation};
-use logpipe_devkit::pipeline::{metric_sum, Component, Pipeline, PipelineOptions};
+use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
+use logpipe_devkit::prometheus;
 use logpipe_devkit::reconcile::{reconcile, wait_drained};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,13 +73,10 @@ async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()>
 
     // Each hop reports the traffic on its telemetry address.
     let agent = pipeline.metrics(Component::Agent).await?;
-    assert_eq!(
-        metric_sum(&agent, "logpipe_agent_lines_acked_total", &[]),
-        3_000.0
-    );
+    assert_eq!(prometheus::total(&agent, agent::LINES_ACKED), 3_000.0);
     let validator = pipeline.metrics(Component::Validator).await?;
     assert_eq!(
-        metric_sum(&validator, "logpipe_validator_records_valid_total", &[]),
+        prometheus::total(&validator, validator::RECORDS_VALID),
         r.clean as f64
     );
 

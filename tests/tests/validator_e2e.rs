@@ -10,8 +10,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use logpipe_core::metric_names::validator;
 use logpipe_core::record::error_header;
 use logpipe_devkit::harness::{wait_until, Process};
+use logpipe_tests::metrics;
 use logpipe_tests::validator::*;
 
 /// Every generated id exactly once across clean + DLQ, and every invalid one in the DLQ with
@@ -95,13 +97,9 @@ async fn wait_for(stack: &Stack, n: usize, timeout: Duration) -> anyhow::Result<
 }
 
 /// Processed records (valid + invalid) according to a validator's own metrics.
-async fn processed(stack: &Stack, telemetry: std::net::SocketAddr) -> f64 {
-    stack
-        .metric(telemetry, "logpipe_validator_records_valid_total")
-        .await
-        + stack
-            .metric(telemetry, "logpipe_validator_records_invalid_total")
-            .await
+async fn processed(telemetry: std::net::SocketAddr) -> f64 {
+    metrics::total(telemetry, validator::RECORDS_VALID).await
+        + metrics::total(telemetry, validator::RECORDS_INVALID).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +120,7 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
         produce(stack.cluster.bootstrap(), RAW, &files, part).await?;
         let mut validator = stack.validator(&config, telemetry).await?;
         wait_until(Duration::from_secs(60), || async {
-            processed(&stack, telemetry).await >= 1_000.0
+            processed(telemetry).await >= 1_000.0
         })
         .await
         .unwrap();
@@ -138,17 +136,12 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
     // dropped and counted, by a process that restored its state from the changelog.
     let replayed = produce(stack.cluster.bootstrap(), RAW, &files, 0..500).await?;
     wait_until(Duration::from_secs(60), || async {
-        stack
-            .metric(telemetry, "logpipe_validator_replays_dropped_total")
-            .await
-            >= replayed as f64
+        metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await >= replayed as f64
     })
     .await
     .unwrap();
     assert_eq!(
-        stack
-            .metric(telemetry, "logpipe_validator_replays_dropped_total")
-            .await,
+        metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await,
         replayed as f64
     );
     assert_exactly_once(&stack, &report).await?;
@@ -172,7 +165,7 @@ async fn two_instances_share_the_work_and_survive_one_kill9() -> anyhow::Result<
     produce(stack.cluster.bootstrap(), RAW, &files, 0..per_file / 2).await?;
     // Both work (the group split the partitions), then one dies mid-stream.
     wait_until(Duration::from_secs(60), || async {
-        processed(&stack, telemetry_a).await > 0.0 && processed(&stack, telemetry_b).await > 0.0
+        processed(telemetry_a).await > 0.0 && processed(telemetry_b).await > 0.0
     })
     .await
     .unwrap();
@@ -254,10 +247,7 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     .await?;
     let http = reqwest::Client::new();
     wait_until(Duration::from_secs(20), || async {
-        stack
-            .metric(telemetry, "logpipe_validator_store_pauses_total")
-            .await
-            >= 1.0
+        metrics::total(telemetry, validator::STORE_PAUSES).await >= 1.0
             && http
                 .get(format!("http://{telemetry}/ready"))
                 .send()
@@ -286,14 +276,7 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
             ("reason", reason.as_str().unwrap()),
         ];
         wait_until(Duration::from_secs(10), || async {
-            stack
-                .metric_with(
-                    telemetry,
-                    "logpipe_validator_records_invalid_total",
-                    &labels,
-                )
-                .await
-                == *n as f64
+            metrics::sum(telemetry, validator::RECORDS_INVALID, &labels).await == Some(*n as f64)
         })
         .await
         .unwrap_or_else(|_| panic!("{kind:?}: expected {n} dead letters counted under {labels:?}"));

@@ -7,8 +7,10 @@
 
 use std::time::Duration;
 
+use logpipe_core::metric_names::validator;
 use logpipe_core::record::FileId;
 use logpipe_devkit::harness::{wait_until, Process};
+use logpipe_tests::metrics;
 use logpipe_tests::validator::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
@@ -141,9 +143,7 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     .await
     .unwrap_or_else(|_| panic!("/ready does not name the missing topic\n{}", manual.logs()));
     assert_eq!(
-        stack
-            .metric(telemetry, "logpipe_validator_records_valid_total")
-            .await,
+        metrics::total(telemetry, validator::RECORDS_VALID).await,
         0.0,
         "raw.loot was read"
     );
