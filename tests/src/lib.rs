@@ -7,10 +7,12 @@
 //! - [`validator`]: a cluster with a schema store, validator processes, agent-style records, and
 //!   clean and dead-letter topics read back by event id;
 //! - [`metrics`]: a service's counters from its `/metrics` page;
+//! - [`service`]: starting a service the way an operator does;
 //! - [`pipeline`]: where lost lines went, hop by hop, and the README tour's schema fix and replay.
 
 pub mod agent;
 pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
+pub mod service;
 pub mod validator;

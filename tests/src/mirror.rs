@@ -12,7 +12,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 
-use crate::metrics;
+use crate::{metrics, service};
 
 /// The mirror's state topic for the default name.
 pub const STATE_TOPIC: &str = "_lp.mirror.default.state";
@@ -67,12 +67,7 @@ pub fn mirror_config(
 
 /// Starts a mirror and waits until it is ready.
 pub async fn start_mirror(config: &Path, addr: SocketAddr) -> anyhow::Result<Process> {
-    let mut mirror = Process::start(
-        "logpipe-mirror",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
-    mirror.wait_ready(addr, Duration::from_secs(60)).await?;
-    Ok(mirror)
+    service::start("logpipe-mirror", config, addr).await
 }
 
 /// An idempotent producer to a dev cluster (what the agent uses).

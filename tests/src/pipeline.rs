@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use logpipe_core::metric_names::agent;
-use logpipe_devkit::harness::{scan_topic, Process};
+use logpipe_devkit::harness::scan_topic;
 use logpipe_devkit::loadgen::{self, Report};
 use logpipe_devkit::pipeline::{Component, Pipeline};
 use rdkafka::Message as _;
@@ -144,50 +144,4 @@ pub async fn make_player_id_optional(store: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs `logpipe-validator replay` on `topic` with the pipeline's validator config and `filters`,
-/// and returns what it says it did: (records written to clean, records that failed again).
-pub async fn replay(
-    pipeline: &Pipeline,
-    topic: &str,
-    filters: &[&str],
-) -> anyhow::Result<(u64, u64)> {
-    let config = pipeline.config_file(Component::Validator);
-    let mut args = vec![
-        "replay",
-        "--config",
-        config.to_str().context("config path")?,
-        "--topic",
-        topic,
-    ];
-    args.extend(filters);
-    let mut process = Process::start("logpipe-validator", &args)?;
-    let status = process.wait_exit(Duration::from_secs(120)).await?;
-    ensure!(
-        status.success(),
-        "replay exited with {status}\n{}",
-        process.logs()
-    );
-    // `replayed dlq.game: N clean, M failed again, K not selected`
-    let stdout = process.stdout();
-    let prefix = format!("replayed {topic}: ");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .with_context(|| format!("no summary line\n{}", process.logs()))?;
-    let number = |label: &str| -> anyhow::Result<u64> {
-        let before = line
-            .split(label)
-            .next()
-            .filter(|_| line.contains(label))
-            .with_context(|| format!("no {label:?} in {line:?}"))?;
-        Ok(before
-            .trim_end()
-            .rsplit([' ', ','])
-            .next()
-            .unwrap_or_default()
-            .parse()?)
-    };
-    Ok((number(" clean")?, number(" failed again")?))
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use logpipe_core::record::{error_header, header, FileId, RecordId};
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen;
@@ -15,6 +15,8 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 use tempfile::TempDir;
+
+use crate::service;
 
 pub const RAW: &str = "raw.game";
 pub const CLEAN: &str = "clean.game";
@@ -66,13 +68,12 @@ impl Stack {
     }
 
     pub async fn start_store(&mut self) -> anyhow::Result<()> {
-        let mut store = Process::start(
+        let store = service::start(
             "logpipe-schema-store",
-            &["run", "--config", self.store_config.to_str().unwrap()],
-        )?;
-        store
-            .wait_ready(self.store_telemetry, Duration::from_secs(30))
-            .await?;
+            &self.store_config,
+            self.store_telemetry,
+        )
+        .await?;
         self.store = Some(store);
         Ok(())
     }
@@ -171,12 +172,7 @@ impl Stack {
 
     /// Starts a validator and waits until it is ready.
     pub async fn validator(&self, config: &Path, telemetry: SocketAddr) -> anyhow::Result<Process> {
-        let mut p = Process::start(
-            "logpipe-validator",
-            &["run", "--config", config.to_str().unwrap()],
-        )?;
-        p.wait_ready(telemetry, Duration::from_secs(60)).await?;
-        Ok(p)
+        service::start("logpipe-validator", config, telemetry).await
     }
 }
 
@@ -390,4 +386,45 @@ pub fn counts<'a>(seen: impl IntoIterator<Item = &'a Seen>) -> HashMap<&'a str, 
         *counts.entry(s.event_id.as_str()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Runs `logpipe-validator replay` on `topic` with a validator's config and `filters`, and
+/// returns what it says it did: (records written to clean, records that failed again).
+pub async fn replay(config: &Path, topic: &str, filters: &[&str]) -> anyhow::Result<(u64, u64)> {
+    let mut args = vec![
+        "replay",
+        "--config",
+        config.to_str().context("config path")?,
+        "--topic",
+        topic,
+    ];
+    args.extend(filters);
+    let mut process = Process::start("logpipe-validator", &args)?;
+    let status = process.wait_exit(Duration::from_secs(120)).await?;
+    ensure!(
+        status.success(),
+        "replay exited with {status}\n{}",
+        process.logs()
+    );
+    // `replayed dlq.game: N clean, M failed again, K not selected`
+    let stdout = process.stdout();
+    let prefix = format!("replayed {topic}: ");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .with_context(|| format!("no summary line\n{}", process.logs()))?;
+    let number = |label: &str| -> anyhow::Result<u64> {
+        let before = line
+            .split(label)
+            .next()
+            .filter(|_| line.contains(label))
+            .with_context(|| format!("no {label:?} in {line:?}"))?;
+        Ok(before
+            .trim_end()
+            .rsplit([' ', ','])
+            .next()
+            .unwrap_or_default()
+            .parse()?)
+    };
+    Ok((number(" clean")?, number(" failed again")?))
 }

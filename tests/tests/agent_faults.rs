@@ -14,6 +14,7 @@ use logpipe_core::record::RecordId;
 use logpipe_devkit::harness::wait_until;
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report, Rotation};
 use logpipe_tests::agent::{Collector, Setup};
+use logpipe_tests::service;
 
 /// Writes generated logs in a blocking task.
 fn loadgen(
@@ -142,7 +143,7 @@ async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
     assert!(setup.metric(agent::ROTATIONS).await >= 5.0);
     assert!(setup.metric(agent::TRUNCATIONS).await >= 5.0);
     agent.ensure_running()?;
-    assert!(agent.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut agent).await?;
     Ok(())
 }
 
@@ -277,7 +278,7 @@ async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::R
         peak_rss < baseline + 3 * BUDGET + (16 << 20),
         "rss {peak_rss} grew past the budget (baseline {baseline})"
     );
-    assert!(agent.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut agent).await?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use logpipe_core::metric_names::agent;
 use logpipe_devkit::harness::wait_until;
 use logpipe_tests::agent::{append, as_set, lines, Collector, Setup};
+use logpipe_tests::service;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -181,7 +182,7 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
     expected.extend(as_set(&trunc_a));
     expected.extend(as_set(&reuse_a));
     collector.wait_for_values(&expected, WAIT).await?;
-    assert!(agent.terminate(WAIT).await?.success());
+    service::stop(&mut agent).await?;
 
     // While stopped: more lines, then rename + create; truncate and rewrite (same first
     // line, longer than before); delete and re-create (the inode is often reused).
@@ -237,7 +238,7 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
         .iter()
         .any(|v| v.starts_with(b"{\"event_id\":\"secret")));
     agent.ensure_running()?;
-    assert!(agent.terminate(WAIT).await?.success());
+    service::stop(&mut agent).await?;
 
     // A corrupt checkpoint: logged, the agent starts (from the beginning, the default) and
     // ships; nothing is lost.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::{wait_until, Process};
-use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
@@ -39,7 +39,7 @@ async fn leftovers_of_a_crashed_owner_are_verified_not_copied_again() -> anyhow:
     produce_ids(&source, TOPIC, 1, 0..100)?;
     let mut mirror = start_mirror(&config, addr).await?;
     wait_committed(addr, TOPIC, 100, Duration::from_secs(30)).await?;
-    assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut mirror).await?;
 
     // 50 more records; the first 30 of them already on the target, uncommitted leftovers.
     produce_ids(&source, TOPIC, 1, 100..150)?;

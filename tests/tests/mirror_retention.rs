@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
-use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
@@ -27,7 +27,7 @@ async fn data_loss_is_detected_and_the_policy_followed() -> anyhow::Result<()> {
     produce_ids(&producer, TOPIC, 1, 0..100)?;
     let mut mirror = start_mirror(&stop_config, addr).await?;
     wait_committed(addr, TOPIC, 100, Duration::from_secs(30)).await?;
-    assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut mirror).await?;
 
     // Phase 2, mirror stopped: 12 records of 600 KB push the first batches out of the source.
     let big: Vec<u8> = (0..600 * 1024u32)
@@ -72,7 +72,7 @@ async fn data_loss_is_detected_and_the_policy_followed() -> anyhow::Result<()> {
         100
     );
     assert!(mirror.stderr().contains("DATA LOSS"), "{}", mirror.stderr());
-    assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut mirror).await?;
 
     // Policy resume-from-earliest: continues from the log start, the alarm stays visible.
     let (resume_config, addr) = mirror_config(

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use logpipe_core::metric_names::mirror;
-use logpipe_devkit::harness::{wait_until, DevCluster, Process};
-use logpipe_tests::metrics;
+use logpipe_devkit::harness::{wait_until, DevCluster};
 use logpipe_tests::mirror::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -137,10 +137,7 @@ async fn a_target_that_refuses_topics_fails_the_start_naming_what_to_create() ->
         .await?;
     let dir = tempfile::tempdir()?;
     let (config, _) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
-    let mut mirror = Process::start(
-        "logpipe-mirror",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
+    let mut mirror = service::spawn("logpipe-mirror", &config)?;
     wait_until(Duration::from_secs(60), || {
         let exited = mirror.try_status().is_some();
         async move { exited }

@@ -89,7 +89,12 @@ async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()>
     let wrong_type = kinds.get(&InvalidKind::WrongType).copied().unwrap_or(0);
     assert!(missing > 0 && wrong_type > 0, "{}", written[0].summary());
     assert_eq!(
-        logpipe_tests::pipeline::replay(&pipeline, &dlq[0], &["--stage", "validate"]).await?,
+        logpipe_tests::validator::replay(
+            &pipeline.config_file(Component::Validator),
+            &dlq[0],
+            &["--stage", "validate"],
+        )
+        .await?,
         (missing, wrong_type)
     );
     let replayed = reconcile(&read, &store, &clean, &dlq, &written).await?;

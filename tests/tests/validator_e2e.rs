@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use logpipe_core::metric_names::validator;
 use logpipe_core::record::error_header;
-use logpipe_devkit::harness::{wait_until, Process};
-use logpipe_tests::metrics;
+use logpipe_devkit::harness::wait_until;
 use logpipe_tests::validator::*;
+use logpipe_tests::{metrics, service};
 
 /// Every generated id exactly once across clean + DLQ, and every invalid one in the DLQ with
 /// the stage and pointer the generator expects.
@@ -145,10 +145,7 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
         replayed as f64
     );
     assert_exactly_once(&stack, &report).await?;
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(())
 }
 
@@ -181,7 +178,7 @@ async fn two_instances_share_the_work_and_survive_one_kill9() -> anyhow::Result<
         .await
         .unwrap();
     assert_exactly_once(&stack, &report).await?;
-    assert!(b.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut b).await?;
     Ok(())
 }
 
@@ -372,10 +369,7 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
         );
     }
     eprintln!("v2 used {picked_up:?} after registration ({probes} probes)");
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(())
 }
 
@@ -426,26 +420,7 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
     // The fix: amounts may be strings. Then replay the DLQ.
     stack.compatibility("shop", "NONE").await?;
     stack.register("shop", "AVRO", SHOP_V2).await?;
-    let replay = |config: &std::path::Path| {
-        Process::start(
-            "logpipe-validator",
-            &[
-                "replay",
-                "--config",
-                config.to_str().unwrap(),
-                "--topic",
-                "dlq.shop",
-            ],
-        )
-    };
-    let mut first = replay(&config)?;
-    let status = wait_exit(&mut first, Duration::from_secs(120)).await?;
-    assert!(status.success(), "{}", first.logs());
-    assert!(
-        first.stdout().contains("200 clean, 20 failed again"),
-        "{}",
-        first.stdout()
-    );
+    assert_eq!(replay(&config, "dlq.shop", &[]).await?, (200, 20));
 
     let clean = read_clean(&stack, "clean.shop").await?;
     let dlq = read_dlq(&stack, "dlq.shop").await?;
@@ -469,39 +444,8 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
             && s.headers[error_header::TOPIC] == "raw.shop"));
 
     // A second replay starts where the first committed: only the 20 new dead letters.
-    let mut second = replay(&config)?;
-    assert!(
-        wait_exit(&mut second, Duration::from_secs(120))
-            .await?
-            .success(),
-        "{}",
-        second.logs()
-    );
-    assert!(
-        second.stdout().contains("0 clean, 20 failed again"),
-        "{}",
-        second.stdout()
-    );
+    assert_eq!(replay(&config, "dlq.shop", &[]).await?, (0, 20));
     assert_eq!(counts(&read_clean(&stack, "clean.shop").await?).len(), 300);
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(())
-}
-
-async fn wait_exit(p: &mut Process, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = p.try_status() {
-            return Ok(status);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{} did not finish within {timeout:?}\n{}",
-            p.name(),
-            p.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

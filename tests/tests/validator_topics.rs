@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use logpipe_core::metric_names::validator;
 use logpipe_core::record::FileId;
-use logpipe_devkit::harness::{wait_until, Process};
-use logpipe_tests::metrics;
+use logpipe_devkit::harness::wait_until;
 use logpipe_tests::validator::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -91,10 +91,7 @@ async fn validate_all(stack: &Stack, name: &str, stream: &str) -> anyhow::Result
     )
     .await?;
     all_there(stack, stream, &lines).await;
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(validator.stderr())
 }
 
@@ -108,10 +105,7 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     // /ready says which topic to create.
     let (config, telemetry) =
         stack.validator_config("manual", "create_topics = false", &route("loot"))?;
-    let mut manual = Process::start(
-        "logpipe-validator",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
+    let mut manual = service::spawn("logpipe-validator", &config)?;
     let lines = loot("manual", 200);
     produce(
         stack.cluster.bootstrap(),
@@ -153,7 +147,7 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
         .wait_ready(telemetry, Duration::from_secs(30))
         .await?;
     all_there(&stack, "loot", &lines).await;
-    assert!(manual.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut manual).await?;
 
     // The default: the replay-state, clean and DLQ topics of raw.gems do not exist; the
     // validator creates them.
