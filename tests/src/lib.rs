@@ -8,6 +8,7 @@
 //!   clean and dead-letter topics read back by event id;
 //! - [`metrics`]: a service's counters from its `/metrics` page;
 //! - [`service`]: starting a service the way an operator does;
+//! - [`topic`]: a topic's values read back as text;
 //! - [`pipeline`]: where lost lines went, hop by hop, and the README tour's schema fix and replay.
 
 pub mod agent;
@@ -15,4 +16,5 @@ pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
 pub mod service;
+pub mod topic;
 pub mod validator;

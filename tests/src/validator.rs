@@ -170,6 +170,17 @@ impl Stack {
         ))
     }
 
+    /// Produces `range` of each file's lines to `topic` on the stack's cluster, as the agent
+    /// would (its key and `lp.*` headers); returns how many.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        files: &[Lines],
+        range: std::ops::Range<usize>,
+    ) -> anyhow::Result<usize> {
+        produce(self.cluster.bootstrap(), topic, files, range).await
+    }
+
     /// Starts a validator and waits until it is ready.
     pub async fn validator(&self, config: &Path, telemetry: SocketAddr) -> anyhow::Result<Process> {
         service::start("logpipe-validator", config, telemetry).await
@@ -231,7 +242,7 @@ pub fn generate(
 }
 
 /// Produces lines to a topic with the agent's key and `lp.*` headers, `range` of each file.
-pub async fn produce(
+async fn produce(
     bootstrap: &str,
     topic: &str,
     files: &[Lines],

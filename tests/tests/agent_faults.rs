@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use logpipe_core::metric_names::agent;
 use logpipe_core::record::RecordId;
-use logpipe_devkit::harness::wait_until;
+use logpipe_devkit::harness::{wait_until, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report, Rotation};
-use logpipe_tests::agent::{Collector, Setup};
+use logpipe_tests::agent::{append, as_set, lines, Collector, Setup};
 use logpipe_tests::service;
 
 /// Writes generated logs in a blocking task.
@@ -89,21 +89,26 @@ fn written(reports: &[&Report]) -> HashSet<String> {
     reports.iter().flat_map(|r| r.event_ids()).collect()
 }
 
-/// Input over every subdirectory of the log dir.
-fn subdirectories(setup: &Setup) -> anyhow::Result<()> {
+/// A running agent on `brokers` brokers (with `extra` top-level config) whose input is every
+/// subdirectory of the log dir, one load generator's files each, and a collector of what it
+/// produces.
+async fn agent_over_subdirectories(
+    brokers: i32,
+    extra: &str,
+) -> anyhow::Result<(Setup, Process, Collector)> {
+    let setup = Setup::new(brokers, extra, "").await?;
     let text = std::fs::read_to_string(&setup.config)?.replace("/logs/*.log", "/logs/*/*.log");
     std::fs::write(&setup.config, text)?;
-    Ok(())
+    let agent = setup.start().await?;
+    let collector = Collector::start(setup.cluster.bootstrap())?;
+    Ok((setup, agent, collector))
 }
 
 /// Issue test 1, scaled: 100,000 lines into 10 files while the agent runs, rename+create
 /// rotation every ~1 MB on five files and copytruncate on the other five.
 #[tokio::test]
 async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
-    let setup = Setup::new(1, "", "").await?;
-    subdirectories(&setup)?;
-    let mut agent = setup.start().await?;
-    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let (setup, mut agent, collector) = agent_over_subdirectories(1, "").await?;
     let rename = loadgen(
         &setup.logs.join("rename"),
         "rn",
@@ -153,10 +158,7 @@ async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
 #[tokio::test]
 async fn kill9_repeatedly_loses_nothing_and_replays_keep_their_ids() -> anyhow::Result<()> {
     const RATE: f64 = 8_000.0;
-    let setup = Setup::new(1, "", "").await?;
-    subdirectories(&setup)?;
-    let mut agent = setup.start().await?;
-    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let (setup, mut agent, collector) = agent_over_subdirectories(1, "").await?;
     let writer = loadgen(
         &setup.logs.join("game"),
         "k9",
@@ -218,10 +220,8 @@ fn rss_bytes(pid: u32) -> u64 {
 #[tokio::test]
 async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::Result<()> {
     const BUDGET: u64 = 4 << 20;
-    let setup = Setup::new(3, &format!("inflight_bytes = {BUDGET}"), "").await?;
-    subdirectories(&setup)?;
-    let mut agent = setup.start().await?;
-    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let (setup, mut agent, collector) =
+        agent_over_subdirectories(3, &format!("inflight_bytes = {BUDGET}")).await?;
     let warm_up = loadgen(&setup.logs.join("a"), "up", 2_000, 0.0, 2, Rotation::None).await??;
     let mut written = written(&[&warm_up]);
     assert_eq!(
@@ -289,13 +289,10 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
     let setup = Setup::new(1, "", "").await?;
     let mut agent = setup.start().await?;
     let collector = Collector::start(setup.cluster.bootstrap())?;
-    let first = logpipe_tests::agent::lines("before-errors", 500);
-    logpipe_tests::agent::append(&setup.log("a.log"), &first);
+    let first = lines("before-errors", 500);
+    append(&setup.log("a.log"), &first);
     collector
-        .wait_for_values(
-            &logpipe_tests::agent::as_set(&first),
-            Duration::from_secs(30),
-        )
+        .wait_for_values(&as_set(&first), Duration::from_secs(30))
         .await?;
     setup
         .cluster
@@ -304,10 +301,10 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
             &["INVALID_RECORD", "INVALID_RECORD", "INVALID_RECORD"],
         )
         .await?;
-    let second = logpipe_tests::agent::lines("during-errors", 2000);
-    logpipe_tests::agent::append(&setup.log("a.log"), &second);
-    let mut expected = logpipe_tests::agent::as_set(&first);
-    expected.extend(logpipe_tests::agent::as_set(&second));
+    let second = lines("during-errors", 2000);
+    append(&setup.log("a.log"), &second);
+    let mut expected = as_set(&first);
+    expected.extend(as_set(&second));
     collector
         .wait_for_values(&expected, Duration::from_secs(60))
         .await?;

@@ -43,10 +43,7 @@ async fn kill_9_five_times_while_records_flow_loses_and_duplicates_nothing() -> 
         let mut mirror = start_mirror(&config, addr).await?;
         // Kill only once this incarnation copies records, at a different point each time.
         wait_until(Duration::from_secs(60), || async {
-            metrics::sum(addr, mirror::RECORDS, &[])
-                .await
-                .unwrap_or(0.0)
-                > 0.0
+            metrics::total(addr, mirror::RECORDS).await > 0.0
         })
         .await
         .map_err(|e| {

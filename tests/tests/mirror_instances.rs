@@ -21,11 +21,7 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
     let (config_b, addr_b) = mirror_config(dir.path(), "b.toml", &write, &read, "")?;
     let mut a = start_mirror(&config_a, addr_a).await?;
     let mut b = start_mirror(&config_b, addr_b).await?;
-    let owned = |addr| async move {
-        metrics::sum(addr, mirror::SHARDS_OWNED, &[])
-            .await
-            .unwrap_or(0.0)
-    };
+    let owned = |addr| async move { metrics::total(addr, mirror::SHARDS_OWNED).await };
     wait_until(Duration::from_secs(60), || async {
         owned(addr_a).await >= 1.0
             && owned(addr_b).await >= 1.0
@@ -42,11 +38,7 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
         Duration::from_millis(200),
     );
     // Both copy before one dies.
-    let copied = |addr| async move {
-        metrics::sum(addr, mirror::RECORDS, &[])
-            .await
-            .unwrap_or(0.0)
-    };
+    let copied = |addr| async move { metrics::total(addr, mirror::RECORDS).await };
     wait_until(Duration::from_secs(60), || async {
         copied(addr_a).await > 0.0 && copied(addr_b).await > 0.0
     })

@@ -26,11 +26,7 @@ async fn broker_outages_on_each_side_lose_and_duplicate_nothing() -> anyhow::Res
         500,
         Duration::from_millis(200),
     );
-    let copied = || async {
-        metrics::sum(addr, mirror::RECORDS, &[])
-            .await
-            .unwrap_or(0.0)
-    };
+    let copied = || async { metrics::total(addr, mirror::RECORDS).await };
     for (side, cluster) in [("source", &write), ("target", &read)] {
         let before = copied().await;
         wait_until(Duration::from_secs(60), || async {

@@ -77,10 +77,7 @@ async fn a_foreign_record_on_the_target_stops_the_shard() -> anyhow::Result<()> 
 
     let mut mirror: Process = start_mirror(&config, addr).await?;
     wait_until(Duration::from_secs(30), || async {
-        metrics::sum(addr, mirror::SHARD_ERRORS, &[])
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
+        metrics::total(addr, mirror::SHARD_ERRORS).await >= 1.0
     })
     .await
     .logs_of(&mirror)?;

@@ -117,7 +117,7 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
         2 * per_file / 3..per_file,
     ];
     for part in parts {
-        produce(stack.cluster.bootstrap(), RAW, &files, part).await?;
+        stack.produce(RAW, &files, part).await?;
         let mut validator = stack.validator(&config, telemetry).await?;
         wait_until(Duration::from_secs(60), || async {
             processed(telemetry).await >= 1_000.0
@@ -134,7 +134,7 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
 
     // The agent replays the first 500 lines of every file (same lp.file / lp.offset): all are
     // dropped and counted, by a process that restored its state from the changelog.
-    let replayed = produce(stack.cluster.bootstrap(), RAW, &files, 0..500).await?;
+    let replayed = stack.produce(RAW, &files, 0..500).await?;
     wait_until(Duration::from_secs(60), || async {
         metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await >= replayed as f64
     })
@@ -159,7 +159,7 @@ async fn two_instances_share_the_work_and_survive_one_kill9() -> anyhow::Result<
     let (config_b, telemetry_b) = stack.validator_config("b", "batch_records = 200", GAME_ROUTE)?;
     let mut a = stack.validator(&config_a, telemetry_a).await?;
     let mut b = stack.validator(&config_b, telemetry_b).await?;
-    produce(stack.cluster.bootstrap(), RAW, &files, 0..per_file / 2).await?;
+    stack.produce(RAW, &files, 0..per_file / 2).await?;
     // Both work (the group split the partitions), then one dies mid-stream.
     wait_until(Duration::from_secs(60), || async {
         processed(telemetry_a).await > 0.0 && processed(telemetry_b).await > 0.0
@@ -167,13 +167,7 @@ async fn two_instances_share_the_work_and_survive_one_kill9() -> anyhow::Result<
     .await
     .unwrap();
     a.kill9()?;
-    produce(
-        stack.cluster.bootstrap(),
-        RAW,
-        &files,
-        per_file / 2..per_file,
-    )
-    .await?;
+    stack.produce(RAW, &files, per_file / 2..per_file).await?;
     wait_for(&stack, report.lines as usize, Duration::from_secs(120))
         .await
         .unwrap();
@@ -218,7 +212,7 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
 
     let (report, files) = generate(stack.dir.path(), "out", 4_000, 2)?;
     let per_file = files.iter().map(|f| f.lines.len()).max().unwrap();
-    let first_half = produce(stack.cluster.bootstrap(), RAW, &files, 0..per_file / 2).await?;
+    let first_half = stack.produce(RAW, &files, 0..per_file / 2).await?;
     wait_for(&stack, first_half, Duration::from_secs(60))
         .await
         .unwrap();
@@ -227,21 +221,11 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     // (an uncached subject) makes the validator pause and report not ready.
     stack.stop_store().await?;
     let outage = Instant::now();
-    produce(
-        stack.cluster.bootstrap(),
-        RAW,
-        &files,
-        per_file / 2..per_file,
-    )
-    .await?;
+    stack.produce(RAW, &files, per_file / 2..per_file).await?;
     let chat = chat_lines("chat", 100, false);
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.chat",
-        std::slice::from_ref(&chat),
-        0..100,
-    )
-    .await?;
+    stack
+        .produce("raw.chat", std::slice::from_ref(&chat), 0..100)
+        .await?;
     let http = reqwest::Client::new();
     wait_until(Duration::from_secs(20), || async {
         metrics::total(telemetry, validator::STORE_PAUSES).await >= 1.0
@@ -308,13 +292,9 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
             "v2 not used within 10 s of registration"
         );
         let probe = chat_lines(&format!("probe{probes}"), 1, true);
-        produce(
-            stack.cluster.bootstrap(),
-            "raw.chat",
-            std::slice::from_ref(&probe),
-            0..1,
-        )
-        .await?;
+        stack
+            .produce("raw.chat", std::slice::from_ref(&probe), 0..1)
+            .await?;
         probes += 1;
         let clean = read_clean(&stack, "clean.chat").await?;
         first_v2 = clean
@@ -325,13 +305,9 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     }
     let picked_up = registered.elapsed();
     let with_channel = chat_lines("chat2", 200, true);
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.chat",
-        std::slice::from_ref(&with_channel),
-        0..200,
-    )
-    .await?;
+    stack
+        .produce("raw.chat", std::slice::from_ref(&with_channel), 0..200)
+        .await?;
     wait_until(Duration::from_secs(30), || async {
         read_clean(&stack, "clean.chat").await.is_ok_and(|c| {
             c.iter()
@@ -400,13 +376,9 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
         file: logpipe_core::record::FileId(7),
         lines,
     };
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.shop",
-        std::slice::from_ref(&file),
-        0..320,
-    )
-    .await?;
+    stack
+        .produce("raw.shop", std::slice::from_ref(&file), 0..320)
+        .await?;
     wait_until(Duration::from_secs(60), || async {
         stack
             .cluster

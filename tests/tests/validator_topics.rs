@@ -83,13 +83,13 @@ async fn validate_all(stack: &Stack, name: &str, stream: &str) -> anyhow::Result
     let (config, telemetry) = stack.validator_config(name, &settings, &route(stream))?;
     let mut validator = stack.validator(&config, telemetry).await?;
     let lines = loot(name, 200);
-    produce(
-        stack.cluster.bootstrap(),
-        &format!("raw.{stream}"),
-        std::slice::from_ref(&lines),
-        0..200,
-    )
-    .await?;
+    stack
+        .produce(
+            &format!("raw.{stream}"),
+            std::slice::from_ref(&lines),
+            0..200,
+        )
+        .await?;
     all_there(stack, stream, &lines).await;
     service::stop(&mut validator).await?;
     Ok(validator.stderr())
@@ -107,13 +107,9 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
         stack.validator_config("manual", "create_topics = false", &route("loot"))?;
     let mut manual = service::spawn("logpipe-validator", &config)?;
     let lines = loot("manual", 200);
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.loot",
-        std::slice::from_ref(&lines),
-        0..200,
-    )
-    .await?;
+    stack
+        .produce("raw.loot", std::slice::from_ref(&lines), 0..200)
+        .await?;
     let ready = || async {
         http.get(format!("http://{telemetry}/ready"))
             .send()
