@@ -181,6 +181,13 @@ impl Stack {
         produce(self.cluster.bootstrap(), topic, files, range).await
     }
 
+    /// Every committed record of `topic` on the stack's cluster.
+    pub async fn read(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+        self.cluster
+            .read_topic(topic, Duration::from_secs(60))
+            .await
+    }
+
     /// Starts a validator and waits until it is ready.
     pub async fn validator(&self, config: &Path, telemetry: SocketAddr) -> anyhow::Result<Process> {
         service::start("logpipe-validator", config, telemetry).await
@@ -329,11 +336,7 @@ pub fn headers_of(m: &OwnedMessage) -> HashMap<String, String> {
 pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
     let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
     let mut seen = Vec::new();
-    for m in stack
-        .cluster
-        .read_topic(topic, Duration::from_secs(60))
-        .await?
-    {
+    for m in stack.read(topic).await? {
         let value = m.payload().context("clean record without value")?;
         if value.len() < 5 || value[0] != 0 {
             bail!("clean record is not in wire format: {value:?}");
@@ -368,11 +371,7 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
 /// Reads a dead-letter topic (read_committed).
 pub async fn read_dlq(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
     let mut seen = Vec::new();
-    for m in stack
-        .cluster
-        .read_topic(topic, Duration::from_secs(60))
-        .await?
-    {
+    for m in stack.read(topic).await? {
         let value = m.payload().unwrap_or_default();
         let event_id = loadgen::event_id(value)
             .context("dead letter without event id")?

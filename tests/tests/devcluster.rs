@@ -439,18 +439,13 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
         let entry = entry(name);
         (entry.value.as_deref(), &entry.source)
     };
-    assert_eq!(
-        value_and_source("cleanup.policy"),
-        (Some("compact"), &ConfigSource::DynamicTopic)
-    );
-    assert_eq!(
-        value_and_source("retention.ms"),
-        (Some("3600000"), &ConfigSource::DynamicTopic)
-    );
-    assert_eq!(
-        value_and_source("max.message.bytes"),
-        (Some("1048588"), &ConfigSource::Default)
-    );
+    for (name, value, source) in [
+        ("cleanup.policy", "compact", ConfigSource::DynamicTopic),
+        ("retention.ms", "3600000", ConfigSource::DynamicTopic),
+        ("max.message.bytes", "1048588", ConfigSource::Default),
+    ] {
+        assert_eq!(value_and_source(name), (Some(value), &source), "{name}");
+    }
     assert!(entry("max.message.bytes").is_default);
     assert_eq!(
         cluster.topic_configs("raw.admin").await.unwrap(),

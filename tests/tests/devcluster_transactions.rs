@@ -125,24 +125,31 @@ async fn transactional_offsets_apply_only_on_commit() {
             .offset()
     };
 
-    producer.begin_transaction().unwrap();
-    send(&producer, "clean.offsets", &["a"]).await;
-    producer
-        .send_offsets_to_transaction(&offsets(10), &metadata, T)
-        .unwrap();
-    producer.abort_transaction(T).unwrap();
+    // A transaction that writes `value` and sends offset `offset`, then commits or aborts.
+    let transaction = |value: &'static str, offset: i64, commit: bool| {
+        let (producer, metadata, offsets) = (&producer, &metadata, &offsets);
+        async move {
+            producer.begin_transaction().unwrap();
+            send(producer, "clean.offsets", &[value]).await;
+            producer
+                .send_offsets_to_transaction(&offsets(offset), metadata, T)
+                .unwrap();
+            if commit {
+                producer.commit_transaction(T).unwrap();
+            } else {
+                producer.abort_transaction(T).unwrap();
+            }
+        }
+    };
+
+    transaction("a", 10, false).await;
     assert_eq!(
         committed(),
         Offset::Invalid,
         "aborted offsets are not committed"
     );
 
-    producer.begin_transaction().unwrap();
-    send(&producer, "clean.offsets", &["b"]).await;
-    producer
-        .send_offsets_to_transaction(&offsets(20), &metadata, T)
-        .unwrap();
-    producer.commit_transaction(T).unwrap();
+    transaction("b", 20, true).await;
     assert_eq!(committed(), Offset::Offset(20));
     assert_eq!(
         topic::values(cluster.bootstrap(), "clean.offsets")
