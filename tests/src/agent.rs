@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use logpipe_core::record::{header, RecordId};
 use logpipe_devkit::harness::{bin_path, free_addr, wait_until, write_file, DevCluster, Process};
-use rdkafka::message::Headers;
 use rdkafka::Message;
 use tempfile::TempDir;
+
+use crate::topic;
 
 pub const TOPIC: &str = "raw.game";
 pub const PARTITIONS: i32 = 4;
@@ -152,24 +153,15 @@ impl Collector {
                     let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let headers: Vec<(String, Vec<u8>)> = message
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let headers = topic::headers(&message);
                     let find = |name: &str| {
                         headers
                             .iter()
                             .find(|(k, _)| k == name)
-                            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                            .map(|(_, v)| topic::text(v.as_deref()))
                     };
                     let id = RecordId::from_headers(
-                        headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+                        headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
                     )
                     .expect("well-formed id headers")
                     .expect("agent records carry ids");

@@ -8,7 +8,7 @@
 //!   clean and dead-letter topics read back by event id;
 //! - [`metrics`]: a service's counters from its `/metrics` page;
 //! - [`service`]: starting a service the way an operator does;
-//! - [`topic`]: a topic's values read back as text;
+//! - [`topic`]: a topic's records read back: values and headers;
 //! - [`pipeline`]: where lost lines went, hop by hop, and the README tour's schema fix and replay.
 
 pub mod agent;

@@ -11,6 +11,8 @@ use logpipe_devkit::loadgen::{self, Report};
 use logpipe_devkit::pipeline::{Component, Pipeline};
 use rdkafka::Message as _;
 
+use crate::topic;
+
 /// How many of the written ids each raw topic holds (unique and in all), plus the agent's
 /// counters: says which hop lost or duplicated lines.
 pub async fn hops(pipeline: &Pipeline, written: &[Report]) -> String {
@@ -78,21 +80,10 @@ pub async fn raw_copies(pipeline: &Pipeline, ids: &[String]) -> String {
             if let Some(id) =
                 loadgen::event_id(m.payload().unwrap_or_default()).filter(|id| wanted.contains(*id))
             {
-                let headers: Vec<String> = m
-                    .headers()
-                    .map(|hs| {
-                        use rdkafka::message::Headers as _;
-                        hs.iter()
-                            .map(|h| {
-                                format!(
-                                    "{}={}",
-                                    h.key,
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers: Vec<String> = topic::headers(m)
+                    .into_iter()
+                    .map(|(name, value)| format!("{name}={}", topic::text(value.as_deref())))
+                    .collect();
                 lines.push(format!(
                     "{id} at {}/{}: {}",
                     m.partition(),

@@ -11,12 +11,12 @@ use anyhow::{bail, ensure, Context as _};
 use logpipe_core::record::{error_header, header, FileId, RecordId};
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 use tempfile::TempDir;
 
-use crate::service;
+use crate::{service, topic};
 
 pub const RAW: &str = "raw.game";
 pub const CLEAN: &str = "clean.game";
@@ -317,21 +317,6 @@ pub struct Seen {
     pub decoded: Option<(u32, apache_avro::types::Value)>,
 }
 
-pub fn headers_of(m: &OwnedMessage) -> HashMap<String, String> {
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Reads a clean topic (read_committed) and decodes every record with its schema from the store.
 pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
     let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
@@ -361,7 +346,7 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
         };
         seen.push(Seen {
             event_id,
-            headers: headers_of(&m),
+            headers: topic::text_headers(&m),
             decoded: Some((id, decoded)),
         });
     }
@@ -376,7 +361,7 @@ pub async fn read_dlq(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
         let event_id = loadgen::event_id(value)
             .context("dead letter without event id")?
             .to_owned();
-        let headers = headers_of(&m);
+        let headers = topic::text_headers(&m);
         if !headers.contains_key(error_header::STAGE) {
             bail!("dead letter {event_id} without {}", error_header::STAGE);
         }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
-use logpipe_tests::metrics;
 use logpipe_tests::mirror::*;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use logpipe_tests::{metrics, topic};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
 
@@ -92,18 +92,9 @@ async fn records_arrive_byte_identical_in_the_same_partitions_and_order() -> any
             s.partition(),
             s.offset()
         );
-        let headers = |m: &rdkafka::message::OwnedMessage| -> Vec<(String, Option<Vec<u8>>)> {
-            m.headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         assert_eq!(
-            headers(s),
-            headers(t),
+            topic::headers(s),
+            topic::headers(t),
             "headers at {}:{}",
             s.partition(),
             s.offset()
