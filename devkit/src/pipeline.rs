@@ -21,7 +21,6 @@ use logpipe_core::record::{self, TopicTemplate};
 
 use crate::harness::{bin_path, free_addr, DevCluster, Process};
 use crate::loadgen;
-use crate::prometheus;
 
 /// The stream every pipeline carries: `raw.game` -> `clean.game` / `dlq.game`.
 const STREAM: &str = "game";
@@ -431,23 +430,6 @@ impl Pipeline {
     }
 }
 
-/// Sum of a metric's samples (over all label sets containing every `filter`, e.g.
-/// `topic="raw.game"`) in Prometheus text, 0 when there is none; parsed by [`prometheus`].
-/// A filter that is not `label="value"` matches nothing.
-pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
-    let pairs: Option<Vec<(&str, &str)>> = filters
-        .iter()
-        .map(|f| {
-            f.split_once('=').and_then(|(label, value)| {
-                Some((label, value.strip_prefix('"')?.strip_suffix('"')?))
-            })
-        })
-        .collect();
-    pairs
-        .and_then(|pairs| prometheus::sum(&prometheus::parse(text), name, &pairs))
-        .unwrap_or(0.0)
-}
-
 /// A regex matching exactly one topic name (the services match regexes against whole names).
 fn exact_regex(topic: &str) -> String {
     topic.replace('.', "\\.")
@@ -512,18 +494,6 @@ impl ServiceConfigs<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metric_sum_adds_matching_samples_only() {
-        let text = "# HELP x\nlogpipe_a_total{topic=\"raw.game\",p=\"0\"} 3\nlogpipe_a_total{topic=\"raw.game\",p=\"1\"} 4\n\
-                    logpipe_a_total{topic=\"raw.x\"} 100\nlogpipe_a_total_more 7\nlogpipe_b 1\n";
-        assert_eq!(
-            metric_sum(text, "logpipe_a_total", &["topic=\"raw.game\""]),
-            7.0
-        );
-        assert_eq!(metric_sum(text, "logpipe_a_total", &[]), 107.0);
-        assert_eq!(metric_sum(text, "logpipe_b", &[]), 1.0);
-    }
 
     #[test]
     fn configs_name_the_shared_topics_and_quote_paths() {

@@ -1,7 +1,7 @@
 //! Reading the services' `/metrics` pages: the Prometheus text exposition format, as much of it
 //! as `metrics-exporter-prometheus` writes (samples `name{label="value",...} number`, comments,
 //! no timestamps needed). Parsing it here is a few dozen lines; a crate would add more than it
-//! saves. This is the one parser of those pages: `logpipe-dev up`, [`crate::pipeline`], the
+//! saves. This is the one parser of those pages: `logpipe-dev up`, the
 //! end-to-end tests and the benchmarks all read services' counters through it, so a change in
 //! the exposition (a new label, an escaped value) is handled once.
 
@@ -121,15 +121,15 @@ pub async fn scrape(http: &reqwest::Client, addr: std::net::SocketAddr) -> Strin
 mod tests {
     use super::*;
 
-    const PAGE: &str = r#"# TYPE logpipe_validator_records_invalid_total counter
-logpipe_validator_records_invalid_total{topic="raw.game",stage="parse"} 12
-logpipe_validator_records_invalid_total{topic="raw.game",stage="validate"} 30
+    const PAGE: &str = r#"# TYPE app_records_invalid_total counter
+app_records_invalid_total{topic="raw.game",stage="parse"} 12
+app_records_invalid_total{topic="raw.game",stage="validate"} 30
 
-# TYPE logpipe_agent_file_lag_bytes gauge
-logpipe_agent_file_lag_bytes{path="/tmp/a \"b\",c}.log"} 250.5
-logpipe_schema_store_http_request_seconds{method="GET",route="/schemas/ids/{id}",quantile="0.5"} 0.0001
-logpipe_schema_store_http_request_seconds_count{method="GET",route="/schemas/ids/{id}"} 7
-logpipe_mirror_records_total 1e3
+# TYPE app_file_lag_bytes gauge
+app_file_lag_bytes{path="/tmp/a \"b\",c}.log"} 250.5
+app_request_seconds{method="GET",route="/schemas/ids/{id}",quantile="0.5"} 0.0001
+app_request_seconds_count{method="GET",route="/schemas/ids/{id}"} 7
+app_copies_total 1e3
 not a sample line
 "#;
 
@@ -137,7 +137,7 @@ not a sample line
     fn parses_names_labels_and_values() {
         let samples = parse(PAGE);
         assert_eq!(samples.len(), 6, "{samples:?}");
-        assert_eq!(samples[0].name, "logpipe_validator_records_invalid_total");
+        assert_eq!(samples[0].name, "app_records_invalid_total");
         assert_eq!(samples[0].label("stage"), Some("parse"));
         assert_eq!(samples[0].value, 12.0);
         assert_eq!(samples[2].label("path"), Some("/tmp/a \"b\",c}.log"));
@@ -150,45 +150,28 @@ not a sample line
     #[test]
     fn sums_with_label_filters() {
         let samples = parse(PAGE);
-        assert_eq!(
-            sum(&samples, "logpipe_validator_records_invalid_total", &[]),
-            Some(42.0)
-        );
+        assert_eq!(sum(&samples, "app_records_invalid_total", &[]), Some(42.0));
         assert_eq!(
             sum(
                 &samples,
-                "logpipe_validator_records_invalid_total",
+                "app_records_invalid_total",
                 &[("stage", "validate")]
             ),
             Some(30.0)
         );
         assert_eq!(
-            sum(
-                &samples,
-                "logpipe_validator_records_invalid_total",
-                &[("stage", "route")]
-            ),
+            sum(&samples, "app_records_invalid_total", &[("stage", "route")]),
             None
         );
-        assert_eq!(
-            sum(
-                &samples,
-                "logpipe_schema_store_http_request_seconds_count",
-                &[]
-            ),
-            Some(7.0)
-        );
+        assert_eq!(sum(&samples, "app_request_seconds_count", &[]), Some(7.0));
         assert_eq!(sum(&samples, "missing", &[]), None);
     }
 
     #[test]
     fn total_is_zero_for_an_absent_metric_and_does_not_match_prefixes() {
-        assert_eq!(total(PAGE, "logpipe_validator_records_invalid_total"), 42.0);
-        assert_eq!(
-            total(PAGE, "logpipe_schema_store_http_request_seconds"),
-            0.0001
-        );
-        assert_eq!(total(PAGE, "logpipe_mirror_records"), 0.0);
-        assert_eq!(total("", "logpipe_mirror_records_total"), 0.0);
+        assert_eq!(total(PAGE, "app_records_invalid_total"), 42.0);
+        assert_eq!(total(PAGE, "app_request_seconds"), 0.0001);
+        assert_eq!(total(PAGE, "app_copies"), 0.0);
+        assert_eq!(total("", "app_copies_total"), 0.0);
     }
 }

@@ -4,17 +4,17 @@
 //!
 //! Sizes are scaled to fit the CI budget on two cores with debug builds (see the agent's README).
 
-mod agent_support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use agent_support::{Collector, Setup};
+use logpipe_core::metric_names::agent;
 use logpipe_core::record::RecordId;
-use logpipe_devkit::harness::wait_until;
+use logpipe_devkit::harness::{wait_until, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report, Rotation};
+use logpipe_tests::agent::{append, as_set, lines, Collector, Setup};
+use logpipe_tests::service;
 
 /// Writes generated logs in a blocking task.
 fn loadgen(
@@ -89,21 +89,26 @@ fn written(reports: &[&Report]) -> HashSet<String> {
     reports.iter().flat_map(|r| r.event_ids()).collect()
 }
 
-/// Input over every subdirectory of the log dir.
-fn subdirectories(setup: &Setup) -> anyhow::Result<()> {
+/// A running agent on `brokers` brokers (with `extra` top-level config) whose input is every
+/// subdirectory of the log dir, one load generator's files each, and a collector of what it
+/// produces.
+async fn agent_over_subdirectories(
+    brokers: i32,
+    extra: &str,
+) -> anyhow::Result<(Setup, Process, Collector)> {
+    let setup = Setup::new(brokers, extra, "").await?;
     let text = std::fs::read_to_string(&setup.config)?.replace("/logs/*.log", "/logs/*/*.log");
     std::fs::write(&setup.config, text)?;
-    Ok(())
+    let agent = setup.start().await?;
+    let collector = Collector::start(setup.cluster.bootstrap())?;
+    Ok((setup, agent, collector))
 }
 
 /// Issue test 1, scaled: 100,000 lines into 10 files while the agent runs, rename+create
 /// rotation every ~1 MB on five files and copytruncate on the other five.
 #[tokio::test]
 async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
-    let setup = Setup::new(1, "", "").await?;
-    subdirectories(&setup)?;
-    let mut agent = setup.start().await?;
-    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let (setup, mut agent, collector) = agent_over_subdirectories(1, "").await?;
     let rename = loadgen(
         &setup.logs.join("rename"),
         "rn",
@@ -140,10 +145,10 @@ async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
     );
     assert_eq!(result.lost, 0);
     assert_eq!(result.duplicates, 0, "no restart: nothing is sent twice");
-    assert!(setup.metric("logpipe_agent_rotations_total").await >= 5.0);
-    assert!(setup.metric("logpipe_agent_truncations_total").await >= 5.0);
+    assert!(setup.metric(agent::ROTATIONS).await >= 5.0);
+    assert!(setup.metric(agent::TRUNCATIONS).await >= 5.0);
     agent.ensure_running()?;
-    assert!(agent.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut agent).await?;
     Ok(())
 }
 
@@ -153,10 +158,7 @@ async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
 #[tokio::test]
 async fn kill9_repeatedly_loses_nothing_and_replays_keep_their_ids() -> anyhow::Result<()> {
     const RATE: f64 = 8_000.0;
-    let setup = Setup::new(1, "", "").await?;
-    subdirectories(&setup)?;
-    let mut agent = setup.start().await?;
-    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let (setup, mut agent, collector) = agent_over_subdirectories(1, "").await?;
     let writer = loadgen(
         &setup.logs.join("game"),
         "k9",
@@ -218,10 +220,8 @@ fn rss_bytes(pid: u32) -> u64 {
 #[tokio::test]
 async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::Result<()> {
     const BUDGET: u64 = 4 << 20;
-    let setup = Setup::new(3, &format!("inflight_bytes = {BUDGET}"), "").await?;
-    subdirectories(&setup)?;
-    let mut agent = setup.start().await?;
-    let collector = Collector::start(setup.cluster.bootstrap())?;
+    let (setup, mut agent, collector) =
+        agent_over_subdirectories(3, &format!("inflight_bytes = {BUDGET}")).await?;
     let warm_up = loadgen(&setup.logs.join("a"), "up", 2_000, 0.0, 2, Rotation::None).await??;
     let mut written = written(&[&warm_up]);
     assert_eq!(
@@ -250,7 +250,7 @@ async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::R
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         peak_rss = peak_rss.max(rss_bytes(agent.pid()));
-        peak_inflight = peak_inflight.max(setup.metric("logpipe_agent_inflight_bytes").await);
+        peak_inflight = peak_inflight.max(setup.metric(agent::INFLIGHT_BYTES).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     agent.ensure_running()?;
@@ -278,7 +278,7 @@ async fn all_brokers_down_then_up_loses_nothing_within_the_budget() -> anyhow::R
         peak_rss < baseline + 3 * BUDGET + (16 << 20),
         "rss {peak_rss} grew past the budget (baseline {baseline})"
     );
-    assert!(agent.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut agent).await?;
     Ok(())
 }
 
@@ -289,10 +289,10 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
     let setup = Setup::new(1, "", "").await?;
     let mut agent = setup.start().await?;
     let collector = Collector::start(setup.cluster.bootstrap())?;
-    let first = agent_support::lines("before-errors", 500);
-    agent_support::append(&setup.log("a.log"), &first);
+    let first = lines("before-errors", 500);
+    append(&setup.log("a.log"), &first);
     collector
-        .wait_for_values(&agent_support::as_set(&first), Duration::from_secs(30))
+        .wait_for_values(&as_set(&first), Duration::from_secs(30))
         .await?;
     setup
         .cluster
@@ -301,15 +301,15 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
             &["INVALID_RECORD", "INVALID_RECORD", "INVALID_RECORD"],
         )
         .await?;
-    let second = agent_support::lines("during-errors", 2000);
-    agent_support::append(&setup.log("a.log"), &second);
-    let mut expected = agent_support::as_set(&first);
-    expected.extend(agent_support::as_set(&second));
+    let second = lines("during-errors", 2000);
+    append(&setup.log("a.log"), &second);
+    let mut expected = as_set(&first);
+    expected.extend(as_set(&second));
     collector
         .wait_for_values(&expected, Duration::from_secs(60))
         .await?;
     assert!(
-        setup.metric("logpipe_agent_producer_rebuilds_total").await >= 1.0,
+        setup.metric(agent::PRODUCER_REBUILDS).await >= 1.0,
         "{}",
         setup.metrics().await?
     );

@@ -1,15 +1,15 @@
 //! The agent end to end on awkward files: every test runs a dev cluster and an agent process,
 //! and checks what a consumer reads by unique id (`lp.host`, `lp.file`, `lp.offset`).
 
-mod agent_support;
-
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use agent_support::{append, as_set, lines, Collector, Setup};
+use logpipe_core::metric_names::agent;
 use logpipe_devkit::harness::wait_until;
+use logpipe_tests::agent::{append, as_set, lines, Collector, Setup};
+use logpipe_tests::service;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -84,11 +84,8 @@ async fn awkward_lines_and_files_arrive_exactly_as_the_contract_says() -> anyhow
     assert!(records
         .iter()
         .any(|r| r.value == b"was empty" && r.id.offset == 0));
-    assert_eq!(setup.metric("logpipe_agent_lines_empty_total").await, 2.0);
-    assert_eq!(
-        setup.metric("logpipe_agent_lines_oversized_total").await,
-        1.0
-    );
+    assert_eq!(setup.metric(agent::LINES_EMPTY).await, 2.0);
+    assert_eq!(setup.metric(agent::LINES_OVERSIZED).await, 1.0);
 
     // A file deleted while being read: everything written before the delete arrives, and its
     // unterminated last line is shipped once the file is gone and idle.
@@ -108,7 +105,7 @@ async fn awkward_lines_and_files_arrive_exactly_as_the_contract_says() -> anyhow
     expected.insert(b"no newline".to_vec());
     collector.wait_for_values(&expected, WAIT).await?;
     wait_until(WAIT, || async {
-        setup.metric("logpipe_agent_detached_files").await == 0.0
+        setup.metric(agent::DETACHED_FILES).await == 0.0
     })
     .await?;
 
@@ -185,7 +182,7 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
     expected.extend(as_set(&trunc_a));
     expected.extend(as_set(&reuse_a));
     collector.wait_for_values(&expected, WAIT).await?;
-    assert!(agent.terminate(WAIT).await?.success());
+    service::stop(&mut agent).await?;
 
     // While stopped: more lines, then rename + create; truncate and rewrite (same first
     // line, longer than before); delete and re-create (the inode is often reused).
@@ -218,13 +215,13 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
     }
     collector.wait_for_values(&expected, WAIT).await?;
     wait_until(WAIT, || async {
-        setup.metric("logpipe_agent_file_errors_total").await >= 1.0
+        setup.metric(agent::FILE_ERRORS).await >= 1.0
     })
     .await?;
     // trunc.log (rewritten) and, when its inode was reused, reuse.log (replaced) were
     // recognised as new contents.
-    let renewed = setup.metric("logpipe_agent_truncations_total").await
-        + setup.metric("logpipe_agent_identity_changes_total").await;
+    let renewed =
+        setup.metric(agent::TRUNCATIONS).await + setup.metric(agent::IDENTITY_CHANGES).await;
     assert!(renewed >= 1.0 + f64::from(u8::from(reused)), "{renewed}");
     // Exactly the new lines were sent: 200 + 100 + 401 + 50, no replays (clean stop).
     wait_until(Duration::from_secs(5), || async {
@@ -241,7 +238,7 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
         .iter()
         .any(|v| v.starts_with(b"{\"event_id\":\"secret")));
     agent.ensure_running()?;
-    assert!(agent.terminate(WAIT).await?.success());
+    service::stop(&mut agent).await?;
 
     // A corrupt checkpoint: logged, the agent starts (from the beginning, the default) and
     // ships; nothing is lost.
@@ -251,7 +248,7 @@ async fn changes_while_stopped_lose_nothing_and_resend_nothing() -> anyhow::Resu
     let _agent = setup.start().await?;
     expected.extend(as_set(&more));
     collector.wait_for_values(&expected, WAIT).await?;
-    assert!(setup.metric("logpipe_agent_checkpoint_errors_total").await >= 1.0);
+    assert!(setup.metric(agent::CHECKPOINT_ERRORS).await >= 1.0);
     assert!(setup.state.join("checkpoints.json.corrupt").exists());
     collector.check_ids_are_stable()?;
     Ok(())
@@ -287,7 +284,7 @@ async fn reload_adds_an_input_without_resending_or_losing() -> anyhow::Result<()
     expected.extend(as_set(&added));
     collector.wait_for_values(&expected, WAIT).await?;
     wait_until(WAIT, || async {
-        setup.metric("logpipe_agent_lines_acked_total").await >= 4010.0
+        setup.metric(agent::LINES_ACKED).await >= 4010.0
     })
     .await?;
     assert_eq!(collector.duplicates().1, 0, "a reload resends nothing");

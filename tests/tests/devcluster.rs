@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use logpipe_devkit::harness::{read_topic, DevCluster};
+use logpipe_tests::topic;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -121,13 +122,7 @@ async fn read_committed_sees_committed_transactions_only() {
     send_batch("later", 10).await;
     producer.commit_transaction(timeout).unwrap();
 
-    let records = read_topic(cluster.bootstrap(), "raw.txn", Duration::from_secs(60))
-        .await
-        .unwrap();
-    let values: Vec<String> = records
-        .iter()
-        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
-        .collect();
+    let values = topic::values(cluster.bootstrap(), "raw.txn").await.unwrap();
     assert_eq!(
         values
             .iter()
@@ -177,13 +172,9 @@ async fn records_wait_for_a_downed_leader_and_arrive_once() {
             .unwrap()
             .expect("delivered after the leader came back");
     }
-    let records = read_topic(cluster.bootstrap(), "raw.fault", Duration::from_secs(60))
+    let values = topic::values(cluster.bootstrap(), "raw.fault")
         .await
         .unwrap();
-    let values: Vec<String> = records
-        .iter()
-        .map(|m| String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
-        .collect();
     let mut expected = vec!["before".to_owned()];
     expected.extend((0..200).map(|i| format!("during-{i}")));
     assert_eq!(values, expected, "every record once, in order");
@@ -363,6 +354,9 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
                 .map_err(|(_, code)| code)
         }
     };
+    let plain = |name: &'static str, partitions: i32, replicas: i32| {
+        NewTopic::new(name, partitions, TopicReplication::Fixed(replicas))
+    };
     let partitions = |topic: &'static str| {
         let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap())
@@ -392,19 +386,11 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
         "3 partitions of 2 replicas"
     );
     assert_eq!(
-        create(
-            NewTopic::new("raw.admin", 1, TopicReplication::Fixed(1)),
-            false
-        )
-        .await,
+        create(plain("raw.admin", 1, 1), false).await,
         Err(RDKafkaErrorCode::TopicAlreadyExists)
     );
     assert_eq!(
-        create(
-            NewTopic::new("raw.wide", 1, TopicReplication::Fixed(4)),
-            false
-        )
-        .await,
+        create(plain("raw.wide", 1, 4), false).await,
         Err(RDKafkaErrorCode::InvalidReplicationFactor),
         "4 replicas on 3 brokers"
     );
@@ -415,19 +401,11 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
         Err(RDKafkaErrorCode::InvalidConfig)
     );
     assert_eq!(
-        create(
-            NewTopic::new("raw.dry", 2, TopicReplication::Fixed(1)),
-            true
-        )
-        .await,
+        create(plain("raw.dry", 2, 1), true).await,
         Ok("raw.dry".to_owned())
     );
     assert_eq!(
-        create(
-            NewTopic::new("bad name!", 1, TopicReplication::Fixed(1)),
-            false
-        )
-        .await,
+        create(plain("bad name!", 1, 1), false).await,
         Err(RDKafkaErrorCode::InvalidTopic)
     );
     // Refused and validate-only requests create nothing (not even by the metadata request).
@@ -457,27 +435,17 @@ async fn topics_are_created_described_and_grown_through_the_admin_api() {
             .get(name)
             .unwrap_or_else(|| panic!("{name} described"))
     };
-    assert_eq!(
-        (
-            entry("cleanup.policy").value.as_deref(),
-            &entry("cleanup.policy").source
-        ),
-        (Some("compact"), &ConfigSource::DynamicTopic)
-    );
-    assert_eq!(
-        (
-            entry("retention.ms").value.as_deref(),
-            &entry("retention.ms").source
-        ),
-        (Some("3600000"), &ConfigSource::DynamicTopic)
-    );
-    assert_eq!(
-        (
-            entry("max.message.bytes").value.as_deref(),
-            &entry("max.message.bytes").source
-        ),
-        (Some("1048588"), &ConfigSource::Default)
-    );
+    let value_and_source = |name: &str| {
+        let entry = entry(name);
+        (entry.value.as_deref(), &entry.source)
+    };
+    for (name, value, source) in [
+        ("cleanup.policy", "compact", ConfigSource::DynamicTopic),
+        ("retention.ms", "3600000", ConfigSource::DynamicTopic),
+        ("max.message.bytes", "1048588", ConfigSource::Default),
+    ] {
+        assert_eq!(value_and_source(name), (Some(value), &source), "{name}");
+    }
     assert!(entry("max.message.bytes").is_default);
     assert_eq!(
         cluster.topic_configs("raw.admin").await.unwrap(),

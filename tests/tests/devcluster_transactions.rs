@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use logpipe_devkit::harness::{read_topic, wait_until, DevCluster};
+use logpipe_devkit::harness::{wait_until, DevCluster};
+use logpipe_tests::topic;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const T: Timeout = Timeout::After(Duration::from_secs(30));
 
@@ -47,15 +48,6 @@ async fn send(producer: &FutureProducer, topic: &str, values: &[&str]) {
     }
 }
 
-async fn values(bootstrap: &str, topic: &str) -> Vec<String> {
-    read_topic(bootstrap, topic, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_transactions_stay_hidden_until_committed() {
     let cluster = DevCluster::start(1, &[("raw.open", 1)]).await.unwrap();
@@ -69,10 +61,17 @@ async fn open_transactions_stay_hidden_until_committed() {
     send(&producer, "raw.open", &["in-flight-1", "in-flight-2"]).await;
     // Written after the open transaction began: above the last stable offset, so hidden too.
     send(&plain, "raw.open", &["after"]).await;
-    assert_eq!(values(cluster.bootstrap(), "raw.open").await, ["before"]);
+    assert_eq!(
+        topic::values(cluster.bootstrap(), "raw.open")
+            .await
+            .unwrap(),
+        ["before"]
+    );
     producer.commit_transaction(T).unwrap();
     assert_eq!(
-        values(cluster.bootstrap(), "raw.open").await,
+        topic::values(cluster.bootstrap(), "raw.open")
+            .await
+            .unwrap(),
         ["before", "in-flight-1", "in-flight-2", "after"]
     );
 }
@@ -94,7 +93,9 @@ async fn a_new_producer_fences_the_old_one_and_aborts_its_transaction() {
         .expect_err("the fenced producer cannot commit");
     assert!(matches!(err, KafkaError::Transaction(_)), "{err:?}");
     assert_eq!(
-        values(cluster.bootstrap(), "raw.fence").await,
+        topic::values(cluster.bootstrap(), "raw.fence")
+            .await
+            .unwrap(),
         ["successor"]
     );
 }
@@ -124,26 +125,38 @@ async fn transactional_offsets_apply_only_on_commit() {
             .offset()
     };
 
-    producer.begin_transaction().unwrap();
-    send(&producer, "clean.offsets", &["a"]).await;
-    producer
-        .send_offsets_to_transaction(&offsets(10), &metadata, T)
-        .unwrap();
-    producer.abort_transaction(T).unwrap();
+    // A transaction that writes `value` and sends offset `offset`, then commits or aborts.
+    let transaction = |value: &'static str, offset: i64, commit: bool| {
+        let (producer, metadata, offsets) = (&producer, &metadata, &offsets);
+        async move {
+            producer.begin_transaction().unwrap();
+            send(producer, "clean.offsets", &[value]).await;
+            producer
+                .send_offsets_to_transaction(&offsets(offset), metadata, T)
+                .unwrap();
+            if commit {
+                producer.commit_transaction(T).unwrap();
+            } else {
+                producer.abort_transaction(T).unwrap();
+            }
+        }
+    };
+
+    transaction("a", 10, false).await;
     assert_eq!(
         committed(),
         Offset::Invalid,
         "aborted offsets are not committed"
     );
 
-    producer.begin_transaction().unwrap();
-    send(&producer, "clean.offsets", &["b"]).await;
-    producer
-        .send_offsets_to_transaction(&offsets(20), &metadata, T)
-        .unwrap();
-    producer.commit_transaction(T).unwrap();
+    transaction("b", 20, true).await;
     assert_eq!(committed(), Offset::Offset(20));
-    assert_eq!(values(cluster.bootstrap(), "clean.offsets").await, ["b"]);
+    assert_eq!(
+        topic::values(cluster.bootstrap(), "clean.offsets")
+            .await
+            .unwrap(),
+        ["b"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,13 +172,15 @@ async fn abandoned_transactions_are_aborted_after_their_timeout() {
     send(&plain, "raw.timeout", &["later"]).await;
     // Until the cluster aborts the transaction, it holds the stable end of the partition back.
     assert_eq!(
-        values(cluster.bootstrap(), "raw.timeout").await,
+        topic::values(cluster.bootstrap(), "raw.timeout")
+            .await
+            .unwrap(),
         Vec::<String>::new()
     );
     let bootstrap = cluster.bootstrap().to_owned();
     wait_until(Duration::from_secs(30), || {
         let bootstrap = bootstrap.clone();
-        async move { values(&bootstrap, "raw.timeout").await == ["later"] }
+        async move { topic::values(&bootstrap, "raw.timeout").await.unwrap() == ["later"] }
     })
     .await
     .expect("the abandoned transaction is aborted after its 2 s timeout");

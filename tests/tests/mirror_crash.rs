@@ -3,12 +3,12 @@
 //! records to 200,000 so that the test fits the CI budget; `LOGPIPE_MIRROR_CRASH_RECORDS=1000000`
 //! runs it at full size (the dev clusters then keep enough per partition to hold every record).
 
-mod mirror_support;
-
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::metrics;
+use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.crash";
 const PARTITIONS: i32 = 4;
@@ -43,10 +43,7 @@ async fn kill_9_five_times_while_records_flow_loses_and_duplicates_nothing() -> 
         let mut mirror = start_mirror(&config, addr).await?;
         // Kill only once this incarnation copies records, at a different point each time.
         wait_until(Duration::from_secs(60), || async {
-            metric(addr, "logpipe_mirror_records_total", &[])
-                .await
-                .unwrap_or(0.0)
-                > 0.0
+            metrics::total(addr, mirror::RECORDS).await > 0.0
         })
         .await
         .map_err(|e| {

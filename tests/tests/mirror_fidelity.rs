@@ -2,13 +2,13 @@
 //! null headers, explicit timestamps, every partition, same order; it leaves internal and
 //! excluded topics alone and writes nothing to the source cluster.
 
-mod mirror_support;
-
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use logpipe_tests::mirror::*;
+use logpipe_tests::{metrics, topic};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
 
@@ -68,7 +68,7 @@ async fn records_arrive_byte_identical_in_the_same_partitions_and_order() -> any
     let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
     let mut mirror = start_mirror(&config, addr).await?;
     wait_until(Duration::from_secs(30), || async {
-        metric(addr, "logpipe_mirror_committed_offset", &[]).await == Some(count as f64)
+        metrics::sum(addr, mirror::COMMITTED_OFFSET, &[]).await == Some(count as f64)
     })
     .await?;
     mirror.ensure_running()?;
@@ -92,18 +92,9 @@ async fn records_arrive_byte_identical_in_the_same_partitions_and_order() -> any
             s.partition(),
             s.offset()
         );
-        let headers = |m: &rdkafka::message::OwnedMessage| -> Vec<(String, Option<Vec<u8>>)> {
-            m.headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         assert_eq!(
-            headers(s),
-            headers(t),
+            topic::headers(s),
+            topic::headers(t),
             "headers at {}:{}",
             s.partition(),
             s.offset()

@@ -1,12 +1,12 @@
 //! Two mirror instances split the shards; one is killed mid-stream and the survivor takes over
 //! its shards; the target still holds every record exactly once.
 
-mod mirror_support;
-
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::metrics;
+use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.pair";
 const PARTITIONS: i32 = 4;
@@ -21,11 +21,7 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
     let (config_b, addr_b) = mirror_config(dir.path(), "b.toml", &write, &read, "")?;
     let mut a = start_mirror(&config_a, addr_a).await?;
     let mut b = start_mirror(&config_b, addr_b).await?;
-    let owned = |addr| async move {
-        metric(addr, "logpipe_mirror_shards_owned", &[])
-            .await
-            .unwrap_or(0.0)
-    };
+    let owned = |addr| async move { metrics::total(addr, mirror::SHARDS_OWNED).await };
     wait_until(Duration::from_secs(60), || async {
         owned(addr_a).await >= 1.0
             && owned(addr_b).await >= 1.0
@@ -42,11 +38,7 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
         Duration::from_millis(200),
     );
     // Both copy before one dies.
-    let copied = |addr| async move {
-        metric(addr, "logpipe_mirror_records_total", &[])
-            .await
-            .unwrap_or(0.0)
-    };
+    let copied = |addr| async move { metrics::total(addr, mirror::RECORDS).await };
     wait_until(Duration::from_secs(60), || async {
         copied(addr_a).await > 0.0 && copied(addr_b).await > 0.0
     })

@@ -1,12 +1,12 @@
 //! A broker outage on the source, then on the target, while records flow: the mirror resumes by
 //! itself, losing and duplicating nothing.
 
-mod mirror_support;
-
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::metrics;
+use logpipe_tests::mirror::*;
 
 const TOPIC: &str = "raw.outage";
 const PARTITIONS: i32 = 3;
@@ -26,11 +26,7 @@ async fn broker_outages_on_each_side_lose_and_duplicate_nothing() -> anyhow::Res
         500,
         Duration::from_millis(200),
     );
-    let copied = || async {
-        metric(addr, "logpipe_mirror_records_total", &[])
-            .await
-            .unwrap_or(0.0)
-    };
+    let copied = || async { metrics::total(addr, mirror::RECORDS).await };
     for (side, cluster) in [("source", &write), ("target", &read)] {
         let before = copied().await;
         wait_until(Duration::from_secs(60), || async {

@@ -4,12 +4,12 @@
 //! by hand: the restarted mirror must verify them against the source instead of writing them
 //! again, and must refuse a target partition holding records that are not its copies.
 
-mod mirror_support;
-
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::{wait_until, Process};
-use mirror_support::*;
+use logpipe_tests::mirror::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
@@ -39,7 +39,7 @@ async fn leftovers_of_a_crashed_owner_are_verified_not_copied_again() -> anyhow:
     produce_ids(&source, TOPIC, 1, 0..100)?;
     let mut mirror = start_mirror(&config, addr).await?;
     wait_committed(addr, TOPIC, 100, Duration::from_secs(30)).await?;
-    assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut mirror).await?;
 
     // 50 more records; the first 30 of them already on the target, uncommitted leftovers.
     produce_ids(&source, TOPIC, 1, 100..150)?;
@@ -51,7 +51,7 @@ async fn leftovers_of_a_crashed_owner_are_verified_not_copied_again() -> anyhow:
         .await
         .logs_of(&mirror)?;
     assert_eq!(
-        metric(addr, "logpipe_mirror_verified_records_total", &[]).await,
+        metrics::sum(addr, mirror::VERIFIED_RECORDS, &[]).await,
         Some(30.0)
     );
     assert_mirrored(&write, &read, TOPIC, 150).await?;
@@ -77,10 +77,7 @@ async fn a_foreign_record_on_the_target_stops_the_shard() -> anyhow::Result<()> 
 
     let mut mirror: Process = start_mirror(&config, addr).await?;
     wait_until(Duration::from_secs(30), || async {
-        metric(addr, "logpipe_mirror_shard_errors_total", &[])
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
+        metrics::total(addr, mirror::SHARD_ERRORS).await >= 1.0
     })
     .await
     .logs_of(&mirror)?;

@@ -4,12 +4,12 @@
 //! alarm and follows the policy: `stop` copies nothing more of that partition,
 //! `resume-from-earliest` continues from the earliest retained record.
 
-mod mirror_support;
-
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::wait_until;
-use mirror_support::*;
+use logpipe_tests::mirror::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
@@ -27,7 +27,7 @@ async fn data_loss_is_detected_and_the_policy_followed() -> anyhow::Result<()> {
     produce_ids(&producer, TOPIC, 1, 0..100)?;
     let mut mirror = start_mirror(&stop_config, addr).await?;
     wait_committed(addr, TOPIC, 100, Duration::from_secs(30)).await?;
-    assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut mirror).await?;
 
     // Phase 2, mirror stopped: 12 records of 600 KB push the first batches out of the source.
     let big: Vec<u8> = (0..600 * 1024u32)
@@ -52,20 +52,27 @@ async fn data_loss_is_detected_and_the_policy_followed() -> anyhow::Result<()> {
 
     // Policy stop: alarm, error log, and nothing more copied for the partition.
     let mut mirror = start_mirror(&stop_config, addr).await?;
-    let filter = format!("topic=\"{TOPIC}\"");
     wait_until(Duration::from_secs(30), || async {
-        metric(addr, "logpipe_mirror_data_loss_records", &[&filter]).await
+        metrics::sum(addr, mirror::DATA_LOSS_RECORDS, &[("topic", TOPIC)]).await
             == Some((log_start - 100) as f64)
     })
     .await?;
-    // A few commit intervals pass: still only the 100 records on the target.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The shard's session decides each partition once, when it starts: a session that started
+    // with the partition stopped never copies it, so once it is up the target's count is final.
+    wait_until(Duration::from_secs(30), || async {
+        mirror
+            .stderr()
+            .lines()
+            .any(|l| l.contains("shard session started") && l.contains("stopped=1"))
+    })
+    .await
+    .logs_of(&mirror)?;
     assert_eq!(
         read.read_topic(TOPIC, Duration::from_secs(30)).await?.len(),
         100
     );
     assert!(mirror.stderr().contains("DATA LOSS"), "{}", mirror.stderr());
-    assert!(mirror.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut mirror).await?;
 
     // Policy resume-from-earliest: continues from the log start, the alarm stays visible.
     let (resume_config, addr) = mirror_config(
@@ -78,7 +85,7 @@ async fn data_loss_is_detected_and_the_policy_followed() -> anyhow::Result<()> {
     let mirror = start_mirror(&resume_config, addr).await?;
     wait_committed(addr, TOPIC, 112, Duration::from_secs(30)).await?;
     assert_eq!(
-        metric(addr, "logpipe_mirror_data_loss_events_total", &[&filter]).await,
+        metrics::sum(addr, mirror::DATA_LOSS_EVENTS, &[("topic", TOPIC)]).await,
         Some(1.0)
     );
     let target = read.read_topic(TOPIC, Duration::from_secs(30)).await?;

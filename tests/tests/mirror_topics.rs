@@ -5,13 +5,13 @@
 //! target that refuses to create topics makes the mirror fail naming exactly what to create, and
 //! with `create_topics = false` a later topic waits for the operator.
 
-mod mirror_support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use logpipe_devkit::harness::{wait_until, DevCluster, Process};
-use mirror_support::*;
+use logpipe_core::metric_names::mirror;
+use logpipe_devkit::harness::{wait_until, DevCluster};
+use logpipe_tests::mirror::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -137,10 +137,7 @@ async fn a_target_that_refuses_topics_fails_the_start_naming_what_to_create() ->
         .await?;
     let dir = tempfile::tempdir()?;
     let (config, _) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
-    let mut mirror = Process::start(
-        "logpipe-mirror",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
+    let mut mirror = service::spawn("logpipe-mirror", &config)?;
     wait_until(Duration::from_secs(60), || {
         let exited = mirror.try_status().is_some();
         async move { exited }
@@ -179,7 +176,7 @@ async fn without_create_topics_a_new_topic_waits_for_the_operator() -> anyhow::R
     write.create_topic("raw.late", 3).await?;
     produce_ids(&producer(write.bootstrap())?, "raw.late", 3, 0..300)?;
     wait_until(Duration::from_secs(30), || async {
-        metric(addr, "logpipe_mirror_target_topics_missing", &[]).await == Some(1.0)
+        metrics::sum(addr, mirror::TARGET_TOPICS_MISSING, &[]).await == Some(1.0)
     })
     .await?;
     mirror.ensure_running()?;

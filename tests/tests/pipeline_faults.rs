@@ -16,8 +16,6 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
-mod pipeline_support;
-
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use logpipe_core::metric_names::{agent, mirror, schema_store, validator};
 use logpipe_devkit::harness::wait_until;
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report, Rotation};
-use logpipe_devkit::pipeline::{metric_sum, Component, Pipeline, PipelineOptions};
+use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
+use logpipe_devkit::prometheus;
 use logpipe_devkit::reconcile::wait_drained;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
@@ -195,8 +195,8 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
             .collect();
         bail!(
             "{r}\n{}\ncopies in the write cluster:\n{}",
-            pipeline_support::hops(&pipeline, &reports).await,
-            pipeline_support::raw_copies(&pipeline, &examples).await
+            logpipe_tests::pipeline::hops(&pipeline, &reports).await,
+            logpipe_tests::pipeline::raw_copies(&pipeline, &examples).await
         );
     }
     // Late duplicates (a replay still in flight when the last id arrived) would show now.
@@ -264,17 +264,11 @@ async fn inject(
 /// The counters showing a component's progress, and the count a fresh process must reach.
 fn progress_metrics(c: Component) -> (&'static [&'static str], f64) {
     match c {
-        Component::Agent => (&["logpipe_agent_lines_acked_total"], 1.0),
-        Component::Mirror => (&["logpipe_mirror_records_total"], 1.0),
-        Component::Validator => (
-            &[
-                "logpipe_validator_records_valid_total",
-                "logpipe_validator_records_invalid_total",
-            ],
-            1.0,
-        ),
+        Component::Agent => (&[agent::LINES_ACKED], 1.0),
+        Component::Mirror => (&[mirror::RECORDS], 1.0),
+        Component::Validator => (&[validator::RECORDS_VALID, validator::RECORDS_INVALID], 1.0),
         // The store must have its five schemas back from its log (its gauge), and serve.
-        Component::SchemaStore => (&["logpipe_schema_store_schemas"], 5.0),
+        Component::SchemaStore => (&[schema_store::SCHEMAS], 5.0),
     }
 }
 
@@ -291,7 +285,10 @@ fn rotated_files(dir: &std::path::Path) -> anyhow::Result<usize> {
 
 async fn metric(pipeline: &Pipeline, c: Component, names: &[&str]) -> f64 {
     match pipeline.metrics(c).await {
-        Ok(text) => names.iter().map(|name| metric_sum(&text, name, &[])).sum(),
+        Ok(text) => names
+            .iter()
+            .map(|name| prometheus::total(&text, name))
+            .sum(),
         Err(_) => 0.0,
     }
 }

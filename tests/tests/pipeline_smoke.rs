@@ -6,13 +6,13 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
-mod pipeline_support;
-
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use logpipe_core::metric_names::{agent, validator};
 use logpipe_devkit::loadgen::{self, InvalidKind, LoadgenArgs, Rotation};
-use logpipe_devkit::pipeline::{metric_sum, Component, Pipeline, PipelineOptions};
+use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
+use logpipe_devkit::prometheus;
 use logpipe_devkit::reconcile::{reconcile, wait_drained};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +63,7 @@ async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()>
     assert!(
         r.is_exact(),
         "{r}\n{}",
-        pipeline_support::hops(&pipeline, &written).await
+        logpipe_tests::pipeline::hops(&pipeline, &written).await
     );
     assert_eq!(
         (r.clean + r.dead_letters, r.written_invalid),
@@ -73,26 +73,28 @@ async fn generated_lines_reach_clean_or_dlq_exactly_once() -> anyhow::Result<()>
 
     // Each hop reports the traffic on its telemetry address.
     let agent = pipeline.metrics(Component::Agent).await?;
-    assert_eq!(
-        metric_sum(&agent, "logpipe_agent_lines_acked_total", &[]),
-        3_000.0
-    );
+    assert_eq!(prometheus::total(&agent, agent::LINES_ACKED), 3_000.0);
     let validator = pipeline.metrics(Component::Validator).await?;
     assert_eq!(
-        metric_sum(&validator, "logpipe_validator_records_valid_total", &[]),
+        prometheus::total(&validator, validator::RECORDS_VALID),
         r.clean as f64
     );
 
     // The README tour's "fix a schema" and "replay": with player_id optional, the dead letters
     // of the validate stage are replayed; missing-field lines go to clean, wrong-type lines fail
     // again. Every line is still found once, each replay in place of its dead letter.
-    pipeline_support::make_player_id_optional(&store).await?;
+    logpipe_tests::pipeline::make_player_id_optional(&store).await?;
     let kinds = &written[0].invalid_by_kind;
     let missing = kinds.get(&InvalidKind::MissingField).copied().unwrap_or(0);
     let wrong_type = kinds.get(&InvalidKind::WrongType).copied().unwrap_or(0);
     assert!(missing > 0 && wrong_type > 0, "{}", written[0].summary());
     assert_eq!(
-        pipeline_support::replay(&pipeline, &dlq[0], &["--stage", "validate"]).await?,
+        logpipe_tests::validator::replay(
+            &pipeline.config_file(Component::Validator),
+            &dlq[0],
+            &["--stage", "validate"],
+        )
+        .await?,
         (missing, wrong_type)
     );
     let replayed = reconcile(&read, &store, &clean, &dlq, &written).await?;

@@ -7,14 +7,14 @@
 //! keeps at most 5 MB per partition: 12,000 records through three kill -9s instead of the
 //! issue's 1,000,000, an 8 s schema store outage instead of 20 s.
 
-mod validator_support;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use logpipe_core::metric_names::validator;
 use logpipe_core::record::error_header;
-use logpipe_devkit::harness::{wait_until, Process};
-use validator_support::*;
+use logpipe_devkit::harness::wait_until;
+use logpipe_tests::validator::*;
+use logpipe_tests::{metrics, service};
 
 /// Every generated id exactly once across clean + DLQ, and every invalid one in the DLQ with
 /// the stage and pointer the generator expects.
@@ -97,13 +97,9 @@ async fn wait_for(stack: &Stack, n: usize, timeout: Duration) -> anyhow::Result<
 }
 
 /// Processed records (valid + invalid) according to a validator's own metrics.
-async fn processed(stack: &Stack, telemetry: std::net::SocketAddr) -> f64 {
-    stack
-        .metric(telemetry, "logpipe_validator_records_valid_total")
-        .await
-        + stack
-            .metric(telemetry, "logpipe_validator_records_invalid_total")
-            .await
+async fn processed(telemetry: std::net::SocketAddr) -> f64 {
+    metrics::total(telemetry, validator::RECORDS_VALID).await
+        + metrics::total(telemetry, validator::RECORDS_INVALID).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,10 +117,10 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
         2 * per_file / 3..per_file,
     ];
     for part in parts {
-        produce(stack.cluster.bootstrap(), RAW, &files, part).await?;
+        stack.produce(RAW, &files, part).await?;
         let mut validator = stack.validator(&config, telemetry).await?;
         wait_until(Duration::from_secs(60), || async {
-            processed(&stack, telemetry).await >= 1_000.0
+            processed(telemetry).await >= 1_000.0
         })
         .await
         .unwrap();
@@ -138,26 +134,18 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
 
     // The agent replays the first 500 lines of every file (same lp.file / lp.offset): all are
     // dropped and counted, by a process that restored its state from the changelog.
-    let replayed = produce(stack.cluster.bootstrap(), RAW, &files, 0..500).await?;
+    let replayed = stack.produce(RAW, &files, 0..500).await?;
     wait_until(Duration::from_secs(60), || async {
-        stack
-            .metric(telemetry, "logpipe_validator_replays_dropped_total")
-            .await
-            >= replayed as f64
+        metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await >= replayed as f64
     })
     .await
     .unwrap();
     assert_eq!(
-        stack
-            .metric(telemetry, "logpipe_validator_replays_dropped_total")
-            .await,
+        metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await,
         replayed as f64
     );
     assert_exactly_once(&stack, &report).await?;
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(())
 }
 
@@ -171,26 +159,20 @@ async fn two_instances_share_the_work_and_survive_one_kill9() -> anyhow::Result<
     let (config_b, telemetry_b) = stack.validator_config("b", "batch_records = 200", GAME_ROUTE)?;
     let mut a = stack.validator(&config_a, telemetry_a).await?;
     let mut b = stack.validator(&config_b, telemetry_b).await?;
-    produce(stack.cluster.bootstrap(), RAW, &files, 0..per_file / 2).await?;
+    stack.produce(RAW, &files, 0..per_file / 2).await?;
     // Both work (the group split the partitions), then one dies mid-stream.
     wait_until(Duration::from_secs(60), || async {
-        processed(&stack, telemetry_a).await > 0.0 && processed(&stack, telemetry_b).await > 0.0
+        processed(telemetry_a).await > 0.0 && processed(telemetry_b).await > 0.0
     })
     .await
     .unwrap();
     a.kill9()?;
-    produce(
-        stack.cluster.bootstrap(),
-        RAW,
-        &files,
-        per_file / 2..per_file,
-    )
-    .await?;
+    stack.produce(RAW, &files, per_file / 2..per_file).await?;
     wait_for(&stack, report.lines as usize, Duration::from_secs(120))
         .await
         .unwrap();
     assert_exactly_once(&stack, &report).await?;
-    assert!(b.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut b).await?;
     Ok(())
 }
 
@@ -230,7 +212,7 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
 
     let (report, files) = generate(stack.dir.path(), "out", 4_000, 2)?;
     let per_file = files.iter().map(|f| f.lines.len()).max().unwrap();
-    let first_half = produce(stack.cluster.bootstrap(), RAW, &files, 0..per_file / 2).await?;
+    let first_half = stack.produce(RAW, &files, 0..per_file / 2).await?;
     wait_for(&stack, first_half, Duration::from_secs(60))
         .await
         .unwrap();
@@ -239,27 +221,14 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     // (an uncached subject) makes the validator pause and report not ready.
     stack.stop_store().await?;
     let outage = Instant::now();
-    produce(
-        stack.cluster.bootstrap(),
-        RAW,
-        &files,
-        per_file / 2..per_file,
-    )
-    .await?;
+    stack.produce(RAW, &files, per_file / 2..per_file).await?;
     let chat = chat_lines("chat", 100, false);
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.chat",
-        std::slice::from_ref(&chat),
-        0..100,
-    )
-    .await?;
+    stack
+        .produce("raw.chat", std::slice::from_ref(&chat), 0..100)
+        .await?;
     let http = reqwest::Client::new();
     wait_until(Duration::from_secs(20), || async {
-        stack
-            .metric(telemetry, "logpipe_validator_store_pauses_total")
-            .await
-            >= 1.0
+        metrics::total(telemetry, validator::STORE_PAUSES).await >= 1.0
             && http
                 .get(format!("http://{telemetry}/ready"))
                 .send()
@@ -288,14 +257,7 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
             ("reason", reason.as_str().unwrap()),
         ];
         wait_until(Duration::from_secs(10), || async {
-            stack
-                .metric_with(
-                    telemetry,
-                    "logpipe_validator_records_invalid_total",
-                    &labels,
-                )
-                .await
-                == *n as f64
+            metrics::sum(telemetry, validator::RECORDS_INVALID, &labels).await == Some(*n as f64)
         })
         .await
         .unwrap_or_else(|_| panic!("{kind:?}: expected {n} dead letters counted under {labels:?}"));
@@ -330,13 +292,9 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
             "v2 not used within 10 s of registration"
         );
         let probe = chat_lines(&format!("probe{probes}"), 1, true);
-        produce(
-            stack.cluster.bootstrap(),
-            "raw.chat",
-            std::slice::from_ref(&probe),
-            0..1,
-        )
-        .await?;
+        stack
+            .produce("raw.chat", std::slice::from_ref(&probe), 0..1)
+            .await?;
         probes += 1;
         let clean = read_clean(&stack, "clean.chat").await?;
         first_v2 = clean
@@ -347,13 +305,9 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
     }
     let picked_up = registered.elapsed();
     let with_channel = chat_lines("chat2", 200, true);
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.chat",
-        std::slice::from_ref(&with_channel),
-        0..200,
-    )
-    .await?;
+    stack
+        .produce("raw.chat", std::slice::from_ref(&with_channel), 0..200)
+        .await?;
     wait_until(Duration::from_secs(30), || async {
         read_clean(&stack, "clean.chat").await.is_ok_and(|c| {
             c.iter()
@@ -391,10 +345,7 @@ async fn store_outage_pauses_without_dead_letters_and_new_versions_are_used() ->
         );
     }
     eprintln!("v2 used {picked_up:?} after registration ({probes} probes)");
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(())
 }
 
@@ -425,13 +376,9 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
         file: logpipe_core::record::FileId(7),
         lines,
     };
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.shop",
-        std::slice::from_ref(&file),
-        0..320,
-    )
-    .await?;
+    stack
+        .produce("raw.shop", std::slice::from_ref(&file), 0..320)
+        .await?;
     wait_until(Duration::from_secs(60), || async {
         stack
             .cluster
@@ -445,26 +392,7 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
     // The fix: amounts may be strings. Then replay the DLQ.
     stack.compatibility("shop", "NONE").await?;
     stack.register("shop", "AVRO", SHOP_V2).await?;
-    let replay = |config: &std::path::Path| {
-        Process::start(
-            "logpipe-validator",
-            &[
-                "replay",
-                "--config",
-                config.to_str().unwrap(),
-                "--topic",
-                "dlq.shop",
-            ],
-        )
-    };
-    let mut first = replay(&config)?;
-    let status = wait_exit(&mut first, Duration::from_secs(120)).await?;
-    assert!(status.success(), "{}", first.logs());
-    assert!(
-        first.stdout().contains("200 clean, 20 failed again"),
-        "{}",
-        first.stdout()
-    );
+    assert_eq!(replay(&config, "dlq.shop", &[]).await?, (200, 20));
 
     let clean = read_clean(&stack, "clean.shop").await?;
     let dlq = read_dlq(&stack, "dlq.shop").await?;
@@ -488,39 +416,8 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
             && s.headers[error_header::TOPIC] == "raw.shop"));
 
     // A second replay starts where the first committed: only the 20 new dead letters.
-    let mut second = replay(&config)?;
-    assert!(
-        wait_exit(&mut second, Duration::from_secs(120))
-            .await?
-            .success(),
-        "{}",
-        second.logs()
-    );
-    assert!(
-        second.stdout().contains("0 clean, 20 failed again"),
-        "{}",
-        second.stdout()
-    );
+    assert_eq!(replay(&config, "dlq.shop", &[]).await?, (0, 20));
     assert_eq!(counts(&read_clean(&stack, "clean.shop").await?).len(), 300);
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(())
-}
-
-async fn wait_exit(p: &mut Process, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = p.try_status() {
-            return Ok(status);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{} did not finish within {timeout:?}\n{}",
-            p.name(),
-            p.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -5,15 +5,15 @@
 //! reported on `/ready` with the topic named while the raw topic is left unread, until an
 //! operator creates them.
 
-mod validator_support;
-
 use std::time::Duration;
 
+use logpipe_core::metric_names::validator;
 use logpipe_core::record::FileId;
-use logpipe_devkit::harness::{wait_until, Process};
+use logpipe_devkit::harness::wait_until;
+use logpipe_tests::validator::*;
+use logpipe_tests::{metrics, service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
-use validator_support::*;
 
 const LOOT: &str = r#"{"type":"record","name":"Loot","fields":[{"name":"event_id","type":"string"},{"name":"n","type":"int"}]}"#;
 
@@ -83,18 +83,15 @@ async fn validate_all(stack: &Stack, name: &str, stream: &str) -> anyhow::Result
     let (config, telemetry) = stack.validator_config(name, &settings, &route(stream))?;
     let mut validator = stack.validator(&config, telemetry).await?;
     let lines = loot(name, 200);
-    produce(
-        stack.cluster.bootstrap(),
-        &format!("raw.{stream}"),
-        std::slice::from_ref(&lines),
-        0..200,
-    )
-    .await?;
+    stack
+        .produce(
+            &format!("raw.{stream}"),
+            std::slice::from_ref(&lines),
+            0..200,
+        )
+        .await?;
     all_there(stack, stream, &lines).await;
-    assert!(validator
-        .terminate(Duration::from_secs(30))
-        .await?
-        .success());
+    service::stop(&mut validator).await?;
     Ok(validator.stderr())
 }
 
@@ -108,18 +105,11 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     // /ready says which topic to create.
     let (config, telemetry) =
         stack.validator_config("manual", "create_topics = false", &route("loot"))?;
-    let mut manual = Process::start(
-        "logpipe-validator",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
+    let mut manual = service::spawn("logpipe-validator", &config)?;
     let lines = loot("manual", 200);
-    produce(
-        stack.cluster.bootstrap(),
-        "raw.loot",
-        std::slice::from_ref(&lines),
-        0..200,
-    )
-    .await?;
+    stack
+        .produce("raw.loot", std::slice::from_ref(&lines), 0..200)
+        .await?;
     let ready = || async {
         http.get(format!("http://{telemetry}/ready"))
             .send()
@@ -143,9 +133,7 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     .await
     .unwrap_or_else(|_| panic!("/ready does not name the missing topic\n{}", manual.logs()));
     assert_eq!(
-        stack
-            .metric(telemetry, "logpipe_validator_records_valid_total")
-            .await,
+        metrics::total(telemetry, validator::RECORDS_VALID).await,
         0.0,
         "raw.loot was read"
     );
@@ -155,7 +143,7 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
         .wait_ready(telemetry, Duration::from_secs(30))
         .await?;
     all_there(&stack, "loot", &lines).await;
-    assert!(manual.terminate(Duration::from_secs(30)).await?.success());
+    service::stop(&mut manual).await?;
 
     // The default: the replay-state, clean and DLQ topics of raw.gems do not exist; the
     // validator creates them.

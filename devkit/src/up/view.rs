@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::sampler::{Health, Scrape};
 use crate::pipeline::Component;
+use logpipe_core::metric_names::{agent, mirror, schema_store, validator};
 
 /// A counter accumulated across resets, with its rate over the last interval.
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,15 +117,16 @@ pub struct Tracker {
     counters: BTreeMap<String, Accumulated>,
 }
 
-const AGENT_ACKED: &str = "logpipe_agent_lines_acked_total";
-const AGENT_LAG: &str = "logpipe_agent_file_lag_bytes";
-const MIRROR_RECORDS: &str = "logpipe_mirror_records_total";
-const MIRROR_LAG: &str = "logpipe_mirror_offset_lag_records";
-const VALID: &str = "logpipe_validator_records_valid_total";
-const INVALID: &str = "logpipe_validator_records_invalid_total";
-const VALIDATOR_LAG: &str = "logpipe_validator_consumer_lag_records";
-const REPLAYS: &str = "logpipe_validator_replays_dropped_total";
-const STORE_REQUESTS: &str = "logpipe_schema_store_http_request_seconds_count";
+const AGENT_ACKED: &str = agent::LINES_ACKED;
+const AGENT_LAG: &str = agent::FILE_LAG;
+const MIRROR_RECORDS: &str = mirror::RECORDS;
+const MIRROR_LAG: &str = mirror::OFFSET_LAG_RECORDS;
+const VALID: &str = validator::RECORDS_VALID;
+const INVALID: &str = validator::RECORDS_INVALID;
+const VALIDATOR_LAG: &str = validator::CONSUMER_LAG_RECORDS;
+/// The validator exports its resend counter under the old name until the rename is released;
+/// the alias is exported beside the new name for one release, so it works before and after.
+const REPLAYS: &str = validator::REPLAYS_DROPPED_ALIAS;
 
 impl Tracker {
     pub fn new(started: Instant) -> Tracker {
@@ -192,7 +194,9 @@ impl Tracker {
             dead_letters.insert((stage, reason), counter.total.round() as u64);
         }
         let replays = self.observe(REPLAYS, validator.sum(REPLAYS, &[]), dt);
-        let requests = self.observe(STORE_REQUESTS, store.sum(STORE_REQUESTS, &[]), dt);
+        // The summary's request count is its `_count` series.
+        let store_requests = format!("{}_count", schema_store::HTTP_REQUEST);
+        let requests = self.observe(&store_requests, store.sum(&store_requests, &[]), dt);
 
         let validator_lag = Lag::Records(validator.sum(VALIDATOR_LAG, &[]));
         let dead = Accumulated {
@@ -444,8 +448,8 @@ mod tests {
         let pids = [(Component::Validator, Some(7), 1)];
         let page = |valid: u32, parse: u32| {
             format!(
-                "logpipe_validator_records_valid_total{{topic=\"raw.game\",subject=\"game.login\"}} {valid}\n\
-                 logpipe_validator_records_invalid_total{{topic=\"raw.game\",stage=\"parse\",reason=\"malformed_json\"}} {parse}\n"
+                "{VALID}{{topic=\"raw.game\",subject=\"game.login\"}} {valid}\n\
+                 {INVALID}{{topic=\"raw.game\",stage=\"parse\",reason=\"malformed_json\"}} {parse}\n"
             )
         };
         let f1 = tracker.frame(

@@ -1,15 +1,17 @@
 //! What the pipeline suites share: where written lines went missing, hop by hop, when a
 //! reconciliation is not exact; the README tour's schema fix and dead-letter replay.
-#![allow(dead_code)] // each test file uses a different part of this module
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
-use logpipe_devkit::harness::{scan_topic, Process};
+use logpipe_core::metric_names::agent;
+use logpipe_devkit::harness::scan_topic;
 use logpipe_devkit::loadgen::{self, Report};
 use logpipe_devkit::pipeline::{Component, Pipeline};
 use rdkafka::Message as _;
+
+use crate::topic;
 
 /// How many of the written ids each raw topic holds (unique and in all), plus the agent's
 /// counters: says which hop lost or duplicated lines.
@@ -50,14 +52,14 @@ pub async fn hops(pipeline: &Pipeline, written: &[Report]) -> String {
     }
     if let Ok(metrics) = pipeline.metrics(Component::Agent).await {
         for name in [
-            "logpipe_agent_lines_read_total",
-            "logpipe_agent_lines_acked_total",
-            "logpipe_agent_rotations_total",
-            "logpipe_agent_truncations_total",
+            agent::LINES_READ,
+            agent::LINES_ACKED,
+            agent::ROTATIONS,
+            agent::TRUNCATIONS,
         ] {
             text += &format!(
                 "; {name} {}",
-                logpipe_devkit::pipeline::metric_sum(&metrics, name, &[])
+                logpipe_devkit::prometheus::total(&metrics, name)
             );
         }
     }
@@ -78,21 +80,10 @@ pub async fn raw_copies(pipeline: &Pipeline, ids: &[String]) -> String {
             if let Some(id) =
                 loadgen::event_id(m.payload().unwrap_or_default()).filter(|id| wanted.contains(*id))
             {
-                let headers: Vec<String> = m
-                    .headers()
-                    .map(|hs| {
-                        use rdkafka::message::Headers as _;
-                        hs.iter()
-                            .map(|h| {
-                                format!(
-                                    "{}={}",
-                                    h.key,
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers: Vec<String> = topic::headers(m)
+                    .into_iter()
+                    .map(|(name, value)| format!("{name}={}", topic::text(value.as_deref())))
+                    .collect();
                 lines.push(format!(
                     "{id} at {}/{}: {}",
                     m.partition(),
@@ -144,50 +135,4 @@ pub async fn make_player_id_optional(store: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Runs `logpipe-validator replay` on `topic` with the pipeline's validator config and `filters`,
-/// and returns what it says it did: (records written to clean, records that failed again).
-pub async fn replay(
-    pipeline: &Pipeline,
-    topic: &str,
-    filters: &[&str],
-) -> anyhow::Result<(u64, u64)> {
-    let config = pipeline.config_file(Component::Validator);
-    let mut args = vec![
-        "replay",
-        "--config",
-        config.to_str().context("config path")?,
-        "--topic",
-        topic,
-    ];
-    args.extend(filters);
-    let mut process = Process::start("logpipe-validator", &args)?;
-    let status = process.wait_exit(Duration::from_secs(120)).await?;
-    ensure!(
-        status.success(),
-        "replay exited with {status}\n{}",
-        process.logs()
-    );
-    // `replayed dlq.game: N clean, M failed again, K not selected`
-    let stdout = process.stdout();
-    let prefix = format!("replayed {topic}: ");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .with_context(|| format!("no summary line\n{}", process.logs()))?;
-    let number = |label: &str| -> anyhow::Result<u64> {
-        let before = line
-            .split(label)
-            .next()
-            .filter(|_| line.contains(label))
-            .with_context(|| format!("no {label:?} in {line:?}"))?;
-        Ok(before
-            .trim_end()
-            .rsplit([' ', ','])
-            .next()
-            .unwrap_or_default()
-            .parse()?)
-    };
-    Ok((number(" clean")?, number(" failed again")?))
 }

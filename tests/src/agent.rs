@@ -1,8 +1,6 @@
 //! Shared setup of the agent's end-to-end tests: a dev cluster, a log directory, an agent
 //! process with its config, and a consumer that collects every record with its unique id.
 
-#![allow(dead_code)] // each test file uses a different part of this module
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -15,9 +13,10 @@ use std::time::Duration;
 
 use logpipe_core::record::{header, RecordId};
 use logpipe_devkit::harness::{bin_path, free_addr, wait_until, write_file, DevCluster, Process};
-use rdkafka::message::Headers;
 use rdkafka::Message;
 use tempfile::TempDir;
+
+use crate::topic;
 
 pub const TOPIC: &str = "raw.game";
 pub const PARTITIONS: i32 = 4;
@@ -96,22 +95,10 @@ impl Setup {
             .await?)
     }
 
-    /// The sum of a metric's samples (all label sets) in the agent's metrics.
+    /// The sum of a metric's samples (all label sets) in the agent's metrics, 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
-        let Ok(text) = self.metrics().await else {
-            return 0.0;
-        };
-        metric_sum(&text, name)
+        crate::metrics::total(self.telemetry, name).await
     }
-}
-
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn is_root() -> bool {
@@ -166,24 +153,15 @@ impl Collector {
                     let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
                         continue;
                     };
-                    let headers: Vec<(String, Vec<u8>)> = message
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let headers = topic::headers(&message);
                     let find = |name: &str| {
                         headers
                             .iter()
                             .find(|(k, _)| k == name)
-                            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                            .map(|(_, v)| topic::text(v.as_deref()))
                     };
                     let id = RecordId::from_headers(
-                        headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+                        headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
                     )
                     .expect("well-formed id headers")
                     .expect("agent records carry ids");

@@ -2,21 +2,21 @@
 //! schemas, validator processes, agent-style raw records, and reading clean and dead-letter
 //! topics back by event id.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use logpipe_core::record::{error_header, header, FileId, RecordId};
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 use tempfile::TempDir;
+
+use crate::{service, topic};
 
 pub const RAW: &str = "raw.game";
 pub const CLEAN: &str = "clean.game";
@@ -68,13 +68,12 @@ impl Stack {
     }
 
     pub async fn start_store(&mut self) -> anyhow::Result<()> {
-        let mut store = Process::start(
+        let store = service::start(
             "logpipe-schema-store",
-            &["run", "--config", self.store_config.to_str().unwrap()],
-        )?;
-        store
-            .wait_ready(self.store_telemetry, Duration::from_secs(30))
-            .await?;
+            &self.store_config,
+            self.store_telemetry,
+        )
+        .await?;
         self.store = Some(store);
         Ok(())
     }
@@ -171,46 +170,27 @@ impl Stack {
         ))
     }
 
+    /// Produces `range` of each file's lines to `topic` on the stack's cluster, as the agent
+    /// would (its key and `lp.*` headers); returns how many.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        files: &[Lines],
+        range: std::ops::Range<usize>,
+    ) -> anyhow::Result<usize> {
+        produce(self.cluster.bootstrap(), topic, files, range).await
+    }
+
+    /// Every committed record of `topic` on the stack's cluster.
+    pub async fn read(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+        self.cluster
+            .read_topic(topic, Duration::from_secs(60))
+            .await
+    }
+
     /// Starts a validator and waits until it is ready.
     pub async fn validator(&self, config: &Path, telemetry: SocketAddr) -> anyhow::Result<Process> {
-        let mut p = Process::start(
-            "logpipe-validator",
-            &["run", "--config", config.to_str().unwrap()],
-        )?;
-        p.wait_ready(telemetry, Duration::from_secs(60)).await?;
-        Ok(p)
-    }
-
-    /// A counter's value summed over labels, from a validator's `/metrics`.
-    pub async fn metric(&self, telemetry: SocketAddr, name: &str) -> f64 {
-        self.metric_with(telemetry, name, &[]).await
-    }
-
-    /// A counter's value summed over the samples that carry every `label="value"` given.
-    pub async fn metric_with(
-        &self,
-        telemetry: SocketAddr,
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> f64 {
-        let Ok(response) = self
-            .http
-            .get(format!("http://{telemetry}/metrics"))
-            .send()
-            .await
-        else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        service::start("logpipe-validator", config, telemetry).await
     }
 }
 
@@ -269,7 +249,7 @@ pub fn generate(
 }
 
 /// Produces lines to a topic with the agent's key and `lp.*` headers, `range` of each file.
-pub async fn produce(
+async fn produce(
     bootstrap: &str,
     topic: &str,
     files: &[Lines],
@@ -337,30 +317,11 @@ pub struct Seen {
     pub decoded: Option<(u32, apache_avro::types::Value)>,
 }
 
-pub fn headers_of(m: &OwnedMessage) -> HashMap<String, String> {
-    m.headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Reads a clean topic (read_committed) and decodes every record with its schema from the store.
 pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
     let mut schemas: HashMap<u32, apache_avro::Schema> = HashMap::new();
     let mut seen = Vec::new();
-    for m in stack
-        .cluster
-        .read_topic(topic, Duration::from_secs(60))
-        .await?
-    {
+    for m in stack.read(topic).await? {
         let value = m.payload().context("clean record without value")?;
         if value.len() < 5 || value[0] != 0 {
             bail!("clean record is not in wire format: {value:?}");
@@ -385,7 +346,7 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
         };
         seen.push(Seen {
             event_id,
-            headers: headers_of(&m),
+            headers: topic::text_headers(&m),
             decoded: Some((id, decoded)),
         });
     }
@@ -395,16 +356,12 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
 /// Reads a dead-letter topic (read_committed).
 pub async fn read_dlq(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
     let mut seen = Vec::new();
-    for m in stack
-        .cluster
-        .read_topic(topic, Duration::from_secs(60))
-        .await?
-    {
+    for m in stack.read(topic).await? {
         let value = m.payload().unwrap_or_default();
         let event_id = loadgen::event_id(value)
             .context("dead letter without event id")?
             .to_owned();
-        let headers = headers_of(&m);
+        let headers = topic::text_headers(&m);
         if !headers.contains_key(error_header::STAGE) {
             bail!("dead letter {event_id} without {}", error_header::STAGE);
         }
@@ -424,4 +381,45 @@ pub fn counts<'a>(seen: impl IntoIterator<Item = &'a Seen>) -> HashMap<&'a str, 
         *counts.entry(s.event_id.as_str()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Runs `logpipe-validator replay` on `topic` with a validator's config and `filters`, and
+/// returns what it says it did: (records written to clean, records that failed again).
+pub async fn replay(config: &Path, topic: &str, filters: &[&str]) -> anyhow::Result<(u64, u64)> {
+    let mut args = vec![
+        "replay",
+        "--config",
+        config.to_str().context("config path")?,
+        "--topic",
+        topic,
+    ];
+    args.extend(filters);
+    let mut process = Process::start("logpipe-validator", &args)?;
+    let status = process.wait_exit(Duration::from_secs(120)).await?;
+    ensure!(
+        status.success(),
+        "replay exited with {status}\n{}",
+        process.logs()
+    );
+    // `replayed dlq.game: N clean, M failed again, K not selected`
+    let stdout = process.stdout();
+    let prefix = format!("replayed {topic}: ");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .with_context(|| format!("no summary line\n{}", process.logs()))?;
+    let number = |label: &str| -> anyhow::Result<u64> {
+        let before = line
+            .split(label)
+            .next()
+            .filter(|_| line.contains(label))
+            .with_context(|| format!("no {label:?} in {line:?}"))?;
+        Ok(before
+            .trim_end()
+            .rsplit([' ', ','])
+            .next()
+            .unwrap_or_default()
+            .parse()?)
+    };
+    Ok((number(" clean")?, number(" failed again")?))
 }

@@ -1,17 +1,18 @@
 //! Shared setup of the mirror's end-to-end tests: a write and a read dev cluster, the mirror's
 //! config, producing records with unique ids, and reading the mirror's metrics.
 
-#![allow(dead_code)] // each test file uses a different part of this module
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use logpipe_core::metric_names::mirror;
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message};
+
+use crate::{metrics, service};
 
 /// The mirror's state topic for the default name.
 pub const STATE_TOPIC: &str = "_lp.mirror.default.state";
@@ -66,12 +67,7 @@ pub fn mirror_config(
 
 /// Starts a mirror and waits until it is ready.
 pub async fn start_mirror(config: &Path, addr: SocketAddr) -> anyhow::Result<Process> {
-    let mut mirror = Process::start(
-        "logpipe-mirror",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
-    mirror.wait_ready(addr, Duration::from_secs(60)).await?;
-    Ok(mirror)
+    service::start("logpipe-mirror", config, addr).await
 }
 
 /// An idempotent producer to a dev cluster (what the agent uses).
@@ -146,31 +142,6 @@ pub fn assert_exactly_once(records: &[OwnedMessage], count: u64) {
     assert_eq!(records.len() as u64, count);
 }
 
-/// Sum of a metric's samples whose line contains every `filter` (e.g. `topic="raw.a"`), read
-/// from the mirror's /metrics; `None` if the mirror does not answer or has no such sample.
-pub async fn metric(addr: SocketAddr, name: &str, filters: &[&str]) -> Option<f64> {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let mut total = None;
-    for line in body.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' '))
-            || !filters.iter().all(|f| rest.contains(f))
-        {
-            continue;
-        }
-        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-        *total.get_or_insert(0.0) += value;
-    }
-    total
-}
-
 /// Number of committed records of a topic on a cluster (sum of high watermarks minus low).
 pub fn record_count(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
     let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
@@ -222,9 +193,8 @@ pub async fn wait_committed(
     count: u64,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let filter = format!("topic=\"{topic}\"");
-    let filters = [filter.as_str()];
-    let committed = || metric(addr, "logpipe_mirror_committed_offset", &filters);
+    let labels = [("topic", topic)];
+    let committed = || metrics::sum(addr, mirror::COMMITTED_OFFSET, &labels);
     if logpipe_devkit::harness::wait_until(timeout, || async {
         committed().await == Some(count as f64)
     })
