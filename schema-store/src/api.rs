@@ -18,9 +18,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::{Auth, Role};
+use crate::auth::{Auth, Denied, Role};
 use crate::compat::Level;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::forward::Forwarder;
 use crate::log::{Mode, Record};
 use crate::registry::{
@@ -29,7 +29,7 @@ use crate::registry::{
 use crate::schema::{Reference, SchemaType};
 
 /// The content type of every JSON response, as Confluent sends it.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+pub(crate) const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Request and response media types Confluent accepts.
 const JSON_TYPES: [&str; 3] = [
@@ -38,29 +38,125 @@ const JSON_TYPES: [&str; 3] = [
     "application/json",
 ];
 
+/// An error response in Confluent's shape: an HTTP status and a body
+/// `{"error_code": int, "message": str}`, so clients that branch on codes (40401 vs 40403,
+/// 40408) behave as they do against Confluent.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: u32,
+    message: String,
+}
+
+impl ApiError {
+    /// A plain HTTP error whose code is its status, as Confluent's REST layer reports them.
+    fn http(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: u32::from(status.as_u16()),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let (status, code) = confluent_code(&error);
+        ApiError {
+            status,
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The status and error code Confluent answers each error with.
+fn confluent_code(error: &Error) -> (StatusCode, u32) {
+    use StatusCode as S;
+    match error {
+        Error::SubjectNotFound(_) => (S::NOT_FOUND, 40401),
+        Error::VersionNotFound(_) => (S::NOT_FOUND, 40402),
+        Error::SchemaNotFound | Error::SchemaIdNotFound(_) => (S::NOT_FOUND, 40403),
+        Error::SubjectSoftDeleted(_) => (S::NOT_FOUND, 40404),
+        Error::SubjectNotSoftDeleted(_) => (S::NOT_FOUND, 40405),
+        Error::VersionSoftDeleted { .. } => (S::NOT_FOUND, 40406),
+        Error::VersionNotSoftDeleted { .. } => (S::NOT_FOUND, 40407),
+        Error::CompatibilityNotConfigured(_) => (S::NOT_FOUND, 40408),
+        Error::ModeNotConfigured(_) => (S::NOT_FOUND, 40409),
+        Error::Incompatible { .. } => (S::CONFLICT, 40901),
+        Error::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, 413),
+        Error::InvalidSchema(_) => (S::UNPROCESSABLE_ENTITY, 42201),
+        Error::InvalidVersion(_) => (S::UNPROCESSABLE_ENTITY, 42202),
+        Error::InvalidCompatibilityLevel => (S::UNPROCESSABLE_ENTITY, 42203),
+        Error::InvalidMode(_) => (S::UNPROCESSABLE_ENTITY, 42204),
+        Error::NotPermitted(_) => (S::UNPROCESSABLE_ENTITY, 42205),
+        Error::ReferenceExists { .. } => (S::UNPROCESSABLE_ENTITY, 42206),
+        Error::IdDoesNotMatch(_) => (S::UNPROCESSABLE_ENTITY, 42207),
+        Error::InvalidSubject(_) => (S::UNPROCESSABLE_ENTITY, 42208),
+        Error::Store(_) => (S::INTERNAL_SERVER_ERROR, 50001),
+        Error::ForwardingFailed(_) => (S::INTERNAL_SERVER_ERROR, 50003),
+        Error::NotLeader => (S::INTERNAL_SERVER_ERROR, 50004),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error_code": self.code, "message": self.message}).to_string();
+        let mut response = (self.status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        response
+    }
+}
+
+/// A refused request: 401 asks for credentials (`WWW-Authenticate`), 403 names the role needed.
+fn denied(denied: Denied) -> Response {
+    match denied {
+        Denied::Unauthorized => {
+            let mut response = ApiError::http(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: valid HTTP basic credentials are required",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"logpipe-schema-store\""),
+            );
+            response
+        }
+        Denied::Forbidden { user, needed } => ApiError::http(
+            StatusCode::FORBIDDEN,
+            format!("User '{user}' is not allowed to do this: it needs the {needed:?} role")
+                .to_lowercase(),
+        )
+        .into_response(),
+    }
+}
+
 /// What every handler shares.
 #[derive(Clone)]
-pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub auth: Arc<Auth>,
+pub(crate) struct AppState {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) auth: Arc<Auth>,
     /// With Kafka storage: runs writes at the leader.
-    pub forwarder: Option<Arc<Forwarder>>,
+    pub(crate) forwarder: Option<Arc<Forwarder>>,
 }
 
 /// One route of the API: method, path (axum syntax), required role, handler, and its OpenAPI
 /// description.
-pub struct Route {
-    pub method: Method,
-    pub path: &'static str,
-    pub role: Role,
-    pub summary: &'static str,
+pub(crate) struct Route {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    pub(crate) role: Role,
+    pub(crate) summary: &'static str,
     /// Query parameters: (name, description).
-    pub query: &'static [(&'static str, &'static str)],
+    pub(crate) query: &'static [(&'static str, &'static str)],
     /// Request body component in the OpenAPI document, if any.
-    pub body: Option<&'static str>,
+    pub(crate) body: Option<&'static str>,
     /// Success response component.
-    pub response: &'static str,
-    pub handler: MethodRouter<AppState>,
+    pub(crate) response: &'static str,
+    pub(crate) handler: MethodRouter<AppState>,
 }
 
 // A row of the route table: positional arguments keep each route on one line.
@@ -96,7 +192,7 @@ const DEFAULT_TO_GLOBAL: (&str, &str) = (
 );
 
 /// The whole API surface.
-pub fn routes() -> Vec<Route> {
+pub(crate) fn routes() -> Vec<Route> {
     use Method as M;
     use Role::*;
     vec![
@@ -407,7 +503,7 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The API router with content negotiation, authorization and the body size limit.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new();
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in routes() {
@@ -467,9 +563,12 @@ async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next
         guard.state.auth.authorize(request.headers(), role),
         &guard.state.forwarder,
     ) {
-        (Ok(()), Some(forwarder)) if role >= Role::Write => forwarder.write(request, next).await,
+        (Ok(()), Some(forwarder)) if role >= Role::Write => forwarder
+            .write(request, next)
+            .await
+            .unwrap_or_else(|e| ApiError::from(e).into_response()),
         (Ok(()), _) => next.run(request).await,
-        (Err(denied), _) => denied.into_response(),
+        (Err(refused), _) => denied(refused),
     };
     guard.timing.record(started.elapsed().as_secs_f64());
     if !response.status().is_success() {
@@ -543,7 +642,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "too_large").increment(1);
-                ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, "Request body is larger than the configured limit (max_body_bytes)")
+                Error::BodyTooLarge.into()
             } else {
                 ApiError::http(StatusCode::BAD_REQUEST, format!("Cannot read the request body: {e}"))
             }
@@ -602,19 +701,17 @@ struct SchemaRequest {
 }
 
 impl SchemaRequest {
-    fn into_new(self) -> Result<NewSchema, ApiError> {
+    fn into_new(self) -> Result<NewSchema, Error> {
         let schema = self
             .schema
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ApiError::invalid_schema("Empty schema"))?;
-        let schema_type = SchemaType::from_request(self.schema_type.as_deref())
-            .map_err(ApiError::invalid_schema)?;
+            .ok_or_else(|| Error::InvalidSchema("Empty schema".into()))?;
+        let schema_type =
+            SchemaType::from_request(self.schema_type.as_deref()).map_err(Error::InvalidSchema)?;
         let id = self
             .id
             .filter(|i| *i > 0)
-            .map(|i| {
-                u32::try_from(i).map_err(|_| ApiError::invalid_schema(format!("Invalid id {i}")))
-            })
+            .map(|i| u32::try_from(i).map_err(|_| Error::InvalidSchema(format!("Invalid id {i}"))))
             .transpose()?;
         let version = match self.version.filter(|v| *v > 0) {
             Some(v) => match VersionSelector::parse(&v.to_string())? {
@@ -633,11 +730,11 @@ impl SchemaRequest {
     }
 }
 
-fn parse_id(text: &str) -> Result<u32, ApiError> {
-    text.parse().map_err(|_| ApiError::schema_not_found())
+fn parse_id(text: &str) -> Result<u32, Error> {
+    text.parse().map_err(|_| Error::SchemaNotFound)
 }
 
-fn subject_path(subject: &str) -> Result<&str, ApiError> {
+fn subject_path(subject: &str) -> Result<&str, Error> {
     validate_subject(subject)?;
     Ok(subject)
 }
@@ -793,7 +890,7 @@ async fn register(
         .await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) if e.code == 40901 => "incompatible",
+        Err(Error::Incompatible { .. }) => "incompatible",
         Err(_) => "error",
     };
     metrics::counter!("logpipe_schema_store_registrations_total", "outcome" => outcome)
@@ -913,10 +1010,10 @@ trait Setting: Copy + Serialize + Send + Sync + 'static {
     fn global(state: &RegistryState) -> Self;
     fn subject(state: &RegistryState, subject: &str) -> Option<Self>;
     fn record(subject: Option<&str>, value: Option<Self>) -> Record;
-    fn not_configured(subject: &str) -> ApiError;
-    fn parse(body: &Value) -> Result<Self, ApiError>;
+    fn not_configured(subject: &str) -> Error;
+    fn parse(body: &Value) -> Result<Self, Error>;
     /// Refuses a new global value the state does not allow.
-    fn check_global(_state: &RegistryState, _value: Self, _force: bool) -> Result<(), ApiError> {
+    fn check_global(_state: &RegistryState, _value: Self, _force: bool) -> Result<(), Error> {
         Ok(())
     }
 }
@@ -933,17 +1030,16 @@ impl Setting for Level {
     fn record(subject: Option<&str>, value: Option<Level>) -> Record {
         RegistryState::config_record(subject, value)
     }
-    fn not_configured(subject: &str) -> ApiError {
-        ApiError::subject_compatibility_not_configured(subject)
+    fn not_configured(subject: &str) -> Error {
+        Error::CompatibilityNotConfigured(subject.to_owned())
     }
-    fn parse(body: &Value) -> Result<Level, ApiError> {
+    fn parse(body: &Value) -> Result<Level, Error> {
         // Confluent accepts the PUT field and, from some clients, the GET field.
         let text = body["compatibility"]
             .as_str()
             .or(body["compatibilityLevel"].as_str())
-            .ok_or_else(ApiError::invalid_compatibility_level)?;
-        text.parse()
-            .map_err(|_| ApiError::invalid_compatibility_level())
+            .ok_or(Error::InvalidCompatibilityLevel)?;
+        text.parse().map_err(|_| Error::InvalidCompatibilityLevel)
     }
 }
 
@@ -959,17 +1055,17 @@ impl Setting for Mode {
     fn record(subject: Option<&str>, value: Option<Mode>) -> Record {
         RegistryState::mode_record(subject, value)
     }
-    fn not_configured(subject: &str) -> ApiError {
-        ApiError::subject_mode_not_configured(subject)
+    fn not_configured(subject: &str) -> Error {
+        Error::ModeNotConfigured(subject.to_owned())
     }
-    fn parse(body: &Value) -> Result<Mode, ApiError> {
+    fn parse(body: &Value) -> Result<Mode, Error> {
         let text = body["mode"].as_str().unwrap_or_default();
-        Mode::parse(text).ok_or_else(|| ApiError::invalid_mode(text))
+        Mode::parse(text).ok_or_else(|| Error::InvalidMode(text.to_owned()))
     }
-    fn check_global(state: &RegistryState, mode: Mode, force: bool) -> Result<(), ApiError> {
+    fn check_global(state: &RegistryState, mode: Mode, force: bool) -> Result<(), Error> {
         if mode == Mode::Import && state.has_subjects() && !force {
-            return Err(ApiError::not_permitted(
-                "Cannot import since found existing subjects (use force=true)",
+            return Err(Error::NotPermitted(
+                "Cannot import since found existing subjects (use force=true)".into(),
             ));
         }
         Ok(())
@@ -1020,7 +1116,7 @@ async fn get_subject_setting<S: Setting>(
     match (S::subject(&registry, subject), query.default_to_global) {
         (Some(value), _) => Ok(setting_reply(S::FIELD, value)),
         (None, true) => Ok(setting_reply(S::FIELD, S::global(&registry))),
-        (None, false) => Err(S::not_configured(subject)),
+        (None, false) => Err(S::not_configured(subject).into()),
     }
 }
 
@@ -1047,7 +1143,7 @@ async fn delete_subject_setting<S: Setting>(
         .registry
         .write(move |r| match S::subject(r, &subject) {
             Some(value) => Ok((value, vec![S::record(Some(&subject), None)])),
-            None => Err(ApiError::subject_not_found(&subject)),
+            None => Err(Error::SubjectNotFound(subject)),
         })
         .await?;
     Ok(setting_reply(S::FIELD, previous))
@@ -1055,4 +1151,174 @@ async fn delete_subject_setting<S: Setting>(
 
 async fn openapi() -> Response {
     reply(crate::openapi::document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_get_confluents_statuses_codes_and_messages() {
+        let subject = || "s".to_owned();
+        let cases = [
+            (
+                Error::SubjectNotFound(subject()),
+                404,
+                40401,
+                "Subject 's' not found.",
+            ),
+            (
+                Error::VersionNotFound("3".into()),
+                404,
+                40402,
+                "Version 3 not found.",
+            ),
+            (Error::SchemaNotFound, 404, 40403, "Schema not found"),
+            (Error::SchemaIdNotFound(9), 404, 40403, "Schema 9 not found"),
+            (
+                Error::SubjectSoftDeleted(subject()),
+                404,
+                40404,
+                "Subject 's' was soft deleted.Set permanent=true to delete permanently",
+            ),
+            (
+                Error::SubjectNotSoftDeleted(subject()),
+                404,
+                40405,
+                "Subject 's' was not deleted first before being permanently deleted",
+            ),
+            (
+                Error::VersionSoftDeleted {
+                    subject: subject(),
+                    version: 2,
+                },
+                404,
+                40406,
+                "Subject 's' Version 2 was soft deleted.Set permanent=true to delete permanently",
+            ),
+            (
+                Error::VersionNotSoftDeleted {
+                    subject: subject(),
+                    version: 2,
+                },
+                404,
+                40407,
+                "Subject 's' Version 2 was not deleted first before being permanently deleted",
+            ),
+            (
+                Error::CompatibilityNotConfigured(subject()),
+                404,
+                40408,
+                "Subject 's' does not have subject-level compatibility configured",
+            ),
+            (
+                Error::ModeNotConfigured(subject()),
+                404,
+                40409,
+                "Subject 's' does not have subject-level mode configured",
+            ),
+            (
+                Error::Incompatible {
+                    subject: subject(),
+                    messages: vec!["a".into(), "b".into()],
+                },
+                409,
+                40901,
+                "Schema being registered is incompatible with an earlier schema for subject \
+                 \"s\", details: [a, b]",
+            ),
+            (Error::InvalidSchema("bad".into()), 422, 42201, "bad"),
+            (
+                Error::InvalidVersion("x".into()),
+                422,
+                42202,
+                "The specified version 'x' is not a valid version id. Allowed values are \
+                 between [1, 2^31-1] and the string \"latest\"",
+            ),
+            (
+                Error::InvalidCompatibilityLevel,
+                422,
+                42203,
+                "Invalid compatibility level. Valid values are none, backward, forward, full, \
+                 backward_transitive, forward_transitive, and full_transitive",
+            ),
+            (
+                Error::InvalidMode("X".into()),
+                422,
+                42204,
+                "Invalid mode X. Valid values are READWRITE, READONLY and IMPORT",
+            ),
+            (Error::NotPermitted("no".into()), 422, 42205, "no"),
+            (
+                Error::ReferenceExists {
+                    subject: subject(),
+                    version: 1,
+                    by: vec![4, 5],
+                },
+                422,
+                42206,
+                "One or more references exist to the schema {subject=s,version=1}: referenced \
+                 by schema ids [4, 5]",
+            ),
+            (Error::IdDoesNotMatch("id".into()), 422, 42207, "id"),
+            (
+                Error::InvalidSubject("\n".into()),
+                422,
+                42208,
+                "The specified subject \"\\n\" is not valid: it is empty or contains control \
+                 characters",
+            ),
+            (
+                Error::BodyTooLarge,
+                413,
+                413,
+                "Request body is larger than the configured limit (max_body_bytes)",
+            ),
+            (Error::Store("disk".into()), 500, 50001, "disk"),
+            (Error::ForwardingFailed("down".into()), 500, 50003, "down"),
+            (
+                Error::NotLeader,
+                500,
+                50004,
+                "This instance is not the schema store leader and no leader is known; retry",
+            ),
+        ];
+        for (error, status, code, message) in cases {
+            let api = ApiError::from(error);
+            assert_eq!(
+                (api.status.as_u16(), api.code, api.message.as_str()),
+                (status, code, message)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn error_bodies_are_confluents_shape() {
+        let response = ApiError::from(Error::SubjectNotFound("s".into())).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error_code": 40401, "message": "Subject 's' not found."})
+        );
+    }
+
+    #[test]
+    fn refusals_ask_for_credentials_or_name_the_role() {
+        let unauthorized = denied(Denied::Unauthorized);
+        assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+        assert!(unauthorized
+            .headers()
+            .contains_key(header::WWW_AUTHENTICATE));
+        let forbidden = denied(Denied::Forbidden {
+            user: "app".into(),
+            needed: Role::Admin,
+        });
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        assert!(!forbidden.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
 }

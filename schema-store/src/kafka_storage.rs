@@ -43,31 +43,31 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::log::{Key, Record};
 use crate::registry::{Journal, Registry, State};
 
 /// How the store reaches its topic and how the other instances reach it.
 #[derive(Debug, Clone)]
-pub struct KafkaStorage {
-    pub kafka: KafkaConfig,
+pub(crate) struct KafkaStorage {
+    pub(crate) kafka: KafkaConfig,
     /// The topic, `_schemas` unless configured.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Names this registry's election group and transactional id, so several registries can
     /// share one Kafka cluster (with different topics).
-    pub cluster: String,
+    pub(crate) cluster: String,
     /// The URL other instances forward writes to.
-    pub advertised_url: String,
+    pub(crate) advertised_url: String,
     /// Replication factor used only when the store creates the topic (-1: the broker's default).
-    pub replication_factor: i32,
+    pub(crate) replication_factor: i32,
 }
 
 impl KafkaStorage {
-    pub fn election_group(&self) -> String {
+    pub(crate) fn election_group(&self) -> String {
         format!("{INTERNAL_PREFIX}schema-store.{}.election", self.cluster)
     }
 
-    pub fn transactional_id(&self) -> String {
+    pub(crate) fn transactional_id(&self) -> String {
         format!("{INTERNAL_PREFIX}schema-store.{}", self.cluster)
     }
 
@@ -92,7 +92,7 @@ const FENCED_GRACE: Duration = Duration::from_secs(12);
 
 /// What the reader, the election and the API share.
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     storage: KafkaStorage,
     leader: AtomicBool,
     /// The leader's advertised URL as last read from the election group.
@@ -113,25 +113,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Acquire)
     }
 
-    pub fn leader_url(&self) -> Option<String> {
+    pub(crate) fn leader_url(&self) -> Option<String> {
         self.leader_url.lock().expect("leader url lock").clone()
     }
 
-    pub fn advertised_url(&self) -> &str {
-        &self.storage.advertised_url
-    }
-
     /// The next offset after the last record applied to this instance's state.
-    pub fn position(&self) -> i64 {
+    pub(crate) fn position(&self) -> i64 {
         *self.position.borrow()
     }
 
     /// Waits until this instance has applied every record before `position`.
-    pub async fn wait_for_position(&self, position: i64, timeout: Duration) -> bool {
+    pub(crate) async fn wait_for_position(&self, position: i64, timeout: Duration) -> bool {
         let mut rx = self.position.clone();
         tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
             .await
@@ -139,14 +135,14 @@ impl Cluster {
     }
 
     /// Waits until the initial replay reached the end of the topic.
-    pub async fn wait_caught_up(&self) {
+    pub(crate) async fn wait_caught_up(&self) {
         let mut rx = self.caught_up.clone();
         let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Stops the election (leaving the group, so another instance takes over at once) and the
     /// reader, and waits for both threads.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         for thread in threads {
@@ -158,7 +154,7 @@ impl Cluster {
 /// Opens the topic (creating it if missing), starts the reader and the election, and returns
 /// the registry over the replayed state. Returns before the replay ends: see
 /// [`Cluster::wait_caught_up`].
-pub async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluster>)> {
+pub(crate) async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluster>)> {
     let reader: BaseConsumer = consumer_config(&storage, &storage.reader_group(), "reader")
         .set("enable.partition.eof", "true")
         // A write is answered only once read back, so the reader's fetch wait is part of every
@@ -540,15 +536,15 @@ struct KafkaJournal {
 }
 
 impl Journal for KafkaJournal {
-    fn commit(&mut self, records: &[Record], _public: &RwLock<State>) -> Result<(), ApiError> {
+    fn commit(&mut self, records: &[Record], _public: &RwLock<State>) -> Result<(), Error> {
         let started = Instant::now();
         let term = self.term.lock().expect("term lock");
         let Some(current) = term.as_ref() else {
-            return Err(ApiError::not_leader());
+            return Err(Error::NotLeader);
         };
         if current.epoch != self.seen_epoch {
             // Planned against a state from before this term: plan again.
-            return Err(ApiError::not_leader());
+            return Err(Error::NotLeader);
         }
         let written = produce(
             &current.producer,
@@ -568,14 +564,14 @@ impl Journal for KafkaJournal {
             metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "writer")
                 .increment(1);
             tracing::error!("cannot write to the schemas topic: {e}");
-            ApiError::store(format!("Error while writing to the schemas topic: {e}"))
+            Error::Store(format!("Error while writing to the schemas topic: {e}"))
         })?;
         drop(term);
         if !self.runtime.block_on(
             self.cluster
                 .wait_for_position(offset + 1, READ_BACK_TIMEOUT),
         ) {
-            return Err(ApiError::store(format!(
+            return Err(Error::Store(format!(
                 "the write at offset {offset} was not read back within {READ_BACK_TIMEOUT:?}"
             )));
         }

@@ -9,17 +9,19 @@
 //! - [`compat`]: compatibility levels, Avro schema resolution, JSON Schema compatibility;
 //! - [`auth`]: basic auth with roles; [`openapi`]: the served OpenAPI document.
 
-pub mod api;
-pub mod auth;
-pub mod compat;
-pub mod error;
-pub mod forward;
-pub mod kafka_storage;
-pub mod log;
-pub mod openapi;
-pub mod ordered_json;
-pub mod registry;
-pub mod schema;
+mod api;
+mod auth;
+mod compat;
+mod error;
+mod forward;
+mod kafka_storage;
+mod log;
+mod openapi;
+mod ordered_json;
+mod registry;
+mod schema;
+
+pub use auth::{hash_password, hash_password_command, AuthConfig, Role, UserConfig};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
-use crate::auth::{Auth, AuthConfig};
+use crate::auth::Auth;
 use crate::forward::Forwarder;
 use crate::kafka_storage::{Cluster, KafkaStorage};
 use crate::registry::Registry;
@@ -97,7 +99,7 @@ pub struct StorageConfig {
 
 impl SchemaStoreConfig {
     /// The Kafka storage settings with their defaults (kind = "kafka" only).
-    pub fn kafka_storage(&self) -> anyhow::Result<KafkaStorage> {
+    pub(crate) fn kafka_storage(&self) -> anyhow::Result<KafkaStorage> {
         let kafka = self.kafka.clone().ok_or_else(|| {
             anyhow::anyhow!(
                 "storage.kind = \"kafka\" needs a [kafka] table (bootstrap, properties)"

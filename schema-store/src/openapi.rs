@@ -9,7 +9,7 @@ use crate::api::routes;
 use crate::auth::Role;
 
 /// The document, built once.
-pub fn document() -> &'static Value {
+pub(crate) fn document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(build)
 }
@@ -55,7 +55,7 @@ fn build() -> Value {
 }
 
 /// `{name}` segments of a path.
-pub fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
     path.split('/')
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
 }

@@ -32,7 +32,7 @@ const PASSWORD: &str = "ci-password";
 fn spawn(dir: &std::path::Path, bootstrap: &str, topic: &str) -> Instance {
     let (api, telemetry) = (free_addr(), free_addr());
     let config = dir.join(format!("store-{}.toml", api.port()));
-    let hash = logpipe_schema_store::auth::hash_password(PASSWORD);
+    let hash = logpipe_schema_store::hash_password(PASSWORD);
     std::fs::write(
         &config,
         format!(

@@ -23,7 +23,7 @@ use apache_avro::schema::{EnumSchema, FixedSchema, Name, RecordSchema, Schema};
 use crate::schema::AvroParsed;
 
 /// The reasons a reader of `reader` cannot read data written with `writer`; empty when it can.
-pub fn can_read(writer: &AvroParsed, reader: &AvroParsed) -> Vec<String> {
+pub(crate) fn can_read(writer: &AvroParsed, reader: &AvroParsed) -> Vec<String> {
     let mut resolver = Resolver {
         writer_names: names(writer),
         reader_names: names(reader),

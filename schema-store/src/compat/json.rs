@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 /// The reasons a reader schema does not accept everything the writer schema accepts.
-pub fn can_read(writer: &Value, reader: &Value) -> Vec<String> {
+pub(crate) fn can_read(writer: &Value, reader: &Value) -> Vec<String> {
     let mut errors = Vec::new();
     check(writer, reader, "", &mut errors);
     errors

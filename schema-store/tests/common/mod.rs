@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use logpipe_core::telemetry::TelemetryConfig;
-use logpipe_schema_store::auth::AuthConfig;
+use logpipe_schema_store::AuthConfig;
 use logpipe_schema_store::{SchemaStoreConfig, Server, StorageConfig, StorageKind};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
