@@ -27,6 +27,7 @@ use crate::registry::{
     validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector,
 };
 use crate::schema::{Reference, SchemaType};
+use logpipe_core::metric_names::schema_store as metric;
 
 /// The content type of every JSON response, as Confluent sends it.
 pub(crate) const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -509,7 +510,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     for r in routes() {
         // The latency histogram doubles as the request count; its handle is made once per
         // route so the hot path does no metric lookups.
-        let timing = metrics::histogram!("logpipe_schema_store_http_request_seconds", "method" => r.method.to_string(), "route" => r.path);
+        let timing = metrics::histogram!(metric::HTTP_REQUEST, "method" => r.method.to_string(), "route" => r.path);
         let guard = RouteGuard {
             state: state.clone(),
             role: r.role,
@@ -573,7 +574,8 @@ async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next
     guard.timing.record(started.elapsed().as_secs_f64());
     if !response.status().is_success() {
         let status = response.status().as_u16().to_string();
-        metrics::counter!("logpipe_schema_store_http_errors_total", "route" => guard.route, "status" => status).increment(1);
+        metrics::counter!(metric::HTTP_ERRORS, "route" => guard.route, "status" => status)
+            .increment(1);
     }
     response
 }
@@ -598,7 +600,7 @@ async fn negotiate(request: Request, next: Next) -> Response {
             m.is_empty() || m == "*/*" || m == "application/*" || JSON_TYPES.contains(&m.as_str())
         });
         if !acceptable {
-            metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "not_acceptable").increment(1);
+            metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "not_acceptable").increment(1);
             return ApiError::http(StatusCode::NOT_ACCEPTABLE, "HTTP 406 Not Acceptable")
                 .into_response();
         }
@@ -610,7 +612,8 @@ async fn negotiate(request: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok())
         {
             if !JSON_TYPES.contains(&media_type(content_type).as_str()) {
-                metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "unsupported_media_type").increment(1);
+                metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "unsupported_media_type")
+                    .increment(1);
                 return ApiError::http(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "HTTP 415 Unsupported Media Type",
@@ -641,14 +644,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "too_large").increment(1);
+                metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "too_large").increment(1);
                 Error::BodyTooLarge.into()
             } else {
-                ApiError::http(StatusCode::BAD_REQUEST, format!("Cannot read the request body: {e}"))
+                ApiError::http(
+                    StatusCode::BAD_REQUEST,
+                    format!("Cannot read the request body: {e}"),
+                )
             }
         })?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "bad_json").increment(1);
+            metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "bad_json").increment(1);
             ApiError::http(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}"))
         })
     }
@@ -762,7 +768,7 @@ async fn schema_by_id(
         body.insert("references".into(), json!(schema.references));
     }
     body.insert("schema".into(), json!(schema.schema));
-    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "id").increment(1);
+    metrics::counter!(metric::LOOKUPS, "by" => "id").increment(1);
     Ok(reply(&body))
 }
 
@@ -841,7 +847,7 @@ async fn get_version(
     query: Flags,
 ) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
-    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "version").increment(1);
+    metrics::counter!(metric::LOOKUPS, "by" => "version").increment(1);
     Ok(reply(&state.registry.read().subject_version(
         subject_path(&subject)?,
         selector,
@@ -893,8 +899,7 @@ async fn register(
         Err(Error::Incompatible { .. }) => "incompatible",
         Err(_) => "error",
     };
-    metrics::counter!("logpipe_schema_store_registrations_total", "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(metric::REGISTRATIONS, "outcome" => outcome).increment(1);
     Ok(reply(&json!({"id": result?})))
 }
 
@@ -906,7 +911,7 @@ async fn lookup(
 ) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let new = request.into_new()?;
-    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "schema").increment(1);
+    metrics::counter!(metric::LOOKUPS, "by" => "schema").increment(1);
     Ok(reply(&state.registry.read().lookup(
         &subject,
         new.schema_type,

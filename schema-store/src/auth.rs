@@ -17,6 +17,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
+use logpipe_core::metric_names::schema_store as metric;
 use serde::{Deserialize, Serialize};
 
 /// What a user may do; each role includes the ones before it.
@@ -115,8 +116,7 @@ impl Auth {
         if role >= needed {
             Ok(())
         } else {
-            metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "forbidden")
-                .increment(1);
+            metrics::counter!(metric::AUTH_DENIED, "reason" => "forbidden").increment(1);
             Err(Denied::Forbidden { user, needed })
         }
     }
@@ -158,8 +158,7 @@ impl Auth {
 }
 
 fn unauthorized() -> Denied {
-    metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "unauthorized")
-        .increment(1);
+    metrics::counter!(metric::AUTH_DENIED, "reason" => "unauthorized").increment(1);
     Denied::Unauthorized
 }
 

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::Error;
 use crate::kafka_storage::Cluster;
+use logpipe_core::metric_names::schema_store as metric;
 
 /// Marks a forwarded request: an instance that is not the leader answers it with 50004
 /// instead of forwarding it again, so a stale view of the leader cannot make a loop.
@@ -60,8 +61,7 @@ impl Forwarder {
         }
         let response = self.forward(request).await;
         let outcome = if response.is_ok() { "ok" } else { "failed" };
-        metrics::counter!("logpipe_schema_store_kafka_forwarded_total", "outcome" => outcome)
-            .increment(1);
+        metrics::counter!(metric::KAFKA_FORWARDED, "outcome" => outcome).increment(1);
         response
     }
 

@@ -46,6 +46,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::log::{Key, Record};
 use crate::registry::{Journal, Registry, State};
+use logpipe_core::metric_names::schema_store as metric;
 
 /// How the store reaches its topic and how the other instances reach it.
 #[derive(Debug, Clone)]
@@ -287,8 +288,7 @@ fn read(
             Some(Ok(message)) => {
                 apply(&state, message.key(), message.payload(), message.offset());
                 position.send_replace(message.offset() + 1);
-                metrics::gauge!("logpipe_schema_store_kafka_replay_offset")
-                    .set((message.offset() + 1) as f64);
+                metrics::gauge!(metric::KAFKA_REPLAY_OFFSET).set((message.offset() + 1) as f64);
             }
             Some(Err(KafkaError::PartitionEOF(_))) if !*caught_up.borrow() => {
                 let state = state.read().expect("registry state lock");
@@ -297,8 +297,7 @@ fn read(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
-                metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "reader")
-                    .increment(1);
+                metrics::counter!(metric::KAFKA_ERRORS, "client" => "reader").increment(1);
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!("reading the schemas topic: {e}");
                     last_warning = Some(Instant::now());
@@ -321,7 +320,7 @@ fn apply(state: &RwLock<State>, key: Option<&[u8]>, value: Option<&[u8]>, offset
             .map_err(|e| format!("{e} in {:?}", record.key)),
     };
     if let Err(e) = outcome {
-        metrics::counter!("logpipe_schema_store_kafka_records_skipped_total").increment(1);
+        metrics::counter!(metric::KAFKA_RECORDS_SKIPPED).increment(1);
         tracing::warn!(
             offset,
             "skipping a schemas record this store cannot use: {e}"
@@ -333,7 +332,7 @@ fn apply(state: &RwLock<State>, key: Option<&[u8]>, value: Option<&[u8]>, offset
             state.burn_id(id);
         }
     }
-    metrics::gauge!("logpipe_schema_store_schemas").set(state.schema_count() as f64);
+    metrics::gauge!(metric::SCHEMAS).set(state.schema_count() as f64);
 }
 
 /// One leadership term: the producer that fences the previous leader.
@@ -355,8 +354,7 @@ fn elect(
     let mut fenced_since: Option<Instant> = None;
     while !cluster.stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
-            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "election")
-                .increment(1);
+            metrics::counter!(metric::KAFKA_ERRORS, "client" => "election").increment(1);
             tracing::warn!("election group: {e}");
         }
         let assignment = consumer.assignment().unwrap_or_default();
@@ -389,8 +387,8 @@ fn elect(
                     *cluster.leader_url.lock().expect("leader url lock") =
                         Some(cluster.storage.advertised_url.clone());
                     cluster.leader.store(true, Ordering::Release);
-                    metrics::gauge!("logpipe_schema_store_kafka_leader").set(1.0);
-                    metrics::counter!("logpipe_schema_store_kafka_elections_total").increment(1);
+                    metrics::gauge!(metric::KAFKA_LEADER).set(1.0);
+                    metrics::counter!(metric::KAFKA_ELECTIONS).increment(1);
                     last_failure = None;
                 }
                 Err(e) => {
@@ -425,7 +423,7 @@ fn step_down(cluster: &Cluster, term: &Mutex<Option<Term>>, why: &str) {
         tracing::info!("this instance is no longer the schema store leader: {why}");
     }
     cluster.leader.store(false, Ordering::Release);
-    metrics::gauge!("logpipe_schema_store_kafka_leader").set(0.0);
+    metrics::gauge!(metric::KAFKA_LEADER).set(0.0);
 }
 
 /// Becomes the writer: fences earlier leaders, writes a NOOP and waits to read it back (the
@@ -561,8 +559,7 @@ impl Journal for KafkaJournal {
             self.cluster.leader.store(false, Ordering::Release);
         }
         let offset = written.map_err(|e| {
-            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "writer")
-                .increment(1);
+            metrics::counter!(metric::KAFKA_ERRORS, "client" => "writer").increment(1);
             tracing::error!("cannot write to the schemas topic: {e}");
             Error::Store(format!("Error while writing to the schemas topic: {e}"))
         })?;
@@ -575,9 +572,8 @@ impl Journal for KafkaJournal {
                 "the write at offset {offset} was not read back within {READ_BACK_TIMEOUT:?}"
             )));
         }
-        metrics::histogram!("logpipe_schema_store_kafka_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
+        metrics::histogram!(metric::KAFKA_COMMIT).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::LOG_BATCH_RECORDS).record(records.len() as f64);
         Ok(())
     }
 

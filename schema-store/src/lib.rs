@@ -1,13 +1,20 @@
 //! logpipe-schema-store: a Confluent Schema Registry compatible schema store.
 //!
-//! - [`api`]: the REST surface (routes, content negotiation, handlers);
-//! - [`registry`]: subjects, versions, global ids, configs and modes, and the write operations;
-//! - [`log`]: Confluent's `_schemas` record format and the local fsynced append-only log;
-//! - [`kafka_storage`]: the registry in a `_schemas` topic shared by several instances, with one
-//!   elected writer; [`forward`]: followers forward writes to it;
-//! - [`schema`]: AVRO and JSON Schema parsing and the stored (canonical) form;
-//! - [`compat`]: compatibility levels, Avro schema resolution, JSON Schema compatibility;
-//! - [`auth`]: basic auth with roles; [`openapi`]: the served OpenAPI document.
+//! The crate's API is what the binary, the tests and the benchmark need: the config, a
+//! [`Server`] to bind and run, the [`SchemaStore`] service, and the auth config with password
+//! hashing. Inside, one module per idea:
+//!
+//! - `api`: the REST surface (routes, content negotiation, handlers) and the only place that
+//!   knows HTTP statuses and Confluent error codes;
+//! - `registry`: subjects, versions, global ids, configs and modes, and the write operations;
+//!   `error`: what they can fail with, as domain errors;
+//! - `log`: Confluent's `_schemas` record format and the local fsynced append-only log;
+//! - `kafka_storage`: the registry in a `_schemas` topic shared by several instances, with one
+//!   elected writer; `forward`: followers forward writes to it;
+//! - `schema`: AVRO and JSON Schema parsing and the stored (canonical) form;
+//! - `compat`: compatibility levels, Avro schema resolution, JSON Schema compatibility;
+//! - `auth`: basic auth with roles; `openapi`: the served OpenAPI document;
+//! - `metrics`: what the store's metrics mean.
 
 mod api;
 mod auth;
@@ -16,6 +23,7 @@ mod error;
 mod forward;
 mod kafka_storage;
 mod log;
+mod metrics;
 mod openapi;
 mod ordered_json;
 mod registry;
@@ -311,6 +319,7 @@ impl Service for SchemaStore {
     type Config = SchemaStoreConfig;
 
     async fn run(config: SchemaStoreConfig, ctx: Context) -> anyhow::Result<()> {
+        metrics::describe();
         ctx.readiness.register("api");
         let server = tokio::select! {
             server = Server::bind(&config) => server?,

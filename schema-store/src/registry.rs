@@ -20,6 +20,7 @@ use crate::log::{
     ConfigValue, DeleteSubjectValue, Key, LocalLog, Mode, ModeValue, Record, SchemaValue,
 };
 use crate::schema::{self, Parsed, Reference, SchemaType};
+use logpipe_core::metric_names::schema_store as metric;
 
 /// A schema known by its global id.
 #[derive(Debug)]
@@ -828,19 +829,18 @@ impl Journal for LocalLog {
     fn commit(&mut self, records: &[Record], public: &RwLock<State>) -> Result<(), Error> {
         let started = std::time::Instant::now();
         self.append(records).map_err(|e| {
-            metrics::counter!("logpipe_schema_store_log_errors_total").increment(1);
+            metrics::counter!(metric::LOG_ERRORS).increment(1);
             tracing::error!("cannot write the schema log: {e}");
             Error::Store(format!("Error while writing to the schema log: {e}"))
         })?;
-        metrics::histogram!("logpipe_schema_store_log_append_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
+        metrics::histogram!(metric::LOG_APPEND).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::LOG_BATCH_RECORDS).record(records.len() as f64);
         let mut state = public.write().expect("registry state lock");
         for record in records {
             // Already applied to the writer's staging copy without error: it applies here the same way.
             let _ = state.apply(record);
         }
-        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        metrics::gauge!(metric::SCHEMAS).set(state.schemas.len() as f64);
         Ok(())
     }
 }
@@ -870,7 +870,7 @@ impl Registry {
                 .map_err(|e| anyhow::anyhow!("{} record {}: {e}", log.path().display(), i + 1))?;
         }
         tracing::info!(records = records.len(), schemas = state.schemas.len(), subjects = state.subjects.len(), elapsed = ?started.elapsed(), "replayed the schema log");
-        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        metrics::gauge!(metric::SCHEMAS).set(state.schemas.len() as f64);
         Registry::start(Arc::new(RwLock::new(state)), log)
     }
 

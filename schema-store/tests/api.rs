@@ -4,6 +4,8 @@
 mod common;
 
 use common::{assert_error, avro_record, Store, CT};
+use logpipe_core::metric_names::schema_store as metric;
+use logpipe_devkit::prometheus;
 use logpipe_schema_store::{hash_password, AuthConfig, Role, UserConfig};
 use serde_json::{json, Value};
 
@@ -136,15 +138,26 @@ async fn register_lookup_and_read_back() {
     );
 
     let rendered = metrics.render();
-    for expected in [
-        r#"logpipe_schema_store_http_errors_total{route="/schemas/ids/{id}",status="404"}"#,
-        r#"logpipe_schema_store_http_request_seconds_count{method="POST",route="/subjects/{subject}/versions"}"#,
-        r#"logpipe_schema_store_registrations_total{outcome="ok"}"#,
-        "logpipe_schema_store_log_append_seconds",
+    let samples = prometheus::parse(&rendered);
+    let count = |name: &str| format!("{name}_count");
+    for (name, labels) in [
+        (
+            metric::HTTP_ERRORS.to_owned(),
+            &[("route", "/schemas/ids/{id}"), ("status", "404")][..],
+        ),
+        (
+            count(metric::HTTP_REQUEST),
+            &[
+                ("method", "POST"),
+                ("route", "/subjects/{subject}/versions"),
+            ],
+        ),
+        (metric::REGISTRATIONS.to_owned(), &[("outcome", "ok")]),
+        (count(metric::LOG_APPEND), &[]),
     ] {
         assert!(
-            rendered.contains(expected),
-            "{expected} missing from\n{rendered}"
+            prometheus::sum(&samples, &name, labels).is_some(),
+            "{name} {labels:?} missing from\n{rendered}"
         );
     }
 }
