@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::kafka::{EndIsNotAnError, KafkaConfig, Role};
 use logpipe_core::record::INTERNAL_PREFIX;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -78,6 +78,9 @@ impl KafkaStorage {
         format!("{INTERNAL_PREFIX}schema-store.{}.reader", self.cluster)
     }
 }
+
+/// The consumer that replays the topic.
+type Reader = BaseConsumer<EndIsNotAnError>;
 
 /// How long a write waits for its own records to be consumed back before it fails.
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,12 +159,14 @@ impl Cluster {
 /// the registry over the replayed state. Returns before the replay ends: see
 /// [`Cluster::wait_caught_up`].
 pub(crate) async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluster>)> {
-    let reader: BaseConsumer = consumer_config(&storage, &storage.reader_group(), "reader")
+    // The reader waits for the topic's end, which librdkafka also reports as a client error:
+    // its context keeps that out of the error log.
+    let reader: Reader = consumer_config(&storage, &storage.reader_group(), "reader")
         .set("enable.partition.eof", "true")
         // A write is answered only once read back, so the reader's fetch wait is part of every
         // write's latency; the topic is small, and frequent empty fetches cost little.
         .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS)
-        .create()
+        .create_with_context(EndIsNotAnError)
         .map_err(|e| anyhow::anyhow!("cannot create the {} reader: {e}", storage.topic))?;
     let reader = Arc::new(reader);
     ensure_topic(&storage, Arc::clone(&reader)).await?;
@@ -231,7 +236,7 @@ fn consumer_config(storage: &KafkaStorage, group: &str, purpose: &str) -> Client
 }
 
 /// Checks the topic has exactly one partition, creating it (compacted) when it is missing.
-async fn ensure_topic(storage: &KafkaStorage, reader: Arc<BaseConsumer>) -> anyhow::Result<()> {
+async fn ensure_topic(storage: &KafkaStorage, reader: Arc<Reader>) -> anyhow::Result<()> {
     let topic = storage.topic.clone();
     let partitions = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<usize>> {
         let metadata = reader
@@ -274,7 +279,7 @@ async fn ensure_topic(storage: &KafkaStorage, reader: Arc<BaseConsumer>) -> anyh
 
 /// The reader thread: applies every record of the topic, in order, to the state.
 fn read(
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<Reader>,
     cluster: Arc<Cluster>,
     state: Arc<RwLock<State>>,
     position: watch::Sender<i64>,
