@@ -627,10 +627,14 @@ async fn negotiate(request: Request, next: Next) -> Response {
 
 /// A JSON response with Confluent's content type.
 fn reply<T: Serialize>(value: &T) -> Response {
-    let body = serde_json::to_vec(value).expect("responses serialize");
+    raw_reply(serde_json::to_vec(value).expect("responses serialize"))
+}
+
+/// A body that is JSON already (a stored schema's text), with Confluent's content type.
+fn raw_reply(body: impl Into<axum::body::Body>) -> Response {
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -777,12 +781,17 @@ async fn raw_schema_by_id(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let schema = state.registry.read().schema_by_id(id)?.schema.clone();
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        schema,
-    )
-        .into_response())
+    Ok(raw_reply(
+        state.registry.read().schema_by_id(id)?.schema.clone(),
+    ))
+}
+
+/// The subject versions using schema `id` (40403 when there is no such id).
+fn usages_of(state: &AppState, id: &str, deleted: bool) -> Result<Vec<(String, u32)>, Error> {
+    let id = parse_id(id)?;
+    let registry = state.registry.read();
+    registry.schema_by_id(id)?;
+    Ok(registry.usages(id, deleted))
 }
 
 async fn subjects_of_id(
@@ -790,11 +799,7 @@ async fn subjects_of_id(
     Path(id): Path<String>,
     query: Flags,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let registry = state.registry.read();
-    registry.schema_by_id(id)?;
-    let mut subjects: Vec<String> = registry
-        .usages(id, query.deleted)
+    let mut subjects: Vec<String> = usages_of(&state, &id, query.deleted)?
         .into_iter()
         .map(|(s, _)| s)
         .collect();
@@ -807,11 +812,7 @@ async fn versions_of_id(
     Path(id): Path<String>,
     query: Flags,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let registry = state.registry.read();
-    registry.schema_by_id(id)?;
-    let usages: Vec<_> = registry
-        .usages(id, query.deleted)
+    let usages: Vec<_> = usages_of(&state, &id, query.deleted)?
         .into_iter()
         .map(|(subject, version)| json!({"subject": subject, "version": version}))
         .collect();
@@ -866,11 +867,7 @@ async fn raw_version(
             .registry
             .read()
             .subject_version(subject_path(&subject)?, selector, query.deleted)?;
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        found.schema,
-    )
-        .into_response())
+    Ok(raw_reply(found.schema))
 }
 
 async fn referenced_by(
@@ -952,13 +949,18 @@ async fn delete_version(
     ))
 }
 
+/// `is_compatible` (and with `verbose`, the reasons) of a candidate against one version of a
+/// subject or the versions its level selects.
 fn compatibility_reply(
-    registry: &RegistryState,
+    state: &AppState,
     subject: &str,
-    selector: Option<VersionSelector>,
+    version: Option<&str>,
     request: SchemaRequest,
     verbose: bool,
 ) -> Result<Response, ApiError> {
+    validate_subject(subject)?;
+    let selector = version.map(VersionSelector::parse).transpose()?;
+    let registry = state.registry.read();
     let new = request.into_new()?;
     if let Some(selector) = selector {
         registry.version(subject, selector, false)?;
@@ -978,15 +980,7 @@ async fn compatibility_version(
     query: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
-    validate_subject(&subject)?;
-    let selector = VersionSelector::parse(&version)?;
-    compatibility_reply(
-        &state.registry.read(),
-        &subject,
-        Some(selector),
-        request,
-        query.verbose,
-    )
+    compatibility_reply(&state, &subject, Some(&version), request, query.verbose)
 }
 
 async fn compatibility_all(
@@ -995,14 +989,7 @@ async fn compatibility_all(
     query: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
-    validate_subject(&subject)?;
-    compatibility_reply(
-        &state.registry.read(),
-        &subject,
-        None,
-        request,
-        query.verbose,
-    )
+    compatibility_reply(&state, &subject, None, request, query.verbose)
 }
 
 /// Compatibility levels and modes have the same shape: a global value with a default and

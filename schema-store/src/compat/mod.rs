@@ -120,6 +120,33 @@ pub(crate) fn can_read(writer: &Parsed, reader: &Parsed) -> Vec<String> {
     }
 }
 
+/// Runs a table of (writer, reader, whether the reader reads the writer's data) rows through a
+/// schema type's `can_read` and reports every wrong row at once.
+#[cfg(test)]
+fn assert_table<S: fmt::Display>(
+    rows: &[(S, S, bool)],
+    min_rows: usize,
+    can_read: impl Fn(&S, &S) -> Vec<String>,
+) {
+    assert!(rows.len() >= min_rows, "{} rows", rows.len());
+    let mut failures = Vec::new();
+    for (writer, reader, expected) in rows {
+        let errors = can_read(writer, reader);
+        if errors.is_empty() != *expected {
+            failures.push(format!(
+                "writer {writer} reader {reader}: expected {expected}, got {errors:?}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows wrong:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
