@@ -4,7 +4,7 @@
 //! OpenAPI document says about it, so the served document, the authorization rules and the
 //! router cannot drift apart.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -23,6 +23,7 @@ use crate::compat::Level;
 use crate::error::Error;
 use crate::forward::Forwarder;
 use crate::log::{Mode, Record};
+use crate::openapi::{self, Operation};
 use crate::registry::{
     validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector,
 };
@@ -144,19 +145,10 @@ pub(crate) struct AppState {
     pub(crate) forwarder: Option<Arc<Forwarder>>,
 }
 
-/// One route of the API: method, path (axum syntax), required role, handler, and its OpenAPI
-/// description.
+/// One route of the API: its handler, and its method, path (axum syntax), required role and
+/// OpenAPI description.
 pub(crate) struct Route {
-    pub(crate) method: Method,
-    pub(crate) path: &'static str,
-    pub(crate) role: Role,
-    pub(crate) summary: &'static str,
-    /// Query parameters: (name, description).
-    pub(crate) query: &'static [(&'static str, &'static str)],
-    /// Request body component in the OpenAPI document, if any.
-    pub(crate) body: Option<&'static str>,
-    /// Success response component.
-    pub(crate) response: &'static str,
+    pub(crate) operation: Operation,
     pub(crate) handler: MethodRouter<AppState>,
 }
 
@@ -173,13 +165,15 @@ fn route(
     handler: MethodRouter<AppState>,
 ) -> Route {
     Route {
-        method,
-        path,
-        role,
-        summary,
-        query,
-        body,
-        response,
+        operation: Operation {
+            method,
+            path,
+            role,
+            summary,
+            query,
+            body,
+            response,
+        },
         handler,
     }
 }
@@ -507,7 +501,11 @@ pub(crate) fn routes() -> Vec<Route> {
 pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new();
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
-    for r in routes() {
+    for Route {
+        operation: r,
+        handler,
+    } in routes()
+    {
         // The latency histogram doubles as the request count; its handle is made once per
         // route so the hot path does no metric lookups.
         let timing = metrics::histogram!(metric::HTTP_REQUEST, "method" => r.method.to_string(), "route" => r.path);
@@ -517,9 +515,7 @@ pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
             route: r.path,
             timing,
         };
-        let handler = r
-            .handler
-            .layer(middleware::from_fn_with_state(guard, authorize));
+        let handler = handler.layer(middleware::from_fn_with_state(guard, authorize));
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
             None => by_path.push((r.path, handler)),
@@ -1142,12 +1138,71 @@ async fn delete_subject_setting<S: Setting>(
 }
 
 async fn openapi() -> Response {
-    reply(crate::openapi::document())
+    reply(openapi_document())
+}
+
+/// The served OpenAPI document, built once from the route table.
+fn openapi_document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let routes = routes();
+        openapi::build(routes.iter().map(|r| &r.operation), CONTENT_TYPE)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let document = openapi_document();
+        let paths = document["paths"].as_object().unwrap();
+        let mut documented = 0;
+        for (path, item) in paths {
+            documented += item.as_object().unwrap().len();
+            for (_, operation) in item.as_object().unwrap() {
+                // Every $ref resolves.
+                for reference in [
+                    &operation["responses"]["200"]["content"][CONTENT_TYPE]["schema"]["$ref"],
+                    &operation["requestBody"]["content"][CONTENT_TYPE]["schema"]["$ref"],
+                ] {
+                    if let Some(r) = reference.as_str() {
+                        let name = r.trim_start_matches("#/components/schemas/");
+                        assert!(
+                            document["components"]["schemas"].get(name).is_some(),
+                            "{path}: dangling {r}"
+                        );
+                    }
+                }
+            }
+        }
+        let routes = routes();
+        assert_eq!(documented, routes.len());
+        for Route {
+            operation: route, ..
+        } in &routes
+        {
+            let operation = &paths[route.path][route.method.as_str().to_ascii_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{} {} is not documented",
+                route.method,
+                route.path
+            );
+            let params: Vec<&str> = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                params,
+                openapi::path_parameters(route.path).collect::<Vec<_>>()
+            );
+        }
+    }
 
     #[test]
     fn domain_errors_get_confluents_statuses_codes_and_messages() {
