@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::CT;
 use logpipe_core::metric_names::schema_store as metric;
 use logpipe_devkit::harness::{free_addr, wait_until, DevCluster, Process};
 use logpipe_devkit::prometheus;
@@ -17,7 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use serde_json::{json, Value};
 
-const CT: &str = "application/vnd.schemaregistry.v1+json";
+mod common;
 
 struct Instance {
     process: Process,
