@@ -4,7 +4,7 @@
 //! OpenAPI document says about it, so the served document, the authorization rules and the
 //! router cannot drift apart.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -18,18 +18,20 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::{Auth, Role};
+use crate::auth::{Auth, Denied, Role};
 use crate::compat::Level;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::forward::Forwarder;
 use crate::log::{Mode, Record};
+use crate::openapi::{self, Operation};
 use crate::registry::{
     validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector,
 };
 use crate::schema::{Reference, SchemaType};
+use logpipe_core::metric_names::schema_store as metric;
 
 /// The content type of every JSON response, as Confluent sends it.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+pub(crate) const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Request and response media types Confluent accepts.
 const JSON_TYPES: [&str; 3] = [
@@ -38,29 +40,116 @@ const JSON_TYPES: [&str; 3] = [
     "application/json",
 ];
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub auth: Arc<Auth>,
-    /// With Kafka storage: runs writes at the leader.
-    pub forwarder: Option<Arc<Forwarder>>,
+/// An error response in Confluent's shape: an HTTP status and a body
+/// `{"error_code": int, "message": str}`, so clients that branch on codes (40401 vs 40403,
+/// 40408) behave as they do against Confluent.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: u32,
+    message: String,
 }
 
-/// One route of the API: method, path (axum syntax), required role, handler, and its OpenAPI
-/// description.
-pub struct Route {
-    pub method: Method,
-    pub path: &'static str,
-    pub role: Role,
-    pub summary: &'static str,
-    /// Query parameters: (name, description).
-    pub query: &'static [(&'static str, &'static str)],
-    /// Request body component in the OpenAPI document, if any.
-    pub body: Option<&'static str>,
-    /// Success response component.
-    pub response: &'static str,
-    pub handler: MethodRouter<AppState>,
+impl ApiError {
+    /// A plain HTTP error whose code is its status, as Confluent's REST layer reports them.
+    fn http(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: u32::from(status.as_u16()),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let (status, code) = confluent_code(&error);
+        ApiError {
+            status,
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The status and error code Confluent answers each error with.
+fn confluent_code(error: &Error) -> (StatusCode, u32) {
+    use StatusCode as S;
+    match error {
+        Error::SubjectNotFound(_) => (S::NOT_FOUND, 40401),
+        Error::VersionNotFound(_) => (S::NOT_FOUND, 40402),
+        Error::SchemaNotFound | Error::SchemaIdNotFound(_) => (S::NOT_FOUND, 40403),
+        Error::SubjectSoftDeleted(_) => (S::NOT_FOUND, 40404),
+        Error::SubjectNotSoftDeleted(_) => (S::NOT_FOUND, 40405),
+        Error::VersionSoftDeleted { .. } => (S::NOT_FOUND, 40406),
+        Error::VersionNotSoftDeleted { .. } => (S::NOT_FOUND, 40407),
+        Error::CompatibilityNotConfigured(_) => (S::NOT_FOUND, 40408),
+        Error::ModeNotConfigured(_) => (S::NOT_FOUND, 40409),
+        Error::Incompatible { .. } => (S::CONFLICT, 40901),
+        Error::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, 413),
+        Error::InvalidSchema(_) => (S::UNPROCESSABLE_ENTITY, 42201),
+        Error::InvalidVersion(_) => (S::UNPROCESSABLE_ENTITY, 42202),
+        Error::InvalidCompatibilityLevel => (S::UNPROCESSABLE_ENTITY, 42203),
+        Error::InvalidMode(_) => (S::UNPROCESSABLE_ENTITY, 42204),
+        Error::NotPermitted(_) => (S::UNPROCESSABLE_ENTITY, 42205),
+        Error::ReferenceExists { .. } => (S::UNPROCESSABLE_ENTITY, 42206),
+        Error::IdDoesNotMatch(_) => (S::UNPROCESSABLE_ENTITY, 42207),
+        Error::InvalidSubject(_) => (S::UNPROCESSABLE_ENTITY, 42208),
+        Error::Store(_) => (S::INTERNAL_SERVER_ERROR, 50001),
+        Error::ForwardingFailed(_) => (S::INTERNAL_SERVER_ERROR, 50003),
+        Error::NotLeader => (S::INTERNAL_SERVER_ERROR, 50004),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error_code": self.code, "message": self.message}).to_string();
+        let mut response = (self.status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        response
+    }
+}
+
+/// A refused request: 401 asks for credentials (`WWW-Authenticate`), 403 names the role needed.
+fn denied(denied: Denied) -> Response {
+    match denied {
+        Denied::Unauthorized => {
+            let mut response = ApiError::http(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: valid HTTP basic credentials are required",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"logpipe-schema-store\""),
+            );
+            response
+        }
+        Denied::Forbidden { user, needed } => ApiError::http(
+            StatusCode::FORBIDDEN,
+            format!("User '{user}' is not allowed to do this: it needs the {needed:?} role")
+                .to_lowercase(),
+        )
+        .into_response(),
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) auth: Arc<Auth>,
+    /// With Kafka storage: runs writes at the leader.
+    pub(crate) forwarder: Option<Arc<Forwarder>>,
+}
+
+/// One route of the API: its handler, and its method, path (axum syntax), required role and
+/// OpenAPI description.
+pub(crate) struct Route {
+    pub(crate) operation: Operation,
+    pub(crate) handler: MethodRouter<AppState>,
 }
 
 // A row of the route table: positional arguments keep each route on one line.
@@ -76,13 +165,15 @@ fn route(
     handler: MethodRouter<AppState>,
 ) -> Route {
     Route {
-        method,
-        path,
-        role,
-        summary,
-        query,
-        body,
-        response,
+        operation: Operation {
+            method,
+            path,
+            role,
+            summary,
+            query,
+            body,
+            response,
+        },
         handler,
     }
 }
@@ -96,7 +187,7 @@ const DEFAULT_TO_GLOBAL: (&str, &str) = (
 );
 
 /// The whole API surface.
-pub fn routes() -> Vec<Route> {
+pub(crate) fn routes() -> Vec<Route> {
     use Method as M;
     use Role::*;
     vec![
@@ -407,22 +498,24 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The API router with content negotiation, authorization and the body size limit.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub(crate) fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new();
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
-    for r in routes() {
+    for Route {
+        operation: r,
+        handler,
+    } in routes()
+    {
         // The latency histogram doubles as the request count; its handle is made once per
         // route so the hot path does no metric lookups.
-        let timing = metrics::histogram!("logpipe_schema_store_http_request_seconds", "method" => r.method.to_string(), "route" => r.path);
+        let timing = metrics::histogram!(metric::HTTP_REQUEST, "method" => r.method.to_string(), "route" => r.path);
         let guard = RouteGuard {
             state: state.clone(),
             role: r.role,
             route: r.path,
             timing,
         };
-        let handler = r
-            .handler
-            .layer(middleware::from_fn_with_state(guard, authorize));
+        let handler = handler.layer(middleware::from_fn_with_state(guard, authorize));
         match by_path.iter_mut().find(|(p, _)| *p == r.path) {
             Some((_, existing)) => *existing = std::mem::take(existing).merge(handler),
             None => by_path.push((r.path, handler)),
@@ -467,14 +560,18 @@ async fn authorize(State(guard): State<RouteGuard>, request: Request, next: Next
         guard.state.auth.authorize(request.headers(), role),
         &guard.state.forwarder,
     ) {
-        (Ok(()), Some(forwarder)) if role >= Role::Write => forwarder.write(request, next).await,
+        (Ok(()), Some(forwarder)) if role >= Role::Write => forwarder
+            .write(request, next)
+            .await
+            .unwrap_or_else(|e| ApiError::from(e).into_response()),
         (Ok(()), _) => next.run(request).await,
-        (Err(denied), _) => denied.into_response(),
+        (Err(refused), _) => denied(refused),
     };
     guard.timing.record(started.elapsed().as_secs_f64());
     if !response.status().is_success() {
         let status = response.status().as_u16().to_string();
-        metrics::counter!("logpipe_schema_store_http_errors_total", "route" => guard.route, "status" => status).increment(1);
+        metrics::counter!(metric::HTTP_ERRORS, "route" => guard.route, "status" => status)
+            .increment(1);
     }
     response
 }
@@ -499,7 +596,7 @@ async fn negotiate(request: Request, next: Next) -> Response {
             m.is_empty() || m == "*/*" || m == "application/*" || JSON_TYPES.contains(&m.as_str())
         });
         if !acceptable {
-            metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "not_acceptable").increment(1);
+            metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "not_acceptable").increment(1);
             return ApiError::http(StatusCode::NOT_ACCEPTABLE, "HTTP 406 Not Acceptable")
                 .into_response();
         }
@@ -511,7 +608,8 @@ async fn negotiate(request: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok())
         {
             if !JSON_TYPES.contains(&media_type(content_type).as_str()) {
-                metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "unsupported_media_type").increment(1);
+                metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "unsupported_media_type")
+                    .increment(1);
                 return ApiError::http(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "HTTP 415 Unsupported Media Type",
@@ -525,10 +623,14 @@ async fn negotiate(request: Request, next: Next) -> Response {
 
 /// A JSON response with Confluent's content type.
 fn reply<T: Serialize>(value: &T) -> Response {
-    let body = serde_json::to_vec(value).expect("responses serialize");
+    raw_reply(serde_json::to_vec(value).expect("responses serialize"))
+}
+
+/// A body that is JSON already (a stored schema's text), with Confluent's content type.
+fn raw_reply(body: impl Into<axum::body::Body>) -> Response {
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -542,14 +644,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "too_large").increment(1);
-                ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, "Request body is larger than the configured limit (max_body_bytes)")
+                metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "too_large").increment(1);
+                Error::BodyTooLarge.into()
             } else {
-                ApiError::http(StatusCode::BAD_REQUEST, format!("Cannot read the request body: {e}"))
+                ApiError::http(
+                    StatusCode::BAD_REQUEST,
+                    format!("Cannot read the request body: {e}"),
+                )
             }
         })?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            metrics::counter!("logpipe_schema_store_requests_rejected_total", "reason" => "bad_json").increment(1);
+            metrics::counter!(metric::REQUESTS_REJECTED, "reason" => "bad_json").increment(1);
             ApiError::http(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}"))
         })
     }
@@ -602,19 +707,17 @@ struct SchemaRequest {
 }
 
 impl SchemaRequest {
-    fn into_new(self) -> Result<NewSchema, ApiError> {
+    fn into_new(self) -> Result<NewSchema, Error> {
         let schema = self
             .schema
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ApiError::invalid_schema("Empty schema"))?;
-        let schema_type = SchemaType::from_request(self.schema_type.as_deref())
-            .map_err(ApiError::invalid_schema)?;
+            .ok_or_else(|| Error::InvalidSchema("Empty schema".into()))?;
+        let schema_type =
+            SchemaType::from_request(self.schema_type.as_deref()).map_err(Error::InvalidSchema)?;
         let id = self
             .id
             .filter(|i| *i > 0)
-            .map(|i| {
-                u32::try_from(i).map_err(|_| ApiError::invalid_schema(format!("Invalid id {i}")))
-            })
+            .map(|i| u32::try_from(i).map_err(|_| Error::InvalidSchema(format!("Invalid id {i}"))))
             .transpose()?;
         let version = match self.version.filter(|v| *v > 0) {
             Some(v) => match VersionSelector::parse(&v.to_string())? {
@@ -633,11 +736,11 @@ impl SchemaRequest {
     }
 }
 
-fn parse_id(text: &str) -> Result<u32, ApiError> {
-    text.parse().map_err(|_| ApiError::schema_not_found())
+fn parse_id(text: &str) -> Result<u32, Error> {
+    text.parse().map_err(|_| Error::SchemaNotFound)
 }
 
-fn subject_path(subject: &str) -> Result<&str, ApiError> {
+fn subject_path(subject: &str) -> Result<&str, Error> {
     validate_subject(subject)?;
     Ok(subject)
 }
@@ -665,7 +768,7 @@ async fn schema_by_id(
         body.insert("references".into(), json!(schema.references));
     }
     body.insert("schema".into(), json!(schema.schema));
-    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "id").increment(1);
+    metrics::counter!(metric::LOOKUPS, "by" => "id").increment(1);
     Ok(reply(&body))
 }
 
@@ -674,12 +777,17 @@ async fn raw_schema_by_id(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let schema = state.registry.read().schema_by_id(id)?.schema.clone();
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        schema,
-    )
-        .into_response())
+    Ok(raw_reply(
+        state.registry.read().schema_by_id(id)?.schema.clone(),
+    ))
+}
+
+/// The subject versions using schema `id` (40403 when there is no such id).
+fn usages_of(state: &AppState, id: &str, deleted: bool) -> Result<Vec<(String, u32)>, Error> {
+    let id = parse_id(id)?;
+    let registry = state.registry.read();
+    registry.schema_by_id(id)?;
+    Ok(registry.usages(id, deleted))
 }
 
 async fn subjects_of_id(
@@ -687,11 +795,7 @@ async fn subjects_of_id(
     Path(id): Path<String>,
     query: Flags,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let registry = state.registry.read();
-    registry.schema_by_id(id)?;
-    let mut subjects: Vec<String> = registry
-        .usages(id, query.deleted)
+    let mut subjects: Vec<String> = usages_of(&state, &id, query.deleted)?
         .into_iter()
         .map(|(s, _)| s)
         .collect();
@@ -704,11 +808,7 @@ async fn versions_of_id(
     Path(id): Path<String>,
     query: Flags,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let registry = state.registry.read();
-    registry.schema_by_id(id)?;
-    let usages: Vec<_> = registry
-        .usages(id, query.deleted)
+    let usages: Vec<_> = usages_of(&state, &id, query.deleted)?
         .into_iter()
         .map(|(subject, version)| json!({"subject": subject, "version": version}))
         .collect();
@@ -744,7 +844,7 @@ async fn get_version(
     query: Flags,
 ) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
-    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "version").increment(1);
+    metrics::counter!(metric::LOOKUPS, "by" => "version").increment(1);
     Ok(reply(&state.registry.read().subject_version(
         subject_path(&subject)?,
         selector,
@@ -763,11 +863,7 @@ async fn raw_version(
             .registry
             .read()
             .subject_version(subject_path(&subject)?, selector, query.deleted)?;
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        found.schema,
-    )
-        .into_response())
+    Ok(raw_reply(found.schema))
 }
 
 async fn referenced_by(
@@ -793,11 +889,10 @@ async fn register(
         .await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) if e.code == 40901 => "incompatible",
+        Err(Error::Incompatible { .. }) => "incompatible",
         Err(_) => "error",
     };
-    metrics::counter!("logpipe_schema_store_registrations_total", "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(metric::REGISTRATIONS, "outcome" => outcome).increment(1);
     Ok(reply(&json!({"id": result?})))
 }
 
@@ -809,7 +904,7 @@ async fn lookup(
 ) -> Result<Response, ApiError> {
     validate_subject(&subject)?;
     let new = request.into_new()?;
-    metrics::counter!("logpipe_schema_store_lookups_total", "by" => "schema").increment(1);
+    metrics::counter!(metric::LOOKUPS, "by" => "schema").increment(1);
     Ok(reply(&state.registry.read().lookup(
         &subject,
         new.schema_type,
@@ -850,13 +945,18 @@ async fn delete_version(
     ))
 }
 
+/// `is_compatible` (and with `verbose`, the reasons) of a candidate against one version of a
+/// subject or the versions its level selects.
 fn compatibility_reply(
-    registry: &RegistryState,
+    state: &AppState,
     subject: &str,
-    selector: Option<VersionSelector>,
+    version: Option<&str>,
     request: SchemaRequest,
     verbose: bool,
 ) -> Result<Response, ApiError> {
+    validate_subject(subject)?;
+    let selector = version.map(VersionSelector::parse).transpose()?;
+    let registry = state.registry.read();
     let new = request.into_new()?;
     if let Some(selector) = selector {
         registry.version(subject, selector, false)?;
@@ -876,15 +976,7 @@ async fn compatibility_version(
     query: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
-    validate_subject(&subject)?;
-    let selector = VersionSelector::parse(&version)?;
-    compatibility_reply(
-        &state.registry.read(),
-        &subject,
-        Some(selector),
-        request,
-        query.verbose,
-    )
+    compatibility_reply(&state, &subject, Some(&version), request, query.verbose)
 }
 
 async fn compatibility_all(
@@ -893,14 +985,7 @@ async fn compatibility_all(
     query: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
-    validate_subject(&subject)?;
-    compatibility_reply(
-        &state.registry.read(),
-        &subject,
-        None,
-        request,
-        query.verbose,
-    )
+    compatibility_reply(&state, &subject, None, request, query.verbose)
 }
 
 /// Compatibility levels and modes have the same shape: a global value with a default and
@@ -913,10 +998,10 @@ trait Setting: Copy + Serialize + Send + Sync + 'static {
     fn global(state: &RegistryState) -> Self;
     fn subject(state: &RegistryState, subject: &str) -> Option<Self>;
     fn record(subject: Option<&str>, value: Option<Self>) -> Record;
-    fn not_configured(subject: &str) -> ApiError;
-    fn parse(body: &Value) -> Result<Self, ApiError>;
+    fn not_configured(subject: &str) -> Error;
+    fn parse(body: &Value) -> Result<Self, Error>;
     /// Refuses a new global value the state does not allow.
-    fn check_global(_state: &RegistryState, _value: Self, _force: bool) -> Result<(), ApiError> {
+    fn check_global(_state: &RegistryState, _value: Self, _force: bool) -> Result<(), Error> {
         Ok(())
     }
 }
@@ -933,17 +1018,16 @@ impl Setting for Level {
     fn record(subject: Option<&str>, value: Option<Level>) -> Record {
         RegistryState::config_record(subject, value)
     }
-    fn not_configured(subject: &str) -> ApiError {
-        ApiError::subject_compatibility_not_configured(subject)
+    fn not_configured(subject: &str) -> Error {
+        Error::CompatibilityNotConfigured(subject.to_owned())
     }
-    fn parse(body: &Value) -> Result<Level, ApiError> {
+    fn parse(body: &Value) -> Result<Level, Error> {
         // Confluent accepts the PUT field and, from some clients, the GET field.
         let text = body["compatibility"]
             .as_str()
             .or(body["compatibilityLevel"].as_str())
-            .ok_or_else(ApiError::invalid_compatibility_level)?;
-        text.parse()
-            .map_err(|_| ApiError::invalid_compatibility_level())
+            .ok_or(Error::InvalidCompatibilityLevel)?;
+        text.parse().map_err(|_| Error::InvalidCompatibilityLevel)
     }
 }
 
@@ -959,17 +1043,17 @@ impl Setting for Mode {
     fn record(subject: Option<&str>, value: Option<Mode>) -> Record {
         RegistryState::mode_record(subject, value)
     }
-    fn not_configured(subject: &str) -> ApiError {
-        ApiError::subject_mode_not_configured(subject)
+    fn not_configured(subject: &str) -> Error {
+        Error::ModeNotConfigured(subject.to_owned())
     }
-    fn parse(body: &Value) -> Result<Mode, ApiError> {
+    fn parse(body: &Value) -> Result<Mode, Error> {
         let text = body["mode"].as_str().unwrap_or_default();
-        Mode::parse(text).ok_or_else(|| ApiError::invalid_mode(text))
+        Mode::parse(text).ok_or_else(|| Error::InvalidMode(text.to_owned()))
     }
-    fn check_global(state: &RegistryState, mode: Mode, force: bool) -> Result<(), ApiError> {
+    fn check_global(state: &RegistryState, mode: Mode, force: bool) -> Result<(), Error> {
         if mode == Mode::Import && state.has_subjects() && !force {
-            return Err(ApiError::not_permitted(
-                "Cannot import since found existing subjects (use force=true)",
+            return Err(Error::NotPermitted(
+                "Cannot import since found existing subjects (use force=true)".into(),
             ));
         }
         Ok(())
@@ -1020,7 +1104,7 @@ async fn get_subject_setting<S: Setting>(
     match (S::subject(&registry, subject), query.default_to_global) {
         (Some(value), _) => Ok(setting_reply(S::FIELD, value)),
         (None, true) => Ok(setting_reply(S::FIELD, S::global(&registry))),
-        (None, false) => Err(S::not_configured(subject)),
+        (None, false) => Err(S::not_configured(subject).into()),
     }
 }
 
@@ -1047,12 +1131,241 @@ async fn delete_subject_setting<S: Setting>(
         .registry
         .write(move |r| match S::subject(r, &subject) {
             Some(value) => Ok((value, vec![S::record(Some(&subject), None)])),
-            None => Err(ApiError::subject_not_found(&subject)),
+            None => Err(Error::SubjectNotFound(subject)),
         })
         .await?;
     Ok(setting_reply(S::FIELD, previous))
 }
 
 async fn openapi() -> Response {
-    reply(crate::openapi::document())
+    reply(openapi_document())
+}
+
+/// The served OpenAPI document, built once from the route table.
+fn openapi_document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let routes = routes();
+        openapi::build(routes.iter().map(|r| &r.operation), CONTENT_TYPE)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let document = openapi_document();
+        let paths = document["paths"].as_object().unwrap();
+        let mut documented = 0;
+        for (path, item) in paths {
+            documented += item.as_object().unwrap().len();
+            for (_, operation) in item.as_object().unwrap() {
+                // Every $ref resolves.
+                for reference in [
+                    &operation["responses"]["200"]["content"][CONTENT_TYPE]["schema"]["$ref"],
+                    &operation["requestBody"]["content"][CONTENT_TYPE]["schema"]["$ref"],
+                ] {
+                    if let Some(r) = reference.as_str() {
+                        let name = r.trim_start_matches("#/components/schemas/");
+                        assert!(
+                            document["components"]["schemas"].get(name).is_some(),
+                            "{path}: dangling {r}"
+                        );
+                    }
+                }
+            }
+        }
+        let routes = routes();
+        assert_eq!(documented, routes.len());
+        for Route {
+            operation: route, ..
+        } in &routes
+        {
+            let operation = &paths[route.path][route.method.as_str().to_ascii_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{} {} is not documented",
+                route.method,
+                route.path
+            );
+            let params: Vec<&str> = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                params,
+                openapi::path_parameters(route.path).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn domain_errors_get_confluents_statuses_codes_and_messages() {
+        let subject = || "s".to_owned();
+        let cases = [
+            (
+                Error::SubjectNotFound(subject()),
+                404,
+                40401,
+                "Subject 's' not found.",
+            ),
+            (
+                Error::VersionNotFound("3".into()),
+                404,
+                40402,
+                "Version 3 not found.",
+            ),
+            (Error::SchemaNotFound, 404, 40403, "Schema not found"),
+            (Error::SchemaIdNotFound(9), 404, 40403, "Schema 9 not found"),
+            (
+                Error::SubjectSoftDeleted(subject()),
+                404,
+                40404,
+                "Subject 's' was soft deleted.Set permanent=true to delete permanently",
+            ),
+            (
+                Error::SubjectNotSoftDeleted(subject()),
+                404,
+                40405,
+                "Subject 's' was not deleted first before being permanently deleted",
+            ),
+            (
+                Error::VersionSoftDeleted {
+                    subject: subject(),
+                    version: 2,
+                },
+                404,
+                40406,
+                "Subject 's' Version 2 was soft deleted.Set permanent=true to delete permanently",
+            ),
+            (
+                Error::VersionNotSoftDeleted {
+                    subject: subject(),
+                    version: 2,
+                },
+                404,
+                40407,
+                "Subject 's' Version 2 was not deleted first before being permanently deleted",
+            ),
+            (
+                Error::CompatibilityNotConfigured(subject()),
+                404,
+                40408,
+                "Subject 's' does not have subject-level compatibility configured",
+            ),
+            (
+                Error::ModeNotConfigured(subject()),
+                404,
+                40409,
+                "Subject 's' does not have subject-level mode configured",
+            ),
+            (
+                Error::Incompatible {
+                    subject: subject(),
+                    messages: vec!["a".into(), "b".into()],
+                },
+                409,
+                40901,
+                "Schema being registered is incompatible with an earlier schema for subject \
+                 \"s\", details: [a, b]",
+            ),
+            (Error::InvalidSchema("bad".into()), 422, 42201, "bad"),
+            (
+                Error::InvalidVersion("x".into()),
+                422,
+                42202,
+                "The specified version 'x' is not a valid version id. Allowed values are \
+                 between [1, 2^31-1] and the string \"latest\"",
+            ),
+            (
+                Error::InvalidCompatibilityLevel,
+                422,
+                42203,
+                "Invalid compatibility level. Valid values are none, backward, forward, full, \
+                 backward_transitive, forward_transitive, and full_transitive",
+            ),
+            (
+                Error::InvalidMode("X".into()),
+                422,
+                42204,
+                "Invalid mode X. Valid values are READWRITE, READONLY and IMPORT",
+            ),
+            (Error::NotPermitted("no".into()), 422, 42205, "no"),
+            (
+                Error::ReferenceExists {
+                    subject: subject(),
+                    version: 1,
+                    by: vec![4, 5],
+                },
+                422,
+                42206,
+                "One or more references exist to the schema {subject=s,version=1}: referenced \
+                 by schema ids [4, 5]",
+            ),
+            (Error::IdDoesNotMatch("id".into()), 422, 42207, "id"),
+            (
+                Error::InvalidSubject("\n".into()),
+                422,
+                42208,
+                "The specified subject \"\\n\" is not valid: it is empty or contains control \
+                 characters",
+            ),
+            (
+                Error::BodyTooLarge,
+                413,
+                413,
+                "Request body is larger than the configured limit (max_body_bytes)",
+            ),
+            (Error::Store("disk".into()), 500, 50001, "disk"),
+            (Error::ForwardingFailed("down".into()), 500, 50003, "down"),
+            (
+                Error::NotLeader,
+                500,
+                50004,
+                "This instance is not the schema store leader and no leader is known; retry",
+            ),
+        ];
+        for (error, status, code, message) in cases {
+            let api = ApiError::from(error);
+            assert_eq!(
+                (api.status.as_u16(), api.code, api.message.as_str()),
+                (status, code, message)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn error_bodies_are_confluents_shape() {
+        let response = ApiError::from(Error::SubjectNotFound("s".into())).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error_code": 40401, "message": "Subject 's' not found."})
+        );
+    }
+
+    #[test]
+    fn refusals_ask_for_credentials_or_name_the_role() {
+        let unauthorized = denied(Denied::Unauthorized);
+        assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+        assert!(unauthorized
+            .headers()
+            .contains_key(header::WWW_AUTHENTICATE));
+        let forbidden = denied(Denied::Forbidden {
+            user: "app".into(),
+            needed: Role::Admin,
+        });
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        assert!(!forbidden.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
 }

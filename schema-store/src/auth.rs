@@ -15,12 +15,10 @@ use std::sync::Mutex;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
 use base64::Engine;
+use logpipe_core::metric_names::schema_store as metric;
 use serde::{Deserialize, Serialize};
-
-use crate::error::ApiError;
 
 /// What a user may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,7 +51,7 @@ pub struct UserConfig {
 }
 
 impl AuthConfig {
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
             if user.name.is_empty() || user.name.contains(':') {
@@ -74,35 +72,26 @@ impl AuthConfig {
     }
 }
 
-/// Why a request was refused.
-#[derive(Debug)]
-pub struct Denied(ApiError);
-
-impl IntoResponse for Denied {
-    fn into_response(self) -> Response {
-        let unauthorized = self.0.status == StatusCode::UNAUTHORIZED;
-        let mut response = self.0.into_response();
-        if unauthorized {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"logpipe-schema-store\""),
-            );
-        }
-        response
-    }
+/// Why a request was refused; the API turns it into a 401 or a 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No valid credentials: the caller should authenticate.
+    Unauthorized,
+    /// A known user whose role is below the one needed.
+    Forbidden { user: String, needed: Role },
 }
 
 const CACHE_LIMIT: usize = 1024;
 
 /// The authorizer built from config.
 #[derive(Debug, Default)]
-pub struct Auth {
+pub(crate) struct Auth {
     config: Option<AuthConfig>,
     verified: Mutex<HashMap<String, (String, Role)>>,
 }
 
 impl Auth {
-    pub fn new(config: Option<AuthConfig>) -> Auth {
+    pub(crate) fn new(config: Option<AuthConfig>) -> Auth {
         Auth {
             config,
             verified: Mutex::new(HashMap::new()),
@@ -110,7 +99,7 @@ impl Auth {
     }
 
     /// Ok when the request's credentials (or anonymity) carry `needed`.
-    pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<(), Denied> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<(), Denied> {
         let Some(config) = &self.config else {
             return Ok(());
         };
@@ -127,13 +116,8 @@ impl Auth {
         if role >= needed {
             Ok(())
         } else {
-            metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "forbidden")
-                .increment(1);
-            Err(Denied(ApiError::http(
-                StatusCode::FORBIDDEN,
-                format!("User '{user}' is not allowed to do this: it needs the {needed:?} role")
-                    .to_lowercase(),
-            )))
+            metrics::counter!(metric::AUTH_DENIED, "reason" => "forbidden").increment(1);
+            Err(Denied::Forbidden { user, needed })
         }
     }
 
@@ -174,12 +158,8 @@ impl Auth {
 }
 
 fn unauthorized() -> Denied {
-    metrics::counter!("logpipe_schema_store_auth_denied_total", "reason" => "unauthorized")
-        .increment(1);
-    Denied(ApiError::http(
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized: valid HTTP basic credentials are required",
-    ))
+    metrics::counter!(metric::AUTH_DENIED, "reason" => "unauthorized").increment(1);
+    Denied::Unauthorized
 }
 
 /// An Argon2id PHC string for `password`, for the `password_hash` config key.
@@ -250,28 +230,25 @@ mod tests {
         let denied = auth
             .authorize(&basic("reader", "r-pass"), Role::Write)
             .unwrap_err();
-        assert_eq!(denied.0.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            denied,
+            Denied::Forbidden {
+                user: "reader".into(),
+                needed: Role::Write
+            }
+        );
         assert!(auth.authorize(&basic("ops", "o-pass"), Role::Admin).is_ok());
         assert_eq!(
-            auth.authorize(&basic("ops", "wrong"), Role::Read)
-                .unwrap_err()
-                .0
-                .status,
-            StatusCode::UNAUTHORIZED
+            auth.authorize(&basic("ops", "wrong"), Role::Read),
+            Err(Denied::Unauthorized)
         );
         assert_eq!(
-            auth.authorize(&basic("nobody", "x"), Role::Read)
-                .unwrap_err()
-                .0
-                .status,
-            StatusCode::UNAUTHORIZED
+            auth.authorize(&basic("nobody", "x"), Role::Read),
+            Err(Denied::Unauthorized)
         );
         assert_eq!(
-            auth.authorize(&HeaderMap::new(), Role::Read)
-                .unwrap_err()
-                .0
-                .status,
-            StatusCode::UNAUTHORIZED
+            auth.authorize(&HeaderMap::new(), Role::Read),
+            Err(Denied::Unauthorized)
         );
     }
 
@@ -280,11 +257,8 @@ mod tests {
         let auth = auth(true);
         assert!(auth.authorize(&HeaderMap::new(), Role::Read).is_ok());
         assert_eq!(
-            auth.authorize(&HeaderMap::new(), Role::Write)
-                .unwrap_err()
-                .0
-                .status,
-            StatusCode::UNAUTHORIZED
+            auth.authorize(&HeaderMap::new(), Role::Write),
+            Err(Denied::Unauthorized)
         );
     }
 

@@ -10,14 +10,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::kafka_storage::Cluster;
+use logpipe_core::metric_names::schema_store as metric;
 
 /// Marks a forwarded request: an instance that is not the leader answers it with 50004
 /// instead of forwarding it again, so a stale view of the leader cannot make a loop.
-pub const FORWARDED: &str = "x-logpipe-forwarded";
+pub(crate) const FORWARDED: &str = "x-logpipe-forwarded";
 /// On a write's response: the topic position after which the write is visible.
-pub const POSITION: &str = "x-logpipe-schemas-position";
+pub(crate) const POSITION: &str = "x-logpipe-schemas-position";
 
 /// How long a write may wait for a leader (an election after a leader died takes about the
 /// election group's session timeout).
@@ -27,14 +28,14 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs writes here when this instance leads, else at the leader.
 #[derive(Debug)]
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     cluster: Arc<Cluster>,
     client: reqwest::Client,
     max_body_bytes: usize,
 }
 
 impl Forwarder {
-    pub fn new(cluster: Arc<Cluster>, max_body_bytes: usize) -> anyhow::Result<Forwarder> {
+    pub(crate) fn new(cluster: Arc<Cluster>, max_body_bytes: usize) -> anyhow::Result<Forwarder> {
         let client = reqwest::Client::builder()
             .timeout(FORWARD_TIMEOUT)
             .build()?;
@@ -47,34 +48,28 @@ impl Forwarder {
 
     /// A write request: handled here (its response carries [`POSITION`]) when this instance is
     /// the leader, forwarded otherwise.
-    pub async fn write(&self, request: Request, next: Next) -> Response {
+    pub(crate) async fn write(&self, request: Request, next: Next) -> Result<Response, Error> {
         if self.cluster.is_leader() {
             let mut response = next.run(request).await;
             response
                 .headers_mut()
                 .insert(POSITION, HeaderValue::from(self.cluster.position()));
-            return response;
+            return Ok(response);
         }
         if request.headers().contains_key(FORWARDED) {
-            return ApiError::not_leader().into_response();
+            return Err(Error::NotLeader);
         }
         let response = self.forward(request).await;
         let outcome = if response.is_ok() { "ok" } else { "failed" };
-        metrics::counter!("logpipe_schema_store_kafka_forwarded_total", "outcome" => outcome)
-            .increment(1);
-        response.unwrap_or_else(IntoResponse::into_response)
+        metrics::counter!(metric::KAFKA_FORWARDED, "outcome" => outcome).increment(1);
+        response
     }
 
-    async fn forward(&self, request: Request) -> Result<Response, ApiError> {
+    async fn forward(&self, request: Request) -> Result<Response, Error> {
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, self.max_body_bytes)
             .await
-            .map_err(|_| {
-                ApiError::http(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Request body is larger than the configured limit (max_body_bytes)",
-                )
-            })?;
+            .map_err(|_| Error::BodyTooLarge)?;
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let deadline = Instant::now() + FORWARD_TIMEOUT;
         let mut last_error = "no leader is known".to_owned();
@@ -102,7 +97,7 @@ impl Forwarder {
             }
             if Instant::now() >= deadline {
                 tracing::warn!("cannot forward a write to the leader: {last_error}");
-                return Err(ApiError::forwarding_failed(format!(
+                return Err(Error::ForwardingFailed(format!(
                     "Error while forwarding the request to the leader: {last_error}"
                 )));
             }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::kafka::{EndIsNotAnError, KafkaConfig, Role};
 use logpipe_core::record::INTERNAL_PREFIX;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -43,31 +43,32 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::log::{Key, Record};
 use crate::registry::{Journal, Registry, State};
+use logpipe_core::metric_names::schema_store as metric;
 
 /// How the store reaches its topic and how the other instances reach it.
 #[derive(Debug, Clone)]
-pub struct KafkaStorage {
-    pub kafka: KafkaConfig,
+pub(crate) struct KafkaStorage {
+    pub(crate) kafka: KafkaConfig,
     /// The topic, `_schemas` unless configured.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Names this registry's election group and transactional id, so several registries can
     /// share one Kafka cluster (with different topics).
-    pub cluster: String,
+    pub(crate) cluster: String,
     /// The URL other instances forward writes to.
-    pub advertised_url: String,
+    pub(crate) advertised_url: String,
     /// Replication factor used only when the store creates the topic (-1: the broker's default).
-    pub replication_factor: i32,
+    pub(crate) replication_factor: i32,
 }
 
 impl KafkaStorage {
-    pub fn election_group(&self) -> String {
+    pub(crate) fn election_group(&self) -> String {
         format!("{INTERNAL_PREFIX}schema-store.{}.election", self.cluster)
     }
 
-    pub fn transactional_id(&self) -> String {
+    pub(crate) fn transactional_id(&self) -> String {
         format!("{INTERNAL_PREFIX}schema-store.{}", self.cluster)
     }
 
@@ -77,6 +78,9 @@ impl KafkaStorage {
         format!("{INTERNAL_PREFIX}schema-store.{}.reader", self.cluster)
     }
 }
+
+/// The consumer that replays the topic.
+type Reader = BaseConsumer<EndIsNotAnError>;
 
 /// How long a write waits for its own records to be consumed back before it fails.
 const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,7 +96,7 @@ const FENCED_GRACE: Duration = Duration::from_secs(12);
 
 /// What the reader, the election and the API share.
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     storage: KafkaStorage,
     leader: AtomicBool,
     /// The leader's advertised URL as last read from the election group.
@@ -113,25 +117,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Acquire)
     }
 
-    pub fn leader_url(&self) -> Option<String> {
+    pub(crate) fn leader_url(&self) -> Option<String> {
         self.leader_url.lock().expect("leader url lock").clone()
     }
 
-    pub fn advertised_url(&self) -> &str {
-        &self.storage.advertised_url
-    }
-
     /// The next offset after the last record applied to this instance's state.
-    pub fn position(&self) -> i64 {
+    pub(crate) fn position(&self) -> i64 {
         *self.position.borrow()
     }
 
     /// Waits until this instance has applied every record before `position`.
-    pub async fn wait_for_position(&self, position: i64, timeout: Duration) -> bool {
+    pub(crate) async fn wait_for_position(&self, position: i64, timeout: Duration) -> bool {
         let mut rx = self.position.clone();
         tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
             .await
@@ -139,14 +139,14 @@ impl Cluster {
     }
 
     /// Waits until the initial replay reached the end of the topic.
-    pub async fn wait_caught_up(&self) {
+    pub(crate) async fn wait_caught_up(&self) {
         let mut rx = self.caught_up.clone();
         let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Stops the election (leaving the group, so another instance takes over at once) and the
     /// reader, and waits for both threads.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         for thread in threads {
@@ -158,13 +158,15 @@ impl Cluster {
 /// Opens the topic (creating it if missing), starts the reader and the election, and returns
 /// the registry over the replayed state. Returns before the replay ends: see
 /// [`Cluster::wait_caught_up`].
-pub async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluster>)> {
-    let reader: BaseConsumer = consumer_config(&storage, &storage.reader_group(), "reader")
+pub(crate) async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc<Cluster>)> {
+    // The reader waits for the topic's end, which librdkafka also reports as a client error:
+    // its context keeps that out of the error log.
+    let reader: Reader = consumer_config(&storage, &storage.reader_group(), "reader")
         .set("enable.partition.eof", "true")
         // A write is answered only once read back, so the reader's fetch wait is part of every
         // write's latency; the topic is small, and frequent empty fetches cost little.
         .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS)
-        .create()
+        .create_with_context(EndIsNotAnError)
         .map_err(|e| anyhow::anyhow!("cannot create the {} reader: {e}", storage.topic))?;
     let reader = Arc::new(reader);
     ensure_topic(&storage, Arc::clone(&reader)).await?;
@@ -234,7 +236,7 @@ fn consumer_config(storage: &KafkaStorage, group: &str, purpose: &str) -> Client
 }
 
 /// Checks the topic has exactly one partition, creating it (compacted) when it is missing.
-async fn ensure_topic(storage: &KafkaStorage, reader: Arc<BaseConsumer>) -> anyhow::Result<()> {
+async fn ensure_topic(storage: &KafkaStorage, reader: Arc<Reader>) -> anyhow::Result<()> {
     let topic = storage.topic.clone();
     let partitions = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<usize>> {
         let metadata = reader
@@ -277,7 +279,7 @@ async fn ensure_topic(storage: &KafkaStorage, reader: Arc<BaseConsumer>) -> anyh
 
 /// The reader thread: applies every record of the topic, in order, to the state.
 fn read(
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<Reader>,
     cluster: Arc<Cluster>,
     state: Arc<RwLock<State>>,
     position: watch::Sender<i64>,
@@ -291,8 +293,7 @@ fn read(
             Some(Ok(message)) => {
                 apply(&state, message.key(), message.payload(), message.offset());
                 position.send_replace(message.offset() + 1);
-                metrics::gauge!("logpipe_schema_store_kafka_replay_offset")
-                    .set((message.offset() + 1) as f64);
+                metrics::gauge!(metric::KAFKA_REPLAY_OFFSET).set((message.offset() + 1) as f64);
             }
             Some(Err(KafkaError::PartitionEOF(_))) if !*caught_up.borrow() => {
                 let state = state.read().expect("registry state lock");
@@ -301,8 +302,7 @@ fn read(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
-                metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "reader")
-                    .increment(1);
+                metrics::counter!(metric::KAFKA_ERRORS, "client" => "reader").increment(1);
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!("reading the schemas topic: {e}");
                     last_warning = Some(Instant::now());
@@ -325,7 +325,7 @@ fn apply(state: &RwLock<State>, key: Option<&[u8]>, value: Option<&[u8]>, offset
             .map_err(|e| format!("{e} in {:?}", record.key)),
     };
     if let Err(e) = outcome {
-        metrics::counter!("logpipe_schema_store_kafka_records_skipped_total").increment(1);
+        metrics::counter!(metric::KAFKA_RECORDS_SKIPPED).increment(1);
         tracing::warn!(
             offset,
             "skipping a schemas record this store cannot use: {e}"
@@ -337,7 +337,7 @@ fn apply(state: &RwLock<State>, key: Option<&[u8]>, value: Option<&[u8]>, offset
             state.burn_id(id);
         }
     }
-    metrics::gauge!("logpipe_schema_store_schemas").set(state.schema_count() as f64);
+    metrics::gauge!(metric::SCHEMAS).set(state.schema_count() as f64);
 }
 
 /// One leadership term: the producer that fences the previous leader.
@@ -359,8 +359,7 @@ fn elect(
     let mut fenced_since: Option<Instant> = None;
     while !cluster.stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
-            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "election")
-                .increment(1);
+            metrics::counter!(metric::KAFKA_ERRORS, "client" => "election").increment(1);
             tracing::warn!("election group: {e}");
         }
         let assignment = consumer.assignment().unwrap_or_default();
@@ -393,8 +392,8 @@ fn elect(
                     *cluster.leader_url.lock().expect("leader url lock") =
                         Some(cluster.storage.advertised_url.clone());
                     cluster.leader.store(true, Ordering::Release);
-                    metrics::gauge!("logpipe_schema_store_kafka_leader").set(1.0);
-                    metrics::counter!("logpipe_schema_store_kafka_elections_total").increment(1);
+                    metrics::gauge!(metric::KAFKA_LEADER).set(1.0);
+                    metrics::counter!(metric::KAFKA_ELECTIONS).increment(1);
                     last_failure = None;
                 }
                 Err(e) => {
@@ -429,7 +428,7 @@ fn step_down(cluster: &Cluster, term: &Mutex<Option<Term>>, why: &str) {
         tracing::info!("this instance is no longer the schema store leader: {why}");
     }
     cluster.leader.store(false, Ordering::Release);
-    metrics::gauge!("logpipe_schema_store_kafka_leader").set(0.0);
+    metrics::gauge!(metric::KAFKA_LEADER).set(0.0);
 }
 
 /// Becomes the writer: fences earlier leaders, writes a NOOP and waits to read it back (the
@@ -540,15 +539,15 @@ struct KafkaJournal {
 }
 
 impl Journal for KafkaJournal {
-    fn commit(&mut self, records: &[Record], _public: &RwLock<State>) -> Result<(), ApiError> {
+    fn commit(&mut self, records: &[Record], _public: &RwLock<State>) -> Result<(), Error> {
         let started = Instant::now();
         let term = self.term.lock().expect("term lock");
         let Some(current) = term.as_ref() else {
-            return Err(ApiError::not_leader());
+            return Err(Error::NotLeader);
         };
         if current.epoch != self.seen_epoch {
             // Planned against a state from before this term: plan again.
-            return Err(ApiError::not_leader());
+            return Err(Error::NotLeader);
         }
         let written = produce(
             &current.producer,
@@ -565,23 +564,21 @@ impl Journal for KafkaJournal {
             self.cluster.leader.store(false, Ordering::Release);
         }
         let offset = written.map_err(|e| {
-            metrics::counter!("logpipe_schema_store_kafka_errors_total", "client" => "writer")
-                .increment(1);
+            metrics::counter!(metric::KAFKA_ERRORS, "client" => "writer").increment(1);
             tracing::error!("cannot write to the schemas topic: {e}");
-            ApiError::store(format!("Error while writing to the schemas topic: {e}"))
+            Error::Store(format!("Error while writing to the schemas topic: {e}"))
         })?;
         drop(term);
         if !self.runtime.block_on(
             self.cluster
                 .wait_for_position(offset + 1, READ_BACK_TIMEOUT),
         ) {
-            return Err(ApiError::store(format!(
+            return Err(Error::Store(format!(
                 "the write at offset {offset} was not read back within {READ_BACK_TIMEOUT:?}"
             )));
         }
-        metrics::histogram!("logpipe_schema_store_kafka_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
+        metrics::histogram!(metric::KAFKA_COMMIT).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::LOG_BATCH_RECORDS).record(records.len() as f64);
         Ok(())
     }
 

@@ -1,25 +1,35 @@
 //! logpipe-schema-store: a Confluent Schema Registry compatible schema store.
 //!
-//! - [`api`]: the REST surface (routes, content negotiation, handlers);
-//! - [`registry`]: subjects, versions, global ids, configs and modes, and the write operations;
-//! - [`log`]: Confluent's `_schemas` record format and the local fsynced append-only log;
-//! - [`kafka_storage`]: the registry in a `_schemas` topic shared by several instances, with one
-//!   elected writer; [`forward`]: followers forward writes to it;
-//! - [`schema`]: AVRO and JSON Schema parsing and the stored (canonical) form;
-//! - [`compat`]: compatibility levels, Avro schema resolution, JSON Schema compatibility;
-//! - [`auth`]: basic auth with roles; [`openapi`]: the served OpenAPI document.
+//! The crate's API is what the binary, the tests and the benchmark need: the config, a
+//! [`Server`] to bind and run, the [`SchemaStore`] service, and the auth config with password
+//! hashing. Inside, one module per idea:
+//!
+//! - `api`: the REST surface (routes, content negotiation, handlers) and the only place that
+//!   knows HTTP statuses and Confluent error codes;
+//! - `registry`: subjects, versions, global ids, configs and modes, and the write operations;
+//!   `error`: what they can fail with, as domain errors;
+//! - `log`: Confluent's `_schemas` record format and the local fsynced append-only log;
+//! - `kafka_storage`: the registry in a `_schemas` topic shared by several instances, with one
+//!   elected writer; `forward`: followers forward writes to it;
+//! - `schema`: AVRO and JSON Schema parsing and the stored (canonical) form;
+//! - `compat`: compatibility levels, Avro schema resolution, JSON Schema compatibility;
+//! - `auth`: basic auth with roles; `openapi`: the served OpenAPI document;
+//! - `metrics`: what the store's metrics mean.
 
-pub mod api;
-pub mod auth;
-pub mod compat;
-pub mod error;
-pub mod forward;
-pub mod kafka_storage;
-pub mod log;
-pub mod openapi;
-pub mod ordered_json;
-pub mod registry;
-pub mod schema;
+mod api;
+mod auth;
+mod compat;
+mod error;
+mod forward;
+mod kafka_storage;
+mod log;
+mod metrics;
+mod openapi;
+mod ordered_json;
+mod registry;
+mod schema;
+
+pub use auth::{hash_password, hash_password_command, AuthConfig, Role, UserConfig};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
-use crate::auth::{Auth, AuthConfig};
+use crate::auth::Auth;
 use crate::forward::Forwarder;
 use crate::kafka_storage::{Cluster, KafkaStorage};
 use crate::registry::Registry;
@@ -97,7 +107,7 @@ pub struct StorageConfig {
 
 impl SchemaStoreConfig {
     /// The Kafka storage settings with their defaults (kind = "kafka" only).
-    pub fn kafka_storage(&self) -> anyhow::Result<KafkaStorage> {
+    pub(crate) fn kafka_storage(&self) -> anyhow::Result<KafkaStorage> {
         let kafka = self.kafka.clone().ok_or_else(|| {
             anyhow::anyhow!(
                 "storage.kind = \"kafka\" needs a [kafka] table (bootstrap, properties)"
@@ -309,6 +319,7 @@ impl Service for SchemaStore {
     type Config = SchemaStoreConfig;
 
     async fn run(config: SchemaStoreConfig, ctx: Context) -> anyhow::Result<()> {
+        metrics::describe();
         ctx.readiness.register("api");
         let server = tokio::select! {
             server = Server::bind(&config) => server?,

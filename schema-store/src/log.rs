@@ -26,7 +26,7 @@ use crate::schema::{Reference, SchemaType};
 /// A `_schemas` key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "keytype", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Key {
+pub(crate) enum Key {
     Schema {
         subject: String,
         version: u32,
@@ -56,17 +56,17 @@ pub enum Key {
 /// The value of a SCHEMA key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SchemaValue {
-    pub subject: String,
-    pub version: u32,
-    pub id: u32,
+pub(crate) struct SchemaValue {
+    pub(crate) subject: String,
+    pub(crate) version: u32,
+    pub(crate) id: u32,
     #[serde(default = "avro", skip_serializing_if = "SchemaType::is_avro")]
-    pub schema_type: SchemaType,
+    pub(crate) schema_type: SchemaType,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub references: Vec<Reference>,
-    pub schema: String,
+    pub(crate) references: Vec<Reference>,
+    pub(crate) schema: String,
     #[serde(default)]
-    pub deleted: bool,
+    pub(crate) deleted: bool,
 }
 
 fn avro() -> SchemaType {
@@ -77,15 +77,15 @@ fn avro() -> SchemaType {
 /// settings, which this store ignores, are set): that means "no level here".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConfigValue {
+pub(crate) struct ConfigValue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compatibility_level: Option<Level>,
+    pub(crate) compatibility_level: Option<Level>,
 }
 
 /// Registry modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum Mode {
+pub(crate) enum Mode {
     Readwrite,
     Readonly,
     Import,
@@ -93,33 +93,33 @@ pub enum Mode {
 
 impl Mode {
     /// Case-insensitive, like compatibility levels.
-    pub fn parse(text: &str) -> Option<Mode> {
+    pub(crate) fn parse(text: &str) -> Option<Mode> {
         serde_json::from_value(serde_json::Value::String(text.to_ascii_uppercase())).ok()
     }
 }
 
 /// The value of a MODE key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModeValue {
-    pub mode: Mode,
+pub(crate) struct ModeValue {
+    pub(crate) mode: Mode,
 }
 
 /// The value of a DELETE_SUBJECT key: every version up to `version` is soft-deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeleteSubjectValue {
-    pub subject: String,
-    pub version: u32,
+pub(crate) struct DeleteSubjectValue {
+    pub(crate) subject: String,
+    pub(crate) version: u32,
 }
 
 /// One key/value record; `value: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub key: Key,
-    pub value: Option<serde_json::Value>,
+pub(crate) struct Record {
+    pub(crate) key: Key,
+    pub(crate) value: Option<serde_json::Value>,
 }
 
 impl Record {
-    pub fn schema(value: SchemaValue) -> Record {
+    pub(crate) fn schema(value: SchemaValue) -> Record {
         let key = Key::Schema {
             subject: value.subject.clone(),
             version: value.version,
@@ -131,13 +131,13 @@ impl Record {
         }
     }
 
-    pub fn tombstone(key: Key) -> Record {
+    pub(crate) fn tombstone(key: Key) -> Record {
         Record { key, value: None }
     }
 
     /// The record as Confluent writes it to `_schemas`: compact JSON key bytes and JSON value
     /// bytes, or no value for a tombstone.
-    pub fn to_kafka(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+    pub(crate) fn to_kafka(&self) -> (Vec<u8>, Option<Vec<u8>>) {
         let key = serde_json::to_vec(&self.key).expect("keys serialize");
         let value = self
             .value
@@ -149,7 +149,7 @@ impl Record {
     /// Reads a `_schemas` record written by this store, Confluent or Karapace. `Ok(None)` for a
     /// key type this store has no use for (Confluent's `CONTEXT`, newer types): it is skipped,
     /// as Confluent skips what it does not know, instead of stopping the replay.
-    pub fn from_kafka(key: &[u8], value: Option<&[u8]>) -> Result<Option<Record>, String> {
+    pub(crate) fn from_kafka(key: &[u8], value: Option<&[u8]>) -> Result<Option<Record>, String> {
         let key: serde_json::Value =
             serde_json::from_slice(key).map_err(|e| format!("key is not JSON: {e}"))?;
         let known = [
@@ -177,18 +177,18 @@ impl Record {
 
 /// The local append-only log file.
 #[derive(Debug)]
-pub struct LocalLog {
+pub(crate) struct LocalLog {
     file: File,
     path: PathBuf,
 }
 
 /// The log's file name inside the storage directory.
-pub const LOG_FILE: &str = "schemas.log";
+pub(crate) const LOG_FILE: &str = "schemas.log";
 
 impl LocalLog {
     /// Opens (creating if needed) the log in `dir` and returns it with every record in it, in
     /// order. A partial last line from a crash is truncated away.
-    pub fn open(dir: &Path) -> anyhow::Result<(LocalLog, Vec<Record>)> {
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<(LocalLog, Vec<Record>)> {
         std::fs::create_dir_all(dir).map_err(|e| {
             anyhow::anyhow!("cannot create storage directory {}: {e}", dir.display())
         })?;
@@ -235,7 +235,7 @@ impl LocalLog {
     }
 
     /// Appends records and waits until they are on stable storage.
-    pub fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
         let mut buffer = Vec::new();
         for record in records {
             serde_json::to_writer(&mut buffer, record).map_err(std::io::Error::other)?;
@@ -245,7 +245,7 @@ impl LocalLog {
         self.file.sync_data()
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }

@@ -11,7 +11,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Json {
+pub(crate) enum Json {
     Null,
     Bool(bool),
     Number(serde_json::Number),
@@ -22,23 +22,23 @@ pub enum Json {
 
 impl Json {
     /// Parses JSON text; duplicate keys keep the last value, as Jackson does.
-    pub fn parse(text: &str) -> Result<Json, serde_json::Error> {
+    pub(crate) fn parse(text: &str) -> Result<Json, serde_json::Error> {
         serde_json::from_str(text)
     }
 
     /// Compact JSON text (no whitespace), the stored form.
-    pub fn to_compact(&self) -> String {
+    pub(crate) fn to_compact(&self) -> String {
         serde_json::to_string(self).expect("a JSON tree always serializes")
     }
 
-    pub fn get(&self, key: &str) -> Option<&Json> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Json> {
         match self {
             Json::Object(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Json::String(s) => Some(s),
             _ => None,
@@ -46,7 +46,7 @@ impl Json {
     }
 
     /// The same tree as a `serde_json::Value` (key order lost), for libraries that take one.
-    pub fn to_value(&self) -> serde_json::Value {
+    pub(crate) fn to_value(&self) -> serde_json::Value {
         match self {
             Json::Null => serde_json::Value::Null,
             Json::Bool(b) => serde_json::Value::Bool(*b),

@@ -15,19 +15,20 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::compat::{self, Level};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::log::{
     ConfigValue, DeleteSubjectValue, Key, LocalLog, Mode, ModeValue, Record, SchemaValue,
 };
 use crate::schema::{self, Parsed, Reference, SchemaType};
+use logpipe_core::metric_names::schema_store as metric;
 
 /// A schema known by its global id.
 #[derive(Debug)]
-pub struct StoredSchema {
-    pub id: u32,
-    pub schema_type: SchemaType,
-    pub schema: String,
-    pub references: Vec<Reference>,
+pub(crate) struct StoredSchema {
+    pub(crate) id: u32,
+    pub(crate) schema_type: SchemaType,
+    pub(crate) schema: String,
+    pub(crate) references: Vec<Reference>,
     parsed: OnceLock<Result<Parsed, String>>,
 }
 
@@ -43,30 +44,28 @@ impl StoredSchema {
     }
 
     /// Parsed on first use (compatibility checks), so start-up replays only strings.
-    fn parsed(&self, state: &State) -> Result<&Parsed, ApiError> {
+    fn parsed(&self, state: &State) -> Result<&Parsed, Error> {
         self.parsed
             .get_or_init(|| {
                 let referenced = state.referenced_texts(&self.references)?;
                 schema::parse(self.schema_type, &self.schema, &referenced).map(|(_, parsed)| parsed)
             })
             .as_ref()
-            .map_err(|e| {
-                ApiError::store(format!("stored schema {} no longer parses: {e}", self.id))
-            })
+            .map_err(|e| Error::Store(format!("stored schema {} no longer parses: {e}", self.id)))
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VersionEntry {
-    pub id: u32,
-    pub deleted: bool,
+pub(crate) struct VersionEntry {
+    pub(crate) id: u32,
+    pub(crate) deleted: bool,
 }
 
 type ContentKey = (SchemaType, String, Vec<Reference>);
 
 /// What the log says, indexed for the API.
 #[derive(Debug, Default, Clone)]
-pub struct State {
+pub(crate) struct State {
     schemas: HashMap<u32, Arc<StoredSchema>>,
     by_content: HashMap<ContentKey, u32>,
     subjects: BTreeMap<String, BTreeMap<u32, VersionEntry>>,
@@ -80,13 +79,13 @@ pub struct State {
 
 /// A version selector from a URL: a number or `latest` / `-1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VersionSelector {
+pub(crate) enum VersionSelector {
     Latest,
     Number(u32),
 }
 
 impl VersionSelector {
-    pub fn parse(text: &str) -> Result<VersionSelector, ApiError> {
+    pub(crate) fn parse(text: &str) -> Result<VersionSelector, Error> {
         if text.eq_ignore_ascii_case("latest") || text == "-1" {
             return Ok(VersionSelector::Latest);
         }
@@ -94,7 +93,7 @@ impl VersionSelector {
             Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => {
                 Ok(VersionSelector::Number(n as u32))
             }
-            _ => Err(ApiError::invalid_version(text)),
+            _ => Err(Error::InvalidVersion(text.to_owned())),
         }
     }
 }
@@ -102,39 +101,39 @@ impl VersionSelector {
 /// A subject version as the API returns it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SubjectVersion {
-    pub subject: String,
-    pub version: u32,
-    pub id: u32,
+pub(crate) struct SubjectVersion {
+    pub(crate) subject: String,
+    pub(crate) version: u32,
+    pub(crate) id: u32,
     #[serde(skip_serializing_if = "SchemaType::is_avro")]
-    pub schema_type: SchemaType,
+    pub(crate) schema_type: SchemaType,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub references: Vec<Reference>,
-    pub schema: String,
+    pub(crate) references: Vec<Reference>,
+    pub(crate) schema: String,
 }
 
 /// A registration request after body parsing.
 #[derive(Debug, Clone)]
-pub struct NewSchema {
-    pub schema: String,
-    pub schema_type: SchemaType,
-    pub references: Vec<Reference>,
+pub(crate) struct NewSchema {
+    pub(crate) schema: String,
+    pub(crate) schema_type: SchemaType,
+    pub(crate) references: Vec<Reference>,
     /// Explicit id and version, accepted in IMPORT mode only.
-    pub id: Option<u32>,
-    pub version: Option<u32>,
+    pub(crate) id: Option<u32>,
+    pub(crate) version: Option<u32>,
 }
 
 /// Subjects must be non-empty and free of control characters (42208).
-pub fn validate_subject(subject: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_subject(subject: &str) -> Result<(), Error> {
     if subject.is_empty() || subject.chars().any(char::is_control) {
-        return Err(ApiError::invalid_subject(subject));
+        return Err(Error::InvalidSubject(subject.to_owned()));
     }
     Ok(())
 }
 
 impl State {
     /// Applies one record; used for replay and for live writes alike.
-    pub fn apply(&mut self, record: &Record) -> anyhow::Result<()> {
+    pub(crate) fn apply(&mut self, record: &Record) -> anyhow::Result<()> {
         match (&record.key, &record.value) {
             (Key::Schema { .. }, Some(value)) => {
                 let value: SchemaValue = serde_json::from_value(value.clone())?;
@@ -244,22 +243,20 @@ impl State {
 
     /// Keeps `id` from ever being assigned again: for a record whose id is known but whose
     /// content this store cannot hold (a PROTOBUF schema in an adopted topic).
-    pub fn burn_id(&mut self, id: u32) {
+    pub(crate) fn burn_id(&mut self, id: u32) {
         self.max_id = self.max_id.max(id);
     }
 
-    pub fn schema_count(&self) -> usize {
+    pub(crate) fn schema_count(&self) -> usize {
         self.schemas.len()
     }
 
-    pub fn schema_by_id(&self, id: u32) -> Result<&Arc<StoredSchema>, ApiError> {
-        self.schemas
-            .get(&id)
-            .ok_or_else(|| ApiError::schema_id_not_found(id))
+    pub(crate) fn schema_by_id(&self, id: u32) -> Result<&Arc<StoredSchema>, Error> {
+        self.schemas.get(&id).ok_or(Error::SchemaIdNotFound(id))
     }
 
     /// Subjects with a visible version (or any version with `deleted`), optionally by prefix.
-    pub fn subjects(&self, prefix: &str, deleted: bool) -> Vec<String> {
+    pub(crate) fn subjects(&self, prefix: &str, deleted: bool) -> Vec<String> {
         self.subjects
             .range(prefix.to_owned()..)
             .take_while(|(s, _)| s.starts_with(prefix))
@@ -268,14 +265,14 @@ impl State {
             .collect()
     }
 
-    fn versions_of(&self, subject: &str) -> Result<&BTreeMap<u32, VersionEntry>, ApiError> {
+    fn versions_of(&self, subject: &str) -> Result<&BTreeMap<u32, VersionEntry>, Error> {
         self.subjects
             .get(subject)
-            .ok_or_else(|| ApiError::subject_not_found(subject))
+            .ok_or_else(|| Error::SubjectNotFound(subject.to_owned()))
     }
 
     /// Version numbers of a subject; 40401 when it has none visible.
-    pub fn versions(&self, subject: &str, deleted: bool) -> Result<Vec<u32>, ApiError> {
+    pub(crate) fn versions(&self, subject: &str, deleted: bool) -> Result<Vec<u32>, Error> {
         let versions: Vec<u32> = self
             .versions_of(subject)?
             .iter()
@@ -283,21 +280,21 @@ impl State {
             .map(|(v, _)| *v)
             .collect();
         if versions.is_empty() {
-            return Err(ApiError::subject_not_found(subject));
+            return Err(Error::SubjectNotFound(subject.to_owned()));
         }
         Ok(versions)
     }
 
     /// Resolves a selector to a version number and its entry.
-    pub fn version(
+    pub(crate) fn version(
         &self,
         subject: &str,
         selector: VersionSelector,
         deleted: bool,
-    ) -> Result<(u32, VersionEntry), ApiError> {
+    ) -> Result<(u32, VersionEntry), Error> {
         let versions = self.versions_of(subject)?;
         if !deleted && versions.values().all(|e| e.deleted) {
-            return Err(ApiError::subject_not_found(subject));
+            return Err(Error::SubjectNotFound(subject.to_owned()));
         }
         let found = match selector {
             VersionSelector::Latest => versions.iter().rev().find(|(_, e)| deleted || !e.deleted),
@@ -307,17 +304,17 @@ impl State {
         };
         match (found, selector) {
             (Some((v, e)), _) => Ok((*v, *e)),
-            (None, VersionSelector::Number(n)) => Err(ApiError::version_not_found(n)),
-            (None, VersionSelector::Latest) => Err(ApiError::version_not_found("latest")),
+            (None, VersionSelector::Number(n)) => Err(Error::VersionNotFound(n.to_string())),
+            (None, VersionSelector::Latest) => Err(Error::VersionNotFound("latest".into())),
         }
     }
 
-    pub fn subject_version(
+    pub(crate) fn subject_version(
         &self,
         subject: &str,
         selector: VersionSelector,
         deleted: bool,
-    ) -> Result<SubjectVersion, ApiError> {
+    ) -> Result<SubjectVersion, Error> {
         let (version, entry) = self.version(subject, selector, deleted)?;
         let schema = self.schema_by_id(entry.id)?;
         Ok(SubjectVersion {
@@ -331,7 +328,7 @@ impl State {
     }
 
     /// Subjects (and versions) that use schema `id`.
-    pub fn usages(&self, id: u32, deleted: bool) -> Vec<(String, u32)> {
+    pub(crate) fn usages(&self, id: u32, deleted: bool) -> Vec<(String, u32)> {
         self.subjects
             .iter()
             .flat_map(|(s, versions)| {
@@ -344,7 +341,7 @@ impl State {
     }
 
     /// Ids of stored schemas that reference `subject` version `version`.
-    pub fn referenced_by(&self, subject: &str, version: u32) -> Vec<u32> {
+    pub(crate) fn referenced_by(&self, subject: &str, version: u32) -> Vec<u32> {
         let mut ids: Vec<u32> = self
             .schemas
             .values()
@@ -413,7 +410,7 @@ impl State {
 
     /// References with `-1` pinned to the version it means now, so a stored schema keeps its
     /// meaning when the referenced subject moves on.
-    fn pin_references(&self, references: &[Reference]) -> Result<Vec<Reference>, ApiError> {
+    fn pin_references(&self, references: &[Reference]) -> Result<Vec<Reference>, Error> {
         references
             .iter()
             .map(|r| {
@@ -423,7 +420,7 @@ impl State {
                     VersionSelector::parse(&r.version.to_string())?
                 };
                 let (version, _) = self.version(&r.subject, selector, false).map_err(|_| {
-                    ApiError::invalid_schema(format!(
+                    Error::InvalidSchema(format!(
                         "Invalid schema: reference {:?} to subject '{}' version {} not found",
                         r.name, r.subject, r.version
                     ))
@@ -437,85 +434,85 @@ impl State {
             .collect()
     }
 
-    pub fn global_level(&self) -> Level {
+    pub(crate) fn global_level(&self) -> Level {
         self.global_level.unwrap_or(Level::DEFAULT)
     }
 
-    pub fn subject_level(&self, subject: &str) -> Option<Level> {
+    pub(crate) fn subject_level(&self, subject: &str) -> Option<Level> {
         self.levels.get(subject).copied()
     }
 
-    pub fn effective_level(&self, subject: &str) -> Level {
+    pub(crate) fn effective_level(&self, subject: &str) -> Level {
         self.subject_level(subject)
             .unwrap_or_else(|| self.global_level())
     }
 
-    pub fn global_mode(&self) -> Mode {
+    pub(crate) fn global_mode(&self) -> Mode {
         self.global_mode.unwrap_or(Mode::Readwrite)
     }
 
-    pub fn subject_mode(&self, subject: &str) -> Option<Mode> {
+    pub(crate) fn subject_mode(&self, subject: &str) -> Option<Mode> {
         self.modes.get(subject).copied()
     }
 
-    pub fn effective_mode(&self, subject: &str) -> Mode {
+    pub(crate) fn effective_mode(&self, subject: &str) -> Mode {
         self.subject_mode(subject)
             .unwrap_or_else(|| self.global_mode())
     }
 
-    fn writable(&self, subject: &str) -> Result<Mode, ApiError> {
+    fn writable(&self, subject: &str) -> Result<Mode, Error> {
         match self.effective_mode(subject) {
-            Mode::Readonly => Err(ApiError::not_permitted(format!(
+            Mode::Readonly => Err(Error::NotPermitted(format!(
                 "Subject {subject} is in read-only mode"
             ))),
             mode => Ok(mode),
         }
     }
 
-    pub fn has_subjects(&self) -> bool {
+    pub(crate) fn has_subjects(&self) -> bool {
         !self.subjects.is_empty()
     }
 
     /// Parses a schema as it would be stored, with its references pinned and resolved.
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
         schema_type: SchemaType,
         text: &str,
         references: &[Reference],
-    ) -> Result<(String, Vec<Reference>, Parsed), ApiError> {
+    ) -> Result<(String, Vec<Reference>, Parsed), Error> {
         let references = self.pin_references(references)?;
         let referenced = self
             .referenced_texts(&references)
-            .map_err(|e| ApiError::invalid_schema(format!("Invalid schema: {e}")))?;
+            .map_err(|e| Error::InvalidSchema(format!("Invalid schema: {e}")))?;
         let (canonical, parsed) =
-            schema::parse(schema_type, text, &referenced).map_err(ApiError::invalid_schema)?;
+            schema::parse(schema_type, text, &referenced).map_err(Error::InvalidSchema)?;
         Ok((canonical, references, parsed))
     }
 
     /// `POST /subjects/{s}`: the version of `subject` holding this schema.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         subject: &str,
         schema_type: SchemaType,
         text: &str,
         references: &[Reference],
         deleted: bool,
-    ) -> Result<SubjectVersion, ApiError> {
+    ) -> Result<SubjectVersion, Error> {
         let versions = self.versions_of(subject)?;
         if !deleted && versions.values().all(|e| e.deleted) {
-            return Err(ApiError::subject_not_found(subject));
+            return Err(Error::SubjectNotFound(subject.to_owned()));
         }
         let (canonical, references, _) = self.prepare(schema_type, text, references)?;
         let id = self
             .by_content
             .get(&(schema_type, canonical, references))
-            .ok_or_else(ApiError::schema_not_found)?;
+            .ok_or(Error::SchemaNotFound)?;
         let version = versions
             .iter()
             .rev()
             .find(|(_, e)| e.id == *id && (deleted || !e.deleted))
             .map(|(v, _)| *v)
-            .ok_or_else(ApiError::schema_not_found)?;
+            .ok_or(Error::SchemaNotFound)?;
         self.subject_version(subject, VersionSelector::Number(version), deleted)
     }
 
@@ -524,7 +521,7 @@ impl State {
         &self,
         subject: &str,
         selector: Option<VersionSelector>,
-    ) -> Result<Vec<&Parsed>, ApiError> {
+    ) -> Result<Vec<&Parsed>, Error> {
         let Some(versions) = self.subjects.get(subject) else {
             return Ok(Vec::new());
         };
@@ -544,12 +541,12 @@ impl State {
 
     /// Compatibility messages of a candidate against a subject (all versions per the level, or
     /// one version against which the level's direction is checked).
-    pub fn compatibility(
+    pub(crate) fn compatibility(
         &self,
         subject: &str,
         selector: Option<VersionSelector>,
         parsed: &Parsed,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, Error> {
         let previous = self.previous(subject, selector)?;
         let level = self.effective_level(subject);
         Ok(match selector {
@@ -561,11 +558,15 @@ impl State {
 
     /// `POST /subjects/{s}/versions`: the records registering `new` (none when it is already
     /// there) and the id.
-    pub fn register(&self, subject: &str, new: &NewSchema) -> Result<(u32, Vec<Record>), ApiError> {
+    pub(crate) fn register(
+        &self,
+        subject: &str,
+        new: &NewSchema,
+    ) -> Result<(u32, Vec<Record>), Error> {
         validate_subject(subject)?;
         let mode = self.writable(subject)?;
         if (new.id.is_some() || new.version.is_some()) && mode != Mode::Import {
-            return Err(ApiError::not_permitted(format!(
+            return Err(Error::NotPermitted(format!(
                 "Subject {subject} is not in import mode: an explicit id or version is not allowed"
             )));
         }
@@ -585,31 +586,34 @@ impl State {
         if mode != Mode::Import {
             let messages = self.compatibility(subject, None, &parsed)?;
             if !messages.is_empty() {
-                return Err(ApiError::incompatible(subject, &messages));
+                return Err(Error::Incompatible {
+                    subject: subject.to_owned(),
+                    messages,
+                });
             }
         }
         let id = match (new.id, existing_id) {
             (Some(id), Some(existing)) if id != existing => {
-                return Err(ApiError::id_does_not_match(format!(
+                return Err(Error::IdDoesNotMatch(format!(
                     "Schema already registered with id {existing} instead of input id {id}"
                 )));
             }
             (Some(id), None) if self.schemas.contains_key(&id) => {
-                return Err(ApiError::id_does_not_match(format!("Overwrite new schema with id {id} is not permitted: the id holds another schema")));
+                return Err(Error::IdDoesNotMatch(format!("Overwrite new schema with id {id} is not permitted: the id holds another schema")));
             }
             (Some(id), _) => id,
             (None, Some(existing)) => existing,
             (None, None) => self
                 .max_id
                 .checked_add(1)
-                .ok_or_else(|| ApiError::store("schema ids are exhausted"))?,
+                .ok_or_else(|| Error::Store("schema ids are exhausted".into()))?,
         };
         let next_version = versions
             .and_then(|v| v.keys().next_back())
             .map_or(1, |v| v + 1);
         let version = match new.version {
             Some(v) if versions.is_some_and(|vs| vs.contains_key(&v)) => {
-                return Err(ApiError::not_permitted(format!(
+                return Err(Error::NotPermitted(format!(
                     "Version {v} of subject {subject} already exists"
                 )));
             }
@@ -629,12 +633,16 @@ impl State {
         Ok((id, vec![record]))
     }
 
-    fn check_not_referenced(&self, subject: &str, version: u32) -> Result<(), ApiError> {
+    fn check_not_referenced(&self, subject: &str, version: u32) -> Result<(), Error> {
         let by = self.referenced_by(subject, version);
         if by.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::reference_exists(subject, version, &by))
+            Err(Error::ReferenceExists {
+                subject: subject.to_owned(),
+                version,
+                by,
+            })
         }
     }
 
@@ -643,7 +651,7 @@ impl State {
         subject: &str,
         version: u32,
         entry: VersionEntry,
-    ) -> Result<Record, ApiError> {
+    ) -> Result<Record, Error> {
         let schema = self.schema_by_id(entry.id)?;
         Ok(Record::schema(SchemaValue {
             subject: subject.to_owned(),
@@ -658,11 +666,11 @@ impl State {
 
     /// `DELETE /subjects/{s}`: soft (all live versions marked deleted) or permanent (only after
     /// soft). Returns the versions deleted.
-    pub fn delete_subject(
+    pub(crate) fn delete_subject(
         &self,
         subject: &str,
         permanent: bool,
-    ) -> Result<(Vec<u32>, Vec<Record>), ApiError> {
+    ) -> Result<(Vec<u32>, Vec<Record>), Error> {
         self.writable(subject)?;
         let versions = self.versions_of(subject)?;
         let live: Vec<u32> = versions
@@ -675,7 +683,7 @@ impl State {
         }
         if permanent {
             if !live.is_empty() {
-                return Err(ApiError::subject_not_soft_deleted(subject));
+                return Err(Error::SubjectNotSoftDeleted(subject.to_owned()));
             }
             let all: Vec<u32> = versions.keys().copied().collect();
             let mut records: Vec<Record> = all
@@ -703,7 +711,7 @@ impl State {
             return Ok((all, records));
         }
         if live.is_empty() {
-            return Err(ApiError::subject_soft_deleted(subject));
+            return Err(Error::SubjectSoftDeleted(subject.to_owned()));
         }
         let records = live
             .iter()
@@ -713,19 +721,19 @@ impl State {
     }
 
     /// `DELETE /subjects/{s}/versions/{v}`.
-    pub fn delete_version(
+    pub(crate) fn delete_version(
         &self,
         subject: &str,
         selector: VersionSelector,
         permanent: bool,
-    ) -> Result<(u32, Vec<Record>), ApiError> {
+    ) -> Result<(u32, Vec<Record>), Error> {
         self.writable(subject)?;
         let versions = self.versions_of(subject)?;
         let (version, entry) = match selector {
             VersionSelector::Number(n) => versions
                 .get(&n)
                 .map(|e| (n, *e))
-                .ok_or_else(|| ApiError::version_not_found(n))?,
+                .ok_or_else(|| Error::VersionNotFound(n.to_string()))?,
             VersionSelector::Latest => {
                 let found = if permanent {
                     versions.iter().next_back()
@@ -734,13 +742,19 @@ impl State {
                 };
                 found
                     .map(|(v, e)| (*v, *e))
-                    .ok_or_else(|| ApiError::version_not_found("latest"))?
+                    .ok_or_else(|| Error::VersionNotFound("latest".into()))?
             }
         };
         self.check_not_referenced(subject, version)?;
         match (permanent, entry.deleted) {
-            (false, true) => Err(ApiError::version_soft_deleted(subject, version)),
-            (true, false) => Err(ApiError::version_not_soft_deleted(subject, version)),
+            (false, true) => Err(Error::VersionSoftDeleted {
+                subject: subject.to_owned(),
+                version,
+            }),
+            (true, false) => Err(Error::VersionNotSoftDeleted {
+                subject: subject.to_owned(),
+                version,
+            }),
             (false, false) => Ok((version, vec![self.deleted_record(subject, version, entry)?])),
             (true, true) => Ok((
                 version,
@@ -753,7 +767,7 @@ impl State {
         }
     }
 
-    pub fn config_record(subject: Option<&str>, level: Option<Level>) -> Record {
+    pub(crate) fn config_record(subject: Option<&str>, level: Option<Level>) -> Record {
         Record {
             key: Key::Config {
                 subject: subject.map(str::to_owned),
@@ -768,7 +782,7 @@ impl State {
         }
     }
 
-    pub fn mode_record(subject: Option<&str>, mode: Option<Mode>) -> Record {
+    pub(crate) fn mode_record(subject: Option<&str>, mode: Option<Mode>) -> Record {
         Record {
             key: Key::Mode {
                 subject: subject.map(str::to_owned),
@@ -791,18 +805,18 @@ fn without_transitivity(level: Level) -> Level {
 }
 
 /// A write waiting for the writer thread: its plan and where to send the outcome.
-type Plan = Box<dyn FnOnce(&State) -> Result<(Box<dyn Any + Send>, Vec<Record>), ApiError> + Send>;
-type Job = (Plan, oneshot::Sender<Result<Box<dyn Any + Send>, ApiError>>);
+type Plan = Box<dyn FnOnce(&State) -> Result<(Box<dyn Any + Send>, Vec<Record>), Error> + Send>;
+type Job = (Plan, oneshot::Sender<Result<Box<dyn Any + Send>, Error>>);
 
 /// Writes per batch at most: bounds the latency one fsync adds to the first write of a batch.
 const MAX_BATCH: usize = 256;
 
 /// Where the writer puts a planned batch before acknowledging it: the local fsynced log, or
 /// the `_schemas` topic (see [`crate::kafka_storage`]).
-pub trait Journal: Send + 'static {
+pub(crate) trait Journal: Send + 'static {
     /// Makes `records` durable and visible in `public`; on success readers see them. On error
     /// nothing was made visible and the writer answers every write of the batch with it.
-    fn commit(&mut self, records: &[Record], public: &RwLock<State>) -> Result<(), ApiError>;
+    fn commit(&mut self, records: &[Record], public: &RwLock<State>) -> Result<(), Error>;
 
     /// True when `public` may hold records the writer did not plan (another instance wrote
     /// before this one became the writer): the writer then plans from a fresh copy.
@@ -812,22 +826,21 @@ pub trait Journal: Send + 'static {
 }
 
 impl Journal for LocalLog {
-    fn commit(&mut self, records: &[Record], public: &RwLock<State>) -> Result<(), ApiError> {
+    fn commit(&mut self, records: &[Record], public: &RwLock<State>) -> Result<(), Error> {
         let started = std::time::Instant::now();
         self.append(records).map_err(|e| {
-            metrics::counter!("logpipe_schema_store_log_errors_total").increment(1);
+            metrics::counter!(metric::LOG_ERRORS).increment(1);
             tracing::error!("cannot write the schema log: {e}");
-            ApiError::store(format!("Error while writing to the schema log: {e}"))
+            Error::Store(format!("Error while writing to the schema log: {e}"))
         })?;
-        metrics::histogram!("logpipe_schema_store_log_append_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("logpipe_schema_store_log_batch_records").record(records.len() as f64);
+        metrics::histogram!(metric::LOG_APPEND).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(metric::LOG_BATCH_RECORDS).record(records.len() as f64);
         let mut state = public.write().expect("registry state lock");
         for record in records {
             // Already applied to the writer's staging copy without error: it applies here the same way.
             let _ = state.apply(record);
         }
-        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        metrics::gauge!(metric::SCHEMAS).set(state.schemas.len() as f64);
         Ok(())
     }
 }
@@ -840,14 +853,14 @@ impl Journal for LocalLog {
 /// answers the writers. Nothing is visible or acknowledged before it is durable, and concurrent
 /// writers share the cost of a commit instead of queueing for one each.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     state: Arc<RwLock<State>>,
     jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl Registry {
     /// Opens the local log in `dir`, replays it and starts the writer thread.
-    pub fn open(dir: &Path) -> anyhow::Result<Registry> {
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<Registry> {
         let started = std::time::Instant::now();
         let (log, records) = LocalLog::open(dir)?;
         let mut state = State::default();
@@ -857,12 +870,15 @@ impl Registry {
                 .map_err(|e| anyhow::anyhow!("{} record {}: {e}", log.path().display(), i + 1))?;
         }
         tracing::info!(records = records.len(), schemas = state.schemas.len(), subjects = state.subjects.len(), elapsed = ?started.elapsed(), "replayed the schema log");
-        metrics::gauge!("logpipe_schema_store_schemas").set(state.schemas.len() as f64);
+        metrics::gauge!(metric::SCHEMAS).set(state.schemas.len() as f64);
         Registry::start(Arc::new(RwLock::new(state)), log)
     }
 
     /// Starts the writer thread over a state that `journal` keeps up to date.
-    pub fn start(state: Arc<RwLock<State>>, journal: impl Journal) -> anyhow::Result<Registry> {
+    pub(crate) fn start(
+        state: Arc<RwLock<State>>,
+        journal: impl Journal,
+    ) -> anyhow::Result<Registry> {
         let staging = state.read().expect("registry state lock").clone();
         let (jobs, queue) = mpsc::unbounded_channel();
         let public = Arc::clone(&state);
@@ -873,26 +889,26 @@ impl Registry {
         Ok(Registry { state, jobs })
     }
 
-    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().expect("registry state lock")
     }
 
     /// Runs a write: `plan` computes records from the state as of all earlier writes; the
     /// records are made durable, then applied, then the result is returned.
-    pub async fn write<T: Send + 'static>(
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
-        plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+        plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), Error> + Send + 'static,
+    ) -> Result<T, Error> {
         let plan: Plan = Box::new(move |state| {
             plan(state).map(|(t, records)| (Box::new(t) as Box<dyn Any + Send>, records))
         });
         let (reply, outcome) = oneshot::channel();
         self.jobs
             .send((plan, reply))
-            .map_err(|_| ApiError::store("the writer has stopped"))?;
+            .map_err(|_| Error::Store("the writer has stopped".into()))?;
         let result = outcome
             .await
-            .map_err(|_| ApiError::store("the writer has stopped"))??;
+            .map_err(|_| Error::Store("the writer has stopped".into()))??;
         Ok(*result
             .downcast::<T>()
             .expect("a plan's result has the plan's type"))
@@ -930,7 +946,7 @@ fn write_batches(
                         waiting.push((reply, result));
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(ApiError::store(format!(
+                        let _ = reply.send(Err(Error::Store(format!(
                             "cannot apply a planned record: {e}"
                         ))));
                     }
@@ -954,5 +970,158 @@ fn write_batches(
         for (reply, result) in waiting {
             let _ = reply.send(Ok(result));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = r#"{"type":"record","name":"r","fields":[{"name":"a","type":"int"}]}"#;
+    /// Adds a field without a default: a BACKWARD break of [`V1`].
+    const V2_BREAKING: &str = r#"{"type":"record","name":"r","fields":[{"name":"a","type":"int"},{"name":"b","type":"string"}]}"#;
+
+    fn avro(schema: &str) -> NewSchema {
+        NewSchema {
+            schema: schema.to_owned(),
+            schema_type: SchemaType::Avro,
+            references: Vec::new(),
+            id: None,
+            version: None,
+        }
+    }
+
+    /// Plans a write and applies its records, as the writer does once they are durable.
+    fn applied<T>(
+        state: &mut State,
+        plan: impl FnOnce(&State) -> Result<(T, Vec<Record>), Error>,
+    ) -> T {
+        let (result, records) = plan(state).unwrap();
+        for record in &records {
+            state.apply(record).unwrap();
+        }
+        result
+    }
+
+    fn with_v1() -> State {
+        let mut state = State::default();
+        let id = applied(&mut state, |s| s.register("s", &avro(V1)));
+        assert_eq!(id, 1);
+        state
+    }
+
+    #[test]
+    fn unknown_subjects_versions_and_ids_are_not_found() {
+        let state = with_v1();
+        let missing = Error::SubjectNotFound("nope".into());
+        assert_eq!(state.versions("nope", false), Err(missing.clone()));
+        assert_eq!(
+            state
+                .subject_version("nope", VersionSelector::Latest, false)
+                .unwrap_err(),
+            missing
+        );
+        assert_eq!(
+            state
+                .subject_version("s", VersionSelector::Number(2), false)
+                .unwrap_err(),
+            Error::VersionNotFound("2".into())
+        );
+        assert_eq!(
+            state.schema_by_id(7).unwrap_err(),
+            Error::SchemaIdNotFound(7)
+        );
+        assert_eq!(
+            state
+                .lookup("s", SchemaType::Avro, V2_BREAKING, &[], false)
+                .unwrap_err(),
+            Error::SchemaNotFound
+        );
+    }
+
+    #[test]
+    fn an_incompatible_schema_is_refused_with_the_reasons() {
+        let state = with_v1();
+        match state.register("s", &avro(V2_BREAKING)) {
+            Err(Error::Incompatible { subject, messages }) => {
+                assert_eq!(subject, "s");
+                assert!(!messages.is_empty());
+            }
+            other => panic!("expected an incompatibility, got {other:?}"),
+        }
+        // The same schema under another subject has nothing to be compatible with.
+        assert!(state.register("t", &avro(V2_BREAKING)).is_ok());
+    }
+
+    #[test]
+    fn invalid_schemas_subjects_and_versions_are_named() {
+        let state = State::default();
+        assert!(matches!(
+            state.register("s", &avro("{not json")),
+            Err(Error::InvalidSchema(_))
+        ));
+        assert_eq!(
+            state.register("", &avro(V1)).unwrap_err(),
+            Error::InvalidSubject(String::new())
+        );
+        assert_eq!(
+            VersionSelector::parse("0"),
+            Err(Error::InvalidVersion("0".into()))
+        );
+        assert_eq!(VersionSelector::parse("-1"), Ok(VersionSelector::Latest));
+    }
+
+    #[test]
+    fn deletes_go_soft_then_permanent() {
+        let mut state = with_v1();
+        assert_eq!(
+            state.delete_subject("s", true).unwrap_err(),
+            Error::SubjectNotSoftDeleted("s".into())
+        );
+        assert_eq!(
+            state
+                .delete_version("s", VersionSelector::Number(1), true)
+                .unwrap_err(),
+            Error::VersionNotSoftDeleted {
+                subject: "s".into(),
+                version: 1
+            }
+        );
+        let deleted = applied(&mut state, |s| s.delete_subject("s", false));
+        assert_eq!(deleted, vec![1]);
+        assert_eq!(
+            state.delete_subject("s", false).unwrap_err(),
+            Error::SubjectSoftDeleted("s".into())
+        );
+        assert_eq!(
+            state
+                .delete_version("s", VersionSelector::Number(1), false)
+                .unwrap_err(),
+            Error::VersionSoftDeleted {
+                subject: "s".into(),
+                version: 1
+            }
+        );
+        applied(&mut state, |s| s.delete_subject("s", true));
+        assert_eq!(
+            state.versions("s", true),
+            Err(Error::SubjectNotFound("s".into()))
+        );
+    }
+
+    #[test]
+    fn a_read_only_subject_refuses_writes() {
+        let mut state = with_v1();
+        state
+            .apply(&State::mode_record(Some("s"), Some(Mode::Readonly)))
+            .unwrap();
+        assert!(matches!(
+            state.register("s", &avro(V1)),
+            Err(Error::NotPermitted(_))
+        ));
+        assert!(matches!(
+            state.delete_subject("s", false),
+            Err(Error::NotPermitted(_))
+        ));
     }
 }

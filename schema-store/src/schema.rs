@@ -17,16 +17,16 @@ use crate::ordered_json::Json;
 /// The schema types this store accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum SchemaType {
+pub(crate) enum SchemaType {
     Avro,
     Json,
 }
 
 impl SchemaType {
-    pub const ALL: [SchemaType; 2] = [SchemaType::Avro, SchemaType::Json];
+    pub(crate) const ALL: [SchemaType; 2] = [SchemaType::Avro, SchemaType::Json];
 
     /// Parses the `schemaType` request field; absent means AVRO, as in Confluent.
-    pub fn from_request(value: Option<&str>) -> Result<SchemaType, String> {
+    pub(crate) fn from_request(value: Option<&str>) -> Result<SchemaType, String> {
         match value.map(str::to_ascii_uppercase).as_deref() {
             None | Some("AVRO") => Ok(SchemaType::Avro),
             Some("JSON") => Ok(SchemaType::Json),
@@ -36,11 +36,11 @@ impl SchemaType {
         }
     }
 
-    pub fn is_avro(&self) -> bool {
+    pub(crate) fn is_avro(&self) -> bool {
         *self == SchemaType::Avro
     }
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             SchemaType::Avro => "AVRO",
             SchemaType::Json => "JSON",
@@ -57,39 +57,39 @@ impl fmt::Display for SchemaType {
 /// A reference from one schema to a version of another subject, named as the referring schema
 /// names it (for Avro, the referenced type's full name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Reference {
-    pub name: String,
-    pub subject: String,
-    pub version: i32,
+pub(crate) struct Reference {
+    pub(crate) name: String,
+    pub(crate) subject: String,
+    pub(crate) version: i32,
 }
 
 /// A schema parsed for compatibility checks.
 #[derive(Debug)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     Avro(AvroParsed),
     Json(serde_json::Value),
 }
 
 /// An Avro schema and the named types its references bring in.
 #[derive(Debug)]
-pub struct AvroParsed {
-    pub schema: apache_avro::Schema,
-    pub referenced: Vec<apache_avro::Schema>,
+pub(crate) struct AvroParsed {
+    pub(crate) schema: apache_avro::Schema,
+    pub(crate) referenced: Vec<apache_avro::Schema>,
 }
 
 /// A schema that another references: the reference's name and the stored text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Referenced {
+pub(crate) struct Referenced {
     /// For Avro the referenced type's full name; for JSON Schema the URI (often relative, like
     /// `address.json`) that the referring schema's `$ref` uses.
-    pub name: String,
-    pub text: String,
+    pub(crate) name: String,
+    pub(crate) text: String,
 }
 
 /// Parses `text` as `schema_type`, with `referenced` everything it references (transitively,
 /// dependencies first). Returns the stored form and the parsed schema; the error is the
 /// parser's message, for a 42201.
-pub fn parse(
+pub(crate) fn parse(
     schema_type: SchemaType,
     text: &str,
     referenced: &[Referenced],

@@ -4,7 +4,10 @@
 mod common;
 
 use common::{assert_error, avro_record, Store, CT};
-use logpipe_schema_store::auth::{hash_password, AuthConfig, Role, UserConfig};
+use logpipe_core::metric_names::schema_store as metric;
+use logpipe_devkit::prometheus;
+use logpipe_schema_store::{hash_password, AuthConfig, Role, UserConfig};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 fn avro(schema: &str) -> Value {
@@ -136,15 +139,26 @@ async fn register_lookup_and_read_back() {
     );
 
     let rendered = metrics.render();
-    for expected in [
-        r#"logpipe_schema_store_http_errors_total{route="/schemas/ids/{id}",status="404"}"#,
-        r#"logpipe_schema_store_http_request_seconds_count{method="POST",route="/subjects/{subject}/versions"}"#,
-        r#"logpipe_schema_store_registrations_total{outcome="ok"}"#,
-        "logpipe_schema_store_log_append_seconds",
+    let samples = prometheus::parse(&rendered);
+    let count = |name: &str| format!("{name}_count");
+    for (name, labels) in [
+        (
+            metric::HTTP_ERRORS.to_owned(),
+            &[("route", "/schemas/ids/{id}"), ("status", "404")][..],
+        ),
+        (
+            count(metric::HTTP_REQUEST),
+            &[
+                ("method", "POST"),
+                ("route", "/subjects/{subject}/versions"),
+            ],
+        ),
+        (metric::REGISTRATIONS.to_owned(), &[("outcome", "ok")]),
+        (count(metric::LOG_APPEND), &[]),
     ] {
         assert!(
-            rendered.contains(expected),
-            "{expected} missing from\n{rendered}"
+            prometheus::sum(&samples, &name, labels).is_some(),
+            "{name} {labels:?} missing from\n{rendered}"
         );
     }
 }
@@ -693,17 +707,9 @@ async fn bad_input_changes_nothing() {
     let store = Store::start().await;
     let a = avro_record("A", r#"{"name":"x","type":"int"}"#);
     // Invalid JSON body.
-    let r = common::response(
-        store
-            .client
-            .post(store.url("/subjects/s/versions"))
-            .header("content-type", CT)
-            .body("{nope")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = store
+        .send_body(Method::POST, "/subjects/s/versions", CT, "{nope")
+        .await;
     assert_error(&r, 400, 400);
     // Missing or empty schema, invalid Avro with the parser's message.
     assert_error(
@@ -735,30 +741,14 @@ async fn bad_input_changes_nothing() {
     assert_error(&store.get("/subjects?deleted=maybe").await, 400, 400);
     // A body over the limit.
     let huge = json!({"schema": format!("\"{}\"", "x".repeat(128 * 1024))});
-    let r = common::response(
-        store
-            .client
-            .post(store.url("/subjects/s/versions"))
-            .header("content-type", CT)
-            .body(huge.to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_error(&r, 413, 413);
+    assert_error(&store.post("/subjects/s/versions", &huge).await, 413, 413);
     // Content negotiation.
-    let r = common::response(
+    let accepting = |accept: &str| {
         store
-            .client
-            .get(store.url("/subjects"))
-            .header("accept", "text/html")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_error(&r, 406, 406);
+            .request(Method::GET, "/subjects")
+            .header("accept", accept)
+    };
+    assert_error(&common::send(accepting("text/html")).await, 406, 406);
     for accept in [
         "application/vnd.schemaregistry.v1+json",
         "application/vnd.schemaregistry+json",
@@ -766,41 +756,32 @@ async fn bad_input_changes_nothing() {
         "*/*",
         "text/html, application/json;q=0.9",
     ] {
-        let r = store
-            .client
-            .get(store.url("/subjects"))
-            .header("accept", accept)
-            .send()
-            .await
-            .unwrap();
+        let r = accepting(accept).send().await.unwrap();
         assert_eq!(r.status(), 200, "{accept}");
         assert_eq!(r.headers()["content-type"], CT);
     }
-    let r = common::response(
-        store
-            .client
-            .post(store.url("/subjects/s/versions"))
-            .header("content-type", "text/plain")
-            .body(avro(&a).to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = store
+        .send_body(
+            Method::POST,
+            "/subjects/s/versions",
+            "text/plain",
+            avro(&a).to_string(),
+        )
+        .await;
     assert_error(&r, 415, 415);
     for ct in [
         "application/json",
         "application/vnd.schemaregistry+json; charset=utf-8",
     ] {
         let r = store
-            .client
-            .post(store.url("/subjects/s/versions"))
-            .header("content-type", ct)
-            .body(avro(&a).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{ct}");
+            .send_body(
+                Method::POST,
+                "/subjects/s/versions",
+                ct,
+                avro(&a).to_string(),
+            )
+            .await;
+        assert_eq!(r.0, 200, "{ct}: {}", r.1);
     }
     // Nothing but the last registration changed the registry.
     assert_eq!(store.get("/subjects").await.1, json!(["s"]));
@@ -808,15 +789,7 @@ async fn bad_input_changes_nothing() {
     // Unknown routes answer in Confluent's error shape.
     assert_error(&store.get("/nothing/here").await, 404, 404);
     assert_error(
-        &common::response(
-            store
-                .client
-                .patch(store.url("/subjects"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
+        &common::send(store.request(Method::PATCH, "/subjects")).await,
         405,
         405,
     );
@@ -835,18 +808,8 @@ async fn every_documented_route_is_served() {
                 .replace("{id}", "1")
                 .replace("{subject}", "s")
                 .replace("{version}", "1");
-            let method =
-                reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
-            let r = store
-                .client
-                .request(method.clone(), store.url(&concrete))
-                .header("content-type", CT)
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let (status, body) = store.send_body(method.clone(), &concrete, CT, "{}").await;
             // Served routes answer with their own result or error, never the router's fallback.
             assert!(
                 !(status == 404 && body["error_code"] == 404) && status != 405,
@@ -855,7 +818,8 @@ async fn every_documented_route_is_served() {
             checked += 1;
         }
     }
-    assert_eq!(checked, logpipe_schema_store::api::routes().len());
+    // That the document holds every route of the table is the openapi module's unit test.
+    assert!(checked > 0, "the document lists no route");
 }
 
 #[tokio::test]
@@ -877,90 +841,41 @@ async fn basic_auth_roles() {
     };
     let store = Store::start_with(Some(auth), 64 * 1024, tempfile::tempdir().unwrap()).await;
     let a = avro(&avro_record("A", r#"{"name":"x","type":"int"}"#));
-    let post = |user: Option<(&str, &str)>, path: &str, body: &Value| {
+    // A request as `user` (anonymous without one).
+    let as_user = |user: Option<(&str, &str)>, method: Method, path: &str, body: &Value| {
         let mut request = store
-            .client
-            .post(store.url(path))
+            .request(method, path)
             .header("content-type", CT)
             .body(body.to_string());
         if let Some((u, p)) = user {
             request = request.basic_auth(u, Some(p));
         }
-        request.send()
+        request
     };
+    let register = |user| as_user(user, Method::POST, "/subjects/s/versions", &a);
+    let (app, ops) = (Some(("app", "app-pw")), Some(("ops", "ops-pw")));
     // Anonymous may read, not write.
     assert_eq!(store.get("/subjects").await.0, 200);
-    let r = post(None, "/subjects/s/versions", &a).await.unwrap();
+    let r = register(None).send().await.unwrap();
     assert_eq!(
         r.headers()["www-authenticate"],
         "Basic realm=\"logpipe-schema-store\""
     );
     assert_error(&common::response(r).await, 401, 401);
-    assert_error(
-        &common::response(
-            post(Some(("app", "wrong")), "/subjects/s/versions", &a)
-                .await
-                .unwrap(),
-        )
-        .await,
-        401,
-        401,
-    );
-    assert_eq!(
-        post(Some(("app", "app-pw")), "/subjects/s/versions", &a)
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let wrong = common::send(register(Some(("app", "wrong")))).await;
+    assert_error(&wrong, 401, 401);
+    assert_eq!(common::send(register(app)).await.0, 200);
     // Config changes need admin.
-    let put = |user: (&str, &str)| {
-        store
-            .client
-            .put(store.url("/config"))
-            .basic_auth(user.0, Some(user.1))
-            .header("content-type", CT)
-            .body(r#"{"compatibility":"NONE"}"#)
-            .send()
-    };
-    assert_error(
-        &common::response(put(("app", "app-pw")).await.unwrap()).await,
-        403,
-        403,
-    );
-    assert_eq!(put(("ops", "ops-pw")).await.unwrap().status(), 200);
+    let none = json!({"compatibility": "NONE"});
+    let put_config = |user| as_user(user, Method::PUT, "/config", &none);
+    assert_error(&common::send(put_config(app)).await, 403, 403);
+    assert_eq!(common::send(put_config(ops)).await.0, 200);
     // Soft delete is write, permanent delete is admin.
-    let delete = |user: (&str, &str), path: &str| {
-        store
-            .client
-            .delete(store.url(path))
-            .basic_auth(user.0, Some(user.1))
-            .send()
-    };
-    assert_eq!(
-        delete(("app", "app-pw"), "/subjects/s")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_error(
-        &common::response(
-            delete(("app", "app-pw"), "/subjects/s?permanent=true")
-                .await
-                .unwrap(),
-        )
-        .await,
-        403,
-        403,
-    );
-    assert_eq!(
-        delete(("ops", "ops-pw"), "/subjects/s?permanent=true")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let delete = |user, path| as_user(user, Method::DELETE, path, &Value::Null);
+    assert_eq!(common::send(delete(app, "/subjects/s")).await.0, 200);
+    let permanent = "/subjects/s?permanent=true";
+    assert_error(&common::send(delete(app, permanent)).await, 403, 403);
+    assert_eq!(common::send(delete(ops, permanent)).await.0, 200);
 }
 
 #[tokio::test]

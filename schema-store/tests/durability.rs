@@ -3,19 +3,22 @@
 //! ids stay unique. Needs the binaries built (`cargo build --workspace --bins`).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{send, CT};
 use logpipe_devkit::harness::{free_addr, wait_until, Process};
+use reqwest::{Client, RequestBuilder};
 use serde_json::{json, Value};
 
-const CT: &str = "application/vnd.schemaregistry.v1+json";
+mod common;
+
 const WRITERS: usize = 8;
 /// Each writer stops after this many registrations, so the test is bounded even if the kill comes late.
 const PER_WRITER: usize = 400;
 
-fn start(dir: &std::path::Path) -> (Process, SocketAddr, SocketAddr) {
+/// Starts the binary over the data in `dir` and waits until it is ready; returns its API URL.
+async fn start(dir: &std::path::Path) -> (Process, String) {
     let (api, telemetry) = (free_addr(), free_addr());
     let config = dir.join(format!("store-{}.toml", api.port()));
     let data = dir.join("data");
@@ -24,12 +27,23 @@ fn start(dir: &std::path::Path) -> (Process, SocketAddr, SocketAddr) {
         format!("listen = \"{api}\"\n[storage]\nkind = \"local\"\npath = \"{}\"\n[telemetry]\nlisten = \"{telemetry}\"\n", data.display()),
     )
     .unwrap();
-    let process = Process::start(
+    let mut process = Process::start(
         "logpipe-schema-store",
         &["run", "--config", config.to_str().unwrap()],
     )
     .unwrap();
-    (process, api, telemetry)
+    process
+        .wait_ready(telemetry, Duration::from_secs(30))
+        .await
+        .unwrap();
+    (process, format!("http://{api}"))
+}
+
+fn register(client: &Client, base: &str, subject: &str, schema: String) -> RequestBuilder {
+    client
+        .post(format!("{base}/subjects/{subject}/versions"))
+        .header("content-type", CT)
+        .body(json!({ "schema": schema }).to_string())
 }
 
 fn schema(writer: usize, n: usize) -> String {
@@ -39,13 +53,8 @@ fn schema(writer: usize, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_registrations_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut process, api, telemetry) = start(dir.path());
-    process
-        .wait_ready(telemetry, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let base = format!("http://{api}");
-    let client = reqwest::Client::builder()
+    let (mut process, base) = start(dir.path()).await;
+    let client = Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -57,10 +66,7 @@ async fn acknowledged_registrations_survive_kill_9() {
         writers.push(tokio::spawn(async move {
             for n in 0..PER_WRITER {
                 let subject = format!("dur-{w}-{n}");
-                let request = client
-                    .post(format!("{base}/subjects/{subject}/versions"))
-                    .header("content-type", CT)
-                    .body(json!({"schema": schema(w, n)}).to_string());
+                let request = register(&client, &base, &subject, schema(w, n));
                 let Ok(response) = request.send().await else {
                     return;
                 };
@@ -98,43 +104,15 @@ async fn acknowledged_registrations_survive_kill_9() {
     let ids: HashSet<u64> = acked.values().copied().collect();
     assert_eq!(ids.len(), acked.len(), "ids must be unique");
 
-    let (mut process, api, telemetry) = start(dir.path());
-    process
-        .wait_ready(telemetry, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let base = format!("http://{api}");
+    let (mut process, base) = start(dir.path()).await;
     for (subject, id) in &acked {
-        let body: Value = client
-            .get(format!("{base}/subjects/{subject}/versions/1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, body) = send(client.get(format!("{base}/subjects/{subject}/versions/1"))).await;
         assert_eq!(body["id"].as_u64(), Some(*id), "{subject}: {body}");
-        let by_id: Value = client
-            .get(format!("{base}/schemas/ids/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, by_id) = send(client.get(format!("{base}/schemas/ids/{id}"))).await;
         assert!(by_id["schema"].as_str().is_some(), "{id}: {by_id}");
     }
     // New ids continue above everything acknowledged before the crash.
-    let fresh: Value = client
-        .post(format!("{base}/subjects/after-crash/versions"))
-        .header("content-type", CT)
-        .body(json!({"schema": schema(99, 0)}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, fresh) = send(register(&client, &base, "after-crash", schema(99, 0))).await;
     assert!(
         fresh["id"].as_u64().unwrap() > *ids.iter().max().unwrap(),
         "{fresh}"

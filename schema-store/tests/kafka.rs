@@ -9,13 +9,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::CT;
+use logpipe_core::metric_names::schema_store as metric;
 use logpipe_devkit::harness::{free_addr, wait_until, DevCluster, Process};
+use logpipe_devkit::prometheus;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use serde_json::{json, Value};
 
-const CT: &str = "application/vnd.schemaregistry.v1+json";
+mod common;
 
 struct Instance {
     process: Process,
@@ -32,7 +35,7 @@ const PASSWORD: &str = "ci-password";
 fn spawn(dir: &std::path::Path, bootstrap: &str, topic: &str) -> Instance {
     let (api, telemetry) = (free_addr(), free_addr());
     let config = dir.join(format!("store-{}.toml", api.port()));
-    let hash = logpipe_schema_store::auth::hash_password(PASSWORD);
+    let hash = logpipe_schema_store::hash_password(PASSWORD);
     std::fs::write(
         &config,
         format!(
@@ -101,21 +104,14 @@ fn record(name: &str) -> Value {
 }
 
 /// A metric's value from the instance's /metrics, if it has been recorded.
-async fn metric(instance: &Instance, name: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("http://{}/metrics", instance.telemetry))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+/// A metric of `instance` with these labels, `None` until it is written.
+async fn scraped(instance: &Instance, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = prometheus::scrape(&client(), instance.telemetry).await;
+    prometheus::sum(&prometheus::parse(&text), name, labels)
 }
 
 async fn is_leader(instance: &Instance) -> bool {
-    metric(instance, "logpipe_schema_store_kafka_leader ").await == Some(1.0)
+    scraped(instance, metric::KAFKA_LEADER, &[]).await == Some(1.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,18 +183,11 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
     // The follower forwarded the writes it took (none failed).
     let mut forwarded = 0;
     for instance in &instances {
-        forwarded += metric(
-            instance,
-            "logpipe_schema_store_kafka_forwarded_total{outcome=\"ok\"}",
-        )
-        .await
-        .unwrap_or(0.0) as u64;
+        forwarded += scraped(instance, metric::KAFKA_FORWARDED, &[("outcome", "ok")])
+            .await
+            .unwrap_or(0.0) as u64;
         assert_eq!(
-            metric(
-                instance,
-                "logpipe_schema_store_kafka_forwarded_total{outcome=\"failed\"}"
-            )
-            .await,
+            scraped(instance, metric::KAFKA_FORWARDED, &[("outcome", "failed")]).await,
             None
         );
     }
@@ -289,11 +278,9 @@ async fn two_instances_share_one_registry_and_the_survivor_takes_over() {
             "{subject} after takeover: {read}"
         );
     }
-    assert!(
-        metric(&survivor, "logpipe_schema_store_kafka_replay_offset ")
-            .await
-            .is_some_and(|p| p >= 10.0)
-    );
+    assert!(scraped(&survivor, metric::KAFKA_REPLAY_OFFSET, &[])
+        .await
+        .is_some_and(|p| p >= 10.0));
     let mut survivor = survivor;
     let status = survivor
         .process

@@ -6,8 +6,8 @@
 //! both; the plain levels check against the latest version only, the `_TRANSITIVE` ones against
 //! every (non-deleted) version.
 
-pub mod avro;
-pub mod json;
+pub(crate) mod avro;
+pub(crate) mod json;
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,7 +19,7 @@ use crate::schema::Parsed;
 /// The seven Confluent compatibility levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Level {
+pub(crate) enum Level {
     None,
     Backward,
     BackwardTransitive,
@@ -31,9 +31,9 @@ pub enum Level {
 
 impl Level {
     /// The level a registry has when nothing is configured, as in Confluent.
-    pub const DEFAULT: Level = Level::Backward;
+    pub(crate) const DEFAULT: Level = Level::Backward;
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Level::None => "NONE",
             Level::Backward => "BACKWARD",
@@ -45,7 +45,7 @@ impl Level {
         }
     }
 
-    pub fn is_transitive(&self) -> bool {
+    pub(crate) fn is_transitive(&self) -> bool {
         matches!(
             self,
             Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive
@@ -85,7 +85,7 @@ impl FromStr for Level {
 /// Why `new` cannot replace the schemas in `previous` (newest first) under `level`; empty when it
 /// can. Only the newest is checked unless the level is transitive. Schemas of another type than
 /// `new` are reported as incompatible: a subject does not change type.
-pub fn check(level: Level, new: &Parsed, previous: &[&Parsed]) -> Vec<String> {
+pub(crate) fn check(level: Level, new: &Parsed, previous: &[&Parsed]) -> Vec<String> {
     let against = if level.is_transitive() {
         previous
     } else {
@@ -112,12 +112,39 @@ pub fn check(level: Level, new: &Parsed, previous: &[&Parsed]) -> Vec<String> {
 }
 
 /// Whether a reader with `reader` reads all data written with `writer`; the reasons if not.
-pub fn can_read(writer: &Parsed, reader: &Parsed) -> Vec<String> {
+pub(crate) fn can_read(writer: &Parsed, reader: &Parsed) -> Vec<String> {
     match (writer, reader) {
         (Parsed::Avro(w), Parsed::Avro(r)) => avro::can_read(w, r),
         (Parsed::Json(w), Parsed::Json(r)) => json::can_read(w, r),
         _ => vec!["the schema type differs from the existing schema's".to_owned()],
     }
+}
+
+/// Runs a table of (writer, reader, whether the reader reads the writer's data) rows through a
+/// schema type's `can_read` and reports every wrong row at once.
+#[cfg(test)]
+fn assert_table<S: fmt::Display>(
+    rows: &[(S, S, bool)],
+    min_rows: usize,
+    can_read: impl Fn(&S, &S) -> Vec<String>,
+) {
+    assert!(rows.len() >= min_rows, "{} rows", rows.len());
+    let mut failures = Vec::new();
+    for (writer, reader, expected) in rows {
+        let errors = can_read(writer, reader);
+        if errors.is_empty() != *expected {
+            failures.push(format!(
+                "writer {writer} reader {reader}: expected {expected}, got {errors:?}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows wrong:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 
 use logpipe_core::telemetry::TelemetryConfig;
-use logpipe_schema_store::auth::AuthConfig;
+use logpipe_schema_store::AuthConfig;
 use logpipe_schema_store::{SchemaStoreConfig, Server, StorageConfig, StorageKind};
+use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -75,43 +76,48 @@ impl Store {
         format!("{}{path}", self.base)
     }
 
+    /// A request to `path`, for tests that set their own headers.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        response(self.client.get(self.url(path)).send().await.unwrap()).await
+        send(self.request(Method::GET, path)).await
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let r = self.request(Method::GET, path).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        response(
-            self.client
-                .post(self.url(path))
-                .header("content-type", CT)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap(),
+    /// Sends `body` as `content_type`.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        send(
+            self.request(method, path)
+                .header("content-type", content_type)
+                .body(body),
         )
         .await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send_body(Method::POST, path, CT, body.to_string())
+            .await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        response(
-            self.client
-                .put(self.url(path))
-                .header("content-type", CT)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        self.send_body(Method::PUT, path, CT, body.to_string())
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        response(self.client.delete(self.url(path)).send().await.unwrap()).await
+        send(self.request(Method::DELETE, path)).await
     }
 
     /// Registers and returns the id, panicking with the body on failure.
@@ -122,6 +128,11 @@ impl Store {
         assert_eq!(status, 200, "register {subject}: {reply}");
         reply["id"].as_u64().unwrap()
     }
+}
+
+/// Sends a request and reads its status and body (JSON, or the text as a JSON string).
+pub async fn send(request: RequestBuilder) -> (u16, Value) {
+    response(request.send().await.unwrap()).await
 }
 
 pub async fn response(r: reqwest::Response) -> (u16, Value) {
