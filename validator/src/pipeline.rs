@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{is_partition_end, EndIsNotAnError, KafkaConfig, Role};
 use logpipe_core::record::{
-    error_header, header, replay_header, ErrorStage, RecordId, ReplayedFrom,
+    error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
 };
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -889,24 +889,11 @@ fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
 fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
     let count = message.headers().map_or(0, |h| h.count());
     let mut out = OwnedHeaders::new_with_capacity(count + 3);
-    const VERDICT: [&str; 11] = [
-        error_header::STAGE,
-        error_header::REASON,
-        error_header::PATH,
-        error_header::SUBJECT,
-        error_header::SCHEMA_ID,
-        error_header::TOPIC,
-        error_header::PARTITION,
-        error_header::OFFSET,
-        replay_header::TOPIC,
-        replay_header::PARTITION,
-        replay_header::OFFSET,
-    ];
     for h in message
         .headers()
         .into_iter()
         .flat_map(|h| h.iter())
-        .filter(|h| !VERDICT.contains(&h.key))
+        .filter(|h| !error_header::ALL.contains(&h.key) && !replay_header::ALL.contains(&h.key))
     {
         out = out.insert(Header {
             key: h.key,
@@ -927,43 +914,43 @@ fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
     out
 }
 
+/// A dead letter's headers: the record's own, then the verdict's `lp.error.*` ones.
 fn dead_letter_headers(
     headers: OwnedHeaders,
     dead: &DeadLetter,
     message: &OwnedMessage,
     source_topic: &str,
 ) -> OwnedHeaders {
-    let add = |headers: OwnedHeaders, key: &str, value: &str| {
-        headers.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        })
-    };
-    let mut h = add(headers, error_header::STAGE, dead.stage.as_str());
-    h = add(h, error_header::REASON, &dead.reason);
-    if let Some(pointer) = &dead.pointer {
-        h = add(h, error_header::PATH, pointer);
-    }
-    if let Some(subject) = &dead.subject {
-        h = add(h, error_header::SUBJECT, subject);
-    }
-    if let Some(id) = dead.schema_id {
-        h = add(h, error_header::SCHEMA_ID, &id.to_string());
-    }
     // Where the record was read: in a replay, where it was first read.
-    let (partition, offset) = match (
-        header_text(message, error_header::PARTITION),
-        header_text(message, error_header::OFFSET),
-    ) {
-        (Some(p), Some(o)) if message.topic() != source_topic => (p, o),
-        _ => (
-            message.partition().to_string(),
-            message.offset().to_string(),
-        ),
+    let first_read = || {
+        let partition = header_text(message, error_header::PARTITION)?
+            .parse()
+            .ok()?;
+        let offset = header_text(message, error_header::OFFSET)?.parse().ok()?;
+        Some((partition, offset))
     };
-    h = add(h, error_header::TOPIC, source_topic);
-    h = add(h, error_header::PARTITION, &partition);
-    add(h, error_header::OFFSET, &offset)
+    let (partition, offset) = first_read()
+        .filter(|_| message.topic() != source_topic)
+        .unwrap_or((message.partition(), message.offset()));
+    let verdict = DeadLetterHeaders {
+        stage: dead.stage,
+        reason: &dead.reason,
+        path: dead.pointer.as_deref(),
+        subject: dead.subject.as_deref(),
+        schema_id: dead.schema_id,
+        topic: source_topic,
+        partition,
+        offset,
+    };
+    verdict
+        .headers()
+        .iter()
+        .fold(headers, |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        })
 }
 
 /// Reads the changelog from the start to its end and keeps the entries of `owned`. Returns the
