@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use logpipe_core::kafka::{EndIsNotAnError, KafkaConfig, Role};
+use logpipe_core::kafka::{end_reader, EndReader, KafkaConfig, Role};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -92,7 +92,7 @@ pub fn source_consumer(
 }
 
 /// A read_committed reader of the target.
-pub type TargetReader = BaseConsumer<EndIsNotAnError>;
+pub type TargetReader = EndReader;
 
 /// A read_committed assign-mode reader of the target (state topic, partition tails) that
 /// reports the end of each partition.
@@ -103,10 +103,8 @@ pub fn target_reader(config: &MirrorConfig, shard: i32) -> anyhow::Result<Target
         },
         &format!("logpipe-mirror-{shard}"),
     );
-    no_auto_create(&mut client)
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    Ok(client.create_with_context(EndIsNotAnError)?)
+    no_auto_create(&mut client).set("auto.offset.reset", "earliest");
+    Ok(end_reader(client)?)
 }
 
 /// The shard's transactional producer on the target.

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use logpipe_core::kafka::create_topics;
 use rdkafka::admin::{
     AdminClient, AdminOptions, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
     ResourceSpecifier, TopicReplication,
@@ -395,16 +396,13 @@ impl Scanner {
             .map(|m| NewPartitions::new(&m.topic, m.partitions as usize))
             .collect();
         if !new.is_empty() {
-            for result in admin
-                .create_topics(&new, &options)
+            for (topic, result) in create_topics(admin, &new, ADMIN_TIMEOUT)
                 .await
                 .context("CreateTopics")?
             {
                 match result {
-                    Ok(topic) => tracing::info!(topic, "created the target topic"),
-                    Err((topic, e)) => {
-                        tracing::warn!(topic, "could not create the target topic: {e}")
-                    }
+                    Ok(()) => tracing::info!(topic, "created the target topic"),
+                    Err(e) => tracing::warn!(topic, "could not create the target topic: {e}"),
                 }
             }
         }

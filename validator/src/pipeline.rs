@@ -20,7 +20,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use logpipe_core::kafka::{is_partition_end, EndIsNotAnError, KafkaConfig, Role};
+use logpipe_core::kafka::{
+    end_reader, is_partition_end, partition_count, read_to_end, KafkaConfig, Role,
+};
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
 };
@@ -961,50 +963,29 @@ fn restore_state(
     owned: &[PartitionKey],
     filter: &mut ReplayFilter,
     shutdown: &CancellationToken,
-) -> anyhow::Result<usize> {
-    let mut config = settings.kafka.client_config(
+) -> anyhow::Result<u64> {
+    let reader = end_reader(settings.kafka.client_config(
         &Role::Consumer {
             group_id: format!("{}.restore", settings.group_id),
         },
         "logpipe-validator-restore",
-    );
-    config.set("enable.partition.eof", "true");
-    let reader: BaseConsumer<EndIsNotAnError> = config
-        .create_with_context(EndIsNotAnError)
-        .context("creating the replay-state reader")?;
-    let metadata = reader.fetch_metadata(Some(state_topic), KAFKA_TIMEOUT)?;
-    let count = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    let mut list = TopicPartitionList::new();
-    for p in 0..count as i32 {
-        list.add_partition_offset(state_topic, p, Offset::Beginning)?;
-    }
-    reader.assign(&list)?;
-    let mut at_end = vec![false; count];
-    let mut read = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !at_end.iter().all(|e| *e) {
-        if shutdown.is_cancelled() {
-            bail!("shutdown while restoring the replay state");
-        }
-        if Instant::now() > deadline {
-            bail!("restoring the replay state from {state_topic} took over 120 s");
-        }
-        match reader.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(m)) => {
-                read += 1;
-                at_end[m.partition() as usize] = false;
-                if let Some(key) = m.key() {
-                    filter.restore(owned, key, m.payload());
-                }
+    ))
+    .context("creating the replay-state reader")?;
+    let from: Vec<(i32, Offset)> = (0..partition_count(&reader, state_topic, KAFKA_TIMEOUT)?)
+        .map(|p| (p as i32, Offset::Beginning))
+        .collect();
+    read_to_end(
+        &reader,
+        state_topic,
+        &from,
+        Duration::from_secs(120),
+        Some(shutdown),
+        |m| {
+            if let Some(key) = m.key() {
+                filter.restore(owned, key, m.payload());
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
-            Some(Err(e)) => bail!("reading {state_topic}: {e}"),
-        }
-    }
-    Ok(read)
+            Ok(())
+        },
+    )
+    .context("restoring the replay state")
 }

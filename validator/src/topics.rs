@@ -22,10 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use logpipe_core::kafka::{KafkaConfig, Role};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use logpipe_core::kafka::{create_topics, KafkaConfig, Role};
+use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a topic the admin API reported created may take to show in metadata.
@@ -174,16 +173,10 @@ impl TopicMaker {
                 }
             })
             .collect();
-        let options = AdminOptions::new()
-            .request_timeout(Some(ADMIN_TIMEOUT))
-            .operation_timeout(Some(ADMIN_TIMEOUT));
-        match admin.create_topics(&new, &options).await {
+        match create_topics(admin, &new, ADMIN_TIMEOUT).await {
             Ok(results) => results
                 .into_iter()
-                .filter_map(|r| match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
-                    Err((topic, code)) => Some((topic, code.to_string())),
-                })
+                .filter_map(|(topic, result)| Some((topic, result.err()?.to_string())))
                 .collect(),
             Err(e) => {
                 tracing::warn!(
