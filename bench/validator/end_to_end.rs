@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use logpipe_core::kafka::Role;
+use logpipe_core::metric_names::validator as names;
 use logpipe_core::record::{header, FileId, RecordId};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
@@ -224,9 +225,9 @@ fn pass_through(
 }
 
 fn processed(page: &str) -> usize {
-    (prometheus::total(page, "logpipe_validator_records_valid_total")
-        + prometheus::total(page, "logpipe_validator_records_invalid_total")
-        + prometheus::total(page, "logpipe_validator_replays_dropped_total")) as usize
+    (prometheus::total(page, names::RECORDS_VALID)
+        + prometheus::total(page, names::RECORDS_INVALID)
+        + prometheus::total(page, names::RESENDS_DROPPED)) as usize
 }
 
 /// What the validator run measured.
@@ -251,7 +252,7 @@ async fn validator(
     process
         .wait_ready(telemetry, Duration::from_secs(60))
         .await?;
-    let parts = ["gather", "check", "commit"].map(|p| format!("logpipe_validator_{p}_seconds_sum"));
+    let parts = [names::GATHER, names::CHECK, names::COMMIT].map(|p| format!("{p}_sum"));
     let (started, before, sums_before) = loop {
         let text = prometheus::scrape(&http, telemetry).await;
         let n = processed(&text);
@@ -283,7 +284,7 @@ async fn validator(
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let elapsed = started.elapsed();
-    let batches = prometheus::total(&text, "logpipe_validator_batch_seconds_count");
+    let batches = prometheus::total(&text, &format!("{}_count", names::BATCH));
     let mut shares = [0.0; 3];
     for (i, p) in parts.iter().enumerate() {
         shares[i] = (prometheus::total(&text, p) - sums_before[i]) / elapsed.as_secs_f64();

@@ -71,6 +71,7 @@ pub mod clients;
 pub mod config;
 pub mod copy;
 pub mod membership;
+mod metrics;
 pub mod shard;
 pub mod state;
 pub mod topology;
@@ -82,6 +83,7 @@ use logpipe_core::service::{Context, Service};
 use tokio::sync::watch;
 
 pub use crate::config::MirrorConfig;
+use crate::metrics as names;
 use crate::shard::Shared;
 use crate::topology::{missing_message, ScanError, Scanner};
 
@@ -102,6 +104,7 @@ impl Service for MirrorService {
 const MISSING_REPEAT: Duration = Duration::from_secs(30);
 
 async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
+    metrics::describe();
     ctx.readiness.register("source");
     ctx.readiness.register("target");
     let scanner = Arc::new(Scanner::new(config.clone())?);
@@ -153,7 +156,7 @@ async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
     tokio::pin!(member);
     let mut tick = tokio::time::interval(config.refresh_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let missing_gauge = metrics::gauge!("logpipe_mirror_target_topics_missing");
+    let missing_gauge = ::metrics::gauge!(names::TARGET_TOPICS_MISSING);
     let mut last_missing: (Vec<String>, Option<Instant>) = (Vec::new(), None);
     let mut member_done = false;
     let result = loop {

@@ -9,6 +9,7 @@
 //! writes to), [`pipeline`] (the exactly-once loop), [`replay`] (the DLQ replay command).
 
 pub mod avro;
+mod metrics;
 pub mod pipeline;
 pub mod reason;
 pub mod registry;
@@ -233,6 +234,7 @@ impl Service for ValidatorService {
     type Config = ValidatorConfig;
 
     async fn run(config: ValidatorConfig, ctx: Context) -> anyhow::Result<()> {
+        metrics::describe();
         let mode = Mode::Live {
             filter: ReplayFilter::new(Duration::from_secs(config.replay_state_ttl_hours * 3600)),
             state_topic: config.replay_state_topic(),

@@ -35,6 +35,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics as names;
 use crate::reason::Reason;
 use crate::registry::LookupError;
 use crate::replay_filter::{PartitionKey, ReplayFilter};
@@ -77,7 +78,6 @@ pub struct Settings {
 pub struct Totals {
     pub clean: u64,
     pub dead: u64,
-    pub replays_dropped: u64,
     pub skipped: u64,
 }
 
@@ -139,29 +139,28 @@ struct BatchCounts {
     valid: HashMap<(String, String), u64>,
     invalid: HashMap<(String, ErrorStage, Reason), u64>,
     dropped_fields: HashMap<String, u64>,
-    replays: HashMap<String, u64>,
+    resends: HashMap<String, u64>,
     skipped: u64,
 }
 
 impl BatchCounts {
     fn publish(self, totals: &mut Totals) {
         for ((topic, subject), n) in self.valid {
-            metrics::counter!("logpipe_validator_records_valid_total", "topic" => topic, "subject" => subject).increment(n);
+            metrics::counter!(names::RECORDS_VALID, "topic" => topic, "subject" => subject)
+                .increment(n);
             totals.clean += n;
         }
         for ((topic, stage, reason), n) in self.invalid {
-            metrics::counter!("logpipe_validator_records_invalid_total", "topic" => topic, "stage" => stage.as_str(), "reason" => reason.as_str())
+            metrics::counter!(names::RECORDS_INVALID, "topic" => topic, "stage" => stage.as_str(), "reason" => reason.as_str())
                 .increment(n);
             totals.dead += n;
         }
         for (topic, n) in self.dropped_fields {
-            metrics::counter!("logpipe_validator_extra_fields_dropped_total", "topic" => topic)
-                .increment(n);
+            metrics::counter!(names::EXTRA_FIELDS_DROPPED, "topic" => topic).increment(n);
         }
-        for (topic, n) in self.replays {
-            metrics::counter!("logpipe_validator_replays_dropped_total", "topic" => topic)
-                .increment(n);
-            totals.replays_dropped += n;
+        for (topic, n) in self.resends {
+            metrics::counter!(names::REPLAYS_DROPPED_ALIAS, "topic" => topic.clone()).increment(n);
+            metrics::counter!(names::RESENDS_DROPPED, "topic" => topic).increment(n);
         }
         totals.skipped += self.skipped;
     }
@@ -359,16 +358,12 @@ impl Pipeline {
             if self.commit(&batch, outputs)? {
                 counts.publish(&mut self.totals);
                 let total = started.elapsed();
-                metrics::histogram!("logpipe_validator_batch_seconds").record(total.as_secs_f64());
-                metrics::histogram!("logpipe_validator_gather_seconds")
-                    .record(gathered.as_secs_f64());
-                metrics::histogram!("logpipe_validator_check_seconds")
-                    .record(checked.as_secs_f64());
-                metrics::histogram!("logpipe_validator_commit_seconds")
-                    .record((total - checked).as_secs_f64());
+                metrics::histogram!(names::BATCH).record(total.as_secs_f64());
+                metrics::histogram!(names::GATHER).record(gathered.as_secs_f64());
+                metrics::histogram!(names::CHECK).record(checked.as_secs_f64());
+                metrics::histogram!(names::COMMIT).record((total - checked).as_secs_f64());
                 if let Mode::Live { filter, .. } = &self.mode {
-                    metrics::gauge!("logpipe_validator_replay_state_files")
-                        .set(filter.len() as f64);
+                    metrics::gauge!(names::REPLAY_STATE_FILES).set(filter.len() as f64);
                 }
             }
             if matches!(self.mode, Mode::Replay { .. })
@@ -498,7 +493,7 @@ impl Pipeline {
                 )
             });
             if let (Some(position), Ok((_, high))) = (position, watermarks) {
-                metrics::gauge!("logpipe_validator_consumer_lag_records", "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
+                metrics::gauge!(names::CONSUMER_LAG_RECORDS, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
                     .set((high - position).max(0) as f64);
             }
         }
@@ -642,7 +637,7 @@ impl Pipeline {
                             now_ms,
                         ) {
                             *counts
-                                .replays
+                                .resends
                                 .entry(message.topic().to_owned())
                                 .or_default() += 1;
                             continue;
@@ -743,7 +738,7 @@ impl Pipeline {
     /// Waits while the schema store is unavailable; false on shutdown.
     async fn pause(&mut self, why: &LookupError) -> bool {
         tracing::warn!("{why}; pausing");
-        metrics::counter!("logpipe_validator_store_pauses_total").increment(1);
+        metrics::counter!(names::STORE_PAUSES).increment(1);
         self.readiness.not_ready(READY_STORE, why.to_string());
         tokio::select! {
             _ = self.shutdown.cancelled() => false,
@@ -775,7 +770,7 @@ impl Pipeline {
             }
             Err(e) => {
                 tracing::warn!("transaction failed: {e}; aborting and reading the batch again");
-                metrics::counter!("logpipe_validator_transactions_aborted_total").increment(1);
+                metrics::counter!(names::TRANSACTIONS_ABORTED).increment(1);
                 if let Mode::Live { filter, .. } = &mut self.mode {
                     filter.rollback();
                 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::metrics as names;
 use crate::reason::Reason;
 use crate::schema::{CompiledSchema, SchemaType};
 
@@ -213,7 +214,8 @@ impl SchemaCache {
                 let fresh = entry.fetched.elapsed() < self.refresh
                     || (version != Version::Latest && entry.found.is_ok());
                 if fresh {
-                    metrics::counter!("logpipe_validator_schema_cache_hits_total", "subject" => subject.to_owned()).increment(1);
+                    metrics::counter!(names::SCHEMA_CACHE_HITS, "subject" => subject.to_owned())
+                        .increment(1);
                     return entry
                         .found
                         .clone()
@@ -223,7 +225,7 @@ impl SchemaCache {
             }
             None => None,
         };
-        metrics::counter!("logpipe_validator_schema_cache_misses_total", "subject" => subject.to_owned()).increment(1);
+        metrics::counter!(names::SCHEMA_CACHE_MISSES, "subject" => subject.to_owned()).increment(1);
         let found = match self.client.subject_version(subject, version).await {
             Ok((id, schema_type, text)) => Ok(self.compiled(id, schema_type, &text)),
             Err(LookupError::Problem(kind, reason)) => Err((kind, reason)),
