@@ -17,7 +17,7 @@
 //! 2. `logpipe-validator` (release build, a process, defaults) with the game route, writing
 //!    `clean.game` / `dlq.game`, schemas from a `logpipe-schema-store` process.
 //!
-//! Each round reads the whole raw topic again with new consumer groups (and a new replay-state
+//! Each round reads the whole raw topic again with new consumer groups (and a new resend-state
 //! topic). Both are timed from their first commit to their last (group join and schema fetches before
 //! the first commit are not counted; the records of the first commit are not counted either).
 //! The validator's commits are seen through its metrics, polled every 10 ms. Its timing counters
@@ -345,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
     let groups: Vec<String> = (1..=rounds).map(|r| format!("bench{r}")).collect();
     let states: Vec<String> = groups
         .iter()
-        .map(|g| logpipe_core::record::replay_state_topic(g))
+        .map(|g| logpipe_core::record::resend_state_topic(g))
         .collect();
     let mut topics = vec![
         (RAW, partitions),

@@ -404,9 +404,13 @@ pub fn mirror_state_topic(name: &str) -> String {
     format!("{INTERNAL_PREFIX}mirror.{name}.state")
 }
 
-/// `_lp.validator.<group>.replay-state`: the validator's default replay-removal changelog for
-/// its consumer group `group`.
-pub fn replay_state_topic(group: &str) -> String {
+/// `_lp.validator.<group>.replay-state`: the validator's default changelog of the filter that
+/// removes the agents' resends, for its consumer group `group`.
+///
+/// The name still says "replay", the filter's old name: running validators keep their state in
+/// this topic, and a new name would make an upgraded validator start with an empty filter and
+/// pass on every resend of the last checkpoint interval as a new record.
+pub fn resend_state_topic(group: &str) -> String {
     format!("{INTERNAL_PREFIX}validator.{group}.replay-state")
 }
 
@@ -634,7 +638,7 @@ mod tests {
         assert_eq!(raw_topic("game"), "raw.game");
         assert_eq!(mirror_state_topic("default"), "_lp.mirror.default.state");
         assert_eq!(
-            replay_state_topic("logpipe-validator"),
+            resend_state_topic("logpipe-validator"),
             "_lp.validator.logpipe-validator.replay-state"
         );
     }

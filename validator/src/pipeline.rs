@@ -3,16 +3,16 @@
 //! One consumer in the group, one transactional producer. Records are taken in batches; a batch
 //! is first checked entirely (schema lookups may pause here while the store is unreachable: no
 //! transaction is open, so nothing times out), then written in one transaction: clean records,
-//! dead letters, the replay-state changes and the consumer offsets
+//! dead letters, the resend-state changes and the consumer offsets
 //! (`send_offsets_to_transaction` with the group's metadata, so a zombie from an older group
 //! generation is fenced). Rebalance callbacks only run inside the consumer's poll, which never
 //! happens while a transaction is open; records gathered from a partition that is revoked are
 //! dropped from the batch, and its next owner reads them from the committed offset. An
 //! abortable transaction error aborts, rewinds the consumer to the batch's first offsets and
-//! drops the batch's replay-state changes.
+//! drops the batch's resend-state changes.
 //!
 //! The same loop replays a dead-letter topic (`logpipe-validator replay`): input is the DLQ,
-//! records are restored to their original form and routed by their original topic, replay
+//! records are restored to their original form and routed by their original topic, resend
 //! removal is off, and the loop ends at the DLQ's end offsets taken at start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics as names;
 use crate::reason::Reason;
-use crate::registry::LookupError;
-use crate::replay_filter::{PartitionKey, ReplayFilter};
+use crate::resend_filter::{PartitionKey, ResendFilter};
+use crate::schema_store_client::LookupError;
 use crate::topics::{Needed, TopicMaker};
 use crate::verdict::{Checker, DeadLetter, Verdict};
 
@@ -49,9 +49,9 @@ const READY_TOPICS: &str = "topics";
 
 /// What the loop reads and how it ends.
 pub enum Mode {
-    /// The service: every raw topic a route covers, replay removal on, until shutdown.
+    /// The service: every raw topic a route covers, resend removal on, until shutdown.
     Live {
-        filter: ReplayFilter,
+        filter: ResendFilter,
         state_topic: String,
     },
     /// `replay`: one DLQ topic up to its end offsets at start, records chosen by `select`.
@@ -590,7 +590,7 @@ impl Pipeline {
                     let restored = tokio::task::block_in_place(|| {
                         restore_state(&self.settings, state_topic, &list, filter, &self.shutdown)
                     })?;
-                    tracing::info!(partitions = list.len(), records = restored, elapsed = ?started.elapsed(), "replay state restored");
+                    tracing::info!(partitions = list.len(), records = restored, elapsed = ?started.elapsed(), "resend state restored");
                 }
                 (GroupEvent::Assigned(_), Mode::Replay { .. }) => {}
             }
@@ -647,7 +647,7 @@ impl Pipeline {
                     Err(e) => tracing::debug!(
                         topic = message.topic(),
                         offset = message.offset(),
-                        "no replay check: {e}"
+                        "no resend check: {e}"
                     ),
                 }
             }
@@ -956,7 +956,7 @@ fn restore_state(
     settings: &Settings,
     state_topic: &str,
     owned: &[PartitionKey],
-    filter: &mut ReplayFilter,
+    filter: &mut ResendFilter,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<u64> {
     let reader = end_reader(settings.kafka.client_config(
@@ -965,7 +965,7 @@ fn restore_state(
         },
         "logpipe-validator-restore",
     ))
-    .context("creating the replay-state reader")?;
+    .context("creating the resend-state reader")?;
     let from: Vec<(i32, Offset)> = (0..partition_count(&reader, state_topic, KAFKA_TIMEOUT)?)
         .map(|p| (p as i32, Offset::Beginning))
         .collect();
@@ -982,5 +982,5 @@ fn restore_state(
             Ok(())
         },
     )
-    .context("restoring the replay state")
+    .context("restoring the resend state")
 }

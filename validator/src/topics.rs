@@ -1,11 +1,11 @@
 //! The topics the validator writes to, made to exist before it writes.
 //!
-//! It writes the clean and dead-letter topic of every raw topic it reads, and its replay-state
+//! It writes the clean and dead-letter topic of every raw topic it reads, and its resend-state
 //! changelog. The validator **creates the missing ones** through the admin API (`create_topics`,
 //! on by default), because the alternatives are worse: a transaction into a topic that does not
 //! exist fails on every batch (the validator would stall on a typo'd template), and a broker's
 //! auto-creation uses the broker's defaults, which for the changelog means a topic that deletes
-//! old replay-removal state instead of compacting it. Clean and DLQ topics get the raw topic's
+//! old resend-filter state instead of compacting it. Clean and DLQ topics get the raw topic's
 //! partition count (so a key's records stay together as on the raw side), the changelog one
 //! compacted partition; the replication factor and every other setting are the cluster's
 //! defaults (CreateTopics with replication factor -1: Kafka 2.4 or later). Operators who manage

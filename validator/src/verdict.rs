@@ -6,8 +6,8 @@ use logpipe_core::record::ErrorStage;
 use serde_json::Value;
 
 use crate::reason::Reason;
-use crate::registry::{LookupError, SchemaCache};
 use crate::route::Routes;
+use crate::schema_store_client::{LookupError, SchemaCache};
 
 /// Where a record goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,9 +138,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::registry::tests::{serve, Canned};
-    use crate::registry::StoreClient;
     use crate::route::RouteConfig;
+    use crate::schema_store_client::tests::{serve, Canned};
+    use crate::schema_store_client::SchemaStoreClient;
 
     async fn checker(base: &str) -> Checker {
         #[derive(serde::Deserialize)]
@@ -152,7 +152,7 @@ mod tests {
         )
         .unwrap();
         let cache = SchemaCache::new(
-            StoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            SchemaStoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
             Duration::from_secs(5),
         );
         Checker::new(Routes::new(&file.routes).unwrap(), cache)

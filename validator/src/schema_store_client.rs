@@ -52,7 +52,7 @@ impl std::fmt::Display for Version {
 
 /// A client of the Confluent REST API.
 #[derive(Debug, Clone)]
-pub struct StoreClient {
+pub struct SchemaStoreClient {
     base: reqwest::Url,
     http: reqwest::Client,
     credentials: Option<(String, String)>,
@@ -75,12 +75,12 @@ struct ApiError {
     message: Option<String>,
 }
 
-impl StoreClient {
+impl SchemaStoreClient {
     pub fn new(
         base: &str,
         credentials: Option<(String, String)>,
         timeout: Duration,
-    ) -> anyhow::Result<StoreClient> {
+    ) -> anyhow::Result<SchemaStoreClient> {
         let mut base = reqwest::Url::parse(base)
             .map_err(|e| anyhow::anyhow!("schema_store {base:?} is not a URL: {e}"))?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
@@ -94,7 +94,7 @@ impl StoreClient {
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()?;
-        Ok(StoreClient {
+        Ok(SchemaStoreClient {
             base,
             http,
             credentials,
@@ -178,7 +178,7 @@ struct SubjectEntry {
 
 /// Compiled schemas by id and subject lookups by (subject, version).
 pub struct SchemaCache {
-    client: StoreClient,
+    client: SchemaStoreClient,
     refresh: Duration,
     by_id: HashMap<u32, Arc<CompiledSchema>>,
     by_subject: HashMap<(String, Version), SubjectEntry>,
@@ -187,7 +187,7 @@ pub struct SchemaCache {
 }
 
 impl SchemaCache {
-    pub fn new(client: StoreClient, refresh: Duration) -> SchemaCache {
+    pub fn new(client: SchemaStoreClient, refresh: Duration) -> SchemaCache {
         SchemaCache {
             client,
             refresh,
@@ -353,7 +353,7 @@ pub(crate) mod tests {
 
     fn cache(base: &str, refresh: Duration) -> SchemaCache {
         SchemaCache::new(
-            StoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            SchemaStoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
             refresh,
         )
     }
@@ -442,8 +442,10 @@ pub(crate) mod tests {
 
     #[test]
     fn base_urls_are_checked() {
-        assert!(StoreClient::new("not a url", None, Duration::from_secs(1)).is_err());
-        assert!(StoreClient::new("ftp://x", None, Duration::from_secs(1)).is_err());
-        assert!(StoreClient::new("http://x:8081/registry", None, Duration::from_secs(1)).is_ok());
+        assert!(SchemaStoreClient::new("not a url", None, Duration::from_secs(1)).is_err());
+        assert!(SchemaStoreClient::new("ftp://x", None, Duration::from_secs(1)).is_err());
+        assert!(
+            SchemaStoreClient::new("http://x:8081/registry", None, Duration::from_secs(1)).is_ok()
+        );
     }
 }

@@ -1,7 +1,7 @@
-//! Agent replay removal. Within one partition the records of one file identity arrive in offset
+//! Removing the agents' resends. Within one partition the records of one file identity arrive in offset
 //! order (the agent's producer never leaves gaps and keys a file to one partition), so a record
 //! whose `lp.offset` is not above the highest offset already passed for its (`lp.host`,
-//! `lp.file`) in that partition is a replay of the agent (after a crash it re-sends up to one
+//! `lp.file`) in that partition is a resend of the agent (after a crash it re-sends up to one
 //! checkpoint interval) and is dropped.
 //!
 //! The state is per source partition and lives in a compacted changelog topic: every batch's
@@ -27,24 +27,24 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct StateKey(String, i32, String, String);
 
-/// The replay state of the partitions this instance owns, and the changes of the open batch.
+/// The resend state of the partitions this instance owns, and the changes of the open batch.
 #[derive(Debug, Default)]
-pub struct ReplayFilter {
+pub struct ResendFilter {
     ttl_ms: i64,
     state: HashMap<PartitionKey, HashMap<(String, FileId), Entry>>,
     /// Changes not yet committed: `None` is an expiry.
     pending: HashMap<(PartitionKey, (String, FileId)), Option<Entry>>,
 }
 
-impl ReplayFilter {
-    pub fn new(ttl: std::time::Duration) -> ReplayFilter {
-        ReplayFilter {
+impl ResendFilter {
+    pub fn new(ttl: std::time::Duration) -> ResendFilter {
+        ResendFilter {
             ttl_ms: ttl.as_millis() as i64,
             ..Default::default()
         }
     }
 
-    /// Whether a record passes (true) or is a replay (false). A passing record's offset becomes
+    /// Whether a record passes (true) or is a resend (false). A passing record's offset becomes
     /// the file's high mark in the open batch.
     pub fn pass(&mut self, partition: &PartitionKey, id: &RecordId, now_ms: i64) -> bool {
         let file = (id.host.clone(), id.file);
@@ -172,8 +172,8 @@ mod tests {
     }
 
     #[test]
-    fn replays_are_dropped_per_file_and_partition() {
-        let mut f = ReplayFilter::new(Duration::from_secs(60));
+    fn resends_are_dropped_per_file_and_partition() {
+        let mut f = ResendFilter::new(Duration::from_secs(60));
         let p0 = ("raw.a".to_owned(), 0);
         let p1 = ("raw.a".to_owned(), 1);
         assert!(f.pass(&p0, &id(1, 0), 0));
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn changelog_round_trip_restores_only_owned_partitions() {
-        let mut f = ReplayFilter::new(Duration::from_secs(60));
+        let mut f = ResendFilter::new(Duration::from_secs(60));
         let p0 = ("raw.a".to_owned(), 0);
         let p1 = ("raw.a".to_owned(), 1);
         f.pass(&p0, &id(1, 100), 0);
@@ -212,7 +212,7 @@ mod tests {
         let changes = f.changes();
         f.commit();
 
-        let mut restored = ReplayFilter::new(Duration::from_secs(60));
+        let mut restored = ResendFilter::new(Duration::from_secs(60));
         for (key, value) in &changes {
             restored.restore(std::slice::from_ref(&p0), key, value.as_deref());
         }
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn idle_entries_expire_with_a_tombstone() {
-        let mut f = ReplayFilter::new(Duration::from_millis(1_000));
+        let mut f = ResendFilter::new(Duration::from_millis(1_000));
         let p0 = ("raw.a".to_owned(), 0);
         f.pass(&p0, &id(1, 5), 0);
         f.pass(&p0, &id(2, 5), 900);
@@ -240,7 +240,7 @@ mod tests {
         f.commit();
         assert_eq!(f.len(), 1);
         // A tombstone read back removes the entry.
-        let mut restored = ReplayFilter::new(Duration::from_secs(1));
+        let mut restored = ResendFilter::new(Duration::from_secs(1));
         restored.restore(
             std::slice::from_ref(&p0),
             &changes[0].0,
