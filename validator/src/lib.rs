@@ -2,23 +2,31 @@
 //! writes it, exactly once, to its clean topic (Confluent wire format) or its dead-letter topic
 //! (original bytes plus `lp.error.*` headers), removing the agents' resends on the way.
 //!
-//! Modules: [`avro`] (JSON -> Avro encoder plans), [`schema`] (compiled schemas, wire format),
-//! [`schema_store_client`] (the Confluent REST client and the schema cache), [`route`] (routes and subject
-//! strategies), [`reason`] (the bounded kinds of dead-letter reasons), [`verdict`] (one
-//! record's check), [`resend_filter`] (removing the agents' resends), [`topics`] (creating the topics it
-//! writes to), [`pipeline`] (the exactly-once loop), [`replay`] (the DLQ replay command).
+//! The crate's API is the service ([`ValidatorService`], [`ValidatorConfig`]), the DLQ replay
+//! command ([`replay`]) and, for benchmarks, the record encoder ([`CompiledSchema`]).
+//!
+//! Modules: `avro` (JSON -> Avro encoder plans), `schema` (compiled schemas, wire format),
+//! `schema_store_client` (the Confluent REST client and the schema cache), `route` (routes and
+//! subject strategies), `reason` (the bounded kinds of dead-letter reasons), `verdict` (one
+//! record's check), `resend_filter` (removing the agents' resends), `topics` (creating the topics
+//! it writes to), `pipeline` (the exactly-once loop), `replay` (the DLQ replay command),
+//! `metrics` (names and descriptions).
 
-pub mod avro;
+mod avro;
 mod metrics;
-pub mod pipeline;
-pub mod reason;
+mod pipeline;
+mod reason;
 pub mod replay;
-pub mod resend_filter;
-pub mod route;
-pub mod schema;
-pub mod schema_store_client;
-pub mod topics;
-pub mod verdict;
+mod resend_filter;
+mod route;
+mod schema;
+mod schema_store_client;
+mod topics;
+mod verdict;
+
+pub use avro::ExtraFields;
+pub use route::{RouteConfig, SubjectStrategy};
+pub use schema::{CompiledSchema, SchemaType};
 
 use std::time::Duration;
 
@@ -29,7 +37,7 @@ use serde::Deserialize;
 
 use crate::pipeline::{Mode, Pipeline, Settings};
 use crate::resend_filter::ResendFilter;
-use crate::route::{RouteConfig, Routes};
+use crate::route::Routes;
 use crate::schema_store_client::{SchemaCache, SchemaStoreClient};
 use crate::verdict::Checker;
 
