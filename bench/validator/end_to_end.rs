@@ -132,21 +132,21 @@ fn pass_through(
     records: usize,
     bytes_per_record: f64,
 ) -> anyhow::Result<Rate> {
-    let settings = config.settings(".pass");
-    let consumer: BaseConsumer = settings
+    let batch_time = Duration::from_millis(config.batch_ms);
+    let consumer: BaseConsumer = config
         .kafka
         .client_config(
             &Role::Consumer {
-                group_id: settings.group_id.clone(),
+                group_id: format!("{}.pass", config.group_id),
             },
             "bench-pass",
         )
         .create()?;
-    let producer: ThreadedProducer<DefaultProducerContext> = settings
+    let producer: ThreadedProducer<DefaultProducerContext> = config
         .kafka
         .client_config(
             &Role::TransactionalProducer {
-                transactional_id: settings.transactional_id.clone(),
+                transactional_id: format!("{}.pass", config.transactional_id()),
             },
             "bench-pass",
         )
@@ -161,16 +161,16 @@ fn pass_through(
             Instant::now() < stall,
             "pass-through stalled at {done} of {records}"
         );
-        let mut batch = Vec::with_capacity(settings.batch_records);
+        let mut batch = Vec::with_capacity(config.batch_records);
         let mut deadline = None;
-        while batch.len() < settings.batch_records {
-            let wait = deadline.map_or(settings.batch_time * 5, |d: Instant| {
+        while batch.len() < config.batch_records {
+            let wait = deadline.map_or(batch_time * 5, |d: Instant| {
                 d.saturating_duration_since(Instant::now())
             });
             match consumer.poll(wait) {
                 Some(Ok(m)) => {
                     batch.push(m.detach());
-                    deadline.get_or_insert_with(|| Instant::now() + settings.batch_time);
+                    deadline.get_or_insert_with(|| Instant::now() + batch_time);
                 }
                 Some(Err(e)) => anyhow::bail!("pass-through consumer: {e}"),
                 None => break,

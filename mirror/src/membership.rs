@@ -123,7 +123,7 @@ impl ConsumerContext for Shards {
 /// Joins the assignment group and runs the shards it is given until `stop` is cancelled; then
 /// stops every shard (each commits its last transaction) and leaves the group, so the others
 /// take over at once instead of after a session timeout.
-pub fn run(shared: Arc<Shared>, stop: CancellationToken) -> anyhow::Result<()> {
+pub(crate) fn run(shared: Arc<Shared>, stop: CancellationToken) -> anyhow::Result<()> {
     let config = shared.config.clone();
     let state_topic = config.state_topic();
     let context = Shards {

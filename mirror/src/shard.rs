@@ -46,13 +46,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const STATE_RECORD: usize = usize::MAX;
 
 /// What every shard of this process shares.
-pub struct Shared {
-    pub config: Arc<MirrorConfig>,
-    pub topology: watch::Receiver<Arc<Topology>>,
+pub(crate) struct Shared {
+    pub(crate) config: Arc<MirrorConfig>,
+    pub(crate) topology: watch::Receiver<Arc<Topology>>,
 }
 
 /// Runs a shard until `stop` is cancelled, restarting its session after errors with backoff.
-pub fn run(shared: &Shared, shard: i32, stop: &CancellationToken) {
+pub(crate) fn run(shared: &Shared, shard: i32, stop: &CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     gauge!(names::SHARD_OWNED, "shard" => shard.to_string()).set(1.0);
     while !stop.is_cancelled() {

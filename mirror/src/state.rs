@@ -21,11 +21,11 @@ use crate::clients::TargetReader;
 
 /// A committed position of one source partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
+pub(crate) struct Position {
     /// Next source offset to mirror.
-    pub source: i64,
+    pub(crate) source: i64,
     /// Target offset just after the last record the mirror wrote for this partition.
-    pub target: i64,
+    pub(crate) target: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -35,7 +35,7 @@ struct Key<'a> {
 }
 
 /// Key and value of the state record of a source partition.
-pub fn encode(topic: &str, partition: i32, position: Position) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn encode(topic: &str, partition: i32, position: Position) -> (Vec<u8>, Vec<u8>) {
     let key = serde_json::to_vec(&Key { topic, partition }).expect("state key serializes");
     let value = serde_json::to_vec(&position).expect("state value serializes");
     (key, value)
@@ -49,7 +49,7 @@ fn decode(key: &[u8], value: &[u8]) -> Option<((String, i32), Position)> {
 
 /// Reads the whole state topic (read_committed) and returns the latest position of each source
 /// partition for which `wanted` is true.
-pub fn read_positions(
+pub(crate) fn read_positions(
     reader: &TargetReader,
     state_topic: &str,
     partitions: i32,
@@ -85,7 +85,7 @@ pub fn read_positions(
 /// Reads every committed record of `topic`'s partitions from the given offsets to their end, as
 /// a read_committed consumer sees it now, in order per partition. Fails rather than hold more
 /// than `max_bytes` of keys and values.
-pub fn drain(
+pub(crate) fn drain(
     reader: &TargetReader,
     topic: &str,
     from: &[(i32, i64)],

@@ -85,7 +85,7 @@ pub struct ValidatorConfig {
     #[serde(default = "default_topic_refresh_ms")]
     pub topic_refresh_ms: u64,
     /// Create missing clean, DLQ and resend-state topics through the admin API (see
-    /// [`topics`] for why this is the default).
+    /// the README for why this is the default).
     #[serde(default = "default_create_topics")]
     pub create_topics: bool,
     /// The read-side cluster.
@@ -146,7 +146,7 @@ impl ValidatorConfig {
     }
 
     /// The schema checker for these routes and this store.
-    pub fn checker(&self) -> anyhow::Result<Checker> {
+    pub(crate) fn checker(&self) -> anyhow::Result<Checker> {
         let routes = Routes::new(&self.routes)?;
         let credentials = self
             .schema_store_auth
@@ -164,7 +164,7 @@ impl ValidatorConfig {
     }
 
     /// The loop's settings; `group_suffix` separates the replay command's group from the service's.
-    pub fn settings(&self, group_suffix: &str) -> Settings {
+    pub(crate) fn settings(&self, group_suffix: &str) -> Settings {
         Settings {
             kafka: self.kafka.clone(),
             group_id: format!("{}{group_suffix}", self.group_id),

@@ -48,7 +48,7 @@ const READY_STORE: &str = "schema_store";
 const READY_TOPICS: &str = "topics";
 
 /// What the loop reads and how it ends.
-pub enum Mode {
+pub(crate) enum Mode {
     /// The service: every raw topic a route covers, resend removal on, until shutdown.
     Live {
         filter: ResendFilter,
@@ -62,23 +62,23 @@ pub enum Mode {
 }
 
 /// The loop's settings.
-pub struct Settings {
-    pub kafka: KafkaConfig,
-    pub group_id: String,
-    pub transactional_id: String,
-    pub batch_records: usize,
-    pub batch_time: Duration,
-    pub topic_refresh: Duration,
+pub(crate) struct Settings {
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) group_id: String,
+    pub(crate) transactional_id: String,
+    pub(crate) batch_records: usize,
+    pub(crate) batch_time: Duration,
+    pub(crate) topic_refresh: Duration,
     /// Create missing output and changelog topics ([`crate::topics`]).
-    pub create_topics: bool,
+    pub(crate) create_topics: bool,
 }
 
 /// Counts of a finished replay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    pub clean: u64,
-    pub dead: u64,
-    pub skipped: u64,
+pub(crate) struct Totals {
+    pub(crate) clean: u64,
+    pub(crate) dead: u64,
+    pub(crate) skipped: u64,
 }
 
 #[derive(Debug)]
@@ -167,7 +167,7 @@ impl BatchCounts {
 }
 
 /// The loop.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     settings: Settings,
     mode: Mode,
     checker: Checker,
@@ -185,7 +185,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Connects: creates the clients and fences older transactions of the same id (retrying
     /// while Kafka is unreachable, until shutdown).
-    pub async fn connect(
+    pub(crate) async fn connect(
         settings: Settings,
         mode: Mode,
         checker: Checker,
@@ -331,7 +331,7 @@ impl Pipeline {
     }
 
     /// Runs until shutdown (live) or the end of the DLQ (replay).
-    pub async fn run(mut self) -> anyhow::Result<Totals> {
+    pub(crate) async fn run(mut self) -> anyhow::Result<Totals> {
         let mut last_refresh: Option<Instant> = None;
         let mut progress = Instant::now();
         loop {

@@ -15,13 +15,13 @@ use logpipe_core::record::{FileId, RecordId};
 use serde::{Deserialize, Serialize};
 
 /// (source topic, partition).
-pub type PartitionKey = (String, i32);
+pub(crate) type PartitionKey = (String, i32);
 
 /// The highest offset passed for one file in one partition, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub offset: u64,
-    pub seen_ms: i64,
+pub(crate) struct Entry {
+    pub(crate) offset: u64,
+    pub(crate) seen_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ struct StateKey(String, i32, String, String);
 
 /// The resend state of the partitions this instance owns, and the changes of the open batch.
 #[derive(Debug, Default)]
-pub struct ResendFilter {
+pub(crate) struct ResendFilter {
     ttl_ms: i64,
     state: HashMap<PartitionKey, HashMap<(String, FileId), Entry>>,
     /// Changes not yet committed: `None` is an expiry.
@@ -37,7 +37,7 @@ pub struct ResendFilter {
 }
 
 impl ResendFilter {
-    pub fn new(ttl: std::time::Duration) -> ResendFilter {
+    pub(crate) fn new(ttl: std::time::Duration) -> ResendFilter {
         ResendFilter {
             ttl_ms: ttl.as_millis() as i64,
             ..Default::default()
@@ -46,7 +46,7 @@ impl ResendFilter {
 
     /// Whether a record passes (true) or is a resend (false). A passing record's offset becomes
     /// the file's high mark in the open batch.
-    pub fn pass(&mut self, partition: &PartitionKey, id: &RecordId, now_ms: i64) -> bool {
+    pub(crate) fn pass(&mut self, partition: &PartitionKey, id: &RecordId, now_ms: i64) -> bool {
         let file = (id.host.clone(), id.file);
         let key = (partition.clone(), file);
         let current = match self.pending.get(&key) {
@@ -71,7 +71,7 @@ impl ResendFilter {
     }
 
     /// Adds an expiry to the open batch for every entry idle for longer than the ttl.
-    pub fn expire(&mut self, now_ms: i64) {
+    pub(crate) fn expire(&mut self, now_ms: i64) {
         for (partition, files) in &self.state {
             for (file, entry) in files {
                 let key = (partition.clone(), file.clone());
@@ -83,7 +83,7 @@ impl ResendFilter {
     }
 
     /// The open batch's changes as changelog records (key, value or tombstone).
-    pub fn changes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    pub(crate) fn changes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         self.pending
             .iter()
             .map(|(((topic, partition), (host, file)), entry)| {
@@ -98,7 +98,7 @@ impl ResendFilter {
     }
 
     /// The open batch was committed: its changes are the state now.
-    pub fn commit(&mut self) {
+    pub(crate) fn commit(&mut self) {
         for ((partition, file), entry) in self.pending.drain() {
             match entry {
                 Some(entry) => {
@@ -114,18 +114,18 @@ impl ResendFilter {
     }
 
     /// The open batch was aborted.
-    pub fn rollback(&mut self) {
+    pub(crate) fn rollback(&mut self) {
         self.pending.clear();
     }
 
     /// Forgets a partition this instance no longer owns.
-    pub fn revoke(&mut self, partition: &PartitionKey) {
+    pub(crate) fn revoke(&mut self, partition: &PartitionKey) {
         self.state.remove(partition);
         self.pending.retain(|(p, _), _| p != partition);
     }
 
     /// Applies one changelog record (in log order) if it belongs to one of `owned`.
-    pub fn restore(&mut self, owned: &[PartitionKey], key: &[u8], value: Option<&[u8]>) {
+    pub(crate) fn restore(&mut self, owned: &[PartitionKey], key: &[u8], value: Option<&[u8]>) {
         let Ok(StateKey(topic, partition, host, file)) = serde_json::from_slice(key) else {
             return;
         };
@@ -148,7 +148,7 @@ impl ResendFilter {
     }
 
     /// Files tracked, for the state-size gauge.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.state.values().map(HashMap::len).sum()
     }
 }

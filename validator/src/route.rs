@@ -200,10 +200,6 @@ impl Routes {
                 })
         })
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.0.iter()
-    }
 }
 
 #[cfg(test)]

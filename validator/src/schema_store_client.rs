@@ -23,7 +23,7 @@ use crate::schema::{CompiledSchema, SchemaType};
 
 /// Why a schema could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     /// The store could not answer; retry later, never dead-letter for this.
     #[error("schema store unavailable: {0}")]
     Unavailable(String),
@@ -52,7 +52,7 @@ impl std::fmt::Display for Version {
 
 /// A client of the Confluent REST API.
 #[derive(Debug, Clone)]
-pub struct SchemaStoreClient {
+pub(crate) struct SchemaStoreClient {
     base: reqwest::Url,
     http: reqwest::Client,
     credentials: Option<(String, String)>,
@@ -76,7 +76,7 @@ struct ApiError {
 }
 
 impl SchemaStoreClient {
-    pub fn new(
+    pub(crate) fn new(
         base: &str,
         credentials: Option<(String, String)>,
         timeout: Duration,
@@ -102,7 +102,7 @@ impl SchemaStoreClient {
     }
 
     /// `GET /subjects/{subject}/versions/{version|latest}`: (id, type, schema).
-    pub async fn subject_version(
+    pub(crate) async fn subject_version(
         &self,
         subject: &str,
         version: Version,
@@ -177,7 +177,7 @@ struct SubjectEntry {
 }
 
 /// Compiled schemas by id and subject lookups by (subject, version).
-pub struct SchemaCache {
+pub(crate) struct SchemaCache {
     client: SchemaStoreClient,
     refresh: Duration,
     by_id: HashMap<u32, Arc<CompiledSchema>>,
@@ -187,7 +187,7 @@ pub struct SchemaCache {
 }
 
 impl SchemaCache {
-    pub fn new(client: SchemaStoreClient, refresh: Duration) -> SchemaCache {
+    pub(crate) fn new(client: SchemaStoreClient, refresh: Duration) -> SchemaCache {
         SchemaCache {
             client,
             refresh,
@@ -198,12 +198,12 @@ impl SchemaCache {
     }
 
     /// Whether the store answered the last request made to it.
-    pub fn reachable(&self) -> bool {
+    pub(crate) fn reachable(&self) -> bool {
         self.reachable
     }
 
     /// The schema a subject's records are checked against.
-    pub async fn subject(
+    pub(crate) async fn subject(
         &mut self,
         subject: &str,
         version: Version,
@@ -293,9 +293,9 @@ pub(crate) mod tests {
     /// (ids 10 and 11); `latest` answers whichever `latest` says. Counts requests.
     #[derive(Clone, Default)]
     pub(crate) struct Canned {
-        pub latest: Arc<std::sync::Mutex<u32>>,
-        pub requests: Arc<AtomicUsize>,
-        pub fail: Arc<std::sync::atomic::AtomicBool>,
+        pub(crate) latest: Arc<std::sync::Mutex<u32>>,
+        pub(crate) requests: Arc<AtomicUsize>,
+        pub(crate) fail: Arc<std::sync::atomic::AtomicBool>,
     }
 
     pub(crate) const V1: &str =

@@ -32,15 +32,15 @@ const PROPAGATION: Duration = Duration::from_secs(5);
 
 /// A topic the validator needs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Needed {
-    pub name: String,
-    pub partitions: i32,
-    pub compacted: bool,
+pub(crate) struct Needed {
+    pub(crate) name: String,
+    pub(crate) partitions: i32,
+    pub(crate) compacted: bool,
 }
 
 impl Needed {
     /// The command that creates it, for operators (Apache Kafka's CLI).
-    pub fn command(&self, bootstrap: &str) -> String {
+    pub(crate) fn command(&self, bootstrap: &str) -> String {
         let config = if self.compacted {
             " --config cleanup.policy=compact"
         } else {
@@ -51,7 +51,7 @@ impl Needed {
 }
 
 /// Creates missing topics (when allowed) and says which are still missing.
-pub struct TopicMaker {
+pub(crate) struct TopicMaker {
     admin: Option<AdminClient<DefaultClientContext>>,
     bootstrap: String,
     /// Set when the cluster did not answer a CreateTopics request at all (not served): later
@@ -62,7 +62,7 @@ pub struct TopicMaker {
 
 impl TopicMaker {
     /// `create = false`: never create, only report.
-    pub fn new(kafka: &KafkaConfig, create: bool) -> anyhow::Result<TopicMaker> {
+    pub(crate) fn new(kafka: &KafkaConfig, create: bool) -> anyhow::Result<TopicMaker> {
         let admin = if create {
             Some(
                 kafka
@@ -80,14 +80,14 @@ impl TopicMaker {
     }
 
     /// Whether missing topics are created (and looked up with auto-creation allowed).
-    pub fn creates(&self) -> bool {
+    pub(crate) fn creates(&self) -> bool {
         self.admin.is_some()
     }
 
     /// Makes `needed` exist where it can. `exists` answers whether a topic exists now (the
     /// caller's metadata lookup, which may let the broker auto-create it). Returns the topics
     /// still missing, each with an operator-facing sentence.
-    pub async fn ensure(
+    pub(crate) async fn ensure(
         &self,
         needed: &[Needed],
         exists: impl Fn(&str) -> bool,
