@@ -26,6 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use logpipe_core::metric_names::mirror as names;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::measure::{
@@ -236,7 +237,7 @@ async fn mirror(
     )?;
     process.wait_ready(addr, Duration::from_secs(60)).await?;
     wait_until(Duration::from_secs(120), || async {
-        metric(addr, "logpipe_mirror_records_total").await > 0.0
+        metric(addr, names::RECORDS).await > 0.0
     })
     .await?;
     let started = Instant::now();
@@ -245,9 +246,9 @@ async fn mirror(
         ..Cpu::now(write, read)
     };
     // Records of the first commit were copied before `started`: count only those after it.
-    let before = metric(addr, "logpipe_mirror_records_total").await as usize;
+    let before = metric(addr, names::RECORDS).await as usize;
     wait_until(Duration::from_secs(600), || async {
-        metric(addr, "logpipe_mirror_records_total").await >= records as f64
+        metric(addr, names::RECORDS).await >= records as f64
     })
     .await?;
     let elapsed = started.elapsed();
@@ -257,9 +258,9 @@ async fn mirror(
     }
     .since(cpu_start);
     let peak_rss_mib = peak_rss_mib(process.pid());
-    let commits = metric(addr, "logpipe_mirror_commit_latency_seconds_count").await;
+    let commits = metric(addr, &format!("{}_count", names::COMMIT_LATENCY)).await;
     let commit_ms =
-        metric(addr, "logpipe_mirror_commit_latency_seconds_sum").await * 1000.0 / commits.max(1.0);
+        metric(addr, &format!("{}_sum", names::COMMIT_LATENCY)).await * 1000.0 / commits.max(1.0);
     process.terminate(Duration::from_secs(30)).await?;
     let copied = records - before.min(records);
     Ok(Mirrored {

@@ -161,17 +161,12 @@ fn event_time(
     schemas: &mut HashMap<u32, apache_avro::Schema>,
     fetch: impl FnOnce(u32) -> anyhow::Result<apache_avro::Schema>,
 ) -> anyhow::Result<i64> {
-    anyhow::ensure!(
-        value.len() > 5 && value[0] == 0,
-        "clean record not in the Confluent wire format"
-    );
-    let id = u32::from_be_bytes(value[1..5].try_into()?);
+    let (id, mut datum) = logpipe_core::wire::parse(value)?;
     let schema = match schemas.entry(id) {
         std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
         std::collections::hash_map::Entry::Vacant(new) => new.insert(fetch(id)?),
     };
-    let Value::Record(fields) = apache_avro::from_avro_datum(schema, &mut &value[5..], None)?
-    else {
+    let Value::Record(fields) = apache_avro::from_avro_datum(schema, &mut datum, None)? else {
         bail!("schema {id} is not a record");
     };
     match fields.into_iter().find(|(name, _)| name == "event_time") {

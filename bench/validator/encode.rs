@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
-use logpipe_validator::avro::ExtraFields;
-use logpipe_validator::route::SubjectStrategy;
-use logpipe_validator::schema::{CompiledSchema, SchemaType};
+use logpipe_validator::{CompiledSchema, ExtraFields, SchemaType, SubjectStrategy};
 use serde_json::Value;
 
 const RECORDS: u64 = 20_000;

@@ -17,7 +17,7 @@
 //! 2. `logpipe-validator` (release build, a process, defaults) with the game route, writing
 //!    `clean.game` / `dlq.game`, schemas from a `logpipe-schema-store` process.
 //!
-//! Each round reads the whole raw topic again with new consumer groups (and a new replay-state
+//! Each round reads the whole raw topic again with new consumer groups (and a new resend-state
 //! topic). Both are timed from their first commit to their last (group join and schema fetches before
 //! the first commit are not counted; the records of the first commit are not counted either).
 //! The validator's commits are seen through its metrics, polled every 10 ms. Its timing counters
@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use logpipe_core::kafka::Role;
+use logpipe_core::metric_names::validator as names;
 use logpipe_core::record::{header, FileId, RecordId};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
@@ -131,21 +132,21 @@ fn pass_through(
     records: usize,
     bytes_per_record: f64,
 ) -> anyhow::Result<Rate> {
-    let settings = config.settings(".pass");
-    let consumer: BaseConsumer = settings
+    let batch_time = Duration::from_millis(config.batch_ms);
+    let consumer: BaseConsumer = config
         .kafka
         .client_config(
             &Role::Consumer {
-                group_id: settings.group_id.clone(),
+                group_id: format!("{}.pass", config.group_id),
             },
             "bench-pass",
         )
         .create()?;
-    let producer: ThreadedProducer<DefaultProducerContext> = settings
+    let producer: ThreadedProducer<DefaultProducerContext> = config
         .kafka
         .client_config(
             &Role::TransactionalProducer {
-                transactional_id: settings.transactional_id.clone(),
+                transactional_id: format!("{}.pass", config.transactional_id()),
             },
             "bench-pass",
         )
@@ -160,16 +161,16 @@ fn pass_through(
             Instant::now() < stall,
             "pass-through stalled at {done} of {records}"
         );
-        let mut batch = Vec::with_capacity(settings.batch_records);
+        let mut batch = Vec::with_capacity(config.batch_records);
         let mut deadline = None;
-        while batch.len() < settings.batch_records {
-            let wait = deadline.map_or(settings.batch_time * 5, |d: Instant| {
+        while batch.len() < config.batch_records {
+            let wait = deadline.map_or(batch_time * 5, |d: Instant| {
                 d.saturating_duration_since(Instant::now())
             });
             match consumer.poll(wait) {
                 Some(Ok(m)) => {
                     batch.push(m.detach());
-                    deadline.get_or_insert_with(|| Instant::now() + settings.batch_time);
+                    deadline.get_or_insert_with(|| Instant::now() + batch_time);
                 }
                 Some(Err(e)) => anyhow::bail!("pass-through consumer: {e}"),
                 None => break,
@@ -224,9 +225,9 @@ fn pass_through(
 }
 
 fn processed(page: &str) -> usize {
-    (prometheus::total(page, "logpipe_validator_records_valid_total")
-        + prometheus::total(page, "logpipe_validator_records_invalid_total")
-        + prometheus::total(page, "logpipe_validator_replays_dropped_total")) as usize
+    (prometheus::total(page, names::RECORDS_VALID)
+        + prometheus::total(page, names::RECORDS_INVALID)
+        + prometheus::total(page, names::RESENDS_DROPPED)) as usize
 }
 
 /// What the validator run measured.
@@ -251,7 +252,7 @@ async fn validator(
     process
         .wait_ready(telemetry, Duration::from_secs(60))
         .await?;
-    let parts = ["gather", "check", "commit"].map(|p| format!("logpipe_validator_{p}_seconds_sum"));
+    let parts = [names::GATHER, names::CHECK, names::COMMIT].map(|p| format!("{p}_sum"));
     let (started, before, sums_before) = loop {
         let text = prometheus::scrape(&http, telemetry).await;
         let n = processed(&text);
@@ -283,7 +284,7 @@ async fn validator(
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let elapsed = started.elapsed();
-    let batches = prometheus::total(&text, "logpipe_validator_batch_seconds_count");
+    let batches = prometheus::total(&text, &format!("{}_count", names::BATCH));
     let mut shares = [0.0; 3];
     for (i, p) in parts.iter().enumerate() {
         shares[i] = (prometheus::total(&text, p) - sums_before[i]) / elapsed.as_secs_f64();
@@ -344,7 +345,7 @@ async fn main() -> anyhow::Result<()> {
     let groups: Vec<String> = (1..=rounds).map(|r| format!("bench{r}")).collect();
     let states: Vec<String> = groups
         .iter()
-        .map(|g| logpipe_core::record::replay_state_topic(g))
+        .map(|g| logpipe_core::record::resend_state_topic(g))
         .collect();
     let mut topics = vec![
         (RAW, partitions),

@@ -1,9 +1,17 @@
-//! The `[kafka]` table every service has, and the librdkafka settings each client role gets.
+//! The `[kafka]` table every service has, the librdkafka settings each client role gets, and the
+//! client plumbing services share: reading partitions to their end ([`read_to_end`]) and creating
+//! topics ([`create_topics`]).
 //!
 //! Defaults carry the delivery guarantees (acks=all and idempotence for producers, read_committed
 //! for consumers); user properties pass through unchanged for TLS, SASL and tuning, but a property
 //! that would silently break a guarantee is rejected at config check time, not discovered in an
 //! incident.
+
+mod read_to_end;
+mod topics;
+
+pub use read_to_end::{end_reader, partition_count, read_to_end, EndReader};
+pub use topics::create_topics;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,7 +7,8 @@
 //! - [`metric_names`]: every service's metric names, the contract its readers share;
 //! - [`logging`]: `tracing` output, human or JSON;
 //! - [`shutdown`]: signals as a shutdown token and a reload counter;
-//! - [`service`]: the `run`/`check` binary around a service.
+//! - [`service`]: the `run`/`check` binary around a service;
+//! - [`wire`]: the Confluent wire format of clean records.
 
 pub mod config;
 pub mod kafka;
@@ -17,3 +18,4 @@ pub mod record;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wire;

@@ -41,6 +41,10 @@ pub mod error_header {
     pub const TOPIC: &str = "lp.error.topic";
     pub const PARTITION: &str = "lp.error.partition";
     pub const OFFSET: &str = "lp.error.offset";
+    /// Every dead-letter header, in the order they are written.
+    pub const ALL: [&str; 8] = [
+        STAGE, REASON, PATH, SUBJECT, SCHEMA_ID, TOPIC, PARTITION, OFFSET,
+    ];
 }
 
 /// Header names `logpipe-validator replay` adds to every record it writes, to the clean topic or
@@ -51,6 +55,8 @@ pub mod replay_header {
     pub const TOPIC: &str = "lp.replay.topic";
     pub const PARTITION: &str = "lp.replay.partition";
     pub const OFFSET: &str = "lp.replay.offset";
+    /// Every replay header, in the order they are written.
+    pub const ALL: [&str; 3] = [TOPIC, PARTITION, OFFSET];
 }
 
 /// The dead letter a replayed record comes from, as its [`replay_header`]s say.
@@ -158,6 +164,55 @@ impl ErrorStage {
 impl fmt::Display for ErrorStage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a record became a dead letter and where it was read: what its [`error_header`]s say.
+/// Operators' tools and `logpipe-validator replay` read these headers back, so they are built
+/// here, in one order, rather than by whoever writes the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterHeaders<'a> {
+    pub stage: ErrorStage,
+    /// Human-readable reason.
+    pub reason: &'a str,
+    /// JSON Pointer of the failing field, when there is one.
+    pub path: Option<&'a str>,
+    /// Subject the record was checked against, when one was chosen.
+    pub subject: Option<&'a str>,
+    /// Schema id the record was checked against, when one was found.
+    pub schema_id: Option<u32>,
+    /// Where the record was read on the read cluster.
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl DeadLetterHeaders<'_> {
+    /// The headers in [`error_header::ALL`] order; the optional ones only when known.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let optional = [
+            (error_header::PATH, self.path.map(str::to_owned)),
+            (error_header::SUBJECT, self.subject.map(str::to_owned)),
+            (
+                error_header::SCHEMA_ID,
+                self.schema_id.map(|id| id.to_string()),
+            ),
+        ];
+        let mut out = vec![
+            (error_header::STAGE, self.stage.as_str().to_owned()),
+            (error_header::REASON, self.reason.to_owned()),
+        ];
+        out.extend(
+            optional
+                .into_iter()
+                .filter_map(|(name, v)| Some((name, v?))),
+        );
+        out.extend([
+            (error_header::TOPIC, self.topic.to_owned()),
+            (error_header::PARTITION, self.partition.to_string()),
+            (error_header::OFFSET, self.offset.to_string()),
+        ]);
+        out
     }
 }
 
@@ -349,9 +404,13 @@ pub fn mirror_state_topic(name: &str) -> String {
     format!("{INTERNAL_PREFIX}mirror.{name}.state")
 }
 
-/// `_lp.validator.<group>.replay-state`: the validator's default replay-removal changelog for
-/// its consumer group `group`.
-pub fn replay_state_topic(group: &str) -> String {
+/// `_lp.validator.<group>.replay-state`: the validator's default changelog of the filter that
+/// removes the agents' resends, for its consumer group `group`.
+///
+/// The name still says "replay", the filter's old name: running validators keep their state in
+/// this topic, and a new name would make an upgraded validator start with an empty filter and
+/// pass on every resend of the last checkpoint interval as a new record.
+pub fn resend_state_topic(group: &str) -> String {
     format!("{INTERNAL_PREFIX}validator.{group}.replay-state")
 }
 
@@ -579,7 +638,7 @@ mod tests {
         assert_eq!(raw_topic("game"), "raw.game");
         assert_eq!(mirror_state_topic("default"), "_lp.mirror.default.state");
         assert_eq!(
-            replay_state_topic("logpipe-validator"),
+            resend_state_topic("logpipe-validator"),
             "_lp.validator.logpipe-validator.replay-state"
         );
     }
@@ -640,6 +699,51 @@ mod tests {
         assert!(check_topic_name("").is_err());
         assert!(check_topic_name("..").is_err());
         assert!(check_topic_name(&"a".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn dead_letter_headers_are_written_in_contract_order() {
+        let mut dead = DeadLetterHeaders {
+            stage: ErrorStage::Validate,
+            reason: "expected int",
+            path: Some("/a"),
+            subject: Some("raw.game-value"),
+            schema_id: Some(7),
+            topic: "raw.game",
+            partition: 2,
+            offset: 41,
+        };
+        let written = dead.headers();
+        let names: Vec<_> = written.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, error_header::ALL);
+        let values: Vec<_> = written.iter().map(|(_, value)| value.as_str()).collect();
+        assert_eq!(
+            values,
+            [
+                "validate",
+                "expected int",
+                "/a",
+                "raw.game-value",
+                "7",
+                "raw.game",
+                "2",
+                "41"
+            ]
+        );
+        dead.path = None;
+        dead.subject = None;
+        dead.schema_id = None;
+        let names: Vec<_> = dead.headers().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                error_header::STAGE,
+                error_header::REASON,
+                error_header::TOPIC,
+                error_header::PARTITION,
+                error_header::OFFSET
+            ]
+        );
     }
 
     #[test]

@@ -206,65 +206,27 @@ pub(crate) mod tests {
         prometheus();
         metrics::counter!("logpipe_test_widgets_total", "kind" => "blue").increment(3);
         let client = reqwest::Client::new();
-        let body = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let get = |path: &str| client.get(format!("{base}{path}")).send();
+        let body = get("/metrics").await.unwrap().text().await.unwrap();
         assert!(
             body.contains("logpipe_test_widgets_total{kind=\"blue\"} 3"),
             "{body}"
         );
-
-        assert_eq!(
-            client
-                .get(format!("{base}/health"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(get("/health").await.unwrap().status(), 200);
 
         // Nothing registered: not ready.
-        assert_eq!(
-            client
-                .get(format!("{base}/ready"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            503
-        );
+        assert_eq!(get("/ready").await.unwrap().status(), 503);
         readiness.register("kafka");
         readiness.ready("store");
-        let response = client.get(format!("{base}/ready")).send().await.unwrap();
+        let response = get("/ready").await.unwrap();
         assert_eq!(response.status(), 503);
         let report: serde_json::Value = response.json().await.unwrap();
         assert_eq!(report["checks"]["kafka"]["ready"], false);
         assert_eq!(report["checks"]["store"]["ready"], true);
         readiness.ready("kafka");
-        assert_eq!(
-            client
-                .get(format!("{base}/ready"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(get("/ready").await.unwrap().status(), 200);
         readiness.not_ready("kafka", "all brokers down");
-        let report: serde_json::Value = client
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let report: serde_json::Value = get("/ready").await.unwrap().json().await.unwrap();
         assert_eq!(report["checks"]["kafka"]["detail"], "all brokers down");
 
         shutdown.cancel();

@@ -131,11 +131,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     };
     for topic in &args.topics {
         state
-            .execute(Command::CreateTopic {
-                name: topic.name.clone(),
-                partitions: topic.partitions,
-                replication: args.brokers.min(3),
-            })
+            .create_topic(topic.name.clone(), topic.partitions, None)
             .await
             .map_err(|e| anyhow::anyhow!("creating topic {}: {e}", topic.name))?;
     }
@@ -217,6 +213,22 @@ impl ControlState {
         result
             .await
             .map_err(|_| "mock cluster is gone".to_owned())?
+    }
+
+    /// Creates a topic; `replication` defaults to the broker count up to 3, as Kafka's does.
+    async fn create_topic(
+        &self,
+        name: String,
+        partitions: i32,
+        replication: Option<i32>,
+    ) -> Result<(), String> {
+        let replication = replication.unwrap_or(self.brokers.min(3));
+        self.execute(Command::CreateTopic {
+            name,
+            partitions,
+            replication,
+        })
+        .await
     }
 
     fn broker(&self, id: i32) -> Result<i32, ControlError> {
@@ -304,19 +316,17 @@ async fn create_topic(
     if body.partitions < 1 {
         return Err(ControlError("partitions must be at least 1".into()));
     }
-    let replication = body.replication_factor.unwrap_or(state.brokers.min(3));
-    if !(1..=state.brokers).contains(&replication) {
+    if body
+        .replication_factor
+        .is_some_and(|r| !(1..=state.brokers).contains(&r))
+    {
         return Err(ControlError(format!(
             "replication_factor must be 1..={}",
             state.brokers
         )));
     }
     state
-        .execute(Command::CreateTopic {
-            name: body.name,
-            partitions: body.partitions,
-            replication,
-        })
+        .create_topic(body.name, body.partitions, body.replication_factor)
         .await?;
     done()
 }

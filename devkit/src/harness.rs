@@ -18,17 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use logpipe_core::kafka::EndIsNotAnError;
+use logpipe_core::kafka::{
+    create_topics, end_reader, partition_count, read_to_end, EndReader, KafkaConfig, Role,
+};
 use rdkafka::admin::{
     AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset};
 use tempfile::TempDir;
 
 /// The path of a workspace binary built next to the running executable.
@@ -124,6 +123,9 @@ enum Output {
 
 /// How much of a log file [`Process::logs`] shows: the end, where a failure's cause usually is.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// How long an admin request (creating a topic) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The last `max` bytes of a file (from a line start when cut), or "" if it cannot be read.
 fn file_tail(path: &Path, max: u64) -> String {
@@ -544,28 +546,19 @@ impl DevCluster {
                 )
                 .await;
         }
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
-        for result in self
-            .admin()?
-            .create_topics([&topic], &AdminOptions::new())
-            .await?
-        {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, e)) => bail!("creating topic {topic}: {e}"),
-            }
-        }
-        Ok(())
+        self.create_topic_with_configs(name, partitions, -1, &[])
+            .await
     }
 
     fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-        Ok(ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        Ok(KafkaConfig::new(&self.bootstrap)
+            .client_config(&Role::Admin, "logpipe-test-admin")
             .create()?)
     }
 
     /// Creates a topic with topic configs through the admin API (CreateTopics, which the dev
-    /// cluster serves too); `replication` -1 takes the cluster's default.
+    /// cluster serves too); `replication` -1 takes the cluster's default. A topic that already
+    /// exists is left as it is (see [`create_topics`]).
     pub async fn create_topic_with_configs(
         &self,
         name: &str,
@@ -577,12 +570,8 @@ impl DevCluster {
             NewTopic::new(name, partitions, TopicReplication::Fixed(replication)),
             |topic, (key, value)| topic.set(key, value),
         );
-        for result in self
-            .admin()?
-            .create_topics([&topic], &AdminOptions::new())
-            .await?
-        {
-            result.map_err(|(topic, e)| anyhow!("creating topic {topic}: {e}"))?;
+        for (topic, result) in create_topics(&self.admin()?, &[topic], ADMIN_TIMEOUT).await? {
+            result.map_err(|e| anyhow!("creating topic {topic}: {e}"))?;
         }
         Ok(())
     }
@@ -714,15 +703,15 @@ pub fn scan_topic(
 }
 
 /// The settings of a consumer that reads committed records only and never commits: how tests and
-/// benchmarks read a topic back without joining a group's rebalances.
+/// benchmarks read a topic back without joining a group's rebalances. The services' consumer
+/// settings, so a test reads as a service does.
 pub fn read_committed_config(bootstrap: &str, group: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false");
-    config
+    KafkaConfig::new(bootstrap).client_config(
+        &Role::Consumer {
+            group_id: group.to_owned(),
+        },
+        group,
+    )
 }
 
 /// A reader of every partition of a topic that remembers where it stopped: each
@@ -731,7 +720,7 @@ pub fn read_committed_config(bootstrap: &str, group: &str) -> ClientConfig {
 /// thus costs the new records, not the whole topic again.
 pub struct TopicReader {
     topic: String,
-    consumer: BaseConsumer<EndIsNotAnError>,
+    consumer: EndReader,
     /// Per partition, the offset after the last record read (`Beginning` before any).
     next: Vec<Offset>,
 }
@@ -739,18 +728,10 @@ pub struct TopicReader {
 impl TopicReader {
     /// Waits up to `timeout` for the topic to have partitions; reads nothing yet.
     pub fn new(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<TopicReader> {
-        let consumer: BaseConsumer<EndIsNotAnError> =
-            read_committed_config(bootstrap, "logpipe-test-reader")
-                .set("enable.partition.eof", "true")
-                .create_with_context(EndIsNotAnError)?;
+        let consumer = end_reader(read_committed_config(bootstrap, "logpipe-test-reader"))?;
         let deadline = Instant::now() + timeout;
         let partitions = loop {
-            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-            let found = metadata
-                .topics()
-                .first()
-                .map(|t| t.partitions().len())
-                .unwrap_or(0);
+            let found = partition_count(&consumer, topic, Duration::from_secs(5))?;
             if found > 0 {
                 break found;
             }
@@ -778,35 +759,21 @@ impl TopicReader {
         timeout: Duration,
         mut each: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let topic = &self.topic;
         // Assigning again starts a new fetch at the positions kept, and librdkafka reports each
         // partition's end anew for it, also where nothing was added since the last call.
-        let mut assignment = TopicPartitionList::new();
-        for (p, offset) in self.next.iter().enumerate() {
-            assignment.add_partition_offset(topic, p as i32, *offset)?;
-        }
-        self.consumer.assign(&assignment)?;
-        let deadline = Instant::now() + timeout;
-        let mut at_end = vec![false; self.next.len()];
-        let mut count = 0u64;
-        while !at_end.iter().all(|e| *e) {
-            if Instant::now() >= deadline {
-                bail!("reading {topic}: not at the end of every partition within {timeout:?} ({count} records so far)");
-            }
-            match self.consumer.poll(Duration::from_millis(200)) {
-                None => {}
-                Some(Ok(message)) => {
-                    let p = message.partition() as usize;
-                    at_end[p] = false;
-                    self.next[p] = Offset::Offset(message.offset() + 1);
-                    count += 1;
-                    each(&message)?;
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
-                Some(Err(e)) => bail!("reading {topic}: {e}"),
-            }
-        }
-        Ok(count)
+        let from: Vec<(i32, Offset)> = (0..).zip(self.next.iter().copied()).collect();
+        let next = &mut self.next;
+        read_to_end(
+            &self.consumer,
+            &self.topic,
+            &from,
+            timeout,
+            None,
+            |message| {
+                next[message.partition() as usize] = Offset::Offset(message.offset() + 1);
+                each(message)
+            },
+        )
     }
 }
 

@@ -204,7 +204,7 @@ impl Pipeline {
         let clean = TopicTemplate::clean_default().render(&raw);
         let dlq = TopicTemplate::dlq_default().render(&raw);
         let mirror_state = record::mirror_state_topic(MIRROR_NAME);
-        let replay_state = record::replay_state_topic(VALIDATOR_GROUP);
+        let replay_state = record::resend_state_topic(VALIDATOR_GROUP);
         let n = options.partitions;
         let retention = Some(options.retention_bytes);
         let write =

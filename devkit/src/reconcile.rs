@@ -559,26 +559,19 @@ impl SchemaFetcher {
     }
 }
 
-/// The `event_id` of a clean record and its writer schema: Confluent wire format (magic 0, schema
-/// id big-endian), then an Avro datum decoded with the writer schema of that id (`fetch` is asked
+/// The `event_id` of a clean record and its writer schema: Confluent wire format, then an Avro datum decoded with the writer schema of that id (`fetch` is asked
 /// once per id).
 fn clean_event_id<'s>(
     value: &[u8],
     schemas: &'s mut HashMap<u32, WriterSchema>,
     fetch: impl FnOnce(u32) -> anyhow::Result<WriterSchema>,
 ) -> anyhow::Result<(String, &'s WriterSchema)> {
-    if value.len() < 5 || value[0] != 0 {
-        bail!(
-            "clean record is not in the Confluent wire format ({} bytes)",
-            value.len()
-        );
-    }
-    let schema_id = u32::from_be_bytes(value[1..5].try_into().expect("4 bytes"));
+    let (schema_id, mut datum) =
+        logpipe_core::wire::parse(value).context("clean record is not in the wire format")?;
     let writer = match schemas.entry(schema_id) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => e.insert(fetch(schema_id)?),
     };
-    let mut datum = &value[5..];
     let decoded = apache_avro::from_avro_datum(&writer.schema, &mut datum, None)
         .with_context(|| format!("decoding with schema {schema_id}"))?;
     if !datum.is_empty() {
@@ -882,8 +875,8 @@ mod tests {
             ("n".into(), Value::Long(7)),
             ("event_id".into(), Value::String("r-9".into())),
         ]);
-        let mut value = vec![0, 0, 0, 0, 42];
-        value.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
+        let value =
+            logpipe_core::wire::encode(42, &apache_avro::to_avro_datum(&schema, record).unwrap());
         let mut cache = HashMap::new();
         let mut asked = Vec::new();
         let (id, writer) = clean_event_id(&value, &mut cache, |id| {

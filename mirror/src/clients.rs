@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 
-use logpipe_core::kafka::{EndIsNotAnError, KafkaConfig, Role};
+use logpipe_core::kafka::{end_reader, EndReader, KafkaConfig, Role};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -59,7 +59,7 @@ fn shard_budget(max_buffer_bytes: u64, shards: i32) -> ShardBudget {
 /// The consumer that reads a shard's source partitions: read_committed, assign mode (positions
 /// come from the target, never from a source group), and an error instead of a silent jump when
 /// a position has been deleted by retention.
-pub fn source_consumer(
+pub(crate) fn source_consumer(
     config: &MirrorConfig,
     shard: i32,
     shards: i32,
@@ -92,25 +92,23 @@ pub fn source_consumer(
 }
 
 /// A read_committed reader of the target.
-pub type TargetReader = BaseConsumer<EndIsNotAnError>;
+pub(crate) type TargetReader = EndReader;
 
 /// A read_committed assign-mode reader of the target (state topic, partition tails) that
 /// reports the end of each partition.
-pub fn target_reader(config: &MirrorConfig, shard: i32) -> anyhow::Result<TargetReader> {
+pub(crate) fn target_reader(config: &MirrorConfig, shard: i32) -> anyhow::Result<TargetReader> {
     let mut client = config.target.client_config(
         &Role::Consumer {
             group_id: UNUSED_GROUP.into(),
         },
         &format!("logpipe-mirror-{shard}"),
     );
-    no_auto_create(&mut client)
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    Ok(client.create_with_context(EndIsNotAnError)?)
+    no_auto_create(&mut client).set("auto.offset.reset", "earliest");
+    Ok(end_reader(client)?)
 }
 
 /// The shard's transactional producer on the target.
-pub fn shard_producer<C: ProducerContext>(
+pub(crate) fn shard_producer<C: ProducerContext>(
     config: &MirrorConfig,
     shard: i32,
     shards: i32,
@@ -133,7 +131,7 @@ pub fn shard_producer<C: ProducerContext>(
 
 /// The member of the assignment group on the target: it subscribes to the state topic only to
 /// receive shards (state partitions) and never reads or commits.
-pub fn membership<C: ConsumerContext>(
+pub(crate) fn membership<C: ConsumerContext>(
     config: &MirrorConfig,
     context: C,
 ) -> anyhow::Result<BaseConsumer<C>> {
@@ -154,13 +152,13 @@ pub fn membership<C: ConsumerContext>(
 }
 
 /// A client for metadata reads of one side.
-pub fn metadata_client(kafka: &KafkaConfig, side: &str) -> anyhow::Result<BaseConsumer> {
+pub(crate) fn metadata_client(kafka: &KafkaConfig, side: &str) -> anyhow::Result<BaseConsumer> {
     let mut client = kafka.client_config(&Role::Admin, &format!("logpipe-mirror-{side}"));
     Ok(no_auto_create(&mut client).create()?)
 }
 
 /// The target's admin client, for creating topics and partitions.
-pub fn admin(kafka: &KafkaConfig) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+pub(crate) fn admin(kafka: &KafkaConfig) -> anyhow::Result<AdminClient<DefaultClientContext>> {
     Ok(kafka
         .client_config(&Role::Admin, "logpipe-mirror-admin")
         .create()?)
@@ -169,7 +167,7 @@ pub fn admin(kafka: &KafkaConfig) -> anyhow::Result<AdminClient<DefaultClientCon
 /// The low and high watermarks librdkafka last saw for a partition, without a request (so it is
 /// cheap enough for per-second lag metrics and does not block during an outage); `None` until a
 /// fetch response has been seen.
-pub fn cached_watermarks<C: ConsumerContext>(
+pub(crate) fn cached_watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partition: i32,

@@ -12,18 +12,18 @@ use rdkafka::Message;
 use crate::config::LoopGuard;
 
 /// The record to write to the target for one source record.
-pub struct Copy<'a> {
-    pub key: Option<&'a [u8]>,
-    pub payload: Option<&'a [u8]>,
-    pub headers: Option<OwnedHeaders>,
+pub(crate) struct Copy<'a> {
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) payload: Option<&'a [u8]>,
+    pub(crate) headers: Option<OwnedHeaders>,
     /// CreateTime in ms. Producers cannot set LogAppendTime (the broker does), so a source
     /// record with LogAppendTime keeps its value and arrives as CreateTime.
-    pub timestamp: Option<i64>,
+    pub(crate) timestamp: Option<i64>,
 }
 
 impl Copy<'_> {
     /// Bytes the record carries (key, value, header names and values), for rate metrics.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         let headers = self.headers.as_ref().map_or(0, |h| {
             h.iter()
                 .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
@@ -33,7 +33,7 @@ impl Copy<'_> {
     }
 
     /// Whether a record read from the target is exactly this copy.
-    pub fn matches(&self, target: &OwnedMessage) -> bool {
+    pub(crate) fn matches(&self, target: &OwnedMessage) -> bool {
         let headers_equal = match (&self.headers, target.headers()) {
             (None, None) => true,
             (Some(a), None) => a.count() == 0,
@@ -53,7 +53,10 @@ impl Copy<'_> {
 }
 
 /// The copy of `message`, or `None` when the loop guard says it came from the target cluster.
-pub fn copy_of<'a, M: Message>(message: &'a M, guard: Option<&LoopGuard>) -> Option<Copy<'a>> {
+pub(crate) fn copy_of<'a, M: Message>(
+    message: &'a M,
+    guard: Option<&LoopGuard>,
+) -> Option<Copy<'a>> {
     let mut headers = message.headers().map(|h| {
         h.iter().fold(
             OwnedHeaders::new_with_capacity(h.count()),

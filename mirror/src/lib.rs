@@ -4,7 +4,7 @@
 //! # Design
 //!
 //! **Units of work.** Source partitions are grouped into a fixed number of *shards*:
-//! `shard = (fnv1a(topic) + partition) mod shards` ([`topology::shard_of`]). A shard is the unit
+//! `shard = (fnv1a(topic) + partition) mod shards` (`topology::shard_of`). A shard is the unit
 //! of ownership and of transactions: it has one stable transactional id,
 //! `logpipe-mirror.<name>.<shard>`, so whoever runs the shard next fences whoever ran it before
 //! (`init_transactions`), even a paused zombie that has not noticed it lost the shard.
@@ -12,7 +12,7 @@
 //! **Positions on the target, in the same transaction.** A Kafka transaction lives in one
 //! cluster, so the source positions are stored on the target: in the compacted state topic
 //! `_lp.mirror.<name>.state`, one record per source partition per commit, produced inside the
-//! transaction that also holds the mirrored records ([`state`]). We chose the state topic over
+//! transaction that also holds the mirrored records (`state`). We chose the state topic over
 //! `send_offsets_to_transaction` to a target-side group because (1) the record can carry the
 //! target offset too, which lets a new owner check the target partition's tail (below), (2) no
 //! consumer group has to be faked to hold positions of a *different* cluster's partitions, and
@@ -30,7 +30,7 @@
 //! the mirror's copies stop the shard: something else writes to the target partition.
 //!
 //! **Several instances.** Every instance joins the group `logpipe-mirror.<name>` on the target,
-//! subscribed to the state topic, whose partitions are the shards ([`membership`]). The group
+//! subscribed to the state topic, whose partitions are the shards (`membership`). The group
 //! coordinator gives each shard to one live instance; when an instance dies, the survivors get
 //! its shards after `session_timeout_ms`. The number of shards is the state topic's partition
 //! count; change it only with every instance stopped.
@@ -41,14 +41,14 @@
 //! topics and partitions are mirrored within seconds. Missing target topics are created with
 //! the admin API with the source's partition count, min(source replication, target brokers)
 //! replicas and the source's values of a documented subset of topic configs
-//! ([`topology::COPIED_CONFIGS`], read with DescribeConfigs); partitions added on the source are
+//! (`topology::COPIED_CONFIGS`, read with DescribeConfigs); partitions added on the source are
 //! added on the target. If the target refuses, the mirror fails at start (or, for topics
 //! appearing later, logs an error every 30 s) naming exactly what to create. Records of a
 //! partition are mirrored only once the target has it, at the same partition number.
 //!
 //! **Fidelity.** Key (null stays null), value (tombstones stay tombstones), all headers in order
 //! (repeated names, null values), timestamp and partition number are copied unchanged
-//! ([`copy`]). A source record with LogAppendTime keeps its timestamp value but arrives as
+//! (`copy`). A source record with LogAppendTime keeps its timestamp value but arrives as
 //! CreateTime: only a broker can stamp LogAppendTime.
 //!
 //! **Memory.** `max_buffer_bytes` (default 256 MiB) bounds the process: 32 MiB (at most a quarter)
@@ -67,13 +67,14 @@
 //! `logpipe_mirror_target_topics_missing`, `logpipe_mirror_loop_skipped_total`. `/ready` is true
 //! while both clusters answer metadata requests.
 
-pub mod clients;
-pub mod config;
-pub mod copy;
-pub mod membership;
-pub mod shard;
-pub mod state;
-pub mod topology;
+mod clients;
+mod config;
+mod copy;
+mod membership;
+mod metrics;
+mod shard;
+mod state;
+mod topology;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,6 +83,7 @@ use logpipe_core::service::{Context, Service};
 use tokio::sync::watch;
 
 pub use crate::config::MirrorConfig;
+use crate::metrics as names;
 use crate::shard::Shared;
 use crate::topology::{missing_message, ScanError, Scanner};
 
@@ -102,6 +104,7 @@ impl Service for MirrorService {
 const MISSING_REPEAT: Duration = Duration::from_secs(30);
 
 async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
+    metrics::describe();
     ctx.readiness.register("source");
     ctx.readiness.register("target");
     let scanner = Arc::new(Scanner::new(config.clone())?);
@@ -153,7 +156,7 @@ async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
     tokio::pin!(member);
     let mut tick = tokio::time::interval(config.refresh_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let missing_gauge = metrics::gauge!("logpipe_mirror_target_topics_missing");
+    let missing_gauge = ::metrics::gauge!(names::TARGET_TOPICS_MISSING);
     let mut last_missing: (Vec<String>, Option<Instant>) = (Vec::new(), None);
     let mut member_done = false;
     let result = loop {

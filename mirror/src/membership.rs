@@ -20,6 +20,7 @@ use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients;
+use crate::metrics as names;
 use crate::shard::{self, Shared};
 
 struct Worker {
@@ -122,7 +123,7 @@ impl ConsumerContext for Shards {
 /// Joins the assignment group and runs the shards it is given until `stop` is cancelled; then
 /// stops every shard (each commits its last transaction) and leaves the group, so the others
 /// take over at once instead of after a session timeout.
-pub fn run(shared: Arc<Shared>, stop: CancellationToken) -> anyhow::Result<()> {
+pub(crate) fn run(shared: Arc<Shared>, stop: CancellationToken) -> anyhow::Result<()> {
     let config = shared.config.clone();
     let state_topic = config.state_topic();
     let context = Shards {
@@ -134,7 +135,7 @@ pub fn run(shared: Arc<Shared>, stop: CancellationToken) -> anyhow::Result<()> {
     member
         .subscribe(&[&state_topic])
         .context("joining the shard assignment group")?;
-    let owned_gauge = metrics::gauge!("logpipe_mirror_shards_owned");
+    let owned_gauge = metrics::gauge!(names::SHARDS_OWNED);
     while !stop.is_cancelled() {
         if let Some(Err(e)) = member.poll(Duration::from_millis(100)) {
             tracing::debug!("shard assignment member: {e}");

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clients::{self, TargetReader};
 use crate::config::{DataLossPolicy, MirrorConfig};
 use crate::copy::copy_of;
+use crate::metrics as names;
 use crate::state::{self, Position};
 use crate::topology::Topology;
 
@@ -45,23 +46,22 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const STATE_RECORD: usize = usize::MAX;
 
 /// What every shard of this process shares.
-pub struct Shared {
-    pub config: Arc<MirrorConfig>,
-    pub topology: watch::Receiver<Arc<Topology>>,
+pub(crate) struct Shared {
+    pub(crate) config: Arc<MirrorConfig>,
+    pub(crate) topology: watch::Receiver<Arc<Topology>>,
 }
 
 /// Runs a shard until `stop` is cancelled, restarting its session after errors with backoff.
-pub fn run(shared: &Shared, shard: i32, stop: &CancellationToken) {
+pub(crate) fn run(shared: &Shared, shard: i32, stop: &CancellationToken) {
     let mut backoff = Duration::from_millis(500);
-    gauge!("logpipe_mirror_shard_owned", "shard" => shard.to_string()).set(1.0);
+    gauge!(names::SHARD_OWNED, "shard" => shard.to_string()).set(1.0);
     while !stop.is_cancelled() {
         let outcome = Session::open(shared, shard, stop).and_then(|mut session| session.run(stop));
         match outcome {
             Ok(Outcome::Stopped) => break,
             Ok(Outcome::Reopen) => backoff = Duration::from_millis(500),
             Err(e) => {
-                counter!("logpipe_mirror_shard_errors_total", "shard" => shard.to_string())
-                    .increment(1);
+                counter!(names::SHARD_ERRORS, "shard" => shard.to_string()).increment(1);
                 tracing::error!(
                     shard,
                     "shard session failed: {e:#}; starting it again in {backoff:?}"
@@ -74,7 +74,7 @@ pub fn run(shared: &Shared, shard: i32, stop: &CancellationToken) {
             }
         }
     }
-    gauge!("logpipe_mirror_shard_owned", "shard" => shard.to_string()).set(0.0);
+    gauge!(names::SHARD_OWNED, "shard" => shard.to_string()).set(0.0);
     tracing::info!(shard, "shard stopped");
 }
 
@@ -141,13 +141,13 @@ impl PartitionMetrics {
             ("partition", partition.to_string()),
         ];
         PartitionMetrics {
-            records: counter!("logpipe_mirror_records_total", &labels),
-            bytes: counter!("logpipe_mirror_bytes_total", &labels),
-            offset_lag: gauge!("logpipe_mirror_offset_lag_records", &labels),
-            time_lag: gauge!("logpipe_mirror_time_lag_seconds", &labels),
-            commit_age: gauge!("logpipe_mirror_last_commit_age_seconds", &labels),
-            committed: gauge!("logpipe_mirror_committed_offset", &labels),
-            verified: counter!("logpipe_mirror_verified_records_total", &labels),
+            records: counter!(names::RECORDS, &labels),
+            bytes: counter!(names::BYTES, &labels),
+            offset_lag: gauge!(names::OFFSET_LAG_RECORDS, &labels),
+            time_lag: gauge!(names::TIME_LAG, &labels),
+            commit_age: gauge!(names::LAST_COMMIT_AGE, &labels),
+            committed: gauge!(names::COMMITTED_OFFSET, &labels),
+            verified: counter!(names::VERIFIED_RECORDS, &labels),
         }
     }
 }
@@ -295,8 +295,8 @@ impl<'a> Session<'a> {
         let mut moved = false;
         if committed.source < source_low {
             let lost = source_low - committed.source;
-            gauge!("logpipe_mirror_data_loss_records", &labels).set(lost as f64);
-            counter!("logpipe_mirror_data_loss_events_total", &labels).increment(1);
+            gauge!(names::DATA_LOSS_RECORDS, &labels).set(lost as f64);
+            counter!(names::DATA_LOSS_EVENTS, &labels).increment(1);
             let action = match config.on_data_loss {
                 DataLossPolicy::Stop => {
                     "this partition is stopped (on_data_loss = \"stop\"); set on_data_loss = \"resume-from-earliest\" to accept the loss and continue"
@@ -318,7 +318,7 @@ impl<'a> Session<'a> {
             committed.source = source_low;
             moved = true;
         } else {
-            gauge!("logpipe_mirror_data_loss_records", &labels).set(0.0);
+            gauge!(names::DATA_LOSS_RECORDS, &labels).set(0.0);
         }
         if committed.source > source_high {
             bail!(
@@ -465,8 +465,7 @@ impl<'a> Session<'a> {
         run.next_source = message.offset() + 1;
         run.moved = true;
         let Some(copy) = copy else {
-            counter!("logpipe_mirror_loop_skipped_total", "topic" => run.topic.clone())
-                .increment(1);
+            counter!(names::LOOP_SKIPPED, "topic" => run.topic.clone()).increment(1);
             return Ok(());
         };
         if let Some(expected) = run.unverified.pop_front() {
@@ -569,8 +568,7 @@ impl<'a> Session<'a> {
         // transaction to a single record.
         self.last_commit = Instant::now();
         let seconds = started.elapsed().as_secs_f64();
-        histogram!("logpipe_mirror_commit_latency_seconds", "shard" => self.shard.to_string())
-            .record(seconds);
+        histogram!(names::COMMIT_LATENCY, "shard" => self.shard.to_string()).record(seconds);
         let now = Instant::now();
         for (index, position) in positions {
             let run = &mut self.runs[index];

@@ -9,24 +9,23 @@
 //! changed between runs: positions only ever move forward.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context as _;
-use rdkafka::consumer::Consumer;
+use anyhow::bail;
+use logpipe_core::kafka::read_to_end;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset};
+use serde::{Deserialize, Serialize};
 
 use crate::clients::TargetReader;
-use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 
 /// A committed position of one source partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
+pub(crate) struct Position {
     /// Next source offset to mirror.
-    pub source: i64,
+    pub(crate) source: i64,
     /// Target offset just after the last record the mirror wrote for this partition.
-    pub target: i64,
+    pub(crate) target: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -36,7 +35,7 @@ struct Key<'a> {
 }
 
 /// Key and value of the state record of a source partition.
-pub fn encode(topic: &str, partition: i32, position: Position) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn encode(topic: &str, partition: i32, position: Position) -> (Vec<u8>, Vec<u8>) {
     let key = serde_json::to_vec(&Key { topic, partition }).expect("state key serializes");
     let value = serde_json::to_vec(&position).expect("state value serializes");
     (key, value)
@@ -50,7 +49,7 @@ fn decode(key: &[u8], value: &[u8]) -> Option<((String, i32), Position)> {
 
 /// Reads the whole state topic (read_committed) and returns the latest position of each source
 /// partition for which `wanted` is true.
-pub fn read_positions(
+pub(crate) fn read_positions(
     reader: &TargetReader,
     state_topic: &str,
     partitions: i32,
@@ -84,54 +83,28 @@ pub fn read_positions(
 }
 
 /// Reads every committed record of `topic`'s partitions from the given offsets to their end, as
-/// a read_committed consumer sees it now, in order per partition. `reader` must have
-/// `enable.partition.eof=true`. One topic at a time: end-of-partition events name only the
-/// partition. Fails rather than hold more than `max_bytes` of keys and values.
-pub fn drain(
+/// a read_committed consumer sees it now, in order per partition. Fails rather than hold more
+/// than `max_bytes` of keys and values.
+pub(crate) fn drain(
     reader: &TargetReader,
     topic: &str,
     from: &[(i32, i64)],
     timeout: Duration,
     max_bytes: usize,
 ) -> anyhow::Result<VecDeque<OwnedMessage>> {
+    let from: Vec<(i32, Offset)> = from.iter().map(|(p, o)| (*p, Offset::Offset(*o))).collect();
     let mut records = VecDeque::new();
-    if from.is_empty() {
-        return Ok(records);
-    }
-    let mut assignment = TopicPartitionList::new();
-    for (partition, offset) in from {
-        assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-    }
-    reader.assign(&assignment).context("assigning the reader")?;
-    let mut open: Vec<i32> = from.iter().map(|(p, _)| *p).collect();
-    let deadline = Instant::now() + timeout;
     let mut bytes = 0usize;
-    let result = loop {
-        if open.is_empty() {
-            break Ok(());
+    read_to_end(reader, topic, &from, timeout, None, |message| {
+        bytes += message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len);
+        if bytes > max_bytes {
+            bail!(
+                "{topic} holds more than {max_bytes} bytes after the positions read; refusing to \
+                 buffer them"
+            );
         }
-        if Instant::now() >= deadline {
-            break Err(anyhow::anyhow!(
-                "reading {topic} partitions {open:?} did not reach their end within {timeout:?}"
-            ));
-        }
-        match reader.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(message)) => {
-                bytes +=
-                    message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len);
-                if bytes > max_bytes {
-                    break Err(anyhow::anyhow!(
-                        "{topic} partitions {open:?} hold more than {max_bytes} bytes after the positions read; refusing to buffer them"
-                    ));
-                }
-                records.push_back(message.detach());
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => open.retain(|open| *open != p),
-            Some(Err(e)) => break Err(anyhow::Error::from(e).context(format!("reading {topic}"))),
-        }
-    };
-    reader.unassign().ok();
-    result?;
+        records.push_back(message.detach());
+        Ok(())
+    })?;
     Ok(records)
 }

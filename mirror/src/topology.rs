@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use logpipe_core::kafka::create_topics;
 use rdkafka::admin::{
     AdminClient, AdminOptions, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
     ResourceSpecifier, TopicReplication,
@@ -25,24 +26,24 @@ use crate::config::{MirrorConfig, Selection};
 
 /// How a selected source topic is mirrored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicPlan {
-    pub target: String,
+pub(crate) struct TopicPlan {
+    pub(crate) target: String,
     /// Partitions that exist on both sides (the target may still lack some of the source's).
-    pub partitions: i32,
+    pub(crate) partitions: i32,
 }
 
 /// A snapshot of what to mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topology {
+pub(crate) struct Topology {
     /// The state topic's partition count: the number of shards.
-    pub shards: i32,
+    pub(crate) shards: i32,
     /// Source topic => plan.
-    pub topics: BTreeMap<String, TopicPlan>,
+    pub(crate) topics: BTreeMap<String, TopicPlan>,
 }
 
 impl Topology {
     /// The (source topic, partition) pairs a shard owns, in a stable order.
-    pub fn partitions_of(&self, shard: i32) -> Vec<(String, i32)> {
+    pub(crate) fn partitions_of(&self, shard: i32) -> Vec<(String, i32)> {
         let mut owned = Vec::new();
         for (topic, plan) in &self.topics {
             for partition in 0..plan.partitions {
@@ -58,7 +59,7 @@ impl Topology {
 /// The shard of a source partition: FNV-1a of the topic name plus the partition number, modulo
 /// the shard count. Stable across versions and processes (every instance must agree), and a
 /// topic's consecutive partitions land on consecutive shards.
-pub fn shard_of(topic: &str, partition: i32, shards: i32) -> i32 {
+pub(crate) fn shard_of(topic: &str, partition: i32, shards: i32) -> i32 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in topic.bytes() {
         hash ^= u32::from(byte);
@@ -91,7 +92,7 @@ pub fn shard_of(topic: &str, partition: i32, shards: i32) -> i32 {
 /// remote storage), and the storage layout the target's operators own (`segment.*`, `flush.*`,
 /// `index.interval.bytes`, `preallocate`, `unclean.leader.election.enable`,
 /// `message.format.version`). Configs are copied when the target topic is created, not re-synced.
-pub const COPIED_CONFIGS: &[&str] = &[
+pub(crate) const COPIED_CONFIGS: &[&str] = &[
     "cleanup.policy",
     "compression.type",
     "delete.retention.ms",
@@ -106,17 +107,17 @@ pub const COPIED_CONFIGS: &[&str] = &[
 
 /// A topic the target lacks (entirely, or some partitions).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing {
-    pub topic: String,
-    pub partitions: i32,
+pub(crate) struct Missing {
+    pub(crate) topic: String,
+    pub(crate) partitions: i32,
     /// Partitions the target has now (0: the topic does not exist).
-    pub existing: i32,
+    pub(crate) existing: i32,
     /// The replication factor to create it with: min(source replication, target brokers).
-    pub replication: i32,
+    pub(crate) replication: i32,
     /// Topic configs to create it with (name, value), in [`COPIED_CONFIGS`] order.
-    pub configs: Vec<(String, String)>,
+    pub(crate) configs: Vec<(String, String)>,
     /// The source topic (None for the mirror's state topic), whose configs are read.
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
 }
 
 impl std::fmt::Display for Missing {
@@ -142,7 +143,7 @@ impl std::fmt::Display for Missing {
 
 /// The configs of a source topic to give its target topic: the [`COPIED_CONFIGS`] the source
 /// sets (anything but Kafka's built-in default), `min.insync.replicas` capped at `replication`.
-pub fn copied_configs(entries: &[ConfigEntry], replication: i32) -> Vec<(String, String)> {
+pub(crate) fn copied_configs(entries: &[ConfigEntry], replication: i32) -> Vec<(String, String)> {
     COPIED_CONFIGS
         .iter()
         .filter_map(|name| {
@@ -160,14 +161,14 @@ pub fn copied_configs(entries: &[ConfigEntry], replication: i32) -> Vec<(String,
 }
 
 /// One metadata read of both clusters.
-pub struct Scan {
-    pub topology: Topology,
+pub(crate) struct Scan {
+    pub(crate) topology: Topology,
     /// What the target lacks after any creation attempt.
-    pub missing: Vec<Missing>,
+    pub(crate) missing: Vec<Missing>,
 }
 
 /// Reads both clusters' metadata and creates what the target lacks (when allowed).
-pub struct Scanner {
+pub(crate) struct Scanner {
     config: std::sync::Arc<MirrorConfig>,
     selection: Selection,
     source: BaseConsumer,
@@ -179,7 +180,7 @@ pub struct Scanner {
 
 /// Which side a metadata read failed on, for readiness.
 #[derive(Debug)]
-pub enum ScanError {
+pub(crate) enum ScanError {
     Source(anyhow::Error),
     Target(anyhow::Error),
 }
@@ -188,7 +189,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Scanner {
-    pub fn new(config: std::sync::Arc<MirrorConfig>) -> anyhow::Result<Scanner> {
+    pub(crate) fn new(config: std::sync::Arc<MirrorConfig>) -> anyhow::Result<Scanner> {
         let selection = config.selection()?;
         let source = crate::clients::metadata_client(&config.source, "source")?;
         let target = crate::clients::metadata_client(&config.target, "target")?;
@@ -209,7 +210,7 @@ impl Scanner {
     }
 
     /// Reads both sides; creates missing target topics and partitions when allowed.
-    pub fn scan(&self) -> Result<Scan, ScanError> {
+    pub(crate) fn scan(&self) -> Result<Scan, ScanError> {
         let source = self
             .source
             .fetch_metadata(None, METADATA_TIMEOUT)
@@ -395,16 +396,13 @@ impl Scanner {
             .map(|m| NewPartitions::new(&m.topic, m.partitions as usize))
             .collect();
         if !new.is_empty() {
-            for result in admin
-                .create_topics(&new, &options)
+            for (topic, result) in create_topics(admin, &new, ADMIN_TIMEOUT)
                 .await
                 .context("CreateTopics")?
             {
                 match result {
-                    Ok(topic) => tracing::info!(topic, "created the target topic"),
-                    Err((topic, e)) => {
-                        tracing::warn!(topic, "could not create the target topic: {e}")
-                    }
+                    Ok(()) => tracing::info!(topic, "created the target topic"),
+                    Err(e) => tracing::warn!(topic, "could not create the target topic: {e}"),
                 }
             }
         }
@@ -427,7 +425,7 @@ impl Scanner {
 }
 
 /// The operator-facing sentence for topics the mirror cannot create.
-pub fn missing_message(missing: &[Missing], target: &str) -> String {
+pub(crate) fn missing_message(missing: &[Missing], target: &str) -> String {
     let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
     format!("the target cluster {target} lacks what the mirror needs and could not create it; create: {}", list.join("; "))
 }

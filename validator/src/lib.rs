@@ -1,23 +1,32 @@
 //! `logpipe-validator`: checks every raw record on the read cluster against its schema and
 //! writes it, exactly once, to its clean topic (Confluent wire format) or its dead-letter topic
-//! (original bytes plus `lp.error.*` headers), removing the agents' replays on the way.
+//! (original bytes plus `lp.error.*` headers), removing the agents' resends on the way.
 //!
-//! Modules: [`avro`] (JSON -> Avro encoder plans), [`schema`] (compiled schemas, wire format),
-//! [`registry`] (the Confluent REST client and the schema cache), [`route`] (routes and subject
-//! strategies), [`reason`] (the bounded kinds of dead-letter reasons), [`verdict`] (one
-//! record's check), [`replay_filter`] (agent replay removal), [`topics`] (creating the topics it
-//! writes to), [`pipeline`] (the exactly-once loop), [`replay`] (the DLQ replay command).
+//! The crate's API is the service ([`ValidatorService`], [`ValidatorConfig`]), the DLQ replay
+//! command ([`replay`]) and, for benchmarks, the record encoder ([`CompiledSchema`]).
+//!
+//! Modules: `avro` (JSON -> Avro encoder plans), `schema` (compiled schemas, wire format),
+//! `schema_store_client` (the Confluent REST client and the schema cache), `route` (routes and
+//! subject strategies), `reason` (the bounded kinds of dead-letter reasons), `verdict` (one
+//! record's check), `resend_filter` (removing the agents' resends), `topics` (creating the topics
+//! it writes to), `pipeline` (the exactly-once loop), `replay` (the DLQ replay command),
+//! `metrics` (names and descriptions).
 
-pub mod avro;
-pub mod pipeline;
-pub mod reason;
-pub mod registry;
+mod avro;
+mod metrics;
+mod pipeline;
+mod reason;
 pub mod replay;
-pub mod replay_filter;
-pub mod route;
-pub mod schema;
-pub mod topics;
-pub mod verdict;
+mod resend_filter;
+mod route;
+mod schema;
+mod schema_store_client;
+mod topics;
+mod verdict;
+
+pub use avro::ExtraFields;
+pub use route::{RouteConfig, SubjectStrategy};
+pub use schema::{CompiledSchema, SchemaType};
 
 use std::time::Duration;
 
@@ -27,9 +36,9 @@ use logpipe_core::telemetry::TelemetryConfig;
 use serde::Deserialize;
 
 use crate::pipeline::{Mode, Pipeline, Settings};
-use crate::registry::{SchemaCache, StoreClient};
-use crate::replay_filter::ReplayFilter;
-use crate::route::{RouteConfig, Routes};
+use crate::resend_filter::ResendFilter;
+use crate::route::Routes;
+use crate::schema_store_client::{SchemaCache, SchemaStoreClient};
 use crate::verdict::Checker;
 
 /// `logpipe-validator`'s config (see the README for every key).
@@ -54,12 +63,18 @@ pub struct ValidatorConfig {
     /// Default `<group_id>-<host name>`.
     #[serde(default)]
     pub transactional_id: Option<String>,
-    /// Compacted topic holding the replay-removal state. Default `_lp.validator.<group_id>.replay-state`.
-    #[serde(default)]
-    pub replay_state_topic: Option<String>,
-    /// Replay-removal entries of a file not seen for this long are expired.
-    #[serde(default = "default_replay_state_ttl_hours")]
-    pub replay_state_ttl_hours: u64,
+    /// Compacted topic holding the resend filter's state. Default
+    /// `_lp.validator.<group_id>.replay-state` (see [`logpipe_core::record::resend_state_topic`]).
+    /// `replay_state_topic`, the key's old name, is still read for one release.
+    #[serde(default, alias = "replay_state_topic")]
+    pub resend_state_topic: Option<String>,
+    /// The resend filter's entries of a file not seen for this long are expired.
+    /// `replay_state_ttl_hours`, the key's old name, is still read for one release.
+    #[serde(
+        default = "default_resend_state_ttl_hours",
+        alias = "replay_state_ttl_hours"
+    )]
+    pub resend_state_ttl_hours: u64,
     /// At most this many records per transaction.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
@@ -69,8 +84,8 @@ pub struct ValidatorConfig {
     /// How often the topic list is read to find new raw topics.
     #[serde(default = "default_topic_refresh_ms")]
     pub topic_refresh_ms: u64,
-    /// Create missing clean, DLQ and replay-state topics through the admin API (see
-    /// [`topics`] for why this is the default).
+    /// Create missing clean, DLQ and resend-state topics through the admin API (see
+    /// the README for why this is the default).
     #[serde(default = "default_create_topics")]
     pub create_topics: bool,
     /// The read-side cluster.
@@ -96,7 +111,7 @@ fn default_schema_timeout_ms() -> u64 {
 fn default_group_id() -> String {
     "logpipe-validator".into()
 }
-fn default_replay_state_ttl_hours() -> u64 {
+fn default_resend_state_ttl_hours() -> u64 {
     7 * 24
 }
 fn default_batch_records() -> usize {
@@ -124,20 +139,20 @@ impl ValidatorConfig {
         })
     }
 
-    pub fn replay_state_topic(&self) -> String {
-        self.replay_state_topic
+    pub fn resend_state_topic(&self) -> String {
+        self.resend_state_topic
             .clone()
-            .unwrap_or_else(|| logpipe_core::record::replay_state_topic(&self.group_id))
+            .unwrap_or_else(|| logpipe_core::record::resend_state_topic(&self.group_id))
     }
 
     /// The schema checker for these routes and this store.
-    pub fn checker(&self) -> anyhow::Result<Checker> {
+    pub(crate) fn checker(&self) -> anyhow::Result<Checker> {
         let routes = Routes::new(&self.routes)?;
         let credentials = self
             .schema_store_auth
             .as_ref()
             .map(|a| (a.username.clone(), a.password.clone()));
-        let client = StoreClient::new(
+        let client = SchemaStoreClient::new(
             &self.schema_store,
             credentials,
             Duration::from_millis(self.schema_timeout_ms),
@@ -149,7 +164,7 @@ impl ValidatorConfig {
     }
 
     /// The loop's settings; `group_suffix` separates the replay command's group from the service's.
-    pub fn settings(&self, group_suffix: &str) -> Settings {
+    pub(crate) fn settings(&self, group_suffix: &str) -> Settings {
         Settings {
             kafka: self.kafka.clone(),
             group_id: format!("{}{group_suffix}", self.group_id),
@@ -175,8 +190,8 @@ impl ServiceConfig for ValidatorConfig {
             })
             .map_err(anyhow::Error::msg)?;
         self.checker()?;
-        logpipe_core::record::check_topic_name(&self.replay_state_topic())
-            .map_err(|e| anyhow::anyhow!("replay_state_topic: {e}"))?;
+        logpipe_core::record::check_topic_name(&self.resend_state_topic())
+            .map_err(|e| anyhow::anyhow!("resend_state_topic: {e}"))?;
         if self.group_id.is_empty() {
             anyhow::bail!("group_id is empty");
         }
@@ -194,14 +209,14 @@ impl ServiceConfig for ValidatorConfig {
 
     fn describe(&self) -> String {
         let mut text = format!(
-            "read {} as group {} (transactional id {}), schemas from {} (refresh {} ms), replay state in {}; {}\n",
+            "read {} as group {} (transactional id {}), schemas from {} (refresh {} ms), resend state in {}; {}\n",
             self.kafka.bootstrap,
             self.group_id,
             self.transactional_id(),
             self.schema_store,
             self.schema_refresh_ms,
-            self.replay_state_topic(),
-            if self.create_topics { "missing clean/DLQ/replay-state topics are created" } else { "topics are not created (create_topics = false)" }
+            self.resend_state_topic(),
+            if self.create_topics { "missing clean/DLQ/resend-state topics are created" } else { "topics are not created (create_topics = false)" }
         );
         for (i, r) in self.routes.iter().enumerate() {
             text.push_str(&format!(
@@ -233,9 +248,10 @@ impl Service for ValidatorService {
     type Config = ValidatorConfig;
 
     async fn run(config: ValidatorConfig, ctx: Context) -> anyhow::Result<()> {
+        metrics::describe();
         let mode = Mode::Live {
-            filter: ReplayFilter::new(Duration::from_secs(config.replay_state_ttl_hours * 3600)),
-            state_topic: config.replay_state_topic(),
+            filter: ResendFilter::new(Duration::from_secs(config.resend_state_ttl_hours * 3600)),
+            state_topic: config.resend_state_topic(),
         };
         let pipeline = Pipeline::connect(
             config.settings(""),
@@ -275,7 +291,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.group_id, "logpipe-validator");
         assert_eq!(
-            config.replay_state_topic(),
+            config.resend_state_topic(),
             "_lp.validator.logpipe-validator.replay-state"
         );
         assert!(config.transactional_id().starts_with("logpipe-validator-"));
@@ -284,6 +300,19 @@ mod tests {
             "logpipe-validator.replay"
         );
         assert!(config.describe().contains("route 1: topics /raw\\..*/"));
+    }
+
+    #[test]
+    fn the_resend_state_keys_are_also_read_by_their_old_names() {
+        let routes = "[[routes]]\ntopics = \"raw\"\nsubject = \"topic\"\n";
+        for key in ["resend", "replay"] {
+            let config = parse(&format!(
+                "{key}_state_topic = \"_lp.s\"\n{key}_state_ttl_hours = 2\n{BASE}{routes}"
+            ))
+            .unwrap();
+            assert_eq!(config.resend_state_topic(), "_lp.s");
+            assert_eq!(config.resend_state_ttl_hours, 2);
+        }
     }
 
     #[test]

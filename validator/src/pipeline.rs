@@ -3,16 +3,16 @@
 //! One consumer in the group, one transactional producer. Records are taken in batches; a batch
 //! is first checked entirely (schema lookups may pause here while the store is unreachable: no
 //! transaction is open, so nothing times out), then written in one transaction: clean records,
-//! dead letters, the replay-state changes and the consumer offsets
+//! dead letters, the resend-state changes and the consumer offsets
 //! (`send_offsets_to_transaction` with the group's metadata, so a zombie from an older group
 //! generation is fenced). Rebalance callbacks only run inside the consumer's poll, which never
 //! happens while a transaction is open; records gathered from a partition that is revoked are
 //! dropped from the batch, and its next owner reads them from the committed offset. An
 //! abortable transaction error aborts, rewinds the consumer to the batch's first offsets and
-//! drops the batch's replay-state changes.
+//! drops the batch's resend-state changes.
 //!
 //! The same loop replays a dead-letter topic (`logpipe-validator replay`): input is the DLQ,
-//! records are restored to their original form and routed by their original topic, replay
+//! records are restored to their original form and routed by their original topic, resend
 //! removal is off, and the loop ends at the DLQ's end offsets taken at start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,9 +20,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use logpipe_core::kafka::{is_partition_end, EndIsNotAnError, KafkaConfig, Role};
+use logpipe_core::kafka::{
+    end_reader, is_partition_end, partition_count, read_to_end, KafkaConfig, Role,
+};
 use logpipe_core::record::{
-    error_header, header, replay_header, ErrorStage, RecordId, ReplayedFrom,
+    error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
 };
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -33,9 +35,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics as names;
 use crate::reason::Reason;
-use crate::registry::LookupError;
-use crate::replay_filter::{PartitionKey, ReplayFilter};
+use crate::resend_filter::{PartitionKey, ResendFilter};
+use crate::schema_store_client::LookupError;
 use crate::topics::{Needed, TopicMaker};
 use crate::verdict::{Checker, DeadLetter, Verdict};
 
@@ -45,10 +48,10 @@ const READY_STORE: &str = "schema_store";
 const READY_TOPICS: &str = "topics";
 
 /// What the loop reads and how it ends.
-pub enum Mode {
-    /// The service: every raw topic a route covers, replay removal on, until shutdown.
+pub(crate) enum Mode {
+    /// The service: every raw topic a route covers, resend removal on, until shutdown.
     Live {
-        filter: ReplayFilter,
+        filter: ResendFilter,
         state_topic: String,
     },
     /// `replay`: one DLQ topic up to its end offsets at start, records chosen by `select`.
@@ -59,24 +62,23 @@ pub enum Mode {
 }
 
 /// The loop's settings.
-pub struct Settings {
-    pub kafka: KafkaConfig,
-    pub group_id: String,
-    pub transactional_id: String,
-    pub batch_records: usize,
-    pub batch_time: Duration,
-    pub topic_refresh: Duration,
+pub(crate) struct Settings {
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) group_id: String,
+    pub(crate) transactional_id: String,
+    pub(crate) batch_records: usize,
+    pub(crate) batch_time: Duration,
+    pub(crate) topic_refresh: Duration,
     /// Create missing output and changelog topics ([`crate::topics`]).
-    pub create_topics: bool,
+    pub(crate) create_topics: bool,
 }
 
 /// Counts of a finished replay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    pub clean: u64,
-    pub dead: u64,
-    pub replays_dropped: u64,
-    pub skipped: u64,
+pub(crate) struct Totals {
+    pub(crate) clean: u64,
+    pub(crate) dead: u64,
+    pub(crate) skipped: u64,
 }
 
 #[derive(Debug)]
@@ -137,36 +139,35 @@ struct BatchCounts {
     valid: HashMap<(String, String), u64>,
     invalid: HashMap<(String, ErrorStage, Reason), u64>,
     dropped_fields: HashMap<String, u64>,
-    replays: HashMap<String, u64>,
+    resends: HashMap<String, u64>,
     skipped: u64,
 }
 
 impl BatchCounts {
     fn publish(self, totals: &mut Totals) {
         for ((topic, subject), n) in self.valid {
-            metrics::counter!("logpipe_validator_records_valid_total", "topic" => topic, "subject" => subject).increment(n);
+            metrics::counter!(names::RECORDS_VALID, "topic" => topic, "subject" => subject)
+                .increment(n);
             totals.clean += n;
         }
         for ((topic, stage, reason), n) in self.invalid {
-            metrics::counter!("logpipe_validator_records_invalid_total", "topic" => topic, "stage" => stage.as_str(), "reason" => reason.as_str())
+            metrics::counter!(names::RECORDS_INVALID, "topic" => topic, "stage" => stage.as_str(), "reason" => reason.as_str())
                 .increment(n);
             totals.dead += n;
         }
         for (topic, n) in self.dropped_fields {
-            metrics::counter!("logpipe_validator_extra_fields_dropped_total", "topic" => topic)
-                .increment(n);
+            metrics::counter!(names::EXTRA_FIELDS_DROPPED, "topic" => topic).increment(n);
         }
-        for (topic, n) in self.replays {
-            metrics::counter!("logpipe_validator_replays_dropped_total", "topic" => topic)
-                .increment(n);
-            totals.replays_dropped += n;
+        for (topic, n) in self.resends {
+            metrics::counter!(names::REPLAYS_DROPPED_ALIAS, "topic" => topic.clone()).increment(n);
+            metrics::counter!(names::RESENDS_DROPPED, "topic" => topic).increment(n);
         }
         totals.skipped += self.skipped;
     }
 }
 
 /// The loop.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     settings: Settings,
     mode: Mode,
     checker: Checker,
@@ -184,7 +185,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Connects: creates the clients and fences older transactions of the same id (retrying
     /// while Kafka is unreachable, until shutdown).
-    pub async fn connect(
+    pub(crate) async fn connect(
         settings: Settings,
         mode: Mode,
         checker: Checker,
@@ -330,7 +331,7 @@ impl Pipeline {
     }
 
     /// Runs until shutdown (live) or the end of the DLQ (replay).
-    pub async fn run(mut self) -> anyhow::Result<Totals> {
+    pub(crate) async fn run(mut self) -> anyhow::Result<Totals> {
         let mut last_refresh: Option<Instant> = None;
         let mut progress = Instant::now();
         loop {
@@ -357,16 +358,12 @@ impl Pipeline {
             if self.commit(&batch, outputs)? {
                 counts.publish(&mut self.totals);
                 let total = started.elapsed();
-                metrics::histogram!("logpipe_validator_batch_seconds").record(total.as_secs_f64());
-                metrics::histogram!("logpipe_validator_gather_seconds")
-                    .record(gathered.as_secs_f64());
-                metrics::histogram!("logpipe_validator_check_seconds")
-                    .record(checked.as_secs_f64());
-                metrics::histogram!("logpipe_validator_commit_seconds")
-                    .record((total - checked).as_secs_f64());
+                metrics::histogram!(names::BATCH).record(total.as_secs_f64());
+                metrics::histogram!(names::GATHER).record(gathered.as_secs_f64());
+                metrics::histogram!(names::CHECK).record(checked.as_secs_f64());
+                metrics::histogram!(names::COMMIT).record((total - checked).as_secs_f64());
                 if let Mode::Live { filter, .. } = &self.mode {
-                    metrics::gauge!("logpipe_validator_replay_state_files")
-                        .set(filter.len() as f64);
+                    metrics::gauge!(names::REPLAY_STATE_FILES).set(filter.len() as f64);
                 }
             }
             if matches!(self.mode, Mode::Replay { .. })
@@ -496,7 +493,7 @@ impl Pipeline {
                 )
             });
             if let (Some(position), Ok((_, high))) = (position, watermarks) {
-                metrics::gauge!("logpipe_validator_consumer_lag_records", "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
+                metrics::gauge!(names::CONSUMER_LAG_RECORDS, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
                     .set((high - position).max(0) as f64);
             }
         }
@@ -593,7 +590,7 @@ impl Pipeline {
                     let restored = tokio::task::block_in_place(|| {
                         restore_state(&self.settings, state_topic, &list, filter, &self.shutdown)
                     })?;
-                    tracing::info!(partitions = list.len(), records = restored, elapsed = ?started.elapsed(), "replay state restored");
+                    tracing::info!(partitions = list.len(), records = restored, elapsed = ?started.elapsed(), "resend state restored");
                 }
                 (GroupEvent::Assigned(_), Mode::Replay { .. }) => {}
             }
@@ -640,7 +637,7 @@ impl Pipeline {
                             now_ms,
                         ) {
                             *counts
-                                .replays
+                                .resends
                                 .entry(message.topic().to_owned())
                                 .or_default() += 1;
                             continue;
@@ -650,7 +647,7 @@ impl Pipeline {
                     Err(e) => tracing::debug!(
                         topic = message.topic(),
                         offset = message.offset(),
-                        "no replay check: {e}"
+                        "no resend check: {e}"
                     ),
                 }
             }
@@ -741,7 +738,7 @@ impl Pipeline {
     /// Waits while the schema store is unavailable; false on shutdown.
     async fn pause(&mut self, why: &LookupError) -> bool {
         tracing::warn!("{why}; pausing");
-        metrics::counter!("logpipe_validator_store_pauses_total").increment(1);
+        metrics::counter!(names::STORE_PAUSES).increment(1);
         self.readiness.not_ready(READY_STORE, why.to_string());
         tokio::select! {
             _ = self.shutdown.cancelled() => false,
@@ -773,7 +770,7 @@ impl Pipeline {
             }
             Err(e) => {
                 tracing::warn!("transaction failed: {e}; aborting and reading the batch again");
-                metrics::counter!("logpipe_validator_transactions_aborted_total").increment(1);
+                metrics::counter!(names::TRANSACTIONS_ABORTED).increment(1);
                 if let Mode::Live { filter, .. } = &mut self.mode {
                     filter.rollback();
                 }
@@ -889,24 +886,11 @@ fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
 fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
     let count = message.headers().map_or(0, |h| h.count());
     let mut out = OwnedHeaders::new_with_capacity(count + 3);
-    const VERDICT: [&str; 11] = [
-        error_header::STAGE,
-        error_header::REASON,
-        error_header::PATH,
-        error_header::SUBJECT,
-        error_header::SCHEMA_ID,
-        error_header::TOPIC,
-        error_header::PARTITION,
-        error_header::OFFSET,
-        replay_header::TOPIC,
-        replay_header::PARTITION,
-        replay_header::OFFSET,
-    ];
     for h in message
         .headers()
         .into_iter()
         .flat_map(|h| h.iter())
-        .filter(|h| !VERDICT.contains(&h.key))
+        .filter(|h| !error_header::ALL.contains(&h.key) && !replay_header::ALL.contains(&h.key))
     {
         out = out.insert(Header {
             key: h.key,
@@ -927,43 +911,43 @@ fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
     out
 }
 
+/// A dead letter's headers: the record's own, then the verdict's `lp.error.*` ones.
 fn dead_letter_headers(
     headers: OwnedHeaders,
     dead: &DeadLetter,
     message: &OwnedMessage,
     source_topic: &str,
 ) -> OwnedHeaders {
-    let add = |headers: OwnedHeaders, key: &str, value: &str| {
-        headers.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        })
-    };
-    let mut h = add(headers, error_header::STAGE, dead.stage.as_str());
-    h = add(h, error_header::REASON, &dead.reason);
-    if let Some(pointer) = &dead.pointer {
-        h = add(h, error_header::PATH, pointer);
-    }
-    if let Some(subject) = &dead.subject {
-        h = add(h, error_header::SUBJECT, subject);
-    }
-    if let Some(id) = dead.schema_id {
-        h = add(h, error_header::SCHEMA_ID, &id.to_string());
-    }
     // Where the record was read: in a replay, where it was first read.
-    let (partition, offset) = match (
-        header_text(message, error_header::PARTITION),
-        header_text(message, error_header::OFFSET),
-    ) {
-        (Some(p), Some(o)) if message.topic() != source_topic => (p, o),
-        _ => (
-            message.partition().to_string(),
-            message.offset().to_string(),
-        ),
+    let first_read = || {
+        let partition = header_text(message, error_header::PARTITION)?
+            .parse()
+            .ok()?;
+        let offset = header_text(message, error_header::OFFSET)?.parse().ok()?;
+        Some((partition, offset))
     };
-    h = add(h, error_header::TOPIC, source_topic);
-    h = add(h, error_header::PARTITION, &partition);
-    add(h, error_header::OFFSET, &offset)
+    let (partition, offset) = first_read()
+        .filter(|_| message.topic() != source_topic)
+        .unwrap_or((message.partition(), message.offset()));
+    let verdict = DeadLetterHeaders {
+        stage: dead.stage,
+        reason: &dead.reason,
+        path: dead.pointer.as_deref(),
+        subject: dead.subject.as_deref(),
+        schema_id: dead.schema_id,
+        topic: source_topic,
+        partition,
+        offset,
+    };
+    verdict
+        .headers()
+        .iter()
+        .fold(headers, |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        })
 }
 
 /// Reads the changelog from the start to its end and keeps the entries of `owned`. Returns the
@@ -972,52 +956,31 @@ fn restore_state(
     settings: &Settings,
     state_topic: &str,
     owned: &[PartitionKey],
-    filter: &mut ReplayFilter,
+    filter: &mut ResendFilter,
     shutdown: &CancellationToken,
-) -> anyhow::Result<usize> {
-    let mut config = settings.kafka.client_config(
+) -> anyhow::Result<u64> {
+    let reader = end_reader(settings.kafka.client_config(
         &Role::Consumer {
             group_id: format!("{}.restore", settings.group_id),
         },
         "logpipe-validator-restore",
-    );
-    config.set("enable.partition.eof", "true");
-    let reader: BaseConsumer<EndIsNotAnError> = config
-        .create_with_context(EndIsNotAnError)
-        .context("creating the replay-state reader")?;
-    let metadata = reader.fetch_metadata(Some(state_topic), KAFKA_TIMEOUT)?;
-    let count = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    let mut list = TopicPartitionList::new();
-    for p in 0..count as i32 {
-        list.add_partition_offset(state_topic, p, Offset::Beginning)?;
-    }
-    reader.assign(&list)?;
-    let mut at_end = vec![false; count];
-    let mut read = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !at_end.iter().all(|e| *e) {
-        if shutdown.is_cancelled() {
-            bail!("shutdown while restoring the replay state");
-        }
-        if Instant::now() > deadline {
-            bail!("restoring the replay state from {state_topic} took over 120 s");
-        }
-        match reader.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(m)) => {
-                read += 1;
-                at_end[m.partition() as usize] = false;
-                if let Some(key) = m.key() {
-                    filter.restore(owned, key, m.payload());
-                }
+    ))
+    .context("creating the resend-state reader")?;
+    let from: Vec<(i32, Offset)> = (0..partition_count(&reader, state_topic, KAFKA_TIMEOUT)?)
+        .map(|p| (p as i32, Offset::Beginning))
+        .collect();
+    read_to_end(
+        &reader,
+        state_topic,
+        &from,
+        Duration::from_secs(120),
+        Some(shutdown),
+        |m| {
+            if let Some(key) = m.key() {
+                filter.restore(owned, key, m.payload());
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => at_end[p as usize] = true,
-            Some(Err(e)) => bail!("reading {state_topic}: {e}"),
-        }
-    }
-    Ok(read)
+            Ok(())
+        },
+    )
+    .context("restoring the resend state")
 }

@@ -47,8 +47,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every kind, for documentation and tests.
-    pub const ALL: [Reason; 15] = [
+    /// Every kind, for tests.
+    #[cfg(test)]
+    const ALL: [Reason; 15] = [
         Reason::MalformedJson,
         Reason::TooLarge,
         Reason::NoRoute,
@@ -67,7 +68,7 @@ impl Reason {
     ];
 
     /// The metric label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::MalformedJson => "malformed_json",
             Reason::TooLarge => "too_large",
@@ -88,7 +89,7 @@ impl Reason {
     }
 
     /// The kind of a JSON Schema validation error.
-    pub fn of_json_schema(kind: &jsonschema::error::ValidationErrorKind) -> Reason {
+    pub(crate) fn of_json_schema(kind: &jsonschema::error::ValidationErrorKind) -> Reason {
         use jsonschema::error::ValidationErrorKind as K;
         match kind {
             K::Required { .. } => Reason::MissingField,

@@ -1,7 +1,7 @@
 //! `logpipe-validator replay --config FILE --topic dlq.<stream> [filters]`: after a schema fix,
 //! re-validates dead letters exactly once.
 //!
-//! It runs the validator's own loop ([`crate::pipeline`]) with the DLQ as input: each chosen
+//! It runs the validator's own loop (`pipeline`) with the DLQ as input: each chosen
 //! dead letter is restored to the record first read (its `lp.error.*` headers removed), checked
 //! against its original topic's route and the current schema, and written to the clean topic,
 //! or to the DLQ again with fresh error headers, in transactions that also commit the replay's
@@ -34,7 +34,7 @@ pub const ABOUT: &str = "Re-validate dead letters after a schema fix, exactly on
 /// `logpipe-validator replay`.
 #[derive(Debug, Parser)]
 #[command(name = "logpipe-validator replay", about = ABOUT)]
-pub struct ReplayArgs {
+struct ReplayArgs {
     /// The validator's config file (routes, schema store, read cluster).
     #[arg(
         long,
@@ -42,24 +42,24 @@ pub struct ReplayArgs {
         env = "LOGPIPE_CONFIG",
         default_value = "/etc/logpipe/validator.toml"
     )]
-    pub config: PathBuf,
+    config: PathBuf,
     /// The dead-letter topic to replay.
     #[arg(long)]
-    pub topic: String,
+    topic: String,
     /// Only dead letters of this stage (parse, route, schema, validate, encode).
     #[arg(long, value_parser = parse_stage)]
-    pub stage: Option<ErrorStage>,
+    stage: Option<ErrorStage>,
     /// Only dead letters whose reason contains this text.
     #[arg(long)]
-    pub reason: Option<String>,
+    reason: Option<String>,
     /// Only records with a timestamp at or after this (RFC 3339).
     #[arg(long, value_parser = parse_time)]
-    pub since: Option<i64>,
+    since: Option<i64>,
     /// Only records with a timestamp before this (RFC 3339).
     #[arg(long, value_parser = parse_time)]
-    pub until: Option<i64>,
+    until: Option<i64>,
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
+    log_format: LogFormat,
 }
 
 fn parse_stage(s: &str) -> Result<ErrorStage, String> {
@@ -75,15 +75,15 @@ fn parse_time(s: &str) -> Result<i64, String> {
 
 /// Which dead letters a replay takes.
 #[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub stage: Option<ErrorStage>,
-    pub reason: Option<String>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
+pub(crate) struct Selection {
+    stage: Option<ErrorStage>,
+    reason: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
 }
 
 impl Selection {
-    pub fn matches(&self, message: &OwnedMessage) -> bool {
+    pub(crate) fn matches(&self, message: &OwnedMessage) -> bool {
         let header = |name: &str| {
             message
                 .headers()
@@ -118,7 +118,7 @@ impl Selection {
 }
 
 /// Replays `topic` and returns the counts.
-pub async fn replay(
+pub(crate) async fn replay(
     config: &ValidatorConfig,
     topic: &str,
     selection: Selection,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::avro::ExtraFields;
-use crate::registry::Version;
+use crate::schema_store_client::Version;
 
 /// One `[[routes]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -199,10 +199,6 @@ impl Routes {
                     r.clean.render(source) == topic || r.dlq.render(source) == topic
                 })
         })
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.0.iter()
     }
 }
 

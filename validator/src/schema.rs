@@ -2,13 +2,11 @@
 //! an [`AvroPlan`] for AVRO schemas, a JSON Schema validator for JSON schemas. Output is the
 //! Confluent wire format, so any Confluent-compatible deserializer reads clean records.
 
+use logpipe_core::wire;
 use serde_json::Value;
 
 use crate::avro::{AvroPlan, ConvertError, Converted, ExtraFields};
 use crate::reason::Reason;
-
-/// Confluent wire format: this byte, then the schema id as 4 bytes big-endian, then the payload.
-pub const MAGIC: u8 = 0;
 
 /// The schema types the validator can enforce (`schemaType` in the Confluent API; absent means
 /// AVRO).
@@ -80,8 +78,7 @@ impl CompiledSchema {
         out: &mut Vec<u8>,
     ) -> Result<Converted, ConvertError> {
         let start = out.len();
-        out.push(MAGIC);
-        out.extend_from_slice(&self.id.to_be_bytes());
+        wire::write_header(self.id, out);
         let result = match &self.checker {
             Checker::Avro(plan) => plan.encode(value, extra, out),
             Checker::Json(validator) => match validator.validate(value) {
@@ -121,7 +118,7 @@ mod tests {
         schema
             .write(&json!({"a": 1}), b"{\"a\":1}", ExtraFields::Drop, &mut out)
             .unwrap();
-        assert_eq!(out, [0, 1, 2, 3, 4, 2]);
+        assert_eq!(out, wire::encode(0x0102_0304, &[2]));
         let err = schema
             .write(&json!({"a": "x"}), b"", ExtraFields::Drop, &mut out)
             .unwrap_err();
@@ -143,8 +140,7 @@ mod tests {
                 &mut out,
             )
             .unwrap();
-        assert_eq!(&out[..5], &[0, 0, 0, 0, 9]);
-        assert_eq!(&out[5..], raw);
+        assert_eq!(wire::parse(&out), Ok((9, &raw[..])));
         let err = schema
             .write(
                 &json!({"n": 1, "tags": ["a", 2]}),

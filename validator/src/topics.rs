@@ -1,11 +1,11 @@
 //! The topics the validator writes to, made to exist before it writes.
 //!
-//! It writes the clean and dead-letter topic of every raw topic it reads, and its replay-state
+//! It writes the clean and dead-letter topic of every raw topic it reads, and its resend-state
 //! changelog. The validator **creates the missing ones** through the admin API (`create_topics`,
 //! on by default), because the alternatives are worse: a transaction into a topic that does not
 //! exist fails on every batch (the validator would stall on a typo'd template), and a broker's
 //! auto-creation uses the broker's defaults, which for the changelog means a topic that deletes
-//! old replay-removal state instead of compacting it. Clean and DLQ topics get the raw topic's
+//! old resend-filter state instead of compacting it. Clean and DLQ topics get the raw topic's
 //! partition count (so a key's records stay together as on the raw side), the changelog one
 //! compacted partition; the replication factor and every other setting are the cluster's
 //! defaults (CreateTopics with replication factor -1: Kafka 2.4 or later). Operators who manage
@@ -22,10 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use logpipe_core::kafka::{KafkaConfig, Role};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use logpipe_core::kafka::{create_topics, KafkaConfig, Role};
+use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a topic the admin API reported created may take to show in metadata.
@@ -33,15 +32,15 @@ const PROPAGATION: Duration = Duration::from_secs(5);
 
 /// A topic the validator needs.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Needed {
-    pub name: String,
-    pub partitions: i32,
-    pub compacted: bool,
+pub(crate) struct Needed {
+    pub(crate) name: String,
+    pub(crate) partitions: i32,
+    pub(crate) compacted: bool,
 }
 
 impl Needed {
     /// The command that creates it, for operators (Apache Kafka's CLI).
-    pub fn command(&self, bootstrap: &str) -> String {
+    pub(crate) fn command(&self, bootstrap: &str) -> String {
         let config = if self.compacted {
             " --config cleanup.policy=compact"
         } else {
@@ -52,7 +51,7 @@ impl Needed {
 }
 
 /// Creates missing topics (when allowed) and says which are still missing.
-pub struct TopicMaker {
+pub(crate) struct TopicMaker {
     admin: Option<AdminClient<DefaultClientContext>>,
     bootstrap: String,
     /// Set when the cluster did not answer a CreateTopics request at all (not served): later
@@ -63,7 +62,7 @@ pub struct TopicMaker {
 
 impl TopicMaker {
     /// `create = false`: never create, only report.
-    pub fn new(kafka: &KafkaConfig, create: bool) -> anyhow::Result<TopicMaker> {
+    pub(crate) fn new(kafka: &KafkaConfig, create: bool) -> anyhow::Result<TopicMaker> {
         let admin = if create {
             Some(
                 kafka
@@ -81,14 +80,14 @@ impl TopicMaker {
     }
 
     /// Whether missing topics are created (and looked up with auto-creation allowed).
-    pub fn creates(&self) -> bool {
+    pub(crate) fn creates(&self) -> bool {
         self.admin.is_some()
     }
 
     /// Makes `needed` exist where it can. `exists` answers whether a topic exists now (the
     /// caller's metadata lookup, which may let the broker auto-create it). Returns the topics
     /// still missing, each with an operator-facing sentence.
-    pub async fn ensure(
+    pub(crate) async fn ensure(
         &self,
         needed: &[Needed],
         exists: impl Fn(&str) -> bool,
@@ -174,16 +173,10 @@ impl TopicMaker {
                 }
             })
             .collect();
-        let options = AdminOptions::new()
-            .request_timeout(Some(ADMIN_TIMEOUT))
-            .operation_timeout(Some(ADMIN_TIMEOUT));
-        match admin.create_topics(&new, &options).await {
+        match create_topics(admin, &new, ADMIN_TIMEOUT).await {
             Ok(results) => results
                 .into_iter()
-                .filter_map(|r| match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
-                    Err((topic, code)) => Some((topic, code.to_string())),
-                })
+                .filter_map(|(topic, result)| Some((topic, result.err()?.to_string())))
                 .collect(),
             Err(e) => {
                 tracing::warn!(

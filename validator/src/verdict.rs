@@ -6,12 +6,12 @@ use logpipe_core::record::ErrorStage;
 use serde_json::Value;
 
 use crate::reason::Reason;
-use crate::registry::{LookupError, SchemaCache};
 use crate::route::Routes;
+use crate::schema_store_client::{LookupError, SchemaCache};
 
 /// Where a record goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Its wire-format value is in the caller's buffer.
     Clean {
         topic: String,
@@ -24,42 +24,42 @@ pub enum Verdict {
 
 /// Why a record is dead-lettered, and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The DLQ topic; `None` when no route covers the source topic (the caller's fallback).
-    pub topic: Option<String>,
-    pub stage: ErrorStage,
+    pub(crate) topic: Option<String>,
+    pub(crate) stage: ErrorStage,
     /// The failure's kind: the bounded metric label.
-    pub kind: Reason,
+    pub(crate) kind: Reason,
     /// Human-readable; the `lp.error.reason` header.
-    pub reason: String,
-    pub pointer: Option<String>,
-    pub subject: Option<String>,
-    pub schema_id: Option<u32>,
+    pub(crate) reason: String,
+    pub(crate) pointer: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) schema_id: Option<u32>,
 }
 
 /// Checks records against their routes and schemas.
-pub struct Checker {
+pub(crate) struct Checker {
     routes: Routes,
     cache: SchemaCache,
 }
 
 impl Checker {
-    pub fn new(routes: Routes, cache: SchemaCache) -> Checker {
+    pub(crate) fn new(routes: Routes, cache: SchemaCache) -> Checker {
         Checker { routes, cache }
     }
 
-    pub fn routes(&self) -> &Routes {
+    pub(crate) fn routes(&self) -> &Routes {
         &self.routes
     }
 
     /// Whether the schema store answered the last request.
-    pub fn store_reachable(&self) -> bool {
+    pub(crate) fn store_reachable(&self) -> bool {
         self.cache.reachable()
     }
 
     /// Checks a record read from `topic`. On [`Verdict::Clean`] the wire-format value has been
     /// appended to `out`; otherwise `out` is unchanged.
-    pub async fn check(
+    pub(crate) async fn check(
         &mut self,
         topic: &str,
         raw: &[u8],
@@ -138,9 +138,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::registry::tests::{serve, Canned};
-    use crate::registry::StoreClient;
     use crate::route::RouteConfig;
+    use crate::schema_store_client::tests::{serve, Canned};
+    use crate::schema_store_client::SchemaStoreClient;
 
     async fn checker(base: &str) -> Checker {
         #[derive(serde::Deserialize)]
@@ -152,7 +152,7 @@ mod tests {
         )
         .unwrap();
         let cache = SchemaCache::new(
-            StoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            SchemaStoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
             Duration::from_secs(5),
         );
         Checker::new(Routes::new(&file.routes).unwrap(), cache)

@@ -1,7 +1,7 @@
-//! Agent replay removal. Within one partition the records of one file identity arrive in offset
+//! Removing the agents' resends. Within one partition the records of one file identity arrive in offset
 //! order (the agent's producer never leaves gaps and keys a file to one partition), so a record
 //! whose `lp.offset` is not above the highest offset already passed for its (`lp.host`,
-//! `lp.file`) in that partition is a replay of the agent (after a crash it re-sends up to one
+//! `lp.file`) in that partition is a resend of the agent (after a crash it re-sends up to one
 //! checkpoint interval) and is dropped.
 //!
 //! The state is per source partition and lives in a compacted changelog topic: every batch's
@@ -15,38 +15,38 @@ use logpipe_core::record::{FileId, RecordId};
 use serde::{Deserialize, Serialize};
 
 /// (source topic, partition).
-pub type PartitionKey = (String, i32);
+pub(crate) type PartitionKey = (String, i32);
 
 /// The highest offset passed for one file in one partition, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub offset: u64,
-    pub seen_ms: i64,
+pub(crate) struct Entry {
+    pub(crate) offset: u64,
+    pub(crate) seen_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct StateKey(String, i32, String, String);
 
-/// The replay state of the partitions this instance owns, and the changes of the open batch.
+/// The resend state of the partitions this instance owns, and the changes of the open batch.
 #[derive(Debug, Default)]
-pub struct ReplayFilter {
+pub(crate) struct ResendFilter {
     ttl_ms: i64,
     state: HashMap<PartitionKey, HashMap<(String, FileId), Entry>>,
     /// Changes not yet committed: `None` is an expiry.
     pending: HashMap<(PartitionKey, (String, FileId)), Option<Entry>>,
 }
 
-impl ReplayFilter {
-    pub fn new(ttl: std::time::Duration) -> ReplayFilter {
-        ReplayFilter {
+impl ResendFilter {
+    pub(crate) fn new(ttl: std::time::Duration) -> ResendFilter {
+        ResendFilter {
             ttl_ms: ttl.as_millis() as i64,
             ..Default::default()
         }
     }
 
-    /// Whether a record passes (true) or is a replay (false). A passing record's offset becomes
+    /// Whether a record passes (true) or is a resend (false). A passing record's offset becomes
     /// the file's high mark in the open batch.
-    pub fn pass(&mut self, partition: &PartitionKey, id: &RecordId, now_ms: i64) -> bool {
+    pub(crate) fn pass(&mut self, partition: &PartitionKey, id: &RecordId, now_ms: i64) -> bool {
         let file = (id.host.clone(), id.file);
         let key = (partition.clone(), file);
         let current = match self.pending.get(&key) {
@@ -71,7 +71,7 @@ impl ReplayFilter {
     }
 
     /// Adds an expiry to the open batch for every entry idle for longer than the ttl.
-    pub fn expire(&mut self, now_ms: i64) {
+    pub(crate) fn expire(&mut self, now_ms: i64) {
         for (partition, files) in &self.state {
             for (file, entry) in files {
                 let key = (partition.clone(), file.clone());
@@ -83,7 +83,7 @@ impl ReplayFilter {
     }
 
     /// The open batch's changes as changelog records (key, value or tombstone).
-    pub fn changes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    pub(crate) fn changes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         self.pending
             .iter()
             .map(|(((topic, partition), (host, file)), entry)| {
@@ -98,7 +98,7 @@ impl ReplayFilter {
     }
 
     /// The open batch was committed: its changes are the state now.
-    pub fn commit(&mut self) {
+    pub(crate) fn commit(&mut self) {
         for ((partition, file), entry) in self.pending.drain() {
             match entry {
                 Some(entry) => {
@@ -114,18 +114,18 @@ impl ReplayFilter {
     }
 
     /// The open batch was aborted.
-    pub fn rollback(&mut self) {
+    pub(crate) fn rollback(&mut self) {
         self.pending.clear();
     }
 
     /// Forgets a partition this instance no longer owns.
-    pub fn revoke(&mut self, partition: &PartitionKey) {
+    pub(crate) fn revoke(&mut self, partition: &PartitionKey) {
         self.state.remove(partition);
         self.pending.retain(|(p, _), _| p != partition);
     }
 
     /// Applies one changelog record (in log order) if it belongs to one of `owned`.
-    pub fn restore(&mut self, owned: &[PartitionKey], key: &[u8], value: Option<&[u8]>) {
+    pub(crate) fn restore(&mut self, owned: &[PartitionKey], key: &[u8], value: Option<&[u8]>) {
         let Ok(StateKey(topic, partition, host, file)) = serde_json::from_slice(key) else {
             return;
         };
@@ -148,12 +148,8 @@ impl ReplayFilter {
     }
 
     /// Files tracked, for the state-size gauge.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.state.values().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -172,8 +168,8 @@ mod tests {
     }
 
     #[test]
-    fn replays_are_dropped_per_file_and_partition() {
-        let mut f = ReplayFilter::new(Duration::from_secs(60));
+    fn resends_are_dropped_per_file_and_partition() {
+        let mut f = ResendFilter::new(Duration::from_secs(60));
         let p0 = ("raw.a".to_owned(), 0);
         let p1 = ("raw.a".to_owned(), 1);
         assert!(f.pass(&p0, &id(1, 0), 0));
@@ -204,7 +200,7 @@ mod tests {
 
     #[test]
     fn changelog_round_trip_restores_only_owned_partitions() {
-        let mut f = ReplayFilter::new(Duration::from_secs(60));
+        let mut f = ResendFilter::new(Duration::from_secs(60));
         let p0 = ("raw.a".to_owned(), 0);
         let p1 = ("raw.a".to_owned(), 1);
         f.pass(&p0, &id(1, 100), 0);
@@ -212,7 +208,7 @@ mod tests {
         let changes = f.changes();
         f.commit();
 
-        let mut restored = ReplayFilter::new(Duration::from_secs(60));
+        let mut restored = ResendFilter::new(Duration::from_secs(60));
         for (key, value) in &changes {
             restored.restore(std::slice::from_ref(&p0), key, value.as_deref());
         }
@@ -228,7 +224,7 @@ mod tests {
 
     #[test]
     fn idle_entries_expire_with_a_tombstone() {
-        let mut f = ReplayFilter::new(Duration::from_millis(1_000));
+        let mut f = ResendFilter::new(Duration::from_millis(1_000));
         let p0 = ("raw.a".to_owned(), 0);
         f.pass(&p0, &id(1, 5), 0);
         f.pass(&p0, &id(2, 5), 900);
@@ -240,13 +236,13 @@ mod tests {
         f.commit();
         assert_eq!(f.len(), 1);
         // A tombstone read back removes the entry.
-        let mut restored = ReplayFilter::new(Duration::from_secs(1));
+        let mut restored = ResendFilter::new(Duration::from_secs(1));
         restored.restore(
             std::slice::from_ref(&p0),
             &changes[0].0,
             Some(br#"{"offset":5,"seen_ms":0}"#),
         );
         restored.restore(std::slice::from_ref(&p0), &changes[0].0, None);
-        assert!(restored.is_empty());
+        assert_eq!(restored.len(), 0);
     }
 }

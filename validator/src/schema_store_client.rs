@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::metrics as names;
 use crate::reason::Reason;
 use crate::schema::{CompiledSchema, SchemaType};
 
 /// Why a schema could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     /// The store could not answer; retry later, never dead-letter for this.
     #[error("schema store unavailable: {0}")]
     Unavailable(String),
@@ -51,7 +52,7 @@ impl std::fmt::Display for Version {
 
 /// A client of the Confluent REST API.
 #[derive(Debug, Clone)]
-pub struct StoreClient {
+pub(crate) struct SchemaStoreClient {
     base: reqwest::Url,
     http: reqwest::Client,
     credentials: Option<(String, String)>,
@@ -74,12 +75,12 @@ struct ApiError {
     message: Option<String>,
 }
 
-impl StoreClient {
-    pub fn new(
+impl SchemaStoreClient {
+    pub(crate) fn new(
         base: &str,
         credentials: Option<(String, String)>,
         timeout: Duration,
-    ) -> anyhow::Result<StoreClient> {
+    ) -> anyhow::Result<SchemaStoreClient> {
         let mut base = reqwest::Url::parse(base)
             .map_err(|e| anyhow::anyhow!("schema_store {base:?} is not a URL: {e}"))?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
@@ -93,7 +94,7 @@ impl StoreClient {
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()?;
-        Ok(StoreClient {
+        Ok(SchemaStoreClient {
             base,
             http,
             credentials,
@@ -101,7 +102,7 @@ impl StoreClient {
     }
 
     /// `GET /subjects/{subject}/versions/{version|latest}`: (id, type, schema).
-    pub async fn subject_version(
+    pub(crate) async fn subject_version(
         &self,
         subject: &str,
         version: Version,
@@ -176,8 +177,8 @@ struct SubjectEntry {
 }
 
 /// Compiled schemas by id and subject lookups by (subject, version).
-pub struct SchemaCache {
-    client: StoreClient,
+pub(crate) struct SchemaCache {
+    client: SchemaStoreClient,
     refresh: Duration,
     by_id: HashMap<u32, Arc<CompiledSchema>>,
     by_subject: HashMap<(String, Version), SubjectEntry>,
@@ -186,7 +187,7 @@ pub struct SchemaCache {
 }
 
 impl SchemaCache {
-    pub fn new(client: StoreClient, refresh: Duration) -> SchemaCache {
+    pub(crate) fn new(client: SchemaStoreClient, refresh: Duration) -> SchemaCache {
         SchemaCache {
             client,
             refresh,
@@ -197,12 +198,12 @@ impl SchemaCache {
     }
 
     /// Whether the store answered the last request made to it.
-    pub fn reachable(&self) -> bool {
+    pub(crate) fn reachable(&self) -> bool {
         self.reachable
     }
 
     /// The schema a subject's records are checked against.
-    pub async fn subject(
+    pub(crate) async fn subject(
         &mut self,
         subject: &str,
         version: Version,
@@ -213,7 +214,8 @@ impl SchemaCache {
                 let fresh = entry.fetched.elapsed() < self.refresh
                     || (version != Version::Latest && entry.found.is_ok());
                 if fresh {
-                    metrics::counter!("logpipe_validator_schema_cache_hits_total", "subject" => subject.to_owned()).increment(1);
+                    metrics::counter!(names::SCHEMA_CACHE_HITS, "subject" => subject.to_owned())
+                        .increment(1);
                     return entry
                         .found
                         .clone()
@@ -223,7 +225,7 @@ impl SchemaCache {
             }
             None => None,
         };
-        metrics::counter!("logpipe_validator_schema_cache_misses_total", "subject" => subject.to_owned()).increment(1);
+        metrics::counter!(names::SCHEMA_CACHE_MISSES, "subject" => subject.to_owned()).increment(1);
         let found = match self.client.subject_version(subject, version).await {
             Ok((id, schema_type, text)) => Ok(self.compiled(id, schema_type, &text)),
             Err(LookupError::Problem(kind, reason)) => Err((kind, reason)),
@@ -291,9 +293,9 @@ pub(crate) mod tests {
     /// (ids 10 and 11); `latest` answers whichever `latest` says. Counts requests.
     #[derive(Clone, Default)]
     pub(crate) struct Canned {
-        pub latest: Arc<std::sync::Mutex<u32>>,
-        pub requests: Arc<AtomicUsize>,
-        pub fail: Arc<std::sync::atomic::AtomicBool>,
+        pub(crate) latest: Arc<std::sync::Mutex<u32>>,
+        pub(crate) requests: Arc<AtomicUsize>,
+        pub(crate) fail: Arc<std::sync::atomic::AtomicBool>,
     }
 
     pub(crate) const V1: &str =
@@ -351,7 +353,7 @@ pub(crate) mod tests {
 
     fn cache(base: &str, refresh: Duration) -> SchemaCache {
         SchemaCache::new(
-            StoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            SchemaStoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
             refresh,
         )
     }
@@ -440,8 +442,10 @@ pub(crate) mod tests {
 
     #[test]
     fn base_urls_are_checked() {
-        assert!(StoreClient::new("not a url", None, Duration::from_secs(1)).is_err());
-        assert!(StoreClient::new("ftp://x", None, Duration::from_secs(1)).is_err());
-        assert!(StoreClient::new("http://x:8081/registry", None, Duration::from_secs(1)).is_ok());
+        assert!(SchemaStoreClient::new("not a url", None, Duration::from_secs(1)).is_err());
+        assert!(SchemaStoreClient::new("ftp://x", None, Duration::from_secs(1)).is_err());
+        assert!(
+            SchemaStoreClient::new("http://x:8081/registry", None, Duration::from_secs(1)).is_ok()
+        );
     }
 }

@@ -1,0 +1,193 @@
+//! Reading partitions to their end: how a service restores state from a changelog (the
+//! validator's resend filter, the mirror's positions) and how tests and tools read a topic back.
+//!
+//! "The end" is the last stable offset a read_committed consumer sees while it reads: the reader
+//! stops once every partition has reported its end with no record after it, so records committed
+//! while it reads are read too.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::EndIsNotAnError;
+
+/// A consumer that reports each partition's end, which [`read_to_end`] needs.
+pub type EndReader = BaseConsumer<EndIsNotAnError>;
+
+/// Creates an [`EndReader`] from a consumer's settings (normally
+/// [`super::KafkaConfig::client_config`] for a [`super::Role::Consumer`]): turns partition-end
+/// reports on and keeps them out of the error log.
+pub fn end_reader(mut config: ClientConfig) -> KafkaResult<EndReader> {
+    config
+        .set("enable.partition.eof", "true")
+        .create_with_context(EndIsNotAnError)
+}
+
+/// The number of partitions of `topic`; 0 when the topic does not exist (yet).
+pub fn partition_count(reader: &EndReader, topic: &str, timeout: Duration) -> KafkaResult<usize> {
+    let metadata = reader.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()))
+}
+
+/// Reads `topic`'s partitions from the given offsets to their end and calls `each` on every
+/// record, in order per partition; returns how many were read. Fails past `timeout`, on a
+/// `shutdown` request, and on the first error `each` returns. One topic at a time, because a
+/// partition's end names only the partition. The reader is unassigned when this returns.
+pub fn read_to_end(
+    reader: &EndReader,
+    topic: &str,
+    from: &[(i32, Offset)],
+    timeout: Duration,
+    shutdown: Option<&CancellationToken>,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    if from.is_empty() {
+        return Ok(0);
+    }
+    let mut assignment = TopicPartitionList::new();
+    for (partition, offset) in from {
+        assignment.add_partition_offset(topic, *partition, *offset)?;
+    }
+    reader
+        .assign(&assignment)
+        .with_context(|| format!("assigning {topic}"))?;
+    let partitions: BTreeSet<i32> = from.iter().map(|(p, _)| *p).collect();
+    let mut at_end = BTreeSet::new();
+    let deadline = Instant::now() + timeout;
+    let mut count = 0u64;
+    let mut read = || {
+        while at_end.len() < partitions.len() {
+            if shutdown.is_some_and(CancellationToken::is_cancelled) {
+                bail!("shutdown while reading {topic}");
+            }
+            if Instant::now() >= deadline {
+                let open: Vec<_> = partitions.difference(&at_end).collect();
+                bail!(
+                    "reading {topic}: partitions {open:?} not at their end within {timeout:?} \
+                     ({count} records read)"
+                );
+            }
+            match reader.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(message)) => {
+                    at_end.remove(&message.partition());
+                    count += 1;
+                    each(&message)?;
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => {
+                    return Err(anyhow::Error::from(e).context(format!("reading {topic}")))
+                }
+            }
+        }
+        Ok(count)
+    };
+    let result = read();
+    reader.unassign().ok();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+
+    use super::*;
+    use crate::kafka::{KafkaConfig, Role};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A cluster with topic `t` of two partitions holding `a0 a1 a2` and `b0 b1`.
+    fn cluster_with_records() -> (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        EndReader,
+    ) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        cluster.create_topic("empty", 1, 1).unwrap();
+        let kafka = KafkaConfig::new(cluster.bootstrap_servers());
+        let producer: BaseProducer = kafka
+            .client_config(&Role::Producer, "test")
+            .create()
+            .unwrap();
+        for (partition, payload) in [(0, "a0"), (1, "b0"), (0, "a1"), (1, "b1"), (0, "a2")] {
+            producer
+                .send(
+                    BaseRecord::<(), str>::to("t")
+                        .partition(partition)
+                        .payload(payload),
+                )
+                .unwrap();
+        }
+        producer.flush(TIMEOUT).unwrap();
+        let reader = end_reader(kafka.client_config(
+            &Role::Consumer {
+                group_id: "g".into(),
+            },
+            "test",
+        ))
+        .unwrap();
+        (cluster, reader)
+    }
+
+    fn payloads(
+        reader: &EndReader,
+        topic: &str,
+        from: &[(i32, Offset)],
+    ) -> anyhow::Result<Vec<(i32, String)>> {
+        let mut read = Vec::new();
+        let count = read_to_end(reader, topic, from, TIMEOUT, None, |m| {
+            let payload = String::from_utf8_lossy(m.payload().unwrap_or_default());
+            read.push((m.partition(), payload.into_owned()));
+            Ok(())
+        })?;
+        assert_eq!(count as usize, read.len());
+        read.sort_by_key(|(partition, _)| *partition);
+        Ok(read)
+    }
+
+    #[test]
+    fn reads_every_partition_to_its_end_from_the_offsets_given() {
+        let (_cluster, reader) = cluster_with_records();
+        assert_eq!(partition_count(&reader, "t", TIMEOUT).unwrap(), 2);
+        let all = [(0, Offset::Beginning), (1, Offset::Beginning)];
+        let expected: Vec<_> = [(0, "a0"), (0, "a1"), (0, "a2"), (1, "b0"), (1, "b1")]
+            .map(|(p, v)| (p, v.to_owned()))
+            .into();
+        assert_eq!(payloads(&reader, "t", &all).unwrap(), expected);
+        // Again, from offsets: what is after them; a partition already at its end adds nothing.
+        let tail = [(0, Offset::Offset(2)), (1, Offset::Offset(2))];
+        assert_eq!(
+            payloads(&reader, "t", &tail).unwrap(),
+            [(0, "a2".to_owned())]
+        );
+        assert!(payloads(&reader, "empty", &[(0, Offset::Beginning)])
+            .unwrap()
+            .is_empty());
+        assert!(payloads(&reader, "t", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stops_on_shutdown_and_on_the_callers_error() {
+        let (_cluster, reader) = cluster_with_records();
+        let from = [(0, Offset::Beginning)];
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let err =
+            read_to_end(&reader, "t", &from, TIMEOUT, Some(&shutdown), |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("shutdown"), "{err}");
+        let err = read_to_end(&reader, "t", &from, TIMEOUT, None, |_| bail!("full")).unwrap_err();
+        assert_eq!(err.to_string(), "full");
+    }
+}
