@@ -39,8 +39,8 @@ async fn converter_registers_encodes_and_decodes() {
         .unwrap();
     let (_, latest) = store.get("/subjects/heartbeat-value/versions/latest").await;
     let id = latest["id"].as_u64().unwrap() as u32;
-    assert_eq!(bytes[0], 0, "magic byte");
-    assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), id);
+    let (written_id, _) = logpipe_core::wire::parse(&bytes).expect("Confluent wire format");
+    assert_eq!(written_id, id);
 
     // Encodes with the registered latest version (GET .../versions/latest).
     let again = AvroEncoder::new(SrSettings::new(store.base.clone()))

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
 use logpipe_core::record::{error_header, header, FileId, RecordId};
+use logpipe_core::wire;
 use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
@@ -323,14 +324,11 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
     let mut seen = Vec::new();
     for m in stack.read(topic).await? {
         let value = m.payload().context("clean record without value")?;
-        if value.len() < 5 || value[0] != 0 {
-            bail!("clean record is not in wire format: {value:?}");
-        }
-        let id = u32::from_be_bytes(value[1..5].try_into().unwrap());
+        let (id, mut payload) =
+            wire::parse(value).with_context(|| format!("clean record {value:?}"))?;
         if let std::collections::hash_map::Entry::Vacant(entry) = schemas.entry(id) {
             entry.insert(stack.avro_schema(id).await?);
         }
-        let mut payload = &value[5..];
         let decoded = apache_avro::from_avro_datum(&schemas[&id], &mut payload, None)?;
         if !payload.is_empty() {
             bail!("trailing bytes after a clean record");
