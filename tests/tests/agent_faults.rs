@@ -156,7 +156,7 @@ async fn rotation_under_load_loses_nothing() -> anyhow::Result<()> {
 /// replays are bounded by what one checkpoint interval holds, and a replayed line always
 /// carries the id it had the first time (so downstream removes it).
 #[tokio::test]
-async fn kill9_repeatedly_loses_nothing_and_replays_keep_their_ids() -> anyhow::Result<()> {
+async fn kill9_repeatedly_loses_nothing_and_resends_keep_their_ids() -> anyhow::Result<()> {
     const RATE: f64 = 8_000.0;
     let (setup, mut agent, collector) = agent_over_subdirectories(1, "").await?;
     let writer = loadgen(

@@ -103,7 +103,7 @@ async fn processed(telemetry: std::net::SocketAddr) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result<()> {
+async fn exactly_once_through_three_kill9s_and_agent_resends() -> anyhow::Result<()> {
     let stack = Stack::start(&[]).await?;
     stack.register_game_schemas().await?;
     let (report, files) = generate(stack.dir.path(), "eo", 12_000, 4)?;
@@ -132,17 +132,17 @@ async fn exactly_once_through_three_kill9s_and_agent_replays() -> anyhow::Result
         .unwrap();
     assert_exactly_once(&stack, &report).await?;
 
-    // The agent replays the first 500 lines of every file (same lp.file / lp.offset): all are
+    // The agent resends the first 500 lines of every file (same lp.file / lp.offset): all are
     // dropped and counted, by a process that restored its state from the changelog.
-    let replayed = stack.produce(RAW, &files, 0..500).await?;
+    let resent = stack.produce(RAW, &files, 0..500).await?;
     wait_until(Duration::from_secs(60), || async {
-        metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await >= replayed as f64
+        metrics::total(telemetry, validator::RESENDS_DROPPED).await >= resent as f64
     })
     .await
     .unwrap();
     assert_eq!(
-        metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await,
-        replayed as f64
+        metrics::total(telemetry, validator::RESENDS_DROPPED).await,
+        resent as f64
     );
     assert_exactly_once(&stack, &report).await?;
     service::stop(&mut validator).await?;

@@ -102,7 +102,7 @@ pub struct Frame {
     pub hops: Vec<Hop>,
     /// (stage, reason) -> dead letters so far.
     pub dead_letters: BTreeMap<(String, String), u64>,
-    pub replays_dropped: u64,
+    pub resends_dropped: u64,
     pub store_rate: f64,
     pub store_total: u64,
     pub services: Vec<ServiceRow>,
@@ -126,7 +126,7 @@ const INVALID: &str = validator::RECORDS_INVALID;
 const VALIDATOR_LAG: &str = validator::CONSUMER_LAG_RECORDS;
 /// The validator exports its resend counter under the old name until the rename is released;
 /// the alias is exported beside the new name for one release, so it works before and after.
-const REPLAYS: &str = validator::REPLAYS_DROPPED_ALIAS;
+const RESENDS: &str = validator::RESENDS_DROPPED;
 
 impl Tracker {
     pub fn new(started: Instant) -> Tracker {
@@ -193,7 +193,7 @@ impl Tracker {
             dlq_total += counter.total;
             dead_letters.insert((stage, reason), counter.total.round() as u64);
         }
-        let replays = self.observe(REPLAYS, validator.sum(REPLAYS, &[]), dt);
+        let resends = self.observe(RESENDS, validator.sum(RESENDS, &[]), dt);
         // The summary's request count is its `_count` series.
         let store_requests = format!("{}_count", schema_store::HTTP_REQUEST);
         let requests = self.observe(&store_requests, store.sum(&store_requests, &[]), dt);
@@ -256,7 +256,7 @@ impl Tracker {
             elapsed: scrape.at.saturating_duration_since(self.started),
             hops,
             dead_letters,
-            replays_dropped: replays.total as u64,
+            resends_dropped: resends.total as u64,
             store_rate: requests.rate,
             store_total: requests.total as u64,
             services,
@@ -330,8 +330,8 @@ impl Frame {
         );
         let _ = write!(
             line,
-            " replays_dropped={} store_req_per_s={:.1}",
-            self.replays_dropped, self.store_rate
+            " resends_dropped={} store_req_per_s={:.1}",
+            self.resends_dropped, self.store_rate
         );
         let health: Vec<String> = self
             .services
@@ -372,8 +372,8 @@ impl Frame {
         }
         let _ = writeln!(
             s,
-            "agent replays dropped by the validator: {}",
-            self.replays_dropped
+            "agent resends dropped by the validator: {}",
+            self.resends_dropped
         );
         let _ = writeln!(
             s,
