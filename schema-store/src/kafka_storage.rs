@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use logpipe_core::kafka::{EndIsNotAnError, KafkaConfig, Role};
+use logpipe_core::kafka::{create_topics, EndIsNotAnError, KafkaConfig, Role};
 use logpipe_core::record::INTERNAL_PREFIX;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -265,12 +265,11 @@ async fn ensure_topic(storage: &KafkaStorage, reader: Arc<Reader>) -> anyhow::Re
                     storage.topic
                 )
             };
-            let results = admin.create_topics([&new], &AdminOptions::new().request_timeout(Some(Duration::from_secs(15))).operation_timeout(Some(Duration::from_secs(10)))).await.map_err(|e| cannot(e.to_string()))?;
-            for result in results {
-                match result {
-                    Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => return Err(cannot(code.to_string())),
-                }
+            let results = create_topics(&admin, &[new], Duration::from_secs(15))
+                .await
+                .map_err(|e| cannot(e.to_string()))?;
+            for (_, result) in results {
+                result.map_err(|code| cannot(code.to_string()))?;
             }
             Ok(())
         }
