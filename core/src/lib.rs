@@ -3,6 +3,7 @@
 //! - [`record`]: the record contract (headers, unique id, keys, topic names);
 //! - [`config`]: TOML loading with unknown keys rejected and `${ENV}` secrets;
 //! - [`kafka`]: the `[kafka]` table and librdkafka settings per client role;
+//! - [`http`]: a bound HTTP listener served until shutdown (telemetry and service APIs);
 //! - [`telemetry`]: `/metrics`, `/health`, `/ready`;
 //! - [`metric_names`]: every service's metric names, the contract its readers share;
 //! - [`logging`]: `tracing` output, human or JSON;
@@ -11,6 +12,7 @@
 //! - [`wire`]: the Confluent wire format of clean records.
 
 pub mod config;
+pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod metric_names;

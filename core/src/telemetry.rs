@@ -13,8 +13,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::http::HttpServer;
 
 /// The `[telemetry]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -150,34 +151,22 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// A bound telemetry server; `run` serves until `shutdown` is cancelled.
-pub struct TelemetryServer {
-    listener: TcpListener,
-    router: Router,
-}
+pub struct TelemetryServer(HttpServer);
 
 impl TelemetryServer {
     /// Binds the address now, so a port conflict fails start-up with a clear error.
     pub async fn bind(config: &TelemetryConfig, readiness: Readiness) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen for telemetry on {}: {e}", config.listen)
-        })?;
-        Ok(TelemetryServer {
-            listener,
-            router: router(readiness),
-        })
+        HttpServer::bind(config.listen, "telemetry", router(readiness))
+            .await
+            .map(TelemetryServer)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.0.local_addr()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
-        Ok(())
+        Ok(self.0.serve(shutdown).await?)
     }
 }
 

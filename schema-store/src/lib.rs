@@ -35,11 +35,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use logpipe_core::http::HttpServer;
 use logpipe_core::kafka::{KafkaConfig, Role as KafkaRole};
 use logpipe_core::service::{Context, Service, ServiceConfig};
 use logpipe_core::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
@@ -244,8 +244,7 @@ impl ServiceConfig for SchemaStoreConfig {
 
 /// A bound API server over an opened registry.
 pub struct Server {
-    listener: TcpListener,
-    router: axum::Router,
+    http: HttpServer,
     cluster: Option<Arc<Cluster>>,
 }
 
@@ -281,28 +280,19 @@ impl Server {
             auth: Arc::new(Auth::new(config.auth.clone())),
             forwarder,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        Ok(Server {
-            listener,
-            router: api::router(state, config.max_body_bytes),
-            cluster,
-        })
+        let router = api::router(state, config.max_body_bytes);
+        let http = HttpServer::bind(config.listen, "the API", router).await?;
+        Ok(Server { http, cluster })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.http.local_addr()
     }
 
     /// Serves until `shutdown`, then finishes in-flight requests and, with Kafka storage, leaves
     /// the election group so another instance takes over at once.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let served = self.http.serve(shutdown).await;
         if let Some(cluster) = self.cluster {
             tokio::task::spawn_blocking(move || cluster.shutdown()).await?;
         }
