@@ -306,19 +306,27 @@ impl Process {
     /// Waits up to `timeout` for the process to exit by itself (a command that ends), failing
     /// with its logs past that.
     pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        match self.exit_within(timeout).await {
+            Some(status) => Ok(status),
+            None => bail!(
+                "{} did not exit within {timeout:?}\n{}",
+                self.name,
+                self.logs()
+            ),
+        }
+    }
+
+    /// The exit status once the process has exited, `None` if it has not within `timeout`.
+    async fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_status() {
-                return Ok(status);
+                return Some(status);
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "{} did not exit within {timeout:?}\n{}",
-                    self.name,
-                    self.logs()
-                );
+                return None;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -379,21 +387,15 @@ impl Process {
             return Ok(status);
         }
         self.signal("-TERM")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_status() {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                self.child.kill()?;
-                bail!(
-                    "{} did not exit within {timeout:?} of SIGTERM\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(status) = self.exit_within(timeout).await {
+            return Ok(status);
         }
+        self.child.kill()?;
+        bail!(
+            "{} did not exit within {timeout:?} of SIGTERM\n{}",
+            self.name,
+            self.logs()
+        );
     }
 }
 

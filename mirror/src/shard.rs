@@ -485,12 +485,7 @@ impl<'a> Session<'a> {
             run.metrics.verified.increment(1);
             return Ok(());
         }
-        if !self.in_transaction {
-            self.producer
-                .begin_transaction()
-                .context("begin_transaction")?;
-            self.in_transaction = true;
-        }
+        begin_unless_open(&self.producer, &mut self.in_transaction)?;
         let size = copy.size() as u64;
         run.pending_records += 1;
         run.pending_bytes += size;
@@ -528,12 +523,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let started = Instant::now();
-        if !self.in_transaction {
-            self.producer
-                .begin_transaction()
-                .context("begin_transaction")?;
-            self.in_transaction = true;
-        }
+        begin_unless_open(&self.producer, &mut self.in_transaction)?;
         self.await_acknowledgements()
             .context("flushing records before the commit")?;
         let context = self.producer.context();
@@ -641,4 +631,17 @@ impl<'a> Session<'a> {
             }
         }
     }
+}
+
+/// Begins a transaction unless one is open. Takes the session's fields, not the session, so
+/// that a caller can hold a partition run borrowed from it meanwhile.
+fn begin_unless_open(
+    producer: &BaseProducer<Deliveries>,
+    in_transaction: &mut bool,
+) -> anyhow::Result<()> {
+    if !*in_transaction {
+        producer.begin_transaction().context("begin_transaction")?;
+        *in_transaction = true;
+    }
+    Ok(())
 }
