@@ -470,7 +470,7 @@ impl ServiceConfigs<'_> {
                 toml_str(&exact_regex(self.raw)),
             ),
             Component::Validator => format!(
-                "schema_store = {}\ngroup_id = {}\ntransactional_id = {}\nreplay_state_topic = {}\n\
+                "schema_store = {}\ngroup_id = {}\ntransactional_id = {}\nresend_state_topic = {}\n\
                  topic_refresh_ms = 1000\n\
                  [kafka]\nbootstrap = {}\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
                  {telemetry}\

@@ -79,7 +79,7 @@ fn partitions(stack: &Stack, topic: &str) -> anyhow::Result<usize> {
 /// `raw.<stream>`, writes 200 records there, waits until clean + DLQ hold them all, stops it
 /// and returns its stderr.
 async fn validate_all(stack: &Stack, name: &str, stream: &str) -> anyhow::Result<String> {
-    let settings = format!("replay_state_topic = \"_lp.validator.{name}.replay-state\"");
+    let settings = format!("resend_state_topic = \"_lp.validator.{name}.replay-state\"");
     let (config, telemetry) = stack.validator_config(name, &settings, &route(stream))?;
     let mut validator = stack.validator(&config, telemetry).await?;
     let lines = loot(name, 200);
