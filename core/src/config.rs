@@ -92,7 +92,7 @@ where
 /// Replaces `${VAR}` with the variable's value and `${VAR:-default}` with the value or the
 /// default; `$$` is a literal `$`. An unset variable without a default is an error, so a missing
 /// secret fails at start-up instead of becoming an empty password.
-pub fn substitute<F>(text: &str, lookup: &F) -> Result<String, String>
+pub(crate) fn substitute<F>(text: &str, lookup: &F) -> Result<String, String>
 where
     F: Fn(&str) -> Option<String>,
 {

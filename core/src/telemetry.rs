@@ -151,21 +151,24 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// A bound telemetry server; `run` serves until `shutdown` is cancelled.
-pub struct TelemetryServer(HttpServer);
+pub(crate) struct TelemetryServer(HttpServer);
 
 impl TelemetryServer {
     /// Binds the address now, so a port conflict fails start-up with a clear error.
-    pub async fn bind(config: &TelemetryConfig, readiness: Readiness) -> anyhow::Result<Self> {
+    pub(crate) async fn bind(
+        config: &TelemetryConfig,
+        readiness: Readiness,
+    ) -> anyhow::Result<Self> {
         HttpServer::bind(config.listen, "telemetry", router(readiness))
             .await
             .map(TelemetryServer)
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.0.local_addr()
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         Ok(self.0.serve(shutdown).await?)
     }
 }
