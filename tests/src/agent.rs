@@ -21,6 +21,9 @@ use crate::topic;
 pub const TOPIC: &str = "raw.game";
 pub const PARTITIONS: i32 = 4;
 
+/// The uid and gid the agent runs as when the tests run as root.
+const NOBODY: u32 = 65534;
+
 /// A log directory, a state directory and a config for one agent.
 pub struct Setup {
     pub dir: TempDir,
@@ -71,16 +74,36 @@ impl Setup {
     /// Starts the agent and waits until it is ready. When the tests run as root, the agent
     /// runs as `nobody`, so that file permissions apply to it as they would in production.
     pub async fn start(&self) -> anyhow::Result<Process> {
-        let mut command = Command::new(bin_path("logpipe-agent")?);
+        let mut command = if is_root() {
+            let mut command = Command::new(self.binary_for_nobody()?);
+            command.uid(NOBODY).gid(NOBODY);
+            command
+        } else {
+            Command::new(bin_path("logpipe-agent")?)
+        };
         command.args(["run", "--config", self.config.to_str().unwrap()]);
-        if is_root() {
-            command.uid(65534).gid(65534);
-        }
         let mut agent = Process::spawn("logpipe-agent", command)?;
         agent
             .wait_ready(self.telemetry, Duration::from_secs(60))
             .await?;
         Ok(agent)
+    }
+
+    /// The agent binary at a path `nobody` can execute: the build directory may sit where only
+    /// root can enter (CI keeps cargo's target directory in root's home), so the agent runs from
+    /// this setup's directory, which is open to it anyway. A hard link, not a copy, where the
+    /// file system allows: writing an executable while other tests fork can make its exec fail
+    /// with "text file busy".
+    fn binary_for_nobody(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("logpipe-agent");
+        if !path.is_file() {
+            let built = bin_path("logpipe-agent")?;
+            if std::fs::hard_link(&built, &path).is_err() {
+                std::fs::copy(&built, &path)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        Ok(path)
     }
 
     pub fn log(&self, name: &str) -> PathBuf {
