@@ -144,6 +144,11 @@ async fn exactly_once_through_three_kill9s_and_agent_resends() -> anyhow::Result
         metrics::total(telemetry, validator::RESENDS_DROPPED).await,
         resent as f64
     );
+    // The old name is still exported for one release, with the same count.
+    assert_eq!(
+        metrics::total(telemetry, validator::REPLAYS_DROPPED_ALIAS).await,
+        resent as f64
+    );
     assert_exactly_once(&stack, &report).await?;
     service::stop(&mut validator).await?;
     Ok(())
