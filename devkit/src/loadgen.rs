@@ -6,7 +6,7 @@
 //! schemas in `devkit/schemas/` (subject `game.<event>`), except the invalid ones, whose kind,
 //! expected error stage and JSON Pointer the report lists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -131,6 +131,11 @@ pub struct LoadgenArgs {
     /// Rotated files to keep per log (older are deleted); 0 keeps all.
     #[arg(long, default_value_t = 0)]
     pub keep: u32,
+    /// Active players: most events (90%) come from this many ids, a few of them far more often
+    /// than the rest, so that a player logs in, levels up and wins again and again; the other
+    /// events come from casual players spread over all 200,000 ids.
+    #[arg(long, default_value_t = 1000)]
+    pub players: u32,
     /// Random seed; the same seed and options write the same lines.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -159,6 +164,7 @@ impl LoadgenArgs {
             rotate: Rotation::None,
             rotate_bytes: 5_000_000,
             keep: 0,
+            players: 1000,
             seed: 1,
             run_id: None,
             report: None,
@@ -174,6 +180,7 @@ impl LoadgenArgs {
         );
         anyhow::ensure!(self.rate >= 0.0, "--rate must not be negative");
         anyhow::ensure!(self.rotate_bytes > 0, "--rotate-bytes must be positive");
+        anyhow::ensure!(self.players >= 1, "--players must be at least 1");
         anyhow::ensure!(
             self.lines > 0 || self.duration.is_some() || self.rate > 0.0,
             "--lines 0 needs --duration or --rate (or a stop signal)"
@@ -382,6 +389,7 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
         .clone()
         .unwrap_or_else(|| format!("r{}", args.seed));
     let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut players = Players::new(args.players);
     let mut files = (0..args.files)
         .map(|i| LogFile::open(args.dir.join(format!("game-{i}.log"))))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -413,7 +421,15 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
             (rng.random::<f64>() < args.invalid).then(|| InvalidKind::ALL[rng.random_range(0..3)]);
         line.clear();
         let target = args.line_size.pick(&mut rng);
-        render(&mut line, &mut rng, &id, event, target, invalid);
+        render(
+            &mut line,
+            &mut rng,
+            &mut players,
+            &id,
+            event,
+            target,
+            invalid,
+        );
         let file = &mut files[rng.random_range(0..args.files)];
         file.write_line(&line)?;
         if args.rotate != Rotation::None && file.size >= args.rotate_bytes {
@@ -466,6 +482,51 @@ fn pace(files: &mut [LogFile], started: Instant, written: u64, rate: f64) -> any
     Ok(())
 }
 
+/// Player ids are `p-000000` to `p-199999` (or up to `--players` when that is more).
+const PLAYER_IDS: u32 = 200_000;
+/// The share of events the active players make; the rest come from casual players.
+const ACTIVE_SHARE: f64 = 0.9;
+/// Levels go up to this one; a player's next level up starts a new character at level 2.
+const MAX_LEVEL: i32 = 99;
+
+/// Who does things. Most events come from the `active` players `p-000000..`, skewed so that the
+/// first ids are the busiest (an id's share falls as the inverse square root of its rank), the
+/// rest from casual players anywhere in the id range. Each player's level goes up by one at each
+/// `level_up`, from 1, so that every player who levels up twice reaches level 3.
+struct Players {
+    active: u32,
+    levels: HashMap<u32, i32>,
+}
+
+impl Players {
+    fn new(active: u32) -> Players {
+        Players {
+            active,
+            levels: HashMap::new(),
+        }
+    }
+
+    fn pick(&self, rng: &mut StdRng) -> u32 {
+        if rng.random_bool(ACTIVE_SHARE) {
+            let u: f64 = rng.random();
+            ((u * u * f64::from(self.active)) as u32).min(self.active - 1)
+        } else {
+            rng.random_range(0..PLAYER_IDS.max(self.active))
+        }
+    }
+
+    /// The level `player` reaches with this `level_up`.
+    fn level_up(&mut self, player: u32) -> i32 {
+        let level = self.levels.entry(player).or_insert(1);
+        *level = if *level >= MAX_LEVEL { 2 } else { *level + 1 };
+        *level
+    }
+}
+
+fn player_id(player: u32) -> String {
+    format!("p-{player:06}")
+}
+
 const PLATFORMS: [&str; 6] = ["pc", "ps5", "xbox", "switch", "ios", "android"];
 const CURRENCIES: [&str; 6] = ["USD", "EUR", "GBP", "JPY", "KRW", "BRL"];
 const REWARDS: [&str; 4] = ["gold", "gem", "item", "xp"];
@@ -475,6 +536,7 @@ const COUNTRIES: [&str; 8] = ["KR", "JP", "US", "DE", "FR", "BR", "GB", "TW"];
 fn render(
     out: &mut Vec<u8>,
     rng: &mut StdRng,
+    players: &mut Players,
     id: &str,
     event: &str,
     target: usize,
@@ -486,10 +548,8 @@ fn render(
         "event_time".into(),
         json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
     );
-    fields.insert(
-        "player_id".into(),
-        json!(format!("p-{:06}", rng.random_range(0..200_000))),
-    );
+    let player = players.pick(rng);
+    fields.insert("player_id".into(), json!(player_id(player)));
     fields.insert(
         "game_id".into(),
         json!(format!("g-{:03}", rng.random_range(0..50))),
@@ -528,7 +588,7 @@ fn render(
             );
         }
         "level_up" => {
-            let level: i32 = rng.random_range(2..100);
+            let level = players.level_up(player);
             fields.insert("level".into(), json!(level));
             fields.insert("previous_level".into(), json!(level - 1));
             fields.insert("xp".into(), json!(rng.random_range(0..10_000_000i64)));
@@ -561,10 +621,7 @@ fn render(
                 &hex[20..32]
             );
             fields.insert("match_id".into(), json!(uuid));
-            fields.insert(
-                "opponent_id".into(),
-                json!(format!("p-{:06}", rng.random_range(0..200_000))),
-            );
+            fields.insert("opponent_id".into(), json!(player_id(players.pick(rng))));
             fields.insert("rating_delta".into(), json!(rng.random_range(1..40)));
             fields.insert(
                 "duration_ms".into(),
@@ -801,6 +858,77 @@ mod tests {
     }
 
     #[test]
+    fn a_few_active_players_do_most_things_again_and_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = LoadgenArgs::new(dir.path());
+        args.files = 1;
+        args.lines = 5000;
+        args.players = 50;
+        let report = run(&args, &AtomicBool::new(false)).unwrap();
+        assert_eq!(report.valid, 5000);
+        let mut events: Vec<Map<String, Value>> = read_lines(dir.path())
+            .iter()
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let seq = |e: &Map<String, Value>| -> u64 {
+            let id = e["event_id"].as_str().unwrap();
+            id.rsplit_once('-').unwrap().1.parse().unwrap()
+        };
+        events.sort_by_key(seq);
+        let mut per_player: HashMap<&str, BTreeMap<&str, u64>> = HashMap::new();
+        let mut levels: HashMap<&str, i64> = HashMap::new();
+        for e in &events {
+            let player = e["player_id"].as_str().unwrap();
+            let event = e["event"].as_str().unwrap();
+            *per_player
+                .entry(player)
+                .or_default()
+                .entry(event)
+                .or_default() += 1;
+            if event == "level_up" {
+                // One level at a time, from 1, per player (a new character after the last).
+                let level = e["level"].as_i64().unwrap();
+                let before = levels.insert(player, level).unwrap_or(1);
+                assert_eq!(e["previous_level"].as_i64().unwrap(), level - 1);
+                let expected = if before == i64::from(MAX_LEVEL) {
+                    2
+                } else {
+                    before + 1
+                };
+                assert_eq!(level, expected, "{player} went from {before} to {level}");
+            }
+        }
+        let active = |p: &str| p["p-".len()..].parse::<u32>().unwrap() < 50;
+        let from_active: u64 = per_player
+            .iter()
+            .filter(|(p, _)| active(p))
+            .flat_map(|(_, counts)| counts.values())
+            .sum();
+        assert!(
+            (4300..4700).contains(&from_active),
+            "about 90% of 5000 from the active players, got {from_active}"
+        );
+        let pvp_fives = per_player
+            .values()
+            .filter(|counts| counts.get("pvp_win").copied().unwrap_or(0) >= 5)
+            .count();
+        assert!(pvp_fives >= 20, "players with 5 PVP wins: {pvp_fives}");
+        let level_3 = levels.values().filter(|l| **l >= 3).count();
+        assert!(level_3 >= 20, "players who reached level 3: {level_3}");
+        // Skewed: the busiest active player does far more than the quietest.
+        let busiest = per_player["p-000000"].values().sum::<u64>();
+        let quietest = (0..50)
+            .map(|p| {
+                per_player
+                    .get(player_id(p).as_str())
+                    .map_or(0, |c| c.values().sum())
+            })
+            .min()
+            .unwrap();
+        assert!(busiest > 4 * quietest.max(1), "{busiest} vs {quietest}");
+    }
+
+    #[test]
     fn bad_options_are_rejected() {
         let mut args = LoadgenArgs::new("/nonexistent-dir-for-test");
         args.invalid = 1.5;
@@ -808,6 +936,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--invalid"));
+        args.invalid = 0.0;
+        args.players = 0;
+        assert!(run(&args, &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string()
+            .contains("--players"));
         assert!("0".parse::<SizeMix>().is_err());
         assert!("200:x".parse::<SizeMix>().is_err());
     }

@@ -74,6 +74,10 @@ pub struct UpArgs {
     /// How long to wait, after the generator stops, for every line to come out.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
     pub drain_timeout: Duration,
+    /// Active players in the generated logs: most events come from this many players, some far
+    /// busier than others, so that rules counting a player's events match.
+    #[arg(long, default_value_t = 300)]
+    pub players: u32,
     /// Random seed of the generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -179,6 +183,7 @@ fn check(args: &UpArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!((1..=16).contains(&args.brokers), "--brokers must be 1..=16");
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
+    anyhow::ensure!(args.players >= 1, "--players must be at least 1");
     Ok(())
 }
 
@@ -230,6 +235,7 @@ async fn session(
     generator.invalid = args.invalid;
     generator.rotate = args.rotate;
     generator.rotate_bytes = args.rotate_bytes;
+    generator.players = args.players;
     generator.seed = args.seed;
     let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
