@@ -390,9 +390,7 @@ pub async fn wait_drained(
 struct Reader {
     topics: Vec<(Place, TopicReader)>,
     tally: Tally,
-    schemas: HashMap<u32, WriterSchema>,
-    store: SchemaFetcher,
-    runtime: tokio::runtime::Handle,
+    decoder: CleanDecoder,
 }
 
 impl Reader {
@@ -403,9 +401,8 @@ impl Reader {
         dlq: &[String],
         written: &[Report],
     ) -> anyhow::Result<Reader> {
-        let store = SchemaFetcher::new(store_url)?;
+        let decoder = CleanDecoder::new(store_url)?;
         let tally = Tally::new(written);
-        let runtime = tokio::runtime::Handle::current();
         let bootstrap = bootstrap.to_owned();
         let wanted: Vec<(Place, String)> = clean
             .iter()
@@ -424,9 +421,7 @@ impl Reader {
         Ok(Reader {
             topics,
             tally,
-            schemas: HashMap::new(),
-            store,
-            runtime,
+            decoder,
         })
     }
 
@@ -445,20 +440,18 @@ impl Reader {
         let Reader {
             topics,
             tally,
-            schemas,
-            store,
-            runtime,
+            decoder,
         } = self;
         for (place, reader) in topics {
             reader.read_new(READ_TIMEOUT, |message| {
                 let payload = message.payload().unwrap_or_default();
                 let (id, changed_schema) = match place {
                     Place::Clean => {
-                        let (id, writer) = clean_event_id(payload, schemas, |id| {
-                            runtime.block_on(store.fetch(id)).map(WriterSchema::new)
-                        })
-                        .with_context(|| at(message))?;
-                        (Some(id), !writer.generator)
+                        let (id, generator) = decoder
+                            .decode(payload)
+                            .and_then(event_id_field)
+                            .with_context(|| at(message))?;
+                        (Some(id), !generator)
                     }
                     Place::DeadLetter => (loadgen::event_id(payload).map(str::to_owned), false),
                 };
@@ -500,7 +493,7 @@ fn at(message: &BorrowedMessage<'_>) -> String {
 
 /// A writer schema, and whether it is one of the generator's own (any other was registered by
 /// someone else, typically a fixed version).
-struct WriterSchema {
+pub(crate) struct WriterSchema {
     schema: apache_avro::Schema,
     generator: bool,
 }
@@ -559,13 +552,47 @@ impl SchemaFetcher {
     }
 }
 
-/// The `event_id` of a clean record and its writer schema: Confluent wire format, then an Avro datum decoded with the writer schema of that id (`fetch` is asked
-/// once per id).
-fn clean_event_id<'s>(
+/// Decodes clean records as any Confluent consumer would: the wire format, then the Avro datum
+/// with the writer schema of its id, fetched from the store once per id. Blocking: use it on a
+/// blocking thread of the runtime it was made on (the lookups run there).
+pub(crate) struct CleanDecoder {
+    schemas: HashMap<u32, WriterSchema>,
+    store: SchemaFetcher,
+    runtime: tokio::runtime::Handle,
+}
+
+impl CleanDecoder {
+    /// Call within a Tokio runtime.
+    pub(crate) fn new(store_url: &str) -> anyhow::Result<CleanDecoder> {
+        Ok(CleanDecoder {
+            schemas: HashMap::new(),
+            store: SchemaFetcher::new(store_url)?,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The record's fields (see [`clean_fields`]), and whether its writer schema is one of the
+    /// generator's own.
+    pub(crate) fn decode(&mut self, value: &[u8]) -> anyhow::Result<(Vec<(String, Value)>, bool)> {
+        let CleanDecoder {
+            schemas,
+            store,
+            runtime,
+        } = self;
+        let (fields, writer) = clean_fields(value, schemas, &mut |id| {
+            runtime.block_on(store.fetch(id)).map(WriterSchema::new)
+        })?;
+        Ok((fields, writer.generator))
+    }
+}
+
+/// The fields of a clean record and its writer schema: Confluent wire format, then an Avro
+/// record decoded with the writer schema of that id (`fetch` is asked once per id).
+pub(crate) fn clean_fields<'s>(
     value: &[u8],
     schemas: &'s mut HashMap<u32, WriterSchema>,
-    fetch: impl FnOnce(u32) -> anyhow::Result<WriterSchema>,
-) -> anyhow::Result<(String, &'s WriterSchema)> {
+    fetch: &mut dyn FnMut(u32) -> anyhow::Result<WriterSchema>,
+) -> anyhow::Result<(Vec<(String, Value)>, &'s WriterSchema)> {
     let (schema_id, mut datum) =
         logpipe_core::wire::parse(value).context("clean record is not in the wire format")?;
     let writer = match schemas.entry(schema_id) {
@@ -583,8 +610,13 @@ fn clean_event_id<'s>(
     let Value::Record(fields) = decoded else {
         bail!("schema {schema_id} is not a record")
     };
+    Ok((fields, writer))
+}
+
+/// The `event_id` of a decoded clean record, passing the rest through.
+fn event_id_field<T>((fields, rest): (Vec<(String, Value)>, T)) -> anyhow::Result<(String, T)> {
     match fields.into_iter().find(|(name, _)| name == "event_id") {
-        Some((_, Value::String(id))) => Ok((id, writer)),
+        Some((_, Value::String(id))) => Ok((id, rest)),
         other => bail!("clean record without a string event_id: {other:?}"),
     }
 }
@@ -865,6 +897,14 @@ mod tests {
         assert!(!WriterSchema::new(fixed).generator);
     }
 
+    fn clean_event_id<'s>(
+        value: &[u8],
+        schemas: &'s mut HashMap<u32, WriterSchema>,
+        fetch: &mut dyn FnMut(u32) -> anyhow::Result<WriterSchema>,
+    ) -> anyhow::Result<(String, &'s WriterSchema)> {
+        clean_fields(value, schemas, fetch).and_then(event_id_field)
+    }
+
     #[test]
     fn clean_values_are_decoded_with_the_writer_schema() {
         let schema = apache_avro::Schema::parse_str(
@@ -879,7 +919,7 @@ mod tests {
             logpipe_core::wire::encode(42, &apache_avro::to_avro_datum(&schema, record).unwrap());
         let mut cache = HashMap::new();
         let mut asked = Vec::new();
-        let (id, writer) = clean_event_id(&value, &mut cache, |id| {
+        let (id, writer) = clean_event_id(&value, &mut cache, &mut |id| {
             asked.push(id);
             Ok(WriterSchema::new(schema.clone()))
         })
@@ -888,15 +928,17 @@ mod tests {
         assert!(!writer.generator);
         // Cached: a second record does not ask the store again.
         assert_eq!(
-            clean_event_id(&value, &mut cache, |_| bail!("asked twice"))
+            clean_event_id(&value, &mut cache, &mut |_| bail!("asked twice"))
                 .unwrap()
                 .0,
             "r-9"
         );
         assert_eq!(asked, [42]);
-        assert!(clean_event_id(b"{\"event_id\":\"r-1\"}", &mut cache, |_| bail!("no")).is_err());
+        assert!(
+            clean_event_id(b"{\"event_id\":\"r-1\"}", &mut cache, &mut |_| bail!("no")).is_err()
+        );
         let mut trailing = value.clone();
         trailing.push(0);
-        assert!(clean_event_id(&trailing, &mut cache, |_| bail!("no")).is_err());
+        assert!(clean_event_id(&trailing, &mut cache, &mut |_| bail!("no")).is_err());
     }
 }
