@@ -6,9 +6,12 @@
 //! - [`harness`]: what tests use to start clusters and services and read topics back;
 //! - [`benchreport`]: the machine-readable rows every benchmark emits for `bench/run`;
 //! - [`measure`]: what the benchmarks measure with (rates, CPU and memory from `/proc`, sizing);
-//! - [`prometheus`]: reading a service's `/metrics` page.
+//! - [`prometheus`]: reading a service's `/metrics` page;
+//! - [`reconcile`]: every line written found once in its clean or dead-letter topic;
+//! - [`cep_oracle`]: the matches a CEP worker should have made, worked out independently.
 
 pub mod benchreport;
+pub mod cep_oracle;
 pub mod cluster;
 pub mod harness;
 pub mod loadgen;
