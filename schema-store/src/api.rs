@@ -14,11 +14,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
+use logpipe_core::auth::{Auth, Denied, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::{Auth, Denied, Role};
 use crate::compat::Level;
 use crate::error::Error;
 use crate::forward::Forwarder;
