@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn events_hit_the_steps_they_satisfy() {
         let set = set();
-        let table: [(&str, Value, i64, Vec<(&str, u32)>); 8] = [
+        type Case<'a> = (&'a str, Value, i64, Vec<(&'a str, u32)>);
+        let table: [Case; 8] = [
             (
                 "clean.game",
                 json!({"event": "pvp_win"}),

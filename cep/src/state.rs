@@ -72,10 +72,6 @@ impl KeyedState {
             });
     }
 
-    pub(crate) fn owns(&self, owned: &Owned) -> bool {
-        self.partitions.contains_key(owned)
-    }
-
     /// Forgets a partition's state (revoked: its next owner restores it from the changelog).
     /// Revocations happen between batches, when the only pending changes are tombstones of
     /// inactive rule versions, which are right whoever writes them.
@@ -179,6 +175,10 @@ impl KeyedState {
                 counters.remove(&rule_key);
             }
         }
+    }
+
+    pub(crate) fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
     }
 
     /// The open batch's changelog writes, emptied.

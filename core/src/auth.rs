@@ -84,6 +84,34 @@ pub enum Denied {
     Forbidden { user: String, needed: Role },
 }
 
+impl Denied {
+    /// 401 (the caller should authenticate, with a `WWW-Authenticate` challenge) or 403.
+    pub fn status(&self) -> axum::http::StatusCode {
+        match self {
+            Denied::Unauthorized => axum::http::StatusCode::UNAUTHORIZED,
+            Denied::Forbidden { .. } => axum::http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// What the refusal tells the caller.
+    pub fn message(&self) -> String {
+        match self {
+            Denied::Unauthorized => {
+                "Unauthorized: valid HTTP basic credentials are required".to_owned()
+            }
+            Denied::Forbidden { user, needed } => {
+                format!("User '{user}' is not allowed to do this: it needs the {needed:?} role")
+                    .to_lowercase()
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` header value of a 401 from the service `realm`.
+    pub fn challenge(realm: &str) -> String {
+        format!("Basic realm=\"{realm}\"")
+    }
+}
+
 const CACHE_LIMIT: usize = 1024;
 
 /// The authorizer built from config.
