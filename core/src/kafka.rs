@@ -8,9 +8,11 @@
 //! incident.
 
 mod read_to_end;
+mod rebalance;
 mod topics;
 
 pub use read_to_end::{end_reader, partition_count, read_to_end, EndReader};
+pub use rebalance::{GroupEvent, Partition, RebalanceLog};
 pub use topics::create_topics;
 
 use std::collections::BTreeMap;

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics as names;
 use crate::reason::Reason;
 use crate::resend_filter::{PartitionKey, ResendFilter};
-use crate::schema_store_client::LookupError;
+use crate::schema_cache::LookupError;
 use crate::topics::{Needed, TopicMaker};
 use crate::verdict::{Checker, DeadLetter, Verdict};
 
