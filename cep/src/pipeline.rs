@@ -225,10 +225,14 @@ impl Worker {
 
     /// Creates the topics that are missing: (name, compacted).
     async fn ensure_topics(&mut self, topics: &[(String, bool)]) -> anyhow::Result<()> {
-        let missing: Vec<&(String, bool)> = topics
+        let mut missing: Vec<&(String, bool)> = topics
             .iter()
             .filter(|(t, _)| !self.existing.contains(t))
             .collect();
+        // Rules share output topics (`cep.matches` by default): ask for each topic once, since
+        // a request naming a topic twice is refused as a whole.
+        missing.sort_by(|a, b| a.0.cmp(&b.0));
+        missing.dedup_by(|a, b| a.0 == b.0);
         if missing.is_empty() {
             return Ok(());
         }
