@@ -702,6 +702,11 @@ impl MatchReader {
         })
     }
 
+    /// The matches read so far.
+    pub fn found(&self) -> &[FoundMatch] {
+        &self.found
+    }
+
     /// Blocking: reads what was committed since the last read; returns the matches so far.
     pub fn read_new(&mut self) -> anyhow::Result<&[FoundMatch]> {
         let MatchReader { reader, found } = self;

@@ -1,6 +1,7 @@
 //! The whole pipeline on one machine: a write and a read dev cluster, the schema store with the
-//! game schemas, the mirror, the validator and an agent tailing a log directory, each service a
-//! real process with its own config and log file under one state directory.
+//! game schemas, the mirror, the validator and an agent tailing a log directory, and optionally a
+//! CEP worker over the clean topics, each service a real process with its own config and log file
+//! under one state directory.
 //!
 //! This is what `logpipe-dev up`, the end-to-end fault suite and the end-to-end benchmark share,
 //! so that all three exercise the same wiring. Services can be killed, terminated and restarted
@@ -28,6 +29,8 @@ const STREAM: &str = "game";
 const MIRROR_NAME: &str = "pipeline";
 /// The validator's consumer group (its replay-state topic derives from it).
 const VALIDATOR_GROUP: &str = "logpipe-validator";
+/// The CEP worker's consumer group (its internal topics and transactional id derive from it).
+pub const CEP_GROUP: &str = "logpipe-cep";
 /// How long a service may take to answer `/ready` after a start.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -44,6 +47,9 @@ pub struct PipelineOptions {
     /// Bytes kept per partition on both dev clusters; large, so that nothing a run writes is
     /// deleted before it is reconciled.
     pub retention_bytes: u64,
+    /// Also run a CEP worker (`logpipe-cep`, group [`CEP_GROUP`]) over the clean topics, with
+    /// the rule documents of this file (a YAML list).
+    pub cep_rules: Option<PathBuf>,
 }
 
 impl Default for PipelineOptions {
@@ -53,6 +59,7 @@ impl Default for PipelineOptions {
             brokers: 3,
             partitions: 4,
             retention_bytes: 1 << 30,
+            cep_rules: None,
         }
     }
 }
@@ -64,10 +71,12 @@ pub enum Component {
     Mirror,
     Validator,
     SchemaStore,
+    /// Only with [`PipelineOptions::cep_rules`].
+    Cep,
 }
 
 impl Component {
-    /// In pipeline order (the order `stop` terminates them in).
+    /// The services every pipeline runs, in pipeline order (the order `stop` terminates them in).
     pub const ALL: [Component; 4] = [
         Component::Agent,
         Component::Mirror,
@@ -75,13 +84,24 @@ impl Component {
         Component::SchemaStore,
     ];
 
-    /// Short name: `agent`, `mirror`, `validator`, `schema-store` (also its config and log file names).
+    /// Every service a pipeline may run, in pipeline order (see [`Pipeline::components`]).
+    pub const EVERY: [Component; 5] = [
+        Component::Agent,
+        Component::Mirror,
+        Component::Validator,
+        Component::Cep,
+        Component::SchemaStore,
+    ];
+
+    /// Short name: `agent`, `mirror`, `validator`, `schema-store`, `cep` (also its config and log
+    /// file names).
     pub fn name(self) -> &'static str {
         match self {
             Component::Agent => "agent",
             Component::Mirror => "mirror",
             Component::Validator => "validator",
             Component::SchemaStore => "schema-store",
+            Component::Cep => "cep",
         }
     }
 
@@ -92,11 +112,8 @@ impl Component {
             Component::Mirror => "logpipe-mirror",
             Component::Validator => "logpipe-validator",
             Component::SchemaStore => "logpipe-schema-store",
+            Component::Cep => "logpipe-cep",
         }
-    }
-
-    fn index(self) -> usize {
-        self as usize
     }
 }
 
@@ -220,6 +237,13 @@ impl Pipeline {
             DevCluster::start_retaining("read", options.brokers, &read_topics, retention).await?;
 
         let store_api = free_addr();
+        let cep_rules = match &options.cep_rules {
+            Some(path) => Some(
+                std::fs::canonicalize(path)
+                    .with_context(|| format!("the CEP rules file {}", path.display()))?,
+            ),
+            None => None,
+        };
         let configs = ServiceConfigs {
             state: &state,
             write: write.bootstrap(),
@@ -227,9 +251,14 @@ impl Pipeline {
             store_api,
             raw: &raw,
             replay_state: &replay_state,
+            cep_rules: cep_rules.as_deref(),
+            partitions: n,
         };
         let mut services = Vec::new();
-        for component in Component::ALL {
+        for component in Component::EVERY {
+            if component == Component::Cep && cep_rules.is_none() {
+                continue;
+            }
             let telemetry = free_addr();
             let config = state.join(format!("{}.toml", component.name()));
             std::fs::write(&config, configs.render(component, telemetry))
@@ -260,14 +289,45 @@ impl Pipeline {
         };
         pipeline.service(Component::SchemaStore).start().await?;
         pipeline.register_schemas().await?;
-        for component in [Component::Validator, Component::Mirror, Component::Agent] {
-            pipeline.service(component).start().await?;
+        // The CEP worker before the agent: its rules then count every line the agent reads.
+        for component in [
+            Component::Validator,
+            Component::Cep,
+            Component::Mirror,
+            Component::Agent,
+        ] {
+            if pipeline.has(component) {
+                pipeline.service(component).start().await?;
+            }
         }
         Ok(pipeline)
     }
 
+    /// Whether this pipeline runs `c` (every one but the CEP worker, which is optional).
+    pub fn has(&self, c: Component) -> bool {
+        self.services.iter().any(|s| s.component == c)
+    }
+
+    /// The services this pipeline runs, in pipeline order.
+    pub fn components(&self) -> Vec<Component> {
+        Component::EVERY
+            .into_iter()
+            .filter(|&c| self.has(c))
+            .collect()
+    }
+
+    fn get(&self, c: Component) -> &Service {
+        self.services
+            .iter()
+            .find(|s| s.component == c)
+            .unwrap_or_else(|| panic!("this pipeline does not run {c}"))
+    }
+
     fn service(&mut self, c: Component) -> &mut Service {
-        &mut self.services[c.index()]
+        self.services
+            .iter_mut()
+            .find(|s| s.component == c)
+            .unwrap_or_else(|| panic!("this pipeline does not run {c}"))
     }
 
     /// Registers the load generator's Avro schemas (idempotent: the same schema gets its id back).
@@ -306,12 +366,12 @@ impl Pipeline {
 
     /// A service's output file (every run appended, with a marker line per start).
     pub fn log_file(&self, c: Component) -> PathBuf {
-        self.services[c.index()].log.clone()
+        self.get(c).log.clone()
     }
 
     /// A service's config file.
     pub fn config_file(&self, c: Component) -> PathBuf {
-        self.services[c.index()].config.clone()
+        self.get(c).config.clone()
     }
 
     pub fn write_cluster(&self) -> &DevCluster {
@@ -324,7 +384,7 @@ impl Pipeline {
 
     /// A service's telemetry address (`/metrics`, `/health`, `/ready`).
     pub fn telemetry(&self, c: Component) -> SocketAddr {
-        self.services[c.index()].telemetry
+        self.get(c).telemetry
     }
 
     /// The schema store's API (Confluent Schema Registry REST).
@@ -346,7 +406,7 @@ impl Pipeline {
 
     /// How many times a service has been started (1 after [`Pipeline::start`]).
     pub fn starts(&self, c: Component) -> u32 {
-        self.services[c.index()].starts
+        self.get(c).starts
     }
 
     /// Whether the service's process is alive.
@@ -387,7 +447,7 @@ impl Pipeline {
 
     /// The last output of a service's log file, for error messages.
     pub fn logs(&self, c: Component) -> String {
-        self.services[c.index()]
+        self.get(c)
             .process
             .as_ref()
             .map(Process::logs)
@@ -408,11 +468,11 @@ impl Pipeline {
     }
 
     /// Stops everything gracefully: SIGTERM to the services in pipeline order (agent, mirror,
-    /// validator, store, each waited for up to `timeout`), then the clusters. Every process is
-    /// stopped even when one fails; the first failure is returned.
+    /// validator, CEP worker, store, each waited for up to `timeout`), then the clusters. Every
+    /// process is stopped even when one fails; the first failure is returned.
     pub async fn stop(mut self, timeout: Duration) -> anyhow::Result<()> {
         let mut first_error = None;
-        for c in Component::ALL {
+        for c in self.components() {
             if self.is_running(c) {
                 if let Err(e) = self.terminate(c, timeout).await {
                     first_error.get_or_insert(e);
@@ -443,6 +503,8 @@ struct ServiceConfigs<'a> {
     store_api: SocketAddr,
     raw: &'a str,
     replay_state: &'a str,
+    cep_rules: Option<&'a Path>,
+    partitions: i32,
 }
 
 impl ServiceConfigs<'_> {
@@ -487,6 +549,18 @@ impl ServiceConfigs<'_> {
                 self.store_api,
                 toml_path(&self.state.join("schema-store")),
             ),
+            // Its internal and output topics get the clean topics' partitions; a short session
+            // lets a restarted worker take its partitions back quickly after a crash.
+            Component::Cep => format!(
+                "schema_store = {}\ngroup = {}\ninstance = \"dev\"\nrules_file = {}\npartitions = {}\n\
+                 [kafka]\nbootstrap = {}\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
+                 {telemetry}",
+                toml_str(&format!("http://{}", self.store_api)),
+                toml_str(CEP_GROUP),
+                self.cep_rules.map_or_else(|| "\"\"".into(), toml_path),
+                self.partitions,
+                toml_str(self.read),
+            ),
         }
     }
 }
@@ -504,6 +578,8 @@ mod tests {
             store_api: "127.0.0.1:3".parse().unwrap(),
             raw: "raw.game",
             replay_state: "_lp.validator.logpipe-validator.replay-state",
+            cep_rules: Some(Path::new("/r/game.yaml")),
+            partitions: 4,
         };
         let telemetry: SocketAddr = "127.0.0.1:4".parse().unwrap();
         let agent = configs.render(Component::Agent, telemetry);
@@ -520,5 +596,16 @@ mod tests {
             "{validator}"
         );
         assert!(validator.contains("bootstrap = \"127.0.0.1:2\""));
+        let cep = configs.render(Component::Cep, telemetry);
+        for line in [
+            "schema_store = \"http://127.0.0.1:3\"",
+            "group = \"logpipe-cep\"",
+            "rules_file = \"/r/game.yaml\"",
+            "partitions = 4",
+            "bootstrap = \"127.0.0.1:2\"",
+            "listen = \"127.0.0.1:4\"",
+        ] {
+            assert!(cep.contains(line), "{line} not in {cep}");
+        }
     }
 }

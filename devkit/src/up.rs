@@ -1,15 +1,18 @@
 //! `logpipe-dev up`: the whole pipeline on this machine with generated game logs, watched live.
 //!
 //! It starts the [`Pipeline`] (two dev clusters, the schema store with the game schemas, the
-//! mirror, the validator, an agent), then the load generator on a blocking thread, and shows
-//! every interval what flows through each hop (from the services' `/metrics` and the write
-//! cluster's watermarks). A service that exits (say, `kill -9` from another terminal) is started
-//! again, as a supervisor would. Ctrl-C, or the end of `--duration`, stops the generator, waits
-//! for the pipeline to drain, reconciles every line written against the clean and dead-letter
-//! topics by event id, stops every service gracefully and exits 0 only if the count is exact. A
-//! second Ctrl-C kills everything and exits at once.
+//! mirror, the validator, an agent, a CEP worker with the seed reward rules), then the load
+//! generator on a blocking thread, and shows every interval what flows through each hop (from
+//! the services' `/metrics` and the write cluster's watermarks) and the matches per rule. A
+//! service that exits (say, `kill -9` from another terminal) is started again, as a supervisor
+//! would. Ctrl-C, or the end of `--duration`, stops the generator, waits for the pipeline to
+//! drain, reconciles every line written against the clean and dead-letter topics by event id,
+//! waits for the CEP worker to catch up and checks its matches against the rules
+//! ([`crate::cep_oracle`]), stops every service gracefully and exits 0 only if both are exact.
+//! A second Ctrl-C kills everything and exits at once.
 
 mod binaries;
+mod cep;
 mod sampler;
 mod view;
 
@@ -24,6 +27,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::cep_oracle::CepReconciliation;
 use crate::harness;
 use crate::loadgen::{self, LoadgenArgs, Rotation, SizeMix};
 use crate::pipeline::{Component, Pipeline, PipelineOptions};
@@ -78,6 +82,10 @@ pub struct UpArgs {
     /// busier than others, so that rules counting a player's events match.
     #[arg(long, default_value_t = 300)]
     pub players: u32,
+    /// Rule documents (a YAML list) the CEP worker runs; default: the seed reward rules,
+    /// `devkit/rules/game.yaml`.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
     /// Random seed of the generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -145,7 +153,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         eprintln!("logpipe-dev up: second interrupt: killed every service without draining");
         std::process::exit(130);
     };
-    let (reconciliation, last_screen) = match outcome {
+    let Outcome {
+        reconciliation,
+        cep,
+        last_screen,
+    } = match outcome {
         Ok(done) => done,
         Err(e) => {
             leave_screen(&args, None);
@@ -154,17 +166,44 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     leave_screen(&args, last_screen);
     println!("reconciliation: {reconciliation}");
-    if !reconciliation.is_exact() {
-        bail!("the reconciliation is not exact (lost, duplicated or misrouted lines above)");
+    if reconciliation.is_exact() {
+        println!("exact: every line written is in its clean or dead-letter topic exactly once");
     }
-    println!("exact: every line written is in its clean or dead-letter topic exactly once");
     if reconciliation.replayed + reconciliation.replayed_dead > 0 {
         println!(
             "  of which {} replayed to clean and {} replayed but failed again: each replay counts in place of its dead letter, which stays in the DLQ",
             reconciliation.replayed, reconciliation.replayed_dead
         );
     }
+    let cep_exact = match &cep {
+        Ok(cep) => {
+            println!("cep reconciliation: {cep}");
+            if cep.is_exact() {
+                println!("exact: every match the rules call for is in cep.matches exactly once");
+            }
+            cep.is_exact()
+        }
+        Err(e) => {
+            println!("cep reconciliation: failed: {e:#}");
+            false
+        }
+    };
+    if !reconciliation.is_exact() {
+        bail!("the reconciliation is not exact (lost, duplicated or misrouted lines above)");
+    }
+    if !cep_exact {
+        bail!("the CEP reconciliation is not exact (missing, extra or repeated matches above)");
+    }
     Ok(())
+}
+
+/// What a session ends with.
+struct Outcome {
+    reconciliation: Reconciliation,
+    /// The CEP worker's matches against the rules (an error when they could not be checked).
+    cep: anyhow::Result<CepReconciliation>,
+    /// The last screen drawn, to show again on the normal screen.
+    last_screen: Option<String>,
 }
 
 fn check(args: &UpArgs) -> anyhow::Result<()> {
@@ -203,17 +242,14 @@ fn state_dir(asked: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::
 }
 
 /// Start, watch, drain, reconcile, stop.
-/// Returns the reconciliation and the last screen drawn (to show again on the normal screen).
-async fn session(
-    args: &UpArgs,
-    state: &Path,
-    stop: CancellationToken,
-) -> anyhow::Result<(Reconciliation, Option<String>)> {
-    eprintln!("logpipe-dev up: starting two dev clusters, the schema store, the validator, the mirror and the agent...");
+async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow::Result<Outcome> {
+    eprintln!("logpipe-dev up: starting two dev clusters, the schema store, the validator, the CEP worker, the mirror and the agent...");
+    let rules = args.rules.clone().unwrap_or_else(cep::seed_rules);
     let options = PipelineOptions {
         state_dir: state.to_owned(),
         brokers: args.brokers,
         partitions: args.partitions,
+        cep_rules: Some(rules.clone()),
         ..PipelineOptions::default()
     };
     let mut pipeline = tokio::select! {
@@ -247,9 +283,10 @@ async fn session(
     let flag = generator_stop.clone();
     let mut writing = tokio::task::spawn_blocking(move || loadgen::run(&generator, &flag));
 
-    let services: Vec<_> = Component::ALL
-        .iter()
-        .map(|&c| (c, pipeline.telemetry(c)))
+    let services: Vec<_> = pipeline
+        .components()
+        .into_iter()
+        .map(|c| (c, pipeline.telemetry(c)))
         .collect();
     let sampler = Sampler::new(
         services,
@@ -274,7 +311,7 @@ async fn session(
             _ = stop.cancelled() => break None,
             result = &mut writing => break Some(result),
         }
-        for c in Component::ALL {
+        for c in pipeline.components() {
             if !pipeline.is_running(c) {
                 events.note(format!("{c} exited; starting it again"));
                 match pipeline.restart(c).await {
@@ -312,13 +349,27 @@ async fn session(
         args.drain_timeout,
     )
     .await;
+    let cep = match &reconciliation {
+        Ok(_) => {
+            events.note(format!(
+                "pipeline drained; waiting up to {}s for the CEP worker to catch up",
+                args.drain_timeout.as_secs()
+            ));
+            cep::reconcile(&pipeline, &rules, args.drain_timeout).await
+        }
+        Err(_) => Err(anyhow::anyhow!("not checked: the pipeline did not drain")),
+    };
     watching.cancel();
     let last_screen = view.await.unwrap_or_default();
     eprintln!("logpipe-dev up: stopping every service...");
     let stopped = pipeline.stop(STOP_TIMEOUT).await;
     let reconciliation = reconciliation.context("reading the clean and dead-letter topics")?;
     stopped.context("stopping the pipeline")?;
-    Ok((reconciliation, last_screen))
+    Ok(Outcome {
+        reconciliation,
+        cep,
+        last_screen,
+    })
 }
 
 /// Each component's pid (for the user's `kill -9`) and number of starts.
@@ -326,9 +377,10 @@ type Supervision = Vec<(Component, Option<u32>, u32)>;
 
 fn supervision_of(pipeline: &Pipeline) -> Supervision {
     let pids = binaries::child_pids();
-    Component::ALL
-        .iter()
-        .map(|&c| {
+    pipeline
+        .components()
+        .into_iter()
+        .map(|c| {
             let pid = pids
                 .iter()
                 .find(|(exe, _)| exe == c.binary())
@@ -347,16 +399,19 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
         "removed at exit; --state-dir DIR keeps it"
     };
     let control = |c: &harness::DevCluster| c.control_url().unwrap_or("-").to_owned();
-    let telemetry: Vec<String> = Component::ALL
-        .iter()
-        .map(|&c| format!("{c} http://{}", pipeline.telemetry(c)))
+    let telemetry: Vec<String> = pipeline
+        .components()
+        .into_iter()
+        .map(|c| format!("{c} http://{}", pipeline.telemetry(c)))
         .collect();
+    let rules = args.rules.clone().unwrap_or_else(cep::seed_rules);
     format!(
         "logpipe-dev up: state {} ({kept})\n\
          \x20 logs written    {}/game-*.log   service output {}/<service>.log, configs <service>.toml\n\
          \x20 write cluster   bootstrap {}   control {}\n\
          \x20 read cluster    bootstrap {}   control {}\n\
          \x20 schema store    {}\n\
+         \x20 cep             http://{}   rules {} -> {}   (rules API: $CEP/rules/NAME)\n\
          \x20 telemetry       {}\n\
          \x20 topics          {} -> {} / {}   (shell variables: {}/up.env)\n\
          \x20 Ctrl-C stops the generator, drains, reconciles and stops; a second Ctrl-C kills everything",
@@ -368,6 +423,9 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
         pipeline.read_cluster().bootstrap(),
         control(pipeline.read_cluster()),
         pipeline.schema_store_url(),
+        pipeline.telemetry(Component::Cep),
+        rules.display(),
+        logpipe_core::record::CEP_MATCHES_TOPIC,
         telemetry.join("  "),
         pipeline.raw_topic(),
         pipeline.clean_topics().join(","),
@@ -410,6 +468,10 @@ fn write_env_file(
                 .to_owned(),
         ),
         ("STORE".into(), pipeline.schema_store_url()),
+        (
+            "CEP".into(),
+            format!("http://{}", pipeline.telemetry(Component::Cep)),
+        ),
     ];
     for &(c, pid, _) in supervision {
         let name = c.name().to_uppercase().replace('-', "_");

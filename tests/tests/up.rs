@@ -86,6 +86,12 @@ fn check_exact(stdout: &str) -> anyhow::Result<Outcome> {
         "invalid lines were written, so some dead letters are expected: {stdout}"
     );
     assert!(stdout.contains("\nexact: "), "{stdout}");
+    // The CEP worker's matches are checked against the seed rules the same way.
+    assert!(
+        stdout.contains("\ncep reconciliation: matches expected ")
+            && stdout.contains("\nexact: every match the rules call for"),
+        "{stdout}"
+    );
     Ok(outcome)
 }
 
@@ -126,6 +132,8 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
             "agent_lag_bytes",
             "mirror_lag",
             "validator_lag",
+            "matches",
+            "cep_lag",
             "health",
         ] {
             assert!(field(line, key).is_some(), "{key} missing in {line}");
@@ -136,7 +144,7 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
     let running = &lines[lines.len() / 2];
     assert_eq!(
         field(running, "health"),
-        Some("agent:ready,mirror:ready,validator:ready,schema-store:ready"),
+        Some("agent:ready,mirror:ready,validator:ready,cep:ready,schema-store:ready"),
         "{running}"
     );
     let last = lines.last().expect("lines");
@@ -160,6 +168,7 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
         "write cluster   bootstrap 127.0.0.1:",
         "control http://127.0.0.1:",
         "schema store    http://127.0.0.1:",
+        "cep             http://127.0.0.1:",
     ] {
         assert!(stdout.contains(what), "{what:?} missing:\n{stdout}");
     }

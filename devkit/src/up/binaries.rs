@@ -39,7 +39,7 @@ pub fn prepare() -> anyhow::Result<()> {
     if let Some((cargo, workspace)) = cargo_of_this_package() {
         build(&cargo, &workspace, &dir)?;
     }
-    let binaries = Component::ALL.map(Component::binary);
+    let binaries = Component::EVERY.map(Component::binary);
     let missing: Vec<&str> = binaries
         .iter()
         .copied()
@@ -65,7 +65,7 @@ fn build(cargo: &Path, workspace: &Path, dir: &Path) -> anyhow::Result<()> {
         None => bail!("cannot tell the cargo profile of {}", dir.display()),
     }
     // Each service's package is named like its binary.
-    for c in Component::ALL {
+    for c in Component::EVERY {
         args.extend(["-p".into(), c.binary().to_owned()]);
     }
     args.push("--bins".into());

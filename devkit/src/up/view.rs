@@ -1,5 +1,6 @@
 //! Turning scrapes into what `up` shows: per hop records/s, totals and lag, dead letters by
-//! stage and reason, schema store requests/s, each service's health; as a screen (redrawn on
+//! stage and reason, the CEP worker's matches per rule, schema store requests/s, each service's
+//! health; as a screen (redrawn on
 //! the terminal's alternate screen) or as one plain `key=value` line per interval.
 //!
 //! Counters restart at zero when a service restarts (`up` restarts crashed ones). Totals here
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::sampler::{Health, Scrape};
 use crate::pipeline::Component;
-use logpipe_core::metric_names::{agent, mirror, schema_store, validator};
+use logpipe_core::metric_names::{agent, cep, mirror, schema_store, validator};
 
 /// A counter accumulated across resets, with its rate over the last interval.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,6 +96,14 @@ pub struct ServiceRow {
     pub starts: u32,
 }
 
+/// The CEP worker's part of a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CepFrame {
+    /// Per rule: matches written so far and per second.
+    pub matches: BTreeMap<String, (u64, f64)>,
+    pub lag: Lag,
+}
+
 /// Everything shown for one interval.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
@@ -103,6 +112,8 @@ pub struct Frame {
     /// (stage, reason) -> dead letters so far.
     pub dead_letters: BTreeMap<(String, String), u64>,
     pub resends_dropped: u64,
+    /// When the pipeline runs a CEP worker.
+    pub cep: Option<CepFrame>,
     pub store_rate: f64,
     pub store_total: u64,
     pub services: Vec<ServiceRow>,
@@ -127,6 +138,8 @@ const VALIDATOR_LAG: &str = validator::CONSUMER_LAG_RECORDS;
 /// The validator exports its resend counter under the old name until the rename is released;
 /// the alias is exported beside the new name for one release, so it works before and after.
 const RESENDS: &str = validator::RESENDS_DROPPED;
+const CEP_MATCHES: &str = cep::RULE_MATCHES_EMITTED;
+const CEP_LAG: &str = cep::CONSUMER_LAG_RECORDS;
 
 impl Tracker {
     pub fn new(started: Instant) -> Tracker {
@@ -141,6 +154,34 @@ impl Tracker {
         let counter = self.counters.entry(key.to_owned()).or_default();
         counter.observe(value, dt);
         *counter
+    }
+
+    /// Observes one counter per group of labels (`group` -> value, summed over the rest) under
+    /// `prefix|group`. Groups seen before but absent now (service down or restarted) are observed
+    /// as missing, so their rate drops to zero and a restart's reset is recognised.
+    fn observe_groups(
+        &mut self,
+        prefix: &str,
+        mut groups: BTreeMap<String, f64>,
+        dt: f64,
+    ) -> BTreeMap<String, Accumulated> {
+        let known: Vec<String> = self
+            .counters
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix)?.strip_prefix('|'))
+            .map(str::to_owned)
+            .collect();
+        for key in known {
+            groups.entry(key).or_insert(f64::NAN);
+        }
+        groups
+            .into_iter()
+            .map(|(group, value)| {
+                let value = (!value.is_nan()).then_some(value);
+                let counter = self.observe(&format!("{prefix}|{group}"), value, dt);
+                (group, counter)
+            })
+            .collect()
     }
 
     /// Folds a scrape in and returns what to show. `services` gives each component's pid and
@@ -168,31 +209,40 @@ impl Tracker {
         let mut dead_letters = BTreeMap::new();
         let mut dlq_rate = 0.0;
         let mut dlq_total = 0.0;
-        let mut groups: BTreeMap<(String, String), f64> = BTreeMap::new();
+        let mut groups: BTreeMap<String, f64> = BTreeMap::new();
         for sample in validator.samples.iter().filter(|s| s.name == INVALID) {
-            let stage = sample.label("stage").unwrap_or("?").to_owned();
-            let reason = sample.label("reason").unwrap_or("").to_owned();
-            *groups.entry((stage, reason)).or_default() += sample.value;
+            let stage = sample.label("stage").unwrap_or("?");
+            let reason = sample.label("reason").unwrap_or("");
+            *groups.entry(format!("{stage}|{reason}")).or_default() += sample.value;
         }
-        // Groups seen before but absent now (validator down or restarted) are observed as
-        // missing, so their rate drops to zero and a restart's reset is recognised.
-        let known: Vec<(String, String)> = self
-            .counters
-            .keys()
-            .filter_map(|k| k.strip_prefix("dlq|"))
-            .filter_map(|k| k.split_once('|'))
-            .map(|(s, r)| (s.to_owned(), r.to_owned()))
-            .collect();
-        for key in known {
-            groups.entry(key).or_insert(f64::NAN);
-        }
-        for ((stage, reason), value) in groups {
-            let value = (!value.is_nan()).then_some(value);
-            let counter = self.observe(&format!("dlq|{stage}|{reason}"), value, dt);
+        for (group, counter) in self.observe_groups("dlq", groups, dt) {
+            let (stage, reason) = group.split_once('|').expect("stage|reason");
             dlq_rate += counter.rate;
             dlq_total += counter.total;
-            dead_letters.insert((stage, reason), counter.total.round() as u64);
+            dead_letters.insert(
+                (stage.to_owned(), reason.to_owned()),
+                counter.total.round() as u64,
+            );
         }
+        let cep = scrape
+            .services
+            .iter()
+            .find(|s| s.component == Component::Cep)
+            .map(|worker| {
+                let mut groups: BTreeMap<String, f64> = BTreeMap::new();
+                for sample in worker.samples.iter().filter(|s| s.name == CEP_MATCHES) {
+                    let rule = sample.label("rule").unwrap_or("?").to_owned();
+                    *groups.entry(rule).or_default() += sample.value;
+                }
+                CepFrame {
+                    matches: self
+                        .observe_groups("cep", groups, dt)
+                        .into_iter()
+                        .map(|(rule, c)| (rule, (c.total.round() as u64, c.rate)))
+                        .collect(),
+                    lag: Lag::Records(worker.sum(CEP_LAG, &[])),
+                }
+            });
         let resends = self.observe(RESENDS, validator.sum(RESENDS, &[]), dt);
         // The summary's request count is its `_count` series.
         let store_requests = format!("{}_count", schema_store::HTTP_REQUEST);
@@ -257,6 +307,7 @@ impl Tracker {
             hops,
             dead_letters,
             resends_dropped: resends.total as u64,
+            cep,
             store_rate: requests.rate,
             store_total: requests.total as u64,
             services,
@@ -328,6 +379,26 @@ impl Frame {
                 dlq.join(",")
             }
         );
+        if let Some(cep) = &self.cep {
+            let matches: Vec<String> = cep
+                .matches
+                .iter()
+                .map(|(rule, (total, _))| format!("{rule}:{total}"))
+                .collect();
+            let lag = cep
+                .lag
+                .value()
+                .map_or_else(|| "?".to_owned(), |v| v.to_string());
+            let _ = write!(
+                line,
+                " matches={} cep_lag={lag}",
+                if matches.is_empty() {
+                    "-".into()
+                } else {
+                    matches.join(",")
+                }
+            );
+        }
         let _ = write!(
             line,
             " resends_dropped={} store_req_per_s={:.1}",
@@ -375,6 +446,19 @@ impl Frame {
             "agent resends dropped by the validator: {}",
             self.resends_dropped
         );
+        if let Some(cep) = &self.cep {
+            let _ = writeln!(
+                s,
+                "\nCEP matches by rule (cep.matches)    lag {}",
+                cep.lag.describe()
+            );
+            if cep.matches.is_empty() {
+                let _ = writeln!(s, "  (none yet)");
+            }
+            for (rule, (total, rate)) in &cep.matches {
+                let _ = writeln!(s, "  {:<24} {:>10.1}/s {:>10}", rule, rate, total);
+            }
+        }
         let _ = writeln!(
             s,
             "schema store: {:.1} requests/s ({} total)\n",
@@ -496,5 +580,48 @@ mod tests {
         assert!(f2.line().contains(" validator_lag=? "), "{}", f2.line());
         let screen = f3.screen();
         assert!(screen.contains("malformed_json"), "{screen}");
+    }
+
+    #[test]
+    fn cep_matches_are_shown_per_rule_across_restarts() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(t0);
+        let with_cep = |at: Instant, page: &str| {
+            let mut s = scrape(at, 0, "", true);
+            s.services.push(ServiceScrape {
+                component: Component::Cep,
+                health: Health::Ready,
+                samples: prometheus::parse(page),
+            });
+            s
+        };
+        let page = |a: u32, b: u32, lag: u32| {
+            format!(
+                "{CEP_MATCHES}{{rule=\"a\"}} {a}\n{CEP_MATCHES}{{rule=\"b\"}} {b}\n\
+                 {CEP_LAG}{{topic=\"clean.game\",partition=\"0\"}} {lag}\n"
+            )
+        };
+        let f1 = tracker.frame(&with_cep(t0 + Duration::from_secs(1), &page(4, 1, 7)), &[]);
+        assert!(
+            f1.line().contains(" matches=a:4,b:1 cep_lag=7 "),
+            "{}",
+            f1.line()
+        );
+        // Restarted: its counters start again from zero.
+        let f2 = tracker.frame(&with_cep(t0 + Duration::from_secs(3), &page(2, 1, 0)), &[]);
+        let cep = f2.cep.clone().expect("a CEP worker runs");
+        assert_eq!(cep.matches["a"], (6, 1.0));
+        assert_eq!(cep.matches["b"], (1, 0.0));
+        assert_eq!(cep.lag, Lag::Records(Some(0.0)));
+        assert!(
+            f2.line().contains(" matches=a:6,b:1 cep_lag=0 "),
+            "{}",
+            f2.line()
+        );
+        let screen = f2.screen();
+        assert!(screen.contains("CEP matches by rule"), "{screen}");
+        let without = tracker.frame(&scrape(t0 + Duration::from_secs(4), 0, "", true), &[]);
+        assert!(without.cep.is_none());
+        assert!(!without.line().contains("matches="));
     }
 }
