@@ -16,23 +16,22 @@
 //! removal is off, and the loop ends at the DLQ's end offsets taken at start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
-    end_reader, is_partition_end, partition_count, read_to_end, KafkaConfig, Role,
+    end_reader, partition_count, read_to_end, GroupEvent, KafkaConfig, RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
 };
 use logpipe_core::telemetry::Readiness;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as names;
@@ -79,49 +78,6 @@ pub(crate) struct Totals {
     pub(crate) clean: u64,
     pub(crate) dead: u64,
     pub(crate) skipped: u64,
-}
-
-#[derive(Debug)]
-enum GroupEvent {
-    Assigned(Vec<PartitionKey>),
-    Revoked(Vec<PartitionKey>),
-}
-
-/// Records the group's rebalances for the loop to act on between batches.
-#[derive(Default)]
-struct GroupContext {
-    events: Mutex<Vec<GroupEvent>>,
-}
-
-impl ClientContext for GroupContext {
-    /// A replay reads to the DLQ's end, which librdkafka also reports as a client error.
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !is_partition_end(&error) {
-            tracing::error!(target: "librdkafka", "{error}: {reason}");
-        }
-    }
-}
-
-fn partitions(list: &TopicPartitionList) -> Vec<PartitionKey> {
-    list.elements()
-        .iter()
-        .map(|e| (e.topic().to_owned(), e.partition()))
-        .collect()
-}
-
-impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let event = match rebalance {
-            Rebalance::Assign(list) => GroupEvent::Assigned(partitions(list)),
-            Rebalance::Revoke(list) => GroupEvent::Revoked(partitions(list)),
-            Rebalance::Error(e) => {
-                tracing::warn!("rebalance error: {e}");
-                return;
-            }
-        };
-        tracing::info!(?event, "consumer group rebalance");
-        self.events.lock().expect("events lock").push(event);
-    }
 }
 
 /// One record on its way out.
@@ -171,7 +127,7 @@ pub(crate) struct Pipeline {
     settings: Settings,
     mode: Mode,
     checker: Checker,
-    consumer: StreamConsumer<GroupContext>,
+    consumer: StreamConsumer<RebalanceLog>,
     producer: ThreadedProducer<DefaultProducerContext>,
     topics: TopicMaker,
     readiness: Readiness,
@@ -207,8 +163,8 @@ impl Pipeline {
             // A replay ends at the DLQ's end, also for partitions whose group offset is there.
             consumer_config.set("enable.partition.eof", "true");
         }
-        let consumer: StreamConsumer<GroupContext> = consumer_config
-            .create_with_context(GroupContext::default())
+        let consumer: StreamConsumer<RebalanceLog> = consumer_config
+            .create_with_context(RebalanceLog::default())
             .context("creating the consumer")?;
         let producer_role = Role::TransactionalProducer {
             transactional_id: settings.transactional_id.clone(),
@@ -566,8 +522,7 @@ impl Pipeline {
 
     /// Acts on rebalances; returns the partitions revoked.
     fn handle_group_events(&mut self) -> anyhow::Result<Vec<PartitionKey>> {
-        let events: Vec<GroupEvent> =
-            std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
+        let events = self.consumer.context().take();
         let mut revoked = Vec::new();
         for event in events {
             match (event, &mut self.mode) {
