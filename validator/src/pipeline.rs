@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
-    end_reader, partition_count, read_to_end, GroupEvent, KafkaConfig, RebalanceLog, Role,
+    batch_offsets, end_reader, init_transactions, is_fatal, partition_count, read_to_end,
+    report_lag, rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig, RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -30,8 +31,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as names;
@@ -174,21 +174,8 @@ impl Pipeline {
             .client_config(&producer_role, "logpipe-validator")
             .create()
             .context("creating the transactional producer")?;
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match tokio::task::block_in_place(|| producer.init_transactions(KAFKA_TIMEOUT)) {
-                Ok(()) => break,
-                Err(e) if is_fatal(&e) => return Err(e).context("initialising transactions"),
-                Err(e) => {
-                    tracing::warn!("initialising transactions: {e}; retrying");
-                    readiness.not_ready(READY_KAFKA, format!("initialising transactions: {e}"));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
+        if !init_transactions(&producer, KAFKA_TIMEOUT, &readiness, READY_KAFKA, &shutdown).await? {
+            return Ok(None);
         }
         let mut pipeline = Pipeline {
             settings,
@@ -402,7 +389,7 @@ impl Pipeline {
         } else {
             self.readiness.ready(READY_KAFKA);
         }
-        self.report_lag();
+        report_lag(&self.consumer, names::CONSUMER_LAG_RECORDS);
         Ok(())
     }
 
@@ -428,31 +415,6 @@ impl Pipeline {
                 ))
             })
             .collect()
-    }
-
-    fn report_lag(&self) {
-        let (Ok(assignment), Ok(positions)) =
-            (self.consumer.assignment(), self.consumer.position())
-        else {
-            return;
-        };
-        for element in assignment.elements() {
-            let position = positions
-                .find_partition(element.topic(), element.partition())
-                .and_then(|p| p.offset().to_raw())
-                .filter(|o| *o >= 0);
-            let watermarks = tokio::task::block_in_place(|| {
-                self.consumer.fetch_watermarks(
-                    element.topic(),
-                    element.partition(),
-                    Duration::from_secs(2),
-                )
-            });
-            if let (Some(position), Ok((_, high))) = (position, watermarks) {
-                metrics::gauge!(names::CONSUMER_LAG_RECORDS, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
-                    .set((high - position).max(0) as f64);
-            }
-        }
     }
 
     /// Takes up to `batch_records` records, waiting at most `batch_time` after the first one.
@@ -704,14 +666,7 @@ impl Pipeline {
     /// Writes one batch in one transaction. True when committed; false when aborted (the
     /// consumer is rewound and the batch will be read again).
     fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
-        let mut offsets: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-        for m in batch {
-            let entry = offsets
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert((m.offset(), m.offset()));
-            entry.0 = entry.0.min(m.offset());
-            entry.1 = entry.1.max(m.offset());
-        }
+        let offsets = batch_offsets(batch);
         let result = tokio::task::block_in_place(|| self.transaction(&offsets, outputs));
         match result {
             Ok(()) => {
@@ -731,14 +686,7 @@ impl Pipeline {
                 }
                 tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
                     .context("aborting the transaction")?;
-                for ((topic, partition), (first, _)) in offsets {
-                    if let Err(e) =
-                        self.consumer
-                            .seek(&topic, partition, Offset::Offset(first), KAFKA_TIMEOUT)
-                    {
-                        tracing::warn!(topic, partition, "rewinding: {e}");
-                    }
-                }
+                rewind(&self.consumer, &offsets, KAFKA_TIMEOUT);
                 Ok(false)
             }
         }
@@ -775,47 +723,13 @@ impl Pipeline {
                 self.send(record)?;
             }
         }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), (_, last)) in offsets {
-            list.add_partition_offset(topic, *partition, Offset::Offset(last + 1))?;
-        }
-        // No group metadata means the consumer is not in the group (any more): abort and re-read.
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::UnknownMemberId,
-            ))?;
-        tracing::debug!(offsets = ?list, records = outputs.len(), "committing a batch");
-        self.producer
-            .send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
+        tracing::debug!(?offsets, records = outputs.len(), "committing a batch");
+        send_offsets(&self.producer, &self.consumer, offsets, KAFKA_TIMEOUT)?;
         self.producer.commit_transaction(KAFKA_TIMEOUT)
     }
 
-    /// Enqueues a record, waiting while the producer's queue is full.
-    fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + KAFKA_TIMEOUT;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
-                {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
-    }
-}
-
-fn is_fatal(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Transaction(t) => {
-            t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable())
-        }
-        _ => false,
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+        send_waiting(&self.producer, record, KAFKA_TIMEOUT)
     }
 }
 
