@@ -333,9 +333,15 @@ impl Worker {
     async fn gather(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
         let mut batch: Vec<OwnedMessage> = Vec::new();
         if self.subscribed.is_empty() {
+            // No rules: nothing to read until some arrive.
             tokio::select! {
                 _ = self.shutdown.cancelled() => {}
-                _ = self.rules.changed() => {}
+                changed = self.rules.changed() => {
+                    if changed.is_ok() {
+                        self.set = self.rules.borrow_and_update().clone();
+                        self.apply_rules().await?;
+                    }
+                }
             }
             return Ok(batch);
         }

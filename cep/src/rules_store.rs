@@ -168,13 +168,24 @@ impl Rules {
         let reader: BaseConsumer = reader_config
             .create()
             .context("creating the rules reader")?;
-        let metadata = reader
-            .fetch_metadata(Some(CEP_RULES_TOPIC), KAFKA_TIMEOUT)
-            .context("reading the rules topic's metadata")?;
+        // A topic just created may take a moment to show its partitions in metadata.
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
         let mut assignment = TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                assignment.add_partition_offset(CEP_RULES_TOPIC, p.id(), Offset::Beginning)?;
+        while assignment.count() == 0 {
+            let metadata = reader
+                .fetch_metadata(Some(CEP_RULES_TOPIC), KAFKA_TIMEOUT)
+                .context("reading the rules topic's metadata")?;
+            for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
+                for p in t.partitions() {
+                    assignment.add_partition_offset(CEP_RULES_TOPIC, p.id(), Offset::Beginning)?;
+                }
+            }
+            anyhow::ensure!(
+                assignment.count() > 0 || Instant::now() < deadline,
+                "{CEP_RULES_TOPIC} has no partitions"
+            );
+            if assignment.count() == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         reader
