@@ -23,6 +23,21 @@ pub mod up;
 
 use anyhow::Context as _;
 
+/// `GET url`, failing on an error status (naming the URL), and the body read as JSON.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<T> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await?)
+}
+
 /// Writes a file that another process may be polling (a bootstrap file, a load report) so that
 /// it is seen either whole or not at all: write a temporary file beside it, then rename.
 pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -536,15 +536,7 @@ impl SchemaFetcher {
 
     async fn fetch(&self, id: u32) -> anyhow::Result<apache_avro::Schema> {
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let body: serde_json::Value = self
-            .http
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()
-            .with_context(|| format!("GET {url}"))?
-            .json()
-            .await?;
+        let body: serde_json::Value = crate::get_json(&self.http, &url).await?;
         let text = body["schema"]
             .as_str()
             .with_context(|| format!("GET {url}: no schema in {body}"))?;

@@ -131,14 +131,7 @@ pub async fn reconcile(
         .build()?;
     let mut rules = Vec::new();
     for name in rule_names(&yaml)? {
-        let stored: StoredRule = http
-            .get(format!("{url}/rules/{name}"))
-            .send()
-            .await?
-            .error_for_status()
-            .with_context(|| format!("GET {url}/rules/{name}"))?
-            .json()
-            .await?;
+        let stored: StoredRule = crate::get_json(&http, &format!("{url}/rules/{name}")).await?;
         rules.push(stored.spec()?);
     }
     let expected = cep_oracle::expected_from_clean(

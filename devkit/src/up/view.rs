@@ -329,6 +329,15 @@ fn bytes(n: f64) -> String {
     }
 }
 
+/// `a,b,c` for the plain line, `-` when there is nothing.
+fn comma_list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
 fn cluster_state(up: bool) -> &'static str {
     if up {
         "ok"
@@ -370,15 +379,7 @@ impl Frame {
                 }
             })
             .collect();
-        let _ = write!(
-            line,
-            " dlq_by_reason={}",
-            if dlq.is_empty() {
-                "-".into()
-            } else {
-                dlq.join(",")
-            }
-        );
+        let _ = write!(line, " dlq_by_reason={}", comma_list(&dlq));
         if let Some(cep) = &self.cep {
             let matches: Vec<String> = cep
                 .matches
@@ -389,15 +390,7 @@ impl Frame {
                 .lag
                 .value()
                 .map_or_else(|| "?".to_owned(), |v| v.to_string());
-            let _ = write!(
-                line,
-                " matches={} cep_lag={lag}",
-                if matches.is_empty() {
-                    "-".into()
-                } else {
-                    matches.join(",")
-                }
-            );
+            let _ = write!(line, " matches={} cep_lag={lag}", comma_list(&matches));
         }
         let _ = write!(
             line,
