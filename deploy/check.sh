@@ -15,7 +15,7 @@ DEPLOY="$REPO/deploy"
 VENV=${LOGPIPE_DEPLOY_VENV:-$REPO/.cache/deploy-venv}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-SERVICES=(agent mirror validator schema-store)
+SERVICES=(agent mirror validator schema-store cep)
 ALL_CHECKS=(systemd compose compose-configs ansible terraform)
 
 passed=0
