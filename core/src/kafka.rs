@@ -1,6 +1,7 @@
 //! The `[kafka]` table every service has, the librdkafka settings each client role gets, and the
-//! client plumbing services share: reading partitions to their end ([`read_to_end`]) and creating
-//! topics ([`create_topics`]).
+//! client plumbing services share: reading partitions to their end ([`read_to_end`]), creating
+//! topics ([`create_topics`]), a group consumer's rebalances ([`RebalanceLog`]) and committing a
+//! batch exactly once ([`send_offsets`] and its neighbours).
 //!
 //! Defaults carry the delivery guarantees (acks=all and idempotence for producers, read_committed
 //! for consumers); user properties pass through unchanged for TLS, SASL and tuning, but a property
@@ -8,10 +9,16 @@
 //! incident.
 
 mod read_to_end;
+mod rebalance;
 mod topics;
+mod transaction;
 
 pub use read_to_end::{end_reader, partition_count, read_to_end, EndReader};
+pub use rebalance::{GroupEvent, Partition, RebalanceLog};
 pub use topics::create_topics;
+pub use transaction::{
+    batch_offsets, init_transactions, is_fatal, report_lag, rewind, send_offsets, send_waiting,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -4,6 +4,7 @@
 //! - [`config`]: TOML loading with unknown keys rejected and `${ENV}` secrets;
 //! - [`kafka`]: the `[kafka]` table and librdkafka settings per client role;
 //! - [`http`]: a bound HTTP listener served until shutdown (telemetry and service APIs);
+//! - [`auth`]: HTTP basic auth with ordered roles for service APIs, and password hashing;
 //! - [`telemetry`]: `/metrics`, `/health`, `/ready`;
 //! - [`metric_names`]: every service's metric names, the contract its readers share;
 //! - [`logging`]: `tracing` output, human or JSON;
@@ -11,6 +12,7 @@
 //! - [`service`]: the `run`/`check` binary around a service;
 //! - [`wire`]: the Confluent wire format of clean records.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod kafka;

@@ -89,3 +89,21 @@ pub mod schema_store {
     pub const REQUESTS_REJECTED: &str = "logpipe_schema_store_requests_rejected_total";
     pub const SCHEMAS: &str = "logpipe_schema_store_schemas";
 }
+
+/// `logpipe-cep`.
+pub mod cep {
+    pub const BATCH: &str = "logpipe_cep_batch_seconds";
+    pub const CONSUMER_LAG_RECORDS: &str = "logpipe_cep_consumer_lag_records";
+    pub const EVENTS: &str = "logpipe_cep_events_total";
+    pub const EVENTS_UNDECODABLE: &str = "logpipe_cep_events_undecodable_total";
+    pub const EVENTS_UNKEYED: &str = "logpipe_cep_events_unkeyed_total";
+    pub const RULE_EVENTS_EVALUATED: &str = "logpipe_cep_rule_events_evaluated_total";
+    pub const RULE_EVENTS_MATCHED: &str = "logpipe_cep_rule_events_matched_total";
+    pub const RULE_KEYS_HELD: &str = "logpipe_cep_rule_keys_held";
+    pub const RULE_MATCHES_EMITTED: &str = "logpipe_cep_rule_matches_emitted_total";
+    pub const RULES_ACTIVE: &str = "logpipe_cep_rules_active";
+    pub const STATE_BYTES: &str = "logpipe_cep_state_bytes";
+    pub const STATE_RESTORE: &str = "logpipe_cep_state_restore_seconds";
+    pub const TRANSACTIONS_ABORTED: &str = "logpipe_cep_transactions_aborted_total";
+    pub const AUTH_DENIED: &str = "logpipe_cep_auth_denied_total";
+}

@@ -59,6 +59,17 @@ pub mod replay_header {
     pub const ALL: [&str; 3] = [TOPIC, PARTITION, OFFSET];
 }
 
+/// Header names of the CEP worker's match records (`logpipe-cep`): which rule version matched and
+/// the match's deterministic id, so a consumer granting rewards can route and dedupe without
+/// parsing the value.
+pub mod cep_header {
+    pub const RULE: &str = "lp.cep.rule";
+    pub const VERSION: &str = "lp.cep.version";
+    pub const MATCH_ID: &str = "lp.cep.match_id";
+    /// On late events: the rule they were late for and by how much (issue of event time).
+    pub const LATE_BY_MS: &str = "lp.cep.late_by_ms";
+}
+
 /// The dead letter a replayed record comes from, as its [`replay_header`]s say.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReplayedFrom {
@@ -412,6 +423,24 @@ pub fn mirror_state_topic(name: &str) -> String {
 /// pass on every resend of the last checkpoint interval as a new record.
 pub fn resend_state_topic(group: &str) -> String {
     format!("{INTERNAL_PREFIX}validator.{group}.replay-state")
+}
+
+/// `_lp.cep.rules`: the CEP workers' rule documents, compacted, one record per rule version.
+pub const CEP_RULES_TOPIC: &str = "_lp.cep.rules";
+
+/// `cep.matches`: where a CEP rule's matches go when its document names no output topic.
+pub const CEP_MATCHES_TOPIC: &str = "cep.matches";
+
+/// `_lp.cep.state.<group>`: the compacted changelog of the CEP worker group `group`'s keyed state.
+pub fn cep_state_topic(group: &str) -> String {
+    format!("{INTERNAL_PREFIX}cep.state.{group}")
+}
+
+/// `_lp.cep.repartition.<group>.<key>`: the CEP worker group `group`'s events re-keyed by the
+/// field path `key`, so that every event of one key value reaches one worker. The group is part
+/// of the name so that two groups on one cluster never read each other's events.
+pub fn cep_repartition_topic(group: &str, key: &str) -> String {
+    format!("{INTERNAL_PREFIX}cep.repartition.{group}.{key}")
 }
 
 /// The raw topic of a stream: `game` => `raw.game`.

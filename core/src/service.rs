@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, ConfigError};
 use crate::logging::{self, LogFormat};
 use crate::shutdown;
-use crate::telemetry::{Readiness, TelemetryConfig, TelemetryServer};
+use crate::telemetry::{Readiness, ServiceRoutes, TelemetryConfig, TelemetryServer};
 
 /// Exit status for an invalid config in `run` (sysexits EX_CONFIG), so a unit can stop
 /// restarting a service whose config will never load (`RestartPreventExitStatus=78`).
@@ -65,6 +65,8 @@ pub struct Context {
     pub readiness: Readiness,
     /// The config file, for reloading.
     pub config_path: PathBuf,
+    /// The service's own HTTP routes, served on the telemetry listener once installed.
+    pub routes: ServiceRoutes,
 }
 
 impl Context {
@@ -172,7 +174,9 @@ fn check<S: Service>(path: &Path) -> ExitCode {
 pub async fn run<S: Service>(config: S::Config, config_path: PathBuf) -> anyhow::Result<()> {
     let signals = shutdown::listen()?;
     let readiness = Readiness::new();
-    let telemetry = TelemetryServer::bind(config.telemetry(), readiness.clone()).await?;
+    let routes = ServiceRoutes::default();
+    let telemetry =
+        TelemetryServer::bind(config.telemetry(), readiness.clone(), routes.clone()).await?;
     tracing::info!(telemetry = %telemetry.local_addr(), config = %config_path.display(), "{} starting", S::NAME);
     let telemetry_stop = CancellationToken::new();
     let telemetry_task = tokio::spawn(telemetry.run(telemetry_stop.clone()));
@@ -182,6 +186,7 @@ pub async fn run<S: Service>(config: S::Config, config_path: PathBuf) -> anyhow:
         reload: signals.reload,
         readiness,
         config_path,
+        routes,
     };
     let service = S::run(config, ctx);
     tokio::pin!(service);

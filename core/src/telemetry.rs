@@ -1,19 +1,21 @@
 //! The telemetry endpoint every service serves: `/metrics` (Prometheus text from the `metrics`
 //! facade), `/health` (the process is alive and serving) and `/ready` (every readiness check of
-//! the service is passing: connected and working).
+//! the service is passing: connected and working). A service may serve its own API on the same
+//! listener ([`ServiceRoutes`]), so a minimal config needs one address per process.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::http::HttpServer;
 
@@ -113,6 +115,43 @@ impl Readiness {
     }
 }
 
+/// The routes a service serves on the telemetry listener beside `/metrics`, `/health` and
+/// `/ready`, installed once the service has what they need (clients, state). Until then, and for
+/// paths they do not have, requests get a 404 that says so. Cheap to clone and share.
+#[derive(Clone, Default)]
+pub struct ServiceRoutes(Arc<RwLock<Option<Router>>>);
+
+impl std::fmt::Debug for ServiceRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let installed = self.0.read().map(|r| r.is_some()).unwrap_or(false);
+        f.debug_struct("ServiceRoutes")
+            .field("installed", &installed)
+            .finish()
+    }
+}
+
+impl ServiceRoutes {
+    /// Serves `router` from now on.
+    pub fn install(&self, router: Router) {
+        *self.0.write().expect("service routes lock") = Some(router);
+    }
+
+    async fn serve(self, request: Request) -> Response {
+        let router = self.0.read().expect("service routes lock").clone();
+        match router {
+            Some(router) => match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            None => (
+                StatusCode::NOT_FOUND,
+                "not found (the service's API is not serving yet)\n",
+            )
+                .into_response(),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     metrics: PrometheusHandle,
@@ -130,6 +169,11 @@ pub fn router(readiness: Readiness) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .with_state(state)
+}
+
+/// The telemetry routes with the service's own behind them.
+fn router_with(readiness: Readiness, routes: ServiceRoutes) -> Router {
+    router(readiness).fallback(move |request: Request| routes.clone().serve(request))
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
@@ -158,8 +202,9 @@ impl TelemetryServer {
     pub(crate) async fn bind(
         config: &TelemetryConfig,
         readiness: Readiness,
+        routes: ServiceRoutes,
     ) -> anyhow::Result<Self> {
-        HttpServer::bind(config.listen, "telemetry", router(readiness))
+        HttpServer::bind(config.listen, "telemetry", router_with(readiness, routes))
             .await
             .map(TelemetryServer)
     }
@@ -188,9 +233,14 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn serves_metrics_health_and_readiness() {
         let readiness = Readiness::new();
-        let server = TelemetryServer::bind(&TelemetryConfig::on_port(0), readiness.clone())
-            .await
-            .unwrap();
+        let routes = ServiceRoutes::default();
+        let server = TelemetryServer::bind(
+            &TelemetryConfig::on_port(0),
+            readiness.clone(),
+            routes.clone(),
+        )
+        .await
+        .unwrap();
         let base = format!("http://{}", server.local_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
@@ -221,6 +271,15 @@ pub(crate) mod tests {
         let report: serde_json::Value = get("/ready").await.unwrap().json().await.unwrap();
         assert_eq!(report["checks"]["kafka"]["detail"], "all brokers down");
 
+        // The service's own routes: absent until installed, then served beside telemetry.
+        assert_eq!(get("/rules").await.unwrap().status(), 404);
+        routes.install(Router::new().route("/rules", axum::routing::get(|| async { "rules\n" })));
+        let response = get("/rules").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "rules\n");
+        assert_eq!(get("/health").await.unwrap().status(), 200);
+        assert_eq!(get("/elsewhere").await.unwrap().status(), 404);
+
         shutdown.cancel();
         task.await.unwrap().unwrap();
     }
@@ -231,7 +290,7 @@ pub(crate) mod tests {
         let config = TelemetryConfig {
             listen: held.local_addr().unwrap(),
         };
-        let err = TelemetryServer::bind(&config, Readiness::new())
+        let err = TelemetryServer::bind(&config, Readiness::new(), ServiceRoutes::default())
             .await
             .err()
             .unwrap()

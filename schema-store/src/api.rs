@@ -14,11 +14,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
+use logpipe_core::auth::{Auth, Denied, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::{Auth, Denied, Role};
 use crate::compat::Level;
 use crate::error::Error;
 use crate::forward::Forwarder;
@@ -114,26 +114,15 @@ impl IntoResponse for ApiError {
 
 /// A refused request: 401 asks for credentials (`WWW-Authenticate`), 403 names the role needed.
 fn denied(denied: Denied) -> Response {
-    match denied {
-        Denied::Unauthorized => {
-            let mut response = ApiError::http(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized: valid HTTP basic credentials are required",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"logpipe-schema-store\""),
-            );
-            response
-        }
-        Denied::Forbidden { user, needed } => ApiError::http(
-            StatusCode::FORBIDDEN,
-            format!("User '{user}' is not allowed to do this: it needs the {needed:?} role")
-                .to_lowercase(),
-        )
-        .into_response(),
+    let mut response = ApiError::http(denied.status(), denied.message()).into_response();
+    if denied == Denied::Unauthorized {
+        let challenge = Denied::challenge("logpipe-schema-store");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&challenge).expect("a realm is header text"),
+        );
     }
+    response
 }
 
 /// What every handler shares.

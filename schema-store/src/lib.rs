@@ -13,11 +13,11 @@
 //!   elected writer; `forward`: followers forward writes to it;
 //! - `schema`: AVRO and JSON Schema parsing and the stored (canonical) form;
 //! - `compat`: compatibility levels, Avro schema resolution, JSON Schema compatibility;
-//! - `auth`: basic auth with roles; `openapi`: the served OpenAPI document;
+//! - `openapi`: the served OpenAPI document (basic auth with roles is
+//!   [`logpipe_core::auth`]; which route needs which role is `api`'s route table);
 //! - `metrics`: what the store's metrics mean.
 
 mod api;
-mod auth;
 mod compat;
 mod error;
 mod forward;
@@ -29,12 +29,13 @@ mod ordered_json;
 mod registry;
 mod schema;
 
-pub use auth::{hash_password, hash_password_command, AuthConfig, Role, UserConfig};
+pub use logpipe_core::auth::{hash_password, hash_password_command, AuthConfig, Role, UserConfig};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use logpipe_core::auth::Auth;
 use logpipe_core::http::HttpServer;
 use logpipe_core::kafka::{KafkaConfig, Role as KafkaRole};
 use logpipe_core::service::{Context, Service, ServiceConfig};
@@ -43,7 +44,6 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
-use crate::auth::Auth;
 use crate::forward::Forwarder;
 use crate::kafka_storage::{Cluster, KafkaStorage};
 use crate::registry::Registry;
@@ -277,7 +277,10 @@ impl Server {
             .map(Arc::new);
         let state = AppState {
             registry: Arc::new(registry),
-            auth: Arc::new(Auth::new(config.auth.clone())),
+            auth: Arc::new(Auth::new(
+                config.auth.clone(),
+                logpipe_core::metric_names::schema_store::AUTH_DENIED,
+            )),
             forwarder,
         };
         let router = api::router(state, config.max_body_bytes);

@@ -3,9 +3,8 @@
 //! in; this module knows nothing else of the API.
 
 use axum::http::Method;
+use logpipe_core::auth::Role;
 use serde_json::{json, Map, Value};
-
-use crate::auth::Role;
 
 /// What the document says about one route.
 pub(crate) struct Operation {

@@ -6,7 +6,7 @@
 //! command ([`replay`]) and, for benchmarks, the record encoder ([`CompiledSchema`]).
 //!
 //! Modules: `avro` (JSON -> Avro encoder plans), `schema` (compiled schemas, wire format),
-//! `schema_store_client` (the Confluent REST client and the schema cache), `route` (routes and
+//! `schema_cache` (compiled schemas in front of [`logpipe_schema_client`]), `route` (routes and
 //! subject strategies), `reason` (the bounded kinds of dead-letter reasons), `verdict` (one
 //! record's check), `resend_filter` (removing the agents' resends), `topics` (creating the topics
 //! it writes to), `pipeline` (the exactly-once loop), `replay` (the DLQ replay command),
@@ -20,25 +20,27 @@ pub mod replay;
 mod resend_filter;
 mod route;
 mod schema;
-mod schema_store_client;
+mod schema_cache;
 mod topics;
 mod verdict;
 
 pub use avro::ExtraFields;
+pub use logpipe_schema_client::{BasicAuth, SchemaType};
 pub use route::{RouteConfig, SubjectStrategy};
-pub use schema::{CompiledSchema, SchemaType};
+pub use schema::CompiledSchema;
 
 use std::time::Duration;
 
 use logpipe_core::kafka::{KafkaConfig, Role};
 use logpipe_core::service::{Context, Service, ServiceConfig};
 use logpipe_core::telemetry::TelemetryConfig;
+use logpipe_schema_client::Client;
 use serde::Deserialize;
 
 use crate::pipeline::{Mode, Pipeline, Settings};
 use crate::resend_filter::ResendFilter;
 use crate::route::Routes;
-use crate::schema_store_client::{SchemaCache, SchemaStoreClient};
+use crate::schema_cache::SchemaCache;
 use crate::verdict::Checker;
 
 /// `logpipe-validator`'s config (see the README for every key).
@@ -94,14 +96,6 @@ pub struct ValidatorConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-/// HTTP basic auth credentials.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    pub username: String,
-    pub password: String,
-}
-
 fn default_schema_refresh_ms() -> u64 {
     2_000
 }
@@ -148,13 +142,9 @@ impl ValidatorConfig {
     /// The schema checker for these routes and this store.
     pub(crate) fn checker(&self) -> anyhow::Result<Checker> {
         let routes = Routes::new(&self.routes)?;
-        let credentials = self
-            .schema_store_auth
-            .as_ref()
-            .map(|a| (a.username.clone(), a.password.clone()));
-        let client = SchemaStoreClient::new(
+        let client = Client::new(
             &self.schema_store,
-            credentials,
+            self.schema_store_auth.as_ref(),
             Duration::from_millis(self.schema_timeout_ms),
         )?;
         Ok(Checker::new(

@@ -16,29 +16,28 @@
 //! removal is off, and the loop ends at the DLQ's end offsets taken at start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
-    end_reader, is_partition_end, partition_count, read_to_end, KafkaConfig, Role,
+    batch_offsets, end_reader, init_transactions, is_fatal, partition_count, read_to_end,
+    report_lag, rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig, RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
 };
 use logpipe_core::telemetry::Readiness;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as names;
 use crate::reason::Reason;
 use crate::resend_filter::{PartitionKey, ResendFilter};
-use crate::schema_store_client::LookupError;
+use crate::schema_cache::LookupError;
 use crate::topics::{Needed, TopicMaker};
 use crate::verdict::{Checker, DeadLetter, Verdict};
 
@@ -79,49 +78,6 @@ pub(crate) struct Totals {
     pub(crate) clean: u64,
     pub(crate) dead: u64,
     pub(crate) skipped: u64,
-}
-
-#[derive(Debug)]
-enum GroupEvent {
-    Assigned(Vec<PartitionKey>),
-    Revoked(Vec<PartitionKey>),
-}
-
-/// Records the group's rebalances for the loop to act on between batches.
-#[derive(Default)]
-struct GroupContext {
-    events: Mutex<Vec<GroupEvent>>,
-}
-
-impl ClientContext for GroupContext {
-    /// A replay reads to the DLQ's end, which librdkafka also reports as a client error.
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !is_partition_end(&error) {
-            tracing::error!(target: "librdkafka", "{error}: {reason}");
-        }
-    }
-}
-
-fn partitions(list: &TopicPartitionList) -> Vec<PartitionKey> {
-    list.elements()
-        .iter()
-        .map(|e| (e.topic().to_owned(), e.partition()))
-        .collect()
-}
-
-impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let event = match rebalance {
-            Rebalance::Assign(list) => GroupEvent::Assigned(partitions(list)),
-            Rebalance::Revoke(list) => GroupEvent::Revoked(partitions(list)),
-            Rebalance::Error(e) => {
-                tracing::warn!("rebalance error: {e}");
-                return;
-            }
-        };
-        tracing::info!(?event, "consumer group rebalance");
-        self.events.lock().expect("events lock").push(event);
-    }
 }
 
 /// One record on its way out.
@@ -171,7 +127,7 @@ pub(crate) struct Pipeline {
     settings: Settings,
     mode: Mode,
     checker: Checker,
-    consumer: StreamConsumer<GroupContext>,
+    consumer: StreamConsumer<RebalanceLog>,
     producer: ThreadedProducer<DefaultProducerContext>,
     topics: TopicMaker,
     readiness: Readiness,
@@ -207,8 +163,8 @@ impl Pipeline {
             // A replay ends at the DLQ's end, also for partitions whose group offset is there.
             consumer_config.set("enable.partition.eof", "true");
         }
-        let consumer: StreamConsumer<GroupContext> = consumer_config
-            .create_with_context(GroupContext::default())
+        let consumer: StreamConsumer<RebalanceLog> = consumer_config
+            .create_with_context(RebalanceLog::default())
             .context("creating the consumer")?;
         let producer_role = Role::TransactionalProducer {
             transactional_id: settings.transactional_id.clone(),
@@ -218,21 +174,8 @@ impl Pipeline {
             .client_config(&producer_role, "logpipe-validator")
             .create()
             .context("creating the transactional producer")?;
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match tokio::task::block_in_place(|| producer.init_transactions(KAFKA_TIMEOUT)) {
-                Ok(()) => break,
-                Err(e) if is_fatal(&e) => return Err(e).context("initialising transactions"),
-                Err(e) => {
-                    tracing::warn!("initialising transactions: {e}; retrying");
-                    readiness.not_ready(READY_KAFKA, format!("initialising transactions: {e}"));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
+        if !init_transactions(&producer, KAFKA_TIMEOUT, &readiness, READY_KAFKA, &shutdown).await? {
+            return Ok(None);
         }
         let mut pipeline = Pipeline {
             settings,
@@ -446,7 +389,7 @@ impl Pipeline {
         } else {
             self.readiness.ready(READY_KAFKA);
         }
-        self.report_lag();
+        report_lag(&self.consumer, names::CONSUMER_LAG_RECORDS);
         Ok(())
     }
 
@@ -472,31 +415,6 @@ impl Pipeline {
                 ))
             })
             .collect()
-    }
-
-    fn report_lag(&self) {
-        let (Ok(assignment), Ok(positions)) =
-            (self.consumer.assignment(), self.consumer.position())
-        else {
-            return;
-        };
-        for element in assignment.elements() {
-            let position = positions
-                .find_partition(element.topic(), element.partition())
-                .and_then(|p| p.offset().to_raw())
-                .filter(|o| *o >= 0);
-            let watermarks = tokio::task::block_in_place(|| {
-                self.consumer.fetch_watermarks(
-                    element.topic(),
-                    element.partition(),
-                    Duration::from_secs(2),
-                )
-            });
-            if let (Some(position), Ok((_, high))) = (position, watermarks) {
-                metrics::gauge!(names::CONSUMER_LAG_RECORDS, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
-                    .set((high - position).max(0) as f64);
-            }
-        }
     }
 
     /// Takes up to `batch_records` records, waiting at most `batch_time` after the first one.
@@ -566,8 +484,7 @@ impl Pipeline {
 
     /// Acts on rebalances; returns the partitions revoked.
     fn handle_group_events(&mut self) -> anyhow::Result<Vec<PartitionKey>> {
-        let events: Vec<GroupEvent> =
-            std::mem::take(&mut *self.consumer.context().events.lock().expect("events lock"));
+        let events = self.consumer.context().take();
         let mut revoked = Vec::new();
         for event in events {
             match (event, &mut self.mode) {
@@ -749,14 +666,7 @@ impl Pipeline {
     /// Writes one batch in one transaction. True when committed; false when aborted (the
     /// consumer is rewound and the batch will be read again).
     fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
-        let mut offsets: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-        for m in batch {
-            let entry = offsets
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert((m.offset(), m.offset()));
-            entry.0 = entry.0.min(m.offset());
-            entry.1 = entry.1.max(m.offset());
-        }
+        let offsets = batch_offsets(batch);
         let result = tokio::task::block_in_place(|| self.transaction(&offsets, outputs));
         match result {
             Ok(()) => {
@@ -776,14 +686,7 @@ impl Pipeline {
                 }
                 tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
                     .context("aborting the transaction")?;
-                for ((topic, partition), (first, _)) in offsets {
-                    if let Err(e) =
-                        self.consumer
-                            .seek(&topic, partition, Offset::Offset(first), KAFKA_TIMEOUT)
-                    {
-                        tracing::warn!(topic, partition, "rewinding: {e}");
-                    }
-                }
+                rewind(&self.consumer, &offsets, KAFKA_TIMEOUT);
                 Ok(false)
             }
         }
@@ -820,47 +723,13 @@ impl Pipeline {
                 self.send(record)?;
             }
         }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), (_, last)) in offsets {
-            list.add_partition_offset(topic, *partition, Offset::Offset(last + 1))?;
-        }
-        // No group metadata means the consumer is not in the group (any more): abort and re-read.
-        let group = self
-            .consumer
-            .group_metadata()
-            .ok_or(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::UnknownMemberId,
-            ))?;
-        tracing::debug!(offsets = ?list, records = outputs.len(), "committing a batch");
-        self.producer
-            .send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
+        tracing::debug!(?offsets, records = outputs.len(), "committing a batch");
+        send_offsets(&self.producer, &self.consumer, offsets, KAFKA_TIMEOUT)?;
         self.producer.commit_transaction(KAFKA_TIMEOUT)
     }
 
-    /// Enqueues a record, waiting while the producer's queue is full.
-    fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + KAFKA_TIMEOUT;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
-                {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
-    }
-}
-
-fn is_fatal(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Transaction(t) => {
-            t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable())
-        }
-        _ => false,
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+        send_waiting(&self.producer, record, KAFKA_TIMEOUT)
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::avro::ExtraFields;
-use crate::schema_store_client::Version;
+use logpipe_schema_client::Version;
 
 /// One `[[routes]]` table.
 #[derive(Debug, Clone, Deserialize)]

@@ -3,31 +3,11 @@
 //! Confluent wire format, so any Confluent-compatible deserializer reads clean records.
 
 use logpipe_core::wire;
+use logpipe_schema_client::SchemaType;
 use serde_json::Value;
 
 use crate::avro::{AvroPlan, ConvertError, Converted, ExtraFields};
 use crate::reason::Reason;
-
-/// The schema types the validator can enforce (`schemaType` in the Confluent API; absent means
-/// AVRO).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchemaType {
-    Avro,
-    Json,
-}
-
-impl SchemaType {
-    /// Reads the API's `schemaType`; PROTOBUF and unknown types are refused.
-    pub fn from_api(name: Option<&str>) -> Result<SchemaType, String> {
-        match name.unwrap_or("AVRO") {
-            "AVRO" => Ok(SchemaType::Avro),
-            "JSON" => Ok(SchemaType::Json),
-            other => Err(format!(
-                "schema type {other} is not supported (AVRO and JSON are)"
-            )),
-        }
-    }
-}
 
 /// A schema ready to check and encode records.
 pub struct CompiledSchema {
@@ -165,9 +145,6 @@ mod tests {
         assert!(CompiledSchema::compile(1, SchemaType::Avro, r#"{"type":"recrd"}"#).is_err());
         assert!(CompiledSchema::compile(1, SchemaType::Json, r#"{"type": 5}"#).is_err());
         assert!(CompiledSchema::compile(1, SchemaType::Json, "not json").is_err());
-        assert_eq!(SchemaType::from_api(None), Ok(SchemaType::Avro));
-        assert_eq!(SchemaType::from_api(Some("JSON")), Ok(SchemaType::Json));
-        assert!(SchemaType::from_api(Some("PROTOBUF")).is_err());
     }
 
     #[test]

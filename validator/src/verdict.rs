@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::reason::Reason;
 use crate::route::Routes;
-use crate::schema_store_client::{LookupError, SchemaCache};
+use crate::schema_cache::{LookupError, SchemaCache};
 
 /// Where a record goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,8 +139,9 @@ mod tests {
 
     use super::*;
     use crate::route::RouteConfig;
-    use crate::schema_store_client::tests::{serve, Canned};
-    use crate::schema_store_client::SchemaStoreClient;
+    use logpipe_schema_client::Client;
+
+    use crate::schema_cache::tests::{serve, Canned};
 
     async fn checker(base: &str) -> Checker {
         #[derive(serde::Deserialize)]
@@ -152,7 +153,7 @@ mod tests {
         )
         .unwrap();
         let cache = SchemaCache::new(
-            SchemaStoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            Client::new(base, None, Duration::from_secs(2)).unwrap(),
             Duration::from_secs(5),
         );
         Checker::new(Routes::new(&file.routes).unwrap(), cache)

@@ -1,9 +1,11 @@
-//! HTTP basic authentication with roles.
+//! HTTP basic authentication with roles, for every service with an HTTP API.
 //!
 //! Users and their roles come from the `[auth]` config table; passwords are stored as Argon2 PHC
-//! strings (`logpipe-schema-store hash-password` prints one). Roles are ordered: `read` reads,
-//! looks up and tests compatibility; `write` also registers and soft-deletes; `admin` also changes
-//! config and modes and deletes permanently. Without an `[auth]` table the API is open.
+//! strings (a service's `hash-password` command prints one, see [`hash_password_command`]). Roles
+//! are ordered, each including the ones before it (`read` < `write` < `admin`); which requests
+//! need which role is the service's (the schema store's is its route table). Without an `[auth]`
+//! table the API is open. Each service counts its refusals under its own metric name, by
+//! reason (`unauthorized`, `forbidden`).
 //!
 //! Argon2 is deliberately slow, so a verified `Authorization` header is remembered (bounded)
 //! and later requests with it cost a hash-map lookup; a changed password needs a restart anyway.
@@ -17,7 +19,6 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
-use logpipe_core::metric_names::schema_store as metric;
 use serde::{Deserialize, Serialize};
 
 /// What a user may do; each role includes the ones before it.
@@ -51,7 +52,9 @@ pub struct UserConfig {
 }
 
 impl AuthConfig {
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    /// Checks what deserializing cannot: unique names without `:`, PHC hashes, and that
+    /// someone can use the API at all.
+    pub fn validate(&self) -> anyhow::Result<()> {
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
             if user.name.is_empty() || user.name.contains(':') {
@@ -61,7 +64,7 @@ impl AuthConfig {
                 anyhow::bail!("auth.users[{i}]: user {:?} is listed twice", user.name);
             }
             PasswordHash::new(&user.password_hash)
-                .map_err(|e| anyhow::anyhow!("auth.users[{i}].password_hash is not a PHC password hash ({e}); make one with `logpipe-schema-store hash-password`"))?;
+                .map_err(|e| anyhow::anyhow!("auth.users[{i}].password_hash is not a PHC password hash ({e}); make one with the service's `hash-password` command"))?;
         }
         if self.users.is_empty() && !self.anonymous_read {
             anyhow::bail!(
@@ -74,32 +77,64 @@ impl AuthConfig {
 
 /// Why a request was refused; the API turns it into a 401 or a 403.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Denied {
+pub enum Denied {
     /// No valid credentials: the caller should authenticate.
     Unauthorized,
     /// A known user whose role is below the one needed.
     Forbidden { user: String, needed: Role },
 }
 
+impl Denied {
+    /// 401 (the caller should authenticate, with a `WWW-Authenticate` challenge) or 403.
+    pub fn status(&self) -> axum::http::StatusCode {
+        match self {
+            Denied::Unauthorized => axum::http::StatusCode::UNAUTHORIZED,
+            Denied::Forbidden { .. } => axum::http::StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// What the refusal tells the caller.
+    pub fn message(&self) -> String {
+        match self {
+            Denied::Unauthorized => {
+                "Unauthorized: valid HTTP basic credentials are required".to_owned()
+            }
+            Denied::Forbidden { user, needed } => {
+                format!("User '{user}' is not allowed to do this: it needs the {needed:?} role")
+                    .to_lowercase()
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` header value of a 401 from the service `realm`.
+    pub fn challenge(realm: &str) -> String {
+        format!("Basic realm=\"{realm}\"")
+    }
+}
+
 const CACHE_LIMIT: usize = 1024;
 
 /// The authorizer built from config.
-#[derive(Debug, Default)]
-pub(crate) struct Auth {
+#[derive(Debug)]
+pub struct Auth {
     config: Option<AuthConfig>,
+    /// The service's counter of refused requests (a [`crate::metric_names`] constant).
+    denied_metric: &'static str,
     verified: Mutex<HashMap<String, (String, Role)>>,
 }
 
 impl Auth {
-    pub(crate) fn new(config: Option<AuthConfig>) -> Auth {
+    /// Without `config` every request is allowed; refusals are counted under `denied_metric`.
+    pub fn new(config: Option<AuthConfig>, denied_metric: &'static str) -> Auth {
         Auth {
             config,
+            denied_metric,
             verified: Mutex::new(HashMap::new()),
         }
     }
 
     /// Ok when the request's credentials (or anonymity) carry `needed`.
-    pub(crate) fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<(), Denied> {
+    pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<(), Denied> {
         let Some(config) = &self.config else {
             return Ok(());
         };
@@ -110,13 +145,13 @@ impl Auth {
             if config.anonymous_read && needed == Role::Read {
                 return Ok(());
             }
-            return Err(unauthorized());
+            return Err(self.unauthorized());
         };
         let (user, role) = self.verify(config, value)?;
         if role >= needed {
             Ok(())
         } else {
-            metrics::counter!(metric::AUTH_DENIED, "reason" => "forbidden").increment(1);
+            metrics::counter!(self.denied_metric, "reason" => "forbidden").increment(1);
             Err(Denied::Forbidden { user, needed })
         }
     }
@@ -132,21 +167,21 @@ impl Auth {
         }
         let encoded = header_value
             .strip_prefix("Basic ")
-            .ok_or_else(unauthorized)?;
+            .ok_or_else(|| self.unauthorized())?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
-            .map_err(|_| unauthorized())?;
-        let decoded = String::from_utf8(decoded).map_err(|_| unauthorized())?;
-        let (name, password) = decoded.split_once(':').ok_or_else(unauthorized)?;
+            .map_err(|_| self.unauthorized())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| self.unauthorized())?;
+        let (name, password) = decoded.split_once(':').ok_or_else(|| self.unauthorized())?;
         let user = config
             .users
             .iter()
             .find(|u| u.name == name)
-            .ok_or_else(unauthorized)?;
-        let hash = PasswordHash::new(&user.password_hash).map_err(|_| unauthorized())?;
+            .ok_or_else(|| self.unauthorized())?;
+        let hash = PasswordHash::new(&user.password_hash).map_err(|_| self.unauthorized())?;
         Argon2::default()
             .verify_password(password.as_bytes(), &hash)
-            .map_err(|_| unauthorized())?;
+            .map_err(|_| self.unauthorized())?;
         let known = (user.name.clone(), user.role);
         let mut cache = self.verified.lock().expect("auth cache lock");
         if cache.len() >= CACHE_LIMIT {
@@ -155,11 +190,11 @@ impl Auth {
         cache.insert(header_value.to_owned(), known.clone());
         Ok(known)
     }
-}
 
-fn unauthorized() -> Denied {
-    metrics::counter!(metric::AUTH_DENIED, "reason" => "unauthorized").increment(1);
-    Denied::Unauthorized
+    fn unauthorized(&self) -> Denied {
+        metrics::counter!(self.denied_metric, "reason" => "unauthorized").increment(1);
+        Denied::Unauthorized
+    }
 }
 
 /// An Argon2id PHC string for `password`, for the `password_hash` config key.
@@ -172,9 +207,10 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
-/// `logpipe-schema-store hash-password`: reads a password from the first line of stdin and prints
-/// its hash, so the password never appears in the process list or shell history.
-pub fn hash_password_command() -> ExitCode {
+/// A service binary's `hash-password` command (`bin` names the binary in the usage text): reads a
+/// password from the first line of stdin and prints its hash, so the password never appears in
+/// the process list or shell history.
+pub fn hash_password_command(bin: &str) -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
         eprintln!("cannot read the password from stdin: {e}");
@@ -182,7 +218,9 @@ pub fn hash_password_command() -> ExitCode {
     }
     let password = line.trim_end_matches(['\n', '\r']);
     if password.is_empty() {
-        eprintln!("usage: echo -n 'PASSWORD' | logpipe-schema-store hash-password  (the password is read from stdin)");
+        eprintln!(
+            "usage: echo -n 'PASSWORD' | {bin} hash-password  (the password is read from stdin)"
+        );
         return ExitCode::FAILURE;
     }
     println!("{}", hash_password(password));
@@ -204,21 +242,24 @@ mod tests {
     }
 
     fn auth(anonymous_read: bool) -> Auth {
-        Auth::new(Some(AuthConfig {
-            anonymous_read,
-            users: vec![
-                UserConfig {
-                    name: "reader".into(),
-                    password_hash: hash_password("r-pass"),
-                    role: Role::Read,
-                },
-                UserConfig {
-                    name: "ops".into(),
-                    password_hash: hash_password("o-pass"),
-                    role: Role::Admin,
-                },
-            ],
-        }))
+        Auth::new(
+            Some(AuthConfig {
+                anonymous_read,
+                users: vec![
+                    UserConfig {
+                        name: "reader".into(),
+                        password_hash: hash_password("r-pass"),
+                        role: Role::Read,
+                    },
+                    UserConfig {
+                        name: "ops".into(),
+                        password_hash: hash_password("o-pass"),
+                        role: Role::Admin,
+                    },
+                ],
+            }),
+            "logpipe_test_auth_denied_total",
+        )
     }
 
     #[test]
@@ -260,6 +301,26 @@ mod tests {
             auth.authorize(&HeaderMap::new(), Role::Write),
             Err(Denied::Unauthorized)
         );
+    }
+
+    #[test]
+    fn denials_are_counted_under_the_services_name() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let auth = auth(false);
+            let _ = auth.authorize(&HeaderMap::new(), Role::Read);
+            let _ = auth.authorize(&basic("reader", "r-pass"), Role::Admin);
+        });
+        let rendered = handle.render();
+        for reason in ["unauthorized", "forbidden"] {
+            assert!(
+                rendered.contains(&format!(
+                    "logpipe_test_auth_denied_total{{reason=\"{reason}\"}} 1"
+                )),
+                "{rendered}"
+            );
+        }
     }
 
     #[test]

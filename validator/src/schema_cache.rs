@@ -1,11 +1,10 @@
-//! The schema store, seen through the Confluent Schema Registry REST API only (so Confluent and
-//! Karapace work too), and the cache in front of it.
+//! The cache in front of the schema store (reached through [`logpipe_schema_client::Client`]).
 //!
 //! Compiled schemas are cached by id (ids are immutable, so two subjects or versions sharing a
-//! schema share one compiled plan) and subject lookups by subject and version. A `latest` lookup is refreshed after `refresh` (default 2 s), so a newly registered
-//! version is used within a few seconds; a pinned version never changes. "Not found" answers are
-//! cached for the same time, so a stream of records naming an unknown subject does not turn into
-//! a stream of requests.
+//! schema share one compiled plan) and subject lookups by subject and version. A `latest` lookup
+//! is refreshed after `refresh` (default 2 s), so a newly registered version is used within a few
+//! seconds; a pinned version never changes. "Not found" answers are cached for the same time, so
+//! a stream of records naming an unknown subject does not turn into a stream of requests.
 //!
 //! A store that cannot be reached (connection errors, timeouts, 5xx, auth failures) is never the
 //! record's fault: lookups then fail with [`LookupError::Unavailable`] and the pipeline pauses
@@ -15,11 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use logpipe_schema_client::{Client, RegisteredSchema, SchemaType, Version};
 
 use crate::metrics as names;
 use crate::reason::Reason;
-use crate::schema::{CompiledSchema, SchemaType};
+use crate::schema::CompiledSchema;
 
 /// Why a schema could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,140 +32,13 @@ pub(crate) enum LookupError {
     Problem(Reason, String),
 }
 
-/// Which version of a subject a route uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Version {
-    #[default]
-    Latest,
-    Pinned(u32),
-}
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Version::Latest => f.write_str("latest"),
-            Version::Pinned(v) => write!(f, "{v}"),
-        }
-    }
-}
-
-/// A client of the Confluent REST API.
-#[derive(Debug, Clone)]
-pub(crate) struct SchemaStoreClient {
-    base: reqwest::Url,
-    http: reqwest::Client,
-    credentials: Option<(String, String)>,
-}
-
-const ACCEPT: &str =
-    "application/vnd.schemaregistry.v1+json, application/vnd.schemaregistry+json, application/json";
-
-#[derive(Deserialize)]
-struct SubjectVersion {
-    id: u32,
-    schema: String,
-    #[serde(rename = "schemaType")]
-    schema_type: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ApiError {
-    error_code: Option<i64>,
-    message: Option<String>,
-}
-
-impl SchemaStoreClient {
-    pub(crate) fn new(
-        base: &str,
-        credentials: Option<(String, String)>,
-        timeout: Duration,
-    ) -> anyhow::Result<SchemaStoreClient> {
-        let mut base = reqwest::Url::parse(base)
-            .map_err(|e| anyhow::anyhow!("schema_store {base:?} is not a URL: {e}"))?;
-        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
-            anyhow::bail!("schema_store {base} must be an http or https URL");
-        }
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()?;
-        Ok(SchemaStoreClient {
-            base,
-            http,
-            credentials,
-        })
-    }
-
-    /// `GET /subjects/{subject}/versions/{version|latest}`: (id, type, schema).
-    pub(crate) async fn subject_version(
-        &self,
-        subject: &str,
-        version: Version,
-    ) -> Result<(u32, SchemaType, String), LookupError> {
-        let found: SubjectVersion = self
-            .get(&["subjects", subject, "versions", &version.to_string()])
-            .await?;
-        let schema_type = SchemaType::from_api(found.schema_type.as_deref())
-            .map_err(|e| LookupError::Problem(Reason::UnusableSchema, e))?;
-        Ok((found.id, schema_type, found.schema))
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        segments: &[&str],
-    ) -> Result<T, LookupError> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("checked to be a base")
-            .pop_if_empty()
-            .extend(segments);
-        let mut request = self
-            .http
-            .get(url.clone())
-            .header(reqwest::header::ACCEPT, ACCEPT);
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password));
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}")))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}")))?;
-        if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| {
-                LookupError::Unavailable(format!("GET {url}: unexpected answer: {e}"))
-            });
-        }
-        let error: Option<ApiError> = serde_json::from_slice(&body).ok();
-        let message = error
-            .as_ref()
-            .map(|e| {
-                format!(
-                    "{} (error {})",
-                    e.message.as_deref().unwrap_or(""),
-                    e.error_code.unwrap_or(0)
-                )
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-        // Only "this does not exist" is an answer about the record; anything else (auth, server
-        // errors, a proxy's page) is the store's or the config's problem.
-        if status == reqwest::StatusCode::NOT_FOUND && error.is_some() {
-            Err(LookupError::Problem(
-                Reason::UnknownSubject,
-                format!("GET {url}: {message}"),
-            ))
-        } else {
-            Err(LookupError::Unavailable(format!(
-                "GET {url}: {status}: {message}"
-            )))
+impl From<logpipe_schema_client::LookupError> for LookupError {
+    fn from(e: logpipe_schema_client::LookupError) -> LookupError {
+        use logpipe_schema_client::LookupError as Client;
+        match e {
+            Client::Unavailable(why) => LookupError::Unavailable(why),
+            Client::NotFound(why) => LookupError::Problem(Reason::UnknownSubject, why),
+            Client::Unusable(why) => LookupError::Problem(Reason::UnusableSchema, why),
         }
     }
 }
@@ -178,7 +50,7 @@ struct SubjectEntry {
 
 /// Compiled schemas by id and subject lookups by (subject, version).
 pub(crate) struct SchemaCache {
-    client: SchemaStoreClient,
+    client: Client,
     refresh: Duration,
     by_id: HashMap<u32, Arc<CompiledSchema>>,
     by_subject: HashMap<(String, Version), SubjectEntry>,
@@ -187,7 +59,7 @@ pub(crate) struct SchemaCache {
 }
 
 impl SchemaCache {
-    pub(crate) fn new(client: SchemaStoreClient, refresh: Duration) -> SchemaCache {
+    pub(crate) fn new(client: Client, refresh: Duration) -> SchemaCache {
         SchemaCache {
             client,
             refresh,
@@ -226,8 +98,17 @@ impl SchemaCache {
             None => None,
         };
         metrics::counter!(names::SCHEMA_CACHE_MISSES, "subject" => subject.to_owned()).increment(1);
-        let found = match self.client.subject_version(subject, version).await {
-            Ok((id, schema_type, text)) => Ok(self.compiled(id, schema_type, &text)),
+        let found = match self
+            .client
+            .subject_version(subject, version)
+            .await
+            .map_err(LookupError::from)
+        {
+            Ok(RegisteredSchema {
+                id,
+                schema_type,
+                schema,
+            }) => Ok(self.compiled(id, schema_type, &schema)),
             Err(LookupError::Problem(kind, reason)) => Err((kind, reason)),
             Err(unavailable @ LookupError::Unavailable(_)) => {
                 self.reachable = false;
@@ -353,7 +234,7 @@ pub(crate) mod tests {
 
     fn cache(base: &str, refresh: Duration) -> SchemaCache {
         SchemaCache::new(
-            SchemaStoreClient::new(base, None, Duration::from_secs(2)).unwrap(),
+            Client::new(base, None, Duration::from_secs(2)).unwrap(),
             refresh,
         )
     }
@@ -438,14 +319,5 @@ pub(crate) mod tests {
         canned.fail.store(false, Ordering::SeqCst);
         cache.subject("s", Version::Latest).await.unwrap();
         assert!(cache.reachable());
-    }
-
-    #[test]
-    fn base_urls_are_checked() {
-        assert!(SchemaStoreClient::new("not a url", None, Duration::from_secs(1)).is_err());
-        assert!(SchemaStoreClient::new("ftp://x", None, Duration::from_secs(1)).is_err());
-        assert!(
-            SchemaStoreClient::new("http://x:8081/registry", None, Duration::from_secs(1)).is_ok()
-        );
     }
 }

@@ -1,0 +1,51 @@
+//! The CEP worker's metrics: names from [`logpipe_core::metric_names::cep`], which dashboards, the
+//! dev stack's live view, tests and benchmarks read too, each described once here.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+pub(crate) use logpipe_core::metric_names::cep::*;
+
+/// Registers every description once, so `/metrics` explains itself.
+pub(crate) fn describe() {
+    describe_counter!(EVENTS, "Clean records read, per topic.");
+    describe_counter!(
+        EVENTS_UNDECODABLE,
+        "Clean records that could not be decoded and were not counted, per topic and reason."
+    );
+    describe_counter!(
+        EVENTS_UNKEYED,
+        "Events that satisfied a rule step but lack the rule's key field, per rule."
+    );
+    describe_counter!(
+        RULE_EVENTS_EVALUATED,
+        "Events read from a rule's sources, per rule."
+    );
+    describe_counter!(
+        RULE_EVENTS_MATCHED,
+        "Events that satisfied at least one step of a rule, per rule."
+    );
+    describe_counter!(RULE_MATCHES_EMITTED, "Matches written, per rule.");
+    describe_gauge!(
+        RULE_KEYS_HELD,
+        "Keys with state for a rule on this worker's partitions, per rule."
+    );
+    describe_gauge!(RULES_ACTIVE, "Rules active (not deleted).");
+    describe_gauge!(
+        STATE_BYTES,
+        "Approximate memory of the keyed state on this worker, in bytes."
+    );
+    describe_gauge!(
+        CONSUMER_LAG_RECORDS,
+        "Records between this worker's position and the end of each assigned partition."
+    );
+    describe_histogram!(
+        STATE_RESTORE,
+        "Time to restore assigned partitions' state from the changelog, in seconds."
+    );
+    describe_histogram!(BATCH, "Time to process and commit one batch, in seconds.");
+    describe_counter!(
+        TRANSACTIONS_ABORTED,
+        "Transactions aborted and their batch read again."
+    );
+    describe_counter!(AUTH_DENIED, "Rules API requests refused, per reason.");
+}

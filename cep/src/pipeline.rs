@@ -1,0 +1,877 @@
+//! The exactly-once loop: one consumer in the group reads the rules' source topics and this
+//! group's repartition topics; one transactional producer writes, per batch and in one
+//! transaction, the re-keyed events, the matches, the state changelog and the input offsets.
+//!
+//! Two stages share the loop (Kafka Streams' sub-topologies in one task): a clean record is
+//! decoded, evaluated against the rule set, and its hits are re-keyed to
+//! `_lp.cep.repartition.<group>.<key path>` partitioned by the key's hash; a re-keyed record
+//! advances the counters of its key, which this worker owns because it owns that partition. Both
+//! halves commit in the same transactions, so a crash anywhere replays whole batches: the
+//! repartition topic and the changelog hold exactly what the committed offsets say was done.
+//!
+//! An abortable transaction error aborts, rewinds the consumer to the batch's first offsets and
+//! restores the owned state from the changelog (the committed truth); a fatal one (fenced by a
+//! newer instance with the same transactional id) stops the worker.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use logpipe_core::kafka::{
+    create_topics, end_reader, read_to_end, GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
+};
+use logpipe_core::record::{cep_repartition_topic, RecordId};
+use logpipe_core::telemetry::Readiness;
+use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::decode::{DecodeError, Decoder};
+use crate::event::{parse_event_time, EventRef, Hit, Rekeyed};
+use crate::field::key_text;
+use crate::matches::{self, Match};
+use crate::metrics as names;
+use crate::ruleset::RuleSet;
+use crate::state::KeyedState;
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+const READY_KAFKA: &str = "kafka";
+const READY_STORE: &str = "schema_store";
+const READY_STATE: &str = "state";
+
+/// The loop's settings.
+pub(crate) struct Settings {
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) group: String,
+    pub(crate) transactional_id: String,
+    /// Partitions of the repartition, changelog and output topics the worker creates.
+    pub(crate) partitions: i32,
+    pub(crate) batch_records: usize,
+    pub(crate) batch_time: Duration,
+}
+
+/// What the worker has done per rule version, for `GET /rules/{name}/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct RuleStats {
+    pub(crate) events_seen: u64,
+    pub(crate) events_matched: u64,
+    pub(crate) matches_emitted: u64,
+    pub(crate) keys_held: u64,
+}
+
+/// Per (rule, version), shared with the API.
+pub(crate) type Stats = Arc<Mutex<HashMap<(String, u32), RuleStats>>>;
+
+/// A record on its way out (not the changelog, which the state holds).
+enum Output {
+    Rekeyed {
+        topic: String,
+        partition: i32,
+        key: String,
+        value: Vec<u8>,
+    },
+    Match(Match),
+}
+
+/// Counts of one batch, published when it commits.
+#[derive(Default)]
+struct BatchCounts {
+    events: HashMap<String, u64>,
+    matched: HashMap<(String, u32), u64>,
+    emitted: HashMap<(String, u32), u64>,
+    undecodable: HashMap<(String, &'static str), u64>,
+    unkeyed: HashMap<String, u64>,
+}
+
+/// The worker.
+pub(crate) struct Worker {
+    settings: Settings,
+    consumer: StreamConsumer<RebalanceLog>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    admin: AdminClient<DefaultClientContext>,
+    rules: watch::Receiver<Arc<RuleSet>>,
+    set: Arc<RuleSet>,
+    decoder: Decoder,
+    state: KeyedState,
+    state_topic: String,
+    /// Repartition topic -> the key path it is keyed by.
+    key_paths: HashMap<String, String>,
+    /// Topics known to exist.
+    existing: BTreeSet<String>,
+    subscribed: Vec<String>,
+    stats: Stats,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// Connects and fences older transactions of the same id, retrying while Kafka is
+    /// unreachable; `None` on shutdown meanwhile.
+    pub(crate) async fn connect(
+        settings: Settings,
+        rules: watch::Receiver<Arc<RuleSet>>,
+        decoder: Decoder,
+        stats: Stats,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Option<Worker>> {
+        readiness.register(READY_KAFKA);
+        readiness.ready(READY_STORE);
+        readiness.ready(READY_STATE);
+        let mut consumer_config = settings.kafka.client_config(
+            &Role::Consumer {
+                group_id: settings.group.clone(),
+            },
+            "logpipe-cep",
+        );
+        // A dead worker's partitions move on within seconds, not librdkafka's 45 s, unless the
+        // operator chose otherwise.
+        for (name, value) in [
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+        ] {
+            if !settings.kafka.properties.contains_key(name) {
+                consumer_config.set(name, value);
+            }
+        }
+        let consumer: StreamConsumer<RebalanceLog> = consumer_config
+            .create_with_context(RebalanceLog::default())
+            .context("creating the consumer")?;
+        let producer: ThreadedProducer<DefaultProducerContext> = settings
+            .kafka
+            .client_config(
+                &Role::TransactionalProducer {
+                    transactional_id: settings.transactional_id.clone(),
+                },
+                "logpipe-cep",
+            )
+            .create()
+            .context("creating the transactional producer")?;
+        let admin: AdminClient<DefaultClientContext> = settings
+            .kafka
+            .client_config(&Role::Admin, "logpipe-cep")
+            .create()
+            .context("creating the admin client")?;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match tokio::task::block_in_place(|| producer.init_transactions(KAFKA_TIMEOUT)) {
+                Ok(()) => break,
+                Err(e) if is_fatal(&e) => return Err(e).context("initialising transactions"),
+                Err(e) => {
+                    tracing::warn!("initialising transactions: {e}; retrying");
+                    readiness.not_ready(READY_KAFKA, format!("initialising transactions: {e}"));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let state_topic = logpipe_core::record::cep_state_topic(&settings.group);
+        let set = rules.borrow().clone();
+        let mut worker = Worker {
+            settings,
+            consumer,
+            producer,
+            admin,
+            rules,
+            set,
+            decoder,
+            state: KeyedState::default(),
+            state_topic,
+            key_paths: HashMap::new(),
+            existing: BTreeSet::new(),
+            subscribed: Vec::new(),
+            stats,
+            readiness,
+            shutdown,
+        };
+        let changelog = worker.state_topic.clone();
+        worker.ensure_topics(&[(changelog, true)]).await?;
+        worker.check_changelog()?;
+        Ok(Some(worker))
+    }
+
+    /// The changelog must have as many partitions as the repartition topics this worker creates:
+    /// state of repartition partition p lives in changelog partition p.
+    fn check_changelog(&self) -> anyhow::Result<()> {
+        let metadata = tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_metadata(Some(&self.state_topic), KAFKA_TIMEOUT)
+        })?;
+        let found = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
+        anyhow::ensure!(
+            found == self.settings.partitions,
+            "{} has {found} partitions but `partitions` is {}: the state of repartition partition p lives in changelog partition p, so they must match (set partitions = {found})",
+            self.state_topic,
+            self.settings.partitions
+        );
+        Ok(())
+    }
+
+    /// Creates the topics that are missing: (name, compacted).
+    async fn ensure_topics(&mut self, topics: &[(String, bool)]) -> anyhow::Result<()> {
+        let missing: Vec<&(String, bool)> = topics
+            .iter()
+            .filter(|(t, _)| !self.existing.contains(t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(name, compacted)| {
+                let topic =
+                    NewTopic::new(name, self.settings.partitions, TopicReplication::Fixed(-1));
+                if *compacted {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
+            .collect();
+        for (name, result) in create_topics(&self.admin, &new, KAFKA_TIMEOUT)
+            .await
+            .context("creating topics")?
+        {
+            match result {
+                Ok(()) => {
+                    self.existing.insert(name);
+                }
+                Err(code) => anyhow::bail!("cannot create topic {name}: {code}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until shutdown; the last batch is committed before it returns.
+    pub(crate) async fn run(mut self) -> anyhow::Result<()> {
+        self.apply_rules().await?;
+        let mut last_lag = Instant::now();
+        while !self.shutdown.is_cancelled() {
+            if self.rules.has_changed().unwrap_or(false) {
+                self.set = self.rules.borrow_and_update().clone();
+                self.apply_rules().await?;
+            }
+            if last_lag.elapsed() >= LAG_INTERVAL {
+                self.report_lag();
+                last_lag = Instant::now();
+            }
+            let batch = self.gather().await?;
+            if batch.is_empty() && !self.state.has_changes() {
+                continue;
+            }
+            let started = Instant::now();
+            let Some((outputs, counts)) = self.process(&batch).await? else {
+                break;
+            };
+            if self.commit(&batch, outputs)? {
+                self.publish(counts);
+                metrics::histogram!(names::BATCH).record(started.elapsed().as_secs_f64());
+            }
+        }
+        tracing::info!("stopping");
+        Ok(())
+    }
+
+    /// A new rule set: state of inactive versions is dropped (tombstoned in the next commit),
+    /// repartition and output topics are created, and the subscription follows the sources.
+    async fn apply_rules(&mut self) -> anyhow::Result<()> {
+        let set = self.set.clone();
+        self.state.retain(&set);
+        metrics::gauge!(names::RULES_ACTIVE).set(set.rules().len() as f64);
+        let mut topics: Vec<(String, bool)> = Vec::new();
+        self.key_paths.clear();
+        for key_path in set.key_paths() {
+            let topic = cep_repartition_topic(&self.settings.group, &key_path);
+            topics.push((topic.clone(), false));
+            self.key_paths.insert(topic, key_path);
+        }
+        for rule in set.rules() {
+            topics.push((rule.output_topic.clone(), false));
+        }
+        self.ensure_topics(&topics).await?;
+        let mut wanted: Vec<String> = set.sources().into_iter().collect();
+        wanted.extend(self.key_paths.keys().cloned());
+        wanted.sort();
+        if wanted != self.subscribed {
+            if wanted.is_empty() {
+                tracing::info!("no rules: unsubscribing");
+                self.consumer.unsubscribe();
+            } else {
+                tracing::info!(topics = ?wanted, "subscribing");
+                let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+                self.consumer.subscribe(&names).context("subscribing")?;
+            }
+            self.subscribed = wanted;
+        }
+        // With no rules there is nothing to do, which is working as asked.
+        self.readiness.ready(READY_KAFKA);
+        Ok(())
+    }
+
+    /// Takes up to `batch_records` records, waiting at most `batch_time` after the first one
+    /// (and at most five times that for the first, so rule changes are noticed).
+    async fn gather(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        if self.subscribed.is_empty() {
+            // No rules: nothing to read until some arrive.
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {}
+                changed = self.rules.changed() => {
+                    if changed.is_ok() {
+                        self.set = self.rules.borrow_and_update().clone();
+                        self.apply_rules().await?;
+                    }
+                }
+            }
+            return Ok(batch);
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.batch_time;
+        while batch.len() < self.settings.batch_records {
+            let wait = if batch.is_empty() {
+                self.settings.batch_time * 5
+            } else {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            };
+            let received = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
+                r = tokio::time::timeout(wait, self.consumer.recv()) => r.map(|r| r.map(|m| m.detach())),
+            };
+            // Records gathered from a revoked partition are dropped: its next owner reads them
+            // from the committed offset.
+            let revoked = self.handle_group_events()?;
+            if !revoked.is_empty() {
+                batch.retain(|m| {
+                    !revoked
+                        .iter()
+                        .any(|(t, p)| t == m.topic() && *p == m.partition())
+                });
+            }
+            match received {
+                Err(_elapsed) => break,
+                Ok(Ok(message)) => {
+                    self.readiness.ready(READY_KAFKA);
+                    batch.push(message);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("consumer: {e}");
+                    self.readiness
+                        .not_ready(READY_KAFKA, format!("consumer: {e}"));
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Acts on rebalances; returns the partitions revoked.
+    fn handle_group_events(&mut self) -> anyhow::Result<Vec<Partition>> {
+        let mut revoked = Vec::new();
+        for event in self.consumer.context().take() {
+            match event {
+                GroupEvent::Revoked(list) => {
+                    for owned in &list {
+                        self.state.release(owned);
+                    }
+                    revoked.extend(list);
+                }
+                GroupEvent::Assigned(list) => {
+                    let owned: Vec<Partition> = list
+                        .into_iter()
+                        .filter(|(topic, _)| self.key_paths.contains_key(topic))
+                        .collect();
+                    for (topic, partition) in &owned {
+                        self.state
+                            .own((topic.clone(), *partition), &self.key_paths[topic]);
+                    }
+                    self.restore(&owned)?;
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Restores the state of `owned` repartition partitions from the changelog.
+    fn restore(&mut self, owned: &[Partition]) -> anyhow::Result<()> {
+        let partitions: BTreeSet<i32> = owned.iter().map(|(_, p)| *p).collect();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        self.readiness
+            .not_ready(READY_STATE, "restoring state from the changelog");
+        let started = Instant::now();
+        let reader = end_reader(self.settings.kafka.client_config(
+            &Role::Consumer {
+                group_id: format!("{}.restore", self.settings.group),
+            },
+            "logpipe-cep-restore",
+        ))
+        .context("creating the state reader")?;
+        let from: Vec<(i32, Offset)> = partitions.iter().map(|p| (*p, Offset::Beginning)).collect();
+        let group = self.settings.group.clone();
+        let set = self.set.clone();
+        let state = &mut self.state;
+        let records = tokio::task::block_in_place(|| {
+            read_to_end(
+                &reader,
+                &self.state_topic,
+                &from,
+                Duration::from_secs(300),
+                Some(&self.shutdown),
+                |m| {
+                    if let Some(key) = m.key() {
+                        state.restore(
+                            m.partition(),
+                            key,
+                            m.payload(),
+                            |k| cep_repartition_topic(&group, k),
+                            &set,
+                        );
+                    }
+                    Ok(())
+                },
+            )
+        })
+        .context("restoring state from the changelog")?;
+        let elapsed = started.elapsed();
+        metrics::histogram!(names::STATE_RESTORE).record(elapsed.as_secs_f64());
+        tracing::info!(partitions = ?partitions, records, ?elapsed, "state restored");
+        self.readiness.ready(READY_STATE);
+        Ok(())
+    }
+
+    /// Runs both stages over a batch. `None` when shutdown came while the schema store was
+    /// unreachable.
+    async fn process(
+        &mut self,
+        batch: &[OwnedMessage],
+    ) -> anyhow::Result<Option<(Vec<Output>, BatchCounts)>> {
+        let mut outputs = Vec::new();
+        let mut counts = BatchCounts::default();
+        let mut hits: Vec<(usize, u32)> = Vec::new();
+        let set = self.set.clone();
+        for message in batch {
+            let topic = message.topic();
+            let payload = message.payload().unwrap_or_default();
+            if self.key_paths.contains_key(topic) {
+                self.count(&set, message, payload, &mut outputs, &mut counts);
+                continue;
+            }
+            *counts.events.entry(topic.to_owned()).or_default() += 1;
+            let event = loop {
+                match self.decoder.decode(payload).await {
+                    Ok(event) => break Some(event),
+                    Err(DecodeError::Unavailable(why)) => {
+                        if !self.pause(&why).await {
+                            return Ok(None);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            topic,
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "not counted: {e}"
+                        );
+                        *counts
+                            .undecodable
+                            .entry((topic.to_owned(), e.kind()))
+                            .or_default() += 1;
+                        break None;
+                    }
+                }
+            };
+            self.readiness.ready(READY_STORE);
+            let Some(event) = event else {
+                continue;
+            };
+            let record_ms = message.timestamp().to_millis().unwrap_or(0);
+            set.evaluate(topic, &event, record_ms, &mut hits);
+            self.rekey(
+                &set,
+                message,
+                &event,
+                record_ms,
+                &hits,
+                &mut outputs,
+                &mut counts,
+            );
+        }
+        Ok(Some((outputs, counts)))
+    }
+
+    /// First stage: the hits of one event, one re-keyed record per key path.
+    #[allow(clippy::too_many_arguments)]
+    fn rekey(
+        &self,
+        set: &RuleSet,
+        message: &OwnedMessage,
+        event: &Value,
+        record_ms: i64,
+        hits: &[(usize, u32)],
+        outputs: &mut Vec<Output>,
+        counts: &mut BatchCounts,
+    ) {
+        if hits.is_empty() {
+            return;
+        }
+        let id = event_id(message);
+        // (key path, key) -> hits; a BTreeMap so the records go out in a stable order.
+        let mut by_key: BTreeMap<(&str, String), Rekeyed> = BTreeMap::new();
+        for (r, steps) in hits {
+            let rule = &set.rules()[*r];
+            let Some(key) = rule.key.get(event).and_then(key_text) else {
+                *counts.unkeyed.entry(rule.name.clone()).or_default() += 1;
+                continue;
+            };
+            *counts
+                .matched
+                .entry((rule.name.clone(), rule.version))
+                .or_default() += 1;
+            let event_time = rule
+                .event_time
+                .get(event)
+                .and_then(parse_event_time)
+                .unwrap_or(record_ms);
+            by_key
+                .entry((rule.key.as_str(), key))
+                .or_insert_with(|| Rekeyed {
+                    hits: Vec::new(),
+                    event: EventRef {
+                        id: id.clone(),
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        event_time,
+                    },
+                })
+                .hits
+                .push(Hit {
+                    rule: rule.name.clone(),
+                    version: rule.version,
+                    steps: *steps,
+                });
+        }
+        for ((key_path, key), rekeyed) in by_key {
+            outputs.push(Output::Rekeyed {
+                topic: cep_repartition_topic(&self.settings.group, key_path),
+                partition: partition_for(&key, self.settings.partitions),
+                value: serde_json::to_vec(&rekeyed).expect("a re-keyed record serializes"),
+                key,
+            });
+        }
+    }
+
+    /// Second stage: a re-keyed record advances its key's counters.
+    fn count(
+        &mut self,
+        set: &RuleSet,
+        message: &OwnedMessage,
+        payload: &[u8],
+        outputs: &mut Vec<Output>,
+        counts: &mut BatchCounts,
+    ) {
+        let rekeyed: Rekeyed = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(
+                    topic = message.topic(),
+                    offset = message.offset(),
+                    "unreadable re-keyed record, skipped: {e}"
+                );
+                return;
+            }
+        };
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default());
+        let owned = (message.topic().to_owned(), message.partition());
+        for hit in &rekeyed.hits {
+            let Some(rule) = set.get(&hit.rule, hit.version) else {
+                continue;
+            };
+            if let Some(completed) =
+                self.state
+                    .advance(&owned, rule, &key, hit.steps, &rekeyed.event)
+            {
+                outputs.push(Output::Match(matches::build(
+                    rule,
+                    &key,
+                    &completed,
+                    &rekeyed.event,
+                )));
+                *counts
+                    .emitted
+                    .entry((rule.name.clone(), rule.version))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Waits while the schema store is unreachable; false on shutdown.
+    async fn pause(&mut self, why: &str) -> bool {
+        tracing::warn!("schema store unavailable: {why}; pausing");
+        self.readiness.not_ready(READY_STORE, why.to_owned());
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => true,
+        }
+    }
+
+    /// Writes a batch in one transaction. True when committed; false when aborted (the consumer
+    /// is rewound and the state restored from the changelog).
+    fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
+        let mut offsets: BTreeMap<Partition, (i64, i64)> = BTreeMap::new();
+        for m in batch {
+            let entry = offsets
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert((m.offset(), m.offset()));
+            entry.0 = entry.0.min(m.offset());
+            entry.1 = entry.1.max(m.offset());
+        }
+        let changes = self.state.take_changes();
+        let result = tokio::task::block_in_place(|| self.transaction(&offsets, &outputs, &changes));
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if is_fatal(&e) => {
+                Err(e).context("transaction failed fatally (fenced by a newer instance?)")
+            }
+            Err(e) => {
+                tracing::warn!("transaction failed: {e}; aborting and reading the batch again");
+                metrics::counter!(names::TRANSACTIONS_ABORTED).increment(1);
+                tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
+                    .context("aborting the transaction")?;
+                for ((topic, partition), (first, _)) in offsets {
+                    if let Err(e) =
+                        self.consumer
+                            .seek(&topic, partition, Offset::Offset(first), KAFKA_TIMEOUT)
+                    {
+                        tracing::warn!(topic, partition, "rewinding: {e}");
+                    }
+                }
+                let owned: Vec<(Partition, String)> = self.state.owned();
+                self.state.clear();
+                for (partition, key_path) in &owned {
+                    self.state.own(partition.clone(), key_path);
+                }
+                let partitions: Vec<Partition> = owned.into_iter().map(|(p, _)| p).collect();
+                self.restore(&partitions)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn transaction(
+        &self,
+        offsets: &BTreeMap<Partition, (i64, i64)>,
+        outputs: &[Output],
+        changes: &BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>>,
+    ) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        for output in outputs {
+            match output {
+                Output::Rekeyed {
+                    topic,
+                    partition,
+                    key,
+                    value,
+                } => {
+                    self.send(
+                        BaseRecord::to(topic)
+                            .partition(*partition)
+                            .key(key.as_bytes())
+                            .payload(value.as_slice()),
+                    )?;
+                }
+                Output::Match(m) => {
+                    let headers = m.headers.iter().fold(
+                        OwnedHeaders::new_with_capacity(3),
+                        |h, (key, value)| {
+                            h.insert(Header {
+                                key,
+                                value: Some(value.as_bytes()),
+                            })
+                        },
+                    );
+                    self.send(
+                        BaseRecord::to(&m.topic)
+                            .key(m.key.as_bytes())
+                            .payload(m.value.as_slice())
+                            .headers(headers),
+                    )?;
+                }
+            }
+        }
+        for ((partition, key), value) in changes {
+            let mut record = BaseRecord::<[u8], [u8]>::to(&self.state_topic)
+                .partition(*partition)
+                .key(key.as_slice());
+            if let Some(value) = value {
+                record = record.payload(value.as_slice());
+            }
+            self.send(record)?;
+        }
+        if !offsets.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for ((topic, partition), (_, last)) in offsets {
+                list.add_partition_offset(topic, *partition, Offset::Offset(last + 1))?;
+            }
+            // No group metadata: the consumer left the group; abort and read again.
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::ConsumerCommit(
+                    RDKafkaErrorCode::UnknownMemberId,
+                ))?;
+            self.producer
+                .send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
+        }
+        self.producer.commit_transaction(KAFKA_TIMEOUT)
+    }
+
+    /// Enqueues a record, waiting while the producer's queue is full.
+    fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Publishes a committed batch's counts.
+    fn publish(&self, counts: BatchCounts) {
+        for (topic, n) in &counts.events {
+            metrics::counter!(names::EVENTS, "topic" => topic.clone()).increment(*n);
+        }
+        for ((topic, kind), n) in counts.undecodable {
+            metrics::counter!(names::EVENTS_UNDECODABLE, "topic" => topic, "reason" => kind)
+                .increment(n);
+        }
+        for (rule, n) in counts.unkeyed {
+            metrics::counter!(names::EVENTS_UNKEYED, "rule" => rule).increment(n);
+        }
+        let (keys, bytes) = self.state.sizes();
+        metrics::gauge!(names::STATE_BYTES).set(bytes as f64);
+        let mut stats = self.stats.lock().expect("stats lock");
+        stats.retain(|(name, version), _| self.set.get(name, *version).is_some());
+        for rule in self.set.rules() {
+            let id = (rule.name.clone(), rule.version);
+            let seen: u64 = rule
+                .sources
+                .iter()
+                .filter_map(|t| counts.events.get(t))
+                .sum();
+            let matched = counts.matched.get(&id).copied().unwrap_or(0);
+            let emitted = counts.emitted.get(&id).copied().unwrap_or(0);
+            let held = keys.get(&rule.name).copied().unwrap_or(0) as u64;
+            let label = rule.name.clone();
+            metrics::counter!(names::RULE_EVENTS_EVALUATED, "rule" => label.clone())
+                .increment(seen);
+            metrics::counter!(names::RULE_EVENTS_MATCHED, "rule" => label.clone())
+                .increment(matched);
+            metrics::counter!(names::RULE_MATCHES_EMITTED, "rule" => label.clone())
+                .increment(emitted);
+            metrics::gauge!(names::RULE_KEYS_HELD, "rule" => label).set(held as f64);
+            let entry = stats.entry(id).or_default();
+            entry.events_seen += seen;
+            entry.events_matched += matched;
+            entry.matches_emitted += emitted;
+            entry.keys_held = held;
+        }
+    }
+
+    fn report_lag(&self) {
+        let (Ok(assignment), Ok(positions)) =
+            (self.consumer.assignment(), self.consumer.position())
+        else {
+            return;
+        };
+        for element in assignment.elements() {
+            let position = positions
+                .find_partition(element.topic(), element.partition())
+                .and_then(|p| p.offset().to_raw())
+                .filter(|o| *o >= 0);
+            let watermarks = tokio::task::block_in_place(|| {
+                self.consumer.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    Duration::from_secs(2),
+                )
+            });
+            if let (Some(position), Ok((_, high))) = (position, watermarks) {
+                metrics::gauge!(names::CONSUMER_LAG_RECORDS, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
+                    .set((high - position).max(0) as f64);
+            }
+        }
+    }
+}
+
+/// The repartition partition of a key: stable across workers and restarts.
+pub(crate) fn partition_for(key: &str, partitions: i32) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % partitions.max(1) as u64) as i32
+}
+
+/// The record contract's unique id as `<host>/<file>/<offset>`, or `<topic>/<partition>/<offset>`
+/// for a record produced without the `lp.*` headers.
+fn event_id(message: &OwnedMessage) -> String {
+    let pairs = message
+        .headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .map(|h| (h.key, h.value));
+    match RecordId::from_headers(pairs) {
+        Ok(Some(id)) => format!("{}/{}/{}", id.host, id.file.to_hex(), id.offset),
+        _ => format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        ),
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => {
+            t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable())
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_spread_over_partitions_the_same_way_every_time() {
+        let mut seen = [0u32; 8];
+        for i in 0..8_000 {
+            let p = partition_for(&format!("p-{i}"), 8);
+            assert_eq!(p, partition_for(&format!("p-{i}"), 8));
+            seen[p as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| (800..1200).contains(n)), "{seen:?}");
+    }
+}

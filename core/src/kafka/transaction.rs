@@ -1,0 +1,147 @@
+//! The plumbing of an exactly-once consume-transform-produce loop (the validator, the CEP worker):
+//! fencing at start, enqueueing under back-pressure, committing a batch's offsets inside its
+//! transaction, rewinding after an abort, and the lag a group consumer reports. The loops differ
+//! in what they make of a batch, not in how a batch is committed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::Readiness;
+
+use super::Partition;
+
+/// Whether a transaction error ends the producer (fenced by a newer instance with the same
+/// transactional id, or a state that neither an abort nor a retry leaves).
+pub fn is_fatal(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => {
+            t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable())
+        }
+        _ => false,
+    }
+}
+
+/// Initialises transactions (fencing older producers of the same id), retrying with backoff
+/// while Kafka is unreachable and reporting it on the readiness check `check`. False when
+/// shutdown came first.
+pub async fn init_transactions<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    timeout: Duration,
+    readiness: &Readiness,
+    check: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match tokio::task::block_in_place(|| producer.init_transactions(timeout)) {
+            Ok(()) => return Ok(true),
+            Err(e) if is_fatal(&e) => {
+                return Err(anyhow::Error::new(e).context("initialising transactions"))
+            }
+            Err(e) => {
+                tracing::warn!("initialising transactions: {e}; retrying");
+                readiness.not_ready(check, format!("initialising transactions: {e}"));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Enqueues a record, waiting while the producer's queue is full (at most `timeout`).
+pub fn send_waiting<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if Instant::now() < deadline =>
+            {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// A batch's first and last offset per partition.
+pub fn batch_offsets(batch: &[OwnedMessage]) -> BTreeMap<Partition, (i64, i64)> {
+    let mut offsets: BTreeMap<Partition, (i64, i64)> = BTreeMap::new();
+    for m in batch {
+        let entry = offsets
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert((m.offset(), m.offset()));
+        entry.0 = entry.0.min(m.offset());
+        entry.1 = entry.1.max(m.offset());
+    }
+    offsets
+}
+
+/// Adds the positions after a batch (`last + 1` per partition) to the open transaction, with
+/// the group's metadata so that a zombie of an older generation is fenced. A consumer that is
+/// not in the group (any more) fails with `UnknownMemberId`: abort and read the batch again.
+pub fn send_offsets<C: ProducerContext + 'static, K: ConsumerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    consumer: &impl Consumer<K>,
+    offsets: &BTreeMap<Partition, (i64, i64)>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), (_, last)) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(last + 1))?;
+    }
+    let group = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(
+        RDKafkaErrorCode::UnknownMemberId,
+    ))?;
+    producer.send_offsets_to_transaction(&list, &group, timeout)
+}
+
+/// Seeks every partition of an aborted batch back to its first offset.
+pub fn rewind<K: ConsumerContext + 'static>(
+    consumer: &impl Consumer<K>,
+    offsets: &BTreeMap<Partition, (i64, i64)>,
+    timeout: Duration,
+) {
+    for ((topic, partition), (first, _)) in offsets {
+        if let Err(e) = consumer.seek(topic, *partition, Offset::Offset(*first), timeout) {
+            tracing::warn!(topic, partition, "rewinding: {e}");
+        }
+    }
+}
+
+/// Sets `metric{topic, partition}` to the records between the consumer's position and the end of
+/// each assigned partition.
+pub fn report_lag<K: ConsumerContext + 'static>(consumer: &impl Consumer<K>, metric: &'static str) {
+    let (Ok(assignment), Ok(positions)) = (consumer.assignment(), consumer.position()) else {
+        return;
+    };
+    for element in assignment.elements() {
+        let position = positions
+            .find_partition(element.topic(), element.partition())
+            .and_then(|p| p.offset().to_raw())
+            .filter(|o| *o >= 0);
+        let watermarks = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+        });
+        if let (Some(position), Ok((_, high))) = (position, watermarks) {
+            metrics::gauge!(metric, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
+                .set((high - position).max(0) as f64);
+        }
+    }
+}
