@@ -8,8 +8,8 @@
   - the wiring between resources: every container's liveness probe is GET /health and readiness
     probe GET /ready on the port its config's [telemetry] listen names; Services, the
     PodDisruptionBudget and NetworkPolicies select pods that exist, by ports they declare; the
-    ScaledObject scales an existing Deployment that leaves its replica count to it, and watches
-    the consumer group the workers' config names; workloads live in a namespace of the manifests,
+    ScaledObject scales an existing Deployment that leaves its replica count to it, up to the
+    `partitions` of the workers' config, and watches the consumer group that config names; workloads live in a namespace of the manifests,
     and none in a namespace enforcing the "restricted" Pod Security Standard uses a hostPath volume
     (which that standard refuses).
 
@@ -112,6 +112,11 @@ def check_scaled_object(resource: dict, index: dict) -> list:
                 group = config.get("group", "logpipe-cep")
                 if metadata["consumerGroup"] != group:
                     problems.append(f"{at}: watches group {metadata['consumerGroup']!r}, but {container} consumes as {group!r}")
+    if target is not None:
+        for container, config in configs_of(target, index):
+            partitions = config.get("partitions", 12)
+            if high != partitions:
+                problems.append(f"{where}: maxReplicaCount {high} is not the {partitions} partitions {container} shares its work over")
     return problems
 
 
