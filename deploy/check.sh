@@ -7,7 +7,8 @@
 # Builds the service binaries (cargo build --bins) unless $LOGPIPE_BIN_DIR points at built ones.
 #
 # Usage: deploy/check.sh [CHECK...]   CHECK is one of: systemd compose compose-configs ansible
-#        terraform (default: all). Exit status 0 only if every check passed.
+#        terraform kubernetes kubernetes-configs (default: all). Exit status 0 only if every
+#        check passed.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,8 +16,8 @@ DEPLOY="$REPO/deploy"
 VENV=${LOGPIPE_DEPLOY_VENV:-$REPO/.cache/deploy-venv}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-SERVICES=(agent mirror validator schema-store)
-ALL_CHECKS=(systemd compose compose-configs ansible terraform)
+SERVICES=(agent mirror validator schema-store cep)
+ALL_CHECKS=(systemd compose compose-configs ansible terraform kubernetes kubernetes-configs)
 
 passed=0
 failed=0
@@ -191,6 +192,23 @@ check_compose_configs() {
     python "$DEPLOY/checks/compose_configs.py" "$REPO/docker-compose.yml" "$BIN_DIR"
 }
 
+# The manifests of deploy/kubernetes, offline: built-in kinds validated strictly against the
+# schemas kubernetes-validate ships (oldest supported and newest Kubernetes), the KEDA
+# ScaledObject against its CRD's required fields, the wiring between resources (probes on the
+# telemetry port, selectors, the autoscaled Deployment and its consumer group), and checkov with
+# no failed check (skips carry their reason in a checkov.io/skip annotation on the resource).
+check_kubernetes() {
+    local ok=0
+    python "$DEPLOY/checks/kubernetes_manifests.py" "$DEPLOY/kubernetes" || ok=1
+    checkov -d "$DEPLOY/kubernetes" --framework kubernetes --skip-download --quiet --compact || ok=1
+    return $ok
+}
+
+# Every service config the manifests' ConfigMaps hold passes that service's real `check` command.
+check_kubernetes_configs() {
+    python "$DEPLOY/checks/kubernetes_configs.py" "$DEPLOY/kubernetes" "$BIN_DIR"
+}
+
 main() {
     local checks=("$@")
     [[ ${#checks[@]} -gt 0 ]] || checks=("${ALL_CHECKS[@]}")
@@ -202,6 +220,8 @@ main() {
             compose) ensure_venv; run_check compose check_compose ;;
             ansible) ensure_systemd_analyze; ensure_venv; ensure_binaries; run_check ansible check_ansible ;;
             compose-configs) ensure_venv; ensure_binaries; run_check compose-configs check_compose_configs ;;
+            kubernetes) ensure_venv; run_check kubernetes check_kubernetes ;;
+            kubernetes-configs) ensure_venv; ensure_binaries; run_check kubernetes-configs check_kubernetes_configs ;;
             *) echo "unknown check $check (one of: ${ALL_CHECKS[*]})" >&2; exit 2 ;;
         esac
     done

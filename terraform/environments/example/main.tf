@@ -83,5 +83,6 @@ module "services" {
   logpipe_release_url              = var.logpipe_release_url
   logpipe_release_sha256           = var.logpipe_release_sha256
   schema_store_admin_password_hash = var.schema_store_admin_password_hash
+  cep_admin_password_hash          = var.cep_admin_password_hash
   kms_key_arn                      = aws_kms_key.this.arn
 }

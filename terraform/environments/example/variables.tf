@@ -35,3 +35,9 @@ variable "schema_store_admin_password_hash" {
   type        = string
   sensitive   = true
 }
+
+variable "cep_admin_password_hash" {
+  description = "Argon2 hash of the CEP rules API admin password (logpipe-schema-store hash-password)."
+  type        = string
+  sensitive   = true
+}

@@ -1,5 +1,5 @@
-# The schema store behind an internal network load balancer, and the mirror and validator
-# groups. Every instance installs the release binaries, its config and the hardened systemd unit
+# The schema store behind an internal network load balancer, and the mirror, validator and CEP
+# worker groups. Every instance installs the release binaries, its config and the hardened systemd unit
 # from deploy/systemd (the same files the Ansible roles install).
 locals {
   schema_store_port = 8081
@@ -33,6 +33,16 @@ locals {
         bootstrap    = var.read_bootstrap
       })
     }
+    # Rules come over its HTTP API (port 9305, the telemetry listener), which needs the admin.
+    cep = {
+      count   = var.cep_count
+      subnets = var.subnet_ids
+      config = templatefile("${path.module}/configs/cep.toml.tftpl", {
+        schema_store  = local.schema_store_url
+        bootstrap     = var.read_bootstrap
+        password_hash = var.cep_admin_password_hash
+      })
+    }
   }
 }
 
@@ -56,9 +66,9 @@ resource "aws_security_group" "services" {
   }
 
   ingress {
-    description = "Telemetry: /metrics, /health, /ready"
+    description = "Telemetry: /metrics, /health, /ready; the CEP rules API (9305)"
     from_port   = 9301
-    to_port     = 9304
+    to_port     = 9305
     protocol    = "tcp"
     cidr_blocks = [var.vpc_cidr]
   }

@@ -35,7 +35,7 @@ variable "write_bootstrap" {
 }
 
 variable "read_bootstrap" {
-  description = "Bootstrap servers of the read-side cluster (mirror target, validator)."
+  description = "Bootstrap servers of the read-side cluster (mirror target, validator, CEP workers)."
   type        = string
 }
 
@@ -61,8 +61,20 @@ variable "validator_count" {
   default     = 2
 }
 
+variable "cep_count" {
+  description = "CEP worker instances (one consumer group over the clean topics)."
+  type        = number
+  default     = 2
+}
+
 variable "schema_store_admin_password_hash" {
   description = "Argon2 PHC hash of the schema store's admin password (logpipe-schema-store hash-password)."
+  type        = string
+  sensitive   = true
+}
+
+variable "cep_admin_password_hash" {
+  description = "Argon2 PHC hash of the CEP rules API's admin password (logpipe-schema-store hash-password)."
   type        = string
   sensitive   = true
 }
