@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use logpipe_core::kafka::{
-    create_topics, end_reader, read_to_end, GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
+    batch_offsets, create_topics, end_reader, init_transactions, is_fatal, read_to_end, report_lag,
+    rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
 };
 use logpipe_core::record::{cep_repartition_topic, RecordId};
 use logpipe_core::telemetry::Readiness;
@@ -29,8 +30,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -162,21 +162,8 @@ impl Worker {
             .client_config(&Role::Admin, "logpipe-cep")
             .create()
             .context("creating the admin client")?;
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match tokio::task::block_in_place(|| producer.init_transactions(KAFKA_TIMEOUT)) {
-                Ok(()) => break,
-                Err(e) if is_fatal(&e) => return Err(e).context("initialising transactions"),
-                Err(e) => {
-                    tracing::warn!("initialising transactions: {e}; retrying");
-                    readiness.not_ready(READY_KAFKA, format!("initialising transactions: {e}"));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
+        if !init_transactions(&producer, KAFKA_TIMEOUT, &readiness, READY_KAFKA, &shutdown).await? {
+            return Ok(None);
         }
         let state_topic = logpipe_core::record::cep_state_topic(&settings.group);
         let set = rules.borrow().clone();
@@ -272,7 +259,7 @@ impl Worker {
                 self.apply_rules().await?;
             }
             if last_lag.elapsed() >= LAG_INTERVAL {
-                self.report_lag();
+                report_lag(&self.consumer, names::CONSUMER_LAG_RECORDS);
                 last_lag = Instant::now();
             }
             let batch = self.gather().await?;
@@ -638,14 +625,7 @@ impl Worker {
     /// Writes a batch in one transaction. True when committed; false when aborted (the consumer
     /// is rewound and the state restored from the changelog).
     fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
-        let mut offsets: BTreeMap<Partition, (i64, i64)> = BTreeMap::new();
-        for m in batch {
-            let entry = offsets
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert((m.offset(), m.offset()));
-            entry.0 = entry.0.min(m.offset());
-            entry.1 = entry.1.max(m.offset());
-        }
+        let offsets = batch_offsets(batch);
         let changes = self.state.take_changes();
         let result = tokio::task::block_in_place(|| self.transaction(&offsets, &outputs, &changes));
         match result {
@@ -658,14 +638,7 @@ impl Worker {
                 metrics::counter!(names::TRANSACTIONS_ABORTED).increment(1);
                 tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
                     .context("aborting the transaction")?;
-                for ((topic, partition), (first, _)) in offsets {
-                    if let Err(e) =
-                        self.consumer
-                            .seek(&topic, partition, Offset::Offset(first), KAFKA_TIMEOUT)
-                    {
-                        tracing::warn!(topic, partition, "rewinding: {e}");
-                    }
-                }
+                rewind(&self.consumer, &offsets, KAFKA_TIMEOUT);
                 let owned: Vec<(Partition, String)> = self.state.owned();
                 self.state.clear();
                 for (partition, key_path) in &owned {
@@ -729,38 +702,13 @@ impl Worker {
             self.send(record)?;
         }
         if !offsets.is_empty() {
-            let mut list = TopicPartitionList::new();
-            for ((topic, partition), (_, last)) in offsets {
-                list.add_partition_offset(topic, *partition, Offset::Offset(last + 1))?;
-            }
-            // No group metadata: the consumer left the group; abort and read again.
-            let group = self
-                .consumer
-                .group_metadata()
-                .ok_or(KafkaError::ConsumerCommit(
-                    RDKafkaErrorCode::UnknownMemberId,
-                ))?;
-            self.producer
-                .send_offsets_to_transaction(&list, &group, KAFKA_TIMEOUT)?;
+            send_offsets(&self.producer, &self.consumer, offsets, KAFKA_TIMEOUT)?;
         }
         self.producer.commit_transaction(KAFKA_TIMEOUT)
     }
 
-    /// Enqueues a record, waiting while the producer's queue is full.
-    fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + KAFKA_TIMEOUT;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
-                {
-                    record = back;
-                    self.producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+        send_waiting(&self.producer, record, KAFKA_TIMEOUT)
     }
 
     /// Publishes a committed batch's counts.
@@ -804,31 +752,6 @@ impl Worker {
             entry.keys_held = held;
         }
     }
-
-    fn report_lag(&self) {
-        let (Ok(assignment), Ok(positions)) =
-            (self.consumer.assignment(), self.consumer.position())
-        else {
-            return;
-        };
-        for element in assignment.elements() {
-            let position = positions
-                .find_partition(element.topic(), element.partition())
-                .and_then(|p| p.offset().to_raw())
-                .filter(|o| *o >= 0);
-            let watermarks = tokio::task::block_in_place(|| {
-                self.consumer.fetch_watermarks(
-                    element.topic(),
-                    element.partition(),
-                    Duration::from_secs(2),
-                )
-            });
-            if let (Some(position), Ok((_, high))) = (position, watermarks) {
-                metrics::gauge!(names::CONSUMER_LAG_RECORDS, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
-                    .set((high - position).max(0) as f64);
-            }
-        }
-    }
 }
 
 /// The repartition partition of a key: stable across workers and restarts.
@@ -852,15 +775,6 @@ fn event_id(message: &OwnedMessage) -> String {
             message.partition(),
             message.offset()
         ),
-    }
-}
-
-fn is_fatal(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Transaction(t) => {
-            t.is_fatal() || (!t.txn_requires_abort() && !t.is_retriable())
-        }
-        _ => false,
     }
 }
 
