@@ -331,7 +331,8 @@ impl Worker {
         if self.subscribed.is_empty() {
             tokio::select! {
                 _ = self.shutdown.cancelled() => {}
-                _ = self.rules.changed() => {}
+                // `changed` marks the new set seen; marked unseen again, `run` applies it.
+                _ = self.rules.changed() => self.rules.mark_changed(),
             }
             return Ok(batch);
         }
