@@ -1,0 +1,608 @@
+//! What the CEP worker's end-to-end tests share: a seeded stream of game events encoded as the
+//! validator would write them to `clean.game` (the Confluent wire format with the registered game
+//! schemas, agent-style keys and `lp.*` headers), the matches an independent oracle expects from
+//! it, `logpipe-cep` configs and rules API calls, and the matches read back from `cep.matches`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use apache_avro::types::Value as Avro;
+use logpipe_core::record::{cep_header, cep_repartition_topic, FileId};
+use logpipe_core::wire;
+use logpipe_devkit::harness::{free_addr, write_file, TopicReader};
+use logpipe_devkit::loadgen;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::topic;
+use crate::validator::{Lines, Stack, CLEAN};
+
+/// The worker binary.
+pub const CEP: &str = "logpipe-cep";
+/// Where the rules below write their matches.
+pub const MATCHES: &str = "cep.matches";
+/// Partitions of the topics the workers create (and of `clean.game`).
+pub const PARTITIONS: i32 = 4;
+/// The rule key of every rule below.
+pub const KEY: &str = "player_id";
+
+/// The rules the tests seed: (name, body, whether the body is JSON).
+pub const RULES: [(&str, &str, bool); 3] = [
+    (
+        "pvp_win",
+        "source: clean.game\nkey: player_id\nrepeat: every\nevent_list:\n  - conditions:\n      - {field: event, value: pvp_win, type: string, operator: equals}\n    count: 5\noutput:\n  value: {reward: gem, amount: 30}\n",
+        false,
+    ),
+    (
+        "level3",
+        "source: clean.game\nkey: player_id\nrepeat: once\nwhen: 'event == \"level_up\" && level == 3'\n",
+        false,
+    ),
+    (
+        "buy2_win3",
+        r#"{"source": "clean.game", "key": "player_id", "repeat": "once", "event_list": [
+            {"conditions": [{"field": "event", "value": "purchase"}], "count": 2},
+            {"conditions": [{"field": "event", "value": "pvp_win"}], "count": 3}]}"#,
+        true,
+    ),
+];
+
+/// The files events are spread over: (host, path). `Stack::produce` writes file `i` to partition
+/// `i % 4`, so a player whose events are in several files has them in several partitions.
+const FILES: [(&str, &str); 6] = [
+    ("host-a", "/var/log/game/1.log"),
+    ("host-a", "/var/log/game/2.log"),
+    ("host-b", "/var/log/game/1.log"),
+    ("host-b", "/var/log/game/2.log"),
+    ("host-c", "/var/log/game/1.log"),
+    ("host-c", "/var/log/game/2.log"),
+];
+
+/// One generated game event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub player: String,
+    pub kind: &'static str,
+    /// `level_up` only.
+    pub level: i32,
+    /// Index into the files.
+    pub file: usize,
+    pub event_id: String,
+    pub event_time: i64,
+}
+
+/// A seeded stream of events.
+pub struct Game {
+    pub events: Vec<Event>,
+}
+
+impl Game {
+    /// `n` events over `players` players; the first `pinned` players have all their events in
+    /// file 0 (one partition, so their per-key order, and thus their match ids, cannot depend on
+    /// how partitions interleave), the others in any file.
+    pub fn generate(seed: u64, n: usize, players: usize, pinned: usize) -> Game {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let events = (0..n)
+            .map(|i| {
+                let p = rng.random_range(0..players);
+                let kind = match rng.random_range(0..100) {
+                    0..40 => "pvp_win",
+                    40..60 => "purchase",
+                    60..80 => "level_up",
+                    80..90 => "login",
+                    _ => "reward",
+                };
+                let level = if kind == "level_up" {
+                    rng.random_range(1..=12)
+                } else {
+                    0
+                };
+                let file = if p < pinned {
+                    0
+                } else {
+                    rng.random_range(0..FILES.len())
+                };
+                Event {
+                    player: format!("p-{p:03}"),
+                    kind,
+                    level,
+                    file,
+                    event_id: format!("cep-{seed}-{i}"),
+                    event_time: 1_700_000_000_000 + i as i64 * 250,
+                }
+            })
+            .collect();
+        Game { events }
+    }
+
+    /// Whether `player` was pinned to one partition.
+    pub fn is_pinned(player: &str, pinned: usize) -> bool {
+        player[2..].parse::<usize>().is_ok_and(|p| p < pinned)
+    }
+
+    /// The events as agent-style lines of their files, each value in the wire format.
+    pub fn lines(&self, schemas: &GameSchemas) -> anyhow::Result<Vec<Lines>> {
+        let mut files: Vec<Lines> = FILES
+            .iter()
+            .enumerate()
+            .map(|(i, (host, path))| Lines {
+                host: (*host).to_owned(),
+                path: (*path).to_owned(),
+                file: FileId(0xce90_0000 + i as u64),
+                lines: Vec::new(),
+            })
+            .collect();
+        for event in &self.events {
+            let file = &mut files[event.file];
+            // Byte offsets as ids, as if every line were 1,000 bytes: unique per file.
+            let offset = file.lines.len() as u64 * 1_000;
+            file.lines.push((offset, schemas.encode(event)?));
+        }
+        Ok(files)
+    }
+
+    /// The longest file, in lines: `0..longest()` produces everything.
+    pub fn longest(files: &[Lines]) -> usize {
+        files.iter().map(|f| f.lines.len()).max().unwrap_or(0)
+    }
+
+    /// The oracle: matches per (rule, key) that `RULES` must produce from these events, whatever
+    /// their order (every count below is order-independent).
+    pub fn oracle(&self) -> BTreeMap<(String, String), usize> {
+        #[derive(Default)]
+        struct Player {
+            pvp: usize,
+            purchases: usize,
+            level3: bool,
+        }
+        let mut players: BTreeMap<&str, Player> = BTreeMap::new();
+        for e in &self.events {
+            let p = players.entry(e.player.as_str()).or_default();
+            match e.kind {
+                "pvp_win" => p.pvp += 1,
+                "purchase" => p.purchases += 1,
+                "level_up" if e.level == 3 => p.level3 = true,
+                _ => {}
+            }
+        }
+        let mut expected = BTreeMap::new();
+        for (player, p) in players {
+            let mut add = |rule: &str, n: usize| {
+                if n > 0 {
+                    expected.insert((rule.to_owned(), player.to_owned()), n);
+                }
+            };
+            add("pvp_win", p.pvp / 5);
+            add("level3", usize::from(p.level3));
+            add("buy2_win3", usize::from(p.purchases >= 2 && p.pvp >= 3));
+        }
+        expected
+    }
+}
+
+/// The registered game schemas by event, with their ids.
+pub struct GameSchemas {
+    by_event: HashMap<String, (u32, apache_avro::Schema)>,
+}
+
+impl GameSchemas {
+    /// Registers the five game schemas (subjects `game.<event>`) in the stack's store.
+    pub async fn register(stack: &Stack) -> anyhow::Result<GameSchemas> {
+        let mut by_event = HashMap::new();
+        for (subject, text) in loadgen::schemas() {
+            let id = stack.register(subject, "AVRO", text).await?;
+            let event = subject.strip_prefix("game.").context("game.<event>")?;
+            by_event.insert(
+                event.to_owned(),
+                (id, apache_avro::Schema::parse_str(text)?),
+            );
+        }
+        Ok(GameSchemas { by_event })
+    }
+
+    /// An event as the validator writes it to a clean topic.
+    pub fn encode(&self, e: &Event) -> anyhow::Result<Vec<u8>> {
+        let (id, schema) = self
+            .by_event
+            .get(e.kind)
+            .with_context(|| format!("no schema for {}", e.kind))?;
+        let s = |v: &str| Avro::String(v.to_owned());
+        let mut fields = vec![
+            ("event_id".to_owned(), s(&e.event_id)),
+            ("event".to_owned(), s(e.kind)),
+            ("event_time".to_owned(), Avro::Long(e.event_time)),
+            ("player_id".to_owned(), s(&e.player)),
+            ("game_id".to_owned(), s("g-1")),
+            ("server".to_owned(), s("eu-3")),
+        ];
+        let specific: Vec<(&str, Avro)> = match e.kind {
+            "login" => vec![
+                ("platform", s("pc")),
+                ("client_version", s("1.2.3")),
+                ("country", s("KR")),
+            ],
+            "level_up" => vec![
+                ("level", Avro::Int(e.level)),
+                ("previous_level", Avro::Int(e.level - 1)),
+                ("xp", Avro::Long(1_000)),
+            ],
+            "purchase" => vec![
+                ("item_id", s("sword")),
+                ("quantity", Avro::Int(1)),
+                ("price", Avro::Bytes(vec![0, 0, 0, 0x04, 0xd2])),
+                ("currency", s("USD")),
+            ],
+            "pvp_win" => vec![
+                ("match_id", s("1481531d-ccc9-46d9-a56f-5b67459c0537")),
+                ("opponent_id", s("p-999")),
+                ("rating_delta", Avro::Int(12)),
+                ("duration_ms", Avro::Long(90_000)),
+            ],
+            "reward" => vec![
+                ("reward_type", s("gem")),
+                ("amount", Avro::Long(30)),
+                ("source", s("quest")),
+            ],
+            other => bail!("no fields for {other}"),
+        };
+        fields.extend(specific.into_iter().map(|(n, v)| (n.to_owned(), v)));
+        let value = Avro::Record(fields)
+            .resolve(schema)
+            .with_context(|| format!("a {} event", e.kind))?;
+        Ok(wire::encode(
+            *id,
+            &apache_avro::to_avro_datum(schema, value)?,
+        ))
+    }
+}
+
+/// Writes a worker config (`extra` TOML at the top level, `tables` at the end); returns it and
+/// its telemetry address.
+pub fn config(
+    stack: &Stack,
+    group: &str,
+    instance: &str,
+    extra: &str,
+    tables: &str,
+) -> anyhow::Result<(PathBuf, SocketAddr)> {
+    let telemetry = free_addr();
+    let text = format!(
+        "schema_store = \"{}\"\ngroup = \"{group}\"\ninstance = \"{instance}\"\npartitions = {PARTITIONS}\nbatch_ms = 25\n{extra}\n\
+         [kafka]\nbootstrap = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
+         [telemetry]\nlisten = \"{telemetry}\"\n{tables}",
+        stack.store_url(),
+        stack.cluster.bootstrap()
+    );
+    Ok((
+        write_file(
+            stack.dir.path(),
+            &format!("cep-{group}-{instance}.toml"),
+            &text,
+        )?,
+        telemetry,
+    ))
+}
+
+/// A rules API client for one worker.
+pub struct RulesApi {
+    base: String,
+    http: reqwest::Client,
+    credentials: Option<(String, String)>,
+}
+
+impl RulesApi {
+    pub fn new(telemetry: SocketAddr) -> anyhow::Result<RulesApi> {
+        Ok(RulesApi {
+            base: format!("http://{telemetry}/rules"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            credentials: None,
+        })
+    }
+
+    /// The same API with basic auth credentials.
+    pub fn with_credentials(mut self, user: &str, password: &str) -> RulesApi {
+        self.credentials = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+        let request = match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        };
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, body))
+    }
+
+    /// `PUT /rules/{name}`, YAML or JSON.
+    pub async fn put(&self, name: &str, body: &str, json: bool) -> anyhow::Result<(u16, Value)> {
+        let content_type = if json {
+            "application/json"
+        } else {
+            "application/yaml"
+        };
+        self.send(
+            self.http
+                .put(format!("{}/{name}", self.base))
+                .header("Content-Type", content_type)
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
+    pub async fn get(&self, name: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(self.http.get(format!("{}/{name}", self.base)))
+            .await
+    }
+
+    pub async fn delete(&self, name: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(self.http.delete(format!("{}/{name}", self.base)))
+            .await
+    }
+
+    /// PUTs every rule of [`RULES`], failing unless each is stored.
+    pub async fn seed(&self) -> anyhow::Result<()> {
+        for (name, body, json) in RULES {
+            let (status, answer) = self.put(name, body, json).await?;
+            ensure!(status == 200, "PUT {name}: {status} {answer}");
+        }
+        Ok(())
+    }
+
+    /// Waits until this worker serves every rule of [`RULES`] (put through another worker).
+    pub async fn wait_for_rules(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for (name, _, _) in RULES {
+            loop {
+                if matches!(self.get(name).await, Ok((200, _))) {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "rule {name} not served within {timeout:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One match read back from `cep.matches`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub rule: String,
+    pub version: u64,
+    pub key: String,
+    pub match_id: String,
+}
+
+/// Every committed match (read_committed), checked for agreement between the record's key,
+/// headers and value.
+pub async fn read_matches(stack: &Stack) -> anyhow::Result<Vec<Seen>> {
+    let mut seen = Vec::new();
+    for m in stack.read(MATCHES).await? {
+        let value: Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).context("a match is JSON")?;
+        let headers = topic::text_headers(&m);
+        let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_default();
+        let s = Seen {
+            rule: text(&value["rule"]),
+            version: value["version"].as_u64().context("version")?,
+            key: text(&value["key"]),
+            match_id: text(&value["match_id"]),
+        };
+        let record_key = topic::text(m.key());
+        ensure!(
+            record_key == s.key
+                && headers.get(cep_header::RULE) == Some(&s.rule)
+                && headers.get(cep_header::VERSION) == Some(&s.version.to_string())
+                && headers.get(cep_header::MATCH_ID) == Some(&s.match_id)
+                && s.match_id.len() == 32,
+            "a match whose key, headers and value disagree: key {record_key:?}, headers {headers:?}, value {value}"
+        );
+        seen.push(s);
+    }
+    Ok(seen)
+}
+
+/// Matches per (rule, key).
+pub fn per_key(seen: &[Seen]) -> BTreeMap<(String, String), usize> {
+    let mut counts = BTreeMap::new();
+    for s in seen {
+        *counts.entry((s.rule.clone(), s.key.clone())).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The exact assertions: matches per (rule, key) equal the oracle's, and no match id twice.
+pub fn assert_matches(seen: &[Seen], expected: &BTreeMap<(String, String), usize>) {
+    let got = per_key(seen);
+    let wrong: Vec<String> = expected
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| expected.get(*k) != got.get(*k))
+        .map(|k| {
+            format!(
+                "{}/{}: expected {}, got {}",
+                k.0,
+                k.1,
+                expected.get(k).unwrap_or(&0),
+                got.get(k).unwrap_or(&0)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} (rule, key) counts differ from the oracle ({} matches expected, {} read):\n{}",
+        wrong.len(),
+        expected.len(),
+        expected.values().sum::<usize>(),
+        seen.len(),
+        wrong.join("\n")
+    );
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for s in seen {
+        *ids.entry(s.match_id.as_str()).or_insert(0) += 1;
+    }
+    let twice: Vec<&&str> = ids
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(twice.is_empty(), "match ids seen more than once: {twice:?}");
+}
+
+/// Where the group has got: its committed offsets against the ends of `clean.game` and of its
+/// repartition topic. Watches without joining the group.
+pub struct Progress {
+    group: String,
+    consumer: BaseConsumer,
+    /// The repartition topic, read as it grows: the offset after its last record per partition.
+    repartition: Option<TopicReader>,
+    repartition_ends: BTreeMap<i32, i64>,
+    bootstrap: String,
+}
+
+impl Progress {
+    pub fn new(stack: &Stack, group: &str) -> anyhow::Result<Progress> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", stack.cluster.bootstrap())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        Ok(Progress {
+            group: group.to_owned(),
+            consumer,
+            repartition: None,
+            repartition_ends: BTreeMap::new(),
+            bootstrap: stack.cluster.bootstrap().to_owned(),
+        })
+    }
+
+    /// Committed offsets of the group on `topic`'s partitions `0..PARTITIONS` (-1 for none).
+    fn committed(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let mut list = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            list.add_partition(topic, p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(list, Duration::from_secs(10))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                (e.partition(), offset)
+            })
+            .collect())
+    }
+
+    /// Clean records the group has committed as read (summed over partitions).
+    pub fn clean_committed(&self) -> anyhow::Result<i64> {
+        Ok(self.committed(CLEAN)?.values().map(|o| (*o).max(0)).sum())
+    }
+
+    /// `None` when the group has committed every record of `clean.game` and of its repartition
+    /// topic (every match the records make is then committed too: same transactions), else what
+    /// is left.
+    pub fn left(&mut self) -> anyhow::Result<Option<String>> {
+        let committed = self.committed(CLEAN)?;
+        let mut ends = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(CLEAN, p, Duration::from_secs(10))?;
+            ends.insert(p, high);
+        }
+        if ends
+            .iter()
+            .any(|(p, end)| committed.get(p).copied().unwrap_or(-1).max(0) < *end)
+        {
+            return Ok(Some(format!(
+                "{CLEAN}: committed {committed:?} of {ends:?}"
+            )));
+        }
+        let topic = cep_repartition_topic(&self.group, KEY);
+        if self.repartition.is_none() {
+            self.repartition = Some(TopicReader::new(
+                &self.bootstrap,
+                &topic,
+                Duration::from_secs(30),
+            )?);
+        }
+        let ends = &mut self.repartition_ends;
+        self.repartition.as_mut().expect("opened above").read_new(
+            Duration::from_secs(60),
+            |m| {
+                ends.insert(m.partition(), m.offset() + 1);
+                Ok(())
+            },
+        )?;
+        let committed = self.committed(&topic)?;
+        if self
+            .repartition_ends
+            .iter()
+            .all(|(p, end)| committed.get(p).copied().unwrap_or(-1) >= *end)
+        {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{topic}: committed {committed:?}, records up to {:?}",
+            self.repartition_ends
+        )))
+    }
+
+    /// Polls [`Progress::left`] until nothing is, failing past `timeout`.
+    pub async fn wait_drained(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match tokio::task::block_in_place(|| self.left()) {
+                Ok(None) => return Ok(()),
+                Ok(Some(left)) => left,
+                // Offsets of an open transaction are unstable for a moment: ask again.
+                Err(e) => format!("{e:#}"),
+            };
+            ensure!(
+                Instant::now() < deadline,
+                "group {} did not commit every record within {timeout:?}: {last}",
+                self.group
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Polls until the group has committed at least `n` clean records as read.
+    pub async fn wait_clean_committed(&self, n: i64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if tokio::task::block_in_place(|| self.clean_committed()).unwrap_or(0) >= n {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "group {} did not commit {n} clean records within {timeout:?}",
+                self.group
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

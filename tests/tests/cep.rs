@@ -1,0 +1,170 @@
+//! The CEP worker end to end: a dev cluster, the real schema store with the game schemas, and
+//! `logpipe-cep` processes. Rules are put over HTTP; a seeded stream of game events is written to
+//! `clean.game` in the wire format, agent-style; the matches read back with read_committed from
+//! `cep.matches` must equal, per (rule, key), what an oracle computed here from the same events
+//! expects, with no match id twice.
+//!
+//! Sizes fit the CI budget (two cores, debug builds): 3,000 events over 50 players.
+
+use std::time::Duration;
+
+use logpipe_tests::cep::*;
+use logpipe_tests::service;
+use logpipe_tests::validator::{Stack, CLEAN};
+
+const EVENTS: usize = 3_000;
+const PLAYERS: usize = 50;
+/// Players whose events are all in one partition (see `Game::generate`).
+const PINNED: usize = 10;
+const DRAIN: Duration = Duration::from_secs(60);
+
+/// One worker, undisturbed, over `game` on a stack of its own; asserts the matches equal the
+/// oracle exactly and returns them.
+async fn clean_run(game: &Game) -> anyhow::Result<Vec<Seen>> {
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let (config, telemetry) = config(&stack, "g", "w1", "", "")?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    RulesApi::new(telemetry)?.seed().await?;
+
+    // Produced after the rules are stored: a version counts records not older than itself.
+    let files = game.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    if let Err(e) = Progress::new(&stack, "g")?.wait_drained(DRAIN).await {
+        anyhow::bail!("{e:#}\n{}", worker.logs());
+    }
+
+    let seen = read_matches(&stack).await?;
+    assert_matches(&seen, &game.oracle());
+    assert!(seen.iter().all(|s| s.version == 1));
+    service::stop(&mut worker).await?;
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matches_equal_the_oracle_exactly() -> anyhow::Result<()> {
+    let game = Game::generate(1, EVENTS, PLAYERS, PINNED);
+    let expected = game.oracle();
+    assert!(
+        ["pvp_win", "level3", "buy2_win3"]
+            .iter()
+            .all(|rule| expected.keys().any(|(r, _)| r == rule)),
+        "the stream exercises every rule: {expected:?}"
+    );
+    assert!(
+        expected.len() < 3 * PLAYERS,
+        "some players miss some rules: {expected:?}"
+    );
+    clean_run(&game).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_api_checks_documents_fields_and_credentials() -> anyhow::Result<()> {
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let password = "s3cret-cep";
+    let hash = logpipe_core::auth::hash_password(password);
+    let auth = format!(
+        "[auth]\nanonymous_read = true\n[[auth.users]]\nname = \"ops\"\npassword_hash = \"{hash}\"\nrole = \"write\"\n"
+    );
+    let (config, telemetry) = config(&stack, "api", "w1", "", &auth)?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    let anonymous = RulesApi::new(telemetry)?;
+    let api = RulesApi::new(telemetry)?.with_credentials("ops", password);
+    let (pvp, pvp_body, _) = RULES[0];
+
+    // Anonymous writes are refused; a wrong password too.
+    let (status, body) = anonymous.put(pvp, pvp_body, false).await?;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = RulesApi::new(telemetry)?
+        .with_credentials("ops", "wrong")
+        .put(pvp, pvp_body, false)
+        .await?;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = anonymous.get(pvp).await?;
+    assert_eq!(status, 404, "{body}");
+
+    // A bad document names the key at fault.
+    let bad = "source: clean.game\nkey: player_id\nevent_list:\n  - conditions: [{field: event, value: pvp_win}]\n    count: 0\n";
+    let (status, body) = api.put("bad", bad, false).await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["key"], "event_list[0].count", "{body}");
+    let (status, body) = api
+        .put(
+            "bad",
+            r#"{"source": "clean.game", "key": "player_id", "evnt_list": []}"#,
+            true,
+        )
+        .await?;
+    assert_eq!(
+        (status, body["key"].as_str()),
+        (400, Some("evnt_list")),
+        "{body}"
+    );
+
+    // Before clean.game has records, fields cannot be checked: stored with a warning.
+    let typo = "source: clean.game\nkey: player_id\nwhen: 'event == \"level_up\" && levle == 3'\n";
+    let (status, body) = api.put("typo", typo, false).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["warnings"].as_array().is_some_and(|w| !w.is_empty()),
+        "{body}"
+    );
+    // Once it has records, a field no schema of theirs has is refused, naming the key.
+    let game = Game::generate(3, 20, 5, 0);
+    let files = game.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    let (status, body) = api.put("typo2", typo, false).await?;
+    assert_eq!(status, 400, "{body}");
+    // A lone `when` is step 0 of the rule.
+    assert!(
+        body["key"].as_str().is_some_and(|k| k.ends_with("when")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("levle"),
+        "{body}"
+    );
+    let bad_key = "source: clean.game\nkey: playerid\nwhen: 'event == \"login\"'\n";
+    let (status, body) = api.put("typo3", bad_key, false).await?;
+    assert_eq!((status, body["key"].as_str()), (400, Some("key")), "{body}");
+    let (status, body) = api.get("typo2").await?;
+    assert_eq!(status, 404, "a refused rule is not stored: {body}");
+
+    // Versions increase with every write, a deletion included; GET shows created_at.
+    let mut versions = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = api.put(pvp, pvp_body, false).await?;
+        assert_eq!(status, 200, "{body}");
+        versions.push(body["version"].as_u64().unwrap());
+    }
+    let (status, body) = api.get(pvp).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"].as_u64(), versions.last().copied(), "{body}");
+    assert!(
+        body["created_at"].as_str().is_some_and(|t| t.contains('T')),
+        "{body}"
+    );
+    assert_eq!(body["document"]["key"], "player_id", "{body}");
+    let (status, body) = anonymous.delete(pvp).await?;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = api.delete(pvp).await?;
+    assert_eq!(status, 200, "{body}");
+    versions.push(body["version"].as_u64().unwrap());
+    let (status, body) = api.get(pvp).await?;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api.delete(pvp).await?;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api.put(pvp, pvp_body, false).await?;
+    assert_eq!(status, 200, "{body}");
+    versions.push(body["version"].as_u64().unwrap());
+    assert_eq!(versions, [1, 2, 3, 4], "versions never repeat");
+
+    service::stop(&mut worker).await?;
+    Ok(())
+}
