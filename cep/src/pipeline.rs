@@ -225,10 +225,14 @@ impl Worker {
 
     /// Creates the topics that are missing: (name, compacted).
     async fn ensure_topics(&mut self, topics: &[(String, bool)]) -> anyhow::Result<()> {
-        let missing: Vec<&(String, bool)> = topics
-            .iter()
-            .filter(|(t, _)| !self.existing.contains(t))
-            .collect();
+        // Each name once: rules share output topics, and a CreateTopics request naming a topic
+        // twice fails as a whole.
+        let mut missing: Vec<&(String, bool)> = Vec::new();
+        for topic in topics {
+            if !self.existing.contains(&topic.0) && !missing.iter().any(|m| m.0 == topic.0) {
+                missing.push(topic);
+            }
+        }
         if missing.is_empty() {
             return Ok(());
         }
