@@ -84,8 +84,8 @@ pub struct Game {
 
 impl Game {
     /// `n` events over `players` players; the first `pinned` players have all their events in
-    /// file 0 (one partition, so their per-key order, and thus their match ids, cannot depend on
-    /// how partitions interleave), the others in any file.
+    /// one file (one partition, so their per-key order, and thus their match ids, cannot depend
+    /// on how partitions interleave), the others in any file.
     pub fn generate(seed: u64, n: usize, players: usize, pinned: usize) -> Game {
         let mut rng = StdRng::seed_from_u64(seed);
         let events = (0..n)
@@ -104,7 +104,7 @@ impl Game {
                     0
                 };
                 let file = if p < pinned {
-                    0
+                    p % FILES.len()
                 } else {
                     rng.random_range(0..FILES.len())
                 };

@@ -6,17 +6,20 @@
 //!
 //! Sizes fit the CI budget (two cores, debug builds): 3,000 events over 50 players.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use logpipe_core::metric_names::cep;
+use logpipe_devkit::harness::wait_until;
 use logpipe_tests::cep::*;
-use logpipe_tests::service;
 use logpipe_tests::validator::{Stack, CLEAN};
+use logpipe_tests::{metrics, service};
 
 const EVENTS: usize = 3_000;
 const PLAYERS: usize = 50;
 /// Players whose events are all in one partition (see `Game::generate`).
 const PINNED: usize = 10;
-const DRAIN: Duration = Duration::from_secs(60);
+const DRAIN: Duration = Duration::from_secs(120);
 
 /// One worker, undisturbed, over `game` on a stack of its own; asserts the matches equal the
 /// oracle exactly and returns them.
@@ -58,6 +61,86 @@ async fn matches_equal_the_oracle_exactly() -> anyhow::Result<()> {
         "some players miss some rules: {expected:?}"
     );
     clean_run(&game).await?;
+    Ok(())
+}
+
+/// The match ids of the players pinned to one partition, per (rule, key), in order of
+/// production: with the events of a key in one partition, its order of counting, and thus each
+/// match's contributing events and id, is the same in every run.
+fn pinned_ids(seen: &[Seen]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut ids: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for s in seen.iter().filter(|s| Game::is_pinned(&s.key, PINNED)) {
+        ids.entry((s.rule.clone(), s.key.clone()))
+            .or_default()
+            .push(s.match_id.clone());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_kill9s_and_a_worker_joining_and_leaving() -> anyhow::Result<()> {
+    let game = Game::generate(2, EVENTS, PLAYERS, PINNED);
+    let expected = game.oracle();
+    let clean = clean_run(&game).await?;
+
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let files = game.lines(&schemas)?;
+    // Small transactions, so that a kill lands between many of them.
+    let (c1, t1) = config(&stack, "g", "w1", "batch_records = 100", "")?;
+    let (c2, t2) = config(&stack, "g", "w2", "batch_records = 100", "")?;
+    let mut w1 = service::start(CEP, &c1, t1).await?;
+    RulesApi::new(t1)?.seed().await?;
+    let mut progress = Progress::new(&stack, "g")?;
+    let longest = Game::longest(&files);
+    let parts: Vec<std::ops::Range<usize>> = (0..6)
+        .map(|i| i * longest / 6..(i + 1) * longest / 6)
+        .collect();
+    // Produces a part and waits until the group has committed some of it (or of what was left
+    // before it): the fault that follows lands mid-stream.
+    let part = |i: usize| {
+        let (stack, files, progress, range) = (&stack, &files, &progress, parts[i].clone());
+        async move {
+            let before = tokio::task::block_in_place(|| progress.clean_committed())?;
+            let n = stack.produce(CLEAN, files, range).await?;
+            progress
+                .wait_clean_committed(before + 1, Duration::from_secs(120))
+                .await?;
+            let now = tokio::task::block_in_place(|| progress.clean_committed())?;
+            eprintln!("part {i}: {n} records written, {before} then {now} committed as read");
+            anyhow::Ok(())
+        }
+    };
+
+    part(0).await?;
+    w1.kill9()?;
+    // Written while no worker runs.
+    stack.produce(CLEAN, &files, parts[1].clone()).await?;
+    w1 = service::start(CEP, &c1, t1).await?;
+    part(2).await?;
+    let mut w2 = service::start(CEP, &c2, t2).await?;
+    part(3).await?;
+    w1.kill9()?;
+    part(4).await?;
+    w1 = service::start(CEP, &c1, t1).await?;
+    part(5).await?;
+    // The second worker took a share of the work before it leaves.
+    wait_until(Duration::from_secs(60), || async {
+        metrics::total(t2, cep::EVENTS).await > 0.0
+    })
+    .await?;
+    service::stop(&mut w2).await?;
+    progress.wait_drained(DRAIN).await?;
+
+    let seen = read_matches(&stack).await?;
+    assert_matches(&seen, &expected);
+    let (crash, clean) = (pinned_ids(&seen), pinned_ids(&clean));
+    assert!(!clean.is_empty());
+    assert_eq!(
+        crash, clean,
+        "match ids of the pinned players differ from a clean run's"
+    );
+    service::stop(&mut w1).await?;
     Ok(())
 }
 
