@@ -354,6 +354,10 @@ impl Worker {
             // Records gathered from a revoked partition are dropped: its next owner reads them
             // from the committed offset.
             let revoked = self.handle_group_events()?;
+            // A restore cut short by shutdown left partial state: count nothing more with it.
+            if self.shutdown.is_cancelled() {
+                return Ok(Vec::new());
+            }
             if !revoked.is_empty() {
                 batch.retain(|m| {
                     !revoked
@@ -425,7 +429,7 @@ impl Worker {
         let group = self.settings.group.clone();
         let set = self.set.clone();
         let state = &mut self.state;
-        let records = tokio::task::block_in_place(|| {
+        let result = tokio::task::block_in_place(|| {
             read_to_end(
                 &reader,
                 &self.state_topic,
@@ -445,8 +449,14 @@ impl Worker {
                     Ok(())
                 },
             )
-        })
-        .context("restoring state from the changelog")?;
+        });
+        // Stopping while restoring is a graceful stop: nothing is counted after it (see
+        // `gather`), and the next owner restores again.
+        if result.is_err() && self.shutdown.is_cancelled() {
+            tracing::info!(partitions = ?partitions, "shutdown while restoring state");
+            return Ok(());
+        }
+        let records = result.context("restoring state from the changelog")?;
         let elapsed = started.elapsed();
         metrics::histogram!(names::STATE_RESTORE).record(elapsed.as_secs_f64());
         tracing::info!(partitions = ?partitions, records, ?elapsed, "state restored");
