@@ -79,6 +79,7 @@ pub struct Event {
 
 /// A seeded stream of events.
 pub struct Game {
+    pub seed: u64,
     pub events: Vec<Event>,
 }
 
@@ -118,7 +119,7 @@ impl Game {
                 }
             })
             .collect();
-        Game { events }
+        Game { seed, events }
     }
 
     /// Whether `player` was pinned to one partition.
@@ -134,7 +135,8 @@ impl Game {
             .map(|(i, (host, path))| Lines {
                 host: (*host).to_owned(),
                 path: (*path).to_owned(),
-                file: FileId(0xce90_0000 + i as u64),
+                // A file identity per file and seed: streams of different seeds never share ids.
+                file: FileId((0xce90 << 32) + (self.seed << 8) + i as u64),
                 lines: Vec::new(),
             })
             .collect();
@@ -605,4 +607,22 @@ impl Progress {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Whether the group's state changelog holds a tombstone of some key of `rule` version
+/// `version`: the workers dropped that version's state, so they count with a rule set without it.
+pub async fn tombstoned(
+    stack: &Stack,
+    group: &str,
+    rule: &str,
+    version: u32,
+) -> anyhow::Result<bool> {
+    let prefix = format!("{KEY}\x1f{rule}\x1f{version}\x1f");
+    Ok(stack
+        .read(&logpipe_core::record::cep_state_topic(group))
+        .await?
+        .iter()
+        .any(|m| {
+            m.payload().is_none() && m.key().is_some_and(|k| k.starts_with(prefix.as_bytes()))
+        }))
 }

@@ -251,3 +251,84 @@ async fn the_rules_api_checks_documents_fields_and_credentials() -> anyhow::Resu
     service::stop(&mut worker).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_counts_from_zero_and_a_deleted_rule_stops() -> anyhow::Result<()> {
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let (config, telemetry) = config(&stack, "g", "w1", "batch_records = 100", "")?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    let api = RulesApi::new(telemetry)?;
+    api.seed().await?;
+    let mut progress = Progress::new(&stack, "g")?;
+
+    // Before: every rule at version 1.
+    let before = Game::generate(4, EVENTS / 2, PLAYERS, 0);
+    let files = before.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    progress.wait_drained(DRAIN).await?;
+
+    // pvp_win gets version 2 (the same document: a new version all the same) and buy2_win3 is
+    // deleted (version 2). level3 goes on.
+    let (pvp, pvp_body, _) = RULES[0];
+    let (status, body) = api.put(pvp, pvp_body, false).await?;
+    assert_eq!((status, body["version"].as_u64()), (200, Some(2)), "{body}");
+    let (status, body) = api.delete("buy2_win3").await?;
+    assert_eq!((status, body["version"].as_u64()), (200, Some(2)), "{body}");
+    // The worker counts with the new rules once it has dropped the old versions' state.
+    wait_until(Duration::from_secs(30), || async {
+        tombstoned(&stack, "g", pvp, 1).await.unwrap_or(false)
+            && tombstoned(&stack, "g", "buy2_win3", 1)
+                .await
+                .unwrap_or(false)
+    })
+    .await?;
+
+    // After, with a kill -9 mid-stream: the restarted worker restores the new versions only.
+    let after = Game::generate(5, EVENTS / 2, PLAYERS, 0);
+    let files = after.lines(&schemas)?;
+    let half = Game::longest(&files) / 2;
+    let at = tokio::task::block_in_place(|| progress.clean_committed())?;
+    stack.produce(CLEAN, &files, 0..half).await?;
+    progress
+        .wait_clean_committed(at + 1, Duration::from_secs(60))
+        .await?;
+    worker.kill9()?;
+    stack
+        .produce(CLEAN, &files, half..Game::longest(&files))
+        .await?;
+    worker = service::start(CEP, &config, telemetry).await?;
+    progress.wait_drained(DRAIN).await?;
+
+    // The oracle per (rule@version, key).
+    let versioned = |oracle: BTreeMap<(String, String), usize>, rule: &str, version: u32| {
+        oracle
+            .into_iter()
+            .filter(|((r, _), _)| r == rule)
+            .map(|((r, k), n)| ((format!("{r}@{version}"), k), n))
+            .collect::<Vec<_>>()
+    };
+    let both = Game {
+        seed: 0,
+        events: before.events.iter().chain(&after.events).cloned().collect(),
+    };
+    let expected: BTreeMap<(String, String), usize> = versioned(before.oracle(), pvp, 1)
+        .into_iter()
+        .chain(versioned(after.oracle(), pvp, 2))
+        .chain(versioned(before.oracle(), "buy2_win3", 1))
+        .chain(versioned(both.oracle(), "level3", 1))
+        .collect();
+    let seen: Vec<Seen> = read_matches(&stack)
+        .await?
+        .into_iter()
+        .map(|s| Seen {
+            rule: format!("{}@{}", s.rule, s.version),
+            ..s
+        })
+        .collect();
+    assert_matches(&seen, &expected);
+    service::stop(&mut worker).await?;
+    Ok(())
+}
