@@ -29,11 +29,13 @@ pub const CEP: &str = "logpipe-cep";
 pub const MATCHES: &str = "cep.matches";
 /// Partitions of the topics the workers create (and of `clean.game`).
 pub const PARTITIONS: i32 = 4;
-/// The rule key of every rule below.
+/// The key of the rules per player.
 pub const KEY: &str = "player_id";
+/// Every key path the rules below count by: one repartition topic each.
+pub const KEY_PATHS: [&str; 2] = [KEY, "server"];
 
 /// The rules the tests seed: (name, body, whether the body is JSON).
-pub const RULES: [(&str, &str, bool); 3] = [
+pub const RULES: [(&str, &str, bool); 4] = [
     (
         "pvp_win",
         "source: clean.game\nkey: player_id\nrepeat: every\nevent_list:\n  - conditions:\n      - {field: event, value: pvp_win, type: string, operator: equals}\n    count: 5\noutput:\n  value: {reward: gem, amount: 30}\n",
@@ -51,7 +53,15 @@ pub const RULES: [(&str, &str, bool); 3] = [
             {"conditions": [{"field": "event", "value": "pvp_win"}], "count": 3}]}"#,
         true,
     ),
+    (
+        "server_logins",
+        "source: clean.game\nkey: server\nrepeat: every\nevent_list:\n  - {conditions: [{field: event, value: login}], count: 10}\n",
+        false,
+    ),
 ];
+
+/// The game servers events come from: few keys, each in every partition.
+const SERVERS: [&str; 3] = ["eu-1", "eu-2", "us-1"];
 
 /// The files events are spread over: (host, path). `Stack::produce` writes file `i` to partition
 /// `i % 4`, so a player whose events are in several files has them in several partitions.
@@ -68,6 +78,7 @@ const FILES: [(&str, &str); 6] = [
 #[derive(Debug, Clone)]
 pub struct Event {
     pub player: String,
+    pub server: &'static str,
     pub kind: &'static str,
     /// `level_up` only.
     pub level: i32,
@@ -109,8 +120,10 @@ impl Game {
                 } else {
                     rng.random_range(0..FILES.len())
                 };
+                let server = SERVERS[rng.random_range(0..SERVERS.len())];
                 Event {
                     player: format!("p-{p:03}"),
+                    server,
                     kind,
                     level,
                     file,
@@ -124,7 +137,10 @@ impl Game {
 
     /// Whether `player` was pinned to one partition.
     pub fn is_pinned(player: &str, pinned: usize) -> bool {
-        player[2..].parse::<usize>().is_ok_and(|p| p < pinned)
+        player
+            .strip_prefix("p-")
+            .and_then(|p| p.parse::<usize>().ok())
+            .is_some_and(|p| p < pinned)
     }
 
     /// The events as agent-style lines of their files, each value in the wire format.
@@ -164,7 +180,11 @@ impl Game {
             level3: bool,
         }
         let mut players: BTreeMap<&str, Player> = BTreeMap::new();
+        let mut logins: BTreeMap<&str, usize> = BTreeMap::new();
         for e in &self.events {
+            if e.kind == "login" {
+                *logins.entry(e.server).or_default() += 1;
+            }
             let p = players.entry(e.player.as_str()).or_default();
             match e.kind {
                 "pvp_win" => p.pvp += 1,
@@ -183,6 +203,11 @@ impl Game {
             add("pvp_win", p.pvp / 5);
             add("level3", usize::from(p.level3));
             add("buy2_win3", usize::from(p.purchases >= 2 && p.pvp >= 3));
+        }
+        for (server, n) in logins {
+            if n >= 10 {
+                expected.insert(("server_logins".to_owned(), server.to_owned()), n / 10);
+            }
         }
         expected
     }
@@ -221,7 +246,7 @@ impl GameSchemas {
             ("event_time".to_owned(), Avro::Long(e.event_time)),
             ("player_id".to_owned(), s(&e.player)),
             ("game_id".to_owned(), s("g-1")),
-            ("server".to_owned(), s("eu-3")),
+            ("server".to_owned(), s(e.server)),
         ];
         let specific: Vec<(&str, Avro)> = match e.kind {
             "login" => vec![
@@ -473,9 +498,9 @@ pub fn assert_matches(seen: &[Seen], expected: &BTreeMap<(String, String), usize
 pub struct Progress {
     group: String,
     consumer: BaseConsumer,
-    /// The repartition topic, read as it grows: the offset after its last record per partition.
-    repartition: Option<TopicReader>,
-    repartition_ends: BTreeMap<i32, i64>,
+    /// The repartition topics, read as they grow: the offset after the last record per
+    /// partition.
+    repartition: Vec<(TopicReader, BTreeMap<i32, i64>)>,
     bootstrap: String,
 }
 
@@ -490,32 +515,14 @@ impl Progress {
         Ok(Progress {
             group: group.to_owned(),
             consumer,
-            repartition: None,
-            repartition_ends: BTreeMap::new(),
+            repartition: Vec::new(),
             bootstrap: stack.cluster.bootstrap().to_owned(),
         })
     }
 
     /// Committed offsets of the group on `topic`'s partitions `0..PARTITIONS` (-1 for none).
     fn committed(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let mut list = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            list.add_partition(topic, p);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(list, Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => -1,
-                };
-                (e.partition(), offset)
-            })
-            .collect())
+        committed(&self.consumer, topic)
     }
 
     /// Clean records the group has committed as read (summed over partitions).
@@ -524,10 +531,10 @@ impl Progress {
     }
 
     /// `None` when the group has committed every record of `clean.game` and of its repartition
-    /// topic (every match the records make is then committed too: same transactions), else what
+    /// topics (every match the records make is then committed too: same transactions), else what
     /// is left.
     pub fn left(&mut self) -> anyhow::Result<Option<String>> {
-        let committed = self.committed(CLEAN)?;
+        let clean = self.committed(CLEAN)?;
         let mut ends = BTreeMap::new();
         for p in 0..PARTITIONS {
             let (_, high) = self
@@ -537,40 +544,34 @@ impl Progress {
         }
         if ends
             .iter()
-            .any(|(p, end)| committed.get(p).copied().unwrap_or(-1).max(0) < *end)
+            .any(|(p, end)| clean.get(p).copied().unwrap_or(-1).max(0) < *end)
         {
-            return Ok(Some(format!(
-                "{CLEAN}: committed {committed:?} of {ends:?}"
-            )));
+            return Ok(Some(format!("{CLEAN}: committed {clean:?} of {ends:?}")));
         }
-        let topic = cep_repartition_topic(&self.group, KEY);
-        if self.repartition.is_none() {
-            self.repartition = Some(TopicReader::new(
-                &self.bootstrap,
-                &topic,
-                Duration::from_secs(30),
-            )?);
+        if self.repartition.is_empty() {
+            for key_path in KEY_PATHS {
+                let topic = cep_repartition_topic(&self.group, key_path);
+                let reader = TopicReader::new(&self.bootstrap, &topic, Duration::from_secs(30))?;
+                self.repartition.push((reader, BTreeMap::new()));
+            }
         }
-        let ends = &mut self.repartition_ends;
-        self.repartition.as_mut().expect("opened above").read_new(
-            Duration::from_secs(60),
-            |m| {
+        for (reader, ends) in &mut self.repartition {
+            reader.read_new(Duration::from_secs(60), |m| {
                 ends.insert(m.partition(), m.offset() + 1);
                 Ok(())
-            },
-        )?;
-        let committed = self.committed(&topic)?;
-        if self
-            .repartition_ends
-            .iter()
-            .all(|(p, end)| committed.get(p).copied().unwrap_or(-1) >= *end)
-        {
-            return Ok(None);
+            })?;
+            let topic = reader.topic().to_owned();
+            let done = committed(&self.consumer, &topic)?;
+            if ends
+                .iter()
+                .any(|(p, end)| done.get(p).copied().unwrap_or(-1) < *end)
+            {
+                return Ok(Some(format!(
+                    "{topic}: committed {done:?}, records up to {ends:?}"
+                )));
+            }
         }
-        Ok(Some(format!(
-            "{topic}: committed {committed:?}, records up to {:?}",
-            self.repartition_ends
-        )))
+        Ok(None)
     }
 
     /// Polls [`Progress::left`] until nothing is, failing past `timeout`.
@@ -625,4 +626,24 @@ pub async fn tombstoned(
         .any(|m| {
             m.payload().is_none() && m.key().is_some_and(|k| k.starts_with(prefix.as_bytes()))
         }))
+}
+
+/// Committed offsets of `consumer`'s group on `topic`'s partitions `0..PARTITIONS` (-1 for none).
+fn committed(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            (e.partition(), offset)
+        })
+        .collect())
 }
