@@ -378,6 +378,23 @@ impl RulesApi {
             .await
     }
 
+    /// `GET /rules{path}`: `""` lists the rules, `/NAME/versions/V` shows a version.
+    pub async fn get_path(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// `POST /rules/{name}/test` with a YAML document (or none: the stored one).
+    pub async fn test(&self, name: &str, body: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(
+            self.http
+                .post(format!("{}/{name}/test", self.base))
+                .header("Content-Type", "application/yaml")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
     /// PUTs every rule of [`RULES`], failing unless each is stored.
     pub async fn seed(&self) -> anyhow::Result<()> {
         for (name, body, json) in RULES {

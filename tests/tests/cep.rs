@@ -224,6 +224,21 @@ async fn the_rules_api_checks_documents_fields_and_credentials() -> anyhow::Resu
     let (status, body) = api.get("typo2").await?;
     assert_eq!(status, 404, "a refused rule is not stored: {body}");
 
+    // A dry run over the records there are counts what the rule would: every PVP win.
+    let each_win = "source: clean.game\nkey: player_id\nrepeat: every\nevent_list:\n  - {conditions: [{field: event, value: pvp_win}], count: 1}\n";
+    let (status, body) = api.test("dry", each_win).await?;
+    assert_eq!(status, 200, "{body}");
+    let wins = game.events.iter().filter(|e| e.kind == "pvp_win").count();
+    assert_eq!(
+        (
+            body["records_read"].as_u64(),
+            body["undecodable"].as_u64(),
+            body["matches"].as_u64()
+        ),
+        (Some(20), Some(0), Some(wins as u64)),
+        "{body}"
+    );
+
     // Versions increase with every write, a deletion included; GET shows created_at.
     let mut versions = Vec::new();
     for _ in 0..2 {
@@ -252,6 +267,18 @@ async fn the_rules_api_checks_documents_fields_and_credentials() -> anyhow::Resu
     assert_eq!(status, 200, "{body}");
     versions.push(body["version"].as_u64().unwrap());
     assert_eq!(versions, [1, 2, 3, 4], "versions never repeat");
+    // Earlier versions stay readable; the list shows the current ones.
+    let (status, body) = anonymous.get_path(&format!("/{pvp}/versions/1")).await?;
+    assert_eq!((status, body["version"].as_u64()), (200, Some(1)), "{body}");
+    let (status, body) = anonymous.get_path("").await?;
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<(&str, u64)> = body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["name"].as_str()?, r["version"].as_u64()?)))
+        .collect();
+    assert_eq!(listed, [(pvp, 4), ("typo", 1)], "{body}");
 
     service::stop(&mut worker).await?;
     Ok(())
