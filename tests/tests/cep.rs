@@ -7,7 +7,7 @@
 //! Sizes fit the CI budget (two cores, debug builds): 3,000 events over 50 players.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use logpipe_core::metric_names::cep;
 use logpipe_devkit::harness::wait_until;
@@ -86,7 +86,9 @@ fn pinned_ids(seen: &[Seen]) -> BTreeMap<(String, String), Vec<String>> {
 async fn exactly_once_through_kill9s_and_a_worker_joining_and_leaving() -> anyhow::Result<()> {
     let game = Game::generate(2, EVENTS, PLAYERS, PINNED);
     let expected = game.oracle();
+    let started = Instant::now();
     let clean = clean_run(&game).await?;
+    eprintln!("clean run: {:?}", started.elapsed());
 
     let stack = Stack::start(&[]).await?;
     let schemas = GameSchemas::register(&stack).await?;
@@ -104,7 +106,8 @@ async fn exactly_once_through_kill9s_and_a_worker_joining_and_leaving() -> anyho
     // Produces a part and waits until the group has committed some of it (or of what was left
     // before it): the fault that follows lands mid-stream.
     let part = |i: usize| {
-        let (stack, files, progress, range) = (&stack, &files, &progress, parts[i].clone());
+        let (stack, files, progress, range, started) =
+            (&stack, &files, &progress, parts[i].clone(), &started);
         async move {
             let before = tokio::task::block_in_place(|| progress.clean_committed())?;
             let n = stack.produce(CLEAN, files, range).await?;
@@ -112,7 +115,10 @@ async fn exactly_once_through_kill9s_and_a_worker_joining_and_leaving() -> anyho
                 .wait_clean_committed(before + 1, Duration::from_secs(120))
                 .await?;
             let now = tokio::task::block_in_place(|| progress.clean_committed())?;
-            eprintln!("part {i}: {n} records written, {before} then {now} committed as read");
+            eprintln!(
+                "{:?}: part {i}: {n} records written, {before} then {now} committed as read",
+                started.elapsed()
+            );
             anyhow::Ok(())
         }
     };
@@ -136,6 +142,7 @@ async fn exactly_once_through_kill9s_and_a_worker_joining_and_leaving() -> anyho
     .await?;
     service::stop(&mut w2).await?;
     progress.wait_drained(DRAIN).await?;
+    eprintln!("{:?}: drained", started.elapsed());
 
     let seen = read_matches(&stack).await?;
     assert_matches(&seen, &expected);
