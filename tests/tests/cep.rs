@@ -372,3 +372,52 @@ async fn a_new_version_counts_from_zero_and_a_deleted_rule_stops() -> anyhow::Re
     service::stop(&mut worker).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_store_outage_pauses_counting_and_loses_nothing() -> anyhow::Result<()> {
+    let mut stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let (config, telemetry) = config(&stack, "g", "w1", "", "")?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    RulesApi::new(telemetry)?.seed().await?;
+
+    // The worker has fetched no schema yet: it cannot read a record until the store is back.
+    stack.stop_store().await?;
+    let game = Game::generate(6, EVENTS / 2, PLAYERS, 0);
+    let files = game.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let ready = format!("http://{telemetry}/ready");
+    wait_until(Duration::from_secs(60), || async {
+        http.get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 503)
+    })
+    .await?;
+    let progress = Progress::new(&stack, "g")?;
+    assert_eq!(
+        tokio::task::block_in_place(|| progress.clean_committed())?,
+        0,
+        "nothing is committed while the records cannot be read"
+    );
+    worker.ensure_running()?;
+
+    stack.start_store().await?;
+    let mut progress = progress;
+    progress.wait_drained(DRAIN).await?;
+    wait_until(Duration::from_secs(30), || async {
+        http.get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await?;
+    assert_matches(&read_matches(&stack).await?, &game.oracle());
+    service::stop(&mut worker).await?;
+    Ok(())
+}
