@@ -63,6 +63,24 @@ pub const RULES: [(&str, &str, bool); 4] = [
 /// The game servers events come from: few keys, each in every partition.
 const SERVERS: [&str; 3] = ["eu-1", "eu-2", "us-1"];
 
+/// [`RULES`] as a rules file: a YAML list of the documents, each with its name.
+pub fn rules_file() -> anyhow::Result<String> {
+    let mut text = String::new();
+    for (name, body, json) in RULES {
+        if json {
+            let mut document: Value = serde_json::from_str(body)?;
+            document["name"] = Value::String(name.to_owned());
+            text.push_str(&format!("- {document}\n"));
+        } else {
+            text.push_str(&format!("- name: {name}\n"));
+            for line in body.lines() {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+    }
+    Ok(text)
+}
+
 /// The files events are spread over: (host, path). `Stack::produce` writes file `i` to partition
 /// `i % 4`, so a player whose events are in several files has them in several partitions.
 const FILES: [(&str, &str); 6] = [

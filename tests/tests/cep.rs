@@ -421,3 +421,48 @@ async fn a_schema_store_outage_pauses_counting_and_loses_nothing() -> anyhow::Re
     service::stop(&mut worker).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_file_keeps_its_versions_and_state_across_restarts() -> anyhow::Result<()> {
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let path = logpipe_devkit::harness::write_file(stack.dir.path(), "rules.yaml", &rules_file()?)?;
+    let (config, telemetry) = config(
+        &stack,
+        "g",
+        "w1",
+        &format!("rules_file = {:?}", path.display().to_string()),
+        "",
+    )?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    let api = RulesApi::new(telemetry)?;
+    api.wait_for_rules(Duration::from_secs(10)).await?;
+    let mut progress = Progress::new(&stack, "g")?;
+
+    // Half the events, a restart with the same file, the other half: one stream to the rules.
+    let game = Game::generate(7, EVENTS, PLAYERS, 0);
+    let files = game.lines(&schemas)?;
+    let half = Game::longest(&files) / 2;
+    stack.produce(CLEAN, &files, 0..half).await?;
+    progress.wait_drained(DRAIN).await?;
+    service::stop(&mut worker).await?;
+    worker = service::start(CEP, &config, telemetry).await?;
+    for (name, _, _) in RULES {
+        let (status, body) = api.get(name).await?;
+        assert_eq!(
+            (status, body["version"].as_u64()),
+            (200, Some(1)),
+            "the same document keeps its version: {body}"
+        );
+    }
+    stack
+        .produce(CLEAN, &files, half..Game::longest(&files))
+        .await?;
+    progress.wait_drained(DRAIN).await?;
+
+    let seen = read_matches(&stack).await?;
+    assert_matches(&seen, &game.oracle());
+    assert!(seen.iter().all(|s| s.version == 1));
+    service::stop(&mut worker).await?;
+    Ok(())
+}
