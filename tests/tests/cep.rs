@@ -466,3 +466,50 @@ async fn a_rules_file_keeps_its_versions_and_state_across_restarts() -> anyhow::
     service::stop(&mut worker).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_put_while_the_worker_waits_counts_the_next_records() -> anyhow::Result<()> {
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let (config, telemetry) = config(&stack, "g", "w1", "", "")?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    let api = RulesApi::new(telemetry)?;
+    api.seed().await?;
+    let mut progress = Progress::new(&stack, "g")?;
+    let before = Game::generate(8, 300, PLAYERS, 0);
+    let files = before.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    progress.wait_drained(DRAIN).await?;
+
+    // The worker idles, subscribed. A rule on a key it already counts by needs no rebalance:
+    // the records written right after the PUT answers are the first it counts.
+    let wins2 = "source: clean.game\nkey: player_id\nrepeat: every\nevent_list:\n  - {conditions: [{field: event, value: pvp_win}], count: 2}\n";
+    let (status, body) = api.put("wins2", wins2, false).await?;
+    assert_eq!(status, 200, "{body}");
+    let after = Game::generate(9, EVENTS / 2, PLAYERS, 0);
+    let files = after.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    progress.wait_drained(DRAIN).await?;
+
+    let both = Game {
+        seed: 0,
+        events: before.events.iter().chain(&after.events).cloned().collect(),
+    };
+    let mut expected = both.oracle();
+    let mut wins: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in after.events.iter().filter(|e| e.kind == "pvp_win") {
+        *wins.entry(e.player.as_str()).or_default() += 1;
+    }
+    for (player, n) in wins {
+        if n >= 2 {
+            expected.insert(("wins2".to_owned(), player.to_owned()), n / 2);
+        }
+    }
+    assert_matches(&read_matches(&stack).await?, &expected);
+    service::stop(&mut worker).await?;
+    Ok(())
+}
