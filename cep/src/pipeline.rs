@@ -267,15 +267,20 @@ impl Worker {
         self.apply_rules().await?;
         let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
-            if self.rules.has_changed().unwrap_or(false) {
-                self.set = self.rules.borrow_and_update().clone();
-                self.apply_rules().await?;
-            }
             if last_lag.elapsed() >= LAG_INTERVAL {
                 self.report_lag();
                 last_lag = Instant::now();
             }
             let batch = self.gather().await?;
+            // Rules change between gathering and counting: a rule put meanwhile counts the
+            // records not older than itself, some of which may be in this batch.
+            while crate::rules_store::writes_in_flight() && !self.shutdown.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if self.rules.has_changed().unwrap_or(false) {
+                self.set = self.rules.borrow_and_update().clone();
+                self.apply_rules().await?;
+            }
             if batch.is_empty() && !self.state.has_changes() {
                 continue;
             }
