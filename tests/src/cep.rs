@@ -17,6 +17,7 @@ use logpipe_devkit::loadgen;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -169,8 +170,7 @@ impl Game {
             .map(|(i, (host, path))| Lines {
                 host: (*host).to_owned(),
                 path: (*path).to_owned(),
-                // A file identity per file and seed: streams of different seeds never share ids.
-                file: FileId((0xce90 << 32) + (self.seed << 8) + i as u64),
+                file: self.file_id(i),
                 lines: Vec::new(),
             })
             .collect();
@@ -181,6 +181,24 @@ impl Game {
             file.lines.push((offset, schemas.encode(event)?));
         }
         Ok(files)
+    }
+
+    /// A file identity per file and seed: streams of different seeds never share ids.
+    fn file_id(&self, file: usize) -> FileId {
+        FileId((0xce90 << 32) + (self.seed << 8) + file as u64)
+    }
+
+    /// Each event's record id (file identity, offset), as [`Game::lines`] writes them.
+    pub fn record_ids(&self) -> Vec<(u64, u64)> {
+        let mut lines = [0u64; FILES.len()];
+        self.events
+            .iter()
+            .map(|e| {
+                let offset = lines[e.file] * 1_000;
+                lines[e.file] += 1;
+                (self.file_id(e.file).0, offset)
+            })
+            .collect()
     }
 
     /// The longest file, in lines: `0..longest()` produces everything.
@@ -681,4 +699,51 @@ fn committed(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i3
             (e.partition(), offset)
         })
         .collect())
+}
+
+/// The Kafka timestamp of every record of `clean.game` by record id (file identity, offset).
+pub async fn clean_timestamps(stack: &Stack) -> anyhow::Result<HashMap<(u64, u64), i64>> {
+    let mut at = HashMap::new();
+    for m in stack.read(CLEAN).await? {
+        let pairs = m
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value));
+        if let Ok(Some(id)) = logpipe_core::record::RecordId::from_headers(pairs) {
+            at.insert(
+                (id.file.0, id.offset),
+                m.timestamp().to_millis().unwrap_or(0),
+            );
+        }
+    }
+    Ok(at)
+}
+
+/// Epoch milliseconds of an RFC 3339 UTC time as the rules API writes `created_at`
+/// (`2026-12-04T23:23:16.715Z`).
+pub fn rfc3339_ms(text: &str) -> anyhow::Result<i64> {
+    let bad = || anyhow::anyhow!("not an RFC 3339 UTC time: {text:?}");
+    let (date, time) = text.split_once('T').ok_or_else(bad)?;
+    let time = time.strip_suffix('Z').ok_or_else(bad)?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = match (d.next(), d.next(), d.next()) {
+        (Some(Ok(y)), Some(Ok(m)), Some(Ok(day))) => (y, m, day),
+        _ => return Err(bad()),
+    };
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(str::parse::<i64>);
+    let (h, min, sec) = match (t.next(), t.next(), t.next()) {
+        (Some(Ok(h)), Some(Ok(min)), Some(Ok(sec))) => (h, min, sec),
+        _ => return Err(bad()),
+    };
+    let ms: i64 = format!("{fraction:0<3}")[..3].parse()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 24 + h) * 60 + min) * 60_000 + sec * 1_000 + ms)
 }

@@ -513,3 +513,103 @@ async fn a_rule_put_while_the_worker_waits_counts_the_next_records() -> anyhow::
     service::stop(&mut worker).await?;
     Ok(())
 }
+
+#[test]
+fn created_at_times_read_as_the_worker_writes_them() {
+    assert_eq!(
+        rfc3339_ms("2023-11-14T22:13:20.123Z").unwrap(),
+        1_700_000_000_123
+    );
+    assert_eq!(
+        rfc3339_ms("2023-11-14T22:13:20Z").unwrap(),
+        1_700_000_000_000
+    );
+    assert_eq!(rfc3339_ms("1970-01-01T00:00:00.5Z").unwrap(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_put_mid_stream_counts_every_record_not_older_than_itself() -> anyhow::Result<()> {
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let (config, telemetry) = config(&stack, "g", "w1", "", "")?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    let api = RulesApi::new(telemetry)?;
+    api.seed().await?;
+    let mut progress = Progress::new(&stack, "g")?;
+
+    // A first few records, so the worker is subscribed and its partitions assigned.
+    let warm = Game::generate(11, 100, PLAYERS, 0);
+    let files = warm.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    progress.wait_drained(DRAIN).await?;
+
+    // Records stream in small parts while the rule is put: the worker is busy when it lands.
+    let game = Game::generate(10, EVENTS, PLAYERS, 0);
+    let files = game.lines(&schemas)?;
+    let longest = Game::longest(&files);
+    let step = longest / 30 + 1;
+    let parts = std::sync::atomic::AtomicUsize::new(0);
+    let mut stream = {
+        let (stack, files, parts) = (&stack, &files, &parts);
+        Box::pin(async move {
+            for start in (0..longest).step_by(step) {
+                stack.produce(CLEAN, files, start..start + step).await?;
+                parts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            anyhow::Ok(())
+        })
+    };
+    let wins2 = "source: clean.game\nkey: player_id\nrepeat: every\nevent_list:\n  - {conditions: [{field: event, value: pvp_win}], count: 2}\n";
+    let put = async {
+        // Once a third of the stream is written.
+        wait_until(Duration::from_secs(60), || async {
+            parts.load(std::sync::atomic::Ordering::SeqCst) >= 10
+        })
+        .await?;
+        api.put("wins2", wins2, false).await
+    };
+    let (status, body) = tokio::select! {
+        r = &mut stream => { r?; anyhow::bail!("the stream ended before the rule was put") }
+        r = put => r?,
+    };
+    assert_eq!(status, 200, "{body}");
+    stream.await?;
+    progress.wait_drained(DRAIN).await?;
+
+    // The oracle: every rule over the whole stream, and wins2 over the records not older than
+    // its version.
+    let created = rfc3339_ms(body["created_at"].as_str().unwrap_or_default())?;
+    let at = clean_timestamps(&stack).await?;
+    let mut expected = Game {
+        seed: 0,
+        events: warm.events.iter().chain(&game.events).cloned().collect(),
+    }
+    .oracle();
+    let mut wins: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut older, mut newer) = (0, 0);
+    for (e, id) in game.events.iter().zip(game.record_ids()) {
+        let ts = *at.get(&id).expect("every event is in clean.game");
+        if ts < created {
+            older += 1;
+        } else {
+            newer += 1;
+            if e.kind == "pvp_win" {
+                *wins.entry(e.player.as_str()).or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        older > 0 && newer > 0,
+        "the rule lands mid-stream: {older} / {newer}"
+    );
+    for (player, n) in wins {
+        if n >= 2 {
+            expected.insert(("wins2".to_owned(), player.to_owned()), n / 2);
+        }
+    }
+    assert_matches(&read_matches(&stack).await?, &expected);
+    service::stop(&mut worker).await?;
+    Ok(())
+}
