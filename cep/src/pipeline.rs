@@ -212,14 +212,14 @@ impl Worker {
 
     /// Creates the topics that are missing: (name, compacted).
     async fn ensure_topics(&mut self, topics: &[(String, bool)]) -> anyhow::Result<()> {
-        let mut missing: Vec<&(String, bool)> = topics
-            .iter()
-            .filter(|(t, _)| !self.existing.contains(t))
-            .collect();
-        // Rules share output topics (`cep.matches` by default): ask for each topic once, since
-        // a request naming a topic twice is refused as a whole.
-        missing.sort_by(|a, b| a.0.cmp(&b.0));
-        missing.dedup_by(|a, b| a.0 == b.0);
+        // Each name once: rules share output topics, and a CreateTopics request naming a topic
+        // twice fails as a whole.
+        let mut missing: Vec<&(String, bool)> = Vec::new();
+        for topic in topics {
+            if !self.existing.contains(&topic.0) && !missing.iter().any(|m| m.0 == topic.0) {
+                missing.push(topic);
+            }
+        }
         if missing.is_empty() {
             return Ok(());
         }
@@ -254,15 +254,20 @@ impl Worker {
         self.apply_rules().await?;
         let mut last_lag = Instant::now();
         while !self.shutdown.is_cancelled() {
-            if self.rules.has_changed().unwrap_or(false) {
-                self.set = self.rules.borrow_and_update().clone();
-                self.apply_rules().await?;
-            }
             if last_lag.elapsed() >= LAG_INTERVAL {
                 report_lag(&self.consumer, names::CONSUMER_LAG_RECORDS);
                 last_lag = Instant::now();
             }
             let batch = self.gather().await?;
+            // Rules change between gathering and counting: a rule put meanwhile counts the
+            // records not older than itself, some of which may be in this batch.
+            while crate::rules_store::writes_in_flight() && !self.shutdown.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if self.rules.has_changed().unwrap_or(false) {
+                self.set = self.rules.borrow_and_update().clone();
+                self.apply_rules().await?;
+            }
             if batch.is_empty() && !self.state.has_changes() {
                 continue;
             }
@@ -323,12 +328,8 @@ impl Worker {
             // No rules: nothing to read until some arrive.
             tokio::select! {
                 _ = self.shutdown.cancelled() => {}
-                changed = self.rules.changed() => {
-                    if changed.is_ok() {
-                        self.set = self.rules.borrow_and_update().clone();
-                        self.apply_rules().await?;
-                    }
-                }
+                // `changed` marks the new set seen; marked unseen again, `run` applies it.
+                _ = self.rules.changed() => self.rules.mark_changed(),
             }
             return Ok(batch);
         }
@@ -346,6 +347,10 @@ impl Worker {
             // Records gathered from a revoked partition are dropped: its next owner reads them
             // from the committed offset.
             let revoked = self.handle_group_events()?;
+            // A restore cut short by shutdown left partial state: count nothing more with it.
+            if self.shutdown.is_cancelled() {
+                return Ok(Vec::new());
+            }
             if !revoked.is_empty() {
                 batch.retain(|m| {
                     !revoked
@@ -417,7 +422,7 @@ impl Worker {
         let group = self.settings.group.clone();
         let set = self.set.clone();
         let state = &mut self.state;
-        let records = tokio::task::block_in_place(|| {
+        let result = tokio::task::block_in_place(|| {
             read_to_end(
                 &reader,
                 &self.state_topic,
@@ -437,8 +442,14 @@ impl Worker {
                     Ok(())
                 },
             )
-        })
-        .context("restoring state from the changelog")?;
+        });
+        // Stopping while restoring is a graceful stop: nothing is counted after it (see
+        // `gather`), and the next owner restores again.
+        if result.is_err() && self.shutdown.is_cancelled() {
+            tracing::info!(partitions = ?partitions, "shutdown while restoring state");
+            return Ok(());
+        }
+        let records = result.context("restoring state from the changelog")?;
         let elapsed = started.elapsed();
         metrics::histogram!(names::STATE_RESTORE).record(elapsed.as_secs_f64());
         tracing::info!(partitions = ?partitions, records, ?elapsed, "state restored");

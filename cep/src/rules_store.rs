@@ -8,6 +8,7 @@
 //! restart never counts events without the rules it had.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -227,14 +228,13 @@ impl Rules {
     /// Reads what is available now; rebuilds the rule set when something changed.
     fn poll(&self, wait: Duration) {
         let mut changed = false;
+        // Published after the rule set: a write that sees its position read sees its rules sent.
+        let mut positions = BTreeMap::new();
         let mut next = self.reader.poll(wait);
         while let Some(result) = next {
             match result {
                 Ok(message) => {
-                    self.positions
-                        .lock()
-                        .expect("positions lock")
-                        .insert(message.partition(), message.offset() + 1);
+                    positions.insert(message.partition(), message.offset() + 1);
                     match message.payload().map(serde_json::from_slice::<StoredRule>) {
                         Some(Ok(stored)) => {
                             tracing::info!(
@@ -261,6 +261,10 @@ impl Rules {
             let set = self.book().rule_set();
             self.set.send_replace(Arc::new(set));
         }
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .extend(positions);
     }
 
     /// Reads until every partition's position is at its end as of now.
@@ -306,6 +310,7 @@ impl Rules {
         document: Option<Value>,
     ) -> anyhow::Result<StoredRule> {
         let _writing = self.writing.lock().await;
+        let _in_flight = InFlight::start();
         let stored = StoredRule {
             name: name.to_owned(),
             version: self.book().next_version(name),
@@ -341,6 +346,35 @@ impl Rules {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(stored)
+    }
+}
+
+/// Rule writes of this process between choosing their `created_at` and their rule set being
+/// sent to the pipeline. A version counts the records not older than its `created_at`, so the
+/// pipeline must not count records gathered meanwhile with the rules it had: while a write is in
+/// flight it waits for the new set (see [`writes_in_flight`]).
+static WRITES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a rule write of this process is in flight. When it is not, every write that completed
+/// has sent its rule set, and any write that starts later takes a `created_at` later than the
+/// records fetched so far.
+pub(crate) fn writes_in_flight() -> bool {
+    WRITES_IN_FLIGHT.load(Ordering::SeqCst) > 0
+}
+
+/// One write in flight, until dropped (also when the write fails).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        WRITES_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        WRITES_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -3,6 +3,8 @@
 //! each.
 //!
 //! - [`agent`]: an agent process over a log directory, and a collector of what it produced;
+//! - [`cep`]: game events in clean topics, the matches an oracle expects of them, CEP workers'
+//!   configs and rules API, and the matches read back;
 //! - [`mirror`]: write and read clusters, mirror processes, records with countable ids;
 //! - [`validator`]: a cluster with a schema store, validator processes, agent-style records, and
 //!   clean and dead-letter topics read back by event id;
@@ -12,6 +14,7 @@
 //! - [`pipeline`]: where lost lines went, hop by hop, and the README tour's schema fix and replay.
 
 pub mod agent;
+pub mod cep;
 pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
