@@ -263,7 +263,15 @@ impl Rule {
         };
         let mut steps = Vec::with_capacity(step_docs.len());
         for (i, step) in step_docs.iter().enumerate() {
-            let at = |key: &str| format!("event_list[{i}].{key}");
+            // A lone top-level `when` is the only step: its errors name `when` as written.
+            let lone = doc.event_list.is_empty();
+            let at = |key: &str| {
+                if lone {
+                    key.to_owned()
+                } else {
+                    format!("event_list[{i}].{key}")
+                }
+            };
             if let Some(keyed) = &step.keyed {
                 match &key_text {
                     Some(key) if key != keyed => {
@@ -502,6 +510,7 @@ output:
             (&format!("name: other\n{base}event_list:\n- conditions: [{{field: e, value: x}}]\n"), "name"),
             ("- a\n- b\n", "document"),
             ("key: [unclosed\n", "document"),
+            (&format!("{base}when: 'event == '\n"), "when"),
         ];
         for (text, key) in table {
             let err = compile(text).unwrap_err();
