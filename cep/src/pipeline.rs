@@ -225,9 +225,11 @@ impl Worker {
 
     /// Creates the topics that are missing: (name, compacted).
     async fn ensure_topics(&mut self, topics: &[(String, bool)]) -> anyhow::Result<()> {
+        // Rules share output topics: a name twice in one request fails it as a whole.
+        let mut seen = BTreeSet::new();
         let missing: Vec<&(String, bool)> = topics
             .iter()
-            .filter(|(t, _)| !self.existing.contains(t))
+            .filter(|(t, _)| !self.existing.contains(t) && seen.insert(t))
             .collect();
         if missing.is_empty() {
             return Ok(());
