@@ -6,7 +6,8 @@
 //! Environment: `BENCH_RECORDS` (default 500,000), `BENCH_PLAYERS` (100,000),
 //! `BENCH_PARTITIONS` (4), `BENCH_RULES` (`1000,100,1`: the rounds, largest first),
 //! `BENCH_RESTORE_KEYS` (1,000,000; 0 skips), `BENCH_LATENCY_RATE` (1,000 events/s),
-//! `BENCH_LATENCY_SECONDS` (20; 0 skips), `BENCH_TUNED_BATCH_RECORDS` (50,000: each round again
+//! `BENCH_LATENCY_SECONDS` (20; 0 skips), `BENCH_POLL_MS` (100: how often the worker's metrics
+//! are read once it counts, see `round`), `BENCH_TUNED_BATCH_RECORDS` (50,000: each round again
 //! with this `batch_records`, shown beside the default's, no target; 0 skips), `BENCH_FETCH_WAIT_MS` (10: the workers'
 //! `fetch.wait.max.ms`, see [`FETCH_WAIT_MS`]; 0 = librdkafka's default). With `LOGPIPE_BENCH_JSON` set, the rows are also
 //! emitted through `logpipe_devkit::benchreport`.
@@ -22,7 +23,7 @@
 //!    100 and 1 count rules (`server == S && event == E`, `level == L && event == level_up`, a
 //!    few range-only ones that cannot be indexed; count 3 to 5, key `player_id`, repeat every),
 //!    timed from its first to its last event counted (`logpipe_cep_events_total`, polled every
-//!    10 ms). The rules of the larger rounds are deleted through the API between rounds;
+//!    10 ms until the first, then every 100 ms: a scrape of 1,000 rules' series is not free). The rules of the larger rounds are deleted through the API between rounds;
 //! 3. state: `logpipe_cep_state_bytes` / the sum of `logpipe_cep_rule_keys_held` once a round
 //!    has settled, with the worker's RSS as a cross-check;
 //! 4. restore: a rule that never matches over `BENCH_RESTORE_KEYS` distinct keys, then kill -9
@@ -424,6 +425,11 @@ async fn round(
     };
     let batch_before = batch(&prometheus::scrape(&http, config.telemetry).await);
     let stall = Instant::now() + STALL;
+    // Rendering /metrics costs the worker ~3.6 ms of CPU with 1,000 rules (4 series per rule):
+    // polled every 10 ms that took a third of a core from the worker being measured (a profile
+    // showed `PrometheusHandle::render` at 36% of its CPU). The first event is caught within
+    // 10 ms; the last within `BENCH_POLL_MS`.
+    let poll = Duration::from_millis(env("BENCH_POLL_MS", 100));
     let batch_after = loop {
         let page = prometheus::scrape(&http, config.telemetry).await;
         let n = events(&page, CLEAN) as usize;
@@ -436,7 +442,7 @@ async fn round(
             process.logs()
         );
         process.ensure_running()?;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(poll).await;
     };
     let elapsed = started.elapsed();
     let batches = batch_after[0] - batch_before[0];
@@ -962,9 +968,18 @@ async fn main() -> anyhow::Result<()> {
         .find(|(_, r)| r.keys > 0.0 && r.batch_records.is_none())
     {
         let per = r.state_bytes / r.keys;
+        // A cross-check from outside: the worker's RSS over that of the round holding the fewest
+        // keys (same binary, same topic, same consumer buffers), per counter.
+        let baseline = rounds
+            .iter()
+            .filter(|(_, b)| b.batch_records.is_none())
+            .min_by(|a, b| a.1.keys.total_cmp(&b.1.keys))
+            .map_or(0.0, |(_, b)| b.rss_mib);
+        let rss_per = (r.rss_mib - baseline) * 1024.0 * 1024.0 / r.keys;
         println!(
-            "\nstate: {:.0} B / {:.0} counters = **{per:.0} B per (rule, key) counter** with {} rules (target <= 200)",
-            r.state_bytes, r.keys, r.rules
+            "\nstate: {:.0} B / {:.0} counters = **{per:.0} B per (rule, key) counter** with {} rules (target <= 200); \
+             RSS {:.0} MiB against {baseline:.0} MiB with the fewest keys: {rss_per:.0} B per counter",
+            r.state_bytes, r.keys, r.rules, r.rss_mib
         );
         Row::new(
             "cep",
@@ -976,6 +991,7 @@ async fn main() -> anyhow::Result<()> {
         .target_at_most(200.0)
         .extra("keys", r.keys)
         .extra("rss_mib", r.rss_mib)
+        .extra("rss_bytes_per_counter", rss_per)
         .emit()?;
     }
 
