@@ -63,6 +63,8 @@ use rdkafka::Message;
 const CLEAN: &str = "clean.game";
 const RESTORE: &str = "clean.restore";
 const LATENCY: &str = "clean.latency";
+/// Where the transaction floor's records go.
+const FLOOR: &str = "bench.floor";
 /// Partitions of the topics the worker creates (its default).
 const WORKER_PARTITIONS: i32 = 12;
 const SERVERS: u64 = 200;
@@ -787,6 +789,32 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The floor of one transaction on this broker: a transactional producer made from the worker's
+/// config (same settings) producing one record and committing, `n` times; the median.
+fn transaction_floor(config: &CepConfig, n: usize) -> anyhow::Result<Duration> {
+    let producer: BaseProducer = config
+        .kafka
+        .client_config(
+            &Role::TransactionalProducer {
+                transactional_id: "bench-floor".into(),
+            },
+            "bench-floor",
+        )
+        .create()?;
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout)?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        producer.begin_transaction()?;
+        send_polling(&producer, BaseRecord::<[u8], [u8]>::to(FLOOR).payload(b"x"))?;
+        producer.commit_transaction(timeout)?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times.get(n / 2).copied().context("no transaction")
+}
+
 fn cell(t: &Rate) -> String {
     format!(
         "{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)",
@@ -862,13 +890,36 @@ async fn main() -> anyhow::Result<()> {
         })
     })
     .await??;
+    let fill_s = filled.elapsed().as_secs_f64();
+    let floor = {
+        let config = worker_config(
+            dir.path(),
+            &store_url,
+            &bootstrap,
+            "bench-floor",
+            None,
+            None,
+        )?;
+        let cep: CepConfig = logpipe_core::service::load_config(&config.path)?;
+        tokio::task::spawn_blocking(move || transaction_floor(&cep, 40)).await??
+    };
     println!(
         "# logpipe-cep vs a read_committed consumer decoding the same records\n\n\
          {records} game records of {bytes_per_record:.0} B on average (Avro wire format), {players} players, \
-         {partitions} partitions, one dev broker; {most_rules} rules stored in {rules_s:.1} s (rules_file), \
-         topic filled in {:.1} s\n",
-        filled.elapsed().as_secs_f64()
+         {partitions} partitions, one dev broker, workers' fetch.wait.max.ms {}; {most_rules} rules stored in \
+         {rules_s:.1} s (rules_file), topic filled in {fill_s:.1} s; one transaction on this broker (the \
+         worker's producer settings, 1 record, commit): median {:.1} ms of 40\n",
+        fetch_wait().map_or("librdkafka's default".into(), |ms| format!("{ms} ms")),
+        floor.as_secs_f64() * 1e3
     );
+    Row::new(
+        "cep",
+        "one transaction (1 record, commit)",
+        "worker's producer settings",
+        floor.as_secs_f64() * 1e3,
+        "ms",
+    )
+    .emit()?;
     println!("| rules | ceiling: consume + decode, first to last record | logpipe-cep, first to last event counted | ratio | keys held | state B / counter | matches | worker RSS | worker CPU / span | batches, mean time |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let schemas = encoder.by_id();
