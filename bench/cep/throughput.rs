@@ -503,6 +503,29 @@ async fn delete_rules(
     Ok(())
 }
 
+/// A rule counting every record of `source` (they all have the same `game_id`) per player.
+fn every_record_rule(name: &str, source: &str, count: u32, repeat: &str) -> String {
+    format!(
+        "- name: {name}\n  source: {source}\n  key: player_id\n  repeat: {repeat}\n  event_list:\n  - count: {count}\n    conditions:\n    - {{field: game_id, value: g-moonfall, type: string, operator: equals}}\n"
+    )
+}
+
+/// A worker of a group of its own with one rule from its rules_file, ready.
+async fn worker_with_rule(
+    dir: &Path,
+    store: &str,
+    bootstrap: &str,
+    group: &str,
+    rule: &str,
+) -> anyhow::Result<(WorkerConfig, Process)> {
+    let config = worker_config(dir, store, bootstrap, group, Some(rule), None)?;
+    let mut process = start(&config)?;
+    process
+        .wait_ready(config.telemetry, Duration::from_secs(120))
+        .await?;
+    Ok((config, process))
+}
+
 /// What the restore measured.
 struct Restored {
     keys: u64,
@@ -526,14 +549,9 @@ async fn restore(
 ) -> anyhow::Result<Restored> {
     let http = reqwest::Client::new();
     let group = "bench-restore";
-    let rule = format!(
-        "- name: {RESTORE_RULE}\n  source: {RESTORE}\n  key: player_id\n  event_list:\n  - count: 1000\n    conditions:\n    - {{field: game_id, value: g-moonfall, type: string, operator: equals}}\n"
-    );
-    let config = worker_config(dir, store, bootstrap, group, Some(&rule), None)?;
-    let mut process = start(&config)?;
-    process
-        .wait_ready(config.telemetry, Duration::from_secs(120))
-        .await?;
+    // Each key is seen once: a count of 1,000 never matches.
+    let rule = every_record_rule(RESTORE_RULE, RESTORE, 1000, "once");
+    let (config, mut process) = worker_with_rule(dir, store, bootstrap, group, &rule).await?;
     let filled = Instant::now();
     let (b, e) = (bootstrap.to_owned(), encoder.clone());
     tokio::task::spawn_blocking(move || {
@@ -644,14 +662,8 @@ async fn latency(
 ) -> anyhow::Result<Latencies> {
     let players = rate.max(3);
     let group = "bench-latency";
-    let rule = format!(
-        "- name: {LATENCY_RULE}\n  source: {LATENCY}\n  key: player_id\n  repeat: every\n  event_list:\n  - count: 3\n    conditions:\n    - {{field: game_id, value: g-moonfall, type: string, operator: equals}}\n"
-    );
-    let config = worker_config(dir, store, bootstrap, group, Some(&rule), None)?;
-    let mut process = start(&config)?;
-    process
-        .wait_ready(config.telemetry, Duration::from_secs(120))
-        .await?;
+    let rule = every_record_rule(LATENCY_RULE, LATENCY, 3, "every");
+    let (config, mut process) = worker_with_rule(dir, store, bootstrap, group, &rule).await?;
     let total = rate * seconds;
     // Encode first, so the paced loop only sends.
     let values: Vec<Vec<u8>> = (0..total)
@@ -815,16 +827,6 @@ fn transaction_floor(config: &CepConfig, n: usize) -> anyhow::Result<Duration> {
     times.get(n / 2).copied().context("no transaction")
 }
 
-fn cell(t: &Rate) -> String {
-    format!(
-        "{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)",
-        t.records_per_s(),
-        t.mb_per_s(),
-        t.records,
-        t.elapsed.as_secs_f64()
-    )
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let records: usize = env("BENCH_RECORDS", 500_000);
@@ -962,8 +964,8 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "| {n}{} | {} | {} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} MiB | {:.0}% | {:.0}, {:.0} ms |",
                 batch_records.map_or(String::new(), |b| format!(" (batch_records {b})")),
-                cell(&reference),
-                cell(&r.timed),
+                reference.summary(),
+                r.timed.summary(),
                 r.timed.records_per_s() / reference.records_per_s(),
                 r.keys,
                 r.state_bytes / r.keys.max(1.0),

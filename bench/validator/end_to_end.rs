@@ -341,15 +341,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| round | pass-through (reference), first to last commit | logpipe-validator, first to last commit | ratio | validator time: gather / check / commit |");
     println!("|---|---|---|---|---|");
-    let cell = |t: &Rate| {
-        format!(
-            "{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)",
-            t.records_per_s(),
-            t.mb_per_s(),
-            t.records,
-            t.elapsed.as_secs_f64()
-        )
-    };
+    let cell = Rate::summary;
     let mut best: Option<(Rate, Validated)> = None;
     let mut batch_bounds = (0, 0);
     for (round, group) in groups.iter().enumerate() {
