@@ -35,7 +35,7 @@ use logpipe_core::kafka::Role;
 use logpipe_core::metric_names::validator as names;
 use logpipe_core::record::{header, FileId, RecordId};
 use logpipe_devkit::benchreport::Row;
-use logpipe_devkit::harness::{free_addr, write_file, DevCluster, Process};
+use logpipe_devkit::harness::{free_addr, game_schema_store, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
 use logpipe_devkit::measure::{env, filling_producer, send_polling, Rate};
 use logpipe_devkit::prometheus;
@@ -302,34 +302,6 @@ async fn validator(
     })
 }
 
-async fn schema_store(dir: &Path) -> anyhow::Result<(Process, String)> {
-    let (listen, telemetry) = (free_addr(), free_addr());
-    let config = write_file(
-        dir,
-        "store.toml",
-        &format!(
-            "listen = \"{listen}\"\n[storage]\nkind = \"local\"\npath = \"{}\"\n[telemetry]\nlisten = \"{telemetry}\"\n",
-            dir.join("store").display()
-        ),
-    )?;
-    let mut store = Process::start(
-        "logpipe-schema-store",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
-    store.wait_ready(telemetry, Duration::from_secs(30)).await?;
-    let url = format!("http://{listen}");
-    let http = reqwest::Client::new();
-    for (subject, schema) in loadgen::schemas() {
-        http.post(format!("{url}/subjects/{subject}/versions"))
-            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .json(&serde_json::json!({ "schema": schema }))
-            .send()
-            .await?
-            .error_for_status()?;
-    }
-    Ok((store, url))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let records: usize = env("BENCH_RECORDS", 200_000);
@@ -356,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
     topics.extend(states.iter().map(|s| (s.as_str(), 1)));
     let cluster = DevCluster::start_retaining("read", 1, &topics, Some(retention)).await?;
     let bootstrap = cluster.bootstrap().to_owned();
-    let (mut store, store_url) = schema_store(dir.path()).await?;
+    let (mut store, store_url, _) = game_schema_store(dir.path()).await?;
 
     let filled = Instant::now();
     let b = bootstrap.clone();
@@ -369,15 +341,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| round | pass-through (reference), first to last commit | logpipe-validator, first to last commit | ratio | validator time: gather / check / commit |");
     println!("|---|---|---|---|---|");
-    let cell = |t: &Rate| {
-        format!(
-            "{:.0} rec/s, {:.1} MB/s ({} rec in {:.2} s)",
-            t.records_per_s(),
-            t.mb_per_s(),
-            t.records,
-            t.elapsed.as_secs_f64()
-        )
-    };
+    let cell = Rate::summary;
     let mut best: Option<(Rate, Validated)> = None;
     let mut batch_bounds = (0, 0);
     for (round, group) in groups.iter().enumerate() {

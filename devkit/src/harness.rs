@@ -785,3 +785,56 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf>
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
+
+/// Registers the load generator's Avro game schemas (`devkit/schemas/`) with a schema store at
+/// `url` and returns each subject with its id. Idempotent: the same schema gets its id back.
+pub async fn register_game_schemas(
+    http: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    let mut ids = Vec::new();
+    for (subject, schema) in crate::loadgen::schemas() {
+        let response = http
+            .post(format!("{url}/subjects/{subject}/versions"))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "schema": schema, "schemaType": "AVRO" }))
+            .send()
+            .await
+            .with_context(|| format!("registering {subject}"))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("registering {subject}: {status}: {body}");
+        }
+        let id = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("id")?.as_u64())
+            .with_context(|| format!("registering {subject}: no id in {body}"))?;
+        ids.push((subject, id as u32));
+    }
+    Ok(ids)
+}
+
+/// A `logpipe-schema-store` process (local storage under `dir`) holding the game schemas: the
+/// process, its URL, and each game subject's id.
+pub async fn game_schema_store(
+    dir: &Path,
+) -> anyhow::Result<(Process, String, Vec<(&'static str, u32)>)> {
+    let (listen, telemetry) = (free_addr(), free_addr());
+    let config = write_file(
+        dir,
+        "store.toml",
+        &format!(
+            "listen = \"{listen}\"\n[storage]\nkind = \"local\"\npath = \"{}\"\n[telemetry]\nlisten = \"{telemetry}\"\n",
+            dir.join("store").display()
+        ),
+    )?;
+    let mut store = Process::start(
+        "logpipe-schema-store",
+        &["run", "--config", config.to_str().context("config path")?],
+    )?;
+    store.wait_ready(telemetry, Duration::from_secs(30)).await?;
+    let url = format!("http://{listen}");
+    let ids = register_game_schemas(&reqwest::Client::new(), &url).await?;
+    Ok((store, url, ids))
+}

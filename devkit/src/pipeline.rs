@@ -21,7 +21,6 @@ use anyhow::{bail, Context as _};
 use logpipe_core::record::{self, TopicTemplate};
 
 use crate::harness::{bin_path, free_addr, DevCluster, Process};
-use crate::loadgen;
 
 /// The stream every pipeline carries: `raw.game` -> `clean.game` / `dlq.game`.
 const STREAM: &str = "game";
@@ -332,26 +331,7 @@ impl Pipeline {
 
     /// Registers the load generator's Avro schemas (idempotent: the same schema gets its id back).
     async fn register_schemas(&self) -> anyhow::Result<()> {
-        for (subject, schema) in loadgen::schemas() {
-            let response = self
-                .http
-                .post(format!(
-                    "{}/subjects/{subject}/versions",
-                    self.schema_store_url()
-                ))
-                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-                .json(&serde_json::json!({ "schema": schema, "schemaType": "AVRO" }))
-                .send()
-                .await
-                .with_context(|| format!("registering {subject}"))?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!(
-                    "registering {subject}: {status}: {}",
-                    response.text().await.unwrap_or_default()
-                );
-            }
-        }
+        crate::harness::register_game_schemas(&self.http, &self.schema_store_url()).await?;
         Ok(())
     }
 
