@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use logpipe_core::kafka::{
-    batch_offsets, create_topics, end_reader, init_transactions, is_fatal, read_to_end, report_lag,
-    rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
+    batch_offsets, commit_transaction, create_topics, end_reader, init_transactions, is_fatal,
+    read_to_end, report_lag, rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig,
+    Partition, RebalanceLog, Role,
 };
 use logpipe_core::record::{cep_repartition_topic, RecordId};
 use logpipe_core::telemetry::Readiness;
@@ -715,7 +716,7 @@ impl Worker {
         if !offsets.is_empty() {
             send_offsets(&self.producer, &self.consumer, offsets, KAFKA_TIMEOUT)?;
         }
-        self.producer.commit_transaction(KAFKA_TIMEOUT)
+        commit_transaction(&self.producer, KAFKA_TIMEOUT)
     }
 
     fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
-    batch_offsets, end_reader, init_transactions, is_fatal, partition_count, read_to_end,
-    report_lag, rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig, RebalanceLog, Role,
+    batch_offsets, commit_transaction, end_reader, init_transactions, is_fatal, partition_count,
+    read_to_end, report_lag, rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig,
+    RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -725,7 +726,7 @@ impl Pipeline {
         }
         tracing::debug!(?offsets, records = outputs.len(), "committing a batch");
         send_offsets(&self.producer, &self.consumer, offsets, KAFKA_TIMEOUT)?;
-        self.producer.commit_transaction(KAFKA_TIMEOUT)
+        commit_transaction(&self.producer, KAFKA_TIMEOUT)
     }
 
     fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
