@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -39,7 +40,16 @@ pub(crate) struct Api {
     pub(crate) kafka: KafkaConfig,
     pub(crate) decoder: Mutex<Decoder>,
     pub(crate) stats: Stats,
+    /// Each source's schema ids and field paths, read from its latest records, kept for
+    /// [`SOURCE_FIELDS_TTL`] so that a rules file of many rules reads each source once.
+    pub(crate) source_fields: Mutex<HashMap<String, (Instant, SourceFields)>>,
 }
+
+/// A source topic's recent schema ids and the field paths their schemas give.
+type SourceFields = (BTreeSet<u32>, BTreeSet<String>);
+
+/// How long a source's fields are trusted before its records are read again.
+const SOURCE_FIELDS_TTL: Duration = Duration::from_secs(10);
 
 /// An error answer.
 #[derive(Debug)]
@@ -135,21 +145,37 @@ impl Api {
         Ok((stored, warnings, true))
     }
 
+    /// A source's fields, from the cache or its latest records; a source without records is
+    /// read again next time.
+    async fn source_fields(&self, topic: &str) -> Result<SourceFields, ApiError> {
+        let mut cache = self.source_fields.lock().await;
+        if let Some((read, fields)) = cache.get(topic) {
+            if read.elapsed() < SOURCE_FIELDS_TTL {
+                return Ok(fields.clone());
+            }
+        }
+        let mut decoder = self.decoder.lock().await;
+        let fields = sources::fields(&self.kafka, &mut decoder, topic)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the schemas of {topic}: {e:#}"),
+                )
+            })?;
+        if !fields.0.is_empty() {
+            cache.insert(topic.to_owned(), (Instant::now(), fields.clone()));
+        }
+        Ok(fields)
+    }
+
     /// Every field the rule reads must be a field of a schema its sources' records were written
     /// with. A source with no records yet cannot be checked: that is a warning, not an error.
     async fn check_fields(&self, rule: &Rule) -> Result<Vec<String>, ApiError> {
         let mut known: Vec<(String, BTreeSet<u32>, BTreeSet<String>)> = Vec::new();
         let mut warnings = Vec::new();
-        let mut decoder = self.decoder.lock().await;
         for topic in &rule.sources {
-            let (ids, paths) = sources::fields(&self.kafka, &mut decoder, topic)
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("cannot read the schemas of {topic}: {e:#}"),
-                    )
-                })?;
+            let (ids, paths) = self.source_fields(topic).await?;
             if ids.is_empty() {
                 warnings.push(format!("{topic} has no records yet: the rule's fields were not checked against its schemas"));
             } else {

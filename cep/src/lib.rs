@@ -261,6 +261,7 @@ impl Service for CepService {
             kafka: config.kafka.clone(),
             decoder: tokio::sync::Mutex::new(Decoder::new(config.client()?)),
             stats: stats.clone(),
+            source_fields: Default::default(),
         });
         for (name, document) in config.rules_file_documents()? {
             let (stored, warnings, written) = api
