@@ -288,7 +288,7 @@ impl Service for CepService {
         };
         let worker = Worker::connect(
             settings,
-            rules.subscribe(),
+            rules.clone(),
             Decoder::new(config.client()?),
             stats,
             ctx.readiness.clone(),

@@ -41,6 +41,7 @@ use crate::event::{parse_event_time, EventRef, Hit, Rekeyed};
 use crate::field::key_text;
 use crate::matches::{self, Match};
 use crate::metrics as names;
+use crate::rules_store::Rules;
 use crate::ruleset::RuleSet;
 use crate::state::KeyedState;
 
@@ -101,6 +102,8 @@ pub(crate) struct Worker {
     producer: ThreadedProducer<DefaultProducerContext>,
     admin: AdminClient<DefaultClientContext>,
     rules: watch::Receiver<Arc<RuleSet>>,
+    /// The rules topic, asked whether a rule write is in flight.
+    store: Arc<Rules>,
     set: Arc<RuleSet>,
     decoder: Decoder,
     state: KeyedState,
@@ -120,7 +123,7 @@ impl Worker {
     /// unreachable; `None` on shutdown meanwhile.
     pub(crate) async fn connect(
         settings: Settings,
-        rules: watch::Receiver<Arc<RuleSet>>,
+        store: Arc<Rules>,
         decoder: Decoder,
         stats: Stats,
         readiness: Readiness,
@@ -167,6 +170,7 @@ impl Worker {
             return Ok(None);
         }
         let state_topic = logpipe_core::record::cep_state_topic(&settings.group);
+        let rules = store.subscribe();
         let set = rules.borrow().clone();
         let mut worker = Worker {
             settings,
@@ -174,6 +178,7 @@ impl Worker {
             producer,
             admin,
             rules,
+            store,
             set,
             decoder,
             state: KeyedState::default(),
@@ -262,7 +267,7 @@ impl Worker {
             let batch = self.gather().await?;
             // Rules change between gathering and counting: a rule put meanwhile counts the
             // records not older than itself, some of which may be in this batch.
-            while crate::rules_store::writes_in_flight() && !self.shutdown.is_cancelled() {
+            while self.store.writes_in_flight() && !self.shutdown.is_cancelled() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             if self.rules.has_changed().unwrap_or(false) {

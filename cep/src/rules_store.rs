@@ -135,6 +135,9 @@ pub(crate) struct Rules {
     set: watch::Sender<Arc<RuleSet>>,
     producer: FutureProducer,
     reader: BaseConsumer,
+    /// Writes through this worker between choosing their `created_at` and their rule set being
+    /// sent to the pipeline (see [`Rules::writes_in_flight`]).
+    in_flight: AtomicUsize,
     /// One write at a time, so versions are numbered without gaps on this worker.
     writing: tokio::sync::Mutex<()>,
 }
@@ -199,6 +202,7 @@ impl Rules {
             set,
             producer,
             reader,
+            in_flight: AtomicUsize::new(0),
             writing: tokio::sync::Mutex::new(()),
         });
         let started = Instant::now();
@@ -215,6 +219,15 @@ impl Rules {
         while !shutdown.is_cancelled() {
             self.poll(Duration::from_millis(100));
         }
+    }
+
+    /// Whether a rule write through this worker is in flight. A version counts the records not
+    /// older than its `created_at`, so the pipeline must not count records gathered meanwhile
+    /// with the rules it had. When none is, every write that completed has sent its rule set,
+    /// and any write that starts later takes a `created_at` later than the records fetched so
+    /// far.
+    pub(crate) fn writes_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<RuleSet>> {
@@ -310,7 +323,7 @@ impl Rules {
         document: Option<Value>,
     ) -> anyhow::Result<StoredRule> {
         let _writing = self.writing.lock().await;
-        let _in_flight = InFlight::start();
+        let _in_flight = InFlight::start(&self.in_flight);
         let stored = StoredRule {
             name: name.to_owned(),
             version: self.book().next_version(name),
@@ -349,32 +362,19 @@ impl Rules {
     }
 }
 
-/// Rule writes of this process between choosing their `created_at` and their rule set being
-/// sent to the pipeline. A version counts the records not older than its `created_at`, so the
-/// pipeline must not count records gathered meanwhile with the rules it had: while a write is in
-/// flight it waits for the new set (see [`writes_in_flight`]).
-static WRITES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// One rule write in flight, until dropped (also when the write fails).
+struct InFlight<'a>(&'a AtomicUsize);
 
-/// Whether a rule write of this process is in flight. When it is not, every write that completed
-/// has sent its rule set, and any write that starts later takes a `created_at` later than the
-/// records fetched so far.
-pub(crate) fn writes_in_flight() -> bool {
-    WRITES_IN_FLIGHT.load(Ordering::SeqCst) > 0
-}
-
-/// One write in flight, until dropped (also when the write fails).
-struct InFlight;
-
-impl InFlight {
-    fn start() -> InFlight {
-        WRITES_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        InFlight
+impl<'a> InFlight<'a> {
+    fn start(writes: &'a AtomicUsize) -> InFlight<'a> {
+        writes.fetch_add(1, Ordering::SeqCst);
+        InFlight(writes)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        WRITES_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
