@@ -119,7 +119,11 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
 }
 
 fn stored_json(stored: &StoredRule) -> Value {
-    json!({"name": stored.name, "version": stored.version, "created_at": stored.created_at, "document": stored.document})
+    let mut value = json!({"name": stored.name, "version": stored.version, "created_at": stored.created_at, "document": stored.document});
+    if !stored.replay.is_empty() {
+        value["replay"] = json!(stored.replay);
+    }
+    value
 }
 
 impl Api {
@@ -153,9 +157,23 @@ impl Api {
             }
         }
         let warnings = self.check_fields(&rule).await?;
+        let replay = if rule.from == crate::timing::From::Latest {
+            Default::default()
+        } else {
+            let (kafka, sources, from) = (self.kafka.clone(), rule.sources.clone(), rule.from);
+            tokio::task::spawn_blocking(move || crate::replay::boundaries(&kafka, &sources, from))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("finding where the replay starts: {e:#}"),
+                    )
+                })?
+        };
         let stored = self
             .rules
-            .write(name, Some(document))
+            .write(name, Some(document), replay)
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
         Ok((stored, warnings, true))
@@ -296,7 +314,7 @@ async fn delete(
     }
     let stored = api
         .rules
-        .write(&name, None)
+        .write(&name, None, Default::default())
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
     Ok(
@@ -406,7 +424,8 @@ async fn test(
                 undecodable += 1;
                 continue;
             };
-            set.evaluate(topic, &event, now_ms(), &mut hits);
+            // A test sees the records as the version's history: the live filter does not apply.
+            set.evaluate_rule(0, topic, &event, &mut hits);
             let Some((_, steps)) = hits.first() else {
                 continue;
             };

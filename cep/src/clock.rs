@@ -121,6 +121,21 @@ impl SourceClocks {
         }
     }
 
+    /// A replay lane reached its end.
+    pub(crate) fn finish(&mut self, lane: &str, partition: &Partition) {
+        let reading = self.reading(lane, partition);
+        if !reading.done {
+            reading.done = true;
+            reading.changed = true;
+        }
+    }
+
+    /// Forgets the replay lanes (after an aborted transaction: they resume from the committed
+    /// offsets and report again).
+    pub(crate) fn forget_replays(&mut self) {
+        self.readings.retain(|(lane, _), _| lane.is_empty());
+    }
+
     /// Forgets a partition this worker no longer reads (its next owner goes on from the
     /// markers' maximum, which the second stage keeps).
     pub(crate) fn release(&mut self, partition: &Partition) {

@@ -22,6 +22,7 @@ mod field;
 mod matches;
 mod metrics;
 mod pipeline;
+mod replay;
 mod rule;
 mod rules_store;
 mod ruleset;

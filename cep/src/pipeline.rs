@@ -47,8 +47,9 @@ use crate::event::{parse_event_time, EventRef, Hit, Rekeyed};
 use crate::field::key_text;
 use crate::matches::{self, Match};
 use crate::metrics as names;
+use crate::replay::{Replayed, Replays};
 use crate::rules_store::Rules;
-use crate::ruleset::RuleSet;
+use crate::ruleset::{At, RuleSet};
 use crate::state::KeyedState;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,6 +113,18 @@ enum Output {
     },
 }
 
+/// A replay's offsets in one batch: (rule, version) -> first and last offset per partition.
+type ReplayOffsets = ((String, u32), BTreeMap<Partition, (i64, i64)>);
+
+/// A clean record, decoded or not.
+enum Decoded {
+    Event(Value),
+    /// Undecodable: counted in the metrics and skipped.
+    Skipped,
+    /// Shutdown came while the schema store was unreachable.
+    Shutdown,
+}
+
 /// Counts of one batch, published when it commits.
 #[derive(Default)]
 struct BatchCounts {
@@ -137,6 +150,11 @@ pub(crate) struct Worker {
     state: KeyedState,
     /// The first stage's progress per source partition.
     clocks: SourceClocks,
+    /// The source partitions this worker owns in the group (and replays).
+    sources_owned: BTreeSet<Partition>,
+    replays: Replays,
+    /// Ownership or rules changed: the replays must follow.
+    replays_changed: bool,
     last_idle_check: Instant,
     state_topic: String,
     /// Repartition topic -> the key path it is keyed by.
@@ -204,6 +222,7 @@ impl Worker {
         let rules = store.subscribe();
         let set = rules.borrow().clone();
         let default_within = settings.default_within;
+        let replays = Replays::new(settings.kafka.clone(), settings.group.clone());
         let mut worker = Worker {
             settings,
             consumer,
@@ -215,6 +234,9 @@ impl Worker {
             decoder,
             state: KeyedState::new(default_within),
             clocks: SourceClocks::default(),
+            sources_owned: BTreeSet::new(),
+            replays,
+            replays_changed: true,
             last_idle_check: Instant::now(),
             state_topic,
             key_paths: HashMap::new(),
@@ -307,16 +329,33 @@ impl Worker {
             if self.rules.has_changed().unwrap_or(false) {
                 self.set = self.rules.borrow_and_update().clone();
                 self.apply_rules().await?;
+                self.replays_changed = true;
             }
+            if std::mem::take(&mut self.replays_changed) {
+                let sync = tokio::task::block_in_place(|| {
+                    self.replays
+                        .sync(&self.set, &self.sources_owned, &mut self.clocks)
+                });
+                if let Err(e) = sync {
+                    tracing::warn!("starting replays: {e:#}; retrying");
+                    self.replays_changed = true;
+                }
+            }
+            let room = self.settings.batch_records.saturating_sub(batch.len());
+            let replayed = self.replays.poll(room, &mut self.clocks);
             let started = Instant::now();
-            let Some((mut outputs, counts)) = self.process(&batch).await? else {
+            let Some((mut outputs, counts)) = self.process(&batch, &replayed).await? else {
                 break;
             };
             self.markers(&mut outputs);
-            if batch.is_empty() && outputs.is_empty() && !self.state.has_changes() {
+            if batch.is_empty()
+                && replayed.is_empty()
+                && outputs.is_empty()
+                && !self.state.has_changes()
+            {
                 continue;
             }
-            if self.commit(&batch, outputs)? {
+            if self.commit(&batch, &replayed, outputs)? {
                 self.publish(counts);
                 metrics::histogram!(names::BATCH).record(started.elapsed().as_secs_f64());
             }
@@ -379,7 +418,10 @@ impl Worker {
         }
         let deadline = tokio::time::Instant::now() + self.settings.batch_time;
         while batch.len() < self.settings.batch_records {
-            let wait = if batch.is_empty() {
+            let wait = if self.replays.active() {
+                // History is waiting: do not wait for live records.
+                Duration::from_millis(1)
+            } else if batch.is_empty() {
                 self.settings.batch_time * 5
             } else {
                 deadline.saturating_duration_since(tokio::time::Instant::now())
@@ -428,7 +470,9 @@ impl Worker {
                     for owned in &list {
                         self.state.release(owned);
                         self.clocks.release(owned);
+                        self.sources_owned.remove(owned);
                     }
+                    self.replays_changed = true;
                     revoked.extend(list);
                 }
                 GroupEvent::Assigned(list) => {
@@ -440,7 +484,9 @@ impl Worker {
                             .map(|p| p.as_str().to_owned())
                             .collect();
                         self.clocks.start("", source, &paths);
+                        self.sources_owned.insert(source.clone());
                     }
+                    self.replays_changed = true;
                     let owned: Vec<Partition> = list
                         .into_iter()
                         .filter(|(topic, _)| self.key_paths.contains_key(topic))
@@ -511,11 +557,12 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs both stages over a batch. `None` when shutdown came while the schema store was
-    /// unreachable.
+    /// Runs both stages over a batch and the replayed records. `None` when shutdown came while
+    /// the schema store was unreachable.
     async fn process(
         &mut self,
         batch: &[OwnedMessage],
+        replayed: &[Replayed],
     ) -> anyhow::Result<Option<(Vec<Output>, BatchCounts)>> {
         let mut outputs = Vec::new();
         let mut counts = BatchCounts::default();
@@ -531,42 +578,55 @@ impl Worker {
             *counts.events.entry(topic.to_owned()).or_default() += 1;
             let source: Partition = (topic.to_owned(), message.partition());
             self.clocks.touch("", &source);
-            let event = loop {
-                match self.decoder.decode(payload).await {
-                    Ok(event) => break Some(event),
-                    Err(DecodeError::Unavailable(why)) => {
-                        if !self.pause(&why).await {
-                            return Ok(None);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(
-                            topic,
-                            partition = message.partition(),
-                            offset = message.offset(),
-                            "not counted: {e}"
-                        );
-                        *counts
-                            .undecodable
-                            .entry((topic.to_owned(), e.kind()))
-                            .or_default() += 1;
-                        break None;
-                    }
-                }
+            let event = match self.decode(message, &mut counts).await? {
+                Decoded::Event(event) => event,
+                Decoded::Skipped => continue,
+                Decoded::Shutdown => return Ok(None),
             };
-            self.readiness.ready(READY_STORE);
-            let Some(event) = event else {
-                continue;
+            let at = At {
+                partition: message.partition(),
+                offset: message.offset(),
+                record_ms: message.timestamp().to_millis().unwrap_or(0),
             };
-            let record_ms = message.timestamp().to_millis().unwrap_or(0);
             for path in set.clock_paths(topic) {
                 let t = path
                     .get(&event)
                     .and_then(parse_event_time)
-                    .unwrap_or(record_ms);
+                    .unwrap_or(at.record_ms);
                 self.clocks.observe("", &source, path.as_str(), t);
             }
-            set.evaluate(topic, &event, record_ms, &mut hits);
+            set.evaluate(topic, &event, &at, &mut hits);
+            self.rekey(
+                &set,
+                message,
+                &event,
+                at.record_ms,
+                &hits,
+                &mut outputs,
+                &mut counts,
+            );
+        }
+        for replayed in replayed {
+            let message = &replayed.message;
+            let Some(r) = set.index_of(&replayed.rule.name, replayed.rule.version) else {
+                continue;
+            };
+            let event = match self.decode(message, &mut counts).await? {
+                Decoded::Event(event) => event,
+                Decoded::Skipped => continue,
+                Decoded::Shutdown => return Ok(None),
+            };
+            let record_ms = message.timestamp().to_millis().unwrap_or(0);
+            let rule = &set.rules()[r];
+            let t = rule
+                .event_time
+                .get(&event)
+                .and_then(parse_event_time)
+                .unwrap_or(record_ms);
+            let source: Partition = (message.topic().to_owned(), message.partition());
+            self.clocks
+                .observe(&replayed.lane, &source, rule.event_time.as_str(), t);
+            set.evaluate_rule(r, message.topic(), &event, &mut hits);
             self.rekey(
                 &set,
                 message,
@@ -578,6 +638,41 @@ impl Worker {
             );
         }
         Ok(Some((outputs, counts)))
+    }
+
+    /// Decodes a clean record, pausing while the schema store is unreachable.
+    async fn decode(
+        &mut self,
+        message: &OwnedMessage,
+        counts: &mut BatchCounts,
+    ) -> anyhow::Result<Decoded> {
+        let topic = message.topic();
+        let payload = message.payload().unwrap_or_default();
+        let decoded = loop {
+            match self.decoder.decode(payload).await {
+                Ok(event) => break Decoded::Event(event),
+                Err(DecodeError::Unavailable(why)) => {
+                    if !self.pause(&why).await {
+                        return Ok(Decoded::Shutdown);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        topic,
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "not counted: {e}"
+                    );
+                    *counts
+                        .undecodable
+                        .entry((topic.to_owned(), e.kind()))
+                        .or_default() += 1;
+                    break Decoded::Skipped;
+                }
+            }
+        };
+        self.readiness.ready(READY_STORE);
+        Ok(decoded)
     }
 
     /// First stage: the hits of one event, one re-keyed record per key path.
@@ -791,10 +886,28 @@ impl Worker {
 
     /// Writes a batch in one transaction. True when committed; false when aborted (the consumer
     /// is rewound and the state restored from the changelog).
-    fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
+    fn commit(
+        &mut self,
+        batch: &[OwnedMessage],
+        replayed: &[Replayed],
+        outputs: Vec<Output>,
+    ) -> anyhow::Result<bool> {
         let offsets = batch_offsets(batch);
+        let mut replay_offsets: BTreeMap<(String, u32), Vec<OwnedMessage>> = BTreeMap::new();
+        for r in replayed {
+            replay_offsets
+                .entry((r.rule.name.clone(), r.rule.version))
+                .or_default()
+                .push(r.message.clone());
+        }
+        let replay_offsets: Vec<ReplayOffsets> = replay_offsets
+            .into_iter()
+            .map(|(id, messages)| (id, batch_offsets(&messages)))
+            .collect();
         let changes = self.state.take_changes();
-        let result = tokio::task::block_in_place(|| self.transaction(&offsets, &outputs, &changes));
+        let result = tokio::task::block_in_place(|| {
+            self.transaction(&offsets, &replay_offsets, &outputs, &changes)
+        });
         match result {
             Ok(()) => Ok(true),
             Err(e) if is_fatal(&e) => {
@@ -806,6 +919,10 @@ impl Worker {
                 tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
                     .context("aborting the transaction")?;
                 self.clocks.resend();
+                // Replays resume from their committed offsets and report again.
+                self.replays.reset();
+                self.clocks.forget_replays();
+                self.replays_changed = true;
                 rewind(&self.consumer, &offsets, KAFKA_TIMEOUT);
                 let owned: Vec<(Partition, String)> = self.state.owned();
                 self.state.clear();
@@ -822,6 +939,7 @@ impl Worker {
     fn transaction(
         &self,
         offsets: &BTreeMap<Partition, (i64, i64)>,
+        replay_offsets: &[ReplayOffsets],
         outputs: &[Output],
         changes: &BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>>,
     ) -> Result<(), KafkaError> {
@@ -886,6 +1004,12 @@ impl Worker {
         }
         if !offsets.is_empty() {
             send_offsets(&self.producer, &self.consumer, offsets, KAFKA_TIMEOUT)?;
+        }
+        // Each replay's progress commits with its group, in the same transaction.
+        for ((rule, version), offsets) in replay_offsets {
+            if let Some(consumer) = self.replays.consumer(rule, *version) {
+                send_offsets(&self.producer, consumer, offsets, KAFKA_TIMEOUT)?;
+            }
         }
         commit_transaction(&self.producer, KAFKA_TIMEOUT)
     }

@@ -7,6 +7,8 @@
 //! rules (`group_by`, `aggregates`, `alert`) are refused with a message saying so rather than
 //! accepted and ignored.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -172,9 +174,14 @@ pub(crate) struct Rule {
     pub(crate) timing: Option<Timing>,
     /// Where the version starts reading its sources.
     pub(crate) from: From,
-    /// The source partitions (`<topic>/<partition>`) a replay of this version reads, as
-    /// stored with it; empty for `from: latest`.
+    /// Per source partition (`<topic>/<partition>`), the history a replay of this version
+    /// reads, `[start, end)`, as stored with it; empty for `from: latest`.
+    pub(crate) replay: BTreeMap<String, [i64; 2]>,
+    /// The partitions of `replay` with some history to read.
     pub(crate) replay_sources: Vec<String>,
+    /// Per source topic and partition, the offset from which the live lane counts this version
+    /// (the end of its replayed history).
+    live_from: HashMap<String, HashMap<i32, i64>>,
 }
 
 /// Reads a document's text: JSON when it looks like JSON (or says so), YAML otherwise (JSON is
@@ -396,8 +403,46 @@ impl Rule {
                 .unwrap_or(Value::Object(Default::default())),
             timing,
             from,
+            replay: BTreeMap::new(),
             replay_sources: Vec::new(),
+            live_from: HashMap::new(),
         })
+    }
+
+    /// Sets the history a replay of this version reads (from the stored version).
+    pub(crate) fn set_replay(&mut self, replay: BTreeMap<String, [i64; 2]>) {
+        self.replay_sources = replay
+            .iter()
+            .filter(|(_, [start, end])| start < end)
+            .map(|(source, _)| source.clone())
+            .collect();
+        self.live_from.clear();
+        for (source, [_, end]) in &replay {
+            if let Some((topic, partition)) = source.rsplit_once('/') {
+                if let Ok(partition) = partition.parse() {
+                    self.live_from
+                        .entry(topic.to_owned())
+                        .or_default()
+                        .insert(partition, *end);
+                }
+            }
+        }
+        self.replay = replay;
+    }
+
+    /// Whether the live lane counts a record for this version: from the end of its replayed
+    /// history on, or (no replay, or a partition added since) from the version's creation on.
+    pub(crate) fn counts_live(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        record_ms: i64,
+    ) -> bool {
+        match self.live_from.get(topic).and_then(|p| p.get(&partition)) {
+            Some(end) => offset >= *end,
+            None => record_ms >= self.created_at_ms,
+        }
     }
 
     /// The event fields the rule reads, with the document key that names each: a PUT checks

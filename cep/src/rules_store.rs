@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::replay::Boundaries;
 use crate::rule::Rule;
 use crate::ruleset::RuleSet;
 
@@ -42,6 +43,9 @@ pub(crate) struct StoredRule {
     /// The document as given (YAML read as JSON); absent on a deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) document: Option<Value>,
+    /// A replay's history per source partition (`from:` other than latest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) replay: Boundaries,
 }
 
 impl StoredRule {
@@ -55,12 +59,9 @@ impl StoredRule {
 
     pub(crate) fn compile(&self) -> anyhow::Result<Rule> {
         let document = self.document.as_ref().context("no document")?;
-        Ok(Rule::compile(
-            &self.name,
-            self.version,
-            self.created_at_ms(),
-            document,
-        )?)
+        let mut rule = Rule::compile(&self.name, self.version, self.created_at_ms(), document)?;
+        rule.set_replay(self.replay.clone());
+        Ok(rule)
     }
 }
 
@@ -321,6 +322,7 @@ impl Rules {
         &self,
         name: &str,
         document: Option<Value>,
+        replay: Boundaries,
     ) -> anyhow::Result<StoredRule> {
         let _writing = self.writing.lock().await;
         let _in_flight = InFlight::start(&self.in_flight);
@@ -330,6 +332,7 @@ impl Rules {
             created_at: crate::event::rfc3339(now_ms()),
             deleted: document.is_none(),
             document,
+            replay,
         };
         let key = stored.key();
         let value = serde_json::to_vec(&stored)?;
@@ -397,6 +400,7 @@ mod tests {
             created_at: "2026-12-04T00:00:00.000Z".into(),
             deleted: document.is_none(),
             document,
+            replay: Default::default(),
         }
     }
 

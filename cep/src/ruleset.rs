@@ -13,6 +13,14 @@ use crate::condition::index_keys;
 use crate::field::FieldPath;
 use crate::rule::{Predicate, Rule};
 
+/// Where a record is: what decides whether a rule version's live lane counts it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) record_ms: i64,
+}
+
 /// (rule index, step index).
 type StepRef = (usize, usize);
 
@@ -106,6 +114,35 @@ impl RuleSet {
         &self.rules
     }
 
+    /// The steps of rule `r` an event of its replay satisfies, as [`RuleSet::evaluate`] gives
+    /// them.
+    pub(crate) fn evaluate_rule(
+        &self,
+        r: usize,
+        topic: &str,
+        event: &Value,
+        out: &mut Vec<(usize, u32)>,
+    ) {
+        out.clear();
+        let mask = self.rules[r]
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| step.holds(topic, event))
+            .fold(0u32, |mask, (s, _)| mask | 1 << s);
+        if mask != 0 {
+            out.push((r, mask));
+        }
+    }
+
+    /// The index of the active version `version` of `name`.
+    pub(crate) fn index_of(&self, name: &str, version: u32) -> Option<usize> {
+        self.rules
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .filter(|i| self.rules[*i].version == version)
+    }
+
     /// The version of `name` that is active, if it is `version`.
     pub(crate) fn get(&self, name: &str, version: u32) -> Option<&Arc<Rule>> {
         self.rules
@@ -129,12 +166,13 @@ impl RuleSet {
     }
 
     /// The steps an event satisfies, as (rule index, step mask) per rule, in `out` (cleared
-    /// first). Rule versions created after the record's timestamp do not see it.
+    /// first). Only the rule versions whose live lane counts the record see it (see
+    /// [`Rule::counts_live`]).
     pub(crate) fn evaluate(
         &self,
         topic: &str,
         event: &Value,
-        record_ms: i64,
+        at: &At,
         out: &mut Vec<(usize, u32)>,
     ) {
         out.clear();
@@ -143,7 +181,9 @@ impl RuleSet {
         };
         let mut test = |(r, s): StepRef| {
             let rule = &self.rules[r];
-            if record_ms < rule.created_at_ms || !rule.steps[s].holds(topic, event) {
+            if !rule.counts_live(topic, at.partition, at.offset, at.record_ms)
+                || !rule.steps[s].holds(topic, event)
+            {
                 return;
             }
             match out.iter_mut().find(|(seen, _)| *seen == r) {
@@ -190,7 +230,12 @@ mod tests {
 
     fn hits<'a>(set: &'a RuleSet, topic: &str, event: Value, at: i64) -> Vec<(&'a str, u32)> {
         let mut out = Vec::new();
-        set.evaluate(topic, &event, at, &mut out);
+        let at = At {
+            partition: 0,
+            offset: 0,
+            record_ms: at,
+        };
+        set.evaluate(topic, &event, &at, &mut out);
         let mut named: Vec<(&str, u32)> = out
             .iter()
             .map(|(r, m)| (set.rules()[*r].name.as_str(), *m))

@@ -56,22 +56,23 @@ event_list:
 repeat: once
 "#;
 
-/// Game events with times out of order by up to [`DISORDER_MS`] (all distinct), and every
-/// [`LATE_EVERY`]th event of the second half [`LATE_MS`] late.
-fn game() -> (Game, BTreeSet<usize>) {
-    let mut game = Game::generate(16, EVENTS, PLAYERS, 0);
-    let mut rng = StdRng::seed_from_u64(16);
-    let mut late = BTreeSet::new();
+/// Game events from `start_ms` with times out of order by up to [`DISORDER_MS`] (all
+/// distinct), and with `late`, every [`LATE_EVERY`]th event of the second half [`LATE_MS`]
+/// late.
+fn game(seed: u64, start_ms: i64, late: bool) -> (Game, BTreeSet<usize>) {
+    let mut game = Game::generate(seed, EVENTS, PLAYERS, 0);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut late_ones = BTreeSet::new();
     for (i, e) in game.events.iter_mut().enumerate() {
         let back = rng.random_range(0..DISORDER_MS / 250);
         // Distinct: i % 250 tells apart events whose steps back could collide.
-        e.event_time = BASE_MS + 250 * (i as i64 - back) + (i % 250) as i64;
-        if i > EVENTS / 2 && i % LATE_EVERY == 0 {
+        e.event_time = start_ms + 250 * (i as i64 - back) + (i % 250) as i64;
+        if late && i > EVENTS / 2 && i % LATE_EVERY == 0 {
             e.event_time -= LATE_MS;
-            late.insert(i);
+            late_ones.insert(i);
         }
     }
-    (game, late)
+    (game, late_ones)
 }
 
 fn is_level3(e: &Event) -> bool {
@@ -80,11 +81,20 @@ fn is_level3(e: &Event) -> bool {
 
 /// Matches per (rule, key) by brute force over each player's events in event-time order.
 fn oracle(game: &Game, late: &BTreeSet<usize>) -> BTreeMap<(String, String), usize> {
+    let events: Vec<&Event> = game
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !late.contains(i))
+        .map(|(_, e)| e)
+        .collect();
+    oracle_of(&events)
+}
+
+fn oracle_of(all: &[&Event]) -> BTreeMap<(String, String), usize> {
     let mut by_player: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
-    for (i, e) in game.events.iter().enumerate() {
-        if !late.contains(&i) {
-            by_player.entry(&e.player).or_default().push(e);
-        }
+    for e in all {
+        by_player.entry(&e.player).or_default().push(e);
     }
     let mut expected = BTreeMap::new();
     for (player, mut events) in by_player {
@@ -230,7 +240,7 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_rules_judge_by_event_time_whatever_the_arrival_order() -> anyhow::Result<()> {
-    let (game, late) = game();
+    let (game, late) = game(16, BASE_MS, true);
     let expected = oracle(&game, &late);
     for rule in ["climb", "wins3"] {
         let n: usize = expected
@@ -263,5 +273,62 @@ async fn timed_rules_judge_by_event_time_whatever_the_arrival_order() -> anyhow:
         ids(&second),
         "another arrival order and a SIGKILL give other matches"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_the_history_then_goes_live_with_nothing_twice() -> anyhow::Result<()> {
+    // History written before the rule exists, then live events that go on from it: sequences
+    // span the two.
+    let (history, _) = game(21, BASE_MS, false);
+    let (live, _) = game(22, BASE_MS + EVENTS as i64 * 250 + 10_000, false);
+    let all: Vec<&Event> = history.events.iter().chain(&live.events).collect();
+    let expected: BTreeMap<(String, String), usize> = oracle_of(&all)
+        .into_iter()
+        .filter(|((rule, _), _)| rule == "climb")
+        .collect();
+    let from_history: usize = oracle(&history, &BTreeSet::new())
+        .iter()
+        .filter(|((rule, _), _)| rule == "climb")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(from_history >= 10 && expected.values().sum::<usize>() > from_history);
+
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let files = history.lines(&schemas)?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    let (config, telemetry) = config(&stack, "r", "w1", "idle_timeout = \"2s\"", "")?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    let api = RulesApi::new(telemetry)?;
+    let (status, answer) = api
+        .put("climb", &format!("{SEQUENCE}from: earliest\n"), false)
+        .await?;
+    anyhow::ensure!(status == 200, "PUT climb: {status} {answer}");
+    let (_, stored) = api.get_path("/climb/versions/1").await?;
+    anyhow::ensure!(stored.to_string().contains("replay"), "{stored}");
+    let files = live.lines(&schemas)?;
+    let longest = Game::longest(&files);
+    for start in (0..longest).step_by(4) {
+        stack
+            .produce(CLEAN, &files, start..(start + 4).min(longest))
+            .await?;
+    }
+    let total: usize = expected.values().sum();
+    if let Err(e) = wait_until(Duration::from_secs(120), || async {
+        read_matches(&stack).await.map(|s| s.len()).unwrap_or(0) >= total
+    })
+    .await
+    {
+        let seen = read_matches(&stack).await?;
+        assert_matches(&seen, &expected);
+        anyhow::bail!("{e:#}\n{}", worker.logs());
+    }
+    assert_matches(&read_matches(&stack).await?, &expected);
+    // Old events are not late for being old.
+    assert!(read_late(&stack).await?.is_empty());
+    service::stop(&mut worker).await?;
     Ok(())
 }
