@@ -612,6 +612,27 @@ mod tests {
     }
 
     #[test]
+    fn an_ended_schedule_frees_the_rules_state() {
+        let doc = crate::rule::parse_text("source: t\nkey: k\nmax_out_of_order: 0s\nschedule: {ends_at: 1970-01-01T00:00:10Z}\nevent_list:\n- {conditions: [{field: e, value: a}], count: 5}\n", false).unwrap();
+        let set = RuleSet::new(vec![Arc::new(Rule::compile("s", 1, 0, &doc).unwrap())]);
+        let rule = set.get("s", 1).unwrap().clone();
+        let owned: Owned = ("rp.k".into(), 0);
+        let mut state = KeyedState::default();
+        state.own(owned.clone(), "k");
+        state.advance_clocks(&owned, &marker(0), &set);
+        for key in ["a", "b"] {
+            state.hold(&owned, &rule, key, 1, event(1)).unwrap();
+        }
+        state.advance_clocks(&owned, &marker(5_000), &set);
+        assert_eq!(state.sizes(&set).keys["s"], 2, "counting, not done");
+        state.take_changes();
+        state.advance_clocks(&owned, &marker(10_000), &set);
+        assert_eq!(state.sizes(&set).keys.get("s"), Some(&0));
+        let changes = state.take_changes();
+        assert_eq!(changes.values().filter(|v| v.is_none()).count(), 2);
+    }
+
+    #[test]
     fn keys_may_hold_the_separator_in_their_last_part() {
         let key = changelog_key("member.playerId", "r.v2", 12, "a\x1fb");
         assert_eq!(

@@ -287,6 +287,39 @@ async fn the_rules_api_checks_documents_fields_and_credentials() -> anyhow::Resu
         .collect();
     assert_eq!(listed, [(pvp, 4), ("typo", 1)], "{body}");
 
+    // Timed rules: their keys are checked too, and a schedule shows in the status.
+    let win = "source: clean.game\nkey: player_id\nevent_list:\n  - {conditions: [{field: event, value: pvp_win}]}\n";
+    for (extra, key) in [
+        ("within: 30d\n", "within"),
+        ("window: {tumbling: 1x}\n", "window.tumbling"),
+        ("from: earliest\n", "from"),
+        ("ordered: true\nwithin: 1h\n", "ordered"),
+        ("group_by: [server]\n", "group_by"),
+    ] {
+        let (status, body) = api.put("timed", &format!("{win}{extra}"), false).await?;
+        assert_eq!(
+            (status, body["key"].as_str()),
+            (400, Some(key)),
+            "{extra}: {body}"
+        );
+    }
+    for (name, schedule, state) in [
+        ("future", "{starts_at: 2099-01-01T00:00:00Z}", "scheduled"),
+        ("over", "{ends_at: 2001-01-01T00:00:00Z}", "ended"),
+        ("open", "{starts_at: 2001-01-01T00:00:00Z}", "active"),
+    ] {
+        let (status, body) = api
+            .put(name, &format!("{win}schedule: {schedule}\n"), false)
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = anonymous.get_path(&format!("/{name}/status")).await?;
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (200, Some(state)),
+            "{body}"
+        );
+    }
+
     service::stop(&mut worker).await?;
     Ok(())
 }
