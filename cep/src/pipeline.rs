@@ -477,12 +477,7 @@ impl Worker {
                 }
                 GroupEvent::Assigned(list) => {
                     for source in list.iter().filter(|(t, _)| !self.key_paths.contains_key(t)) {
-                        let paths: Vec<String> = self
-                            .set
-                            .clock_paths(&source.0)
-                            .iter()
-                            .map(|p| p.as_str().to_owned())
-                            .collect();
+                        let paths = self.set.clock_names(&source.0);
                         self.clocks.start("", source, &paths);
                         self.sources_owned.insert(source.clone());
                     }
@@ -761,16 +756,9 @@ impl Worker {
             .headers()
             .is_some_and(|h| h.iter().any(|h| h.key == cep_header::WATERMARK));
         if is_marker {
-            let marker: Vec<Progress> = match serde_json::from_slice(payload) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(
-                        topic = message.topic(),
-                        offset = message.offset(),
-                        "unreadable watermark marker, skipped: {e}"
-                    );
-                    return;
-                }
+            let Some(marker) = read_internal::<Vec<Progress>>(message, payload, "watermark marker")
+            else {
+                return;
             };
             for (rule, key, (completed, last)) in self.state.advance_clocks(&owned, &marker, set) {
                 outputs.push(Output::Match(matches::build(
@@ -783,16 +771,8 @@ impl Worker {
             }
             return;
         }
-        let rekeyed: Rekeyed = match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(
-                    topic = message.topic(),
-                    offset = message.offset(),
-                    "unreadable re-keyed record, skipped: {e}"
-                );
-                return;
-            }
+        let Some(rekeyed) = read_internal::<Rekeyed>(message, payload, "re-keyed record") else {
+            return;
         };
         let key = String::from_utf8_lossy(message.key().unwrap_or_default());
         for hit in &rekeyed.hits {
@@ -844,12 +824,7 @@ impl Worker {
             self.last_idle_check = Instant::now();
             let now_ms = crate::rules_store::now_ms();
             for source in self.clocks.silent(self.settings.idle_timeout) {
-                let paths: Vec<String> = self
-                    .set
-                    .clock_paths(&source.0)
-                    .iter()
-                    .map(|p| p.as_str().to_owned())
-                    .collect();
+                let paths = self.set.clock_names(&source.0);
                 if !paths.is_empty()
                     && records_behind(&self.consumer, &source.0, source.1) == Some(0)
                 {
@@ -1075,6 +1050,24 @@ impl Worker {
             entry.watermark = watermark;
         }
     }
+}
+
+/// A repartition topic's record (`what` it is, for the log); an unreadable one (written by a
+/// newer worker, say) is logged and skipped.
+fn read_internal<T: serde::de::DeserializeOwned>(
+    message: &OwnedMessage,
+    payload: &[u8],
+    what: &str,
+) -> Option<T> {
+    serde_json::from_slice(payload)
+        .map_err(|e| {
+            tracing::error!(
+                topic = message.topic(),
+                offset = message.offset(),
+                "unreadable {what}, skipped: {e}"
+            );
+        })
+        .ok()
 }
 
 /// The repartition partition of a key: stable across workers and restarts.

@@ -101,6 +101,14 @@ impl RuleSet {
         self.clocks.get(topic).map_or(&[], Vec::as_slice)
     }
 
+    /// The names of the event-time fields timed rules read from `topic`.
+    pub(crate) fn clock_names(&self, topic: &str) -> Vec<String> {
+        self.clock_paths(topic)
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect()
+    }
+
     /// Every key path some timed rule counts by: the repartition topics that carry watermarks.
     pub(crate) fn timed_key_paths(&self) -> BTreeSet<String> {
         self.rules

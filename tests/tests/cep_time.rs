@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use logpipe_core::record::{cep_header, FileId, CEP_LATE_TOPIC};
-use logpipe_devkit::harness::wait_until;
+use logpipe_devkit::harness::{wait_until, Process};
 use logpipe_tests::cep::*;
 use logpipe_tests::validator::{Lines, Stack, CLEAN};
 use logpipe_tests::{service, topic};
@@ -165,6 +165,27 @@ async fn read_late(stack: &Stack) -> anyhow::Result<BTreeSet<(String, String)>> 
     Ok(out)
 }
 
+/// Waits until as many matches as `expected` has are committed (they come once the watermark
+/// passes their events: after the last records, when idle partitions follow the wall clock),
+/// then asserts they are exactly the expected ones.
+async fn wait_for_matches(
+    stack: &Stack,
+    expected: &BTreeMap<(String, String), usize>,
+    worker: &Process,
+) -> anyhow::Result<Vec<Seen>> {
+    let total: usize = expected.values().sum();
+    let enough = wait_until(Duration::from_secs(120), || async {
+        read_matches(stack).await.map(|s| s.len()).unwrap_or(0) >= total
+    })
+    .await;
+    let seen = read_matches(stack).await?;
+    assert_matches(&seen, expected);
+    if let Err(e) = enough {
+        anyhow::bail!("{e:#}\n{}", worker.logs());
+    }
+    Ok(seen)
+}
+
 /// Puts the two rules and produces every file's lines, 20 per file at a time (interleaved as
 /// agents would); with `shuffle`, in another order and with the worker killed and restarted
 /// halfway. Waits until the expected matches are all there; returns them and the late events.
@@ -217,22 +238,8 @@ async fn run(
         "{:?}: {written} records written and read",
         started.elapsed()
     );
-    let expected = oracle(game, late);
-    let total: usize = expected.values().sum();
-    // Matches come once the watermark passes their events: after the last records, when the
-    // idle partitions follow the wall clock.
-    if let Err(e) = wait_until(Duration::from_secs(120), || async {
-        read_matches(&stack).await.map(|s| s.len()).unwrap_or(0) >= total
-    })
-    .await
-    {
-        let seen = read_matches(&stack).await?;
-        assert_matches(&seen, &expected);
-        anyhow::bail!("{e:#}\n{}", worker.logs());
-    }
+    let seen = wait_for_matches(&stack, &oracle(game, late), &worker).await?;
     eprintln!("{:?}: every match is there", started.elapsed());
-    let seen = read_matches(&stack).await?;
-    assert_matches(&seen, &expected);
     let late_seen = read_late(&stack).await?;
     if late_seen != expected_late(game, late) {
         let (_, status) = api.get_path("/climb/status").await?;
@@ -320,17 +327,7 @@ async fn a_replay_reads_the_history_then_goes_live_with_nothing_twice() -> anyho
             .produce(CLEAN, &files, start..(start + 20).min(longest))
             .await?;
     }
-    let total: usize = expected.values().sum();
-    if let Err(e) = wait_until(Duration::from_secs(120), || async {
-        read_matches(&stack).await.map(|s| s.len()).unwrap_or(0) >= total
-    })
-    .await
-    {
-        let seen = read_matches(&stack).await?;
-        assert_matches(&seen, &expected);
-        anyhow::bail!("{e:#}\n{}", worker.logs());
-    }
-    assert_matches(&read_matches(&stack).await?, &expected);
+    wait_for_matches(&stack, &expected, &worker).await?;
     // Old events are not late for being old.
     assert!(read_late(&stack).await?.is_empty());
     service::stop(&mut worker).await?;
