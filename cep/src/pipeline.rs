@@ -50,13 +50,15 @@ use crate::metrics as names;
 use crate::replay::{Replayed, Replays};
 use crate::rules_store::Rules;
 use crate::ruleset::{At, RuleSet};
-use crate::state::KeyedState;
+use crate::state::{KeyedState, Sizes};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 const READY_KAFKA: &str = "kafka";
 const READY_STORE: &str = "schema_store";
 const READY_STATE: &str = "state";
+/// How often the state's sizes are measured.
+const SIZES_INTERVAL: Duration = Duration::from_secs(1);
 /// How often silent source partitions are checked for being caught up (idle).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -156,6 +158,8 @@ pub(crate) struct Worker {
     /// Ownership or rules changed: the replays must follow.
     replays_changed: bool,
     last_idle_check: Instant,
+    /// The state's sizes, when last measured.
+    sizes: Option<(Instant, Sizes)>,
     state_topic: String,
     /// Repartition topic -> the key path it is keyed by.
     key_paths: HashMap<String, String>,
@@ -238,6 +242,7 @@ impl Worker {
             replays,
             replays_changed: true,
             last_idle_check: Instant::now(),
+            sizes: None,
             state_topic,
             key_paths: HashMap::new(),
             existing: BTreeSet::new(),
@@ -994,7 +999,7 @@ impl Worker {
     }
 
     /// Publishes a committed batch's counts.
-    fn publish(&self, counts: BatchCounts) {
+    fn publish(&mut self, counts: BatchCounts) {
         for (topic, n) in &counts.events {
             metrics::counter!(names::EVENTS, "topic" => topic.clone()).increment(*n);
         }
@@ -1005,7 +1010,17 @@ impl Worker {
         for (rule, n) in counts.unkeyed {
             metrics::counter!(names::EVENTS_UNKEYED, "rule" => rule).increment(n);
         }
-        let sizes = self.state.sizes(&self.set);
+        // Measuring walks every key: once a second is enough for gauges and the status.
+        if self
+            .sizes
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= SIZES_INTERVAL)
+        {
+            self.sizes = Some((Instant::now(), self.state.sizes(&self.set)));
+        }
+        let Some((_, sizes)) = &self.sizes else {
+            return;
+        };
         metrics::gauge!(names::STATE_BYTES).set(sizes.bytes as f64);
         let now_ms = crate::rules_store::now_ms();
         let mut stats = self.stats.lock().expect("stats lock");
