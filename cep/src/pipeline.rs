@@ -18,6 +18,7 @@
 //! restores the owned state from the changelog (the committed truth); a fatal one (fenced by a
 //! newer instance with the same transactional id) stops the worker.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -784,12 +785,18 @@ impl Worker {
             let Some(rule) = set.get(&hit.rule, hit.version) else {
                 continue;
             };
+            // The event's time by this rule's event-time field.
+            let event = match hit.time {
+                Some(event_time) => Cow::Owned(EventRef {
+                    event_time,
+                    ..rekeyed.event.clone()
+                }),
+                None => Cow::Borrowed(&rekeyed.event),
+            };
             if rule.timing.is_some() {
-                let mut event = rekeyed.event.clone();
-                event.event_time = hit.time.unwrap_or(event.event_time);
-                if let Err(late) = self
-                    .state
-                    .hold(&owned, rule, &key, hit.steps, event.clone())
+                if let Err(late) =
+                    self.state
+                        .hold(&owned, rule, &key, hit.steps, event.clone().into_owned())
                 {
                     outputs.push(Output::Late(matches::late(rule, &key, &event, late)));
                     *counts
@@ -799,15 +806,9 @@ impl Worker {
                 }
                 continue;
             }
-            if let Some(completed) =
-                self.state
-                    .advance(&owned, rule, &key, hit.steps, &rekeyed.event)
-            {
+            if let Some(completed) = self.state.advance(&owned, rule, &key, hit.steps, &event) {
                 outputs.push(Output::Match(matches::build(
-                    rule,
-                    &key,
-                    &completed,
-                    &rekeyed.event,
+                    rule, &key, &completed, &event,
                 )));
                 *counts
                     .emitted
