@@ -39,6 +39,9 @@ struct TimedKeys {
     due: BTreeSet<(i64, String)>,
     /// The release point the tracks were last released to.
     point: Option<i64>,
+    /// The rule's watermark on this partition as of the last marker (what events are judged
+    /// late against); `None` until computed from the clocks.
+    watermark: Option<Option<i64>>,
     /// The schedule's end has passed: nothing is held any more.
     ended: bool,
 }
@@ -266,7 +269,12 @@ impl KeyedState {
             return Ok(());
         };
         let timing = rule.timing.as_ref().expect("a timed rule");
-        if let Some(watermark) = state.clocks.watermark(rule) {
+        let keys = state
+            .timed
+            .entry((rule.name.clone(), rule.version))
+            .or_default();
+        let clocks = &state.clocks;
+        if let Some(watermark) = *keys.watermark.get_or_insert_with(|| clocks.watermark(rule)) {
             if event.event_time < watermark - timing.allowed_lateness {
                 return Err(Late {
                     watermark,
@@ -274,10 +282,6 @@ impl KeyedState {
                 });
             }
         }
-        let keys = state
-            .timed
-            .entry((rule.name.clone(), rule.version))
-            .or_default();
         let track = keys.tracks.entry(key.to_owned()).or_default();
         let before = track.due(within);
         track.hold(steps, event);
@@ -331,6 +335,7 @@ impl KeyedState {
                 .timed
                 .entry((rule.name.clone(), rule.version))
                 .or_default();
+            keys.watermark = Some(Some(watermark));
             if keys.point.is_some_and(|p| p >= point) {
                 continue;
             }
