@@ -160,8 +160,9 @@ pub fn report_lag<K: ConsumerContext + 'static>(consumer: &impl Consumer<K>, met
 }
 
 /// How many records an assigned partition's consumer is behind the partition's end: from its
-/// position, or its group's committed offset before it has read anything. `None` when neither
-/// is known or the broker does not answer.
+/// position, or its group's committed offset before it has read anything, or the partition's
+/// start when there is neither (the consumers here reset to the earliest offset). `None` when
+/// the broker does not answer.
 pub fn records_behind<K: ConsumerContext + 'static>(
     consumer: &impl Consumer<K>,
     topic: &str,
@@ -175,13 +176,15 @@ pub fn records_behind<K: ConsumerContext + 'static>(
             .to_raw()
             .filter(|o| *o >= 0)
     };
-    let position = valid(consumer.position()).or_else(|| {
-        let mut wanted = TopicPartitionList::new();
-        wanted.add_partition(topic, partition);
-        tokio::task::block_in_place(|| valid(consumer.committed_offsets(wanted, timeout)))
-    })?;
-    let (_, high) =
+    let (low, high) =
         tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, timeout))
             .ok()?;
+    let position = valid(consumer.position())
+        .or_else(|| {
+            let mut wanted = TopicPartitionList::new();
+            wanted.add_partition(topic, partition);
+            tokio::task::block_in_place(|| valid(consumer.committed_offsets(wanted, timeout)))
+        })
+        .unwrap_or(low);
     Some((high - position).max(0))
 }
