@@ -149,7 +149,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_rules_file_names_four_rules() {
+    fn the_seed_rules_file_names_six_rules() {
         let yaml = std::fs::read_to_string(seed_rules()).unwrap();
         assert_eq!(
             rule_names(&yaml).unwrap(),
@@ -157,7 +157,9 @@ mod tests {
                 "login-hearts",
                 "level-3-gems",
                 "pvp-5-wins",
-                "shopper-fighter"
+                "shopper-fighter",
+                "level-3-then-pvp",
+                "purchases-2-per-minute"
             ]
         );
         assert!(rule_names("- source: x\n").is_err());
