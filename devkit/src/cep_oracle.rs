@@ -144,9 +144,10 @@ struct Timing {
     /// `schedule`: only events with `starts_at <= time < ends_at` count.
     starts_at_ms: i64,
     ends_at_ms: i64,
-    /// `max_out_of_order` + `allowed_lateness`: an event can only be late when its time is at
-    /// least this much older than its record's timestamp.
-    lateness_ms: i64,
+    /// How far the watermark trails the highest event time.
+    max_out_of_order_ms: i64,
+    /// How far behind the watermark an event may still be.
+    allowed_lateness_ms: i64,
 }
 
 /// How a timed rule's events form matches.
@@ -278,6 +279,14 @@ impl RuleSpec {
                 RuleSpec::from_document(doc, version, at)
             })
             .collect()
+    }
+
+    /// How far a timed rule's watermark trails the events: after the last event, the worker
+    /// emits its results no sooner than this (and its idle timeout) later. `None` when untimed.
+    pub fn max_out_of_order(&self) -> Option<Duration> {
+        self.timing
+            .as_ref()
+            .map(|t| Duration::from_millis(t.max_out_of_order_ms.max(0) as u64))
     }
 
     /// The key an event has for this rule, if it is one the rule sees.
@@ -497,8 +506,8 @@ fn read_timing(doc: &Map<String, Value>) -> anyhow::Result<Option<Timing>> {
         grouping,
         starts_at_ms,
         ends_at_ms,
-        lateness_ms: max_out_of_order.unwrap_or(DEFAULT_MAX_OUT_OF_ORDER_MS)
-            + allowed_lateness.unwrap_or(0),
+        max_out_of_order_ms: max_out_of_order.unwrap_or(DEFAULT_MAX_OUT_OF_ORDER_MS),
+        allowed_lateness_ms: allowed_lateness.unwrap_or(0),
     }))
 }
 
@@ -903,7 +912,11 @@ impl Expected {
                 Some(e) => {
                     e.late = true;
                     self.late.by_rule[index] += 1;
-                    let lateness_ms = rule.timing.as_ref().map_or(0, |t| t.lateness_ms);
+                    // Late means behind the watermark, itself behind the events written last.
+                    let lateness_ms = rule
+                        .timing
+                        .as_ref()
+                        .map_or(0, |t| t.max_out_of_order_ms + t.allowed_lateness_ms);
                     (e.timestamp_ms - e.time_ms <= lateness_ms).then_some("written on time")
                 }
             };
@@ -1369,7 +1382,8 @@ mod tests {
                 Some(Grouping::Windows(Window::Tumbling { size_ms: 60_000 }))
             ]
         );
-        assert_eq!(rules[4].timing.as_ref().unwrap().lateness_ms, 5_000);
+        assert_eq!(rules[4].max_out_of_order(), Some(Duration::from_secs(5)));
+        assert_eq!(rules[0].max_out_of_order(), None);
         assert_eq!(
             rules[3].steps.iter().map(|s| s.count).collect::<Vec<_>>(),
             [2, 3]
