@@ -7,9 +7,9 @@
 //! service that exits (say, `kill -9` from another terminal) is started again, as a supervisor
 //! would. Ctrl-C, or the end of `--duration`, stops the generator, waits for the pipeline to
 //! drain, reconciles every line written against the clean and dead-letter topics by event id,
-//! waits for the CEP worker to catch up and checks its matches against the rules
-//! ([`crate::cep_oracle`]), stops every service gracefully and exits 0 only if both are exact.
-//! A second Ctrl-C kills everything and exits at once.
+//! waits for the CEP worker to catch up and checks its matches and late events against the
+//! rules ([`crate::cep_oracle`]), stops every service gracefully and exits 0 only if both are
+//! exact. A second Ctrl-C kills everything and exits at once.
 
 mod binaries;
 mod cep;
