@@ -27,6 +27,7 @@ use crate::rule::{parse_text, Rule, RuleError};
 use crate::rules_store::{now_ms, Rules, StoredRule};
 use crate::ruleset::RuleSet;
 use crate::sources;
+use crate::timed::Track;
 
 /// Most records per partition a rule test reads.
 const MAX_TEST_RECORDS: i64 = 100_000;
@@ -43,6 +44,8 @@ pub(crate) struct Api {
     /// Each source's schema ids and field paths, read from its latest records, kept for
     /// [`SOURCE_FIELDS_TTL`] so that a rules file of many rules reads each source once.
     pub(crate) source_fields: Mutex<HashMap<String, (Instant, SourceFields)>>,
+    /// The longest `within` or window span a rule may ask for (ms).
+    pub(crate) max_within: i64,
 }
 
 /// A source topic's recent schema ids and the field paths their schemas give.
@@ -129,6 +132,19 @@ impl Api {
         unless_same: bool,
     ) -> Result<(StoredRule, Vec<String>, bool), ApiError> {
         let rule = Rule::compile(name, 0, 0, &document)?;
+        if let Some((key, span)) = rule.timing.as_ref().and_then(|t| t.span()) {
+            if span > self.max_within {
+                return Err(RuleError {
+                    key: key.to_owned(),
+                    message: format!(
+                        "{} is longer than this worker's max_within ({}): every partial match needs a bound",
+                        humantime::format_duration(Duration::from_millis(span as u64)),
+                        humantime::format_duration(Duration::from_millis(self.max_within as u64)),
+                    ),
+                }
+                .into());
+            }
+        }
         if unless_same {
             if let Some(current) = self.rules.book().current(name) {
                 if current.document.as_ref() == Some(&document) {
@@ -308,16 +324,31 @@ async fn status(
         .get(&(name.clone(), stored.version))
         .cloned()
         .unwrap_or_default();
+    let rule = stored.compile().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored version: {e:#}"),
+        )
+    })?;
+    // Schedules are in event time: judged by this worker's watermark, else the wall clock.
+    let now = stats.watermark.unwrap_or_else(now_ms);
+    let state = match &rule.timing {
+        Some(t) if t.starts_at.is_some_and(|s| now < s) => "scheduled",
+        Some(t) if t.ends_at.is_some_and(|e| now >= e) => "ended",
+        _ => "active",
+    };
     Ok(Json(json!({
         "name": name,
         "version": stored.version,
-        "state": "active",
+        "state": state,
         "scope": "this worker (its partitions)",
         "events_seen": stats.events_seen,
         "events_matched": stats.events_matched,
         "matches_emitted": stats.matches_emitted,
         "keys_held": stats.keys_held,
-        "late_events": 0,
+        "late_events": stats.late_events,
+        "events_held": stats.events_held,
+        "watermark": stats.watermark.map(crate::event::rfc3339),
     }))
     .into_response())
 }
@@ -356,6 +387,7 @@ async fn test(
     let set = RuleSet::new(vec![rule.clone()]);
     let mut decoder = api.decoder.lock().await;
     let mut counters: HashMap<String, Counter> = HashMap::new();
+    let mut tracks: HashMap<String, Track> = HashMap::new();
     let (mut read, mut undecodable, mut matched, mut emitted) = (0u64, 0u64, 0u64, 0u64);
     let mut shown = Vec::new();
     let mut hits = Vec::new();
@@ -395,6 +427,12 @@ async fn test(
                     .and_then(crate::event::parse_event_time)
                     .unwrap_or(record.timestamp),
             };
+            if let Some(timing) = &rule.timing {
+                if timing.scheduled(event_ref.event_time) {
+                    tracks.entry(key).or_default().hold(*steps, event_ref);
+                }
+                continue;
+            }
             if let Some(completed) = counters
                 .entry(key.clone())
                 .or_default()
@@ -408,11 +446,26 @@ async fn test(
             }
         }
     }
+    // A timed rule sees the records read as if the watermark had passed them all.
+    let within = rule
+        .timing
+        .as_ref()
+        .and_then(|t| t.within)
+        .unwrap_or(api.max_within);
+    for (key, track) in &mut tracks {
+        for (completed, last) in track.release(&rule, within, i64::MAX) {
+            emitted += 1;
+            if shown.len() < TEST_MATCHES_SHOWN {
+                let m = crate::matches::build(&rule, key, &completed, &last);
+                shown.push(serde_json::from_slice::<Value>(&m.value).unwrap_or(Value::Null));
+            }
+        }
+    }
     Ok(Json(json!({
         "records_read": read,
         "undecodable": undecodable,
         "events_matched": matched,
-        "keys": counters.len(),
+        "keys": counters.len() + tracks.len(),
         "matches": emitted,
         "shown": shown,
     }))

@@ -9,18 +9,25 @@
 use crate::event::EventRef;
 use crate::rule::{Repeat, Rule};
 
-/// One key's progress on one rule version.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// One key's progress on one rule version (or on one window of a timed rule, whose changelog
+/// form is the `timed` track's JSON: hence the short serde names).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Counter {
     /// Per step, how many events counted so far (never above the step's count).
+    #[serde(rename = "n")]
     counts: Vec<u32>,
     /// `repeat: once` and matched: the key never matches this version again.
+    #[serde(rename = "d", default, skip_serializing_if = "std::ops::Not::not")]
     done: bool,
     /// Running hash of the contributing events' ids.
+    #[serde(rename = "c")]
     chain: u64,
     /// Events that advanced the counter since the last match.
+    #[serde(rename = "e")]
     events: u32,
+    #[serde(rename = "f")]
     first_ms: i64,
+    #[serde(rename = "l")]
     last_ms: i64,
 }
 
@@ -31,6 +38,8 @@ pub(crate) struct Completed {
     pub(crate) events: u32,
     pub(crate) first_ms: i64,
     pub(crate) last_ms: i64,
+    /// The window it completed in, `[start, end)`, for windowed rules.
+    pub(crate) window: Option<(i64, i64)>,
 }
 
 /// The changelog layout's version byte.
@@ -83,6 +92,7 @@ impl Counter {
             events: self.events,
             first_ms: self.first_ms,
             last_ms: self.last_ms,
+            window: None,
         };
         *self = Counter {
             done: rule.repeat == Repeat::Once,

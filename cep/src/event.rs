@@ -29,6 +29,9 @@ pub(crate) struct Hit {
     pub(crate) version: u32,
     #[serde(rename = "s")]
     pub(crate) steps: u32,
+    /// The event time by this rule's event-time field, when it differs from the event's.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) time: Option<i64>,
 }
 
 /// The value of a record on a repartition topic; its key is the rule key's value.
@@ -89,6 +92,7 @@ mod tests {
                 rule: "r".into(),
                 version: 2,
                 steps: 0b101,
+                time: None,
             }],
             event: EventRef {
                 id: "h/00ab/10".into(),

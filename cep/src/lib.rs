@@ -12,6 +12,7 @@
 //! source topics hold), `api` (the HTTP API), `metrics`.
 
 mod api;
+mod clock;
 mod condition;
 mod counter;
 mod decode;
@@ -26,6 +27,8 @@ mod rules_store;
 mod ruleset;
 mod sources;
 mod state;
+mod timed;
+mod timing;
 
 pub use rule::RuleError;
 
@@ -79,6 +82,19 @@ pub struct CepConfig {
     /// At most this long gathering one batch (a match takes two batches from its last event).
     #[serde(default = "default_batch_ms")]
     pub batch_ms: u64,
+    /// A caught-up source partition without records for this long stops holding timed rules'
+    /// watermarks back: its clock follows the wall clock minus this.
+    #[serde(default = "default_idle_timeout", with = "humantime_text")]
+    pub idle_timeout: Duration,
+    /// At most one watermark marker per this interval (a timed rule's result waits up to it).
+    #[serde(default = "default_watermark_interval", with = "humantime_text")]
+    pub watermark_interval: Duration,
+    /// How long a sequence (`ordered: true`) without `within` may wait for its next step.
+    #[serde(default = "default_within", with = "humantime_text")]
+    pub default_within: Duration,
+    /// The longest `within` or window a rule may ask for: the bound of every partial match.
+    #[serde(default = "default_max_within", with = "humantime_text")]
+    pub max_within: Duration,
     /// Timeout of one schema store request.
     #[serde(default = "default_schema_timeout_ms")]
     pub schema_timeout_ms: u64,
@@ -105,6 +121,32 @@ fn default_batch_ms() -> u64 {
 }
 fn default_schema_timeout_ms() -> u64 {
     5_000
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_watermark_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_within() -> Duration {
+    Duration::from_secs(3_600)
+}
+fn default_max_within() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+/// Durations in the config as humantime text (`30s`, `100ms`, `1h`).
+mod humantime_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?}: {e} (write it like 100ms, 30s, 1h)"))
+        })
+    }
 }
 
 impl CepConfig {
@@ -186,6 +228,16 @@ impl ServiceConfig for CepConfig {
             self.batch_records > 0 && self.batch_ms > 0,
             "batch_records and batch_ms must be positive"
         );
+        anyhow::ensure!(
+            !self.idle_timeout.is_zero() && !self.default_within.is_zero(),
+            "idle_timeout and default_within must be positive"
+        );
+        anyhow::ensure!(
+            self.default_within <= self.max_within,
+            "default_within ({:?}) is longer than max_within ({:?})",
+            self.default_within,
+            self.max_within
+        );
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }
@@ -262,6 +314,7 @@ impl Service for CepService {
             decoder: tokio::sync::Mutex::new(Decoder::new(config.client()?)),
             stats: stats.clone(),
             source_fields: Default::default(),
+            max_within: config.max_within.as_millis() as i64,
         });
         for (name, document) in config.rules_file_documents()? {
             let (stored, warnings, written) = api
@@ -285,6 +338,9 @@ impl Service for CepService {
             partitions: config.partitions,
             batch_records: config.batch_records,
             batch_time: Duration::from_millis(config.batch_ms),
+            idle_timeout: config.idle_timeout,
+            watermark_interval: config.watermark_interval,
+            default_within: config.default_within.as_millis() as i64,
         };
         let worker = Worker::connect(
             settings,

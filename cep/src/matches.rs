@@ -2,12 +2,13 @@
 //! deterministic id (a hash of the rule name, version, key and the contributing events' ids) so
 //! that a consumer granting rewards can dedupe by it, and a restarted worker emits the same id.
 
-use logpipe_core::record::cep_header;
+use logpipe_core::record::{cep_header, CEP_LATE_TOPIC};
 use serde_json::{json, Value};
 
 use crate::counter::Completed;
 use crate::event::{rfc3339, EventRef};
 use crate::rule::Rule;
+use crate::state::Late;
 
 /// A match ready to be produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +33,10 @@ pub(crate) fn build(rule: &Rule, key: &str, completed: &Completed, last: &EventR
         "version": rule.version,
         "key": key,
         "match_id": id,
-        "window": Value::Null,
+        "window": completed.window.map_or(Value::Null, |(start, end)| json!({
+            "start": rfc3339(start),
+            "end": rfc3339(end),
+        })),
         "first_event_time": rfc3339(completed.first_ms),
         "last_event_time": rfc3339(completed.last_ms),
         "event_count": completed.events,
@@ -57,6 +61,35 @@ pub(crate) fn build(rule: &Rule, key: &str, completed: &Completed, last: &EventR
     }
 }
 
+/// The `cep.late` record of a timed rule's event that came after the rule's watermark passed
+/// it: keyed like a match, with the rule, its version and how late it was in headers.
+pub(crate) fn late(rule: &Rule, key: &str, event: &EventRef, late: Late) -> Match {
+    let value = json!({
+        "rule": rule.name,
+        "version": rule.version,
+        "key": key,
+        "late_by_ms": late.by_ms,
+        "watermark": rfc3339(late.watermark),
+        "event": {
+            "id": event.id,
+            "topic": event.topic,
+            "partition": event.partition,
+            "offset": event.offset,
+            "event_time": rfc3339(event.event_time),
+        },
+    });
+    Match {
+        topic: CEP_LATE_TOPIC.to_owned(),
+        key: key.to_owned(),
+        value: serde_json::to_vec(&value).expect("a JSON value serializes"),
+        headers: [
+            (cep_header::RULE, rule.name.clone()),
+            (cep_header::VERSION, rule.version.to_string()),
+            (cep_header::LATE_BY_MS, late.by_ms.to_string()),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +110,7 @@ mod tests {
             events: 5,
             first_ms: 1_700_000_000_000,
             last_ms: 1_700_000_000_500,
+            window: None,
         };
         let m = build(&rule, "p-1", &completed, &last);
         assert_eq!(m.topic, "cep.matches");

@@ -25,6 +25,18 @@ pub(crate) fn describe() {
         "Events that satisfied at least one step of a rule, per rule."
     );
     describe_counter!(RULE_MATCHES_EMITTED, "Matches written, per rule.");
+    describe_counter!(
+        RULE_EVENTS_LATE,
+        "Events of a timed rule that came after its watermark passed them, written to cep.late, per rule."
+    );
+    describe_gauge!(
+        RULE_EVENTS_HELD,
+        "Events of a timed rule waiting for the watermark, plus partial sequences, on this worker's partitions, per rule."
+    );
+    describe_gauge!(
+        RULE_WATERMARK_LAG,
+        "Wall clock minus a timed rule's lowest watermark on this worker's partitions, per rule."
+    );
     describe_gauge!(
         RULE_KEYS_HELD,
         "Keys with state for a rule on this worker's partitions, per rule."

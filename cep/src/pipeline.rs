@@ -9,6 +9,11 @@
 //! halves commit in the same transactions, so a crash anywhere replays whole batches: the
 //! repartition topic and the changelog hold exactly what the committed offsets say was done.
 //!
+//! Timed rules (event time) add watermark markers to the repartition topics: the first stage
+//! writes its source partitions' progress after each batch's events (see `clock`), and the
+//! second stage releases held events when a marker moves a rule's watermark; events that come
+//! after it passed them go to `cep.late`.
+//!
 //! An abortable transaction error aborts, rewinds the consumer to the batch's first offsets and
 //! restores the owned state from the changelog (the committed truth); a fatal one (fenced by a
 //! newer instance with the same transactional id) stops the worker.
@@ -20,10 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use logpipe_core::kafka::{
     batch_offsets, commit_transaction, create_topics, end_reader, init_transactions, is_fatal,
-    read_to_end, report_lag, rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig,
-    Partition, RebalanceLog, Role,
+    read_to_end, records_behind, report_lag, rewind, send_offsets, send_waiting, GroupEvent,
+    KafkaConfig, Partition, RebalanceLog, Role,
 };
-use logpipe_core::record::{cep_repartition_topic, RecordId};
+use logpipe_core::record::{cep_header, cep_repartition_topic, RecordId, CEP_LATE_TOPIC};
 use logpipe_core::telemetry::Readiness;
 use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -36,6 +41,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Progress, SourceClocks};
 use crate::decode::{DecodeError, Decoder};
 use crate::event::{parse_event_time, EventRef, Hit, Rekeyed};
 use crate::field::key_text;
@@ -50,6 +56,8 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 const READY_KAFKA: &str = "kafka";
 const READY_STORE: &str = "schema_store";
 const READY_STATE: &str = "state";
+/// How often silent source partitions are checked for being caught up (idle).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// The loop's settings.
 pub(crate) struct Settings {
@@ -60,6 +68,12 @@ pub(crate) struct Settings {
     pub(crate) partitions: i32,
     pub(crate) batch_records: usize,
     pub(crate) batch_time: Duration,
+    /// A caught-up source partition silent this long follows the wall clock.
+    pub(crate) idle_timeout: Duration,
+    /// At most one watermark marker per this interval.
+    pub(crate) watermark_interval: Duration,
+    /// The sequence bound of a rule that gives no `within` (ms).
+    pub(crate) default_within: i64,
 }
 
 /// What the worker has done per rule version, for `GET /rules/{name}/status`.
@@ -69,6 +83,11 @@ pub(crate) struct RuleStats {
     pub(crate) events_matched: u64,
     pub(crate) matches_emitted: u64,
     pub(crate) keys_held: u64,
+    pub(crate) late_events: u64,
+    /// Events held for the watermark and partial sequences.
+    pub(crate) events_held: u64,
+    /// The lowest watermark over this worker's partitions (epoch ms), for timed rules.
+    pub(crate) watermark: Option<i64>,
 }
 
 /// Per (rule, version), shared with the API.
@@ -83,6 +102,14 @@ enum Output {
         value: Vec<u8>,
     },
     Match(Match),
+    /// A late event, in the shape of a match record.
+    Late(Match),
+    /// Source progress for the second stage.
+    Marker {
+        topic: String,
+        partition: i32,
+        value: Arc<Vec<u8>>,
+    },
 }
 
 /// Counts of one batch, published when it commits.
@@ -91,6 +118,7 @@ struct BatchCounts {
     events: HashMap<String, u64>,
     matched: HashMap<(String, u32), u64>,
     emitted: HashMap<(String, u32), u64>,
+    late: HashMap<(String, u32), u64>,
     undecodable: HashMap<(String, &'static str), u64>,
     unkeyed: HashMap<String, u64>,
 }
@@ -107,6 +135,9 @@ pub(crate) struct Worker {
     set: Arc<RuleSet>,
     decoder: Decoder,
     state: KeyedState,
+    /// The first stage's progress per source partition.
+    clocks: SourceClocks,
+    last_idle_check: Instant,
     state_topic: String,
     /// Repartition topic -> the key path it is keyed by.
     key_paths: HashMap<String, String>,
@@ -172,6 +203,7 @@ impl Worker {
         let state_topic = logpipe_core::record::cep_state_topic(&settings.group);
         let rules = store.subscribe();
         let set = rules.borrow().clone();
+        let default_within = settings.default_within;
         let mut worker = Worker {
             settings,
             consumer,
@@ -181,7 +213,9 @@ impl Worker {
             store,
             set,
             decoder,
-            state: KeyedState::default(),
+            state: KeyedState::new(default_within),
+            clocks: SourceClocks::default(),
+            last_idle_check: Instant::now(),
             state_topic,
             key_paths: HashMap::new(),
             existing: BTreeSet::new(),
@@ -274,13 +308,14 @@ impl Worker {
                 self.set = self.rules.borrow_and_update().clone();
                 self.apply_rules().await?;
             }
-            if batch.is_empty() && !self.state.has_changes() {
-                continue;
-            }
             let started = Instant::now();
-            let Some((outputs, counts)) = self.process(&batch).await? else {
+            let Some((mut outputs, counts)) = self.process(&batch).await? else {
                 break;
             };
+            self.markers(&mut outputs);
+            if batch.is_empty() && outputs.is_empty() && !self.state.has_changes() {
+                continue;
+            }
             if self.commit(&batch, outputs)? {
                 self.publish(counts);
                 metrics::histogram!(names::BATCH).record(started.elapsed().as_secs_f64());
@@ -305,6 +340,9 @@ impl Worker {
         }
         for rule in set.rules() {
             topics.push((rule.output_topic.clone(), false));
+        }
+        if set.rules().iter().any(|r| r.timing.is_some()) {
+            topics.push((CEP_LATE_TOPIC.to_owned(), false));
         }
         self.ensure_topics(&topics).await?;
         let mut wanted: Vec<String> = set.sources().into_iter().collect();
@@ -389,10 +427,20 @@ impl Worker {
                 GroupEvent::Revoked(list) => {
                     for owned in &list {
                         self.state.release(owned);
+                        self.clocks.release(owned);
                     }
                     revoked.extend(list);
                 }
                 GroupEvent::Assigned(list) => {
+                    for source in list.iter().filter(|(t, _)| !self.key_paths.contains_key(t)) {
+                        let paths: Vec<String> = self
+                            .set
+                            .clock_paths(&source.0)
+                            .iter()
+                            .map(|p| p.as_str().to_owned())
+                            .collect();
+                        self.clocks.start("", source, &paths);
+                    }
                     let owned: Vec<Partition> = list
                         .into_iter()
                         .filter(|(topic, _)| self.key_paths.contains_key(topic))
@@ -481,6 +529,8 @@ impl Worker {
                 continue;
             }
             *counts.events.entry(topic.to_owned()).or_default() += 1;
+            let source: Partition = (topic.to_owned(), message.partition());
+            self.clocks.touch("", &source);
             let event = loop {
                 match self.decoder.decode(payload).await {
                     Ok(event) => break Some(event),
@@ -509,6 +559,13 @@ impl Worker {
                 continue;
             };
             let record_ms = message.timestamp().to_millis().unwrap_or(0);
+            for path in set.clock_paths(topic) {
+                let t = path
+                    .get(&event)
+                    .and_then(parse_event_time)
+                    .unwrap_or(record_ms);
+                self.clocks.observe("", &source, path.as_str(), t);
+            }
             set.evaluate(topic, &event, record_ms, &mut hits);
             self.rekey(
                 &set,
@@ -543,6 +600,18 @@ impl Worker {
         let mut by_key: BTreeMap<(&str, String), Rekeyed> = BTreeMap::new();
         for (r, steps) in hits {
             let rule = &set.rules()[*r];
+            let event_time = rule
+                .event_time
+                .get(event)
+                .and_then(parse_event_time)
+                .unwrap_or(record_ms);
+            if rule
+                .timing
+                .as_ref()
+                .is_some_and(|t| !t.scheduled(event_time))
+            {
+                continue;
+            }
             let Some(key) = rule.key.get(event).and_then(key_text) else {
                 *counts.unkeyed.entry(rule.name.clone()).or_default() += 1;
                 continue;
@@ -551,12 +620,7 @@ impl Worker {
                 .matched
                 .entry((rule.name.clone(), rule.version))
                 .or_default() += 1;
-            let event_time = rule
-                .event_time
-                .get(event)
-                .and_then(parse_event_time)
-                .unwrap_or(record_ms);
-            by_key
+            let entry = by_key
                 .entry((rule.key.as_str(), key))
                 .or_insert_with(|| Rekeyed {
                     hits: Vec::new(),
@@ -567,13 +631,15 @@ impl Worker {
                         offset: message.offset(),
                         event_time,
                     },
-                })
-                .hits
-                .push(Hit {
-                    rule: rule.name.clone(),
-                    version: rule.version,
-                    steps: *steps,
                 });
+            // Rules reading another event-time field carry their own time.
+            let time = (entry.event.event_time != event_time).then_some(event_time);
+            entry.hits.push(Hit {
+                rule: rule.name.clone(),
+                version: rule.version,
+                steps: *steps,
+                time,
+            });
         }
         for ((key_path, key), rekeyed) in by_key {
             outputs.push(Output::Rekeyed {
@@ -585,7 +651,8 @@ impl Worker {
         }
     }
 
-    /// Second stage: a re-keyed record advances its key's counters.
+    /// Second stage: a re-keyed record advances its key's counters, or is held for the
+    /// watermark; a marker moves the watermark.
     fn count(
         &mut self,
         set: &RuleSet,
@@ -594,6 +661,33 @@ impl Worker {
         outputs: &mut Vec<Output>,
         counts: &mut BatchCounts,
     ) {
+        let owned = (message.topic().to_owned(), message.partition());
+        let is_marker = message
+            .headers()
+            .is_some_and(|h| h.iter().any(|h| h.key == cep_header::WATERMARK));
+        if is_marker {
+            let marker: Vec<Progress> = match serde_json::from_slice(payload) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(
+                        topic = message.topic(),
+                        offset = message.offset(),
+                        "unreadable watermark marker, skipped: {e}"
+                    );
+                    return;
+                }
+            };
+            for (rule, key, (completed, last)) in self.state.advance_clocks(&owned, &marker, set) {
+                outputs.push(Output::Match(matches::build(
+                    &rule, &key, &completed, &last,
+                )));
+                *counts
+                    .emitted
+                    .entry((rule.name.clone(), rule.version))
+                    .or_default() += 1;
+            }
+            return;
+        }
         let rekeyed: Rekeyed = match serde_json::from_slice(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -606,11 +700,25 @@ impl Worker {
             }
         };
         let key = String::from_utf8_lossy(message.key().unwrap_or_default());
-        let owned = (message.topic().to_owned(), message.partition());
         for hit in &rekeyed.hits {
             let Some(rule) = set.get(&hit.rule, hit.version) else {
                 continue;
             };
+            if rule.timing.is_some() {
+                let mut event = rekeyed.event.clone();
+                event.event_time = hit.time.unwrap_or(event.event_time);
+                if let Err(late) = self
+                    .state
+                    .hold(&owned, rule, &key, hit.steps, event.clone())
+                {
+                    outputs.push(Output::Late(matches::late(rule, &key, &event, late)));
+                    *counts
+                        .late
+                        .entry((rule.name.clone(), rule.version))
+                        .or_default() += 1;
+                }
+                continue;
+            }
             if let Some(completed) =
                 self.state
                     .advance(&owned, rule, &key, hit.steps, &rekeyed.event)
@@ -625,6 +733,48 @@ impl Worker {
                     .emitted
                     .entry((rule.name.clone(), rule.version))
                     .or_default() += 1;
+            }
+        }
+    }
+
+    /// Appends the first stage's watermark markers, one per partition of each repartition topic
+    /// that timed rules count from, when the progress of a source partition moved (idle ones
+    /// follow the wall clock once confirmed caught up).
+    fn markers(&mut self, outputs: &mut Vec<Output>) {
+        let key_paths = self.set.timed_key_paths();
+        if key_paths.is_empty() {
+            return;
+        }
+        if self.last_idle_check.elapsed() >= IDLE_CHECK {
+            self.last_idle_check = Instant::now();
+            let now_ms = crate::rules_store::now_ms();
+            for source in self.clocks.silent(self.settings.idle_timeout) {
+                let paths: Vec<String> = self
+                    .set
+                    .clock_paths(&source.0)
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect();
+                if !paths.is_empty()
+                    && records_behind(&self.consumer, &source.0, source.1) == Some(0)
+                {
+                    self.clocks
+                        .idle(&source, &paths, now_ms, self.settings.idle_timeout);
+                }
+            }
+        }
+        let Some(marker) = self.clocks.marker(self.settings.watermark_interval) else {
+            return;
+        };
+        let value = Arc::new(serde_json::to_vec(&marker).expect("a marker serializes"));
+        for key_path in key_paths {
+            let topic = cep_repartition_topic(&self.settings.group, &key_path);
+            for partition in 0..self.settings.partitions {
+                outputs.push(Output::Marker {
+                    topic: topic.clone(),
+                    partition,
+                    value: value.clone(),
+                });
             }
         }
     }
@@ -655,6 +805,7 @@ impl Worker {
                 metrics::counter!(names::TRANSACTIONS_ABORTED).increment(1);
                 tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
                     .context("aborting the transaction")?;
+                self.clocks.resend();
                 rewind(&self.consumer, &offsets, KAFKA_TIMEOUT);
                 let owned: Vec<(Partition, String)> = self.state.owned();
                 self.state.clear();
@@ -690,7 +841,22 @@ impl Worker {
                             .payload(value.as_slice()),
                     )?;
                 }
-                Output::Match(m) => {
+                Output::Marker {
+                    topic,
+                    partition,
+                    value,
+                } => {
+                    self.send(
+                        BaseRecord::to(topic)
+                            .partition(*partition)
+                            .payload(value.as_slice())
+                            .headers(OwnedHeaders::new().insert(Header {
+                                key: cep_header::WATERMARK,
+                                value: Some("1"),
+                            })),
+                    )?;
+                }
+                Output::Match(m) | Output::Late(m) => {
                     let headers = m.headers.iter().fold(
                         OwnedHeaders::new_with_capacity(3),
                         |h, (key, value)| {
@@ -740,8 +906,9 @@ impl Worker {
         for (rule, n) in counts.unkeyed {
             metrics::counter!(names::EVENTS_UNKEYED, "rule" => rule).increment(n);
         }
-        let (keys, bytes) = self.state.sizes();
-        metrics::gauge!(names::STATE_BYTES).set(bytes as f64);
+        let sizes = self.state.sizes(&self.set);
+        metrics::gauge!(names::STATE_BYTES).set(sizes.bytes as f64);
+        let now_ms = crate::rules_store::now_ms();
         let mut stats = self.stats.lock().expect("stats lock");
         stats.retain(|(name, version), _| self.set.get(name, *version).is_some());
         for rule in self.set.rules() {
@@ -753,8 +920,20 @@ impl Worker {
                 .sum();
             let matched = counts.matched.get(&id).copied().unwrap_or(0);
             let emitted = counts.emitted.get(&id).copied().unwrap_or(0);
-            let held = keys.get(&rule.name).copied().unwrap_or(0) as u64;
+            let late = counts.late.get(&id).copied().unwrap_or(0);
+            let held = sizes.keys.get(&rule.name).copied().unwrap_or(0) as u64;
+            let events_held = sizes.pending.get(&rule.name).copied().unwrap_or(0) as u64;
+            let watermark = sizes.watermarks.get(&id).copied();
             let label = rule.name.clone();
+            if rule.timing.is_some() {
+                metrics::counter!(names::RULE_EVENTS_LATE, "rule" => label.clone()).increment(late);
+                metrics::gauge!(names::RULE_EVENTS_HELD, "rule" => label.clone())
+                    .set(events_held as f64);
+                if let Some(watermark) = watermark {
+                    metrics::gauge!(names::RULE_WATERMARK_LAG, "rule" => label.clone())
+                        .set((now_ms - watermark) as f64 / 1000.0);
+                }
+            }
             metrics::counter!(names::RULE_EVENTS_EVALUATED, "rule" => label.clone())
                 .increment(seen);
             metrics::counter!(names::RULE_EVENTS_MATCHED, "rule" => label.clone())
@@ -767,6 +946,9 @@ impl Worker {
             entry.events_matched += matched;
             entry.matches_emitted += emitted;
             entry.keys_held = held;
+            entry.late_events += late;
+            entry.events_held = events_held;
+            entry.watermark = watermark;
         }
     }
 }

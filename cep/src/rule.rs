@@ -3,9 +3,9 @@
 //! A document is checked in two passes: serde reads it into [`RuleDocument`] with unknown keys
 //! refused and the failing key's path named (`event_list[0].conditions[1].operator: unknown
 //! variant ...`), then [`Rule::compile`] checks what serde cannot (field paths, CEL, counts, one key
-//! per rule) and names the key the same way. Parts of the contract that belong to event time
-//! (`ordered`, `within`, `window`, `schedule`, aggregates, lateness, `from` a time) are refused with
-//! a message saying so rather than accepted and ignored.
+//! per rule) and names the key the same way. The event-time keys are read by `timing`. Aggregate
+//! rules (`group_by`, `aggregates`, `alert`) are refused with a message saying so rather than
+//! accepted and ignored.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::condition::{Condition, ConditionDoc};
 use crate::expr::Expr;
 use crate::field::FieldPath;
+use crate::timing::{self, From, Timing, TimingDoc};
 
 /// Most steps a rule may have (a step set is a bit mask in the re-keyed records).
 pub(crate) const MAX_STEPS: usize = 32;
@@ -118,7 +119,7 @@ pub struct RuleError {
     pub message: String,
 }
 
-fn error(key: impl Into<String>, message: impl Into<String>) -> RuleError {
+pub(crate) fn error(key: impl Into<String>, message: impl Into<String>) -> RuleError {
     RuleError {
         key: key.into(),
         message: message.into(),
@@ -167,6 +168,13 @@ pub(crate) struct Rule {
     pub(crate) repeat: Repeat,
     pub(crate) output_topic: String,
     pub(crate) output_value: Value,
+    /// Event-time settings; `None` for a rule that counts events as they arrive.
+    pub(crate) timing: Option<Timing>,
+    /// Where the version starts reading its sources.
+    pub(crate) from: From,
+    /// The source partitions (`<topic>/<partition>`) a replay of this version reads, as
+    /// stored with it; empty for `from: latest`.
+    pub(crate) replay_sources: Vec<String>,
 }
 
 /// Reads a document's text: JSON when it looks like JSON (or says so), YAML otherwise (JSON is
@@ -225,7 +233,7 @@ impl Rule {
                 ));
             }
         }
-        refuse_event_time_keys(&doc)?;
+        refuse_aggregate_keys(&doc)?;
         let mut step_docs = doc.event_list.clone();
         match (&doc.when, step_docs.is_empty()) {
             (Some(when), true) => step_docs.push(StepDoc {
@@ -353,6 +361,24 @@ impl Rule {
                 "internal topics (_lp.) are not outputs",
             ));
         }
+        let timing = Timing::parse(
+            &TimingDoc {
+                ordered: doc.ordered,
+                within: doc.within.as_ref(),
+                window: doc.window.as_ref(),
+                schedule: doc.schedule.as_ref(),
+                max_out_of_order: doc.max_out_of_order.as_ref(),
+                allowed_lateness: doc.allowed_lateness.as_ref(),
+            },
+            steps.len(),
+        )?;
+        let from = timing::parse_from(doc.from.as_deref())?;
+        if from != From::Latest && timing.is_none() {
+            return Err(error(
+                "from",
+                "a replay needs event time: give the rule a `window`, `within`, `schedule` or `max_out_of_order` so its old events are ordered by when they happened",
+            ));
+        }
         Ok(Rule {
             name: name.to_owned(),
             version,
@@ -368,6 +394,9 @@ impl Rule {
                 .value
                 .clone()
                 .unwrap_or(Value::Object(Default::default())),
+            timing,
+            from,
+            replay_sources: Vec::new(),
         })
     }
 
@@ -396,20 +425,13 @@ impl Rule {
     }
 }
 
-/// The keys of the event-time release: refused, with the reason, until they work.
-fn refuse_event_time_keys(doc: &RuleDocument) -> Result<(), RuleError> {
-    const LATER: &str = "is not supported by this version of logpipe-cep (event-time ordering, windows, schedules and replay come with the next one); remove it";
-    let given: [(&str, bool); 10] = [
-        ("ordered", doc.ordered == Some(true)),
-        ("within", doc.within.is_some()),
-        ("window", doc.window.is_some()),
-        ("schedule", doc.schedule.is_some()),
+/// The keys of aggregate rules: refused, with the reason, until they work.
+fn refuse_aggregate_keys(doc: &RuleDocument) -> Result<(), RuleError> {
+    const LATER: &str = "is not supported by this version of logpipe-cep (aggregate rules come with a later one); remove it";
+    let given: [(&str, bool); 3] = [
         ("group_by", doc.group_by.is_some()),
         ("aggregates", doc.aggregates.is_some()),
         ("alert", doc.alert.is_some()),
-        ("max_out_of_order", doc.max_out_of_order.is_some()),
-        ("allowed_lateness", doc.allowed_lateness.is_some()),
-        ("from", doc.from.as_deref().is_some_and(|f| f != "latest")),
     ];
     match given.iter().find(|(_, given)| *given) {
         Some((key, _)) => Err(error(*key, LATER)),
@@ -502,9 +524,10 @@ output:
             (&format!("{base}event_list:\n- count: 2\n"), "event_list[0].conditions"),
             ("key: p\nevent_list:\n- conditions: [{field: e, value: x}]\n", "source"),
             ("source: clean.game\nevent_list:\n- conditions: [{field: e, value: x}]\n", "key"),
-            (&format!("{base}ordered: true\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "ordered"),
-            (&format!("{base}window: {{tumbling: 1m}}\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "window"),
+            (&format!("{base}ordered: true\nwithin: 1h\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "ordered"),
+            (&format!("{base}window: {{tumbling: 1x}}\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "window.tumbling"),
             (&format!("{base}from: earliest\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "from"),
+            (&format!("{base}group_by: [server]\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "group_by"),
             (&format!("{base}output: {{topic: _lp.x}}\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "output.topic"),
             (&format!("{base}repeat: twice\nevent_list:\n- conditions: [{{field: e, value: x}}]\n"), "repeat"),
             (&format!("name: other\n{base}event_list:\n- conditions: [{{field: e, value: x}}]\n"), "name"),

@@ -53,7 +53,7 @@ impl StoredRule {
         crate::event::parse_event_time(&Value::String(self.created_at.clone())).unwrap_or(0)
     }
 
-    fn compile(&self) -> anyhow::Result<Rule> {
+    pub(crate) fn compile(&self) -> anyhow::Result<Rule> {
         let document = self.document.as_ref().context("no document")?;
         Ok(Rule::compile(
             &self.name,

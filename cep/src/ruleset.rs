@@ -29,6 +29,9 @@ struct TopicIndex {
 pub(crate) struct RuleSet {
     rules: Vec<Arc<Rule>>,
     topics: HashMap<String, TopicIndex>,
+    /// Per source topic, the event-time fields its timed rules read: the clocks the first
+    /// stage keeps for each of its partitions.
+    clocks: HashMap<String, Vec<FieldPath>>,
 }
 
 impl RuleSet {
@@ -69,7 +72,34 @@ impl RuleSet {
                 }
             }
         }
-        RuleSet { rules, topics }
+        let mut clocks: HashMap<String, Vec<FieldPath>> = HashMap::new();
+        for rule in rules.iter().filter(|r| r.timing.is_some()) {
+            for topic in &rule.sources {
+                let paths = clocks.entry(topic.clone()).or_default();
+                if !paths.contains(&rule.event_time) {
+                    paths.push(rule.event_time.clone());
+                }
+            }
+        }
+        RuleSet {
+            rules,
+            topics,
+            clocks,
+        }
+    }
+
+    /// The event-time fields timed rules read from `topic`.
+    pub(crate) fn clock_paths(&self, topic: &str) -> &[FieldPath] {
+        self.clocks.get(topic).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every key path some timed rule counts by: the repartition topics that carry watermarks.
+    pub(crate) fn timed_key_paths(&self) -> BTreeSet<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.timing.is_some())
+            .map(|r| r.key.as_str().to_owned())
+            .collect()
     }
 
     pub(crate) fn rules(&self) -> &[Arc<Rule>] {

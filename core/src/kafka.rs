@@ -17,8 +17,8 @@ pub use read_to_end::{end_reader, partition_count, read_to_end, EndReader};
 pub use rebalance::{GroupEvent, Partition, RebalanceLog};
 pub use topics::create_topics;
 pub use transaction::{
-    batch_offsets, commit_transaction, init_transactions, is_fatal, report_lag, rewind,
-    send_offsets, send_waiting,
+    batch_offsets, commit_transaction, init_transactions, is_fatal, records_behind, report_lag,
+    rewind, send_offsets, send_waiting,
 };
 
 use std::collections::BTreeMap;

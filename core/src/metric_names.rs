@@ -101,6 +101,9 @@ pub mod cep {
     pub const RULE_EVENTS_MATCHED: &str = "logpipe_cep_rule_events_matched_total";
     pub const RULE_KEYS_HELD: &str = "logpipe_cep_rule_keys_held";
     pub const RULE_MATCHES_EMITTED: &str = "logpipe_cep_rule_matches_emitted_total";
+    pub const RULE_EVENTS_LATE: &str = "logpipe_cep_rule_events_late_total";
+    pub const RULE_EVENTS_HELD: &str = "logpipe_cep_rule_events_held";
+    pub const RULE_WATERMARK_LAG: &str = "logpipe_cep_rule_watermark_lag_seconds";
     pub const RULES_ACTIVE: &str = "logpipe_cep_rules_active";
     pub const STATE_BYTES: &str = "logpipe_cep_state_bytes";
     pub const STATE_RESTORE: &str = "logpipe_cep_state_restore_seconds";

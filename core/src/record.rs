@@ -66,8 +66,11 @@ pub mod cep_header {
     pub const RULE: &str = "lp.cep.rule";
     pub const VERSION: &str = "lp.cep.version";
     pub const MATCH_ID: &str = "lp.cep.match_id";
-    /// On late events: the rule they were late for and by how much (issue of event time).
+    /// On late events: how far behind the rule's watermark their event time was.
     pub const LATE_BY_MS: &str = "lp.cep.late_by_ms";
+    /// Marks a watermark marker on a repartition topic (its value is the progress of source
+    /// partitions), as opposed to a re-keyed event.
+    pub const WATERMARK: &str = "lp.cep.watermark";
 }
 
 /// The dead letter a replayed record comes from, as its [`replay_header`]s say.
@@ -430,6 +433,10 @@ pub const CEP_RULES_TOPIC: &str = "_lp.cep.rules";
 
 /// `cep.matches`: where a CEP rule's matches go when its document names no output topic.
 pub const CEP_MATCHES_TOPIC: &str = "cep.matches";
+
+/// `cep.late`: where a timed CEP rule's events go when they arrive after its watermark passed
+/// them, with the rule and how late they were.
+pub const CEP_LATE_TOPIC: &str = "cep.late";
 
 /// `_lp.cep.state.<group>`: the compacted changelog of the CEP worker group `group`'s keyed state.
 pub fn cep_state_topic(group: &str) -> String {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -148,20 +148,40 @@ pub fn rewind<K: ConsumerContext + 'static>(
 /// Sets `metric{topic, partition}` to the records between the consumer's position and the end of
 /// each assigned partition.
 pub fn report_lag<K: ConsumerContext + 'static>(consumer: &impl Consumer<K>, metric: &'static str) {
-    let (Ok(assignment), Ok(positions)) = (consumer.assignment(), consumer.position()) else {
+    let Ok(assignment) = consumer.assignment() else {
         return;
     };
     for element in assignment.elements() {
-        let position = positions
-            .find_partition(element.topic(), element.partition())
-            .and_then(|p| p.offset().to_raw())
-            .filter(|o| *o >= 0);
-        let watermarks = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
-        });
-        if let (Some(position), Ok((_, high))) = (position, watermarks) {
+        if let Some(behind) = records_behind(consumer, element.topic(), element.partition()) {
             metrics::gauge!(metric, "topic" => element.topic().to_owned(), "partition" => element.partition().to_string())
-                .set((high - position).max(0) as f64);
+                .set(behind as f64);
         }
     }
+}
+
+/// How many records an assigned partition's consumer is behind the partition's end: from its
+/// position, or its group's committed offset before it has read anything. `None` when neither
+/// is known or the broker does not answer.
+pub fn records_behind<K: ConsumerContext + 'static>(
+    consumer: &impl Consumer<K>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let timeout = Duration::from_secs(2);
+    let valid = |list: KafkaResult<TopicPartitionList>| {
+        list.ok()?
+            .find_partition(topic, partition)?
+            .offset()
+            .to_raw()
+            .filter(|o| *o >= 0)
+    };
+    let position = valid(consumer.position()).or_else(|| {
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(topic, partition);
+        tokio::task::block_in_place(|| valid(consumer.committed_offsets(wanted, timeout)))
+    })?;
+    let (_, high) =
+        tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, timeout))
+            .ok()?;
+    Some((high - position).max(0))
 }
