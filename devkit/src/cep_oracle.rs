@@ -46,10 +46,8 @@ use serde_json::{Map, Value};
 
 use crate::harness::TopicReader;
 use crate::reconcile::CleanDecoder;
-use logpipe_core::record::RecordId;
+use logpipe_core::record::{RecordId, CEP_LATE_TOPIC};
 
-/// Where the CEP worker writes the events it judged late.
-pub const CEP_LATE_TOPIC: &str = "cep.late";
 /// How long one topic may take to be read to its end.
 const READ_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the late topic may take to appear: the worker makes it only when it has a late

@@ -449,7 +449,7 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
         pipeline.telemetry(Component::Cep),
         rules.display(),
         logpipe_core::record::CEP_MATCHES_TOPIC,
-        crate::cep_oracle::CEP_LATE_TOPIC,
+        logpipe_core::record::CEP_LATE_TOPIC,
         telemetry.join("  "),
         pipeline.raw_topic(),
         pipeline.clean_topics().join(","),
