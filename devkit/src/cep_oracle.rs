@@ -12,7 +12,22 @@
 //! - one step of count N: `repeat: every` matches floor(n / N) times, `repeat: once`
 //!   min(1, floor(n / N)); several steps, `repeat: once`: one match when every step reached its
 //!   count. Several steps with `repeat: every` depend on the order of events across partitions
-//!   and are refused, as are the parts of a document this oracle does not model.
+//!   and are refused in an untimed rule, as are the parts of a document this oracle does not
+//!   model.
+//!
+//! A rule with `ordered`, `within`, `window`, `schedule`, `max_out_of_order` or
+//! `allowed_lateness` is timed: its events are kept, and each key's are evaluated at the end in
+//! the order of (event time, event id), the events the worker wrote to `cep.late` left out:
+//! - `ordered` + `within`: a match at the earliest event that ends, within `within` of its
+//!   first event, a subsequence of the events after the previous match that takes each step
+//!   `count` times in the steps' order;
+//! - `within` alone: a match at the earliest event whose last `within` (events after the
+//!   previous match) hold every step's count;
+//! - `window` (tumbling, sliding, session, events) and no window at all: the counting above,
+//!   in event-time order, started afresh in each window.
+//!
+//! These are worked out by brute force (each candidate end event tried in turn), which is slow
+//! but hard to get wrong.
 //!
 //! `when` is read as comparisons of a field with a literal (`==`, `!=`, `<`, `<=`, `>`, `>=`)
 //! joined by `&&` and `||` (`&&` binding tighter), without parentheses.
@@ -21,25 +36,34 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use rdkafka::message::Headers as _;
 use rdkafka::Message as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::harness::TopicReader;
 use crate::reconcile::CleanDecoder;
+use logpipe_core::record::{RecordId, CEP_LATE_TOPIC};
 
 /// How long one topic may take to be read to its end.
 const READ_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the late topic may take to appear: the worker makes it only when it has a late
+/// event to write.
+const LATE_TOPIC_WAIT: Duration = Duration::from_secs(5);
 /// Keys listed per rule whose count is off.
 const SHOWN_KEYS: usize = 5;
+/// The watermark's lag behind the highest event time when a rule does not say.
+const DEFAULT_MAX_OUT_OF_ORDER_MS: i64 = 5_000;
 
 /// One clean record as the rules see it: where it is, its timestamp and its fields.
 #[derive(Debug, Clone, Copy)]
 pub struct CleanEvent<'a> {
     pub topic: &'a str,
+    /// `<lp.host>/<lp.file>/<lp.offset>`, which orders events of equal event time.
+    pub id: &'a str,
     /// The record's Kafka timestamp, in milliseconds since the epoch.
     pub timestamp_ms: i64,
     pub fields: &'a Map<String, Value>,
@@ -104,6 +128,49 @@ pub struct RuleSpec {
     sources: Vec<String>,
     key: String,
     steps: Vec<Step>,
+    /// `None`: an untimed rule, whose counts fold event by event in any order.
+    timing: Option<Timing>,
+}
+
+/// What makes a rule timed.
+#[derive(Debug, Clone, PartialEq)]
+struct Timing {
+    /// The field an event's time is read from (RFC 3339 or epoch millis); the record's
+    /// timestamp when it is missing or unreadable.
+    event_time: String,
+    grouping: Grouping,
+    /// `schedule`: only events with `starts_at <= time < ends_at` count.
+    starts_at_ms: i64,
+    ends_at_ms: i64,
+    /// How far the watermark trails the highest event time.
+    max_out_of_order_ms: i64,
+    /// How far behind the watermark an event may still be.
+    allowed_lateness_ms: i64,
+}
+
+/// How a timed rule's events form matches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Grouping {
+    /// `ordered: true` and `within`: the steps in order, within a span.
+    Sequence { within_ms: i64 },
+    /// `within` alone: every step's count within a span.
+    Within { within_ms: i64 },
+    /// `window`, or none: the untimed counting, afresh in each window.
+    Windows(Window),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Window {
+    /// One window holding all of a key's events.
+    All,
+    /// `[k * size, (k + 1) * size)`.
+    Tumbling { size_ms: i64 },
+    /// `[k * every, k * every + size)`, overlapping.
+    Sliding { size_ms: i64, every_ms: i64 },
+    /// The key's rule events with at most `gap` between consecutive ones.
+    Session { gap_ms: i64 },
+    /// The key's rule events in runs of this many.
+    Events(usize),
 }
 
 impl RuleSpec {
@@ -117,7 +184,22 @@ impl RuleSpec {
         let name = text(doc, "name")?.context("the rule has no name")?;
         let named = |e: anyhow::Error| e.context(format!("rule {name}"));
         for key in doc.keys() {
-            if !["name", "source", "key", "event_list", "repeat", "output"].contains(&key.as_str())
+            if ![
+                "name",
+                "source",
+                "key",
+                "event_list",
+                "repeat",
+                "output",
+                "event_time",
+                "ordered",
+                "within",
+                "window",
+                "schedule",
+                "max_out_of_order",
+                "allowed_lateness",
+            ]
+            .contains(&key.as_str())
             {
                 return Err(named(anyhow::anyhow!(
                     "`{key}` is not modelled by the oracle"
@@ -156,9 +238,15 @@ impl RuleSpec {
         if steps.is_empty() {
             return Err(named(anyhow::anyhow!("`event_list` is empty")));
         }
-        if steps.len() > 1 && repeat == Repeat::Every {
+        let timing = read_timing(doc).map_err(named)?;
+        if timing.is_none() && steps.len() > 1 && repeat == Repeat::Every {
             return Err(named(anyhow::anyhow!(
                 "several steps with `repeat: every` depend on the order of events; not modelled"
+            )));
+        }
+        if timing.is_some() && steps.len() > 64 {
+            return Err(named(anyhow::anyhow!(
+                "more than 64 steps in a timed rule; not modelled"
             )));
         }
         Ok(RuleSpec {
@@ -169,6 +257,7 @@ impl RuleSpec {
             sources,
             key,
             steps,
+            timing,
         })
     }
 
@@ -188,6 +277,14 @@ impl RuleSpec {
                 RuleSpec::from_document(doc, version, at)
             })
             .collect()
+    }
+
+    /// How far a timed rule's watermark trails the events: after the last event, the worker
+    /// emits its results no sooner than this (and its idle timeout) later. `None` when untimed.
+    pub fn max_out_of_order(&self) -> Option<Duration> {
+        self.timing
+            .as_ref()
+            .map(|t| Duration::from_millis(t.max_out_of_order_ms.max(0) as u64))
     }
 
     /// The key an event has for this rule, if it is one the rule sees.
@@ -217,6 +314,274 @@ impl RuleSpec {
             (Repeat::Once, _) => u64::from(full.iter().all(|f| *f >= 1)),
         }
     }
+
+    /// An event's time for this timed rule.
+    fn event_time_ms(timing: &Timing, event: &CleanEvent<'_>) -> i64 {
+        match field(event.fields, &timing.event_time) {
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => rfc3339_ms(s),
+            _ => None,
+        }
+        .unwrap_or(event.timestamp_ms)
+    }
+
+    /// The matches a key of this timed rule has made with these events (in any order).
+    fn timed_matches(&self, events: &[TimedEvent]) -> u64 {
+        let timing = self.timing.as_ref().expect("timed events of a timed rule");
+        let mut events: Vec<&TimedEvent> = events
+            .iter()
+            .filter(|e| {
+                !e.late
+                    && e.steps != 0
+                    && (timing.starts_at_ms..timing.ends_at_ms).contains(&e.time_ms)
+            })
+            .collect();
+        events.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
+        match timing.grouping {
+            Grouping::Sequence { within_ms } => {
+                // Each step's index once per occurrence it needs: [0, 0, 1] for counts 2, 1.
+                let pattern: Vec<usize> = (0..self.steps.len())
+                    .flat_map(|i| std::iter::repeat_n(i, self.steps[i].count as usize))
+                    .collect();
+                self.earliest_ends(&events, within_ms, |span| {
+                    // Taking each step at its first chance never leaves a later step fewer.
+                    let taken = span.iter().fold(0, |next, e| {
+                        next + usize::from(next < pattern.len() && e.satisfies(pattern[next]))
+                    });
+                    taken == pattern.len()
+                })
+            }
+            Grouping::Within { within_ms } => self.earliest_ends(&events, within_ms, |span| {
+                self.steps.iter().enumerate().all(|(i, step)| {
+                    span.iter().filter(|e| e.satisfies(i)).count() as u64 >= step.count
+                })
+            }),
+            Grouping::Windows(window) => window
+                .split(&events)
+                .iter()
+                .map(|events| self.counted_matches(events))
+                .sum(),
+        }
+    }
+
+    /// Matches of a rule whose match ends at the earliest event `e` for which `holds` the
+    /// events since the previous match with a time in `[e - within, e]`: each end tried in turn.
+    fn earliest_ends(
+        &self,
+        events: &[&TimedEvent],
+        within_ms: i64,
+        holds: impl Fn(&[&TimedEvent]) -> bool,
+    ) -> u64 {
+        let mut matches = 0;
+        let mut start = 0;
+        for end in 0..events.len() {
+            let from = (start..=end)
+                .find(|&i| events[i].time_ms >= events[end].time_ms - within_ms)
+                .unwrap_or(end);
+            if holds(&events[from..=end]) {
+                matches += 1;
+                if self.repeat == Repeat::Once {
+                    break;
+                }
+                start = end + 1;
+            }
+        }
+        matches
+    }
+
+    /// The untimed counting over events in order: each step counts up to its count; when all
+    /// have theirs, a match, then (`every`) the counts start over.
+    fn counted_matches(&self, events: &[&TimedEvent]) -> u64 {
+        let mut counts = vec![0; self.steps.len()];
+        let mut matches = 0;
+        for e in events {
+            for (i, step) in self.steps.iter().enumerate() {
+                if e.satisfies(i) && counts[i] < step.count {
+                    counts[i] += 1;
+                }
+            }
+            if self.steps.iter().zip(&counts).all(|(s, n)| *n >= s.count) {
+                matches += 1;
+                if self.repeat == Repeat::Once {
+                    break;
+                }
+                counts.fill(0);
+            }
+        }
+        matches
+    }
+}
+
+impl Window {
+    /// The windows' events, each in the order given (event-time order).
+    fn split<'e>(&self, events: &[&'e TimedEvent]) -> Vec<Vec<&'e TimedEvent>> {
+        let mut by_start: BTreeMap<i64, Vec<&TimedEvent>> = BTreeMap::new();
+        match *self {
+            Window::All => return vec![events.to_vec()],
+            Window::Events(n) => return events.chunks(n).map(<[_]>::to_vec).collect(),
+            Window::Session { gap_ms } => {
+                let mut sessions: Vec<Vec<&TimedEvent>> = Vec::new();
+                for e in events {
+                    match sessions.last_mut() {
+                        Some(session)
+                            if e.time_ms - session.last().expect("not empty").time_ms <= gap_ms =>
+                        {
+                            session.push(e)
+                        }
+                        _ => sessions.push(vec![e]),
+                    }
+                }
+                return sessions;
+            }
+            Window::Tumbling { size_ms } => {
+                for e in events {
+                    by_start
+                        .entry(e.time_ms.div_euclid(size_ms))
+                        .or_default()
+                        .push(e);
+                }
+            }
+            Window::Sliding { size_ms, every_ms } => {
+                for e in events {
+                    // The windows k with k * every <= time < k * every + size.
+                    let first = (e.time_ms - size_ms).div_euclid(every_ms) + 1;
+                    for k in first..=e.time_ms.div_euclid(every_ms) {
+                        by_start.entry(k).or_default().push(e);
+                    }
+                }
+            }
+        }
+        by_start.into_values().collect()
+    }
+}
+
+/// The timed part of a rule document; `None` for an untimed rule.
+fn read_timing(doc: &Map<String, Value>) -> anyhow::Result<Option<Timing>> {
+    let ordered = match doc.get("ordered") {
+        None => false,
+        Some(Value::Bool(ordered)) => *ordered,
+        Some(other) => bail!("`ordered` is not a boolean: {other}"),
+    };
+    let duration = |key: &str| -> anyhow::Result<Option<i64>> {
+        doc.get(key)
+            .map(|d| duration_ms(d).with_context(|| format!("`{key}`")))
+            .transpose()
+    };
+    let within = duration("within")?;
+    let max_out_of_order = duration("max_out_of_order")?;
+    let allowed_lateness = duration("allowed_lateness")?;
+    let window = doc
+        .get("window")
+        .map(|w| read_window(w).context("`window`"))
+        .transpose()?;
+    let schedule = doc
+        .get("schedule")
+        .map(|s| read_schedule(s).context("`schedule`"))
+        .transpose()?;
+    if !ordered
+        && within.is_none()
+        && window.is_none()
+        && schedule.is_none()
+        && max_out_of_order.is_none()
+        && allowed_lateness.is_none()
+    {
+        return Ok(None);
+    }
+    let grouping = match (ordered, within, window) {
+        (_, Some(_), Some(_)) => bail!("`within` with `window` is not modelled by the oracle"),
+        (true, None, _) => bail!("`ordered` needs `within`"),
+        (true, Some(within_ms), None) => Grouping::Sequence { within_ms },
+        (false, Some(within_ms), None) => Grouping::Within { within_ms },
+        (false, None, window) => Grouping::Windows(window.unwrap_or(Window::All)),
+    };
+    if let Grouping::Sequence { within_ms } | Grouping::Within { within_ms } = grouping {
+        anyhow::ensure!(within_ms > 0, "`within` must be positive");
+    }
+    let (starts_at_ms, ends_at_ms) = schedule.unwrap_or((i64::MIN, i64::MAX));
+    let event_time = text(doc, "event_time")?.unwrap_or_else(|| "event_time".into());
+    Ok(Some(Timing {
+        event_time,
+        grouping,
+        starts_at_ms,
+        ends_at_ms,
+        max_out_of_order_ms: max_out_of_order.unwrap_or(DEFAULT_MAX_OUT_OF_ORDER_MS),
+        allowed_lateness_ms: allowed_lateness.unwrap_or(0),
+    }))
+}
+
+/// `5s`, `2m`, `1h`, `500ms`, `1d` in milliseconds.
+fn duration_ms(value: &Value) -> anyhow::Result<i64> {
+    let text = value.as_str().context("a duration is a string like `5s`")?;
+    let duration = humantime::parse_duration(text).with_context(|| format!("`{text}`"))?;
+    i64::try_from(duration.as_millis()).context("the duration is too long")
+}
+
+fn read_window(value: &Value) -> anyhow::Result<Window> {
+    let doc = value.as_object().context("a window is a map")?;
+    let mut keys: Vec<&str> = doc.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let positive = |key: &str| -> anyhow::Result<i64> {
+        let ms = duration_ms(&doc[key]).with_context(|| format!("`{key}`"))?;
+        anyhow::ensure!(ms > 0, "`{key}` must be positive");
+        Ok(ms)
+    };
+    Ok(match keys.as_slice() {
+        ["tumbling"] => Window::Tumbling {
+            size_ms: positive("tumbling")?,
+        },
+        ["every", "sliding"] => Window::Sliding {
+            size_ms: positive("sliding")?,
+            every_ms: positive("every")?,
+        },
+        ["session"] => Window::Session {
+            gap_ms: positive("session")?,
+        },
+        ["events"] => Window::Events(
+            doc["events"]
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .and_then(|n| usize::try_from(n).ok())
+                .context("`events` is a positive integer")?,
+        ),
+        _ => bail!("a window is {{tumbling}}, {{sliding, every}}, {{session}} or {{events}}"),
+    })
+}
+
+/// `{starts_at, ends_at}` (RFC 3339; either may be left out) in milliseconds.
+fn read_schedule(value: &Value) -> anyhow::Result<(i64, i64)> {
+    let doc = value.as_object().context("a schedule is a map")?;
+    let mut bounds = (i64::MIN, i64::MAX);
+    for (key, value) in doc {
+        let at = value
+            .as_str()
+            .and_then(rfc3339_ms)
+            .with_context(|| format!("`{key}` is not an RFC 3339 time"))?;
+        match key.as_str() {
+            "starts_at" => bounds.0 = at,
+            "ends_at" => bounds.1 = at,
+            other => bail!("`{other}` is not a schedule key"),
+        }
+    }
+    Ok(bounds)
+}
+
+/// An RFC 3339 time in milliseconds since the epoch, with `Z` or a `+hh:mm` offset.
+fn rfc3339_ms(text: &str) -> Option<i64> {
+    let at = text.len().checked_sub(6)?;
+    let (utc, offset_ms) = match (text.get(..at), text.get(at..)) {
+        (Some(local), Some(offset))
+            if offset.starts_with(['+', '-']) && offset.as_bytes()[3] == b':' =>
+        {
+            let hours: i64 = offset[1..3].parse().ok()?;
+            let minutes: i64 = offset[4..].parse().ok()?;
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            (format!("{local}Z"), sign * (hours * 60 + minutes) * 60_000)
+        }
+        _ => (text.to_owned(), 0),
+    };
+    let utc = humantime::parse_rfc3339_weak(&utc).ok()?;
+    let ms = i64::try_from(utc.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?;
+    Some(ms - offset_ms)
 }
 
 fn text(doc: &Map<String, Value>, key: &str) -> anyhow::Result<Option<String>> {
@@ -423,12 +788,46 @@ impl Step {
     }
 }
 
-/// The expected matches, folded event by event (memory: one counter per rule, key and step).
+/// One event of a timed rule's key, kept until the end.
+#[derive(Debug, Clone)]
+struct TimedEvent {
+    time_ms: i64,
+    id: String,
+    timestamp_ms: i64,
+    /// Bit i: the event satisfies step i.
+    steps: u64,
+    /// The worker wrote it to the late topic: it does not count.
+    late: bool,
+}
+
+impl TimedEvent {
+    fn satisfies(&self, step: usize) -> bool {
+        self.steps & (1 << step) != 0
+    }
+}
+
+/// What the late topic said, judged against the events the rules saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct LateTally {
+    /// Per rule (the rules' order), events the worker judged late.
+    by_rule: Vec<u64>,
+    /// The first late events the generator did not write late, or written late twice.
+    wrong: Vec<String>,
+    wrong_total: u64,
+    /// Late events of rules or versions the oracle was not given.
+    not_judged: u64,
+}
+
+/// The expected matches: untimed rules folded event by event (one counter per rule, key and
+/// step), timed rules' events kept per key and evaluated at the end.
 #[derive(Debug, Clone)]
 pub struct Expected {
     rules: Vec<RuleSpec>,
     /// (rule index, key) -> events counted per step.
     counts: HashMap<(usize, String), Vec<u64>>,
+    /// (rule index, key) -> the timed rule's events, in the order read.
+    timed: HashMap<(usize, String), Vec<TimedEvent>>,
+    late: LateTally,
     /// Events seen (any topic, any time).
     pub events: u64,
 }
@@ -436,8 +835,13 @@ pub struct Expected {
 impl Expected {
     pub fn new(rules: Vec<RuleSpec>) -> Expected {
         Expected {
+            late: LateTally {
+                by_rule: vec![0; rules.len()],
+                ..LateTally::default()
+            },
             rules,
             counts: HashMap::new(),
+            timed: HashMap::new(),
             events: 0,
         }
     }
@@ -453,6 +857,20 @@ impl Expected {
                 continue;
             };
             let satisfied: Vec<bool> = rule.steps.iter().map(|s| s.holds(event.fields)).collect();
+            if let Some(timing) = &rule.timing {
+                // Kept even when it satisfies no step: the worker may still judge it late.
+                self.timed
+                    .entry((index, key))
+                    .or_default()
+                    .push(TimedEvent {
+                        time_ms: RuleSpec::event_time_ms(timing, event),
+                        id: event.id.to_owned(),
+                        timestamp_ms: event.timestamp_ms,
+                        steps: (0..).zip(&satisfied).map(|(i, s)| u64::from(*s) << i).sum(),
+                        late: false,
+                    });
+                continue;
+            }
             if !satisfied.contains(&true) {
                 continue;
             }
@@ -466,16 +884,90 @@ impl Expected {
         }
     }
 
+    /// Leaves out of the timed rules' events those the worker judged late, and checks each
+    /// was written late on purpose: its event time older than its record's timestamp by more
+    /// than the rule's `max_out_of_order` (and `allowed_lateness`), which an event written on
+    /// time never is.
+    pub fn exclude_late(&mut self, late: &[LateEvent]) {
+        for record in late {
+            let Some(index) = self.rules.iter().position(|r| {
+                r.name == record.rule
+                    && (r.version.is_none()
+                        || record.version.is_none()
+                        || r.version == record.version)
+            }) else {
+                self.late.not_judged += 1;
+                continue;
+            };
+            let rule = &self.rules[index];
+            let event = self
+                .timed
+                .get_mut(&(index, record.key.clone()))
+                .and_then(|events| events.iter_mut().find(|e| e.id == record.event.id));
+            let wrong = match event {
+                None => Some("not an event of this timed rule and key"),
+                Some(e) if e.late => Some("late twice"),
+                Some(e) => {
+                    e.late = true;
+                    self.late.by_rule[index] += 1;
+                    // Late means behind the watermark, itself behind the events written last.
+                    let lateness_ms = rule
+                        .timing
+                        .as_ref()
+                        .map_or(0, |t| t.max_out_of_order_ms + t.allowed_lateness_ms);
+                    (e.timestamp_ms - e.time_ms <= lateness_ms).then_some("written on time")
+                }
+            };
+            if let Some(why) = wrong {
+                self.late.wrong_total += 1;
+                if self.late.wrong.len() < SHOWN_KEYS {
+                    self.late.wrong.push(format!(
+                        "{} key {} event {} ({why})",
+                        rule.name, record.key, record.event.id
+                    ));
+                }
+            }
+        }
+    }
+
     /// Expected matches per (rule, key), keys with none left out.
     pub fn matches(&self) -> BTreeMap<(String, String), u64> {
-        self.counts
-            .iter()
-            .filter_map(|((index, key), counts)| {
-                let rule = &self.rules[*index];
-                let n = rule.matches(counts);
-                (n > 0).then(|| ((rule.name.clone(), key.clone()), n))
-            })
+        let untimed = self.counts.iter().map(|((index, key), counts)| {
+            let rule = &self.rules[*index];
+            (rule, key, rule.matches(counts))
+        });
+        let timed = self.timed.iter().map(|((index, key), events)| {
+            let rule = &self.rules[*index];
+            (rule, key, rule.timed_matches(events))
+        });
+        untimed
+            .chain(timed)
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(rule, key, n)| ((rule.name.clone(), key.clone()), n))
             .collect()
+    }
+}
+
+/// A record of the late topic, as far as the check needs it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LateEvent {
+    pub rule: String,
+    pub version: Option<u64>,
+    #[serde(deserialize_with = "key_text")]
+    pub key: String,
+    pub event: LateEventId,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LateEventId {
+    /// `<host>/<file>/<offset>`, as [`CleanEvent::id`].
+    pub id: String,
+}
+
+impl LateEvent {
+    pub fn parse(value: &[u8]) -> anyhow::Result<LateEvent> {
+        serde_json::from_slice(value)
+            .context("a late event is a JSON object with rule, key and event.id")
     }
 }
 
@@ -516,6 +1008,8 @@ pub struct RuleCount {
     /// The first keys whose count is off: (key, expected, found).
     pub keys_off: Vec<(String, u64, u64)>,
     pub keys_off_total: usize,
+    /// Events the worker judged late for this rule (left out of `expected`).
+    pub late: u64,
 }
 
 /// The outcome of comparing expected and found matches.
@@ -527,11 +1021,20 @@ pub struct CepReconciliation {
     pub repeated_ids: Vec<String>,
     /// Matches of rules or versions the oracle was not given: counted, not judged.
     pub not_judged: u64,
+    /// The first late events that should not have been (see [`Expected::exclude_late`]).
+    pub wrongly_late: Vec<String>,
+    pub wrongly_late_total: u64,
 }
 
 impl CepReconciliation {
     pub fn is_exact(&self) -> bool {
-        self.repeated_ids.is_empty() && self.rules.iter().all(|r| r.missing + r.extra == 0)
+        self.repeated_ids.is_empty()
+            && self.wrongly_late_total == 0
+            && self.rules.iter().all(|r| r.missing + r.extra == 0)
+    }
+
+    pub fn late(&self) -> u64 {
+        self.rules.iter().map(|r| r.late).sum()
     }
 
     pub fn expected(&self) -> u64 {
@@ -567,8 +1070,10 @@ pub fn compare(expected: &Expected, found: &[FoundMatch]) -> CepReconciliation {
     let mut rules: Vec<RuleCount> = expected
         .rules
         .iter()
-        .map(|r| RuleCount {
+        .zip(&expected.late.by_rule)
+        .map(|(r, late)| RuleCount {
             rule: r.name.clone(),
+            late: *late,
             ..RuleCount::default()
         })
         .collect();
@@ -593,7 +1098,9 @@ pub fn compare(expected: &Expected, found: &[FoundMatch]) -> CepReconciliation {
     CepReconciliation {
         rules,
         repeated_ids: repeated.into_iter().collect(),
-        not_judged,
+        not_judged: not_judged + expected.late.not_judged,
+        wrongly_late: expected.late.wrong.clone(),
+        wrongly_late_total: expected.late.wrong_total,
     }
 }
 
@@ -603,23 +1110,26 @@ impl fmt::Display for CepReconciliation {
         let extra: u64 = self.rules.iter().map(|r| r.extra).sum();
         write!(
             f,
-            "matches expected {}, found {}: missing {missing}, extra {extra}, repeated match ids {}",
+            "matches expected {}, found {}: missing {missing}, extra {extra}, repeated match ids {}; \
+             late events {}, judged late wrongly {}",
             self.expected(),
             self.found(),
-            self.repeated_ids.len()
+            self.repeated_ids.len(),
+            self.late(),
+            self.wrongly_late_total
         )?;
         if self.not_judged > 0 {
             write!(
                 f,
-                " ({} matches of other rules or versions not judged)",
+                " ({} matches or late events of other rules or versions not judged)",
                 self.not_judged
             )?;
         }
         for r in &self.rules {
             write!(
                 f,
-                "\n  {:<20} expected {:>7}  found {:>7}  missing {:>5}  extra {:>5}",
-                r.rule, r.expected, r.found, r.missing, r.extra
+                "\n  {:<24} expected {:>7}  found {:>7}  missing {:>5}  extra {:>5}  late {:>5}",
+                r.rule, r.expected, r.found, r.missing, r.extra, r.late
             )?;
             if !r.keys_off.is_empty() {
                 let shown: Vec<String> = r
@@ -641,6 +1151,20 @@ impl fmt::Display for CepReconciliation {
                 .map(String::as_str)
                 .collect();
             write!(f, "\n  repeated match ids: {}", shown.join(" "))?;
+        }
+        if !self.wrongly_late.is_empty() {
+            write!(
+                f,
+                "\n  judged late wrongly: {}",
+                self.wrongly_late.join("; ")
+            )?;
+            if self.wrongly_late_total > self.wrongly_late.len() as u64 {
+                write!(
+                    f,
+                    " and {} more",
+                    self.wrongly_late_total - self.wrongly_late.len() as u64
+                )?;
+            }
         }
         Ok(())
     }
@@ -674,8 +1198,24 @@ pub async fn expected_from_clean(
                     .into_iter()
                     .map(|(name, value)| Ok((name, Value::try_from(value)?)))
                     .collect::<anyhow::Result<_>>()?;
+                let headers = message
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key, h.value));
+                let id = RecordId::from_headers(headers)
+                    .with_context(|| {
+                        format!(
+                            "{topic} partition {} offset {}",
+                            message.partition(),
+                            message.offset()
+                        )
+                    })?
+                    .map(|id| format!("{}/{}/{}", id.host, id.file.to_hex(), id.offset))
+                    .unwrap_or_default();
                 expected.add(&CleanEvent {
                     topic,
+                    id: &id,
                     timestamp_ms: message.timestamp().to_millis().unwrap_or(i64::MIN),
                     fields: &fields,
                 });
@@ -685,6 +1225,29 @@ pub async fn expected_from_clean(
         Ok(expected)
     })
     .await?
+}
+
+/// Reads the late topic (read_committed) to its end; none when the worker never made it.
+pub fn read_late(read_bootstrap: &str) -> anyhow::Result<Vec<LateEvent>> {
+    let Some(mut reader) =
+        TopicReader::new_if_exists(read_bootstrap, CEP_LATE_TOPIC, LATE_TOPIC_WAIT)?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut late = Vec::new();
+    reader.read_new(READ_TIMEOUT, |message| {
+        late.push(
+            LateEvent::parse(message.payload().unwrap_or_default()).with_context(|| {
+                format!(
+                    "{CEP_LATE_TOPIC} partition {} offset {}",
+                    message.partition(),
+                    message.offset()
+                )
+            })?,
+        );
+        Ok(())
+    })?;
+    Ok(late)
 }
 
 /// The matches topic, read a bit more each time (read_committed).
@@ -750,6 +1313,7 @@ mod tests {
         for (at, value) in events {
             expected.add(&CleanEvent {
                 topic: "clean.game",
+                id: "h/0/0",
                 timestamp_ms: *at,
                 fields: &fields(value.clone()),
             });
@@ -787,14 +1351,37 @@ mod tests {
                 "login-hearts",
                 "level-3-gems",
                 "pvp-5-wins",
-                "shopper-fighter"
+                "shopper-fighter",
+                "level-3-then-pvp",
+                "purchases-2-per-minute"
             ]
         );
         let repeats: Vec<Repeat> = rules.iter().map(|r| r.repeat).collect();
         assert_eq!(
             repeats,
-            [Repeat::Every, Repeat::Once, Repeat::Every, Repeat::Once]
+            [
+                Repeat::Every,
+                Repeat::Once,
+                Repeat::Every,
+                Repeat::Once,
+                Repeat::Once,
+                Repeat::Once
+            ]
         );
+        let groupings: Vec<Option<Grouping>> = rules
+            .iter()
+            .map(|r| r.timing.as_ref().map(|t| t.grouping))
+            .collect();
+        assert_eq!(
+            groupings[3..],
+            [
+                None,
+                Some(Grouping::Sequence { within_ms: 120_000 }),
+                Some(Grouping::Windows(Window::Tumbling { size_ms: 60_000 }))
+            ]
+        );
+        assert_eq!(rules[4].max_out_of_order(), Some(Duration::from_secs(5)));
+        assert_eq!(rules[0].max_out_of_order(), None);
         assert_eq!(
             rules[3].steps.iter().map(|s| s.count).collect::<Vec<_>>(),
             [2, 3]
@@ -814,14 +1401,21 @@ mod tests {
             (&["pvp_win"; 5], &[("pvp-5-wins", 1)]),
             (&["pvp_win"; 9], &[("pvp-5-wins", 1)]),
             (&["pvp_win"; 10], &[("pvp-5-wins", 2)]),
-            (&["purchase", "purchase", "pvp_win", "pvp_win"], &[]),
+            (
+                &["purchase", "purchase", "pvp_win", "pvp_win"],
+                &[("purchases-2-per-minute", 1)],
+            ),
             (
                 &["pvp_win", "purchase", "pvp_win", "purchase", "pvp_win"],
-                &[("shopper-fighter", 1)],
+                &[("purchases-2-per-minute", 1), ("shopper-fighter", 1)],
             ),
             (
                 &[&["purchase"; 6][..], &["pvp_win"; 15][..]].concat(),
-                &[("pvp-5-wins", 3), ("shopper-fighter", 1)],
+                &[
+                    ("pvp-5-wins", 3),
+                    ("purchases-2-per-minute", 1),
+                    ("shopper-fighter", 1),
+                ],
             ),
             (&["reward", "level_up"], &[]),
         ];
@@ -873,6 +1467,7 @@ mod tests {
         ]);
         expected.add(&CleanEvent {
             topic: "clean.other",
+            id: "h/0/1",
             timestamp_ms: T0,
             fields: &fields(game("a", "login")),
         });
@@ -933,7 +1528,22 @@ mod tests {
                 .extend(extra.as_object().unwrap().clone());
             doc
         };
-        assert!(refused(base(json!({"window": "5m"}))).contains("`window` is not modelled"));
+        assert!(
+            refused(base(json!({"group_by": ["server"]}))).contains("`group_by` is not modelled")
+        );
+        assert!(refused(base(json!({"window": "5m"}))).contains("a window is a map"));
+        assert!(
+            refused(base(json!({"window": {"tumbling": "1m", "every": "1m"}})))
+                .contains("a window is")
+        );
+        assert!(refused(base(json!({"ordered": true}))).contains("`ordered` needs `within`"));
+        assert!(
+            refused(base(json!({"within": "1m", "window": {"session": "1m"}})))
+                .contains("`within` with `window`")
+        );
+        assert!(refused(base(json!({"within": "soon"}))).contains("`within`"));
+        assert!(refused(base(json!({"schedule": {"starts_at": "monday"}})))
+            .contains("`starts_at` is not an RFC 3339 time"));
         assert!(refused(base(json!({"repeat": "every", "event_list": [
             {"when": "a == 1"}, {"when": "b == 1"}
         ]})))
@@ -999,7 +1609,8 @@ mod tests {
         let text = exact.to_string();
         assert!(
             text.starts_with(
-                "matches expected 4, found 4: missing 0, extra 0, repeated match ids 0 (2 matches"
+                "matches expected 4, found 4: missing 0, extra 0, repeated match ids 0; \
+                 late events 0, judged late wrongly 0 (2 matches or late events"
             ),
             "{text}"
         );
@@ -1028,7 +1639,9 @@ mod tests {
                 ("login-hearts", 3, 3, 1, 1),
                 ("level-3-gems", 1, 2, 0, 1),
                 ("pvp-5-wins", 0, 1, 0, 1),
-                ("shopper-fighter", 0, 0, 0, 0)
+                ("shopper-fighter", 0, 0, 0, 0),
+                ("level-3-then-pvp", 0, 0, 0, 0),
+                ("purchases-2-per-minute", 0, 0, 0, 0)
             ]
         );
         let text = off.to_string();
@@ -1055,5 +1668,353 @@ mod tests {
         assert!(FoundMatch::parse(b"{\"rule\":\"x\"}").is_err());
         let numeric = json!({"rule": "r", "key": 7, "match_id": "m"}).to_string();
         assert_eq!(FoundMatch::parse(numeric.as_bytes()).unwrap().key, "7");
+    }
+
+    /// Steps `x` then `y` (by the field `event`) and whatever `extra` adds to the document.
+    fn timed_rule(extra: Value) -> RuleSpec {
+        let mut doc = json!({"name": "t", "source": "clean.game", "key": "player_id",
+            "event_list": [{"when": "event == 'x'"}, {"when": "event == 'y'"}]});
+        doc.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        RuleSpec::from_document(&doc, None, 0).unwrap()
+    }
+
+    /// Adds player `a`'s events (event time in ms, event) in the order given, the i-th with
+    /// event id `h/0/<i>` and its event time as record timestamp; the rule's matches for `a`.
+    fn timed_matches(rule: &RuleSpec, events: &[(i64, &str)]) -> u64 {
+        let mut expected = Expected::new(vec![rule.clone()]);
+        for (i, (at, event)) in events.iter().enumerate() {
+            expected.add(&CleanEvent {
+                topic: "clean.game",
+                id: &format!("h/0/{i}"),
+                timestamp_ms: *at,
+                fields: &fields(json!({"event": event, "player_id": "a", "event_time": at})),
+            });
+        }
+        expected
+            .matches()
+            .get(&("t".into(), "a".into()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    type TimedCase<'a> = (Value, &'a [(i64, &'a str)], u64);
+
+    fn check_timed(table: &[TimedCase<'_>]) {
+        for (extra, events, want) in table {
+            let rule = timed_rule(extra.clone());
+            assert_eq!(
+                timed_matches(&rule, events),
+                *want,
+                "rule {extra} events {events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sequence_takes_its_steps_in_event_time_order_within_its_span() {
+        let once = json!({"ordered": true, "within": "10s"});
+        let every = json!({"ordered": true, "within": "10s", "repeat": "every"});
+        let x2 = json!({"ordered": true, "within": "10s", "repeat": "every",
+            "event_list": [{"when": "event == 'x'", "count": 2}, {"when": "event == 'y'"}]});
+        check_timed(&[
+            (once.clone(), &[(0, "x"), (5_000, "y")], 1),
+            (once.clone(), &[(0, "y"), (5_000, "x")], 0),
+            // Read in the other order, the same events in event time.
+            (once.clone(), &[(5_000, "y"), (0, "x")], 1),
+            (once.clone(), &[(0, "x"), (10_000, "y")], 1),
+            (once.clone(), &[(0, "x"), (10_001, "y")], 0),
+            (once.clone(), &[(0, "x"), (9_000, "z"), (10_001, "y")], 0),
+            (
+                once.clone(),
+                &[(0, "x"), (10_001, "y"), (12_000, "x"), (13_000, "y")],
+                1,
+            ),
+            (once.clone(), &[(0, "x"), (1, "y"), (2, "x"), (3, "y")], 1),
+            // Equal times: the event id decides ("h/0/0" before "h/0/1").
+            (once.clone(), &[(7, "y"), (7, "x")], 0),
+            (once.clone(), &[(7, "x"), (7, "y")], 1),
+            (every.clone(), &[(0, "x"), (1, "y"), (2, "x"), (3, "y")], 2),
+            // After a match the next starts after its last event: the second x is used up.
+            (every.clone(), &[(0, "x"), (1, "x"), (2, "y"), (3, "y")], 1),
+            (every, &[(0, "x"), (20_000, "x"), (25_000, "y")], 1),
+            (x2.clone(), &[(0, "x"), (1, "y"), (2, "x"), (3, "y")], 1),
+            (x2.clone(), &[(0, "x"), (1, "y"), (2, "y"), (3, "x")], 0),
+            (x2, &[(0, "x"), (9_000, "x"), (11_000, "y")], 0),
+        ]);
+    }
+
+    #[test]
+    fn within_without_order_needs_every_step_in_its_span() {
+        let once = json!({"within": "10s"});
+        let every = json!({"within": "10s", "repeat": "every"});
+        check_timed(&[
+            (once.clone(), &[(0, "y"), (5_000, "x")], 1),
+            (once.clone(), &[(0, "y"), (10_000, "x")], 1),
+            (once.clone(), &[(0, "y"), (10_001, "x")], 0),
+            (once.clone(), &[(0, "y"), (10_001, "x"), (15_000, "y")], 1),
+            (once, &[(0, "x"), (1, "y"), (2, "y"), (3, "x")], 1),
+            (every.clone(), &[(0, "x"), (1, "y"), (2, "y"), (3, "x")], 2),
+            (every, &[(0, "x"), (1, "x"), (2, "y"), (3, "y")], 1),
+        ]);
+    }
+
+    #[test]
+    fn windows_count_afresh_each() {
+        let two_x = |window: Value, repeat: &str| {
+            json!({"window": window, "repeat": repeat,
+                "event_list": [{"when": "event == 'x'", "count": 2}]})
+        };
+        let tumbling = two_x(json!({"tumbling": "1m"}), "once");
+        let sliding = two_x(json!({"sliding": "10s", "every": "5s"}), "once");
+        let session = two_x(json!({"session": "5s"}), "once");
+        let events = two_x(json!({"events": 3}), "once");
+        check_timed(&[
+            (tumbling.clone(), &[(0, "x"), (59_999, "x")], 1),
+            (tumbling.clone(), &[(59_999, "x"), (60_000, "x")], 0),
+            (tumbling.clone(), &[(-1, "x"), (0, "x")], 0),
+            (
+                tumbling.clone(),
+                &[(0, "x"), (1, "x"), (2, "x"), (60_000, "x"), (60_001, "x")],
+                2,
+            ),
+            (two_x(json!({"tumbling": "1m"}), "every"), &[(0, "x"); 5], 2),
+            // Windows [-5 s, 5 s), [0, 10 s), [5 s, 15 s), ...
+            (sliding.clone(), &[(4_000, "x"), (6_000, "x")], 1),
+            (
+                sliding.clone(),
+                &[(4_000, "x"), (6_000, "x"), (8_000, "x")],
+                2,
+            ),
+            (sliding.clone(), &[(1_000, "x"), (4_999, "x")], 2),
+            (sliding, &[(0, "x"), (10_000, "x")], 0),
+            (session.clone(), &[(0, "x"), (5_000, "x")], 1),
+            (session.clone(), &[(0, "x"), (5_001, "x")], 0),
+            // Only rule events make a session.
+            (session.clone(), &[(0, "x"), (3_000, "z"), (6_000, "x")], 0),
+            (
+                session,
+                &[(0, "x"), (4_000, "x"), (8_000, "x"), (12_000, "x")],
+                1,
+            ),
+            (events.clone(), &[(0, "x"); 6], 2),
+            (
+                events.clone(),
+                &[(0, "x"), (1, "z"), (2, "x"), (3, "x"), (4, "x")],
+                1,
+            ),
+            (
+                events,
+                &[(0, "x"), (1, "x"), (2, "x"), (3, "x"), (4, "x")],
+                2,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn without_a_window_timed_rules_count_in_event_time_order_within_the_schedule() {
+        // Several steps with `every`: defined once the order is the event time.
+        let every = json!({"max_out_of_order": "5s", "repeat": "every"});
+        let scheduled = json!({"schedule": {"starts_at": "1970-01-01T00:00:10Z",
+            "ends_at": "1970-01-01T09:00:20+09:00"}});
+        check_timed(&[
+            (every.clone(), &[(0, "x"), (1, "x"), (2, "y"), (3, "y")], 1),
+            (every.clone(), &[(3, "y"), (0, "x"), (2, "x"), (1, "y")], 2),
+            (scheduled.clone(), &[(9_999, "x"), (10_000, "y")], 0),
+            (scheduled.clone(), &[(10_000, "x"), (19_999, "y")], 1),
+            (scheduled, &[(10_000, "x"), (20_000, "y")], 0),
+        ]);
+    }
+
+    #[test]
+    fn event_time_is_rfc_3339_or_millis_or_else_the_record_timestamp() {
+        let rule = timed_rule(json!({"ordered": true, "within": "1s", "event_time": "at"}));
+        let timing = rule.timing.as_ref().unwrap();
+        let time = |at: Value| {
+            RuleSpec::event_time_ms(
+                timing,
+                &CleanEvent {
+                    topic: "clean.game",
+                    id: "",
+                    timestamp_ms: 42,
+                    fields: &fields(json!({ "at": at })),
+                },
+            )
+        };
+        assert_eq!(time(json!(1_000)), 1_000);
+        assert_eq!(time(json!("1970-01-01T00:00:01.500Z")), 1_500);
+        assert_eq!(time(json!("1970-01-01T01:00:01+01:00")), 1_000);
+        assert_eq!(time(json!("1970-01-01T00:00:01-00:30")), 1_801_000);
+        assert_eq!(time(json!("yesterday")), 42);
+        assert_eq!(time(json!(true)), 42);
+        assert_eq!(time(Value::Null), 42);
+    }
+
+    #[test]
+    fn the_order_events_are_read_in_does_not_change_any_rule() {
+        use rand::seq::SliceRandom as _;
+        use rand::{Rng as _, SeedableRng as _};
+        let extra = [
+            json!({"name": "within", "source": "clean.game", "key": "player_id",
+                "within": "30s", "repeat": "every", "event_list": [
+                    {"when": "event == 'purchase'"}, {"when": "event == 'pvp_win'", "count": 2}]}),
+            json!({"name": "sliding", "source": "clean.game", "key": "player_id",
+                "window": {"sliding": "40s", "every": "15s"}, "repeat": "every",
+                "event_list": [{"when": "event == 'pvp_win'", "count": 2}]}),
+            json!({"name": "session", "source": "clean.game", "key": "player_id",
+                "window": {"session": "10s"}, "event_list": [
+                    {"when": "event == 'login'"}, {"when": "event == 'purchase'"}]}),
+            json!({"name": "events", "source": "clean.game", "key": "player_id",
+                "window": {"events": 4}, "repeat": "every", "event_list": [
+                    {"when": "event == 'login'"}, {"when": "event == 'pvp_win'"}]}),
+        ];
+        let mut rules = seed();
+        rules.extend(
+            extra
+                .iter()
+                .map(|doc| RuleSpec::from_document(doc, None, 0).unwrap()),
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut levels: HashMap<&str, i64> = HashMap::new();
+        let events: Vec<(String, i64, Value)> = (0..3000)
+            .map(|i| {
+                let player = ["a", "b", "c", "d"][rng.random_range(0..4)];
+                let at = T0 + rng.random_range(0..600_000);
+                let event = ["login", "level_up", "purchase", "pvp_win"][rng.random_range(0..4)];
+                let mut value = json!({"event": event, "player_id": player, "event_time": at});
+                if event == "level_up" {
+                    let level = levels.entry(player).or_insert(1);
+                    *level = *level % 5 + 1;
+                    value["level"] = json!(*level);
+                }
+                (format!("h/{}/{i}", i % 3), at, value)
+            })
+            .collect();
+        let expect_in = |events: &[(String, i64, Value)]| {
+            let mut expected = Expected::new(rules.clone());
+            for (id, at, value) in events {
+                expected.add(&CleanEvent {
+                    topic: "clean.game",
+                    id,
+                    timestamp_ms: *at,
+                    fields: &fields(value.clone()),
+                });
+            }
+            expected.matches()
+        };
+        let reference = expect_in(&events);
+        for name in [
+            "level-3-then-pvp",
+            "purchases-2-per-minute",
+            "within",
+            "sliding",
+            "session",
+            "events",
+        ] {
+            assert!(
+                reference.keys().filter(|(r, _)| r == name).count() >= 2,
+                "{name} matches too rarely to tell: {reference:?}"
+            );
+        }
+        let mut shuffled = events.clone();
+        for _ in 0..5 {
+            shuffled.shuffle(&mut rng);
+            assert_eq!(expect_in(&shuffled), reference);
+        }
+    }
+
+    #[test]
+    fn late_events_are_left_out_and_must_have_been_written_late() {
+        const AT: i64 = 1_800_000_000_000;
+        let rules = seed();
+        let mut expected = Expected::new(rules);
+        // (id, event time, record timestamp, event): a's pvp win came 10 minutes late.
+        let events = [
+            ("h/0/0", AT, AT, level("a", 3)),
+            ("h/0/1", AT + 1_000, AT + 601_000, game("a", "pvp_win")),
+            ("h/0/2", AT, AT, level("b", 3)),
+            ("h/0/3", AT + 2_000, AT + 2_000, game("b", "pvp_win")),
+        ];
+        for (id, time, timestamp, mut value) in events {
+            value["event_time"] = json!(time);
+            expected.add(&CleanEvent {
+                topic: "clean.game",
+                id,
+                timestamp_ms: timestamp,
+                fields: &fields(value),
+            });
+        }
+        let late = |rule: &str, key: &str, id: &str| LateEvent {
+            rule: rule.into(),
+            version: Some(1),
+            key: key.into(),
+            event: LateEventId { id: id.into() },
+        };
+        let sequence = |e: &Expected| {
+            e.matches()
+                .into_iter()
+                .filter(|((r, _), _)| r == "level-3-then-pvp")
+                .map(|((_, k), n)| (k, n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sequence(&expected), [("a".into(), 1), ("b".into(), 1)]);
+        let mut judged = expected.clone();
+        judged.exclude_late(&[late("level-3-then-pvp", "a", "h/0/1")]);
+        assert_eq!(sequence(&judged), [("b".to_owned(), 1)]);
+        let outcome = compare(
+            &judged,
+            &[
+                found("level-3-then-pvp", "b", "m1"),
+                found("level-3-gems", "a", "m2"),
+                found("level-3-gems", "b", "m3"),
+            ],
+        );
+        assert!(outcome.is_exact(), "{outcome}");
+        assert_eq!((outcome.late(), outcome.rules[4].late), (1, 1));
+        assert!(outcome
+            .to_string()
+            .contains("late events 1, judged late wrongly 0"));
+
+        let mut wrong = expected;
+        wrong.exclude_late(&[
+            late("level-3-then-pvp", "a", "h/0/1"),
+            late("level-3-then-pvp", "a", "h/0/1"),
+            late("level-3-then-pvp", "b", "h/0/3"),
+            late("level-3-then-pvp", "b", "h/0/9"),
+            late("login-hearts", "a", "h/0/1"),
+            late("someone-elses", "a", "h/0/1"),
+        ]);
+        assert_eq!(sequence(&wrong), []);
+        let outcome = compare(&wrong, &[]);
+        assert!(!outcome.is_exact());
+        assert_eq!((outcome.wrongly_late_total, outcome.not_judged), (4, 1));
+        let text = outcome.to_string();
+        for why in [
+            "a event h/0/1 (late twice)",
+            "b event h/0/3 (written on time)",
+            "b event h/0/9 (not an event",
+            "login-hearts key a event h/0/1 (not an event",
+        ] {
+            assert!(text.contains(why), "{why} not in {text}");
+        }
+    }
+
+    #[test]
+    fn a_late_record_is_read_from_its_json() {
+        let value = json!({"rule": "r", "version": 2, "key": 7, "late_by_ms": 600_000,
+            "event": {"id": "h/00ff/12", "topic": "clean.game", "partition": 1, "offset": 3,
+                "event_time": "2026-01-01T00:00:00.000Z"}});
+        let late = LateEvent::parse(value.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (
+                late.rule.as_str(),
+                late.version,
+                late.key.as_str(),
+                late.event.id.as_str()
+            ),
+            ("r", Some(2), "7", "h/00ff/12")
+        );
+        assert!(LateEvent::parse(b"{\"rule\":\"r\",\"key\":\"k\"}").is_err());
     }
 }

@@ -730,6 +730,17 @@ pub struct TopicReader {
 impl TopicReader {
     /// Waits up to `timeout` for the topic to have partitions; reads nothing yet.
     pub fn new(bootstrap: &str, topic: &str, timeout: Duration) -> anyhow::Result<TopicReader> {
+        TopicReader::new_if_exists(bootstrap, topic, timeout)?
+            .with_context(|| format!("topic {topic} has no partitions within {timeout:?}"))
+    }
+
+    /// As [`TopicReader::new`], but `None` when the topic still has no partitions after
+    /// `timeout`: for a topic a service makes only once it has something to write.
+    pub fn new_if_exists(
+        bootstrap: &str,
+        topic: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<TopicReader>> {
         let consumer = end_reader(read_committed_config(bootstrap, "logpipe-test-reader"))?;
         let deadline = Instant::now() + timeout;
         let partitions = loop {
@@ -738,15 +749,15 @@ impl TopicReader {
                 break found;
             }
             if Instant::now() >= deadline {
-                bail!("topic {topic} has no partitions within {timeout:?}");
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        Ok(TopicReader {
+        Ok(Some(TopicReader {
             topic: topic.to_owned(),
             consumer,
             next: vec![Offset::Beginning; partitions],
-        })
+        }))
     }
 
     pub fn topic(&self) -> &str {

@@ -122,6 +122,15 @@ pub struct LoadgenArgs {
     /// Fraction of lines that are invalid (malformed JSON, missing field, wrong type).
     #[arg(long, default_value_t = 0.0)]
     pub invalid: f64,
+    /// Fraction of lines whose `event_time` is up to 3 s before the time of writing: out of
+    /// order, as lines of several servers are, but within a CEP rule's default
+    /// `max_out_of_order` (5 s), so never late.
+    #[arg(long, default_value_t = 0.0)]
+    pub disorder: f64,
+    /// Fraction of lines whose `event_time` is 10 minutes before the time of writing: late for
+    /// any CEP rule with the default lateness, on purpose.
+    #[arg(long, default_value_t = 0.0)]
+    pub late: f64,
     /// Rotation strategy.
     #[arg(long, value_enum, default_value_t = Rotation::None)]
     pub rotate: Rotation,
@@ -161,6 +170,8 @@ impl LoadgenArgs {
             rate: 0.0,
             line_size: SizeMix(vec![(250, 1)]),
             invalid: 0.0,
+            disorder: 0.0,
+            late: 0.0,
             rotate: Rotation::None,
             rotate_bytes: 5_000_000,
             keep: 0,
@@ -177,6 +188,10 @@ impl LoadgenArgs {
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.invalid),
             "--invalid must be a fraction between 0 and 1"
+        );
+        anyhow::ensure!(
+            self.disorder >= 0.0 && self.late >= 0.0 && self.disorder + self.late <= 1.0,
+            "--disorder and --late must be fractions adding up to at most 1"
         );
         anyhow::ensure!(self.rate >= 0.0, "--rate must not be negative");
         anyhow::ensure!(self.rotate_bytes > 0, "--rotate-bytes must be positive");
@@ -259,6 +274,12 @@ pub struct Report {
     pub rotations: u64,
     pub events: BTreeMap<String, u64>,
     pub invalid_by_kind: BTreeMap<InvalidKind, u64>,
+    /// Lines written with an `event_time` up to [`DISORDER_MAX`] back (`--disorder`).
+    #[serde(default)]
+    pub disordered: u64,
+    /// Lines written with an `event_time` [`LATE_BY`] back (`--late`).
+    #[serde(default)]
+    pub late: u64,
     pub files: Vec<FileReport>,
     pub invalid_lines: Vec<InvalidLine>,
 }
@@ -277,7 +298,8 @@ impl Report {
             .map(|(k, n)| format!("{k:?}={n}"))
             .collect();
         format!(
-            "loadgen {}: {} lines ({} valid, invalid: {}), {} bytes, {} rotations in {:.1}s",
+            "loadgen {}: {} lines ({} valid, invalid: {}; {} out of order, {} late), {} bytes, \
+             {} rotations in {:.1}s",
             self.run_id,
             self.lines,
             self.valid,
@@ -286,6 +308,8 @@ impl Report {
             } else {
                 invalid.join(" ")
             },
+            self.disordered,
+            self.late,
             self.bytes,
             self.rotations,
             self.elapsed_secs
@@ -404,6 +428,8 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
         rotations: 0,
         events: BTreeMap::new(),
         invalid_by_kind: BTreeMap::new(),
+        disordered: 0,
+        late: 0,
         files: Vec::new(),
         invalid_lines: Vec::new(),
     };
@@ -421,15 +447,20 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
             (rng.random::<f64>() < args.invalid).then(|| InvalidKind::ALL[rng.random_range(0..3)]);
         line.clear();
         let target = args.line_size.pick(&mut rng);
-        render(
-            &mut line,
-            &mut rng,
-            &mut players,
-            &id,
+        let back = backdate(args, &mut rng);
+        match back {
+            Backdate::None => {}
+            Backdate::Disordered(_) => report.disordered += 1,
+            Backdate::Late => report.late += 1,
+        }
+        let what = Line {
+            id: &id,
             event,
+            event_time: back.event_time(SystemTime::now()),
             target,
             invalid,
-        );
+        };
+        render(&mut line, &mut rng, &mut players, what);
         let file = &mut files[rng.random_range(0..args.files)];
         file.write_line(&line)?;
         if args.rotate != Rotation::None && file.size >= args.rotate_bytes {
@@ -466,6 +497,46 @@ pub fn run(args: &LoadgenArgs, stop: &AtomicBool) -> anyhow::Result<Report> {
         crate::write_atomically(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(report)
+}
+
+/// The most a `--disorder` line's event time is set back.
+pub const DISORDER_MAX: Duration = Duration::from_secs(3);
+/// How far a `--late` line's event time is set back.
+pub const LATE_BY: Duration = Duration::from_secs(600);
+
+/// How a line's event time is set back from the time it is written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backdate {
+    None,
+    Disordered(Duration),
+    Late,
+}
+
+impl Backdate {
+    fn event_time(self, now: SystemTime) -> SystemTime {
+        match self {
+            Backdate::None => now,
+            Backdate::Disordered(back) => now - back,
+            Backdate::Late => now - LATE_BY,
+        }
+    }
+}
+
+/// Draws a line's [`Backdate`]; draws nothing when neither share is asked for, so runs without
+/// them write what they always did for a seed.
+fn backdate(args: &LoadgenArgs, rng: &mut StdRng) -> Backdate {
+    if args.disorder + args.late <= 0.0 {
+        return Backdate::None;
+    }
+    let ticket: f64 = rng.random();
+    if ticket < args.late {
+        Backdate::Late
+    } else if ticket < args.late + args.disorder {
+        let most = DISORDER_MAX.as_millis() as u64;
+        Backdate::Disordered(Duration::from_millis(rng.random_range(1..=most)))
+    } else {
+        Backdate::None
+    }
 }
 
 /// Holds the pace: when ahead of schedule, flushes (so readers see whole lines promptly) and
@@ -532,21 +603,30 @@ const CURRENCIES: [&str; 6] = ["USD", "EUR", "GBP", "JPY", "KRW", "BRL"];
 const REWARDS: [&str; 4] = ["gold", "gem", "item", "xp"];
 const COUNTRIES: [&str; 8] = ["KR", "JP", "US", "DE", "FR", "BR", "GB", "TW"];
 
-/// Renders one line into `out`: `{"event_id":"...",` then the other fields.
-fn render(
-    out: &mut Vec<u8>,
-    rng: &mut StdRng,
-    players: &mut Players,
-    id: &str,
-    event: &str,
+/// What one line is to say, the rest being drawn at random.
+struct Line<'a> {
+    id: &'a str,
+    event: &'a str,
+    event_time: SystemTime,
+    /// Size in bytes to pad up to.
     target: usize,
     invalid: Option<InvalidKind>,
-) {
+}
+
+/// Renders one line into `out`: `{"event_id":"...",` then the other fields.
+fn render(out: &mut Vec<u8>, rng: &mut StdRng, players: &mut Players, line: Line<'_>) {
+    let Line {
+        id,
+        event,
+        event_time,
+        target,
+        invalid,
+    } = line;
     let mut fields = Map::new();
     fields.insert("event".into(), json!(event));
     fields.insert(
         "event_time".into(),
-        json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+        json!(humantime::format_rfc3339_millis(event_time).to_string()),
     );
     let player = players.pick(rng);
     fields.insert("player_id".into(), json!(player_id(player)));
@@ -928,6 +1008,83 @@ mod tests {
         assert!(busiest > 4 * quietest.max(1), "{busiest} vs {quietest}");
     }
 
+    /// Each valid line's event time and how far it is behind the latest one written before it,
+    /// in the order written.
+    fn lateness(dir: &Path) -> Vec<(String, i64)> {
+        let mut lines: Vec<Map<String, Value>> = read_lines(dir)
+            .iter()
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let seq = |e: &Map<String, Value>| -> u64 {
+            let id = e["event_id"].as_str().unwrap();
+            id.rsplit_once('-').unwrap().1.parse().unwrap()
+        };
+        lines.sort_by_key(seq);
+        let mut latest = i64::MIN;
+        lines
+            .iter()
+            .map(|e| {
+                let at = humantime::parse_rfc3339(e["event_time"].as_str().unwrap()).unwrap();
+                let ms = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                latest = latest.max(ms);
+                (e["event_id"].as_str().unwrap().to_owned(), latest - ms)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn some_lines_are_out_of_order_and_a_few_late_as_asked() {
+        let run_with = |dir: &Path| {
+            let mut args = LoadgenArgs::new(dir);
+            args.files = 2;
+            args.lines = 5000;
+            args.disorder = 0.1;
+            args.late = 0.01;
+            run(&args, &AtomicBool::new(false)).unwrap()
+        };
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let report = run_with(a.path());
+        assert!(
+            (400..600).contains(&report.disordered),
+            "about 10% of 5000 out of order: {}",
+            report.summary()
+        );
+        assert!((25..80).contains(&report.late), "{}", report.summary());
+        let behind = lateness(a.path());
+        let late: Vec<&str> = behind
+            .iter()
+            .filter(|(_, ms)| *ms > LATE_BY.as_millis() as i64 - 60_000)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(late.len() as u64, report.late);
+        // A line set back by up to 3 s is at most that far behind any written before it.
+        let most = behind
+            .iter()
+            .filter(|(id, _)| !late.contains(&id.as_str()))
+            .map(|(_, ms)| *ms)
+            .max()
+            .unwrap();
+        assert!(
+            (1..=DISORDER_MAX.as_millis() as i64).contains(&most),
+            "{most} ms"
+        );
+        // The same seed sets back the same lines.
+        let again = run_with(b.path());
+        assert_eq!(
+            (again.disordered, again.late),
+            (report.disordered, report.late)
+        );
+        let late_again: Vec<String> = lateness(b.path())
+            .into_iter()
+            .filter(|(_, ms)| *ms > LATE_BY.as_millis() as i64 - 60_000)
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(late_again, late);
+    }
+
     #[test]
     fn bad_options_are_rejected() {
         let mut args = LoadgenArgs::new("/nonexistent-dir-for-test");
@@ -942,6 +1099,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--players"));
+        args.players = 1;
+        args.disorder = 0.6;
+        args.late = 0.5;
+        assert!(run(&args, &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string()
+            .contains("--disorder"));
         assert!("0".parse::<SizeMix>().is_err());
         assert!("200:x".parse::<SizeMix>().is_err());
     }

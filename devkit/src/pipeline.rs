@@ -49,6 +49,10 @@ pub struct PipelineOptions {
     /// Also run a CEP worker (`logpipe-cep`, group [`CEP_GROUP`]) over the clean topics, with
     /// the rule documents of this file (a YAML list).
     pub cep_rules: Option<PathBuf>,
+    /// The CEP worker's `idle_timeout`: how long a source partition without records holds back
+    /// its watermark, i.e. how soon after the last event its event-time rules emit; default:
+    /// the worker's own.
+    pub cep_idle_timeout: Option<Duration>,
 }
 
 impl Default for PipelineOptions {
@@ -59,6 +63,7 @@ impl Default for PipelineOptions {
             partitions: 4,
             retention_bytes: 1 << 30,
             cep_rules: None,
+            cep_idle_timeout: None,
         }
     }
 }
@@ -251,6 +256,7 @@ impl Pipeline {
             raw: &raw,
             replay_state: &replay_state,
             cep_rules: cep_rules.as_deref(),
+            cep_idle_timeout: options.cep_idle_timeout,
             partitions: n,
         };
         let mut services = Vec::new();
@@ -484,6 +490,7 @@ struct ServiceConfigs<'a> {
     raw: &'a str,
     replay_state: &'a str,
     cep_rules: Option<&'a Path>,
+    cep_idle_timeout: Option<Duration>,
     partitions: i32,
 }
 
@@ -532,9 +539,13 @@ impl ServiceConfigs<'_> {
             // Its internal and output topics get the clean topics' partitions; a short session
             // lets a restarted worker take its partitions back quickly after a crash.
             Component::Cep => format!(
-                "schema_store = {}\ngroup = {}\ninstance = \"dev\"\nrules_file = {}\npartitions = {}\n\
+                "{}schema_store = {}\ngroup = {}\ninstance = \"dev\"\nrules_file = {}\npartitions = {}\n\
                  [kafka]\nbootstrap = {}\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
                  {telemetry}",
+                self.cep_idle_timeout.map_or_else(String::new, |idle| format!(
+                    "idle_timeout = {}\n",
+                    toml_str(&humantime::format_duration(idle).to_string())
+                )),
                 toml_str(&format!("http://{}", self.store_api)),
                 toml_str(CEP_GROUP),
                 self.cep_rules.map_or_else(|| "\"\"".into(), toml_path),
@@ -559,6 +570,7 @@ mod tests {
             raw: "raw.game",
             replay_state: "_lp.validator.logpipe-validator.replay-state",
             cep_rules: Some(Path::new("/r/game.yaml")),
+            cep_idle_timeout: Some(Duration::from_secs(3)),
             partitions: 4,
         };
         let telemetry: SocketAddr = "127.0.0.1:4".parse().unwrap();
@@ -582,6 +594,7 @@ mod tests {
             "group = \"logpipe-cep\"",
             "rules_file = \"/r/game.yaml\"",
             "partitions = 4",
+            "idle_timeout = \"3s\"",
             "bootstrap = \"127.0.0.1:2\"",
             "listen = \"127.0.0.1:4\"",
         ] {

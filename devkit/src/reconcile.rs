@@ -630,6 +630,8 @@ mod tests {
             rotations: 0,
             events: Default::default(),
             invalid_by_kind: Default::default(),
+            disordered: 0,
+            late: 0,
             files: Vec::new(),
             invalid_lines: invalid
                 .iter()

@@ -7,9 +7,9 @@
 //! service that exits (say, `kill -9` from another terminal) is started again, as a supervisor
 //! would. Ctrl-C, or the end of `--duration`, stops the generator, waits for the pipeline to
 //! drain, reconciles every line written against the clean and dead-letter topics by event id,
-//! waits for the CEP worker to catch up and checks its matches against the rules
-//! ([`crate::cep_oracle`]), stops every service gracefully and exits 0 only if both are exact.
-//! A second Ctrl-C kills everything and exits at once.
+//! waits for the CEP worker to catch up and checks its matches and late events against the
+//! rules ([`crate::cep_oracle`]), stops every service gracefully and exits 0 only if both are
+//! exact. A second Ctrl-C kills everything and exits at once.
 
 mod binaries;
 mod cep;
@@ -50,6 +50,13 @@ pub struct UpArgs {
     /// Fraction of lines written invalid (malformed JSON, missing field, wrong type).
     #[arg(long, default_value_t = 0.05)]
     pub invalid: f64,
+    /// Fraction of lines whose event time is set up to 3 s back: out of order, but not late.
+    #[arg(long, default_value_t = 0.05)]
+    pub disorder: f64,
+    /// Fraction of lines whose event time is set 10 minutes back: late for the CEP worker's
+    /// event-time rules, which must set them aside on `cep.late`.
+    #[arg(long, default_value_t = 0.002)]
+    pub late: f64,
     /// How the generator rotates its files.
     #[arg(long, value_enum, default_value_t = Rotation::Rename)]
     pub rotate: Rotation,
@@ -102,6 +109,9 @@ pub fn quiet_kafka_client_logs() {
 
 /// How long each service may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The CEP worker's `idle_timeout`: short, so that once the generator stops the worker's
+/// watermark soon passes the last events and their event-time results come out.
+const CEP_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// SIGINT/SIGTERM: the first cancels `first` (stop, drain, reconcile), the second `second`
 /// (kill everything now).
@@ -180,6 +190,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             println!("cep reconciliation: {cep}");
             if cep.is_exact() {
                 println!("exact: every match the rules call for is in cep.matches exactly once");
+                if cep.late() > 0 {
+                    println!(
+                        "  leaving out the {} events the worker set aside as late on cep.late, each one written late on purpose",
+                        cep.late()
+                    );
+                }
             }
             cep.is_exact()
         }
@@ -220,6 +236,10 @@ fn check(args: &UpArgs) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&args.invalid),
         "--invalid must be a fraction between 0 and 1"
     );
+    anyhow::ensure!(
+        args.disorder >= 0.0 && args.late >= 0.0 && args.disorder + args.late <= 1.0,
+        "--disorder and --late must be fractions adding up to at most 1"
+    );
     anyhow::ensure!((1..=16).contains(&args.brokers), "--brokers must be 1..=16");
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
     anyhow::ensure!(args.players >= 1, "--players must be at least 1");
@@ -250,6 +270,7 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
         brokers: args.brokers,
         partitions: args.partitions,
         cep_rules: Some(rules.clone()),
+        cep_idle_timeout: Some(CEP_IDLE_TIMEOUT),
         ..PipelineOptions::default()
     };
     let mut pipeline = tokio::select! {
@@ -269,6 +290,8 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
     generator.rate = args.rate;
     generator.line_size = args.line_size.clone();
     generator.invalid = args.invalid;
+    generator.disorder = args.disorder;
+    generator.late = args.late;
     generator.rotate = args.rotate;
     generator.rotate_bytes = args.rotate_bytes;
     generator.players = args.players;
@@ -355,7 +378,7 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
                 "pipeline drained; waiting up to {}s for the CEP worker to catch up",
                 args.drain_timeout.as_secs()
             ));
-            cep::reconcile(&pipeline, &rules, args.drain_timeout).await
+            cep::reconcile(&pipeline, &rules, CEP_IDLE_TIMEOUT, args.drain_timeout).await
         }
         Err(_) => Err(anyhow::anyhow!("not checked: the pipeline did not drain")),
     };
@@ -411,7 +434,7 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
          \x20 write cluster   bootstrap {}   control {}\n\
          \x20 read cluster    bootstrap {}   control {}\n\
          \x20 schema store    {}\n\
-         \x20 cep             http://{}   rules {} -> {}   (rules API: $CEP/rules/NAME)\n\
+         \x20 cep             http://{}   rules {} -> {}, late events {}   (rules API: $CEP/rules/NAME)\n\
          \x20 telemetry       {}\n\
          \x20 topics          {} -> {} / {}   (shell variables: {}/up.env)\n\
          \x20 Ctrl-C stops the generator, drains, reconciles and stops; a second Ctrl-C kills everything",
@@ -426,6 +449,7 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
         pipeline.telemetry(Component::Cep),
         rules.display(),
         logpipe_core::record::CEP_MATCHES_TOPIC,
+        logpipe_core::record::CEP_LATE_TOPIC,
         telemetry.join("  "),
         pipeline.raw_topic(),
         pipeline.clean_topics().join(","),

@@ -1,5 +1,6 @@
 //! `up`'s CEP worker: the rules it runs, waiting for it to catch up once the pipeline has
-//! drained, and the check of its matches against [`crate::cep_oracle`].
+//! drained (and, for event-time rules, for its watermark to pass the last events), and the
+//! check of its matches and late events against [`crate::cep_oracle`].
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -87,15 +88,64 @@ impl Progress {
     }
 }
 
-/// Once the pipeline has drained: waits (up to `timeout`) until the CEP worker has caught up,
-/// then compares its matches with what the rules call for, read from the clean topics.
+/// How long the worker must have had nothing to read before every result is out. An
+/// event-time rule emits once the watermark passes its events; after the last record, the
+/// watermark moves on only when the partitions count as idle (`idle_timeout`) and follow the
+/// clock, and trails by the rule's `max_out_of_order`.
+#[derive(Debug)]
+struct Quiet {
+    needed: Duration,
+    /// Since when the worker has had no lag.
+    since: Option<Instant>,
+}
+
+impl Quiet {
+    fn new(rules: &[RuleSpec], idle_timeout: Duration) -> Quiet {
+        let needed = rules
+            .iter()
+            .filter_map(RuleSpec::max_out_of_order)
+            .max()
+            .map_or(Duration::ZERO, |most| idle_timeout + most + DRAIN_POLL);
+        Quiet {
+            needed,
+            since: None,
+        }
+    }
+
+    /// Whether the worker, as seen `at`, has had no lag for long enough.
+    fn long_enough(&mut self, progress: &Progress, at: Instant) -> bool {
+        if progress.lag != Some(0.0) {
+            self.since = None;
+            return false;
+        }
+        at.duration_since(*self.since.get_or_insert(at)) >= self.needed
+    }
+}
+
+/// Once the pipeline has drained: waits (up to `timeout`) until the CEP worker has caught up
+/// and, with event-time rules, for its `idle_timeout` and their `max_out_of_order` more; then
+/// compares its matches with what the rules call for, read from the clean topics, leaving out
+/// the events it judged late.
 pub async fn reconcile(
     pipeline: &Pipeline,
     rules_file: &std::path::Path,
+    idle_timeout: Duration,
     timeout: Duration,
 ) -> anyhow::Result<CepReconciliation> {
     let bootstrap = pipeline.read_cluster().bootstrap().to_owned();
     let deadline = Instant::now() + timeout;
+    let yaml = std::fs::read_to_string(rules_file)
+        .with_context(|| format!("reading {}", rules_file.display()))?;
+    let url = format!("http://{}", pipeline.telemetry(Component::Cep));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut rules = Vec::new();
+    for name in rule_names(&yaml)? {
+        let stored: StoredRule = crate::get_json(&http, &format!("{url}/rules/{name}")).await?;
+        rules.push(stored.spec()?);
+    }
+    let mut quiet = Quiet::new(&rules, idle_timeout);
     let mut reader =
         tokio::task::spawn_blocking(move || MatchReader::open(&bootstrap, CEP_MATCHES_TOPIC))
             .await??;
@@ -109,7 +159,8 @@ pub async fn reconcile(
         reader = back;
         let metrics = pipeline.metrics(Component::Cep).await.unwrap_or_default();
         let now = Progress::from_metrics(&metrics, matches);
-        if now.drained_since(previous.as_ref()) {
+        let quiet_enough = quiet.long_enough(&now, Instant::now());
+        if now.drained_since(previous.as_ref()) && quiet_enough {
             break;
         }
         if Instant::now() + DRAIN_POLL >= deadline {
@@ -123,24 +174,16 @@ pub async fn reconcile(
         previous = Some(now);
         tokio::time::sleep(DRAIN_POLL).await;
     }
-    let yaml = std::fs::read_to_string(rules_file)
-        .with_context(|| format!("reading {}", rules_file.display()))?;
-    let url = format!("http://{}", pipeline.telemetry(Component::Cep));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let mut rules = Vec::new();
-    for name in rule_names(&yaml)? {
-        let stored: StoredRule = crate::get_json(&http, &format!("{url}/rules/{name}")).await?;
-        rules.push(stored.spec()?);
-    }
-    let expected = cep_oracle::expected_from_clean(
+    let mut expected = cep_oracle::expected_from_clean(
         pipeline.read_cluster().bootstrap(),
         &pipeline.schema_store_url(),
         &pipeline.clean_topics(),
         rules,
     )
     .await?;
+    let bootstrap = pipeline.read_cluster().bootstrap().to_owned();
+    let late = tokio::task::spawn_blocking(move || cep_oracle::read_late(&bootstrap)).await??;
+    expected.exclude_late(&late);
     Ok(cep_oracle::compare(&expected, reader.found()))
 }
 
@@ -149,7 +192,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_rules_file_names_four_rules() {
+    fn the_seed_rules_file_names_six_rules() {
         let yaml = std::fs::read_to_string(seed_rules()).unwrap();
         assert_eq!(
             rule_names(&yaml).unwrap(),
@@ -157,7 +200,9 @@ mod tests {
                 "login-hearts",
                 "level-3-gems",
                 "pvp-5-wins",
-                "shopper-fighter"
+                "shopper-fighter",
+                "level-3-then-pvp",
+                "purchases-2-per-minute"
             ]
         );
         assert!(rule_names("- source: x\n").is_err());
@@ -197,5 +242,34 @@ mod tests {
         let unassigned = Progress::from_metrics("", 0);
         assert_eq!(unassigned.lag, None);
         assert!(!unassigned.drained_since(Some(&unassigned)));
+    }
+
+    #[test]
+    fn event_time_rules_are_waited_for_their_watermark_after_the_lag_is_gone() {
+        let yaml = std::fs::read_to_string(seed_rules()).unwrap();
+        let seed = RuleSpec::from_yaml_list(&yaml, |_| Some((None, 0))).unwrap();
+        let idle = Duration::from_secs(3);
+        let caught_up = Progress {
+            lag: Some(0.0),
+            matches: 0,
+            emitted: None,
+        };
+        let behind = Progress {
+            lag: Some(1.0),
+            ..caught_up
+        };
+        let t0 = Instant::now();
+        let mut quiet = Quiet::new(&seed, idle);
+        // 3 s idle + 5 s max_out_of_order + one look.
+        assert_eq!(quiet.needed, Duration::from_secs(10));
+        assert!(!quiet.long_enough(&behind, t0));
+        assert!(!quiet.long_enough(&caught_up, t0 + Duration::from_secs(1)));
+        assert!(!quiet.long_enough(&caught_up, t0 + Duration::from_secs(10)));
+        assert!(quiet.long_enough(&caught_up, t0 + Duration::from_secs(11)));
+        // Lag again: the quiet starts over.
+        assert!(!quiet.long_enough(&behind, t0 + Duration::from_secs(12)));
+        assert!(!quiet.long_enough(&caught_up, t0 + Duration::from_secs(13)));
+        let untimed: Vec<RuleSpec> = seed.into_iter().take(4).collect();
+        assert!(Quiet::new(&untimed, idle).long_enough(&caught_up, t0));
     }
 }
