@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 use crate::rule::Rule;
 use crate::timing::From;
 
-/// Idle clocks move in whole seconds, so a silent worker writes a marker once a second.
-const IDLE_STEP_MS: i64 = 1_000;
+/// Idle clocks move in steps of a tenth of `idle_timeout`, within these bounds: a silent
+/// worker writes a marker per step (every 3 s with the default 30 s), and a window closes at
+/// most a step later than it could.
+const IDLE_STEP_MS: (i64, i64) = (1_000, 60_000);
 
 /// One source partition's progress in a marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,8 +162,10 @@ impl SourceClocks {
         now_ms: i64,
         idle_timeout: Duration,
     ) {
-        let at = now_ms - idle_timeout.as_millis() as i64;
-        let at = at - at.rem_euclid(IDLE_STEP_MS);
+        let timeout = idle_timeout.as_millis() as i64;
+        let step = (timeout / 10).clamp(IDLE_STEP_MS.0, IDLE_STEP_MS.1);
+        let at = now_ms - timeout;
+        let at = at - at.rem_euclid(step);
         for path in paths {
             self.observe("", partition, path, at);
         }
@@ -372,7 +376,7 @@ mod tests {
         );
         assert_eq!(
             source.marker(Duration::ZERO).unwrap()[0].clocks["event_time"],
-            1_204_000
+            1_203_000
         );
         source.release(&p);
         assert!(source.silent(Duration::ZERO).is_empty());

@@ -287,6 +287,14 @@ impl RuleSpec {
             .map(|t| Duration::from_millis(t.max_out_of_order_ms.max(0) as u64))
     }
 
+    /// A timed rule's `allowed_lateness`: its events are evaluated once its watermark is this
+    /// much past them. `None` when untimed.
+    pub fn allowed_lateness(&self) -> Option<Duration> {
+        self.timing
+            .as_ref()
+            .map(|t| Duration::from_millis(t.allowed_lateness_ms.max(0) as u64))
+    }
+
     /// The key an event has for this rule, if it is one the rule sees.
     fn key_of(&self, event: &CleanEvent<'_>) -> Option<String> {
         if event.timestamp_ms < self.created_at_ms || !self.sources.iter().any(|s| s == event.topic)

@@ -378,7 +378,7 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
                 "pipeline drained; waiting up to {}s for the CEP worker to catch up",
                 args.drain_timeout.as_secs()
             ));
-            cep::reconcile(&pipeline, &rules, CEP_IDLE_TIMEOUT, args.drain_timeout).await
+            cep::reconcile(&pipeline, &rules, args.drain_timeout).await
         }
         Err(_) => Err(anyhow::anyhow!("not checked: the pipeline did not drain")),
     };

@@ -3,7 +3,7 @@
 //! check of its matches and late events against [`crate::cep_oracle`].
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use crate::cep_oracle::{self, CepReconciliation, MatchReader, RuleSpec};
 use crate::pipeline::{Component, Pipeline};
 use crate::prometheus;
 use logpipe_core::metric_names::cep as metrics;
-use logpipe_core::record::CEP_MATCHES_TOPIC;
+use logpipe_core::record::{CEP_MATCHES_TOPIC, INTERNAL_PREFIX};
 
 /// Pause between two looks at the worker while it drains.
 const DRAIN_POLL: Duration = Duration::from_secs(2);
@@ -64,7 +64,9 @@ impl StoredRule {
 /// What the worker shows of its progress at one look.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Progress {
-    /// Records behind over every assigned partition; `None` before it has any.
+    /// Records behind on the source topics; `None` before it has any. (The repartition
+    /// topics are left out: with event-time rules they get watermark markers every few seconds
+    /// while the sources are silent, so their lag is seldom zero at a look.)
     lag: Option<f64>,
     /// Matches read from the matches topic so far.
     matches: usize,
@@ -75,8 +77,18 @@ struct Progress {
 impl Progress {
     fn from_metrics(text: &str, matches: usize) -> Progress {
         let samples = prometheus::parse(text);
+        let sources: Vec<f64> = samples
+            .iter()
+            .filter(|s| {
+                s.name == metrics::CONSUMER_LAG_RECORDS
+                    && !s
+                        .label("topic")
+                        .is_some_and(|t| t.starts_with(INTERNAL_PREFIX))
+            })
+            .map(|s| s.value)
+            .collect();
         Progress {
-            lag: prometheus::sum(&samples, metrics::CONSUMER_LAG_RECORDS, &[]),
+            lag: (!sources.is_empty()).then(|| sources.iter().sum()),
             matches,
             emitted: prometheus::sum(&samples, metrics::RULE_MATCHES_EMITTED, &[]),
         }
@@ -88,50 +100,62 @@ impl Progress {
     }
 }
 
-/// How long the worker must have had nothing to read before every result is out. An
-/// event-time rule emits once the watermark passes its events; after the last record, the
-/// watermark moves on only when the partitions count as idle (`idle_timeout`) and follow the
-/// clock, and trails by the rule's `max_out_of_order`.
+/// An event-time rule emits once its watermark passes its events. After the last record the
+/// watermark moves on when the source partitions count as idle and follow the wall clock, so
+/// every result is out once each timed rule's watermark (from its status) has passed the time
+/// the load stopped, plus the rule's `allowed_lateness`.
 #[derive(Debug)]
-struct Quiet {
-    needed: Duration,
-    /// Since when the worker has had no lag.
-    since: Option<Instant>,
+struct Watermarks {
+    /// (rule, the watermark it must reach, epoch ms).
+    wanted: Vec<(String, i64)>,
 }
 
-impl Quiet {
-    fn new(rules: &[RuleSpec], idle_timeout: Duration) -> Quiet {
-        let needed = rules
+impl Watermarks {
+    fn new(rules: &[RuleSpec], stopped_ms: i64) -> Watermarks {
+        let wanted = rules
             .iter()
-            .filter_map(RuleSpec::max_out_of_order)
-            .max()
-            .map_or(Duration::ZERO, |most| idle_timeout + most + DRAIN_POLL);
-        Quiet {
-            needed,
-            since: None,
-        }
+            .filter_map(|r| {
+                let lateness = r.allowed_lateness()?;
+                Some((r.name.clone(), stopped_ms + lateness.as_millis() as i64))
+            })
+            .collect();
+        Watermarks { wanted }
     }
 
-    /// Whether the worker, as seen `at`, has had no lag for long enough.
-    fn long_enough(&mut self, progress: &Progress, at: Instant) -> bool {
-        if progress.lag != Some(0.0) {
-            self.since = None;
-            return false;
+    /// The first rule whose watermark, by the worker's status, is not there yet.
+    async fn behind(&self, http: &reqwest::Client, url: &str) -> Option<String> {
+        for (name, wanted) in &self.wanted {
+            let status: anyhow::Result<Value> =
+                crate::get_json(http, &format!("{url}/rules/{name}/status")).await;
+            let at = status.ok().and_then(|s| {
+                s["watermark"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+            });
+            let passed = at
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .is_some_and(|t| t.as_millis() as i64 >= *wanted);
+            if !passed {
+                return Some(name.clone());
+            }
         }
-        at.duration_since(*self.since.get_or_insert(at)) >= self.needed
+        None
     }
 }
 
-/// Once the pipeline has drained: waits (up to `timeout`) until the CEP worker has caught up
-/// and, with event-time rules, for its `idle_timeout` and their `max_out_of_order` more; then
-/// compares its matches with what the rules call for, read from the clean topics, leaving out
-/// the events it judged late.
+/// Once the pipeline has drained: waits (up to `timeout`) until the CEP worker has read its
+/// sources and, with event-time rules, until their watermarks have passed the end of the load;
+/// then compares its matches with what the rules call for, read from the clean topics, leaving
+/// out the events it judged late.
 pub async fn reconcile(
     pipeline: &Pipeline,
     rules_file: &std::path::Path,
-    idle_timeout: Duration,
     timeout: Duration,
 ) -> anyhow::Result<CepReconciliation> {
+    let stopped_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("a clock before 1970")?
+        .as_millis() as i64;
     let bootstrap = pipeline.read_cluster().bootstrap().to_owned();
     let deadline = Instant::now() + timeout;
     let yaml = std::fs::read_to_string(rules_file)
@@ -145,7 +169,7 @@ pub async fn reconcile(
         let stored: StoredRule = crate::get_json(&http, &format!("{url}/rules/{name}")).await?;
         rules.push(stored.spec()?);
     }
-    let mut quiet = Quiet::new(&rules, idle_timeout);
+    let watermarks = Watermarks::new(&rules, stopped_ms);
     let mut reader =
         tokio::task::spawn_blocking(move || MatchReader::open(&bootstrap, CEP_MATCHES_TOPIC))
             .await??;
@@ -159,16 +183,17 @@ pub async fn reconcile(
         reader = back;
         let metrics = pipeline.metrics(Component::Cep).await.unwrap_or_default();
         let now = Progress::from_metrics(&metrics, matches);
-        let quiet_enough = quiet.long_enough(&now, Instant::now());
-        if now.drained_since(previous.as_ref()) && quiet_enough {
+        let waiting_for = watermarks.behind(&http, &url).await;
+        if now.drained_since(previous.as_ref()) && waiting_for.is_none() {
             break;
         }
         if Instant::now() + DRAIN_POLL >= deadline {
             anyhow::bail!(
-                "the CEP worker did not catch up within {}s (last seen: lag {:?}, {} matches read)",
+                "the CEP worker did not catch up within {}s (last seen: source lag {:?}, {} matches read{})",
                 timeout.as_secs(),
                 now.lag,
-                now.matches
+                now.matches,
+                waiting_for.map_or(String::new(), |r| format!(", rule {r}'s watermark not past the end of the load"))
             );
         }
         previous = Some(now);
@@ -245,31 +270,27 @@ mod tests {
     }
 
     #[test]
-    fn event_time_rules_are_waited_for_their_watermark_after_the_lag_is_gone() {
+    fn event_time_rules_wait_for_their_watermark_past_the_end_of_the_load() {
         let yaml = std::fs::read_to_string(seed_rules()).unwrap();
         let seed = RuleSpec::from_yaml_list(&yaml, |_| Some((None, 0))).unwrap();
-        let idle = Duration::from_secs(3);
-        let caught_up = Progress {
-            lag: Some(0.0),
-            matches: 0,
-            emitted: None,
-        };
-        let behind = Progress {
-            lag: Some(1.0),
-            ..caught_up
-        };
-        let t0 = Instant::now();
-        let mut quiet = Quiet::new(&seed, idle);
-        // 3 s idle + 5 s max_out_of_order + one look.
-        assert_eq!(quiet.needed, Duration::from_secs(10));
-        assert!(!quiet.long_enough(&behind, t0));
-        assert!(!quiet.long_enough(&caught_up, t0 + Duration::from_secs(1)));
-        assert!(!quiet.long_enough(&caught_up, t0 + Duration::from_secs(10)));
-        assert!(quiet.long_enough(&caught_up, t0 + Duration::from_secs(11)));
-        // Lag again: the quiet starts over.
-        assert!(!quiet.long_enough(&behind, t0 + Duration::from_secs(12)));
-        assert!(!quiet.long_enough(&caught_up, t0 + Duration::from_secs(13)));
+        let watermarks = Watermarks::new(&seed, 1_000);
+        assert_eq!(
+            watermarks.wanted,
+            [
+                ("level-3-then-pvp".to_owned(), 1_000),
+                ("purchases-2-per-minute".to_owned(), 1_000)
+            ]
+        );
         let untimed: Vec<RuleSpec> = seed.into_iter().take(4).collect();
-        assert!(Quiet::new(&untimed, idle).long_enough(&caught_up, t0));
+        assert!(Watermarks::new(&untimed, 1_000).wanted.is_empty());
+    }
+
+    #[test]
+    fn the_repartition_topics_lag_does_not_count() {
+        let page = format!(
+            "{m}{{topic=\"clean.game\",partition=\"0\"}} 0\n{m}{{topic=\"_lp.cep.repartition.g.player_id\",partition=\"3\"}} 1\n",
+            m = metrics::CONSUMER_LAG_RECORDS
+        );
+        assert_eq!(Progress::from_metrics(&page, 0).lag, Some(0.0));
     }
 }
