@@ -348,7 +348,9 @@ impl Worker {
                 }
             }
             let room = self.settings.batch_records.saturating_sub(batch.len());
-            let replayed = self.replays.poll(room, &mut self.clocks);
+            let deadline = Instant::now() + self.settings.batch_time;
+            let replayed =
+                tokio::task::block_in_place(|| self.replays.poll(room, deadline, &mut self.clocks));
             let started = Instant::now();
             let Some((mut outputs, counts)) = self.process(&batch, &replayed).await? else {
                 break;

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use logpipe_core::kafka::{KafkaConfig, Partition, Role};
@@ -246,13 +246,20 @@ impl Replays {
         Ok(())
     }
 
-    /// Takes up to `max` records of the histories without waiting; a partition whose history
-    /// has been read to its end is marked done.
-    pub(crate) fn poll(&mut self, max: usize, clocks: &mut SourceClocks) -> Vec<Replayed> {
+    /// Takes up to `max` records of the histories, waiting for them until `deadline` (a batch
+    /// of history is as full as a live one, so a replay costs as few transactions); a partition
+    /// whose history has been read to its end is marked done.
+    pub(crate) fn poll(
+        &mut self,
+        max: usize,
+        deadline: Instant,
+        clocks: &mut SourceClocks,
+    ) -> Vec<Replayed> {
         let mut out = Vec::new();
         for replay in self.running.values_mut() {
             while out.len() < max && !replay.reading.is_empty() {
-                let Some(result) = replay.consumer.poll(Duration::ZERO) else {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let Some(result) = replay.consumer.poll(wait) else {
                     // Caught up for now: the history may end with transaction markers, which
                     // move the position but deliver no record.
                     let ended: Vec<Partition> = match replay.consumer.position() {
