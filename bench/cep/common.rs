@@ -310,6 +310,14 @@ pub async fn last_event(
     }
 }
 
+/// The worker's batches committed so far and their total time (s), from its metrics page.
+pub fn batches(page: &str) -> [f64; 2] {
+    [
+        prometheus::total(page, &format!("{}_count", names::BATCH)),
+        prometheus::total(page, &format!("{}_sum", names::BATCH)),
+    ]
+}
+
 /// The ceiling: read and decode every record of `CLEAN` with the worker's consumer settings.
 pub fn ceiling(
     config: &CepConfig,

@@ -46,8 +46,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::{
-    ceiling, delete_rules, event_of, fetch_wait, fill, first_event, last_event, now_ms, settle,
-    worker_config, worker_with_rule, Encoder, CLEAN, STALL,
+    batches, ceiling, delete_rules, event_of, fetch_wait, fill, first_event, last_event, now_ms,
+    settle, worker_config, worker_with_rule, Encoder, CLEAN, STALL,
 };
 use logpipe_cep::CepConfig;
 use logpipe_core::metric_names::cep as names;
@@ -281,14 +281,17 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let (started, before) = first_event(&http, &mut process, config.telemetry, CLEAN).await?;
     let cpu_before = logpipe_devkit::measure::cpu_seconds(Some(process.pid()));
-    last_event(
-        &http,
-        &mut process,
-        config.telemetry,
-        CLEAN,
-        records as usize,
-    )
-    .await?;
+    let batch_before = batches(&prometheus::scrape(&http, config.telemetry).await);
+    let batch_after = batches(
+        &last_event(
+            &http,
+            &mut process,
+            config.telemetry,
+            CLEAN,
+            records as usize,
+        )
+        .await?,
+    );
     let elapsed = started.elapsed();
     let cpu_s = logpipe_devkit::measure::cpu_seconds(Some(process.pid())) - cpu_before;
     let moved = records as usize - before.min(records as usize);
@@ -317,6 +320,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     process.terminate(Duration::from_secs(30)).await?;
     let ratio = timed.records_per_s() / sequence_ceiling.records_per_s();
+    let sequence_batches = batch_after[0] - batch_before[0];
+    let sequence_batch_ms = (batch_after[1] - batch_before[1]) / sequence_batches.max(1.0) * 1e3;
     println!(
         "# logpipe-cep timed rules vs a read_committed consumer decoding the same records\n\n\
          {records} game records of {bytes_per_record:.0} B on average, {players} players, {partitions} partitions, \
@@ -417,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let put_s = started.duration_since(put).as_secs_f64();
     let cpu_before = logpipe_devkit::measure::cpu_seconds(Some(process.pid()));
+    let batch_before = batches(&prometheus::scrape(&http, config.telemetry).await);
     let stall = Instant::now() + STALL;
     let mut read_s = None;
     let replayed = loop {
@@ -440,6 +446,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let replay_cpu_s = logpipe_devkit::measure::cpu_seconds(Some(process.pid())) - cpu_before;
     let page = prometheus::scrape(&http, config.telemetry).await;
+    let batch_after = batches(&page);
+    let replay_batches = batch_after[0] - batch_before[0];
+    let replay_batch_ms = (batch_after[1] - batch_before[1]) / replay_batches.max(1.0) * 1e3;
     let replay_matches = rule_metric(&page, names::RULE_MATCHES_EMITTED, REPLAY_RULE);
     let replay_late = rule_metric(&page, names::RULE_EVENTS_LATE, REPLAY_RULE);
     let replay_rss = rss_mib(process.pid());
@@ -480,7 +489,8 @@ async fn main() -> anyhow::Result<()> {
     let per_key = state_bytes / keys.max(1.0);
     let rss_per_key = (rss - rss_no_keys) * 1024.0 * 1024.0 / keys.max(1.0);
     println!(
-        "\nsequence round: {matches:.0} matches, {late:.0} late events, worker CPU {:.0}% of the span; \
+        "\nsequence round: {matches:.0} matches, {late:.0} late events, worker CPU {:.0}% of the span, \
+         {sequence_batches:.0} batches of {sequence_batch_ms:.0} ms on average; \
          settled: {keys:.0} keys held ({held:.0} partial matches and events waiting for the watermark), \
          **{per_key:.0} B of state per key** ({state_bytes:.0} B); RSS {rss:.0} MiB against {rss_no_keys:.0} MiB \
          for a worker holding no key: {rss_per_key:.0} B per key; changelog: {changelog_keys} keys, \
@@ -502,7 +512,8 @@ async fn main() -> anyhow::Result<()> {
         "\nreplay: {replay_records} records filled in {:.1} s ({replay_fill_s:.1} s for the last {}); dev broker RSS \
          {cluster_after_fill:.0} MiB; PUT answered in {put_s:.2} s; first stage done with every partition (`replay done`) \
          at {}; watermark at the history's end at **{:.1} s**: {:.0} rec/s, {replay_matches:.0} matches, \
-         {replay_late:.0} late; worker CPU {:.0}% of the span, RSS {replay_rss:.0} MiB",
+         {replay_late:.0} late; worker CPU {:.0}% of the span, RSS {replay_rss:.0} MiB; \
+         {replay_batches:.0} batches of {replay_batch_ms:.0} ms on average",
         fill_s + replay_fill_s,
         replay_records - records,
         read_s.map_or("?".to_owned(), |s| format!("{s:.1} s")),

@@ -44,9 +44,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::{
-    ceiling, delete_rules, fetch_wait, fill, first_event, headers, last_event, now_ms, settle,
-    start, worker_config, worker_with_rule, Encoder, Fields, WorkerConfig, CLEAN, LEVELS, SERVERS,
-    STALL,
+    batches, ceiling, delete_rules, fetch_wait, fill, first_event, headers, last_event, now_ms,
+    settle, start, worker_config, worker_with_rule, Encoder, Fields, WorkerConfig, CLEAN, LEVELS,
+    SERVERS, STALL,
 };
 use logpipe_cep::CepConfig;
 use logpipe_core::kafka::Role;
@@ -135,15 +135,9 @@ async fn round(
         .await?;
     let (started, before) = first_event(&http, &mut process, config.telemetry, CLEAN).await?;
     let cpu_before = logpipe_devkit::measure::cpu_seconds(Some(process.pid()));
-    let batch = |page: &str| {
-        [
-            prometheus::total(page, &format!("{}_count", names::BATCH)),
-            prometheus::total(page, &format!("{}_sum", names::BATCH)),
-        ]
-    };
-    let batch_before = batch(&prometheus::scrape(&http, config.telemetry).await);
+    let batch_before = batches(&prometheus::scrape(&http, config.telemetry).await);
     let batch_after =
-        batch(&last_event(&http, &mut process, config.telemetry, CLEAN, records).await?);
+        batches(&last_event(&http, &mut process, config.telemetry, CLEAN, records).await?);
     let elapsed = started.elapsed();
     let batches = batch_after[0] - batch_before[0];
     let cpu_s = logpipe_devkit::measure::cpu_seconds(Some(process.pid())) - cpu_before;
