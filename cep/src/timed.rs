@@ -69,7 +69,7 @@ struct Recent {
 struct Pane {
     #[serde(rename = "a")]
     start: i64,
-    /// Exclusive; for a session, the last event's time + the gap.
+    /// Exclusive; for a session, the last event's time + the gap + 1 ms.
     #[serde(rename = "b")]
     end: i64,
     #[serde(rename = "n", default)]
@@ -351,14 +351,15 @@ impl Track {
                     .collect()
             }
             Some(Window::Session { gap }) => {
-                // In event-time order a session only ever grows at its end.
-                self.panes.retain(|p| t <= p.end);
+                // In event-time order a session only ever grows at its end, which is exclusive
+                // like every window's: an event at most `gap` after the last one joins.
+                self.panes.retain(|p| t < p.end);
                 match self.panes.first_mut() {
                     Some(p) => {
-                        p.end = t + gap;
+                        p.end = t + gap + 1;
                         vec![(p.start, p.end)]
                     }
-                    None => vec![(t, t + gap)],
+                    None => vec![(t, t + gap + 1)],
                 }
             }
             Some(Window::Events { .. }) => match self.panes.first() {
@@ -578,6 +579,15 @@ mod tests {
 
         let session = rule("source: t\nkey: k\nwindow: {session: 1m}\nevent_list:\n- {conditions: [{field: e, value: a}], count: 3}\n");
         assert_eq!(run(&session, &[(1, 0), (1, 50_000), (1, 100_000)]).len(), 1);
+        // A gap of exactly the session's joins, wherever the release point stops meanwhile.
+        let mut track = Track::default();
+        track.hold(1, event(0, 0));
+        track.hold(1, event(1, 30_000));
+        assert!(track.release(&session, 0, 30_001).is_empty());
+        assert!(track.release(&session, 0, 90_000).is_empty());
+        assert_eq!(track.due(0), Some(90_001));
+        track.hold(1, event(2, 90_000));
+        assert_eq!(track.release(&session, 0, 90_001).len(), 1);
         assert!(run(&session, &[(1, 0), (1, 50_000), (1, 111_000)]).is_empty());
 
         let count = rule("source: t\nkey: k\nwindow: {events: 3}\nevent_list:\n- {conditions: [{field: e, value: a}], count: 2}\n- {conditions: [{field: e, value: b}]}\n");
