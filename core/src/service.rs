@@ -17,8 +17,9 @@ use crate::logging::{self, LogFormat};
 use crate::shutdown;
 use crate::telemetry::{Readiness, ServiceRoutes, TelemetryConfig, TelemetryServer};
 
-/// Exit status for an invalid config in `run` (sysexits EX_CONFIG), so a unit can stop
-/// restarting a service whose config will never load (`RestartPreventExitStatus=78`).
+/// Exit status for an invalid config (sysexits EX_CONFIG), from `run` and `check` alike: a unit
+/// stops restarting a service whose config will never load (`RestartPreventExitStatus=78`), and
+/// a deploy tool tells a bad config from a broken binary or host.
 pub const EXIT_CONFIG: u8 = 78;
 
 /// A service's config: deserialized with unknown keys rejected, then checked as a whole.
@@ -102,7 +103,7 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Run,
-    /// Validate the config, print what the service would do, and exit 0 (valid) or 1.
+    /// Validate the config, print what the service would do, and exit 0 (valid) or 78 (invalid).
     Check,
 }
 
@@ -164,7 +165,7 @@ fn check<S: Service>(path: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}: {e:#}", S::NAME);
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
@@ -308,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn check_exits_zero_for_a_valid_config_and_one_otherwise() {
+    fn check_exits_zero_for_a_valid_config_and_ex_config_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let ok = write(dir.path(), "[telemetry]\nlisten = \"127.0.0.1:0\"\n");
         assert_eq!(check::<TestService>(&ok), ExitCode::SUCCESS);
@@ -316,7 +317,7 @@ mod tests {
             dir.path(),
             "[telemetry]\nlisten = \"127.0.0.1:0\"\nextra = 1\n",
         );
-        assert_eq!(check::<TestService>(&unknown), ExitCode::FAILURE);
+        assert_eq!(check::<TestService>(&unknown), ExitCode::from(EXIT_CONFIG));
         let rejected = write(
             dir.path(),
             "reject = true\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
@@ -330,7 +331,7 @@ mod tests {
         );
         assert_eq!(
             check::<TestService>(&dir.path().join("missing.toml")),
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_CONFIG)
         );
     }
 

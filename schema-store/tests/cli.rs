@@ -55,7 +55,7 @@ fn check_accepts_both_storages_and_names_what_is_missing() {
         "{kafka:?}"
     );
     let kafka = check("kind = \"kafka\"");
-    assert_eq!(kafka.status.code(), Some(1));
+    assert_eq!(kafka.status.code(), Some(78), "EX_CONFIG");
     assert!(
         String::from_utf8_lossy(&kafka.stderr).contains("[kafka]"),
         "{kafka:?}"

@@ -73,7 +73,12 @@ fn check_still_goes_through_the_runner() {
         text(&output)
     );
     let output = validator(&["check", "--config", "/nonexistent/validator.toml"]);
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(78),
+        "EX_CONFIG: {}",
+        text(&output)
+    );
     let output = validator(&["replya"]);
     assert_eq!(
         output.status.code(),
