@@ -105,8 +105,9 @@ fn apply_process_group(command: &mut Command) {
 }
 
 /// A child process whose output goes to files in a temporary directory (or to one log file the
-/// caller names, see [`Process::spawn_logging_to`]). Killed when dropped; its output is printed
-/// if the test is panicking, so failures explain themselves.
+/// caller names, see [`Process::spawn_logging_to`]). Killed when dropped, and by the kernel when
+/// this process dies (a test run killed by a timeout leaves nothing behind); its output is
+/// printed if the test is panicking, so failures explain themselves.
 pub struct Process {
     name: String,
     child: Child,
@@ -195,8 +196,9 @@ impl Process {
         Process::spawn_with_output(name, command, stdout, stderr, Output::File(log.to_owned()))
     }
 
-    /// Starts `command` in its own process group with no stdin and the given stdout and stderr,
-    /// which `output` says how to read back.
+    /// Starts `command` (in its own process group if asked) with no stdin and the given stdout
+    /// and stderr, which `output` says how to read back. It dies with this process, however
+    /// this process ends.
     fn spawn_with_output(
         name: &str,
         mut command: Command,
@@ -205,12 +207,8 @@ impl Process {
         output: Output,
     ) -> anyhow::Result<Process> {
         apply_process_group(&mut command);
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        let child = crate::spawner::spawn(command).with_context(|| format!("starting {name}"))?;
         Ok(Process {
             name: name.to_owned(),
             child,

@@ -19,6 +19,7 @@ pub mod measure;
 pub mod pipeline;
 pub mod prometheus;
 pub mod reconcile;
+mod spawner;
 pub mod up;
 
 use anyhow::Context as _;
