@@ -205,7 +205,7 @@ impl AgentConfig {
     pub(crate) fn host_name(&self) -> String {
         self.host
             .clone()
-            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+            .unwrap_or_else(logpipe_core::service::host_name)
     }
 }
 

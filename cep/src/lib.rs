@@ -152,13 +152,10 @@ mod humantime_text {
 
 impl CepConfig {
     pub fn transactional_id(&self) -> String {
-        let instance = self.instance.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".into())
-        });
+        let instance = self
+            .instance
+            .clone()
+            .unwrap_or_else(logpipe_core::service::host_name);
         format!("{}-{instance}", self.group)
     }
 

@@ -186,22 +186,15 @@ impl Worker {
         readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
         readiness.ready(READY_STATE);
-        let mut consumer_config = settings.kafka.client_config(
-            &Role::Consumer {
+        // The transactional id is stable per worker and unique in the group: a restarted worker
+        // is the same member and takes its partitions back at once.
+        let consumer_config = settings.kafka.client_config(
+            &Role::Member {
                 group_id: settings.group.clone(),
+                instance_id: settings.transactional_id.clone(),
             },
             "logpipe-cep",
         );
-        // A dead worker's partitions move on within seconds, not librdkafka's 45 s, unless the
-        // operator chose otherwise.
-        for (name, value) in [
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "1000"),
-        ] {
-            if !settings.kafka.properties.contains_key(name) {
-                consumer_config.set(name, value);
-            }
-        }
         let consumer: StreamConsumer<RebalanceLog> = consumer_config
             .create_with_context(RebalanceLog::default())
             .context("creating the consumer")?;

@@ -78,6 +78,14 @@ impl Context {
     }
 }
 
+/// This host's name (`localhost` if it has none): the default name of a service instance, which
+/// its transactional id, group membership and records' `host` derive from.
+pub fn host_name() -> String {
+    Some(gethostname::gethostname().to_string_lossy().into_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Loads a service config and validates it; errors name the file.
 pub fn load_config<C: ServiceConfig>(path: &Path) -> anyhow::Result<C> {
     let config: C = config::load(path)?;

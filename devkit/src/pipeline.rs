@@ -507,10 +507,10 @@ impl ServiceConfigs<'_> {
                 toml_path(&self.state.join("logs").join("*.log")),
                 toml_str(self.raw),
             ),
-            // `start` makes every read-side topic before the services run, so the mirror creates none.
-            // A short session lets a restarted mirror take its shards back quickly after a crash.
+            // `start` makes every read-side topic before the services run, so the mirror creates
+            // none. Sessions keep their defaults: the fault suite holds the services to them.
             Component::Mirror => format!(
-                "name = {}\ncommit_interval_ms = 200\ncreate_topics = false\nsession_timeout_ms = 6000\n\
+                "name = {}\ncommit_interval_ms = 200\ncreate_topics = false\n\
                  [source]\nbootstrap = {}\n[target]\nbootstrap = {}\n\
                  [topics]\ninclude = [{}]\nrefresh_interval_ms = 1000\n{telemetry}",
                 toml_str(MIRROR_NAME),
@@ -520,9 +520,7 @@ impl ServiceConfigs<'_> {
             ),
             Component::Validator => format!(
                 "schema_store = {}\ngroup_id = {}\ntransactional_id = {}\nresend_state_topic = {}\n\
-                 topic_refresh_ms = 1000\n\
-                 [kafka]\nbootstrap = {}\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
-                 {telemetry}\
+                 topic_refresh_ms = 1000\n[kafka]\nbootstrap = {}\n{telemetry}\
                  [[routes]]\ntopics = {}\nsubject = {{ field = \"event\", prefix = \"game.\" }}\n",
                 toml_str(&format!("http://{}", self.store_api)),
                 toml_str(VALIDATOR_GROUP),
@@ -536,12 +534,10 @@ impl ServiceConfigs<'_> {
                 self.store_api,
                 toml_path(&self.state.join("schema-store")),
             ),
-            // Its internal and output topics get the clean topics' partitions; a short session
-            // lets a restarted worker take its partitions back quickly after a crash.
+            // Its internal and output topics get the clean topics' partitions.
             Component::Cep => format!(
                 "{}schema_store = {}\ngroup = {}\ninstance = \"dev\"\nrules_file = {}\npartitions = {}\n\
-                 [kafka]\nbootstrap = {}\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
-                 {telemetry}",
+                 [kafka]\nbootstrap = {}\n{telemetry}",
                 self.cep_idle_timeout.map_or_else(String::new, |idle| format!(
                     "idle_timeout = {}\n",
                     toml_str(&humantime::format_duration(idle).to_string())

@@ -112,8 +112,10 @@ mod defaults {
     pub fn shards() -> i32 {
         8
     }
+    /// A dead instance's shards move within seconds; 6 s is the shortest session a broker
+    /// accepts by default (`group.min.session.timeout.ms`), as for every group consumer.
     pub fn session_timeout_ms() -> u64 {
-        10_000
+        6_000
     }
     pub fn refresh_interval_ms() -> u64 {
         2_000

@@ -14,6 +14,9 @@
 //! Sizes (the issue gives none): 200 lines/s for the length of the schedule (~1.5-2.5 min on
 //! a loaded 2-core machine, ~20-30k lines), 3 files rotated every 64 KB, 3 kills per service.
 //!
+//! Every service runs with its default session settings and must be making progress again
+//! within [`RECOVERY_BOUND`] of its restart after each kill; the times are printed.
+//!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use std::fmt;
@@ -38,9 +41,12 @@ const RATE: f64 = 200.0;
 const FILES: usize = 3;
 const ROTATE_BYTES: u64 = 64 * 1024;
 const KILLS_PER_SERVICE: usize = 3;
-/// How long a restarted service may take to show progress (a group rejoin waits for the
-/// killed member's 6 s session to expire).
+/// How long a service may take to show progress after a restart or an outage, before the suite
+/// gives up and shows its log.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How soon a service restarted after kill -9 must be making progress, with default settings:
+/// a group member comes back without waiting for librdkafka's default 45 s session.
+const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 /// Rotations come every ~1.3 s (3 files of 64 KB at ~17 KB/s each).
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(20);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -234,11 +240,20 @@ async fn inject(
             } else {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..2_000))).await;
             }
+            let restarted = Instant::now();
             pipeline.restart(c).await?;
             ensure!(pipeline.starts(c) == starts + 1, "{c} was restarted");
             // Counters start at zero in the new process: any count is its own progress.
             let (metrics, at_least) = progress_metrics(c);
-            wait_for(pipeline, c, metrics, at_least).await
+            wait_for(pipeline, c, metrics, at_least).await?;
+            let took = restarted.elapsed();
+            eprintln!("{c}: progress {took:.1?} after its restart");
+            ensure!(
+                took <= RECOVERY_BOUND,
+                "{c} made no progress until {took:.1?} after its restart (bound {RECOVERY_BOUND:?})\n{}",
+                pipeline.logs(c)
+            );
+            Ok(())
         }
         Fault::BrokerOutage(side) => {
             let broker = rng.random_range(1..=brokers);

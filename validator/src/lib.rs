@@ -123,14 +123,9 @@ fn default_create_topics() -> bool {
 
 impl ValidatorConfig {
     pub fn transactional_id(&self) -> String {
-        self.transactional_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".into());
-            format!("{}-{host}", self.group_id)
-        })
+        self.transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.group_id, logpipe_core::service::host_name()))
     }
 
     pub fn resend_state_topic(&self) -> String {
