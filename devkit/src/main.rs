@@ -35,10 +35,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Up(_) = &cli.command {
-        up::quiet_kafka_client_logs();
-    }
-    logging::init(cli.log_format);
+    let default_filter = match &cli.command {
+        Command::Up(_) => up::LOG_FILTER,
+        _ => "info",
+    };
+    logging::init_with_default(cli.log_format, default_filter);
     if let Command::Cluster(args) = &cli.command {
         args.export_retention();
     }

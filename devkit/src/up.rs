@@ -98,14 +98,10 @@ pub struct UpArgs {
     pub seed: u64,
 }
 
-/// Makes librdkafka's client logs quiet unless the user chose a log filter: `up`'s own Kafka
-/// clients are probes whose failures (a broker taken down on purpose) show in the view, and
-/// lines on stderr would tear the screen. Call before logging is initialised.
-pub fn quiet_kafka_client_logs() {
-    if std::env::var_os("LOGPIPE_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("LOGPIPE_LOG", "info,rdkafka=off,librdkafka=off");
-    }
-}
+/// `up`'s own log filter unless the user chose one: its Kafka clients are probes whose failures
+/// (a broker taken down on purpose) show in the view, and lines on stderr would tear the screen.
+/// Its children (clusters, services) keep theirs, so their log files say what librdkafka said.
+pub const LOG_FILTER: &str = "info,rdkafka=off,librdkafka=off";
 
 /// How long each service may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
