@@ -21,7 +21,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, Producer as _};
+use rdkafka::ClientConfig;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -71,24 +72,54 @@ pub struct ClusterArgs {
     /// Address of the control API (loopback; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub control: SocketAddr,
-    /// Bytes each partition keeps in memory; the oldest batches beyond it are deleted, as
-    /// size-based retention does. Raise it for long runs that read from the beginning.
-    #[arg(long, default_value_t = 5 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    pub retention_bytes: u64,
+    /// Bytes each partition keeps in memory, the oldest batches beyond it deleted as size-based
+    /// retention does; by default no limit, as Kafka's `retention.bytes`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_bytes: Option<u64>,
+    /// Bytes all partitions together may hold in memory; beyond it, the partition being written
+    /// to deletes its oldest batches. Default: half the machine's memory.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_budget: Option<u64>,
 }
 
+/// The memory budget when none is given, if the machine's memory cannot be read.
+const FALLBACK_BUDGET: u64 = 4 << 30;
+
 impl ClusterArgs {
-    /// Passes the retention to the (patched) mock cluster, which reads it from the environment
-    /// when it is created. Call before any other thread starts: the environment is process-wide.
+    /// The bytes all partitions may hold: the given budget, or half the machine's memory.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|info| mem_total(&info))
+                .map_or(FALLBACK_BUDGET, |total| total / 2)
+        })
+    }
+
+    /// Passes retention and budget to the (patched) mock cluster, which reads them from the
+    /// environment when it is created; every deletion they cause is logged as a warning
+    /// (target `librdkafka`) naming the partition and offsets. Call before any other thread
+    /// starts: the environment is process-wide.
     pub fn export_retention(&self) {
         std::env::set_var(
             "LOGPIPE_MOCK_RETENTION_BYTES",
-            self.retention_bytes.to_string(),
+            self.retention_bytes.unwrap_or(u64::MAX).to_string(),
+        );
+        std::env::set_var(
+            "LOGPIPE_MOCK_MEMORY_BUDGET",
+            self.memory_budget().to_string(),
         );
         // Batches are bounded by bytes alone; upstream's cap of 100k batches would bind first
         // for small, unbatched records.
         std::env::set_var("LOGPIPE_MOCK_RETENTION_MSGSETS", u32::MAX.to_string());
     }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// A command for the thread that owns the mock cluster.
@@ -146,6 +177,15 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     println!("bootstrap={bootstrap}");
     println!("control=http://{control}");
     tracing::info!(%bootstrap, %control, brokers = args.brokers, "dev cluster up");
+    let retention = args
+        .retention_bytes
+        .map_or_else(|| "no limit".to_owned(), |bytes| format!("{bytes} bytes"));
+    tracing::info!(
+        "keeping records in memory: per partition {retention}; all partitions together at most \
+         {} bytes (--memory-budget), beyond which the partition written to loses its oldest \
+         batches; every deletion is logged as a warning",
+        args.memory_budget()
+    );
 
     let shutdown = signals.shutdown.clone();
     axum::serve(listener, control_router(state))
@@ -160,20 +200,43 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the owner thread serves the mock's client: its log lines (the mock's warnings about
+/// deleted records among them) wait in the client's queue until it is polled.
+const LOG_POLL: Duration = Duration::from_millis(200);
+
 fn own_cluster(
     brokers: i32,
     commands: mpsc::Receiver<(Command, Reply)>,
     started: oneshot::Sender<anyhow::Result<String>>,
 ) {
-    let cluster = match MockCluster::new(brokers) {
-        Ok(cluster) => cluster,
+    // The mock belongs to a client of our own, rather than to one rdkafka keeps out of reach,
+    // so that the client can be polled.
+    let owner: BaseProducer = match ClientConfig::new()
+        .set("test.mock.num.brokers", brokers.to_string())
+        .create()
+    {
+        Ok(owner) => owner,
         Err(e) => {
             let _ = started.send(Err(anyhow::anyhow!("cannot create the mock cluster: {e}")));
             return;
         }
     };
+    let Some(cluster) = owner.client().mock_cluster() else {
+        let _ = started.send(Err(anyhow::anyhow!(
+            "the client made no mock cluster (test.mock.num.brokers)"
+        )));
+        return;
+    };
     let _ = started.send(Ok(cluster.bootstrap_servers()));
-    for (command, reply) in commands {
+    loop {
+        let (command, reply) = match commands.recv_timeout(LOG_POLL) {
+            Ok(request) => request,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                owner.poll(Duration::ZERO);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let result = match command {
             Command::CreateTopic {
                 name,
@@ -194,7 +257,9 @@ fn own_cluster(
             } => cluster.partition_leader(&topic, partition, Some(broker)),
         };
         let _ = reply.send(result.map_err(|e| e.to_string()));
+        owner.poll(Duration::ZERO);
     }
+    owner.poll(Duration::ZERO);
 }
 
 #[derive(Clone)]

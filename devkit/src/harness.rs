@@ -435,13 +435,26 @@ impl DevCluster {
         DevCluster::start_retaining(role, brokers, topics, None).await
     }
 
-    /// `start_as` with the dev cluster keeping `retention_bytes` per partition (default 5 MiB),
-    /// for runs whose topics are read from the beginning after more than that was written.
+    /// `start_as` with the dev cluster keeping at most `retention_bytes` per partition (by
+    /// default it keeps every record, up to its memory budget), for tests of retention.
     pub async fn start_retaining(
         role: &str,
         brokers: i32,
         topics: &[(&str, i32)],
         retention_bytes: Option<u64>,
+    ) -> anyhow::Result<DevCluster> {
+        let args = retention_bytes.map_or_else(Vec::new, |bytes| {
+            vec!["--retention-bytes".to_owned(), bytes.to_string()]
+        });
+        DevCluster::start_with_args(role, brokers, topics, &args).await
+    }
+
+    /// `start_as` with more `logpipe-dev cluster` arguments (ignored for a real cluster).
+    pub async fn start_with_args(
+        role: &str,
+        brokers: i32,
+        topics: &[(&str, i32)],
+        extra_args: &[String],
     ) -> anyhow::Result<DevCluster> {
         let var = if role.is_empty() {
             "LOGPIPE_TEST_BOOTSTRAP".to_owned()
@@ -467,10 +480,7 @@ impl DevCluster {
                 for spec in &specs {
                     args.extend(["--topic", spec]);
                 }
-                let retention = retention_bytes.map(|bytes| bytes.to_string());
-                if let Some(bytes) = &retention {
-                    args.extend(["--retention-bytes", bytes]);
-                }
+                args.extend(extra_args.iter().map(String::as_str));
                 let mut process = Process::start("logpipe-dev", &args)?;
                 let lines = process.stdout_lines(2, Duration::from_secs(30)).await?;
                 let bootstrap = lines[0]

@@ -43,9 +43,6 @@ pub struct PipelineOptions {
     /// Partitions of `raw.game` (on both clusters; also of `clean.game`, `dlq.game` and the
     /// mirror's state topic, i.e. its shards).
     pub partitions: i32,
-    /// Bytes kept per partition on both dev clusters; large, so that nothing a run writes is
-    /// deleted before it is reconciled.
-    pub retention_bytes: u64,
     /// Also run a CEP worker (`logpipe-cep`, group [`CEP_GROUP`]) over the clean topics, with
     /// the rule documents of this file (a YAML list).
     pub cep_rules: Option<PathBuf>,
@@ -61,7 +58,6 @@ impl Default for PipelineOptions {
             state_dir: PathBuf::new(),
             brokers: 3,
             partitions: 4,
-            retention_bytes: 1 << 30,
             cep_rules: None,
             cep_idle_timeout: None,
         }
@@ -227,9 +223,9 @@ impl Pipeline {
         let mirror_state = record::mirror_state_topic(MIRROR_NAME);
         let replay_state = record::resend_state_topic(VALIDATOR_GROUP);
         let n = options.partitions;
-        let retention = Some(options.retention_bytes);
-        let write =
-            DevCluster::start_retaining("write", options.brokers, &[(&raw, n)], retention).await?;
+        // The dev clusters keep every record (up to their memory budget), so nothing a run
+        // writes is deleted before it is reconciled.
+        let write = DevCluster::start_as("write", options.brokers, &[(&raw, n)]).await?;
         let read_topics = [
             (raw.as_str(), n),
             (mirror_state.as_str(), n),
@@ -237,8 +233,7 @@ impl Pipeline {
             (dlq.as_str(), n),
             (replay_state.as_str(), 1),
         ];
-        let read =
-            DevCluster::start_retaining("read", options.brokers, &read_topics, retention).await?;
+        let read = DevCluster::start_as("read", options.brokers, &read_topics).await?;
 
         let store_api = free_addr();
         let cep_rules = match &options.cep_rules {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use logpipe_devkit::harness::{read_topic, DevCluster};
+use logpipe_devkit::harness::{read_topic, wait_until, DevCluster};
 use logpipe_tests::topic;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -273,12 +273,14 @@ async fn cluster_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit status {status}");
 }
 
-/// `--retention-bytes` decides how much a partition keeps: 8 MiB written to one partition is all
-/// still there with 64 MiB of retention, and the oldest batches are gone with the 5 MiB default.
+/// The dev cluster keeps every record by default, as Kafka does: 8 MiB written to one partition
+/// is all still there. `--retention-bytes` (per partition) and `--memory-budget` (all partitions)
+/// bound it, and each deletion is logged with the partition and offsets it took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_is_set_per_cluster() {
-    async fn log_start_after_8_mib(retention: Option<u64>) -> i64 {
-        let cluster = DevCluster::start_retaining("", 1, &[("retained", 1)], retention)
+async fn retention_keeps_everything_by_default_and_says_what_it_deletes() {
+    async fn log_start_after_8_mib(args: &[&str]) -> i64 {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut cluster = DevCluster::start_with_args("", 1, &[("retained", 1)], &args)
             .await
             .unwrap();
         let producer = producer(cluster.bootstrap(), &[("linger.ms", "0")]);
@@ -303,10 +305,23 @@ async fn retention_is_set_per_cluster() {
             .fetch_watermarks("retained", 0, Duration::from_secs(10))
             .unwrap();
         assert_eq!(high, 16);
+        if low > 0 {
+            let process = cluster.process().expect("a dev cluster");
+            // The first deletion is reported at once; later ones are summed every 10 s.
+            let said = "retained [0]: retention deleted offsets 0..";
+            wait_until(Duration::from_secs(10), || {
+                let found = process.stderr().contains(said);
+                async move { found }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no warning {said:?} in\n{}", process.stderr()));
+        }
         low
     }
-    assert_eq!(log_start_after_8_mib(Some(64 * 1024 * 1024)).await, 0);
-    assert!(log_start_after_8_mib(None).await > 0);
+    assert_eq!(log_start_after_8_mib(&[]).await, 0);
+    let five_mib = (5 * 1024 * 1024).to_string();
+    assert!(log_start_after_8_mib(&["--retention-bytes", &five_mib]).await > 0);
+    assert!(log_start_after_8_mib(&["--memory-budget", &five_mib]).await > 0);
 }
 
 /// The topic administration the dev cluster serves (patched mock): CreateTopics with a partition

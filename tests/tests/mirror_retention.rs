@@ -1,6 +1,6 @@
 //! Retention overtaking the mirror: while the mirror is stopped, the source deletes records it
-//! had not copied yet (the dev cluster keeps at most 5 MiB per partition and deletes the oldest
-//! batches beyond that, like size-based retention). The restarted mirror raises the data-loss
+//! had not copied yet (the test's dev clusters keep at most 5 MiB per partition and delete the
+//! oldest batches beyond that, like size-based retention). The restarted mirror raises the data-loss
 //! alarm and follows the policy: `stop` copies nothing more of that partition,
 //! `resume-from-earliest` continues from the earliest retained record.
 
@@ -15,10 +15,11 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
 
 const TOPIC: &str = "raw.retention";
+const RETENTION_BYTES: u64 = 5 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_loss_is_detected_and_the_policy_followed() -> anyhow::Result<()> {
-    let (write, read) = clusters(&[(TOPIC, 1)], 1).await?;
+    let (write, read) = clusters_retaining(&[(TOPIC, 1)], 1, Some(RETENTION_BYTES)).await?;
     let dir = tempfile::tempdir()?;
     let (stop_config, addr) = mirror_config(dir.path(), "stop.toml", &write, &read, "")?;
 

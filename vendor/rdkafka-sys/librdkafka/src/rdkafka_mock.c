@@ -89,6 +89,9 @@ static void rd_kafka_mock_msgset_destroy(rd_kafka_mock_partition_t *mpart,
         rd_assert(mpart->cnt > 0);
         mpart->cnt--;
         mpart->size -= RD_KAFKAP_BYTES_LEN(&mset->bytes);
+        /* logpipe patch: the cluster's total, for its memory budget. */
+        mpart->topic->cluster->retained_bytes -=
+            RD_KAFKAP_BYTES_LEN(&mset->bytes);
         TAILQ_REMOVE(&mpart->msgsets, mset, link);
         rd_free(mset);
 }
@@ -127,6 +130,7 @@ rd_kafka_mock_msgset_new(rd_kafka_mock_partition_t *mpart,
         mset->bytes.data = (void *)(mset + 1);
         memcpy((void *)mset->bytes.data, bytes->data, mset->bytes.len);
         mpart->size += mset->bytes.len;
+        mpart->topic->cluster->retained_bytes += mset->bytes.len;
 
         /* Update the base Offset in the MessageSet with the
          * actual absolute log offset. */
@@ -138,11 +142,43 @@ rd_kafka_mock_msgset_new(rd_kafka_mock_partition_t *mpart,
         memcpy(((char *)mset->bytes.data) + 12, &PartitionLeaderEpoch,
                sizeof(PartitionLeaderEpoch));
 
-        /* Remove old msgsets until within limits */
+        /* Remove old msgsets until within limits.
+         * logpipe patch: also until the cluster is within its memory budget,
+         * and say so: records deleted before anyone read them must not go
+         * unnoticed. The first deletion of a partition is reported at once,
+         * later ones at most every 10 s. */
         while (mpart->cnt > 1 &&
-               (mpart->cnt > mpart->max_cnt || mpart->size > mpart->max_size))
-                rd_kafka_mock_msgset_destroy(mpart,
-                                             TAILQ_FIRST(&mpart->msgsets));
+               (mpart->cnt > mpart->max_cnt || mpart->size > mpart->max_size ||
+                mpart->topic->cluster->retained_bytes >
+                    mpart->topic->cluster->memory_budget)) {
+                rd_kafka_mock_msgset_t *oldest = TAILQ_FIRST(&mpart->msgsets);
+                if (mpart->retention_deleted_first < 0)
+                        mpart->retention_deleted_first = oldest->first_offset;
+                mpart->retention_deleted_last = oldest->last_offset;
+                mpart->retention_deleted_bytes +=
+                    RD_KAFKAP_BYTES_LEN(&oldest->bytes);
+                rd_kafka_mock_msgset_destroy(mpart, oldest);
+        }
+        if (mpart->retention_deleted_first >= 0 &&
+            (!mpart->retention_reported_at ||
+             rd_clock() - mpart->retention_reported_at >= 10 * 1000 * 1000)) {
+                rd_kafka_log(
+                    mpart->topic->cluster->rk, LOG_WARNING, "RETENTION",
+                    "%s [%" PRId32 "]: retention deleted offsets %" PRId64
+                    "..%" PRId64 " (%" PRIusz
+                    " bytes): the partition keeps at most %" PRIusz
+                    " bytes, the cluster at most %" PRIusz
+                    " bytes of all partitions (further deletions of this "
+                    "partition are reported every 10 s)",
+                    mpart->topic->name, mpart->id,
+                    mpart->retention_deleted_first,
+                    mpart->retention_deleted_last,
+                    mpart->retention_deleted_bytes, mpart->max_size,
+                    mpart->topic->cluster->memory_budget);
+                mpart->retention_deleted_first = -1;
+                mpart->retention_deleted_bytes = 0;
+                mpart->retention_reported_at   = rd_clock();
+        }
 
         TAILQ_INSERT_TAIL(&mpart->msgsets, mset, link);
 
@@ -640,6 +676,7 @@ static void rd_kafka_mock_partition_init(rd_kafka_mock_topic_t *mtopic,
         /* logpipe patch: retention configurable per cluster. */
         mpart->max_size = mtopic->cluster->retention_bytes;
         mpart->max_cnt  = mtopic->cluster->retention_msgsets;
+        mpart->retention_deleted_first = -1;
 
         mpart->update_follower_start_offset = rd_true;
         mpart->update_follower_end_offset   = rd_true;
@@ -2921,6 +2958,8 @@ rd_kafka_mock_cluster_t *rd_kafka_mock_cluster_new(rd_kafka_t *rk,
             "LOGPIPE_MOCK_RETENTION_BYTES", 1024 * 1024 * 5);
         mcluster->retention_msgsets =
             rd_kafka_mock_env_size("LOGPIPE_MOCK_RETENTION_MSGSETS", 100000);
+        mcluster->memory_budget =
+            rd_kafka_mock_env_size("LOGPIPE_MOCK_MEMORY_BUDGET", SIZE_MAX);
 
         TAILQ_INIT(&mcluster->errstacks);
 

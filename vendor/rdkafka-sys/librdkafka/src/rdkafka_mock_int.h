@@ -339,6 +339,13 @@ typedef struct rd_kafka_mock_partition_s {
         size_t max_size; /**< Maximum size of all .msgsets, may be overshot. */
         size_t max_cnt;  /**< Maximum number of .msgsets */
 
+        /** logpipe patch: offsets and bytes deleted by retention since the
+         *  last warning about them (first -1: none), and when that was. */
+        int64_t retention_deleted_first;
+        int64_t retention_deleted_last;
+        size_t retention_deleted_bytes;
+        rd_ts_t retention_reported_at;
+
         /**< Committed offsets */
         TAILQ_HEAD(, rd_kafka_mock_committed_offset_s) committed_offsets;
 
@@ -491,6 +498,12 @@ struct rd_kafka_mock_cluster_s {
          *  Read from LOGPIPE_MOCK_RETENTION_BYTES / _MSGSETS at creation. */
         size_t retention_bytes;
         size_t retention_msgsets;
+        /** logpipe patch: bytes of all partitions' logs together, and the
+         *  most they may hold (LOGPIPE_MOCK_MEMORY_BUDGET, unlimited by
+         *  default): beyond it, the partition being written to deletes its
+         *  oldest message sets, as its own retention would. */
+        size_t retained_bytes;
+        size_t memory_budget;
 
         char *bootstraps; /**< bootstrap.servers */
 
