@@ -22,8 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rdkafka::producer::{BaseProducer, Producer as _};
-use rdkafka::ClientConfig;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
