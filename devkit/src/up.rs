@@ -267,7 +267,6 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
         partitions: args.partitions,
         cep_rules: Some(rules.clone()),
         cep_idle_timeout: Some(CEP_IDLE_TIMEOUT),
-        ..PipelineOptions::default()
     };
     let mut pipeline = tokio::select! {
         started = Pipeline::start(options) => started.context("starting the pipeline")?,
