@@ -91,6 +91,8 @@ mod tests {
         if let Some(pid_file) = std::env::var_os(PID_FILE) {
             // The middle process: start a child from a thread that then ends, say which child,
             // and wait to be killed.
+            // Never waited for: this process is killed, and the test checks the child dies too.
+            #[allow(clippy::zombie_processes)]
             let child = std::thread::spawn(|| {
                 let mut sleep = Command::new("sleep");
                 sleep.arg("600");
