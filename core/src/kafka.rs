@@ -1,7 +1,8 @@
 //! The `[kafka]` table every service has, the librdkafka settings each client role gets, and the
 //! client plumbing services share: reading partitions to their end ([`read_to_end`]), creating
-//! topics ([`create_topics`]), a group consumer's rebalances ([`RebalanceLog`]) and committing a
-//! batch exactly once ([`send_offsets`] and its neighbours).
+//! topics ([`create_topics`]), a group consumer's rebalances ([`RebalanceLog`]), a record's size
+//! against the producer's limit ([`record_size`]) and committing a batch exactly once
+//! ([`send_offsets`] and its neighbours).
 //!
 //! Defaults carry the delivery guarantees (acks=all and idempotence for producers, read_committed
 //! for consumers); user properties pass through unchanged for TLS, SASL and tuning, but a property
@@ -10,11 +11,13 @@
 
 mod read_to_end;
 mod rebalance;
+mod size;
 mod topics;
 mod transaction;
 
 pub use read_to_end::{end_reader, partition_count, read_to_end, EndReader};
 pub use rebalance::{GroupEvent, Partition, RebalanceLog};
+pub use size::{max_record_bytes, record_size};
 pub use topics::create_topics;
 pub use transaction::{
     batch_offsets, commit_transaction, init_transactions, is_fatal, records_behind, report_lag,
