@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use logpipe_core::metric_names::validator;
 use logpipe_core::record::error_header;
 use logpipe_devkit::harness::wait_until;
@@ -423,6 +424,108 @@ async fn replay_after_a_schema_fix_lands_fixed_records_exactly_once() -> anyhow:
     // A second replay starts where the first committed: only the 20 new dead letters.
     assert_eq!(replay(&config, "dlq.shop", &[]).await?, (0, 20));
     assert_eq!(counts(&read_clean(&stack, "clean.shop").await?).len(), 300);
+    service::stop(&mut validator).await?;
+    Ok(())
+}
+
+const BIG: &str = r#"{"type":"record","name":"Big","fields":[{"name":"event_id","type":"string"},{"name":"amount","type":"int"},{"name":"pad","type":"string"}]}"#;
+
+/// Outputs too large for the producer's `message.max.bytes` never stall the partition: a clean
+/// record too large becomes an `output_too_large` dead letter, a dead letter too large goes
+/// without its record, and everything after them is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_too_large_to_produce_become_dead_letters_and_the_partition_goes_on(
+) -> anyhow::Result<()> {
+    const MAX: usize = 20_000;
+    let stack = Stack::start(&[("raw.big", 1), ("clean.big", 1), ("dlq.big", 1)]).await?;
+    stack.register("big", "AVRO", BIG).await?;
+    let routes = "[[routes]]\ntopics = \"raw\\\\.big\"\nsubject = { fixed = \"big\" }\n";
+    let (config, telemetry) = stack.validator_config("big", "", routes)?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "[kafka.properties]\n",
+        &format!("[kafka.properties]\n\"message.max.bytes\" = {MAX}\n"),
+    );
+    std::fs::write(&config, text)?;
+    let mut validator = stack.validator(&config, telemetry).await?;
+
+    let line = |id: &str, amount: &str, pad: usize| {
+        format!(
+            r#"{{"event_id":"{id}","amount":{amount},"pad":"{}"}}"#,
+            "p".repeat(pad)
+        )
+    };
+    let mut texts = Vec::new();
+    for i in 0..5 {
+        texts.push(line(&format!("before-{i}"), "1", 10));
+    }
+    texts.push(line("clean-fits", "1", MAX - 1_000));
+    texts.push(line("clean-too-large", "1", MAX + 500));
+    texts.push(line("dead-too-large", "\"x\"", MAX - 100));
+    texts.push(line("dead-fits", "\"x\"", 100));
+    for i in 0..5 {
+        texts.push(line(&format!("after-{i}"), "1", 10));
+    }
+    let file = Lines {
+        host: "big".into(),
+        path: "/var/log/big.log".into(),
+        file: logpipe_core::record::FileId(9),
+        lines: texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u64 * 100_000, t.clone().into_bytes()))
+            .collect(),
+    };
+    stack
+        .produce("raw.big", std::slice::from_ref(&file), 0..texts.len())
+        .await?;
+    wait_until(Duration::from_secs(60), || async {
+        let (clean, dlq) = (stack.read("clean.big").await, stack.read("dlq.big").await);
+        clean.is_ok_and(|c| c.len() == 11) && dlq.is_ok_and(|d| d.len() == 3)
+    })
+    .await
+    .context("the partition stalled")?;
+
+    let clean: HashSet<String> = read_clean(&stack, "clean.big")
+        .await?
+        .into_iter()
+        .map(|s| s.event_id)
+        .collect();
+    let mut expected: HashSet<String> = (0..5)
+        .flat_map(|i| [format!("before-{i}"), format!("after-{i}")])
+        .collect();
+    expected.insert("clean-fits".into());
+    assert_eq!(clean, expected);
+
+    // Dead letters by the line they came from (its lp.offset; the big ones have no value).
+    let index = |m: &rdkafka::message::OwnedMessage| {
+        logpipe_tests::topic::text_headers(m)[logpipe_core::record::header::OFFSET]
+            .parse::<usize>()
+            .unwrap()
+            / 100_000
+    };
+    let dlq = stack.read("dlq.big").await?;
+    let dead: std::collections::HashMap<usize, _> = dlq.iter().map(|m| (index(m), m)).collect();
+    use rdkafka::Message as _;
+    let headers = |i: usize| logpipe_tests::topic::text_headers(dead[&i]);
+    let too_large = headers(6);
+    assert_eq!(too_large[error_header::STAGE], "encode");
+    assert!(
+        too_large[error_header::REASON].contains("message.max.bytes of 20000")
+            && too_large[error_header::REASON].contains("written without it"),
+        "{too_large:?}"
+    );
+    assert_eq!(dead[&6].payload().unwrap_or_default().len(), 0);
+    let invalid_big = headers(7);
+    assert_eq!(invalid_big[error_header::STAGE], "validate");
+    assert!(
+        invalid_big[error_header::REASON].contains("written without it"),
+        "{invalid_big:?}"
+    );
+    // One raw partition, produced in order from offset 0: line 7 is at offset 7.
+    assert_eq!(invalid_big[error_header::OFFSET], "7");
+    assert_eq!(dead[&7].payload().unwrap_or_default().len(), 0);
+    assert_eq!(dead[&8].payload(), Some(texts[8].as_bytes()));
+    assert!(metrics::total(telemetry, validator::RECORDS_INVALID).await >= 3.0);
     service::stop(&mut validator).await?;
     Ok(())
 }

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
-    batch_offsets, commit_transaction, end_reader, init_transactions, is_fatal, partition_count,
-    read_to_end, report_lag, rewind, send_offsets, send_waiting, GroupEvent, KafkaConfig,
-    RebalanceLog, Role,
+    batch_offsets, commit_transaction, end_reader, init_transactions, is_fatal, max_record_bytes,
+    partition_count, read_to_end, record_size, report_lag, rewind, send_offsets, send_waiting,
+    GroupEvent, KafkaConfig, RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -137,6 +137,8 @@ pub(crate) struct Pipeline {
     /// Replay mode: end offsets per partition at start; a partition is done at its end.
     ends: BTreeMap<i32, i64>,
     totals: Totals,
+    /// The producer's `message.max.bytes`: every output is measured against it first.
+    max_record_bytes: usize,
 }
 
 impl Pipeline {
@@ -173,9 +175,11 @@ impl Pipeline {
         let producer_role = Role::TransactionalProducer {
             transactional_id: settings.transactional_id.clone(),
         };
-        let producer: ThreadedProducer<DefaultProducerContext> = settings
+        let producer_config = settings
             .kafka
-            .client_config(&producer_role, "logpipe-validator")
+            .client_config(&producer_role, "logpipe-validator");
+        let max_record_bytes = max_record_bytes(&producer_config);
+        let producer: ThreadedProducer<DefaultProducerContext> = producer_config
             .create()
             .context("creating the transactional producer")?;
         if !init_transactions(&producer, KAFKA_TIMEOUT, &readiness, READY_KAFKA, &shutdown).await? {
@@ -193,6 +197,7 @@ impl Pipeline {
             subscribed: Vec::new(),
             ends: BTreeMap::new(),
             totals: Totals::default(),
+            max_record_bytes,
         };
         pipeline.prepare().await?;
         Ok(Some(pipeline))
@@ -594,6 +599,29 @@ impl Pipeline {
             }
             let key = message.key().map(<[u8]>::to_vec);
             let timestamp = message.timestamp().to_millis();
+            // A clean record too large to produce would abort every transaction it is in.
+            let clean_size = |value: &[u8]| record_size(key.as_deref(), value, headers.as_ref());
+            let verdict = match verdict {
+                Verdict::Clean {
+                    subject,
+                    schema_id,
+                    dlq,
+                    ..
+                } if clean_size(&value) > self.max_record_bytes => Verdict::Dead(DeadLetter {
+                    topic: Some(dlq),
+                    stage: ErrorStage::Encode,
+                    kind: Reason::OutputTooLarge,
+                    reason: format!(
+                        "the clean record would be {} bytes, above the producer's message.max.bytes of {}",
+                        clean_size(&value),
+                        self.max_record_bytes
+                    ),
+                    pointer: None,
+                    subject: Some(subject),
+                    schema_id: Some(schema_id),
+                }),
+                verdict => verdict,
+            };
             let output = match verdict {
                 Verdict::Clean {
                     topic,
@@ -636,16 +664,34 @@ impl Pipeline {
                     let topic = dead.topic.clone().unwrap_or_else(|| {
                         logpipe_core::record::TopicTemplate::dlq_default().render(&source_topic)
                     });
-                    let headers = dead_letter_headers(
-                        headers.unwrap_or_default(),
-                        &dead,
-                        message,
-                        &source_topic,
-                    );
+                    let base = headers.unwrap_or_default();
+                    let mut headers =
+                        dead_letter_headers(base.clone(), &dead, message, &source_topic);
+                    let mut value = raw.to_vec();
+                    let size = record_size(key.as_deref(), &value, Some(&headers));
+                    if size > self.max_record_bytes {
+                        // Never stall the partition: the dead letter goes without the record,
+                        // which stays where its lp.error.* headers point.
+                        dead.reason = format!(
+                            "{}; with the record ({} bytes) this dead letter would be {size} bytes, above the producer's message.max.bytes of {}, so it is written without it: the record stays in the topic, partition and offset its lp.error headers name",
+                            dead.reason,
+                            raw.len(),
+                            self.max_record_bytes
+                        );
+                        headers = dead_letter_headers(base, &dead, message, &source_topic);
+                        value.clear();
+                        tracing::warn!(
+                            topic = message.topic(),
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            size,
+                            "a dead letter too large to produce is written without its record"
+                        );
+                    }
                     Output {
                         topic,
                         key,
-                        value: raw.to_vec(),
+                        value,
                         headers,
                         timestamp,
                     }

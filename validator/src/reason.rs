@@ -44,12 +44,14 @@ pub enum Reason {
     WrongSize,
     /// validate: any other JSON Schema constraint.
     Constraint,
+    /// encode: the clean record would exceed the producer's `message.max.bytes`.
+    OutputTooLarge,
 }
 
 impl Reason {
     /// Every kind, for tests.
     #[cfg(test)]
-    const ALL: [Reason; 15] = [
+    const ALL: [Reason; 16] = [
         Reason::MalformedJson,
         Reason::TooLarge,
         Reason::NoRoute,
@@ -65,6 +67,7 @@ impl Reason {
         Reason::ExtraField,
         Reason::WrongSize,
         Reason::Constraint,
+        Reason::OutputTooLarge,
     ];
 
     /// The metric label value.
@@ -85,6 +88,7 @@ impl Reason {
             Reason::ExtraField => "extra_field",
             Reason::WrongSize => "wrong_size",
             Reason::Constraint => "constraint",
+            Reason::OutputTooLarge => "output_too_large",
         }
     }
 

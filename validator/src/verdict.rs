@@ -18,6 +18,8 @@ pub(crate) enum Verdict {
         subject: String,
         schema_id: u32,
         dropped_fields: usize,
+        /// The route's DLQ topic, should the clean record turn out too large to write.
+        dlq: String,
     },
     Dead(DeadLetter),
 }
@@ -119,6 +121,7 @@ impl Checker {
                 subject,
                 schema_id: schema.id,
                 dropped_fields: converted.dropped_fields,
+                dlq: route.dlq.render(topic),
             }),
             Err(e) => Ok(Verdict::Dead(DeadLetter {
                 topic: dlq,
@@ -176,7 +179,8 @@ mod tests {
                 topic: "clean.s".into(),
                 subject: "s".into(),
                 schema_id: 10,
-                dropped_fields: 1
+                dropped_fields: 1,
+                dlq: "dlq.s".into(),
             }
         );
         assert_eq!(out, [0, 0, 0, 0, 10, 2]);
