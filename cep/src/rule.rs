@@ -225,7 +225,8 @@ impl Rule {
         check_name(name)?;
         let doc: RuleDocument = serde_path_to_error::deserialize(document).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." {
+            // The document itself, or a key with an empty name (unknown at the top level).
+            let key = if path == "." || path.is_empty() {
                 "document".to_owned()
             } else {
                 path
