@@ -487,6 +487,7 @@ fn refuse_aggregate_keys(doc: &RuleDocument) -> Result<(), RuleError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
     use serde_json::json;
 
     use super::*;
@@ -504,6 +505,133 @@ event_list:
 
     fn compile(text: &str) -> Result<Rule, RuleError> {
         Rule::compile("r", 1, 0, &parse_text(text, false)?)
+    }
+
+    /// A rule document's keys and values, CEL fragments among them.
+    const WORDS: &[&str] = &[
+        "name",
+        "source",
+        "key",
+        "keyed",
+        "event_time",
+        "max_out_of_order",
+        "allowed_lateness",
+        "from",
+        "schedule",
+        "starts_at",
+        "ends_at",
+        "event_list",
+        "when",
+        "ordered",
+        "within",
+        "window",
+        "tumbling",
+        "sliding",
+        "every",
+        "session",
+        "events",
+        "group_by",
+        "aggregates",
+        "alert",
+        "repeat",
+        "once",
+        "output",
+        "topic",
+        "conditions",
+        "field",
+        "value",
+        "type",
+        "operator",
+        "count",
+        "equals",
+        "not_equals",
+        "greater_than",
+        "string",
+        "integer",
+        "bool",
+        "latest",
+        "earliest",
+        "2026-12-05T10:00:00Z",
+        "1h",
+        "5s",
+        "0s",
+        "-1m",
+        "99999999d",
+        "clean.game",
+        "member.playerId",
+        "event",
+        "kill",
+        "event == 'kill'",
+        "n > 3 &&",
+        "size(tags) > 1",
+        "((((",
+        "1 / 0",
+        "a.b.c[0]",
+        "has(a.b)",
+        "'\\u",
+        "x ? y :",
+    ];
+
+    /// An object with some of `keys`, their values from the vocabulary.
+    fn object(
+        keys: &'static [&'static str],
+    ) -> impl proptest::strategy::Strategy<Value = serde_json::Map<String, Value>> {
+        proptest::collection::vec(
+            (
+                proptest::sample::select(keys).prop_map(str::to_owned),
+                logpipe_devkit::fuzz::json_value(WORDS),
+            ),
+            0..keys.len(),
+        )
+        .prop_map(serde_json::Map::from_iter)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Whatever a rule document holds, it compiles or is refused with the key at fault and
+        /// why, never a panic: documents from the rule vocabulary (steps, windows, CEL
+        /// conditions) and any text the API could be sent.
+        #[test]
+        fn any_rule_document_compiles_or_is_refused_with_its_key(
+            document in proptest::prop_oneof![
+                logpipe_devkit::fuzz::json_value(WORDS),
+                (
+                    object(&["source", "key", "event_time", "max_out_of_order", "allowed_lateness", "from", "schedule", "when", "ordered", "within", "window", "repeat"]),
+                    proptest::collection::vec(
+                        (
+                            object(&["topic", "count", "keyed", "when"]),
+                            proptest::collection::vec(object(&["field", "value", "type", "operator"]), 0..3),
+                        ),
+                        0..4,
+                    ),
+                )
+                    .prop_map(|(mut document, steps)| {
+                        document.entry("source").or_insert("clean.game".into());
+                        let steps = steps
+                            .into_iter()
+                            .map(|(mut step, conditions)| {
+                                let conditions = conditions.into_iter().map(Value::Object).collect();
+                                step.insert("conditions".into(), Value::Array(conditions));
+                                Value::Object(step)
+                            })
+                            .collect();
+                        document.insert("event_list".into(), Value::Array(steps));
+                        Value::Object(document)
+                    }),
+            ],
+            text in logpipe_devkit::fuzz::hostile_text(WORDS),
+        ) {
+            if let Err(e) = Rule::compile("r", 1, 0, &document) {
+                proptest::prop_assert!(!e.key.is_empty() && !e.message.is_empty(), "{e:?}");
+            }
+            let text = String::from_utf8_lossy(&text);
+            for json in [false, true] {
+                if let Err(e) = parse_text(&text, json).and_then(|doc| Rule::compile("r", 1, 0, &doc)) {
+                    proptest::prop_assert!(!e.key.is_empty() && !e.message.is_empty(), "{e:?}");
+                }
+            }
+        }
     }
 
     #[test]

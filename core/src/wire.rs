@@ -71,6 +71,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any bytes parse or are refused with the reason, never a panic; what parses is the
+        /// header and the rest, and encodes back to the same bytes.
+        #[test]
+        fn any_bytes_parse_or_are_refused(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            match parse(&value) {
+                Ok((id, payload)) => proptest::prop_assert_eq!(encode(id, payload), value),
+                Err(WireError::TooShort(n)) => proptest::prop_assert!(n < HEADER_LEN),
+                Err(WireError::BadMagic(b)) => proptest::prop_assert_ne!(b, MAGIC),
+            }
+        }
+    }
+
     #[test]
     fn encoded_values_parse_back() {
         for (id, payload) in [(0, &b""[..]), (1, b"x"), (0x00ab_cdef, b"payload")] {

@@ -8,11 +8,14 @@
 //! - [`measure`]: what the benchmarks measure with (rates, CPU and memory from `/proc`, sizing);
 //! - [`prometheus`]: reading a service's `/metrics` page;
 //! - [`reconcile`]: every line written found once in its clean or dead-letter topic;
-//! - [`cep_oracle`]: the matches a CEP worker should have made, worked out independently.
+//! - [`cep_oracle`]: the matches a CEP worker should have made, worked out independently;
+//! - `fuzz` (feature `proptest`): inputs for the parsers' property tests.
 
 pub mod benchreport;
 pub mod cep_oracle;
 pub mod cluster;
+#[cfg(feature = "proptest")]
+pub mod fuzz;
 pub mod harness;
 pub mod loadgen;
 pub mod measure;

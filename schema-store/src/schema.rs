@@ -449,6 +449,183 @@ fn props(entries: &[(String, Json)], reserved: &[&str]) -> Vec<(String, Json)> {
 mod tests {
     use super::*;
 
+    const AVRO_WORDS: &[&str] = &[
+        "type",
+        "name",
+        "fields",
+        "items",
+        "values",
+        "symbols",
+        "logicalType",
+        "precision",
+        "scale",
+        "size",
+        "namespace",
+        "default",
+        "aliases",
+        "doc",
+        "record",
+        "enum",
+        "array",
+        "map",
+        "fixed",
+        "null",
+        "boolean",
+        "int",
+        "long",
+        "float",
+        "double",
+        "bytes",
+        "string",
+        "decimal",
+        "date",
+        "uuid",
+        "timestamp-millis",
+        "R",
+        "a",
+        "b",
+        "ns.R",
+    ];
+    const JSON_WORDS: &[&str] = &[
+        "type",
+        "object",
+        "properties",
+        "required",
+        "items",
+        "minimum",
+        "maximum",
+        "enum",
+        "const",
+        "$ref",
+        "#/definitions/x",
+        "definitions",
+        "$defs",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "not",
+        "pattern",
+        "[a-",
+        "format",
+        "date-time",
+        "additionalProperties",
+        "string",
+        "integer",
+        "number",
+        "array",
+        "boolean",
+        "null",
+        "x",
+        "$id",
+        "$schema",
+    ];
+
+    /// Avro schemas built from the spec's shapes (names may repeat, defaults may not fit:
+    /// some are invalid on purpose).
+    fn avro_schema() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::json;
+        let name = proptest::sample::select(&["R", "S", "ns.T", "a"][..]);
+        let leaf = prop_oneof![
+            proptest::sample::select(
+                &["null", "boolean", "int", "long", "float", "double", "bytes", "string"][..]
+            )
+            .prop_map(|t| json!(t)),
+            proptest::sample::select(&["date", "timestamp-millis", "uuid", "decimal"][..])
+                .prop_map(|l| match l {
+                    "date" => json!({"type": "int", "logicalType": l}),
+                    "timestamp-millis" => json!({"type": "long", "logicalType": l}),
+                    "uuid" => json!({"type": "string", "logicalType": l}),
+                    _ => json!({"type": "bytes", "logicalType": l, "precision": 9, "scale": 2}),
+                }),
+            (
+                name.clone(),
+                proptest::collection::vec(proptest::sample::select(&["a", "b", "c"][..]), 0..3)
+            )
+                .prop_map(|(n, symbols)| json!({"type": "enum", "name": n, "symbols": symbols})),
+            (name.clone(), 0usize..20)
+                .prop_map(|(n, size)| json!({"type": "fixed", "name": n, "size": size})),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                inner
+                    .clone()
+                    .prop_map(|items| json!({"type": "array", "items": items})),
+                inner
+                    .clone()
+                    .prop_map(|values| json!({"type": "map", "values": values})),
+                inner.clone().prop_map(|t| json!(["null", t])),
+                (
+                    name.clone(),
+                    proptest::collection::vec(
+                        (
+                            proptest::sample::select(&["f", "g", "h"][..]),
+                            inner,
+                            any::<bool>()
+                        ),
+                        0..4
+                    )
+                )
+                    .prop_map(|(n, fields)| {
+                        let fields: Vec<_> = fields
+                            .into_iter()
+                            .map(|(f, t, default)| {
+                                if default {
+                                    json!({"name": f, "type": t, "default": null})
+                                } else {
+                                    json!({"name": f, "type": t})
+                                }
+                            })
+                            .collect();
+                        json!({"type": "record", "name": n, "fields": fields})
+                    }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// A schema built from Avro's shapes is refused with a reason or stored in a form that
+        /// parses to itself and to the same schema.
+        #[test]
+        fn avro_schemas_are_refused_or_stored_canonically(schema in avro_schema()) {
+            let text = schema.to_string();
+            if let Ok((stored, Parsed::Avro(parsed))) = parse(SchemaType::Avro, &text, &[]) {
+                match parse(SchemaType::Avro, &stored, &[]) {
+                    Ok((again, Parsed::Avro(reparsed))) => {
+                        proptest::prop_assert_eq!(&again, &stored);
+                        proptest::prop_assert_eq!(
+                            reparsed.schema.canonical_form(),
+                            parsed.schema.canonical_form()
+                        );
+                    }
+                    other => proptest::prop_assert!(false, "{stored} from {text}: {other:?}"),
+                }
+            }
+        }
+
+        /// Whatever a client registers is refused with a reason or stored, never a panic; and
+        /// what is stored parses again to itself, so lookups by text find it.
+        #[test]
+        fn any_document_is_refused_or_stored_in_a_form_that_parses_to_itself(
+            avro in logpipe_devkit::fuzz::hostile_text(AVRO_WORDS),
+            json in logpipe_devkit::fuzz::hostile_text(JSON_WORDS),
+        ) {
+            for (schema_type, text) in [(SchemaType::Avro, avro), (SchemaType::Json, json)] {
+                let text = String::from_utf8_lossy(&text);
+                match parse(schema_type, &text, &[]) {
+                    Ok((stored, _)) => {
+                        let again = parse(schema_type, &stored, &[]);
+                        proptest::prop_assert!(again.is_ok(), "{stored} from {text}: {again:?}");
+                        proptest::prop_assert_eq!(again.unwrap().0, stored);
+                    }
+                    Err(reason) => proptest::prop_assert!(reason.starts_with("Invalid")),
+                }
+            }
+        }
+    }
+
     fn stored(text: &str) -> String {
         parse(SchemaType::Avro, text, &[]).unwrap().0
     }

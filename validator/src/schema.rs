@@ -82,9 +82,107 @@ impl CompiledSchema {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
     use serde_json::json;
 
     use super::*;
+
+    /// A schema with a field of every kind the validator encodes.
+    const EVERY_KIND: &str = r#"{"type":"record","name":"Event","fields":[
+        {"name":"event_id","type":"string"},
+        {"name":"n","type":"int"},
+        {"name":"big","type":["null","long"],"default":null},
+        {"name":"ratio","type":"double","default":0},
+        {"name":"kind","type":{"type":"enum","name":"Kind","symbols":["a","b"]},"default":"a"},
+        {"name":"tags","type":{"type":"array","items":"string"},"default":[]},
+        {"name":"attrs","type":{"type":"map","values":"long"},"default":{}},
+        {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"},"default":0},
+        {"name":"day","type":{"type":"int","logicalType":"date"},"default":0},
+        {"name":"id","type":{"type":"string","logicalType":"uuid"},"default":"00000000-0000-0000-0000-000000000000"},
+        {"name":"price","type":["null",{"type":"bytes","logicalType":"decimal","precision":9,"scale":2}],"default":null},
+        {"name":"inner","type":["null",{"type":"record","name":"Inner","fields":[{"name":"x","type":"float"},{"name":"raw","type":{"type":"fixed","name":"F","size":2}}]}],"default":null}
+    ]}"#;
+
+    const WORDS: &[&str] = &[
+        "event_id",
+        "n",
+        "big",
+        "ratio",
+        "kind",
+        "tags",
+        "attrs",
+        "at",
+        "day",
+        "id",
+        "price",
+        "inner",
+        "x",
+        "raw",
+        "a",
+        "b",
+        "2026-12-05",
+        "2026-12-05T10:00:00Z",
+        "12.34",
+        "1e3",
+        "00000000-0000-0000-0000-000000000000",
+        "ab",
+        "\u{ff}\u{1}",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Whatever a log line holds, the validator's check ends in a clean value or a reason,
+        /// never a panic; and every clean Avro value is a datum of the schema, all of it.
+        #[test]
+        fn any_line_is_encoded_as_a_datum_of_its_schema_or_refused(
+            line in proptest::prop_oneof![
+                logpipe_devkit::fuzz::hostile_text(WORDS),
+                // Records with the required fields, so that most reach the encoder.
+                (
+                    logpipe_devkit::fuzz::word(WORDS),
+                    -5i64..5,
+                    proptest::collection::vec(
+                        (logpipe_devkit::fuzz::word(WORDS), logpipe_devkit::fuzz::json_value(WORDS)),
+                        0..8,
+                    ),
+                )
+                    .prop_map(|(id, n, fields)| {
+                        let mut record = serde_json::Map::from_iter(fields);
+                        record.insert("event_id".into(), id.into());
+                        record.insert("n".into(), n.into());
+                        Value::Object(record).to_string().into_bytes()
+                    }),
+            ],
+            reject in proptest::prelude::any::<bool>(),
+        ) {
+            let avro = CompiledSchema::compile(7, SchemaType::Avro, EVERY_KIND).unwrap();
+            let schema = apache_avro::Schema::parse_str(EVERY_KIND).unwrap();
+            let json = CompiledSchema::compile(8, SchemaType::Json, r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer","minimum":0},"tags":{"type":"array","items":{"type":"string","maxLength":3}}},"additionalProperties":false}"#).unwrap();
+            let extra = if reject { ExtraFields::Reject } else { ExtraFields::Drop };
+            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+                return Ok(());
+            };
+            let mut out = Vec::new();
+            match avro.write(&value, &line, extra, &mut out) {
+                Ok(_) => {
+                    let (id, mut datum) = wire::parse(&out).unwrap();
+                    proptest::prop_assert_eq!(id, 7);
+                    let decoded = apache_avro::from_avro_datum(&schema, &mut datum, None);
+                    proptest::prop_assert!(decoded.is_ok(), "{decoded:?} from {value}");
+                    proptest::prop_assert!(datum.is_empty(), "bytes left after the datum of {value}");
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!e.reason.is_empty());
+                    proptest::prop_assert!(out.is_empty());
+                }
+            }
+            match json.write(&value, &line, extra, &mut out) {
+                Ok(_) => proptest::prop_assert_eq!(wire::parse(&out).unwrap(), (8, &line[..])),
+                Err(e) => proptest::prop_assert!(!e.reason.is_empty()),
+            }
+        }
+    }
 
     #[test]
     fn avro_output_is_confluent_wire_format() {
