@@ -58,11 +58,22 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the service to take).
+///
+/// Never one this process handed out before: the kernel offers a released port again, and two
+/// services given the same one race for it (one fails to listen, and a readiness probe of its
+/// address answers for the other).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if GIVEN.lock().expect("free ports lock").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A loopback address with a free port.
