@@ -9,6 +9,10 @@ pub(crate) use logpipe_core::metric_names::cep::*;
 pub(crate) fn describe() {
     describe_counter!(EVENTS, "Clean records read, per topic.");
     describe_counter!(
+        RECORDS_LOST_TO_RETENTION,
+        "Records deleted by retention before the worker read them, per topic and partition."
+    );
+    describe_counter!(
         EVENTS_UNDECODABLE,
         "Clean records that could not be decoded and were not counted, per topic and reason."
     );

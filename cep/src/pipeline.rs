@@ -196,7 +196,9 @@ impl Worker {
             "logpipe-cep",
         );
         let consumer: StreamConsumer<RebalanceLog> = consumer_config
-            .create_with_context(RebalanceLog::default())
+            .create_with_context(RebalanceLog::counting_losses_as(
+                names::RECORDS_LOST_TO_RETENTION,
+            ))
             .context("creating the consumer")?;
         let producer: ThreadedProducer<DefaultProducerContext> = settings
             .kafka
@@ -317,6 +319,9 @@ impl Worker {
         while !self.shutdown.is_cancelled() {
             if last_lag.elapsed() >= LAG_INTERVAL {
                 report_lag(&self.consumer, names::CONSUMER_LAG_RECORDS);
+                self.consumer
+                    .context()
+                    .settle_losses_at_log_start(&self.consumer);
                 last_lag = Instant::now();
             }
             let batch = self.gather().await?;
@@ -869,6 +874,7 @@ impl Worker {
         outputs: Vec<Output>,
     ) -> anyhow::Result<bool> {
         let offsets = batch_offsets(batch);
+        self.consumer.context().settle_losses(&offsets);
         let mut replay_offsets: BTreeMap<(String, u32), Vec<OwnedMessage>> = BTreeMap::new();
         for r in replayed {
             replay_offsets

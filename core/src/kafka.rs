@@ -11,6 +11,7 @@
 
 mod read_to_end;
 mod rebalance;
+mod retention;
 mod size;
 mod topics;
 mod transaction;

@@ -57,6 +57,7 @@ pub mod validator {
     pub const EXTRA_FIELDS_DROPPED: &str = "logpipe_validator_extra_fields_dropped_total";
     pub const GATHER: &str = "logpipe_validator_gather_seconds";
     pub const RECORDS_INVALID: &str = "logpipe_validator_records_invalid_total";
+    pub const RECORDS_LOST_TO_RETENTION: &str = "logpipe_validator_records_lost_to_retention_total";
     pub const RECORDS_VALID: &str = "logpipe_validator_records_valid_total";
     pub const REPLAY_STATE_FILES: &str = "logpipe_validator_replay_state_files";
     pub const SCHEMA_CACHE_HITS: &str = "logpipe_validator_schema_cache_hits_total";
@@ -94,6 +95,7 @@ pub mod schema_store {
 pub mod cep {
     pub const BATCH: &str = "logpipe_cep_batch_seconds";
     pub const CONSUMER_LAG_RECORDS: &str = "logpipe_cep_consumer_lag_records";
+    pub const RECORDS_LOST_TO_RETENTION: &str = "logpipe_cep_records_lost_to_retention_total";
     pub const EVENTS: &str = "logpipe_cep_events_total";
     pub const EVENTS_UNDECODABLE: &str = "logpipe_cep_events_undecodable_total";
     pub const EVENTS_UNKEYED: &str = "logpipe_cep_events_unkeyed_total";

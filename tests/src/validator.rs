@@ -38,9 +38,17 @@ pub struct Stack {
 impl Stack {
     /// A dev cluster with the game topics and the replay-state topic, and a schema store.
     pub async fn start(extra_topics: &[(&str, i32)]) -> anyhow::Result<Stack> {
+        Stack::start_retaining(extra_topics, None).await
+    }
+
+    /// [`Stack::start`] with the dev cluster keeping at most `retention_bytes` per partition.
+    pub async fn start_retaining(
+        extra_topics: &[(&str, i32)],
+        retention_bytes: Option<u64>,
+    ) -> anyhow::Result<Stack> {
         let mut topics = vec![(RAW, 4), (CLEAN, 4), (DLQ, 2), (STATE, 1)];
         topics.extend_from_slice(extra_topics);
-        let cluster = DevCluster::start(3, &topics).await?;
+        let cluster = DevCluster::start_retaining("", 3, &topics, retention_bytes).await?;
         let dir = tempfile::tempdir()?;
         let store_addr = free_addr();
         let store_telemetry = free_addr();

@@ -12,6 +12,10 @@ pub(crate) fn describe() {
         "Records written to their clean topic, per raw topic and subject."
     );
     describe_counter!(
+        RECORDS_LOST_TO_RETENTION,
+        "Records deleted by retention before the validator read them, per topic and partition."
+    );
+    describe_counter!(
         RECORDS_INVALID,
         "Records written to their dead-letter topic, per raw topic, stage and reason."
     );

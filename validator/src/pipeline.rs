@@ -170,7 +170,9 @@ impl Pipeline {
             consumer_config.set("enable.partition.eof", "true");
         }
         let consumer: StreamConsumer<RebalanceLog> = consumer_config
-            .create_with_context(RebalanceLog::default())
+            .create_with_context(RebalanceLog::counting_losses_as(
+                names::RECORDS_LOST_TO_RETENTION,
+            ))
             .context("creating the consumer")?;
         let producer_role = Role::TransactionalProducer {
             transactional_id: settings.transactional_id.clone(),
@@ -399,6 +401,9 @@ impl Pipeline {
             self.readiness.ready(READY_KAFKA);
         }
         report_lag(&self.consumer, names::CONSUMER_LAG_RECORDS);
+        self.consumer
+            .context()
+            .settle_losses_at_log_start(&self.consumer);
         Ok(())
     }
 
@@ -717,6 +722,7 @@ impl Pipeline {
     /// consumer is rewound and the batch will be read again).
     fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
         let offsets = batch_offsets(batch);
+        self.consumer.context().settle_losses(&offsets);
         let result = tokio::task::block_in_place(|| self.transaction(&offsets, outputs));
         match result {
             Ok(()) => {
