@@ -56,10 +56,16 @@ impl fmt::Display for FieldPath {
     }
 }
 
+/// The longest key: a key travels in every re-keyed record, match and state entry, and one
+/// taken from an event's field unchecked could make a record too large for the producer, which
+/// would stall the partition (a player or server id is a few dozen bytes).
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
+
 /// A key value as text: strings as they are, numbers and booleans as JSON writes them. Objects,
-/// arrays and null are not keys.
+/// arrays, null and strings over [`MAX_KEY_BYTES`] are not keys.
 pub(crate) fn key_text(value: &Value) -> Option<String> {
     match value {
+        Value::String(s) if s.len() > MAX_KEY_BYTES => None,
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
@@ -103,5 +109,8 @@ mod tests {
         assert_eq!(key_text(&json!(true)).as_deref(), Some("true"));
         assert_eq!(key_text(&json!({"a": 1})), None);
         assert_eq!(key_text(&json!(null)), None);
+        let longest = "k".repeat(MAX_KEY_BYTES);
+        assert_eq!(key_text(&json!(longest)).as_deref(), Some(longest.as_str()));
+        assert_eq!(key_text(&json!(format!("{longest}k"))), None);
     }
 }

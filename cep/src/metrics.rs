@@ -18,7 +18,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         EVENTS_UNKEYED,
-        "Events that satisfied a rule step but lack the rule's key field, per rule."
+        "Events that satisfied a rule step but have no key: the rule's key field is missing, not text or a number, or longer than 1 KiB; per rule."
     );
     describe_counter!(
         RULE_EVENTS_EVALUATED,
