@@ -186,12 +186,9 @@ impl Worker {
         readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
         readiness.ready(READY_STATE);
-        // The transactional id is stable per worker and unique in the group: a restarted worker
-        // is the same member and takes its partitions back at once.
         let consumer_config = settings.kafka.client_config(
-            &Role::Member {
+            &Role::Consumer {
                 group_id: settings.group.clone(),
-                instance_id: settings.transactional_id.clone(),
             },
             "logpipe-cep",
         );

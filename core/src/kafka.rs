@@ -78,14 +78,6 @@ pub enum Role {
     /// Consumer in a group that sees only committed records and commits offsets itself (or in
     /// a transaction), never automatically.
     Consumer { group_id: String },
-    /// A [`Role::Consumer`] that is one lasting member of its group (static membership,
-    /// `group.instance.id`, as Kafka Streams recommends): restarted after a crash, it takes its
-    /// partitions back at once instead of waiting for its dead self's session to expire and the
-    /// group to rebalance. The instance id must be stable per instance and unique in the group.
-    Member {
-        group_id: String,
-        instance_id: String,
-    },
     /// Administrative and metadata client.
     Admin,
 }
@@ -98,7 +90,7 @@ fn required(role: &Role) -> &'static [(&'static str, &'static [&'static str])] {
             ("enable.idempotence", &["true"]),
             ("enable.gapless.guarantee", &["true"]),
         ],
-        Role::Consumer { .. } | Role::Member { .. } => &[
+        Role::Consumer { .. } => &[
             ("isolation.level", &["read_committed"]),
             ("enable.auto.commit", &["false"]),
         ],
@@ -111,7 +103,6 @@ const OWNED: &[&str] = &[
     "bootstrap.servers",
     "metadata.broker.list",
     "group.id",
-    "group.instance.id",
     "transactional.id",
 ];
 
@@ -170,14 +161,6 @@ impl KafkaConfig {
             Role::Consumer { group_id } => {
                 config.set("group.id", group_id);
             }
-            Role::Member {
-                group_id,
-                instance_id,
-            } => {
-                config
-                    .set("group.id", group_id)
-                    .set("group.instance.id", instance_id);
-            }
             Role::Producer | Role::Admin => {}
         }
         for (name, value) in &self.properties {
@@ -209,7 +192,7 @@ fn defaults(role: &Role) -> &'static [(&'static str, &'static str)] {
         // A dead member's partitions move on within seconds, not librdkafka's 45 s: 6 s is the
         // shortest session a broker accepts by default (`group.min.session.timeout.ms`).
         // Heartbeats come from librdkafka's own thread, so a long batch does not end a session.
-        Role::Consumer { .. } | Role::Member { .. } => &[
+        Role::Consumer { .. } => &[
             ("isolation.level", "read_committed"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -303,26 +286,6 @@ mod tests {
         assert_eq!(config.get("group.id"), Some("g"));
         assert_eq!(config.get("group.instance.id"), None);
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
-    }
-
-    #[test]
-    fn a_member_keeps_its_place_across_restarts() {
-        let member = Role::Member {
-            group_id: "g".into(),
-            instance_id: "g-host-1".into(),
-        };
-        let config = KafkaConfig::new("k:9092").client_config(&member, "v");
-        assert_eq!(config.get("group.id"), Some("g"));
-        assert_eq!(config.get("group.instance.id"), Some("g-host-1"));
-        assert_eq!(config.get("isolation.level"), Some("read_committed"));
-        let err = with(&[("group.instance.id", PropertyValue::String("x".into()))])
-            .validate(&member)
-            .unwrap_err();
-        assert!(err.contains("group.instance.id"), "{err}");
-        let err = with(&[("enable.auto.commit", PropertyValue::Bool(true))])
-            .validate(&member)
-            .unwrap_err();
-        assert!(err.contains("enable.auto.commit"), "{err}");
     }
 
     #[test]

@@ -156,11 +156,8 @@ impl Pipeline {
         readiness.ready(READY_TOPICS);
         let topics = TopicMaker::new(&settings.kafka, settings.create_topics)
             .context("creating the admin client")?;
-        // Its transactional id is stable per instance and unique in the group: a restarted
-        // instance is the same member and takes its partitions back at once.
-        let consumer_role = Role::Member {
+        let consumer_role = Role::Consumer {
             group_id: settings.group_id.clone(),
-            instance_id: settings.transactional_id.clone(),
         };
         let mut consumer_config = settings
             .kafka
