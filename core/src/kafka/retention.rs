@@ -52,19 +52,18 @@ fn leading_number(text: &str) -> Option<i64> {
 }
 
 /// A consumer's losses to retention, reported once each.
-#[derive(Default)]
-pub struct Losses {
+pub(crate) struct Losses {
     /// Resets whose end is not known yet, by partition: the first record lost.
     pending: Mutex<BTreeMap<Partition, i64>>,
-    metric: Option<&'static str>,
+    metric: &'static str,
 }
 
 impl Losses {
     /// Losses counted in the counter `metric` (labels `topic`, `partition`).
-    pub fn counted_as(metric: &'static str) -> Losses {
+    pub(crate) fn counted_as(metric: &'static str) -> Losses {
         Losses {
             pending: Mutex::default(),
-            metric: Some(metric),
+            metric,
         }
     }
 
@@ -92,7 +91,7 @@ impl Losses {
     /// Settles pending losses with a batch's offsets (first and last per partition): the first
     /// offset read after a reset ends its loss.
     pub(crate) fn settle(&self, batch: &BTreeMap<Partition, (i64, i64)>) {
-        self.settle_with(batch.iter().map(|(p, (first, _))| (p.clone(), *first)));
+        self.settle_at(batch.iter().map(|(p, (first, _))| (p.clone(), *first)));
     }
 
     /// The partitions with a loss whose end is not known yet.
@@ -102,11 +101,7 @@ impl Losses {
 
     /// Settles pending losses with where reading resumes per partition (for a partition where
     /// nothing was read since the reset: its log start).
-    pub(crate) fn settle_at(&self, positions: impl IntoIterator<Item = (Partition, i64)>) {
-        self.settle_with(positions);
-    }
-
-    fn settle_with(&self, ends: impl IntoIterator<Item = (Partition, i64)>) {
+    pub(crate) fn settle_at(&self, ends: impl IntoIterator<Item = (Partition, i64)>) {
         let settled: Vec<(Partition, i64, i64)> = {
             let mut pending = self.lock();
             if pending.is_empty() {
@@ -137,10 +132,8 @@ impl Losses {
             "{lost} records (offsets {from}..={}) were deleted by retention before they were read",
             to - 1
         );
-        if let Some(metric) = self.metric {
-            metrics::counter!(metric, "topic" => partition.0.clone(), "partition" => partition.1.to_string())
-                .increment(lost);
-        }
+        metrics::counter!(self.metric, "topic" => partition.0.clone(), "partition" => partition.1.to_string())
+            .increment(lost);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Partition, i64>> {
@@ -182,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_loss_without_its_end_is_settled_by_the_next_batch() {
-        let losses = Losses::default();
+        let losses = Losses::counted_as("test_records_lost_total");
         assert!(!losses.observe("Broker: transport failure"));
         assert!(losses.observe("t [1]: offset reset (at offset 100, broker 1) to offset BEGINNING: fetch failed: Broker: Offset out of range"));
         assert_eq!(losses.lock().get(&("t".to_owned(), 1)), Some(&100));
