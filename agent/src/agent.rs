@@ -43,6 +43,8 @@ pub(crate) enum Event {
 }
 
 const READINESS: &str = "kafka";
+/// The readiness check of checkpoint writes.
+const READY_CHECKPOINT: &str = "checkpoint";
 /// Bytes read from one file in one go; also bounds how far a read may overshoot the budget.
 const READ_CHUNK: usize = 1 << 20;
 /// Stat sweep of open files while notifications work (a safety net for missed events).
@@ -111,6 +113,8 @@ pub(crate) struct Agent {
     scan_needed: bool,
     sweep_needed: bool,
     checkpoint_urgent: bool,
+    /// Why the last checkpoint write failed, while they fail.
+    checkpoint_failing: Option<String>,
     rebuild: Option<String>,
     last_rebuild: Instant,
     last_scan: Instant,
@@ -171,6 +175,7 @@ impl Agent {
             scan_needed: true,
             sweep_needed: true,
             checkpoint_urgent: true,
+            checkpoint_failing: None,
             rebuild: None,
             last_rebuild: now,
             last_scan: now,
@@ -478,6 +483,7 @@ impl Agent {
             (Some(s), Some(_)) => s.path.clone(),
             _ => path.clone(),
         };
+        let id_saved = resumed.is_some();
         let (id, fingerprint, offset) = match resumed {
             Some(resumed) => resumed,
             None => {
@@ -507,6 +513,7 @@ impl Agent {
             dev: key.0,
             ino: key.1,
             id,
+            id_saved,
             fingerprint,
             offset,
             max_line_bytes: self.inputs[input].config.max_line_bytes,
@@ -588,7 +595,7 @@ impl Agent {
         let slots: Vec<u32> = self
             .files
             .iter()
-            .filter(|(_, t)| !t.at_eof())
+            .filter(|(_, t)| t.id_saved && !t.at_eof())
             .map(|(s, _)| s)
             .collect();
         let mut more = false;
@@ -787,20 +794,35 @@ impl Agent {
         }
     }
 
+    /// Writes the checkpoint. While writes fail (a full or read-only disk), files already
+    /// checkpointed go on shipping, new ids wait, `/ready` says why, and the write is retried
+    /// every `checkpoint_interval_ms` (not on every pass).
     fn write_checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
-        let files = self.files.states();
-        match checkpoint::store(&self.config.state_dir, &Checkpoint::new(files)) {
+        self.checkpoint_urgent = false;
+        let checkpoint = Checkpoint::new(self.files.states());
+        match checkpoint::store(&self.config.state_dir, &checkpoint) {
             Ok(()) => {
-                self.checkpoint_urgent = false;
                 self.last_checkpoint_ok = Instant::now();
+                self.files.ids_saved(&checkpoint.files);
+                if let Some(why) = self.checkpoint_failing.take() {
+                    tracing::info!("the checkpoint is written again (it failed: {why})");
+                    self.readiness.ready(READY_CHECKPOINT);
+                }
             }
             Err(e) => {
                 metrics::counter!(CHECKPOINT_ERRORS, "kind" => "write").increment(1);
-                tracing::error!(
+                let why = format!(
                     "cannot write the checkpoint in {}: {e}",
                     self.config.state_dir.display()
                 );
+                if self.checkpoint_failing.as_ref() != Some(&why) {
+                    tracing::error!(
+                        "{why}; files already checkpointed go on, new files wait for a checkpoint"
+                    );
+                    self.readiness.not_ready(READY_CHECKPOINT, why.clone());
+                }
+                self.checkpoint_failing = Some(why);
             }
         }
     }

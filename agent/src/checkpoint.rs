@@ -88,10 +88,15 @@ pub(crate) fn load(dir: &Path) -> Loaded {
 pub(crate) fn store(dir: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
     let temp = dir.join(TEMP_NAME);
     let bytes = serde_json::to_vec(checkpoint).map_err(io::Error::other)?;
-    let mut file = File::create(&temp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
+    let written = File::create(&temp).and_then(|mut file| {
+        file.write_all(&bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        // A full disk: do not keep the part that fitted, it is space the next try needs.
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
     fs::rename(&temp, dir.join(FILE_NAME))?;
     File::open(dir)?.sync_all()
 }

@@ -5,12 +5,14 @@
 //! These views must change together (a tailer moved to another slot or path but still found
 //! under the old one would be read twice or never closed), so only this module touches them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use logpipe_core::record::FileId;
 
 use crate::checkpoint::FileState;
 use crate::delivery::Token;
@@ -278,6 +280,14 @@ impl FileTable {
             }
         }
         files
+    }
+
+    /// A checkpoint holding `files` is on disk: the open files among them may send.
+    pub(crate) fn ids_saved(&mut self, files: &[FileState]) {
+        let saved: HashSet<FileId> = files.iter().map(|f| f.file).collect();
+        for tailer in self.tailers.values_mut() {
+            tailer.id_saved |= saved.contains(&tailer.id);
+        }
     }
 
     /// Records that `path` failed to open with `error`; true when that is news (to log).

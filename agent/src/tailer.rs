@@ -183,6 +183,9 @@ pub(crate) struct Tailer {
     pub(crate) ino: u64,
     pub(crate) id: FileId,
     id_hex: String,
+    /// A checkpoint holding `id` is on disk. Until then nothing is sent under it: after a crash
+    /// the file would get another id and its lines would arrive twice under two ids.
+    pub(crate) id_saved: bool,
     fingerprint: Digest,
     splitter: LineSplitter,
     pub(crate) acks: AckTracker,
@@ -215,6 +218,8 @@ pub(crate) struct Opening {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
     pub(crate) id: FileId,
+    /// `id` comes from the checkpoint (false: it is new).
+    pub(crate) id_saved: bool,
     pub(crate) fingerprint: Digest,
     pub(crate) offset: u64,
     pub(crate) max_line_bytes: usize,
@@ -239,6 +244,7 @@ impl Tailer {
             ino: open.ino,
             id: open.id,
             id_hex: open.id.to_hex(),
+            id_saved: open.id_saved,
             fingerprint: open.fingerprint,
             splitter: LineSplitter::new(open.max_line_bytes, open.offset),
             acks: AckTracker::new(open.offset),
@@ -452,6 +458,7 @@ impl Tailer {
         self.fingerprint = identity::fingerprint(&self.file, size)?;
         self.id = identity::new_file_id(self.dev, self.ino, self.fingerprint);
         self.id_hex = self.id.to_hex();
+        self.id_saved = false;
         self.slot = slot;
         self.splitter.reset(0);
         self.size = 0;
@@ -584,6 +591,7 @@ pub(crate) fn open_for_test(slot: u32, path: &std::path::Path) -> Tailer {
         dev,
         ino,
         id: identity::new_file_id(dev, ino, fingerprint),
+        id_saved: true,
         fingerprint,
         offset: 0,
         max_line_bytes: 1024,

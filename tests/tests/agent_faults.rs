@@ -317,3 +317,114 @@ async fn rejected_batches_rebuild_the_producer_and_lose_nothing() -> anyhow::Res
     agent.ensure_running()?;
     Ok(())
 }
+
+/// The agent's `/ready` answer: (ready, body).
+async fn readiness(setup: &Setup) -> anyhow::Result<(bool, String)> {
+    let response = reqwest::get(format!("http://{}/ready", setup.telemetry)).await?;
+    let ready = response.status().is_success();
+    Ok((ready, response.text().await?))
+}
+
+/// Every line's record ids: a line under two ids is one downstream cannot remove.
+fn ids_per_line(collector: &Collector) -> HashMap<Vec<u8>, HashSet<RecordId>> {
+    let mut out: HashMap<Vec<u8>, HashSet<RecordId>> = HashMap::new();
+    for record in collector.records() {
+        out.entry(record.value).or_default().insert(record.id);
+    }
+    out
+}
+
+/// Issue 19: the state directory fills up. Files already checkpointed go on shipping; a new
+/// file waits (its id is not on disk: sent now, a crash would send it again under another id);
+/// `/ready` and the metrics say why; a kill -9 meanwhile loses nothing and duplicates no line
+/// under a second id; when space comes back, everything goes on without a restart.
+#[tokio::test]
+async fn a_full_state_disk_stops_checkpoints_not_shipping_and_loses_nothing() -> anyhow::Result<()>
+{
+    let setup = Setup::new(1, "", "").await?;
+    let Some(disk) = logpipe_tests::disk::Tmpfs::mount(&setup.state, 64)? else {
+        return Ok(());
+    };
+    let a = setup.log("a.log");
+    let mut written: Vec<String> = lines("a1", 200);
+    append(&a, &written);
+    let mut agent = setup.start().await?;
+    let collector = Collector::start(setup.cluster.bootstrap())?;
+    collector
+        .wait_for_values(&as_set(&written), Duration::from_secs(30))
+        .await?;
+
+    let filler = disk.fill()?;
+    let errors_before = setup.metric(agent::CHECKPOINT_ERRORS).await;
+    let new_file: Vec<String> = lines("b", 200);
+    append(&setup.log("b.log"), &new_file);
+    written.extend(new_file.iter().cloned());
+    wait_until(Duration::from_secs(30), || async {
+        setup.metric(agent::OPEN_FILES).await >= 2.0
+            && setup.metric(agent::CHECKPOINT_ERRORS).await >= errors_before + 2.0
+    })
+    .await?;
+    let (ready, why) = readiness(&setup).await?;
+    assert!(
+        !ready && why.contains("checkpoint") && why.contains("space"),
+        "/ready must say the checkpoint cannot be written: {why}"
+    );
+    // The checkpointed file ships on; the new one has not sent a line.
+    let more = lines("a2", 200);
+    append(&a, &more);
+    written.extend(more.iter().cloned());
+    collector
+        .wait_for_values(&as_set(&more), Duration::from_secs(30))
+        .await?;
+    let b_seen = collector
+        .records()
+        .iter()
+        .filter(|r| r.text().contains("\"b-"))
+        .count();
+    assert_eq!(b_seen, 0, "a file whose id is not on disk must not send");
+
+    // A crash while the disk is full, a restart once there is space again.
+    agent.kill9()?;
+    std::fs::remove_file(&filler)?;
+    agent = setup.start().await?;
+    collector
+        .wait_for_values(&as_set(&written), Duration::from_secs(30))
+        .await?;
+    assert_eq!(
+        setup.metric(agent::CHECKPOINT_ERRORS).await,
+        0.0,
+        "the checkpoint left by the full disk reads back whole"
+    );
+
+    // Full again, and space back without a restart: the new file goes once there is room.
+    let filler = disk.fill()?;
+    let late_file: Vec<String> = lines("c", 200);
+    append(&setup.log("c.log"), &late_file);
+    written.extend(late_file.iter().cloned());
+    wait_until(Duration::from_secs(30), || async {
+        setup.metric(agent::CHECKPOINT_ERRORS).await >= 1.0
+    })
+    .await?;
+    assert!(!readiness(&setup).await?.0);
+    std::fs::remove_file(&filler)?;
+    collector
+        .wait_for_values(&as_set(&written), Duration::from_secs(30))
+        .await?;
+    wait_until(Duration::from_secs(10), || async {
+        readiness(&setup).await.is_ok_and(|(ready, _)| ready)
+    })
+    .await?;
+
+    let ids = ids_per_line(&collector);
+    let twice: Vec<_> = ids.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} lines arrived under two ids, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    assert_eq!(ids.len(), written.len(), "every line arrived");
+    service::stop(&mut agent).await?;
+    drop(disk);
+    Ok(())
+}
