@@ -3,6 +3,7 @@
 //! - [`cluster`]: `logpipe-dev cluster`, a Kafka cluster in a process (librdkafka's mock cluster)
 //!   with a control API for faults;
 //! - [`loadgen`]: `logpipe-dev loadgen`, generated game logs with a reconcilable report;
+//! - [`disk`]: a small file system to fill up, for full-disk tests;
 //! - [`harness`]: what tests use to start clusters and services and read topics back;
 //! - [`benchreport`]: the machine-readable rows every benchmark emits for `bench/run`;
 //! - [`measure`]: what the benchmarks measure with (rates, CPU and memory from `/proc`, sizing);
@@ -14,6 +15,7 @@
 pub mod benchreport;
 pub mod cep_oracle;
 pub mod cluster;
+pub mod disk;
 #[cfg(feature = "proptest")]
 pub mod fuzz;
 pub mod harness;

@@ -234,15 +234,30 @@ impl LocalLog {
         Ok((LocalLog { file, path }, records))
     }
 
-    /// Appends records and waits until they are on stable storage.
+    /// Appends records and waits until they are on stable storage. On error (a full disk) the
+    /// log is cut back to where it was: the part that fitted would otherwise sit before the next
+    /// write's records as a corrupt line, and the failed write must not come back at a restart.
     pub(crate) fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
         let mut buffer = Vec::new();
         for record in records {
             serde_json::to_writer(&mut buffer, record).map_err(std::io::Error::other)?;
             buffer.push(b'\n');
         }
-        self.file.write_all(&buffer)?;
-        self.file.sync_data()
+        let len = self.file.metadata()?.len();
+        let written = self
+            .file
+            .write_all(&buffer)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = self.file.set_len(len).and_then(|()| self.file.sync_data()) {
+                tracing::error!(
+                    path = %self.path.display(),
+                    "cannot cut a failed write back out of the log ({cut}): the next start will refuse it"
+                );
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     pub(crate) fn path(&self) -> &Path {

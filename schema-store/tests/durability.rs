@@ -1,6 +1,8 @@
 //! Durability: the real binary is killed with SIGKILL in the middle of a stream of concurrent
 //! registrations; after a restart every acknowledged registration is there with the same id, and
-//! ids stay unique. Needs the binaries built (`cargo build --workspace --bins`).
+//! ids stay unique. And its data directory fills up: writes fail with a 500 that says why, reads
+//! go on, and the log is whole afterwards. Needs the binaries built
+//! (`cargo build --workspace --bins`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -119,4 +121,55 @@ async fn acknowledged_registrations_survive_kill_9() {
     );
     let status = process.terminate(Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// A schema whose record is several KiB, so its write cannot fit in the slack of the log's last
+/// page on a full disk: part of it is written before the disk says no.
+fn big_schema(name: &str) -> String {
+    let fields: Vec<Value> = (0..120)
+        .map(|i| json!({"name": format!("field_with_a_long_name_{i:03}"), "type": "string", "doc": "padding to span pages"}))
+        .collect();
+    json!({"type": "record", "name": name, "fields": fields}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_with_the_reason_and_leaves_the_log_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let Some(disk) = logpipe_devkit::disk::Tmpfs::mount(&data, 64).unwrap() else {
+        return;
+    };
+    let client = Client::new();
+    let (mut process, base) = start(dir.path()).await;
+    let (status, first) = send(register(&client, &base, "before", schema(0, 0))).await;
+    assert_eq!(status, 200, "{first}");
+
+    let filler = disk.fill().unwrap();
+    let (status, body) = send(register(&client, &base, "full", big_schema("Full"))).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error_code"], 50001, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("space"), "the error says why: {message}");
+    // Reads go on.
+    let (status, read) = send(client.get(format!("{base}/subjects/before/versions/1"))).await;
+    assert_eq!((status, &read["id"]), (200, &first["id"]), "{read}");
+    let (_, subjects) = send(client.get(format!("{base}/subjects"))).await;
+    assert_eq!(subjects, json!(["before"]), "a failed write is not visible");
+
+    std::fs::remove_file(&filler).unwrap();
+    let (status, after) = send(register(&client, &base, "after", big_schema("After"))).await;
+    assert_eq!(status, 200, "{after}");
+    let status = process.terminate(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // The log reads back whole: what was acknowledged, not what failed.
+    let (mut process, base) = start(dir.path()).await;
+    let (_, subjects) = send(client.get(format!("{base}/subjects"))).await;
+    assert_eq!(subjects, json!(["after", "before"]));
+    let (_, read) = send(client.get(format!("{base}/subjects/after/versions/1"))).await;
+    assert_eq!(read["id"], after["id"], "{read}");
+    let status = process.terminate(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(disk);
 }

@@ -5,7 +5,6 @@
 //! - [`agent`]: an agent process over a log directory, and a collector of what it produced;
 //! - [`cep`]: game events in clean topics, the matches an oracle expects of them, CEP workers'
 //!   configs and rules API, and the matches read back;
-//! - [`disk`]: a small file system to fill up, for full-disk tests;
 //! - [`mirror`]: write and read clusters, mirror processes, records with countable ids;
 //! - [`validator`]: a cluster with a schema store, validator processes, agent-style records, and
 //!   clean and dead-letter topics read back by event id;
@@ -16,7 +15,6 @@
 
 pub mod agent;
 pub mod cep;
-pub mod disk;
 pub mod metrics;
 pub mod mirror;
 pub mod pipeline;

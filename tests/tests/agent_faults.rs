@@ -342,7 +342,7 @@ fn ids_per_line(collector: &Collector) -> HashMap<Vec<u8>, HashSet<RecordId>> {
 async fn a_full_state_disk_stops_checkpoints_not_shipping_and_loses_nothing() -> anyhow::Result<()>
 {
     let setup = Setup::new(1, "", "").await?;
-    let Some(disk) = logpipe_tests::disk::Tmpfs::mount(&setup.state, 64)? else {
+    let Some(disk) = logpipe_devkit::disk::Tmpfs::mount(&setup.state, 64)? else {
         return Ok(());
     };
     let a = setup.log("a.log");
