@@ -79,6 +79,7 @@ pub mod schema_store {
     pub const KAFKA_ELECTIONS: &str = "logpipe_schema_store_kafka_elections_total";
     pub const KAFKA_ERRORS: &str = "logpipe_schema_store_kafka_errors_total";
     pub const KAFKA_FORWARDED: &str = "logpipe_schema_store_kafka_forwarded_total";
+    pub const KAFKA_FORWARDED_RETRIES: &str = "logpipe_schema_store_kafka_forwarded_retries_total";
     pub const KAFKA_LEADER: &str = "logpipe_schema_store_kafka_leader";
     pub const KAFKA_RECORDS_SKIPPED: &str = "logpipe_schema_store_kafka_records_skipped_total";
     pub const KAFKA_REPLAY_OFFSET: &str = "logpipe_schema_store_kafka_replay_offset";

@@ -121,6 +121,11 @@ impl Cluster {
         self.leader.load(Ordering::Acquire)
     }
 
+    /// The URL other instances reach this one at.
+    pub(crate) fn advertised_url(&self) -> &str {
+        &self.storage.advertised_url
+    }
+
     pub(crate) fn leader_url(&self) -> Option<String> {
         self.leader_url.lock().expect("leader url lock").clone()
     }

@@ -55,6 +55,10 @@ pub(crate) fn describe() {
         KAFKA_FORWARDED,
         "Writes a follower forwarded to the leader, by outcome (ok, failed)."
     );
+    describe_counter!(
+        KAFKA_FORWARDED_RETRIES,
+        "Forwarded writes that came to the leader again, answered with their first answer."
+    );
     describe_histogram!(
         KAFKA_COMMIT,
         "Seconds to write a batch to the schemas topic in one transaction and read it back."

@@ -487,3 +487,77 @@ async fn an_unusable_topic_stops_start_up_with_a_clear_error() {
         );
     }
 }
+
+/// A write as a follower forwards it: marked forwarded, with its id for retries.
+async fn forwarded(base: &str, method: reqwest::Method, path: &str, id: &str) -> (u16, Value) {
+    let response = client()
+        .request(method, format!("{base}{path}"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("x-logpipe-forwarded", "1")
+        .header("x-logpipe-write-id", id)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Issue 19: a follower retries a forwarded write when the first try failed after it was sent
+/// (a connection reset): the leader must not run it twice. "Delete the latest version" run
+/// twice would delete two versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_forwarded_write_runs_once() {
+    let cluster = DevCluster::start(1, &[("_schemas", 1)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start(dir.path(), cluster.bootstrap()).await;
+    wait_until(Duration::from_secs(30), || is_leader(&leader))
+        .await
+        .unwrap();
+    // Three versions, each adding an optional field (compatible under the default BACKWARD).
+    for n in 0..3 {
+        let mut fields = vec![json!({"name": "id", "type": "long"})];
+        for f in 0..n {
+            fields
+                .push(json!({"name": format!("f{f}"), "type": ["null", "long"], "default": null}));
+        }
+        let schema = json!({"type": "record", "name": "R", "fields": fields});
+        let (status, reply) = register(&leader.base, "s", &schema).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+
+    let delete = || {
+        forwarded(
+            &leader.base,
+            reqwest::Method::DELETE,
+            "/subjects/s/versions/latest",
+            "follower/1",
+        )
+    };
+    let first = delete().await;
+    let retry = delete().await;
+    assert_eq!(first, (200, json!(3)));
+    assert_eq!(retry, first, "a retry gets the first answer");
+    assert_eq!(
+        get(&leader.base, "/subjects/s/versions").await.1,
+        json!([1, 2])
+    );
+    assert_eq!(
+        scraped(&leader, metric::KAFKA_FORWARDED_RETRIES, &[]).await,
+        Some(1.0)
+    );
+    // Another write with another id runs.
+    let other = forwarded(
+        &leader.base,
+        reqwest::Method::DELETE,
+        "/subjects/s/versions/latest",
+        "follower/2",
+    )
+    .await;
+    assert_eq!(other, (200, json!(2)));
+    assert_eq!(
+        get(&leader.base, "/subjects/s/versions").await.1,
+        json!([1])
+    );
+}
