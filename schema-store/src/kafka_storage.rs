@@ -90,6 +90,11 @@ const READER_FETCH_WAIT_MS: &str = "10";
 const LEADER_REFRESH: Duration = Duration::from_secs(1);
 /// The election group's session timeout: how long a killed leader keeps the partition.
 const SESSION_TIMEOUT_MS: &str = "6000";
+/// How often the reader checks that the topic is still there and reachable.
+const STORAGE_PROBE: Duration = Duration::from_secs(1);
+/// How long the topic may be unreachable before the instance reports itself not ready (a
+/// broker restart or a leader move is not a lost storage).
+const STORAGE_LOST_AFTER: Duration = Duration::from_secs(6);
 /// How long a fenced instance that still holds the partition waits before leading again: twice
 /// the session timeout, by when the group has moved the partition if another instance has it.
 const FENCED_GRACE: Duration = Duration::from_secs(12);
@@ -105,6 +110,8 @@ pub(crate) struct Cluster {
     position: watch::Receiver<i64>,
     /// True once the first replay reached the end of the topic.
     caught_up: watch::Receiver<bool>,
+    /// Why the topic is lost (unreachable, or shorter than what was read), while it is.
+    storage_lost: watch::Receiver<Option<String>>,
     /// Set when a newer leader fenced this instance's producer: it does not take over again
     /// until the group has taken the partition away (else two instances could fence each other
     /// in turn while the group moves the partition).
@@ -141,6 +148,11 @@ impl Cluster {
         tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Follows whether the storage is lost, and why: `/ready` reports it.
+    pub(crate) fn storage_lost(&self) -> watch::Receiver<Option<String>> {
+        self.storage_lost.clone()
     }
 
     /// Waits until the initial replay reached the end of the topic.
@@ -182,12 +194,14 @@ pub(crate) async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc
     let state = Arc::new(RwLock::new(State::default()));
     let (position_tx, position) = watch::channel(0i64);
     let (caught_up_tx, caught_up) = watch::channel(false);
+    let (lost_tx, storage_lost) = watch::channel(None);
     let cluster = Arc::new(Cluster {
         storage: storage.clone(),
         leader: AtomicBool::new(false),
         leader_url: Mutex::new(None),
         position,
         caught_up,
+        storage_lost,
         fenced: AtomicBool::new(false),
         terms: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -198,7 +212,17 @@ pub(crate) async fn open(storage: KafkaStorage) -> anyhow::Result<(Registry, Arc
         let (cluster, state) = (Arc::clone(&cluster), Arc::clone(&state));
         std::thread::Builder::new()
             .name("schemas-reader".into())
-            .spawn(move || read(reader, cluster, state, position_tx, caught_up_tx))?
+            .spawn(move || {
+                let mut probe = StorageProbe::new(lost_tx);
+                read(
+                    reader,
+                    cluster,
+                    state,
+                    position_tx,
+                    caught_up_tx,
+                    &mut probe,
+                )
+            })?
     };
     let election: BaseConsumer = consumer_config(&storage, &storage.election_group(), "election")
         .set("session.timeout.ms", SESSION_TIMEOUT_MS)
@@ -288,10 +312,15 @@ fn read(
     state: Arc<RwLock<State>>,
     position: watch::Sender<i64>,
     caught_up: watch::Sender<bool>,
+    probe: &mut StorageProbe,
 ) {
     let started = Instant::now();
     let mut last_warning: Option<Instant> = None;
     while !cluster.stop.load(Ordering::Acquire) {
+        if probe.due() {
+            let ends = consumer.fetch_watermarks(&cluster.storage.topic, 0, STORAGE_PROBE * 2);
+            probe.observe(&cluster.storage.topic, ends, *position.borrow());
+        }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
@@ -312,6 +341,65 @@ fn read(
                     last_warning = Some(Instant::now());
                 }
             }
+        }
+    }
+}
+
+/// Whether the topic the registry lives in is still there: reachable, and at least as long as
+/// what this instance has read. A topic deleted (and maybe recreated empty) under a running
+/// store, or brokers gone for good, leave the in-memory registry serving what no restart would
+/// find again, so the instance says so on `/ready` instead of looking healthy.
+struct StorageProbe {
+    lost: watch::Sender<Option<String>>,
+    last: Option<Instant>,
+    failing_since: Option<Instant>,
+}
+
+impl StorageProbe {
+    fn new(lost: watch::Sender<Option<String>>) -> StorageProbe {
+        StorageProbe {
+            lost,
+            last: None,
+            failing_since: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= STORAGE_PROBE)
+    }
+
+    /// Takes the topic's offsets (or the error reading them) against the reader's position.
+    fn observe(&mut self, topic: &str, ends: Result<(i64, i64), KafkaError>, read: i64) {
+        let now = Instant::now();
+        self.last = Some(now);
+        let problem = match ends {
+            Ok((_, end)) if end < read => Some(format!(
+                "the {topic} topic ends at offset {end}, below the {read} this instance has read: \
+                 it was deleted or truncated, and a restart would not find every schema served now"
+            )),
+            Ok(_) => {
+                self.failing_since = None;
+                None
+            }
+            Err(e) => {
+                let since = *self.failing_since.get_or_insert(now);
+                if now.duration_since(since) >= STORAGE_LOST_AFTER {
+                    Some(format!(
+                        "cannot reach the {topic} topic for {} s: {e}",
+                        now.duration_since(since).as_secs()
+                    ))
+                } else {
+                    // Too soon to tell: whatever was known stands.
+                    self.lost.borrow().clone()
+                }
+            }
+        };
+        if *self.lost.borrow() != problem {
+            match &problem {
+                Some(why) => tracing::error!("schema storage lost: {why}"),
+                None => tracing::info!("schema storage is back"),
+            }
+            self.lost.send_replace(problem);
         }
     }
 }
@@ -596,5 +684,28 @@ impl Journal for KafkaJournal {
         let stale = epoch != self.seen_epoch;
         self.seen_epoch = epoch;
         stale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_shorter_than_what_was_read_is_lost_storage() {
+        let (tx, rx) = watch::channel(None);
+        let mut probe = StorageProbe::new(tx);
+        probe.observe("_schemas", Ok((0, 10)), 10);
+        assert_eq!(*rx.borrow(), None);
+        probe.observe("_schemas", Ok((0, 0)), 10);
+        let why = rx.borrow().clone().unwrap_or_default();
+        assert!(why.contains("deleted or truncated"), "{why}");
+        // A short error changes nothing: the loss stands until the topic holds what was read.
+        probe.observe("_schemas", Err(KafkaError::NoMessageReceived), 10);
+        assert!(rx.borrow().is_some());
+        probe.observe("_schemas", Ok((0, 12)), 10);
+        assert_eq!(*rx.borrow(), None);
+        probe.observe("_schemas", Err(KafkaError::NoMessageReceived), 12);
+        assert_eq!(*rx.borrow(), None, "nor is it a loss yet");
     }
 }

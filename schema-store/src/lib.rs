@@ -303,6 +303,9 @@ impl Server {
     }
 }
 
+/// The readiness check of Kafka storage: the topic is reachable and holds what was read.
+const READY_STORAGE: &str = "storage";
+
 /// The service the binary runs.
 pub struct SchemaStore;
 
@@ -320,6 +323,20 @@ impl Service for SchemaStore {
         };
         tracing::info!(listen = %server.local_addr(), "schema store API listening");
         ctx.readiness.ready("api");
+        if let Some(mut lost) = server.cluster.as_ref().map(|c| c.storage_lost()) {
+            let readiness = ctx.readiness.clone();
+            tokio::spawn(async move {
+                loop {
+                    match &*lost.borrow_and_update() {
+                        None => readiness.ready(READY_STORAGE),
+                        Some(why) => readiness.not_ready(READY_STORAGE, why.clone()),
+                    }
+                    if lost.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         server.run(ctx.shutdown.clone()).await
     }
 }

@@ -561,3 +561,46 @@ async fn a_retried_forwarded_write_runs_once() {
         json!([1])
     );
 }
+
+/// `/ready`: (status, body).
+async fn ready(instance: &Instance) -> (u16, String) {
+    let response = client()
+        .get(format!("http://{}/ready", instance.telemetry))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Issue 19: the Kafka storage goes away under a running instance. It must stop looking healthy
+/// (its registry is no longer backed by anything a restart would find), go on serving reads, and
+/// be ready again once the topic is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_says_when_the_storage_is_lost_and_when_it_is_back() {
+    let cluster = DevCluster::start(1, &[("_schemas", 1)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = start(dir.path(), cluster.bootstrap()).await;
+    let (status, _) = register(&instance.base, "s", &record("R")).await;
+    assert_eq!(status, 200);
+    assert_eq!(ready(&instance).await.0, 200);
+
+    cluster.broker_down(1).await.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        let (status, body) = ready(&instance).await;
+        status == 503 && body.contains("storage") && body.contains("cannot reach")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        get(&instance.base, "/subjects").await,
+        (200, json!(["s"])),
+        "reads go on from memory"
+    );
+
+    cluster.broker_up(1).await.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        ready(&instance).await.0 == 200
+    })
+    .await
+    .unwrap();
+}
