@@ -23,7 +23,7 @@ use crate::compat::Level;
 use crate::error::Error;
 use crate::forward::Forwarder;
 use crate::log::{Mode, Record};
-use crate::openapi::{self, Operation};
+use crate::openapi::{self, Operation, QueryParam};
 use crate::registry::{
     validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector,
 };
@@ -148,7 +148,7 @@ fn route(
     path: &'static str,
     role: Role,
     summary: &'static str,
-    query: &'static [(&'static str, &'static str)],
+    query: &'static [QueryParam],
     body: Option<&'static str>,
     response: &'static str,
     handler: MethodRouter<AppState>,
@@ -167,10 +167,17 @@ fn route(
     }
 }
 
-const DELETED: (&str, &str) = ("deleted", "include soft-deleted entries");
-const PERMANENT: (&str, &str) = ("permanent", "hard delete (only after a soft delete)");
-const VERBOSE: (&str, &str) = ("verbose", "return the reasons for incompatibility");
-const DEFAULT_TO_GLOBAL: (&str, &str) = (
+const DELETED: QueryParam = QueryParam::flag("deleted", "include soft-deleted entries");
+const PERMANENT: QueryParam =
+    QueryParam::flag("permanent", "hard delete (only after a soft delete)");
+const VERBOSE: QueryParam = QueryParam::flag("verbose", "return the reasons for incompatibility");
+const NORMALIZE: QueryParam = QueryParam::flag("normalize", "ignored");
+const FORCE: QueryParam = QueryParam::flag("force", "allow IMPORT with existing subjects");
+const SUBJECT_IGNORED: QueryParam = QueryParam::text("subject", "ignored");
+const FORMAT_IGNORED: QueryParam = QueryParam::text("format", "ignored");
+const SUBJECT_PREFIX: QueryParam =
+    QueryParam::text("subjectPrefix", "only subjects starting with this");
+const DEFAULT_TO_GLOBAL: QueryParam = QueryParam::flag(
     "defaultToGlobal",
     "fall back to the global setting instead of 404",
 );
@@ -205,7 +212,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "/schemas/ids/{id}",
             Read,
             "Schema by global id",
-            &[("subject", "ignored"), ("format", "ignored")],
+            &[SUBJECT_IGNORED, FORMAT_IGNORED],
             None,
             "SchemaById",
             on(MethodFilter::GET, schema_by_id),
@@ -245,10 +252,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "/subjects",
             Read,
             "List subjects",
-            &[
-                DELETED,
-                ("subjectPrefix", "only subjects starting with this"),
-            ],
+            &[DELETED, SUBJECT_PREFIX],
             None,
             "StringList",
             on(MethodFilter::GET, list_subjects),
@@ -258,7 +262,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "/subjects/{subject}",
             Read,
             "Look up a schema under a subject",
-            &[DELETED, ("normalize", "ignored")],
+            &[DELETED, NORMALIZE],
             Some("RegisterRequest"),
             "SubjectVersion",
             on(MethodFilter::POST, lookup),
@@ -288,7 +292,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "/subjects/{subject}/versions",
             Write,
             "Register a schema under a subject",
-            &[("normalize", "ignored")],
+            &[NORMALIZE],
             Some("RegisterRequest"),
             "RegisterResponse",
             on(MethodFilter::POST, register),
@@ -428,7 +432,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "/mode",
             Admin,
             "Set the global mode",
-            &[("force", "allow IMPORT with existing subjects")],
+            &[FORCE],
             Some("Mode"),
             "Mode",
             on(MethodFilter::PUT, put_global::<Mode>),
