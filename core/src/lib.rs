@@ -5,6 +5,7 @@
 //! - [`kafka`]: the `[kafka]` table and librdkafka settings per client role;
 //! - [`http`]: a bound HTTP listener served until shutdown (telemetry and service APIs);
 //! - [`auth`]: HTTP basic auth with ordered roles for service APIs, and password hashing;
+//! - [`openapi`]: OpenAPI documents generated from a service API's route table;
 //! - [`telemetry`]: `/metrics`, `/health`, `/ready`;
 //! - [`metric_names`]: every service's metric names, the contract its readers share;
 //! - [`logging`]: `tracing` output, human or JSON;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod kafka;
 pub mod logging;
 pub mod metric_names;
+pub mod openapi;
 pub mod record;
 pub mod service;
 pub mod shutdown;

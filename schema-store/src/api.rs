@@ -23,12 +23,12 @@ use crate::compat::Level;
 use crate::error::Error;
 use crate::forward::Forwarder;
 use crate::log::{Mode, Record};
-use crate::openapi::{self, Operation, QueryParam};
 use crate::registry::{
     validate_subject, NewSchema, Registry, State as RegistryState, VersionSelector,
 };
 use crate::schema::{Reference, SchemaType};
 use logpipe_core::metric_names::schema_store as metric;
+use logpipe_core::openapi::{self, Operation, QueryParam};
 
 /// The content type of every JSON response, as Confluent sends it.
 pub(crate) const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -1139,7 +1139,10 @@ fn openapi_document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
         let routes = routes();
-        openapi::build(routes.iter().map(|r| &r.operation), CONTENT_TYPE)
+        openapi::build(
+            &crate::openapi::api(CONTENT_TYPE),
+            routes.iter().map(|r| &r.operation),
+        )
     })
 }
 

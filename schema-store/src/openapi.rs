@@ -1,59 +1,8 @@
-//! `GET /openapi.json`: an OpenAPI 3 document generated from the API's route table, so it
-//! describes exactly the surface the router serves. The table hands each route's [`Operation`]
-//! in; this module knows nothing else of the API.
+//! What the schema store's OpenAPI document says beyond its route table: components, the rules
+//! of path parameters, and links. `core::openapi` builds the document.
 
-use axum::http::Method;
-use logpipe_core::auth::Role;
-use serde_json::{json, Map, Value};
-
-/// What the document says about one route.
-pub(crate) struct Operation {
-    pub(crate) method: Method,
-    /// In axum's syntax, which is OpenAPI's: `/subjects/{subject}`.
-    pub(crate) path: &'static str,
-    pub(crate) role: Role,
-    pub(crate) summary: &'static str,
-    pub(crate) query: &'static [QueryParam],
-    /// Request body component, if any.
-    pub(crate) body: Option<&'static str>,
-    /// Success response component.
-    pub(crate) response: &'static str,
-}
-
-/// A query parameter.
-pub(crate) struct QueryParam {
-    name: &'static str,
-    description: &'static str,
-    /// `true` or `false`; otherwise any text.
-    flag: bool,
-}
-
-impl QueryParam {
-    pub(crate) const fn flag(name: &'static str, description: &'static str) -> QueryParam {
-        QueryParam {
-            name,
-            description,
-            flag: true,
-        }
-    }
-
-    pub(crate) const fn text(name: &'static str, description: &'static str) -> QueryParam {
-        QueryParam {
-            name,
-            description,
-            flag: false,
-        }
-    }
-
-    fn parameter(&self) -> Value {
-        let schema = if self.flag {
-            json!({"type": "boolean"})
-        } else {
-            json!({"type": "string"})
-        };
-        json!({"name": self.name, "in": "query", "required": false, "description": self.description, "schema": schema})
-    }
-}
+use logpipe_core::openapi::{Api, Links};
+use serde_json::{json, Value};
 
 /// What a path parameter may be: a request the document allows is one the API accepts.
 fn path_schema(name: &str) -> Value {
@@ -71,78 +20,8 @@ fn path_schema(name: &str) -> Value {
     }
 }
 
-/// The document of `operations`, whose bodies have the media type `content_type`.
-pub(crate) fn build<'a>(
-    operations: impl IntoIterator<Item = &'a Operation>,
-    content_type: &str,
-) -> Value {
-    let mut paths = Map::new();
-    for route in operations {
-        let mut parameters: Vec<Value> = path_parameters(route.path)
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": path_schema(name)}))
-            .collect();
-        parameters.extend(route.query.iter().map(QueryParam::parameter));
-        let mut operation = json!({
-            "summary": route.summary,
-            "x-required-role": match route.role { Role::Read => "read", Role::Write => "write", Role::Admin => "admin" },
-            "parameters": parameters,
-            "responses": {
-                "200": {"description": "OK", "content": {content_type: {"schema": {"$ref": format!("#/components/schemas/{}", route.response)}}}},
-                "default": {"description": "Error", "content": {content_type: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            }
-        });
-        if let Some(body) = route.body {
-            operation["requestBody"] = json!({"required": true, "content": {content_type: {"schema": {"$ref": format!("#/components/schemas/{body}")}}}});
-        }
-        let item = paths
-            .entry(route.path.to_owned())
-            .or_insert_with(|| json!({}));
-        item[route.method.as_str().to_ascii_lowercase()] = operation;
-    }
-    for (from, links) in LINKS {
-        let (method, path) = from.split_once(' ').expect("\"METHOD /path\"");
-        let Some(operation) = paths
-            .get_mut(path)
-            .and_then(|item| item.get_mut(method.to_ascii_lowercase()))
-        else {
-            continue;
-        };
-        let mut out = Map::new();
-        for (name, to, parameters) in *links {
-            let (method, path) = to.split_once(' ').expect("\"METHOD /path\"");
-            out.insert(
-                (*name).to_owned(),
-                json!({
-                    "operationRef": format!("#/paths/{}/{}", path.replace('~', "~0").replace('/', "~1"), method.to_ascii_lowercase()),
-                    "parameters": parameters.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<Map<_, _>>()
-                }),
-            );
-        }
-        operation["responses"]["200"]["links"] = Value::Object(out);
-    }
-    json!({
-        "openapi": "3.0.3",
-        "info": {
-            "title": "logpipe-schema-store",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Confluent Schema Registry compatible API (AVRO and JSON schemas). Errors are {error_code, message} with Confluent's codes."
-        },
-        "components": {
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
-            "schemas": components()
-        },
-        "security": [{"basic": []}],
-        "paths": paths
-    })
-}
-
-/// OpenAPI links: where an answer leads (with the values it hands on), so a stateful client or
-/// fuzzer can chain a registration to the reads and deletes of what it created.
-type Links = &'static [(
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-)];
+/// Where a registration's answer leads (with the values it hands on), so a stateful client or
+/// fuzzer can chain it to the reads and deletes of what it created.
 const LINKS: &[(&str, Links)] = &[(
     "POST /subjects/{subject}/versions",
     &[
@@ -184,10 +63,17 @@ const LINKS: &[(&str, Links)] = &[(
     ],
 )];
 
-/// `{name}` segments of a path.
-pub(crate) fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/')
-        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+/// The schema store's part of its document; bodies are `content_type`.
+pub(crate) fn api(content_type: &'static str) -> Api {
+    Api {
+        title: "logpipe-schema-store",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "Confluent Schema Registry compatible API (AVRO and JSON schemas). Errors are {error_code, message} with Confluent's codes.",
+        content_type,
+        components: components(),
+        path_schema,
+        links: LINKS,
+    }
 }
 
 fn components() -> Value {
