@@ -9,13 +9,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use logpipe_core::auth::{Auth, Denied, Role};
 use logpipe_core::kafka::KafkaConfig;
+use logpipe_core::openapi::{self, Operation, QueryParam};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -108,13 +110,141 @@ impl IntoResponse for ApiError {
 
 type Answer = Result<Response, ApiError>;
 
+/// A request axum could not take apart (a path, query or body that is not what the route
+/// expects), answered as the API's JSON error like every other refusal.
+fn refused<R: IntoResponse + std::fmt::Display>(rejection: R) -> ApiError {
+    let message = rejection.to_string();
+    ApiError::new(rejection.into_response().status(), message)
+}
+
+/// One row of the API: what the document says of it, and its handler.
+struct Route {
+    operation: Operation,
+    handler: MethodRouter<Arc<Api>>,
+}
+
+// A row of the route table: positional arguments keep each route on one line.
+#[allow(clippy::too_many_arguments)]
+fn route(
+    method: Method,
+    path: &'static str,
+    role: Role,
+    summary: &'static str,
+    query: &'static [QueryParam],
+    body: Option<&'static str>,
+    response: &'static str,
+    handler: MethodRouter<Arc<Api>>,
+) -> Route {
+    Route {
+        operation: Operation {
+            method,
+            path,
+            role,
+            summary,
+            query,
+            body,
+            response,
+        },
+        handler,
+    }
+}
+
+const RECORDS: QueryParam = QueryParam::integer(
+    "records",
+    "records per partition of each source to test on (1 to 100,000; default 1,000)",
+);
+
+/// The whole API: the router and the OpenAPI document both come from this table.
+fn routes() -> Vec<Route> {
+    use Method as M;
+    use Role::*;
+    vec![
+        route(
+            M::GET,
+            "/rules",
+            Read,
+            "Every active rule, current version",
+            &[],
+            None,
+            "RuleList",
+            get(list),
+        ),
+        route(
+            M::GET,
+            "/rules/{name}",
+            Read,
+            "A rule's current version",
+            &[],
+            None,
+            "StoredRule",
+            get(current),
+        ),
+        route(
+            M::PUT,
+            "/rules/{name}",
+            Write,
+            "Store a new version of a rule (JSON, or YAML as text)",
+            &[],
+            Some("RuleDocument"),
+            "PutAnswer",
+            put(put_rule),
+        ),
+        route(
+            M::DELETE,
+            "/rules/{name}",
+            Write,
+            "Delete a rule (a version without a document)",
+            &[],
+            None,
+            "DeleteAnswer",
+            delete(delete_rule),
+        ),
+        route(
+            M::GET,
+            "/rules/{name}/versions/{version}",
+            Read,
+            "One version of a rule",
+            &[],
+            None,
+            "StoredRule",
+            get(version),
+        ),
+        route(
+            M::GET,
+            "/rules/{name}/status",
+            Read,
+            "What this worker's partitions did with the rule",
+            &[],
+            None,
+            "Status",
+            get(status),
+        ),
+        route(
+            M::POST,
+            "/rules/{name}/test",
+            Read,
+            "Run the current version, or the document sent, over recent records; writes nothing",
+            &[RECORDS],
+            Some("RuleDocument"),
+            "TestAnswer",
+            post(test),
+        ),
+    ]
+}
+
+/// `GET /openapi.json`, built from [`routes`].
+fn openapi_document() -> Value {
+    let routes = routes();
+    openapi::build(&crate::openapi::api(), routes.iter().map(|r| &r.operation))
+}
+
 pub(crate) fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/rules", get(list))
-        .route("/rules/{name}", get(current).put(put).delete(delete))
-        .route("/rules/{name}/versions/{version}", get(version))
-        .route("/rules/{name}/status", get(status))
-        .route("/rules/{name}/test", post(test))
+    let mut router = Router::new();
+    for route in routes() {
+        router = router.route(route.operation.path, route.handler);
+    }
+    router
+        .route("/openapi.json", get(|| async { Json(openapi_document()) }))
         .with_state(api)
 }
 
@@ -258,10 +388,11 @@ async fn list(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
 
 async fn current(
     State(api): State<Arc<Api>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Answer {
     api.auth.authorize(&headers, Role::Read)?;
+    let Path(name) = name.map_err(refused)?;
     let book = api.rules.book();
     let stored = book.current(&name).ok_or_else(|| not_found(&name))?;
     Ok(Json(stored_json(stored)).into_response())
@@ -269,10 +400,11 @@ async fn current(
 
 async fn version(
     State(api): State<Arc<Api>>,
-    Path((name, version)): Path<(String, u32)>,
+    path: Result<Path<(String, u32)>, PathRejection>,
     headers: HeaderMap,
 ) -> Answer {
     api.auth.authorize(&headers, Role::Read)?;
+    let Path((name, version)) = path.map_err(refused)?;
     let book = api.rules.book();
     let stored = book.version(&name, version).ok_or_else(|| {
         ApiError::new(
@@ -287,13 +419,15 @@ fn not_found(name: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no rule {name:?}"))
 }
 
-async fn put(
+async fn put_rule(
     State(api): State<Arc<Api>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Answer {
     api.auth.authorize(&headers, Role::Write)?;
+    let body = body.map_err(refused)?;
+    let Path(name) = name.map_err(refused)?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -303,12 +437,13 @@ async fn put(
     Ok(Json(json!({"name": stored.name, "version": stored.version, "created_at": stored.created_at, "warnings": warnings})).into_response())
 }
 
-async fn delete(
+async fn delete_rule(
     State(api): State<Arc<Api>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Answer {
     api.auth.authorize(&headers, Role::Write)?;
+    let Path(name) = name.map_err(refused)?;
     if api.rules.book().current(&name).is_none() {
         return Err(not_found(&name));
     }
@@ -325,10 +460,11 @@ async fn delete(
 
 async fn status(
     State(api): State<Arc<Api>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Answer {
     api.auth.authorize(&headers, Role::Read)?;
+    let Path(name) = name.map_err(refused)?;
     let stored = api
         .rules
         .book()
@@ -381,12 +517,15 @@ struct TestQuery {
 /// sources with empty state, and shows what it would emit; writes nothing.
 async fn test(
     State(api): State<Arc<Api>>,
-    Path(name): Path<String>,
-    Query(query): Query<TestQuery>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<TestQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Answer {
     api.auth.authorize(&headers, Role::Read)?;
+    let body = body.map_err(refused)?;
+    let Query(query) = query.map_err(refused)?;
+    let Path(name) = name.map_err(refused)?;
     let document = if body.trim().is_empty() {
         api.rules
             .book()

@@ -9,7 +9,7 @@
 //! `ruleset` (the active rules, indexed), `event` (what is carried of an event, re-keyed),
 //! `counter` and `state` (keyed counting and its changelog), `matches` (the match record),
 //! `pipeline` (the exactly-once loop), `rules_store` (the rules topic), `sources` (what the
-//! source topics hold), `api` (the HTTP API), `metrics`.
+//! source topics hold), `api` (the HTTP API) and `openapi` (its document), `metrics`.
 
 mod api;
 mod clock;
@@ -21,6 +21,7 @@ mod expr;
 mod field;
 mod matches;
 mod metrics;
+mod openapi;
 mod pipeline;
 mod replay;
 mod rule;

@@ -25,8 +25,16 @@ pub struct Operation {
 pub struct QueryParam {
     name: &'static str,
     description: &'static str,
-    /// `true` or `false`; otherwise any text.
-    flag: bool,
+    kind: Kind,
+}
+
+/// What a query parameter's value is.
+enum Kind {
+    /// `true` or `false`.
+    Flag,
+    Integer,
+    /// Any text.
+    Text,
 }
 
 impl QueryParam {
@@ -34,7 +42,15 @@ impl QueryParam {
         QueryParam {
             name,
             description,
-            flag: true,
+            kind: Kind::Flag,
+        }
+    }
+
+    pub const fn integer(name: &'static str, description: &'static str) -> QueryParam {
+        QueryParam {
+            name,
+            description,
+            kind: Kind::Integer,
         }
     }
 
@@ -42,15 +58,15 @@ impl QueryParam {
         QueryParam {
             name,
             description,
-            flag: false,
+            kind: Kind::Text,
         }
     }
 
     fn parameter(&self) -> Value {
-        let schema = if self.flag {
-            json!({"type": "boolean"})
-        } else {
-            json!({"type": "string"})
+        let schema = match self.kind {
+            Kind::Flag => json!({"type": "boolean"}),
+            Kind::Integer => json!({"type": "integer", "format": "int64"}),
+            Kind::Text => json!({"type": "string"}),
         };
         json!({"name": self.name, "in": "query", "required": false, "description": self.description, "schema": schema})
     }

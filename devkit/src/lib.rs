@@ -1,5 +1,6 @@
 //! Local development tools for logpipe.
 //!
+//! - [`api_fuzz`]: Schemathesis, the outside API fuzzer, against a service's OpenAPI document;
 //! - [`cluster`]: `logpipe-dev cluster`, a Kafka cluster in a process (librdkafka's mock cluster)
 //!   with a control API for faults;
 //! - [`loadgen`]: `logpipe-dev loadgen`, generated game logs with a reconcilable report;
@@ -12,6 +13,7 @@
 //! - [`cep_oracle`]: the matches a CEP worker should have made, worked out independently;
 //! - `fuzz` (feature `proptest`): inputs for the parsers' property tests.
 
+pub mod api_fuzz;
 pub mod benchreport;
 pub mod cep_oracle;
 pub mod cluster;
