@@ -13,11 +13,11 @@ use axum::extract::rejection::{PathRejection, QueryRejection, StringRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use logpipe_core::auth::{Auth, Denied, Role};
 use logpipe_core::kafka::KafkaConfig;
-use logpipe_core::openapi::{self, Operation, QueryParam};
+use logpipe_core::openapi::{self, route, QueryParam};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -117,37 +117,8 @@ fn refused<R: IntoResponse + std::fmt::Display>(rejection: R) -> ApiError {
     ApiError::new(rejection.into_response().status(), message)
 }
 
-/// One row of the API: what the document says of it, and its handler.
-struct Route {
-    operation: Operation,
-    handler: MethodRouter<Arc<Api>>,
-}
-
-// A row of the route table: positional arguments keep each route on one line.
-#[allow(clippy::too_many_arguments)]
-fn route(
-    method: Method,
-    path: &'static str,
-    role: Role,
-    summary: &'static str,
-    query: &'static [QueryParam],
-    body: Option<&'static str>,
-    response: &'static str,
-    handler: MethodRouter<Arc<Api>>,
-) -> Route {
-    Route {
-        operation: Operation {
-            method,
-            path,
-            role,
-            summary,
-            query,
-            body,
-            response,
-        },
-        handler,
-    }
-}
+/// One route of the API.
+type Route = openapi::Route<Arc<Api>>;
 
 const RECORDS: QueryParam = QueryParam::integer(
     "records",

@@ -3,6 +3,7 @@
 //! own (components, path parameter rules, links); this module knows nothing else of any API.
 
 use axum::http::Method;
+use axum::routing::MethodRouter;
 use serde_json::{json, Map, Value};
 
 use crate::auth::Role;
@@ -19,6 +20,38 @@ pub struct Operation {
     pub body: Option<&'static str>,
     /// Success response component.
     pub response: &'static str,
+}
+
+/// One route of an API: its handler, and what the document says of it.
+pub struct Route<S> {
+    pub operation: Operation,
+    pub handler: MethodRouter<S>,
+}
+
+/// A row of a route table: positional arguments keep each route on one line.
+#[allow(clippy::too_many_arguments)]
+pub fn route<S>(
+    method: Method,
+    path: &'static str,
+    role: Role,
+    summary: &'static str,
+    query: &'static [QueryParam],
+    body: Option<&'static str>,
+    response: &'static str,
+    handler: MethodRouter<S>,
+) -> Route<S> {
+    Route {
+        operation: Operation {
+            method,
+            path,
+            role,
+            summary,
+            query,
+            body,
+            response,
+        },
+        handler,
+    }
 }
 
 /// A query parameter.

@@ -28,7 +28,7 @@ use crate::registry::{
 };
 use crate::schema::{Reference, SchemaType};
 use logpipe_core::metric_names::schema_store as metric;
-use logpipe_core::openapi::{self, Operation, QueryParam};
+use logpipe_core::openapi::{self, route, QueryParam};
 
 /// The content type of every JSON response, as Confluent sends it.
 pub(crate) const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -134,38 +134,8 @@ pub(crate) struct AppState {
     pub(crate) forwarder: Option<Arc<Forwarder>>,
 }
 
-/// One route of the API: its handler, and its method, path (axum syntax), required role and
-/// OpenAPI description.
-pub(crate) struct Route {
-    pub(crate) operation: Operation,
-    pub(crate) handler: MethodRouter<AppState>,
-}
-
-// A row of the route table: positional arguments keep each route on one line.
-#[allow(clippy::too_many_arguments)]
-fn route(
-    method: Method,
-    path: &'static str,
-    role: Role,
-    summary: &'static str,
-    query: &'static [QueryParam],
-    body: Option<&'static str>,
-    response: &'static str,
-    handler: MethodRouter<AppState>,
-) -> Route {
-    Route {
-        operation: Operation {
-            method,
-            path,
-            role,
-            summary,
-            query,
-            body,
-            response,
-        },
-        handler,
-    }
-}
+/// One route of the API.
+pub(crate) type Route = openapi::Route<AppState>;
 
 const DELETED: QueryParam = QueryParam::flag("deleted", "include soft-deleted entries");
 const PERMANENT: QueryParam =
