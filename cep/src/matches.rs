@@ -70,13 +70,7 @@ pub(crate) fn late(rule: &Rule, key: &str, event: &EventRef, late: Late) -> Matc
         "key": key,
         "late_by_ms": late.by_ms,
         "watermark": rfc3339(late.watermark),
-        "event": {
-            "id": event.id,
-            "topic": event.topic,
-            "partition": event.partition,
-            "offset": event.offset,
-            "event_time": rfc3339(event.event_time),
-        },
+        "event": event_json(event),
     });
     Match {
         topic: CEP_LATE_TOPIC.to_owned(),
@@ -89,6 +83,44 @@ pub(crate) fn late(rule: &Rule, key: &str, event: &EventRef, late: Late) -> Matc
         ],
     }
 }
+
+/// The `cep.late` record of a timed rule's event its key could not hold (the key's state with it
+/// would be a changelog record of `bytes`, more than the producer takes): the event is not
+/// counted, and says so, with the reason in a header instead of how late it was.
+pub(crate) fn state_full(rule: &Rule, key: &str, event: &EventRef, bytes: usize) -> Match {
+    let value = json!({
+        "rule": rule.name,
+        "version": rule.version,
+        "key": key,
+        "refused": KEY_STATE_FULL,
+        "state_bytes": bytes,
+        "event": event_json(event),
+    });
+    Match {
+        topic: CEP_LATE_TOPIC.to_owned(),
+        key: key.to_owned(),
+        value: serde_json::to_vec(&value).expect("a JSON value serializes"),
+        headers: [
+            (cep_header::RULE, rule.name.clone()),
+            (cep_header::VERSION, rule.version.to_string()),
+            (cep_header::REFUSED, KEY_STATE_FULL.to_owned()),
+        ],
+    }
+}
+
+/// An event as the late topic shows it: its id and where and when it was.
+fn event_json(event: &EventRef) -> serde_json::Value {
+    json!({
+        "id": event.id,
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "event_time": rfc3339(event.event_time),
+    })
+}
+
+/// Why an event was refused: its key's held state is full.
+const KEY_STATE_FULL: &str = "key_state_full";
 
 #[cfg(test)]
 mod tests {

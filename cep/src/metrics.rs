@@ -33,6 +33,10 @@ pub(crate) fn describe() {
         RULE_EVENTS_LATE,
         "Events of a timed rule that came after its watermark passed them, written to cep.late, per rule."
     );
+    describe_counter!(
+        RULE_EVENTS_REFUSED,
+        "Events of a timed rule written to cep.late uncounted because their key's held state would outgrow a changelog record, per rule and reason."
+    );
     describe_gauge!(
         RULE_EVENTS_HELD,
         "Events of a timed rule waiting for the watermark, plus partial sequences, on this worker's partitions, per rule."

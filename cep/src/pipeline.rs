@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use logpipe_core::kafka::{
     batch_offsets, commit_transaction, create_topics, end_reader, init_transactions, is_fatal,
-    read_to_end, records_behind, report_lag, rewind, send_offsets, send_waiting, GroupEvent,
-    KafkaConfig, Partition, RebalanceLog, Role,
+    max_record_bytes, read_to_end, records_behind, report_lag, rewind, send_offsets, send_waiting,
+    GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
 };
 use logpipe_core::record::{cep_header, cep_repartition_topic, RecordId, CEP_LATE_TOPIC};
 use logpipe_core::telemetry::Readiness;
@@ -51,7 +51,7 @@ use crate::metrics as names;
 use crate::replay::{Replayed, Replays};
 use crate::rules_store::Rules;
 use crate::ruleset::{At, RuleSet};
-use crate::state::{KeyedState, Sizes};
+use crate::state::{KeyedState, NotHeld, Sizes};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -135,6 +135,8 @@ struct BatchCounts {
     matched: HashMap<(String, u32), u64>,
     emitted: HashMap<(String, u32), u64>,
     late: HashMap<(String, u32), u64>,
+    /// Events a timed rule could not hold: their key's state was full.
+    refused: HashMap<(String, u32), u64>,
     undecodable: HashMap<(String, &'static str), u64>,
     unkeyed: HashMap<String, u64>,
 }
@@ -197,14 +199,14 @@ impl Worker {
                 names::RECORDS_LOST_TO_RETENTION,
             ))
             .context("creating the consumer")?;
-        let producer: ThreadedProducer<DefaultProducerContext> = settings
-            .kafka
-            .client_config(
-                &Role::TransactionalProducer {
-                    transactional_id: settings.transactional_id.clone(),
-                },
-                "logpipe-cep",
-            )
+        let producer_config = settings.kafka.client_config(
+            &Role::TransactionalProducer {
+                transactional_id: settings.transactional_id.clone(),
+            },
+            "logpipe-cep",
+        );
+        let max_entry_bytes = max_record_bytes(&producer_config);
+        let producer: ThreadedProducer<DefaultProducerContext> = producer_config
             .create()
             .context("creating the transactional producer")?;
         let admin: AdminClient<DefaultClientContext> = settings
@@ -229,7 +231,7 @@ impl Worker {
             store,
             set,
             decoder,
-            state: KeyedState::new(default_within),
+            state: KeyedState::new(default_within, max_entry_bytes),
             clocks: SourceClocks::default(),
             sources_owned: BTreeSet::new(),
             replays,
@@ -791,16 +793,29 @@ impl Worker {
                 None => Cow::Borrowed(&rekeyed.event),
             };
             if rule.timing.is_some() {
-                if let Err(late) =
+                let held =
                     self.state
-                        .hold(&owned, rule, &key, hit.steps, event.clone().into_owned())
-                {
-                    outputs.push(Output::Late(matches::late(rule, &key, &event, late)));
-                    *counts
-                        .late
-                        .entry((rule.name.clone(), rule.version))
-                        .or_default() += 1;
-                }
+                        .hold(&owned, rule, &key, hit.steps, event.clone().into_owned());
+                let counter = match held {
+                    Ok(()) => continue,
+                    Err(NotHeld::Late(late)) => {
+                        outputs.push(Output::Late(matches::late(rule, &key, &event, late)));
+                        &mut counts.late
+                    }
+                    Err(NotHeld::KeyStateFull { bytes }) => {
+                        tracing::warn!(
+                            rule = rule.name,
+                            key = %key,
+                            bytes,
+                            "a key's held events would outgrow a changelog record: this event goes to {CEP_LATE_TOPIC} uncounted"
+                        );
+                        outputs.push(Output::Late(matches::state_full(rule, &key, &event, bytes)));
+                        &mut counts.refused
+                    }
+                };
+                *counter
+                    .entry((rule.name.clone(), rule.version))
+                    .or_default() += 1;
                 continue;
             }
             if let Some(completed) = self.state.advance(&owned, rule, &key, hit.steps, &event) {
@@ -1034,12 +1049,15 @@ impl Worker {
             let matched = counts.matched.get(&id).copied().unwrap_or(0);
             let emitted = counts.emitted.get(&id).copied().unwrap_or(0);
             let late = counts.late.get(&id).copied().unwrap_or(0);
+            let refused = counts.refused.get(&id).copied().unwrap_or(0);
             let held = sizes.keys.get(&rule.name).copied().unwrap_or(0) as u64;
             let events_held = sizes.pending.get(&rule.name).copied().unwrap_or(0) as u64;
             let watermark = sizes.watermarks.get(&id).copied();
             let label = rule.name.clone();
             if rule.timing.is_some() {
                 metrics::counter!(names::RULE_EVENTS_LATE, "rule" => label.clone()).increment(late);
+                metrics::counter!(names::RULE_EVENTS_REFUSED, "rule" => label.clone(), "reason" => "key_state_full")
+                    .increment(refused);
                 metrics::gauge!(names::RULE_EVENTS_HELD, "rule" => label.clone())
                     .set(events_held as f64);
                 if let Some(watermark) = watermark {

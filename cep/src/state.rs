@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use logpipe_core::kafka::record_size;
+
 use crate::clock::{Clocks, Progress};
 use crate::counter::{Completed, Counter};
 use crate::event::EventRef;
@@ -54,6 +56,17 @@ struct PartitionState {
     clocks: Clocks,
 }
 
+/// Why a timed rule's event is not held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotHeld {
+    /// It came after the watermark passed it.
+    Late(Late),
+    /// Its key's state with it would be a changelog record of `bytes`, more than the producer
+    /// takes: held, it would fail every transaction and stall the worker (a hot key while the
+    /// watermark stands still).
+    KeyStateFull { bytes: usize },
+}
+
 /// A timed rule's event that came after the watermark passed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Late {
@@ -82,11 +95,13 @@ pub(crate) struct KeyedState {
     changes: BTreeMap<(i32, Vec<u8>), Option<Vec<u8>>>,
     /// The sequence bound of a rule that gives no `within`.
     default_within: i64,
+    /// The largest changelog record the producer takes (`message.max.bytes`).
+    max_entry_bytes: usize,
 }
 
 impl Default for KeyedState {
     fn default() -> Self {
-        KeyedState::new(3_600_000)
+        KeyedState::new(3_600_000, 1_000_000)
     }
 }
 
@@ -143,11 +158,12 @@ fn parse_changelog_key(bytes: &[u8]) -> Option<(String, String, u32, String)> {
 }
 
 impl KeyedState {
-    pub(crate) fn new(default_within: i64) -> KeyedState {
+    pub(crate) fn new(default_within: i64, max_entry_bytes: usize) -> KeyedState {
         KeyedState {
             partitions: HashMap::new(),
             changes: BTreeMap::new(),
             default_within,
+            max_entry_bytes,
         }
     }
 
@@ -255,7 +271,8 @@ impl KeyedState {
     }
 
     /// Holds a timed rule's event until its release point passes it; `Err` when it already has
-    /// (the event is late and must go to the late topic).
+    /// (the event is late) or when the key's state with it would not fit a changelog record:
+    /// either way it must go to the late topic.
     pub(crate) fn hold(
         &mut self,
         owned: &Owned,
@@ -263,8 +280,9 @@ impl KeyedState {
         key: &str,
         steps: u32,
         event: EventRef,
-    ) -> Result<(), Late> {
+    ) -> Result<(), NotHeld> {
         let within = self.within(rule);
+        let max_entry_bytes = self.max_entry_bytes;
         let Some(state) = self.partitions.get_mut(owned) else {
             return Ok(());
         };
@@ -276,25 +294,28 @@ impl KeyedState {
         let clocks = &state.clocks;
         if let Some(watermark) = *keys.watermark.get_or_insert_with(|| clocks.watermark(rule)) {
             if event.event_time < watermark - timing.allowed_lateness {
-                return Err(Late {
+                return Err(NotHeld::Late(Late {
                     watermark,
                     by_ms: watermark - event.event_time,
-                });
+                }));
             }
         }
+        let change = changelog_key(&state.key_path, &rule.name, rule.version, key);
         let track = keys.tracks.entry(key.to_owned()).or_default();
         let before = track.due(within);
         track.hold(steps, event);
-        let after = track.due(within);
         let encoded = encode_track(track);
+        let bytes = record_size(Some(&change), &encoded, None);
+        if bytes > max_entry_bytes {
+            track.unhold();
+            if track.is_empty() {
+                keys.tracks.remove(key);
+            }
+            return Err(NotHeld::KeyStateFull { bytes });
+        }
+        let after = track.due(within);
         keys.reschedule(key, before, after);
-        self.changes.insert(
-            (
-                owned.1,
-                changelog_key(&state.key_path, &rule.name, rule.version, key),
-            ),
-            Some(encoded),
-        );
+        self.changes.insert((owned.1, change), Some(encoded));
         Ok(())
     }
 
@@ -609,11 +630,50 @@ mod tests {
         let late = state.hold(&owned, &rule, "p-1", 1, event(5)).unwrap_err();
         assert_eq!(
             late,
-            Late {
+            NotHeld::Late(Late {
                 watermark: 62_000,
                 by_ms: 61_995
-            }
+            })
         );
+    }
+
+    #[test]
+    fn a_key_holds_no_more_than_a_changelog_record_takes() {
+        let doc = crate::rule::parse_text("source: t\nkey: k\nordered: true\nwithin: 1h\nmax_out_of_order: 0s\nevent_list:\n- {conditions: [{field: e, value: a}]}\n- {conditions: [{field: e, value: b}]}\n", false).unwrap();
+        let set = RuleSet::new(vec![Arc::new(Rule::compile("seq", 1, 0, &doc).unwrap())]);
+        let rule = set.get("seq", 1).unwrap().clone();
+        let owned: Owned = ("rp.k".into(), 0);
+        const MAX: usize = 4_000;
+        let mut state = KeyedState::new(3_600_000, MAX);
+        state.own(owned.clone(), "k");
+        // No watermark yet: every event of the hot key is held.
+        let mut held = 0;
+        let refused = loop {
+            match state.hold(&owned, &rule, "hot", 1, event(held)) {
+                Ok(()) => held += 1,
+                Err(e) => break e,
+            }
+            assert!(held < 1_000, "a bound is reached");
+        };
+        let NotHeld::KeyStateFull { bytes } = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(bytes > MAX);
+        assert!(
+            held > 10,
+            "the record holds a good number of events: {held}"
+        );
+        // What the changelog gets always fits, and still holds every event held.
+        let changes = state.take_changes();
+        let value = changes.values().next().unwrap().as_ref().unwrap();
+        assert!(record_size(Some(&changelog_key("k", "seq", 1, "hot")), value, None) <= MAX);
+        assert_eq!(state.sizes(&set).pending["seq"], held as usize);
+        // Other keys are not affected; once released, the hot key takes events again.
+        state.hold(&owned, &rule, "cold", 1, event(1)).unwrap();
+        state.advance_clocks(&owned, &marker(1_000_000), &set);
+        state
+            .hold(&owned, &rule, "hot", 1, event(1_000_001))
+            .unwrap();
     }
 
     #[test]

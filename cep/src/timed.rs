@@ -107,6 +107,12 @@ impl Track {
         self.pending.push(Held { steps, event });
     }
 
+    /// Takes back the event [`Track::hold`] held last (its state would not fit a changelog
+    /// record).
+    pub(crate) fn unhold(&mut self) {
+        self.pending.pop();
+    }
+
     /// Evaluates the held events older than `point` in event-time order, then drops what
     /// `point` has passed. `within` is the sequence bound the rule runs with.
     pub(crate) fn release(&mut self, rule: &Rule, within: i64, point: i64) -> Vec<Emitted> {

@@ -68,6 +68,8 @@ pub mod cep_header {
     pub const MATCH_ID: &str = "lp.cep.match_id";
     /// On late events: how far behind the rule's watermark their event time was.
     pub const LATE_BY_MS: &str = "lp.cep.late_by_ms";
+    /// On events a timed rule could not hold, in the late topic: why (`key_state_full`).
+    pub const REFUSED: &str = "lp.cep.refused";
     /// Marks a watermark marker on a repartition topic (its value is the progress of source
     /// partitions), as opposed to a re-keyed event.
     pub const WATERMARK: &str = "lp.cep.watermark";

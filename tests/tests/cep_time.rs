@@ -11,11 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use logpipe_core::metric_names::cep;
 use logpipe_core::record::{cep_header, FileId, CEP_LATE_TOPIC};
 use logpipe_devkit::harness::{wait_until, Process};
 use logpipe_tests::cep::*;
 use logpipe_tests::validator::{Lines, Stack, CLEAN};
-use logpipe_tests::{service, topic};
+use logpipe_tests::{metrics, service, topic};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
@@ -340,6 +341,87 @@ async fn a_replay_reads_the_history_then_goes_live_with_nothing_twice() -> anyho
     wait_for_matches(&stack, &expected, &worker).await?;
     // Old events are not late for being old.
     assert!(read_late(&stack).await?.is_empty());
+    service::stop(&mut worker).await?;
+    Ok(())
+}
+
+/// Issue 19: a hot key while the watermark stands still holds ever more events, and its state is
+/// one changelog record. Past the producer's `message.max.bytes` that record failed every
+/// transaction and the worker stalled for good. Now the key holds what one record takes, the
+/// events beyond go to cep.late marked `key_state_full` and counted, and the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_never_outgrows_a_changelog_record() -> anyhow::Result<()> {
+    const MAX_RECORD: usize = 30_000;
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    // One player, and a watermark that does not pass the events: they are all held.
+    let game = Game::generate(31, 2_000, 1, 0);
+    let (config, telemetry) = config(&stack, "hot", "w1", "idle_timeout = \"10m\"", "")?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "\"heartbeat.interval.ms\" = 500\n",
+        &format!("\"heartbeat.interval.ms\" = 500\n\"message.max.bytes\" = {MAX_RECORD}\n"),
+    );
+    std::fs::write(&config, text)?;
+    let mut worker = service::start(CEP, &config, telemetry).await?;
+    let api = RulesApi::new(telemetry)?;
+    let rule = SEQUENCE.replace("max_out_of_order: 60s", "max_out_of_order: 1d");
+    let (status, answer) = api.put("climb", &rule, false).await?;
+    anyhow::ensure!(status == 200, "PUT climb: {status} {answer}");
+    let files = game.lines(&schemas)?;
+    let written = stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+
+    // Everything read and committed: no transaction is stuck on a record too large.
+    let progress = Progress::new(&stack, "hot")?;
+    if let Err(e) = progress
+        .wait_clean_committed(written as i64, Duration::from_secs(90))
+        .await
+    {
+        anyhow::bail!("{e:#}\n{}", worker.logs());
+    }
+    // The refused events are in cep.late, marked, each counted; the key holds the rest.
+    let refused = || async {
+        let records = stack.read(CEP_LATE_TOPIC).await.unwrap_or_default();
+        records
+            .iter()
+            .filter(|m| {
+                topic::text_headers(*m)
+                    .get(cep_header::REFUSED)
+                    .map(String::as_str)
+                    == Some("key_state_full")
+            })
+            .count() as f64
+    };
+    let counted = || metrics::total(telemetry, cep::RULE_EVENTS_REFUSED);
+    let held = || async {
+        let status = api.get_path("/climb/status").await.map(|(_, s)| s);
+        status.map_or(0, |s| s["events_held"].as_u64().unwrap_or(0))
+    };
+    let settled = wait_until(Duration::from_secs(30), || async {
+        let n = refused().await;
+        n > 0.0 && n == counted().await && held().await > 50
+    })
+    .await;
+    let aborted = metrics::total(telemetry, cep::TRANSACTIONS_ABORTED).await;
+    eprintln!(
+        "{written} records: {} events held, {} refused (metric {}), {aborted} transactions aborted",
+        held().await,
+        refused().await,
+        counted().await
+    );
+    assert_eq!(
+        aborted,
+        0.0,
+        "no transaction may fail on the hot key's state\n{}",
+        worker.logs()
+    );
+    if let Err(e) = settled {
+        anyhow::bail!(
+            "{e:#}: the hot key must fill up, its refused events be counted, the rest held\n{}",
+            worker.logs()
+        );
+    }
     service::stop(&mut worker).await?;
     Ok(())
 }
