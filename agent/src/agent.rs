@@ -26,8 +26,8 @@ use crate::files::{FileTable, Key};
 use crate::identity::{self, Resume};
 use crate::metrics::InputMetrics;
 use crate::rotation;
-use crate::systemd;
 use crate::tailer::{Change, Opening, ReadError, Sink, Tailer};
+use logpipe_core::systemd;
 
 /// Everything the loop reacts to.
 pub(crate) enum Event {

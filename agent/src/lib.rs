@@ -15,7 +15,8 @@
 //! - `delivery`: the producer and its delivery reports;
 //! - `checkpoint`: durable positions;
 //! - `agent`: the loop that ties them together, and its flow control;
-//! - `metrics`, `systemd`: what the agent reports to the outside.
+//! - `metrics`: what the agent reports to the outside (systemd notifications come from
+//!   `core::systemd`, sent from the tailing loop itself).
 
 mod agent;
 mod checkpoint;
@@ -27,7 +28,6 @@ mod identity;
 mod lines;
 mod metrics;
 mod rotation;
-mod systemd;
 mod tailer;
 
 use logpipe_core::service::{Context, Service};
@@ -43,6 +43,7 @@ pub struct AgentService;
 impl Service for AgentService {
     const NAME: &'static str = "logpipe-agent";
     const DEFAULT_CONFIG: &'static str = "/etc/logpipe/agent.toml";
+    const NOTIFIES_SYSTEMD: bool = true;
     type Config = AgentConfig;
 
     async fn run(config: AgentConfig, ctx: Context) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@
 //! - [`logging`]: `tracing` output, human or JSON;
 //! - [`shutdown`]: signals as a shutdown token and a reload counter;
 //! - [`service`]: the `run`/`check` binary around a service;
+//! - [`systemd`]: `Type=notify` readiness, watchdog and stopping notifications;
 //! - [`wire`]: the Confluent wire format of clean records.
 
 pub mod auth;
@@ -23,5 +24,6 @@ pub mod openapi;
 pub mod record;
 pub mod service;
 pub mod shutdown;
+pub mod systemd;
 pub mod telemetry;
 pub mod wire;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, ConfigError};
 use crate::logging::{self, LogFormat};
 use crate::shutdown;
+use crate::systemd;
 use crate::telemetry::{Readiness, ServiceRoutes, TelemetryConfig, TelemetryServer};
 
 /// Exit status for an invalid config (sysexits EX_CONFIG), from `run` and `check` alike: a unit
@@ -50,6 +51,9 @@ pub trait Service {
     /// description): listed in `--help` so they can be found, though the runner does not parse
     /// them.
     const EXTRA_COMMANDS: &'static [(&'static str, &'static str)] = &[];
+    /// The service sends its own systemd notifications (READY, WATCHDOG, STOPPING) from the work
+    /// they vouch for; otherwise the runner sends them (see [`crate::systemd`]).
+    const NOTIFIES_SYSTEMD: bool = false;
 
     /// Runs until `ctx.shutdown` is cancelled, then drains and returns.
     fn run(config: Self::Config, ctx: Context) -> impl Future<Output = anyhow::Result<()>> + Send;
@@ -197,17 +201,29 @@ pub async fn run<S: Service>(config: S::Config, config_path: PathBuf) -> anyhow:
         config_path,
         routes,
     };
+    let notify_stop = CancellationToken::new();
+    let notifying = !S::NOTIFIES_SYSTEMD && systemd::listening();
+    if notifying {
+        tokio::spawn(systemd::follow(notify_stop.clone()));
+    }
     let service = S::run(config, ctx);
     tokio::pin!(service);
     let result = tokio::select! {
-        result = &mut service => result,
+        // A service that ends as soon as shutdown is asked still goes through the drain branch,
+        // so systemd hears STOPPING=1.
+        biased;
         _ = signals.shutdown.cancelled() => {
+            if notifying {
+                systemd::stopping();
+            }
             match tokio::time::timeout(drain_timeout, &mut service).await {
                 Ok(result) => result,
                 Err(_) => Err(anyhow::anyhow!("drain did not finish within {drain_timeout:?}")),
             }
         }
+        result = &mut service => result,
     };
+    notify_stop.cancel();
     // Telemetry stays up through the drain so its progress can be watched.
     telemetry_stop.cancel();
     let _ = telemetry_task.await;

@@ -1,10 +1,11 @@
-//! The binary's own commands: `hash-password` and `check`. Needs the binaries built.
+//! The binary's own commands: `hash-password` and `check`; and `run` under systemd's
+//! notification protocol. Needs the binaries built.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use logpipe_devkit::harness::bin_path;
+use logpipe_devkit::harness::{bin_path, free_addr, Process};
 
 #[test]
 fn hash_password_reads_stdin_and_prints_a_verifiable_hash() {
@@ -60,4 +61,71 @@ fn check_accepts_both_storages_and_names_what_is_missing() {
         String::from_utf8_lossy(&kafka.stderr).contains("[kafka]"),
         "{kafka:?}"
     );
+}
+
+/// `Type=notify` units: READY=1 once started, WATCHDOG=1 every half `WatchdogSec`,
+/// STOPPING=1 when SIGTERM starts the drain (the runner sends them for every service but the
+/// agent, which sends its own from its tailing loop).
+#[tokio::test]
+async fn systemd_hears_ready_the_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let config = dir.path().join("store.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{}\"\n[storage]\nkind = \"local\"\npath = \"{}\"\n[telemetry]\nlisten = \"{}\"\n",
+            free_addr(),
+            dir.path().join("data").display(),
+            free_addr()
+        ),
+    )
+    .unwrap();
+    // As systemd starts it: the watchdog's pid is the service's own (the shell execs it).
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
+        .arg(bin_path("logpipe-schema-store").unwrap())
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        // WatchdogSec=0.4s: a ping every 200 ms.
+        .env("WATCHDOG_USEC", "400000");
+    let mut store = Process::spawn("logpipe-schema-store", command).unwrap();
+    let mut heard: Vec<String> = Vec::new();
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+    };
+    while heard.iter().filter(|m| *m == "WATCHDOG=1").count() < 2 {
+        heard.push(next());
+    }
+    assert_eq!(
+        heard.first().map(String::as_str),
+        Some("READY=1"),
+        "{heard:?}"
+    );
+    assert_eq!(
+        heard.iter().filter(|m| *m == "READY=1").count(),
+        1,
+        "{heard:?}"
+    );
+    store
+        .terminate(std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    // Whatever came since, up to the end of the queue.
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
 }
