@@ -64,38 +64,52 @@ pub(crate) fn build(rule: &Rule, key: &str, completed: &Completed, last: &EventR
 /// The `cep.late` record of a timed rule's event that came after the rule's watermark passed
 /// it: keyed like a match, with the rule, its version and how late it was in headers.
 pub(crate) fn late(rule: &Rule, key: &str, event: &EventRef, late: Late) -> Match {
-    let value = json!({
-        "rule": rule.name,
-        "version": rule.version,
-        "key": key,
-        "late_by_ms": late.by_ms,
-        "watermark": rfc3339(late.watermark),
-        "event": event_json(event),
-    });
-    Match {
-        topic: CEP_LATE_TOPIC.to_owned(),
-        key: key.to_owned(),
-        value: serde_json::to_vec(&value).expect("a JSON value serializes"),
-        headers: [
-            (cep_header::RULE, rule.name.clone()),
-            (cep_header::VERSION, rule.version.to_string()),
-            (cep_header::LATE_BY_MS, late.by_ms.to_string()),
-        ],
-    }
+    uncounted(
+        rule,
+        key,
+        event,
+        json!({"late_by_ms": late.by_ms, "watermark": rfc3339(late.watermark)}),
+        (cep_header::LATE_BY_MS, late.by_ms.to_string()),
+    )
 }
 
 /// The `cep.late` record of a timed rule's event its key could not hold (the key's state with it
 /// would be a changelog record of `bytes`, more than the producer takes): the event is not
 /// counted, and says so, with the reason in a header instead of how late it was.
 pub(crate) fn state_full(rule: &Rule, key: &str, event: &EventRef, bytes: usize) -> Match {
-    let value = json!({
+    uncounted(
+        rule,
+        key,
+        event,
+        json!({"refused": KEY_STATE_FULL, "state_bytes": bytes}),
+        (cep_header::REFUSED, KEY_STATE_FULL.to_owned()),
+    )
+}
+
+/// A `cep.late` record: the rule, its version, the key and the event, plus `why` it was not
+/// counted (value fields) and the header that says so.
+fn uncounted(
+    rule: &Rule,
+    key: &str,
+    event: &EventRef,
+    why: serde_json::Value,
+    header: (&'static str, String),
+) -> Match {
+    let mut value = json!({
         "rule": rule.name,
         "version": rule.version,
         "key": key,
-        "refused": KEY_STATE_FULL,
-        "state_bytes": bytes,
-        "event": event_json(event),
+        "event": {
+            "id": event.id,
+            "topic": event.topic,
+            "partition": event.partition,
+            "offset": event.offset,
+            "event_time": rfc3339(event.event_time),
+        },
     });
+    if let (Some(value), serde_json::Value::Object(why)) = (value.as_object_mut(), why) {
+        value.extend(why);
+    }
     Match {
         topic: CEP_LATE_TOPIC.to_owned(),
         key: key.to_owned(),
@@ -103,20 +117,9 @@ pub(crate) fn state_full(rule: &Rule, key: &str, event: &EventRef, bytes: usize)
         headers: [
             (cep_header::RULE, rule.name.clone()),
             (cep_header::VERSION, rule.version.to_string()),
-            (cep_header::REFUSED, KEY_STATE_FULL.to_owned()),
+            header,
         ],
     }
-}
-
-/// An event as the late topic shows it: its id and where and when it was.
-fn event_json(event: &EventRef) -> serde_json::Value {
-    json!({
-        "id": event.id,
-        "topic": event.topic,
-        "partition": event.partition,
-        "offset": event.offset,
-        "event_time": rfc3339(event.event_time),
-    })
 }
 
 /// Why an event was refused: its key's held state is full.
