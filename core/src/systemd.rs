@@ -1,6 +1,6 @@
 //! systemd `Type=notify` support. A service that can tell when its own work is wedged sends
 //! WATCHDOG=1 from that work itself (the agent, from its tailing loop); for the others the
-//! runner ([`follow`]) sends READY=1 once the config is loaded and the telemetry listener (with
+//! runner (`follow`) sends READY=1 once the config is loaded and the telemetry listener (with
 //! `/ready`) is bound, WATCHDOG=1 from the async runtime (a deadlocked or blocked process gets
 //! restarted; whether records move is `/ready`'s and the lag metrics' business), and STOPPING=1
 //! when the drain starts. READY=1 does not wait for Kafka: a start during a cluster outage
