@@ -62,6 +62,8 @@ const READY_STATE: &str = "state";
 const SIZES_INTERVAL: Duration = Duration::from_secs(1);
 /// How often silent source partitions are checked for being caught up (idle).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// At most one log line per rule this often about events refused because a key is full.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The loop's settings.
 pub(crate) struct Settings {
@@ -161,6 +163,8 @@ pub(crate) struct Worker {
     /// Ownership or rules changed: the replays must follow.
     replays_changed: bool,
     last_idle_check: Instant,
+    /// When a rule's refused events were last logged.
+    refusals_logged: HashMap<String, Instant>,
     /// The state's sizes, when last measured.
     sizes: Option<(Instant, Sizes)>,
     state_topic: String,
@@ -237,6 +241,7 @@ impl Worker {
             replays,
             replays_changed: true,
             last_idle_check: Instant::now(),
+            refusals_logged: HashMap::new(),
             sizes: None,
             state_topic,
             key_paths: HashMap::new(),
@@ -803,12 +808,20 @@ impl Worker {
                         &mut counts.late
                     }
                     Err(NotHeld::KeyStateFull { bytes }) => {
-                        tracing::warn!(
-                            rule = rule.name,
-                            key = %key,
-                            bytes,
-                            "a key's held events would outgrow a changelog record: this event goes to {CEP_LATE_TOPIC} uncounted"
-                        );
+                        let logged = self
+                            .refusals_logged
+                            .entry(rule.name.clone())
+                            .or_insert_with(|| Instant::now() - REFUSAL_LOG_EVERY);
+                        if logged.elapsed() >= REFUSAL_LOG_EVERY {
+                            *logged = Instant::now();
+                            tracing::warn!(
+                                rule = rule.name,
+                                key = %key,
+                                bytes,
+                                "a key's held events would outgrow a changelog record: its events go to {CEP_LATE_TOPIC} uncounted until the watermark releases what it holds (logged once a minute per rule; each counted in {})",
+                                names::RULE_EVENTS_REFUSED
+                            );
+                        }
                         outputs.push(Output::Late(matches::state_full(rule, &key, &event, bytes)));
                         &mut counts.refused
                     }
