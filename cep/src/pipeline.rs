@@ -363,6 +363,9 @@ impl Worker {
                 && outputs.is_empty()
                 && !self.state.has_changes()
             {
+                // Nothing to write, but the gauges and the rules' status (keys and events held)
+                // stay current on an idle worker too (measured at most once a second).
+                self.publish(counts);
                 continue;
             }
             if self.commit(&batch, &replayed, outputs)? {
