@@ -55,7 +55,7 @@ impl Service for AgentService {
         let mut agent = tokio::task::spawn_blocking(move || {
             Agent::new(config, events_tx, events, readiness)?.run()
         });
-        let mut reload = ctx.reload.clone();
+        let mut reloads = ctx.clone();
         loop {
             tokio::select! {
                 result = &mut agent => return result?,
@@ -63,20 +63,17 @@ impl Service for AgentService {
                     let _ = forward.send(Event::Shutdown);
                     return agent.await?;
                 }
-                changed = reload.changed() => {
-                    if changed.is_err() {
+                config = reloads.next_reload::<AgentConfig>() => match config {
+                    Some(config) => {
+                        let _ = forward.send(Event::Reload(Box::new(config)));
+                    }
+                    None => {
                         // No more reloads can come: wait for the end alone.
                         ctx.shutdown.cancelled().await;
                         let _ = forward.send(Event::Shutdown);
                         return agent.await?;
                     }
-                    match ctx.reload_config::<AgentConfig>() {
-                        Ok(config) => {
-                            let _ = forward.send(Event::Reload(Box::new(config)));
-                        }
-                        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
-                    }
-                }
+                },
             }
         }
     }

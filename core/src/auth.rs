@@ -8,12 +8,13 @@
 //! reason (`unauthorized`, `forbidden`).
 //!
 //! Argon2 is deliberately slow, so a verified `Authorization` header is remembered (bounded)
-//! and later requests with it cost a hash-map lookup; a changed password needs a restart anyway.
+//! and later requests with it cost a hash-map lookup. A reload ([`Auth::replace`]) forgets them,
+//! so a removed user or changed password stops working at once.
 
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -117,7 +118,7 @@ const CACHE_LIMIT: usize = 1024;
 /// The authorizer built from config.
 #[derive(Debug)]
 pub struct Auth {
-    config: Option<AuthConfig>,
+    config: RwLock<Option<AuthConfig>>,
     /// The service's counter of refused requests (a [`crate::metric_names`] constant).
     denied_metric: &'static str,
     verified: Mutex<HashMap<String, (String, Role)>>,
@@ -127,15 +128,28 @@ impl Auth {
     /// Without `config` every request is allowed; refusals are counted under `denied_metric`.
     pub fn new(config: Option<AuthConfig>, denied_metric: &'static str) -> Auth {
         Auth {
-            config,
+            config: RwLock::new(config),
             denied_metric,
             verified: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Puts a reloaded `[auth]` table in force: users, roles, passwords and anonymous reads as
+    /// it says from the next request on.
+    pub fn replace(&self, config: Option<AuthConfig>) {
+        let mut current = self.config.write().expect("auth config lock");
+        if *current != config {
+            // Under the config lock, so no verification against the old users lands after it.
+            self.verified.lock().expect("auth cache lock").clear();
+            *current = config;
+            tracing::info!("auth reloaded");
+        }
+    }
+
     /// Ok when the request's credentials (or anonymity) carry `needed`.
     pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<(), Denied> {
-        let Some(config) = &self.config else {
+        let config = self.config.read().expect("auth config lock");
+        let Some(config) = config.as_ref() else {
             return Ok(());
         };
         let Some(value) = headers
@@ -291,6 +305,33 @@ mod tests {
             auth.authorize(&HeaderMap::new(), Role::Read),
             Err(Denied::Unauthorized)
         );
+    }
+
+    #[test]
+    fn a_replaced_table_is_in_force_at_once_even_for_remembered_headers() {
+        let auth = auth(false);
+        assert!(auth.authorize(&basic("ops", "o-pass"), Role::Admin).is_ok());
+        auth.replace(Some(AuthConfig {
+            anonymous_read: false,
+            users: vec![UserConfig {
+                name: "ops".into(),
+                password_hash: hash_password("new-pass"),
+                role: Role::Read,
+            }],
+        }));
+        assert_eq!(
+            auth.authorize(&basic("ops", "o-pass"), Role::Read),
+            Err(Denied::Unauthorized),
+            "the old password was remembered"
+        );
+        assert!(auth
+            .authorize(&basic("ops", "new-pass"), Role::Read)
+            .is_ok());
+        assert!(auth
+            .authorize(&basic("ops", "new-pass"), Role::Admin)
+            .is_err());
+        auth.replace(None);
+        assert!(auth.authorize(&HeaderMap::new(), Role::Admin).is_ok());
     }
 
     #[test]

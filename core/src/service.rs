@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -64,8 +65,8 @@ pub trait Service {
 pub struct Context {
     /// Cancelled on SIGTERM/SIGINT; the service drains and returns.
     pub shutdown: CancellationToken,
-    /// Bumped on SIGHUP, for services that reload.
-    pub reload: watch::Receiver<u64>,
+    /// Bumped on SIGHUP (see [`Context::next_reload`]).
+    reload: watch::Receiver<u64>,
     /// The service's readiness checks, served on `/ready`.
     pub readiness: Readiness,
     /// The config file, for reloading.
@@ -75,10 +76,23 @@ pub struct Context {
 }
 
 impl Context {
-    /// Loads and validates the config file again (for SIGHUP); on error the service keeps the
-    /// config it runs with.
-    pub fn reload_config<C: ServiceConfig>(&self) -> anyhow::Result<C> {
-        load_config(&self.config_path)
+    /// Waits for the next SIGHUP and loads the config file again, validated and with its log
+    /// filter applied; the service applies what else it can change while running. A config
+    /// that does not load is logged and the service keeps the one it runs with. `None` once no
+    /// more reloads can come.
+    pub async fn next_reload<C: ServiceConfig>(&mut self) -> Option<C> {
+        loop {
+            self.reload.changed().await.ok()?;
+            match load_config::<C>(&self.config_path) {
+                Ok(config) => {
+                    logging::set_filter(config.telemetry().log.as_deref());
+                    return Some(config);
+                }
+                Err(e) => {
+                    tracing::error!("reload refused, keeping the running configuration: {e:#}")
+                }
+            }
+        }
     }
 }
 
@@ -95,6 +109,10 @@ pub fn load_config<C: ServiceConfig>(path: &Path) -> anyhow::Result<C> {
     let config: C = config::load(path)?;
     config
         .validate()
+        .and_then(|()| match &config.telemetry().log {
+            Some(filter) => logging::parse_filter(filter).context("telemetry.log"),
+            None => Ok(()),
+        })
         .map_err(|e| ConfigError::new(path, format!("{e:#}")))?;
     Ok(config)
 }
@@ -131,7 +149,10 @@ pub fn main<S: Service>() -> ExitCode {
         Command::Run => {
             logging::init(cli.log_format);
             let config = match load_config::<S::Config>(&path) {
-                Ok(config) => config,
+                Ok(config) => {
+                    logging::set_filter(config.telemetry().log.as_deref());
+                    config
+                }
                 Err(e) => {
                     tracing::error!("{e:#}");
                     return ExitCode::from(EXIT_CONFIG);

@@ -26,12 +26,17 @@ pub struct TelemetryConfig {
     /// Address of the `/metrics`, `/health`, `/ready` server. Loopback by default: metrics can
     /// reveal topology, so exposing them is a deliberate choice.
     pub listen: SocketAddr,
+    /// The service's log filter (tracing directives, e.g. `info,logpipe_validator=debug`);
+    /// `info` when absent. SIGHUP applies a change; `LOGPIPE_LOG` in the environment wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 impl TelemetryConfig {
     pub fn on_port(port: u16) -> Self {
         TelemetryConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            log: None,
         }
     }
 }
@@ -289,6 +294,7 @@ pub(crate) mod tests {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let config = TelemetryConfig {
             listen: held.local_addr().unwrap(),
+            log: None,
         };
         let err = TelemetryServer::bind(&config, Readiness::new(), ServiceRoutes::default())
             .await
