@@ -188,3 +188,87 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// SIGHUP puts a changed config's routes and log filter in force without a restart: a route
+/// added starts reading its topic (every record once), a route removed stops reading its topic
+/// (its records stay unread, not dead-lettered), and the other routes go on without a resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_routes_and_log_filter() -> anyhow::Result<()> {
+    let stack = Stack::start(&[("raw.loot", 2), ("raw.gems", 2)]).await?;
+    stack.register("loot", "AVRO", LOOT).await?;
+    let (config, telemetry) = stack.validator_config("reload", "", &route("loot"))?;
+    let text = std::fs::read_to_string(&config)?;
+    let quiet = text.replace("[telemetry]\n", "[telemetry]\nlog = \"warn\"\n");
+    std::fs::write(&config, &quiet)?;
+    let mut validator = stack.validator(&config, telemetry).await?;
+    let (loot_lines, gems) = (loot("loot", 200), loot("gems", 200));
+    stack
+        .produce("raw.loot", std::slice::from_ref(&loot_lines), 0..200)
+        .await?;
+    stack
+        .produce("raw.gems", std::slice::from_ref(&gems), 0..200)
+        .await?;
+    all_there(&stack, "loot", &loot_lines).await;
+    assert_eq!(
+        metrics::total(telemetry, validator::RECORDS_VALID).await,
+        160.0,
+        "raw.gems was read without a route"
+    );
+    assert!(
+        !validator.stderr().contains("INFO"),
+        "log = \"warn\" was not applied at start:\n{}",
+        validator.stderr()
+    );
+
+    // Add a route for raw.gems and turn info logs on.
+    let both = text.replace("[telemetry]\n", "[telemetry]\nlog = \"info\"\n") + &route("gems");
+    std::fs::write(&config, &both)?;
+    validator.hangup()?;
+    all_there(&stack, "gems", &gems).await;
+    all_there(&stack, "loot", &loot_lines).await;
+    let logs = validator.stderr();
+    assert!(
+        logs.contains("new routes in force") && !logs.contains("take effect at the next start"),
+        "the reload is not logged at info, or called a restart necessary:\n{logs}"
+    );
+
+    // Remove raw.loot's route: its new records stay in raw.loot, unread.
+    let gems_only = text.replace(&route("loot"), &route("gems"));
+    std::fs::write(&config, &gems_only)?;
+    validator.hangup()?;
+    wait_until(Duration::from_secs(30), || async {
+        validator.stderr().matches("new routes in force").count() == 2
+            && validator
+                .stderr()
+                .rsplit("new routes in force")
+                .next()
+                .is_some_and(|after| after.contains("subscribing"))
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the second reload was not applied:\n{}", validator.logs()));
+    let (late_loot, late_gems) = (loot("loot-late", 100), loot("gems-late", 100));
+    stack
+        .produce("raw.loot", std::slice::from_ref(&late_loot), 0..100)
+        .await?;
+    stack
+        .produce("raw.gems", std::slice::from_ref(&late_gems), 0..100)
+        .await?;
+    wait_until(Duration::from_secs(60), || async {
+        let clean = read_clean(&stack, "clean.gems").await.unwrap_or_default();
+        let dlq = read_dlq(&stack, "dlq.gems").await.unwrap_or_default();
+        counts(clean.iter().chain(dlq.iter())).len() == 300
+    })
+    .await
+    .unwrap_or_else(|_| panic!("raw.gems' new records did not arrive\n{}", validator.logs()));
+    let clean = read_clean(&stack, "clean.loot").await?;
+    let dlq = read_dlq(&stack, "dlq.loot").await?;
+    let loot_seen = counts(clean.iter().chain(dlq.iter()));
+    assert_eq!(
+        loot_seen.len(),
+        200,
+        "records of raw.loot were written after its route was removed"
+    );
+    assert!(loot_seen.values().all(|c| *c == 1));
+    service::stop(&mut validator).await?;
+    Ok(())
+}

@@ -223,6 +223,15 @@ impl ServiceConfig for ValidatorConfig {
     }
 }
 
+/// The config without the keys a reload applies, to tell whether a reload asked for more
+/// (as text: not every type in it compares).
+fn without_reloadable(config: &ValidatorConfig) -> String {
+    let mut rest = config.clone();
+    rest.routes.clear();
+    rest.telemetry.log = None;
+    format!("{rest:?}")
+}
+
 /// The service, for `logpipe_core::service::main`.
 pub struct ValidatorService;
 
@@ -234,10 +243,25 @@ impl Service for ValidatorService {
 
     async fn run(config: ValidatorConfig, ctx: Context) -> anyhow::Result<()> {
         metrics::describe();
+        let (routes, reloads) = tokio::sync::mpsc::unbounded_channel();
         let mode = Mode::Live {
             filter: ResendFilter::new(Duration::from_secs(config.resend_state_ttl_hours * 3600)),
             state_topic: config.resend_state_topic(),
+            reloads,
         };
+        let running = config.clone();
+        let mut signals = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(new) = signals.next_reload::<ValidatorConfig>().await {
+                // Validated already, so the routes compile.
+                if let Ok(new_routes) = Routes::new(&new.routes) {
+                    let _ = routes.send(new_routes);
+                }
+                if without_reloadable(&new) != without_reloadable(&running) {
+                    tracing::warn!("reload: only routes and telemetry.log change while running; the other keys take effect at the next start");
+                }
+            }
+        });
         let pipeline = Pipeline::connect(
             config.settings(""),
             mode,

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics as names;
 use crate::reason::Reason;
 use crate::resend_filter::{PartitionKey, ResendFilter};
+use crate::route::Routes;
 use crate::schema_cache::LookupError;
 use crate::topics::{Needed, TopicMaker};
 use crate::verdict::{Checker, DeadLetter, Verdict};
@@ -53,6 +54,8 @@ pub(crate) enum Mode {
     Live {
         filter: ResendFilter,
         state_topic: String,
+        /// Routes reloaded on SIGHUP, put in force between two transactions.
+        reloads: tokio::sync::mpsc::UnboundedReceiver<Routes>,
     },
     /// `replay`: one DLQ topic up to its end offsets at start, records chosen by `select`.
     Replay {
@@ -289,6 +292,13 @@ impl Pipeline {
             if self.shutdown.is_cancelled() || self.replay_done() {
                 break;
             }
+            if let Mode::Live { reloads, .. } = &mut self.mode {
+                if let Ok(routes) = reloads.try_recv() {
+                    tracing::info!("reload: new routes in force from this batch on");
+                    self.checker.set_routes(routes);
+                    last_refresh = None;
+                }
+            }
             if last_refresh.is_none_or(|t| t.elapsed() >= self.settings.topic_refresh) {
                 self.refresh_subscription().await?;
                 last_refresh = Some(Instant::now());
@@ -385,10 +395,14 @@ impl Pipeline {
                 wanted
             }
         };
-        if wanted != self.subscribed && !wanted.is_empty() {
+        if wanted != self.subscribed {
             tracing::info!(topics = ?wanted, "subscribing");
-            let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
-            self.consumer.subscribe(&names).context("subscribing")?;
+            if wanted.is_empty() {
+                self.consumer.unsubscribe();
+            } else {
+                let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+                self.consumer.subscribe(&names).context("subscribing")?;
+            }
             self.subscribed = wanted;
         }
         if self.subscribed.is_empty() {
@@ -479,7 +493,15 @@ impl Pipeline {
 
     /// In replay, only records below the end offsets at start are taken (records this replay
     /// dead-letters again land after them).
+    /// Live, a record of a topic no longer subscribed (its route removed by a reload, its
+    /// partition not revoked yet) is left to the group's committed offset, not checked against
+    /// routes it was not read for.
     fn take(&mut self, message: OwnedMessage) -> Option<OwnedMessage> {
+        if let Mode::Live { .. } = self.mode {
+            if !self.subscribed.iter().any(|t| t == message.topic()) {
+                return None;
+            }
+        }
         if let Mode::Replay { .. } = self.mode {
             let end = *self.ends.get(&message.partition())?;
             if message.offset() + 1 >= end {
@@ -512,6 +534,7 @@ impl Pipeline {
                     Mode::Live {
                         filter,
                         state_topic,
+                        ..
                     },
                 ) => {
                     let started = Instant::now();
@@ -766,6 +789,7 @@ impl Pipeline {
         if let Mode::Live {
             filter,
             state_topic,
+            ..
         } = &self.mode
         {
             for (key, value) in filter.changes() {

@@ -54,6 +54,11 @@ impl Checker {
         &self.routes
     }
 
+    /// Puts reloaded routes in force for the records checked from now on.
+    pub(crate) fn set_routes(&mut self, routes: Routes) {
+        self.routes = routes;
+    }
+
     /// Whether the schema store answered the last request.
     pub(crate) fn store_reachable(&self) -> bool {
         self.cache.reachable()
