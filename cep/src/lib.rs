@@ -276,6 +276,25 @@ impl ServiceConfig for CepConfig {
     }
 }
 
+/// Puts the `rules_file`'s rules in force (at start and on SIGHUP); a rule whose document is
+/// unchanged is not written again.
+async fn apply_rules_file(api: &Api, config: &CepConfig) -> anyhow::Result<()> {
+    for (name, document) in config.rules_file_documents()? {
+        let (stored, warnings, written) = api
+            .put_rule(&name, document, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("rules_file: rule {name}: {e:?}"))?;
+        tracing::info!(
+            rule = name,
+            version = stored.version,
+            written,
+            ?warnings,
+            "rules file applied"
+        );
+    }
+    Ok(())
+}
+
 /// The service, for `logpipe_core::service::main`.
 pub struct CepService;
 
@@ -315,21 +334,19 @@ impl Service for CepService {
             source_fields: Default::default(),
             max_within: config.max_within.as_millis() as i64,
         });
-        for (name, document) in config.rules_file_documents()? {
-            let (stored, warnings, written) = api
-                .put_rule(&name, document, true)
-                .await
-                .map_err(|e| anyhow::anyhow!("rules_file: rule {name}: {e:?}"))?;
-            tracing::info!(
-                rule = name,
-                version = stored.version,
-                written,
-                ?warnings,
-                "rules file applied"
-            );
-        }
+        apply_rules_file(&api, &config).await?;
         ctx.readiness.ready("rules");
-        ctx.routes.install(api::router(api));
+        ctx.routes.install(api::router(Arc::clone(&api)));
+        let mut reloads = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(new) = reloads.next_reload::<CepConfig>().await {
+                api.auth.replace(new.auth.clone());
+                match apply_rules_file(&api, &new).await {
+                    Ok(()) => tracing::info!("reload: [auth], telemetry.log and rules_file applied; the other keys take effect at the next start"),
+                    Err(e) => tracing::error!("reload: {e:#}"),
+                }
+            }
+        });
         let settings = Settings {
             kafka: config.kafka.clone(),
             group: config.group.clone(),

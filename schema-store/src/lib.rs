@@ -246,6 +246,7 @@ impl ServiceConfig for SchemaStoreConfig {
 pub struct Server {
     http: HttpServer,
     cluster: Option<Arc<Cluster>>,
+    auth: Arc<Auth>,
 }
 
 impl Server {
@@ -275,17 +276,22 @@ impl Server {
             .map(|c| Forwarder::new(Arc::clone(c), config.max_body_bytes))
             .transpose()?
             .map(Arc::new);
+        let auth = Arc::new(Auth::new(
+            config.auth.clone(),
+            logpipe_core::metric_names::schema_store::AUTH_DENIED,
+        ));
         let state = AppState {
             registry: Arc::new(registry),
-            auth: Arc::new(Auth::new(
-                config.auth.clone(),
-                logpipe_core::metric_names::schema_store::AUTH_DENIED,
-            )),
+            auth: Arc::clone(&auth),
             forwarder,
         };
         let router = api::router(state, config.max_body_bytes);
         let http = HttpServer::bind(config.listen, "the API", router).await?;
-        Ok(Server { http, cluster })
+        Ok(Server {
+            http,
+            cluster,
+            auth,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -337,8 +343,26 @@ impl Service for SchemaStore {
                 }
             });
         }
+        let auth = Arc::clone(&server.auth);
+        let mut reloads = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(new) = reloads.next_reload::<SchemaStoreConfig>().await {
+                auth.replace(new.auth.clone());
+                if without_reloadable(&new) != without_reloadable(&config) {
+                    tracing::warn!("reload: only [auth] and telemetry.log change while running; the other keys take effect at the next start");
+                }
+            }
+        });
         server.run(ctx.shutdown.clone()).await
     }
+}
+
+/// A config without the keys a reload applies, to tell whether a reload asked for more.
+fn without_reloadable(config: &SchemaStoreConfig) -> SchemaStoreConfig {
+    let mut rest = config.clone();
+    rest.auth = None;
+    rest.telemetry.log = None;
+    rest
 }
 
 #[cfg(test)]
