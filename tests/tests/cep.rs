@@ -496,6 +496,21 @@ async fn a_rules_file_keeps_its_versions_and_state_across_restarts() -> anyhow::
     let seen = read_matches(&stack).await?;
     assert_matches(&seen, &game.oracle());
     assert!(seen.iter().all(|s| s.version == 1));
+
+    // SIGHUP applies the file again: a rule added to it is stored, the others keep version 1.
+    let added = "- name: wins3\n  source: clean.game\n  key: player_id\n  event_list:\n    - {conditions: [{field: event, value: pvp_win}], count: 3}\n";
+    std::fs::write(&path, rules_file()? + added)?;
+    worker.hangup()?;
+    wait_until(Duration::from_secs(30), || async {
+        api.get("wins3")
+            .await
+            .is_ok_and(|(status, body)| status == 200 && body["version"] == 1)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the rules file was not applied again\n{}", worker.logs()));
+    for (name, _, _) in RULES {
+        assert_eq!(api.get(name).await?.1["version"], 1, "{name} was rewritten");
+    }
     service::stop(&mut worker).await?;
     Ok(())
 }
