@@ -100,6 +100,31 @@ impl Service for MirrorService {
     }
 }
 
+/// Puts a reloaded config's topic selection in force; says which other keys would need a
+/// restart.
+fn reload(scanner: &Scanner, running: &MirrorConfig, new: &MirrorConfig) {
+    match new.selection() {
+        Ok(selection) => {
+            scanner.select(selection);
+            tracing::info!(include = ?new.topics.include, exclude = ?new.topics.exclude, "reload: topic selection in force");
+        }
+        Err(e) => tracing::error!("reload: topics: {e:#}"),
+    }
+    if without_reloadable(new) != without_reloadable(running) {
+        tracing::warn!("reload: only topics.include, topics.exclude, topics.exclude_internal and telemetry.log change while running; the other keys take effect at the next start");
+    }
+}
+
+/// The config without the keys a reload applies (as text: not every type in it compares).
+fn without_reloadable(config: &MirrorConfig) -> String {
+    let mut rest = config.clone();
+    rest.topics.include.clear();
+    rest.topics.exclude.clear();
+    rest.topics.exclude_internal = true;
+    rest.telemetry.log = None;
+    format!("{rest:?}")
+}
+
 /// How often the error about topics the target lacks is repeated while they stay missing.
 const MISSING_REPEAT: Duration = Duration::from_secs(30);
 
@@ -159,9 +184,19 @@ async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
     let missing_gauge = ::metrics::gauge!(names::TARGET_TOPICS_MISSING);
     let mut last_missing: (Vec<String>, Option<Instant>) = (Vec::new(), None);
     let mut member_done = false;
+    let mut reloads = ctx.clone();
+    let mut reloading = true;
     let result = loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break Ok(()),
+            new = reloads.next_reload::<MirrorConfig>(), if reloading => match new {
+                // Scans at once, so newly selected topics need not wait for the tick.
+                Some(new) => reload(&scanner, &config, &new),
+                None => {
+                    reloading = false;
+                    continue;
+                }
+            },
             joined = &mut member => {
                 member_done = true;
                 break joined.map_err(anyhow::Error::from).and_then(|r| r).and_then(|()| {

@@ -170,7 +170,8 @@ pub(crate) struct Scan {
 /// Reads both clusters' metadata and creates what the target lacks (when allowed).
 pub(crate) struct Scanner {
     config: std::sync::Arc<MirrorConfig>,
-    selection: Selection,
+    /// Replaced by a reload ([`Scanner::select`]); the next scan uses it.
+    selection: std::sync::RwLock<Selection>,
     source: BaseConsumer,
     target: BaseConsumer,
     /// Reads source topic configs (DescribeConfigs only: nothing is written to the source).
@@ -201,12 +202,19 @@ impl Scanner {
         };
         Ok(Scanner {
             config,
-            selection,
+            selection: std::sync::RwLock::new(selection),
             source,
             target,
             source_admin,
             admin,
         })
+    }
+
+    /// Mirrors the topics `selection` selects from the next scan on: newly selected ones are
+    /// created and copied from their committed positions (or the start), deselected ones stop
+    /// after their shard commits.
+    pub(crate) fn select(&self, selection: Selection) {
+        *self.selection.write().expect("selection lock") = selection;
     }
 
     /// Reads both sides; creates missing target topics and partitions when allowed.
@@ -278,10 +286,11 @@ impl Scanner {
             });
         }
         let mut topics = BTreeMap::new();
+        let selection = self.selection.read().expect("selection lock");
         for topic in source.topics() {
             if topic.error().is_some()
                 || topic.partitions().is_empty()
-                || !self.selection.selects(topic.name())
+                || !selection.selects(topic.name())
             {
                 continue;
             }

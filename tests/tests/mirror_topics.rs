@@ -198,3 +198,74 @@ async fn without_create_topics_a_new_topic_waits_for_the_operator() -> anyhow::R
     );
     Ok(())
 }
+
+/// SIGHUP with a wider `include`: the newly selected topic is created and mirrored from its
+/// start within 10 s, exactly once, without a restart; a narrower one stops copying the topic
+/// it leaves out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_which_topics_are_mirrored() -> anyhow::Result<()> {
+    let (write, read) = clusters(&[("raw.kept", 2)], 2).await?;
+    write.create_topic("audit.moves", 2).await?;
+    let dir = tempfile::tempdir()?;
+    let (config, addr) = mirror_config(dir.path(), "mirror.toml", &write, &read, "")?;
+    let mut mirror = start_mirror(&config, addr).await?;
+    let source = producer(write.bootstrap())?;
+    produce_ids(&source, "raw.kept", 2, 0..100)?;
+    produce_ids(&source, "audit.moves", 2, 0..100)?;
+    wait_committed(addr, "raw.kept", 100, Duration::from_secs(30))
+        .await
+        .logs_of(&mirror)?;
+    assert!(
+        replicas(&read, "audit.moves").is_err(),
+        "audit.moves was mirrored before it was included"
+    );
+
+    let text = std::fs::read_to_string(&config)?;
+    let wider = text.replace(
+        "include = [\"raw\\\\..*\"]",
+        "include = [\"raw\\\\..*\", \"audit\\\\..*\"]",
+    );
+    assert_ne!(wider, text);
+    std::fs::write(&config, &wider)?;
+    mirror.hangup()?;
+    let reloaded = Instant::now();
+    wait_committed(addr, "audit.moves", 100, left_of_ten_seconds(reloaded))
+        .await
+        .logs_of(&mirror)?;
+    assert_mirrored(&write, &read, "audit.moves", 100).await?;
+
+    // Narrower again: audit.moves' new records stay on the write side; raw.kept goes on. Its
+    // two partitions are on both shards (consecutive partitions, consecutive shards), which
+    // both start a session without it.
+    std::fs::write(&config, &text)?;
+    mirror.hangup()?;
+    wait_until(Duration::from_secs(10), || async {
+        let logs = mirror.stderr();
+        logs.matches("topic selection in force").count() == 2
+            && logs
+                .rsplit("topic selection in force")
+                .next()
+                .is_some_and(|after| after.matches("starting a new session").count() == 2)
+    })
+    .await
+    .logs_of(&mirror)?;
+    produce_ids(&source, "audit.moves", 2, 100..200)?;
+    produce_ids(&source, "raw.kept", 2, 100..200)?;
+    wait_committed(addr, "raw.kept", 200, Duration::from_secs(30))
+        .await
+        .logs_of(&mirror)?;
+    assert_mirrored(&write, &read, "raw.kept", 200).await?;
+    assert_exactly_once(
+        &read
+            .read_topic("audit.moves", Duration::from_secs(60))
+            .await?,
+        100,
+    );
+    assert!(
+        !mirror.stderr().contains("take effect at the next start"),
+        "{}",
+        mirror.logs()
+    );
+    service::stop(&mut mirror).await?;
+    Ok(())
+}
