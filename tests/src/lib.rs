@@ -2,6 +2,8 @@
 //! code lives here once, as a library every test binary links, instead of a copy compiled into
 //! each.
 //!
+//! - [`faults`]: kill -9 and broker outages injected into a running pipeline, and the load
+//!   generator writing meanwhile;
 //! - [`agent`]: an agent process over a log directory, and a collector of what it produced;
 //! - [`cep`]: game events in clean topics, the matches an oracle expects of them, CEP workers'
 //!   configs and rules API, and the matches read back;
@@ -15,6 +17,7 @@
 
 pub mod agent;
 pub mod cep;
+pub mod faults;
 pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
