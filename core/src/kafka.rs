@@ -18,7 +18,7 @@ mod transaction;
 
 pub use read_to_end::{end_reader, partition_count, read_to_end, EndReader};
 pub use rebalance::{GroupEvent, Partition, RebalanceLog};
-pub use size::{max_record_bytes, record_size};
+pub use size::{max_record_bytes, record_size, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};
 pub use topics::create_topics;
 pub use transaction::{
     batch_offsets, commit_transaction, init_transactions, is_fatal, records_behind, report_lag,

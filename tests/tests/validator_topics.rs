@@ -272,3 +272,71 @@ async fn a_reload_changes_routes_and_log_filter() -> anyhow::Result<()> {
     service::stop(&mut validator).await?;
     Ok(())
 }
+
+/// A validator allowed records larger than Kafka's default creates its output topics to take
+/// its batches, and does not read a raw topic whose existing output topic takes less (every
+/// transaction into it would fail on a real broker): `/ready` names the topic and the command
+/// that raises its limit, and the other raw topics go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_topics_must_take_the_producers_batches() -> anyhow::Result<()> {
+    let stack = Stack::start(&[("raw.loot", 2), ("raw.gems", 2)]).await?;
+    stack.register("loot", "AVRO", LOOT).await?;
+    stack
+        .cluster
+        .create_topic_with_configs("clean.gems", 2, 1, &[("max.message.bytes", "1048588")])
+        .await?;
+    let routes = route("loot") + &route("gems");
+    let (config, telemetry) = stack.validator_config("limits", "", &routes)?;
+    let text = std::fs::read_to_string(&config)?;
+    let large = text.replace(
+        "[kafka.properties]\n",
+        "[kafka.properties]\n\"message.max.bytes\" = 4000000\n",
+    );
+    assert_ne!(large, text);
+    std::fs::write(&config, large)?;
+    let mut validator = service::spawn("logpipe-validator", &config)?;
+    let (loot_lines, gems) = (loot("loot", 200), loot("gems", 200));
+    stack
+        .produce("raw.loot", std::slice::from_ref(&loot_lines), 0..200)
+        .await?;
+    stack
+        .produce("raw.gems", std::slice::from_ref(&gems), 0..200)
+        .await?;
+    all_there(&stack, "loot", &loot_lines).await;
+    for created in ["clean.loot", "dlq.loot", "dlq.gems"] {
+        assert_eq!(
+            stack
+                .cluster
+                .topic_configs(created)
+                .await?
+                .get("max.message.bytes")
+                .map(String::as_str),
+            Some("4000000"),
+            "{created} was created to take the producer's batches"
+        );
+    }
+    let http = reqwest::Client::new();
+    let ready: serde_json::Value = http
+        .get(format!("http://{telemetry}/ready"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let detail = ready["checks"]["topics"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        ready["ready"] == false
+            && detail.contains("topic clean.gems takes batches of at most 1048588 bytes")
+            && detail.contains("--add-config max.message.bytes=4000000"),
+        "{ready}\n{}",
+        validator.logs()
+    );
+    assert_eq!(
+        metrics::total(telemetry, validator::RECORDS_VALID).await,
+        160.0,
+        "raw.gems was read although clean.gems cannot take the batches"
+    );
+    service::stop(&mut validator).await?;
+    Ok(())
+}

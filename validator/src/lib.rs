@@ -203,6 +203,20 @@ impl ServiceConfig for ValidatorConfig {
             self.resend_state_topic(),
             if self.create_topics { "missing clean/DLQ/resend-state topics are created" } else { "topics are not created (create_topics = false)" }
         );
+        let max = logpipe_core::kafka::max_record_bytes(&self.kafka.client_config(
+            &Role::TransactionalProducer {
+                transactional_id: self.transactional_id(),
+            },
+            "logpipe-validator",
+        ));
+        text.push_str(&format!(
+            "outputs up to {max} bytes each (the producer's message.max.bytes): a larger clean record or dead letter is written as a dead letter without the record, which stays in its raw topic\n"
+        ));
+        if max > logpipe_core::kafka::TOPIC_DEFAULT_MAX_MESSAGE_BYTES {
+            text.push_str(&format!(
+                "output topics must take batches of {max} bytes: topics the validator creates get max.message.bytes = {max}; a raw topic whose existing clean or DLQ topic takes less is not read (/ready says which)\n"
+            ));
+        }
         for (i, r) in self.routes.iter().enumerate() {
             text.push_str(&format!(
                 "route {}: topics /{}/ subject {:?} version {} extra fields {:?} -> clean {} / dlq {}\n",
@@ -309,6 +323,17 @@ mod tests {
             "logpipe-validator.replay"
         );
         assert!(config.describe().contains("route 1: topics /raw\\..*/"));
+        assert!(config
+            .describe()
+            .contains("outputs up to 1000000 bytes each"));
+        assert!(!config.describe().contains("must take batches"));
+        let large = parse(&format!(
+            "{BASE}[kafka.properties]\n\"message.max.bytes\" = 4000000\n[[routes]]\ntopics = \"raw\"\nsubject = \"topic\"\n"
+        ))
+        .unwrap();
+        assert!(large
+            .describe()
+            .contains("topics the validator creates get max.message.bytes = 4000000"));
     }
 
     #[test]

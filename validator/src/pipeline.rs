@@ -157,8 +157,6 @@ impl Pipeline {
         readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
         readiness.ready(READY_TOPICS);
-        let topics = TopicMaker::new(&settings.kafka, settings.create_topics)
-            .context("creating the admin client")?;
         let consumer_role = Role::Consumer {
             group_id: settings.group_id.clone(),
         };
@@ -181,6 +179,8 @@ impl Pipeline {
             .kafka
             .client_config(&producer_role, "logpipe-validator");
         let max_record_bytes = max_record_bytes(&producer_config);
+        let topics = TopicMaker::new(&settings.kafka, settings.create_topics, max_record_bytes)
+            .context("creating the admin client")?;
         let producer: ThreadedProducer<DefaultProducerContext> = producer_config
             .create()
             .context("creating the transactional producer")?;
@@ -380,16 +380,30 @@ impl Pipeline {
                     .filter(|n| !partitions.contains_key(&n.name))
                     .cloned()
                     .collect();
-                let missing = self.ensure(&needed.into_iter().collect::<Vec<_>>()).await;
-                if missing.is_empty() {
+                let mut unusable: Vec<(String, String)> = self
+                    .ensure(&needed.into_iter().collect::<Vec<_>>())
+                    .await
+                    .into_iter()
+                    .map(|(topic, sentence)| (topic.name, sentence))
+                    .collect();
+                let existing: Vec<String> = outputs
+                    .values()
+                    .flatten()
+                    .map(|o| o.name.clone())
+                    .filter(|name| !unusable.iter().any(|(u, _)| u == name))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                unusable.extend(self.topics.too_small(&existing).await);
+                if unusable.is_empty() {
                     self.readiness.ready(READY_TOPICS);
                 } else {
-                    let sentences: Vec<&str> = missing.iter().map(|(_, s)| s.as_str()).collect();
+                    let sentences: Vec<&str> = unusable.iter().map(|(_, s)| s.as_str()).collect();
                     self.readiness.not_ready(READY_TOPICS, sentences.join("; "));
                     wanted.retain(|raw| {
                         !outputs[raw]
                             .iter()
-                            .any(|o| missing.iter().any(|(m, _)| m.name == o.name))
+                            .any(|o| unusable.iter().any(|(name, _)| *name == o.name))
                     });
                 }
                 wanted

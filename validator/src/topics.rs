@@ -17,13 +17,20 @@
 //! exists after that, the validator goes on (warning that a changelog created that way must be
 //! made compacted). A raw topic whose outputs still do not exist is not read, and `/ready`
 //! reports `topics` not ready naming the missing topics, until they appear.
+//!
+//! The broker checks whole record batches against a topic's `max.message.bytes`, and the
+//! producer fills batches up to its own `message.max.bytes`: a validator allowed larger records
+//! than an output topic takes would fail every transaction into it. So topics it creates get
+//! the producer's limit when that is above Kafka's default, and an existing output topic whose
+//! limit is below the producer's is treated like a missing one: its raw topic is not read and
+//! `/ready` names the topic and the command that raises its limit.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use logpipe_core::kafka::{create_topics, KafkaConfig, Role};
-use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
+use logpipe_core::kafka::{create_topics, KafkaConfig, Role, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,21 +46,29 @@ pub(crate) struct Needed {
 }
 
 impl Needed {
-    /// The command that creates it, for operators (Apache Kafka's CLI).
-    pub(crate) fn command(&self, bootstrap: &str) -> String {
-        let config = if self.compacted {
-            " --config cleanup.policy=compact"
-        } else {
-            ""
-        };
-        format!("kafka-topics --bootstrap-server {bootstrap} --create --topic {} --partitions {}{config}", self.name, self.partitions)
+    /// Its configs: compacted or not, and a `max.message.bytes` to take batches of
+    /// `max_message_bytes` when that is above Kafka's default.
+    fn configs(&self, max_message_bytes: usize) -> Vec<(&'static str, String)> {
+        let mut configs = Vec::new();
+        if self.compacted {
+            configs.push(("cleanup.policy", "compact".to_owned()));
+        }
+        if max_message_bytes > TOPIC_DEFAULT_MAX_MESSAGE_BYTES {
+            configs.push(("max.message.bytes", max_message_bytes.to_string()));
+        }
+        configs
     }
 }
 
 /// Creates missing topics (when allowed) and says which are still missing.
 pub(crate) struct TopicMaker {
-    admin: Option<AdminClient<DefaultClientContext>>,
+    admin: AdminClient<DefaultClientContext>,
+    create: bool,
     bootstrap: String,
+    /// The producer's `message.max.bytes`: output topics must take batches this large.
+    max_message_bytes: usize,
+    /// Output topics whose `max.message.bytes` was read and found large enough.
+    fits: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Set when the cluster did not answer a CreateTopics request at all (not served): later
     /// topics go straight to the auto-creation lookup instead of waiting for the request to
     /// time out again.
@@ -61,27 +76,95 @@ pub(crate) struct TopicMaker {
 }
 
 impl TopicMaker {
-    /// `create = false`: never create, only report.
-    pub(crate) fn new(kafka: &KafkaConfig, create: bool) -> anyhow::Result<TopicMaker> {
-        let admin = if create {
-            Some(
-                kafka
-                    .client_config(&Role::Admin, "logpipe-validator-admin")
-                    .create()?,
-            )
-        } else {
-            None
-        };
+    /// `create = false`: never create, only report. `max_message_bytes`: the producer's.
+    pub(crate) fn new(
+        kafka: &KafkaConfig,
+        create: bool,
+        max_message_bytes: usize,
+    ) -> anyhow::Result<TopicMaker> {
         Ok(TopicMaker {
-            admin,
+            admin: kafka
+                .client_config(&Role::Admin, "logpipe-validator-admin")
+                .create()?,
+            create,
             bootstrap: kafka.bootstrap.clone(),
+            max_message_bytes,
+            fits: Default::default(),
             not_served: AtomicBool::new(false),
         })
     }
 
     /// Whether missing topics are created (and looked up with auto-creation allowed).
     pub(crate) fn creates(&self) -> bool {
-        self.admin.is_some()
+        self.create
+    }
+
+    /// The command that creates `topic`, for operators (Apache Kafka's CLI).
+    pub(crate) fn command(&self, topic: &Needed) -> String {
+        let configs: String = topic
+            .configs(self.max_message_bytes)
+            .iter()
+            .map(|(name, value)| format!(" --config {name}={value}"))
+            .collect();
+        format!(
+            "kafka-topics --bootstrap-server {} --create --topic {} --partitions {}{configs}",
+            self.bootstrap, topic.name, topic.partitions
+        )
+    }
+
+    /// Of `topics` (existing output topics), those whose `max.message.bytes` is below the
+    /// producer's `message.max.bytes`, each with an operator-facing sentence. A topic found
+    /// large enough is not asked again; one whose configs cannot be read is let through (the
+    /// producer's own check still bounds each record).
+    pub(crate) async fn too_small(&self, topics: &[String]) -> Vec<(String, String)> {
+        if self.max_message_bytes <= TOPIC_DEFAULT_MAX_MESSAGE_BYTES {
+            // Every topic takes at least Kafka's default unless someone lowered it on purpose.
+            return Vec::new();
+        }
+        let unchecked: Vec<&String> = {
+            let fits = self.fits.lock().expect("fits lock");
+            topics.iter().filter(|t| !fits.contains(*t)).collect()
+        };
+        if unchecked.is_empty() {
+            return Vec::new();
+        }
+        let resources: Vec<ResourceSpecifier<'_>> = unchecked
+            .iter()
+            .map(|t| ResourceSpecifier::Topic(t))
+            .collect();
+        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let described = match self.admin.describe_configs(&resources, &options).await {
+            Ok(described) => described,
+            Err(e) => {
+                tracing::warn!("could not read the output topics' max.message.bytes: {e}");
+                return Vec::new();
+            }
+        };
+        let mut small = Vec::new();
+        for (topic, result) in unchecked.into_iter().zip(described) {
+            let limit = result.ok().and_then(|resource| {
+                resource
+                    .get("max.message.bytes")?
+                    .value
+                    .as_deref()?
+                    .parse::<usize>()
+                    .ok()
+            });
+            match limit {
+                Some(limit) if limit < self.max_message_bytes => {
+                    let sentence = format!(
+                        "topic {topic} takes batches of at most {limit} bytes (max.message.bytes), below the validator's message.max.bytes of {}: every transaction into it would fail, so its raw topic is not read; raise it (kafka-configs --bootstrap-server {} --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes={}) or lower message.max.bytes",
+                        self.max_message_bytes, self.bootstrap, self.max_message_bytes
+                    );
+                    tracing::error!("{sentence}");
+                    small.push((topic.clone(), sentence));
+                }
+                _ => {
+                    self.fits.lock().expect("fits lock").insert(topic.clone());
+                }
+            }
+        }
+        small
     }
 
     /// Makes `needed` exist where it can. `exists` answers whether a topic exists now (the
@@ -136,7 +219,7 @@ impl TopicMaker {
                         "topic {} does not exist on {} and {because}; create it: {}",
                         topic.name,
                         self.bootstrap,
-                        topic.command(&self.bootstrap)
+                        self.command(topic)
                     );
                     tracing::error!("{sentence}");
                     missing.push((topic.clone(), sentence));
@@ -148,9 +231,9 @@ impl TopicMaker {
 
     /// CreateTopics for all of `needed`; returns why each refused one was refused.
     async fn create(&self, needed: &[Needed]) -> BTreeMap<String, String> {
-        let Some(admin) = &self.admin else {
+        if !self.create {
             return BTreeMap::new();
-        };
+        }
         if self.not_served.load(Ordering::Relaxed) {
             return needed
                 .iter()
@@ -162,18 +245,21 @@ impl TopicMaker {
                 })
                 .collect();
         }
+        let configs: Vec<Vec<(&str, String)>> = needed
+            .iter()
+            .map(|t| t.configs(self.max_message_bytes))
+            .collect();
         let new: Vec<NewTopic<'_>> = needed
             .iter()
-            .map(|t| {
-                let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(-1));
-                if t.compacted {
-                    topic.set("cleanup.policy", "compact")
-                } else {
-                    topic
-                }
+            .zip(&configs)
+            .map(|(t, configs)| {
+                configs.iter().fold(
+                    NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(-1)),
+                    |topic, (name, value)| topic.set(name, value),
+                )
             })
             .collect();
-        match create_topics(admin, &new, ADMIN_TIMEOUT).await {
+        match create_topics(&self.admin, &new, ADMIN_TIMEOUT).await {
             Ok(results) => results
                 .into_iter()
                 .filter_map(|(topic, result)| Some((topic, result.err()?.to_string())))
@@ -199,13 +285,14 @@ mod tests {
 
     #[test]
     fn the_command_says_what_to_create() {
+        let maker = |max| TopicMaker::new(&KafkaConfig::new("k:9092"), false, max).unwrap();
         let state = Needed {
             name: "_lp.validator.v.replay-state".into(),
             partitions: 1,
             compacted: true,
         };
         assert_eq!(
-            state.command("k:9092"),
+            maker(1_000_000).command(&state),
             "kafka-topics --bootstrap-server k:9092 --create --topic _lp.validator.v.replay-state --partitions 1 --config cleanup.policy=compact"
         );
         let clean = Needed {
@@ -213,14 +300,20 @@ mod tests {
             partitions: 4,
             compacted: false,
         };
-        assert!(clean
-            .command("k:9092")
+        assert!(maker(1_000_000)
+            .command(&clean)
             .ends_with("--topic clean.game --partitions 4"));
+        assert!(
+            maker(4_000_000)
+                .command(&clean)
+                .ends_with("--topic clean.game --partitions 4 --config max.message.bytes=4000000"),
+            "a producer allowed more than Kafka's default needs topics that take it"
+        );
     }
 
     #[tokio::test]
     async fn without_creation_missing_topics_are_reported_with_the_command() {
-        let maker = TopicMaker::new(&KafkaConfig::new("127.0.0.1:9"), false).unwrap();
+        let maker = TopicMaker::new(&KafkaConfig::new("127.0.0.1:9"), false, 1_000_000).unwrap();
         let needed = [
             Needed {
                 name: "clean.a".into(),

@@ -9,6 +9,12 @@ use rdkafka::ClientConfig;
 /// librdkafka's `message.max.bytes` when the config does not set it.
 const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
+/// Kafka's default `max.message.bytes` of a topic (the broker's `message.max.bytes`). The broker
+/// checks whole record batches against it, and librdkafka fills batches up to the producer's
+/// `message.max.bytes`: a producer allowed more than its topic refuses batches of small records
+/// too, so a transaction into that topic fails every time.
+pub const TOPIC_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 /// The largest record a producer made from `config` accepts (`message.max.bytes`).
 pub fn max_record_bytes(config: &ClientConfig) -> usize {
     config
