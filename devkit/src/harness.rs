@@ -26,6 +26,7 @@ use rdkafka::admin::{
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{ClientConfig, Message, Offset};
 use tempfile::TempDir;
@@ -781,6 +782,22 @@ impl TopicReader {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// Each partition's first offset still stored (its log start): what retention deleted is
+    /// below it.
+    pub fn log_starts(&self, timeout: Duration) -> anyhow::Result<Vec<i64>> {
+        (0..self.next.len() as i32)
+            .map(|partition| {
+                let (low, _) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, partition, timeout)
+                    .with_context(|| {
+                        format!("log start of {} partition {partition}", self.topic)
+                    })?;
+                Ok(low)
+            })
+            .collect()
     }
 
     /// Calls `each` on every record committed after the ones read before, until every partition

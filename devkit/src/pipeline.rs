@@ -448,6 +448,23 @@ impl Pipeline {
             .await?)
     }
 
+    /// Records the mirror and the validator say retention deleted before they read them (the
+    /// validator's counter since its last start, the mirror's per-partition gauge): the part of
+    /// a reconciliation's losses that is retention's, not the pipeline's.
+    pub async fn records_lost_to_retention(&self) -> u64 {
+        use logpipe_core::metric_names::{mirror, validator};
+        let mut total = 0.0;
+        for (c, name) in [
+            (Component::Mirror, mirror::DATA_LOSS_RECORDS),
+            (Component::Validator, validator::RECORDS_LOST_TO_RETENTION),
+        ] {
+            if let Ok(text) = self.metrics(c).await {
+                total += crate::prometheus::total(&text, name);
+            }
+        }
+        total as u64
+    }
+
     /// Stops everything gracefully: SIGTERM to the services in pipeline order (agent, mirror,
     /// validator, CEP worker, store, each waited for up to `timeout`), then the clusters. Every
     /// process is stopped even when one fails; the first failure is returned.

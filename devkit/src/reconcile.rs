@@ -14,6 +14,8 @@
 //!   supersedes that dead letter: it is counted as replayed, not as a duplicate. A dead letter
 //!   replayed twice is a duplicate, and a line the validator itself wrote to both places is
 //!   still duplicated and misrouted.
+//!   A replay naming a dead letter that retention has since deleted from the DLQ (its offset
+//!   is below the partition's log start) stands for that dead letter: counted as replayed.
 //! - After a schema change, lines the generator wrote invalid may be accepted into the clean
 //!   topic; those are encoded with a writer schema other than the generator's and are counted as
 //!   accepted by a changed schema, not as misrouted.
@@ -55,6 +57,12 @@ pub struct Reconciliation {
     pub replayed: u64,
     /// Replays written to a DLQ again (they failed again).
     pub replayed_dead: u64,
+    /// Of the replays, those whose dead letter retention has since deleted from the DLQ.
+    pub replayed_aged_out: u64,
+    /// Records the services counted as deleted by retention before they read them (their
+    /// `*_lost_to_retention` counters, filled in by a caller that can read them): lines lost
+    /// that way are among `lost`, lost to retention rather than by the pipeline.
+    pub lost_to_retention: u64,
     /// Lines written invalid that a clean topic holds (not by a replay) encoded with a schema
     /// other than the generator's: accepted by a schema the user changed.
     pub accepted_by_changed_schema: u64,
@@ -97,6 +105,20 @@ impl fmt::Display for Reconciliation {
                 f,
                 " ({} replayed dead letters failed again)",
                 self.replayed_dead
+            )?;
+        }
+        if self.replayed_aged_out > 0 {
+            write!(
+                f,
+                " ({} replays of dead letters retention has since deleted)",
+                self.replayed_aged_out
+            )?;
+        }
+        if self.lost_to_retention > 0 {
+            write!(
+                f,
+                " ({} records deleted by retention before a service read them: lost to retention)",
+                self.lost_to_retention
             )?;
         }
         if self.accepted_by_changed_schema > 0 {
@@ -205,6 +227,9 @@ struct Tally {
     invalid: Vec<HashSet<usize>>,
     /// Every dead letter of these runs by position, for replays to name.
     dead_letters_at: HashMap<ReplayedFrom, Line>,
+    /// Each dead-letter partition's log start as last read: a replay naming an offset below it
+    /// names a dead letter retention deleted.
+    log_starts: HashMap<(String, i32), i64>,
     replays: Vec<Replay>,
     clean: u64,
     dead_letters: u64,
@@ -226,6 +251,7 @@ impl Tally {
             invalid: vec![HashSet::new(); reports.len()],
             reports: reports.to_vec(),
             dead_letters_at: HashMap::new(),
+            log_starts: HashMap::new(),
             replays: Vec::new(),
             clean: 0,
             dead_letters: 0,
@@ -276,6 +302,16 @@ impl Tally {
         let mut replayed: HashSet<&ReplayedFrom> = HashSet::new();
         for replay in &self.replays {
             let entry = per_line.entry(replay.line).or_default();
+            if !self.dead_letters_at.contains_key(&replay.from) && self.aged_out(&replay.from) {
+                // It stands for a dead letter no longer there to count.
+                entry.records += 1;
+                r.replayed_aged_out += 1;
+                match replay.place {
+                    Place::Clean => r.replayed += 1,
+                    Place::DeadLetter => r.replayed_dead += 1,
+                }
+                continue;
+            }
             if self.dead_letters_at.get(&replay.from) != Some(&replay.line) {
                 // It names another line's dead letter, or one not (or no longer) there.
                 entry.unexplained.add(replay.place, replay.changed_schema);
@@ -291,6 +327,13 @@ impl Tally {
             }
         }
         per_line
+    }
+
+    /// Whether a dead-letter position is below its partition's log start as last read.
+    fn aged_out(&self, at: &ReplayedFrom) -> bool {
+        self.log_starts
+            .get(&(at.topic.clone(), at.partition))
+            .is_some_and(|start| at.offset < *start)
     }
 
     fn judge(&self) -> Reconciliation {
@@ -476,6 +519,13 @@ impl Reader {
                 });
                 Ok(())
             })?;
+            if *place == Place::DeadLetter {
+                for (partition, start) in (0..).zip(reader.log_starts(READ_TIMEOUT)?) {
+                    tally
+                        .log_starts
+                        .insert((reader.topic().to_owned(), partition), start);
+                }
+            }
         }
         Ok(())
     }
@@ -730,6 +780,15 @@ mod tests {
                 && text.contains("lost: a-3"),
             "{text}"
         );
+        let r = Reconciliation {
+            lost_to_retention: 1,
+            ..r
+        };
+        assert!(
+            r.to_string()
+                .contains("1 records deleted by retention before a service read them"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -827,6 +886,29 @@ mod tests {
         assert_eq!(r.replayed, 0, "{r}");
         assert_eq!(r.duplicated, ["a-0", "a-1"]);
         assert_eq!(r.misrouted, ["a-0", "a-1"]);
+    }
+
+    #[test]
+    fn a_replay_of_a_dead_letter_retention_deleted_stands_for_it() {
+        // a-0's dead letter (offset 2) is gone: the DLQ partition now starts at 5. Its replay
+        // is the line's one record; a second replay of it is a duplicate. a-1's replay names
+        // offset 6, above the log start, where nothing of a-1 is: the validator's own.
+        let reports = [report("a", 3, &[0, 1, 2])];
+        let mut t = Tally::new(&reports);
+        t.log_starts.insert(("dlq.a".into(), 0), 5);
+        t.add(replay(clean("a-0"), 2));
+        t.add(dead("a-1", 7));
+        t.add(replay(clean("a-1"), 6));
+        t.add(dead("a-2", 8));
+        let r = t.judge();
+        assert_eq!((r.replayed, r.replayed_aged_out), (1, 1), "{r}");
+        assert!(!r.lost.contains(&"a-0".to_owned()) && !r.misrouted.contains(&"a-0".to_owned()));
+        assert_eq!(r.duplicated, ["a-1"]);
+        assert!(r
+            .to_string()
+            .contains("1 replays of dead letters retention has since deleted"));
+        t.add(replay(clean("a-0"), 2));
+        assert_eq!(t.judge().duplicated, ["a-0", "a-1"]);
     }
 
     #[test]

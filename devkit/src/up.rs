@@ -358,7 +358,7 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
         report.summary(),
         args.drain_timeout.as_secs()
     ));
-    let reconciliation = reconcile::wait_drained(
+    let mut reconciliation = reconcile::wait_drained(
         pipeline.read_cluster().bootstrap(),
         &pipeline.schema_store_url(),
         &pipeline.clean_topics(),
@@ -367,6 +367,9 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
         args.drain_timeout,
     )
     .await;
+    if let Ok(r) = &mut reconciliation {
+        r.lost_to_retention = pipeline.records_lost_to_retention().await;
+    }
     let cep = match &reconciliation {
         Ok(_) => {
             events.note(format!(
