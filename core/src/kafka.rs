@@ -16,7 +16,7 @@ mod size;
 mod topics;
 mod transaction;
 
-pub use read_to_end::{end_reader, partition_count, read_to_end, EndReader};
+pub use read_to_end::{end_reader, partition_count, read_at, read_to_end, EndReader};
 pub use rebalance::{GroupEvent, Partition, RebalanceLog};
 pub use size::{max_record_bytes, record_size, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};
 pub use topics::create_topics;

@@ -41,9 +41,13 @@ pub mod error_header {
     pub const TOPIC: &str = "lp.error.topic";
     pub const PARTITION: &str = "lp.error.partition";
     pub const OFFSET: &str = "lp.error.offset";
+    /// On a dead letter written without its record (too large to produce with it): the
+    /// record's size in bytes. The record stays at the topic, partition and offset above, where
+    /// `logpipe-validator replay` reads it.
+    pub const OMITTED: &str = "lp.error.omitted";
     /// Every dead-letter header, in the order they are written.
-    pub const ALL: [&str; 8] = [
-        STAGE, REASON, PATH, SUBJECT, SCHEMA_ID, TOPIC, PARTITION, OFFSET,
+    pub const ALL: [&str; 9] = [
+        STAGE, REASON, PATH, SUBJECT, SCHEMA_ID, TOPIC, PARTITION, OFFSET, OMITTED,
     ];
 }
 
@@ -201,6 +205,8 @@ pub struct DeadLetterHeaders<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// The record's size, when the dead letter is written without it.
+    pub omitted: Option<usize>,
 }
 
 impl DeadLetterHeaders<'_> {
@@ -228,6 +234,9 @@ impl DeadLetterHeaders<'_> {
             (error_header::PARTITION, self.partition.to_string()),
             (error_header::OFFSET, self.offset.to_string()),
         ]);
+        if let Some(size) = self.omitted {
+            out.push((error_header::OMITTED, size.to_string()));
+        }
         out
     }
 }
@@ -750,6 +759,7 @@ mod tests {
             topic: "raw.game",
             partition: 2,
             offset: 41,
+            omitted: Some(2_000_000),
         };
         let written = dead.headers();
         let names: Vec<_> = written.iter().map(|(name, _)| *name).collect();
@@ -765,9 +775,11 @@ mod tests {
                 "7",
                 "raw.game",
                 "2",
-                "41"
+                "41",
+                "2000000"
             ]
         );
+        dead.omitted = None;
         dead.path = None;
         dead.subject = None;
         dead.schema_id = None;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use logpipe_core::metric_names::validator;
-use logpipe_core::record::error_header;
+use logpipe_core::record::{error_header, replay_header};
 use logpipe_devkit::harness::wait_until;
 use logpipe_tests::validator::*;
 use logpipe_tests::{metrics, service};
@@ -526,6 +526,36 @@ async fn outputs_too_large_to_produce_become_dead_letters_and_the_partition_goes
     assert_eq!(dead[&7].payload().unwrap_or_default().len(), 0);
     assert_eq!(dead[&8].payload(), Some(texts[8].as_bytes()));
     assert!(metrics::total(telemetry, validator::RECORDS_INVALID).await >= 3.0);
+    for i in [6, 7] {
+        assert_eq!(
+            headers(i)[error_header::OMITTED],
+            texts[i].len().to_string()
+        );
+    }
+    assert!(!headers(8).contains_key(error_header::OMITTED));
+
+    // With a limit they fit in, the dead letters written without their records are replayed
+    // from the raw topic: line 6 is clean now, lines 7 and 8 (invalid) go to the DLQ again,
+    // line 7 this time with its record.
+    let raised = std::fs::read_to_string(&config)?.replace(
+        &format!("\"message.max.bytes\" = {MAX}"),
+        "\"message.max.bytes\" = 100000",
+    );
+    std::fs::write(&config, raised)?;
+    assert_eq!(replay(&config, "dlq.big", &[]).await?, (1, 2));
+    let clean = read_clean(&stack, "clean.big").await?;
+    assert!(clean.iter().any(|s| s.event_id == "clean-too-large"));
+    let again: Vec<_> = stack
+        .read("dlq.big")
+        .await?
+        .into_iter()
+        .filter(|m| {
+            logpipe_tests::topic::text_headers(m).get(replay_header::OFFSET)
+                == Some(&dead[&7].offset().to_string())
+        })
+        .collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].payload(), Some(texts[7].as_bytes()));
     service::stop(&mut validator).await?;
     Ok(())
 }

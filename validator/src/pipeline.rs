@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
     batch_offsets, commit_transaction, end_reader, init_transactions, is_fatal, max_record_bytes,
-    partition_count, read_to_end, record_size, report_lag, rewind, send_offsets, send_waiting,
-    GroupEvent, KafkaConfig, RebalanceLog, Role,
+    partition_count, read_at, read_to_end, record_size, report_lag, rewind, send_offsets,
+    send_waiting, EndReader, GroupEvent, KafkaConfig, RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -142,6 +142,8 @@ pub(crate) struct Pipeline {
     totals: Totals,
     /// The producer's `message.max.bytes`: every output is measured against it first.
     max_record_bytes: usize,
+    /// Replay: reads the originals of dead letters written without them (made when needed).
+    originals: Option<EndReader>,
 }
 
 impl Pipeline {
@@ -200,6 +202,7 @@ impl Pipeline {
             ends: BTreeMap::new(),
             totals: Totals::default(),
             max_record_bytes,
+            originals: None,
         };
         pipeline.prepare().await?;
         Ok(Some(pipeline))
@@ -339,6 +342,29 @@ impl Pipeline {
         }
         tracing::info!(totals = ?self.totals, "stopping");
         Ok(self.totals)
+    }
+
+    /// The record a dead letter was written without, from where its `lp.error.*` headers say
+    /// it was read; `None` when it is no longer there.
+    fn read_original(&mut self, message: &OwnedMessage) -> anyhow::Result<Option<Vec<u8>>> {
+        let (Some(topic), Some(partition), Some(offset)) = (
+            header_text(message, error_header::TOPIC),
+            header_text(message, error_header::PARTITION).and_then(|p| p.parse().ok()),
+            header_text(message, error_header::OFFSET).and_then(|o| o.parse().ok()),
+        ) else {
+            return Ok(None);
+        };
+        if self.originals.is_none() {
+            let config = self.settings.kafka.client_config(
+                &Role::Consumer {
+                    group_id: format!("{}.originals", self.settings.group_id),
+                },
+                "logpipe-validator-originals",
+            );
+            self.originals = Some(end_reader(config).context("creating the originals reader")?);
+        }
+        let reader = self.originals.as_ref().expect("made above");
+        tokio::task::block_in_place(|| read_at(reader, &topic, partition, offset, KAFKA_TIMEOUT))
     }
 
     fn replay_done(&self) -> bool {
@@ -616,7 +642,29 @@ impl Pipeline {
                     ),
                 }
             }
-            let raw = message.payload().unwrap_or_default();
+            let original;
+            let raw = match header_text(message, error_header::OMITTED) {
+                // A dead letter written without its record: replay the record where it stays.
+                Some(_) if matches!(self.mode, Mode::Replay { .. }) => {
+                    match self.read_original(message)? {
+                        Some(read) => {
+                            original = read;
+                            &original[..]
+                        }
+                        None => {
+                            tracing::error!(
+                                topic = message.topic(),
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                "the record of this dead letter was written without it and is no longer where its lp.error headers point (retention): it cannot be replayed"
+                            );
+                            counts.skipped += 1;
+                            continue;
+                        }
+                    }
+                }
+                _ => message.payload().unwrap_or_default(),
+            };
             let mut value = Vec::with_capacity(raw.len() / 2 + 8);
             let verdict = loop {
                 match self.checker.check(&source_topic, raw, &mut value).await {
@@ -705,7 +753,7 @@ impl Pipeline {
                     });
                     let base = headers.unwrap_or_default();
                     let mut headers =
-                        dead_letter_headers(base.clone(), &dead, message, &source_topic);
+                        dead_letter_headers(base.clone(), &dead, message, &source_topic, None);
                     let mut value = raw.to_vec();
                     let size = record_size(key.as_deref(), &value, Some(&headers));
                     if size > self.max_record_bytes {
@@ -717,7 +765,13 @@ impl Pipeline {
                             raw.len(),
                             self.max_record_bytes
                         );
-                        headers = dead_letter_headers(base, &dead, message, &source_topic);
+                        headers = dead_letter_headers(
+                            base,
+                            &dead,
+                            message,
+                            &source_topic,
+                            Some(raw.len()),
+                        );
                         value.clear();
                         tracing::warn!(
                             topic = message.topic(),
@@ -872,11 +926,13 @@ fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
 }
 
 /// A dead letter's headers: the record's own, then the verdict's `lp.error.*` ones.
+/// `omitted`: the record's size, when the dead letter goes without it.
 fn dead_letter_headers(
     headers: OwnedHeaders,
     dead: &DeadLetter,
     message: &OwnedMessage,
     source_topic: &str,
+    omitted: Option<usize>,
 ) -> OwnedHeaders {
     // Where the record was read: in a replay, where it was first read.
     let first_read = || {
@@ -898,6 +954,7 @@ fn dead_letter_headers(
         topic: source_topic,
         partition,
         offset,
+        omitted,
     };
     verdict
         .headers()

@@ -98,6 +98,33 @@ pub fn read_to_end(
     result
 }
 
+/// The value of the record at `offset` of a partition, read_committed; `None` when it is no
+/// longer there (below the log start after retention, or removed by compaction) or never was.
+/// How a replay finds the original of a dead letter written without it.
+pub fn read_at(
+    reader: &EndReader,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut found = None;
+    let from = [(partition, Offset::Offset(offset))];
+    // Reads from `offset` (or the log start, if that is past it) to the end: the first record
+    // tells whether `offset` is there. `each` stops the read at the first record.
+    let result = read_to_end(reader, topic, &from, timeout, None, |message| {
+        found = Some((message.offset(), message.payload().map(<[u8]>::to_vec)));
+        bail!("stop: the record was read")
+    });
+    match (result, found) {
+        (_, Some((at, value))) => Ok((at == offset).then(|| value.unwrap_or_default())),
+        (Ok(_), None) => Ok(None),
+        (Err(e), None) => {
+            Err(e.context(format!("reading {topic} partition {partition} at {offset}")))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rdkafka::mocking::MockCluster;
