@@ -3700,6 +3700,144 @@ err_parse:
         return -1;
 }
 
+/* logpipe patch: AlterConfigs (see LOGPIPE-PATCH.md). */
+
+/** One resource of an AlterConfigs request: the topic's whole new set. */
+typedef struct rd_kafka_mock_alter_req_s {
+        int8_t type;
+        char *name;
+        rd_list_t configs; /**< rd_strtup_t * */
+        rd_kafka_resp_err_t err;
+        char errstr[256];
+} rd_kafka_mock_alter_req_t;
+
+static void rd_kafka_mock_alter_reqs_destroy(rd_kafka_mock_alter_req_t *reqs,
+                                             int cnt) {
+        int i;
+        for (i = 0; i < cnt; i++) {
+                rd_free(reqs[i].name);
+                rd_list_destroy(&reqs[i].configs);
+        }
+        rd_free(reqs);
+}
+
+/**
+ * @brief Handle AlterConfigsRequest (v0-1) for TOPIC resources: as in Kafka,
+ *        the configs given replace every config the topic set before (the
+ *        others return to their defaults). An unknown config name is
+ *        INVALID_CONFIG, an unknown topic UNKNOWN_TOPIC_OR_PART.
+ */
+static int
+rd_kafka_mock_handle_AlterConfigs(rd_kafka_mock_connection_t *mconn,
+                                  rd_kafka_buf_t *rkbuf) {
+        const rd_bool_t log_decode_errors = rd_true;
+        rd_kafka_mock_cluster_t *mcluster = mconn->broker->cluster;
+        rd_kafka_buf_t *resp = rd_kafka_mock_buf_new_response(rkbuf);
+        rd_kafka_mock_alter_req_t *reqs = NULL;
+        int32_t ResourcesCnt, i, j;
+        int parsed             = 0;
+        rd_bool_t ValidateOnly = rd_false;
+        rd_kafka_resp_err_t injected;
+
+        rd_kafka_buf_read_arraycnt(rkbuf, &ResourcesCnt, 10000);
+        ResourcesCnt = RD_MAX(ResourcesCnt, 0);
+        reqs         = rd_calloc(RD_MAX(ResourcesCnt, 1), sizeof(*reqs));
+
+        for (i = 0; i < ResourcesCnt; i++) {
+                rd_kafka_mock_alter_req_t *req = &reqs[i];
+                rd_kafkap_str_t Name;
+                int32_t ConfigsCnt;
+
+                rd_kafka_buf_read_i8(rkbuf, &req->type);
+                rd_kafka_buf_read_str(rkbuf, &Name);
+                req->name = RD_KAFKAP_STR_IS_NULL(&Name)
+                                ? rd_strdup("")
+                                : RD_KAFKAP_STR_DUP(&Name);
+                rd_list_init(&req->configs, 0, rd_strtup_free);
+                parsed++;
+                rd_kafka_buf_read_arraycnt(rkbuf, &ConfigsCnt, 10000);
+                for (j = 0; j < ConfigsCnt; j++) {
+                        rd_kafkap_str_t CName, CValue;
+                        char *name;
+                        rd_kafka_buf_read_str(rkbuf, &CName);
+                        rd_kafka_buf_read_str(rkbuf, &CValue);
+                        if (req->err)
+                                continue;
+                        name = RD_KAFKAP_STR_IS_NULL(&CName)
+                                   ? rd_strdup("")
+                                   : RD_KAFKAP_STR_DUP(&CName);
+                        if (rd_kafka_mock_topic_config_index(name) == -1) {
+                                req->err = RD_KAFKA_RESP_ERR_INVALID_CONFIG;
+                                rd_snprintf(req->errstr, sizeof(req->errstr),
+                                            "Unknown topic config name: %s",
+                                            name);
+                        } else if (!RD_KAFKAP_STR_IS_NULL(&CValue)) {
+                                /* A null value leaves the config unset. */
+                                rd_list_add(&req->configs,
+                                            rd_strtup_new0(
+                                                name, -1, CValue.str,
+                                                RD_KAFKAP_STR_LEN(&CValue)));
+                        }
+                        rd_free(name);
+                }
+        }
+        rd_kafka_buf_read_bool(rkbuf, &ValidateOnly);
+
+        /* Response: ThrottleTimeMs */
+        rd_kafka_buf_write_i32(resp, 0);
+        /* Response: #Responses */
+        rd_kafka_buf_write_arraycnt(resp, ResourcesCnt);
+
+        injected = rd_kafka_mock_next_request_error(mconn, resp);
+
+        for (i = 0; i < ResourcesCnt; i++) {
+                rd_kafka_mock_alter_req_t *req = &reqs[i];
+                rd_kafka_mock_topic_t *mtopic   = NULL;
+                rd_kafka_resp_err_t err = injected ? injected : req->err;
+
+                if (!err && req->type != 2 /* ConfigResourceType TOPIC */) {
+                        err = RD_KAFKA_RESP_ERR_INVALID_REQUEST;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "The dev cluster alters topic configs "
+                                    "only (resource type %d)",
+                                    (int)req->type);
+                } else if (!err && !(mtopic = rd_kafka_mock_topic_find(
+                                         mcluster, req->name))) {
+                        err = RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+                        rd_snprintf(req->errstr, sizeof(req->errstr),
+                                    "The topic '%s' does not exist.",
+                                    req->name);
+                }
+                if (!err && !ValidateOnly) {
+                        rd_list_clear(&mtopic->configs);
+                        rd_list_copy_to(&mtopic->configs, &req->configs,
+                                        rd_strtup_list_copy, NULL);
+                }
+
+                rd_kafka_dbg(mcluster->rk, MOCK, "MOCK",
+                             "AlterConfigs %s: %d config(s)%s: %s", req->name,
+                             rd_list_cnt(&req->configs),
+                             ValidateOnly ? " (validate only)" : "",
+                             rd_kafka_err2name(err));
+
+                rd_kafka_buf_write_i16(resp, err);
+                rd_kafka_buf_write_str(
+                    resp, err && req->errstr[0] ? req->errstr : NULL, -1);
+                rd_kafka_buf_write_i8(resp, req->type);
+                rd_kafka_buf_write_str(resp, req->name, -1);
+        }
+
+        rd_kafka_mock_alter_reqs_destroy(reqs, parsed);
+        rd_kafka_mock_connection_send_response(mconn, resp);
+        return 0;
+
+err_parse:
+        if (reqs)
+                rd_kafka_mock_alter_reqs_destroy(reqs, parsed);
+        rd_kafka_buf_destroy(resp);
+        return -1;
+}
+
 /**
  * @brief Default request handlers
  */
@@ -3743,6 +3881,8 @@ const struct rd_kafka_mock_api_handler
             {0, 1, -1, rd_kafka_mock_handle_CreatePartitions},
         [RD_KAFKAP_DescribeConfigs] =
             {0, 2, -1, rd_kafka_mock_handle_DescribeConfigs},
+        [RD_KAFKAP_AlterConfigs] = {0, 1, -1,
+                                    rd_kafka_mock_handle_AlterConfigs},
 };
 
 
