@@ -22,8 +22,8 @@ use logpipe_core::kafka::{
     create_topics, end_reader, partition_count, read_to_end, EndReader, KafkaConfig, Role,
 };
 use rdkafka::admin::{
-    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
-    TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer as _;
@@ -635,6 +635,27 @@ impl DevCluster {
             }
         }
         Ok(configs)
+    }
+
+    /// Replaces the configs set on a topic itself with `configs` (AlterConfigs: the ones left
+    /// out return to their defaults).
+    pub async fn set_topic_configs(
+        &self,
+        topic: &str,
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let alter = configs.iter().fold(
+            AlterConfig::new(ResourceSpecifier::Topic(topic)),
+            |alter, (name, value)| alter.set(name, value),
+        );
+        for result in self
+            .admin()?
+            .alter_configs(&[alter], &AdminOptions::new())
+            .await?
+        {
+            result.map_err(|(_, e)| anyhow!("altering the configs of topic {topic}: {e}"))?;
+        }
+        Ok(())
     }
 
     pub async fn broker_down(&self, broker: i32) -> anyhow::Result<()> {

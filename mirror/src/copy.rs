@@ -6,7 +6,7 @@
 //! verifies records written by a crashed predecessor, so the two cannot drift apart.
 
 use logpipe_core::record::header;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::Message;
 
 use crate::config::LoopGuard;
@@ -16,8 +16,9 @@ pub(crate) struct Copy<'a> {
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) payload: Option<&'a [u8]>,
     pub(crate) headers: Option<OwnedHeaders>,
-    /// CreateTime in ms. Producers cannot set LogAppendTime (the broker does), so a source
-    /// record with LogAppendTime keeps its value and arrives as CreateTime.
+    /// The source's timestamp in ms, written as CreateTime. On a LogAppendTime target topic
+    /// (the mirror copies `message.timestamp.type`) the broker replaces it with its own append
+    /// time.
     pub(crate) timestamp: Option<i64>,
 }
 
@@ -45,9 +46,12 @@ impl Copy<'_> {
                         .all(|(x, y)| x.key == y.key && x.value == y.value)
             }
         };
+        // A LogAppendTime target stamps its own time: only a CreateTime one keeps the copy's.
+        let timestamp_equal = matches!(target.timestamp(), Timestamp::LogAppendTime(_))
+            || self.timestamp == target.timestamp().to_millis();
         self.key == target.key()
             && self.payload == target.payload()
-            && self.timestamp == target.timestamp().to_millis()
+            && timestamp_equal
             && headers_equal
     }
 }
@@ -95,8 +99,6 @@ pub(crate) fn copy_of<'a, M: Message>(
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::Timestamp;
-
     use super::*;
 
     fn message(
@@ -172,6 +174,25 @@ mod tests {
                 .matches(&empty),
             "null key is not an empty key"
         );
+    }
+
+    #[test]
+    fn a_log_append_time_target_is_matched_without_the_timestamp() {
+        let source = message(Some(b"k"), Some(b"v"), &[]);
+        let copy = copy_of(&source, None).unwrap();
+        let restamped = |timestamp| {
+            OwnedMessage::new(
+                Some(b"v".to_vec()),
+                Some(b"k".to_vec()),
+                "t".into(),
+                timestamp,
+                2,
+                7,
+                None,
+            )
+        };
+        assert!(copy.matches(&restamped(Timestamp::LogAppendTime(1_800_000_000_000))));
+        assert!(!copy.matches(&restamped(Timestamp::CreateTime(1_800_000_000_000))));
     }
 
     #[test]

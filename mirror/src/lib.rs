@@ -48,8 +48,9 @@
 //!
 //! **Fidelity.** Key (null stays null), value (tombstones stay tombstones), all headers in order
 //! (repeated names, null values), timestamp and partition number are copied unchanged
-//! (`copy`). A source record with LogAppendTime keeps its timestamp value but arrives as
-//! CreateTime: only a broker can stamp LogAppendTime.
+//! (`copy`). A LogAppendTime topic is created as one (its `message.timestamp.type` is copied),
+//! so its records arrive as LogAppendTime, stamped by the target broker when appended: only a
+//! broker can stamp LogAppendTime, so that timestamp is the read side's append time.
 //!
 //! **Memory.** `max_buffer_bytes` (default 256 MiB) bounds the process: 32 MiB (at most a quarter)
 //! is kept for the process itself, the rest is split between shards, and within a shard
@@ -69,6 +70,7 @@
 
 mod clients;
 mod config;
+mod config_sync;
 mod copy;
 mod membership;
 mod metrics;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use logpipe_core::kafka::create_topics;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
+    AdminClient, AdminOptions, AlterConfig, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
     ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
@@ -83,21 +83,25 @@ pub(crate) fn shard_of(topic: &str, partition: i32, shards: i32) -> i32 {
 /// - `compression.type`: the topic owner's choice of stored compression.
 /// - `min.insync.replicas`: the durability asked of writes, capped at the target topic's
 ///   replication factor (a larger value would refuse every write on a smaller target).
+/// - `message.timestamp.type`: a LogAppendTime topic stays one, so its records arrive with the
+///   timestamp type they had; the target broker stamps them when it appends them (the read
+///   side's append time, which is what LogAppendTime means there), replacing the copied value.
 ///
-/// Left out on purpose: `message.timestamp.type` (LogAppendTime on the target would replace the
-/// copied timestamps with the mirror's write time), the `message.timestamp.*.max.ms` windows
+/// Left out on purpose: the `message.timestamp.*.max.ms` windows
 /// (they are checked against the time of the write, so a mirror catching up on old records
 /// would be refused), settings naming source brokers (`*.replication.throttled.replicas`),
 /// tiered-storage settings (`remote.storage.enable`, `local.retention.*`: the target may have no
 /// remote storage), and the storage layout the target's operators own (`segment.*`, `flush.*`,
 /// `index.interval.bytes`, `preallocate`, `unclean.leader.election.enable`,
-/// `message.format.version`). Configs are copied when the target topic is created, not re-synced.
+/// `message.format.version`). Configs are copied when the target topic is created and re-synced
+/// at every refresh afterwards ([`crate::config_sync`]).
 pub(crate) const COPIED_CONFIGS: &[&str] = &[
     "cleanup.policy",
     "compression.type",
     "delete.retention.ms",
     "max.compaction.lag.ms",
     "max.message.bytes",
+    "message.timestamp.type",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
     "min.insync.replicas",
@@ -177,6 +181,9 @@ pub(crate) struct Scanner {
     /// Reads source topic configs (DescribeConfigs only: nothing is written to the source).
     source_admin: AdminClient<DefaultClientContext>,
     admin: Option<AdminClient<DefaultClientContext>>,
+    /// Target topics whose config re-sync was refused, with the changes last refused: each
+    /// refusal is logged once.
+    sync_refused: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 /// Which side a metadata read failed on, for readiness.
@@ -207,6 +214,7 @@ impl Scanner {
             target,
             source_admin,
             admin,
+            sync_refused: Default::default(),
         })
     }
 
@@ -228,9 +236,6 @@ impl Scanner {
             .fetch_metadata(None, METADATA_TIMEOUT)
             .map_err(|e| ScanError::Target(e.into()))?;
         let (mut topology, mut missing) = self.plan(&source, &target);
-        if missing.is_empty() {
-            return Ok(Scan { topology, missing });
-        }
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -238,6 +243,10 @@ impl Scanner {
             Ok(runtime) => runtime,
             Err(e) => return Err(ScanError::Target(e.into())),
         };
+        if missing.is_empty() {
+            runtime.block_on(self.sync_configs(&topology, &target));
+            return Ok(Scan { topology, missing });
+        }
         runtime.block_on(self.read_source_configs(&mut missing));
         if self.admin.is_none() {
             return Ok(Scan { topology, missing });
@@ -330,6 +339,92 @@ impl Scanner {
             },
             missing,
         )
+    }
+
+    /// Writes the copied configs of every mirrored topic whose target differs from its source
+    /// (see [`crate::config_sync`]). Failures are logged (a refusal once per topic and change)
+    /// and the next refresh tries again.
+    async fn sync_configs(&self, topology: &Topology, target: &Metadata) {
+        let Some(admin) = &self.admin else {
+            return;
+        };
+        if topology.topics.is_empty() {
+            return;
+        }
+        let replication = |name: &str| {
+            target
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .and_then(|t| t.partitions().first())
+                .map_or(1, |p| p.replicas().len().max(1) as i32)
+        };
+        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let sources: Vec<ResourceSpecifier<'_>> = topology
+            .topics
+            .keys()
+            .map(|t| ResourceSpecifier::Topic(t))
+            .collect();
+        let targets: Vec<ResourceSpecifier<'_>> = topology
+            .topics
+            .values()
+            .map(|plan| ResourceSpecifier::Topic(&plan.target))
+            .collect();
+        let described = tokio::join!(
+            self.source_admin.describe_configs(&sources, &options),
+            admin.describe_configs(&targets, &options),
+        );
+        let (sources, targets) = match described {
+            (Ok(sources), Ok(targets)) => (sources, targets),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!("reading topic configs to re-sync them: {e}");
+                return;
+            }
+        };
+        for ((plan, source), target) in topology.topics.values().zip(sources).zip(targets) {
+            // A resource's error reads as an empty entry list.
+            let (Ok(source), Ok(target)) = (source, target) else {
+                continue;
+            };
+            if source.entries.is_empty() || target.entries.is_empty() {
+                continue;
+            }
+            let Some(crate::config_sync::Resync { set, changes }) = crate::config_sync::plan(
+                &source.entries,
+                &target.entries,
+                replication(&plan.target),
+            ) else {
+                continue;
+            };
+            let alter = set.iter().fold(
+                AlterConfig::new(ResourceSpecifier::Topic(&plan.target)),
+                |alter, (name, value)| alter.set(name, value),
+            );
+            let refused = match admin.alter_configs(&[alter], &options).await {
+                Ok(results) => match results.into_iter().next() {
+                    Some(Ok(_)) => None,
+                    Some(Err((_, code))) => Some(code.to_string()),
+                    None => Some("no answer".to_owned()),
+                },
+                Err(e) => Some(e.to_string()),
+            };
+            let mut warned = self.sync_refused.lock().expect("sync_refused lock");
+            match refused {
+                None => {
+                    warned.remove(&plan.target);
+                    tracing::info!(
+                        topic = plan.target,
+                        ?changes,
+                        "target topic configs re-synced with the source"
+                    );
+                }
+                Some(why) if warned.get(&plan.target) != Some(&changes) => {
+                    tracing::warn!(topic = plan.target, ?changes, "could not re-sync the target topic's configs (AlterConfigs: {why}); retrying at every refresh");
+                    warned.insert(plan.target.clone(), changes);
+                }
+                Some(_) => {}
+            }
+        }
     }
 
     /// Fills in the configs of the source topics whose target topics are to be created. A topic
@@ -566,6 +661,8 @@ mod tests {
             [
                 ("cleanup.policy", "compact"),
                 ("max.message.bytes", "5000000"),
+                // A LogAppendTime topic stays one: records keep their timestamp type.
+                ("message.timestamp.type", "LogAppendTime"),
                 ("min.insync.replicas", min_isr),
             ]
             .iter()

@@ -55,7 +55,7 @@ async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() 
         ("max.message.bytes", "2000000"),
         ("min.compaction.lag.ms", "60000"),
         ("segment.bytes", "10485760"),
-        ("message.timestamp.type", "CreateTime"),
+        ("message.timestamp.type", "LogAppendTime"),
     ];
     write
         .create_topic_with_configs("raw.late", 3, 2, &configs)
@@ -71,9 +71,10 @@ async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() 
         vec![2, 2, 2],
         "the source's partition count and replication"
     );
-    let expected: BTreeMap<String, String> = [
+    let mut expected: BTreeMap<String, String> = [
         ("cleanup.policy", "compact"),
         ("max.message.bytes", "2000000"),
+        ("message.timestamp.type", "LogAppendTime"),
         ("min.compaction.lag.ms", "60000"),
         ("retention.ms", "3600000"),
     ]
@@ -83,9 +84,33 @@ async fn new_topic_is_created_like_the_source_and_mirrored_within_ten_seconds() 
     assert_eq!(
         read.topic_configs("raw.late").await?,
         expected,
-        "segment.bytes and the timestamp type are not copied"
+        "segment.bytes is not copied; a LogAppendTime topic stays one"
     );
     assert_mirrored(&write, &read, "raw.late", 300).await?;
+
+    // Re-sync: the target's operators set segment.bytes themselves; then the source's
+    // retention changes, and the target follows within 10 s, keeping its own segment.bytes.
+    expected.insert("segment.bytes".into(), "5000000".into());
+    let own: Vec<(&str, &str)> = expected
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    read.set_topic_configs("raw.late", &own).await?;
+    let changed: Vec<(&str, &str)> = configs
+        .iter()
+        .map(|&(k, v)| (k, if k == "retention.ms" { "7200000" } else { v }))
+        .collect();
+    write.set_topic_configs("raw.late", &changed).await?;
+    let altered = Instant::now();
+    expected.insert("retention.ms".into(), "7200000".into());
+    wait_until(left_of_ten_seconds(altered), || async {
+        read.topic_configs("raw.late")
+            .await
+            .is_ok_and(|c| c == expected)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the target's configs did not follow the source's"))
+    .logs_of(&mirror)?;
     Ok(())
 }
 
