@@ -21,9 +21,9 @@ use anyhow::{ensure, Context as _};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{LoadgenArgs, Rotation};
 use logpipe_devkit::measure::env;
-use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
+use logpipe_devkit::pipeline::Component;
 use logpipe_devkit::reconcile::wait_drained;
-use logpipe_tests::faults::{inject, Fault, Generator, Side};
+use logpipe_tests::faults::{inject, start_pipeline, Fault, Generator, Side};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
@@ -140,14 +140,7 @@ async fn run(
     dir: &std::path::Path,
 ) -> anyhow::Result<Outcome> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let options = PipelineOptions {
-        state_dir: dir.to_owned(),
-        ..PipelineOptions::default()
-    };
-    let brokers = options.brokers;
-    let mut pipeline = Pipeline::start(options)
-        .await
-        .context("starting the pipeline")?;
+    let (mut pipeline, brokers) = start_pipeline(dir).await?;
     let started = Instant::now();
     let mut faults = Vec::new();
     let mut reports = Vec::new();

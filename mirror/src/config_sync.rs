@@ -69,17 +69,7 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(name: &str, value: &str, source: ConfigSource) -> ConfigEntry {
-        ConfigEntry {
-            name: name.into(),
-            value: Some(value.into()),
-            is_default: source == ConfigSource::Default,
-            source,
-            is_read_only: false,
-            is_sensitive: false,
-        }
-    }
+    use crate::topology::tests::entry;
 
     #[test]
     fn only_a_difference_in_the_copied_configs_is_written_keeping_the_targets_own() {

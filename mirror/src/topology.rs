@@ -535,8 +535,20 @@ pub(crate) fn missing_message(missing: &[Missing], target: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A DescribeConfigs entry, for tests of what is copied.
+    pub(crate) fn entry(name: &str, value: &str, source: ConfigSource) -> ConfigEntry {
+        ConfigEntry {
+            name: name.into(),
+            value: Some(value.into()),
+            is_default: source == ConfigSource::Default,
+            source,
+            is_read_only: false,
+            is_sensitive: false,
+        }
+    }
 
     #[test]
     fn shards_are_stable_and_spread() {
@@ -636,14 +648,6 @@ mod tests {
 
     #[test]
     fn configs_set_on_the_source_are_copied_and_defaults_are_not() {
-        let entry = |name: &str, value: &str, source: ConfigSource| ConfigEntry {
-            name: name.into(),
-            value: Some(value.into()),
-            is_default: source == ConfigSource::Default,
-            source,
-            is_read_only: false,
-            is_sensitive: false,
-        };
         let entries = vec![
             entry("cleanup.policy", "compact", ConfigSource::DynamicTopic),
             entry("retention.ms", "604800000", ConfigSource::Default),

@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context as _};
 use logpipe_core::metric_names::{agent, cep, mirror, schema_store, validator};
 use logpipe_devkit::harness::wait_until;
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report};
-use logpipe_devkit::pipeline::{Component, Pipeline};
+use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
 use logpipe_devkit::prometheus;
 use rand::rngs::StdRng;
 use rand::Rng as _;
@@ -51,6 +51,20 @@ impl fmt::Display for Fault {
             Fault::BrokerOutage(side) => write!(f, "broker outage on the {side:?} cluster"),
         }
     }
+}
+
+/// Starts the whole pipeline (agent, mirror, validator, schema store on two dev clusters) in
+/// `dir`; returns it with the brokers per cluster, which broker outages pick from.
+pub async fn start_pipeline(dir: &std::path::Path) -> anyhow::Result<(Pipeline, i32)> {
+    let options = PipelineOptions {
+        state_dir: dir.to_owned(),
+        ..PipelineOptions::default()
+    };
+    let brokers = options.brokers;
+    let pipeline = Pipeline::start(options)
+        .await
+        .context("starting the pipeline")?;
+    Ok((pipeline, brokers))
 }
 
 /// Injects one fault and waits until the pipeline recovers from it: a killed service is

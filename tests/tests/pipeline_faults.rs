@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use logpipe_devkit::loadgen::{LoadgenArgs, Rotation};
-use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
+use logpipe_devkit::pipeline::Component;
 use logpipe_devkit::reconcile::wait_drained;
-use logpipe_tests::faults::{inject, Fault, Generator, Side};
+use logpipe_tests::faults::{inject, start_pipeline, Fault, Generator, Side};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
@@ -72,14 +72,7 @@ async fn run(seed: u64) -> anyhow::Result<()> {
 
 async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let options = PipelineOptions {
-        state_dir: dir.to_owned(),
-        ..PipelineOptions::default()
-    };
-    let brokers = options.brokers;
-    let mut pipeline = Pipeline::start(options)
-        .await
-        .context("starting the pipeline")?;
+    let (mut pipeline, brokers) = start_pipeline(dir).await?;
 
     // Each service is killed at least once during each rotation style; the remaining faults
     // fall into either, in random order within each.

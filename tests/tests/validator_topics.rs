@@ -189,6 +189,20 @@ async fn missing_topics_are_created_or_reported() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes 200 records to each of `raw.loot` and `raw.gems` and waits until those of raw.loot
+/// are all in its clean and DLQ topics; returns both.
+async fn loot_then_gems(stack: &Stack) -> anyhow::Result<(Lines, Lines)> {
+    let (loot_lines, gems) = (loot("loot", 200), loot("gems", 200));
+    stack
+        .produce("raw.loot", std::slice::from_ref(&loot_lines), 0..200)
+        .await?;
+    stack
+        .produce("raw.gems", std::slice::from_ref(&gems), 0..200)
+        .await?;
+    all_there(stack, "loot", &loot_lines).await;
+    Ok((loot_lines, gems))
+}
+
 /// SIGHUP puts a changed config's routes and log filter in force without a restart: a route
 /// added starts reading its topic (every record once), a route removed stops reading its topic
 /// (its records stay unread, not dead-lettered), and the other routes go on without a resend.
@@ -201,14 +215,7 @@ async fn a_reload_changes_routes_and_log_filter() -> anyhow::Result<()> {
     let quiet = text.replace("[telemetry]\n", "[telemetry]\nlog = \"warn\"\n");
     std::fs::write(&config, &quiet)?;
     let mut validator = stack.validator(&config, telemetry).await?;
-    let (loot_lines, gems) = (loot("loot", 200), loot("gems", 200));
-    stack
-        .produce("raw.loot", std::slice::from_ref(&loot_lines), 0..200)
-        .await?;
-    stack
-        .produce("raw.gems", std::slice::from_ref(&gems), 0..200)
-        .await?;
-    all_there(&stack, "loot", &loot_lines).await;
+    let (loot_lines, gems) = loot_then_gems(&stack).await?;
     assert_eq!(
         metrics::total(telemetry, validator::RECORDS_VALID).await,
         160.0,
@@ -295,14 +302,7 @@ async fn output_topics_must_take_the_producers_batches() -> anyhow::Result<()> {
     assert_ne!(large, text);
     std::fs::write(&config, large)?;
     let mut validator = service::spawn("logpipe-validator", &config)?;
-    let (loot_lines, gems) = (loot("loot", 200), loot("gems", 200));
-    stack
-        .produce("raw.loot", std::slice::from_ref(&loot_lines), 0..200)
-        .await?;
-    stack
-        .produce("raw.gems", std::slice::from_ref(&gems), 0..200)
-        .await?;
-    all_there(&stack, "loot", &loot_lines).await;
+    loot_then_gems(&stack).await?;
     for created in ["clean.loot", "dlq.loot", "dlq.gems"] {
         assert_eq!(
             stack
