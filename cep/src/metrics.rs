@@ -37,6 +37,10 @@ pub(crate) fn describe() {
         RULE_EVENTS_REFUSED,
         "Events of a timed rule written to cep.late uncounted because their key's held state would outgrow a changelog record, per rule and reason."
     );
+    describe_counter!(
+        RULE_STATE_TRIMMED,
+        "Entries of a timed rule's key state (oldest span events, partial sequences, open windows) dropped at a release so that the key's state fits a changelog record, per rule."
+    );
     describe_gauge!(
         RULE_EVENTS_HELD,
         "Events of a timed rule waiting for the watermark, plus partial sequences, on this worker's partitions, per rule."

@@ -19,6 +19,7 @@ use logpipe_core::kafka::record_size;
 use crate::clock::{Clocks, Progress};
 use crate::counter::{Completed, Counter};
 use crate::event::EventRef;
+use crate::metrics as names;
 use crate::rule::Rule;
 use crate::ruleset::RuleSet;
 use crate::timed::{Emitted, Track};
@@ -116,6 +117,28 @@ fn decode_track(bytes: &[u8]) -> Option<Track> {
     (format == TRACK_FORMAT)
         .then(|| serde_json::from_slice(rest).ok())
         .flatten()
+}
+
+/// Keeps a key's track within a changelog record (`change` is its record key), or every
+/// transaction would fail on it: when it is larger, the oldest evaluated state (span events,
+/// partial sequences, open windows) goes, down to half a record, so that the key can go on
+/// holding new events. Events waiting for the watermark stay; [`KeyedState::hold`] refuses new
+/// ones when they alone fill the record.
+fn fit(track: &mut Track, change: &[u8], max_entry_bytes: usize, rule: &str) {
+    let size = |t: &Track| record_size(Some(change), &encode_track(t), None);
+    if size(track) <= max_entry_bytes {
+        return;
+    }
+    let dropped = track.trim(|t| size(t) <= max_entry_bytes / 2);
+    if dropped > 0 {
+        metrics::counter!(names::RULE_STATE_TRIMMED, "rule" => rule.to_owned())
+            .increment(dropped as u64);
+        tracing::debug!(
+            rule,
+            dropped,
+            "a key's state was trimmed to fit a changelog record"
+        );
+    }
 }
 
 impl TimedKeys {
@@ -304,9 +327,11 @@ impl KeyedState {
         let track = keys.tracks.entry(key.to_owned()).or_default();
         let before = track.due(within);
         track.hold(steps, event);
+        fit(track, &change, max_entry_bytes, &rule.name);
         let encoded = encode_track(track);
         let bytes = record_size(Some(&change), &encoded, None);
         if bytes > max_entry_bytes {
+            // Too many events wait for the watermark: the new one is refused.
             track.unhold();
             if track.is_empty() {
                 keys.tracks.remove(key);
@@ -330,6 +355,7 @@ impl KeyedState {
     ) -> Vec<(Arc<Rule>, String, Emitted)> {
         let mut out = Vec::new();
         let default_within = self.default_within;
+        let max_entry_bytes = self.max_entry_bytes;
         let Some(state) = self.partitions.get_mut(owned) else {
             return out;
         };
@@ -373,6 +399,7 @@ impl KeyedState {
                     out.push((rule.clone(), key.clone(), emitted));
                 }
                 let change = changelog_key(&state.key_path, &rule.name, rule.version, &key);
+                fit(track, &change, max_entry_bytes, &rule.name);
                 if track.is_empty() {
                     keys.tracks.remove(&key);
                     self.changes.insert((owned.1, change), None);
@@ -674,6 +701,41 @@ mod tests {
         state
             .hold(&owned, &rule, "hot", 1, event(1_000_001))
             .unwrap();
+    }
+
+    #[test]
+    fn what_a_release_leaves_is_trimmed_to_a_changelog_record() {
+        // Unordered within: every released event of the hot key is remembered for an hour.
+        let doc = crate::rule::parse_text("source: t\nkey: k\nwithin: 1h\nmax_out_of_order: 0s\nevent_list:\n- {conditions: [{field: e, value: a}], count: 5000}\n", false).unwrap();
+        let set = RuleSet::new(vec![Arc::new(Rule::compile("span", 1, 0, &doc).unwrap())]);
+        let rule = set.get("span", 1).unwrap().clone();
+        let owned: Owned = ("rp.k".into(), 0);
+        const MAX: usize = 4_000;
+        let mut state = KeyedState::new(3_600_000, MAX);
+        state.own(owned.clone(), "k");
+        let key = changelog_key("k", "span", 1, "hot");
+        let mut n = 0;
+        for round in 1..=40 {
+            for i in 1..=10 {
+                n += 1;
+                let time = (round - 1) * 1_000 + i;
+                state.hold(&owned, &rule, "hot", 1, event(time)).unwrap();
+            }
+            state.advance_clocks(&owned, &marker(round * 1_000), &set);
+            for ((_, k), value) in state.take_changes() {
+                if k == key {
+                    let value = value.expect("the key keeps state");
+                    assert!(
+                        record_size(Some(&key), &value, None) <= MAX,
+                        "round {round}: {} bytes",
+                        value.len()
+                    );
+                }
+            }
+        }
+        assert_eq!(n, 400, "every event was held: none refused");
+        let sizes = state.sizes(&set);
+        assert_eq!(sizes.keys["span"], 1);
     }
 
     #[test]

@@ -148,6 +148,33 @@ impl Track {
         pending.chain(partials).chain(recent).chain(panes).min()
     }
 
+    /// Drops the oldest evaluated state (events of a `within` span first, then partial
+    /// sequences, then open windows), an eighth of a kind at a time, until `fits` holds; returns
+    /// how many entries went. Events waiting for the watermark are never dropped: holding them
+    /// is bounded already.
+    pub(crate) fn trim(&mut self, fits: impl Fn(&Track) -> bool) -> usize {
+        let mut dropped = 0;
+        while !fits(self) {
+            let n = if !self.recent.is_empty() {
+                let n = self.recent.len().div_ceil(8);
+                self.recent.drain(..n);
+                n
+            } else if !self.partials.is_empty() {
+                let n = self.partials.len().div_ceil(8);
+                self.partials.drain(..n);
+                n
+            } else if !self.panes.is_empty() {
+                let n = self.panes.len().div_ceil(8);
+                self.panes.drain(..n);
+                n
+            } else {
+                break;
+            };
+            dropped += n;
+        }
+        dropped
+    }
+
     /// Nothing held and nothing to remember.
     pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()

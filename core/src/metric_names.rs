@@ -106,6 +106,7 @@ pub mod cep {
     pub const RULE_MATCHES_EMITTED: &str = "logpipe_cep_rule_matches_emitted_total";
     pub const RULE_EVENTS_LATE: &str = "logpipe_cep_rule_events_late_total";
     pub const RULE_EVENTS_REFUSED: &str = "logpipe_cep_rule_events_refused_total";
+    pub const RULE_STATE_TRIMMED: &str = "logpipe_cep_rule_state_trimmed_total";
     pub const RULE_EVENTS_HELD: &str = "logpipe_cep_rule_events_held";
     pub const RULE_WATERMARK_LAG: &str = "logpipe_cep_rule_watermark_lag_seconds";
     pub const RULES_ACTIVE: &str = "logpipe_cep_rules_active";
