@@ -39,15 +39,50 @@ fn components() -> Value {
         "Error": {"type": "object", "required": ["error"], "properties": {
             "error": {"type": "string"},
             "key": {"type": "string", "description": "the document key at fault"}}},
-        "RuleDocument": {"type": "object", "description": "see the CEP rule document in the architecture", "required": ["source", "event_list"], "properties": {
-            "source": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-            "key": {"type": "string"},
-            "event_list": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "Duration": {"description": "whole milliseconds, or text like 500ms, 5s, 2m, 1h, 1d", "oneOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": "^ *[0-9]+ ?(ms|s|m|h|d)( *[0-9]+ ?(ms|s|m|h|d))* *$"}]},
+        "Condition": {"type": "object", "additionalProperties": false, "required": ["field"], "properties": {
+            "field": {"type": "string", "minLength": 1, "description": "field path, dots for nesting"},
+            "value": {"description": "the constant compared with (a list for `in`; false for `exists` asks for absence)"},
+            "type": {"type": "string", "enum": ["string", "integer", "int", "long", "float", "double", "number", "bool", "boolean"]},
+            "operator": {"type": "string", "enum": ["equals", "not_equals", "gt", "gte", "lt", "lte", "in", "contains", "exists"]}}},
+        "Step": {"type": "object", "additionalProperties": false, "description": "conditions (all must hold) or a CEL `when`, and how many events", "properties": {
+            "conditions": {"type": "array", "items": {"$ref": "#/components/schemas/Condition"}},
+            "when": {"type": "string", "description": "a CEL expression over the event's fields"},
+            "count": {"type": "integer", "minimum": 1},
+            "topic": {"type": "string", "description": "the seed's per-step source"},
+            "keyed": {"type": "string", "description": "the seed's per-step key"}}},
+        "Window": {"type": "object", "additionalProperties": false, "description": "one kind: tumbling, sliding (with every), session or events", "properties": {
+            "tumbling": {"$ref": "#/components/schemas/Duration"},
+            "sliding": {"$ref": "#/components/schemas/Duration"},
+            "every": {"$ref": "#/components/schemas/Duration"},
+            "session": {"$ref": "#/components/schemas/Duration"},
+            "events": {"type": "integer", "minimum": 1}}},
+        "RuleDocument": {"type": "object", "additionalProperties": false, "description": "the CEP rule document of the architecture; its meaning (fields of the source's schemas, expressions, timing) is checked on PUT; `source` may instead be given per step (`topic`), as in the seed", "required": ["event_list"], "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9._-]{1,100}$"},
+            "source": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}]},
+            "key": {"type": "string", "description": "field path of the key; `keyed` is the seed's name for it"},
+            "keyed": {"type": "string"},
+            "event_time": {"type": "string"},
+            "max_out_of_order": {"$ref": "#/components/schemas/Duration"},
+            "allowed_lateness": {"$ref": "#/components/schemas/Duration"},
+            "from": {"type": "string", "description": "latest (default), earliest or an RFC 3339 time"},
+            "schedule": {"type": "object", "additionalProperties": false, "properties": {
+                "starts_at": {"type": "string", "format": "date-time"},
+                "ends_at": {"type": "string", "format": "date-time"}}},
+            "event_list": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Step"}},
+            "when": {"type": "string"},
             "ordered": {"type": "boolean"},
-            "within": {"type": "string"},
-            "window": {"type": "object"},
+            "within": {"$ref": "#/components/schemas/Duration"},
+            "window": {"$ref": "#/components/schemas/Window"},
+            "group_by": {"description": "aggregate rules (not served yet: refused)"},
+            "aggregates": {"description": "aggregate rules (not served yet: refused)"},
+            "alert": {"description": "aggregate rules (not served yet: refused)"},
             "repeat": {"type": "string", "enum": ["once", "every"]},
-            "output": {"type": "object"}}},
+            "output": {"type": "object", "additionalProperties": false, "properties": {
+                "topic": {"type": "string"},
+                "value": {"description": "copied into each match"}}}}},
         "StoredRule": stored,
         "RuleList": {"type": "array", "items": stored},
         "PutAnswer": {"type": "object", "required": ["name", "version", "created_at", "warnings"], "properties": {
