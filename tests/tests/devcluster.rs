@@ -594,3 +594,83 @@ async fn admin_requests_take_injected_errors() {
         .await
         .expect("the next request is served");
 }
+
+/// The consumer's count of Fetch requests, from librdkafka's statistics.
+#[derive(Default)]
+struct FetchCount(std::sync::atomic::AtomicI64);
+
+impl rdkafka::ClientContext for FetchCount {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let fetches = statistics
+            .brokers
+            .values()
+            .filter_map(|b| b.req.get("Fetch"))
+            .sum();
+        self.0.store(fetches, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FetchCount {}
+
+/// Mock patch 0008: a fetch answers with every message set up to the byte limit, as Kafka does,
+/// so reading many small batches (a changelog of one record per transaction, say) takes a few
+/// fetches rather than one per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_returns_every_message_set_up_to_its_limit() {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+    use rdkafka::TopicPartitionList;
+    const BATCHES: usize = 2_000;
+    let cluster = DevCluster::start(1, &[("small.batches", 1)]).await.unwrap();
+    // One record per batch, many requests in flight.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    for i in 0..BATCHES {
+        let value = format!("v{i}");
+        producer
+            .send(BaseRecord::<(), _>::to("small.batches").payload(&value))
+            .unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let consumer: BaseConsumer<FetchCount> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "fetch-count")
+        .set("statistics.interval.ms", "100")
+        .create_with_context(FetchCount::default())
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("small.batches", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut read = 0;
+    while read < BATCHES {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(_)) => read += 1,
+            Some(Err(e)) => panic!("{e}"),
+            None => panic!("only {read} of {BATCHES} records read"),
+        }
+    }
+    let fetches = || {
+        consumer
+            .context()
+            .0
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    wait_until(Duration::from_secs(10), || async {
+        consumer.poll(Duration::from_millis(50));
+        fetches() > 0
+    })
+    .await
+    .unwrap();
+    assert!(
+        fetches() < (BATCHES / 20) as i64,
+        "{} fetches for {BATCHES} batches",
+        fetches()
+    );
+}

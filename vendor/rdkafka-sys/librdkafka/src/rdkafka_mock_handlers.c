@@ -353,6 +353,55 @@ void rd_kafka_mock_Fetch_reply_tags_write(
 /**
  * @brief Handle FetchRequest
  */
+/* logpipe patch: a Fetch answers with every message set from the fetch
+ * offset up to the partition's byte limit, as Kafka does, rather than one
+ * set per request (see LOGPIPE-PATCH.md). */
+
+/** @returns the last message set, from \p first on, that a Fetch returns:
+ *  sets below \p lso (read_committed) that fit \p max_bytes together (the
+ *  first one always goes, as in Kafka), of one leader epoch. */
+static const rd_kafka_mock_msgset_t *
+rd_kafka_mock_msgsets_last(const rd_kafka_mock_msgset_t *first,
+                           int64_t lso,
+                           rd_bool_t read_committed,
+                           size_t max_bytes) {
+        const rd_kafka_mock_msgset_t *last = first, *next;
+        size_t size = RD_KAFKAP_BYTES_LEN(&first->bytes);
+        while ((next = TAILQ_NEXT(last, link)) &&
+               (!read_committed || next->first_offset < lso) &&
+               next->leader_epoch == first->leader_epoch &&
+               size + RD_KAFKAP_BYTES_LEN(&next->bytes) <= max_bytes) {
+                size += RD_KAFKAP_BYTES_LEN(&next->bytes);
+                last = next;
+        }
+        return last;
+}
+
+/** Writes the message sets \p first..\p last as one Records field.
+ *  @returns the bytes written. */
+static size_t rd_kafka_mock_msgsets_write(rd_kafka_buf_t *resp,
+                                          const rd_kafka_mock_msgset_t *first,
+                                          const rd_kafka_mock_msgset_t *last) {
+        const rd_kafka_mock_msgset_t *mset;
+        size_t len = 0;
+        for (mset = first;; mset = TAILQ_NEXT(mset, link)) {
+                len += RD_KAFKAP_BYTES_LEN(&mset->bytes);
+                if (mset == last)
+                        break;
+        }
+        if (resp->rkbuf_flags & RD_KAFKA_OP_F_FLEXVER)
+                rd_kafka_buf_write_uvarint(resp, (uint64_t)len + 1);
+        else
+                rd_kafka_buf_write_i32(resp, (int32_t)len);
+        for (mset = first;; mset = TAILQ_NEXT(mset, link)) {
+                rd_kafka_buf_write(resp, mset->bytes.data,
+                                   RD_KAFKAP_BYTES_LEN(&mset->bytes));
+                if (mset == last)
+                        break;
+        }
+        return 4 + len;
+}
+
 static int rd_kafka_mock_handle_Fetch(rd_kafka_mock_connection_t *mconn,
                                       rd_kafka_buf_t *rkbuf) {
         const rd_bool_t log_decode_errors = rd_true;
@@ -453,6 +502,7 @@ static int rd_kafka_mock_handle_Fetch(rd_kafka_mock_connection_t *mconn,
                         rd_bool_t on_follower;
                         size_t partsize                      = 0;
                         const rd_kafka_mock_msgset_t *mset   = NULL;
+                        const rd_kafka_mock_msgset_t *last   = NULL;
                         int64_t lso                          = -1;
                         int32_t partition_tags_to_write[1]   = {0};
                         uint64_t partition_tags_to_write_cnt = 0;
@@ -535,6 +585,16 @@ static int rd_kafka_mock_handle_Fetch(rd_kafka_mock_connection_t *mconn,
                         if (mset && IsolationLevel == 1 &&
                             mset->first_offset >= lso)
                                 mset = NULL;
+                        if (mset)
+                                last = on_follower
+                                           ? mset
+                                           : rd_kafka_mock_msgsets_last(
+                                                 mset, lso, IsolationLevel == 1,
+                                                 RD_MIN(
+                                                     (size_t)RD_MAX(
+                                                         PartMaxBytes, 0),
+                                                     (size_t)RD_MAX(
+                                                         MaxBytes, 0)));
 
 
                         /* Response: ErrorCode */
@@ -567,7 +627,7 @@ static int rd_kafka_mock_handle_Fetch(rd_kafka_mock_connection_t *mconn,
                                 if (mset && IsolationLevel == 1)
                                         rd_kafka_mock_aborted_txns_write(
                                             resp, mpart, mset->first_offset,
-                                            mset->last_offset);
+                                            last->last_offset);
                                 else
                                         rd_kafka_buf_write_arraycnt(resp, 0);
                         }
@@ -595,13 +655,12 @@ static int rd_kafka_mock_handle_Fetch(rd_kafka_mock_connection_t *mconn,
 
                         if (mset && partsize < (size_t)PartMaxBytes &&
                             totsize < (size_t)MaxBytes) {
-                                /* Response: Records */
-                                size_t written = rd_kafka_buf_write_kbytes(
-                                    resp, &mset->bytes);
+                                /* Response: Records (logpipe patch: every
+                                 * set up to last) */
+                                size_t written = rd_kafka_mock_msgsets_write(
+                                    resp, mset, last);
                                 partsize += written;
                                 totsize += written;
-
-                                /* FIXME: Multiple messageSets ? */
                         } else {
                                 /* Empty Response: Records: Null */
                                 rd_kafka_buf_write_arraycnt(resp, 0);
