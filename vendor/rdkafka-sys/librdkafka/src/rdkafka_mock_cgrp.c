@@ -436,6 +436,42 @@ rd_kafka_mock_cgrp_classic_rebalance(rd_kafka_mock_cgrp_classic_t *mcgrp,
         rd_kafka_mock_cgrp_classic_rebalance_timer_restart(mcgrp, timeout_ms);
 }
 
+/* logpipe patch: a rebalance ends once every member has rejoined or left,
+ * and never assigns to a member that did not rejoin (see LOGPIPE-PATCH.md). */
+
+/** @returns true when every member has a JoinGroup waiting (JOINING). */
+static rd_bool_t
+rd_kafka_mock_cgrp_classic_all_joined(rd_kafka_mock_cgrp_classic_t *mcgrp) {
+        rd_kafka_mock_cgrp_classic_member_t *member;
+        if (mcgrp->member_cnt == 0)
+                return rd_false;
+        TAILQ_FOREACH(member, &mcgrp->members, link) {
+                if (!member->resp || !member->conn)
+                        return rd_false;
+        }
+        return rd_true;
+}
+
+/** @returns the ms until the first member that has not rejoined reaches its
+ *  session timeout, or 0 when every member has rejoined. */
+static int
+rd_kafka_mock_cgrp_classic_rejoin_wait_ms(rd_kafka_mock_cgrp_classic_t *mcgrp) {
+        rd_kafka_mock_cgrp_classic_member_t *member;
+        rd_ts_t now = rd_clock(), until = 0;
+        TAILQ_FOREACH(member, &mcgrp->members, link) {
+                rd_ts_t expiry;
+                if (member->resp && member->conn)
+                        continue;
+                expiry = member->ts_last_activity +
+                         (rd_ts_t)mcgrp->session_timeout_ms * 1000;
+                if (!until || expiry < until)
+                        until = expiry;
+        }
+        if (!until)
+                return 0;
+        return until > now ? (int)((until - now) / 1000) + 1 : 1;
+}
+
 /**
  * @brief Consumer group state machine triggered by timer events.
  */
@@ -451,6 +487,17 @@ rd_kafka_mock_cgrp_classic_fsm_timeout(rd_kafka_mock_cgrp_classic_t *mcgrp) {
                 /* No members, do nothing */
                 break;
         case RD_KAFKA_MOCK_CGRP_STATE_JOINING:
+                /* logpipe patch: a member that has not rejoined is waited
+                 * for until its session times out (the session timer then
+                 * removes it), as Kafka does, rather than given partitions
+                 * it will never sync. */
+                if (mcgrp->member_cnt > 0 &&
+                    rd_kafka_mock_cgrp_classic_rejoin_wait_ms(mcgrp) > 0) {
+                        rd_kafka_mock_cgrp_classic_rebalance_timer_restart(
+                            mcgrp,
+                            rd_kafka_mock_cgrp_classic_rejoin_wait_ms(mcgrp));
+                        break;
+                }
                 /* Timed out waiting for more members, elect a leader */
                 if (mcgrp->member_cnt > 0)
                         rd_kafka_mock_cgrp_classic_elect_leader(mcgrp);
@@ -623,6 +670,11 @@ static void rd_kafka_mock_cgrp_classic_session_tmr_cb(rd_kafka_timers_t *rkts,
                         (mcgrp->session_timeout_ms * 1000) >
                     now)
                         continue;
+                /* logpipe patch: a member waiting for the coordinator's
+                 * answer (JoinGroup, SyncGroup) is alive, as in Kafka: a
+                 * join phase may now outlast a session. */
+                if (member->resp && member->conn)
+                        continue;
 
                 rd_kafka_dbg(mcgrp->cluster->rk, MOCK, "MOCK",
                              "Member %s session timed out for group %s",
@@ -632,7 +684,14 @@ static void rd_kafka_mock_cgrp_classic_session_tmr_cb(rd_kafka_timers_t *rkts,
                 timeout_cnt++;
         }
 
-        if (timeout_cnt)
+        if (!timeout_cnt)
+                return;
+        if (mcgrp->state == RD_KAFKA_MOCK_CGRP_STATE_JOINING &&
+            rd_kafka_mock_cgrp_classic_all_joined(mcgrp))
+                /* logpipe patch: the members left all rejoined: as Kafka,
+                 * end the join phase now. */
+                rd_kafka_mock_cgrp_classic_rebalance_timer_restart(mcgrp, 1);
+        else
                 rd_kafka_mock_cgrp_classic_rebalance(mcgrp, "member timeout");
 }
 
