@@ -674,3 +674,106 @@ async fn a_fetch_returns_every_message_set_up_to_its_limit() {
         fetches()
     );
 }
+
+/// Counts the rebalances a consumer goes through (each one starts with a revocation).
+#[derive(Default)]
+struct Rebalances(std::sync::atomic::AtomicUsize);
+
+impl rdkafka::ClientContext for Rebalances {}
+
+impl rdkafka::consumer::ConsumerContext for Rebalances {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        _: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A static member (`group.instance.id`) of `group` on `topic`, with a session long enough that
+/// waiting for it would show.
+fn static_member(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    instance: &str,
+) -> rdkafka::consumer::BaseConsumer<Rebalances> {
+    let consumer: rdkafka::consumer::BaseConsumer<Rebalances> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("group.instance.id", instance)
+        .set("session.timeout.ms", "30000")
+        .set("heartbeat.interval.ms", "500")
+        .create_with_context(Rebalances::default())
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// The partitions a consumer owns, once it owns `count` of them; polls `others` meanwhile so
+/// that they heartbeat and serve their rebalances.
+async fn owned(
+    consumer: &rdkafka::consumer::BaseConsumer<Rebalances>,
+    others: &[&rdkafka::consumer::BaseConsumer<Rebalances>],
+    count: usize,
+) -> Vec<i32> {
+    let partitions = || {
+        let mut owned: Vec<i32> = consumer
+            .assignment()
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        owned.sort();
+        owned
+    };
+    wait_until(Duration::from_secs(20), || async {
+        for c in std::iter::once(&consumer).chain(others) {
+            c.poll(Duration::from_millis(20));
+        }
+        partitions().len() == count
+    })
+    .await
+    .unwrap_or_else(|_| panic!("owns {:?}, not {count} partitions", partitions()));
+    partitions()
+}
+
+/// Mock patch 0010 (KIP-345): a static member's new instance (a restart after kill -9) takes
+/// its predecessor's place and partitions at once; the group does not rebalance, so neither
+/// the restarted member nor the others wait for the dead one's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_member_takes_its_partitions_back_without_a_rebalance() {
+    let cluster = DevCluster::start(1, &[("static.members", 4)])
+        .await
+        .unwrap();
+    let bootstrap = cluster.bootstrap();
+    let a = static_member(bootstrap, "static", "static.members", "instance-a");
+    let b = static_member(bootstrap, "static", "static.members", "instance-b");
+    let a_owned = owned(&a, &[&b], 2).await;
+    let b_owned = owned(&b, &[&a], 2).await;
+    let b_rebalances = b.context().0.load(std::sync::atomic::Ordering::Relaxed);
+
+    drop(a); // a static member leaves no LeaveGroup behind, as after kill -9
+    let restarted_at = std::time::Instant::now();
+    let a = static_member(bootstrap, "static", "static.members", "instance-a");
+    assert_eq!(owned(&a, &[&b], 2).await, a_owned, "the same partitions");
+    let took = restarted_at.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} (session 30 s)"
+    );
+    // Both heartbeat for a while: a rebalance would reach b within a heartbeat interval.
+    let heartbeats_later = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < heartbeats_later {
+        a.poll(Duration::from_millis(20));
+        b.poll(Duration::from_millis(20));
+    }
+    assert_eq!(
+        b.context().0.load(std::sync::atomic::Ordering::Relaxed),
+        b_rebalances,
+        "b went through a rebalance"
+    );
+    assert_eq!(owned(&b, &[&a], 2).await, b_owned);
+}

@@ -130,7 +130,10 @@ rd_kafka_resp_err_t rd_kafka_mock_cgrp_classic_check_state(
                         return RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS;
 
         case RD_KAFKA_MOCK_CGRP_STATE_UP:
-                if (ApiKey == RD_KAFKAP_JoinGroup ||
+                /* logpipe patch: a static member that rejoined a stable
+                 * group syncs without a rebalance (KIP-345). */
+                if (ApiKey == RD_KAFKAP_SyncGroup ||
+                    ApiKey == RD_KAFKAP_JoinGroup ||
                     ApiKey == RD_KAFKAP_LeaveGroup ||
                     ApiKey == RD_KAFKAP_Heartbeat ||
                     ApiKey == RD_KAFKAP_OffsetCommit)
@@ -184,6 +187,14 @@ rd_kafka_mock_cgrp_classic_sync_done(rd_kafka_mock_cgrp_classic_t *mcgrp,
                         rd_kafka_buf_write_kbytes(
                             resp, !err ? member->assignment : NULL);
                 }
+
+                /* logpipe patch: kept for a static member's rejoin. */
+                if (member->synced_assignment)
+                        rd_kafkap_bytes_destroy(member->synced_assignment);
+                member->synced_assignment =
+                    !err && member->assignment
+                        ? rd_kafkap_bytes_copy(member->assignment)
+                        : NULL;
 
                 rd_kafka_mock_cgrp_classic_member_assignment_set(mcgrp, member,
                                                                  NULL);
@@ -570,6 +581,8 @@ static void rd_kafka_mock_cgrp_classic_member_destroy(
                 rd_free(member->group_instance_id);
 
         rd_kafka_mock_cgrp_classic_member_assignment_set(mcgrp, member, NULL);
+        if (member->synced_assignment) /* logpipe patch */
+                rd_kafkap_bytes_destroy(member->synced_assignment);
 
         rd_kafka_mock_cgrp_classic_protos_destroy(member->protos,
                                                   member->proto_cnt);
@@ -594,8 +607,77 @@ rd_kafka_mock_cgrp_classic_member_t *rd_kafka_mock_cgrp_classic_member_find(
 }
 
 
+/* logpipe patch: static membership (KIP-345), see LOGPIPE-PATCH.md. */
+
+/** @returns the member with this group.instance.id, or NULL. */
+static rd_kafka_mock_cgrp_classic_member_t *
+rd_kafka_mock_cgrp_classic_static_member_find(
+    const rd_kafka_mock_cgrp_classic_t *mcgrp,
+    const rd_kafkap_str_t *GroupInstanceId) {
+        const rd_kafka_mock_cgrp_classic_member_t *member;
+        if (!RD_KAFKAP_STR_LEN(GroupInstanceId))
+                return NULL;
+        TAILQ_FOREACH(member, &mcgrp->members, link) {
+                if (member->group_instance_id &&
+                    !rd_kafkap_str_cmp_str(GroupInstanceId,
+                                           member->group_instance_id))
+                        return (rd_kafka_mock_cgrp_classic_member_t *)member;
+        }
+        return NULL;
+}
+
+/**
+ * @brief A new instance of a static member joined with an unknown member id:
+ *        it replaces the member under a new member id (the old id is fenced),
+ *        and a request the old instance left waiting is dropped.
+ */
+static void rd_kafka_mock_cgrp_classic_static_member_replace(
+    rd_kafka_mock_cgrp_classic_t *mcgrp,
+    rd_kafka_mock_cgrp_classic_member_t *member) {
+        char memberid[64];
+        rd_snprintf(memberid, sizeof(memberid), "%p-%" PRId64, member,
+                    (int64_t)rd_clock());
+        rd_kafka_dbg(mcgrp->cluster->rk, MOCK, "MOCK",
+                     "Static member %s of group %s replaced by %s",
+                     member->id, mcgrp->id, memberid);
+        rd_free(member->id);
+        member->id = rd_strdup(memberid);
+        if (member->resp) {
+                rd_kafka_buf_destroy(member->resp);
+                member->resp = NULL;
+        }
+        if (member->conn) {
+                rd_kafka_mock_connection_set_blocking(member->conn, rd_false);
+                member->conn = NULL;
+        }
+}
+
+/**
+ * @brief Answers the JoinGroup of a static member that replaced itself in a
+ *        stable group: as Kafka, no rebalance; the member keeps its
+ *        assignment (it gets it from SyncGroup), and the answer names the
+ *        leader by its old id so that a replaced leader does not assign.
+ */
+static void rd_kafka_mock_cgrp_classic_static_member_answer(
+    rd_kafka_mock_cgrp_classic_t *mcgrp,
+    rd_kafka_mock_cgrp_classic_member_t *member,
+    rd_kafka_mock_connection_t *mconn,
+    rd_kafka_buf_t *resp,
+    const char *leader_id) {
+        rd_kafka_buf_write_i16(resp, 0); /* ErrorCode */
+        rd_kafka_buf_write_i32(resp, mcgrp->generation_id);
+        rd_kafka_buf_write_str(resp, mcgrp->protocol_name, -1);
+        rd_kafka_buf_write_str(resp, leader_id, -1);
+        rd_kafka_buf_write_str(resp, member->id, -1);
+        rd_kafka_buf_write_i32(resp, 0); /* MemberCnt */
+        rd_kafka_mock_connection_send_response(mconn, resp);
+}
+
 /**
  * @brief Update or add member to consumer group
+ *
+ * @param answeredp set to true when the response was sent at once (logpipe
+ *        patch: a static member rejoining a stable group).
  */
 rd_kafka_resp_err_t rd_kafka_mock_cgrp_classic_member_add(
     rd_kafka_mock_cgrp_classic_t *mcgrp,
@@ -606,16 +688,49 @@ rd_kafka_resp_err_t rd_kafka_mock_cgrp_classic_member_add(
     const rd_kafkap_str_t *GroupInstanceId,
     rd_kafka_mock_cgrp_classic_proto_t *protos,
     int proto_cnt,
-    int session_timeout_ms) {
+    int session_timeout_ms,
+    rd_bool_t *answeredp) {
         rd_kafka_mock_cgrp_classic_member_t *member;
         rd_kafka_resp_err_t err;
 
+        *answeredp = rd_false;
         err = rd_kafka_mock_cgrp_classic_check_state(mcgrp, NULL, resp, -1);
         if (err)
                 return err;
 
         /* Find member */
         member = rd_kafka_mock_cgrp_classic_member_find(mcgrp, MemberId);
+        if (!member && !RD_KAFKAP_STR_LEN(MemberId) &&
+            (member = rd_kafka_mock_cgrp_classic_static_member_find(
+                 mcgrp, GroupInstanceId))) {
+                /* logpipe patch: a static member's new instance. */
+                rd_bool_t stable =
+                    mcgrp->state == RD_KAFKA_MOCK_CGRP_STATE_UP &&
+                    mcgrp->leader && mcgrp->protocol_name &&
+                    proto_cnt > 0 &&
+                    !rd_kafkap_str_cmp_str(protos[0].name,
+                                           mcgrp->protocol_name);
+                char *leader_id = mcgrp->leader ? rd_strdup(mcgrp->leader->id)
+                                                : NULL;
+                rd_kafka_mock_cgrp_classic_static_member_replace(mcgrp,
+                                                                 member);
+                if (stable) {
+                        mcgrp->session_timeout_ms = session_timeout_ms;
+                        rd_kafka_mock_cgrp_classic_protos_destroy(
+                            member->protos, member->proto_cnt);
+                        member->protos    = protos;
+                        member->proto_cnt = proto_cnt;
+                        rd_kafka_mock_cgrp_classic_member_active(mcgrp,
+                                                                 member);
+                        rd_kafka_mock_cgrp_classic_static_member_answer(
+                            mcgrp, member, mconn, resp, leader_id);
+                        rd_free(leader_id);
+                        *answeredp = rd_true;
+                        return RD_KAFKA_RESP_ERR_NO_ERROR;
+                }
+                if (leader_id)
+                        rd_free(leader_id);
+        }
         if (!member) {
                 /* Not found, add member */
                 member = rd_calloc(1, sizeof(*member));

@@ -1724,15 +1724,21 @@ static int rd_kafka_mock_handle_JoinGroup(rd_kafka_mock_connection_t *mconn,
                                                        &ProtocolType);
                 rd_assert(mcgrp);
 
+                rd_bool_t answered;
                 /* This triggers an async rebalance, the response will be
                  * sent later. */
                 err = rd_kafka_mock_cgrp_classic_member_add(
                     mcgrp, mconn, resp, &MemberId, &ProtocolType,
-                    &GroupInstanceId, protos, ProtocolCnt, SessionTimeoutMs);
+                    &GroupInstanceId, protos, ProtocolCnt, SessionTimeoutMs,
+                    &answered);
                 if (!err) {
                         /* .._add() assumes ownership of resp and protos */
                         protos = NULL;
-                        rd_kafka_mock_connection_set_blocking(mconn, rd_true);
+                        /* logpipe patch: unless it answered at once (a
+                         * static member rejoining a stable group). */
+                        if (!answered)
+                                rd_kafka_mock_connection_set_blocking(
+                                    mconn, rd_true);
                         return 0;
                 }
         }
@@ -1967,6 +1973,16 @@ static int rd_kafka_mock_handle_SyncGroup(rd_kafka_mock_connection_t *mconn,
 
         if (!err)
                 rd_kafka_mock_cgrp_classic_member_active(mcgrp, member);
+
+        if (!err && mcgrp->state == RD_KAFKA_MOCK_CGRP_STATE_UP) {
+                /* logpipe patch: a stable group (a static member that
+                 * rejoined, KIP-345): the member's assignment of the last
+                 * sync, at once, whatever a replaced leader sends. */
+                rd_kafka_buf_write_i16(resp, 0); /* ErrorCode */
+                rd_kafka_buf_write_kbytes(resp, member->synced_assignment);
+                rd_kafka_mock_connection_send_response(mconn, resp);
+                return 0;
+        }
 
         if (!err) {
                 rd_bool_t is_leader = mcgrp->leader && mcgrp->leader == member;

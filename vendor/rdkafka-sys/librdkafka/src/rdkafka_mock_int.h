@@ -83,6 +83,9 @@ typedef struct rd_kafka_mock_cgrp_classic_member_s {
         rd_kafka_mock_cgrp_classic_proto_t *protos; /**< Protocol names */
         int proto_cnt;                              /**< Number of protocols */
         rd_kafkap_bytes_t *assignment;              /**< Current assignment */
+        /* logpipe patch: the assignment the last SyncGroup answered with,
+         * kept for a static member that rejoins (KIP-345). */
+        rd_kafkap_bytes_t *synced_assignment;
         rd_kafka_buf_t *resp;                    /**< Current response buffer */
         struct rd_kafka_mock_connection_s *conn; /**< Connection, may be NULL
                                                   *   if there is no ongoing
@@ -715,7 +718,8 @@ rd_kafka_resp_err_t rd_kafka_mock_cgrp_classic_member_add(
     const rd_kafkap_str_t *ProtocolType,
     rd_kafka_mock_cgrp_classic_proto_t *protos,
     int proto_cnt,
-    int session_timeout_ms);
+    int session_timeout_ms,
+    rd_bool_t *answeredp);
 rd_kafka_resp_err_t rd_kafka_mock_cgrp_classic_check_state(
     rd_kafka_mock_cgrp_classic_t *mcgrp,
     rd_kafka_mock_cgrp_classic_member_t *member,
