@@ -255,7 +255,7 @@ impl ServiceConfig for CepConfig {
             })
             .unwrap_or_default();
         format!(
-            "read {} as group {} (transactional id {}), schemas from {}; state in {} ({} partitions); rules API on {} ({}); rules file: {}\n",
+            "read {} as group {} (static member and transactional id {}), schemas from {}; state in {} ({} partitions); rules API on {} ({}); rules file: {}\n",
             self.kafka.bootstrap,
             self.group,
             self.transactional_id(),

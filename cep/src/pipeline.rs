@@ -192,9 +192,12 @@ impl Worker {
         readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
         readiness.ready(READY_STATE);
+        // The transactional id names this worker uniquely and stably: a restarted worker
+        // takes its partitions back at once as the same static member.
         let consumer_config = settings.kafka.client_config(
-            &Role::Consumer {
+            &Role::StaticMember {
                 group_id: settings.group.clone(),
+                instance_id: settings.transactional_id.clone(),
             },
             "logpipe-cep",
         );

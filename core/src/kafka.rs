@@ -78,6 +78,15 @@ pub enum Role {
     /// Consumer in a group that sees only committed records and commits offsets itself (or in
     /// a transaction), never automatically.
     Consumer { group_id: String },
+    /// A [`Role::Consumer`] that subscribes as a static member (KIP-345, `group.instance.id`): a
+    /// restarted instance takes its predecessor's place and partitions at once, with no
+    /// rebalance and no wait for the dead one's session. On shutdown it does not leave: its
+    /// partitions wait a session for it. `instance_id` must be unique in the group (a second
+    /// process with the same one fences the first).
+    StaticMember {
+        group_id: String,
+        instance_id: String,
+    },
     /// Administrative and metadata client.
     Admin,
 }
@@ -90,7 +99,7 @@ fn required(role: &Role) -> &'static [(&'static str, &'static [&'static str])] {
             ("enable.idempotence", &["true"]),
             ("enable.gapless.guarantee", &["true"]),
         ],
-        Role::Consumer { .. } => &[
+        Role::Consumer { .. } | Role::StaticMember { .. } => &[
             ("isolation.level", &["read_committed"]),
             ("enable.auto.commit", &["false"]),
         ],
@@ -103,6 +112,7 @@ const OWNED: &[&str] = &[
     "bootstrap.servers",
     "metadata.broker.list",
     "group.id",
+    "group.instance.id",
     "transactional.id",
 ];
 
@@ -161,6 +171,14 @@ impl KafkaConfig {
             Role::Consumer { group_id } => {
                 config.set("group.id", group_id);
             }
+            Role::StaticMember {
+                group_id,
+                instance_id,
+            } => {
+                config
+                    .set("group.id", group_id)
+                    .set("group.instance.id", instance_id);
+            }
             Role::Producer | Role::Admin => {}
         }
         for (name, value) in &self.properties {
@@ -192,7 +210,7 @@ fn defaults(role: &Role) -> &'static [(&'static str, &'static str)] {
         // A dead member's partitions move on within seconds, not librdkafka's 45 s: 6 s is the
         // shortest session a broker accepts by default (`group.min.session.timeout.ms`).
         // Heartbeats come from librdkafka's own thread, so a long batch does not end a session.
-        Role::Consumer { .. } => &[
+        Role::Consumer { .. } | Role::StaticMember { .. } => &[
             ("isolation.level", "read_committed"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -286,6 +304,25 @@ mod tests {
         assert_eq!(config.get("group.id"), Some("g"));
         assert_eq!(config.get("group.instance.id"), None);
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+    }
+
+    #[test]
+    fn a_static_member_gets_its_instance_id_and_the_consumer_guarantees() {
+        let role = Role::StaticMember {
+            group_id: "g".into(),
+            instance_id: "g-host1".into(),
+        };
+        let config = KafkaConfig::new("k:9092").client_config(&role, "v");
+        assert_eq!(config.get("group.id"), Some("g"));
+        assert_eq!(config.get("group.instance.id"), Some("g-host1"));
+        assert_eq!(config.get("isolation.level"), Some("read_committed"));
+        let owned = with(&[("group.instance.id", PropertyValue::String("x".into()))]);
+        assert!(owned
+            .validate(&role)
+            .unwrap_err()
+            .contains("set by logpipe"));
+        let unsafe_commit = with(&[("enable.auto.commit", PropertyValue::Bool(true))]);
+        assert!(unsafe_commit.validate(&role).is_err());
     }
 
     #[test]

@@ -136,8 +136,9 @@ pub(crate) fn membership<C: ConsumerContext>(
     context: C,
 ) -> anyhow::Result<BaseConsumer<C>> {
     let mut client = config.target.client_config(
-        &Role::Consumer {
+        &Role::StaticMember {
             group_id: config.group_id(),
+            instance_id: config.instance_id(),
         },
         "logpipe-mirror",
     );

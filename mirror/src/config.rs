@@ -47,6 +47,11 @@ pub struct MirrorConfig {
     /// How long an instance may be silent before the others take over its shards.
     #[serde(default = "defaults::session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// This instance's stable name in the flow (default: the host name). The shard group knows
+    /// the instance by it (static membership), so a restarted instance takes its shards back at
+    /// once instead of after a session; instances on one host need distinct names.
+    #[serde(default)]
+    pub instance: Option<String>,
     /// Optional provenance header, to run mirrors in both directions without loops.
     pub loop_guard: Option<LoopGuard>,
     pub telemetry: TelemetryConfig,
@@ -136,6 +141,15 @@ impl MirrorConfig {
     /// prefix of the transactional ids.
     pub fn group_id(&self) -> String {
         format!("logpipe-mirror.{}", self.name)
+    }
+
+    /// This instance's static member id in the shard group.
+    pub fn instance_id(&self) -> String {
+        let instance = self
+            .instance
+            .clone()
+            .unwrap_or_else(logpipe_core::service::host_name);
+        format!("{}.{instance}", self.group_id())
     }
 
     /// Compacted topic on the target holding each source partition's committed position.
@@ -239,10 +253,11 @@ impl logpipe_core::service::ServiceConfig for MirrorConfig {
             },
         );
         text.push_str(&format!(
-            "exactly once: transactional ids {}.<shard>, positions in {}, shard group {}; commit every {} ms; buffer <= {} bytes; on data loss: {:?}",
+            "exactly once: transactional ids {}.<shard>, positions in {}, shard group {} (as {}); commit every {} ms; buffer <= {} bytes; on data loss: {:?}",
             self.group_id(),
             self.state_topic(),
             self.group_id(),
+            self.instance_id(),
             self.commit_interval_ms,
             self.max_buffer_bytes,
             self.on_data_loss,
@@ -342,6 +357,9 @@ mod tests {
         let renamed = parse("name = \"eu\"\non_data_loss = \"resume-from-earliest\"").unwrap();
         assert_eq!(renamed.on_data_loss, DataLossPolicy::ResumeFromEarliest);
         assert_eq!(renamed.group_id(), "logpipe-mirror.eu");
+        let named = parse("name = \"eu\"\ninstance = \"m2\"").unwrap();
+        assert_eq!(named.instance_id(), "logpipe-mirror.eu.m2");
+        assert!(config.instance_id().starts_with("logpipe-mirror.default."));
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub async fn clusters_retaining(
 }
 
 /// Writes a mirror config into `dir` and returns its path and telemetry address; `extra` holds
-/// top-level keys (a `commit_interval_ms` there replaces the tests' default of 100).
+/// top-level keys (a `commit_interval_ms` there replaces the tests' default of 100). The
+/// instance is named after the file, so each config is a distinct static member.
 pub fn mirror_config(
     dir: &Path,
     name: &str,
@@ -54,8 +55,12 @@ pub fn mirror_config(
     } else {
         "commit_interval_ms = 100\n"
     };
+    let instance = Path::new(name)
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy();
     let text = format!(
-        "{commit}session_timeout_ms = 3000\n{extra}\n\
+        "{commit}session_timeout_ms = 3000\ninstance = \"{instance}\"\n{extra}\n\
          [source]\nbootstrap = \"{}\"\n[target]\nbootstrap = \"{}\"\n\
          [topics]\ninclude = [\"raw\\\\..*\"]\nrefresh_interval_ms = 1000\n\
          [telemetry]\nlisten = \"{addr}\"\n",

@@ -194,7 +194,7 @@ impl ServiceConfig for ValidatorConfig {
 
     fn describe(&self) -> String {
         let mut text = format!(
-            "read {} as group {} (transactional id {}), schemas from {} (refresh {} ms), resend state in {}; {}\n",
+            "read {} as group {} (static member and transactional id {}), schemas from {} (refresh {} ms), resend state in {}; {}\n",
             self.kafka.bootstrap,
             self.group_id,
             self.transactional_id(),

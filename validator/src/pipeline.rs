@@ -159,8 +159,11 @@ impl Pipeline {
         readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
         readiness.ready(READY_TOPICS);
-        let consumer_role = Role::Consumer {
+        // The transactional id names this instance uniquely and stably: a restarted validator
+        // takes its partitions back at once as the same static member.
+        let consumer_role = Role::StaticMember {
             group_id: settings.group_id.clone(),
+            instance_id: settings.transactional_id.clone(),
         };
         let mut consumer_config = settings
             .kafka
