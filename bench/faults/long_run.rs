@@ -140,7 +140,7 @@ async fn run(
     dir: &std::path::Path,
 ) -> anyhow::Result<Outcome> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let (mut pipeline, brokers) = start_pipeline(dir).await?;
+    let (mut pipeline, brokers) = start_pipeline(dir, false).await?;
     let started = Instant::now();
     let mut faults = Vec::new();
     let mut reports = Vec::new();

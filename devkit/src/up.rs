@@ -12,7 +12,7 @@
 //! exact. A second Ctrl-C kills everything and exits at once.
 
 mod binaries;
-mod cep;
+pub mod cep;
 mod sampler;
 mod view;
 
@@ -107,7 +107,7 @@ pub const LOG_FILTER: &str = "info,rdkafka=off,librdkafka=off";
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The CEP worker's `idle_timeout`: short, so that once the generator stops the worker's
 /// watermark soon passes the last events and their event-time results come out.
-const CEP_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CEP_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// SIGINT/SIGTERM: the first cancels `first` (stop, drain, reconcile), the second `second`
 /// (kill everything now).

@@ -21,10 +21,9 @@ use rand::Rng as _;
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How soon a service restarted after kill -9 must be making progress, with default settings
 /// (issue 19): a group member comes back without waiting for librdkafka's default 45 s session
-/// (which took ~130 s over two kills). On the dev cluster a restart waits for the dead member's
-/// 6 s session; the rebalance then ends as soon as the live members have rejoined (mock patch
-/// 0009, as Kafka). Static membership would remove the wait for the session too on Kafka; the
-/// mock does not implement it.
+/// (which took ~130 s over two kills). The group consumers are static members: a restarted one
+/// takes its predecessor's place and partitions without a rebalance (mock patch 0010, as Kafka
+/// with KIP-345), so what is left is the service's own start.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 /// How long a killed agent stays down at most, waiting for a rotation (at the fault suite's
 /// 200 lines/s they come every ~1.3 s).
@@ -53,11 +52,14 @@ impl fmt::Display for Fault {
     }
 }
 
-/// Starts the whole pipeline (agent, mirror, validator, schema store on two dev clusters) in
-/// `dir`; returns it with the brokers per cluster, which broker outages pick from.
-pub async fn start_pipeline(dir: &std::path::Path) -> anyhow::Result<(Pipeline, i32)> {
+/// Starts the whole pipeline (agent, mirror, validator, schema store on two dev clusters; with
+/// `cep`, also a CEP worker running the seed rules, as `cargo dev up` does) in `dir`; returns
+/// it with the brokers per cluster, which broker outages pick from.
+pub async fn start_pipeline(dir: &std::path::Path, cep: bool) -> anyhow::Result<(Pipeline, i32)> {
     let options = PipelineOptions {
         state_dir: dir.to_owned(),
+        cep_rules: cep.then(logpipe_devkit::up::cep::seed_rules),
+        cep_idle_timeout: cep.then_some(logpipe_devkit::up::CEP_IDLE_TIMEOUT),
         ..PipelineOptions::default()
     };
     let brokers = options.brokers;

@@ -1,11 +1,13 @@
 //! The whole pipeline under faults, proven by unique ids: while the load generator writes game
 //! logs (valid and 5% invalid) and rotates them (first by rename, then by copytruncate), the
-//! agent, the mirror and the validator are each killed with SIGKILL several times at random
-//! points (each at least once during each rotation style; the agent stays down until a file
-//! was rotated, so it must find the rest of it after restarting), a broker of each cluster is taken down and brought back, and the schema store is
-//! crashed and restarted. Then the generator stops, the pipeline drains, and the clean and DLQ
-//! topics (read_committed) must hold every written line exactly once, valid lines in clean and
-//! invalid ones in the DLQ: lost = duplicated = misrouted = 0.
+//! agent, the mirror, the validator and the CEP worker (running the seed rules) are each killed
+//! with SIGKILL several times at random points (each at least once during each rotation style;
+//! the agent stays down until a file was rotated, so it must find the rest of it after
+//! restarting), a broker of each cluster is taken down and brought back, and the schema store
+//! is crashed and restarted. Then the generator stops, the pipeline drains, and the clean and
+//! DLQ topics (read_committed) must hold every written line exactly once, valid lines in clean
+//! and invalid ones in the DLQ: lost = duplicated = misrouted = 0; and the CEP worker's matches
+//! must be exactly those the rules call for over the clean topics (the devkit's oracle).
 //!
 //! The schedule (fault order, pauses, outage lengths, brokers, generator seeds) comes from one
 //! seed: `LOGPIPE_FAULT_SEED=<n>` replays a run; without it a random seed is used. The seed is
@@ -72,12 +74,17 @@ async fn run(seed: u64) -> anyhow::Result<()> {
 
 async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let (mut pipeline, brokers) = start_pipeline(dir).await?;
+    let (mut pipeline, brokers) = start_pipeline(dir, true).await?;
 
     // Each service is killed at least once during each rotation style; the remaining faults
     // fall into either, in random order within each.
     let mut phases: [Vec<Fault>; 2] = [Vec::new(), Vec::new()];
-    for c in [Component::Agent, Component::Mirror, Component::Validator] {
+    for c in [
+        Component::Agent,
+        Component::Mirror,
+        Component::Validator,
+        Component::Cep,
+    ] {
         phases[0].push(Fault::Kill(c));
         phases[1].push(Fault::Kill(c));
         for _ in 2..KILLS_PER_SERVICE {
@@ -129,7 +136,7 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("fault {n} of {total} ({fault})"))?;
             eprintln!("fault {n}/{total}: {fault}: done in {:.1?}", at.elapsed());
-            for c in Component::ALL {
+            for c in Component::EVERY {
                 ensure!(
                     pipeline.is_running(c),
                     "{c} died after fault {n} ({fault})\n{}",
@@ -176,5 +183,10 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
         again.is_exact() && again == r,
         "changed after the drain: {again}"
     );
+    // The CEP worker's matches, against the seed rules applied to the clean topics.
+    let rules = logpipe_devkit::up::cep::seed_rules();
+    let cep = logpipe_devkit::up::cep::reconcile(&pipeline, &rules, DRAIN_TIMEOUT).await?;
+    eprintln!("CEP: {cep}");
+    ensure!(cep.is_exact(), "CEP matches: {cep}");
     pipeline.stop(Duration::from_secs(30)).await
 }
