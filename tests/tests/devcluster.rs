@@ -777,3 +777,45 @@ async fn a_restarted_static_member_takes_its_partitions_back_without_a_rebalance
     );
     assert_eq!(owned(&b, &[&a], 2).await, b_owned);
 }
+
+/// Mock patch 0011: a fetch that found nothing is answered as soon as the log grows, as Kafka
+/// answers it, not a whole `fetch.wait.max.ms` later: every hop's consumer waited up to that
+/// long (librdkafka's default: 500 ms) for each new record on the dev cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_is_answered_when_records_arrive() {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::TopicPartitionList;
+    let cluster = DevCluster::start(1, &[("waiting.fetch", 1)]).await.unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "waiting-fetch")
+        .set("fetch.wait.max.ms", "5000")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("waiting.fetch", 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    // The consumer's fetch is waiting on the empty partition by now.
+    assert!(consumer.poll(Duration::from_millis(1500)).is_none());
+    let producer = producer(cluster.bootstrap(), &[("linger.ms", "0")]);
+    producer
+        .send(
+            FutureRecord::<(), _>::to("waiting.fetch").payload("one"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered");
+    let acknowledged = std::time::Instant::now();
+    let message = consumer
+        .poll(Duration::from_secs(10))
+        .expect("the record arrives")
+        .unwrap();
+    assert_eq!(message.payload(), Some(&b"one"[..]));
+    let took = acknowledged.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "the record arrived {took:?} after its acknowledgement (fetch.wait.max.ms 5 s)"
+    );
+}

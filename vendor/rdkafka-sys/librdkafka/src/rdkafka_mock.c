@@ -97,6 +97,41 @@ static void rd_kafka_mock_msgset_destroy(rd_kafka_mock_partition_t *mpart,
 }
 
 
+static ssize_t
+rd_kafka_mock_connection_write_out(rd_kafka_mock_connection_t *mconn);
+
+/**
+ * @brief logpipe patch: a Fetch that found no data is answered after its
+ *        MaxWait; Kafka answers it as soon as data arrives. Cuts that wait
+ *        short for every waiting Fetch of the cluster when a partition's log
+ *        grows (records or a transaction marker, which may advance the last
+ *        stable offset): the consumer gets its empty answer now and fetches
+ *        again at once, instead of a whole fetch.wait.max.ms later.
+ */
+static void
+rd_kafka_mock_cluster_wake_fetches(rd_kafka_mock_cluster_t *mcluster) {
+        rd_kafka_mock_broker_t *mrkb;
+        rd_ts_t now = rd_clock();
+        TAILQ_FOREACH(mrkb, &mcluster->brokers, link) {
+                rd_kafka_mock_connection_t *mconn, *tmp;
+                TAILQ_FOREACH_SAFE(mconn, &mrkb->connections, link, tmp) {
+                        rd_kafka_buf_t *rkbuf;
+                        rd_bool_t woke = rd_false;
+                        TAILQ_FOREACH(rkbuf, &mconn->outbufs.rkbq_bufs,
+                                      rkbuf_link) {
+                                if (rkbuf->rkbuf_reqhdr.ApiKey ==
+                                        RD_KAFKAP_Fetch &&
+                                    rkbuf->rkbuf_ts_retry > now) {
+                                        rkbuf->rkbuf_ts_retry = now;
+                                        woke                  = rd_true;
+                                }
+                        }
+                        if (woke)
+                                rd_kafka_mock_connection_write_out(mconn);
+                }
+        }
+}
+
 /**
  * @brief Create a new msgset object with a copy of \p bytes
  *        and appends it to the partition log.
@@ -193,6 +228,8 @@ rd_kafka_mock_msgset_new(rd_kafka_mock_partition_t *mpart,
                      mpart->leader->id, mpart->topic->name, mpart->id, msgcnt,
                      RD_KAFKAP_BYTES_LEN(&mset->bytes), mset->first_offset,
                      mpart->start_offset, mpart->end_offset, orig_start_offset);
+
+        rd_kafka_mock_cluster_wake_fetches(mpart->topic->cluster);
 
         return mset;
 }
