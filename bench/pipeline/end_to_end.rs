@@ -23,7 +23,10 @@
 //!    to it minus that. So the latency covers file -> agent (inotify) -> write cluster -> mirror
 //!    (transaction commit) -> read cluster -> validator (transaction commit) -> consumer. The
 //!    record's own timestamp (the agent's read time, kept through every hop) splits it into the
-//!    agent's pick-up and the rest. The first 2 s are warm-up and not counted.
+//!    agent's pick-up and the rest. Two more readers take the same measure where the agent's
+//!    and the mirror's outputs become visible (the raw topic on the write cluster, and on the
+//!    read cluster read_committed), so the latency splits hop by hop. The first 2 s are warm-up
+//!    and not counted.
 //!
 //! Everything shares the machine's cores, so compare the ratio and latencies between runs on the
 //! same machine, not absolute numbers across machines.
@@ -77,6 +80,63 @@ enum Seen {
     Progress(u64, Instant),
     /// The latency phase: (line written -> visible, agent read -> visible) in ms, for one record.
     Latency(i64, i64),
+    /// The latency phase, an earlier hop: line written -> visible in that hop's output, in ms.
+    Hop(Hop, i64),
+}
+
+/// The hops before the clean topic, each measured where its output becomes visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// The agent: the raw topic on the write cluster.
+    Agent,
+    /// The mirror: the raw topic on the read cluster (read_committed: after its commit).
+    Mirror,
+}
+
+/// A raw topic's reader: skips the `backlog` records of the throughput phase, then reports each
+/// later record's latency (its JSON line's `event_time` to the moment it became visible).
+struct RawReader {
+    hop: Hop,
+    bootstrap: String,
+    topic: String,
+    partitions: i32,
+    backlog: u64,
+}
+
+impl RawReader {
+    fn run(&self, stop: &AtomicBool, out: &mpsc::Sender<Seen>) -> anyhow::Result<()> {
+        let consumer = reader(
+            &self.bootstrap,
+            "bench-pipeline-hop",
+            &self.topic,
+            self.partitions,
+            &[("fetch.wait.max.ms", "10")],
+        )?;
+        let mut count = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let message = match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                Some(message) => message.with_context(|| format!("reading {}", self.topic))?,
+            };
+            let visible = now_ms();
+            count += 1;
+            if count <= self.backlog {
+                continue;
+            }
+            let line: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap_or_default())?;
+            let event_time = line["event_time"]
+                .as_str()
+                .context("a line without event_time")?;
+            let written = humantime::parse_rfc3339(event_time)?
+                .duration_since(UNIX_EPOCH)?
+                .as_millis() as i64;
+            if out.send(Seen::Hop(self.hop, visible - written)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The clean topic's reader.
@@ -282,6 +342,23 @@ async fn main() -> anyhow::Result<()> {
         schema_store: pipeline.schema_store_url(),
         backlog: lines,
     };
+    let hop_readers: Vec<_> = [
+        (Hop::Agent, pipeline.write_cluster().bootstrap()),
+        (Hop::Mirror, pipeline.read_cluster().bootstrap()),
+    ]
+    .into_iter()
+    .map(|(hop, bootstrap)| {
+        let reader = RawReader {
+            hop,
+            bootstrap: bootstrap.to_owned(),
+            topic: pipeline.raw_topic().to_owned(),
+            partitions,
+            backlog: lines,
+        };
+        let (stop, tx) = (stop.clone(), tx.clone());
+        std::thread::spawn(move || reader.run(&stop, &tx))
+    })
+    .collect();
     let consumer = std::thread::spawn({
         let (stop, runtime) = (stop.clone(), tokio::runtime::Handle::current());
         move || reader.run(&stop, &tx, &runtime)
@@ -303,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Seen::Progress(count, at)) => progress.push((count, at)),
             Ok(Seen::Latency(..)) => bail!("a record beyond the backlog before its end"),
+            Ok(Seen::Hop(..)) => bail!("a raw record beyond the backlog before its end"),
             Err(_) => bail!(
                 "the clean topic got {} of {lines} lines within 900 s",
                 progress.last().map_or(0, |p| p.0)
@@ -338,6 +416,7 @@ async fn main() -> anyhow::Result<()> {
     .await??;
     let mut total = Vec::new();
     let mut pickup = Vec::new();
+    let (mut agent, mut mirror) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(300);
     let warm_up_records = (latency_rate * WARM_UP.as_secs_f64()) as u64;
     let mut seen = 0u64;
@@ -349,6 +428,15 @@ async fn main() -> anyhow::Result<()> {
                     total.push(line_ms);
                     pickup.push(line_ms - read_ms);
                 }
+            }
+            // Each hop's own first lines are its warm-up.
+            Ok(Seen::Hop(hop, ms)) => {
+                let samples = if hop == Hop::Agent {
+                    &mut agent
+                } else {
+                    &mut mirror
+                };
+                samples.push(ms);
             }
             Ok(Seen::Progress(..)) => {}
             Err(_) => bail!(
@@ -362,6 +450,20 @@ async fn main() -> anyhow::Result<()> {
     consumer
         .join()
         .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+    for hop_reader in hop_readers {
+        hop_reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("raw reader thread panicked"))??;
+    }
+    let hops: Vec<(&str, Vec<i64>)> = [("agent", agent), ("mirror", mirror)]
+        .into_iter()
+        .map(|(name, mut samples)| {
+            let warm_up = warm_up_records.min(samples.len() as u64) as usize;
+            samples.drain(..warm_up);
+            samples.sort_unstable();
+            (name, samples)
+        })
+        .collect();
     total.sort_unstable();
     pickup.sort_unstable();
     let (p50, p99, max) = (
@@ -407,6 +509,22 @@ async fn main() -> anyhow::Result<()> {
     )
     .extra("max_ms", max)
     .emit()?;
+    // Each hop's output, cumulative from the line's writing: the differences are the hops' own.
+    for (name, samples) in &hops {
+        let (hop_p50, hop_p99) = (quantile(samples, 0.5), quantile(samples, 0.99));
+        println!("  visible after the {name}: p50 {hop_p50:.0} ms, p99 {hop_p99:.0} ms");
+        for (q, value) in [("p50", hop_p50), ("p99", hop_p99)] {
+            Row::new(
+                "pipeline",
+                &case,
+                &format!("line written -> visible after the {name}, {q}"),
+                value,
+                "ms",
+            )
+            .extra("samples", samples.len() as u64)
+            .emit()?;
+        }
+    }
     // Rows first: a service that exits badly on SIGTERM must not cost the measurements.
     pipeline.stop(Duration::from_secs(30)).await?;
     Ok(())
