@@ -24,8 +24,9 @@ pub struct MirrorConfig {
     /// The read-side cluster: mirrored records, positions and the assignment group live here.
     pub target: KafkaConfig,
     pub topics: TopicsConfig,
-    /// How often a shard commits its transaction (records plus positions). Lower means fresher
-    /// data downstream, higher means fewer transaction markers.
+    /// The longest a shard's transaction (records plus positions) stays open while records keep
+    /// coming; a shard that has nothing more to copy commits at once. Lower bounds the latency
+    /// under load, higher means fewer, larger transactions (fewer markers) under load.
     #[serde(default = "defaults::commit_interval_ms")]
     pub commit_interval_ms: u64,
     /// Upper bound of buffered record bytes in this process (fetched but not yet produced, plus

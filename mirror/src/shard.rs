@@ -12,9 +12,10 @@
 //!    then verified instead of written again, and anything else stops the shard (someone else
 //!    writes to the target partition).
 //! 4. Copy: every source record is produced to the same partition of the target topic inside
-//!    the open transaction. Every `commit_interval_ms` the producer is flushed, each moved
-//!    partition's new position is written to the state topic, and the transaction commits:
-//!    records and positions become visible together, or not at all.
+//!    the open transaction. When the source has nothing more, or at the latest every
+//!    `commit_interval_ms`, the producer is flushed, each moved partition's new position is
+//!    written to the state topic, and the transaction commits: records and positions become
+//!    visible together, or not at all.
 //!
 //! Any error ends the session; the next one starts again from step 1, so recovery after an
 //! error is the same tested path as recovery after kill -9.
@@ -416,11 +417,17 @@ impl<'a> Session<'a> {
                 }
             }
             // Take everything fetched so far (waiting briefly only for the first record), so a
-            // transaction carries all that arrived since the last commit.
+            // transaction carries all that arrived since the last commit. Once the source has
+            // nothing more, it commits at once: under load a shard is never caught up and commits
+            // every `commit_interval_ms`, at a trickle a record waits for no timer.
             let mut wait = Duration::from_millis(20);
+            let mut caught_up = false;
             while self.last_commit.elapsed() < interval {
                 match source.poll(wait) {
-                    None => break,
+                    None => {
+                        caught_up = true;
+                        break;
+                    }
                     Some(Ok(message)) => self.copy(&message, stop)?,
                     Some(Err(KafkaError::MessageConsumption(
                         RDKafkaErrorCode::AutoOffsetReset,
@@ -435,7 +442,7 @@ impl<'a> Session<'a> {
                 wait = Duration::ZERO;
             }
             self.producer.poll(Duration::ZERO);
-            if self.last_commit.elapsed() >= interval {
+            if caught_up || self.last_commit.elapsed() >= interval {
                 self.commit()?;
             }
             if self.last_metrics.elapsed() >= Duration::from_secs(1) {

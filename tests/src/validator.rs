@@ -158,7 +158,8 @@ impl Stack {
         )?)
     }
 
-    /// Writes a validator config for the game route (plus `extra` TOML at the top level).
+    /// Writes a validator config for the game route (plus `extra` TOML at the top level; a
+    /// `batch_ms` there replaces the tests' default of 50).
     pub fn validator_config(
         &self,
         name: &str,
@@ -166,8 +167,13 @@ impl Stack {
         routes: &str,
     ) -> anyhow::Result<(PathBuf, SocketAddr)> {
         let telemetry = free_addr();
+        let batch = if extra.contains("batch_ms") {
+            ""
+        } else {
+            "batch_ms = 50\n"
+        };
         let text = format!(
-            "schema_store = \"{}\"\ngroup_id = \"v\"\ntransactional_id = \"v-{name}\"\nbatch_ms = 50\ntopic_refresh_ms = 1000\nschema_refresh_ms = 1000\n{extra}\n\
+            "schema_store = \"{}\"\ngroup_id = \"v\"\ntransactional_id = \"v-{name}\"\n{batch}topic_refresh_ms = 1000\nschema_refresh_ms = 1000\n{extra}\n\
              [kafka]\nbootstrap = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
              [telemetry]\nlisten = \"{telemetry}\"\n{routes}",
             self.store_url(),

@@ -80,7 +80,8 @@ pub struct ValidatorConfig {
     /// At most this many records per transaction.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
-    /// At most this long gathering one batch.
+    /// At most this long gathering one batch; a batch ends earlier, once nothing more has been
+    /// fetched, so an idle pipeline commits each record at once.
     #[serde(default = "default_batch_ms")]
     pub batch_ms: u64,
     /// How often the topic list is read to find new raw topics.

@@ -485,15 +485,18 @@ impl Pipeline {
             .collect()
     }
 
-    /// Takes up to `batch_records` records, waiting at most `batch_time` after the first one.
+    /// Takes up to `batch_records` records: after the first one, those already fetched, for at
+    /// most `batch_time`. A batch ends as soon as the consumer has nothing more, so at a trickle a
+    /// record waits for no timer, and under load batches grow by what arrives while the previous
+    /// one commits.
     async fn gather(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
         let mut batch: Vec<OwnedMessage> = Vec::new();
-        let deadline = tokio::time::Instant::now() + self.settings.batch_time;
+        let mut deadline = None;
         while batch.len() < self.settings.batch_records {
-            let wait = if batch.is_empty() {
-                self.settings.batch_time * 5
-            } else {
-                deadline - tokio::time::Instant::now()
+            let wait = match deadline {
+                None => self.settings.batch_time * 5,
+                Some(deadline) if tokio::time::Instant::now() >= deadline => break,
+                Some(_) => Duration::ZERO,
             };
             let received = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(Vec::new()),
@@ -513,6 +516,9 @@ impl Pipeline {
             match received {
                 Err(_elapsed) => break,
                 Ok(Ok(message)) => {
+                    deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.settings.batch_time
+                    });
                     if let Some(message) = self.take(message) {
                         batch.push(message);
                     }
