@@ -487,6 +487,7 @@ async fn main() -> anyhow::Result<()> {
         "lines/s",
     )
     .against("plain producer from memory (first hop only)", reference)
+    .target(0.3)
     .extra("from_move_to_last_lines_per_s", overall.round())
     .emit()?;
     let case = format!("~{size} B lines at {latency_rate:.0} lines/s");
@@ -497,6 +498,7 @@ async fn main() -> anyhow::Result<()> {
         p50,
         "ms",
     )
+    .target_at_most(100.0)
     .extra("samples", total.len() as u64)
     .extra("agent_pickup_p50_ms", pickup_p50)
     .emit()?;
@@ -507,6 +509,7 @@ async fn main() -> anyhow::Result<()> {
         p99,
         "ms",
     )
+    .target_at_most(300.0)
     .extra("max_ms", max)
     .emit()?;
     // Each hop's output, cumulative from the line's writing: the differences are the hops' own.
