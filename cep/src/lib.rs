@@ -81,7 +81,8 @@ pub struct CepConfig {
     /// At most this many records per transaction.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
-    /// At most this long gathering one batch (a match takes two batches from its last event).
+    /// At most this long gathering one batch, which ends earlier once nothing more has been
+    /// fetched (a match takes two batches from its last event).
     #[serde(default = "default_batch_ms")]
     pub batch_ms: u64,
     /// A caught-up source partition without records for this long stops holding timed rules'

@@ -419,8 +419,10 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes up to `batch_records` records, waiting at most `batch_time` after the first one
-    /// (and at most five times that for the first, so rule changes are noticed).
+    /// Takes up to `batch_records` records: after the first one (waited for at most five times
+    /// `batch_time`, so rule changes are noticed), those already fetched, for at most
+    /// `batch_time`. A batch ends as soon as the consumer has nothing more, so at a trickle an
+    /// event waits for no timer.
     async fn gather(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
         let mut batch: Vec<OwnedMessage> = Vec::new();
         if self.subscribed.is_empty() {
@@ -432,15 +434,17 @@ impl Worker {
             }
             return Ok(batch);
         }
-        let deadline = tokio::time::Instant::now() + self.settings.batch_time;
+        let mut deadline = None;
         while batch.len() < self.settings.batch_records {
-            let wait = if self.replays.active() {
+            let wait = if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                break;
+            } else if self.replays.active() {
                 // History is waiting: do not wait for live records.
                 Duration::from_millis(1)
-            } else if batch.is_empty() {
+            } else if deadline.is_none() {
                 self.settings.batch_time * 5
             } else {
-                deadline.saturating_duration_since(tokio::time::Instant::now())
+                Duration::ZERO
             };
             let received = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(Vec::new()),
@@ -463,6 +467,9 @@ impl Worker {
             match received {
                 Err(_elapsed) => break,
                 Ok(Ok(message)) => {
+                    deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.settings.batch_time
+                    });
                     self.readiness.ready(READY_KAFKA);
                     batch.push(message);
                 }

@@ -325,8 +325,8 @@ impl GameSchemas {
     }
 }
 
-/// Writes a worker config (`extra` TOML at the top level, `tables` at the end); returns it and
-/// its telemetry address.
+/// Writes a worker config (`extra` TOML at the top level, where a `batch_ms` replaces the tests'
+/// default of 25; `tables` at the end); returns it and its telemetry address.
 pub fn config(
     stack: &Stack,
     group: &str,
@@ -335,8 +335,13 @@ pub fn config(
     tables: &str,
 ) -> anyhow::Result<(PathBuf, SocketAddr)> {
     let telemetry = free_addr();
+    let batch = if extra.contains("batch_ms") {
+        ""
+    } else {
+        "batch_ms = 25\n"
+    };
     let text = format!(
-        "schema_store = \"{}\"\ngroup = \"{group}\"\ninstance = \"{instance}\"\npartitions = {PARTITIONS}\nbatch_ms = 25\n{extra}\n\
+        "schema_store = \"{}\"\ngroup = \"{group}\"\ninstance = \"{instance}\"\npartitions = {PARTITIONS}\n{batch}{extra}\n\
          [kafka]\nbootstrap = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
          [telemetry]\nlisten = \"{telemetry}\"\n{tables}",
         stack.store_url(),

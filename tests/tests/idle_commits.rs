@@ -1,7 +1,8 @@
 //! The exactly-once hops commit as soon as they have nothing more to read: a record crossing an
-//! idle pipeline waits for no timer. The mirror's `commit_interval_ms` and the validator's
-//! `batch_ms` only bound how long a transaction stays open under load; here both are set far
-//! beyond the time each record is given to arrive, so a hop that waited for them would fail.
+//! idle pipeline waits for no timer. The mirror's `commit_interval_ms`, the validator's and the
+//! CEP worker's `batch_ms` only bound how long a transaction stays open under load; here each
+//! is set far beyond the time a record is given to arrive, so a hop that waited for it would
+//! fail.
 
 use std::time::{Duration, Instant};
 
@@ -78,5 +79,38 @@ async fn the_validator_commits_a_lone_record_without_waiting_for_its_batch_time(
     }
     let written = read_clean(&stack, CLEAN).await?.len() + read_dlq(&stack, DLQ).await?.len();
     assert_eq!(written, 3, "each line once in clean or the DLQ");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cep_worker_commits_lone_events_without_waiting_for_its_batch_time(
+) -> anyhow::Result<()> {
+    use logpipe_tests::cep::*;
+    use logpipe_tests::service;
+    use logpipe_tests::validator::{Stack, CLEAN};
+    let stack = Stack::start(&[]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let (config, telemetry) = config(&stack, "idle", "w1", "batch_ms = 600000", "")?;
+    let _worker = service::start(CEP, &config, telemetry).await?;
+    RulesApi::new(telemetry)?.seed().await?;
+    let progress = Progress::new(&stack, "idle")?;
+    let mut written = 0;
+    for round in 0..6 {
+        // The first three rounds also wait for the worker's group to settle: it subscribes to
+        // the clean topic, then to the repartition topics its rules create (a rebalance each;
+        // measured: 4-6 s each, then well under a second).
+        let within = if round < 3 { FIRST_WITHIN } else { WITHIN };
+        let game = Game::generate(round, 40, 5, 0);
+        let files = game.lines(&schemas)?;
+        written += stack
+            .produce(CLEAN, &files, 0..Game::longest(&files))
+            .await? as i64;
+        let sent = Instant::now();
+        progress.wait_clean_committed(written, within).await?;
+        eprintln!(
+            "round {round}: committed {:?} after it was written",
+            sent.elapsed()
+        );
+    }
     Ok(())
 }
