@@ -141,19 +141,22 @@ async fn mirror(
              [telemetry]\nlisten = \"{telemetry}\"\n"
         ),
     )?;
-    let mut process = Process::start(
-        "logpipe-mirror",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
-    process
-        .wait_ready(telemetry, Duration::from_secs(60))
-        .await?;
+    let mut process = start("logpipe-mirror", &config, telemetry).await?;
     let timed = timed(&mut process, telemetry, records, bytes_per_record, |page| {
         prometheus::total(page, mirror_names::RECORDS) as usize
     })
     .await?;
     process.terminate(Duration::from_secs(30)).await?;
     Ok(timed.0)
+}
+
+/// Starts a service (release build) with `config` and waits until it is ready.
+async fn start(binary: &str, config: &Path, telemetry: SocketAddr) -> anyhow::Result<Process> {
+    let mut process = Process::start(binary, &["run", "--config", config.to_str().unwrap()])?;
+    process
+        .wait_ready(telemetry, Duration::from_secs(60))
+        .await?;
+    Ok(process)
 }
 
 /// Scrapes a service's metrics every 10 ms: from the first record `done` counts to the last of
@@ -222,13 +225,7 @@ async fn validator(
     records: usize,
     bytes_per_record: f64,
 ) -> anyhow::Result<Validated> {
-    let mut process = Process::start(
-        "logpipe-validator",
-        &["run", "--config", config.to_str().unwrap()],
-    )?;
-    process
-        .wait_ready(telemetry, Duration::from_secs(60))
-        .await?;
+    let mut process = start("logpipe-validator", config, telemetry).await?;
     let parts = [names::GATHER, names::CHECK, names::COMMIT].map(|p| format!("{p}_sum"));
     let (timed, first, text) = timed(
         &mut process,
