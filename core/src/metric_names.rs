@@ -3,6 +3,21 @@
 //! benchmarks read it. Each service's `metrics` module describes its names; nothing else spells
 //! them. Names follow `logpipe_<component>_<what>_<unit>`.
 
+/// `logpipe-lake`.
+pub mod lake {
+    pub const COMMITS: &str = "logpipe_lake_commits_total";
+    pub const COMMIT_FAILURES: &str = "logpipe_lake_commit_failures_total";
+    pub const COMMIT_LATENCY: &str = "logpipe_lake_commit_seconds";
+    pub const CONSUMER_LAG_RECORDS: &str = "logpipe_lake_consumer_lag_records";
+    pub const DEAD_LETTERS: &str = "logpipe_lake_dead_letters_total";
+    pub const FILES: &str = "logpipe_lake_files_total";
+    pub const PARQUET_BYTES: &str = "logpipe_lake_parquet_bytes_total";
+    pub const RECORDS_LOST_TO_RETENTION: &str = "logpipe_lake_records_lost_to_retention_total";
+    pub const ROWS: &str = "logpipe_lake_rows_total";
+    pub const SECONDS_SINCE_COMMIT: &str = "logpipe_lake_seconds_since_commit";
+    pub const SCHEMA_WIDENINGS: &str = "logpipe_lake_schema_widenings_total";
+}
+
 /// `logpipe-agent`.
 pub mod agent {
     pub const BYTES_ACKED: &str = "logpipe_agent_bytes_acked_total";

@@ -153,15 +153,18 @@ pub enum ErrorStage {
     Validate,
     /// The record matched but could not be encoded.
     Encode,
+    /// A clean record the lake loader could not write to its table.
+    Lake,
 }
 
 impl ErrorStage {
-    pub const ALL: [ErrorStage; 5] = [
+    pub const ALL: [ErrorStage; 6] = [
         ErrorStage::Parse,
         ErrorStage::Route,
         ErrorStage::Schema,
         ErrorStage::Validate,
         ErrorStage::Encode,
+        ErrorStage::Lake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -171,6 +174,7 @@ impl ErrorStage {
             ErrorStage::Schema => "schema",
             ErrorStage::Validate => "validate",
             ErrorStage::Encode => "encode",
+            ErrorStage::Lake => "lake",
         }
     }
 
@@ -459,6 +463,11 @@ pub fn cep_state_topic(group: &str) -> String {
 /// of the name so that two groups on one cluster never read each other's events.
 pub fn cep_repartition_topic(group: &str, key: &str) -> String {
     format!("{INTERNAL_PREFIX}cep.repartition.{group}.{key}")
+}
+
+/// `dlq.lake.<table>`: clean records the lake loader could not write to the table `table`.
+pub fn lake_dlq_topic(table: &str) -> String {
+    format!("dlq.lake.{table}")
 }
 
 /// The raw topic of a stream: `game` => `raw.game`.
