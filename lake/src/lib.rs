@@ -1,0 +1,305 @@
+//! `logpipe-lake`: clean topics into Delta Lake tables (Parquet on S3 or a local disk), exactly
+//! once, readable by every Delta reader unchanged.
+//!
+//! The crate's API is the service ([`LakeService`], [`LakeConfig`]).
+//!
+//! Modules, in the order a record meets them: `schemas` (the wire format's schema id to the
+//! writer schema and its columns, cached), `columns` (schema types as Arrow types, values as rows),
+//! `rows` (a record as its table row, with the columns of its place), `table` (the Delta table:
+//! positions, widening, commits), `loader` (the loop: read, write, commit, seek), `metrics`.
+
+mod columns;
+mod loader;
+mod metrics;
+mod rows;
+mod schemas;
+mod table;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::service::{Context, Service, ServiceConfig};
+use logpipe_core::telemetry::TelemetryConfig;
+use logpipe_schema_client::{BasicAuth, Client};
+use serde::Deserialize;
+
+/// `logpipe-lake`'s config (see the README for every key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// Base URL of the Confluent-compatible schema store.
+    pub schema_store: String,
+    /// HTTP basic auth for the schema store.
+    #[serde(default)]
+    pub schema_store_auth: Option<BasicAuth>,
+    /// Prefix of the consumer groups: each table is loaded by the group `<group>.<table>`, whose
+    /// name is also in the table's transaction ids.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// This loader's stable name in its groups (default: the host name); loaders on one host
+    /// need distinct names.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Timeout of one schema store request.
+    #[serde(default = "default_schema_timeout_ms")]
+    pub schema_timeout_ms: u64,
+    /// The read-side cluster (clean topics in, `dlq.lake.<table>` out).
+    pub kafka: KafkaConfig,
+    pub tables: Vec<TableConfig>,
+    /// `/metrics`, `/health`, `/ready`.
+    pub telemetry: TelemetryConfig,
+}
+
+/// One Delta table and the topics loaded into it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// The table's name: in its consumer group, transaction ids, metrics and dead-letter topic.
+    pub name: String,
+    /// Clean (or dead-letter) topics whose records become the table's rows.
+    pub topics: Vec<String>,
+    /// `s3://bucket/prefix`, `file:///path` or a local path.
+    pub uri: String,
+    /// Partition columns: `["dt"]` (the event's UTC date, the default) or none.
+    #[serde(default = "default_partition_by")]
+    pub partition_by: Vec<String>,
+    /// The field holding the event's time, for `dt`: an Avro timestamp, RFC 3339 text or epoch
+    /// milliseconds. Without it, `dt` is the date of the record's Kafka timestamp.
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// A commit once a partition's Parquet reaches this many bytes ...
+    #[serde(default = "default_flush_bytes")]
+    pub flush_bytes: u64,
+    /// ... or once its oldest uncommitted row is this old, whichever comes first.
+    #[serde(default = "default_flush_age", with = "humantime_text")]
+    pub flush_age: Duration,
+    /// Object store options (endpoint, region, credentials; see the README).
+    #[serde(default)]
+    pub storage: HashMap<String, String>,
+}
+
+fn default_group() -> String {
+    "logpipe-lake".into()
+}
+fn default_schema_timeout_ms() -> u64 {
+    5_000
+}
+fn default_partition_by() -> Vec<String> {
+    vec![rows::DT.into()]
+}
+fn default_flush_bytes() -> u64 {
+    128 << 20
+}
+fn default_flush_age() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Durations in the config as humantime text (`30s`, `100ms`, `1h`).
+mod humantime_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?}: {e} (write it like 100ms, 30s, 1h)"))
+        })
+    }
+}
+
+impl LakeConfig {
+    fn instance(&self) -> String {
+        self.instance
+            .clone()
+            .unwrap_or_else(logpipe_core::service::host_name)
+    }
+
+    /// The consumer group loading `table`.
+    fn group_of(&self, table: &TableConfig) -> String {
+        format!("{}.{}", self.group, table.name)
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(
+            &self.schema_store,
+            self.schema_store_auth.as_ref(),
+            Duration::from_millis(self.schema_timeout_ms),
+        )
+    }
+}
+
+impl ServiceConfig for LakeConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.group.is_empty(), "group is empty");
+        anyhow::ensure!(!self.tables.is_empty(), "tables: no table to load");
+        self.client()?;
+        self.kafka
+            .validate(&Role::Producer)
+            .map_err(anyhow::Error::msg)?;
+        let mut names = std::collections::HashSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            let at = format!("tables[{i}] ({})", table.name);
+            anyhow::ensure!(
+                names.insert(&table.name),
+                "{at}: a second table of that name"
+            );
+            logpipe_core::record::check_topic_name(&logpipe_core::record::lake_dlq_topic(
+                &table.name,
+            ))
+            .map_err(|e| anyhow::anyhow!("{at}: name: {e}"))?;
+            self.kafka
+                .validate(&Role::StaticMember {
+                    group_id: self.group_of(table),
+                    instance_id: self.instance(),
+                })
+                .map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(!table.topics.is_empty(), "{at}: topics is empty");
+            for topic in &table.topics {
+                logpipe_core::record::check_topic_name(topic)
+                    .map_err(|e| anyhow::anyhow!("{at}: topics: {e}"))?;
+            }
+            anyhow::ensure!(
+                table.partition_by.is_empty() || table.partition_by == [rows::DT],
+                "{at}: partition_by must be [\"dt\"] (the event's date) or [] so far"
+            );
+            anyhow::ensure!(
+                table.flush_bytes >= 1 << 20,
+                "{at}: flush_bytes is below 1 MiB"
+            );
+            anyhow::ensure!(
+                !table.flush_age.is_zero(),
+                "{at}: flush_age must be positive"
+            );
+            table::location(&table.uri).map_err(|e| anyhow::anyhow!("{at}: uri: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let mut out = format!(
+            "read {} (static member {}), schemas from {}; telemetry on {}\n",
+            self.kafka.bootstrap,
+            self.instance(),
+            self.schema_store,
+            self.telemetry.listen
+        );
+        for table in &self.tables {
+            out.push_str(&format!(
+                "table {}: {} -> {} as group {}, partitioned by [{}], dt from {}, a commit per {} MiB or {} per partition; records that do not fit -> {}\n",
+                table.name,
+                table.topics.join(", "),
+                table.uri,
+                self.group_of(table),
+                table.partition_by.join(", "),
+                table.event_time.as_deref().unwrap_or("the Kafka timestamp"),
+                table.flush_bytes >> 20,
+                humantime::format_duration(table.flush_age),
+                logpipe_core::record::lake_dlq_topic(&table.name),
+            ));
+        }
+        out
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
+/// The service, for `logpipe_core::service::main`.
+pub struct LakeService;
+
+impl Service for LakeService {
+    const NAME: &'static str = "logpipe-lake";
+    const DEFAULT_CONFIG: &'static str = "/etc/logpipe/lake.toml";
+    type Config = LakeConfig;
+
+    async fn run(config: LakeConfig, ctx: Context) -> anyhow::Result<()> {
+        metrics::describe();
+        table::register_object_stores();
+        let mut loaders = tokio::task::JoinSet::new();
+        for table in &config.tables {
+            let settings = loader::Settings {
+                kafka: config.kafka.clone(),
+                group: config.group_of(table),
+                instance: config.instance(),
+                table: table.clone(),
+            };
+            let client = config.client()?;
+            let ctx = ctx.clone();
+            loaders.spawn(async move { loader::run(settings, client, ctx).await });
+        }
+        let mut result = Ok(());
+        while let Some(done) = loaders.join_next().await {
+            let done = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = done {
+                tracing::error!("{e:#}");
+                ctx.shutdown.cancel();
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<LakeConfig> {
+        let config: LakeConfig =
+            logpipe_core::config::parse(Path::new("lake.toml"), text, |_| None)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    const BASE: &str = "schema_store = \"http://127.0.0.1:8081\"\n[kafka]\nbootstrap = \"127.0.0.1:9092\"\n[telemetry]\nlisten = \"127.0.0.1:0\"\n";
+
+    #[test]
+    fn the_contracts_minimal_config_gets_defaults() {
+        let config = parse(&format!(
+            "{BASE}[[tables]]\nname = \"game\"\ntopics = [\"clean.game\"]\nuri = \"/var/lib/logpipe/lake/game\"\n"
+        ))
+        .unwrap();
+        let table = &config.tables[0];
+        assert_eq!(config.group_of(table), "logpipe-lake.game");
+        assert_eq!(table.partition_by, ["dt"]);
+        assert_eq!(table.flush_bytes, 128 << 20);
+        assert_eq!(table.flush_age, Duration::from_secs(60));
+        assert!(config.describe().contains("dlq.lake.game"));
+    }
+
+    #[test]
+    fn bad_tables_are_refused_by_key() {
+        let cases = [
+            ("", "tables"),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = []\nuri = \"/t\"\n",
+                "topics is empty",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/t\"\npartition_by = [\"level\"]\n",
+                "partition_by",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/t\"\nflush_age = \"soon\"\n",
+                "write it like",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"ftp://x/t\"\n",
+                "uri",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/a\"\n[[tables]]\nname = \"g\"\ntopics = [\"clean.h\"]\nuri = \"/b\"\n",
+                "second table",
+            ),
+        ];
+        for (tables, want) in cases {
+            let err = format!("{:#}", parse(&format!("{BASE}{tables}")).unwrap_err());
+            assert!(err.contains(want), "{tables}: {err}");
+        }
+    }
+}

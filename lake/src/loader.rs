@@ -1,0 +1,597 @@
+//! One table's loader: reads its topics as a consumer group, turns records into rows, streams
+//! them into Parquet files per partition and event day, and commits the files together with each
+//! partition's next offset in one Delta commit, on size or age, whichever comes first.
+//!
+//! Positions come from the table on every assignment (see `table`); a commit that does not land
+//! drops every uncommitted row and reads again from the table's positions, so a row is in the
+//! table once whatever failed. Records that cannot be rows go to `dlq.lake.<table>`, delivered
+//! before the commit that passes them (at least once: a crash between the two writes the dead
+//! letter again).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use deltalake::arrow::datatypes::{DataType, Fields, SchemaRef};
+use deltalake::arrow::json::ReaderBuilder;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use logpipe_core::kafka::{GroupEvent, KafkaConfig, RebalanceLog, Role};
+use logpipe_core::record::{DeadLetterHeaders, ErrorStage, RecordId};
+use logpipe_core::service::Context;
+use logpipe_schema_client::Client;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Map, Value};
+
+use crate::metrics::*;
+use crate::rows::{self, EventTime, Place};
+use crate::schemas::{SchemaError, Schemas};
+use crate::table::{CommitError, Partition, Table};
+use crate::TableConfig;
+
+pub(crate) struct Settings {
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) group: String,
+    pub(crate) instance: String,
+    pub(crate) table: TableConfig,
+}
+
+/// What is held of one assigned partition.
+#[derive(Default)]
+struct Owned {
+    /// The next offset to take; records below it are in the table (or read before a seek).
+    next: i64,
+    /// The table's position at the last commit (or the assignment).
+    committed: i64,
+    /// Rows read and not yet written into a file, by event day.
+    rows: BTreeMap<String, Vec<Value>>,
+    writer: Option<RecordBatchWriter>,
+    /// When the oldest uncommitted row or dead letter was read.
+    since: Option<Instant>,
+    last_commit: Option<Instant>,
+}
+
+struct Loader {
+    settings: Settings,
+    consumer: StreamConsumer<RebalanceLog>,
+    dead_letters: FutureProducer,
+    dlq_topic: String,
+    table: Table,
+    exists: bool,
+    schemas: Schemas,
+    owned: BTreeMap<Partition, Owned>,
+    /// Assigned partitions whose seek to the table's position has not succeeded yet.
+    unpositioned: HashSet<Partition>,
+    ctx: Context,
+}
+
+pub(crate) async fn run(settings: Settings, client: Client, ctx: Context) -> anyhow::Result<()> {
+    let check = format!("table {}", settings.table.name);
+    ctx.readiness.register(&check);
+    let url = crate::table::location(&settings.table.uri).map_err(anyhow::Error::msg)?;
+    let (table, exists) = loop {
+        match Table::open(
+            &url,
+            &settings.table.storage,
+            &settings.group,
+            &settings.table.partition_by,
+        )
+        .await
+        {
+            Ok(opened) => break opened,
+            Err(e) => {
+                tracing::warn!(table = settings.table.name, "opening {url}: {e}; retrying");
+                ctx.readiness
+                    .not_ready(&check, format!("opening {url}: {e}"));
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let consumer: StreamConsumer<RebalanceLog> = settings
+        .kafka
+        .client_config(
+            &Role::StaticMember {
+                group_id: settings.group.clone(),
+                instance_id: settings.instance.clone(),
+            },
+            "logpipe-lake",
+        )
+        .create_with_context(RebalanceLog::counting_losses_as(RECORDS_LOST_TO_RETENTION))
+        .context("creating the consumer")?;
+    let topics: Vec<&str> = settings.table.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribing")?;
+    let dead_letters: FutureProducer = settings
+        .kafka
+        .client_config(&Role::Producer, "logpipe-lake")
+        .create()
+        .context("creating the dead-letter producer")?;
+    ctx.readiness.ready(&check);
+    let mut loader = Loader {
+        dlq_topic: logpipe_core::record::lake_dlq_topic(&settings.table.name),
+        settings,
+        consumer,
+        dead_letters,
+        table,
+        exists,
+        schemas: Schemas::new(client),
+        owned: BTreeMap::new(),
+        unpositioned: HashSet::new(),
+        ctx,
+    };
+    loader.run().await
+}
+
+impl Loader {
+    fn name(&self) -> String {
+        self.settings.table.name.clone()
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut lag_at = Instant::now();
+        loop {
+            let received = tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => break,
+                received = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => received.map(|r| r.map(|m| m.detach())),
+            };
+            self.group_events().await?;
+            if let Ok(received) = received {
+                match received {
+                    Ok(message) => self.take(message).await?,
+                    Err(e) => tracing::warn!(table = self.name(), "reading: {e}"),
+                }
+            }
+            if self.due() {
+                self.commit().await?;
+            }
+            if lag_at.elapsed() >= Duration::from_secs(5) {
+                lag_at = Instant::now();
+                logpipe_core::kafka::report_lag(&self.consumer, CONSUMER_LAG_RECORDS);
+                for (p, owned) in &self.owned {
+                    if let Some(at) = owned.last_commit {
+                        metrics::gauge!(SECONDS_SINCE_COMMIT, "table" => self.name(), "topic" => p.0.clone(), "partition" => p.1.to_string())
+                            .set(at.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            table = self.name(),
+            "shutting down: committing what was read"
+        );
+        self.commit().await
+    }
+
+    /// Acts on rebalances: an assigned partition is sought to the table's position, a revoked
+    /// one's uncommitted rows are dropped (its new owner reads them from the table's position).
+    async fn group_events(&mut self) -> anyhow::Result<()> {
+        for event in self.consumer.context().take() {
+            match event {
+                GroupEvent::Assigned(partitions) => {
+                    for p in &partitions {
+                        self.owned.insert(p.clone(), Owned::default());
+                        self.unpositioned.insert(p.clone());
+                    }
+                    self.position(&partitions).await;
+                }
+                GroupEvent::Revoked(partitions) => {
+                    for p in partitions {
+                        if let Some(mut owned) = self.owned.remove(&p) {
+                            if let Some(writer) = owned.writer.as_mut() {
+                                writer.reset();
+                            }
+                        }
+                        self.unpositioned.remove(&p);
+                    }
+                }
+            }
+        }
+        if !self.unpositioned.is_empty() {
+            let pending: Vec<Partition> = self.unpositioned.iter().cloned().collect();
+            self.position(&pending).await;
+        }
+        Ok(())
+    }
+
+    /// Seeks `partitions` to the table's positions; ones that fail stay unpositioned (their
+    /// records are passed over) and are tried again.
+    async fn position(&mut self, partitions: &[Partition]) {
+        let positions = if self.exists {
+            match self.table.positions(partitions).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(
+                        table = self.name(),
+                        "reading the table's positions: {e}; retrying"
+                    );
+                    return;
+                }
+            }
+        } else {
+            partitions.iter().map(|p| (p.clone(), None)).collect()
+        };
+        for (p, position) in positions {
+            let offset = position.map_or(Offset::Beginning, Offset::Offset);
+            let sought = tokio::task::block_in_place(|| {
+                self.consumer
+                    .seek(&p.0, p.1, offset, Duration::from_secs(5))
+            });
+            match sought {
+                Ok(()) => {
+                    let owned = self.owned.entry(p.clone()).or_default();
+                    owned.next = position.unwrap_or(0);
+                    owned.committed = owned.next;
+                    self.unpositioned.remove(&p);
+                    tracing::info!(
+                        table = self.name(),
+                        topic = p.0,
+                        partition = p.1,
+                        ?position,
+                        "loading from the table's position"
+                    );
+                }
+                Err(e) => tracing::debug!(table = self.name(), "seeking {p:?}: {e}; retrying"),
+            }
+        }
+    }
+
+    /// Takes one record: a row of the table or a dead letter.
+    async fn take(&mut self, message: OwnedMessage) -> anyhow::Result<()> {
+        let p = (message.topic().to_owned(), message.partition());
+        if self.unpositioned.contains(&p) {
+            return Ok(());
+        }
+        let Some(owned) = self.owned.get(&p) else {
+            return Ok(());
+        };
+        if message.offset() < owned.next {
+            return Ok(());
+        }
+        match self.row(&message).await? {
+            Ok((row, dt)) => {
+                let owned = self.owned.get_mut(&p).expect("owned partition");
+                owned.rows.entry(dt).or_default().push(Value::Object(row));
+            }
+            Err(why) => self.dead_letter(&message, &why).await?,
+        }
+        let owned = self.owned.get_mut(&p).expect("owned partition");
+        owned.next = message.offset() + 1;
+        owned.since.get_or_insert_with(Instant::now);
+        if owned.rows.values().map(Vec::len).sum::<usize>() >= 4_096 {
+            self.write(&p).await?;
+        }
+        Ok(())
+    }
+
+    /// The record's row, or why it cannot be one (`Err` of the outer result: the loader cannot
+    /// go on).
+    async fn row(
+        &mut self,
+        message: &OwnedMessage,
+    ) -> anyhow::Result<Result<(Map<String, Value>, String), DeadLetter>> {
+        let value = message.payload().unwrap_or_default();
+        let (id, payload) = match logpipe_core::wire::parse(value) {
+            Ok(parsed) => parsed,
+            Err(e) => return Ok(Err(DeadLetter::new("wire", e.to_string(), None))),
+        };
+        let writer = loop {
+            match self.schemas.writer(id).await {
+                Ok(writer) => break writer,
+                Err(SchemaError::Unusable(why)) => {
+                    return Ok(Err(DeadLetter::new("schema", why, Some(id))))
+                }
+                Err(SchemaError::Unavailable(why)) => {
+                    tracing::warn!(table = self.name(), "schema store: {why}; retrying");
+                    tokio::select! {
+                        _ = self.ctx.shutdown.cancelled() => anyhow::bail!("stopped while the schema store was unavailable"),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let fields = match &writer.fields {
+            Ok(fields) => fields.clone(),
+            Err(why) => return Ok(Err(DeadLetter::new("schema", why.clone(), Some(id)))),
+        };
+        if let Some(name) = rows::clashes(&fields) {
+            return Ok(Err(DeadLetter::new(
+                "schema",
+                format!("schema id {id} has a field {name}, a column logpipe adds"),
+                Some(id),
+            )));
+        }
+        let table_fields = match self.columns_for(&fields).await? {
+            Ok(table_fields) => table_fields,
+            Err(why) => return Ok(Err(DeadLetter::new("columns", why, Some(id)))),
+        };
+        let decoded = match writer.decode(payload, &table_fields) {
+            Ok(decoded) => decoded,
+            Err(why) => return Ok(Err(DeadLetter::new("value", why, Some(id)))),
+        };
+        let record_id = RecordId::from_headers(
+            message
+                .headers()
+                .into_iter()
+                .flat_map(|h| h.iter().map(|h| (h.key, h.value))),
+        )
+        .ok()
+        .flatten();
+        let place = Place {
+            id: record_id,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            schema_id: id,
+        };
+        let event_time = match self.settings.table.event_time.as_deref() {
+            Some(name) => EventTime::Field {
+                name,
+                micros: table_fields
+                    .find(name)
+                    .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..))),
+            },
+            None => EventTime::Kafka,
+        };
+        Ok(rows::row(decoded, &place, event_time)
+            .map_err(|why| DeadLetter::new("event_time", why, Some(id))))
+    }
+
+    /// The table's columns for a schema's `fields`: the table is created with them, or widened
+    /// by the ones it lacks (after committing what was read under its old columns). `Err`: a
+    /// field the table has with another type.
+    async fn columns_for(&mut self, fields: &Fields) -> anyhow::Result<Result<Fields, String>> {
+        if !self.exists {
+            self.table
+                .create(&self.settings.table.name, &rows::table_fields(fields))
+                .await
+                .context("creating the table")?;
+            self.exists = true;
+            tracing::info!(table = self.name(), "created the table");
+        }
+        let table_fields = self.table.fields()?;
+        let mut missing = Vec::new();
+        for field in fields {
+            match table_fields.find(field.name()) {
+                Some((_, column)) if same_type(column.data_type(), field.data_type()) => {}
+                Some((_, column)) => {
+                    return Ok(Err(format!(
+                        "field {} is {} in the schema and {} in the table",
+                        field.name(),
+                        field.data_type(),
+                        column.data_type()
+                    )))
+                }
+                None => missing.push(field.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(Ok(table_fields));
+        }
+        self.commit().await?;
+        let names: Vec<&str> = missing.iter().map(|f| f.name().as_str()).collect();
+        tracing::info!(table = self.name(), columns = ?names, "widening the table for a new schema version");
+        self.table
+            .widen(&missing)
+            .await
+            .context("widening the table")?;
+        metrics::counter!(SCHEMA_WIDENINGS, "table" => self.name()).increment(missing.len() as u64);
+        for owned in self.owned.values_mut() {
+            owned.writer = None;
+        }
+        Ok(Ok(self.table.fields()?))
+    }
+
+    async fn dead_letter(
+        &mut self,
+        message: &OwnedMessage,
+        why: &DeadLetter,
+    ) -> anyhow::Result<()> {
+        tracing::debug!(
+            table = self.name(),
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            "dead letter: {}",
+            why.reason
+        );
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for h in original.iter() {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let names = DeadLetterHeaders {
+            stage: ErrorStage::Lake,
+            reason: &why.reason,
+            path: None,
+            subject: None,
+            schema_id: why.schema_id,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            omitted: None,
+        };
+        for (key, value) in names.headers() {
+            headers = headers.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(&self.dlq_topic).headers(headers);
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        self.dead_letters
+            .send(record, Duration::from_secs(300))
+            .await
+            .map_err(|(e, _)| {
+                anyhow::anyhow!("writing a dead letter to {}: {e}", self.dlq_topic)
+            })?;
+        metrics::counter!(DEAD_LETTERS, "table" => self.name(), "kind" => why.kind).increment(1);
+        Ok(())
+    }
+
+    /// Writes a partition's read rows into its open files.
+    async fn write(&mut self, p: &Partition) -> anyhow::Result<()> {
+        let schema: SchemaRef = self.table.arrow_schema()?;
+        let table = &self.table;
+        let flush_bytes = self.settings.table.flush_bytes;
+        let owned = self.owned.get_mut(p).expect("owned partition");
+        if owned.rows.is_empty() {
+            return Ok(());
+        }
+        if owned.writer.is_none() {
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_row_count(Some(64 * 1024))
+                .build();
+            owned.writer = Some(
+                RecordBatchWriter::for_table(table.table())?
+                    .with_writer_properties(properties)
+                    .with_target_file_size(flush_bytes),
+            );
+        }
+        let writer = owned.writer.as_mut().expect("writer");
+        for (_, rows) in std::mem::take(&mut owned.rows) {
+            let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder()?;
+            decoder.serialize(&rows)?;
+            if let Some(batch) = decoder.flush()? {
+                writer.write(batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a commit is due: a partition's files reached the flush size, or its oldest
+    /// uncommitted record the flush age.
+    fn due(&self) -> bool {
+        let table = &self.settings.table;
+        self.owned.values().any(|owned| {
+            owned
+                .since
+                .is_some_and(|at| at.elapsed() >= table.flush_age)
+                || owned
+                    .writer
+                    .as_ref()
+                    .is_some_and(|w| w.buffer_len() as u64 >= table.flush_bytes)
+        })
+    }
+
+    /// Commits every partition's files and position in one Delta commit. One that does not land
+    /// drops what was read and seeks every partition back to the table's position.
+    async fn commit(&mut self) -> anyhow::Result<()> {
+        let partitions: Vec<Partition> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.next > o.committed)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut adds = Vec::new();
+        let mut next = BTreeMap::new();
+        for p in &partitions {
+            self.write(p).await?;
+            let owned = self.owned.get_mut(p).expect("owned partition");
+            if let Some(writer) = owned.writer.as_mut() {
+                adds.extend(writer.flush().await?);
+            }
+            next.insert(p.clone(), owned.next);
+        }
+        let rows: i64 = adds
+            .iter()
+            .filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records))
+            .sum();
+        let bytes: i64 = adds.iter().map(|a| a.size).sum();
+        let files = adds.len();
+        match self.table.commit(adds, &next).await {
+            Ok(version) => {
+                let name = self.name();
+                metrics::counter!(COMMITS, "table" => name.clone()).increment(1);
+                metrics::counter!(ROWS, "table" => name.clone()).increment(rows.max(0) as u64);
+                metrics::counter!(PARQUET_BYTES, "table" => name.clone())
+                    .increment(bytes.max(0) as u64);
+                metrics::counter!(FILES, "table" => name.clone()).increment(files as u64);
+                metrics::histogram!(COMMIT_LATENCY, "table" => name)
+                    .record(started.elapsed().as_secs_f64());
+                let mut offsets = TopicPartitionList::new();
+                for (p, offset) in &next {
+                    let owned = self.owned.get_mut(p).expect("owned partition");
+                    owned.committed = *offset;
+                    owned.since = None;
+                    owned.last_commit = Some(Instant::now());
+                    let _ = offsets.add_partition_offset(&p.0, p.1, Offset::Offset(*offset));
+                }
+                // The group's offsets are for lag monitoring only: the table holds positions.
+                let _ = self.consumer.commit(&offsets, CommitMode::Async);
+                tracing::debug!(table = self.name(), version, rows, files, "committed");
+                Ok(())
+            }
+            Err(e) => {
+                let reason = match e {
+                    CommitError::Fenced(_) => "fenced",
+                    CommitError::Failed(_) => "failed",
+                };
+                metrics::counter!(COMMIT_FAILURES, "table" => self.name(), "reason" => reason)
+                    .increment(1);
+                tracing::warn!(
+                    table = self.name(),
+                    "commit did not land: {e}; reading again from the table's positions"
+                );
+                let all: Vec<Partition> = self.owned.keys().cloned().collect();
+                for owned in self.owned.values_mut() {
+                    if let Some(w) = owned.writer.as_mut() {
+                        w.reset();
+                    }
+                    owned.rows.clear();
+                    owned.since = None;
+                }
+                self.unpositioned.extend(all.iter().cloned());
+                self.position(&all).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether a schema's column type is the table's (the table's comes back from the Delta log, so
+/// compare what Delta stores, not Arrow's spelling of it).
+fn same_type(table: &DataType, schema: &DataType) -> bool {
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+    let a: Result<deltalake::kernel::DataType, _> = table.try_into_kernel();
+    let b: Result<deltalake::kernel::DataType, _> = schema.try_into_kernel();
+    matches!((a, b), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Why a record is a dead letter.
+struct DeadLetter {
+    /// Bounded label for metrics.
+    kind: &'static str,
+    reason: String,
+    schema_id: Option<u32>,
+}
+
+impl DeadLetter {
+    fn new(kind: &'static str, reason: String, schema_id: Option<u32>) -> DeadLetter {
+        DeadLetter {
+            kind,
+            reason,
+            schema_id,
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    logpipe_core::service::main::<logpipe_lake::LakeService>()
+}

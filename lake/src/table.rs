@@ -1,0 +1,238 @@
+//! The Delta table a loader writes: where it is, which Kafka positions it holds, its columns, and
+//! commits that carry data and positions together.
+//!
+//! The table is the truth for positions: every commit carries, for each partition it covers, a
+//! `txn` action (app id `<group>/<topic>/<partition>`, version = the next offset to read), and a
+//! loader seeks there on every assignment. Two loaders that briefly own one partition cannot both
+//! commit it: a commit is checked against every commit since the snapshot it was built on, and
+//! one that touched the same app id fails it (Delta's concurrent-transaction conflict). Never set
+//! `delta.setTransactionRetentionDuration` on these tables: an expired txn reads as none, and the
+//! partition would be loaded again from its start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use deltalake::arrow::datatypes::{Field, Fields, Schema as ArrowSchema, SchemaRef};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, Add, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError};
+use url::Url;
+
+/// A topic and partition.
+pub(crate) type Partition = (String, i32);
+
+/// Registers the object stores a table URI may name (S3 and compatible; local paths need none).
+pub(crate) fn register_object_stores() {
+    deltalake::aws::register_handlers(None);
+}
+
+/// A table URI as the URL the Delta log is kept under. Local paths are made absolute.
+pub(crate) fn location(uri: &str) -> Result<Url, String> {
+    match uri.split_once("://") {
+        Some(("s3" | "s3a" | "file", _)) => Url::parse(uri).map_err(|e| format!("{uri}: {e}")),
+        Some((scheme, _)) => Err(format!(
+            "{uri}: {scheme}:// is not a supported store (s3://, file:// or a local path)"
+        )),
+        None => {
+            let path = std::path::absolute(uri).map_err(|e| format!("{uri}: {e}"))?;
+            Url::from_directory_path(&path).map_err(|()| format!("{uri}: not a usable path"))
+        }
+    }
+}
+
+/// Why a commit did not land.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommitError {
+    /// Another commit since our snapshot carried the position of a partition we commit: another
+    /// loader owned it meanwhile. Our rows of it must be dropped and read again from the table's
+    /// position.
+    #[error("another loader committed a partition of this commit: {0}")]
+    Fenced(String),
+    /// The store failed or the outcome is unknown; the table says what landed.
+    #[error("{0}")]
+    Failed(#[from] DeltaTableError),
+}
+
+pub(crate) struct Table {
+    table: DeltaTable,
+    /// The transaction ids' prefix: the consumer group.
+    app: String,
+    partition_by: Vec<String>,
+}
+
+impl Table {
+    /// Opens the table at `url`; `None` if there is none yet (it is created with the first
+    /// record's columns).
+    pub(crate) async fn open(
+        url: &Url,
+        storage: &HashMap<String, String>,
+        app: &str,
+        partition_by: &[String],
+    ) -> Result<(Table, bool), DeltaTableError> {
+        if url.scheme() == "file" {
+            if let Ok(path) = url.to_file_path() {
+                std::fs::create_dir_all(&path).map_err(|e| {
+                    DeltaTableError::InvalidTableLocation(format!("{}: {e}", path.display()))
+                })?;
+            }
+        }
+        let table =
+            DeltaTable::try_from_url_with_storage_options(url.clone(), storage.clone()).await?;
+        let exists = table.version().is_some();
+        Ok((
+            Table {
+                table,
+                app: app.to_owned(),
+                partition_by: partition_by.to_vec(),
+            },
+            exists,
+        ))
+    }
+
+    /// Creates the table with `fields` (a second loader creating it at once is harmless: the
+    /// loser reloads the winner's table).
+    pub(crate) async fn create(
+        &mut self,
+        name: &str,
+        fields: &Fields,
+    ) -> Result<(), DeltaTableError> {
+        let columns = delta_fields(fields)?;
+        let created = self
+            .table
+            .create()
+            .with_table_name(name)
+            .with_columns(columns)
+            .with_partition_columns(self.partition_by.clone())
+            .with_save_mode(SaveMode::Ignore)
+            .await?;
+        self.table = created;
+        self.table.update_state().await
+    }
+
+    pub(crate) fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    pub(crate) fn arrow_schema(&self) -> Result<SchemaRef, DeltaTableError> {
+        let schema = self.table.snapshot()?.snapshot().arrow_schema();
+        Ok(schema)
+    }
+
+    /// The table's columns by name.
+    pub(crate) fn fields(&self) -> Result<Fields, DeltaTableError> {
+        Ok(self.arrow_schema()?.fields().clone())
+    }
+
+    pub(crate) fn app_id(&self, (topic, partition): &Partition) -> String {
+        format!("{}/{topic}/{partition}", self.app)
+    }
+
+    /// The next offset to load of `partition`, as the last commit that covered it says (`None`:
+    /// never loaded). Reads the latest table version first.
+    pub(crate) async fn positions(
+        &mut self,
+        partitions: &[Partition],
+    ) -> Result<BTreeMap<Partition, Option<i64>>, DeltaTableError> {
+        self.table.update_state().await?;
+        let mut out = BTreeMap::new();
+        for partition in partitions {
+            let version = self
+                .table
+                .snapshot()?
+                .transaction_version(self.table.log_store().as_ref(), self.app_id(partition))
+                .await?;
+            out.insert(partition.clone(), version);
+        }
+        Ok(out)
+    }
+
+    /// Adds `new` columns to the table (a schema version with added fields).
+    pub(crate) async fn widen(&mut self, new: &[Arc<Field>]) -> Result<(), DeltaTableError> {
+        let fields: Fields = new.to_vec().into();
+        let widened = self
+            .table
+            .clone()
+            .add_columns()
+            .with_fields(delta_fields(&fields)?)
+            .await?;
+        self.table = widened;
+        Ok(())
+    }
+
+    /// Commits `adds` with the next offset of every partition they cover, against the snapshot
+    /// the positions were read from.
+    pub(crate) async fn commit(
+        &mut self,
+        adds: Vec<Add>,
+        next: &BTreeMap<Partition, i64>,
+    ) -> Result<u64, CommitError> {
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        actions.extend(
+            next.iter()
+                .map(|(p, offset)| Action::Txn(Transaction::new(self.app_id(p), *offset))),
+        );
+        let operation = DeltaOperation::StreamingUpdate {
+            output_mode: OutputMode::Append,
+            query_id: self.app.clone(),
+            epoch_id: time::OffsetDateTime::now_utc().unix_timestamp() * 1_000,
+        };
+        let snapshot = self.table.snapshot().map_err(CommitError::Failed)?;
+        let result = CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await;
+        match result {
+            Ok(done) => {
+                let version = done.version();
+                self.table.update_state().await?;
+                Ok(version)
+            }
+            Err(DeltaTableError::Transaction { source })
+                if matches!(
+                    source,
+                    deltalake::kernel::transaction::TransactionError::CommitConflict(
+                        deltalake::kernel::transaction::CommitConflictError::ConcurrentTransaction
+                    )
+                ) =>
+            {
+                Err(CommitError::Fenced(source.to_string()))
+            }
+            Err(e) => Err(CommitError::Failed(e)),
+        }
+    }
+}
+
+fn delta_fields(fields: &Fields) -> Result<Vec<StructField>, DeltaTableError> {
+    let schema = ArrowSchema::new(fields.clone());
+    let kernel: deltalake::kernel::StructType =
+        (&schema)
+            .try_into_kernel()
+            .map_err(|e: deltalake::arrow::error::ArrowError| {
+                DeltaTableError::Generic(e.to_string())
+            })?;
+    Ok(kernel.fields().cloned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_are_urls_of_supported_stores() {
+        assert_eq!(
+            location("s3://lake/logpipe/game").unwrap().as_str(),
+            "s3://lake/logpipe/game"
+        );
+        let local = location("/var/lib/logpipe/lake/game").unwrap();
+        assert_eq!(local.as_str(), "file:///var/lib/logpipe/lake/game/");
+        assert!(location("relative/game")
+            .unwrap()
+            .path()
+            .ends_with("/relative/game/"));
+        assert!(location("gs://b/t")
+            .unwrap_err()
+            .contains("not a supported store"));
+    }
+}
