@@ -7,6 +7,8 @@
 //! - [`agent`]: an agent process over a log directory, and a collector of what it produced;
 //! - [`cep`]: game events in clean topics, the matches an oracle expects of them, CEP workers'
 //!   configs and rules API, and the matches read back;
+//! - [`lake`]: lake loader configs, the rows a game stream must become, and Delta tables read
+//!   back by outside readers;
 //! - [`mirror`]: write and read clusters, mirror processes, records with countable ids;
 //! - [`validator`]: a cluster with a schema store, validator processes, agent-style records, and
 //!   clean and dead-letter topics read back by event id;
@@ -18,6 +20,7 @@
 pub mod agent;
 pub mod cep;
 pub mod faults;
+pub mod lake;
 pub mod metrics;
 pub mod mirror;
 pub mod pipeline;
