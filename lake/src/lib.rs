@@ -74,6 +74,10 @@ pub struct TableConfig {
     /// ... or once its oldest uncommitted row is this old, whichever comes first.
     #[serde(default = "default_flush_age", with = "humantime_text")]
     pub flush_age: Duration,
+    /// How often files no table version references (replaced by compaction, or written by a
+    /// loader that never committed them) are removed once older than the table's retention.
+    #[serde(default = "default_vacuum_interval", with = "humantime_text")]
+    pub vacuum_interval: Duration,
     /// Object store options (endpoint, region, credentials; see the README).
     #[serde(default)]
     pub storage: HashMap<String, String>,
@@ -93,6 +97,9 @@ fn default_flush_bytes() -> u64 {
 }
 fn default_flush_age() -> Duration {
     Duration::from_secs(60)
+}
+fn default_vacuum_interval() -> Duration {
+    Duration::from_secs(3_600)
 }
 
 /// Durations in the config as humantime text (`30s`, `100ms`, `1h`).

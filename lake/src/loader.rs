@@ -45,8 +45,8 @@ pub(crate) struct Settings {
 struct Owned {
     /// The next offset to take; records below it are in the table (or read before a seek).
     next: i64,
-    /// The table's position at the last commit (or the assignment).
-    committed: i64,
+    /// The table's position at the last commit (or the assignment); `None`: never loaded.
+    committed: Option<i64>,
     /// Rows read and not yet written into a file, by event day.
     rows: BTreeMap<String, Vec<Value>>,
     writer: Option<RecordBatchWriter>,
@@ -135,6 +135,7 @@ impl Loader {
 
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut lag_at = Instant::now();
+        let mut vacuum_at = Instant::now();
         loop {
             let received = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => break,
@@ -149,6 +150,13 @@ impl Loader {
             }
             if self.due() {
                 self.commit().await?;
+            }
+            if self.exists && vacuum_at.elapsed() >= self.settings.table.vacuum_interval {
+                vacuum_at = Instant::now();
+                match self.table.vacuum().await {
+                    Ok(n) => tracing::info!(table = self.name(), files = n, "vacuumed"),
+                    Err(e) => tracing::warn!(table = self.name(), "vacuum: {e}"),
+                }
             }
             if lag_at.elapsed() >= Duration::from_secs(5) {
                 lag_at = Instant::now();
@@ -226,7 +234,7 @@ impl Loader {
                 Ok(()) => {
                     let owned = self.owned.entry(p.clone()).or_default();
                     owned.next = position.unwrap_or(0);
-                    owned.committed = owned.next;
+                    owned.committed = position;
                     self.unpositioned.remove(&p);
                     tracing::info!(
                         table = self.name(),
@@ -496,11 +504,23 @@ impl Loader {
         let partitions: Vec<Partition> = self
             .owned
             .iter()
-            .filter(|(_, o)| o.next > o.committed)
+            .filter(|(_, o)| o.next > o.committed.unwrap_or(0))
             .map(|(p, _)| p.clone())
             .collect();
         if partitions.is_empty() {
             return Ok(());
+        }
+        // The snapshot this commit builds on must hold the positions its rows continue from:
+        // one that moved meanwhile was committed by another loader (this one's snapshot caught
+        // up with it after an earlier commit), and committing on top would duplicate rows.
+        let held = self.table.held(&partitions).await?;
+        let moved: Vec<&Partition> = partitions
+            .iter()
+            .filter(|p| held.get(*p).copied().flatten() != self.owned[*p].committed)
+            .collect();
+        if !moved.is_empty() {
+            let e = CommitError::Fenced(format!("the table's positions of {moved:?} moved"));
+            return self.drop_and_reread(e).await;
         }
         let started = Instant::now();
         let mut adds = Vec::new();
@@ -532,7 +552,7 @@ impl Loader {
                 let mut offsets = TopicPartitionList::new();
                 for (p, offset) in &next {
                     let owned = self.owned.get_mut(p).expect("owned partition");
-                    owned.committed = *offset;
+                    owned.committed = Some(*offset);
                     owned.since = None;
                     owned.last_commit = Some(Instant::now());
                     let _ = offsets.add_partition_offset(&p.0, p.1, Offset::Offset(*offset));
@@ -542,30 +562,33 @@ impl Loader {
                 tracing::debug!(table = self.name(), version, rows, files, "committed");
                 Ok(())
             }
-            Err(e) => {
-                let reason = match e {
-                    CommitError::Fenced(_) => "fenced",
-                    CommitError::Failed(_) => "failed",
-                };
-                metrics::counter!(COMMIT_FAILURES, "table" => self.name(), "reason" => reason)
-                    .increment(1);
-                tracing::warn!(
-                    table = self.name(),
-                    "commit did not land: {e}; reading again from the table's positions"
-                );
-                let all: Vec<Partition> = self.owned.keys().cloned().collect();
-                for owned in self.owned.values_mut() {
-                    if let Some(w) = owned.writer.as_mut() {
-                        w.reset();
-                    }
-                    owned.rows.clear();
-                    owned.since = None;
-                }
-                self.unpositioned.extend(all.iter().cloned());
-                self.position(&all).await;
-                Ok(())
-            }
+            Err(e) => self.drop_and_reread(e).await,
         }
+    }
+
+    /// After a commit that did not land (or must not): drops every uncommitted row and seeks
+    /// every partition to the table's position.
+    async fn drop_and_reread(&mut self, e: CommitError) -> anyhow::Result<()> {
+        let reason = match e {
+            CommitError::Fenced(_) => "fenced",
+            CommitError::Failed(_) => "failed",
+        };
+        metrics::counter!(COMMIT_FAILURES, "table" => self.name(), "reason" => reason).increment(1);
+        tracing::warn!(
+            table = self.name(),
+            "commit did not land: {e}; reading again from the table's positions"
+        );
+        for owned in self.owned.values_mut() {
+            if let Some(mut w) = owned.writer.take() {
+                w.reset();
+            }
+            owned.rows.clear();
+            owned.since = None;
+        }
+        let all: Vec<Partition> = self.owned.keys().cloned().collect();
+        self.unpositioned.extend(all.iter().cloned());
+        self.position(&all).await;
+        Ok(())
     }
 }
 

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use deltalake::arrow::datatypes::{Field, Fields, Schema as ArrowSchema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructField, Transaction};
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
@@ -55,8 +56,13 @@ pub(crate) enum CommitError {
     Failed(#[from] DeltaTableError),
 }
 
+/// Commits after which the in-memory snapshot is loaded afresh from the latest checkpoint: an
+/// incrementally updated snapshot keeps a batch per commit and would grow for ever.
+const RELOAD_EVERY: u32 = 100;
+
 pub(crate) struct Table {
     table: DeltaTable,
+    commits_since_load: u32,
     /// The transaction ids' prefix: the consumer group.
     app: String,
     partition_by: Vec<String>,
@@ -84,6 +90,7 @@ impl Table {
         Ok((
             Table {
                 table,
+                commits_since_load: 0,
                 app: app.to_owned(),
                 partition_by: partition_by.to_vec(),
             },
@@ -129,13 +136,22 @@ impl Table {
         format!("{}/{topic}/{partition}", self.app)
     }
 
-    /// The next offset to load of `partition`, as the last commit that covered it says (`None`:
-    /// never loaded). Reads the latest table version first.
+    /// The next offset to load of each partition, as the last commit that covered it says
+    /// (`None`: never loaded), at the table's latest version.
     pub(crate) async fn positions(
         &mut self,
         partitions: &[Partition],
     ) -> Result<BTreeMap<Partition, Option<i64>>, DeltaTableError> {
         self.table.update_state().await?;
+        self.held(partitions).await
+    }
+
+    /// [`Table::positions`] in the snapshot the next commit is built on, without reading newer
+    /// versions: a commit is only safe if these are the positions its rows continue from.
+    pub(crate) async fn held(
+        &self,
+        partitions: &[Partition],
+    ) -> Result<BTreeMap<Partition, Option<i64>>, DeltaTableError> {
         let mut out = BTreeMap::new();
         for partition in partitions {
             let version = self
@@ -161,8 +177,9 @@ impl Table {
         Ok(())
     }
 
-    /// Commits `adds` with the next offset of every partition they cover, against the snapshot
-    /// the positions were read from.
+    /// Commits `adds` with the next offset of every partition they cover, against the current
+    /// snapshot: the caller has checked with [`Table::held`] that it holds the positions the rows
+    /// continue from, and a commit since that touched one of these partitions fences this one.
     pub(crate) async fn commit(
         &mut self,
         adds: Vec<Add>,
@@ -179,14 +196,24 @@ impl Table {
             epoch_id: time::OffsetDateTime::now_utc().unix_timestamp() * 1_000,
         };
         let snapshot = self.table.snapshot().map_err(CommitError::Failed)?;
-        let result = CommitBuilder::default()
+        // With the default properties' post-commit hook: a checkpoint every
+        // delta.checkpointInterval commits, so readers and restarts replay a short log.
+        let result = CommitBuilder::from(CommitProperties::default())
             .with_actions(actions)
             .build(Some(snapshot), self.table.log_store(), operation)
             .await;
         match result {
             Ok(done) => {
                 let version = done.version();
-                self.table.update_state().await?;
+                self.commits_since_load += 1;
+                if self.commits_since_load >= RELOAD_EVERY {
+                    let mut fresh = DeltaTable::new(self.table.log_store());
+                    fresh.load().await?;
+                    self.table = fresh;
+                    self.commits_since_load = 0;
+                } else {
+                    self.table.update_state().await?;
+                }
                 Ok(version)
             }
             Err(DeltaTableError::Transaction { source })
@@ -204,6 +231,22 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Removes files older than the table's deleted-file retention (7 days by default) that no
+    /// version references: ones compaction replaced, and ones a loader wrote and never
+    /// committed (it was killed, or its commit was fenced). Returns how many.
+    pub(crate) async fn vacuum(&mut self) -> Result<usize, DeltaTableError> {
+        let (table, metrics) = self
+            .table
+            .clone()
+            .vacuum()
+            .with_mode(VacuumMode::Full)
+            .await?;
+        self.table = table;
+        Ok(metrics.files_deleted.len())
+    }
+}
+
 fn delta_fields(fields: &Fields) -> Result<Vec<StructField>, DeltaTableError> {
     let schema = ArrowSchema::new(fields.clone());
     let kernel: deltalake::kernel::StructType =
@@ -218,6 +261,48 @@ fn delta_fields(fields: &Fields) -> Result<Vec<StructField>, DeltaTableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deltalake::arrow::datatypes::DataType;
+
+    async fn open(url: &Url) -> Table {
+        let (mut table, exists) = Table::open(url, &HashMap::new(), "g.t", &[]).await.unwrap();
+        if !exists {
+            let fields: Fields = vec![Field::new("a", DataType::Utf8, true)].into();
+            table.create("t", &fields).await.unwrap();
+        }
+        table
+    }
+
+    /// Two loaders that both believe they own a partition: the second commit of it is fenced,
+    /// and a loader whose snapshot caught up with another's commit sees the position move.
+    #[tokio::test]
+    async fn a_second_commit_of_a_partition_from_one_snapshot_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = location(dir.path().to_str().unwrap()).unwrap();
+        let mut first = open(&url).await;
+        let mut second = open(&url).await;
+        let p: Partition = ("clean.game".into(), 0);
+        let q: Partition = ("clean.game".into(), 1);
+        assert_eq!(second.held(&[p.clone()]).await.unwrap()[&p], None);
+
+        first
+            .commit(Vec::new(), &BTreeMap::from([(p.clone(), 10)]))
+            .await
+            .unwrap();
+        let fenced = second
+            .commit(Vec::new(), &BTreeMap::from([(p.clone(), 12)]))
+            .await;
+        assert!(matches!(fenced, Err(CommitError::Fenced(_))), "{fenced:?}");
+
+        // Another partition commits fine from the stale snapshot, and afterwards the snapshot
+        // shows the first loader's position of p: the loader's check before its next commit.
+        second
+            .commit(Vec::new(), &BTreeMap::from([(q.clone(), 5)]))
+            .await
+            .unwrap();
+        let held = second.held(&[p.clone(), q.clone()]).await.unwrap();
+        assert_eq!((held[&p], held[&q]), (Some(10), Some(5)));
+        assert_eq!(first.positions(&[q.clone()]).await.unwrap()[&q], Some(5));
+    }
 
     #[test]
     fn locations_are_urls_of_supported_stores() {
