@@ -150,3 +150,49 @@ async fn every_clean_record_is_a_row_once_across_kill_9() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// A second loader joins the group while the first loads, then the first stops: partitions move
+/// between them twice (their uncommitted rows are dropped and read again from the table's
+/// positions), and the table still holds every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let game = Game::generate(8, EVENTS, 50, 0);
+    let files = game.lines(&schemas)?;
+    let expected = oracle(&game, &files);
+    let uri = stack.dir.path().join("lake/game");
+    let (first_config, first_telemetry) = config(&stack, "l1", &uri, "flush_age = \"300ms\"\n")?;
+    let (second_config, second_telemetry) = config(&stack, "l2", &uri, "flush_age = \"300ms\"\n")?;
+
+    let longest = Game::longest(&files);
+    let thirds = [0, longest / 3, 2 * longest / 3, longest];
+    let mut first = service::start(LAKE, &first_config, first_telemetry).await?;
+    stack.produce(CLEAN, &files, thirds[0]..thirds[1]).await?;
+    wait_until(DRAIN, || async {
+        metrics::total(first_telemetry, metric::ROWS).await > 0.0
+    })
+    .await?;
+
+    let mut second = service::start(LAKE, &second_config, second_telemetry).await?;
+    stack.produce(CLEAN, &files, thirds[1]..thirds[2]).await?;
+    // Both own partitions and commit.
+    wait_until(DRAIN, || async {
+        metrics::total(second_telemetry, metric::ROWS).await > 0.0
+    })
+    .await?;
+
+    service::stop(&mut first).await?;
+    stack.produce(CLEAN, &files, thirds[2]..thirds[3]).await?;
+    let drained = wait_until(DRAIN, || async { count(&uri).await >= expected.len() }).await;
+    if let Err(e) = drained {
+        anyhow::bail!(
+            "{e:#}: the table has {} of {} rows\n{}",
+            count(&uri).await,
+            expected.len(),
+            second.logs()
+        );
+    }
+    service::stop(&mut second).await?;
+    assert_table(&uri, &expected).await
+}
