@@ -282,7 +282,10 @@ mod tests {
         let mut second = open(&url).await;
         let p: Partition = ("clean.game".into(), 0);
         let q: Partition = ("clean.game".into(), 1);
-        assert_eq!(second.held(&[p.clone()]).await.unwrap()[&p], None);
+        assert_eq!(
+            second.held(std::slice::from_ref(&p)).await.unwrap()[&p],
+            None
+        );
 
         first
             .commit(Vec::new(), &BTreeMap::from([(p.clone(), 10)]))
@@ -301,7 +304,10 @@ mod tests {
             .unwrap();
         let held = second.held(&[p.clone(), q.clone()]).await.unwrap();
         assert_eq!((held[&p], held[&q]), (Some(10), Some(5)));
-        assert_eq!(first.positions(&[q.clone()]).await.unwrap()[&q], Some(5));
+        assert_eq!(
+            first.positions(std::slice::from_ref(&q)).await.unwrap()[&q],
+            Some(5)
+        );
     }
 
     #[test]
