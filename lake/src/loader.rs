@@ -53,6 +53,10 @@ struct Owned {
     /// When the oldest uncommitted row or dead letter was read.
     since: Option<Instant>,
     last_commit: Option<Instant>,
+    /// Which seek the records now arriving follow: a record received before the latest seek
+    /// of its partition may lie beyond the sought position and is passed over (the seek brings
+    /// it again), or the records between would be skipped.
+    epoch: u64,
 }
 
 struct Loader {
@@ -66,6 +70,8 @@ struct Loader {
     owned: BTreeMap<Partition, Owned>,
     /// Assigned partitions whose seek to the table's position has not succeeded yet.
     unpositioned: HashSet<Partition>,
+    /// The last [`Owned::epoch`] given out.
+    epochs: u64,
     ctx: Context,
 }
 
@@ -123,6 +129,7 @@ pub(crate) async fn run(settings: Settings, client: Client, ctx: Context) -> any
         schemas: Schemas::new(client),
         owned: BTreeMap::new(),
         unpositioned: HashSet::new(),
+        epochs: 0,
         ctx,
     };
     loader.run().await
@@ -141,10 +148,15 @@ impl Loader {
                 _ = self.ctx.shutdown.cancelled() => break,
                 received = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => received.map(|r| r.map(|m| m.detach())),
             };
+            // The epoch a record was read in, before the rebalances its poll delivered act.
+            let epoch = match &received {
+                Ok(Ok(m)) => self.epoch_of(m),
+                _ => None,
+            };
             self.group_events().await?;
             if let Ok(received) = received {
                 match received {
-                    Ok(message) => self.take(message).await?,
+                    Ok(message) => self.take(message, epoch).await?,
                     Err(e) => tracing::warn!(table = self.name(), "reading: {e}"),
                 }
             }
@@ -232,7 +244,9 @@ impl Loader {
             });
             match sought {
                 Ok(()) => {
+                    self.epochs += 1;
                     let owned = self.owned.entry(p.clone()).or_default();
+                    owned.epoch = self.epochs;
                     owned.next = position.unwrap_or(0);
                     owned.committed = position;
                     self.unpositioned.remove(&p);
@@ -249,19 +263,30 @@ impl Loader {
         }
     }
 
-    /// Takes one record: a row of the table or a dead letter.
-    async fn take(&mut self, message: OwnedMessage) -> anyhow::Result<()> {
+    /// The epoch of the record's partition now, if it is owned and positioned.
+    fn epoch_of(&self, message: &OwnedMessage) -> Option<u64> {
         let p = (message.topic().to_owned(), message.partition());
         if self.unpositioned.contains(&p) {
+            return None;
+        }
+        self.owned.get(&p).map(|o| o.epoch)
+    }
+
+    /// Takes one record read in `epoch`: a row of the table or a dead letter. One read before
+    /// its partition's latest seek (or while it had none) is passed over: the seek reads it
+    /// again.
+    async fn take(&mut self, message: OwnedMessage, epoch: Option<u64>) -> anyhow::Result<()> {
+        let p = (message.topic().to_owned(), message.partition());
+        let current = |loader: &Loader| epoch.is_some() && loader.epoch_of(&message) == epoch;
+        if !current(self) || message.offset() < self.owned[&p].next {
             return Ok(());
         }
-        let Some(owned) = self.owned.get(&p) else {
-            return Ok(());
-        };
-        if message.offset() < owned.next {
+        let row = self.row(&message).await?;
+        // Reading it may have committed, and a commit that did not land seeks again.
+        if !current(self) {
             return Ok(());
         }
-        match self.row(&message).await? {
+        match row {
             Ok((row, dt)) => {
                 let owned = self.owned.get_mut(&p).expect("owned partition");
                 owned.rows.entry(dt).or_default().push(Value::Object(row));
@@ -272,7 +297,11 @@ impl Loader {
         owned.next = message.offset() + 1;
         owned.since.get_or_insert_with(Instant::now);
         if owned.rows.values().map(Vec::len).sum::<usize>() >= 4_096 {
-            self.write(&p).await?;
+            if let Err(e) = self.write(&p).await {
+                return self
+                    .drop_and_reread(CommitError::Files(format!("{e:#}")))
+                    .await;
+            }
         }
         Ok(())
     }
@@ -513,7 +542,10 @@ impl Loader {
         // The snapshot this commit builds on must hold the positions its rows continue from:
         // one that moved meanwhile was committed by another loader (this one's snapshot caught
         // up with it after an earlier commit), and committing on top would duplicate rows.
-        let held = self.table.held(&partitions).await?;
+        let held = match self.table.held(&partitions).await {
+            Ok(held) => held,
+            Err(e) => return self.drop_and_reread(CommitError::Failed(e)).await,
+        };
         let moved: Vec<&Partition> = partitions
             .iter()
             .filter(|p| held.get(*p).copied().flatten() != self.owned[*p].committed)
@@ -523,16 +555,14 @@ impl Loader {
             return self.drop_and_reread(e).await;
         }
         let started = Instant::now();
-        let mut adds = Vec::new();
-        let mut next = BTreeMap::new();
-        for p in &partitions {
-            self.write(p).await?;
-            let owned = self.owned.get_mut(p).expect("owned partition");
-            if let Some(writer) = owned.writer.as_mut() {
-                adds.extend(writer.flush().await?);
+        let (adds, next) = match self.stage(&partitions).await {
+            Ok(staged) => staged,
+            Err(e) => {
+                return self
+                    .drop_and_reread(CommitError::Files(format!("{e:#}")))
+                    .await
             }
-            next.insert(p.clone(), owned.next);
-        }
+        };
         let rows: i64 = adds
             .iter()
             .filter_map(|a| a.get_stats().ok().flatten().map(|s| s.num_records))
@@ -566,14 +596,30 @@ impl Loader {
         }
     }
 
+    /// Writes the partitions' read rows and closes their files: the commit's `add` actions and
+    /// each partition's next offset.
+    async fn stage(
+        &mut self,
+        partitions: &[Partition],
+    ) -> anyhow::Result<(Vec<deltalake::kernel::Add>, BTreeMap<Partition, i64>)> {
+        let mut adds = Vec::new();
+        let mut next = BTreeMap::new();
+        for p in partitions {
+            self.write(p).await?;
+            let owned = self.owned.get_mut(p).expect("owned partition");
+            if let Some(writer) = owned.writer.as_mut() {
+                adds.extend(writer.flush().await?);
+            }
+            next.insert(p.clone(), owned.next);
+        }
+        Ok((adds, next))
+    }
+
     /// After a commit that did not land (or must not): drops every uncommitted row and seeks
     /// every partition to the table's position.
     async fn drop_and_reread(&mut self, e: CommitError) -> anyhow::Result<()> {
-        let reason = match e {
-            CommitError::Fenced(_) => "fenced",
-            CommitError::Failed(_) => "failed",
-        };
-        metrics::counter!(COMMIT_FAILURES, "table" => self.name(), "reason" => reason).increment(1);
+        metrics::counter!(COMMIT_FAILURES, "table" => self.name(), "reason" => e.kind())
+            .increment(1);
         tracing::warn!(
             table = self.name(),
             "commit did not land: {e}; reading again from the table's positions"

@@ -54,6 +54,20 @@ pub(crate) enum CommitError {
     /// The store failed or the outcome is unknown; the table says what landed.
     #[error("{0}")]
     Failed(#[from] DeltaTableError),
+    /// The commit's files could not be written.
+    #[error("writing its files: {0}")]
+    Files(String),
+}
+
+impl CommitError {
+    /// The bounded label for metrics.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            CommitError::Fenced(_) => "fenced",
+            CommitError::Failed(_) => "failed",
+            CommitError::Files(_) => "files",
+        }
+    }
 }
 
 /// Commits after which the in-memory snapshot is loaded afresh from the latest checkpoint: an
