@@ -25,10 +25,16 @@ struct Installed {
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
+/// The filter when none is configured: `info`, but the Delta kernel's own error events are
+/// off: each carries the whole table snapshot in its span (kilobytes per line), and the lake
+/// loader logs the same error once, briefly, where it handles it.
+pub const DEFAULT_FILTER: &str = "info,buoyant_kernel=off";
+
 /// Installs the global subscriber on stderr. The filter comes from `LOGPIPE_LOG` (then
-/// `RUST_LOG`), default `info`. Calling it twice is harmless, so tests may call it freely.
+/// `RUST_LOG`), default [`DEFAULT_FILTER`]. Calling it twice is harmless, so tests may call it
+/// freely.
 pub fn init(format: LogFormat) {
-    init_with_default(format, "info");
+    init_with_default(format, DEFAULT_FILTER);
 }
 
 /// [`init`] with another filter when neither variable is set. A program quieter by default
