@@ -6,9 +6,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use logpipe_devkit::harness::{free_addr, write_file};
+use logpipe_devkit::harness::{free_addr, wait_until, write_file, Process};
 use serde::Deserialize;
 
 use crate::cep::Game;
@@ -27,7 +30,7 @@ pub type RowId = (String, String, i64);
 pub fn config(
     stack: &Stack,
     instance: &str,
-    uri: &Path,
+    uri: &str,
     extra: &str,
 ) -> anyhow::Result<(PathBuf, SocketAddr)> {
     let telemetry = free_addr();
@@ -35,10 +38,9 @@ pub fn config(
         "schema_store = \"{}\"\ninstance = \"{instance}\"\n\
          [kafka]\nbootstrap = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n\
          [telemetry]\nlisten = \"{telemetry}\"\n\
-         [[tables]]\nname = \"game\"\ntopics = [\"clean.game\"]\nuri = \"{}\"\nevent_time = \"event_time\"\n{extra}",
+         [[tables]]\nname = \"game\"\ntopics = [\"clean.game\"]\nuri = \"{uri}\"\nevent_time = \"event_time\"\n{extra}",
         stack.store_url(),
         stack.cluster.bootstrap(),
-        uri.display()
     );
     Ok((
         write_file(stack.dir.path(), &format!("lake-{instance}.toml"), &text)?,
@@ -71,8 +73,14 @@ pub struct Read {
     pub values: Vec<BTreeMap<String, Option<String>>>,
 }
 
-/// Reads the table at `uri` with `reader` (`deltalake` or `polars`), asking for `columns`.
-pub async fn read(reader: &str, uri: &Path, columns: &[&str]) -> anyhow::Result<Read> {
+/// Reads the table at `uri` with `reader` (`deltalake` or `polars`), asking for `columns`;
+/// `storage`: the object store's `AWS_*` options.
+pub async fn read(
+    reader: &str,
+    uri: &str,
+    storage: &[(&str, String)],
+    columns: &[&str],
+) -> anyhow::Result<Read> {
     let python = std::env::var_os("LOGPIPE_LAKE_PYTHON").context(
         "LOGPIPE_LAKE_PYTHON is not set: run the tests with scripts/test, or export LOGPIPE_LAKE_PYTHON=$(scripts/lake-reader-venv)",
     )?;
@@ -82,20 +90,139 @@ pub async fn read(reader: &str, uri: &Path, columns: &[&str]) -> anyhow::Result<
         .arg(reader)
         .arg(uri)
         .env("LOGPIPE_LAKE_COLUMNS", columns.join(","))
+        .envs(storage.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .await?;
     // polars can abort at exit after printing a correct answer: judge by the output.
     match serde_json::from_slice(&output.stdout) {
         Ok(read) => Ok(read),
         Err(e) => bail!(
-            "{reader} could not read {}: {e}\n{}",
-            uri.display(),
+            "{reader} could not read {uri}: {e}\n{}",
             String::from_utf8_lossy(&output.stderr)
         ),
     }
 }
 
-/// How many rows the table holds now (0 while there is no table).
-pub async fn count(uri: &Path) -> usize {
-    read("deltalake", uri, &[]).await.map_or(0, |r| r.rows)
+/// How many rows the table holds now (0 while there is no table or it cannot be read).
+pub async fn count(uri: &str, storage: &[(&str, String)]) -> usize {
+    read("deltalake", uri, storage, &[])
+        .await
+        .map_or(0, |r| r.rows)
+}
+
+/// An S3-compatible server for the tests (moto's, from the readers' virtualenv), reached
+/// through a [`Gate`] that can cut it off; its bucket `lake` exists.
+pub struct S3 {
+    _server: Process,
+    pub gate: Gate,
+}
+
+/// The bucket the tests' tables are in.
+pub const BUCKET: &str = "lake";
+
+impl S3 {
+    pub async fn start() -> anyhow::Result<S3> {
+        let python = std::env::var_os("LOGPIPE_LAKE_PYTHON")
+            .context("LOGPIPE_LAKE_PYTHON is not set (see lake::read)")?;
+        let moto = Path::new(&python).with_file_name("moto_server");
+        let addr = free_addr();
+        let mut command = std::process::Command::new(moto);
+        command.args(["-H", &addr.ip().to_string(), "-p", &addr.port().to_string()]);
+        let server = Process::spawn("moto_server", command)?;
+        let http = reqwest::Client::new();
+        let bucket = format!("http://{addr}/{BUCKET}");
+        wait_until(Duration::from_secs(30), || async {
+            http.put(&bucket)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await
+        .context("moto_server did not come up")?;
+        Ok(S3 {
+            _server: server,
+            gate: Gate::open(addr).await?,
+        })
+    }
+
+    /// The object store options for the server, as `AWS_*` pairs (the loader's
+    /// `[tables.storage]` and the readers' environment).
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", format!("http://{}", self.gate.addr)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
+    }
+
+    /// The options as a `[tables.storage]` table.
+    pub fn storage_toml(&self) -> String {
+        let mut text = String::from("[tables.storage]\n");
+        for (k, v) in self.options() {
+            text.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+        text
+    }
+}
+
+/// A TCP forwarder in front of a server that can be closed (every connection cut, new ones
+/// refused) and opened again: an outage of the server without losing what it holds.
+pub struct Gate {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn open(target: SocketAddr) -> anyhow::Result<Gate> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (open, cut) = (open.clone(), cut.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let cut = cut.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.notified() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Ok(Gate {
+            addr,
+            open,
+            cut,
+            task,
+        })
+    }
+
+    /// Cuts every connection and refuses new ones until [`Gate::reopen`].
+    pub fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -1,6 +1,7 @@
 //! The lake loader end to end: a dev cluster, the real schema store with the game schemas (five
 //! schema ids in one topic, each with fields of its own, so the table widens as they arrive), and
-//! `logpipe-lake` processes loading `clean.game` into a Delta table on the local disk. The table
+//! `logpipe-lake` processes loading `clean.game` into a Delta table on the local disk or on an
+//! S3-compatible server (moto's, behind a gate that can cut it off). The table
 //! is read by outside readers (Python `deltalake` and `polars`) and must hold every clean record
 //! exactly once, counted by record id against an oracle computed here; records that cannot be
 //! rows are in `dlq.lake.game` with the reason.
@@ -18,6 +19,8 @@ use logpipe_tests::{metrics, service, topic};
 
 const EVENTS: usize = 3_000;
 const DRAIN: Duration = Duration::from_secs(180);
+/// How long the S3 server is cut off.
+const OUTAGE: Duration = Duration::from_secs(30);
 
 /// Records no table row can come from: not the wire format, and a schema id the store lacks.
 fn bad_lines() -> Lines {
@@ -35,11 +38,12 @@ fn bad_lines() -> Lines {
 /// Asserts the table, as both outside readers see it, holds exactly the oracle's rows, each once
 /// with its own event id and a date partition.
 async fn assert_table(
-    uri: &std::path::Path,
+    uri: &str,
+    storage: &[(&str, String)],
     expected: &BTreeMap<RowId, String>,
 ) -> anyhow::Result<()> {
     for reader in ["deltalake", "polars"] {
-        let read = read(reader, uri, &["event_id", "dt", "kafka_topic"]).await?;
+        let read = read(reader, uri, storage, &["event_id", "dt", "kafka_topic"]).await?;
         let mut seen = BTreeMap::new();
         let mut repeated = 0;
         for (id, values) in read.ids.iter().zip(&read.values) {
@@ -89,18 +93,95 @@ async fn assert_table(
     Ok(())
 }
 
-/// The loader killed -9 twice while it writes and commits, restarted each time: the table still
-/// holds every record once, and the bad records are dead letters with their reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_clean_record_is_a_row_once_across_kill_9() -> anyhow::Result<()> {
-    let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
+/// Which expected rows the table lacks, with where each was in `clean.game`: what a failure
+/// needs to be told.
+async fn missing(
+    stack: &Stack,
+    place: &Place,
+    expected: &BTreeMap<RowId, String>,
+) -> anyhow::Result<String> {
+    let read = read("deltalake", &place.uri, &place.storage, &[]).await?;
+    let held: BTreeSet<&RowId> = read.ids.iter().collect();
+    let mut kafka = BTreeMap::new();
+    for m in stack.read(CLEAN).await? {
+        let h = topic::text_headers(&m);
+        if let (Some(host), Some(file), Some(offset)) =
+            (h.get("lp.host"), h.get("lp.file"), h.get("lp.offset"))
+        {
+            use rdkafka::Message as _;
+            kafka.insert(
+                (host.clone(), file.clone(), offset.parse::<i64>()?),
+                (m.partition(), m.offset()),
+            );
+        }
+    }
+    let lacking: Vec<String> = expected
+        .keys()
+        .filter(|id| !held.contains(id))
+        .take(20)
+        .map(|id| format!("{id:?} at {:?}", kafka.get(id)))
+        .collect();
+    Ok(format!(
+        "the table has {} of {} rows; lacking: {lacking:?}",
+        read.rows,
+        expected.len()
+    ))
+}
+
+/// Where a test's table is.
+struct Place {
+    uri: String,
+    /// The object store's options (none for a local path).
+    storage: Vec<(&'static str, String)>,
+    _s3: Option<S3>,
+}
+
+impl Place {
+    fn local(stack: &Stack) -> Place {
+        Place {
+            uri: stack.dir.path().join("lake/game").display().to_string(),
+            storage: Vec::new(),
+            _s3: None,
+        }
+    }
+
+    async fn s3() -> anyhow::Result<Place> {
+        let s3 = S3::start().await?;
+        Ok(Place {
+            uri: format!("s3://{BUCKET}/logpipe/game"),
+            storage: s3.options(),
+            _s3: Some(s3),
+        })
+    }
+
+    /// The loader config's lines for the place, after the table's keys.
+    fn toml(&self) -> String {
+        match &self._s3 {
+            Some(s3) => s3.storage_toml(),
+            None => String::new(),
+        }
+    }
+
+    fn gate(&self) -> Option<&Gate> {
+        self._s3.as_ref().map(|s3| &s3.gate)
+    }
+
+    async fn count(&self) -> usize {
+        count(&self.uri, &self.storage).await
+    }
+}
+
+/// The loader killed -9 twice while it writes and commits, restarted each time, and (on S3) the
+/// store cut off for 30 s meanwhile: the table still holds every record once, and the bad
+/// records are dead letters with their reason.
+async fn load_across_kill_9(stack: Stack, place: Place) -> anyhow::Result<()> {
     let schemas = GameSchemas::register(&stack).await?;
     let game = Game::generate(7, EVENTS, 50, 0);
     let mut files = game.lines(&schemas)?;
     let expected = oracle(&game, &files);
     files.push(bad_lines());
-    let uri = stack.dir.path().join("lake/game");
-    let (config, telemetry) = config(&stack, "l1", &uri, "flush_age = \"300ms\"\n")?;
+    let extra = format!("flush_age = \"300ms\"\n{}", place.toml());
+    let (config, telemetry) = config(&stack, "l1", &place.uri, &extra)?;
 
     let longest = Game::longest(&files);
     let thirds = [0, longest / 3, 2 * longest / 3, longest];
@@ -118,19 +199,27 @@ async fn every_clean_record_is_a_row_once_across_kill_9() -> anyhow::Result<()> 
             .await?;
             loader.kill9()?;
             loader = service::start(LAKE, &config, telemetry).await?;
+        } else if let Some(gate) = place.gate() {
+            // The store away for 30 s while the last round is loaded: file writes and commits
+            // fail, their rows are read again once it is back.
+            gate.close();
+            tokio::time::sleep(OUTAGE).await;
+            loader.ensure_running()?;
+            let failed = metrics::total(telemetry, metric::COMMIT_FAILURES).await;
+            assert!(
+                failed > 0.0,
+                "the outage failed no commit: it tested nothing"
+            );
+            gate.reopen();
         }
     }
-    let drained = wait_until(DRAIN, || async { count(&uri).await >= expected.len() }).await;
+    let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
     if let Err(e) = drained {
-        anyhow::bail!(
-            "{e:#}: the table has {} of {} rows\n{}",
-            count(&uri).await,
-            expected.len(),
-            loader.logs()
-        );
+        let missing = missing(&stack, &place, &expected).await?;
+        anyhow::bail!("{e:#}: {missing}\n{}", loader.logs());
     }
     service::stop(&mut loader).await?;
-    assert_table(&uri, &expected).await?;
+    assert_table(&place.uri, &place.storage, &expected).await?;
 
     let dead: Vec<_> = stack.read(LAKE_DLQ).await?;
     let reasons: BTreeSet<(String, String)> = dead
@@ -151,6 +240,21 @@ async fn every_clean_record_is_a_row_once_across_kill_9() -> anyhow::Result<()> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_clean_record_is_a_row_once_across_kill_9_on_local_disk() -> anyhow::Result<()> {
+    let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
+    let place = Place::local(&stack);
+    load_across_kill_9(stack, place).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_clean_record_is_a_row_once_across_kill_9_and_an_outage_on_s3() -> anyhow::Result<()>
+{
+    let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
+    let place = Place::s3().await?;
+    load_across_kill_9(stack, place).await
+}
+
 /// A second loader joins the group while the first loads, then the first stops: partitions move
 /// between them twice (their uncommitted rows are dropped and read again from the table's
 /// positions), and the table still holds every record once.
@@ -161,9 +265,10 @@ async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Res
     let game = Game::generate(8, EVENTS, 50, 0);
     let files = game.lines(&schemas)?;
     let expected = oracle(&game, &files);
-    let uri = stack.dir.path().join("lake/game");
-    let (first_config, first_telemetry) = config(&stack, "l1", &uri, "flush_age = \"300ms\"\n")?;
-    let (second_config, second_telemetry) = config(&stack, "l2", &uri, "flush_age = \"300ms\"\n")?;
+    let place = Place::local(&stack);
+    let uri = place.uri.as_str();
+    let (first_config, first_telemetry) = config(&stack, "l1", uri, "flush_age = \"300ms\"\n")?;
+    let (second_config, second_telemetry) = config(&stack, "l2", uri, "flush_age = \"300ms\"\n")?;
 
     let longest = Game::longest(&files);
     let thirds = [0, longest / 3, 2 * longest / 3, longest];
@@ -184,15 +289,11 @@ async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Res
 
     service::stop(&mut first).await?;
     stack.produce(CLEAN, &files, thirds[2]..thirds[3]).await?;
-    let drained = wait_until(DRAIN, || async { count(&uri).await >= expected.len() }).await;
+    let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
     if let Err(e) = drained {
-        anyhow::bail!(
-            "{e:#}: the table has {} of {} rows\n{}",
-            count(&uri).await,
-            expected.len(),
-            second.logs()
-        );
+        let missing = missing(&stack, &place, &expected).await?;
+        anyhow::bail!("{e:#}: {missing}\n{}", second.logs());
     }
     service::stop(&mut second).await?;
-    assert_table(&uri, &expected).await
+    assert_table(uri, &[], &expected).await
 }
