@@ -16,7 +16,7 @@ DEPLOY="$REPO/deploy"
 VENV=${LOGPIPE_DEPLOY_VENV:-$REPO/.cache/deploy-venv}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/logpipe-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-SERVICES=(agent mirror validator schema-store cep)
+SERVICES=(agent mirror validator schema-store cep lake)
 ALL_CHECKS=(systemd compose compose-configs ansible terraform kubernetes kubernetes-configs)
 
 passed=0
