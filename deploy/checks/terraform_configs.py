@@ -21,6 +21,8 @@ EXAMPLES = {
     "target": "10.40.0.20:9092,10.40.16.20:9092,10.40.32.20:9092",
     "bootstrap": "10.40.0.20:9092,10.40.16.20:9092,10.40.32.20:9092",
     "schema_store": "http://internal-example-schema-store.elb.eu-west-1.amazonaws.com:8081",
+    "tables_uri": "s3://logpipe-example-lake/logpipe",
+    "region": "eu-west-1",
 }
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 

@@ -1,7 +1,8 @@
-# An example environment: one VPC, a write-side and a read-side Kafka cluster, and the services.
+# An example environment: one VPC, a write-side and a read-side Kafka cluster, the services, and
+# the lake loaders' bucket.
 data "aws_caller_identity" "current" {}
 
-# One key for every volume and log group of the environment, rotated yearly.
+# One key for every volume, log group and the lake bucket of the environment, rotated yearly.
 data "aws_iam_policy_document" "kms" {
   # checkov:skip=CKV_AWS_109:A key policy must name its own key as "*"; access is limited to this account's principals
   # checkov:skip=CKV_AWS_111:A key policy must name its own key as "*"; access is limited to this account's principals
@@ -27,7 +28,7 @@ data "aws_iam_policy_document" "kms" {
 }
 
 resource "aws_kms_key" "this" {
-  description             = "${var.name}: EBS volumes and log groups"
+  description             = "${var.name}: EBS volumes, log groups and the lake bucket"
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.kms.json
@@ -71,6 +72,13 @@ module "kafka_read" {
   kms_key_arn   = aws_kms_key.this.arn
 }
 
+# The loaders' Delta tables; outside readers (Athena, Spark, ...) need read access to it and the key.
+module "lake_bucket" {
+  source      = "../../modules/lake_bucket"
+  bucket_name = "${var.name}-lake"
+  kms_key_arn = aws_kms_key.this.arn
+}
+
 module "services" {
   source                           = "../../modules/services"
   name                             = var.name
@@ -84,5 +92,8 @@ module "services" {
   logpipe_release_sha256           = var.logpipe_release_sha256
   schema_store_admin_password_hash = var.schema_store_admin_password_hash
   cep_admin_password_hash          = var.cep_admin_password_hash
+  lake_tables_uri                  = module.lake_bucket.tables_uri
+  lake_region                      = module.lake_bucket.region
+  lake_policy_json                 = module.lake_bucket.loader_policy_json
   kms_key_arn                      = aws_kms_key.this.arn
 }

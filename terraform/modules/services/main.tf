@@ -1,6 +1,6 @@
-# The schema store behind an internal network load balancer, and the mirror, validator and CEP
-# worker groups. Every instance installs the release binaries, its config and the hardened systemd unit
-# from deploy/systemd (the same files the Ansible roles install).
+# The schema store behind an internal network load balancer, and the mirror, validator, CEP
+# worker and lake loader groups. Every instance installs the release binaries, its config and the
+# hardened systemd unit from deploy/systemd (the same files the Ansible roles install).
 locals {
   schema_store_port = 8081
   schema_store_url  = "http://${aws_lb.schema_store.dns_name}:${local.schema_store_port}"
@@ -43,6 +43,24 @@ locals {
         password_hash = var.cep_admin_password_hash
       })
     }
+    # Tables on S3: the loaders of all instances share them (one consumer group per table).
+    lake = {
+      count   = var.lake_count
+      subnets = var.subnet_ids
+      config = templatefile("${path.module}/configs/lake.toml.tftpl", {
+        schema_store = local.schema_store_url
+        bootstrap    = var.read_bootstrap
+        tables_uri   = var.lake_tables_uri
+        region       = var.lake_region
+      })
+    }
+  }
+
+  # The instance roles' policies: the schema store attaches its volume, the lake loaders use
+  # their bucket; the others need none.
+  iam_policies = {
+    "schema-store" = data.aws_iam_policy_document.attach.json
+    lake           = var.lake_policy_json
   }
 }
 
@@ -68,7 +86,7 @@ resource "aws_security_group" "services" {
   ingress {
     description = "Telemetry: /metrics, /health, /ready; the CEP rules API (9305)"
     from_port   = 9301
-    to_port     = 9305
+    to_port     = 9306
     protocol    = "tcp"
     cidr_blocks = [var.vpc_cidr]
   }
@@ -82,7 +100,7 @@ resource "aws_security_group" "services" {
   }
 
   egress {
-    description = "Release downloads through the NAT gateways, AWS APIs"
+    description = "Release downloads through the NAT gateways, AWS APIs, the lake's S3 bucket"
     from_port   = 443
     to_port     = 443
     protocol    = "tcp"
@@ -121,8 +139,8 @@ module "service" {
   ami_id             = var.ami_id
   instance_type      = var.instance_type
   security_group_ids = [aws_security_group.services.id]
-  attach_iam_policy  = each.key == "schema-store"
-  iam_policy_json    = data.aws_iam_policy_document.attach.json
+  attach_iam_policy  = contains(keys(local.iam_policies), each.key)
+  iam_policy_json    = lookup(local.iam_policies, each.key, "")
   kms_key_arn        = var.kms_key_arn
   target_group_arns  = each.key == "schema-store" ? [aws_lb_target_group.schema_store.arn] : []
   health_check_type  = each.key == "schema-store" ? "ELB" : "EC2"

@@ -35,7 +35,7 @@ variable "write_bootstrap" {
 }
 
 variable "read_bootstrap" {
-  description = "Bootstrap servers of the read-side cluster (mirror target, validator, CEP workers)."
+  description = "Bootstrap servers of the read-side cluster (mirror target, validator, CEP workers, lake loaders)."
   type        = string
 }
 
@@ -65,6 +65,31 @@ variable "cep_count" {
   description = "CEP worker instances (one consumer group over the clean topics)."
   type        = number
   default     = 2
+}
+
+variable "lake_count" {
+  description = "Lake loader instances (one consumer group per table, sharing its partitions)."
+  type        = number
+  default     = 2
+}
+
+variable "lake_tables_uri" {
+  description = "s3://bucket/prefix under which the lake loaders keep their tables (<uri>/<table>)."
+  type        = string
+  validation {
+    condition     = can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_.-]+)*$", var.lake_tables_uri))
+    error_message = "An s3:// URI without a trailing '/': the loaders of several instances share each table, which a local disk cannot do."
+  }
+}
+
+variable "lake_region" {
+  description = "Region of the lake bucket (the loaders' AWS_REGION)."
+  type        = string
+}
+
+variable "lake_policy_json" {
+  description = "IAM policy of the lake loaders' role (read, write, list and delete under the tables' prefix)."
+  type        = string
 }
 
 variable "schema_store_admin_password_hash" {
