@@ -11,6 +11,7 @@ pub mod lake {
     pub const CONSUMER_LAG_RECORDS: &str = "logpipe_lake_consumer_lag_records";
     pub const DEAD_LETTERS: &str = "logpipe_lake_dead_letters_total";
     pub const FILES: &str = "logpipe_lake_files_total";
+    pub const FILES_COMPACTED: &str = "logpipe_lake_files_compacted_total";
     pub const PARQUET_BYTES: &str = "logpipe_lake_parquet_bytes_total";
     pub const RECORDS_LOST_TO_RETENTION: &str = "logpipe_lake_records_lost_to_retention_total";
     pub const ROWS: &str = "logpipe_lake_rows_total";

@@ -6,9 +6,11 @@
 //! Modules, in the order a record meets them: `schemas` (the wire format's schema id to the
 //! writer schema and its columns, cached), `columns` (schema types as Arrow types, values as rows),
 //! `rows` (a record as its table row, with the columns of its place), `table` (the Delta table:
-//! positions, widening, commits), `loader` (the loop: read, write, commit, seek), `metrics`.
+//! positions, widening, commits), `loader` (the loop: read, write, commit, seek), `compact`
+//! (small files of closed days merged), `metrics`.
 
 mod columns;
+mod compact;
 mod loader;
 mod metrics;
 mod rows;
@@ -74,6 +76,12 @@ pub struct TableConfig {
     /// ... or once its oldest uncommitted row is this old, whichever comes first.
     #[serde(default = "default_flush_age", with = "humantime_text")]
     pub flush_age: Duration,
+    /// How often the small files of closed days are merged into files of `flush_bytes` ...
+    #[serde(default = "default_compact_interval", with = "humantime_text")]
+    pub compact_interval: Duration,
+    /// ... a day being closed once it ended this long ago.
+    #[serde(default = "default_compact_after", with = "humantime_text")]
+    pub compact_after: Duration,
     /// How often files no table version references (replaced by compaction, or written by a
     /// loader that never committed them) are removed once older than the table's retention.
     #[serde(default = "default_vacuum_interval", with = "humantime_text")]
@@ -97,6 +105,12 @@ fn default_flush_bytes() -> u64 {
 }
 fn default_flush_age() -> Duration {
     Duration::from_secs(60)
+}
+fn default_compact_interval() -> Duration {
+    Duration::from_secs(3_600)
+}
+fn default_compact_after() -> Duration {
+    Duration::from_secs(86_400)
 }
 fn default_vacuum_interval() -> Duration {
     Duration::from_secs(3_600)
@@ -176,8 +190,10 @@ impl ServiceConfig for LakeConfig {
                 "{at}: flush_bytes is below 1 MiB"
             );
             anyhow::ensure!(
-                !table.flush_age.is_zero(),
-                "{at}: flush_age must be positive"
+                !table.flush_age.is_zero()
+                    && !table.vacuum_interval.is_zero()
+                    && !table.compact_interval.is_zero(),
+                "{at}: flush_age, compact_interval and vacuum_interval must be positive"
             );
             table::location(&table.uri).map_err(|e| anyhow::anyhow!("{at}: uri: {e}"))?;
         }

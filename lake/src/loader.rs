@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use deltalake::arrow::datatypes::{DataType, Fields, SchemaRef};
 use deltalake::arrow::json::ReaderBuilder;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use logpipe_core::kafka::{GroupEvent, KafkaConfig, RebalanceLog, Role};
 use logpipe_core::record::{DeadLetterHeaders, ErrorStage, RecordId};
@@ -27,6 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Map, Value};
 
+use crate::compact::Compaction;
 use crate::metrics::*;
 use crate::rows::{self, EventTime, Place};
 use crate::schemas::{SchemaError, Schemas};
@@ -72,6 +71,8 @@ struct Loader {
     unpositioned: HashSet<Partition>,
     /// The last [`Owned::epoch`] given out.
     epochs: u64,
+    /// The running compaction of closed days, if any.
+    compacting: Option<tokio::task::JoinHandle<Result<Compaction, deltalake::DeltaTableError>>>,
     ctx: Context,
 }
 
@@ -130,6 +131,7 @@ pub(crate) async fn run(settings: Settings, client: Client, ctx: Context) -> any
         owned: BTreeMap::new(),
         unpositioned: HashSet::new(),
         epochs: 0,
+        compacting: None,
         ctx,
     };
     loader.run().await
@@ -143,6 +145,7 @@ impl Loader {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut lag_at = Instant::now();
         let mut vacuum_at = Instant::now();
+        let mut compact_at = Instant::now();
         loop {
             let received = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => break,
@@ -170,6 +173,11 @@ impl Loader {
                     Err(e) => tracing::warn!(table = self.name(), "vacuum: {e}"),
                 }
             }
+            if compact_at.elapsed() >= self.settings.table.compact_interval {
+                compact_at = Instant::now();
+                self.compact();
+            }
+            self.compacted().await;
             if lag_at.elapsed() >= Duration::from_secs(5) {
                 lag_at = Instant::now();
                 logpipe_core::kafka::report_lag(&self.consumer, CONSUMER_LAG_RECORDS);
@@ -180,6 +188,10 @@ impl Loader {
                     }
                 }
             }
+        }
+        // A compaction stopped half way leaves files no version references: the vacuum's.
+        if let Some(compacting) = self.compacting.take() {
+            compacting.abort();
         }
         tracing::info!(
             table = self.name(),
@@ -491,13 +503,9 @@ impl Loader {
             return Ok(());
         }
         if owned.writer.is_none() {
-            let properties = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .set_max_row_group_row_count(Some(64 * 1024))
-                .build();
             owned.writer = Some(
                 RecordBatchWriter::for_table(table.table())?
-                    .with_writer_properties(properties)
+                    .with_writer_properties(crate::table::file_properties())
                     .with_target_file_size(flush_bytes),
             );
         }
@@ -593,6 +601,60 @@ impl Loader {
                 Ok(())
             }
             Err(e) => self.drop_and_reread(e).await,
+        }
+    }
+
+    /// Starts compacting the days that ended `compact_after` ago, unless a compaction runs.
+    /// Only the loader owning the first topic's partition 0 compacts, so loaders sharing a
+    /// table do not race to rewrite the same files.
+    fn compact(&mut self) {
+        let table = &self.settings.table;
+        let first = (table.topics[0].clone(), 0);
+        if !self.exists
+            || table.partition_by.is_empty()
+            || self.compacting.is_some()
+            || !self.owned.contains_key(&first)
+        {
+            return;
+        }
+        let closed = time::OffsetDateTime::now_utc() - table.compact_after;
+        let Some(before) = rows::date_of(closed.unix_timestamp() * 1_000) else {
+            return;
+        };
+        let log_store = self.table.table().log_store();
+        let target = table.flush_bytes;
+        tracing::debug!(table = self.name(), before, "compacting closed days");
+        self.compacting = Some(tokio::spawn(async move {
+            crate::compact::compact(log_store, &before, target).await
+        }));
+    }
+
+    /// Reports a finished compaction.
+    async fn compacted(&mut self) {
+        if !self.compacting.as_ref().is_some_and(|c| c.is_finished()) {
+            return;
+        }
+        let Some(done) = self.compacting.take() else {
+            return;
+        };
+        match done.await {
+            Ok(Ok(c)) if c.days > 0 => {
+                metrics::counter!(FILES_COMPACTED, "table" => self.name())
+                    .increment(c.files_removed as u64);
+                tracing::info!(
+                    table = self.name(),
+                    days = c.days,
+                    removed = c.files_removed,
+                    added = c.files_added,
+                    "compacted small files"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                table = self.name(),
+                "compaction: {e}; trying again at the next run"
+            ),
+            Err(e) => tracing::warn!(table = self.name(), "compaction: {e}"),
         }
     }
 

@@ -15,6 +15,10 @@ pub(crate) fn describe() {
     describe_counter!(FILES, "Parquet files committed to the table.");
     describe_counter!(COMMITS, "Delta commits that landed.");
     describe_counter!(
+        FILES_COMPACTED,
+        "Small files of closed days merged into larger ones by compaction."
+    );
+    describe_counter!(
         COMMIT_FAILURES,
         "Delta commits that did not land, per reason (fenced: another loader committed one of its partitions; failed: the Delta log could not be read or written; files: the data files could not be written); their rows are read again from the table's positions."
     );

@@ -106,7 +106,8 @@ fn event_millis(value: Option<&Value>, micros: bool) -> Option<i64> {
     }
 }
 
-fn date_of(millis: i64) -> Option<String> {
+/// The UTC date of `millis` since the epoch, `YYYY-MM-DD`.
+pub(crate) fn date_of(millis: i64) -> Option<String> {
     let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()?;
     Some(format!(
         "{:04}-{:02}-{:02}",

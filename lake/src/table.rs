@@ -21,6 +21,17 @@ use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
+/// How data files are written: zstd, and row groups of 64 Ki rows, so that a file's open row
+/// group (held in memory until it is full) stays small.
+pub(crate) fn file_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    deltalake::parquet::file::properties::WriterProperties::builder()
+        .set_compression(deltalake::parquet::basic::Compression::ZSTD(
+            Default::default(),
+        ))
+        .set_max_row_group_row_count(Some(64 * 1024))
+        .build()
+}
+
 /// A topic and partition.
 pub(crate) type Partition = (String, i32);
 
