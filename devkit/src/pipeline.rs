@@ -1,7 +1,7 @@
 //! The whole pipeline on one machine: a write and a read dev cluster, the schema store with the
 //! game schemas, the mirror, the validator and an agent tailing a log directory, and optionally a
-//! CEP worker over the clean topics, each service a real process with its own config and log file
-//! under one state directory.
+//! CEP worker and a lake loader over the clean topics, each service a real process with its own
+//! config and log file under one state directory.
 //!
 //! This is what `logpipe-dev up`, the end-to-end fault suite and the end-to-end benchmark share,
 //! so that all three exercise the same wiring. Services can be killed, terminated and restarted
@@ -10,7 +10,8 @@
 //! Layout of `state_dir`:
 //! - `logs/`: the agent's input directory (`logs/*.log`), where the load generator writes;
 //! - `<service>.toml`: each service's config; `<service>.log`: its output, every run appended;
-//! - `agent/`: the agent's checkpoints; `schema-store/`: the store's data.
+//! - `agent/`: the agent's checkpoints; `schema-store/`: the store's data; `lake/game`: the lake
+//!   loader's Delta table of `clean.game`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ const MIRROR_NAME: &str = "pipeline";
 const VALIDATOR_GROUP: &str = "logpipe-validator";
 /// The CEP worker's consumer group (its internal topics and transactional id derive from it).
 pub const CEP_GROUP: &str = "logpipe-cep";
+/// The lake loader's table of the stream.
+pub const LAKE_TABLE: &str = "game";
 /// How long a service may take to answer `/ready` after a start.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -50,6 +53,9 @@ pub struct PipelineOptions {
     /// its watermark, i.e. how soon after the last event its event-time rules emit; default:
     /// the worker's own.
     pub cep_idle_timeout: Option<Duration>,
+    /// Also run a lake loader (`logpipe-lake`) loading the clean topic into the Delta table
+    /// [`Pipeline::lake_table`].
+    pub lake: bool,
 }
 
 impl Default for PipelineOptions {
@@ -60,6 +66,7 @@ impl Default for PipelineOptions {
             partitions: 4,
             cep_rules: None,
             cep_idle_timeout: None,
+            lake: false,
         }
     }
 }
@@ -73,6 +80,8 @@ pub enum Component {
     SchemaStore,
     /// Only with [`PipelineOptions::cep_rules`].
     Cep,
+    /// Only with [`PipelineOptions::lake`].
+    Lake,
 }
 
 impl Component {
@@ -85,16 +94,17 @@ impl Component {
     ];
 
     /// Every service a pipeline may run, in pipeline order (see [`Pipeline::components`]).
-    pub const EVERY: [Component; 5] = [
+    pub const EVERY: [Component; 6] = [
         Component::Agent,
         Component::Mirror,
         Component::Validator,
         Component::Cep,
+        Component::Lake,
         Component::SchemaStore,
     ];
 
-    /// Short name: `agent`, `mirror`, `validator`, `schema-store`, `cep` (also its config and log
-    /// file names).
+    /// Short name: `agent`, `mirror`, `validator`, `schema-store`, `cep`, `lake` (also its config
+    /// and log file names).
     pub fn name(self) -> &'static str {
         match self {
             Component::Agent => "agent",
@@ -102,6 +112,7 @@ impl Component {
             Component::Validator => "validator",
             Component::SchemaStore => "schema-store",
             Component::Cep => "cep",
+            Component::Lake => "lake",
         }
     }
 
@@ -113,6 +124,7 @@ impl Component {
             Component::Validator => "logpipe-validator",
             Component::SchemaStore => "logpipe-schema-store",
             Component::Cep => "logpipe-cep",
+            Component::Lake => "logpipe-lake",
         }
     }
 }
@@ -226,12 +238,14 @@ impl Pipeline {
         // The dev clusters keep every record (up to their memory budget), so nothing a run
         // writes is deleted before it is reconciled.
         let write = DevCluster::start_as("write", options.brokers, &[(&raw, n)]).await?;
+        let lake_dlq = record::lake_dlq_topic(LAKE_TABLE);
         let read_topics = [
             (raw.as_str(), n),
             (mirror_state.as_str(), n),
             (clean.as_str(), n),
             (dlq.as_str(), n),
             (replay_state.as_str(), 1),
+            (lake_dlq.as_str(), 1),
         ];
         let read = DevCluster::start_as("read", options.brokers, &read_topics).await?;
 
@@ -253,10 +267,13 @@ impl Pipeline {
             cep_rules: cep_rules.as_deref(),
             cep_idle_timeout: options.cep_idle_timeout,
             partitions: n,
+            clean: &clean,
         };
         let mut services = Vec::new();
         for component in Component::EVERY {
-            if component == Component::Cep && cep_rules.is_none() {
+            if (component == Component::Cep && cep_rules.is_none())
+                || (component == Component::Lake && !options.lake)
+            {
                 continue;
             }
             let telemetry = free_addr();
@@ -293,6 +310,7 @@ impl Pipeline {
         for component in [
             Component::Validator,
             Component::Cep,
+            Component::Lake,
             Component::Mirror,
             Component::Agent,
         ] {
@@ -303,7 +321,8 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    /// Whether this pipeline runs `c` (every one but the CEP worker, which is optional).
+    /// Whether this pipeline runs `c` (every one but the CEP worker and the lake loader, which
+    /// are optional).
     pub fn has(&self, c: Component) -> bool {
         self.services.iter().any(|s| s.component == c)
     }
@@ -383,6 +402,11 @@ impl Pipeline {
 
     pub fn dlq_topics(&self) -> Vec<String> {
         vec![self.dlq.clone()]
+    }
+
+    /// Where the lake loader keeps its Delta table of the clean topic.
+    pub fn lake_table(&self) -> PathBuf {
+        lake_table(&self.options.state_dir)
     }
 
     /// How many times a service has been started (1 after [`Pipeline::start`]).
@@ -488,6 +512,10 @@ impl Pipeline {
     }
 }
 
+fn lake_table(state: &Path) -> PathBuf {
+    state.join("lake").join(LAKE_TABLE)
+}
+
 /// A regex matching exactly one topic name (the services match regexes against whole names).
 fn exact_regex(topic: &str) -> String {
     topic.replace('.', "\\.")
@@ -504,6 +532,7 @@ struct ServiceConfigs<'a> {
     cep_rules: Option<&'a Path>,
     cep_idle_timeout: Option<Duration>,
     partitions: i32,
+    clean: &'a str,
 }
 
 impl ServiceConfigs<'_> {
@@ -560,6 +589,25 @@ impl ServiceConfigs<'_> {
                 self.partitions,
                 toml_str(self.read),
             ),
+            // Commits every 5 s rather than every minute, so rows show up while one watches.
+            Component::Lake => format!(
+                "schema_store = {}
+instance = \"dev\"
+[kafka]
+bootstrap = {}
+{telemetry}                 [[tables]]
+name = {}
+topics = [{}]
+uri = {}
+event_time = \"event_time\"
+flush_age = \"5s\"
+",
+                toml_str(&format!("http://{}", self.store_api)),
+                toml_str(self.read),
+                toml_str(LAKE_TABLE),
+                toml_str(self.clean),
+                toml_path(&lake_table(self.state)),
+            ),
         }
     }
 }
@@ -580,6 +628,7 @@ mod tests {
             cep_rules: Some(Path::new("/r/game.yaml")),
             cep_idle_timeout: Some(Duration::from_secs(3)),
             partitions: 4,
+            clean: "clean.game",
         };
         let telemetry: SocketAddr = "127.0.0.1:4".parse().unwrap();
         let agent = configs.render(Component::Agent, telemetry);
@@ -607,6 +656,15 @@ mod tests {
             "listen = \"127.0.0.1:4\"",
         ] {
             assert!(cep.contains(line), "{line} not in {cep}");
+        }
+        let lake = configs.render(Component::Lake, telemetry);
+        for line in [
+            "schema_store = \"http://127.0.0.1:3\"",
+            "topics = [\"clean.game\"]",
+            r#"uri = "/tmp/a \"b\"/lake/game""#,
+            "bootstrap = \"127.0.0.1:2\"",
+        ] {
+            assert!(lake.contains(line), "{line} not in {lake}");
         }
     }
 }

@@ -1,18 +1,21 @@
 //! `logpipe-dev up`: the whole pipeline on this machine with generated game logs, watched live.
 //!
 //! It starts the [`Pipeline`] (two dev clusters, the schema store with the game schemas, the
-//! mirror, the validator, an agent, a CEP worker with the seed reward rules), then the load
+//! mirror, the validator, an agent, a CEP worker with the seed reward rules, a lake loader
+//! loading the clean topic into a Delta table), then the load
 //! generator on a blocking thread, and shows every interval what flows through each hop (from
 //! the services' `/metrics` and the write cluster's watermarks) and the matches per rule. A
 //! service that exits (say, `kill -9` from another terminal) is started again, as a supervisor
 //! would. Ctrl-C, or the end of `--duration`, stops the generator, waits for the pipeline to
 //! drain, reconciles every line written against the clean and dead-letter topics by event id,
 //! waits for the CEP worker to catch up and checks its matches and late events against the
-//! rules ([`crate::cep_oracle`]), stops every service gracefully and exits 0 only if both are
-//! exact. A second Ctrl-C kills everything and exits at once.
+//! rules ([`crate::cep_oracle`]), waits for the lake table to catch up and counts its rows by
+//! record id against the clean topic, stops every service gracefully and exits 0 only if all
+//! three are exact. A second Ctrl-C kills everything and exits at once.
 
 mod binaries;
 pub mod cep;
+pub mod lake;
 mod sampler;
 mod view;
 
@@ -99,9 +102,10 @@ pub struct UpArgs {
 }
 
 /// `up`'s own log filter unless the user chose one: its Kafka clients are probes whose failures
-/// (a broker taken down on purpose) show in the view, and lines on stderr would tear the screen.
+/// (a broker taken down on purpose) show in the view, and lines on stderr would tear the screen;
+/// the Delta kernel logs every snapshot it builds while the lake table is counted.
 /// Its children (clusters, services) keep theirs, so their log files say what librdkafka said.
-pub const LOG_FILTER: &str = "info,rdkafka=off,librdkafka=off";
+pub const LOG_FILTER: &str = "info,rdkafka=off,librdkafka=off,buoyant_kernel=off";
 
 /// How long each service may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,6 +166,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let Outcome {
         reconciliation,
         cep,
+        lake,
         last_screen,
     } = match outcome {
         Ok(done) => done,
@@ -200,11 +205,33 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             false
         }
     };
+    let lake_exact = match &lake {
+        Ok(lake) => {
+            println!("lake reconciliation: {lake}");
+            if lake.is_exact() {
+                println!(
+                    "exact: every clean record is a row of the Delta table {} exactly once",
+                    state_dir
+                        .join("lake")
+                        .join(crate::pipeline::LAKE_TABLE)
+                        .display()
+                );
+            }
+            lake.is_exact()
+        }
+        Err(e) => {
+            println!("lake reconciliation: failed: {e:#}");
+            false
+        }
+    };
     if !reconciliation.is_exact() {
         bail!("the reconciliation is not exact (lost, duplicated or misrouted lines above)");
     }
     if !cep_exact {
         bail!("the CEP reconciliation is not exact (missing, extra or repeated matches above)");
+    }
+    if !lake_exact {
+        bail!("the lake reconciliation is not exact (missing, extra or repeated rows above)");
     }
     Ok(())
 }
@@ -214,6 +241,8 @@ struct Outcome {
     reconciliation: Reconciliation,
     /// The CEP worker's matches against the rules (an error when they could not be checked).
     cep: anyhow::Result<CepReconciliation>,
+    /// The lake table's rows against the clean topic (an error when they could not be counted).
+    lake: anyhow::Result<lake::LakeReconciliation>,
     /// The last screen drawn, to show again on the normal screen.
     last_screen: Option<String>,
 }
@@ -259,7 +288,7 @@ fn state_dir(asked: Option<&Path>) -> anyhow::Result<(PathBuf, Option<tempfile::
 
 /// Start, watch, drain, reconcile, stop.
 async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow::Result<Outcome> {
-    eprintln!("logpipe-dev up: starting two dev clusters, the schema store, the validator, the CEP worker, the mirror and the agent...");
+    eprintln!("logpipe-dev up: starting two dev clusters, the schema store, the validator, the CEP worker, the lake loader, the mirror and the agent...");
     let rules = args.rules.clone().unwrap_or_else(cep::seed_rules);
     let options = PipelineOptions {
         state_dir: state.to_owned(),
@@ -267,6 +296,7 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
         partitions: args.partitions,
         cep_rules: Some(rules.clone()),
         cep_idle_timeout: Some(CEP_IDLE_TIMEOUT),
+        lake: true,
     };
     let mut pipeline = tokio::select! {
         started = Pipeline::start(options) => started.context("starting the pipeline")?,
@@ -380,6 +410,16 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
         }
         Err(_) => Err(anyhow::anyhow!("not checked: the pipeline did not drain")),
     };
+    let lake = match &reconciliation {
+        Ok(_) => {
+            events.note(format!(
+                "waiting up to {}s for the lake table to catch up",
+                args.drain_timeout.as_secs()
+            ));
+            lake::reconcile(&pipeline, args.drain_timeout).await
+        }
+        Err(_) => Err(anyhow::anyhow!("not checked: the pipeline did not drain")),
+    };
     watching.cancel();
     let last_screen = view.await.unwrap_or_default();
     eprintln!("logpipe-dev up: stopping every service...");
@@ -389,6 +429,7 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
     Ok(Outcome {
         reconciliation,
         cep,
+        lake,
         last_screen,
     })
 }
@@ -433,6 +474,7 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
          \x20 read cluster    bootstrap {}   control {}\n\
          \x20 schema store    {}\n\
          \x20 cep             http://{}   rules {} -> {}, late events {}   (rules API: $CEP/rules/NAME)\n\
+         \x20 lake            {} -> Delta table {}   (query it: README, \"Query the lake\")\n\
          \x20 telemetry       {}\n\
          \x20 topics          {} -> {} / {}   (shell variables: {}/up.env)\n\
          \x20 Ctrl-C stops the generator, drains, reconciles and stops; a second Ctrl-C kills everything",
@@ -448,6 +490,8 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
         rules.display(),
         logpipe_core::record::CEP_MATCHES_TOPIC,
         logpipe_core::record::CEP_LATE_TOPIC,
+        pipeline.clean_topics().join(","),
+        pipeline.lake_table().display(),
         telemetry.join("  "),
         pipeline.raw_topic(),
         pipeline.clean_topics().join(","),
@@ -493,6 +537,10 @@ fn write_env_file(
         (
             "CEP".into(),
             format!("http://{}", pipeline.telemetry(Component::Cep)),
+        ),
+        (
+            "LAKE_TABLE".into(),
+            pipeline.lake_table().display().to_string(),
         ),
     ];
     for &(c, pid, _) in supervision {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use logpipe_core::metric_names::{agent, cep, mirror, schema_store, validator};
+use logpipe_core::metric_names::{agent, cep, lake, mirror, schema_store, validator};
 use logpipe_devkit::harness::wait_until;
 use logpipe_devkit::loadgen::{self, LoadgenArgs, Report};
 use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
@@ -150,6 +150,7 @@ fn progress_metrics(c: Component) -> (&'static [&'static str], f64) {
         // The store must have its five schemas back from its log (its gauge), and serve.
         Component::SchemaStore => (&[schema_store::SCHEMAS], 5.0),
         Component::Cep => (&[cep::EVENTS], 1.0),
+        Component::Lake => (&[lake::ROWS], 1.0),
     }
 }
 

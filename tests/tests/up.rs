@@ -92,6 +92,12 @@ fn check_exact(stdout: &str) -> anyhow::Result<Outcome> {
             && stdout.contains("\nexact: every match the rules call for"),
         "{stdout}"
     );
+    // And the lake table holds every clean record once.
+    let lake = format!(
+        "\nlake reconciliation: {0} rows for {0} clean records: missing 0, extra 0, repeated 0\n",
+        outcome.clean
+    );
+    assert!(stdout.contains(&lake), "{lake:?} not in\n{stdout}");
     Ok(outcome)
 }
 
@@ -144,7 +150,7 @@ async fn a_timed_run_prints_lines_and_reconciles_exactly() -> anyhow::Result<()>
     let running = &lines[lines.len() / 2];
     assert_eq!(
         field(running, "health"),
-        Some("agent:ready,mirror:ready,validator:ready,cep:ready,schema-store:ready"),
+        Some("agent:ready,mirror:ready,validator:ready,cep:ready,lake:ready,schema-store:ready"),
         "{running}"
     );
     let last = lines.last().expect("lines");
