@@ -87,16 +87,28 @@ pub struct CepConfig {
     pub batch_ms: u64,
     /// A caught-up source partition without records for this long stops holding timed rules'
     /// watermarks back: its clock follows the wall clock minus this.
-    #[serde(default = "default_idle_timeout", with = "humantime_text")]
+    #[serde(
+        default = "default_idle_timeout",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub idle_timeout: Duration,
     /// At most one watermark marker per this interval (a timed rule's result waits up to it).
-    #[serde(default = "default_watermark_interval", with = "humantime_text")]
+    #[serde(
+        default = "default_watermark_interval",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub watermark_interval: Duration,
     /// How long a sequence (`ordered: true`) without `within` may wait for its next step.
-    #[serde(default = "default_within", with = "humantime_text")]
+    #[serde(
+        default = "default_within",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub default_within: Duration,
     /// The longest `within` or window a rule may ask for: the bound of every partial match.
-    #[serde(default = "default_max_within", with = "humantime_text")]
+    #[serde(
+        default = "default_max_within",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub max_within: Duration,
     /// Timeout of one schema store request.
     #[serde(default = "default_schema_timeout_ms")]
@@ -136,20 +148,6 @@ fn default_within() -> Duration {
 }
 fn default_max_within() -> Duration {
     Duration::from_secs(7 * 86_400)
-}
-
-/// Durations in the config as humantime text (`30s`, `100ms`, `1h`).
-mod humantime_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?}: {e} (write it like 100ms, 30s, 1h)"))
-        })
-    }
 }
 
 impl CepConfig {

@@ -133,6 +133,21 @@ where
     Ok(out)
 }
 
+/// Durations in a config as humantime text (`30s`, `100ms`, `1h`): a key takes it with
+/// `#[serde(with = "logpipe_core::config::duration_text")]`.
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?}: {e} (write it like 100ms, 30s, 1h)"))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -74,17 +74,29 @@ pub struct TableConfig {
     #[serde(default = "default_flush_bytes")]
     pub flush_bytes: u64,
     /// ... or once its oldest uncommitted row is this old, whichever comes first.
-    #[serde(default = "default_flush_age", with = "humantime_text")]
+    #[serde(
+        default = "default_flush_age",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub flush_age: Duration,
     /// How often the small files of closed days are merged into files of `flush_bytes` ...
-    #[serde(default = "default_compact_interval", with = "humantime_text")]
+    #[serde(
+        default = "default_compact_interval",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub compact_interval: Duration,
     /// ... a day being closed once it ended this long ago.
-    #[serde(default = "default_compact_after", with = "humantime_text")]
+    #[serde(
+        default = "default_compact_after",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub compact_after: Duration,
     /// How often files no table version references (replaced by compaction, or written by a
     /// loader that never committed them) are removed once older than the table's retention.
-    #[serde(default = "default_vacuum_interval", with = "humantime_text")]
+    #[serde(
+        default = "default_vacuum_interval",
+        with = "logpipe_core::config::duration_text"
+    )]
     pub vacuum_interval: Duration,
     /// Object store options (endpoint, region, credentials; see the README).
     #[serde(default)]
@@ -114,20 +126,6 @@ fn default_compact_after() -> Duration {
 }
 fn default_vacuum_interval() -> Duration {
     Duration::from_secs(3_600)
-}
-
-/// Durations in the config as humantime text (`30s`, `100ms`, `1h`).
-mod humantime_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?}: {e} (write it like 100ms, 30s, 1h)"))
-        })
-    }
 }
 
 impl LakeConfig {
