@@ -337,19 +337,15 @@ pub(crate) fn fit(value: Value, ty: &DataType) -> Result<Value, String> {
             v
         }
         (v @ Value::String(_), t) if t.is_temporal() || matches!(t, DataType::Binary) => v,
-        (v, t) => return Err(format!("a {} does not fit a {t} column", kind(&v))),
+        (v, t) => {
+            let mut text = v.to_string();
+            if text.len() > 40 {
+                text.truncate(text.floor_char_boundary(37));
+                text.push_str("...");
+            }
+            return Err(format!("{text} does not fit a {t} column"));
+        }
     })
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 /// `12345` at scale 2 is `123.45`; `-5` at scale 3 is `-0.005`.
@@ -543,7 +539,11 @@ mod tests {
             ),
             (json!(1.5), DataType::Int64, Err("not an integer")),
             (json!("x"), DataType::Int64, Err("does not fit")),
-            (json!({"x": "y"}), pos, Err("x: a string does not fit")),
+            (
+                json!({"x": "y"}),
+                pos,
+                Err("x: \"y\" does not fit a Float64"),
+            ),
             (
                 json!([1, "a"]),
                 DataType::List(Arc::new(Field::new("element", DataType::Int64, true))),
