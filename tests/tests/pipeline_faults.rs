@@ -136,7 +136,7 @@ async fn faults(seed: u64, dir: &std::path::Path) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("fault {n} of {total} ({fault})"))?;
             eprintln!("fault {n}/{total}: {fault}: done in {:.1?}", at.elapsed());
-            for c in Component::EVERY {
+            for c in pipeline.components() {
                 ensure!(
                     pipeline.is_running(c),
                     "{c} died after fault {n} ({fault})\n{}",
