@@ -46,13 +46,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::{
-    batches, ceiling, delete_rules, event_of, fetch_wait, fill, first_event, last_event, now_ms,
-    settle, worker_config, worker_with_rule, Encoder, CLEAN, STALL,
+    batches, ceiling, delete_rules, fetch_wait, first_event, last_event, settle, worker_config,
+    worker_with_rule, CLEAN, STALL,
 };
 use logpipe_cep::CepConfig;
 use logpipe_core::metric_names::cep as names;
 use logpipe_core::record::cep_state_topic;
 use logpipe_devkit::benchreport::Row;
+use logpipe_devkit::clean::{event_of, fill, now_ms, Encoder};
 use logpipe_devkit::harness::{game_schema_store, scan_topic, DevCluster, Process};
 use logpipe_devkit::measure::{env, rss_mib, Rate};
 use logpipe_devkit::prometheus;

@@ -44,15 +44,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::{
-    batches, ceiling, delete_rules, fetch_wait, fill, first_event, headers, last_event, now_ms,
-    settle, start, worker_config, worker_with_rule, Encoder, Fields, WorkerConfig, CLEAN, LEVELS,
-    SERVERS, STALL,
+    batches, ceiling, delete_rules, fetch_wait, first_event, last_event, settle, start,
+    worker_config, worker_with_rule, WorkerConfig, CLEAN, STALL,
 };
 use logpipe_cep::CepConfig;
 use logpipe_core::kafka::Role;
 use logpipe_core::metric_names::cep as names;
 use logpipe_core::record::{cep_header, cep_state_topic};
 use logpipe_devkit::benchreport::Row;
+use logpipe_devkit::clean::{fill, headers, now_ms, Encoder, Fields, LEVELS, SERVERS};
 use logpipe_devkit::harness::{game_schema_store, scan_topic, DevCluster};
 use logpipe_devkit::loadgen::EVENTS;
 use logpipe_devkit::measure::{env, reader, rss_mib, send_polling, Rate};

@@ -3,6 +3,7 @@
 //! - [`api_fuzz`]: Schemathesis, the outside API fuzzer, against a service's OpenAPI document;
 //! - [`cluster`]: `logpipe-dev cluster`, a Kafka cluster in a process (librdkafka's mock cluster)
 //!   with a control API for faults;
+//! - [`clean`]: game records in the clean topics' wire format, generated into a topic;
 //! - [`loadgen`]: `logpipe-dev loadgen`, generated game logs with a reconcilable report;
 //! - [`disk`]: a small file system to fill up, for full-disk tests;
 //! - [`harness`]: what tests use to start clusters and services and read topics back;
@@ -16,6 +17,7 @@
 pub mod api_fuzz;
 pub mod benchreport;
 pub mod cep_oracle;
+pub mod clean;
 pub mod cluster;
 pub mod disk;
 #[cfg(feature = "proptest")]
