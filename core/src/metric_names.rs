@@ -14,6 +14,7 @@ pub mod lake {
     pub const FILES_COMPACTED: &str = "logpipe_lake_files_compacted_total";
     pub const PARQUET_BYTES: &str = "logpipe_lake_parquet_bytes_total";
     pub const RECORDS_LOST_TO_RETENTION: &str = "logpipe_lake_records_lost_to_retention_total";
+    pub const RECORDS_READ: &str = "logpipe_lake_records_read_total";
     pub const ROWS: &str = "logpipe_lake_rows_total";
     pub const SECONDS_SINCE_COMMIT: &str = "logpipe_lake_seconds_since_commit";
     pub const SCHEMA_WIDENINGS: &str = "logpipe_lake_schema_widenings_total";

@@ -4,24 +4,34 @@
 //!
 //! Positions come from the table on every assignment (see `table`); a commit that does not land
 //! drops every uncommitted row and reads again from the table's positions, so a row is in the
-//! table once whatever failed. Records that cannot be rows go to `dlq.lake.<table>`, delivered
-//! before the commit that passes them (at least once: a crash between the two writes the dead
-//! letter again).
+//! table once whatever failed.
+//!
+//! Records that cannot be rows go to `dlq.lake.<table>` in a Kafka transaction that also commits
+//! the group's offsets, and that commits only after the Delta commit of the same records has
+//! landed. So each partition has two positions: the table's (rows below it are in the table) and
+//! the group's (dead letters below it are delivered), the group's never ahead. A loader reads a
+//! partition from the lower of the two and takes a record as a row only at or past the table's
+//! position and as a dead letter only at or past the group's: a crash or a failed transaction
+//! between the two commits writes the missing dead letters again, and nothing twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use deltalake::arrow::datatypes::{DataType, Fields, SchemaRef};
 use deltalake::arrow::json::ReaderBuilder;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use logpipe_core::kafka::{GroupEvent, KafkaConfig, RebalanceLog, Role};
+use logpipe_core::kafka::{
+    commit_transaction, init_transactions, is_fatal, send_offsets, send_waiting, GroupEvent,
+    KafkaConfig, RebalanceLog, Role,
+};
 use logpipe_core::record::{DeadLetterHeaders, ErrorStage, RecordId};
 use logpipe_core::service::Context;
 use logpipe_schema_client::Client;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Map, Value};
 
@@ -31,6 +41,12 @@ use crate::rows::{self, EventTime, Place};
 use crate::schemas::{SchemaError, Schemas};
 use crate::table::{CommitError, Partition, Table};
 use crate::TableConfig;
+
+/// Bound of one Kafka request or transaction step.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Dead letters held for their commit, in bytes, that make a commit due: a topic of records
+/// that are all dead letters must not fill the memory before the flush age.
+const LETTER_BYTES: usize = 16 << 20;
 
 pub(crate) struct Settings {
     pub(crate) kafka: KafkaConfig,
@@ -46,8 +62,14 @@ struct Owned {
     next: i64,
     /// The table's position at the last commit (or the assignment); `None`: never loaded.
     committed: Option<i64>,
+    /// The group's position: the dead letters of records below it are delivered.
+    delivered: i64,
+    /// Whether the group holds an offset of the partition (or it is taken to have expired).
+    anchored: bool,
     /// Rows read and not yet written into a file, by event day.
     rows: BTreeMap<String, Vec<Value>>,
+    /// Dead letters read since the last commit, written in its transaction.
+    letters: Vec<Letter>,
     writer: Option<RecordBatchWriter>,
     /// When the oldest uncommitted row or dead letter was read.
     since: Option<Instant>,
@@ -58,10 +80,21 @@ struct Owned {
     epoch: u64,
 }
 
+/// What the loader derives from the table's schema, kept while the table's version stays (a
+/// schema change is a new version): the Arrow schema rows are built with, and each schema id's
+/// columns in the table (or why its records cannot be rows).
+#[derive(Default)]
+struct Derived {
+    version: Option<u64>,
+    schema: Option<SchemaRef>,
+    columns: HashMap<u32, Result<Fields, String>>,
+}
+
 struct Loader {
     settings: Settings,
     consumer: StreamConsumer<RebalanceLog>,
-    dead_letters: FutureProducer,
+    /// Writes dead letters and the group's offsets, in one transaction per commit.
+    producer: ThreadedProducer<DefaultProducerContext>,
     dlq_topic: String,
     table: Table,
     exists: bool,
@@ -71,6 +104,9 @@ struct Loader {
     unpositioned: HashSet<Partition>,
     /// The last [`Owned::epoch`] given out.
     epochs: u64,
+    derived: Derived,
+    /// [`RECORDS_READ`] of this table.
+    records_read: metrics::Counter,
     /// The running compaction of closed days, if any.
     compacting: Option<tokio::task::JoinHandle<Result<Compaction, deltalake::DeltaTableError>>>,
     ctx: Context,
@@ -114,23 +150,43 @@ pub(crate) async fn run(settings: Settings, client: Client, ctx: Context) -> any
         .context("creating the consumer")?;
     let topics: Vec<&str> = settings.table.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).context("subscribing")?;
-    let dead_letters: FutureProducer = settings
+    let producer: ThreadedProducer<DefaultProducerContext> = settings
         .kafka
-        .client_config(&Role::Producer, "logpipe-lake")
+        .client_config(
+            &Role::TransactionalProducer {
+                transactional_id: format!("{}/{}", settings.group, settings.instance),
+            },
+            "logpipe-lake",
+        )
         .create()
         .context("creating the dead-letter producer")?;
+    // Fences a predecessor of the same instance and aborts what it left open.
+    if !init_transactions(
+        &producer,
+        KAFKA_TIMEOUT,
+        &ctx.readiness,
+        &check,
+        &ctx.shutdown,
+    )
+    .await?
+    {
+        return Ok(());
+    }
     ctx.readiness.ready(&check);
+    let records_read = metrics::counter!(RECORDS_READ, "table" => settings.table.name.clone());
     let mut loader = Loader {
         dlq_topic: logpipe_core::record::lake_dlq_topic(&settings.table.name),
         settings,
         consumer,
-        dead_letters,
+        producer,
         table,
         exists,
         schemas: Schemas::new(client),
         owned: BTreeMap::new(),
         unpositioned: HashSet::new(),
         epochs: 0,
+        records_read,
+        derived: Derived::default(),
         compacting: None,
         ctx,
     };
@@ -248,8 +304,29 @@ impl Loader {
         } else {
             partitions.iter().map(|p| (p.clone(), None)).collect()
         };
+        let delivered = match self.delivered(partitions) {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                tracing::warn!(
+                    table = self.name(),
+                    "reading the group's offsets: {e}; retrying"
+                );
+                return;
+            }
+        };
         for (p, position) in positions {
-            let offset = position.map_or(Offset::Beginning, Offset::Offset);
+            let rows_from = position.unwrap_or(0);
+            // The group has an offset from before the table's first commit of the partition
+            // (`anchor`): without one, a table position means it expired with the group's
+            // offset retention, and every dead letter below the table's position counts as
+            // delivered.
+            let group = delivered.get(&p).copied().flatten();
+            let letters_from = group.unwrap_or(rows_from);
+            let from = rows_from.min(letters_from);
+            let offset = match (position, from) {
+                (None, 0) => Offset::Beginning,
+                _ => Offset::Offset(from),
+            };
             let sought = tokio::task::block_in_place(|| {
                 self.consumer
                     .seek(&p.0, p.1, offset, Duration::from_secs(5))
@@ -259,20 +336,43 @@ impl Loader {
                     self.epochs += 1;
                     let owned = self.owned.entry(p.clone()).or_default();
                     owned.epoch = self.epochs;
-                    owned.next = position.unwrap_or(0);
+                    owned.next = from;
                     owned.committed = position;
+                    owned.delivered = letters_from;
+                    owned.anchored = group.is_some() || position.is_some();
                     self.unpositioned.remove(&p);
                     tracing::info!(
                         table = self.name(),
                         topic = p.0,
                         partition = p.1,
                         ?position,
+                        dead_letters_from = letters_from,
                         "loading from the table's position"
                     );
                 }
                 Err(e) => tracing::debug!(table = self.name(), "seeking {p:?}: {e}; retrying"),
             }
         }
+    }
+
+    /// The group's committed offsets of `partitions` (`None`: the group has none).
+    fn delivered(&self, partitions: &[Partition]) -> KafkaResult<BTreeMap<Partition, Option<i64>>> {
+        let mut wanted = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            wanted.add_partition(topic, *partition);
+        }
+        let committed =
+            tokio::task::block_in_place(|| self.consumer.committed_offsets(wanted, KAFKA_TIMEOUT))?;
+        Ok(partitions
+            .iter()
+            .map(|p| {
+                let offset = committed
+                    .find_partition(&p.0, p.1)
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|o| *o >= 0);
+                (p.clone(), offset)
+            })
+            .collect())
     }
 
     /// The epoch of the record's partition now, if it is owned and positioned.
@@ -298,15 +398,29 @@ impl Loader {
         if !current(self) {
             return Ok(());
         }
+        let offset = message.offset();
+        let owned = self.owned.get_mut(&p).expect("owned partition");
+        // Below the table's position a record is read again only for its dead letter, below
+        // the group's only for its row.
         match row {
-            Ok((row, dt)) => {
-                let owned = self.owned.get_mut(&p).expect("owned partition");
+            Ok((row, dt)) if offset >= owned.committed.unwrap_or(0) => {
                 owned.rows.entry(dt).or_default().push(Value::Object(row));
             }
-            Err(why) => self.dead_letter(&message, &why).await?,
+            Err(why) if offset >= owned.delivered => {
+                tracing::debug!(
+                    table = self.settings.table.name,
+                    topic = p.0,
+                    partition = p.1,
+                    offset,
+                    "dead letter: {}",
+                    why.reason
+                );
+                owned.letters.push(Letter::new(&message, why));
+            }
+            Ok(_) | Err(_) => {}
         }
-        let owned = self.owned.get_mut(&p).expect("owned partition");
-        owned.next = message.offset() + 1;
+        self.records_read.increment(1);
+        owned.next = offset + 1;
         owned.since.get_or_insert_with(Instant::now);
         if owned.rows.values().map(Vec::len).sum::<usize>() >= 4_096 {
             if let Err(e) = self.write(&p).await {
@@ -355,7 +469,7 @@ impl Loader {
                 Some(id),
             )));
         }
-        let table_fields = match self.columns_for(&fields).await? {
+        let table_fields = match self.columns_for(id, &fields).await? {
             Ok(table_fields) => table_fields,
             Err(why) => return Ok(Err(DeadLetter::new("columns", why, Some(id)))),
         };
@@ -395,7 +509,33 @@ impl Loader {
     /// The table's columns for a schema's `fields`: the table is created with them, or widened
     /// by the ones it lacks (after committing what was read under its old columns). `Err`: a
     /// field the table has with another type.
-    async fn columns_for(&mut self, fields: &Fields) -> anyhow::Result<Result<Fields, String>> {
+    async fn columns_for(
+        &mut self,
+        id: u32,
+        fields: &Fields,
+    ) -> anyhow::Result<Result<Fields, String>> {
+        if let Some(known) = self.derived().columns.get(&id) {
+            return Ok(known.clone());
+        }
+        let columns = self.table_columns(fields).await?;
+        self.derived().columns.insert(id, columns.clone());
+        Ok(columns)
+    }
+
+    /// What is kept of the table's schema, emptied when the table's version moved.
+    fn derived(&mut self) -> &mut Derived {
+        let version = self.table.table().version();
+        if self.derived.version != version {
+            self.derived = Derived {
+                version,
+                ..Derived::default()
+            };
+        }
+        &mut self.derived
+    }
+
+    /// [`Loader::columns_for`] worked out from the table's schema.
+    async fn table_columns(&mut self, fields: &Fields) -> anyhow::Result<Result<Fields, String>> {
         if !self.exists {
             self.table
                 .create(&self.settings.table.name, &rows::table_fields(fields))
@@ -437,65 +577,16 @@ impl Loader {
         Ok(Ok(self.table.fields()?))
     }
 
-    async fn dead_letter(
-        &mut self,
-        message: &OwnedMessage,
-        why: &DeadLetter,
-    ) -> anyhow::Result<()> {
-        tracing::debug!(
-            table = self.name(),
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            "dead letter: {}",
-            why.reason
-        );
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for h in original.iter() {
-                headers = headers.insert(rdkafka::message::Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let names = DeadLetterHeaders {
-            stage: ErrorStage::Lake,
-            reason: &why.reason,
-            path: None,
-            subject: None,
-            schema_id: why.schema_id,
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            omitted: None,
-        };
-        for (key, value) in names.headers() {
-            headers = headers.insert(rdkafka::message::Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let mut record = FutureRecord::to(&self.dlq_topic).headers(headers);
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        self.dead_letters
-            .send(record, Duration::from_secs(300))
-            .await
-            .map_err(|(e, _)| {
-                anyhow::anyhow!("writing a dead letter to {}: {e}", self.dlq_topic)
-            })?;
-        metrics::counter!(DEAD_LETTERS, "table" => self.name(), "kind" => why.kind).increment(1);
-        Ok(())
-    }
-
     /// Writes a partition's read rows into its open files.
     async fn write(&mut self, p: &Partition) -> anyhow::Result<()> {
-        let schema: SchemaRef = self.table.arrow_schema()?;
+        let schema = match &self.derived().schema {
+            Some(schema) => schema.clone(),
+            None => {
+                let schema = self.table.arrow_schema()?;
+                self.derived().schema = Some(schema.clone());
+                schema
+            }
+        };
         let table = &self.table;
         let flush_bytes = self.settings.table.flush_bytes;
         let owned = self.owned.get_mut(p).expect("owned partition");
@@ -524,19 +615,27 @@ impl Loader {
     /// uncommitted record the flush age.
     fn due(&self) -> bool {
         let table = &self.settings.table;
-        self.owned.values().any(|owned| {
-            owned
-                .since
-                .is_some_and(|at| at.elapsed() >= table.flush_age)
-                || owned
-                    .writer
-                    .as_ref()
-                    .is_some_and(|w| w.buffer_len() as u64 >= table.flush_bytes)
-        })
+        let letters: usize = self
+            .owned
+            .values()
+            .flat_map(|o| o.letters.iter())
+            .map(Letter::bytes)
+            .sum();
+        letters >= LETTER_BYTES
+            || self.owned.values().any(|owned| {
+                owned
+                    .since
+                    .is_some_and(|at| at.elapsed() >= table.flush_age)
+                    || owned
+                        .writer
+                        .as_ref()
+                        .is_some_and(|w| w.buffer_len() as u64 >= table.flush_bytes)
+            })
     }
 
-    /// Commits every partition's files and position in one Delta commit. One that does not land
-    /// drops what was read and seeks every partition back to the table's position.
+    /// Commits every partition's files and position in one Delta commit, then its dead letters
+    /// and the group's offsets in one Kafka transaction. What does not land is dropped and every
+    /// partition read again from its positions.
     async fn commit(&mut self) -> anyhow::Result<()> {
         let partitions: Vec<Partition> = self
             .owned
@@ -544,15 +643,28 @@ impl Loader {
             .filter(|(_, o)| o.next > o.committed.unwrap_or(0))
             .map(|(p, _)| p.clone())
             .collect();
-        if partitions.is_empty() {
-            return Ok(());
+        if !partitions.is_empty() {
+            let landed = self.anchor(&partitions).await? && self.commit_rows(&partitions).await?;
+            if !landed {
+                return Ok(());
+            }
         }
+        self.deliver().await
+    }
+
+    /// The Delta commit of [`Loader::commit`]; whether it landed.
+    async fn commit_rows(&mut self, partitions: &[Partition]) -> anyhow::Result<bool> {
         // The snapshot this commit builds on must hold the positions its rows continue from:
         // one that moved meanwhile was committed by another loader (this one's snapshot caught
         // up with it after an earlier commit), and committing on top would duplicate rows.
-        let held = match self.table.held(&partitions).await {
+        let held = match self.table.held(partitions).await {
             Ok(held) => held,
-            Err(e) => return self.drop_and_reread(CommitError::Failed(e)).await,
+            Err(e) => {
+                return self
+                    .drop_and_reread(CommitError::Failed(e))
+                    .await
+                    .map(|()| false)
+            }
         };
         let moved: Vec<&Partition> = partitions
             .iter()
@@ -560,15 +672,16 @@ impl Loader {
             .collect();
         if !moved.is_empty() {
             let e = CommitError::Fenced(format!("the table's positions of {moved:?} moved"));
-            return self.drop_and_reread(e).await;
+            return self.drop_and_reread(e).await.map(|()| false);
         }
         let started = Instant::now();
-        let (adds, next) = match self.stage(&partitions).await {
+        let (adds, next) = match self.stage(partitions).await {
             Ok(staged) => staged,
             Err(e) => {
                 return self
                     .drop_and_reread(CommitError::Files(format!("{e:#}")))
                     .await
+                    .map(|()| false)
             }
         };
         let rows: i64 = adds
@@ -587,20 +700,100 @@ impl Loader {
                 metrics::counter!(FILES, "table" => name.clone()).increment(files as u64);
                 metrics::histogram!(COMMIT_LATENCY, "table" => name)
                     .record(started.elapsed().as_secs_f64());
-                let mut offsets = TopicPartitionList::new();
                 for (p, offset) in &next {
                     let owned = self.owned.get_mut(p).expect("owned partition");
                     owned.committed = Some(*offset);
                     owned.since = None;
                     owned.last_commit = Some(Instant::now());
-                    let _ = offsets.add_partition_offset(&p.0, p.1, Offset::Offset(*offset));
                 }
-                // The group's offsets are for lag monitoring only: the table holds positions.
-                let _ = self.consumer.commit(&offsets, CommitMode::Async);
                 tracing::debug!(table = self.name(), version, rows, files, "committed");
-                Ok(())
+                Ok(true)
             }
-            Err(e) => self.drop_and_reread(e).await,
+            Err(e) => self.drop_and_reread(e).await.map(|()| false),
+        }
+    }
+
+    /// After the Delta commit: the dead letters read below the table's positions and the group's
+    /// offsets up to what was read, in one Kafka transaction. A transaction that does not commit
+    /// is aborted and the partitions read again (their rows now passed over).
+    async fn deliver(&mut self) -> anyhow::Result<()> {
+        let covered: BTreeMap<Partition, (i64, i64)> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.next > o.delivered)
+            .map(|(p, o)| (p.clone(), (o.delivered, o.next - 1)))
+            .collect();
+        self.transaction(covered, true).await.map(|_| ())
+    }
+
+    /// Before the first Delta commit of partitions the group holds no offset of: the group's
+    /// offset set where their dead letters start, so that a dead-letter transaction failing after
+    /// that commit leaves the group behind the table and not without an offset (which
+    /// [`Loader::position`] reads as expired). Whether it committed.
+    async fn anchor(&mut self, partitions: &[Partition]) -> anyhow::Result<bool> {
+        let covered: BTreeMap<Partition, (i64, i64)> = partitions
+            .iter()
+            .map(|p| (p, &self.owned[p]))
+            .filter(|(_, o)| !o.anchored)
+            .map(|(p, o)| (p.clone(), (o.delivered, o.delivered - 1)))
+            .collect();
+        self.transaction(covered, false).await
+    }
+
+    /// One Kafka transaction: with `letters`, the dead letters held of `covered`'s partitions;
+    /// and the group's offsets after each partition's last offset. Whether it committed: one
+    /// that did not is aborted and every partition is read again.
+    async fn transaction(
+        &mut self,
+        covered: BTreeMap<Partition, (i64, i64)>,
+        letters: bool,
+    ) -> anyhow::Result<bool> {
+        if covered.is_empty() {
+            return Ok(true);
+        }
+        let held: Vec<&Letter> = covered
+            .keys()
+            .filter(|_| letters)
+            .flat_map(|p| self.owned[p].letters.iter())
+            .collect();
+        let kinds: Vec<&'static str> = held.iter().map(|l| l.kind).collect();
+        let committed = tokio::task::block_in_place(|| {
+            self.producer.begin_transaction()?;
+            for letter in &held {
+                send_waiting(
+                    &self.producer,
+                    letter.record(&self.dlq_topic),
+                    KAFKA_TIMEOUT,
+                )?;
+            }
+            send_offsets(&self.producer, &self.consumer, &covered, KAFKA_TIMEOUT)?;
+            commit_transaction(&self.producer, KAFKA_TIMEOUT)
+        });
+        match committed {
+            Ok(()) => {
+                for kind in kinds {
+                    metrics::counter!(DEAD_LETTERS, "table" => self.name(), "kind" => kind)
+                        .increment(1);
+                }
+                for (p, (_, last)) in &covered {
+                    let owned = self.owned.get_mut(p).expect("owned partition");
+                    owned.delivered = last + 1;
+                    owned.anchored = true;
+                    if letters {
+                        owned.letters.clear();
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) if is_fatal(&e) => Err(anyhow::Error::new(e)
+                .context("the dead letters' transaction failed fatally (fenced by another loader of the same instance name?)")),
+            Err(e) => {
+                tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
+                    .context("aborting the dead letters' transaction")?;
+                self.drop_and_reread(CommitError::DeadLetters(e.to_string()))
+                    .await
+                    .map(|()| false)
+            }
         }
     }
 
@@ -684,13 +877,14 @@ impl Loader {
             .increment(1);
         tracing::warn!(
             table = self.name(),
-            "commit did not land: {e}; reading again from the table's positions"
+            "commit did not land: {e}; reading again from the table's and the group's positions"
         );
         for owned in self.owned.values_mut() {
             if let Some(mut w) = owned.writer.take() {
                 w.reset();
             }
             owned.rows.clear();
+            owned.letters.clear();
             owned.since = None;
         }
         let all: Vec<Partition> = self.owned.keys().cloned().collect();
@@ -724,5 +918,59 @@ impl DeadLetter {
             reason,
             schema_id,
         }
+    }
+}
+
+/// A dead letter waiting for its commit: the record's key, value and headers unchanged, plus
+/// the dead-letter headers saying why.
+struct Letter {
+    kind: &'static str,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+}
+
+impl Letter {
+    fn new(message: &OwnedMessage, why: DeadLetter) -> Letter {
+        let mut headers = message.headers().cloned().unwrap_or_default();
+        let names = DeadLetterHeaders {
+            stage: ErrorStage::Lake,
+            reason: &why.reason,
+            path: None,
+            subject: None,
+            schema_id: why.schema_id,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            omitted: None,
+        };
+        for (key, value) in names.headers() {
+            headers = headers.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        Letter {
+            kind: why.kind,
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    fn record<'a>(&'a self, topic: &'a str) -> BaseRecord<'a, [u8], [u8]> {
+        let mut record = BaseRecord::to(topic).headers(self.headers.clone());
+        if let Some(key) = &self.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &self.value {
+            record = record.payload(value.as_slice());
+        }
+        record
+    }
+
+    /// What it holds in memory until its commit.
+    fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
     }
 }

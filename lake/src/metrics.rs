@@ -9,6 +9,10 @@ pub(crate) use logpipe_core::metric_names::lake::*;
 pub(crate) fn describe() {
     describe_counter!(ROWS, "Rows committed to the table.");
     describe_counter!(
+        RECORDS_READ,
+        "Records taken from the source topics into open files or dead letters (uncommitted rows are counted again when a commit that did not land reads them again)."
+    );
+    describe_counter!(
         PARQUET_BYTES,
         "Bytes of Parquet committed to the table (the files' sizes)."
     );

@@ -68,6 +68,10 @@ pub(crate) enum CommitError {
     /// The commit's files could not be written.
     #[error("writing its files: {0}")]
     Files(String),
+    /// The Kafka transaction of the dead letters and the group's offsets after a Delta commit
+    /// did not commit: the rows are in the table, the dead letters are written again.
+    #[error("the dead letters' transaction: {0}")]
+    DeadLetters(String),
 }
 
 impl CommitError {
@@ -77,6 +81,7 @@ impl CommitError {
             CommitError::Fenced(_) => "fenced",
             CommitError::Failed(_) => "failed",
             CommitError::Files(_) => "files",
+            CommitError::DeadLetters(_) => "dead_letters",
         }
     }
 }

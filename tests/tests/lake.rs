@@ -220,24 +220,82 @@ async fn load_across_kill_9(stack: Stack, place: Place) -> anyhow::Result<()> {
     }
     service::stop(&mut loader).await?;
     assert_table(&place.uri, &place.storage, &expected).await?;
+    assert_dead_letters(&stack).await
+}
 
+/// `dlq.lake.game` holds each of [`bad_lines`] once, as a dead letter of the lake stage.
+async fn assert_dead_letters(stack: &Stack) -> anyhow::Result<()> {
     let dead: Vec<_> = stack.read(LAKE_DLQ).await?;
-    let reasons: BTreeSet<(String, String)> = dead
+    let mut reasons: Vec<(String, String)> = dead
         .iter()
         .map(|m| {
             let h = topic::text_headers(m);
             (h["lp.error.stage"].clone(), h["lp.offset"].clone())
         })
         .collect();
+    reasons.sort();
     assert_eq!(
         reasons,
-        BTreeSet::from([
+        [
             ("lake".to_owned(), "0".to_owned()),
             ("lake".to_owned(), "100".to_owned())
-        ]),
-        "both bad records are dead letters of the lake stage: {dead:?}"
+        ],
+        "each bad record is one dead letter of the lake stage: {dead:?}"
     );
     Ok(())
+}
+
+/// A loader killed -9 after reading dead letters and before committing them, and its successor's
+/// first dead-letter transaction failing after its Delta commit landed (so the rows are in the
+/// table and the dead letters are not): `dlq.lake.game` still holds each once, and the table
+/// every row once. Delivering dead letters before the commit, as the loader once did, writes
+/// each twice here; a successor that took the table's positions alone would lose them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_written_once_across_kill_9() -> anyhow::Result<()> {
+    let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let game = Game::generate(9, 300, 20, 0);
+    let mut files = game.lines(&schemas)?;
+    let expected = oracle(&game, &files);
+    files.push(bad_lines());
+    let place = Place::local(&stack);
+    // Nothing is due by age while the first loader runs: all it read is uncommitted when killed.
+    let (first, telemetry) = config(&stack, "l1", &place.uri, "flush_age = \"1h\"\n")?;
+    let mut loader = service::start(LAKE, &first, telemetry).await?;
+    stack
+        .produce(CLEAN, &files, 0..Game::longest(&files))
+        .await?;
+    let records = (expected.len() + 2) as f64;
+    wait_until(DRAIN, || async {
+        metrics::total(telemetry, metric::RECORDS_READ).await >= records
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("reading {records} records: {e:#}\n{}", loader.logs()))?;
+    loader.kill9()?;
+    stack
+        .cluster
+        .request_errors("TxnOffsetCommit", &["ILLEGAL_GENERATION"])
+        .await?;
+    let (second, telemetry) = config(&stack, "l1", &place.uri, "flush_age = \"300ms\"\n")?;
+    let mut loader = service::start(LAKE, &second, telemetry).await?;
+    let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
+    if let Err(e) = drained {
+        let missing = missing(&stack, &place, &expected).await?;
+        anyhow::bail!("{e:#}: {missing}\n{}", loader.logs());
+    }
+    wait_until(DRAIN, || async {
+        metrics::total(telemetry, metric::DEAD_LETTERS).await >= 2.0
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("delivering 2 dead letters: {e:#}\n{}", loader.logs()))?;
+    let failed = metrics::total(telemetry, metric::COMMIT_FAILURES).await;
+    service::stop(&mut loader).await?;
+    assert!(
+        failed > 0.0,
+        "no dead-letter transaction failed: the injected error tested nothing"
+    );
+    assert_table(&place.uri, &[], &expected).await?;
+    assert_dead_letters(&stack).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
