@@ -5,12 +5,14 @@
 //!
 //! Modules, in the order a record meets them: `schemas` (the wire format's schema id to the
 //! writer schema and its columns, cached), `columns` (schema types as Arrow types, values as rows),
-//! `rows` (a record as its table row, with the columns of its place), `table` (the Delta table:
+//! `dead_letters` (a `dlq.*` record's columns, for dead-letter tables), `rows` (a record as its
+//! table row, with the columns of its place), `table` (the Delta table:
 //! positions, widening, commits), `loader` (the loop: read, write, commit, seek), `compact`
 //! (small files of closed days merged), `metrics`.
 
 mod columns;
 mod compact;
+mod dead_letters;
 mod loader;
 mod metrics;
 mod rows;
@@ -59,8 +61,13 @@ pub struct LakeConfig {
 pub struct TableConfig {
     /// The table's name: in its consumer group, transaction ids, metrics and dead-letter topic.
     pub name: String,
-    /// Clean (or dead-letter) topics whose records become the table's rows.
+    /// Clean (or, with `kind = "dead_letters"`, dead-letter) topics whose records become the
+    /// table's rows.
     pub topics: Vec<String>,
+    /// What the topics hold: clean records (columns from their schemas) or dead letters (fixed
+    /// columns from the `lp.error.*` headers and the raw value).
+    #[serde(default)]
+    pub kind: TableKind,
     /// `s3://bucket/prefix`, `file:///path` or a local path.
     pub uri: String,
     /// Partition columns: `["dt"]` (the event's UTC date, the default) or none.
@@ -101,6 +108,17 @@ pub struct TableConfig {
     /// Object store options (endpoint, region, credentials; see the README).
     #[serde(default)]
     pub storage: HashMap<String, String>,
+}
+
+/// What a table's topics hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableKind {
+    /// Clean records in the Confluent wire format.
+    #[default]
+    Clean,
+    /// Dead letters (`dlq.*`): raw lines or refused records with the `lp.error.*` headers.
+    DeadLetters,
 }
 
 fn default_group() -> String {
@@ -180,6 +198,10 @@ impl ServiceConfig for LakeConfig {
                     .map_err(|e| anyhow::anyhow!("{at}: topics: {e}"))?;
             }
             anyhow::ensure!(
+                table.kind == TableKind::Clean || table.event_time.is_none(),
+                "{at}: event_time: dead letters are dated by their Kafka timestamp (they may not hold a readable event)"
+            );
+            anyhow::ensure!(
                 table.partition_by.is_empty() || table.partition_by == [rows::DT],
                 "{at}: partition_by must be [\"dt\"] (the event's date) or [] so far"
             );
@@ -208,8 +230,12 @@ impl ServiceConfig for LakeConfig {
         );
         for table in &self.tables {
             out.push_str(&format!(
-                "table {}: {} -> {} as group {}, partitioned by [{}], dt from {}, a commit per {} MiB or {} per partition; records that do not fit -> {}\n",
+                "table {}: {} of {} -> {} as group {}, partitioned by [{}], dt from {}, a commit per {} MiB or {} per partition; records that do not fit -> {}\n",
                 table.name,
+                match table.kind {
+                    TableKind::Clean => "clean records",
+                    TableKind::DeadLetters => "dead letters",
+                },
                 table.topics.join(", "),
                 table.uri,
                 self.group_of(table),
@@ -316,6 +342,14 @@ mod tests {
             (
                 "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/a\"\n[[tables]]\nname = \"g\"\ntopics = [\"clean.h\"]\nuri = \"/b\"\n",
                 "second table",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"dlq.g\"]\nuri = \"/t\"\nkind = \"dead_letters\"\nevent_time = \"event_time\"\n",
+                "event_time: dead letters are dated by their Kafka timestamp",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"dlq.g\"]\nuri = \"/t\"\nkind = \"raw\"\n",
+                "kind",
             ),
         ];
         for (tables, want) in cases {

@@ -36,11 +36,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Map, Value};
 
 use crate::compact::Compaction;
+use crate::dead_letters;
 use crate::metrics::*;
 use crate::rows::{self, EventTime, Place};
 use crate::schemas::{SchemaError, Schemas};
 use crate::table::{CommitError, Partition, Table};
-use crate::TableConfig;
+use crate::{TableConfig, TableKind};
 
 /// Bound of one Kafka request or transaction step.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,7 +88,8 @@ struct Owned {
 struct Derived {
     version: Option<u64>,
     schema: Option<SchemaRef>,
-    columns: HashMap<u32, Result<Fields, String>>,
+    /// By schema id (`None`: the dead letters' fixed columns).
+    columns: HashMap<Option<u32>, Result<Fields, String>>,
 }
 
 struct Loader {
@@ -438,6 +440,54 @@ impl Loader {
         &mut self,
         message: &OwnedMessage,
     ) -> anyhow::Result<Result<(Map<String, Value>, String), DeadLetter>> {
+        let headers = || {
+            message
+                .headers()
+                .into_iter()
+                .flat_map(|h| h.iter().map(|h| (h.key, h.value)))
+        };
+        let (decoded, schema_id, table_fields) = match self.settings.table.kind {
+            TableKind::Clean => match self.decode(message).await? {
+                Ok((decoded, id, table_fields)) => (decoded, Some(id), table_fields),
+                Err(why) => return Ok(Err(why)),
+            },
+            TableKind::DeadLetters => {
+                let table_fields = match self.columns_for(None, &dead_letters::fields()).await? {
+                    Ok(table_fields) => table_fields,
+                    Err(why) => return Ok(Err(DeadLetter::new("columns", why, None))),
+                };
+                let decoded = dead_letters::decode(headers(), message.payload());
+                (decoded, None, table_fields)
+            }
+        };
+        let record_id = RecordId::from_headers(headers()).ok().flatten();
+        let place = Place {
+            id: record_id,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            schema_id,
+        };
+        let event_time = match self.settings.table.event_time.as_deref() {
+            Some(name) => EventTime::Field {
+                name,
+                micros: table_fields
+                    .find(name)
+                    .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..))),
+            },
+            None => EventTime::Kafka,
+        };
+        Ok(rows::row(decoded, &place, event_time)
+            .map_err(|why| DeadLetter::new("event_time", why, schema_id)))
+    }
+
+    /// A clean record's fields fitted to the table's columns, its schema id and the table's
+    /// columns; or why it cannot be a row.
+    async fn decode(
+        &mut self,
+        message: &OwnedMessage,
+    ) -> anyhow::Result<Result<(Map<String, Value>, u32, Fields), DeadLetter>> {
         let value = message.payload().unwrap_or_default();
         let (id, payload) = match logpipe_core::wire::parse(value) {
             Ok(parsed) => parsed,
@@ -469,41 +519,14 @@ impl Loader {
                 Some(id),
             )));
         }
-        let table_fields = match self.columns_for(id, &fields).await? {
+        let table_fields = match self.columns_for(Some(id), &fields).await? {
             Ok(table_fields) => table_fields,
             Err(why) => return Ok(Err(DeadLetter::new("columns", why, Some(id)))),
         };
-        let decoded = match writer.decode(payload, &table_fields) {
-            Ok(decoded) => decoded,
-            Err(why) => return Ok(Err(DeadLetter::new("value", why, Some(id)))),
-        };
-        let record_id = RecordId::from_headers(
-            message
-                .headers()
-                .into_iter()
-                .flat_map(|h| h.iter().map(|h| (h.key, h.value))),
-        )
-        .ok()
-        .flatten();
-        let place = Place {
-            id: record_id,
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            schema_id: id,
-        };
-        let event_time = match self.settings.table.event_time.as_deref() {
-            Some(name) => EventTime::Field {
-                name,
-                micros: table_fields
-                    .find(name)
-                    .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..))),
-            },
-            None => EventTime::Kafka,
-        };
-        Ok(rows::row(decoded, &place, event_time)
-            .map_err(|why| DeadLetter::new("event_time", why, Some(id))))
+        Ok(match writer.decode(payload, &table_fields) {
+            Ok(decoded) => Ok((decoded, id, table_fields)),
+            Err(why) => Err(DeadLetter::new("value", why, Some(id))),
+        })
     }
 
     /// The table's columns for a schema's `fields`: the table is created with them, or widened
@@ -511,7 +534,7 @@ impl Loader {
     /// field the table has with another type.
     async fn columns_for(
         &mut self,
-        id: u32,
+        id: Option<u32>,
         fields: &Fields,
     ) -> anyhow::Result<Result<Fields, String>> {
         if let Some(known) = self.derived().columns.get(&id) {

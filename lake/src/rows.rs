@@ -1,4 +1,4 @@
-//! A clean record as its table row: the schema's fields, then the columns of its place (the
+//! A record as its table row: its fields (a clean record's schema's, or a dead letter's), then the columns of its place (the
 //! agent's record id and where Kafka kept it), then `dt`, the date it is partitioned by.
 //!
 //! `dt` is the event's UTC date, so a late event lands in its own day; the event time is read
@@ -27,7 +27,8 @@ pub(crate) fn place_columns() -> Fields {
         Field::new("kafka_partition", DataType::Int32, false),
         Field::new("kafka_offset", DataType::Int64, false),
         Field::new("kafka_timestamp", timestamp(), true),
-        Field::new("schema_id", DataType::Int64, false),
+        // Null on a dead-letter table's rows.
+        Field::new("schema_id", DataType::Int64, true),
         Field::new(DT, DataType::Utf8, false),
     ]
     .into()
@@ -50,7 +51,8 @@ pub(crate) struct Place<'a> {
     pub(crate) offset: i64,
     /// Milliseconds since the epoch.
     pub(crate) timestamp: Option<i64>,
-    pub(crate) schema_id: u32,
+    /// The writer schema's id (none for a dead letter).
+    pub(crate) schema_id: Option<u32>,
 }
 
 /// Where a row's event time is.
@@ -88,7 +90,9 @@ pub(crate) fn row(
     if let Some(ms) = place.timestamp {
         fields.insert("kafka_timestamp".into(), (ms.saturating_mul(1_000)).into());
     }
-    fields.insert("schema_id".into(), place.schema_id.into());
+    if let Some(id) = place.schema_id {
+        fields.insert("schema_id".into(), id.into());
+    }
     fields.insert(DT.into(), dt.clone().into());
     Ok((fields, dt))
 }
@@ -141,7 +145,7 @@ mod tests {
             partition: 3,
             offset: 99,
             timestamp: Some(1_764_892_800_000), // 2025-12-05T00:00:00Z
-            schema_id: 7,
+            schema_id: Some(7),
         }
     }
 

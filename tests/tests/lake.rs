@@ -249,7 +249,9 @@ async fn assert_dead_letters(stack: &Stack) -> anyhow::Result<()> {
 /// first dead-letter transaction failing after its Delta commit landed (so the rows are in the
 /// table and the dead letters are not): `dlq.lake.game` still holds each once, and the table
 /// every row once. Delivering dead letters before the commit, as the loader once did, writes
-/// each twice here; a successor that took the table's positions alone would lose them.
+/// each twice here; a successor that took the table's positions alone would lose them. The
+/// successor also loads `dlq.lake.game` into a dead-letter table (`kind = "dead_letters"`),
+/// which both outside readers see holding each dead letter once, with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_written_once_across_kill_9() -> anyhow::Result<()> {
     let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
@@ -276,7 +278,12 @@ async fn dead_letters_are_written_once_across_kill_9() -> anyhow::Result<()> {
         .cluster
         .request_errors("TxnOffsetCommit", &["ILLEGAL_GENERATION"])
         .await?;
-    let (second, telemetry) = config(&stack, "l1", &place.uri, "flush_age = \"300ms\"\n")?;
+    let dead_uri = format!("{}-dead-letters", place.uri);
+    let dead_table = format!(
+        "flush_age = \"300ms\"\n[[tables]]\nname = \"game_dead\"\ntopics = [\"{LAKE_DLQ}\"]\n\
+         uri = \"{dead_uri}\"\nkind = \"dead_letters\"\nflush_age = \"300ms\"\n"
+    );
+    let (second, telemetry) = config(&stack, "l1", &place.uri, &dead_table)?;
     let mut loader = service::start(LAKE, &second, telemetry).await?;
     let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
     if let Err(e) = drained {
@@ -289,13 +296,62 @@ async fn dead_letters_are_written_once_across_kill_9() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("delivering 2 dead letters: {e:#}\n{}", loader.logs()))?;
     let failed = metrics::total(telemetry, metric::COMMIT_FAILURES).await;
+    let dead_rows = wait_until(DRAIN, || async { count(&dead_uri, &[]).await >= 2 }).await;
+    if let Err(e) = dead_rows {
+        anyhow::bail!("the dead-letter table: {e:#}\n{}", loader.logs());
+    }
     service::stop(&mut loader).await?;
     assert!(
         failed > 0.0,
         "no dead-letter transaction failed: the injected error tested nothing"
     );
     assert_table(&place.uri, &[], &expected).await?;
-    assert_dead_letters(&stack).await
+    assert_dead_letters(&stack).await?;
+    let bad = bad_lines();
+    for reader in ["deltalake", "polars"] {
+        let read = read(
+            reader,
+            &dead_uri,
+            &[],
+            &["error_stage", "error_reason", "value"],
+        )
+        .await?;
+        let mut rows: Vec<(RowId, Option<String>, bool, Option<String>)> = read
+            .ids
+            .iter()
+            .zip(&read.values)
+            .map(|(id, v)| {
+                let reason = v["error_reason"].as_deref().unwrap_or_default();
+                (
+                    id.clone(),
+                    v["error_stage"].clone(),
+                    !reason.is_empty(),
+                    v["value"].clone(),
+                )
+            })
+            .collect();
+        rows.sort();
+        let id = |offset: i64| (bad.host.clone(), bad.file.to_hex(), offset);
+        assert_eq!(
+            rows,
+            [
+                (
+                    id(0),
+                    Some("lake".into()),
+                    true,
+                    Some(String::from_utf8_lossy(&bad.lines[0].1).into_owned())
+                ),
+                (
+                    id(100),
+                    Some("lake".into()),
+                    true,
+                    Some(String::from_utf8_lossy(&bad.lines[1].1).into_owned())
+                ),
+            ],
+            "{reader}: the dead-letter table"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
