@@ -33,6 +33,8 @@ const VALIDATOR_GROUP: &str = "logpipe-validator";
 pub const CEP_GROUP: &str = "logpipe-cep";
 /// The lake loader's table of the stream.
 pub const LAKE_TABLE: &str = "game";
+/// The lake loader's table of the stream's dead letters.
+pub const LAKE_DEAD_LETTER_TABLE: &str = "game_dead_letters";
 /// How long a service may take to answer `/ready` after a start.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -239,6 +241,7 @@ impl Pipeline {
         // writes is deleted before it is reconciled.
         let write = DevCluster::start_as("write", options.brokers, &[(&raw, n)]).await?;
         let lake_dlq = record::lake_dlq_topic(LAKE_TABLE);
+        let lake_dead_dlq = record::lake_dlq_topic(LAKE_DEAD_LETTER_TABLE);
         let read_topics = [
             (raw.as_str(), n),
             (mirror_state.as_str(), n),
@@ -246,6 +249,7 @@ impl Pipeline {
             (dlq.as_str(), n),
             (replay_state.as_str(), 1),
             (lake_dlq.as_str(), 1),
+            (lake_dead_dlq.as_str(), 1),
         ];
         let read = DevCluster::start_as("read", options.brokers, &read_topics).await?;
 
@@ -268,6 +272,7 @@ impl Pipeline {
             cep_idle_timeout: options.cep_idle_timeout,
             partitions: n,
             clean: &clean,
+            dlq: &dlq,
         };
         let mut services = Vec::new();
         for component in Component::EVERY {
@@ -409,6 +414,11 @@ impl Pipeline {
         lake_table(&self.options.state_dir)
     }
 
+    /// Where the lake loader keeps its Delta table of the dead-letter topic.
+    pub fn lake_dead_letter_table(&self) -> PathBuf {
+        lake_dead_letter_table(&self.options.state_dir)
+    }
+
     /// How many times a service has been started (1 after [`Pipeline::start`]).
     pub fn starts(&self, c: Component) -> u32 {
         self.get(c).starts
@@ -516,6 +526,10 @@ fn lake_table(state: &Path) -> PathBuf {
     state.join("lake").join(LAKE_TABLE)
 }
 
+fn lake_dead_letter_table(state: &Path) -> PathBuf {
+    state.join("lake").join(LAKE_DEAD_LETTER_TABLE)
+}
+
 /// A regex matching exactly one topic name (the services match regexes against whole names).
 fn exact_regex(topic: &str) -> String {
     topic.replace('.', "\\.")
@@ -533,6 +547,7 @@ struct ServiceConfigs<'a> {
     cep_idle_timeout: Option<Duration>,
     partitions: i32,
     clean: &'a str,
+    dlq: &'a str,
 }
 
 impl ServiceConfigs<'_> {
@@ -601,12 +616,21 @@ topics = [{}]
 uri = {}
 event_time = \"event_time\"
 flush_age = \"5s\"
+[[tables]]
+name = {}
+topics = [{}]
+uri = {}
+kind = \"dead_letters\"
+flush_age = \"5s\"
 ",
                 toml_str(&format!("http://{}", self.store_api)),
                 toml_str(self.read),
                 toml_str(LAKE_TABLE),
                 toml_str(self.clean),
                 toml_path(&lake_table(self.state)),
+                toml_str(LAKE_DEAD_LETTER_TABLE),
+                toml_str(self.dlq),
+                toml_path(&lake_dead_letter_table(self.state)),
             ),
         }
     }
@@ -629,6 +653,7 @@ mod tests {
             cep_idle_timeout: Some(Duration::from_secs(3)),
             partitions: 4,
             clean: "clean.game",
+            dlq: "dlq.game",
         };
         let telemetry: SocketAddr = "127.0.0.1:4".parse().unwrap();
         let agent = configs.render(Component::Agent, telemetry);
@@ -662,6 +687,9 @@ mod tests {
             "schema_store = \"http://127.0.0.1:3\"",
             "topics = [\"clean.game\"]",
             r#"uri = "/tmp/a \"b\"/lake/game""#,
+            "topics = [\"dlq.game\"]",
+            r#"uri = "/tmp/a \"b\"/lake/game_dead_letters""#,
+            "kind = \"dead_letters\"",
             "bootstrap = \"127.0.0.1:2\"",
         ] {
             assert!(lake.contains(line), "{line} not in {lake}");

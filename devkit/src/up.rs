@@ -206,18 +206,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     let lake_exact = match &lake {
-        Ok(lake) => {
-            println!("lake reconciliation: {lake}");
-            if lake.is_exact() {
-                println!(
-                    "exact: every clean record is a row of the Delta table {} exactly once",
-                    state_dir
-                        .join("lake")
-                        .join(crate::pipeline::LAKE_TABLE)
-                        .display()
-                );
+        Ok(tables) => {
+            for table in tables {
+                println!("lake reconciliation: {table}");
+                if table.is_exact() {
+                    println!(
+                        "exact: every one of the {} is a row of the Delta table {} exactly once",
+                        table.what,
+                        table.table.display()
+                    );
+                }
             }
-            lake.is_exact()
+            tables.iter().all(lake::LakeReconciliation::is_exact)
         }
         Err(e) => {
             println!("lake reconciliation: failed: {e:#}");
@@ -241,8 +241,8 @@ struct Outcome {
     reconciliation: Reconciliation,
     /// The CEP worker's matches against the rules (an error when they could not be checked).
     cep: anyhow::Result<CepReconciliation>,
-    /// The lake table's rows against the clean topic (an error when they could not be counted).
-    lake: anyhow::Result<lake::LakeReconciliation>,
+    /// The lake tables' rows against their topics (an error when they could not be counted).
+    lake: anyhow::Result<Vec<lake::LakeReconciliation>>,
     /// The last screen drawn, to show again on the normal screen.
     last_screen: Option<String>,
 }
@@ -413,7 +413,7 @@ async fn session(args: &UpArgs, state: &Path, stop: CancellationToken) -> anyhow
     let lake = match &reconciliation {
         Ok(_) => {
             events.note(format!(
-                "waiting up to {}s for the lake table to catch up",
+                "waiting up to {}s for the lake tables to catch up",
                 args.drain_timeout.as_secs()
             ));
             lake::reconcile(&pipeline, args.drain_timeout).await
@@ -474,7 +474,7 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
          \x20 read cluster    bootstrap {}   control {}\n\
          \x20 schema store    {}\n\
          \x20 cep             http://{}   rules {} -> {}, late events {}   (rules API: $CEP/rules/NAME)\n\
-         \x20 lake            {} -> Delta table {}   (query it: README, \"Query the lake\")\n\
+         \x20 lake            {} -> Delta table {}, {} -> {}   (query it: README, \"Query the lake\")\n\
          \x20 telemetry       {}\n\
          \x20 topics          {} -> {} / {}   (shell variables: {}/up.env)\n\
          \x20 Ctrl-C stops the generator, drains, reconciles and stops; a second Ctrl-C kills everything",
@@ -492,6 +492,8 @@ fn where_things_are(pipeline: &Pipeline, args: &UpArgs) -> String {
         logpipe_core::record::CEP_LATE_TOPIC,
         pipeline.clean_topics().join(","),
         pipeline.lake_table().display(),
+        pipeline.dlq_topics().join(","),
+        pipeline.lake_dead_letter_table().display(),
         telemetry.join("  "),
         pipeline.raw_topic(),
         pipeline.clean_topics().join(","),
@@ -541,6 +543,10 @@ fn write_env_file(
         (
             "LAKE_TABLE".into(),
             pipeline.lake_table().display().to_string(),
+        ),
+        (
+            "LAKE_DEAD_LETTER_TABLE".into(),
+            pipeline.lake_dead_letter_table().display().to_string(),
         ),
     ];
     for &(c, pid, _) in supervision {

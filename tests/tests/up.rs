@@ -92,12 +92,18 @@ fn check_exact(stdout: &str) -> anyhow::Result<Outcome> {
             && stdout.contains("\nexact: every match the rules call for"),
         "{stdout}"
     );
-    // And the lake table holds every clean record once.
+    // And the lake's table of the clean topic holds every clean record once ...
     let lake = format!(
         "\nlake reconciliation: {0} rows for {0} clean records: missing 0, extra 0, repeated 0\n",
         outcome.clean
     );
     assert!(stdout.contains(&lake), "{lake:?} not in\n{stdout}");
+    // And the dead-letter table every dead letter once.
+    let dead = format!(
+        "\nlake reconciliation: {0} rows for {0} dead letters: missing 0, extra 0, repeated 0\n",
+        outcome.dead_letters
+    );
+    assert!(stdout.contains(&dead), "{dead:?} not in\n{stdout}");
     Ok(outcome)
 }
 

@@ -1,6 +1,7 @@
-//! `up`'s lake loader: once the pipeline has drained, waiting for the Delta table to catch up
-//! with the clean topic, and counting the table's rows by record id (`lp_host`, `lp_file`,
-//! `lp_offset`) against the clean topic's records: every one exactly once.
+//! `up`'s lake loader: once the pipeline has drained, waiting for the Delta tables to catch up
+//! with their topics (the clean topic's table and the dead-letter topic's), and counting each
+//! table's rows by record id (`lp_host`, `lp_file`, `lp_offset`) against its topic's records:
+//! every one exactly once.
 //!
 //! The table is read as any Delta reader reads it: the files of its latest version, listed by
 //! its log, each read with the Parquet reader. (The end-to-end tests read it with outside
@@ -8,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -27,16 +28,19 @@ type RowId = (String, String, i64);
 /// Pause between two reads of the table while it catches up.
 const POLL: Duration = Duration::from_secs(2);
 
-/// The table against the clean topic.
+/// A table against its topic.
 #[derive(Debug, Default)]
 pub struct LakeReconciliation {
-    /// Records in the clean topic.
+    /// What the topic holds: `clean records`, `dead letters`.
+    pub what: &'static str,
+    pub table: PathBuf,
+    /// Records in the topic.
     pub expected: usize,
     /// Rows in the table.
     pub rows: usize,
-    /// Clean records with no row.
+    /// Records with no row.
     pub missing: usize,
-    /// Rows of no clean record.
+    /// Rows of no record.
     pub extra: usize,
     /// Rows beyond the first of a record id.
     pub repeated: usize,
@@ -52,20 +56,48 @@ impl fmt::Display for LakeReconciliation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rows for {} clean records: missing {}, extra {}, repeated {}",
-            self.rows, self.expected, self.missing, self.extra, self.repeated
+            "{} rows for {} {}: missing {}, extra {}, repeated {}",
+            self.rows, self.expected, self.what, self.missing, self.extra, self.repeated
         )
     }
 }
 
-/// Waits up to `timeout` for the table to hold every record of the clean topic, then counts.
+/// The clean topic's table and the dead-letter topic's, each counted by [`reconcile_table`].
 pub async fn reconcile(
     pipeline: &Pipeline,
     timeout: Duration,
+) -> anyhow::Result<Vec<LakeReconciliation>> {
+    Ok(vec![
+        reconcile_table(
+            pipeline,
+            "clean records",
+            &pipeline.clean_topics(),
+            pipeline.lake_table(),
+            timeout,
+        )
+        .await?,
+        reconcile_table(
+            pipeline,
+            "dead letters",
+            &pipeline.dlq_topics(),
+            pipeline.lake_dead_letter_table(),
+            timeout,
+        )
+        .await?,
+    ])
+}
+
+/// Waits up to `timeout` for `table` to hold every record of `topics`, then counts.
+async fn reconcile_table(
+    pipeline: &Pipeline,
+    what: &'static str,
+    topics: &[String],
+    table: PathBuf,
+    timeout: Duration,
 ) -> anyhow::Result<LakeReconciliation> {
     let mut expected: BTreeMap<RowId, ()> = BTreeMap::new();
-    for topic in pipeline.clean_topics() {
-        for m in pipeline.read_cluster().read_topic(&topic, timeout).await? {
+    for topic in topics {
+        for m in pipeline.read_cluster().read_topic(topic, timeout).await? {
             let headers = m
                 .headers()
                 .into_iter()
@@ -75,7 +107,6 @@ pub async fn reconcile(
             }
         }
     }
-    let table = pipeline.lake_table();
     let deadline = Instant::now() + timeout;
     loop {
         let ids = table_ids(&table).await?;
@@ -84,6 +115,8 @@ pub async fn reconcile(
             *counts.entry(id).or_default() += 1;
         }
         let done = LakeReconciliation {
+            what,
+            table: table.clone(),
             expected: expected.len(),
             rows: ids.len(),
             missing: expected
