@@ -11,11 +11,10 @@ use apache_avro::Schema;
 use logpipe_cep::CepConfig;
 use logpipe_core::kafka::Role;
 use logpipe_core::metric_names::cep as names;
+use logpipe_devkit::clean::decoding_ceiling;
 use logpipe_devkit::harness::{free_addr, write_file, Process};
 use logpipe_devkit::measure::{env, Rate};
 use logpipe_devkit::prometheus;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
 
 pub const CLEAN: &str = "clean.game";
 
@@ -140,46 +139,13 @@ pub fn ceiling(
     records: usize,
     schemas: &HashMap<u32, Schema>,
 ) -> anyhow::Result<Rate> {
-    let consumer: BaseConsumer = config
-        .kafka
-        .client_config(
-            &Role::Consumer {
-                group_id: group.to_owned(),
-            },
-            "bench-ceiling",
-        )
-        .create()?;
-    consumer.subscribe(&[CLEAN])?;
-    let (mut done, mut bytes) = (0usize, 0usize);
-    let mut first: Option<Instant> = None;
-    let stall = Instant::now() + STALL;
-    while done < records {
-        anyhow::ensure!(
-            Instant::now() < stall,
-            "ceiling stalled at {done} of {records}"
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message?;
-        let payload = message.payload().unwrap_or_default();
-        let (id, mut body) = logpipe_core::wire::parse(payload)?;
-        let schema = schemas.get(&id).context("unknown schema id")?;
-        let value = apache_avro::from_avro_datum(schema, &mut body, None)?;
-        let json = serde_json::Value::try_from(value)?;
-        std::hint::black_box(json);
-        done += 1;
-        if first.is_none() {
-            first = Some(Instant::now());
-        } else {
-            bytes += payload.len();
-        }
-    }
-    Ok(Rate {
-        records: records - 1,
-        bytes,
-        elapsed: first.context("nothing read")?.elapsed(),
-    })
+    let consumer = config.kafka.client_config(
+        &Role::Consumer {
+            group_id: group.to_owned(),
+        },
+        "bench-ceiling",
+    );
+    decoding_ceiling(&consumer, CLEAN, records, schemas, STALL)
 }
 
 /// The metrics page once the sum of `metric` has not changed for a second.

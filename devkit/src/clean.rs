@@ -5,17 +5,19 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use logpipe_core::record::{header, FileId, RecordId};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
 
 use crate::loadgen::{self, EVENTS};
-use crate::measure::{filling_producer, send_polling};
+use crate::measure::{filling_producer, send_polling, Rate};
 
 /// Servers the generated records spread over.
 pub const SERVERS: u64 = 200;
@@ -197,4 +199,49 @@ pub fn fill(
 pub fn event_of(seq: u64) -> &'static str {
     let mix = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17;
     EVENTS[(mix % EVENTS.len() as u64) as usize]
+}
+
+/// The ceiling of every reader of a clean topic: a consumer made from `consumer` (the reader's
+/// own consumer settings, read_committed) that reads `records` records of `topic` and decodes
+/// each as the readers do (wire format, Avro, JSON values), timed from its first record to its
+/// last; fails once `stall` has passed.
+pub fn decoding_ceiling(
+    consumer: &ClientConfig,
+    topic: &str,
+    records: usize,
+    schemas: &HashMap<u32, Schema>,
+    stall: Duration,
+) -> anyhow::Result<Rate> {
+    let consumer: BaseConsumer = consumer.create()?;
+    consumer.subscribe(&[topic])?;
+    let (mut done, mut bytes) = (0usize, 0usize);
+    let mut first: Option<Instant> = None;
+    let stall = Instant::now() + stall;
+    while done < records {
+        anyhow::ensure!(
+            Instant::now() < stall,
+            "ceiling stalled at {done} of {records}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        let payload = message.payload().unwrap_or_default();
+        let (id, mut body) = logpipe_core::wire::parse(payload)?;
+        let schema = schemas.get(&id).context("unknown schema id")?;
+        let value = apache_avro::from_avro_datum(schema, &mut body, None)?;
+        let json = serde_json::Value::try_from(value)?;
+        std::hint::black_box(json);
+        done += 1;
+        if first.is_none() {
+            first = Some(Instant::now());
+        } else {
+            bytes += payload.len();
+        }
+    }
+    Ok(Rate {
+        records: records - 1,
+        bytes,
+        elapsed: first.context("nothing read")?.elapsed(),
+    })
 }
