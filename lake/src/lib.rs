@@ -7,12 +7,14 @@
 //! writer schema and its columns, cached), `columns` (schema types as Arrow types, values as rows),
 //! `dead_letters` (a `dlq.*` record's columns, for dead-letter tables), `rows` (a record as its
 //! table row, with the columns of its place), `table` (the Delta table:
-//! positions, widening, commits), `loader` (the loop: read, write, commit, seek), `compact`
+//! positions, widening, commits), `files` (a partition's open files, written beside the loop),
+//! `loader` (the loop: read, write, commit, seek), `compact`
 //! (small files of closed days merged), `metrics`.
 
 mod columns;
 mod compact;
 mod dead_letters;
+mod files;
 mod loader;
 mod metrics;
 mod rows;

@@ -7,20 +7,17 @@
 //! table once whatever failed.
 //!
 //! Records that cannot be rows go to `dlq.lake.<table>` in a Kafka transaction that also commits
-//! the group's offsets, and that commits only after the Delta commit of the same records has
-//! landed. So each partition has two positions: the table's (rows below it are in the table) and
-//! the group's (dead letters below it are delivered), the group's never ahead. A loader reads a
-//! partition from the lower of the two and takes a record as a row only at or past the table's
-//! position and as a dead letter only at or past the group's: a crash or a failed transaction
-//! between the two commits writes the missing dead letters again, and nothing twice.
+//! the group's offsets, after each Delta commit. So each partition has two positions: the table's
+//! (rows below it are in the table) and the group's (dead letters below it are delivered). A
+//! loader reads a partition from the lower of the two and takes a record as a row only at or past
+//! the table's position and as a dead letter only at or past the group's: a crash or a failed
+//! commit on either side writes what that side misses again, and nothing twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use deltalake::arrow::datatypes::{DataType, Fields, SchemaRef};
-use deltalake::arrow::json::ReaderBuilder;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use logpipe_core::kafka::{
     commit_transaction, init_transactions, is_fatal, send_offsets, send_waiting, GroupEvent,
     KafkaConfig, RebalanceLog, Role,
@@ -37,6 +34,7 @@ use serde_json::{Map, Value};
 
 use crate::compact::Compaction;
 use crate::dead_letters;
+use crate::files::{Files, Rows};
 use crate::metrics::*;
 use crate::rows::{self, EventTime, Place};
 use crate::schemas::{SchemaError, Schemas};
@@ -68,10 +66,10 @@ struct Owned {
     /// Whether the group holds an offset of the partition (or it is taken to have expired).
     anchored: bool,
     /// Rows read and not yet written into a file, by event day.
-    rows: BTreeMap<String, Vec<Value>>,
+    rows: Rows,
     /// Dead letters read since the last commit, written in its transaction.
     letters: Vec<Letter>,
-    writer: Option<RecordBatchWriter>,
+    files: Files,
     /// When the oldest uncommitted row or dead letter was read.
     since: Option<Instant>,
     last_commit: Option<Instant>,
@@ -221,8 +219,19 @@ impl Loader {
                     Err(e) => tracing::warn!(table = self.name(), "reading: {e}"),
                 }
             }
-            if self.due() {
-                self.commit().await?;
+            let mut failed = None;
+            for owned in self.owned.values_mut() {
+                if let Err(e) = owned.files.poll().await {
+                    failed = Some(CommitError::Files(format!("{e:#}")));
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                self.drop_and_reread(e).await?;
+            }
+            let due = self.due();
+            if !due.is_empty() {
+                self.commit(Some(&due)).await?;
             }
             if self.exists && vacuum_at.elapsed() >= self.settings.table.vacuum_interval {
                 vacuum_at = Instant::now();
@@ -255,7 +264,7 @@ impl Loader {
             table = self.name(),
             "shutting down: committing what was read"
         );
-        self.commit().await
+        self.commit(None).await
     }
 
     /// Acts on rebalances: an assigned partition is sought to the table's position, a revoked
@@ -273,9 +282,7 @@ impl Loader {
                 GroupEvent::Revoked(partitions) => {
                     for p in partitions {
                         if let Some(mut owned) = self.owned.remove(&p) {
-                            if let Some(writer) = owned.writer.as_mut() {
-                                writer.reset();
-                            }
+                            owned.files.reset();
                         }
                         self.unpositioned.remove(&p);
                     }
@@ -586,7 +593,7 @@ impl Loader {
         if missing.is_empty() {
             return Ok(Ok(table_fields));
         }
-        self.commit().await?;
+        self.commit(None).await?;
         let names: Vec<&str> = missing.iter().map(|f| f.name().as_str()).collect();
         tracing::info!(table = self.name(), columns = ?names, "widening the table for a new schema version");
         self.table
@@ -595,12 +602,12 @@ impl Loader {
             .context("widening the table")?;
         metrics::counter!(SCHEMA_WIDENINGS, "table" => self.name()).increment(missing.len() as u64);
         for owned in self.owned.values_mut() {
-            owned.writer = None;
+            owned.files.renew();
         }
         Ok(Ok(self.table.fields()?))
     }
 
-    /// Writes a partition's read rows into its open files.
+    /// Starts writing a partition's read rows into its open files.
     async fn write(&mut self, p: &Partition) -> anyhow::Result<()> {
         let schema = match &self.derived().schema {
             Some(schema) => schema.clone(),
@@ -610,33 +617,19 @@ impl Loader {
                 schema
             }
         };
-        let table = &self.table;
-        let flush_bytes = self.settings.table.flush_bytes;
         let owned = self.owned.get_mut(p).expect("owned partition");
         if owned.rows.is_empty() {
             return Ok(());
         }
-        if owned.writer.is_none() {
-            owned.writer = Some(
-                RecordBatchWriter::for_table(table.table())?
-                    .with_writer_properties(crate::table::file_properties())
-                    .with_target_file_size(flush_bytes),
-            );
-        }
-        let writer = owned.writer.as_mut().expect("writer");
-        for (_, rows) in std::mem::take(&mut owned.rows) {
-            let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder()?;
-            decoder.serialize(&rows)?;
-            if let Some(batch) = decoder.flush()? {
-                writer.write(batch).await?;
-            }
-        }
-        Ok(())
+        let rows = std::mem::take(&mut owned.rows);
+        owned.files.write(self.table.table(), schema, rows).await
     }
 
-    /// Whether a commit is due: a partition's files reached the flush size, or its oldest
-    /// uncommitted record the flush age.
-    fn due(&self) -> bool {
+    /// The partitions whose commit is due: their files reached the flush size, or their oldest
+    /// uncommitted record the flush age; every partition once the dead letters held reach
+    /// [`LETTER_BYTES`]. Each partition is committed on its own, so its files are of the flush
+    /// size whatever the others hold.
+    fn due(&self) -> Vec<Partition> {
         let table = &self.settings.table;
         let letters: usize = self
             .owned
@@ -644,26 +637,29 @@ impl Loader {
             .flat_map(|o| o.letters.iter())
             .map(Letter::bytes)
             .sum();
-        letters >= LETTER_BYTES
-            || self.owned.values().any(|owned| {
-                owned
-                    .since
-                    .is_some_and(|at| at.elapsed() >= table.flush_age)
+        self.owned
+            .iter()
+            .filter(|(_, owned)| {
+                letters >= LETTER_BYTES
                     || owned
-                        .writer
-                        .as_ref()
-                        .is_some_and(|w| w.buffer_len() as u64 >= table.flush_bytes)
+                        .since
+                        .is_some_and(|at| at.elapsed() >= table.flush_age)
+                    || owned.files.written() as u64 >= table.flush_bytes
             })
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
-    /// Commits every partition's files and position in one Delta commit, then its dead letters
-    /// and the group's offsets in one Kafka transaction. What does not land is dropped and every
-    /// partition read again from its positions.
-    async fn commit(&mut self) -> anyhow::Result<()> {
+    /// Commits the files and positions of `only` these partitions (`None`: all) in one Delta
+    /// commit, then the dead letters held and the group's offsets in one Kafka transaction. What
+    /// does not land is dropped and every partition read again from its positions.
+    async fn commit(&mut self, only: Option<&[Partition]>) -> anyhow::Result<()> {
         let partitions: Vec<Partition> = self
             .owned
             .iter()
-            .filter(|(_, o)| o.next > o.committed.unwrap_or(0))
+            .filter(|(p, o)| {
+                o.next > o.committed.unwrap_or(0) && only.is_none_or(|only| only.contains(p))
+            })
             .map(|(p, _)| p.clone())
             .collect();
         if !partitions.is_empty() {
@@ -736,9 +732,11 @@ impl Loader {
         }
     }
 
-    /// After the Delta commit: the dead letters read below the table's positions and the group's
-    /// offsets up to what was read, in one Kafka transaction. A transaction that does not commit
-    /// is aborted and the partitions read again (their rows now passed over).
+    /// After the Delta commit: the dead letters held and the group's offsets up to what was read,
+    /// in one Kafka transaction. A transaction that does not commit is aborted and the partitions
+    /// read again (their committed rows passed over). The group may get ahead of the table for a
+    /// partition whose rows were not in the commit: what is read again is still taken as a row
+    /// only at or past the table's position, as a dead letter only at or past the group's.
     async fn deliver(&mut self) -> anyhow::Result<()> {
         let covered: BTreeMap<Partition, (i64, i64)> = self
             .owned
@@ -884,10 +882,10 @@ impl Loader {
         let mut next = BTreeMap::new();
         for p in partitions {
             self.write(p).await?;
+        }
+        for p in partitions {
             let owned = self.owned.get_mut(p).expect("owned partition");
-            if let Some(writer) = owned.writer.as_mut() {
-                adds.extend(writer.flush().await?);
-            }
+            adds.extend(owned.files.flush().await?);
             next.insert(p.clone(), owned.next);
         }
         Ok((adds, next))
@@ -903,9 +901,7 @@ impl Loader {
             "commit did not land: {e}; reading again from the table's and the group's positions"
         );
         for owned in self.owned.values_mut() {
-            if let Some(mut w) = owned.writer.take() {
-                w.reset();
-            }
+            owned.files.reset();
             owned.rows.clear();
             owned.letters.clear();
             owned.since = None;

@@ -21,14 +21,15 @@ use deltalake::protocol::{DeltaOperation, OutputMode, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
-/// How data files are written: zstd, and row groups of 64 Ki rows, so that a file's open row
-/// group (held in memory until it is full) stays small.
+/// How data files are written: zstd, and row groups of 16 Ki rows, so that a file's open row
+/// group (held in memory until it is full, one per partition) stays small: 8 MiB of ~500 B
+/// records.
 pub(crate) fn file_properties() -> deltalake::parquet::file::properties::WriterProperties {
     deltalake::parquet::file::properties::WriterProperties::builder()
         .set_compression(deltalake::parquet::basic::Compression::ZSTD(
             Default::default(),
         ))
-        .set_max_row_group_row_count(Some(64 * 1024))
+        .set_max_row_group_row_count(Some(16 * 1024))
         .build()
 }
 
