@@ -28,6 +28,8 @@ pub const LEVELS: u64 = 100;
 #[derive(Clone)]
 pub struct Encoder {
     schemas: Vec<(&'static str, Schema, u32)>,
+    /// The size records are padded up to (see [`Encoder::padded_to`]).
+    size: usize,
 }
 
 /// What varies between generated records.
@@ -57,7 +59,7 @@ impl Encoder {
                 .context("event")?;
             schemas.push((event, Schema::parse_str(text)?, id));
         }
-        Ok(Encoder { schemas })
+        Ok(Encoder { schemas, size: 0 })
     }
 
     /// The writer schemas by id, as the worker fetches them.
@@ -78,14 +80,48 @@ impl Encoder {
         let Schema::Record(record) = schema else {
             anyhow::bail!("{} is not a record schema", fields.event);
         };
-        let values = record
+        let mut values: Vec<(String, Avro)> = record
             .fields
             .iter()
             .map(|f| (f.name.clone(), value(&f.name, &f.schema, fields)))
             .collect();
-        let datum = apache_avro::to_avro_datum(schema, Avro::Record(values))?;
+        let mut datum = apache_avro::to_avro_datum(schema, Avro::Record(values.clone()))?;
+        // Beside the datum: the wire format's 5 bytes, and about 16 of the note's key and
+        // length prefixes.
+        let room = self.size.saturating_sub(datum.len() + 5 + 16);
+        if room > 0 {
+            if let Some((_, Avro::Union(_, context))) =
+                values.iter_mut().find(|(n, _)| n == "context")
+            {
+                if let Avro::Map(entries) = context.as_mut() {
+                    entries.insert("note".into(), Avro::String(letters(fields.seq, room)));
+                }
+            }
+            datum = apache_avro::to_avro_datum(schema, Avro::Record(values))?;
+        }
         Ok(logpipe_core::wire::encode(*id, &datum))
     }
+
+    /// Records of about `bytes` (wire format) from now on: shorter ones get a note of random
+    /// lowercase letters in their `context` map, as the load generator pads its lines.
+    pub fn padded_to(mut self, bytes: usize) -> Encoder {
+        self.size = bytes;
+        self
+    }
+}
+
+/// `n` lowercase letters, the same for the same `seed`.
+fn letters(seed: u64, n: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
 }
 
 /// A field's value: the varying ones from `f`, the others plausible filler of their type.
