@@ -62,7 +62,7 @@ impl fmt::Display for LakeReconciliation {
     }
 }
 
-/// The clean topic's table and the dead-letter topic's, each counted by [`reconcile_table`].
+/// The clean topic's table and the dead-letter topic's, each waited for and counted by record id.
 pub async fn reconcile(
     pipeline: &Pipeline,
     timeout: Duration,
