@@ -69,6 +69,8 @@ struct Owned {
     rows: Rows,
     /// Dead letters read since the last commit, written in its transaction.
     letters: Vec<Letter>,
+    /// What [`Owned::letters`] hold in memory (kept, not summed per record).
+    letter_bytes: usize,
     files: Files,
     /// When the oldest uncommitted row or dead letter was read.
     since: Option<Instant>,
@@ -424,7 +426,9 @@ impl Loader {
                     "dead letter: {}",
                     why.reason
                 );
-                owned.letters.push(Letter::new(&message, why));
+                let letter = Letter::new(&message, why);
+                owned.letter_bytes += letter.bytes();
+                owned.letters.push(letter);
             }
             Ok(_) | Err(_) => {}
         }
@@ -631,12 +635,7 @@ impl Loader {
     /// size whatever the others hold.
     fn due(&self) -> Vec<Partition> {
         let table = &self.settings.table;
-        let letters: usize = self
-            .owned
-            .values()
-            .flat_map(|o| o.letters.iter())
-            .map(Letter::bytes)
-            .sum();
+        let letters: usize = self.owned.values().map(|o| o.letter_bytes).sum();
         self.owned
             .iter()
             .filter(|(_, owned)| {
@@ -802,6 +801,7 @@ impl Loader {
                     owned.anchored = true;
                     if letters {
                         owned.letters.clear();
+                        owned.letter_bytes = 0;
                     }
                 }
                 Ok(true)
@@ -904,6 +904,7 @@ impl Loader {
             owned.files.reset();
             owned.rows.clear();
             owned.letters.clear();
+            owned.letter_bytes = 0;
             owned.since = None;
         }
         let all: Vec<Partition> = self.owned.keys().cloned().collect();
