@@ -399,7 +399,14 @@ async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Res
     wait_until(DRAIN, || async {
         metrics::total(second_telemetry, metric::ROWS).await > 0.0
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "the second loader committed no row: {e:#}\nfirst: {}\nsecond: {}",
+            first.logs(),
+            second.logs()
+        )
+    })?;
 
     service::stop(&mut first).await?;
     stack.produce(CLEAN, &files, thirds[2]..thirds[3]).await?;
