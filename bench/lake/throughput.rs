@@ -246,11 +246,11 @@ async fn main() -> anyhow::Result<()> {
     let (default_config, default_telemetry, default_table) =
         loader_config(dir.path(), &store_url, &bootstrap, "default", None)?;
     let lake: LakeConfig = logpipe_core::service::load_config(&default_config)?;
-    let consumer = lake.kafka.client_config(
+    let consumer = logpipe_lake::consumer_config(
+        &lake.kafka,
         &Role::Consumer {
             group_id: "bench.ceiling".into(),
         },
-        "bench-ceiling",
     );
     let schemas: HashMap<u32, apache_avro::Schema> = encoder.by_id();
     let ceiling = tokio::task::spawn_blocking(move || {

@@ -139,17 +139,15 @@ pub(crate) async fn run(settings: Settings, client: Client, ctx: Context) -> any
             }
         }
     };
-    let consumer: StreamConsumer<RebalanceLog> = settings
-        .kafka
-        .client_config(
-            &Role::StaticMember {
-                group_id: settings.group.clone(),
-                instance_id: settings.instance.clone(),
-            },
-            "logpipe-lake",
-        )
-        .create_with_context(RebalanceLog::counting_losses_as(RECORDS_LOST_TO_RETENTION))
-        .context("creating the consumer")?;
+    let consumer: StreamConsumer<RebalanceLog> = crate::consumer_config(
+        &settings.kafka,
+        &Role::StaticMember {
+            group_id: settings.group.clone(),
+            instance_id: settings.instance.clone(),
+        },
+    )
+    .create_with_context(RebalanceLog::counting_losses_as(RECORDS_LOST_TO_RETENTION))
+    .context("creating the consumer")?;
     let topics: Vec<&str> = settings.table.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).context("subscribing")?;
     let producer: ThreadedProducer<DefaultProducerContext> = settings
