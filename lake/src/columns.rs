@@ -13,6 +13,12 @@ use apache_avro::schema::{Name, RecordSchema, Schema as Avro, UnionSchema};
 use apache_avro::types::Value as AvroValue;
 use deltalake::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
+
+/// The Julian day of 1970-01-01: Date32 columns count days from it.
+const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
 
 /// Timestamps are stored as Delta's `timestamp`: microseconds since the epoch, UTC.
 pub(crate) fn timestamp() -> DataType {
@@ -262,9 +268,8 @@ pub(crate) fn avro_json(value: AvroValue) -> Value {
     }
 }
 
-/// A decimal's two's-complement big-endian unscaled bytes as an integer's text; the column's
-/// scale places the point (arrow-json reads `"12345"` at scale 2 as 123.45 only with the point,
-/// so [`fit`] inserts it).
+/// A decimal's two's-complement big-endian unscaled bytes as an integer's text (the column's
+/// scale is the schema's).
 fn unscaled_text(bytes: &[u8]) -> String {
     if bytes.len() > 16 {
         return "NaN".into();
@@ -285,9 +290,11 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Shapes `value` to a column of type `ty`: a value a text column cannot take as it is becomes
-/// its JSON text, struct fields the column does not have are dropped, an Avro decimal's unscaled
-/// text gets its point. Errors say why the value cannot be stored in the column at all.
+/// Shapes `value` to a column of type `ty`, as `batch` appends it: a value a text column cannot
+/// take as it is becomes its JSON text, struct fields the column does not have are dropped,
+/// date-times and dates given as text become microseconds and days. Errors say why the value
+/// cannot be stored in the column at all: this is the one check, so a batch never fails on one
+/// record.
 pub(crate) fn fit(value: Value, ty: &DataType) -> Result<Value, String> {
     Ok(match (value, ty) {
         (Value::Null, _) => Value::Null,
@@ -322,8 +329,13 @@ pub(crate) fn fit(value: Value, ty: &DataType) -> Result<Value, String> {
                     .collect::<Result<_, String>>()?,
             )
         }
-        (Value::String(unscaled), DataType::Decimal128(_, scale)) => {
-            Value::String(place_point(&unscaled, *scale))
+        (Value::String(unscaled), DataType::Decimal128(precision, _)) => {
+            match unscaled.parse::<i128>() {
+                Ok(n) if n.unsigned_abs() < 10u128.pow(u32::from(*precision)) => {
+                    Value::String(unscaled)
+                }
+                _ => return Err(format!("{unscaled} is not a decimal of {precision} digits")),
+            }
         }
         (v @ Value::Bool(_), DataType::Boolean) => v,
         (v @ Value::Number(_), t) if t.is_numeric() || t.is_temporal() => {
@@ -336,7 +348,18 @@ pub(crate) fn fit(value: Value, ty: &DataType) -> Result<Value, String> {
             }
             v
         }
-        (v @ Value::String(_), t) if t.is_temporal() || matches!(t, DataType::Binary) => v,
+        (Value::String(text), DataType::Timestamp(..)) => OffsetDateTime::parse(&text, &Rfc3339)
+            .ok()
+            .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000).ok())
+            .ok_or_else(|| format!("{text} is not an RFC 3339 date-time"))?
+            .into(),
+        (Value::String(text), DataType::Date32) => {
+            Date::parse(&text, format_description!("[year]-[month]-[day]"))
+                .map(|day| i64::from(day.to_julian_day() - UNIX_EPOCH_JULIAN_DAY))
+                .map_err(|_| format!("{text} is not a date (YYYY-MM-DD)"))?
+                .into()
+        }
+        (v @ Value::String(_), DataType::Binary) => v,
         (v, t) => {
             let mut text = v.to_string();
             if text.len() > 40 {
@@ -346,21 +369,6 @@ pub(crate) fn fit(value: Value, ty: &DataType) -> Result<Value, String> {
             return Err(format!("{text} does not fit a {t} column"));
         }
     })
-}
-
-/// `12345` at scale 2 is `123.45`; `-5` at scale 3 is `-0.005`.
-fn place_point(unscaled: &str, scale: i8) -> String {
-    if scale <= 0 || unscaled.contains('.') {
-        return unscaled.to_owned();
-    }
-    let (sign, digits) = match unscaled.strip_prefix('-') {
-        Some(d) => ("-", d),
-        None => ("", unscaled),
-    };
-    let scale = scale as usize;
-    let padded = format!("{digits:0>width$}", width = scale + 1);
-    let (whole, fraction) = padded.split_at(padded.len() - scale);
-    format!("{sign}{whole}.{fraction}")
 }
 
 #[cfg(test)]
@@ -527,16 +535,20 @@ mod tests {
                 pos.clone(),
                 Ok(json!({"x": 1.5})),
             ),
-            (
-                json!("-5"),
-                DataType::Decimal128(10, 3),
-                Ok(json!("-0.005")),
-            ),
+            (json!("-5"), DataType::Decimal128(10, 3), Ok(json!("-5"))),
             (
                 json!("12345"),
-                DataType::Decimal128(10, 2),
-                Ok(json!("123.45")),
+                DataType::Decimal128(4, 2),
+                Err("not a decimal of 4 digits"),
             ),
+            (
+                json!("2026-01-02T00:00:01.5+01:00"),
+                timestamp(),
+                Ok(json!(1_767_308_401_500_000i64)),
+            ),
+            (json!("yesterday"), timestamp(), Err("not an RFC 3339")),
+            (json!("1970-01-03"), DataType::Date32, Ok(json!(2))),
+            (json!("1970-13-03"), DataType::Date32, Err("not a date")),
             (json!(1.5), DataType::Int64, Err("not an integer")),
             (json!("x"), DataType::Int64, Err("does not fit")),
             (

@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use deltalake::arrow::datatypes::SchemaRef;
-use deltalake::arrow::json::ReaderBuilder;
 use deltalake::kernel::Add;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
-use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use crate::batch::{self, Row};
+
 /// Rows by event day.
-pub(crate) type Rows = BTreeMap<String, Vec<Value>>;
+pub(crate) type Rows = BTreeMap<String, Vec<Row>>;
 
 #[derive(Default)]
 pub(crate) struct Files {
@@ -47,11 +47,7 @@ impl Files {
         };
         self.writing = Some(tokio::spawn(async move {
             for (_, rows) in rows {
-                let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder()?;
-                decoder.serialize(&rows)?;
-                if let Some(batch) = decoder.flush()? {
-                    writer.write(batch).await?;
-                }
+                writer.write(batch::build(&schema, &rows)?).await?;
             }
             Ok(writer)
         }));

@@ -4,13 +4,14 @@
 //! The crate's API is the service ([`LakeService`], [`LakeConfig`]).
 //!
 //! Modules, in the order a record meets them: `schemas` (the wire format's schema id to the
-//! writer schema and its columns, cached), `columns` (schema types as Arrow types, values as rows),
-//! `dead_letters` (a `dlq.*` record's columns, for dead-letter tables), `rows` (a record as its
-//! table row, with the columns of its place), `table` (the Delta table:
-//! positions, widening, commits), `files` (a partition's open files, written beside the loop),
-//! `loader` (the loop: read, write, commit, seek), `compact`
+//! writer schema and its columns, cached), `columns` (schema types as Arrow types, values fitted
+//! to them), `dead_letters` (a `dlq.*` record's columns, for dead-letter tables), `rows` (a
+//! record as its table row, with the columns of its place), `batch` (rows as Arrow arrays),
+//! `files` (a partition's open files, written beside the loop), `table` (the Delta table:
+//! positions, widening, commits), `loader` (the loop: read, write, commit, seek), `compact`
 //! (small files of closed days merged), `metrics`.
 
+mod batch;
 mod columns;
 mod compact;
 mod dead_letters;

@@ -14,6 +14,7 @@
 //! commit on either side writes what that side misses again, and nothing twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,13 +31,13 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::{Map, Value};
 
+use crate::batch::Row;
 use crate::compact::Compaction;
 use crate::dead_letters;
 use crate::files::{Files, Rows};
 use crate::metrics::*;
-use crate::rows::{self, EventTime, Place};
+use crate::rows::{self, EventTime, Layout, Place};
 use crate::schemas::{SchemaError, Schemas};
 use crate::table::{CommitError, Partition, Table};
 use crate::{TableConfig, TableKind};
@@ -89,7 +90,7 @@ struct Derived {
     version: Option<u64>,
     schema: Option<SchemaRef>,
     /// By schema id (`None`: the dead letters' fixed columns).
-    columns: HashMap<Option<u32>, Result<Fields, String>>,
+    columns: HashMap<Option<u32>, Result<Arc<Layout>, String>>,
 }
 
 struct Loader {
@@ -413,7 +414,7 @@ impl Loader {
         // the group's only for its row.
         match row {
             Ok((row, dt)) if offset >= owned.committed.unwrap_or(0) => {
-                owned.rows.entry(dt).or_default().push(Value::Object(row));
+                owned.rows.entry(dt).or_default().push(row);
             }
             Err(why) if offset >= owned.delivered => {
                 tracing::debug!(
@@ -448,25 +449,27 @@ impl Loader {
     async fn row(
         &mut self,
         message: &OwnedMessage,
-    ) -> anyhow::Result<Result<(Map<String, Value>, String), DeadLetter>> {
+    ) -> anyhow::Result<Result<(Row, String), DeadLetter>> {
         let headers = || {
             message
                 .headers()
                 .into_iter()
                 .flat_map(|h| h.iter().map(|h| (h.key, h.value)))
         };
-        let (decoded, schema_id, table_fields) = match self.settings.table.kind {
+        let (cells, schema_id, layout) = match self.settings.table.kind {
             TableKind::Clean => match self.decode(message).await? {
-                Ok((decoded, id, table_fields)) => (decoded, Some(id), table_fields),
+                Ok((cells, id, layout)) => (cells, Some(id), layout),
                 Err(why) => return Ok(Err(why)),
             },
             TableKind::DeadLetters => {
-                let table_fields = match self.columns_for(None, &dead_letters::fields()).await? {
-                    Ok(table_fields) => table_fields,
+                let layout = match self.columns_for(None, dead_letters::fields).await? {
+                    Ok(layout) => layout,
                     Err(why) => return Ok(Err(DeadLetter::new("columns", why, None))),
                 };
-                let decoded = dead_letters::decode(headers(), message.payload());
-                (decoded, None, table_fields)
+                match layout.cells(dead_letters::decode(headers(), message.payload())) {
+                    Ok(cells) => (cells, None, layout),
+                    Err(why) => return Ok(Err(DeadLetter::new("value", why, None))),
+                }
             }
         };
         let record_id = RecordId::from_headers(headers()).ok().flatten();
@@ -481,13 +484,14 @@ impl Loader {
         let event_time = match self.settings.table.event_time.as_deref() {
             Some(name) => EventTime::Field {
                 name,
-                micros: table_fields
+                micros: layout
+                    .fields()
                     .find(name)
                     .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..))),
             },
             None => EventTime::Kafka,
         };
-        Ok(rows::row(decoded, &place, event_time)
+        Ok(rows::row(cells, &layout, &place, event_time)
             .map_err(|why| DeadLetter::new("event_time", why, schema_id)))
     }
 
@@ -496,7 +500,7 @@ impl Loader {
     async fn decode(
         &mut self,
         message: &OwnedMessage,
-    ) -> anyhow::Result<Result<(Map<String, Value>, u32, Fields), DeadLetter>> {
+    ) -> anyhow::Result<Result<(Row, u32, Arc<Layout>), DeadLetter>> {
         let value = message.payload().unwrap_or_default();
         let (id, payload) = match logpipe_core::wire::parse(value) {
             Ok(parsed) => parsed,
@@ -521,35 +525,32 @@ impl Loader {
             Ok(fields) => fields.clone(),
             Err(why) => return Ok(Err(DeadLetter::new("schema", why.clone(), Some(id)))),
         };
-        if let Some(name) = rows::clashes(&fields) {
-            return Ok(Err(DeadLetter::new(
-                "schema",
-                format!("schema id {id} has a field {name}, a column logpipe adds"),
-                Some(id),
-            )));
-        }
-        let table_fields = match self.columns_for(Some(id), &fields).await? {
-            Ok(table_fields) => table_fields,
+        let layout = match self.columns_for(Some(id), || fields).await? {
+            Ok(layout) => layout,
             Err(why) => return Ok(Err(DeadLetter::new("columns", why, Some(id)))),
         };
-        Ok(match writer.decode(payload, &table_fields) {
-            Ok(decoded) => Ok((decoded, id, table_fields)),
+        Ok(match writer.decode(payload, &layout) {
+            Ok(cells) => Ok((cells, id, layout)),
             Err(why) => Err(DeadLetter::new("value", why, Some(id))),
         })
     }
 
-    /// The table's columns for a schema's `fields`: the table is created with them, or widened
-    /// by the ones it lacks (after committing what was read under its old columns). `Err`: a
-    /// field the table has with another type.
+    /// The table's columns for a schema's `fields` (made only when not known yet for this
+    /// table version): the table is created with them, or widened by the ones it lacks (after
+    /// committing what was read under its old columns). `Err`: a field the table has with
+    /// another type.
     async fn columns_for(
         &mut self,
         id: Option<u32>,
-        fields: &Fields,
-    ) -> anyhow::Result<Result<Fields, String>> {
+        fields: impl FnOnce() -> Fields,
+    ) -> anyhow::Result<Result<Arc<Layout>, String>> {
         if let Some(known) = self.derived().columns.get(&id) {
             return Ok(known.clone());
         }
-        let columns = self.table_columns(fields).await?;
+        let columns = self
+            .table_columns(&fields())
+            .await?
+            .map(|fields| Arc::new(Layout::new(fields)));
         self.derived().columns.insert(id, columns.clone());
         Ok(columns)
     }

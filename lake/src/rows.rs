@@ -5,14 +5,16 @@
 //! from the configured field (an Avro timestamp, epoch milliseconds or RFC 3339 text), or is the
 //! record's Kafka timestamp when no field is configured.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake::arrow::datatypes::{DataType, Field, Fields};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::columns::timestamp;
+use crate::batch::Row;
+use crate::columns::{fit, timestamp};
 
 /// The partition column: the event's date, `YYYY-MM-DD`.
 pub(crate) const DT: &str = "dt";
@@ -64,37 +66,86 @@ pub(crate) enum EventTime<'a> {
     Kafka,
 }
 
-/// The row of a record whose schema fields are `fields` (already fitted to their columns), and
-/// its `dt`.
+/// The table's columns in their order, and where each is by name: a row is built into its
+/// cells directly (kept per table version).
+pub(crate) struct Layout {
+    fields: Fields,
+    index: HashMap<String, usize>,
+}
+
+impl Layout {
+    pub(crate) fn new(fields: Fields) -> Layout {
+        let index = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name().clone(), i))
+            .collect();
+        Layout { fields, index }
+    }
+
+    pub(crate) fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    fn at(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// A record's named values as the cells of its row, each fitted to its column (a name the
+    /// table has no column of is left out; the place columns are null until [`row`]).
+    pub(crate) fn cells(
+        &self,
+        named: impl IntoIterator<Item = (String, Value)>,
+    ) -> Result<Row, String> {
+        let mut cells = vec![Value::Null; self.fields.len()];
+        for (name, value) in named {
+            if let Some(i) = self.at(&name) {
+                cells[i] =
+                    fit(value, self.fields[i].data_type()).map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+        Ok(cells)
+    }
+}
+
+/// The row of a record whose schema's cells are `cells` (from [`Layout::cells`]), with the
+/// columns of its place and its `dt`.
 pub(crate) fn row(
-    mut fields: Map<String, Value>,
+    mut cells: Row,
+    layout: &Layout,
     place: &Place<'_>,
     event_time: EventTime<'_>,
-) -> Result<(Map<String, Value>, String), String> {
+) -> Result<(Row, String), String> {
     let millis = match event_time {
-        EventTime::Field { name, micros } => event_millis(fields.get(name), micros)
-            .ok_or_else(|| format!("the event time field {name} is missing or not a time"))?,
+        EventTime::Field { name, micros } => {
+            event_millis(layout.at(name).map(|i| &cells[i]), micros)
+                .ok_or_else(|| format!("the event time field {name} is missing or not a time"))?
+        }
         EventTime::Kafka => place
             .timestamp
             .ok_or("the record has no Kafka timestamp to date it by")?,
     };
     let dt = date_of(millis).ok_or_else(|| format!("event time {millis} ms is out of range"))?;
-    if let Some(id) = &place.id {
-        fields.insert("lp_host".into(), id.host.clone().into());
-        fields.insert("lp_file".into(), id.file.to_hex().into());
-        fields.insert("lp_offset".into(), (id.offset as i64).into());
-    }
-    fields.insert("kafka_topic".into(), place.topic.into());
-    fields.insert("kafka_partition".into(), place.partition.into());
-    fields.insert("kafka_offset".into(), place.offset.into());
-    if let Some(ms) = place.timestamp {
-        fields.insert("kafka_timestamp".into(), (ms.saturating_mul(1_000)).into());
-    }
-    if let Some(id) = place.schema_id {
-        fields.insert("schema_id".into(), id.into());
-    }
-    fields.insert(DT.into(), dt.clone().into());
-    Ok((fields, dt))
+    let mut set = |name: &str, value: Value| {
+        if let Some(i) = layout.at(name) {
+            cells[i] = value;
+        }
+    };
+    // Set (or null) whatever the payload held under these names: they are logpipe's.
+    let id = place.id.as_ref();
+    set("lp_host", id.map(|id| id.host.clone()).into());
+    set("lp_file", id.map(|id| id.file.to_hex()).into());
+    set("lp_offset", id.map(|id| id.offset as i64).into());
+    set("kafka_topic", place.topic.into());
+    set("kafka_partition", place.partition.into());
+    set("kafka_offset", place.offset.into());
+    set(
+        "kafka_timestamp",
+        place.timestamp.map(|ms| ms.saturating_mul(1_000)).into(),
+    );
+    set("schema_id", place.schema_id.into());
+    set(DT, dt.clone().into());
+    Ok((cells, dt))
 }
 
 /// An event time as epoch milliseconds: a timestamp column's microseconds (what an Avro
@@ -149,57 +200,84 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_row_carries_its_place_and_its_days_date() {
-        let fields = json!({"event_time": 1_764_892_799_999_000i64, "x": 1});
+    /// A table of `fields` (name, type) and the place columns.
+    fn layout(fields: &[(&str, DataType)]) -> Layout {
+        let fields: Fields = fields
+            .iter()
+            .map(|(n, t)| Field::new(*n, t.clone(), true))
+            .collect();
+        Layout::new(table_fields(&fields))
+    }
+
+    fn cells(layout: &Layout, fields: Value) -> Row {
         let Value::Object(fields) = fields else {
             unreachable!()
         };
+        layout.cells(fields).unwrap()
+    }
+
+    #[test]
+    fn a_row_carries_its_place_and_its_days_date() {
+        let layout = layout(&[("event_time", timestamp()), ("x", DataType::Int64)]);
         let at = EventTime::Field {
             name: "event_time",
             micros: true,
         };
-        let (row, dt) = row(fields, &place(), at).unwrap();
+        let fields = json!({"x": 1, "event_time": 1_764_892_799_999_000i64, "unknown": 2});
+        let (row, dt) = row(cells(&layout, fields), &layout, &place(), at).unwrap();
         assert_eq!(
             dt, "2025-12-04",
             "the event's day, not the Kafka timestamp's"
         );
         assert_eq!(
-            Value::Object(row),
-            json!({
-                "event_time": 1_764_892_799_999_000i64, "x": 1,
-                "lp_host": "h1", "lp_file": "00000000000000ab", "lp_offset": 42,
-                "kafka_topic": "clean.game", "kafka_partition": 3, "kafka_offset": 99,
-                "kafka_timestamp": 1_764_892_800_000_000i64, "schema_id": 7, "dt": "2025-12-04"
-            })
+            Value::Array(row),
+            json!([
+                1_764_892_799_999_000i64,
+                1,
+                "h1",
+                "00000000000000ab",
+                42,
+                "clean.game",
+                3,
+                99,
+                1_764_892_800_000_000i64,
+                7,
+                "2025-12-04"
+            ]),
+            "the cells in the table's column order, a name it has no column of left out"
         );
     }
 
     #[test]
+    fn cells_are_fitted_to_their_columns() {
+        let layout = layout(&[("n", DataType::Int64), ("s", DataType::Utf8)]);
+        let Value::Object(bad) = json!({"n": "seven"}) else {
+            unreachable!()
+        };
+        assert!(layout.cells(bad).unwrap_err().starts_with("n: "));
+        assert_eq!(cells(&layout, json!({"s": 5}))[1], json!("5"));
+    }
+
+    #[test]
     fn the_event_time_is_read_from_text_or_falls_back_to_kafka() {
+        let layout = layout(&[("at", DataType::Utf8), ("ms", DataType::Int64)]);
         let at = EventTime::Field {
             name: "at",
             micros: false,
         };
-        let Value::Object(text) = json!({"at": "2026-01-02T23:59:59+01:00"}) else {
-            unreachable!()
+        let ms = EventTime::Field {
+            name: "ms",
+            micros: false,
         };
-        assert_eq!(row(text, &place(), at).unwrap().1, "2026-01-02");
-        let Value::Object(millis) = json!({"at": 1_764_892_800_000i64}) else {
-            unreachable!()
-        };
-        assert_eq!(row(millis, &place(), at).unwrap().1, "2025-12-05");
-        assert_eq!(
-            row(Map::new(), &place(), EventTime::Kafka).unwrap().1,
-            "2025-12-05"
-        );
-        let Value::Object(bad) = json!({"at": "yesterday"}) else {
-            unreachable!()
-        };
-        assert!(row(bad, &place(), at).unwrap_err().contains("not a time"));
-        assert!(row(Map::new(), &place(), at)
-            .unwrap_err()
-            .contains("missing"));
+        let dated = |fields: Value, at| row(cells(&layout, fields), &layout, &place(), at);
+        let text = json!({"at": "2026-01-02T23:59:59+01:00"});
+        assert_eq!(dated(text, at).unwrap().1, "2026-01-02");
+        let millis = json!({"ms": 1_764_892_800_000i64});
+        assert_eq!(dated(millis, ms).unwrap().1, "2025-12-05");
+        assert_eq!(dated(json!({}), EventTime::Kafka).unwrap().1, "2025-12-05");
+        let bad = json!({"at": "yesterday"});
+        assert!(dated(bad, at).unwrap_err().contains("not a time"));
+        assert!(dated(json!({}), at).unwrap_err().contains("missing"));
     }
 
     #[test]

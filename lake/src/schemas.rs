@@ -1,16 +1,19 @@
 //! The writer schemas of clean records by id, fetched from the schema store on first use and kept
 //! (ids are immutable), each with the table columns it gives; and a record's payload decoded
-//! with its writer schema into the JSON fields of its row.
+//! with its writer schema into the cells of its row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use apache_avro::types::Value as AvroValue;
 use apache_avro::Schema as Avro;
-use deltalake::arrow::datatypes::{DataType, Fields};
+use deltalake::arrow::datatypes::Fields;
 use logpipe_schema_client::{Client, LookupError, SchemaType};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::batch::Row;
 use crate::columns;
+use crate::rows::Layout;
 
 /// How a record's payload is read.
 pub(crate) enum Format {
@@ -22,7 +25,8 @@ pub(crate) enum Format {
 pub(crate) struct Writer {
     pub(crate) id: u32,
     format: Format,
-    /// The schema's fields as columns, or why it has none (its records are dead letters).
+    /// The schema's fields as columns, or why it has none (its records are dead letters): not
+    /// a record, or a field with the name of a column logpipe adds.
     pub(crate) fields: Result<Fields, String>,
 }
 
@@ -81,33 +85,58 @@ impl Schemas {
                 format: Format::Json,
             },
         };
-        let writer = Arc::new(writer);
+        let writer = Arc::new(Writer {
+            fields: writer
+                .fields
+                .and_then(|fields| match crate::rows::clashes(&fields) {
+                    Some(name) => Err(format!(
+                        "schema id {id} has a field {name}, a column logpipe adds"
+                    )),
+                    None => Ok(fields),
+                }),
+            ..writer
+        });
         self.writers.insert(id, writer.clone());
         Ok(writer)
     }
 }
 
 impl Writer {
-    /// The payload's fields, each fitted to its column of `fields` (the writer's own, as the
-    /// table holds them).
-    pub(crate) fn decode(
-        &self,
-        payload: &[u8],
-        fields: &Fields,
-    ) -> Result<Map<String, Value>, String> {
-        let value = match &self.format {
+    /// The payload's fields as the cells of its row in the table of `layout` (which has a
+    /// column of each of the writer's fields), each fitted to its column.
+    pub(crate) fn decode(&self, payload: &[u8], layout: &Layout) -> Result<Row, String> {
+        match &self.format {
             Format::Avro(schema) => {
                 let mut bytes = payload;
-                let value = apache_avro::from_avro_datum(schema, &mut bytes, None)
-                    .map_err(|e| format!("not Avro of schema id {}: {e}", self.id))?;
-                columns::avro_json(value)
+                match apache_avro::from_avro_datum(schema, &mut bytes, None)
+                    .map_err(|e| format!("not Avro of schema id {}: {e}", self.id))?
+                {
+                    AvroValue::Record(fields) => layout.cells(
+                        fields
+                            .into_iter()
+                            .map(|(name, value)| (name, columns::avro_json(value))),
+                    ),
+                    _ => Err(format!("schema id {} is not a record", self.id)),
+                }
             }
-            Format::Json => serde_json::from_slice(payload)
-                .map_err(|e| format!("not JSON of schema id {}: {e}", self.id))?,
-        };
-        match columns::fit(value, &DataType::Struct(fields.clone()))? {
-            Value::Object(object) => Ok(object),
-            other => Err(format!("the record is {other}, not an object")),
+            Format::Json => match serde_json::from_slice(payload)
+                .map_err(|e| format!("not JSON of schema id {}: {e}", self.id))?
+            {
+                Value::Object(fields) => layout.cells(fields),
+                other => Err(format!("the record is {}, not an object", kind_of(&other))),
+            },
         }
+    }
+}
+
+/// What a JSON value is, for an error (not the value: it may be large).
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
