@@ -567,47 +567,70 @@ impl Loader {
         &mut self.derived
     }
 
-    /// [`Loader::columns_for`] worked out from the table's schema.
+    /// [`Loader::columns_for`] worked out from the table's schema. Creating or widening the
+    /// table is retried while the store fails (a loader must ride out an outage, whatever it
+    /// was doing), each time against the table as it is then: another loader may have done it.
     async fn table_columns(&mut self, fields: &Fields) -> anyhow::Result<Result<Fields, String>> {
         if !self.exists {
-            self.table
-                .create(&self.settings.table.name, &rows::table_fields(fields))
-                .await
-                .context("creating the table")?;
+            let columns = rows::table_fields(fields);
+            while let Err(e) = self.table.create(&self.settings.table.name, &columns).await {
+                self.retry_after("creating the table", &e).await?;
+            }
             self.exists = true;
             tracing::info!(table = self.name(), "created the table");
         }
-        let table_fields = self.table.fields()?;
-        let mut missing = Vec::new();
-        for field in fields {
-            match table_fields.find(field.name()) {
-                Some((_, column)) if same_type(column.data_type(), field.data_type()) => {}
-                Some((_, column)) => {
-                    return Ok(Err(format!(
-                        "field {} is {} in the schema and {} in the table",
-                        field.name(),
-                        field.data_type(),
-                        column.data_type()
-                    )))
+        loop {
+            let table_fields = self.table.fields()?;
+            let mut missing = Vec::new();
+            for field in fields {
+                match table_fields.find(field.name()) {
+                    Some((_, column)) if same_type(column.data_type(), field.data_type()) => {}
+                    Some((_, column)) => {
+                        return Ok(Err(format!(
+                            "field {} is {} in the schema and {} in the table",
+                            field.name(),
+                            field.data_type(),
+                            column.data_type()
+                        )))
+                    }
+                    None => missing.push(field.clone()),
                 }
-                None => missing.push(field.clone()),
+            }
+            if missing.is_empty() {
+                return Ok(Ok(table_fields));
+            }
+            self.commit(None).await?;
+            let names: Vec<&str> = missing.iter().map(|f| f.name().as_str()).collect();
+            tracing::info!(table = self.name(), columns = ?names, "widening the table for a new schema version");
+            if let Err(e) = self.table.widen(&missing).await {
+                self.retry_after("widening the table", &e).await?;
+                if let Err(e) = self.table.refresh().await {
+                    tracing::warn!(table = self.name(), "reading the table: {e}");
+                }
+                continue;
+            }
+            metrics::counter!(SCHEMA_WIDENINGS, "table" => self.name())
+                .increment(missing.len() as u64);
+            for owned in self.owned.values_mut() {
+                owned.files.renew();
             }
         }
-        if missing.is_empty() {
-            return Ok(Ok(table_fields));
+    }
+
+    /// Says why `what` (a commit of the table's schema) failed, counted as a commit failure of
+    /// reason `schema`, and waits before it is tried again; `Err` once shutting down.
+    async fn retry_after(
+        &mut self,
+        what: &str,
+        e: &deltalake::DeltaTableError,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(table = self.name(), "{what}: {e}; retrying");
+        metrics::counter!(COMMIT_FAILURES, "table" => self.name(), "reason" => "schema")
+            .increment(1);
+        tokio::select! {
+            _ = self.ctx.shutdown.cancelled() => anyhow::bail!("stopped while {what} failed: {e}"),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => Ok(()),
         }
-        self.commit(None).await?;
-        let names: Vec<&str> = missing.iter().map(|f| f.name().as_str()).collect();
-        tracing::info!(table = self.name(), columns = ?names, "widening the table for a new schema version");
-        self.table
-            .widen(&missing)
-            .await
-            .context("widening the table")?;
-        metrics::counter!(SCHEMA_WIDENINGS, "table" => self.name()).increment(missing.len() as u64);
-        for owned in self.owned.values_mut() {
-            owned.files.renew();
-        }
-        Ok(Ok(self.table.fields()?))
     }
 
     /// Starts writing a partition's read rows into its open files.

@@ -24,7 +24,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         COMMIT_FAILURES,
-        "Delta commits that did not land, per reason (fenced: another loader committed one of its partitions; failed: the Delta log could not be read or written; files: the data files could not be written); their rows are read again from the table's positions."
+        "Delta commits that did not land, per reason (fenced: another loader committed one of its partitions; failed: the Delta log could not be read or written; files: the data files could not be written; dead_letters: the Kafka transaction after the Delta commit failed; schema: creating or widening the table failed, retried); their rows are read again from the table's positions."
     );
     describe_histogram!(
         COMMIT_LATENCY,

@@ -195,6 +195,11 @@ impl Table {
         Ok(out)
     }
 
+    /// Loads the table's latest version.
+    pub(crate) async fn refresh(&mut self) -> Result<(), DeltaTableError> {
+        self.table.update_state().await
+    }
+
     /// Adds `new` columns to the table (a schema version with added fields).
     pub(crate) async fn widen(&mut self, new: &[Arc<Field>]) -> Result<(), DeltaTableError> {
         let fields: Fields = new.to_vec().into();
