@@ -13,6 +13,7 @@ pub mod lake {
     pub const FILES: &str = "logpipe_lake_files_total";
     pub const FILES_COMPACTED: &str = "logpipe_lake_files_compacted_total";
     pub const PARQUET_BYTES: &str = "logpipe_lake_parquet_bytes_total";
+    pub const PARTITIONS: &str = "logpipe_lake_partitions";
     pub const RECORDS_LOST_TO_RETENTION: &str = "logpipe_lake_records_lost_to_retention_total";
     pub const RECORDS_READ: &str = "logpipe_lake_records_read_total";
     pub const ROWS: &str = "logpipe_lake_rows_total";

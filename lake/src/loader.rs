@@ -271,7 +271,11 @@ impl Loader {
     /// Acts on rebalances: an assigned partition is sought to the table's position, a revoked
     /// one's uncommitted rows are dropped (its new owner reads them from the table's position).
     async fn group_events(&mut self) -> anyhow::Result<()> {
-        for event in self.consumer.context().take() {
+        let events = self.consumer.context().take();
+        if events.is_empty() && self.unpositioned.is_empty() {
+            return Ok(());
+        }
+        for event in events {
             match event {
                 GroupEvent::Assigned(partitions) => {
                     for p in &partitions {
@@ -294,6 +298,8 @@ impl Loader {
             let pending: Vec<Partition> = self.unpositioned.iter().cloned().collect();
             self.position(&pending).await;
         }
+        let positioned = self.owned.len() - self.unpositioned.len();
+        metrics::gauge!(PARTITIONS, "table" => self.name()).set(positioned as f64);
         Ok(())
     }
 
@@ -401,6 +407,14 @@ impl Loader {
         let p = (message.topic().to_owned(), message.partition());
         let current = |loader: &Loader| epoch.is_some() && loader.epoch_of(&message) == epoch;
         if !current(self) || message.offset() < self.owned[&p].next {
+            tracing::trace!(
+                table = self.settings.table.name,
+                topic = p.0,
+                partition = p.1,
+                offset = message.offset(),
+                ?epoch,
+                "passed over: read before its partition's latest seek, or below its position"
+            );
             return Ok(());
         }
         let row = self.row(&message).await?;

@@ -37,6 +37,10 @@ pub(crate) fn describe() {
         "Seconds since the last commit that covered a partition, per topic and partition."
     );
     describe_gauge!(
+        PARTITIONS,
+        "Source partitions this loader owns and has sought to the table's position."
+    );
+    describe_gauge!(
         CONSUMER_LAG_RECORDS,
         "Records of the source topics not yet read, per topic and partition."
     );

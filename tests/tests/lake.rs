@@ -394,6 +394,14 @@ async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Res
     .await?;
 
     let mut second = service::start(LAKE, &second_config, second_telemetry).await?;
+    // The next third once both own partitions: produced before, it may all be committed by the
+    // first before the rebalance, leaving the second nothing to load.
+    wait_until(DRAIN, || async {
+        let first = metrics::total(first_telemetry, metric::PARTITIONS).await;
+        let second = metrics::total(second_telemetry, metric::PARTITIONS).await;
+        first > 0.0 && second > 0.0
+    })
+    .await?;
     stack.produce(CLEAN, &files, thirds[1]..thirds[2]).await?;
     // Both own partitions and commit.
     wait_until(DRAIN, || async {
