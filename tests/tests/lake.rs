@@ -201,7 +201,13 @@ async fn load_across_kill_9(stack: Stack, place: Place) -> anyhow::Result<()> {
             loader = service::start(LAKE, &config, telemetry).await?;
         } else if let Some(gate) = place.gate() {
             // The store away for 30 s while the last round is loaded: file writes and commits
-            // fail, their rows are read again once it is back.
+            // fail, their rows are read again once it is back. Closed once the restarted loader
+            // has its partitions at the table's positions: before, the outage would only delay
+            // reading those (retried) and fail no commit.
+            wait_until(DRAIN, || async {
+                metrics::total(telemetry, metric::PARTITIONS).await > 0.0
+            })
+            .await?;
             gate.close();
             tokio::time::sleep(OUTAGE).await;
             loader.ensure_running()?;
