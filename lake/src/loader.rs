@@ -42,6 +42,9 @@ use crate::schemas::{SchemaError, Schemas};
 use crate::table::{CommitError, Partition, Table};
 use crate::{TableConfig, TableKind};
 
+/// How often the loop looks at its clocks (flush ages, vacuum, compaction, lag), busy or idle:
+/// not per record, where reading the clock and arming a timeout cost more than the check.
+const TICK: Duration = Duration::from_millis(100);
 /// Bound of one Kafka request or transaction step.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Dead letters held for their commit, in bytes, that make a commit due: a topic of records
@@ -203,18 +206,25 @@ impl Loader {
         let mut lag_at = Instant::now();
         let mut vacuum_at = Instant::now();
         let mut compact_at = Instant::now();
+        let tick = tokio::time::sleep(TICK);
+        tokio::pin!(tick);
         loop {
             let received = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => break,
-                received = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => received.map(|r| r.map(|m| m.detach())),
+                received = self.consumer.recv() => Some(received.map(|m| m.detach())),
+                () = &mut tick => {
+                    tick.as_mut().reset(tokio::time::Instant::now() + TICK);
+                    None
+                }
             };
+            let ticked = received.is_none();
             // The epoch a record was read in, before the rebalances its poll delivered act.
             let epoch = match &received {
-                Ok(Ok(m)) => self.epoch_of(m),
+                Some(Ok(m)) => self.epoch_of(m),
                 _ => None,
             };
             self.group_events().await?;
-            if let Ok(received) = received {
+            if let Some(received) = received {
                 match received {
                     Ok(message) => self.take(message, epoch).await?,
                     Err(e) => tracing::warn!(table = self.name(), "reading: {e}"),
@@ -230,9 +240,12 @@ impl Loader {
             if let Some(e) = failed {
                 self.drop_and_reread(e).await?;
             }
-            let due = self.due();
+            let due = self.due(ticked);
             if !due.is_empty() {
                 self.commit(Some(&due)).await?;
+            }
+            if !ticked {
+                continue;
             }
             if self.exists && vacuum_at.elapsed() >= self.settings.table.vacuum_interval {
                 vacuum_at = Instant::now();
@@ -665,21 +678,22 @@ impl Loader {
         owned.files.write(self.table.table(), schema, rows).await
     }
 
-    /// The partitions whose commit is due: their files reached the flush size, or their oldest
-    /// uncommitted record the flush age; every partition once the dead letters held reach
-    /// [`LETTER_BYTES`]. Each partition is committed on its own, so its files are of the flush
-    /// size whatever the others hold.
-    fn due(&self) -> Vec<Partition> {
+    /// The partitions whose commit is due: their files reached the flush size, or (looked at
+    /// when `ages`) their oldest uncommitted record the flush age; every partition once the dead
+    /// letters held reach [`LETTER_BYTES`]. Each partition is committed on its own, so its files
+    /// are of the flush size whatever the others hold.
+    fn due(&self, ages: bool) -> Vec<Partition> {
         let table = &self.settings.table;
         let letters: usize = self.owned.values().map(|o| o.letter_bytes).sum();
         self.owned
             .iter()
             .filter(|(_, owned)| {
                 letters >= LETTER_BYTES
-                    || owned
-                        .since
-                        .is_some_and(|at| at.elapsed() >= table.flush_age)
                     || owned.files.written() as u64 >= table.flush_bytes
+                    || ages
+                        && owned
+                            .since
+                            .is_some_and(|at| at.elapsed() >= table.flush_age)
             })
             .map(|(p, _)| p.clone())
             .collect()
