@@ -283,20 +283,7 @@ mod tests {
     fn rows_become_the_arrays_arrow_json_would_build() {
         let pos = DataType::Struct(vec![Field::new("x", DataType::Float64, true)].into());
         let list = DataType::List(Arc::new(Field::new("element", DataType::Utf8, true)));
-        let map = DataType::Map(
-            Arc::new(Field::new(
-                "key_value",
-                DataType::Struct(
-                    vec![
-                        Field::new("key", DataType::Utf8, false),
-                        Field::new("value", DataType::Int64, true),
-                    ]
-                    .into(),
-                ),
-                false,
-            )),
-            false,
-        );
+        let map = crate::columns::map_of(DataType::Int64);
         let columns = [
             ("b", DataType::Boolean),
             ("i", DataType::Int32),

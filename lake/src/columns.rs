@@ -133,7 +133,8 @@ fn non_null(union: &UnionSchema) -> Option<&Avro> {
     }
 }
 
-fn map_of(values: DataType) -> DataType {
+/// A map column with text keys.
+pub(crate) fn map_of(values: DataType) -> DataType {
     let entries = Field::new(
         "key_value",
         DataType::Struct(
