@@ -574,10 +574,11 @@ impl Loader {
         if let Some(known) = self.derived().columns.get(&id) {
             return Ok(known.clone());
         }
+        let fields = fields();
         let columns = self
-            .table_columns(&fields())
+            .table_columns(&fields)
             .await?
-            .map(|fields| Arc::new(Layout::new(fields)));
+            .map(|table| Arc::new(Layout::new(table, &fields)));
         self.derived().columns.insert(id, columns.clone());
         Ok(columns)
     }

@@ -71,16 +71,28 @@ pub(crate) enum EventTime<'a> {
 pub(crate) struct Layout {
     fields: Fields,
     index: HashMap<String, usize>,
+    /// The column of each of [`place_columns`], in its order.
+    place: Vec<Option<usize>>,
+    /// The column of the writer schema's n-th field: a decoded record's fields come in the
+    /// schema's order, so most find theirs without hashing their name.
+    writer: Vec<Option<usize>>,
 }
 
 impl Layout {
-    pub(crate) fn new(fields: Fields) -> Layout {
-        let index = fields
+    /// The layout of a table of `fields` for records of a writer schema of `writer` fields.
+    pub(crate) fn new(fields: Fields, writer: &Fields) -> Layout {
+        let index: HashMap<String, usize> = fields
             .iter()
             .enumerate()
             .map(|(i, f)| (f.name().clone(), i))
             .collect();
-        Layout { fields, index }
+        let at = |name: &String| index.get(name).copied();
+        Layout {
+            place: place_columns().iter().map(|f| at(f.name())).collect(),
+            writer: writer.iter().map(|f| at(f.name())).collect(),
+            fields,
+            index,
+        }
     }
 
     pub(crate) fn fields(&self) -> &Fields {
@@ -98,8 +110,12 @@ impl Layout {
         named: impl IntoIterator<Item = (String, Value)>,
     ) -> Result<Row, String> {
         let mut cells = vec![Value::Null; self.fields.len()];
-        for (name, value) in named {
-            if let Some(i) = self.at(&name) {
+        for (n, (name, value)) in named.into_iter().enumerate() {
+            let in_order = self.writer.get(n).copied().flatten();
+            let column = in_order
+                .filter(|i| *self.fields[*i].name() == name)
+                .or_else(|| self.at(&name));
+            if let Some(i) = column {
                 cells[i] =
                     fit(value, self.fields[i].data_type()).map_err(|e| format!("{name}: {e}"))?;
             }
@@ -126,25 +142,25 @@ pub(crate) fn row(
             .ok_or("the record has no Kafka timestamp to date it by")?,
     };
     let dt = date_of(millis).ok_or_else(|| format!("event time {millis} ms is out of range"))?;
-    let mut set = |name: &str, value: Value| {
-        if let Some(i) = layout.at(name) {
-            cells[i] = value;
-        }
-    };
-    // Set (or null) whatever the payload held under these names: they are logpipe's.
+    // In the order of `place_columns`. Set (or null) whatever the payload held under these
+    // names: they are logpipe's.
     let id = place.id.as_ref();
-    set("lp_host", id.map(|id| id.host.clone()).into());
-    set("lp_file", id.map(|id| id.file.to_hex()).into());
-    set("lp_offset", id.map(|id| id.offset as i64).into());
-    set("kafka_topic", place.topic.into());
-    set("kafka_partition", place.partition.into());
-    set("kafka_offset", place.offset.into());
-    set(
-        "kafka_timestamp",
+    let values: [Value; 9] = [
+        id.map(|id| id.host.clone()).into(),
+        id.map(|id| id.file.to_hex()).into(),
+        id.map(|id| id.offset as i64).into(),
+        place.topic.into(),
+        place.partition.into(),
+        place.offset.into(),
         place.timestamp.map(|ms| ms.saturating_mul(1_000)).into(),
-    );
-    set("schema_id", place.schema_id.into());
-    set(DT, dt.clone().into());
+        place.schema_id.into(),
+        dt.clone().into(),
+    ];
+    for (at, value) in layout.place.iter().zip(values) {
+        if let Some(i) = at {
+            cells[*i] = value;
+        }
+    }
     Ok((cells, dt))
 }
 
@@ -206,7 +222,7 @@ mod tests {
             .iter()
             .map(|(n, t)| Field::new(*n, t.clone(), true))
             .collect();
-        Layout::new(table_fields(&fields))
+        Layout::new(table_fields(&fields), &fields)
     }
 
     fn cells(layout: &Layout, fields: Value) -> Row {
@@ -223,6 +239,7 @@ mod tests {
             name: "event_time",
             micros: true,
         };
+        // "unknown" (no column) puts "x" out of the writer's order: found by its name.
         let fields = json!({"x": 1, "event_time": 1_764_892_799_999_000i64, "unknown": 2});
         let (row, dt) = row(cells(&layout, fields), &layout, &place(), at).unwrap();
         assert_eq!(
@@ -256,6 +273,16 @@ mod tests {
         };
         assert!(layout.cells(bad).unwrap_err().starts_with("n: "));
         assert_eq!(cells(&layout, json!({"s": 5}))[1], json!("5"));
+        // A payload field named like a place column does not survive: the place is logpipe's.
+        let forged = cells(&layout, json!({"lp_host": "forged", "kafka_offset": 1}));
+        let anonymous = Place {
+            id: None,
+            ..place()
+        };
+        let (row, _) = row(forged, &layout, &anonymous, EventTime::Kafka).unwrap();
+        let column = |name| layout.at(name).unwrap();
+        assert_eq!(row[column("lp_host")], Value::Null);
+        assert_eq!(row[column("kafka_offset")], json!(99));
     }
 
     #[test]
