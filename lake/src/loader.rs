@@ -708,7 +708,9 @@ impl Loader {
             .owned
             .iter()
             .filter(|(p, o)| {
-                o.next > o.committed.unwrap_or(0) && only.is_none_or(|only| only.contains(p))
+                o.next > o.committed.unwrap_or(0)
+                    && !self.unpositioned.contains(*p)
+                    && only.is_none_or(|only| only.contains(p))
             })
             .map(|(p, _)| p.clone())
             .collect();
@@ -957,6 +959,10 @@ impl Loader {
             owned.letters.clear();
             owned.letter_bytes = 0;
             owned.since = None;
+            // Nothing is held past the positions now: a commit or transaction before the seek
+            // below succeeds (it is retried while the store is away) must not carry the old
+            // `next`, or it would record rows and dead letters that were just dropped.
+            owned.next = owned.committed.unwrap_or(0).min(owned.delivered);
         }
         let all: Vec<Partition> = self.owned.keys().cloned().collect();
         self.unpositioned.extend(all.iter().cloned());
