@@ -382,4 +382,23 @@ mod tests {
             assert!(err.contains(want), "{tables}: {err}");
         }
     }
+
+    #[test]
+    fn the_consumer_reads_ahead_little_unless_told_otherwise() {
+        let config = parse(&format!(
+            "{BASE}[kafka.properties]\n\"queued.min.messages\" = \"500\"\n[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/t\"\n"
+        ))
+        .unwrap();
+        let role = Role::Consumer {
+            group_id: "g".into(),
+        };
+        let consumer = consumer_config(&config.kafka, &role);
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(
+            consumer.get("queued.min.messages"),
+            Some("500"),
+            "the user's value wins"
+        );
+    }
 }
