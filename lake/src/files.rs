@@ -1,72 +1,162 @@
-//! A partition's open Parquet files, written on a task of their own: turning rows into Arrow
-//! batches and encoding and compressing Parquet take as long as decoding the records, so the
-//! loop decodes the next rows while the last ones are written (on the runtime's other worker).
-//! At most one write of a partition is in flight, so its rows reach its files in order.
+//! A partition's open Parquet files and the dead letters found since its last commit, written
+//! by tasks of their own: decoding records, turning rows into Arrow batches and encoding and
+//! compressing Parquet are most of a record's cost, so they run beside the loop that reads the
+//! next records. Each write decodes and builds its batches as soon as it starts (writes of the
+//! same partition in parallel, on the runtime's workers), then takes the writer from the write
+//! before it, so rows reach the files in the order they were read.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Add;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::batch::{self, Row};
+use crate::letter::Letter;
+use crate::read::{Read, Taken};
 
-/// Rows by event day.
-pub(crate) type Rows = BTreeMap<String, Vec<Row>>;
+/// Writes of a partition in flight at most: each holds its records (~2 MiB at 4,096 records of
+/// ~500 B) and their batches; the loop waits for a free one.
+const IN_FLIGHT: usize = 3;
 
-#[derive(Default)]
-pub(crate) struct Files {
-    /// The writer, when no write is in flight (none before the first write).
+/// What a write hands to the next: the writer (none while the table does not exist) and the
+/// dead letters found by it and the writes before it, in the order they were read.
+struct Written {
     writer: Option<RecordBatchWriter>,
-    /// The write in flight, which hands the writer back.
-    writing: Option<JoinHandle<anyhow::Result<RecordBatchWriter>>>,
+    letters: Vec<Letter>,
+}
+
+/// The latest write of the chain. Dropping it stops it and, through the handle it holds, every
+/// write before it.
+struct Writing(JoinHandle<anyhow::Result<Written>>);
+
+impl Writing {
+    async fn join(mut self) -> anyhow::Result<Written> {
+        (&mut self.0).await.context("the write task")?
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(crate) struct Files {
+    /// The writer, when no write is in flight.
+    writer: Option<RecordBatchWriter>,
+    /// Whether a writer was made since the last [`Files::renew`] (it is here or in the writes).
+    made: bool,
+    /// The latest write in flight.
+    writing: Option<Writing>,
+    slots: Arc<Semaphore>,
+    /// Kept up to date by the writes.
+    progress: Arc<Progress>,
+    /// Dead letters found by the writes that were settled, waiting for the commit.
+    letters: Vec<Letter>,
+}
+
+/// What the writes found so far: the commit is due on these.
+#[derive(Default)]
+struct Progress {
     /// Parquet bytes written since the last flush, as of the last write that finished.
-    written: usize,
+    written: AtomicUsize,
+    /// The dead letters' bytes found since the last commit, settled or not.
+    letter_bytes: AtomicUsize,
+}
+
+impl Default for Files {
+    fn default() -> Files {
+        Files {
+            writer: None,
+            made: false,
+            writing: None,
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            progress: Arc::default(),
+            letters: Vec::new(),
+        }
+    }
 }
 
 impl Files {
-    /// Starts writing `rows` (after the write in flight, if any): the writer is made for
-    /// `table`'s current schema, rows are turned into batches of `schema`.
+    /// Starts writing `reads` after the writes in flight: rows are turned into batches of
+    /// `schema`, by event day, and written by a writer made for `table`'s current schema
+    /// (`schema` `None`: the table does not exist yet, so none of them can be a row).
     pub(crate) async fn write(
         &mut self,
         table: &DeltaTable,
-        schema: SchemaRef,
-        rows: Rows,
+        schema: Option<SchemaRef>,
+        reads: Vec<Read>,
     ) -> anyhow::Result<()> {
-        self.settle().await?;
-        let mut writer = match self.writer.take() {
-            Some(writer) => writer,
-            // No target size of the writer's own: the partition's commit at `flush_bytes`
-            // closes its file (rolling there as well left a file of a few rows beside each
-            // full one).
-            None => RecordBatchWriter::for_table(table)?
-                .with_writer_properties(crate::table::file_properties()),
+        let slot = self.slots.clone().acquire_owned().await?;
+        // No target size of the writer's own: the partition's commit at `flush_bytes` closes
+        // its file (rolling there as well left a file of a few rows beside each full one).
+        let made = match (self.made, &schema) {
+            (false, Some(_)) => Some(
+                RecordBatchWriter::for_table(table)?
+                    .with_writer_properties(crate::table::file_properties()),
+            ),
+            _ => None,
         };
-        self.writing = Some(tokio::spawn(async move {
-            for (_, rows) in rows {
-                writer.write(batch::build(&schema, &rows)?).await?;
+        self.made |= made.is_some();
+        let before = self.writing.take();
+        let idle = self.writer.take();
+        let progress = self.progress.clone();
+        self.writing = Some(Writing(tokio::spawn(async move {
+            let _slot = slot;
+            let (batches, letters) = decode(reads, schema.as_ref())?;
+            let letter_bytes = letters.iter().map(Letter::bytes).sum();
+            progress
+                .letter_bytes
+                .fetch_add(letter_bytes, Ordering::Relaxed);
+            let mut handed = match before {
+                Some(before) => before.join().await?,
+                None => Written {
+                    writer: idle,
+                    letters: Vec::new(),
+                },
+            };
+            let mut writer = handed.writer.or(made);
+            for batch in batches {
+                let writer = writer
+                    .as_mut()
+                    .context("rows without a table to write them into")?;
+                writer.write(batch).await?;
             }
-            Ok(writer)
-        }));
+            if let Some(writer) = &writer {
+                progress
+                    .written
+                    .store(writer.buffer_len(), Ordering::Relaxed);
+            }
+            handed.letters.extend(letters);
+            Ok(Written {
+                writer,
+                letters: handed.letters,
+            })
+        })));
         Ok(())
     }
 
-    /// Waits for the write in flight.
+    /// Waits for the writes in flight.
     pub(crate) async fn settle(&mut self) -> anyhow::Result<()> {
         if let Some(writing) = self.writing.take() {
-            let writer = writing.await.context("the write task")??;
-            self.written = writer.buffer_len();
-            self.writer = Some(writer);
+            let Written { writer, letters } = writing.join().await?;
+            self.writer = writer;
+            self.letters.extend(letters);
         }
         Ok(())
     }
 
-    /// Takes the outcome of a write that has finished, without waiting for one that has not.
+    /// Takes the outcome of the writes once all have finished, without waiting for them.
     pub(crate) async fn poll(&mut self) -> anyhow::Result<()> {
-        if self.writing.as_ref().is_some_and(JoinHandle::is_finished) {
+        if self.writing.as_ref().is_some_and(|w| w.0.is_finished()) {
             self.settle().await?;
         }
         Ok(())
@@ -74,13 +164,29 @@ impl Files {
 
     /// Parquet bytes written since the last flush, as of the last write that finished.
     pub(crate) fn written(&self) -> usize {
-        self.written
+        self.progress.written.load(Ordering::Relaxed)
+    }
+
+    /// The dead letters found by the writes that finished.
+    pub(crate) fn letters(&self) -> &[Letter] {
+        &self.letters
+    }
+
+    /// What the dead letters found since the last commit hold in memory, settled or not.
+    pub(crate) fn letter_bytes(&self) -> usize {
+        self.progress.letter_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the dead letters, once delivered (after [`Files::settle`]: none in flight).
+    pub(crate) fn delivered(&mut self) {
+        self.letters.clear();
+        self.progress.letter_bytes.store(0, Ordering::Relaxed);
     }
 
     /// Closes the files written since the last flush: their `add` actions.
     pub(crate) async fn flush(&mut self) -> anyhow::Result<Vec<Add>> {
         self.settle().await?;
-        self.written = 0;
+        self.progress.written.store(0, Ordering::Relaxed);
         match self.writer.as_mut() {
             Some(writer) => Ok(writer.flush().await?),
             None => Ok(Vec::new()),
@@ -92,16 +198,43 @@ impl Files {
     pub(crate) fn renew(&mut self) {
         self.reset();
         self.writer = None;
+        self.made = false;
     }
 
-    /// Drops what was written since the last flush (those files are never committed).
+    /// Drops what was written since the last flush (those files are never committed) and the
+    /// dead letters found.
     pub(crate) fn reset(&mut self) {
-        if let Some(writing) = self.writing.take() {
-            writing.abort();
+        self.letters.clear();
+        // Stops the writes, which drop the writer they hold.
+        if self.writing.take().is_some() {
+            self.made = false;
         }
         if let Some(writer) = self.writer.as_mut() {
             writer.reset();
         }
-        self.written = 0;
+        // A write being stopped may still count into the old one.
+        self.progress = Arc::default();
     }
+}
+
+/// The reads' rows as batches of `schema`, one per event day, and the dead letters among them.
+fn decode(
+    reads: Vec<Read>,
+    schema: Option<&SchemaRef>,
+) -> anyhow::Result<(Vec<RecordBatch>, Vec<Letter>)> {
+    let mut days: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    let mut letters = Vec::new();
+    for read in reads {
+        match read.take() {
+            Taken::Row(row, dt) => days.entry(dt).or_default().push(row),
+            Taken::Letter(letter) => letters.push(letter),
+            Taken::Nothing => {}
+        }
+    }
+    let mut batches = Vec::with_capacity(days.len());
+    for rows in days.into_values() {
+        let schema = schema.context("rows without a table to write them into")?;
+        batches.push(batch::build(schema, &rows)?);
+    }
+    Ok((batches, letters))
 }

@@ -23,21 +23,21 @@ use logpipe_core::kafka::{
     commit_transaction, init_transactions, is_fatal, send_offsets, send_waiting, GroupEvent,
     KafkaConfig, RebalanceLog, Role,
 };
-use logpipe_core::record::{DeadLetterHeaders, ErrorStage, RecordId};
 use logpipe_core::service::Context;
 use logpipe_schema_client::Client;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::batch::Row;
 use crate::compact::Compaction;
 use crate::dead_letters;
-use crate::files::{Files, Rows};
+use crate::files::Files;
+use crate::letter::{DeadLetter, Letter};
 use crate::metrics::*;
-use crate::rows::{self, EventTime, Layout, Place};
+use crate::read::{Decoding, Read};
+use crate::rows::{self, Layout};
 use crate::schemas::{SchemaError, Schemas};
 use crate::table::{CommitError, Partition, Table};
 use crate::{TableConfig, TableKind};
@@ -69,12 +69,10 @@ struct Owned {
     delivered: i64,
     /// Whether the group holds an offset of the partition (or it is taken to have expired).
     anchored: bool,
-    /// Rows read and not yet written into a file, by event day.
-    rows: Rows,
-    /// Dead letters read since the last commit, written in its transaction.
-    letters: Vec<Letter>,
-    /// What [`Owned::letters`] hold in memory (kept, not summed per record).
-    letter_bytes: usize,
+    /// Records read and not yet handed to the write task.
+    reads: Vec<Read>,
+    /// The partition's open files and the dead letters found, written in the commit's
+    /// transaction.
     files: Files,
     /// When the oldest uncommitted row or dead letter was read.
     since: Option<Instant>,
@@ -430,8 +428,8 @@ impl Loader {
             );
             return Ok(());
         }
-        let row = self.row(&message).await?;
-        // Reading it may have committed, and a commit that did not land seeks again.
+        let decoding = self.decoding(&message).await?;
+        // Finding it may have committed, and a commit that did not land seeks again.
         if !current(self) {
             return Ok(());
         }
@@ -439,29 +437,16 @@ impl Loader {
         let owned = self.owned.get_mut(&p).expect("owned partition");
         // Below the table's position a record is read again only for its dead letter, below
         // the group's only for its row.
-        match row {
-            Ok((row, dt)) if offset >= owned.committed.unwrap_or(0) => {
-                owned.rows.entry(dt).or_default().push(row);
-            }
-            Err(why) if offset >= owned.delivered => {
-                tracing::debug!(
-                    table = self.settings.table.name,
-                    topic = p.0,
-                    partition = p.1,
-                    offset,
-                    "dead letter: {}",
-                    why.reason
-                );
-                let letter = Letter::new(&message, why);
-                owned.letter_bytes += letter.bytes();
-                owned.letters.push(letter);
-            }
-            Ok(_) | Err(_) => {}
-        }
+        owned.reads.push(Read {
+            as_row: offset >= owned.committed.unwrap_or(0),
+            as_letter: offset >= owned.delivered,
+            message,
+            decoding,
+        });
         self.records_read.increment(1);
         owned.next = offset + 1;
         owned.since.get_or_insert_with(Instant::now);
-        if owned.rows.values().map(Vec::len).sum::<usize>() >= 4_096 {
+        if owned.reads.len() >= 4_096 {
             if let Err(e) = self.write(&p).await {
                 return self
                     .drop_and_reread(CommitError::Files(format!("{e:#}")))
@@ -471,66 +456,21 @@ impl Loader {
         Ok(())
     }
 
-    /// The record's row, or why it cannot be one (`Err` of the outer result: the loader cannot
-    /// go on).
-    async fn row(
+    /// How the record is decoded into its row, or why it cannot be one (`Err` of the outer
+    /// result: the loader cannot go on).
+    async fn decoding(
         &mut self,
         message: &OwnedMessage,
-    ) -> anyhow::Result<Result<(Row, String), DeadLetter>> {
-        let headers = || {
-            message
-                .headers()
-                .into_iter()
-                .flat_map(|h| h.iter().map(|h| (h.key, h.value)))
-        };
-        let (cells, schema_id, layout) = match self.settings.table.kind {
-            TableKind::Clean => match self.decode(message).await? {
-                Ok((cells, id, layout)) => (cells, Some(id), layout),
-                Err(why) => return Ok(Err(why)),
-            },
-            TableKind::DeadLetters => {
-                let layout = match self.columns_for(None, dead_letters::fields).await? {
-                    Ok(layout) => layout,
-                    Err(why) => return Ok(Err(DeadLetter::new("columns", why, None))),
-                };
-                match layout.cells(dead_letters::decode(headers(), message.payload())) {
-                    Ok(cells) => (cells, None, layout),
-                    Err(why) => return Ok(Err(DeadLetter::new("value", why, None))),
-                }
-            }
-        };
-        let record_id = RecordId::from_headers(headers()).ok().flatten();
-        let place = Place {
-            id: record_id,
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            schema_id,
-        };
-        let event_time = match self.settings.table.event_time.as_deref() {
-            Some(name) => EventTime::Field {
-                name,
-                micros: layout
-                    .fields()
-                    .find(name)
-                    .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..))),
-            },
-            None => EventTime::Kafka,
-        };
-        Ok(rows::row(cells, &layout, &place, event_time)
-            .map_err(|why| DeadLetter::new("event_time", why, schema_id)))
-    }
-
-    /// A clean record's fields fitted to the table's columns, its schema id and the table's
-    /// columns; or why it cannot be a row.
-    async fn decode(
-        &mut self,
-        message: &OwnedMessage,
-    ) -> anyhow::Result<Result<(Row, u32, Arc<Layout>), DeadLetter>> {
+    ) -> anyhow::Result<Result<Decoding, DeadLetter>> {
+        if self.settings.table.kind == TableKind::DeadLetters {
+            return Ok(match self.columns_for(None, dead_letters::fields).await? {
+                Ok(layout) => Ok(Decoding::DeadLetter { layout }),
+                Err(why) => Err(DeadLetter::new("columns", why, None)),
+            });
+        }
         let value = message.payload().unwrap_or_default();
-        let (id, payload) = match logpipe_core::wire::parse(value) {
-            Ok(parsed) => parsed,
+        let id = match logpipe_core::wire::parse(value) {
+            Ok((id, _)) => id,
             Err(e) => return Ok(Err(DeadLetter::new("wire", e.to_string(), None))),
         };
         let writer = loop {
@@ -552,13 +492,9 @@ impl Loader {
             Ok(fields) => fields.clone(),
             Err(why) => return Ok(Err(DeadLetter::new("schema", why.clone(), Some(id)))),
         };
-        let layout = match self.columns_for(Some(id), || fields).await? {
-            Ok(layout) => layout,
-            Err(why) => return Ok(Err(DeadLetter::new("columns", why, Some(id)))),
-        };
-        Ok(match writer.decode(payload, &layout) {
-            Ok(cells) => Ok((cells, id, layout)),
-            Err(why) => Err(DeadLetter::new("value", why, Some(id))),
+        Ok(match self.columns_for(Some(id), || fields).await? {
+            Ok(layout) => Ok(Decoding::Clean { writer, layout }),
+            Err(why) => Err(DeadLetter::new("columns", why, Some(id))),
         })
     }
 
@@ -575,10 +511,10 @@ impl Loader {
             return Ok(known.clone());
         }
         let fields = fields();
-        let columns = self
-            .table_columns(&fields)
-            .await?
-            .map(|table| Arc::new(Layout::new(table, &fields)));
+        let columns = self.table_columns(&fields).await?.map(|table| {
+            let event_time = self.settings.table.event_time.as_deref();
+            Arc::new(Layout::new(table, &fields, event_time))
+        });
         self.derived().columns.insert(id, columns.clone());
         Ok(columns)
     }
@@ -661,22 +597,26 @@ impl Loader {
         }
     }
 
-    /// Starts writing a partition's read rows into its open files.
+    /// Hands a partition's records read to its write task, which decodes them and writes
+    /// their rows into its open files.
     async fn write(&mut self, p: &Partition) -> anyhow::Result<()> {
-        let schema = match &self.derived().schema {
-            Some(schema) => schema.clone(),
-            None => {
+        if self.owned[p].reads.is_empty() {
+            return Ok(());
+        }
+        // Until the table exists no record was a row: all are dead letters.
+        let exists = self.exists;
+        let schema = match (&self.derived().schema, exists) {
+            (_, false) => None,
+            (Some(schema), true) => Some(schema.clone()),
+            (None, true) => {
                 let schema = self.table.arrow_schema()?;
                 self.derived().schema = Some(schema.clone());
-                schema
+                Some(schema)
             }
         };
         let owned = self.owned.get_mut(p).expect("owned partition");
-        if owned.rows.is_empty() {
-            return Ok(());
-        }
-        let rows = std::mem::take(&mut owned.rows);
-        owned.files.write(self.table.table(), schema, rows).await
+        let reads = std::mem::take(&mut owned.reads);
+        owned.files.write(self.table.table(), schema, reads).await
     }
 
     /// The partitions whose commit is due: their files reached the flush size, or (looked at
@@ -685,7 +625,7 @@ impl Loader {
     /// are of the flush size whatever the others hold.
     fn due(&self, ages: bool) -> Vec<Partition> {
         let table = &self.settings.table;
-        let letters: usize = self.owned.values().map(|o| o.letter_bytes).sum();
+        let letters: usize = self.owned.values().map(|o| o.files.letter_bytes()).sum();
         self.owned
             .iter()
             .filter(|(_, owned)| {
@@ -790,6 +730,19 @@ impl Loader {
     /// partition whose rows were not in the commit: what is read again is still taken as a row
     /// only at or past the table's position, as a dead letter only at or past the group's.
     async fn deliver(&mut self) -> anyhow::Result<()> {
+        // Every record read below `next` must have been looked at for its dead letter.
+        let partitions: Vec<Partition> = self.owned.keys().cloned().collect();
+        for p in &partitions {
+            let written = match self.write(p).await {
+                Ok(()) => self.owned.get_mut(p).expect("owned").files.settle().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                return self
+                    .drop_and_reread(CommitError::Files(format!("{e:#}")))
+                    .await;
+            }
+        }
         let covered: BTreeMap<Partition, (i64, i64)> = self
             .owned
             .iter()
@@ -827,7 +780,7 @@ impl Loader {
         let held: Vec<&Letter> = covered
             .keys()
             .filter(|_| letters)
-            .flat_map(|p| self.owned[p].letters.iter())
+            .flat_map(|p| self.owned[p].files.letters())
             .collect();
         let kinds: Vec<&'static str> = held.iter().map(|l| l.kind).collect();
         let committed = tokio::task::block_in_place(|| {
@@ -853,8 +806,7 @@ impl Loader {
                     owned.delivered = last + 1;
                     owned.anchored = true;
                     if letters {
-                        owned.letters.clear();
-                        owned.letter_bytes = 0;
+                        owned.files.delivered();
                     }
                 }
                 Ok(true)
@@ -955,9 +907,7 @@ impl Loader {
         );
         for owned in self.owned.values_mut() {
             owned.files.reset();
-            owned.rows.clear();
-            owned.letters.clear();
-            owned.letter_bytes = 0;
+            owned.reads.clear();
             owned.since = None;
             // Nothing is held past the positions now: a commit or transaction before the seek
             // below succeeds (it is retried while the store is away) must not carry the old
@@ -978,76 +928,4 @@ fn same_type(table: &DataType, schema: &DataType) -> bool {
     let a: Result<deltalake::kernel::DataType, _> = table.try_into_kernel();
     let b: Result<deltalake::kernel::DataType, _> = schema.try_into_kernel();
     matches!((a, b), (Ok(a), Ok(b)) if a == b)
-}
-
-/// Why a record is a dead letter.
-struct DeadLetter {
-    /// Bounded label for metrics.
-    kind: &'static str,
-    reason: String,
-    schema_id: Option<u32>,
-}
-
-impl DeadLetter {
-    fn new(kind: &'static str, reason: String, schema_id: Option<u32>) -> DeadLetter {
-        DeadLetter {
-            kind,
-            reason,
-            schema_id,
-        }
-    }
-}
-
-/// A dead letter waiting for its commit: the record's key, value and headers unchanged, plus
-/// the dead-letter headers saying why.
-struct Letter {
-    kind: &'static str,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: OwnedHeaders,
-}
-
-impl Letter {
-    fn new(message: &OwnedMessage, why: DeadLetter) -> Letter {
-        let mut headers = message.headers().cloned().unwrap_or_default();
-        let names = DeadLetterHeaders {
-            stage: ErrorStage::Lake,
-            reason: &why.reason,
-            path: None,
-            subject: None,
-            schema_id: why.schema_id,
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            omitted: None,
-        };
-        for (key, value) in names.headers() {
-            headers = headers.insert(rdkafka::message::Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-        Letter {
-            kind: why.kind,
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            headers,
-        }
-    }
-
-    fn record<'a>(&'a self, topic: &'a str) -> BaseRecord<'a, [u8], [u8]> {
-        let mut record = BaseRecord::to(topic).headers(self.headers.clone());
-        if let Some(key) = &self.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(value) = &self.value {
-            record = record.payload(value.as_slice());
-        }
-        record
-    }
-
-    /// What it holds in memory until its commit.
-    fn bytes(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
-    }
 }

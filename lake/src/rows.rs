@@ -58,10 +58,15 @@ pub(crate) struct Place<'a> {
 }
 
 /// Where a row's event time is.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum EventTime<'a> {
-    /// A field; `micros`: its numbers are a timestamp column's microseconds, else milliseconds.
-    Field { name: &'a str, micros: bool },
+#[derive(Debug)]
+enum EventTime {
+    /// A field (`column`: the table's column of it, if any); `micros`: its numbers are a
+    /// timestamp column's microseconds, else milliseconds.
+    Field {
+        name: String,
+        column: Option<usize>,
+        micros: bool,
+    },
     /// The record's Kafka timestamp.
     Kafka,
 }
@@ -76,27 +81,36 @@ pub(crate) struct Layout {
     /// The column of the writer schema's n-th field: a decoded record's fields come in the
     /// schema's order, so most find theirs without hashing their name.
     writer: Vec<Option<usize>>,
+    event_time: EventTime,
 }
 
 impl Layout {
-    /// The layout of a table of `fields` for records of a writer schema of `writer` fields.
-    pub(crate) fn new(fields: Fields, writer: &Fields) -> Layout {
+    /// The layout of a table of `fields` for records of a writer schema of `writer` fields,
+    /// dated by the field `event_time` (`None`: by their Kafka timestamps).
+    pub(crate) fn new(fields: Fields, writer: &Fields, event_time: Option<&str>) -> Layout {
         let index: HashMap<String, usize> = fields
             .iter()
             .enumerate()
             .map(|(i, f)| (f.name().clone(), i))
             .collect();
-        let at = |name: &String| index.get(name).copied();
+        let at = |name: &str| index.get(name).copied();
+        let event_time = match event_time {
+            Some(name) => EventTime::Field {
+                name: name.to_owned(),
+                column: at(name),
+                micros: fields
+                    .find(name)
+                    .is_some_and(|(_, f)| matches!(f.data_type(), DataType::Timestamp(..))),
+            },
+            None => EventTime::Kafka,
+        };
         Layout {
             place: place_columns().iter().map(|f| at(f.name())).collect(),
             writer: writer.iter().map(|f| at(f.name())).collect(),
+            event_time,
             fields,
             index,
         }
-    }
-
-    pub(crate) fn fields(&self) -> &Fields {
-        &self.fields
     }
 
     fn at(&self, name: &str) -> Option<usize> {
@@ -130,13 +144,14 @@ pub(crate) fn row(
     mut cells: Row,
     layout: &Layout,
     place: &Place<'_>,
-    event_time: EventTime<'_>,
 ) -> Result<(Row, String), String> {
-    let millis = match event_time {
-        EventTime::Field { name, micros } => {
-            event_millis(layout.at(name).map(|i| &cells[i]), micros)
-                .ok_or_else(|| format!("the event time field {name} is missing or not a time"))?
-        }
+    let millis = match &layout.event_time {
+        EventTime::Field {
+            name,
+            column,
+            micros,
+        } => event_millis(column.map(|i| &cells[i]), *micros)
+            .ok_or_else(|| format!("the event time field {name} is missing or not a time"))?,
         EventTime::Kafka => place
             .timestamp
             .ok_or("the record has no Kafka timestamp to date it by")?,
@@ -216,13 +231,13 @@ mod tests {
         }
     }
 
-    /// A table of `fields` (name, type) and the place columns.
-    fn layout(fields: &[(&str, DataType)]) -> Layout {
+    /// A table of `fields` (name, type) and the place columns, dated by `event_time`.
+    fn layout(fields: &[(&str, DataType)], event_time: Option<&str>) -> Layout {
         let fields: Fields = fields
             .iter()
             .map(|(n, t)| Field::new(*n, t.clone(), true))
             .collect();
-        Layout::new(table_fields(&fields), &fields)
+        Layout::new(table_fields(&fields), &fields, event_time)
     }
 
     fn cells(layout: &Layout, fields: Value) -> Row {
@@ -234,14 +249,11 @@ mod tests {
 
     #[test]
     fn a_row_carries_its_place_and_its_days_date() {
-        let layout = layout(&[("event_time", timestamp()), ("x", DataType::Int64)]);
-        let at = EventTime::Field {
-            name: "event_time",
-            micros: true,
-        };
+        let columns = [("event_time", timestamp()), ("x", DataType::Int64)];
+        let layout = layout(&columns, Some("event_time"));
         // "unknown" (no column) puts "x" out of the writer's order: found by its name.
         let fields = json!({"x": 1, "event_time": 1_764_892_799_999_000i64, "unknown": 2});
-        let (row, dt) = row(cells(&layout, fields), &layout, &place(), at).unwrap();
+        let (row, dt) = row(cells(&layout, fields), &layout, &place()).unwrap();
         assert_eq!(
             dt, "2025-12-04",
             "the event's day, not the Kafka timestamp's"
@@ -267,7 +279,7 @@ mod tests {
 
     #[test]
     fn cells_are_fitted_to_their_columns() {
-        let layout = layout(&[("n", DataType::Int64), ("s", DataType::Utf8)]);
+        let layout = layout(&[("n", DataType::Int64), ("s", DataType::Utf8)], None);
         let Value::Object(bad) = json!({"n": "seven"}) else {
             unreachable!()
         };
@@ -279,7 +291,7 @@ mod tests {
             id: None,
             ..place()
         };
-        let (row, _) = row(forged, &layout, &anonymous, EventTime::Kafka).unwrap();
+        let (row, _) = row(forged, &layout, &anonymous).unwrap();
         let column = |name| layout.at(name).unwrap();
         assert_eq!(row[column("lp_host")], Value::Null);
         assert_eq!(row[column("kafka_offset")], json!(99));
@@ -287,24 +299,23 @@ mod tests {
 
     #[test]
     fn the_event_time_is_read_from_text_or_falls_back_to_kafka() {
-        let layout = layout(&[("at", DataType::Utf8), ("ms", DataType::Int64)]);
-        let at = EventTime::Field {
-            name: "at",
-            micros: false,
-        };
-        let ms = EventTime::Field {
-            name: "ms",
-            micros: false,
-        };
-        let dated = |fields: Value, at| row(cells(&layout, fields), &layout, &place(), at);
+        let columns = [("at", DataType::Utf8), ("ms", DataType::Int64)];
+        let (at, ms, kafka) = (
+            layout(&columns, Some("at")),
+            layout(&columns, Some("ms")),
+            layout(&columns, None),
+        );
+        let dated = |fields: Value, layout: &Layout| row(cells(layout, fields), layout, &place());
         let text = json!({"at": "2026-01-02T23:59:59+01:00"});
-        assert_eq!(dated(text, at).unwrap().1, "2026-01-02");
+        assert_eq!(dated(text, &at).unwrap().1, "2026-01-02");
         let millis = json!({"ms": 1_764_892_800_000i64});
-        assert_eq!(dated(millis, ms).unwrap().1, "2025-12-05");
-        assert_eq!(dated(json!({}), EventTime::Kafka).unwrap().1, "2025-12-05");
+        assert_eq!(dated(millis, &ms).unwrap().1, "2025-12-05");
+        assert_eq!(dated(json!({}), &kafka).unwrap().1, "2025-12-05");
         let bad = json!({"at": "yesterday"});
-        assert!(dated(bad, at).unwrap_err().contains("not a time"));
-        assert!(dated(json!({}), at).unwrap_err().contains("missing"));
+        assert!(dated(bad, &at).unwrap_err().contains("not a time"));
+        assert!(dated(json!({}), &at).unwrap_err().contains("missing"));
+        let elsewhere = layout(&columns, Some("when"));
+        assert!(dated(json!({"at": "2026-01-02T00:00:00Z"}), &elsewhere).is_err());
     }
 
     #[test]
