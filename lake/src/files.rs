@@ -24,7 +24,7 @@ use crate::read::{Read, Taken};
 
 /// Writes of a partition in flight at most: each holds its records (~2 MiB at 4,096 records of
 /// ~500 B) and their batches; the loop waits for a free one.
-const IN_FLIGHT: usize = 3;
+const IN_FLIGHT: usize = 2;
 
 /// What a write hands to the next: the writer (none while the table does not exist) and the
 /// dead letters found by it and the writes before it, in the order they were read.
