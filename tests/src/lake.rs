@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, Process};
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::cep::Game;
 use crate::validator::{Lines, Stack};
@@ -168,13 +171,27 @@ impl S3 {
 }
 
 /// A TCP forwarder in front of a server that can be closed (every connection cut, new ones
-/// refused) and opened again: an outage of the server without losing what it holds.
+/// refused) and opened again: an outage of the server without losing what it holds. It can also
+/// hold the next Delta commit that passes (see [`Gate::hold_commit`]).
 pub struct Gate {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
     cut: Arc<tokio::sync::Notify>,
+    armed: Armed,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Which half of a Delta commit the gate holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Hold {
+    /// The request writing the log entry: the commit is never made.
+    Request,
+    /// The server's answer to it: the commit is made and the writer never learns it.
+    Answer,
+}
+
+/// The hold asked for, and whom to tell once it holds.
+type Armed = Arc<Mutex<Option<(Hold, oneshot::Sender<()>)>>>;
 
 impl Gate {
     pub async fn open(target: SocketAddr) -> anyhow::Result<Gate> {
@@ -182,20 +199,21 @@ impl Gate {
         let addr = listener.local_addr()?;
         let open = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(tokio::sync::Notify::new());
+        let armed = Armed::default();
         let task = {
-            let (open, cut) = (open.clone(), cut.clone());
+            let (open, cut, armed) = (open.clone(), cut.clone(), armed.clone());
             tokio::spawn(async move {
-                while let Ok((mut client, _)) = listener.accept().await {
+                while let Ok((client, _)) = listener.accept().await {
                     if !open.load(Ordering::SeqCst) {
                         continue;
                     }
-                    let cut = cut.clone();
+                    let (cut, armed) = (cut.clone(), armed.clone());
                     tokio::spawn(async move {
-                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        let Ok(server) = TcpStream::connect(target).await else {
                             return;
                         };
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = forward(client, server, &armed) => {}
                             _ = cut.notified() => {}
                         }
                     });
@@ -206,6 +224,7 @@ impl Gate {
             addr,
             open,
             cut,
+            armed,
             task,
         })
     }
@@ -219,10 +238,124 @@ impl Gate {
     pub fn reopen(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
+
+    /// Holds `hold` of the next Delta commit (a `PUT` of `_delta_log/<version>.json`) for as long
+    /// as its connection lasts; the answer comes once it is held.
+    pub fn hold_commit(&self, hold: Hold) -> oneshot::Receiver<()> {
+        let (held, holding) = oneshot::channel();
+        *self.armed.lock().unwrap() = Some((hold, held));
+        holding
+    }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Copies both ways between `client` and `server` until both ends close, holding what `armed`
+/// asks for.
+async fn forward(client: TcpStream, server: TcpStream, armed: &Armed) -> std::io::Result<()> {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    // Set once a commit passed whose answer is to be held: the next bytes from the server are
+    // that answer (HTTP/1.1 clients send a request once the last answer is in).
+    let answer: Mutex<Option<oneshot::Sender<()>>> = Mutex::new(None);
+    let up = async {
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            let n = from_client.read(&mut buf).await?;
+            if n == 0 {
+                return to_server.shutdown().await;
+            }
+            if is_commit(&buf[..n]) {
+                let armed = armed.lock().unwrap().take();
+                match armed {
+                    Some((Hold::Request, held)) => {
+                        let _ = held.send(());
+                        return std::future::pending().await;
+                    }
+                    Some((Hold::Answer, held)) => *answer.lock().unwrap() = Some(held),
+                    None => {}
+                }
+            }
+            to_server.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = async {
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            let n = from_server.read(&mut buf).await?;
+            if n == 0 {
+                return to_client.shutdown().await;
+            }
+            let held = answer.lock().unwrap().take();
+            if let Some(held) = held {
+                let _ = held.send(());
+                return std::future::pending().await;
+            }
+            to_client.write_all(&buf[..n]).await?;
+        }
+    };
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+/// Whether `bytes` begin a request writing a Delta log entry, `PUT <table>/_delta_log/<version>.json`
+/// (a request's first line comes in one read; a body never begins with `PUT `).
+fn is_commit(bytes: &[u8]) -> bool {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let Some(path) = line
+        .strip_prefix(b"PUT ")
+        .and_then(|rest| rest.split(|b| *b == b' ').next())
+    else {
+        return false;
+    };
+    let path = String::from_utf8_lossy(path);
+    path.rsplit_once("/_delta_log/")
+        .and_then(|(_, entry)| entry.strip_suffix(".json"))
+        .is_some_and(|version| !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_commit;
+
+    #[test]
+    fn a_commit_is_a_put_of_a_numbered_log_entry() {
+        for (request, commit) in [
+            (
+                &b"PUT /lake/t/_delta_log/00000000000000000007.json HTTP/1.1\r\n"[..],
+                true,
+            ),
+            (
+                b"PUT /lake/t/_delta_log/00000000000000000007.json?x=1 HTTP/1.1\r\n",
+                false,
+            ),
+            (
+                b"GET /lake/t/_delta_log/00000000000000000007.json HTTP/1.1\r\n",
+                false,
+            ),
+            (
+                b"PUT /lake/t/_delta_log/_last_checkpoint HTTP/1.1\r\n",
+                false,
+            ),
+            (
+                b"PUT /lake/t/_delta_log/_commit_1a2b.json.tmp HTTP/1.1\r\n",
+                false,
+            ),
+            (
+                b"PUT /lake/t/dt=2023-11-01/part-00000-1a2b.parquet HTTP/1.1\r\n",
+                false,
+            ),
+            (b"\x28\xb5\x2f\xfd binary body", false),
+        ] {
+            assert_eq!(
+                is_commit(request),
+                commit,
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
     }
 }

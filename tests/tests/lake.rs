@@ -1,7 +1,7 @@
 //! The lake loader end to end: a dev cluster, the real schema store with the game schemas (five
 //! schema ids in one topic, each with fields of its own, so the table widens as they arrive), and
 //! `logpipe-lake` processes loading `clean.game` into a Delta table on the local disk or on an
-//! S3-compatible server (moto's, behind a gate that can cut it off). The table
+//! S3-compatible server (moto's, behind a gate that can cut it off or hold a commit). The table
 //! is read by outside readers (Python `deltalake` and `polars`) and must hold every clean record
 //! exactly once, counted by record id against an oracle computed here; records that cannot be
 //! rows are in `dlq.lake.game` with the reason.
@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use logpipe_core::metric_names::lake as metric;
 use logpipe_core::wire;
 use logpipe_devkit::harness::wait_until;
@@ -373,6 +374,61 @@ async fn every_clean_record_is_a_row_once_across_kill_9_and_an_outage_on_s3() ->
     let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
     let place = Place::s3().await?;
     load_across_kill_9(stack, place).await
+}
+
+/// The loader on S3 killed -9 twice inside a Delta commit: first with the commit's request held
+/// short of the server (the commit never made), then with the server's answer held (the commit
+/// made, the loader never told, its Kafka transaction never committed). Each successor goes on
+/// from the table's positions: the table holds every record once (a successor trusting the
+/// group's offsets would load the second held commit's rows twice), and the bad records are dead
+/// letters once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_clean_record_is_a_row_once_across_kill_9_inside_commits() -> anyhow::Result<()> {
+    let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
+    let place = Place::s3().await?;
+    let gate = place.gate().context("an S3 place has a gate")?;
+    let schemas = GameSchemas::register(&stack).await?;
+    let game = Game::generate(10, EVENTS, 50, 0);
+    let mut files = game.lines(&schemas)?;
+    let expected = oracle(&game, &files);
+    files.push(bad_lines());
+    let extra = format!("flush_age = \"300ms\"\n{}", place.toml());
+    let (config, telemetry) = config(&stack, "l1", &place.uri, &extra)?;
+
+    let longest = Game::longest(&files);
+    let thirds = [0, longest / 3, 2 * longest / 3, longest];
+    let mut loader = service::start(LAKE, &config, telemetry).await?;
+    let produced = stack.produce(CLEAN, &files, thirds[0]..thirds[1]).await?;
+    // The first third committed (all of it but the two bad records): the next commit is made
+    // of the next third's rows, not of these or of the table's creation.
+    let rows = (produced - bad_lines().lines.len()) as f64;
+    wait_until(DRAIN, || async {
+        metrics::total(telemetry, metric::ROWS).await >= rows
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("committing {rows} rows: {e:#}\n{}", loader.logs()))?;
+    for (round, hold) in [(1, Hold::Request), (2, Hold::Answer)] {
+        let held = gate.hold_commit(hold);
+        stack
+            .produce(CLEAN, &files, thirds[round]..thirds[round + 1])
+            .await?;
+        tokio::time::timeout(DRAIN, held)
+            .await
+            .with_context(|| format!("no commit to hold ({hold:?})\n{}", loader.logs()))??;
+        loader.kill9()?;
+        // Drops the held connection.
+        gate.close();
+        gate.reopen();
+        loader = service::start(LAKE, &config, telemetry).await?;
+    }
+    let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
+    if let Err(e) = drained {
+        let missing = missing(&stack, &place, &expected).await?;
+        anyhow::bail!("{e:#}: {missing}\n{}", loader.logs());
+    }
+    service::stop(&mut loader).await?;
+    assert_table(&place.uri, &place.storage, &expected).await?;
+    assert_dead_letters(&stack).await
 }
 
 /// A second loader joins the group while the first loads, then the first stops: partitions move
