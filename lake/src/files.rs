@@ -238,3 +238,98 @@ fn decode(
     }
     Ok((batches, letters))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use deltalake::arrow::array::{AsArray as _, RecordBatch};
+    use deltalake::arrow::datatypes::Int64Type;
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Timestamp;
+
+    use super::*;
+    use crate::dead_letters;
+    use crate::letter::DeadLetter;
+    use crate::read::Decoding;
+    use crate::rows::{self, Layout, DT};
+    use crate::table::{location, Table};
+
+    /// Records of a dead-letter table (they decode without a schema store) at `offsets`; the
+    /// one at `bad` is a dead letter already.
+    fn reads(offsets: std::ops::Range<i64>, bad: i64) -> Vec<Read> {
+        let fields = dead_letters::fields();
+        let layout = Arc::new(Layout::new(rows::table_fields(&fields), &fields, None));
+        offsets
+            .map(|offset| Read {
+                message: OwnedMessage::new(
+                    Some(format!("line {offset}").into_bytes()),
+                    None,
+                    "dlq.game".into(),
+                    Timestamp::CreateTime(1_764_892_800_000),
+                    0,
+                    offset,
+                    None,
+                ),
+                decoding: match offset == bad {
+                    true => Err(DeadLetter::new("wire", "no magic byte".into(), None)),
+                    false => Ok(Decoding::DeadLetter {
+                        layout: layout.clone(),
+                    }),
+                },
+                as_row: true,
+                as_letter: true,
+            })
+            .collect()
+    }
+
+    /// A large write and a small one after it, in flight together: the small one is decoded
+    /// first, yet its rows follow the large one's in the file and its dead letter follows the
+    /// large one's, and settling waits for both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_in_flight_keep_the_read_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = location(dir.path().to_str().unwrap()).unwrap();
+        let (mut table, _) = Table::open(&url, &HashMap::new(), "g.t", &[DT.into()])
+            .await
+            .unwrap();
+        table
+            .create("t", &rows::table_fields(&dead_letters::fields()))
+            .await
+            .unwrap();
+        let schema = table.arrow_schema().unwrap();
+        let (large, small) = (20_000, 20_002);
+
+        let mut files = Files::default();
+        for reads in [reads(0..large, 7), reads(large..small, large + 1)] {
+            files
+                .write(table.table(), Some(schema.clone()), reads)
+                .await
+                .unwrap();
+        }
+        files.settle().await.unwrap();
+        // Told apart by their sizes: "line 7" and "line 20001".
+        let letters: Vec<usize> = files.letters().iter().map(Letter::bytes).collect();
+        assert_eq!(letters, [6, 10], "dead letters in read order");
+
+        let adds = files.flush().await.unwrap();
+        assert_eq!(adds.len(), 1, "one day, one file");
+        let file = std::fs::File::open(dir.path().join(&adds[0].path)).unwrap();
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let offsets: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                let column = b.column_by_name("kafka_offset").unwrap();
+                column.as_primitive::<Int64Type>().values().to_vec()
+            })
+            .collect();
+        let read: Vec<i64> = (0..small).filter(|o| ![7, large + 1].contains(o)).collect();
+        assert_eq!(offsets, read, "rows in read order");
+    }
+}
