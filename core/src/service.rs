@@ -24,6 +24,23 @@ use crate::telemetry::{Readiness, ServiceRoutes, TelemetryConfig, TelemetryServe
 /// a deploy tool tells a bad config from a broken binary or host.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// How long an idle thread of the runtime's blocking pool lives (tokio's default is 10 s).
+/// Every `block_in_place` (a Kafka transaction's calls) hands the worker to another pool
+/// thread, so the workers' allocations move from thread to thread, and each idle thread keeps
+/// its allocator cache while it lives: with the default, the lake loader held 54 threads and its
+/// peak RSS grew with its commits (651 MiB at the default flush size after 6 M records, 1.2 GiB
+/// at 16 MiB files) where with this it holds 12-16 and stays flat (320 and 356 MiB), at the
+/// same rows/s. Starting a thread again costs microseconds.
+const IDLE_THREAD_LIFETIME: Duration = Duration::from_millis(200);
+
+/// The services' multi-threaded runtime (a worker per core).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(IDLE_THREAD_LIFETIME)
+        .build()
+}
+
 /// A service's config: deserialized with unknown keys rejected, then checked as a whole.
 pub trait ServiceConfig: DeserializeOwned + Send + Sync + 'static {
     /// Checks that need more than one key or outside knowledge (regexes compile, paths are
@@ -158,7 +175,7 @@ pub fn main<S: Service>() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     tracing::error!("cannot start the async runtime: {e}");
