@@ -21,7 +21,8 @@
 //!    a new group waits out for the broker's `group.initial.rebalance.delay.ms` (3 s on the dev
 //!    cluster as on Kafka), before either consumer gets a record;
 //! 3. the loader with `flush_bytes = BENCH_FILE_MIB` into a second table: the sizes of the files
-//!    committed under steady load against that target. Left out: the files of a few rows each
+//!    committed under steady load against that target, and its peak RSS at its end against at
+//!    half its records (memory that grows with commits rises in the second half). Left out: the files of a few rows each
 //!    that the commits widening the table close (as each of the five schemas' first record
 //!    arrives, every partition's open file is committed), and every partition's last file
 //!    (closed at shutdown).
@@ -56,6 +57,9 @@ const STALL: Duration = Duration::from_secs(900);
 const WIDENING_ROWS: usize = 1_000;
 /// The peak RSS target at the default flush size.
 const RSS_MIB: f64 = 512.0;
+/// How much the peak RSS of the round with small files (the most commits) may rise in its second
+/// half: what each commit left behind would show here.
+const COMMIT_GROWTH: f64 = 1.2;
 
 /// A loader config of the table `name` in `dir`, its own group.
 fn loader_config(
@@ -85,6 +89,8 @@ struct Round {
     /// From its start to its exit.
     span: Duration,
     peak_rss_mib: f64,
+    /// The peak RSS once it had read half the records.
+    half_rss_mib: f64,
     cpu_s: f64,
     files: Vec<File>,
 }
@@ -130,11 +136,15 @@ async fn round(
         .wait_ready(telemetry, Duration::from_secs(120))
         .await?;
     let mut first = None;
+    let mut half_rss_mib = None;
     loop {
         let page = prometheus::scrape(&http, telemetry).await;
         let read = prometheus::total(&page, names::RECORDS_READ) as usize;
         if read > 0 {
             first.get_or_insert_with(Instant::now);
+        }
+        if read >= records / 2 {
+            half_rss_mib.get_or_insert_with(|| peak_rss_mib(pid));
         }
         if read >= records {
             break;
@@ -172,6 +182,7 @@ async fn round(
         },
         span,
         peak_rss_mib,
+        half_rss_mib: half_rss_mib.context("no peak RSS at half the records")?,
         cpu_s,
         files,
     })
@@ -361,6 +372,24 @@ async fn main() -> anyhow::Result<()> {
         "MiB",
     )
     .target_at_most(RSS_MIB)
+    .emit()?;
+    let growth = sized.peak_rss_mib / sized.half_rss_mib;
+    println!(
+        "- peak RSS at flush_bytes {file_mib} MiB ({} files): {:.0} MiB at the end, \
+         {:.0} MiB at half the records: **{growth:.2}x** (target <= {COMMIT_GROWTH}x: memory must \
+         not grow with commits)",
+        sized.files.len(),
+        sized.peak_rss_mib,
+        sized.half_rss_mib,
+    );
+    Row::new(
+        BENCH,
+        "peak RSS at the end against at half the records, small files",
+        "logpipe-lake",
+        growth,
+        "x",
+    )
+    .target_at_most(COMMIT_GROWTH)
     .emit()?;
 
     let steady = steady(&sized.files);
