@@ -5,9 +5,9 @@
 //! same partition in parallel, on the runtime's workers), then takes the writer from the write
 //! before it, so rows reach the files in the order they were read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use deltalake::arrow::datatypes::SchemaRef;
@@ -70,6 +70,8 @@ struct Progress {
     written: AtomicUsize,
     /// The dead letters' bytes found since the last commit, settled or not.
     letter_bytes: AtomicUsize,
+    /// The event days written since the last flush: each is a file open until then.
+    days: Mutex<BTreeSet<String>>,
 }
 
 impl Default for Files {
@@ -111,7 +113,8 @@ impl Files {
         let progress = self.progress.clone();
         self.writing = Some(Writing(tokio::spawn(async move {
             let _slot = slot;
-            let (batches, letters) = decode(reads, schema.as_ref())?;
+            let (batches, days, letters) = decode(reads, schema.as_ref())?;
+            progress.days.lock().expect("days").extend(days);
             let letter_bytes = letters.iter().map(Letter::bytes).sum();
             progress
                 .letter_bytes
@@ -167,6 +170,12 @@ impl Files {
         self.progress.written.load(Ordering::Relaxed)
     }
 
+    /// How many files are open: the event days written since the last flush, as far as the
+    /// writes in flight decoded their records.
+    pub(crate) fn open_days(&self) -> usize {
+        self.progress.days.lock().expect("days").len()
+    }
+
     /// The dead letters found by the writes that finished.
     pub(crate) fn letters(&self) -> &[Letter] {
         &self.letters
@@ -187,6 +196,7 @@ impl Files {
     pub(crate) async fn flush(&mut self) -> anyhow::Result<Vec<Add>> {
         self.settle().await?;
         self.progress.written.store(0, Ordering::Relaxed);
+        self.progress.days.lock().expect("days").clear();
         match self.writer.as_mut() {
             Some(writer) => Ok(writer.flush().await?),
             None => Ok(Vec::new()),
@@ -217,11 +227,12 @@ impl Files {
     }
 }
 
-/// The reads' rows as batches of `schema`, one per event day, and the dead letters among them.
+/// The reads' rows as batches of `schema`, one per event day, their days, and the dead letters
+/// among them.
 fn decode(
     reads: Vec<Read>,
     schema: Option<&SchemaRef>,
-) -> anyhow::Result<(Vec<RecordBatch>, Vec<Letter>)> {
+) -> anyhow::Result<(Vec<RecordBatch>, Vec<String>, Vec<Letter>)> {
     let mut days: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     let mut letters = Vec::new();
     for read in reads {
@@ -232,11 +243,13 @@ fn decode(
         }
     }
     let mut batches = Vec::with_capacity(days.len());
-    for rows in days.into_values() {
+    let mut dates = Vec::with_capacity(days.len());
+    for (day, rows) in days {
         let schema = schema.context("rows without a table to write them into")?;
         batches.push(batch::build(schema, &rows)?);
+        dates.push(day);
     }
-    Ok((batches, letters))
+    Ok((batches, dates, letters))
 }
 
 #[cfg(test)]
@@ -256,9 +269,10 @@ mod tests {
     use crate::rows::{self, Layout, DT};
     use crate::table::{location, Table};
 
-    /// Records of a dead-letter table (they decode without a schema store) at `offsets`; the
-    /// one at `bad` is a dead letter already.
-    fn reads(offsets: std::ops::Range<i64>, bad: i64) -> Vec<Read> {
+    /// Records of a dead-letter table (they decode without a schema store, dated by their
+    /// Kafka timestamp: `day` days after 2025-12-05) at `offsets`; the one at `bad` is a dead
+    /// letter already.
+    fn reads(offsets: std::ops::Range<i64>, bad: i64, day: impl Fn(i64) -> i64) -> Vec<Read> {
         let fields = dead_letters::fields();
         let layout = Arc::new(Layout::new(rows::table_fields(&fields), &fields, None));
         offsets
@@ -267,7 +281,7 @@ mod tests {
                     Some(format!("line {offset}").into_bytes()),
                     None,
                     "dlq.game".into(),
-                    Timestamp::CreateTime(1_764_892_800_000),
+                    Timestamp::CreateTime(1_764_892_800_000 + day(offset) * 86_400_000),
                     0,
                     offset,
                     None,
@@ -287,10 +301,9 @@ mod tests {
     /// A large write and a small one after it, in flight together: the small one is decoded
     /// first, yet its rows follow the large one's in the file and its dead letter follows the
     /// large one's, and settling waits for both.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_in_flight_keep_the_read_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = location(dir.path().to_str().unwrap()).unwrap();
+    /// A new dead-letter table in `dir`, partitioned by day.
+    async fn table(dir: &std::path::Path) -> Table {
+        let url = location(dir.to_str().unwrap()).unwrap();
         let (mut table, _) = Table::open(&url, &HashMap::new(), "g.t", &[DT.into()])
             .await
             .unwrap();
@@ -298,11 +311,22 @@ mod tests {
             .create("t", &rows::table_fields(&dead_letters::fields()))
             .await
             .unwrap();
+        table
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_in_flight_keep_the_read_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = table(dir.path()).await;
         let schema = table.arrow_schema().unwrap();
         let (large, small) = (20_000, 20_002);
 
         let mut files = Files::default();
-        for reads in [reads(0..large, 7), reads(large..small, large + 1)] {
+        let one_day = |_| 0;
+        for reads in [
+            reads(0..large, 7, one_day),
+            reads(large..small, large + 1, one_day),
+        ] {
             files
                 .write(table.table(), Some(schema.clone()), reads)
                 .await
@@ -331,5 +355,29 @@ mod tests {
             .collect();
         let read: Vec<i64> = (0..small).filter(|o| ![7, large + 1].contains(o)).collect();
         assert_eq!(offsets, read, "rows in read order");
+    }
+
+    /// The files open are the days written since the last flush, whichever write they came in.
+    #[tokio::test]
+    async fn open_files_are_counted_by_day_until_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = table(dir.path()).await;
+        let schema = table.arrow_schema().unwrap();
+        let mut files = Files::default();
+        // Days 0, 1, 2, then 2 and 3 again: four days.
+        for reads in [
+            reads(0..30, -1, |o| o / 10),
+            reads(30..40, -1, |o| 2 + o % 2),
+        ] {
+            files
+                .write(table.table(), Some(schema.clone()), reads)
+                .await
+                .unwrap();
+        }
+        files.settle().await.unwrap();
+        assert_eq!(files.open_days(), 4);
+        let adds = files.flush().await.unwrap();
+        assert_eq!(adds.len(), 4, "a file per day");
+        assert_eq!(files.open_days(), 0, "none open after the flush");
     }
 }

@@ -50,6 +50,11 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Dead letters held for their commit, in bytes, that make a commit due: a topic of records
 /// that are all dead letters must not fill the memory before the flush age.
 const LETTER_BYTES: usize = 16 << 20;
+/// Files a partition holds open before its commit is due, one per event day (each an upload and a
+/// row group in progress): a burst of events spread over more days commits the partition early
+/// rather than open ever more (the writes in flight may open a few past it before the check).
+/// Late events of a day or two join their day's open file.
+const OPEN_DAYS: usize = 32;
 
 pub(crate) struct Settings {
     pub(crate) kafka: KafkaConfig,
@@ -619,9 +624,9 @@ impl Loader {
         owned.files.write(self.table.table(), schema, reads).await
     }
 
-    /// The partitions whose commit is due: their files reached the flush size, or (looked at
-    /// when `ages`) their oldest uncommitted record the flush age; every partition once the dead
-    /// letters held reach [`LETTER_BYTES`]. Each partition is committed on its own, so its files
+    /// The partitions whose commit is due: their files reached the flush size or [`OPEN_DAYS`]
+    /// days, or (looked at when `ages`) their oldest uncommitted record the flush age; every
+    /// partition once the dead letters held reach [`LETTER_BYTES`]. Each partition is committed on its own, so its files
     /// are of the flush size whatever the others hold.
     fn due(&self, ages: bool) -> Vec<Partition> {
         let table = &self.settings.table;
@@ -631,6 +636,7 @@ impl Loader {
             .filter(|(_, owned)| {
                 letters >= LETTER_BYTES
                     || owned.files.written() as u64 >= table.flush_bytes
+                    || !table.partition_by.is_empty() && owned.files.open_days() >= OPEN_DAYS
                     || ages
                         && owned
                             .since
