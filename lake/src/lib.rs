@@ -75,7 +75,9 @@ pub struct TableConfig {
     pub kind: TableKind,
     /// `s3://bucket/prefix`, `file:///path` or a local path.
     pub uri: String,
-    /// Partition columns: `["dt"]` (the event's UTC date, the default) or none.
+    /// Partition columns: `["dt"]` (the event's UTC date, the default), none, or columns of the
+    /// table (text, integers, booleans or dates), e.g. `["dt", "platform"]`. Small files of
+    /// closed days are compacted only when `dt` is one of them.
     #[serde(default = "default_partition_by")]
     pub partition_by: Vec<String>,
     /// The field holding the event's time, for `dt`: an Avro timestamp, RFC 3339 text or epoch
@@ -228,10 +230,23 @@ impl ServiceConfig for LakeConfig {
                 table.kind == TableKind::Clean || table.event_time.is_none(),
                 "{at}: event_time: dead letters are dated by their Kafka timestamp (they may not hold a readable event)"
             );
-            anyhow::ensure!(
-                table.partition_by.is_empty() || table.partition_by == [rows::DT],
-                "{at}: partition_by must be [\"dt\"] (the event's date) or [] so far"
-            );
+            let mut seen = std::collections::BTreeSet::new();
+            for column in &table.partition_by {
+                anyhow::ensure!(
+                    seen.insert(column),
+                    "{at}: partition_by names {column} twice"
+                );
+                anyhow::ensure!(
+                    !rows::per_record(column),
+                    "{at}: partition_by: {column} is each record's own: a directory per record"
+                );
+            }
+            if table.kind == TableKind::DeadLetters {
+                let columns = rows::table_fields(&dead_letters::fields());
+                if let Some(why) = table::unpartitionable(&columns, &table.partition_by) {
+                    anyhow::bail!("{at}: partition_by: {why} (a dead-letter table's)");
+                }
+            }
             anyhow::ensure!(
                 table.flush_bytes >= 1 << 20,
                 "{at}: flush_bytes is below 1 MiB"
@@ -355,8 +370,16 @@ mod tests {
                 "topics is empty",
             ),
             (
-                "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/t\"\npartition_by = [\"level\"]\n",
-                "partition_by",
+                "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/t\"\npartition_by = [\"kafka_offset\"]\n",
+                "a directory per record",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/t\"\npartition_by = [\"dt\", \"dt\"]\n",
+                "dt twice",
+            ),
+            (
+                "[[tables]]\nname = \"g\"\ntopics = [\"dlq.g\"]\nuri = \"/t\"\nkind = \"dead_letters\"\npartition_by = [\"level\"]\n",
+                "level is not one of its columns",
             ),
             (
                 "[[tables]]\nname = \"g\"\ntopics = [\"clean.g\"]\nuri = \"/t\"\nflush_age = \"soon\"\n",

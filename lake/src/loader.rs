@@ -542,6 +542,15 @@ impl Loader {
     async fn table_columns(&mut self, fields: &Fields) -> anyhow::Result<Result<Fields, String>> {
         if !self.exists {
             let columns = rows::table_fields(fields);
+            let table = &self.settings.table;
+            if let Some(why) = crate::table::unpartitionable(&columns, &table.partition_by) {
+                anyhow::bail!(
+                    "cannot create the table {} from the first record's schema: {why} \
+                     (partition_by must name columns of every schema of {})",
+                    table.name,
+                    table.topics.join(", ")
+                );
+            }
             while let Err(e) = self.table.create(&self.settings.table.name, &columns).await {
                 self.retry_after("creating the table", &e).await?;
             }
@@ -836,7 +845,7 @@ impl Loader {
         let table = &self.settings.table;
         let first = (table.topics[0].clone(), 0);
         if !self.exists
-            || table.partition_by.is_empty()
+            || !table.partition_by.iter().any(|c| c == rows::DT)
             || self.compacting.is_some()
             || !self.owned.contains_key(&first)
         {
@@ -863,12 +872,12 @@ impl Loader {
             return;
         };
         match done.await {
-            Ok(Ok(c)) if c.days > 0 => {
+            Ok(Ok(c)) if c.partitions > 0 => {
                 metrics::counter!(FILES_COMPACTED, "table" => self.name())
                     .increment(c.files_removed as u64);
                 tracing::info!(
                     table = self.name(),
-                    days = c.days,
+                    partitions = c.partitions,
                     removed = c.files_removed,
                     added = c.files_added,
                     "compacted small files"

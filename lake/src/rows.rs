@@ -36,6 +36,12 @@ pub(crate) fn place_columns() -> Fields {
     .into()
 }
 
+/// Whether `column` is one of the place columns whose value is each record's own: partitioning
+/// by it would make a directory per record.
+pub(crate) fn per_record(column: &str) -> bool {
+    matches!(column, "lp_offset" | "kafka_offset" | "kafka_timestamp")
+}
+
 /// A field of the schema that has a name logpipe gives a column of its own.
 pub(crate) fn clashes(fields: &Fields) -> Option<String> {
     let place = place_columns();

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use deltalake::arrow::datatypes::{Field, Fields, Schema as ArrowSchema, SchemaRef};
+use deltalake::arrow::datatypes::{DataType, Field, Fields, Schema as ArrowSchema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructField, Transaction};
@@ -283,6 +283,27 @@ impl Table {
     }
 }
 
+/// Why the table's `fields` cannot be partitioned by `columns`, if they cannot: a partition
+/// column must be one of them, of a type with a text form Delta readers agree on (text, integers,
+/// booleans, dates).
+pub(crate) fn unpartitionable(fields: &Fields, columns: &[String]) -> Option<String> {
+    columns.iter().find_map(|name| match fields.find(name) {
+        None => Some(format!("partition column {name} is not one of its columns")),
+        Some((_, field)) => match field.data_type() {
+            DataType::Utf8
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Boolean
+            | DataType::Date32 => None,
+            other => Some(format!(
+                "partition column {name} is {other}: text, integers, booleans or dates only"
+            )),
+        },
+    })
+}
+
 fn delta_fields(fields: &Fields) -> Result<Vec<StructField>, DeltaTableError> {
     let schema = ArrowSchema::new(fields.clone());
     let kernel: deltalake::kernel::StructType =
@@ -297,7 +318,39 @@ fn delta_fields(fields: &Fields) -> Result<Vec<StructField>, DeltaTableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deltalake::arrow::datatypes::DataType;
+
+    #[test]
+    fn partition_columns_are_columns_with_a_text_form() {
+        let fields: Fields = vec![
+            Field::new("platform", DataType::Utf8, true),
+            Field::new("level", DataType::Int32, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("price", DataType::Float64, true),
+        ]
+        .into();
+        // partition_by -> why not, if not
+        let cases: [(&[&str], Option<&str>); 5] = [
+            (&["platform"], None),
+            (&["platform", "level", "day"], None),
+            (&[], None),
+            (
+                &["level", "server"],
+                Some("server is not one of its columns"),
+            ),
+            (&["price"], Some("price is Float64")),
+        ];
+        for (columns, why) in cases {
+            let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+            let found = unpartitionable(&fields, &columns);
+            match why {
+                None => assert_eq!(found, None, "{columns:?}"),
+                Some(why) => assert!(
+                    found.as_deref().is_some_and(|f| f.contains(why)),
+                    "{columns:?}: {found:?}"
+                ),
+            }
+        }
+    }
 
     async fn open(url: &Url) -> Table {
         let (mut table, exists) = Table::open(url, &HashMap::new(), "g.t", &[]).await.unwrap();

@@ -433,7 +433,7 @@ async fn every_clean_record_is_a_row_once_across_kill_9_inside_commits() -> anyh
 
 /// A second loader joins the group while the first loads, then the first stops: partitions move
 /// between them twice (their uncommitted rows are dropped and read again from the table's
-/// positions), and the table still holds every record once.
+/// positions), and the table, partitioned by day and server, still holds every record once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Result<()> {
     let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
@@ -443,8 +443,11 @@ async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Res
     let expected = oracle(&game, &files);
     let place = Place::local(&stack);
     let uri = place.uri.as_str();
-    let (first_config, first_telemetry) = config(&stack, "l1", uri, "flush_age = \"300ms\"\n")?;
-    let (second_config, second_telemetry) = config(&stack, "l2", uri, "flush_age = \"300ms\"\n")?;
+    // Partitioned by a column of the schemas too: both readers must find the rows in the
+    // directories of two partition columns.
+    let extra = "flush_age = \"300ms\"\npartition_by = [\"dt\", \"server\"]\n";
+    let (first_config, first_telemetry) = config(&stack, "l1", uri, extra)?;
+    let (second_config, second_telemetry) = config(&stack, "l2", uri, extra)?;
 
     let longest = Game::longest(&files);
     let thirds = [0, longest / 3, 2 * longest / 3, longest];
@@ -486,5 +489,17 @@ async fn a_second_loader_joining_and_leaving_duplicates_nothing() -> anyhow::Res
         anyhow::bail!("{e:#}: {missing}\n{}", second.logs());
     }
     service::stop(&mut second).await?;
+    let days = std::fs::read_dir(uri)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    assert!(
+        days.iter()
+            .filter(|d| d
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("dt=")))
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .any(|e| e.file_name().to_string_lossy().starts_with("server=")),
+        "no dt=*/server=* directory in {days:?}"
+    );
     assert_table(uri, &[], &expected).await
 }
