@@ -17,6 +17,8 @@
 //!    measurement. A read_committed consumer counts clean records as they become visible; the
 //!    steady-state rate is the count between 10 % and 90 % of the lines over the time between
 //!    (start-up and the tail excluded). All lines are valid, so every line ends in `clean.game`.
+//!    Each service's CPU (user + system, from `/proc`) from the move to the last clean record,
+//!    per million lines, says what a line costs at each hop.
 //! 3. Latency: the generator writes at a fixed rate (well under the throughput) for a while; for
 //!    each clean record the consumer decodes its `event_time` (set by the generator just before
 //!    it writes and flushes the line, ms precision) and takes the time the record became visible
@@ -41,8 +43,8 @@ use apache_avro::types::Value;
 use logpipe_core::kafka::{KafkaConfig, Role};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
-use logpipe_devkit::measure::{env, read_lines, reader, send_waiting};
-use logpipe_devkit::pipeline::{Pipeline, PipelineOptions};
+use logpipe_devkit::measure::{cpu_seconds, env, read_lines, reader, send_waiting};
+use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -365,6 +367,14 @@ async fn main() -> anyhow::Result<()> {
     });
 
     // Phase 2: the backlog moves into the agent's directory at once.
+    let cpu = |pipeline: &Pipeline| -> Vec<(Component, f64)> {
+        pipeline
+            .components()
+            .into_iter()
+            .map(|c| (c, cpu_seconds(pipeline.pid(c))))
+            .collect()
+    };
+    let cpu_before = cpu(&pipeline);
     let moved = Instant::now();
     for file in &written.files {
         std::fs::rename(
@@ -394,11 +404,25 @@ async fn main() -> anyhow::Result<()> {
             .copied()
             .expect("progress reaches the end")
     };
+    let cpu_spent: Vec<(Component, f64)> = cpu(&pipeline)
+        .into_iter()
+        .zip(&cpu_before)
+        .map(|((c, after), (_, before))| (c, after - before))
+        .collect();
     let ((low, t_low), (high, t_high)) = (at(0.1), at(0.9));
     let steady = (high - low) as f64 / (t_high - t_low).as_secs_f64();
     let overall = lines as f64 / (progress.last().expect("progress").1 - moved).as_secs_f64();
     println!(
         "throughput: {steady:.0} lines/s at steady state (10-90 %), {overall:.0} lines/s from the move to the last clean record"
+    );
+    let per_million = |seconds: f64| seconds / (lines as f64 / 1e6);
+    let spent: Vec<String> = cpu_spent
+        .iter()
+        .map(|(c, s)| format!("{c} {:.1}", per_million(*s)))
+        .collect();
+    println!(
+        "CPU seconds per million lines, the move to the last clean record: {}",
+        spent.join(", ")
     );
 
     // Phase 3: latency at a fixed rate.
@@ -490,6 +514,17 @@ async fn main() -> anyhow::Result<()> {
     .target(0.3)
     .extra("from_move_to_last_lines_per_s", overall.round())
     .emit()?;
+    for (c, seconds) in &cpu_spent {
+        Row::new(
+            "pipeline",
+            &case,
+            &format!("{c}: CPU seconds per million lines"),
+            per_million(*seconds),
+            "s",
+        )
+        .extra("cpu_s", *seconds)
+        .emit()?;
+    }
     let case = format!("~{size} B lines at {latency_rate:.0} lines/s");
     Row::new(
         "pipeline",

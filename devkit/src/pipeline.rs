@@ -424,6 +424,11 @@ impl Pipeline {
         self.get(c).starts
     }
 
+    /// The process id of the service's last process, if it was started.
+    pub fn pid(&self, c: Component) -> Option<u32> {
+        self.get(c).process.as_ref().map(Process::pid)
+    }
+
     /// Whether the service's process is alive.
     pub fn is_running(&mut self, c: Component) -> bool {
         self.service(c).running()
