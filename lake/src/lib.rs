@@ -134,6 +134,14 @@ fn default_group() -> String {
 fn default_schema_timeout_ms() -> u64 {
     5_000
 }
+impl TableConfig {
+    /// Whether the table is partitioned by the event's day (a file per day is open, and closed
+    /// days are compacted).
+    pub(crate) fn by_day(&self) -> bool {
+        self.partition_by.iter().any(|c| c == rows::DT)
+    }
+}
+
 fn default_partition_by() -> Vec<String> {
     vec![rows::DT.into()]
 }

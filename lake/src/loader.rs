@@ -635,8 +635,8 @@ impl Loader {
 
     /// The partitions whose commit is due: their files reached the flush size or [`OPEN_DAYS`]
     /// days, or (looked at when `ages`) their oldest uncommitted record the flush age; every
-    /// partition once the dead letters held reach [`LETTER_BYTES`]. Each partition is committed on its own, so its files
-    /// are of the flush size whatever the others hold.
+    /// partition once the dead letters held reach [`LETTER_BYTES`]. Each partition is committed
+    /// on its own, so its files are of the flush size whatever the others hold.
     fn due(&self, ages: bool) -> Vec<Partition> {
         let table = &self.settings.table;
         let letters: usize = self.owned.values().map(|o| o.files.letter_bytes()).sum();
@@ -645,7 +645,7 @@ impl Loader {
             .filter(|(_, owned)| {
                 letters >= LETTER_BYTES
                     || owned.files.written() as u64 >= table.flush_bytes
-                    || !table.partition_by.is_empty() && owned.files.open_days() >= OPEN_DAYS
+                    || table.by_day() && owned.files.open_days() >= OPEN_DAYS
                     || ages
                         && owned
                             .since
@@ -845,7 +845,7 @@ impl Loader {
         let table = &self.settings.table;
         let first = (table.topics[0].clone(), 0);
         if !self.exists
-            || !table.partition_by.iter().any(|c| c == rows::DT)
+            || !table.by_day()
             || self.compacting.is_some()
             || !self.owned.contains_key(&first)
         {
