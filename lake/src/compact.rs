@@ -1,6 +1,7 @@
-//! Compaction: the small files of days that are closed merged, partition by partition, into files
-//! of the target size, in a commit that changes no data (`remove` and `add` actions with `dataChange = false`), so
-//! streaming readers skip it and the loaders' appends do not conflict with it.
+//! Compaction: the small files of days that are closed merged, partition by partition, into
+//! files of the target size, in a commit that changes no data (`remove` and `add` actions with
+//! `dataChange = false`), so streaming readers skip it and the loaders' appends do not conflict
+//! with it.
 //!
 //! delta-rs' own optimize needs DataFusion, which this build leaves out (appending does not need
 //! it); merging files of one partition needs only the Parquet reader and the table's writer.
@@ -198,6 +199,13 @@ mod tests {
         out
     }
 
+    /// Compacts the days before 2021 into files of 1 MiB.
+    async fn closed_before_2021(table: &Table) -> Compaction {
+        compact(table.table().log_store(), "2021-01-01", 1 << 20)
+            .await
+            .unwrap()
+    }
+
     fn day(dt: &str) -> (String, Option<String>) {
         (dt.to_owned(), None)
     }
@@ -224,9 +232,7 @@ mod tests {
         let before = files_by_partition(&table).await;
         assert_eq!(before[&day("2020-01-01")], (3, 30));
 
-        let done = compact(table.table().log_store(), "2021-01-01", 1 << 20)
-            .await
-            .unwrap();
+        let done = closed_before_2021(&table).await;
         assert_eq!(
             done,
             Compaction {
@@ -244,9 +250,7 @@ mod tests {
             "an open day is not compacted"
         );
 
-        let again = compact(table.table().log_store(), "2021-01-01", 1 << 20)
-            .await
-            .unwrap();
+        let again = closed_before_2021(&table).await;
         assert_eq!(again, Compaction::default());
     }
 
@@ -260,9 +264,7 @@ mod tests {
         for (i, p) in parts.into_iter().enumerate() {
             append(&mut table, ("2020-01-01", p), i as i64 * 10, 10).await;
         }
-        let done = compact(table.table().log_store(), "2021-01-01", 1 << 20)
-            .await
-            .unwrap();
+        let done = closed_before_2021(&table).await;
         assert_eq!(
             done,
             Compaction {

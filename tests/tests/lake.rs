@@ -7,12 +7,14 @@
 //! rows are in `dlq.lake.game` with the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use logpipe_core::metric_names::lake as metric;
 use logpipe_core::wire;
-use logpipe_devkit::harness::wait_until;
+use logpipe_devkit::harness::{wait_until, Process};
 use logpipe_tests::cep::{Game, GameSchemas};
 use logpipe_tests::lake::*;
 use logpipe_tests::validator::{Lines, Stack, CLEAN};
@@ -172,25 +174,70 @@ impl Place {
     }
 }
 
+/// What the kill -9 tests share: the game stream of a seed and the two bad records, produced in
+/// three rounds, for a loader committing every 300 ms into the table at a place.
+struct Load {
+    files: Vec<Lines>,
+    expected: BTreeMap<RowId, String>,
+    config: PathBuf,
+    telemetry: SocketAddr,
+    /// Line indexes splitting each file into the three rounds.
+    thirds: [usize; 4],
+}
+
+impl Load {
+    async fn prepare(stack: &Stack, place: &Place, seed: u64) -> anyhow::Result<Load> {
+        let schemas = GameSchemas::register(stack).await?;
+        let game = Game::generate(seed, EVENTS, 50, 0);
+        let mut files = game.lines(&schemas)?;
+        let expected = oracle(&game, &files);
+        files.push(bad_lines());
+        let extra = format!("flush_age = \"300ms\"\n{}", place.toml());
+        let (config, telemetry) = config(stack, "l1", &place.uri, &extra)?;
+        let longest = Game::longest(&files);
+        Ok(Load {
+            files,
+            expected,
+            config,
+            telemetry,
+            thirds: [0, longest / 3, 2 * longest / 3, longest],
+        })
+    }
+
+    async fn start(&self) -> anyhow::Result<Process> {
+        service::start(LAKE, &self.config, self.telemetry).await
+    }
+
+    /// Produces round `round` (0, 1 or 2) of every file; returns how many records.
+    async fn produce(&self, stack: &Stack, round: usize) -> anyhow::Result<usize> {
+        let lines = self.thirds[round]..self.thirds[round + 1];
+        stack.produce(CLEAN, &self.files, lines).await
+    }
+
+    /// Once the table holds as many rows as expected, stops `loader` and checks that the table
+    /// holds every expected row once and `dlq.lake.game` each bad record once.
+    async fn check(&self, stack: &Stack, place: &Place, mut loader: Process) -> anyhow::Result<()> {
+        let expected = &self.expected;
+        let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
+        if let Err(e) = drained {
+            let missing = missing(stack, place, expected).await?;
+            anyhow::bail!("{e:#}: {missing}\n{}", loader.logs());
+        }
+        service::stop(&mut loader).await?;
+        assert_table(&place.uri, &place.storage, expected).await?;
+        assert_dead_letters(stack).await
+    }
+}
+
 /// The loader killed -9 twice while it writes and commits, restarted each time, and (on S3) the
 /// store cut off for 30 s meanwhile: the table still holds every record once, and the bad
 /// records are dead letters with their reason.
 async fn load_across_kill_9(stack: Stack, place: Place) -> anyhow::Result<()> {
-    let schemas = GameSchemas::register(&stack).await?;
-    let game = Game::generate(7, EVENTS, 50, 0);
-    let mut files = game.lines(&schemas)?;
-    let expected = oracle(&game, &files);
-    files.push(bad_lines());
-    let extra = format!("flush_age = \"300ms\"\n{}", place.toml());
-    let (config, telemetry) = config(&stack, "l1", &place.uri, &extra)?;
-
-    let longest = Game::longest(&files);
-    let thirds = [0, longest / 3, 2 * longest / 3, longest];
-    let mut loader = service::start(LAKE, &config, telemetry).await?;
+    let load = Load::prepare(&stack, &place, 7).await?;
+    let telemetry = load.telemetry;
+    let mut loader = load.start().await?;
     for round in 0..3 {
-        stack
-            .produce(CLEAN, &files, thirds[round]..thirds[round + 1])
-            .await?;
+        load.produce(&stack, round).await?;
         if round < 2 {
             // Killed once rows of this round are committed and while more are being written.
             let before = metrics::total(telemetry, metric::ROWS).await;
@@ -199,7 +246,7 @@ async fn load_across_kill_9(stack: Stack, place: Place) -> anyhow::Result<()> {
             })
             .await?;
             loader.kill9()?;
-            loader = service::start(LAKE, &config, telemetry).await?;
+            loader = load.start().await?;
         } else if let Some(gate) = place.gate() {
             // The store away for 30 s while the last round is loaded: file writes and commits
             // fail, their rows are read again once it is back. Closed once the restarted loader
@@ -220,14 +267,7 @@ async fn load_across_kill_9(stack: Stack, place: Place) -> anyhow::Result<()> {
             gate.reopen();
         }
     }
-    let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
-    if let Err(e) = drained {
-        let missing = missing(&stack, &place, &expected).await?;
-        anyhow::bail!("{e:#}: {missing}\n{}", loader.logs());
-    }
-    service::stop(&mut loader).await?;
-    assert_table(&place.uri, &place.storage, &expected).await?;
-    assert_dead_letters(&stack).await
+    load.check(&stack, &place, loader).await
 }
 
 /// `dlq.lake.game` holds each of [`bad_lines`] once, as a dead letter of the lake stage.
@@ -387,18 +427,10 @@ async fn every_clean_record_is_a_row_once_across_kill_9_inside_commits() -> anyh
     let stack = Stack::start(&[(LAKE_DLQ, 1)]).await?;
     let place = Place::s3().await?;
     let gate = place.gate().context("an S3 place has a gate")?;
-    let schemas = GameSchemas::register(&stack).await?;
-    let game = Game::generate(10, EVENTS, 50, 0);
-    let mut files = game.lines(&schemas)?;
-    let expected = oracle(&game, &files);
-    files.push(bad_lines());
-    let extra = format!("flush_age = \"300ms\"\n{}", place.toml());
-    let (config, telemetry) = config(&stack, "l1", &place.uri, &extra)?;
-
-    let longest = Game::longest(&files);
-    let thirds = [0, longest / 3, 2 * longest / 3, longest];
-    let mut loader = service::start(LAKE, &config, telemetry).await?;
-    let produced = stack.produce(CLEAN, &files, thirds[0]..thirds[1]).await?;
+    let load = Load::prepare(&stack, &place, 10).await?;
+    let telemetry = load.telemetry;
+    let mut loader = load.start().await?;
+    let produced = load.produce(&stack, 0).await?;
     // The first third committed (all of it but the two bad records): the next commit is made
     // of the next third's rows, not of these or of the table's creation.
     let rows = (produced - bad_lines().lines.len()) as f64;
@@ -409,9 +441,7 @@ async fn every_clean_record_is_a_row_once_across_kill_9_inside_commits() -> anyh
     .map_err(|e| anyhow::anyhow!("committing {rows} rows: {e:#}\n{}", loader.logs()))?;
     for (round, hold) in [(1, Hold::Request), (2, Hold::Answer)] {
         let held = gate.hold_commit(hold);
-        stack
-            .produce(CLEAN, &files, thirds[round]..thirds[round + 1])
-            .await?;
+        load.produce(&stack, round).await?;
         tokio::time::timeout(DRAIN, held)
             .await
             .with_context(|| format!("no commit to hold ({hold:?})\n{}", loader.logs()))??;
@@ -419,16 +449,9 @@ async fn every_clean_record_is_a_row_once_across_kill_9_inside_commits() -> anyh
         // Drops the held connection.
         gate.close();
         gate.reopen();
-        loader = service::start(LAKE, &config, telemetry).await?;
+        loader = load.start().await?;
     }
-    let drained = wait_until(DRAIN, || async { place.count().await >= expected.len() }).await;
-    if let Err(e) = drained {
-        let missing = missing(&stack, &place, &expected).await?;
-        anyhow::bail!("{e:#}: {missing}\n{}", loader.logs());
-    }
-    service::stop(&mut loader).await?;
-    assert_table(&place.uri, &place.storage, &expected).await?;
-    assert_dead_letters(&stack).await
+    load.check(&stack, &place, loader).await
 }
 
 /// A second loader joins the group while the first loads, then the first stops: partitions move
