@@ -80,6 +80,9 @@ pub struct ValidatorConfig {
     /// At most this many records per transaction.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
+    /// At most this many input bytes (record values) per transaction.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
     /// At most this long gathering one batch; a batch ends earlier, once nothing more has been
     /// fetched, so an idle pipeline commits each record at once.
     #[serde(default = "default_batch_ms")]
@@ -111,6 +114,9 @@ fn default_resend_state_ttl_hours() -> u64 {
 }
 fn default_batch_records() -> usize {
     5_000
+}
+fn default_batch_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_batch_ms() -> u64 {
     100
@@ -156,6 +162,7 @@ impl ValidatorConfig {
             group_id: format!("{}{group_suffix}", self.group_id),
             transactional_id: format!("{}{group_suffix}", self.transactional_id()),
             batch_records: self.batch_records,
+            batch_bytes: self.batch_bytes,
             batch_time: Duration::from_millis(self.batch_ms),
             topic_refresh: Duration::from_millis(self.topic_refresh_ms),
             create_topics: self.create_topics,
@@ -181,8 +188,8 @@ impl ServiceConfig for ValidatorConfig {
         if self.group_id.is_empty() {
             anyhow::bail!("group_id is empty");
         }
-        if self.batch_records == 0 || self.batch_ms == 0 {
-            anyhow::bail!("batch_records and batch_ms must be positive");
+        if self.batch_records == 0 || self.batch_bytes == 0 || self.batch_ms == 0 {
+            anyhow::bail!("batch_records, batch_bytes and batch_ms must be positive");
         }
         if self.schema_refresh_ms > 5_000 {
             tracing::warn!(

@@ -1,28 +1,34 @@
 //! The exactly-once consume-check-produce loop on the read cluster.
 //!
-//! One consumer in the group, one transactional producer. Records are taken in batches; a batch
-//! is first checked entirely (schema lookups may pause here while the store is unreachable: no
-//! transaction is open, so nothing times out), then written in one transaction: clean records,
-//! dead letters, the resend-state changes and the consumer offsets
-//! (`send_offsets_to_transaction` with the group's metadata, so a zombie from an older group
-//! generation is fenced). Rebalance callbacks only run inside the consumer's poll, which never
-//! happens while a transaction is open; records gathered from a partition that is revoked are
-//! dropped from the batch, and its next owner reads them from the committed offset. An
-//! abortable transaction error aborts, rewinds the consumer to the batch's first offsets and
-//! drops the batch's resend-state changes.
+//! One consumer in the group, one transactional producer. Records are checked and produced one
+//! by one as they are read, inside a transaction opened with the first of them (the mirror's
+//! path: librdkafka batches, compresses and sends while the next records are checked, so the
+//! commit only waits for the last ones in flight). The transaction ends when nothing more is
+//! fetched, or at the batch bounds, and commits the clean records, dead letters, resend-state
+//! changes and consumer offsets together (`send_offsets_to_transaction` with the group's
+//! metadata, so a zombie from an older group generation is fenced).
+//!
+//! What may not happen inside a transaction is kept out of it: a record the schema store cannot
+//! check now ends the transaction before it, and waits (held) while the loop pauses with no
+//! transaction open, so nothing times out; its file's resend mark moves only once it is written.
+//! Rebalance callbacks run inside the consumer's poll: one that revokes partitions while a
+//! transaction is open aborts the transaction and rewinds every partition it read, and the
+//! partitions' owners read those records again from the committed offsets. An abortable
+//! transaction error does the same; a fatal one (fenced) stops the loop.
 //!
 //! The same loop replays a dead-letter topic (`logpipe-validator replay`): input is the DLQ,
 //! records are restored to their original form and routed by their original topic, resend
 //! removal is off, and the loop ends at the DLQ's end offsets taken at start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
-    batch_offsets, commit_transaction, end_reader, init_transactions, is_fatal, max_record_bytes,
-    partition_count, read_at, read_to_end, record_size, report_lag, rewind, send_offsets,
-    send_waiting, EndReader, GroupEvent, KafkaConfig, RebalanceLog, Role,
+    commit_transaction, end_reader, init_transactions, is_fatal, max_record_bytes, partition_count,
+    read_at, read_to_end, record_size, report_lag, rewind, send_offsets, send_waiting, EndReader,
+    GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -30,7 +36,9 @@ use logpipe_core::record::{
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{
+    BorrowedHeaders, BorrowedMessage, Header, Headers, OwnedHeaders, OwnedMessage,
+};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +78,7 @@ pub(crate) struct Settings {
     pub(crate) group_id: String,
     pub(crate) transactional_id: String,
     pub(crate) batch_records: usize,
+    pub(crate) batch_bytes: usize,
     pub(crate) batch_time: Duration,
     pub(crate) topic_refresh: Duration,
     /// Create missing output and changelog topics ([`crate::topics`]).
@@ -84,13 +93,92 @@ pub(crate) struct Totals {
     pub(crate) skipped: u64,
 }
 
-/// One record on its way out.
-struct Output {
-    topic: String,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: OwnedHeaders,
-    timestamp: Option<i64>,
+/// How one transaction ended.
+enum Ended {
+    /// Nothing was read.
+    Empty,
+    Committed,
+    /// Aborted and rewound: its records are read again.
+    Aborted,
+    /// Shutdown came during a pause for the schema store.
+    Stopped,
+}
+
+/// What became of one record.
+enum Step {
+    /// Produced into the open transaction, or passed over with its offset in it.
+    Taken,
+    /// The schema store cannot check it now: the transaction ends before it.
+    Unavailable(LookupError),
+    /// The transaction failed while producing it.
+    Failed(KafkaError),
+}
+
+/// The open transaction's records.
+#[derive(Default)]
+struct Batch {
+    /// Whether the transaction has begun.
+    open: bool,
+    records: usize,
+    /// Input bytes (record values).
+    bytes: usize,
+    /// (topic, partition, first offset, last offset): a batch holds a few partitions.
+    partitions: Vec<(String, i32, i64, i64)>,
+    counts: BatchCounts,
+    /// Time spent checking records and enqueueing what they became.
+    checking: Duration,
+}
+
+impl Batch {
+    fn read(&mut self, topic: &str, partition: i32, offset: i64, bytes: usize) {
+        self.records += 1;
+        self.bytes += bytes;
+        match self
+            .partitions
+            .iter_mut()
+            .find(|(t, p, ..)| *p == partition && t == topic)
+        {
+            Some((_, _, first, last)) => {
+                *first = (*first).min(offset);
+                *last = (*last).max(offset);
+            }
+            None => self
+                .partitions
+                .push((topic.to_owned(), partition, offset, offset)),
+        }
+    }
+
+    /// First and last offset per partition.
+    fn offsets(&self) -> BTreeMap<Partition, (i64, i64)> {
+        self.partitions
+            .iter()
+            .map(|(t, p, first, last)| ((t.clone(), *p), (*first, *last)))
+            .collect()
+    }
+}
+
+/// A record read from Kafka: borrowed from the consumer, or owned while it waits out a pause.
+trait Read: Message {
+    fn owned_headers(&self) -> Option<OwnedHeaders>;
+    fn owned(&self) -> OwnedMessage;
+}
+
+impl Read for BorrowedMessage<'_> {
+    fn owned_headers(&self) -> Option<OwnedHeaders> {
+        self.headers().map(BorrowedHeaders::detach)
+    }
+    fn owned(&self) -> OwnedMessage {
+        self.detach()
+    }
+}
+
+impl Read for OwnedMessage {
+    fn owned_headers(&self) -> Option<OwnedHeaders> {
+        self.headers().cloned()
+    }
+    fn owned(&self) -> OwnedMessage {
+        self.clone()
+    }
 }
 
 /// Per-batch counts, published to metrics only once the batch is committed.
@@ -131,7 +219,8 @@ pub(crate) struct Pipeline {
     settings: Settings,
     mode: Mode,
     checker: Checker,
-    consumer: StreamConsumer<RebalanceLog>,
+    /// Shared with the transaction being gathered, whose records borrow from it.
+    consumer: Arc<StreamConsumer<RebalanceLog>>,
     producer: ThreadedProducer<DefaultProducerContext>,
     topics: TopicMaker,
     readiness: Readiness,
@@ -144,6 +233,10 @@ pub(crate) struct Pipeline {
     max_record_bytes: usize,
     /// Replay: reads the originals of dead letters written without them (made when needed).
     originals: Option<EndReader>,
+    /// A record the schema store could not check; it goes first into the next transaction.
+    held: Option<OwnedMessage>,
+    /// The clean value being encoded, kept for the next record.
+    encoded: Vec<u8>,
 }
 
 impl Pipeline {
@@ -196,7 +289,7 @@ impl Pipeline {
             settings,
             mode,
             checker,
-            consumer,
+            consumer: Arc::new(consumer),
             producer,
             topics,
             readiness,
@@ -206,6 +299,8 @@ impl Pipeline {
             totals: Totals::default(),
             max_record_bytes,
             originals: None,
+            held: None,
+            encoded: Vec::new(),
         };
         pipeline.prepare().await?;
         Ok(Some(pipeline))
@@ -309,29 +404,9 @@ impl Pipeline {
                 self.refresh_subscription().await?;
                 last_refresh = Some(Instant::now());
             }
-            let gathering = Instant::now();
-            let batch = self.gather().await?;
-            if batch.is_empty() {
-                continue;
-            }
-            // Where a batch's time goes (gather: waiting for and copying records; check: parse,
-            // validate, encode; commit: produce and the transaction), for tuning.
-            let started = Instant::now();
-            let gathered = started - gathering;
-            let Some((outputs, counts)) = self.check_batch(&batch).await? else {
-                break;
-            };
-            let checked = started.elapsed();
-            if self.commit(&batch, outputs)? {
-                counts.publish(&mut self.totals);
-                let total = started.elapsed();
-                metrics::histogram!(names::BATCH).record(total.as_secs_f64());
-                metrics::histogram!(names::GATHER).record(gathered.as_secs_f64());
-                metrics::histogram!(names::CHECK).record(checked.as_secs_f64());
-                metrics::histogram!(names::COMMIT).record((total - checked).as_secs_f64());
-                if let Mode::Live { filter, .. } = &self.mode {
-                    metrics::gauge!(names::REPLAY_STATE_FILES).set(filter.len() as f64);
-                }
+            match self.transaction().await? {
+                Ended::Stopped => break,
+                Ended::Empty | Ended::Committed | Ended::Aborted => {}
             }
             if matches!(self.mode, Mode::Replay { .. })
                 && progress.elapsed() >= Duration::from_secs(1)
@@ -349,7 +424,7 @@ impl Pipeline {
 
     /// The record a dead letter was written without, from where its `lp.error.*` headers say
     /// it was read; `None` when it is no longer there.
-    fn read_original(&mut self, message: &OwnedMessage) -> anyhow::Result<Option<Vec<u8>>> {
+    fn read_original(&mut self, message: &impl Message) -> anyhow::Result<Option<Vec<u8>>> {
         let (Some(topic), Some(partition), Some(offset)) = (
             header_text(message, error_header::TOPIC),
             header_text(message, error_header::PARTITION).and_then(|p| p.parse().ok()),
@@ -454,10 +529,10 @@ impl Pipeline {
         } else {
             self.readiness.ready(READY_KAFKA);
         }
-        report_lag(&self.consumer, names::CONSUMER_LAG_RECORDS);
+        report_lag(&*self.consumer, names::CONSUMER_LAG_RECORDS);
         self.consumer
             .context()
-            .settle_losses_at_log_start(&self.consumer);
+            .settle_losses_at_log_start(&*self.consumer);
         Ok(())
     }
 
@@ -485,59 +560,129 @@ impl Pipeline {
             .collect()
     }
 
-    /// Takes up to `batch_records` records: after the first one, those already fetched, for at
-    /// most `batch_time`. A batch ends as soon as the consumer has nothing more, so at a trickle a
-    /// record waits for no timer, and under load batches grow by what arrives while the previous
-    /// one commits.
-    async fn gather(&mut self) -> anyhow::Result<Vec<OwnedMessage>> {
-        let mut batch: Vec<OwnedMessage> = Vec::new();
+    /// One transaction's worth of records. Each record is checked and produced as soon as it is
+    /// read, the transaction opened with the first one, so librdkafka compresses and sends while
+    /// the next records are checked, and the commit only waits for the last few in flight. The
+    /// transaction commits once the consumer has nothing more fetched (at a trickle a record waits
+    /// for no timer; under load batches grow by what arrives while the previous one commits), at
+    /// `batch_records` or `batch_bytes`, at `batch_time`, or at shutdown. A record the schema
+    /// store cannot check now ends it early: the record is held outside any transaction while the
+    /// validator pauses, and goes first into the next one.
+    async fn transaction(&mut self) -> anyhow::Result<Ended> {
+        let consumer = Arc::clone(&self.consumer);
+        let started = Instant::now();
+        let mut batch = Batch::default();
         let mut deadline = None;
-        while batch.len() < self.settings.batch_records {
-            let wait = match deadline {
-                None => self.settings.batch_time * 5,
-                Some(deadline) if tokio::time::Instant::now() >= deadline => break,
-                Some(_) => Duration::ZERO,
-            };
-            let received = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(Vec::new()),
-                r = tokio::time::timeout(wait, self.consumer.recv()) => r.map(|r| r.map(|m| m.detach())),
-            };
-            // Records gathered from a revoked partition are dropped: the partition's next owner
-            // (perhaps this instance again) fetches it from its committed offset. The record this
-            // poll returned came after the rebalance.
-            let revoked = self.handle_group_events()?;
-            if !revoked.is_empty() {
-                batch.retain(|m| {
-                    !revoked
-                        .iter()
-                        .any(|(t, p)| t == m.topic() && *p == m.partition())
-                });
+        let mut paused = None;
+        if let Mode::Live { filter, .. } = &mut self.mode {
+            filter.expire(now_ms());
+        }
+        loop {
+            if batch.records >= self.settings.batch_records
+                || batch.bytes >= self.settings.batch_bytes
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                break;
             }
-            match received {
-                Err(_elapsed) => break,
-                Ok(Ok(message)) => {
-                    deadline.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + self.settings.batch_time
-                    });
-                    if let Some(message) = self.take(message) {
-                        batch.push(message);
-                    }
+            let step = if let Some(held) = self.held.take() {
+                let step = self.take(&held, &mut batch).await?;
+                if let Step::Unavailable(_) = step {
+                    self.held = Some(held);
                 }
-                Ok(Err(KafkaError::PartitionEOF(partition))) => {
-                    self.ends.remove(&partition);
-                    if self.replay_done() {
+                step
+            } else {
+                let received = if batch.records == 0 {
+                    let wait = self.settings.batch_time * 5;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => None,
+                        r = tokio::time::timeout(wait, consumer.recv()) => r.ok(),
+                    }
+                } else {
+                    // Only what is fetched already: no timer per record.
+                    tokio::select! {
+                        biased;
+                        r = consumer.recv() => Some(r),
+                        _ = std::future::ready(()) => None,
+                    }
+                };
+                // A rebalance hands partitions to other owners, who read from the committed
+                // offsets: an open transaction with records of the old assignment is aborted,
+                // and the record this poll returned (it came after the rebalance) is read again.
+                let revoked = self.handle_group_events()?;
+                if !revoked.is_empty() && batch.records > 0 {
+                    if let Some(Ok(message)) = &received {
+                        batch.read(message.topic(), message.partition(), message.offset(), 0);
+                    }
+                    tracing::info!("partitions revoked during a transaction: aborting it");
+                    self.abort(&batch.offsets(), None)?;
+                    return Ok(Ended::Aborted);
+                }
+                match received {
+                    None => break,
+                    Some(Ok(message)) => {
+                        deadline.get_or_insert_with(|| Instant::now() + self.settings.batch_time);
+                        if !self.wanted(&message) {
+                            continue;
+                        }
+                        let step = self.take(&message, &mut batch).await?;
+                        if let Step::Unavailable(_) = step {
+                            self.held = Some(message.detach());
+                        }
+                        step
+                    }
+                    Some(Err(KafkaError::PartitionEOF(partition))) => {
+                        self.ends.remove(&partition);
+                        if self.replay_done() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!("consumer: {e}");
+                        self.readiness
+                            .not_ready(READY_KAFKA, format!("consumer: {e}"));
                         break;
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!("consumer: {e}");
-                    self.readiness
-                        .not_ready(READY_KAFKA, format!("consumer: {e}"));
+            };
+            match step {
+                Step::Taken => {}
+                Step::Unavailable(why) => {
+                    paused = Some(why);
                     break;
+                }
+                Step::Failed(e) if is_fatal(&e) => {
+                    return Err(e)
+                        .context("transaction failed fatally (fenced by a newer instance?)")
+                }
+                Step::Failed(e) => {
+                    self.abort(&batch.offsets(), Some(&e))?;
+                    return Ok(Ended::Aborted);
                 }
             }
         }
-        Ok(batch)
+        if batch.records > 0 {
+            self.readiness.ready(READY_KAFKA);
+            if self.checker.store_reachable() {
+                self.readiness.ready(READY_STORE);
+            } else {
+                self.readiness.not_ready(
+                    READY_STORE,
+                    "schema store unreachable; using cached schemas",
+                );
+            }
+        }
+        let ended = if batch.records > 0 {
+            self.commit(batch, started)?
+        } else {
+            Ended::Empty
+        };
+        if let Some(why) = paused {
+            if !self.pause(&why).await {
+                return Ok(Ended::Stopped);
+            }
+        }
+        Ok(ended)
     }
 
     /// In replay, only records below the end offsets at start are taken (records this replay
@@ -545,23 +690,19 @@ impl Pipeline {
     /// Live, a record of a topic no longer subscribed (its route removed by a reload, its
     /// partition not revoked yet) is left to the group's committed offset, not checked against
     /// routes it was not read for.
-    fn take(&mut self, message: OwnedMessage) -> Option<OwnedMessage> {
-        if let Mode::Live { .. } = self.mode {
-            if !self.subscribed.iter().any(|t| t == message.topic()) {
-                return None;
+    fn wanted(&mut self, message: &impl Message) -> bool {
+        match self.mode {
+            Mode::Live { .. } => self.subscribed.iter().any(|t| t == message.topic()),
+            Mode::Replay { .. } => {
+                let Some(&end) = self.ends.get(&message.partition()) else {
+                    return false;
+                };
+                if message.offset() + 1 >= end {
+                    self.ends.remove(&message.partition());
+                }
+                message.offset() < end
             }
         }
-        if let Mode::Replay { .. } = self.mode {
-            let end = *self.ends.get(&message.partition())?;
-            if message.offset() + 1 >= end {
-                self.ends.remove(&message.partition());
-            }
-            if message.offset() >= end {
-                return None;
-            }
-        }
-        self.readiness.ready(READY_KAFKA);
-        Some(message)
     }
 
     /// Acts on rebalances; returns the partitions revoked.
@@ -598,210 +739,207 @@ impl Pipeline {
         Ok(revoked)
     }
 
-    /// Checks every record of a batch. `None` when shutdown came during a pause.
-    async fn check_batch(
-        &mut self,
-        batch: &[OwnedMessage],
-    ) -> anyhow::Result<Option<(Vec<Output>, BatchCounts)>> {
-        let mut outputs = Vec::with_capacity(batch.len());
-        let mut counts = BatchCounts::default();
+    /// Checks one record and produces its clean record or dead letter into the open transaction
+    /// (opening it for the first record). A resend, or in replay a record not selected, is passed
+    /// over; either way the record's offset is the transaction's.
+    async fn take<M: Read>(&mut self, message: &M, batch: &mut Batch) -> anyhow::Result<Step> {
         let now_ms = now_ms();
-        if let Mode::Live { filter, .. } = &mut self.mode {
-            filter.expire(now_ms);
+        // In replay, the original record without the previous verdict, from its own topic.
+        let (source_topic, headers) = match &self.mode {
+            Mode::Replay { select, .. } => {
+                if !select(&message.owned()) {
+                    batch.counts.skipped += 1;
+                    return Ok(self.passed_over(message, batch));
+                }
+                let original = header_text(message, error_header::TOPIC)
+                    .unwrap_or_else(|| message.topic().to_owned());
+                (original, Some(replayed_headers(message)))
+            }
+            Mode::Live { .. } => (message.topic().to_owned(), message.owned_headers()),
+        };
+        let mut resend_id = None;
+        if let Mode::Live { filter, .. } = &self.mode {
+            let pairs = message
+                .headers()
+                .into_iter()
+                .flat_map(|h| h.iter())
+                .map(|h| (h.key, h.value));
+            match RecordId::from_headers(pairs) {
+                Ok(Some(id)) => {
+                    if filter.is_resend(&(message.topic().to_owned(), message.partition()), &id) {
+                        *batch
+                            .counts
+                            .resends
+                            .entry(message.topic().to_owned())
+                            .or_default() += 1;
+                        return Ok(self.passed_over(message, batch));
+                    }
+                    resend_id = Some(id);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(
+                    topic = message.topic(),
+                    offset = message.offset(),
+                    "no resend check: {e}"
+                ),
+            }
         }
-        for message in batch {
-            // In replay, the original record without the previous verdict, from its own topic.
-            let (source_topic, headers) = match &self.mode {
-                Mode::Replay { select, .. } => {
-                    if !select(message) {
-                        counts.skipped += 1;
-                        continue;
+        let original;
+        let raw = match header_text(message, error_header::OMITTED) {
+            // A dead letter written without its record: replay the record where it stays.
+            Some(_) if matches!(self.mode, Mode::Replay { .. }) => {
+                match self.read_original(message)? {
+                    Some(read) => {
+                        original = read;
+                        &original[..]
                     }
-                    let original = header_text(message, error_header::TOPIC)
-                        .unwrap_or_else(|| message.topic().to_owned());
-                    (original, Some(replayed_headers(message)))
-                }
-                Mode::Live { .. } => (message.topic().to_owned(), message.headers().cloned()),
-            };
-            if let Mode::Live { filter, .. } = &mut self.mode {
-                let pairs = message
-                    .headers()
-                    .into_iter()
-                    .flat_map(|h| h.iter())
-                    .map(|h| (h.key, h.value));
-                match RecordId::from_headers(pairs) {
-                    Ok(Some(id)) => {
-                        if !filter.pass(
-                            &(message.topic().to_owned(), message.partition()),
-                            &id,
-                            now_ms,
-                        ) {
-                            *counts
-                                .resends
-                                .entry(message.topic().to_owned())
-                                .or_default() += 1;
-                            continue;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(
-                        topic = message.topic(),
-                        offset = message.offset(),
-                        "no resend check: {e}"
-                    ),
-                }
-            }
-            let original;
-            let raw = match header_text(message, error_header::OMITTED) {
-                // A dead letter written without its record: replay the record where it stays.
-                Some(_) if matches!(self.mode, Mode::Replay { .. }) => {
-                    match self.read_original(message)? {
-                        Some(read) => {
-                            original = read;
-                            &original[..]
-                        }
-                        None => {
-                            tracing::error!(
-                                topic = message.topic(),
-                                partition = message.partition(),
-                                offset = message.offset(),
-                                "the record of this dead letter was written without it and is no longer where its lp.error headers point (retention): it cannot be replayed"
-                            );
-                            counts.skipped += 1;
-                            continue;
-                        }
-                    }
-                }
-                _ => message.payload().unwrap_or_default(),
-            };
-            let mut value = Vec::with_capacity(raw.len() / 2 + 8);
-            let verdict = loop {
-                match self.checker.check(&source_topic, raw, &mut value).await {
-                    Ok(verdict) => break verdict,
-                    Err(unavailable) => {
-                        if !self.pause(&unavailable).await {
-                            return Ok(None);
-                        }
-                    }
-                }
-            };
-            if self.checker.store_reachable() {
-                self.readiness.ready(READY_STORE);
-            } else {
-                self.readiness.not_ready(
-                    READY_STORE,
-                    "schema store unreachable; using cached schemas",
-                );
-            }
-            let key = message.key().map(<[u8]>::to_vec);
-            let timestamp = message.timestamp().to_millis();
-            // A clean record too large to produce would abort every transaction it is in.
-            let clean_size = |value: &[u8]| record_size(key.as_deref(), value, headers.as_ref());
-            let verdict = match verdict {
-                Verdict::Clean {
-                    subject,
-                    schema_id,
-                    dlq,
-                    ..
-                } if clean_size(&value) > self.max_record_bytes => Verdict::Dead(DeadLetter {
-                    topic: Some(dlq),
-                    stage: ErrorStage::Encode,
-                    kind: Reason::OutputTooLarge,
-                    reason: format!(
-                        "the clean record would be {} bytes, above the producer's message.max.bytes of {}",
-                        clean_size(&value),
-                        self.max_record_bytes
-                    ),
-                    pointer: None,
-                    subject: Some(subject),
-                    schema_id: Some(schema_id),
-                }),
-                verdict => verdict,
-            };
-            let output = match verdict {
-                Verdict::Clean {
-                    topic,
-                    subject,
-                    dropped_fields,
-                    ..
-                } => {
-                    *counts
-                        .valid
-                        .entry((source_topic.clone(), subject))
-                        .or_default() += 1;
-                    if dropped_fields > 0 {
-                        *counts
-                            .dropped_fields
-                            .entry(source_topic.clone())
-                            .or_default() += dropped_fields as u64;
-                    }
-                    Output {
-                        topic,
-                        key,
-                        value,
-                        headers: headers.unwrap_or_default(),
-                        timestamp,
-                    }
-                }
-                Verdict::Dead(mut dead) => {
-                    if dead.stage == ErrorStage::Parse {
-                        if let Some(length) = header_text(message, header::TRUNCATED) {
-                            dead.kind = Reason::TooLarge;
-                            dead.reason = format!(
-                                "{} (the agent cut this line of {length} bytes at its size limit)",
-                                dead.reason
-                            );
-                        }
-                    }
-                    *counts
-                        .invalid
-                        .entry((source_topic.clone(), dead.stage, dead.kind))
-                        .or_default() += 1;
-                    let topic = dead.topic.clone().unwrap_or_else(|| {
-                        logpipe_core::record::TopicTemplate::dlq_default().render(&source_topic)
-                    });
-                    let base = headers.unwrap_or_default();
-                    let mut headers =
-                        dead_letter_headers(base.clone(), &dead, message, &source_topic, None);
-                    let mut value = raw.to_vec();
-                    let size = record_size(key.as_deref(), &value, Some(&headers));
-                    if size > self.max_record_bytes {
-                        // Never stall the partition: the dead letter goes without the record,
-                        // which stays where its lp.error.* headers point.
-                        dead.reason = format!(
-                            "{}; with the record ({} bytes) this dead letter would be {size} bytes, above the producer's message.max.bytes of {}, so it is written without it: the record stays in the topic, partition and offset its lp.error headers name",
-                            dead.reason,
-                            raw.len(),
-                            self.max_record_bytes
-                        );
-                        headers = dead_letter_headers(
-                            base,
-                            &dead,
-                            message,
-                            &source_topic,
-                            Some(raw.len()),
-                        );
-                        value.clear();
-                        tracing::warn!(
+                    None => {
+                        tracing::error!(
                             topic = message.topic(),
                             partition = message.partition(),
                             offset = message.offset(),
-                            size,
-                            "a dead letter too large to produce is written without its record"
+                            "the record of this dead letter was written without it and is no longer where its lp.error headers point (retention): it cannot be replayed"
                         );
-                    }
-                    Output {
-                        topic,
-                        key,
-                        value,
-                        headers,
-                        timestamp,
+                        batch.counts.skipped += 1;
+                        return Ok(self.passed_over(message, batch));
                     }
                 }
-            };
-            outputs.push(output);
+            }
+            _ => message.payload().unwrap_or_default(),
+        };
+        let checking = Instant::now();
+        // One buffer for every clean value: librdkafka copies what it is given.
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        let verdict = match self.checker.check(&source_topic, raw, &mut encoded).await {
+            Ok(verdict) => verdict,
+            Err(unavailable) => {
+                self.encoded = encoded;
+                return Ok(Step::Unavailable(unavailable));
+            }
+        };
+        // Only a record that is written moves its file's high mark (not one held for a pause).
+        if let (Mode::Live { filter, .. }, Some(id)) = (&mut self.mode, &resend_id) {
+            filter.pass(
+                &(message.topic().to_owned(), message.partition()),
+                id,
+                now_ms,
+            );
         }
-        Ok(Some((outputs, counts)))
+        let key = message.key();
+        let timestamp = message.timestamp().to_millis();
+        // A clean record too large to produce would abort every transaction it is in.
+        let clean_size = |value: &[u8]| record_size(key, value, headers.as_ref());
+        let verdict = match verdict {
+            Verdict::Clean {
+                subject,
+                schema_id,
+                dlq,
+                ..
+            } if clean_size(&encoded) > self.max_record_bytes => Verdict::Dead(DeadLetter {
+                topic: Some(dlq),
+                stage: ErrorStage::Encode,
+                kind: Reason::OutputTooLarge,
+                reason: format!(
+                    "the clean record would be {} bytes, above the producer's message.max.bytes of {}",
+                    clean_size(&encoded),
+                    self.max_record_bytes
+                ),
+                pointer: None,
+                subject: Some(subject),
+                schema_id: Some(schema_id),
+            }),
+            verdict => verdict,
+        };
+        let (topic, value, headers) = match verdict {
+            Verdict::Clean {
+                topic,
+                subject,
+                dropped_fields,
+                ..
+            } => {
+                *batch
+                    .counts
+                    .valid
+                    .entry((source_topic.clone(), subject))
+                    .or_default() += 1;
+                if dropped_fields > 0 {
+                    *batch
+                        .counts
+                        .dropped_fields
+                        .entry(source_topic.clone())
+                        .or_default() += dropped_fields as u64;
+                }
+                (topic, &encoded[..], headers.unwrap_or_default())
+            }
+            Verdict::Dead(mut dead) => {
+                if dead.stage == ErrorStage::Parse {
+                    if let Some(length) = header_text(message, header::TRUNCATED) {
+                        dead.kind = Reason::TooLarge;
+                        dead.reason = format!(
+                            "{} (the agent cut this line of {length} bytes at its size limit)",
+                            dead.reason
+                        );
+                    }
+                }
+                *batch
+                    .counts
+                    .invalid
+                    .entry((source_topic.clone(), dead.stage, dead.kind))
+                    .or_default() += 1;
+                let topic = dead.topic.clone().unwrap_or_else(|| {
+                    logpipe_core::record::TopicTemplate::dlq_default().render(&source_topic)
+                });
+                let base = headers.unwrap_or_default();
+                let mut headers =
+                    dead_letter_headers(base.clone(), &dead, message, &source_topic, None);
+                let mut value = raw;
+                let size = record_size(key, value, Some(&headers));
+                if size > self.max_record_bytes {
+                    // Never stall the partition: the dead letter goes without the record,
+                    // which stays where its lp.error.* headers point.
+                    dead.reason = format!(
+                        "{}; with the record ({} bytes) this dead letter would be {size} bytes, above the producer's message.max.bytes of {}, so it is written without it: the record stays in the topic, partition and offset its lp.error headers name",
+                        dead.reason,
+                        raw.len(),
+                        self.max_record_bytes
+                    );
+                    headers =
+                        dead_letter_headers(base, &dead, message, &source_topic, Some(raw.len()));
+                    value = &[];
+                    tracing::warn!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        size,
+                        "a dead letter too large to produce is written without its record"
+                    );
+                }
+                (topic, value, headers)
+            }
+        };
+        let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
+            .payload(value)
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        let sent = self.open(batch).and_then(|()| self.send(record));
+        self.encoded = encoded;
+        batch.read(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            raw.len(),
+        );
+        batch.checking += checking.elapsed();
+        Ok(match sent {
+            Ok(()) => Step::Taken,
+            Err(e) => Step::Failed(e),
+        })
     }
 
     /// Waits while the schema store is unavailable; false on shutdown.
@@ -815,54 +953,63 @@ impl Pipeline {
         }
     }
 
-    /// Writes one batch in one transaction. True when committed; false when aborted (the
-    /// consumer is rewound and the batch will be read again).
-    fn commit(&mut self, batch: &[OwnedMessage], outputs: Vec<Output>) -> anyhow::Result<bool> {
-        let offsets = batch_offsets(batch);
+    /// A record whose offset the transaction takes without writing anything for it.
+    fn passed_over(&self, message: &impl Message, batch: &mut Batch) -> Step {
+        batch.read(message.topic(), message.partition(), message.offset(), 0);
+        match self.open(batch) {
+            Ok(()) => Step::Taken,
+            Err(e) => Step::Failed(e),
+        }
+    }
+
+    /// Opens the transaction with the batch's first record.
+    fn open(&self, batch: &mut Batch) -> Result<(), KafkaError> {
+        if !batch.open {
+            self.producer.begin_transaction()?;
+            batch.open = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction: the resend-state changes and the consumer offsets join the
+    /// records produced, then the transaction commits once all are acknowledged. An abortable
+    /// failure aborts and rewinds (the batch is read again).
+    fn commit(&mut self, batch: Batch, started: Instant) -> anyhow::Result<Ended> {
+        let offsets = batch.offsets();
         self.consumer.context().settle_losses(&offsets);
-        let result = tokio::task::block_in_place(|| self.transaction(&offsets, outputs));
+        let committing = Instant::now();
+        let result = tokio::task::block_in_place(|| self.finish(&offsets, batch.records));
         match result {
             Ok(()) => {
                 if let Mode::Live { filter, .. } = &mut self.mode {
                     filter.commit();
+                    metrics::gauge!(names::REPLAY_STATE_FILES).set(filter.len() as f64);
                 }
-                Ok(true)
+                batch.counts.publish(&mut self.totals);
+                let committed = committing.elapsed();
+                let total = started.elapsed();
+                metrics::histogram!(names::BATCH).record(total.as_secs_f64());
+                metrics::histogram!(names::GATHER)
+                    .record((total - committed - batch.checking).as_secs_f64());
+                metrics::histogram!(names::CHECK).record(batch.checking.as_secs_f64());
+                metrics::histogram!(names::COMMIT).record(committed.as_secs_f64());
+                Ok(Ended::Committed)
             }
             Err(e) if is_fatal(&e) => {
                 Err(e).context("transaction failed fatally (fenced by a newer instance?)")
             }
             Err(e) => {
-                tracing::warn!("transaction failed: {e}; aborting and reading the batch again");
-                metrics::counter!(names::TRANSACTIONS_ABORTED).increment(1);
-                if let Mode::Live { filter, .. } = &mut self.mode {
-                    filter.rollback();
-                }
-                tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
-                    .context("aborting the transaction")?;
-                rewind(&self.consumer, &offsets, KAFKA_TIMEOUT);
-                Ok(false)
+                self.abort(&offsets, Some(&e))?;
+                Ok(Ended::Aborted)
             }
         }
     }
 
-    fn transaction(
+    fn finish(
         &self,
-        offsets: &BTreeMap<(String, i32), (i64, i64)>,
-        outputs: Vec<Output>,
+        offsets: &BTreeMap<Partition, (i64, i64)>,
+        records: usize,
     ) -> Result<(), KafkaError> {
-        self.producer.begin_transaction()?;
-        for output in &outputs {
-            let mut record = BaseRecord::<[u8], [u8]>::to(&output.topic)
-                .payload(&output.value)
-                .headers(output.headers.clone());
-            if let Some(key) = &output.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(ts) = output.timestamp {
-                record = record.timestamp(ts);
-            }
-            self.send(record)?;
-        }
         if let Mode::Live {
             filter,
             state_topic,
@@ -877,9 +1024,30 @@ impl Pipeline {
                 self.send(record)?;
             }
         }
-        tracing::debug!(?offsets, records = outputs.len(), "committing a batch");
-        send_offsets(&self.producer, &self.consumer, offsets, KAFKA_TIMEOUT)?;
+        tracing::debug!(?offsets, records, "committing a batch");
+        send_offsets(&self.producer, &*self.consumer, offsets, KAFKA_TIMEOUT)?;
         commit_transaction(&self.producer, KAFKA_TIMEOUT)
+    }
+
+    /// Aborts the open transaction, drops its resend-state changes and rewinds the consumer to
+    /// the transaction's first offsets, so that its records are read again. `why`: the failure,
+    /// `None` for a rebalance.
+    fn abort(
+        &mut self,
+        offsets: &BTreeMap<Partition, (i64, i64)>,
+        why: Option<&KafkaError>,
+    ) -> anyhow::Result<()> {
+        if let Some(e) = why {
+            tracing::warn!("transaction failed: {e}; aborting and reading the batch again");
+            metrics::counter!(names::TRANSACTIONS_ABORTED).increment(1);
+        }
+        if let Mode::Live { filter, .. } = &mut self.mode {
+            filter.rollback();
+        }
+        tokio::task::block_in_place(|| self.producer.abort_transaction(KAFKA_TIMEOUT))
+            .context("aborting the transaction")?;
+        rewind(&*self.consumer, offsets, KAFKA_TIMEOUT);
+        Ok(())
     }
 
     fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
@@ -894,7 +1062,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
+fn header_text(message: &impl Message, name: &str) -> Option<String> {
     let headers = message.headers()?;
     headers
         .iter()
@@ -906,7 +1074,7 @@ fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
 /// A dead letter's headers as a replay writes them: without the `lp.error.*` ones and an earlier
 /// replay's `lp.replay.*` ones (the record as it was first read), plus `lp.replay.*` naming this
 /// dead letter, so that an end-to-end count tells the replayed line from a duplicate.
-fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
+fn replayed_headers(message: &impl Message) -> OwnedHeaders {
     let count = message.headers().map_or(0, |h| h.count());
     let mut out = OwnedHeaders::new_with_capacity(count + 3);
     for h in message
@@ -939,7 +1107,7 @@ fn replayed_headers(message: &OwnedMessage) -> OwnedHeaders {
 fn dead_letter_headers(
     headers: OwnedHeaders,
     dead: &DeadLetter,
-    message: &OwnedMessage,
+    message: &impl Message,
     source_topic: &str,
     omitted: Option<usize>,
 ) -> OwnedHeaders {

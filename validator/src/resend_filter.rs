@@ -44,9 +44,9 @@ impl ResendFilter {
         }
     }
 
-    /// Whether a record passes (true) or is a resend (false). A passing record's offset becomes
-    /// the file's high mark in the open batch.
-    pub(crate) fn pass(&mut self, partition: &PartitionKey, id: &RecordId, now_ms: i64) -> bool {
+    /// Whether a record is a resend: its offset is not above its file's high mark (the open
+    /// batch's, else the committed one).
+    pub(crate) fn is_resend(&self, partition: &PartitionKey, id: &RecordId) -> bool {
         let file = (id.host.clone(), id.file);
         let key = (partition.clone(), file);
         let current = match self.pending.get(&key) {
@@ -57,9 +57,18 @@ impl ResendFilter {
                 .and_then(|files| files.get(&key.1))
                 .copied(),
         };
-        if current.is_some_and(|e| id.offset <= e.offset) {
+        current.is_some_and(|e| id.offset <= e.offset)
+    }
+
+    /// Whether a record passes (true) or is a resend (false). A passing record's offset becomes
+    /// the file's high mark in the open batch. A caller that may still hold the record back
+    /// (not write it in this batch) asks [`ResendFilter::is_resend`] first and passes it once
+    /// it is written.
+    pub(crate) fn pass(&mut self, partition: &PartitionKey, id: &RecordId, now_ms: i64) -> bool {
+        if self.is_resend(partition, id) {
             return false;
         }
+        let key = (partition.clone(), (id.host.clone(), id.file));
         self.pending.insert(
             key,
             Some(Entry {
