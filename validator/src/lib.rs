@@ -80,6 +80,12 @@ pub struct ValidatorConfig {
     /// At most this many records per transaction.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
+    /// Checking loops in this process, each its own consumer-group member with its own
+    /// transactional id (`<transactional_id>-<n>` after the first), so that more partitions than
+    /// one core can check are checked on several, each partition by one loop in order. Default:
+    /// the cores available to the process.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// At most this many input bytes (record values) per transaction.
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: usize,
@@ -155,12 +161,26 @@ impl ValidatorConfig {
         ))
     }
 
-    /// The loop's settings; `group_suffix` separates the replay command's group from the service's.
-    pub(crate) fn settings(&self, group_suffix: &str) -> Settings {
+    /// The number of checking loops.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// The settings of loop `worker` (0 for the replay command); `group_suffix` separates the
+    /// replay command's group from the service's. The first loop keeps the instance's
+    /// transactional id, so that it fences what a validator of one loop left open.
+    pub(crate) fn settings(&self, group_suffix: &str, worker: usize) -> Settings {
+        let (worker_suffix, kafka_check) = match worker {
+            0 => (String::new(), "kafka".to_owned()),
+            n => (format!("-{n}"), format!("kafka.{n}")),
+        };
         Settings {
             kafka: self.kafka.clone(),
+            kafka_check,
             group_id: format!("{}{group_suffix}", self.group_id),
-            transactional_id: format!("{}{group_suffix}", self.transactional_id()),
+            transactional_id: format!("{}{group_suffix}{worker_suffix}", self.transactional_id()),
             batch_records: self.batch_records,
             batch_bytes: self.batch_bytes,
             batch_time: Duration::from_millis(self.batch_ms),
@@ -188,6 +208,9 @@ impl ServiceConfig for ValidatorConfig {
         if self.group_id.is_empty() {
             anyhow::bail!("group_id is empty");
         }
+        if self.workers == Some(0) {
+            anyhow::bail!("workers must be at least 1");
+        }
         if self.batch_records == 0 || self.batch_bytes == 0 || self.batch_ms == 0 {
             anyhow::bail!("batch_records, batch_bytes and batch_ms must be positive");
         }
@@ -202,9 +225,10 @@ impl ServiceConfig for ValidatorConfig {
 
     fn describe(&self) -> String {
         let mut text = format!(
-            "read {} as group {} (static member and transactional id {}), schemas from {} (refresh {} ms), resend state in {}; {}\n",
+            "read {} as group {} with {} checking loop(s) (static member and transactional id {}, then -1, -2, ...), schemas from {} (refresh {} ms), resend state in {}; {}\n",
             self.kafka.bootstrap,
             self.group_id,
+            self.workers(),
             self.transactional_id(),
             self.schema_store,
             self.schema_refresh_ms,
@@ -265,35 +289,48 @@ impl Service for ValidatorService {
 
     async fn run(config: ValidatorConfig, ctx: Context) -> anyhow::Result<()> {
         metrics::describe();
-        let (routes, reloads) = tokio::sync::mpsc::unbounded_channel();
-        let mode = Mode::Live {
-            filter: ResendFilter::new(Duration::from_secs(config.resend_state_ttl_hours * 3600)),
-            state_topic: config.resend_state_topic(),
-            reloads,
-        };
+        let ttl = Duration::from_secs(config.resend_state_ttl_hours * 3600);
+        let mut reload_senders = Vec::new();
+        let mut loops = tokio::task::JoinSet::new();
+        for worker in 0..config.workers() {
+            let (routes, reloads) = tokio::sync::mpsc::unbounded_channel();
+            reload_senders.push(routes);
+            let mode = Mode::Live {
+                filter: ResendFilter::new(ttl),
+                state_topic: config.resend_state_topic(),
+                reloads,
+            };
+            let settings = config.settings("", worker);
+            // Each loop its own schema cache: no lock between loops on the hot path.
+            let checker = config.checker()?;
+            let (readiness, shutdown) = (ctx.readiness.clone(), ctx.shutdown.clone());
+            loops.spawn(async move {
+                let pipeline =
+                    Pipeline::connect(settings, mode, checker, readiness, shutdown).await?;
+                if let Some(pipeline) = pipeline {
+                    pipeline.run().await?;
+                }
+                anyhow::Ok(())
+            });
+        }
         let running = config.clone();
         let mut signals = ctx.clone();
         tokio::spawn(async move {
             while let Some(new) = signals.next_reload::<ValidatorConfig>().await {
                 // Validated already, so the routes compile.
                 if let Ok(new_routes) = Routes::new(&new.routes) {
-                    let _ = routes.send(new_routes);
+                    for routes in &reload_senders {
+                        let _ = routes.send(new_routes.clone());
+                    }
                 }
                 if without_reloadable(&new) != without_reloadable(&running) {
                     tracing::warn!("reload: only routes and telemetry.log change while running; the other keys take effect at the next start");
                 }
             }
         });
-        let pipeline = Pipeline::connect(
-            config.settings(""),
-            mode,
-            config.checker()?,
-            ctx.readiness,
-            ctx.shutdown,
-        )
-        .await?;
-        if let Some(pipeline) = pipeline {
-            pipeline.run().await?;
+        // One loop failing ends the service (the others are dropped with the set).
+        while let Some(ended) = loops.join_next().await {
+            anyhow::Context::context(ended, "a checking loop panicked")??;
         }
         Ok(())
     }
@@ -327,7 +364,7 @@ mod tests {
         );
         assert!(config.transactional_id().starts_with("logpipe-validator-"));
         assert_eq!(
-            config.settings(".replay").group_id,
+            config.settings(".replay", 0).group_id,
             "logpipe-validator.replay"
         );
         assert!(config.describe().contains("route 1: topics /raw\\..*/"));

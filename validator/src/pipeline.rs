@@ -52,7 +52,6 @@ use crate::topics::{Needed, TopicMaker};
 use crate::verdict::{Checker, DeadLetter, Verdict};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
-const READY_KAFKA: &str = "kafka";
 const READY_STORE: &str = "schema_store";
 const READY_TOPICS: &str = "topics";
 
@@ -75,6 +74,8 @@ pub(crate) enum Mode {
 /// The loop's settings.
 pub(crate) struct Settings {
     pub(crate) kafka: KafkaConfig,
+    /// This loop's readiness check of its Kafka clients.
+    pub(crate) kafka_check: String,
     pub(crate) group_id: String,
     pub(crate) transactional_id: String,
     pub(crate) batch_records: usize,
@@ -237,6 +238,8 @@ pub(crate) struct Pipeline {
     held: Option<OwnedMessage>,
     /// The clean value being encoded, kept for the next record.
     encoded: Vec<u8>,
+    /// Files the resend filter tracked at the last commit (this loop's part of the gauge).
+    files: usize,
 }
 
 impl Pipeline {
@@ -249,7 +252,7 @@ impl Pipeline {
         readiness: Readiness,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Option<Pipeline>> {
-        readiness.register(READY_KAFKA);
+        readiness.register(&settings.kafka_check);
         readiness.ready(READY_STORE);
         readiness.ready(READY_TOPICS);
         // The transactional id names this instance uniquely and stably: a restarted validator
@@ -282,7 +285,15 @@ impl Pipeline {
         let producer: ThreadedProducer<DefaultProducerContext> = producer_config
             .create()
             .context("creating the transactional producer")?;
-        if !init_transactions(&producer, KAFKA_TIMEOUT, &readiness, READY_KAFKA, &shutdown).await? {
+        if !init_transactions(
+            &producer,
+            KAFKA_TIMEOUT,
+            &readiness,
+            &settings.kafka_check,
+            &shutdown,
+        )
+        .await?
+        {
             return Ok(None);
         }
         let mut pipeline = Pipeline {
@@ -301,6 +312,7 @@ impl Pipeline {
             originals: None,
             held: None,
             encoded: Vec::new(),
+            files: 0,
         };
         pipeline.prepare().await?;
         Ok(Some(pipeline))
@@ -461,7 +473,7 @@ impl Pipeline {
                     Ok(metadata) => metadata,
                     Err(e) => {
                         self.readiness
-                            .not_ready(READY_KAFKA, format!("metadata: {e}"));
+                            .not_ready(&self.settings.kafka_check, format!("metadata: {e}"));
                         tracing::warn!("reading the topic list: {e}");
                         return Ok(());
                     }
@@ -525,9 +537,9 @@ impl Pipeline {
         }
         if self.subscribed.is_empty() {
             self.readiness
-                .not_ready(READY_KAFKA, "no topic matches a route yet");
+                .not_ready(&self.settings.kafka_check, "no topic matches a route yet");
         } else {
-            self.readiness.ready(READY_KAFKA);
+            self.readiness.ready(&self.settings.kafka_check);
         }
         report_lag(&*self.consumer, names::CONSUMER_LAG_RECORDS);
         self.consumer
@@ -640,7 +652,7 @@ impl Pipeline {
                     Some(Err(e)) => {
                         tracing::warn!("consumer: {e}");
                         self.readiness
-                            .not_ready(READY_KAFKA, format!("consumer: {e}"));
+                            .not_ready(&self.settings.kafka_check, format!("consumer: {e}"));
                         break;
                     }
                 }
@@ -662,7 +674,7 @@ impl Pipeline {
             }
         }
         if batch.records > 0 {
-            self.readiness.ready(READY_KAFKA);
+            self.readiness.ready(&self.settings.kafka_check);
             if self.checker.store_reachable() {
                 self.readiness.ready(READY_STORE);
             } else {
@@ -983,7 +995,11 @@ impl Pipeline {
             Ok(()) => {
                 if let Mode::Live { filter, .. } = &mut self.mode {
                     filter.commit();
-                    metrics::gauge!(names::REPLAY_STATE_FILES).set(filter.len() as f64);
+                    // Every loop adds its own files.
+                    let files = filter.len();
+                    metrics::gauge!(names::REPLAY_STATE_FILES)
+                        .increment(files as f64 - self.files as f64);
+                    self.files = files;
                 }
                 batch.counts.publish(&mut self.totals);
                 let committed = committing.elapsed();

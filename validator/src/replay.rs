@@ -129,7 +129,7 @@ pub(crate) async fn replay(
         select: Box::new(move |m| selection.matches(m)),
     };
     let pipeline = Pipeline::connect(
-        config.settings(".replay"),
+        config.settings(".replay", 0),
         mode,
         config.checker()?,
         Readiness::new(),
