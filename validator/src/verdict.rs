@@ -2,6 +2,8 @@
 //! the schema, check and encode. The result is a clean value for the clean topic or a dead
 //! letter's reason; only an unavailable schema store is an error (the caller pauses and retries).
 
+use std::collections::HashMap;
+
 use logpipe_core::record::ErrorStage;
 use serde_json::Value;
 
@@ -43,11 +45,17 @@ pub(crate) struct DeadLetter {
 pub(crate) struct Checker {
     routes: Routes,
     cache: SchemaCache,
+    /// The clean and DLQ topic of each source topic, rendered once per topic, not per record.
+    outputs: HashMap<String, (String, String)>,
 }
 
 impl Checker {
     pub(crate) fn new(routes: Routes, cache: SchemaCache) -> Checker {
-        Checker { routes, cache }
+        Checker {
+            routes,
+            cache,
+            outputs: HashMap::new(),
+        }
     }
 
     pub(crate) fn routes(&self) -> &Routes {
@@ -57,6 +65,7 @@ impl Checker {
     /// Puts reloaded routes in force for the records checked from now on.
     pub(crate) fn set_routes(&mut self, routes: Routes) {
         self.routes = routes;
+        self.outputs.clear();
     }
 
     /// Whether the schema store answered the last request.
@@ -89,7 +98,15 @@ impl Checker {
                 format!("no route covers topic {topic}"),
             )));
         };
-        let dlq = Some(route.dlq.render(topic));
+        let (clean, dlq) = match self.outputs.get(topic) {
+            Some(outputs) => outputs.clone(),
+            None => {
+                let outputs = (route.clean.render(topic), route.dlq.render(topic));
+                self.outputs.insert(topic.to_owned(), outputs.clone());
+                outputs
+            }
+        };
+        let dlq = Some(dlq);
         let value: Value = match serde_json::from_slice(raw) {
             Ok(value) => value,
             Err(e) => {
@@ -122,11 +139,11 @@ impl Checker {
         };
         match schema.write(&value, raw, route.extra_fields, out) {
             Ok(converted) => Ok(Verdict::Clean {
-                topic: route.clean.render(topic),
+                topic: clean,
                 subject,
                 schema_id: schema.id,
                 dropped_fields: converted.dropped_fields,
-                dlq: route.dlq.render(topic),
+                dlq: dlq.unwrap_or_default(),
             }),
             Err(e) => Ok(Verdict::Dead(DeadLetter {
                 topic: dlq,
