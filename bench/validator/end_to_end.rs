@@ -214,7 +214,7 @@ fn processed(page: &str) -> usize {
 /// What the validator run measured.
 struct Validated {
     timed: Rate,
-    /// Share of the timed span spent gathering, checking and committing batches.
+    /// Share of the checking loops' time spent gathering, checking and committing batches.
     shares: [f64; 3],
     batches: f64,
 }
@@ -235,13 +235,11 @@ async fn validator(
         processed,
     )
     .await?;
-    let elapsed = timed.elapsed;
     let batches = prometheus::total(&text, &format!("{}_count", names::BATCH));
-    let mut shares = [0.0; 3];
-    for (i, p) in parts.iter().enumerate() {
-        shares[i] =
-            (prometheus::total(&text, p) - prometheus::total(&first, p)) / elapsed.as_secs_f64();
-    }
+    // Of the loops' time together (each checking loop counts its own).
+    let spent = parts.map(|p| prometheus::total(&text, &p) - prometheus::total(&first, &p));
+    let all: f64 = spent.iter().sum();
+    let shares = spent.map(|s| if all > 0.0 { s / all } else { 0.0 });
     process.terminate(Duration::from_secs(30)).await?;
     Ok(Validated {
         timed,
