@@ -106,12 +106,11 @@ impl Checker {
                 outputs
             }
         };
-        let dlq = Some(dlq);
         let value: Value = match serde_json::from_slice(raw) {
             Ok(value) => value,
             Err(e) => {
                 return Ok(Verdict::Dead(dead(
-                    dlq,
+                    Some(dlq),
                     ErrorStage::Parse,
                     Reason::MalformedJson,
                     format!("not JSON: {e}"),
@@ -123,7 +122,7 @@ impl Checker {
             Err(no) => {
                 return Ok(Verdict::Dead(DeadLetter {
                     pointer: no.pointer,
-                    ..dead(dlq, ErrorStage::Route, Reason::NoSubject, no.reason)
+                    ..dead(Some(dlq), ErrorStage::Route, Reason::NoSubject, no.reason)
                 }))
             }
         };
@@ -132,7 +131,7 @@ impl Checker {
             Err(LookupError::Problem(kind, reason)) => {
                 return Ok(Verdict::Dead(DeadLetter {
                     subject: Some(subject),
-                    ..dead(dlq, ErrorStage::Schema, kind, reason)
+                    ..dead(Some(dlq), ErrorStage::Schema, kind, reason)
                 }))
             }
             Err(unavailable) => return Err(unavailable),
@@ -143,10 +142,10 @@ impl Checker {
                 subject,
                 schema_id: schema.id,
                 dropped_fields: converted.dropped_fields,
-                dlq: dlq.unwrap_or_default(),
+                dlq,
             }),
             Err(e) => Ok(Verdict::Dead(DeadLetter {
-                topic: dlq,
+                topic: Some(dlq),
                 stage: ErrorStage::Validate,
                 kind: e.kind,
                 reason: e.reason,

@@ -1,7 +1,7 @@
 //! A group consumer's rebalances, recorded by librdkafka's callback for the service's loop to act
 //! on between batches (restoring state for assigned partitions, dropping batches and state of
-//! revoked ones). Callbacks run inside the consumer's poll, which a transactional loop never
-//! calls while a transaction is open.
+//! revoked ones). Callbacks run inside the consumer's poll; a loop that polls while a
+//! transaction is open (the validator) aborts that transaction when partitions are revoked.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
