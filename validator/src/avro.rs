@@ -27,7 +27,9 @@ use std::str::FromStr;
 
 use apache_avro::schema::{Name, RecordSchema, Schema};
 use bigdecimal::BigDecimal;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::doc::{Doc, Object};
 
 use crate::reason::Reason;
 
@@ -185,7 +187,7 @@ impl AvroPlan {
                 extra: ExtraFields::Reject,
                 dropped: 0,
             };
-            encoder.encode(node, &default, &mut out).map_err(|f| {
+            encoder.encode(node, &Doc::of(&default), &mut out).map_err(|f| {
                 let e = f.finish();
                 CompileError::Unsupported(format!(
                     "default of field {}.{} does not fit its type: {}",
@@ -201,7 +203,7 @@ impl AvroPlan {
     /// was.
     pub fn encode(
         &self,
-        value: &Value,
+        value: &Doc<'_>,
         extra: ExtraFields,
         out: &mut Vec<u8>,
     ) -> Result<Converted, ConvertError> {
@@ -422,21 +424,10 @@ impl Fail {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-fn expected(what: &str, value: &Value) -> Fail {
+fn expected(what: &str, value: &Doc) -> Fail {
     Fail::new(
         Reason::WrongType,
-        format!("expected {what}, got {}", kind(value)),
+        format!("expected {what}, got {}", value.kind()),
     )
 }
 
@@ -447,14 +438,14 @@ struct Encoder<'p> {
 }
 
 impl Encoder<'_> {
-    fn encode(&mut self, node: &Node, value: &Value, out: &mut Vec<u8>) -> Result<(), Fail> {
+    fn encode(&mut self, node: &Node, value: &Doc, out: &mut Vec<u8>) -> Result<(), Fail> {
         match node {
             Node::Null => match value {
-                Value::Null => Ok(()),
+                Doc::Null => Ok(()),
                 _ => Err(expected("null", value)),
             },
             Node::Boolean => match value {
-                Value::Bool(b) => {
+                Doc::Bool(b) => {
                     out.push(u8::from(*b));
                     Ok(())
                 }
@@ -521,7 +512,7 @@ impl Encoder<'_> {
                 }
             }
             Node::Array(items) => {
-                let Value::Array(array) = value else {
+                let Doc::Array(array) = value else {
                     return Err(expected("an array", value));
                 };
                 if !array.is_empty() {
@@ -534,12 +525,12 @@ impl Encoder<'_> {
                 Ok(())
             }
             Node::Map(values) => {
-                let Value::Object(map) = value else {
+                let Doc::Object(map) = value else {
                     return Err(expected("an object (map)", value));
                 };
                 if !map.is_empty() {
                     write_long(out, map.len() as i64);
-                    for (key, item) in map {
+                    for (key, item) in map.iter() {
                         write_bytes(out, key.as_bytes());
                         self.encode(values, item, out).map_err(|f| f.at_key(key))?;
                     }
@@ -548,7 +539,7 @@ impl Encoder<'_> {
                 Ok(())
             }
             Node::Record(index) => {
-                let Value::Object(object) = value else {
+                let Doc::Object(object) = value else {
                     return Err(expected("an object (record)", value));
                 };
                 self.record(&self.plan.records[*index], object, out)
@@ -556,7 +547,7 @@ impl Encoder<'_> {
             Node::Union(branches) => self.union(branches, value, out),
             Node::Date => {
                 let days = match value {
-                    Value::String(s) => date_days(s)?,
+                    Doc::String(s) => date_days(s)?,
                     _ => int_in(
                         value,
                         i32::MIN as i64,
@@ -577,7 +568,7 @@ impl Encoder<'_> {
             }
             Node::Timestamp(per_second) => {
                 let t = match value {
-                    Value::String(s) => timestamp(s, *per_second)?,
+                    Doc::String(s) => timestamp(s, *per_second)?,
                     _ => integer(value, "a timestamp (integer or RFC 3339 string)")?,
                 };
                 write_long(out, t);
@@ -622,7 +613,7 @@ impl Encoder<'_> {
     fn record(
         &mut self,
         record: &RecordPlan,
-        object: &Map<String, Value>,
+        object: &Object<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), Fail> {
         let mut present = 0;
@@ -663,9 +654,9 @@ impl Encoder<'_> {
         Ok(())
     }
 
-    fn union(&mut self, branches: &[Branch], value: &Value, out: &mut Vec<u8>) -> Result<(), Fail> {
+    fn union(&mut self, branches: &[Branch], value: &Doc, out: &mut Vec<u8>) -> Result<(), Fail> {
         // Avro's JSON encoding: {"<branch name>": value}.
-        if let Value::Object(object) = value {
+        if let Doc::Object(object) = value {
             if object.len() == 1 {
                 let (name, inner) = object.iter().next().expect("one entry");
                 if let Some(i) = branches
@@ -710,7 +701,7 @@ impl Encoder<'_> {
                 Reason::NoUnionBranch,
                 format!(
                     "{} does not match any branch of union [{}]",
-                    kind(value),
+                    value.kind(),
                     names.join(", ")
                 ),
             )
@@ -720,11 +711,11 @@ impl Encoder<'_> {
 
 /// Whether the JSON kind of `value` can be a value of `node` at all; spares trying branches that
 /// cannot match.
-fn could_fit(node: &Node, value: &Value) -> bool {
+fn could_fit(node: &Node, value: &Doc) -> bool {
     matches!(
         (node, value),
-        (Node::Null, Value::Null)
-            | (Node::Boolean, Value::Bool(_))
+        (Node::Null, Doc::Null)
+            | (Node::Boolean, Doc::Bool(_))
             | (
                 Node::Int
                     | Node::Long
@@ -732,25 +723,25 @@ fn could_fit(node: &Node, value: &Value) -> bool {
                     | Node::Double
                     | Node::TimeMillis
                     | Node::TimeMicros,
-                Value::Number(_)
+                Doc::Number(_)
             )
             | (
                 Node::Date | Node::Timestamp(_) | Node::Decimal { .. },
-                Value::Number(_) | Value::String(_)
+                Doc::Number(_) | Doc::String(_)
             )
             | (
                 Node::String | Node::Bytes | Node::Fixed(_) | Node::Enum(_) | Node::Uuid,
-                Value::String(_)
+                Doc::String(_)
             )
-            | (Node::Array(_), Value::Array(_))
-            | (Node::Map(_) | Node::Record(_), Value::Object(_))
+            | (Node::Array(_), Doc::Array(_))
+            | (Node::Map(_) | Node::Record(_), Doc::Object(_))
             | (Node::Union(_), _)
     )
 }
 
-fn integer(value: &Value, what: &str) -> Result<i64, Fail> {
+fn integer(value: &Doc, what: &str) -> Result<i64, Fail> {
     match value {
-        Value::Number(n) => match n.as_i64() {
+        Doc::Number(n) => match n.as_i64() {
             Some(i) => Ok(i),
             None if n.is_u64() => Err(Fail::new(
                 Reason::OutOfRange,
@@ -765,7 +756,7 @@ fn integer(value: &Value, what: &str) -> Result<i64, Fail> {
     }
 }
 
-fn int_in(value: &Value, min: i64, max: i64, what: &str) -> Result<i64, Fail> {
+fn int_in(value: &Doc, min: i64, max: i64, what: &str) -> Result<i64, Fail> {
     let i = integer(value, what)?;
     if i < min || i > max {
         return Err(Fail::new(
@@ -776,18 +767,18 @@ fn int_in(value: &Value, min: i64, max: i64, what: &str) -> Result<i64, Fail> {
     Ok(i)
 }
 
-fn number(value: &Value, what: &str) -> Result<f64, Fail> {
+fn number(value: &Doc, what: &str) -> Result<f64, Fail> {
     value
         .as_f64()
         .ok_or_else(|| expected(&format!("a number ({what})"), value))
 }
 
-fn string<'v>(value: &'v Value, what: &str) -> Result<&'v str, Fail> {
+fn string<'v>(value: &'v Doc, what: &str) -> Result<&'v str, Fail> {
     value.as_str().ok_or_else(|| expected(what, value))
 }
 
 /// Avro's JSON form of bytes: each character is one byte (U+0000..U+00FF).
-fn latin1(value: &Value) -> Result<Vec<u8>, Fail> {
+fn latin1(value: &Doc) -> Result<Vec<u8>, Fail> {
     let s = string(value, "a string of bytes")?;
     s.chars()
         .map(|c| {
@@ -834,10 +825,10 @@ fn timestamp(s: &str, per_second: i64) -> Result<i64, Fail> {
 }
 
 /// A decimal's unscaled value as big-endian two's complement bytes (minimal length).
-fn decimal(value: &Value, precision: u64, scale: i64) -> Result<Vec<u8>, Fail> {
+fn decimal(value: &Doc, precision: u64, scale: i64) -> Result<Vec<u8>, Fail> {
     let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
+        Doc::String(s) => s.to_string(),
+        Doc::Number(n) => n.to_string(),
         _ => return Err(expected("a decimal (string or number)", value)),
     };
     let d = BigDecimal::from_str(&text).map_err(|e| {
@@ -895,7 +886,7 @@ mod tests {
     ) -> Result<(Avro, Converted), ConvertError> {
         let plan = AvroPlan::parse(schema).unwrap_or_else(|e| panic!("schema {schema}: {e}"));
         let mut out = vec![0xAA]; // existing content must stay
-        let converted = plan.encode(input, extra, &mut out)?;
+        let converted = plan.encode(&Doc::of(input), extra, &mut out)?;
         assert_eq!(out[0], 0xAA);
         let parsed = Schema::parse_str(schema).unwrap();
         let mut reader = &out[1..];
@@ -936,7 +927,7 @@ mod tests {
                 let doc = json!({ "f": input });
                 let plan = AvroPlan::parse(&schema).unwrap();
                 let err = plan
-                    .encode(&doc, ExtraFields::Reject, &mut Vec::new())
+                    .encode(&Doc::of(&doc), ExtraFields::Reject, &mut Vec::new())
                     .expect_err(&format!("rule {}: {input} should be invalid", rule.name));
                 assert_eq!(err.pointer, pointer, "rule {}: {input}: {err}", rule.name);
             }
@@ -1400,7 +1391,7 @@ mod tests {
             );
             let err = AvroPlan::parse(&schema)
                 .unwrap()
-                .encode(&json!({ "f": input }), ExtraFields::Reject, &mut Vec::new())
+                .encode(&Doc::of(&json!({ "f": input })), ExtraFields::Reject, &mut Vec::new())
                 .unwrap_err();
             assert_eq!(err.kind, kind, "{schema} with {input}: {err}");
         }
@@ -1414,11 +1405,11 @@ mod tests {
         .unwrap();
         let mut out = b"keep".to_vec();
         let err = plan
-            .encode(&json!([1]), ExtraFields::Drop, &mut out)
+            .encode(&Doc::of(&json!([1])), ExtraFields::Drop, &mut out)
             .unwrap_err();
         assert_eq!(err.pointer, "");
         let err = plan
-            .encode(&json!({"a": 5}), ExtraFields::Drop, &mut out)
+            .encode(&Doc::of(&json!({"a": 5})), ExtraFields::Drop, &mut out)
             .unwrap_err();
         assert_eq!(err.pointer, "/a");
         assert_eq!(out, b"keep");

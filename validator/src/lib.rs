@@ -3,16 +3,18 @@
 //! (original bytes plus `lp.error.*` headers), removing the agents' resends on the way.
 //!
 //! The crate's API is the service ([`ValidatorService`], [`ValidatorConfig`]), the DLQ replay
-//! command ([`replay`]) and, for benchmarks, the record encoder ([`CompiledSchema`]).
+//! command ([`replay`]) and, for benchmarks, the record parser and encoder ([`Doc`],
+//! [`CompiledSchema`]).
 //!
-//! Modules: `avro` (JSON -> Avro encoder plans), `schema` (compiled schemas, wire format),
-//! `schema_cache` (compiled schemas in front of [`logpipe_schema_client`]), `route` (routes and
-//! subject strategies), `reason` (the bounded kinds of dead-letter reasons), `verdict` (one
+//! Modules: `doc` (records parsed borrowing their strings), `avro` (JSON -> Avro encoder plans),
+//! `schema` (compiled schemas, wire format), `schema_cache` (compiled schemas in front of
+//! [`logpipe_schema_client`]), `route` (routes and subject strategies), `reason` (the bounded kinds of dead-letter reasons), `verdict` (one
 //! record's check), `resend_filter` (removing the agents' resends), `topics` (creating the topics
 //! it writes to), `pipeline` (the exactly-once loop), `replay` (the DLQ replay command),
 //! `metrics` (names and descriptions).
 
 mod avro;
+mod doc;
 mod metrics;
 mod pipeline;
 mod reason;
@@ -25,6 +27,7 @@ mod topics;
 mod verdict;
 
 pub use avro::ExtraFields;
+pub use doc::Doc;
 pub use logpipe_schema_client::{BasicAuth, SchemaType};
 pub use route::{RouteConfig, SubjectStrategy};
 pub use schema::CompiledSchema;

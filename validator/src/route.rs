@@ -4,9 +4,9 @@
 use logpipe_core::record::TopicTemplate;
 use regex::Regex;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::avro::ExtraFields;
+use crate::doc::Doc;
 use logpipe_schema_client::Version;
 
 /// One `[[routes]]` table.
@@ -119,12 +119,12 @@ pub struct NoSubject {
 
 impl SubjectStrategy {
     /// The subject of one record read from `topic`.
-    pub fn subject(&self, topic: &str, value: &Value) -> Result<String, NoSubject> {
+    pub fn subject(&self, topic: &str, value: &Doc<'_>) -> Result<String, NoSubject> {
         match self {
             SubjectStrategy::TopicName => Ok(format!("{topic}-value")),
             SubjectStrategy::Fixed(subject) => Ok(subject.clone()),
             SubjectStrategy::Field { field, prefix, suffix } => match value.get(field) {
-                Some(Value::String(s)) if !s.is_empty() => Ok(format!("{prefix}{s}{suffix}")),
+                Some(Doc::String(s)) if !s.is_empty() => Ok(format!("{prefix}{s}{suffix}")),
                 found => Err(NoSubject {
                     reason: match found {
                         None => format!("field {field:?} that names the subject is missing"),
@@ -244,21 +244,21 @@ mod tests {
         assert_eq!(game.clean.render("raw.game"), "clean.game");
         assert_eq!(
             game.subject
-                .subject("raw.game", &json!({"event": "login"}))
+                .subject("raw.game", &Doc::of(&json!({"event": "login"})))
                 .unwrap(),
             "game.login"
         );
         let err = game
             .subject
-            .subject("raw.game", &json!({"event": 5}))
+            .subject("raw.game", &Doc::of(&json!({"event": 5})))
             .unwrap_err();
         assert_eq!(err.pointer.as_deref(), Some("/event"));
-        assert!(game.subject.subject("raw.game", &json!({})).is_err());
+        assert!(game.subject.subject("raw.game", &Doc::of(&json!({}))).is_err());
 
         let other = r.find("raw.gamex").unwrap();
         assert_eq!(other.version, Version::Latest);
         assert_eq!(
-            other.subject.subject("raw.gamex", &json!({})).unwrap(),
+            other.subject.subject("raw.gamex", &Doc::of(&json!({}))).unwrap(),
             "raw.gamex-value"
         );
         assert_eq!(
@@ -269,7 +269,7 @@ mod tests {
             r.find("orders")
                 .unwrap()
                 .subject
-                .subject("orders", &json!(1))
+                .subject("orders", &Doc::of(&json!(1)))
                 .unwrap(),
             "orders-v"
         );

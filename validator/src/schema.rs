@@ -7,6 +7,7 @@ use logpipe_schema_client::SchemaType;
 use serde_json::Value;
 
 use crate::avro::{AvroPlan, ConvertError, Converted, ExtraFields};
+use crate::doc::Doc;
 use crate::reason::Reason;
 
 /// A schema ready to check and encode records.
@@ -49,10 +50,11 @@ impl CompiledSchema {
 
     /// Checks a parsed record and appends its clean value (wire format) to `out`. `raw` is the
     /// record's original bytes, the payload for JSON schemas. The extra-fields policy applies to
-    /// Avro records; a JSON Schema says itself whether extra properties are allowed.
+    /// Avro records; a JSON Schema says itself whether extra properties are allowed (its
+    /// validator walks serde_json's tree, so the record is copied into one for it).
     pub fn write(
         &self,
-        value: &Value,
+        value: &Doc<'_>,
         raw: &[u8],
         extra: ExtraFields,
         out: &mut Vec<u8>,
@@ -61,7 +63,7 @@ impl CompiledSchema {
         wire::write_header(self.id, out);
         let result = match &self.checker {
             Checker::Avro(plan) => plan.encode(value, extra, out),
-            Checker::Json(validator) => match validator.validate(value) {
+            Checker::Json(validator) => match validator.validate(&value.to_value()) {
                 Ok(()) => {
                     out.extend_from_slice(raw);
                     Ok(Converted::default())
@@ -160,7 +162,7 @@ mod tests {
             let schema = apache_avro::Schema::parse_str(EVERY_KIND).unwrap();
             let json = CompiledSchema::compile(8, SchemaType::Json, r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer","minimum":0},"tags":{"type":"array","items":{"type":"string","maxLength":3}}},"additionalProperties":false}"#).unwrap();
             let extra = if reject { ExtraFields::Reject } else { ExtraFields::Drop };
-            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+            let Ok(value) = Doc::parse(&line) else {
                 return Ok(());
             };
             let mut out = Vec::new();
@@ -194,11 +196,11 @@ mod tests {
         .unwrap();
         let mut out = Vec::new();
         schema
-            .write(&json!({"a": 1}), b"{\"a\":1}", ExtraFields::Drop, &mut out)
+            .write(&Doc::of(&json!({"a": 1})), b"{\"a\":1}", ExtraFields::Drop, &mut out)
             .unwrap();
         assert_eq!(out, wire::encode(0x0102_0304, &[2]));
         let err = schema
-            .write(&json!({"a": "x"}), b"", ExtraFields::Drop, &mut out)
+            .write(&Doc::of(&json!({"a": "x"})), b"", ExtraFields::Drop, &mut out)
             .unwrap_err();
         assert_eq!(err.pointer, "/a");
         assert_eq!(out.len(), 6, "a failed write leaves the buffer as it was");
@@ -212,7 +214,7 @@ mod tests {
         let mut out = Vec::new();
         schema
             .write(
-                &serde_json::from_slice(raw).unwrap(),
+                &Doc::parse(raw).unwrap(),
                 raw,
                 ExtraFields::Reject,
                 &mut out,
@@ -221,7 +223,7 @@ mod tests {
         assert_eq!(wire::parse(&out), Ok((9, &raw[..])));
         let err = schema
             .write(
-                &json!({"n": 1, "tags": ["a", 2]}),
+                &Doc::of(&json!({"n": 1, "tags": ["a", 2]})),
                 b"",
                 ExtraFields::Drop,
                 &mut out,
@@ -229,11 +231,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.pointer, "/tags/1");
         let err = schema
-            .write(&json!({"n": -1}), b"", ExtraFields::Drop, &mut out)
+            .write(&Doc::of(&json!({"n": -1})), b"", ExtraFields::Drop, &mut out)
             .unwrap_err();
         assert_eq!(err.pointer, "/n");
         let err = schema
-            .write(&json!({}), b"", ExtraFields::Drop, &mut out)
+            .write(&Doc::of(&json!({})), b"", ExtraFields::Drop, &mut out)
             .unwrap_err();
         assert_eq!(err.pointer, "");
     }

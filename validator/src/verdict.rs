@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use logpipe_core::record::ErrorStage;
-use serde_json::Value;
 
+use crate::doc::Doc;
 use crate::reason::Reason;
 use crate::route::Routes;
 use crate::schema_cache::{LookupError, SchemaCache};
@@ -106,7 +106,7 @@ impl Checker {
                 outputs
             }
         };
-        let value: Value = match serde_json::from_slice(raw) {
+        let value = match Doc::parse(raw) {
             Ok(value) => value,
             Err(e) => {
                 return Ok(Verdict::Dead(dead(
