@@ -210,6 +210,10 @@ fn defaults(role: &Role) -> &'static [(&'static str, &'static str)] {
         // A dead member's partitions move on within seconds, not librdkafka's 45 s: 6 s is the
         // shortest session a broker accepts by default (`group.min.session.timeout.ms`).
         // Heartbeats come from librdkafka's own thread, so a long batch does not end a session.
+        // Once a partition's read-ahead queue is full, librdkafka fetches it again only after
+        // `fetch.queue.backoff.ms` (1 s by default), long after a busy reader has drained it:
+        // every service then waits on fetches with work to do (the validator spent 35-40% of its
+        // time waiting for records with 1 s, 26% with 10 ms, and moved 10-30% more records).
         Role::Consumer { .. } | Role::StaticMember { .. } => &[
             ("isolation.level", "read_committed"),
             ("enable.auto.commit", "false"),
@@ -218,6 +222,7 @@ fn defaults(role: &Role) -> &'static [(&'static str, &'static str)] {
             ("enable.partition.eof", "false"),
             ("session.timeout.ms", "6000"),
             ("heartbeat.interval.ms", "1000"),
+            ("fetch.queue.backoff.ms", "10"),
         ],
         Role::Admin => &[],
     }
@@ -304,6 +309,7 @@ mod tests {
         assert_eq!(config.get("group.id"), Some("g"));
         assert_eq!(config.get("group.instance.id"), None);
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
     }
 
     #[test]

@@ -80,9 +80,6 @@ pub(crate) fn source_consumer(
         .set("auto.offset.reset", "error")
         .set("queued.max.messages.kbytes", kbytes.to_string())
         .set("queued.min.messages", messages.to_string())
-        // A full queue stops fetching for this long (default 1 s): with queues sized to the
-        // budget they fill often, and a second without fetching starves the producer.
-        .set("fetch.queue.backoff.ms", "10")
         .set("fetch.max.bytes", fetch.to_string())
         .set(
             "max.partition.fetch.bytes",
