@@ -187,13 +187,15 @@ impl AvroPlan {
                 extra: ExtraFields::Reject,
                 dropped: 0,
             };
-            encoder.encode(node, &Doc::of(&default), &mut out).map_err(|f| {
-                let e = f.finish();
-                CompileError::Unsupported(format!(
-                    "default of field {}.{} does not fit its type: {}",
-                    plan.records[record].name, plan_field.name, e
-                ))
-            })?;
+            encoder
+                .encode(node, &Doc::of(&default), &mut out)
+                .map_err(|f| {
+                    let e = f.finish();
+                    CompileError::Unsupported(format!(
+                        "default of field {}.{} does not fit its type: {}",
+                        plan.records[record].name, plan_field.name, e
+                    ))
+                })?;
             plan.records[record].fields[field].default = Some(out.into_boxed_slice());
         }
         Ok(plan)
@@ -638,7 +640,7 @@ impl Encoder<'_> {
             if self.extra == ExtraFields::Reject {
                 let key = object
                     .keys()
-                    .find(|k| !record.fields.iter().any(|f| &f.name == *k))
+                    .find(|k| !record.fields.iter().any(|f| f.name == *k))
                     .expect("an extra key exists");
                 return Err(Fail::new(
                     Reason::ExtraField,
@@ -1391,7 +1393,11 @@ mod tests {
             );
             let err = AvroPlan::parse(&schema)
                 .unwrap()
-                .encode(&Doc::of(&json!({ "f": input })), ExtraFields::Reject, &mut Vec::new())
+                .encode(
+                    &Doc::of(&json!({ "f": input })),
+                    ExtraFields::Reject,
+                    &mut Vec::new(),
+                )
                 .unwrap_err();
             assert_eq!(err.kind, kind, "{schema} with {input}: {err}");
         }

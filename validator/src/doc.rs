@@ -294,10 +294,7 @@ mod tests {
             .iter()
             .map(|(k, v)| {
                 let Doc::String(v) = v else { panic!("{v:?}") };
-                (
-                    matches!(k, Cow::Borrowed(_)),
-                    matches!(v, Cow::Borrowed(_)),
-                )
+                (matches!(k, Cow::Borrowed(_)), matches!(v, Cow::Borrowed(_)))
             })
             .collect();
         assert_eq!(kinds, [(true, true), (false, false)]);

@@ -253,12 +253,18 @@ mod tests {
             .subject("raw.game", &Doc::of(&json!({"event": 5})))
             .unwrap_err();
         assert_eq!(err.pointer.as_deref(), Some("/event"));
-        assert!(game.subject.subject("raw.game", &Doc::of(&json!({}))).is_err());
+        assert!(game
+            .subject
+            .subject("raw.game", &Doc::of(&json!({})))
+            .is_err());
 
         let other = r.find("raw.gamex").unwrap();
         assert_eq!(other.version, Version::Latest);
         assert_eq!(
-            other.subject.subject("raw.gamex", &Doc::of(&json!({}))).unwrap(),
+            other
+                .subject
+                .subject("raw.gamex", &Doc::of(&json!({})))
+                .unwrap(),
             "raw.gamex-value"
         );
         assert_eq!(

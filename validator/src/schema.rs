@@ -196,11 +196,21 @@ mod tests {
         .unwrap();
         let mut out = Vec::new();
         schema
-            .write(&Doc::of(&json!({"a": 1})), b"{\"a\":1}", ExtraFields::Drop, &mut out)
+            .write(
+                &Doc::of(&json!({"a": 1})),
+                b"{\"a\":1}",
+                ExtraFields::Drop,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(out, wire::encode(0x0102_0304, &[2]));
         let err = schema
-            .write(&Doc::of(&json!({"a": "x"})), b"", ExtraFields::Drop, &mut out)
+            .write(
+                &Doc::of(&json!({"a": "x"})),
+                b"",
+                ExtraFields::Drop,
+                &mut out,
+            )
             .unwrap_err();
         assert_eq!(err.pointer, "/a");
         assert_eq!(out.len(), 6, "a failed write leaves the buffer as it was");
@@ -231,7 +241,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.pointer, "/tags/1");
         let err = schema
-            .write(&Doc::of(&json!({"n": -1})), b"", ExtraFields::Drop, &mut out)
+            .write(
+                &Doc::of(&json!({"n": -1})),
+                b"",
+                ExtraFields::Drop,
+                &mut out,
+            )
             .unwrap_err();
         assert_eq!(err.pointer, "/n");
         let err = schema
