@@ -21,7 +21,9 @@ use logpipe_core::metric_names::agent::LINES_ACKED;
 use logpipe_devkit::benchreport::Row as ReportRow;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
-use logpipe_devkit::measure::{cpu_seconds, peak_rss_mib, read_lines, rss_mib, send_waiting};
+use logpipe_devkit::measure::{
+    cpu_seconds, peak_rss_mib, read_lines, rss_mib, send_waiting, warm_up,
+};
 use logpipe_devkit::prometheus;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -61,23 +63,12 @@ impl Row {
     }
 }
 
-/// (a) the ceiling: every line from memory through one producer with the agent's settings. The
-/// clock starts once the producer has delivered a first record: an idempotent librdkafka producer
-/// sends nothing until it holds a producer id, which it requests on a 500 ms timer after start
-/// (or on its first metadata answer), so a cold start would charge the ceiling ~0.6 s that has
-/// nothing to do with sending and make it slower than the agent, which starts its producer while
-/// it opens its files.
+/// (a) the ceiling: every line from memory through one producer with the agent's settings, timed
+/// from a warm producer ([`warm_up`]).
 fn ceiling(bootstrap: &str, topic: &str, lines: &[Vec<u8>]) -> Row {
     let config = client_config(&KafkaConfig::new(bootstrap), 64 << 20, 1 << 20);
     let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
-    send_waiting(
-        &producer,
-        BaseRecord::<(), [u8]>::to(topic).payload(b"warm-up".as_slice()),
-    )
-    .expect("ceiling producer");
-    producer
-        .flush(Duration::from_secs(60))
-        .expect("warm-up flush");
+    warm_up(&producer, topic).expect("ceiling producer");
     let before = cpu_seconds(None);
     let started = Instant::now();
     for line in lines {

@@ -12,7 +12,8 @@
 //! also emitted through `logpipe_devkit::benchreport`.
 //!
 //! For each record size (200 B, 1 KB), on two dev clusters (write and read side, one broker each):
-//! 1. plain producer: an idempotent rdkafka producer fills the source topic (ceiling 1);
+//! 1. plain producer: an idempotent rdkafka producer, warmed up, fills the source topic
+//!    (ceiling 1);
 //! 2. plain consumer: an assign-mode rdkafka consumer drains the source topic (ceiling 2);
 //! 3. `kcat -C | kcat -P`: the naive pipe copies the source topic to another target topic;
 //! 4. the mirror (release build, exactly once, default commit interval and buffer) copies the
@@ -31,13 +32,16 @@ use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::measure::{
     cpu_seconds, env, filling_producer, peak_rss_mib, reader, send_polling,
-    waited_children_cpu_seconds, Rate,
+    waited_children_cpu_seconds, warm_up_polling, Rate,
 };
 use logpipe_devkit::prometheus;
 use logpipe_mirror::MirrorConfig;
 use rdkafka::producer::{BaseRecord, Producer};
 
 const SOURCE: &str = "raw.bench";
+/// Where ceiling 1 sends its first record, so that its clock starts warm and `SOURCE` holds only
+/// the records the mirror copies.
+const WARM_UP: &str = "bench.warm-up";
 const KCAT_TARGET: &str = "kcat.bench";
 
 /// The mirror's config: `BENCH_MIRROR_CONFIG`'s lines, then both clusters and the telemetry
@@ -78,6 +82,7 @@ fn fill(
     size: usize,
 ) -> anyhow::Result<Rate> {
     let producer = filling_producer(bootstrap)?;
+    warm_up_polling(&producer, WARM_UP)?;
     // Values are made before the clock starts: the ceiling is the producer's, not the generator's.
     let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
     let started = Instant::now();
@@ -304,9 +309,13 @@ async fn main() -> anyhow::Result<()> {
     let state_topic = state_topic()?;
     for size in sizes {
         let records = megabytes * 1_000_000 / size;
-        let mut write =
-            DevCluster::start_retaining("write", 1, &[(SOURCE, partitions)], Some(retention))
-                .await?;
+        let mut write = DevCluster::start_retaining(
+            "write",
+            1,
+            &[(SOURCE, partitions), (WARM_UP, 1)],
+            Some(retention),
+        )
+        .await?;
         let read_topics = [
             (SOURCE, partitions),
             (KCAT_TARGET, partitions),

@@ -43,7 +43,7 @@ use apache_avro::types::Value;
 use logpipe_core::kafka::{KafkaConfig, Role};
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
-use logpipe_devkit::measure::{cpu_seconds, env, read_lines, reader, send_waiting};
+use logpipe_devkit::measure::{cpu_seconds, env, read_lines, reader, send_waiting, warm_up};
 use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -58,11 +58,13 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Phase 1: lines/s of a plain producer sending `lines` from memory until all are acknowledged.
+/// Phase 1: lines/s of a plain, warmed-up producer sending `lines` from memory until all are
+/// acknowledged.
 fn ceiling(bootstrap: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Result<f64> {
     let producer: ThreadedProducer<DefaultProducerContext> = KafkaConfig::new(bootstrap)
         .client_config(&Role::Producer, "bench-ceiling")
         .create()?;
+    warm_up(&producer, CEILING_TOPIC)?;
     let started = Instant::now();
     for (i, line) in lines.iter().enumerate() {
         send_waiting(

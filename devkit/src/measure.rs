@@ -10,7 +10,10 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer as _, ProducerContext,
+    ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -93,6 +96,29 @@ where
         |r| producer.send(r),
         || std::thread::sleep(Duration::from_millis(1)),
     )
+}
+
+/// Sends one record to `topic` and waits for it, so that a reference sender's clock starts warm:
+/// an idempotent librdkafka producer sends nothing until it holds a producer id, which it
+/// requests on a 500 ms timer after start (or on its first metadata answer). Timed cold, a
+/// ~1 s reference run is mostly that wait, and the services it is compared with, which start
+/// their producers while they set up, beat their own "ceiling".
+pub fn warm_up(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+) -> anyhow::Result<()> {
+    send_waiting(producer, warm_up_record(topic))?;
+    Ok(producer.flush(Duration::from_secs(60))?)
+}
+
+/// [`warm_up`] for a [`BaseProducer`].
+pub fn warm_up_polling(producer: &BaseProducer, topic: &str) -> anyhow::Result<()> {
+    send_polling(producer, warm_up_record(topic))?;
+    Ok(producer.flush(Duration::from_secs(60))?)
+}
+
+fn warm_up_record(topic: &str) -> BaseRecord<'_, (), [u8]> {
+    BaseRecord::to(topic).payload(b"warm-up".as_slice())
 }
 
 /// The producer benchmarks fill their input topics with before the clock starts (idempotent,
