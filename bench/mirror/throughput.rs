@@ -12,9 +12,10 @@
 //! also emitted through `logpipe_devkit::benchreport`.
 //!
 //! For each record size (200 B, 1 KB), on two dev clusters (write and read side, one broker each):
-//! 1. plain producer: an idempotent rdkafka producer, warmed up, fills the source topic
-//!    (ceiling 1);
-//! 2. plain consumer: an assign-mode rdkafka consumer drains the source topic (ceiling 2);
+//! 1. plain producers: as many idempotent rdkafka producers as the mirror has shards, each
+//!    warmed up and sending to its share of the partitions, fill the source topic (ceiling 1);
+//! 2. plain consumers: as many assign-mode rdkafka consumers, each reading its share, drain the
+//!    source topic (ceiling 2);
 //! 3. `kcat -C | kcat -P`: the naive pipe copies the source topic to another target topic;
 //! 4. the mirror (release build, exactly once, default commit interval and buffer) copies the
 //!    source topic; measured from its first committed record to its last, so start-up (group
@@ -36,7 +37,9 @@ use logpipe_devkit::measure::{
 };
 use logpipe_devkit::prometheus;
 use logpipe_mirror::MirrorConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 const SOURCE: &str = "raw.bench";
 /// Where ceiling 1 sends its first record, so that its clock starts warm and `SOURCE` holds only
@@ -74,33 +77,61 @@ fn value(i: usize, size: usize) -> Vec<u8> {
     v
 }
 
+/// Whether partition `p` belongs to ceiling client `client` of `clients`: the ceilings split the
+/// partitions among as many clients as the mirror has shards, as the mirror does, so that they
+/// measure what the same number of the same clients can do (one client is one librdkafka broker
+/// thread, which four shards outrun).
+fn owns(p: i32, client: i32, clients: i32) -> bool {
+    p % clients == client
+}
+
 fn fill(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
+    clients: i32,
     records: usize,
     size: usize,
 ) -> anyhow::Result<Rate> {
-    let producer = filling_producer(bootstrap)?;
-    warm_up_polling(&producer, WARM_UP)?;
     // Values are made before the clock starts: the ceiling is the producer's, not the generator's.
     let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
-    let started = Instant::now();
-    for (i, v) in values.iter().enumerate() {
-        // Round-robin: every partition gets the same share, which the clusters' retention is
-        // sized for.
-        send_polling(
-            &producer,
-            BaseRecord::<(), [u8]>::to(topic)
-                .partition(i as i32 % partitions)
-                .payload(&v[..]),
-        )?;
-    }
-    producer.flush(Duration::from_secs(120))?;
+    let start = std::sync::Barrier::new(clients as usize + 1);
+    let elapsed = std::thread::scope(|scope| -> anyhow::Result<Duration> {
+        let senders: Vec<_> = (0..clients)
+            .map(|client| {
+                let (values, start) = (&values, &start);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let producer = filling_producer(bootstrap)?;
+                    warm_up_polling(&producer, WARM_UP)?;
+                    start.wait();
+                    for (i, v) in values.iter().enumerate() {
+                        // Round-robin: every partition gets the same share, which the clusters'
+                        // retention is sized for.
+                        let partition = i as i32 % partitions;
+                        if owns(partition, client, clients) {
+                            send_polling(
+                                &producer,
+                                BaseRecord::<(), [u8]>::to(topic)
+                                    .partition(partition)
+                                    .payload(&v[..]),
+                            )?;
+                        }
+                    }
+                    Ok(producer.flush(Duration::from_secs(120))?)
+                })
+            })
+            .collect();
+        start.wait();
+        let started = Instant::now();
+        for sender in senders {
+            sender.join().expect("ceiling producer thread")?;
+        }
+        Ok(started.elapsed())
+    })?;
     Ok(Rate {
         records,
         bytes: records * size,
-        elapsed: started.elapsed(),
+        elapsed,
     })
 }
 
@@ -108,19 +139,43 @@ fn drain(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
+    clients: i32,
     records: usize,
     size: usize,
 ) -> anyhow::Result<Rate> {
-    let consumer = reader(bootstrap, "bench", topic, partitions, &[])?;
     let started = Instant::now();
-    let mut seen = 0;
-    while seen < records {
-        match consumer.poll(Duration::from_secs(10)) {
-            Some(Ok(_)) => seen += 1,
-            Some(Err(e)) => anyhow::bail!("plain consumer: {e}"),
-            None => anyhow::bail!("plain consumer stalled at {seen} of {records}"),
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let readers: Vec<_> = (0..clients)
+            .map(|client| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let consumer = reader(bootstrap, "bench", topic, partitions, &[])?;
+                    let mut mine = TopicPartitionList::new();
+                    for p in (0..partitions).filter(|p| owns(*p, client, clients)) {
+                        mine.add_partition_offset(topic, p, Offset::Beginning)?;
+                    }
+                    consumer.assign(&mine)?;
+                    let expected = (0..records)
+                        .filter(|i| owns(*i as i32 % partitions, client, clients))
+                        .count();
+                    let mut seen = 0;
+                    while seen < expected {
+                        match consumer.poll(Duration::from_secs(10)) {
+                            Some(Ok(_)) => seen += 1,
+                            Some(Err(e)) => anyhow::bail!("plain consumer: {e}"),
+                            None => anyhow::bail!(
+                                "plain consumer {client} stalled at {seen} of {expected}"
+                            ),
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.join().expect("ceiling consumer thread")?;
         }
-    }
+        Ok(())
+    })?;
     Ok(Rate {
         records,
         bytes: records * size,
@@ -331,14 +386,16 @@ async fn main() -> anyhow::Result<()> {
             cpu = now;
             used
         };
-        let produced =
-            tokio::task::spawn_blocking(move || fill(&w, SOURCE, partitions, records, size))
-                .await??;
+        let produced = tokio::task::spawn_blocking(move || {
+            fill(&w, SOURCE, partitions, shards, records, size)
+        })
+        .await??;
         let produced_cpu = phase_cpu(&mut write, &mut read);
         let w = write.bootstrap().to_owned();
-        let consumed =
-            tokio::task::spawn_blocking(move || drain(&w, SOURCE, partitions, records, size))
-                .await??;
+        let consumed = tokio::task::spawn_blocking(move || {
+            drain(&w, SOURCE, partitions, shards, records, size)
+        })
+        .await??;
         let consumed_cpu = phase_cpu(&mut write, &mut read);
         let w = write.bootstrap().to_owned();
         let piped = tokio::task::spawn_blocking(move || kcat_pipe(&w, &r, records, size)).await??;
