@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::record::header;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 
@@ -171,6 +172,30 @@ impl Delivery {
             epoch: self.epoch,
         }
     }
+}
+
+/// The record contract's headers of one line (`lp.host`, `lp.path`, `lp.file`, `lp.offset`), with
+/// room for `lp.truncated`. Public so that the throughput benchmark's ceiling sends the same
+/// records as the agent.
+pub fn line_headers(host: &str, path: &str, file: &str, offset: u64) -> OwnedHeaders {
+    let mut offset_text = itoa::Buffer::new();
+    OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: header::HOST,
+            value: Some(host),
+        })
+        .insert(Header {
+            key: header::PATH,
+            value: Some(path),
+        })
+        .insert(Header {
+            key: header::FILE,
+            value: Some(file),
+        })
+        .insert(Header {
+            key: header::OFFSET,
+            value: Some(offset_text.format(offset)),
+        })
 }
 
 /// The producer's librdkafka settings: the shared producer role (acks=all, idempotence, no

@@ -33,7 +33,7 @@ mod tailer;
 use logpipe_core::service::{Context, Service};
 
 pub use config::{AgentConfig, InputConfig, StartAt, WatchMode};
-pub use delivery::client_config;
+pub use delivery::{client_config, line_headers};
 
 use crate::agent::{Agent, Event};
 

@@ -16,10 +16,10 @@ use logpipe_core::metric_names::agent::FILE_LAG;
 use logpipe_core::record::{header, FileId, KeyStrategy};
 use metrics::Gauge;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::Header;
 
 use crate::checkpoint::FileState;
-use crate::delivery::{Delivery, Outgoing, Token, RECORD_OVERHEAD};
+use crate::delivery::{line_headers, Delivery, Outgoing, Token, RECORD_OVERHEAD};
 use crate::identity::{self, Digest, FINGERPRINT_MAX, GUARD_MAX};
 use crate::lines::{LineSplitter, Piece};
 use crate::metrics::InputMetrics;
@@ -380,25 +380,7 @@ impl Tailer {
             }
             Piece::Line(line) => line,
         };
-        let mut offset = itoa::Buffer::new();
-        let offset = offset.format(line.offset);
-        let mut headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: header::HOST,
-                value: Some(sink.host),
-            })
-            .insert(Header {
-                key: header::PATH,
-                value: Some(&self.path_text),
-            })
-            .insert(Header {
-                key: header::FILE,
-                value: Some(&self.id_hex),
-            })
-            .insert(Header {
-                key: header::OFFSET,
-                value: Some(offset),
-            });
+        let mut headers = line_headers(sink.host, &self.path_text, &self.id_hex, line.offset);
         if let Some(length) = line.truncated_from {
             sink.metrics.oversized.increment(1);
             headers = headers.insert(Header {

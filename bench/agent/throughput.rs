@@ -16,16 +16,15 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use logpipe_agent::client_config;
+use logpipe_agent::{client_config, line_headers};
 use logpipe_core::kafka::KafkaConfig;
 use logpipe_core::metric_names::agent::LINES_ACKED;
-use logpipe_core::record::{header, FileId, KeyStrategy};
+use logpipe_core::record::{FileId, KeyStrategy};
 use logpipe_devkit::benchreport::Row as ReportRow;
 use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
 use logpipe_devkit::measure::{cpu_seconds, peak_rss_mib, rss_mib, send_waiting, warm_up};
 use logpipe_devkit::prometheus;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
@@ -126,10 +125,10 @@ fn read_records(dir: &Path, watched: &Path) -> (Files, Vec<Line>) {
     (Files(files), lines)
 }
 
-/// (a) the ceiling: the agent's records (each line with the contract's key and headers, as the
-/// agent builds them) sent from memory through one producer with the agent's settings, timed from
-/// a warm producer ([`warm_up`]). What is left between the two is the agent's own work: reading,
-/// splitting, tracking acknowledgements, checkpoints.
+/// (a) the ceiling: the agent's records (each line with the contract's key and the headers of the
+/// agent's own [`line_headers`]) sent from memory through one producer with the agent's settings,
+/// timed from a warm producer ([`warm_up`]). What is left between the two is the agent's own
+/// work: reading, splitting, tracking acknowledgements, checkpoints.
 fn ceiling(bootstrap: &str, topic: &str, files: &Files, lines: &[Line]) -> Row {
     let config = client_config(&KafkaConfig::new(bootstrap), 64 << 20, 1 << 20);
     let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
@@ -143,24 +142,7 @@ fn ceiling(bootstrap: &str, topic: &str, files: &Files, lines: &[Line]) -> Row {
     let started = Instant::now();
     for line in lines {
         let (path, id) = &files.0[line.file];
-        let mut offset = itoa::Buffer::new();
-        let headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: header::HOST,
-                value: Some(HOST),
-            })
-            .insert(Header {
-                key: header::PATH,
-                value: Some(path),
-            })
-            .insert(Header {
-                key: header::FILE,
-                value: Some(id),
-            })
-            .insert(Header {
-                key: header::OFFSET,
-                value: Some(offset.format(line.offset)),
-            });
+        let headers = line_headers(HOST, path, id, line.offset);
         send_waiting(
             &producer,
             BaseRecord::<[u8], [u8]>::to(topic)
