@@ -21,7 +21,9 @@ use logpipe_core::kafka::KafkaConfig;
 use logpipe_core::metric_names::agent::LINES_ACKED;
 use logpipe_core::record::{FileId, KeyStrategy};
 use logpipe_devkit::benchreport::Row as ReportRow;
-use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
+use logpipe_devkit::harness::{
+    free_addr, wait_until, wait_until_every, write_file, DevCluster, Process,
+};
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
 use logpipe_devkit::measure::{cpu_seconds, peak_rss_mib, rss_mib, send_waiting, warm_up};
 use logpipe_devkit::prometheus;
@@ -221,12 +223,14 @@ async fn agent(
         let path = file.unwrap().path();
         std::fs::rename(&path, watched.join(path.file_name().unwrap())).unwrap();
     }
-    // Polled more often than `wait_until` does: a run lasts about a second.
-    let deadline = started + Duration::from_secs(900);
-    while agent_metric(addr, LINES_ACKED).await < lines as f64 {
-        assert!(Instant::now() < deadline, "agent shipped every line");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Polled every 10 ms, not `wait_until`'s 50: a run lasts about a second.
+    wait_until_every(
+        Duration::from_millis(10),
+        Duration::from_secs(900),
+        || async { agent_metric(addr, LINES_ACKED).await >= lines as f64 },
+    )
+    .await
+    .expect("agent shipped every line");
     let seconds = started.elapsed().as_secs_f64();
     Row {
         name: "logpipe-agent".into(),

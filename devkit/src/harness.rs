@@ -83,7 +83,20 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// Polls `condition` every 50 ms until it is true, failing after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(timeout: Duration, condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_until_every(Duration::from_millis(50), timeout, condition).await
+}
+
+/// [`wait_until`] polling every `interval`, for a measurement whose end must be seen closely.
+pub async fn wait_until_every<F, Fut>(
+    interval: Duration,
+    timeout: Duration,
+    mut condition: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -96,7 +109,7 @@ where
         if Instant::now() >= deadline {
             bail!("condition not met within {timeout:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
