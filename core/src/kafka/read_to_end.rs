@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +41,11 @@ pub fn partition_count(reader: &EndReader, topic: &str, timeout: Duration) -> Ka
 
 /// Reads `topic`'s partitions from the given offsets to their end and calls `each` on every
 /// record, in order per partition; returns how many were read. Fails past `timeout`, on a
-/// `shutdown` request, and on the first error `each` returns. One topic at a time, because a
-/// partition's end names only the partition. The reader is unassigned when this returns.
+/// `shutdown` request, on a consumer error librdkafka does not recover from, and on the first
+/// error `each` returns. A lost connection is waited out until `timeout`: librdkafka reconnects
+/// and fetches on, so a broker outage during a restore delays the restore instead of ending the
+/// service. One topic at a time, because a partition's end names only the partition. The reader
+/// is unassigned when this returns.
 pub fn read_to_end(
     reader: &EndReader,
     topic: &str,
@@ -64,6 +68,7 @@ pub fn read_to_end(
     let mut at_end = BTreeSet::new();
     let deadline = Instant::now() + timeout;
     let mut count = 0u64;
+    let mut last_error: Option<KafkaError> = None;
     let mut read = || {
         while at_end.len() < partitions.len() {
             if shutdown.is_some_and(CancellationToken::is_cancelled) {
@@ -71,9 +76,13 @@ pub fn read_to_end(
             }
             if Instant::now() >= deadline {
                 let open: Vec<_> = partitions.difference(&at_end).collect();
+                let cause = last_error
+                    .as_ref()
+                    .map(|e| format!("; last consumer error: {e}"))
+                    .unwrap_or_default();
                 bail!(
                     "reading {topic}: partitions {open:?} not at their end within {timeout:?} \
-                     ({count} records read)"
+                     ({count} records read{cause})"
                 );
             }
             match reader.poll(Duration::from_millis(100)) {
@@ -86,6 +95,10 @@ pub fn read_to_end(
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);
                 }
+                Some(Err(e)) if is_connection_error(&e) => {
+                    tracing::debug!("reading {topic}: {e}; waiting for the connection");
+                    last_error = Some(e);
+                }
                 Some(Err(e)) => {
                     return Err(anyhow::Error::from(e).context(format!("reading {topic}")))
                 }
@@ -96,6 +109,22 @@ pub fn read_to_end(
     let result = read();
     reader.unassign().ok();
     result
+}
+
+/// Whether a consumer error only says a broker is (for now) unreachable: librdkafka reconnects
+/// and goes on fetching by itself.
+fn is_connection_error(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+        )
+    )
 }
 
 /// The value of the record at `offset` of a partition, read_committed; `None` when it is no
@@ -216,5 +245,29 @@ mod tests {
         assert!(err.to_string().contains("shutdown"), "{err}");
         let err = read_to_end(&reader, "t", &from, TIMEOUT, None, |_| bail!("full")).unwrap_err();
         assert_eq!(err.to_string(), "full");
+    }
+
+    #[test]
+    fn waits_out_a_broker_outage_until_its_timeout() {
+        let (cluster, reader) = cluster_with_records();
+        let all = [(0, Offset::Beginning), (1, Offset::Beginning)];
+        assert_eq!(payloads(&reader, "t", &all).unwrap().len(), 5);
+        cluster.broker_down(1).unwrap();
+        // The connection is lost: the read goes on to its deadline instead of failing at the
+        // first transport error, and says what it last heard.
+        let started = Instant::now();
+        let short = Duration::from_secs(2);
+        let err = read_to_end(&reader, "t", &all, short, None, |_| Ok(())).unwrap_err();
+        assert!(
+            started.elapsed() >= short,
+            "{err} after {:?}",
+            started.elapsed()
+        );
+        let err = err.to_string();
+        assert!(err.contains("not at their end within"), "{err}");
+        assert!(err.contains("last consumer error"), "{err}");
+        // Once the broker is back, the same reader reads everything.
+        cluster.broker_up(1).unwrap();
+        assert_eq!(payloads(&reader, "t", &all).unwrap().len(), 5);
     }
 }
