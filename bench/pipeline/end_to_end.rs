@@ -14,7 +14,8 @@
 //!    the pipeline's three hops (two of them transactional) can only be slower.
 //! 2. Throughput: the lines are written to files outside the agent's directory, then moved in
 //!    (rename) at once, so the agent sees a backlog and the generator's own CPU is not in the
-//!    measurement. A read_committed consumer counts clean records as they become visible; the
+//!    measurement. The files are renamed so that their keys land on the partitions in turn, as
+//!    the reference's lines do (checked against the raw topic afterwards). A read_committed consumer counts clean records as they become visible; the
 //!    steady-state rate is the count between 10 % and 90 % of the lines over the time between
 //!    (start-up and the tail excluded). All lines are valid, so every line ends in `clean.game`.
 //!    Each service's CPU (user + system, from `/proc`) from the move to the last clean record,
@@ -41,10 +42,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use apache_avro::types::Value;
 use logpipe_core::kafka::{KafkaConfig, Role};
+use logpipe_core::record::KeyStrategy;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
-use logpipe_devkit::measure::{cpu_seconds, env, read_lines, reader, send_waiting, warm_up};
+use logpipe_devkit::measure::{
+    cpu_seconds, default_partition, env, read_lines, reader, send_waiting, warm_up,
+};
 use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -265,6 +270,40 @@ fn quantile(sorted: &[i64], q: f64) -> f64 {
         .map_or(f64::NAN, |v| *v as f64)
 }
 
+/// Where the backlog's `files` go in the agent's directory `dir`: names chosen so that the files'
+/// keys (`<host>|<path>`, the agent's default) land on the partitions in turn, as the reference
+/// spreads its lines. With the files' own names, where they land depends on the temporary
+/// directory's random name: all four on one partition left one mirror shard and one validator
+/// loop doing the whole pipeline's work in some runs, and the ratio varied 3x between runs.
+fn spread_names(dir: &std::path::Path, files: usize, partitions: i32) -> Vec<std::path::PathBuf> {
+    let host = logpipe_core::service::host_name();
+    (0..files)
+        .map(|i| {
+            (0..)
+                .map(|n| dir.join(format!("tput-{i}-{n}.log")))
+                .find(|path| {
+                    let key = KeyStrategy::HostPath
+                        .key(&host, &path.to_string_lossy(), b"")
+                        .expect("host|path is a key");
+                    default_partition(&key, partitions) == i as i32 % partitions
+                })
+                .expect("some name lands on each partition")
+        })
+        .collect()
+}
+
+/// How many records each partition of the write cluster's raw topic holds (the agent's
+/// producer is not transactional: offsets count records).
+fn partition_counts(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
+    let consumer = reader(bootstrap, "bench-pipeline-spread", topic, partitions, &[])?;
+    (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            Ok(high - low)
+        })
+        .collect()
+}
+
 /// Generated lines, as `loadgen` writes them, into `dir`.
 fn generate(
     dir: &std::path::Path,
@@ -378,13 +417,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let cpu_before = cpu(&pipeline);
     let moved = Instant::now();
-    for file in &written.files {
-        std::fs::rename(
-            &file.path,
-            pipeline
-                .log_dir()
-                .join(file.path.file_name().context("file name")?),
-        )?;
+    let names = spread_names(&pipeline.log_dir(), written.files.len(), partitions);
+    for (file, name) in written.files.iter().zip(names) {
+        std::fs::rename(&file.path, name)?;
     }
     let deadline = moved + Duration::from_secs(900);
     let mut progress: Vec<(u64, Instant)> = Vec::new();
@@ -411,6 +446,16 @@ async fn main() -> anyhow::Result<()> {
         .zip(&cpu_before)
         .map(|((c, after), (_, before))| (c, after - before))
         .collect();
+    let spread = partition_counts(
+        pipeline.write_cluster().bootstrap(),
+        pipeline.raw_topic(),
+        partitions,
+    )?;
+    println!("the backlog's records per raw partition: {spread:?}");
+    anyhow::ensure!(
+        written.files.len() < partitions as usize || spread.iter().all(|n| *n > 0),
+        "the backlog's files did not land on every partition: {spread:?}"
+    );
     let ((low, t_low), (high, t_high)) = (at(0.1), at(0.9));
     let steady = (high - low) as f64 / (t_high - t_low).as_secs_f64();
     let overall = lines as f64 / (progress.last().expect("progress").1 - moved).as_secs_f64();

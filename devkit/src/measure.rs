@@ -121,6 +121,27 @@ fn warm_up_record(topic: &str) -> BaseRecord<'_, (), [u8]> {
     BaseRecord::to(topic).payload(b"warm-up".as_slice())
 }
 
+/// The partition librdkafka's default partitioner (`consistent_random`: CRC32 of the key, modulo
+/// the partition count) gives a record with key `key`: where a producer with default settings,
+/// the agent's, writes it. A benchmark that must spread keyed records like its reference spreads
+/// unkeyed ones asks here instead of copying the hash.
+pub fn default_partition(key: &[u8], partitions: i32) -> i32 {
+    assert!(!key.is_empty() && partitions > 0, "a key and partitions");
+    // SAFETY: the consistent partitioners read only `key` (`keylen` bytes) and the count; the
+    // topic handle and opaques are unused by them, and a non-empty key never takes the random
+    // branch.
+    unsafe {
+        rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random(
+            std::ptr::null(),
+            key.as_ptr().cast(),
+            key.len(),
+            partitions,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
 /// The producer benchmarks fill their input topics with before the clock starts (idempotent,
 /// lz4, 1 MiB batches, 10 ms linger): fast, so the set-up is short, and one setting for every
 /// benchmark, so their inputs are batched and compressed alike.
@@ -287,6 +308,16 @@ mod tests {
         assert_eq!(status_kib(status, "VmHWM:"), Some(2048));
         assert_eq!(status_kib(status, "VmRSS:"), Some(1024));
         assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn the_default_partition_is_the_keys_crc32_modulo_the_count() {
+        // CRC-32's check value for "123456789" is 0xCBF43926 = 3,421,780,262.
+        assert_eq!(default_partition(b"123456789", 4), 2);
+        assert_eq!(default_partition(b"123456789", 7), 5);
+        // 564,367,953.
+        assert_eq!(default_partition(b"bench-host|/var/log/game/0.log", 4), 1);
+        assert_eq!(default_partition(b"bench-host|/var/log/game/0.log", 7), 2);
     }
 
     #[test]
