@@ -66,7 +66,8 @@
 //! `logpipe_mirror_commit_latency_seconds`, `logpipe_mirror_shard_owned`,
 //! `logpipe_mirror_shard_errors_total`; and `logpipe_mirror_shards_owned`,
 //! `logpipe_mirror_target_topics_missing`, `logpipe_mirror_loop_skipped_total`. `/ready` is true
-//! while both clusters answer metadata requests.
+//! while both clusters answer metadata requests and every shard the group gave this instance has
+//! opened its session (`shards_ready`): from then on the instance copies all it owns.
 
 mod clients;
 mod config;
@@ -75,6 +76,7 @@ mod copy;
 mod membership;
 mod metrics;
 mod shard;
+mod shards_ready;
 mod state;
 mod topology;
 
@@ -87,6 +89,7 @@ use tokio::sync::watch;
 pub use crate::config::MirrorConfig;
 use crate::metrics as names;
 use crate::shard::Shared;
+use crate::shards_ready::ShardsReady;
 use crate::topology::{missing_message, ScanError, Scanner};
 
 /// The service, for `logpipe_core::service::main`.
@@ -173,6 +176,7 @@ async fn run(config: Arc<MirrorConfig>, ctx: Context) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         config: config.clone(),
         topology,
+        ready: ShardsReady::new(ctx.readiness.clone()),
     });
 
     let stop = ctx.shutdown.child_token();

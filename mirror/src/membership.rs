@@ -101,6 +101,7 @@ impl ConsumerContext for Shards {
                 let shards = self.shards_in(rebalance);
                 tracing::info!(?shards, "shards revoked from this instance");
                 self.stop(&shards);
+                self.shared.ready.revoked(&shards);
             }
             Rebalance::Error(e) => tracing::warn!("shard assignment: {e}"),
             Rebalance::Assign(_) => {}
@@ -113,7 +114,15 @@ impl ConsumerContext for Shards {
             if let Err(e) = consumer.pause(list) {
                 tracing::warn!("pausing the assignment member: {e}");
             }
-            for shard in self.shards_in(rebalance) {
+            let new: Vec<i32> = {
+                let workers = self.workers.lock().expect("workers lock");
+                self.shards_in(rebalance)
+                    .into_iter()
+                    .filter(|shard| !workers.contains_key(shard))
+                    .collect()
+            };
+            self.shared.ready.assigned(&new);
+            for shard in new {
                 self.start(shard);
             }
         }

@@ -38,6 +38,7 @@ use crate::clients::{self, TargetReader};
 use crate::config::{DataLossPolicy, MirrorConfig};
 use crate::copy::copy_of;
 use crate::metrics as names;
+use crate::shards_ready::ShardsReady;
 use crate::state::{self, Position};
 use crate::topology::Topology;
 
@@ -50,6 +51,7 @@ const STATE_RECORD: usize = usize::MAX;
 pub(crate) struct Shared {
     pub(crate) config: Arc<MirrorConfig>,
     pub(crate) topology: watch::Receiver<Arc<Topology>>,
+    pub(crate) ready: ShardsReady,
 }
 
 /// Runs a shard until `stop` is cancelled, restarting its session after errors with backoff.
@@ -57,7 +59,10 @@ pub(crate) fn run(shared: &Shared, shard: i32, stop: &CancellationToken) {
     let mut backoff = Duration::from_millis(500);
     gauge!(names::SHARD_OWNED, "shard" => shard.to_string()).set(1.0);
     while !stop.is_cancelled() {
-        let outcome = Session::open(shared, shard, stop).and_then(|mut session| session.run(stop));
+        let outcome = Session::open(shared, shard, stop).and_then(|mut session| {
+            shared.ready.opened(shard);
+            session.run(stop)
+        });
         match outcome {
             Ok(Outcome::Stopped) => break,
             Ok(Outcome::Reopen) => backoff = Duration::from_millis(500),

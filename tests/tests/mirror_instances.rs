@@ -20,6 +20,12 @@ async fn survivor_takes_over_the_killed_instances_shards_exactly_once() -> anyho
     let (config_a, addr_a) = mirror_config(dir.path(), "a.toml", &write, &read, "")?;
     let (config_b, addr_b) = mirror_config(dir.path(), "b.toml", &write, &read, "")?;
     let mut a = start_mirror(&config_a, addr_a).await?;
+    // Ready means copying: alone in the group, `a` got every shard, and each opened its session.
+    let ready: serde_json::Value = reqwest::get(format!("http://{addr_a}/ready"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ready["checks"]["shards"]["ready"], true, "{ready}");
     let mut b = start_mirror(&config_b, addr_b).await?;
     let owned = |addr| async move { metrics::total(addr, mirror::SHARDS_OWNED).await };
     wait_until(Duration::from_secs(60), || async {
