@@ -790,7 +790,7 @@ impl Pipeline {
                 .map(|h| (h.key, h.value));
             match RecordId::from_headers(pairs) {
                 Ok(Some(id)) => {
-                    if filter.is_resend(&(message.topic().to_owned(), message.partition()), &id) {
+                    if filter.is_resend(message.topic(), message.partition(), &id) {
                         *batch
                             .counts
                             .resends
@@ -844,11 +844,7 @@ impl Pipeline {
         };
         // Only a record that is written moves its file's high mark (not one held for a pause).
         if let (Mode::Live { filter, .. }, Some(id)) = (&mut self.mode, &resend_id) {
-            filter.pass(
-                &(message.topic().to_owned(), message.partition()),
-                id,
-                batch.started_ms,
-            );
+            filter.pass(message.topic(), message.partition(), id, batch.started_ms);
         }
         let key = message.key();
         let timestamp = message.timestamp().to_millis();
