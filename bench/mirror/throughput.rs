@@ -85,21 +85,22 @@ fn owns(p: i32, client: i32, clients: i32) -> bool {
     p % clients == client
 }
 
+/// Sends `values` (made by the caller before the clock and the CPU count start: the ceiling is
+/// the producers', not the generator's) round-robin over the partitions.
 fn fill(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     clients: i32,
-    records: usize,
+    values: &[Vec<u8>],
     size: usize,
 ) -> anyhow::Result<Rate> {
-    // Values are made before the clock starts: the ceiling is the producer's, not the generator's.
-    let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
+    let records = values.len();
     let start = std::sync::Barrier::new(clients as usize + 1);
     let elapsed = std::thread::scope(|scope| -> anyhow::Result<Duration> {
         let senders: Vec<_> = (0..clients)
             .map(|client| {
-                let (values, start) = (&values, &start);
+                let start = &start;
                 scope.spawn(move || -> anyhow::Result<()> {
                     let producer = filling_producer(bootstrap)?;
                     warm_up_polling(&producer, WARM_UP)?;
@@ -379,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
         let mut read =
             DevCluster::start_retaining("read", 1, &read_topics, Some(retention)).await?;
         let (w, r) = (write.bootstrap().to_owned(), read.bootstrap().to_owned());
+        let values: Vec<Vec<u8>> = (0..records).map(|i| value(i, size)).collect();
         let mut cpu = Cpu::now(&mut write, &mut read);
         let mut phase_cpu = |write: &mut DevCluster, read: &mut DevCluster| {
             let now = Cpu::now(write, read);
@@ -386,11 +388,15 @@ async fn main() -> anyhow::Result<()> {
             cpu = now;
             used
         };
-        let produced = tokio::task::spawn_blocking(move || {
-            fill(&w, SOURCE, partitions, shards, records, size)
+        // The values come back to be freed after the producers' CPU is counted.
+        let (produced, values) = tokio::task::spawn_blocking(move || {
+            let rate = fill(&w, SOURCE, partitions, shards, &values, size);
+            (rate, values)
         })
-        .await??;
+        .await?;
         let produced_cpu = phase_cpu(&mut write, &mut read);
+        drop(values);
+        let produced = produced?;
         let w = write.bootstrap().to_owned();
         let consumed = tokio::task::spawn_blocking(move || {
             drain(&w, SOURCE, partitions, shards, records, size)
