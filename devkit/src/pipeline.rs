@@ -571,7 +571,7 @@ impl ServiceConfigs<'_> {
             // `start` makes every read-side topic before the services run, so the mirror creates
             // none. Sessions keep their defaults: the fault suite holds the services to them.
             Component::Mirror => format!(
-                "name = {}\ncommit_interval_ms = 200\ncreate_topics = false\n\
+                "name = {}\ncreate_topics = false\n\
                  [source]\nbootstrap = {}\n[target]\nbootstrap = {}\n\
                  [topics]\ninclude = [{}]\nrefresh_interval_ms = 1000\n{telemetry}",
                 toml_str(MIRROR_NAME),
