@@ -18,6 +18,8 @@
 //!    the reference's lines do (checked against the raw topic afterwards). A read_committed consumer counts clean records as they become visible; the
 //!    steady-state rate is the count between 10 % and 90 % of the lines over the time between
 //!    (start-up and the tail excluded). All lines are valid, so every line ends in `clean.game`.
+//!    Two more readers count the raw topic on the write cluster (the agent's output) and on the
+//!    read cluster (the mirror's, read_committed), so the same rate is reported per hop.
 //!    Each service's CPU (user + system, from `/proc`) from the move to the last clean record,
 //!    per million lines, says what a line costs at each hop.
 //! 3. Latency: the generator writes at a fixed rate (well under the throughput) for a while; for
@@ -83,27 +85,57 @@ fn ceiling(bootstrap: &str, partitions: i32, lines: &[Vec<u8>]) -> anyhow::Resul
     Ok(lines.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// What the consumer thread reports.
+/// What the reader threads report.
 enum Seen {
-    /// The throughput phase: a count of records reached (every 1 % of the backlog), and when.
-    Progress(u64, Instant),
+    /// The throughput phase: a count of records reached in a hop's output (every 1 % of the
+    /// backlog), and when.
+    Progress(Hop, u64, Instant),
     /// The latency phase: (line written -> visible, agent read -> visible) in ms, for one record.
     Latency(i64, i64),
     /// The latency phase, an earlier hop: line written -> visible in that hop's output, in ms.
     Hop(Hop, i64),
 }
 
-/// The hops before the clean topic, each measured where its output becomes visible.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The hops, each measured where its output becomes visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Hop {
     /// The agent: the raw topic on the write cluster.
     Agent,
     /// The mirror: the raw topic on the read cluster (read_committed: after its commit).
     Mirror,
+    /// The validator: the clean topic (read_committed).
+    Validator,
 }
 
-/// A raw topic's reader: skips the `backlog` records of the throughput phase, then reports each
-/// later record's latency (its JSON line's `event_time` to the moment it became visible).
+impl Hop {
+    const ALL: [Hop; 3] = [Hop::Agent, Hop::Mirror, Hop::Validator];
+
+    fn name(self) -> &'static str {
+        match self {
+            Hop::Agent => "agent",
+            Hop::Mirror => "mirror",
+            Hop::Validator => "validator",
+        }
+    }
+}
+
+/// Lines/s of a hop's output between 10 % and 90 % of `lines` (start-up and tail excluded), from
+/// its progress reports (count, when).
+fn steady_rate(progress: &[(u64, Instant)], lines: u64) -> f64 {
+    let at = |fraction: f64| {
+        progress
+            .iter()
+            .find(|(count, _)| *count as f64 >= lines as f64 * fraction)
+            .copied()
+            .expect("progress reaches the end")
+    };
+    let ((low, t_low), (high, t_high)) = (at(0.1), at(0.9));
+    (high - low) as f64 / (t_high - t_low).as_secs_f64()
+}
+
+/// A raw topic's reader: counts the `backlog` records of the throughput phase (reporting
+/// progress), then reports each later record's latency (its JSON line's `event_time` to the
+/// moment it became visible).
 struct RawReader {
     hop: Hop,
     bootstrap: String,
@@ -121,6 +153,7 @@ impl RawReader {
             self.partitions,
             &[("fetch.wait.max.ms", "10")],
         )?;
+        let step = (self.backlog / 100).max(1);
         let mut count = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let message = match consumer.poll(Duration::from_millis(100)) {
@@ -130,6 +163,9 @@ impl RawReader {
             let visible = now_ms();
             count += 1;
             if count <= self.backlog {
+                if count.is_multiple_of(step) || count == self.backlog {
+                    let _ = out.send(Seen::Progress(self.hop, count, Instant::now()));
+                }
                 continue;
             }
             let line: serde_json::Value =
@@ -200,7 +236,7 @@ impl CleanReader {
             if count <= backlog {
                 if count == next_report || count == backlog {
                     next_report += step;
-                    let _ = out.send(Seen::Progress(count, Instant::now()));
+                    let _ = out.send(Seen::Progress(Hop::Validator, count, Instant::now()));
                 }
                 continue;
             }
@@ -422,26 +458,40 @@ async fn main() -> anyhow::Result<()> {
         std::fs::rename(&file.path, name)?;
     }
     let deadline = moved + Duration::from_secs(900);
-    let mut progress: Vec<(u64, Instant)> = Vec::new();
-    while progress.last().is_none_or(|(count, _)| *count < lines) {
+    let mut progress: HashMap<Hop, Vec<(u64, Instant)>> = HashMap::new();
+    let reached = |progress: &HashMap<Hop, Vec<(u64, Instant)>>, hop| {
+        progress
+            .get(&hop)
+            .and_then(|p| p.last())
+            .map_or(0, |(count, _)| *count)
+    };
+    // The services' CPU is taken when the last clean record is seen; the hops' readers may
+    // report their last progress a little later.
+    let mut cpu_after = None;
+    while Hop::ALL.iter().any(|hop| reached(&progress, *hop) < lines) {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Seen::Progress(count, at)) => progress.push((count, at)),
+            Ok(Seen::Progress(hop, count, at)) => {
+                progress.entry(hop).or_default().push((count, at));
+                if hop == Hop::Validator && count == lines {
+                    cpu_after = Some(cpu(&pipeline));
+                }
+            }
             Ok(Seen::Latency(..)) => bail!("a record beyond the backlog before its end"),
             Ok(Seen::Hop(..)) => bail!("a raw record beyond the backlog before its end"),
-            Err(_) => bail!(
-                "the clean topic got {} of {lines} lines within 900 s",
-                progress.last().map_or(0, |p| p.0)
-            ),
+            Err(_) => {
+                let got: Vec<String> = Hop::ALL
+                    .iter()
+                    .map(|hop| format!("{} {}", hop.name(), reached(&progress, *hop)))
+                    .collect();
+                bail!(
+                    "within 900 s the hops' outputs got only {} of {lines} lines",
+                    got.join(", ")
+                )
+            }
         }
     }
-    let at = |fraction: f64| {
-        progress
-            .iter()
-            .find(|(count, _)| *count as f64 >= lines as f64 * fraction)
-            .copied()
-            .expect("progress reaches the end")
-    };
-    let cpu_spent: Vec<(Component, f64)> = cpu(&pipeline)
+    let cpu_spent: Vec<(Component, f64)> = cpu_after
+        .expect("the clean topic reached the backlog")
         .into_iter()
         .zip(&cpu_before)
         .map(|((c, after), (_, before))| (c, after - before))
@@ -456,11 +506,23 @@ async fn main() -> anyhow::Result<()> {
         written.files.len() < partitions as usize || spread.iter().all(|n| *n > 0),
         "the backlog's files did not land on every partition: {spread:?}"
     );
-    let ((low, t_low), (high, t_high)) = (at(0.1), at(0.9));
-    let steady = (high - low) as f64 / (t_high - t_low).as_secs_f64();
-    let overall = lines as f64 / (progress.last().expect("progress").1 - moved).as_secs_f64();
+    let hop_rates: Vec<(Hop, f64)> = Hop::ALL
+        .iter()
+        .map(|hop| (*hop, steady_rate(&progress[hop], lines)))
+        .collect();
+    let steady = steady_rate(&progress[&Hop::Validator], lines);
+    let last_clean = progress[&Hop::Validator].last().expect("progress").1;
+    let overall = lines as f64 / (last_clean - moved).as_secs_f64();
     println!(
         "throughput: {steady:.0} lines/s at steady state (10-90 %), {overall:.0} lines/s from the move to the last clean record"
+    );
+    let per_hop: Vec<String> = hop_rates
+        .iter()
+        .map(|(hop, rate)| format!("{} {rate:.0}", hop.name()))
+        .collect();
+    println!(
+        "each hop's output at steady state (10-90 %), lines/s: {}",
+        per_hop.join(", ")
     );
     let per_million = |seconds: f64| seconds / (lines as f64 / 1e6);
     let spent: Vec<String> = cpu_spent
@@ -501,14 +563,11 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             // Each hop's own first lines are its warm-up.
-            Ok(Seen::Hop(hop, ms)) => {
-                let samples = if hop == Hop::Agent {
-                    &mut agent
-                } else {
-                    &mut mirror
-                };
-                samples.push(ms);
-            }
+            Ok(Seen::Hop(hop, ms)) => match hop {
+                Hop::Agent => agent.push(ms),
+                Hop::Mirror => mirror.push(ms),
+                Hop::Validator => bail!("the clean topic's latency comes as Latency"),
+            },
             Ok(Seen::Progress(..)) => {}
             Err(_) => bail!(
                 "the latency phase got {seen} of {} lines within 300 s",
@@ -561,6 +620,17 @@ async fn main() -> anyhow::Result<()> {
     .target(0.3)
     .extra("from_move_to_last_lines_per_s", overall.round())
     .emit()?;
+    for (hop, rate) in &hop_rates {
+        Row::new(
+            "pipeline",
+            &case,
+            &format!("visible after the {}, steady state", hop.name()),
+            *rate,
+            "lines/s",
+        )
+        .against("plain producer from memory (first hop only)", reference)
+        .emit()?;
+    }
     for (c, seconds) in &cpu_spent {
         Row::new(
             "pipeline",
