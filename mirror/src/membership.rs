@@ -41,6 +41,8 @@ impl Shards {
         if workers.contains_key(&shard) {
             return;
         }
+        // Before the thread exists, so its session cannot open before it is awaited.
+        self.shared.ready.assigned(&[shard]);
         let stop = CancellationToken::new();
         let shared = self.shared.clone();
         let token = stop.clone();
@@ -114,15 +116,9 @@ impl ConsumerContext for Shards {
             if let Err(e) = consumer.pause(list) {
                 tracing::warn!("pausing the assignment member: {e}");
             }
-            let new: Vec<i32> = {
-                let workers = self.workers.lock().expect("workers lock");
-                self.shards_in(rebalance)
-                    .into_iter()
-                    .filter(|shard| !workers.contains_key(shard))
-                    .collect()
-            };
-            self.shared.ready.assigned(&new);
-            for shard in new {
+            // An assignment that gives this instance no shard is an answer too.
+            self.shared.ready.assigned(&[]);
+            for shard in self.shards_in(rebalance) {
                 self.start(shard);
             }
         }
