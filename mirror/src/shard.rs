@@ -446,7 +446,7 @@ impl<'a> Session<'a> {
                 }
                 wait = Duration::ZERO;
             }
-            self.producer.poll(Duration::ZERO);
+            serve_deliveries(&self.producer);
             if caught_up || self.last_commit.elapsed() >= interval {
                 self.commit()?;
             }
@@ -519,7 +519,7 @@ impl<'a> Session<'a> {
                         bail!("stopping while the target is not accepting records");
                     }
                     record = returned;
-                    self.producer.poll(Duration::from_millis(50));
+                    wait_for_deliveries(&self.producer);
                 }
                 Err((e, _)) => {
                     return Err(anyhow::Error::from(e).context("producing to the target"))
@@ -592,14 +592,9 @@ impl<'a> Session<'a> {
     /// Waits until the target acknowledged everything produced. rdkafka's `flush` (also run
     /// inside `commit_transaction`) sleeps in steps of 100 ms between checks, which made every
     /// commit cost about 200 ms; waiting in 1 ms steps ends as soon as the last acknowledgement
-    /// arrives, and leaves `commit_transaction` nothing to wait for. Each step runs librdkafka's
-    /// own `rd_kafka_flush` for 1 ms: while it runs, the broker threads send partly filled
-    /// batches at once instead of waiting out `linger.ms` (so the tail of a transaction and
-    /// its state records cost a round trip, not linger plus a round trip). In rdkafka's event
-    /// mode that call only waits, so the delivery reports are served between the steps.
+    /// arrives, and leaves `commit_transaction` nothing to wait for.
     fn await_acknowledgements(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + CALL_TIMEOUT;
-        let native = self.producer.client().native_ptr();
         while self.producer.in_flight_count() > 0 {
             if Instant::now() >= deadline {
                 bail!(
@@ -607,9 +602,7 @@ impl<'a> Session<'a> {
                     self.producer.in_flight_count()
                 );
             }
-            // SAFETY: the handle is valid while `self.producer` lives; the call is thread safe.
-            unsafe { rdkafka::bindings::rd_kafka_flush(native, 1) };
-            self.producer.poll(Duration::from_millis(1));
+            wait_for_deliveries(&self.producer);
         }
         Ok(())
     }
@@ -641,6 +634,32 @@ impl<'a> Session<'a> {
                     .commit_age
                     .set(run.last_commit.elapsed().as_secs_f64());
             }
+        }
+    }
+}
+
+/// One 1 ms step of waiting for the target: librdkafka's own `rd_kafka_flush`, during which
+/// the broker threads send partly filled batches at once instead of waiting out `linger.ms`
+/// (so the tail of a transaction costs a round trip, not linger plus a round trip), then the
+/// delivery reports that came in. In rdkafka's event mode that flush only sleeps; rdkafka's
+/// own `poll(timeout)` must not do the waiting, as it spins for any timeout under a
+/// millisecond (it passes whole milliseconds to librdkafka and loops until its deadline):
+/// the shard thread was busy for half of every wait, on cores the pipeline shares.
+fn wait_for_deliveries(producer: &BaseProducer<Deliveries>) {
+    let native = producer.client().native_ptr();
+    // SAFETY: the handle is valid while `producer` lives; the call is thread safe.
+    unsafe { rdkafka::bindings::rd_kafka_flush(native, 1) };
+    serve_deliveries(producer);
+}
+
+/// Serves every delivery report already queued, without waiting: `poll(0)` serves at most
+/// one event, and each served report lowers the in-flight count.
+fn serve_deliveries(producer: &BaseProducer<Deliveries>) {
+    loop {
+        let before = producer.in_flight_count();
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() >= before {
+            return;
         }
     }
 }
