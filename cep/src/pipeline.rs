@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use logpipe_core::kafka::{
     batch_offsets, commit_transaction, create_topics, end_reader, init_transactions, is_fatal,
     max_record_bytes, read_to_end, records_behind, report_lag, rewind, send_offsets, send_waiting,
-    GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
+    transactional_producer, GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
 };
 use logpipe_core::record::{cep_header, cep_repartition_topic, RecordId, CEP_LATE_TOPIC};
 use logpipe_core::telemetry::Readiness;
@@ -213,8 +213,7 @@ impl Worker {
             "logpipe-cep",
         );
         let max_entry_bytes = max_record_bytes(&producer_config);
-        let producer: ThreadedProducer<DefaultProducerContext> = producer_config
-            .create()
+        let producer = transactional_producer(producer_config)
             .context("creating the transactional producer")?;
         let admin: AdminClient<DefaultClientContext> = settings
             .kafka

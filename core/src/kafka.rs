@@ -22,7 +22,7 @@ pub use size::{max_record_bytes, record_size, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};
 pub use topics::create_topics;
 pub use transaction::{
     batch_offsets, commit_transaction, init_transactions, is_fatal, records_behind, report_lag,
-    rewind, send_offsets, send_waiting,
+    rewind, send_offsets, send_waiting, transactional_producer,
 };
 
 use std::collections::BTreeMap;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use deltalake::arrow::datatypes::{DataType, Fields, SchemaRef};
 use logpipe_core::kafka::{
-    commit_transaction, init_transactions, is_fatal, send_offsets, send_waiting, GroupEvent,
-    KafkaConfig, RebalanceLog, Role,
+    commit_transaction, init_transactions, is_fatal, send_offsets, send_waiting,
+    transactional_producer, GroupEvent, KafkaConfig, RebalanceLog, Role,
 };
 use logpipe_core::service::Context;
 use logpipe_schema_client::Client;
@@ -157,16 +157,13 @@ pub(crate) async fn run(settings: Settings, client: Client, ctx: Context) -> any
     .context("creating the consumer")?;
     let topics: Vec<&str> = settings.table.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).context("subscribing")?;
-    let producer: ThreadedProducer<DefaultProducerContext> = settings
-        .kafka
-        .client_config(
-            &Role::TransactionalProducer {
-                transactional_id: format!("{}/{}", settings.group, settings.instance),
-            },
-            "logpipe-lake",
-        )
-        .create()
-        .context("creating the dead-letter producer")?;
+    let producer = transactional_producer(settings.kafka.client_config(
+        &Role::TransactionalProducer {
+            transactional_id: format!("{}/{}", settings.group, settings.instance),
+        },
+        "logpipe-lake",
+    ))
+    .context("creating the dead-letter producer")?;
     // Fences a predecessor of the same instance and aborts what it left open.
     if !init_transactions(
         &producer,

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
     commit_transaction, end_reader, init_transactions, is_fatal, max_record_bytes, partition_count,
-    read_at, read_to_end, record_size, report_lag, rewind, send_offsets, send_waiting, EndReader,
-    GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
+    read_at, read_to_end, record_size, report_lag, rewind, send_offsets, send_waiting,
+    transactional_producer, EndReader, GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -289,8 +289,7 @@ impl Pipeline {
         let max_record_bytes = max_record_bytes(&producer_config);
         let topics = TopicMaker::new(&settings.kafka, settings.create_topics, max_record_bytes)
             .context("creating the admin client")?;
-        let producer: ThreadedProducer<DefaultProducerContext> = producer_config
-            .create()
+        let producer = transactional_producer(producer_config)
             .context("creating the transactional producer")?;
         if !init_transactions(
             &producer,

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Readiness;
@@ -27,6 +29,19 @@ pub fn is_fatal(e: &KafkaError) -> bool {
         }
         _ => false,
     }
+}
+
+/// Creates a loop's transactional producer from its client config. Nobody reads its success
+/// reports (a record that fails puts the transaction in an abortable state, so its commit fails,
+/// and [`commit_transaction`] waits on the in-flight count), so librdkafka reports only
+/// failures: each success report was an event for rdkafka's polling thread to wake for and
+/// serve (~7% of the validator's CPU in the pipeline), and an acknowledged record now leaves the
+/// in-flight count when acknowledged, not when that thread gets to it.
+pub fn transactional_producer(
+    mut config: ClientConfig,
+) -> KafkaResult<ThreadedProducer<DefaultProducerContext>> {
+    config.set("delivery.report.only.error", "true");
+    config.create()
 }
 
 /// Initialises transactions (fencing older producers of the same id), retrying with backoff
