@@ -513,13 +513,16 @@ impl<'a> Session<'a> {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 // Back-pressure: the producer queue holds this shard's share of the buffer
-                // budget; wait for the target instead of buffering more.
+                // budget; wait for the target instead of buffering more. Not by flushing: the
+                // batches of a full queue are full already, and a flush would send every
+                // partition's partial batch at once.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     if stop.is_cancelled() {
                         bail!("stopping while the target is not accepting records");
                     }
                     record = returned;
-                    wait_for_deliveries(&self.producer);
+                    std::thread::sleep(Duration::from_millis(1));
+                    serve_deliveries(&self.producer);
                 }
                 Err((e, _)) => {
                     return Err(anyhow::Error::from(e).context("producing to the target"))
