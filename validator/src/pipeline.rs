@@ -843,7 +843,7 @@ impl Pipeline {
         };
         // Only a record that is written moves its file's high mark (not one held for a pause).
         if let (Mode::Live { filter, .. }, Some(id)) = (&mut self.mode, &resend_id) {
-            filter.pass(message.topic(), message.partition(), id, batch.started_ms);
+            filter.mark(message.topic(), message.partition(), id, batch.started_ms);
         }
         let key = message.key();
         let timestamp = message.timestamp().to_millis();
