@@ -70,7 +70,7 @@ impl Validator {
         let value = Doc::parse(line).expect("valid JSON");
         let subject = self.strategy.subject("raw.game", &value).expect("subject");
         self.out.clear();
-        self.schemas[&subject]
+        self.schemas[&*subject]
             .write(&value, line, ExtraFields::Drop, &mut self.out)
             .expect("valid record");
         self.out.len()

@@ -53,11 +53,11 @@ pub(crate) fn describe() {
     );
     describe_histogram!(
         GATHER,
-        "Seconds per committed batch spent waiting for records."
+        "Seconds per committed batch spent waiting for its first record."
     );
     describe_histogram!(
         CHECK,
-        "Seconds per committed batch spent parsing, validating and encoding."
+        "Seconds per committed batch from its first record to its commit: reading, parsing, validating, encoding and enqueueing."
     );
     describe_histogram!(
         COMMIT,

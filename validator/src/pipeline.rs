@@ -20,6 +20,7 @@
 //! records are restored to their original form and routed by their original topic, resend
 //! removal is off, and the loop ends at the DLQ's end offsets taken at start.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,7 +121,6 @@ enum Step {
 }
 
 /// The open transaction's records.
-#[derive(Default)]
 struct Batch {
     /// Whether the transaction has begun.
     open: bool,
@@ -130,14 +130,32 @@ struct Batch {
     /// (topic, partition, first offset, last offset): a batch holds a few partitions.
     partitions: Vec<(String, i32, i64, i64)>,
     counts: BatchCounts,
-    /// Time spent checking records and enqueueing what they became.
+    /// Time spent reading, checking records and enqueueing what they became: from the first
+    /// record to the end of the batch (a batch ends once nothing more is fetched, so no part of
+    /// it waits), not timed per record.
     checking: Duration,
+    /// The transaction's start. The schema cache takes it as the time of every lookup in the
+    /// batch: a `latest` subject is refreshed every few seconds, a batch lasts milliseconds.
+    started: Instant,
     /// Wall clock at the transaction's start, in ms: the time the resend filter stamps on what
     /// it sees (its entries live for hours, so one clock read per transaction is precise enough).
     started_ms: i64,
 }
 
 impl Batch {
+    fn new() -> Batch {
+        Batch {
+            open: false,
+            records: 0,
+            bytes: 0,
+            partitions: Vec::new(),
+            counts: BatchCounts::default(),
+            checking: Duration::ZERO,
+            started: Instant::now(),
+            started_ms: now_ms(),
+        }
+    }
+
     fn read(&mut self, topic: &str, partition: i32, offset: i64, bytes: usize) {
         self.records += 1;
         self.bytes += bytes;
@@ -192,19 +210,33 @@ impl Read for OwnedMessage {
 /// Per-batch counts, published to metrics only once the batch is committed.
 #[derive(Default)]
 struct BatchCounts {
-    valid: HashMap<(String, String), u64>,
+    /// By source topic, then subject.
+    valid: Counts<String, Counts<Arc<str>, u64>>,
     invalid: HashMap<(String, ErrorStage, Reason), u64>,
-    dropped_fields: HashMap<String, u64>,
-    resends: HashMap<String, u64>,
+    dropped_fields: Counts<String, u64>,
+    resends: Counts<String, u64>,
     skipped: u64,
+}
+
+/// Counted for every record: hashed with foldhash rather than SipHash.
+type Counts<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The count of `topic` in `counts`, copying the name only the first time it is counted.
+fn count_of<'c, V: Default>(counts: &'c mut Counts<String, V>, topic: &str) -> &'c mut V {
+    if !counts.contains_key(topic) {
+        counts.insert(topic.to_owned(), V::default());
+    }
+    counts.get_mut(topic).expect("inserted above")
 }
 
 impl BatchCounts {
     fn publish(self, totals: &mut Totals) {
-        for ((topic, subject), n) in self.valid {
-            metrics::counter!(names::RECORDS_VALID, "topic" => topic, "subject" => subject)
-                .increment(n);
-            totals.clean += n;
+        for (topic, subjects) in self.valid {
+            for (subject, n) in subjects {
+                metrics::counter!(names::RECORDS_VALID, "topic" => topic.clone(), "subject" => subject.to_string())
+                    .increment(n);
+                totals.clean += n;
+            }
         }
         for ((topic, stage, reason), n) in self.invalid {
             metrics::counter!(names::RECORDS_INVALID, "topic" => topic, "stage" => stage.as_str(), "reason" => reason.as_str())
@@ -589,11 +621,9 @@ impl Pipeline {
     async fn transaction(&mut self) -> anyhow::Result<Ended> {
         let consumer = Arc::clone(&self.consumer);
         let started = Instant::now();
-        let mut batch = Batch {
-            started_ms: now_ms(),
-            ..Batch::default()
-        };
-        let mut deadline = None;
+        let mut batch = Batch::new();
+        // When the first record was read, and so when the batch ends at the latest.
+        let mut first: Option<(Instant, Instant)> = None;
         let mut paused = None;
         if let Mode::Live { filter, .. } = &mut self.mode {
             filter.expire(batch.started_ms);
@@ -604,7 +634,7 @@ impl Pipeline {
             if batch.records >= self.settings.batch_records
                 || batch.bytes >= self.settings.batch_bytes
                 || (turns.is_multiple_of(DEADLINE_EVERY)
-                    && deadline.is_some_and(|d| Instant::now() >= d))
+                    && first.is_some_and(|(_, deadline)| Instant::now() >= deadline))
             {
                 break;
             }
@@ -644,7 +674,10 @@ impl Pipeline {
                 match received {
                     None => break,
                     Some(Ok(message)) => {
-                        deadline.get_or_insert_with(|| Instant::now() + self.settings.batch_time);
+                        first.get_or_insert_with(|| {
+                            let now = Instant::now();
+                            (now, now + self.settings.batch_time)
+                        });
                         if !self.wanted(&message) {
                             continue;
                         }
@@ -685,6 +718,9 @@ impl Pipeline {
                 }
             }
         }
+        if let Some((first, _)) = first {
+            batch.checking = first.elapsed();
+        }
         if batch.records > 0 {
             self.readiness.ready(&self.settings.kafka_check);
             if self.checker.store_reachable() {
@@ -716,7 +752,10 @@ impl Pipeline {
     /// routes it was not read for.
     fn wanted(&mut self, message: &impl Message) -> bool {
         match self.mode {
-            Mode::Live { .. } => self.subscribed.iter().any(|t| t == message.topic()),
+            Mode::Live { .. } => {
+                let topic = message.topic();
+                self.subscribed.iter().any(|t| t == topic)
+            }
             Mode::Replay { .. } => {
                 let Some(&end) = self.ends.get(&message.partition()) else {
                     return false;
@@ -767,6 +806,8 @@ impl Pipeline {
     /// (opening it for the first record). A resend, or in replay a record not selected, is passed
     /// over; either way the record's offset is the transaction's.
     async fn take<M: Read>(&mut self, message: &M, batch: &mut Batch) -> anyhow::Result<Step> {
+        // rdkafka looks the name up (and checks its UTF-8) at every call.
+        let topic = message.topic();
         // In replay, the original record without the previous verdict, from its own topic.
         let (source_topic, headers) = match &self.mode {
             Mode::Replay { select, .. } => {
@@ -775,10 +816,10 @@ impl Pipeline {
                     return Ok(self.passed_over(message, batch));
                 }
                 let original = header_text(message, error_header::TOPIC)
-                    .unwrap_or_else(|| message.topic().to_owned());
+                    .map_or(Cow::Borrowed(topic), Cow::Owned);
                 (original, Some(replayed_headers(message)))
             }
-            Mode::Live { .. } => (message.topic().to_owned(), message.owned_headers()),
+            Mode::Live { .. } => (Cow::Borrowed(topic), message.owned_headers()),
         };
         let mut resend_id = None;
         if let Mode::Live { filter, .. } = &self.mode {
@@ -789,52 +830,47 @@ impl Pipeline {
                 .map(|h| (h.key, h.value));
             match RecordId::from_headers(pairs) {
                 Ok(Some(id)) => {
-                    if filter.is_resend(message.topic(), message.partition(), &id) {
-                        *batch
-                            .counts
-                            .resends
-                            .entry(message.topic().to_owned())
-                            .or_default() += 1;
+                    if filter.is_resend(topic, message.partition(), &id) {
+                        *count_of(&mut batch.counts.resends, topic) += 1;
                         return Ok(self.passed_over(message, batch));
                     }
                     resend_id = Some(id);
                 }
                 Ok(None) => {}
-                Err(e) => tracing::debug!(
-                    topic = message.topic(),
-                    offset = message.offset(),
-                    "no resend check: {e}"
-                ),
+                Err(e) => tracing::debug!(topic, offset = message.offset(), "no resend check: {e}"),
             }
         }
         let original;
-        let raw = match header_text(message, error_header::OMITTED) {
+        let omitted = matches!(self.mode, Mode::Replay { .. })
+            && header_text(message, error_header::OMITTED).is_some();
+        let raw = match omitted {
             // A dead letter written without its record: replay the record where it stays.
-            Some(_) if matches!(self.mode, Mode::Replay { .. }) => {
-                match self.read_original(message)? {
-                    Some(read) => {
-                        original = read;
-                        &original[..]
-                    }
-                    None => {
-                        tracing::error!(
-                            topic = message.topic(),
+            true => match self.read_original(message)? {
+                Some(read) => {
+                    original = read;
+                    &original[..]
+                }
+                None => {
+                    tracing::error!(
+                            topic,
                             partition = message.partition(),
                             offset = message.offset(),
                             "the record of this dead letter was written without it and is no longer where its lp.error headers point (retention): it cannot be replayed"
                         );
-                        batch.counts.skipped += 1;
-                        return Ok(self.passed_over(message, batch));
-                    }
+                    batch.counts.skipped += 1;
+                    return Ok(self.passed_over(message, batch));
                 }
-            }
-            _ => message.payload().unwrap_or_default(),
+            },
+            false => message.payload().unwrap_or_default(),
         };
-        let checking = Instant::now();
         // One buffer for every clean value: librdkafka copies what it is given.
         let mut encoded = std::mem::take(&mut self.encoded);
         encoded.clear();
-        let verdict = match self.checker.check(&source_topic, raw, &mut encoded).await {
+        let verdict = match self
+            .checker
+            .check(&source_topic, raw, &mut encoded, batch.started)
+            .await
+        {
             Ok(verdict) => verdict,
             Err(unavailable) => {
                 self.encoded = encoded;
@@ -843,7 +879,7 @@ impl Pipeline {
         };
         // Only a record that is written moves its file's high mark (not one held for a pause).
         if let (Mode::Live { filter, .. }, Some(id)) = (&mut self.mode, &resend_id) {
-            filter.mark(message.topic(), message.partition(), id, batch.started_ms);
+            filter.mark(topic, message.partition(), id, batch.started_ms);
         }
         let key = message.key();
         let timestamp = message.timestamp().to_millis();
@@ -870,26 +906,21 @@ impl Pipeline {
             }),
             verdict => verdict,
         };
-        let (topic, value, headers) = match verdict {
+        let (output, value, headers) = match verdict {
             Verdict::Clean {
-                topic,
+                topic: output,
                 subject,
                 dropped_fields,
                 ..
             } => {
-                *batch
-                    .counts
-                    .valid
-                    .entry((source_topic.clone(), subject))
+                *count_of(&mut batch.counts.valid, &source_topic)
+                    .entry(subject)
                     .or_default() += 1;
                 if dropped_fields > 0 {
-                    *batch
-                        .counts
-                        .dropped_fields
-                        .entry(source_topic.clone())
-                        .or_default() += dropped_fields as u64;
+                    *count_of(&mut batch.counts.dropped_fields, &source_topic) +=
+                        dropped_fields as u64;
                 }
-                (topic, &encoded[..], headers.unwrap_or_default())
+                (output, &encoded[..], headers.unwrap_or_default())
             }
             Verdict::Dead(mut dead) => {
                 if dead.stage == ErrorStage::Parse {
@@ -904,10 +935,12 @@ impl Pipeline {
                 *batch
                     .counts
                     .invalid
-                    .entry((source_topic.clone(), dead.stage, dead.kind))
+                    .entry((source_topic.to_string(), dead.stage, dead.kind))
                     .or_default() += 1;
-                let topic = dead.topic.clone().unwrap_or_else(|| {
-                    logpipe_core::record::TopicTemplate::dlq_default().render(&source_topic)
+                let output = dead.topic.clone().unwrap_or_else(|| {
+                    logpipe_core::record::TopicTemplate::dlq_default()
+                        .render(&source_topic)
+                        .into()
                 });
                 let base = headers.unwrap_or_default();
                 let mut headers =
@@ -927,17 +960,17 @@ impl Pipeline {
                         dead_letter_headers(base, &dead, message, &source_topic, Some(raw.len()));
                     value = &[];
                     tracing::warn!(
-                        topic = message.topic(),
+                        topic,
                         partition = message.partition(),
                         offset = message.offset(),
                         size,
                         "a dead letter too large to produce is written without its record"
                     );
                 }
-                (topic, value, headers)
+                (output, value, headers)
             }
         };
-        let mut record = BaseRecord::<[u8], [u8]>::to(&topic)
+        let mut record = BaseRecord::<[u8], [u8]>::to(&output)
             .payload(value)
             .headers(headers);
         if let Some(key) = key {
@@ -948,13 +981,7 @@ impl Pipeline {
         }
         let sent = self.open(batch).and_then(|()| self.send(record));
         self.encoded = encoded;
-        batch.read(
-            message.topic(),
-            message.partition(),
-            message.offset(),
-            raw.len(),
-        );
-        batch.checking += checking.elapsed();
+        batch.read(topic, message.partition(), message.offset(), raw.len());
         Ok(match sent {
             Ok(()) => Step::Taken,
             Err(e) => Step::Failed(e),

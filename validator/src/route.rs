@@ -1,6 +1,8 @@
 //! Routes: which raw topics a rule covers, which subject a record is checked against, where its
 //! clean and dead-letter copies go. The first route whose regex matches the whole topic name wins.
 
+use std::borrow::Cow;
+
 use logpipe_core::record::TopicTemplate;
 use regex::Regex;
 use serde::Deserialize;
@@ -118,13 +120,21 @@ pub struct NoSubject {
 }
 
 impl SubjectStrategy {
-    /// The subject of one record read from `topic`.
-    pub fn subject(&self, topic: &str, value: &Doc<'_>) -> Result<String, NoSubject> {
+    /// The subject of one record read from `topic`: borrowed where it can be (a fixed subject,
+    /// a field without prefix or suffix), as it is worked out for every record.
+    pub fn subject<'s>(
+        &'s self,
+        topic: &str,
+        value: &'s Doc<'_>,
+    ) -> Result<Cow<'s, str>, NoSubject> {
         match self {
-            SubjectStrategy::TopicName => Ok(format!("{topic}-value")),
-            SubjectStrategy::Fixed(subject) => Ok(subject.clone()),
+            SubjectStrategy::TopicName => Ok(Cow::Owned(format!("{topic}-value"))),
+            SubjectStrategy::Fixed(subject) => Ok(Cow::Borrowed(subject)),
             SubjectStrategy::Field { field, prefix, suffix } => match value.get(field) {
-                Some(Doc::String(s)) if !s.is_empty() => Ok(format!("{prefix}{s}{suffix}")),
+                Some(Doc::String(s)) if !s.is_empty() && prefix.is_empty() && suffix.is_empty() => {
+                    Ok(Cow::Borrowed(s))
+                }
+                Some(Doc::String(s)) if !s.is_empty() => Ok(Cow::Owned(format!("{prefix}{s}{suffix}"))),
                 found => Err(NoSubject {
                     reason: match found {
                         None => format!("field {field:?} that names the subject is missing"),
@@ -279,6 +289,23 @@ mod tests {
                 .unwrap(),
             "orders-v"
         );
+        // A fixed subject and a bare field's value are borrowed, not copied for each record.
+        let event = json!({"event": "login"});
+        let event = Doc::of(&event);
+        let bare = SubjectStrategy::Field {
+            field: "event".into(),
+            prefix: String::new(),
+            suffix: String::new(),
+        };
+        assert!(matches!(
+            bare.subject("raw.game", &event),
+            Ok(Cow::Borrowed("login"))
+        ));
+        let fixed = &r.find("orders").unwrap().subject;
+        assert!(matches!(
+            fixed.subject("orders", &event),
+            Ok(Cow::Borrowed("orders-v"))
+        ));
         // Regexes match whole names.
         assert!(r.find("xraw.game").is_none() && r.find("orders2").is_none());
     }

@@ -46,14 +46,20 @@ impl From<logpipe_schema_client::LookupError> for LookupError {
 struct SubjectEntry {
     found: Result<Arc<CompiledSchema>, (Reason, String)>,
     fetched: Instant,
+    /// The subject's hit counter, registered once: registering it per record (a label string
+    /// built and the recorder's registry searched) cost as much as the lookup itself.
+    hits: metrics::Counter,
 }
 
-/// Compiled schemas by id and subject lookups by (subject, version).
+/// Compiled schemas by id and subject lookups by subject and version.
 pub(crate) struct SchemaCache {
     client: Client,
     refresh: Duration,
     by_id: HashMap<u32, Arc<CompiledSchema>>,
-    by_subject: HashMap<(String, Version), SubjectEntry>,
+    /// Each subject's looked-up versions (one, in practice: its route's). Keyed by the shared
+    /// name so that a lookup borrows the record's subject and a hit hands the name out without
+    /// copying it.
+    by_subject: HashMap<Arc<str>, Vec<(Version, SubjectEntry)>, foldhash::fast::RandomState>,
     /// Whether the last request reached the store; drives `/ready`.
     reachable: bool,
 }
@@ -64,7 +70,7 @@ impl SchemaCache {
             client,
             refresh,
             by_id: HashMap::new(),
-            by_subject: HashMap::new(),
+            by_subject: HashMap::default(),
             reachable: true,
         }
     }
@@ -74,28 +80,32 @@ impl SchemaCache {
         self.reachable
     }
 
-    /// The schema a subject's records are checked against.
+    /// The schema a subject's records are checked against, and the subject's shared name.
+    /// `now` is the caller's clock, read once per batch rather than per record: a `latest`
+    /// answer is used for at most `refresh` plus one batch.
     pub(crate) async fn subject(
         &mut self,
         subject: &str,
         version: Version,
-    ) -> Result<Arc<CompiledSchema>, LookupError> {
-        let key = (subject.to_owned(), version);
-        let stale = match self.by_subject.get(&key) {
-            Some(entry) => {
-                let fresh = entry.fetched.elapsed() < self.refresh
-                    || (version != Version::Latest && entry.found.is_ok());
-                if fresh {
-                    metrics::counter!(names::SCHEMA_CACHE_HITS, "subject" => subject.to_owned())
-                        .increment(1);
-                    return entry
-                        .found
-                        .clone()
-                        .map_err(|(kind, reason)| LookupError::Problem(kind, reason));
+        now: Instant,
+    ) -> Result<(Arc<CompiledSchema>, Arc<str>), LookupError> {
+        let (name, stale) = match self.by_subject.get_key_value(subject) {
+            Some((name, versions)) => match versions.iter().find(|(v, _)| *v == version) {
+                Some((_, entry)) => {
+                    let fresh = now.saturating_duration_since(entry.fetched) < self.refresh
+                        || (version != Version::Latest && entry.found.is_ok());
+                    if fresh {
+                        entry.hits.increment(1);
+                        return match &entry.found {
+                            Ok(schema) => Ok((schema.clone(), name.clone())),
+                            Err((kind, reason)) => Err(LookupError::Problem(*kind, reason.clone())),
+                        };
+                    }
+                    (name.clone(), entry.found.clone().ok())
                 }
-                entry.found.clone().ok()
-            }
-            None => None,
+                None => (name.clone(), None),
+            },
+            None => (Arc::from(subject), None),
         };
         metrics::counter!(names::SCHEMA_CACHE_MISSES, "subject" => subject.to_owned()).increment(1);
         let found = match self
@@ -113,7 +123,7 @@ impl SchemaCache {
             Err(unavailable @ LookupError::Unavailable(_)) => {
                 self.reachable = false;
                 // Keep working with what we had; the refresh is retried on the next record.
-                return stale.ok_or(unavailable);
+                return stale.map(|schema| (schema, name)).ok_or(unavailable);
             }
         };
         self.reachable = true;
@@ -128,14 +138,19 @@ impl SchemaCache {
                 );
             }
         }
-        self.by_subject.insert(
-            key,
-            SubjectEntry {
-                found: found.clone(),
-                fetched: Instant::now(),
-            },
-        );
-        found.map_err(|(kind, reason)| LookupError::Problem(kind, reason))
+        let entry = SubjectEntry {
+            found: found.clone(),
+            fetched: Instant::now(),
+            hits: metrics::counter!(names::SCHEMA_CACHE_HITS, "subject" => subject.to_owned()),
+        };
+        let versions = self.by_subject.entry(name.clone()).or_default();
+        match versions.iter_mut().find(|(v, _)| *v == version) {
+            Some((_, old)) => *old = entry,
+            None => versions.push((version, entry)),
+        }
+        found
+            .map(|schema| (schema, name))
+            .map_err(|(kind, reason)| LookupError::Problem(kind, reason))
     }
 
     fn compiled(
@@ -244,8 +259,24 @@ pub(crate) mod tests {
         let canned = Canned::default();
         *canned.latest.lock().unwrap() = 1;
         let mut cache = cache(&serve(canned.clone()).await, Duration::from_millis(300));
-        assert_eq!(cache.subject("s", Version::Latest).await.unwrap().id, 10);
-        assert_eq!(cache.subject("s", Version::Latest).await.unwrap().id, 10);
+        assert_eq!(
+            cache
+                .subject("s", Version::Latest, Instant::now())
+                .await
+                .unwrap()
+                .0
+                .id,
+            10
+        );
+        assert_eq!(
+            cache
+                .subject("s", Version::Latest, Instant::now())
+                .await
+                .unwrap()
+                .0
+                .id,
+            10
+        );
         assert_eq!(
             canned.requests.load(Ordering::SeqCst),
             1,
@@ -254,16 +285,30 @@ pub(crate) mod tests {
         *canned.latest.lock().unwrap() = 2;
         // Bounded wait for the refresh interval to pass.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while cache.subject("s", Version::Latest).await.unwrap().id != 11 {
+        while cache
+            .subject("s", Version::Latest, Instant::now())
+            .await
+            .unwrap()
+            .0
+            .id
+            != 11
+        {
             assert!(Instant::now() < deadline, "new version not picked up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Pinned versions are fetched once; the compiled schema is shared by id.
-        let pinned = cache.subject("s", Version::Pinned(1)).await.unwrap();
-        assert_eq!(pinned.id, 10);
+        let pinned = cache
+            .subject("s", Version::Pinned(1), Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(pinned.0.id, 10);
         let before = canned.requests.load(Ordering::SeqCst);
-        let again = cache.subject("s", Version::Pinned(1)).await.unwrap();
-        assert!(Arc::ptr_eq(&pinned, &again));
+        let again = cache
+            .subject("s", Version::Pinned(1), Instant::now())
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&pinned.0, &again.0));
+        assert_eq!(&*again.1, "s");
         assert_eq!(canned.requests.load(Ordering::SeqCst), before);
     }
 
@@ -271,16 +316,22 @@ pub(crate) mod tests {
     async fn not_found_is_a_problem_and_is_cached() {
         let canned = Canned::default();
         let mut cache = cache(&serve(canned.clone()).await, Duration::from_secs(60));
-        let err = cache.subject("nope", Version::Latest).await.unwrap_err();
+        let err = cache
+            .subject("nope", Version::Latest, Instant::now())
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, LookupError::Problem(Reason::UnknownSubject, m) if m.contains("40401")),
             "{err:?}"
         );
         assert!(matches!(
-            cache.subject("s", Version::Pinned(7)).await,
+            cache.subject("s", Version::Pinned(7), Instant::now()).await,
             Err(LookupError::Problem(Reason::UnknownSubject, _))
         ));
-        cache.subject("nope", Version::Latest).await.unwrap_err();
+        cache
+            .subject("nope", Version::Latest, Instant::now())
+            .await
+            .unwrap_err();
         assert_eq!(canned.requests.load(Ordering::SeqCst), 2);
         assert!(cache.reachable());
     }
@@ -298,7 +349,7 @@ pub(crate) mod tests {
             Duration::from_millis(1),
         );
         assert!(matches!(
-            cache.subject("s", Version::Latest).await,
+            cache.subject("s", Version::Latest, Instant::now()).await,
             Err(LookupError::Unavailable(_))
         ));
         assert!(!cache.reachable());
@@ -307,17 +358,38 @@ pub(crate) mod tests {
         let canned = Canned::default();
         *canned.latest.lock().unwrap() = 1;
         let mut cache = self::cache(&serve(canned.clone()).await, Duration::from_millis(1));
-        assert_eq!(cache.subject("s", Version::Latest).await.unwrap().id, 10);
+        assert_eq!(
+            cache
+                .subject("s", Version::Latest, Instant::now())
+                .await
+                .unwrap()
+                .0
+                .id,
+            10
+        );
         canned.fail.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(cache.subject("s", Version::Latest).await.unwrap().id, 10);
+        assert_eq!(
+            cache
+                .subject("s", Version::Latest, Instant::now())
+                .await
+                .unwrap()
+                .0
+                .id,
+            10
+        );
         assert!(!cache.reachable());
         assert!(matches!(
-            cache.subject("other", Version::Latest).await,
+            cache
+                .subject("other", Version::Latest, Instant::now())
+                .await,
             Err(LookupError::Unavailable(_))
         ));
         canned.fail.store(false, Ordering::SeqCst);
-        cache.subject("s", Version::Latest).await.unwrap();
+        cache
+            .subject("s", Version::Latest, Instant::now())
+            .await
+            .unwrap();
         assert!(cache.reachable());
     }
 }

@@ -3,12 +3,14 @@
 //! letter's reason; only an unavailable schema store is an error (the caller pauses and retries).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use logpipe_core::record::ErrorStage;
 
 use crate::doc::Doc;
 use crate::reason::Reason;
-use crate::route::Routes;
+use crate::route::{Route, Routes};
 use crate::schema_cache::{LookupError, SchemaCache};
 
 /// Where a record goes.
@@ -16,12 +18,12 @@ use crate::schema_cache::{LookupError, SchemaCache};
 pub(crate) enum Verdict {
     /// Its wire-format value is in the caller's buffer.
     Clean {
-        topic: String,
-        subject: String,
+        topic: Arc<str>,
+        subject: Arc<str>,
         schema_id: u32,
         dropped_fields: usize,
         /// The route's DLQ topic, should the clean record turn out too large to write.
-        dlq: String,
+        dlq: Arc<str>,
     },
     Dead(DeadLetter),
 }
@@ -30,23 +32,31 @@ pub(crate) enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeadLetter {
     /// The DLQ topic; `None` when no route covers the source topic (the caller's fallback).
-    pub(crate) topic: Option<String>,
+    pub(crate) topic: Option<Arc<str>>,
     pub(crate) stage: ErrorStage,
     /// The failure's kind: the bounded metric label.
     pub(crate) kind: Reason,
     /// Human-readable; the `lp.error.reason` header.
     pub(crate) reason: String,
     pub(crate) pointer: Option<String>,
-    pub(crate) subject: Option<String>,
+    pub(crate) subject: Option<Arc<str>>,
     pub(crate) schema_id: Option<u32>,
+}
+
+/// Where one source topic's records go, worked out once per topic rather than per record: the
+/// route is found by matching regexes, the output topics rendered from templates.
+struct Target {
+    route: Route,
+    clean: Arc<str>,
+    dlq: Arc<str>,
 }
 
 /// Checks records against their routes and schemas.
 pub(crate) struct Checker {
     routes: Routes,
     cache: SchemaCache,
-    /// The clean and DLQ topic of each source topic, rendered once per topic, not per record.
-    outputs: HashMap<String, (String, String)>,
+    /// Each source topic's target; `None` for a topic no route covers.
+    targets: HashMap<String, Option<Target>, foldhash::fast::RandomState>,
 }
 
 impl Checker {
@@ -54,7 +64,7 @@ impl Checker {
         Checker {
             routes,
             cache,
-            outputs: HashMap::new(),
+            targets: HashMap::default(),
         }
     }
 
@@ -65,7 +75,7 @@ impl Checker {
     /// Puts reloaded routes in force for the records checked from now on.
     pub(crate) fn set_routes(&mut self, routes: Routes) {
         self.routes = routes;
-        self.outputs.clear();
+        self.targets.clear();
     }
 
     /// Whether the schema store answered the last request.
@@ -75,13 +85,15 @@ impl Checker {
 
     /// Checks a record read from `topic`. On [`Verdict::Clean`] the wire-format value has been
     /// appended to `out`; otherwise `out` is unchanged.
+    /// `now`: the caller's clock, read once per batch (see [`SchemaCache::subject`]).
     pub(crate) async fn check(
         &mut self,
         topic: &str,
         raw: &[u8],
         out: &mut Vec<u8>,
+        now: Instant,
     ) -> Result<Verdict, LookupError> {
-        let dead = |topic: Option<String>, stage, kind, reason: String| DeadLetter {
+        let dead = |topic: Option<Arc<str>>, stage, kind, reason: String| DeadLetter {
             topic,
             stage,
             kind,
@@ -90,7 +102,15 @@ impl Checker {
             subject: None,
             schema_id: None,
         };
-        let Some(route) = self.routes.find(topic) else {
+        if !self.targets.contains_key(topic) {
+            let target = self.routes.find(topic).map(|route| Target {
+                route: route.clone(),
+                clean: route.clean.render(topic).into(),
+                dlq: route.dlq.render(topic).into(),
+            });
+            self.targets.insert(topic.to_owned(), target);
+        }
+        let Some(Target { route, clean, dlq }) = &self.targets[topic] else {
             return Ok(Verdict::Dead(dead(
                 None,
                 ErrorStage::Route,
@@ -98,14 +118,7 @@ impl Checker {
                 format!("no route covers topic {topic}"),
             )));
         };
-        let (clean, dlq) = match self.outputs.get(topic) {
-            Some(outputs) => outputs.clone(),
-            None => {
-                let outputs = (route.clean.render(topic), route.dlq.render(topic));
-                self.outputs.insert(topic.to_owned(), outputs.clone());
-                outputs
-            }
-        };
+        let dlq = dlq.clone();
         let value = match Doc::parse(raw) {
             Ok(value) => value,
             Err(e) => {
@@ -126,11 +139,11 @@ impl Checker {
                 }))
             }
         };
-        let schema = match self.cache.subject(&subject, route.version).await {
-            Ok(schema) => schema,
+        let (schema, subject) = match self.cache.subject(&subject, route.version, now).await {
+            Ok(found) => found,
             Err(LookupError::Problem(kind, reason)) => {
                 return Ok(Verdict::Dead(DeadLetter {
-                    subject: Some(subject),
+                    subject: Some(subject.into()),
                     ..dead(Some(dlq), ErrorStage::Schema, kind, reason)
                 }))
             }
@@ -138,7 +151,7 @@ impl Checker {
         };
         match schema.write(&value, raw, route.extra_fields, out) {
             Ok(converted) => Ok(Verdict::Clean {
-                topic: clean,
+                topic: clean.clone(),
                 subject,
                 schema_id: schema.id,
                 dropped_fields: converted.dropped_fields,
@@ -191,7 +204,7 @@ mod tests {
         let mut out = Vec::new();
 
         let clean = checker
-            .check("raw.s", br#"{"a": 1, "x": 2}"#, &mut out)
+            .check("raw.s", br#"{"a": 1, "x": 2}"#, &mut out, Instant::now())
             .await
             .unwrap();
         assert_eq!(
@@ -210,15 +223,20 @@ mod tests {
             Verdict::Dead(d) => (d.stage, d.kind, d.pointer, d.topic),
             other => panic!("expected a dead letter, got {other:?}"),
         };
-        let dlq = Some("dlq.s".to_owned());
+        let dlq: Option<Arc<str>> = Some("dlq.s".into());
         assert_eq!(
-            stage(checker.check("raw.s", b"{\"a\":", &mut out).await.unwrap()),
+            stage(
+                checker
+                    .check("raw.s", b"{\"a\":", &mut out, Instant::now())
+                    .await
+                    .unwrap()
+            ),
             (ErrorStage::Parse, Reason::MalformedJson, None, dlq.clone())
         );
         assert_eq!(
             stage(
                 checker
-                    .check("raw.s", br#"{"a": "1"}"#, &mut out)
+                    .check("raw.s", br#"{"a": "1"}"#, &mut out, Instant::now())
                     .await
                     .unwrap()
             ),
@@ -232,7 +250,7 @@ mod tests {
         assert_eq!(
             stage(
                 checker
-                    .check("raw.s", br#"{"x": 1}"#, &mut out)
+                    .check("raw.s", br#"{"x": 1}"#, &mut out, Instant::now())
                     .await
                     .unwrap()
             ),
@@ -246,7 +264,7 @@ mod tests {
         assert_eq!(
             stage(
                 checker
-                    .check("raw.ev", br#"{"a": 1}"#, &mut out)
+                    .check("raw.ev", br#"{"a": 1}"#, &mut out, Instant::now())
                     .await
                     .unwrap()
             ),
@@ -260,7 +278,12 @@ mod tests {
         assert_eq!(
             stage(
                 checker
-                    .check("raw.ev", br#"{"kind": "unknown"}"#, &mut out)
+                    .check(
+                        "raw.ev",
+                        br#"{"kind": "unknown"}"#,
+                        &mut out,
+                        Instant::now()
+                    )
                     .await
                     .unwrap()
             ),
@@ -272,7 +295,12 @@ mod tests {
             )
         );
         assert_eq!(
-            stage(checker.check("raw.none", b"{}", &mut out).await.unwrap()),
+            stage(
+                checker
+                    .check("raw.none", b"{}", &mut out, Instant::now())
+                    .await
+                    .unwrap()
+            ),
             (ErrorStage::Route, Reason::NoRoute, None, None)
         );
         assert_eq!(out.len(), 6, "dead letters add nothing to the clean buffer");
@@ -287,7 +315,7 @@ mod tests {
             .port();
         let mut checker = checker(&format!("http://127.0.0.1:{port}")).await;
         let result = checker
-            .check("raw.s", br#"{"a": 1}"#, &mut Vec::new())
+            .check("raw.s", br#"{"a": 1}"#, &mut Vec::new(), Instant::now())
             .await;
         assert!(
             matches!(result, Err(LookupError::Unavailable(_))),
