@@ -35,8 +35,15 @@ const SCANNED_MEMBERS: usize = 32;
 
 impl<'a> Doc<'a> {
     /// Parses one JSON document (serde_json's grammar, nesting limit and error messages).
+    ///
+    /// The record's UTF-8 is checked once, whole: serde_json's slice reader checks each string
+    /// on its own, a call per key and value that cost more than one pass over the record. Bytes
+    /// that are not UTF-8 go to the slice reader, for serde_json's error with its position.
     pub fn parse(bytes: &'a [u8]) -> serde_json::Result<Doc<'a>> {
-        serde_json::from_slice(bytes)
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 
     /// A view of a `Value` (schema defaults, tests), borrowing its strings.
@@ -328,8 +335,16 @@ mod tests {
             let theirs = serde_json::from_str::<Value>(text).unwrap_err().to_string();
             assert_eq!(ours, theirs, "{text:?}");
         }
+        // Not UTF-8: serde_json's error names the place.
+        for bytes in [&b"{\"a\": \"\xff\"}"[..], b"[\"ok\", \"\xc3\x28\"]"] {
+            let ours = Doc::parse(bytes).unwrap_err().to_string();
+            let theirs = serde_json::from_slice::<Value>(bytes)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(ours, theirs);
+            assert!(ours.contains("column"), "{ours}");
+        }
     }
-
     #[test]
     fn display_is_compact_json() {
         let doc = Doc::parse(br#"{ "a" : [1, "x"] }"#).unwrap();
