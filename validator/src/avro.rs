@@ -619,8 +619,9 @@ impl Encoder<'_> {
         out: &mut Vec<u8>,
     ) -> Result<(), Fail> {
         let mut present = 0;
+        let mut next = 0;
         for field in &record.fields {
-            match object.get(&field.name) {
+            match object.get_from(&field.name, &mut next) {
                 Some(value) => {
                     present += 1;
                     self.encode(&field.node, value, out)

@@ -126,6 +126,18 @@ impl<'a> Object<'a> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// A member looked for at `next` first, then everywhere; on a find, `next` moves past it.
+    /// Records mostly list their fields in the schema's order, so looking a schema's fields up
+    /// in turn this way compares one key per field instead of scanning from the start each time.
+    pub fn get_from(&self, key: &str, next: &mut usize) -> Option<&Doc<'a>> {
+        let at = match self.0.get(*next) {
+            Some((k, _)) if k == key => *next,
+            _ => self.0.iter().position(|(k, _)| k == key)?,
+        };
+        *next = at + 1;
+        Some(&self.0[at].1)
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -345,6 +357,25 @@ mod tests {
             assert!(ours.contains("column"), "{ours}");
         }
     }
+
+    #[test]
+    fn members_are_found_from_a_hint_or_anywhere() {
+        let doc = Doc::parse(br#"{"a": 1, "b": 2, "c": 3}"#).unwrap();
+        let Doc::Object(object) = &doc else {
+            panic!("not an object")
+        };
+        let mut next = 0;
+        let found: Vec<Option<String>> = ["a", "b", "missing", "c", "a"]
+            .iter()
+            .map(|key| object.get_from(key, &mut next).map(Doc::to_string))
+            .collect();
+        assert_eq!(
+            found,
+            [Some("1"), Some("2"), None, Some("3"), Some("1")].map(|v| v.map(String::from))
+        );
+        assert_eq!(next, 1, "after a find, the hint is the next member");
+    }
+
     #[test]
     fn display_is_compact_json() {
         let doc = Doc::parse(br#"{ "a" : [1, "x"] }"#).unwrap();
