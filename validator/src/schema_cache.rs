@@ -247,6 +247,20 @@ pub(crate) mod tests {
         format!("http://{addr}")
     }
 
+    /// A lookup now, as the loop makes one at a batch's start.
+    async fn lookup(
+        cache: &mut SchemaCache,
+        subject: &str,
+        version: Version,
+    ) -> Result<(Arc<CompiledSchema>, Arc<str>), LookupError> {
+        cache.subject(subject, version, Instant::now()).await
+    }
+
+    /// The id of the schema a lookup now finds.
+    async fn id(cache: &mut SchemaCache, subject: &str, version: Version) -> u32 {
+        lookup(cache, subject, version).await.unwrap().0.id
+    }
+
     fn cache(base: &str, refresh: Duration) -> SchemaCache {
         SchemaCache::new(
             Client::new(base, None, Duration::from_secs(2)).unwrap(),
@@ -259,24 +273,8 @@ pub(crate) mod tests {
         let canned = Canned::default();
         *canned.latest.lock().unwrap() = 1;
         let mut cache = cache(&serve(canned.clone()).await, Duration::from_millis(300));
-        assert_eq!(
-            cache
-                .subject("s", Version::Latest, Instant::now())
-                .await
-                .unwrap()
-                .0
-                .id,
-            10
-        );
-        assert_eq!(
-            cache
-                .subject("s", Version::Latest, Instant::now())
-                .await
-                .unwrap()
-                .0
-                .id,
-            10
-        );
+        assert_eq!(id(&mut cache, "s", Version::Latest).await, 10);
+        assert_eq!(id(&mut cache, "s", Version::Latest).await, 10);
         assert_eq!(
             canned.requests.load(Ordering::SeqCst),
             1,
@@ -285,39 +283,42 @@ pub(crate) mod tests {
         *canned.latest.lock().unwrap() = 2;
         // Bounded wait for the refresh interval to pass.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while cache
-            .subject("s", Version::Latest, Instant::now())
-            .await
-            .unwrap()
-            .0
-            .id
-            != 11
-        {
+        while id(&mut cache, "s", Version::Latest).await != 11 {
             assert!(Instant::now() < deadline, "new version not picked up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Pinned versions are fetched once; the compiled schema is shared by id.
-        let pinned = cache
-            .subject("s", Version::Pinned(1), Instant::now())
-            .await
-            .unwrap();
+        let pinned = lookup(&mut cache, "s", Version::Pinned(1)).await.unwrap();
         assert_eq!(pinned.0.id, 10);
         let before = canned.requests.load(Ordering::SeqCst);
-        let again = cache
-            .subject("s", Version::Pinned(1), Instant::now())
-            .await
-            .unwrap();
+        let again = lookup(&mut cache, "s", Version::Pinned(1)).await.unwrap();
         assert!(Arc::ptr_eq(&pinned.0, &again.0));
         assert_eq!(&*again.1, "s");
         assert_eq!(canned.requests.load(Ordering::SeqCst), before);
+    }
+
+    /// The loop passes its batch's start time: freshness follows that clock, not a clock read
+    /// per lookup.
+    #[tokio::test]
+    async fn freshness_is_judged_by_the_callers_clock() {
+        let canned = Canned::default();
+        *canned.latest.lock().unwrap() = 1;
+        let mut cache = cache(&serve(canned.clone()).await, Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        cache.subject("s", Version::Latest, start).await.unwrap();
+        *canned.latest.lock().unwrap() = 2;
+        let (schema, _) = cache.subject("s", Version::Latest, at(59)).await.unwrap();
+        assert_eq!((schema.id, canned.requests.load(Ordering::SeqCst)), (10, 1));
+        let (schema, _) = cache.subject("s", Version::Latest, at(61)).await.unwrap();
+        assert_eq!((schema.id, canned.requests.load(Ordering::SeqCst)), (11, 2));
     }
 
     #[tokio::test]
     async fn not_found_is_a_problem_and_is_cached() {
         let canned = Canned::default();
         let mut cache = cache(&serve(canned.clone()).await, Duration::from_secs(60));
-        let err = cache
-            .subject("nope", Version::Latest, Instant::now())
+        let err = lookup(&mut cache, "nope", Version::Latest)
             .await
             .unwrap_err();
         assert!(
@@ -325,11 +326,10 @@ pub(crate) mod tests {
             "{err:?}"
         );
         assert!(matches!(
-            cache.subject("s", Version::Pinned(7), Instant::now()).await,
+            lookup(&mut cache, "s", Version::Pinned(7)).await,
             Err(LookupError::Problem(Reason::UnknownSubject, _))
         ));
-        cache
-            .subject("nope", Version::Latest, Instant::now())
+        lookup(&mut cache, "nope", Version::Latest)
             .await
             .unwrap_err();
         assert_eq!(canned.requests.load(Ordering::SeqCst), 2);
@@ -349,7 +349,7 @@ pub(crate) mod tests {
             Duration::from_millis(1),
         );
         assert!(matches!(
-            cache.subject("s", Version::Latest, Instant::now()).await,
+            lookup(&mut cache, "s", Version::Latest).await,
             Err(LookupError::Unavailable(_))
         ));
         assert!(!cache.reachable());
@@ -358,38 +358,17 @@ pub(crate) mod tests {
         let canned = Canned::default();
         *canned.latest.lock().unwrap() = 1;
         let mut cache = self::cache(&serve(canned.clone()).await, Duration::from_millis(1));
-        assert_eq!(
-            cache
-                .subject("s", Version::Latest, Instant::now())
-                .await
-                .unwrap()
-                .0
-                .id,
-            10
-        );
+        assert_eq!(id(&mut cache, "s", Version::Latest).await, 10);
         canned.fail.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(
-            cache
-                .subject("s", Version::Latest, Instant::now())
-                .await
-                .unwrap()
-                .0
-                .id,
-            10
-        );
+        assert_eq!(id(&mut cache, "s", Version::Latest).await, 10);
         assert!(!cache.reachable());
         assert!(matches!(
-            cache
-                .subject("other", Version::Latest, Instant::now())
-                .await,
+            lookup(&mut cache, "other", Version::Latest).await,
             Err(LookupError::Unavailable(_))
         ));
         canned.fail.store(false, Ordering::SeqCst);
-        cache
-            .subject("s", Version::Latest, Instant::now())
-            .await
-            .unwrap();
+        lookup(&mut cache, "s", Version::Latest).await.unwrap();
         assert!(cache.reachable());
     }
 }
