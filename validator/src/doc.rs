@@ -33,6 +33,9 @@ pub struct Object<'a>(Vec<(Cow<'a, str>, Doc<'a>)>);
 /// Up to this many members, a repeated key is found by scanning; beyond, through an index.
 const SCANNED_MEMBERS: usize = 32;
 
+/// The members an object has room for before its first reallocation.
+const MEMBERS_AT_ONCE: usize = 16;
+
 impl<'a> Doc<'a> {
     /// Parses one JSON document (serde_json's grammar, nesting limit and error messages).
     ///
@@ -215,7 +218,10 @@ impl<'de> Visitor<'de> for DocVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc<'de>, A::Error> {
-        let mut members: Vec<(Cow<'de, str>, Doc<'de>)> = Vec::new();
+        // serde_json gives no size hint: room for a log record's usual dozen or so members at
+        // once, rather than growing through 4, 8 and 16 (a reallocation and copy each, ~3% of
+        // the validator's CPU in the pipeline's profile).
+        let mut members: Vec<(Cow<'de, str>, Doc<'de>)> = Vec::with_capacity(MEMBERS_AT_ONCE);
         let mut index: Option<HashMap<Cow<'de, str>, usize>> = None;
         while let Some(Key(key)) = map.next_key()? {
             let value = map.next_value()?;
