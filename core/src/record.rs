@@ -313,23 +313,25 @@ impl RecordId {
         else {
             return Ok(None);
         };
-        let text = |name: &'static str, value: Option<&[u8]>| -> Result<String, RecordIdError> {
-            let value = value.ok_or(RecordIdError::Missing(name))?;
-            String::from_utf8(value.to_vec()).map_err(|e| RecordIdError::Invalid {
-                name,
-                value: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-            })
-        };
-        let host = text(header::HOST, host)?;
+        // Borrowed: readers call this for every record, and only the host is kept as text.
+        let text =
+            |name: &'static str, value: Option<&'a [u8]>| -> Result<&'a str, RecordIdError> {
+                let value = value.ok_or(RecordIdError::Missing(name))?;
+                std::str::from_utf8(value).map_err(|_| RecordIdError::Invalid {
+                    name,
+                    value: String::from_utf8_lossy(value).into_owned(),
+                })
+            };
+        let host = text(header::HOST, host)?.to_owned();
         let file_text = text(header::FILE, file)?;
         let offset_text = text(header::OFFSET, offset)?;
-        let file = FileId::from_hex(&file_text).ok_or(RecordIdError::Invalid {
+        let file = FileId::from_hex(file_text).ok_or_else(|| RecordIdError::Invalid {
             name: header::FILE,
-            value: file_text.clone(),
+            value: file_text.to_owned(),
         })?;
         let offset = offset_text.parse().map_err(|_| RecordIdError::Invalid {
             name: header::OFFSET,
-            value: offset_text.clone(),
+            value: offset_text.to_owned(),
         })?;
         Ok(Some(RecordId { host, file, offset }))
     }
@@ -598,13 +600,25 @@ mod tests {
             (header::FILE, "ABC"),
             (header::OFFSET, "1"),
         ]);
-        assert!(matches!(
+        assert_eq!(
             RecordId::from_headers(upper),
             Err(RecordIdError::Invalid {
                 name: header::FILE,
-                ..
+                value: "ABC".into()
             })
-        ));
+        );
+        let not_utf8: [(&str, Option<&[u8]>); 3] = [
+            (header::HOST, Some(b"h\xff")),
+            (header::FILE, Some(b"ab")),
+            (header::OFFSET, Some(b"1")),
+        ];
+        assert_eq!(
+            RecordId::from_headers(not_utf8),
+            Err(RecordIdError::Invalid {
+                name: header::HOST,
+                value: "h\u{fffd}".into()
+            })
+        );
         let neg = headers(&[
             (header::HOST, "h"),
             (header::FILE, "ab"),
