@@ -9,6 +9,7 @@
 //! that would silently break a guarantee is rejected at config check time, not discovered in an
 //! incident.
 
+mod headers;
 mod read_to_end;
 mod rebalance;
 mod retention;
@@ -16,6 +17,7 @@ mod size;
 mod topics;
 mod transaction;
 
+pub use headers::CopyHeaders;
 pub use read_to_end::{end_reader, partition_count, read_at, read_to_end, EndReader};
 pub use rebalance::{GroupEvent, Partition, RebalanceLog};
 pub use size::{max_record_bytes, record_size, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};

@@ -5,6 +5,7 @@
 //! The same function decides what to write and what to expect on the target when a shard
 //! verifies records written by a crashed predecessor, so the two cannot drift apart.
 
+use logpipe_core::kafka::CopyHeaders;
 use logpipe_core::record::header;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::Message;
@@ -57,21 +58,11 @@ impl Copy<'_> {
 }
 
 /// The copy of `message`, or `None` when the loop guard says it came from the target cluster.
-pub(crate) fn copy_of<'a, M: Message>(
+pub(crate) fn copy_of<'a, M: CopyHeaders>(
     message: &'a M,
     guard: Option<&LoopGuard>,
 ) -> Option<Copy<'a>> {
-    let mut headers = message.headers().map(|h| {
-        h.iter().fold(
-            OwnedHeaders::new_with_capacity(h.count()),
-            |owned, header| {
-                owned.insert(Header {
-                    key: header.key,
-                    value: header.value,
-                })
-            },
-        )
-    });
+    let mut headers = message.copy_headers();
     if let Some(guard) = guard {
         let origin = headers
             .as_ref()

@@ -29,7 +29,8 @@ use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
     commit_transaction, end_reader, init_transactions, is_fatal, max_record_bytes, partition_count,
     read_at, read_to_end, record_size, report_lag, rewind, send_offsets, send_waiting,
-    transactional_producer, EndReader, GroupEvent, KafkaConfig, Partition, RebalanceLog, Role,
+    transactional_producer, CopyHeaders, EndReader, GroupEvent, KafkaConfig, Partition,
+    RebalanceLog, Role,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -37,9 +38,7 @@ use logpipe_core::record::{
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{
-    BorrowedHeaders, BorrowedMessage, Header, Headers, OwnedHeaders, OwnedMessage,
-};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset};
 use tokio_util::sync::CancellationToken;
@@ -184,24 +183,17 @@ impl Batch {
 }
 
 /// A record read from Kafka: borrowed from the consumer, or owned while it waits out a pause.
-trait Read: Message {
-    fn owned_headers(&self) -> Option<OwnedHeaders>;
+trait Read: CopyHeaders {
     fn owned(&self) -> OwnedMessage;
 }
 
 impl Read for BorrowedMessage<'_> {
-    fn owned_headers(&self) -> Option<OwnedHeaders> {
-        self.headers().map(BorrowedHeaders::detach)
-    }
     fn owned(&self) -> OwnedMessage {
         self.detach()
     }
 }
 
 impl Read for OwnedMessage {
-    fn owned_headers(&self) -> Option<OwnedHeaders> {
-        self.headers().cloned()
-    }
     fn owned(&self) -> OwnedMessage {
         self.clone()
     }
@@ -819,7 +811,7 @@ impl Pipeline {
                     .map_or(Cow::Borrowed(topic), Cow::Owned);
                 (original, Some(replayed_headers(message)))
             }
-            Mode::Live { .. } => (Cow::Borrowed(topic), message.owned_headers()),
+            Mode::Live { .. } => (Cow::Borrowed(topic), message.copy_headers()),
         };
         let mut resend_id = None;
         if let Mode::Live { filter, .. } = &self.mode {
