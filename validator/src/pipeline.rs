@@ -133,8 +133,9 @@ struct Batch {
     /// record to the end of the batch (a batch ends once nothing more is fetched, so no part of
     /// it waits), not timed per record.
     checking: Duration,
-    /// The transaction's start. The schema cache takes it as the time of every lookup in the
-    /// batch: a `latest` subject is refreshed every few seconds, a batch lasts milliseconds.
+    /// The transaction's start: the batch's total time runs from it, and the schema cache takes
+    /// it as the time of every lookup in the batch (a `latest` subject is refreshed every few
+    /// seconds, a batch lasts milliseconds).
     started: Instant,
     /// Wall clock at the transaction's start, in ms: the time the resend filter stamps on what
     /// it sees (its entries live for hours, so one clock read per transaction is precise enough).
@@ -612,7 +613,6 @@ impl Pipeline {
     /// validator pauses, and goes first into the next one.
     async fn transaction(&mut self) -> anyhow::Result<Ended> {
         let consumer = Arc::clone(&self.consumer);
-        let started = Instant::now();
         let mut batch = Batch::new();
         // When the first record was read, and so when the batch ends at the latest.
         let mut first: Option<(Instant, Instant)> = None;
@@ -725,7 +725,7 @@ impl Pipeline {
             }
         }
         let ended = if batch.records > 0 {
-            self.commit(batch, started)?
+            self.commit(batch)?
         } else {
             Ended::Empty
         };
@@ -835,25 +835,26 @@ impl Pipeline {
         let original;
         let omitted = matches!(self.mode, Mode::Replay { .. })
             && header_text(message, error_header::OMITTED).is_some();
-        let raw = match omitted {
-            // A dead letter written without its record: replay the record where it stays.
-            true => match self.read_original(message)? {
+        // A dead letter written without its record: replay the record where it stays.
+        let raw = if omitted {
+            match self.read_original(message)? {
                 Some(read) => {
                     original = read;
                     &original[..]
                 }
                 None => {
                     tracing::error!(
-                            topic,
-                            partition = message.partition(),
-                            offset = message.offset(),
-                            "the record of this dead letter was written without it and is no longer where its lp.error headers point (retention): it cannot be replayed"
-                        );
+                        topic,
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "the record of this dead letter was written without it and is no longer where its lp.error headers point (retention): it cannot be replayed"
+                    );
                     batch.counts.skipped += 1;
                     return Ok(self.passed_over(message, batch));
                 }
-            },
-            false => message.payload().unwrap_or_default(),
+            }
+        } else {
+            message.payload().unwrap_or_default()
         };
         // One buffer for every clean value: librdkafka copies what it is given.
         let mut encoded = std::mem::take(&mut self.encoded);
@@ -1012,7 +1013,7 @@ impl Pipeline {
     /// Commits the open transaction: the resend-state changes and the consumer offsets join the
     /// records produced, then the transaction commits once all are acknowledged. An abortable
     /// failure aborts and rewinds (the batch is read again).
-    fn commit(&mut self, batch: Batch, started: Instant) -> anyhow::Result<Ended> {
+    fn commit(&mut self, batch: Batch) -> anyhow::Result<Ended> {
         let offsets = batch.offsets();
         self.consumer.context().settle_losses(&offsets);
         let committing = Instant::now();
@@ -1029,7 +1030,7 @@ impl Pipeline {
                 }
                 batch.counts.publish(&mut self.totals);
                 let committed = committing.elapsed();
-                let total = started.elapsed();
+                let total = batch.started.elapsed();
                 metrics::histogram!(names::BATCH).record(total.as_secs_f64());
                 metrics::histogram!(names::GATHER)
                     .record((total - committed - batch.checking).as_secs_f64());
