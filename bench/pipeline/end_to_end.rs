@@ -18,8 +18,10 @@
 //!    the reference's lines do (checked against the raw topic afterwards). A read_committed consumer counts clean records as they become visible; the
 //!    steady-state rate is the count between 10 % and 90 % of the lines over the time between
 //!    (start-up and the tail excluded). All lines are valid, so every line ends in `clean.game`.
-//!    Two more readers count the raw topic on the write cluster (the agent's output) and on the
-//!    read cluster (the mirror's, read_committed), so the same rate is reported per hop.
+//!    The raw topic's ends on the write cluster (the agent's output) and on the read cluster
+//!    (the mirror's, read_committed: the last stable offset) are polled every 5 ms, so the same
+//!    rate is reported per hop without a reader consuming every record of each beside the
+//!    services being measured.
 //!    Each service's CPU (user + system, from `/proc`) from the move to the last clean record,
 //!    per million lines, says what a line costs at each hop.
 //! 3. Latency: the generator writes at a fixed rate (well under the throughput) for a while; for
@@ -28,10 +30,10 @@
 //!    to it minus that. So the latency covers file -> agent (inotify) -> write cluster -> mirror
 //!    (transaction commit) -> read cluster -> validator (transaction commit) -> consumer. The
 //!    record's own timestamp (the agent's read time, kept through every hop) splits it into the
-//!    agent's pick-up and the rest. Two more readers take the same measure where the agent's
-//!    and the mirror's outputs become visible (the raw topic on the write cluster, and on the
-//!    read cluster read_committed), so the latency splits hop by hop. The first 2 s are warm-up
-//!    and not counted.
+//!    agent's pick-up and the rest. Two more readers, started where the backlog ends, take the
+//!    same measure where the agent's and the mirror's outputs become visible (the raw topic on
+//!    the write cluster, and on the read cluster read_committed), so the latency splits hop by
+//!    hop. The first 2 s are warm-up and not counted.
 //!
 //! Everything shares the machine's cores, so compare the ratio and latencies between runs on the
 //! same machine, not absolute numbers across machines.
@@ -48,12 +50,12 @@ use logpipe_core::record::KeyStrategy;
 use logpipe_devkit::benchreport::Row;
 use logpipe_devkit::loadgen::{self, LoadgenArgs};
 use logpipe_devkit::measure::{
-    cpu_seconds, default_partition, env, read_lines, reader, send_waiting, warm_up,
+    cpu_seconds, default_partition, env, read_lines, reader, reader_at, send_waiting, warm_up, Ends,
 };
 use logpipe_devkit::pipeline::{Component, Pipeline, PipelineOptions};
-use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::Offset;
 
 const CEILING_TOPIC: &str = "bench.ceiling";
 /// Latency-phase lines whose event time falls in this first stretch are warm-up.
@@ -133,41 +135,87 @@ fn steady_rate(progress: &[(u64, Instant)], lines: u64) -> f64 {
     (high - low) as f64 / (t_high - t_low).as_secs_f64()
 }
 
-/// A raw topic's reader: counts the `backlog` records of the throughput phase (reporting
-/// progress), then reports each later record's latency (its JSON line's `event_time` to the
-/// moment it became visible).
-struct RawReader {
+/// How often a raw topic's ends are polled in the throughput phase.
+const END_POLL: Duration = Duration::from_millis(5);
+
+/// A raw topic: the agent's output on the write cluster, the mirror's on the read cluster.
+struct RawHop {
     hop: Hop,
     bootstrap: String,
     topic: String,
     partitions: i32,
-    backlog: u64,
 }
 
-impl RawReader {
-    fn run(&self, stop: &AtomicBool, out: &mpsc::Sender<Seen>) -> anyhow::Result<()> {
-        let consumer = reader(
+impl RawHop {
+    /// The throughput phase: polls where the topic's partitions end for a read_committed reader
+    /// (the last stable offset) every [`END_POLL`] and reports how many records they hold, until
+    /// they hold `backlog`. Not read record by record: two readers consuming the whole backlog
+    /// took about a tenth of the machine's CPU from the services being measured. Offsets count
+    /// the agent's records exactly (it does not write transactions); the mirror's also count one
+    /// marker per partition and transaction, reported after the run.
+    fn count(
+        &self,
+        backlog: u64,
+        stop: &AtomicBool,
+        out: &mpsc::Sender<Seen>,
+    ) -> anyhow::Result<()> {
+        let ends = Ends::new(
             &self.bootstrap,
             "bench-pipeline-hop",
             &self.topic,
             self.partitions,
+        )?;
+        let mut reported = 0;
+        while reported < backlog && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let count = (ends.now()?.iter().sum::<i64>().max(0) as u64).min(backlog);
+            if count > reported {
+                reported = count;
+                if out
+                    .send(Seen::Progress(self.hop, count, Instant::now()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            std::thread::sleep(END_POLL);
+        }
+        Ok(())
+    }
+
+    /// Each partition's end now.
+    fn ends(&self) -> anyhow::Result<Vec<i64>> {
+        Ends::new(
+            &self.bootstrap,
+            "bench-pipeline-hop",
+            &self.topic,
+            self.partitions,
+        )?
+        .now()
+    }
+
+    /// The latency phase: reads the records after `from` (each partition's end after the
+    /// backlog) and reports each one's latency, its JSON line's `event_time` to the moment it
+    /// became visible.
+    fn latency(
+        &self,
+        from: &[i64],
+        stop: &AtomicBool,
+        out: &mpsc::Sender<Seen>,
+    ) -> anyhow::Result<()> {
+        let start: Vec<Offset> = from.iter().map(|o| Offset::Offset(*o)).collect();
+        let consumer = reader_at(
+            &self.bootstrap,
+            "bench-pipeline-hop",
+            &self.topic,
+            &start,
             &[("fetch.wait.max.ms", "10")],
         )?;
-        let step = (self.backlog / 100).max(1);
-        let mut count = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let message = match consumer.poll(Duration::from_millis(100)) {
                 None => continue,
                 Some(message) => message.with_context(|| format!("reading {}", self.topic))?,
             };
             let visible = now_ms();
-            count += 1;
-            if count <= self.backlog {
-                if count.is_multiple_of(step) || count == self.backlog {
-                    let _ = out.send(Seen::Progress(self.hop, count, Instant::now()));
-                }
-                continue;
-            }
             let line: serde_json::Value =
                 serde_json::from_slice(message.payload().unwrap_or_default())?;
             let event_time = line["event_time"]
@@ -328,18 +376,6 @@ fn spread_names(dir: &std::path::Path, files: usize, partitions: i32) -> Vec<std
         .collect()
 }
 
-/// How many records each partition of the write cluster's raw topic holds (the agent's
-/// producer is not transactional: offsets count records).
-fn partition_counts(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
-    let consumer = reader(bootstrap, "bench-pipeline-spread", topic, partitions, &[])?;
-    (0..partitions)
-        .map(|p| {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-            Ok(high - low)
-        })
-        .collect()
-}
-
 /// Generated lines, as `loadgen` writes them, into `dir`.
 fn generate(
     dir: &std::path::Path,
@@ -421,23 +457,28 @@ async fn main() -> anyhow::Result<()> {
         schema_store: pipeline.schema_store_url(),
         backlog: lines,
     };
-    let hop_readers: Vec<_> = [
+    let raw_hops: Vec<std::sync::Arc<RawHop>> = [
         (Hop::Agent, pipeline.write_cluster().bootstrap()),
         (Hop::Mirror, pipeline.read_cluster().bootstrap()),
     ]
     .into_iter()
     .map(|(hop, bootstrap)| {
-        let reader = RawReader {
+        std::sync::Arc::new(RawHop {
             hop,
             bootstrap: bootstrap.to_owned(),
             topic: pipeline.raw_topic().to_owned(),
             partitions,
-            backlog: lines,
-        };
-        let (stop, tx) = (stop.clone(), tx.clone());
-        std::thread::spawn(move || reader.run(&stop, &tx))
+        })
     })
     .collect();
+    let counters: Vec<_> = raw_hops
+        .iter()
+        .map(|raw| {
+            let (raw, stop, tx) = (raw.clone(), stop.clone(), tx.clone());
+            std::thread::spawn(move || raw.count(lines, &stop, &tx))
+        })
+        .collect();
+    let latency_tx = tx.clone();
     let consumer = std::thread::spawn({
         let (stop, runtime) = (stop.clone(), tokio::runtime::Handle::current());
         move || reader.run(&stop, &tx, &runtime)
@@ -476,8 +517,9 @@ async fn main() -> anyhow::Result<()> {
                     cpu_after = Some(cpu(&pipeline));
                 }
             }
-            Ok(Seen::Latency(..)) => bail!("a record beyond the backlog before its end"),
-            Ok(Seen::Hop(..)) => bail!("a raw record beyond the backlog before its end"),
+            Ok(Seen::Latency(..) | Seen::Hop(..)) => {
+                bail!("a record beyond the backlog before its end")
+            }
             Err(_) => {
                 let got: Vec<String> = Hop::ALL
                     .iter()
@@ -496,16 +538,34 @@ async fn main() -> anyhow::Result<()> {
         .zip(&cpu_before)
         .map(|((c, after), (_, before))| (c, after - before))
         .collect();
-    let spread = partition_counts(
-        pipeline.write_cluster().bootstrap(),
-        pipeline.raw_topic(),
-        partitions,
-    )?;
-    println!("the backlog's records per raw partition: {spread:?}");
-    anyhow::ensure!(
-        written.files.len() < partitions as usize || spread.iter().all(|n| *n > 0),
-        "the backlog's files did not land on every partition: {spread:?}"
-    );
+    for counter in counters {
+        counter
+            .join()
+            .map_err(|_| anyhow::anyhow!("raw counter thread panicked"))??;
+    }
+    // Phase 3's raw readers start where the backlog ends (all of it is visible once the clean
+    // topic holds it), at offsets, so nothing of phase 3 is missed.
+    let mut hop_readers = Vec::new();
+    for raw in &raw_hops {
+        let ends = raw.ends()?;
+        match raw.hop {
+            Hop::Agent => {
+                println!("the backlog's records per raw partition: {ends:?}");
+                anyhow::ensure!(
+                    written.files.len() < partitions as usize || ends.iter().all(|n| *n > 0),
+                    "the backlog's files did not land on every partition: {ends:?}"
+                );
+            }
+            Hop::Mirror => println!(
+                "the mirror's transaction markers among its offsets: {}",
+                ends.iter().sum::<i64>() - lines as i64
+            ),
+            Hop::Validator => {}
+        }
+        let (raw, stop, tx) = (raw.clone(), stop.clone(), latency_tx.clone());
+        hop_readers.push(std::thread::spawn(move || raw.latency(&ends, &stop, &tx)));
+    }
+    drop(latency_tx);
     let hop_rates: Vec<(Hop, f64)> = Hop::ALL
         .iter()
         .map(|hop| (*hop, steady_rate(&progress[hop], lines)))

@@ -203,17 +203,78 @@ pub fn reader(
     partitions: i32,
     settings: &[(&str, &str)],
 ) -> anyhow::Result<BaseConsumer> {
+    let beginning = vec![Offset::Beginning; partitions.max(0) as usize];
+    reader_at(bootstrap, group, topic, &beginning, settings)
+}
+
+/// [`reader`] from `start[p]` in each partition `p`: a benchmark that reads only what comes after
+/// a point (its earlier phase) starts there instead of reading the topic again.
+pub fn reader_at(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    start: &[Offset],
+    settings: &[(&str, &str)],
+) -> anyhow::Result<BaseConsumer> {
+    let consumer = unassigned_reader(bootstrap, group, settings)?;
+    let mut assignment = TopicPartitionList::new();
+    for (p, offset) in start.iter().enumerate() {
+        assignment.add_partition_offset(topic, p as i32, *offset)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+fn unassigned_reader(
+    bootstrap: &str,
+    group: &str,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<BaseConsumer> {
     let mut config = crate::harness::read_committed_config(bootstrap, group);
     for (key, value) in settings {
         config.set(*key, *value);
     }
-    let consumer: BaseConsumer = config.create()?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    Ok(config.create()?)
+}
+
+/// Where each partition of a topic ends for a read_committed reader (its last stable offset):
+/// what a benchmark polls to see a hop's output grow without reading it, so that measuring
+/// costs one request per poll instead of a consumer's CPU for every record.
+pub struct Ends {
+    consumer: BaseConsumer,
+    wanted: TopicPartitionList,
+}
+
+impl Ends {
+    pub fn new(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Ends> {
+        let mut wanted = TopicPartitionList::new();
+        for p in 0..partitions {
+            wanted.add_partition_offset(topic, p, Offset::End)?;
+        }
+        Ok(Ends {
+            consumer: unassigned_reader(bootstrap, group, &[])?,
+            wanted,
+        })
     }
-    consumer.assign(&assignment)?;
-    Ok(consumer)
+
+    /// Each partition's end now, in partition order (one ListOffsets request for all of them).
+    pub fn now(&self) -> anyhow::Result<Vec<i64>> {
+        let found = self
+            .consumer
+            .offsets_for_times(self.wanted.clone(), Duration::from_secs(10))?;
+        found
+            .elements()
+            .iter()
+            .map(|e| match (e.error(), e.offset()) {
+                (Ok(()), Offset::Offset(end)) => Ok(end),
+                (result, offset) => anyhow::bail!(
+                    "the end of {} [{}]: {offset:?} {result:?}",
+                    e.topic(),
+                    e.partition()
+                ),
+            })
+            .collect()
+    }
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
