@@ -80,12 +80,13 @@ pub fn send_waiting<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
     mut record: BaseRecord<'_, [u8], [u8]>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + timeout;
+    // The clock is read only once the queue is full: this runs for every record.
+    let mut deadline = None;
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                if Instant::now() < deadline =>
+                if Instant::now() < *deadline.get_or_insert_with(|| Instant::now() + timeout) =>
             {
                 record = back;
                 std::thread::sleep(Duration::from_millis(5));
