@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use logpipe_devkit::harness::{wait_until, DevCluster};
+use logpipe_devkit::measure::Ends;
 use logpipe_tests::topic;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -67,6 +68,9 @@ async fn open_transactions_stay_hidden_until_committed() {
             .unwrap(),
         ["before"]
     );
+    // What the pipeline benchmark polls: a read_committed reader's end is the last stable offset.
+    let ends = Ends::new(cluster.bootstrap(), "ends", "raw.open", 1).unwrap();
+    assert_eq!(ends.now().unwrap(), [1]);
     producer.commit_transaction(T).unwrap();
     assert_eq!(
         topic::values(cluster.bootstrap(), "raw.open")
@@ -74,6 +78,8 @@ async fn open_transactions_stay_hidden_until_committed() {
             .unwrap(),
         ["before", "in-flight-1", "in-flight-2", "after"]
     );
+    // Four records and the commit's marker.
+    assert_eq!(ends.now().unwrap(), [5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
