@@ -17,7 +17,7 @@ mod size;
 mod topics;
 mod transaction;
 
-pub use headers::CopyHeaders;
+pub use headers::{produce, CopyHeaders, HeaderList, Outgoing, TakeHeaders};
 pub use read_to_end::{end_reader, partition_count, read_at, read_to_end, EndReader};
 pub use rebalance::{GroupEvent, Partition, RebalanceLog};
 pub use size::{max_record_bytes, record_size, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};
