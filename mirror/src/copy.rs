@@ -5,9 +5,9 @@
 //! The same function decides what to write and what to expect on the target when a shard
 //! verifies records written by a crashed predecessor, so the two cannot drift apart.
 
-use logpipe_core::kafka::CopyHeaders;
+use logpipe_core::kafka::HeaderList;
 use logpipe_core::record::header;
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::message::{Headers, OwnedMessage, Timestamp};
 use rdkafka::Message;
 
 use crate::config::LoopGuard;
@@ -16,7 +16,7 @@ use crate::config::LoopGuard;
 pub(crate) struct Copy<'a> {
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) payload: Option<&'a [u8]>,
-    pub(crate) headers: Option<OwnedHeaders>,
+    pub(crate) headers: Option<HeaderList>,
     /// The source's timestamp in ms, written as CreateTime. On a LogAppendTime target topic
     /// (the mirror copies `message.timestamp.type`) the broker replaces it with its own append
     /// time.
@@ -57,12 +57,13 @@ impl Copy<'_> {
     }
 }
 
-/// The copy of `message`, or `None` when the loop guard says it came from the target cluster.
-pub(crate) fn copy_of<'a, M: CopyHeaders>(
+/// The copy of `message`, whose headers the caller took from it (`TakeHeaders`: moved out of a
+/// fetched record), or `None` when the loop guard says it came from the target cluster.
+pub(crate) fn copy_of<'a, M: Message>(
     message: &'a M,
+    mut headers: Option<HeaderList>,
     guard: Option<&LoopGuard>,
 ) -> Option<Copy<'a>> {
-    let mut headers = message.copy_headers();
     if let Some(guard) = guard {
         let origin = headers
             .as_ref()
@@ -71,13 +72,9 @@ pub(crate) fn copy_of<'a, M: CopyHeaders>(
             Some(Some(origin)) if origin == guard.target_id.as_bytes() => return None,
             // Already stamped by the cluster it was first produced to: keep that provenance.
             Some(_) => {}
-            None => {
-                let stamped = headers.take().unwrap_or_default().insert(Header {
-                    key: header::ORIGIN,
-                    value: Some(guard.source_id.as_bytes()),
-                });
-                headers = Some(stamped);
-            }
+            None => headers
+                .get_or_insert_with(HeaderList::new)
+                .add(header::ORIGIN, Some(guard.source_id.as_bytes())),
         }
     }
     Some(Copy {
@@ -90,7 +87,14 @@ pub(crate) fn copy_of<'a, M: CopyHeaders>(
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::message::{Header, OwnedHeaders};
+
     use super::*;
+
+    /// The copy of an owned record, its headers copied as the shard takes a fetched one's.
+    fn copied<'a>(message: &'a OwnedMessage, guard: Option<&LoopGuard>) -> Option<Copy<'a>> {
+        copy_of(message, message.headers().map(HeaderList::copy_of), guard)
+    }
 
     fn message(
         key: Option<&[u8]>,
@@ -131,7 +135,7 @@ mod tests {
             Some(b"\x00\xffbin"),
             &[("a", Some(b"1")), ("a", Some(b"2")), ("n", None)],
         );
-        let copy = copy_of(&source, None).unwrap();
+        let copy = copied(&source, None).unwrap();
         assert_eq!(copy.key, None);
         assert_eq!(copy.timestamp, Some(1_700_000_000_123));
         let headers: Vec<_> = copy
@@ -157,10 +161,10 @@ mod tests {
     fn tombstone_and_empty_value_differ() {
         let tombstone = message(Some(b"k"), None, &[]);
         let empty = message(Some(b"k"), Some(b""), &[]);
-        assert!(copy_of(&tombstone, None).unwrap().matches(&tombstone));
-        assert!(!copy_of(&tombstone, None).unwrap().matches(&empty));
+        assert!(copied(&tombstone, None).unwrap().matches(&tombstone));
+        assert!(!copied(&tombstone, None).unwrap().matches(&empty));
         assert!(
-            !copy_of(&message(None, Some(b""), &[]), None)
+            !copied(&message(None, Some(b""), &[]), None)
                 .unwrap()
                 .matches(&empty),
             "null key is not an empty key"
@@ -170,7 +174,7 @@ mod tests {
     #[test]
     fn a_log_append_time_target_is_matched_without_the_timestamp() {
         let source = message(Some(b"k"), Some(b"v"), &[]);
-        let copy = copy_of(&source, None).unwrap();
+        let copy = copied(&source, None).unwrap();
         let restamped = |timestamp| {
             OwnedMessage::new(
                 Some(b"v".to_vec()),
@@ -190,13 +194,13 @@ mod tests {
     fn header_order_matters() {
         let ab = message(None, Some(b"v"), &[("a", Some(b"1")), ("b", Some(b"2"))]);
         let ba = message(None, Some(b"v"), &[("b", Some(b"2")), ("a", Some(b"1"))]);
-        assert!(!copy_of(&ab, None).unwrap().matches(&ba));
+        assert!(!copied(&ab, None).unwrap().matches(&ba));
     }
 
     #[test]
     fn loop_guard_stamps_skips_and_keeps_foreign_origin() {
         let native = message(None, Some(b"v"), &[("x", Some(b"1"))]);
-        let copy = copy_of(&native, Some(&guard())).unwrap();
+        let copy = copied(&native, Some(&guard())).unwrap();
         let last = copy.headers.as_ref().unwrap().iter().last().unwrap();
         assert_eq!(
             (last.key, last.value),
@@ -205,10 +209,10 @@ mod tests {
         assert!(!copy.matches(&native));
 
         let from_target = message(None, Some(b"v"), &[(header::ORIGIN, Some(b"east"))]);
-        assert!(copy_of(&from_target, Some(&guard())).is_none());
+        assert!(copied(&from_target, Some(&guard())).is_none());
 
         let third = message(None, Some(b"v"), &[(header::ORIGIN, Some(b"north"))]);
-        let copy = copy_of(&third, Some(&guard())).unwrap();
+        let copy = copied(&third, Some(&guard())).unwrap();
         assert!(
             copy.matches(&third),
             "an existing provenance is kept as it is"

@@ -21,10 +21,12 @@
 //! error is the same tested path as recovery after kill -9.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use logpipe_core::kafka::{produce, Outgoing, TakeHeaders as _};
 use metrics::{counter, gauge, histogram, Counter, Gauge};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -162,6 +164,8 @@ impl PartitionMetrics {
 struct PartitionRun {
     topic: String,
     target_topic: String,
+    /// `target_topic` in C form, made once rather than for every record produced.
+    target_c: CString,
     partition: i32,
     /// Durable position (what the state topic says after the last commit).
     committed: Position,
@@ -342,6 +346,8 @@ impl<'a> Session<'a> {
         self.runs.push(PartitionRun {
             topic: topic.to_owned(),
             target_topic: plan.target.clone(),
+            target_c: CString::new(plan.target.as_str())
+                .with_context(|| format!("target topic {:?}", plan.target))?,
             partition,
             committed: Position {
                 source: committed.source,
@@ -433,7 +439,7 @@ impl<'a> Session<'a> {
                         caught_up = true;
                         break;
                     }
-                    Some(Ok(message)) => self.copy(&message, stop)?,
+                    Some(Ok(mut message)) => self.copy(&mut message, stop)?,
                     Some(Err(KafkaError::MessageConsumption(
                         RDKafkaErrorCode::AutoOffsetReset,
                     ))) => {
@@ -459,7 +465,7 @@ impl<'a> Session<'a> {
     /// Copies (or verifies) one source record.
     fn copy(
         &mut self,
-        message: &BorrowedMessage<'_>,
+        message: &mut BorrowedMessage<'_>,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let Some(&index) = self
@@ -473,7 +479,9 @@ impl<'a> Session<'a> {
         if message.offset() < run.next_source {
             return Ok(());
         }
-        let copy = copy_of(message, self.shared.config.loop_guard.as_ref());
+        let headers = message.take_headers();
+        let message = &*message;
+        let copy = copy_of(message, headers, self.shared.config.loop_guard.as_ref());
         run.next_source = message.offset() + 1;
         run.moved = true;
         let Some(copy) = copy else {
@@ -502,30 +510,31 @@ impl<'a> Session<'a> {
         run.pending_records += 1;
         run.pending_bytes += size;
         run.pending_timestamp = copy.timestamp.or(run.pending_timestamp);
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&run.target_topic, index).partition(run.partition);
-        record.key = copy.key;
-        record.payload = copy.payload;
-        record.headers = copy.headers;
-        record.timestamp = copy.timestamp;
-        let mut record = record;
+        let mut record = Outgoing {
+            topic: &run.target_c,
+            partition: Some(run.partition),
+            key: copy.key,
+            payload: copy.payload,
+            timestamp: copy.timestamp,
+            headers: copy.headers,
+        };
         loop {
-            match self.producer.send(record) {
+            match produce(&self.producer, &mut record, index) {
                 Ok(()) => return Ok(()),
                 // Back-pressure: the producer queue holds this shard's share of the buffer
                 // budget; wait for the target instead of buffering more. Not by flushing: the
                 // batches of a full queue are full already, and a flush would send every
                 // partition's partial batch at once.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                Err(RDKafkaErrorCode::QueueFull) => {
                     if stop.is_cancelled() {
                         bail!("stopping while the target is not accepting records");
                     }
-                    record = returned;
                     std::thread::sleep(Duration::from_millis(1));
                     serve_deliveries(&self.producer);
                 }
-                Err((e, _)) => {
-                    return Err(anyhow::Error::from(e).context("producing to the target"))
+                Err(e) => {
+                    return Err(anyhow::Error::from(KafkaError::MessageProduction(e))
+                        .context("producing to the target"))
                 }
             }
         }
