@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use logpipe_core::kafka::record_size;
+use logpipe_core::kafka::{record_size, NO_HEADERS};
 
 use crate::clock::{Clocks, Progress};
 use crate::counter::{Completed, Counter};
@@ -125,7 +125,7 @@ fn decode_track(bytes: &[u8]) -> Option<Track> {
 /// holding new events. Events waiting for the watermark stay; [`KeyedState::hold`] refuses new
 /// ones when they alone fill the record.
 fn fit(track: &mut Track, change: &[u8], max_entry_bytes: usize, rule: &str) {
-    let size = |t: &Track| record_size(Some(change), &encode_track(t), None);
+    let size = |t: &Track| record_size(Some(change), &encode_track(t), NO_HEADERS);
     if size(track) <= max_entry_bytes {
         return;
     }
@@ -329,7 +329,7 @@ impl KeyedState {
         track.hold(steps, event);
         fit(track, &change, max_entry_bytes, &rule.name);
         let encoded = encode_track(track);
-        let bytes = record_size(Some(&change), &encoded, None);
+        let bytes = record_size(Some(&change), &encoded, NO_HEADERS);
         if bytes > max_entry_bytes {
             // Too many events wait for the watermark: the new one is refused.
             track.unhold();
@@ -693,7 +693,13 @@ mod tests {
         // What the changelog gets always fits, and still holds every event held.
         let changes = state.take_changes();
         let value = changes.values().next().unwrap().as_ref().unwrap();
-        assert!(record_size(Some(&changelog_key("k", "seq", 1, "hot")), value, None) <= MAX);
+        assert!(
+            record_size(
+                Some(&changelog_key("k", "seq", 1, "hot")),
+                value,
+                NO_HEADERS
+            ) <= MAX
+        );
         assert_eq!(state.sizes(&set).pending["seq"], held as usize);
         // Other keys are not affected; once released, the hot key takes events again.
         state.hold(&owned, &rule, "cold", 1, event(1)).unwrap();
@@ -726,7 +732,7 @@ mod tests {
                 if k == key {
                     let value = value.expect("the key keeps state");
                     assert!(
-                        record_size(Some(&key), &value, None) <= MAX,
+                        record_size(Some(&key), &value, NO_HEADERS) <= MAX,
                         "round {round}: {} bytes",
                         value.len()
                     );

@@ -17,14 +17,14 @@ mod size;
 mod topics;
 mod transaction;
 
-pub use headers::{produce, CopyHeaders, HeaderList, Outgoing, TakeHeaders};
+pub use headers::{produce, HeaderList, Outgoing, TakeHeaders};
 pub use read_to_end::{end_reader, partition_count, read_at, read_to_end, EndReader};
 pub use rebalance::{GroupEvent, Partition, RebalanceLog};
-pub use size::{max_record_bytes, record_size, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};
+pub use size::{max_record_bytes, record_size, NO_HEADERS, TOPIC_DEFAULT_MAX_MESSAGE_BYTES};
 pub use topics::create_topics;
 pub use transaction::{
-    batch_offsets, commit_transaction, init_transactions, is_fatal, records_behind, report_lag,
-    rewind, send_offsets, send_waiting, transactional_producer,
+    batch_offsets, commit_transaction, init_transactions, is_fatal, produce_waiting,
+    records_behind, report_lag, rewind, send_offsets, send_waiting, transactional_producer,
 };
 
 use std::collections::BTreeMap;

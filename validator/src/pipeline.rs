@@ -22,15 +22,16 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::CString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use logpipe_core::kafka::{
     commit_transaction, end_reader, init_transactions, is_fatal, max_record_bytes, partition_count,
-    read_at, read_to_end, record_size, report_lag, rewind, send_offsets, send_waiting,
-    transactional_producer, CopyHeaders, EndReader, GroupEvent, KafkaConfig, Partition,
-    RebalanceLog, Role,
+    produce_waiting, read_at, read_to_end, record_size, report_lag, rewind, send_offsets,
+    send_waiting, transactional_producer, EndReader, GroupEvent, HeaderList, KafkaConfig, Outgoing,
+    Partition, RebalanceLog, Role, TakeHeaders,
 };
 use logpipe_core::record::{
     error_header, header, replay_header, DeadLetterHeaders, ErrorStage, RecordId, ReplayedFrom,
@@ -38,7 +39,7 @@ use logpipe_core::record::{
 use logpipe_core::telemetry::Readiness;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset};
 use tokio_util::sync::CancellationToken;
@@ -184,7 +185,7 @@ impl Batch {
 }
 
 /// A record read from Kafka: borrowed from the consumer, or owned while it waits out a pause.
-trait Read: CopyHeaders {
+trait Read: TakeHeaders {
     fn owned(&self) -> OwnedMessage;
 }
 
@@ -631,7 +632,8 @@ impl Pipeline {
                 break;
             }
             let step = if let Some(held) = self.held.take() {
-                let step = self.take(&held, &mut batch).await?;
+                let mut held = held;
+                let step = self.take(&mut held, &mut batch).await?;
                 if let Step::Unavailable(_) = step {
                     self.held = Some(held);
                 }
@@ -665,7 +667,7 @@ impl Pipeline {
                 }
                 match received {
                     None => break,
-                    Some(Ok(message)) => {
+                    Some(Ok(mut message)) => {
                         first.get_or_insert_with(|| {
                             let now = Instant::now();
                             (now, now + self.settings.batch_time)
@@ -673,7 +675,7 @@ impl Pipeline {
                         if !self.wanted(&message) {
                             continue;
                         }
-                        let step = self.take(&message, &mut batch).await?;
+                        let step = self.take(&mut message, &mut batch).await?;
                         if let Step::Unavailable(_) = step {
                             self.held = Some(message.detach());
                         }
@@ -797,7 +799,14 @@ impl Pipeline {
     /// Checks one record and produces its clean record or dead letter into the open transaction
     /// (opening it for the first record). A resend, or in replay a record not selected, is passed
     /// over; either way the record's offset is the transaction's.
-    async fn take<M: Read>(&mut self, message: &M, batch: &mut Batch) -> anyhow::Result<Step> {
+    async fn take<M: Read>(&mut self, message: &mut M, batch: &mut Batch) -> anyhow::Result<Step> {
+        // A live record's headers move on to its output record (taken before anything borrows
+        // the record; reading them again would parse them anew).
+        let taken = match self.mode {
+            Mode::Live { .. } => message.take_headers(),
+            Mode::Replay { .. } => None,
+        };
+        let message = &*message;
         // rdkafka looks the name up (and checks its UTF-8) at every call.
         let topic = message.topic();
         // In replay, the original record without the previous verdict, from its own topic.
@@ -811,13 +820,12 @@ impl Pipeline {
                     .map_or(Cow::Borrowed(topic), Cow::Owned);
                 (original, Some(replayed_headers(message)))
             }
-            Mode::Live { .. } => (Cow::Borrowed(topic), message.copy_headers()),
+            Mode::Live { .. } => (Cow::Borrowed(topic), taken),
         };
         let mut resend_id = None;
         if let Mode::Live { filter, .. } = &self.mode {
-            let pairs = message
-                .headers()
-                .into_iter()
+            let pairs = headers
+                .iter()
                 .flat_map(|h| h.iter())
                 .map(|h| (h.key, h.value));
             match RecordId::from_headers(pairs) {
@@ -963,16 +971,20 @@ impl Pipeline {
                 (output, value, headers)
             }
         };
-        let mut record = BaseRecord::<[u8], [u8]>::to(&output)
-            .payload(value)
-            .headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(ts) = timestamp {
-            record = record.timestamp(ts);
-        }
-        let sent = self.open(batch).and_then(|()| self.send(record));
+        let sent = CString::new(&*output)
+            .map_err(KafkaError::from)
+            .and_then(|topic| {
+                let mut record = Outgoing {
+                    topic: &topic,
+                    partition: None,
+                    key,
+                    payload: Some(value),
+                    timestamp,
+                    headers: Some(headers),
+                };
+                self.open(batch)?;
+                produce_waiting(&self.producer, &mut record, KAFKA_TIMEOUT)
+            });
         self.encoded = encoded;
         batch.read(topic, message.partition(), message.offset(), raw.len());
         Ok(match sent {
@@ -1117,19 +1129,15 @@ fn header_text(message: &impl Message, name: &str) -> Option<String> {
 /// A dead letter's headers as a replay writes them: without the `lp.error.*` ones and an earlier
 /// replay's `lp.replay.*` ones (the record as it was first read), plus `lp.replay.*` naming this
 /// dead letter, so that an end-to-end count tells the replayed line from a duplicate.
-fn replayed_headers(message: &impl Message) -> OwnedHeaders {
-    let count = message.headers().map_or(0, |h| h.count());
-    let mut out = OwnedHeaders::new_with_capacity(count + 3);
+fn replayed_headers(message: &impl Message) -> HeaderList {
+    let mut out = HeaderList::new();
     for h in message
         .headers()
         .into_iter()
         .flat_map(|h| h.iter())
         .filter(|h| !error_header::ALL.contains(&h.key) && !replay_header::ALL.contains(&h.key))
     {
-        out = out.insert(Header {
-            key: h.key,
-            value: h.value,
-        });
+        out.add(h.key, h.value);
     }
     let from = ReplayedFrom {
         topic: message.topic().to_owned(),
@@ -1137,10 +1145,7 @@ fn replayed_headers(message: &impl Message) -> OwnedHeaders {
         offset: message.offset(),
     };
     for (key, value) in from.headers() {
-        out = out.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        });
+        out.add(key, Some(value.as_bytes()));
     }
     out
 }
@@ -1148,12 +1153,12 @@ fn replayed_headers(message: &impl Message) -> OwnedHeaders {
 /// A dead letter's headers: the record's own, then the verdict's `lp.error.*` ones.
 /// `omitted`: the record's size, when the dead letter goes without it.
 fn dead_letter_headers(
-    headers: OwnedHeaders,
+    headers: HeaderList,
     dead: &DeadLetter,
     message: &impl Message,
     source_topic: &str,
     omitted: Option<usize>,
-) -> OwnedHeaders {
+) -> HeaderList {
     // Where the record was read: in a replay, where it was first read.
     let first_read = || {
         let partition = header_text(message, error_header::PARTITION)?
@@ -1179,11 +1184,9 @@ fn dead_letter_headers(
     verdict
         .headers()
         .iter()
-        .fold(headers, |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
+        .fold(headers, |mut headers, (key, value)| {
+            headers.add(key, Some(value.as_bytes()));
+            headers
         })
 }
 

@@ -1,36 +1,14 @@
-//! A read record's headers, carried on to the record produced for it: copied into rdkafka's
-//! `OwnedHeaders`, or moved as librdkafka's own list ([`HeaderList`], [`produce`]).
+//! A read record's headers, carried on to the record produced for it: moved as librdkafka's own
+//! list ([`HeaderList`], [`produce`]) rather than copied into rdkafka's `OwnedHeaders`.
 
 use std::ffi::{c_void, CStr};
 use std::ptr::{self, NonNull};
 
 use rdkafka::bindings::{self as rd, rd_kafka_vtype_t::*};
-use rdkafka::message::{
-    BorrowedHeaders, BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage,
-};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedMessage};
 use rdkafka::producer::{Producer, ProducerContext};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::IntoOpaque;
-
-/// The headers of a record read from Kafka, as a list a produced record can take. librdkafka
-/// copies the list in one call, keeping order, repeated names and null values; reading each
-/// header out through rdkafka and inserting it again costs, per header, a call, a `strlen` and a
-/// UTF-8 check of its name. The mirror and the validator do this for every record.
-pub trait CopyHeaders: Message {
-    fn copy_headers(&self) -> Option<OwnedHeaders>;
-}
-
-impl CopyHeaders for BorrowedMessage<'_> {
-    fn copy_headers(&self) -> Option<OwnedHeaders> {
-        self.headers().map(BorrowedHeaders::detach)
-    }
-}
-
-impl CopyHeaders for OwnedMessage {
-    fn copy_headers(&self) -> Option<OwnedHeaders> {
-        self.headers().cloned()
-    }
-}
 
 /// A record's headers as librdkafka's own list, owned: moved out of a fetched record and into a
 /// produced one without a copy.
@@ -81,6 +59,14 @@ impl HeaderList {
         let raw = self.0.as_ptr();
         std::mem::forget(self);
         raw
+    }
+}
+
+impl Clone for HeaderList {
+    fn clone(&self) -> HeaderList {
+        // SAFETY: a valid list; the copy is new and ours.
+        let copy = unsafe { rd::rd_kafka_headers_copy(self.0.as_ptr()) };
+        HeaderList(NonNull::new(copy).expect("allocated"))
     }
 }
 
@@ -233,7 +219,7 @@ mod tests {
     use std::time::Duration;
 
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::message::Timestamp;
+    use rdkafka::message::{OwnedHeaders, Timestamp};
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, Producer as _};
     use rdkafka::{Offset, TopicPartitionList};
@@ -365,19 +351,13 @@ mod tests {
     }
 
     #[test]
-    fn order_repeated_names_and_null_values_are_kept() {
-        let headers = [
-            ("a", Some(&b"1"[..])),
-            ("b", None),
-            ("a", Some(b"2")),
-            ("c", Some(b"")),
-        ];
-        let owned = headers
+    fn an_owned_records_headers_are_copied_and_a_clone_is_whole() {
+        let owned = CASES
             .iter()
             .fold(OwnedHeaders::new(), |list, (key, value)| {
                 list.insert(Header { key, value: *value })
             });
-        let message = OwnedMessage::new(
+        let mut message = OwnedMessage::new(
             None,
             None,
             "t".into(),
@@ -386,10 +366,13 @@ mod tests {
             0,
             Some(owned),
         );
-        let copy = message.copy_headers().expect("headers");
-        let read: Vec<(&str, Option<&[u8]>)> = copy.iter().map(|h| (h.key, h.value)).collect();
-        assert_eq!(read, headers);
-        let none = OwnedMessage::new(None, None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
-        assert!(none.copy_headers().is_none());
+        let taken = message.take_headers().expect("headers");
+        assert_eq!(pairs(&taken), CASES);
+        assert_eq!(pairs(message.headers().expect("kept")), CASES);
+        let mut clone = taken.clone();
+        drop(taken);
+        clone.add("d", Some(b"4"));
+        assert_eq!(pairs(&clone)[..4], CASES);
+        assert_eq!(pairs(&clone)[4], ("d", Some(&b"4"[..])));
     }
 }

@@ -3,7 +3,7 @@
 //! which is read and refused again: one record too large would stall its partition for good. A
 //! service checks its outputs with [`record_size`] first and writes something that fits instead.
 
-use rdkafka::message::{Headers as _, OwnedHeaders};
+use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::ClientConfig;
 
 /// librdkafka's `message.max.bytes` when the config does not set it.
@@ -23,10 +23,13 @@ pub fn max_record_bytes(config: &ClientConfig) -> usize {
         .unwrap_or(DEFAULT_MAX_RECORD_BYTES)
 }
 
+/// [`record_size`]'s `headers` for a record without any.
+pub const NO_HEADERS: Option<&OwnedHeaders> = None;
+
 /// A record's size as librdkafka bounds it: the v2 record's largest framing (36 bytes), key,
 /// value, and each header's name and value with their largest length prefixes. It is never
 /// below what librdkafka computes, so a record within the limit by this measure is accepted.
-pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: Option<&OwnedHeaders>) -> usize {
+pub fn record_size<H: Headers>(key: Option<&[u8]>, value: &[u8], headers: Option<&H>) -> usize {
     const RECORD_FRAMING: usize = 36;
     const HEADER_FRAMING: usize = 10;
     let headers: usize = headers.map_or(0, |headers| {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Readiness;
 
-use super::Partition;
+use super::{produce, Outgoing, Partition};
 
 /// Whether a transaction error ends the producer (fenced by a newer instance with the same
 /// transactional id, or a state that neither an abort nor a retry leaves).
@@ -77,21 +77,47 @@ pub async fn init_transactions<C: ProducerContext + 'static>(
 /// Enqueues a record, waiting while the producer's queue is full (at most `timeout`).
 pub fn send_waiting<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
     producer: &ThreadedProducer<C>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
+    record: BaseRecord<'_, [u8], [u8]>,
     timeout: Duration,
+) -> Result<(), KafkaError> {
+    let mut record = Some(record);
+    while_full(timeout, || {
+        match producer.send(record.take().expect("given back by every failed send")) {
+            Ok(()) => Ok(()),
+            Err((e, back)) => {
+                record = Some(back);
+                Err(e)
+            }
+        }
+    })
+}
+
+/// [`send_waiting`] for a record carrying a fetched record's [`HeaderList`](super::HeaderList).
+pub fn produce_waiting<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+    producer: &ThreadedProducer<C>,
+    record: &mut Outgoing<'_>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    while_full(timeout, || {
+        produce(producer, record, ()).map_err(KafkaError::MessageProduction)
+    })
+}
+
+/// Runs `attempt` until it enqueues, again while the queue is full, for at most `timeout`.
+fn while_full(
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<(), KafkaError>,
 ) -> Result<(), KafkaError> {
     // The clock is read only once the queue is full: this runs for every record.
     let mut deadline = None;
     loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+        match attempt() {
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                 if Instant::now() < *deadline.get_or_insert_with(|| Instant::now() + timeout) =>
             {
-                record = back;
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err((e, _)) => return Err(e),
+            done => return done,
         }
     }
 }
