@@ -631,8 +631,7 @@ impl Pipeline {
             {
                 break;
             }
-            let step = if let Some(held) = self.held.take() {
-                let mut held = held;
+            let step = if let Some(mut held) = self.held.take() {
                 let step = self.take(&mut held, &mut batch).await?;
                 if let Step::Unavailable(_) = step {
                     self.held = Some(held);
