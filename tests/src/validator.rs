@@ -327,6 +327,7 @@ async fn produce(
 #[derive(Debug)]
 pub struct Seen {
     pub event_id: String,
+    pub partition: i32,
     pub headers: HashMap<String, String>,
     /// Clean: the decoded record and its schema id.
     pub decoded: Option<(u32, apache_avro::types::Value)>,
@@ -358,6 +359,7 @@ pub async fn read_clean(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>>
         };
         seen.push(Seen {
             event_id,
+            partition: m.partition(),
             headers: topic::text_headers(&m),
             decoded: Some((id, decoded)),
         });
@@ -379,6 +381,7 @@ pub async fn read_dlq(stack: &Stack, topic: &str) -> anyhow::Result<Vec<Seen>> {
         }
         seen.push(Seen {
             event_id,
+            partition: m.partition(),
             headers,
             decoded: None,
         });

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use logpipe_core::metric_names::validator;
-use logpipe_core::record::{error_header, replay_header};
+use logpipe_core::record::{error_header, header, replay_header};
 use logpipe_devkit::harness::wait_until;
+use logpipe_tests::topic::text_headers;
 use logpipe_tests::validator::*;
 use logpipe_tests::{metrics, service};
+use rdkafka::Message as _;
 
 /// Every generated id exactly once across clean + DLQ, and every invalid one in the DLQ with
 /// the stage and pointer the generator expects.
@@ -64,9 +66,33 @@ async fn assert_exactly_once(
         assert_eq!(seen.headers[error_header::TOPIC], RAW);
         assert!(
             seen.headers.contains_key(error_header::OFFSET)
-                && seen
-                    .headers
-                    .contains_key(logpipe_core::record::header::OFFSET)
+                && seen.headers.contains_key(header::OFFSET)
+        );
+    }
+    // The clean topic has the raw topic's partition count: each record stays in its raw
+    // record's partition (the harness chose those per file, not by the key's hash). The DLQ has
+    // fewer: the key's hash places them, so a file's dead letters share one partition.
+    let mut raw_partitions = std::collections::HashMap::new();
+    for m in stack.read(RAW).await? {
+        raw_partitions.insert(text_headers(&m)[header::PATH].clone(), m.partition());
+    }
+    for seen in &clean {
+        let path = &seen.headers[header::PATH];
+        assert_eq!(
+            Some(&seen.partition),
+            raw_partitions.get(path),
+            "clean {} of {path} is not in its raw record's partition",
+            seen.event_id
+        );
+    }
+    let mut dead_partitions = std::collections::HashMap::new();
+    for seen in &dlq {
+        let first = dead_partitions.entry(&seen.headers[header::PATH]);
+        assert_eq!(
+            *first.or_insert(seen.partition),
+            seen.partition,
+            "{}",
+            seen.event_id
         );
     }
     Ok(())

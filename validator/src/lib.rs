@@ -8,15 +8,17 @@
 //!
 //! Modules: `doc` (records parsed borrowing their strings), `avro` (JSON -> Avro encoder plans),
 //! `schema` (compiled schemas, wire format), `schema_cache` (compiled schemas in front of
-//! [`logpipe_schema_client`]), `route` (routes and subject strategies), `reason` (the bounded kinds of dead-letter reasons), `verdict` (one
-//! record's check), `resend_filter` (removing the agents' resends), `topics` (creating the topics
-//! it writes to), `pipeline` (the exactly-once loop), `replay` (the DLQ replay command),
-//! `metrics` (names and descriptions).
+//! [`logpipe_schema_client`]), `route` (routes and subject strategies), `reason` (the bounded
+//! kinds of dead-letter reasons), `verdict` (one record's check), `resend_filter` (removing the
+//! agents' resends), `topics` (creating the topics it writes to), `placement` (each output
+//! record's topic name and partition), `pipeline` (the exactly-once loop), `replay` (the DLQ
+//! replay command), `metrics` (names and descriptions).
 
 mod avro;
 mod doc;
 mod metrics;
 mod pipeline;
+mod placement;
 mod reason;
 pub mod replay;
 mod resend_filter;

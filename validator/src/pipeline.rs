@@ -22,7 +22,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::CString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +44,7 @@ use rdkafka::{Message, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as names;
+use crate::placement::Placement;
 use crate::reason::Reason;
 use crate::resend_filter::{PartitionKey, ResendFilter};
 use crate::route::Routes;
@@ -273,6 +273,8 @@ pub(crate) struct Pipeline {
     encoded: Vec<u8>,
     /// Files the resend filter tracked at the last commit (this loop's part of the gauge).
     files: usize,
+    /// Output topics' C names and partitions.
+    placement: Placement,
 }
 
 impl Pipeline {
@@ -345,6 +347,7 @@ impl Pipeline {
             held: None,
             encoded: Vec::new(),
             files: 0,
+            placement: Placement::default(),
         };
         pipeline.prepare().await?;
         Ok(Some(pipeline))
@@ -499,10 +502,8 @@ impl Pipeline {
         let wanted: Vec<String> = match &self.mode {
             Mode::Replay { topic, .. } => vec![topic.clone()],
             Mode::Live { .. } => {
-                let metadata = match tokio::task::block_in_place(|| {
-                    self.consumer.fetch_metadata(None, KAFKA_TIMEOUT)
-                }) {
-                    Ok(metadata) => metadata,
+                let partitions = match self.partition_counts() {
+                    Ok(partitions) => partitions,
                     Err(e) => {
                         self.readiness
                             .not_ready(&self.settings.kafka_check, format!("metadata: {e}"));
@@ -510,11 +511,7 @@ impl Pipeline {
                         return Ok(());
                     }
                 };
-                let partitions: BTreeMap<String, i32> = metadata
-                    .topics()
-                    .iter()
-                    .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-                    .collect();
+                self.placement.update(&partitions);
                 let all: Vec<String> = partitions.keys().cloned().collect();
                 let mut wanted: Vec<String> = all
                     .iter()
@@ -528,12 +525,20 @@ impl Pipeline {
                     .filter(|n| !partitions.contains_key(&n.name))
                     .cloned()
                     .collect();
+                let created = !needed.is_empty();
                 let mut unusable: Vec<(String, String)> = self
                     .ensure(&needed.into_iter().collect::<Vec<_>>())
                     .await
                     .into_iter()
                     .map(|(topic, sentence)| (topic.name, sentence))
                     .collect();
+                if created {
+                    // The first records into new outputs already go by their partition counts.
+                    match self.partition_counts() {
+                        Ok(partitions) => self.placement.update(&partitions),
+                        Err(e) => tracing::warn!("reading the topic list again: {e}"),
+                    }
+                }
                 let existing: Vec<String> = outputs
                     .values()
                     .flatten()
@@ -578,6 +583,17 @@ impl Pipeline {
             .context()
             .settle_losses_at_log_start(&*self.consumer);
         Ok(())
+    }
+
+    /// Every topic of the cluster with its partition count.
+    fn partition_counts(&self) -> Result<BTreeMap<String, i32>, KafkaError> {
+        let metadata =
+            tokio::task::block_in_place(|| self.consumer.fetch_metadata(None, KAFKA_TIMEOUT))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect())
     }
 
     /// The clean and DLQ topics of each raw topic, with the raw topic's partition count.
@@ -970,20 +986,26 @@ impl Pipeline {
                 (output, value, headers)
             }
         };
-        let sent = CString::new(&*output)
-            .map_err(KafkaError::from)
-            .and_then(|topic| {
-                let mut record = Outgoing {
-                    topic: &topic,
-                    partition: None,
-                    key,
-                    payload: Some(value),
-                    timestamp,
-                    headers: Some(headers),
-                };
-                self.open(batch)?;
-                produce_waiting(&self.producer, &mut record, KAFKA_TIMEOUT)
-            });
+        // In replay the input is the DLQ, not the raw topic whose partition an output follows.
+        let source = match self.mode {
+            Mode::Live { .. } => Some((topic, message.partition())),
+            Mode::Replay { .. } => None,
+        };
+        let sent = self.open(batch).and_then(|()| {
+            let (topic, partition) = self
+                .placement
+                .target(&output, source)
+                .map_err(KafkaError::from)?;
+            let mut record = Outgoing {
+                topic,
+                partition,
+                key,
+                payload: Some(value),
+                timestamp,
+                headers: Some(headers),
+            };
+            produce_waiting(&self.producer, &mut record, KAFKA_TIMEOUT)
+        });
         self.encoded = encoded;
         batch.read(topic, message.partition(), message.offset(), raw.len());
         Ok(match sent {
