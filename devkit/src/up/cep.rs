@@ -94,9 +94,15 @@ impl Progress {
         }
     }
 
-    /// Caught up: nothing left to read, and nothing written since the previous look.
+    /// Caught up: nothing left to read, every match the worker says it wrote read back (it
+    /// counts a match once its transaction has committed), and nothing written since the
+    /// previous look.
     fn drained_since(&self, previous: Option<&Progress>) -> bool {
-        self.lag == Some(0.0) && previous == Some(self)
+        self.lag == Some(0.0)
+            && self
+                .emitted
+                .is_none_or(|emitted| self.matches as f64 >= emitted)
+            && previous == Some(self)
     }
 }
 
@@ -189,10 +195,11 @@ pub async fn reconcile(
         }
         if Instant::now() + DRAIN_POLL >= deadline {
             anyhow::bail!(
-                "the CEP worker did not catch up within {}s (last seen: source lag {:?}, {} matches read{})",
+                "the CEP worker did not catch up within {}s (last seen: source lag {:?}, {} matches read of {:?} the worker wrote{})",
                 timeout.as_secs(),
                 now.lag,
                 now.matches,
+                now.emitted,
                 waiting_for.map_or(String::new(), |r| format!(", rule {r}'s watermark not past the end of the load"))
             );
         }
@@ -264,6 +271,9 @@ mod tests {
         assert!(!behind.drained_since(Some(&behind)));
         let more = Progress::from_metrics(&page(0, 6), 5);
         assert!(!more.drained_since(Some(&first)));
+        // The worker wrote a match the reader has not seen yet, though nothing moved.
+        let unread = Progress::from_metrics(&page(0, 6), 5);
+        assert!(!unread.drained_since(Some(&unread)));
         let unassigned = Progress::from_metrics("", 0);
         assert_eq!(unassigned.lag, None);
         assert!(!unassigned.drained_since(Some(&unassigned)));
