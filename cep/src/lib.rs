@@ -334,8 +334,10 @@ impl Service for CepService {
             max_within: config.max_within.as_millis() as i64,
         });
         apply_rules_file(&api, &config).await?;
-        ctx.readiness.ready("rules");
+        // The API serves before the check passes: a client that waited for /ready must not get
+        // a 404 for a rule it PUTs (a CI run did, between these two steps).
         ctx.routes.install(api::router(Arc::clone(&api)));
+        ctx.readiness.ready("rules");
         let mut reloads = ctx.clone();
         tokio::spawn(async move {
             while let Some(new) = reloads.next_reload::<CepConfig>().await {
