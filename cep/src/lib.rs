@@ -305,6 +305,7 @@ impl Service for CepService {
     async fn run(config: CepConfig, ctx: Context) -> anyhow::Result<()> {
         metrics::describe();
         ctx.readiness.register("rules");
+        ctx.readiness.register(pipeline::READY_KAFKA);
         let rules = loop {
             match Rules::open(&config.kafka, &config.transactional_id()).await {
                 Ok(rules) => break rules,

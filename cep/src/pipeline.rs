@@ -55,7 +55,9 @@ use crate::state::{KeyedState, NotHeld, Sizes};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
-const READY_KAFKA: &str = "kafka";
+/// Registered by the service at start (with the rules check), so `/ready` is false until the
+/// worker has its clients.
+pub(crate) const READY_KAFKA: &str = "kafka";
 const READY_STORE: &str = "schema_store";
 const READY_STATE: &str = "state";
 /// How often the state's sizes are measured.
@@ -189,7 +191,6 @@ impl Worker {
         readiness: Readiness,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Option<Worker>> {
-        readiness.register(READY_KAFKA);
         readiness.ready(READY_STORE);
         readiness.ready(READY_STATE);
         // The transactional id names this worker uniquely and stably: a restarted worker
