@@ -473,6 +473,7 @@ async fn status(
         "keys_held": stats.keys_held,
         "late_events": stats.late_events,
         "events_held": stats.events_held,
+        "events_waiting": stats.events_waiting,
         "watermark": stats.watermark.map(crate::event::rfc3339),
     }))
     .into_response())

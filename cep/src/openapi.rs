@@ -97,6 +97,7 @@ fn components() -> Value {
             "events_seen": {"type": "integer"}, "events_matched": {"type": "integer"},
             "matches_emitted": {"type": "integer"}, "keys_held": {"type": "integer"},
             "late_events": {"type": "integer"}, "events_held": {"type": "integer"},
+            "events_waiting": {"type": "integer"},
             "watermark": {"type": "string", "nullable": true}}},
         "TestAnswer": {"type": "object", "required": ["records_read", "matches"], "properties": {
             "records_read": {"type": "integer"}, "undecodable": {"type": "integer"},

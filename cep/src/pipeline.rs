@@ -94,6 +94,8 @@ pub(crate) struct RuleStats {
     pub(crate) late_events: u64,
     /// Events held for the watermark and partial sequences.
     pub(crate) events_held: u64,
+    /// Events held for the watermark alone.
+    pub(crate) events_waiting: u64,
     /// The lowest watermark over this worker's partitions (epoch ms), for timed rules.
     pub(crate) watermark: Option<i64>,
 }
@@ -1078,6 +1080,7 @@ impl Worker {
             let refused = counts.refused.get(&id).copied().unwrap_or(0);
             let held = sizes.keys.get(&rule.name).copied().unwrap_or(0) as u64;
             let events_held = sizes.pending.get(&rule.name).copied().unwrap_or(0) as u64;
+            let events_waiting = sizes.waiting.get(&rule.name).copied().unwrap_or(0) as u64;
             let watermark = sizes.watermarks.get(&id).copied();
             let label = rule.name.clone();
             if rule.timing.is_some() {
@@ -1105,6 +1108,7 @@ impl Worker {
             entry.keys_held = held;
             entry.late_events += late;
             entry.events_held = events_held;
+            entry.events_waiting = events_waiting;
             entry.watermark = watermark;
         }
     }

@@ -82,6 +82,8 @@ pub(crate) struct Sizes {
     pub(crate) keys: HashMap<String, usize>,
     /// Events waiting for the watermark and partial matches, per rule.
     pub(crate) pending: HashMap<String, usize>,
+    /// Events waiting for the watermark, per rule.
+    pub(crate) waiting: HashMap<String, usize>,
     /// The lowest watermark over the owned partitions, per rule version.
     pub(crate) watermarks: HashMap<(String, u32), i64>,
     /// Approximate bytes of all state.
@@ -506,10 +508,16 @@ impl KeyedState {
             }
             for ((rule, _), keys) in &state.timed {
                 *sizes.keys.entry(rule.clone()).or_default() += keys.tracks.len();
-                let (pending, bytes) = keys.tracks.iter().fold((0, 0), |(n, b), (k, t)| {
-                    (n + t.pending(), b + 2 * k.capacity() + t.size() + 48)
-                });
+                let (pending, waiting, bytes) =
+                    keys.tracks.iter().fold((0, 0, 0), |(n, w, b), (k, t)| {
+                        (
+                            n + t.pending(),
+                            w + t.waiting(),
+                            b + 2 * k.capacity() + t.size() + 48,
+                        )
+                    });
                 *sizes.pending.entry(rule.clone()).or_default() += pending;
+                *sizes.waiting.entry(rule.clone()).or_default() += waiting;
                 sizes.bytes += bytes;
             }
             for rule in rules.rules() {
@@ -632,12 +640,21 @@ mod tests {
                 .hold(&owned, &rule, &key, 1, event(n % 1_000))
                 .unwrap();
         }
-        // Released: one partial sequence per key.
+        let sizes = state.sizes(&set);
+        assert_eq!(
+            (sizes.pending["seq"], sizes.waiting["seq"]),
+            (KEYS as usize, KEYS as usize)
+        );
+        // Released: one partial sequence per key, no event waiting for the watermark.
         state.advance_clocks(&owned, &marker(1_000), &set);
         let sizes = state.sizes(&set);
         assert_eq!(
-            (sizes.keys["seq"], sizes.pending["seq"]),
-            (KEYS as usize, KEYS as usize)
+            (
+                sizes.keys["seq"],
+                sizes.pending["seq"],
+                sizes.waiting["seq"]
+            ),
+            (KEYS as usize, KEYS as usize, 0)
         );
         assert!(sizes.bytes > 0);
         state.take_changes();

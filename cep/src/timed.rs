@@ -189,6 +189,11 @@ impl Track {
         self.pending.len() + self.partials.len()
     }
 
+    /// Events waiting for the watermark alone: none once it has passed them all.
+    pub(crate) fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Approximate bytes in memory, for the state-size metric.
     pub(crate) fn size(&self) -> usize {
         std::mem::size_of::<Track>()
