@@ -109,7 +109,8 @@ impl Progress {
 /// An event-time rule emits once its watermark passes its events. After the last record the
 /// watermark moves on when the source partitions count as idle and follow the wall clock, so
 /// every result is out once each timed rule's watermark (from its status) has passed the time
-/// the load stopped, plus the rule's `allowed_lateness`.
+/// the load stopped, plus the rule's `allowed_lateness`, and no event waits for it any more
+/// (every one released and evaluated: the status says so directly, whatever the watermark).
 #[derive(Debug)]
 struct Watermarks {
     /// (rule, the watermark it must reach, epoch ms).
@@ -128,25 +129,41 @@ impl Watermarks {
         Watermarks { wanted }
     }
 
-    /// The first rule whose watermark, by the worker's status, is not there yet.
+    /// What the first rule not done yet is waiting for, by the worker's status.
     async fn behind(&self, http: &reqwest::Client, url: &str) -> Option<String> {
         for (name, wanted) in &self.wanted {
-            let status: anyhow::Result<Value> =
-                crate::get_json(http, &format!("{url}/rules/{name}/status")).await;
-            let at = status.ok().and_then(|s| {
-                s["watermark"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339(t).ok())
-            });
-            let passed = at
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .is_some_and(|t| t.as_millis() as i64 >= *wanted);
-            if !passed {
-                return Some(name.clone());
+            let status = rule_status(http, url, name).await.unwrap_or_default();
+            if let Some(waiting) = waiting_for(name, *wanted, &status) {
+                return Some(waiting);
             }
         }
         None
     }
+}
+
+/// Why a timed rule's status (`GET /rules/{name}/status`) says its results are not all out
+/// yet: its watermark short of `wanted` (epoch ms), or events still held for it.
+fn waiting_for(name: &str, wanted: i64, status: &Value) -> Option<String> {
+    let at = status["watermark"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+    if at.is_none_or(|t| (t.as_millis() as i64) < wanted) {
+        return Some(format!(
+            "rule {name}'s watermark not past the end of the load"
+        ));
+    }
+    match status["events_waiting"].as_u64() {
+        Some(0) => None,
+        Some(held) => Some(format!(
+            "rule {name} still holding {held} events for its watermark"
+        )),
+        None => Some(format!("rule {name}'s status shows no events_waiting")),
+    }
+}
+
+async fn rule_status(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<Value> {
+    crate::get_json(http, &format!("{url}/rules/{name}/status")).await
 }
 
 /// Once the pipeline has drained: waits (up to `timeout`) until the CEP worker has read its
@@ -200,7 +217,7 @@ pub async fn reconcile(
                 now.lag,
                 now.matches,
                 now.emitted,
-                waiting_for.map_or(String::new(), |r| format!(", rule {r}'s watermark not past the end of the load"))
+                waiting_for.map_or(String::new(), |why| format!(", {why}"))
             );
         }
         previous = Some(now);
@@ -216,7 +233,15 @@ pub async fn reconcile(
     let bootstrap = pipeline.read_cluster().bootstrap().to_owned();
     let late = tokio::task::spawn_blocking(move || cep_oracle::read_late(&bootstrap)).await??;
     expected.exclude_late(&late);
-    Ok(cep_oracle::compare(&expected, reader.found()))
+    let outcome = cep_oracle::compare(&expected, reader.found());
+    // What the worker says of a rule that is off, for whoever reads the failure.
+    for rule in outcome.rules.iter().filter(|r| r.missing + r.extra > 0) {
+        match rule_status(&http, &url, &rule.rule).await {
+            Ok(status) => eprintln!("logpipe-dev: rule {} on the worker: {status}", rule.rule),
+            Err(e) => eprintln!("logpipe-dev: rule {}: no status: {e:#}", rule.rule),
+        }
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]
@@ -293,6 +318,27 @@ mod tests {
         );
         let untimed: Vec<RuleSpec> = seed.into_iter().take(4).collect();
         assert!(Watermarks::new(&untimed, 1_000).wanted.is_empty());
+    }
+
+    #[test]
+    fn a_timed_rule_is_done_past_the_load_with_nothing_held() {
+        let status = |watermark: &str, held: u64| serde_json::json!({"watermark": watermark, "events_waiting": held});
+        // 2026-12-04T00:00:01Z
+        let wanted = 1_796_342_401_000;
+        assert_eq!(
+            waiting_for("r", wanted, &status("2026-12-04T00:00:01.000Z", 0)),
+            None
+        );
+        assert_eq!(
+            waiting_for("r", wanted, &status("2026-12-04T00:00:00.999Z", 0)).as_deref(),
+            Some("rule r's watermark not past the end of the load")
+        );
+        // Past the load by its watermark, and yet still holding events: not done.
+        assert_eq!(
+            waiting_for("r", wanted, &status("2026-12-04T00:00:05.000Z", 3)).as_deref(),
+            Some("rule r still holding 3 events for its watermark")
+        );
+        assert!(waiting_for("r", wanted, &Value::Null).is_some());
     }
 
     #[test]
