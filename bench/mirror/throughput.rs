@@ -6,6 +6,7 @@
 //! partition's share of the data set (plus slack), so nothing is deleted before it is read and
 //! the data set can be large enough for steady state to dominate start-up. The clusters hold
 //! everything in memory: the read side holds two copies (kcat's and the mirror's).
+//! `BENCH_CEILING_ROUNDS` (default 3): rounds of each ceiling, the fastest counts.
 //! `BENCH_SIZES` (record sizes, default `200,1024`), `BENCH_SHARDS` (default 4) and
 //! `BENCH_MIRROR_CONFIG` (top-level TOML lines added to the mirror's config, e.g.
 //! `commit_interval_ms = 1000`) are for tuning runs. With `LOGPIPE_BENCH_JSON` set, each row is
@@ -13,16 +14,19 @@
 //!
 //! For each record size (200 B, 1 KB), on two dev clusters (write and read side, one broker each):
 //! 1. plain producers: as many idempotent rdkafka producers as the mirror has shards, each
-//!    warmed up and sending to its share of the partitions, fill the source topic (ceiling 1);
+//!    warmed up and sending to its share of the partitions, fill the source topic, then another
+//!    topic nobody reads in each further round (ceiling 1: the fastest round);
 //! 2. plain consumers: as many assign-mode rdkafka consumers, each reading its share, drain the
-//!    source topic (ceiling 2);
+//!    source topic, once per round (ceiling 2: the fastest round);
 //! 3. `kcat -C | kcat -P`: the naive pipe copies the source topic to another target topic;
 //! 4. the mirror (release build, exactly once, default commit interval and buffer) copies the
 //!    source topic; measured from its first committed record to its last, so start-up (group
 //!    join) is not counted; peak RSS read from `/proc`, mean commit latency from its metrics.
 //!
 //! Producer, consumer, kcat and mirror share two cores with the clusters, so the ratios, not
-//! the absolute numbers, are what this measures.
+//! the absolute numbers, are what this measures. A ceiling phase lasts about a second, and one
+//! such burst can fall below what the clients do at best (the mirror once measured 1.18x its
+//! "ceiling"): hence the fastest of several rounds, so a ceiling is one.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use logpipe_core::metric_names::mirror as names;
 use logpipe_devkit::benchreport::Row;
-use logpipe_devkit::harness::{free_addr, wait_until, write_file, DevCluster, Process};
+use logpipe_devkit::harness::{free_addr, wait_until_every, write_file, DevCluster, Process};
 use logpipe_devkit::measure::{
     cpu_seconds, env, filling_producer, peak_rss_mib, reader, send_polling,
     waited_children_cpu_seconds, warm_up_polling, Rate,
@@ -46,6 +50,31 @@ const SOURCE: &str = "raw.bench";
 /// the records the mirror copies.
 const WARM_UP: &str = "bench.warm-up";
 const KCAT_TARGET: &str = "kcat.bench";
+/// How often the mirror's record count is read at the ends of its timed copy.
+const CLOSE: Duration = Duration::from_millis(5);
+/// Where the plain producers' rounds after the first go: not copied, not read.
+const CEILING_ROUNDS_TOPIC: &str = "ceiling.bench";
+
+/// The fastest of a ceiling's rounds (each one's rate goes to stderr, beside the table).
+fn fastest(
+    what: &str,
+    size: usize,
+    rounds: impl Iterator<Item = anyhow::Result<Rate>>,
+) -> anyhow::Result<Rate> {
+    let mut best: Option<Rate> = None;
+    for (round, rate) in rounds.enumerate() {
+        let rate = rate?;
+        eprintln!(
+            "{size} B, {what}, round {}: {:.0} rec/s",
+            round + 1,
+            rate.records_per_s()
+        );
+        if best.is_none_or(|b| rate.records_per_s() > b.records_per_s()) {
+            best = Some(rate);
+        }
+    }
+    best.context("no ceiling round ran (BENCH_CEILING_ROUNDS = 0?)")
+}
 
 /// The mirror's config: `BENCH_MIRROR_CONFIG`'s lines, then both clusters and the telemetry
 /// address.
@@ -266,6 +295,17 @@ impl Cpu {
     fn total(&self) -> f64 {
         self.bench + self.write + self.read + self.mirror
     }
+
+    /// A phase of `rounds` rounds, per round.
+    fn per_round(self, rounds: usize) -> Cpu {
+        let n = rounds.max(1) as f64;
+        Cpu {
+            bench: self.bench / n,
+            write: self.write / n,
+            read: self.read / n,
+            mirror: self.mirror / n,
+        }
+    }
 }
 
 /// What the mirror phase measured.
@@ -297,7 +337,9 @@ async fn mirror(
         &["run", "--config", config.to_str().unwrap()],
     )?;
     process.wait_ready(addr, Duration::from_secs(60)).await?;
-    wait_until(Duration::from_secs(120), || async {
+    // Both ends seen within 5 ms: at 1 KB the timed copy lasts under a second, and 50 ms polls
+    // moved single runs by several percent either way.
+    wait_until_every(CLOSE, Duration::from_secs(120), || async {
         metric(addr, names::RECORDS).await > 0.0
     })
     .await?;
@@ -308,7 +350,7 @@ async fn mirror(
     };
     // Records of the first commit were copied before `started`: count only those after it.
     let before = metric(addr, names::RECORDS).await as usize;
-    wait_until(Duration::from_secs(600), || async {
+    wait_until_every(CLOSE, Duration::from_secs(600), || async {
         metric(addr, names::RECORDS).await >= records as f64
     })
     .await?;
@@ -341,6 +383,7 @@ async fn mirror(
 async fn main() -> anyhow::Result<()> {
     let partitions: i32 = env("BENCH_PARTITIONS", 16);
     let megabytes: usize = env("BENCH_MB", 320);
+    let rounds: usize = env("BENCH_CEILING_ROUNDS", 3);
     // Twice a partition's share (compression and batching overheads differ per writer) plus
     // slack, so retention never deletes what a phase has still to read.
     let retention = (2 * megabytes * 1_000_000 / partitions as usize + 16 * 1024 * 1024) as u64;
@@ -350,7 +393,7 @@ async fn main() -> anyhow::Result<()> {
         retention / (1024 * 1024)
     );
     println!(
-        "| record | plain producer | plain consumer | kcat -C \\| kcat -P | mirror | mirror / min(ceilings) | mirror / kcat | \
+        "| record | plain producer (fastest of {rounds}) | plain consumer (fastest of {rounds}) | kcat -C \\| kcat -P | mirror | mirror / min(ceilings) | mirror / kcat | \
          mirror peak RSS | mirror commits (mean latency) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -368,7 +411,11 @@ async fn main() -> anyhow::Result<()> {
         let mut write = DevCluster::start_retaining(
             "write",
             1,
-            &[(SOURCE, partitions), (WARM_UP, 1)],
+            &[
+                (SOURCE, partitions),
+                (WARM_UP, 1),
+                (CEILING_ROUNDS_TOPIC, partitions),
+            ],
             Some(retention),
         )
         .await?;
@@ -390,19 +437,34 @@ async fn main() -> anyhow::Result<()> {
         };
         // The values come back to be freed after the producers' CPU is counted.
         let (produced, values) = tokio::task::spawn_blocking(move || {
-            let rate = fill(&w, SOURCE, partitions, shards, &values, size);
+            let rate = fastest(
+                "plain producer",
+                size,
+                (0..rounds).map(|round| {
+                    let topic = if round == 0 {
+                        SOURCE
+                    } else {
+                        CEILING_ROUNDS_TOPIC
+                    };
+                    fill(&w, topic, partitions, shards, &values, size)
+                }),
+            );
             (rate, values)
         })
         .await?;
-        let produced_cpu = phase_cpu(&mut write, &mut read);
+        let produced_cpu = phase_cpu(&mut write, &mut read).per_round(rounds);
         drop(values);
         let produced = produced?;
         let w = write.bootstrap().to_owned();
         let consumed = tokio::task::spawn_blocking(move || {
-            drain(&w, SOURCE, partitions, shards, records, size)
+            fastest(
+                "plain consumer",
+                size,
+                (0..rounds).map(|_| drain(&w, SOURCE, partitions, shards, records, size)),
+            )
         })
         .await??;
-        let consumed_cpu = phase_cpu(&mut write, &mut read);
+        let consumed_cpu = phase_cpu(&mut write, &mut read).per_round(rounds);
         let w = write.bootstrap().to_owned();
         let piped = tokio::task::spawn_blocking(move || kcat_pipe(&w, &r, records, size)).await??;
         let piped_cpu = phase_cpu(&mut write, &mut read);
