@@ -50,6 +50,8 @@ const SOURCE: &str = "raw.bench";
 /// the records the mirror copies.
 const WARM_UP: &str = "bench.warm-up";
 const KCAT_TARGET: &str = "kcat.bench";
+/// A plain producer serves its delivery reports after every this many records.
+const DELIVERIES_EVERY: usize = 1024;
 /// How often the mirror's record count is read at the ends of its timed copy.
 const CLOSE: Duration = Duration::from_millis(10);
 /// Where the plain producers' rounds after the first go: not copied, not read.
@@ -134,6 +136,7 @@ fn fill(
                     let producer = filling_producer(bootstrap)?;
                     warm_up_polling(&producer, WARM_UP)?;
                     start.wait();
+                    let mut sent = 0usize;
                     for (i, v) in values.iter().enumerate() {
                         // Round-robin: every partition gets the same share, which the clusters'
                         // retention is sized for.
@@ -145,6 +148,12 @@ fn fill(
                                     .partition(partition)
                                     .payload(&v[..]),
                             )?;
+                            sent += 1;
+                            // Delivery reports served as they come, as the mirror's shards do,
+                            // not all at once in the final flush.
+                            if sent.is_multiple_of(DELIVERIES_EVERY) {
+                                producer.poll(Duration::ZERO);
+                            }
                         }
                     }
                     Ok(producer.flush(Duration::from_secs(120))?)
