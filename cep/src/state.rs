@@ -11,7 +11,7 @@
 //! after a format byte), or a tombstone when a rule version is deleted or replaced. The
 //! partition's clocks are the entry of the empty rule name.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use logpipe_core::kafka::{record_size, NO_HEADERS};
@@ -84,7 +84,8 @@ pub(crate) struct Sizes {
     pub(crate) pending: HashMap<String, usize>,
     /// Events waiting for the watermark, per rule.
     pub(crate) waiting: HashMap<String, usize>,
-    /// The lowest watermark over the owned partitions, per rule version.
+    /// The lowest watermark over the owned partitions, per rule version; absent while any of
+    /// them has none yet (its events wait whatever the others' watermarks say).
     pub(crate) watermarks: HashMap<(String, u32), i64>,
     /// Approximate bytes of all state.
     pub(crate) bytes: usize,
@@ -497,6 +498,7 @@ impl KeyedState {
     /// What the state holds.
     pub(crate) fn sizes(&self, rules: &RuleSet) -> Sizes {
         let mut sizes = Sizes::default();
+        let mut unknown: HashSet<(String, u32)> = HashSet::new();
         for state in self.partitions.values() {
             for ((rule, _), counters) in &state.counters {
                 *sizes.keys.entry(rule.clone()).or_default() += counters.len();
@@ -524,14 +526,21 @@ impl KeyedState {
                 if rule.key.as_str() != state.key_path {
                     continue;
                 }
-                if let Some(watermark) = state.clocks.watermark(rule) {
-                    let entry = sizes
-                        .watermarks
-                        .entry((rule.name.clone(), rule.version))
-                        .or_insert(watermark);
-                    *entry = (*entry).min(watermark);
+                let id = (rule.name.clone(), rule.version);
+                match state.clocks.watermark(rule) {
+                    Some(watermark) => {
+                        let entry = sizes.watermarks.entry(id).or_insert(watermark);
+                        *entry = (*entry).min(watermark);
+                    }
+                    None => {
+                        unknown.insert(id);
+                    }
                 }
             }
+        }
+        // A partition without a watermark is at the beginning of time: the lowest is unknown.
+        for id in &unknown {
+            sizes.watermarks.remove(id);
         }
         sizes
     }
@@ -679,6 +688,22 @@ mod tests {
                 by_ms: 61_995
             })
         );
+    }
+
+    #[test]
+    fn the_watermark_shown_is_unknown_while_an_owned_partition_has_none() {
+        let doc = crate::rule::parse_text("source: t\nkey: k\nwindow: {tumbling: 1m}\nmax_out_of_order: 0s\nevent_list:\n- {conditions: [{field: e, value: a}], count: 2}\n", false).unwrap();
+        let set = RuleSet::new(vec![Arc::new(Rule::compile("w", 1, 0, &doc).unwrap())]);
+        let (first, second): (Owned, Owned) = (("rp.k".into(), 0), ("rp.k".into(), 1));
+        let mut state = KeyedState::default();
+        state.own(first.clone(), "k");
+        state.own(second.clone(), "k");
+        state.advance_clocks(&first, &marker(5_000), &set);
+        // The second partition has heard of no progress: its events still wait.
+        let id = ("w".to_owned(), 1);
+        assert_eq!(state.sizes(&set).watermarks.get(&id), None);
+        state.advance_clocks(&second, &marker(3_000), &set);
+        assert_eq!(state.sizes(&set).watermarks.get(&id), Some(&3_000));
     }
 
     #[test]
