@@ -41,6 +41,12 @@
 //! Everything shares the machine's cores, so compare the ratio and latencies between runs on the
 //! same machine, not absolute numbers across machines.
 
+/// The references' clients get the allocator the agent and the validator run with (mimalloc for
+/// every allocation, librdkafka's included): with glibc's, the same clients spend more CPU per
+/// record and a reference would stop being a ceiling.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
