@@ -14,7 +14,10 @@
 //!    from: acks=all, idempotence, lz4, linger 20 ms) sends the same lines from memory to a
 //!    topic of the write cluster that nothing mirrors, three times; the median round is the
 //!    ceiling of the first hop alone. The pipeline's three hops (two of them transactional) can
-//!    only be slower.
+//!    only be slower. Then the second reference, the ceiling of three hops (`relay.rs`): the
+//!    same lines through a plain producer and two plain transactional copies, counted as the
+//!    clean topic is; the pipeline's rate from the move to the last clean record is compared with
+//!    its rate from the first line sent to the last counted.
 //! 2. Throughput: the lines are written to files outside the agent's directory, then moved in
 //!    (rename) at once, so the agent sees a backlog and the generator's own CPU is not in the
 //!    measurement. The files are renamed so that their keys land on the partitions in turn, as
@@ -40,6 +43,8 @@
 //!
 //! Everything shares the machine's cores, so compare the ratio and latencies between runs on the
 //! same machine, not absolute numbers across machines.
+
+mod relay;
 
 /// The references' clients get the allocator the agent and the validator run with (mimalloc for
 /// every allocation, librdkafka's included): with glibc's, the same clients spend more CPU per
@@ -446,6 +451,16 @@ async fn main() -> anyhow::Result<()> {
         .write_cluster()
         .create_topic(CEILING_TOPIC, partitions)
         .await?;
+    pipeline
+        .write_cluster()
+        .create_topic(relay::TOPICS[0], partitions)
+        .await?;
+    for topic in &relay::TOPICS[1..] {
+        pipeline
+            .read_cluster()
+            .create_topic(topic, partitions)
+            .await?;
+    }
 
     // The backlog is written beside the agent's directory first.
     let staging = work.path().join("staging");
@@ -464,9 +479,27 @@ async fn main() -> anyhow::Result<()> {
 
     // Phase 1: the reference, while the pipeline is idle.
     let bootstrap = pipeline.write_cluster().bootstrap().to_owned();
-    let reference =
-        tokio::task::spawn_blocking(move || ceiling(&bootstrap, partitions, &in_memory)).await??;
+    let in_memory = std::sync::Arc::new(in_memory);
+    let reference = tokio::task::spawn_blocking({
+        let in_memory = in_memory.clone();
+        move || ceiling(&bootstrap, partitions, &in_memory)
+    })
+    .await??;
     println!("reference: plain producer from memory: {reference:.0} lines/s (median round)");
+    let (write, read) = (
+        pipeline.write_cluster().bootstrap().to_owned(),
+        pipeline.read_cluster().bootstrap().to_owned(),
+    );
+    let relayed =
+        tokio::task::spawn_blocking(move || relay::relay(&write, &read, partitions, &in_memory))
+            .await??;
+    println!(
+        "second reference: three hops of plain clients (relay): {:.0} lines/s from the first line sent to the last \
+         counted, {:.0} lines/s at 10-90 %, {:.1} CPU s per million lines (all three hops and the counter, one process)",
+        relayed.overall,
+        relayed.steady,
+        relayed.cpu_seconds / (lines as f64 / 1e6)
+    );
 
     // The consumer reads the clean topic for both phases.
     let (tx, rx) = mpsc::channel();
@@ -700,6 +733,23 @@ async fn main() -> anyhow::Result<()> {
     .against("plain producer from memory (first hop only)", reference)
     .target(0.3)
     .extra("from_move_to_last_lines_per_s", overall.round())
+    .emit()?;
+    Row::new(
+        "pipeline",
+        &case,
+        "file -> clean topic, the move to the last clean record",
+        overall,
+        "lines/s",
+    )
+    .against(
+        "relay: plain producer from memory, two transactional copies (first line to last)",
+        relayed.overall,
+    )
+    .extra("relay_steady_lines_per_s", relayed.steady.round())
+    .extra(
+        "relay_cpu_s_per_million_lines",
+        relayed.cpu_seconds / (lines as f64 / 1e6),
+    )
     .emit()?;
     for (hop, rate) in &hop_rates {
         Row::new(
