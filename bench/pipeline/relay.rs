@@ -47,6 +47,9 @@ pub(crate) struct Relayed {
     pub(crate) rate: f64,
     /// This process's CPU seconds for both copies (every client and its threads).
     pub(crate) cpu_seconds: f64,
+    /// This process's CPU seconds for writing the backlog: a bare first hop's cost (a plain
+    /// producer with the agent's settings and headers, from memory).
+    pub(crate) first_cpu_seconds: f64,
 }
 
 /// Runs the relay over `lines` (its topics created beforehand with `partitions` each): the
@@ -64,12 +67,15 @@ pub(crate) fn relay(
     warm_up(&first, TOPICS[0])?;
     // The warm-up record is in hop 1's topic: each hop passes it on.
     let expected = total + 1;
+    let cpu = || logpipe_devkit::measure::cpu_seconds(Some(std::process::id()));
+    let before_first = cpu();
     send(&first, partitions, lines)?;
+    let first_cpu_seconds = cpu() - before_first;
     let hops = [
         Copier::new(write, TOPICS[0], read, TOPICS[1], partitions, 2)?,
         Copier::new(read, TOPICS[1], read, TOPICS[2], partitions, 3)?,
     ];
-    let cpu_before = logpipe_devkit::measure::cpu_seconds(Some(std::process::id()));
+    let cpu_before = cpu();
     let started = Instant::now();
     let failed = AtomicBool::new(false);
     let ended = std::thread::scope(|scope| -> anyhow::Result<Instant> {
@@ -85,10 +91,11 @@ pub(crate) fn relay(
         }
         Ok(last)
     })?;
-    let cpu_seconds = logpipe_devkit::measure::cpu_seconds(Some(std::process::id())) - cpu_before;
+    let cpu_seconds = cpu() - cpu_before;
     Ok(Relayed {
         rate: expected as f64 / (ended - started).as_secs_f64(),
         cpu_seconds,
+        first_cpu_seconds,
     })
 }
 

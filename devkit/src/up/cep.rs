@@ -142,7 +142,8 @@ impl Watermarks {
 }
 
 /// Why a timed rule's status (`GET /rules/{name}/status`) says its results are not all out
-/// yet: its watermark short of `wanted` (epoch ms), or events still held for it.
+/// yet: its watermark short of `wanted` (epoch ms), or events still waiting for the watermark
+/// (`events_waiting`; partial sequences, also in `events_held`, stay once it has passed).
 fn waiting_for(name: &str, wanted: i64, status: &Value) -> Option<String> {
     let at = status["watermark"]
         .as_str()
