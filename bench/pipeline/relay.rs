@@ -1,9 +1,9 @@
 //! The second reference: the ceiling of the pipeline's two transactional hops, built of plain
 //! librdkafka clients and nothing else, on the same dev clusters, while the pipeline is idle.
 //!
-//! A producer with the agent's settings first writes the lines, with the agent's four record
-//! headers, to the write cluster (untimed: the backlog, as the pipeline's is in files). Then,
-//! timed and at once:
+//! A producer with the shared producer settings every agent starts from first writes the lines,
+//! with the agent's four record headers (no key), to the write cluster (untimed: the backlog, as
+//! the pipeline's is in files). Then, timed and at once:
 //!
 //! - a read_committed consumer copies them to the read cluster through a transactional producer
 //!   (as the mirror, minus its offsets in the transaction, its shards and its checks);
@@ -48,7 +48,7 @@ pub(crate) struct Relayed {
     /// This process's CPU seconds for both copies (every client and its threads).
     pub(crate) cpu_seconds: f64,
     /// This process's CPU seconds for writing the backlog: a bare first hop's cost (a plain
-    /// producer with the agent's settings and headers, from memory).
+    /// producer with the shared producer settings and the agent's headers, from memory).
     pub(crate) first_cpu_seconds: f64,
 }
 
